@@ -1,0 +1,1 @@
+//! uniffi bindings over `sotto-sdk`; see docs/ARCHITECTURE.md.

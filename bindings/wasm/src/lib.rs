@@ -1,0 +1,1 @@
+//! wasm-bindgen bindings over `sotto-sdk`; see docs/ARCHITECTURE.md.

@@ -1,0 +1,31 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod codec;
+pub mod device_list;
+pub mod identity;
+mod kdf;
+pub mod keys;
+pub mod padding;
+pub mod pickle;
+pub mod ratchet;
+pub mod safety;
+pub mod sealed;
+pub mod x3dh;
+
+#[cfg(test)]
+mod tests;
+
+pub use codec::DecodeError;
+pub use device_list::{DeviceEntry, DeviceList, DeviceListChange, DeviceListError, SignedDeviceList};
+pub use identity::{
+    AccountId, AccountKey, Device, DeviceId, DeviceIdentity, KemPreKey, KemPreKeySecret, PreKeyKind, X25519PreKey,
+    X25519PreKeySecret,
+};
+pub use keys::{Ed25519PublicKey, KemPublicKey, KeyError, Signature, X25519PublicKey};
+pub use pickle::{Pickle, PickleError, PickleKey};
+pub use ratchet::{DecryptError, EncryptError, MessageType, OutboundMessage, Session};
+pub use safety::SafetyNumber;
+pub use sealed::{open, seal, seal_multi, MultiSealed, OpenError, Opened, SealError};
+pub use x3dh::{initiate, respond, PreKeyBundle, PreKeyMessage, Responded, UsedPreKeys, X3dhError};
+

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs (.ci/run) and what the README tells you to run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "setup"
+scripts/setup.sh
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "dependency boundaries"
+scripts/check-deps.sh
+
+step "wasm32 build of sotto-crypto"
+cargo build -p sotto-crypto --target wasm32-unknown-unknown --locked
+
+step "fuzz targets compile"
+cargo check --manifest-path crypto-core/fuzz/Cargo.toml --bins
+
+step "tests"
+cargo test --workspace --locked

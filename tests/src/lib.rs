@@ -1,0 +1,1 @@
+//! Cross-crate tests that run a real relay and real clients over real sockets.
