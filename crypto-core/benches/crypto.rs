@@ -1,1 +1,3 @@
+//! Criterion benchmarks of sotto-crypto (filled in below).
+
 fn main() {}

@@ -193,9 +193,21 @@ mod tests {
     #[test]
     fn truncated_reads_are_typed() {
         let mut r = Reader::new(&[1, 2]);
-        assert_eq!(r.u32(), Err(DecodeError::Truncated { needed: 4, remaining: 2 }));
+        assert_eq!(
+            r.u32(),
+            Err(DecodeError::Truncated {
+                needed: 4,
+                remaining: 2
+            })
+        );
         assert_eq!(r.u16(), Ok(0x0102));
-        assert_eq!(r.u8(), Err(DecodeError::Truncated { needed: 1, remaining: 0 }));
+        assert_eq!(
+            r.u8(),
+            Err(DecodeError::Truncated {
+                needed: 1,
+                remaining: 0
+            })
+        );
     }
 
     #[test]

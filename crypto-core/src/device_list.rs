@@ -93,7 +93,10 @@ impl fmt::Debug for DeviceList {
         f.debug_struct("DeviceList")
             .field("account_id", &self.account_id)
             .field("version", &self.version)
-            .field("devices", &self.devices.iter().map(|d| d.device_id.0).collect::<Vec<_>>())
+            .field(
+                "devices",
+                &self.devices.iter().map(|d| d.device_id.0).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -197,23 +200,22 @@ impl SignedDeviceList {
     pub fn account_key_and_version(&self) -> Result<(Ed25519PublicKey, u64), DeviceListError> {
         let mut r = Reader::new(&self.bytes);
         r.version(VERSION)?;
-        let ak = Ed25519PublicKey::from_bytes(&r.array()?)
-            .map_err(|_| DecodeError::Invalid { field: "account key" })?;
+        let ak =
+            Ed25519PublicKey::from_bytes(&r.array()?).map_err(|_| DecodeError::Invalid { field: "account key" })?;
         Ok((ak, r.u64()?))
     }
 
     /// Decodes and verifies the list against the account id it must belong to.
     pub fn verify(&self, account_id: &AccountId) -> Result<DeviceList, DeviceListError> {
-        let split = self
-            .bytes
-            .len()
-            .checked_sub(64)
-            .ok_or(DecodeError::Truncated { needed: 64, remaining: self.bytes.len() })?;
+        let split = self.bytes.len().checked_sub(64).ok_or(DecodeError::Truncated {
+            needed: 64,
+            remaining: self.bytes.len(),
+        })?;
         let (body, sig) = self.bytes.split_at(split);
         let mut r = Reader::new(body);
         r.version(VERSION)?;
-        let account_key = Ed25519PublicKey::from_bytes(&r.array()?)
-            .map_err(|_| DecodeError::Invalid { field: "account key" })?;
+        let account_key =
+            Ed25519PublicKey::from_bytes(&r.array()?).map_err(|_| DecodeError::Invalid { field: "account key" })?;
         if !AccountId::from_account_key(&account_key).ct_eq(account_id) {
             return Err(DeviceListError::WrongAccount);
         }
@@ -228,13 +230,12 @@ impl SignedDeviceList {
         let mut devices = Vec::with_capacity(n);
         for _ in 0..n {
             let device_id = DeviceId(r.u32()?);
-            let signing_key = Ed25519PublicKey::from_bytes(&r.array()?)
-                .map_err(|_| DecodeError::Invalid { field: "device signing key" })?;
+            let signing_key = Ed25519PublicKey::from_bytes(&r.array()?).map_err(|_| DecodeError::Invalid {
+                field: "device signing key",
+            })?;
             let identity_key = X25519PublicKey(r.array()?);
-            if let Some(prev) = devices.last().map(|d: &DeviceEntry| d.device_id) {
-                if prev >= device_id {
-                    return Err(DecodeError::Invalid { field: "device order" }.into());
-                }
+            if devices.last().is_some_and(|d: &DeviceEntry| d.device_id >= device_id) {
+                return Err(DecodeError::Invalid { field: "device order" }.into());
             }
             devices.push(DeviceEntry {
                 device_id,
@@ -354,14 +355,18 @@ mod tests {
     fn setup() -> (AccountKey, Vec<Device>) {
         let mut rng = ChaCha20Rng::seed_from_u64(10);
         let ak = AccountKey::generate(&mut rng);
-        let devices = (1..=3).map(|i| Device::generate(ak.account_id(), DeviceId(i), &mut rng)).collect();
+        let devices = (1..=3)
+            .map(|i| Device::generate(ak.account_id(), DeviceId(i), &mut rng))
+            .collect();
         (ak, devices)
     }
 
     #[test]
     fn verify_round_trip_and_lookup() {
         let (ak, devs) = setup();
-        let list = ak.sign_device_list(1, 1000, devs.iter().rev().map(Device::entry).collect()).unwrap();
+        let list = ak
+            .sign_device_list(1, 1000, devs.iter().rev().map(Device::entry).collect())
+            .unwrap();
         let wire = SignedDeviceList::from_bytes(list.signed().as_bytes()).unwrap();
         let got = wire.verify(&ak.account_id()).unwrap();
         assert_eq!(got, list);
@@ -373,16 +378,27 @@ mod tests {
     #[test]
     fn wrong_account_and_tampering_are_refused() {
         let (ak, devs) = setup();
-        let list = ak.sign_device_list(1, 0, devs.iter().map(Device::entry).collect()).unwrap();
+        let list = ak
+            .sign_device_list(1, 0, devs.iter().map(Device::entry).collect())
+            .unwrap();
         let mut rng = ChaCha20Rng::seed_from_u64(11);
         let other = AccountKey::generate(&mut rng);
-        assert_eq!(list.signed().verify(&other.account_id()), Err(DeviceListError::WrongAccount));
+        assert_eq!(
+            list.signed().verify(&other.account_id()),
+            Err(DeviceListError::WrongAccount)
+        );
         let bytes = list.signed().as_bytes();
         for i in 0..bytes.len() {
             for bit in [0x01u8, 0x80] {
                 let mut b = bytes.to_vec();
                 b[i] ^= bit;
-                assert!(SignedDeviceList::from_bytes(&b).unwrap().verify(&ak.account_id()).is_err(), "byte {i}");
+                assert!(
+                    SignedDeviceList::from_bytes(&b)
+                        .unwrap()
+                        .verify(&ak.account_id())
+                        .is_err(),
+                    "byte {i}"
+                );
             }
         }
     }
@@ -390,22 +406,40 @@ mod tests {
     #[test]
     fn updates_are_monotonic_and_report_changes() {
         let (ak, devs) = setup();
-        let v1 = ak.sign_device_list(1, 0, devs[..2].iter().map(Device::entry).collect()).unwrap();
-        let v2 = ak.sign_device_list(2, 0, devs[1..].iter().map(Device::entry).collect()).unwrap();
+        let v1 = ak
+            .sign_device_list(1, 0, devs[..2].iter().map(Device::entry).collect())
+            .unwrap();
+        let v2 = ak
+            .sign_device_list(2, 0, devs[1..].iter().map(Device::entry).collect())
+            .unwrap();
         let change = v1.check_update(&v2).unwrap();
         assert_eq!(change.added, vec![DeviceId(3)]);
         assert_eq!(change.removed, vec![DeviceId(1)]);
         assert!(v1.check_update(&v1).unwrap().is_empty());
-        assert_eq!(v2.check_update(&v1), Err(DeviceListError::Rollback { pinned: 2, got: 1 }));
-        let fork = ak.sign_device_list(2, 5, devs.iter().map(Device::entry).collect()).unwrap();
-        assert_eq!(v2.check_update(&fork), Err(DeviceListError::Equivocation { version: 2 }));
+        assert_eq!(
+            v2.check_update(&v1),
+            Err(DeviceListError::Rollback { pinned: 2, got: 1 })
+        );
+        let fork = ak
+            .sign_device_list(2, 5, devs.iter().map(Device::entry).collect())
+            .unwrap();
+        assert_eq!(
+            v2.check_update(&fork),
+            Err(DeviceListError::Equivocation { version: 2 })
+        );
     }
 
     #[test]
     fn counts_and_duplicates_are_bounded() {
         let (ak, devs) = setup();
-        assert!(matches!(ak.sign_device_list(1, 0, vec![]), Err(DeviceListError::BadDeviceCount { .. })));
+        assert!(matches!(
+            ak.sign_device_list(1, 0, vec![]),
+            Err(DeviceListError::BadDeviceCount { .. })
+        ));
         let e = devs[0].entry();
-        assert_eq!(ak.sign_device_list(1, 0, vec![e, e]), Err(DeviceListError::DuplicateDevice(DeviceId(1))));
+        assert_eq!(
+            ak.sign_device_list(1, 0, vec![e, e]),
+            Err(DeviceListError::DuplicateDevice(DeviceId(1)))
+        );
     }
 }

@@ -15,8 +15,8 @@ use thiserror::Error;
 use crate::codec::{DecodeError, Put, Reader};
 use crate::kdf::{info, sha256};
 use crate::keys::{
-    ct_eq, Ed25519PublicKey, Ed25519Secret, KemPublicKey, KemSecret, KeyError, Signature, X25519PublicKey,
-    X25519Secret, KEM_PUBLIC_KEY_LEN,
+    Ed25519PublicKey, Ed25519Secret, KEM_PUBLIC_KEY_LEN, KemPublicKey, KemSecret, KeyError, Signature, X25519PublicKey,
+    X25519Secret, ct_eq,
 };
 
 /// A self-certifying account id: SHA-256 over a label and the account's public key.
@@ -129,7 +129,9 @@ pub struct AccountKey {
 
 impl fmt::Debug for AccountKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccountKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("AccountKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -187,8 +189,9 @@ impl DeviceIdentity {
     pub(crate) fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let account_id = AccountId(r.array()?);
         let device_id = DeviceId(r.u32()?);
-        let signing_key = Ed25519PublicKey::from_bytes(&r.array()?)
-            .map_err(|_| DecodeError::Invalid { field: "device signing key" })?;
+        let signing_key = Ed25519PublicKey::from_bytes(&r.array()?).map_err(|_| DecodeError::Invalid {
+            field: "device signing key",
+        })?;
         let identity_key = X25519PublicKey(r.array()?);
         Ok(Self {
             account_id,
@@ -322,7 +325,13 @@ impl Device {
 }
 
 fn sign_prekey(dsk: &Ed25519Secret, kind: PreKeyKind, device: DeviceId, id: u32, public: &[u8]) -> Signature {
-    dsk.sign_parts(&[info::PREKEY, &[kind as u8], &device.0.to_be_bytes(), &id.to_be_bytes(), public])
+    dsk.sign_parts(&[
+        info::PREKEY,
+        &[kind as u8],
+        &device.0.to_be_bytes(),
+        &id.to_be_bytes(),
+        public,
+    ])
 }
 
 fn verify_prekey(
@@ -334,7 +343,13 @@ fn verify_prekey(
     sig: &Signature,
 ) -> Result<(), KeyError> {
     dsk.verify_parts(
-        &[info::PREKEY, &[kind as u8], &device.0.to_be_bytes(), &id.to_be_bytes(), public],
+        &[
+            info::PREKEY,
+            &[kind as u8],
+            &device.0.to_be_bytes(),
+            &id.to_be_bytes(),
+            public,
+        ],
         sig,
     )
 }
@@ -360,7 +375,12 @@ impl PreKeyKind {
             2 => Self::OneTime,
             3 => Self::KemOneTime,
             4 => Self::KemLastResort,
-            value => return Err(DecodeError::UnknownType { field: "prekey kind", value }),
+            value => {
+                return Err(DecodeError::UnknownType {
+                    field: "prekey kind",
+                    value,
+                });
+            }
         })
     }
 
@@ -411,7 +431,10 @@ impl X25519PreKey {
     pub(crate) fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let kind = PreKeyKind::from_byte(r.u8()?)?;
         if kind.is_kem() {
-            return Err(DecodeError::UnknownType { field: "X25519 prekey kind", value: kind as u8 });
+            return Err(DecodeError::UnknownType {
+                field: "X25519 prekey kind",
+                value: kind as u8,
+            });
         }
         Ok(Self {
             kind,
@@ -464,11 +487,15 @@ impl KemPreKey {
     pub(crate) fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let kind = PreKeyKind::from_byte(r.u8()?)?;
         if !kind.is_kem() {
-            return Err(DecodeError::UnknownType { field: "ML-KEM prekey kind", value: kind as u8 });
+            return Err(DecodeError::UnknownType {
+                field: "ML-KEM prekey kind",
+                value: kind as u8,
+            });
         }
         let id = r.u32()?;
-        let public = KemPublicKey::from_bytes(r.bytes(KEM_PUBLIC_KEY_LEN)?)
-            .map_err(|_| DecodeError::Invalid { field: "ML-KEM public key" })?;
+        let public = KemPublicKey::from_bytes(r.bytes(KEM_PUBLIC_KEY_LEN)?).map_err(|_| DecodeError::Invalid {
+            field: "ML-KEM public key",
+        })?;
         Ok(Self {
             kind,
             id,
@@ -493,7 +520,9 @@ impl X25519PreKeySecret {
 
 impl fmt::Debug for X25519PreKeySecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("X25519PreKeySecret").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("X25519PreKeySecret")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 

@@ -91,9 +91,7 @@ impl Ed25519PublicKey {
     /// Strict RFC 8032 verification (`verify_strict`: canonical `S`, no small-order `R` or `A`).
     pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<(), KeyError> {
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
-        self.0
-            .verify_strict(message, &sig)
-            .map_err(|_| KeyError::BadSignature)
+        self.0.verify_strict(message, &sig).map_err(|_| KeyError::BadSignature)
     }
 
     /// Verifies a signature over the concatenation of `parts`.
@@ -215,10 +213,7 @@ impl KemPublicKey {
     }
 
     /// Encapsulates with caller-supplied randomness `m` (FIPS 203 `ML-KEM.Encaps_internal`).
-    pub(crate) fn encapsulate(
-        &self,
-        randomness: [u8; 32],
-    ) -> (Box<[u8; KEM_CIPHERTEXT_LEN]>, Zeroizing<[u8; 32]>) {
+    pub(crate) fn encapsulate(&self, randomness: [u8; 32]) -> (Box<[u8; KEM_CIPHERTEXT_LEN]>, Zeroizing<[u8; 32]>) {
         let mut randomness = Zeroizing::new(randomness);
         let pk = mlkem768::MlKem768PublicKey::from(&*self.0);
         let (ct, ss) = mlkem768::encapsulate(&pk, *randomness);
@@ -308,7 +303,10 @@ mod tests {
         let pk = KemPublicKey::from_bytes(k.public().as_bytes()).unwrap();
         let (ct, ss) = pk.encapsulate([7; 32]);
         assert_eq!(*k.decapsulate(&ct), *ss);
-        assert_eq!(KemPublicKey::from_bytes(&[0xff; KEM_PUBLIC_KEY_LEN]), Err(KeyError::InvalidKemKey));
+        assert_eq!(
+            KemPublicKey::from_bytes(&[0xff; KEM_PUBLIC_KEY_LEN]),
+            Err(KeyError::InvalidKemKey)
+        );
         assert_eq!(KemPublicKey::from_bytes(&[0; 10]), Err(KeyError::InvalidKemKey));
         let again = KemSecret::from_seed(k.seed());
         assert_eq!(again.public(), k.public());

@@ -26,6 +26,5 @@ pub use keys::{Ed25519PublicKey, KemPublicKey, KeyError, Signature, X25519Public
 pub use pickle::{Pickle, PickleError, PickleKey};
 pub use ratchet::{DecryptError, EncryptError, MessageType, OutboundMessage, Session};
 pub use safety::SafetyNumber;
-pub use sealed::{open, seal, seal_multi, MultiSealed, OpenError, Opened, SealError};
-pub use x3dh::{initiate, respond, PreKeyBundle, PreKeyMessage, Responded, UsedPreKeys, X3dhError};
-
+pub use sealed::{MultiSealed, OpenError, Opened, SealError, open, seal, seal_multi};
+pub use x3dh::{PreKeyBundle, PreKeyMessage, Responded, UsedPreKeys, X3dhError, initiate, respond};

@@ -86,7 +86,6 @@ impl<T: Fields> Pickle for T {}
 /// Types that pickle: [`AccountKey`], [`Device`], [`Session`] and the prekey secrets.
 #[allow(private_bounds, reason = "sealed trait: only this crate's types pickle")]
 pub trait Pickle: Fields {
-
     /// Encrypts the state under `key`. Draws the 24-byte nonce.
     fn pickle(&self, key: &PickleKey, rng: &mut impl CryptoRngCore) -> Vec<u8> {
         let mut inner = Zeroizing::new(Vec::with_capacity(256));
@@ -132,7 +131,11 @@ pub trait Pickle: Fields {
         let nonce: [u8; 24] = r.array()?;
         let rest = r.rest();
         if rest.len() < 16 {
-            return Err(DecodeError::Truncated { needed: 16, remaining: rest.len() }.into());
+            return Err(DecodeError::Truncated {
+                needed: 16,
+                remaining: rest.len(),
+            }
+            .into());
         }
         let (ct, tag) = rest.split_at(rest.len() - 16);
         let mut inner = Zeroizing::new(ct.to_vec());
@@ -234,7 +237,9 @@ impl Fields for KemPreKeySecret {
         let public = KemPreKey::decode_from(r)?;
         let secret = KemSecret::from_seed(&Zeroizing::new(r.array()?));
         if secret.public() != &public.public {
-            return Err(DecodeError::Invalid { field: "ML-KEM prekey secret" });
+            return Err(DecodeError::Invalid {
+                field: "ML-KEM prekey secret",
+            });
         }
         reader.finish()?;
         Ok(Self { public, secret })

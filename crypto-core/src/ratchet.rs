@@ -278,8 +278,10 @@ pub struct Session {
     receiving: VecDeque<ReceivingChain>,
     skipped: VecDeque<SkippedKey>,
     pub(crate) pending_prekey: Option<Vec<u8>>,
+    /// Responder only: SHA-256 of the pre-key message prefix that created the session.
+    /// Later pre-key messages must carry the identical prefix.
+    pub(crate) prekey_prefix_hash: Option<[u8; 32]>,
 }
-
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -321,6 +323,7 @@ impl Session {
             receiving: VecDeque::new(),
             skipped: VecDeque::new(),
             pending_prekey: Some(prekey_prefix),
+            prekey_prefix_hash: None,
         }
     }
 
@@ -331,6 +334,7 @@ impl Session {
         root: Key32,
         chain_key: Key32,
         their_ratchet: X25519PublicKey,
+        prekey_prefix: &[u8],
     ) -> Self {
         let mut receiving = VecDeque::with_capacity(1);
         receiving.push_back(ReceivingChain {
@@ -351,6 +355,7 @@ impl Session {
             receiving,
             skipped: VecDeque::new(),
             pending_prekey: None,
+            prekey_prefix_hash: Some(crate::kdf::sha256(&[prekey_prefix])),
         }
     }
 
@@ -396,7 +401,15 @@ impl Session {
                 let dh = ratchet.dh(&their).map_err(|_| EncryptError::NonContributory)?;
                 let (root, chain_key) = kdf_rk(&self.root, &dh);
                 let pn = self.sending.as_ref().map_or(0, |s| s.index);
-                Some((root, SendingChain { ratchet, chain_key, index: 0 }, pn))
+                Some((
+                    root,
+                    SendingChain {
+                        ratchet,
+                        chain_key,
+                        index: 0,
+                    },
+                    pn,
+                ))
             }
             None => None,
         };
@@ -460,14 +473,17 @@ impl Session {
         })
     }
 
-    /// Decrypts a message of either type. A pre-key message must carry this
-    /// session's base key.
+    /// Decrypts a message of either type. A pre-key message is accepted only by the
+    /// responder's session it created, and must repeat that session's prefix exactly.
     pub fn decrypt(&mut self, message_type: MessageType, bytes: &[u8]) -> Result<Vec<u8>, DecryptError> {
         match message_type {
             MessageType::Ratchet => self.decrypt_ratchet(bytes),
             MessageType::PreKey => {
                 let msg = crate::x3dh::PreKeyMessage::decode(bytes)?;
-                if msg.base_key != self.base_key || !msg.initiator.ct_eq(&self.remote) {
+                let same = self
+                    .prekey_prefix_hash
+                    .is_some_and(|h| h == crate::kdf::sha256(&[msg.prefix]));
+                if !same {
                     return Err(DecryptError::WrongSession);
                 }
                 self.decrypt_ratchet(msg.message)
@@ -519,9 +535,18 @@ impl Session {
                 let Some(sending) = self.sending.as_ref() else {
                     return Err(DecryptError::UnknownChain);
                 };
-                if header.index > MAX_SKIP {
+                // The peer's previous chain is our newest receiving chain; its keys up
+                // to `pn` are stored as skipped, so its late messages stay readable
+                // after the chain itself is evicted.
+                let prev = self.receiving.back();
+                let prev_gap = match prev {
+                    Some(c) => header.previous_chain_length.saturating_sub(c.index),
+                    None => header.previous_chain_length,
+                };
+                let total = u64::from(prev_gap) + u64::from(header.index);
+                if total > u64::from(MAX_SKIP) {
                     return Err(DecryptError::TooBigMessageGap {
-                        gap: header.index,
+                        gap: u32::try_from(total).unwrap_or(u32::MAX),
                         max: MAX_SKIP,
                     });
                 }
@@ -536,6 +561,14 @@ impl Session {
                     index: 0,
                 };
                 let (plaintext, next_ck, skipped) = self.advance(&chain, &header, body)?;
+                // Commit.
+                let prev = self.receiving.back_mut();
+                if let Some(c) = prev.filter(|c| header.previous_chain_length > c.index) {
+                    let (prev_skipped, ck) = derive_skipped(c, header.previous_chain_length);
+                    c.chain_key = ck;
+                    c.index = header.previous_chain_length;
+                    self.commit_skipped(prev_skipped);
+                }
                 self.root = root;
                 self.commit_skipped(skipped);
                 if self.receiving.len() == MAX_RECEIVING_CHAINS {
@@ -565,17 +598,7 @@ impl Session {
         if gap > MAX_SKIP {
             return Err(DecryptError::TooBigMessageGap { gap, max: MAX_SKIP });
         }
-        let mut skipped = Vec::with_capacity(gap as usize);
-        let mut ck = chain.chain_key.clone();
-        for index in chain.index..header.index {
-            let (mk, next) = kdf_ck(&ck);
-            skipped.push(SkippedKey {
-                ratchet_key: chain.ratchet_key,
-                index,
-                message_key: mk,
-            });
-            ck = next;
-        }
+        let (skipped, ck) = derive_skipped(chain, header.index);
         let (mk, next) = kdf_ck(&ck);
         let plaintext = open(&mk, header, &self.ad, body)?;
         Ok((plaintext, next, skipped))
@@ -631,6 +654,13 @@ impl Session {
             }
             None => out.put_u8(0),
         }
+        match &self.prekey_prefix_hash {
+            Some(h) => {
+                out.put_u8(1);
+                out.put(h);
+            }
+            None => out.put_u8(0),
+        }
     }
 
     pub(crate) fn decode_state(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -650,7 +680,11 @@ impl Session {
         } else {
             None
         };
-        let pending_ratchet = if flag(r)? { Some(X25519PublicKey(r.array()?)) } else { None };
+        let pending_ratchet = if flag(r)? {
+            Some(X25519PublicKey(r.array()?))
+        } else {
+            None
+        };
         let n = r.count("receiving chains", MAX_RECEIVING_CHAINS, 68)?;
         let mut receiving = VecDeque::with_capacity(n);
         for _ in 0..n {
@@ -674,6 +708,7 @@ impl Session {
         } else {
             None
         };
+        let prekey_prefix_hash = if flag(r)? { Some(r.array()?) } else { None };
         if sending.is_none() && pending_ratchet.is_none() {
             return Err(DecodeError::Invalid { field: "session state" });
         }
@@ -695,8 +730,26 @@ impl Session {
             receiving,
             skipped,
             pending_prekey,
+            prekey_prefix_hash,
         })
     }
+}
+
+/// The message keys of `chain` from its position up to (not including) `to`, and the
+/// chain key at `to`. Callers bound `to - chain.index` by [`MAX_SKIP`].
+fn derive_skipped(chain: &ReceivingChain, to: u32) -> (Vec<SkippedKey>, Key32) {
+    let mut skipped = Vec::with_capacity(to.saturating_sub(chain.index) as usize);
+    let mut ck = chain.chain_key.clone();
+    for index in chain.index..to {
+        let (mk, next) = kdf_ck(&ck);
+        skipped.push(SkippedKey {
+            ratchet_key: chain.ratchet_key,
+            index,
+            message_key: mk,
+        });
+        ck = next;
+    }
+    (skipped, ck)
 }
 
 fn flag(r: &mut Reader<'_>) -> Result<bool, DecodeError> {

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha512};
 
 use crate::identity::AccountId;
 use crate::kdf::info;
-use crate::keys::{ct_eq, Ed25519PublicKey};
+use crate::keys::{Ed25519PublicKey, ct_eq};
 
 const ITERATIONS: usize = 5200;
 const FP_LEN: usize = 30;

@@ -105,7 +105,9 @@ fn inner_plaintext(sender: &Device, signed_prefix: &[&[u8]], content_type: u8, c
     parts.push(&ident);
     parts.push(content);
     let sig = sender.dsk.sign_parts(&parts);
-    let mut p = Zeroizing::new(Vec::with_capacity(padding::bucket(INNER_FIXED + content.len() + 1) + 16));
+    let mut p = Zeroizing::new(Vec::with_capacity(
+        padding::bucket(INNER_FIXED + content.len() + 1) + 16,
+    ));
     p.put_u8(content_type);
     p.put(&ident);
     p.put(&sig.0);
@@ -162,7 +164,11 @@ pub fn seal(
     let e = X25519Secret::generate(rng);
     let dh = e.dh(recipient).map_err(|_: KeyError| SealError::NonContributory)?;
     let e_pub = e.public();
-    let keys = hkdf::<44>(&[e_pub.as_bytes().as_slice(), recipient.as_bytes()].concat(), &*dh, &[info::SEALED]);
+    let keys = hkdf::<44>(
+        &[e_pub.as_bytes().as_slice(), recipient.as_bytes()].concat(),
+        &*dh,
+        &[info::SEALED],
+    );
     let mut plain = inner_plaintext(
         sender,
         &[&[KIND_SINGLE], e_pub.as_bytes(), recipient.as_bytes()],
@@ -177,7 +183,10 @@ pub fn seal(
     let cipher = ChaCha20Poly1305::new((&keys[..32]).into());
     let tag = cipher
         .encrypt_in_place_detached((&keys[32..]).into(), &ad, plain.as_mut_slice())
-        .map_err(|_| SealError::TooLarge { len: content.len(), max: MAX_CONTENT_LEN })?;
+        .map_err(|_| SealError::TooLarge {
+            len: content.len(),
+            max: MAX_CONTENT_LEN,
+        })?;
     out.extend_from_slice(&plain);
     out.extend_from_slice(&tag);
     Ok(out)
@@ -271,7 +280,10 @@ pub fn seal_multi(
     let cipher = ChaCha20Poly1305::new((&keys[..32]).into());
     let tag = cipher
         .encrypt_in_place_detached((&keys[32..]).into(), &ad, plain.as_mut_slice())
-        .map_err(|_| SealError::TooLarge { len: content.len(), max: MAX_CONTENT_LEN })?;
+        .map_err(|_| SealError::TooLarge {
+            len: content.len(),
+            max: MAX_CONTENT_LEN,
+        })?;
     let mut body = Vec::with_capacity(plain.len() + 16);
     body.extend_from_slice(&plain);
     body.extend_from_slice(&tag);
@@ -316,7 +328,13 @@ pub fn open(recipient: &Device, envelope: &[u8]) -> Result<Opened, OpenError> {
             let keys = hkdf::<44>(e_pub.as_bytes(), m.as_slice(), &[info::MULTI_BODY]);
             (keys, envelope[..34].to_vec(), r.rest())
         }
-        value => return Err(DecodeError::UnknownType { field: "envelope kind", value }.into()),
+        value => {
+            return Err(DecodeError::UnknownType {
+                field: "envelope kind",
+                value,
+            }
+            .into());
+        }
     };
     if rest.len() < 16 + INNER_FIXED + 1 {
         return Err(DecodeError::Truncated {
@@ -333,7 +351,11 @@ pub fn open(recipient: &Device, envelope: &[u8]) -> Result<Opened, OpenError> {
         .map_err(|_| OpenError::InvalidMac)?;
     let single_prefix: [&[u8]; 3] = [&[KIND_SINGLE], e_pub.as_bytes(), ik.as_bytes()];
     let multi_prefix: [&[u8]; 2] = [&[KIND_MULTI], e_pub.as_bytes()];
-    let prefix: &[&[u8]] = if kind == KIND_SINGLE { &single_prefix } else { &multi_prefix };
+    let prefix: &[&[u8]] = if kind == KIND_SINGLE {
+        &single_prefix
+    } else {
+        &multi_prefix
+    };
     let opened = parse_inner(&plain, prefix);
     plain.zeroize();
     opened

@@ -19,10 +19,12 @@ use zeroize::Zeroizing;
 
 use crate::codec::{DecodeError, Put, Reader};
 use crate::device_list::DeviceList;
-use crate::identity::{Device, DeviceIdentity, KemPreKey, KemPreKeySecret, PreKeyKind, X25519PreKey, X25519PreKeySecret};
+use crate::identity::{
+    Device, DeviceIdentity, KemPreKey, KemPreKeySecret, PreKeyKind, X25519PreKey, X25519PreKeySecret,
+};
 use crate::kdf::{hkdf, info, sha256};
-use crate::keys::{KeyError, X25519PublicKey, X25519Secret, KEM_CIPHERTEXT_LEN};
-use crate::ratchet::{self, split64, DecryptError, Session};
+use crate::keys::{KEM_CIPHERTEXT_LEN, KeyError, X25519PublicKey, X25519Secret};
+use crate::ratchet::{self, DecryptError, Session, split64};
 
 const VERSION: u8 = 1;
 /// Largest pre-key message prefix (everything before the ratchet message).
@@ -114,7 +116,11 @@ impl PreKeyBundle {
         let one_time_prekey = match r.u8()? {
             0 => None,
             1 => Some(X25519PreKey::decode_from(&mut r)?),
-            _ => return Err(DecodeError::Invalid { field: "one-time prekey flag" }),
+            _ => {
+                return Err(DecodeError::Invalid {
+                    field: "one-time prekey flag",
+                });
+            }
         };
         let kem_prekey = KemPreKey::decode_from(&mut r)?;
         r.finish()?;
@@ -141,10 +147,13 @@ impl PreKeyBundle {
             .map_err(|_| X3dhError::BadSignature { which: "signed prekey" })?;
         if let Some(opk) = &self.one_time_prekey {
             if opk.kind != PreKeyKind::OneTime {
-                return Err(X3dhError::WrongPreKeyKind { slot: "one-time prekey" });
+                return Err(X3dhError::WrongPreKeyKind {
+                    slot: "one-time prekey",
+                });
             }
-            opk.verify(dev, dsk)
-                .map_err(|_| X3dhError::BadSignature { which: "one-time prekey" })?;
+            opk.verify(dev, dsk).map_err(|_| X3dhError::BadSignature {
+                which: "one-time prekey",
+            })?;
         }
         self.kem_prekey
             .verify(dev, dsk)
@@ -201,18 +210,28 @@ impl<'a> PreKeyMessage<'a> {
         let one_time_prekey_id = match r.u8()? {
             0 => None,
             1 => Some(r.u32()?),
-            _ => return Err(DecodeError::Invalid { field: "one-time prekey flag" }),
+            _ => {
+                return Err(DecodeError::Invalid {
+                    field: "one-time prekey flag",
+                });
+            }
         };
         let kind = match r.u8()? {
             3 => PreKeyKind::KemOneTime,
             4 => PreKeyKind::KemLastResort,
-            value => return Err(DecodeError::UnknownType { field: "ML-KEM prekey kind", value }),
+            value => {
+                return Err(DecodeError::UnknownType {
+                    field: "ML-KEM prekey kind",
+                    value,
+                });
+            }
         };
         let kem_prekey = (kind, r.u32()?);
         let base_key = X25519PublicKey(r.array()?);
         let ct = r.bytes(KEM_CIPHERTEXT_LEN)?;
-        let kem_ciphertext: &[u8; KEM_CIPHERTEXT_LEN] =
-            ct.try_into().map_err(|_| DecodeError::Invalid { field: "ML-KEM ciphertext" })?;
+        let kem_ciphertext: &[u8; KEM_CIPHERTEXT_LEN] = ct.try_into().map_err(|_| DecodeError::Invalid {
+            field: "ML-KEM ciphertext",
+        })?;
         let prefix_len = bytes.len() - r.remaining();
         let message = r.rest();
         ratchet::Header::parse(message)?;
@@ -391,7 +410,15 @@ pub fn respond(
         None => derive(&[&dh1, &dh2, &dh3], &ss, &th),
     };
     let (header, _) = ratchet::Header::parse(message.message).map_err(DecryptError::from)?;
-    let mut session = Session::new_responder(me, message.initiator, *ek, root, chain_key, header.ratchet_key);
+    let mut session = Session::new_responder(
+        me,
+        message.initiator,
+        *ek,
+        root,
+        chain_key,
+        header.ratchet_key,
+        message.prefix,
+    );
     let plaintext = session.decrypt_ratchet(message.message)?;
     Ok(Responded {
         session,
