@@ -15,6 +15,8 @@ pub mod x3dh;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vectors;
 
 pub use codec::DecodeError;
 pub use device_list::{DeviceEntry, DeviceList, DeviceListChange, DeviceListError, SignedDeviceList};

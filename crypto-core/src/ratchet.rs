@@ -422,6 +422,8 @@ impl Session {
             return Err(EncryptError::ChainExhausted);
         }
         let (mk, next_ck) = kdf_ck(&chain.chain_key);
+        #[cfg(test)]
+        test_hooks::record(&mk.0);
         let mut salt = [0u8; 16];
         rng.fill_bytes(&mut salt);
         let pn = step.as_ref().map_or(self.previous_chain_length, |s| s.2);
@@ -750,6 +752,36 @@ fn derive_skipped(chain: &ReceivingChain, to: u32) -> (Vec<SkippedKey>, Key32) {
         ck = next;
     }
     (skipped, ck)
+}
+
+#[cfg(test)]
+pub(crate) mod test_hooks {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static MESSAGE_KEYS: RefCell<Vec<[u8; 32]>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(crate) fn record(mk: &[u8; 32]) {
+        MESSAGE_KEYS.with(|k| k.borrow_mut().push(*mk));
+    }
+
+    /// The message keys `encrypt` used since the last call, on this thread.
+    pub(crate) fn take() -> Vec<[u8; 32]> {
+        MESSAGE_KEYS.with(|k| std::mem::take(&mut *k.borrow_mut()))
+    }
+}
+
+#[cfg(test)]
+impl Session {
+    /// Root key, sending chain key and the newest receiving chain key.
+    pub(crate) fn test_keys(&self) -> ([u8; 32], Option<[u8; 32]>, Option<[u8; 32]>) {
+        (
+            self.root.0,
+            self.sending.as_ref().map(|s| s.chain_key.0),
+            self.receiving.back().map(|c| c.chain_key.0),
+        )
+    }
 }
 
 fn flag(r: &mut Reader<'_>) -> Result<bool, DecodeError> {

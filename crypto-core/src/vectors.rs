@@ -1,0 +1,451 @@
+//! Known-answer vectors: `crypto-core/tests/vectors/*.json`, generated from fixed seeds.
+//! The test regenerates every file and asserts it is unchanged; set
+//! `SOTTO_WRITE_VECTORS=1` to rewrite them after a deliberate format change (and
+//! update docs/protocol.md in the same commit).
+//!
+//! Every random value an operation consumed is exported in draw order (`draws`), with
+//! private keys in raw form: X25519 scalars as stored, Ed25519 32-byte seeds, ML-KEM
+//! 64-byte seeds `d ‖ z`. The PQXDH file also recomputes the key agreement from those
+//! raw inputs with the formula of docs/protocol.md §5, independently of `initiate`.
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{CryptoRng, RngCore, SeedableRng};
+use serde_json::{Value, json};
+
+use crate::kdf::{hkdf, info, sha256};
+use crate::keys::{KemSecret, X25519Secret};
+use crate::ratchet::{self, test_hooks};
+use crate::*;
+
+/// An RNG that records every byte string it hands out.
+struct Recorder {
+    inner: ChaCha20Rng,
+    draws: Vec<Vec<u8>>,
+}
+
+impl Recorder {
+    fn new(seed: u64) -> Self {
+        Self {
+            inner: ChaCha20Rng::seed_from_u64(seed),
+            draws: Vec::new(),
+        }
+    }
+
+    fn take(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.draws)
+    }
+
+    fn take_hex(&mut self) -> Value {
+        json!(self.take().iter().map(hex::encode).collect::<Vec<_>>())
+    }
+}
+
+impl RngCore for Recorder {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill_bytes(&mut b);
+        u32::from_le_bytes(b)
+    }
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.inner.fill_bytes(dest);
+        self.draws.push(dest.to_vec());
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl CryptoRng for Recorder {}
+
+fn h(b: &[u8]) -> String {
+    hex::encode(b)
+}
+
+fn arr32(v: &[u8]) -> [u8; 32] {
+    v.try_into().unwrap()
+}
+
+fn x_record(k: &X25519PreKey) -> String {
+    let mut v = Vec::new();
+    k.encode_into(&mut v);
+    h(&v)
+}
+
+fn kem_record(k: &KemPreKey) -> String {
+    let mut v = Vec::new();
+    k.encode_into(&mut v);
+    h(&v)
+}
+
+struct Keys {
+    ak: AccountKey,
+    ak_seed: Vec<u8>,
+    device: Device,
+    dsk_seed: Vec<u8>,
+    ik_scalar: Vec<u8>,
+    list: DeviceList,
+    spk: X25519PreKeySecret,
+    spk_scalar: Vec<u8>,
+    opk: X25519PreKeySecret,
+    opk_scalar: Vec<u8>,
+    kem: KemPreKeySecret,
+    kem_seed: Vec<u8>,
+}
+
+fn make_keys(rng: &mut Recorder) -> Keys {
+    let ak = AccountKey::generate(rng);
+    let ak_seed = rng.take().remove(0);
+    let device = Device::generate(ak.account_id(), DeviceId(1), rng);
+    let mut d = rng.take();
+    let (dsk_seed, ik_scalar) = (d.remove(0), d.remove(0));
+    let list = ak.sign_device_list(1, 1_750_000_000_000, vec![device.entry()]).unwrap();
+    let spk = device.generate_signed_prekey(1, rng);
+    let spk_scalar = rng.take().remove(0);
+    let opk = device.generate_one_time_prekeys(100, 1, rng).remove(0);
+    let opk_scalar = rng.take().remove(0);
+    let kem = device.generate_kem_prekey(7, false, rng);
+    let kem_seed = rng.take().remove(0);
+    Keys {
+        ak,
+        ak_seed,
+        device,
+        dsk_seed,
+        ik_scalar,
+        list,
+        spk,
+        spk_scalar,
+        opk,
+        opk_scalar,
+        kem,
+        kem_seed,
+    }
+}
+
+fn keys_json(k: &Keys) -> Value {
+    let id = k.device.identity();
+    let mut identity_encoding = Vec::new();
+    id.encode_into(&mut identity_encoding);
+    json!({
+        "account": {
+            "seed": h(&k.ak_seed),
+            "public_key": h(k.ak.public_key().as_bytes()),
+            "account_id": h(k.ak.account_id().as_bytes()),
+            "account_id_text": k.ak.account_id().to_string(),
+        },
+        "device": {
+            "device_id": id.device_id.0,
+            "dsk_seed": h(&k.dsk_seed),
+            "dsk_public": h(id.signing_key.as_bytes()),
+            "ik_scalar": h(&k.ik_scalar),
+            "ik_public": h(id.identity_key.as_bytes()),
+            "identity_encoding": h(&identity_encoding),
+        },
+        "signed_prekey": { "id": 1, "scalar": h(&k.spk_scalar), "record": x_record(k.spk.public()) },
+        "one_time_prekey": { "id": 100, "scalar": h(&k.opk_scalar), "record": x_record(k.opk.public()) },
+        "kem_prekey": { "id": 7, "kind": 3, "seed": h(&k.kem_seed), "record": kem_record(k.kem.public()) },
+        "device_list": h(k.list.signed().as_bytes()),
+    })
+}
+
+fn keys_vectors() -> Value {
+    let mut rng = Recorder::new(1);
+    let k = make_keys(&mut rng);
+    json!({
+        "description": "Account key, account id, device keys, prekey records (kind ‖ id ‖ public ‖ signature) and a one-device signed device list (version 1, created_at 1750000000000). Draws: AK seed; DSK seed, IK scalar; SPK scalar; OPK scalar; ML-KEM seed.",
+        "keys": keys_json(&k),
+    })
+}
+
+fn device_list_vectors() -> Value {
+    let mut rng = Recorder::new(2);
+    let ak = AccountKey::generate(&mut rng);
+    let devices: Vec<Device> = [3u32, 1, 2]
+        .iter()
+        .map(|&i| Device::generate(ak.account_id(), DeviceId(i), &mut rng))
+        .collect();
+    let v1 = ak
+        .sign_device_list(1, 1_750_000_000_000, devices[..2].iter().map(Device::entry).collect())
+        .unwrap();
+    let v2 = ak
+        .sign_device_list(2, 1_750_000_100_000, devices.iter().map(Device::entry).collect())
+        .unwrap();
+    let mut tampered = v2.signed().as_bytes().to_vec();
+    tampered[60] ^= 1;
+    json!({
+        "description": "Signed device lists. Devices are generated with ids 3, 1, 2 in that order; v1 lists devices 3 and 1 (encoded sorted), v2 lists all three. `tampered` is v2 with byte 60 flipped and must fail verification.",
+        "account_seed": h(&rng.take().remove(0)),
+        "account_id": h(ak.account_id().as_bytes()),
+        "devices": devices.iter().map(|d| {
+            let id = d.identity();
+            json!({"device_id": id.device_id.0, "dsk_public": h(id.signing_key.as_bytes()), "ik_public": h(id.identity_key.as_bytes())})
+        }).collect::<Vec<_>>(),
+        "v1": h(v1.signed().as_bytes()),
+        "v2": h(v2.signed().as_bytes()),
+        "tampered": h(&tampered),
+    })
+}
+
+/// PQXDH between Alice (initiator) and Bob, recomputed from raw inputs.
+fn pqxdh_vectors(with_opk: bool) -> (Value, Recorder, Keys, Keys, Session, Session) {
+    let mut rng = Recorder::new(if with_opk { 3 } else { 4 });
+    let alice = make_keys(&mut rng);
+    let bob = make_keys(&mut rng);
+    let bundle = PreKeyBundle {
+        identity: bob.device.identity(),
+        signed_prekey: bob.spk.public().clone(),
+        one_time_prekey: with_opk.then(|| bob.opk.public().clone()),
+        kem_prekey: bob.kem.public().clone(),
+    };
+    let mut a = initiate(&alice.device, &bob.list, &bundle, &mut rng).unwrap();
+    let draws = rng.take();
+    let (ek, m, ratchet0) = (arr32(&draws[0]), arr32(&draws[1]), arr32(&draws[2]));
+
+    // Independent recomputation (docs/protocol.md §5).
+    let ek_s = X25519Secret::from_bytes(&ek);
+    let ik_a = X25519Secret::from_bytes(&arr32(&alice.ik_scalar));
+    let dh1 = ik_a.dh(&bundle.signed_prekey.public).unwrap();
+    let dh2 = ek_s.dh(&bob.device.identity().identity_key).unwrap();
+    let dh3 = ek_s.dh(&bundle.signed_prekey.public).unwrap();
+    let dh4 = with_opk.then(|| ek_s.dh(&bob.opk.public().public).unwrap());
+    let (ct, ss) = bundle.kem_prekey.public.encapsulate(m);
+    let bob_kem = KemSecret::from_seed(&bob.kem_seed.clone().try_into().unwrap());
+    assert_eq!(*bob_kem.decapsulate(&ct), *ss);
+    let ad = ratchet::session_ad(&alice.device.identity(), &bob.device.identity());
+    let first = a.encrypt(b"Hello Bob", &mut rng).unwrap();
+    let first_draws = rng.take_hex();
+    let first_mk = test_hooks::take();
+    let pm = PreKeyMessage::decode(&first.bytes).unwrap();
+    let opk_bytes: &[u8] = if with_opk {
+        bob.opk.public().public.as_bytes()
+    } else {
+        &[]
+    };
+    let th = sha256(&[
+        &ad,
+        bundle.signed_prekey.public.as_bytes(),
+        opk_bytes,
+        bundle.kem_prekey.public.as_bytes(),
+        pm.prefix,
+    ]);
+    let mut ikm = Vec::new();
+    ikm.extend_from_slice(&*dh1);
+    ikm.extend_from_slice(&*dh2);
+    ikm.extend_from_slice(&*dh3);
+    if let Some(d) = &dh4 {
+        ikm.extend_from_slice(&**d);
+    }
+    ikm.extend_from_slice(&*ss);
+    let okm = hkdf::<64>(&[0u8; 32], &ikm, &[info::PQXDH, &th]);
+    let (root, ..) = a.test_keys();
+    assert_eq!(root, okm[..32], "PQXDH root key differs from the documented formula");
+    assert_eq!(pm.base_key, ek_s.public());
+    assert_eq!(&pm.kem_ciphertext[..], &ct[..]);
+
+    let r = respond(
+        &bob.device,
+        &alice.list,
+        &pm,
+        &bob.spk,
+        with_opk.then_some(&bob.opk),
+        &bob.kem,
+    )
+    .unwrap();
+    assert_eq!(r.plaintext, b"Hello Bob");
+    assert_eq!(r.session.test_keys().0, okm[..32]);
+    let bundle_bytes = bundle.encode();
+    let v = json!({
+        "description": "PQXDH: Alice initiates from Bob's bundle and sends 'Hello Bob'. Draws of initiate, in order: EK scalar, ML-KEM encapsulation randomness m, Alice's first ratchet scalar; of the first encrypt: the 16-byte header salt. root_key ‖ chain_key = HKDF-SHA256(salt = 0^32, ikm = DH1 ‖ DH2 ‖ DH3 ‖ [DH4] ‖ SS, info = 'Sotto-v1 PQXDH' ‖ TH).",
+        "with_one_time_prekey": with_opk,
+        "alice": keys_json(&alice),
+        "bob": keys_json(&bob),
+        "bundle": h(&bundle_bytes),
+        "draws": { "ek_scalar": h(&ek), "kem_randomness": h(&m), "first_ratchet_scalar": h(&ratchet0) },
+        "ek_public": h(ek_s.public().as_bytes()),
+        "dh1": h(&*dh1), "dh2": h(&*dh2), "dh3": h(&*dh3),
+        "dh4": dh4.as_ref().map(|d| h(&**d)),
+        "kem_ciphertext": h(&ct[..]),
+        "kem_shared_secret": h(&*ss),
+        "session_ad": h(&ad),
+        "prekey_message_prefix": h(pm.prefix),
+        "transcript_hash": h(&th),
+        "root_key": h(&okm[..32]),
+        "chain_key": h(&okm[32..]),
+        "first_message": {
+            "plaintext": "Hello Bob",
+            "draws": first_draws,
+            "message_key": h(&first_mk[0]),
+            "message_type": first.message_type as u8,
+            "bytes": h(&first.bytes),
+        },
+        "used_prekeys": { "signed": r.used.signed_prekey_id, "one_time": r.used.one_time_prekey_id, "kem": r.used.kem_prekey.1 },
+    });
+    (v, rng, alice, bob, a, r.session)
+}
+
+fn ratchet_vectors() -> Value {
+    let (_, mut rng, _, _, mut a, mut b) = pqxdh_vectors(true);
+    test_hooks::take();
+    let mut messages = Vec::new();
+    let mut deliveries = Vec::new();
+    let send = |who: &str, s: &mut Session, text: &str, rng: &mut Recorder, out: &mut Vec<Value>| {
+        let m = s.encrypt(text.as_bytes(), rng).unwrap();
+        let draws = rng.take_hex();
+        let mk = test_hooks::take();
+        let (header, _) = ratchet::Header::parse(match m.message_type {
+            MessageType::Ratchet => &m.bytes,
+            MessageType::PreKey => PreKeyMessage::decode(&m.bytes).unwrap().message,
+        })
+        .unwrap();
+        out.push(json!({
+            "index": out.len(), "sender": who, "plaintext": text, "draws": draws,
+            "message_key": h(&mk[0]),
+            "header": { "ratchet_key": h(header.ratchet_key.as_bytes()), "pn": header.previous_chain_length, "n": header.index, "salt": h(&header.salt) },
+            "message_type": m.message_type as u8, "bytes": h(&m.bytes),
+        }));
+        m
+    };
+    let deliver = |who: &str, s: &mut Session, idx: usize, m: &OutboundMessage, out: &mut Vec<Value>| {
+        let expect = match s.decrypt(m.message_type, &m.bytes) {
+            Ok(p) => json!({"plaintext": String::from_utf8(p).unwrap()}),
+            Err(e) => json!({"error": format!("{e:?}")}),
+        };
+        out.push(json!({"receiver": who, "message": idx, "expect": expect}));
+    };
+    // Message 0 was the PQXDH first message (pqxdh_with_opk.json); Bob already has it.
+    let m1 = send("alice", &mut a, "a1", &mut rng, &mut messages);
+    let m2 = send("alice", &mut a, "a2", &mut rng, &mut messages);
+    deliver("bob", &mut b, 1, &m2, &mut deliveries);
+    deliver("bob", &mut b, 0, &m1, &mut deliveries);
+    deliver("bob", &mut b, 0, &m1, &mut deliveries);
+    let b0 = send(
+        "bob",
+        &mut b,
+        "b0 (Bob's first DH ratchet step)",
+        &mut rng,
+        &mut messages,
+    );
+    let b1 = send("bob", &mut b, "b1", &mut rng, &mut messages);
+    deliver("alice", &mut a, 3, &b1, &mut deliveries);
+    deliver("alice", &mut a, 2, &b0, &mut deliveries);
+    let a3 = send("alice", &mut a, "a3 (Alice's DH ratchet step)", &mut rng, &mut messages);
+    deliver("bob", &mut b, 4, &a3, &mut deliveries);
+    let b2 = send("bob", &mut b, "b2", &mut rng, &mut messages);
+    deliver("alice", &mut a, 5, &b2, &mut deliveries);
+    json!({
+        "description": "A Double Ratchet conversation continuing pqxdh_with_opk.json (same seed; the RNG continues after Bob's response). `messages` in send order with their draws (a ratchet scalar when a DH step is due, then the header salt), message key, header fields and bytes; `deliveries` in order, with out-of-order delivery, a rejected replay and DH ratchet steps on both sides.",
+        "messages": messages,
+        "deliveries": deliveries,
+    })
+}
+
+fn sealed_vectors() -> Value {
+    let mut rng = Recorder::new(5);
+    let alice = make_keys(&mut rng);
+    let bob = make_keys(&mut rng);
+    let carol = make_keys(&mut rng);
+    rng.take();
+    let env = seal(
+        &alice.device,
+        &bob.device.identity().identity_key,
+        1,
+        b"sealed hello",
+        &mut rng,
+    )
+    .unwrap();
+    let single_draws = rng.take_hex();
+    let recipients = [bob.device.identity().identity_key, carol.device.identity().identity_key];
+    let multi = seal_multi(&alice.device, &recipients, 3, b"one body, two devices", &mut rng).unwrap();
+    let multi_draws = rng.take_hex();
+    assert_eq!(open(&bob.device, &env).unwrap().content, b"sealed hello");
+    json!({
+        "description": "Sealed sender. `single`: Alice seals content type 1 'sealed hello' to Bob's IK; draws: the ephemeral scalar. `multi`: Alice seals content type 3 'one body, two devices' to Bob then Carol; draws: body key M, ephemeral scalar. Each envelope opens with the recipient's ik_scalar.",
+        "alice": keys_json(&alice),
+        "bob": keys_json(&bob),
+        "carol": keys_json(&carol),
+        "single": { "draws": single_draws, "envelope": h(&env) },
+        "multi": {
+            "draws": multi_draws,
+            "envelope_bob": h(&multi.envelope(0).unwrap()),
+            "envelope_carol": h(&multi.envelope(1).unwrap()),
+        },
+    })
+}
+
+fn safety_vectors() -> Value {
+    let mut rng = Recorder::new(6);
+    let a = AccountKey::generate(&mut rng);
+    let b = AccountKey::generate(&mut rng);
+    let seeds = rng.take();
+    let n = SafetyNumber::new(&a.public_key(), &b.public_key());
+    json!({
+        "description": "Safety number between two accounts; qr_alice is Alice's QR payload (her fingerprint first).",
+        "alice_seed": h(&seeds[0]), "alice_public_key": h(a.public_key().as_bytes()),
+        "bob_seed": h(&seeds[1]), "bob_public_key": h(b.public_key().as_bytes()),
+        "number": n.number(),
+        "qr_alice": h(&n.qr_bytes()),
+    })
+}
+
+fn check(name: &str, v: Value) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors");
+    let path = format!("{dir}/{name}.json");
+    let text = serde_json::to_string_pretty(&v).unwrap() + "\n";
+    if std::env::var_os("SOTTO_WRITE_VECTORS").is_some() {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(&path, &text).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(committed == text, "{name}.json differs from what the code produces now");
+}
+
+#[test]
+fn known_answer_vectors_are_unchanged() {
+    check("keys", keys_vectors());
+    check("device_list", device_list_vectors());
+    check("pqxdh_with_opk", pqxdh_vectors(true).0);
+    check("pqxdh_without_opk", pqxdh_vectors(false).0);
+    check("ratchet", ratchet_vectors());
+    check("sealed", sealed_vectors());
+    check("safety_number", safety_vectors());
+}
+
+/// The vectors verify through the public API alone, as an independent implementation
+/// would use them.
+#[test]
+fn vectors_verify_from_their_own_contents() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors");
+    let read = |n: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/{n}.json")).unwrap()).unwrap()
+    };
+    let hx = |v: &Value| hex::decode(v.as_str().unwrap()).unwrap();
+    let dl = read("device_list");
+    let id = AccountId(arr32(&hx(&dl["account_id"])));
+    let v1 = SignedDeviceList::from_bytes(&hx(&dl["v1"]))
+        .unwrap()
+        .verify(&id)
+        .unwrap();
+    let v2 = SignedDeviceList::from_bytes(&hx(&dl["v2"]))
+        .unwrap()
+        .verify(&id)
+        .unwrap();
+    assert_eq!(v1.check_update(&v2).unwrap().added, vec![DeviceId(2)]);
+    assert!(
+        SignedDeviceList::from_bytes(&hx(&dl["tampered"]))
+            .unwrap()
+            .verify(&id)
+            .is_err()
+    );
+    let pq = read("pqxdh_with_opk");
+    assert!(PreKeyBundle::decode(&hx(&pq["bundle"])).unwrap().verify().is_ok());
+    let sn = read("safety_number");
+    let a = Ed25519PublicKey::from_bytes(&arr32(&hx(&sn["alice_public_key"]))).unwrap();
+    let b = Ed25519PublicKey::from_bytes(&arr32(&hx(&sn["bob_public_key"]))).unwrap();
+    assert_eq!(SafetyNumber::new(&b, &a).number(), sn["number"].as_str().unwrap());
+    assert!(SafetyNumber::new(&b, &a).verify_scanned(&hx(&sn["qr_alice"])));
+}
