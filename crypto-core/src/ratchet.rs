@@ -8,9 +8,15 @@
 //! header             = 0x01 ‖ ratchet_pub (32) ‖ pn (u32) ‖ n (u32) ‖ salt (16)            57 bytes
 //! message            = header ‖ ChaCha20-Poly1305(key, nonce, plaintext, ad = session_ad ‖ header) ‖ tag (16)
 //! ```
-//! Bounds: one message may skip at most [`MAX_SKIP`] keys of one chain; a session keeps
-//! at most [`MAX_SKIPPED_KEYS`] skipped keys (oldest evicted) and [`MAX_RECEIVING_CHAINS`]
-//! receiving chains (oldest evicted). A failed decryption leaves the session unchanged.
+//! Bounds: one message may make the receiver derive and store at most [`MAX_SKIP`]
+//! skipped keys in all (on a DH step: the previous chain's keys up to `pn` plus the new
+//! chain's keys up to `n`); a session keeps at most [`MAX_SKIPPED_KEYS`] skipped keys
+//! and [`MAX_RECEIVING_CHAINS`] receiving chains, evicting the oldest. A failed
+//! decryption leaves the session unchanged.
+//!
+//! Start-up (Olm-style): the PQXDH output gives the root key and the initiator's first
+//! sending chain key directly; the initiator's first ratchet key is fresh, and the
+//! responder's first DH ratchet step happens on its first `encrypt`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -167,7 +173,8 @@ pub struct Header {
 }
 
 impl Header {
-    pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
+    /// The 57-byte encoding.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[0] = HEADER_VERSION;
         out[1..33].copy_from_slice(self.ratchet_key.as_bytes());

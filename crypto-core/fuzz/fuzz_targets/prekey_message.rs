@@ -1,0 +1,9 @@
+//! Fuzz target `prekey_message`: PreKeyMessage::decode, then respond with Bob's fixed prekey secrets.
+//! The checks live in `src/checks.rs`, shared with the corpus replay test.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = sotto_crypto_fuzz::prekey_message(data);
+});

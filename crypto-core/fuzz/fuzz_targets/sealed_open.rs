@@ -1,0 +1,9 @@
+//! Fuzz target `sealed_open`: sealed::open with a fixed recipient device.
+//! The checks live in `src/checks.rs`, shared with the corpus replay test.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = sotto_crypto_fuzz::sealed_open(data);
+});
