@@ -83,7 +83,7 @@ pub enum OpenError {
 /// An opened envelope. `sender` is what the sender *claims*, proven only to the extent
 /// that its DSK signed the content: check it against the sender's verified device list
 /// and, for a ratchet message, against the session's peer.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Opened {
     /// The claimed sending device, with the keys that signed.
     pub sender: DeviceIdentity,
@@ -91,6 +91,16 @@ pub struct Opened {
     pub content_type: u8,
     /// The content.
     pub content: Vec<u8>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("sender", &self.sender)
+            .field("content_type", &self.content_type)
+            .field("content_len", &self.content.len())
+            .finish_non_exhaustive()
+    }
 }
 
 fn inner_plaintext(sender: &Device, signed_prefix: &[&[u8]], content_type: u8, content: &[u8]) -> Zeroizing<Vec<u8>> {

@@ -419,6 +419,20 @@ fn debug_output_holds_no_secrets() {
     assert!(s.starts_with("Session { local: (AccountId("), "{s}");
     assert!(s.ends_with("receiving_chains: 0, skipped_keys: 0, .. }"), "{s}");
     assert_eq!(format!("{:?}", PickleKey::new([1; 32])), "PickleKey(..)");
+    let mut rng = ChaCha20Rng::seed_from_u64(113);
+    let env = seal(
+        &alice.device,
+        &alice.device.identity().identity_key,
+        1,
+        b"secret words",
+        &mut rng,
+    )
+    .unwrap();
+    let o = format!("{:?}", open(&alice.device, &env).unwrap());
+    assert!(
+        o.ends_with("content_type: 1, content_len: 12, .. }") && !o.contains("secret"),
+        "{o}"
+    );
     let k = format!("{:?}", alice.kem);
     assert!(k.starts_with("KemPreKeySecret { kind: KemOneTime, id: 1, .. }"), "{k}");
 }

@@ -352,7 +352,6 @@ pub fn initiate(
 }
 
 /// A session created from a pre-key message, with the first plaintext.
-#[derive(Debug)]
 pub struct Responded {
     /// The new session.
     pub session: Session,
@@ -360,6 +359,16 @@ pub struct Responded {
     pub plaintext: Vec<u8>,
     /// The prekeys it consumed.
     pub used: UsedPreKeys,
+}
+
+impl fmt::Debug for Responded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responded")
+            .field("session", &self.session)
+            .field("plaintext_len", &self.plaintext.len())
+            .field("used", &self.used)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Creates the responder's session from a pre-key message and decrypts its message.
