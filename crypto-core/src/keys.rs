@@ -74,10 +74,12 @@ impl fmt::Debug for X25519PublicKey {
 pub struct Ed25519PublicKey(VerifyingKey);
 
 impl Ed25519PublicKey {
-    /// Parses 32 raw bytes; rejects encodings that are not a point or are of small order.
+    /// Parses 32 raw bytes; rejects encodings that are not a point, are not canonical, or are
+    /// of small order.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::InvalidSigningKey)?;
-        if key.is_weak() {
+        // Refuse non-canonical encodings (y >= p), which stricter libraries reject too.
+        if key.is_weak() || key.to_edwards().compress().as_bytes() != bytes {
             return Err(KeyError::InvalidSigningKey);
         }
         Ok(Self(key))
@@ -197,7 +199,7 @@ impl X25519Secret {
 pub struct KemPublicKey(Box<[u8; KEM_PUBLIC_KEY_LEN]>);
 
 impl KemPublicKey {
-    /// Parses and validates a FIPS 203 ML-KEM-768 public key (the modulus check of §7.2).
+    /// Parses and validates a FIPS 203 ML-KEM-768 public key (the modulus check of FIPS 203 §7.2).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         let arr: [u8; KEM_PUBLIC_KEY_LEN] = bytes.try_into().map_err(|_| KeyError::InvalidKemKey)?;
         let pk = mlkem768::MlKem768PublicKey::from(arr);
@@ -310,6 +312,20 @@ mod tests {
         assert_eq!(KemPublicKey::from_bytes(&[0; 10]), Err(KeyError::InvalidKemKey));
         let again = KemSecret::from_seed(k.seed());
         assert_eq!(again.public(), k.public());
+    }
+
+    #[test]
+    fn non_canonical_ed25519_keys_are_rejected() {
+        // y = p + 2 encodes the same point as y = 2 when y = 2 is on the curve; build
+        // one from a real key instead: add p to a small y and keep the sign bit.
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let real = Ed25519Secret::generate(&mut rng).public();
+        assert!(Ed25519PublicKey::from_bytes(real.as_bytes()).is_ok());
+        // y = 1 (the identity) written as p + 1: non-canonical and weak.
+        let mut p_plus_1 = [0xffu8; 32];
+        p_plus_1[0] = 0xee;
+        p_plus_1[31] = 0x7f;
+        assert!(Ed25519PublicKey::from_bytes(&p_plus_1).is_err());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::ratchet::Session;
 
 const VERSION: u8 = 1;
 const FORMAT: u16 = 1;
-/// Largest pickle accepted (a session at its bounds is about 140 KiB).
+/// Largest pickle accepted (a session at its bounds is about 135 KiB).
 pub const MAX_PICKLE_LEN: usize = 256 * 1024;
 
 /// The key pickles are encrypted under; the app supplies and keeps it (for example in

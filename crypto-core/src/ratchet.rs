@@ -194,6 +194,12 @@ impl Header {
             index: r.u32()?,
             salt: r.array()?,
         };
+        // Senders stop at 2^32 - 2 (`ChainExhausted`), so the last number never occurs.
+        if header.index == u32::MAX {
+            return Err(DecodeError::Invalid {
+                field: "message number",
+            });
+        }
         let body = r.rest();
         if body.len() < TAG_LEN {
             return Err(DecodeError::Truncated {

@@ -8,7 +8,7 @@
 //!          W_i = M ⊕ HKDF-SHA256(salt = E_pub ‖ IK_i, ikm = X25519(E, IK_i), info = "Sotto-v1 multi-recipient wrap")
 //!          k ‖ n = HKDF-SHA256(salt = E_pub, ikm = M, info = "Sotto-v1 multi-recipient body")
 //! P        = pad(content_type ‖ sender identity (100) ‖ signature (64) ‖ content)
-//! signature = Ed25519_DSK("Sotto-v1 sealed sender signature" ‖ kind ‖ E_pub ‖ [IK_R, single only]
+//! signature = Ed25519_DSK("Sotto-v1 sealed sender signature" ‖ 0x01 ‖ kind ‖ E_pub ‖ [IK_R, single only]
 //!                         ‖ content_type ‖ sender identity ‖ content)
 //! ```
 
@@ -181,7 +181,7 @@ pub fn seal(
     );
     let mut plain = inner_plaintext(
         sender,
-        &[&[KIND_SINGLE], e_pub.as_bytes(), recipient.as_bytes()],
+        &[&[VERSION, KIND_SINGLE], e_pub.as_bytes(), recipient.as_bytes()],
         content_type,
         content,
     );
@@ -285,7 +285,12 @@ pub fn seal_multi(
         wraps.push(w);
     }
     let keys = hkdf::<44>(e_pub.as_bytes(), m.as_slice(), &[info::MULTI_BODY]);
-    let mut plain = inner_plaintext(sender, &[&[KIND_MULTI], e_pub.as_bytes()], content_type, content);
+    let mut plain = inner_plaintext(
+        sender,
+        &[&[VERSION, KIND_MULTI], e_pub.as_bytes()],
+        content_type,
+        content,
+    );
     let ad = [&[VERSION, KIND_MULTI][..], e_pub.as_bytes()].concat();
     let cipher = ChaCha20Poly1305::new((&keys[..32]).into());
     let tag = cipher
@@ -317,6 +322,13 @@ pub fn open(recipient: &Device, envelope: &[u8]) -> Result<Opened, OpenError> {
     let mut r = Reader::new(envelope);
     r.version(VERSION)?;
     let kind = r.u8()?;
+    if kind != KIND_SINGLE && kind != KIND_MULTI {
+        return Err(DecodeError::UnknownType {
+            field: "envelope kind",
+            value: kind,
+        }
+        .into());
+    }
     let e_pub = X25519PublicKey(r.array()?);
     let dh = recipient.ik.dh(&e_pub).map_err(|_| OpenError::NonContributory)?;
     let ik = recipient.ik.public();
@@ -359,8 +371,8 @@ pub fn open(recipient: &Device, envelope: &[u8]) -> Result<Opened, OpenError> {
     cipher
         .decrypt_in_place_detached((&keys[32..]).into(), &ad, plain.as_mut_slice(), tag.into())
         .map_err(|_| OpenError::InvalidMac)?;
-    let single_prefix: [&[u8]; 3] = [&[KIND_SINGLE], e_pub.as_bytes(), ik.as_bytes()];
-    let multi_prefix: [&[u8]; 2] = [&[KIND_MULTI], e_pub.as_bytes()];
+    let single_prefix: [&[u8]; 3] = [&[VERSION, KIND_SINGLE], e_pub.as_bytes(), ik.as_bytes()];
+    let multi_prefix: [&[u8]; 2] = [&[VERSION, KIND_MULTI], e_pub.as_bytes()];
     let prefix: &[&[u8]] = if kind == KIND_SINGLE {
         &single_prefix
     } else {

@@ -152,6 +152,33 @@ fn failures_leave_the_session_unchanged() {
 }
 
 #[test]
+fn the_last_message_number_is_refused_before_any_work() {
+    let mut rng = ChaCha20Rng::seed_from_u64(114);
+    let (_, _, _, mut b) = establish(&mut rng);
+    let h = ratchet::Header {
+        ratchet_key: X25519PublicKey([9; 32]),
+        previous_chain_length: 0,
+        index: u32::MAX,
+        salt: [0; 16],
+    };
+    let mut m = h.encode().to_vec();
+    m.extend_from_slice(&[0; 16]);
+    assert!(matches!(
+        b.decrypt(MessageType::Ratchet, &m),
+        Err(DecryptError::Decode(_))
+    ));
+    let mut env = vec![1u8, 9];
+    env.extend_from_slice(&[0; 200]);
+    assert_eq!(
+        open(&Party::new(&mut rng).device, &env),
+        Err(OpenError::Decode(DecodeError::UnknownType {
+            field: "envelope kind",
+            value: 9
+        }))
+    );
+}
+
+#[test]
 fn gap_bounds_are_enforced() {
     let mut rng = ChaCha20Rng::seed_from_u64(103);
     let (_, _, mut a, mut b) = establish(&mut rng);
