@@ -313,6 +313,13 @@ impl Device {
         }
     }
 
+    /// Answers a relay's authentication challenge: a DSK signature over
+    /// [`relay_auth_message`] for this device.
+    pub fn sign_relay_auth(&self, relay_id: &[u8; 32], nonce: &[u8; 32], timestamp_ms: u64) -> Signature {
+        let msg = relay_auth_message(relay_id, nonce, timestamp_ms, &self.account_id, self.device_id);
+        self.dsk.sign_parts(&[&msg])
+    }
+
     /// The account this device belongs to.
     pub fn account_id(&self) -> AccountId {
         self.account_id
@@ -322,6 +329,25 @@ impl Device {
     pub fn device_id(&self) -> DeviceId {
         self.device_id
     }
+}
+
+/// The bytes a device signs to authenticate to a relay (docs/protocol.md §13):
+/// `"Sotto-v1 relay auth" ‖ relay_id ‖ nonce ‖ timestamp_ms (u64) ‖ account_id ‖ device_id (u32)`.
+pub fn relay_auth_message(
+    relay_id: &[u8; 32],
+    nonce: &[u8; 32],
+    timestamp_ms: u64,
+    account_id: &AccountId,
+    device_id: DeviceId,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(info::RELAY_AUTH.len() + 32 + 32 + 8 + 32 + 4);
+    m.put(info::RELAY_AUTH);
+    m.put(relay_id);
+    m.put(nonce);
+    m.put_u64(timestamp_ms);
+    m.put(account_id.as_bytes());
+    m.put_u32(device_id.0);
+    m
 }
 
 fn sign_prekey(dsk: &Ed25519Secret, kind: PreKeyKind, device: DeviceId, id: u32, public: &[u8]) -> Signature {
@@ -588,6 +614,16 @@ mod tests {
         assert!(other.verify(DeviceId(1), &dsk).is_err());
         let kem = d.generate_kem_prekey(1, true, &mut rng);
         kem.public().verify(DeviceId(1), &dsk).unwrap();
+        let sig = d.sign_relay_auth(&[1; 32], &[2; 32], 3);
+        let msg = relay_auth_message(&[1; 32], &[2; 32], 3, &d.account_id(), DeviceId(1));
+        dsk.verify(&msg, &sig).unwrap();
+        assert!(
+            dsk.verify(
+                &relay_auth_message(&[1; 32], &[2; 32], 4, &d.account_id(), DeviceId(1)),
+                &sig
+            )
+            .is_err()
+        );
         let mut enc = Vec::new();
         kem.public().encode_into(&mut enc);
         assert_eq!(enc.len(), KemPreKey::ENCODED_LEN);

@@ -21,6 +21,7 @@ pub(crate) mod info {
     pub(crate) const MULTI_WRAP: &[u8] = b"Sotto-v1 multi-recipient wrap";
     pub(crate) const SAFETY_NUMBER: &[u8] = b"Sotto-v1 safety number";
     pub(crate) const PICKLE: &[u8] = b"Sotto-v1 pickle";
+    pub(crate) const RELAY_AUTH: &[u8] = b"Sotto-v1 relay auth";
 }
 
 /// HKDF-SHA256 (RFC 5869) extract-and-expand into `N` bytes. `N` is at most

@@ -22,7 +22,7 @@ pub use codec::DecodeError;
 pub use device_list::{DeviceEntry, DeviceList, DeviceListChange, DeviceListError, SignedDeviceList};
 pub use identity::{
     AccountId, AccountKey, Device, DeviceId, DeviceIdentity, KemPreKey, KemPreKeySecret, PreKeyKind, X25519PreKey,
-    X25519PreKeySecret,
+    X25519PreKeySecret, relay_auth_message,
 };
 pub use keys::{Ed25519PublicKey, KemPublicKey, KeyError, Signature, X25519PublicKey};
 pub use pickle::{Pickle, PickleError, PickleKey};

@@ -767,21 +767,11 @@ fn derive_skipped(chain: &ReceivingChain, to: u32) -> (Vec<SkippedKey>, Key32) {
     (skipped, ck)
 }
 
-#[cfg(test)]
-pub(crate) mod test_hooks {
-    use std::cell::RefCell;
-
-    thread_local! {
-        static MESSAGE_KEYS: RefCell<Vec<[u8; 32]>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub(crate) fn record(mk: &[u8; 32]) {
-        MESSAGE_KEYS.with(|k| k.borrow_mut().push(*mk));
-    }
-
-    /// The message keys `encrypt` used since the last call, on this thread.
-    pub(crate) fn take() -> Vec<[u8; 32]> {
-        MESSAGE_KEYS.with(|k| std::mem::take(&mut *k.borrow_mut()))
+fn flag(r: &mut Reader<'_>) -> Result<bool, DecodeError> {
+    match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError::Invalid { field: "flag" }),
     }
 }
 
@@ -797,10 +787,20 @@ impl Session {
     }
 }
 
-fn flag(r: &mut Reader<'_>) -> Result<bool, DecodeError> {
-    match r.u8()? {
-        0 => Ok(false),
-        1 => Ok(true),
-        _ => Err(DecodeError::Invalid { field: "flag" }),
+#[cfg(test)]
+pub(crate) mod test_hooks {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static MESSAGE_KEYS: RefCell<Vec<[u8; 32]>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(crate) fn record(mk: &[u8; 32]) {
+        MESSAGE_KEYS.with(|k| k.borrow_mut().push(*mk));
+    }
+
+    /// The message keys `encrypt` used since the last call, on this thread.
+    pub(crate) fn take() -> Vec<[u8; 32]> {
+        MESSAGE_KEYS.with(|k| std::mem::take(&mut *k.borrow_mut()))
     }
 }
