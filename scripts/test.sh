@@ -24,5 +24,15 @@ cargo build -p sotto-crypto --target wasm32-unknown-unknown --locked
 step "fuzz targets compile"
 cargo check --manifest-path crypto-core/fuzz/Cargo.toml --bins
 
+step "throwaway PostgreSQL for the relay tests"
+# The relay's storage and server tests run on SQLite and on PostgreSQL; with CI=true they
+# fail instead of skipping when SOTTO_TEST_POSTGRES_URL is unset.
+if [ -z "${SOTTO_TEST_POSTGRES_URL:-}" ]; then
+  PG_DIR=$(mktemp -d)
+  trap 'scripts/pg.sh stop "$PG_DIR"' EXIT
+  SOTTO_TEST_POSTGRES_URL=$(scripts/pg.sh start "$PG_DIR")
+  export SOTTO_TEST_POSTGRES_URL
+fi
+
 step "tests"
 cargo test --workspace --locked

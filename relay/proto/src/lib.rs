@@ -1,1 +1,60 @@
-//! Client–relay wire protocol. The frames and their codec land with the relay; see docs/protocol.md.
+//! Sotto's client–relay wire protocol: WebSocket frames and HTTP bodies, with one
+//! hand-written codec. No I/O, no clock, no randomness: callers pass them in.
+//!
+//! Every encoding starts with the protocol version byte [`VERSION`]. Integers are
+//! big-endian; byte fields carry a `u32` length and lists a `u16` count, each checked
+//! against a bound from [`limits`] and against the remaining input before anything is
+//! allocated. Decoding never panics: any byte string decodes to a value or to a typed
+//! [`DecodeError`].
+//!
+//! ```
+//! use sotto_proto::{Frame, ErrorCode};
+//!
+//! let frame = Frame::Error { code: ErrorCode::MAILBOX_FULL };
+//! let bytes = frame.encode();
+//! assert_eq!(bytes, [0x01, 0x7f, 0x00, 33]);
+//! assert_eq!(Frame::decode(&bytes), Ok(frame));
+//! assert!(Frame::decode(&[0x01, 0xee]).is_err());
+//! ```
+//!
+//! The layouts are documented on [`frame`] and [`body`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod body;
+mod codec;
+mod error_code;
+pub mod frame;
+
+#[cfg(test)]
+mod tests;
+
+pub use body::{
+    Body, Bundles, DeviceListBody, ErrorBody, PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration,
+    authorization_header, parse_authorization,
+};
+pub use codec::DecodeError;
+pub use error_code::ErrorCode;
+pub use frame::{AuthResponse, Challenge, Deliver, Frame, Recipient, Send, SendOutcome, SendResult, relay_id};
+
+/// The protocol version byte that starts every frame and body.
+pub const VERSION: u8 = 1;
+
+/// Hard bounds of the codec. A relay's configured limits are at most these.
+pub mod limits {
+    /// The largest envelope a frame may carry.
+    pub const MAX_ENVELOPE_LEN: usize = 1 << 20;
+    /// The most recipients in one send.
+    pub const MAX_RECIPIENTS: usize = 4096;
+    /// The largest ephemeral payload.
+    pub const MAX_EPHEMERAL_LEN: usize = 64 * 1024;
+    /// The largest signed device list.
+    pub const MAX_DEVICE_LIST_LEN: usize = sotto_crypto::SignedDeviceList::MAX_LEN;
+    /// The most one-time X25519 prekeys in one upload.
+    pub const MAX_ONE_TIME_PREKEYS_PER_UPLOAD: usize = 1000;
+    /// The most one-time ML-KEM prekeys in one upload.
+    pub const MAX_KEM_PREKEYS_PER_UPLOAD: usize = 200;
+    /// The most bundles in one answer: one per device of an account.
+    pub const MAX_BUNDLES: usize = sotto_crypto::device_list::MAX_DEVICES;
+    /// The largest push token or endpoint.
+    pub const MAX_PUSH_TOKEN_LEN: usize = 4096;
+}

@@ -1,1 +1,140 @@
-//! The Sotto blind relay. The server lands with its issue; see docs/ARCHITECTURE.md.
+//! The Sotto blind relay: stores and forwards opaque envelopes between devices.
+//!
+//! [`app`] builds the router and [`run`] serves it on a listener until a shutdown
+//! future resolves, then drains the WebSockets; tests bind `127.0.0.1:0` and call both.
+//!
+//! ```text
+//! GET  /healthz /readyz /metrics
+//! GET  /v1/auth/challenge                         → Challenge
+//! PUT  /v1/accounts/{account}/device-list         DeviceListBody (register or update)
+//! GET  /v1/accounts/{account}/device-list         → DeviceListBody
+//! PUT  /v1/prekeys                                 PreKeyUpload           (authenticated)
+//! GET  /v1/prekeys/count                           → PreKeyCounts         (authenticated)
+//! GET  /v1/accounts/{account}/bundles[/{device}]   → Bundles              (authenticated)
+//! PUT  /v1/push, DELETE /v1/push                   PushRegistration       (authenticated)
+//! GET  /v1/ws                                      WebSocket (sotto-proto frames)
+//! ```
+//! `{account}` is the 52-character base32 account id. Authenticated requests carry
+//! `Authorization: Sotto-v1 <hex>`, an answer to a fresh challenge that it consumes.
+
+pub mod config;
+pub mod error;
+mod http;
+pub mod metrics;
+mod state;
+pub mod storage;
+pub mod ws;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use sotto_proto::ErrorCode;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use error::AppError;
+pub use state::AppState;
+
+use crate::storage::Storage;
+
+/// The tungstenite read and write buffer per connection. tungstenite keeps its read
+/// buffer resident on idle sockets (PERF-ANCHORS: 128 KiB → 134 KiB RSS per idle
+/// connection, 4 KiB → 5.75 KiB), so it is small on purpose; messages larger than the
+/// buffer are still read, in several reads.
+pub const WS_BUFFER_BYTES: usize = 4 * 1024;
+
+/// The router.
+pub fn app(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.limits.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .route("/v1/auth/challenge", get(http::challenge))
+        .route(
+            "/v1/accounts/{account}/device-list",
+            get(http::get_device_list).put(http::put_device_list),
+        )
+        .route("/v1/accounts/{account}/bundles", get(http::bundles))
+        .route("/v1/accounts/{account}/bundles/{device}", get(http::bundle))
+        .route("/v1/prekeys", axum::routing::put(http::put_prekeys))
+        .route("/v1/prekeys/count", get(http::prekey_count))
+        .route("/v1/push", axum::routing::put(http::put_push).delete(http::delete_push))
+        .route("/v1/ws", get(ws_upgrade))
+        .fallback(http::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn ws_upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+    if state.is_shutting_down() {
+        return AppError(ErrorCode::SHUTTING_DOWN).into_response();
+    }
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        metrics::inc(&state.metrics.connections_refused_total, 1);
+        return AppError(ErrorCode::TOO_MANY_CONNECTIONS).into_response();
+    };
+    let max = state.config.limits.max_frame_bytes;
+    ws.read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max.saturating_mul(2).max(WS_BUFFER_BYTES))
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            ws::serve_socket(state, socket).await;
+            drop(permit);
+        })
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves; then refuses new
+/// connections, tells every WebSocket to close (after the frame it is handling, so a
+/// send that was answered is stored and nothing is lost) and returns once all have.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + std::marker::Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let expiry = tokio::spawn(expiry_loop(state.clone()));
+    let signal_state = state.clone();
+    let result = axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining connections");
+            signal_state.begin_shutdown();
+        })
+        .await;
+    state.begin_shutdown();
+    let all = u32::try_from(state.config.limits.max_connections).unwrap_or(u32::MAX);
+    let _ = state.connections.acquire_many(all).await;
+    expiry.abort();
+    state.store.close().await;
+    tracing::info!("relay stopped");
+    result
+}
+
+async fn expiry_loop(state: Arc<AppState>) {
+    let every = Duration::from_secs(state.config.limits.expiry_interval_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    let mut shutdown = state.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::state::wait_shutdown(&mut shutdown) => return,
+        }
+        match state.store.expire(state::now_s()).await {
+            Ok(n) => metrics::inc(&state.metrics.envelopes_expired_total, n),
+            Err(e) => {
+                let _ = error::code_of(&e);
+            }
+        }
+    }
+}

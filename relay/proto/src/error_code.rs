@@ -1,0 +1,138 @@
+//! Stable error codes, shared by WebSocket frames and HTTP error bodies.
+
+use std::fmt;
+
+/// A stable error code. It is a number on the wire so that a code added later still
+/// decodes in an older client, which then treats it as an unknown error.
+///
+/// The relay never sends any other error detail: no internal text reaches a client.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrorCode(pub u16);
+
+macro_rules! codes {
+    ($($(#[$doc:meta])* $name:ident = $value:expr;)*) => {
+        impl ErrorCode {
+            $($(#[$doc])* pub const $name: ErrorCode = ErrorCode($value);)*
+
+            /// Every code this version defines.
+            pub const ALL: &'static [ErrorCode] = &[$(Self::$name),*];
+
+            /// The code's name (`"ENVELOPE_TOO_LARGE"`), or `"UNKNOWN"` for a code this
+            /// version does not define.
+            pub fn name(self) -> &'static str {
+                match self.0 {
+                    $($value => stringify!($name),)*
+                    _ => "UNKNOWN",
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    /// A frame or body that does not decode.
+    MALFORMED = 1;
+    /// A protocol version this relay does not speak.
+    UNSUPPORTED_VERSION = 2;
+    /// A frame that is not valid in the connection's current state (a send before
+    /// authentication, a relay-to-client frame sent by a client).
+    UNEXPECTED_FRAME = 3;
+    /// The request needs device authentication and carries none.
+    AUTH_REQUIRED = 10;
+    /// The authentication signature does not verify, or the device is not in its account's
+    /// current device list.
+    AUTH_FAILED = 11;
+    /// The challenge nonce was never issued or was already used (a replay).
+    CHALLENGE_UNKNOWN = 12;
+    /// The challenge is older than the relay accepts.
+    CHALLENGE_EXPIRED = 13;
+    /// No such account.
+    UNKNOWN_ACCOUNT = 20;
+    /// No such device in the account's current device list.
+    UNKNOWN_DEVICE = 21;
+    /// The device list belongs to another account than the one addressed.
+    ACCOUNT_MISMATCH = 22;
+    /// The device list does not decode or its signature does not verify.
+    BAD_DEVICE_LIST = 23;
+    /// The device list's version is not above the stored one.
+    STALE_DEVICE_LIST = 24;
+    /// A prekey whose signature does not verify or whose kind does not fit its slot.
+    BAD_PREKEY = 25;
+    /// The device has no signed prekey or no ML-KEM prekey to hand out.
+    NO_PREKEYS = 26;
+    /// The upload would store more one-time prekeys than the relay keeps per device.
+    TOO_MANY_PREKEYS = 27;
+    /// An envelope above the relay's size limit.
+    ENVELOPE_TOO_LARGE = 30;
+    /// A send to more devices than the relay allows in one send.
+    TOO_MANY_RECIPIENTS = 31;
+    /// A send that names one device twice.
+    DUPLICATE_RECIPIENT = 32;
+    /// A recipient mailbox holds as many envelopes as the relay allows.
+    MAILBOX_FULL = 33;
+    /// A send with no recipients.
+    EMPTY_SEND = 34;
+    /// An acknowledgement of a sequence number the relay never delivered.
+    ACK_AHEAD = 35;
+    /// Too many requests from one device; retry later.
+    RATE_LIMITED = 40;
+    /// A request body or frame above the relay's size limit.
+    BODY_TOO_LARGE = 41;
+    /// The relay holds as many connections as it allows.
+    TOO_MANY_CONNECTIONS = 42;
+    /// The relay is too busy to issue a challenge; retry later.
+    BUSY = 43;
+    /// Another connection authenticated as this device; this one closes.
+    REPLACED = 44;
+    /// The relay is shutting down; reconnect later.
+    SHUTTING_DOWN = 45;
+    /// The connection was idle for too long.
+    IDLE_TIMEOUT = 46;
+    /// No such resource.
+    NOT_FOUND = 50;
+    /// Something failed inside the relay. Retrying may work.
+    INTERNAL = 60;
+}
+
+impl ErrorCode {
+    /// True when retrying the same request later may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Self::RATE_LIMITED
+                | Self::TOO_MANY_CONNECTIONS
+                | Self::BUSY
+                | Self::SHUTTING_DOWN
+                | Self::INTERNAL
+                | Self::MAILBOX_FULL
+                | Self::CHALLENGE_EXPIRED
+        )
+    }
+}
+
+impl fmt::Debug for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ErrorCode({} {})", self.0, self.name())
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_and_named() {
+        let set: HashSet<u16> = ErrorCode::ALL.iter().map(|c| c.0).collect();
+        assert_eq!(set.len(), ErrorCode::ALL.len());
+        assert_eq!(ErrorCode::ENVELOPE_TOO_LARGE.name(), "ENVELOPE_TOO_LARGE");
+        assert_eq!(ErrorCode(9999).name(), "UNKNOWN");
+        assert_eq!(format!("{:?}", ErrorCode::MAILBOX_FULL), "ErrorCode(33 MAILBOX_FULL)");
+    }
+}

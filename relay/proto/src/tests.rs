@@ -1,0 +1,344 @@
+use std::sync::OnceLock;
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use sotto_crypto::{
+    AccountId, AccountKey, Device, DeviceId, KemPreKey, PreKeyBundle, PreKeyKind, Signature, X25519PreKey,
+    X25519PublicKey,
+};
+
+use crate::*;
+
+struct Fixtures {
+    kem_one_time: Vec<KemPreKey>,
+    kem_last_resort: Vec<KemPreKey>,
+    bundles: Vec<PreKeyBundle>,
+}
+
+fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let ak = AccountKey::generate(&mut rng);
+        let mut kem_one_time = Vec::new();
+        let mut kem_last_resort = Vec::new();
+        let mut bundles = Vec::new();
+        for i in 0..3 {
+            let d = Device::generate(ak.account_id(), DeviceId(i), &mut rng);
+            kem_one_time.push(d.generate_kem_prekey(i, false, &mut rng).public().clone());
+            kem_last_resort.push(d.generate_kem_prekey(100 + i, true, &mut rng).public().clone());
+            bundles.push(PreKeyBundle {
+                identity: d.identity(),
+                signed_prekey: d.generate_signed_prekey(1, &mut rng).public().clone(),
+                one_time_prekey: (i % 2 == 0).then(|| d.generate_one_time_prekeys(5, 1, &mut rng)[0].public().clone()),
+                kem_prekey: kem_one_time[i as usize].clone(),
+            });
+        }
+        Fixtures {
+            kem_one_time,
+            kem_last_resort,
+            bundles,
+        }
+    })
+}
+
+fn account() -> impl Strategy<Value = AccountId> {
+    any::<[u8; 32]>().prop_map(AccountId)
+}
+
+fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    vec(any::<u8>(), 0..max)
+}
+
+fn code() -> impl Strategy<Value = ErrorCode> {
+    any::<u16>().prop_map(ErrorCode)
+}
+
+fn x25519_prekey(kind: PreKeyKind) -> impl Strategy<Value = X25519PreKey> {
+    (any::<u32>(), any::<[u8; 32]>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(move |(id, p, s1, s2)| {
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&s1);
+        sig[32..].copy_from_slice(&s2);
+        X25519PreKey {
+            kind,
+            id,
+            public: X25519PublicKey(p),
+            signature: Signature(sig),
+        }
+    })
+}
+
+fn challenge() -> impl Strategy<Value = Challenge> {
+    (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u64>()).prop_map(|(nonce, relay_id, timestamp_ms)| Challenge {
+        nonce,
+        relay_id,
+        timestamp_ms,
+    })
+}
+
+fn auth_response() -> impl Strategy<Value = AuthResponse> {
+    (
+        account(),
+        any::<u32>(),
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+    )
+        .prop_map(|(account_id, d, nonce, s1, s2)| {
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(&s1);
+            sig[32..].copy_from_slice(&s2);
+            AuthResponse {
+                account_id,
+                device_id: DeviceId(d),
+                nonce,
+                signature: Signature(sig),
+            }
+        })
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    let recipient = (account(), any::<u32>(), bytes(64)).prop_map(|(account_id, d, envelope)| Recipient {
+        account_id,
+        device_id: DeviceId(d),
+        envelope,
+    });
+    let outcome = prop_oneof![
+        vec(any::<u64>(), 0..16).prop_map(|seqs| SendOutcome::Stored { seqs }),
+        vec(bytes(200), 0..4).prop_map(|device_lists| SendOutcome::DeviceMismatch { device_lists }),
+        code().prop_map(|code| SendOutcome::Rejected { code }),
+    ];
+    prop_oneof![
+        challenge().prop_map(Frame::Challenge),
+        auth_response().prop_map(Frame::AuthResponse),
+        Just(Frame::AuthOk),
+        (any::<u64>(), vec(recipient, 0..8))
+            .prop_map(|(message_id, recipients)| Frame::Send(Send { message_id, recipients })),
+        (any::<u64>(), outcome).prop_map(|(message_id, outcome)| Frame::SendResult(SendResult { message_id, outcome })),
+        (any::<u64>(), any::<u64>(), bytes(256)).prop_map(|(seq, received_at_s, envelope)| Frame::Deliver(Deliver {
+            seq,
+            received_at_s,
+            envelope
+        })),
+        Just(Frame::QueueEmpty),
+        any::<u64>().prop_map(|seq| Frame::Ack { seq }),
+        (account(), bytes(64)).prop_map(|(to, payload)| Frame::Ephemeral { to, payload }),
+        bytes(64).prop_map(|payload| Frame::EphemeralDeliver { payload }),
+        code().prop_map(|code| Frame::Error { code }),
+    ]
+}
+
+fn prekey_upload() -> impl Strategy<Value = PreKeyUpload> {
+    (
+        proptest::option::of(x25519_prekey(PreKeyKind::Signed)),
+        vec(x25519_prekey(PreKeyKind::OneTime), 0..6),
+        vec(0..3usize, 0..3),
+        proptest::option::of(0..3usize),
+    )
+        .prop_map(|(signed_prekey, one_time_prekeys, kem, lr)| {
+            let f = fixtures();
+            PreKeyUpload {
+                signed_prekey,
+                one_time_prekeys,
+                kem_prekeys: kem.into_iter().map(|i| f.kem_one_time[i].clone()).collect(),
+                last_resort_kem_prekey: lr.map(|i| f.kem_last_resort[i].clone()),
+            }
+        })
+}
+
+fn round_trip<B: Body + PartialEq + std::fmt::Debug>(b: &B) {
+    let enc = b.encode();
+    assert_eq!(enc[0], VERSION);
+    assert_eq!(&B::decode(&enc).unwrap(), b);
+    // Every strict prefix is a typed error, and so is one trailing byte.
+    for cut in 0..enc.len() {
+        assert!(B::decode(&enc[..cut]).is_err(), "prefix of {cut} bytes decoded");
+    }
+    let mut longer = enc.clone();
+    longer.push(0);
+    assert_eq!(B::decode(&longer), Err(DecodeError::TrailingBytes { count: 1 }));
+}
+
+proptest! {
+    #[test]
+    fn frames_round_trip(f in frame()) {
+        let enc = f.encode();
+        prop_assert_eq!(enc[0], VERSION);
+        prop_assert_eq!(enc[1], f.type_byte());
+        prop_assert_eq!(Frame::decode(&enc), Ok(f));
+        for cut in 0..enc.len() {
+            prop_assert!(Frame::decode(&enc[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn any_bytes_decode_to_a_frame_or_a_typed_error(b in bytes(512)) {
+        let _ = Frame::decode(&b);
+        let mut framed = vec![VERSION];
+        framed.extend_from_slice(&b);
+        if let Ok(f) = Frame::decode(&framed) {
+            prop_assert_eq!(f.encode(), framed);
+        }
+    }
+
+    #[test]
+    fn any_bytes_decode_to_a_body_or_a_typed_error(b in bytes(512)) {
+        let mut framed = vec![VERSION];
+        framed.extend_from_slice(&b);
+        for input in [&b[..], &framed[..]] {
+            let _ = Challenge::decode(input);
+            let _ = AuthResponse::decode(input);
+            let _ = DeviceListBody::decode(input);
+            let _ = PreKeyUpload::decode(input);
+            let _ = PreKeyCounts::decode(input);
+            let _ = Bundles::decode(input);
+            let _ = PushRegistration::decode(input);
+            let _ = ErrorBody::decode(input);
+            let _ = parse_authorization(&String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn small_bodies_round_trip(
+        c in challenge(),
+        a in auth_response(),
+        list in bytes(300),
+        counts in (any::<u32>(), any::<u32>(), any::<bool>(), any::<bool>()),
+        token in bytes(100),
+        provider in 1u8..=5,
+        code in code(),
+    ) {
+        round_trip(&c);
+        round_trip(&a);
+        round_trip(&DeviceListBody { signed_list: list });
+        round_trip(&PreKeyCounts {
+            one_time: counts.0,
+            kem_one_time: counts.1,
+            has_signed_prekey: counts.2,
+            has_last_resort: counts.3,
+        });
+        round_trip(&PushRegistration { provider: PushProvider::from_byte(provider).unwrap(), token });
+        round_trip(&ErrorBody { code });
+        prop_assert_eq!(parse_authorization(&authorization_header(&a)), Ok(a));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn prekey_uploads_round_trip(u in prekey_upload()) {
+        round_trip(&u);
+    }
+
+    #[test]
+    fn bundles_round_trip(pick in vec(0..3usize, 0..4)) {
+        let f = fixtures();
+        round_trip(&Bundles { bundles: pick.into_iter().map(|i| f.bundles[i].clone()).collect() });
+    }
+}
+
+#[test]
+fn lengths_are_bounded_before_allocation() {
+    // A send claiming u16::MAX recipients with no bytes behind it.
+    let mut f = vec![VERSION, 0x10];
+    f.extend_from_slice(&7u64.to_be_bytes());
+    f.extend_from_slice(&u16::MAX.to_be_bytes());
+    assert_eq!(
+        Frame::decode(&f),
+        Err(DecodeError::TooLong {
+            field: "recipients",
+            len: usize::from(u16::MAX),
+            max: limits::MAX_RECIPIENTS
+        })
+    );
+    // A deliver claiming a 4 GiB envelope.
+    let mut f = vec![VERSION, 0x12];
+    f.extend_from_slice(&[0; 16]);
+    f.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        Frame::decode(&f),
+        Err(DecodeError::TooLong { field: "envelope", .. })
+    ));
+    // A count within bounds but beyond the input.
+    let mut f = vec![VERSION, 0x10];
+    f.extend_from_slice(&7u64.to_be_bytes());
+    f.extend_from_slice(&100u16.to_be_bytes());
+    assert!(matches!(Frame::decode(&f), Err(DecodeError::Truncated { .. })));
+}
+
+#[test]
+fn versions_and_types_are_checked() {
+    assert_eq!(
+        Frame::decode(&[2, 0x03]),
+        Err(DecodeError::UnsupportedVersion { version: 2 })
+    );
+    assert_eq!(
+        Frame::decode(&[1, 0x55]),
+        Err(DecodeError::UnknownType {
+            field: "frame type",
+            value: 0x55
+        })
+    );
+    assert_eq!(
+        Frame::decode(&[]),
+        Err(DecodeError::Truncated {
+            needed: 1,
+            remaining: 0
+        })
+    );
+    assert_eq!(
+        Frame::decode(&[1, 0x03, 0]),
+        Err(DecodeError::TrailingBytes { count: 1 })
+    );
+}
+
+#[test]
+fn prekey_slots_check_kinds() {
+    let f = fixtures();
+    // A last-resort key in the one-time list is refused.
+    let bad = PreKeyUpload {
+        kem_prekeys: vec![f.kem_last_resort[0].clone()],
+        ..PreKeyUpload::default()
+    };
+    assert_eq!(
+        PreKeyUpload::decode(&bad.encode()),
+        Err(DecodeError::Invalid { field: "ML-KEM prekey" })
+    );
+}
+
+#[test]
+fn auth_message_layout() {
+    let c = Challenge {
+        nonce: [1; 32],
+        relay_id: relay_id("https://relay.example"),
+        timestamp_ms: 0x0102_0304_0506_0708,
+    };
+    let m = c.signed_message(&AccountId([9; 32]), DeviceId(0x0a0b_0c0d));
+    assert_eq!(&m[..19], b"Sotto-v1 relay auth");
+    assert_eq!(&m[19..51], &c.relay_id);
+    assert_eq!(&m[51..83], &[1; 32]);
+    assert_eq!(&m[83..91], &[1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(&m[91..123], &[9; 32]);
+    assert_eq!(&m[123..], &[0x0a, 0x0b, 0x0c, 0x0d]);
+    assert_ne!(relay_id("https://relay.example"), relay_id("https://other.example"));
+}
+
+#[test]
+fn frame_sizes() {
+    let c = Frame::Challenge(Challenge {
+        nonce: [0; 32],
+        relay_id: [0; 32],
+        timestamp_ms: 0,
+    });
+    assert_eq!(c.encode().len(), frame::sizes::CHALLENGE_FRAME);
+    let a = Frame::AuthResponse(AuthResponse {
+        account_id: AccountId([0; 32]),
+        device_id: DeviceId(0),
+        nonce: [0; 32],
+        signature: Signature([0; 64]),
+    });
+    assert_eq!(a.encode().len(), frame::sizes::AUTH_RESPONSE_FRAME);
+}

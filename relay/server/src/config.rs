@@ -1,0 +1,342 @@
+//! Configuration: defaults, then a TOML file, then environment variables, then flags.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! public_url = "https://relay.example.org"
+//! data_dir = "/var/lib/sotto-relay"
+//! # database_url = "postgres://sotto@db/sotto"     # default: sqlite in data_dir
+//! log_level = "info"
+//!
+//! [limits]
+//! max_envelope_bytes = 262144
+//! max_recipients = 1024
+//! # ... see `Limits`
+//!
+//! [heartbeat]
+//! ping_interval_ms = 30000
+//! idle_timeout_ms = 90000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The relay's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// The URL clients use to reach the relay; its hash is the relay id that device
+    /// authentication signatures are bound to.
+    pub public_url: String,
+    /// Where the SQLite database lives (when `database_url` is not set).
+    pub data_dir: PathBuf,
+    /// `postgres://…` for PostgreSQL, `sqlite://…` for another SQLite file. Default: the
+    /// SQLite file `relay.db` in `data_dir`.
+    pub database_url: Option<String>,
+    /// Database pool size.
+    pub db_max_connections: u32,
+    /// `error`, `warn`, `info`, `debug` or `trace`. Nothing at `info` or above names an
+    /// account, a device or an address.
+    pub log_level: String,
+    /// Limits.
+    pub limits: Limits,
+    /// WebSocket heartbeat.
+    pub heartbeat: Heartbeat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: "http://127.0.0.1:8080".to_owned(),
+            data_dir: PathBuf::from("sotto-relay-data"),
+            database_url: None,
+            db_max_connections: 8,
+            log_level: "info".to_owned(),
+            limits: Limits::default(),
+            heartbeat: Heartbeat::default(),
+        }
+    }
+}
+
+/// Every limit the relay enforces. Each is answered with its own error code.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest envelope (`ENVELOPE_TOO_LARGE`). At most 1 MiB.
+    pub max_envelope_bytes: usize,
+    /// Most recipient devices in one send (`TOO_MANY_RECIPIENTS`). At most 4096.
+    pub max_recipients: usize,
+    /// Most envelopes waiting in one mailbox (`MAILBOX_FULL`).
+    pub max_mailbox_depth: u32,
+    /// How long an undelivered envelope is kept, seconds.
+    pub envelope_ttl_secs: u64,
+    /// Largest HTTP request body (`BODY_TOO_LARGE`).
+    pub max_body_bytes: usize,
+    /// Largest WebSocket message; a bigger one closes the connection with close code 1009.
+    pub max_frame_bytes: usize,
+    /// Largest ephemeral payload (`ENVELOPE_TOO_LARGE`). At most 64 KiB.
+    pub max_ephemeral_bytes: usize,
+    /// Most open WebSocket connections (`TOO_MANY_CONNECTIONS`).
+    pub max_connections: usize,
+    /// Sends and ephemeral frames per second per device, sustained (`RATE_LIMITED`).
+    pub rate_per_second: u32,
+    /// Burst above the sustained rate.
+    pub rate_burst: u32,
+    /// One-time prekeys of each kind kept per device (`TOO_MANY_PREKEYS`).
+    pub max_one_time_prekeys: u32,
+    /// How long a challenge may be answered, seconds (`CHALLENGE_EXPIRED`).
+    pub challenge_ttl_secs: u64,
+    /// Most outstanding HTTP challenges (`BUSY`).
+    pub max_pending_challenges: usize,
+    /// Most envelopes delivered on one connection and not yet acknowledged.
+    pub deliver_window: u32,
+    /// Ephemeral frames queued per connection; more are dropped.
+    pub ephemeral_queue: usize,
+    /// How often expired envelopes are deleted, seconds.
+    pub expiry_interval_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_envelope_bytes: 256 * 1024,
+            max_recipients: 1024,
+            max_mailbox_depth: 10_000,
+            envelope_ttl_secs: 30 * 24 * 3600,
+            max_body_bytes: 512 * 1024,
+            max_frame_bytes: 4 * 1024 * 1024,
+            max_ephemeral_bytes: 4 * 1024,
+            max_connections: 10_000,
+            rate_per_second: 20,
+            rate_burst: 100,
+            max_one_time_prekeys: 1000,
+            challenge_ttl_secs: 60,
+            max_pending_challenges: 10_000,
+            deliver_window: 64,
+            ephemeral_queue: 16,
+            expiry_interval_secs: 60,
+        }
+    }
+}
+
+/// WebSocket heartbeat: the relay pings, and closes a connection it has heard nothing
+/// from for `idle_timeout_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Interval between pings, milliseconds.
+    pub ping_interval_ms: u64,
+    /// Idle time after which the connection closes, milliseconds.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 90_000,
+        }
+    }
+}
+
+impl Heartbeat {
+    /// The ping interval.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms.max(1))
+    }
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.max(1))
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {field}: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// Command-line flags. Each also reads an environment variable; flags win over the
+/// environment, which wins over the file.
+#[derive(Debug, Default, Parser)]
+#[command(name = "sotto-relay", version, about = "The Sotto blind relay")]
+pub struct Cli {
+    /// A TOML config file.
+    #[arg(long, short, env = "SOTTO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "SOTTO_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The URL clients use to reach this relay.
+    #[arg(long, env = "SOTTO_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Directory for the SQLite database.
+    #[arg(long, env = "SOTTO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL (`postgres://…` or `sqlite://…`).
+    #[arg(long, env = "SOTTO_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Log level.
+    #[arg(long, env = "SOTTO_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Most open WebSocket connections.
+    #[arg(long, env = "SOTTO_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Largest envelope in bytes.
+    #[arg(long, env = "SOTTO_MAX_ENVELOPE_BYTES")]
+    pub max_envelope_bytes: Option<usize>,
+}
+
+impl Config {
+    /// Loads the file named by `cli` (if any) and applies the flags and environment.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let mut config = match &cli.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        if let Some(v) = cli.listen {
+            config.listen = v;
+        }
+        if let Some(v) = &cli.public_url {
+            config.public_url.clone_from(v);
+        }
+        if let Some(v) = &cli.data_dir {
+            config.data_dir.clone_from(v);
+        }
+        if let Some(v) = &cli.database_url {
+            config.database_url = Some(v.clone());
+        }
+        if let Some(v) = &cli.log_level {
+            config.log_level.clone_from(v);
+        }
+        if let Some(v) = cli.max_connections {
+            config.limits.max_connections = v;
+        }
+        if let Some(v) = cli.max_envelope_bytes {
+            config.limits.max_envelope_bytes = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks the limits against the protocol's hard bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let checks: [(bool, &'static str, &'static str); 7] = [
+            (
+                l.max_envelope_bytes <= sotto_proto::limits::MAX_ENVELOPE_LEN,
+                "limits.max_envelope_bytes",
+                "above the protocol bound of 1 MiB",
+            ),
+            (
+                (1..=sotto_proto::limits::MAX_RECIPIENTS).contains(&l.max_recipients),
+                "limits.max_recipients",
+                "must be 1..=4096",
+            ),
+            (
+                l.max_ephemeral_bytes <= sotto_proto::limits::MAX_EPHEMERAL_LEN,
+                "limits.max_ephemeral_bytes",
+                "above the protocol bound of 64 KiB",
+            ),
+            (l.max_connections >= 1, "limits.max_connections", "must be at least 1"),
+            (l.deliver_window >= 1, "limits.deliver_window", "must be at least 1"),
+            (
+                l.max_connections <= u32::MAX as usize >> 3,
+                "limits.max_connections",
+                "too large",
+            ),
+            (l.rate_burst >= 1, "limits.rate_burst", "must be at least 1"),
+        ];
+        for (ok, field, reason) in checks {
+            if !ok {
+                return Err(ConfigError::Invalid { field, reason });
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL: the configured one, or the SQLite file in the data dir.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("relay.db").display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("sotto-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\n[limits]\nmax_recipients = 10\n[heartbeat]\nping_interval_ms = 5\n",
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(path.clone()),
+            max_connections: Some(3),
+            ..Cli::default()
+        };
+        let c = Config::load(&cli).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.limits.max_recipients, 10);
+        assert_eq!(c.limits.max_connections, 3);
+        assert_eq!(c.heartbeat.ping_interval_ms, 5);
+        assert_eq!(c.heartbeat.idle_timeout_ms, 90_000);
+        assert!(c.database_url().starts_with("sqlite://"));
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        assert!(matches!(Config::load(&cli), Err(ConfigError::Parse { .. })));
+        std::fs::write(&path, "[limits]\nmax_recipients = 0\n").unwrap();
+        assert!(matches!(Config::load(&cli), Err(ConfigError::Invalid { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

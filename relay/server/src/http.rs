@@ -1,0 +1,232 @@
+//! HTTP endpoints. Bodies are `sotto-proto` bodies (`application/octet-stream`); every
+//! error is an [`AppError`] with a stable code.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sotto_crypto::{AccountId, DeviceId, SignedDeviceList};
+use sotto_proto::{
+    Body as WireBody, Bundles, DecodeError, DeviceListBody, ErrorCode, PreKeyUpload, PushRegistration,
+    parse_authorization,
+};
+
+use crate::error::AppError;
+use crate::metrics::inc;
+use crate::state::AppState;
+use crate::storage::{PutDeviceList, Storage, verify_prekeys};
+
+type Shared = Arc<AppState>;
+
+/// A decoded request body; a body above the size limit is `BODY_TOO_LARGE`, one that does
+/// not decode `MALFORMED` (or `UNSUPPORTED_VERSION`).
+pub(crate) struct Wire<T>(pub(crate) T);
+
+impl<T: WireBody, S: Send + Sync> FromRequest<S> for Wire<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                AppError(ErrorCode::BODY_TOO_LARGE)
+            } else {
+                AppError(ErrorCode::MALFORMED)
+            }
+        })?;
+        T::decode(&bytes).map(Wire).map_err(|e| AppError(decode_code(&e)))
+    }
+}
+
+/// The code for a decode failure.
+pub(crate) fn decode_code(e: &DecodeError) -> ErrorCode {
+    match e {
+        DecodeError::UnsupportedVersion { .. } => ErrorCode::UNSUPPORTED_VERSION,
+        _ => ErrorCode::MALFORMED,
+    }
+}
+
+fn wire<T: WireBody>(status: StatusCode, body: &T) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        body.encode(),
+    )
+        .into_response()
+}
+
+/// A device authenticated by the `Authorization: Sotto-v1 …` header: an answer to a
+/// challenge from `GET /v1/auth/challenge`, which it consumes.
+pub(crate) struct AuthedDevice {
+    pub(crate) account: AccountId,
+    pub(crate) device: DeviceId,
+}
+
+impl FromRequestParts<Shared> for AuthedDevice {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(AppError(ErrorCode::AUTH_REQUIRED))?
+            .to_str()
+            .map_err(|_| AppError(ErrorCode::AUTH_REQUIRED))?;
+        let resp = parse_authorization(value).map_err(|_| AppError(ErrorCode::AUTH_REQUIRED))?;
+        if let Err(code) = state.verify_http_auth(&resp).await {
+            inc(&state.metrics.auth_failures_total, 1);
+            return Err(AppError(code));
+        }
+        Ok(Self {
+            account: resp.account_id,
+            device: resp.device_id,
+        })
+    }
+}
+
+fn account_from_path(s: &str) -> Result<AccountId, AppError> {
+    AccountId::from_str(s).map_err(|_| AppError(ErrorCode::MALFORMED))
+}
+
+/// `GET /healthz`: the process is up.
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: the database answers and the relay is not shutting down.
+pub(crate) async fn readyz(State(state): State<Shared>) -> Result<&'static str, AppError> {
+    if state.is_shutting_down() {
+        return Err(AppError(ErrorCode::SHUTTING_DOWN));
+    }
+    state.store.ping().await?;
+    Ok("ready\n")
+}
+
+/// `GET /metrics`: Prometheus text.
+pub(crate) async fn metrics(State(state): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /v1/auth/challenge`.
+pub(crate) async fn challenge(State(state): State<Shared>) -> Result<Response, AppError> {
+    let c = state.issue_http_challenge()?;
+    Ok(wire(StatusCode::OK, &c))
+}
+
+/// `PUT /v1/accounts/{account}/device-list`: registers the account or updates its list.
+/// The list must verify against the account id in the path; versions only grow.
+pub(crate) async fn put_device_list(
+    State(state): State<Shared>,
+    Path(account): Path<String>,
+    Wire(body): Wire<DeviceListBody>,
+) -> Result<StatusCode, AppError> {
+    let account = account_from_path(&account)?;
+    let signed = SignedDeviceList::from_bytes(&body.signed_list).map_err(|_| AppError(ErrorCode::BAD_DEVICE_LIST))?;
+    let list = signed.verify(&account).map_err(|e| match e {
+        sotto_crypto::DeviceListError::WrongAccount => AppError(ErrorCode::ACCOUNT_MISMATCH),
+        _ => AppError(ErrorCode::BAD_DEVICE_LIST),
+    })?;
+    if list.version() > i64::MAX as u64 {
+        return Err(AppError(ErrorCode::BAD_DEVICE_LIST));
+    }
+    match state.store.put_device_list(&list).await? {
+        PutDeviceList::Created => Ok(StatusCode::CREATED),
+        PutDeviceList::Updated => Ok(StatusCode::OK),
+    }
+}
+
+/// `GET /v1/accounts/{account}/device-list`.
+pub(crate) async fn get_device_list(
+    State(state): State<Shared>,
+    Path(account): Path<String>,
+) -> Result<Response, AppError> {
+    let account = account_from_path(&account)?;
+    let list = state
+        .store
+        .device_list(&account)
+        .await?
+        .ok_or(AppError(ErrorCode::UNKNOWN_ACCOUNT))?;
+    Ok(wire(StatusCode::OK, &DeviceListBody { signed_list: list }))
+}
+
+/// `PUT /v1/prekeys` (authenticated): upload or replenish the device's prekeys.
+pub(crate) async fn put_prekeys(
+    State(state): State<Shared>,
+    auth: AuthedDevice,
+    Wire(upload): Wire<PreKeyUpload>,
+) -> Result<StatusCode, AppError> {
+    let keys = state
+        .store
+        .device_keys(&auth.account, auth.device)
+        .await?
+        .ok_or(AppError(ErrorCode::UNKNOWN_DEVICE))?;
+    verify_prekeys(auth.device, &keys.signing_key, &upload).map_err(|_| AppError(ErrorCode::BAD_PREKEY))?;
+    state
+        .store
+        .put_prekeys(
+            &auth.account,
+            auth.device,
+            &keys.signing_key,
+            &upload,
+            state.config.limits.max_one_time_prekeys,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/prekeys/count` (authenticated).
+pub(crate) async fn prekey_count(State(state): State<Shared>, auth: AuthedDevice) -> Result<Response, AppError> {
+    let counts = state.store.prekey_counts(&auth.account, auth.device).await?;
+    Ok(wire(StatusCode::OK, &counts))
+}
+
+/// `GET /v1/accounts/{account}/bundles` (authenticated): a bundle for every device.
+pub(crate) async fn bundles(
+    State(state): State<Shared>,
+    _auth: AuthedDevice,
+    Path(account): Path<String>,
+) -> Result<Response, AppError> {
+    let account = account_from_path(&account)?;
+    let bundles = state.store.take_bundles(&account).await?;
+    Ok(wire(StatusCode::OK, &Bundles { bundles }))
+}
+
+/// `GET /v1/accounts/{account}/bundles/{device}` (authenticated).
+pub(crate) async fn bundle(
+    State(state): State<Shared>,
+    _auth: AuthedDevice,
+    Path((account, device)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    let account = account_from_path(&account)?;
+    let device = device.parse::<u32>().map_err(|_| AppError(ErrorCode::MALFORMED))?;
+    let bundle = state.store.take_bundle(&account, DeviceId(device)).await?;
+    Ok(wire(StatusCode::OK, &Bundles { bundles: vec![bundle] }))
+}
+
+/// `PUT /v1/push` (authenticated): store the device's push registration.
+pub(crate) async fn put_push(
+    State(state): State<Shared>,
+    auth: AuthedDevice,
+    Wire(reg): Wire<PushRegistration>,
+) -> Result<StatusCode, AppError> {
+    state.store.put_push(&auth.account, auth.device, &reg).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/push` (authenticated).
+pub(crate) async fn delete_push(State(state): State<Shared>, auth: AuthedDevice) -> Result<StatusCode, AppError> {
+    state.store.delete_push(&auth.account, auth.device).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Any other path.
+pub(crate) async fn not_found() -> AppError {
+    AppError(ErrorCode::NOT_FOUND)
+}

@@ -1,0 +1,79 @@
+//! `sotto-relay`: run the relay. `sotto-relay --help` lists the flags; every flag also
+//! reads an environment variable and overrides the TOML file given with `--config`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sotto_relay::config::{Cli, Config};
+use sotto_relay::storage::Store;
+use sotto_relay::{AppState, run};
+use tracing::Level;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sotto-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = config.log_level.parse::<Level>().unwrap_or(Level::INFO);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .init();
+
+    if config.database_url.is_none()
+        && let Err(e) = std::fs::create_dir_all(&config.data_dir)
+    {
+        tracing::error!(error = %e, "cannot create the data directory");
+        return ExitCode::FAILURE;
+    }
+    let store = match Store::open(&config.database_url(), config.db_max_connections).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the database");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(addr = %config.listen, backend = store.backend(), "relay listening");
+    let state = AppState::new(config, store);
+    match run(listener, state, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,509 @@
+//! The two backends share their SQL: both accept `$N` placeholders, `RETURNING` and
+//! `ON CONFLICT`. They differ in how a write transaction starts (SQLite takes the write
+//! lock up front with `BEGIN IMMEDIATE`) and in PostgreSQL's row locks (`FOR UPDATE SKIP
+//! LOCKED` when taking a one-time prekey, `FOR SHARE`/`FOR UPDATE` on the account row).
+
+/// Implements [`super::Storage`] for `$store` (a struct with a `pool: sqlx::Pool<$db>`).
+macro_rules! storage_impl {
+    (
+        store: $store:ty,
+        db: $db:ty,
+        begin: $begin:literal,
+        skip_locked: $skip_locked:literal,
+        for_share: $for_share:literal,
+        for_update: $for_update:literal $(,)?
+    ) => {
+        impl $crate::storage::Storage for $store {
+            async fn ping(&self) -> Result<(), StorageError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn put_device_list(&self, list: &DeviceList) -> Result<PutDeviceList, StorageError> {
+                let account = list.account_id();
+                let a = &account.0[..];
+                let mut tx = self.pool.begin_with($begin).await?;
+                let stored: Option<(i64,)> =
+                    sqlx::query_as(concat!("SELECT version FROM accounts WHERE account_id = $1", $for_update))
+                        .bind(a)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let outcome = match stored {
+                    Some((v,)) => {
+                        if to_u64(v) >= list.version() {
+                            return Err(StorageError::StaleDeviceList {
+                                stored: to_u64(v),
+                                offered: list.version(),
+                            });
+                        }
+                        sqlx::query("UPDATE accounts SET version = $2, device_list = $3 WHERE account_id = $1")
+                            .bind(a)
+                            .bind(to_i64(list.version()))
+                            .bind(list.signed().as_bytes())
+                            .execute(&mut *tx)
+                            .await?;
+                        PutDeviceList::Updated
+                    }
+                    None => {
+                        let done = sqlx::query(
+                            "INSERT INTO accounts (account_id, version, device_list) VALUES ($1, $2, $3) \
+                             ON CONFLICT (account_id) DO NOTHING",
+                        )
+                        .bind(a)
+                        .bind(to_i64(list.version()))
+                        .bind(list.signed().as_bytes())
+                        .execute(&mut *tx)
+                        .await?;
+                        if done.rows_affected() == 0 {
+                            // A concurrent registration won.
+                            return Err(StorageError::StaleDeviceList {
+                                stored: list.version(),
+                                offered: list.version(),
+                            });
+                        }
+                        PutDeviceList::Created
+                    }
+                };
+                let existing: Vec<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+                    "SELECT device_id, signing_key, identity_key FROM devices WHERE account_id = $1",
+                )
+                .bind(a)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut known = std::collections::BTreeSet::new();
+                for (id, dsk, ik) in existing {
+                    let device = device_from_i64(id)?;
+                    known.insert(device);
+                    match list.device(device) {
+                        None => {
+                            sqlx::query("DELETE FROM devices WHERE account_id = $1 AND device_id = $2")
+                                .bind(a)
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        Some(e) if e.signing_key.as_bytes()[..] != dsk[..] || e.identity_key.0[..] != ik[..] => {
+                            sqlx::query(
+                                "UPDATE devices SET signing_key = $3, identity_key = $4 \
+                                 WHERE account_id = $1 AND device_id = $2",
+                            )
+                            .bind(a)
+                            .bind(id)
+                            .bind(&e.signing_key.as_bytes()[..])
+                            .bind(&e.identity_key.0[..])
+                            .execute(&mut *tx)
+                            .await?;
+                            for q in [
+                                "DELETE FROM prekeys WHERE account_id = $1 AND device_id = $2",
+                                "DELETE FROM envelopes WHERE account_id = $1 AND device_id = $2",
+                                "DELETE FROM push_registrations WHERE account_id = $1 AND device_id = $2",
+                            ] {
+                                sqlx::query(q).bind(a).bind(id).execute(&mut *tx).await?;
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                }
+                for e in list.devices().iter().filter(|e| !known.contains(&e.device_id)) {
+                    sqlx::query(
+                        "INSERT INTO devices (account_id, device_id, signing_key, identity_key) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(a)
+                    .bind(device_i64(e.device_id))
+                    .bind(&e.signing_key.as_bytes()[..])
+                    .bind(&e.identity_key.0[..])
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(outcome)
+            }
+
+            async fn device_list(&self, account: &AccountId) -> Result<Option<Vec<u8>>, StorageError> {
+                let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT device_list FROM accounts WHERE account_id = $1")
+                    .bind(&account.0[..])
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|r| r.0))
+            }
+
+            async fn device_keys(
+                &self,
+                account: &AccountId,
+                device: DeviceId,
+            ) -> Result<Option<DeviceKeys>, StorageError> {
+                let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+                    "SELECT signing_key, identity_key FROM devices WHERE account_id = $1 AND device_id = $2",
+                )
+                .bind(&account.0[..])
+                .bind(device_i64(device))
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|(dsk, ik)| device_keys_from(&dsk, &ik)).transpose()
+            }
+
+            async fn put_prekeys(
+                &self,
+                account: &AccountId,
+                device: DeviceId,
+                signing_key: &Ed25519PublicKey,
+                upload: &PreKeyUpload,
+                max_one_time: u32,
+            ) -> Result<(), StorageError> {
+                let a = &account.0[..];
+                let d = device_i64(device);
+                let mut tx = self.pool.begin_with($begin).await?;
+                let row: Option<(Vec<u8>,)> = sqlx::query_as(concat!(
+                    "SELECT signing_key FROM devices WHERE account_id = $1 AND device_id = $2",
+                    $for_share
+                ))
+                .bind(a)
+                .bind(d)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match row {
+                    Some((dsk,)) if dsk[..] == signing_key.as_bytes()[..] => {}
+                    _ => return Err(StorageError::UnknownDevice),
+                }
+                let mut replace = Vec::new();
+                if upload.signed_prekey.is_some() {
+                    replace.push(KIND_SIGNED);
+                }
+                if upload.last_resort_kem_prekey.is_some() {
+                    replace.push(KIND_KEM_LAST_RESORT);
+                }
+                for kind in replace {
+                    sqlx::query("DELETE FROM prekeys WHERE account_id = $1 AND device_id = $2 AND kind = $3")
+                        .bind(a)
+                        .bind(d)
+                        .bind(kind)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for (kind, key_id, record) in prekey_rows(upload) {
+                    sqlx::query(
+                        "INSERT INTO prekeys (account_id, device_id, kind, key_id, record) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (account_id, device_id, kind, key_id) DO UPDATE SET record = excluded.record",
+                    )
+                    .bind(a)
+                    .bind(d)
+                    .bind(kind)
+                    .bind(key_id)
+                    .bind(record)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for kind in [KIND_ONE_TIME, KIND_KEM_ONE_TIME] {
+                    let (n,): (i64,) = sqlx::query_as(
+                        "SELECT count(*) FROM prekeys WHERE account_id = $1 AND device_id = $2 AND kind = $3",
+                    )
+                    .bind(a)
+                    .bind(d)
+                    .bind(kind)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if to_u64(n) > u64::from(max_one_time) {
+                        return Err(StorageError::TooManyPreKeys { max: max_one_time });
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn prekey_counts(&self, account: &AccountId, device: DeviceId) -> Result<PreKeyCounts, StorageError> {
+                let rows: Vec<(i64, i64)> = sqlx::query_as(
+                    "SELECT kind, count(*) FROM prekeys WHERE account_id = $1 AND device_id = $2 GROUP BY kind",
+                )
+                .bind(&account.0[..])
+                .bind(device_i64(device))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut c = PreKeyCounts::default();
+                for (kind, n) in rows {
+                    let n = u32::try_from(n).unwrap_or(u32::MAX);
+                    match kind {
+                        KIND_SIGNED => c.has_signed_prekey = n > 0,
+                        KIND_ONE_TIME => c.one_time = n,
+                        KIND_KEM_ONE_TIME => c.kem_one_time = n,
+                        KIND_KEM_LAST_RESORT => c.has_last_resort = n > 0,
+                        _ => return Err(StorageError::Corrupt("prekey kind")),
+                    }
+                }
+                Ok(c)
+            }
+
+            async fn take_bundle(&self, account: &AccountId, device: DeviceId) -> Result<PreKeyBundle, StorageError> {
+                let a = &account.0[..];
+                let d = device_i64(device);
+                let mut tx = self.pool.begin_with($begin).await?;
+                let keys: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+                    "SELECT signing_key, identity_key FROM devices WHERE account_id = $1 AND device_id = $2",
+                )
+                .bind(a)
+                .bind(d)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((dsk, ik)) = keys else {
+                    return Err(StorageError::UnknownDevice);
+                };
+                let keys = device_keys_from(&dsk, &ik)?;
+                let latest = "SELECT record FROM prekeys WHERE account_id = $1 AND device_id = $2 AND kind = $3 \
+                              ORDER BY id DESC LIMIT 1";
+                let signed: Option<(Vec<u8>,)> = sqlx::query_as(latest)
+                    .bind(a)
+                    .bind(d)
+                    .bind(KIND_SIGNED)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let take = concat!(
+                    "DELETE FROM prekeys WHERE id = (SELECT id FROM prekeys \
+                     WHERE account_id = $1 AND device_id = $2 AND kind = $3 ORDER BY id LIMIT 1",
+                    $skip_locked,
+                    ") RETURNING record"
+                );
+                let signed = signed.map(|r| r.0);
+                let mut one_time = None;
+                let mut kem = None;
+                if signed.is_some() {
+                    one_time = sqlx::query_as::<_, (Vec<u8>,)>(take)
+                        .bind(a)
+                        .bind(d)
+                        .bind(KIND_ONE_TIME)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.0);
+                    kem = sqlx::query_as::<_, (Vec<u8>,)>(take)
+                        .bind(a)
+                        .bind(d)
+                        .bind(KIND_KEM_ONE_TIME)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.0);
+                    if kem.is_none() {
+                        kem = sqlx::query_as::<_, (Vec<u8>,)>(latest)
+                            .bind(a)
+                            .bind(d)
+                            .bind(KIND_KEM_LAST_RESORT)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                            .map(|r| r.0);
+                    }
+                }
+                let bundle = bundle_from(account, device, keys, signed, one_time, kem)?;
+                tx.commit().await?;
+                Ok(bundle)
+            }
+
+            async fn take_bundles(&self, account: &AccountId) -> Result<Vec<PreKeyBundle>, StorageError> {
+                let ids: Vec<(i64,)> =
+                    sqlx::query_as("SELECT device_id FROM devices WHERE account_id = $1 ORDER BY device_id")
+                        .bind(&account.0[..])
+                        .fetch_all(&self.pool)
+                        .await?;
+                if ids.is_empty() {
+                    return Err(StorageError::UnknownAccount);
+                }
+                let mut out = Vec::with_capacity(ids.len());
+                for (id,) in ids {
+                    match self.take_bundle(account, device_from_i64(id)?).await {
+                        Ok(b) => out.push(b),
+                        Err(StorageError::NoPreKeys | StorageError::UnknownDevice) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn store_send(&self, params: SendParams, recipients: &[Recipient]) -> Result<SendStored, StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let mut mismatch = Vec::new();
+                for account in accounts_of(recipients) {
+                    let list: Option<(Vec<u8>,)> = sqlx::query_as(concat!(
+                        "SELECT device_list FROM accounts WHERE account_id = $1",
+                        $for_share
+                    ))
+                    .bind(&account.0[..])
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some((list,)) = list else {
+                        return Err(StorageError::UnknownAccount);
+                    };
+                    let ids: Vec<(i64,)> = sqlx::query_as("SELECT device_id FROM devices WHERE account_id = $1")
+                        .bind(&account.0[..])
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let ids = ids.into_iter().map(|(i,)| device_from_i64(i)).collect::<Result<Vec<_>, _>>()?;
+                    if !device_set_matches(&account, &ids, recipients, &params.sender) {
+                        mismatch.push(list);
+                    }
+                }
+                if !mismatch.is_empty() {
+                    return Ok(SendStored::Mismatch(mismatch));
+                }
+                let mut seqs = vec![0u64; recipients.len()];
+                for i in lock_order(recipients) {
+                    let r = &recipients[i];
+                    let a = &r.account_id.0[..];
+                    let d = device_i64(r.device_id);
+                    let (seq,): (i64,) = sqlx::query_as(
+                        "UPDATE devices SET next_seq = next_seq + 1 WHERE account_id = $1 AND device_id = $2 \
+                         RETURNING next_seq - 1",
+                    )
+                    .bind(a)
+                    .bind(d)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let (depth,): (i64,) =
+                        sqlx::query_as("SELECT count(*) FROM envelopes WHERE account_id = $1 AND device_id = $2")
+                            .bind(a)
+                            .bind(d)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    if to_u64(depth) >= u64::from(params.max_mailbox_depth) {
+                        return Err(StorageError::MailboxFull);
+                    }
+                    sqlx::query(
+                        "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(a)
+                    .bind(d)
+                    .bind(seq)
+                    .bind(to_i64(params.now_s))
+                    .bind(to_i64(params.expires_at_s))
+                    .bind(&r.envelope[..])
+                    .execute(&mut *tx)
+                    .await?;
+                    seqs[i] = to_u64(seq);
+                }
+                tx.commit().await?;
+                Ok(SendStored::Stored(seqs))
+            }
+
+            async fn fetch(
+                &self,
+                account: &AccountId,
+                device: DeviceId,
+                after: u64,
+                now_s: u64,
+                limit: u32,
+            ) -> Result<Vec<StoredEnvelope>, StorageError> {
+                let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+                    "SELECT seq, received_at, ciphertext FROM envelopes \
+                     WHERE account_id = $1 AND device_id = $2 AND seq > $3 AND expires_at > $4 \
+                     ORDER BY seq LIMIT $5",
+                )
+                .bind(&account.0[..])
+                .bind(device_i64(device))
+                .bind(to_i64(after))
+                .bind(to_i64(now_s))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(seq, at, envelope)| StoredEnvelope {
+                        seq: to_u64(seq),
+                        received_at_s: to_u64(at),
+                        envelope,
+                    })
+                    .collect())
+            }
+
+            async fn ack(&self, account: &AccountId, device: DeviceId, seq: u64) -> Result<u64, StorageError> {
+                let done = sqlx::query("DELETE FROM envelopes WHERE account_id = $1 AND device_id = $2 AND seq <= $3")
+                    .bind(&account.0[..])
+                    .bind(device_i64(device))
+                    .bind(to_i64(seq))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn last_seq(&self, account: &AccountId, device: DeviceId) -> Result<u64, StorageError> {
+                let row: Option<(i64,)> =
+                    sqlx::query_as("SELECT next_seq - 1 FROM devices WHERE account_id = $1 AND device_id = $2")
+                        .bind(&account.0[..])
+                        .bind(device_i64(device))
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(|r| to_u64(r.0)).ok_or(StorageError::UnknownDevice)
+            }
+
+            async fn expire(&self, now_s: u64) -> Result<u64, StorageError> {
+                let done = sqlx::query("DELETE FROM envelopes WHERE expires_at <= $1")
+                    .bind(to_i64(now_s))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn put_push(
+                &self,
+                account: &AccountId,
+                device: DeviceId,
+                registration: &PushRegistration,
+            ) -> Result<(), StorageError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let exists: Option<(i64,)> = sqlx::query_as(concat!(
+                    "SELECT device_id FROM devices WHERE account_id = $1 AND device_id = $2",
+                    $for_share
+                ))
+                .bind(&account.0[..])
+                .bind(device_i64(device))
+                .fetch_optional(&mut *tx)
+                .await?;
+                if exists.is_none() {
+                    return Err(StorageError::UnknownDevice);
+                }
+                sqlx::query(
+                    "INSERT INTO push_registrations (account_id, device_id, provider, token) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (account_id, device_id) DO UPDATE SET provider = excluded.provider, token = excluded.token",
+                )
+                .bind(&account.0[..])
+                .bind(device_i64(device))
+                .bind(i64::from(registration.provider.to_byte()))
+                .bind(&registration.token[..])
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn push_registration(
+                &self,
+                account: &AccountId,
+                device: DeviceId,
+            ) -> Result<Option<PushRegistration>, StorageError> {
+                let row: Option<(i64, Vec<u8>)> = sqlx::query_as(
+                    "SELECT provider, token FROM push_registrations WHERE account_id = $1 AND device_id = $2",
+                )
+                .bind(&account.0[..])
+                .bind(device_i64(device))
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|(p, token)| {
+                    let p = u8::try_from(p).map_err(|_| StorageError::Corrupt("push provider"))?;
+                    Ok(PushRegistration {
+                        provider: PushProvider::from_byte(p).map_err(|_| StorageError::Corrupt("push provider"))?,
+                        token,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn delete_push(&self, account: &AccountId, device: DeviceId) -> Result<bool, StorageError> {
+                let done = sqlx::query("DELETE FROM push_registrations WHERE account_id = $1 AND device_id = $2")
+                    .bind(&account.0[..])
+                    .bind(device_i64(device))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+        }
+    };
+}
+
+pub(crate) use storage_impl;

@@ -1,0 +1,483 @@
+//! Storage: one [`Storage`] trait, two sqlx backends (SQLite, the default, and PostgreSQL)
+//! and the [`Store`] that picks one from a URL.
+//!
+//! Every operation is one transaction. Inputs that carry signatures arrive verified (a
+//! [`DeviceList`] can only be made by verifying one; prekeys are verified by
+//! [`verify_prekeys`] against the DSK the store is then asked to match). No row names a
+//! sender.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+
+use sotto_crypto::{
+    AccountId, DeviceId, DeviceIdentity, DeviceList, Ed25519PublicKey, KemPreKey, PreKeyBundle, PreKeyKind,
+    X25519PreKey, X25519PublicKey,
+};
+use sotto_proto::{PreKeyCounts, PreKeyUpload, PushRegistration, Recipient};
+use thiserror::Error;
+
+mod backend;
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Why a storage operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The offered device list's version is not above the stored one.
+    #[error("device list version {offered} is not above the stored version {stored}")]
+    StaleDeviceList {
+        /// The stored version.
+        stored: u64,
+        /// The version offered.
+        offered: u64,
+    },
+    /// No such account.
+    #[error("unknown account")]
+    UnknownAccount,
+    /// No such device in the account's current device list (or its keys changed).
+    #[error("unknown device")]
+    UnknownDevice,
+    /// The device has no signed prekey or no ML-KEM prekey.
+    #[error("no prekeys to hand out")]
+    NoPreKeys,
+    /// The upload would exceed the one-time prekeys kept per device and kind.
+    #[error("more than {max} one-time prekeys of one kind")]
+    TooManyPreKeys {
+        /// The bound.
+        max: u32,
+    },
+    /// A recipient mailbox is full.
+    #[error("mailbox full")]
+    MailboxFull,
+    /// A stored value does not decode (the database was changed behind the relay's back).
+    #[error("stored {0} does not decode")]
+    Corrupt(&'static str),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// What storing a device list did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutDeviceList {
+    /// A new account.
+    Created,
+    /// A newer list for a known account.
+    Updated,
+}
+
+/// A device's public keys as listed in its account's current device list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceKeys {
+    /// The device signing key.
+    pub signing_key: Ed25519PublicKey,
+    /// The device identity key.
+    pub identity_key: X25519PublicKey,
+}
+
+/// How a send was handled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendStored {
+    /// Stored; one seq per recipient in the send's order.
+    Stored(Vec<u64>),
+    /// Nothing stored: these accounts' device sets differ from the send; their current
+    /// signed device lists.
+    Mismatch(Vec<Vec<u8>>),
+}
+
+/// An envelope in a mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// Its mailbox sequence number.
+    pub seq: u64,
+    /// When it was stored (seconds, coarse).
+    pub received_at_s: u64,
+    /// The opaque envelope.
+    pub envelope: Vec<u8>,
+}
+
+/// Parameters of a send that come from the relay's configuration and clock.
+#[derive(Clone, Copy, Debug)]
+pub struct SendParams {
+    /// The sending device; excluded from the expected set of its own account.
+    pub sender: (AccountId, DeviceId),
+    /// Now, seconds since the Unix epoch, coarse.
+    pub now_s: u64,
+    /// When the envelopes expire.
+    pub expires_at_s: u64,
+    /// The most envelopes one mailbox holds.
+    pub max_mailbox_depth: u32,
+}
+
+/// The relay's storage. One trait, one transaction per operation.
+pub trait Storage: Send + Sync + 'static {
+    /// Checks that the database answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Stores a verified device list: registers the account, or replaces its list when
+    /// the version grows ([`StorageError::StaleDeviceList`] otherwise). Devices no longer
+    /// listed lose their mailbox, prekeys and push registration; a device listed with new
+    /// keys loses them too.
+    fn put_device_list(&self, list: &DeviceList) -> impl Future<Output = Result<PutDeviceList, StorageError>> + Send;
+
+    /// The account's current signed device list.
+    fn device_list(&self, account: &AccountId) -> impl Future<Output = Result<Option<Vec<u8>>, StorageError>> + Send;
+
+    /// One device's keys from the current device list.
+    fn device_keys(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<Option<DeviceKeys>, StorageError>> + Send;
+
+    /// Stores prekeys verified against `signing_key`, which must still be the device's
+    /// DSK ([`StorageError::UnknownDevice`] otherwise). The signed and last-resort prekeys
+    /// replace the stored ones; one-time prekeys are added (same id: replaced), up to
+    /// `max_one_time` per kind.
+    fn put_prekeys(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+        signing_key: &Ed25519PublicKey,
+        upload: &PreKeyUpload,
+        max_one_time: u32,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// How many prekeys the device has left.
+    fn prekey_counts(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<PreKeyCounts, StorageError>> + Send;
+
+    /// A bundle for one device, consuming one one-time X25519 prekey (if any is left) and
+    /// one one-time ML-KEM prekey (or else serving the last-resort one). Each one-time
+    /// prekey is handed out at most once, also under concurrent calls.
+    fn take_bundle(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<PreKeyBundle, StorageError>> + Send;
+
+    /// A bundle for every device of the account that has prekeys, in device order.
+    fn take_bundles(&self, account: &AccountId)
+    -> impl Future<Output = Result<Vec<PreKeyBundle>, StorageError>> + Send;
+
+    /// Stores a send atomically after checking, for every account named, that the set of
+    /// devices equals the account's current device list (without the sender device for
+    /// the sender's own account). Recipients must be distinct.
+    fn store_send(
+        &self,
+        params: SendParams,
+        recipients: &[Recipient],
+    ) -> impl Future<Output = Result<SendStored, StorageError>> + Send;
+
+    /// Up to `limit` unexpired envelopes with a seq above `after`, in seq order.
+    fn fetch(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+        after: u64,
+        now_s: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredEnvelope>, StorageError>> + Send;
+
+    /// Deletes every envelope with a seq up to `seq`; returns how many.
+    fn ack(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+        seq: u64,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// The highest seq assigned in the mailbox so far (0 when none).
+    fn last_seq(&self, account: &AccountId, device: DeviceId)
+    -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// Deletes every envelope expired at `now_s`; returns how many.
+    fn expire(&self, now_s: u64) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// Stores (replaces) the device's push registration.
+    fn put_push(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+        registration: &PushRegistration,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// The device's push registration.
+    fn push_registration(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<Option<PushRegistration>, StorageError>> + Send;
+
+    /// Deletes the device's push registration; returns whether there was one.
+    fn delete_push(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+}
+
+/// Why a prekey upload was refused before reaching the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("prekey signature does not verify")]
+pub struct BadPreKey;
+
+/// Checks every prekey's signature against the device's DSK.
+pub fn verify_prekeys(device: DeviceId, dsk: &Ed25519PublicKey, upload: &PreKeyUpload) -> Result<(), BadPreKey> {
+    let x = upload.signed_prekey.iter().chain(&upload.one_time_prekeys);
+    for k in x {
+        k.verify(device, dsk).map_err(|_| BadPreKey)?;
+    }
+    for k in upload.kem_prekeys.iter().chain(&upload.last_resort_kem_prekey) {
+        k.verify(device, dsk).map_err(|_| BadPreKey)?;
+    }
+    Ok(())
+}
+
+/// Any backend, picked by URL: `postgres://` or `postgresql://` for PostgreSQL, anything
+/// else (`sqlite://PATH`, or a bare path) for SQLite.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// The embedded default.
+    Sqlite(SqliteStore),
+    /// A PostgreSQL server.
+    Postgres(PostgresStore),
+}
+
+impl Store {
+    /// Opens the database and runs the migrations.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, StorageError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(PostgresStore::open(url, max_connections).await?))
+        } else {
+            Ok(Store::Sqlite(SqliteStore::open(url, max_connections).await?))
+        }
+    }
+
+    /// The backend's name, for logs and metrics.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Sqlite($s) => $e.await,
+            Store::Postgres($s) => $e.await,
+        }
+    };
+}
+
+impl Storage for Store {
+    async fn ping(&self) -> Result<(), StorageError> {
+        delegate!(self, s => s.ping())
+    }
+    async fn put_device_list(&self, list: &DeviceList) -> Result<PutDeviceList, StorageError> {
+        delegate!(self, s => s.put_device_list(list))
+    }
+    async fn device_list(&self, account: &AccountId) -> Result<Option<Vec<u8>>, StorageError> {
+        delegate!(self, s => s.device_list(account))
+    }
+    async fn device_keys(&self, account: &AccountId, device: DeviceId) -> Result<Option<DeviceKeys>, StorageError> {
+        delegate!(self, s => s.device_keys(account, device))
+    }
+    async fn put_prekeys(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+        signing_key: &Ed25519PublicKey,
+        upload: &PreKeyUpload,
+        max_one_time: u32,
+    ) -> Result<(), StorageError> {
+        delegate!(self, s => s.put_prekeys(account, device, signing_key, upload, max_one_time))
+    }
+    async fn prekey_counts(&self, account: &AccountId, device: DeviceId) -> Result<PreKeyCounts, StorageError> {
+        delegate!(self, s => s.prekey_counts(account, device))
+    }
+    async fn take_bundle(&self, account: &AccountId, device: DeviceId) -> Result<PreKeyBundle, StorageError> {
+        delegate!(self, s => s.take_bundle(account, device))
+    }
+    async fn take_bundles(&self, account: &AccountId) -> Result<Vec<PreKeyBundle>, StorageError> {
+        delegate!(self, s => s.take_bundles(account))
+    }
+    async fn store_send(&self, params: SendParams, recipients: &[Recipient]) -> Result<SendStored, StorageError> {
+        delegate!(self, s => s.store_send(params, recipients))
+    }
+    async fn fetch(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+        after: u64,
+        now_s: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEnvelope>, StorageError> {
+        delegate!(self, s => s.fetch(account, device, after, now_s, limit))
+    }
+    async fn ack(&self, account: &AccountId, device: DeviceId, seq: u64) -> Result<u64, StorageError> {
+        delegate!(self, s => s.ack(account, device, seq))
+    }
+    async fn last_seq(&self, account: &AccountId, device: DeviceId) -> Result<u64, StorageError> {
+        delegate!(self, s => s.last_seq(account, device))
+    }
+    async fn expire(&self, now_s: u64) -> Result<u64, StorageError> {
+        delegate!(self, s => s.expire(now_s))
+    }
+    async fn put_push(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+        registration: &PushRegistration,
+    ) -> Result<(), StorageError> {
+        delegate!(self, s => s.put_push(account, device, registration))
+    }
+    async fn push_registration(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+    ) -> Result<Option<PushRegistration>, StorageError> {
+        delegate!(self, s => s.push_registration(account, device))
+    }
+    async fn delete_push(&self, account: &AccountId, device: DeviceId) -> Result<bool, StorageError> {
+        delegate!(self, s => s.delete_push(account, device))
+    }
+}
+
+// ---- helpers shared by the backends ----
+
+/// Integers are stored as `i64`; these never fail for values the relay writes.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(crate) fn device_i64(d: DeviceId) -> i64 {
+    i64::from(d.0)
+}
+
+pub(crate) fn device_from_i64(v: i64) -> Result<DeviceId, StorageError> {
+    u32::try_from(v)
+        .map(DeviceId)
+        .map_err(|_| StorageError::Corrupt("device id"))
+}
+
+pub(crate) fn key32(v: &[u8], what: &'static str) -> Result<[u8; 32], StorageError> {
+    v.try_into().map_err(|_| StorageError::Corrupt(what))
+}
+
+pub(crate) fn device_keys_from(dsk: &[u8], ik: &[u8]) -> Result<DeviceKeys, StorageError> {
+    Ok(DeviceKeys {
+        signing_key: Ed25519PublicKey::from_bytes(&key32(dsk, "signing key")?)
+            .map_err(|_| StorageError::Corrupt("signing key"))?,
+        identity_key: X25519PublicKey(key32(ik, "identity key")?),
+    })
+}
+
+/// The prekey rows an upload writes: (kind, key id, record).
+pub(crate) fn prekey_rows(upload: &PreKeyUpload) -> Vec<(i64, i64, Vec<u8>)> {
+    let mut rows = Vec::new();
+    let x = upload.signed_prekey.iter().chain(&upload.one_time_prekeys);
+    for k in x {
+        let mut rec = Vec::with_capacity(X25519PreKey::ENCODED_LEN);
+        k.encode_into(&mut rec);
+        rows.push((i64::from(k.kind as u8), i64::from(k.id), rec));
+    }
+    for k in upload.kem_prekeys.iter().chain(&upload.last_resort_kem_prekey) {
+        let mut rec = Vec::with_capacity(KemPreKey::ENCODED_LEN);
+        k.encode_into(&mut rec);
+        rows.push((i64::from(k.kind as u8), i64::from(k.id), rec));
+    }
+    rows
+}
+
+pub(crate) const KIND_SIGNED: i64 = PreKeyKind::Signed as i64;
+pub(crate) const KIND_ONE_TIME: i64 = PreKeyKind::OneTime as i64;
+pub(crate) const KIND_KEM_ONE_TIME: i64 = PreKeyKind::KemOneTime as i64;
+pub(crate) const KIND_KEM_LAST_RESORT: i64 = PreKeyKind::KemLastResort as i64;
+
+/// Assembles a bundle from stored rows.
+pub(crate) fn bundle_from(
+    account: &AccountId,
+    device: DeviceId,
+    keys: DeviceKeys,
+    signed: Option<Vec<u8>>,
+    one_time: Option<Vec<u8>>,
+    kem: Option<Vec<u8>>,
+) -> Result<PreKeyBundle, StorageError> {
+    let (Some(signed), Some(kem)) = (signed, kem) else {
+        return Err(StorageError::NoPreKeys);
+    };
+    Ok(PreKeyBundle {
+        identity: DeviceIdentity {
+            account_id: *account,
+            device_id: device,
+            signing_key: keys.signing_key,
+            identity_key: keys.identity_key,
+        },
+        signed_prekey: X25519PreKey::decode(&signed).map_err(|_| StorageError::Corrupt("signed prekey"))?,
+        one_time_prekey: one_time
+            .map(|b| X25519PreKey::decode(&b))
+            .transpose()
+            .map_err(|_| StorageError::Corrupt("one-time prekey"))?,
+        kem_prekey: KemPreKey::decode(&kem).map_err(|_| StorageError::Corrupt("ML-KEM prekey"))?,
+    })
+}
+
+/// Recipient indices sorted by (account, device): rows are locked in this order so two
+/// concurrent sends cannot deadlock.
+pub(crate) fn lock_order(recipients: &[Recipient]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..recipients.len()).collect();
+    idx.sort_by_key(|&i| (recipients[i].account_id, recipients[i].device_id));
+    idx
+}
+
+/// The distinct accounts of a send, in lock order.
+pub(crate) fn accounts_of(recipients: &[Recipient]) -> Vec<AccountId> {
+    let set: BTreeSet<AccountId> = recipients.iter().map(|r| r.account_id).collect();
+    set.into_iter().collect()
+}
+
+/// Whether the devices a send names for `account` equal the account's listed devices
+/// (without the sender's own device).
+pub(crate) fn device_set_matches(
+    account: &AccountId,
+    listed: &[DeviceId],
+    recipients: &[Recipient],
+    sender: &(AccountId, DeviceId),
+) -> bool {
+    let expected: BTreeSet<DeviceId> = listed
+        .iter()
+        .copied()
+        .filter(|d| !(sender.0 == *account && sender.1 == *d))
+        .collect();
+    let named: BTreeSet<DeviceId> = recipients
+        .iter()
+        .filter(|r| r.account_id == *account)
+        .map(|r| r.device_id)
+        .collect();
+    expected == named
+}

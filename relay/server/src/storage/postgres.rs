@@ -1,0 +1,41 @@
+//! The PostgreSQL backend, chosen by a `postgres://` URL.
+
+use sotto_crypto::{AccountId, DeviceId, DeviceList, Ed25519PublicKey, PreKeyBundle};
+use sotto_proto::{PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration, Recipient};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Pool, Postgres};
+
+use super::backend::storage_impl;
+use super::*;
+
+/// The PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: Pool<Postgres>,
+}
+
+impl PostgresStore {
+    /// Connects and runs the migrations.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, StorageError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+storage_impl! {
+    store: PostgresStore,
+    db: Postgres,
+    begin: "BEGIN",
+    skip_locked: " FOR UPDATE SKIP LOCKED",
+    for_share: " FOR SHARE",
+    for_update: " FOR UPDATE",
+}

@@ -1,0 +1,452 @@
+//! The WebSocket: challenge, authentication, then mailbox delivery, sends, acks and
+//! ephemeral frames on one task per socket.
+//!
+//! ```text
+//! relay  → Challenge
+//! client → AuthResponse            (within challenge_ttl; otherwise the socket closes)
+//! relay  → AuthOk | Error + close
+//! relay  → Deliver*  QueueEmpty    (the stored backlog, at most deliver_window unacked)
+//! then, in any order: Send → SendResult, Ack, Ephemeral, Deliver (live), EphemeralDeliver
+//! ```
+//! A frame that does not decode or does not fit the state is answered with an `Error`
+//! frame and the connection stays open. The handler is generic over the socket so tests
+//! can drive it with channels.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, close_code};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use sotto_crypto::{AccountId, DeviceId};
+use sotto_proto::{Deliver, ErrorCode, Frame, Recipient, Send, SendOutcome, SendResult};
+
+use crate::error::code_of;
+use crate::http::decode_code;
+use crate::metrics::inc;
+use crate::state::{AppState, now_s};
+use crate::storage::{SendParams, SendStored, Storage};
+
+/// Why a connection ended; for the debug log only.
+#[derive(Debug)]
+enum End {
+    Closed,
+    Shutdown,
+    Replaced,
+    Idle,
+    AuthFailed,
+    Io,
+}
+
+/// A token bucket: `rate` per second sustained, `burst` at once.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn send_frame<S>(socket: &mut S, frame: &Frame) -> Result<(), End>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    socket
+        .send(Message::Binary(frame.encode().into()))
+        .await
+        .map_err(|_| End::Io)
+}
+
+async fn close<S>(socket: &mut S, code: u16, reason: &'static str)
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+    let _ = socket.close().await;
+}
+
+/// Serves one socket until it closes, the device is replaced, it idles out or the relay
+/// shuts down.
+pub async fn serve_socket<S>(state: Arc<AppState>, mut socket: S)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + std::marker::Send,
+{
+    inc(&state.metrics.connections_total, 1);
+    state
+        .metrics
+        .connections_open
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let end = match authenticate(&state, &mut socket).await {
+        Ok((account, device)) => session(&state, &mut socket, account, device).await,
+        Err(end) => end,
+    };
+    tracing::debug!(?end, "connection ended");
+    state
+        .metrics
+        .connections_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn authenticate<S>(state: &AppState, socket: &mut S) -> Result<(AccountId, DeviceId), End>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let challenge = match state.new_challenge() {
+        Ok(c) => c,
+        Err(code) => {
+            let _ = send_frame(socket, &Frame::Error { code }).await;
+            close(socket, close_code::ERROR, "").await;
+            return Err(End::AuthFailed);
+        }
+    };
+    send_frame(socket, &Frame::Challenge(challenge.clone())).await?;
+    let ttl = Duration::from_secs(state.config.limits.challenge_ttl_secs);
+    let deadline = tokio::time::sleep(ttl);
+    tokio::pin!(deadline);
+    let mut shutdown = state.shutdown_signal();
+    let resp = loop {
+        let msg = tokio::select! {
+            _ = &mut deadline => {
+                let _ = send_frame(socket, &Frame::Error { code: ErrorCode::CHALLENGE_EXPIRED }).await;
+                close(socket, close_code::POLICY, "").await;
+                return Err(End::AuthFailed);
+            }
+            _ = crate::state::wait_shutdown(&mut shutdown) => {
+                let _ = send_frame(socket, &Frame::Error { code: ErrorCode::SHUTTING_DOWN }).await;
+                close(socket, close_code::AWAY, "").await;
+                return Err(End::Shutdown);
+            }
+            msg = socket.next() => msg,
+        };
+        match msg {
+            Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
+                Ok(Frame::AuthResponse(r)) => break r,
+                Ok(_) => {
+                    send_frame(
+                        socket,
+                        &Frame::Error {
+                            code: ErrorCode::AUTH_REQUIRED,
+                        },
+                    )
+                    .await?;
+                }
+                Err(e) => {
+                    inc(&state.metrics.malformed_frames_total, 1);
+                    send_frame(socket, &Frame::Error { code: decode_code(&e) }).await?;
+                }
+            },
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Text(_))) => {
+                send_frame(
+                    socket,
+                    &Frame::Error {
+                        code: ErrorCode::MALFORMED,
+                    },
+                )
+                .await?;
+            }
+            Some(Ok(Message::Close(_))) | None => return Err(End::Closed),
+            Some(Err(_)) => return Err(End::Io),
+        }
+    };
+    match state.verify_auth(&challenge, &resp).await {
+        Ok(()) => {
+            send_frame(socket, &Frame::AuthOk).await?;
+            Ok((resp.account_id, resp.device_id))
+        }
+        Err(code) => {
+            inc(&state.metrics.auth_failures_total, 1);
+            let _ = send_frame(socket, &Frame::Error { code }).await;
+            close(socket, close_code::POLICY, "").await;
+            Err(End::AuthFailed)
+        }
+    }
+}
+
+/// Delivery state of one authenticated connection.
+struct Mailbox {
+    account: AccountId,
+    device: DeviceId,
+    /// Delivered and not yet acknowledged, ascending.
+    in_flight: VecDeque<u64>,
+    /// The highest seq delivered on this connection.
+    delivered: u64,
+    /// Whether `QueueEmpty` was sent.
+    caught_up: bool,
+}
+
+async fn session<S>(state: &AppState, socket: &mut S, account: AccountId, device: DeviceId) -> End
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let limits = &state.config.limits;
+    let mut reg = state.hub.register(account, device, limits.ephemeral_queue);
+    let signals = reg.signals.clone();
+    let mut shutdown = state.shutdown_signal();
+    let mut bucket = Bucket::new(limits.rate_per_second, limits.rate_burst);
+    let mut mb = Mailbox {
+        account,
+        device,
+        in_flight: VecDeque::new(),
+        delivered: 0,
+        caught_up: false,
+    };
+    let hb = &state.config.heartbeat;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + hb.ping_interval(), hb.ping_interval());
+    let mut last_heard = Instant::now();
+
+    if let Err(end) = pump(state, socket, &mut mb).await {
+        return end;
+    }
+    loop {
+        let step: Result<(), End> = tokio::select! {
+            biased;
+            _ = crate::state::wait_shutdown(&mut shutdown) => {
+                let _ = send_frame(socket, &Frame::Error { code: ErrorCode::SHUTTING_DOWN }).await;
+                close(socket, close_code::AWAY, "").await;
+                return End::Shutdown;
+            }
+            _ = signals.replaced.notified() => {
+                let _ = send_frame(socket, &Frame::Error { code: ErrorCode::REPLACED }).await;
+                close(socket, close_code::POLICY, "").await;
+                return End::Replaced;
+            }
+            msg = socket.next() => {
+                last_heard = Instant::now();
+                match msg {
+                    Some(Ok(Message::Binary(b))) => handle_frame(state, socket, &mut mb, &mut bucket, &b).await,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    Some(Ok(Message::Text(_))) => send_frame(socket, &Frame::Error { code: ErrorCode::MALFORMED }).await,
+                    Some(Ok(Message::Close(_))) | None => Err(End::Closed),
+                    Some(Err(_)) => Err(End::Io),
+                }
+            }
+            _ = signals.mailbox.notified() => pump(state, socket, &mut mb).await,
+            Some(payload) = reg.ephemeral.recv() => send_frame(socket, &Frame::EphemeralDeliver { payload }).await,
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= hb.idle_timeout() {
+                    let _ = send_frame(socket, &Frame::Error { code: ErrorCode::IDLE_TIMEOUT }).await;
+                    close(socket, close_code::AWAY, "").await;
+                    return End::Idle;
+                }
+                socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Io)
+            }
+        };
+        if let Err(end) = step {
+            return end;
+        }
+    }
+}
+
+/// Delivers stored envelopes after the last delivered seq while the window allows, and
+/// `QueueEmpty` the first time the mailbox runs dry.
+async fn pump<S>(state: &AppState, socket: &mut S, mb: &mut Mailbox) -> Result<(), End>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let window = state.config.limits.deliver_window;
+    loop {
+        let room = window.saturating_sub(u32::try_from(mb.in_flight.len()).unwrap_or(u32::MAX));
+        if room == 0 {
+            return Ok(());
+        }
+        let batch = match state
+            .store
+            .fetch(&mb.account, mb.device, mb.delivered, now_s(), room)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                let code = code_of(&e);
+                return send_frame(socket, &Frame::Error { code }).await;
+            }
+        };
+        let drained = batch.len() < room as usize;
+        for env in batch {
+            mb.delivered = env.seq;
+            mb.in_flight.push_back(env.seq);
+            let frame = Frame::Deliver(Deliver {
+                seq: env.seq,
+                received_at_s: env.received_at_s,
+                envelope: env.envelope,
+            });
+            send_frame(socket, &frame).await?;
+            inc(&state.metrics.envelopes_delivered_total, 1);
+        }
+        if drained {
+            if !mb.caught_up {
+                mb.caught_up = true;
+                send_frame(socket, &Frame::QueueEmpty).await?;
+            }
+            return Ok(());
+        }
+    }
+}
+
+async fn handle_frame<S>(
+    state: &AppState,
+    socket: &mut S,
+    mb: &mut Mailbox,
+    bucket: &mut Bucket,
+    bytes: &[u8],
+) -> Result<(), End>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let frame = match Frame::decode(bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            inc(&state.metrics.malformed_frames_total, 1);
+            return send_frame(socket, &Frame::Error { code: decode_code(&e) }).await;
+        }
+    };
+    match frame {
+        Frame::Send(send) => {
+            let message_id = send.message_id;
+            let outcome = if bucket.take() {
+                handle_send(state, mb, send).await
+            } else {
+                inc(&state.metrics.rate_limited_total, 1);
+                SendOutcome::Rejected {
+                    code: ErrorCode::RATE_LIMITED,
+                }
+            };
+            match &outcome {
+                SendOutcome::Stored { .. } => inc(&state.metrics.sends_stored_total, 1),
+                SendOutcome::DeviceMismatch { .. } => inc(&state.metrics.sends_mismatch_total, 1),
+                _ => inc(&state.metrics.sends_rejected_total, 1),
+            }
+            send_frame(socket, &Frame::SendResult(SendResult { message_id, outcome })).await
+        }
+        Frame::Ack { seq } => {
+            if seq > mb.delivered {
+                return send_frame(
+                    socket,
+                    &Frame::Error {
+                        code: ErrorCode::ACK_AHEAD,
+                    },
+                )
+                .await;
+            }
+            match state.store.ack(&mb.account, mb.device, seq).await {
+                Ok(n) => inc(&state.metrics.envelopes_acked_total, n),
+                Err(e) => {
+                    let code = code_of(&e);
+                    return send_frame(socket, &Frame::Error { code }).await;
+                }
+            }
+            while mb.in_flight.front().is_some_and(|s| *s <= seq) {
+                mb.in_flight.pop_front();
+            }
+            // The window may have opened.
+            pump(state, socket, mb).await
+        }
+        Frame::Ephemeral { to, payload } => {
+            if !bucket.take() {
+                inc(&state.metrics.rate_limited_total, 1);
+                return send_frame(
+                    socket,
+                    &Frame::Error {
+                        code: ErrorCode::RATE_LIMITED,
+                    },
+                )
+                .await;
+            }
+            if payload.len() > state.config.limits.max_ephemeral_bytes {
+                return send_frame(
+                    socket,
+                    &Frame::Error {
+                        code: ErrorCode::ENVELOPE_TOO_LARGE,
+                    },
+                )
+                .await;
+            }
+            let except = (to == mb.account).then_some(mb.device);
+            let (sent, dropped) = state.hub.ephemeral(&to, except, &payload);
+            inc(&state.metrics.ephemeral_forwarded_total, sent);
+            inc(&state.metrics.ephemeral_dropped_total, dropped);
+            Ok(())
+        }
+        _ => {
+            send_frame(
+                socket,
+                &Frame::Error {
+                    code: ErrorCode::UNEXPECTED_FRAME,
+                },
+            )
+            .await
+        }
+    }
+}
+
+/// Checks a send against the limits, stores it and wakes the recipients' connections.
+async fn handle_send(state: &AppState, mb: &Mailbox, send: Send) -> SendOutcome {
+    match check_send(state, &send.recipients) {
+        Ok(()) => {}
+        Err(code) => return SendOutcome::Rejected { code },
+    }
+    let limits = &state.config.limits;
+    let now = now_s();
+    let params = SendParams {
+        sender: (mb.account, mb.device),
+        now_s: now - now % 60,
+        expires_at_s: now.saturating_add(limits.envelope_ttl_secs),
+        max_mailbox_depth: limits.max_mailbox_depth,
+    };
+    match state.store.store_send(params, &send.recipients).await {
+        Ok(SendStored::Stored(seqs)) => {
+            inc(&state.metrics.envelopes_stored_total, seqs.len() as u64);
+            for r in &send.recipients {
+                state.hub.notify(&r.account_id, r.device_id);
+            }
+            SendOutcome::Stored { seqs }
+        }
+        Ok(SendStored::Mismatch(device_lists)) => SendOutcome::DeviceMismatch { device_lists },
+        Err(e) => SendOutcome::Rejected { code: code_of(&e) },
+    }
+}
+
+fn check_send(state: &AppState, recipients: &[Recipient]) -> Result<(), ErrorCode> {
+    let limits = &state.config.limits;
+    if recipients.is_empty() {
+        return Err(ErrorCode::EMPTY_SEND);
+    }
+    if recipients.len() > limits.max_recipients {
+        return Err(ErrorCode::TOO_MANY_RECIPIENTS);
+    }
+    if recipients.iter().any(|r| r.envelope.len() > limits.max_envelope_bytes) {
+        return Err(ErrorCode::ENVELOPE_TOO_LARGE);
+    }
+    let distinct: BTreeSet<(AccountId, DeviceId)> = recipients.iter().map(|r| (r.account_id, r.device_id)).collect();
+    if distinct.len() != recipients.len() {
+        return Err(ErrorCode::DUPLICATE_RECIPIENT);
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! A relay on 127.0.0.1:0 and a minimal client: hyper for HTTP, tokio-tungstenite for
+//! the WebSocket.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use sotto_crypto::AccountId;
+use sotto_proto::{AuthResponse, Body, Challenge, DeviceListBody, ErrorBody, ErrorCode, Frame, authorization_header};
+use sotto_relay::storage::Store;
+use sotto_relay::{AppState, Config};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::{TestAccount, TestDevice};
+
+/// A failsafe so a broken test fails instead of hanging; tests never wait on it.
+const FAILSAFE: Duration = Duration::from_secs(20);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Relay {
+    pub async fn start(url: &str, tweak: impl FnOnce(&mut Config)) -> Relay {
+        let mut config = Config::default();
+        tweak(&mut config);
+        let store = Store::open(url, 8).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AppState::new(config, store);
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(sotto_relay::run(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        Relay {
+            addr,
+            state,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Triggers graceful shutdown and waits for `run` to return.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(FAILSAFE, h).await.unwrap().unwrap().unwrap();
+        }
+    }
+
+    pub async fn http(&self, method: Method, path: &str, auth: Option<String>, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        let stream = TcpStream::connect(self.addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/octet-stream");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = sender
+            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        (status, bytes)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Vec<u8>) {
+        self.http(Method::GET, path, None, vec![]).await
+    }
+
+    /// An `Authorization` header answering a fresh HTTP challenge.
+    pub async fn auth(&self, d: &TestDevice) -> String {
+        let (status, body) = self.get("/v1/auth/challenge").await;
+        assert_eq!(status, StatusCode::OK);
+        let c = Challenge::decode(&body).unwrap();
+        assert_eq!(c.relay_id, self.state.relay_id);
+        authorization_header(&AuthResponse {
+            account_id: d.account_id(),
+            device_id: d.id(),
+            nonce: c.nonce,
+            signature: d.sign_challenge(&c),
+        })
+    }
+
+    pub async fn register(&self, a: &TestAccount) -> StatusCode {
+        self.put_list(&a.id(), a.list.signed().as_bytes()).await.0
+    }
+
+    pub async fn put_list(&self, account: &AccountId, list: &[u8]) -> (StatusCode, Vec<u8>) {
+        let body = DeviceListBody {
+            signed_list: list.to_vec(),
+        }
+        .encode();
+        self.http(Method::PUT, &format!("/v1/accounts/{account}/device-list"), None, body)
+            .await
+    }
+
+    /// Opens a WebSocket and returns it with the challenge.
+    pub async fn open(&self) -> (Ws, Challenge) {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", self.addr))
+            .await
+            .unwrap();
+        match recv(&mut ws).await {
+            Frame::Challenge(c) => (ws, c),
+            other => panic!("expected a challenge, got {other:?}"),
+        }
+    }
+
+    /// Opens a WebSocket and authenticates as `d`.
+    pub async fn connect(&self, d: &TestDevice) -> Ws {
+        let (mut ws, c) = self.open().await;
+        send(&mut ws, &answer(d, &c)).await;
+        assert_eq!(recv(&mut ws).await, Frame::AuthOk);
+        ws
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn answer(d: &TestDevice, c: &Challenge) -> Frame {
+    Frame::AuthResponse(AuthResponse {
+        account_id: d.account_id(),
+        device_id: d.id(),
+        nonce: c.nonce,
+        signature: d.sign_challenge(c),
+    })
+}
+
+pub async fn send(ws: &mut Ws, f: &Frame) {
+    ws.send(Message::Binary(f.encode().into())).await.unwrap();
+}
+
+/// The next sotto frame (pings and pongs skipped).
+pub async fn recv(ws: &mut Ws) -> Frame {
+    loop {
+        let m = tokio::time::timeout(FAILSAFE, ws.next())
+            .await
+            .expect("no frame within the failsafe")
+            .expect("socket closed")
+            .expect("socket error");
+        match m {
+            Message::Binary(b) => return Frame::decode(&b).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// Waits for the socket to close (after any frames).
+pub async fn closed(ws: &mut Ws) {
+    loop {
+        match tokio::time::timeout(FAILSAFE, ws.next()).await.expect("not closed") {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+pub fn error_code(body: &[u8]) -> ErrorCode {
+    ErrorBody::decode(body).unwrap().code
+}

@@ -1,0 +1,604 @@
+//! The relay over real sockets, on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::relay::*;
+use common::*;
+use hyper::{Method, StatusCode};
+use sotto_crypto::{DeviceId, PreKeyKind};
+use sotto_proto::{
+    Body, Bundles, DeviceListBody, ErrorCode, Frame, PreKeyCounts, PushProvider, PushRegistration, Recipient, Send,
+    SendOutcome, SendResult,
+};
+use sotto_relay::Config;
+
+fn to_devices(acc: &TestAccount, skip: Option<DeviceId>, body: &[u8]) -> Vec<Recipient> {
+    acc.devices
+        .iter()
+        .filter(|d| Some(d.id()) != skip)
+        .map(|d| Recipient {
+            account_id: acc.id(),
+            device_id: d.id(),
+            envelope: body.to_vec(),
+        })
+        .collect()
+}
+
+async fn send_to(ws: &mut Ws, message_id: u64, recipients: Vec<Recipient>) -> SendOutcome {
+    send(ws, &Frame::Send(Send { message_id, recipients })).await;
+    loop {
+        match recv(ws).await {
+            Frame::SendResult(SendResult {
+                message_id: id,
+                outcome,
+            }) => {
+                assert_eq!(id, message_id);
+                return outcome;
+            }
+            // Deliveries to the sender's own mailbox may interleave.
+            Frame::Deliver(_) | Frame::QueueEmpty | Frame::EphemeralDeliver { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn expect_deliver(ws: &mut Ws) -> (u64, Vec<u8>) {
+    match recv(ws).await {
+        Frame::Deliver(d) => (d.seq, d.envelope),
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+async fn register_all(relay: &Relay, accounts: &[&TestAccount]) {
+    for a in accounts {
+        assert_eq!(relay.register(a).await, StatusCode::CREATED);
+    }
+}
+
+async fn registration(url: String) {
+    let relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(10);
+    let mut alice = account(&mut r, 2);
+    let bob = account(&mut r, 1);
+    let path = format!("/v1/accounts/{}/device-list", alice.id());
+    let (status, body) = relay.get(&path).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, ErrorCode::UNKNOWN_ACCOUNT)
+    );
+    assert_eq!(relay.register(&alice).await, StatusCode::CREATED);
+    let (status, body) = relay.get(&path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        DeviceListBody::decode(&body).unwrap().signed_list,
+        alice.list.signed().as_bytes()
+    );
+    // Same version again.
+    let (status, body) = relay.put_list(&alice.id(), alice.list.signed().as_bytes()).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, ErrorCode::STALE_DEVICE_LIST)
+    );
+    // Bob's list under alice's id.
+    let (status, body) = relay.put_list(&alice.id(), bob.list.signed().as_bytes()).await;
+    assert_eq!(error_code(&body), ErrorCode::ACCOUNT_MISMATCH, "{status}");
+    // A forged signature.
+    let mut forged = alice.list.signed().as_bytes().to_vec();
+    *forged.last_mut().unwrap() ^= 1;
+    let (_, body) = relay.put_list(&alice.id(), &forged).await;
+    assert_eq!(error_code(&body), ErrorCode::BAD_DEVICE_LIST);
+    // A newer version.
+    let d3 = device(alice.id(), 3, &mut r);
+    let mut devices = std::mem::take(&mut alice.devices);
+    devices.push(d3);
+    alice.relist(2, devices);
+    assert_eq!(relay.register(&alice).await, StatusCode::OK);
+    // Garbage, bad account path, unknown route.
+    let (status, body) = relay.http(Method::PUT, &path, None, vec![9, 9, 9]).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, ErrorCode::UNSUPPORTED_VERSION)
+    );
+    let (_, body) = relay.get("/v1/accounts/nope/device-list").await;
+    assert_eq!(error_code(&body), ErrorCode::MALFORMED);
+    let (status, body) = relay.get("/nope").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, ErrorCode::NOT_FOUND)
+    );
+}
+
+async fn authentication(url: String) {
+    let relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(11);
+    let alice = account(&mut r, 2);
+    register_all(&relay, &[&alice]).await;
+    let d1 = &alice.devices[0];
+
+    // Good.
+    let mut ws = relay.connect(d1).await;
+    assert_eq!(recv(&mut ws).await, Frame::QueueEmpty);
+
+    // Bad signature: device 2's key signs for device 1.
+    let (mut ws2, c) = relay.open().await;
+    let mut forged = answer(d1, &c);
+    if let Frame::AuthResponse(a) = &mut forged {
+        a.signature = alice.devices[1].sign_challenge(&c);
+    }
+    send(&mut ws2, &forged).await;
+    assert_eq!(
+        recv(&mut ws2).await,
+        Frame::Error {
+            code: ErrorCode::AUTH_FAILED
+        }
+    );
+    closed(&mut ws2).await;
+
+    // Replayed: a valid answer to an earlier connection's challenge.
+    let (mut ws3, c3) = relay.open().await;
+    let recorded = answer(d1, &c3);
+    let (mut ws4, _) = relay.open().await;
+    send(&mut ws4, &recorded).await;
+    assert_eq!(
+        recv(&mut ws4).await,
+        Frame::Error {
+            code: ErrorCode::CHALLENGE_UNKNOWN
+        }
+    );
+    closed(&mut ws4).await;
+    drop(ws3.close(None).await);
+
+    // Unknown device.
+    let stranger = device(alice.id(), 9, &mut r);
+    let (mut ws5, c) = relay.open().await;
+    send(&mut ws5, &answer(&stranger, &c)).await;
+    assert_eq!(
+        recv(&mut ws5).await,
+        Frame::Error {
+            code: ErrorCode::AUTH_FAILED
+        }
+    );
+
+    // A send before authenticating.
+    let (mut ws6, _) = relay.open().await;
+    send(&mut ws6, &Frame::Ack { seq: 1 }).await;
+    assert_eq!(
+        recv(&mut ws6).await,
+        Frame::Error {
+            code: ErrorCode::AUTH_REQUIRED
+        }
+    );
+
+    // HTTP: missing header, replayed header, wrong device.
+    let (status, body) = relay.http(Method::GET, "/v1/prekeys/count", None, vec![]).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, ErrorCode::AUTH_REQUIRED)
+    );
+    let h = relay.auth(d1).await;
+    let (status, _) = relay
+        .http(Method::GET, "/v1/prekeys/count", Some(h.clone()), vec![])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = relay.http(Method::GET, "/v1/prekeys/count", Some(h), vec![]).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, ErrorCode::CHALLENGE_UNKNOWN)
+    );
+    let h = relay.auth(&stranger).await;
+    let (_, body) = relay.http(Method::GET, "/v1/prekeys/count", Some(h), vec![]).await;
+    assert_eq!(error_code(&body), ErrorCode::AUTH_FAILED);
+
+    // A second connection for the same device replaces the first.
+    let mut again = relay.connect(d1).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        Frame::Error {
+            code: ErrorCode::REPLACED
+        }
+    );
+    closed(&mut ws).await;
+    assert_eq!(recv(&mut again).await, Frame::QueueEmpty);
+}
+
+async fn prekeys(url: String) {
+    let relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(12);
+    let alice = account(&mut r, 2);
+    let bob = account(&mut r, 1);
+    register_all(&relay, &[&alice, &bob]).await;
+    let (a1, a2) = (&alice.devices[0], &alice.devices[1]);
+
+    // Signed by the wrong device.
+    let wrong = a2.prekeys(&mut r, 1, 1, 0);
+    let (status, body) = relay
+        .http(Method::PUT, "/v1/prekeys", Some(relay.auth(a1).await), wrong.encode())
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, ErrorCode::BAD_PREKEY)
+    );
+
+    for (d, n) in [(a1, 3), (a2, 40)] {
+        let up = d.prekeys(&mut r, 1, n, 1);
+        let (status, _) = relay
+            .http(Method::PUT, "/v1/prekeys", Some(relay.auth(d).await), up.encode())
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let (_, body) = relay
+        .http(Method::GET, "/v1/prekeys/count", Some(relay.auth(a1).await), vec![])
+        .await;
+    assert_eq!(
+        PreKeyCounts::decode(&body).unwrap(),
+        PreKeyCounts {
+            one_time: 3,
+            kem_one_time: 1,
+            has_signed_prekey: true,
+            has_last_resort: true
+        }
+    );
+
+    let b = &bob.devices[0];
+    let fetch_one = |dev: u32| format!("/v1/accounts/{}/bundles/{dev}", alice.id());
+    // All devices of the account.
+    let (status, body) = relay
+        .http(
+            Method::GET,
+            &format!("/v1/accounts/{}/bundles", alice.id()),
+            Some(relay.auth(b).await),
+            vec![],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let all = Bundles::decode(&body).unwrap().bundles;
+    assert_eq!(all.len(), 2);
+    for bundle in &all {
+        bundle.verify().unwrap();
+        assert!(bundle.one_time_prekey.is_some());
+    }
+    // Exhaust device 1: 2 one-time prekeys left, then last resort and no OPK.
+    let mut seen = BTreeSet::new();
+    for i in 0..3 {
+        let (_, body) = relay
+            .http(Method::GET, &fetch_one(1), Some(relay.auth(b).await), vec![])
+            .await;
+        let bundle = Bundles::decode(&body).unwrap().bundles.remove(0);
+        bundle.verify().unwrap();
+        assert_eq!(bundle.kem_prekey.kind, PreKeyKind::KemLastResort);
+        match bundle.one_time_prekey {
+            Some(k) => assert!(seen.insert(k.id) && i < 2),
+            None => assert_eq!(i, 2),
+        }
+    }
+    let (_, body) = relay
+        .http(Method::GET, "/v1/prekeys/count", Some(relay.auth(a1).await), vec![])
+        .await;
+    assert_eq!(PreKeyCounts::decode(&body).unwrap().one_time, 0);
+    // No prekeys at all for bob.
+    let (status, body) = relay
+        .http(
+            Method::GET,
+            &format!("/v1/accounts/{}/bundles/1", bob.id()),
+            Some(relay.auth(b).await),
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, ErrorCode::NO_PREKEYS)
+    );
+
+    // Many concurrent fetchers of device 2 (39 one-time prekeys left) never share one.
+    let mut headers = Vec::new();
+    for _ in 0..30 {
+        headers.push(relay.auth(b).await);
+    }
+    let relay_ref = &relay;
+    let path = fetch_one(2);
+    let results = futures_util::future::join_all(headers.into_iter().map(|h| {
+        let path = path.clone();
+        async move { relay_ref.http(Method::GET, &path, Some(h), vec![]).await }
+    }))
+    .await;
+    let mut ids = BTreeSet::new();
+    for (status, body) in results {
+        assert_eq!(status, StatusCode::OK);
+        let k = Bundles::decode(&body)
+            .unwrap()
+            .bundles
+            .remove(0)
+            .one_time_prekey
+            .unwrap();
+        assert!(ids.insert(k.id), "one-time prekey {} handed out twice", k.id);
+    }
+    assert_eq!(ids.len(), 30);
+
+    // Push registration.
+    let reg = PushRegistration {
+        provider: PushProvider::Fcm,
+        token: b"token".to_vec(),
+    };
+    let (status, _) = relay
+        .http(Method::PUT, "/v1/push", Some(relay.auth(a1).await), reg.encode())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = relay
+        .http(Method::DELETE, "/v1/push", Some(relay.auth(a1).await), vec![])
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+async fn messaging(url: String) {
+    let relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(13);
+    let alice = account(&mut r, 2);
+    let bob = account(&mut r, 2);
+    register_all(&relay, &[&alice, &bob]).await;
+    let (a1, b1, b2) = (&alice.devices[0], &bob.devices[0], &bob.devices[1]);
+
+    let mut wa = relay.connect(a1).await;
+    assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
+    let mut wb1 = relay.connect(b1).await;
+    assert_eq!(recv(&mut wb1).await, Frame::QueueEmpty);
+
+    // Online b1 gets it at once; b2 is offline; a2 (alice's other device) too.
+    for (i, text) in [b"one".as_slice(), b"two", b"three"].iter().enumerate() {
+        let mut rc = to_devices(&bob, None, text);
+        rc.extend(to_devices(&alice, Some(a1.id()), text));
+        let n = i as u64 + 1;
+        assert_eq!(
+            send_to(&mut wa, n, rc).await,
+            SendOutcome::Stored { seqs: vec![n, n, n] }
+        );
+        assert_eq!(expect_deliver(&mut wb1).await, (n, text.to_vec()));
+    }
+    // Device-set mismatch: bob's device 2 missing.
+    let short = to_devices(&bob, Some(b2.id()), b"x");
+    assert_eq!(
+        send_to(&mut wa, 9, short).await,
+        SendOutcome::DeviceMismatch {
+            device_lists: vec![bob.list.signed().as_bytes().to_vec()]
+        }
+    );
+
+    // b1 acks 2 and reconnects: resumes with 3.
+    send(&mut wb1, &Frame::Ack { seq: 2 }).await;
+    drop(wb1.close(None).await);
+    let mut wb1 = relay.connect(b1).await;
+    assert_eq!(expect_deliver(&mut wb1).await, (3, b"three".to_vec()));
+    assert_eq!(recv(&mut wb1).await, Frame::QueueEmpty);
+    send(&mut wb1, &Frame::Ack { seq: 3 }).await;
+    // Acking ahead of what was delivered is an error, and the connection stays usable.
+    send(&mut wb1, &Frame::Ack { seq: 99 }).await;
+    assert_eq!(
+        recv(&mut wb1).await,
+        Frame::Error {
+            code: ErrorCode::ACK_AHEAD
+        }
+    );
+    drop(wb1.close(None).await);
+    let mut wb1 = relay.connect(b1).await;
+    assert_eq!(recv(&mut wb1).await, Frame::QueueEmpty);
+
+    // Offline b2 gets all three on connect.
+    let mut wb2 = relay.connect(b2).await;
+    for n in 1..=3 {
+        assert_eq!(expect_deliver(&mut wb2).await.0, n);
+    }
+    assert_eq!(recv(&mut wb2).await, Frame::QueueEmpty);
+
+    // Ephemeral: to bob's connected devices only, never stored.
+    send(
+        &mut wa,
+        &Frame::Ephemeral {
+            to: bob.id(),
+            payload: b"typing".to_vec(),
+        },
+    )
+    .await;
+    assert_eq!(
+        recv(&mut wb1).await,
+        Frame::EphemeralDeliver {
+            payload: b"typing".to_vec()
+        }
+    );
+    assert_eq!(
+        recv(&mut wb2).await,
+        Frame::EphemeralDeliver {
+            payload: b"typing".to_vec()
+        }
+    );
+    drop(wb2.close(None).await);
+    let mut wb2 = relay.connect(b2).await;
+    for n in 1..=3 {
+        assert_eq!(expect_deliver(&mut wb2).await.0, n);
+    }
+    assert_eq!(recv(&mut wb2).await, Frame::QueueEmpty);
+
+    // A malformed frame is answered and the connection stays usable.
+    wa.send_raw(vec![1, 0x10, 0]).await;
+    assert_eq!(
+        recv(&mut wa).await,
+        Frame::Error {
+            code: ErrorCode::MALFORMED
+        }
+    );
+    let mut rc = to_devices(&bob, None, b"four");
+    rc.extend(to_devices(&alice, Some(a1.id()), b"four"));
+    assert_eq!(
+        send_to(&mut wa, 10, rc).await,
+        SendOutcome::Stored { seqs: vec![4, 4, 4] }
+    );
+    assert_eq!(expect_deliver(&mut wb1).await, (4, b"four".to_vec()));
+
+    let (status, body) = relay.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("sotto_relay_sends_stored_total 4"), "{text}");
+    assert!(text.contains("sotto_relay_connections_open 3"), "{text}");
+}
+
+trait RawSend {
+    async fn send_raw(&mut self, b: Vec<u8>);
+}
+
+impl RawSend for Ws {
+    async fn send_raw(&mut self, b: Vec<u8>) {
+        use futures_util::SinkExt;
+        self.send(tokio_tungstenite::tungstenite::Message::Binary(b.into()))
+            .await
+            .unwrap();
+    }
+}
+
+async fn limits(url: String) {
+    let mut relay = Relay::start(&url, |c: &mut Config| {
+        c.limits.max_envelope_bytes = 100;
+        c.limits.max_recipients = 2;
+        c.limits.max_mailbox_depth = 2;
+        c.limits.rate_per_second = 1;
+        c.limits.rate_burst = 7;
+        c.limits.max_connections = 3;
+        c.limits.max_body_bytes = 2000;
+    })
+    .await;
+    let mut r = rng(14);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    let carol = account(&mut r, 2);
+    register_all(&relay, &[&alice, &bob, &carol]).await;
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
+
+    let rejected = |code| SendOutcome::Rejected { code };
+    assert_eq!(
+        send_to(&mut wa, 1, to_devices(&bob, None, &[0; 101])).await,
+        rejected(ErrorCode::ENVELOPE_TOO_LARGE)
+    );
+    let mut three = to_devices(&bob, None, b"x");
+    three.extend(to_devices(&carol, None, b"x"));
+    assert_eq!(
+        send_to(&mut wa, 2, three).await,
+        rejected(ErrorCode::TOO_MANY_RECIPIENTS)
+    );
+    let mut dup = to_devices(&bob, None, b"x");
+    dup.extend(to_devices(&bob, None, b"x"));
+    assert_eq!(send_to(&mut wa, 3, dup).await, rejected(ErrorCode::DUPLICATE_RECIPIENT));
+    assert_eq!(send_to(&mut wa, 4, vec![]).await, rejected(ErrorCode::EMPTY_SEND));
+    // Mailbox depth 2.
+    for i in 0..2 {
+        assert!(matches!(
+            send_to(&mut wa, 5 + i, to_devices(&bob, None, b"x")).await,
+            SendOutcome::Stored { .. }
+        ));
+    }
+    assert_eq!(
+        send_to(&mut wa, 7, to_devices(&bob, None, b"x")).await,
+        rejected(ErrorCode::MAILBOX_FULL)
+    );
+    // The burst of 7 is spent; the next send in the same instant is rate limited.
+    assert_eq!(
+        send_to(&mut wa, 8, to_devices(&carol, None, b"x")).await,
+        rejected(ErrorCode::RATE_LIMITED)
+    );
+
+    // Body too large.
+    let (status, body) = relay
+        .http(
+            Method::PUT,
+            &format!("/v1/accounts/{}/device-list", alice.id()),
+            None,
+            vec![1; 3000],
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BODY_TOO_LARGE)
+    );
+
+    // Connections: 3 allowed, 1 in use.
+    let _w2 = relay.open().await;
+    let _w3 = relay.open().await;
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", relay.addr))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                error_code(resp.body().as_deref().unwrap()),
+                ErrorCode::TOO_MANY_CONNECTIONS
+            );
+        }
+        other => panic!("expected an HTTP refusal, got {other:?}"),
+    }
+
+    // Graceful shutdown: connected sockets are told and closed; run returns.
+    let stop = tokio::spawn(async move {
+        relay.stop().await;
+        relay
+    });
+    assert_eq!(
+        recv(&mut wa).await,
+        Frame::Error {
+            code: ErrorCode::SHUTTING_DOWN
+        }
+    );
+    closed(&mut wa).await;
+    drop((_w2, _w3));
+    stop.await.unwrap();
+}
+
+async fn health(url: String) {
+    let mut relay = Relay::start(&url, |c: &mut Config| {
+        c.heartbeat.ping_interval_ms = 50;
+    })
+    .await;
+    assert_eq!(relay.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(relay.get("/readyz").await.0, StatusCode::OK);
+    let mut r = rng(15);
+    let alice = account(&mut r, 1);
+    register_all(&relay, &[&alice]).await;
+    let mut ws = relay.connect(&alice.devices[0]).await;
+    // The relay pings.
+    loop {
+        let m = futures_util::StreamExt::next(&mut ws).await.unwrap().unwrap();
+        if m.is_ping() {
+            break;
+        }
+    }
+    drop(ws);
+    relay.stop().await;
+}
+
+macro_rules! backend {
+    ($backend:ident, $url:expr) => {
+        mod $backend {
+            use super::*;
+
+            macro_rules! t {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let url: Option<String> = $url;
+                        if let Some(url) = url {
+                            super::$name(url).await;
+                        }
+                    }
+                };
+            }
+            t!(registration);
+            t!(authentication);
+            t!(prekeys);
+            t!(messaging);
+            t!(limits);
+            t!(health);
+        }
+    };
+}
+
+backend!(sqlite, Some(sqlite_url()));
+backend!(postgres, postgres_url().await);

@@ -1,0 +1,373 @@
+//! The storage conformance suite, run against SQLite and PostgreSQL.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use common::*;
+use sotto_crypto::{DeviceId, PreKeyKind};
+use sotto_proto::{PushProvider, PushRegistration, Recipient};
+use sotto_relay::storage::{PutDeviceList, SendParams, SendStored, Storage, StorageError, Store, verify_prekeys};
+
+const NOW: u64 = 1_700_000_000;
+
+fn params(sender: &TestDevice) -> SendParams {
+    SendParams {
+        sender: (sender.account_id(), sender.id()),
+        now_s: NOW,
+        expires_at_s: NOW + 1000,
+        max_mailbox_depth: 100,
+    }
+}
+
+fn to_all(acc: &TestAccount, except: Option<DeviceId>, body: &[u8]) -> Vec<Recipient> {
+    acc.devices
+        .iter()
+        .filter(|d| Some(d.id()) != except)
+        .map(|d| Recipient {
+            account_id: acc.id(),
+            device_id: d.id(),
+            envelope: body.to_vec(),
+        })
+        .collect()
+}
+
+async fn device_lists<S: Storage>(s: Arc<S>) {
+    let mut r = rng(1);
+    let mut alice = account(&mut r, 2);
+    assert_eq!(s.device_list(&alice.id()).await.unwrap(), None);
+    assert_eq!(s.put_device_list(&alice.list).await.unwrap(), PutDeviceList::Created);
+    assert_eq!(
+        s.device_list(&alice.id()).await.unwrap().as_deref(),
+        Some(alice.list.signed().as_bytes())
+    );
+    assert!(matches!(
+        s.put_device_list(&alice.list).await,
+        Err(StorageError::StaleDeviceList { stored: 1, offered: 1 })
+    ));
+    let keys = s.device_keys(&alice.id(), DeviceId(2)).await.unwrap().unwrap();
+    assert_eq!(keys.signing_key, alice.devices[1].device.identity().signing_key);
+    assert_eq!(s.device_keys(&alice.id(), DeviceId(3)).await.unwrap(), None);
+
+    // Bob sends to both devices, then alice drops device 2 and rekeys device 1.
+    let bob = account(&mut r, 1);
+    s.put_device_list(&bob.list).await.unwrap();
+    let sent = s
+        .store_send(params(&bob.devices[0]), &to_all(&alice, None, b"x"))
+        .await
+        .unwrap();
+    assert_eq!(sent, SendStored::Stored(vec![1, 1]));
+    let new1 = device(alice.id(), 1, &mut r);
+    alice.relist(5, vec![new1]);
+    assert_eq!(s.put_device_list(&alice.list).await.unwrap(), PutDeviceList::Updated);
+    assert!(matches!(
+        s.last_seq(&alice.id(), DeviceId(2)).await,
+        Err(StorageError::UnknownDevice)
+    ));
+    // The rekeyed device lost its envelopes but its seq keeps growing.
+    assert!(s.fetch(&alice.id(), DeviceId(1), 0, NOW, 10).await.unwrap().is_empty());
+    assert_eq!(s.last_seq(&alice.id(), DeviceId(1)).await.unwrap(), 1);
+    let older = alice
+        .ak
+        .sign_device_list(4, 0, vec![alice.devices[0].device.entry()])
+        .unwrap();
+    assert!(matches!(
+        s.put_device_list(&older).await,
+        Err(StorageError::StaleDeviceList { stored: 5, offered: 4 })
+    ));
+}
+
+async fn prekeys<S: Storage>(s: Arc<S>) {
+    let mut r = rng(2);
+    let alice = account(&mut r, 2);
+    s.put_device_list(&alice.list).await.unwrap();
+    let d1 = &alice.devices[0];
+    let dsk1 = d1.device.identity().signing_key;
+    let upload = d1.prekeys(&mut r, 1, 2, 1);
+    verify_prekeys(d1.id(), &dsk1, &upload).unwrap();
+    // Signatures bind the device: device 2's key does not verify them.
+    let dsk2 = alice.devices[1].device.identity().signing_key;
+    assert!(verify_prekeys(DeviceId(2), &dsk2, &upload).is_err());
+    // The store refuses a DSK that is not the device's.
+    assert!(matches!(
+        s.put_prekeys(&alice.id(), DeviceId(1), &dsk2, &upload, 100).await,
+        Err(StorageError::UnknownDevice)
+    ));
+    assert!(matches!(
+        s.take_bundle(&alice.id(), DeviceId(1)).await,
+        Err(StorageError::NoPreKeys)
+    ));
+    s.put_prekeys(&alice.id(), DeviceId(1), &dsk1, &upload, 100)
+        .await
+        .unwrap();
+    let c = s.prekey_counts(&alice.id(), DeviceId(1)).await.unwrap();
+    assert_eq!(
+        (c.one_time, c.kem_one_time, c.has_signed_prekey, c.has_last_resort),
+        (2, 1, true, true)
+    );
+
+    let b1 = s.take_bundle(&alice.id(), DeviceId(1)).await.unwrap();
+    b1.verify().unwrap();
+    assert_eq!(b1.one_time_prekey.as_ref().unwrap().id, 1);
+    assert_eq!(b1.kem_prekey.kind, PreKeyKind::KemOneTime);
+    let b2 = s.take_bundle(&alice.id(), DeviceId(1)).await.unwrap();
+    assert_eq!(b2.one_time_prekey.as_ref().unwrap().id, 2);
+    assert_eq!(b2.kem_prekey.kind, PreKeyKind::KemLastResort);
+    let b3 = s.take_bundle(&alice.id(), DeviceId(1)).await.unwrap();
+    assert!(b3.one_time_prekey.is_none());
+    assert_eq!(b3.kem_prekey.kind, PreKeyKind::KemLastResort);
+    let c = s.prekey_counts(&alice.id(), DeviceId(1)).await.unwrap();
+    assert_eq!((c.one_time, c.kem_one_time), (0, 0));
+
+    // Bundles for the whole account: device 2 has none, so only device 1's.
+    let all = s.take_bundles(&alice.id()).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].identity.device_id, DeviceId(1));
+
+    // The per-device bound on one-time prekeys; the failed upload stores nothing.
+    let big = d1.prekeys(&mut r, 100, 5, 0);
+    assert!(matches!(
+        s.put_prekeys(&alice.id(), DeviceId(1), &dsk1, &big, 4).await,
+        Err(StorageError::TooManyPreKeys { max: 4 })
+    ));
+    assert_eq!(s.prekey_counts(&alice.id(), DeviceId(1)).await.unwrap().one_time, 0);
+    assert!(matches!(
+        s.take_bundles(&account(&mut r, 1).id()).await,
+        Err(StorageError::UnknownAccount)
+    ));
+}
+
+async fn concurrent_prekey_fetches<S: Storage>(s: Arc<S>) {
+    let mut r = rng(3);
+    let alice = account(&mut r, 1);
+    s.put_device_list(&alice.list).await.unwrap();
+    let d = &alice.devices[0];
+    let upload = d.prekeys(&mut r, 1, 10, 3);
+    s.put_prekeys(&alice.id(), d.id(), &d.device.identity().signing_key, &upload, 100)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..24)
+        .map(|_| {
+            let s = s.clone();
+            let a = alice.id();
+            tokio::spawn(async move { s.take_bundle(&a, DeviceId(1)).await.unwrap() })
+        })
+        .collect();
+    let mut opks = Vec::new();
+    let mut kems = Vec::new();
+    for t in tasks {
+        let b = t.await.unwrap();
+        if let Some(k) = b.one_time_prekey {
+            opks.push(k.id);
+        }
+        if b.kem_prekey.kind == PreKeyKind::KemOneTime {
+            kems.push(b.kem_prekey.id);
+        }
+    }
+    let unique: BTreeSet<u32> = opks.iter().copied().collect();
+    assert_eq!(opks.len(), 10, "every one-time prekey handed out");
+    assert_eq!(unique.len(), 10, "no one-time prekey handed out twice");
+    let unique: BTreeSet<u32> = kems.iter().copied().collect();
+    assert_eq!((kems.len(), unique.len()), (3, 3));
+}
+
+async fn sends<S: Storage>(s: Arc<S>) {
+    let mut r = rng(4);
+    let alice = account(&mut r, 2);
+    let bob = account(&mut r, 3);
+    s.put_device_list(&alice.list).await.unwrap();
+    s.put_device_list(&bob.list).await.unwrap();
+    let sender = &alice.devices[0];
+
+    // To bob's 3 devices and alice's other device.
+    let mut rc = to_all(&bob, None, b"for bob");
+    rc.extend(to_all(&alice, Some(sender.id()), b"for alice 2"));
+    assert_eq!(
+        s.store_send(params(sender), &rc).await.unwrap(),
+        SendStored::Stored(vec![1, 1, 1, 1])
+    );
+    assert_eq!(
+        s.store_send(params(sender), &rc).await.unwrap(),
+        SendStored::Stored(vec![2, 2, 2, 2])
+    );
+
+    // A missing device: mismatch with bob's current list, nothing stored.
+    let short: Vec<Recipient> = to_all(&bob, None, b"x").into_iter().take(2).collect();
+    assert_eq!(
+        s.store_send(params(sender), &short).await.unwrap(),
+        SendStored::Mismatch(vec![bob.list.signed().as_bytes().to_vec()])
+    );
+    // An extra device that is not listed.
+    let mut extra = to_all(&bob, None, b"x");
+    extra.push(Recipient {
+        account_id: bob.id(),
+        device_id: DeviceId(9),
+        envelope: vec![],
+    });
+    assert!(matches!(
+        s.store_send(params(sender), &extra).await.unwrap(),
+        SendStored::Mismatch(_)
+    ));
+    // Including the sending device itself is a mismatch for its own account.
+    assert!(matches!(
+        s.store_send(params(sender), &to_all(&alice, None, b"x")).await.unwrap(),
+        SendStored::Mismatch(_)
+    ));
+    assert_eq!(s.last_seq(&bob.id(), DeviceId(1)).await.unwrap(), 2);
+
+    // Unknown account.
+    let carol = account(&mut r, 1);
+    assert!(matches!(
+        s.store_send(params(sender), &to_all(&carol, None, b"x")).await,
+        Err(StorageError::UnknownAccount)
+    ));
+
+    // Atomicity: bob's device 3 is full, so nothing is stored anywhere, and no seq is used.
+    let mut p = params(sender);
+    p.max_mailbox_depth = 2;
+    assert!(matches!(s.store_send(p, &rc).await, Err(StorageError::MailboxFull)));
+    s.ack(&bob.id(), DeviceId(1), 2).await.unwrap();
+    s.ack(&bob.id(), DeviceId(2), 2).await.unwrap();
+    assert!(matches!(s.store_send(p, &rc).await, Err(StorageError::MailboxFull)));
+    assert!(s.fetch(&bob.id(), DeviceId(1), 0, NOW, 10).await.unwrap().is_empty());
+    assert_eq!(s.last_seq(&bob.id(), DeviceId(1)).await.unwrap(), 2);
+
+    // Fetch, ack and expiry.
+    let got = s.fetch(&bob.id(), DeviceId(3), 0, NOW, 10).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(got[0].envelope, b"for bob");
+    assert_eq!(got[0].received_at_s, NOW);
+    assert_eq!(s.fetch(&bob.id(), DeviceId(3), 1, NOW, 10).await.unwrap().len(), 1);
+    assert_eq!(s.fetch(&bob.id(), DeviceId(3), 0, NOW, 1).await.unwrap().len(), 1);
+    assert_eq!(s.ack(&bob.id(), DeviceId(3), 1).await.unwrap(), 1);
+    assert_eq!(s.fetch(&bob.id(), DeviceId(3), 0, NOW, 10).await.unwrap()[0].seq, 2);
+    // Expired envelopes are not served and are deleted by expiry.
+    assert!(
+        s.fetch(&bob.id(), DeviceId(3), 0, NOW + 1000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let expired = s.expire(NOW + 1000).await.unwrap();
+    assert!(expired >= 2, "expired {expired}");
+    assert!(s.fetch(&bob.id(), DeviceId(3), 0, NOW, 10).await.unwrap().is_empty());
+    // Seqs keep growing after deletes.
+    assert_eq!(
+        s.store_send(params(sender), &rc).await.unwrap(),
+        SendStored::Stored(vec![3, 3, 3, 3])
+    );
+}
+
+async fn concurrent_sends<S: Storage>(s: Arc<S>) {
+    let mut r = rng(5);
+    let alice = Arc::new(account(&mut r, 1));
+    let bob = Arc::new(account(&mut r, 2));
+    s.put_device_list(&alice.list).await.unwrap();
+    s.put_device_list(&bob.list).await.unwrap();
+    let tasks: Vec<_> = (0..20u8)
+        .map(|i| {
+            let s = s.clone();
+            let (alice, bob) = (alice.clone(), bob.clone());
+            tokio::spawn(async move {
+                let mut rc = to_all(&bob, None, &[i]);
+                if i % 2 == 0 {
+                    rc.reverse(); // other lock orders must not deadlock
+                }
+                s.store_send(params(&alice.devices[0]), &rc).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), SendStored::Stored(_)));
+    }
+    for d in [1, 2] {
+        let got = s.fetch(&bob.id(), DeviceId(d), 0, NOW, 100).await.unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<u64>>()
+        );
+    }
+}
+
+async fn push<S: Storage>(s: Arc<S>) {
+    let mut r = rng(6);
+    let alice = account(&mut r, 1);
+    s.put_device_list(&alice.list).await.unwrap();
+    let reg = PushRegistration {
+        provider: PushProvider::UnifiedPush,
+        token: b"https://push.example/abc".to_vec(),
+    };
+    assert_eq!(s.push_registration(&alice.id(), DeviceId(1)).await.unwrap(), None);
+    s.put_push(&alice.id(), DeviceId(1), &reg).await.unwrap();
+    assert_eq!(s.push_registration(&alice.id(), DeviceId(1)).await.unwrap(), Some(reg));
+    let reg2 = PushRegistration {
+        provider: PushProvider::Apns,
+        token: vec![1, 2, 3],
+    };
+    s.put_push(&alice.id(), DeviceId(1), &reg2).await.unwrap();
+    assert_eq!(
+        s.push_registration(&alice.id(), DeviceId(1)).await.unwrap(),
+        Some(reg2.clone())
+    );
+    assert!(matches!(
+        s.put_push(&alice.id(), DeviceId(7), &reg2).await,
+        Err(StorageError::UnknownDevice)
+    ));
+    assert!(s.delete_push(&alice.id(), DeviceId(1)).await.unwrap());
+    assert!(!s.delete_push(&alice.id(), DeviceId(1)).await.unwrap());
+    s.ping().await.unwrap();
+}
+
+macro_rules! conformance {
+    ($backend:ident, $url:expr) => {
+        mod $backend {
+            use super::*;
+
+            async fn open() -> Option<Arc<Store>> {
+                let url: Option<String> = $url;
+                Some(Arc::new(Store::open(&url?, 8).await.unwrap()))
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn device_lists() {
+                if let Some(s) = open().await {
+                    super::device_lists(s).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn prekeys() {
+                if let Some(s) = open().await {
+                    super::prekeys(s).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_prekey_fetches() {
+                if let Some(s) = open().await {
+                    super::concurrent_prekey_fetches(s).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sends() {
+                if let Some(s) = open().await {
+                    super::sends(s).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_sends() {
+                if let Some(s) = open().await {
+                    super::concurrent_sends(s).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn push() {
+                if let Some(s) = open().await {
+                    super::push(s).await;
+                }
+            }
+        }
+    };
+}
+
+conformance!(sqlite, Some(sqlite_url()));
+conformance!(postgres, postgres_url().await);
