@@ -419,6 +419,10 @@ pub fn respond(
         None => derive(&[&dh1, &dh2, &dh3], &ss, &th),
     };
     let (header, _) = ratchet::Header::parse(message.message).map_err(DecryptError::from)?;
+    // Bob's first DH ratchet step uses this key; refuse it now rather than at every encrypt.
+    if header.ratchet_key.has_small_order() {
+        return Err(X3dhError::NonContributory);
+    }
     let mut session = Session::new_responder(
         me,
         message.initiator,
