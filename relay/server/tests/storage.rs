@@ -14,7 +14,7 @@ const NOW: u64 = 1_700_000_000;
 
 fn params(sender: &TestDevice) -> SendParams {
     SendParams {
-        sender: (sender.account_id(), sender.id()),
+        sender: Some((sender.account_id(), sender.id())),
         now_s: NOW,
         expires_at_s: NOW + 1000,
         max_mailbox_depth: 100,
@@ -257,6 +257,26 @@ async fn sends<S: Storage>(s: Arc<S>) {
         s.store_send(params(sender), &rc).await.unwrap(),
         SendStored::Stored(vec![3, 3, 3, 3])
     );
+
+    // Anonymous: every account's full list is expected, the sender's own included.
+    let anon = |p: SendParams| SendParams { sender: None, ..p };
+    assert!(matches!(
+        s.store_send(anon(params(sender)), &rc).await.unwrap(),
+        SendStored::Mismatch(l) if l == vec![alice.list.signed().as_bytes().to_vec()]
+    ));
+    assert!(matches!(
+        s.store_send(anon(params(sender)), &to_all(&bob, None, b"x").into_iter().take(2).collect::<Vec<_>>())
+            .await
+            .unwrap(),
+        SendStored::Mismatch(_)
+    ));
+    let mut all = to_all(&bob, None, b"anon");
+    all.extend(to_all(&alice, None, b"anon"));
+    assert_eq!(
+        s.store_send(anon(params(sender)), &all).await.unwrap(),
+        SendStored::Stored(vec![4, 4, 4, 1, 4])
+    );
+    assert_eq!(s.fetch(&alice.id(), DeviceId(1), 0, NOW, 10).await.unwrap()[0].envelope, b"anon");
 }
 
 async fn concurrent_sends<S: Storage>(s: Arc<S>) {

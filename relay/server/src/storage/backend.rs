@@ -335,7 +335,7 @@ macro_rules! storage_impl {
                         .fetch_all(&mut *tx)
                         .await?;
                     let ids = ids.into_iter().map(|(i,)| device_from_i64(i)).collect::<Result<Vec<_>, _>>()?;
-                    if !device_set_matches(&account, &ids, recipients, &params.sender) {
+                    if !device_set_matches(&account, &ids, recipients, params.sender.as_ref()) {
                         mismatch.push(list);
                     }
                 }

@@ -106,8 +106,10 @@ pub struct StoredEnvelope {
 /// Parameters of a send that come from the relay's configuration and clock.
 #[derive(Clone, Copy, Debug)]
 pub struct SendParams {
-    /// The sending device; excluded from the expected set of its own account.
-    pub sender: (AccountId, DeviceId),
+    /// The sending device, excluded from the expected set of its own account; `None` for
+    /// an anonymous (sealed-sender) send, where every account's full device list is
+    /// expected.
+    pub sender: Option<(AccountId, DeviceId)>,
     /// Now, seconds since the Unix epoch, coarse.
     pub now_s: u64,
     /// When the envelopes expire.
@@ -172,7 +174,8 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Stores a send atomically after checking, for every account named, that the set of
     /// devices equals the account's current device list (without the sender device for
-    /// the sender's own account). Recipients must be distinct.
+    /// the sender's own account when [`SendParams::sender`] names one). Recipients must be
+    /// distinct.
     fn store_send(
         &self,
         params: SendParams,
@@ -462,17 +465,17 @@ pub(crate) fn accounts_of(recipients: &[Recipient]) -> Vec<AccountId> {
 }
 
 /// Whether the devices a send names for `account` equal the account's listed devices
-/// (without the sender's own device).
+/// (without the sender's own device, when the send names its sender).
 pub(crate) fn device_set_matches(
     account: &AccountId,
     listed: &[DeviceId],
     recipients: &[Recipient],
-    sender: &(AccountId, DeviceId),
+    sender: Option<&(AccountId, DeviceId)>,
 ) -> bool {
     let expected: BTreeSet<DeviceId> = listed
         .iter()
         .copied()
-        .filter(|d| !(sender.0 == *account && sender.1 == *d))
+        .filter(|d| sender.is_none_or(|s| !(s.0 == *account && s.1 == *d)))
         .collect();
     let named: BTreeSet<DeviceId> = recipients
         .iter()
