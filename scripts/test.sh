@@ -23,6 +23,7 @@ cargo build -p sotto-crypto --target wasm32-unknown-unknown --locked
 
 step "fuzz targets compile"
 cargo check --manifest-path crypto-core/fuzz/Cargo.toml --bins
+cargo check --manifest-path relay/proto/fuzz/Cargo.toml --bins
 
 step "throwaway PostgreSQL for the relay tests"
 # The relay's storage and server tests run on SQLite and on PostgreSQL; with CI=true they

@@ -34,10 +34,11 @@ codes! {
     MALFORMED = 1;
     /// A protocol version this relay does not speak.
     UNSUPPORTED_VERSION = 2;
-    /// A frame that is not valid in the connection's current state (a send before
-    /// authentication, a relay-to-client frame sent by a client).
+    /// A frame that is not valid in the connection's current state (a relay-to-client frame
+    /// sent by a client; anything but a send on an anonymous connection).
     UNEXPECTED_FRAME = 3;
-    /// The request needs device authentication and carries none.
+    /// The request needs device authentication and carries none (on a WebSocket: a frame
+    /// other than an answer to the challenge or a send, before authenticating).
     AUTH_REQUIRED = 10;
     /// The authentication signature does not verify, or the device is not in its account's
     /// current device list.

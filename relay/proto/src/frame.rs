@@ -25,7 +25,10 @@
 //! ```
 //!
 //! Ping and pong are the WebSocket's own control frames. No frame names a sender: a
-//! delivered envelope carries its sender sealed inside.
+//! delivered envelope carries its sender sealed inside. A client may answer the
+//! `Challenge` with `Send` instead of `AuthResponse`: the connection is then anonymous
+//! (sends only; every recipient account's full device list expected), so the relay does
+//! not learn who sends. The full specification is docs/protocol.md §13.
 
 use sha2::{Digest, Sha256};
 use sotto_crypto::{AccountId, DeviceId, Signature};
@@ -133,7 +136,8 @@ pub struct Send {
     /// A client-chosen id the [`SendResult`] repeats.
     pub message_id: u64,
     /// The recipients. For every account named, the set of devices must equal the account's
-    /// current device list (without the sending device, for the sender's own account).
+    /// current device list (without the sending device, for the sender's own account on an
+    /// authenticated connection; all of them on an anonymous one).
     pub recipients: Vec<Recipient>,
 }
 
@@ -190,7 +194,8 @@ pub enum Frame {
     AuthResponse(AuthResponse),
     /// `0x03` relay → client: authenticated; mailbox delivery starts.
     AuthOk,
-    /// `0x10` client → relay: store envelopes for a set of devices.
+    /// `0x10` client → relay: store envelopes for a set of devices. Sent instead of the
+    /// `AuthResponse`, it makes the connection anonymous for its lifetime.
     Send(Send),
     /// `0x11` relay → client: the answer to a send.
     SendResult(SendResult),

@@ -85,7 +85,8 @@ pub struct Limits {
     pub max_ephemeral_bytes: usize,
     /// Most open WebSocket connections (`TOO_MANY_CONNECTIONS`).
     pub max_connections: usize,
-    /// Sends and ephemeral frames per second per device, sustained (`RATE_LIMITED`).
+    /// Sends and ephemeral frames per second per connection (authenticated or anonymous),
+    /// sustained (`RATE_LIMITED`).
     pub rate_per_second: u32,
     /// Burst above the sustained rate.
     pub rate_burst: u32,

@@ -43,6 +43,10 @@ metrics! {
     counter sends_mismatch_total;
     /// Sends rejected with an error code.
     counter sends_rejected_total;
+    /// Sends received on anonymous connections (also counted as stored, mismatch or rejected).
+    counter sends_anonymous_total;
+    /// Connections that sent instead of authenticating (anonymous senders).
+    counter connections_anonymous_total;
     /// Envelopes stored.
     counter envelopes_stored_total;
     /// Envelopes delivered over WebSockets (redeliveries included).
@@ -57,7 +61,7 @@ metrics! {
     counter ephemeral_dropped_total;
     /// Frames that did not decode.
     counter malformed_frames_total;
-    /// Requests and frames refused by the per-device rate limit.
+    /// Requests and frames refused by the per-connection rate limit.
     counter rate_limited_total;
     /// HTTP requests answered with an error code.
     counter http_errors_total;

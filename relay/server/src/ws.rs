@@ -1,5 +1,5 @@
 //! The WebSocket: challenge, authentication, then mailbox delivery, sends, acks and
-//! ephemeral frames on one task per socket.
+//! ephemeral frames on one task per socket; or, without authentication, anonymous sends.
 //!
 //! ```text
 //! relay  → Challenge
@@ -7,7 +7,17 @@
 //! relay  → AuthOk | Error + close
 //! relay  → Deliver*  QueueEmpty    (the stored backlog, at most deliver_window unacked)
 //! then, in any order: Send → SendResult, Ack, Ephemeral, Deliver (live), EphemeralDeliver
+//!
+//! or, anonymous (sealed sender: the relay does not learn who sends):
+//! relay  → Challenge
+//! client → Send                    (instead of AuthResponse; the challenge is dropped)
+//! then only: Send → SendResult; anything else → Error(UNEXPECTED_FRAME)
 //! ```
+//! An anonymous connection stays anonymous: it has no mailbox, gets no deliveries and no
+//! ephemeral frames, and its sends are checked against every recipient account's *full*
+//! device list (the relay cannot leave out a sending device it does not know). It is rate
+//! limited per connection like an authenticated one and idles out the same way.
+//!
 //! A frame that does not decode or does not fit the state is answered with an `Error`
 //! frame and the connection stays open. The handler is generic over the socket so tests
 //! can drive it with channels.
@@ -104,7 +114,8 @@ where
         .connections_open
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let end = match authenticate(&state, &mut socket).await {
-        Ok((account, device)) => session(&state, &mut socket, account, device).await,
+        Ok(Opened::Device(account, device)) => session(&state, &mut socket, account, device).await,
+        Ok(Opened::Anonymous(first)) => anonymous_session(&state, &mut socket, first).await,
         Err(end) => end,
     };
     tracing::debug!(?end, "connection ended");
@@ -114,7 +125,15 @@ where
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-async fn authenticate<S>(state: &AppState, socket: &mut S) -> Result<(AccountId, DeviceId), End>
+/// How a connection continues after the challenge.
+enum Opened {
+    /// Authenticated as this device.
+    Device(AccountId, DeviceId),
+    /// Anonymous: the client answered the challenge with this send.
+    Anonymous(Send),
+}
+
+async fn authenticate<S>(state: &AppState, socket: &mut S) -> Result<Opened, End>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -148,6 +167,7 @@ where
         match msg {
             Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
                 Ok(Frame::AuthResponse(r)) => break r,
+                Ok(Frame::Send(first)) => return Ok(Opened::Anonymous(first)),
                 Ok(_) => {
                     send_frame(
                         socket,
@@ -179,7 +199,7 @@ where
     match state.verify_auth(&challenge, &resp).await {
         Ok(()) => {
             send_frame(socket, &Frame::AuthOk).await?;
-            Ok((resp.account_id, resp.device_id))
+            Ok(Opened::Device(resp.account_id, resp.device_id))
         }
         Err(code) => {
             inc(&state.metrics.auth_failures_total, 1);
@@ -328,23 +348,7 @@ where
         }
     };
     match frame {
-        Frame::Send(send) => {
-            let message_id = send.message_id;
-            let outcome = if bucket.take() {
-                handle_send(state, mb, send).await
-            } else {
-                inc(&state.metrics.rate_limited_total, 1);
-                SendOutcome::Rejected {
-                    code: ErrorCode::RATE_LIMITED,
-                }
-            };
-            match &outcome {
-                SendOutcome::Stored { .. } => inc(&state.metrics.sends_stored_total, 1),
-                SendOutcome::DeviceMismatch { .. } => inc(&state.metrics.sends_mismatch_total, 1),
-                _ => inc(&state.metrics.sends_rejected_total, 1),
-            }
-            send_frame(socket, &Frame::SendResult(SendResult { message_id, outcome })).await
-        }
+        Frame::Send(send) => answer_send(state, socket, bucket, Some((mb.account, mb.device)), send).await,
         Frame::Ack { seq } => {
             if seq > mb.delivered {
                 return send_frame(
@@ -406,8 +410,97 @@ where
     }
 }
 
+/// Rate-limits, handles and answers one send; `sender` is `None` on an anonymous
+/// connection.
+async fn answer_send<S>(
+    state: &AppState,
+    socket: &mut S,
+    bucket: &mut Bucket,
+    sender: Option<(AccountId, DeviceId)>,
+    send: Send,
+) -> Result<(), End>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let message_id = send.message_id;
+    if sender.is_none() {
+        inc(&state.metrics.sends_anonymous_total, 1);
+    }
+    let outcome = if bucket.take() {
+        handle_send(state, sender, send).await
+    } else {
+        inc(&state.metrics.rate_limited_total, 1);
+        SendOutcome::Rejected {
+            code: ErrorCode::RATE_LIMITED,
+        }
+    };
+    match &outcome {
+        SendOutcome::Stored { .. } => inc(&state.metrics.sends_stored_total, 1),
+        SendOutcome::DeviceMismatch { .. } => inc(&state.metrics.sends_mismatch_total, 1),
+        _ => inc(&state.metrics.sends_rejected_total, 1),
+    }
+    send_frame(socket, &Frame::SendResult(SendResult { message_id, outcome })).await
+}
+
+/// Serves an anonymous connection: sends only, no mailbox. `first` is the send that
+/// answered the challenge.
+async fn anonymous_session<S>(state: &AppState, socket: &mut S, first: Send) -> End
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    inc(&state.metrics.connections_anonymous_total, 1);
+    let limits = &state.config.limits;
+    let mut shutdown = state.shutdown_signal();
+    let mut bucket = Bucket::new(limits.rate_per_second, limits.rate_burst);
+    let hb = &state.config.heartbeat;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + hb.ping_interval(), hb.ping_interval());
+    let mut last_heard = Instant::now();
+
+    if let Err(end) = answer_send(state, socket, &mut bucket, None, first).await {
+        return end;
+    }
+    loop {
+        let step: Result<(), End> = tokio::select! {
+            biased;
+            _ = crate::state::wait_shutdown(&mut shutdown) => {
+                let _ = send_frame(socket, &Frame::Error { code: ErrorCode::SHUTTING_DOWN }).await;
+                close(socket, close_code::AWAY, "").await;
+                return End::Shutdown;
+            }
+            msg = socket.next() => {
+                last_heard = Instant::now();
+                match msg {
+                    Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
+                        Ok(Frame::Send(send)) => answer_send(state, socket, &mut bucket, None, send).await,
+                        Ok(_) => send_frame(socket, &Frame::Error { code: ErrorCode::UNEXPECTED_FRAME }).await,
+                        Err(e) => {
+                            inc(&state.metrics.malformed_frames_total, 1);
+                            send_frame(socket, &Frame::Error { code: decode_code(&e) }).await
+                        }
+                    },
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    Some(Ok(Message::Text(_))) => send_frame(socket, &Frame::Error { code: ErrorCode::MALFORMED }).await,
+                    Some(Ok(Message::Close(_))) | None => Err(End::Closed),
+                    Some(Err(_)) => Err(End::Io),
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= hb.idle_timeout() {
+                    let _ = send_frame(socket, &Frame::Error { code: ErrorCode::IDLE_TIMEOUT }).await;
+                    close(socket, close_code::AWAY, "").await;
+                    return End::Idle;
+                }
+                socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Io)
+            }
+        };
+        if let Err(end) = step {
+            return end;
+        }
+    }
+}
+
 /// Checks a send against the limits, stores it and wakes the recipients' connections.
-async fn handle_send(state: &AppState, mb: &Mailbox, send: Send) -> SendOutcome {
+async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, send: Send) -> SendOutcome {
     match check_send(state, &send.recipients) {
         Ok(()) => {}
         Err(code) => return SendOutcome::Rejected { code },
@@ -415,7 +508,7 @@ async fn handle_send(state: &AppState, mb: &Mailbox, send: Send) -> SendOutcome 
     let limits = &state.config.limits;
     let now = now_s();
     let params = SendParams {
-        sender: (mb.account, mb.device),
+        sender,
         now_s: now - now % 60,
         expires_at_s: now.saturating_add(limits.envelope_ttl_secs),
         max_mailbox_depth: limits.max_mailbox_depth,

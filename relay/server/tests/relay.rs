@@ -13,6 +13,7 @@ use sotto_proto::{
     SendOutcome, SendResult,
 };
 use sotto_relay::Config;
+use sotto_relay::storage::Storage;
 
 fn to_devices(acc: &TestAccount, skip: Option<DeviceId>, body: &[u8]) -> Vec<Recipient> {
     acc.devices
@@ -441,6 +442,142 @@ async fn messaging(url: String) {
     assert!(text.contains("sotto_relay_connections_open 3"), "{text}");
 }
 
+/// A send on an anonymous connection: the very next frame must be its result (an
+/// anonymous connection never receives deliveries or ephemeral frames).
+async fn send_anon(ws: &mut Ws, message_id: u64, recipients: Vec<Recipient>) -> SendOutcome {
+    send(ws, &Frame::Send(Send { message_id, recipients })).await;
+    match recv(ws).await {
+        Frame::SendResult(SendResult {
+            message_id: id,
+            outcome,
+        }) if id == message_id => outcome,
+        other => panic!("expected the send's result, got {other:?}"),
+    }
+}
+
+async fn anonymous(url: String) {
+    let relay = Relay::start(&url, |c: &mut Config| {
+        c.limits.challenge_ttl_secs = 1;
+        c.heartbeat.ping_interval_ms = 100;
+        c.heartbeat.idle_timeout_ms = 1000;
+    })
+    .await;
+    let mut r = rng(16);
+    let alice = account(&mut r, 2);
+    let bob = account(&mut r, 2);
+    register_all(&relay, &[&alice, &bob]).await;
+    let (a1, b1, b2) = (&alice.devices[0], &bob.devices[0], &bob.devices[1]);
+    let mut wb1 = relay.connect(b1).await;
+    assert_eq!(recv(&mut wb1).await, Frame::QueueEmpty);
+
+    // A send instead of the AuthResponse opens an anonymous connection; Bob gets it on his
+    // authenticated one.
+    let mut anon = relay.open_anonymous().await;
+    assert_eq!(
+        send_anon(&mut anon, 1, to_devices(&bob, None, b"sealed one")).await,
+        SendOutcome::Stored { seqs: vec![1, 1] }
+    );
+    assert_eq!(expect_deliver(&mut wb1).await, (1, b"sealed one".to_vec()));
+
+    // No mailbox: ack, ephemeral and a late AuthResponse are refused, and the connection
+    // stays usable.
+    let (_, c) = relay.open().await;
+    for frame in [
+        Frame::Ack { seq: 1 },
+        Frame::Ephemeral {
+            to: bob.id(),
+            payload: b"typing".to_vec(),
+        },
+        answer(a1, &c),
+    ] {
+        send(&mut anon, &frame).await;
+        assert_eq!(
+            recv(&mut anon).await,
+            Frame::Error {
+                code: ErrorCode::UNEXPECTED_FRAME
+            }
+        );
+    }
+    // Nothing reached bob's mailbox from those; the ack did not delete anything.
+    let store = &relay.state.store;
+    assert_eq!(store.last_seq(&bob.id(), b2.id()).await.unwrap(), 1);
+    assert_eq!(store.fetch(&bob.id(), b1.id(), 0, 0, 10).await.unwrap().len(), 1);
+
+    // The mismatch rule: every account's full device list, the sender's own included
+    // (the relay does not know which device sends).
+    assert_eq!(
+        send_anon(&mut anon, 2, to_devices(&bob, Some(b2.id()), b"x")).await,
+        SendOutcome::DeviceMismatch {
+            device_lists: vec![bob.list.signed().as_bytes().to_vec()]
+        }
+    );
+    assert_eq!(
+        send_anon(&mut anon, 3, to_devices(&alice, Some(a1.id()), b"x")).await,
+        SendOutcome::DeviceMismatch {
+            device_lists: vec![alice.list.signed().as_bytes().to_vec()]
+        }
+    );
+    let mut both = to_devices(&bob, None, b"sealed two");
+    both.extend(to_devices(&alice, None, b"sealed two"));
+    assert_eq!(
+        send_anon(&mut anon, 4, both).await,
+        SendOutcome::Stored { seqs: vec![2, 2, 1, 1] }
+    );
+    assert_eq!(expect_deliver(&mut wb1).await, (2, b"sealed two".to_vec()));
+
+    // Sync transcripts keep the authenticated rule: own account without the sending device.
+    let mut wa = relay.connect(a1).await;
+    assert_eq!(expect_deliver(&mut wa).await.0, 1);
+    assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
+    assert!(matches!(
+        send_to(&mut wa, 5, to_devices(&alice, None, b"x")).await,
+        SendOutcome::DeviceMismatch { .. }
+    ));
+    assert_eq!(
+        send_to(&mut wa, 6, to_devices(&alice, Some(a1.id()), b"sync")).await,
+        SendOutcome::Stored { seqs: vec![2] }
+    );
+
+    // The challenge deadline (1 s) does not close an anonymous connection that sends.
+    for i in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        assert!(matches!(
+            send_anon(&mut anon, 10 + i, to_devices(&bob, None, b"later")).await,
+            SendOutcome::Stored { .. }
+        ));
+    }
+    // A connection that neither authenticates nor sends is closed at the deadline.
+    let (mut silent, _) = relay.open().await;
+    assert_eq!(
+        recv(&mut silent).await,
+        Frame::Error {
+            code: ErrorCode::CHALLENGE_EXPIRED
+        }
+    );
+    // An idle anonymous connection (no frames, no pongs) idles out like any other.
+    // The relay closes it; the client may see the IDLE_TIMEOUT frame or, having queued
+    // pongs to a closed socket, only the broken connection.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    loop {
+        match futures_util::StreamExt::next(&mut anon).await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b))) => assert_eq!(
+                Frame::decode(&b).unwrap(),
+                Frame::Error {
+                    code: ErrorCode::IDLE_TIMEOUT
+                }
+            ),
+            Some(Ok(m)) if m.is_ping() || m.is_pong() => {}
+            Some(Ok(m)) => assert!(m.is_close(), "{m:?}"),
+            None | Some(Err(_)) => break,
+        }
+    }
+
+    let (_, body) = relay.get("/metrics").await;
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("sotto_relay_sends_anonymous_total 7"), "{text}");
+    assert!(text.contains("sotto_relay_connections_anonymous_total 1"), "{text}");
+}
+
 trait RawSend {
     async fn send_raw(&mut self, b: Vec<u8>);
 }
@@ -519,8 +656,23 @@ async fn limits(url: String) {
         (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BODY_TOO_LARGE)
     );
 
-    // Connections: 3 allowed, 1 in use.
-    let _w2 = relay.open().await;
+    // An anonymous connection has its own bucket of 7 (mailbox-full sends count too).
+    let mut anon = relay.open_anonymous().await;
+    for i in 0..7 {
+        assert!(!matches!(
+            send_anon(&mut anon, 20 + i, to_devices(&carol, None, b"x")).await,
+            SendOutcome::Rejected {
+                code: ErrorCode::RATE_LIMITED
+            }
+        ));
+    }
+    assert_eq!(
+        send_anon(&mut anon, 27, to_devices(&carol, None, b"x")).await,
+        rejected(ErrorCode::RATE_LIMITED)
+    );
+
+    // Connections: 3 allowed, 2 in use (the anonymous one counts).
+    let _w2 = anon;
     let _w3 = relay.open().await;
     let err = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", relay.addr))
         .await
@@ -596,6 +748,7 @@ macro_rules! backend {
             t!(messaging);
             t!(limits);
             t!(health);
+            t!(anonymous);
         }
     };
 }

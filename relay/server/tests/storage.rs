@@ -265,9 +265,12 @@ async fn sends<S: Storage>(s: Arc<S>) {
         SendStored::Mismatch(l) if l == vec![alice.list.signed().as_bytes().to_vec()]
     ));
     assert!(matches!(
-        s.store_send(anon(params(sender)), &to_all(&bob, None, b"x").into_iter().take(2).collect::<Vec<_>>())
-            .await
-            .unwrap(),
+        s.store_send(
+            anon(params(sender)),
+            &to_all(&bob, None, b"x").into_iter().take(2).collect::<Vec<_>>()
+        )
+        .await
+        .unwrap(),
         SendStored::Mismatch(_)
     ));
     let mut all = to_all(&bob, None, b"anon");
@@ -276,7 +279,10 @@ async fn sends<S: Storage>(s: Arc<S>) {
         s.store_send(anon(params(sender)), &all).await.unwrap(),
         SendStored::Stored(vec![4, 4, 4, 1, 4])
     );
-    assert_eq!(s.fetch(&alice.id(), DeviceId(1), 0, NOW, 10).await.unwrap()[0].envelope, b"anon");
+    assert_eq!(
+        s.fetch(&alice.id(), DeviceId(1), 0, NOW, 10).await.unwrap()[0].envelope,
+        b"anon"
+    );
 }
 
 async fn concurrent_sends<S: Storage>(s: Arc<S>) {

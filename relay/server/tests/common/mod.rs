@@ -102,11 +102,50 @@ fn unique() -> String {
     )
 }
 
-/// A fresh SQLite database file URL under the system temp dir.
+const SQLITE_DIR_PREFIX: &str = "sotto-relay-test-";
+
+/// A fresh SQLite database file URL under the system temp dir. The first call in a
+/// process also deletes the test databases that earlier runs left behind (older than an
+/// hour, so concurrent test binaries keep theirs); [`remove_sqlite`] deletes one at once.
 pub fn sqlite_url() -> String {
-    let dir = std::env::temp_dir().join(format!("sotto-relay-test-{}", unique()));
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(sweep_stale_sqlite_dirs);
+    let dir = std::env::temp_dir().join(format!("{SQLITE_DIR_PREFIX}{}", unique()));
     std::fs::create_dir_all(&dir).unwrap();
     format!("sqlite://{}", dir.join("relay.db").display())
+}
+
+/// Deletes the directory of a database made by [`sqlite_url`] (after its pools closed).
+pub fn remove_sqlite(url: &str) {
+    let path = std::path::Path::new(url.strip_prefix("sqlite://").unwrap());
+    let dir = path.parent().unwrap();
+    assert!(
+        dir.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(SQLITE_DIR_PREFIX))
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn sweep_stale_sqlite_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(SQLITE_DIR_PREFIX))
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if stale {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A fresh PostgreSQL database (created on the server `SOTTO_TEST_POSTGRES_URL` names),

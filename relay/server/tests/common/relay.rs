@@ -130,6 +130,12 @@ impl Relay {
         }
     }
 
+    /// Opens a WebSocket that will send anonymously: the challenge is read and ignored;
+    /// the first frame sent must be a `Send`.
+    pub async fn open_anonymous(&self) -> Ws {
+        self.open().await.0
+    }
+
     /// Opens a WebSocket and authenticates as `d`.
     pub async fn connect(&self, d: &TestDevice) -> Ws {
         let (mut ws, c) = self.open().await;

@@ -1,0 +1,331 @@
+//! The checks behind sotto-proto's fuzz targets, one function per target.
+//!
+//! This file is compiled twice: as a module of the cargo-fuzz crate (`relay/proto/fuzz`,
+//! whose targets are one-line wrappers around the functions here) and, through `#[path]`,
+//! as a module of the corpus replay test `relay/proto/tests/fuzz_corpus.rs`. So it may
+//! use only what both crates have: `std`, `sotto_proto`, `sotto_crypto` and `rand_chacha`.
+//!
+//! Every check feeds untrusted bytes to a public decoder of sotto-proto. Each call must
+//! return a value or a typed [`DecodeError`]: a panic, inside sotto-proto or in an
+//! assertion here, is a finding. The assertions pin what must hold for *every* input:
+//!
+//! * decoders are canonical: what decodes re-encodes to exactly the input bytes, and the
+//!   re-encoding decodes to the same value;
+//! * the `Authorization` header parser accepts only what it can print back: a parsed
+//!   header, printed with [`authorization_header`], parses to the same answer.
+//!
+//! [`seeds`] builds the seed corpus from a fixed-seed fixture (an account, two devices,
+//! their device list and prekeys), so every run makes the same bytes.
+
+use std::fmt::Debug;
+
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
+use sotto_crypto::{AccountKey, Device, DeviceId, PreKeyBundle};
+use sotto_proto::{
+    AuthResponse, Body, Bundles, Challenge, DecodeError, Deliver, DeviceListBody, ErrorBody, ErrorCode, Frame,
+    PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration, Recipient, Send, SendOutcome, SendResult,
+    authorization_header, parse_authorization,
+};
+
+/// The fuzz targets; each has a directory of seeds under `relay/proto/fuzz/corpus/`.
+pub const TARGETS: [&str; 2] = ["frame", "body"];
+
+/// What a check made of its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// At least one decoder accepted the input.
+    Accepted,
+    /// Every decoder returned a typed error.
+    Rejected,
+}
+
+/// Runs the check of `target` on `data`; `None` for an unknown target.
+pub fn run(target: &str, data: &[u8]) -> Option<Outcome> {
+    Some(match target {
+        "frame" => frame(data),
+        "body" => body(data),
+        _ => return None,
+    })
+}
+
+/// Target `frame`: [`Frame::decode`]; what decodes re-encodes to the input.
+pub fn frame(data: &[u8]) -> Outcome {
+    match Frame::decode(data) {
+        Ok(f) => {
+            let encoded = f.encode();
+            assert_eq!(encoded, data, "{f:?} does not re-encode to its input");
+            assert_eq!(encoded.get(1).copied(), Some(f.type_byte()));
+            Outcome::Accepted
+        }
+        Err(e) => {
+            let _ = e.to_string();
+            Outcome::Rejected
+        }
+    }
+}
+
+fn round_trip<T: Body + PartialEq + Debug>(data: &[u8]) -> bool {
+    match T::decode(data) {
+        Ok(v) => {
+            let encoded = v.encode();
+            assert_eq!(
+                encoded,
+                data,
+                "{} {v:?} does not re-encode to its input",
+                std::any::type_name::<T>()
+            );
+            assert_eq!(T::decode(&encoded).as_ref(), Ok(&v));
+            true
+        }
+        Err(e) => {
+            let _ = e.to_string();
+            false
+        }
+    }
+}
+
+/// Target `body`: every HTTP body decoder on the same input (the version byte comes first
+/// in all of them), then the `Authorization` header parser on the input as text.
+pub fn body(data: &[u8]) -> Outcome {
+    let results = [
+        round_trip::<Challenge>(data),
+        round_trip::<AuthResponse>(data),
+        round_trip::<DeviceListBody>(data),
+        round_trip::<PreKeyUpload>(data),
+        round_trip::<PreKeyCounts>(data),
+        round_trip::<Bundles>(data),
+        round_trip::<PushRegistration>(data),
+        round_trip::<ErrorBody>(data),
+        authorization(data),
+    ];
+    if results.contains(&true) {
+        Outcome::Accepted
+    } else {
+        Outcome::Rejected
+    }
+}
+
+fn authorization(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    match parse_authorization(text) {
+        Ok(a) => {
+            let printed = authorization_header(&a);
+            assert_eq!(parse_authorization(&printed), Ok(a));
+            true
+        }
+        Err(e) => {
+            let _: &DecodeError = &e;
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The seed corpus.
+
+const CORPUS_SEED: u64 = 0x5077_0f22;
+
+/// One seed file.
+#[derive(Clone, Debug)]
+pub struct Seed {
+    /// The target directory.
+    pub target: &'static str,
+    /// The file name: `ok-*` seeds must be [`Outcome::Accepted`], `bad-*` ones need not be.
+    pub name: String,
+    /// The contents.
+    pub bytes: Vec<u8>,
+}
+
+/// The seed corpus, deterministically: valid encodings made by sotto-proto from a
+/// fixture, and truncated or altered copies of them.
+pub fn seeds() -> Vec<Seed> {
+    let mut rng = ChaCha20Rng::seed_from_u64(CORPUS_SEED);
+    let ak = AccountKey::generate(&mut rng);
+    let account = ak.account_id();
+    let devices: Vec<Device> = (1..=2)
+        .map(|i| Device::generate(account, DeviceId(i), &mut rng))
+        .collect();
+    let list = ak
+        .sign_device_list(1, 0, devices.iter().map(Device::entry).collect())
+        .expect("a valid device list")
+        .signed()
+        .as_bytes()
+        .to_vec();
+    let d = &devices[0];
+    let challenge = Challenge {
+        nonce: [7; 32],
+        relay_id: sotto_proto::relay_id("https://relay.example"),
+        timestamp_ms: 1_700_000_000_000,
+    };
+    let auth = AuthResponse {
+        account_id: account,
+        device_id: d.device_id(),
+        nonce: challenge.nonce,
+        signature: d.sign_relay_auth(&challenge.relay_id, &challenge.nonce, challenge.timestamp_ms),
+    };
+    let spk = d.generate_signed_prekey(1, &mut rng).public().clone();
+    let upload = PreKeyUpload {
+        signed_prekey: Some(spk.clone()),
+        one_time_prekeys: d
+            .generate_one_time_prekeys(10, 2, &mut rng)
+            .iter()
+            .map(|k| k.public().clone())
+            .collect(),
+        kem_prekeys: vec![d.generate_kem_prekey(10, false, &mut rng).public().clone()],
+        last_resort_kem_prekey: Some(d.generate_kem_prekey(1_000_000, true, &mut rng).public().clone()),
+    };
+    let bundle = PreKeyBundle {
+        identity: d.identity(),
+        signed_prekey: spk,
+        one_time_prekey: upload.one_time_prekeys.first().cloned(),
+        kem_prekey: upload.kem_prekeys[0].clone(),
+    };
+
+    let mut out = Vec::new();
+    let mut add = |target: &'static str, name: &str, bytes: Vec<u8>| {
+        out.push(Seed {
+            target,
+            name: name.to_owned(),
+            bytes,
+        });
+    };
+    let truncated = |b: &[u8]| b[..b.len() / 2].to_vec();
+    let trailing = |b: &[u8]| [b, &[0]].concat();
+
+    // Frames.
+    let send = Frame::Send(Send {
+        message_id: 42,
+        recipients: devices
+            .iter()
+            .map(|x| Recipient {
+                account_id: account,
+                device_id: x.device_id(),
+                envelope: b"opaque envelope".to_vec(),
+            })
+            .collect(),
+    })
+    .encode();
+    let frames = [
+        ("ok-challenge", Frame::Challenge(challenge.clone())),
+        ("ok-auth-response", Frame::AuthResponse(auth.clone())),
+        ("ok-auth-ok", Frame::AuthOk),
+        (
+            "ok-send-result-stored",
+            Frame::SendResult(SendResult {
+                message_id: 42,
+                outcome: SendOutcome::Stored { seqs: vec![1, 9] },
+            }),
+        ),
+        (
+            "ok-send-result-mismatch",
+            Frame::SendResult(SendResult {
+                message_id: 42,
+                outcome: SendOutcome::DeviceMismatch {
+                    device_lists: vec![list.clone()],
+                },
+            }),
+        ),
+        (
+            "ok-send-result-rejected",
+            Frame::SendResult(SendResult {
+                message_id: 42,
+                outcome: SendOutcome::Rejected {
+                    code: ErrorCode::MAILBOX_FULL,
+                },
+            }),
+        ),
+        (
+            "ok-deliver",
+            Frame::Deliver(Deliver {
+                seq: 3,
+                received_at_s: 1_700_000_040,
+                envelope: b"opaque envelope".to_vec(),
+            }),
+        ),
+        ("ok-queue-empty", Frame::QueueEmpty),
+        ("ok-ack", Frame::Ack { seq: 3 }),
+        (
+            "ok-ephemeral",
+            Frame::Ephemeral {
+                to: account,
+                payload: b"typing".to_vec(),
+            },
+        ),
+        (
+            "ok-ephemeral-deliver",
+            Frame::EphemeralDeliver {
+                payload: b"typing".to_vec(),
+            },
+        ),
+        (
+            "ok-error",
+            Frame::Error {
+                code: ErrorCode::RATE_LIMITED,
+            },
+        ),
+    ];
+    add("frame", "ok-send", send.clone());
+    for (name, f) in frames {
+        add("frame", name, f.encode());
+    }
+    add("frame", "bad-send-truncated", truncated(&send));
+    add("frame", "bad-send-trailing", trailing(&send));
+    let mut count = send.clone();
+    count[10] = 0xff; // the recipient count's high byte
+    add("frame", "bad-send-count", count);
+    add("frame", "bad-version", [&[2u8][..], &send[1..]].concat());
+    add("frame", "bad-type", vec![1, 0xee]);
+    add("frame", "bad-empty", vec![]);
+
+    // Bodies.
+    let bodies: [(&str, Vec<u8>); 9] = [
+        ("ok-challenge", challenge.encode()),
+        ("ok-auth-response", auth.encode()),
+        ("ok-device-list", DeviceListBody { signed_list: list }.encode()),
+        ("ok-prekey-upload", upload.encode()),
+        (
+            "ok-prekey-counts",
+            PreKeyCounts {
+                one_time: 5,
+                kem_one_time: 1,
+                has_signed_prekey: true,
+                has_last_resort: false,
+            }
+            .encode(),
+        ),
+        ("ok-bundles", Bundles { bundles: vec![bundle] }.encode()),
+        (
+            "ok-push",
+            PushRegistration {
+                provider: PushProvider::UnifiedPush,
+                token: b"https://push.example/abc".to_vec(),
+            }
+            .encode(),
+        ),
+        (
+            "ok-error",
+            ErrorBody {
+                code: ErrorCode::NO_PREKEYS,
+            }
+            .encode(),
+        ),
+        ("ok-authorization", authorization_header(&auth).into_bytes()),
+    ];
+    let upload_bytes = bodies[3].1.clone();
+    for (name, b) in bodies {
+        add("body", name, b);
+    }
+    add("body", "bad-prekey-upload-truncated", truncated(&upload_bytes));
+    let mut flag = upload_bytes.clone();
+    flag[1] = 2; // the signed-prekey flag
+    add("body", "bad-prekey-upload-flag", flag);
+    let mut kind = upload_bytes;
+    kind[2] ^= 0x03; // the signed prekey record's kind
+    add("body", "bad-prekey-upload-kind", kind);
+    add("body", "bad-push-provider", vec![1, 9, 0, 0, 0, 0]);
+    add("body", "bad-authorization", b"Sotto-v1 0g".to_vec());
+    out
+}
