@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Measures the relay with sotto-loadgen: idle RSS per connection, 1:1 throughput and
+# latency, offline catch-up. Builds release binaries, starts a fresh sotto-relay per mode
+# (SQLite in a temp dir, or a database on a throwaway PostgreSQL from scripts/pg.sh), all on
+# 127.0.0.1, and stops everything on exit.
+#
+#   relay/loadgen/run.sh [sqlite|postgres|both]          (default: both)
+#
+# Environment (defaults in brackets):
+#   MODES="idle throughput catchup"   IDLE_N [10000]   PAIRS [1000]
+#   RATES ["1000 2000 10000"]: target total envelopes/s, one throughput run (fresh relay) each
+#   DURATION [20]   ENVELOPE [256]   QUEUED [100000]   ACK_BATCH [mode default]
+#   RAMP [10] / RAMP_TP [5]: client start offsets are spread over this many seconds (idle /
+#   throughput)
+#   LOAD_MAX [1.2]  LOAD_WAIT [1200]: before each backend, wait (polling every 60 s, at most
+#   LOAD_WAIT seconds) for the 1-minute load average to fall below LOAD_MAX; LOAD_WAIT=0 skips.
+#   PG_FILL [sql]: on PostgreSQL, catch-up's backlog is inserted with SQL (psql) instead of
+#   through the relay, whose enqueue slows with mailbox depth (100,000 would take >10 min);
+#   PG_FILL=relay queues it through the relay as on SQLite.
+#   SKIP_BUILD=1 uses the binaries already in target/release.
+#   OUT [target/loadgen]: logs and results.txt are kept there.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+
+BACKENDS=${1:-both}
+case "$BACKENDS" in
+  both) BACKENDS="sqlite postgres" ;;
+  sqlite | postgres) ;;
+  *) echo "usage: $0 [sqlite|postgres|both]" >&2; exit 2 ;;
+esac
+MODES=${MODES:-idle throughput catchup}
+IDLE_N=${IDLE_N:-10000}
+PAIRS=${PAIRS:-1000}
+RATES=${RATES:-1000 2000 10000}
+DURATION=${DURATION:-20}
+ENVELOPE=${ENVELOPE:-256}
+QUEUED=${QUEUED:-100000}
+PG_FILL=${PG_FILL:-sql}
+ACK_BATCH=${ACK_BATCH:-}
+LOAD_MAX=${LOAD_MAX:-1.2}
+LOAD_WAIT=${LOAD_WAIT:-1200}
+RAMP=${RAMP:-10}
+RAMP_TP=${RAMP_TP:-5}
+OUT=${OUT:-$ROOT/target/loadgen}
+
+# Both processes inherit this: 10,000 sockets each, plus the database.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+echo "open files limit: $(ulimit -n)"
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  cargo build --release -p sotto-relay -p sotto-loadgen
+fi
+RELAY="$ROOT/target/release/sotto-relay"
+LOADGEN="$ROOT/target/release/sotto-loadgen"
+
+mkdir -p "$OUT"
+RESULTS="$OUT/results.txt"
+: >"$RESULTS"
+WORK=$(mktemp -d /tmp/sotto-loadgen.XXXXXX)
+RELAY_PID=
+PG_DIR=
+PG_URL=
+
+stop_relay() {
+  [ -n "$RELAY_PID" ] || return 0
+  kill -TERM "$RELAY_PID" 2>/dev/null || true
+  local i
+  for i in $(seq 1 100); do
+    kill -0 "$RELAY_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  kill -KILL "$RELAY_PID" 2>/dev/null || true
+  wait "$RELAY_PID" 2>/dev/null || true
+  RELAY_PID=
+}
+
+cleanup() {
+  stop_relay
+  if [ -n "$PG_DIR" ]; then scripts/pg.sh stop "$PG_DIR" || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+  local p=${1:-18080} n=0
+  while ! port_free "$p"; do
+    p=$((p + 1)); n=$((n + 1))
+    [ "$n" -lt 200 ] || { echo "no free port" >&2; exit 1; }
+  done
+  echo "$p"
+}
+
+wait_load() {
+  [ "$LOAD_WAIT" -gt 0 ] || return 0
+  local waited=0 load
+  while :; do
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    if awk -v l="$load" -v m="$LOAD_MAX" 'BEGIN { exit !(l < m) }'; then
+      echo "load average $(cut -d' ' -f1-3 /proc/loadavg): starting"
+      return 0
+    fi
+    if [ "$waited" -ge "$LOAD_WAIT" ]; then
+      echo "WARNING: load average still $load after ${waited} s; measuring anyway" | tee -a "$RESULTS"
+      return 0
+    fi
+    echo "load average $load >= $LOAD_MAX; waiting 60 s (${waited}/${LOAD_WAIT} s)"
+    sleep 60
+    waited=$((waited + 60))
+  done
+}
+
+# The catch-up mode queues 100,000 envelopes from one device for one device: the per-device
+# send rate limit and the mailbox depth are raised for it. Throughput senders send
+# RATE/PAIRS (10/s by default), under the default limit of 20/s anyway.
+cat >"$WORK/relay.toml" <<EOF
+log_level = "warn"
+[limits]
+max_connections = 20000
+max_mailbox_depth = 1000000
+rate_per_second = 1000000
+rate_burst = 1000000
+EOF
+
+# start_relay NAME [DATABASE_URL]
+start_relay() {
+  local name=$1 db=${2:-} port
+  port=$(free_port 18080)
+  URL="http://127.0.0.1:$port"
+  mkdir -p "$WORK/$name"
+  local args=(--config "$WORK/relay.toml" --listen "127.0.0.1:$port" --public-url "$URL" --data-dir "$WORK/$name")
+  [ -z "$db" ] || args+=(--database-url "$db")
+  "$RELAY" "${args[@]}" >"$OUT/relay-$name.log" 2>&1 &
+  RELAY_PID=$!
+}
+
+PSQL=$(command -v psql || echo /usr/local/bin/psql)
+
+pg_database() {
+  local name=$1 port
+  port=$(cat "$PG_DIR/port")
+  "$PSQL" -h 127.0.0.1 -p "$port" -U postgres -q -c "create database $name" >&2
+  echo "postgres://postgres@127.0.0.1:$port/$name"
+}
+
+# run_mode BACKEND MODE [RATE]
+run_mode() {
+  local backend=$1 mode=$2 rate=${3:-} db= name="$1-$2${3:+-$3}" watch=()
+  if [ "$backend" = postgres ]; then
+    db=$(pg_database "lg_$mode$rate")
+    watch=(--watch-comm postgres)
+  fi
+  start_relay "$name" "$db"
+  local args=(--url "$URL" --mode "$mode" --relay-pid "$RELAY_PID" "${watch[@]}")
+  case "$mode" in
+    idle) args+=(--connections "$IDLE_N" --ramp-secs "$RAMP") ;;
+    throughput)
+      args+=(--pairs "$PAIRS" --rate "$rate" --duration "$DURATION" --envelope-bytes "$ENVELOPE" --ramp-secs "$RAMP_TP")
+      ;;
+    catchup)
+      args+=(--queued "$QUEUED" --envelope-bytes "$ENVELOPE")
+      if [ "$backend" = postgres ] && [ "$PG_FILL" = sql ]; then
+        args+=(--fill-sql-cmd "$PSQL -h 127.0.0.1 -p $(cat "$PG_DIR/port") -U postgres -d lg_$mode -q -v ON_ERROR_STOP=1")
+      fi
+      ;;
+  esac
+  [ -z "$ACK_BATCH" ] || args+=(--ack-batch "$ACK_BATCH")
+  local load
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
+  echo "== $backend $mode: load average $load"
+  echo "   $LOADGEN ${args[*]}"
+  local rc=0
+  "$LOADGEN" "${args[@]}" 2>&1 | tee "$OUT/loadgen-$name.log" || rc=$?
+  if ! kill -0 "$RELAY_PID" 2>/dev/null; then
+    echo "relay exited; see $OUT/relay-$name.log" >&2
+    rc=1
+  fi
+  stop_relay
+  local result
+  result=$(grep '^RESULT ' "$OUT/loadgen-$name.log" || echo "RESULT mode=$mode FAILED")
+  echo "backend=$backend load_at_start=\"$load\" ${result#RESULT }" >>"$RESULTS"
+  return "$rc"
+}
+
+status=0
+for backend in $BACKENDS; do
+  wait_load
+  if [ "$backend" = postgres ]; then
+    PG_DIR=$(mktemp -d /tmp/sotto-loadgen-pg.XXXXXX)
+    PG_URL=$(scripts/pg.sh start "$PG_DIR")
+    echo "PostgreSQL: $PG_URL (scripts/pg.sh runs it with fsync=off)"
+  fi
+  for mode in $MODES; do
+    if [ "$mode" = throughput ]; then
+      for rate in $RATES; do run_mode "$backend" "$mode" "$rate" || status=1; done
+    else
+      run_mode "$backend" "$mode" || status=1
+    fi
+  done
+  if [ -n "$PG_DIR" ]; then
+    scripts/pg.sh stop "$PG_DIR" || true
+    PG_DIR=
+  fi
+done
+
+echo
+echo "== results ($RESULTS)"
+cat "$RESULTS"
+exit "$status"
