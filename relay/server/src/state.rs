@@ -1,14 +1,14 @@
 //! Shared relay state: configuration, store, outstanding challenges, the registry of
 //! connected devices, metrics and the shutdown signal.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sotto_crypto::{AccountId, DeviceId, Ed25519PublicKey};
 use sotto_proto::{AuthResponse, Challenge, ErrorCode};
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -158,13 +158,25 @@ pub(crate) struct ConnSignals {
     pub(crate) mailbox: Notify,
     /// "Another connection authenticated as your device."
     pub(crate) replaced: Notify,
+    /// "Ephemeral payloads are queued."
+    pub(crate) ephemeral: Notify,
+    /// Queued ephemeral payloads, at most `ephemeral_cap`. A `VecDeque` allocates nothing
+    /// until a payload arrives, so an idle connection pays no queue memory.
+    ephemeral_queue: Mutex<VecDeque<Vec<u8>>>,
+    ephemeral_cap: usize,
+}
+
+impl ConnSignals {
+    /// Takes the next queued ephemeral payload.
+    pub(crate) fn next_ephemeral(&self) -> Option<Vec<u8>> {
+        lock(&self.ephemeral_queue).pop_front()
+    }
 }
 
 #[derive(Debug)]
 struct ConnEntry {
     id: u64,
     signals: Arc<ConnSignals>,
-    ephemeral: mpsc::Sender<Vec<u8>>,
 }
 
 /// The devices connected to this relay node.
@@ -181,7 +193,6 @@ pub(crate) struct Registration<'a> {
     key: (AccountId, DeviceId),
     id: u64,
     pub(crate) signals: Arc<ConnSignals>,
-    pub(crate) ephemeral: mpsc::Receiver<Vec<u8>>,
 }
 
 impl Hub {
@@ -191,14 +202,15 @@ impl Hub {
         let signals = Arc::new(ConnSignals {
             mailbox: Notify::new(),
             replaced: Notify::new(),
+            ephemeral: Notify::new(),
+            ephemeral_queue: Mutex::new(VecDeque::new()),
+            ephemeral_cap: queue.max(1),
         });
-        let (tx, rx) = mpsc::channel(queue.max(1));
         let old = lock(&self.conns).insert(
             (account, device),
             ConnEntry {
                 id,
                 signals: signals.clone(),
-                ephemeral: tx,
             },
         );
         if let Some(old) = old {
@@ -209,7 +221,6 @@ impl Hub {
             key: (account, device),
             id,
             signals,
-            ephemeral: rx,
         }
     }
 
@@ -229,9 +240,14 @@ impl Hub {
             if Some(*d) == except {
                 continue;
             }
-            match e.ephemeral.try_send(payload.to_vec()) {
-                Ok(()) => sent += 1,
-                Err(_) => dropped += 1,
+            let mut q = lock(&e.signals.ephemeral_queue);
+            if q.len() < e.signals.ephemeral_cap {
+                q.push_back(payload.to_vec());
+                drop(q);
+                e.signals.ephemeral.notify_one();
+                sent += 1;
+            } else {
+                dropped += 1;
             }
         }
         (sent, dropped)

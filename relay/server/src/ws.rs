@@ -113,7 +113,10 @@ where
         .metrics
         .connections_open
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let end = match authenticate(&state, &mut socket).await {
+    // The handlers' futures are boxed where they are awaited inside a connection's long-lived
+    // state machine: tokio keeps a task's whole future resident, so an inline store future
+    // would cost every idle connection its size.
+    let end = match Box::pin(authenticate(&state, &mut socket)).await {
         Ok(Opened::Device(account, device)) => session(&state, &mut socket, account, device).await,
         Ok(Opened::Anonymous(first)) => anonymous_session(&state, &mut socket, first).await,
         Err(end) => end,
@@ -227,7 +230,7 @@ where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     let limits = &state.config.limits;
-    let mut reg = state.hub.register(account, device, limits.ephemeral_queue);
+    let reg = state.hub.register(account, device, limits.ephemeral_queue);
     let signals = reg.signals.clone();
     let mut shutdown = state.shutdown_signal();
     let mut bucket = Bucket::new(limits.rate_per_second, limits.rate_burst);
@@ -242,7 +245,7 @@ where
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + hb.ping_interval(), hb.ping_interval());
     let mut last_heard = Instant::now();
 
-    if let Err(end) = pump(state, socket, &mut mb).await {
+    if let Err(end) = Box::pin(pump(state, socket, &mut mb)).await {
         return end;
     }
     loop {
@@ -261,15 +264,15 @@ where
             msg = socket.next() => {
                 last_heard = Instant::now();
                 match msg {
-                    Some(Ok(Message::Binary(b))) => handle_frame(state, socket, &mut mb, &mut bucket, &b).await,
+                    Some(Ok(Message::Binary(b))) => Box::pin(handle_frame(state, socket, &mut mb, &mut bucket, &b)).await,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                     Some(Ok(Message::Text(_))) => send_frame(socket, &Frame::Error { code: ErrorCode::MALFORMED }).await,
                     Some(Ok(Message::Close(_))) | None => Err(End::Closed),
                     Some(Err(_)) => Err(End::Io),
                 }
             }
-            _ = signals.mailbox.notified() => pump(state, socket, &mut mb).await,
-            Some(payload) = reg.ephemeral.recv() => send_frame(socket, &Frame::EphemeralDeliver { payload }).await,
+            _ = signals.mailbox.notified() => Box::pin(pump(state, socket, &mut mb)).await,
+            _ = signals.ephemeral.notified() => Box::pin(forward_ephemeral(socket, &signals)).await,
             _ = ping.tick() => {
                 if last_heard.elapsed() >= hb.idle_timeout() {
                     let _ = send_frame(socket, &Frame::Error { code: ErrorCode::IDLE_TIMEOUT }).await;
@@ -287,6 +290,17 @@ where
 
 /// Delivers stored envelopes after the last delivered seq while the window allows, and
 /// `QueueEmpty` the first time the mailbox runs dry.
+/// Sends every queued ephemeral payload.
+async fn forward_ephemeral<S>(socket: &mut S, signals: &crate::state::ConnSignals) -> Result<(), End>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    while let Some(payload) = signals.next_ephemeral() {
+        send_frame(socket, &Frame::EphemeralDeliver { payload }).await?;
+    }
+    Ok(())
+}
+
 async fn pump<S>(state: &AppState, socket: &mut S, mb: &mut Mailbox) -> Result<(), End>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
@@ -456,7 +470,7 @@ where
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + hb.ping_interval(), hb.ping_interval());
     let mut last_heard = Instant::now();
 
-    if let Err(end) = answer_send(state, socket, &mut bucket, None, first).await {
+    if let Err(end) = Box::pin(answer_send(state, socket, &mut bucket, None, first)).await {
         return end;
     }
     loop {
@@ -471,7 +485,7 @@ where
                 last_heard = Instant::now();
                 match msg {
                     Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
-                        Ok(Frame::Send(send)) => answer_send(state, socket, &mut bucket, None, send).await,
+                        Ok(Frame::Send(send)) => Box::pin(answer_send(state, socket, &mut bucket, None, send)).await,
                         Ok(_) => send_frame(socket, &Frame::Error { code: ErrorCode::UNEXPECTED_FRAME }).await,
                         Err(e) => {
                             inc(&state.metrics.malformed_frames_total, 1);
