@@ -1,4 +1,4 @@
-//! The byte codec shared by every encoding in this crate.
+//! The byte codec under every Sotto encoding (this crate's and the relay protocol's).
 //!
 //! Integers are big-endian. Variable-length fields are length-prefixed, and every
 //! length is checked against the bytes that remain *before* anything is allocated,
@@ -58,21 +58,24 @@ pub enum DecodeError {
     },
 }
 
-/// A cursor over untrusted bytes.
-pub(crate) struct Reader<'a> {
+/// A cursor over untrusted bytes. Every read checks the bytes left first.
+pub struct Reader<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
+    /// Starts reading `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
         Self { buf }
     }
 
-    pub(crate) fn remaining(&self) -> usize {
+    /// Bytes not yet read.
+    pub fn remaining(&self) -> usize {
         self.buf.len()
     }
 
-    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    /// The next `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if n > self.buf.len() {
             return Err(DecodeError::Truncated {
                 needed: n,
@@ -84,30 +87,35 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    /// The next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.bytes(N)?);
         Ok(out)
     }
 
-    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+    /// One byte.
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.array::<1>()?[0])
     }
 
-    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+    /// A big-endian `u16`.
+    pub fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array()?))
     }
 
-    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+    /// A big-endian `u32`.
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
-    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
+    /// A big-endian `u64`.
+    pub fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
     /// A `u32` length prefix followed by that many bytes, at most `max`.
-    pub(crate) fn var_bytes(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
+    pub fn var_bytes(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
         let len = self.u32()? as usize;
         if len > max {
             return Err(DecodeError::TooLong { field, len, max });
@@ -117,7 +125,7 @@ impl<'a> Reader<'a> {
 
     /// A count prefix (`u16`) checked against `max` and against the bytes left,
     /// given the minimum encoded size of one item.
-    pub(crate) fn count(&mut self, field: &'static str, max: usize, min_item: usize) -> Result<usize, DecodeError> {
+    pub fn count(&mut self, field: &'static str, max: usize, min_item: usize) -> Result<usize, DecodeError> {
         let n = self.u16()? as usize;
         if n > max {
             return Err(DecodeError::TooLong { field, len: n, max });
@@ -132,7 +140,18 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
-    pub(crate) fn version(&mut self, expected: u8) -> Result<(), DecodeError> {
+    /// A version byte that must equal `expected`.
+    /// A flag byte: 0 or 1.
+    pub fn flag(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::Invalid { field }),
+        }
+    }
+
+    /// A version byte that must equal `expected`.
+    pub fn version(&mut self, expected: u8) -> Result<(), DecodeError> {
         let version = self.u8()?;
         if version != expected {
             return Err(DecodeError::UnsupportedVersion { version });
@@ -140,11 +159,13 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    pub(crate) fn rest(&mut self) -> &'a [u8] {
+    /// Everything not yet read.
+    pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
     }
 
-    pub(crate) fn finish(self) -> Result<(), DecodeError> {
+    /// Succeeds only if every byte was read.
+    pub fn finish(self) -> Result<(), DecodeError> {
         if self.buf.is_empty() {
             Ok(())
         } else {
@@ -154,14 +175,21 @@ impl<'a> Reader<'a> {
 }
 
 /// Appends big-endian integers and length-prefixed fields to a `Vec<u8>`.
-pub(crate) trait Put {
+pub trait Put {
+    /// One byte.
     fn put_u8(&mut self, v: u8);
+    /// A big-endian `u16`.
     fn put_u16(&mut self, v: u16);
+    /// A big-endian `u32`.
     fn put_u32(&mut self, v: u32);
+    /// A big-endian `u64`.
     fn put_u64(&mut self, v: u64);
+    /// Raw bytes.
     fn put(&mut self, v: &[u8]);
     /// A `u32` length prefix and the bytes. Callers bound `v` below `u32::MAX`.
     fn put_var(&mut self, v: &[u8]);
+    /// A `u16` count prefix. Callers bound the count below `u16::MAX`.
+    fn put_count(&mut self, n: usize);
 }
 
 impl Put for Vec<u8> {
@@ -183,6 +211,9 @@ impl Put for Vec<u8> {
     fn put_var(&mut self, v: &[u8]) {
         self.put_u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
         self.extend_from_slice(v);
+    }
+    fn put_count(&mut self, n: usize) {
+        self.put_u16(u16::try_from(n).unwrap_or(u16::MAX));
     }
 }
 

@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-mod codec;
+pub mod codec;
 pub mod device_list;
 pub mod identity;
 mod kdf;
@@ -16,6 +16,7 @@ pub mod x3dh;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+#[path = "tests/vectors.rs"]
 mod vectors;
 
 pub use codec::DecodeError;

@@ -36,7 +36,7 @@ pub trait Body: Sized {
 
 fn decode_with<T>(bytes: &[u8], f: impl FnOnce(&mut Reader<'_>) -> Result<T, DecodeError>) -> Result<T, DecodeError> {
     let mut r = Reader::new(bytes);
-    r.version()?;
+    r.version(crate::VERSION)?;
     let v = f(&mut r)?;
     r.finish()?;
     Ok(v)

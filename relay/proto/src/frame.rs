@@ -347,7 +347,7 @@ impl Frame {
     /// allocated beyond what the input holds.
     pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.version()?;
+        r.version(crate::VERSION)?;
         let frame = match r.u8()? {
             tag::CHALLENGE => Frame::Challenge(Challenge::decode_from(&mut r)?),
             tag::AUTH_RESPONSE => Frame::AuthResponse(AuthResponse::decode_from(&mut r)?),
