@@ -273,14 +273,7 @@ where
             }
             _ = signals.mailbox.notified() => Box::pin(pump(state, socket, &mut mb)).await,
             _ = signals.ephemeral.notified() => Box::pin(forward_ephemeral(socket, &signals)).await,
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= hb.idle_timeout() {
-                    let _ = send_frame(socket, &Frame::Error { code: ErrorCode::IDLE_TIMEOUT }).await;
-                    close(socket, close_code::AWAY, "").await;
-                    return End::Idle;
-                }
-                socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Io)
-            }
+            _ = ping.tick() => heartbeat(socket, last_heard, hb).await,
         };
         if let Err(end) = step {
             return end;
@@ -290,6 +283,29 @@ where
 
 /// Delivers stored envelopes after the last delivered seq while the window allows, and
 /// `QueueEmpty` the first time the mailbox runs dry.
+/// One heartbeat tick: closes a connection that has been silent for the idle timeout
+/// (`Err(End::Idle)`), otherwise pings it.
+async fn heartbeat<S>(socket: &mut S, last_heard: Instant, hb: &crate::config::Heartbeat) -> Result<(), End>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    if last_heard.elapsed() >= hb.idle_timeout() {
+        let _ = send_frame(
+            socket,
+            &Frame::Error {
+                code: ErrorCode::IDLE_TIMEOUT,
+            },
+        )
+        .await;
+        close(socket, close_code::AWAY, "").await;
+        return Err(End::Idle);
+    }
+    socket
+        .send(Message::Ping(Default::default()))
+        .await
+        .map_err(|_| End::Io)
+}
+
 /// Sends every queued ephemeral payload.
 async fn forward_ephemeral<S>(socket: &mut S, signals: &crate::state::ConnSignals) -> Result<(), End>
 where
@@ -498,14 +514,7 @@ where
                     Some(Err(_)) => Err(End::Io),
                 }
             }
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= hb.idle_timeout() {
-                    let _ = send_frame(socket, &Frame::Error { code: ErrorCode::IDLE_TIMEOUT }).await;
-                    close(socket, close_code::AWAY, "").await;
-                    return End::Idle;
-                }
-                socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Io)
-            }
+            _ = ping.tick() => heartbeat(socket, last_heard, hb).await,
         };
         if let Err(end) = step {
             return end;
