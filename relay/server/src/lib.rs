@@ -23,6 +23,7 @@ mod http;
 pub mod metrics;
 mod state;
 pub mod storage;
+pub mod writer;
 pub mod ws;
 
 use std::future::Future;
@@ -115,6 +116,8 @@ pub async fn run(
     state.begin_shutdown();
     let all = u32::try_from(state.config.limits.max_connections).unwrap_or(u32::MAX);
     let _ = state.connections.acquire_many(all).await;
+    // Every answered send is already committed; this commits the last queued acks.
+    state.writer.flush().await;
     expiry.abort();
     state.store.close().await;
     tracing::info!("relay stopped");

@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sotto_crypto::{AccountId, DeviceId, Ed25519PublicKey};
-use sotto_proto::{AuthResponse, Challenge, ErrorCode};
+use sotto_proto::{AuthResponse, Challenge, Deliver, ErrorCode};
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::storage::{Storage, Store};
+use crate::writer::Writer;
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -24,26 +25,32 @@ pub struct AppState {
     /// `SHA-256("Sotto-v1 relay id" ‖ public_url)`.
     pub relay_id: [u8; 32],
     /// Counters and gauges for `/metrics`.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub(crate) challenges: Mutex<HashMap<[u8; 32], u64>>,
-    pub(crate) hub: Hub,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) writer: Writer,
     pub(crate) connections: Arc<Semaphore>,
     shutdown_tx: watch::Sender<bool>,
 }
 
 impl AppState {
-    /// The state for `config` over `store`.
+    /// The state for `config` over `store`, with its group-commit writer task. Must be
+    /// called within a tokio runtime.
     pub fn new(config: Config, store: Store) -> Arc<Self> {
         let relay_id = sotto_proto::relay_id(&config.public_url);
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let (shutdown_tx, _) = watch::channel(false);
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::default());
+        let writer = Writer::spawn(store.clone(), hub.clone(), metrics.clone());
         Arc::new(Self {
             config,
             store,
             relay_id,
-            metrics: Metrics::default(),
+            metrics,
             challenges: Mutex::new(HashMap::new()),
-            hub: Hub::default(),
+            hub,
+            writer,
             connections,
             shutdown_tx,
         })
@@ -164,6 +171,18 @@ pub(crate) struct ConnSignals {
     /// until a payload arrives, so an idle connection pays no queue memory.
     ephemeral_queue: Mutex<VecDeque<Vec<u8>>>,
     ephemeral_cap: usize,
+    /// Envelopes just committed for this device, handed over by the writer.
+    pub(crate) live: Mutex<Live>,
+    live_cap: usize,
+}
+
+/// Envelopes committed for a connected device, in seq order, at most `live_cap`: the
+/// connection delivers them without reading the database. When one does not fit,
+/// `overflow` tells the connection to read the database instead.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    pub(crate) queue: VecDeque<Deliver>,
+    pub(crate) overflow: bool,
 }
 
 impl ConnSignals {
@@ -197,7 +216,8 @@ pub(crate) struct Registration<'a> {
 
 impl Hub {
     /// Registers a connection for a device, replacing (and signalling) an older one.
-    pub(crate) fn register(&self, account: AccountId, device: DeviceId, queue: usize) -> Registration<'_> {
+    /// `queue` bounds its ephemeral queue and `live` its queue of committed envelopes.
+    pub(crate) fn register(&self, account: AccountId, device: DeviceId, queue: usize, live: usize) -> Registration<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let signals = Arc::new(ConnSignals {
             mailbox: Notify::new(),
@@ -205,6 +225,8 @@ impl Hub {
             ephemeral: Notify::new(),
             ephemeral_queue: Mutex::new(VecDeque::new()),
             ephemeral_cap: queue.max(1),
+            live: Mutex::new(Live::default()),
+            live_cap: live.max(1),
         });
         let old = lock(&self.conns).insert(
             (account, device),
@@ -224,9 +246,18 @@ impl Hub {
         }
     }
 
-    /// Wakes the device's connection, if it has one here.
-    pub(crate) fn notify(&self, account: &AccountId, device: DeviceId) {
-        if let Some(e) = lock(&self.conns).get(&(*account, device)) {
+    /// Hands a committed envelope to the device's connection, if it has one here, and
+    /// wakes it.
+    pub(crate) fn push_live(&self, account: &AccountId, device: DeviceId, deliver: Deliver) {
+        let conns = lock(&self.conns);
+        if let Some(e) = conns.get(&(*account, device)) {
+            let mut live = lock(&e.signals.live);
+            if live.queue.len() < e.signals.live_cap {
+                live.queue.push_back(deliver);
+            } else {
+                live.overflow = true;
+            }
+            drop(live);
             e.signals.mailbox.notify_one();
         }
     }

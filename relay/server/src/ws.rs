@@ -34,7 +34,7 @@ use sotto_proto::{Deliver, ErrorCode, Frame, Recipient, Send, SendOutcome, SendR
 use crate::error::code_of;
 use crate::http::decode_code;
 use crate::metrics::inc;
-use crate::state::{AppState, now_s};
+use crate::state::{AppState, ConnSignals, lock, now_s};
 use crate::storage::{SendParams, SendStored, Storage};
 
 /// Why a connection ended; for the debug log only.
@@ -223,6 +223,10 @@ struct Mailbox {
     delivered: u64,
     /// Whether `QueueEmpty` was sent.
     caught_up: bool,
+    /// Whether the database may hold envelopes above `delivered` that the live queue does
+    /// not: at the start, after a gap or an overflow of the live queue, and while a fetch
+    /// came back full.
+    backlog: bool,
 }
 
 async fn session<S>(state: &AppState, socket: &mut S, account: AccountId, device: DeviceId) -> End
@@ -230,7 +234,8 @@ where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     let limits = &state.config.limits;
-    let reg = state.hub.register(account, device, limits.ephemeral_queue);
+    let live_cap = usize::try_from(limits.deliver_window).unwrap_or(usize::MAX);
+    let reg = state.hub.register(account, device, limits.ephemeral_queue, live_cap);
     let signals = reg.signals.clone();
     let mut shutdown = state.shutdown_signal();
     let mut bucket = Bucket::new(limits.rate_per_second, limits.rate_burst);
@@ -240,12 +245,16 @@ where
         in_flight: VecDeque::new(),
         delivered: 0,
         caught_up: false,
+        backlog: true,
     };
     let hb = &state.config.heartbeat;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + hb.ping_interval(), hb.ping_interval());
     let mut last_heard = Instant::now();
 
-    if let Err(end) = Box::pin(pump(state, socket, &mut mb)).await {
+    // Acks are queued, not awaited: commit those of this device's previous connection
+    // before reading its mailbox, so a reconnect does not redeliver what was acked.
+    Box::pin(state.writer.flush()).await;
+    if let Err(end) = Box::pin(pump(state, socket, &mut mb, &signals)).await {
         return end;
     }
     loop {
@@ -264,14 +273,14 @@ where
             msg = socket.next() => {
                 last_heard = Instant::now();
                 match msg {
-                    Some(Ok(Message::Binary(b))) => Box::pin(handle_frame(state, socket, &mut mb, &mut bucket, &b)).await,
+                    Some(Ok(Message::Binary(b))) => Box::pin(handle_frame(state, socket, &mut mb, &signals, &mut bucket, &b)).await,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                     Some(Ok(Message::Text(_))) => send_frame(socket, &Frame::Error { code: ErrorCode::MALFORMED }).await,
                     Some(Ok(Message::Close(_))) | None => Err(End::Closed),
                     Some(Err(_)) => Err(End::Io),
                 }
             }
-            _ = signals.mailbox.notified() => Box::pin(pump(state, socket, &mut mb)).await,
+            _ = signals.mailbox.notified() => Box::pin(pump(state, socket, &mut mb, &signals)).await,
             _ = signals.ephemeral.notified() => Box::pin(forward_ephemeral(socket, &signals)).await,
             _ = ping.tick() => heartbeat(socket, last_heard, hb).await,
         };
@@ -281,8 +290,6 @@ where
     }
 }
 
-/// Delivers stored envelopes after the last delivered seq while the window allows, and
-/// `QueueEmpty` the first time the mailbox runs dry.
 /// One heartbeat tick: closes a connection that has been silent for the idle timeout
 /// (`Err(End::Idle)`), otherwise pings it.
 async fn heartbeat<S>(socket: &mut S, last_heard: Instant, hb: &crate::config::Heartbeat) -> Result<(), End>
@@ -317,19 +324,60 @@ where
     Ok(())
 }
 
-async fn pump<S>(state: &AppState, socket: &mut S, mb: &mut Mailbox) -> Result<(), End>
+/// Delivers envelopes after the last delivered seq while the window allows: those the
+/// writer handed over live when they continue the sequence, otherwise from the database.
+/// Sends `QueueEmpty` the first time the database has nothing more.
+async fn pump<S>(state: &AppState, socket: &mut S, mb: &mut Mailbox, signals: &ConnSignals) -> Result<(), End>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
     let window = state.config.limits.deliver_window;
     loop {
-        let room = window.saturating_sub(u32::try_from(mb.in_flight.len()).unwrap_or(u32::MAX));
+        let room = window.saturating_sub(u32::try_from(mb.in_flight.len()).unwrap_or(u32::MAX)) as usize;
         if room == 0 {
+            return Ok(());
+        }
+        let mut ready = Vec::new();
+        {
+            let mut live = lock(&signals.live);
+            if std::mem::take(&mut live.overflow) {
+                mb.backlog = true;
+            }
+            if mb.backlog {
+                // The fetch below reads everything committed so far.
+                live.queue.retain(|d| d.seq > mb.delivered.saturating_add(room as u64));
+            } else {
+                let mut next = mb.delivered + 1;
+                while ready.len() < room {
+                    match live.queue.front() {
+                        Some(d) if d.seq < next => {
+                            live.queue.pop_front();
+                        }
+                        Some(d) if d.seq == next => {
+                            ready.extend(live.queue.pop_front());
+                            next += 1;
+                        }
+                        Some(_) => {
+                            mb.backlog = true; // a gap: expired, or dropped while full
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        if !ready.is_empty() {
+            for d in ready {
+                deliver(state, socket, mb, d).await?;
+            }
+            continue;
+        }
+        if !mb.backlog {
             return Ok(());
         }
         let batch = match state
             .store
-            .fetch(&mb.account, mb.device, mb.delivered, now_s(), room)
+            .fetch(&mb.account, mb.device, mb.delivered, now_s(), room as u32)
             .await
         {
             Ok(b) => b,
@@ -338,32 +386,40 @@ where
                 return send_frame(socket, &Frame::Error { code }).await;
             }
         };
-        let drained = batch.len() < room as usize;
+        if batch.len() < room {
+            mb.backlog = false;
+        }
         for env in batch {
-            mb.delivered = env.seq;
-            mb.in_flight.push_back(env.seq);
-            let frame = Frame::Deliver(Deliver {
+            let d = Deliver {
                 seq: env.seq,
                 received_at_s: env.received_at_s,
                 envelope: env.envelope,
-            });
-            send_frame(socket, &frame).await?;
-            inc(&state.metrics.envelopes_delivered_total, 1);
+            };
+            deliver(state, socket, mb, d).await?;
         }
-        if drained {
-            if !mb.caught_up {
-                mb.caught_up = true;
-                send_frame(socket, &Frame::QueueEmpty).await?;
-            }
-            return Ok(());
+        if !mb.backlog && !mb.caught_up {
+            mb.caught_up = true;
+            send_frame(socket, &Frame::QueueEmpty).await?;
         }
     }
+}
+
+async fn deliver<S>(state: &AppState, socket: &mut S, mb: &mut Mailbox, d: Deliver) -> Result<(), End>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    mb.delivered = d.seq;
+    mb.in_flight.push_back(d.seq);
+    send_frame(socket, &Frame::Deliver(d)).await?;
+    inc(&state.metrics.envelopes_delivered_total, 1);
+    Ok(())
 }
 
 async fn handle_frame<S>(
     state: &AppState,
     socket: &mut S,
     mb: &mut Mailbox,
+    signals: &ConnSignals,
     bucket: &mut Bucket,
     bytes: &[u8],
 ) -> Result<(), End>
@@ -389,18 +445,16 @@ where
                 )
                 .await;
             }
-            match state.store.ack(&mb.account, mb.device, seq).await {
-                Ok(n) => inc(&state.metrics.envelopes_acked_total, n),
-                Err(e) => {
-                    let code = code_of(&e);
-                    return send_frame(socket, &Frame::Error { code }).await;
-                }
-            }
+            state.writer.ack(mb.account, mb.device, seq).await;
+            let before = mb.in_flight.len();
             while mb.in_flight.front().is_some_and(|s| *s <= seq) {
                 mb.in_flight.pop_front();
             }
-            // The window may have opened.
-            pump(state, socket, mb).await
+            if mb.in_flight.len() == before {
+                return Ok(());
+            }
+            // The window opened.
+            pump(state, socket, mb, signals).await
         }
         Frame::Ephemeral { to, payload } => {
             if !bucket.take() {
@@ -536,14 +590,8 @@ async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, se
         expires_at_s: now.saturating_add(limits.envelope_ttl_secs),
         max_mailbox_depth: limits.max_mailbox_depth,
     };
-    match state.store.store_send(params, &send.recipients).await {
-        Ok(SendStored::Stored(seqs)) => {
-            inc(&state.metrics.envelopes_stored_total, seqs.len() as u64);
-            for r in &send.recipients {
-                state.hub.notify(&r.account_id, r.device_id);
-            }
-            SendOutcome::Stored { seqs }
-        }
+    match state.writer.send(params, send.recipients).await {
+        Ok(SendStored::Stored(seqs)) => SendOutcome::Stored { seqs },
         Ok(SendStored::Mismatch(device_lists)) => SendOutcome::DeviceMismatch { device_lists },
         Err(e) => SendOutcome::Rejected { code: code_of(&e) },
     }

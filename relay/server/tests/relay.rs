@@ -442,6 +442,56 @@ async fn messaging(url: String) {
     assert!(text.contains("sotto_relay_connections_open 3"), "{text}");
 }
 
+/// Delivery within the window: envelopes committed while the window is full overflow the
+/// connection's live queue and come from the database, in order, each once; once caught
+/// up, new envelopes are handed over live again.
+async fn windowed_delivery(url: String) {
+    let relay = Relay::start(&url, |c| {
+        c.limits.deliver_window = 4;
+        c.limits.rate_per_second = 1000;
+        c.limits.rate_burst = 1000;
+    })
+    .await;
+    let mut r = rng(17);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    register_all(&relay, &[&alice, &bob]).await;
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    assert_eq!(recv(&mut wb).await, Frame::QueueEmpty);
+    for n in 1..=40u64 {
+        let outcome = send_to(&mut wa, n, to_devices(&bob, None, &n.to_be_bytes())).await;
+        assert_eq!(outcome, SendOutcome::Stored { seqs: vec![n] });
+    }
+    let mut got = Vec::new();
+    while got.len() < 40 {
+        // A full window: exactly four deliveries, then an ack of all of them opens it.
+        for _ in 0..4 {
+            let (seq, body) = expect_deliver(&mut wb).await;
+            assert_eq!(body, seq.to_be_bytes());
+            got.push(seq);
+        }
+        send(
+            &mut wb,
+            &Frame::Ack {
+                seq: *got.last().unwrap(),
+            },
+        )
+        .await;
+    }
+    assert_eq!(got, (1..=40).collect::<Vec<u64>>());
+    // Caught up: the next envelope arrives live.
+    let outcome = send_to(&mut wa, 41, to_devices(&bob, None, &41u64.to_be_bytes())).await;
+    assert_eq!(outcome, SendOutcome::Stored { seqs: vec![41] });
+    assert_eq!(expect_deliver(&mut wb).await.0, 41);
+    // Everything acked before a reconnect stays acked.
+    send(&mut wb, &Frame::Ack { seq: 41 }).await;
+    drop(wb.close(None).await);
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    assert_eq!(recv(&mut wb).await, Frame::QueueEmpty);
+}
+
 /// A send on an anonymous connection: the very next frame must be its result (an
 /// anonymous connection never receives deliveries or ephemeral frames).
 async fn send_anon(ws: &mut Ws, message_id: u64, recipients: Vec<Recipient>) -> SendOutcome {
@@ -746,6 +796,7 @@ macro_rules! backend {
             t!(authentication);
             t!(prekeys);
             t!(messaging);
+            t!(windowed_delivery);
             t!(limits);
             t!(health);
             t!(anonymous);

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use common::*;
 use sotto_crypto::{DeviceId, PreKeyKind};
 use sotto_proto::{PushProvider, PushRegistration, Recipient};
-use sotto_relay::storage::{PutDeviceList, SendParams, SendStored, Storage, StorageError, Store, verify_prekeys};
+use sotto_relay::storage::{
+    PutDeviceList, SendParams, SendStored, Storage, StorageError, Store, WriteOp, WriteOutcome, verify_prekeys,
+};
 
 const NOW: u64 = 1_700_000_000;
 
@@ -316,6 +318,82 @@ async fn concurrent_sends<S: Storage>(s: Arc<S>) {
     }
 }
 
+fn send(params: SendParams, recipients: &[Recipient]) -> WriteOp<'_> {
+    WriteOp::Send { params, recipients }
+}
+
+fn stored(o: &WriteOutcome) -> Option<Vec<u64>> {
+    match o {
+        WriteOutcome::Send(Ok(SendStored::Stored(seqs))) => Some(seqs.clone()),
+        _ => None,
+    }
+}
+
+/// Group commit: one batch of sends and acks, each with its own outcome; a send that
+/// fails its checks stores nothing and does not affect the others; acks free room first.
+async fn write_batches<S: Storage>(s: Arc<S>) {
+    let mut r = rng(7);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 2);
+    let carol = account(&mut r, 1);
+    s.put_device_list(&alice.list).await.unwrap();
+    s.put_device_list(&bob.list).await.unwrap();
+    let p = SendParams {
+        max_mailbox_depth: 1,
+        ..params(&alice.devices[0])
+    };
+    let to_bob = to_all(&bob, None, b"one");
+    let short: Vec<Recipient> = to_all(&bob, None, b"x").into_iter().take(1).collect();
+    let to_carol = to_all(&carol, None, b"x");
+    let ack = |device: u32, seq: u64| WriteOp::Ack {
+        account: bob.id(),
+        device: DeviceId(device),
+        seq,
+    };
+    let out = s
+        .write_batch(&[
+            send(p, &to_bob),
+            send(p, &short),
+            send(p, &to_carol),
+            send(p, &to_bob),
+            ack(1, 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 5);
+    assert_eq!(stored(&out[0]), Some(vec![1, 1]));
+    assert!(matches!(&out[1], WriteOutcome::Send(Ok(SendStored::Mismatch(l))) if l.len() == 1));
+    assert!(matches!(out[2], WriteOutcome::Send(Err(StorageError::UnknownAccount))));
+    // Full because of the first send of the same batch.
+    assert!(matches!(out[3], WriteOutcome::Send(Err(StorageError::MailboxFull))));
+    assert!(matches!(out[4], WriteOutcome::Ack(0)));
+    assert_eq!(s.last_seq(&bob.id(), DeviceId(1)).await.unwrap(), 1);
+
+    // The acks of a batch free room for its sends, whatever their order in the batch.
+    let to_bob2 = to_all(&bob, None, b"two");
+    let out = s.write_batch(&[send(p, &to_bob2), ack(1, 1), ack(2, 1)]).await.unwrap();
+    assert_eq!(stored(&out[0]), Some(vec![2, 2]));
+    assert!(matches!(out[1], WriteOutcome::Ack(1)));
+    assert!(matches!(out[2], WriteOutcome::Ack(1)));
+    let got = s.fetch(&bob.id(), DeviceId(2), 0, NOW, 10).await.unwrap();
+    assert_eq!((got.len(), got[0].seq, &got[0].envelope[..]), (1, 2, &b"two"[..]));
+
+    // Expiry frees room too: the mailbox depth follows deletes of every kind.
+    assert_eq!(s.expire(NOW + 1000).await.unwrap(), 2);
+    let out = s.write_batch(&[send(p, &to_bob)]).await.unwrap();
+    assert_eq!(stored(&out[0]), Some(vec![3, 3]));
+    // Two acks of one device in a batch: the count is reported once; acking old seqs again
+    // deletes nothing.
+    let out = s.write_batch(&[ack(1, 3), ack(1, 3), ack(2, 1)]).await.unwrap();
+    assert!(matches!(
+        out[..],
+        [WriteOutcome::Ack(1), WriteOutcome::Ack(0), WriteOutcome::Ack(0)]
+    ));
+    assert_eq!(s.ack(&bob.id(), DeviceId(2), 3).await.unwrap(), 1);
+    // An empty batch is a no-op.
+    assert!(s.write_batch(&[]).await.unwrap().is_empty());
+}
+
 async fn push<S: Storage>(s: Arc<S>) {
     let mut r = rng(6);
     let alice = account(&mut r, 1);
@@ -383,6 +461,12 @@ macro_rules! conformance {
             async fn concurrent_sends() {
                 if let Some(s) = open().await {
                     super::concurrent_sends(s).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn write_batches() {
+                if let Some(s) = open().await {
+                    super::write_batches(s).await;
                 }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

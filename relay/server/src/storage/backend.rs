@@ -1,7 +1,9 @@
-//! The two backends share their SQL: both accept `$N` placeholders, `RETURNING` and
-//! `ON CONFLICT`. They differ in how a write transaction starts (SQLite takes the write
-//! lock up front with `BEGIN IMMEDIATE`) and in PostgreSQL's row locks (`FOR UPDATE SKIP
-//! LOCKED` when taking a one-time prekey, `FOR SHARE`/`FOR UPDATE` on the account row).
+//! The two backends share their SQL: both accept `$N` placeholders, `RETURNING`,
+//! `ON CONFLICT`, multi-row `VALUES` and `UPDATE … FROM`. They differ in how a write
+//! transaction starts (SQLite takes the write lock up front with `BEGIN IMMEDIATE`) and in
+//! PostgreSQL's row locks (`FOR UPDATE SKIP LOCKED` when taking a one-time prekey, `FOR
+//! SHARE`/`FOR UPDATE` on account and device rows). Every writer locks device rows in
+//! (account, device) order before it touches envelopes, so writers cannot deadlock.
 
 /// Implements [`super::Storage`] for `$store` (a struct with a `pool: sqlx::Pool<$db>`).
 macro_rules! storage_impl {
@@ -65,7 +67,11 @@ macro_rules! storage_impl {
                     }
                 };
                 let existing: Vec<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
-                    "SELECT device_id, signing_key, identity_key FROM devices WHERE account_id = $1",
+                    concat!(
+                        "SELECT device_id, signing_key, identity_key FROM devices WHERE account_id = $1 \
+                         ORDER BY device_id",
+                        $for_update
+                    ),
                 )
                 .bind(a)
                 .fetch_all(&mut *tx)
@@ -84,8 +90,8 @@ macro_rules! storage_impl {
                         }
                         Some(e) if e.signing_key.as_bytes()[..] != dsk[..] || e.identity_key.0[..] != ik[..] => {
                             sqlx::query(
-                                "UPDATE devices SET signing_key = $3, identity_key = $4 \
-                                 WHERE account_id = $1 AND device_id = $2",
+                                "UPDATE devices SET signing_key = $3, identity_key = $4, depth = 0, \
+                                 acked_seq = next_seq - 1 WHERE account_id = $1 AND device_id = $2",
                             )
                             .bind(a)
                             .bind(id)
@@ -316,70 +322,111 @@ macro_rules! storage_impl {
                 Ok(out)
             }
 
-            async fn store_send(&self, params: SendParams, recipients: &[Recipient]) -> Result<SendStored, StorageError> {
+            async fn write_batch(&self, ops: &[WriteOp<'_>]) -> Result<Vec<WriteOutcome>, StorageError> {
                 let mut tx = self.pool.begin_with($begin).await?;
-                let mut mismatch = Vec::new();
-                for account in accounts_of(recipients) {
-                    let list: Option<(Vec<u8>,)> = sqlx::query_as(concat!(
-                        "SELECT device_list FROM accounts WHERE account_id = $1",
-                        $for_share
-                    ))
-                    .bind(&account.0[..])
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let Some((list,)) = list else {
-                        return Err(StorageError::UnknownAccount);
-                    };
-                    let ids: Vec<(i64,)> = sqlx::query_as("SELECT device_id FROM devices WHERE account_id = $1")
-                        .bind(&account.0[..])
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    let ids = ids.into_iter().map(|(i,)| device_from_i64(i)).collect::<Result<Vec<_>, _>>()?;
-                    if !device_set_matches(&account, &ids, recipients, params.sender.as_ref()) {
-                        mismatch.push(list);
+                // 1. Every device row of every account touched, locked in key order.
+                let mut rows = Rows::new();
+                for chunk in batch_accounts(ops).chunks(BATCH_ACCOUNTS_PER_QUERY) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT account_id, device_id, next_seq, depth, acked_seq FROM devices WHERE account_id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for a in chunk {
+                        list.push_bind(&a.0[..]);
+                    }
+                    q.push(") ORDER BY account_id, device_id");
+                    q.push($for_update);
+                    let found: Vec<(Vec<u8>, i64, i64, i64, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                    for (a, d, next_seq, depth, acked_seq) in found {
+                        rows.insert(
+                            (AccountId(key32(&a, "account id")?), device_from_i64(d)?),
+                            MailboxRow {
+                                next_seq: to_u64(next_seq),
+                                depth: to_u64(depth),
+                                acked_seq: to_u64(acked_seq),
+                                dirty: false,
+                            },
+                        );
                     }
                 }
-                if !mismatch.is_empty() {
-                    return Ok(SendStored::Mismatch(mismatch));
-                }
-                let mut seqs = vec![0u64; recipients.len()];
-                for i in lock_order(recipients) {
-                    let r = &recipients[i];
-                    let a = &r.account_id.0[..];
-                    let d = device_i64(r.device_id);
-                    let (seq,): (i64,) = sqlx::query_as(
-                        "UPDATE devices SET next_seq = next_seq + 1 WHERE account_id = $1 AND device_id = $2 \
-                         RETURNING next_seq - 1",
-                    )
-                    .bind(a)
-                    .bind(d)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    let (depth,): (i64,) =
-                        sqlx::query_as("SELECT count(*) FROM envelopes WHERE account_id = $1 AND device_id = $2")
-                            .bind(a)
-                            .bind(d)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    if to_u64(depth) >= u64::from(params.max_mailbox_depth) {
-                        return Err(StorageError::MailboxFull);
+                let mut outcomes: Vec<Option<WriteOutcome>> = ops.iter().map(|_| None).collect();
+                // 2. Acks: one range delete per device.
+                let ranges = ack_ranges(ops, &rows);
+                let mut deleted = std::collections::BTreeMap::new();
+                for chunk in ranges.chunks(BATCH_ACKS_PER_QUERY) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new("DELETE FROM envelopes WHERE ");
+                    for (i, (a, d, after, up_to)) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            q.push(" OR ");
+                        }
+                        q.push("(account_id = ")
+                            .push_bind(&a.0[..])
+                            .push(" AND device_id = ")
+                            .push_bind(device_i64(*d))
+                            .push(" AND seq > ")
+                            .push_bind(to_i64(*after))
+                            .push(" AND seq <= ")
+                            .push_bind(to_i64(*up_to))
+                            .push(")");
                     }
-                    sqlx::query(
-                        "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext) \
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(a)
-                    .bind(d)
-                    .bind(seq)
-                    .bind(to_i64(params.now_s))
-                    .bind(to_i64(params.expires_at_s))
-                    .bind(&r.envelope[..])
-                    .execute(&mut *tx)
-                    .await?;
-                    seqs[i] = to_u64(seq);
+                    q.push(" RETURNING account_id, device_id");
+                    let gone: Vec<(Vec<u8>, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                    for (a, d) in gone {
+                        *deleted
+                            .entry((AccountId(key32(&a, "account id")?), device_from_i64(d)?))
+                            .or_insert(0u64) += 1;
+                    }
+                }
+                apply_acks(ops, &ranges, &deleted, &mut rows, &mut outcomes);
+                // 3. Sends, in order.
+                let (inserts, lookups) = plan_sends(ops, &mut rows, &mut outcomes);
+                for (i, accounts) in lookups {
+                    let mut lists = Vec::with_capacity(accounts.len());
+                    for a in accounts {
+                        let list: Option<(Vec<u8>,)> =
+                            sqlx::query_as("SELECT device_list FROM accounts WHERE account_id = $1")
+                                .bind(&a.0[..])
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        lists.push(list.map(|l| l.0));
+                    }
+                    outcomes[i] = Some(mismatch_outcome(lists));
+                }
+                for chunk in inserts.chunks(BATCH_ROWS_PER_QUERY) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext) ",
+                    );
+                    q.push_values(chunk, |mut row, e| {
+                        row.push_bind(&e.account.0[..])
+                            .push_bind(device_i64(e.device))
+                            .push_bind(to_i64(e.seq))
+                            .push_bind(to_i64(e.received_at_s))
+                            .push_bind(to_i64(e.expires_at_s))
+                            .push_bind(e.envelope);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                // 4. The counters of every row that changed.
+                let dirty: Vec<_> = rows.iter().filter(|(_, r)| r.dirty).collect();
+                for chunk in dirty.chunks(BATCH_ROWS_PER_QUERY) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "UPDATE devices SET next_seq = c.column3, depth = c.column4, acked_seq = c.column5 FROM (",
+                    );
+                    q.push_values(chunk, |mut row, ((a, d), r)| {
+                        row.push_bind(&a.0[..])
+                            .push_bind(device_i64(*d))
+                            .push_bind(to_i64(r.next_seq))
+                            .push_bind(to_i64(r.depth))
+                            .push_bind(to_i64(r.acked_seq));
+                    });
+                    q.push(") AS c WHERE devices.account_id = c.column1 AND devices.device_id = c.column2");
+                    q.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
-                Ok(SendStored::Stored(seqs))
+                outcomes
+                    .into_iter()
+                    .map(|o| o.ok_or(StorageError::BatchFailed))
+                    .collect()
             }
 
             async fn fetch(
@@ -412,16 +459,6 @@ macro_rules! storage_impl {
                     .collect())
             }
 
-            async fn ack(&self, account: &AccountId, device: DeviceId, seq: u64) -> Result<u64, StorageError> {
-                let done = sqlx::query("DELETE FROM envelopes WHERE account_id = $1 AND device_id = $2 AND seq <= $3")
-                    .bind(&account.0[..])
-                    .bind(device_i64(device))
-                    .bind(to_i64(seq))
-                    .execute(&self.pool)
-                    .await?;
-                Ok(done.rows_affected())
-            }
-
             async fn last_seq(&self, account: &AccountId, device: DeviceId) -> Result<u64, StorageError> {
                 let row: Option<(i64,)> =
                     sqlx::query_as("SELECT next_seq - 1 FROM devices WHERE account_id = $1 AND device_id = $2")
@@ -433,11 +470,37 @@ macro_rules! storage_impl {
             }
 
             async fn expire(&self, now_s: u64) -> Result<u64, StorageError> {
-                let done = sqlx::query("DELETE FROM envelopes WHERE expires_at <= $1")
-                    .bind(to_i64(now_s))
-                    .execute(&self.pool)
-                    .await?;
-                Ok(done.rows_affected())
+                let mut tx = self.pool.begin_with($begin).await?;
+                // Lock the affected device rows first, in key order, as a write batch does.
+                let _: Vec<(i64,)> = sqlx::query_as(concat!(
+                    "SELECT device_id FROM devices WHERE EXISTS (SELECT 1 FROM envelopes e \
+                     WHERE e.account_id = devices.account_id AND e.device_id = devices.device_id \
+                     AND e.expires_at <= $1) ORDER BY account_id, device_id",
+                    $for_update
+                ))
+                .bind(to_i64(now_s))
+                .fetch_all(&mut *tx)
+                .await?;
+                let gone: Vec<(Vec<u8>, i64)> =
+                    sqlx::query_as("DELETE FROM envelopes WHERE expires_at <= $1 RETURNING account_id, device_id")
+                        .bind(to_i64(now_s))
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let total = gone.len() as u64;
+                let mut per_device: std::collections::BTreeMap<(Vec<u8>, i64), i64> = Default::default();
+                for key in gone {
+                    *per_device.entry(key).or_insert(0) += 1;
+                }
+                for ((a, d), n) in per_device {
+                    sqlx::query("UPDATE devices SET depth = depth - $3 WHERE account_id = $1 AND device_id = $2")
+                        .bind(a)
+                        .bind(d)
+                        .bind(n)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(total)
             }
 
             async fn put_push(

@@ -6,7 +6,7 @@
 //! [`verify_prekeys`] against the DSK the store is then asked to match). No row names a
 //! sender.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
 use sotto_crypto::{
@@ -62,6 +62,10 @@ pub enum StorageError {
     /// A migration failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The group commit this write was part of failed; nothing of it was stored. (The
+    /// cause is logged once for the whole batch.)
+    #[error("the write batch failed")]
+    BatchFailed,
 }
 
 /// What storing a device list did.
@@ -118,6 +122,37 @@ pub struct SendParams {
     pub max_mailbox_depth: u32,
 }
 
+/// One write of a group commit ([`Storage::write_batch`]).
+#[derive(Clone, Copy, Debug)]
+pub enum WriteOp<'a> {
+    /// Store a send, as [`Storage::store_send`].
+    Send {
+        /// Sender, clock and limits.
+        params: SendParams,
+        /// The envelopes, one per recipient device; distinct recipients.
+        recipients: &'a [Recipient],
+    },
+    /// A cumulative acknowledgement, as [`Storage::ack`].
+    Ack {
+        /// The acknowledging device's account.
+        account: AccountId,
+        /// The acknowledging device.
+        device: DeviceId,
+        /// Every envelope up to this seq is acknowledged.
+        seq: u64,
+    },
+}
+
+/// What one [`WriteOp`] did, in the batch's order.
+#[derive(Debug)]
+pub enum WriteOutcome {
+    /// A send's outcome; the error is [`StorageError::UnknownAccount`] or
+    /// [`StorageError::MailboxFull`], and then nothing of this send was stored.
+    Send(Result<SendStored, StorageError>),
+    /// How many envelopes an ack deleted.
+    Ack(u64),
+}
+
 /// The relay's storage. One trait, one transaction per operation.
 pub trait Storage: Send + Sync + 'static {
     /// Checks that the database answers.
@@ -172,15 +207,29 @@ pub trait Storage: Send + Sync + 'static {
     fn take_bundles(&self, account: &AccountId)
     -> impl Future<Output = Result<Vec<PreKeyBundle>, StorageError>> + Send;
 
+    /// Applies sends and acks in one transaction (group commit): all of them or, on a
+    /// database error, none. Acks are applied before the sends (an ack can only name seqs
+    /// delivered before the batch, so this changes no outcome) and free mailbox room for
+    /// them; sends are then checked and stored in order. A send that fails its checks
+    /// stores nothing and does not affect the others.
+    fn write_batch(&self, ops: &[WriteOp<'_>]) -> impl Future<Output = Result<Vec<WriteOutcome>, StorageError>> + Send;
+
     /// Stores a send atomically after checking, for every account named, that the set of
     /// devices equals the account's current device list (without the sender device for
     /// the sender's own account when [`SendParams::sender`] names one). Recipients must be
-    /// distinct.
+    /// distinct. A batch of one.
     fn store_send(
         &self,
         params: SendParams,
         recipients: &[Recipient],
-    ) -> impl Future<Output = Result<SendStored, StorageError>> + Send;
+    ) -> impl Future<Output = Result<SendStored, StorageError>> + Send {
+        async move {
+            match self.write_batch(&[WriteOp::Send { params, recipients }]).await?.pop() {
+                Some(WriteOutcome::Send(r)) => r,
+                _ => Err(StorageError::BatchFailed),
+            }
+        }
+    }
 
     /// Up to `limit` unexpired envelopes with a seq above `after`, in seq order.
     fn fetch(
@@ -192,13 +241,25 @@ pub trait Storage: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<StoredEnvelope>, StorageError>> + Send;
 
-    /// Deletes every envelope with a seq up to `seq`; returns how many.
+    /// Deletes every envelope with a seq up to `seq`; returns how many. A batch of one.
     fn ack(
         &self,
         account: &AccountId,
         device: DeviceId,
         seq: u64,
-    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        let op = WriteOp::Ack {
+            account: *account,
+            device,
+            seq,
+        };
+        async move {
+            match self.write_batch(&[op]).await?.pop() {
+                Some(WriteOutcome::Ack(n)) => Ok(n),
+                _ => Err(StorageError::BatchFailed),
+            }
+        }
+    }
 
     /// The highest seq assigned in the mailbox so far (0 when none).
     fn last_seq(&self, account: &AccountId, device: DeviceId)
@@ -325,8 +386,8 @@ impl Storage for Store {
     async fn take_bundles(&self, account: &AccountId) -> Result<Vec<PreKeyBundle>, StorageError> {
         delegate!(self, s => s.take_bundles(account))
     }
-    async fn store_send(&self, params: SendParams, recipients: &[Recipient]) -> Result<SendStored, StorageError> {
-        delegate!(self, s => s.store_send(params, recipients))
+    async fn write_batch(&self, ops: &[WriteOp<'_>]) -> Result<Vec<WriteOutcome>, StorageError> {
+        delegate!(self, s => s.write_batch(ops))
     }
     async fn fetch(
         &self,
@@ -337,9 +398,6 @@ impl Storage for Store {
         limit: u32,
     ) -> Result<Vec<StoredEnvelope>, StorageError> {
         delegate!(self, s => s.fetch(account, device, after, now_s, limit))
-    }
-    async fn ack(&self, account: &AccountId, device: DeviceId, seq: u64) -> Result<u64, StorageError> {
-        delegate!(self, s => s.ack(account, device, seq))
     }
     async fn last_seq(&self, account: &AccountId, device: DeviceId) -> Result<u64, StorageError> {
         delegate!(self, s => s.last_seq(account, device))
@@ -450,18 +508,169 @@ pub(crate) fn bundle_from(
     })
 }
 
-/// Recipient indices sorted by (account, device): rows are locked in this order so two
-/// concurrent sends cannot deadlock.
-pub(crate) fn lock_order(recipients: &[Recipient]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..recipients.len()).collect();
-    idx.sort_by_key(|&i| (recipients[i].account_id, recipients[i].device_id));
-    idx
+/// Bounds on one statement of a write batch, well under both databases' bind-parameter
+/// limits (SQLite 32,766, PostgreSQL 65,535).
+pub(crate) const BATCH_ACCOUNTS_PER_QUERY: usize = 500;
+pub(crate) const BATCH_ACKS_PER_QUERY: usize = 200;
+pub(crate) const BATCH_ROWS_PER_QUERY: usize = 1000;
+
+/// A device row's mailbox counters, read (and on PostgreSQL locked) at the start of a
+/// write batch and written back at its end when `dirty`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MailboxRow {
+    pub(crate) next_seq: u64,
+    pub(crate) depth: u64,
+    pub(crate) acked_seq: u64,
+    pub(crate) dirty: bool,
 }
 
-/// The distinct accounts of a send, in lock order.
-pub(crate) fn accounts_of(recipients: &[Recipient]) -> Vec<AccountId> {
-    let set: BTreeSet<AccountId> = recipients.iter().map(|r| r.account_id).collect();
+/// The rows of every device of every account a batch touches.
+pub(crate) type Rows = BTreeMap<(AccountId, DeviceId), MailboxRow>;
+
+/// Every account a batch touches, sorted: rows are locked in this order, so two
+/// concurrent writers cannot deadlock.
+pub(crate) fn batch_accounts(ops: &[WriteOp<'_>]) -> Vec<AccountId> {
+    let mut set = BTreeSet::new();
+    for op in ops {
+        match op {
+            WriteOp::Send { recipients, .. } => set.extend(recipients.iter().map(|r| r.account_id)),
+            WriteOp::Ack { account, .. } => {
+                set.insert(*account);
+            }
+        }
+    }
     set.into_iter().collect()
+}
+
+/// The envelope ranges a batch's acks delete, one per device: `(account, device, after,
+/// up_to)`, deleting seqs in `after+1..=up_to`. Acks of unknown devices and acks at or
+/// below the device's last ack delete nothing and are left out.
+pub(crate) fn ack_ranges(ops: &[WriteOp<'_>], rows: &Rows) -> Vec<(AccountId, DeviceId, u64, u64)> {
+    let mut highest: BTreeMap<(AccountId, DeviceId), u64> = BTreeMap::new();
+    for op in ops {
+        if let WriteOp::Ack { account, device, seq } = *op {
+            let e = highest.entry((account, device)).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+    }
+    highest
+        .into_iter()
+        .filter_map(|(key, seq)| {
+            let row = rows.get(&key)?;
+            (seq > row.acked_seq).then_some((key.0, key.1, row.acked_seq, seq.min(row.next_seq.saturating_sub(1))))
+        })
+        .filter(|r| r.3 > r.2)
+        .collect()
+}
+
+/// Applies deleted-envelope counts to the rows and fills in the acks' outcomes: each
+/// device's count goes to the batch's first ack of it, later ones report 0.
+pub(crate) fn apply_acks(
+    ops: &[WriteOp<'_>],
+    ranges: &[(AccountId, DeviceId, u64, u64)],
+    deleted: &BTreeMap<(AccountId, DeviceId), u64>,
+    rows: &mut Rows,
+    outcomes: &mut [Option<WriteOutcome>],
+) {
+    for &(account, device, _, up_to) in ranges {
+        if let Some(row) = rows.get_mut(&(account, device)) {
+            row.acked_seq = up_to;
+            row.depth = row
+                .depth
+                .saturating_sub(deleted.get(&(account, device)).copied().unwrap_or(0));
+            row.dirty = true;
+        }
+    }
+    let mut reported = BTreeSet::new();
+    for (op, out) in ops.iter().zip(outcomes.iter_mut()) {
+        if let WriteOp::Ack { account, device, .. } = *op {
+            let n = if reported.insert((account, device)) {
+                deleted.get(&(account, device)).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            *out = Some(WriteOutcome::Ack(n));
+        }
+    }
+}
+
+/// One envelope row a batch inserts.
+pub(crate) struct Insert<'a> {
+    pub(crate) account: AccountId,
+    pub(crate) device: DeviceId,
+    pub(crate) seq: u64,
+    pub(crate) received_at_s: u64,
+    pub(crate) expires_at_s: u64,
+    pub(crate) envelope: &'a [u8],
+}
+
+/// Checks the batch's sends in order against the rows (device sets, mailbox depth) and
+/// assigns seqs to those that pass. Sends that fail the device-set check are returned as
+/// `(op index, accounts)`: the caller looks up those accounts' lists (an account with no
+/// stored list makes it [`StorageError::UnknownAccount`]).
+pub(crate) fn plan_sends<'a>(
+    ops: &[WriteOp<'a>],
+    rows: &mut Rows,
+    outcomes: &mut [Option<WriteOutcome>],
+) -> (Vec<Insert<'a>>, Vec<(usize, Vec<AccountId>)>) {
+    let mut inserts = Vec::new();
+    let mut lookups = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let WriteOp::Send { params, recipients } = *op else {
+            continue;
+        };
+        let accounts: BTreeSet<AccountId> = recipients.iter().map(|r| r.account_id).collect();
+        let mismatched: Vec<AccountId> = accounts
+            .into_iter()
+            .filter(|a| {
+                let listed: Vec<DeviceId> = rows
+                    .range((*a, DeviceId(0))..=(*a, DeviceId(u32::MAX)))
+                    .map(|(k, _)| k.1)
+                    .collect();
+                listed.is_empty() || !device_set_matches(a, &listed, recipients, params.sender.as_ref())
+            })
+            .collect();
+        if !mismatched.is_empty() {
+            lookups.push((i, mismatched));
+            continue;
+        }
+        let full = recipients.iter().any(|r| {
+            rows.get(&(r.account_id, r.device_id))
+                .is_none_or(|row| row.depth >= u64::from(params.max_mailbox_depth))
+        });
+        if full {
+            outcomes[i] = Some(WriteOutcome::Send(Err(StorageError::MailboxFull)));
+            continue;
+        }
+        let mut seqs = Vec::with_capacity(recipients.len());
+        for r in recipients {
+            if let Some(row) = rows.get_mut(&(r.account_id, r.device_id)) {
+                seqs.push(row.next_seq);
+                inserts.push(Insert {
+                    account: r.account_id,
+                    device: r.device_id,
+                    seq: row.next_seq,
+                    received_at_s: params.now_s,
+                    expires_at_s: params.expires_at_s,
+                    envelope: &r.envelope,
+                });
+                row.next_seq += 1;
+                row.depth += 1;
+                row.dirty = true;
+            }
+        }
+        outcomes[i] = Some(WriteOutcome::Send(Ok(SendStored::Stored(seqs))));
+    }
+    (inserts, lookups)
+}
+
+/// The outcome of a send that failed the device-set check, from its mismatched accounts'
+/// stored lists.
+pub(crate) fn mismatch_outcome(lists: Vec<Option<Vec<u8>>>) -> WriteOutcome {
+    match lists.into_iter().collect::<Option<Vec<_>>>() {
+        Some(lists) => WriteOutcome::Send(Ok(SendStored::Mismatch(lists))),
+        None => WriteOutcome::Send(Err(StorageError::UnknownAccount)),
+    }
 }
 
 /// Whether the devices a send names for `account` equal the account's listed devices

@@ -1,7 +1,7 @@
 //! The PostgreSQL backend, chosen by a `postgres://` URL.
 
 use sotto_crypto::{AccountId, DeviceId, DeviceList, Ed25519PublicKey, PreKeyBundle};
-use sotto_proto::{PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration, Recipient};
+use sotto_proto::{PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Pool, Postgres};
 

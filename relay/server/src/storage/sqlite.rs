@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sotto_crypto::{AccountId, DeviceId, DeviceList, Ed25519PublicKey, PreKeyBundle};
-use sotto_proto::{PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration, Recipient};
+use sotto_proto::{PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Pool, Sqlite};
 

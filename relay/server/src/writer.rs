@@ -1,0 +1,213 @@
+//! Group commit: one task owns the write path of sends and acks.
+//!
+//! Connections queue their writes on a bounded channel. The task takes whatever is queued
+//! (at most [`MAX_BATCH_OPS`] writes and about [`MAX_BATCH_BYTES`] of envelopes), commits
+//! it with one [`Storage::write_batch`] transaction and then answers each send. There is
+//! no timer: while one batch commits the next one fills, so batches grow with the load and
+//! add no latency to a lone write. On SQLite this also means one writer instead of pooled
+//! connections contending for the database's write lock.
+//!
+//! After a commit the task hands every stored envelope to its recipient's connection on
+//! this node ([`Hub::push_live`]), so live delivery needs no database read. A send is
+//! answered only after its batch committed: `Stored` always means stored.
+//!
+//! Acks are not answered: a connection queues its ack and goes on. [`Writer::flush`]
+//! waits until everything queued before it is committed; graceful shutdown calls it after
+//! the last connection closed.
+
+use std::sync::Arc;
+
+use sotto_crypto::{AccountId, DeviceId};
+use sotto_proto::{Deliver, Recipient};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::{Metrics, inc};
+use crate::state::Hub;
+use crate::storage::{SendParams, SendStored, Storage, StorageError, Store, WriteOp, WriteOutcome};
+
+/// The most writes committed in one transaction.
+pub const MAX_BATCH_OPS: usize = 512;
+/// A batch stops taking sends once their envelopes add up to this many bytes.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// The most writes queued for the task; further writers wait.
+pub const QUEUE: usize = 4096;
+
+enum Job {
+    Send {
+        params: SendParams,
+        recipients: Vec<Recipient>,
+        reply: oneshot::Sender<Result<SendStored, StorageError>>,
+    },
+    Ack {
+        account: AccountId,
+        device: DeviceId,
+        seq: u64,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        match self {
+            Job::Send { recipients, .. } => recipients.iter().map(|r| r.envelope.len()).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// The handle connections write through.
+#[derive(Clone, Debug)]
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the task. Must be called within a tokio runtime; the task ends when every
+    /// handle is dropped.
+    pub(crate) fn spawn(store: Store, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(store, hub, metrics, rx));
+        Self { tx }
+    }
+
+    /// Stores a send in the next batch and waits for its commit.
+    pub(crate) async fn send(
+        &self,
+        params: SendParams,
+        recipients: Vec<Recipient>,
+    ) -> Result<SendStored, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Send {
+            params,
+            recipients,
+            reply,
+        };
+        self.tx.send(job).await.map_err(|_| StorageError::BatchFailed)?;
+        answer.await.map_err(|_| StorageError::BatchFailed)?
+    }
+
+    /// Queues a cumulative ack; waits only for room in the queue.
+    pub(crate) async fn ack(&self, account: AccountId, device: DeviceId, seq: u64) {
+        let _ = self.tx.send(Job::Ack { account, device, seq }).await;
+    }
+
+    /// Waits until every write queued before this call is committed (or failed).
+    pub(crate) async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Job::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+async fn run(store: Store, hub: Arc<Hub>, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(64);
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.bytes();
+        jobs.push(first);
+        while jobs.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(job) => {
+                    bytes = bytes.saturating_add(job.bytes());
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        commit(&store, &hub, &metrics, &mut jobs).await;
+    }
+}
+
+/// Commits `jobs` (emptying it) and answers them. When the whole batch fails, each write
+/// is retried alone, so one write the database refuses cannot fail the others.
+async fn commit(store: &Store, hub: &Hub, metrics: &Metrics, jobs: &mut Vec<Job>) {
+    let result = {
+        let ops = ops_of(jobs);
+        store.write_batch(&ops).await
+    };
+    match result {
+        Ok(outcomes) => answer(hub, metrics, std::mem::take(jobs), outcomes),
+        Err(e) if jobs.len() > 1 => {
+            let _ = crate::error::code_of(&e);
+            for job in std::mem::take(jobs) {
+                let mut one = vec![job];
+                let ops = ops_of(&one);
+                match store.write_batch(&ops).await {
+                    Ok(outcomes) => answer(hub, metrics, std::mem::take(&mut one), outcomes),
+                    Err(e) => fail(one, &e),
+                }
+            }
+        }
+        Err(e) => fail(std::mem::take(jobs), &e),
+    }
+}
+
+fn ops_of(jobs: &[Job]) -> Vec<WriteOp<'_>> {
+    jobs.iter()
+        .filter_map(|job| match job {
+            Job::Send { params, recipients, .. } => Some(WriteOp::Send {
+                params: *params,
+                recipients,
+            }),
+            Job::Ack { account, device, seq } => Some(WriteOp::Ack {
+                account: *account,
+                device: *device,
+                seq: *seq,
+            }),
+            Job::Flush(_) => None,
+        })
+        .collect()
+}
+
+fn answer(hub: &Hub, metrics: &Metrics, jobs: Vec<Job>, outcomes: Vec<WriteOutcome>) {
+    let mut outcomes = outcomes.into_iter();
+    for job in jobs {
+        match job {
+            Job::Flush(done) => {
+                let _ = done.send(());
+            }
+            Job::Ack { .. } => {
+                if let Some(WriteOutcome::Ack(n)) = outcomes.next() {
+                    inc(&metrics.envelopes_acked_total, n);
+                }
+            }
+            Job::Send {
+                params,
+                recipients,
+                reply,
+            } => {
+                let result = match outcomes.next() {
+                    Some(WriteOutcome::Send(r)) => r,
+                    _ => Err(StorageError::BatchFailed),
+                };
+                if let Ok(SendStored::Stored(seqs)) = &result {
+                    inc(&metrics.envelopes_stored_total, seqs.len() as u64);
+                    for (r, &seq) in recipients.into_iter().zip(seqs) {
+                        let deliver = Deliver {
+                            seq,
+                            received_at_s: params.now_s,
+                            envelope: r.envelope,
+                        };
+                        hub.push_live(&r.account_id, r.device_id, deliver);
+                    }
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+fn fail(jobs: Vec<Job>, e: &StorageError) {
+    let _ = crate::error::code_of(e);
+    for job in jobs {
+        match job {
+            Job::Send { reply, .. } => {
+                let _ = reply.send(Err(StorageError::BatchFailed));
+            }
+            Job::Flush(done) => {
+                let _ = done.send(());
+            }
+            Job::Ack { .. } => {}
+        }
+    }
+}
