@@ -1,1 +1,23 @@
-//! The Sotto client SDK. It builds on `sotto-crypto`; see docs/ARCHITECTURE.md.
+//! The Sotto client SDK.
+//!
+//! - [`machine`]: the sans-IO state machine (sessions, fan-out, inbound processing);
+//! - [`store`]: small store traits, a memory store and an encrypted SQLite store, one
+//!   conformance suite;
+//! - [`content`]: the encrypted message content encoding;
+//! - `transport` and [`Client`] (feature `native`): the relay connection (challenge
+//!   auth, heartbeat, reconnect with backoff, resume, persisted outbox) and the façade
+//!   apps use.
+//!
+//! Without the default `native` feature the crate has no tokio, sqlx or sockets and
+//! builds for `wasm32-unknown-unknown`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod content;
+pub mod ids;
+pub mod machine;
+pub mod store;
+
+pub use content::{Content, ContentError, ContentKind};
+pub use ids::MessageId;
+pub use machine::{Event, Machine, MachineError, UndecryptableCause};
+pub use store::{MessageStatus, Page, StoredMessage};

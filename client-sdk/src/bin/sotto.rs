@@ -1,0 +1,3 @@
+//! `sotto`: the command-line client.
+
+fn main() {}

@@ -1,0 +1,225 @@
+//! The plaintext inside every session message: a small, versioned, bounded encoding.
+//!
+//! ```text
+//! content  = 0x01 (version) ‖ message_id (16) ‖ timestamp_ms (u64) ‖ kind (u8) ‖ body
+//! kind 0x01 Text            text (var, ≤ MAX_TEXT_LEN, UTF-8)
+//! kind 0x02 SyncTranscript  conversation (32) ‖ text (var, ≤ MAX_TEXT_LEN, UTF-8)
+//! kind 0x03 Delivered       count (u16, ≤ MAX_RECEIPTS) ‖ count × message_id (16)
+//! ```
+//!
+//! A `Text` goes to every device of the contact; the sender's own other devices get a
+//! `SyncTranscript` naming the conversation (the contact's account id) instead, so a
+//! message sent from any device shows on all of the account's devices. Both carry the
+//! same message id, which receivers deduplicate on.
+
+use sotto_crypto::AccountId;
+use sotto_crypto::codec::{DecodeError, Put, Reader};
+use thiserror::Error;
+
+use crate::ids::MessageId;
+
+const VERSION: u8 = 1;
+/// The longest text, in bytes.
+pub const MAX_TEXT_LEN: usize = 64 * 1024;
+/// The most message ids in one receipt.
+pub const MAX_RECEIPTS: usize = 256;
+
+/// Why a decrypted plaintext is not valid content.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ContentError {
+    /// The bytes do not decode.
+    #[error("content does not decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// A text that is not UTF-8.
+    #[error("text is not UTF-8")]
+    NotUtf8,
+}
+
+/// What a message carries.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum ContentKind {
+    /// A text message to the recipient.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// A copy of a message this account sent from another device.
+    SyncTranscript {
+        /// The conversation: the contact's account id.
+        conversation: AccountId,
+        /// The text.
+        text: String,
+    },
+    /// The recipient device stored these messages.
+    Delivered {
+        /// Their ids.
+        message_ids: Vec<MessageId>,
+    },
+}
+
+/// A message's content: id, the sender's timestamp and the kind.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Content {
+    /// The id every copy of the message carries.
+    pub message_id: MessageId,
+    /// When the sender wrote it, Unix milliseconds (as claimed by the sender).
+    pub timestamp_ms: u64,
+    /// The payload.
+    pub kind: ContentKind,
+}
+
+mod tag {
+    pub(super) const TEXT: u8 = 1;
+    pub(super) const SYNC: u8 = 2;
+    pub(super) const DELIVERED: u8 = 3;
+}
+
+fn text(r: &mut Reader<'_>) -> Result<String, ContentError> {
+    let bytes = r.var_bytes("text", MAX_TEXT_LEN)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| ContentError::NotUtf8)
+}
+
+impl Content {
+    /// Encodes the content. Texts longer than [`MAX_TEXT_LEN`] are refused by the
+    /// callers that build them ([`crate::machine::Machine::queue_text`]).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.put_u8(VERSION);
+        out.put(&self.message_id.0);
+        out.put_u64(self.timestamp_ms);
+        match &self.kind {
+            ContentKind::Text { text } => {
+                out.put_u8(tag::TEXT);
+                out.put_var(text.as_bytes());
+            }
+            ContentKind::SyncTranscript { conversation, text } => {
+                out.put_u8(tag::SYNC);
+                out.put(conversation.as_bytes());
+                out.put_var(text.as_bytes());
+            }
+            ContentKind::Delivered { message_ids } => {
+                out.put_u8(tag::DELIVERED);
+                out.put_count(message_ids.len().min(MAX_RECEIPTS));
+                for id in message_ids.iter().take(MAX_RECEIPTS) {
+                    out.put(&id.0);
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes content; any byte string yields a value or a typed error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ContentError> {
+        let mut r = Reader::new(bytes);
+        r.version(VERSION)?;
+        let message_id = MessageId(r.array()?);
+        let timestamp_ms = r.u64()?;
+        let kind = match r.u8()? {
+            tag::TEXT => ContentKind::Text { text: text(&mut r)? },
+            tag::SYNC => {
+                let conversation = AccountId(r.array()?);
+                ContentKind::SyncTranscript {
+                    conversation,
+                    text: text(&mut r)?,
+                }
+            }
+            tag::DELIVERED => {
+                let n = r.count("receipts", MAX_RECEIPTS, 16)?;
+                let mut message_ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    message_ids.push(MessageId(r.array()?));
+                }
+                ContentKind::Delivered { message_ids }
+            }
+            value => {
+                return Err(DecodeError::UnknownType {
+                    field: "content kind",
+                    value,
+                }
+                .into());
+            }
+        };
+        r.finish()?;
+        Ok(Self {
+            message_id,
+            timestamp_ms,
+            kind,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Content> {
+        let id = MessageId([7; 16]);
+        vec![
+            Content {
+                message_id: id,
+                timestamp_ms: 5,
+                kind: ContentKind::Text { text: "hi ✓".into() },
+            },
+            Content {
+                message_id: id,
+                timestamp_ms: u64::MAX,
+                kind: ContentKind::SyncTranscript {
+                    conversation: AccountId([3; 32]),
+                    text: String::new(),
+                },
+            },
+            Content {
+                message_id: id,
+                timestamp_ms: 0,
+                kind: ContentKind::Delivered {
+                    message_ids: vec![MessageId([1; 16]), MessageId([2; 16])],
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trips() {
+        for c in samples() {
+            assert_eq!(Content::decode(&c.encode()), Ok(c));
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_a_typed_error() {
+        for c in samples() {
+            let bytes = c.encode();
+            for n in 0..bytes.len() {
+                assert!(Content::decode(&bytes[..n]).is_err());
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(matches!(
+                Content::decode(&longer),
+                Err(ContentError::Decode(DecodeError::TrailingBytes { count: 1 }))
+            ));
+        }
+    }
+
+    #[test]
+    fn bad_kind_version_and_utf8_are_refused() {
+        let mut bytes = samples()[0].encode();
+        bytes[0] = 2;
+        assert!(matches!(
+            Content::decode(&bytes),
+            Err(ContentError::Decode(DecodeError::UnsupportedVersion { version: 2 }))
+        ));
+        let mut bytes = samples()[0].encode();
+        bytes[25] = 0x99;
+        assert!(matches!(
+            Content::decode(&bytes),
+            Err(ContentError::Decode(DecodeError::UnknownType { .. }))
+        ));
+        let mut bytes = samples()[0].encode();
+        let last = bytes.len() - 1;
+        bytes[last] = 0xff;
+        assert_eq!(Content::decode(&bytes), Err(ContentError::NotUtf8));
+    }
+}

@@ -1,0 +1,1133 @@
+//! The sans-IO client machine: account and device state, prekeys, per-device sessions
+//! (Sesame), fan-out, device-list pinning and inbound envelope processing.
+//!
+//! No socket, file, clock or OS randomness: time is an argument and randomness comes
+//! from a seeded `ChaCha20Rng` the caller provides.
+//!
+//! # Call order
+//!
+//! 1. [`Machine::new_account`] (first run) returns [`Changes`] to commit; afterwards, and
+//!    on every later start, load the store into a [`Snapshot`] and call [`Machine::load`].
+//! 2. Every operation (`prepare_send`, `receive_envelope`, `receive_device_list`,
+//!    `receive_bundles`, `refill_prekeys`, `queue_text`) returns [`Changes`] and leaves the
+//!    machine's state untouched. The caller commits them with [`crate::store::Store::commit`]
+//!    and, only if that succeeded, calls [`Machine::apply`]. On
+//!    [`crate::store::StoreError::Conflict`] it reloads the machine from the store and
+//!    retries; nothing advanced.
+//! 3. Outputs that need the network are [`Need`] values: fetch what they name and feed it
+//!    back with `receive_device_list` / `receive_bundles`, then retry.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use rand_chacha::ChaCha20Rng;
+use sotto_crypto::pickle::Pickle;
+use sotto_crypto::{
+    AccountId, AccountKey, DecryptError, Device, DeviceId, DeviceIdentity, DeviceList, DeviceListChange,
+    DeviceListError, EncryptError, KemPreKeySecret, MessageType, OpenError, PickleError, PickleKey, PreKeyBundle,
+    PreKeyKind, PreKeyMessage, SafetyNumber, SealError, Session, SignedDeviceList, X3dhError, X25519PreKeySecret,
+};
+use sotto_proto::{PreKeyCounts, PreKeyUpload, Recipient};
+use thiserror::Error;
+
+use crate::content::{Content, ContentError, ContentKind, MAX_TEXT_LEN};
+use crate::ids::MessageId;
+use crate::store::{
+    AccountRecord, Changes, Committed, ConversationRecord, MessageStatus, OutboxItem, PeerDevice, PreKeyId, SessionSet,
+    StoredMessage, Versioned, Write,
+};
+
+/// One active plus up to ten inactive sessions per remote device.
+pub const MAX_SESSIONS_PER_DEVICE: usize = 11;
+/// How many message ids are remembered for deduplication (the store also refuses a
+/// second insert of an id, whatever its age).
+pub const SEEN_IDS: usize = 20_000;
+/// One-time X25519 prekeys per upload batch.
+pub const ONE_TIME_BATCH: u32 = 100;
+/// One-time ML-KEM prekeys per upload batch.
+pub const KEM_BATCH: u32 = 20;
+/// Refill when the relay holds fewer one-time X25519 prekeys than this.
+pub const ONE_TIME_LOW: u32 = 30;
+/// Refill when the relay holds fewer one-time ML-KEM prekeys than this.
+pub const KEM_LOW: u32 = 5;
+/// The id of the last-resort ML-KEM prekey (one-time ML-KEM ids count up from 1).
+pub const LAST_RESORT_KEM_ID: u32 = 0x8000_0000;
+
+/// Why an operation failed. State is unchanged.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MachineError {
+    /// A stored pickle does not load (wrong key or altered store).
+    #[error("stored state does not load: {0}")]
+    Pickle(#[from] PickleError),
+    /// A stored or received device list is refused.
+    #[error("device list refused: {0}")]
+    DeviceList(#[from] DeviceListError),
+    /// Session set-up failed.
+    #[error("session set-up failed: {0}")]
+    X3dh(#[from] X3dhError),
+    /// Encryption failed.
+    #[error("encryption failed: {0}")]
+    Encrypt(#[from] EncryptError),
+    /// Sealing failed.
+    #[error("sealing failed: {0}")]
+    Seal(#[from] SealError),
+    /// The store has no account.
+    #[error("no account in the store")]
+    NoAccount,
+    /// The text is longer than [`MAX_TEXT_LEN`].
+    #[error("text of {len} bytes exceeds {max}")]
+    TextTooLong {
+        /// Its length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// Messages to one's own account go to one's devices only as transcripts.
+    #[error("cannot message one's own account")]
+    OwnAccount,
+    /// The stored content of an outbox item does not decode.
+    #[error("outbox content does not decode: {0}")]
+    Content(#[from] ContentError),
+}
+
+/// Why an inbound envelope was not accepted. Nothing in it reached the app.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum UndecryptableCause {
+    /// Not sealed to this device, altered, or the sender signature does not verify.
+    #[error("envelope does not open: {0}")]
+    Envelope(OpenError),
+    /// The claimed sender's account has no device list that verifies.
+    #[error("the sender's account has no verified device list")]
+    UnknownSender,
+    /// The claimed sender device is not in its account's verified device list.
+    #[error("the sender device is not listed by its account")]
+    SenderNotListed,
+    /// The claimed sender is not the identity the session or pre-key message names.
+    #[error("the claimed sender does not match the session")]
+    SenderMismatch,
+    /// A ratchet message from a device this device has no session with.
+    #[error("no session with the sending device")]
+    NoSession,
+    /// A pre-key message naming a prekey this device no longer has (for example a
+    /// replay after the one-time prekey was used).
+    #[error("the pre-key message names an unknown prekey")]
+    UnknownPreKey,
+    /// The message was decrypted before: a replay or a second delivery.
+    #[error("message already decrypted (replay)")]
+    Duplicate,
+    /// Ratchet decryption failed.
+    #[error("decryption failed: {0}")]
+    Decrypt(DecryptError),
+    /// Session set-up from a pre-key message failed.
+    #[error("pre-key message refused: {0}")]
+    PreKey(X3dhError),
+    /// The plaintext is not valid content.
+    #[error("content refused: {0}")]
+    Content(ContentError),
+    /// A sealed content type this version does not handle.
+    #[error("unknown sealed content type {0}")]
+    UnknownContentType(u8),
+    /// A sync transcript from another account, or a text from this account.
+    #[error("content kind not valid from this sender")]
+    WrongSender,
+}
+
+/// What the app hears about.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A new message in a conversation: from a contact, or a transcript of one this
+    /// account sent from another device (`status` is then `SentElsewhere`).
+    MessageReceived(StoredMessage),
+    /// The relay stored a message for every device.
+    MessageSent {
+        /// The message.
+        id: MessageId,
+        /// The conversation.
+        conversation: AccountId,
+    },
+    /// A device of the contact reported messages stored.
+    Delivered {
+        /// The messages.
+        ids: Vec<MessageId>,
+        /// The reporting device.
+        by: PeerDevice,
+    },
+    /// An account's device set changed (a newer verified list was pinned).
+    DeviceListChanged {
+        /// The account.
+        account: AccountId,
+        /// What changed.
+        change: DeviceListChange,
+    },
+    /// A device list offered for an account did not verify or rolled back.
+    DeviceListRejected {
+        /// The account.
+        account: AccountId,
+        /// Why.
+        error: DeviceListError,
+    },
+    /// An envelope that could not be accepted.
+    Undecryptable {
+        /// The claimed sending device, when the envelope opened far enough to name one.
+        sender: Option<PeerDevice>,
+        /// Why.
+        cause: UndecryptableCause,
+    },
+    /// A message that could not be sent and was given up.
+    SendFailed {
+        /// The message.
+        id: MessageId,
+        /// Why, for display.
+        reason: String,
+    },
+    /// This device is no longer in its account's device list.
+    DeviceRemoved,
+}
+
+/// Something the machine needs from the relay before it can go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Need {
+    /// The account's signed device list (`GET /v1/accounts/{a}/device-list`).
+    DeviceList(AccountId),
+    /// A prekey bundle per named device (`GET /v1/accounts/{a}/bundles/{d}`).
+    Bundles(AccountId, Vec<DeviceId>),
+}
+
+/// What [`Machine::prepare_send`] produced.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SendPlan {
+    /// Fetch these, feed them in and call again.
+    Need(Vec<Need>),
+    /// Commit `changes`, then send `recipients` in one `Send` frame.
+    Ready {
+        /// Ratchet state advanced by the encryption.
+        changes: Changes,
+        /// One envelope per device.
+        recipients: Vec<Recipient>,
+    },
+}
+
+/// What [`Machine::receive_envelope`] produced.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Inbound {
+    /// Fetch this account's device list, feed it in, and call again with `refreshed`.
+    Need(Need),
+    /// Commit `changes` (which always record the seq as processed), then emit `events`
+    /// and acknowledge the seq.
+    Done {
+        /// What to store.
+        changes: Changes,
+        /// What to tell the app (after the commit).
+        events: Vec<Event>,
+    },
+}
+
+/// Everything the machine loads from a store.
+#[derive(Default)]
+pub struct Snapshot {
+    /// The account row.
+    pub account: Option<Versioned<AccountRecord>>,
+    /// Every session row.
+    pub sessions: Vec<(PeerDevice, Versioned<SessionSet>)>,
+    /// Every prekey secret.
+    pub prekeys: Vec<(PreKeyId, Vec<u8>)>,
+    /// Every pinned device list.
+    pub device_lists: Vec<(AccountId, Vec<u8>)>,
+    /// Every conversation.
+    pub conversations: Vec<ConversationRecord>,
+    /// The most recent message ids.
+    pub recent_ids: Vec<MessageId>,
+}
+
+/// Bounded set of recently seen message ids.
+struct Seen {
+    order: VecDeque<MessageId>,
+    set: HashSet<MessageId>,
+}
+
+impl Seen {
+    fn new() -> Self {
+        Self {
+            order: VecDeque::new(),
+            set: HashSet::new(),
+        }
+    }
+    fn contains(&self, id: &MessageId) -> bool {
+        self.set.contains(id)
+    }
+    fn insert(&mut self, id: MessageId) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > SEEN_IDS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+/// The client state machine. See the module docs for the call order.
+pub struct Machine {
+    rng: ChaCha20Rng,
+    pickle_key: PickleKey,
+    account_key: AccountKey,
+    device: Device,
+    account: Versioned<AccountRecord>,
+    lists: HashMap<AccountId, DeviceList>,
+    sessions: HashMap<PeerDevice, Versioned<SessionSet>>,
+    prekeys: HashMap<PreKeyId, Vec<u8>>,
+    conversations: BTreeSet<AccountId>,
+    seen: Seen,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("device", &self.device)
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a new account's first run produces.
+pub struct NewAccount {
+    /// Commit these.
+    pub changes: Changes,
+    /// Then register this list (`PUT /v1/accounts/{a}/device-list`)...
+    pub device_list: DeviceList,
+    /// ...and upload these prekeys (`PUT /v1/prekeys`).
+    pub prekeys: PreKeyUpload,
+}
+
+impl std::fmt::Debug for NewAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAccount")
+            .field("device_list", &self.device_list)
+            .finish_non_exhaustive()
+    }
+}
+
+fn one_time_prekeys(
+    device: &Device,
+    first: u32,
+    count: u32,
+    rng: &mut ChaCha20Rng,
+    key: &PickleKey,
+    changes: &mut Changes,
+    upload: &mut PreKeyUpload,
+) {
+    for k in device.generate_one_time_prekeys(first, count, rng) {
+        changes
+            .prekeys_added
+            .push(((PreKeyKind::OneTime as u8, k.public().id), k.pickle(key, rng)));
+        upload.one_time_prekeys.push(k.public().clone());
+    }
+}
+
+fn kem_prekeys(
+    device: &Device,
+    first: u32,
+    count: u32,
+    rng: &mut ChaCha20Rng,
+    key: &PickleKey,
+    changes: &mut Changes,
+    upload: &mut PreKeyUpload,
+) {
+    for i in 0..count {
+        let k = device.generate_kem_prekey(first.wrapping_add(i), false, rng);
+        changes
+            .prekeys_added
+            .push(((PreKeyKind::KemOneTime as u8, k.public().id), k.pickle(key, rng)));
+        upload.kem_prekeys.push(k.public().clone());
+    }
+}
+
+impl Machine {
+    /// A new account with its first device: the account key, device keys, device list
+    /// version 1 and a first set of prekeys. Commit `changes`, then [`Machine::load`].
+    pub fn new_account(
+        relay_url: &str,
+        now_ms: u64,
+        rng: &mut ChaCha20Rng,
+        pickle_key: &PickleKey,
+    ) -> Result<NewAccount, MachineError> {
+        let account_key = AccountKey::generate(rng);
+        let device = Device::generate(account_key.account_id(), DeviceId(1), rng);
+        let device_list = account_key.sign_device_list(1, now_ms, vec![device.entry()])?;
+        Self::first_state(account_key, device, device_list, relay_url, rng, pickle_key)
+    }
+
+    /// The state of a device that was just added to an existing account (linking): the
+    /// account key received from another device and this device's keys.
+    pub fn new_linked_device(
+        account_key: AccountKey,
+        device: Device,
+        device_list: DeviceList,
+        relay_url: &str,
+        rng: &mut ChaCha20Rng,
+        pickle_key: &PickleKey,
+    ) -> Result<NewAccount, MachineError> {
+        Self::first_state(account_key, device, device_list, relay_url, rng, pickle_key)
+    }
+
+    fn first_state(
+        account_key: AccountKey,
+        device: Device,
+        device_list: DeviceList,
+        relay_url: &str,
+        rng: &mut ChaCha20Rng,
+        pickle_key: &PickleKey,
+    ) -> Result<NewAccount, MachineError> {
+        let mut changes = Changes::default();
+        let mut upload = PreKeyUpload::default();
+        let spk = device.generate_signed_prekey(1, rng);
+        changes
+            .prekeys_added
+            .push(((PreKeyKind::Signed as u8, 1), spk.pickle(pickle_key, rng)));
+        upload.signed_prekey = Some(spk.public().clone());
+        one_time_prekeys(&device, 1, ONE_TIME_BATCH, rng, pickle_key, &mut changes, &mut upload);
+        kem_prekeys(&device, 1, KEM_BATCH, rng, pickle_key, &mut changes, &mut upload);
+        let lr = device.generate_kem_prekey(LAST_RESORT_KEM_ID, true, rng);
+        changes.prekeys_added.push((
+            (PreKeyKind::KemLastResort as u8, LAST_RESORT_KEM_ID),
+            lr.pickle(pickle_key, rng),
+        ));
+        upload.last_resort_kem_prekey = Some(lr.public().clone());
+        changes.account = Some(Write {
+            expected: None,
+            value: AccountRecord {
+                account_key: account_key.pickle(pickle_key, rng),
+                device: device.pickle(pickle_key, rng),
+                relay_url: relay_url.to_owned(),
+                signed_prekey_id: 1,
+                next_one_time_id: 1 + ONE_TIME_BATCH,
+                next_kem_id: 1 + KEM_BATCH,
+                last_seq: 0,
+            },
+        });
+        changes
+            .device_lists
+            .push((account_key.account_id(), device_list.signed().as_bytes().to_vec()));
+        Ok(NewAccount {
+            changes,
+            device_list,
+            prekeys: upload,
+        })
+    }
+
+    /// Loads the machine from a store snapshot.
+    pub fn load(snapshot: Snapshot, pickle_key: PickleKey, rng: ChaCha20Rng) -> Result<Self, MachineError> {
+        let account = snapshot.account.ok_or(MachineError::NoAccount)?;
+        let account_key = AccountKey::unpickle(&account.value.account_key, &pickle_key)?;
+        let device = Device::unpickle(&account.value.device, &pickle_key)?;
+        let mut lists = HashMap::new();
+        for (a, bytes) in snapshot.device_lists {
+            let list = SignedDeviceList::from_bytes(&bytes)
+                .map_err(DeviceListError::from)?
+                .verify(&a)?;
+            lists.insert(a, list);
+        }
+        let mut seen = Seen::new();
+        for id in snapshot.recent_ids.into_iter().rev() {
+            seen.insert(id);
+        }
+        Ok(Self {
+            rng,
+            pickle_key,
+            account_key,
+            device,
+            account,
+            lists,
+            sessions: snapshot.sessions.into_iter().collect(),
+            prekeys: snapshot.prekeys.into_iter().collect(),
+            conversations: snapshot.conversations.into_iter().map(|c| c.peer).collect(),
+            seen,
+        })
+    }
+
+    /// Updates the cached state after `changes` were committed.
+    pub fn apply(&mut self, changes: &Changes, committed: &Committed) {
+        if let (Some(w), Some(v)) = (&changes.account, committed.account_version) {
+            self.account = Versioned {
+                version: v,
+                value: w.value.clone(),
+            };
+        }
+        for ((peer, w), v) in changes.sessions.iter().zip(&committed.session_versions) {
+            self.sessions.insert(
+                *peer,
+                Versioned {
+                    version: *v,
+                    value: w.value.clone(),
+                },
+            );
+        }
+        for id in &changes.prekeys_removed {
+            self.prekeys.remove(id);
+        }
+        for (id, p) in &changes.prekeys_added {
+            self.prekeys.insert(*id, p.clone());
+        }
+        for (a, bytes) in &changes.device_lists {
+            if let Ok(list) = SignedDeviceList::from_bytes(bytes)
+                .map_err(DeviceListError::from)
+                .and_then(|s| s.verify(a))
+            {
+                self.lists.insert(*a, list);
+            }
+        }
+        for c in &changes.conversations {
+            self.conversations.insert(c.peer);
+        }
+        for m in &changes.messages {
+            self.seen.insert(m.id);
+        }
+    }
+
+    /// This account's id.
+    pub fn account_id(&self) -> AccountId {
+        self.device.account_id()
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> DeviceId {
+        self.device.device_id()
+    }
+
+    /// This device's keys (for relay authentication).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The account key (every device of the account holds it; it signs device lists).
+    pub fn account_key(&self) -> &AccountKey {
+        &self.account_key
+    }
+
+    /// The relay URL the account was created with.
+    pub fn relay_url(&self) -> &str {
+        &self.account.value.relay_url
+    }
+
+    /// The highest processed mailbox seq.
+    pub fn last_seq(&self) -> u64 {
+        self.account.value.last_seq
+    }
+
+    /// The pinned device list of an account.
+    pub fn device_list(&self, account: &AccountId) -> Option<&DeviceList> {
+        self.lists.get(account)
+    }
+
+    /// This account's pinned device list.
+    pub fn own_device_list(&self) -> Option<&DeviceList> {
+        self.lists.get(&self.account_id())
+    }
+
+    /// The conversations (contacts).
+    pub fn conversations(&self) -> impl Iterator<Item = &AccountId> {
+        self.conversations.iter()
+    }
+
+    /// The safety number with a contact whose device list is pinned.
+    pub fn safety_number(&self, contact: &AccountId) -> Option<SafetyNumber> {
+        let theirs = self.lists.get(contact)?;
+        Some(SafetyNumber::new(&self.account_key.public_key(), &theirs.account_key()))
+    }
+
+    /// Draws from the machine's generator (message ids, the transport's jitter).
+    pub fn rng(&mut self) -> &mut ChaCha20Rng {
+        &mut self.rng
+    }
+
+    /// A signed prekey of this device, for re-uploading it.
+    fn prekey_public_upload(&self) -> Result<PreKeyUpload, MachineError> {
+        let mut upload = PreKeyUpload::default();
+        if let Some(p) = self
+            .prekeys
+            .get(&(PreKeyKind::Signed as u8, self.account.value.signed_prekey_id))
+        {
+            upload.signed_prekey = Some(X25519PreKeySecret::unpickle(p, &self.pickle_key)?.public().clone());
+        }
+        if let Some(p) = self.prekeys.get(&(PreKeyKind::KemLastResort as u8, LAST_RESORT_KEM_ID)) {
+            upload.last_resort_kem_prekey = Some(KemPreKeySecret::unpickle(p, &self.pickle_key)?.public().clone());
+        }
+        Ok(upload)
+    }
+
+    /// Given the relay's prekey counts, new prekeys to upload (and the changes that keep
+    /// their secrets), or `None` when the relay holds enough.
+    pub fn refill_prekeys(&mut self, counts: &PreKeyCounts) -> Result<Option<(Changes, PreKeyUpload)>, MachineError> {
+        let mut upload = if counts.has_signed_prekey && counts.has_last_resort {
+            PreKeyUpload::default()
+        } else {
+            let all = self.prekey_public_upload()?;
+            PreKeyUpload {
+                signed_prekey: all.signed_prekey.filter(|_| !counts.has_signed_prekey),
+                last_resort_kem_prekey: all.last_resort_kem_prekey.filter(|_| !counts.has_last_resort),
+                ..PreKeyUpload::default()
+            }
+        };
+        let mut changes = Changes::default();
+        let mut record = self.account.value.clone();
+        if counts.one_time < ONE_TIME_LOW {
+            one_time_prekeys(
+                &self.device,
+                record.next_one_time_id,
+                ONE_TIME_BATCH,
+                &mut self.rng,
+                &self.pickle_key,
+                &mut changes,
+                &mut upload,
+            );
+            record.next_one_time_id = record.next_one_time_id.wrapping_add(ONE_TIME_BATCH);
+        }
+        if counts.kem_one_time < KEM_LOW {
+            kem_prekeys(
+                &self.device,
+                record.next_kem_id,
+                KEM_BATCH,
+                &mut self.rng,
+                &self.pickle_key,
+                &mut changes,
+                &mut upload,
+            );
+            record.next_kem_id = record.next_kem_id.wrapping_add(KEM_BATCH);
+        }
+        if upload == PreKeyUpload::default() {
+            return Ok(None);
+        }
+        if record != self.account.value {
+            changes.account = Some(Write {
+                expected: Some(self.account.version),
+                value: record,
+            });
+        }
+        Ok(Some((changes, upload)))
+    }
+
+    /// Adds a contact: creates the conversation. Its device list must be pinned first
+    /// ([`Machine::receive_device_list`]).
+    pub fn add_contact(&mut self, contact: AccountId) -> Result<Changes, MachineError> {
+        if contact == self.account_id() {
+            return Err(MachineError::OwnAccount);
+        }
+        Ok(Changes {
+            conversations: vec![ConversationRecord { peer: contact }],
+            ..Changes::default()
+        })
+    }
+
+    /// Writes a text into the outbox and the conversation (status `Queued`).
+    pub fn queue_text(
+        &mut self,
+        to: AccountId,
+        text: &str,
+        now_ms: u64,
+    ) -> Result<(Changes, StoredMessage), MachineError> {
+        if to == self.account_id() {
+            return Err(MachineError::OwnAccount);
+        }
+        if text.len() > MAX_TEXT_LEN {
+            return Err(MachineError::TextTooLong {
+                len: text.len(),
+                max: MAX_TEXT_LEN,
+            });
+        }
+        let id = MessageId::new(now_ms, &mut self.rng);
+        let content = Content {
+            message_id: id,
+            timestamp_ms: now_ms,
+            kind: ContentKind::Text { text: text.to_owned() },
+        };
+        let message = StoredMessage {
+            id,
+            conversation: to,
+            sender: (self.account_id(), self.device_id()),
+            timestamp_ms: now_ms,
+            text: text.to_owned(),
+            status: MessageStatus::Queued,
+            order: 0,
+        };
+        let changes = Changes {
+            conversations: vec![ConversationRecord { peer: to }],
+            messages: vec![message.clone()],
+            outbox_add: vec![OutboxItem {
+                id,
+                to,
+                content: content.encode(),
+            }],
+            ..Changes::default()
+        };
+        Ok((changes, message))
+    }
+
+    /// Verifies and pins a device list for `account`. Returns the changes (empty when the
+    /// list is the pinned one) and the change of the device set, if any.
+    pub fn receive_device_list(
+        &mut self,
+        account: &AccountId,
+        signed: &[u8],
+    ) -> Result<(Changes, Option<DeviceListChange>), DeviceListError> {
+        let list = SignedDeviceList::from_bytes(signed)?.verify(account)?;
+        let change = match self.lists.get(account) {
+            Some(pinned) => {
+                let change = pinned.check_update(&list)?;
+                if list.version() == pinned.version() {
+                    return Ok((Changes::default(), None));
+                }
+                change
+            }
+            None => DeviceListChange {
+                added: list.devices().iter().map(|d| d.device_id).collect(),
+                ..DeviceListChange::default()
+            },
+        };
+        let changes = Changes {
+            device_lists: vec![(*account, signed.to_vec())],
+            ..Changes::default()
+        };
+        Ok((changes, Some(change)))
+    }
+
+    /// True when this device is in its account's pinned list.
+    pub fn is_listed(&self) -> bool {
+        self.own_device_list()
+            .is_some_and(|l| l.contains(&self.device.identity()))
+    }
+
+    fn load_sessions(&self, peer: &PeerDevice) -> Result<Vec<Session>, MachineError> {
+        match self.sessions.get(peer) {
+            Some(set) => set
+                .value
+                .sessions
+                .iter()
+                .map(|p| Session::unpickle(p, &self.pickle_key).map_err(MachineError::from))
+                .collect(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn has_usable_session(&self, identity: &DeviceIdentity) -> bool {
+        let peer = (identity.account_id, identity.device_id);
+        let Some(set) = self.sessions.get(&peer) else {
+            return false;
+        };
+        let Some(first) = set.value.sessions.first() else {
+            return false;
+        };
+        Session::unpickle(first, &self.pickle_key).is_ok_and(|s| s.remote().ct_eq(identity))
+    }
+
+    /// Session-set write: `front` becomes active, followed by `rest` (pickles), capped.
+    fn session_write(
+        &mut self,
+        peer: PeerDevice,
+        front: &Session,
+        rest: Vec<Vec<u8>>,
+    ) -> (PeerDevice, Write<SessionSet>) {
+        let mut sessions = Vec::with_capacity(rest.len() + 1);
+        sessions.push(front.pickle(&self.pickle_key, &mut self.rng));
+        sessions.extend(rest);
+        sessions.truncate(MAX_SESSIONS_PER_DEVICE);
+        (
+            peer,
+            Write {
+                expected: self.sessions.get(&peer).map(|s| s.version),
+                value: SessionSet { sessions },
+            },
+        )
+    }
+
+    /// Creates sessions from fetched bundles, for devices listed in the pinned list that
+    /// have no usable session. A bundle that does not verify is skipped (the device stays
+    /// without a session and the next attempt fetches again).
+    pub fn receive_bundles(&mut self, account: &AccountId, bundles: &[PreKeyBundle]) -> Result<Changes, MachineError> {
+        let mut changes = Changes::default();
+        let Some(list) = self.lists.get(account).cloned() else {
+            return Ok(changes);
+        };
+        for b in bundles {
+            if b.identity.account_id != *account || self.has_usable_session(&b.identity) {
+                continue;
+            }
+            let Ok(session) = sotto_crypto::initiate(&self.device, &list, b, &mut self.rng) else {
+                continue;
+            };
+            let peer = (*account, b.identity.device_id);
+            let rest = self
+                .sessions
+                .get(&peer)
+                .map(|s| s.value.sessions.clone())
+                .unwrap_or_default();
+            changes.sessions.push(self.session_write(peer, &session, rest));
+        }
+        Ok(changes)
+    }
+
+    /// Every device a message to `to` goes to: all of `to`'s devices and this account's
+    /// other devices.
+    fn fan_out(&self, to: &AccountId) -> Result<Vec<DeviceIdentity>, Vec<Need>> {
+        let mut needs = Vec::new();
+        let mut targets = Vec::new();
+        let own = self.account_id();
+        for account in [*to, own] {
+            let Some(list) = self.lists.get(&account) else {
+                needs.push(Need::DeviceList(account));
+                continue;
+            };
+            let mut missing = Vec::new();
+            for d in list.devices() {
+                if account == own && d.device_id == self.device_id() {
+                    continue;
+                }
+                let Some(identity) = list.identity(d.device_id) else {
+                    continue;
+                };
+                if !self.has_usable_session(&identity) {
+                    missing.push(d.device_id);
+                }
+                targets.push(identity);
+            }
+            if !missing.is_empty() {
+                needs.push(Need::Bundles(account, missing));
+            }
+        }
+        if needs.is_empty() { Ok(targets) } else { Err(needs) }
+    }
+
+    /// Encrypts an outbox item for every device: the contact's devices get the content,
+    /// this account's other devices a sync transcript (for texts). Needs a session with
+    /// each; otherwise says what to fetch.
+    pub fn prepare_send(&mut self, item: &OutboxItem) -> Result<SendPlan, MachineError> {
+        let content = Content::decode(&item.content)?;
+        let targets = match self.fan_out(&item.to) {
+            Ok(t) => t,
+            Err(needs) => return Ok(SendPlan::Need(needs)),
+        };
+        let transcript = match &content.kind {
+            ContentKind::Text { text } => Some(
+                Content {
+                    message_id: content.message_id,
+                    timestamp_ms: content.timestamp_ms,
+                    kind: ContentKind::SyncTranscript {
+                        conversation: item.to,
+                        text: text.clone(),
+                    },
+                }
+                .encode(),
+            ),
+            _ => None,
+        };
+        let own = self.account_id();
+        let mut changes = Changes::default();
+        let mut recipients = Vec::with_capacity(targets.len());
+        for identity in targets {
+            let plaintext = if identity.account_id == own {
+                match &transcript {
+                    Some(t) => t,
+                    None => continue,
+                }
+            } else {
+                &item.content
+            };
+            let peer = (identity.account_id, identity.device_id);
+            let mut sessions = self.load_sessions(&peer)?;
+            if sessions.is_empty() {
+                return Ok(SendPlan::Need(vec![Need::Bundles(
+                    identity.account_id,
+                    vec![identity.device_id],
+                )]));
+            }
+            let mut active = sessions.remove(0);
+            let out = active.encrypt(plaintext, &mut self.rng)?;
+            let envelope = sotto_crypto::seal(
+                &self.device,
+                &identity.identity_key,
+                out.message_type as u8,
+                &out.bytes,
+                &mut self.rng,
+            )?;
+            let rest = self
+                .sessions
+                .get(&peer)
+                .map(|s| s.value.sessions.iter().skip(1).cloned().collect())
+                .unwrap_or_default();
+            changes.sessions.push(self.session_write(peer, &active, rest));
+            recipients.push(Recipient {
+                account_id: identity.account_id,
+                device_id: identity.device_id,
+                envelope,
+            });
+        }
+        Ok(SendPlan::Ready { changes, recipients })
+    }
+
+    /// The relay stored an outbox item: drop it from the outbox and mark the message sent.
+    pub fn mark_sent(&self, item: &OutboxItem) -> (Changes, Option<Event>) {
+        let is_text = Content::decode(&item.content).is_ok_and(|c| matches!(c.kind, ContentKind::Text { .. }));
+        let changes = Changes {
+            outbox_remove: vec![item.id],
+            message_status: if is_text {
+                vec![(item.id, MessageStatus::Sent)]
+            } else {
+                Vec::new()
+            },
+            ..Changes::default()
+        };
+        let event = is_text.then_some(Event::MessageSent {
+            id: item.id,
+            conversation: item.to,
+        });
+        (changes, event)
+    }
+
+    /// Gives up an outbox item.
+    pub fn give_up(&self, item: &OutboxItem, reason: String) -> (Changes, Event) {
+        (
+            Changes {
+                outbox_remove: vec![item.id],
+                ..Changes::default()
+            },
+            Event::SendFailed { id: item.id, reason },
+        )
+    }
+
+    fn seq_changes(&self, seq: u64) -> Changes {
+        let mut record = self.account.value.clone();
+        record.last_seq = record.last_seq.max(seq);
+        Changes {
+            account: Some(Write {
+                expected: Some(self.account.version),
+                value: record,
+            }),
+            ..Changes::default()
+        }
+    }
+
+    fn undecryptable(&self, seq: u64, sender: Option<PeerDevice>, cause: UndecryptableCause) -> Inbound {
+        Inbound::Done {
+            changes: self.seq_changes(seq),
+            events: vec![Event::Undecryptable { sender, cause }],
+        }
+    }
+
+    /// Processes one envelope from the mailbox (seq `seq`). Envelopes at or below the
+    /// last processed seq are skipped (a second delivery after a lost ack). Call with
+    /// `refreshed = true` after feeding the device list a [`Need`] asked for.
+    pub fn receive_envelope(&mut self, seq: u64, envelope: &[u8], refreshed: bool) -> Inbound {
+        if seq != 0 && seq <= self.account.value.last_seq {
+            return Inbound::Done {
+                changes: Changes::default(),
+                events: Vec::new(),
+            };
+        }
+        let opened = match sotto_crypto::open(&self.device, envelope) {
+            Ok(o) => o,
+            Err(e) => return self.undecryptable(seq, None, UndecryptableCause::Envelope(e)),
+        };
+        let sender = opened.sender;
+        let peer = (sender.account_id, sender.device_id);
+        let listed = match self.lists.get(&sender.account_id) {
+            None => None,
+            Some(list) => Some(list.contains(&sender)),
+        };
+        match listed {
+            Some(true) => {}
+            None | Some(false) if !refreshed => return Inbound::Need(Need::DeviceList(sender.account_id)),
+            None => return self.undecryptable(seq, Some(peer), UndecryptableCause::UnknownSender),
+            Some(false) => return self.undecryptable(seq, Some(peer), UndecryptableCause::SenderNotListed),
+        }
+        let mut changes = self.seq_changes(seq);
+        let decrypted = match MessageType::from_byte(opened.content_type) {
+            Some(MessageType::Ratchet) => self.decrypt_ratchet(&sender, &opened.content, &mut changes),
+            Some(MessageType::PreKey) => self.decrypt_prekey(&sender, &opened.content, &mut changes),
+            None => Err(UndecryptableCause::UnknownContentType(opened.content_type)),
+        };
+        let plaintext = match decrypted {
+            Ok(p) => p,
+            Err(cause) => return self.undecryptable(seq, Some(peer), cause),
+        };
+        let mut events = Vec::new();
+        match Content::decode(&plaintext) {
+            Err(e) => events.push(Event::Undecryptable {
+                sender: Some(peer),
+                cause: UndecryptableCause::Content(e),
+            }),
+            Ok(content) => self.accept(peer, content, &mut changes, &mut events),
+        }
+        Inbound::Done { changes, events }
+    }
+
+    fn accept(&mut self, peer: PeerDevice, content: Content, changes: &mut Changes, events: &mut Vec<Event>) {
+        let own = self.account_id();
+        let message = |conversation, text, status| StoredMessage {
+            id: content.message_id,
+            conversation,
+            sender: peer,
+            timestamp_ms: content.timestamp_ms,
+            text,
+            status,
+            order: 0,
+        };
+        let stored = match content.kind {
+            ContentKind::Text { text } if peer.0 != own => message(peer.0, text, MessageStatus::Received),
+            ContentKind::SyncTranscript { conversation, text } if peer.0 == own && conversation != own => {
+                message(conversation, text, MessageStatus::SentElsewhere)
+            }
+            ContentKind::Delivered { message_ids } if peer.0 != own => {
+                changes
+                    .message_status
+                    .extend(message_ids.iter().map(|id| (*id, MessageStatus::Delivered)));
+                events.push(Event::Delivered {
+                    ids: message_ids,
+                    by: peer,
+                });
+                return;
+            }
+            _ => {
+                events.push(Event::Undecryptable {
+                    sender: Some(peer),
+                    cause: UndecryptableCause::WrongSender,
+                });
+                return;
+            }
+        };
+        if self.seen.contains(&stored.id) || changes.messages.iter().any(|m| m.id == stored.id) {
+            return;
+        }
+        if !self.conversations.contains(&stored.conversation) {
+            changes.conversations.push(ConversationRecord {
+                peer: stored.conversation,
+            });
+        }
+        events.push(Event::MessageReceived(stored.clone()));
+        changes.messages.push(stored);
+    }
+
+    fn decrypt_ratchet(
+        &mut self,
+        sender: &DeviceIdentity,
+        message: &[u8],
+        changes: &mut Changes,
+    ) -> Result<Vec<u8>, UndecryptableCause> {
+        let peer = (sender.account_id, sender.device_id);
+        let pickles = self
+            .sessions
+            .get(&peer)
+            .map(|s| s.value.sessions.clone())
+            .unwrap_or_default();
+        let mut last = UndecryptableCause::NoSession;
+        for (i, p) in pickles.iter().enumerate() {
+            let Ok(mut session) = Session::unpickle(p, &self.pickle_key) else {
+                continue;
+            };
+            if !session.remote().ct_eq(sender) {
+                last = UndecryptableCause::SenderMismatch;
+                continue;
+            }
+            match session.decrypt(MessageType::Ratchet, message) {
+                Ok(plain) => {
+                    let rest = pickles
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, p)| p.clone())
+                        .collect();
+                    changes.sessions.push(self.session_write(peer, &session, rest));
+                    return Ok(plain);
+                }
+                Err(DecryptError::Duplicate { .. }) => last = UndecryptableCause::Duplicate,
+                Err(e) => {
+                    if last != UndecryptableCause::Duplicate {
+                        last = UndecryptableCause::Decrypt(e);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn decrypt_prekey(
+        &mut self,
+        sender: &DeviceIdentity,
+        bytes: &[u8],
+        changes: &mut Changes,
+    ) -> Result<Vec<u8>, UndecryptableCause> {
+        let message = PreKeyMessage::decode(bytes).map_err(|e| UndecryptableCause::Decrypt(DecryptError::Decode(e)))?;
+        if !message.initiator.ct_eq(sender) {
+            return Err(UndecryptableCause::SenderMismatch);
+        }
+        let peer = (sender.account_id, sender.device_id);
+        let pickles = self
+            .sessions
+            .get(&peer)
+            .map(|s| s.value.sessions.clone())
+            .unwrap_or_default();
+        // §5.10: a session with this base key takes the message (§6.17).
+        for (i, p) in pickles.iter().enumerate() {
+            let Ok(mut session) = Session::unpickle(p, &self.pickle_key) else {
+                continue;
+            };
+            if session.base_key() != &message.base_key || !session.remote().ct_eq(sender) {
+                continue;
+            }
+            return match session.decrypt(MessageType::PreKey, bytes) {
+                Ok(plain) => {
+                    let rest = pickles
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, p)| p.clone())
+                        .collect();
+                    changes.sessions.push(self.session_write(peer, &session, rest));
+                    Ok(plain)
+                }
+                Err(DecryptError::Duplicate { .. }) => Err(UndecryptableCause::Duplicate),
+                Err(e) => Err(UndecryptableCause::Decrypt(e)),
+            };
+        }
+        let Some(list) = self.lists.get(&sender.account_id) else {
+            return Err(UndecryptableCause::UnknownSender);
+        };
+        let load_x = |id: PreKeyId| -> Option<X25519PreKeySecret> {
+            self.prekeys
+                .get(&id)
+                .and_then(|p| X25519PreKeySecret::unpickle(p, &self.pickle_key).ok())
+        };
+        let spk =
+            load_x((PreKeyKind::Signed as u8, message.signed_prekey_id)).ok_or(UndecryptableCause::UnknownPreKey)?;
+        let opk = match message.one_time_prekey_id {
+            Some(id) => Some(load_x((PreKeyKind::OneTime as u8, id)).ok_or(UndecryptableCause::UnknownPreKey)?),
+            None => None,
+        };
+        let kem_id = (message.kem_prekey.0 as u8, message.kem_prekey.1);
+        let kem = self
+            .prekeys
+            .get(&kem_id)
+            .and_then(|p| KemPreKeySecret::unpickle(p, &self.pickle_key).ok())
+            .ok_or(UndecryptableCause::UnknownPreKey)?;
+        let responded = sotto_crypto::respond(&self.device, list, &message, &spk, opk.as_ref(), &kem)
+            .map_err(UndecryptableCause::PreKey)?;
+        // §5.9: delete the one-time keys in the transaction that saves the session.
+        if let Some(id) = responded.used.one_time_prekey_id {
+            changes.prekeys_removed.push((PreKeyKind::OneTime as u8, id));
+        }
+        if responded.used.kem_prekey.0 == PreKeyKind::KemOneTime {
+            changes.prekeys_removed.push(kem_id);
+        }
+        changes
+            .sessions
+            .push(self.session_write(peer, &responded.session, pickles));
+        Ok(responded.plaintext)
+    }
+}
+
+#[cfg(test)]
+mod tests;

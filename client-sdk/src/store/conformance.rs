@@ -1,0 +1,398 @@
+//! The store conformance suite. Every backend runs it through
+//! [`store_conformance_tests!`](crate::store_conformance_tests), which expands to one
+//! `#[tokio::test]` per check with a fresh store from the given async expression.
+
+use sotto_crypto::{AccountId, DeviceId};
+
+use super::{
+    AccountRecord, Changes, ConversationRecord, MessageStatus, OutboxItem, Page, SessionSet, Store, StoreError,
+    StoredMessage, Write,
+};
+use crate::ids::MessageId;
+
+/// Expands to the conformance tests for a store made by `$make` (an async expression).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@each $make;
+            account_cas, sessions_cas_and_atomicity, prekey_delete_is_single_use,
+            messages_dedupe_order_and_pages, message_status, outbox_fifo,
+            device_lists_and_conversations);
+    };
+    (@each $make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let store = $make;
+                $crate::store::conformance::$name(&store).await;
+            }
+        )*
+    };
+}
+
+fn account(seq: u64) -> AccountRecord {
+    AccountRecord {
+        account_key: vec![1; 40],
+        device: vec![2; 80],
+        relay_url: "http://127.0.0.1:1".into(),
+        signed_prekey_id: 1,
+        next_one_time_id: 101,
+        next_kem_id: 21,
+        last_seq: seq,
+    }
+}
+
+fn peer(n: u8) -> (AccountId, DeviceId) {
+    (AccountId([n; 32]), DeviceId(u32::from(n)))
+}
+
+fn message(id: u8, conv: u8, text: &str) -> StoredMessage {
+    StoredMessage {
+        id: MessageId([id; 16]),
+        conversation: AccountId([conv; 32]),
+        sender: peer(conv),
+        timestamp_ms: u64::from(id),
+        text: text.into(),
+        status: MessageStatus::Received,
+        order: 0,
+    }
+}
+
+/// The account row: create once, then compare-and-swap.
+pub async fn account_cas(s: &impl Store) {
+    assert!(s.load_account().await.unwrap().is_none());
+    let c = s
+        .commit(Changes {
+            account: Some(Write {
+                expected: None,
+                value: account(0),
+            }),
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.account_version, Some(1));
+    let again = s
+        .commit(Changes {
+            account: Some(Write {
+                expected: None,
+                value: account(0),
+            }),
+            ..Changes::default()
+        })
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict)));
+    s.commit(Changes {
+        account: Some(Write {
+            expected: Some(1),
+            value: account(7),
+        }),
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let stale = s
+        .commit(Changes {
+            account: Some(Write {
+                expected: Some(1),
+                value: account(9),
+            }),
+            ..Changes::default()
+        })
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict)));
+    let a = s.load_account().await.unwrap().unwrap();
+    assert_eq!(a.version, 2);
+    assert_eq!(a.value, account(7));
+}
+
+/// Sessions are versioned; a conflicting commit writes nothing at all.
+pub async fn sessions_cas_and_atomicity(s: &impl Store) {
+    let set = |n: u8| SessionSet {
+        sessions: vec![vec![n; 100], vec![n + 1; 50]],
+    };
+    let c = s
+        .commit(Changes {
+            sessions: vec![
+                (
+                    peer(1),
+                    Write {
+                        expected: None,
+                        value: set(1),
+                    },
+                ),
+                (
+                    peer(2),
+                    Write {
+                        expected: None,
+                        value: set(2),
+                    },
+                ),
+            ],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.session_versions, vec![1, 1]);
+    // One good write and one stale write: neither lands, nor the message with them.
+    let bad = s
+        .commit(Changes {
+            sessions: vec![
+                (
+                    peer(1),
+                    Write {
+                        expected: Some(1),
+                        value: set(9),
+                    },
+                ),
+                (
+                    peer(2),
+                    Write {
+                        expected: Some(5),
+                        value: set(9),
+                    },
+                ),
+            ],
+            messages: vec![message(1, 1, "lost")],
+            ..Changes::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::Conflict)));
+    let mut all = s.load_sessions().await.unwrap();
+    all.sort_by_key(|(p, _)| *p);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].0, peer(1));
+    assert_eq!(all[0].1.version, 1);
+    assert_eq!(all[0].1.value, set(1));
+    assert!(
+        s.messages(AccountId([1; 32]), Page::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.commit(Changes {
+        sessions: vec![(
+            peer(1),
+            Write {
+                expected: Some(1),
+                value: set(3),
+            },
+        )],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let all = s.load_sessions().await.unwrap();
+    let p1 = all.iter().find(|(p, _)| *p == peer(1)).unwrap();
+    assert_eq!(p1.1.version, 2);
+    assert_eq!(p1.1.value, set(3));
+}
+
+/// A one-time prekey deletes once; the second deletion is a conflict and rolls back the
+/// session written with it.
+pub async fn prekey_delete_is_single_use(s: &impl Store) {
+    s.commit(Changes {
+        prekeys_added: vec![((2, 7), vec![7; 60]), ((3, 8), vec![8; 60]), ((1, 1), vec![1; 60])],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let mut pk = s.load_prekeys().await.unwrap();
+    pk.sort();
+    assert_eq!(pk.len(), 3);
+    assert_eq!(pk[1], ((2, 7), vec![7; 60]));
+    s.commit(Changes {
+        prekeys_removed: vec![(2, 7), (3, 8)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let twice = s
+        .commit(Changes {
+            prekeys_removed: vec![(2, 7)],
+            sessions: vec![(
+                peer(4),
+                Write {
+                    expected: None,
+                    value: SessionSet::default(),
+                },
+            )],
+            ..Changes::default()
+        })
+        .await;
+    assert!(matches!(twice, Err(StoreError::Conflict)));
+    assert!(s.load_sessions().await.unwrap().is_empty());
+    assert_eq!(s.load_prekeys().await.unwrap(), vec![((1, 1), vec![1; 60])]);
+}
+
+/// Messages: a second insert of an id is skipped; pages come oldest first.
+pub async fn messages_dedupe_order_and_pages(s: &impl Store) {
+    let mut inserted = Vec::new();
+    for i in 1..=30u8 {
+        let conv = if i % 3 == 0 { 2 } else { 1 };
+        let c = s
+            .commit(Changes {
+                messages: vec![message(i, conv, &format!("m{i}"))],
+                ..Changes::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(c.inserted.len(), 1);
+        inserted.push(c.inserted[0].1);
+    }
+    assert!(inserted.windows(2).all(|w| w[0] < w[1]));
+    let dup = s
+        .commit(Changes {
+            messages: vec![message(5, 1, "again"), message(31, 1, "m31")],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dup.inserted.len(), 1);
+    assert_eq!(dup.inserted[0].0, MessageId([31; 16]));
+    let all = s
+        .messages(
+            AccountId([1; 32]),
+            Page {
+                before: None,
+                limit: 1000,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 21);
+    assert_eq!(all[0].text, "m1");
+    assert_eq!(all[20].text, "m31");
+    assert!(all.windows(2).all(|w| w[0].order < w[1].order));
+    assert_eq!(all.iter().filter(|m| m.id == MessageId([5; 16])).count(), 1);
+    assert_eq!(all.iter().find(|m| m.id == MessageId([5; 16])).unwrap().text, "m5");
+    let last = s
+        .messages(AccountId([1; 32]), Page { before: None, limit: 5 })
+        .await
+        .unwrap();
+    assert_eq!(
+        last.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["m25", "m26", "m28", "m29", "m31"]
+    );
+    let before = s
+        .messages(
+            AccountId([1; 32]),
+            Page {
+                before: Some(last[0].order),
+                limit: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        before.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["m22", "m23"]
+    );
+    let recent = s.recent_message_ids(2).await.unwrap();
+    assert_eq!(recent, vec![MessageId([31; 16]), MessageId([30; 16])]);
+}
+
+/// Status updates change one message.
+pub async fn message_status(s: &impl Store) {
+    let mut m = message(1, 1, "hello");
+    m.status = MessageStatus::Queued;
+    s.commit(Changes {
+        messages: vec![m, message(2, 1, "other")],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    s.commit(Changes {
+        message_status: vec![
+            (MessageId([1; 16]), MessageStatus::Sent),
+            (MessageId([99; 16]), MessageStatus::Sent),
+        ],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let all = s.messages(AccountId([1; 32]), Page::default()).await.unwrap();
+    assert_eq!(all[0].status, MessageStatus::Sent);
+    assert_eq!(all[0].text, "hello");
+    assert_eq!(all[1].status, MessageStatus::Received);
+}
+
+/// The outbox is first in, first out; adding an id twice keeps one.
+pub async fn outbox_fifo(s: &impl Store) {
+    let item = |n: u8| OutboxItem {
+        id: MessageId([n; 16]),
+        to: AccountId([9; 32]),
+        content: vec![n; 10],
+    };
+    for n in [3u8, 1, 2] {
+        s.commit(Changes {
+            outbox_add: vec![item(n)],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    }
+    s.commit(Changes {
+        outbox_add: vec![item(1)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let ids: Vec<u8> = s.outbox(10).await.unwrap().iter().map(|i| i.id.0[0]).collect();
+    assert_eq!(ids, [3, 1, 2]);
+    assert_eq!(s.outbox(1).await.unwrap(), vec![item(3)]);
+    s.commit(Changes {
+        outbox_remove: vec![MessageId([3; 16])],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let ids: Vec<u8> = s.outbox(10).await.unwrap().iter().map(|i| i.id.0[0]).collect();
+    assert_eq!(ids, [1, 2]);
+}
+
+/// Device lists are replaced; conversations are created once.
+pub async fn device_lists_and_conversations(s: &impl Store) {
+    s.commit(Changes {
+        device_lists: vec![(AccountId([1; 32]), vec![1; 183]), (AccountId([2; 32]), vec![2; 183])],
+        conversations: vec![ConversationRecord {
+            peer: AccountId([2; 32]),
+        }],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    s.commit(Changes {
+        device_lists: vec![(AccountId([1; 32]), vec![3; 251])],
+        conversations: vec![
+            ConversationRecord {
+                peer: AccountId([2; 32]),
+            },
+            ConversationRecord {
+                peer: AccountId([1; 32]),
+            },
+        ],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let mut lists = s.load_device_lists().await.unwrap();
+    lists.sort();
+    assert_eq!(
+        lists,
+        vec![(AccountId([1; 32]), vec![3; 251]), (AccountId([2; 32]), vec![2; 183])]
+    );
+    let mut convs = s.conversations().await.unwrap();
+    convs.sort_by_key(|c| c.peer);
+    assert_eq!(
+        convs,
+        vec![
+            ConversationRecord {
+                peer: AccountId([1; 32])
+            },
+            ConversationRecord {
+                peer: AccountId([2; 32])
+            }
+        ]
+    );
+}

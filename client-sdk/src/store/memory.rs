@@ -1,0 +1,203 @@
+//! The reference store: everything in memory, the same semantics as the SQLite store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use sotto_crypto::AccountId;
+
+use super::{
+    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, MAX_PAGE, MessageStore,
+    OutboxItem, OutboxStore, Page, PeerDevice, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError,
+    StoredMessage, Versioned,
+};
+use crate::ids::MessageId;
+
+#[derive(Default)]
+struct Inner {
+    account: Option<Versioned<AccountRecord>>,
+    sessions: BTreeMap<PeerDevice, Versioned<SessionSet>>,
+    prekeys: BTreeMap<PreKeyId, Vec<u8>>,
+    device_lists: BTreeMap<AccountId, Vec<u8>>,
+    conversations: BTreeMap<AccountId, ConversationRecord>,
+    messages: BTreeMap<u64, StoredMessage>,
+    message_index: HashMap<MessageId, u64>,
+    next_order: u64,
+    outbox: BTreeMap<u64, OutboxItem>,
+    next_outbox: u64,
+}
+
+/// An in-memory store. Cloning is not offered: share it behind an `Arc`.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied commit (commit
+        // checks everything before it changes anything), so a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn check_cas(current: Option<u64>, expected: Option<u64>) -> Result<u64, StoreError> {
+    if current != expected {
+        return Err(StoreError::Conflict);
+    }
+    Ok(expected.map_or(1, |v| v + 1))
+}
+
+impl AccountStore for MemoryStore {
+    async fn load_account(&self) -> Result<Option<Versioned<AccountRecord>>, StoreError> {
+        Ok(self.lock().account.clone())
+    }
+}
+
+impl SessionStore for MemoryStore {
+    async fn load_sessions(&self) -> Result<Vec<(PeerDevice, Versioned<SessionSet>)>, StoreError> {
+        Ok(self.lock().sessions.iter().map(|(k, v)| (*k, v.clone())).collect())
+    }
+}
+
+impl PreKeyStore for MemoryStore {
+    async fn load_prekeys(&self) -> Result<Vec<(PreKeyId, Vec<u8>)>, StoreError> {
+        Ok(self.lock().prekeys.iter().map(|(k, v)| (*k, v.clone())).collect())
+    }
+}
+
+impl DeviceListStore for MemoryStore {
+    async fn load_device_lists(&self) -> Result<Vec<(AccountId, Vec<u8>)>, StoreError> {
+        Ok(self.lock().device_lists.iter().map(|(k, v)| (*k, v.clone())).collect())
+    }
+}
+
+impl MessageStore for MemoryStore {
+    async fn conversations(&self) -> Result<Vec<ConversationRecord>, StoreError> {
+        Ok(self.lock().conversations.values().cloned().collect())
+    }
+
+    async fn messages(&self, conversation: AccountId, page: Page) -> Result<Vec<StoredMessage>, StoreError> {
+        let inner = self.lock();
+        let before = page.before.unwrap_or(u64::MAX);
+        let mut out: Vec<StoredMessage> = inner
+            .messages
+            .range(..before)
+            .rev()
+            .filter(|(_, m)| m.conversation == conversation)
+            .take(page.limit.min(MAX_PAGE) as usize)
+            .map(|(_, m)| m.clone())
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn recent_message_ids(&self, limit: u32) -> Result<Vec<MessageId>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .messages
+            .values()
+            .rev()
+            .take(limit as usize)
+            .map(|m| m.id)
+            .collect())
+    }
+}
+
+impl OutboxStore for MemoryStore {
+    async fn outbox(&self, limit: u32) -> Result<Vec<OutboxItem>, StoreError> {
+        Ok(self.lock().outbox.values().take(limit as usize).cloned().collect())
+    }
+}
+
+impl Store for MemoryStore {
+    async fn commit(&self, changes: Changes) -> Result<Committed, StoreError> {
+        let mut inner = self.lock();
+        // Check every precondition before changing anything.
+        let account_version = match &changes.account {
+            Some(w) => Some(check_cas(inner.account.as_ref().map(|a| a.version), w.expected)?),
+            None => None,
+        };
+        let mut session_versions = Vec::with_capacity(changes.sessions.len());
+        for (peer, w) in &changes.sessions {
+            session_versions.push(check_cas(inner.sessions.get(peer).map(|s| s.version), w.expected)?);
+        }
+        for id in &changes.prekeys_removed {
+            if !inner.prekeys.contains_key(id) {
+                return Err(StoreError::Conflict);
+            }
+        }
+        if let (Some(w), Some(v)) = (changes.account, account_version) {
+            inner.account = Some(Versioned {
+                version: v,
+                value: w.value,
+            });
+        }
+        for ((peer, w), v) in changes.sessions.into_iter().zip(&session_versions) {
+            inner.sessions.insert(
+                peer,
+                Versioned {
+                    version: *v,
+                    value: w.value,
+                },
+            );
+        }
+        for id in &changes.prekeys_removed {
+            inner.prekeys.remove(id);
+        }
+        for (id, p) in changes.prekeys_added {
+            inner.prekeys.insert(id, p);
+        }
+        for (a, l) in changes.device_lists {
+            inner.device_lists.insert(a, l);
+        }
+        for c in changes.conversations {
+            inner.conversations.entry(c.peer).or_insert(c);
+        }
+        let mut inserted = Vec::new();
+        for mut m in changes.messages {
+            if inner.message_index.contains_key(&m.id) {
+                continue;
+            }
+            inner.next_order += 1;
+            let order = inner.next_order;
+            m.order = order;
+            inner.message_index.insert(m.id, order);
+            inserted.push((m.id, order));
+            inner.messages.insert(order, m);
+        }
+        for (id, status) in changes.message_status {
+            if let Some(order) = inner.message_index.get(&id).copied()
+                && let Some(m) = inner.messages.get_mut(&order)
+            {
+                m.status = status;
+            }
+        }
+        for item in changes.outbox_add {
+            if inner.outbox.values().any(|i| i.id == item.id) {
+                continue;
+            }
+            inner.next_outbox += 1;
+            let n = inner.next_outbox;
+            inner.outbox.insert(n, item);
+        }
+        for id in changes.outbox_remove {
+            inner.outbox.retain(|_, i| i.id != id);
+        }
+        Ok(Committed {
+            inserted,
+            account_version,
+            session_versions,
+        })
+    }
+}

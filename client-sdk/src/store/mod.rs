@@ -1,0 +1,320 @@
+//! Storage: one small trait per concern, a combining [`Store`] trait whose
+//! [`commit`](Store::commit) writes one operation's [`Changes`] atomically, a memory
+//! store and (with the `native` feature) an encrypted SQLite store. The conformance
+//! suite [`store_conformance_tests!`](crate::store_conformance_tests) runs on both.
+//!
+//! Session and account rows carry a version and are written with compare-and-swap: a
+//! write names the version it read, and the commit fails with [`StoreError::Conflict`]
+//! if another process wrote the row since (the caller reloads and retries). Deleting a
+//! one-time prekey that is already gone is a conflict too, so two processes sharing a
+//! store can neither fork a ratchet nor use a one-time prekey twice.
+
+use std::future::Future;
+
+use sotto_crypto::codec::DecodeError;
+use sotto_crypto::{AccountId, DeviceId};
+use thiserror::Error;
+
+use crate::ids::MessageId;
+
+#[doc(hidden)]
+pub mod conformance;
+#[cfg(feature = "native")]
+mod crypt;
+pub mod memory;
+#[cfg(feature = "native")]
+mod records;
+#[cfg(feature = "native")]
+pub mod sqlite;
+
+pub use memory::MemoryStore;
+#[cfg(feature = "native")]
+pub use sqlite::{SqliteStore, StoreKey};
+
+/// `Send` on native targets; nothing on wasm32, whose futures are not `Send`.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSend: Send {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send> MaybeSend for T {}
+/// `Send` on native targets; nothing on wasm32, whose futures are not `Send`.
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSend {}
+#[cfg(target_arch = "wasm32")]
+impl<T> MaybeSend for T {}
+
+/// Why a store operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A compare-and-swap write found another version, or a one-time prekey to delete
+    /// was already gone: another process changed the store. Reload and retry.
+    #[error("the store changed underneath this operation")]
+    Conflict,
+    /// A stored value does not decrypt under the key given (wrong key or altered).
+    #[error("a stored value does not decrypt (wrong store key or altered)")]
+    Decrypt,
+    /// A stored value does not decode.
+    #[error("a stored value does not decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+/// A row and the version it was read at.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Versioned<T> {
+    /// The row's version: 1 after the first write, then one more per write.
+    pub version: u64,
+    /// The value.
+    pub value: T,
+}
+
+/// A compare-and-swap write: `expected` is the version read (`None`: the row must not exist).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Write<T> {
+    /// The version the writer read.
+    pub expected: Option<u64>,
+    /// The new value.
+    pub value: T,
+}
+
+/// This device's account state. Secret parts are pickles (encrypted by crypto-core).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// The account key pickle.
+    pub account_key: Vec<u8>,
+    /// The device pickle.
+    pub device: Vec<u8>,
+    /// The relay's base URL.
+    pub relay_url: String,
+    /// The current signed prekey's id.
+    pub signed_prekey_id: u32,
+    /// The next one-time X25519 prekey id.
+    pub next_one_time_id: u32,
+    /// The next ML-KEM prekey id.
+    pub next_kem_id: u32,
+    /// The highest mailbox seq whose envelope was processed and committed.
+    pub last_seq: u64,
+}
+
+impl std::fmt::Debug for AccountRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountRecord")
+            .field("signed_prekey_id", &self.signed_prekey_id)
+            .field("last_seq", &self.last_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A remote device: account and device id.
+pub type PeerDevice = (AccountId, DeviceId);
+
+/// The sessions with one remote device: pickles, the active one first, at most
+/// [`crate::machine::MAX_SESSIONS_PER_DEVICE`].
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SessionSet {
+    /// Session pickles, active first.
+    pub sessions: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SessionSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionSet")
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which prekey secret: kind byte (1 signed, 2 one-time, 3 ML-KEM one-time, 4 ML-KEM
+/// last resort) and id.
+pub type PreKeyId = (u8, u32);
+
+/// A conversation: a 1:1 chat with a contact's account.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ConversationRecord {
+    /// The contact's account id.
+    pub peer: AccountId,
+}
+
+/// Where a message is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+#[non_exhaustive]
+pub enum MessageStatus {
+    /// Received from a contact.
+    Received,
+    /// Written here, waiting in the outbox.
+    Queued,
+    /// Stored by the relay for every device.
+    Sent,
+    /// A device of the contact reported it stored.
+    Delivered,
+    /// Sent from another device of this account (a sync transcript).
+    SentElsewhere,
+}
+
+impl MessageStatus {
+    /// True for messages this account wrote.
+    pub fn is_outgoing(self) -> bool {
+        !matches!(self, Self::Received)
+    }
+}
+
+/// A message in a conversation.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StoredMessage {
+    /// The message id.
+    pub id: MessageId,
+    /// The conversation (the contact's account id).
+    pub conversation: AccountId,
+    /// The device that wrote it.
+    pub sender: PeerDevice,
+    /// The sender's timestamp, Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// The text.
+    pub text: String,
+    /// Its state.
+    pub status: MessageStatus,
+    /// Its place in the store: increasing in the order messages were stored (set by the
+    /// store; ignored on insert).
+    pub order: u64,
+}
+
+/// A message waiting to be sent: the content and the account it goes to.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OutboxItem {
+    /// The id (the content's message id).
+    pub id: MessageId,
+    /// The recipient account.
+    pub to: AccountId,
+    /// The encoded [`crate::content::Content`].
+    pub content: Vec<u8>,
+}
+
+/// A page of a conversation: the last `limit` messages stored before `before`
+/// (an `order`), oldest first.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Page {
+    /// Only messages with a smaller `order`; `None` for the newest.
+    pub before: Option<u64>,
+    /// At most this many (capped at [`MAX_PAGE`]).
+    pub limit: u32,
+}
+
+/// The most messages one page returns.
+pub const MAX_PAGE: u32 = 10_000;
+
+impl Default for Page {
+    fn default() -> Self {
+        Self {
+            before: None,
+            limit: 100,
+        }
+    }
+}
+
+/// Everything one operation changes, written in one transaction.
+#[derive(Clone, Default, Debug)]
+pub struct Changes {
+    /// The account row.
+    pub account: Option<Write<AccountRecord>>,
+    /// Session rows.
+    pub sessions: Vec<(PeerDevice, Write<SessionSet>)>,
+    /// Prekey secrets to add (pickles).
+    pub prekeys_added: Vec<(PreKeyId, Vec<u8>)>,
+    /// Prekey secrets to delete; each must exist (else [`StoreError::Conflict`]).
+    pub prekeys_removed: Vec<PreKeyId>,
+    /// Pinned device lists (signed bytes), replacing the stored one.
+    pub device_lists: Vec<(AccountId, Vec<u8>)>,
+    /// Conversations to create (kept if they exist).
+    pub conversations: Vec<ConversationRecord>,
+    /// Messages to insert; one whose id is stored already is skipped.
+    pub messages: Vec<StoredMessage>,
+    /// Status changes of stored messages (unknown ids are skipped).
+    pub message_status: Vec<(MessageId, MessageStatus)>,
+    /// Outbox items to append.
+    pub outbox_add: Vec<OutboxItem>,
+    /// Outbox items to remove (unknown ids are skipped).
+    pub outbox_remove: Vec<MessageId>,
+}
+
+impl Changes {
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.account.is_none()
+            && self.sessions.is_empty()
+            && self.prekeys_added.is_empty()
+            && self.prekeys_removed.is_empty()
+            && self.device_lists.is_empty()
+            && self.conversations.is_empty()
+            && self.messages.is_empty()
+            && self.message_status.is_empty()
+            && self.outbox_add.is_empty()
+            && self.outbox_remove.is_empty()
+    }
+}
+
+/// What a commit did.
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
+pub struct Committed {
+    /// The messages actually inserted (not already stored), with their `order`.
+    pub inserted: Vec<(MessageId, u64)>,
+    /// The new version of the account row, if written.
+    pub account_version: Option<u64>,
+    /// The new versions of the session rows written, in the order given.
+    pub session_versions: Vec<u64>,
+}
+
+/// The account row.
+pub trait AccountStore {
+    /// The account, if one was created.
+    fn load_account(&self) -> impl Future<Output = Result<Option<Versioned<AccountRecord>>, StoreError>> + MaybeSend;
+}
+
+/// Session rows, one per remote device.
+pub trait SessionStore {
+    /// Every session row.
+    fn load_sessions(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(PeerDevice, Versioned<SessionSet>)>, StoreError>> + MaybeSend;
+}
+
+/// This device's prekey secrets.
+pub trait PreKeyStore {
+    /// Every prekey secret (pickles).
+    fn load_prekeys(&self) -> impl Future<Output = Result<Vec<(PreKeyId, Vec<u8>)>, StoreError>> + MaybeSend;
+}
+
+/// Pinned device lists.
+pub trait DeviceListStore {
+    /// Every pinned list (signed bytes).
+    fn load_device_lists(&self) -> impl Future<Output = Result<Vec<(AccountId, Vec<u8>)>, StoreError>> + MaybeSend;
+}
+
+/// Conversations and their messages.
+pub trait MessageStore {
+    /// Every conversation.
+    fn conversations(&self) -> impl Future<Output = Result<Vec<ConversationRecord>, StoreError>> + MaybeSend;
+    /// A page of one conversation, oldest first.
+    fn messages(
+        &self,
+        conversation: AccountId,
+        page: Page,
+    ) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + MaybeSend;
+    /// The ids of the last `limit` messages stored (for deduplication after a restart).
+    fn recent_message_ids(&self, limit: u32) -> impl Future<Output = Result<Vec<MessageId>, StoreError>> + MaybeSend;
+}
+
+/// Messages waiting to be sent, oldest first.
+pub trait OutboxStore {
+    /// The first `limit` items.
+    fn outbox(&self, limit: u32) -> impl Future<Output = Result<Vec<OutboxItem>, StoreError>> + MaybeSend;
+}
+
+/// A complete store: every concern plus an atomic commit.
+pub trait Store:
+    AccountStore + SessionStore + PreKeyStore + DeviceListStore + MessageStore + OutboxStore + MaybeSend + Sync + 'static
+{
+    /// Writes `changes` in one transaction: all of it or, on any error, none of it.
+    fn commit(&self, changes: Changes) -> impl Future<Output = Result<Committed, StoreError>> + MaybeSend;
+}

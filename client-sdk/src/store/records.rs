@@ -1,0 +1,154 @@
+//! Byte encodings of the stored values (SQLite store).
+
+use sotto_crypto::codec::{DecodeError, Put, Reader};
+use sotto_crypto::{AccountId, DeviceId};
+
+use super::{AccountRecord, MessageStatus, OutboxItem, PeerDevice, SessionSet, StoredMessage};
+use crate::ids::MessageId;
+
+impl MessageStatus {
+    pub(crate) fn to_byte(self) -> u8 {
+        match self {
+            Self::Received => 1,
+            Self::Queued => 2,
+            Self::Sent => 3,
+            Self::Delivered => 4,
+            Self::SentElsewhere => 5,
+        }
+    }
+    pub(crate) fn from_byte(b: u8) -> Result<Self, DecodeError> {
+        Ok(match b {
+            1 => Self::Received,
+            2 => Self::Queued,
+            3 => Self::Sent,
+            4 => Self::Delivered,
+            5 => Self::SentElsewhere,
+            value => {
+                return Err(DecodeError::UnknownType {
+                    field: "message status",
+                    value,
+                });
+            }
+        })
+    }
+}
+
+const RECORD_VERSION: u8 = 1;
+const MAX_BLOB: usize = 1 << 20;
+
+pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
+    let mut o = Vec::with_capacity(512);
+    o.put_u8(RECORD_VERSION);
+    o.put_var(&a.account_key);
+    o.put_var(&a.device);
+    o.put_var(a.relay_url.as_bytes());
+    o.put_u32(a.signed_prekey_id);
+    o.put_u32(a.next_one_time_id);
+    o.put_u32(a.next_kem_id);
+    o.put_u64(a.last_seq);
+    o
+}
+
+pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
+    let mut r = Reader::new(b);
+    r.version(RECORD_VERSION)?;
+    let a = AccountRecord {
+        account_key: r.var_bytes("account key", MAX_BLOB)?.to_vec(),
+        device: r.var_bytes("device", MAX_BLOB)?.to_vec(),
+        relay_url: String::from_utf8(r.var_bytes("relay url", 4096)?.to_vec())
+            .map_err(|_| DecodeError::Invalid { field: "relay url" })?,
+        signed_prekey_id: r.u32()?,
+        next_one_time_id: r.u32()?,
+        next_kem_id: r.u32()?,
+        last_seq: r.u64()?,
+    };
+    r.finish()?;
+    Ok(a)
+}
+
+pub(crate) fn encode_sessions(s: &SessionSet) -> Vec<u8> {
+    let mut o = Vec::with_capacity(s.sessions.iter().map(|p| p.len() + 4).sum::<usize>() + 3);
+    o.put_u8(RECORD_VERSION);
+    o.put_count(s.sessions.len());
+    for p in &s.sessions {
+        o.put_var(p);
+    }
+    o
+}
+
+pub(crate) fn decode_sessions(b: &[u8]) -> Result<SessionSet, DecodeError> {
+    let mut r = Reader::new(b);
+    r.version(RECORD_VERSION)?;
+    let n = r.count("sessions", 64, 4)?;
+    let mut sessions = Vec::with_capacity(n);
+    for _ in 0..n {
+        sessions.push(r.var_bytes("session", sotto_crypto::pickle::MAX_PICKLE_LEN)?.to_vec());
+    }
+    r.finish()?;
+    Ok(SessionSet { sessions })
+}
+
+pub(crate) fn encode_peer(p: &PeerDevice) -> Vec<u8> {
+    let mut o = Vec::with_capacity(36);
+    o.put(p.0.as_bytes());
+    o.put_u32(p.1.0);
+    o
+}
+
+pub(crate) fn decode_peer(b: &[u8]) -> Result<PeerDevice, DecodeError> {
+    let mut r = Reader::new(b);
+    let p = (AccountId(r.array()?), DeviceId(r.u32()?));
+    r.finish()?;
+    Ok(p)
+}
+
+pub(crate) fn encode_message(m: &StoredMessage) -> Vec<u8> {
+    let mut o = Vec::with_capacity(96 + m.text.len());
+    o.put_u8(RECORD_VERSION);
+    o.put(&m.id.0);
+    o.put(m.conversation.as_bytes());
+    o.put(m.sender.0.as_bytes());
+    o.put_u32(m.sender.1.0);
+    o.put_u64(m.timestamp_ms);
+    o.put_var(m.text.as_bytes());
+    o.put_u8(m.status.to_byte());
+    o
+}
+
+pub(crate) fn decode_message(b: &[u8], order: u64) -> Result<StoredMessage, DecodeError> {
+    let mut r = Reader::new(b);
+    r.version(RECORD_VERSION)?;
+    let m = StoredMessage {
+        id: MessageId(r.array()?),
+        conversation: AccountId(r.array()?),
+        sender: (AccountId(r.array()?), DeviceId(r.u32()?)),
+        timestamp_ms: r.u64()?,
+        text: String::from_utf8(r.var_bytes("text", MAX_BLOB)?.to_vec())
+            .map_err(|_| DecodeError::Invalid { field: "text" })?,
+        status: MessageStatus::from_byte(r.u8()?)?,
+        order,
+    };
+    r.finish()?;
+    Ok(m)
+}
+
+pub(crate) fn encode_outbox(i: &OutboxItem) -> Vec<u8> {
+    let mut o = Vec::with_capacity(56 + i.content.len());
+    o.put_u8(RECORD_VERSION);
+    o.put(&i.id.0);
+    o.put(i.to.as_bytes());
+    o.put_var(&i.content);
+    o
+}
+
+pub(crate) fn decode_outbox(b: &[u8]) -> Result<OutboxItem, DecodeError> {
+    let mut r = Reader::new(b);
+    r.version(RECORD_VERSION)?;
+    let i = OutboxItem {
+        id: MessageId(r.array()?),
+        to: AccountId(r.array()?),
+        content: r.var_bytes("content", MAX_BLOB)?.to_vec(),
+    };
+    r.finish()?;
+    Ok(i)
+}

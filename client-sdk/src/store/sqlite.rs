@@ -1,0 +1,433 @@
+//! The SQLite store (sqlx, native). Every value is encrypted under a key the app passes
+//! in ([`StoreKey`]); lookup columns hold keyed hashes, never account ids or message ids
+//! (see `crypt.rs` for the formulas). One [`Store::commit`] is one transaction.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sotto_crypto::AccountId;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use super::crypt::Crypt;
+use super::records::{
+    decode_account, decode_message, decode_outbox, decode_peer, decode_sessions, encode_account, encode_message,
+    encode_outbox, encode_peer, encode_sessions,
+};
+use super::{
+    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, MAX_PAGE, MessageStore,
+    OutboxItem, OutboxStore, Page, PeerDevice, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError,
+    StoredMessage, Versioned,
+};
+use crate::ids::MessageId;
+
+/// The key the store encrypts every value under. The app keeps it (for example in the
+/// platform keystore). Never printed.
+#[derive(Zeroize, ZeroizeOnDrop, Clone)]
+pub struct StoreKey(pub(crate) [u8; 32]);
+
+impl StoreKey {
+    /// From 32 secret bytes.
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl std::fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreKey(..)")
+    }
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS account (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, v BLOB NOT NULL) STRICT",
+    "CREATE TABLE IF NOT EXISTS sessions (k BLOB PRIMARY KEY, version INTEGER NOT NULL, v BLOB NOT NULL) STRICT",
+    "CREATE TABLE IF NOT EXISTS prekeys (k BLOB PRIMARY KEY, v BLOB NOT NULL) STRICT",
+    "CREATE TABLE IF NOT EXISTS device_lists (k BLOB PRIMARY KEY, v BLOB NOT NULL) STRICT",
+    "CREATE TABLE IF NOT EXISTS conversations (k BLOB PRIMARY KEY, v BLOB NOT NULL) STRICT",
+    "CREATE TABLE IF NOT EXISTS messages (ord INTEGER PRIMARY KEY AUTOINCREMENT, k BLOB NOT NULL UNIQUE, conv BLOB NOT NULL, v BLOB NOT NULL) STRICT",
+    "CREATE INDEX IF NOT EXISTS messages_by_conv ON messages (conv, ord)",
+    "CREATE TABLE IF NOT EXISTS outbox (ord INTEGER PRIMARY KEY AUTOINCREMENT, k BLOB NOT NULL UNIQUE, v BLOB NOT NULL) STRICT",
+];
+
+const ACCOUNT_TAG: &[u8] = b"account";
+
+/// An encrypted SQLite store.
+pub struct SqliteStore {
+    pool: SqlitePool,
+    crypt: Crypt,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    if let Some(code) = e.as_database_error().and_then(|d| d.code()) {
+        // SQLITE_BUSY and its extended codes: another process holds the write lock or
+        // our read snapshot is stale.
+        if code == "5" || code == "517" || code == "261" {
+            return StoreError::Conflict;
+        }
+    }
+    StoreError::Database(e.to_string())
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the database file at `path`.
+    pub async fn open(path: &Path, key: &StoreKey) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(db)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&pool).await.map_err(db)?;
+        }
+        Ok(Self {
+            pool,
+            crypt: Crypt::new(&key.0),
+        })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn all(&self, table: &'static str, sql: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await.map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let k: Vec<u8> = row.try_get("k").map_err(db)?;
+            let v: Vec<u8> = row.try_get("v").map_err(db)?;
+            out.push((k.clone(), self.crypt.open(table, &k, &v)?.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+impl AccountStore for SqliteStore {
+    async fn load_account(&self) -> Result<Option<Versioned<AccountRecord>>, StoreError> {
+        let Some(row) = sqlx::query("SELECT version, v FROM account WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let version: i64 = row.try_get("version").map_err(db)?;
+        let v: Vec<u8> = row.try_get("v").map_err(db)?;
+        let plain = self.crypt.open("account", ACCOUNT_TAG, &v)?;
+        Ok(Some(Versioned {
+            version: u64::try_from(version).unwrap_or(0),
+            value: decode_account(&plain)?,
+        }))
+    }
+}
+
+impl SessionStore for SqliteStore {
+    async fn load_sessions(&self) -> Result<Vec<(PeerDevice, Versioned<SessionSet>)>, StoreError> {
+        let rows = sqlx::query("SELECT k, version, v FROM sessions")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let k: Vec<u8> = row.try_get("k").map_err(db)?;
+            let version: i64 = row.try_get("version").map_err(db)?;
+            let v: Vec<u8> = row.try_get("v").map_err(db)?;
+            let plain = self.crypt.open("sessions", &k, &v)?;
+            let mut r = sotto_crypto::codec::Reader::new(&plain);
+            let peer = decode_peer(r.var_bytes("peer", 64)?)?;
+            let set = decode_sessions(r.rest())?;
+            out.push((
+                peer,
+                Versioned {
+                    version: u64::try_from(version).unwrap_or(0),
+                    value: set,
+                },
+            ));
+        }
+        Ok(out)
+    }
+}
+
+fn prekey_key(id: &PreKeyId) -> Vec<u8> {
+    let mut k = vec![id.0];
+    k.extend_from_slice(&id.1.to_be_bytes());
+    k
+}
+
+impl PreKeyStore for SqliteStore {
+    async fn load_prekeys(&self) -> Result<Vec<(PreKeyId, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for (_, v) in self.all("prekeys", "SELECT k, v FROM prekeys").await? {
+            if v.len() < 5 {
+                return Err(StoreError::Decode(sotto_crypto::DecodeError::Invalid {
+                    field: "prekey row",
+                }));
+            }
+            let id = (v[0], u32::from_be_bytes([v[1], v[2], v[3], v[4]]));
+            out.push((id, v[5..].to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+impl DeviceListStore for SqliteStore {
+    async fn load_device_lists(&self) -> Result<Vec<(AccountId, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for (_, v) in self.all("device_lists", "SELECT k, v FROM device_lists").await? {
+            if v.len() < 32 {
+                return Err(StoreError::Decode(sotto_crypto::DecodeError::Invalid {
+                    field: "device list row",
+                }));
+            }
+            let mut a = [0u8; 32];
+            a.copy_from_slice(&v[..32]);
+            out.push((AccountId(a), v[32..].to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+impl MessageStore for SqliteStore {
+    async fn conversations(&self) -> Result<Vec<ConversationRecord>, StoreError> {
+        let mut out = Vec::new();
+        for (_, v) in self.all("conversations", "SELECT k, v FROM conversations").await? {
+            let a: [u8; 32] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Decode(sotto_crypto::DecodeError::Invalid { field: "conversation" }))?;
+            out.push(ConversationRecord { peer: AccountId(a) });
+        }
+        out.sort_by_key(|c| c.peer);
+        Ok(out)
+    }
+
+    async fn messages(&self, conversation: AccountId, page: Page) -> Result<Vec<StoredMessage>, StoreError> {
+        let conv = self.crypt.tag("conversations", conversation.as_bytes());
+        let rows = sqlx::query("SELECT ord, k, v FROM messages WHERE conv = ? AND ord < ? ORDER BY ord DESC LIMIT ?")
+            .bind(conv)
+            .bind(to_i64(page.before.unwrap_or(u64::MAX)))
+            .bind(i64::from(page.limit.min(MAX_PAGE)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows.iter().rev() {
+            let ord: i64 = row.try_get("ord").map_err(db)?;
+            let k: Vec<u8> = row.try_get("k").map_err(db)?;
+            let v: Vec<u8> = row.try_get("v").map_err(db)?;
+            let plain = self.crypt.open("messages", &k, &v)?;
+            out.push(decode_message(&plain, u64::try_from(ord).unwrap_or(0))?);
+        }
+        Ok(out)
+    }
+
+    async fn recent_message_ids(&self, limit: u32) -> Result<Vec<MessageId>, StoreError> {
+        let rows = sqlx::query("SELECT ord, k, v FROM messages ORDER BY ord DESC LIMIT ?")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let k: Vec<u8> = row.try_get("k").map_err(db)?;
+            let v: Vec<u8> = row.try_get("v").map_err(db)?;
+            let plain = self.crypt.open("messages", &k, &v)?;
+            out.push(decode_message(&plain, 0)?.id);
+        }
+        Ok(out)
+    }
+}
+
+impl OutboxStore for SqliteStore {
+    async fn outbox(&self, limit: u32) -> Result<Vec<OutboxItem>, StoreError> {
+        let rows = sqlx::query("SELECT k, v FROM outbox ORDER BY ord LIMIT ?")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let k: Vec<u8> = row.try_get("k").map_err(db)?;
+            let v: Vec<u8> = row.try_get("v").map_err(db)?;
+            out.push(decode_outbox(&self.crypt.open("outbox", &k, &v)?)?);
+        }
+        Ok(out)
+    }
+}
+
+impl Store for SqliteStore {
+    async fn commit(&self, changes: Changes) -> Result<Committed, StoreError> {
+        let c = &self.crypt;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut committed = Committed::default();
+        if let Some(w) = &changes.account {
+            let v = c.seal("account", ACCOUNT_TAG, &encode_account(&w.value))?;
+            let new = w.expected.map_or(1, |e| e + 1);
+            let done = match w.expected {
+                None => sqlx::query("INSERT INTO account (id, version, v) VALUES (1, 1, ?) ON CONFLICT DO NOTHING")
+                    .bind(v)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?,
+                Some(e) => sqlx::query("UPDATE account SET version = ?, v = ? WHERE id = 1 AND version = ?")
+                    .bind(to_i64(new))
+                    .bind(v)
+                    .bind(to_i64(e))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?,
+            };
+            if done.rows_affected() != 1 {
+                return Err(StoreError::Conflict);
+            }
+            committed.account_version = Some(new);
+        }
+        for (peer, w) in &changes.sessions {
+            let pk = encode_peer(peer);
+            let k = c.tag("sessions", &pk);
+            let mut plain = Vec::with_capacity(64);
+            sotto_crypto::codec::Put::put_var(&mut plain, &pk);
+            plain.extend_from_slice(&encode_sessions(&w.value));
+            let v = c.seal("sessions", &k, &plain)?;
+            let new = w.expected.map_or(1, |e| e + 1);
+            let done = match w.expected {
+                None => sqlx::query("INSERT INTO sessions (k, version, v) VALUES (?, 1, ?) ON CONFLICT DO NOTHING")
+                    .bind(k)
+                    .bind(v)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?,
+                Some(e) => sqlx::query("UPDATE sessions SET version = ?, v = ? WHERE k = ? AND version = ?")
+                    .bind(to_i64(new))
+                    .bind(v)
+                    .bind(k)
+                    .bind(to_i64(e))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?,
+            };
+            if done.rows_affected() != 1 {
+                return Err(StoreError::Conflict);
+            }
+            committed.session_versions.push(new);
+        }
+        for id in &changes.prekeys_removed {
+            let k = c.tag("prekeys", &prekey_key(id));
+            let done = sqlx::query("DELETE FROM prekeys WHERE k = ?")
+                .bind(k)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            if done.rows_affected() != 1 {
+                return Err(StoreError::Conflict);
+            }
+        }
+        for (id, p) in &changes.prekeys_added {
+            let key = prekey_key(id);
+            let k = c.tag("prekeys", &key);
+            let v = c.seal("prekeys", &k, &[&key[..], p].concat())?;
+            sqlx::query("INSERT INTO prekeys (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v")
+                .bind(k)
+                .bind(v)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for (a, l) in &changes.device_lists {
+            let k = c.tag("device_lists", a.as_bytes());
+            let v = c.seal("device_lists", &k, &[&a.as_bytes()[..], l].concat())?;
+            sqlx::query("INSERT INTO device_lists (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v")
+                .bind(k)
+                .bind(v)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for conv in &changes.conversations {
+            let k = c.tag("conversations", conv.peer.as_bytes());
+            let v = c.seal("conversations", &k, conv.peer.as_bytes())?;
+            sqlx::query("INSERT INTO conversations (k, v) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(k)
+                .bind(v)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for m in &changes.messages {
+            let k = c.tag("messages", &m.id.0);
+            let conv = c.tag("conversations", m.conversation.as_bytes());
+            let v = c.seal("messages", &k, &encode_message(m))?;
+            let done = sqlx::query("INSERT INTO messages (k, conv, v) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+                .bind(k)
+                .bind(conv)
+                .bind(v)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            if done.rows_affected() == 1 {
+                committed
+                    .inserted
+                    .push((m.id, u64::try_from(done.last_insert_rowid()).unwrap_or(0)));
+            }
+        }
+        for (id, status) in &changes.message_status {
+            let k = c.tag("messages", &id.0);
+            let Some(row) = sqlx::query("SELECT ord, v FROM messages WHERE k = ?")
+                .bind(&k)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?
+            else {
+                continue;
+            };
+            let v: Vec<u8> = row.try_get("v").map_err(db)?;
+            let mut m = decode_message(&c.open("messages", &k, &v)?, 0)?;
+            m.status = *status;
+            let v = c.seal("messages", &k, &encode_message(&m))?;
+            sqlx::query("UPDATE messages SET v = ? WHERE k = ?")
+                .bind(v)
+                .bind(k)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for item in &changes.outbox_add {
+            let k = c.tag("outbox", &item.id.0);
+            let v = c.seal("outbox", &k, &encode_outbox(item))?;
+            sqlx::query("INSERT INTO outbox (k, v) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(k)
+                .bind(v)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for id in &changes.outbox_remove {
+            sqlx::query("DELETE FROM outbox WHERE k = ?")
+                .bind(c.tag("outbox", &id.0))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(committed)
+    }
+}
