@@ -15,7 +15,14 @@
 //! [heartbeat]
 //! ping_interval_ms = 30000
 //! idle_timeout_ms = 90000
+//!
+//! [tls]                                            # optional: HTTPS/WSS, TLS 1.3 only
+//! cert_path = "/etc/sotto-relay/fullchain.pem"
+//! key_path = "/etc/sotto-relay/privkey.pem"
+//! hsts_max_age_secs = 63072000
 //! ```
+//! Without `[tls]` the relay speaks plain HTTP, which it accepts only on a loopback
+//! address or with `behind_tls_proxy = true` (a proxy in front terminates TLS).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,6 +55,27 @@ pub struct Config {
     pub limits: Limits,
     /// WebSocket heartbeat.
     pub heartbeat: Heartbeat,
+    /// Built-in TLS. Without it the relay speaks plain HTTP.
+    pub tls: Option<Tls>,
+    /// Plain HTTP on a non-loopback address, for a relay behind a TLS-terminating proxy.
+    pub behind_tls_proxy: bool,
+}
+
+/// Built-in TLS: TLS 1.3 only, with HSTS on every response.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_path: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+    /// `Strict-Transport-Security: max-age=…` on every response; 0 leaves the header out.
+    #[serde(default = "default_hsts")]
+    pub hsts_max_age_secs: u64,
+}
+
+fn default_hsts() -> u64 {
+    63_072_000 // two years
 }
 
 impl Default for Config {
@@ -61,6 +89,8 @@ impl Default for Config {
             log_level: "info".to_owned(),
             limits: Limits::default(),
             heartbeat: Heartbeat::default(),
+            tls: None,
+            behind_tls_proxy: false,
         }
     }
 }
@@ -217,6 +247,16 @@ pub struct Cli {
     /// Largest envelope in bytes.
     #[arg(long, env = "SOTTO_MAX_ENVELOPE_BYTES")]
     pub max_envelope_bytes: Option<usize>,
+    /// PEM certificate chain: serve HTTPS/WSS (TLS 1.3) instead of plain HTTP. Needs
+    /// `--tls-key`.
+    #[arg(long, env = "SOTTO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "SOTTO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address: a proxy in front terminates TLS.
+    #[arg(long, env = "SOTTO_BEHIND_TLS_PROXY")]
+    pub behind_tls_proxy: bool,
 }
 
 impl Config {
@@ -246,6 +286,17 @@ impl Config {
         }
         if let Some(v) = cli.max_envelope_bytes {
             config.limits.max_envelope_bytes = v;
+        }
+        if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+            let hsts_max_age_secs = config.tls.as_ref().map_or_else(default_hsts, |t| t.hsts_max_age_secs);
+            config.tls = Some(Tls {
+                cert_path: cert.clone(),
+                key_path: key.clone(),
+                hsts_max_age_secs,
+            });
+        }
+        if cli.behind_tls_proxy {
+            config.behind_tls_proxy = true;
         }
         config.validate()?;
         Ok(config)
@@ -296,6 +347,13 @@ impl Config {
                 return Err(ConfigError::Invalid { field, reason });
             }
         }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.behind_tls_proxy {
+            return Err(ConfigError::Invalid {
+                field: "tls",
+                reason: "plain HTTP on a non-loopback address: configure [tls], or set behind_tls_proxy = true \
+                         when a proxy in front terminates TLS",
+            });
+        }
         Ok(())
     }
 
@@ -338,6 +396,37 @@ mod tests {
         assert!(matches!(Config::load(&cli), Err(ConfigError::Parse { .. })));
         std::fs::write(&path, "[limits]\nmax_recipients = 0\n").unwrap();
         assert!(matches!(Config::load(&cli), Err(ConfigError::Invalid { .. })));
+
+        // Plain HTTP only on loopback, or behind a proxy that terminates TLS.
+        std::fs::write(&path, "listen = \"0.0.0.0:8080\"\n").unwrap();
+        assert!(matches!(
+            Config::load(&cli),
+            Err(ConfigError::Invalid { field: "tls", .. })
+        ));
+        let proxied = Cli {
+            behind_tls_proxy: true,
+            ..Cli {
+                config: Some(path.clone()),
+                ..Cli::default()
+            }
+        };
+        assert!(Config::load(&proxied).unwrap().behind_tls_proxy);
+        let tls = Cli {
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            ..Cli {
+                config: Some(path.clone()),
+                ..Cli::default()
+            }
+        };
+        let c = Config::load(&tls).unwrap();
+        assert_eq!(c.tls.as_ref().map(|t| t.hsts_max_age_secs), Some(63_072_000));
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:443\"\n[tls]\ncert_path = \"a.pem\"\nkey_path = \"b.pem\"\nhsts_max_age_secs = 0\n",
+        )
+        .unwrap();
+        assert_eq!(Config::load(&cli).unwrap().tls.unwrap().hsts_max_age_secs, 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -23,6 +23,7 @@ mod http;
 pub mod metrics;
 mod state;
 pub mod storage;
+pub mod tls;
 pub mod writer;
 pub mod ws;
 
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -50,10 +52,16 @@ use crate::storage::Storage;
 /// buffer are still read, in several reads.
 pub const WS_BUFFER_BYTES: usize = 4 * 1024;
 
-/// The router.
+/// The router. With TLS configured, every response carries HSTS.
 pub fn app(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
-    Router::new()
+    let hsts = state
+        .config
+        .tls
+        .as_ref()
+        .filter(|t| t.hsts_max_age_secs > 0)
+        .and_then(|t| HeaderValue::from_str(&format!("max-age={}", t.hsts_max_age_secs)).ok());
+    let router = Router::new()
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
@@ -70,7 +78,17 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/ws", get(ws_upgrade))
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .with_state(state);
+    match hsts {
+        Some(value) => router.layer(axum::middleware::map_response(move |mut res: Response| {
+            let value = value.clone();
+            async move {
+                res.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, value);
+                res
+            }
+        })),
+        None => router,
+    }
 }
 
 async fn ws_upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
@@ -96,14 +114,37 @@ async fn ws_upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) ->
 /// Serves `app(state)` on `listener` until `shutdown` resolves; then refuses new
 /// connections, tells every WebSocket to close (after the frame it is handling, so a
 /// send that was answered is stored and nothing is lost) and returns once all have.
+/// With `[tls]` configured it serves HTTPS and WSS (TLS 1.3 only); a certificate or key
+/// that does not load is an `InvalidInput` error before anything is served.
 pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + std::marker::Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    match &state.config.tls {
+        Some(tls) => {
+            let acceptor =
+                tls::acceptor(tls).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+            serve(tls::TlsListener::new(listener, acceptor)?, state, shutdown).await
+        }
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            serve(listener, state, shutdown).await
+        }
+    }
+}
+
+async fn serve<L>(
+    listener: L,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + std::marker::Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let expiry = tokio::spawn(expiry_loop(state.clone()));
     let signal_state = state.clone();
     let result = axum::serve(listener, app(state.clone()))

@@ -24,7 +24,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use super::{TestAccount, TestDevice};
 
 /// A failsafe so a broken test fails instead of hanging; tests never wait on it.
-const FAILSAFE: Duration = Duration::from_secs(20);
+pub const FAILSAFE: Duration = Duration::from_secs(20);
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
