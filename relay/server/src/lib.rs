@@ -158,7 +158,7 @@ where
     let all = u32::try_from(state.config.limits.max_connections).unwrap_or(u32::MAX);
     let _ = state.connections.acquire_many(all).await;
     // Every answered send is already committed; this commits the last queued acks.
-    state.writer.flush().await;
+    state.writer.close().await;
     expiry.abort();
     state.store.close().await;
     tracing::info!("relay stopped");

@@ -34,15 +34,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state for `config` over `store`, with its group-commit writer task. Must be
-    /// called within a tokio runtime.
+    /// The state for `config` over `store`, with its group-commit writer (a thread with
+    /// its own connection to the same database).
     pub fn new(config: Config, store: Store) -> Arc<Self> {
         let relay_id = sotto_proto::relay_id(&config.public_url);
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let (shutdown_tx, _) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::default());
-        let writer = Writer::spawn(store.clone(), hub.clone(), metrics.clone());
+        let writer = Writer::spawn(&store, hub.clone(), metrics.clone());
         Arc::new(Self {
             config,
             store,

@@ -336,6 +336,15 @@ impl Store {
         }
     }
 
+    /// Another handle on the same (already migrated) database with its own pool of at most
+    /// `max_connections`, connecting lazily on the runtime it is first used on.
+    pub fn with_own_pool(&self, max_connections: u32) -> Self {
+        match self {
+            Store::Sqlite(s) => Store::Sqlite(s.with_own_pool(max_connections)),
+            Store::Postgres(s) => Store::Postgres(s.with_own_pool(max_connections)),
+        }
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         match self {

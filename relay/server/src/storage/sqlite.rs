@@ -40,6 +40,16 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
+    /// Another pool on the same database (see [`super::Store::with_own_pool`]).
+    pub fn with_own_pool(&self, max_connections: u32) -> Self {
+        let options = (*self.pool.connect_options()).clone();
+        Self {
+            pool: SqlitePoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .connect_lazy_with(options),
+        }
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
