@@ -327,17 +327,7 @@ macro_rules! storage_impl {
                 // 1. Every device row of every account touched, locked in key order.
                 let mut rows = Rows::new();
                 for chunk in batch_accounts(ops).chunks(BATCH_ACCOUNTS_PER_QUERY) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT account_id, device_id, next_seq, depth, acked_seq FROM devices WHERE account_id IN (",
-                    );
-                    let mut list = q.separated(", ");
-                    for a in chunk {
-                        list.push_bind(&a.0[..]);
-                    }
-                    q.push(") ORDER BY account_id, device_id");
-                    q.push($for_update);
-                    let found: Vec<(Vec<u8>, i64, i64, i64, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
-                    for (a, d, next_seq, depth, acked_seq) in found {
+                    for (a, d, next_seq, depth, acked_seq) in Self::lock_rows(&mut *tx, chunk).await? {
                         rows.insert(
                             (AccountId(key32(&a, "account id")?), device_from_i64(d)?),
                             MailboxRow {
@@ -354,24 +344,7 @@ macro_rules! storage_impl {
                 let ranges = ack_ranges(ops, &rows);
                 let mut deleted = std::collections::BTreeMap::new();
                 for chunk in ranges.chunks(BATCH_ACKS_PER_QUERY) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new("DELETE FROM envelopes WHERE ");
-                    for (i, (a, d, after, up_to)) in chunk.iter().enumerate() {
-                        if i > 0 {
-                            q.push(" OR ");
-                        }
-                        q.push("(account_id = ")
-                            .push_bind(&a.0[..])
-                            .push(" AND device_id = ")
-                            .push_bind(device_i64(*d))
-                            .push(" AND seq > ")
-                            .push_bind(to_i64(*after))
-                            .push(" AND seq <= ")
-                            .push_bind(to_i64(*up_to))
-                            .push(")");
-                    }
-                    q.push(" RETURNING account_id, device_id");
-                    let gone: Vec<(Vec<u8>, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
-                    for (a, d) in gone {
+                    for (a, d) in Self::delete_acked(&mut *tx, chunk).await? {
                         *deleted
                             .entry((AccountId(key32(&a, "account id")?), device_from_i64(d)?))
                             .or_insert(0u64) += 1;
@@ -393,34 +366,12 @@ macro_rules! storage_impl {
                     outcomes[i] = Some(mismatch_outcome(lists));
                 }
                 for chunk in inserts.chunks(BATCH_ROWS_PER_QUERY) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext) ",
-                    );
-                    q.push_values(chunk, |mut row, e| {
-                        row.push_bind(&e.account.0[..])
-                            .push_bind(device_i64(e.device))
-                            .push_bind(to_i64(e.seq))
-                            .push_bind(to_i64(e.received_at_s))
-                            .push_bind(to_i64(e.expires_at_s))
-                            .push_bind(e.envelope);
-                    });
-                    q.build().execute(&mut *tx).await?;
+                    Self::insert_envelopes(&mut *tx, chunk).await?;
                 }
                 // 4. The counters of every row that changed.
                 let dirty: Vec<_> = rows.iter().filter(|(_, r)| r.dirty).collect();
                 for chunk in dirty.chunks(BATCH_ROWS_PER_QUERY) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "UPDATE devices SET next_seq = c.column3, depth = c.column4, acked_seq = c.column5 FROM (",
-                    );
-                    q.push_values(chunk, |mut row, ((a, d), r)| {
-                        row.push_bind(&a.0[..])
-                            .push_bind(device_i64(*d))
-                            .push_bind(to_i64(r.next_seq))
-                            .push_bind(to_i64(r.depth))
-                            .push_bind(to_i64(r.acked_seq));
-                    });
-                    q.push(") AS c WHERE devices.account_id = c.column1 AND devices.device_id = c.column2");
-                    q.build().execute(&mut *tx).await?;
+                    Self::write_counters(&mut *tx, chunk).await?;
                 }
                 tx.commit().await?;
                 outcomes

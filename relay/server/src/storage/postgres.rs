@@ -3,7 +3,7 @@
 use sotto_crypto::{AccountId, DeviceId, DeviceList, Ed25519PublicKey, PreKeyBundle};
 use sotto_proto::{PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Pool, Postgres};
+use sqlx::{PgConnection, Pool, Postgres};
 
 use super::backend::storage_impl;
 use super::*;
@@ -38,6 +38,91 @@ impl PostgresStore {
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq).
+type CounterRow = (Vec<u8>, i64, i64, i64, i64);
+
+/// The write batch's statements, each one fixed text over arrays (`UNNEST`), so the server
+/// parses and plans each once per connection whatever the batch size.
+impl PostgresStore {
+    async fn lock_rows(conn: &mut PgConnection, accounts: &[AccountId]) -> Result<Vec<CounterRow>, sqlx::Error> {
+        let ids: Vec<&[u8]> = accounts.iter().map(|a| &a.0[..]).collect();
+        sqlx::query_as(
+            "SELECT account_id, device_id, next_seq, depth, acked_seq FROM devices \
+             WHERE account_id = ANY($1) ORDER BY account_id, device_id FOR UPDATE",
+        )
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+    }
+
+    async fn delete_acked(
+        conn: &mut PgConnection,
+        ranges: &[(AccountId, DeviceId, u64, u64)],
+    ) -> Result<Vec<(Vec<u8>, i64)>, sqlx::Error> {
+        let a: Vec<&[u8]> = ranges.iter().map(|r| &r.0.0[..]).collect();
+        let d: Vec<i64> = ranges.iter().map(|r| device_i64(r.1)).collect();
+        let lo: Vec<i64> = ranges.iter().map(|r| to_i64(r.2)).collect();
+        let hi: Vec<i64> = ranges.iter().map(|r| to_i64(r.3)).collect();
+        sqlx::query_as(
+            "DELETE FROM envelopes e USING UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[]) AS c(a, d, lo, hi) \
+             WHERE e.account_id = c.a AND e.device_id = c.d AND e.seq > c.lo AND e.seq <= c.hi \
+             RETURNING e.account_id, e.device_id",
+        )
+        .bind(a)
+        .bind(d)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(conn)
+        .await
+    }
+
+    async fn insert_envelopes(conn: &mut PgConnection, inserts: &[Insert<'_>]) -> Result<(), sqlx::Error> {
+        let a: Vec<&[u8]> = inserts.iter().map(|e| &e.account.0[..]).collect();
+        let d: Vec<i64> = inserts.iter().map(|e| device_i64(e.device)).collect();
+        let seq: Vec<i64> = inserts.iter().map(|e| to_i64(e.seq)).collect();
+        let at: Vec<i64> = inserts.iter().map(|e| to_i64(e.received_at_s)).collect();
+        let exp: Vec<i64> = inserts.iter().map(|e| to_i64(e.expires_at_s)).collect();
+        let body: Vec<&[u8]> = inserts.iter().map(|e| e.envelope).collect();
+        sqlx::query(
+            "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext) \
+             SELECT * FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[])",
+        )
+        .bind(a)
+        .bind(d)
+        .bind(seq)
+        .bind(at)
+        .bind(exp)
+        .bind(body)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    }
+
+    async fn write_counters(
+        conn: &mut PgConnection,
+        rows: &[(&(AccountId, DeviceId), &MailboxRow)],
+    ) -> Result<(), sqlx::Error> {
+        let a: Vec<&[u8]> = rows.iter().map(|r| &r.0.0.0[..]).collect();
+        let d: Vec<i64> = rows.iter().map(|r| device_i64(r.0.1)).collect();
+        let next: Vec<i64> = rows.iter().map(|r| to_i64(r.1.next_seq)).collect();
+        let depth: Vec<i64> = rows.iter().map(|r| to_i64(r.1.depth)).collect();
+        let acked: Vec<i64> = rows.iter().map(|r| to_i64(r.1.acked_seq)).collect();
+        sqlx::query(
+            "UPDATE devices SET next_seq = c.n, depth = c.dp, acked_seq = c.ak \
+             FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS c(a, d, n, dp, ak) \
+             WHERE devices.account_id = c.a AND devices.device_id = c.d",
+        )
+        .bind(a)
+        .bind(d)
+        .bind(next)
+        .bind(depth)
+        .bind(acked)
+        .execute(conn)
+        .await
+        .map(|_| ())
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sotto_crypto::{AccountId, DeviceId, DeviceList, Ed25519PublicKey, PreKeyBundle};
 use sotto_proto::{PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Pool, Sqlite};
+use sqlx::{Pool, QueryBuilder, Sqlite, SqliteConnection};
 
 use super::backend::storage_impl;
 use super::*;
@@ -53,6 +53,81 @@ impl SqliteStore {
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq).
+type CounterRow = (Vec<u8>, i64, i64, i64, i64);
+
+/// The write batch's statements, as multi-row statements with one bind per value
+/// (SQLite parses in-process, so a statement per batch size costs little).
+impl SqliteStore {
+    async fn lock_rows(conn: &mut SqliteConnection, accounts: &[AccountId]) -> Result<Vec<CounterRow>, sqlx::Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT account_id, device_id, next_seq, depth, acked_seq FROM devices WHERE account_id IN (",
+        );
+        let mut list = q.separated(", ");
+        for a in accounts {
+            list.push_bind(&a.0[..]);
+        }
+        q.push(") ORDER BY account_id, device_id");
+        q.build_query_as().fetch_all(conn).await
+    }
+
+    async fn delete_acked(
+        conn: &mut SqliteConnection,
+        ranges: &[(AccountId, DeviceId, u64, u64)],
+    ) -> Result<Vec<(Vec<u8>, i64)>, sqlx::Error> {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM envelopes WHERE ");
+        for (i, (a, d, after, up_to)) in ranges.iter().enumerate() {
+            if i > 0 {
+                q.push(" OR ");
+            }
+            q.push("(account_id = ")
+                .push_bind(&a.0[..])
+                .push(" AND device_id = ")
+                .push_bind(device_i64(*d))
+                .push(" AND seq > ")
+                .push_bind(to_i64(*after))
+                .push(" AND seq <= ")
+                .push_bind(to_i64(*up_to))
+                .push(")");
+        }
+        q.push(" RETURNING account_id, device_id");
+        q.build_query_as().fetch_all(conn).await
+    }
+
+    async fn insert_envelopes(conn: &mut SqliteConnection, inserts: &[Insert<'_>]) -> Result<(), sqlx::Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext) ",
+        );
+        q.push_values(inserts, |mut row, e| {
+            row.push_bind(&e.account.0[..])
+                .push_bind(device_i64(e.device))
+                .push_bind(to_i64(e.seq))
+                .push_bind(to_i64(e.received_at_s))
+                .push_bind(to_i64(e.expires_at_s))
+                .push_bind(e.envelope);
+        });
+        q.build().execute(conn).await.map(|_| ())
+    }
+
+    async fn write_counters(
+        conn: &mut SqliteConnection,
+        rows: &[(&(AccountId, DeviceId), &MailboxRow)],
+    ) -> Result<(), sqlx::Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "UPDATE devices SET next_seq = c.column3, depth = c.column4, acked_seq = c.column5 FROM (",
+        );
+        q.push_values(rows, |mut row, ((a, d), r)| {
+            row.push_bind(&a.0[..])
+                .push_bind(device_i64(*d))
+                .push_bind(to_i64(r.next_seq))
+                .push_bind(to_i64(r.depth))
+                .push_bind(to_i64(r.acked_seq));
+        });
+        q.push(") AS c WHERE devices.account_id = c.column1 AND devices.device_id = c.column2");
+        q.build().execute(conn).await.map(|_| ())
     }
 }
 
