@@ -17,6 +17,13 @@ pub mod ids;
 pub mod machine;
 pub mod store;
 
+#[cfg(feature = "native")]
+mod client;
+#[cfg(feature = "native")]
+pub mod transport;
+
+#[cfg(feature = "native")]
+pub use client::{Client, ClientError, ClientOptions, EventStream, contact_link, parse_contact};
 pub use content::{Content, ContentError, ContentKind};
 pub use ids::MessageId;
 pub use machine::{Event, Machine, MachineError, UndecryptableCause};

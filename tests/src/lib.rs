@@ -1,1 +1,292 @@
-//! Cross-crate tests that run a real relay and real clients over real sockets.
+//! Cross-crate tests: a real relay (in-process, on 127.0.0.1) and real SDK clients over
+//! real sockets, with encrypted SQLite stores in temporary directories.
+//!
+//! Tests never sleep to wait for something: they await an event or a condition with
+//! [`FAILSAFE`], which only exists to fail a broken test instead of hanging it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sotto_crypto::AccountId;
+use sotto_relay::storage::Store as RelayStore;
+use sotto_relay::{AppState, Config};
+use sotto_sdk::store::{SqliteStore, StoreKey};
+use sotto_sdk::{Client, ClientOptions, Event, EventStream, Page, StoredMessage};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Fails a test that waits longer than this for an event.
+pub const FAILSAFE: Duration = Duration::from_secs(120);
+
+/// A temporary directory, deleted on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh directory under the system temp dir.
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sotto-tests-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A relay running in this process.
+pub struct TestRelay {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its database URL (SQLite file in `dir`).
+    pub db_url: String,
+    /// Its state.
+    pub state: Arc<AppState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+    _dir: Option<TempDir>,
+}
+
+impl TestRelay {
+    /// A relay on a fresh port with its own SQLite database; limits raised for load tests.
+    pub async fn start() -> TestRelay {
+        let dir = TempDir::new("relay");
+        let db_url = format!("sqlite://{}", dir.path().join("relay.db").display());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut relay = Self::serve(listener, db_url).await;
+        relay._dir = Some(dir);
+        relay
+    }
+
+    async fn serve(listener: TcpListener, db_url: String) -> TestRelay {
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::default();
+        config.public_url = format!("http://{addr}");
+        config.limits.rate_per_second = 100_000;
+        config.limits.rate_burst = 100_000;
+        let store = RelayStore::open(&db_url, 8).await.unwrap();
+        let state = AppState::new(config, store);
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(sotto_relay::run(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        TestRelay {
+            addr,
+            db_url,
+            state,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _dir: None,
+        }
+    }
+
+    /// The URL clients use.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops it gracefully (connections are closed; stored envelopes stay).
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(FAILSAFE, h).await.unwrap().unwrap().unwrap();
+        }
+    }
+
+    /// Stops it and starts it again on the same address and database.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let dir = self._dir.take();
+        let mut fresh = Self::serve(listener, self.db_url.clone()).await;
+        fresh._dir = dir;
+        *self = fresh;
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Options for tests: a seeded generator and quick reconnects.
+pub fn options(seed: u64) -> ClientOptions {
+    ClientOptions {
+        rng_seed: Some(seed),
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        ..ClientOptions::default()
+    }
+}
+
+/// One device of a test user: its client, events and store directory.
+pub struct Device {
+    /// The client.
+    pub client: Client<SqliteStore>,
+    /// Its events.
+    pub events: EventStream,
+    /// Where its store lives.
+    pub dir: TempDir,
+    /// Its seed.
+    pub seed: u64,
+    /// Events read while waiting for something else, oldest first.
+    pub stash: std::collections::VecDeque<Event>,
+}
+
+fn key(seed: u64) -> StoreKey {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&seed.to_le_bytes());
+    k[31] = 0xa5;
+    StoreKey::new(k)
+}
+
+impl Device {
+    /// A new account on `relay`.
+    pub async fn create(relay: &TestRelay, seed: u64) -> Device {
+        let dir = TempDir::new("client");
+        let store = SqliteStore::open(&dir.path().join("client.db"), &key(seed))
+            .await
+            .unwrap();
+        let client = Client::create_account(store, key(seed), &relay.url(), options(seed))
+            .await
+            .unwrap();
+        let events = client.events().unwrap();
+        let mut d = Device {
+            client,
+            events,
+            dir,
+            seed,
+            stash: Default::default(),
+        };
+        d.wait_for(|e| matches!(e, Event::Connected)).await;
+        d
+    }
+
+    /// Shuts the client down and opens it again from its SQLite store.
+    pub async fn restart(self) -> Device {
+        let Device { client, dir, seed, .. } = self;
+        client.shutdown().await;
+        Self::reopen(dir, seed).await
+    }
+
+    /// Opens a client from an existing store directory.
+    pub async fn reopen(dir: TempDir, seed: u64) -> Device {
+        let store = SqliteStore::open(&dir.path().join("client.db"), &key(seed))
+            .await
+            .unwrap();
+        // Every run of a device draws from a fresh seeded generator: reusing one stream
+        // would repeat ratchet keys, exactly what the OS generator prevents in apps.
+        static RUNS: AtomicU64 = AtomicU64::new(1);
+        let run = RUNS.fetch_add(1, Ordering::Relaxed);
+        let client = Client::open(store, key(seed), options(seed ^ (run << 32)))
+            .await
+            .unwrap();
+        let events = client.events().unwrap();
+        Device {
+            client,
+            events,
+            dir,
+            seed,
+            stash: Default::default(),
+        }
+    }
+
+    /// The account id.
+    pub fn id(&self) -> AccountId {
+        self.client.account_id()
+    }
+
+    /// Awaits the first event matching `f`, looking at the stash first; other events
+    /// go to the stash.
+    pub async fn wait_for(&mut self, mut f: impl FnMut(&Event) -> bool) -> Event {
+        if let Some(i) = self.stash.iter().position(&mut f) {
+            return self.stash.remove(i).unwrap();
+        }
+        tokio::time::timeout(FAILSAFE, async {
+            loop {
+                let e = self.events.next().await.expect("event stream ended");
+                if f(&e) {
+                    return e;
+                }
+                self.stash.push_back(e);
+            }
+        })
+        .await
+        .expect("event not seen within the failsafe")
+    }
+
+    /// Awaits `n` received messages (texts and transcripts); other events are
+    /// stashed.
+    pub async fn receive(&mut self, n: usize) -> Vec<StoredMessage> {
+        let mut got = Vec::with_capacity(n);
+        let mut rest = std::collections::VecDeque::new();
+        while let Some(e) = self.stash.pop_front() {
+            match e {
+                Event::MessageReceived(m) if got.len() < n => got.push(m),
+                other => rest.push_back(other),
+            }
+        }
+        self.stash = rest;
+        tokio::time::timeout(FAILSAFE, async {
+            while got.len() < n {
+                match self.events.next().await.expect("event stream ended") {
+                    Event::MessageReceived(m) => got.push(m),
+                    other => self.stash.push_back(other),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("only {} of {n} messages within the failsafe", got.len()));
+        got
+    }
+
+    /// Awaits `n` `MessageSent` events.
+    pub async fn sent(&mut self, n: usize) {
+        for _ in 0..n {
+            self.wait_for(|e| matches!(e, Event::MessageSent { .. })).await;
+        }
+    }
+
+    /// True when an `Undecryptable` event was stashed.
+    pub fn saw_undecryptable(&self) -> bool {
+        self.stash.iter().any(|e| matches!(e, Event::Undecryptable { .. }))
+    }
+
+    /// Every message of a conversation.
+    pub async fn history(&self, with: &AccountId) -> Vec<StoredMessage> {
+        self.client
+            .messages(
+                with,
+                Page {
+                    before: None,
+                    limit: 10_000,
+                },
+            )
+            .await
+            .unwrap()
+    }
+}

@@ -184,6 +184,11 @@ pub enum Event {
     },
     /// This device is no longer in its account's device list.
     DeviceRemoved,
+    /// (From the client) the relay connection is authenticated.
+    Connected,
+    /// (From the client) every envelope queued while this device was offline has been
+    /// processed.
+    CaughtUp,
 }
 
 /// Something the machine needs from the relay before it can go on.

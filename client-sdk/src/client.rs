@@ -1,0 +1,830 @@
+//! The client façade (native): a [`Machine`] over a [`Store`], a relay connection task
+//! and the API apps call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hkdf::Hkdf;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use sha2::Sha256;
+use sotto_crypto::pickle::Pickle;
+use sotto_crypto::{AccountId, Device, DeviceId, DeviceListError, PickleKey, SignedDeviceList};
+use sotto_proto::{ErrorCode, Frame, Send, SendOutcome};
+use thiserror::Error;
+use tokio::sync::{Mutex, Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use crate::machine::{Event, Inbound, Machine, MachineError, Need, SendPlan, Snapshot};
+use crate::store::{Changes, Committed, OutboxItem, Page, Store, StoreError, StoreKey, StoredMessage};
+use crate::transport::{Relay, Socket, TransportError};
+
+/// Events queued for the app before the connection task waits for it to read.
+pub(crate) const EVENT_QUEUE: usize = 4096;
+/// Attempts to send one outbox item before it is given up.
+const MAX_SEND_ATTEMPTS: u32 = 8;
+/// Commits retried after a compare-and-swap conflict.
+const MAX_CONFLICT_RETRIES: u32 = 5;
+/// How many consumed one-time prekeys trigger a refill check.
+const REFILL_AFTER: u32 = 20;
+
+/// Why a client call failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The machine refused the operation.
+    #[error("{0}")]
+    Machine(#[from] MachineError),
+    /// The relay could not be reached or refused.
+    #[error("relay: {0}")]
+    Transport(#[from] TransportError),
+    /// A device list did not verify.
+    #[error("device list: {0}")]
+    DeviceList(#[from] DeviceListError),
+    /// The store already holds an account.
+    #[error("the store already holds an account")]
+    AccountExists,
+    /// The store holds no account.
+    #[error("the store holds no account")]
+    NoAccount,
+    /// Not an account id or contact link.
+    #[error("not an account id or contact link")]
+    BadContact,
+    /// Not a conversation of this account.
+    #[error("unknown contact; add it first")]
+    UnknownContact,
+    /// Not a valid link code.
+    #[error("not a valid link code")]
+    BadLinkCode,
+    /// Linking did not complete.
+    #[error("linking failed: {0}")]
+    Link(String),
+}
+
+impl ClientError {
+    /// A stable code for the error kind.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Store(_) => "store",
+            Self::Machine(_) => "machine",
+            Self::Transport(_) => "transport",
+            Self::DeviceList(_) => "device_list",
+            Self::AccountExists => "account_exists",
+            Self::NoAccount => "no_account",
+            Self::BadContact => "bad_contact",
+            Self::UnknownContact => "unknown_contact",
+            Self::BadLinkCode => "bad_link_code",
+            Self::Link(_) => "link",
+        }
+    }
+
+    /// True when the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Store(StoreError::Conflict) => true,
+            Self::Transport(t) => t.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// Connection and timing options.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Seed for the machine's generator; `None` draws one from the OS. Tests pass one.
+    pub rng_seed: Option<u64>,
+    /// Client ping interval.
+    pub heartbeat: Duration,
+    /// Reconnect when nothing arrived for this long.
+    pub idle_timeout: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+    /// Connect to the relay (false: offline use of the store only).
+    pub connect: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            rng_seed: None,
+            heartbeat: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            connect: true,
+        }
+    }
+}
+
+/// The app's stream of [`Event`]s. Only one exists per client.
+#[derive(Debug)]
+pub struct EventStream {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl EventStream {
+    /// The next event; `None` once the client shut down.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+/// A contact link: `sotto:` and the account id's text form.
+pub fn contact_link(account: &AccountId) -> String {
+    format!("sotto:{account}")
+}
+
+/// Parses an account id or a contact link.
+pub fn parse_contact(s: &str) -> Result<AccountId, ClientError> {
+    let s = s.trim();
+    let id = s.strip_prefix("sotto:").unwrap_or(s);
+    id.parse().map_err(|_| ClientError::BadContact)
+}
+
+fn os_seed() -> u64 {
+    let mut b = [0u8; 8];
+    // Without OS randomness nothing here is safe; a zero seed would be worse than
+    // refusing, but getrandom only fails on exotic platforms.
+    let _ = getrandom::getrandom(&mut b);
+    u64::from_le_bytes(b)
+}
+
+fn machine_rng(options: &ClientOptions) -> ChaCha20Rng {
+    match options.rng_seed {
+        Some(seed) => ChaCha20Rng::seed_from_u64(seed),
+        None => {
+            let mut seed = Zeroizing::new([0u8; 32]);
+            let _ = getrandom::getrandom(seed.as_mut_slice());
+            ChaCha20Rng::from_seed(*seed)
+        }
+    }
+}
+
+pub(crate) fn pickle_key(key: &StoreKey) -> PickleKey {
+    let mut out = [0u8; 32];
+    let _ = Hkdf::<Sha256>::new(None, &key.0).expand(b"Sotto-v1 pickle key", &mut out);
+    let k = PickleKey::new(out);
+    zeroize::Zeroize::zeroize(&mut out);
+    k
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub(crate) async fn load_snapshot<S: Store>(store: &S) -> Result<Snapshot, StoreError> {
+    Ok(Snapshot {
+        account: store.load_account().await?,
+        sessions: store.load_sessions().await?,
+        prekeys: store.load_prekeys().await?,
+        device_lists: store.load_device_lists().await?,
+        conversations: store.conversations().await?,
+        recent_ids: store.recent_message_ids(crate::machine::SEEN_IDS as u32).await?,
+    })
+}
+
+pub(crate) struct Inner<S: Store> {
+    pub(crate) store: S,
+    key: StoreKey,
+    pub(crate) relay: Relay,
+    pub(crate) device: Device,
+    pub(crate) machine: Mutex<Machine>,
+    events: mpsc::Sender<Event>,
+    events_rx: std::sync::Mutex<Option<mpsc::Receiver<Event>>>,
+    events_taken: AtomicBool,
+    wake: Notify,
+    options: ClientOptions,
+    consumed: std::sync::atomic::AtomicU32,
+}
+
+/// A Sotto client: one device of one account, its store and its relay connection.
+///
+/// Create one with [`Client::create_account`], [`Client::open`] or
+/// [`Client::join_as_new_device`]. A background task keeps the relay connection up
+/// (challenge authentication, heartbeat, reconnect with exponential backoff and jitter,
+/// resume from the mailbox) and sends the persisted outbox. Drop or
+/// [`shutdown`](Client::shutdown) stops it.
+pub struct Client<S: Store> {
+    pub(crate) inner: Arc<Inner<S>>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl<S: Store> std::fmt::Debug for Client<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("device", &self.inner.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Drop for Client<S> {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl<S: Store> Client<S> {
+    /// Creates an account with its first device, registers it at the relay and connects.
+    pub async fn create_account(
+        store: S,
+        key: StoreKey,
+        relay_url: &str,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        if store.load_account().await?.is_some() {
+            return Err(ClientError::AccountExists);
+        }
+        let relay = Relay::new(relay_url)?;
+        let mut rng = machine_rng(&options);
+        let pk = pickle_key(&key);
+        let new = Machine::new_account(relay.url(), now_ms(), &mut rng, &pk)?;
+        store.commit(new.changes).await?;
+        let account = new.device_list.account_id();
+        relay
+            .put_device_list(&account, new.device_list.signed().as_bytes())
+            .await?;
+        let mut client = Self::start(store, key, rng, options).await?;
+        client
+            .inner
+            .relay
+            .put_prekeys(&client.inner.device, &new.prekeys)
+            .await?;
+        client.spawn();
+        Ok(client)
+    }
+
+    /// Opens the account in `store` and connects.
+    pub async fn open(store: S, key: StoreKey, options: ClientOptions) -> Result<Self, ClientError> {
+        let rng = machine_rng(&options);
+        let mut client = Self::start(store, key, rng, options).await?;
+        client.spawn();
+        Ok(client)
+    }
+
+    pub(crate) async fn start(
+        store: S,
+        key: StoreKey,
+        rng: ChaCha20Rng,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let snapshot = load_snapshot(&store).await?;
+        let Some(account) = &snapshot.account else {
+            return Err(ClientError::NoAccount);
+        };
+        let device = Device::unpickle(&account.value.device, &pickle_key(&key)).map_err(MachineError::from)?;
+        let relay = Relay::new(&account.value.relay_url)?;
+        let machine = Machine::load(snapshot, pickle_key(&key), rng)?;
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let (shutdown, _) = watch::channel(false);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                key,
+                relay,
+                device,
+                machine: Mutex::new(machine),
+                events: tx,
+                events_rx: std::sync::Mutex::new(Some(rx)),
+                events_taken: AtomicBool::new(false),
+                wake: Notify::new(),
+                options,
+                consumed: std::sync::atomic::AtomicU32::new(0),
+            }),
+            shutdown,
+            task: None,
+        })
+    }
+
+    pub(crate) fn spawn(&mut self) {
+        if !self.inner.options.connect || self.task.is_some() {
+            return;
+        }
+        let inner = self.inner.clone();
+        let shutdown = self.shutdown.subscribe();
+        self.task = Some(tokio::spawn(async move { inner.run(shutdown).await }));
+    }
+
+    /// The event stream; `None` after the first call.
+    pub fn events(&self) -> Option<EventStream> {
+        let rx = self.inner.events_rx.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        self.inner.events_taken.store(true, Ordering::SeqCst);
+        Some(EventStream { rx })
+    }
+
+    /// This account's id.
+    pub fn account_id(&self) -> AccountId {
+        self.inner.device.account_id()
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> DeviceId {
+        self.inner.device.device_id()
+    }
+
+    /// The link others add this account with.
+    pub fn contact_link(&self) -> String {
+        contact_link(&self.account_id())
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// Adds a contact by account id or contact link: fetches and pins its device list.
+    pub async fn add_contact(&self, contact: &str) -> Result<AccountId, ClientError> {
+        let account = parse_contact(contact)?;
+        self.inner.refresh_device_list(account).await?;
+        self.inner.transact(|m| Ok((m.add_contact(account)?, ()))).await?;
+        Ok(account)
+    }
+
+    /// Queues a text to a contact; the connection task sends it (now or after a
+    /// reconnect). Returns the local message (status `Queued`).
+    pub async fn send_text(&self, contact: &AccountId, text: &str) -> Result<StoredMessage, ClientError> {
+        let (message, committed) = self
+            .inner
+            .transact(|m| {
+                let (c, msg) = m.queue_text(*contact, text, now_ms())?;
+                Ok((c, msg))
+            })
+            .await?;
+        self.inner.wake.notify_one();
+        let mut message = message;
+        if let Some((_, order)) = committed.inserted.first() {
+            message.order = *order;
+        }
+        Ok(message)
+    }
+
+    /// Every conversation (one per contact).
+    pub async fn conversations(&self) -> Result<Vec<AccountId>, ClientError> {
+        Ok(self
+            .inner
+            .store
+            .conversations()
+            .await?
+            .into_iter()
+            .map(|c| c.peer)
+            .collect())
+    }
+
+    /// A page of a conversation, oldest first.
+    pub async fn messages(&self, conversation: &AccountId, page: Page) -> Result<Vec<StoredMessage>, ClientError> {
+        Ok(self.inner.store.messages(*conversation, page).await?)
+    }
+
+    /// Messages still waiting to be sent.
+    pub async fn outbox_len(&self) -> Result<usize, ClientError> {
+        Ok(self.inner.store.outbox(u32::MAX).await?.len())
+    }
+
+    /// The safety number with a contact, as 12 groups of 5 digits.
+    pub async fn safety_number(&self, contact: &AccountId) -> Result<String, ClientError> {
+        let m = self.inner.machine.lock().await;
+        let n = m.safety_number(contact).ok_or(ClientError::UnknownContact)?;
+        Ok(n.display_groups().join(" "))
+    }
+
+    /// The pinned device ids of an account.
+    pub async fn devices_of(&self, account: &AccountId) -> Vec<DeviceId> {
+        let m = self.inner.machine.lock().await;
+        m.device_list(account)
+            .map(|l| l.devices().iter().map(|d| d.device_id).collect())
+            .unwrap_or_default()
+    }
+
+    /// Stops the connection task and waits for it.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+enum Prepared {
+    Ready(Vec<sotto_proto::Recipient>),
+    Retry,
+    GiveUp(String),
+}
+
+struct InFlight {
+    frame_id: u64,
+    item: OutboxItem,
+}
+
+impl<S: Store> Inner<S> {
+    /// Emits events: to the app's stream once it was taken (waiting if it is full);
+    /// dropped before anyone listens.
+    pub(crate) async fn emit(&self, events: Vec<Event>) {
+        if !self.events_taken.load(Ordering::SeqCst) {
+            return;
+        }
+        for e in events {
+            if self.events.send(e).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn reload(&self, m: &mut Machine) -> Result<(), ClientError> {
+        let snapshot = load_snapshot(&self.store).await?;
+        let rng = ChaCha20Rng::seed_from_u64(m.rng().next_u64());
+        *m = Machine::load(snapshot, pickle_key(&self.key), rng)?;
+        Ok(())
+    }
+
+    /// Commits `changes` made by `m` and applies them; on a conflict reloads `m` from
+    /// the store and returns the conflict for the caller to retry.
+    pub(crate) async fn commit_locked(&self, m: &mut Machine, changes: Changes) -> Result<Committed, ClientError> {
+        if changes.is_empty() {
+            return Ok(Committed::default());
+        }
+        match self.store.commit(changes.clone()).await {
+            Ok(c) => {
+                m.apply(&changes, &c);
+                Ok(c)
+            }
+            Err(StoreError::Conflict) => {
+                self.reload(m).await?;
+                Err(StoreError::Conflict.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs one machine operation and commits it, retrying after conflicts.
+    pub(crate) async fn transact<T>(
+        &self,
+        mut op: impl FnMut(&mut Machine) -> Result<(Changes, T), ClientError>,
+    ) -> Result<(T, Committed), ClientError> {
+        let mut attempts = 0;
+        loop {
+            let mut m = self.machine.lock().await;
+            let (changes, out) = op(&mut m)?;
+            match self.commit_locked(&mut m, changes).await {
+                Ok(c) => return Ok((out, c)),
+                Err(ClientError::Store(StoreError::Conflict)) if attempts < MAX_CONFLICT_RETRIES => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Fetches, verifies and pins an account's device list; emits the change.
+    pub(crate) async fn refresh_device_list(&self, account: AccountId) -> Result<(), ClientError> {
+        let bytes = self.relay.get_device_list(&account).await?;
+        self.pin_device_list(account, &bytes).await
+    }
+
+    async fn pin_device_list(&self, account: AccountId, bytes: &[u8]) -> Result<(), ClientError> {
+        let result = self
+            .transact(|m| {
+                let (c, change) = m.receive_device_list(&account, bytes)?;
+                Ok((c, change))
+            })
+            .await;
+        match result {
+            Ok((Some(change), _)) => {
+                let mut events = Vec::new();
+                if account == self.device.account_id() {
+                    let m = self.machine.lock().await;
+                    if !m.is_listed() {
+                        events.push(Event::DeviceRemoved);
+                    }
+                }
+                if !change.is_empty() {
+                    events.insert(0, Event::DeviceListChanged { account, change });
+                }
+                self.emit(events).await;
+                Ok(())
+            }
+            Ok((None, _)) => Ok(()),
+            Err(ClientError::DeviceList(error)) => {
+                self.emit(vec![Event::DeviceListRejected {
+                    account,
+                    error: error.clone(),
+                }])
+                .await;
+                Err(ClientError::DeviceList(error))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn fetch_bundles(&self, account: AccountId, devices: Vec<DeviceId>) -> Result<(), ClientError> {
+        let mut bundles = Vec::with_capacity(devices.len());
+        for d in devices {
+            match self.relay.bundle(&self.device, &account, d).await {
+                Ok(b) => bundles.extend(b),
+                Err(TransportError::Relay { code, .. }) if code == ErrorCode::UNKNOWN_DEVICE => {
+                    self.refresh_device_list(account).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.transact(|m| Ok((m.receive_bundles(&account, &bundles)?, ())))
+            .await?;
+        Ok(())
+    }
+
+    async fn prepare(&self, item: &OutboxItem) -> Prepared {
+        for _ in 0..MAX_SEND_ATTEMPTS {
+            let needs = {
+                let mut m = self.machine.lock().await;
+                match m.prepare_send(item) {
+                    Ok(SendPlan::Ready { changes, recipients }) => match self.commit_locked(&mut m, changes).await {
+                        Ok(_) => return Prepared::Ready(recipients),
+                        Err(ClientError::Store(StoreError::Conflict)) => continue,
+                        Err(_) => return Prepared::Retry,
+                    },
+                    Ok(SendPlan::Need(needs)) => needs,
+                    Err(e) => return Prepared::GiveUp(e.to_string()),
+                }
+            };
+            for need in needs {
+                let r = match need {
+                    Need::DeviceList(a) => self.refresh_device_list(a).await,
+                    Need::Bundles(a, d) => self.fetch_bundles(a, d).await,
+                };
+                match r {
+                    Ok(()) => {}
+                    Err(e) if e.is_retryable() => return Prepared::Retry,
+                    Err(ClientError::Transport(TransportError::Relay { code, .. }))
+                        if code == ErrorCode::NO_PREKEYS =>
+                    {
+                        return Prepared::Retry;
+                    }
+                    Err(e) => return Prepared::GiveUp(e.to_string()),
+                }
+            }
+        }
+        Prepared::Retry
+    }
+
+    async fn give_up(&self, item: &OutboxItem, reason: String) {
+        let ev = {
+            let mut m = self.machine.lock().await;
+            let (changes, ev) = m.give_up(item, reason);
+            let _ = self.commit_locked(&mut m, changes).await;
+            ev
+        };
+        self.emit(vec![ev]).await;
+    }
+
+    async fn handle_deliver(&self, seq: u64, envelope: &[u8]) -> Result<(), ClientError> {
+        let mut refreshed = false;
+        let mut conflicts = 0;
+        loop {
+            let mut m = self.machine.lock().await;
+            match m.receive_envelope(seq, envelope, refreshed) {
+                Inbound::Need(Need::DeviceList(a)) => {
+                    drop(m);
+                    // A list that cannot be fetched or verified leaves the sender unknown.
+                    let _ = self.refresh_device_list(a).await;
+                    refreshed = true;
+                }
+                Inbound::Need(Need::Bundles(..)) => refreshed = true,
+                Inbound::Done { changes, events } => {
+                    let consumed = changes.prekeys_removed.len() as u32;
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(c) => {
+                            drop(m);
+                            let events = events
+                                .into_iter()
+                                .filter_map(|e| match e {
+                                    Event::MessageReceived(mut msg) => {
+                                        let order = c.inserted.iter().find(|(id, _)| *id == msg.id)?.1;
+                                        msg.order = order;
+                                        Some(Event::MessageReceived(msg))
+                                    }
+                                    other => Some(other),
+                                })
+                                .collect();
+                            self.emit(events).await;
+                            if consumed > 0
+                                && self.consumed.fetch_add(consumed, Ordering::SeqCst) + consumed >= REFILL_AFTER
+                            {
+                                self.consumed.store(0, Ordering::SeqCst);
+                                let _ = self.refill_prekeys().await;
+                            }
+                            return Ok(());
+                        }
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn refill_prekeys(&self) -> Result<(), ClientError> {
+        let counts = self.relay.prekey_counts(&self.device).await?;
+        let upload = {
+            let mut m = self.machine.lock().await;
+            let Some((changes, upload)) = m.refill_prekeys(&counts)? else {
+                return Ok(());
+            };
+            self.commit_locked(&mut m, changes).await?;
+            upload
+        };
+        self.relay.put_prekeys(&self.device, &upload).await?;
+        Ok(())
+    }
+
+    async fn handle_mismatch(&self, item: &OutboxItem, lists: &[Vec<u8>]) -> Result<(), ClientError> {
+        let own = self.device.account_id();
+        for bytes in lists {
+            let account = SignedDeviceList::from_bytes(bytes)
+                .map_err(DeviceListError::from)
+                .and_then(|l| l.account_key_and_version())
+                .map(|(ak, _)| AccountId::from_account_key(&ak))?;
+            if account != item.to && account != own {
+                continue;
+            }
+            self.pin_device_list(account, bytes).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = self.options.backoff_min;
+        let mut jitter = ChaCha20Rng::seed_from_u64(self.options.rng_seed.map_or_else(os_seed, |s| s ^ 0x5eed));
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let connected = tokio::select! {
+                r = self.relay.connect(&self.device) => r,
+                _ = shutdown.changed() => return,
+            };
+            match connected {
+                Ok(socket) => {
+                    backoff = self.options.backoff_min;
+                    self.emit(vec![Event::Connected]).await;
+                    if self.serve(socket, &mut shutdown).await {
+                        return;
+                    }
+                }
+                Err(TransportError::Relay { code, .. }) if code == ErrorCode::AUTH_FAILED => {
+                    // Removed from the account's device list?
+                    if self.refresh_device_list(self.device.account_id()).await.is_ok() {
+                        let listed = self.machine.lock().await.is_listed();
+                        if !listed {
+                            return;
+                        }
+                    }
+                }
+                Err(_) => {}
+            }
+            let span = backoff.as_millis() as u64;
+            let delay = Duration::from_millis(span / 2 + jitter.next_u64() % (span / 2 + 1));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(self.options.backoff_max);
+        }
+    }
+
+    /// Serves one authenticated connection. Returns true on shutdown.
+    async fn serve(&self, mut socket: Socket, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let _ = self.refill_prekeys().await;
+        let mut in_flight: Option<InFlight> = None;
+        let mut attempts: u32 = 0;
+        let mut next_frame_id: u64 = 1;
+        let mut retry_at: Option<Instant> = None;
+        let mut ping = tokio::time::interval(self.options.heartbeat);
+        ping.tick().await;
+        loop {
+            if in_flight.is_none() && retry_at.is_none_or(|t| t <= Instant::now()) {
+                retry_at = None;
+                let head = match self.store.outbox(1).await {
+                    Ok(mut v) => v.pop(),
+                    Err(_) => None,
+                };
+                if let Some(item) = head {
+                    match self.prepare(&item).await {
+                        Prepared::Ready(recipients) => {
+                            let frame = Frame::Send(Send {
+                                message_id: next_frame_id,
+                                recipients,
+                            });
+                            if socket.send(&frame).await.is_err() {
+                                return false;
+                            }
+                            in_flight = Some(InFlight {
+                                frame_id: next_frame_id,
+                                item,
+                            });
+                            next_frame_id += 1;
+                        }
+                        Prepared::Retry => {
+                            retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_secs(1)));
+                        }
+                        Prepared::GiveUp(reason) => {
+                            self.give_up(&item, reason).await;
+                            continue;
+                        }
+                    }
+                }
+            }
+            let retry = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    socket.close().await;
+                    return true;
+                }
+                _ = self.wake.notified(), if in_flight.is_none() => {}
+                _ = retry => {}
+                _ = ping.tick() => {
+                    if socket.last_seen().elapsed() > self.options.idle_timeout || socket.ping().await.is_err() {
+                        return false;
+                    }
+                }
+                frame = socket.recv() => {
+                    let frame = match frame {
+                        Ok(Some(f)) => f,
+                        Ok(None) | Err(_) => return false,
+                    };
+                    match frame {
+                        Frame::Deliver(d) => {
+                            if self.handle_deliver(d.seq, &d.envelope).await.is_err() {
+                                // Not acked: delivered again after the reconnect.
+                                return false;
+                            }
+                            if socket.send(&Frame::Ack { seq: d.seq }).await.is_err() {
+                                return false;
+                            }
+                        }
+                        Frame::QueueEmpty => self.emit(vec![Event::CaughtUp]).await,
+                        Frame::SendResult(r) => {
+                            let Some(f) = in_flight.take_if(|f| f.frame_id == r.message_id) else {
+                                continue;
+                            };
+                            match r.outcome {
+                                SendOutcome::Stored { .. } => {
+                                    attempts = 0;
+                                    let ev = {
+                                        let mut m = self.machine.lock().await;
+                                        let (changes, ev) = m.mark_sent(&f.item);
+                                        if self.commit_locked(&mut m, changes).await.is_err() {
+                                            return false;
+                                        }
+                                        ev
+                                    };
+                                    self.emit(ev.into_iter().collect()).await;
+                                }
+                                SendOutcome::DeviceMismatch { device_lists } => {
+                                    attempts += 1;
+                                    let fixed = self.handle_mismatch(&f.item, &device_lists).await;
+                                    if attempts >= MAX_SEND_ATTEMPTS || matches!(fixed, Err(ClientError::DeviceList(_))) {
+                                        attempts = 0;
+                                        let reason = match fixed {
+                                            Err(e) => e.to_string(),
+                                            Ok(()) => "the device set kept changing".into(),
+                                        };
+                                        self.give_up(&f.item, reason).await;
+                                    }
+                                }
+                                SendOutcome::Rejected { code } if code.is_retryable() => {
+                                    retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_millis(200)));
+                                }
+                                SendOutcome::Rejected { code } => {
+                                    attempts = 0;
+                                    self.give_up(&f.item, format!("the relay refused: {code}")).await;
+                                }
+                                _ => {}
+                            }
+                        }
+                        Frame::Error { code } => {
+                            if code == ErrorCode::REPLACED || code == ErrorCode::SHUTTING_DOWN || code == ErrorCode::IDLE_TIMEOUT {
+                                return false;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
