@@ -54,7 +54,7 @@ start() {
   done
   as_owner "$INITDB" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }
-  as_owner "$PG_CTL" -D "$dir/data" -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" \
+  as_owner "$PG_CTL" -D "$dir/data" -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-off}" \
     -l "$dir/log" -w start >&2 || { cat "$dir/log" >&2; exit 1; }
   echo "$port" >"$dir/port"
   "$(find_bin psql)" -h 127.0.0.1 -p "$port" -U postgres -q -c 'create database sotto_test' >&2

@@ -18,6 +18,7 @@
 #   through the relay, whose enqueue slows with mailbox depth (100,000 would take >10 min);
 #   PG_FILL=relay queues it through the relay as on SQLite.
 #   SKIP_BUILD=1 uses the binaries already in target/release.
+#   PG_FSYNC [off]: fsync setting of the throwaway PostgreSQL cluster (on = durable commits).
 #   OUT [target/loadgen]: logs and results.txt are kept there.
 set -euo pipefail
 
@@ -192,7 +193,7 @@ for backend in $BACKENDS; do
   if [ "$backend" = postgres ]; then
     PG_DIR=$(mktemp -d /tmp/sotto-loadgen-pg.XXXXXX)
     PG_URL=$(scripts/pg.sh start "$PG_DIR")
-    echo "PostgreSQL: $PG_URL (scripts/pg.sh runs it with fsync=off)"
+    echo "PostgreSQL: $PG_URL (fsync=${PG_FSYNC:-off}; set PG_FSYNC=on for power-loss durability)"
   fi
   for mode in $MODES; do
     if [ "$mode" = throughput ]; then

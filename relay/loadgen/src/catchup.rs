@@ -133,7 +133,7 @@ async fn fill_by_sql(cmd: &str, to: AccountId, q: u64, envelope_bytes: usize) ->
          INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext) \
          SELECT '\\x{account}'::bytea, 1, g, {received}, {expires}, \
          overlay('\\x{filler}'::bytea placing int8send(g) from 1 for 8) FROM generate_series(1::bigint, {q}) AS g;\n\
-         UPDATE devices SET next_seq = {next} WHERE account_id = '\\x{account}'::bytea AND device_id = 1;\n\
+         UPDATE devices SET next_seq = {next}, depth = {q} WHERE account_id = '\\x{account}'::bytea AND device_id = 1;\n\
          COMMIT;\n",
         received = now - now % 60,
         expires = now + 30 * 24 * 3600,

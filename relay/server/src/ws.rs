@@ -23,10 +23,13 @@
 //! can drive it with channels.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, close_code};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use sotto_crypto::{AccountId, DeviceId};
 use sotto_proto::{Deliver, ErrorCode, Frame, Recipient, Send, SendOutcome, SendResult};
@@ -250,6 +253,7 @@ where
     let hb = &state.config.heartbeat;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + hb.ping_interval(), hb.ping_interval());
     let mut last_heard = Instant::now();
+    let mut pending: Option<Pending<'_>> = None;
 
     // Acks are queued, not awaited: commit those of this device's previous connection
     // before reading its mailbox, so a reconnect does not redeliver what was acked.
@@ -261,6 +265,7 @@ where
         let step: Result<(), End> = tokio::select! {
             biased;
             _ = crate::state::wait_shutdown(&mut shutdown) => {
+                Box::pin(drain_answers(state, socket, &mut pending)).await;
                 let _ = send_frame(socket, &Frame::Error { code: ErrorCode::SHUTTING_DOWN }).await;
                 close(socket, close_code::AWAY, "").await;
                 return End::Shutdown;
@@ -270,10 +275,15 @@ where
                 close(socket, close_code::POLICY, "").await;
                 return End::Replaced;
             }
-            msg = socket.next() => {
+            Some(answer) = next_answer(&mut pending), if has_pending(&pending) => {
+                Box::pin(answer_send(state, socket, answer)).await
+            }
+            msg = socket.next(), if !pipeline_full(&pending) => {
                 last_heard = Instant::now();
                 match msg {
-                    Some(Ok(Message::Binary(b))) => Box::pin(handle_frame(state, socket, &mut mb, &signals, &mut bucket, &b)).await,
+                    Some(Ok(Message::Binary(b))) => {
+                        Box::pin(handle_frame(state, socket, &mut mb, &signals, &mut bucket, &mut pending, &b)).await
+                    }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                     Some(Ok(Message::Text(_))) => send_frame(socket, &Frame::Error { code: ErrorCode::MALFORMED }).await,
                     Some(Ok(Message::Close(_))) | None => Err(End::Closed),
@@ -415,12 +425,13 @@ where
     Ok(())
 }
 
-async fn handle_frame<S>(
-    state: &AppState,
+async fn handle_frame<'a, S>(
+    state: &'a AppState,
     socket: &mut S,
     mb: &mut Mailbox,
     signals: &ConnSignals,
     bucket: &mut Bucket,
+    pending: &mut Option<Pending<'a>>,
     bytes: &[u8],
 ) -> Result<(), End>
 where
@@ -434,7 +445,10 @@ where
         }
     };
     match frame {
-        Frame::Send(send) => answer_send(state, socket, bucket, Some((mb.account, mb.device)), send).await,
+        Frame::Send(send) => {
+            start_send(state, bucket, Some((mb.account, mb.device)), send, pending);
+            Ok(())
+        }
         Frame::Ack { seq } => {
             if seq > mb.delivered {
                 return send_frame(
@@ -494,36 +508,82 @@ where
     }
 }
 
-/// Rate-limits, handles and answers one send; `sender` is `None` on an anonymous
-/// connection.
-async fn answer_send<S>(
-    state: &AppState,
-    socket: &mut S,
+/// The sends of one connection whose commits are in progress, answered in order. A
+/// connection may have [`MAX_PIPELINED_SENDS`] in flight; then it stops reading frames
+/// until the oldest is answered. Created at the first send: idle connections pay nothing.
+type Pending<'a> = FuturesOrdered<Pin<Box<dyn Future<Output = (u64, SendOutcome)> + std::marker::Send + 'a>>>;
+
+/// The most sends one connection has in flight.
+pub const MAX_PIPELINED_SENDS: usize = 32;
+
+fn has_pending(p: &Option<Pending<'_>>) -> bool {
+    p.as_ref().is_some_and(|p| !p.is_empty())
+}
+
+fn pipeline_full(p: &Option<Pending<'_>>) -> bool {
+    p.as_ref().is_some_and(|p| p.len() >= MAX_PIPELINED_SENDS)
+}
+
+async fn next_answer(p: &mut Option<Pending<'_>>) -> Option<(u64, SendOutcome)> {
+    match p {
+        Some(p) => p.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Rate-limits a send and starts storing it; `sender` is `None` on an anonymous
+/// connection. Its answer comes from `pending`, in the order the sends arrived.
+fn start_send<'a>(
+    state: &'a AppState,
     bucket: &mut Bucket,
     sender: Option<(AccountId, DeviceId)>,
     send: Send,
-) -> Result<(), End>
-where
-    S: Sink<Message, Error = axum::Error> + Unpin,
-{
+    pending: &mut Option<Pending<'a>>,
+) {
     let message_id = send.message_id;
     if sender.is_none() {
         inc(&state.metrics.sends_anonymous_total, 1);
     }
-    let outcome = if bucket.take() {
-        handle_send(state, sender, send).await
+    let queue = pending.get_or_insert_with(FuturesOrdered::new);
+    if bucket.take() {
+        queue.push_back(Box::pin(
+            async move { (message_id, handle_send(state, sender, send).await) },
+        ));
     } else {
         inc(&state.metrics.rate_limited_total, 1);
-        SendOutcome::Rejected {
+        let outcome = SendOutcome::Rejected {
             code: ErrorCode::RATE_LIMITED,
-        }
-    };
+        };
+        queue.push_back(Box::pin(std::future::ready((message_id, outcome))));
+    }
+}
+
+/// Answers one send.
+async fn answer_send<S>(state: &AppState, socket: &mut S, (message_id, outcome): (u64, SendOutcome)) -> Result<(), End>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
     match &outcome {
         SendOutcome::Stored { .. } => inc(&state.metrics.sends_stored_total, 1),
         SendOutcome::DeviceMismatch { .. } => inc(&state.metrics.sends_mismatch_total, 1),
         _ => inc(&state.metrics.sends_rejected_total, 1),
     }
     send_frame(socket, &Frame::SendResult(SendResult { message_id, outcome })).await
+}
+
+/// Answers every send in flight (at shutdown: each was queued for the writer and will be
+/// committed, so its sender learns the outcome).
+async fn drain_answers<S>(state: &AppState, socket: &mut S, pending: &mut Option<Pending<'_>>)
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    if let Some(p) = pending {
+        while let Some(answer) = p.next().await {
+            if answer_send(state, socket, answer).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Serves an anonymous connection: sends only, no mailbox. `first` is the send that
@@ -539,23 +599,29 @@ where
     let hb = &state.config.heartbeat;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + hb.ping_interval(), hb.ping_interval());
     let mut last_heard = Instant::now();
+    let mut pending: Option<Pending<'_>> = None;
 
-    if let Err(end) = Box::pin(answer_send(state, socket, &mut bucket, None, first)).await {
-        return end;
-    }
+    start_send(state, &mut bucket, None, first, &mut pending);
     loop {
         let step: Result<(), End> = tokio::select! {
             biased;
             _ = crate::state::wait_shutdown(&mut shutdown) => {
+                Box::pin(drain_answers(state, socket, &mut pending)).await;
                 let _ = send_frame(socket, &Frame::Error { code: ErrorCode::SHUTTING_DOWN }).await;
                 close(socket, close_code::AWAY, "").await;
                 return End::Shutdown;
             }
-            msg = socket.next() => {
+            Some(answer) = next_answer(&mut pending), if has_pending(&pending) => {
+                Box::pin(answer_send(state, socket, answer)).await
+            }
+            msg = socket.next(), if !pipeline_full(&pending) => {
                 last_heard = Instant::now();
                 match msg {
                     Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
-                        Ok(Frame::Send(send)) => Box::pin(answer_send(state, socket, &mut bucket, None, send)).await,
+                        Ok(Frame::Send(send)) => {
+                            start_send(state, &mut bucket, None, send, &mut pending);
+                            Ok(())
+                        }
                         Ok(_) => send_frame(socket, &Frame::Error { code: ErrorCode::UNEXPECTED_FRAME }).await,
                         Err(e) => {
                             inc(&state.metrics.malformed_frames_total, 1);

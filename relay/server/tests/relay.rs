@@ -492,6 +492,48 @@ async fn windowed_delivery(url: String) {
     assert_eq!(recv(&mut wb).await, Frame::QueueEmpty);
 }
 
+/// Sends written back to back without waiting are stored in order and answered in order,
+/// more of them than a connection may have in flight included.
+async fn pipelined_sends(url: String) {
+    let relay = Relay::start(&url, |c| {
+        c.limits.rate_per_second = 1000;
+        c.limits.rate_burst = 1000;
+    })
+    .await;
+    let mut r = rng(19);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    register_all(&relay, &[&alice, &bob]).await;
+    let n = 3 * sotto_relay::ws::MAX_PIPELINED_SENDS as u64;
+    for (mut ws, first) in [
+        (relay.connect(&alice.devices[0]).await, 1),
+        (relay.open_anonymous().await, n + 1),
+    ] {
+        for id in first..first + n {
+            send(
+                &mut ws,
+                &Frame::Send(Send {
+                    message_id: id,
+                    recipients: to_devices(&bob, None, b"p"),
+                }),
+            )
+            .await;
+        }
+        let mut id = first;
+        while id < first + n {
+            match recv(&mut ws).await {
+                Frame::SendResult(SendResult { message_id, outcome }) => {
+                    assert_eq!(message_id, id);
+                    assert_eq!(outcome, SendOutcome::Stored { seqs: vec![id] });
+                    id += 1;
+                }
+                Frame::QueueEmpty => assert_eq!(first, 1, "only the authenticated connection has a mailbox"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
 /// A send on an anonymous connection: the very next frame must be its result (an
 /// anonymous connection never receives deliveries or ephemeral frames).
 async fn send_anon(ws: &mut Ws, message_id: u64, recipients: Vec<Recipient>) -> SendOutcome {
@@ -797,6 +839,7 @@ macro_rules! backend {
             t!(prekeys);
             t!(messaging);
             t!(windowed_delivery);
+            t!(pipelined_sends);
             t!(limits);
             t!(health);
             t!(anonymous);
