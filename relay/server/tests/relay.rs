@@ -829,7 +829,10 @@ macro_rules! backend {
                     async fn $name() {
                         let url: Option<String> = $url;
                         if let Some(url) = url {
-                            super::$name(url).await;
+                            super::$name(url.clone()).await;
+                            if url.starts_with("sqlite://") {
+                                remove_sqlite(&url);
+                            }
                         }
                     }
                 };

@@ -428,51 +428,66 @@ macro_rules! conformance {
         mod $backend {
             use super::*;
 
-            async fn open() -> Option<Arc<Store>> {
+            async fn open() -> Option<(Arc<Store>, String)> {
                 let url: Option<String> = $url;
-                Some(Arc::new(Store::open(&url?, 8).await.unwrap()))
+                let url = url?;
+                Some((Arc::new(Store::open(&url, 8).await.unwrap()), url))
+            }
+
+            async fn done(s: Arc<Store>, url: String) {
+                s.close().await;
+                if url.starts_with("sqlite://") {
+                    remove_sqlite(&url);
+                }
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn device_lists() {
-                if let Some(s) = open().await {
-                    super::device_lists(s).await;
+                if let Some((s, url)) = open().await {
+                    super::device_lists(s.clone()).await;
+                    done(s, url).await;
                 }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn prekeys() {
-                if let Some(s) = open().await {
-                    super::prekeys(s).await;
+                if let Some((s, url)) = open().await {
+                    super::prekeys(s.clone()).await;
+                    done(s, url).await;
                 }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_prekey_fetches() {
-                if let Some(s) = open().await {
-                    super::concurrent_prekey_fetches(s).await;
+                if let Some((s, url)) = open().await {
+                    super::concurrent_prekey_fetches(s.clone()).await;
+                    done(s, url).await;
                 }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sends() {
-                if let Some(s) = open().await {
-                    super::sends(s).await;
+                if let Some((s, url)) = open().await {
+                    super::sends(s.clone()).await;
+                    done(s, url).await;
                 }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_sends() {
-                if let Some(s) = open().await {
-                    super::concurrent_sends(s).await;
+                if let Some((s, url)) = open().await {
+                    super::concurrent_sends(s.clone()).await;
+                    done(s, url).await;
                 }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn write_batches() {
-                if let Some(s) = open().await {
-                    super::write_batches(s).await;
+                if let Some((s, url)) = open().await {
+                    super::write_batches(s.clone()).await;
+                    done(s, url).await;
                 }
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn push() {
-                if let Some(s) = open().await {
-                    super::push(s).await;
+                if let Some((s, url)) = open().await {
+                    super::push(s.clone()).await;
+                    done(s, url).await;
                 }
             }
         }
