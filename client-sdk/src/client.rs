@@ -206,6 +206,7 @@ pub(crate) struct Inner<S: Store> {
     wake: Notify,
     options: ClientOptions,
     consumed: std::sync::atomic::AtomicU32,
+    pub(crate) link: Mutex<Option<crate::link::PendingLink>>,
 }
 
 /// A Sotto client: one device of one account, its store and its relay connection.
@@ -301,6 +302,7 @@ impl<S: Store> Client<S> {
                 wake: Notify::new(),
                 options,
                 consumed: std::sync::atomic::AtomicU32::new(0),
+                link: Mutex::new(None),
             }),
             shutdown,
             task: None,
@@ -597,6 +599,25 @@ impl<S: Store> Inner<S> {
                     refreshed = true;
                 }
                 Inbound::Need(Need::Bundles(..)) => refreshed = true,
+                Inbound::LinkRequest {
+                    changes,
+                    sender,
+                    payload,
+                } => {
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(_) => {}
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    drop(m);
+                    // A request that does not verify, or a relay that refuses the new
+                    // list, leaves the account as it was.
+                    let _ = self.handle_link_request(sender, &payload).await;
+                    return Ok(());
+                }
                 Inbound::Done { changes, events } => {
                     let consumed = changes.prekeys_removed.len() as u32;
                     match self.commit_locked(&mut m, changes).await {
@@ -680,7 +701,9 @@ impl<S: Store> Inner<S> {
                         return;
                     }
                 }
-                Err(TransportError::Relay { code, .. }) if code == ErrorCode::AUTH_FAILED => {
+                Err(TransportError::Relay { code, .. })
+                    if code == ErrorCode::AUTH_FAILED || code == ErrorCode::UNKNOWN_DEVICE =>
+                {
                     // Removed from the account's device list?
                     if self.refresh_device_list(self.device.account_id()).await.is_ok() {
                         let listed = self.machine.lock().await.is_listed();
@@ -703,6 +726,8 @@ impl<S: Store> Inner<S> {
 
     /// Serves one authenticated connection. Returns true on shutdown.
     async fn serve(&self, mut socket: Socket, shutdown: &mut watch::Receiver<bool>) -> bool {
+        // Another device of the account may have changed the device list meanwhile.
+        let _ = self.refresh_device_list(self.device.account_id()).await;
         let _ = self.refill_prekeys().await;
         let mut in_flight: Option<InFlight> = None;
         let mut attempts: u32 = 0;
@@ -758,6 +783,13 @@ impl<S: Store> Inner<S> {
                 _ = retry => {}
                 _ = ping.tick() => {
                     if socket.last_seen().elapsed() > self.options.idle_timeout || socket.ping().await.is_err() {
+                        return false;
+                    }
+                    // The relay keeps a removed device's socket open but drops its mailbox:
+                    // check the account's list on every heartbeat.
+                    let _ = self.refresh_device_list(self.device.account_id()).await;
+                    if !self.machine.lock().await.is_listed() {
+                        socket.close().await;
                         return false;
                     }
                 }

@@ -20,6 +20,8 @@ pub mod store;
 #[cfg(feature = "native")]
 mod client;
 #[cfg(feature = "native")]
+mod link;
+#[cfg(feature = "native")]
 pub mod transport;
 
 #[cfg(feature = "native")]

@@ -278,6 +278,43 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// Sends one `Send` on a fresh anonymous connection (sealed sender, docs/protocol.md
+    /// §13.8) and returns the relay's answer. The device set must name every device of
+    /// every account named.
+    pub async fn send_anonymous(&self, send: sotto_proto::Send) -> Result<sotto_proto::SendOutcome, TransportError> {
+        let exchange = async {
+            let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", self.authority))
+                .await
+                .map_err(io)?;
+            let mut socket = Socket {
+                ws,
+                last_seen: tokio::time::Instant::now(),
+            };
+            match socket.recv().await? {
+                Some(Frame::Challenge(c)) => self.check_challenge(&c)?,
+                other => return Err(TransportError::Protocol(format!("expected a challenge, got {other:?}"))),
+            }
+            let id = send.message_id;
+            socket.send(&Frame::Send(send)).await?;
+            loop {
+                match socket.recv().await? {
+                    Some(Frame::SendResult(r)) if r.message_id == id => {
+                        socket.close().await;
+                        return Ok(r.outcome);
+                    }
+                    Some(Frame::Error { code }) => return Err(TransportError::Relay { status: 0, code }),
+                    Some(_) => {}
+                    None => return Err(TransportError::Io("connection closed".into())),
+                }
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| TransportError::Timeout)?
+    }
+}
+
 /// An authenticated WebSocket to the relay.
 pub struct Socket {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,

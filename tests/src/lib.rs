@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Fails a test that waits longer than this for an event.
-pub const FAILSAFE: Duration = Duration::from_secs(120);
+pub const FAILSAFE: Duration = Duration::from_secs(60);
 
 /// A temporary directory, deleted on drop.
 #[derive(Debug)]
@@ -139,6 +139,7 @@ pub fn options(seed: u64) -> ClientOptions {
         rng_seed: Some(seed),
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
+        heartbeat: Duration::from_secs(1),
         ..ClientOptions::default()
     }
 }
@@ -288,5 +289,29 @@ impl Device {
             )
             .await
             .unwrap()
+    }
+}
+
+impl Device {
+    /// A new device of `existing`'s account, linked with a code from `existing`.
+    pub async fn join(relay: &TestRelay, existing: &Device, seed: u64) -> Device {
+        let code = existing.client.link_new_device().await.unwrap();
+        let dir = TempDir::new("client");
+        let store = SqliteStore::open(&dir.path().join("client.db"), &key(seed))
+            .await
+            .unwrap();
+        let client = Client::join_as_new_device(store, key(seed), &relay.url(), &code, options(seed))
+            .await
+            .unwrap();
+        let events = client.events().unwrap();
+        let mut d = Device {
+            client,
+            events,
+            dir,
+            seed,
+            stash: Default::default(),
+        };
+        d.wait_for(|e| matches!(e, Event::Connected)).await;
+        d
     }
 }

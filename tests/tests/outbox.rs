@@ -38,7 +38,11 @@ async fn messages_written_while_the_relay_is_down_are_sent_when_it_returns() {
     alice.client.add_contact(&bob.id().to_string()).await.unwrap();
     relay.stop().await;
     for i in 0..20 {
-        alice.client.send_text(&bob.id(), &format!("offline {i}")).await.unwrap();
+        alice
+            .client
+            .send_text(&bob.id(), &format!("offline {i}"))
+            .await
+            .unwrap();
     }
     assert_eq!(alice.client.outbox_len().await.unwrap(), 20);
     // The outbox survives a restart of the client too.

@@ -216,10 +216,25 @@ pub enum SendPlan {
     },
 }
 
+/// Sealed content type of a linking request (new device → the account's devices).
+pub const CONTENT_LINK_REQUEST: u8 = 0x10;
+/// Sealed content type of a linking answer (a device holding the account key → the new device).
+pub const CONTENT_LINK_ACCEPT: u8 = 0x11;
+
 /// What [`Machine::receive_envelope`] produced.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Inbound {
+    /// A new device asks to join this account. Its sender is not listed yet; the caller
+    /// authenticates the request with the link secret it showed. Commit `changes`.
+    LinkRequest {
+        /// Records the seq as processed.
+        changes: Changes,
+        /// The claimed new device.
+        sender: DeviceIdentity,
+        /// The request payload.
+        payload: Vec<u8>,
+    },
     /// Fetch this account's device list, feed it in, and call again with `refreshed`.
     Need(Need),
     /// Commit `changes` (which always record the seq as processed), then emit `events`
@@ -515,6 +530,11 @@ impl Machine {
         &self.account_key
     }
 
+    /// The account key encrypted under `key` (to hand it to a device being linked).
+    pub fn pickle_account_key(&mut self, key: &PickleKey) -> Vec<u8> {
+        self.account_key.pickle(key, &mut self.rng)
+    }
+
     /// The relay URL the account was created with.
     pub fn relay_url(&self) -> &str {
         &self.account.value.relay_url
@@ -699,6 +719,25 @@ impl Machine {
             ..Changes::default()
         };
         Ok((changes, Some(change)))
+    }
+
+    /// A new version of this account's device list with `add` added and `remove`
+    /// removed, signed with the account key.
+    pub fn next_own_list(
+        &self,
+        add: Option<sotto_crypto::DeviceEntry>,
+        remove: Option<DeviceId>,
+        now_ms: u64,
+    ) -> Result<DeviceList, MachineError> {
+        let own = self.own_device_list().ok_or(MachineError::NoAccount)?;
+        let mut devices: Vec<_> = own
+            .devices()
+            .iter()
+            .filter(|d| Some(d.device_id) != remove && add.is_none_or(|a| a.device_id != d.device_id))
+            .copied()
+            .collect();
+        devices.extend(add);
+        Ok(self.account_key.sign_device_list(own.version() + 1, now_ms, devices)?)
     }
 
     /// True when this device is in its account's pinned list.
@@ -939,6 +978,13 @@ impl Machine {
         };
         let sender = opened.sender;
         let peer = (sender.account_id, sender.device_id);
+        if opened.content_type == CONTENT_LINK_REQUEST && sender.account_id == self.account_id() {
+            return Inbound::LinkRequest {
+                changes: self.seq_changes(seq),
+                sender,
+                payload: opened.content,
+            };
+        }
         let listed = match self.lists.get(&sender.account_id) {
             None => None,
             Some(list) => Some(list.contains(&sender)),
@@ -950,6 +996,17 @@ impl Machine {
             Some(false) => return self.undecryptable(seq, Some(peer), UndecryptableCause::SenderNotListed),
         }
         let mut changes = self.seq_changes(seq);
+        if opened.content_type == CONTENT_LINK_ACCEPT && sender.account_id == self.account_id() {
+            // A linking answer for another device of this account (sent to all of them):
+            // the account's device list changed; fetch it, then the envelope is done.
+            if !refreshed {
+                return Inbound::Need(Need::DeviceList(self.account_id()));
+            }
+            return Inbound::Done {
+                changes,
+                events: Vec::new(),
+            };
+        }
         let decrypted = match MessageType::from_byte(opened.content_type) {
             Some(MessageType::Ratchet) => self.decrypt_ratchet(&sender, &opened.content, &mut changes),
             Some(MessageType::PreKey) => self.decrypt_prekey(&sender, &opened.content, &mut changes),
