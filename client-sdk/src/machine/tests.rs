@@ -133,6 +133,7 @@ async fn deliver_one(to: &mut Peer, others: &[&Peer], seq: u64, env: &[u8]) {
                 refreshed = true;
             }
             Inbound::Need(other) => panic!("unexpected {other:?}"),
+            Inbound::LinkRequest { .. } => panic!("unexpected link request"),
             Inbound::Done { changes, events } => {
                 to.commit(changes).await;
                 to.events.extend(events);
