@@ -107,6 +107,16 @@ pub(crate) async fn readyz(State(state): State<Shared>) -> Result<&'static str, 
 
 /// `GET /metrics`: Prometheus text.
 pub(crate) async fn metrics(State(state): State<Shared>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &state.metrics;
+    m.write_queue_length
+        .store(i64::try_from(state.writer.queued()).unwrap_or(i64::MAX), Relaxed);
+    if let Ok((total, max)) = state.store.mailbox_totals().await {
+        m.mailbox_envelopes
+            .store(i64::try_from(total).unwrap_or(i64::MAX), Relaxed);
+        m.mailbox_depth_max
+            .store(i64::try_from(max).unwrap_or(i64::MAX), Relaxed);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

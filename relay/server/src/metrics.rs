@@ -18,7 +18,7 @@ macro_rules! metrics {
                 $(
                     let _ = writeln!(out, "# HELP sotto_relay_{} {}", stringify!($name), $doc.trim());
                     let _ = writeln!(out, "# TYPE sotto_relay_{} {}", stringify!($name), stringify!($kind));
-                    let _ = writeln!(out, "sotto_relay_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
+                    self.$name.render_value(&mut out, concat!("sotto_relay_", stringify!($name)));
                 )*
                 out
             }
@@ -26,6 +26,7 @@ macro_rules! metrics {
     };
     (@ty counter) => { AtomicU64 };
     (@ty gauge) => { AtomicI64 };
+    (@ty histogram) => { Histogram };
 }
 
 metrics! {
@@ -65,6 +66,87 @@ metrics! {
     counter rate_limited_total;
     /// HTTP requests answered with an error code.
     counter http_errors_total;
+    /// Seconds from reading a send to its commit (or refusal): the group-commit latency.
+    histogram send_store_seconds;
+    /// Seconds one write batch (group commit) took in the database.
+    histogram write_batch_seconds;
+    /// Writes (sends and acks) in the last write batch.
+    gauge write_batch_ops;
+    /// Writes queued for the writer, not yet in a batch.
+    gauge write_queue_length;
+    /// Envelopes stored in all mailboxes, as of this scrape.
+    gauge mailbox_envelopes;
+    /// Envelopes in the fullest mailbox, as of this scrape.
+    gauge mailbox_depth_max;
+}
+
+/// A metric's sample lines.
+trait Render {
+    fn render_value(&self, out: &mut String, name: &str);
+}
+
+impl Render for AtomicU64 {
+    fn render_value(&self, out: &mut String, name: &str) {
+        let _ = writeln!(out, "{name} {}", self.load(Ordering::Relaxed));
+    }
+}
+
+impl Render for AtomicI64 {
+    fn render_value(&self, out: &mut String, name: &str) {
+        let _ = writeln!(out, "{name} {}", self.load(Ordering::Relaxed));
+    }
+}
+
+/// A Prometheus histogram with fixed buckets (`le` upper bounds in the metric's unit).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: [AtomicU64; 12],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+/// Latency buckets in seconds: 1 ms to 2.5 s.
+const SECONDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            bounds: SECONDS,
+            counts: Default::default(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = self.bounds.iter().position(|b| secs <= *b).unwrap_or(self.bounds.len());
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Render for Histogram {
+    fn render_value(&self, out: &mut String, name: &str) {
+        let mut cumulative = 0;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {}", self.count.load(Ordering::Relaxed));
+    }
 }
 
 /// Adds to a counter.

@@ -116,6 +116,11 @@ impl Writer {
         let _ = self.tx.send(Job::Ack { account, device, seq }).await;
     }
 
+    /// Writes queued and not yet taken into a batch.
+    pub(crate) fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Waits until every write queued before this call is committed (or failed).
     pub(crate) async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -171,10 +176,16 @@ async fn run(store: &Store, hub: &Hub, metrics: &Metrics, mut rx: mpsc::Receiver
 /// Commits `jobs` (emptying it) and answers them. When the whole batch fails, each write
 /// is retried alone, so one write the database refuses cannot fail the others.
 async fn commit(store: &Store, hub: &Hub, metrics: &Metrics, jobs: &mut Vec<Job>) {
+    let started = std::time::Instant::now();
     let result = {
         let ops = ops_of(jobs);
+        metrics.write_batch_ops.store(
+            i64::try_from(ops.len()).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         store.write_batch(&ops).await
     };
+    metrics.write_batch_seconds.observe(started.elapsed());
     match result {
         Ok(outcomes) => answer(hub, metrics, std::mem::take(jobs), outcomes),
         Err(e) if jobs.len() > 1 => {

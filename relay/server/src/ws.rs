@@ -656,7 +656,10 @@ async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, se
         expires_at_s: now.saturating_add(limits.envelope_ttl_secs),
         max_mailbox_depth: limits.max_mailbox_depth,
     };
-    match state.writer.send(params, send.recipients).await {
+    let started = std::time::Instant::now();
+    let stored = state.writer.send(params, send.recipients).await;
+    state.metrics.send_store_seconds.observe(started.elapsed());
+    match stored {
         Ok(SendStored::Stored(seqs)) => SendOutcome::Stored { seqs },
         Ok(SendStored::Mismatch(device_lists)) => SendOutcome::DeviceMismatch { device_lists },
         Err(e) => SendOutcome::Rejected { code: code_of(&e) },

@@ -440,6 +440,19 @@ async fn messaging(url: String) {
     let text = String::from_utf8(body).unwrap();
     assert!(text.contains("sotto_relay_sends_stored_total 4"), "{text}");
     assert!(text.contains("sotto_relay_connections_open 3"), "{text}");
+    // Latency histograms and queue gauges. Mailboxes: b2 holds 1..=4 (it acked nothing),
+    // b1 holds 4 (it acked 3), a2 holds 1..=4.
+    assert!(text.contains("sotto_relay_send_store_seconds_count 5"), "{text}");
+    assert!(
+        text.contains("sotto_relay_send_store_seconds_bucket{le=\"+Inf\"} 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE sotto_relay_write_batch_seconds histogram"),
+        "{text}"
+    );
+    assert!(text.contains("sotto_relay_mailbox_envelopes 9"), "{text}");
+    assert!(text.contains("sotto_relay_mailbox_depth_max 4"), "{text}");
 }
 
 /// Delivery within the window: envelopes committed while the window is full overflow the

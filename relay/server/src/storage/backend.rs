@@ -420,6 +420,14 @@ macro_rules! storage_impl {
                 row.map(|r| to_u64(r.0)).ok_or(StorageError::UnknownDevice)
             }
 
+            async fn mailbox_totals(&self) -> Result<(u64, u64), StorageError> {
+                let (total, max): (Option<i64>, Option<i64>) =
+                    sqlx::query_as("SELECT CAST(sum(depth) AS BIGINT), max(depth) FROM devices")
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok((to_u64(total.unwrap_or(0)), to_u64(max.unwrap_or(0))))
+            }
+
             async fn expire(&self, now_s: u64) -> Result<u64, StorageError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 // Lock the affected device rows first, in key order, as a write batch does.

@@ -265,6 +265,10 @@ pub trait Storage: Send + Sync + 'static {
     fn last_seq(&self, account: &AccountId, device: DeviceId)
     -> impl Future<Output = Result<u64, StorageError>> + Send;
 
+    /// (envelopes in all mailboxes, envelopes in the fullest mailbox), from the mailbox
+    /// counters: one pass over the device rows, none over envelopes.
+    fn mailbox_totals(&self) -> impl Future<Output = Result<(u64, u64), StorageError>> + Send;
+
     /// Deletes every envelope expired at `now_s`; returns how many.
     fn expire(&self, now_s: u64) -> impl Future<Output = Result<u64, StorageError>> + Send;
 
@@ -413,6 +417,9 @@ impl Storage for Store {
     }
     async fn expire(&self, now_s: u64) -> Result<u64, StorageError> {
         delegate!(self, s => s.expire(now_s))
+    }
+    async fn mailbox_totals(&self) -> Result<(u64, u64), StorageError> {
+        delegate!(self, s => s.mailbox_totals())
     }
     async fn put_push(
         &self,
