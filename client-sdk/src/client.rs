@@ -429,14 +429,18 @@ struct InFlight {
 }
 
 impl<S: Store> Inner<S> {
-    /// Emits events: to the app's stream once it was taken (waiting if it is full);
-    /// dropped before anyone listens.
+    /// Emits events to the app's stream: once it was taken, waiting while it is full;
+    /// before that, buffered up to the queue's size.
     pub(crate) async fn emit(&self, events: Vec<Event>) {
-        if !self.events_taken.load(Ordering::SeqCst) {
-            return;
-        }
+        let taken = self.events_taken.load(Ordering::SeqCst);
         for e in events {
-            if self.events.send(e).await.is_err() {
+            let sent = if taken {
+                self.events.send(e).await.is_ok()
+            } else {
+                // Buffered until the app takes the stream; beyond the queue, dropped.
+                self.events.try_send(e).is_ok()
+            };
+            if !sent && taken {
                 return;
             }
         }

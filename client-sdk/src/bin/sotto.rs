@@ -1,3 +1,480 @@
-//! `sotto`: the command-line client.
+//! `sotto`: a command-line Sotto client. One data directory per profile holds the
+//! encrypted SQLite store and its key.
+//!
+//! ```text
+//! sotto --profile alice init --relay http://127.0.0.1:8080
+//! sotto --profile alice whoami [--link]
+//! sotto --profile alice add <contact link or account id>
+//! sotto --profile alice send <contact> <text>
+//! sotto --profile alice receive            # fetch what is queued, print it, exit
+//! sotto --profile alice chat <contact>     # interactive
+//! sotto --profile alice safety <contact>
+//! sotto --profile alice messages <contact>
+//! sotto --profile alice link               # on an existing device: show a code, wait
+//! sotto --profile phone join <code> --relay http://127.0.0.1:8080
+//! sotto --profile alice devices | remove-device <id>
+//! ```
 
-fn main() {}
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sotto_crypto::{AccountId, DeviceId};
+use sotto_sdk::store::{SqliteStore, StoreKey};
+use sotto_sdk::{Client, ClientError, ClientOptions, Event, EventStream, MessageStatus, Page, StoredMessage};
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Parser, Debug)]
+#[command(name = "sotto", version, about = "Sotto command-line client")]
+struct Cli {
+    /// Profile name: the data directory is `$SOTTO_HOME/<profile>` (default
+    /// `$HOME/.local/share/sotto/<profile>`).
+    #[arg(long, global = true, default_value = "default", env = "SOTTO_PROFILE")]
+    profile: String,
+    /// Use this data directory instead of the profile's.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create an account (its first device) on a relay.
+    Init {
+        /// The relay's URL, exactly as its `public_url`.
+        #[arg(long, env = "SOTTO_RELAY")]
+        relay: String,
+    },
+    /// Show this account's id, contact link and device.
+    Whoami {
+        /// Print only the contact link.
+        #[arg(long)]
+        link: bool,
+    },
+    /// Add a contact by contact link or account id.
+    Add {
+        /// `sotto:<account id>` or the account id.
+        contact: String,
+    },
+    /// Send a text and wait until the relay stored it.
+    Send {
+        /// A contact (link, id, or the start of an id).
+        contact: String,
+        /// The text.
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
+    /// Fetch and print what arrived while offline, then exit.
+    Receive,
+    /// Chat with a contact: incoming messages are printed as they arrive; each line
+    /// typed is sent.
+    Chat {
+        /// A contact (link, id, or the start of an id).
+        contact: String,
+    },
+    /// Print a conversation.
+    Messages {
+        /// A contact (link, id, or the start of an id).
+        contact: String,
+    },
+    /// Show the safety number with a contact; compare it in person.
+    Safety {
+        /// A contact (link, id, or the start of an id).
+        contact: String,
+    },
+    /// List this account's contacts.
+    Contacts,
+    /// On an existing device: show a code that links a new device, and wait for it.
+    Link,
+    /// On a new device: join an account with the code its device showed.
+    Join {
+        /// The code `sotto link` printed.
+        code: String,
+        /// The relay's URL.
+        #[arg(long, env = "SOTTO_RELAY")]
+        relay: String,
+    },
+    /// List this account's devices.
+    Devices,
+    /// Remove another device of this account.
+    RemoveDevice {
+        /// Its device id.
+        id: u32,
+    },
+}
+
+fn data_dir(cli: &Cli) -> Result<PathBuf, String> {
+    if let Some(d) = &cli.data_dir {
+        return Ok(d.clone());
+    }
+    if cli.profile.is_empty()
+        || !cli
+            .profile
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err("a profile name is letters, digits, '-' and '_'".into());
+    }
+    let root = match std::env::var_os("SOTTO_HOME") {
+        Some(h) => PathBuf::from(h),
+        None => match std::env::var_os("XDG_DATA_HOME") {
+            Some(x) => PathBuf::from(x).join("sotto"),
+            None => PathBuf::from(std::env::var_os("HOME").ok_or("HOME is not set")?).join(".local/share/sotto"),
+        },
+    };
+    Ok(root.join(&cli.profile))
+}
+
+/// The store key lives next to the store, readable only by the user. (An app keeps it
+/// in the platform keystore instead.)
+fn store_key(dir: &Path, create: bool) -> Result<StoreKey, String> {
+    let path = dir.join("store.key");
+    match std::fs::read(&path) {
+        Ok(b) => {
+            let k: [u8; 32] = b.as_slice().try_into().map_err(|_| "store.key is damaged")?;
+            Ok(StoreKey::new(k))
+        }
+        Err(_) if create => {
+            let mut k = [0u8; 32];
+            getrandom::getrandom(&mut k).map_err(|e| e.to_string())?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut f = options
+                .open(&path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            f.write_all(&k).map_err(|e| e.to_string())?;
+            Ok(StoreKey::new(k))
+        }
+        Err(_) => Err(format!("no account in {} (run `sotto init` first)", dir.display())),
+    }
+}
+
+async fn open_store(dir: &Path, create: bool) -> Result<(SqliteStore, StoreKey), String> {
+    if create {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let key = store_key(dir, create)?;
+    let store = SqliteStore::open(&dir.join("sotto.db"), &key)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((store, key))
+}
+
+async fn open_client(dir: &Path) -> Result<(Client<SqliteStore>, EventStream), String> {
+    let (store, key) = open_store(dir, false).await?;
+    let client = Client::open(store, key, ClientOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let events = client.events().ok_or("no event stream")?;
+    Ok((client, events))
+}
+
+async fn resolve(client: &Client<SqliteStore>, contact: &str) -> Result<AccountId, String> {
+    if let Ok(id) = sotto_sdk::parse_contact(contact) {
+        return Ok(id);
+    }
+    let prefix = contact.trim().to_ascii_lowercase();
+    let matches: Vec<AccountId> = client
+        .conversations()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|c| !prefix.is_empty() && c.to_string().starts_with(&prefix))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(format!("no contact matches {contact:?}")),
+        _ => Err(format!("{contact:?} matches several contacts")),
+    }
+}
+
+fn short(a: &AccountId) -> String {
+    a.to_string().chars().take(8).collect()
+}
+
+fn show(m: &StoredMessage) -> String {
+    let who = if m.status.is_outgoing() {
+        "me".to_owned()
+    } else {
+        short(&m.sender.0)
+    };
+    let mark = match m.status {
+        MessageStatus::Queued => " (queued)",
+        MessageStatus::SentElsewhere => " (from my other device)",
+        _ => "",
+    };
+    format!("[{}] {who}: {}{mark}", short(&m.conversation), m.text)
+}
+
+async fn wait_event(events: &mut EventStream, timeout: Duration, mut f: impl FnMut(&Event) -> bool) -> Option<Event> {
+    tokio::time::timeout(timeout, async {
+        while let Some(e) = events.next().await {
+            if f(&e) {
+                return Some(e);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// `create_account`, retrying while the relay is not up yet (a script may start it just before).
+async fn create(dir: &Path, relay: &str) -> Result<Client<SqliteStore>, String> {
+    let mut delay = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (store, key) = open_store(dir, true).await?;
+        match Client::create_account(store, key, relay, ClientOptions::default()).await {
+            Ok(c) => return Ok(c),
+            Err(ClientError::Transport(t)) if t.is_retryable() && tokio::time::Instant::now() < deadline => {
+                // Start again from an empty store.
+                let _ = std::fs::remove_file(dir.join("sotto.db"));
+                let _ = std::fs::remove_file(dir.join("sotto.db-wal"));
+                let _ = std::fs::remove_file(dir.join("sotto.db-shm"));
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let dir = data_dir(&cli)?;
+    match cli.command {
+        Command::Init { relay } => {
+            if dir.join("store.key").exists() {
+                return Err(format!("{} already holds an account", dir.display()));
+            }
+            let client = create(&dir, &relay).await?;
+            println!("account {}", client.account_id());
+            println!("contact link {}", client.contact_link());
+            client.shutdown().await;
+        }
+        Command::Whoami { link } => {
+            let (store, key) = open_store(&dir, false).await?;
+            let options = ClientOptions {
+                connect: false,
+                ..ClientOptions::default()
+            };
+            let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
+            if link {
+                println!("{}", client.contact_link());
+            } else {
+                println!("account {}", client.account_id());
+                println!("contact link {}", client.contact_link());
+                println!("device {}", client.device_id());
+            }
+        }
+        Command::Add { contact } => {
+            let (client, _) = open_client(&dir).await?;
+            let id = client.add_contact(&contact).await.map_err(|e| e.to_string())?;
+            println!("added {id}");
+            println!(
+                "safety number {}",
+                client.safety_number(&id).await.map_err(|e| e.to_string())?
+            );
+            client.shutdown().await;
+        }
+        Command::Send { contact, text } => {
+            let (client, mut events) = open_client(&dir).await?;
+            let to = resolve(&client, &contact).await?;
+            if !client.conversations().await.map_err(|e| e.to_string())?.contains(&to) {
+                client.add_contact(&to.to_string()).await.map_err(|e| e.to_string())?;
+            }
+            let m = client
+                .send_text(&to, &text.join(" "))
+                .await
+                .map_err(|e| e.to_string())?;
+            let id = m.id;
+            let done = wait_event(&mut events, Duration::from_secs(30), |e| match e {
+                Event::MessageSent { id: sent, .. } => *sent == id,
+                Event::SendFailed { id: failed, .. } => *failed == id,
+                _ => false,
+            })
+            .await;
+            client.shutdown().await;
+            match done {
+                Some(Event::MessageSent { .. }) => println!("sent"),
+                Some(Event::SendFailed { reason, .. }) => return Err(format!("not sent: {reason}")),
+                _ => println!("queued; it is sent the next time sotto connects"),
+            }
+        }
+        Command::Receive => {
+            let (client, mut events) = open_client(&dir).await?;
+            let got = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(e) = events.next().await {
+                    match e {
+                        Event::MessageReceived(m) => println!("{}", show(&m)),
+                        Event::Undecryptable { cause, .. } => println!("(undecryptable: {cause})"),
+                        Event::CaughtUp => return true,
+                        _ => {}
+                    }
+                }
+                false
+            })
+            .await;
+            client.shutdown().await;
+            if got != Ok(true) {
+                return Err("the relay did not answer".into());
+            }
+        }
+        Command::Chat { contact } => {
+            let (client, mut events) = open_client(&dir).await?;
+            let to = resolve(&client, &contact).await?;
+            if !client.conversations().await.map_err(|e| e.to_string())?.contains(&to) {
+                client.add_contact(&to.to_string()).await.map_err(|e| e.to_string())?;
+            }
+            for m in client.messages(&to, Page::default()).await.map_err(|e| e.to_string())? {
+                println!("{}", show(&m));
+            }
+            println!(
+                "-- chatting with {}; type a line to send, Ctrl-D to quit --",
+                short(&to)
+            );
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            let mut stdin_open = true;
+            loop {
+                tokio::select! {
+                    line = lines.next_line(), if stdin_open => match line {
+                        Ok(Some(l)) if !l.trim().is_empty() => {
+                            client.send_text(&to, l.trim()).await.map_err(|e| e.to_string())?;
+                        }
+                        Ok(Some(_)) => {}
+                        _ => stdin_open = false,
+                    },
+                    e = events.next() => match e {
+                        Some(Event::MessageReceived(m)) => println!("{}", show(&m)),
+                        Some(Event::SendFailed { reason, .. }) => println!("(not sent: {reason})"),
+                        Some(Event::Undecryptable { cause, .. }) => println!("(undecryptable: {cause})"),
+                        Some(Event::DeviceListChanged { account, change }) => {
+                            println!("(devices of {} changed: +{:?} -{:?})", short(&account), change.added, change.removed)
+                        }
+                        Some(Event::DeviceRemoved) => {
+                            println!("(this device was removed from the account)");
+                            break;
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+                let _ = std::io::stdout().flush();
+                if !stdin_open
+                    && client.outbox_len().await.unwrap_or(0) == 0
+                    && std::env::var_os("SOTTO_CHAT_EXIT_ON_EOF").is_some()
+                {
+                    break;
+                }
+            }
+            client.shutdown().await;
+        }
+        Command::Messages { contact } => {
+            let (store, key) = open_store(&dir, false).await?;
+            let options = ClientOptions {
+                connect: false,
+                ..ClientOptions::default()
+            };
+            let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
+            let to = resolve(&client, &contact).await?;
+            let page = Page {
+                before: None,
+                limit: 1000,
+            };
+            for m in client.messages(&to, page).await.map_err(|e| e.to_string())? {
+                println!("{}", show(&m));
+            }
+        }
+        Command::Safety { contact } => {
+            let (store, key) = open_store(&dir, false).await?;
+            let options = ClientOptions {
+                connect: false,
+                ..ClientOptions::default()
+            };
+            let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
+            let to = resolve(&client, &contact).await?;
+            println!("{}", client.safety_number(&to).await.map_err(|e| e.to_string())?);
+        }
+        Command::Contacts => {
+            let (store, key) = open_store(&dir, false).await?;
+            let options = ClientOptions {
+                connect: false,
+                ..ClientOptions::default()
+            };
+            let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
+            for c in client.conversations().await.map_err(|e| e.to_string())? {
+                println!("{}", sotto_sdk::contact_link(&c));
+            }
+        }
+        Command::Link => {
+            let (client, mut events) = open_client(&dir).await?;
+            let code = client.link_new_device().await.map_err(|e| e.to_string())?;
+            println!("{code}");
+            println!("run `sotto join <code> --relay <url>` on the new device within two minutes");
+            let _ = std::io::stdout().flush();
+            let me = client.account_id();
+            let added = wait_event(&mut events, Duration::from_secs(120), |e| {
+                matches!(e, Event::DeviceListChanged { account, change } if *account == me && !change.added.is_empty())
+            })
+            .await;
+            client.shutdown().await;
+            match added {
+                Some(Event::DeviceListChanged { change, .. }) => println!("linked device {:?}", change.added),
+                _ => return Err("no device joined".into()),
+            }
+        }
+        Command::Join { code, relay } => {
+            if dir.join("store.key").exists() {
+                return Err(format!("{} already holds an account", dir.display()));
+            }
+            let (store, key) = open_store(&dir, true).await?;
+            let client = Client::join_as_new_device(store, key, &relay, &code, ClientOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "joined account {} as device {}",
+                client.account_id(),
+                client.device_id()
+            );
+            client.shutdown().await;
+        }
+        Command::Devices => {
+            let (client, _) = open_client(&dir).await?;
+            let me = client.account_id();
+            for d in client.devices_of(&me).await {
+                let this = if d == client.device_id() { " (this device)" } else { "" };
+                println!("device {d}{this}");
+            }
+            client.shutdown().await;
+        }
+        Command::RemoveDevice { id } => {
+            let (client, _) = open_client(&dir).await?;
+            client.remove_device(DeviceId(id)).await.map_err(|e| e.to_string())?;
+            println!("removed device {id}");
+            client.shutdown().await;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sotto: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

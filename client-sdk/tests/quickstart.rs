@@ -1,0 +1,68 @@
+//! Runs the README's quickstart block as written, with two changes: the port is a free
+//! one instead of 8080, and the binaries are this test build's (`sotto` from this package,
+//! `sotto-relay` built next to it when missing). Two CLI profiles and a relay process.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn quickstart_block() -> String {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let start = readme.find("<!-- quickstart:begin -->").expect("quickstart markers");
+    let end = readme.find("<!-- quickstart:end -->").unwrap();
+    let block = &readme[start..end];
+    let body_start = block.find("```sh\n").unwrap() + 6;
+    let body_end = block.rfind("```").unwrap();
+    block[body_start..body_end].to_owned()
+}
+
+fn relay_binary(bin_dir: &Path) -> PathBuf {
+    let relay = bin_dir.join("sotto-relay");
+    if !relay.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "sotto-relay", "--bin", "sotto-relay"])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    assert!(relay.exists(), "sotto-relay not at {}", relay.display());
+    relay
+}
+
+#[test]
+fn the_readme_quickstart_works_as_written() {
+    let sotto = PathBuf::from(env!("CARGO_BIN_EXE_sotto"));
+    let bin_dir = sotto.parent().unwrap().to_owned();
+    relay_binary(&bin_dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script: String = quickstart_block()
+        .lines()
+        .filter(|l| !l.starts_with("cargo build"))
+        .map(|l| l.replace("$PWD/target/release", &bin_dir.display().to_string()))
+        .map(|l| l.replace("8080", &port.to_string()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let work = std::env::temp_dir().join(format!("sotto-quickstart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(&work)
+        .env_remove("SOTTO_PROFILE")
+        .env_remove("SOTTO_RELAY")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&work);
+    assert!(
+        out.status.success(),
+        "quickstart failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("sent"), "{stdout}");
+    assert!(stdout.contains(": Hello Bob, this is Alice"), "{stdout}");
+}
