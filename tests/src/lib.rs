@@ -221,6 +221,11 @@ impl Device {
         self.client.account_id()
     }
 
+    /// The device id.
+    pub fn device_id(&self) -> sotto_crypto::DeviceId {
+        self.client.device_id()
+    }
+
     /// Awaits the first event matching `f`, looking at the stash first; other events
     /// go to the stash.
     pub async fn wait_for(&mut self, mut f: impl FnMut(&Event) -> bool) -> Event {
@@ -313,5 +318,41 @@ impl Device {
         };
         d.wait_for(|e| matches!(e, Event::Connected)).await;
         d
+    }
+}
+
+/// A device whose client is shut down: its store stays, its mailbox fills.
+pub struct Offline {
+    dir: TempDir,
+    seed: u64,
+    id: AccountId,
+    device: sotto_crypto::DeviceId,
+}
+
+impl Offline {
+    /// The account id.
+    pub fn id(&self) -> AccountId {
+        self.id
+    }
+
+    /// The device id (mirrors [`Device`] for helpers that take either).
+    pub fn device_id(&self) -> sotto_crypto::DeviceId {
+        self.device
+    }
+
+    /// Opens the client again.
+    pub async fn online(self) -> Device {
+        Device::reopen(self.dir, self.seed).await
+    }
+}
+
+impl Device {
+    /// Shuts the client down, keeping its store.
+    pub async fn restart_offline(self) -> Offline {
+        let id = self.id();
+        let device = self.client.device_id();
+        let Device { client, dir, seed, .. } = self;
+        client.shutdown().await;
+        Offline { dir, seed, id, device }
     }
 }
