@@ -21,6 +21,9 @@ scripts/check-deps.sh
 step "wasm32 build of sotto-crypto"
 cargo build -p sotto-crypto --target wasm32-unknown-unknown --locked
 
+step "wasm32 build of sotto-sdk without its native feature"
+cargo build -p sotto-sdk --no-default-features --target wasm32-unknown-unknown --locked
+
 step "fuzz targets compile"
 cargo check --manifest-path crypto-core/fuzz/Cargo.toml --bins
 cargo check --manifest-path relay/proto/fuzz/Cargo.toml --bins

@@ -852,10 +852,12 @@ impl<S: Store> Inner<S> {
                                 _ => {}
                             }
                         }
-                        Frame::Error { code } => {
-                            if code == ErrorCode::REPLACED || code == ErrorCode::SHUTTING_DOWN || code == ErrorCode::IDLE_TIMEOUT {
-                                return false;
-                            }
+                        Frame::Error { code }
+                            if code == ErrorCode::REPLACED
+                                || code == ErrorCode::SHUTTING_DOWN
+                                || code == ErrorCode::IDLE_TIMEOUT =>
+                        {
+                            return false;
                         }
                         _ => {}
                     }

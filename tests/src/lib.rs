@@ -79,8 +79,10 @@ impl TestRelay {
 
     async fn serve(listener: TcpListener, db_url: String) -> TestRelay {
         let addr = listener.local_addr().unwrap();
-        let mut config = Config::default();
-        config.public_url = format!("http://{addr}");
+        let mut config = Config {
+            public_url: format!("http://{addr}"),
+            ..Config::default()
+        };
         config.limits.rate_per_second = 100_000;
         config.limits.rate_burst = 100_000;
         let store = RelayStore::open(&db_url, 8).await.unwrap();

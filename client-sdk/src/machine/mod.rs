@@ -203,6 +203,7 @@ pub enum Need {
 
 /// What [`Machine::prepare_send`] produced.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "one value per operation, consumed at once")]
 #[non_exhaustive]
 pub enum SendPlan {
     /// Fetch these, feed them in and call again.
@@ -223,6 +224,7 @@ pub const CONTENT_LINK_ACCEPT: u8 = 0x11;
 
 /// What [`Machine::receive_envelope`] produced.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "one value per envelope, consumed at once")]
 #[non_exhaustive]
 pub enum Inbound {
     /// A new device asks to join this account. Its sender is not listed yet; the caller
@@ -985,10 +987,7 @@ impl Machine {
                 payload: opened.content,
             };
         }
-        let listed = match self.lists.get(&sender.account_id) {
-            None => None,
-            Some(list) => Some(list.contains(&sender)),
-        };
+        let listed = self.lists.get(&sender.account_id).map(|list| list.contains(&sender));
         match listed {
             Some(true) => {}
             None | Some(false) if !refreshed => return Inbound::Need(Need::DeviceList(sender.account_id)),
