@@ -28,6 +28,8 @@ pub(crate) const EVENT_QUEUE: usize = 4096;
 const MAX_SEND_ATTEMPTS: u32 = 8;
 /// Commits retried after a compare-and-swap conflict.
 const MAX_CONFLICT_RETRIES: u32 = 5;
+/// Quiet time after a live message before its receipt is queued (more may follow).
+const RECEIPT_DELAY: Duration = Duration::from_millis(250);
 /// How many consumed one-time prekeys trigger a refill check.
 const REFILL_AFTER: u32 = 20;
 
@@ -207,6 +209,8 @@ pub(crate) struct Inner<S: Store> {
     options: ClientOptions,
     consumed: std::sync::atomic::AtomicU32,
     pub(crate) link: Mutex<Option<crate::link::PendingLink>>,
+    /// Received message ids per sender account, not yet acknowledged with a receipt.
+    receipts: Mutex<std::collections::BTreeMap<AccountId, Vec<crate::ids::MessageId>>>,
 }
 
 /// A Sotto client: one device of one account, its store and its relay connection.
@@ -303,6 +307,7 @@ impl<S: Store> Client<S> {
                 options,
                 consumed: std::sync::atomic::AtomicU32::new(0),
                 link: Mutex::new(None),
+                receipts: Mutex::new(Default::default()),
             }),
             shutdown,
             task: None,
@@ -627,7 +632,7 @@ impl<S: Store> Inner<S> {
                     match self.commit_locked(&mut m, changes).await {
                         Ok(c) => {
                             drop(m);
-                            let events = events
+                            let events: Vec<Event> = events
                                 .into_iter()
                                 .filter_map(|e| match e {
                                     Event::MessageReceived(mut msg) => {
@@ -638,6 +643,19 @@ impl<S: Store> Inner<S> {
                                     other => Some(other),
                                 })
                                 .collect();
+                            {
+                                let mut pending = self.receipts.lock().await;
+                                for e in &events {
+                                    if let Event::MessageReceived(msg) = e
+                                        && msg.status == crate::store::MessageStatus::Received
+                                    {
+                                        let ids = pending.entry(msg.conversation).or_default();
+                                        if ids.len() < crate::content::MAX_RECEIPTS {
+                                            ids.push(msg.id);
+                                        }
+                                    }
+                                }
+                            }
                             self.emit(events).await;
                             if consumed > 0
                                 && self.consumed.fetch_add(consumed, Ordering::SeqCst) + consumed >= REFILL_AFTER
@@ -654,6 +672,14 @@ impl<S: Store> Inner<S> {
                     }
                 }
             }
+        }
+    }
+
+    /// Queues the pending delivery receipts (one batch per sender account).
+    async fn flush_receipts(&self) {
+        let pending = std::mem::take(&mut *self.receipts.lock().await);
+        for (to, ids) in pending {
+            let _ = self.transact(|m| Ok((m.queue_receipt(to, &ids, now_ms()), ()))).await;
         }
     }
 
@@ -739,6 +765,9 @@ impl<S: Store> Inner<S> {
         let mut retry_at: Option<Instant> = None;
         let mut ping = tokio::time::interval(self.options.heartbeat);
         ping.tick().await;
+        // Receipts go out in batches: when the mailbox backlog is done, and for live
+        // messages once nothing arrived for a moment.
+        let mut receipts_at: Option<Instant> = None;
         loop {
             if in_flight.is_none() && retry_at.is_none_or(|t| t <= Instant::now()) {
                 retry_at = None;
@@ -778,6 +807,12 @@ impl<S: Store> Inner<S> {
                     None => std::future::pending().await,
                 }
             };
+            let receipts_due = async {
+                match receipts_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.changed() => {
                     socket.close().await;
@@ -785,6 +820,10 @@ impl<S: Store> Inner<S> {
                 }
                 _ = self.wake.notified(), if in_flight.is_none() => {}
                 _ = retry => {}
+                _ = receipts_due => {
+                    receipts_at = None;
+                    self.flush_receipts().await;
+                }
                 _ = ping.tick() => {
                     if socket.last_seen().elapsed() > self.options.idle_timeout || socket.ping().await.is_err() {
                         return false;
@@ -811,8 +850,24 @@ impl<S: Store> Inner<S> {
                             if socket.send(&Frame::Ack { seq: d.seq }).await.is_err() {
                                 return false;
                             }
+                            let (any, full) = {
+                                let pending = self.receipts.lock().await;
+                                (
+                                    !pending.is_empty(),
+                                    pending.values().any(|v| v.len() >= crate::content::MAX_RECEIPTS),
+                                )
+                            };
+                            if full {
+                                receipts_at = None;
+                                self.flush_receipts().await;
+                            } else if any && receipts_at.is_none() {
+                                receipts_at = Some(Instant::now() + RECEIPT_DELAY);
+                            }
                         }
-                        Frame::QueueEmpty => self.emit(vec![Event::CaughtUp]).await,
+                        Frame::QueueEmpty => {
+                            self.flush_receipts().await;
+                            self.emit(vec![Event::CaughtUp]).await;
+                        }
                         Frame::SendResult(r) => {
                             let Some(f) = in_flight.take_if(|f| f.frame_id == r.message_id) else {
                                 continue;

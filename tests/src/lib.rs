@@ -85,6 +85,7 @@ impl TestRelay {
         };
         config.limits.rate_per_second = 100_000;
         config.limits.rate_burst = 100_000;
+        config.limits.max_mailbox_depth = 100_000;
         let store = RelayStore::open(&db_url, 8).await.unwrap();
         let state = AppState::new(config, store);
         let (tx, rx) = oneshot::channel();

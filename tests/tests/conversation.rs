@@ -118,3 +118,33 @@ async fn clients_restarted_from_sqlite_continue_their_sessions() {
     assert_eq!(alice.history(&bob.id()).await.len(), 80);
     assert_eq!(bob.history(&alice.id()).await.len(), 80);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_receipts_mark_messages_delivered() {
+    let relay = TestRelay::start().await;
+    let mut alice = Device::create(&relay, 7).await;
+    let mut bob = Device::create(&relay, 8).await;
+    alice.client.add_contact(&bob.id().to_string()).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(alice.client.send_text(&bob.id(), &format!("r{i}")).await.unwrap().id);
+    }
+    assert_eq!(bob.receive(3).await.len(), 3);
+    let mut delivered = Vec::new();
+    while delivered.len() < 3 {
+        if let sotto_sdk::Event::Delivered { ids, by } = alice
+            .wait_for(|e| matches!(e, sotto_sdk::Event::Delivered { .. }))
+            .await
+        {
+            assert_eq!(by.0, bob.id());
+            delivered.extend(ids);
+        }
+    }
+    delivered.sort();
+    ids.sort();
+    assert_eq!(delivered, ids);
+    let h = alice.history(&bob.id()).await;
+    assert!(h.iter().all(|m| m.status == MessageStatus::Delivered), "{h:?}");
+    // Receipts are not messages: Bob's conversation holds the three texts only.
+    assert_eq!(bob.history(&alice.id()).await.len(), 3);
+}

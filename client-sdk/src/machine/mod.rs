@@ -915,6 +915,28 @@ impl Machine {
         Ok(SendPlan::Ready { changes, recipients })
     }
 
+    /// Queues a delivery receipt for messages received from `to` (at most
+    /// [`crate::content::MAX_RECEIPTS`] ids; the rest are left out).
+    pub fn queue_receipt(&mut self, to: AccountId, ids: &[MessageId], now_ms: u64) -> Changes {
+        let ids: Vec<MessageId> = ids.iter().take(crate::content::MAX_RECEIPTS).copied().collect();
+        if ids.is_empty() || to == self.account_id() {
+            return Changes::default();
+        }
+        let content = Content {
+            message_id: MessageId::new(now_ms, &mut self.rng),
+            timestamp_ms: now_ms,
+            kind: ContentKind::Delivered { message_ids: ids },
+        };
+        Changes {
+            outbox_add: vec![OutboxItem {
+                id: content.message_id,
+                to,
+                content: content.encode(),
+            }],
+            ..Changes::default()
+        }
+    }
+
     /// The relay stored an outbox item: drop it from the outbox and mark the message sent.
     pub fn mark_sent(&self, item: &OutboxItem) -> (Changes, Option<Event>) {
         let is_text = Content::decode(&item.content).is_ok_and(|c| matches!(c.kind, ContentKind::Text { .. }));

@@ -317,6 +317,25 @@ pub async fn message_status(s: &impl Store) {
     assert_eq!(all[0].status, MessageStatus::Sent);
     assert_eq!(all[0].text, "hello");
     assert_eq!(all[1].status, MessageStatus::Received);
+    // Forward only: Delivered stays Delivered; a received message is never "sent".
+    s.commit(Changes {
+        message_status: vec![(MessageId([1; 16]), MessageStatus::Delivered)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    s.commit(Changes {
+        message_status: vec![
+            (MessageId([1; 16]), MessageStatus::Sent),
+            (MessageId([2; 16]), MessageStatus::Sent),
+        ],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let all = s.messages(AccountId([1; 32]), Page::default()).await.unwrap();
+    assert_eq!(all[0].status, MessageStatus::Delivered);
+    assert_eq!(all[1].status, MessageStatus::Received);
 }
 
 /// The outbox is first in, first out; adding an id twice keeps one.

@@ -179,6 +179,7 @@ impl Store for MemoryStore {
         for (id, status) in changes.message_status {
             if let Some(order) = inner.message_index.get(&id).copied()
                 && let Some(m) = inner.messages.get_mut(&order)
+                && status.advances_from(m.status)
             {
                 m.status = status;
             }

@@ -154,6 +154,18 @@ pub enum MessageStatus {
 }
 
 impl MessageStatus {
+    /// True when a message in `old` may move to `self`: statuses only move forward
+    /// (`Queued → Sent → Delivered`), so a late answer never undoes a receipt.
+    pub fn advances_from(self, old: MessageStatus) -> bool {
+        let rank = |s: MessageStatus| match s {
+            Self::Queued => Some(0),
+            Self::Sent => Some(1),
+            Self::Delivered => Some(2),
+            Self::Received | Self::SentElsewhere => None,
+        };
+        matches!((rank(old), rank(self)), (Some(a), Some(b)) if b > a)
+    }
+
     /// True for messages this account wrote.
     pub fn is_outgoing(self) -> bool {
         !matches!(self, Self::Received)

@@ -401,6 +401,9 @@ impl Store for SqliteStore {
             };
             let v: Vec<u8> = row.try_get("v").map_err(db)?;
             let mut m = decode_message(&c.open("messages", &k, &v)?, 0)?;
+            if !status.advances_from(m.status) {
+                continue;
+            }
             m.status = *status;
             let v = c.seal("messages", &k, &encode_message(&m))?;
             sqlx::query("UPDATE messages SET v = ? WHERE k = ?")
