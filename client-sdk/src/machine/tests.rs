@@ -4,7 +4,7 @@
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use sotto_crypto::{AccountId, DeviceId, PickleKey, PreKeyBundle, PreKeyKind};
-use sotto_proto::{PreKeyUpload, Recipient};
+use sotto_proto::{PreKeyCounts, PreKeyUpload, Recipient};
 
 use super::*;
 use crate::store::{
@@ -274,4 +274,94 @@ async fn a_sender_missing_from_its_device_list_is_refused() {
     let env = bob.inbox.pop().unwrap();
     deliver_one(&mut bob, &[], 1, &env).await;
     assert_eq!(causes(&bob.events), [UndecryptableCause::UnknownSender]);
+}
+
+#[tokio::test]
+async fn two_processes_on_one_store_never_fork_a_session() {
+    let mut alice = Peer::new(10).await;
+    let mut bob = Peer::new(11).await;
+    for i in 0..2 {
+        let (c, _) = alice.machine.queue_text(bob.id(), &format!("m{i}"), 1).unwrap();
+        alice.commit(c).await;
+        send(&mut alice, &mut [&mut bob]).await;
+    }
+    let alice_list = alice.machine.own_device_list().unwrap().signed().as_bytes().to_vec();
+    let (c, _) = bob.machine.receive_device_list(&alice.id(), &alice_list).unwrap();
+    bob.commit(c).await;
+    // A second machine (another process: a notification extension) on Bob's store.
+    let mut other = Machine::load(
+        snapshot(&bob.store).await,
+        PickleKey::new([11; 32]),
+        ChaCha20Rng::seed_from_u64(99),
+    )
+    .unwrap();
+    let (e1, e2) = (bob.inbox[0].clone(), bob.inbox[1].clone());
+    // The app takes the first message: it creates the session and uses a one-time prekey.
+    let Inbound::Done { changes, .. } = bob.machine.receive_envelope(1, &e1, false) else {
+        panic!()
+    };
+    bob.commit(changes).await;
+    // The extension, loaded before that, also decrypts the first message on its stale
+    // state: its commit is refused (the prekey is gone, the rows moved on).
+    let Inbound::Done { changes, events } = other.receive_envelope(1, &e1, false) else {
+        panic!()
+    };
+    assert_eq!(texts(&events), ["m0"]);
+    assert!(matches!(
+        bob.store.commit(changes).await,
+        Err(crate::store::StoreError::Conflict)
+    ));
+    // It reloads and continues from the committed state: the first is already done, the
+    // second decrypts on the app's session.
+    other = Machine::load(
+        snapshot(&bob.store).await,
+        PickleKey::new([11; 32]),
+        ChaCha20Rng::seed_from_u64(98),
+    )
+    .unwrap();
+    let Inbound::Done { changes, events } = other.receive_envelope(1, &e1, false) else {
+        panic!()
+    };
+    assert!(changes.is_empty() && events.is_empty());
+    let Inbound::Done { changes, events } = other.receive_envelope(2, &e2, false) else {
+        panic!()
+    };
+    assert_eq!(texts(&events), ["m1"]);
+    let c = bob.store.commit(changes.clone()).await.unwrap();
+    other.apply(&changes, &c);
+    let h = bob.store.messages(alice.id(), Page::default()).await.unwrap();
+    assert_eq!(h.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["m0", "m1"]);
+}
+
+#[tokio::test]
+async fn prekeys_are_refilled_below_the_low_mark() {
+    let mut bob = Peer::new(12).await;
+    let full = PreKeyCounts {
+        one_time: 100,
+        kem_one_time: 20,
+        has_signed_prekey: true,
+        has_last_resort: true,
+    };
+    assert!(bob.machine.refill_prekeys(&full).unwrap().is_none());
+    let low = PreKeyCounts {
+        one_time: 3,
+        kem_one_time: 1,
+        has_signed_prekey: true,
+        has_last_resort: false,
+    };
+    let (changes, upload) = bob.machine.refill_prekeys(&low).unwrap().unwrap();
+    assert_eq!(upload.one_time_prekeys.len(), ONE_TIME_BATCH as usize);
+    assert_eq!(upload.one_time_prekeys[0].id, 1 + ONE_TIME_BATCH);
+    assert_eq!(upload.kem_prekeys.len(), KEM_BATCH as usize);
+    assert!(upload.signed_prekey.is_none());
+    assert!(upload.last_resort_kem_prekey.is_some());
+    let before = bob.store.load_prekeys().await.unwrap().len();
+    bob.commit(changes).await;
+    assert_eq!(
+        bob.store.load_prekeys().await.unwrap().len(),
+        before + (ONE_TIME_BATCH + KEM_BATCH) as usize
+    );
+    // The next refill continues the ids.
+    let (_, next) = bob.machine.refill_prekeys(&low).unwrap().unwrap();
+    assert_eq!(next.one_time_prekeys[0].id, 1 + 2 * ONE_TIME_BATCH);
 }
