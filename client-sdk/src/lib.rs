@@ -10,6 +10,34 @@
 //!
 //! Without the default `native` feature the crate has no tokio, sqlx or sockets and
 //! builds for `wasm32-unknown-unknown`.
+//!
+//! ```no_run
+//! # #[cfg(feature = "native")]
+//! # async fn demo() -> Result<(), sotto_sdk::ClientError> {
+//! use sotto_sdk::store::{SqliteStore, StoreKey};
+//! use sotto_sdk::{Client, ClientOptions, Event};
+//!
+//! // The app keeps the store key in the platform keystore.
+//! let key = StoreKey::new([7; 32]);
+//! let store = SqliteStore::open("alice.db".as_ref(), &key).await?;
+//! let alice = Client::create_account(store, key, "http://127.0.0.1:8080", ClientOptions::default()).await?;
+//! println!("my contact link: {}", alice.contact_link());
+//!
+//! let bob = alice.add_contact("sotto:<bob's account id>").await?;
+//! println!("compare in person: {}", alice.safety_number(&bob).await?);
+//! alice.send_text(&bob, "hello").await?; // queued; sent now or after a reconnect
+//!
+//! let mut events = alice.events().expect("taken once");
+//! while let Some(event) = events.next().await {
+//!     match event {
+//!         Event::MessageReceived(m) => println!("{}: {}", m.sender.0, m.text),
+//!         Event::Undecryptable { cause, .. } => println!("dropped: {cause}"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod content;

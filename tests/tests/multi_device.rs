@@ -8,11 +8,7 @@ use sotto_tests::{Device, TestRelay};
 
 /// Sends `text` from `from` and checks it shows once on each of `to`.
 async fn check(from: &mut Device, text: &str, to: &mut [&mut Device]) {
-    let peer = if to.iter().any(|d| d.id() != from.id()) {
-        to.iter().find(|d| d.id() != from.id()).unwrap().id()
-    } else {
-        unreachable!()
-    };
+    let peer = to.iter().map(|d| d.id()).find(|id| *id != from.id()).unwrap();
     from.client.send_text(&peer, text).await.unwrap();
     for d in to.iter_mut() {
         let got = d.receive(1).await;
