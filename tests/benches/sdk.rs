@@ -61,7 +61,8 @@ async fn throughput(n: usize) {
             .await
             .unwrap();
     }
-    let got = bob.receive(n).await;
+    // Alice's events are read too (a client whose app stops reading them waits).
+    let (got, ()) = tokio::join!(bob.receive(n), alice.sent(n));
     let s = t.elapsed().as_secs_f64();
     assert_eq!(got[n - 1].text, format!("message number {}", n - 1));
     println!(
