@@ -1,6 +1,7 @@
 //! The client façade (native): a [`Machine`] over a [`Store`], a relay connection task
 //! and the API apps call.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub(crate) const EVENT_QUEUE: usize = 4096;
 const MAX_SEND_ATTEMPTS: u32 = 8;
 /// Commits retried after a compare-and-swap conflict.
 const MAX_CONFLICT_RETRIES: u32 = 5;
+/// Sends in flight on one connection (the relay pipelines up to 32).
+const SEND_WINDOW: usize = 16;
 /// Quiet time after a live message before its receipt is queued (more may follow).
 const RECEIPT_DELAY: Duration = Duration::from_millis(250);
 /// How many consumed one-time prekeys trigger a refill check.
@@ -759,7 +762,11 @@ impl<S: Store> Inner<S> {
         // Another device of the account may have changed the device list meanwhile.
         let _ = self.refresh_device_list(self.device.account_id()).await;
         let _ = self.refill_prekeys().await;
-        let mut in_flight: Option<InFlight> = None;
+        // Up to SEND_WINDOW sends in flight, prepared in outbox order; the relay stores and
+        // answers them in that order. After a device-set answer no new send starts until
+        // the window drained, so the corrected message goes before the ones behind it.
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut paused = false;
         let mut attempts: u32 = 0;
         let mut next_frame_id: u64 = 1;
         let mut retry_at: Option<Instant> = None;
@@ -769,36 +776,36 @@ impl<S: Store> Inner<S> {
         // messages once nothing arrived for a moment.
         let mut receipts_at: Option<Instant> = None;
         loop {
-            if in_flight.is_none() && retry_at.is_none_or(|t| t <= Instant::now()) {
+            if in_flight.is_empty() {
+                paused = false;
+            }
+            while !paused && in_flight.len() < SEND_WINDOW && retry_at.is_none_or(|t| t <= Instant::now()) {
                 retry_at = None;
-                let head = match self.store.outbox(1).await {
-                    Ok(mut v) => v.pop(),
+                let window = (in_flight.len() + SEND_WINDOW) as u32;
+                let next = match self.store.outbox(window).await {
+                    Ok(items) => items.into_iter().find(|i| !in_flight.iter().any(|f| f.item.id == i.id)),
                     Err(_) => None,
                 };
-                if let Some(item) = head {
-                    match self.prepare(&item).await {
-                        Prepared::Ready(recipients) => {
-                            let frame = Frame::Send(Send {
-                                message_id: next_frame_id,
-                                recipients,
-                            });
-                            if socket.send(&frame).await.is_err() {
-                                return false;
-                            }
-                            in_flight = Some(InFlight {
-                                frame_id: next_frame_id,
-                                item,
-                            });
-                            next_frame_id += 1;
+                let Some(item) = next else { break };
+                match self.prepare(&item).await {
+                    Prepared::Ready(recipients) => {
+                        let frame = Frame::Send(Send {
+                            message_id: next_frame_id,
+                            recipients,
+                        });
+                        if socket.send(&frame).await.is_err() {
+                            return false;
                         }
-                        Prepared::Retry => {
-                            retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_secs(1)));
-                        }
-                        Prepared::GiveUp(reason) => {
-                            self.give_up(&item, reason).await;
-                            continue;
-                        }
+                        in_flight.push_back(InFlight {
+                            frame_id: next_frame_id,
+                            item,
+                        });
+                        next_frame_id += 1;
                     }
+                    Prepared::Retry => {
+                        retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_secs(1)));
+                    }
+                    Prepared::GiveUp(reason) => self.give_up(&item, reason).await,
                 }
             }
             let retry = async {
@@ -818,7 +825,7 @@ impl<S: Store> Inner<S> {
                     socket.close().await;
                     return true;
                 }
-                _ = self.wake.notified(), if in_flight.is_none() => {}
+                _ = self.wake.notified(), if in_flight.len() < SEND_WINDOW => {}
                 _ = retry => {}
                 _ = receipts_due => {
                     receipts_at = None;
@@ -869,7 +876,11 @@ impl<S: Store> Inner<S> {
                             self.emit(vec![Event::CaughtUp]).await;
                         }
                         Frame::SendResult(r) => {
-                            let Some(f) = in_flight.take_if(|f| f.frame_id == r.message_id) else {
+                            let Some(f) = in_flight
+                                .iter()
+                                .position(|f| f.frame_id == r.message_id)
+                                .and_then(|i| in_flight.remove(i))
+                            else {
                                 continue;
                             };
                             match r.outcome {
@@ -886,6 +897,7 @@ impl<S: Store> Inner<S> {
                                     self.emit(ev.into_iter().collect()).await;
                                 }
                                 SendOutcome::DeviceMismatch { device_lists } => {
+                                    paused = true;
                                     attempts += 1;
                                     let fixed = self.handle_mismatch(&f.item, &device_lists).await;
                                     if attempts >= MAX_SEND_ATTEMPTS || matches!(fixed, Err(ClientError::DeviceList(_))) {
@@ -898,6 +910,7 @@ impl<S: Store> Inner<S> {
                                     }
                                 }
                                 SendOutcome::Rejected { code } if code.is_retryable() => {
+                                    paused = true;
                                     retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_millis(200)));
                                 }
                                 SendOutcome::Rejected { code } => {
