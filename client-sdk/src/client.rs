@@ -130,6 +130,10 @@ impl Default for ClientOptions {
 }
 
 /// The app's stream of [`Event`]s. Only one exists per client.
+///
+/// Events are queued (up to 4,096) from the moment the client starts. Once the app took
+/// the stream it must keep reading it: when the queue is full the connection task waits
+/// for the app rather than drop an event.
 #[derive(Debug)]
 pub struct EventStream {
     rx: mpsc::Receiver<Event>,
