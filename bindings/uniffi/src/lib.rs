@@ -1,1 +1,854 @@
-//! uniffi bindings over `sotto-sdk`; see docs/ARCHITECTURE.md.
+//! uniffi bindings over `sotto-sdk` for Swift, Kotlin and Python.
+//!
+//! This crate is a thin layer (docs/ARCHITECTURE.md, "Bindings"): it mirrors the SDK's
+//! types as uniffi records and enums, parses the string ids apps pass into typed ids,
+//! runs every call on a tokio multi-thread runtime it owns, and flattens the SDK's
+//! errors into one [`SottoError`]. Anything else belongs in `sotto-sdk`.
+//!
+//! Every async method is cancellation-safe in the sense of the SDK: when the foreign
+//! caller cancels (a cancelled Kotlin coroutine, Swift `Task` or Python `asyncio`
+//! task), the Rust future is dropped, and so is the SDK call behind it.
+//! [`SottoClient::next_event`] in particular loses no event when it is cancelled.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use sotto_crypto::{AccountId, DeviceId};
+use sotto_sdk::machine::UndecryptableCause as SdkCause;
+use sotto_sdk::store::{SqliteStore, StoreError, StoreKey};
+use sotto_sdk::transport::TransportError;
+use sotto_sdk::{Client, ClientError, Event as SdkEvent, EventStream, MessageStatus as SdkStatus, StoredMessage};
+use zeroize::Zeroizing;
+
+uniffi::setup_scaffolding!();
+
+type SdkClient = Client<SqliteStore>;
+
+// ---------------------------------------------------------------- runtime
+
+/// The binding's tokio runtime: multi-thread, shared by every client of the process.
+/// The SDK's connection tasks run on it.
+fn runtime() -> Result<&'static tokio::runtime::Runtime, SottoError> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .thread_name("sotto")
+                .enable_all()
+                .build()
+                .ok()
+        })
+        .as_ref()
+        .ok_or_else(|| SottoError::Internal {
+            reason: "the tokio runtime could not start".into(),
+        })
+}
+
+/// Aborts the spawned task when the foreign caller drops (cancels) the call.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs `fut` on the binding's runtime and waits for it from whatever executor the
+/// foreign side drives; cancelling the wait cancels the task.
+async fn on_runtime<T, F>(fut: F) -> Result<T, SottoError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, SottoError>> + Send + 'static,
+{
+    let mut task = AbortOnDrop(runtime()?.spawn(fut));
+    match (&mut task.0).await {
+        Ok(r) => r,
+        Err(e) => Err(SottoError::Internal {
+            reason: if e.is_panic() {
+                "the call panicked".into()
+            } else {
+                "the call was cancelled".into()
+            },
+        }),
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+/// Every error a Sotto call raises. In Kotlin and Python each variant is an exception
+/// class (`SottoException.UnknownContact`, `SottoError.UnknownContact`); in Swift a case
+/// of `SottoError`. [`SottoError::code`] is a stable string per variant and
+/// [`SottoError::is_retryable`] says whether the same call may succeed later.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[non_exhaustive]
+pub enum SottoError {
+    /// The store does not decrypt under the key given (wrong key, or the file was altered).
+    #[error("the store does not decrypt under this key")]
+    WrongStoreKey,
+    /// Another process changed the store during the call; retry.
+    #[error("the store changed underneath this operation")]
+    StoreConflict,
+    /// The store (SQLite) failed.
+    #[error("store: {reason}")]
+    Store {
+        /// What failed, for logs.
+        reason: String,
+    },
+    /// The relay could not be reached, or did not answer in time.
+    #[error("network: {reason}")]
+    Network {
+        /// What failed, for logs.
+        reason: String,
+    },
+    /// The relay answered with an error code (docs/protocol.md §13).
+    #[error("the relay refused: {code_name} ({code})")]
+    Relay {
+        /// The HTTP status (0 on the WebSocket).
+        status: u16,
+        /// The relay's stable error code.
+        code: u16,
+        /// The code's name, such as `RATE_LIMITED`.
+        code_name: String,
+        /// True when the same call may succeed later.
+        retryable: bool,
+    },
+    /// The relay URL is not valid, or the relay spoke an unexpected protocol.
+    #[error("relay: {reason}")]
+    Transport {
+        /// What failed, for logs.
+        reason: String,
+    },
+    /// The SDK refused the operation (for example a message to one's own account).
+    #[error("{reason}")]
+    Refused {
+        /// Why, for logs.
+        reason: String,
+    },
+    /// A contact's device list did not verify.
+    #[error("device list: {reason}")]
+    DeviceList {
+        /// Why, for logs.
+        reason: String,
+    },
+    /// The store already holds an account.
+    #[error("the store already holds an account")]
+    AccountExists,
+    /// The store holds no account.
+    #[error("the store holds no account")]
+    NoAccount,
+    /// Not an account id or contact link.
+    #[error("not an account id or contact link")]
+    BadContact,
+    /// Not a conversation of this account; add the contact first.
+    #[error("unknown contact; add it first")]
+    UnknownContact,
+    /// Not a valid link code.
+    #[error("not a valid link code")]
+    BadLinkCode,
+    /// Device linking did not complete.
+    #[error("linking failed: {reason}")]
+    Link {
+        /// Why, for logs.
+        reason: String,
+    },
+    /// An argument is not valid (for example a store key that is not 32 bytes).
+    #[error("invalid argument: {reason}")]
+    InvalidArgument {
+        /// Which argument and why.
+        reason: String,
+    },
+    /// The client was shut down.
+    #[error("the client was shut down")]
+    Closed,
+    /// A failure inside the binding (the runtime did not start, a call panicked).
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What failed, for logs.
+        reason: String,
+    },
+}
+
+#[uniffi::export]
+impl SottoError {
+    /// A stable code per variant, such as `"unknown_contact"`.
+    pub fn code(&self) -> String {
+        match self {
+            Self::WrongStoreKey => "wrong_store_key",
+            Self::StoreConflict => "store_conflict",
+            Self::Store { .. } => "store",
+            Self::Network { .. } => "network",
+            Self::Relay { .. } => "relay",
+            Self::Transport { .. } => "transport",
+            Self::Refused { .. } => "refused",
+            Self::DeviceList { .. } => "device_list",
+            Self::AccountExists => "account_exists",
+            Self::NoAccount => "no_account",
+            Self::BadContact => "bad_contact",
+            Self::UnknownContact => "unknown_contact",
+            Self::BadLinkCode => "bad_link_code",
+            Self::Link { .. } => "link",
+            Self::InvalidArgument { .. } => "invalid_argument",
+            Self::Closed => "closed",
+            Self::Internal { .. } => "internal",
+        }
+        .into()
+    }
+
+    /// True when the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::StoreConflict | Self::Network { .. } => true,
+            Self::Relay { retryable, .. } => *retryable,
+            _ => false,
+        }
+    }
+}
+
+impl From<StoreError> for SottoError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => Self::StoreConflict,
+            StoreError::Decrypt => Self::WrongStoreKey,
+            other => Self::Store {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<TransportError> for SottoError {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Io(_) | TransportError::Timeout => Self::Network { reason: e.to_string() },
+            TransportError::Relay { status, code } => Self::Relay {
+                status,
+                code: code.0,
+                code_name: code.name().into(),
+                retryable: code.is_retryable(),
+            },
+            other => Self::Transport {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<ClientError> for SottoError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Store(s) => s.into(),
+            ClientError::Transport(t) => t.into(),
+            ClientError::Machine(m) => match m {
+                // A pickle that does not open under the key is the same as a wrong key.
+                sotto_sdk::MachineError::Pickle(_) => Self::WrongStoreKey,
+                other => Self::Refused {
+                    reason: other.to_string(),
+                },
+            },
+            ClientError::DeviceList(d) => Self::DeviceList { reason: d.to_string() },
+            ClientError::AccountExists => Self::AccountExists,
+            ClientError::NoAccount => Self::NoAccount,
+            ClientError::BadContact => Self::BadContact,
+            ClientError::UnknownContact => Self::UnknownContact,
+            ClientError::BadLinkCode => Self::BadLinkCode,
+            ClientError::Link(reason) => Self::Link { reason },
+            other => Self::Refused {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------- mirrored types
+
+/// Connection and timing options. Every field has a default.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ClientOptions {
+    /// Client ping interval, milliseconds.
+    #[uniffi(default = 30000)]
+    pub heartbeat_ms: u64,
+    /// Reconnect when nothing arrived for this long, milliseconds.
+    #[uniffi(default = 90000)]
+    pub idle_timeout_ms: u64,
+    /// First reconnect delay, milliseconds.
+    #[uniffi(default = 500)]
+    pub backoff_min_ms: u64,
+    /// Largest reconnect delay, milliseconds.
+    #[uniffi(default = 60000)]
+    pub backoff_max_ms: u64,
+    /// Connect to the relay (false: offline use of the store only).
+    #[uniffi(default = true)]
+    pub connect: bool,
+}
+
+impl From<ClientOptions> for sotto_sdk::ClientOptions {
+    fn from(o: ClientOptions) -> Self {
+        Self {
+            heartbeat: Duration::from_millis(o.heartbeat_ms),
+            idle_timeout: Duration::from_millis(o.idle_timeout_ms),
+            backoff_min: Duration::from_millis(o.backoff_min_ms),
+            backoff_max: Duration::from_millis(o.backoff_max_ms),
+            connect: o.connect,
+            ..Self::default()
+        }
+    }
+}
+
+/// A page of a conversation: the last `limit` messages stored before `before` (an
+/// [`Message::order`]), oldest first.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Page {
+    /// Only messages with a smaller `order`; `None` for the newest.
+    #[uniffi(default = None)]
+    pub before: Option<u64>,
+    /// At most this many (the SDK caps it at 10,000).
+    #[uniffi(default = 100)]
+    pub limit: u32,
+}
+
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum MessageStatus {
+    /// Received from a contact.
+    Received,
+    /// Written here, waiting in the outbox.
+    Queued,
+    /// Stored by the relay for every device.
+    Sent,
+    /// A device of the contact reported it stored.
+    Delivered,
+    /// Sent from another device of this account.
+    SentElsewhere,
+    /// A status this version of the binding does not know.
+    Unknown,
+}
+
+impl From<SdkStatus> for MessageStatus {
+    fn from(s: SdkStatus) -> Self {
+        match s {
+            SdkStatus::Received => Self::Received,
+            SdkStatus::Queued => Self::Queued,
+            SdkStatus::Sent => Self::Sent,
+            SdkStatus::Delivered => Self::Delivered,
+            SdkStatus::SentElsewhere => Self::SentElsewhere,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// A message in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Message {
+    /// The message id (UUID text form).
+    pub id: String,
+    /// The conversation: the contact's account id.
+    pub conversation: String,
+    /// The account that wrote it.
+    pub sender_account: String,
+    /// The device that wrote it.
+    pub sender_device: u32,
+    /// The sender's timestamp, Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// The text.
+    pub text: String,
+    /// Its state.
+    pub status: MessageStatus,
+    /// Its place in the store, increasing; pass it as [`Page::before`] for older pages.
+    pub order: u64,
+}
+
+impl From<StoredMessage> for Message {
+    fn from(m: StoredMessage) -> Self {
+        Self {
+            id: m.id.to_string(),
+            conversation: m.conversation.to_string(),
+            sender_account: m.sender.0.to_string(),
+            sender_device: m.sender.1.0,
+            timestamp_ms: m.timestamp_ms,
+            text: m.text,
+            status: m.status.into(),
+            order: m.order,
+        }
+    }
+}
+
+/// Why an inbound envelope was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum UndecryptableCause {
+    /// Not sealed to this device, altered, or the sender signature does not verify.
+    Envelope,
+    /// The claimed sender's account has no device list that verifies.
+    UnknownSender,
+    /// The claimed sender device is not in its account's device list.
+    SenderNotListed,
+    /// The claimed sender is not the identity the session names.
+    SenderMismatch,
+    /// A ratchet message from a device this device has no session with.
+    NoSession,
+    /// A pre-key message naming a prekey this device no longer has.
+    UnknownPreKey,
+    /// Decrypted before: a replay or a second delivery.
+    Duplicate,
+    /// Ratchet decryption failed.
+    Decrypt,
+    /// Session set-up from a pre-key message failed.
+    PreKey,
+    /// The plaintext is not valid content.
+    Content,
+    /// A sealed content type this version does not handle.
+    UnknownContentType,
+    /// A content kind not valid from this sender.
+    WrongSender,
+    /// A cause this version of the binding does not know.
+    Unknown,
+}
+
+impl From<&SdkCause> for UndecryptableCause {
+    fn from(c: &SdkCause) -> Self {
+        match c {
+            SdkCause::Envelope(_) => Self::Envelope,
+            SdkCause::UnknownSender => Self::UnknownSender,
+            SdkCause::SenderNotListed => Self::SenderNotListed,
+            SdkCause::SenderMismatch => Self::SenderMismatch,
+            SdkCause::NoSession => Self::NoSession,
+            SdkCause::UnknownPreKey => Self::UnknownPreKey,
+            SdkCause::Duplicate => Self::Duplicate,
+            SdkCause::Decrypt(_) => Self::Decrypt,
+            SdkCause::PreKey(_) => Self::PreKey,
+            SdkCause::Content(_) => Self::Content,
+            SdkCause::UnknownContentType(_) => Self::UnknownContentType,
+            SdkCause::WrongSender => Self::WrongSender,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// What the app hears about, from [`SottoClient::next_event`] or an [`EventListener`].
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum Event {
+    /// A new message: from a contact, or sent from another device of this account
+    /// (status `SentElsewhere`).
+    MessageReceived {
+        /// The message.
+        message: Message,
+    },
+    /// The relay stored a message for every device of the contact.
+    MessageSent {
+        /// The message id.
+        id: String,
+        /// The conversation.
+        conversation: String,
+    },
+    /// A device of the contact reported messages stored.
+    Delivered {
+        /// The message ids.
+        ids: Vec<String>,
+        /// The reporting account.
+        by_account: String,
+        /// The reporting device.
+        by_device: u32,
+    },
+    /// An account's device set changed (safety numbers with it may have changed).
+    DeviceListChanged {
+        /// The account.
+        account: String,
+        /// Devices added.
+        added: Vec<u32>,
+        /// Devices removed.
+        removed: Vec<u32>,
+        /// Devices whose keys changed.
+        rekeyed: Vec<u32>,
+    },
+    /// A device list offered for an account did not verify or rolled back.
+    DeviceListRejected {
+        /// The account.
+        account: String,
+        /// Why, for logs.
+        reason: String,
+    },
+    /// An envelope that could not be accepted.
+    Undecryptable {
+        /// The claimed sending account, when the envelope opened far enough to name one.
+        sender_account: Option<String>,
+        /// The claimed sending device.
+        sender_device: Option<u32>,
+        /// Why.
+        cause: UndecryptableCause,
+    },
+    /// A message that could not be sent and was given up.
+    SendFailed {
+        /// The message id.
+        id: String,
+        /// Why, for display.
+        reason: String,
+    },
+    /// This device is no longer in its account's device list.
+    DeviceRemoved,
+    /// The relay connection is authenticated.
+    Connected,
+    /// Every envelope queued while this device was offline has been processed.
+    CaughtUp,
+    /// An event this version of the binding does not know.
+    Unknown,
+}
+
+fn device_ids(ids: &[DeviceId]) -> Vec<u32> {
+    ids.iter().map(|d| d.0).collect()
+}
+
+impl From<SdkEvent> for Event {
+    fn from(e: SdkEvent) -> Self {
+        match e {
+            SdkEvent::MessageReceived(m) => Self::MessageReceived { message: m.into() },
+            SdkEvent::MessageSent { id, conversation } => Self::MessageSent {
+                id: id.to_string(),
+                conversation: conversation.to_string(),
+            },
+            SdkEvent::Delivered { ids, by } => Self::Delivered {
+                ids: ids.iter().map(ToString::to_string).collect(),
+                by_account: by.0.to_string(),
+                by_device: by.1.0,
+            },
+            SdkEvent::DeviceListChanged { account, change } => Self::DeviceListChanged {
+                account: account.to_string(),
+                added: device_ids(&change.added),
+                removed: device_ids(&change.removed),
+                rekeyed: device_ids(&change.rekeyed),
+            },
+            SdkEvent::DeviceListRejected { account, error } => Self::DeviceListRejected {
+                account: account.to_string(),
+                reason: error.to_string(),
+            },
+            SdkEvent::Undecryptable { sender, cause } => Self::Undecryptable {
+                sender_account: sender.map(|s| s.0.to_string()),
+                sender_device: sender.map(|s| s.1.0),
+                cause: (&cause).into(),
+            },
+            SdkEvent::SendFailed { id, reason } => Self::SendFailed {
+                id: id.to_string(),
+                reason,
+            },
+            SdkEvent::DeviceRemoved => Self::DeviceRemoved,
+            SdkEvent::Connected => Self::Connected,
+            SdkEvent::CaughtUp => Self::CaughtUp,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// Receives events on an SDK thread (see [`SottoClient::subscribe`]).
+#[uniffi::export(with_foreign)]
+pub trait EventListener: Send + Sync {
+    /// One event. Runs on an SDK thread; it may call back into the client.
+    fn on_event(&self, event: Event);
+}
+
+// ---------------------------------------------------------------- parsing
+
+fn account(s: &str) -> Result<AccountId, SottoError> {
+    Ok(sotto_sdk::parse_contact(s)?)
+}
+
+fn parse_store_key(bytes: Vec<u8>) -> Result<StoreKey, SottoError> {
+    let bytes = Zeroizing::new(bytes);
+    let mut key = Zeroizing::new([0u8; 32]);
+    if bytes.len() != key.len() {
+        return Err(SottoError::InvalidArgument {
+            reason: "the store key must be 32 bytes".into(),
+        });
+    }
+    key.copy_from_slice(&bytes);
+    Ok(StoreKey::new(*key))
+}
+
+async fn open_store(path: &str, key: &StoreKey) -> Result<SqliteStore, SottoError> {
+    Ok(SqliteStore::open(&PathBuf::from(path), key).await?)
+}
+
+// ---------------------------------------------------------------- the client
+
+/// The binding's version (the crate version).
+#[uniffi::export]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").into()
+}
+
+/// A Sotto client: one device of one account, its encrypted store (a SQLite file) and
+/// its relay connection. Create one with [`SottoClient::create_account`],
+/// [`SottoClient::open`] or [`SottoClient::join_as_new_device`]; call
+/// [`SottoClient::shutdown`] when done.
+///
+/// Events are buffered from the moment the client exists: read them with
+/// [`SottoClient::next_event`] or [`SottoClient::subscribe`]. The SDK pauses the relay
+/// connection while 4,096 events wait unread.
+#[derive(uniffi::Object)]
+pub struct SottoClient {
+    client: std::sync::Mutex<Option<Arc<SdkClient>>>,
+    events: Arc<tokio::sync::Mutex<Option<EventStream>>>,
+    account: AccountId,
+    device_id: u32,
+}
+
+impl std::fmt::Debug for SottoClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SottoClient")
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SottoClient {
+    fn wrap(client: SdkClient) -> Arc<Self> {
+        let events = client.events();
+        Arc::new(Self {
+            account: client.account_id(),
+            device_id: client.device_id().0,
+            events: Arc::new(tokio::sync::Mutex::new(events)),
+            client: std::sync::Mutex::new(Some(Arc::new(client))),
+        })
+    }
+
+    fn client(&self) -> Result<Arc<SdkClient>, SottoError> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(SottoError::Closed)
+    }
+}
+
+#[uniffi::export]
+impl SottoClient {
+    /// Creates an account with its first device in a new store at `store_path`
+    /// (encrypted under the 32-byte `store_key`), registers it at the relay and connects.
+    #[uniffi::constructor]
+    pub async fn create_account(
+        store_path: String,
+        store_key: Vec<u8>,
+        relay_url: String,
+        options: ClientOptions,
+    ) -> Result<Arc<Self>, SottoError> {
+        let key = parse_store_key(store_key)?;
+        on_runtime(async move {
+            let store = open_store(&store_path, &key).await?;
+            let client = SdkClient::create_account(store, key, &relay_url, options.into()).await?;
+            Ok(Self::wrap(client))
+        })
+        .await
+    }
+
+    /// Opens the account in the store at `store_path` and connects.
+    #[uniffi::constructor]
+    pub async fn open(store_path: String, store_key: Vec<u8>, options: ClientOptions) -> Result<Arc<Self>, SottoError> {
+        let key = parse_store_key(store_key)?;
+        on_runtime(async move {
+            let store = open_store(&store_path, &key).await?;
+            let client = SdkClient::open(store, key, options.into()).await?;
+            Ok(Self::wrap(client))
+        })
+        .await
+    }
+
+    /// On a new device: joins the account whose device showed `code`
+    /// ([`SottoClient::link_new_device`]), with a new store at `store_path`.
+    #[uniffi::constructor]
+    pub async fn join_as_new_device(
+        store_path: String,
+        store_key: Vec<u8>,
+        relay_url: String,
+        code: String,
+        options: ClientOptions,
+    ) -> Result<Arc<Self>, SottoError> {
+        let key = parse_store_key(store_key)?;
+        on_runtime(async move {
+            let store = open_store(&store_path, &key).await?;
+            let client = SdkClient::join_as_new_device(store, key, &relay_url, &code, options.into()).await?;
+            Ok(Self::wrap(client))
+        })
+        .await
+    }
+
+    /// This account's id (52 base32 characters).
+    pub fn account_id(&self) -> String {
+        self.account.to_string()
+    }
+
+    /// This device's id within the account.
+    pub fn device_id(&self) -> u32 {
+        self.device_id
+    }
+
+    /// The link others add this account with (`sotto:` and the account id).
+    pub fn contact_link(&self) -> String {
+        sotto_sdk::contact_link(&self.account)
+    }
+
+    /// Adds a contact by account id or contact link: fetches and pins its device list.
+    /// Returns the contact's account id (the conversation id).
+    pub async fn add_contact(&self, contact: String) -> Result<String, SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.add_contact(&contact).await?.to_string()) }).await
+    }
+
+    /// Queues a text to a contact; it is sent now or after a reconnect. Returns the local
+    /// message (status `Queued`); `MessageSent` follows when the relay stored it.
+    pub async fn send_text(&self, contact: String, text: String) -> Result<Message, SottoError> {
+        let client = self.client()?;
+        let to = account(&contact)?;
+        on_runtime(async move { Ok(client.send_text(&to, &text).await?.into()) }).await
+    }
+
+    /// Every conversation (one per contact): the contacts' account ids.
+    pub async fn conversations(&self) -> Result<Vec<String>, SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.conversations().await?.iter().map(ToString::to_string).collect()) }).await
+    }
+
+    /// A page of a conversation, oldest first.
+    pub async fn messages(&self, conversation: String, page: Page) -> Result<Vec<Message>, SottoError> {
+        let client = self.client()?;
+        let conversation = account(&conversation)?;
+        let page = sotto_sdk::Page {
+            before: page.before,
+            limit: page.limit,
+        };
+        on_runtime(async move {
+            Ok(client
+                .messages(&conversation, page)
+                .await?
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        })
+        .await
+    }
+
+    /// How many messages wait to be sent.
+    pub async fn outbox_len(&self) -> Result<u64, SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.outbox_len().await? as u64) }).await
+    }
+
+    /// The safety number with a contact: 12 groups of 5 digits separated by spaces.
+    /// Both sides compute the same number.
+    pub async fn safety_number(&self, contact: String) -> Result<String, SottoError> {
+        let client = self.client()?;
+        let contact = account(&contact)?;
+        on_runtime(async move { Ok(client.safety_number(&contact).await?) }).await
+    }
+
+    /// The device ids pinned for an account (this one or a contact).
+    pub async fn devices_of(&self, account_id: String) -> Result<Vec<u32>, SottoError> {
+        let client = self.client()?;
+        let of = account(&account_id)?;
+        on_runtime(async move { Ok(device_ids(&client.devices_of(&of).await)) }).await
+    }
+
+    /// On a device of the account: starts linking a new device and returns the code to
+    /// show it. This client must keep running until the new device joined (two minutes).
+    pub async fn link_new_device(&self) -> Result<String, SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.link_new_device().await?) }).await
+    }
+
+    /// Removes another device of this account from its device list.
+    pub async fn remove_device(&self, device_id: u32) -> Result<(), SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.remove_device(DeviceId(device_id)).await?) }).await
+    }
+
+    /// The next event; `None` once the client was shut down. Cancelling the call loses
+    /// no event: the next call returns it.
+    pub async fn next_event(&self) -> Option<Event> {
+        // Not spawned: the receive runs in the caller's future, so dropping that future
+        // (a cancellation) drops the receive before it took anything.
+        let mut events = self.events.lock().await;
+        events.as_mut()?.next().await.map(Into::into)
+    }
+
+    /// Delivers every event to `listener` on an SDK thread until the subscription is
+    /// cancelled (or dropped) or the client shut down. While a subscription runs,
+    /// [`SottoClient::next_event`] waits.
+    pub fn subscribe(&self, listener: Arc<dyn EventListener>) -> Result<Arc<Subscription>, SottoError> {
+        let events = self.events.clone();
+        let task = runtime()?.spawn(async move {
+            let mut events = events.lock().await;
+            let Some(stream) = events.as_mut() else { return };
+            while let Some(e) = stream.next().await {
+                listener.on_event(e.into());
+            }
+        });
+        Ok(Arc::new(Subscription(task.abort_handle())))
+    }
+
+    /// Stops the relay connection and waits for it. Later calls fail with `Closed`;
+    /// [`SottoClient::next_event`] returns `None` once the buffered events are read.
+    pub async fn shutdown(&self) {
+        let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(client) = client else { return };
+        let Ok(rt) = runtime() else { return };
+        let done = rt.spawn(async move {
+            match Arc::try_unwrap(client) {
+                Ok(c) => c.shutdown().await,
+                // A call still running holds the client: it shuts down when that call
+                // returns.
+                Err(shared) => drop(shared),
+            }
+        });
+        let _ = done.await;
+    }
+}
+
+/// A running [`SottoClient::subscribe`]: stops on [`Subscription::cancel`] or when
+/// dropped.
+#[derive(Debug, uniffi::Object)]
+pub struct Subscription(tokio::task::AbortHandle);
+
+#[uniffi::export]
+impl Subscription {
+    /// Stops delivering events. An event the listener has not been called with yet stays
+    /// queued for the next reader.
+    pub fn cancel(&self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_key_must_be_32_bytes_and_is_never_printed() {
+        let err = parse_store_key(vec![7; 31]).err();
+        assert!(matches!(err, Some(SottoError::InvalidArgument { .. })));
+        let key = parse_store_key(vec![0xab; 32]);
+        assert!(key.is_ok());
+        let text = format!("{:?}", key.ok());
+        assert!(!text.contains("171") && !text.to_lowercase().contains("ab, "), "{text}");
+    }
+
+    #[test]
+    fn codes_and_retryability() {
+        assert_eq!(SottoError::UnknownContact.code(), "unknown_contact");
+        assert!(SottoError::StoreConflict.is_retryable());
+        assert!(!SottoError::BadContact.is_retryable());
+        let e: SottoError = ClientError::BadContact.into();
+        assert!(matches!(e, SottoError::BadContact));
+        let e: SottoError = StoreError::Decrypt.into();
+        assert!(matches!(e, SottoError::WrongStoreKey));
+    }
+
+    #[test]
+    fn contact_ids_are_parsed_at_the_boundary() {
+        assert!(matches!(account("not an id"), Err(SottoError::BadContact)));
+    }
+}

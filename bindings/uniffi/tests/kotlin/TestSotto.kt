@@ -1,0 +1,122 @@
+// Kotlin tests of the sotto_ffi binding against the relay at $SOTTO_RELAY_URL: two clients
+// register, exchange messages both ways, read their history after reopening their stores,
+// and see errors as typed exceptions. Run by scripts/bindings.sh on the JVM with JNA.
+
+import java.io.File
+import java.security.SecureRandom
+import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withTimeout
+import uniffi.sotto_ffi.ClientOptions
+import uniffi.sotto_ffi.Event
+import uniffi.sotto_ffi.MessageStatus
+import uniffi.sotto_ffi.Page
+import uniffi.sotto_ffi.SottoClient
+import uniffi.sotto_ffi.SottoException
+
+val RELAY: String = System.getenv("SOTTO_RELAY_URL") ?: error("SOTTO_RELAY_URL is not set")
+val DIR: String = System.getenv("SOTTO_TEST_DIR") ?: error("SOTTO_TEST_DIR is not set")
+
+/** Failsafe only: every wait returns as soon as the event arrives. */
+const val TIMEOUT_MS = 30_000L
+
+fun newKey(): ByteArray = ByteArray(32).also { SecureRandom().nextBytes(it) }
+
+fun check(ok: Boolean, what: () -> String) {
+    if (!ok) throw AssertionError(what())
+}
+
+suspend fun waitFor(client: SottoClient, predicate: (Event) -> Boolean): Event =
+    withTimeout(TIMEOUT_MS) {
+        while (true) {
+            val e = client.nextEvent() ?: throw AssertionError("the event stream ended")
+            if (predicate(e)) return@withTimeout e
+        }
+        @Suppress("UNREACHABLE_CODE")
+        throw AssertionError("unreachable")
+    }
+
+fun received(text: String): (Event) -> Boolean = { it is Event.MessageReceived && it.message.text == text }
+
+suspend inline fun <reified E : SottoException> expectError(block: () -> Unit): E {
+    try {
+        block()
+    } catch (e: SottoException) {
+        if (e is E) return e
+        throw AssertionError("expected ${E::class.simpleName}, got $e")
+    }
+    throw AssertionError("expected ${E::class.simpleName}")
+}
+
+fun main() = runBlocking {
+    val keyA = newKey()
+    val keyB = newKey()
+    val pathA = File(DIR, "alice.db").path
+    val pathB = File(DIR, "bob.db").path
+    val opts = ClientOptions()
+
+    var alice = SottoClient.createAccount(pathA, keyA, RELAY, opts)
+    var bob = SottoClient.createAccount(pathB, keyB, RELAY, opts)
+    val a = alice.accountId()
+    val b = bob.accountId()
+    check(a.length == 52 && a != b) { "account ids $a $b" }
+    check(alice.contactLink() == "sotto:$a") { alice.contactLink() }
+    check(alice.deviceId() == 1u) { "device id ${alice.deviceId()}" }
+
+    check(alice.addContact(bob.contactLink()) == b) { "addContact" }
+    check(bob.addContact(a) == a) { "addContact" }
+
+    val sent = alice.sendText(b, "hello bob")
+    check(sent.status == MessageStatus.QUEUED && sent.conversation == b) { "$sent" }
+    val got = (waitFor(bob, received("hello bob")) as Event.MessageReceived).message
+    check(got.senderAccount == a && got.senderDevice == 1u && got.id == sent.id) { "$got" }
+    check(got.status == MessageStatus.RECEIVED && got.conversation == a) { "$got" }
+    waitFor(alice) { it is Event.MessageSent && it.id == sent.id }
+
+    val reply = bob.sendText(a, "hi alice")
+    waitFor(alice, received("hi alice"))
+    waitFor(bob) { it is Event.MessageSent && it.id == reply.id }
+
+    val snA = alice.safetyNumber(b)
+    check(snA == bob.safetyNumber(a) && snA.split(" ").size == 12) { snA }
+
+    // Errors are typed exceptions with a stable code.
+    val bad = expectError<SottoException.BadContact> { alice.sendText("not an account", "x") }
+    check(bad.code() == "bad_contact" && !bad.isRetryable()) { bad.code() }
+    expectError<SottoException.InvalidArgument> { SottoClient.open(pathA, ByteArray(5), opts) }
+    expectError<SottoException.AccountExists> { SottoClient.createAccount(pathA, keyA, RELAY, opts) }
+
+    // History after reopening the stores.
+    alice.shutdown()
+    bob.shutdown()
+    expectError<SottoException.Closed> { alice.conversations() }
+    val wrong = expectError<SottoException.WrongStoreKey> { SottoClient.open(pathA, newKey(), opts) }
+    check(wrong.code() == "wrong_store_key") { wrong.code() }
+    alice.close()
+    bob.close()
+
+    alice = SottoClient.open(pathA, keyA, ClientOptions(connect = false))
+    check(alice.accountId() == a) { "reopened account" }
+    check(alice.conversations() == listOf(b)) { "conversations" }
+    val history = alice.messages(b, Page())
+    check(history.map { it.text to it.senderAccount } == listOf("hello bob" to a, "hi alice" to b)) { "$history" }
+    check(history[0].status == MessageStatus.SENT || history[0].status == MessageStatus.DELIVERED) { "$history" }
+    check(history[1].status == MessageStatus.RECEIVED) { "$history" }
+    val older = alice.messages(b, Page(before = history[1].order, limit = 10u))
+    check(older.map { it.text } == listOf("hello bob")) { "$older" }
+    check(alice.outboxLen() == 0uL) { "outbox" }
+    alice.shutdown()
+    alice.close()
+
+    // Back online, the conversation goes on.
+    bob = SottoClient.open(pathB, keyB, opts)
+    alice = SottoClient.open(pathA, keyA, opts)
+    alice.sendText(b, "after reopening")
+    waitFor(bob, received("after reopening"))
+    check(bob.messages(a, Page()).map { it.text } == listOf("hello bob", "hi alice", "after reopening")) { "bob's history" }
+
+    alice.shutdown()
+    bob.shutdown()
+    alice.close()
+    bob.close()
+    println("kotlin: all binding tests passed")
+}

@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Builds sotto-ffi, generates its Swift, Kotlin and Python bindings into
+# bindings/generated/ (git-ignored) and runs each language's tests against one local
+# sotto-relay.
+#
+#   scripts/bindings.sh                      install what is missing, build, test all three
+#   scripts/bindings.sh python kotlin        only these languages
+#   scripts/bindings.sh --install-only       only install the toolchains
+#   SOTTO_BENCH=1 scripts/bindings.sh        also run the benchmarks (docs/benchmarks.md)
+#
+# Toolchains are installed idempotently: JNA and debootstrap from apt, kotlinc from the
+# npm package `kotlin-compiler`, Swift (`swiftlang`) in a Debian trixie chroot. They are
+# cached under $SOTTO_CACHE (default ~/.cache/sotto) and reused. With CI=true a toolchain
+# that cannot be installed fails the run; elsewhere that language is skipped, loudly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+KOTLIN_VERSION=2.4.20
+CACHE=${SOTTO_CACHE:-$HOME/.cache/sotto}
+GEN=$ROOT/bindings/generated
+TESTS=$ROOT/bindings/uniffi/tests
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+case "$TARGET" in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
+IN_CI=false
+[ "${CI:-}" = true ] && IN_CI=true
+
+INSTALL_ONLY=false
+LANGS=()
+for a in "$@"; do
+  case "$a" in
+    --install-only) INSTALL_ONLY=true ;;
+    python | kotlin | swift) LANGS+=("$a") ;;
+    *) echo "bindings.sh: unknown argument $a" >&2; exit 2 ;;
+  esac
+done
+[ ${#LANGS[@]} -eq 0 ] && LANGS=(python kotlin swift)
+
+step() { printf '\n==> bindings: %s\n' "$*"; }
+want() { [[ " ${LANGS[*]} " == *" $1 "* ]]; }
+SKIPPED=()
+unavailable() { # language, reason
+  if $IN_CI; then
+    echo "bindings.sh: $1 toolchain unavailable ($2), and CI=true: failing" >&2
+    exit 1
+  fi
+  printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n' >&2
+  printf '!!! SKIPPING the %s binding tests: %s\n' "$1" "$2" >&2
+  printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n' >&2
+  SKIPPED+=("$1")
+}
+
+# ---------------------------------------------------------------- cleanup
+RELAY_PID=
+CHROOT=
+RUN_DIR=
+cleanup() {
+  if [ -n "$RELAY_PID" ]; then
+    kill "$RELAY_PID" 2>/dev/null || true
+    wait "$RELAY_PID" 2>/dev/null || true
+  fi
+  if [ -n "$CHROOT" ]; then
+    for m in dev proc sys; do
+      if mountpoint -q "$CHROOT/$m"; then umount -R "$CHROOT/$m" || umount -lR "$CHROOT/$m" || true; fi
+    done
+  fi
+  if [ -n "$RUN_DIR" ]; then rm -rf "$RUN_DIR"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- toolchains
+APT_UPDATED=false
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else return 1; fi
+}
+apt_install() { # packages...; true when all are installed afterwards
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || return 1
+  if ! $APT_UPDATED; then as_root apt-get update -qq || return 1; APT_UPDATED=true; fi
+  echo "apt-get install ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+python_ready() { command -v python3 >/dev/null; }
+
+KOTLIN_HOME=$CACHE/kotlin-$KOTLIN_VERSION/node_modules/kotlin-compiler
+JNA_JAR=/usr/share/java/jna.jar
+kotlin_install() {
+  command -v java >/dev/null || { echo "no java (a JDK 17 or newer is needed)" >&2; return 1; }
+  apt_install libjna-java || return 1
+  if [ ! -x "$KOTLIN_HOME/bin/kotlinc-jvm" ]; then
+    command -v npm >/dev/null || { echo "no npm" >&2; return 1; }
+    mkdir -p "$CACHE/kotlin-$KOTLIN_VERSION"
+    npm install --silent --no-audit --no-fund --prefix "$CACHE/kotlin-$KOTLIN_VERSION" \
+      "kotlin-compiler@$KOTLIN_VERSION" || return 1
+  fi
+  [ -f "$JNA_JAR" ] && [ -f "$KOTLIN_HOME/lib/kotlinx-coroutines-core-jvm.jar" ]
+}
+
+TRIXIE=$CACHE/trixie
+swift_install() {
+  [ -f "$TRIXIE/.sotto-swift-ready" ] && return 0
+  [ "$(id -u)" = 0 ] || { echo "the Swift chroot needs root" >&2; return 1; }
+  apt_install debootstrap || return 1
+  local mirror
+  mirror=$(grep -rhE '^[^#]*https?://' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null |
+    grep -oE 'https?://[^ ]+/debian/?' | head -n1 || true)
+  [ -n "$mirror" ] || { echo "no Debian mirror in the apt sources" >&2; return 1; }
+  if [ ! -x "$TRIXIE/usr/bin/apt-get" ]; then
+    rm -rf "$TRIXIE"
+    mkdir -p "$CACHE"
+    echo "swift: debootstrap trixie from $mirror (a few minutes, once)"
+    debootstrap --variant=minbase trixie "$TRIXIE" "$mirror" >"$CACHE/debootstrap.log" 2>&1 ||
+      { tail -n 20 "$CACHE/debootstrap.log" >&2; return 1; }
+  fi
+  mount_chroot
+  cp /etc/resolv.conf "$TRIXIE/etc/"
+  chroot "$TRIXIE" bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends swiftlang libc6-dev >/dev/null' || return 1
+  touch "$TRIXIE/.sotto-swift-ready"
+}
+mount_chroot() {
+  CHROOT=$TRIXIE
+  mountpoint -q "$TRIXIE/proc" || mount -t proc proc "$TRIXIE/proc"
+  if ! mountpoint -q "$TRIXIE/dev"; then
+    mount --rbind /dev "$TRIXIE/dev"
+    mount --make-rslave "$TRIXIE/dev"
+  fi
+  mountpoint -q "$TRIXIE/sys" || mount -t sysfs sys "$TRIXIE/sys"
+}
+
+step "toolchains"
+want python && { python_ready || unavailable python "python3 not found"; }
+if want kotlin; then
+  if kotlin_install; then echo "kotlinc $KOTLIN_VERSION, $(basename "$JNA_JAR")"
+  else unavailable kotlin "could not install kotlinc (npm kotlin-compiler) or JNA (libjna-java)"; fi
+fi
+if want swift; then
+  if swift_install; then echo "swift: chroot at $TRIXIE"
+  else unavailable swift "could not set up the Debian trixie chroot with swiftlang"; fi
+fi
+$INSTALL_ONLY && exit 0
+run() { want "$1" && [[ " ${SKIPPED[*]-} " != *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- build and generate
+step "build sotto-ffi, uniffi-bindgen and sotto-relay"
+# The binary needs the `cli` feature; the library is built after it, without it, so the
+# cdylib the tests load stays lean.
+cargo build -p sotto-ffi --bin uniffi-bindgen --features cli
+cargo build -p sotto-ffi --lib
+cargo build -p sotto-relay
+LIB=$TARGET/debug/libsotto_ffi.so
+[ -f "$LIB" ] || { echo "bindings.sh: $LIB was not built" >&2; exit 1; }
+
+step "generate Swift, Kotlin and Python into bindings/generated"
+rm -rf "$GEN"
+for l in swift kotlin python; do
+  "$TARGET/debug/uniffi-bindgen" generate "$LIB" --language "$l" --out-dir "$GEN/$l" --no-format
+done
+cp "$LIB" "$GEN/python/"
+
+# ---------------------------------------------------------------- relay
+RUN_DIR=$(mktemp -d)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export SOTTO_RELAY_URL=http://127.0.0.1:$PORT
+step "start sotto-relay at $SOTTO_RELAY_URL"
+"$TARGET/debug/sotto-relay" --listen "127.0.0.1:$PORT" --public-url "$SOTTO_RELAY_URL" \
+  --data-dir "$RUN_DIR/relay" >"$RUN_DIR/relay.log" 2>&1 &
+RELAY_PID=$!
+for _ in $(seq 1 100); do
+  curl -fsS "$SOTTO_RELAY_URL/healthz" >/dev/null 2>&1 && break
+  kill -0 "$RELAY_PID" 2>/dev/null || { cat "$RUN_DIR/relay.log" >&2; exit 1; }
+  sleep 0.1
+done
+curl -fsS "$SOTTO_RELAY_URL/healthz" >/dev/null || { echo "relay did not answer /healthz" >&2; exit 1; }
+
+# ---------------------------------------------------------------- tests
+timed() { # label, command...
+  local t0=$SECONDS
+  "${@:2}"
+  echo "bindings: $1 passed in $((SECONDS - t0)) s"
+}
+
+if run python; then
+  step "Python tests"
+  export SOTTO_TEST_DIR=$RUN_DIR/python
+  mkdir -p "$SOTTO_TEST_DIR"
+  timed python env PYTHONPATH="$GEN/python" python3 "$TESTS/python/test_sotto.py"
+  if [ -n "${SOTTO_BENCH:-}" ]; then
+    env PYTHONPATH="$GEN/python" python3 "$TESTS/python/bench_sotto.py"
+  fi
+fi
+
+if run kotlin; then
+  step "Kotlin tests"
+  CP=$JNA_JAR:$KOTLIN_HOME/lib/kotlinx-coroutines-core-jvm.jar
+  KT_OUT=$RUN_DIR/kotlin
+  mkdir -p "$KT_OUT/data"
+  # The generated bindings compile once per version of the generated source (~40 s).
+  KT_SRC=$GEN/kotlin/uniffi/sotto_ffi/sotto_ffi.kt
+  BINDINGS_JAR=$CACHE/kotlin-bindings/$(sha256sum "$KT_SRC" | cut -c1-16).jar
+  if [ ! -f "$BINDINGS_JAR" ]; then
+    mkdir -p "$(dirname "$BINDINGS_JAR")"
+    "$KOTLIN_HOME/bin/kotlinc-jvm" -nowarn -cp "$CP" "$KT_SRC" -d "$BINDINGS_JAR.tmp.jar"
+    mv "$BINDINGS_JAR.tmp.jar" "$BINDINGS_JAR"
+  fi
+  "$KOTLIN_HOME/bin/kotlinc-jvm" -nowarn -cp "$CP:$BINDINGS_JAR" "$TESTS"/kotlin/*.kt -d "$KT_OUT/t.jar"
+  KT_RUN=(java -Djna.library.path="$TARGET/debug"
+    -cp "$KT_OUT/t.jar:$BINDINGS_JAR:$CP:$KOTLIN_HOME/lib/kotlin-stdlib.jar")
+  export SOTTO_TEST_DIR=$KT_OUT/data
+  timed kotlin "${KT_RUN[@]}" TestSottoKt
+  if [ -n "${SOTTO_BENCH:-}" ]; then
+    "${KT_RUN[@]}" BenchSottoKt
+  fi
+fi
+
+if run swift; then
+  step "Swift tests"
+  mount_chroot
+  B=$TRIXIE/build
+  rm -rf "$B"
+  mkdir -p "$B/data"
+  cp "$GEN/swift/"* "$LIB" "$TESTS/swift/main.swift" "$B/"
+  # The relay listens on the host's loopback, which the chroot shares.
+  timed swift chroot "$TRIXIE" env SOTTO_RELAY_URL="$SOTTO_RELAY_URL" SOTTO_TEST_DIR=/build/data bash -c \
+    'cd /build && swiftc -module-name SottoTests -module-cache-path /build/mc -I /build \
+       -Xcc -fmodule-map-file=/build/sotto_ffiFFI.modulemap -L /build -lsotto_ffi \
+       sotto_ffi.swift main.swift -o sotto-tests && LD_LIBRARY_PATH=/build ./sotto-tests'
+fi
+
+if [ ${#SKIPPED[@]} -gt 0 ]; then
+  echo "bindings: SKIPPED: ${SKIPPED[*]} (see above)" >&2
+fi
+echo "bindings: done"
