@@ -435,9 +435,37 @@ enum Prepared {
     GiveUp(String),
 }
 
+/// One outbox item being sent: the frame ids of its parts still waiting for an answer.
 struct InFlight {
-    frame_id: u64,
+    /// The part for other accounts, on the anonymous connection.
+    anon: Option<u64>,
+    /// The sync transcripts, on the authenticated connection.
+    auth: Option<u64>,
     item: OutboxItem,
+}
+
+/// The send window of one connection: up to [`SEND_WINDOW`] items in flight, prepared in
+/// outbox order; the relay stores and answers each connection's sends in order. After a
+/// device-set answer no new send starts until the window drained, so the corrected
+/// message goes before the ones behind it.
+struct Sending {
+    in_flight: VecDeque<InFlight>,
+    paused: bool,
+    attempts: u32,
+    next_frame_id: u64,
+    retry_at: Option<Instant>,
+}
+
+impl Default for Sending {
+    fn default() -> Self {
+        Self {
+            in_flight: VecDeque::new(),
+            paused: false,
+            attempts: 0,
+            next_frame_id: 1,
+            retry_at: None,
+        }
+    }
 }
 
 impl<S: Store> Inner<S> {
@@ -761,57 +789,169 @@ impl<S: Store> Inner<S> {
         }
     }
 
-    /// Serves one authenticated connection. Returns true on shutdown.
+    /// Handles the answer to one part of a send. Returns false when the store failed
+    /// (the connection is then restarted).
+    async fn handle_result(&self, tx: &mut Sending, r: sotto_proto::SendResult, anonymous: bool) -> bool {
+        let Some(i) = tx.in_flight.iter().position(|f| {
+            if anonymous {
+                f.anon == Some(r.message_id)
+            } else {
+                f.auth == Some(r.message_id)
+            }
+        }) else {
+            return true;
+        };
+        match r.outcome {
+            SendOutcome::Stored { .. } => {
+                let Some(f) = tx.in_flight.get_mut(i) else { return true };
+                if anonymous {
+                    f.anon = None;
+                } else {
+                    f.auth = None;
+                }
+                if f.anon.is_some() || f.auth.is_some() {
+                    return true;
+                }
+                let Some(f) = tx.in_flight.remove(i) else { return true };
+                tx.attempts = 0;
+                let ev = {
+                    let mut m = self.machine.lock().await;
+                    let (changes, ev) = m.mark_sent(&f.item);
+                    if self.commit_locked(&mut m, changes).await.is_err() {
+                        return false;
+                    }
+                    ev
+                };
+                self.emit(ev.into_iter().collect()).await;
+            }
+            SendOutcome::DeviceMismatch { device_lists } => {
+                let Some(f) = tx.in_flight.remove(i) else { return true };
+                tx.paused = true;
+                tx.attempts += 1;
+                let fixed = self.handle_mismatch(&f.item, &device_lists).await;
+                if tx.attempts >= MAX_SEND_ATTEMPTS || matches!(fixed, Err(ClientError::DeviceList(_))) {
+                    tx.attempts = 0;
+                    let reason = match fixed {
+                        Err(e) => e.to_string(),
+                        Ok(()) => "the device set kept changing".into(),
+                    };
+                    self.give_up(&f.item, reason).await;
+                }
+            }
+            SendOutcome::Rejected { code } if code.is_retryable() => {
+                tx.in_flight.remove(i);
+                tx.paused = true;
+                tx.retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_millis(200)));
+            }
+            SendOutcome::Rejected { code } => {
+                let Some(f) = tx.in_flight.remove(i) else { return true };
+                tx.attempts = 0;
+                self.give_up(&f.item, format!("the relay refused: {code}")).await;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Starts sending outbox items while the window has room. Envelopes for other
+    /// accounts go over the anonymous connection (sealed sender, docs/protocol.md §13.8);
+    /// sync transcripts for this account's other devices over the authenticated one.
+    /// Returns false when the authenticated socket failed.
+    async fn fill_window(&self, tx: &mut Sending, socket: &mut Socket, anon: &mut Option<Socket>) -> bool {
+        if tx.in_flight.is_empty() {
+            tx.paused = false;
+        }
+        let own = self.device.account_id();
+        while !tx.paused && tx.in_flight.len() < SEND_WINDOW && tx.retry_at.is_none_or(|t| t <= Instant::now()) {
+            tx.retry_at = None;
+            let window = (tx.in_flight.len() + SEND_WINDOW) as u32;
+            let next = match self.store.outbox(window).await {
+                Ok(items) => items
+                    .into_iter()
+                    .find(|i| !tx.in_flight.iter().any(|f| f.item.id == i.id)),
+                Err(_) => None,
+            };
+            let Some(item) = next else { break };
+            let recipients = match self.prepare(&item).await {
+                Prepared::Ready(r) => r,
+                Prepared::Retry => {
+                    tx.retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_secs(1)));
+                    break;
+                }
+                Prepared::GiveUp(reason) => {
+                    self.give_up(&item, reason).await;
+                    continue;
+                }
+            };
+            let (mine, theirs): (Vec<_>, Vec<_>) = recipients.into_iter().partition(|r| r.account_id == own);
+            let mut f = InFlight {
+                auth: None,
+                anon: None,
+                item,
+            };
+            if !theirs.is_empty() {
+                if anon.is_none() {
+                    match self.relay.connect_anonymous().await {
+                        Ok(s) => *anon = Some(s),
+                        Err(_) => {
+                            tx.retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_secs(1)));
+                            break;
+                        }
+                    }
+                }
+                let id = tx.next_frame_id;
+                tx.next_frame_id += 1;
+                let frame = Frame::Send(Send {
+                    message_id: id,
+                    recipients: theirs,
+                });
+                let sent = match anon.as_mut() {
+                    Some(a) => a.send(&frame).await.is_ok(),
+                    None => false,
+                };
+                if !sent {
+                    // The item stays in the outbox and is encrypted again next time.
+                    *anon = None;
+                    tx.retry_at = Some(Instant::now() + self.options.backoff_min);
+                    break;
+                }
+                f.anon = Some(id);
+            }
+            if !mine.is_empty() {
+                let id = tx.next_frame_id;
+                tx.next_frame_id += 1;
+                let frame = Frame::Send(Send {
+                    message_id: id,
+                    recipients: mine,
+                });
+                if socket.send(&frame).await.is_err() {
+                    return false;
+                }
+                f.auth = Some(id);
+            }
+            tx.in_flight.push_back(f);
+        }
+        true
+    }
+
+    /// Serves one authenticated connection (and, while there is something to send to
+    /// other accounts, an anonymous one). Returns true on shutdown.
     async fn serve(&self, mut socket: Socket, shutdown: &mut watch::Receiver<bool>) -> bool {
         // Another device of the account may have changed the device list meanwhile.
         let _ = self.refresh_device_list(self.device.account_id()).await;
         let _ = self.refill_prekeys().await;
-        // Up to SEND_WINDOW sends in flight, prepared in outbox order; the relay stores and
-        // answers them in that order. After a device-set answer no new send starts until
-        // the window drained, so the corrected message goes before the ones behind it.
-        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        let mut paused = false;
-        let mut attempts: u32 = 0;
-        let mut next_frame_id: u64 = 1;
-        let mut retry_at: Option<Instant> = None;
+        let mut tx = Sending::default();
+        let mut anon: Option<Socket> = None;
         let mut ping = tokio::time::interval(self.options.heartbeat);
         ping.tick().await;
         // Receipts go out in batches: when the mailbox backlog is done, and for live
         // messages once nothing arrived for a moment.
         let mut receipts_at: Option<Instant> = None;
         loop {
-            if in_flight.is_empty() {
-                paused = false;
+            if !self.fill_window(&mut tx, &mut socket, &mut anon).await {
+                return false;
             }
-            while !paused && in_flight.len() < SEND_WINDOW && retry_at.is_none_or(|t| t <= Instant::now()) {
-                retry_at = None;
-                let window = (in_flight.len() + SEND_WINDOW) as u32;
-                let next = match self.store.outbox(window).await {
-                    Ok(items) => items.into_iter().find(|i| !in_flight.iter().any(|f| f.item.id == i.id)),
-                    Err(_) => None,
-                };
-                let Some(item) = next else { break };
-                match self.prepare(&item).await {
-                    Prepared::Ready(recipients) => {
-                        let frame = Frame::Send(Send {
-                            message_id: next_frame_id,
-                            recipients,
-                        });
-                        if socket.send(&frame).await.is_err() {
-                            return false;
-                        }
-                        in_flight.push_back(InFlight {
-                            frame_id: next_frame_id,
-                            item,
-                        });
-                        next_frame_id += 1;
-                    }
-                    Prepared::Retry => {
-                        retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_secs(1)));
-                    }
-                    Prepared::GiveUp(reason) => self.give_up(&item, reason).await,
-                }
-            }
+            let retry_at = tx.retry_at;
             let retry = async {
                 match retry_at {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -824,12 +964,22 @@ impl<S: Store> Inner<S> {
                     None => std::future::pending().await,
                 }
             };
+            let anon_frame = async {
+                match anon.as_mut() {
+                    Some(a) => a.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let room = tx.in_flight.len() < SEND_WINDOW;
             tokio::select! {
                 _ = shutdown.changed() => {
                     socket.close().await;
+                    if let Some(a) = anon.as_mut() {
+                        a.close().await;
+                    }
                     return true;
                 }
-                _ = self.wake.notified(), if in_flight.len() < SEND_WINDOW => {}
+                _ = self.wake.notified(), if room => {}
                 _ = retry => {}
                 _ = receipts_due => {
                     receipts_at = None;
@@ -839,6 +989,16 @@ impl<S: Store> Inner<S> {
                     if socket.last_seen().elapsed() > self.options.idle_timeout || socket.ping().await.is_err() {
                         return false;
                     }
+                    if let Some(a) = anon.as_mut() {
+                        // An idle anonymous connection is closed; a new one opens for the next send.
+                        if tx.in_flight.iter().all(|f| f.anon.is_none()) {
+                            a.close().await;
+                            anon = None;
+                        } else if a.ping().await.is_err() {
+                            anon = None;
+                            tx.in_flight.retain(|f| f.anon.is_none());
+                        }
+                    }
                     // The relay keeps a removed device's socket open but drops its mailbox:
                     // check the account's list on every heartbeat.
                     let _ = self.refresh_device_list(self.device.account_id()).await;
@@ -847,6 +1007,19 @@ impl<S: Store> Inner<S> {
                         return false;
                     }
                 }
+                frame = anon_frame => match frame {
+                    Ok(Some(Frame::SendResult(r))) => {
+                        if !self.handle_result(&mut tx, r, true).await {
+                            return false;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        // Sends without an answer stay in the outbox and go again.
+                        anon = None;
+                        tx.in_flight.retain(|f| f.anon.is_none());
+                    }
+                },
                 frame = socket.recv() => {
                     let frame = match frame {
                         Ok(Some(f)) => f,
@@ -880,48 +1053,9 @@ impl<S: Store> Inner<S> {
                             self.emit(vec![Event::CaughtUp]).await;
                         }
                         Frame::SendResult(r) => {
-                            let Some(f) = in_flight
-                                .iter()
-                                .position(|f| f.frame_id == r.message_id)
-                                .and_then(|i| in_flight.remove(i))
-                            else {
-                                continue;
-                            };
-                            match r.outcome {
-                                SendOutcome::Stored { .. } => {
-                                    attempts = 0;
-                                    let ev = {
-                                        let mut m = self.machine.lock().await;
-                                        let (changes, ev) = m.mark_sent(&f.item);
-                                        if self.commit_locked(&mut m, changes).await.is_err() {
-                                            return false;
-                                        }
-                                        ev
-                                    };
-                                    self.emit(ev.into_iter().collect()).await;
-                                }
-                                SendOutcome::DeviceMismatch { device_lists } => {
-                                    paused = true;
-                                    attempts += 1;
-                                    let fixed = self.handle_mismatch(&f.item, &device_lists).await;
-                                    if attempts >= MAX_SEND_ATTEMPTS || matches!(fixed, Err(ClientError::DeviceList(_))) {
-                                        attempts = 0;
-                                        let reason = match fixed {
-                                            Err(e) => e.to_string(),
-                                            Ok(()) => "the device set kept changing".into(),
-                                        };
-                                        self.give_up(&f.item, reason).await;
-                                    }
-                                }
-                                SendOutcome::Rejected { code } if code.is_retryable() => {
-                                    paused = true;
-                                    retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_millis(200)));
-                                }
-                                SendOutcome::Rejected { code } => {
-                                    attempts = 0;
-                                    self.give_up(&f.item, format!("the relay refused: {code}")).await;
-                                }
-                                _ => {}
+                            let stored_ok = self.handle_result(&mut tx, r, false).await;
+                            if !stored_ok {
+                                return false;
                             }
                         }
                         Frame::Error { code }

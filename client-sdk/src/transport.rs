@@ -279,14 +279,21 @@ impl Relay {
 }
 
 impl Relay {
-    /// Sends one `Send` on a fresh anonymous connection (sealed sender, docs/protocol.md
-    /// §13.8) and returns the relay's answer. The device set must name every device of
-    /// every account named.
-    pub async fn send_anonymous(&self, send: sotto_proto::Send) -> Result<sotto_proto::SendOutcome, TransportError> {
-        let exchange = async {
-            let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", self.authority))
-                .await
-                .map_err(io)?;
+    /// Opens an anonymous connection (sealed sender, docs/protocol.md §13.8): the
+    /// challenge is read and not answered; the first frame sent must be a `Send`. Such a
+    /// connection only sends; its device-set rule wants every device of each account named.
+    pub async fn connect_anonymous(&self) -> Result<Socket, TransportError> {
+        let handshake = async {
+            let mut config = WebSocketConfig::default();
+            config.max_message_size = Some(MAX_FRAME);
+            config.max_frame_size = Some(MAX_FRAME);
+            let (ws, _) = tokio_tungstenite::connect_async_with_config(
+                format!("ws://{}/v1/ws", self.authority),
+                Some(config),
+                true,
+            )
+            .await
+            .map_err(io)?;
             let mut socket = Socket {
                 ws,
                 last_seen: tokio::time::Instant::now(),
@@ -295,6 +302,17 @@ impl Relay {
                 Some(Frame::Challenge(c)) => self.check_challenge(&c)?,
                 other => return Err(TransportError::Protocol(format!("expected a challenge, got {other:?}"))),
             }
+            Ok(socket)
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, handshake)
+            .await
+            .map_err(|_| TransportError::Timeout)?
+    }
+
+    /// Sends one `Send` on a fresh anonymous connection and returns the relay's answer.
+    pub async fn send_anonymous(&self, send: sotto_proto::Send) -> Result<sotto_proto::SendOutcome, TransportError> {
+        let mut socket = self.connect_anonymous().await?;
+        let exchange = async {
             let id = send.message_id;
             socket.send(&Frame::Send(send)).await?;
             loop {

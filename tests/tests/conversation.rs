@@ -147,4 +147,14 @@ async fn delivery_receipts_mark_messages_delivered() {
     assert!(h.iter().all(|m| m.status == MessageStatus::Delivered), "{h:?}");
     // Receipts are not messages: Bob's conversation holds the three texts only.
     assert_eq!(bob.history(&alice.id()).await.len(), 3);
+    // Sealed sender in effect: with one device per account every send (texts and
+    // receipts) went to another account, so every one went over an anonymous connection.
+    let m = &relay.state.metrics;
+    let stored = m.sends_stored_total.load(std::sync::atomic::Ordering::Relaxed);
+    let anonymous = m.sends_anonymous_total.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(stored >= 4, "{stored}");
+    assert_eq!(
+        anonymous,
+        stored + m.sends_mismatch_total.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
