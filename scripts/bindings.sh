@@ -150,11 +150,14 @@ run() { want "$1" && [[ " ${SKIPPED[*]-} " != *" $1 "* ]]; }
 # ---------------------------------------------------------------- build and generate
 step "build sotto-ffi, uniffi-bindgen and sotto-relay"
 # The binary needs the `cli` feature; the library is built after it, without it, so the
-# cdylib the tests load stays lean.
+# cdylib the tests load stays lean. Benchmarks use release builds of the library and relay.
+PROFILE=debug
+PROFILE_FLAG=()
+if [ -n "${SOTTO_BENCH:-}" ]; then PROFILE=release; PROFILE_FLAG=(--release); fi
 cargo build -p sotto-ffi --bin uniffi-bindgen --features cli
-cargo build -p sotto-ffi --lib
-cargo build -p sotto-relay
-LIB=$TARGET/debug/libsotto_ffi.so
+cargo build -p sotto-ffi --lib "${PROFILE_FLAG[@]}"
+cargo build -p sotto-relay "${PROFILE_FLAG[@]}"
+LIB=$TARGET/$PROFILE/libsotto_ffi.so
 [ -f "$LIB" ] || { echo "bindings.sh: $LIB was not built" >&2; exit 1; }
 
 step "generate Swift, Kotlin and Python into bindings/generated"
@@ -169,8 +172,10 @@ RUN_DIR=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export SOTTO_RELAY_URL=http://127.0.0.1:$PORT
 step "start sotto-relay at $SOTTO_RELAY_URL"
-"$TARGET/debug/sotto-relay" --listen "127.0.0.1:$PORT" --public-url "$SOTTO_RELAY_URL" \
-  --data-dir "$RUN_DIR/relay" >"$RUN_DIR/relay.log" 2>&1 &
+# Rate limits raised for the benchmark's 1,000-message burst (defaults: 20/s, burst 100).
+printf '[limits]\nrate_per_second = 100000\nrate_burst = 100000\n' >"$RUN_DIR/relay.toml"
+"$TARGET/$PROFILE/sotto-relay" --config "$RUN_DIR/relay.toml" --listen "127.0.0.1:$PORT" \
+  --public-url "$SOTTO_RELAY_URL" --data-dir "$RUN_DIR/relay" >"$RUN_DIR/relay.log" 2>&1 &
 RELAY_PID=$!
 for _ in $(seq 1 100); do
   curl -fsS "$SOTTO_RELAY_URL/healthz" >/dev/null 2>&1 && break
@@ -210,7 +215,7 @@ if run kotlin; then
     mv "$BINDINGS_JAR.tmp.jar" "$BINDINGS_JAR"
   fi
   "$KOTLIN_HOME/bin/kotlinc-jvm" -nowarn -cp "$CP:$BINDINGS_JAR" "$TESTS"/kotlin/*.kt -d "$KT_OUT/t.jar"
-  KT_RUN=(java -Djna.library.path="$TARGET/debug"
+  KT_RUN=(java -Djna.library.path="$(dirname "$LIB")"
     -cp "$KT_OUT/t.jar:$BINDINGS_JAR:$CP:$KOTLIN_HOME/lib/kotlin-stdlib.jar")
   export SOTTO_TEST_DIR=$KT_OUT/data
   timed kotlin "${KT_RUN[@]}" TestSottoKt

@@ -4,10 +4,12 @@
 
 import java.io.File
 import java.security.SecureRandom
+import kotlinx.coroutines.channels.Channel
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
 import uniffi.sotto_ffi.ClientOptions
 import uniffi.sotto_ffi.Event
+import uniffi.sotto_ffi.EventListener
 import uniffi.sotto_ffi.MessageStatus
 import uniffi.sotto_ffi.Page
 import uniffi.sotto_ffi.SottoClient
@@ -107,11 +109,23 @@ fun main() = runBlocking {
     alice.shutdown()
     alice.close()
 
-    // Back online, the conversation goes on.
+    // Back online, the conversation goes on; bob listens through a callback interface.
     bob = SottoClient.open(pathB, keyB, opts)
     alice = SottoClient.open(pathA, keyA, opts)
+    val events = Channel<Event>(Channel.UNLIMITED)
+    val subscription = bob.subscribe(
+        object : EventListener {
+            override fun onEvent(event: Event) {
+                events.trySend(event) // on an SDK thread
+            }
+        },
+    )
     alice.sendText(b, "after reopening")
-    waitFor(bob, received("after reopening"))
+    withTimeout(TIMEOUT_MS) {
+        while (!received("after reopening")(events.receive())) {}
+    }
+    subscription.cancel()
+    subscription.close()
     check(bob.messages(a, Page()).map { it.text } == listOf("hello bob", "hi alice", "after reopening")) { "bob's history" }
 
     alice.shutdown()
