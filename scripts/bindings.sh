@@ -154,9 +154,9 @@ step "build sotto-ffi, uniffi-bindgen and sotto-relay"
 PROFILE=debug
 PROFILE_FLAG=()
 if [ -n "${SOTTO_BENCH:-}" ]; then PROFILE=release; PROFILE_FLAG=(--release); fi
-cargo build -p sotto-ffi --bin uniffi-bindgen --features cli
-cargo build -p sotto-ffi --lib "${PROFILE_FLAG[@]}"
-cargo build -p sotto-relay "${PROFILE_FLAG[@]}"
+cargo build --locked -p sotto-ffi --bin uniffi-bindgen --features cli
+cargo build --locked -p sotto-ffi --lib "${PROFILE_FLAG[@]}"
+cargo build --locked -p sotto-relay "${PROFILE_FLAG[@]}"
 LIB=$TARGET/$PROFILE/libsotto_ffi.so
 [ -f "$LIB" ] || { echo "bindings.sh: $LIB was not built" >&2; exit 1; }
 

@@ -65,6 +65,12 @@ func expectError(_ expected: String, _ body: () async throws -> Void) async -> S
     return nil
 }
 
+final class Listener: EventListener, @unchecked Sendable {
+    let continuation: AsyncStream<Event>.Continuation
+    init(_ continuation: AsyncStream<Event>.Continuation) { self.continuation = continuation }
+    func onEvent(event: Event) { continuation.yield(event) }  // on an SDK thread
+}
+
 let keyA = newKey()
 let keyB = newKey()
 let pathA = dir + "/alice.db"
@@ -127,11 +133,16 @@ do {
     check(try await alice.outboxLen() == 0, "outbox")
     await alice.shutdown()
 
-    // Back online, the conversation goes on.
+    // Back online, the conversation goes on; bob listens through a callback interface.
     bob = try await SottoClient.open(storePath: pathB, storeKey: keyB, options: opts)
     alice = try await SottoClient.open(storePath: pathA, storeKey: keyA, options: opts)
+    var continuation: AsyncStream<Event>.Continuation?
+    let events = AsyncStream<Event> { continuation = $0 }
+    guard let continuation else { fatalError() }
+    let subscription = try bob.subscribe(listener: Listener(continuation))
     _ = try await alice.sendText(contact: b, text: "after reopening")
-    _ = await waitFor(bob, received("after reopening"))
+    for await e in events where received("after reopening")(e) { break }
+    subscription.cancel()
     let bh = try await bob.messages(conversation: a, page: Page())
     check(bh.map { $0.text } == ["hello bob", "hi alice", "after reopening"], "\(bh)")
 
