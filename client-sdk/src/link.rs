@@ -329,6 +329,16 @@ impl<S: Store> Inner<S> {
         if !claimed.ct_eq(&sender) {
             return Ok(());
         }
+        // A device id the account already uses would replace that device: refused.
+        if self
+            .machine
+            .lock()
+            .await
+            .own_device_list()
+            .is_some_and(|l| l.device(device_id).is_some())
+        {
+            return Ok(());
+        }
         // One use per code.
         *self.link.lock().await = None;
         let (list, accept, contacts) = {

@@ -26,6 +26,13 @@ use sotto_sdk::store::{SqliteStore, StoreKey};
 use sotto_sdk::{Client, ClientError, ClientOptions, Event, EventStream, MessageStatus, Page, StoredMessage};
 use tokio::io::AsyncBufReadExt;
 
+/// Prints a line; a closed stdout (`sotto ... | head -1`) is not an error.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "sotto", version, about = "Sotto command-line client")]
 struct Cli {
@@ -257,8 +264,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                 return Err(format!("{} already holds an account", dir.display()));
             }
             let client = create(&dir, &relay).await?;
-            println!("account {}", client.account_id());
-            println!("contact link {}", client.contact_link());
+            out!("account {}", client.account_id());
+            out!("contact link {}", client.contact_link());
             client.shutdown().await;
         }
         Command::Whoami { link } => {
@@ -269,18 +276,18 @@ async fn run(cli: Cli) -> Result<(), String> {
             };
             let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
             if link {
-                println!("{}", client.contact_link());
+                out!("{}", client.contact_link());
             } else {
-                println!("account {}", client.account_id());
-                println!("contact link {}", client.contact_link());
-                println!("device {}", client.device_id());
+                out!("account {}", client.account_id());
+                out!("contact link {}", client.contact_link());
+                out!("device {}", client.device_id());
             }
         }
         Command::Add { contact } => {
             let (client, _) = open_client(&dir).await?;
             let id = client.add_contact(&contact).await.map_err(|e| e.to_string())?;
-            println!("added {id}");
-            println!(
+            out!("added {id}");
+            out!(
                 "safety number {}",
                 client.safety_number(&id).await.map_err(|e| e.to_string())?
             );
@@ -305,9 +312,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             .await;
             client.shutdown().await;
             match done {
-                Some(Event::MessageSent { .. }) => println!("sent"),
+                Some(Event::MessageSent { .. }) => out!("sent"),
                 Some(Event::SendFailed { reason, .. }) => return Err(format!("not sent: {reason}")),
-                _ => println!("queued; it is sent the next time sotto connects"),
+                _ => out!("queued; it is sent the next time sotto connects"),
             }
         }
         Command::Receive => {
@@ -315,8 +322,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             let got = tokio::time::timeout(Duration::from_secs(30), async {
                 while let Some(e) = events.next().await {
                     match e {
-                        Event::MessageReceived(m) => println!("{}", show(&m)),
-                        Event::Undecryptable { cause, .. } => println!("(undecryptable: {cause})"),
+                        Event::MessageReceived(m) => out!("{}", show(&m)),
+                        Event::Undecryptable { cause, .. } => out!("(undecryptable: {cause})"),
                         Event::CaughtUp => return true,
                         _ => {}
                     }
@@ -336,9 +343,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 client.add_contact(&to.to_string()).await.map_err(|e| e.to_string())?;
             }
             for m in client.messages(&to, Page::default()).await.map_err(|e| e.to_string())? {
-                println!("{}", show(&m));
+                out!("{}", show(&m));
             }
-            println!(
+            out!(
                 "-- chatting with {}; type a line to send, Ctrl-D to quit --",
                 short(&to)
             );
@@ -354,14 +361,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                         _ => stdin_open = false,
                     },
                     e = events.next() => match e {
-                        Some(Event::MessageReceived(m)) => println!("{}", show(&m)),
-                        Some(Event::SendFailed { reason, .. }) => println!("(not sent: {reason})"),
-                        Some(Event::Undecryptable { cause, .. }) => println!("(undecryptable: {cause})"),
+                        Some(Event::MessageReceived(m)) => out!("{}", show(&m)),
+                        Some(Event::SendFailed { reason, .. }) => out!("(not sent: {reason})"),
+                        Some(Event::Undecryptable { cause, .. }) => out!("(undecryptable: {cause})"),
                         Some(Event::DeviceListChanged { account, change }) => {
-                            println!("(devices of {} changed: +{:?} -{:?})", short(&account), change.added, change.removed)
+                            out!("(devices of {} changed: +{:?} -{:?})", short(&account), change.added, change.removed)
                         }
                         Some(Event::DeviceRemoved) => {
-                            println!("(this device was removed from the account)");
+                            out!("(this device was removed from the account)");
                             break;
                         }
                         Some(_) => {}
@@ -392,7 +399,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 limit: 1000,
             };
             for m in client.messages(&to, page).await.map_err(|e| e.to_string())? {
-                println!("{}", show(&m));
+                out!("{}", show(&m));
             }
         }
         Command::Safety { contact } => {
@@ -403,7 +410,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             };
             let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
             let to = resolve(&client, &contact).await?;
-            println!("{}", client.safety_number(&to).await.map_err(|e| e.to_string())?);
+            out!("{}", client.safety_number(&to).await.map_err(|e| e.to_string())?);
         }
         Command::Contacts => {
             let (store, key) = open_store(&dir, false).await?;
@@ -413,14 +420,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             };
             let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
             for c in client.conversations().await.map_err(|e| e.to_string())? {
-                println!("{}", sotto_sdk::contact_link(&c));
+                out!("{}", sotto_sdk::contact_link(&c));
             }
         }
         Command::Link => {
             let (client, mut events) = open_client(&dir).await?;
             let code = client.link_new_device().await.map_err(|e| e.to_string())?;
-            println!("{code}");
-            println!("run `sotto join <code> --relay <url>` on the new device within two minutes");
+            out!("{code}");
+            out!("run `sotto join <code> --relay <url>` on the new device within two minutes");
             let _ = std::io::stdout().flush();
             let me = client.account_id();
             let added = wait_event(&mut events, Duration::from_secs(120), |e| {
@@ -429,7 +436,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             .await;
             client.shutdown().await;
             match added {
-                Some(Event::DeviceListChanged { change, .. }) => println!("linked device {:?}", change.added),
+                Some(Event::DeviceListChanged { change, .. }) => out!("linked device {:?}", change.added),
                 _ => return Err("no device joined".into()),
             }
         }
@@ -441,7 +448,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let client = Client::join_as_new_device(store, key, &relay, &code, ClientOptions::default())
                 .await
                 .map_err(|e| e.to_string())?;
-            println!(
+            out!(
                 "joined account {} as device {}",
                 client.account_id(),
                 client.device_id()
@@ -453,14 +460,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             let me = client.account_id();
             for d in client.devices_of(&me).await {
                 let this = if d == client.device_id() { " (this device)" } else { "" };
-                println!("device {d}{this}");
+                out!("device {d}{this}");
             }
             client.shutdown().await;
         }
         Command::RemoveDevice { id } => {
             let (client, _) = open_client(&dir).await?;
             client.remove_device(DeviceId(id)).await.map_err(|e| e.to_string())?;
-            println!("removed device {id}");
+            out!("removed device {id}");
             client.shutdown().await;
         }
     }
