@@ -114,6 +114,9 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// Connect to the relay (false: offline use of the store only).
     pub connect: bool,
+    /// PEM root certificates trusted for an `https://` relay besides the Mozilla root set,
+    /// e.g. the private CA of a self-hosted relay.
+    pub extra_root_certificates: Vec<Vec<u8>>,
 }
 
 impl Default for ClientOptions {
@@ -125,6 +128,7 @@ impl Default for ClientOptions {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             connect: true,
+            extra_root_certificates: Vec::new(),
         }
     }
 }
@@ -258,7 +262,7 @@ impl<S: Store> Client<S> {
         if store.load_account().await?.is_some() {
             return Err(ClientError::AccountExists);
         }
-        let relay = Relay::new(relay_url)?;
+        let relay = Relay::with_roots(relay_url, &options.extra_root_certificates)?;
         let mut rng = machine_rng(&options);
         let pk = pickle_key(&key);
         let new = Machine::new_account(relay.url(), now_ms(), &mut rng, &pk)?;
@@ -296,7 +300,7 @@ impl<S: Store> Client<S> {
             return Err(ClientError::NoAccount);
         };
         let device = Device::unpickle(&account.value.device, &pickle_key(&key)).map_err(MachineError::from)?;
-        let relay = Relay::new(&account.value.relay_url)?;
+        let relay = Relay::with_roots(&account.value.relay_url, &options.extra_root_certificates)?;
         let machine = Machine::load(snapshot, pickle_key(&key), rng)?;
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let (shutdown, _) = watch::channel(false);

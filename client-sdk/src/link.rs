@@ -153,7 +153,7 @@ impl<S: Store> Client<S> {
             return Err(ClientError::AccountExists);
         }
         let (account, secret) = parse_code(code)?;
-        let relay = Relay::new(relay_url)?;
+        let relay = Relay::with_roots(relay_url, &options.extra_root_certificates)?;
         let list = SignedDeviceList::from_bytes(&relay.get_device_list(&account).await?)
             .map_err(sotto_crypto::DeviceListError::from)?
             .verify(&account)?;

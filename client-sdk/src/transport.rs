@@ -1,6 +1,9 @@
 //! The relay transport (native): HTTP requests with per-request challenge
 //! authentication, and the authenticated WebSocket (docs/protocol.md §13).
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -8,16 +11,21 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use sotto_crypto::{AccountId, Device, DeviceId, PreKeyBundle};
 use sotto_proto::{
     AuthResponse, Body, Bundles, Challenge, DeviceListBody, ErrorBody, ErrorCode, Frame, PreKeyCounts, PreKeyUpload,
     authorization_header,
 };
 use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The largest HTTP answer read (a full bundle list is about 100 KiB).
 const MAX_RESPONSE: usize = 1 << 20;
@@ -30,9 +38,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum TransportError {
-    /// The URL is not `http://host:port` (TLS is for a later release of the client).
-    #[error("relay URL must look like http://host:port")]
+    /// The URL is not `https://host[:port]` or `http://host:port`.
+    #[error("relay URL must look like https://host[:port] or http://host:port")]
     BadUrl,
+    /// An extra root certificate given in the options is not a PEM certificate.
+    #[error("an extra root certificate does not parse")]
+    BadRootCertificate,
     /// Connecting, reading or writing failed.
     #[error("network: {0}")]
     Io(String),
@@ -61,7 +72,7 @@ impl TransportError {
         match self {
             Self::Io(_) | Self::Timeout => true,
             Self::Relay { code, .. } => code.is_retryable(),
-            Self::BadUrl | Self::Protocol(_) | Self::WrongRelay => false,
+            Self::BadUrl | Self::BadRootCertificate | Self::Protocol(_) | Self::WrongRelay => false,
         }
     }
 }
@@ -70,27 +81,171 @@ fn io(e: impl std::fmt::Display) -> TransportError {
     TransportError::Io(e.to_string())
 }
 
-/// A relay: its base URL and the derived relay id.
+/// A relay: its base URL, the derived relay id and, for `https://`, its TLS settings.
 #[derive(Clone, Debug)]
 pub struct Relay {
     url: String,
     authority: String,
     relay_id: [u8; 32],
+    tls: Option<Tls>,
+}
+
+/// TLS 1.3 to an `https://` relay: the Mozilla root set (webpki-roots) plus any extra
+/// roots the app configured, e.g. a self-hosted relay's private CA.
+#[derive(Clone)]
+struct Tls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+fn tls_connector(extra_roots_pem: &[Vec<u8>]) -> Result<TlsConnector, TransportError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for pem in extra_roots_pem {
+        let mut any = false;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|_| TransportError::BadRootCertificate)?;
+            roots.add(cert).map_err(|_| TransportError::BadRootCertificate)?;
+            any = true;
+        }
+        if !any {
+            return Err(TransportError::BadRootCertificate);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|_| TransportError::BadRootCertificate)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// A connection to the relay, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 impl Relay {
-    /// `url` exactly as the relay's `public_url` is configured, e.g. `http://127.0.0.1:8080`.
+    /// `url` exactly as the relay's `public_url` is configured, e.g.
+    /// `https://relay.example.org` or, on loopback, `http://127.0.0.1:8080`.
     pub fn new(url: &str) -> Result<Self, TransportError> {
+        Self::with_roots(url, &[])
+    }
+
+    /// As [`Relay::new`], also trusting the PEM root certificates `extra_roots_pem` for
+    /// an `https://` relay.
+    pub fn with_roots(url: &str, extra_roots_pem: &[Vec<u8>]) -> Result<Self, TransportError> {
         let url = url.trim_end_matches('/');
-        let authority = url.strip_prefix("http://").ok_or(TransportError::BadUrl)?;
-        if authority.is_empty() || authority.contains('/') {
+        let (authority, tls) = if let Some(rest) = url.strip_prefix("https://") {
+            (rest, true)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (rest, false)
+        } else {
+            return Err(TransportError::BadUrl);
+        };
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
             return Err(TransportError::BadUrl);
         }
+        // host[:port], the host possibly a bracketed IPv6 address.
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => (h, Some(p)),
+            _ => (authority, None),
+        };
+        if port.is_some_and(|p| p.parse::<u16>().is_err()) || host.is_empty() {
+            return Err(TransportError::BadUrl);
+        }
+        let port = match (port, tls) {
+            (Some(p), _) => p,
+            (None, true) => "443",
+            (None, false) => "80",
+        };
+        let host_name = host.trim_start_matches('[').trim_end_matches(']');
+        let tls = if tls {
+            let name = ServerName::try_from(host_name.to_owned()).map_err(|_| TransportError::BadUrl)?;
+            Some(Tls {
+                connector: tls_connector(extra_roots_pem)?,
+                name,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             url: url.to_owned(),
-            authority: authority.to_owned(),
+            authority: format!("{host}:{port}"),
             relay_id: sotto_proto::relay_id(url),
+            tls,
         })
+    }
+
+    /// Opens a TCP connection (TCP_NODELAY) and, for `https://`, the TLS session.
+    async fn open_stream(&self) -> Result<Stream, TransportError> {
+        let tcp = TcpStream::connect(&self.authority).await.map_err(io)?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(tls) => {
+                let stream = tls.connector.connect(tls.name.clone(), tcp).await.map_err(io)?;
+                Ok(Stream::Tls(Box::new(stream)))
+            }
+        }
+    }
+
+    /// The WebSocket URL.
+    fn ws_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}/v1/ws", self.authority)
+    }
+
+    async fn open_ws(&self) -> Result<WebSocketStream<Stream>, TransportError> {
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(MAX_FRAME);
+        config.max_frame_size = Some(MAX_FRAME);
+        let stream = self.open_stream().await?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(self.ws_url(), stream, Some(config))
+            .await
+            .map_err(io)?;
+        Ok(ws)
     }
 
     /// The base URL.
@@ -106,8 +261,7 @@ impl Relay {
         body: Vec<u8>,
     ) -> Result<(StatusCode, Vec<u8>), TransportError> {
         let exchange = async {
-            let stream = TcpStream::connect(&self.authority).await.map_err(io)?;
-            let _ = stream.set_nodelay(true);
+            let stream = self.open_stream().await?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(io)?;
@@ -246,16 +400,7 @@ impl Relay {
     /// Opens the WebSocket and authenticates as `device`.
     pub async fn connect(&self, device: &Device) -> Result<Socket, TransportError> {
         let handshake = async {
-            let mut config = WebSocketConfig::default();
-            config.max_message_size = Some(MAX_FRAME);
-            config.max_frame_size = Some(MAX_FRAME);
-            let (ws, _) = tokio_tungstenite::connect_async_with_config(
-                format!("ws://{}/v1/ws", self.authority),
-                Some(config),
-                true,
-            )
-            .await
-            .map_err(io)?;
+            let ws = self.open_ws().await?;
             let mut socket = Socket {
                 ws,
                 last_seen: tokio::time::Instant::now(),
@@ -284,16 +429,7 @@ impl Relay {
     /// connection only sends; its device-set rule wants every device of each account named.
     pub async fn connect_anonymous(&self) -> Result<Socket, TransportError> {
         let handshake = async {
-            let mut config = WebSocketConfig::default();
-            config.max_message_size = Some(MAX_FRAME);
-            config.max_frame_size = Some(MAX_FRAME);
-            let (ws, _) = tokio_tungstenite::connect_async_with_config(
-                format!("ws://{}/v1/ws", self.authority),
-                Some(config),
-                true,
-            )
-            .await
-            .map_err(io)?;
+            let ws = self.open_ws().await?;
             let mut socket = Socket {
                 ws,
                 last_seen: tokio::time::Instant::now(),
@@ -335,7 +471,7 @@ impl Relay {
 
 /// An authenticated WebSocket to the relay.
 pub struct Socket {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<Stream>,
     last_seen: tokio::time::Instant,
 }
 

@@ -64,6 +64,19 @@ pub struct TestRelay {
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
     _dir: Option<TempDir>,
+    tls: bool,
+}
+
+/// The test-only CA that signed the relay's test certificate (for `localhost` and
+/// `127.0.0.1`); [`options`] trusts it.
+pub fn test_ca_pem() -> Vec<u8> {
+    std::fs::read(tls_fixture("ca.pem")).unwrap()
+}
+
+fn tls_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../relay/server/tests/fixtures/tls")
+        .join(name)
 }
 
 impl TestRelay {
@@ -72,17 +85,35 @@ impl TestRelay {
         let dir = TempDir::new("relay");
         let db_url = format!("sqlite://{}", dir.path().join("relay.db").display());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut relay = Self::serve(listener, db_url).await;
+        let mut relay = Self::serve(listener, db_url, false).await;
         relay._dir = Some(dir);
         relay
     }
 
-    async fn serve(listener: TcpListener, db_url: String) -> TestRelay {
+    /// As [`TestRelay::start`], serving HTTPS/WSS (TLS 1.3) with the test certificate.
+    pub async fn start_tls() -> TestRelay {
+        let dir = TempDir::new("relay");
+        let db_url = format!("sqlite://{}", dir.path().join("relay.db").display());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut relay = Self::serve(listener, db_url, true).await;
+        relay._dir = Some(dir);
+        relay
+    }
+
+    async fn serve(listener: TcpListener, db_url: String, tls: bool) -> TestRelay {
         let addr = listener.local_addr().unwrap();
+        let scheme = if tls { "https" } else { "http" };
         let mut config = Config {
-            public_url: format!("http://{addr}"),
+            public_url: format!("{scheme}://{addr}"),
             ..Config::default()
         };
+        if tls {
+            config.tls = Some(sotto_relay::config::Tls {
+                cert_path: tls_fixture("cert.pem"),
+                key_path: tls_fixture("key.pem"),
+                hsts_max_age_secs: 0,
+            });
+        }
         config.limits.rate_per_second = 100_000;
         config.limits.rate_burst = 100_000;
         config.limits.max_mailbox_depth = 100_000;
@@ -99,12 +130,14 @@ impl TestRelay {
             shutdown: Some(tx),
             handle: Some(handle),
             _dir: None,
+            tls,
         }
     }
 
     /// The URL clients use.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops it gracefully (connections are closed; stored envelopes stay).
@@ -122,7 +155,7 @@ impl TestRelay {
         self.stop().await;
         let listener = TcpListener::bind(self.addr).await.unwrap();
         let dir = self._dir.take();
-        let mut fresh = Self::serve(listener, self.db_url.clone()).await;
+        let mut fresh = Self::serve(listener, self.db_url.clone(), self.tls).await;
         fresh._dir = dir;
         *self = fresh;
     }
@@ -143,6 +176,7 @@ pub fn options(seed: u64) -> ClientOptions {
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
         heartbeat: Duration::from_secs(1),
+        extra_root_certificates: vec![test_ca_pem()],
         ..ClientOptions::default()
     }
 }
