@@ -52,18 +52,19 @@ unavailable() { # language, reason
 
 # ---------------------------------------------------------------- cleanup
 RELAY_PID=
-CHROOT=
+MOUNTED=()
+CHROOT_BUILD=
 RUN_DIR=
 cleanup() {
   if [ -n "$RELAY_PID" ]; then
     kill "$RELAY_PID" 2>/dev/null || true
     wait "$RELAY_PID" 2>/dev/null || true
   fi
-  if [ -n "$CHROOT" ]; then
-    for m in dev proc sys; do
-      if mountpoint -q "$CHROOT/$m"; then umount -R "$CHROOT/$m" || umount -lR "$CHROOT/$m" || true; fi
-    done
-  fi
+  # Only what this run mounted: another run may be using the chroot.
+  for m in ${MOUNTED[@]+"${MOUNTED[@]}"}; do
+    umount -R "$m" 2>/dev/null || umount -lR "$m" || true
+  done
+  if [ -n "$CHROOT_BUILD" ]; then rm -rf "$CHROOT_BUILD"; fi
   if [ -n "$RUN_DIR" ]; then rm -rf "$RUN_DIR"; fi
 }
 trap cleanup EXIT
@@ -125,13 +126,19 @@ swift_install() {
   touch "$TRIXIE/.sotto-swift-ready"
 }
 mount_chroot() {
-  CHROOT=$TRIXIE
-  mountpoint -q "$TRIXIE/proc" || mount -t proc proc "$TRIXIE/proc"
+  if ! mountpoint -q "$TRIXIE/proc"; then
+    MOUNTED+=("$TRIXIE/proc")
+    mount -t proc proc "$TRIXIE/proc"
+  fi
   if ! mountpoint -q "$TRIXIE/dev"; then
+    MOUNTED+=("$TRIXIE/dev")
     mount --rbind /dev "$TRIXIE/dev"
     mount --make-rslave "$TRIXIE/dev"
   fi
-  mountpoint -q "$TRIXIE/sys" || mount -t sysfs sys "$TRIXIE/sys"
+  if ! mountpoint -q "$TRIXIE/sys"; then
+    MOUNTED+=("$TRIXIE/sys")
+    mount -t sysfs sys "$TRIXIE/sys"
+  fi
 }
 
 step "toolchains"
@@ -227,15 +234,15 @@ fi
 if run swift; then
   step "Swift tests"
   mount_chroot
-  B=$TRIXIE/build
-  rm -rf "$B"
-  mkdir -p "$B/data"
-  cp "$GEN/swift/"* "$LIB" "$TESTS/swift/main.swift" "$B/"
+  B=/build-$$
+  CHROOT_BUILD=$TRIXIE$B
+  mkdir -p "$CHROOT_BUILD/data"
+  cp "$GEN/swift/"* "$LIB" "$TESTS/swift/main.swift" "$CHROOT_BUILD/"
   # The relay listens on the host's loopback, which the chroot shares.
-  timed swift chroot "$TRIXIE" env SOTTO_RELAY_URL="$SOTTO_RELAY_URL" SOTTO_TEST_DIR=/build/data bash -c \
-    'cd /build && swiftc -module-name SottoTests -module-cache-path /build/mc -I /build \
-       -Xcc -fmodule-map-file=/build/sotto_ffiFFI.modulemap -L /build -lsotto_ffi \
-       sotto_ffi.swift main.swift -o sotto-tests && LD_LIBRARY_PATH=/build ./sotto-tests'
+  timed swift chroot "$TRIXIE" env B="$B" SOTTO_RELAY_URL="$SOTTO_RELAY_URL" SOTTO_TEST_DIR="$B/data" bash -c \
+    'cd "$B" && swiftc -module-name SottoTests -module-cache-path "$B/mc" -I "$B" \
+       -Xcc -fmodule-map-file="$B/sotto_ffiFFI.modulemap" -L "$B" -lsotto_ffi \
+       sotto_ffi.swift main.swift -o sotto-tests && LD_LIBRARY_PATH="$B" ./sotto-tests'
 fi
 
 if [ ${#SKIPPED[@]} -gt 0 ]; then
