@@ -156,12 +156,18 @@ run() { want "$1" && [[ " ${SKIPPED[*]-} " != *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- build and generate
 step "build sotto-ffi, uniffi-bindgen and sotto-relay"
-# The binary needs the `cli` feature; the library is built after it, without it, so the
-# cdylib the tests load stays lean. Benchmarks use release builds of the library and relay.
+# The binary needs the `cli` feature, which also rebuilds the library with it; the library
+# is built after it, without it, so the cdylib the tests load stays lean. The binary only
+# reads the library's metadata, so it is rebuilt only when the lock file changed.
+# Benchmarks use release builds of the library and relay.
 PROFILE=debug
 PROFILE_FLAG=()
 if [ -n "${SOTTO_BENCH:-}" ]; then PROFILE=release; PROFILE_FLAG=(--release); fi
-cargo build --locked -p sotto-ffi --bin uniffi-bindgen --features cli
+BINDGEN=$TARGET/debug/uniffi-bindgen
+if [ ! -x "$BINDGEN" ] || [ Cargo.lock -nt "$BINDGEN" ]; then
+  cargo build --locked -p sotto-ffi --bin uniffi-bindgen --features cli
+  touch "$BINDGEN"
+fi
 cargo build --locked -p sotto-ffi --lib "${PROFILE_FLAG[@]}"
 cargo build --locked -p sotto-relay "${PROFILE_FLAG[@]}"
 LIB=$TARGET/$PROFILE/libsotto_ffi.so
@@ -170,7 +176,7 @@ LIB=$TARGET/$PROFILE/libsotto_ffi.so
 step "generate Swift, Kotlin and Python into bindings/generated"
 rm -rf "$GEN"
 for l in swift kotlin python; do
-  "$TARGET/debug/uniffi-bindgen" generate "$LIB" --language "$l" --out-dir "$GEN/$l" --no-format
+  "$BINDGEN" generate "$LIB" --language "$l" --out-dir "$GEN/$l" --no-format
 done
 cp "$LIB" "$GEN/python/"
 
