@@ -140,6 +140,10 @@ async def main():
     await alice2.shutdown()
     await alice.shutdown()
     await bob.shutdown()
+    # After a shutdown the stream yields what was buffered, then ends.
+    while await asyncio.wait_for(bob.next_event(), TIMEOUT) is not None:
+        pass
+    await expect_error(SottoError.Closed, bob.send_text(a_id, "too late"))
     print("python: all binding tests passed")
 
 
