@@ -128,8 +128,20 @@ fun main() = runBlocking {
     subscription.close()
     check(bob.messages(a, Page()).map { it.text } == listOf("hello bob", "hi alice", "after reopening")) { "bob's history" }
 
+    // Device linking: alice's second device joins with the code her first device shows,
+    // and bob's next message reaches both.
+    val code = alice.linkNewDevice()
+    val alice2 = SottoClient.joinAsNewDevice(File(DIR, "alice2.db").path, newKey(), RELAY, code, opts)
+    check(alice2.accountId() == a && alice2.deviceId() == 2u) { "joined as ${alice2.deviceId()}" }
+    check(alice.devicesOf(a).sorted() == listOf(1u, 2u)) { "alice's devices" }
+    bob.sendText(a, "to both devices")
+    waitFor(alice, received("to both devices"))
+    waitFor(alice2, received("to both devices"))
+
+    alice2.shutdown()
     alice.shutdown()
     bob.shutdown()
+    alice2.close()
     alice.close()
     bob.close()
     println("kotlin: all binding tests passed")

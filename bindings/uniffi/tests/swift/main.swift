@@ -146,6 +146,18 @@ do {
     let bh = try await bob.messages(conversation: a, page: Page())
     check(bh.map { $0.text } == ["hello bob", "hi alice", "after reopening"], "\(bh)")
 
+    // Device linking: alice's second device joins with the code her first device shows,
+    // and bob's next message reaches both.
+    let code = try await alice.linkNewDevice()
+    let alice2 = try await SottoClient.joinAsNewDevice(
+        storePath: dir + "/alice2.db", storeKey: newKey(), relayUrl: relay, code: code, options: opts)
+    check(alice2.accountId() == a && alice2.deviceId() == 2, "joined as \(alice2.deviceId())")
+    check(try await alice.devicesOf(accountId: a).sorted() == [1, 2], "alice's devices")
+    _ = try await bob.sendText(contact: a, text: "to both devices")
+    _ = await waitFor(alice, received("to both devices"))
+    _ = await waitFor(alice2, received("to both devices"))
+
+    await alice2.shutdown()
     await alice.shutdown()
     await bob.shutdown()
     print("swift: all binding tests passed")
