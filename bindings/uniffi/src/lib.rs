@@ -115,7 +115,8 @@ pub enum SottoError {
         /// True when the same call may succeed later.
         retryable: bool,
     },
-    /// The relay URL is not valid, or the relay spoke an unexpected protocol.
+    /// The relay URL or an extra root certificate is not valid, or the relay spoke an
+    /// unexpected protocol.
     #[error("relay: {reason}")]
     Transport {
         /// What failed, for logs.
@@ -282,6 +283,10 @@ pub struct ClientOptions {
     /// Connect to the relay (false: offline use of the store only).
     #[uniffi(default = true)]
     pub connect: bool,
+    /// PEM root certificates trusted for an `https://` relay besides the Mozilla root
+    /// set, such as the private CA of a self-hosted relay.
+    #[uniffi(default)]
+    pub extra_root_certificates: Vec<Vec<u8>>,
 }
 
 impl From<ClientOptions> for sotto_sdk::ClientOptions {
@@ -292,6 +297,7 @@ impl From<ClientOptions> for sotto_sdk::ClientOptions {
             backoff_min: Duration::from_millis(o.backoff_min_ms),
             backoff_max: Duration::from_millis(o.backoff_max_ms),
             connect: o.connect,
+            extra_root_certificates: o.extra_root_certificates,
             ..Self::default()
         }
     }
