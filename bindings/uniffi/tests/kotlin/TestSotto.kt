@@ -7,6 +7,7 @@ import java.security.SecureRandom
 import kotlinx.coroutines.channels.Channel
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
+import kotlinx.coroutines.withTimeoutOrNull
 import uniffi.sotto_ffi.ClientOptions
 import uniffi.sotto_ffi.Event
 import uniffi.sotto_ffi.EventListener
@@ -32,6 +33,18 @@ suspend fun waitFor(client: SottoClient, predicate: (Event) -> Boolean): Event =
         while (true) {
             val e = client.nextEvent() ?: throw AssertionError("the event stream ended")
             if (predicate(e)) return@withTimeout e
+        }
+        @Suppress("UNREACHABLE_CODE")
+        throw AssertionError("unreachable")
+    }
+
+/** Like [waitFor], but every read is cancelled after 20 ms and started again: a cancelled
+ *  read must not lose the event. */
+suspend fun waitForSliced(client: SottoClient, predicate: (Event) -> Boolean): Event =
+    withTimeout(TIMEOUT_MS) {
+        while (true) {
+            val e = withTimeoutOrNull(20) { client.nextEvent() ?: throw AssertionError("the event stream ended") }
+            if (e != null && predicate(e)) return@withTimeout e
         }
         @Suppress("UNREACHABLE_CODE")
         throw AssertionError("unreachable")
@@ -75,7 +88,7 @@ fun main() = runBlocking {
     waitFor(alice) { it is Event.MessageSent && it.id == sent.id }
 
     val reply = bob.sendText(a, "hi alice")
-    waitFor(alice, received("hi alice"))
+    waitForSliced(alice, received("hi alice"))
     waitFor(bob) { it is Event.MessageSent && it.id == reply.id }
 
     val snA = alice.safetyNumber(b)
