@@ -9,6 +9,12 @@
 //! caller cancels (a cancelled Kotlin coroutine, Swift `Task` or Python `asyncio`
 //! task), the Rust future is dropped, and so is the SDK call behind it.
 //! [`SottoClient::next_event`] in particular loses no event when it is cancelled.
+//!
+//! The runtime: each call is spawned on the binding's multi-thread runtime and its
+//! `JoinHandle` awaited, which works from any executor. uniffi's
+//! `async_runtime = "tokio"` option is not used: it would poll the calls under the
+//! async-compat crate's own current-thread runtime, so the SDK's connection tasks would
+//! share one thread.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 use std::future::Future;
