@@ -40,3 +40,6 @@ fi
 
 step "tests"
 cargo test --workspace --locked
+
+step "bindings: Python, Kotlin and Swift against a local relay"
+scripts/bindings.sh
