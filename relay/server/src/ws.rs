@@ -253,7 +253,7 @@ where
     let hb = &state.config.heartbeat;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + hb.ping_interval(), hb.ping_interval());
     let mut last_heard = Instant::now();
-    let mut pending: Option<Pending<'_>> = None;
+    let mut pending = Pipeline::default();
 
     // Acks are queued, not awaited: commit those of this device's previous connection
     // before reading its mailbox, so a reconnect does not redeliver what was acked.
@@ -275,10 +275,10 @@ where
                 close(socket, close_code::POLICY, "").await;
                 return End::Replaced;
             }
-            Some(answer) = next_answer(&mut pending), if has_pending(&pending) => {
+            Some(answer) = pending.next_answer(), if pending.has_any() => {
                 Box::pin(answer_send(state, socket, answer)).await
             }
-            msg = socket.next(), if !pipeline_full(&pending) => {
+            msg = socket.next(), if !pending.is_full(state) => {
                 last_heard = Instant::now();
                 match msg {
                     Some(Ok(Message::Binary(b))) => {
@@ -431,7 +431,7 @@ async fn handle_frame<'a, S>(
     mb: &mut Mailbox,
     signals: &ConnSignals,
     bucket: &mut Bucket,
-    pending: &mut Option<Pending<'a>>,
+    pending: &mut Pipeline<'a>,
     bytes: &[u8],
 ) -> Result<(), End>
 where
@@ -509,25 +509,40 @@ where
 }
 
 /// The sends of one connection whose commits are in progress, answered in order. A
-/// connection may have [`MAX_PIPELINED_SENDS`] in flight; then it stops reading frames
-/// until the oldest is answered. Created at the first send: idle connections pay nothing.
-type Pending<'a> = FuturesOrdered<Pin<Box<dyn Future<Output = (u64, SendOutcome)> + std::marker::Send + 'a>>>;
+/// connection may have [`MAX_PIPELINED_SENDS`] in flight, holding together at most
+/// `max_frame_bytes` of envelopes (one more send may take it over); then the relay stops
+/// reading its frames until the oldest is answered. So a connection holds about as much
+/// memory as with one send at a time. The queue is created at the first send: idle
+/// connections pay nothing.
+#[derive(Default)]
+struct Pipeline<'a> {
+    queue: Option<FuturesOrdered<Pin<Box<dyn Future<Output = Answer> + std::marker::Send + 'a>>>>,
+    bytes: usize,
+}
+
+/// A send's answer: (message id, outcome, envelope bytes it held).
+type Answer = (u64, SendOutcome, usize);
 
 /// The most sends one connection has in flight.
 pub const MAX_PIPELINED_SENDS: usize = 32;
 
-fn has_pending(p: &Option<Pending<'_>>) -> bool {
-    p.as_ref().is_some_and(|p| !p.is_empty())
-}
+impl Pipeline<'_> {
+    fn has_any(&self) -> bool {
+        self.queue.as_ref().is_some_and(|p| !p.is_empty())
+    }
 
-fn pipeline_full(p: &Option<Pending<'_>>) -> bool {
-    p.as_ref().is_some_and(|p| p.len() >= MAX_PIPELINED_SENDS)
-}
+    fn is_full(&self, state: &AppState) -> bool {
+        self.queue.as_ref().is_some_and(|p| p.len() >= MAX_PIPELINED_SENDS)
+            || self.bytes >= state.config.limits.max_frame_bytes
+    }
 
-async fn next_answer(p: &mut Option<Pending<'_>>) -> Option<(u64, SendOutcome)> {
-    match p {
-        Some(p) => p.next().await,
-        None => std::future::pending().await,
+    async fn next_answer(&mut self) -> Option<(u64, SendOutcome)> {
+        let (id, outcome, bytes) = match &mut self.queue {
+            Some(p) => p.next().await?,
+            None => std::future::pending().await,
+        };
+        self.bytes = self.bytes.saturating_sub(bytes);
+        Some((id, outcome))
     }
 }
 
@@ -538,23 +553,25 @@ fn start_send<'a>(
     bucket: &mut Bucket,
     sender: Option<(AccountId, DeviceId)>,
     send: Send,
-    pending: &mut Option<Pending<'a>>,
+    pending: &mut Pipeline<'a>,
 ) {
     let message_id = send.message_id;
     if sender.is_none() {
         inc(&state.metrics.sends_anonymous_total, 1);
     }
-    let queue = pending.get_or_insert_with(FuturesOrdered::new);
+    let bytes: usize = send.recipients.iter().map(|r| r.envelope.len()).sum();
+    let queue = pending.queue.get_or_insert_with(FuturesOrdered::new);
     if bucket.take() {
-        queue.push_back(Box::pin(
-            async move { (message_id, handle_send(state, sender, send).await) },
-        ));
+        pending.bytes += bytes;
+        queue.push_back(Box::pin(async move {
+            (message_id, handle_send(state, sender, send).await, bytes)
+        }));
     } else {
         inc(&state.metrics.rate_limited_total, 1);
         let outcome = SendOutcome::Rejected {
             code: ErrorCode::RATE_LIMITED,
         };
-        queue.push_back(Box::pin(std::future::ready((message_id, outcome))));
+        queue.push_back(Box::pin(std::future::ready((message_id, outcome, 0))));
     }
 }
 
@@ -573,15 +590,16 @@ where
 
 /// Answers every send in flight (at shutdown: each was queued for the writer and will be
 /// committed, so its sender learns the outcome).
-async fn drain_answers<S>(state: &AppState, socket: &mut S, pending: &mut Option<Pending<'_>>)
+async fn drain_answers<S>(state: &AppState, socket: &mut S, pending: &mut Pipeline<'_>)
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    if let Some(p) = pending {
-        while let Some(answer) = p.next().await {
-            if answer_send(state, socket, answer).await.is_err() {
-                return;
-            }
+    while pending.has_any() {
+        let Some(answer) = pending.next_answer().await else {
+            return;
+        };
+        if answer_send(state, socket, answer).await.is_err() {
+            return;
         }
     }
 }
@@ -599,7 +617,7 @@ where
     let hb = &state.config.heartbeat;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + hb.ping_interval(), hb.ping_interval());
     let mut last_heard = Instant::now();
-    let mut pending: Option<Pending<'_>> = None;
+    let mut pending = Pipeline::default();
 
     start_send(state, &mut bucket, None, first, &mut pending);
     loop {
@@ -611,10 +629,10 @@ where
                 close(socket, close_code::AWAY, "").await;
                 return End::Shutdown;
             }
-            Some(answer) = next_answer(&mut pending), if has_pending(&pending) => {
+            Some(answer) = pending.next_answer(), if pending.has_any() => {
                 Box::pin(answer_send(state, socket, answer)).await
             }
-            msg = socket.next(), if !pipeline_full(&pending) => {
+            msg = socket.next(), if !pending.is_full(state) => {
                 last_heard = Instant::now();
                 match msg {
                     Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
