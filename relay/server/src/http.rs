@@ -146,9 +146,21 @@ pub(crate) async fn put_device_list(
     if list.version() > i64::MAX as u64 {
         return Err(AppError(ErrorCode::BAD_DEVICE_LIST));
     }
+    let before = state.store.device_list(&account).await?;
     match state.store.put_device_list(&list).await? {
         PutDeviceList::Created => Ok(StatusCode::CREATED),
-        PutDeviceList::Updated => Ok(StatusCode::OK),
+        PutDeviceList::Updated => {
+            // Connections of devices that left the list, or were re-keyed, are closed.
+            let old = before
+                .and_then(|b| SignedDeviceList::from_bytes(&b).ok())
+                .and_then(|s| s.verify(&account).ok());
+            if let Some(change) = old.and_then(|old| old.check_update(&list).ok()) {
+                for device in change.removed.iter().chain(&change.rekeyed) {
+                    state.hub.evict(&account, *device);
+                }
+            }
+            Ok(StatusCode::OK)
+        }
     }
 }
 

@@ -163,8 +163,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct ConnSignals {
     /// "Your mailbox has new envelopes": coalesced.
     pub(crate) mailbox: Notify,
-    /// "Another connection authenticated as your device."
+    /// "Another connection authenticated as your device", or, with `removed` set, "your
+    /// device left its account's device list (or was re-keyed)".
     pub(crate) replaced: Notify,
+    pub(crate) removed: std::sync::atomic::AtomicBool,
     /// "Ephemeral payloads are queued."
     pub(crate) ephemeral: Notify,
     /// Queued ephemeral payloads, at most `ephemeral_cap`. A `VecDeque` allocates nothing
@@ -222,6 +224,7 @@ impl Hub {
         let signals = Arc::new(ConnSignals {
             mailbox: Notify::new(),
             replaced: Notify::new(),
+            removed: std::sync::atomic::AtomicBool::new(false),
             ephemeral: Notify::new(),
             ephemeral_queue: Mutex::new(VecDeque::new()),
             ephemeral_cap: queue.max(1),
@@ -243,6 +246,15 @@ impl Hub {
             key: (account, device),
             id,
             signals,
+        }
+    }
+
+    /// Closes the device's connection, if it has one here: the device left its account's
+    /// device list or was re-keyed, so what it authenticated as no longer exists.
+    pub(crate) fn evict(&self, account: &AccountId, device: DeviceId) {
+        if let Some(e) = lock(&self.conns).get(&(*account, device)) {
+            e.signals.removed.store(true, Ordering::Relaxed);
+            e.signals.replaced.notify_one();
         }
     }
 

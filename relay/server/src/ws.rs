@@ -271,7 +271,9 @@ where
                 return End::Shutdown;
             }
             _ = signals.replaced.notified() => {
-                let _ = send_frame(socket, &Frame::Error { code: ErrorCode::REPLACED }).await;
+                let removed = signals.removed.load(std::sync::atomic::Ordering::Relaxed);
+                let code = if removed { ErrorCode::UNKNOWN_DEVICE } else { ErrorCode::REPLACED };
+                let _ = send_frame(socket, &Frame::Error { code }).await;
                 close(socket, close_code::POLICY, "").await;
                 return End::Replaced;
             }

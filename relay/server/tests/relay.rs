@@ -505,6 +505,55 @@ async fn windowed_delivery(url: String) {
     assert_eq!(recv(&mut wb).await, Frame::QueueEmpty);
 }
 
+/// A device that leaves its account's list loses its connection at once (and cannot
+/// authenticate again); the account's other devices keep theirs.
+async fn removed_device_is_disconnected(url: String) {
+    let relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(23);
+    let mut alice = account(&mut r, 2);
+    register_all(&relay, &[&alice]).await;
+    let mut w1 = relay.connect(&alice.devices[0]).await;
+    assert_eq!(recv(&mut w1).await, Frame::QueueEmpty);
+    let mut w2 = relay.connect(&alice.devices[1]).await;
+    assert_eq!(recv(&mut w2).await, Frame::QueueEmpty);
+    let mut devices = std::mem::take(&mut alice.devices);
+    let removed = devices.pop().unwrap();
+    alice.relist(2, devices);
+    assert_eq!(relay.register(&alice).await, StatusCode::OK);
+    assert_eq!(
+        recv(&mut w2).await,
+        Frame::Error {
+            code: ErrorCode::UNKNOWN_DEVICE
+        }
+    );
+    closed(&mut w2).await;
+    let (mut ws, c) = relay.open().await;
+    send(&mut ws, &answer(&removed, &c)).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        Frame::Error {
+            code: ErrorCode::AUTH_FAILED
+        }
+    );
+    // Device 1 is still connected and served.
+    send(
+        &mut w1,
+        &Frame::Ephemeral {
+            to: alice.id(),
+            payload: b"x".to_vec(),
+        },
+    )
+    .await;
+    send(&mut w1, &Frame::Ack { seq: 0 }).await;
+    w1.send_raw(vec![1, 0x10, 0]).await;
+    assert_eq!(
+        recv(&mut w1).await,
+        Frame::Error {
+            code: ErrorCode::MALFORMED
+        }
+    );
+}
+
 /// Sends written back to back without waiting are stored in order and answered in order,
 /// more of them than a connection may have in flight included.
 async fn pipelined_sends(url: String) {
@@ -856,6 +905,7 @@ macro_rules! backend {
             t!(messaging);
             t!(windowed_delivery);
             t!(pipelined_sends);
+            t!(removed_device_is_disconnected);
             t!(limits);
             t!(health);
             t!(anonymous);
