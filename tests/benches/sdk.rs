@@ -85,6 +85,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000);
-    rt.block_on(throughput(throughput_n));
-    rt.block_on(catch_up(catch_up_n));
+    // 0 skips a part.
+    if throughput_n > 0 {
+        rt.block_on(throughput(throughput_n));
+    }
+    if catch_up_n > 0 {
+        rt.block_on(catch_up(catch_up_n));
+    }
 }
