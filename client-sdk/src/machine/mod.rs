@@ -1117,13 +1117,9 @@ impl Machine {
             }
             match session.decrypt(MessageType::Ratchet, message) {
                 Ok(plain) => {
-                    let rest = pickles
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != i)
-                        .map(|(_, p)| p.clone())
-                        .collect();
-                    changes.sessions.push(self.session_write(peer, &session, rest));
+                    changes
+                        .sessions
+                        .push(self.session_write(peer, &session, all_but(&pickles, i)));
                     return Ok(plain);
                 }
                 Err(DecryptError::Duplicate { .. }) => last = UndecryptableCause::Duplicate,
@@ -1163,13 +1159,9 @@ impl Machine {
             }
             return match session.decrypt(MessageType::PreKey, bytes) {
                 Ok(plain) => {
-                    let rest = pickles
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != i)
-                        .map(|(_, p)| p.clone())
-                        .collect();
-                    changes.sessions.push(self.session_write(peer, &session, rest));
+                    changes
+                        .sessions
+                        .push(self.session_write(peer, &session, all_but(&pickles, i)));
                     Ok(plain)
                 }
                 Err(DecryptError::Duplicate { .. }) => Err(UndecryptableCause::Duplicate),
@@ -1210,6 +1202,17 @@ impl Machine {
             .push(self.session_write(peer, &responded.session, pickles));
         Ok(responded.plaintext)
     }
+}
+
+/// Every pickle but the one at `i` (the session that took a message becomes the active one;
+/// these stay behind it).
+fn all_but(pickles: &[Vec<u8>], i: usize) -> Vec<Vec<u8>> {
+    pickles
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, p)| p.clone())
+        .collect()
 }
 
 #[cfg(test)]
