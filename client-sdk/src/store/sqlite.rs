@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sotto_crypto::AccountId;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::crypt::Crypt;
@@ -274,6 +274,47 @@ impl OutboxStore for SqliteStore {
     }
 }
 
+/// Writes one versioned row with compare-and-swap: `sql.0` inserts it at version 1 (binds
+/// `[key,] v`) when `expected` is `None`; `sql.1` moves it from `expected` to `expected + 1`
+/// (binds `new, v, [key,] expected`). Returns the new version; a row that is already
+/// there, or at another version, is [`StoreError::Conflict`].
+async fn cas_write(
+    tx: &mut SqliteConnection,
+    sql: (&'static str, &'static str),
+    key: Option<Vec<u8>>,
+    expected: Option<u64>,
+    v: Vec<u8>,
+) -> Result<u64, StoreError> {
+    let new = expected.map_or(1, |e| e + 1);
+    let done = match expected {
+        None => {
+            let mut q = sqlx::query(sql.0);
+            if let Some(k) = key {
+                q = q.bind(k);
+            }
+            q.bind(v).execute(&mut *tx).await
+        }
+        Some(e) => {
+            let mut q = sqlx::query(sql.1).bind(to_i64(new)).bind(v);
+            if let Some(k) = key {
+                q = q.bind(k);
+            }
+            q.bind(to_i64(e)).execute(&mut *tx).await
+        }
+    }
+    .map_err(db)?;
+    if done.rows_affected() != 1 {
+        return Err(StoreError::Conflict);
+    }
+    Ok(new)
+}
+
+/// Runs an insert of one `(k, v)` row.
+async fn put_kv(tx: &mut SqliteConnection, sql: &'static str, k: Vec<u8>, v: Vec<u8>) -> Result<(), StoreError> {
+    sqlx::query(sql).bind(k).bind(v).execute(&mut *tx).await.map_err(db)?;
+    Ok(())
+}
+
 impl Store for SqliteStore {
     async fn commit(&self, changes: Changes) -> Result<Committed, StoreError> {
         let c = &self.crypt;
@@ -281,25 +322,11 @@ impl Store for SqliteStore {
         let mut committed = Committed::default();
         if let Some(w) = &changes.account {
             let v = c.seal("account", ACCOUNT_TAG, &encode_account(&w.value))?;
-            let new = w.expected.map_or(1, |e| e + 1);
-            let done = match w.expected {
-                None => sqlx::query("INSERT INTO account (id, version, v) VALUES (1, 1, ?) ON CONFLICT DO NOTHING")
-                    .bind(v)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?,
-                Some(e) => sqlx::query("UPDATE account SET version = ?, v = ? WHERE id = 1 AND version = ?")
-                    .bind(to_i64(new))
-                    .bind(v)
-                    .bind(to_i64(e))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?,
-            };
-            if done.rows_affected() != 1 {
-                return Err(StoreError::Conflict);
-            }
-            committed.account_version = Some(new);
+            let sql = (
+                "INSERT INTO account (id, version, v) VALUES (1, 1, ?) ON CONFLICT DO NOTHING",
+                "UPDATE account SET version = ?, v = ? WHERE id = 1 AND version = ?",
+            );
+            committed.account_version = Some(cas_write(&mut tx, sql, None, w.expected, v).await?);
         }
         for (peer, w) in &changes.sessions {
             let pk = encode_peer(peer);
@@ -308,27 +335,13 @@ impl Store for SqliteStore {
             sotto_crypto::codec::Put::put_var(&mut plain, &pk);
             plain.extend_from_slice(&encode_sessions(&w.value));
             let v = c.seal("sessions", &k, &plain)?;
-            let new = w.expected.map_or(1, |e| e + 1);
-            let done = match w.expected {
-                None => sqlx::query("INSERT INTO sessions (k, version, v) VALUES (?, 1, ?) ON CONFLICT DO NOTHING")
-                    .bind(k)
-                    .bind(v)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?,
-                Some(e) => sqlx::query("UPDATE sessions SET version = ?, v = ? WHERE k = ? AND version = ?")
-                    .bind(to_i64(new))
-                    .bind(v)
-                    .bind(k)
-                    .bind(to_i64(e))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?,
-            };
-            if done.rows_affected() != 1 {
-                return Err(StoreError::Conflict);
-            }
-            committed.session_versions.push(new);
+            let sql = (
+                "INSERT INTO sessions (k, version, v) VALUES (?, 1, ?) ON CONFLICT DO NOTHING",
+                "UPDATE sessions SET version = ?, v = ? WHERE k = ? AND version = ?",
+            );
+            committed
+                .session_versions
+                .push(cas_write(&mut tx, sql, Some(k), w.expected, v).await?);
         }
         for id in &changes.prekeys_removed {
             let k = c.tag("prekeys", &prekey_key(id));
@@ -345,32 +358,35 @@ impl Store for SqliteStore {
             let key = prekey_key(id);
             let k = c.tag("prekeys", &key);
             let v = c.seal("prekeys", &k, &[&key[..], p].concat())?;
-            sqlx::query("INSERT INTO prekeys (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v")
-                .bind(k)
-                .bind(v)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+            put_kv(
+                &mut tx,
+                "INSERT INTO prekeys (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                k,
+                v,
+            )
+            .await?;
         }
         for (a, l) in &changes.device_lists {
             let k = c.tag("device_lists", a.as_bytes());
             let v = c.seal("device_lists", &k, &[&a.as_bytes()[..], l].concat())?;
-            sqlx::query("INSERT INTO device_lists (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v")
-                .bind(k)
-                .bind(v)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+            put_kv(
+                &mut tx,
+                "INSERT INTO device_lists (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                k,
+                v,
+            )
+            .await?;
         }
         for conv in &changes.conversations {
             let k = c.tag("conversations", conv.peer.as_bytes());
             let v = c.seal("conversations", &k, conv.peer.as_bytes())?;
-            sqlx::query("INSERT INTO conversations (k, v) VALUES (?, ?) ON CONFLICT DO NOTHING")
-                .bind(k)
-                .bind(v)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+            put_kv(
+                &mut tx,
+                "INSERT INTO conversations (k, v) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                k,
+                v,
+            )
+            .await?;
         }
         for m in &changes.messages {
             let k = c.tag("messages", &m.id.0);
@@ -416,12 +432,13 @@ impl Store for SqliteStore {
         for item in &changes.outbox_add {
             let k = c.tag("outbox", &item.id.0);
             let v = c.seal("outbox", &k, &encode_outbox(item))?;
-            sqlx::query("INSERT INTO outbox (k, v) VALUES (?, ?) ON CONFLICT DO NOTHING")
-                .bind(k)
-                .bind(v)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+            put_kv(
+                &mut tx,
+                "INSERT INTO outbox (k, v) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                k,
+                v,
+            )
+            .await?;
         }
         for id in &changes.outbox_remove {
             sqlx::query("DELETE FROM outbox WHERE k = ?")
