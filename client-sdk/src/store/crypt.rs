@@ -1,4 +1,4 @@
-//! Encryption at rest for the SQLite store.
+//! Encryption at rest for the SQLite and IndexedDB stores.
 //!
 //! ```text
 //! enc_key   = HKDF-SHA256(salt = "", ikm = store key, info = "Sotto-v1 store value key", 32)
@@ -16,6 +16,24 @@ use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::StoreError;
+
+/// The key the store encrypts every value under. The app keeps it (for example in the
+/// platform keystore). Never printed.
+#[derive(Zeroize, ZeroizeOnDrop, Clone)]
+pub struct StoreKey(pub(crate) [u8; 32]);
+
+impl StoreKey {
+    /// From 32 secret bytes.
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl std::fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreKey(..)")
+    }
+}
 
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub(crate) struct Crypt {

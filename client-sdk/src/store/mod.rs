@@ -19,17 +19,20 @@ use crate::ids::MessageId;
 
 #[doc(hidden)]
 pub mod conformance;
-#[cfg(feature = "native")]
 mod crypt;
+#[cfg(all(feature = "web", target_arch = "wasm32"))]
+pub mod idb;
 pub mod memory;
-#[cfg(feature = "native")]
 mod records;
 #[cfg(feature = "native")]
 pub mod sqlite;
 
+pub use crypt::StoreKey;
+#[cfg(all(feature = "web", target_arch = "wasm32"))]
+// pub use idb::IdbStore; (enabled with the IndexedDB store)
 pub use memory::MemoryStore;
 #[cfg(feature = "native")]
-pub use sqlite::{SqliteStore, StoreKey};
+pub use sqlite::SqliteStore;
 
 /// `Send` on native targets; nothing on wasm32, whose futures are not `Send`.
 #[cfg(not(target_arch = "wasm32"))]
@@ -41,6 +44,19 @@ impl<T: Send> MaybeSend for T {}
 pub trait MaybeSend {}
 #[cfg(target_arch = "wasm32")]
 impl<T> MaybeSend for T {}
+
+/// `Sync` on native targets; nothing on wasm32, where JavaScript handles are not `Sync`
+/// (and there is one thread).
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSync: Sync {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Sync> MaybeSync for T {}
+/// `Sync` on native targets; nothing on wasm32, where JavaScript handles are not `Sync`
+/// (and there is one thread).
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSync {}
+#[cfg(target_arch = "wasm32")]
+impl<T> MaybeSync for T {}
 
 /// Why a store operation failed.
 #[derive(Debug, Error)]
@@ -325,7 +341,7 @@ pub trait OutboxStore {
 
 /// A complete store: every concern plus an atomic commit.
 pub trait Store:
-    AccountStore + SessionStore + PreKeyStore + DeviceListStore + MessageStore + OutboxStore + MaybeSend + Sync + 'static
+    AccountStore + SessionStore + PreKeyStore + DeviceListStore + MessageStore + OutboxStore + MaybeSend + MaybeSync + 'static
 {
     /// Writes `changes` in one transaction: all of it or, on any error, none of it.
     fn commit(&self, changes: Changes) -> impl Future<Output = Result<Committed, StoreError>> + MaybeSend;

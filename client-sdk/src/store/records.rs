@@ -1,4 +1,4 @@
-//! Byte encodings of the stored values (SQLite store).
+//! Byte encodings of the stored values (SQLite and IndexedDB stores).
 
 use sotto_crypto::codec::{DecodeError, Put, Reader};
 use sotto_crypto::{AccountId, DeviceId};

@@ -9,8 +9,8 @@ use std::time::Duration;
 use sotto_crypto::AccountId;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
-use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use super::StoreKey;
 use super::crypt::Crypt;
 use super::records::{
     decode_account, decode_message, decode_outbox, decode_peer, decode_sessions, encode_account, encode_message,
@@ -22,24 +22,6 @@ use super::{
     StoredMessage, Versioned,
 };
 use crate::ids::MessageId;
-
-/// The key the store encrypts every value under. The app keeps it (for example in the
-/// platform keystore). Never printed.
-#[derive(Zeroize, ZeroizeOnDrop, Clone)]
-pub struct StoreKey(pub(crate) [u8; 32]);
-
-impl StoreKey {
-    /// From 32 secret bytes.
-    pub fn new(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-}
-
-impl std::fmt::Debug for StoreKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StoreKey(..)")
-    }
-}
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS account (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, v BLOB NOT NULL) STRICT",

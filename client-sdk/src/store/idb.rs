@@ -1,0 +1,1 @@
+//! The IndexedDB store (browser and node with an IndexedDB implementation).
