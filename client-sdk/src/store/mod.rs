@@ -28,7 +28,7 @@ mod records;
 pub mod sqlite;
 
 pub use crypt::StoreKey;
-#[cfg(all(feature = "web", target_arch = "wasm32"))]
+// #[cfg(all(feature = "web", target_arch = "wasm32"))]
 // pub use idb::IdbStore; (enabled with the IndexedDB store)
 pub use memory::MemoryStore;
 #[cfg(feature = "native")]
