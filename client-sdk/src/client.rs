@@ -15,11 +15,10 @@ use sotto_crypto::{AccountId, Device, DeviceId, DeviceListError, PickleKey, Sign
 use sotto_proto::{ErrorCode, Frame, Send, SendOutcome};
 use thiserror::Error;
 use tokio::sync::{Mutex, Notify, mpsc, watch};
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::machine::{Event, Inbound, Machine, MachineError, Need, SendPlan, Snapshot};
+use crate::rt::{self, Instant};
 use crate::store::{Changes, Committed, OutboxItem, Page, Store, StoreError, StoreKey, StoredMessage};
 use crate::transport::{Relay, Socket, TransportError};
 
@@ -76,6 +75,8 @@ impl ClientError {
     /// A stable code for the error kind.
     pub fn code(&self) -> &'static str {
         match self {
+            Self::Store(StoreError::Decrypt) | Self::Machine(MachineError::Pickle(_)) => "wrong_store_key",
+            Self::Store(StoreError::Conflict) => "store_conflict",
             Self::Store(_) => "store",
             Self::Machine(_) => "machine",
             Self::Transport(_) => "transport",
@@ -190,10 +191,7 @@ pub(crate) fn pickle_key(key: &StoreKey) -> PickleKey {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    rt::now_ms()
 }
 
 pub(crate) async fn load_snapshot<S: Store>(store: &S) -> Result<Snapshot, StoreError> {
@@ -234,7 +232,7 @@ pub(crate) struct Inner<S: Store> {
 pub struct Client<S: Store> {
     pub(crate) inner: Arc<Inner<S>>,
     shutdown: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    task: std::sync::Mutex<Option<rt::Task>>,
 }
 
 impl<S: Store> std::fmt::Debug for Client<S> {
@@ -321,17 +319,18 @@ impl<S: Store> Client<S> {
                 receipts: Mutex::new(Default::default()),
             }),
             shutdown,
-            task: None,
+            task: std::sync::Mutex::new(None),
         })
     }
 
     pub(crate) fn spawn(&mut self) {
-        if !self.inner.options.connect || self.task.is_some() {
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.inner.options.connect || task.is_some() {
             return;
         }
         let inner = self.inner.clone();
         let shutdown = self.shutdown.subscribe();
-        self.task = Some(tokio::spawn(async move { inner.run(shutdown).await }));
+        *task = Some(rt::spawn(async move { inner.run(shutdown).await }));
     }
 
     /// The event stream; `None` after the first call.
@@ -424,11 +423,14 @@ impl<S: Store> Client<S> {
             .unwrap_or_default()
     }
 
-    /// Stops the connection task and waits for it.
-    pub async fn shutdown(mut self) {
+    /// Stops the connection task and waits for it to end (its sockets closed). Calls
+    /// made afterwards still read the store; nothing is sent until the client is opened
+    /// again. Safe to call more than once and while other calls run.
+    pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = task {
+            t.join().await;
         }
     }
 }
@@ -786,7 +788,7 @@ impl<S: Store> Inner<S> {
             let span = backoff.as_millis() as u64;
             let delay = Duration::from_millis(span / 2 + jitter.next_u64() % (span / 2 + 1));
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                () = rt::sleep(delay) => {}
                 _ = shutdown.changed() => return,
             }
             backoff = (backoff * 2).min(self.options.backoff_max);
@@ -946,8 +948,7 @@ impl<S: Store> Inner<S> {
         let _ = self.refill_prekeys().await;
         let mut tx = Sending::default();
         let mut anon: Option<Socket> = None;
-        let mut ping = tokio::time::interval(self.options.heartbeat);
-        ping.tick().await;
+        let mut ping_at = Instant::now() + self.options.heartbeat;
         // Receipts go out in batches: when the mailbox backlog is done, and for live
         // messages once nothing arrived for a moment.
         let mut receipts_at: Option<Instant> = None;
@@ -958,13 +959,13 @@ impl<S: Store> Inner<S> {
             let retry_at = tx.retry_at;
             let retry = async {
                 match retry_at {
-                    Some(t) => tokio::time::sleep_until(t).await,
+                    Some(t) => rt::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
             let receipts_due = async {
                 match receipts_at {
-                    Some(t) => tokio::time::sleep_until(t).await,
+                    Some(t) => rt::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
@@ -989,8 +990,9 @@ impl<S: Store> Inner<S> {
                     receipts_at = None;
                     self.flush_receipts().await;
                 }
-                _ = ping.tick() => {
-                    if socket.last_seen().elapsed() > self.options.idle_timeout || socket.ping().await.is_err() {
+                () = rt::sleep_until(ping_at) => {
+                    ping_at = Instant::now() + self.options.heartbeat;
+                    if socket.idle_for().is_some_and(|d| d > self.options.idle_timeout) || socket.ping().await.is_err() {
                         return false;
                     }
                     if let Some(a) = anon.as_mut() {

@@ -45,14 +45,16 @@ pub mod ids;
 pub mod machine;
 pub mod store;
 
-#[cfg(feature = "native")]
+#[cfg(any(feature = "native", feature = "web"))]
 mod client;
-#[cfg(feature = "native")]
+#[cfg(any(feature = "native", feature = "web"))]
 mod link;
-#[cfg(feature = "native")]
+#[cfg(any(feature = "native", feature = "web"))]
+mod rt;
+#[cfg(any(feature = "native", feature = "web"))]
 pub mod transport;
 
-#[cfg(feature = "native")]
+#[cfg(any(feature = "native", feature = "web"))]
 pub use client::{Client, ClientError, ClientOptions, EventStream, contact_link, parse_contact};
 pub use content::{Content, ContentError, ContentKind};
 pub use ids::MessageId;

@@ -33,6 +33,7 @@ use zeroize::Zeroizing;
 
 use crate::client::{Client, ClientError, ClientOptions, Inner, now_ms, pickle_key};
 use crate::machine::{CONTENT_LINK_ACCEPT, CONTENT_LINK_REQUEST, Event, Machine};
+use crate::rt;
 use crate::store::{Store, StoreKey};
 use crate::transport::{Relay, TransportError};
 
@@ -44,7 +45,7 @@ const MAX_CONTACTS: usize = 4096;
 /// A link in progress on the existing device.
 pub(crate) struct PendingLink {
     secret: Zeroizing<[u8; 32]>,
-    expires: tokio::time::Instant,
+    expires: rt::Instant,
 }
 
 fn derive(secret: &[u8; 32], label: &[u8]) -> Zeroizing<[u8; 32]> {
@@ -119,7 +120,7 @@ impl<S: Store> Client<S> {
         let code = format!("sotto-link:{}.{}", self.account_id(), hex(secret.as_slice()));
         *self.inner.link.lock().await = Some(PendingLink {
             secret,
-            expires: tokio::time::Instant::now() + LINK_TIMEOUT,
+            expires: rt::Instant::now() + LINK_TIMEOUT,
         });
         Ok(code)
     }
@@ -196,13 +197,13 @@ impl<S: Store> Client<S> {
         stored(relay.send_anonymous(anonymous_send(recipients)).await?)?;
 
         // Wait until the account lists this device, then read the answer from the mailbox.
-        let deadline = tokio::time::Instant::now() + LINK_TIMEOUT;
+        let deadline = rt::Instant::now() + LINK_TIMEOUT;
         let mut delay = Duration::from_millis(100);
         let mut socket = loop {
             match relay.connect(&device).await {
                 Ok(s) => break s,
-                Err(TransportError::Relay { .. }) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(delay).await;
+                Err(TransportError::Relay { .. }) if rt::Instant::now() < deadline => {
+                    rt::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => return Err(e.into()),
@@ -213,7 +214,7 @@ impl<S: Store> Client<S> {
             .verify(&account)?;
         let accept_key = PickleKey::new(*derive(&secret, b"Sotto-v1 link accept"));
         let (account_key, contacts) = loop {
-            let frame = tokio::time::timeout_at(deadline, socket.recv())
+            let frame = rt::timeout_at(deadline, socket.recv())
                 .await
                 .map_err(|_| ClientError::Link("no answer from the account's devices".into()))??;
             let Some(Frame::Deliver(d)) = frame else {
@@ -293,7 +294,7 @@ impl<S: Store> Inner<S> {
         let secret = {
             let link = self.link.lock().await;
             match link.as_ref() {
-                Some(p) if p.expires > tokio::time::Instant::now() => p.secret.clone(),
+                Some(p) if p.expires > rt::Instant::now() => p.secret.clone(),
                 _ => return Ok(()),
             }
         };

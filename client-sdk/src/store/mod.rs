@@ -19,17 +19,20 @@ use crate::ids::MessageId;
 
 #[doc(hidden)]
 pub mod conformance;
+#[cfg(any(feature = "native", feature = "web"))]
 mod crypt;
 #[cfg(all(feature = "web", target_arch = "wasm32"))]
 pub mod idb;
 pub mod memory;
+#[cfg(any(feature = "native", feature = "web"))]
 mod records;
 #[cfg(feature = "native")]
 pub mod sqlite;
 
+#[cfg(any(feature = "native", feature = "web"))]
 pub use crypt::StoreKey;
-// #[cfg(all(feature = "web", target_arch = "wasm32"))]
-// pub use idb::IdbStore; (enabled with the IndexedDB store)
+#[cfg(all(feature = "web", target_arch = "wasm32"))]
+pub use idb::IdbStore;
 pub use memory::MemoryStore;
 #[cfg(feature = "native")]
 pub use sqlite::SqliteStore;
@@ -341,7 +344,15 @@ pub trait OutboxStore {
 
 /// A complete store: every concern plus an atomic commit.
 pub trait Store:
-    AccountStore + SessionStore + PreKeyStore + DeviceListStore + MessageStore + OutboxStore + MaybeSend + MaybeSync + 'static
+    AccountStore
+    + SessionStore
+    + PreKeyStore
+    + DeviceListStore
+    + MessageStore
+    + OutboxStore
+    + MaybeSend
+    + MaybeSync
+    + 'static
 {
     /// Writes `changes` in one transaction: all of it or, on any error, none of it.
     fn commit(&self, changes: Changes) -> impl Future<Output = Result<Committed, StoreError>> + MaybeSend;

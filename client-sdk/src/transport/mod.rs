@@ -1,31 +1,28 @@
-//! The relay transport (native): HTTP requests with per-request challenge
-//! authentication, and the authenticated WebSocket (docs/protocol.md §13).
+//! The relay transport: HTTP requests with per-request challenge authentication, and
+//! the authenticated and anonymous WebSockets (docs/protocol.md §13). The protocol logic
+//! is here; the bytes move through a backend: tokio, rustls, hyper and tungstenite on
+//! native targets (`native.rs`), the platform's `fetch` and `WebSocket` on wasm32
+//! (`web.rs`).
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use sotto_crypto::{AccountId, Device, DeviceId, PreKeyBundle};
 use sotto_proto::{
     AuthResponse, Body, Bundles, Challenge, DeviceListBody, ErrorBody, ErrorCode, Frame, PreKeyCounts, PreKeyUpload,
     authorization_header,
 };
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::rt;
+
+#[cfg(feature = "native")]
+mod native;
+#[cfg(feature = "native")]
+use native::{Endpoint, Ws};
+#[cfg(all(feature = "web", not(feature = "native")))]
+mod web;
+#[cfg(all(feature = "web", not(feature = "native")))]
+use web::{Endpoint, Ws};
 
 /// The largest HTTP answer read (a full bundle list is about 100 KiB).
 const MAX_RESPONSE: usize = 1 << 20;
@@ -81,89 +78,20 @@ fn io(e: impl std::fmt::Display) -> TransportError {
     TransportError::Io(e.to_string())
 }
 
-/// A relay: its base URL, the derived relay id and, for `https://`, its TLS settings.
+/// The HTTP methods the relay API uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Method {
+    Get,
+    Put,
+}
+
+/// A relay: its base URL, the derived relay id and how to reach it (for `https://`, the
+/// TLS settings).
 #[derive(Clone, Debug)]
 pub struct Relay {
     url: String,
-    authority: String,
     relay_id: [u8; 32],
-    tls: Option<Tls>,
-}
-
-/// TLS 1.3 to an `https://` relay: the Mozilla root set (webpki-roots) plus any extra
-/// roots the app configured, e.g. a self-hosted relay's private CA.
-#[derive(Clone)]
-struct Tls {
-    connector: TlsConnector,
-    name: ServerName<'static>,
-}
-
-impl std::fmt::Debug for Tls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls").field("name", &self.name).finish_non_exhaustive()
-    }
-}
-
-fn tls_connector(extra_roots_pem: &[Vec<u8>]) -> Result<TlsConnector, TransportError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for pem in extra_roots_pem {
-        let mut any = false;
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|_| TransportError::BadRootCertificate)?;
-            roots.add(cert).map_err(|_| TransportError::BadRootCertificate)?;
-            any = true;
-        }
-        if !any {
-            return Err(TransportError::BadRootCertificate);
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|_| TransportError::BadRootCertificate)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
-}
-
-/// A connection to the relay, plain or TLS.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
+    endpoint: Endpoint,
 }
 
 impl Relay {
@@ -200,52 +128,11 @@ impl Relay {
             (None, true) => "443",
             (None, false) => "80",
         };
-        let host_name = host.trim_start_matches('[').trim_end_matches(']');
-        let tls = if tls {
-            let name = ServerName::try_from(host_name.to_owned()).map_err(|_| TransportError::BadUrl)?;
-            Some(Tls {
-                connector: tls_connector(extra_roots_pem)?,
-                name,
-            })
-        } else {
-            None
-        };
         Ok(Self {
             url: url.to_owned(),
-            authority: format!("{host}:{port}"),
             relay_id: sotto_proto::relay_id(url),
-            tls,
+            endpoint: Endpoint::new(host, port, tls, extra_roots_pem)?,
         })
-    }
-
-    /// Opens a TCP connection (TCP_NODELAY) and, for `https://`, the TLS session.
-    async fn open_stream(&self) -> Result<Stream, TransportError> {
-        let tcp = TcpStream::connect(&self.authority).await.map_err(io)?;
-        let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            None => Ok(Stream::Plain(tcp)),
-            Some(tls) => {
-                let stream = tls.connector.connect(tls.name.clone(), tcp).await.map_err(io)?;
-                Ok(Stream::Tls(Box::new(stream)))
-            }
-        }
-    }
-
-    /// The WebSocket URL.
-    fn ws_url(&self) -> String {
-        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
-        format!("{scheme}://{}/v1/ws", self.authority)
-    }
-
-    async fn open_ws(&self) -> Result<WebSocketStream<Stream>, TransportError> {
-        let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(MAX_FRAME);
-        config.max_frame_size = Some(MAX_FRAME);
-        let stream = self.open_stream().await?;
-        let (ws, _) = tokio_tungstenite::client_async_with_config(self.ws_url(), stream, Some(config))
-            .await
-            .map_err(io)?;
-        Ok(ws)
     }
 
     /// The base URL.
@@ -259,34 +146,8 @@ impl Relay {
         path: &str,
         auth: Option<String>,
         body: Vec<u8>,
-    ) -> Result<(StatusCode, Vec<u8>), TransportError> {
-        let exchange = async {
-            let stream = self.open_stream().await?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(io)?;
-            let conn = tokio::spawn(conn);
-            let mut req = Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", &self.authority)
-                .header("content-type", "application/octet-stream");
-            if let Some(a) = auth {
-                req = req.header("authorization", a);
-            }
-            let req = req.body(Full::new(Bytes::from(body))).map_err(io)?;
-            let resp = sender.send_request(req).await.map_err(io)?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(io)?
-                .to_bytes()
-                .to_vec();
-            conn.abort();
-            Ok((status, bytes))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    ) -> Result<(u16, Vec<u8>), TransportError> {
+        rt::timeout(REQUEST_TIMEOUT, self.endpoint.request(method, path, auth, body))
             .await
             .map_err(|_| TransportError::Timeout)?
     }
@@ -299,14 +160,11 @@ impl Relay {
         body: Vec<u8>,
     ) -> Result<Vec<u8>, TransportError> {
         let (status, bytes) = self.http(method, path, auth, body).await?;
-        if status.is_success() {
+        if (200..300).contains(&status) {
             return Ok(bytes);
         }
         let code = ErrorBody::decode(&bytes).map(|b| b.code).unwrap_or(ErrorCode::INTERNAL);
-        Err(TransportError::Relay {
-            status: status.as_u16(),
-            code,
-        })
+        Err(TransportError::Relay { status, code })
     }
 
     fn check_challenge(&self, c: &Challenge) -> Result<(), TransportError> {
@@ -327,7 +185,7 @@ impl Relay {
 
     /// An `Authorization` header answering a fresh HTTP challenge.
     pub async fn authorization(&self, device: &Device) -> Result<String, TransportError> {
-        let body = self.expect(Method::GET, "/v1/auth/challenge", None, Vec::new()).await?;
+        let body = self.expect(Method::Get, "/v1/auth/challenge", None, Vec::new()).await?;
         let c = Challenge::decode(&body).map_err(|e| TransportError::Protocol(e.to_string()))?;
         self.check_challenge(&c)?;
         Ok(authorization_header(&Self::answer(device, &c)))
@@ -339,7 +197,7 @@ impl Relay {
             signed_list: signed.to_vec(),
         }
         .encode();
-        self.expect(Method::PUT, &format!("/v1/accounts/{account}/device-list"), None, body)
+        self.expect(Method::Put, &format!("/v1/accounts/{account}/device-list"), None, body)
             .await
             .map(|_| ())
     }
@@ -348,7 +206,7 @@ impl Relay {
     pub async fn get_device_list(&self, account: &AccountId) -> Result<Vec<u8>, TransportError> {
         let body = self
             .expect(
-                Method::GET,
+                Method::Get,
                 &format!("/v1/accounts/{account}/device-list"),
                 None,
                 Vec::new(),
@@ -362,7 +220,7 @@ impl Relay {
     /// Uploads prekeys for `device`.
     pub async fn put_prekeys(&self, device: &Device, upload: &PreKeyUpload) -> Result<(), TransportError> {
         let auth = self.authorization(device).await?;
-        self.expect(Method::PUT, "/v1/prekeys", Some(auth), upload.encode())
+        self.expect(Method::Put, "/v1/prekeys", Some(auth), upload.encode())
             .await
             .map(|_| ())
     }
@@ -371,7 +229,7 @@ impl Relay {
     pub async fn prekey_counts(&self, device: &Device) -> Result<PreKeyCounts, TransportError> {
         let auth = self.authorization(device).await?;
         let body = self
-            .expect(Method::GET, "/v1/prekeys/count", Some(auth), Vec::new())
+            .expect(Method::Get, "/v1/prekeys/count", Some(auth), Vec::new())
             .await?;
         PreKeyCounts::decode(&body).map_err(|e| TransportError::Protocol(e.to_string()))
     }
@@ -386,7 +244,7 @@ impl Relay {
         let auth = self.authorization(device).await?;
         let body = self
             .expect(
-                Method::GET,
+                Method::Get,
                 &format!("/v1/accounts/{account}/bundles/{}", of.0),
                 Some(auth),
                 Vec::new(),
@@ -400,10 +258,9 @@ impl Relay {
     /// Opens the WebSocket and authenticates as `device`.
     pub async fn connect(&self, device: &Device) -> Result<Socket, TransportError> {
         let handshake = async {
-            let ws = self.open_ws().await?;
             let mut socket = Socket {
-                ws,
-                last_seen: tokio::time::Instant::now(),
+                ws: self.endpoint.open_ws().await?,
+                last_seen: rt::Instant::now(),
             };
             let c = match socket.recv().await? {
                 Some(Frame::Challenge(c)) => c,
@@ -417,7 +274,7 @@ impl Relay {
                 other => Err(TransportError::Protocol(format!("expected AuthOk, got {other:?}"))),
             }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, handshake)
+        rt::timeout(REQUEST_TIMEOUT, handshake)
             .await
             .map_err(|_| TransportError::Timeout)?
     }
@@ -429,10 +286,9 @@ impl Relay {
     /// connection only sends; its device-set rule wants every device of each account named.
     pub async fn connect_anonymous(&self) -> Result<Socket, TransportError> {
         let handshake = async {
-            let ws = self.open_ws().await?;
             let mut socket = Socket {
-                ws,
-                last_seen: tokio::time::Instant::now(),
+                ws: self.endpoint.open_ws().await?,
+                last_seen: rt::Instant::now(),
             };
             match socket.recv().await? {
                 Some(Frame::Challenge(c)) => self.check_challenge(&c)?,
@@ -440,7 +296,7 @@ impl Relay {
             }
             Ok(socket)
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, handshake)
+        rt::timeout(REQUEST_TIMEOUT, handshake)
             .await
             .map_err(|_| TransportError::Timeout)?
     }
@@ -463,16 +319,16 @@ impl Relay {
                 }
             }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        rt::timeout(REQUEST_TIMEOUT, exchange)
             .await
             .map_err(|_| TransportError::Timeout)?
     }
 }
 
-/// An authenticated WebSocket to the relay.
+/// A WebSocket to the relay (authenticated or anonymous).
 pub struct Socket {
-    ws: WebSocketStream<Stream>,
-    last_seen: tokio::time::Instant,
+    ws: Ws,
+    last_seen: rt::Instant,
 }
 
 impl std::fmt::Debug for Socket {
@@ -484,41 +340,43 @@ impl std::fmt::Debug for Socket {
 impl Socket {
     /// Sends one frame.
     pub async fn send(&mut self, frame: &Frame) -> Result<(), TransportError> {
-        self.ws.send(Message::Binary(frame.encode().into())).await.map_err(io)
+        self.ws.send(frame.encode()).await
     }
 
-    /// Sends a WebSocket ping (the client side of the heartbeat).
+    /// Sends a WebSocket ping (the client side of the heartbeat). Browsers cannot send
+    /// pings; there the relay's pings, answered by the browser, keep the connection
+    /// alive and this does nothing.
     pub async fn ping(&mut self) -> Result<(), TransportError> {
-        self.ws.send(Message::Ping(Bytes::new())).await.map_err(io)
+        self.ws.ping().await
     }
 
     /// The next frame; `None` when the relay closed the socket. Pings are answered by
-    /// the WebSocket library; pongs and pings are skipped here.
+    /// the WebSocket implementation; control messages are skipped here.
     pub async fn recv(&mut self) -> Result<Option<Frame>, TransportError> {
         loop {
             let next = self.ws.next().await;
-            self.last_seen = tokio::time::Instant::now();
-            match next {
+            self.last_seen = rt::Instant::now();
+            match next? {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(io(e)),
-                Some(Ok(Message::Binary(b))) => {
+                Some(Some(b)) => {
                     return Frame::decode(&b)
                         .map(Some)
                         .map_err(|e| TransportError::Protocol(e.to_string()));
                 }
-                Some(Ok(Message::Close(_))) => return Ok(None),
-                Some(Ok(_)) => {}
+                Some(None) => {}
             }
         }
     }
 
-    /// When anything (a frame, a ping or a pong) last arrived.
-    pub fn last_seen(&self) -> tokio::time::Instant {
-        self.last_seen
+    /// How long since anything (a frame, a ping or a pong) last arrived; `None` where
+    /// the platform does not report pings and pongs (browsers), so silence says nothing
+    /// there: a dead connection shows as the socket closing.
+    pub fn idle_for(&self) -> Option<Duration> {
+        Ws::SEES_PINGS.then(|| self.last_seen.elapsed())
     }
 
     /// Closes the socket.
     pub async fn close(&mut self) {
-        let _ = self.ws.close(None).await;
+        self.ws.close().await;
     }
 }
