@@ -802,14 +802,9 @@ impl SottoClient {
         let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(client) = client else { return };
         let Ok(rt) = runtime() else { return };
-        let done = rt.spawn(async move {
-            match Arc::try_unwrap(client) {
-                Ok(c) => c.shutdown().await,
-                // A call still running holds the client: it shuts down when that call
-                // returns.
-                Err(shared) => drop(shared),
-            }
-        });
+        // Calls still running keep their handle and fail or finish against the store;
+        // the connection stops now either way.
+        let done = rt.spawn(async move { client.shutdown().await });
         let _ = done.await;
     }
 }
