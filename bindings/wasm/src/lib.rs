@@ -1,1 +1,431 @@
-//! wasm-bindgen bindings over `sotto-sdk`; see docs/ARCHITECTURE.md.
+//! wasm-bindgen bindings over `sotto-sdk` for the web (browsers, workers) and node.
+//!
+//! A thin layer, like `sotto-ffi` (docs/ARCHITECTURE.md, "Bindings"): it mirrors the
+//! SDK's types as JavaScript classes with TypeScript types, parses the string ids and
+//! the store key apps pass in, and turns `ClientError` into a JavaScript `Error` named
+//! `SottoError` with the SDK's stable `code` and `retryable`. The client, its relay
+//! connection (the platform's `WebSocket` and `fetch`), the crypto and the encrypted
+//! IndexedDB store are `sotto-sdk`'s, compiled to wasm; nothing is reimplemented in
+//! JavaScript.
+//!
+//! Conventions for the web (docs/bindings.md): ids are strings, timestamps and orders are
+//! plain numbers (milliseconds), never BigInt.
+//!
+//! On native targets this crate is empty.
+#![cfg(target_arch = "wasm32")]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+use std::rc::Rc;
+
+use js_sys::Reflect;
+use sotto_crypto::AccountId;
+use sotto_sdk::store::{IdbStore, StoreKey};
+use sotto_sdk::{
+    Client, ClientError, ClientOptions, Event as SdkEvent, EventStream, MessageStatus, Page, StoredMessage,
+};
+use tokio::sync::{Mutex, watch};
+use wasm_bindgen::prelude::*;
+use zeroize::Zeroizing;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_ERROR: &'static str = r#"
+/**
+ * What every call rejects with (or throws): an `Error` named "SottoError".
+ * `code` is stable: "wrong_store_key", "store_conflict", "store", "machine", "transport",
+ * "device_list", "account_exists", "no_account", "bad_contact", "unknown_contact",
+ * "bad_link_code", "link", "invalid_argument", "closed". `retryable` says whether the
+ * same call may succeed later.
+ */
+export interface SottoError extends Error {
+  name: "SottoError";
+  code: string;
+  retryable: boolean;
+}
+"#;
+
+/// A `SottoError` (see the TypeScript declaration above).
+fn error(code: &str, message: &str, retryable: bool) -> JsValue {
+    let e = js_sys::Error::new(message);
+    e.set_name("SottoError");
+    let _ = Reflect::set(&e, &"code".into(), &code.into());
+    let _ = Reflect::set(&e, &"retryable".into(), &retryable.into());
+    e.into()
+}
+
+fn client_error(e: ClientError) -> JsValue {
+    error(e.code(), &e.to_string(), e.is_retryable())
+}
+
+fn invalid(message: &str) -> JsValue {
+    error("invalid_argument", message, false)
+}
+
+fn closed() -> JsValue {
+    error("closed", "the client is shut down", false)
+}
+
+/// An account id or a `sotto:` link.
+fn account(s: &str) -> Result<AccountId, JsValue> {
+    sotto_sdk::parse_contact(s).map_err(client_error)
+}
+
+fn store_key(bytes: &[u8]) -> Result<StoreKey, JsValue> {
+    let key: Zeroizing<[u8; 32]> = Zeroizing::new(
+        bytes
+            .try_into()
+            .map_err(|_| invalid("the store key must be 32 bytes"))?,
+    );
+    Ok(StoreKey::new(*key))
+}
+
+/// A JavaScript number that must be a non-negative integer below 2^53.
+fn whole(n: f64, what: &str) -> Result<u64, JsValue> {
+    if n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= 9_007_199_254_740_991.0 {
+        Ok(n as u64)
+    } else {
+        Err(invalid(&format!("{what} must be a whole number")))
+    }
+}
+
+/// The package version.
+#[wasm_bindgen]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").into()
+}
+
+/// One message of a conversation.
+#[wasm_bindgen(getter_with_clone)]
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// The message id (hex).
+    #[wasm_bindgen(readonly)]
+    pub id: String,
+    /// The conversation: the contact's account id.
+    #[wasm_bindgen(readonly)]
+    pub conversation: String,
+    /// The account that wrote it.
+    #[wasm_bindgen(readonly, js_name = senderAccount)]
+    pub sender_account: String,
+    /// The device that wrote it.
+    #[wasm_bindgen(readonly, js_name = senderDevice)]
+    pub sender_device: u32,
+    /// The sender's clock, Unix milliseconds.
+    #[wasm_bindgen(readonly, js_name = timestampMs)]
+    pub timestamp_ms: f64,
+    /// The text.
+    #[wasm_bindgen(readonly)]
+    pub text: String,
+    /// "received", "queued", "sent", "delivered" or "sentElsewhere" (written on another
+    /// device of this account); "unknown" for a state this version does not know.
+    #[wasm_bindgen(readonly)]
+    pub status: String,
+    /// Its place in the store, increasing; pass it as `before` to page back.
+    #[wasm_bindgen(readonly)]
+    pub order: f64,
+}
+
+impl From<StoredMessage> for Message {
+    fn from(m: StoredMessage) -> Self {
+        Self {
+            id: m.id.to_string(),
+            conversation: m.conversation.to_string(),
+            sender_account: m.sender.0.to_string(),
+            sender_device: m.sender.1.0,
+            timestamp_ms: m.timestamp_ms as f64,
+            text: m.text,
+            status: match m.status {
+                MessageStatus::Received => "received",
+                MessageStatus::Queued => "queued",
+                MessageStatus::Sent => "sent",
+                MessageStatus::Delivered => "delivered",
+                MessageStatus::SentElsewhere => "sentElsewhere",
+                _ => "unknown",
+            }
+            .into(),
+            order: m.order as f64,
+        }
+    }
+}
+
+/// Something that happened. `kind` says what, and which other fields are set:
+///
+/// - "messageReceived": `message` (from a contact, or written on another device of this
+///   account);
+/// - "messageSent": `messageId`, `conversation` (the relay stored it for every device);
+/// - "delivered": `messageIds`, `account`, `device` (a device of the contact has them);
+/// - "deviceListChanged": `account`, `added`, `removed`, `rekeyed`, `detail`;
+/// - "deviceListRejected": `account`, `detail` (a list that did not verify);
+/// - "undecryptable": `detail` (the cause), `account`/`device` when known;
+/// - "sendFailed": `messageId`, `detail`;
+/// - "deviceRemoved", "connected", "caughtUp";
+/// - "unknown": an event this version does not know.
+#[wasm_bindgen(getter_with_clone)]
+#[derive(Clone, Debug, Default)]
+pub struct SottoEvent {
+    /// What happened.
+    #[wasm_bindgen(readonly)]
+    pub kind: String,
+    /// The message ("messageReceived").
+    #[wasm_bindgen(readonly)]
+    pub message: Option<Message>,
+    /// The conversation ("messageSent").
+    #[wasm_bindgen(readonly)]
+    pub conversation: Option<String>,
+    /// The message ("messageSent", "sendFailed").
+    #[wasm_bindgen(readonly, js_name = messageId)]
+    pub message_id: Option<String>,
+    /// The messages ("delivered").
+    #[wasm_bindgen(readonly, js_name = messageIds)]
+    pub message_ids: Option<Vec<String>>,
+    /// The account concerned.
+    #[wasm_bindgen(readonly)]
+    pub account: Option<String>,
+    /// The device concerned ("delivered", "undecryptable").
+    #[wasm_bindgen(readonly)]
+    pub device: Option<u32>,
+    /// Devices added, removed and re-keyed ("deviceListChanged").
+    #[wasm_bindgen(readonly)]
+    pub added: Option<Vec<u32>>,
+    /// See `added`.
+    #[wasm_bindgen(readonly)]
+    pub removed: Option<Vec<u32>>,
+    /// See `added`.
+    #[wasm_bindgen(readonly)]
+    pub rekeyed: Option<Vec<u32>>,
+    /// A human-readable cause or summary, for display.
+    #[wasm_bindgen(readonly)]
+    pub detail: Option<String>,
+}
+
+fn kind(kind: &str) -> SottoEvent {
+    SottoEvent {
+        kind: kind.into(),
+        ..SottoEvent::default()
+    }
+}
+
+fn ids(ids: &[sotto_crypto::DeviceId]) -> Vec<u32> {
+    ids.iter().map(|d| d.0).collect()
+}
+
+impl From<SdkEvent> for SottoEvent {
+    fn from(e: SdkEvent) -> Self {
+        match e {
+            SdkEvent::MessageReceived(m) => SottoEvent {
+                message: Some(m.into()),
+                ..kind("messageReceived")
+            },
+            SdkEvent::MessageSent { id, conversation } => SottoEvent {
+                message_id: Some(id.to_string()),
+                conversation: Some(conversation.to_string()),
+                ..kind("messageSent")
+            },
+            SdkEvent::Delivered { ids, by } => SottoEvent {
+                message_ids: Some(ids.iter().map(ToString::to_string).collect()),
+                account: Some(by.0.to_string()),
+                device: Some(by.1.0),
+                ..kind("delivered")
+            },
+            SdkEvent::DeviceListChanged { account, change } => SottoEvent {
+                account: Some(account.to_string()),
+                detail: Some(format!(
+                    "{} added, {} removed, {} re-keyed",
+                    change.added.len(),
+                    change.removed.len(),
+                    change.rekeyed.len()
+                )),
+                added: Some(ids(&change.added)),
+                removed: Some(ids(&change.removed)),
+                rekeyed: Some(ids(&change.rekeyed)),
+                ..kind("deviceListChanged")
+            },
+            SdkEvent::DeviceListRejected { account, error } => SottoEvent {
+                account: Some(account.to_string()),
+                detail: Some(error.to_string()),
+                ..kind("deviceListRejected")
+            },
+            SdkEvent::Undecryptable { sender, cause } => SottoEvent {
+                account: sender.map(|s| s.0.to_string()),
+                device: sender.map(|s| s.1.0),
+                detail: Some(cause.to_string()),
+                ..kind("undecryptable")
+            },
+            SdkEvent::SendFailed { id, reason } => SottoEvent {
+                message_id: Some(id.to_string()),
+                detail: Some(reason),
+                ..kind("sendFailed")
+            },
+            SdkEvent::DeviceRemoved => kind("deviceRemoved"),
+            SdkEvent::Connected => kind("connected"),
+            SdkEvent::CaughtUp => kind("caughtUp"),
+            _ => kind("unknown"),
+        }
+    }
+}
+
+/// One device of one account: its encrypted IndexedDB store and its relay connection.
+///
+/// Create one with `SottoClient.createAccount` or `SottoClient.open`; read events with
+/// `nextEvent()`; call `shutdown()` when done (then `free()`).
+#[wasm_bindgen]
+pub struct SottoClient {
+    client: Rc<Client<IdbStore>>,
+    events: Rc<Mutex<EventStream>>,
+    closed: watch::Sender<bool>,
+}
+
+impl SottoClient {
+    fn new(client: Client<IdbStore>) -> Result<Self, JsValue> {
+        let events = client
+            .events()
+            .ok_or_else(|| error("internal", "the event stream was taken", false))?;
+        Ok(Self {
+            client: Rc::new(client),
+            events: Rc::new(Mutex::new(events)),
+            closed: watch::channel(false).0,
+        })
+    }
+
+    /// The client, unless shut down.
+    fn live(&self) -> Result<Rc<Client<IdbStore>>, JsValue> {
+        if *self.closed.borrow() {
+            return Err(closed());
+        }
+        Ok(self.client.clone())
+    }
+}
+
+#[wasm_bindgen]
+impl SottoClient {
+    /// Creates an account with its first device, registers it at `relayUrl` (exactly
+    /// the relay's `public_url`) and connects. The store is the IndexedDB database
+    /// `dbName`, encrypted under `storeKey` (32 bytes the app keeps, for example wrapped
+    /// by a non-extractable WebCrypto key).
+    #[wasm_bindgen(js_name = createAccount)]
+    pub async fn create_account(
+        db_name: String,
+        store_key: Vec<u8>,
+        relay_url: String,
+    ) -> Result<SottoClient, JsValue> {
+        let key = store_key_zeroized(store_key)?;
+        let store = IdbStore::open(&db_name, &key)
+            .await
+            .map_err(|e| client_error(e.into()))?;
+        let client = Client::create_account(store, key, &relay_url, ClientOptions::default())
+            .await
+            .map_err(client_error)?;
+        Self::new(client)
+    }
+
+    /// Opens the account in the IndexedDB database `dbName` and connects.
+    pub async fn open(db_name: String, store_key: Vec<u8>) -> Result<SottoClient, JsValue> {
+        let key = store_key_zeroized(store_key)?;
+        let store = IdbStore::open(&db_name, &key)
+            .await
+            .map_err(|e| client_error(e.into()))?;
+        let client = Client::open(store, key, ClientOptions::default())
+            .await
+            .map_err(client_error)?;
+        Self::new(client)
+    }
+
+    /// This account's id.
+    #[wasm_bindgen(getter, js_name = accountId)]
+    pub fn account_id(&self) -> String {
+        self.client.account_id().to_string()
+    }
+
+    /// This device's id within the account.
+    #[wasm_bindgen(getter, js_name = deviceId)]
+    pub fn device_id(&self) -> u32 {
+        self.client.device_id().0
+    }
+
+    /// The link others add this account with (`sotto:<account id>`).
+    #[wasm_bindgen(getter, js_name = contactLink)]
+    pub fn contact_link(&self) -> String {
+        self.client.contact_link()
+    }
+
+    /// Adds a contact by account id or `sotto:` link (fetching and pinning its device
+    /// list); returns its account id.
+    #[wasm_bindgen(js_name = addContact)]
+    pub async fn add_contact(&self, contact: String) -> Result<String, JsValue> {
+        let client = self.live()?;
+        let id = client.add_contact(&contact).await.map_err(client_error)?;
+        Ok(id.to_string())
+    }
+
+    /// Queues a text for a contact (an account id) and returns the stored message; it is
+    /// sent now, or after a reconnect.
+    #[wasm_bindgen(js_name = sendText)]
+    pub async fn send_text(&self, contact: String, text: String) -> Result<Message, JsValue> {
+        let client = self.live()?;
+        let to = account(&contact)?;
+        client.send_text(&to, &text).await.map(Into::into).map_err(client_error)
+    }
+
+    /// The conversations (contacts' account ids).
+    pub async fn conversations(&self) -> Result<Vec<String>, JsValue> {
+        let client = self.live()?;
+        let list = client.conversations().await.map_err(client_error)?;
+        Ok(list.iter().map(ToString::to_string).collect())
+    }
+
+    /// The last `limit` messages of a conversation stored before `before` (an `order`;
+    /// omitted or null for the newest), oldest first.
+    pub async fn messages(
+        &self,
+        conversation: String,
+        limit: u32,
+        before: Option<f64>,
+    ) -> Result<Vec<Message>, JsValue> {
+        let client = self.live()?;
+        let conversation = account(&conversation)?;
+        let before = before.map(|b| whole(b, "before")).transpose()?;
+        let page = Page { before, limit };
+        let list = client.messages(&conversation, page).await.map_err(client_error)?;
+        Ok(list.into_iter().map(Into::into).collect())
+    }
+
+    /// The safety number to compare with the contact in person.
+    #[wasm_bindgen(js_name = safetyNumber)]
+    pub async fn safety_number(&self, contact: String) -> Result<String, JsValue> {
+        let client = self.live()?;
+        let contact = account(&contact)?;
+        client.safety_number(&contact).await.map_err(client_error)
+    }
+
+    /// The next event, or `undefined` once the client is shut down. Calls queue behind
+    /// each other; an event is handed to exactly one of them.
+    #[wasm_bindgen(js_name = nextEvent)]
+    pub async fn next_event(&self) -> Option<SottoEvent> {
+        let events = self.events.clone();
+        let mut closed = self.closed.subscribe();
+        if *closed.borrow() {
+            return None;
+        }
+        let mut stream = tokio::select! {
+            s = events.lock() => s,
+            _ = closed.wait_for(|c| *c) => return None,
+        };
+        tokio::select! {
+            e = stream.next() => e.map(Into::into),
+            _ = closed.wait_for(|c| *c) => None,
+        }
+    }
+
+    /// Stops the relay connection and waits for it. Pending and later `nextEvent()`
+    /// calls give `undefined`; other calls fail with code "closed".
+    pub async fn shutdown(&self) {
+        self.closed.send_replace(true);
+        let client = self.client.clone();
+        client.shutdown().await;
+    }
+}
+
+/// The store key from the bytes JavaScript passed (the copy is wiped).
+fn store_key_zeroized(bytes: Vec<u8>) -> Result<StoreKey, JsValue> {
+    let bytes = Zeroizing::new(bytes);
+    store_key(&bytes)
+}

@@ -74,10 +74,6 @@ impl TransportError {
     }
 }
 
-fn io(e: impl std::fmt::Display) -> TransportError {
-    TransportError::Io(e.to_string())
-}
-
 /// The HTTP methods the relay API uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Method {

@@ -20,7 +20,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::{MAX_FRAME, MAX_RESPONSE, Method, TransportError, io};
+use super::{MAX_FRAME, MAX_RESPONSE, Method, TransportError};
+
+fn io(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Io(e.to_string())
+}
 
 /// Where and how to reach the relay.
 #[derive(Clone, Debug)]
