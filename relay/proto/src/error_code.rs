@@ -89,6 +89,9 @@ codes! {
     SHUTTING_DOWN = 45;
     /// The connection was idle for too long.
     IDLE_TIMEOUT = 46;
+    /// The request's `Origin` (a web page on another site) is not among the origins the
+    /// relay allows.
+    ORIGIN_NOT_ALLOWED = 47;
     /// No such resource.
     NOT_FOUND = 50;
     /// Something failed inside the relay. Retrying may work.

@@ -6,6 +6,7 @@
 //! data_dir = "/var/lib/sotto-relay"
 //! # database_url = "postgres://sotto@db/sotto"     # default: sqlite in data_dir
 //! log_level = "info"
+//! cors_allowed_origins = ["*"]                    # or ["https://chat.example.org"]
 //!
 //! [limits]
 //! max_envelope_bytes = 262144
@@ -59,6 +60,12 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// Plain HTTP on a non-loopback address, for a relay behind a TLS-terminating proxy.
     pub behind_tls_proxy: bool,
+    /// The web origins (`https://host[:port]`) whose pages may call the relay from a
+    /// browser, or `"*"` for any. A request carrying another `Origin` is refused with
+    /// `ORIGIN_NOT_ALLOWED`; requests without `Origin` (native clients) are unaffected.
+    /// The API authenticates each request by signature and uses no cookies, so any
+    /// origin is safe; the list lets an operator keep other sites' pages off the relay.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// Built-in TLS: TLS 1.3 only, with HSTS on every response.
@@ -91,6 +98,7 @@ impl Default for Config {
             heartbeat: Heartbeat::default(),
             tls: None,
             behind_tls_proxy: false,
+            cors_allowed_origins: vec!["*".to_owned()],
         }
     }
 }
@@ -257,6 +265,10 @@ pub struct Cli {
     /// Allow plain HTTP on a non-loopback address: a proxy in front terminates TLS.
     #[arg(long, env = "SOTTO_BEHIND_TLS_PROXY")]
     pub behind_tls_proxy: bool,
+    /// Web origins allowed to call the relay from a browser, comma-separated
+    /// (`https://a.example,https://b.example`), or `*` for any.
+    #[arg(long, env = "SOTTO_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Option<Vec<String>>,
 }
 
 impl Config {
@@ -297,6 +309,9 @@ impl Config {
         }
         if cli.behind_tls_proxy {
             config.behind_tls_proxy = true;
+        }
+        if let Some(v) = &cli.cors_allowed_origins {
+            config.cors_allowed_origins.clone_from(v);
         }
         config.validate()?;
         Ok(config)
@@ -347,6 +362,13 @@ impl Config {
                 return Err(ConfigError::Invalid { field, reason });
             }
         }
+        if !self.cors_allowed_origins.iter().all(|o| o == "*" || is_origin(o)) {
+            return Err(ConfigError::Invalid {
+                field: "cors_allowed_origins",
+                reason: "each entry must be \"*\" or an origin: http:// or https://, a lowercase host, an \
+                         optional port, no path or trailing slash",
+            });
+        }
         if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.behind_tls_proxy {
             return Err(ConfigError::Invalid {
                 field: "tls",
@@ -364,6 +386,26 @@ impl Config {
             None => format!("sqlite://{}", self.data_dir.join("relay.db").display()),
         }
     }
+}
+
+/// True for a serialized web origin as browsers send it in `Origin`:
+/// `http://` or `https://`, a lowercase host, an optional port, nothing after.
+fn is_origin(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")) else {
+        return false;
+    };
+    // An IPv6 host is bracketed; a port follows the host after a colon.
+    let host_end = rest.rfind(']').map_or(0, |i| i + 1);
+    let (host, port) = match rest[host_end..].find(':') {
+        Some(i) => (&rest[..host_end + i], Some(&rest[host_end + i + 1..])),
+        None => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.[]:".contains(&b));
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
 }
 
 #[cfg(test)]
@@ -428,5 +470,56 @@ mod tests {
         .unwrap();
         assert_eq!(Config::load(&cli).unwrap().tls.unwrap().hsts_max_age_secs, 0);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cors_origins() {
+        assert_eq!(Config::default().cors_allowed_origins, vec!["*"]);
+        for ok in [
+            "https://chat.example.org",
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "http://[::1]:3000",
+        ] {
+            assert!(is_origin(ok), "{ok}");
+        }
+        for bad in [
+            "chat.example.org",
+            "https://chat.example.org/",
+            "https://chat.example.org/app",
+            "https://Chat.example.org",
+            "https://a.example:",
+            "https://a.example:80x",
+            "ftp://a.example",
+            "https://",
+            "",
+        ] {
+            assert!(!is_origin(bad), "{bad}");
+        }
+        let c = Config {
+            cors_allowed_origins: vec!["https://a.example".into(), "https://a.example/".into()],
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "cors_allowed_origins",
+                ..
+            })
+        ));
+        let c: Config =
+            toml::from_str("cors_allowed_origins = [\"https://a.example\", \"http://localhost:5173\"]\n").unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.cors_allowed_origins.len(), 2);
+        let cli = Cli::try_parse_from([
+            "sotto-relay",
+            "--cors-allowed-origins",
+            "https://a.example,http://b.example",
+        ])
+        .unwrap();
+        assert_eq!(
+            Config::load(&cli).unwrap().cors_allowed_origins,
+            vec!["https://a.example", "http://b.example"]
+        );
     }
 }

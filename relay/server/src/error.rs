@@ -30,6 +30,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::STALE_DEVICE_LIST | ErrorCode::TOO_MANY_PREKEYS => StatusCode::CONFLICT,
         ErrorCode::BODY_TOO_LARGE | ErrorCode::ENVELOPE_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::ORIGIN_NOT_ALLOWED => StatusCode::FORBIDDEN,
         ErrorCode::BUSY | ErrorCode::TOO_MANY_CONNECTIONS | ErrorCode::SHUTTING_DOWN => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::INTERNAL => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,

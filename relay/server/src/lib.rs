@@ -16,8 +16,10 @@
 //! ```
 //! `{account}` is the 52-character base32 account id. Authenticated requests carry
 //! `Authorization: Sotto-v1 <hex>`, an answer to a fresh challenge that it consumes.
+//! Browsers on the origins in `cors_allowed_origins` may call all of it (CORS; `cors.rs`).
 
 pub mod config;
+mod cors;
 pub mod error;
 mod http;
 pub mod metrics;
@@ -52,8 +54,10 @@ use crate::storage::Storage;
 /// buffer are still read, in several reads.
 pub const WS_BUFFER_BYTES: usize = 4 * 1024;
 
-/// The router. With TLS configured, every response carries HSTS.
+/// The router. With TLS configured, every response carries HSTS. CORS wraps every route,
+/// the fallback and the errors.
 pub fn app(state: Arc<AppState>) -> Router {
+    let cors = cors::Cors::new(&state.config.cors_allowed_origins);
     let body_limit = state.config.limits.max_body_bytes;
     let hsts = state
         .config
@@ -78,7 +82,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/ws", get(ws_upgrade))
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state);
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(cors, cors::cors));
     match hsts {
         Some(value) => router.layer(axum::middleware::map_response(move |mut res: Response| {
             let value = value.clone();
