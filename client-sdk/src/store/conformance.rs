@@ -12,23 +12,32 @@ use super::{
 };
 use crate::ids::MessageId;
 
-/// Expands to the conformance tests for a store made by `$make` (an async expression).
+/// Expands to the conformance tests for a store made by `$make` (an async expression), one
+/// `#[tokio::test]` each; with `wasm:` in front, one `#[wasm_bindgen_test]` each (the
+/// calling crate depends on `wasm-bindgen-test`). `$make` runs once per test, so it must
+/// give each test a fresh store (for a persistent one: a new database name each time).
 #[macro_export]
 macro_rules! store_conformance_tests {
-    ($make:expr) => {
-        $crate::store_conformance_tests!(@each $make;
+    (wasm: $make:expr) => {
+        $crate::store_conformance_tests!(@all [wasm_bindgen_test::wasm_bindgen_test] $make);
+    };
+    (@all [$attr:meta] $make:expr) => {
+        $crate::store_conformance_tests!(@each [$attr] $make;
             account_cas, sessions_cas_and_atomicity, prekey_delete_is_single_use,
             messages_dedupe_order_and_pages, message_status, outbox_fifo,
             device_lists_and_conversations);
     };
-    (@each $make:expr; $($name:ident),*) => {
+    (@each [$attr:meta] $make:expr; $($name:ident),*) => {
         $(
-            #[tokio::test]
+            #[$attr]
             async fn $name() {
                 let store = $make;
                 $crate::store::conformance::$name(&store).await;
             }
         )*
+    };
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@all [tokio::test] $make);
     };
 }
 
