@@ -1,15 +1,17 @@
 //! The Sotto client SDK.
 //!
 //! - [`machine`]: the sans-IO state machine (sessions, fan-out, inbound processing);
-//! - [`store`]: small store traits, a memory store and an encrypted SQLite store, one
-//!   conformance suite;
+//! - [`store`]: small store traits, a memory store, an encrypted SQLite store (native) and
+//!   an encrypted IndexedDB store (web), one conformance suite;
 //! - [`content`]: the encrypted message content encoding;
-//! - `transport` and [`Client`] (feature `native`): the relay connection (challenge
-//!   auth, heartbeat, reconnect with backoff, resume, persisted outbox) and the façade
-//!   apps use.
+//! - `transport` and [`Client`] (feature `native` or `web`): the relay connection
+//!   (challenge auth, heartbeat, reconnect with backoff, resume, persisted outbox) and
+//!   the façade apps use.
 //!
-//! Without the default `native` feature the crate has no tokio, sqlx or sockets and
-//! builds for `wasm32-unknown-unknown`.
+//! Features: `native` (the default: tokio, SQLite, hyper/tungstenite/rustls sockets and
+//! the CLI) or `web` (wasm32 only: the platform's `fetch` and `WebSocket`, IndexedDB,
+//! the JavaScript event loop). With neither, the crate is the machine, the memory store
+//! and the content codec, with no I/O at all, and builds for `wasm32-unknown-unknown`.
 //!
 //! ```no_run
 //! # #[cfg(feature = "native")]

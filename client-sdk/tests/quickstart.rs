@@ -1,6 +1,7 @@
 //! Runs the README's quickstart block as written, with two changes: the port is a free
 //! one instead of 8080, and the binaries are this test build's (`sotto` from this package,
 //! `sotto-relay` built next to it when missing). Two CLI profiles and a relay process.
+#![cfg(feature = "native")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

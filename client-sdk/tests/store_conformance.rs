@@ -1,5 +1,6 @@
 //! The store conformance suite on the memory store and on the encrypted SQLite store,
 //! plus the SQLite store's own checks: values are encrypted at rest and a wrong key fails.
+#![cfg(feature = "native")]
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1215,5 +1215,5 @@ fn all_but(pickles: &[Vec<u8>], i: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;

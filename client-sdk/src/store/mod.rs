@@ -1,7 +1,8 @@
 //! Storage: one small trait per concern, a combining [`Store`] trait whose
 //! [`commit`](Store::commit) writes one operation's [`Changes`] atomically, a memory
-//! store and (with the `native` feature) an encrypted SQLite store. The conformance
-//! suite [`store_conformance_tests!`](crate::store_conformance_tests) runs on both.
+//! store, an encrypted SQLite store (feature `native`) and an encrypted IndexedDB store
+//! (feature `web`, wasm32). The conformance suite
+//! [`store_conformance_tests!`](crate::store_conformance_tests) runs on all three.
 //!
 //! Session and account rows carry a version and are written with compare-and-swap: a
 //! write names the version it read, and the commit fails with [`StoreError::Conflict`]
