@@ -1,0 +1,134 @@
+// End to end in headless Chromium: the demo page (bindings/wasm/demo, the `--target web`
+// package) chats with the native `sotto` CLI through a real relay, cross-origin (the page
+// and the relay are on different ports, so the relay's CORS is exercised).
+//
+// The page creates its account; the CLI adds the page's contact link and the page adds
+// the CLI's; both show the same safety number; the page sends "hello from the browser",
+// the CLI receives it (polling `sotto receive`, which itself waits until the relay has
+// nothing more, a bounded number of times) and replies; the page shows the reply. A
+// screenshot is saved either way; on failure the browser console is printed.
+//
+// Environment (scripts/wasm.sh sets it): SOTTO_RELAY_URL, SOTTO_CLI (the `sotto` binary),
+// SOTTO_SCREENSHOT (where the PNG goes), CHROMIUM (default /usr/bin/chromium).
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { promisify } from 'node:util';
+
+import { chromium } from 'playwright-core';
+
+import { DEMO_PATH, serve } from './serve.mjs';
+
+const RELAY = process.env.SOTTO_RELAY_URL;
+const CLI = process.env.SOTTO_CLI;
+const SCREENSHOT = process.env.SOTTO_SCREENSHOT ?? path.join(tmpdir(), 'web-demo.png');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+/** How long the page may take for one step. */
+const STEP_MS = Number(process.env.SOTTO_TEST_TIMEOUT_MS ?? 30000);
+/** How many times `sotto receive` is run before giving up. */
+const RECEIVE_ATTEMPTS = 10;
+
+const run = promisify(execFile);
+
+test('the web demo chats with the native CLI', { timeout: 10 * 60 * 1000 }, async () => {
+  assert.ok(RELAY, 'SOTTO_RELAY_URL is not set (scripts/wasm.sh starts a relay)');
+  assert.ok(CLI, 'SOTTO_CLI is not set (the path to the sotto binary)');
+  const home = mkdtempSync(path.join(tmpdir(), 'sotto-e2e-'));
+  const sotto = async (...args) => {
+    const { stdout } = await run(CLI, ['--data-dir', path.join(home, 'cli'), ...args], { timeout: 90000 });
+    return stdout;
+  };
+
+  const site = await serve();
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--headless',
+      '--disable-gpu',
+      '--disable-dev-shm-usage',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+    ],
+  });
+  const logs = [];
+  const page = await browser.newPage();
+  page.setDefaultTimeout(STEP_MS);
+  page.on('console', (m) => logs.push(`[console.${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`[pageerror] ${e.stack ?? e}`));
+  page.on('requestfailed', (r) => logs.push(`[requestfailed] ${r.method()} ${r.url()}: ${r.failure()?.errorText}`));
+  const byId = (id) => page.locator(`[data-testid="${id}"]`);
+  let step = 'start';
+
+  try {
+    step = 'the CLI creates its account';
+    await sotto('init', '--relay', RELAY);
+    const cliLink = (await sotto('whoami', '--link')).trim();
+    assert.match(cliLink, /^sotto:[a-z2-7]{52}$/);
+
+    step = 'the page loads';
+    await page.goto(`${site.url}${DEMO_PATH}?relay=${encodeURIComponent(RELAY)}&db=e2e`);
+    await page.locator('body[data-state="welcome"]').waitFor();
+
+    step = 'the page creates its account';
+    await byId('create-account').click();
+    await page.locator('body[data-state="ready"]').waitFor();
+    const pageLink = (await byId('contact-link').textContent()).trim();
+    assert.match(pageLink, /^sotto:[a-z2-7]{52}$/);
+
+    step = 'the CLI adds the page';
+    const added = await sotto('add', pageLink);
+    assert.match(added, new RegExp(`added ${pageLink.slice(6)}`));
+
+    step = 'the page adds the CLI';
+    await byId('contact-input').fill(cliLink);
+    await byId('add-contact').click();
+    await page.waitForFunction(() => /\d/.test(document.querySelector('[data-testid="safety-number"]').textContent));
+    const pageSafety = (await byId('safety-number').textContent()).replace(/\D/g, '');
+    const cliSafety = (await sotto('safety', pageLink)).replace(/\D/g, '');
+    assert.equal(pageSafety.length, 60);
+    assert.equal(pageSafety, cliSafety, 'the page and the CLI show the same safety number');
+
+    step = 'the page sends';
+    await byId('message-input').fill('hello from the browser');
+    await byId('send').click();
+    await page.locator('li[data-direction="out"]', { hasText: 'hello from the browser' }).waitFor();
+
+    step = 'the CLI receives';
+    let got = '';
+    for (let i = 1; i <= RECEIVE_ATTEMPTS && !got.includes('hello from the browser'); i++) {
+      got += await sotto('receive');
+    }
+    assert.ok(got.includes('hello from the browser'), `sotto receive printed, ${RECEIVE_ATTEMPTS} times:\n${got}`);
+
+    step = 'the CLI replies and the page shows it';
+    assert.match(await sotto('send', pageLink, 'hello from the terminal'), /sent/);
+    await page.locator('li[data-direction="in"]', { hasText: 'hello from the terminal' }).waitFor();
+    await page.locator('li[data-direction="out"][data-status="sent"], li[data-direction="out"][data-status="delivered"]').first().waitFor();
+
+    mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
+    await page.screenshot({ path: SCREENSHOT, fullPage: true });
+    console.log(`screenshot: ${SCREENSHOT}`);
+  } catch (e) {
+    try {
+      mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
+      await page.screenshot({ path: SCREENSHOT, fullPage: true });
+      console.error(`screenshot of the failure: ${SCREENSHOT}`);
+    } catch (shot) {
+      console.error(`no screenshot: ${shot}`);
+    }
+    const status = await byId('status').textContent({ timeout: 1000 }).catch(() => '?');
+    console.error(`failed at: ${step}\npage status line: ${status}\nbrowser console:\n${logs.join('\n') || '(empty)'}`);
+    throw new Error(`web demo e2e failed at "${step}": ${e.message}`, { cause: e });
+  } finally {
+    await browser.close();
+    await site.close();
+    rmSync(home, { recursive: true, force: true });
+  }
+});
