@@ -174,7 +174,8 @@ LIB=$TARGET/$PROFILE/libsotto_ffi.so
 [ -f "$LIB" ] || { echo "bindings.sh: $LIB was not built" >&2; exit 1; }
 
 step "generate Swift, Kotlin and Python into bindings/generated"
-rm -rf "$GEN"
+# Only this script's languages: bindings/generated/wasm is scripts/wasm.sh's.
+rm -rf "$GEN/swift" "$GEN/kotlin" "$GEN/python"
 for l in swift kotlin python; do
   "$BINDGEN" generate "$LIB" --language "$l" --out-dir "$GEN/$l" --no-format
 done

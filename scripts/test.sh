@@ -43,3 +43,6 @@ cargo test --workspace --locked
 
 step "bindings: Python, Kotlin and Swift against a local relay"
 scripts/bindings.sh
+
+step "web: sotto-wasm in node and in headless Chromium against a local relay"
+scripts/wasm.sh

@@ -50,6 +50,7 @@ test('the web demo chats with the native CLI', { timeout: 10 * 60 * 1000 }, asyn
       '--no-sandbox',
       '--headless',
       '--disable-gpu',
+      '--disable-quic',
       '--disable-dev-shm-usage',
       '--disable-background-networking',
       '--disable-component-update',
