@@ -84,6 +84,43 @@ mod imp {
         /// The global `setTimeout` (a number in browsers, an object in node).
         #[wasm_bindgen(js_name = setTimeout)]
         fn set_timeout(handler: &js_sys::Function, ms: i32) -> JsValue;
+        /// The global `clearTimeout`.
+        #[wasm_bindgen(js_name = clearTimeout)]
+        fn clear_timeout(handle: &JsValue);
+    }
+
+    /// One `setTimeout`, cleared when dropped: a sleep that lost a race (a timeout, a
+    /// `select!`) leaves no timer behind, so node can exit once the client is shut down.
+    struct Timer {
+        handle: JsValue,
+        fired: wasm_bindgen_futures::JsFuture,
+    }
+
+    impl Timer {
+        fn new(ms: i32) -> Self {
+            let mut handle = JsValue::UNDEFINED;
+            let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+                handle = set_timeout(&resolve, ms);
+            });
+            Self {
+                handle,
+                fired: wasm_bindgen_futures::JsFuture::from(promise),
+            }
+        }
+    }
+
+    impl Future for Timer {
+        type Output = ();
+        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+            std::pin::Pin::new(&mut self.fired).poll(cx).map(|_| ())
+        }
+    }
+
+    impl Drop for Timer {
+        fn drop(&mut self) {
+            // A no-op for a timer that already fired.
+            clear_timeout(&self.handle);
+        }
     }
 
     /// A point on the monotonic clock (`performance.now()`), in microseconds.
@@ -123,10 +160,7 @@ mod imp {
         loop {
             let step = left.min(Duration::from_millis(i32::MAX as u64));
             let ms = i32::try_from(step.as_millis()).unwrap_or(i32::MAX);
-            let promise = js_sys::Promise::new(&mut |resolve, _reject| {
-                let _ = set_timeout(&resolve, ms);
-            });
-            let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+            Timer::new(ms).await;
             left = left.saturating_sub(step);
             if left.is_zero() {
                 return;
