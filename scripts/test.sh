@@ -24,6 +24,11 @@ cargo build -p sotto-crypto --target wasm32-unknown-unknown --locked
 step "wasm32 build of sotto-sdk without its native feature"
 cargo build -p sotto-sdk --no-default-features --target wasm32-unknown-unknown --locked
 
+step "clippy for wasm32: sotto-sdk with its web feature (and its IndexedDB tests), sotto-wasm"
+cargo clippy -p sotto-sdk --no-default-features --features web --target wasm32-unknown-unknown --all-targets \
+  --locked -- -D warnings
+cargo clippy -p sotto-wasm --target wasm32-unknown-unknown --locked -- -D warnings
+
 step "fuzz targets compile"
 cargo check --manifest-path crypto-core/fuzz/Cargo.toml --bins
 cargo check --manifest-path relay/proto/fuzz/Cargo.toml --bins
