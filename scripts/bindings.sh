@@ -250,6 +250,15 @@ if run swift; then
     'cd "$B" && swiftc -module-name SottoTests -module-cache-path "$B/mc" -I "$B" \
        -Xcc -fmodule-map-file="$B/sotto_ffiFFI.modulemap" -L "$B" -lsotto_ffi \
        sotto_ffi.swift main.swift -o sotto-tests && LD_LIBRARY_PATH="$B" ./sotto-tests'
+  if [ -n "${SOTTO_BENCH:-}" ]; then
+    mkdir -p "$CHROOT_BUILD/bench"
+    cp "$TESTS/swift-bench/main.swift" "$CHROOT_BUILD/bench/"
+    chroot "$TRIXIE" env B="$B" SOTTO_RELAY_URL="$SOTTO_RELAY_URL" SOTTO_TEST_DIR="$B/data" \
+      SOTTO_BENCH_CALLS="${SOTTO_BENCH_CALLS:-}" SOTTO_BENCH_MESSAGES="${SOTTO_BENCH_MESSAGES:-}" bash -c \
+      'cd "$B" && swiftc -O -module-name SottoBench -module-cache-path "$B/mc" -I "$B" \
+         -Xcc -fmodule-map-file="$B/sotto_ffiFFI.modulemap" -L "$B" -lsotto_ffi \
+         sotto_ffi.swift bench/main.swift -o sotto-bench && LD_LIBRARY_PATH="$B" ./sotto-bench'
+  fi
 fi
 
 if [ ${#SKIPPED[@]} -gt 0 ]; then

@@ -129,13 +129,13 @@ fi
 if want idb; then
   if missing wasm-bindgen || missing chromium; then
     skip idb "needs wasm-bindgen-test-runner and chromium + chromedriver"
-  elif [ ! -f client-sdk/tests/idb_store.rs ]; then
-    skip idb "client-sdk/tests/idb_store.rs does not exist"
   else
     step "IndexedDB store conformance in headless Chromium"
+    # --release: sotto-sdk (feature web) and its dependencies are the ones the release
+    # build of sotto-wasm above compiled, instead of a second wasm32 tree.
     timed idb env CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$WASM_BINDGEN_TEST_RUNNER" \
       CHROMEDRIVER="$CHROMEDRIVER" \
-      cargo test --locked -p sotto-sdk --no-default-features --features web \
+      cargo test --locked --release -p sotto-sdk --no-default-features --features web \
       --target wasm32-unknown-unknown --test idb_store
   fi
 fi
