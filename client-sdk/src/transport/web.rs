@@ -21,9 +21,10 @@ use web_sys::{
 use super::{MAX_FRAME, MAX_RESPONSE, Method, TransportError};
 
 /// Frames received and not yet read. The relay sends at most its delivery window of
-/// unacknowledged envelopes plus a few answers, far below this; a socket that overflows
-/// it is closed (and the client reconnects) rather than buffering without bound.
-const RECEIVE_QUEUE: usize = 1024;
+/// unacknowledged envelopes (at most 1024, docs/protocol.md §13), the answers to at most
+/// 32 pipelined sends and ephemeral frames; a socket that overflows this is closed (and
+/// the client reconnects and resumes) rather than buffering without bound.
+const RECEIVE_QUEUE: usize = 4096;
 
 #[wasm_bindgen]
 extern "C" {

@@ -33,6 +33,10 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+/// The largest `limits.deliver_window`: clients buffer this many unacknowledged
+/// deliveries (the web client's receive queue is sized from it).
+pub const MAX_DELIVER_WINDOW: u32 = 1024;
+
 /// The relay's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -134,7 +138,8 @@ pub struct Limits {
     pub challenge_ttl_secs: u64,
     /// Most outstanding HTTP challenges (`BUSY`).
     pub max_pending_challenges: usize,
-    /// Most envelopes delivered on one connection and not yet acknowledged.
+    /// Most envelopes delivered on one connection and not yet acknowledged (at most
+    /// [`MAX_DELIVER_WINDOW`]).
     pub deliver_window: u32,
     /// Ephemeral frames queued per connection; more are dropped.
     pub ephemeral_queue: usize,
@@ -332,7 +337,7 @@ impl Config {
     /// Checks the limits against the protocol's hard bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let checks: [(bool, &'static str, &'static str); 7] = [
+        let checks: [(bool, &'static str, &'static str); 8] = [
             (
                 l.max_envelope_bytes <= sotto_proto::limits::MAX_ENVELOPE_LEN,
                 "limits.max_envelope_bytes",
@@ -350,6 +355,11 @@ impl Config {
             ),
             (l.max_connections >= 1, "limits.max_connections", "must be at least 1"),
             (l.deliver_window >= 1, "limits.deliver_window", "must be at least 1"),
+            (
+                l.deliver_window <= MAX_DELIVER_WINDOW,
+                "limits.deliver_window",
+                "above 1024, more than clients are required to buffer (docs/protocol.md §13)",
+            ),
             (
                 l.max_connections <= u32::MAX as usize >> 3,
                 "limits.max_connections",
@@ -521,5 +531,29 @@ mod tests {
             Config::load(&cli).unwrap().cors_allowed_origins,
             vec!["https://a.example", "http://b.example"]
         );
+    }
+
+    #[test]
+    fn deliver_window_is_bounded_for_clients() {
+        for (window, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_DELIVER_WINDOW, true),
+            (MAX_DELIVER_WINDOW + 1, false),
+        ] {
+            let mut c = Config::default();
+            c.limits.deliver_window = window;
+            let r = c.validate();
+            assert_eq!(r.is_ok(), ok, "{window}: {r:?}");
+            if !ok {
+                assert!(matches!(
+                    r,
+                    Err(ConfigError::Invalid {
+                        field: "limits.deliver_window",
+                        ..
+                    })
+                ));
+            }
+        }
     }
 }
