@@ -15,6 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 KOTLIN_VERSION=2.4.20
 CACHE=${SOTTO_CACHE:-$HOME/.cache/sotto}
@@ -44,9 +46,7 @@ unavailable() { # language, reason
     echo "bindings.sh: $1 toolchain unavailable ($2), and CI=true: failing" >&2
     exit 1
   fi
-  printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n' >&2
-  printf '!!! SKIPPING the %s binding tests: %s\n' "$1" "$2" >&2
-  printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n' >&2
+  skip_banner "SKIPPING the $1 binding tests: $2"
   SKIPPED+=("$1")
 }
 
@@ -71,22 +71,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- toolchains
-APT_UPDATED=false
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"
-  elif command -v sudo >/dev/null; then sudo "$@"
-  else return 1; fi
-}
-apt_install() { # packages...; true when all are installed afterwards
-  local missing=()
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  command -v apt-get >/dev/null || return 1
-  if ! $APT_UPDATED; then as_root apt-get update -qq || return 1; APT_UPDATED=true; fi
-  echo "apt-get install ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-
 python_ready() { command -v python3 >/dev/null; }
 
 KOTLIN_HOME=$CACHE/kotlin-$KOTLIN_VERSION/node_modules/kotlin-compiler
@@ -183,20 +167,8 @@ cp "$LIB" "$GEN/python/"
 
 # ---------------------------------------------------------------- relay
 RUN_DIR=$(mktemp -d)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export SOTTO_RELAY_URL=http://127.0.0.1:$PORT
-step "start sotto-relay at $SOTTO_RELAY_URL"
-# Rate limits raised for the benchmark's 1,000-message burst (defaults: 20/s, burst 100).
-printf '[limits]\nrate_per_second = 100000\nrate_burst = 100000\n' >"$RUN_DIR/relay.toml"
-"$TARGET/$PROFILE/sotto-relay" --config "$RUN_DIR/relay.toml" --listen "127.0.0.1:$PORT" \
-  --public-url "$SOTTO_RELAY_URL" --data-dir "$RUN_DIR/relay" >"$RUN_DIR/relay.log" 2>&1 &
-RELAY_PID=$!
-for _ in $(seq 1 100); do
-  curl -fsS "$SOTTO_RELAY_URL/healthz" >/dev/null 2>&1 && break
-  kill -0 "$RELAY_PID" 2>/dev/null || { cat "$RUN_DIR/relay.log" >&2; exit 1; }
-  sleep 0.1
-done
-curl -fsS "$SOTTO_RELAY_URL/healthz" >/dev/null || { echo "relay did not answer /healthz" >&2; exit 1; }
+start_relay "$TARGET/$PROFILE/sotto-relay" "$RUN_DIR"
+step "sotto-relay at $SOTTO_RELAY_URL"
 
 # ---------------------------------------------------------------- tests
 timed() { # label, command...

@@ -20,6 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 CACHE=${SOTTO_CACHE:-$HOME/.cache/sotto}
 IN_CI=false
@@ -33,29 +35,8 @@ unavailable() { # tool, reason
     log "$1 unavailable ($2), and CI=true: failing"
     exit 1
   fi
-  {
-    printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
-    printf '!!! %s is unavailable: %s\n' "$1" "$2"
-    printf '!!! the web tests that need it will be SKIPPED\n'
-    printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'
-  } >&2
+  skip_banner "$1 is unavailable: $2" "the web tests that need it will be SKIPPED"
   MISSING+=("$1")
-}
-
-APT_UPDATED=false
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"
-  elif command -v sudo >/dev/null; then sudo "$@"
-  else return 1; fi
-}
-apt_install() { # packages...; true when all are installed afterwards
-  local missing=()
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  command -v apt-get >/dev/null || return 1
-  if ! $APT_UPDATED; then as_root apt-get update -qq >&2 || return 1; APT_UPDATED=true; fi
-  log "apt-get install ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
 # ---------------------------------------------------------------- rust target

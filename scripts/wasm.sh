@@ -23,6 +23,8 @@
 # parts that need it are skipped, loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 ROOT=$PWD
 
 GEN=$ROOT/bindings/generated/wasm
@@ -51,9 +53,7 @@ skip() { # part, reason
     echo "wasm.sh: cannot run the $1 part ($2), and CI=true: failing" >&2
     exit 1
   fi
-  printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n' >&2
-  printf '!!! SKIPPING the web %s tests: %s\n' "$1" "$2" >&2
-  printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n' >&2
+  skip_banner "SKIPPING the web $1 tests: $2"
   SKIPPED+=("$1")
 }
 
@@ -164,21 +164,8 @@ if $RUN_NODE || $RUN_E2E; then
   cargo build --locked -p sotto-relay -p sotto-sdk --bins "${PROFILE_FLAG[@]}"
 
   RUN_DIR=$(mktemp -d)
-  PORT=$("$SOTTO_NODE" -e '
-    const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')
-  export SOTTO_RELAY_URL=http://127.0.0.1:$PORT
-  step "start sotto-relay at $SOTTO_RELAY_URL"
-  # Rate limits raised for the benchmark's 1,000-message burst (defaults: 20/s, burst 100).
-  printf '[limits]\nrate_per_second = 100000\nrate_burst = 100000\n' >"$RUN_DIR/relay.toml"
-  "$TARGET/$PROFILE/sotto-relay" --config "$RUN_DIR/relay.toml" --listen "127.0.0.1:$PORT" \
-    --public-url "$SOTTO_RELAY_URL" --data-dir "$RUN_DIR/relay" >"$RUN_DIR/relay.log" 2>&1 &
-  RELAY_PID=$!
-  for _ in $(seq 1 100); do
-    curl -fsS "$SOTTO_RELAY_URL/healthz" >/dev/null 2>&1 && break
-    kill -0 "$RELAY_PID" 2>/dev/null || { cat "$RUN_DIR/relay.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  curl -fsS "$SOTTO_RELAY_URL/healthz" >/dev/null || { echo "relay did not answer /healthz" >&2; exit 1; }
+  start_relay "$TARGET/$PROFILE/sotto-relay" "$RUN_DIR"
+  step "sotto-relay at $SOTTO_RELAY_URL"
 fi
 
 # ---------------------------------------------------------------- node
