@@ -8,12 +8,8 @@ mod common;
 
 use common::relay::*;
 use common::*;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{HeaderMap, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{HeaderMap, Method, StatusCode};
 use sotto_proto::{Body, DeviceListBody, ErrorCode, Frame};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -48,27 +44,7 @@ impl Answer {
 
 /// One HTTP/1.1 request with the given headers over a fresh connection.
 async fn request(relay: &Relay, method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
-    let stream = TcpStream::connect(relay.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", relay.addr.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = tokio::time::timeout(
-        FAILSAFE,
-        sender.send_request(req.body(Full::new(Bytes::from(body))).unwrap()),
-    )
-    .await
-    .expect("answer within the failsafe")
-    .unwrap();
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+    let (status, headers, body) = relay.request(method, path, headers, body).await;
     Answer { status, headers, body }
 }
 

@@ -65,7 +65,15 @@ impl Relay {
         }
     }
 
-    pub async fn http(&self, method: Method, path: &str, auth: Option<String>, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    /// One HTTP/1.1 request with exactly `headers` (plus `host`) over a fresh connection:
+    /// the status, the response headers and the body.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, hyper::HeaderMap, Vec<u8>) {
         let stream = TcpStream::connect(self.addr).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -74,17 +82,28 @@ impl Relay {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", self.addr.to_string())
-            .header("content-type", "application/octet-stream");
-        if let Some(a) = auth {
-            req = req.header("authorization", a);
+            .header("host", self.addr.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
-        let resp = sender
-            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
+        let resp = tokio::time::timeout(
+            FAILSAFE,
+            sender.send_request(req.body(Full::new(Bytes::from(body))).unwrap()),
+        )
+        .await
+        .expect("answer within the failsafe")
+        .unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
         let bytes = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        (status, headers, bytes)
+    }
+
+    pub async fn http(&self, method: Method, path: &str, auth: Option<String>, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        let mut headers = vec![("content-type", "application/octet-stream")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a));
+        }
+        let (status, _, bytes) = self.request(method, path, &headers, body).await;
         (status, bytes)
     }
 
