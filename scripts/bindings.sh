@@ -38,7 +38,7 @@ for a in "$@"; do
 done
 [ ${#LANGS[@]} -eq 0 ] && LANGS=(python kotlin swift)
 
-step() { printf '\n==> bindings: %s\n' "$*"; }
+step() { step_header 'bindings: ' "$@"; }
 want() { [[ " ${LANGS[*]} " == *" $1 "* ]]; }
 SKIPPED=()
 unavailable() { # language, reason

@@ -1,6 +1,17 @@
 # shellcheck shell=bash
-# Shell helpers shared by scripts/bindings.sh, scripts/wasm.sh and scripts/wasm-tools.sh.
+# Shell helpers shared by scripts/test.sh, scripts/bindings.sh, scripts/wasm.sh and
+# scripts/wasm-tools.sh.
 # Sourced, not run. Messages go to stderr so that callers may print data on stdout.
+
+# The suite's start, shared with the scripts it runs, so each step shows when it began.
+export SOTTO_T0=${SOTTO_T0:-$(date +%s)}
+
+# Prints a step's header with the time since the suite started: `==> [4m07s] prefix: what`.
+step_header() { # prefix, what...
+  local prefix=$1 t=$(($(date +%s) - SOTTO_T0))
+  shift
+  printf '\n==> [%dm%02ds] %s%s\n' $((t / 60)) $((t % 60)) "$prefix" "$*"
+}
 
 # Runs a command as root (directly, or through sudo).
 as_root() {

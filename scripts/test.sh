@@ -3,8 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# CI builds from a fresh clone: incremental state would be written and never reused.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}; fi
 
-step() { printf '\n==> %s\n' "$*"; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+step() { step_header '' "$@"; }
 
 step "setup"
 scripts/setup.sh
@@ -18,20 +22,20 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "dependency boundaries"
 scripts/check-deps.sh
 
-step "wasm32 build of sotto-crypto"
-cargo build -p sotto-crypto --target wasm32-unknown-unknown --locked
-
-step "wasm32 build of sotto-sdk without its native feature"
-cargo build -p sotto-sdk --no-default-features --target wasm32-unknown-unknown --locked
-
-step "clippy for wasm32: sotto-sdk with its web feature (and its IndexedDB tests), sotto-wasm"
+# Checked, not built: the release build of sotto-wasm (scripts/wasm.sh) compiles the same
+# code for wasm32, and a debug build here would compile every dependency a second time.
+step "clippy for wasm32: sotto-crypto, sotto-sdk without a backend, sotto-sdk with its web feature (and its IndexedDB tests), sotto-wasm"
+cargo clippy -p sotto-crypto --target wasm32-unknown-unknown --locked -- -D warnings
+cargo clippy -p sotto-sdk --no-default-features --target wasm32-unknown-unknown --locked -- -D warnings
 cargo clippy -p sotto-sdk --no-default-features --features web --target wasm32-unknown-unknown --all-targets \
   --locked -- -D warnings
 cargo clippy -p sotto-wasm --target wasm32-unknown-unknown --locked -- -D warnings
 
 step "fuzz targets compile"
-cargo check --manifest-path crypto-core/fuzz/Cargo.toml --bins
-cargo check --manifest-path relay/proto/fuzz/Cargo.toml --bins
+# The two fuzz workspaces share one target dir, so libFuzzer's C++ is compiled once.
+FUZZ_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
+CARGO_TARGET_DIR="$FUZZ_TARGET_DIR" cargo check --manifest-path crypto-core/fuzz/Cargo.toml --bins --locked
+CARGO_TARGET_DIR="$FUZZ_TARGET_DIR" cargo check --manifest-path relay/proto/fuzz/Cargo.toml --bins --locked
 
 step "throwaway PostgreSQL for the relay tests"
 # The relay's storage and server tests run on SQLite and on PostgreSQL; with CI=true they
@@ -51,3 +55,5 @@ scripts/bindings.sh
 
 step "web: sotto-wasm in node and in headless Chromium against a local relay"
 scripts/wasm.sh
+
+step "done"

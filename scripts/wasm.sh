@@ -45,7 +45,7 @@ for a in "$@"; do
 done
 [ ${#PARTS[@]} -eq 0 ] && PARTS=(build idb node e2e)
 
-step() { printf '\n==> wasm: %s\n' "$*"; }
+step() { step_header 'wasm: ' "$@"; }
 want() { [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 SKIPPED=()
 skip() { # part, reason
