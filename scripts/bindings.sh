@@ -140,20 +140,15 @@ run() { want "$1" && [[ " ${SKIPPED[*]-} " != *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- build and generate
 step "build sotto-ffi, uniffi-bindgen and sotto-relay"
-# The binary needs the `cli` feature, which also rebuilds the library with it; the library
-# is built after it, without it, so the cdylib the tests load stays lean. The binary only
-# reads the library's metadata, so it is rebuilt only when the lock file changed.
-# Benchmarks use release builds of the library and relay.
+# Benchmarks use release builds of the library and relay; uniffi-bindgen is always debug.
 PROFILE=debug
-PROFILE_FLAG=()
-if [ -n "${SOTTO_BENCH:-}" ]; then PROFILE=release; PROFILE_FLAG=(--release); fi
-BINDGEN=$TARGET/debug/uniffi-bindgen
-if [ ! -x "$BINDGEN" ] || [ Cargo.lock -nt "$BINDGEN" ]; then
-  cargo build --locked -p sotto-ffi --bin uniffi-bindgen --features cli
-  touch "$BINDGEN"
+build_workspace_debug
+if [ -n "${SOTTO_BENCH:-}" ]; then
+  PROFILE=release
+  cargo build --locked --release -p sotto-ffi --lib
+  cargo build --locked --release -p sotto-relay
 fi
-cargo build --locked -p sotto-ffi --lib "${PROFILE_FLAG[@]}"
-cargo build --locked -p sotto-relay "${PROFILE_FLAG[@]}"
+BINDGEN=$TARGET/debug/uniffi-bindgen
 LIB=$TARGET/$PROFILE/libsotto_ffi.so
 [ -f "$LIB" ] || { echo "bindings.sh: $LIB was not built" >&2; exit 1; }
 

@@ -13,6 +13,14 @@ step_header() { # prefix, what...
   printf '\n==> [%dm%02ds] %s%s\n' $((t / 60)) $((t % 60)) "$prefix" "$*"
 }
 
+# Builds the workspace's libraries (the sotto-ffi cdylib among them), binaries (the relay,
+# the CLI, uniffi-bindgen) and tests in debug: the selection `cargo test --workspace`
+# builds, so dependencies get the same features and nothing is compiled twice. (`cargo
+# build -p X` unifies features for X alone and rebuilds most of the tree.)
+build_workspace_debug() {
+  cargo build --locked --workspace --lib --bins --tests
+}
+
 # Runs a command as root (directly, or through sudo).
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"

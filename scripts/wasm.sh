@@ -158,10 +158,10 @@ fi
 if $RUN_NODE || $RUN_E2E; then
   # The benchmark uses a release relay; the tests, the debug build `cargo test` made.
   PROFILE=debug
-  PROFILE_FLAG=()
-  if [ -n "${SOTTO_BENCH:-}" ]; then PROFILE=release; PROFILE_FLAG=(--release); fi
+  if [ -n "${SOTTO_BENCH:-}" ]; then PROFILE=release; fi
   step "build sotto-relay and the sotto CLI ($PROFILE)"
-  cargo build --locked -p sotto-relay -p sotto-sdk --bins "${PROFILE_FLAG[@]}"
+  if [ "$PROFILE" = release ]; then cargo build --locked --release -p sotto-relay -p sotto-sdk --bins
+  else build_workspace_debug; fi
 
   RUN_DIR=$(mktemp -d)
   start_relay "$TARGET/$PROFILE/sotto-relay" "$RUN_DIR"
