@@ -166,11 +166,7 @@ start_relay "$TARGET/$PROFILE/sotto-relay" "$RUN_DIR"
 step "sotto-relay at $SOTTO_RELAY_URL"
 
 # ---------------------------------------------------------------- tests
-timed() { # label, command...
-  local t0=$SECONDS
-  "${@:2}"
-  echo "bindings: $1 passed in $((SECONDS - t0)) s"
-}
+timed() { timed_run bindings "$@"; } # label, command...
 
 if run python; then
   step "Python tests"

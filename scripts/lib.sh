@@ -13,6 +13,17 @@ step_header() { # prefix, what...
   printf '\n==> [%dm%02ds] %s%s\n' $((t / 60)) $((t % 60)) "$prefix" "$*"
 }
 
+# Runs a test command and reports how long it took; returns the command's status, also
+# when the caller tests it (`timed_run … || status=$?` turns `set -e` off inside).
+timed_run() { # prefix, label, command...
+  local prefix=$1 label=$2 t0=$SECONDS rc=0
+  shift 2
+  "$@" || rc=$?
+  if [ "$rc" = 0 ]; then echo "$prefix: $label passed in $((SECONDS - t0)) s"
+  else echo "$prefix: $label FAILED (exit $rc) after $((SECONDS - t0)) s" >&2; fi
+  return "$rc"
+}
+
 # Builds the workspace's libraries (the sotto-ffi cdylib among them), binaries (the relay,
 # the CLI, uniffi-bindgen) and tests in debug: the selection `cargo test --workspace`
 # builds, so dependencies get the same features and nothing is compiled twice. (`cargo

@@ -82,11 +82,7 @@ NODE_WS=()
 if [ -n "$SOTTO_NODE" ] && "$SOTTO_NODE" -e 'process.exit(typeof WebSocket === "undefined" ? 0 : 1)'; then
   NODE_WS=(--experimental-websocket)
 fi
-timed() { # label, command...
-  local t0=$SECONDS
-  "${@:2}"
-  echo "wasm: $1 passed in $((SECONDS - t0)) s"
-}
+timed() { timed_run wasm "$@"; } # label, command...
 
 # ---------------------------------------------------------------- build
 WEB_WASM=$GEN/web/sotto_wasm_bg.wasm

@@ -100,6 +100,14 @@ test('the web demo chats with the native CLI', { timeout: 10 * 60 * 1000 }, asyn
     await byId('message-input').fill('hello from the browser');
     await byId('send').click();
     await page.locator('li[data-direction="out"]', { hasText: 'hello from the browser' }).waitFor();
+    // The relay has stored it once the page marks it sent; only then is a `sotto receive`
+    // that finds nothing a failure.
+    step = 'the relay stores the page\'s message';
+    await page
+      .locator('li[data-direction="out"][data-status="sent"], li[data-direction="out"][data-status="delivered"]', {
+        hasText: 'hello from the browser',
+      })
+      .waitFor();
 
     step = 'the CLI receives';
     let got = '';
@@ -111,7 +119,9 @@ test('the web demo chats with the native CLI', { timeout: 10 * 60 * 1000 }, asyn
     step = 'the CLI replies and the page shows it';
     assert.match(await sotto('send', pageLink, 'hello from the terminal'), /sent/);
     await page.locator('li[data-direction="in"]', { hasText: 'hello from the terminal' }).waitFor();
-    await page.locator('li[data-direction="out"][data-status="sent"], li[data-direction="out"][data-status="delivered"]').first().waitFor();
+    await page
+      .locator('li[data-direction="out"][data-status="delivered"]', { hasText: 'hello from the browser' })
+      .waitFor();
 
     mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
