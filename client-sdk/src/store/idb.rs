@@ -216,6 +216,23 @@ fn request(issued: Result<IdbRequest, JsValue>, context: &'static str) -> Result
     Ok(Request::new(issued.map_err(js(context))?))
 }
 
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// `IDBDatabase` seen through `transaction(names, mode, options)`: web-sys has the
+    /// options argument only behind `web_sys_unstable_apis`, a cfg every app that builds
+    /// the SDK would have to set.
+    #[wasm_bindgen(js_name = IDBDatabase)]
+    type IdbDatabaseWithOptions;
+
+    #[wasm_bindgen(catch, method, js_name = transaction)]
+    fn transaction(
+        this: &IdbDatabaseWithOptions,
+        names: &Array,
+        mode: IdbTransactionMode,
+        options: &Object,
+    ) -> Result<IdbTransaction, JsValue>;
+}
+
 /// A `readwrite` transaction: [`Tx::finish`] awaits `complete`; dropping it unfinished (an
 /// error, a conflict or a dropped commit future) aborts it, so nothing is written.
 struct Tx {
@@ -230,8 +247,15 @@ struct Tx {
 impl Tx {
     fn readwrite(db: &IdbDatabase, stores: &[&str]) -> Result<Self, StoreError> {
         let names: Array = stores.iter().map(|s| JsValue::from_str(s)).collect();
+        // `complete` fires only once the data is flushed to disk: the client acks a
+        // delivery after its commit, and the relay then deletes it. (Browsers without the
+        // option ignore it.)
+        let options = Object::new();
+        Reflect::set(&options, &JsValue::from_str("durability"), &JsValue::from_str("strict"))
+            .map_err(js("transaction options"))?;
         let tx = db
-            .transaction_with_str_sequence_and_mode(&names, IdbTransactionMode::Readwrite)
+            .unchecked_ref::<IdbDatabaseWithOptions>()
+            .transaction(&names, IdbTransactionMode::Readwrite, &options)
             .map_err(js("transaction"))?;
         let (sender, done) = oneshot::channel();
         let signal: Signal = Rc::new(Cell::new(Some(sender)));

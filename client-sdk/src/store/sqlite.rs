@@ -65,12 +65,17 @@ fn to_i64(v: u64) -> i64 {
 
 impl SqliteStore {
     /// Opens (creating it if needed) the database file at `path`.
+    ///
+    /// `synchronous=FULL`: a commit is on disk when it returns. The client acks deliveries
+    /// after committing them (the relay then deletes them), and sends what a committed
+    /// ratchet step encrypted; a commit rolled back by a power loss would lose a message,
+    /// or encrypt the next one under a message key already used.
     pub async fn open(path: &Path, key: &StoreKey) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
             .map_err(db)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -431,5 +436,32 @@ impl Store for SqliteStore {
         }
         tx.commit().await.map_err(db)?;
         Ok(committed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commits_are_durable() {
+        let dir = std::env::temp_dir().join(format!("sotto-sqlite-durable-{}", std::process::id()));
+        let store = SqliteStore::open(&dir, &StoreKey::new([3; 32])).await.unwrap();
+        let mut conn = store.pool.acquire().await.unwrap();
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        drop(conn);
+        store.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", dir.display()));
+        }
+        assert_eq!(journal, "wal");
+        assert_eq!(synchronous, 2, "synchronous=FULL");
     }
 }
