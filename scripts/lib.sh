@@ -3,14 +3,15 @@
 # scripts/wasm-tools.sh.
 # Sourced, not run. Messages go to stderr so that callers may print data on stdout.
 
-# The suite's start, shared with the scripts it runs, so each step shows when it began.
+# When the run started, so each step shows when it began: scripts/test.sh sets it for the
+# scripts it runs; a script run on its own starts its own clock.
 export SOTTO_T0=${SOTTO_T0:-$(date +%s)}
 
 # Prints a step's header with the time since the suite started: `==> [4m07s] prefix: what`.
 step_header() { # prefix, what...
   local prefix=$1 t=$(($(date +%s) - SOTTO_T0))
   shift
-  printf '\n==> [%dm%02ds] %s%s\n' $((t / 60)) $((t % 60)) "$prefix" "$*"
+  printf '\n==> [%dm%02ds] %s%s\n' $((t / 60)) $((t % 60)) "$prefix" "$*" >&2
 }
 
 # Runs a test command and reports how long it took; returns the command's status, also
@@ -19,7 +20,7 @@ timed_run() { # prefix, label, command...
   local prefix=$1 label=$2 t0=$SECONDS rc=0
   shift 2
   "$@" || rc=$?
-  if [ "$rc" = 0 ]; then echo "$prefix: $label passed in $((SECONDS - t0)) s"
+  if [ "$rc" = 0 ]; then echo "$prefix: $label passed in $((SECONDS - t0)) s" >&2
   else echo "$prefix: $label FAILED (exit $rc) after $((SECONDS - t0)) s" >&2; fi
   return "$rc"
 }

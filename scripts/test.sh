@@ -6,6 +6,9 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 # CI builds from a fresh clone: incremental state would be written and never reused.
 if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}; fi
 
+# The clock for the step headers starts here, whatever the environment held.
+SOTTO_T0=$(date +%s)
+export SOTTO_T0
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 step() { step_header '' "$@"; }

@@ -443,10 +443,30 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    /// A fresh directory, removed on drop (also when an assertion fails).
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("sotto-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[tokio::test]
-    async fn commits_are_durable() {
-        let dir = std::env::temp_dir().join(format!("sotto-sqlite-durable-{}", std::process::id()));
-        let store = SqliteStore::open(&dir, &StoreKey::new([3; 32])).await.unwrap();
+    async fn opens_in_wal_mode_with_synchronous_full() {
+        let dir = TempDir::new("sqlite-pragmas");
+        let store = SqliteStore::open(&dir.0.join("store.db"), &StoreKey::new([3; 32]))
+            .await
+            .unwrap();
         let mut conn = store.pool.acquire().await.unwrap();
         let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(&mut *conn)
@@ -458,10 +478,7 @@ mod tests {
             .unwrap();
         drop(conn);
         store.close().await;
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", dir.display()));
-        }
         assert_eq!(journal, "wal");
-        assert_eq!(synchronous, 2, "synchronous=FULL");
+        assert_eq!(synchronous, 2, "synchronous=FULL: a commit is on disk when it returns");
     }
 }
