@@ -1,8 +1,9 @@
 //! The store conformance suite on the IndexedDB store in a browser (wasm-bindgen-test,
 //! headless Chromium; see `webdriver.json`), plus the IndexedDB store's own checks: values
 //! are encrypted at rest, a reopened database keeps its data and needs its key, a
-//! conflicting or dropped commit writes nothing, two connections (two tabs) never both win
-//! a compare-and-swap, and a connection steps aside for a schema upgrade elsewhere.
+//! conflicting or dropped commit writes nothing, commits ask for strict durability, two
+//! connections (two tabs) never both win a compare-and-swap, and a connection steps aside
+//! for a schema upgrade elsewhere.
 #![cfg(target_arch = "wasm32")]
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -188,6 +189,35 @@ async fn values_are_encrypted_at_rest() {
             String::from_utf8_lossy(needle)
         );
     }
+}
+
+/// Every commit's transaction asks for strict durability: `complete` then means on disk,
+/// and only then does the client ack what it committed.
+#[wasm_bindgen_test]
+async fn commits_ask_for_strict_durability() {
+    let store = IdbStore::open(&db_name(), &StoreKey::new([9; 32])).await.unwrap();
+    // Records the options of every readwrite transaction opened until `restore()`.
+    let probe = js_sys::Function::new_no_args(
+        "const proto = IDBDatabase.prototype;
+         const original = proto.transaction;
+         const seen = [];
+         proto.transaction = function (names, mode, options) {
+           if (mode === 'readwrite') seen.push(options === undefined ? 'none' : String(options.durability));
+           return original.apply(this, arguments);
+         };
+         return { seen, restore() { proto.transaction = original; } };",
+    )
+    .call0(&JsValue::NULL)
+    .unwrap();
+    let committed = store.commit(create_account()).await;
+    let restore: js_sys::Function = Reflect::get(&probe, &"restore".into()).unwrap().unchecked_into();
+    restore.call0(&probe).unwrap();
+    committed.unwrap();
+    let seen: Vec<String> = Array::from(&Reflect::get(&probe, &"seen".into()).unwrap())
+        .iter()
+        .map(|v| v.as_string().unwrap_or_default())
+        .collect();
+    assert_eq!(seen, ["strict"]);
 }
 
 #[wasm_bindgen_test]
