@@ -32,6 +32,10 @@ const MAX_CONFLICT_RETRIES: u32 = 5;
 const SEND_WINDOW: usize = 16;
 /// Quiet time after a live message before its receipt is queued (more may follow).
 const RECEIPT_DELAY: Duration = Duration::from_millis(250);
+/// At most this many deliveries are processed before the store is synced and they are
+/// acked (one cumulative ack); fewer when no frame is waiting. Below the relay's default
+/// delivery window (64), so a batch never waits for the window to open.
+const ACK_BATCH: usize = 32;
 /// How many consumed one-time prekeys trigger a refill check.
 const REFILL_AFTER: u32 = 20;
 
@@ -502,10 +506,25 @@ impl<S: Store> Inner<S> {
     /// Commits `changes` made by `m` and applies them; on a conflict reloads `m` from
     /// the store and returns the conflict for the caller to retry.
     pub(crate) async fn commit_locked(&self, m: &mut Machine, changes: Changes) -> Result<Committed, ClientError> {
+        self.commit_locked_as(m, changes, false).await
+    }
+
+    /// [`Client::commit_locked`], deferred ([`Store::commit_deferred`]) when `deferred`.
+    async fn commit_locked_as(
+        &self,
+        m: &mut Machine,
+        changes: Changes,
+        deferred: bool,
+    ) -> Result<Committed, ClientError> {
         if changes.is_empty() {
             return Ok(Committed::default());
         }
-        match self.store.commit(changes.clone()).await {
+        let result = if deferred {
+            self.store.commit_deferred(changes.clone()).await
+        } else {
+            self.store.commit(changes.clone()).await
+        };
+        match result {
             Ok(c) => {
                 m.apply(&changes, &c);
                 Ok(c)
@@ -670,7 +689,9 @@ impl<S: Store> Inner<S> {
                 }
                 Inbound::Done { changes, events } => {
                     let consumed = changes.prekeys_removed.len() as u32;
-                    match self.commit_locked(&mut m, changes).await {
+                    // Deferred: the envelope is acked only after the next `sync`, so if a
+                    // power loss undoes this commit the relay delivers it again.
+                    match self.commit_locked_as(&mut m, changes, true).await {
                         Ok(c) => {
                             drop(m);
                             let events: Vec<Event> = events
@@ -952,11 +973,18 @@ impl<S: Store> Inner<S> {
         // Receipts go out in batches: when the mailbox backlog is done, and for live
         // messages once nothing arrived for a moment.
         let mut receipts_at: Option<Instant> = None;
+        // Deliveries processed (committed deferred) but not acked yet.
+        let mut unacked = Unacked::default();
         loop {
             if !self.fill_window(&mut tx, &mut socket, &mut anon).await {
                 return false;
             }
-            let retry_at = tx.retry_at;
+            // Paused with sends in flight, only an answer (a frame) can resume sending.
+            let retry_at = if tx.paused && !tx.in_flight.is_empty() {
+                None
+            } else {
+                tx.retry_at
+            };
             let retry = async {
                 match retry_at {
                     Some(t) => rt::sleep_until(t).await,
@@ -976,56 +1004,19 @@ impl<S: Store> Inner<S> {
                 }
             };
             let room = tx.in_flight.len() < SEND_WINDOW;
+            // Biased: frames first, so deliveries already waiting join the ack batch; the
+            // ack branch runs only when no frame is ready. The timers come last: sends and
+            // retries are pumped by `fill_window` at the top of every turn anyway.
             tokio::select! {
+                biased;
                 _ = shutdown.changed() => {
+                    let _ = self.ack(&mut socket, &mut unacked).await;
                     socket.close().await;
                     if let Some(a) = anon.as_mut() {
                         a.close().await;
                     }
                     return true;
                 }
-                _ = self.wake.notified(), if room => {}
-                _ = retry => {}
-                _ = receipts_due => {
-                    receipts_at = None;
-                    self.flush_receipts().await;
-                }
-                () = rt::sleep_until(ping_at) => {
-                    ping_at = Instant::now() + self.options.heartbeat;
-                    if socket.idle_for().is_some_and(|d| d > self.options.idle_timeout) || socket.ping().await.is_err() {
-                        return false;
-                    }
-                    if let Some(a) = anon.as_mut() {
-                        // An idle anonymous connection is closed; a new one opens for the next send.
-                        if tx.in_flight.iter().all(|f| f.anon.is_none()) {
-                            a.close().await;
-                            anon = None;
-                        } else if a.ping().await.is_err() {
-                            anon = None;
-                            tx.in_flight.retain(|f| f.anon.is_none());
-                        }
-                    }
-                    // The relay keeps a removed device's socket open but drops its mailbox:
-                    // check the account's list on every heartbeat.
-                    let _ = self.refresh_device_list(self.device.account_id()).await;
-                    if !self.machine.lock().await.is_listed() {
-                        socket.close().await;
-                        return false;
-                    }
-                }
-                frame = anon_frame => match frame {
-                    Ok(Some(Frame::SendResult(r))) => {
-                        if !self.handle_result(&mut tx, r, true).await {
-                            return false;
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        // Sends without an answer stay in the outbox and go again.
-                        anon = None;
-                        tx.in_flight.retain(|f| f.anon.is_none());
-                    }
-                },
                 frame = socket.recv() => {
                     let frame = match frame {
                         Ok(Some(f)) => f,
@@ -1037,7 +1028,9 @@ impl<S: Store> Inner<S> {
                                 // Not acked: delivered again after the reconnect.
                                 return false;
                             }
-                            if socket.send(&Frame::Ack { seq: d.seq }).await.is_err() {
+                            unacked.seq = Some(d.seq);
+                            unacked.count += 1;
+                            if unacked.count >= ACK_BATCH && !self.ack(&mut socket, &mut unacked).await {
                                 return false;
                             }
                             let (any, full) = {
@@ -1074,7 +1067,73 @@ impl<S: Store> Inner<S> {
                         _ => {}
                     }
                 }
+                frame = anon_frame => match frame {
+                    Ok(Some(Frame::SendResult(r))) => {
+                        if !self.handle_result(&mut tx, r, true).await {
+                            return false;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        // Sends without an answer stay in the outbox and go again.
+                        anon = None;
+                        tx.in_flight.retain(|f| f.anon.is_none());
+                    }
+                },
+                () = std::future::ready(()), if unacked.seq.is_some() => {
+                    if !self.ack(&mut socket, &mut unacked).await {
+                        return false;
+                    }
+                }
+                _ = self.wake.notified(), if room => {}
+                _ = retry => {}
+                _ = receipts_due => {
+                    receipts_at = None;
+                    self.flush_receipts().await;
+                }
+                () = rt::sleep_until(ping_at) => {
+                    ping_at = Instant::now() + self.options.heartbeat;
+                    if socket.idle_for().is_some_and(|d| d > self.options.idle_timeout) || socket.ping().await.is_err() {
+                        return false;
+                    }
+                    if let Some(a) = anon.as_mut() {
+                        // An idle anonymous connection is closed; a new one opens for the next send.
+                        if tx.in_flight.iter().all(|f| f.anon.is_none()) {
+                            a.close().await;
+                            anon = None;
+                        } else if a.ping().await.is_err() {
+                            anon = None;
+                            tx.in_flight.retain(|f| f.anon.is_none());
+                        }
+                    }
+                    // The relay keeps a removed device's socket open but drops its mailbox:
+                    // check the account's list on every heartbeat.
+                    let _ = self.refresh_device_list(self.device.account_id()).await;
+                    if !self.machine.lock().await.is_listed() {
+                        socket.close().await;
+                        return false;
+                    }
+                }
             }
         }
     }
+
+    /// Syncs the store, so the deliveries committed deferred are durable, then acks them
+    /// with one cumulative ack. False when either fails: the connection is dropped and the
+    /// relay delivers them again.
+    async fn ack(&self, socket: &mut Socket, unacked: &mut Unacked) -> bool {
+        let Some(seq) = unacked.seq.take() else {
+            return true;
+        };
+        unacked.count = 0;
+        self.store.sync().await.is_ok() && socket.send(&Frame::Ack { seq }).await.is_ok()
+    }
+}
+
+/// The deliveries processed on a connection and not acked yet.
+#[derive(Default)]
+struct Unacked {
+    /// The highest seq processed.
+    seq: Option<u64>,
+    count: usize,
 }

@@ -25,7 +25,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@each [$attr] $make;
             account_cas, sessions_cas_and_atomicity, prekey_delete_is_single_use,
             messages_dedupe_order_and_pages, message_status, outbox_fifo,
-            device_lists_and_conversations);
+            device_lists_and_conversations, deferred_commits_and_sync);
     };
     (@each [$attr:meta] $make:expr; $($name:ident),*) => {
         $(
@@ -115,6 +115,72 @@ pub async fn account_cas(s: &impl Store) {
     let a = s.load_account().await.unwrap().unwrap();
     assert_eq!(a.version, 2);
     assert_eq!(a.value, account(7));
+}
+
+/// A deferred commit is a commit in every way but durability: read back at once, checked
+/// and counted in the same versions as durable ones; `sync` succeeds, also with nothing
+/// to sync.
+pub async fn deferred_commits_and_sync(s: &impl Store) {
+    s.sync().await.unwrap();
+    let c = s
+        .commit_deferred(Changes {
+            account: Some(Write {
+                expected: None,
+                value: account(3),
+            }),
+            messages: vec![message(1, 9, "deferred")],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.account_version, Some(1));
+    assert_eq!(c.inserted.len(), 1);
+    // A durable commit sees the deferred one's version.
+    let stale = s
+        .commit(Changes {
+            account: Some(Write {
+                expected: None,
+                value: account(4),
+            }),
+            ..Changes::default()
+        })
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict)));
+    s.commit(Changes {
+        account: Some(Write {
+            expected: Some(1),
+            value: account(5),
+        }),
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    // And a deferred one sees the durable one's.
+    let stale = s
+        .commit_deferred(Changes {
+            account: Some(Write {
+                expected: Some(1),
+                value: account(6),
+            }),
+            ..Changes::default()
+        })
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict)));
+    s.sync().await.unwrap();
+    let a = s.load_account().await.unwrap().unwrap();
+    assert_eq!((a.version, a.value), (2, account(5)));
+    let page = s
+        .messages(
+            AccountId([9; 32]),
+            Page {
+                limit: 10,
+                before: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].text, "deferred");
 }
 
 /// Sessions are versioned; a conflicting commit writes nothing at all.

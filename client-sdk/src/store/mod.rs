@@ -355,6 +355,20 @@ pub trait Store:
     + MaybeSync
     + 'static
 {
-    /// Writes `changes` in one transaction: all of it or, on any error, none of it.
+    /// Writes `changes` in one transaction: all of it or, on any error, none of it. The
+    /// transaction is durable when this returns, and so is every earlier one.
     fn commit(&self, changes: Changes) -> impl Future<Output = Result<Committed, StoreError>> + MaybeSend;
+
+    /// Like [`Store::commit`], but a power loss may undo the transaction until the next
+    /// [`Store::sync`] or durable commit returns. For work that is redone when lost: an
+    /// inbound envelope is acked only after the `sync` that follows its commit, so the
+    /// relay delivers it again. Durable unless a backend can do better.
+    fn commit_deferred(&self, changes: Changes) -> impl Future<Output = Result<Committed, StoreError>> + MaybeSend {
+        self.commit(changes)
+    }
+
+    /// Makes every earlier commit durable.
+    fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + MaybeSend {
+        std::future::ready(Ok(()))
+    }
 }

@@ -32,13 +32,19 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS messages (ord INTEGER PRIMARY KEY AUTOINCREMENT, k BLOB NOT NULL UNIQUE, conv BLOB NOT NULL, v BLOB NOT NULL) STRICT",
     "CREATE INDEX IF NOT EXISTS messages_by_conv ON messages (conv, ord)",
     "CREATE TABLE IF NOT EXISTS outbox (ord INTEGER PRIMARY KEY AUTOINCREMENT, k BLOB NOT NULL UNIQUE, v BLOB NOT NULL) STRICT",
+    // One row whose counter `sync` bumps: a durable commit with nothing else to write.
+    "CREATE TABLE IF NOT EXISTS sync_barrier (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL) STRICT",
 ];
 
 const ACCOUNT_TAG: &[u8] = b"account";
 
 /// An encrypted SQLite store.
 pub struct SqliteStore {
+    /// Reads and durable commits (`synchronous=FULL`).
     pool: SqlitePool,
+    /// Deferred commits: one connection with `synchronous=NORMAL`, whose commits reach the
+    /// disk with the next fsync of the WAL (a durable commit's, a checkpoint's or `sync`'s).
+    deferred: SqlitePool,
     crypt: Crypt,
 }
 
@@ -66,10 +72,11 @@ fn to_i64(v: u64) -> i64 {
 impl SqliteStore {
     /// Opens (creating it if needed) the database file at `path`.
     ///
-    /// `synchronous=FULL`: a commit is on disk when it returns. The client acks deliveries
-    /// after committing them (the relay then deletes them), and sends what a committed
-    /// ratchet step encrypted; a commit rolled back by a power loss would lose a message,
-    /// or encrypt the next one under a message key already used.
+    /// `synchronous=FULL`: a commit is on disk when it returns. The client sends what a
+    /// committed ratchet step encrypted, and a step rolled back by a power loss would
+    /// encrypt the next message under a message key already used. Inbound envelopes are
+    /// committed deferred and synced before their ack (see [`Store::commit_deferred`]).
+    /// In WAL mode one fsync of the log covers every commit before it.
     pub async fn open(path: &Path, key: &StoreKey) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
             .map_err(db)?
@@ -79,20 +86,27 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(db)?;
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await.map_err(db)?;
         }
+        let deferred = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.synchronous(SqliteSynchronous::Normal))
+            .await
+            .map_err(db)?;
         Ok(Self {
             pool,
+            deferred,
             crypt: Crypt::new(&key.0),
         })
     }
 
-    /// Closes the pool.
+    /// Closes the pools.
     pub async fn close(&self) {
+        self.deferred.close().await;
         self.pool.close().await;
     }
 
@@ -304,8 +318,27 @@ async fn put_kv(tx: &mut SqliteConnection, sql: &'static str, k: Vec<u8>, v: Vec
 
 impl Store for SqliteStore {
     async fn commit(&self, changes: Changes) -> Result<Committed, StoreError> {
+        self.commit_on(&self.pool, changes).await
+    }
+
+    async fn commit_deferred(&self, changes: Changes) -> Result<Committed, StoreError> {
+        self.commit_on(&self.deferred, changes).await
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO sync_barrier (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// One commit through `pool`: its connections' `synchronous` decides the durability.
+    async fn commit_on(&self, pool: &SqlitePool, changes: Changes) -> Result<Committed, StoreError> {
         let c = &self.crypt;
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = pool.begin().await.map_err(db)?;
         let mut committed = Committed::default();
         if let Some(w) = &changes.account {
             let v = c.seal("account", ACCOUNT_TAG, &encode_account(&w.value))?;
