@@ -1005,8 +1005,10 @@ impl<S: Store> Inner<S> {
             };
             let room = tx.in_flight.len() < SEND_WINDOW;
             // Biased: frames first, so deliveries already waiting join the ack batch; the
-            // ack branch runs only when no frame is ready. The timers come last: sends and
-            // retries are pumped by `fill_window` at the top of every turn anyway.
+            // ack branch runs only when no frame is ready. The anonymous socket comes before
+            // the authenticated one: it carries at most SEND_WINDOW answers, and a long
+            // backlog must not starve them. The timers come last: sends and retries are
+            // pumped by `fill_window` at the top of every turn anyway.
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -1017,6 +1019,19 @@ impl<S: Store> Inner<S> {
                     }
                     return true;
                 }
+                frame = anon_frame => match frame {
+                    Ok(Some(Frame::SendResult(r))) => {
+                        if !self.handle_result(&mut tx, r, true).await {
+                            return false;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        // Sends without an answer stay in the outbox and go again.
+                        anon = None;
+                        tx.in_flight.retain(|f| f.anon.is_none());
+                    }
+                },
                 frame = socket.recv() => {
                     let frame = match frame {
                         Ok(Some(f)) => f,
@@ -1067,19 +1082,6 @@ impl<S: Store> Inner<S> {
                         _ => {}
                     }
                 }
-                frame = anon_frame => match frame {
-                    Ok(Some(Frame::SendResult(r))) => {
-                        if !self.handle_result(&mut tx, r, true).await {
-                            return false;
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        // Sends without an answer stay in the outbox and go again.
-                        anon = None;
-                        tx.in_flight.retain(|f| f.anon.is_none());
-                    }
-                },
                 () = std::future::ready(()), if unacked.seq.is_some() => {
                     if !self.ack(&mut socket, &mut unacked).await {
                         return false;
@@ -1126,7 +1128,12 @@ impl<S: Store> Inner<S> {
             return true;
         };
         unacked.count = 0;
-        self.store.sync().await.is_ok() && socket.send(&Frame::Ack { seq }).await.is_ok()
+        // Under the machine lock, like every commit, so it never races one.
+        let synced = {
+            let _m = self.machine.lock().await;
+            self.store.sync().await.is_ok()
+        };
+        synced && socket.send(&Frame::Ack { seq }).await.is_ok()
     }
 }
 

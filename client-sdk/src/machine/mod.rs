@@ -138,7 +138,9 @@ pub enum UndecryptableCause {
 #[non_exhaustive]
 pub enum Event {
     /// A new message in a conversation: from a contact, or a transcript of one this
-    /// account sent from another device (`status` is then `SentElsewhere`).
+    /// account sent from another device (`status` is then `SentElsewhere`). It is stored
+    /// when this is emitted, but until it is acked a power loss can undo that; the relay
+    /// then delivers it again and it is emitted again with the same id.
     MessageReceived(StoredMessage),
     /// The relay stored a message for every device.
     MessageSent {

@@ -367,7 +367,8 @@ pub trait Store:
         self.commit(changes)
     }
 
-    /// Makes every earlier commit durable.
+    /// Makes every earlier commit durable. A backend that overrides
+    /// [`Store::commit_deferred`] must override this too.
     fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + MaybeSend {
         std::future::ready(Ok(()))
     }
