@@ -509,7 +509,7 @@ impl<S: Store> Inner<S> {
         self.commit_locked_as(m, changes, false).await
     }
 
-    /// [`Client::commit_locked`], deferred ([`Store::commit_deferred`]) when `deferred`.
+    /// [`Self::commit_locked`], deferred ([`Store::commit_deferred`]) when `deferred`.
     async fn commit_locked_as(
         &self,
         m: &mut Machine,
