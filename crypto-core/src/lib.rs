@@ -18,6 +18,9 @@ mod tests;
 #[cfg(test)]
 #[path = "tests/vectors.rs"]
 mod vectors;
+#[cfg(test)]
+#[path = "tests/vectors_more.rs"]
+mod vectors_more;
 
 pub use codec::DecodeError;
 pub use device_list::{DeviceEntry, DeviceList, DeviceListChange, DeviceListError, SignedDeviceList};

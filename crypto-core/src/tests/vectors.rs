@@ -18,24 +18,24 @@ use crate::ratchet::{self, test_hooks};
 use crate::*;
 
 /// An RNG that records every byte string it hands out.
-struct Recorder {
+pub(crate) struct Recorder {
     inner: ChaCha20Rng,
     draws: Vec<Vec<u8>>,
 }
 
 impl Recorder {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self {
             inner: ChaCha20Rng::seed_from_u64(seed),
             draws: Vec::new(),
         }
     }
 
-    fn take(&mut self) -> Vec<Vec<u8>> {
+    pub(crate) fn take(&mut self) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.draws)
     }
 
-    fn take_hex(&mut self) -> Value {
+    pub(crate) fn take_hex(&mut self) -> Value {
         json!(self.take().iter().map(hex::encode).collect::<Vec<_>>())
     }
 }
@@ -63,42 +63,42 @@ impl RngCore for Recorder {
 
 impl CryptoRng for Recorder {}
 
-fn h(b: &[u8]) -> String {
+pub(crate) fn h(b: &[u8]) -> String {
     hex::encode(b)
 }
 
-fn arr32(v: &[u8]) -> [u8; 32] {
+pub(crate) fn arr32(v: &[u8]) -> [u8; 32] {
     v.try_into().unwrap()
 }
 
-fn x_record(k: &X25519PreKey) -> String {
+pub(crate) fn x_record(k: &X25519PreKey) -> String {
     let mut v = Vec::new();
     k.encode_into(&mut v);
     h(&v)
 }
 
-fn kem_record(k: &KemPreKey) -> String {
+pub(crate) fn kem_record(k: &KemPreKey) -> String {
     let mut v = Vec::new();
     k.encode_into(&mut v);
     h(&v)
 }
 
-struct Keys {
-    ak: AccountKey,
-    ak_seed: Vec<u8>,
-    device: Device,
-    dsk_seed: Vec<u8>,
-    ik_scalar: Vec<u8>,
-    list: DeviceList,
-    spk: X25519PreKeySecret,
-    spk_scalar: Vec<u8>,
-    opk: X25519PreKeySecret,
-    opk_scalar: Vec<u8>,
-    kem: KemPreKeySecret,
-    kem_seed: Vec<u8>,
+pub(crate) struct Keys {
+    pub(crate) ak: AccountKey,
+    pub(crate) ak_seed: Vec<u8>,
+    pub(crate) device: Device,
+    pub(crate) dsk_seed: Vec<u8>,
+    pub(crate) ik_scalar: Vec<u8>,
+    pub(crate) list: DeviceList,
+    pub(crate) spk: X25519PreKeySecret,
+    pub(crate) spk_scalar: Vec<u8>,
+    pub(crate) opk: X25519PreKeySecret,
+    pub(crate) opk_scalar: Vec<u8>,
+    pub(crate) kem: KemPreKeySecret,
+    pub(crate) kem_seed: Vec<u8>,
 }
 
-fn make_keys(rng: &mut Recorder) -> Keys {
+pub(crate) fn make_keys(rng: &mut Recorder) -> Keys {
     let ak = AccountKey::generate(rng);
     let ak_seed = rng.take().remove(0);
     let device = Device::generate(ak.account_id(), DeviceId(1), rng);
@@ -127,7 +127,7 @@ fn make_keys(rng: &mut Recorder) -> Keys {
     }
 }
 
-fn keys_json(k: &Keys) -> Value {
+pub(crate) fn keys_json(k: &Keys) -> Value {
     let id = k.device.identity();
     let mut identity_encoding = Vec::new();
     id.encode_into(&mut identity_encoding);
@@ -191,11 +191,34 @@ fn device_list_vectors() -> Value {
     })
 }
 
+/// Which PQXDH run: the bundle carries an OPK and a one-time ML-KEM prekey, no OPK, or no
+/// OPK and Bob's last-resort ML-KEM prekey (kind 0x04, id 9).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pqxdh {
+    WithOpk,
+    WithoutOpk,
+    LastResort,
+}
+
 /// PQXDH between Alice (initiator) and Bob, recomputed from raw inputs.
-fn pqxdh_vectors(with_opk: bool) -> (Value, Recorder, Keys, Keys, Session, Session) {
-    let mut rng = Recorder::new(if with_opk { 3 } else { 4 });
+pub(crate) fn pqxdh_vectors(variant: Pqxdh) -> (Value, Recorder, Keys, Keys, Session, Session) {
+    let with_opk = variant == Pqxdh::WithOpk;
+    let mut rng = Recorder::new(match variant {
+        Pqxdh::WithOpk => 3,
+        Pqxdh::WithoutOpk => 4,
+        Pqxdh::LastResort => 7,
+    });
     let alice = make_keys(&mut rng);
-    let bob = make_keys(&mut rng);
+    let mut bob = make_keys(&mut rng);
+    let mut last_resort = Value::Null;
+    if variant == Pqxdh::LastResort {
+        // Bob's one-time ML-KEM prekeys are exhausted: the relay serves the last-resort key.
+        let lr = bob.device.generate_kem_prekey(9, true, &mut rng);
+        let seed = rng.take().remove(0);
+        last_resort = json!({ "id": 9, "kind": 4, "seed": h(&seed), "record": kem_record(lr.public()) });
+        bob.kem = lr;
+        bob.kem_seed = seed;
+    }
     let bundle = PreKeyBundle {
         identity: bob.device.identity(),
         signed_prekey: bob.spk.public().clone(),
@@ -217,7 +240,8 @@ fn pqxdh_vectors(with_opk: bool) -> (Value, Recorder, Keys, Keys, Session, Sessi
     let bob_kem = KemSecret::from_seed(&bob.kem_seed.clone().try_into().unwrap());
     assert_eq!(*bob_kem.decapsulate(&ct), *ss);
     let ad = ratchet::session_ad(&alice.device.identity(), &bob.device.identity());
-    let first = a.encrypt(b"Hello Bob", &mut rng).unwrap();
+    let first_text = b"Hello Bob";
+    let first = a.encrypt(first_text, &mut rng).unwrap();
     let first_draws = rng.take_hex();
     let first_mk = test_hooks::take();
     let pm = PreKeyMessage::decode(&first.bytes).unwrap();
@@ -256,12 +280,13 @@ fn pqxdh_vectors(with_opk: bool) -> (Value, Recorder, Keys, Keys, Session, Sessi
         &bob.kem,
     )
     .unwrap();
-    assert_eq!(r.plaintext, b"Hello Bob");
+    assert_eq!(r.plaintext, first_text);
     assert_eq!(r.session.test_keys().0, okm[..32]);
     let bundle_bytes = bundle.encode();
-    let v = json!({
-        "description": "PQXDH: Alice initiates from Bob's bundle and sends 'Hello Bob'. Draws of initiate, in order: EK scalar, ML-KEM encapsulation randomness m, Alice's first ratchet scalar; of the first encrypt: the 16-byte header salt. root_key ‖ chain_key = HKDF-SHA256(salt = 0^32, ikm = DH1 ‖ DH2 ‖ DH3 ‖ [DH4] ‖ SS, info = 'Sotto-v1 PQXDH' ‖ TH).",
+    let mut v = json!({
+        "description": "PQXDH: Alice initiates from Bob's bundle and sends the first message. Draws of initiate, in order: EK scalar, ML-KEM encapsulation randomness m, Alice's first ratchet scalar; of the first encrypt: the 16-byte header salt. root_key ‖ chain_key = HKDF-SHA256(salt = 0^32, ikm = DH1 ‖ DH2 ‖ DH3 ‖ [DH4] ‖ SS, info = 'Sotto-v1 PQXDH' ‖ TH). Field meanings: docs/protocol.md §12.",
         "with_one_time_prekey": with_opk,
+        "kem_prekey_kind": bundle.kem_prekey.kind as u8,
         "alice": keys_json(&alice),
         "bob": keys_json(&bob),
         "bundle": h(&bundle_bytes),
@@ -273,74 +298,63 @@ fn pqxdh_vectors(with_opk: bool) -> (Value, Recorder, Keys, Keys, Session, Sessi
         "kem_shared_secret": h(&*ss),
         "session_ad": h(&ad),
         "prekey_message_prefix": h(pm.prefix),
+        "prekey_message_fields": {
+            "signed_prekey_id": pm.signed_prekey_id,
+            "one_time_prekey_id": pm.one_time_prekey_id,
+            "kem_prekey_kind": pm.kem_prekey.0 as u8,
+            "kem_prekey_id": pm.kem_prekey.1,
+        },
         "transcript_hash": h(&th),
         "root_key": h(&okm[..32]),
         "chain_key": h(&okm[32..]),
         "first_message": {
-            "plaintext": "Hello Bob",
+            "plaintext": h(first_text),
             "draws": first_draws,
             "message_key": h(&first_mk[0]),
             "message_type": first.message_type as u8,
             "bytes": h(&first.bytes),
         },
-        "used_prekeys": { "signed": r.used.signed_prekey_id, "one_time": r.used.one_time_prekey_id, "kem": r.used.kem_prekey.1 },
+        "used_prekeys": {
+            "one_time_prekey_id": r.used.one_time_prekey_id,
+            "kem_one_time_prekey_id": (r.used.kem_prekey.0 == PreKeyKind::KemOneTime).then_some(r.used.kem_prekey.1),
+        },
     });
+    if variant == Pqxdh::LastResort {
+        v["bob_last_resort_kem_prekey"] = last_resort;
+    }
     (v, rng, alice, bob, a, r.session)
 }
 
 fn ratchet_vectors() -> Value {
-    let (_, mut rng, _, _, mut a, mut b) = pqxdh_vectors(true);
+    let (pq, rng, _, _, a, b) = pqxdh_vectors(Pqxdh::WithOpk);
     test_hooks::take();
-    let mut messages = Vec::new();
-    let mut deliveries = Vec::new();
-    let send = |who: &str, s: &mut Session, text: &str, rng: &mut Recorder, out: &mut Vec<Value>| {
-        let m = s.encrypt(text.as_bytes(), rng).unwrap();
-        let draws = rng.take_hex();
-        let mk = test_hooks::take();
-        let (header, _) = ratchet::Header::parse(match m.message_type {
-            MessageType::Ratchet => &m.bytes,
-            MessageType::PreKey => PreKeyMessage::decode(&m.bytes).unwrap().message,
-        })
-        .unwrap();
-        out.push(json!({
-            "index": out.len(), "sender": who, "plaintext": text, "draws": draws,
-            "message_key": h(&mk[0]),
-            "header": { "ratchet_key": h(header.ratchet_key.as_bytes()), "pn": header.previous_chain_length, "n": header.index, "salt": h(&header.salt) },
-            "message_type": m.message_type as u8, "bytes": h(&m.bytes),
-        }));
-        m
-    };
-    let deliver = |who: &str, s: &mut Session, idx: usize, m: &OutboundMessage, out: &mut Vec<Value>| {
-        let expect = match s.decrypt(m.message_type, &m.bytes) {
-            Ok(p) => json!({"plaintext": String::from_utf8(p).unwrap()}),
-            Err(e) => json!({"error": format!("{e:?}")}),
-        };
-        out.push(json!({"receiver": who, "message": idx, "expect": expect}));
-    };
-    // Message 0 was the PQXDH first message (pqxdh_with_opk.json); Bob already has it.
-    let m1 = send("alice", &mut a, "a1", &mut rng, &mut messages);
-    let m2 = send("alice", &mut a, "a2", &mut rng, &mut messages);
-    deliver("bob", &mut b, 1, &m2, &mut deliveries);
-    deliver("bob", &mut b, 0, &m1, &mut deliveries);
-    deliver("bob", &mut b, 0, &m1, &mut deliveries);
-    let b0 = send(
-        "bob",
-        &mut b,
-        "b0 (Bob's first DH ratchet step)",
-        &mut rng,
-        &mut messages,
-    );
-    let b1 = send("bob", &mut b, "b1", &mut rng, &mut messages);
-    deliver("alice", &mut a, 3, &b1, &mut deliveries);
-    deliver("alice", &mut a, 2, &b0, &mut deliveries);
-    let a3 = send("alice", &mut a, "a3 (Alice's DH ratchet step)", &mut rng, &mut messages);
-    deliver("bob", &mut b, 4, &a3, &mut deliveries);
-    let b2 = send("bob", &mut b, "b2", &mut rng, &mut messages);
-    deliver("alice", &mut a, 5, &b2, &mut deliveries);
+    let mut script = crate::vectors_more::Script::new(rng, a, b);
+    script.push_message(json!({
+        "index": 0, "sender": "alice", "source": "pqxdh_with_opk.json first_message",
+        "plaintext": pq["first_message"]["plaintext"], "draws": pq["first_message"]["draws"],
+        "message_key": pq["first_message"]["message_key"],
+        "message_type": pq["first_message"]["message_type"], "bytes": pq["first_message"]["bytes"],
+    }));
+    script.note(json!({"action": "send", "party": "alice", "message": 0}));
+    script.note(json!({"action": "deliver", "party": "bob", "message": 0, "via": "respond", "expect": {"plaintext": pq["first_message"]["plaintext"]}}));
+    let a1 = script.send(0, "a1");
+    let a2 = script.send(0, "a2");
+    script.deliver(1, a2);
+    script.deliver(1, a1);
+    script.deliver(1, a1);
+    let b0 = script.send(1, "b0 (Bob's first DH ratchet step)");
+    let b1 = script.send(1, "b1");
+    script.deliver(0, b1);
+    script.deliver(0, b0);
+    let a3 = script.send(0, "a3 (Alice's DH ratchet step)");
+    script.deliver(1, a3);
+    let b2 = script.send(1, "b2");
+    script.deliver(0, b2);
+    let (messages, steps) = script.finish();
     json!({
-        "description": "A Double Ratchet conversation continuing pqxdh_with_opk.json (same seed; the RNG continues after Bob's response). `messages` in send order with their draws (a ratchet scalar when a DH step is due, then the header salt), message key, header fields and bytes; `deliveries` in order, with out-of-order delivery, a rejected replay and DH ratchet steps on both sides.",
+        "description": "A Double Ratchet conversation continuing pqxdh_with_opk.json (same seed; the RNG continues after Bob's response). `messages` by index (0 is the PQXDH first message) with their draws (a ratchet scalar when a DH step is due, then the header salt), message key, header fields, plaintext (hex) and bytes; `steps` is the ordered script: each send by a party and each delivery to a party with the expected plaintext or stable error (docs/protocol.md §12.2), including out-of-order delivery, a rejected replay and DH ratchet steps on both sides.",
         "messages": messages,
-        "deliveries": deliveries,
+        "steps": steps,
     })
 }
 
@@ -392,7 +406,7 @@ fn safety_vectors() -> Value {
     })
 }
 
-fn check(name: &str, v: Value) {
+pub(crate) fn check(name: &str, v: Value) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors");
     let path = format!("{dir}/{name}.json");
     let text = serde_json::to_string_pretty(&v).unwrap() + "\n";
@@ -408,8 +422,8 @@ fn check(name: &str, v: Value) {
 fn known_answer_vectors_are_unchanged() {
     check("keys", keys_vectors());
     check("device_list", device_list_vectors());
-    check("pqxdh_with_opk", pqxdh_vectors(true).0);
-    check("pqxdh_without_opk", pqxdh_vectors(false).0);
+    check("pqxdh_with_opk", pqxdh_vectors(Pqxdh::WithOpk).0);
+    check("pqxdh_without_opk", pqxdh_vectors(Pqxdh::WithoutOpk).0);
     check("ratchet", ratchet_vectors());
     check("sealed", sealed_vectors());
     check("safety_number", safety_vectors());
