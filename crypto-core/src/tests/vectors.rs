@@ -1,7 +1,8 @@
 //! Known-answer vectors: `crypto-core/tests/vectors/*.json`, generated from fixed seeds.
-//! The test regenerates every file and asserts it is unchanged; set
-//! `SOTTO_WRITE_VECTORS=1` to rewrite them after a deliberate format change (and
-//! update docs/protocol.md in the same commit).
+//! The test regenerates every file and asserts it is unchanged; after a deliberate
+//! format change rewrite them (and update docs/protocol.md §12 in the same commit) with
+//! `SOTTO_WRITE_VECTORS=1 cargo test -p sotto-crypto --lib vectors -- --test-threads=1`.
+//! More files are generated in `vectors_more.rs`.
 //!
 //! Every random value an operation consumed is exported in draw order (`draws`), with
 //! private keys in raw form: X25519 scalars as stored, Ed25519 32-byte seeds, ML-KEM
@@ -329,10 +330,13 @@ fn ratchet_vectors() -> Value {
     let (pq, rng, _, _, a, b) = pqxdh_vectors(Pqxdh::WithOpk);
     test_hooks::take();
     let mut script = crate::vectors_more::Script::new(rng, a, b);
+    let first = hex::decode(pq["first_message"]["bytes"].as_str().unwrap()).unwrap();
+    let (header, _) = ratchet::Header::parse(PreKeyMessage::decode(&first).unwrap().message).unwrap();
     script.push_message(json!({
         "index": 0, "sender": "alice", "source": "pqxdh_with_opk.json first_message",
         "plaintext": pq["first_message"]["plaintext"], "draws": pq["first_message"]["draws"],
         "message_key": pq["first_message"]["message_key"],
+        "header": { "ratchet_key": h(header.ratchet_key.as_bytes()), "pn": header.previous_chain_length, "n": header.index, "salt": h(&header.salt) },
         "message_type": pq["first_message"]["message_type"], "bytes": pq["first_message"]["bytes"],
     }));
     script.note(json!({"action": "send", "party": "alice", "message": 0}));

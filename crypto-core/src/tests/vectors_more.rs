@@ -438,7 +438,6 @@ fn pqxdh_error_vectors() -> Value {
         &header_one,
         true,
     );
-    drop(respond_case);
 
     // A bundle whose SPK is a small-order point, validly signed by Bob's DSK.
     let mut bad_bundle = bundle.clone();
@@ -1021,6 +1020,14 @@ fn vectors_are_self_describing() {
         "Authentication",
         "WrongType",
         "UnsupportedFormat",
+        "BadSenderSignature",
+        "TooLarge",
+        "BadRecipientCount",
+        "WrongAccount",
+        "BadDeviceCount",
+        "DuplicateDevice",
+        "Rollback",
+        "Equivocation",
     ];
     fn walk(v: &Value, path: &str) {
         match v {
