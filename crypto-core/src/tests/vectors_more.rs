@@ -214,6 +214,17 @@ impl Script {
     }
 }
 
+/// A keys object with the decoded fields of its device list (`device_list_fields`).
+pub(crate) fn party_json(k: &crate::vectors::Keys) -> Value {
+    let mut v = keys_json(k);
+    v["device_list_fields"] = json!({
+        "version": k.list.version(),
+        "created_at_ms": k.list.created_at_ms(),
+        "device_ids": k.list.devices().iter().map(|d| d.device_id.0).collect::<Vec<_>>(),
+    });
+    v
+}
+
 fn bundle_of(k: &crate::vectors::Keys, with_opk: bool) -> PreKeyBundle {
     PreKeyBundle {
         identity: k.device.identity(),
@@ -492,8 +503,8 @@ fn pqxdh_error_vectors() -> Value {
     );
     json!({
         "description": "PQXDH and pre-key session errors (docs/protocol.md §5, §6.2, §6.17). Alice initiates twice from Bob's bundle (`prekey_messages`, each with the draws of initiate and of its first encrypt). `cases` run one operation each: respond to a (possibly altered) message with the named responder prekeys, initiate from an altered bundle (draws consumed before the failure), or decrypt a pre-key message on the session a message created (Alice's: by initiate and its first encrypt; Bob's: by respond).",
-        "alice": keys_json(&alice),
-        "bob": keys_json(&bob),
+        "alice": party_json(&alice),
+        "bob": party_json(&bob),
         "bundle": h(&bundle.encode()),
         "prekey_messages": messages,
         "cases": cases,
@@ -626,7 +637,7 @@ fn pickle_vectors() -> Value {
     json!({
         "description": "One pickle of each type of docs/protocol.md §9 under `pickle_key`: the nonce drawn, the decrypted `inner` (format ‖ fields) and the exact bytes. Types 1, 2, 4 and 5 hold the keys of `keys` (account key, device, signed prekey, ML-KEM prekey); type 3 holds a responder session. `failures` MUST fail to load as the type given with the error given.",
         "pickle_key": h(&PICKLE_KEY),
-        "keys": keys_json(&k),
+        "keys": party_json(&k),
         "pickles": entries,
         "failures": failures,
     })
@@ -704,10 +715,23 @@ fn device_from(k: &Value) -> Device {
 }
 
 fn list_from(k: &Value) -> DeviceList {
-    SignedDeviceList::from_bytes(&hx(&k["device_list"]))
+    let list = SignedDeviceList::from_bytes(&hx(&k["device_list"]))
         .unwrap()
         .verify(&AccountId(a32(&k["account"]["account_id"])))
-        .unwrap()
+        .unwrap();
+    let f = &k["device_list_fields"];
+    assert_eq!(list.version(), u(&f["version"]));
+    assert_eq!(list.created_at_ms(), u(&f["created_at_ms"]));
+    let ids: Vec<u64> = list.devices().iter().map(|d| u64::from(d.device_id.0)).collect();
+    assert_eq!(
+        ids,
+        f["device_ids"].as_array().unwrap().iter().map(u).collect::<Vec<_>>()
+    );
+    list
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
 fn x_secret(v: &Value) -> X25519PreKeySecret {
