@@ -172,7 +172,7 @@ impl Drop for TestRelay {
 /// Options for tests: a seeded generator and quick reconnects.
 pub fn options(seed: u64) -> ClientOptions {
     ClientOptions {
-        rng_seed: Some(seed),
+        dangerous_rng_seed: Some(seed),
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
         heartbeat: Duration::from_secs(1),
