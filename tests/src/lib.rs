@@ -393,3 +393,57 @@ impl Device {
         Offline { dir, seed, id, device }
     }
 }
+
+/// Faults a relay operator can cause: a database restored from an earlier copy.
+pub mod faults {
+    use std::path::{Path, PathBuf};
+
+    use super::{FAILSAFE, TestRelay};
+
+    impl TestRelay {
+        /// The SQLite database file (the `-wal` and `-shm` files lie beside it).
+        fn db_file(&self) -> PathBuf {
+            PathBuf::from(self.db_url.trim_start_matches("sqlite://"))
+        }
+
+        /// Stops the relay, closes its database, runs `f` on the database file's path
+        /// (nothing has it open meanwhile) and starts the relay again on the same
+        /// address and database.
+        pub async fn stopped(&mut self, f: impl FnOnce(&Path)) {
+            self.stop().await;
+            tokio::time::timeout(FAILSAFE, self.state.store.close()).await.unwrap();
+            f(&self.db_file());
+            self.restart().await;
+        }
+    }
+
+    /// The database file and its `-wal` and `-shm` companions, as they exist.
+    fn files(db: &Path) -> Vec<PathBuf> {
+        ["", "-wal", "-shm"]
+            .iter()
+            .map(|s| PathBuf::from(format!("{}{s}", db.display())))
+            .collect()
+    }
+
+    /// Copies a stopped relay's database to `to` (a directory).
+    pub fn back_up(db: &Path, to: &Path) {
+        for f in files(db) {
+            let target = to.join(f.file_name().unwrap());
+            let _ = std::fs::remove_file(&target);
+            if f.exists() {
+                std::fs::copy(&f, target).unwrap();
+            }
+        }
+    }
+
+    /// Puts back the copy [`back_up`] made in `from`.
+    pub fn restore(db: &Path, from: &Path) {
+        for f in files(db) {
+            let _ = std::fs::remove_file(&f);
+            let saved = from.join(f.file_name().unwrap());
+            if saved.exists() {
+                std::fs::copy(&saved, &f).unwrap();
+            }
+        }
+    }
+}
