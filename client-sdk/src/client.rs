@@ -737,8 +737,16 @@ impl<S: Store> Inner<S> {
             match m.receive_envelope(seq, envelope, refreshed) {
                 Inbound::Need(Need::DeviceList(a)) => {
                     drop(m);
-                    // A list that cannot be fetched or verified leaves the sender unknown.
-                    let _ = self.refresh_device_list(a).await;
+                    match self.refresh_device_list(a).await {
+                        Ok(()) => {}
+                        // Final: the relay knows no such account (or refuses for good), or
+                        // the list does not verify. The envelope gets its verdict.
+                        Err(ClientError::DeviceList(_)) => {}
+                        Err(ClientError::Transport(TransportError::Relay { code, .. })) if !code.is_retryable() => {}
+                        // Transient (network, timeout, a retryable relay error, the store):
+                        // no verdict. Not acked, so the relay delivers it again.
+                        Err(e) => return Err(e),
+                    }
                     refreshed = true;
                 }
                 Inbound::Need(Need::Bundles(..)) => refreshed = true,
