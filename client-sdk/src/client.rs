@@ -40,6 +40,24 @@ const RECEIPT_DELAY: Duration = Duration::from_millis(250);
 const ACK_BATCH: usize = 32;
 /// How many consumed one-time prekeys trigger a refill check.
 const REFILL_AFTER: u32 = 20;
+/// First retry delay of a pending inbound envelope (doubling up to [`PENDING_RETRY_MAX`]).
+const PENDING_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest retry delay of a pending inbound envelope.
+const PENDING_RETRY_MAX: Duration = Duration::from_secs(300);
+/// How long a pending inbound envelope waits for its sender's device list before it gets
+/// a final verdict ([`crate::machine::UndecryptableCause::DeviceListUnavailable`]).
+const PENDING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// True when a failed device-list fetch is a final answer: the relay knows no such
+/// account (or refuses for good), or the list does not verify. Anything else (network,
+/// timeout, a retryable relay error, the store) is transient.
+fn is_final(e: &ClientError) -> bool {
+    match e {
+        ClientError::DeviceList(_) => true,
+        ClientError::Transport(TransportError::Relay { code, .. }) => !code.is_retryable(),
+        _ => false,
+    }
+}
 
 /// Why a client call failed.
 #[derive(Debug, Error)]
@@ -272,6 +290,7 @@ pub(crate) async fn load_snapshot<S: Store>(store: &S) -> Result<Snapshot, Store
         recent_envelopes: store
             .processed_envelopes(crate::store::MAX_PROCESSED_ENVELOPES as u32)
             .await?,
+        pending: store.pending_inbound().await?,
     })
 }
 
@@ -292,6 +311,9 @@ pub(crate) struct Inner<S: Store> {
     receipts: Mutex<std::collections::BTreeMap<AccountId, Vec<crate::ids::MessageId>>>,
     /// Seeds every generator (the machine's, on open and on every reload; the jitter's).
     pub(crate) entropy: Entropy,
+    /// Retry attempts and next retry time of pending inbound envelopes (in memory: after
+    /// a restart they are retried at once).
+    pending_backoff: std::sync::Mutex<std::collections::HashMap<crate::store::EnvelopeDigest, (u32, Instant)>>,
 }
 
 /// A Sotto client: one device of one account, its store and its relay connection.
@@ -391,6 +413,7 @@ impl<S: Store> Client<S> {
                 link: Mutex::new(None),
                 receipts: Mutex::new(Default::default()),
                 entropy,
+                pending_backoff: Default::default(),
             }),
             shutdown,
             task: std::sync::Mutex::new(None),
@@ -739,15 +762,18 @@ impl<S: Store> Inner<S> {
                     drop(m);
                     match self.refresh_device_list(a).await {
                         Ok(()) => {}
-                        // Final: the relay knows no such account (or refuses for good), or
-                        // the list does not verify. The envelope gets its verdict.
-                        Err(ClientError::DeviceList(_)) => {}
-                        Err(ClientError::Transport(TransportError::Relay { code, .. })) if !code.is_retryable() => {}
+                        Err(e) if is_final(&e) => {}
                         // Transient (network, timeout, a retryable relay error, the store):
-                        // no verdict. Not acked, so the relay delivers it again.
-                        Err(e) => return Err(e),
+                        // no verdict. Kept in the pending-inbound table and retried.
+                        Err(e) => return self.put_aside(seq, envelope, a, e).await,
                     }
                     refreshed = true;
+                }
+                Inbound::Defer { sender } => {
+                    drop(m);
+                    return self
+                        .put_aside(seq, envelope, sender, ClientError::Store(StoreError::Conflict))
+                        .await;
                 }
                 Inbound::Need(Need::Bundles(..)) => refreshed = true,
                 Inbound::LinkRequest {
@@ -776,38 +802,173 @@ impl<S: Store> Inner<S> {
                     match self.commit_locked_as(&mut m, changes, true).await {
                         Ok(c) => {
                             drop(m);
-                            let events: Vec<Event> = events
-                                .into_iter()
-                                .filter_map(|e| match e {
-                                    Event::MessageReceived(mut msg) => {
-                                        let order = c.inserted.iter().find(|(id, _)| *id == msg.id)?.1;
-                                        msg.order = order;
-                                        Some(Event::MessageReceived(msg))
-                                    }
-                                    other => Some(other),
-                                })
-                                .collect();
-                            {
-                                let mut pending = self.receipts.lock().await;
-                                for e in &events {
-                                    if let Event::MessageReceived(msg) = e
-                                        && msg.status == crate::store::MessageStatus::Received
-                                    {
-                                        let ids = pending.entry(msg.conversation).or_default();
-                                        if ids.len() < crate::content::MAX_RECEIPTS {
-                                            ids.push(msg.id);
-                                        }
-                                    }
-                                }
-                            }
-                            self.emit(events).await;
-                            if consumed > 0
-                                && self.consumed.fetch_add(consumed, Ordering::SeqCst) + consumed >= REFILL_AFTER
-                            {
-                                self.consumed.store(0, Ordering::SeqCst);
-                                let _ = self.refill_prekeys().await;
-                            }
+                            self.after_inbound(c, events, consumed).await;
                             return Ok(());
+                        }
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps an envelope that got no verdict (`why`) in the pending-inbound table, so it
+    /// can be acked; when the table is full returns `why` (not acked: the relay keeps it).
+    async fn put_aside(
+        &self,
+        seq: u64,
+        envelope: &[u8],
+        sender: AccountId,
+        why: ClientError,
+    ) -> Result<(), ClientError> {
+        for _ in 0..=MAX_CONFLICT_RETRIES {
+            let mut m = self.machine.lock().await;
+            let Some(changes) = m.defer(seq, envelope, sender, now_ms()) else {
+                return Err(why);
+            };
+            match self.commit_locked_as(&mut m, changes, true).await {
+                Ok(_) => return Ok(()),
+                Err(ClientError::Store(StoreError::Conflict)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(why)
+    }
+
+    /// After an inbound commit: orders and emits the events, queues receipts, refills
+    /// prekeys when enough were used.
+    async fn after_inbound(&self, c: Committed, events: Vec<Event>, consumed: u32) {
+        let events: Vec<Event> = events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::MessageReceived(mut msg) => {
+                    let order = c.inserted.iter().find(|(id, _)| *id == msg.id)?.1;
+                    msg.order = order;
+                    Some(Event::MessageReceived(msg))
+                }
+                other => Some(other),
+            })
+            .collect();
+        {
+            let mut pending = self.receipts.lock().await;
+            for e in &events {
+                if let Event::MessageReceived(msg) = e
+                    && msg.status == crate::store::MessageStatus::Received
+                {
+                    let ids = pending.entry(msg.conversation).or_default();
+                    if ids.len() < crate::content::MAX_RECEIPTS {
+                        ids.push(msg.id);
+                    }
+                }
+            }
+        }
+        self.emit(events).await;
+        if consumed > 0 && self.consumed.fetch_add(consumed, Ordering::SeqCst) + consumed >= REFILL_AFTER {
+            self.consumed.store(0, Ordering::SeqCst);
+            let _ = self.refill_prekeys().await;
+        }
+    }
+
+    /// Retries the envelopes in the pending-inbound table whose time has come: the oldest
+    /// of each sender first, a sender's later ones only after it. One whose sender's list
+    /// still cannot be fetched waits longer (exponential backoff); one that waited
+    /// [`PENDING_MAX_AGE`] gets its verdict as an event. Returns false when the store failed.
+    pub(crate) async fn retry_pending(&self) -> bool {
+        if self.machine.lock().await.pending_len() == 0 {
+            return true;
+        }
+        let Ok(items) = self.store.pending_inbound().await else {
+            return false;
+        };
+        let mut blocked = std::collections::BTreeSet::new();
+        for p in items {
+            if blocked.contains(&p.sender) {
+                continue;
+            }
+            let due = {
+                let backoff = self.pending_backoff.lock().unwrap_or_else(|e| e.into_inner());
+                backoff.get(&p.digest).is_none_or(|(_, at)| *at <= Instant::now())
+            };
+            if !due {
+                blocked.insert(p.sender);
+                continue;
+            }
+            match self.retry_one(&p).await {
+                Ok(true) => {
+                    self.pending_backoff
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&p.digest);
+                }
+                Ok(false) => {
+                    blocked.insert(p.sender);
+                    let mut backoff = self.pending_backoff.lock().unwrap_or_else(|e| e.into_inner());
+                    let attempts = backoff.get(&p.digest).map_or(0, |(n, _)| *n).saturating_add(1);
+                    let delay = PENDING_RETRY_MIN
+                        .saturating_mul(1 << attempts.min(16))
+                        .min(PENDING_RETRY_MAX);
+                    backoff.insert(p.digest, (attempts, Instant::now() + delay));
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// One attempt at a pending envelope: true when it left the table.
+    async fn retry_one(&self, p: &crate::store::PendingInbound) -> Result<bool, ClientError> {
+        let mut refreshed = false;
+        let mut conflicts = 0;
+        loop {
+            let mut m = self.machine.lock().await;
+            match m.receive_pending(p, refreshed) {
+                Inbound::Need(Need::DeviceList(a)) => {
+                    drop(m);
+                    match self.refresh_device_list(a).await {
+                        Ok(()) => {}
+                        Err(e) if is_final(&e) => {}
+                        Err(_) if now_ms().saturating_sub(p.first_seen_ms) < PENDING_MAX_AGE.as_millis() as u64 => {
+                            return Ok(false);
+                        }
+                        Err(_) => {
+                            let mut m = self.machine.lock().await;
+                            let (changes, event) = m.expire_pending(p);
+                            self.commit_locked(&mut m, changes).await?;
+                            drop(m);
+                            self.emit(vec![event]).await;
+                            return Ok(true);
+                        }
+                    }
+                    refreshed = true;
+                }
+                Inbound::Need(Need::Bundles(..)) | Inbound::Defer { .. } => refreshed = true,
+                Inbound::LinkRequest {
+                    changes,
+                    sender,
+                    payload,
+                } => {
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(_) => {}
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    drop(m);
+                    let _ = self.handle_link_request(sender, &payload).await;
+                    return Ok(true);
+                }
+                Inbound::Done { changes, events } => {
+                    let consumed = changes.prekeys_removed.len() as u32;
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(c) => {
+                            drop(m);
+                            self.after_inbound(c, events, consumed).await;
+                            return Ok(true);
                         }
                         Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
                             conflicts += 1;
@@ -1054,6 +1215,9 @@ impl<S: Store> Inner<S> {
         // Another device of the account may have changed the device list meanwhile.
         let _ = self.refresh_device_list(self.device.account_id()).await;
         let _ = self.refill_prekeys().await;
+        if !self.retry_pending().await {
+            return false;
+        }
         let mut tx = Sending::default();
         let mut anon: Option<Socket> = None;
         let mut ping_at = Instant::now() + self.options.heartbeat;
@@ -1200,6 +1364,9 @@ impl<S: Store> Inner<S> {
                     let _ = self.refresh_device_list(self.device.account_id()).await;
                     if !self.machine.lock().await.is_listed() {
                         socket.close().await;
+                        return false;
+                    }
+                    if !self.retry_pending().await {
                         return false;
                     }
                 }

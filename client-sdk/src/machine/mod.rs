@@ -35,8 +35,9 @@ use thiserror::Error;
 use crate::content::{Content, ContentError, ContentKind, MAX_TEXT_LEN};
 use crate::ids::MessageId;
 use crate::store::{
-    AccountRecord, Changes, Committed, ConversationRecord, EnvelopeDigest, MAX_PROCESSED_ENVELOPES, MessageKey,
-    MessageStatus, OutboxItem, PeerDevice, PreKeyId, SessionSet, StoredMessage, Versioned, Write,
+    AccountRecord, Changes, Committed, ConversationRecord, EnvelopeDigest, MAX_PENDING_INBOUND,
+    MAX_PROCESSED_ENVELOPES, MessageKey, MessageStatus, OutboxItem, PeerDevice, PendingInbound, PreKeyId, SessionSet,
+    StoredMessage, Versioned, Write,
 };
 
 /// One active plus up to ten inactive sessions per remote device.
@@ -134,6 +135,10 @@ pub enum UndecryptableCause {
     /// A sync transcript from another account, or a text from this account.
     #[error("content kind not valid from this sender")]
     WrongSender,
+    /// The sender's device list could not be fetched for as long as an envelope may wait
+    /// (network or relay failures): no verdict on the sender could be reached.
+    #[error("the sender's device list stayed unavailable")]
+    DeviceListUnavailable,
 }
 
 /// What the app hears about.
@@ -244,6 +249,12 @@ pub enum Inbound {
     },
     /// Fetch this account's device list, feed it in, and call again with `refreshed`.
     Need(Need),
+    /// Earlier envelopes from this sender wait in the pending-inbound table: this one
+    /// goes behind them ([`Machine::defer`]), so a sender's messages keep their order.
+    Defer {
+        /// The claimed sender account.
+        sender: AccountId,
+    },
     /// Commit `changes` (which always record the seq as processed), then emit `events`
     /// and acknowledge the seq.
     Done {
@@ -271,6 +282,8 @@ pub struct Snapshot {
     pub recent_ids: Vec<MessageKey>,
     /// The digests of the most recently processed envelopes, newest first.
     pub recent_envelopes: Vec<EnvelopeDigest>,
+    /// The pending-inbound table, oldest first.
+    pub pending: Vec<PendingInbound>,
 }
 
 /// Bounded set of recently seen values (message keys, envelope digests).
@@ -320,6 +333,8 @@ pub struct Machine {
     /// Digests of processed envelopes: a second delivery of the same bytes is skipped,
     /// whatever its seq (a relay may number a mailbox again from 1).
     processed: Seen<EnvelopeDigest>,
+    /// The pending-inbound table (digest and claimed sender), oldest first.
+    pending: Vec<(EnvelopeDigest, AccountId)>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -497,6 +512,7 @@ impl Machine {
             seen,
             ids,
             processed,
+            pending: snapshot.pending.iter().map(|p| (p.digest, p.sender)).collect(),
         })
     }
 
@@ -540,6 +556,63 @@ impl Machine {
         for d in &changes.envelopes {
             self.processed.insert(*d);
         }
+        for p in &changes.pending_add {
+            if !self.pending.iter().any(|(d, _)| *d == p.digest) {
+                self.pending.push((p.digest, p.sender));
+            }
+        }
+        self.pending.retain(|(d, _)| !changes.pending_remove.contains(d));
+    }
+
+    /// How many envelopes wait in the pending-inbound table.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Puts an envelope aside in the pending-inbound table: it is recorded as processed
+    /// (a second delivery is skipped) and kept for [`Machine::receive_pending`]. `None`
+    /// when the table is full: do not acknowledge the envelope (the relay keeps it).
+    pub fn defer(&self, seq: u64, envelope: &[u8], sender: AccountId, now_ms: u64) -> Option<Changes> {
+        if self.pending.len() >= MAX_PENDING_INBOUND {
+            return None;
+        }
+        let digest = Self::envelope_digest(envelope);
+        let mut changes = self.seq_changes(seq, digest);
+        changes.pending_add.push(PendingInbound {
+            digest,
+            sender,
+            seq,
+            first_seen_ms: now_ms,
+            envelope: envelope.to_vec(),
+        });
+        Some(changes)
+    }
+
+    /// Processes a pending envelope again (the oldest of its sender). A final outcome
+    /// drops it from the table; [`Inbound::Need`] means it stays.
+    pub fn receive_pending(&mut self, p: &PendingInbound, refreshed: bool) -> Inbound {
+        let mut out = self.receive(p.seq, &p.envelope, refreshed, true);
+        match &mut out {
+            Inbound::Done { changes, .. } | Inbound::LinkRequest { changes, .. } => {
+                changes.pending_remove.push(p.digest);
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// A pending envelope waited as long as it may: it leaves the table with a verdict.
+    pub fn expire_pending(&self, p: &PendingInbound) -> (Changes, Event) {
+        (
+            Changes {
+                pending_remove: vec![p.digest],
+                ..Changes::default()
+            },
+            Event::Undecryptable {
+                sender: None,
+                cause: UndecryptableCause::DeviceListUnavailable,
+            },
+        )
     }
 
     /// This account's id.
@@ -1095,8 +1168,12 @@ impl Machine {
     /// account ([`Changes::pins`]), and a session is written only when new content
     /// decrypted: a duplicate leaves every session as it was.
     pub fn receive_envelope(&mut self, seq: u64, envelope: &[u8], refreshed: bool) -> Inbound {
+        self.receive(seq, envelope, refreshed, false)
+    }
+
+    fn receive(&mut self, seq: u64, envelope: &[u8], refreshed: bool, from_pending: bool) -> Inbound {
         let digest = Self::envelope_digest(envelope);
-        if self.processed.contains(&digest) {
+        if !from_pending && self.processed.contains(&digest) {
             return Inbound::Done {
                 changes: Changes::default(),
                 events: Vec::new(),
@@ -1113,6 +1190,11 @@ impl Machine {
                 changes: self.seq_changes(seq, digest),
                 sender,
                 payload: opened.content,
+            };
+        }
+        if !from_pending && self.pending.iter().any(|(_, a)| *a == sender.account_id) {
+            return Inbound::Defer {
+                sender: sender.account_id,
             };
         }
         let listed = self.lists.get(&sender.account_id).map(|list| list.contains(&sender));

@@ -30,6 +30,7 @@ async fn snapshot(s: &MemoryStore) -> Snapshot {
         conversations: s.conversations().await.unwrap(),
         recent_ids: s.recent_message_ids(100).await.unwrap(),
         recent_envelopes: s.processed_envelopes(100).await.unwrap(),
+        pending: s.pending_inbound().await.unwrap(),
     }
 }
 
@@ -136,6 +137,7 @@ async fn deliver_one(to: &mut Peer, others: &[&Peer], seq: u64, env: &[u8]) {
                 refreshed = true;
             }
             Inbound::Need(other) => panic!("unexpected {other:?}"),
+            Inbound::Defer { .. } => panic!("unexpected defer"),
             Inbound::LinkRequest { .. } => panic!("unexpected link request"),
             Inbound::Done { changes, events } => {
                 to.commit(changes).await;
@@ -678,7 +680,7 @@ fn debug_output_leaves_plaintext_out() {
     assert_eq!(
         format!("{changes:?}"),
         "Changes { account: false, sessions: 0, prekeys_added: 0, prekeys_removed: 0, device_lists: 0, \
-         conversations: 0, messages: 1, message_status: 0, outbox_add: 1, outbox_remove: 0, pins: 0, envelopes: 0, .. }"
+         conversations: 0, messages: 1, message_status: 0, outbox_add: 1, outbox_remove: 0, pins: 0, envelopes: 0, pending_add: 0, pending_remove: 0, .. }"
     );
     let event = Event::MessageReceived(m);
     let inbound = Inbound::Done {
@@ -688,4 +690,65 @@ fn debug_output_leaves_plaintext_out() {
     for s in [format!("{event:?}"), format!("{inbound:?}")] {
         assert!(!s.contains("secret") && !s.contains("115, 101, 99"), "{s}");
     }
+}
+
+#[tokio::test]
+async fn pending_envelopes_keep_their_senders_order_and_the_table_is_bounded() {
+    let mut alice = Peer::new(32).await;
+    let mut bob = Peer::new(33).await;
+    for i in 0..2 {
+        let (c, _) = alice.machine.queue_text(bob.id(), &format!("p{i}"), 10 + i).unwrap();
+        alice.commit(c).await;
+        send(&mut alice, &mut [&mut bob]).await;
+    }
+    let envs = std::mem::take(&mut bob.inbox);
+    // The first needs Alice's list, which cannot be fetched now: put aside.
+    let Inbound::Need(Need::DeviceList(a)) = bob.machine.receive_envelope(1, &envs[0], false) else {
+        panic!()
+    };
+    let c = bob.machine.defer(1, &envs[0], a, 1000).unwrap();
+    bob.commit(c).await;
+    // The second goes behind it, whatever the list.
+    let alice_list = alice.machine.own_device_list().unwrap().signed().as_bytes().to_vec();
+    let (c, _) = bob.machine.receive_device_list(&alice.id(), &alice_list).unwrap();
+    bob.commit(c).await;
+    let Inbound::Defer { sender } = bob.machine.receive_envelope(2, &envs[1], false) else {
+        panic!()
+    };
+    let c = bob.machine.defer(2, &envs[1], sender, 1001).unwrap();
+    bob.commit(c).await;
+    // A redelivery is skipped (it is recorded as processed).
+    let Inbound::Done { changes, .. } = bob.machine.receive_envelope(1, &envs[0], false) else {
+        panic!()
+    };
+    assert!(changes.is_empty());
+    // Retried in order, each leaves the table.
+    for p in bob.store.pending_inbound().await.unwrap() {
+        let Inbound::Done { changes, events } = bob.machine.receive_pending(&p, false) else {
+            panic!()
+        };
+        bob.commit(changes).await;
+        bob.events.extend(events);
+    }
+    assert_eq!(texts(&bob.events), ["p0", "p1"]);
+    assert!(bob.store.pending_inbound().await.unwrap().is_empty());
+    assert_eq!(bob.machine.pending_len(), 0);
+    // Expiry gives a verdict; a full table refuses.
+    let c = bob.machine.defer(3, b"x", alice.id(), 5).unwrap();
+    bob.commit(c).await;
+    let p = bob.store.pending_inbound().await.unwrap().remove(0);
+    let (c, event) = bob.machine.expire_pending(&p);
+    bob.commit(c).await;
+    assert!(matches!(
+        event,
+        Event::Undecryptable {
+            cause: UndecryptableCause::DeviceListUnavailable,
+            ..
+        }
+    ));
+    for i in 0..crate::store::MAX_PENDING_INBOUND {
+        let c = bob.machine.defer(10, &i.to_le_bytes(), alice.id(), 5).unwrap();
+        bob.commit(c).await;
+    }
+    assert!(bob.machine.defer(10, b"one more", alice.id(), 5).is_none());
 }

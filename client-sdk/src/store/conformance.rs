@@ -10,7 +10,7 @@ use sotto_crypto::{AccountId, AccountKey, Device, DeviceId};
 
 use super::{
     AccountRecord, Changes, ConversationRecord, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStatus, OutboxItem, Page,
-    SessionSet, Store, StoreError, StoredMessage, Write,
+    PendingInbound, SessionSet, Store, StoreError, StoredMessage, Write,
 };
 use crate::ids::MessageId;
 
@@ -29,7 +29,8 @@ macro_rules! store_conformance_tests {
             messages_dedupe_order_and_pages, message_status, outbox_fifo,
             device_lists_and_conversations, deferred_commits_and_sync,
             message_keys_are_scoped_to_conversation_and_sender, device_list_pins_only_move_forward,
-            commits_relying_on_a_moved_pin_conflict, processed_envelopes_are_kept_bounded);
+            commits_relying_on_a_moved_pin_conflict, processed_envelopes_are_kept_bounded,
+            pending_inbound_is_kept_in_order);
     };
     (@each [$attr:meta] $make:expr; $($name:ident),*) => {
         $(
@@ -652,4 +653,35 @@ pub async fn processed_envelopes_are_kept_bounded(s: &impl Store) {
     assert_eq!(kept.len(), MAX_PROCESSED_ENVELOPES);
     assert_eq!(kept[0], digest(MAX_PROCESSED_ENVELOPES + 3));
     assert!(!kept.contains(&digest(3)));
+}
+
+/// Pending envelopes come back oldest first, once per digest, and go by digest.
+pub async fn pending_inbound_is_kept_in_order(s: &impl Store) {
+    let p = |n: u8| PendingInbound {
+        digest: [n; 32],
+        sender: AccountId([n % 2; 32]),
+        seq: u64::from(n),
+        first_seen_ms: 1000 + u64::from(n),
+        envelope: vec![n; 300],
+    };
+    s.commit(Changes {
+        pending_add: vec![p(3), p(1)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    s.commit(Changes {
+        pending_add: vec![p(3), p(2)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.pending_inbound().await.unwrap(), vec![p(3), p(1), p(2)]);
+    s.commit(Changes {
+        pending_remove: vec![[1; 32], [9; 32]],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.pending_inbound().await.unwrap(), vec![p(3), p(2)]);
 }

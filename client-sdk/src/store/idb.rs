@@ -17,7 +17,8 @@
 //!                                             v = message; unique index by_k (k), index by_conv ([conv, ord])
 //! outbox         ord       {ord, k, v}        k = tag(message id), v = item; unique index by_k (k)
 //! processed      ord       {ord, k, v}        k = tag(envelope digest), v = digest; unique index by_k (k)
-//!                                             (schema version 2)
+//! pending        ord       {ord, k, v}        k = tag(envelope digest), v = pending envelope; unique index by_k (k)
+//!                                             (processed and pending: schema version 2)
 //!
 //! tag(x) = HMAC-SHA256(index key, store name ‖ 0x00 ‖ x), a binary key (Uint8Array)
 //! ```
@@ -62,13 +63,14 @@ use web_sys::{
 use super::StoreKey;
 use super::crypt::Crypt;
 use super::records::{
-    decode_account, decode_message, decode_outbox, decode_peer, decode_sessions, encode_account, encode_message,
-    encode_outbox, encode_peer, encode_sessions,
+    decode_account, decode_message, decode_outbox, decode_peer, decode_pending, decode_sessions, encode_account,
+    encode_message, encode_outbox, encode_peer, encode_pending, encode_sessions,
 };
 use super::{
     AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, InboundStore,
-    MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore, Page, PeerDevice, PreKeyId,
-    PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned, check_pin, check_pin_write,
+    MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore, Page, PeerDevice,
+    PendingInbound, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned,
+    check_pin, check_pin_write,
 };
 use crate::ids::MessageId;
 
@@ -84,6 +86,7 @@ const CONVERSATIONS: &str = "conversations";
 const MESSAGES: &str = "messages";
 const OUTBOX: &str = "outbox";
 const PROCESSED: &str = "processed";
+const PENDING: &str = "pending";
 const BY_K: &str = "by_k";
 const BY_CONV: &str = "by_conv";
 
@@ -96,6 +99,7 @@ const KEY_CHECK_PLAIN: &[u8] = b"Sotto-v1 IndexedDB store key check";
 const MESSAGE_ORDER: &[u8] = b"message order";
 const OUTBOX_ORDER: &[u8] = b"outbox order";
 const PROCESSED_ORDER: &[u8] = b"processed order";
+const PENDING_ORDER: &[u8] = b"pending order";
 
 /// The largest integer a JavaScript number holds exactly.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
@@ -396,12 +400,14 @@ fn upgrade(db: &IdbDatabase, old: f64) -> Result<(), JsValue> {
         outbox.create_index_with_str_and_optional_parameters(BY_K, "k", &unique)?;
     }
     if old < 2.0 {
-        let params = IdbObjectStoreParameters::new();
-        params.set_key_path(&JsValue::from_str("ord"));
-        let processed = db.create_object_store_with_optional_parameters(PROCESSED, &params)?;
-        let unique = IdbIndexParameters::new();
-        unique.set_unique(true);
-        processed.create_index_with_str_and_optional_parameters(BY_K, "k", &unique)?;
+        for name in [PROCESSED, PENDING] {
+            let params = IdbObjectStoreParameters::new();
+            params.set_key_path(&JsValue::from_str("ord"));
+            let store = db.create_object_store_with_optional_parameters(name, &params)?;
+            let unique = IdbIndexParameters::new();
+            unique.set_unique(true);
+            store.create_index_with_str_and_optional_parameters(BY_K, "k", &unique)?;
+        }
     }
     Ok(())
 }
@@ -696,6 +702,20 @@ impl InboundStore for IdbStore {
         }
         Ok(out)
     }
+
+    async fn pending_inbound(&self) -> Result<Vec<PendingInbound>, StoreError> {
+        let all = records(request(self.read(PENDING)?.get_all(), "getAll")?.await?)?;
+        let mut out = Vec::with_capacity(all.length() as usize);
+        for rec in all.iter() {
+            let k = bytes_field(&rec, "k")?;
+            out.push(decode_pending(&self.crypt.open(
+                PENDING,
+                &k,
+                &bytes_field(&rec, "v")?,
+            )?)?);
+        }
+        Ok(out)
+    }
 }
 
 impl OutboxStore for IdbStore {
@@ -742,6 +762,10 @@ fn scope(changes: &Changes) -> Vec<&'static str> {
     }
     if !changes.envelopes.is_empty() {
         s.insert(PROCESSED);
+        s.insert(META);
+    }
+    if !changes.pending_add.is_empty() || !changes.pending_remove.is_empty() {
+        s.insert(PENDING);
         s.insert(META);
     }
     if !changes.conversations.is_empty() {
@@ -1011,6 +1035,31 @@ impl Store for IdbStore {
                 let old = IdbKeyRange::upper_bound(&number(last - MAX_PROCESSED_ENVELOPES as u64))
                     .map_err(js("key range"))?;
                 store.delete(&old).map_err(js("delete"))?;
+            }
+        }
+        if !changes.pending_add.is_empty() || !changes.pending_remove.is_empty() {
+            let store = tx.store(PENDING)?;
+            let by_k = store.index(BY_K).map_err(js("index"))?;
+            let meta = tx.store(META)?;
+            let mut order = Counter::new(PENDING_ORDER);
+            for p in &changes.pending_add {
+                let k = c.tag(PENDING, &p.digest);
+                if request(by_k.count_with_key(&bytes(&k)), "count")?.await?.as_f64() != Some(0.0) {
+                    continue;
+                }
+                let ord = order.take(&meta).await?;
+                let v = c.seal(PENDING, &k, &encode_pending(p))?;
+                store
+                    .put(&record(&[("ord", &number(ord)), ("k", &bytes(&k)), ("v", &bytes(&v))])?)
+                    .map_err(js("put"))?;
+            }
+            order.save(&meta)?;
+            for d in &changes.pending_remove {
+                let k = c.tag(PENDING, d);
+                let ord = request(by_k.get_key(&bytes(&k)), "getKey")?.await?;
+                if !ord.is_undefined() {
+                    store.delete(&ord).map_err(js("delete"))?;
+                }
             }
         }
         tx.finish().await?;

@@ -7,8 +7,9 @@ use sotto_crypto::AccountId;
 
 use super::{
     AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, InboundStore,
-    MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore, Page, PeerDevice, PreKeyId,
-    PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned, check_pin, check_pin_write,
+    MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore, Page, PeerDevice,
+    PendingInbound, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned,
+    check_pin, check_pin_write,
 };
 
 #[derive(Default)]
@@ -25,6 +26,8 @@ struct Inner {
     next_outbox: u64,
     processed: VecDeque<EnvelopeDigest>,
     processed_set: HashSet<EnvelopeDigest>,
+    pending: BTreeMap<u64, PendingInbound>,
+    next_pending: u64,
 }
 
 /// An in-memory store. Cloning is not offered: share it behind an `Arc`.
@@ -126,6 +129,10 @@ impl InboundStore for MemoryStore {
             .copied()
             .collect())
     }
+
+    async fn pending_inbound(&self) -> Result<Vec<PendingInbound>, StoreError> {
+        Ok(self.lock().pending.values().cloned().collect())
+    }
 }
 
 impl OutboxStore for MemoryStore {
@@ -214,6 +221,17 @@ impl Store for MemoryStore {
         }
         for id in changes.outbox_remove {
             inner.outbox.retain(|_, i| i.id != id);
+        }
+        for p in changes.pending_add {
+            if inner.pending.values().any(|q| q.digest == p.digest) {
+                continue;
+            }
+            inner.next_pending += 1;
+            let n = inner.next_pending;
+            inner.pending.insert(n, p);
+        }
+        for d in changes.pending_remove {
+            inner.pending.retain(|_, q| q.digest != d);
         }
         for d in changes.envelopes {
             if inner.processed_set.insert(d) {

@@ -291,6 +291,37 @@ pub type EnvelopeDigest = [u8; 32];
 /// How many digests of processed envelopes a store keeps (the oldest are dropped).
 pub const MAX_PROCESSED_ENVELOPES: usize = 20_000;
 
+/// How many envelopes may wait in the pending-inbound table. When it is full the client
+/// stops acknowledging: the relay keeps the rest.
+pub const MAX_PENDING_INBOUND: usize = 256;
+
+/// An inbound envelope that could not be given a verdict yet (its sender's device list
+/// could not be fetched for a transient reason). It is kept, acknowledged, and retried.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingInbound {
+    /// The envelope's digest (its key).
+    pub digest: EnvelopeDigest,
+    /// The claimed sender account (retries go in order per sender).
+    pub sender: AccountId,
+    /// The mailbox seq it came with.
+    pub seq: u64,
+    /// When it was first put aside, Unix milliseconds.
+    pub first_seen_ms: u64,
+    /// The envelope bytes (sealed).
+    pub envelope: Vec<u8>,
+}
+
+/// Leaves the envelope out (its length only).
+impl std::fmt::Debug for PendingInbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingInbound")
+            .field("seq", &self.seq)
+            .field("first_seen_ms", &self.first_seen_ms)
+            .field("envelope_len", &self.envelope.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A page of a conversation: the last `limit` messages stored before `before`
 /// (an `order`), oldest first.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -345,6 +376,10 @@ pub struct Changes {
     /// Digests of the inbound envelopes this operation processed (the store keeps the
     /// last [`MAX_PROCESSED_ENVELOPES`]).
     pub envelopes: Vec<EnvelopeDigest>,
+    /// Envelopes to put in the pending-inbound table (kept if their digest is there).
+    pub pending_add: Vec<PendingInbound>,
+    /// Pending envelopes to drop, by digest (unknown ones are skipped).
+    pub pending_remove: Vec<EnvelopeDigest>,
 }
 
 /// Counts only: the values hold plaintext (texts, contents) and pickles.
@@ -363,6 +398,8 @@ impl std::fmt::Debug for Changes {
             .field("outbox_remove", &self.outbox_remove.len())
             .field("pins", &self.pins.len())
             .field("envelopes", &self.envelopes.len())
+            .field("pending_add", &self.pending_add.len())
+            .field("pending_remove", &self.pending_remove.len())
             .finish_non_exhaustive()
     }
 }
@@ -413,6 +450,8 @@ impl Changes {
             && self.outbox_add.is_empty()
             && self.outbox_remove.is_empty()
             && self.envelopes.is_empty()
+            && self.pending_add.is_empty()
+            && self.pending_remove.is_empty()
     }
 }
 
@@ -474,6 +513,8 @@ pub trait InboundStore {
         &self,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<EnvelopeDigest>, StoreError>> + MaybeSend;
+    /// The pending-inbound table, oldest first.
+    fn pending_inbound(&self) -> impl Future<Output = Result<Vec<PendingInbound>, StoreError>> + MaybeSend;
 }
 
 /// Messages waiting to be sent, oldest first.

@@ -3,7 +3,7 @@
 use sotto_crypto::codec::{DecodeError, Put, Reader};
 use sotto_crypto::{AccountId, DeviceId};
 
-use super::{AccountRecord, MessageStatus, OutboxItem, PeerDevice, SessionSet, StoredMessage};
+use super::{AccountRecord, MessageStatus, OutboxItem, PeerDevice, PendingInbound, SessionSet, StoredMessage};
 use crate::ids::MessageId;
 
 impl MessageStatus {
@@ -178,6 +178,31 @@ pub(crate) fn decode_outbox(b: &[u8]) -> Result<OutboxItem, DecodeError> {
     };
     r.finish()?;
     Ok(i)
+}
+
+pub(crate) fn encode_pending(p: &PendingInbound) -> Vec<u8> {
+    let mut o = Vec::with_capacity(96 + p.envelope.len());
+    o.put_u8(RECORD_VERSION);
+    o.put(&p.digest);
+    o.put(p.sender.as_bytes());
+    o.put_u64(p.seq);
+    o.put_u64(p.first_seen_ms);
+    o.put_var(&p.envelope);
+    o
+}
+
+pub(crate) fn decode_pending(b: &[u8]) -> Result<PendingInbound, DecodeError> {
+    let mut r = Reader::new(b);
+    r.version(RECORD_VERSION)?;
+    let p = PendingInbound {
+        digest: r.array()?,
+        sender: AccountId(r.array()?),
+        seq: r.u64()?,
+        first_seen_ms: r.u64()?,
+        envelope: r.var_bytes("envelope", MAX_BLOB)?.to_vec(),
+    };
+    r.finish()?;
+    Ok(p)
 }
 
 #[cfg(test)]

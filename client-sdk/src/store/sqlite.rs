@@ -13,13 +13,14 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use super::StoreKey;
 use super::crypt::Crypt;
 use super::records::{
-    decode_account, decode_message, decode_outbox, decode_peer, decode_sessions, encode_account, encode_message,
-    encode_outbox, encode_peer, encode_sessions,
+    decode_account, decode_message, decode_outbox, decode_peer, decode_pending, decode_sessions, encode_account,
+    encode_message, encode_outbox, encode_peer, encode_pending, encode_sessions,
 };
 use super::{
     AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, InboundStore,
-    MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore, Page, PeerDevice, PreKeyId,
-    PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned, check_pin, check_pin_write,
+    MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore, Page, PeerDevice,
+    PendingInbound, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned,
+    check_pin, check_pin_write,
 };
 
 const SCHEMA: &[&str] = &[
@@ -34,6 +35,8 @@ const SCHEMA: &[&str] = &[
     // One row whose counter `sync` bumps: a durable commit with nothing else to write.
     // Digests of processed inbound envelopes: k = tag(digest), v = sealed digest.
     "CREATE TABLE IF NOT EXISTS processed (ord INTEGER PRIMARY KEY AUTOINCREMENT, k BLOB NOT NULL UNIQUE, v BLOB NOT NULL) STRICT",
+    // Envelopes waiting for a verdict: k = tag(digest), v = sealed pending record.
+    "CREATE TABLE IF NOT EXISTS pending (ord INTEGER PRIMARY KEY AUTOINCREMENT, k BLOB NOT NULL UNIQUE, v BLOB NOT NULL) STRICT",
     "CREATE TABLE IF NOT EXISTS sync_barrier (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL) STRICT",
 ];
 
@@ -276,6 +279,20 @@ impl InboundStore for SqliteStore {
                 })
             })?;
             out.push(d);
+        }
+        Ok(out)
+    }
+
+    async fn pending_inbound(&self) -> Result<Vec<PendingInbound>, StoreError> {
+        let rows = sqlx::query("SELECT k, v FROM pending ORDER BY ord")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let k: Vec<u8> = row.try_get("k").map_err(db)?;
+            let v: Vec<u8> = row.try_get("v").map_err(db)?;
+            out.push(decode_pending(&self.crypt.open("pending", &k, &v)?)?);
         }
         Ok(out)
     }
@@ -525,6 +542,24 @@ impl SqliteStore {
                 v,
             )
             .await?;
+        }
+        for p in &changes.pending_add {
+            let k = c.tag("pending", &p.digest);
+            let v = c.seal("pending", &k, &encode_pending(p))?;
+            put_kv(
+                &mut tx,
+                "INSERT INTO pending (k, v) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                k,
+                v,
+            )
+            .await?;
+        }
+        for d in &changes.pending_remove {
+            sqlx::query("DELETE FROM pending WHERE k = ?")
+                .bind(c.tag("pending", d))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
         }
         if !changes.envelopes.is_empty() {
             sqlx::query("DELETE FROM processed WHERE ord <= (SELECT MAX(ord) FROM processed) - ?")
