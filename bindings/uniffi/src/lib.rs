@@ -177,6 +177,7 @@ pub enum SottoError {
         reason: String,
     },
     /// The operating system's random generator failed; nothing was done.
+    #[error("the operating system's random generator failed")]
     Entropy,
 }
 

@@ -72,7 +72,6 @@ use super::{
     PendingInbound, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned,
     check_pin, check_pin_write,
 };
-use crate::ids::MessageId;
 
 /// The schema version given to `indexedDB.open`; `upgrade` brings older databases to it.
 const SCHEMA_VERSION: u32 = 2;
