@@ -13,6 +13,8 @@ use sha2::Sha256;
 use sotto_crypto::pickle::Pickle;
 use sotto_crypto::{AccountId, Device, DeviceId, DeviceListError, PickleKey, SignedDeviceList};
 use sotto_proto::{ErrorCode, Frame, Send, SendOutcome};
+#[cfg(any(test, feature = "dangerous_seeded_rng"))]
+use std::sync::Mutex as StdMutex;
 use thiserror::Error;
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use zeroize::Zeroizing;
@@ -38,6 +40,24 @@ const RECEIPT_DELAY: Duration = Duration::from_millis(250);
 const ACK_BATCH: usize = 32;
 /// How many consumed one-time prekeys trigger a refill check.
 const REFILL_AFTER: u32 = 20;
+/// First retry delay of a pending inbound envelope (doubling up to [`PENDING_RETRY_MAX`]).
+const PENDING_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest retry delay of a pending inbound envelope.
+const PENDING_RETRY_MAX: Duration = Duration::from_secs(300);
+/// How long a pending inbound envelope waits for its sender's device list before it gets
+/// a final verdict ([`crate::machine::UndecryptableCause::DeviceListUnavailable`]).
+const PENDING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// True when a failed device-list fetch is a final answer: the relay knows no such
+/// account (or refuses for good), or the list does not verify. Anything else (network,
+/// timeout, a retryable relay error, the store) is transient.
+fn is_final(e: &ClientError) -> bool {
+    match e {
+        ClientError::DeviceList(_) => true,
+        ClientError::Transport(TransportError::Relay { code, .. }) => !code.is_retryable(),
+        _ => false,
+    }
+}
 
 /// Why a client call failed.
 #[derive(Debug, Error)]
@@ -73,6 +93,10 @@ pub enum ClientError {
     /// Linking did not complete.
     #[error("linking failed: {0}")]
     Link(String),
+    /// The operating system's random generator failed: nothing secret can be made, so
+    /// the operation was refused.
+    #[error("the operating system's random generator failed")]
+    Entropy,
 }
 
 impl ClientError {
@@ -91,6 +115,7 @@ impl ClientError {
             Self::UnknownContact => "unknown_contact",
             Self::BadLinkCode => "bad_link_code",
             Self::Link(_) => "link",
+            Self::Entropy => "entropy",
         }
     }
 
@@ -107,8 +132,6 @@ impl ClientError {
 /// Connection and timing options.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// Seed for the machine's generator; `None` draws one from the OS. Tests pass one.
-    pub rng_seed: Option<u64>,
     /// Client ping interval.
     pub heartbeat: Duration,
     /// Reconnect when nothing arrived for this long.
@@ -122,12 +145,24 @@ pub struct ClientOptions {
     /// PEM root certificates trusted for an `https://` relay besides the Mozilla root set,
     /// e.g. the private CA of a self-hosted relay.
     pub extra_root_certificates: Vec<Vec<u8>>,
+    /// Tests only (feature `dangerous_seeded_rng`): every generator is seeded from one
+    /// stream derived from this number instead of the OS, so runs repeat. Never in an app:
+    /// anyone who learns the number can compute every key.
+    #[cfg(any(test, feature = "dangerous_seeded_rng"))]
+    pub dangerous_rng_seed: Option<u64>,
+    /// Tests only (feature `dangerous_seeded_rng`): the entropy source itself (takes
+    /// precedence over `dangerous_rng_seed`).
+    #[cfg(any(test, feature = "dangerous_seeded_rng"))]
+    pub dangerous_entropy: Option<Entropy>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
-            rng_seed: None,
+            #[cfg(any(test, feature = "dangerous_seeded_rng"))]
+            dangerous_rng_seed: None,
+            #[cfg(any(test, feature = "dangerous_seeded_rng"))]
+            dangerous_entropy: None,
             heartbeat: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             backoff_min: Duration::from_millis(500),
@@ -167,22 +202,68 @@ pub fn parse_contact(s: &str) -> Result<AccountId, ClientError> {
     id.parse().map_err(|_| ClientError::BadContact)
 }
 
-fn os_seed() -> u64 {
-    let mut b = [0u8; 8];
-    // Without OS randomness nothing here is safe; a zero seed would be worse than
-    // refusing, but getrandom only fails on exotic platforms.
-    let _ = getrandom::getrandom(&mut b);
-    u64::from_le_bytes(b)
+type FillFn = dyn Fn(&mut [u8]) -> Result<(), ClientError> + std::marker::Send + Sync;
+
+/// Where the client's generators get their 256-bit seeds: the OS generator (getrandom)
+/// in apps. A failure is [`ClientError::Entropy`], never a zero or short seed.
+#[derive(Clone)]
+pub struct Entropy(Arc<FillFn>);
+
+impl std::fmt::Debug for Entropy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entropy").finish_non_exhaustive()
+    }
 }
 
-fn machine_rng(options: &ClientOptions) -> ChaCha20Rng {
-    match options.rng_seed {
-        Some(seed) => ChaCha20Rng::seed_from_u64(seed),
-        None => {
-            let mut seed = Zeroizing::new([0u8; 32]);
-            let _ = getrandom::getrandom(seed.as_mut_slice());
-            ChaCha20Rng::from_seed(*seed)
+impl Entropy {
+    /// The operating system's generator.
+    pub(crate) fn os() -> Self {
+        Self(Arc::new(|buf: &mut [u8]| {
+            getrandom::getrandom(buf).map_err(|_| ClientError::Entropy)
+        }))
+    }
+
+    /// Tests only: an entropy source calling `fill`.
+    #[cfg(any(test, feature = "dangerous_seeded_rng"))]
+    pub fn dangerous_from_fn(
+        fill: impl Fn(&mut [u8]) -> Result<(), ClientError> + std::marker::Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(fill))
+    }
+
+    /// Tests only: a reproducible stream derived from `seed` (anyone who knows the number
+    /// knows every key).
+    #[cfg(any(test, feature = "dangerous_seeded_rng"))]
+    pub fn dangerous_seeded(seed: u64) -> Self {
+        let mut s = [0x5e_u8; 32];
+        s[..8].copy_from_slice(&seed.to_le_bytes());
+        let stream = StdMutex::new(ChaCha20Rng::from_seed(s));
+        Self::dangerous_from_fn(move |buf| {
+            stream.lock().unwrap_or_else(|e| e.into_inner()).fill_bytes(buf);
+            Ok(())
+        })
+    }
+
+    /// The source `options` name: the OS generator unless a test set another.
+    pub(crate) fn for_options(options: &ClientOptions) -> Self {
+        #[cfg(any(test, feature = "dangerous_seeded_rng"))]
+        {
+            if let Some(e) = &options.dangerous_entropy {
+                return e.clone();
+            }
+            if let Some(seed) = options.dangerous_rng_seed {
+                return Self::dangerous_seeded(seed);
+            }
         }
+        let _ = options;
+        Self::os()
+    }
+
+    /// A generator seeded with 32 fresh bytes.
+    pub(crate) fn rng(&self) -> Result<ChaCha20Rng, ClientError> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        (self.0)(seed.as_mut_slice())?;
+        Ok(ChaCha20Rng::from_seed(*seed))
     }
 }
 
@@ -206,6 +287,10 @@ pub(crate) async fn load_snapshot<S: Store>(store: &S) -> Result<Snapshot, Store
         device_lists: store.load_device_lists().await?,
         conversations: store.conversations().await?,
         recent_ids: store.recent_message_ids(crate::machine::SEEN_IDS as u32).await?,
+        recent_envelopes: store
+            .processed_envelopes(crate::store::MAX_PROCESSED_ENVELOPES as u32)
+            .await?,
+        pending: store.pending_inbound().await?,
     })
 }
 
@@ -224,6 +309,11 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) link: Mutex<Option<crate::link::PendingLink>>,
     /// Received message ids per sender account, not yet acknowledged with a receipt.
     receipts: Mutex<std::collections::BTreeMap<AccountId, Vec<crate::ids::MessageId>>>,
+    /// Seeds every generator (the machine's, on open and on every reload; the jitter's).
+    pub(crate) entropy: Entropy,
+    /// Retry attempts and next retry time of pending inbound envelopes (in memory: after
+    /// a restart they are retried at once).
+    pending_backoff: std::sync::Mutex<std::collections::HashMap<crate::store::EnvelopeDigest, (u32, Instant)>>,
 }
 
 /// A Sotto client: one device of one account, its store and its relay connection.
@@ -265,7 +355,7 @@ impl<S: Store> Client<S> {
             return Err(ClientError::AccountExists);
         }
         let relay = Relay::with_roots(relay_url, &options.extra_root_certificates)?;
-        let mut rng = machine_rng(&options);
+        let mut rng = Entropy::for_options(&options).rng()?;
         let pk = pickle_key(&key);
         let new = Machine::new_account(relay.url(), now_ms(), &mut rng, &pk)?;
         store.commit(new.changes).await?;
@@ -285,7 +375,7 @@ impl<S: Store> Client<S> {
 
     /// Opens the account in `store` and connects.
     pub async fn open(store: S, key: StoreKey, options: ClientOptions) -> Result<Self, ClientError> {
-        let rng = machine_rng(&options);
+        let rng = Entropy::for_options(&options).rng()?;
         let mut client = Self::start(store, key, rng, options).await?;
         client.spawn();
         Ok(client)
@@ -303,7 +393,8 @@ impl<S: Store> Client<S> {
         };
         let device = Device::unpickle(&account.value.device, &pickle_key(&key)).map_err(MachineError::from)?;
         let relay = Relay::with_roots(&account.value.relay_url, &options.extra_root_certificates)?;
-        let machine = Machine::load(snapshot, pickle_key(&key), rng)?;
+        let entropy = Entropy::for_options(&options);
+        let machine = Machine::load(snapshot, pickle_key(&key), rng, entropy.rng()?)?;
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let (shutdown, _) = watch::channel(false);
         Ok(Self {
@@ -321,6 +412,8 @@ impl<S: Store> Client<S> {
                 consumed: std::sync::atomic::AtomicU32::new(0),
                 link: Mutex::new(None),
                 receipts: Mutex::new(Default::default()),
+                entropy,
+                pending_backoff: Default::default(),
             }),
             shutdown,
             task: std::sync::Mutex::new(None),
@@ -496,10 +589,12 @@ impl<S: Store> Inner<S> {
         }
     }
 
-    async fn reload(&self, m: &mut Machine) -> Result<(), ClientError> {
+    /// Loads `m` again from the store, with generators seeded afresh from the entropy
+    /// source (never from the old generator's output).
+    pub(crate) async fn reload(&self, m: &mut Machine) -> Result<(), ClientError> {
         let snapshot = load_snapshot(&self.store).await?;
-        let rng = ChaCha20Rng::seed_from_u64(m.rng().next_u64());
-        *m = Machine::load(snapshot, pickle_key(&self.key), rng)?;
+        let (rng, ids) = (self.entropy.rng()?, self.entropy.rng()?);
+        *m = Machine::load(snapshot, pickle_key(&self.key), rng, ids)?;
         Ok(())
     }
 
@@ -519,6 +614,8 @@ impl<S: Store> Inner<S> {
         if changes.is_empty() {
             return Ok(Committed::default());
         }
+        let mut changes = changes;
+        m.guard_pins(&mut changes);
         let result = if deferred {
             self.store.commit_deferred(changes.clone()).await
         } else {
@@ -663,9 +760,20 @@ impl<S: Store> Inner<S> {
             match m.receive_envelope(seq, envelope, refreshed) {
                 Inbound::Need(Need::DeviceList(a)) => {
                     drop(m);
-                    // A list that cannot be fetched or verified leaves the sender unknown.
-                    let _ = self.refresh_device_list(a).await;
+                    match self.refresh_device_list(a).await {
+                        Ok(()) => {}
+                        Err(e) if is_final(&e) => {}
+                        // Transient (network, timeout, a retryable relay error, the store):
+                        // no verdict. Kept in the pending-inbound table and retried.
+                        Err(e) => return self.put_aside(seq, envelope, a, e).await,
+                    }
                     refreshed = true;
+                }
+                Inbound::Defer { sender } => {
+                    drop(m);
+                    return self
+                        .put_aside(seq, envelope, sender, ClientError::Store(StoreError::Conflict))
+                        .await;
                 }
                 Inbound::Need(Need::Bundles(..)) => refreshed = true,
                 Inbound::LinkRequest {
@@ -694,38 +802,173 @@ impl<S: Store> Inner<S> {
                     match self.commit_locked_as(&mut m, changes, true).await {
                         Ok(c) => {
                             drop(m);
-                            let events: Vec<Event> = events
-                                .into_iter()
-                                .filter_map(|e| match e {
-                                    Event::MessageReceived(mut msg) => {
-                                        let order = c.inserted.iter().find(|(id, _)| *id == msg.id)?.1;
-                                        msg.order = order;
-                                        Some(Event::MessageReceived(msg))
-                                    }
-                                    other => Some(other),
-                                })
-                                .collect();
-                            {
-                                let mut pending = self.receipts.lock().await;
-                                for e in &events {
-                                    if let Event::MessageReceived(msg) = e
-                                        && msg.status == crate::store::MessageStatus::Received
-                                    {
-                                        let ids = pending.entry(msg.conversation).or_default();
-                                        if ids.len() < crate::content::MAX_RECEIPTS {
-                                            ids.push(msg.id);
-                                        }
-                                    }
-                                }
-                            }
-                            self.emit(events).await;
-                            if consumed > 0
-                                && self.consumed.fetch_add(consumed, Ordering::SeqCst) + consumed >= REFILL_AFTER
-                            {
-                                self.consumed.store(0, Ordering::SeqCst);
-                                let _ = self.refill_prekeys().await;
-                            }
+                            self.after_inbound(c, events, consumed).await;
                             return Ok(());
+                        }
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps an envelope that got no verdict (`why`) in the pending-inbound table, so it
+    /// can be acked; when the table is full returns `why` (not acked: the relay keeps it).
+    async fn put_aside(
+        &self,
+        seq: u64,
+        envelope: &[u8],
+        sender: AccountId,
+        why: ClientError,
+    ) -> Result<(), ClientError> {
+        for _ in 0..=MAX_CONFLICT_RETRIES {
+            let mut m = self.machine.lock().await;
+            let Some(changes) = m.defer(seq, envelope, sender, now_ms()) else {
+                return Err(why);
+            };
+            match self.commit_locked_as(&mut m, changes, true).await {
+                Ok(_) => return Ok(()),
+                Err(ClientError::Store(StoreError::Conflict)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(why)
+    }
+
+    /// After an inbound commit: orders and emits the events, queues receipts, refills
+    /// prekeys when enough were used.
+    async fn after_inbound(&self, c: Committed, events: Vec<Event>, consumed: u32) {
+        let events: Vec<Event> = events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::MessageReceived(mut msg) => {
+                    let order = c.inserted.iter().find(|(id, _)| *id == msg.id)?.1;
+                    msg.order = order;
+                    Some(Event::MessageReceived(msg))
+                }
+                other => Some(other),
+            })
+            .collect();
+        {
+            let mut pending = self.receipts.lock().await;
+            for e in &events {
+                if let Event::MessageReceived(msg) = e
+                    && msg.status == crate::store::MessageStatus::Received
+                {
+                    let ids = pending.entry(msg.conversation).or_default();
+                    if ids.len() < crate::content::MAX_RECEIPTS {
+                        ids.push(msg.id);
+                    }
+                }
+            }
+        }
+        self.emit(events).await;
+        if consumed > 0 && self.consumed.fetch_add(consumed, Ordering::SeqCst) + consumed >= REFILL_AFTER {
+            self.consumed.store(0, Ordering::SeqCst);
+            let _ = self.refill_prekeys().await;
+        }
+    }
+
+    /// Retries the envelopes in the pending-inbound table whose time has come: the oldest
+    /// of each sender first, a sender's later ones only after it. One whose sender's list
+    /// still cannot be fetched waits longer (exponential backoff); one that waited
+    /// [`PENDING_MAX_AGE`] gets its verdict as an event. Returns false when the store failed.
+    pub(crate) async fn retry_pending(&self) -> bool {
+        if self.machine.lock().await.pending_len() == 0 {
+            return true;
+        }
+        let Ok(items) = self.store.pending_inbound().await else {
+            return false;
+        };
+        let mut blocked = std::collections::BTreeSet::new();
+        for p in items {
+            if blocked.contains(&p.sender) {
+                continue;
+            }
+            let due = {
+                let backoff = self.pending_backoff.lock().unwrap_or_else(|e| e.into_inner());
+                backoff.get(&p.digest).is_none_or(|(_, at)| *at <= Instant::now())
+            };
+            if !due {
+                blocked.insert(p.sender);
+                continue;
+            }
+            match self.retry_one(&p).await {
+                Ok(true) => {
+                    self.pending_backoff
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&p.digest);
+                }
+                Ok(false) => {
+                    blocked.insert(p.sender);
+                    let mut backoff = self.pending_backoff.lock().unwrap_or_else(|e| e.into_inner());
+                    let attempts = backoff.get(&p.digest).map_or(0, |(n, _)| *n).saturating_add(1);
+                    let delay = PENDING_RETRY_MIN
+                        .saturating_mul(1 << attempts.min(16))
+                        .min(PENDING_RETRY_MAX);
+                    backoff.insert(p.digest, (attempts, Instant::now() + delay));
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// One attempt at a pending envelope: true when it left the table.
+    async fn retry_one(&self, p: &crate::store::PendingInbound) -> Result<bool, ClientError> {
+        let mut refreshed = false;
+        let mut conflicts = 0;
+        loop {
+            let mut m = self.machine.lock().await;
+            match m.receive_pending(p, refreshed) {
+                Inbound::Need(Need::DeviceList(a)) => {
+                    drop(m);
+                    match self.refresh_device_list(a).await {
+                        Ok(()) => {}
+                        Err(e) if is_final(&e) => {}
+                        Err(_) if now_ms().saturating_sub(p.first_seen_ms) < PENDING_MAX_AGE.as_millis() as u64 => {
+                            return Ok(false);
+                        }
+                        Err(_) => {
+                            let mut m = self.machine.lock().await;
+                            let (changes, event) = m.expire_pending(p);
+                            self.commit_locked(&mut m, changes).await?;
+                            drop(m);
+                            self.emit(vec![event]).await;
+                            return Ok(true);
+                        }
+                    }
+                    refreshed = true;
+                }
+                Inbound::Need(Need::Bundles(..)) | Inbound::Defer { .. } => refreshed = true,
+                Inbound::LinkRequest {
+                    changes,
+                    sender,
+                    payload,
+                } => {
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(_) => {}
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    drop(m);
+                    let _ = self.handle_link_request(sender, &payload).await;
+                    return Ok(true);
+                }
+                Inbound::Done { changes, events } => {
+                    let consumed = changes.prekeys_removed.len() as u32;
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(c) => {
+                            drop(m);
+                            self.after_inbound(c, events, consumed).await;
+                            return Ok(true);
                         }
                         Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
                             conflicts += 1;
@@ -776,7 +1019,9 @@ impl<S: Store> Inner<S> {
 
     async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = self.options.backoff_min;
-        let mut jitter = ChaCha20Rng::seed_from_u64(self.options.rng_seed.map_or_else(os_seed, |s| s ^ 0x5eed));
+        // Not the machine's generator: the delays are visible to the relay. Without
+        // entropy the delays go without jitter.
+        let mut jitter = self.entropy.rng().ok();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -807,7 +1052,10 @@ impl<S: Store> Inner<S> {
                 Err(_) => {}
             }
             let span = backoff.as_millis() as u64;
-            let delay = Duration::from_millis(span / 2 + jitter.next_u64() % (span / 2 + 1));
+            let delay = match jitter.as_mut() {
+                Some(j) => Duration::from_millis(span / 2 + j.next_u64() % (span / 2 + 1)),
+                None => backoff,
+            };
             tokio::select! {
                 () = rt::sleep(delay) => {}
                 _ = shutdown.changed() => return,
@@ -967,6 +1215,9 @@ impl<S: Store> Inner<S> {
         // Another device of the account may have changed the device list meanwhile.
         let _ = self.refresh_device_list(self.device.account_id()).await;
         let _ = self.refill_prekeys().await;
+        if !self.retry_pending().await {
+            return false;
+        }
         let mut tx = Sending::default();
         let mut anon: Option<Socket> = None;
         let mut ping_at = Instant::now() + self.options.heartbeat;
@@ -1115,6 +1366,9 @@ impl<S: Store> Inner<S> {
                         socket.close().await;
                         return false;
                     }
+                    if !self.retry_pending().await {
+                        return false;
+                    }
                 }
             }
         }
@@ -1143,4 +1397,68 @@ struct Unacked {
     /// The highest seq processed.
     seq: Option<u64>,
     count: usize,
+}
+
+#[cfg(all(test, feature = "native"))]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    /// A store holding a fresh account, and its key.
+    async fn account_store() -> (MemoryStore, StoreKey) {
+        let key = StoreKey::new([4; 32]);
+        let store = MemoryStore::new();
+        let mut rng = Entropy::dangerous_seeded(1).rng().unwrap();
+        let new = Machine::new_account("http://127.0.0.1:1", 1, &mut rng, &pickle_key(&key)).unwrap();
+        store.commit(new.changes).await.unwrap();
+        (store, key)
+    }
+
+    fn offline(entropy: Entropy) -> ClientOptions {
+        ClientOptions {
+            connect: false,
+            dangerous_entropy: Some(entropy),
+            ..ClientOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_entropy_source_is_a_typed_error_never_a_zero_seed() {
+        let (store, key) = account_store().await;
+        let failing = Entropy::dangerous_from_fn(|_| Err(ClientError::Entropy));
+        let err = Client::open(store, key, offline(failing)).await.unwrap_err();
+        assert!(matches!(err, ClientError::Entropy));
+        assert_eq!(err.code(), "entropy");
+        assert!(!err.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn every_reload_draws_32_fresh_bytes_per_generator() {
+        let (store, key) = account_store().await;
+        let draws: Arc<StdMutex<Vec<usize>>> = Arc::default();
+        let seen = draws.clone();
+        let stream = Entropy::dangerous_seeded(2);
+        let counting = Entropy::dangerous_from_fn(move |buf| {
+            seen.lock().unwrap().push(buf.len());
+            (stream.0)(buf)
+        });
+        let client = Client::open(store, key, offline(counting)).await.unwrap();
+        // Open: the key generator and the id generator.
+        assert_eq!(*draws.lock().unwrap(), [32, 32]);
+        let before = {
+            let mut m = client.inner.machine.lock().await;
+            let b = m.rng().next_u64();
+            client.inner.reload(&mut m).await.unwrap();
+            b
+        };
+        assert_eq!(*draws.lock().unwrap(), [32, 32, 32, 32]);
+        // The reloaded generator is not a function of the old one's output.
+        let mut m = client.inner.machine.lock().await;
+        let after = m.rng().next_u64();
+        let mut s = [0u8; 32];
+        s[..8].copy_from_slice(&before.to_le_bytes());
+        assert_ne!(after, ChaCha20Rng::from_seed(s).next_u64());
+    }
 }

@@ -57,7 +57,7 @@ mod rt;
 pub mod transport;
 
 #[cfg(any(feature = "native", feature = "web"))]
-pub use client::{Client, ClientError, ClientOptions, EventStream, contact_link, parse_contact};
+pub use client::{Client, ClientError, ClientOptions, Entropy, EventStream, contact_link, parse_contact};
 pub use content::{Content, ContentError, ContentKind};
 pub use ids::MessageId;
 pub use machine::{Event, Machine, MachineError, UndecryptableCause};

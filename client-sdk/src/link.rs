@@ -19,7 +19,7 @@ use std::time::Duration;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::RngCore;
 use sha2::Sha256;
 use sotto_crypto::codec::{Put, Reader};
 use sotto_crypto::pickle::Pickle;
@@ -158,14 +158,7 @@ impl<S: Store> Client<S> {
         let list = SignedDeviceList::from_bytes(&relay.get_device_list(&account).await?)
             .map_err(sotto_crypto::DeviceListError::from)?
             .verify(&account)?;
-        let mut rng = match options.rng_seed {
-            Some(s) => ChaCha20Rng::seed_from_u64(s),
-            None => {
-                let mut seed = Zeroizing::new([0u8; 32]);
-                let _ = getrandom::getrandom(seed.as_mut_slice());
-                ChaCha20Rng::from_seed(*seed)
-            }
-        };
+        let mut rng = crate::client::Entropy::for_options(&options).rng()?;
         let next_id = list
             .devices()
             .iter()

@@ -38,7 +38,7 @@ mod conformance {
     sotto_sdk::store_conformance_tests!(wasm: IdbStore::open(&db_name(), &StoreKey::new([7; 32])).await.unwrap());
 }
 
-const STORES: [&str; 8] = [
+const STORES: [&str; 10] = [
     "meta",
     "account",
     "sessions",
@@ -47,6 +47,8 @@ const STORES: [&str; 8] = [
     "conversations",
     "messages",
     "outbox",
+    "processed",
+    "pending",
 ];
 
 fn factory() -> IdbFactory {
@@ -111,6 +113,7 @@ fn account(seq: u64) -> AccountRecord {
         next_one_time_id: 101,
         next_kem_id: 21,
         last_seq: seq,
+        mailbox_epoch: None,
     }
 }
 

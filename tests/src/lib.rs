@@ -172,7 +172,7 @@ impl Drop for TestRelay {
 /// Options for tests: a seeded generator and quick reconnects.
 pub fn options(seed: u64) -> ClientOptions {
     ClientOptions {
-        rng_seed: Some(seed),
+        dangerous_rng_seed: Some(seed),
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
         heartbeat: Duration::from_secs(1),
@@ -391,5 +391,188 @@ impl Device {
         let Device { client, dir, seed, .. } = self;
         client.shutdown().await;
         Offline { dir, seed, id, device }
+    }
+}
+
+/// Faults a relay operator can cause: a database restored from an earlier copy.
+pub mod faults {
+    use std::path::{Path, PathBuf};
+
+    use super::{FAILSAFE, TestRelay};
+
+    impl TestRelay {
+        /// The SQLite database file (the `-wal` and `-shm` files lie beside it).
+        fn db_file(&self) -> PathBuf {
+            PathBuf::from(self.db_url.trim_start_matches("sqlite://"))
+        }
+
+        /// Stops the relay, closes its database, runs `f` on the database file's path
+        /// (nothing has it open meanwhile) and starts the relay again on the same
+        /// address and database.
+        pub async fn stopped(&mut self, f: impl FnOnce(&Path)) {
+            self.stop().await;
+            tokio::time::timeout(FAILSAFE, self.state.store.close()).await.unwrap();
+            f(&self.db_file());
+            self.restart().await;
+        }
+    }
+
+    /// The database file and its `-wal` and `-shm` companions, as they exist.
+    fn files(db: &Path) -> Vec<PathBuf> {
+        ["", "-wal", "-shm"]
+            .iter()
+            .map(|s| PathBuf::from(format!("{}{s}", db.display())))
+            .collect()
+    }
+
+    /// Copies a stopped relay's database to `to` (a directory).
+    pub fn back_up(db: &Path, to: &Path) {
+        for f in files(db) {
+            let target = to.join(f.file_name().unwrap());
+            let _ = std::fs::remove_file(&target);
+            if f.exists() {
+                std::fs::copy(&f, target).unwrap();
+            }
+        }
+    }
+
+    /// Puts back the copy [`back_up`] made in `from`.
+    pub fn restore(db: &Path, from: &Path) {
+        for f in files(db) {
+            let _ = std::fs::remove_file(&f);
+            let saved = from.join(f.file_name().unwrap());
+            if saved.exists() {
+                std::fs::copy(&saved, &f).unwrap();
+            }
+        }
+    }
+}
+
+/// A TCP proxy in front of a relay that answers `503 Service Unavailable` to the next few
+/// HTTP requests whose request line contains a given text (every client request opens
+/// its own connection, so each one is seen).
+pub mod proxy {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use sotto_relay::storage::Store as RelayStore;
+    use sotto_relay::{AppState, Config};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    use super::{TempDir, TestRelay};
+
+    /// What to refuse: requests whose first line contains `pattern`, `remaining` more times.
+    #[derive(Default)]
+    struct Rule {
+        pattern: String,
+        remaining: u32,
+        refused: u32,
+    }
+
+    /// The proxy; stops when dropped.
+    pub struct FlakyProxy {
+        rule: Arc<Mutex<Rule>>,
+        task: JoinHandle<()>,
+    }
+
+    impl Drop for FlakyProxy {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl FlakyProxy {
+        /// The next `n` requests whose request line contains `pattern` get a 503.
+        pub fn fail_next(&self, pattern: &str, n: u32) {
+            let mut r = self.rule.lock().unwrap();
+            r.pattern = pattern.to_owned();
+            r.remaining = n;
+        }
+
+        /// How many requests were refused so far.
+        pub fn refused(&self) -> u32 {
+            self.rule.lock().unwrap().refused
+        }
+    }
+
+    async fn serve_one(mut client: TcpStream, upstream: SocketAddr, rule: Arc<Mutex<Rule>>) {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let line_end = head.iter().position(|b| *b == b'\r').unwrap_or(head.len());
+        let line = String::from_utf8_lossy(&head[..line_end]).into_owned();
+        let refuse = {
+            let mut r = rule.lock().unwrap();
+            let hit = r.remaining > 0 && !r.pattern.is_empty() && line.contains(&r.pattern);
+            if hit {
+                r.remaining -= 1;
+                r.refused += 1;
+            }
+            hit
+        };
+        if refuse {
+            let _ = client
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+            let _ = client.shutdown().await;
+            return;
+        }
+        let Ok(mut server) = TcpStream::connect(upstream).await else {
+            return;
+        };
+        if server.write_all(&head).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    }
+
+    impl TestRelay {
+        /// A relay reached through a [`FlakyProxy`]: its public URL (which clients bind
+        /// authentication to) and [`TestRelay::url`] are the proxy's.
+        pub async fn start_behind_proxy() -> (TestRelay, FlakyProxy) {
+            let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let front_addr = front.local_addr().unwrap();
+            let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let back_addr = back.local_addr().unwrap();
+            let dir = TempDir::new("relay");
+            let db_url = format!("sqlite://{}", dir.path().join("relay.db").display());
+            let mut config = Config {
+                public_url: format!("http://{front_addr}"),
+                ..Config::default()
+            };
+            config.limits.rate_per_second = 100_000;
+            config.limits.rate_burst = 100_000;
+            let store = RelayStore::open(&db_url, 8).await.unwrap();
+            let state = AppState::new(config, store);
+            let (tx, rx) = oneshot::channel();
+            let handle = tokio::spawn(sotto_relay::run(back, state.clone(), async move {
+                let _ = rx.await;
+            }));
+            let rule: Arc<Mutex<Rule>> = Arc::default();
+            let r = rule.clone();
+            let task = tokio::spawn(async move {
+                while let Ok((c, _)) = front.accept().await {
+                    tokio::spawn(serve_one(c, back_addr, r.clone()));
+                }
+            });
+            let relay = TestRelay {
+                addr: front_addr,
+                db_url,
+                state,
+                shutdown: Some(tx),
+                handle: Some(handle),
+                _dir: Some(dir),
+                tls: false,
+            };
+            (relay, FlakyProxy { rule, task })
+        }
     }
 }

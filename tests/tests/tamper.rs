@@ -108,13 +108,15 @@ async fn flipped_replayed_and_moved_envelopes_are_refused() {
     );
     assert!(!carol.stash.iter().any(|e| matches!(e, Event::MessageReceived(_))));
 
-    // Replay: Bob processed and acknowledged "two"; the relay hands it out again.
+    // Replay: Bob processed and acknowledged "two"; the relay hands it out again, under
+    // a new seq. Bob knows the envelope's bytes: skipped like a second delivery after a
+    // lost ack, silently.
     let bob = bob.restart_offline().await;
     assert!(mailbox(&pool, (bob.id(), bob.device_id())).await.is_empty());
     inject(&pool, (bob.id(), bob.device_id()), &stored[1].1).await;
     let mut bob = bob.online().await;
     bob.wait_for(|e| matches!(e, Event::CaughtUp)).await;
-    assert_eq!(undecryptable(&bob), [UndecryptableCause::Duplicate]);
+    assert!(undecryptable(&bob).is_empty());
     assert!(!bob.stash.iter().any(|e| matches!(e, Event::MessageReceived(_))));
     assert_eq!(bob.history(&alice.id()).await.len(), 1);
 

@@ -176,6 +176,9 @@ pub enum SottoError {
         /// What failed, for logs.
         reason: String,
     },
+    /// The operating system's random generator failed; nothing was done.
+    #[error("the operating system's random generator failed")]
+    Entropy,
 }
 
 #[uniffi::export]
@@ -200,6 +203,7 @@ impl SottoError {
             Self::InvalidArgument { .. } => "invalid_argument",
             Self::Closed => "closed",
             Self::Internal { .. } => "internal",
+            Self::Entropy => "entropy",
         }
         .into()
     }
@@ -262,6 +266,7 @@ impl From<ClientError> for SottoError {
             ClientError::UnknownContact => Self::UnknownContact,
             ClientError::BadLinkCode => Self::BadLinkCode,
             ClientError::Link(reason) => Self::Link { reason },
+            ClientError::Entropy => Self::Entropy,
             other => Self::Refused {
                 reason: other.to_string(),
             },

@@ -2,7 +2,9 @@
 //! (Sesame), fan-out, device-list pinning and inbound envelope processing.
 //!
 //! No socket, file, clock or OS randomness: time is an argument and randomness comes
-//! from a seeded `ChaCha20Rng` the caller provides.
+//! from two `ChaCha20Rng`s the caller seeds from the OS: one for keys, salts and
+//! ephemerals, and a separate one for values others see in clear (message ids), so that
+//! nothing a peer receives is output of the generator that makes secrets.
 //!
 //! # Call order
 //!
@@ -20,6 +22,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use rand_chacha::ChaCha20Rng;
+use sha2::{Digest, Sha256};
 use sotto_crypto::pickle::Pickle;
 use sotto_crypto::{
     AccountId, AccountKey, DecryptError, Device, DeviceId, DeviceIdentity, DeviceList, DeviceListChange,
@@ -32,7 +35,8 @@ use thiserror::Error;
 use crate::content::{Content, ContentError, ContentKind, MAX_TEXT_LEN};
 use crate::ids::MessageId;
 use crate::store::{
-    AccountRecord, Changes, Committed, ConversationRecord, MessageStatus, OutboxItem, PeerDevice, PreKeyId, SessionSet,
+    AccountRecord, Changes, Committed, ConversationRecord, EnvelopeDigest, MAX_PENDING_INBOUND,
+    MAX_PROCESSED_ENVELOPES, MessageKey, MessageStatus, OutboxItem, PeerDevice, PendingInbound, PreKeyId, SessionSet,
     StoredMessage, Versioned, Write,
 };
 
@@ -131,6 +135,10 @@ pub enum UndecryptableCause {
     /// A sync transcript from another account, or a text from this account.
     #[error("content kind not valid from this sender")]
     WrongSender,
+    /// The sender's device list could not be fetched for as long as an envelope may wait
+    /// (network or relay failures): no verdict on the sender could be reached.
+    #[error("the sender's device list stayed unavailable")]
+    DeviceListUnavailable,
 }
 
 /// What the app hears about.
@@ -241,6 +249,12 @@ pub enum Inbound {
     },
     /// Fetch this account's device list, feed it in, and call again with `refreshed`.
     Need(Need),
+    /// Earlier envelopes from this sender wait in the pending-inbound table: this one
+    /// goes behind them ([`Machine::defer`]), so a sender's messages keep their order.
+    Defer {
+        /// The claimed sender account.
+        sender: AccountId,
+    },
     /// Commit `changes` (which always record the seq as processed), then emit `events`
     /// and acknowledge the seq.
     Done {
@@ -264,30 +278,36 @@ pub struct Snapshot {
     pub device_lists: Vec<(AccountId, Vec<u8>)>,
     /// Every conversation.
     pub conversations: Vec<ConversationRecord>,
-    /// The most recent message ids.
-    pub recent_ids: Vec<MessageId>,
+    /// The keys of the most recent messages, newest first.
+    pub recent_ids: Vec<MessageKey>,
+    /// The digests of the most recently processed envelopes, newest first.
+    pub recent_envelopes: Vec<EnvelopeDigest>,
+    /// The pending-inbound table, oldest first.
+    pub pending: Vec<PendingInbound>,
 }
 
-/// Bounded set of recently seen message ids.
-struct Seen {
-    order: VecDeque<MessageId>,
-    set: HashSet<MessageId>,
+/// Bounded set of recently seen values (message keys, envelope digests).
+struct Seen<T> {
+    order: VecDeque<T>,
+    set: HashSet<T>,
+    cap: usize,
 }
 
-impl Seen {
-    fn new() -> Self {
+impl<T: Copy + Eq + std::hash::Hash> Seen<T> {
+    fn new(cap: usize) -> Self {
         Self {
             order: VecDeque::new(),
             set: HashSet::new(),
+            cap,
         }
     }
-    fn contains(&self, id: &MessageId) -> bool {
+    fn contains(&self, id: &T) -> bool {
         self.set.contains(id)
     }
-    fn insert(&mut self, id: MessageId) {
+    fn insert(&mut self, id: T) {
         if self.set.insert(id) {
             self.order.push_back(id);
-            if self.order.len() > SEEN_IDS
+            if self.order.len() > self.cap
                 && let Some(old) = self.order.pop_front()
             {
                 self.set.remove(&old);
@@ -307,7 +327,14 @@ pub struct Machine {
     sessions: HashMap<PeerDevice, Versioned<SessionSet>>,
     prekeys: HashMap<PreKeyId, Vec<u8>>,
     conversations: BTreeSet<AccountId>,
-    seen: Seen,
+    seen: Seen<MessageKey>,
+    /// Non-secret generator: message ids.
+    ids: ChaCha20Rng,
+    /// Digests of processed envelopes: a second delivery of the same bytes is skipped,
+    /// whatever its seq (a relay may number a mailbox again from 1).
+    processed: Seen<EnvelopeDigest>,
+    /// The pending-inbound table (digest and claimed sender), oldest first.
+    pending: Vec<(EnvelopeDigest, AccountId)>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -433,6 +460,7 @@ impl Machine {
                 next_one_time_id: 1 + ONE_TIME_BATCH,
                 next_kem_id: 1 + KEM_BATCH,
                 last_seq: 0,
+                mailbox_epoch: None,
             },
         });
         changes
@@ -445,8 +473,14 @@ impl Machine {
         })
     }
 
-    /// Loads the machine from a store snapshot.
-    pub fn load(snapshot: Snapshot, pickle_key: PickleKey, rng: ChaCha20Rng) -> Result<Self, MachineError> {
+    /// Loads the machine from a store snapshot. `rng` makes every secret (keys, salts,
+    /// ephemerals) and `ids` the message ids; seed both from the OS, independently.
+    pub fn load(
+        snapshot: Snapshot,
+        pickle_key: PickleKey,
+        rng: ChaCha20Rng,
+        ids: ChaCha20Rng,
+    ) -> Result<Self, MachineError> {
         let account = snapshot.account.ok_or(MachineError::NoAccount)?;
         let account_key = AccountKey::unpickle(&account.value.account_key, &pickle_key)?;
         let device = Device::unpickle(&account.value.device, &pickle_key)?;
@@ -457,9 +491,13 @@ impl Machine {
                 .verify(&a)?;
             lists.insert(a, list);
         }
-        let mut seen = Seen::new();
+        let mut seen = Seen::new(SEEN_IDS);
         for id in snapshot.recent_ids.into_iter().rev() {
             seen.insert(id);
+        }
+        let mut processed = Seen::new(MAX_PROCESSED_ENVELOPES);
+        for d in snapshot.recent_envelopes.into_iter().rev() {
+            processed.insert(d);
         }
         Ok(Self {
             rng,
@@ -472,6 +510,9 @@ impl Machine {
             prekeys: snapshot.prekeys.into_iter().collect(),
             conversations: snapshot.conversations.into_iter().map(|c| c.peer).collect(),
             seen,
+            ids,
+            processed,
+            pending: snapshot.pending.iter().map(|p| (p.digest, p.sender)).collect(),
         })
     }
 
@@ -510,8 +551,68 @@ impl Machine {
             self.conversations.insert(c.peer);
         }
         for m in &changes.messages {
-            self.seen.insert(m.id);
+            self.seen.insert(m.key());
         }
+        for d in &changes.envelopes {
+            self.processed.insert(*d);
+        }
+        for p in &changes.pending_add {
+            if !self.pending.iter().any(|(d, _)| *d == p.digest) {
+                self.pending.push((p.digest, p.sender));
+            }
+        }
+        self.pending.retain(|(d, _)| !changes.pending_remove.contains(d));
+    }
+
+    /// How many envelopes wait in the pending-inbound table.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Puts an envelope aside in the pending-inbound table: it is recorded as processed
+    /// (a second delivery is skipped) and kept for [`Machine::receive_pending`]. `None`
+    /// when the table is full: do not acknowledge the envelope (the relay keeps it).
+    pub fn defer(&self, seq: u64, envelope: &[u8], sender: AccountId, now_ms: u64) -> Option<Changes> {
+        if self.pending.len() >= MAX_PENDING_INBOUND {
+            return None;
+        }
+        let digest = Self::envelope_digest(envelope);
+        let mut changes = self.seq_changes(seq, digest);
+        changes.pending_add.push(PendingInbound {
+            digest,
+            sender,
+            seq,
+            first_seen_ms: now_ms,
+            envelope: envelope.to_vec(),
+        });
+        Some(changes)
+    }
+
+    /// Processes a pending envelope again (the oldest of its sender). A final outcome
+    /// drops it from the table; [`Inbound::Need`] means it stays.
+    pub fn receive_pending(&mut self, p: &PendingInbound, refreshed: bool) -> Inbound {
+        let mut out = self.receive(p.seq, &p.envelope, refreshed, true);
+        match &mut out {
+            Inbound::Done { changes, .. } | Inbound::LinkRequest { changes, .. } => {
+                changes.pending_remove.push(p.digest);
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// A pending envelope waited as long as it may: it leaves the table with a verdict.
+    pub fn expire_pending(&self, p: &PendingInbound) -> (Changes, Event) {
+        (
+            Changes {
+                pending_remove: vec![p.digest],
+                ..Changes::default()
+            },
+            Event::Undecryptable {
+                sender: None,
+                cause: UndecryptableCause::DeviceListUnavailable,
+            },
+        )
     }
 
     /// This account's id.
@@ -570,9 +671,54 @@ impl Machine {
         Some(SafetyNumber::new(&self.account_key.public_key(), &theirs.account_key()))
     }
 
-    /// Draws from the machine's generator (message ids, the transport's jitter).
+    /// The machine's secret generator (keys, salts, ephemerals, link secrets). Never
+    /// use it for values sent in clear.
     pub fn rng(&mut self) -> &mut ChaCha20Rng {
         &mut self.rng
+    }
+
+    /// The machine's non-secret generator (message ids).
+    pub fn id_rng(&mut self) -> &mut ChaCha20Rng {
+        &mut self.ids
+    }
+
+    /// The relay named the mailbox's epoch (at authentication): when it is not the one
+    /// `last_seq` counts in, the relay numbers the mailbox anew, so `last_seq` restarts
+    /// from 0. Commit the changes (empty when the epoch is the stored one).
+    pub fn receive_mailbox_epoch(&self, epoch: [u8; 16]) -> Changes {
+        if self.account.value.mailbox_epoch == Some(epoch) {
+            return Changes::default();
+        }
+        let mut record = self.account.value.clone();
+        record.mailbox_epoch = Some(epoch);
+        record.last_seq = 0;
+        Changes {
+            account: Some(Write {
+                expected: Some(self.account.version),
+                value: record,
+            }),
+            ..Changes::default()
+        }
+    }
+
+    /// Adds to `changes` the pinned device-list version of every account they rely on
+    /// (sessions written, messages stored, statuses moved), so that the commit fails with
+    /// a conflict when another process pinned another list meanwhile. Accounts whose list
+    /// `changes` pins themselves are left out.
+    pub fn guard_pins(&self, changes: &mut Changes) {
+        let mut accounts: BTreeSet<AccountId> = changes.sessions.iter().map(|(p, _)| p.0).collect();
+        accounts.extend(changes.messages.iter().map(|m| m.sender.0));
+        accounts.extend(changes.message_status.iter().map(|(k, _)| k.conversation));
+        for (a, _) in &changes.device_lists {
+            accounts.remove(a);
+        }
+        for a in accounts {
+            if changes.pins.iter().any(|(p, _)| *p == a) {
+                continue;
+            }
+            let version = self.lists.get(&a).map_or(0, |l| l.version());
+            changes.pins.push((a, version));
+        }
     }
 
     /// A signed prekey of this device, for re-uploading it.
@@ -669,7 +815,7 @@ impl Machine {
                 max: MAX_TEXT_LEN,
             });
         }
-        let id = MessageId::new(now_ms, &mut self.rng);
+        let id = MessageId::new(now_ms, &mut self.ids);
         let content = Content {
             message_id: id,
             timestamp_ms: now_ms,
@@ -925,7 +1071,7 @@ impl Machine {
             return Changes::default();
         }
         let content = Content {
-            message_id: MessageId::new(now_ms, &mut self.rng),
+            message_id: MessageId::new(now_ms, &mut self.ids),
             timestamp_ms: now_ms,
             kind: ContentKind::Delivered { message_ids: ids },
         };
@@ -945,7 +1091,14 @@ impl Machine {
         let changes = Changes {
             outbox_remove: vec![item.id],
             message_status: if is_text {
-                vec![(item.id, MessageStatus::Sent)]
+                vec![(
+                    MessageKey {
+                        conversation: item.to,
+                        sender: self.account_id(),
+                        id: item.id,
+                    },
+                    MessageStatus::Sent,
+                )]
             } else {
                 Vec::new()
             },
@@ -969,7 +1122,8 @@ impl Machine {
         )
     }
 
-    fn seq_changes(&self, seq: u64) -> Changes {
+    /// Records the envelope (its digest, and its seq) as processed.
+    fn seq_changes(&self, seq: u64, digest: EnvelopeDigest) -> Changes {
         let mut record = self.account.value.clone();
         record.last_seq = record.last_seq.max(seq);
         Changes {
@@ -977,22 +1131,49 @@ impl Machine {
                 expected: Some(self.account.version),
                 value: record,
             }),
+            envelopes: vec![digest],
             ..Changes::default()
         }
     }
 
-    fn undecryptable(&self, seq: u64, sender: Option<PeerDevice>, cause: UndecryptableCause) -> Inbound {
+    fn undecryptable(
+        &self,
+        seq: u64,
+        digest: EnvelopeDigest,
+        sender: Option<PeerDevice>,
+        cause: UndecryptableCause,
+    ) -> Inbound {
         Inbound::Done {
-            changes: self.seq_changes(seq),
+            changes: self.seq_changes(seq, digest),
             events: vec![Event::Undecryptable { sender, cause }],
         }
     }
 
-    /// Processes one envelope from the mailbox (seq `seq`). Envelopes at or below the
-    /// last processed seq are skipped (a second delivery after a lost ack). Call with
+    /// The digest [`Machine::receive_envelope`] deduplicates envelopes by.
+    pub fn envelope_digest(envelope: &[u8]) -> EnvelopeDigest {
+        Sha256::digest(envelope).into()
+    }
+
+    /// True when an envelope with these bytes was processed already.
+    pub fn is_processed(&self, envelope: &[u8]) -> bool {
+        self.processed.contains(&Self::envelope_digest(envelope))
+    }
+
+    /// Processes one envelope from the mailbox (seq `seq`). An envelope whose bytes were
+    /// processed before is skipped (a second delivery after a lost ack), whatever its
+    /// seq: a relay that numbers the mailbox again from 1 loses nothing. Call with
     /// `refreshed = true` after feeding the device list a [`Need`] asked for.
+    ///
+    /// The changes of a message carry the pinned device-list version of its sender's
+    /// account ([`Changes::pins`]), and a session is written only when new content
+    /// decrypted: a duplicate leaves every session as it was.
     pub fn receive_envelope(&mut self, seq: u64, envelope: &[u8], refreshed: bool) -> Inbound {
-        if seq != 0 && seq <= self.account.value.last_seq {
+        self.receive(seq, envelope, refreshed, false)
+    }
+
+    fn receive(&mut self, seq: u64, envelope: &[u8], refreshed: bool, from_pending: bool) -> Inbound {
+        let digest = Self::envelope_digest(envelope);
+        if !from_pending && self.processed.contains(&digest) {
             return Inbound::Done {
                 changes: Changes::default(),
                 events: Vec::new(),
@@ -1000,25 +1181,30 @@ impl Machine {
         }
         let opened = match sotto_crypto::open(&self.device, envelope) {
             Ok(o) => o,
-            Err(e) => return self.undecryptable(seq, None, UndecryptableCause::Envelope(e)),
+            Err(e) => return self.undecryptable(seq, digest, None, UndecryptableCause::Envelope(e)),
         };
         let sender = opened.sender;
         let peer = (sender.account_id, sender.device_id);
         if opened.content_type == CONTENT_LINK_REQUEST && sender.account_id == self.account_id() {
             return Inbound::LinkRequest {
-                changes: self.seq_changes(seq),
+                changes: self.seq_changes(seq, digest),
                 sender,
                 payload: opened.content,
+            };
+        }
+        if !from_pending && self.pending.iter().any(|(_, a)| *a == sender.account_id) {
+            return Inbound::Defer {
+                sender: sender.account_id,
             };
         }
         let listed = self.lists.get(&sender.account_id).map(|list| list.contains(&sender));
         match listed {
             Some(true) => {}
             None | Some(false) if !refreshed => return Inbound::Need(Need::DeviceList(sender.account_id)),
-            None => return self.undecryptable(seq, Some(peer), UndecryptableCause::UnknownSender),
-            Some(false) => return self.undecryptable(seq, Some(peer), UndecryptableCause::SenderNotListed),
+            None => return self.undecryptable(seq, digest, Some(peer), UndecryptableCause::UnknownSender),
+            Some(false) => return self.undecryptable(seq, digest, Some(peer), UndecryptableCause::SenderNotListed),
         }
-        let mut changes = self.seq_changes(seq);
+        let mut changes = self.seq_changes(seq, digest);
         if opened.content_type == CONTENT_LINK_ACCEPT && sender.account_id == self.account_id() {
             // A linking answer for another device of this account (sent to all of them):
             // the account's device list changed; fetch it, then the envelope is done.
@@ -1037,20 +1223,37 @@ impl Machine {
         };
         let plaintext = match decrypted {
             Ok(p) => p,
-            Err(cause) => return self.undecryptable(seq, Some(peer), cause),
+            Err(cause) => return self.undecryptable(seq, digest, Some(peer), cause),
         };
         let mut events = Vec::new();
-        match Content::decode(&plaintext) {
-            Err(e) => events.push(Event::Undecryptable {
-                sender: Some(peer),
-                cause: UndecryptableCause::Content(e),
-            }),
+        let fresh = match Content::decode(&plaintext) {
+            Err(e) => {
+                events.push(Event::Undecryptable {
+                    sender: Some(peer),
+                    cause: UndecryptableCause::Content(e),
+                });
+                true
+            }
             Ok(content) => self.accept(peer, content, &mut changes, &mut events),
+        };
+        if !fresh {
+            // Content seen before (a replay): no session moves, no prekey goes; only the
+            // envelope is recorded as processed.
+            return Inbound::Done {
+                changes: self.seq_changes(seq, digest),
+                events,
+            };
         }
+        // Accepted on the strength of the sender's pinned list: the commit fails if
+        // another process pinned another version meanwhile.
+        let pinned = self.lists.get(&sender.account_id).map_or(0, |l| l.version());
+        changes.pins.push((sender.account_id, pinned));
         Inbound::Done { changes, events }
     }
 
-    fn accept(&mut self, peer: PeerDevice, content: Content, changes: &mut Changes, events: &mut Vec<Event>) {
+    /// Turns decrypted content into changes and events. False when it is a message this
+    /// device stored before (a duplicate): the caller then drops the session changes.
+    fn accept(&mut self, peer: PeerDevice, content: Content, changes: &mut Changes, events: &mut Vec<Event>) -> bool {
         let own = self.account_id();
         let message = |conversation, text, status| StoredMessage {
             id: content.message_id,
@@ -1067,25 +1270,35 @@ impl Machine {
                 message(conversation, text, MessageStatus::SentElsewhere)
             }
             ContentKind::Delivered { message_ids } if peer.0 != own => {
-                changes
-                    .message_status
-                    .extend(message_ids.iter().map(|id| (*id, MessageStatus::Delivered)));
+                // Only messages this account sent in the conversation with the reporting
+                // account: a receipt from P never moves a message sent to anyone else.
+                changes.message_status.extend(message_ids.iter().map(|id| {
+                    (
+                        MessageKey {
+                            conversation: peer.0,
+                            sender: own,
+                            id: *id,
+                        },
+                        MessageStatus::Delivered,
+                    )
+                }));
                 events.push(Event::Delivered {
                     ids: message_ids,
                     by: peer,
                 });
-                return;
+                return true;
             }
             _ => {
                 events.push(Event::Undecryptable {
                     sender: Some(peer),
                     cause: UndecryptableCause::WrongSender,
                 });
-                return;
+                return true;
             }
         };
-        if self.seen.contains(&stored.id) || changes.messages.iter().any(|m| m.id == stored.id) {
-            return;
+        let key = stored.key();
+        if self.seen.contains(&key) || changes.messages.iter().any(|m| m.key() == key) {
+            return false;
         }
         if !self.conversations.contains(&stored.conversation) {
             changes.conversations.push(ConversationRecord {
@@ -1094,6 +1307,7 @@ impl Machine {
         }
         events.push(Event::MessageReceived(stored.clone()));
         changes.messages.push(stored);
+        true
     }
 
     fn decrypt_ratchet(

@@ -8,7 +8,8 @@ use sotto_proto::{PreKeyCounts, PreKeyUpload, Recipient};
 
 use super::*;
 use crate::store::{
-    AccountStore, DeviceListStore, MemoryStore, MessageStore, OutboxStore, Page, PreKeyStore, SessionStore, Store,
+    AccountStore, DeviceListStore, InboundStore, MemoryStore, MessageStore, OutboxStore, Page, PreKeyStore,
+    SessionStore, Store,
 };
 
 struct Peer {
@@ -28,6 +29,8 @@ async fn snapshot(s: &MemoryStore) -> Snapshot {
         device_lists: s.load_device_lists().await.unwrap(),
         conversations: s.conversations().await.unwrap(),
         recent_ids: s.recent_message_ids(100).await.unwrap(),
+        recent_envelopes: s.processed_envelopes(100).await.unwrap(),
+        pending: s.pending_inbound().await.unwrap(),
     }
 }
 
@@ -37,7 +40,8 @@ impl Peer {
         let new = Machine::new_account("http://relay", 1000, &mut rng, &PickleKey::new([seed as u8; 32])).unwrap();
         let store = MemoryStore::new();
         store.commit(new.changes).await.unwrap();
-        let machine = Machine::load(snapshot(&store).await, PickleKey::new([seed as u8; 32]), rng).unwrap();
+        let ids = ChaCha20Rng::seed_from_u64(!seed);
+        let machine = Machine::load(snapshot(&store).await, PickleKey::new([seed as u8; 32]), rng, ids).unwrap();
         Peer {
             store,
             machine,
@@ -133,6 +137,7 @@ async fn deliver_one(to: &mut Peer, others: &[&Peer], seq: u64, env: &[u8]) {
                 refreshed = true;
             }
             Inbound::Need(other) => panic!("unexpected {other:?}"),
+            Inbound::Defer { .. } => panic!("unexpected defer"),
             Inbound::LinkRequest { .. } => panic!("unexpected link request"),
             Inbound::Done { changes, events } => {
                 to.commit(changes).await;
@@ -240,8 +245,11 @@ async fn tampered_replayed_and_misdirected_envelopes_are_typed_and_dropped() {
     let mut flipped = bob.inbox.pop().unwrap();
     flipped[100] ^= 1;
     deliver_one(&mut bob, &[&alice], 10, &flipped).await;
-    // The same envelope again under a new seq (a replay).
+    // The same envelope again under a new seq (a replay): skipped by its digest.
     deliver_one(&mut bob, &[&alice], 11, &first).await;
+    // The same ratchet message sealed again (a new envelope): the session refuses it.
+    let again = reseal(&alice, &bob, &first);
+    deliver_one(&mut bob, &[&alice], 12, &again).await;
     // An envelope for Bob moved into Carol's mailbox.
     deliver_one(&mut carol, &[&alice], 1, &first).await;
     assert_eq!(
@@ -257,10 +265,25 @@ async fn tampered_replayed_and_misdirected_envelopes_are_typed_and_dropped() {
     );
     assert_eq!(texts(&bob.events), ["one"]);
     assert!(texts(&carol.events).is_empty());
-    // A second delivery at or below the processed seq is skipped silently.
+    // A second delivery of processed bytes is skipped silently.
     let n = bob.events.len();
     deliver_one(&mut bob, &[&alice], 1, &first).await;
     assert_eq!(bob.events.len(), n);
+}
+
+/// The envelope `env` (sealed by `from` to `to`) opened and sealed again by `from`: the
+/// same inner message in new envelope bytes.
+fn reseal(from: &Peer, to: &Peer, env: &[u8]) -> Vec<u8> {
+    let opened = sotto_crypto::open(to.machine.device(), env).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(4242);
+    sotto_crypto::seal(
+        from.machine.device(),
+        &to.machine.device().identity().identity_key,
+        opened.content_type,
+        &opened.content,
+        &mut rng,
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -293,6 +316,7 @@ async fn two_processes_on_one_store_never_fork_a_session() {
         snapshot(&bob.store).await,
         PickleKey::new([11; 32]),
         ChaCha20Rng::seed_from_u64(99),
+        ChaCha20Rng::seed_from_u64(199),
     )
     .unwrap();
     let (e1, e2) = (bob.inbox[0].clone(), bob.inbox[1].clone());
@@ -317,6 +341,7 @@ async fn two_processes_on_one_store_never_fork_a_session() {
         snapshot(&bob.store).await,
         PickleKey::new([11; 32]),
         ChaCha20Rng::seed_from_u64(98),
+        ChaCha20Rng::seed_from_u64(198),
     )
     .unwrap();
     let Inbound::Done { changes, events } = other.receive_envelope(1, &e1, false) else {
@@ -364,4 +389,366 @@ async fn prekeys_are_refilled_below_the_low_mark() {
     // The next refill continues the ids.
     let (_, next) = bob.machine.refill_prekeys(&low).unwrap().unwrap();
     assert_eq!(next.one_time_prekeys[0].id, 1 + 2 * ONE_TIME_BATCH);
+}
+
+#[tokio::test]
+async fn a_relay_numbering_again_from_one_loses_nothing() {
+    let mut alice = Peer::new(20).await;
+    let mut bob = Peer::new(21).await;
+    for i in 0..4 {
+        let (c, _) = alice.machine.queue_text(bob.id(), &format!("m{i}"), 10 + i).unwrap();
+        alice.commit(c).await;
+        send(&mut alice, &mut [&mut bob]).await;
+    }
+    let envs = std::mem::take(&mut bob.inbox);
+    deliver_one(&mut bob, &[&alice], 1, &envs[0]).await;
+    deliver_one(&mut bob, &[&alice], 2, &envs[1]).await;
+    // The relay's mailbox was restored: the next envelopes come as seq 1 and 2 again.
+    deliver_one(&mut bob, &[&alice], 1, &envs[2]).await;
+    deliver_one(&mut bob, &[&alice], 2, &envs[3]).await;
+    // And a redelivery of one already processed is still skipped.
+    deliver_one(&mut bob, &[&alice], 2, &envs[1]).await;
+    assert_eq!(texts(&bob.events), ["m0", "m1", "m2", "m3"]);
+    // After a restart too (the digests are in the store).
+    let mut again = Machine::load(
+        snapshot(&bob.store).await,
+        PickleKey::new([21; 32]),
+        ChaCha20Rng::seed_from_u64(5),
+        ChaCha20Rng::seed_from_u64(6),
+    )
+    .unwrap();
+    let Inbound::Done { changes, events } = again.receive_envelope(1, &envs[0], false) else {
+        panic!()
+    };
+    assert!(changes.is_empty() && events.is_empty());
+    // A new mailbox epoch resets the seq; the same epoch again changes nothing.
+    let c = again.receive_mailbox_epoch([9; 16]);
+    let committed = bob.store.commit(c.clone()).await.unwrap();
+    again.apply(&c, &committed);
+    assert_eq!(again.last_seq(), 0);
+    assert!(again.receive_mailbox_epoch([9; 16]).is_empty());
+}
+
+#[tokio::test]
+async fn a_replayed_pre_key_message_does_not_promote_its_session() {
+    let mut alice = Peer::new(22).await;
+    let mut bob = Peer::new(23).await;
+    let mut carol = Peer::new(24).await;
+    // Bob's bundle without one-time keys: the pre-key message uses none, so a replay of
+    // it still finds every prekey it names.
+    bob.upload.one_time_prekeys.clear();
+    bob.upload.kem_prekeys.clear();
+    let (c, _) = alice.machine.queue_text(bob.id(), "first", 1).unwrap();
+    alice.commit(c).await;
+    send(&mut alice, &mut [&mut bob]).await;
+    let first = bob.inbox[0].clone();
+    deliver(&mut bob, &[&alice]).await;
+    assert_eq!(texts(&bob.events), ["first"]);
+    // A session with Carol gives Bob a pickle unrelated to Alice's messages.
+    let (c, _) = carol.machine.queue_text(bob.id(), "hi", 1).unwrap();
+    carol.commit(c).await;
+    send(&mut carol, &mut [&mut bob]).await;
+    deliver(&mut bob, &[&carol]).await;
+    let carol_peer = (carol.id(), DeviceId(1));
+    let alice_peer = (alice.id(), DeviceId(1));
+    let sessions = bob.store.load_sessions().await.unwrap();
+    let carol_pickle = sessions
+        .iter()
+        .find(|(p, _)| *p == carol_peer)
+        .unwrap()
+        .1
+        .value
+        .sessions[0]
+        .clone();
+    // Eleven newer sessions with Alice's device evicted the first one.
+    let current = sessions.iter().find(|(p, _)| *p == alice_peer).unwrap().1.version;
+    let evicted = SessionSet {
+        sessions: vec![carol_pickle; MAX_SESSIONS_PER_DEVICE],
+    };
+    bob.commit(Changes {
+        sessions: vec![(
+            alice_peer,
+            Write {
+                expected: Some(current),
+                value: evicted.clone(),
+            },
+        )],
+        ..Changes::default()
+    })
+    .await;
+    // The same pre-key message again, in an envelope Bob has not seen (its digest left
+    // the bounded set; here: sealed again).
+    let replay = reseal(&alice, &bob, &first);
+    let n = bob.events.len();
+    let Inbound::Done { changes, events } = bob.machine.receive_envelope(50, &replay, false) else {
+        panic!()
+    };
+    assert!(texts(&events).is_empty());
+    assert!(
+        changes.sessions.is_empty(),
+        "a duplicate wrote {} session rows",
+        changes.sessions.len()
+    );
+    bob.commit(changes).await;
+    assert_eq!(bob.events.len(), n);
+    let after = bob.store.load_sessions().await.unwrap();
+    assert_eq!(after.iter().find(|(p, _)| *p == alice_peer).unwrap().1.value, evicted);
+}
+
+#[tokio::test]
+async fn dedup_and_receipts_are_scoped_to_conversation_and_sender() {
+    let mut alice = Peer::new(25).await;
+    let mut bob = Peer::new(26).await;
+    let mut mallory = Peer::new(27).await;
+    // Alice writes to Bob and to Mallory.
+    let (c, to_bob) = alice.machine.queue_text(bob.id(), "to bob", 1).unwrap();
+    alice.commit(c).await;
+    send(&mut alice, &mut [&mut bob]).await;
+    // Mallory, who received nothing with that id, sends a receipt naming it, and a text
+    // reusing it.
+    let (c, _) = mallory.machine.queue_text(alice.id(), "hello", 2).unwrap();
+    mallory.commit(c).await;
+    let c = mallory.machine.queue_receipt(alice.id(), &[to_bob.id], 3);
+    mallory.commit(c).await;
+    send(&mut mallory, &mut [&mut alice]).await;
+    send(&mut mallory, &mut [&mut alice]).await;
+    deliver(&mut alice, &[&mallory]).await;
+    let h = alice.store.messages(bob.id(), Page::default()).await.unwrap();
+    assert_eq!(
+        h[0].status,
+        MessageStatus::Sent,
+        "Mallory's receipt moved a message to Bob"
+    );
+    // Bob's own receipt moves it.
+    deliver(&mut bob, &[&alice]).await;
+    let c = bob.machine.queue_receipt(alice.id(), &[to_bob.id], 4);
+    bob.commit(c).await;
+    send(&mut bob, &mut [&mut alice]).await;
+    deliver(&mut alice, &[&bob]).await;
+    let h = alice.store.messages(bob.id(), Page::default()).await.unwrap();
+    assert_eq!(h[0].status, MessageStatus::Delivered);
+
+    // Mallory races a text with the id of Bob's next message to Alice: both arrive.
+    let (c, from_bob) = bob.machine.queue_text(alice.id(), "from bob", 5).unwrap();
+    bob.commit(c).await;
+    let fake = Content {
+        message_id: from_bob.id,
+        timestamp_ms: 5,
+        kind: ContentKind::Text { text: "fake".into() },
+    };
+    let c = Changes {
+        outbox_add: vec![OutboxItem {
+            id: from_bob.id,
+            to: alice.id(),
+            content: fake.encode(),
+        }],
+        ..Changes::default()
+    };
+    mallory.commit(c).await;
+    send(&mut mallory, &mut [&mut alice]).await;
+    send(&mut bob, &mut [&mut alice]).await;
+    deliver(&mut alice, &[&mallory, &bob]).await;
+    let got = texts(&alice.events);
+    assert!(
+        got.contains(&"fake".to_string()) && got.contains(&"from bob".to_string()),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_processes_never_move_a_pin_backwards_nor_accept_a_removed_device() {
+    let mut alice = Peer::new(28).await;
+    let mut bob = Peer::new(29).await;
+    // Alice's account gets a second device (v2), then removes it again (v3).
+    let mut rng = ChaCha20Rng::seed_from_u64(77);
+    let second = sotto_crypto::Device::generate(alice.id(), DeviceId(2), &mut rng);
+    let v2 = alice.machine.next_own_list(Some(second.entry()), None, 5).unwrap();
+    let (c, _) = alice
+        .machine
+        .receive_device_list(&alice.id(), v2.signed().as_bytes())
+        .unwrap();
+    alice.commit(c).await;
+    let v3 = alice.machine.next_own_list(None, Some(DeviceId(2)), 6).unwrap();
+    // Bob's app and its extension share one store; both pinned v2.
+    let (c, _) = bob
+        .machine
+        .receive_device_list(&alice.id(), v2.signed().as_bytes())
+        .unwrap();
+    bob.commit(c).await;
+    let mut other = Machine::load(
+        snapshot(&bob.store).await,
+        PickleKey::new([29; 32]),
+        ChaCha20Rng::seed_from_u64(7),
+        ChaCha20Rng::seed_from_u64(8),
+    )
+    .unwrap();
+    // The app pins v3 (the second device removed).
+    let (c, _) = bob
+        .machine
+        .receive_device_list(&alice.id(), v3.signed().as_bytes())
+        .unwrap();
+    bob.commit(c).await;
+    // The extension, on its cached v2, accepts a message from the removed device: its
+    // commit is refused, because the pin it relied on moved.
+    let env = from_device(&second, &mut bob, "from the removed device");
+    let Inbound::Done { changes, events } = other.receive_envelope(1, &env, false) else {
+        panic!()
+    };
+    assert_eq!(texts(&events), ["from the removed device"]);
+    assert!(matches!(
+        bob.store.commit(changes).await,
+        Err(crate::store::StoreError::Conflict)
+    ));
+    // Reloaded, it sees v3 and refuses the device.
+    other = Machine::load(
+        snapshot(&bob.store).await,
+        PickleKey::new([29; 32]),
+        ChaCha20Rng::seed_from_u64(9),
+        ChaCha20Rng::seed_from_u64(10),
+    )
+    .unwrap();
+    let Inbound::Need(Need::DeviceList(_)) = other.receive_envelope(1, &env, false) else {
+        panic!()
+    };
+    let Inbound::Done { events, .. } = other.receive_envelope(1, &env, true) else {
+        panic!()
+    };
+    assert_eq!(causes(&events), [UndecryptableCause::SenderNotListed]);
+    // And the extension can never write v2 over v3.
+    let stale = Changes {
+        device_lists: vec![(alice.id(), v2.signed().as_bytes().to_vec())],
+        ..Changes::default()
+    };
+    assert!(matches!(
+        bob.store.commit(stale).await,
+        Err(crate::store::StoreError::Conflict)
+    ));
+}
+
+/// A text from a device that has no machine (only its keys): a new session from `to`'s
+/// bundle, sealed to it.
+fn from_device(device: &sotto_crypto::Device, to: &mut Peer, text: &str) -> Vec<u8> {
+    let mut rng = ChaCha20Rng::seed_from_u64(31);
+    let list = to.machine.own_device_list().unwrap().clone();
+    let bundle = to.bundle();
+    let mut session = sotto_crypto::initiate(device, &list, &bundle, &mut rng).unwrap();
+    let content = Content {
+        message_id: MessageId::new(7, &mut rng),
+        timestamp_ms: 7,
+        kind: ContentKind::Text { text: text.into() },
+    };
+    let out = session.encrypt(&content.encode(), &mut rng).unwrap();
+    sotto_crypto::seal(
+        device,
+        &to.machine.device().identity().identity_key,
+        out.message_type as u8,
+        &out.bytes,
+        &mut rng,
+    )
+    .unwrap()
+}
+
+#[test]
+fn debug_output_leaves_plaintext_out() {
+    let m = StoredMessage {
+        id: MessageId([1; 16]),
+        conversation: AccountId([2; 32]),
+        sender: (AccountId([2; 32]), DeviceId(1)),
+        timestamp_ms: 3,
+        text: "secret words".into(),
+        status: MessageStatus::Received,
+        order: 4,
+    };
+    let item = OutboxItem {
+        id: MessageId([1; 16]),
+        to: AccountId([2; 32]),
+        content: b"secret words".to_vec(),
+    };
+    let changes = Changes {
+        messages: vec![m.clone()],
+        outbox_add: vec![item.clone()],
+        ..Changes::default()
+    };
+    assert_eq!(
+        format!("{m:?}"),
+        "StoredMessage { id: MessageId(01010101-0101-0101-0101-010101010101), status: Received, order: 4, text_len: 12, .. }"
+    );
+    assert_eq!(
+        format!("{item:?}"),
+        "OutboxItem { id: MessageId(01010101-0101-0101-0101-010101010101), content_len: 12, .. }"
+    );
+    assert_eq!(
+        format!("{changes:?}"),
+        "Changes { account: false, sessions: 0, prekeys_added: 0, prekeys_removed: 0, device_lists: 0, \
+         conversations: 0, messages: 1, message_status: 0, outbox_add: 1, outbox_remove: 0, pins: 0, envelopes: 0, pending_add: 0, pending_remove: 0, .. }"
+    );
+    let event = Event::MessageReceived(m);
+    let inbound = Inbound::Done {
+        changes,
+        events: vec![event.clone()],
+    };
+    for s in [format!("{event:?}"), format!("{inbound:?}")] {
+        assert!(!s.contains("secret") && !s.contains("115, 101, 99"), "{s}");
+    }
+}
+
+#[tokio::test]
+async fn pending_envelopes_keep_their_senders_order_and_the_table_is_bounded() {
+    let mut alice = Peer::new(32).await;
+    let mut bob = Peer::new(33).await;
+    for i in 0..2 {
+        let (c, _) = alice.machine.queue_text(bob.id(), &format!("p{i}"), 10 + i).unwrap();
+        alice.commit(c).await;
+        send(&mut alice, &mut [&mut bob]).await;
+    }
+    let envs = std::mem::take(&mut bob.inbox);
+    // The first needs Alice's list, which cannot be fetched now: put aside.
+    let Inbound::Need(Need::DeviceList(a)) = bob.machine.receive_envelope(1, &envs[0], false) else {
+        panic!()
+    };
+    let c = bob.machine.defer(1, &envs[0], a, 1000).unwrap();
+    bob.commit(c).await;
+    // The second goes behind it, whatever the list.
+    let alice_list = alice.machine.own_device_list().unwrap().signed().as_bytes().to_vec();
+    let (c, _) = bob.machine.receive_device_list(&alice.id(), &alice_list).unwrap();
+    bob.commit(c).await;
+    let Inbound::Defer { sender } = bob.machine.receive_envelope(2, &envs[1], false) else {
+        panic!()
+    };
+    let c = bob.machine.defer(2, &envs[1], sender, 1001).unwrap();
+    bob.commit(c).await;
+    // A redelivery is skipped (it is recorded as processed).
+    let Inbound::Done { changes, .. } = bob.machine.receive_envelope(1, &envs[0], false) else {
+        panic!()
+    };
+    assert!(changes.is_empty());
+    // Retried in order, each leaves the table.
+    for p in bob.store.pending_inbound().await.unwrap() {
+        let Inbound::Done { changes, events } = bob.machine.receive_pending(&p, false) else {
+            panic!()
+        };
+        bob.commit(changes).await;
+        bob.events.extend(events);
+    }
+    assert_eq!(texts(&bob.events), ["p0", "p1"]);
+    assert!(bob.store.pending_inbound().await.unwrap().is_empty());
+    assert_eq!(bob.machine.pending_len(), 0);
+    // Expiry gives a verdict; a full table refuses.
+    let c = bob.machine.defer(3, b"x", alice.id(), 5).unwrap();
+    bob.commit(c).await;
+    let p = bob.store.pending_inbound().await.unwrap().remove(0);
+    let (c, event) = bob.machine.expire_pending(&p);
+    bob.commit(c).await;
+    assert!(matches!(
+        event,
+        Event::Undecryptable {
+            cause: UndecryptableCause::DeviceListUnavailable,
+            ..
+        }
+    ));
+    for i in 0..crate::store::MAX_PENDING_INBOUND {
+        let c = bob.machine.defer(10, &i.to_le_bytes(), alice.id(), 5).unwrap();
+        bob.commit(c).await;
+    }
+    assert!(bob.machine.defer(10, b"one more", alice.id(), 5).is_none());
 }

@@ -4,11 +4,13 @@
 //! These functions are the test suite itself: they assert and unwrap.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use sotto_crypto::{AccountId, DeviceId};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use sotto_crypto::{AccountId, AccountKey, Device, DeviceId};
 
 use super::{
-    AccountRecord, Changes, ConversationRecord, MessageStatus, OutboxItem, Page, SessionSet, Store, StoreError,
-    StoredMessage, Write,
+    AccountRecord, Changes, ConversationRecord, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStatus, OutboxItem, Page,
+    PendingInbound, SessionSet, Store, StoreError, StoredMessage, Write,
 };
 use crate::ids::MessageId;
 
@@ -25,7 +27,10 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@each [$attr] $make;
             account_cas, sessions_cas_and_atomicity, prekey_delete_is_single_use,
             messages_dedupe_order_and_pages, message_status, outbox_fifo,
-            device_lists_and_conversations, deferred_commits_and_sync);
+            device_lists_and_conversations, deferred_commits_and_sync,
+            message_keys_are_scoped_to_conversation_and_sender, device_list_pins_only_move_forward,
+            commits_relying_on_a_moved_pin_conflict, processed_envelopes_are_kept_bounded,
+            pending_inbound_is_kept_in_order);
     };
     (@each [$attr:meta] $make:expr; $($name:ident),*) => {
         $(
@@ -50,6 +55,7 @@ fn account(seq: u64) -> AccountRecord {
         next_one_time_id: 101,
         next_kem_id: 21,
         last_seq: seq,
+        mailbox_epoch: None,
     }
 }
 
@@ -366,7 +372,11 @@ pub async fn messages_dedupe_order_and_pages(s: &impl Store) {
         ["m22", "m23"]
     );
     let recent = s.recent_message_ids(2).await.unwrap();
-    assert_eq!(recent, vec![MessageId([31; 16]), MessageId([30; 16])]);
+    assert_eq!(recent, vec![message(31, 1, "").key(), message(30, 2, "").key()]);
+}
+
+fn key(id: u8, conv: u8) -> MessageKey {
+    message(id, conv, "").key()
 }
 
 /// Status updates change one message.
@@ -380,10 +390,7 @@ pub async fn message_status(s: &impl Store) {
     .await
     .unwrap();
     s.commit(Changes {
-        message_status: vec![
-            (MessageId([1; 16]), MessageStatus::Sent),
-            (MessageId([99; 16]), MessageStatus::Sent),
-        ],
+        message_status: vec![(key(1, 1), MessageStatus::Sent), (key(99, 1), MessageStatus::Sent)],
         ..Changes::default()
     })
     .await
@@ -394,16 +401,13 @@ pub async fn message_status(s: &impl Store) {
     assert_eq!(all[1].status, MessageStatus::Received);
     // Forward only: Delivered stays Delivered; a received message is never "sent".
     s.commit(Changes {
-        message_status: vec![(MessageId([1; 16]), MessageStatus::Delivered)],
+        message_status: vec![(key(1, 1), MessageStatus::Delivered)],
         ..Changes::default()
     })
     .await
     .unwrap();
     s.commit(Changes {
-        message_status: vec![
-            (MessageId([1; 16]), MessageStatus::Sent),
-            (MessageId([2; 16]), MessageStatus::Sent),
-        ],
+        message_status: vec![(key(1, 1), MessageStatus::Sent), (key(2, 1), MessageStatus::Sent)],
         ..Changes::default()
     })
     .await
@@ -449,8 +453,9 @@ pub async fn outbox_fifo(s: &impl Store) {
 
 /// Device lists are replaced; conversations are created once.
 pub async fn device_lists_and_conversations(s: &impl Store) {
+    let (a, lists, _) = signed_lists();
     s.commit(Changes {
-        device_lists: vec![(AccountId([1; 32]), vec![1; 183]), (AccountId([2; 32]), vec![2; 183])],
+        device_lists: vec![(a, lists[0].clone())],
         conversations: vec![ConversationRecord {
             peer: AccountId([2; 32]),
         }],
@@ -459,7 +464,7 @@ pub async fn device_lists_and_conversations(s: &impl Store) {
     .await
     .unwrap();
     s.commit(Changes {
-        device_lists: vec![(AccountId([1; 32]), vec![3; 251])],
+        device_lists: vec![(a, lists[2].clone())],
         conversations: vec![
             ConversationRecord {
                 peer: AccountId([2; 32]),
@@ -472,12 +477,7 @@ pub async fn device_lists_and_conversations(s: &impl Store) {
     })
     .await
     .unwrap();
-    let mut lists = s.load_device_lists().await.unwrap();
-    lists.sort();
-    assert_eq!(
-        lists,
-        vec![(AccountId([1; 32]), vec![3; 251]), (AccountId([2; 32]), vec![2; 183])]
-    );
+    assert_eq!(s.load_device_lists().await.unwrap(), vec![(a, lists[2].clone())]);
     let mut convs = s.conversations().await.unwrap();
     convs.sort_by_key(|c| c.peer);
     assert_eq!(
@@ -491,4 +491,197 @@ pub async fn device_lists_and_conversations(s: &impl Store) {
             }
         ]
     );
+}
+
+/// One message id in another conversation, or from another sender account, is another
+/// message; a status update names conversation, sender account and id.
+pub async fn message_keys_are_scoped_to_conversation_and_sender(s: &impl Store) {
+    let mut mine = message(1, 1, "mine");
+    mine.sender = peer(7);
+    mine.status = MessageStatus::Sent;
+    let theirs = message(1, 1, "theirs");
+    let elsewhere = message(1, 2, "elsewhere");
+    let c = s
+        .commit(Changes {
+            messages: vec![mine.clone(), theirs, elsewhere],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.inserted.len(), 3);
+    // A receipt for the id in another conversation, or naming another sender, moves nothing.
+    s.commit(Changes {
+        message_status: vec![
+            (
+                MessageKey {
+                    conversation: AccountId([2; 32]),
+                    ..mine.key()
+                },
+                MessageStatus::Delivered,
+            ),
+            (
+                MessageKey {
+                    sender: AccountId([9; 32]),
+                    ..mine.key()
+                },
+                MessageStatus::Delivered,
+            ),
+        ],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let all = s.messages(AccountId([1; 32]), Page::default()).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].status, MessageStatus::Sent);
+    s.commit(Changes {
+        message_status: vec![(mine.key(), MessageStatus::Delivered)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let all = s.messages(AccountId([1; 32]), Page::default()).await.unwrap();
+    assert_eq!(all[0].status, MessageStatus::Delivered);
+    assert_eq!(all[1].status, MessageStatus::Received);
+}
+
+/// Signed lists of one account at versions 1, 2 and 3, and another list at version 2.
+fn signed_lists() -> (AccountId, Vec<Vec<u8>>, Vec<u8>) {
+    let mut rng = ChaCha20Rng::from_seed([7; 32]);
+    let ak = AccountKey::generate(&mut rng);
+    let d1 = Device::generate(ak.account_id(), DeviceId(1), &mut rng).entry();
+    let d2 = Device::generate(ak.account_id(), DeviceId(2), &mut rng).entry();
+    let list = |v: u64, devices: Vec<_>| ak.sign_device_list(v, v, devices).unwrap().signed().as_bytes().to_vec();
+    let lists = vec![list(1, vec![d1]), list(2, vec![d1, d2]), list(3, vec![d1])];
+    let other = list(2, vec![d2]);
+    (ak.account_id(), lists, other)
+}
+
+/// A pin only moves forward: a lower version, or another list at the same version, is a
+/// conflict (another process pinned a newer list); the same list again is fine.
+pub async fn device_list_pins_only_move_forward(s: &impl Store) {
+    let (a, lists, other) = signed_lists();
+    let pin = |l: &Vec<u8>| Changes {
+        device_lists: vec![(a, l.clone())],
+        ..Changes::default()
+    };
+    s.commit(pin(&lists[0])).await.unwrap();
+    s.commit(pin(&lists[1])).await.unwrap();
+    s.commit(pin(&lists[1])).await.unwrap();
+    assert!(matches!(s.commit(pin(&lists[0])).await, Err(StoreError::Conflict)));
+    assert!(matches!(s.commit(pin(&other)).await, Err(StoreError::Conflict)));
+    assert_eq!(s.load_device_lists().await.unwrap(), vec![(a, lists[1].clone())]);
+    s.commit(pin(&lists[2])).await.unwrap();
+    assert_eq!(s.load_device_lists().await.unwrap(), vec![(a, lists[2].clone())]);
+}
+
+/// A commit naming the pin it relied on fails when the stored pin is another version,
+/// and writes nothing.
+pub async fn commits_relying_on_a_moved_pin_conflict(s: &impl Store) {
+    let (a, lists, _) = signed_lists();
+    s.commit(Changes {
+        device_lists: vec![(a, lists[1].clone())],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let relying = |version: u64, id: u8| Changes {
+        messages: vec![message(id, 1, "m")],
+        pins: vec![(a, version)],
+        ..Changes::default()
+    };
+    assert!(matches!(s.commit(relying(1, 1)).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        s.commit(Changes {
+            pins: vec![(AccountId([5; 32]), 1)],
+            ..relying(2, 2)
+        })
+        .await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(
+        s.messages(AccountId([1; 32]), Page::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let c = s.commit(relying(2, 3)).await.unwrap();
+    assert_eq!(c.inserted.len(), 1);
+    // "No pin" is version 0.
+    s.commit(Changes {
+        pins: vec![(AccountId([5; 32]), 0)],
+        ..relying(2, 4)
+    })
+    .await
+    .unwrap();
+}
+
+/// Digests of processed envelopes come back newest first, once each, at most
+/// [`MAX_PROCESSED_ENVELOPES`].
+pub async fn processed_envelopes_are_kept_bounded(s: &impl Store) {
+    let digest = |n: usize| {
+        let mut d = [0u8; 32];
+        d[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        d
+    };
+    s.commit(Changes {
+        envelopes: vec![digest(1), digest(2)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    s.commit(Changes {
+        envelopes: vec![digest(2), digest(3)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.processed_envelopes(10).await.unwrap(),
+        vec![digest(3), digest(2), digest(1)]
+    );
+    let many: Vec<_> = (4..MAX_PROCESSED_ENVELOPES + 4).map(digest).collect();
+    for chunk in many.chunks(5_000) {
+        s.commit(Changes {
+            envelopes: chunk.to_vec(),
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    }
+    let kept = s.processed_envelopes(u32::MAX).await.unwrap();
+    assert_eq!(kept.len(), MAX_PROCESSED_ENVELOPES);
+    assert_eq!(kept[0], digest(MAX_PROCESSED_ENVELOPES + 3));
+    assert!(!kept.contains(&digest(3)));
+}
+
+/// Pending envelopes come back oldest first, once per digest, and go by digest.
+pub async fn pending_inbound_is_kept_in_order(s: &impl Store) {
+    let p = |n: u8| PendingInbound {
+        digest: [n; 32],
+        sender: AccountId([n % 2; 32]),
+        seq: u64::from(n),
+        first_seen_ms: 1000 + u64::from(n),
+        envelope: vec![n; 300],
+    };
+    s.commit(Changes {
+        pending_add: vec![p(3), p(1)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    s.commit(Changes {
+        pending_add: vec![p(3), p(2)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.pending_inbound().await.unwrap(), vec![p(3), p(1), p(2)]);
+    s.commit(Changes {
+        pending_remove: vec![[1; 32], [9; 32]],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.pending_inbound().await.unwrap(), vec![p(3), p(2)]);
 }

@@ -13,9 +13,12 @@
 //! prekeys        k         {k, v}             k = tag(kind ‖ id), v = kind ‖ id ‖ pickle
 //! device_lists   k         {k, v}             k = tag(account id), v = account id ‖ signed list
 //! conversations  k         {k, v}             k = tag(account id), v = account id
-//! messages       ord       {ord, k, conv, v}  k = tag(message id), conv = tag of the conversation,
+//! messages       ord       {ord, k, conv, v}  k = tag(message id ‖ conversation ‖ sender account), conv = tag of the conversation,
 //!                                             v = message; unique index by_k (k), index by_conv ([conv, ord])
 //! outbox         ord       {ord, k, v}        k = tag(message id), v = item; unique index by_k (k)
+//! processed      ord       {ord, k, v}        k = tag(envelope digest), v = digest; unique index by_k (k)
+//! pending        ord       {ord, k, v}        k = tag(envelope digest), v = pending envelope; unique index by_k (k)
+//!                                             (processed and pending: schema version 2)
 //!
 //! tag(x) = HMAC-SHA256(index key, store name ‖ 0x00 ‖ x), a binary key (Uint8Array)
 //! ```
@@ -60,18 +63,18 @@ use web_sys::{
 use super::StoreKey;
 use super::crypt::Crypt;
 use super::records::{
-    decode_account, decode_message, decode_outbox, decode_peer, decode_sessions, encode_account, encode_message,
-    encode_outbox, encode_peer, encode_sessions,
+    decode_account, decode_message, decode_outbox, decode_peer, decode_pending, decode_sessions, encode_account,
+    encode_message, encode_outbox, encode_peer, encode_pending, encode_sessions,
 };
 use super::{
-    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, MAX_PAGE, MessageStore,
-    OutboxItem, OutboxStore, Page, PeerDevice, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError,
-    StoredMessage, Versioned,
+    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, InboundStore,
+    MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore, Page, PeerDevice,
+    PendingInbound, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned,
+    check_pin, check_pin_write,
 };
-use crate::ids::MessageId;
 
 /// The schema version given to `indexedDB.open`; `upgrade` brings older databases to it.
-const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_VERSION: u32 = 2;
 
 const META: &str = "meta";
 const ACCOUNT: &str = "account";
@@ -81,6 +84,8 @@ const DEVICE_LISTS: &str = "device_lists";
 const CONVERSATIONS: &str = "conversations";
 const MESSAGES: &str = "messages";
 const OUTBOX: &str = "outbox";
+const PROCESSED: &str = "processed";
+const PENDING: &str = "pending";
 const BY_K: &str = "by_k";
 const BY_CONV: &str = "by_conv";
 
@@ -92,6 +97,8 @@ const KEY_CHECK_PLAIN: &[u8] = b"Sotto-v1 IndexedDB store key check";
 /// The counters of the `ord` keys of `messages` and `outbox` (plain numbers in `meta`).
 const MESSAGE_ORDER: &[u8] = b"message order";
 const OUTBOX_ORDER: &[u8] = b"outbox order";
+const PROCESSED_ORDER: &[u8] = b"processed order";
+const PENDING_ORDER: &[u8] = b"pending order";
 
 /// The largest integer a JavaScript number holds exactly.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
@@ -391,6 +398,16 @@ fn upgrade(db: &IdbDatabase, old: f64) -> Result<(), JsValue> {
         let outbox = keyed(OUTBOX, "ord")?;
         outbox.create_index_with_str_and_optional_parameters(BY_K, "k", &unique)?;
     }
+    if old < 2.0 {
+        for name in [PROCESSED, PENDING] {
+            let params = IdbObjectStoreParameters::new();
+            params.set_key_path(&JsValue::from_str("ord"));
+            let store = db.create_object_store_with_optional_parameters(name, &params)?;
+            let unique = IdbIndexParameters::new();
+            unique.set_unique(true);
+            store.create_index_with_str_and_optional_parameters(BY_K, "k", &unique)?;
+        }
+    }
     Ok(())
 }
 
@@ -645,7 +662,7 @@ impl MessageStore for IdbStore {
         Ok(out)
     }
 
-    async fn recent_message_ids(&self, limit: u32) -> Result<Vec<MessageId>, StoreError> {
+    async fn recent_message_ids(&self, limit: u32) -> Result<Vec<MessageKey>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -659,7 +676,42 @@ impl MessageStore for IdbStore {
         for rec in &rows {
             let k = bytes_field(rec, "k")?;
             let plain = self.crypt.open(MESSAGES, &k, &bytes_field(rec, "v")?)?;
-            out.push(decode_message(&plain, 0)?.id);
+            out.push(decode_message(&plain, 0)?.key());
+        }
+        Ok(out)
+    }
+}
+
+impl InboundStore for IdbStore {
+    async fn processed_envelopes(&self, limit: u32) -> Result<Vec<EnvelopeDigest>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = walk(
+            self.read(PROCESSED)?
+                .open_cursor_with_range_and_direction(&JsValue::NULL, IdbCursorDirection::Prev),
+            limit as usize,
+        )
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for rec in &rows {
+            let k = bytes_field(rec, "k")?;
+            let plain = self.crypt.open(PROCESSED, &k, &bytes_field(rec, "v")?)?;
+            out.push(plain[..].try_into().map_err(|_| invalid("envelope digest"))?);
+        }
+        Ok(out)
+    }
+
+    async fn pending_inbound(&self) -> Result<Vec<PendingInbound>, StoreError> {
+        let all = records(request(self.read(PENDING)?.get_all(), "getAll")?.await?)?;
+        let mut out = Vec::with_capacity(all.length() as usize);
+        for rec in all.iter() {
+            let k = bytes_field(&rec, "k")?;
+            out.push(decode_pending(&self.crypt.open(
+                PENDING,
+                &k,
+                &bytes_field(&rec, "v")?,
+            )?)?);
         }
         Ok(out)
     }
@@ -704,8 +756,16 @@ fn scope(changes: &Changes) -> Vec<&'static str> {
     if !changes.prekeys_added.is_empty() || !changes.prekeys_removed.is_empty() {
         s.insert(PREKEYS);
     }
-    if !changes.device_lists.is_empty() {
+    if !changes.device_lists.is_empty() || !changes.pins.is_empty() {
         s.insert(DEVICE_LISTS);
+    }
+    if !changes.envelopes.is_empty() {
+        s.insert(PROCESSED);
+        s.insert(META);
+    }
+    if !changes.pending_add.is_empty() || !changes.pending_remove.is_empty() {
+        s.insert(PENDING);
+        s.insert(META);
     }
     if !changes.conversations.is_empty() {
         s.insert(CONVERSATIONS);
@@ -836,9 +896,29 @@ impl Store for IdbStore {
                     .map_err(js("put"))?;
             }
         }
-        if !changes.device_lists.is_empty() {
+        if !changes.device_lists.is_empty() || !changes.pins.is_empty() {
             let store = tx.store(DEVICE_LISTS)?;
+            // The stored pin of an account: its signed list bytes.
+            let stored = |a: AccountId| {
+                let k = c.tag(DEVICE_LISTS, a.as_bytes());
+                let get = request(store.get(&bytes(&k)), "get");
+                async move {
+                    let row = get?.await?;
+                    if row.is_undefined() {
+                        return Ok::<_, StoreError>(None);
+                    }
+                    let plain = c.open(DEVICE_LISTS, &k, &bytes_field(&row, "v")?)?;
+                    let Some((_, list)) = plain.split_first_chunk::<32>() else {
+                        return Err(invalid("device list row"));
+                    };
+                    Ok(Some(list.to_vec()))
+                }
+            };
+            for (a, expected) in &changes.pins {
+                check_pin(stored(*a).await?.as_deref(), *expected)?;
+            }
             for (a, l) in &changes.device_lists {
+                check_pin_write(stored(*a).await?.as_deref(), l)?;
                 let k = c.tag(DEVICE_LISTS, a.as_bytes());
                 let v = c.seal(DEVICE_LISTS, &k, &[&a.as_bytes()[..], l].concat())?;
                 store
@@ -867,7 +947,7 @@ impl Store for IdbStore {
                 let meta = tx.store(META)?;
                 let mut order = Counter::new(MESSAGE_ORDER);
                 for m in &changes.messages {
-                    let k = c.tag(MESSAGES, &m.id.0);
+                    let k = c.tag(MESSAGES, &m.key().to_bytes());
                     if request(by_k.count_with_key(&bytes(&k)), "count")?.await?.as_f64() != Some(0.0) {
                         continue;
                     }
@@ -886,8 +966,8 @@ impl Store for IdbStore {
                 }
                 order.save(&meta)?;
             }
-            for (id, status) in &changes.message_status {
-                let k = c.tag(MESSAGES, &id.0);
+            for (key, status) in &changes.message_status {
+                let k = c.tag(MESSAGES, &key.to_bytes());
                 let row = request(by_k.get(&bytes(&k)), "get")?.await?;
                 if row.is_undefined() {
                     continue;
@@ -923,6 +1003,58 @@ impl Store for IdbStore {
             }
             for id in &changes.outbox_remove {
                 let k = c.tag(OUTBOX, &id.0);
+                let ord = request(by_k.get_key(&bytes(&k)), "getKey")?.await?;
+                if !ord.is_undefined() {
+                    store.delete(&ord).map_err(js("delete"))?;
+                }
+            }
+        }
+        if !changes.envelopes.is_empty() {
+            let store = tx.store(PROCESSED)?;
+            let by_k = store.index(BY_K).map_err(js("index"))?;
+            let meta = tx.store(META)?;
+            let mut order = Counter::new(PROCESSED_ORDER);
+            let mut last = None;
+            for d in &changes.envelopes {
+                let k = c.tag(PROCESSED, d);
+                if request(by_k.count_with_key(&bytes(&k)), "count")?.await?.as_f64() != Some(0.0) {
+                    continue;
+                }
+                let ord = order.take(&meta).await?;
+                last = Some(ord);
+                let v = c.seal(PROCESSED, &k, d)?;
+                store
+                    .put(&record(&[("ord", &number(ord)), ("k", &bytes(&k)), ("v", &bytes(&v))])?)
+                    .map_err(js("put"))?;
+            }
+            order.save(&meta)?;
+            if let Some(last) = last
+                && last > MAX_PROCESSED_ENVELOPES as u64
+            {
+                let old = IdbKeyRange::upper_bound(&number(last - MAX_PROCESSED_ENVELOPES as u64))
+                    .map_err(js("key range"))?;
+                store.delete(&old).map_err(js("delete"))?;
+            }
+        }
+        if !changes.pending_add.is_empty() || !changes.pending_remove.is_empty() {
+            let store = tx.store(PENDING)?;
+            let by_k = store.index(BY_K).map_err(js("index"))?;
+            let meta = tx.store(META)?;
+            let mut order = Counter::new(PENDING_ORDER);
+            for p in &changes.pending_add {
+                let k = c.tag(PENDING, &p.digest);
+                if request(by_k.count_with_key(&bytes(&k)), "count")?.await?.as_f64() != Some(0.0) {
+                    continue;
+                }
+                let ord = order.take(&meta).await?;
+                let v = c.seal(PENDING, &k, &encode_pending(p))?;
+                store
+                    .put(&record(&[("ord", &number(ord)), ("k", &bytes(&k)), ("v", &bytes(&v))])?)
+                    .map_err(js("put"))?;
+            }
+            order.save(&meta)?;
+            for d in &changes.pending_remove {
+                let k = c.tag(PENDING, d);
                 let ord = request(by_k.get_key(&bytes(&k)), "getKey")?.await?;
                 if !ord.is_undefined() {
                     store.delete(&ord).map_err(js("delete"))?;

@@ -1,16 +1,16 @@
 //! The reference store: everything in memory, the same semantics as the SQLite store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use sotto_crypto::AccountId;
 
 use super::{
-    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, MAX_PAGE, MessageStore,
-    OutboxItem, OutboxStore, Page, PeerDevice, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError,
-    StoredMessage, Versioned,
+    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, InboundStore,
+    MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore, Page, PeerDevice,
+    PendingInbound, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned,
+    check_pin, check_pin_write,
 };
-use crate::ids::MessageId;
 
 #[derive(Default)]
 struct Inner {
@@ -20,10 +20,14 @@ struct Inner {
     device_lists: BTreeMap<AccountId, Vec<u8>>,
     conversations: BTreeMap<AccountId, ConversationRecord>,
     messages: BTreeMap<u64, StoredMessage>,
-    message_index: HashMap<MessageId, u64>,
+    message_index: HashMap<MessageKey, u64>,
     next_order: u64,
     outbox: BTreeMap<u64, OutboxItem>,
     next_outbox: u64,
+    processed: VecDeque<EnvelopeDigest>,
+    processed_set: HashSet<EnvelopeDigest>,
+    pending: BTreeMap<u64, PendingInbound>,
+    next_pending: u64,
 }
 
 /// An in-memory store. Cloning is not offered: share it behind an `Arc`.
@@ -102,15 +106,32 @@ impl MessageStore for MemoryStore {
         Ok(out)
     }
 
-    async fn recent_message_ids(&self, limit: u32) -> Result<Vec<MessageId>, StoreError> {
+    async fn recent_message_ids(&self, limit: u32) -> Result<Vec<MessageKey>, StoreError> {
         let inner = self.lock();
         Ok(inner
             .messages
             .values()
             .rev()
             .take(limit as usize)
-            .map(|m| m.id)
+            .map(|m| m.key())
             .collect())
+    }
+}
+
+impl InboundStore for MemoryStore {
+    async fn processed_envelopes(&self, limit: u32) -> Result<Vec<EnvelopeDigest>, StoreError> {
+        Ok(self
+            .lock()
+            .processed
+            .iter()
+            .rev()
+            .take(limit as usize)
+            .copied()
+            .collect())
+    }
+
+    async fn pending_inbound(&self) -> Result<Vec<PendingInbound>, StoreError> {
+        Ok(self.lock().pending.values().cloned().collect())
     }
 }
 
@@ -136,6 +157,12 @@ impl Store for MemoryStore {
             if !inner.prekeys.contains_key(id) {
                 return Err(StoreError::Conflict);
             }
+        }
+        for (a, expected) in &changes.pins {
+            check_pin(inner.device_lists.get(a).map(Vec::as_slice), *expected)?;
+        }
+        for (a, l) in &changes.device_lists {
+            check_pin_write(inner.device_lists.get(a).map(Vec::as_slice), l)?;
         }
         if let (Some(w), Some(v)) = (changes.account, account_version) {
             inner.account = Some(Versioned {
@@ -166,13 +193,13 @@ impl Store for MemoryStore {
         }
         let mut inserted = Vec::new();
         for mut m in changes.messages {
-            if inner.message_index.contains_key(&m.id) {
+            if inner.message_index.contains_key(&m.key()) {
                 continue;
             }
             inner.next_order += 1;
             let order = inner.next_order;
             m.order = order;
-            inner.message_index.insert(m.id, order);
+            inner.message_index.insert(m.key(), order);
             inserted.push((m.id, order));
             inner.messages.insert(order, m);
         }
@@ -194,6 +221,27 @@ impl Store for MemoryStore {
         }
         for id in changes.outbox_remove {
             inner.outbox.retain(|_, i| i.id != id);
+        }
+        for p in changes.pending_add {
+            if inner.pending.values().any(|q| q.digest == p.digest) {
+                continue;
+            }
+            inner.next_pending += 1;
+            let n = inner.next_pending;
+            inner.pending.insert(n, p);
+        }
+        for d in changes.pending_remove {
+            inner.pending.retain(|_, q| q.digest != d);
+        }
+        for d in changes.envelopes {
+            if inner.processed_set.insert(d) {
+                inner.processed.push_back(d);
+                if inner.processed.len() > MAX_PROCESSED_ENVELOPES
+                    && let Some(old) = inner.processed.pop_front()
+                {
+                    inner.processed_set.remove(&old);
+                }
+            }
         }
         Ok(Committed {
             inserted,

@@ -114,8 +114,12 @@ pub struct AccountRecord {
     pub next_one_time_id: u32,
     /// The next ML-KEM prekey id.
     pub next_kem_id: u32,
-    /// The highest mailbox seq whose envelope was processed and committed.
+    /// The highest mailbox seq whose envelope was processed and committed (since the
+    /// mailbox epoch changed last).
     pub last_seq: u64,
+    /// The relay's mailbox epoch `last_seq` counts in, once the relay names one: a new
+    /// epoch means the relay's numbering started again, and `last_seq` is reset.
+    pub mailbox_epoch: Option<[u8; 16]>,
 }
 
 impl std::fmt::Debug for AccountRecord {
@@ -123,6 +127,7 @@ impl std::fmt::Debug for AccountRecord {
         f.debug_struct("AccountRecord")
             .field("signed_prekey_id", &self.signed_prekey_id)
             .field("last_seq", &self.last_seq)
+            .field("mailbox_epoch", &self.mailbox_epoch.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -192,8 +197,32 @@ impl MessageStatus {
     }
 }
 
+/// Where a message id is unique: in one conversation, from one sender account. Two
+/// accounts can never claim one message (deduplication, receipts and status updates
+/// all go by this key).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct MessageKey {
+    /// The conversation (the contact's account id).
+    pub conversation: AccountId,
+    /// The account that wrote the message (the contact, or this account).
+    pub sender: AccountId,
+    /// The message id.
+    pub id: MessageId,
+}
+
+impl MessageKey {
+    /// The bytes the stores derive a row key from: id ‖ conversation ‖ sender account.
+    pub fn to_bytes(&self) -> [u8; 80] {
+        let mut b = [0u8; 80];
+        b[..16].copy_from_slice(&self.id.0);
+        b[16..48].copy_from_slice(self.conversation.as_bytes());
+        b[48..].copy_from_slice(self.sender.as_bytes());
+        b
+    }
+}
+
 /// A message in a conversation.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     /// The message id.
     pub id: MessageId,
@@ -212,8 +241,31 @@ pub struct StoredMessage {
     pub order: u64,
 }
 
+impl StoredMessage {
+    /// Its key: conversation, sender account and id.
+    pub fn key(&self) -> MessageKey {
+        MessageKey {
+            conversation: self.conversation,
+            sender: self.sender.0,
+            id: self.id,
+        }
+    }
+}
+
+/// Leaves the text out (its length only).
+impl std::fmt::Debug for StoredMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredMessage")
+            .field("id", &self.id)
+            .field("status", &self.status)
+            .field("order", &self.order)
+            .field("text_len", &self.text.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A message waiting to be sent: the content and the account it goes to.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct OutboxItem {
     /// The id (the content's message id).
     pub id: MessageId,
@@ -221,6 +273,53 @@ pub struct OutboxItem {
     pub to: AccountId,
     /// The encoded [`crate::content::Content`].
     pub content: Vec<u8>,
+}
+
+/// Leaves the content out (its length only).
+impl std::fmt::Debug for OutboxItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxItem")
+            .field("id", &self.id)
+            .field("content_len", &self.content.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SHA-256 digest of an inbound envelope's bytes.
+pub type EnvelopeDigest = [u8; 32];
+
+/// How many digests of processed envelopes a store keeps (the oldest are dropped).
+pub const MAX_PROCESSED_ENVELOPES: usize = 20_000;
+
+/// How many envelopes may wait in the pending-inbound table. When it is full the client
+/// stops acknowledging: the relay keeps the rest.
+pub const MAX_PENDING_INBOUND: usize = 256;
+
+/// An inbound envelope that could not be given a verdict yet (its sender's device list
+/// could not be fetched for a transient reason). It is kept, acknowledged, and retried.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingInbound {
+    /// The envelope's digest (its key).
+    pub digest: EnvelopeDigest,
+    /// The claimed sender account (retries go in order per sender).
+    pub sender: AccountId,
+    /// The mailbox seq it came with.
+    pub seq: u64,
+    /// When it was first put aside, Unix milliseconds.
+    pub first_seen_ms: u64,
+    /// The envelope bytes (sealed).
+    pub envelope: Vec<u8>,
+}
+
+/// Leaves the envelope out (its length only).
+impl std::fmt::Debug for PendingInbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingInbound")
+            .field("seq", &self.seq)
+            .field("first_seen_ms", &self.first_seen_ms)
+            .field("envelope_len", &self.envelope.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A page of a conversation: the last `limit` messages stored before `before`
@@ -246,7 +345,7 @@ impl Default for Page {
 }
 
 /// Everything one operation changes, written in one transaction.
-#[derive(Clone, Default, Debug)]
+#[derive(Clone, Default)]
 pub struct Changes {
     /// The account row.
     pub account: Option<Write<AccountRecord>>,
@@ -256,18 +355,85 @@ pub struct Changes {
     pub prekeys_added: Vec<(PreKeyId, Vec<u8>)>,
     /// Prekey secrets to delete; each must exist (else [`StoreError::Conflict`]).
     pub prekeys_removed: Vec<PreKeyId>,
-    /// Pinned device lists (signed bytes), replacing the stored one.
+    /// Pinned device lists (signed bytes), replacing the stored one. A pin only moves
+    /// forward: a list with a lower version than the stored one, or another list at the
+    /// same version, is [`StoreError::Conflict`].
     pub device_lists: Vec<(AccountId, Vec<u8>)>,
     /// Conversations to create (kept if they exist).
     pub conversations: Vec<ConversationRecord>,
-    /// Messages to insert; one whose id is stored already is skipped.
+    /// Messages to insert; one whose [`MessageKey`] is stored already is skipped.
     pub messages: Vec<StoredMessage>,
-    /// Status changes of stored messages (unknown ids are skipped).
-    pub message_status: Vec<(MessageId, MessageStatus)>,
+    /// Status changes of stored messages (unknown keys are skipped).
+    pub message_status: Vec<(MessageKey, MessageStatus)>,
     /// Outbox items to append.
     pub outbox_add: Vec<OutboxItem>,
     /// Outbox items to remove (unknown ids are skipped).
     pub outbox_remove: Vec<MessageId>,
+    /// The pinned device-list version of each account this operation relied on: if the
+    /// stored pin of one of them is another version (another process pinned a newer
+    /// list), the commit is [`StoreError::Conflict`]. `0` stands for "no pin".
+    pub pins: Vec<(AccountId, u64)>,
+    /// Digests of the inbound envelopes this operation processed (the store keeps the
+    /// last [`MAX_PROCESSED_ENVELOPES`]).
+    pub envelopes: Vec<EnvelopeDigest>,
+    /// Envelopes to put in the pending-inbound table (kept if their digest is there).
+    pub pending_add: Vec<PendingInbound>,
+    /// Pending envelopes to drop, by digest (unknown ones are skipped).
+    pub pending_remove: Vec<EnvelopeDigest>,
+}
+
+/// Counts only: the values hold plaintext (texts, contents) and pickles.
+impl std::fmt::Debug for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changes")
+            .field("account", &self.account.is_some())
+            .field("sessions", &self.sessions.len())
+            .field("prekeys_added", &self.prekeys_added.len())
+            .field("prekeys_removed", &self.prekeys_removed.len())
+            .field("device_lists", &self.device_lists.len())
+            .field("conversations", &self.conversations.len())
+            .field("messages", &self.messages.len())
+            .field("message_status", &self.message_status.len())
+            .field("outbox_add", &self.outbox_add.len())
+            .field("outbox_remove", &self.outbox_remove.len())
+            .field("pins", &self.pins.len())
+            .field("envelopes", &self.envelopes.len())
+            .field("pending_add", &self.pending_add.len())
+            .field("pending_remove", &self.pending_remove.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The version of a signed device list, read without verifying it (a pin's bytes were
+/// verified before they were committed).
+pub fn pinned_version(list: &[u8]) -> Result<u64, StoreError> {
+    sotto_crypto::SignedDeviceList::from_bytes(list)
+        .map_err(StoreError::Decode)?
+        .account_key_and_version()
+        .map(|(_, v)| v)
+        .map_err(|_| StoreError::Decode(DecodeError::Invalid { field: "device list" }))
+}
+
+/// Checks a pin write against the stored pin: forward only.
+pub(crate) fn check_pin_write(stored: Option<&[u8]>, new: &[u8]) -> Result<(), StoreError> {
+    let Some(stored) = stored else { return Ok(()) };
+    let (old_v, new_v) = (pinned_version(stored)?, pinned_version(new)?);
+    if new_v < old_v || (new_v == old_v && stored != new) {
+        return Err(StoreError::Conflict);
+    }
+    Ok(())
+}
+
+/// Checks an expected pin against the stored pin.
+pub(crate) fn check_pin(stored: Option<&[u8]>, expected: u64) -> Result<(), StoreError> {
+    let current = match stored {
+        Some(l) => pinned_version(l)?,
+        None => 0,
+    };
+    if current != expected {
+        return Err(StoreError::Conflict);
+    }
+    Ok(())
 }
 
 impl Changes {
@@ -283,6 +449,9 @@ impl Changes {
             && self.message_status.is_empty()
             && self.outbox_add.is_empty()
             && self.outbox_remove.is_empty()
+            && self.envelopes.is_empty()
+            && self.pending_add.is_empty()
+            && self.pending_remove.is_empty()
     }
 }
 
@@ -333,8 +502,19 @@ pub trait MessageStore {
         conversation: AccountId,
         page: Page,
     ) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + MaybeSend;
-    /// The ids of the last `limit` messages stored (for deduplication after a restart).
-    fn recent_message_ids(&self, limit: u32) -> impl Future<Output = Result<Vec<MessageId>, StoreError>> + MaybeSend;
+    /// The keys of the last `limit` messages stored (for deduplication after a restart).
+    fn recent_message_ids(&self, limit: u32) -> impl Future<Output = Result<Vec<MessageKey>, StoreError>> + MaybeSend;
+}
+
+/// What the inbound path remembers across restarts.
+pub trait InboundStore {
+    /// The digests of the last `limit` processed envelopes, newest first.
+    fn processed_envelopes(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<EnvelopeDigest>, StoreError>> + MaybeSend;
+    /// The pending-inbound table, oldest first.
+    fn pending_inbound(&self) -> impl Future<Output = Result<Vec<PendingInbound>, StoreError>> + MaybeSend;
 }
 
 /// Messages waiting to be sent, oldest first.
@@ -351,6 +531,7 @@ pub trait Store:
     + DeviceListStore
     + MessageStore
     + OutboxStore
+    + InboundStore
     + MaybeSend
     + MaybeSync
     + 'static

@@ -3,7 +3,7 @@
 use sotto_crypto::codec::{DecodeError, Put, Reader};
 use sotto_crypto::{AccountId, DeviceId};
 
-use super::{AccountRecord, MessageStatus, OutboxItem, PeerDevice, SessionSet, StoredMessage};
+use super::{AccountRecord, MessageStatus, OutboxItem, PeerDevice, PendingInbound, SessionSet, StoredMessage};
 use crate::ids::MessageId;
 
 impl MessageStatus {
@@ -36,9 +36,13 @@ impl MessageStatus {
 const RECORD_VERSION: u8 = 1;
 const MAX_BLOB: usize = 1 << 20;
 
+/// Account records from version 2 on end with the mailbox epoch (a flag byte, then 16
+/// bytes when set); version 1 records have none.
+const ACCOUNT_VERSION: u8 = 2;
+
 pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
     let mut o = Vec::with_capacity(512);
-    o.put_u8(RECORD_VERSION);
+    o.put_u8(ACCOUNT_VERSION);
     o.put_var(&a.account_key);
     o.put_var(&a.device);
     o.put_var(a.relay_url.as_bytes());
@@ -46,13 +50,23 @@ pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
     o.put_u32(a.next_one_time_id);
     o.put_u32(a.next_kem_id);
     o.put_u64(a.last_seq);
+    match &a.mailbox_epoch {
+        Some(e) => {
+            o.put_u8(1);
+            o.put(e);
+        }
+        None => o.put_u8(0),
+    }
     o
 }
 
 pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
     let mut r = Reader::new(b);
-    r.version(RECORD_VERSION)?;
-    let a = AccountRecord {
+    let version = r.u8()?;
+    if version != RECORD_VERSION && version != ACCOUNT_VERSION {
+        return Err(DecodeError::UnsupportedVersion { version });
+    }
+    let mut a = AccountRecord {
         account_key: r.var_bytes("account key", MAX_BLOB)?.to_vec(),
         device: r.var_bytes("device", MAX_BLOB)?.to_vec(),
         relay_url: String::from_utf8(r.var_bytes("relay url", 4096)?.to_vec())
@@ -61,7 +75,20 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
         next_one_time_id: r.u32()?,
         next_kem_id: r.u32()?,
         last_seq: r.u64()?,
+        mailbox_epoch: None,
     };
+    if version >= ACCOUNT_VERSION {
+        a.mailbox_epoch = match r.u8()? {
+            0 => None,
+            1 => Some(r.array()?),
+            value => {
+                return Err(DecodeError::UnknownType {
+                    field: "mailbox epoch",
+                    value,
+                });
+            }
+        };
+    }
     r.finish()?;
     Ok(a)
 }
@@ -151,4 +178,56 @@ pub(crate) fn decode_outbox(b: &[u8]) -> Result<OutboxItem, DecodeError> {
     };
     r.finish()?;
     Ok(i)
+}
+
+pub(crate) fn encode_pending(p: &PendingInbound) -> Vec<u8> {
+    let mut o = Vec::with_capacity(96 + p.envelope.len());
+    o.put_u8(RECORD_VERSION);
+    o.put(&p.digest);
+    o.put(p.sender.as_bytes());
+    o.put_u64(p.seq);
+    o.put_u64(p.first_seen_ms);
+    o.put_var(&p.envelope);
+    o
+}
+
+pub(crate) fn decode_pending(b: &[u8]) -> Result<PendingInbound, DecodeError> {
+    let mut r = Reader::new(b);
+    r.version(RECORD_VERSION)?;
+    let p = PendingInbound {
+        digest: r.array()?,
+        sender: AccountId(r.array()?),
+        seq: r.u64()?,
+        first_seen_ms: r.u64()?,
+        envelope: r.var_bytes("envelope", MAX_BLOB)?.to_vec(),
+    };
+    r.finish()?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_records_of_version_1_still_load() {
+        let a = AccountRecord {
+            account_key: vec![1; 3],
+            device: vec![2; 4],
+            relay_url: "http://r".into(),
+            signed_prekey_id: 1,
+            next_one_time_id: 2,
+            next_kem_id: 3,
+            last_seq: 9,
+            mailbox_epoch: Some([7; 16]),
+        };
+        assert_eq!(decode_account(&encode_account(&a)).unwrap(), a);
+        // Version 1: the same fields without the epoch.
+        let mut v1 = encode_account(&a);
+        v1.truncate(v1.len() - 17);
+        v1[0] = 1;
+        let old = decode_account(&v1).unwrap();
+        assert_eq!(old.mailbox_epoch, None);
+        assert_eq!(old.last_seq, 9);
+    }
 }

@@ -13,15 +13,15 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use super::StoreKey;
 use super::crypt::Crypt;
 use super::records::{
-    decode_account, decode_message, decode_outbox, decode_peer, decode_sessions, encode_account, encode_message,
-    encode_outbox, encode_peer, encode_sessions,
+    decode_account, decode_message, decode_outbox, decode_peer, decode_pending, decode_sessions, encode_account,
+    encode_message, encode_outbox, encode_peer, encode_pending, encode_sessions,
 };
 use super::{
-    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, MAX_PAGE, MessageStore,
-    OutboxItem, OutboxStore, Page, PeerDevice, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError,
-    StoredMessage, Versioned,
+    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, InboundStore,
+    MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore, Page, PeerDevice,
+    PendingInbound, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned,
+    check_pin, check_pin_write,
 };
-use crate::ids::MessageId;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS account (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, v BLOB NOT NULL) STRICT",
@@ -33,6 +33,10 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS messages_by_conv ON messages (conv, ord)",
     "CREATE TABLE IF NOT EXISTS outbox (ord INTEGER PRIMARY KEY AUTOINCREMENT, k BLOB NOT NULL UNIQUE, v BLOB NOT NULL) STRICT",
     // One row whose counter `sync` bumps: a durable commit with nothing else to write.
+    // Digests of processed inbound envelopes: k = tag(digest), v = sealed digest.
+    "CREATE TABLE IF NOT EXISTS processed (ord INTEGER PRIMARY KEY AUTOINCREMENT, k BLOB NOT NULL UNIQUE, v BLOB NOT NULL) STRICT",
+    // Envelopes waiting for a verdict: k = tag(digest), v = sealed pending record.
+    "CREATE TABLE IF NOT EXISTS pending (ord INTEGER PRIMARY KEY AUTOINCREMENT, k BLOB NOT NULL UNIQUE, v BLOB NOT NULL) STRICT",
     "CREATE TABLE IF NOT EXISTS sync_barrier (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL) STRICT",
 ];
 
@@ -241,7 +245,7 @@ impl MessageStore for SqliteStore {
         Ok(out)
     }
 
-    async fn recent_message_ids(&self, limit: u32) -> Result<Vec<MessageId>, StoreError> {
+    async fn recent_message_ids(&self, limit: u32) -> Result<Vec<MessageKey>, StoreError> {
         let rows = sqlx::query("SELECT ord, k, v FROM messages ORDER BY ord DESC LIMIT ?")
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -252,10 +256,67 @@ impl MessageStore for SqliteStore {
             let k: Vec<u8> = row.try_get("k").map_err(db)?;
             let v: Vec<u8> = row.try_get("v").map_err(db)?;
             let plain = self.crypt.open("messages", &k, &v)?;
-            out.push(decode_message(&plain, 0)?.id);
+            out.push(decode_message(&plain, 0)?.key());
         }
         Ok(out)
     }
+}
+
+impl InboundStore for SqliteStore {
+    async fn processed_envelopes(&self, limit: u32) -> Result<Vec<EnvelopeDigest>, StoreError> {
+        let rows = sqlx::query("SELECT k, v FROM processed ORDER BY ord DESC LIMIT ?")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let k: Vec<u8> = row.try_get("k").map_err(db)?;
+            let v: Vec<u8> = row.try_get("v").map_err(db)?;
+            let d: EnvelopeDigest = self.crypt.open("processed", &k, &v)?[..].try_into().map_err(|_| {
+                StoreError::Decode(sotto_crypto::DecodeError::Invalid {
+                    field: "envelope digest",
+                })
+            })?;
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    async fn pending_inbound(&self) -> Result<Vec<PendingInbound>, StoreError> {
+        let rows = sqlx::query("SELECT k, v FROM pending ORDER BY ord")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let k: Vec<u8> = row.try_get("k").map_err(db)?;
+            let v: Vec<u8> = row.try_get("v").map_err(db)?;
+            out.push(decode_pending(&self.crypt.open("pending", &k, &v)?)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The stored pin of `account` (signed list bytes), read inside `tx`.
+async fn stored_pin(c: &Crypt, tx: &mut SqliteConnection, account: &AccountId) -> Result<Option<Vec<u8>>, StoreError> {
+    let k = c.tag("device_lists", account.as_bytes());
+    let Some(row) = sqlx::query("SELECT v FROM device_lists WHERE k = ?")
+        .bind(&k)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+    else {
+        return Ok(None);
+    };
+    let v: Vec<u8> = row.try_get("v").map_err(db)?;
+    let plain = c.open("device_lists", &k, &v)?;
+    if plain.len() < 32 {
+        return Err(StoreError::Decode(sotto_crypto::DecodeError::Invalid {
+            field: "device list row",
+        }));
+    }
+    Ok(Some(plain[32..].to_vec()))
 }
 
 impl OutboxStore for SqliteStore {
@@ -386,7 +447,11 @@ impl SqliteStore {
             )
             .await?;
         }
+        for (a, expected) in &changes.pins {
+            check_pin(stored_pin(c, &mut tx, a).await?.as_deref(), *expected)?;
+        }
         for (a, l) in &changes.device_lists {
+            check_pin_write(stored_pin(c, &mut tx, a).await?.as_deref(), l)?;
             let k = c.tag("device_lists", a.as_bytes());
             let v = c.seal("device_lists", &k, &[&a.as_bytes()[..], l].concat())?;
             put_kv(
@@ -409,7 +474,7 @@ impl SqliteStore {
             .await?;
         }
         for m in &changes.messages {
-            let k = c.tag("messages", &m.id.0);
+            let k = c.tag("messages", &m.key().to_bytes());
             let conv = c.tag("conversations", m.conversation.as_bytes());
             let v = c.seal("messages", &k, &encode_message(m))?;
             let done = sqlx::query("INSERT INTO messages (k, conv, v) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
@@ -425,8 +490,8 @@ impl SqliteStore {
                     .push((m.id, u64::try_from(done.last_insert_rowid()).unwrap_or(0)));
             }
         }
-        for (id, status) in &changes.message_status {
-            let k = c.tag("messages", &id.0);
+        for (key, status) in &changes.message_status {
+            let k = c.tag("messages", &key.to_bytes());
             let Some(row) = sqlx::query("SELECT ord, v FROM messages WHERE k = ?")
                 .bind(&k)
                 .fetch_optional(&mut *tx)
@@ -463,6 +528,42 @@ impl SqliteStore {
         for id in &changes.outbox_remove {
             sqlx::query("DELETE FROM outbox WHERE k = ?")
                 .bind(c.tag("outbox", &id.0))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for d in &changes.envelopes {
+            let k = c.tag("processed", d);
+            let v = c.seal("processed", &k, d)?;
+            put_kv(
+                &mut tx,
+                "INSERT INTO processed (k, v) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                k,
+                v,
+            )
+            .await?;
+        }
+        for p in &changes.pending_add {
+            let k = c.tag("pending", &p.digest);
+            let v = c.seal("pending", &k, &encode_pending(p))?;
+            put_kv(
+                &mut tx,
+                "INSERT INTO pending (k, v) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                k,
+                v,
+            )
+            .await?;
+        }
+        for d in &changes.pending_remove {
+            sqlx::query("DELETE FROM pending WHERE k = ?")
+                .bind(c.tag("pending", d))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        if !changes.envelopes.is_empty() {
+            sqlx::query("DELETE FROM processed WHERE ord <= (SELECT MAX(ord) FROM processed) - ?")
+                .bind(MAX_PROCESSED_ENVELOPES as i64)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
