@@ -700,6 +700,15 @@ mod tests {
     }
 
     #[test]
+    fn metrics_token_stays_out_of_debug() {
+        let c: Config = toml::from_str("metrics_token = \"s3cret-token\"\n").unwrap();
+        assert_eq!(c.metrics_token.as_ref().map(|t| t.0.as_str()), Some("s3cret-token"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("metrics_token: Some(MetricsToken(..))"), "{shown}");
+    }
+
+    #[test]
     fn deliver_window_is_bounded_for_clients() {
         for (window, ok) in [
             (0, false),

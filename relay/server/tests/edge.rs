@@ -381,7 +381,9 @@ async fn websocket_caps(url: String) {
         assert!(matches!(recv(&mut ws).await, Frame::Challenge(_)));
         held.push(ws);
     }
-    let (status, body) = ws_from(&relay, 2).await.err().expect("refused");
+    let Err((status, body)) = ws_from(&relay, 2).await else {
+        panic!("the third unauthenticated socket was accepted")
+    };
     assert_eq!(
         (status, error_code(&body)),
         (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::TOO_MANY_CONNECTIONS)
