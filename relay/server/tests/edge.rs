@@ -632,6 +632,62 @@ async fn metrics_access(url: String) {
     );
 }
 
+/// The relay-wide bounds: TCP connections in total (closed at accept) and unfinished
+/// message bytes in total (the connection that goes over is closed), with attackers on
+/// several addresses, each within its own share.
+async fn total_bounds(url: String) {
+    let relay = Relay::start(&url, |c: &mut Config| {
+        c.limits.max_tcp_connections = 12;
+        c.limits.max_tcp_connections_per_addr = 3;
+        c.limits.max_partial_bytes_per_addr = 200 * 1024;
+        c.limits.max_partial_bytes_total = 250 * 1024;
+    })
+    .await;
+    let (a, b) = two_accounts(&relay, 11).await;
+    // Unfinished messages: 100 KiB from .2 and from .3 fit; 100 KiB more from .4 goes
+    // over the 250 KiB total, though within .4's share.
+    let mut held = Vec::new();
+    for host in [2, 3] {
+        let mut s = raw_ws(&relay, host).await;
+        start_message(&mut s, 1 << 20, 100 * 1024).await.unwrap();
+        held.push(s);
+    }
+    let mut over = raw_ws(&relay, 4).await;
+    let _ = start_message(&mut over, 1 << 20, 100 * 1024).await;
+    assert!(eof(&mut over, FAILSAFE).await, "over the total budget and still open");
+    honest_works(&relay, &a, &b, 1).await;
+    drop(held);
+    // TCP: three idle connections from each of .5, .6, .7 and .8 would be 12; the relay
+    // holds at most 12 in total, so once it is full a connection from a fifth address is
+    // closed at accept.
+    let mut idle = Vec::new();
+    for host in [5, 6, 7, 8] {
+        for _ in 0..3 {
+            let mut s = tcp_from(&relay, host).await.unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+            let _ = read_response(&mut s).await;
+            idle.push(s);
+        }
+    }
+    let mut refused = tcp_from(&relay, 9).await.unwrap();
+    let _ = refused.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(read_response(&mut refused).await.is_none(), "served over the total");
+    drop(idle);
+    // Once they are gone the honest client works again.
+    let ok = tokio::time::timeout(FAILSAFE, async {
+        loop {
+            let mut s = tcp_from(&relay, 1).await.unwrap();
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+            if let Some((200, _, _)) = read_response(&mut s).await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "the relay did not free its places");
+    honest_works(&relay, &a, &b, 2).await;
+}
+
 macro_rules! backend {
     ($backend:ident, $url:expr) => {
         mod $backend {
@@ -661,6 +717,7 @@ macro_rules! backend {
             t!(envelope_rates);
             t!(byte_budgets);
             t!(metrics_access);
+            t!(total_bounds);
         }
     };
 }
