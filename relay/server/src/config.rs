@@ -190,13 +190,17 @@ pub struct Limits {
     /// Time to read a request head, and the idle time allowed between requests on a
     /// keep-alive connection; then the connection is closed. Milliseconds.
     pub header_read_timeout_ms: u64,
+    /// Time from a request's head to its answer, the body's arrival included; then it is
+    /// answered 408 `IDLE_TIMEOUT` and the connection closes. Milliseconds.
+    pub request_timeout_ms: u64,
     /// A WebSocket message that has started must complete within this time, or the
     /// connection is closed (close code 1008). Milliseconds.
     pub message_timeout_ms: u64,
-    /// Bytes of unfinished WebSocket messages held for one address; over it, its
-    /// connection that reads more is closed (close code 1008).
+    /// Bytes of unfinished WebSocket messages, and of HTTP requests read and not yet
+    /// answered, held for one address; over it, its connection that reads more is closed
+    /// (WebSocket close code 1008).
     pub max_partial_bytes_per_addr: usize,
-    /// Bytes of unfinished WebSocket messages held in total; likewise.
+    /// The same bytes held in total; likewise.
     pub max_partial_bytes_total: usize,
     /// Envelope bytes of sends in flight (read and not yet answered, the writer's queue
     /// included) in total; a send over it is `BUSY`.
@@ -260,6 +264,7 @@ impl Default for Limits {
             anonymous_idle_ms: 30_000,
             anonymous_lifetime_ms: 600_000,
             header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
             message_timeout_ms: 30_000,
             max_partial_bytes_per_addr: 16 << 20,
             max_partial_bytes_total: 256 << 20,

@@ -180,7 +180,7 @@ pub async fn run(
             router,
             conns,
             state.metrics.clone(),
-            header_timeout(&state),
+            net::Timeouts::of(&state.config.limits),
             state.shutdown_signal(),
         ))
     });
@@ -197,10 +197,6 @@ pub async fn run(
         t.abort();
     }
     result
-}
-
-fn header_timeout(state: &AppState) -> Duration {
-    Duration::from_millis(state.config.limits.header_read_timeout_ms.max(1))
 }
 
 async fn serve<L>(listener: L, state: Arc<AppState>) -> std::io::Result<()>
@@ -228,7 +224,7 @@ where
         app(state.clone()),
         state.conns.clone(),
         state.metrics.clone(),
-        header_timeout(&state),
+        net::Timeouts::of(&state.config.limits),
         state.shutdown_signal(),
     )
     .await;

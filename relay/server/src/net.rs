@@ -6,11 +6,15 @@
 //! hyper's HTTP/1 server with a timer: a request head (and the idle time between
 //! keep-alive requests) must arrive within `header_read_timeout_ms`.
 //!
+//! A request must be answered within `request_timeout_ms` of its head (a body that
+//! trickles in included), or it is answered 408 and the connection closes.
+//!
 //! The connection's stream is wrapped in a [`MeteredIo`]:
-//! - once upgraded to a WebSocket, it counts the bytes read since the last complete
-//!   message (the unfinished message tungstenite buffers), per connection, per address
-//!   and in total; a read over the per-address or total budget fails, which closes the
-//!   connection;
+//! - it counts the bytes read and not yet done with, per connection, per address and in
+//!   total: on HTTP, those read since the last answer (the request being read); once
+//!   upgraded to a WebSocket, those since the last complete message (the unfinished
+//!   message tungstenite buffers). A read over the per-address or total budget fails,
+//!   which closes the connection;
 //! - before that, it replaces hyper's own bodiless answers to malformed or oversized
 //!   request heads (400, 414, 431) with an `ErrorBody` (§13.3).
 
@@ -220,7 +224,7 @@ impl ConnInfo {
 
     /// Counts `n` bytes read; false when the address or the relay is over its budget.
     fn hold(&self, n: usize) -> bool {
-        if n == 0 || !self.meter.active.load(Ordering::Relaxed) {
+        if n == 0 {
             return true;
         }
         if self.meter.partial.fetch_add(n, Ordering::Relaxed) == 0 {
@@ -347,6 +351,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MeteredIo<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_pending(cx))?;
+        if !this.conn.meter.active.load(Ordering::Relaxed) && buf.starts_with(b"HTTP/1.") {
+            // An answer: the request it answers is no longer held.
+            this.conn.message_done();
+        }
         if !this.conn.meter.active.load(Ordering::Relaxed)
             && let Some(line) = hyper_error_answer(buf)
         {
@@ -397,7 +405,7 @@ pub(crate) async fn accept_loop<L>(
     router: Router,
     conns: Arc<Conns>,
     metrics: Arc<Metrics>,
-    header_timeout: Duration,
+    timeouts: Timeouts,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) where
     L: axum::serve::Listener<Addr = SocketAddr>,
@@ -413,28 +421,76 @@ pub(crate) async fn accept_loop<L>(
             continue;
         };
         let io = MeteredIo::new(io, info.clone(), metrics.clone());
-        tokio::spawn(serve_conn(io, info, router.clone(), header_timeout, shutdown.clone()));
+        tokio::spawn(serve_conn(
+            io,
+            info,
+            router.clone(),
+            metrics.clone(),
+            timeouts,
+            shutdown.clone(),
+        ));
     }
+}
+
+/// The accept loop's timeouts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    /// For a request head, and between keep-alive requests.
+    pub(crate) header: Duration,
+    /// From a request's head to its answer.
+    pub(crate) request: Duration,
+}
+
+impl Timeouts {
+    pub(crate) fn of(l: &Limits) -> Self {
+        Self {
+            header: Duration::from_millis(l.header_read_timeout_ms.max(1)),
+            request: Duration::from_millis(l.request_timeout_ms.max(1)),
+        }
+    }
+}
+
+/// The answer to a request not answered in time: 408, `IDLE_TIMEOUT`, and the connection
+/// closes (its body may still be arriving).
+fn request_timed_out(metrics: &Metrics) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    metrics.http_errors_total.count(408);
+    let mut res = crate::AppError(ErrorCode::IDLE_TIMEOUT).into_response();
+    *res.status_mut() = axum::http::StatusCode::REQUEST_TIMEOUT;
+    res.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    res
 }
 
 async fn serve_conn<T>(
     io: MeteredIo<T>,
     info: Arc<ConnInfo>,
     router: Router,
-    header_timeout: Duration,
+    metrics: Arc<Metrics>,
+    timeouts: Timeouts,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + std::marker::Send + 'static,
 {
+    let header_timeout = timeouts.header;
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
         let mut router = router.clone();
-        async move { tower_service::Service::call(&mut router, req).await }
+        let metrics = metrics.clone();
+        async move {
+            match tokio::time::timeout(timeouts.request, tower_service::Service::call(&mut router, req)).await {
+                Ok(answer) => answer,
+                Err(_) => Ok(request_timed_out(&metrics)),
+            }
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BUF)
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
     tokio::pin!(conn);
@@ -446,6 +502,10 @@ async fn serve_conn<T>(
         }
     }
 }
+
+/// hyper's read buffer per connection, which bounds a request head (a larger one is
+/// 431): the relay's heads are well under 1 KiB.
+const MAX_HEAD_BUF: usize = 16 * 1024;
 
 /// Runs `f` every `every` until shutdown.
 pub(crate) async fn every<F, Fut>(every: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>, mut f: F)

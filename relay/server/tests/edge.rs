@@ -688,6 +688,53 @@ async fn total_bounds(url: String) {
     honest_works(&relay, &a, &b, 2).await;
 }
 
+/// A request body that trickles is answered 408 `IDLE_TIMEOUT` and its connection closed;
+/// the bytes of requests being read count against the address's budget.
+async fn slow_bodies(url: String) {
+    let relay = Relay::start(&url, |c: &mut Config| {
+        c.limits.request_timeout_ms = 300;
+    })
+    .await;
+    let (a, b) = two_accounts(&relay, 12).await;
+    let head = format!(
+        "PUT /v1/accounts/{}/device-list HTTP/1.1\r\nhost: x\r\ncontent-length: 80000\r\n\r\n",
+        a.id()
+    );
+    let mut slow = tcp_from(&relay, 2).await.unwrap();
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&[0; 1000]).await.unwrap();
+    let (status, _, body) = read_response(&mut slow).await.expect("an answer");
+    assert_eq!((status, error_code(&body)), (408, ErrorCode::IDLE_TIMEOUT));
+    assert!(eof(&mut slow, FAILSAFE).await);
+    honest_works(&relay, &a, &b, 1).await;
+    drop(relay);
+
+    let relay = Relay::start(&url, |c: &mut Config| {
+        c.limits.max_partial_bytes_per_addr = 100 * 1024;
+    })
+    .await;
+    let mut first = tcp_from(&relay, 3).await.unwrap();
+    first.write_all(head.as_bytes()).await.unwrap();
+    first.write_all(&[0; 60_000]).await.unwrap();
+    let mut second = tcp_from(&relay, 3).await.unwrap();
+    second.write_all(head.as_bytes()).await.unwrap();
+    let _ = second.write_all(&[0; 60_000]).await;
+    // Whichever of the two is read last goes over the budget and is cut off.
+    tokio::time::timeout(FAILSAFE, async {
+        while !relay
+            .metrics()
+            .await
+            .contains("sotto_relay_partial_bytes_refused_total 1")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("one of the two bodies is refused");
+    honest_works(&relay, &a, &b, 2).await;
+    drop(first);
+}
+
 macro_rules! backend {
     ($backend:ident, $url:expr) => {
         mod $backend {
@@ -718,6 +765,7 @@ macro_rules! backend {
             t!(byte_budgets);
             t!(metrics_access);
             t!(total_bounds);
+            t!(slow_bodies);
         }
     };
 }
