@@ -160,6 +160,8 @@ pub struct Limits {
     pub challenge_ttl_secs: u64,
     /// Most used HTTP challenge nonces remembered (each until it expires) to refuse
     /// replays; when full, authentication answers `BUSY`. Issued challenges are stateless.
+    /// At least `challenge_burst_total + challenge_rate_total × challenge_ttl_secs`
+    /// (124 000 by default), the table cannot fill: every entry needs an issued challenge.
     pub max_pending_challenges: usize,
     /// Most envelopes delivered on one connection and not yet acknowledged (at most
     /// [`MAX_DELIVER_WINDOW`]).
@@ -252,7 +254,7 @@ impl Default for Limits {
             rate_burst: 2_048,
             max_one_time_prekeys: 1000,
             challenge_ttl_secs: 60,
-            max_pending_challenges: 10_000,
+            max_pending_challenges: 130_000,
             deliver_window: 64,
             ephemeral_queue: 16,
             expiry_interval_secs: 60,
