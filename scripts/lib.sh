@@ -64,12 +64,12 @@ skip_banner() { # lines...
 # Starts `sotto-relay` binary $1 on a free loopback port with its data under directory $2,
 # and waits (polling /healthz) until it answers. Sets SOTTO_RELAY_URL (exported) and
 # RELAY_PID; the caller stops it. Rate limits are raised for the benchmarks' 1,000-message
-# bursts (defaults: 20/s, burst 100).
+# bursts, the per-address ones too (every client is on 127.0.0.1).
 start_relay() { # relay binary, directory
   local bin=$1 dir=$2 port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   export SOTTO_RELAY_URL=http://127.0.0.1:$port
-  printf '[limits]\nrate_per_second = 100000\nrate_burst = 100000\n' >"$dir/relay.toml"
+  printf '[limits]\nrate_per_second = 100000\nrate_burst = 100000\naddr_rate_per_second = 1000000\naddr_rate_burst = 1000000\naddr_rate_bytes_per_second = 4294967295\naddr_rate_bytes_burst = 4294967295\nrate_bytes_per_second = 4294967295\nrate_bytes_burst = 4294967295\nchallenge_rate_per_addr = 1000000\nchallenge_burst_per_addr = 1000000\nmax_tcp_connections_per_addr = 10000\nmax_ws_per_addr = 10000\nmax_unauthenticated_per_addr = 10000\n' >"$dir/relay.toml"
   "$bin" --config "$dir/relay.toml" --listen "127.0.0.1:$port" --public-url "$SOTTO_RELAY_URL" \
     --data-dir "$dir/relay" >"$dir/relay.log" 2>&1 &
   RELAY_PID=$!

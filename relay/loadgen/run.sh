@@ -125,6 +125,19 @@ max_connections = 20000
 max_mailbox_depth = 1000000
 rate_per_second = 1000000
 rate_burst = 1000000
+# Every client connects from 127.0.0.1: the per-address limits are raised with the rest.
+addr_rate_per_second = 1000000
+addr_rate_burst = 1000000
+addr_rate_bytes_per_second = 4294967295
+addr_rate_bytes_burst = 4294967295
+rate_bytes_per_second = 4294967295
+rate_bytes_burst = 4294967295
+challenge_rate_per_addr = 1000000
+challenge_burst_per_addr = 1000000
+max_tcp_connections = 40000
+max_tcp_connections_per_addr = 40000
+max_ws_per_addr = 40000
+max_unauthenticated_per_addr = 40000
 EOF
 
 # start_relay NAME [DATABASE_URL]

@@ -117,6 +117,16 @@ impl TestRelay {
         config.limits.rate_per_second = 100_000;
         config.limits.rate_burst = 100_000;
         config.limits.max_mailbox_depth = 100_000;
+        // Every test client connects from 127.0.0.1: the per-address limits are raised.
+        config.limits.addr_rate_per_second = 1_000_000;
+        config.limits.addr_rate_burst = 1_000_000;
+        config.limits.addr_rate_bytes_per_second = u32::MAX;
+        config.limits.addr_rate_bytes_burst = u32::MAX;
+        config.limits.challenge_rate_per_addr = 100_000;
+        config.limits.challenge_burst_per_addr = 100_000;
+        config.limits.max_tcp_connections_per_addr = 10_000;
+        config.limits.max_ws_per_addr = 10_000;
+        config.limits.max_unauthenticated_per_addr = 10_000;
         let store = RelayStore::open(&db_url, 8).await.unwrap();
         let state = AppState::new(config, store);
         let (tx, rx) = oneshot::channel();

@@ -70,6 +70,25 @@ pub struct Config {
     /// The API authenticates each request by signature and uses no cookies, so any
     /// origin is safe; the list lets an operator keep other sites' pages off the relay.
     pub cors_allowed_origins: Vec<String>,
+    /// Serve `/metrics` (plain HTTP, nothing else) on this separate address, for example a
+    /// loopback or private one the scraper reaches.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve `/metrics` on the public listener to requests carrying
+    /// `Authorization: Bearer <token>` (compared in constant time). Without this or
+    /// `metrics_listen`, `/metrics` is not served at all (`NOT_FOUND`).
+    pub metrics_token: Option<MetricsToken>,
+}
+
+/// The bearer token that opens `/metrics` on the public listener. Kept out of `Debug` and
+/// zeroized on drop.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+#[serde(transparent)]
+pub struct MetricsToken(pub String);
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(..)")
+    }
 }
 
 /// Built-in TLS: TLS 1.3 only, with HSTS on every response.
@@ -103,6 +122,8 @@ impl Default for Config {
             tls: None,
             behind_tls_proxy: false,
             cors_allowed_origins: vec!["*".to_owned()],
+            metrics_listen: None,
+            metrics_token: None,
         }
     }
 }
@@ -127,16 +148,20 @@ pub struct Limits {
     pub max_ephemeral_bytes: usize,
     /// Most open WebSocket connections (`TOO_MANY_CONNECTIONS`).
     pub max_connections: usize,
-    /// Sends and ephemeral frames per second per connection (authenticated or anonymous),
-    /// sustained (`RATE_LIMITED`).
+    /// Recipient envelopes (one per recipient device of a send) and ephemeral frames per
+    /// second per connection (authenticated or anonymous), sustained (`RATE_LIMITED`).
     pub rate_per_second: u32,
-    /// Burst above the sustained rate.
+    /// Burst above the sustained rate, in envelopes. A send with more recipients than this
+    /// is always `RATE_LIMITED`, so keep it at least `max_recipients`.
     pub rate_burst: u32,
     /// One-time prekeys of each kind kept per device (`TOO_MANY_PREKEYS`).
     pub max_one_time_prekeys: u32,
     /// How long a challenge may be answered, seconds (`CHALLENGE_EXPIRED`).
     pub challenge_ttl_secs: u64,
-    /// Most outstanding HTTP challenges (`BUSY`).
+    /// Most used HTTP challenge nonces remembered (each until it expires) to refuse
+    /// replays; when full, authentication answers `BUSY`. Issued challenges are stateless.
+    /// At least `challenge_burst_total + challenge_rate_total × challenge_ttl_secs`
+    /// (124 000 by default), the table cannot fill: every entry needs an issued challenge.
     pub max_pending_challenges: usize,
     /// Most envelopes delivered on one connection and not yet acknowledged (at most
     /// [`MAX_DELIVER_WINDOW`]).
@@ -145,6 +170,73 @@ pub struct Limits {
     pub ephemeral_queue: usize,
     /// How often expired envelopes are deleted, seconds.
     pub expiry_interval_secs: u64,
+
+    // The network edge (docs/protocol.md §13.10). Per-address limits key IPv4 addresses
+    // whole and IPv6 addresses by their /64.
+    /// Most open TCP connections, HTTP and WebSocket alike; more are closed at accept.
+    pub max_tcp_connections: usize,
+    /// Most open TCP connections from one address; more are closed at accept.
+    pub max_tcp_connections_per_addr: usize,
+    /// Most open WebSockets from one address (`TOO_MANY_CONNECTIONS`).
+    pub max_ws_per_addr: usize,
+    /// Most WebSockets not authenticated (waiting for the answer to the challenge, or
+    /// anonymous) at once (`TOO_MANY_CONNECTIONS`).
+    pub max_unauthenticated: usize,
+    /// Most WebSockets not authenticated from one address (`TOO_MANY_CONNECTIONS`).
+    pub max_unauthenticated_per_addr: usize,
+    /// An anonymous WebSocket that has sent no `Send` for this long is closed
+    /// (`IDLE_TIMEOUT`); pings do not count. Milliseconds.
+    pub anonymous_idle_ms: u64,
+    /// An anonymous WebSocket is closed (`IDLE_TIMEOUT`) after this long. Milliseconds.
+    pub anonymous_lifetime_ms: u64,
+    /// Time to read a request head, and the idle time allowed between requests on a
+    /// keep-alive connection; then the connection is closed. Milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Time from a request's head to its answer, the body's arrival included; then it is
+    /// answered 408 `IDLE_TIMEOUT` and the connection closes. Milliseconds.
+    pub request_timeout_ms: u64,
+    /// A WebSocket message that has started must complete within this time, or the
+    /// connection is closed (close code 1008). Milliseconds.
+    pub message_timeout_ms: u64,
+    /// Bytes of unfinished WebSocket messages, and of HTTP requests read and not yet
+    /// answered, held for one address; over it, its connection that reads more is closed
+    /// (WebSocket close code 1008).
+    pub max_partial_bytes_per_addr: usize,
+    /// The same bytes held in total; likewise.
+    pub max_partial_bytes_total: usize,
+    /// Envelope bytes of sends in flight (read and not yet answered, the writer's queue
+    /// included) in total; a send over it is `BUSY`.
+    pub max_inflight_send_bytes: usize,
+    /// Envelope bytes in live delivery queues in total; over it, connections read their
+    /// mailbox from the database instead.
+    pub max_live_queue_bytes: usize,
+    /// Payload bytes in ephemeral queues in total; over it, ephemeral frames are dropped.
+    pub max_ephemeral_queue_bytes: usize,
+    /// HTTP challenges per second for one address, sustained (`RATE_LIMITED`).
+    pub challenge_rate_per_addr: u32,
+    /// Burst of HTTP challenges for one address.
+    pub challenge_burst_per_addr: u32,
+    /// HTTP challenges per second in total, sustained (`RATE_LIMITED`).
+    pub challenge_rate_total: u32,
+    /// Burst of HTTP challenges in total.
+    pub challenge_burst_total: u32,
+    /// Envelope bytes (and ephemeral payload bytes) per second per connection, sustained
+    /// (`RATE_LIMITED`).
+    pub rate_bytes_per_second: u32,
+    /// Burst of envelope bytes per connection; keep it at least `max_frame_bytes`.
+    pub rate_bytes_burst: u32,
+    /// Recipient envelopes and ephemeral frames per second for all the connections of one
+    /// address together, anonymous included (`RATE_LIMITED`).
+    pub addr_rate_per_second: u32,
+    /// Burst of envelopes for one address.
+    pub addr_rate_burst: u32,
+    /// Envelope bytes per second for one address.
+    pub addr_rate_bytes_per_second: u32,
+    /// Burst of envelope bytes for one address.
+    pub addr_rate_bytes_burst: u32,
+    /// Most addresses the per-address rate limiters track; idle ones are forgotten every
+    /// few seconds, and while the table is full new work is `BUSY`.
+    pub max_tracked_addrs: usize,
 }
 
 impl Default for Limits {
@@ -158,15 +250,48 @@ impl Default for Limits {
             max_frame_bytes: 4 * 1024 * 1024,
             max_ephemeral_bytes: 4 * 1024,
             max_connections: 10_000,
-            rate_per_second: 20,
-            rate_burst: 100,
+            rate_per_second: 200,
+            rate_burst: 2_048,
             max_one_time_prekeys: 1000,
             challenge_ttl_secs: 60,
-            max_pending_challenges: 10_000,
+            max_pending_challenges: 130_000,
             deliver_window: 64,
             ephemeral_queue: 16,
             expiry_interval_secs: 60,
+            max_tcp_connections: 12_000,
+            max_tcp_connections_per_addr: 64,
+            max_ws_per_addr: 32,
+            max_unauthenticated: 2_500,
+            max_unauthenticated_per_addr: 16,
+            anonymous_idle_ms: 30_000,
+            anonymous_lifetime_ms: 600_000,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            message_timeout_ms: 30_000,
+            max_partial_bytes_per_addr: 16 << 20,
+            max_partial_bytes_total: 256 << 20,
+            max_inflight_send_bytes: 256 << 20,
+            max_live_queue_bytes: 256 << 20,
+            max_ephemeral_queue_bytes: 32 << 20,
+            challenge_rate_per_addr: 20,
+            challenge_burst_per_addr: 60,
+            challenge_rate_total: 2_000,
+            challenge_burst_total: 4_000,
+            rate_bytes_per_second: 2 << 20,
+            rate_bytes_burst: 8 << 20,
+            addr_rate_per_second: 400,
+            addr_rate_burst: 4_096,
+            addr_rate_bytes_per_second: 4 << 20,
+            addr_rate_bytes_burst: 16 << 20,
+            max_tracked_addrs: 100_000,
         }
+    }
+}
+
+impl Limits {
+    /// The time a started WebSocket message has to complete.
+    pub fn message_timeout(&self) -> Duration {
+        Duration::from_millis(self.message_timeout_ms.max(1))
     }
 }
 
@@ -337,7 +462,7 @@ impl Config {
     /// Checks the limits against the protocol's hard bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let checks: [(bool, &'static str, &'static str); 8] = [
+        let checks: [(bool, &'static str, &'static str); 20] = [
             (
                 l.max_envelope_bytes <= sotto_proto::limits::MAX_ENVELOPE_LEN,
                 "limits.max_envelope_bytes",
@@ -366,6 +491,54 @@ impl Config {
                 "too large",
             ),
             (l.rate_burst >= 1, "limits.rate_burst", "must be at least 1"),
+            (l.rate_per_second >= 1, "limits.rate_per_second", "must be at least 1"),
+            (
+                l.rate_bytes_per_second >= 1,
+                "limits.rate_bytes_per_second",
+                "must be at least 1",
+            ),
+            (l.rate_bytes_burst >= 1, "limits.rate_bytes_burst", "must be at least 1"),
+            (
+                l.addr_rate_per_second >= 1,
+                "limits.addr_rate_per_second",
+                "must be at least 1",
+            ),
+            (l.addr_rate_burst >= 1, "limits.addr_rate_burst", "must be at least 1"),
+            (
+                l.addr_rate_bytes_per_second >= 1 && l.addr_rate_bytes_burst >= 1,
+                "limits.addr_rate_bytes_per_second",
+                "rate and burst must be at least 1",
+            ),
+            (
+                l.challenge_rate_per_addr >= 1 && l.challenge_burst_per_addr >= 1,
+                "limits.challenge_rate_per_addr",
+                "rate and burst must be at least 1",
+            ),
+            (
+                l.challenge_rate_total >= 1 && l.challenge_burst_total >= 1,
+                "limits.challenge_rate_total",
+                "rate and burst must be at least 1",
+            ),
+            (
+                l.max_tcp_connections >= 1 && l.max_tcp_connections <= u32::MAX as usize >> 3,
+                "limits.max_tcp_connections",
+                "must be 1..=536870911",
+            ),
+            (
+                l.max_tcp_connections_per_addr >= 1,
+                "limits.max_tcp_connections_per_addr",
+                "must be at least 1",
+            ),
+            (
+                l.max_tracked_addrs >= 1,
+                "limits.max_tracked_addrs",
+                "must be at least 1",
+            ),
+            (
+                l.header_read_timeout_ms >= 1,
+                "limits.header_read_timeout_ms",
+                "must be at least 1",
+            ),
         ];
         for (ok, field, reason) in checks {
             if !ok {
@@ -531,6 +704,15 @@ mod tests {
             Config::load(&cli).unwrap().cors_allowed_origins,
             vec!["https://a.example", "http://b.example"]
         );
+    }
+
+    #[test]
+    fn metrics_token_stays_out_of_debug() {
+        let c: Config = toml::from_str("metrics_token = \"s3cret-token\"\n").unwrap();
+        assert_eq!(c.metrics_token.as_ref().map(|t| t.0.as_str()), Some("s3cret-token"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("metrics_token: Some(MetricsToken(..))"), "{shown}");
     }
 
     #[test]

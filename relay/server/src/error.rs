@@ -76,3 +76,43 @@ impl IntoResponse for AppError {
             .into_response()
     }
 }
+
+/// Middleware: every error answer is an [`ErrorBody`] (§13.3). An answer with an error
+/// status and no body of the relay's own (an extractor's plain-text rejection) is
+/// replaced by one with the code for its status; every error answer is counted by
+/// status class.
+pub(crate) async fn error_bodies(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<crate::AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    state.metrics.http_errors_total.count(status.as_u16());
+    let ours = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/octet-stream");
+    if ours {
+        return res;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => ErrorCode::NOT_FOUND,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::BODY_TOO_LARGE,
+        StatusCode::UNAUTHORIZED => ErrorCode::AUTH_REQUIRED,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RATE_LIMITED,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::BUSY,
+        s if s.is_server_error() => ErrorCode::INTERNAL,
+        _ => ErrorCode::MALFORMED,
+    };
+    let (mut parts, _) = res.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(ErrorBody { code }.encode()))
+}

@@ -105,18 +105,33 @@ pub(crate) async fn readyz(State(state): State<Shared>) -> Result<&'static str, 
     Ok("ready\n")
 }
 
-/// `GET /metrics`: Prometheus text.
-pub(crate) async fn metrics(State(state): State<Shared>) -> Response {
+/// `GET /metrics` on the public listener: only with `metrics_token` configured and
+/// `Authorization: Bearer <token>` (compared in constant time); otherwise `NOT_FOUND`
+/// (no token configured) or `AUTH_REQUIRED`.
+pub(crate) async fn metrics(State(state): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
+    let Some(token) = &state.config.metrics_token else {
+        return AppError(ErrorCode::NOT_FOUND).into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    // Compared as hashes, so neither the length nor the content leaks through timing.
+    let (a, b) = (sha2::Sha256::digest(given), sha2::Sha256::digest(token.0.as_bytes()));
+    if !bool::from(a.as_slice().ct_eq(b.as_slice())) {
+        return AppError(ErrorCode::AUTH_REQUIRED).into_response();
+    }
+    render_metrics(&state)
+}
+
+/// The Prometheus text: counters and gauges kept as they change; nothing is queried.
+fn render_metrics(state: &AppState) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let m = &state.metrics;
     m.write_queue_length
         .store(i64::try_from(state.writer.queued()).unwrap_or(i64::MAX), Relaxed);
-    if let Ok((total, max)) = state.store.mailbox_totals().await {
-        m.mailbox_envelopes
-            .store(i64::try_from(total).unwrap_or(i64::MAX), Relaxed);
-        m.mailbox_depth_max
-            .store(i64::try_from(max).unwrap_or(i64::MAX), Relaxed);
-    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -124,9 +139,27 @@ pub(crate) async fn metrics(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-/// `GET /v1/auth/challenge`.
-pub(crate) async fn challenge(State(state): State<Shared>) -> Result<Response, AppError> {
-    let c = state.issue_http_challenge()?;
+/// The router of the `metrics_listen` address: `GET /metrics`, without a token.
+pub(crate) fn metrics_router(state: Shared) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|State(state): State<Shared>| async move { render_metrics(&state) }),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(state, crate::error::error_bodies))
+}
+
+/// `GET /v1/auth/challenge`: a stateless challenge, rate limited per address and in
+/// total (`RATE_LIMITED`).
+pub(crate) async fn challenge(
+    State(state): State<Shared>,
+    conn: Option<axum::Extension<Arc<crate::net::ConnInfo>>>,
+) -> Result<Response, AppError> {
+    let addr = conn.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.key);
+    let c = state.issue_http_challenge(addr)?;
     Ok(wire(StatusCode::OK, &c))
 }
 
@@ -251,4 +284,11 @@ pub(crate) async fn delete_push(State(state): State<Shared>, auth: AuthedDevice)
 /// Any other path.
 pub(crate) async fn not_found() -> AppError {
     AppError(ErrorCode::NOT_FOUND)
+}
+
+/// A known path with a method it does not take: status 405, code `NOT_FOUND`.
+pub(crate) async fn method_not_allowed() -> Response {
+    let mut res = AppError(ErrorCode::NOT_FOUND).into_response();
+    *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    res
 }

@@ -2,9 +2,11 @@
 //!
 //! [`app`] builds the router and [`run`] serves it on a listener until a shutdown
 //! future resolves, then drains the WebSockets; tests bind `127.0.0.1:0` and call both.
+//! The accept loop, per-address accounting and timeouts are in `net.rs`.
 //!
 //! ```text
-//! GET  /healthz /readyz /metrics
+//! GET  /healthz /readyz
+//! GET  /metrics                                   (with metrics_token, or on metrics_listen)
 //! GET  /v1/auth/challenge                         → Challenge
 //! PUT  /v1/accounts/{account}/device-list         DeviceListBody (register or update)
 //! GET  /v1/accounts/{account}/device-list         → DeviceListBody
@@ -23,6 +25,7 @@ mod cors;
 pub mod error;
 mod http;
 pub mod metrics;
+mod net;
 mod state;
 pub mod storage;
 pub mod tls;
@@ -33,7 +36,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +46,8 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use sotto_proto::ErrorCode;
 use tokio::net::TcpListener;
+
+pub use net::addr_key;
 
 pub use config::Config;
 pub use error::AppError;
@@ -81,9 +88,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/push", axum::routing::put(http::put_push).delete(http::delete_push))
         .route("/v1/ws", get(ws_upgrade))
         .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(cors, cors::cors));
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(cors, cors::cors))
+        .layer(axum::middleware::from_fn_with_state(state, error::error_bodies));
     match hsts {
         Some(value) => router.layer(axum::middleware::map_response(move |mut res: Response| {
             let value = value.clone();
@@ -96,10 +105,27 @@ pub fn app(state: Arc<AppState>) -> Router {
     }
 }
 
-async fn ws_upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+async fn ws_upgrade(
+    State(state): State<Arc<AppState>>,
+    conn: Option<Extension<Arc<net::ConnInfo>>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return AppError(ErrorCode::MALFORMED).into_response();
+    };
     if state.is_shutting_down() {
         return AppError(ErrorCode::SHUTTING_DOWN).into_response();
     }
+    let slot = match conn {
+        Some(Extension(conn)) => match conn.open_ws() {
+            Some(slot) => Some(slot),
+            None => {
+                metrics::inc(&state.metrics.connections_refused_total, 1);
+                return AppError(ErrorCode::TOO_MANY_CONNECTIONS).into_response();
+            }
+        },
+        None => None,
+    };
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         metrics::inc(&state.metrics.connections_refused_total, 1);
         return AppError(ErrorCode::TOO_MANY_CONNECTIONS).into_response();
@@ -111,7 +137,7 @@ async fn ws_upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) ->
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
-            ws::serve_socket(state, socket).await;
+            ws::serve_socket(state, socket, slot).await;
             drop(permit);
         })
 }
@@ -120,57 +146,106 @@ async fn ws_upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) ->
 /// connections, tells every WebSocket to close (after the frame it is handling, so a
 /// send that was answered is stored and nothing is lost) and returns once all have.
 /// With `[tls]` configured it serves HTTPS and WSS (TLS 1.3 only); a certificate or key
-/// that does not load is an `InvalidInput` error before anything is served.
+/// that does not load is an `InvalidInput` error before anything is served. With
+/// `metrics_listen` set, `/metrics` is also served (plain HTTP) on that address.
 pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + std::marker::Send + 'static,
 ) -> std::io::Result<()> {
-    match &state.config.tls {
+    let metrics_listener = match state.config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let tls = match &state.config.tls {
         Some(tls) => {
-            let acceptor =
-                tls::acceptor(tls).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-            serve(tls::TlsListener::new(listener, acceptor)?, state, shutdown).await
+            Some(tls::acceptor(tls).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?)
         }
+        None => None,
+    };
+    let signal_state = state.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining connections");
+        signal_state.begin_shutdown();
+    });
+    let metrics_task = metrics_listener.map(|l| {
+        let router = http::metrics_router(state.clone());
+        let conns = net::Conns::new(&state.config.limits);
+        let listener = l.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        tokio::spawn(net::accept_loop(
+            listener,
+            router,
+            conns,
+            state.metrics.clone(),
+            net::Timeouts::of(&state.config.limits),
+            state.shutdown_signal(),
+        ))
+    });
+    let result = match tls {
+        Some(acceptor) => serve(tls::TlsListener::new(listener, acceptor)?, state).await,
         None => {
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            serve(listener, state, shutdown).await
+            serve(listener, state).await
         }
+    };
+    if let Some(t) = metrics_task {
+        t.abort();
     }
+    result
 }
 
-async fn serve<L>(
-    listener: L,
-    state: Arc<AppState>,
-    shutdown: impl Future<Output = ()> + std::marker::Send + 'static,
-) -> std::io::Result<()>
+async fn serve<L>(listener: L, state: Arc<AppState>) -> std::io::Result<()>
 where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
 {
+    // The mailbox gauges start from the database once; the writer and expiry keep them.
+    if let Ok((total, max)) = state.store.mailbox_totals().await {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &state.metrics;
+        m.mailbox_envelopes
+            .store(i64::try_from(total).unwrap_or(i64::MAX), Relaxed);
+        m.mailbox_depth_max
+            .store(i64::try_from(max).unwrap_or(i64::MAX), Relaxed);
+    }
     let expiry = tokio::spawn(expiry_loop(state.clone()));
-    let signal_state = state.clone();
-    let result = axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining connections");
-            signal_state.begin_shutdown();
-        })
-        .await;
+    let house_state = state.clone();
+    let housekeeping = tokio::spawn(net::every(HOUSEKEEPING, state.shutdown_signal(), move || {
+        let ttl_ms = house_state.config.limits.challenge_ttl_secs.saturating_mul(1000);
+        house_state.guards.housekeeping(ttl_ms);
+        std::future::ready(())
+    }));
+    net::accept_loop(
+        listener,
+        app(state.clone()),
+        state.conns.clone(),
+        state.metrics.clone(),
+        net::Timeouts::of(&state.config.limits),
+        state.shutdown_signal(),
+    )
+    .await;
     state.begin_shutdown();
+    state.conns.drained().await;
     let all = u32::try_from(state.config.limits.max_connections).unwrap_or(u32::MAX);
     let _ = state.connections.acquire_many(all).await;
     // Every answered send is already committed; this commits the last queued acks.
     state.writer.close().await;
     expiry.abort();
+    housekeeping.abort();
     state.store.close().await;
     tracing::info!("relay stopped");
-    result
+    Ok(())
 }
 
+/// How often idle per-address limiter state and expired used challenges are forgotten.
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
+
 async fn expiry_loop(state: Arc<AppState>) {
+    use std::sync::atomic::Ordering::Relaxed;
     let every = Duration::from_secs(state.config.limits.expiry_interval_secs.max(1));
     let mut tick = tokio::time::interval(every);
     let mut shutdown = state.shutdown_signal();
@@ -180,10 +255,21 @@ async fn expiry_loop(state: Arc<AppState>) {
             _ = crate::state::wait_shutdown(&mut shutdown) => return,
         }
         match state.store.expire(state::now_s()).await {
-            Ok(n) => metrics::inc(&state.metrics.envelopes_expired_total, n),
+            Ok(n) => {
+                metrics::inc(&state.metrics.envelopes_expired_total, n);
+                metrics::gauge_add(&state.metrics.mailbox_envelopes, -i64::try_from(n).unwrap_or(i64::MAX));
+            }
             Err(e) => {
                 let _ = error::code_of(&e);
             }
+        }
+        // The fullest mailbox (and the exact total) once per run, not per scrape.
+        if let Ok((total, max)) = state.store.mailbox_totals().await {
+            let m = &state.metrics;
+            m.mailbox_envelopes
+                .store(i64::try_from(total).unwrap_or(i64::MAX), Relaxed);
+            m.mailbox_depth_max
+                .store(i64::try_from(max).unwrap_or(i64::MAX), Relaxed);
         }
     }
 }

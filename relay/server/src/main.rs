@@ -25,6 +25,12 @@ async fn main() -> ExitCode {
         .with_target(false)
         .init();
 
+    // Every connection is a file descriptor: use all the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+
     if config.database_url.is_none()
         && let Err(e) = std::fs::create_dir_all(&config.data_dir)
     {

@@ -17,16 +17,19 @@ macro_rules! metrics {
                 let mut out = String::new();
                 $(
                     let _ = writeln!(out, "# HELP sotto_relay_{} {}", stringify!($name), $doc.trim());
-                    let _ = writeln!(out, "# TYPE sotto_relay_{} {}", stringify!($name), stringify!($kind));
+                    let _ = writeln!(out, "# TYPE sotto_relay_{} {}", stringify!($name), metrics!(@type $kind));
                     self.$name.render_value(&mut out, concat!("sotto_relay_", stringify!($name)));
                 )*
                 out
             }
         }
     };
+    (@type classes) => { "counter" };
+    (@type $kind:ident) => { stringify!($kind) };
     (@ty counter) => { AtomicU64 };
     (@ty gauge) => { AtomicI64 };
     (@ty histogram) => { Histogram };
+    (@ty classes) => { ByClass };
 }
 
 metrics! {
@@ -34,8 +37,22 @@ metrics! {
     gauge connections_open;
     /// WebSocket connections accepted.
     counter connections_total;
-    /// WebSocket connections refused because the relay was full.
+    /// WebSocket connections refused because the relay, the address or the unauthenticated share was full.
     counter connections_refused_total;
+    /// TCP connections closed at accept: the relay or the address held as many as allowed.
+    counter tcp_refused_total;
+    /// WebSockets closed because their unfinished messages went over a byte budget.
+    counter partial_bytes_refused_total;
+    /// WebSockets closed because a message did not complete in time.
+    counter message_timeouts_total;
+    /// Anonymous WebSockets closed for sending nothing, or for their age.
+    counter anonymous_closed_total;
+    /// HTTP challenges refused by the rate limits.
+    counter challenges_refused_total;
+    /// Sends refused because the relay-wide in-flight byte budget was spent.
+    counter inflight_budget_refused_total;
+    /// Envelopes that went to the database instead of a live queue (queue full or live-queue budget spent).
+    counter live_budget_overflow_total;
     /// Failed device authentications (WebSocket and HTTP).
     counter auth_failures_total;
     /// Sends stored.
@@ -64,8 +81,8 @@ metrics! {
     counter malformed_frames_total;
     /// Requests and frames refused by the per-connection rate limit.
     counter rate_limited_total;
-    /// HTTP requests answered with an error code.
-    counter http_errors_total;
+    /// HTTP requests answered with an error code, by status class (`4xx`, `5xx`).
+    classes http_errors_total;
     /// Seconds from reading a send to its commit (or refusal): the group-commit latency.
     histogram send_store_seconds;
     /// Seconds one write batch (group commit) took in the database.
@@ -74,9 +91,9 @@ metrics! {
     gauge write_batch_ops;
     /// Writes queued for the writer, not yet in a batch.
     gauge write_queue_length;
-    /// Envelopes stored in all mailboxes, as of this scrape.
+    /// Envelopes stored in all mailboxes (kept by the writer and expiry).
     gauge mailbox_envelopes;
-    /// Envelopes in the fullest mailbox, as of this scrape.
+    /// Envelopes in the fullest mailbox, as of the last expiry run.
     gauge mailbox_depth_max;
 }
 
@@ -94,6 +111,31 @@ impl Render for AtomicU64 {
 impl Render for AtomicI64 {
     fn render_value(&self, out: &mut String, name: &str) {
         let _ = writeln!(out, "{name} {}", self.load(Ordering::Relaxed));
+    }
+}
+
+/// A counter by HTTP status class, rendered as `name_total{class="4xx"}`.
+#[derive(Debug, Default)]
+pub struct ByClass {
+    client: AtomicU64,
+    server: AtomicU64,
+}
+
+impl ByClass {
+    /// Counts one answer with `status`; other than 4xx and 5xx are not counted.
+    pub fn count(&self, status: u16) {
+        match status {
+            400..=499 => inc(&self.client, 1),
+            500..=599 => inc(&self.server, 1),
+            _ => {}
+        }
+    }
+}
+
+impl Render for ByClass {
+    fn render_value(&self, out: &mut String, name: &str) {
+        let _ = writeln!(out, "{name}{{class=\"4xx\"}} {}", self.client.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name}{{class=\"5xx\"}} {}", self.server.load(Ordering::Relaxed));
     }
 }
 
@@ -152,4 +194,9 @@ impl Render for Histogram {
 /// Adds to a counter.
 pub(crate) fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Adds to a gauge (negative to subtract).
+pub(crate) fn gauge_add(g: &AtomicI64, n: i64) {
+    g.fetch_add(n, Ordering::Relaxed);
 }

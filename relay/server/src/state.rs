@@ -1,10 +1,28 @@
-//! Shared relay state: configuration, store, outstanding challenges, the registry of
-//! connected devices, metrics and the shutdown signal.
+//! Shared relay state: configuration, store, the challenge secret and used nonces, rate
+//! limiters and byte budgets, the registry of connected devices, metrics and the shutdown
+//! signal.
+//!
+//! HTTP challenges are stateless: nothing is stored when one is issued.
+//!
+//! ```text
+//! nonce = timestamp_ms (8, big-endian) ‖ random (8)
+//!         ‖ HMAC-SHA256(secret, "Sotto-v1 http challenge" ‖ relay_id ‖ timestamp_ms ‖ random)[..16]
+//! ```
+//! `secret` is 32 bytes of OS randomness drawn at start (challenges do not survive a
+//! restart). Only nonces already used by a verified answer are kept, until they expire,
+//! to refuse replays.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
 
 use sotto_crypto::{AccountId, DeviceId, Ed25519PublicKey};
 use sotto_proto::{AuthResponse, Challenge, Deliver, ErrorCode};
@@ -26,11 +44,163 @@ pub struct AppState {
     pub relay_id: [u8; 32],
     /// Counters and gauges for `/metrics`.
     pub metrics: Arc<Metrics>,
-    pub(crate) challenges: Mutex<HashMap<[u8; 32], u64>>,
+    pub(crate) guards: Guards,
     pub(crate) hub: Arc<Hub>,
     pub(crate) writer: Writer,
     pub(crate) connections: Arc<Semaphore>,
+    pub(crate) conns: Arc<crate::net::Conns>,
+    /// Envelope bytes of sends read and not yet answered.
+    pub(crate) inflight: Arc<Budget>,
     shutdown_tx: watch::Sender<bool>,
+}
+
+type Keyed = DefaultKeyedRateLimiter<IpAddr>;
+
+/// The challenge secret, the used nonces and the shared rate limiters.
+pub(crate) struct Guards {
+    secret: Zeroizing<[u8; 32]>,
+    /// Used nonces and when they were issued (ms).
+    used: Mutex<HashMap<[u8; 32], u64>>,
+    challenge_addr: Keyed,
+    challenge_total: DefaultDirectRateLimiter,
+    addr_envelopes: Keyed,
+    addr_bytes: Keyed,
+}
+
+impl std::fmt::Debug for Guards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guards")
+            .field("used", &lock(&self.used).len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn quota(rate: u32, burst: u32) -> Quota {
+    let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+}
+
+impl Guards {
+    fn new(l: &crate::config::Limits) -> Self {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        if getrandom::getrandom(&mut secret[..]).is_err() {
+            // Without OS randomness no challenge can be trusted: every answer fails.
+            tracing::error!("no OS randomness for the challenge secret");
+        }
+        Self {
+            secret,
+            used: Mutex::new(HashMap::new()),
+            challenge_addr: RateLimiter::keyed(quota(l.challenge_rate_per_addr, l.challenge_burst_per_addr)),
+            challenge_total: RateLimiter::direct(quota(l.challenge_rate_total, l.challenge_burst_total)),
+            addr_envelopes: RateLimiter::keyed(quota(l.addr_rate_per_second, l.addr_rate_burst)),
+            addr_bytes: RateLimiter::keyed(quota(l.addr_rate_bytes_per_second, l.addr_rate_bytes_burst)),
+        }
+    }
+
+    /// The nonce's MAC over its first 16 bytes (HMAC takes any key length, so this is
+    /// never `INTERNAL` in practice).
+    fn tag(&self, relay_id: &[u8; 32], head: &[u8]) -> Result<Hmac<Sha256>, ErrorCode> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret[..]).map_err(|_| ErrorCode::INTERNAL)?;
+        mac.update(b"Sotto-v1 http challenge");
+        mac.update(relay_id);
+        mac.update(head);
+        Ok(mac)
+    }
+
+    /// Forgets idle per-address limiter state and expired used nonces.
+    pub(crate) fn housekeeping(&self, ttl_ms: u64) {
+        for k in [&self.challenge_addr, &self.addr_envelopes, &self.addr_bytes] {
+            k.retain_recent();
+            k.shrink_to_fit();
+        }
+        let now = now_ms();
+        lock(&self.used).retain(|_, issued| now.saturating_sub(*issued) <= ttl_ms);
+    }
+}
+
+/// Charges `n` to `key`'s bucket; while the limiter tracks `cap` addresses (after
+/// forgetting idle ones) it refuses with `BUSY`.
+fn charge_keyed(lim: &Keyed, key: &IpAddr, n: usize, cap: usize) -> Result<(), ErrorCode> {
+    let Some(n) = NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)) else {
+        return Ok(());
+    };
+    if lim.len() >= cap {
+        lim.retain_recent();
+        if lim.len() >= cap {
+            return Err(ErrorCode::BUSY);
+        }
+    }
+    match lim.check_key_n(key, n) {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(ErrorCode::RATE_LIMITED),
+    }
+}
+
+fn charge_direct(lim: &DefaultDirectRateLimiter, n: usize) -> Result<(), ErrorCode> {
+    let Some(n) = NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)) else {
+        return Ok(());
+    };
+    match lim.check_n(n) {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(ErrorCode::RATE_LIMITED),
+    }
+}
+
+/// One connection's rate limits: envelopes and bytes.
+pub(crate) struct ConnRate {
+    envelopes: DefaultDirectRateLimiter,
+    bytes: DefaultDirectRateLimiter,
+}
+
+/// A relay-wide byte budget.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Takes `n` bytes, or nothing when they do not fit.
+    pub(crate) fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|t| *t <= self.max)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes taken before.
+    pub(crate) fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Takes `n` bytes until the returned guard drops.
+    pub(crate) fn hold(self: &Arc<Self>, n: usize) -> Option<Held> {
+        self.take(n).then(|| Held {
+            budget: self.clone(),
+            n,
+        })
+    }
+}
+
+/// Bytes held from a [`Budget`] until dropped.
+#[derive(Debug)]
+pub(crate) struct Held {
+    budget: Arc<Budget>,
+    n: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.give(self.n);
+    }
 }
 
 impl AppState {
@@ -41,14 +211,19 @@ impl AppState {
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let (shutdown_tx, _) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::new(&config.limits));
+        let guards = Guards::new(&config.limits);
+        let conns = crate::net::Conns::new(&config.limits);
+        let inflight = Budget::new(config.limits.max_inflight_send_bytes);
         let writer = Writer::spawn(&store, hub.clone(), metrics.clone());
         Arc::new(Self {
             config,
             store,
             relay_id,
             metrics,
-            challenges: Mutex::new(HashMap::new()),
+            guards,
+            conns,
+            inflight,
             hub,
             writer,
             connections,
@@ -81,34 +256,88 @@ impl AppState {
         })
     }
 
-    /// Issues a challenge for HTTP authentication and remembers it until it is used or
-    /// expires.
-    pub(crate) fn issue_http_challenge(&self) -> Result<Challenge, ErrorCode> {
-        let c = self.new_challenge()?;
-        let ttl_ms = self.config.limits.challenge_ttl_secs.saturating_mul(1000);
-        let mut map = lock(&self.challenges);
-        if map.len() >= self.config.limits.max_pending_challenges {
-            let now = c.timestamp_ms;
-            map.retain(|_, issued| now.saturating_sub(*issued) <= ttl_ms);
-            if map.len() >= self.config.limits.max_pending_challenges {
-                return Err(ErrorCode::BUSY);
-            }
+    /// Issues a stateless challenge for HTTP authentication to a client at `addr` (an
+    /// address key), within the per-address and total rates (`RATE_LIMITED`).
+    pub(crate) fn issue_http_challenge(&self, addr: IpAddr) -> Result<Challenge, ErrorCode> {
+        let l = &self.config.limits;
+        let g = &self.guards;
+        let allowed = charge_keyed(&g.challenge_addr, &addr, 1, l.max_tracked_addrs)
+            .and_then(|()| charge_direct(&g.challenge_total, 1));
+        if let Err(code) = allowed {
+            crate::metrics::inc(&self.metrics.challenges_refused_total, 1);
+            return Err(code);
         }
-        map.insert(c.nonce, c.timestamp_ms);
-        Ok(c)
+        let timestamp_ms = now_ms();
+        let mut nonce = [0u8; 32];
+        nonce[..8].copy_from_slice(&timestamp_ms.to_be_bytes());
+        getrandom::getrandom(&mut nonce[8..16]).map_err(|_| ErrorCode::INTERNAL)?;
+        let tag = g.tag(&self.relay_id, &nonce[..16])?.finalize().into_bytes();
+        nonce[16..].copy_from_slice(&tag[..16]);
+        Ok(Challenge {
+            nonce,
+            relay_id: self.relay_id,
+            timestamp_ms,
+        })
     }
 
-    /// Consumes an HTTP challenge (each nonce answers once) and checks the response.
+    /// Checks an answer to an HTTP challenge: a nonce this process made (its tag verifies,
+    /// in constant time), fresh, not used before, signed by the device's current DSK. A
+    /// verified nonce is remembered as used until it expires.
     pub(crate) async fn verify_http_auth(&self, resp: &AuthResponse) -> Result<(), ErrorCode> {
-        let issued = lock(&self.challenges)
-            .remove(&resp.nonce)
-            .ok_or(ErrorCode::CHALLENGE_UNKNOWN)?;
+        let g = &self.guards;
+        g.tag(&self.relay_id, &resp.nonce[..16])?
+            .verify_truncated_left(&resp.nonce[16..])
+            .map_err(|_| ErrorCode::CHALLENGE_UNKNOWN)?;
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&resp.nonce[..8]);
         let challenge = Challenge {
             nonce: resp.nonce,
             relay_id: self.relay_id,
-            timestamp_ms: issued,
+            timestamp_ms: u64::from_be_bytes(ts),
         };
-        self.verify_auth(&challenge, resp).await
+        if lock(&g.used).contains_key(&resp.nonce) {
+            return Err(ErrorCode::CHALLENGE_UNKNOWN);
+        }
+        self.verify_auth(&challenge, resp).await?;
+        let ttl_ms = self.config.limits.challenge_ttl_secs.saturating_mul(1000);
+        let mut used = lock(&g.used);
+        if used.len() >= self.config.limits.max_pending_challenges {
+            let now = now_ms();
+            used.retain(|_, issued| now.saturating_sub(*issued) <= ttl_ms);
+            if used.len() >= self.config.limits.max_pending_challenges {
+                return Err(ErrorCode::BUSY);
+            }
+        }
+        if used.insert(resp.nonce, challenge.timestamp_ms).is_some() {
+            return Err(ErrorCode::CHALLENGE_UNKNOWN);
+        }
+        Ok(())
+    }
+
+    /// A connection's own rate limiter.
+    pub(crate) fn conn_rate(&self) -> ConnRate {
+        let l = &self.config.limits;
+        ConnRate {
+            envelopes: RateLimiter::direct(quota(l.rate_per_second, l.rate_burst)),
+            bytes: RateLimiter::direct(quota(l.rate_bytes_per_second, l.rate_bytes_burst)),
+        }
+    }
+
+    /// Charges `envelopes` and `bytes` to the connection's buckets and to its address's
+    /// (shared by all its connections, anonymous included).
+    pub(crate) fn charge(
+        &self,
+        rate: &ConnRate,
+        addr: IpAddr,
+        envelopes: usize,
+        bytes: usize,
+    ) -> Result<(), ErrorCode> {
+        let cap = self.config.limits.max_tracked_addrs;
+        let g = &self.guards;
+        charge_direct(&rate.envelopes, envelopes)?;
+        charge_direct(&rate.bytes, bytes)?;
+        charge_keyed(&g.addr_envelopes, &addr, envelopes, cap)?;
+        charge_keyed(&g.addr_bytes, &addr, bytes, cap)
     }
 
     /// Checks an answer to `challenge`: fresh, and signed by the device's current DSK.
@@ -171,19 +400,82 @@ pub(crate) struct ConnSignals {
     pub(crate) ephemeral: Notify,
     /// Queued ephemeral payloads, at most `ephemeral_cap`. A `VecDeque` allocates nothing
     /// until a payload arrives, so an idle connection pays no queue memory.
-    ephemeral_queue: Mutex<VecDeque<Vec<u8>>>,
+    ephemeral_queue: Mutex<Queued<Vec<u8>>>,
     ephemeral_cap: usize,
     /// Envelopes just committed for this device, handed over by the writer.
     pub(crate) live: Mutex<Live>,
     live_cap: usize,
 }
 
-/// Envelopes committed for a connected device, in seq order, at most `live_cap`: the
-/// connection delivers them without reading the database. When one does not fit,
-/// `overflow` tells the connection to read the database instead.
-#[derive(Debug, Default)]
+/// Bytes one queued item is charged beyond its payload (the item's own bookkeeping).
+const ITEM_OVERHEAD: usize = 64;
+
+/// A queue whose items' bytes are held from a relay-wide [`Budget`] until taken out.
+#[derive(Debug)]
+pub(crate) struct Queued<T> {
+    items: VecDeque<(T, usize)>,
+    budget: Arc<Budget>,
+}
+
+impl<T> Queued<T> {
+    fn new(budget: Arc<Budget>) -> Self {
+        Self {
+            items: VecDeque::new(),
+            budget,
+        }
+    }
+
+    /// Queues `item` charged `bytes`, or gives it back when the budget is spent.
+    fn push(&mut self, item: T, bytes: usize) -> Result<(), T> {
+        let bytes = bytes.saturating_add(ITEM_OVERHEAD);
+        if !self.budget.take(bytes) {
+            return Err(item);
+        }
+        self.items.push_back((item, bytes));
+        Ok(())
+    }
+
+    pub(crate) fn front(&self) -> Option<&T> {
+        self.items.front().map(|(t, _)| t)
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<T> {
+        let (item, bytes) = self.items.pop_front()?;
+        self.budget.give(bytes);
+        Some(item)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Keeps the items `keep` returns true for.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        let budget = &self.budget;
+        self.items.retain(|(t, bytes)| {
+            let k = keep(t);
+            if !k {
+                budget.give(*bytes);
+            }
+            k
+        });
+    }
+}
+
+impl<T> Drop for Queued<T> {
+    fn drop(&mut self) {
+        let bytes: usize = self.items.iter().map(|(_, b)| *b).sum();
+        self.budget.give(bytes);
+    }
+}
+
+/// Envelopes committed for a connected device, in seq order, at most `live_cap` and
+/// within the relay's live-queue byte budget: the connection delivers them without
+/// reading the database. When one does not fit, `overflow` tells the connection to read
+/// the database instead.
+#[derive(Debug)]
 pub(crate) struct Live {
-    pub(crate) queue: VecDeque<Deliver>,
+    pub(crate) queue: Queued<Deliver>,
     pub(crate) overflow: bool,
 }
 
@@ -201,10 +493,14 @@ struct ConnEntry {
 }
 
 /// The devices connected to this relay node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Hub {
     next_id: AtomicU64,
     conns: Mutex<BTreeMap<(AccountId, DeviceId), ConnEntry>>,
+    /// Bytes in all live delivery queues.
+    pub(crate) live_budget: Arc<Budget>,
+    /// Bytes in all ephemeral queues.
+    pub(crate) ephemeral_budget: Arc<Budget>,
 }
 
 /// A connection's place in the hub; leaves it on drop.
@@ -217,6 +513,15 @@ pub(crate) struct Registration<'a> {
 }
 
 impl Hub {
+    pub(crate) fn new(l: &crate::config::Limits) -> Self {
+        Self {
+            next_id: AtomicU64::new(0),
+            conns: Mutex::new(BTreeMap::new()),
+            live_budget: Budget::new(l.max_live_queue_bytes),
+            ephemeral_budget: Budget::new(l.max_ephemeral_queue_bytes),
+        }
+    }
+
     /// Registers a connection for a device, replacing (and signalling) an older one.
     /// `queue` bounds its ephemeral queue and `live` its queue of committed envelopes.
     pub(crate) fn register(&self, account: AccountId, device: DeviceId, queue: usize, live: usize) -> Registration<'_> {
@@ -226,9 +531,12 @@ impl Hub {
             replaced: Notify::new(),
             removed: std::sync::atomic::AtomicBool::new(false),
             ephemeral: Notify::new(),
-            ephemeral_queue: Mutex::new(VecDeque::new()),
+            ephemeral_queue: Mutex::new(Queued::new(self.ephemeral_budget.clone())),
             ephemeral_cap: queue.max(1),
-            live: Mutex::new(Live::default()),
+            live: Mutex::new(Live {
+                queue: Queued::new(self.live_budget.clone()),
+                overflow: false,
+            }),
             live_cap: live.max(1),
         });
         let old = lock(&self.conns).insert(
@@ -259,19 +567,22 @@ impl Hub {
     }
 
     /// Hands a committed envelope to the device's connection, if it has one here, and
-    /// wakes it.
-    pub(crate) fn push_live(&self, account: &AccountId, device: DeviceId, deliver: Deliver) {
+    /// wakes it. Returns false when the envelope did not fit (the queue is full, or the
+    /// relay's live-queue budget spent): the connection reads its mailbox instead.
+    pub(crate) fn push_live(&self, account: &AccountId, device: DeviceId, deliver: Deliver) -> bool {
         let conns = lock(&self.conns);
+        let mut fit = true;
         if let Some(e) = conns.get(&(*account, device)) {
             let mut live = lock(&e.signals.live);
-            if live.queue.len() < e.signals.live_cap {
-                live.queue.push_back(deliver);
-            } else {
+            let bytes = deliver.envelope.len();
+            if live.queue.len() >= e.signals.live_cap || live.queue.push(deliver, bytes).is_err() {
                 live.overflow = true;
+                fit = false;
             }
             drop(live);
             e.signals.mailbox.notify_one();
         }
+        fit
     }
 
     /// Queues an ephemeral payload for every connected device of `account` except
@@ -284,8 +595,7 @@ impl Hub {
                 continue;
             }
             let mut q = lock(&e.signals.ephemeral_queue);
-            if q.len() < e.signals.ephemeral_cap {
-                q.push_back(payload.to_vec());
+            if q.len() < e.signals.ephemeral_cap && q.push(payload.to_vec(), payload.len()).is_ok() {
                 drop(q);
                 e.signals.ephemeral.notify_one();
                 sent += 1;

@@ -25,7 +25,7 @@ use sotto_crypto::{AccountId, DeviceId};
 use sotto_proto::{Deliver, Recipient};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::{Metrics, inc};
+use crate::metrics::{Metrics, gauge_add, inc};
 use crate::state::Hub;
 use crate::storage::{SendParams, SendStored, Storage, StorageError, Store, WriteOp, WriteOutcome};
 
@@ -230,6 +230,7 @@ fn answer(hub: &Hub, metrics: &Metrics, jobs: Vec<Job>, outcomes: Vec<WriteOutco
             Job::Ack { .. } => {
                 if let Some(WriteOutcome::Ack(n)) = outcomes.next() {
                     inc(&metrics.envelopes_acked_total, n);
+                    gauge_add(&metrics.mailbox_envelopes, -i64::try_from(n).unwrap_or(i64::MAX));
                 }
             }
             Job::Send {
@@ -243,13 +244,19 @@ fn answer(hub: &Hub, metrics: &Metrics, jobs: Vec<Job>, outcomes: Vec<WriteOutco
                 };
                 if let Ok(SendStored::Stored(seqs)) = &result {
                     inc(&metrics.envelopes_stored_total, seqs.len() as u64);
+                    gauge_add(
+                        &metrics.mailbox_envelopes,
+                        i64::try_from(seqs.len()).unwrap_or(i64::MAX),
+                    );
                     for (r, &seq) in recipients.into_iter().zip(seqs) {
                         let deliver = Deliver {
                             seq,
                             received_at_s: params.now_s,
                             envelope: r.envelope,
                         };
-                        hub.push_live(&r.account_id, r.device_id, deliver);
+                        if !hub.push_live(&r.account_id, r.device_id, deliver) {
+                            inc(&metrics.live_budget_overflow_total, 1);
+                        }
                     }
                 }
                 let _ = reply.send(result);

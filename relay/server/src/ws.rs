@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +38,8 @@ use sotto_proto::{Deliver, ErrorCode, Frame, Recipient, Send, SendOutcome, SendR
 use crate::error::code_of;
 use crate::http::decode_code;
 use crate::metrics::inc;
-use crate::state::{AppState, ConnSignals, lock, now_s};
+use crate::net::WsSlot;
+use crate::state::{AppState, ConnRate, ConnSignals, Held, lock, now_s};
 use crate::storage::{SendParams, SendStored, Storage};
 
 /// Why a connection ended; for the debug log only.
@@ -49,37 +51,80 @@ enum End {
     Idle,
     AuthFailed,
     Io,
+    Limit,
 }
 
-/// A token bucket: `rate` per second sustained, `burst` at once.
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    at: Instant,
+/// One socket's place at the edge: its address, its WebSocket slot (and meter) and its
+/// rate limiter.
+struct Edge {
+    slot: Option<WsSlot>,
+    addr: IpAddr,
+    rate: ConnRate,
 }
 
-impl Bucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            at: Instant::now(),
+impl Edge {
+    /// Accounts for a message read from the socket (see `net::MeteredIo`).
+    fn read(&self, msg: &Message) {
+        let Some(slot) = &self.slot else { return };
+        match msg {
+            Message::Ping(p) | Message::Pong(p) => slot.conn.control_done(p.len()),
+            _ => slot.conn.message_done(),
         }
     }
 
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+    /// Whether a message has been arriving for longer than `limit`.
+    fn message_late(&self, limit: Duration) -> bool {
+        self.slot
+            .as_ref()
+            .and_then(|s| s.conn.partial_age())
+            .is_some_and(|age| age >= limit)
     }
+}
+
+/// The close code for a failed read, if the relay caused it: 1009 for a message above
+/// `max_frame_bytes`, 1008 for an unfinished-message budget exceeded.
+fn read_error_close(e: axum::Error) -> Option<u16> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>()? {
+        WsError::Capacity(_) => Some(close_code::SIZE),
+        WsError::Io(io) if io.to_string().contains("budget") => Some(close_code::POLICY),
+        _ => None,
+    }
+}
+
+/// Ends the connection after a failed read, with a close frame when the relay caused it.
+async fn read_failed<S>(state: &AppState, socket: &mut S, e: axum::Error) -> End
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    match read_error_close(e) {
+        Some(code) => {
+            if code == close_code::SIZE {
+                let _ = send_frame(
+                    socket,
+                    &Frame::Error {
+                        code: ErrorCode::BODY_TOO_LARGE,
+                    },
+                )
+                .await;
+            }
+            let _ = state;
+            close(socket, code, "").await;
+            End::Limit
+        }
+        None => End::Io,
+    }
+}
+
+/// Closes a connection whose message did not complete within `message_timeout_ms`.
+async fn message_timeout<S>(state: &AppState, socket: &mut S) -> End
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    inc(&state.metrics.message_timeouts_total, 1);
+    close(socket, close_code::POLICY, "").await;
+    End::Limit
 }
 
 async fn send_frame<S>(socket: &mut S, frame: &Frame) -> Result<(), End>
@@ -106,11 +151,19 @@ where
 }
 
 /// Serves one socket until it closes, the device is replaced, it idles out or the relay
-/// shuts down.
-pub async fn serve_socket<S>(state: Arc<AppState>, mut socket: S)
+/// shuts down. `slot` is its place at the edge (none when driven by a test harness).
+pub(crate) async fn serve_socket<S>(state: Arc<AppState>, mut socket: S, slot: Option<WsSlot>)
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + std::marker::Send,
 {
+    if let Some(slot) = &slot {
+        slot.conn.start_metering();
+    }
+    let mut edge = Edge {
+        addr: slot.as_ref().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |s| s.conn.key),
+        slot,
+        rate: state.conn_rate(),
+    };
     inc(&state.metrics.connections_total, 1);
     state
         .metrics
@@ -119,9 +172,14 @@ where
     // The handlers' futures are boxed where they are awaited inside a connection's long-lived
     // state machine: tokio keeps a task's whole future resident, so an inline store future
     // would cost every idle connection its size.
-    let end = match Box::pin(authenticate(&state, &mut socket)).await {
-        Ok(Opened::Device(account, device)) => session(&state, &mut socket, account, device).await,
-        Ok(Opened::Anonymous(first)) => anonymous_session(&state, &mut socket, first).await,
+    let end = match Box::pin(authenticate(&state, &mut socket, &edge)).await {
+        Ok(Opened::Device(account, device)) => {
+            if let Some(slot) = &mut edge.slot {
+                slot.authenticated();
+            }
+            session(&state, &mut socket, &edge, account, device).await
+        }
+        Ok(Opened::Anonymous(first)) => anonymous_session(&state, &mut socket, &edge, first).await,
         Err(end) => end,
     };
     tracing::debug!(?end, "connection ended");
@@ -139,7 +197,7 @@ enum Opened {
     Anonymous(Send),
 }
 
-async fn authenticate<S>(state: &AppState, socket: &mut S) -> Result<Opened, End>
+async fn authenticate<S>(state: &AppState, socket: &mut S, edge: &Edge) -> Result<Opened, End>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -156,8 +214,16 @@ where
     let deadline = tokio::time::sleep(ttl);
     tokio::pin!(deadline);
     let mut shutdown = state.shutdown_signal();
+    let every = state.config.heartbeat.ping_interval();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let resp = loop {
         let msg = tokio::select! {
+            _ = tick.tick() => {
+                if edge.message_late(state.config.limits.message_timeout()) {
+                    return Err(message_timeout(state, socket).await);
+                }
+                continue;
+            }
             _ = &mut deadline => {
                 let _ = send_frame(socket, &Frame::Error { code: ErrorCode::CHALLENGE_EXPIRED }).await;
                 close(socket, close_code::POLICY, "").await;
@@ -170,6 +236,9 @@ where
             }
             msg = socket.next() => msg,
         };
+        if let Some(Ok(m)) = &msg {
+            edge.read(m);
+        }
         match msg {
             Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
                 Ok(Frame::AuthResponse(r)) => break r,
@@ -199,7 +268,7 @@ where
                 .await?;
             }
             Some(Ok(Message::Close(_))) | None => return Err(End::Closed),
-            Some(Err(_)) => return Err(End::Io),
+            Some(Err(e)) => return Err(read_failed(state, socket, e).await),
         }
     };
     match state.verify_auth(&challenge, &resp).await {
@@ -232,7 +301,7 @@ struct Mailbox {
     backlog: bool,
 }
 
-async fn session<S>(state: &AppState, socket: &mut S, account: AccountId, device: DeviceId) -> End
+async fn session<S>(state: &AppState, socket: &mut S, edge: &Edge, account: AccountId, device: DeviceId) -> End
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -241,7 +310,6 @@ where
     let reg = state.hub.register(account, device, limits.ephemeral_queue, live_cap);
     let signals = reg.signals.clone();
     let mut shutdown = state.shutdown_signal();
-    let mut bucket = Bucket::new(limits.rate_per_second, limits.rate_burst);
     let mut mb = Mailbox {
         account,
         device,
@@ -282,19 +350,28 @@ where
             }
             msg = socket.next(), if !pending.is_full(state) => {
                 last_heard = Instant::now();
+                if let Some(Ok(m)) = &msg {
+                    edge.read(m);
+                }
                 match msg {
                     Some(Ok(Message::Binary(b))) => {
-                        Box::pin(handle_frame(state, socket, &mut mb, &signals, &mut bucket, &mut pending, &b)).await
+                        Box::pin(handle_frame(state, socket, &mut mb, &signals, edge, &mut pending, &b)).await
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                     Some(Ok(Message::Text(_))) => send_frame(socket, &Frame::Error { code: ErrorCode::MALFORMED }).await,
                     Some(Ok(Message::Close(_))) | None => Err(End::Closed),
-                    Some(Err(_)) => Err(End::Io),
+                    Some(Err(e)) => Err(read_failed(state, socket, e).await),
                 }
             }
             _ = signals.mailbox.notified() => Box::pin(pump(state, socket, &mut mb, &signals)).await,
             _ = signals.ephemeral.notified() => Box::pin(forward_ephemeral(socket, &signals)).await,
-            _ = ping.tick() => heartbeat(socket, last_heard, hb).await,
+            _ = ping.tick() => {
+                if edge.message_late(limits.message_timeout()) {
+                    Err(message_timeout(state, socket).await)
+                } else {
+                    heartbeat(socket, last_heard, hb).await
+                }
+            }
         };
         if let Err(end) = step {
             return end;
@@ -432,7 +509,7 @@ async fn handle_frame<'a, S>(
     socket: &mut S,
     mb: &mut Mailbox,
     signals: &ConnSignals,
-    bucket: &mut Bucket,
+    edge: &Edge,
     pending: &mut Pipeline<'a>,
     bytes: &[u8],
 ) -> Result<(), End>
@@ -448,7 +525,7 @@ where
     };
     match frame {
         Frame::Send(send) => {
-            start_send(state, bucket, Some((mb.account, mb.device)), send, pending);
+            start_send(state, edge, Some((mb.account, mb.device)), send, pending);
             Ok(())
         }
         Frame::Ack { seq } => {
@@ -473,15 +550,9 @@ where
             pump(state, socket, mb, signals).await
         }
         Frame::Ephemeral { to, payload } => {
-            if !bucket.take() {
+            if let Err(code) = state.charge(&edge.rate, edge.addr, 1, payload.len()) {
                 inc(&state.metrics.rate_limited_total, 1);
-                return send_frame(
-                    socket,
-                    &Frame::Error {
-                        code: ErrorCode::RATE_LIMITED,
-                    },
-                )
-                .await;
+                return send_frame(socket, &Frame::Error { code }).await;
             }
             if payload.len() > state.config.limits.max_ephemeral_bytes {
                 return send_frame(
@@ -548,11 +619,13 @@ impl Pipeline<'_> {
     }
 }
 
-/// Rate-limits a send and starts storing it; `sender` is `None` on an anonymous
+/// Checks a send, rate-limits it (one token per recipient envelope and its bytes, on the
+/// connection's buckets and its address's), holds its bytes from the relay's in-flight
+/// budget until it is answered and starts storing it; `sender` is `None` on an anonymous
 /// connection. Its answer comes from `pending`, in the order the sends arrived.
 fn start_send<'a>(
     state: &'a AppState,
-    bucket: &mut Bucket,
+    edge: &Edge,
     sender: Option<(AccountId, DeviceId)>,
     send: Send,
     pending: &mut Pipeline<'a>,
@@ -563,18 +636,26 @@ fn start_send<'a>(
     }
     let bytes: usize = send.recipients.iter().map(|r| r.envelope.len()).sum();
     let queue = pending.queue.get_or_insert_with(FuturesOrdered::new);
-    if bucket.take() {
-        pending.bytes += bytes;
-        queue.push_back(Box::pin(async move {
-            (message_id, handle_send(state, sender, send).await, bytes)
-        }));
-    } else {
-        inc(&state.metrics.rate_limited_total, 1);
-        let outcome = SendOutcome::Rejected {
-            code: ErrorCode::RATE_LIMITED,
-        };
-        queue.push_back(Box::pin(std::future::ready((message_id, outcome, 0))));
+    let refuse = |code| Box::pin(std::future::ready((message_id, SendOutcome::Rejected { code }, 0)));
+    if let Err(code) = check_send(state, &send.recipients) {
+        queue.push_back(refuse(code));
+        return;
     }
+    if let Err(code) = state.charge(&edge.rate, edge.addr, send.recipients.len(), bytes) {
+        inc(&state.metrics.rate_limited_total, 1);
+        queue.push_back(refuse(code));
+        return;
+    }
+    let Some(held) = state.inflight.hold(bytes) else {
+        inc(&state.metrics.inflight_budget_refused_total, 1);
+        queue.push_back(refuse(ErrorCode::BUSY));
+        return;
+    };
+    pending.bytes += bytes;
+    queue.push_back(Box::pin(async move {
+        let outcome = handle_send(state, sender, send, held).await;
+        (message_id, outcome, bytes)
+    }));
 }
 
 /// Answers one send.
@@ -608,20 +689,26 @@ where
 
 /// Serves an anonymous connection: sends only, no mailbox. `first` is the send that
 /// answered the challenge.
-async fn anonymous_session<S>(state: &AppState, socket: &mut S, first: Send) -> End
+async fn anonymous_session<S>(state: &AppState, socket: &mut S, edge: &Edge, first: Send) -> End
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     inc(&state.metrics.connections_anonymous_total, 1);
     let limits = &state.config.limits;
     let mut shutdown = state.shutdown_signal();
-    let mut bucket = Bucket::new(limits.rate_per_second, limits.rate_burst);
     let hb = &state.config.heartbeat;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + hb.ping_interval(), hb.ping_interval());
     let mut last_heard = Instant::now();
     let mut pending = Pipeline::default();
+    // Closed when it has sent nothing for `anonymous_idle_ms` (pings do not count) or is
+    // `anonymous_lifetime_ms` old.
+    let born = tokio::time::Instant::now();
+    let idle = Duration::from_millis(limits.anonymous_idle_ms.max(1));
+    let end_of_life = born + Duration::from_millis(limits.anonymous_lifetime_ms.max(1));
+    let deadline = tokio::time::sleep_until((born + idle).min(end_of_life));
+    tokio::pin!(deadline);
 
-    start_send(state, &mut bucket, None, first, &mut pending);
+    start_send(state, edge, None, first, &mut pending);
     loop {
         let step: Result<(), End> = tokio::select! {
             biased;
@@ -634,12 +721,23 @@ where
             Some(answer) = pending.next_answer(), if pending.has_any() => {
                 Box::pin(answer_send(state, socket, answer)).await
             }
+            _ = &mut deadline, if !pending.has_any() => {
+                inc(&state.metrics.anonymous_closed_total, 1);
+                let _ = send_frame(socket, &Frame::Error { code: ErrorCode::IDLE_TIMEOUT }).await;
+                close(socket, close_code::AWAY, "").await;
+                return End::Idle;
+            }
             msg = socket.next(), if !pending.is_full(state) => {
                 last_heard = Instant::now();
+                if let Some(Ok(m)) = &msg {
+                    edge.read(m);
+                }
                 match msg {
                     Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
                         Ok(Frame::Send(send)) => {
-                            start_send(state, &mut bucket, None, send, &mut pending);
+                            let next = (tokio::time::Instant::now() + idle).min(end_of_life);
+                            deadline.as_mut().reset(next);
+                            start_send(state, edge, None, send, &mut pending);
                             Ok(())
                         }
                         Ok(_) => send_frame(socket, &Frame::Error { code: ErrorCode::UNEXPECTED_FRAME }).await,
@@ -651,10 +749,16 @@ where
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                     Some(Ok(Message::Text(_))) => send_frame(socket, &Frame::Error { code: ErrorCode::MALFORMED }).await,
                     Some(Ok(Message::Close(_))) | None => Err(End::Closed),
-                    Some(Err(_)) => Err(End::Io),
+                    Some(Err(e)) => Err(read_failed(state, socket, e).await),
                 }
             }
-            _ = ping.tick() => heartbeat(socket, last_heard, hb).await,
+            _ = ping.tick() => {
+                if edge.message_late(limits.message_timeout()) {
+                    Err(message_timeout(state, socket).await)
+                } else {
+                    heartbeat(socket, last_heard, hb).await
+                }
+            }
         };
         if let Err(end) = step {
             return end;
@@ -662,12 +766,9 @@ where
     }
 }
 
-/// Checks a send against the limits, stores it and wakes the recipients' connections.
-async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, send: Send) -> SendOutcome {
-    match check_send(state, &send.recipients) {
-        Ok(()) => {}
-        Err(code) => return SendOutcome::Rejected { code },
-    }
+/// Stores a checked send (its bytes `held` until it is answered) and wakes the
+/// recipients' connections.
+async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, send: Send, held: Held) -> SendOutcome {
     let limits = &state.config.limits;
     let now = now_s();
     let params = SendParams {
@@ -678,6 +779,7 @@ async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, se
     };
     let started = std::time::Instant::now();
     let stored = state.writer.send(params, send.recipients).await;
+    drop(held);
     state.metrics.send_store_seconds.observe(started.elapsed());
     match stored {
         Ok(SendStored::Stored(seqs)) => SendOutcome::Stored { seqs },

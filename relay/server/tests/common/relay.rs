@@ -26,6 +26,9 @@ use super::{TestAccount, TestDevice};
 /// A failsafe so a broken test fails instead of hanging; tests never wait on it.
 pub const FAILSAFE: Duration = Duration::from_secs(20);
 
+/// The `/metrics` bearer token of test relays.
+pub const METRICS_TOKEN: &str = "test-metrics-token";
+
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub struct Relay {
@@ -38,6 +41,7 @@ pub struct Relay {
 impl Relay {
     pub async fn start(url: &str, tweak: impl FnOnce(&mut Config)) -> Relay {
         let mut config = Config::default();
+        config.metrics_token = Some(sotto_relay::config::MetricsToken(METRICS_TOKEN.to_owned()));
         tweak(&mut config);
         let store = Store::open(url, 8).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -105,6 +109,16 @@ impl Relay {
         }
         let (status, _, bytes) = self.request(method, path, &headers, body).await;
         (status, bytes)
+    }
+
+    /// Scrapes `/metrics` with the test token.
+    pub async fn metrics(&self) -> String {
+        let auth = format!("Bearer {METRICS_TOKEN}");
+        let (status, _, body) = self
+            .request(Method::GET, "/metrics", &[("authorization", &auth)], vec![])
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        String::from_utf8(body).unwrap()
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Vec<u8>) {
