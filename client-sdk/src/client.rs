@@ -19,7 +19,7 @@ use thiserror::Error;
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use zeroize::Zeroizing;
 
-use crate::machine::{Event, Inbound, Machine, MachineError, Need, SendPlan, Snapshot};
+use crate::machine::{Event, Inbound, Machine, MachineError, Need, RetryPolicy, SendPlan, Snapshot, record_failure};
 use crate::rt::{self, Instant};
 use crate::store::{Changes, Committed, OutboxItem, Page, Store, StoreError, StoreKey, StoredMessage};
 use crate::transport::{Relay, Socket, TransportError};
@@ -32,8 +32,8 @@ const MAX_SEND_ATTEMPTS: u32 = 8;
 const MAX_CONFLICT_RETRIES: u32 = 5;
 /// Sends in flight on one connection (the relay pipelines up to 32).
 const SEND_WINDOW: usize = 16;
-/// Quiet time after a live message before its receipt is queued (more may follow).
-const RECEIPT_DELAY: Duration = Duration::from_millis(250);
+/// Outbox items read per look for sendable lanes.
+const OUTBOX_SCAN: u32 = 1024;
 /// At most this many deliveries are processed before the store is synced and they are
 /// acked (one cumulative ack); fewer when no frame is waiting. Below the relay's default
 /// delivery window (64), so a batch never waits for the window to open.
@@ -57,6 +57,12 @@ fn is_final(e: &ClientError) -> bool {
         ClientError::Transport(TransportError::Relay { code, .. }) => !code.is_retryable(),
         _ => false,
     }
+}
+
+/// Rejections about the relay or this device (busy, rate-limited), not about the item's
+/// recipient: they pause sending and do not count towards an item's bound.
+fn is_relay_wide(code: ErrorCode) -> bool {
+    code.is_retryable() && code != ErrorCode::MAILBOX_FULL
 }
 
 /// Why a client call failed.
@@ -154,6 +160,26 @@ pub struct ClientOptions {
     /// precedence over `dangerous_rng_seed`).
     #[cfg(any(test, feature = "dangerous_seeded_rng"))]
     pub dangerous_entropy: Option<Entropy>,
+    /// An outbox item that keeps failing (the recipient's mailbox full, no device of the
+    /// contact reachable) is given up, `Failed { retryable: true }`, once it failed for
+    /// this long while the relay was reachable (time offline does not count). Default
+    /// 24 hours.
+    pub send_give_up_after: Duration,
+    /// The wait before retrying an item after its first failure; it doubles with each
+    /// further one (with jitter). Default 1 s.
+    pub send_backoff_min: Duration,
+    /// The longest wait between two attempts of an item. Default 5 minutes.
+    pub send_backoff_max: Duration,
+    /// Delivery receipts go out a random delay in this range after the first message
+    /// they acknowledge arrived (so the relay cannot pair a delivery with the receipt
+    /// that follows it). Default 1–5 s.
+    pub receipt_delay: std::ops::Range<Duration>,
+    /// The anonymous (sealed-sender) connection is never opened sooner than a random
+    /// delay in this range after the authenticated connection came up. Default 1–5 s.
+    pub anonymous_open_delay: std::ops::Range<Duration>,
+    /// An anonymous connection is used for a random time in this range, then replaced.
+    /// Default 5–15 minutes.
+    pub anonymous_lifetime: std::ops::Range<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -169,6 +195,12 @@ impl Default for ClientOptions {
             backoff_max: Duration::from_secs(60),
             connect: true,
             extra_root_certificates: Vec::new(),
+            send_give_up_after: Duration::from_secs(24 * 3600),
+            send_backoff_min: Duration::from_secs(1),
+            send_backoff_max: Duration::from_secs(300),
+            receipt_delay: Duration::from_secs(1)..Duration::from_secs(5),
+            anonymous_open_delay: Duration::from_secs(1)..Duration::from_secs(5),
+            anonymous_lifetime: Duration::from_secs(300)..Duration::from_secs(900),
         }
     }
 }
@@ -314,6 +346,8 @@ pub(crate) struct Inner<S: Store> {
     /// Retry attempts and next retry time of pending inbound envelopes (in memory: after
     /// a restart they are retried at once).
     pending_backoff: std::sync::Mutex<std::collections::HashMap<crate::store::EnvelopeDigest, (u32, Instant)>>,
+    /// The generator for receipt delays, frame-id starts and connection timing.
+    net_rng: std::sync::Mutex<ChaCha20Rng>,
 }
 
 /// A Sotto client: one device of one account, its store and its relay connection.
@@ -412,6 +446,7 @@ impl<S: Store> Client<S> {
                 consumed: std::sync::atomic::AtomicU32::new(0),
                 link: Mutex::new(None),
                 receipts: Mutex::new(Default::default()),
+                net_rng: std::sync::Mutex::new(entropy.rng()?),
                 entropy,
                 pending_backoff: Default::default(),
             }),
@@ -532,10 +567,28 @@ impl<S: Store> Client<S> {
     }
 }
 
+/// What preparing an outbox item for sending came to.
 enum Prepared {
+    /// Encrypted (and committed): send these.
     Ready(Vec<sotto_proto::Recipient>),
-    Retry,
-    GiveUp(String),
+    /// The relay could not be reached: not the item's fault; try again later.
+    Offline,
+    /// The item failed this time (for example every device of the contact is out of
+    /// prekeys): counts towards its bound, retried after a backoff.
+    Failed { code: &'static str, reason: String },
+    /// The item can never be sent.
+    GiveUp { code: &'static str, reason: String },
+}
+
+/// A send lane: the recipient account, and whether the items are receipts. Order is kept
+/// within a lane, never across lanes, so one recipient never holds up another; receipt
+/// lanes come after message lanes.
+type Lane = (AccountId, bool);
+
+fn lane_of(item: &OutboxItem) -> Lane {
+    let receipt = crate::content::Content::decode(&item.content)
+        .is_ok_and(|c| matches!(c.kind, crate::content::ContentKind::Delivered { .. }));
+    (item.to, receipt)
 }
 
 /// One outbox item being sent: the frame ids of its parts still waiting for an answer.
@@ -545,29 +598,79 @@ struct InFlight {
     /// The sync transcripts, on the authenticated connection.
     auth: Option<u64>,
     item: OutboxItem,
+    lane: Lane,
 }
 
-/// The send window of one connection: up to [`SEND_WINDOW`] items in flight, prepared in
-/// outbox order; the relay stores and answers each connection's sends in order. After a
-/// device-set answer no new send starts until the window drained, so the corrected
-/// message goes before the ones behind it.
+/// The anonymous connection (sealed sender): its own frame ids, starting at a random
+/// value, and a random lifetime after which it is replaced. It lives across
+/// reconnects of the authenticated connection.
+struct Anon {
+    socket: Socket,
+    next_id: u64,
+    expires: Instant,
+}
+
+/// A uniform draw from `range` (its start when empty).
+fn uniform(rng: &mut ChaCha20Rng, range: &std::ops::Range<Duration>) -> Duration {
+    let lo = range.start.as_millis() as u64;
+    let hi = range.end.as_millis() as u64;
+    if hi <= lo {
+        return range.start;
+    }
+    Duration::from_millis(lo + rng.next_u64() % (hi - lo + 1))
+}
+
+/// A random first frame id: below 2^62, so counting up never wraps.
+fn first_frame_id(rng: &mut ChaCha20Rng) -> u64 {
+    rng.next_u64() >> 2
+}
+
+/// The sending state of one authenticated connection: up to [`SEND_WINDOW`] items in
+/// flight over both connections. The relay stores and answers each connection's sends
+/// in order.
 struct Sending {
     in_flight: VecDeque<InFlight>,
-    paused: bool,
-    attempts: u32,
-    next_frame_id: u64,
+    /// Lanes where an item failed while later ones were in flight: nothing new starts in
+    /// them until those answered, so the failed item goes again first.
+    held: std::collections::HashSet<Lane>,
+    /// The next frame id on the authenticated connection.
+    auth_next_id: u64,
+    /// When the outbox is read again without a wake-up (the earliest backoff end).
     retry_at: Option<Instant>,
+    /// Something changed (an answer, a new item): read the outbox again.
+    dirty: bool,
+    /// The relay could not be reached: nothing is prepared before this.
+    offline_until: Option<Instant>,
+    /// When the authenticated connection came up (Unix ms); an item's failing time
+    /// counts from here at the earliest.
+    online_since_ms: u64,
+    /// No anonymous connection is opened before this (a random delay after AuthOk).
+    anon_not_before: Instant,
 }
 
-impl Default for Sending {
-    fn default() -> Self {
+impl Sending {
+    fn new(rng: &mut ChaCha20Rng, options: &ClientOptions) -> Self {
         Self {
             in_flight: VecDeque::new(),
-            paused: false,
-            attempts: 0,
-            next_frame_id: 1,
+            held: Default::default(),
+            auth_next_id: first_frame_id(rng),
             retry_at: None,
+            dirty: true,
+            offline_until: None,
+            online_since_ms: now_ms(),
+            anon_not_before: Instant::now() + uniform(rng, &options.anonymous_open_delay),
         }
+    }
+
+    /// Wakes the sender at `t` at the latest.
+    fn retry_by(&mut self, t: Instant) {
+        self.retry_at = Some(self.retry_at.map_or(t, |r| r.min(t)));
+    }
+
+    /// Releases held lanes with nothing in flight any more.
+    fn release(&mut self) {
+        let in_flight = &self.in_flight;
+        self.held.retain(|l| in_flight.iter().any(|f| f.lane == *l));
     }
 }
 
@@ -692,64 +795,137 @@ impl<S: Store> Inner<S> {
         }
     }
 
-    async fn fetch_bundles(&self, account: AccountId, devices: Vec<DeviceId>) -> Result<(), ClientError> {
+    /// Fetches the bundles of `devices` and sets up sessions. Returns the devices the
+    /// relay holds no prekeys for (`NO_PREKEYS`): unreachable for now.
+    async fn fetch_bundles(&self, account: AccountId, devices: Vec<DeviceId>) -> Result<Vec<DeviceId>, ClientError> {
         let mut bundles = Vec::with_capacity(devices.len());
+        let mut unreachable = Vec::new();
         for d in devices {
             match self.relay.bundle(&self.device, &account, d).await {
                 Ok(b) => bundles.extend(b),
                 Err(TransportError::Relay { code, .. }) if code == ErrorCode::UNKNOWN_DEVICE => {
                     self.refresh_device_list(account).await?;
                 }
+                Err(TransportError::Relay { code, .. }) if code == ErrorCode::NO_PREKEYS => unreachable.push(d),
                 Err(e) => return Err(e.into()),
             }
         }
         self.transact(|m| Ok((m.receive_bundles(&account, &bundles)?, ())))
             .await?;
-        Ok(())
+        Ok(unreachable)
     }
 
+    /// Sorts a failure while preparing a send: the relay out of reach is not the item's
+    /// fault; a relay answer about the recipient is.
+    fn classify(e: ClientError) -> Prepared {
+        match e {
+            ClientError::Transport(TransportError::Relay { code, .. }) if !code.is_retryable() => Prepared::GiveUp {
+                code: code.name(),
+                reason: format!("the relay refused: {code:?}"),
+            },
+            ClientError::DeviceList(e) => Prepared::GiveUp {
+                code: "DEVICE_LIST",
+                reason: e.to_string(),
+            },
+            ClientError::Machine(e) => Prepared::GiveUp {
+                code: "ENCRYPT",
+                reason: e.to_string(),
+            },
+            // Unreachable relay, timeouts, busy or rate-limited relay, store conflicts.
+            _ => Prepared::Offline,
+        }
+    }
+
+    /// Encrypts an item for every reachable device. A listed device the relay holds no
+    /// prekeys for is left out of this send (docs/protocol.md §13.7); when that is every
+    /// device of the contact, the item failed this time.
     async fn prepare(&self, item: &OutboxItem) -> Prepared {
+        let mut skip: Vec<crate::store::PeerDevice> = Vec::new();
         for _ in 0..MAX_SEND_ATTEMPTS {
             let needs = {
                 let mut m = self.machine.lock().await;
-                match m.prepare_send(item) {
+                if !skip.is_empty()
+                    && m.device_list(&item.to)
+                        .is_some_and(|l| l.devices().iter().all(|d| skip.contains(&(item.to, d.device_id))))
+                {
+                    return Prepared::Failed {
+                        code: ErrorCode::NO_PREKEYS.name(),
+                        reason: "no device of the contact can be reached (no prekeys)".into(),
+                    };
+                }
+                match m.prepare_send(item, &skip) {
                     Ok(SendPlan::Ready { changes, recipients }) => match self.commit_locked(&mut m, changes).await {
                         Ok(_) => return Prepared::Ready(recipients),
                         Err(ClientError::Store(StoreError::Conflict)) => continue,
-                        Err(_) => return Prepared::Retry,
+                        Err(_) => return Prepared::Offline,
                     },
                     Ok(SendPlan::Need(needs)) => needs,
-                    Err(e) => return Prepared::GiveUp(e.to_string()),
+                    Err(e) => return Self::classify(e.into()),
                 }
             };
             for need in needs {
                 let r = match need {
                     Need::DeviceList(a) => self.refresh_device_list(a).await,
-                    Need::Bundles(a, d) => self.fetch_bundles(a, d).await,
+                    Need::Bundles(a, d) => match self.fetch_bundles(a, d).await {
+                        Ok(unreachable) => {
+                            skip.extend(unreachable.into_iter().map(|d| (a, d)));
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
                 };
-                match r {
-                    Ok(()) => {}
-                    Err(e) if e.is_retryable() => return Prepared::Retry,
-                    Err(ClientError::Transport(TransportError::Relay { code, .. }))
-                        if code == ErrorCode::NO_PREKEYS =>
-                    {
-                        return Prepared::Retry;
-                    }
-                    Err(e) => return Prepared::GiveUp(e.to_string()),
+                if let Err(e) = r {
+                    return Self::classify(e);
                 }
             }
         }
-        Prepared::Retry
+        Prepared::Failed {
+            code: "BAD_BUNDLE",
+            reason: "no session could be set up with every device".into(),
+        }
     }
 
-    async fn give_up(&self, item: &OutboxItem, reason: String) {
+    /// Gives an item up: removed from the outbox, the message marked failed.
+    async fn give_up(&self, item: &OutboxItem, code: &'static str, retryable: bool, reason: String) {
         let ev = {
             let mut m = self.machine.lock().await;
-            let (changes, ev) = m.give_up(item, reason);
+            let (changes, ev) = m.give_up(item, code, retryable, reason);
             let _ = self.commit_locked(&mut m, changes).await;
             ev
         };
-        self.emit(vec![ev]).await;
+        self.emit(ev.into_iter().collect()).await;
+    }
+
+    /// Records a failed attempt the item is to blame for: it waits for its backoff, or
+    /// is given up (`Failed { retryable: true }`) once it failed for
+    /// [`ClientOptions::send_give_up_after`]. `at_once` retries without a backoff (the
+    /// first answers about a changed device set, now fixed).
+    async fn failed_attempt(
+        &self,
+        tx: &mut Sending,
+        item: &OutboxItem,
+        code: &'static str,
+        reason: String,
+        at_once: bool,
+    ) {
+        let policy = RetryPolicy {
+            give_up_after_ms: self.options.send_give_up_after.as_millis() as u64,
+            backoff_min_ms: self.options.send_backoff_min.as_millis() as u64,
+            backoff_max_ms: self.options.send_backoff_max.as_millis() as u64,
+        };
+        let jitter = self.net_rng.lock().unwrap_or_else(|e| e.into_inner()).next_u64();
+        let now = now_ms();
+        match record_failure(item, now, tx.online_since_ms, &policy, jitter) {
+            None => self.give_up(item, code, true, reason).await,
+            Some(mut next) => {
+                if at_once {
+                    next.not_before_ms = now;
+                }
+                let wait = Duration::from_millis(next.not_before_ms.saturating_sub(now));
+                let _ = self.transact(|m| Ok((m.retry_later(next.clone()), ()))).await;
+                tx.retry_by(Instant::now() + wait);
+            }
+        }
     }
 
     async fn handle_deliver(&self, seq: u64, envelope: &[u8]) -> Result<(), ClientError> {
@@ -1019,9 +1195,8 @@ impl<S: Store> Inner<S> {
 
     async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = self.options.backoff_min;
-        // Not the machine's generator: the delays are visible to the relay. Without
-        // entropy the delays go without jitter.
-        let mut jitter = self.entropy.rng().ok();
+        // The anonymous connection outlives reconnects of the authenticated one.
+        let mut anon: Option<Anon> = None;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -1034,7 +1209,7 @@ impl<S: Store> Inner<S> {
                 Ok(socket) => {
                     backoff = self.options.backoff_min;
                     self.emit(vec![Event::Connected]).await;
-                    if self.serve(socket, &mut shutdown).await {
+                    if self.serve(socket, &mut shutdown, &mut anon).await {
                         return;
                     }
                 }
@@ -1052,10 +1227,8 @@ impl<S: Store> Inner<S> {
                 Err(_) => {}
             }
             let span = backoff.as_millis() as u64;
-            let delay = match jitter.as_mut() {
-                Some(j) => Duration::from_millis(span / 2 + j.next_u64() % (span / 2 + 1)),
-                None => backoff,
-            };
+            let draw = self.net_rng.lock().unwrap_or_else(|e| e.into_inner()).next_u64();
+            let delay = Duration::from_millis(span / 2 + draw % (span / 2 + 1));
             tokio::select! {
                 () = rt::sleep(delay) => {}
                 _ = shutdown.changed() => return,
@@ -1076,7 +1249,8 @@ impl<S: Store> Inner<S> {
         }) else {
             return true;
         };
-        match r.outcome {
+        tx.dirty = true;
+        let ok = match r.outcome {
             SendOutcome::Stored { .. } => {
                 let Some(f) = tx.in_flight.get_mut(i) else { return true };
                 if anonymous {
@@ -1088,7 +1262,6 @@ impl<S: Store> Inner<S> {
                     return true;
                 }
                 let Some(f) = tx.in_flight.remove(i) else { return true };
-                tx.attempts = 0;
                 let ev = {
                     let mut m = self.machine.lock().await;
                     let (changes, ev) = m.mark_sent(&f.item);
@@ -1098,144 +1271,273 @@ impl<S: Store> Inner<S> {
                     ev
                 };
                 self.emit(ev.into_iter().collect()).await;
+                true
             }
             SendOutcome::DeviceMismatch { device_lists } => {
                 let Some(f) = tx.in_flight.remove(i) else { return true };
-                tx.paused = true;
-                tx.attempts += 1;
-                let fixed = self.handle_mismatch(&f.item, &device_lists).await;
-                if tx.attempts >= MAX_SEND_ATTEMPTS || matches!(fixed, Err(ClientError::DeviceList(_))) {
-                    tx.attempts = 0;
-                    let reason = match fixed {
-                        Err(e) => e.to_string(),
-                        Ok(()) => "the device set kept changing".into(),
-                    };
-                    self.give_up(&f.item, reason).await;
+                self.hold(tx, &f);
+                match self.handle_mismatch(&f.item, &device_lists).await {
+                    Err(ClientError::DeviceList(e)) => {
+                        self.give_up(&f.item, "DEVICE_LIST", false, e.to_string()).await;
+                    }
+                    _ => {
+                        // The fixed set usually goes through at once; a set that keeps
+                        // changing backs off like any failure.
+                        let at_once = f.item.attempts < 3;
+                        let reason = "the device set kept changing".to_owned();
+                        self.failed_attempt(tx, &f.item, "DEVICE_SET_CHANGING", reason, at_once)
+                            .await;
+                    }
                 }
+                true
+            }
+            SendOutcome::Rejected { code } if is_relay_wide(code) => {
+                // The relay is busy or limits this device: not the item's fault.
+                let Some(f) = tx.in_flight.remove(i) else { return true };
+                self.hold(tx, &f);
+                let t = Instant::now() + self.options.backoff_min.max(Duration::from_millis(200));
+                tx.offline_until = Some(t);
+                tx.retry_by(t);
+                true
             }
             SendOutcome::Rejected { code } if code.is_retryable() => {
-                tx.in_flight.remove(i);
-                tx.paused = true;
-                tx.retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_millis(200)));
+                // About the recipient (a full mailbox): counts towards the item's bound.
+                let Some(f) = tx.in_flight.remove(i) else { return true };
+                self.hold(tx, &f);
+                let reason = format!("the relay refused: {code:?}");
+                self.failed_attempt(tx, &f.item, code.name(), reason, false).await;
+                true
             }
             SendOutcome::Rejected { code } => {
                 let Some(f) = tx.in_flight.remove(i) else { return true };
-                tx.attempts = 0;
-                self.give_up(&f.item, format!("the relay refused: {code}")).await;
+                self.hold(tx, &f);
+                self.give_up(&f.item, code.name(), false, format!("the relay refused: {code:?}"))
+                    .await;
+                true
             }
-            _ => {}
-        }
-        true
+            _ => true,
+        };
+        tx.release();
+        ok
     }
 
-    /// Starts sending outbox items while the window has room. Envelopes for other
-    /// accounts go over the anonymous connection (sealed sender, docs/protocol.md §13.8);
-    /// sync transcripts for this account's other devices over the authenticated one.
-    /// Returns false when the authenticated socket failed.
-    async fn fill_window(&self, tx: &mut Sending, socket: &mut Socket, anon: &mut Option<Socket>) -> bool {
-        if tx.in_flight.is_empty() {
-            tx.paused = false;
+    /// After a failure of `f`, holds its lane while later items of it are in flight.
+    fn hold(&self, tx: &mut Sending, f: &InFlight) {
+        if tx.in_flight.iter().any(|g| g.lane == f.lane) {
+            tx.held.insert(f.lane);
+        }
+    }
+
+    /// Starts sending outbox items while the window has room, lane by lane (message
+    /// lanes before receipt lanes): an item waiting for its backoff holds up only the
+    /// items behind it to the same recipient. Envelopes for other accounts go over the
+    /// anonymous connection (sealed sender, docs/protocol.md §13.8); sync transcripts
+    /// for this account's other devices over the authenticated one. Returns false when
+    /// the authenticated socket failed.
+    async fn fill_window(&self, tx: &mut Sending, socket: &mut Socket, anon: &mut Option<Anon>) -> bool {
+        let now = Instant::now();
+        if tx.retry_at.is_some_and(|t| t <= now) {
+            tx.retry_at = None;
+            tx.dirty = true;
+        }
+        if !tx.dirty || tx.in_flight.len() >= SEND_WINDOW {
+            return true;
+        }
+        if let Some(t) = tx.offline_until {
+            if t > now {
+                tx.retry_by(t);
+                return true;
+            }
+            tx.offline_until = None;
+        }
+        // An anonymous connection past its lifetime is replaced once its answers are in.
+        if anon.as_ref().is_some_and(|a| a.expires <= now) {
+            if tx.in_flight.iter().any(|f| f.anon.is_some()) {
+                return true;
+            }
+            if let Some(mut a) = anon.take() {
+                a.socket.close().await;
+            }
+        }
+        tx.dirty = false;
+        // The outbox is read from its start, further only while the lanes read so far
+        // are held up (the common case reads a window's worth).
+        let mut limit = (tx.in_flight.len() + SEND_WINDOW) as u32;
+        let mut closed = tx.held.clone();
+        loop {
+            let Ok(items) = self.store.outbox(limit).await else {
+                tx.retry_by(now + self.options.backoff_min);
+                return true;
+            };
+            let more = items.len() as u32 == limit && limit < OUTBOX_SCAN;
+            if !self.fill_from(tx, socket, anon, &items, &mut closed).await {
+                return false;
+            }
+            if !more || tx.in_flight.len() >= SEND_WINDOW || tx.offline_until.is_some() {
+                return true;
+            }
+            limit = limit.saturating_mul(4).min(OUTBOX_SCAN);
+        }
+    }
+
+    /// [`Self::fill_window`] over the items read: starts those whose lane is open.
+    async fn fill_from(
+        &self,
+        tx: &mut Sending,
+        socket: &mut Socket,
+        anon: &mut Option<Anon>,
+        items: &[OutboxItem],
+        closed: &mut std::collections::HashSet<Lane>,
+    ) -> bool {
+        let now = Instant::now();
+        if items.iter().all(|i| tx.in_flight.iter().any(|f| f.item.id == i.id)) {
+            return true;
+        }
+        if anon.is_none() {
+            // Not right after authenticating (docs/protocol.md §13.8).
+            if tx.anon_not_before > now {
+                tx.retry_by(tx.anon_not_before);
+                return true;
+            }
+            match self.relay.connect_anonymous().await {
+                Ok(socket) => {
+                    let mut rng = self.net_rng.lock().unwrap_or_else(|e| e.into_inner());
+                    *anon = Some(Anon {
+                        socket,
+                        next_id: first_frame_id(&mut rng),
+                        expires: Instant::now() + uniform(&mut rng, &self.options.anonymous_lifetime),
+                    });
+                }
+                Err(_) => {
+                    let t = Instant::now() + self.options.backoff_min.max(Duration::from_secs(1));
+                    tx.offline_until = Some(t);
+                    tx.retry_by(t);
+                    return true;
+                }
+            }
         }
         let own = self.device.account_id();
-        while !tx.paused && tx.in_flight.len() < SEND_WINDOW && tx.retry_at.is_none_or(|t| t <= Instant::now()) {
-            tx.retry_at = None;
-            let window = (tx.in_flight.len() + SEND_WINDOW) as u32;
-            let next = match self.store.outbox(window).await {
-                Ok(items) => items
-                    .into_iter()
-                    .find(|i| !tx.in_flight.iter().any(|f| f.item.id == i.id)),
-                Err(_) => None,
-            };
-            let Some(item) = next else { break };
-            let recipients = match self.prepare(&item).await {
-                Prepared::Ready(r) => r,
-                Prepared::Retry => {
-                    tx.retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_secs(1)));
-                    break;
-                }
-                Prepared::GiveUp(reason) => {
-                    self.give_up(&item, reason).await;
+        let now_ms = now_ms();
+        let lanes: Vec<Lane> = items.iter().map(lane_of).collect();
+        // Messages first, then receipts.
+        for receipts in [false, true] {
+            for (item, lane) in items.iter().zip(&lanes) {
+                if lane.1 != receipts || closed.contains(lane) {
                     continue;
                 }
-            };
-            let (mine, theirs): (Vec<_>, Vec<_>) = recipients.into_iter().partition(|r| r.account_id == own);
-            let mut f = InFlight {
-                auth: None,
-                anon: None,
-                item,
-            };
-            if !theirs.is_empty() {
-                if anon.is_none() {
-                    match self.relay.connect_anonymous().await {
-                        Ok(s) => *anon = Some(s),
-                        Err(_) => {
-                            tx.retry_at = Some(Instant::now() + self.options.backoff_min.max(Duration::from_secs(1)));
-                            break;
+                if tx.in_flight.iter().any(|f| f.item.id == item.id) {
+                    continue;
+                }
+                if tx.in_flight.len() >= SEND_WINDOW {
+                    return true;
+                }
+                if item.not_before_ms > now_ms {
+                    closed.insert(*lane);
+                    tx.retry_by(now + Duration::from_millis(item.not_before_ms - now_ms));
+                    continue;
+                }
+                let recipients = match self.prepare(item).await {
+                    Prepared::Ready(r) => r,
+                    Prepared::Offline => {
+                        let t = Instant::now() + self.options.backoff_min.max(Duration::from_secs(1));
+                        tx.offline_until = Some(t);
+                        tx.retry_by(t);
+                        tx.dirty = true;
+                        return true;
+                    }
+                    Prepared::Failed { code, reason } => {
+                        closed.insert(*lane);
+                        self.failed_attempt(tx, item, code, reason, false).await;
+                        continue;
+                    }
+                    Prepared::GiveUp { code, reason } => {
+                        self.give_up(item, code, false, reason).await;
+                        continue;
+                    }
+                };
+                let (mine, theirs): (Vec<_>, Vec<_>) = recipients.into_iter().partition(|r| r.account_id == own);
+                let mut f = InFlight {
+                    auth: None,
+                    anon: None,
+                    item: item.clone(),
+                    lane: *lane,
+                };
+                if !theirs.is_empty() {
+                    let sent = match anon.as_mut() {
+                        Some(a) => {
+                            let id = a.next_id;
+                            a.next_id = a.next_id.wrapping_add(1);
+                            f.anon = Some(id);
+                            a.socket
+                                .send(&Frame::Send(Send {
+                                    message_id: id,
+                                    recipients: theirs,
+                                }))
+                                .await
+                                .is_ok()
                         }
+                        None => false,
+                    };
+                    if !sent {
+                        // The item stays in the outbox and is encrypted again next time.
+                        *anon = None;
+                        tx.in_flight.retain(|f| f.anon.is_none());
+                        tx.release();
+                        let t = Instant::now() + self.options.backoff_min;
+                        tx.offline_until = Some(t);
+                        tx.retry_by(t);
+                        tx.dirty = true;
+                        return true;
                     }
                 }
-                let id = tx.next_frame_id;
-                tx.next_frame_id += 1;
-                let frame = Frame::Send(Send {
-                    message_id: id,
-                    recipients: theirs,
-                });
-                let sent = match anon.as_mut() {
-                    Some(a) => a.send(&frame).await.is_ok(),
-                    None => false,
-                };
-                if !sent {
-                    // The item stays in the outbox and is encrypted again next time.
-                    *anon = None;
-                    tx.retry_at = Some(Instant::now() + self.options.backoff_min);
-                    break;
+                if !mine.is_empty() {
+                    let id = tx.auth_next_id;
+                    tx.auth_next_id = tx.auth_next_id.wrapping_add(1);
+                    let frame = Frame::Send(Send {
+                        message_id: id,
+                        recipients: mine,
+                    });
+                    if socket.send(&frame).await.is_err() {
+                        return false;
+                    }
+                    f.auth = Some(id);
                 }
-                f.anon = Some(id);
-            }
-            if !mine.is_empty() {
-                let id = tx.next_frame_id;
-                tx.next_frame_id += 1;
-                let frame = Frame::Send(Send {
-                    message_id: id,
-                    recipients: mine,
-                });
-                if socket.send(&frame).await.is_err() {
-                    return false;
+                if f.anon.is_none() && f.auth.is_none() {
+                    continue;
                 }
-                f.auth = Some(id);
+                tx.in_flight.push_back(f);
             }
-            tx.in_flight.push_back(f);
         }
         true
     }
 
-    /// Serves one authenticated connection (and, while there is something to send to
-    /// other accounts, an anonymous one). Returns true on shutdown.
-    async fn serve(&self, mut socket: Socket, shutdown: &mut watch::Receiver<bool>) -> bool {
+    /// Serves one authenticated connection, and sends over the anonymous one (opened
+    /// when there is something to send, not right after this one authenticated).
+    /// Returns true on shutdown.
+    async fn serve(&self, mut socket: Socket, shutdown: &mut watch::Receiver<bool>, anon: &mut Option<Anon>) -> bool {
         // Another device of the account may have changed the device list meanwhile.
         let _ = self.refresh_device_list(self.device.account_id()).await;
         let _ = self.refill_prekeys().await;
         if !self.retry_pending().await {
             return false;
         }
-        let mut tx = Sending::default();
-        let mut anon: Option<Socket> = None;
+        // Answers to sends made before this connection are not waited for: those items
+        // are still in the outbox and go again.
+        let mut tx = {
+            let mut rng = self.net_rng.lock().unwrap_or_else(|e| e.into_inner());
+            Sending::new(&mut rng, &self.options)
+        };
         let mut ping_at = Instant::now() + self.options.heartbeat;
-        // Receipts go out in batches: when the mailbox backlog is done, and for live
-        // messages once nothing arrived for a moment.
+        // Receipts go out in batches, a random delay after the first message they
+        // acknowledge (never a fixed delay a watcher could pair deliveries with).
         let mut receipts_at: Option<Instant> = None;
         // Deliveries processed (committed deferred) but not acked yet.
         let mut unacked = Unacked::default();
         loop {
-            if !self.fill_window(&mut tx, &mut socket, &mut anon).await {
+            if !self.fill_window(&mut tx, &mut socket, anon).await {
                 return false;
             }
-            // Paused with sends in flight, only an answer (a frame) can resume sending.
-            let retry_at = if tx.paused && !tx.in_flight.is_empty() {
-                None
-            } else {
-                tx.retry_at
-            };
+            let retry_at = tx.retry_at;
             let retry = async {
                 match retry_at {
                     Some(t) => rt::sleep_until(t).await,
@@ -1248,9 +1550,16 @@ impl<S: Store> Inner<S> {
                     None => std::future::pending().await,
                 }
             };
+            let anon_expires = anon.as_ref().map(|a| a.expires);
             let anon_frame = async {
                 match anon.as_mut() {
-                    Some(a) => a.recv().await,
+                    Some(a) => a.socket.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let anon_expiry = async {
+                match anon_expires {
+                    Some(t) => rt::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             };
@@ -1266,7 +1575,7 @@ impl<S: Store> Inner<S> {
                     let _ = self.ack(&mut socket, &mut unacked).await;
                     socket.close().await;
                     if let Some(a) = anon.as_mut() {
-                        a.close().await;
+                        a.socket.close().await;
                     }
                     return true;
                 }
@@ -1279,8 +1588,10 @@ impl<S: Store> Inner<S> {
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {
                         // Sends without an answer stay in the outbox and go again.
-                        anon = None;
+                        *anon = None;
                         tx.in_flight.retain(|f| f.anon.is_none());
+                        tx.release();
+                        tx.dirty = true;
                     }
                 },
                 frame = socket.recv() => {
@@ -1309,12 +1620,15 @@ impl<S: Store> Inner<S> {
                             if full {
                                 receipts_at = None;
                                 self.flush_receipts().await;
+                                tx.dirty = true;
                             } else if any && receipts_at.is_none() {
-                                receipts_at = Some(Instant::now() + RECEIPT_DELAY);
+                                receipts_at = Some(Instant::now() + self.receipt_delay());
                             }
                         }
                         Frame::QueueEmpty => {
-                            self.flush_receipts().await;
+                            if receipts_at.is_none() && !self.receipts.lock().await.is_empty() {
+                                receipts_at = Some(Instant::now() + self.receipt_delay());
+                            }
                             self.emit(vec![Event::CaughtUp]).await;
                         }
                         Frame::SendResult(r) => {
@@ -1338,26 +1652,39 @@ impl<S: Store> Inner<S> {
                         return false;
                     }
                 }
-                _ = self.wake.notified(), if room => {}
+                _ = self.wake.notified(), if room => {
+                    tx.dirty = true;
+                }
                 _ = retry => {}
                 _ = receipts_due => {
                     receipts_at = None;
                     self.flush_receipts().await;
+                    tx.dirty = true;
+                }
+                _ = anon_expiry => {
+                    // Past its lifetime: closed once its answers are in (and replaced by
+                    // the next send); checked again in a moment meanwhile.
+                    if let Some(a) = anon.as_mut() {
+                        if tx.in_flight.iter().any(|f| f.anon.is_some()) {
+                            a.expires = Instant::now() + Duration::from_secs(1);
+                        } else {
+                            a.socket.close().await;
+                            *anon = None;
+                        }
+                    }
                 }
                 () = rt::sleep_until(ping_at) => {
                     ping_at = Instant::now() + self.options.heartbeat;
                     if socket.idle_for().is_some_and(|d| d > self.options.idle_timeout) || socket.ping().await.is_err() {
                         return false;
                     }
-                    if let Some(a) = anon.as_mut() {
-                        // An idle anonymous connection is closed; a new one opens for the next send.
-                        if tx.in_flight.iter().all(|f| f.anon.is_none()) {
-                            a.close().await;
-                            anon = None;
-                        } else if a.ping().await.is_err() {
-                            anon = None;
-                            tx.in_flight.retain(|f| f.anon.is_none());
-                        }
+                    // The anonymous connection is not pinged with this one (that would pair
+                    // them); the relay's pings keep it alive, and a silent one is dropped.
+                    if anon.as_ref().is_some_and(|a| a.socket.idle_for().is_some_and(|d| d > self.options.idle_timeout)) {
+                        *anon = None;
+                        tx.in_flight.retain(|f| f.anon.is_none());
+                        tx.release();
+                        tx.dirty = true;
                     }
                     // The relay keeps a removed device's socket open but drops its mailbox:
                     // check the account's list on every heartbeat.
@@ -1372,6 +1699,12 @@ impl<S: Store> Inner<S> {
                 }
             }
         }
+    }
+
+    /// A random delay before a batch of receipts goes out.
+    fn receipt_delay(&self) -> Duration {
+        let mut rng = self.net_rng.lock().unwrap_or_else(|e| e.into_inner());
+        uniform(&mut rng, &self.options.receipt_delay)
     }
 
     /// Syncs the store, so the deliveries committed deferred are durable, then acks them

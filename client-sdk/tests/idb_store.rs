@@ -162,11 +162,11 @@ async fn values_are_encrypted_at_rest() {
     changes.device_lists = vec![(conv, b"signed device list".to_vec())];
     changes.conversations = vec![ConversationRecord { peer: conv }];
     changes.messages = vec![message(0x6b, conv, "a very secret plaintext")];
-    changes.outbox_add = vec![OutboxItem {
-        id: MessageId([0x6c; 16]),
-        to: conv,
-        content: b"queued secret content".to_vec(),
-    }];
+    changes.outbox_add = vec![OutboxItem::new(
+        MessageId([0x6c; 16]),
+        conv,
+        b"queued secret content".to_vec(),
+    )];
     store.commit(changes).await.unwrap();
     drop(store);
 
@@ -279,11 +279,7 @@ async fn a_conflicting_commit_writes_nothing() {
             device_lists: vec![(conv, vec![9; 100])],
             conversations: vec![ConversationRecord { peer: conv }],
             messages: vec![message(1, conv, "lost")],
-            outbox_add: vec![OutboxItem {
-                id: MessageId([1; 16]),
-                to: conv,
-                content: vec![1; 10],
-            }],
+            outbox_add: vec![OutboxItem::new(MessageId([1; 16]), conv, vec![1; 10])],
             ..Changes::default()
         })
         .await;

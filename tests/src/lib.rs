@@ -20,6 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod outbound;
+
 /// Fails a test that waits longer than this for an event.
 pub const FAILSAFE: Duration = Duration::from_secs(60);
 

@@ -298,6 +298,35 @@ pub struct ClientOptions {
     /// set, such as the private CA of a self-hosted relay.
     #[uniffi(default)]
     pub extra_root_certificates: Vec<Vec<u8>>,
+    /// A message that keeps failing is given up after failing this long while online,
+    /// milliseconds.
+    #[uniffi(default = 86400000)]
+    pub send_give_up_after_ms: u64,
+    /// The wait after a message's first failure, milliseconds (then doubling).
+    #[uniffi(default = 1000)]
+    pub send_backoff_min_ms: u64,
+    /// The longest wait between two attempts of a message, milliseconds.
+    #[uniffi(default = 300000)]
+    pub send_backoff_max_ms: u64,
+    /// Delivery receipts go out a random delay after the message, at least this, ms...
+    #[uniffi(default = 1000)]
+    pub receipt_delay_min_ms: u64,
+    /// ...and at most this, milliseconds.
+    #[uniffi(default = 5000)]
+    pub receipt_delay_max_ms: u64,
+    /// The anonymous connection opens no sooner than a random delay after connecting:
+    /// at least this, milliseconds...
+    #[uniffi(default = 1000)]
+    pub anonymous_open_delay_min_ms: u64,
+    /// ...and up to this, milliseconds.
+    #[uniffi(default = 5000)]
+    pub anonymous_open_delay_max_ms: u64,
+    /// An anonymous connection is replaced after a random lifetime: at least this, ms...
+    #[uniffi(default = 300000)]
+    pub anonymous_lifetime_min_ms: u64,
+    /// ...and at most this, milliseconds.
+    #[uniffi(default = 900000)]
+    pub anonymous_lifetime_max_ms: u64,
 }
 
 impl From<ClientOptions> for sotto_sdk::ClientOptions {
@@ -309,6 +338,14 @@ impl From<ClientOptions> for sotto_sdk::ClientOptions {
             backoff_max: Duration::from_millis(o.backoff_max_ms),
             connect: o.connect,
             extra_root_certificates: o.extra_root_certificates,
+            send_give_up_after: Duration::from_millis(o.send_give_up_after_ms),
+            send_backoff_min: Duration::from_millis(o.send_backoff_min_ms),
+            send_backoff_max: Duration::from_millis(o.send_backoff_max_ms),
+            receipt_delay: Duration::from_millis(o.receipt_delay_min_ms)..Duration::from_millis(o.receipt_delay_max_ms),
+            anonymous_open_delay: Duration::from_millis(o.anonymous_open_delay_min_ms)
+                ..Duration::from_millis(o.anonymous_open_delay_max_ms),
+            anonymous_lifetime: Duration::from_millis(o.anonymous_lifetime_min_ms)
+                ..Duration::from_millis(o.anonymous_lifetime_max_ms),
             ..Self::default()
         }
     }
@@ -341,6 +378,11 @@ pub enum MessageStatus {
     SentElsewhere,
     /// A status this version of the binding does not know.
     Unknown,
+    /// Given up; `retryable` when sending it again later may work.
+    Failed {
+        /// True when a later attempt may succeed.
+        retryable: bool,
+    },
 }
 
 impl From<SdkStatus> for MessageStatus {
@@ -351,6 +393,7 @@ impl From<SdkStatus> for MessageStatus {
             SdkStatus::Sent => Self::Sent,
             SdkStatus::Delivered => Self::Delivered,
             SdkStatus::SentElsewhere => Self::SentElsewhere,
+            SdkStatus::Failed { retryable } => Self::Failed { retryable },
             _ => Self::Unknown,
         }
     }
@@ -501,6 +544,13 @@ pub enum Event {
         id: String,
         /// Why, for display.
         reason: String,
+        /// The conversation: the contact's account id.
+        conversation: String,
+        /// A stable code (the relay's error code name, e.g. `MAILBOX_FULL`, or
+        /// `DEVICE_SET_CHANGING`, `DEVICE_LIST`, `ENCRYPT`, `BAD_BUNDLE`).
+        code: String,
+        /// True when sending it again later may work.
+        retryable: bool,
     },
     /// This device is no longer in its account's device list.
     DeviceRemoved,
@@ -544,9 +594,18 @@ impl From<SdkEvent> for Event {
                 sender_device: sender.map(|s| s.1.0),
                 cause: (&cause).into(),
             },
-            SdkEvent::SendFailed { id, reason } => Self::SendFailed {
+            SdkEvent::SendFailed {
+                id,
+                reason,
+                conversation,
+                code,
+                retryable,
+            } => Self::SendFailed {
                 id: id.to_string(),
                 reason,
+                conversation: conversation.to_string(),
+                code: code.to_owned(),
+                retryable,
             },
             SdkEvent::DeviceRemoved => Self::DeviceRemoved,
             SdkEvent::Connected => Self::Connected,

@@ -139,6 +139,8 @@ impl From<StoredMessage> for Message {
                 MessageStatus::Sent => "sent",
                 MessageStatus::Delivered => "delivered",
                 MessageStatus::SentElsewhere => "sentElsewhere",
+                MessageStatus::Failed { retryable: false } => "failed",
+                MessageStatus::Failed { retryable: true } => "failedRetryable",
                 _ => "unknown",
             }
             .into(),
@@ -195,6 +197,13 @@ pub struct SottoEvent {
     /// A human-readable cause or summary, for display.
     #[wasm_bindgen(readonly)]
     pub detail: Option<String>,
+    /// A stable error code ("sendFailed": the relay's error code name such as
+    /// `MAILBOX_FULL`, or `DEVICE_SET_CHANGING`, `DEVICE_LIST`, `ENCRYPT`, `BAD_BUNDLE`).
+    #[wasm_bindgen(readonly)]
+    pub code: Option<String>,
+    /// True when sending again later may work ("sendFailed").
+    #[wasm_bindgen(readonly)]
+    pub retryable: Option<bool>,
 }
 
 fn kind(kind: &str) -> SottoEvent {
@@ -250,9 +259,18 @@ impl From<SdkEvent> for SottoEvent {
                 detail: Some(cause.to_string()),
                 ..kind("undecryptable")
             },
-            SdkEvent::SendFailed { id, reason } => SottoEvent {
+            SdkEvent::SendFailed {
+                id,
+                reason,
+                conversation,
+                code,
+                retryable,
+            } => SottoEvent {
                 message_id: Some(id.to_string()),
                 detail: Some(reason),
+                conversation: Some(conversation.to_string()),
+                code: Some(code.to_owned()),
+                retryable: Some(retryable),
                 ..kind("sendFailed")
             },
             SdkEvent::DeviceRemoved => kind("deviceRemoved"),

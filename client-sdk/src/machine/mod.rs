@@ -185,12 +185,23 @@ pub enum Event {
         /// Why.
         cause: UndecryptableCause,
     },
-    /// A message that could not be sent and was given up.
+    /// A message that could not be sent and was given up; its status is now
+    /// [`MessageStatus::Failed`].
     SendFailed {
         /// The message.
         id: MessageId,
         /// Why, for display.
         reason: String,
+        /// The conversation.
+        conversation: AccountId,
+        /// A stable code: the relay's error code name when the relay refused it
+        /// (`"MAILBOX_FULL"`, `"NO_PREKEYS"`, `"RATE_LIMITED"`, … docs/protocol.md
+        /// §13.11), `"DEVICE_SET_CHANGING"` when the recipient's device set kept
+        /// changing, `"DEVICE_LIST"` when a device list did not verify, `"ENCRYPT"` when
+        /// the message could not be encrypted.
+        code: &'static str,
+        /// True when sending it again later may work.
+        retryable: bool,
     },
     /// This device is no longer in its account's device list.
     DeviceRemoved,
@@ -833,11 +844,7 @@ impl Machine {
         let changes = Changes {
             conversations: vec![ConversationRecord { peer: to }],
             messages: vec![message.clone()],
-            outbox_add: vec![OutboxItem {
-                id,
-                to,
-                content: content.encode(),
-            }],
+            outbox_add: vec![OutboxItem::new(id, to, content.encode())],
             ..Changes::default()
         };
         Ok((changes, message))
@@ -966,8 +973,8 @@ impl Machine {
     }
 
     /// Every device a message to `to` goes to: all of `to`'s devices and this account's
-    /// other devices.
-    fn fan_out(&self, to: &AccountId) -> Result<Vec<DeviceIdentity>, Vec<Need>> {
+    /// other devices, but those in `skip`.
+    fn fan_out(&self, to: &AccountId, skip: &[PeerDevice]) -> Result<Vec<DeviceIdentity>, Vec<Need>> {
         let mut needs = Vec::new();
         let mut targets = Vec::new();
         let own = self.account_id();
@@ -978,7 +985,7 @@ impl Machine {
             };
             let mut missing = Vec::new();
             for d in list.devices() {
-                if account == own && d.device_id == self.device_id() {
+                if (account == own && d.device_id == self.device_id()) || skip.contains(&(account, d.device_id)) {
                     continue;
                 }
                 let Some(identity) = list.identity(d.device_id) else {
@@ -999,9 +1006,12 @@ impl Machine {
     /// Encrypts an outbox item for every device: the contact's devices get the content,
     /// this account's other devices a sync transcript (for texts). Needs a session with
     /// each; otherwise says what to fetch.
-    pub fn prepare_send(&mut self, item: &OutboxItem) -> Result<SendPlan, MachineError> {
+    ///
+    /// Devices in `skip` (listed, but unreachable for this send: the relay holds no
+    /// prekeys for them) are left out.
+    pub fn prepare_send(&mut self, item: &OutboxItem, skip: &[PeerDevice]) -> Result<SendPlan, MachineError> {
         let content = Content::decode(&item.content)?;
-        let targets = match self.fan_out(&item.to) {
+        let targets = match self.fan_out(&item.to, skip) {
             Ok(t) => t,
             Err(needs) => return Ok(SendPlan::Need(needs)),
         };
@@ -1076,11 +1086,7 @@ impl Machine {
             kind: ContentKind::Delivered { message_ids: ids },
         };
         Changes {
-            outbox_add: vec![OutboxItem {
-                id: content.message_id,
-                to,
-                content: content.encode(),
-            }],
+            outbox_add: vec![OutboxItem::new(content.message_id, to, content.encode())],
             ..Changes::default()
         }
     }
@@ -1111,15 +1117,50 @@ impl Machine {
         (changes, event)
     }
 
-    /// Gives up an outbox item.
-    pub fn give_up(&self, item: &OutboxItem, reason: String) -> (Changes, Event) {
-        (
-            Changes {
-                outbox_remove: vec![item.id],
-                ..Changes::default()
+    /// Gives up an outbox item: drops it from the outbox and marks the message
+    /// [`MessageStatus::Failed`]. The event is for texts (a receipt given up is not the
+    /// app's concern).
+    pub fn give_up(
+        &self,
+        item: &OutboxItem,
+        code: &'static str,
+        retryable: bool,
+        reason: String,
+    ) -> (Changes, Option<Event>) {
+        let is_text = Content::decode(&item.content).is_ok_and(|c| matches!(c.kind, ContentKind::Text { .. }));
+        let changes = Changes {
+            outbox_remove: vec![item.id],
+            message_status: if is_text {
+                vec![(
+                    MessageKey {
+                        conversation: item.to,
+                        sender: self.account_id(),
+                        id: item.id,
+                    },
+                    MessageStatus::Failed { retryable },
+                )]
+            } else {
+                Vec::new()
             },
-            Event::SendFailed { id: item.id, reason },
-        )
+            ..Changes::default()
+        };
+        let event = is_text.then_some(Event::SendFailed {
+            id: item.id,
+            reason,
+            conversation: item.to,
+            code,
+            retryable,
+        });
+        (changes, event)
+    }
+
+    /// Records that sending `item` failed again (it stays in the outbox): `updated`
+    /// carries its new attempts and backoff ([`record_failure`]).
+    pub fn retry_later(&self, updated: OutboxItem) -> Changes {
+        Changes {
+            outbox_update: vec![updated],
+            ..Changes::default()
+        }
     }
 
     /// Records the envelope (its digest, and its seq) as processed.
@@ -1418,6 +1459,52 @@ impl Machine {
             .push(self.session_write(peer, &responded.session, pickles));
         Ok(responded.plaintext)
     }
+}
+
+/// How failed attempts of one outbox item are spaced and bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The item is given up once it spent this long failing while the relay was
+    /// reachable (ms).
+    pub give_up_after_ms: u64,
+    /// The backoff after the first failure (ms); it doubles with each one...
+    pub backoff_min_ms: u64,
+    /// ...up to this (ms).
+    pub backoff_max_ms: u64,
+}
+
+/// Records a failed attempt of `item` that the item is to blame for, at `now_ms`, the
+/// relay having been reachable since `online_since_ms` (time offline between two
+/// failures does not count). `jitter` is a random draw. Returns the item with its new
+/// attempts and backoff, or `None` when it has been failing for
+/// [`RetryPolicy::give_up_after_ms`]: give it up.
+pub fn record_failure(
+    item: &OutboxItem,
+    now_ms: u64,
+    online_since_ms: u64,
+    policy: &RetryPolicy,
+    jitter: u64,
+) -> Option<OutboxItem> {
+    let mut next = item.clone();
+    if item.last_failure_ms != 0 {
+        let from = item.last_failure_ms.max(online_since_ms);
+        next.failing_ms = next.failing_ms.saturating_add(now_ms.saturating_sub(from));
+    }
+    next.attempts = next.attempts.saturating_add(1);
+    next.last_failure_ms = now_ms;
+    if next.failing_ms >= policy.give_up_after_ms {
+        return None;
+    }
+    let exp = next.attempts.saturating_sub(1).min(30);
+    let base = policy
+        .backoff_min_ms
+        .saturating_mul(1u64 << exp)
+        .min(policy.backoff_max_ms)
+        .max(1);
+    // Uniform in [base/2, base]: items failing together do not retry together.
+    let delay = base / 2 + jitter % (base / 2 + 1);
+    next.not_before_ms = now_ms.saturating_add(delay);
+    Some(next)
 }
 
 /// Every pickle but the one at `i` (the session that took a message becomes the active one;

@@ -83,7 +83,7 @@ impl Peer {
 async fn send(from: &mut Peer, others: &mut [&mut Peer]) -> Vec<Recipient> {
     let item = from.store.outbox(1).await.unwrap().remove(0);
     loop {
-        match from.machine.prepare_send(&item).unwrap() {
+        match from.machine.prepare_send(&item, &[]).unwrap() {
             SendPlan::Need(needs) => {
                 for need in needs {
                     match need {
@@ -537,11 +537,7 @@ async fn dedup_and_receipts_are_scoped_to_conversation_and_sender() {
         kind: ContentKind::Text { text: "fake".into() },
     };
     let c = Changes {
-        outbox_add: vec![OutboxItem {
-            id: from_bob.id,
-            to: alice.id(),
-            content: fake.encode(),
-        }],
+        outbox_add: vec![OutboxItem::new(from_bob.id, alice.id(), fake.encode())],
         ..Changes::default()
     };
     mallory.commit(c).await;
@@ -659,11 +655,7 @@ fn debug_output_leaves_plaintext_out() {
         status: MessageStatus::Received,
         order: 4,
     };
-    let item = OutboxItem {
-        id: MessageId([1; 16]),
-        to: AccountId([2; 32]),
-        content: b"secret words".to_vec(),
-    };
+    let item = OutboxItem::new(MessageId([1; 16]), AccountId([2; 32]), b"secret words".to_vec());
     let changes = Changes {
         messages: vec![m.clone()],
         outbox_add: vec![item.clone()],
@@ -680,7 +672,7 @@ fn debug_output_leaves_plaintext_out() {
     assert_eq!(
         format!("{changes:?}"),
         "Changes { account: false, sessions: 0, prekeys_added: 0, prekeys_removed: 0, device_lists: 0, \
-         conversations: 0, messages: 1, message_status: 0, outbox_add: 1, outbox_remove: 0, pins: 0, envelopes: 0, pending_add: 0, pending_remove: 0, .. }"
+         conversations: 0, messages: 1, message_status: 0, outbox_add: 1, outbox_remove: 0, pins: 0, envelopes: 0, pending_add: 0, pending_remove: 0, outbox_update: 0, .. }"
     );
     let event = Event::MessageReceived(m);
     let inbound = Inbound::Done {
@@ -751,4 +743,32 @@ async fn pending_envelopes_keep_their_senders_order_and_the_table_is_bounded() {
         bob.commit(c).await;
     }
     assert!(bob.machine.defer(10, b"one more", alice.id(), 5).is_none());
+}
+
+#[test]
+fn failures_back_off_and_end_after_the_bound_without_counting_offline_time() {
+    use super::{RetryPolicy, record_failure};
+    use crate::store::OutboxItem;
+    let policy = RetryPolicy {
+        give_up_after_ms: 10_000,
+        backoff_min_ms: 1_000,
+        backoff_max_ms: 4_000,
+    };
+    let item = OutboxItem::new(MessageId([1; 16]), AccountId([2; 32]), vec![1]);
+    // First failure at t = 100 s: no time counted yet, a backoff of 0.5–1 s.
+    let a = record_failure(&item, 100_000, 0, &policy, 7).unwrap();
+    assert_eq!((a.attempts, a.failing_ms, a.last_failure_ms), (1, 0, 100_000));
+    assert!((100_500..=101_000).contains(&a.not_before_ms));
+    // Second at 101 s: 1 s counted, backoff doubled.
+    let b = record_failure(&a, 101_000, 0, &policy, 0).unwrap();
+    assert_eq!((b.attempts, b.failing_ms), (2, 1_000));
+    assert_eq!(b.not_before_ms, 102_000);
+    // Offline from 101 s to 1 h later: only the time since the reconnect counts.
+    let c = record_failure(&b, 3_600_000, 3_599_000, &policy, 0).unwrap();
+    assert_eq!(c.failing_ms, 2_000);
+    // The backoff stops growing at the maximum.
+    let d = record_failure(&c, 3_601_000, 3_599_000, &policy, u64::MAX).unwrap();
+    assert!(d.not_before_ms - 3_601_000 <= 4_000);
+    // Past the bound: give up.
+    assert!(record_failure(&d, 3_609_000, 3_599_000, &policy, 0).is_none());
 }

@@ -419,11 +419,7 @@ pub async fn message_status(s: &impl Store) {
 
 /// The outbox is first in, first out; adding an id twice keeps one.
 pub async fn outbox_fifo(s: &impl Store) {
-    let item = |n: u8| OutboxItem {
-        id: MessageId([n; 16]),
-        to: AccountId([9; 32]),
-        content: vec![n; 10],
-    };
+    let item = |n: u8| OutboxItem::new(MessageId([n; 16]), AccountId([9; 32]), vec![n; 10]);
     for n in [3u8, 1, 2] {
         s.commit(Changes {
             outbox_add: vec![item(n)],
@@ -449,6 +445,19 @@ pub async fn outbox_fifo(s: &impl Store) {
     .unwrap();
     let ids: Vec<u8> = s.outbox(10).await.unwrap().iter().map(|i| i.id.0[0]).collect();
     assert_eq!(ids, [1, 2]);
+    // An update replaces the item's attempts in place; an unknown id is skipped.
+    let mut tried = item(1);
+    tried.attempts = 2;
+    tried.failing_ms = 1500;
+    tried.last_failure_ms = 10_000;
+    tried.not_before_ms = 12_000;
+    s.commit(Changes {
+        outbox_update: vec![tried.clone(), item(7)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.outbox(10).await.unwrap(), vec![tried, item(2)]);
 }
 
 /// Device lists are replaced; conversations are created once.

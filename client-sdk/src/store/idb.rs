@@ -776,7 +776,7 @@ fn scope(changes: &Changes) -> Vec<&'static str> {
     if !changes.messages.is_empty() || !changes.outbox_add.is_empty() {
         s.insert(META);
     }
-    if !changes.outbox_add.is_empty() || !changes.outbox_remove.is_empty() {
+    if !changes.outbox_add.is_empty() || !changes.outbox_remove.is_empty() || !changes.outbox_update.is_empty() {
         s.insert(OUTBOX);
     }
     s.into_iter().collect()
@@ -982,7 +982,7 @@ impl Store for IdbStore {
                 store.put(&row).map_err(js("put"))?;
             }
         }
-        if !changes.outbox_add.is_empty() || !changes.outbox_remove.is_empty() {
+        if !changes.outbox_add.is_empty() || !changes.outbox_remove.is_empty() || !changes.outbox_update.is_empty() {
             let store = tx.store(OUTBOX)?;
             let by_k = store.index(BY_K).map_err(js("index"))?;
             if !changes.outbox_add.is_empty() {
@@ -1007,6 +1007,17 @@ impl Store for IdbStore {
                 if !ord.is_undefined() {
                     store.delete(&ord).map_err(js("delete"))?;
                 }
+            }
+            for item in &changes.outbox_update {
+                let k = c.tag(OUTBOX, &item.id.0);
+                let ord = request(by_k.get_key(&bytes(&k)), "getKey")?.await?;
+                if ord.is_undefined() {
+                    continue;
+                }
+                let v = c.seal(OUTBOX, &k, &encode_outbox(item))?;
+                store
+                    .put(&record(&[("ord", &ord), ("k", &bytes(&k)), ("v", &bytes(&v))])?)
+                    .map_err(js("put"))?;
             }
         }
         if !changes.envelopes.is_empty() {

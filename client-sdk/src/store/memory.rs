@@ -243,6 +243,11 @@ impl Store for MemoryStore {
                 }
             }
         }
+        for item in changes.outbox_update {
+            if let Some(stored) = inner.outbox.values_mut().find(|i| i.id == item.id) {
+                *stored = item;
+            }
+        }
         Ok(Committed {
             inserted,
             account_version,

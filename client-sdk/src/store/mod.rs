@@ -176,16 +176,24 @@ pub enum MessageStatus {
     Delivered,
     /// Sent from another device of this account (a sync transcript).
     SentElsewhere,
+    /// Given up: the relay refused it or the retry bound passed. `retryable` when
+    /// sending it again later may work (for example the recipient's mailbox was full).
+    Failed {
+        /// True when a later attempt may succeed.
+        retryable: bool,
+    },
 }
 
 impl MessageStatus {
     /// True when a message in `old` may move to `self`: statuses only move forward
-    /// (`Queued → Sent → Delivered`), so a late answer never undoes a receipt.
+    /// (`Queued → Failed → Sent → Delivered`), so a late answer never undoes a receipt
+    /// (and a receipt for a message given up still shows it delivered).
     pub fn advances_from(self, old: MessageStatus) -> bool {
         let rank = |s: MessageStatus| match s {
             Self::Queued => Some(0),
-            Self::Sent => Some(1),
-            Self::Delivered => Some(2),
+            Self::Failed { .. } => Some(1),
+            Self::Sent => Some(2),
+            Self::Delivered => Some(3),
             Self::Received | Self::SentElsewhere => None,
         };
         matches!((rank(old), rank(self)), (Some(a), Some(b)) if b > a)
@@ -264,7 +272,9 @@ impl std::fmt::Debug for StoredMessage {
     }
 }
 
-/// A message waiting to be sent: the content and the account it goes to.
+/// A message waiting to be sent: the content and the account it goes to, and how its
+/// sending went so far (kept with the item, so a restart does not reset the bound on
+/// retries).
 #[derive(Clone, PartialEq, Eq)]
 pub struct OutboxItem {
     /// The id (the content's message id).
@@ -273,6 +283,31 @@ pub struct OutboxItem {
     pub to: AccountId,
     /// The encoded [`crate::content::Content`].
     pub content: Vec<u8>,
+    /// Failed attempts the item was to blame for (a rejection by the relay, a recipient
+    /// that cannot be reached); going offline does not count.
+    pub attempts: u32,
+    /// Time spent failing while the relay was reachable, in milliseconds.
+    pub failing_ms: u64,
+    /// When the last such failure happened (Unix ms); 0 before the first.
+    pub last_failure_ms: u64,
+    /// Not sent before this time (Unix ms): the backoff after a failure, or a
+    /// receipt's random delay; 0 for at once.
+    pub not_before_ms: u64,
+}
+
+impl OutboxItem {
+    /// A new item, never tried.
+    pub fn new(id: MessageId, to: AccountId, content: Vec<u8>) -> Self {
+        Self {
+            id,
+            to,
+            content,
+            attempts: 0,
+            failing_ms: 0,
+            last_failure_ms: 0,
+            not_before_ms: 0,
+        }
+    }
 }
 
 /// Leaves the content out (its length only).
@@ -380,6 +415,9 @@ pub struct Changes {
     pub pending_add: Vec<PendingInbound>,
     /// Pending envelopes to drop, by digest (unknown ones are skipped).
     pub pending_remove: Vec<EnvelopeDigest>,
+    /// Outbox items whose stored value is replaced (attempts, backoff), keeping their
+    /// place in the outbox; unknown ids are skipped.
+    pub outbox_update: Vec<OutboxItem>,
 }
 
 /// Counts only: the values hold plaintext (texts, contents) and pickles.
@@ -400,6 +438,7 @@ impl std::fmt::Debug for Changes {
             .field("envelopes", &self.envelopes.len())
             .field("pending_add", &self.pending_add.len())
             .field("pending_remove", &self.pending_remove.len())
+            .field("outbox_update", &self.outbox_update.len())
             .finish_non_exhaustive()
     }
 }
@@ -452,6 +491,7 @@ impl Changes {
             && self.envelopes.is_empty()
             && self.pending_add.is_empty()
             && self.pending_remove.is_empty()
+            && self.outbox_update.is_empty()
     }
 }
 

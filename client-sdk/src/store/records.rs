@@ -14,6 +14,8 @@ impl MessageStatus {
             Self::Sent => 3,
             Self::Delivered => 4,
             Self::SentElsewhere => 5,
+            Self::Failed { retryable: false } => 6,
+            Self::Failed { retryable: true } => 7,
         }
     }
     pub(crate) fn from_byte(b: u8) -> Result<Self, DecodeError> {
@@ -23,6 +25,8 @@ impl MessageStatus {
             3 => Self::Sent,
             4 => Self::Delivered,
             5 => Self::SentElsewhere,
+            6 => Self::Failed { retryable: false },
+            7 => Self::Failed { retryable: true },
             value => {
                 return Err(DecodeError::UnknownType {
                     field: "message status",
@@ -159,23 +163,40 @@ pub(crate) fn decode_message(b: &[u8], order: u64) -> Result<StoredMessage, Deco
     Ok(m)
 }
 
+/// Outbox records of version 2 add the item's attempts and backoff after the content;
+/// version 1 records (written before) load as never tried.
+const OUTBOX_VERSION: u8 = 2;
+
 pub(crate) fn encode_outbox(i: &OutboxItem) -> Vec<u8> {
-    let mut o = Vec::with_capacity(56 + i.content.len());
-    o.put_u8(RECORD_VERSION);
+    let mut o = Vec::with_capacity(84 + i.content.len());
+    o.put_u8(OUTBOX_VERSION);
     o.put(&i.id.0);
     o.put(i.to.as_bytes());
     o.put_var(&i.content);
+    o.put_u32(i.attempts);
+    o.put_u64(i.failing_ms);
+    o.put_u64(i.last_failure_ms);
+    o.put_u64(i.not_before_ms);
     o
 }
 
 pub(crate) fn decode_outbox(b: &[u8]) -> Result<OutboxItem, DecodeError> {
     let mut r = Reader::new(b);
-    r.version(RECORD_VERSION)?;
-    let i = OutboxItem {
-        id: MessageId(r.array()?),
-        to: AccountId(r.array()?),
-        content: r.var_bytes("content", MAX_BLOB)?.to_vec(),
-    };
+    let version = r.u8()?;
+    if version != RECORD_VERSION && version != OUTBOX_VERSION {
+        return Err(DecodeError::UnsupportedVersion { version });
+    }
+    let mut i = OutboxItem::new(
+        MessageId(r.array()?),
+        AccountId(r.array()?),
+        r.var_bytes("content", MAX_BLOB)?.to_vec(),
+    );
+    if version == OUTBOX_VERSION {
+        i.attempts = r.u32()?;
+        i.failing_ms = r.u64()?;
+        i.last_failure_ms = r.u64()?;
+        i.not_before_ms = r.u64()?;
+    }
     r.finish()?;
     Ok(i)
 }
@@ -229,5 +250,25 @@ mod tests {
         let old = decode_account(&v1).unwrap();
         assert_eq!(old.mailbox_epoch, None);
         assert_eq!(old.last_seq, 9);
+    }
+
+    #[test]
+    fn outbox_record_keeps_attempts_and_reads_version_1() {
+        let mut item = OutboxItem::new(MessageId([7; 16]), AccountId([9; 32]), vec![1, 2, 3]);
+        item.attempts = 3;
+        item.failing_ms = 12_000;
+        item.last_failure_ms = 1_700_000_000_000;
+        item.not_before_ms = 1_700_000_004_000;
+        assert_eq!(decode_outbox(&encode_outbox(&item)).unwrap(), item);
+        // A record written by the previous version: version 1, no attempts.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&[7; 16]);
+        v1.extend_from_slice(&[9; 32]);
+        v1.put_var(&[1, 2, 3]);
+        let old = decode_outbox(&v1).unwrap();
+        assert_eq!(
+            old,
+            OutboxItem::new(MessageId([7; 16]), AccountId([9; 32]), vec![1, 2, 3])
+        );
     }
 }

@@ -568,6 +568,16 @@ impl SqliteStore {
                 .await
                 .map_err(db)?;
         }
+        for item in &changes.outbox_update {
+            let k = c.tag("outbox", &item.id.0);
+            let v = c.seal("outbox", &k, &encode_outbox(item))?;
+            sqlx::query("UPDATE outbox SET v = ? WHERE k = ?")
+                .bind(v)
+                .bind(k)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
         tx.commit().await.map_err(db)?;
         Ok(committed)
     }

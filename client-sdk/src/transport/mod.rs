@@ -35,8 +35,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum TransportError {
-    /// The URL is not `https://host[:port]` or `http://host:port`.
-    #[error("relay URL must look like https://host[:port] or http://host:port")]
+    /// The URL is not `https://host[:port]` or `http://host[:port]`.
+    #[error("relay URL must look like https://host[:port] or http://host[:port]")]
     BadUrl,
     /// An extra root certificate given in the options is not a PEM certificate.
     #[error("an extra root certificate does not parse")]
@@ -61,6 +61,10 @@ pub enum TransportError {
     /// A challenge names another relay.
     #[error("the relay's challenge names another relay")]
     WrongRelay,
+    /// A plain `http://` URL for a host that is not loopback (127.0.0.0/8, `::1`,
+    /// `localhost`): only `https://` may leave the machine.
+    #[error("plain http:// is allowed only for a loopback relay; use https://")]
+    InsecureUrl,
 }
 
 impl TransportError {
@@ -69,9 +73,21 @@ impl TransportError {
         match self {
             Self::Io(_) | Self::Timeout => true,
             Self::Relay { code, .. } => code.is_retryable(),
-            Self::BadUrl | Self::BadRootCertificate | Self::Protocol(_) | Self::WrongRelay => false,
+            Self::BadUrl | Self::BadRootCertificate | Self::Protocol(_) | Self::WrongRelay | Self::InsecureUrl => false,
         }
     }
+}
+
+/// True for a loopback host: `localhost`, an IPv4 address in 127.0.0.0/8 or `[::1]`
+/// (the hosts the relay itself serves plain HTTP to).
+fn is_loopback(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok_and(|a| a.is_loopback());
+    }
+    host.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
 }
 
 /// The HTTP methods the relay API uses.
@@ -118,6 +134,9 @@ impl Relay {
         };
         if port.is_some_and(|p| p.parse::<u16>().is_err()) || host.is_empty() {
             return Err(TransportError::BadUrl);
+        }
+        if !tls && !is_loopback(host) {
+            return Err(TransportError::InsecureUrl);
         }
         let port = match (port, tls) {
             (Some(p), _) => p,
@@ -374,5 +393,38 @@ impl Socket {
     /// Closes the socket.
     pub async fn close(&mut self) {
         self.ws.close().await;
+    }
+}
+
+#[cfg(all(test, feature = "native"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3:80",
+            "http://localhost:3000",
+            "http://LOCALHOST",
+            "http://[::1]:8080",
+            "https://relay.example.org",
+            "https://203.0.113.5:8443",
+        ] {
+            assert!(Relay::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://relay.example.org",
+            "http://203.0.113.5:8080",
+            "http://[2001:db8::1]:80",
+            "http://localhost.example.org",
+            "http://127.0.0.1.example.org",
+            "http://0.0.0.0:8080",
+            "http://[::]:8080",
+            "http://[::ffff:127.0.0.1]:80",
+        ] {
+            assert!(matches!(Relay::new(bad), Err(TransportError::InsecureUrl)), "{bad}");
+        }
+        assert!(matches!(Relay::new("ftp://x"), Err(TransportError::BadUrl)));
     }
 }
