@@ -370,8 +370,8 @@ async fn a_connection_steps_aside_for_an_upgrade() {
     let store = IdbStore::open(&name, &StoreKey::new([1; 32])).await.unwrap();
     store.commit(create_account()).await.unwrap();
     // Another tab opens a newer schema: not blocked, because the store closes itself.
-    let newer = raw_open(&name, Some(2)).await;
-    assert_eq!(newer.version(), 2.0);
+    let newer = raw_open(&name, Some(IdbStore::SCHEMA_VERSION + 1)).await;
+    assert_eq!(newer.version(), f64::from(IdbStore::SCHEMA_VERSION + 1));
     newer.close();
     let closed = store.load_account().await;
     assert!(matches!(closed, Err(StoreError::Database(_))), "{closed:?}");

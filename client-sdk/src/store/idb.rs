@@ -424,6 +424,10 @@ fn factory() -> Result<IdbFactory, StoreError> {
 }
 
 impl IdbStore {
+    /// The IndexedDB schema version this build opens; a database at a higher version was
+    /// written by a newer build and is refused.
+    pub const SCHEMA_VERSION: u32 = SCHEMA_VERSION;
+
     /// Opens (creating or upgrading it if needed) the IndexedDB database `db_name` and
     /// checks `key` against it: a database written under another key is
     /// [`StoreError::Decrypt`]. No IndexedDB in this JavaScript environment (or one that
