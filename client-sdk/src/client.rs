@@ -555,15 +555,27 @@ impl<S: Store> Client<S> {
             .unwrap_or_default()
     }
 
-    /// Stops the connection task and waits for it to end (its sockets closed). Calls
-    /// made afterwards still read the store; nothing is sent until the client is opened
-    /// again. Safe to call more than once and while other calls run.
+    /// Queues the delivery receipts that wait for their random delay into the outbox now,
+    /// and wakes the sender. For a client about to exit (a command-line run, a
+    /// notification extension): it gives up the delay that keeps the relay from pairing a
+    /// delivery with its receipt, so an app that stays open should not call it.
+    pub async fn send_receipts_now(&self) {
+        self.inner.flush_receipts().await;
+        self.inner.wake.notify_one();
+    }
+
+    /// Stops the connection task and waits for it to end (its sockets closed). Receipts
+    /// still waiting for their delay are queued into the persisted outbox first, so they
+    /// go out the next time the client connects. Calls made afterwards still read the
+    /// store; nothing is sent until the client is opened again. Safe to call more than
+    /// once and while other calls run.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = task {
             t.join().await;
         }
+        self.inner.flush_receipts().await;
     }
 }
 

@@ -221,6 +221,17 @@ fn show(m: &StoredMessage) -> String {
     format!("[{}] {who}: {}{mark}", short(&m.conversation), m.text)
 }
 
+/// Before a one-shot command exits: sends the receipts it owes now (not after their
+/// random delay) and waits (up to `within`) until the outbox is empty, so they go out
+/// now rather than the next time sotto connects.
+async fn drain_outbox(client: &Client<SqliteStore>, within: Duration) {
+    client.send_receipts_now().await;
+    let until = tokio::time::Instant::now() + within;
+    while client.outbox_len().await.unwrap_or(0) > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_event(events: &mut EventStream, timeout: Duration, mut f: impl FnMut(&Event) -> bool) -> Option<Event> {
     tokio::time::timeout(timeout, async {
         while let Some(e) = events.next().await {
@@ -310,6 +321,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 _ => false,
             })
             .await;
+            if matches!(done, Some(Event::MessageSent { .. })) {
+                drain_outbox(&client, Duration::from_secs(15)).await;
+            }
             client.shutdown().await;
             match done {
                 Some(Event::MessageSent { .. }) => out!("sent"),
@@ -331,6 +345,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 false
             })
             .await;
+            if got == Ok(true) {
+                drain_outbox(&client, Duration::from_secs(15)).await;
+            }
             client.shutdown().await;
             if got != Ok(true) {
                 return Err("the relay did not answer".into());
