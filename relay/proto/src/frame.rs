@@ -22,6 +22,8 @@
 //! auth signature = Ed25519_DSK("Sotto-v1 relay auth" ‖ relay_id ‖ nonce ‖ timestamp_ms (u64)
 //!                              ‖ account_id ‖ device_id (u32))
 //! relay_id       = SHA-256("Sotto-v1 relay id" ‖ the relay's public URL, as UTF-8)
+//! HTTP answers sign the same message with the nonce replaced by http_auth_binding
+//! (nonce, method, path, body), see [`http_auth_binding`].
 //! ```
 //!
 //! Ping and pong are the WebSocket's own control frames. No frame names a sender: a
@@ -51,6 +53,33 @@ pub fn relay_id(public_url: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The label of the HTTP request binding.
+pub const HTTP_AUTH_LABEL: &[u8] = b"Sotto-v1 relay http auth";
+
+/// What an HTTP `Authorization` answer signs in place of the challenge nonce: the nonce
+/// bound to one request.
+///
+/// ```text
+/// SHA-256("Sotto-v1 relay http auth" ‖ nonce (32)
+///         ‖ len(method) (u16) ‖ method ‖ len(path) (u32) ‖ path ‖ SHA-256(body))
+/// ```
+///
+/// `method` is the request method in upper case (`GET`, `PUT`, `DELETE`), `path` the
+/// request target exactly as sent (origin form: the path and, if any, `?` and the query),
+/// `body` the request body's bytes (empty for none). A header answered for one request
+/// fails on any other method, path or body.
+pub fn http_auth_binding(nonce: &[u8; 32], method: &str, path: &str, body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(HTTP_AUTH_LABEL);
+    h.update(nonce);
+    h.update(u16::try_from(method.len()).unwrap_or(u16::MAX).to_be_bytes());
+    h.update(method.as_bytes());
+    h.update(u32::try_from(path.len()).unwrap_or(u32::MAX).to_be_bytes());
+    h.update(path.as_bytes());
+    h.update(Sha256::digest(body));
+    h.finalize().into()
+}
+
 /// A relay-issued authentication challenge. Also the body of `GET /v1/auth/challenge`.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Challenge {
@@ -66,6 +95,22 @@ impl Challenge {
     /// The bytes a device signs with its DSK to answer this challenge.
     pub fn signed_message(&self, account_id: &AccountId, device_id: DeviceId) -> Vec<u8> {
         sotto_crypto::relay_auth_message(&self.relay_id, &self.nonce, self.timestamp_ms, account_id, device_id)
+    }
+
+    /// The bytes a device signs with its DSK to answer this challenge in the
+    /// `Authorization` header of the HTTP request `method path` with `body`: the same
+    /// message as [`Challenge::signed_message`], with the nonce replaced by
+    /// [`http_auth_binding`].
+    pub fn signed_http_message(
+        &self,
+        account_id: &AccountId,
+        device_id: DeviceId,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let bound = http_auth_binding(&self.nonce, method, path, body);
+        sotto_crypto::relay_auth_message(&self.relay_id, &bound, self.timestamp_ms, account_id, device_id)
     }
 
     pub(crate) const LEN: usize = 32 + 32 + 8;

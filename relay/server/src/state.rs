@@ -281,9 +281,11 @@ impl AppState {
     }
 
     /// Checks an answer to an HTTP challenge: a nonce this process made (its tag verifies,
-    /// in constant time), fresh, not used before, signed by the device's current DSK. A
-    /// verified nonce is remembered as used until it expires.
-    pub(crate) async fn verify_http_auth(&self, resp: &AuthResponse) -> Result<(), ErrorCode> {
+    /// in constant time), fresh, not used before, signed by the device's current DSK over
+    /// the auth message whose nonce is `binding` (the challenge nonce bound to the
+    /// request's method, path and body, [`sotto_proto::http_auth_binding`]). A verified
+    /// nonce is remembered as used until it expires.
+    pub(crate) async fn verify_http_auth(&self, resp: &AuthResponse, binding: &[u8; 32]) -> Result<(), ErrorCode> {
         let g = &self.guards;
         g.tag(&self.relay_id, &resp.nonce[..16])?
             .verify_truncated_left(&resp.nonce[16..])
@@ -298,7 +300,7 @@ impl AppState {
         if lock(&g.used).contains_key(&resp.nonce) {
             return Err(ErrorCode::CHALLENGE_UNKNOWN);
         }
-        self.verify_auth(&challenge, resp).await?;
+        self.verify_auth(&challenge, resp, Some(binding)).await?;
         let ttl_ms = self.config.limits.challenge_ttl_secs.saturating_mul(1000);
         let mut used = lock(&g.used);
         if used.len() >= self.config.limits.max_pending_challenges {
@@ -340,8 +342,14 @@ impl AppState {
         charge_keyed(&g.addr_bytes, &addr, bytes, cap)
     }
 
-    /// Checks an answer to `challenge`: fresh, and signed by the device's current DSK.
-    pub(crate) async fn verify_auth(&self, challenge: &Challenge, resp: &AuthResponse) -> Result<(), ErrorCode> {
+    /// Checks an answer to `challenge`: fresh, and signed by the device's current DSK (over
+    /// the challenge's nonce, or over `binding` in its place for an HTTP request).
+    pub(crate) async fn verify_auth(
+        &self,
+        challenge: &Challenge,
+        resp: &AuthResponse,
+        binding: Option<&[u8; 32]>,
+    ) -> Result<(), ErrorCode> {
         let age = now_ms().saturating_sub(challenge.timestamp_ms);
         if age > self.config.limits.challenge_ttl_secs.saturating_mul(1000) {
             return Err(ErrorCode::CHALLENGE_EXPIRED);
@@ -355,7 +363,16 @@ impl AppState {
             .await
             .map_err(|e| crate::error::code_of(&e))?
             .ok_or(ErrorCode::AUTH_FAILED)?;
-        verify_signature(&keys.signing_key, challenge, resp)
+        match binding {
+            None => verify_signature(&keys.signing_key, challenge, resp),
+            Some(bound) => {
+                let signed = Challenge {
+                    nonce: *bound,
+                    ..challenge.clone()
+                };
+                verify_signature(&keys.signing_key, &signed, resp)
+            }
+        }
     }
 }
 

@@ -271,7 +271,7 @@ where
             Some(Err(e)) => return Err(read_failed(state, socket, e).await),
         }
     };
-    match state.verify_auth(&challenge, &resp).await {
+    match state.verify_auth(&challenge, &resp, None).await {
         Ok(()) => {
             send_frame(socket, &Frame::AuthOk).await?;
             Ok(Opened::Device(resp.account_id, resp.device_id))

@@ -178,7 +178,7 @@ async fn authentication(url: String) {
         (status, error_code(&body)),
         (StatusCode::UNAUTHORIZED, ErrorCode::AUTH_REQUIRED)
     );
-    let h = relay.auth(d1).await;
+    let h = relay.auth(d1, &Method::GET, "/v1/prekeys/count", &[]).await;
     let (status, _) = relay
         .http(Method::GET, "/v1/prekeys/count", Some(h.clone()), vec![])
         .await;
@@ -188,7 +188,7 @@ async fn authentication(url: String) {
         (status, error_code(&body)),
         (StatusCode::UNAUTHORIZED, ErrorCode::CHALLENGE_UNKNOWN)
     );
-    let h = relay.auth(&stranger).await;
+    let h = relay.auth(&stranger, &Method::GET, "/v1/prekeys/count", &[]).await;
     let (_, body) = relay.http(Method::GET, "/v1/prekeys/count", Some(h), vec![]).await;
     assert_eq!(error_code(&body), ErrorCode::AUTH_FAILED);
 
@@ -204,6 +204,59 @@ async fn authentication(url: String) {
     assert_eq!(recv(&mut again).await, Frame::QueueEmpty);
 }
 
+/// Finding 18: an HTTP `Authorization` answer is bound to the request's method, path and
+/// body. A header signed for `GET /v1/prekeys/count` is refused on `PUT /v1/push`, one
+/// signed for one body is refused with another, and one for one path on another path.
+async fn http_auth_is_bound_to_the_request(url: String) {
+    let mut relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(18);
+    let alice = account(&mut r, 1);
+    register_all(&relay, &[&alice]).await;
+    let a1 = &alice.devices[0];
+    let reg = PushRegistration {
+        provider: PushProvider::Fcm,
+        token: b"token".to_vec(),
+    };
+    let refused = |(status, body): (StatusCode, Vec<u8>)| {
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::UNAUTHORIZED, ErrorCode::AUTH_FAILED)
+        );
+    };
+    // Another method and path.
+    let h = relay.auth(a1, &Method::GET, "/v1/prekeys/count", &[]).await;
+    refused(relay.http(Method::PUT, "/v1/push", Some(h), reg.encode()).await);
+    // Same path, another method.
+    let h = relay.auth(a1, &Method::PUT, "/v1/push", &reg.encode()).await;
+    refused(relay.http(Method::DELETE, "/v1/push", Some(h), vec![]).await);
+    // Same method and path, another body.
+    let other = PushRegistration {
+        provider: PushProvider::Fcm,
+        token: b"attacker".to_vec(),
+    };
+    let h = relay.auth(a1, &Method::PUT, "/v1/push", &reg.encode()).await;
+    refused(relay.http(Method::PUT, "/v1/push", Some(h), other.encode()).await);
+    // Another account's bundles than the one signed for.
+    let h = relay
+        .auth(a1, &Method::GET, &format!("/v1/accounts/{}/bundles/1", alice.id()), &[])
+        .await;
+    refused(
+        relay
+            .http(
+                Method::GET,
+                &format!("/v1/accounts/{}/bundles/2", alice.id()),
+                Some(h),
+                vec![],
+            )
+            .await,
+    );
+    // The request signed for is accepted.
+    let h = relay.auth(a1, &Method::PUT, "/v1/push", &reg.encode()).await;
+    let (status, _) = relay.http(Method::PUT, "/v1/push", Some(h), reg.encode()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    relay.stop().await;
+}
+
 async fn prekeys(url: String) {
     let relay = Relay::start(&url, |_| {}).await;
     let mut r = rng(12);
@@ -214,9 +267,7 @@ async fn prekeys(url: String) {
 
     // Signed by the wrong device.
     let wrong = a2.prekeys(&mut r, 1, 1, 0);
-    let (status, body) = relay
-        .http(Method::PUT, "/v1/prekeys", Some(relay.auth(a1).await), wrong.encode())
-        .await;
+    let (status, body) = relay.authed(a1, Method::PUT, "/v1/prekeys", wrong.encode()).await;
     assert_eq!(
         (status, error_code(&body)),
         (StatusCode::BAD_REQUEST, ErrorCode::BAD_PREKEY)
@@ -224,14 +275,10 @@ async fn prekeys(url: String) {
 
     for (d, n) in [(a1, 3), (a2, 40)] {
         let up = d.prekeys(&mut r, 1, n, 1);
-        let (status, _) = relay
-            .http(Method::PUT, "/v1/prekeys", Some(relay.auth(d).await), up.encode())
-            .await;
+        let (status, _) = relay.authed(d, Method::PUT, "/v1/prekeys", up.encode()).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
     }
-    let (_, body) = relay
-        .http(Method::GET, "/v1/prekeys/count", Some(relay.auth(a1).await), vec![])
-        .await;
+    let (_, body) = relay.authed(a1, Method::GET, "/v1/prekeys/count", vec![]).await;
     assert_eq!(
         PreKeyCounts::decode(&body).unwrap(),
         PreKeyCounts {
@@ -246,12 +293,7 @@ async fn prekeys(url: String) {
     let fetch_one = |dev: u32| format!("/v1/accounts/{}/bundles/{dev}", alice.id());
     // All devices of the account.
     let (status, body) = relay
-        .http(
-            Method::GET,
-            &format!("/v1/accounts/{}/bundles", alice.id()),
-            Some(relay.auth(b).await),
-            vec![],
-        )
+        .authed(b, Method::GET, &format!("/v1/accounts/{}/bundles", alice.id()), vec![])
         .await;
     assert_eq!(status, StatusCode::OK);
     let all = Bundles::decode(&body).unwrap().bundles;
@@ -263,9 +305,7 @@ async fn prekeys(url: String) {
     // Exhaust device 1: 2 one-time prekeys left, then last resort and no OPK.
     let mut seen = BTreeSet::new();
     for i in 0..3 {
-        let (_, body) = relay
-            .http(Method::GET, &fetch_one(1), Some(relay.auth(b).await), vec![])
-            .await;
+        let (_, body) = relay.authed(b, Method::GET, &fetch_one(1), vec![]).await;
         let bundle = Bundles::decode(&body).unwrap().bundles.remove(0);
         bundle.verify().unwrap();
         assert_eq!(bundle.kem_prekey.kind, PreKeyKind::KemLastResort);
@@ -274,18 +314,11 @@ async fn prekeys(url: String) {
             None => assert_eq!(i, 2),
         }
     }
-    let (_, body) = relay
-        .http(Method::GET, "/v1/prekeys/count", Some(relay.auth(a1).await), vec![])
-        .await;
+    let (_, body) = relay.authed(a1, Method::GET, "/v1/prekeys/count", vec![]).await;
     assert_eq!(PreKeyCounts::decode(&body).unwrap().one_time, 0);
     // No prekeys at all for bob.
     let (status, body) = relay
-        .http(
-            Method::GET,
-            &format!("/v1/accounts/{}/bundles/1", bob.id()),
-            Some(relay.auth(b).await),
-            vec![],
-        )
+        .authed(b, Method::GET, &format!("/v1/accounts/{}/bundles/1", bob.id()), vec![])
         .await;
     assert_eq!(
         (status, error_code(&body)),
@@ -293,12 +326,12 @@ async fn prekeys(url: String) {
     );
 
     // Many concurrent fetchers of device 2 (39 one-time prekeys left) never share one.
+    let path = fetch_one(2);
     let mut headers = Vec::new();
     for _ in 0..30 {
-        headers.push(relay.auth(b).await);
+        headers.push(relay.auth(b, &Method::GET, &path, &[]).await);
     }
     let relay_ref = &relay;
-    let path = fetch_one(2);
     let results = futures_util::future::join_all(headers.into_iter().map(|h| {
         let path = path.clone();
         async move { relay_ref.http(Method::GET, &path, Some(h), vec![]).await }
@@ -322,13 +355,9 @@ async fn prekeys(url: String) {
         provider: PushProvider::Fcm,
         token: b"token".to_vec(),
     };
-    let (status, _) = relay
-        .http(Method::PUT, "/v1/push", Some(relay.auth(a1).await), reg.encode())
-        .await;
+    let (status, _) = relay.authed(a1, Method::PUT, "/v1/push", reg.encode()).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = relay
-        .http(Method::DELETE, "/v1/push", Some(relay.auth(a1).await), vec![])
-        .await;
+    let (status, _) = relay.authed(a1, Method::DELETE, "/v1/push", vec![]).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
 
@@ -906,6 +935,7 @@ macro_rules! backend {
             }
             t!(registration);
             t!(authentication);
+            t!(http_auth_is_bound_to_the_request);
             t!(prekeys);
             t!(messaging);
             t!(windowed_delivery);
