@@ -293,6 +293,12 @@ impl Relay {
 
     /// Opens the WebSocket and authenticates as `device`.
     pub async fn connect(&self, device: &Device) -> Result<Socket, TransportError> {
+        self.connect_with_epoch(device).await.map(|(s, _)| s)
+    }
+
+    /// Opens the WebSocket and authenticates as `device`; returns the socket with the
+    /// mailbox epoch the relay named in `AuthOk` (docs/protocol.md §13.6).
+    pub async fn connect_with_epoch(&self, device: &Device) -> Result<(Socket, [u8; 16]), TransportError> {
         let handshake = async {
             let mut socket = Socket {
                 ws: self.endpoint.open_ws().await?,
@@ -305,7 +311,7 @@ impl Relay {
             self.check_challenge(&c)?;
             socket.send(&Frame::AuthResponse(Self::answer(device, &c))).await?;
             match socket.recv().await? {
-                Some(Frame::AuthOk) => Ok(socket),
+                Some(Frame::AuthOk { mailbox_epoch }) => Ok((socket, mailbox_epoch)),
                 Some(Frame::Error { code }) => Err(TransportError::Relay { status: 0, code }),
                 other => Err(TransportError::Protocol(format!("expected AuthOk, got {other:?}"))),
             }

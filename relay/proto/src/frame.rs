@@ -5,7 +5,7 @@
 //!
 //! 0x01 Challenge         relay → client  nonce (32) ‖ relay_id (32) ‖ timestamp_ms (u64)
 //! 0x02 AuthResponse      client → relay  account_id (32) ‖ device_id (u32) ‖ nonce (32) ‖ signature (64)
-//! 0x03 AuthOk            relay → client  (empty)
+//! 0x03 AuthOk            relay → client  mailbox_epoch (16)
 //! 0x10 Send              client → relay  message_id (u64) ‖ count (u16)
 //!                                        ‖ count × (account_id (32) ‖ device_id (u32) ‖ len (u32) ‖ envelope)
 //! 0x11 SendResult        relay → client  message_id (u64) ‖ outcome
@@ -238,7 +238,14 @@ pub enum Frame {
     /// `0x02` client → relay: the answer to the challenge.
     AuthResponse(AuthResponse),
     /// `0x03` relay → client: authenticated; mailbox delivery starts.
-    AuthOk,
+    AuthOk {
+        /// The epoch of the device's mailbox numbering: it changes whenever the relay may
+        /// number the mailbox anew (every relay start, so every database restore, and
+        /// every re-registration of the device). A client that sees another epoch than
+        /// the one its last seen seq counts in starts counting from 0 again, instead of
+        /// dropping envelopes whose seq it believes it has seen.
+        mailbox_epoch: [u8; 16],
+    },
     /// `0x10` client → relay: store envelopes for a set of devices. Sent instead of the
     /// `AuthResponse`, it makes the connection anonymous for its lifetime.
     Send(Send),
@@ -302,7 +309,7 @@ impl Frame {
         match self {
             Frame::Challenge(_) => tag::CHALLENGE,
             Frame::AuthResponse(_) => tag::AUTH_RESPONSE,
-            Frame::AuthOk => tag::AUTH_OK,
+            Frame::AuthOk { .. } => tag::AUTH_OK,
             Frame::Send(_) => tag::SEND,
             Frame::SendResult(_) => tag::SEND_RESULT,
             Frame::Deliver(_) => tag::DELIVER,
@@ -323,7 +330,8 @@ impl Frame {
         match self {
             Frame::Challenge(c) => c.encode_into(&mut out),
             Frame::AuthResponse(a) => a.encode_into(&mut out),
-            Frame::AuthOk | Frame::QueueEmpty => {}
+            Frame::AuthOk { mailbox_epoch } => out.put(mailbox_epoch),
+            Frame::QueueEmpty => {}
             Frame::Send(s) => {
                 out.put_u64(s.message_id);
                 out.put_count(s.recipients.len());
@@ -396,7 +404,9 @@ impl Frame {
         let frame = match r.u8()? {
             tag::CHALLENGE => Frame::Challenge(Challenge::decode_from(&mut r)?),
             tag::AUTH_RESPONSE => Frame::AuthResponse(AuthResponse::decode_from(&mut r)?),
-            tag::AUTH_OK => Frame::AuthOk,
+            tag::AUTH_OK => Frame::AuthOk {
+                mailbox_epoch: r.array()?,
+            },
             tag::SEND => {
                 let message_id = r.u64()?;
                 let n = r.count("recipients", limits::MAX_RECIPIENTS, RECIPIENT_MIN)?;

@@ -81,7 +81,8 @@ fn frame_json(f: &Frame) -> Value {
     match f {
         Frame::Challenge(c) => challenge_json(c),
         Frame::AuthResponse(a) => auth_json(a),
-        Frame::AuthOk | Frame::QueueEmpty => json!({}),
+        Frame::AuthOk { mailbox_epoch } => json!({"mailbox_epoch": h(mailbox_epoch)}),
+        Frame::QueueEmpty => json!({}),
         Frame::Send(s) => json!({
             "message_id": s.message_id,
             "recipients": s.recipients.iter().map(|r| json!({
@@ -141,7 +142,9 @@ fn frame_from(name: &str, v: &Value) -> Frame {
     match name {
         "Challenge" => Frame::Challenge(challenge_from(v)),
         "AuthResponse" => Frame::AuthResponse(auth_from(v)),
-        "AuthOk" => Frame::AuthOk,
+        "AuthOk" => Frame::AuthOk {
+            mailbox_epoch: hx(&v["mailbox_epoch"]).try_into().unwrap(),
+        },
         "QueueEmpty" => Frame::QueueEmpty,
         "Send" => Frame::Send(sotto_proto::Send {
             message_id: u(&v["message_id"]),
@@ -279,7 +282,12 @@ fn generate() -> Value {
     let frames: Vec<(&str, Frame)> = vec![
         ("Challenge", Frame::Challenge(challenge.clone())),
         ("AuthResponse", Frame::AuthResponse(auth.clone())),
-        ("AuthOk", Frame::AuthOk),
+        (
+            "AuthOk",
+            Frame::AuthOk {
+                mailbox_epoch: core::array::from_fn(|i| 0xe0 + i as u8),
+            },
+        ),
         (
             "Send",
             Frame::Send(sotto_proto::Send {
@@ -452,7 +460,8 @@ fn generate() -> Value {
         frame_fail(vec![2, 0x03], "version byte 0x02"),
         frame_fail(vec![1, 0xee], "unknown frame type"),
         frame_fail(vec![1, 0x14, 0, 0, 0], "Ack cut short"),
-        frame_fail(vec![1, 0x03, 0], "AuthOk with a trailing byte"),
+        frame_fail([&[1u8, 0x03][..], &[0; 17]].concat(), "AuthOk with a trailing byte"),
+        frame_fail(vec![1, 0x03, 0], "AuthOk with a truncated epoch"),
         frame_fail(vec![1, 0x11, 0, 0, 0, 0, 0, 0, 0, 1, 3], "unknown send outcome"),
         frame_fail(too_many, "Send with 4097 recipients"),
         frame_fail(big_envelope, "Deliver with an envelope length of 2^20 + 1"),

@@ -51,6 +51,9 @@ pub struct AppState {
     pub(crate) conns: Arc<crate::net::Conns>,
     /// Envelope bytes of sends read and not yet answered.
     pub(crate) inflight: Arc<Budget>,
+    /// 32 bytes of OS randomness drawn at start: part of every mailbox epoch, so the
+    /// epochs change on every start (and so after every database restore).
+    boot: Zeroizing<[u8; 32]>,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -216,7 +219,13 @@ impl AppState {
         let conns = crate::net::Conns::new(&config.limits);
         let inflight = Budget::new(config.limits.max_inflight_send_bytes);
         let writer = Writer::spawn(&store, hub.clone(), metrics.clone());
+        let mut boot = Zeroizing::new([0u8; 32]);
+        if getrandom::getrandom(&mut boot[..]).is_err() {
+            // The epoch would then not change on restart: say so loudly.
+            tracing::error!("no OS randomness for the mailbox epoch");
+        }
         Arc::new(Self {
+            boot,
             config,
             store,
             relay_id,
@@ -300,7 +309,7 @@ impl AppState {
         if lock(&g.used).contains_key(&resp.nonce) {
             return Err(ErrorCode::CHALLENGE_UNKNOWN);
         }
-        self.verify_auth(&challenge, resp, Some(binding)).await?;
+        let _ = self.verify_auth(&challenge, resp, Some(binding)).await?;
         let ttl_ms = self.config.limits.challenge_ttl_secs.saturating_mul(1000);
         let mut used = lock(&g.used);
         if used.len() >= self.config.limits.max_pending_challenges {
@@ -314,6 +323,20 @@ impl AppState {
             return Err(ErrorCode::CHALLENGE_UNKNOWN);
         }
         Ok(())
+    }
+
+    /// The epoch of a mailbox whose device row has `registration`:
+    /// `SHA-256("Sotto-v1 mailbox epoch" ‖ boot (32) ‖ registration (16))[..16]`.
+    pub(crate) fn mailbox_epoch(&self, registration: &[u8; 16]) -> [u8; 16] {
+        use sha2::Digest;
+        let mut h = Sha256::new();
+        h.update(b"Sotto-v1 mailbox epoch");
+        h.update(&self.boot[..]);
+        h.update(registration);
+        let d = h.finalize();
+        let mut e = [0u8; 16];
+        e.copy_from_slice(&d[..16]);
+        e
     }
 
     /// A connection's own rate limiter.
@@ -349,7 +372,7 @@ impl AppState {
         challenge: &Challenge,
         resp: &AuthResponse,
         binding: Option<&[u8; 32]>,
-    ) -> Result<(), ErrorCode> {
+    ) -> Result<crate::storage::DeviceKeys, ErrorCode> {
         let age = now_ms().saturating_sub(challenge.timestamp_ms);
         if age > self.config.limits.challenge_ttl_secs.saturating_mul(1000) {
             return Err(ErrorCode::CHALLENGE_EXPIRED);
@@ -364,15 +387,16 @@ impl AppState {
             .map_err(|e| crate::error::code_of(&e))?
             .ok_or(ErrorCode::AUTH_FAILED)?;
         match binding {
-            None => verify_signature(&keys.signing_key, challenge, resp),
+            None => verify_signature(&keys.signing_key, challenge, resp)?,
             Some(bound) => {
                 let signed = Challenge {
                     nonce: *bound,
                     ..challenge.clone()
                 };
-                verify_signature(&keys.signing_key, &signed, resp)
+                verify_signature(&keys.signing_key, &signed, resp)?;
             }
         }
+        Ok(keys)
     }
 }
 

@@ -4,7 +4,7 @@
 //! ```text
 //! relay  → Challenge
 //! client → AuthResponse            (within challenge_ttl; otherwise the socket closes)
-//! relay  → AuthOk | Error + close
+//! relay  → AuthOk (mailbox epoch) | Error + close
 //! relay  → Deliver*  QueueEmpty    (the stored backlog, at most deliver_window unacked)
 //! then, in any order: Send → SendResult, Ack, Ephemeral, Deliver (live), EphemeralDeliver
 //!
@@ -272,8 +272,9 @@ where
         }
     };
     match state.verify_auth(&challenge, &resp, None).await {
-        Ok(()) => {
-            send_frame(socket, &Frame::AuthOk).await?;
+        Ok(keys) => {
+            let mailbox_epoch = state.mailbox_epoch(&keys.registration);
+            send_frame(socket, &Frame::AuthOk { mailbox_epoch }).await?;
             Ok(Opened::Device(resp.account_id, resp.device_id))
         }
         Err(code) => {

@@ -541,6 +541,62 @@ async fn windowed_delivery(url: String) {
 
 /// A device that leaves its account's list loses its connection at once (and cannot
 /// authenticate again); the account's other devices keep theirs.
+/// Finding 6: a mailbox's seq never repeats, also when its device is removed and added
+/// again; the mailbox epoch of `AuthOk` changes on every re-registration and every relay
+/// start, and stays the same across reconnects in between.
+async fn seq_survives_removal_and_epoch_changes(url: String) {
+    let mut relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(6);
+    let mut alice = account(&mut r, 2);
+    let bob = account(&mut r, 1);
+    register_all(&relay, &[&alice, &bob]).await;
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    assert_eq!(recv(&mut wb).await, Frame::QueueEmpty);
+    for i in 0..3u64 {
+        let out = send_to(&mut wb, i, to_devices(&alice, None, b"x")).await;
+        assert!(matches!(out, SendOutcome::Stored { .. }), "{out:?}");
+    }
+    let (mut w2, e1) = relay.connect_epoch(&alice.devices[1]).await;
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        seqs.push(expect_deliver(&mut w2).await.0);
+    }
+    assert_eq!(seqs, [1, 2, 3]);
+    send(&mut w2, &Frame::Ack { seq: 3 }).await;
+    assert_eq!(recv(&mut w2).await, Frame::QueueEmpty);
+    drop(w2);
+    // Reconnecting to the same relay process keeps the epoch.
+    let (w2, again) = relay.connect_epoch(&alice.devices[1]).await;
+    assert_eq!(again, e1);
+    drop(w2);
+
+    // Device 2 leaves the list (v2) and comes back (v3).
+    let mut devices = std::mem::take(&mut alice.devices);
+    let two = devices.pop().unwrap();
+    alice.relist(2, devices);
+    assert_eq!(relay.register(&alice).await, StatusCode::OK);
+    let mut devices = std::mem::take(&mut alice.devices);
+    devices.push(two);
+    alice.relist(3, devices);
+    assert_eq!(relay.register(&alice).await, StatusCode::OK);
+    let out = send_to(&mut wb, 9, to_devices(&alice, None, b"after")).await;
+    let SendOutcome::Stored { seqs } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(seqs[1], 4, "the re-added mailbox numbers on from its last seq");
+    let (mut w2, e2) = relay.connect_epoch(&alice.devices[1]).await;
+    assert_ne!(e2, e1, "a re-registration starts a new epoch");
+    assert_eq!(expect_deliver(&mut w2).await, (4, b"after".to_vec()));
+    drop(w2);
+    drop(wb);
+
+    // A restart (as after a database restore) starts a new epoch too.
+    relay.stop().await;
+    let relay = Relay::start(&url, |_| {}).await;
+    let (_w2, e3) = relay.connect_epoch(&alice.devices[1]).await;
+    assert_ne!(e3, e2, "a relay start starts a new epoch");
+}
+
 async fn removed_device_is_disconnected(url: String) {
     let relay = Relay::start(&url, |_| {}).await;
     let mut r = rng(23);
@@ -941,6 +997,7 @@ macro_rules! backend {
             t!(windowed_delivery);
             t!(pipelined_sends);
             t!(removed_device_is_disconnected);
+            t!(seq_survives_removal_and_epoch_changes);
             t!(limits);
             t!(health);
             t!(anonymous);

@@ -82,6 +82,18 @@ macro_rules! storage_impl {
                     known.insert(device);
                     match list.device(device) {
                         None => {
+                            // The counter outlives the row: a device re-added under this id
+                            // numbers on from it, so a seq never repeats in its mailbox.
+                            sqlx::query(
+                                "INSERT INTO retired_mailboxes (account_id, device_id, next_seq) \
+                                 SELECT account_id, device_id, next_seq FROM devices \
+                                 WHERE account_id = $1 AND device_id = $2 \
+                                 ON CONFLICT (account_id, device_id) DO UPDATE SET next_seq = excluded.next_seq",
+                            )
+                            .bind(a)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
                             sqlx::query("DELETE FROM devices WHERE account_id = $1 AND device_id = $2")
                                 .bind(a)
                                 .bind(id)
@@ -91,12 +103,14 @@ macro_rules! storage_impl {
                         Some(e) if e.signing_key.as_bytes()[..] != dsk[..] || e.identity_key.0[..] != ik[..] => {
                             sqlx::query(
                                 "UPDATE devices SET signing_key = $3, identity_key = $4, depth = 0, \
-                                 acked_seq = next_seq - 1 WHERE account_id = $1 AND device_id = $2",
+                                 acked_seq = next_seq - 1, registration = $5 \
+                                 WHERE account_id = $1 AND device_id = $2",
                             )
                             .bind(a)
                             .bind(id)
                             .bind(&e.signing_key.as_bytes()[..])
                             .bind(&e.identity_key.0[..])
+                            .bind(&registration_nonce()?[..])
                             .execute(&mut *tx)
                             .await?;
                             for q in [
@@ -111,14 +125,25 @@ macro_rules! storage_impl {
                     }
                 }
                 for e in list.devices().iter().filter(|e| !known.contains(&e.device_id)) {
+                    let retired: Option<(i64,)> = sqlx::query_as(
+                        "DELETE FROM retired_mailboxes WHERE account_id = $1 AND device_id = $2 RETURNING next_seq",
+                    )
+                    .bind(a)
+                    .bind(device_i64(e.device_id))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let next_seq = retired.map_or(1, |r| r.0.max(1));
                     sqlx::query(
-                        "INSERT INTO devices (account_id, device_id, signing_key, identity_key) \
-                         VALUES ($1, $2, $3, $4)",
+                        "INSERT INTO devices (account_id, device_id, signing_key, identity_key, next_seq, \
+                         acked_seq, registration) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     )
                     .bind(a)
                     .bind(device_i64(e.device_id))
                     .bind(&e.signing_key.as_bytes()[..])
                     .bind(&e.identity_key.0[..])
+                    .bind(next_seq)
+                    .bind(next_seq - 1)
+                    .bind(&registration_nonce()?[..])
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -139,14 +164,15 @@ macro_rules! storage_impl {
                 account: &AccountId,
                 device: DeviceId,
             ) -> Result<Option<DeviceKeys>, StorageError> {
-                let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-                    "SELECT signing_key, identity_key FROM devices WHERE account_id = $1 AND device_id = $2",
+                let row: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+                    "SELECT signing_key, identity_key, registration FROM devices \
+                     WHERE account_id = $1 AND device_id = $2",
                 )
                 .bind(&account.0[..])
                 .bind(device_i64(device))
                 .fetch_optional(&self.pool)
                 .await?;
-                row.map(|(dsk, ik)| device_keys_from(&dsk, &ik)).transpose()
+                row.map(|(dsk, ik, reg)| device_keys_from(&dsk, &ik, &reg)).transpose()
             }
 
             async fn put_prekeys(
@@ -254,7 +280,7 @@ macro_rules! storage_impl {
                 let Some((dsk, ik)) = keys else {
                     return Err(StorageError::UnknownDevice);
                 };
-                let keys = device_keys_from(&dsk, &ik)?;
+                let keys = device_keys_from(&dsk, &ik, &[0; 16])?;
                 let latest = "SELECT record FROM prekeys WHERE account_id = $1 AND device_id = $2 AND kind = $3 \
                               ORDER BY id DESC LIMIT 1";
                 let signed: Option<(Vec<u8>,)> = sqlx::query_as(latest)

@@ -84,6 +84,9 @@ pub struct DeviceKeys {
     pub signing_key: Ed25519PublicKey,
     /// The device identity key.
     pub identity_key: X25519PublicKey,
+    /// Random bytes drawn when the device row was created or re-keyed; part of the
+    /// mailbox epoch (docs/protocol.md §13.6).
+    pub registration: [u8; 16],
 }
 
 /// How a send was handled.
@@ -466,12 +469,22 @@ pub(crate) fn key32(v: &[u8], what: &'static str) -> Result<[u8; 32], StorageErr
     v.try_into().map_err(|_| StorageError::Corrupt(what))
 }
 
-pub(crate) fn device_keys_from(dsk: &[u8], ik: &[u8]) -> Result<DeviceKeys, StorageError> {
+pub(crate) fn device_keys_from(dsk: &[u8], ik: &[u8], registration: &[u8]) -> Result<DeviceKeys, StorageError> {
     Ok(DeviceKeys {
         signing_key: Ed25519PublicKey::from_bytes(&key32(dsk, "signing key")?)
             .map_err(|_| StorageError::Corrupt("signing key"))?,
         identity_key: X25519PublicKey(key32(ik, "identity key")?),
+        registration: registration
+            .try_into()
+            .map_err(|_| StorageError::Corrupt("registration"))?,
     })
+}
+
+/// 16 bytes of OS randomness for a device row's `registration` (the mailbox epoch).
+pub(crate) fn registration_nonce() -> Result<[u8; 16], StorageError> {
+    let mut n = [0u8; 16];
+    getrandom::getrandom(&mut n).map_err(|_| StorageError::Corrupt("no OS randomness"))?;
+    Ok(n)
 }
 
 /// The prekey rows an upload writes: (kind, key id, record).

@@ -180,8 +180,23 @@ impl Relay {
     pub async fn connect(&self, d: &TestDevice) -> Ws {
         let (mut ws, c) = self.open().await;
         send(&mut ws, &answer(d, &c)).await;
-        assert_eq!(recv(&mut ws).await, Frame::AuthOk);
+        self.finish_connect(ws).await
+    }
+
+    /// Reads the `AuthOk` of a just-answered challenge.
+    pub async fn finish_connect(&self, mut ws: Ws) -> Ws {
+        assert!(matches!(recv(&mut ws).await, Frame::AuthOk { .. }));
         ws
+    }
+
+    /// Opens a WebSocket, authenticates as `d` and returns the mailbox epoch with it.
+    pub async fn connect_epoch(&self, d: &TestDevice) -> (Ws, [u8; 16]) {
+        let (mut ws, c) = self.open().await;
+        send(&mut ws, &answer(d, &c)).await;
+        match recv(&mut ws).await {
+            Frame::AuthOk { mailbox_epoch } => (ws, mailbox_epoch),
+            other => panic!("expected AuthOk, got {other:?}"),
+        }
     }
 }
 
