@@ -29,7 +29,7 @@
 //! Ping and pong are the WebSocket's own control frames. No frame names a sender: a
 //! delivered envelope carries its sender sealed inside. A client may answer the
 //! `Challenge` with `Send` instead of `AuthResponse`: the connection is then anonymous
-//! (sends only; every recipient account's full device list expected), so the relay does
+//! (sends only; every recipient account's reachable devices expected), so the relay does
 //! not learn who sends. The full specification is docs/protocol.md §13.
 
 use sha2::{Digest, Sha256};
@@ -180,9 +180,11 @@ pub struct Recipient {
 pub struct Send {
     /// A client-chosen id the [`SendResult`] repeats.
     pub message_id: u64,
-    /// The recipients. For every account named, the set of devices must equal the account's
-    /// current device list (without the sending device, for the sender's own account on an
-    /// authenticated connection; all of them on an anonymous one).
+    /// The recipients. For every account named, the devices named must all be in the
+    /// account's current device list and must include every listed device the relay can
+    /// make a bundle for (without the sending device, for the sender's own account on an
+    /// authenticated connection); listed devices without prekeys may be left out
+    /// (docs/protocol.md §13.7).
     pub recipients: Vec<Recipient>,
 }
 

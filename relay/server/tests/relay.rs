@@ -58,6 +58,72 @@ async fn register_all(relay: &Relay, accounts: &[&TestAccount]) {
     }
 }
 
+/// Uploads a signed prekey and a last-resort ML-KEM prekey for `d`: it becomes reachable
+/// (a bundle can be made for it), so the device-set rule no longer lets a send leave it out.
+async fn make_reachable(relay: &Relay, d: &TestDevice, r: &mut rand_chacha::ChaCha20Rng) {
+    let up = d.prekeys(r, 1, 0, 0);
+    let (status, _) = relay.authed(d, Method::PUT, "/v1/prekeys", up.encode()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+/// Finding 2, relay side: a send must name every reachable device of an account (one a
+/// bundle can be made for: a bundle request would not answer `NO_PREKEYS`) and may leave
+/// out the others,
+/// on authenticated and anonymous connections alike; it may name only listed devices.
+async fn device_set_rule_lets_unreachable_devices_out(url: String) {
+    let mut relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(2);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 3);
+    register_all(&relay, &[&alice, &bob]).await;
+    let (b1, b2, b3) = (&bob.devices[0], &bob.devices[1], &bob.devices[2]);
+    make_reachable(&relay, b1, &mut r).await;
+    make_reachable(&relay, b2, &mut r).await;
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
+    let mismatch = SendOutcome::DeviceMismatch {
+        device_lists: vec![bob.list.signed().as_bytes().to_vec()],
+    };
+    // b3 never uploaded prekeys: it may be left out, or named.
+    let without_b3 = to_devices(&bob, Some(b3.id()), b"x");
+    assert!(matches!(
+        send_to(&mut wa, 1, without_b3.clone()).await,
+        SendOutcome::Stored { .. }
+    ));
+    assert!(matches!(
+        send_to(&mut wa, 2, to_devices(&bob, None, b"x")).await,
+        SendOutcome::Stored { .. }
+    ));
+    let mut anon = relay.open_anonymous().await;
+    assert!(matches!(
+        send_anon(&mut anon, 3, without_b3.clone()).await,
+        SendOutcome::Stored { .. }
+    ));
+    // A reachable device may not be left out.
+    assert_eq!(
+        send_to(&mut wa, 4, to_devices(&bob, Some(b2.id()), b"x")).await,
+        mismatch
+    );
+    assert_eq!(
+        send_anon(&mut anon, 5, to_devices(&bob, Some(b2.id()), b"x")).await,
+        mismatch
+    );
+    // A device that is not listed may not be named.
+    let mut extra = to_devices(&bob, None, b"x");
+    extra.push(Recipient {
+        account_id: bob.id(),
+        device_id: DeviceId(9),
+        envelope: b"x".to_vec(),
+    });
+    assert_eq!(send_to(&mut wa, 6, extra).await, mismatch);
+    // Once b3 holds prekeys it must be named.
+    make_reachable(&relay, b3, &mut r).await;
+    assert_eq!(send_to(&mut wa, 7, without_b3.clone()).await, mismatch);
+    assert_eq!(send_anon(&mut anon, 8, without_b3).await, mismatch);
+    drop((wa, anon));
+    relay.stop().await;
+}
+
 async fn registration(url: String) {
     let relay = Relay::start(&url, |_| {}).await;
     let mut r = rng(10);
@@ -385,7 +451,8 @@ async fn messaging(url: String) {
         );
         assert_eq!(expect_deliver(&mut wb1).await, (n, text.to_vec()));
     }
-    // Device-set mismatch: bob's device 2 missing.
+    // Device-set mismatch: bob's device 2 (reachable) missing.
+    make_reachable(&relay, b2, &mut r).await;
     let short = to_devices(&bob, Some(b2.id()), b"x");
     assert_eq!(
         send_to(&mut wa, 9, short).await,
@@ -747,8 +814,11 @@ async fn anonymous(url: String) {
     assert_eq!(store.last_seq(&bob.id(), b2.id()).await.unwrap(), 1);
     assert_eq!(store.fetch(&bob.id(), b1.id(), 0, 0, 10).await.unwrap().len(), 1);
 
-    // The mismatch rule: every account's full device list, the sender's own included
-    // (the relay does not know which device sends).
+    // The mismatch rule: every account's full device list (its reachable devices), the
+    // sender's own included (the relay does not know which device sends).
+    for d in [b2, a1] {
+        make_reachable(&relay, d, &mut r).await;
+    }
     assert_eq!(
         send_anon(&mut anon, 2, to_devices(&bob, Some(b2.id()), b"x")).await,
         SendOutcome::DeviceMismatch {
@@ -991,6 +1061,7 @@ macro_rules! backend {
             }
             t!(registration);
             t!(authentication);
+            t!(device_set_rule_lets_unreachable_devices_out);
             t!(http_auth_is_bound_to_the_request);
             t!(prekeys);
             t!(messaging);

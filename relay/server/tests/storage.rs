@@ -174,12 +174,24 @@ async fn concurrent_prekey_fetches<S: Storage>(s: Arc<S>) {
     assert_eq!((kems.len(), unique.len()), (3, 3));
 }
 
+/// Uploads a signed and a last-resort prekey for every device of `a`: each becomes
+/// reachable, so the device-set rule requires it in every send to `a`.
+async fn make_reachable<S: Storage>(s: &S, a: &TestAccount, r: &mut rand_chacha::ChaCha20Rng) {
+    for d in &a.devices {
+        let up = d.prekeys(r, 1, 0, 0);
+        s.put_prekeys(&a.id(), d.id(), &d.device.identity().signing_key, &up, 100)
+            .await
+            .unwrap();
+    }
+}
+
 async fn sends<S: Storage>(s: Arc<S>) {
     let mut r = rng(4);
     let alice = account(&mut r, 2);
     let bob = account(&mut r, 3);
     s.put_device_list(&alice.list).await.unwrap();
     s.put_device_list(&bob.list).await.unwrap();
+    make_reachable(&*s, &bob, &mut r).await;
     let sender = &alice.devices[0];
 
     // To bob's 3 devices and alice's other device.
@@ -260,7 +272,9 @@ async fn sends<S: Storage>(s: Arc<S>) {
         SendStored::Stored(vec![3, 3, 3, 3])
     );
 
-    // Anonymous: every account's full list is expected, the sender's own included.
+    // Anonymous: every account's full list is expected (its reachable devices), the
+    // sender's own included.
+    make_reachable(&*s, &alice, &mut r).await;
     let anon = |p: SendParams| SendParams { sender: None, ..p };
     assert!(matches!(
         s.store_send(anon(params(sender)), &rc).await.unwrap(),
@@ -338,6 +352,7 @@ async fn write_batches<S: Storage>(s: Arc<S>) {
     let carol = account(&mut r, 1);
     s.put_device_list(&alice.list).await.unwrap();
     s.put_device_list(&bob.list).await.unwrap();
+    make_reachable(&*s, &bob, &mut r).await;
     let p = SendParams {
         max_mailbox_depth: 1,
         ..params(&alice.devices[0])

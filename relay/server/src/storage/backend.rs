@@ -353,13 +353,14 @@ macro_rules! storage_impl {
                 // 1. Every device row of every account touched, locked in key order.
                 let mut rows = Rows::new();
                 for chunk in batch_accounts(ops).chunks(BATCH_ACCOUNTS_PER_QUERY) {
-                    for (a, d, next_seq, depth, acked_seq) in Self::lock_rows(&mut *tx, chunk).await? {
+                    for (a, d, next_seq, depth, acked_seq, reachable) in Self::lock_rows(&mut *tx, chunk).await? {
                         rows.insert(
                             (AccountId(key32(&a, "account id")?), device_from_i64(d)?),
                             MailboxRow {
                                 next_seq: to_u64(next_seq),
                                 depth: to_u64(depth),
                                 acked_seq: to_u64(acked_seq),
+                                reachable: reachable != 0,
                                 dirty: false,
                             },
                         );

@@ -537,6 +537,17 @@ pub(crate) fn bundle_from(
     })
 }
 
+/// The select-list expression that says whether the `devices` row in the query is
+/// reachable: a bundle for it can be made now (a signed prekey, and a one-time or
+/// last-resort ML-KEM prekey), i.e. a bundle request would not answer `NO_PREKEYS`. Index
+/// probes on `prekeys_by_device`.
+pub(crate) const REACHABLE: &str = "CAST(CASE WHEN \
+     EXISTS (SELECT 1 FROM prekeys p WHERE p.account_id = devices.account_id \
+             AND p.device_id = devices.device_id AND p.kind = 1) \
+     AND EXISTS (SELECT 1 FROM prekeys p WHERE p.account_id = devices.account_id \
+             AND p.device_id = devices.device_id AND p.kind IN (3, 4)) \
+     THEN 1 ELSE 0 END AS BIGINT)";
+
 /// Bounds on one statement of a write batch, well under both databases' bind-parameter
 /// limits (SQLite 32,766, PostgreSQL 65,535).
 pub(crate) const BATCH_ACCOUNTS_PER_QUERY: usize = 500;
@@ -550,6 +561,9 @@ pub(crate) struct MailboxRow {
     pub(crate) next_seq: u64,
     pub(crate) depth: u64,
     pub(crate) acked_seq: u64,
+    /// Whether a bundle can be made for the device now ([`REACHABLE`]); the device-set
+    /// rule lets a send leave out devices that are not.
+    pub(crate) reachable: bool,
     pub(crate) dirty: bool,
 }
 
@@ -652,9 +666,9 @@ pub(crate) fn plan_sends<'a>(
         let mismatched: Vec<AccountId> = accounts
             .into_iter()
             .filter(|a| {
-                let listed: Vec<DeviceId> = rows
+                let listed: Vec<(DeviceId, bool)> = rows
                     .range((*a, DeviceId(0))..=(*a, DeviceId(u32::MAX)))
-                    .map(|(k, _)| k.1)
+                    .map(|(k, row)| (k.1, row.reachable))
                     .collect();
                 listed.is_empty() || !device_set_matches(a, &listed, recipients, params.sender.as_ref())
             })
@@ -702,23 +716,30 @@ pub(crate) fn mismatch_outcome(lists: Vec<Option<Vec<u8>>>) -> WriteOutcome {
     }
 }
 
-/// Whether the devices a send names for `account` equal the account's listed devices
-/// (without the sender's own device, when the send names its sender).
+/// The device-set rule (docs/protocol.md §13.7): the devices a send names for `account`
+/// must all be listed (`listed`: each listed device and whether it is reachable), and
+/// must include every reachable listed device — without the sender's own device, when
+/// the send names its sender. A listed device that is not reachable (the relay holds no
+/// signed prekey for it, or no ML-KEM prekey, one-time or last-resort: a bundle request
+/// for it answers `NO_PREKEYS`) may be named or left out.
 pub(crate) fn device_set_matches(
     account: &AccountId,
-    listed: &[DeviceId],
+    listed: &[(DeviceId, bool)],
     recipients: &[Recipient],
     sender: Option<&(AccountId, DeviceId)>,
 ) -> bool {
-    let expected: BTreeSet<DeviceId> = listed
+    let not_sender = |d: &DeviceId| sender.is_none_or(|s| !(s.0 == *account && s.1 == *d));
+    let allowed: BTreeSet<DeviceId> = listed.iter().map(|(d, _)| *d).filter(not_sender).collect();
+    let required: BTreeSet<DeviceId> = listed
         .iter()
-        .copied()
-        .filter(|d| sender.is_none_or(|s| !(s.0 == *account && s.1 == *d)))
+        .filter(|(_, reachable)| *reachable)
+        .map(|(d, _)| *d)
+        .filter(not_sender)
         .collect();
     let named: BTreeSet<DeviceId> = recipients
         .iter()
         .filter(|r| r.account_id == *account)
         .map(|r| r.device_id)
         .collect();
-    expected == named
+    required.is_subset(&named) && named.is_subset(&allowed)
 }

@@ -41,21 +41,21 @@ impl PostgresStore {
     }
 }
 
-/// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq).
-type CounterRow = (Vec<u8>, i64, i64, i64, i64);
+/// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq,
+/// reachable).
+type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64);
 
 /// The write batch's statements, each one fixed text over arrays (`UNNEST`), so the server
 /// parses and plans each once per connection whatever the batch size.
 impl PostgresStore {
     async fn lock_rows(conn: &mut PgConnection, accounts: &[AccountId]) -> Result<Vec<CounterRow>, sqlx::Error> {
         let ids: Vec<&[u8]> = accounts.iter().map(|a| &a.0[..]).collect();
-        sqlx::query_as(
-            "SELECT account_id, device_id, next_seq, depth, acked_seq FROM devices \
-             WHERE account_id = ANY($1) ORDER BY account_id, device_id FOR UPDATE",
-        )
-        .bind(ids)
-        .fetch_all(conn)
-        .await
+        let sql = format!(
+            "SELECT account_id, device_id, next_seq, depth, acked_seq, {} FROM devices \
+             WHERE account_id = ANY($1) ORDER BY account_id, device_id FOR UPDATE OF devices",
+            super::REACHABLE
+        );
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(conn).await
     }
 
     async fn delete_acked(
