@@ -216,7 +216,9 @@ pub(crate) async fn put_device_list(
         _ => AppError(ErrorCode::BAD_DEVICE_LIST),
     })?;
     if list.version() > i64::MAX as u64 {
-        return Err(AppError(ErrorCode::BAD_DEVICE_LIST));
+        // Unstorable (versions are signed 64-bit in the database), and in any case far
+        // beyond MAX_VERSION_STEP of any version a registration can reach.
+        return Err(AppError(ErrorCode::VERSION_JUMP));
     }
     let before = state.store.device_list(&account).await?;
     match state.store.put_device_list(&list).await? {

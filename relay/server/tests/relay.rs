@@ -323,6 +323,39 @@ async fn http_auth_is_bound_to_the_request(url: String) {
     relay.stop().await;
 }
 
+/// Finding 12, relay side: a device list's version may grow by at most 1024 per upload
+/// (at most 1024 at registration), so no upload can reach a version that leaves no room
+/// for later ones (the poison pill 2^64−1).
+async fn device_list_version_jumps_are_refused(url: String) {
+    let mut relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(12);
+    let mut alice = account(&mut r, 1);
+    let jump = |(status, body): (StatusCode, Vec<u8>)| {
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::BAD_REQUEST, ErrorCode::VERSION_JUMP)
+        );
+    };
+    let devices = |a: &mut TestAccount| std::mem::take(&mut a.devices);
+    for v in [1025, u64::MAX, i64::MAX as u64] {
+        let d = devices(&mut alice);
+        alice.relist(v, d);
+        jump(relay.put_list(&alice.id(), alice.list.signed().as_bytes()).await);
+    }
+    let d = devices(&mut alice);
+    alice.relist(1024, d);
+    assert_eq!(relay.register(&alice).await, StatusCode::CREATED);
+    for v in [1024 + 1025, u64::MAX] {
+        let d = devices(&mut alice);
+        alice.relist(v, d);
+        jump(relay.put_list(&alice.id(), alice.list.signed().as_bytes()).await);
+    }
+    let d = devices(&mut alice);
+    alice.relist(2048, d);
+    assert_eq!(relay.register(&alice).await, StatusCode::OK);
+    relay.stop().await;
+}
+
 async fn prekeys(url: String) {
     let relay = Relay::start(&url, |_| {}).await;
     let mut r = rng(12);
@@ -1061,6 +1094,7 @@ macro_rules! backend {
             }
             t!(registration);
             t!(authentication);
+            t!(device_list_version_jumps_are_refused);
             t!(device_set_rule_lets_unreachable_devices_out);
             t!(http_auth_is_bound_to_the_request);
             t!(prekeys);

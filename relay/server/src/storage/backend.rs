@@ -30,6 +30,13 @@ macro_rules! storage_impl {
                         .bind(a)
                         .fetch_optional(&mut *tx)
                         .await?;
+                let before = stored.map_or(0, |(v,)| to_u64(v));
+                if list.version() > before.saturating_add(MAX_VERSION_STEP) {
+                    return Err(StorageError::VersionJump {
+                        stored: before,
+                        offered: list.version(),
+                    });
+                }
                 let outcome = match stored {
                     Some((v,)) => {
                         if to_u64(v) >= list.version() {

@@ -35,6 +35,15 @@ pub enum StorageError {
         /// The version offered.
         offered: u64,
     },
+    /// The offered device list's version is more than [`MAX_VERSION_STEP`] above the
+    /// stored one (or above it at registration).
+    #[error("device list version {offered} is more than {MAX_VERSION_STEP} above the stored version {stored}")]
+    VersionJump {
+        /// The stored version (0 at registration).
+        stored: u64,
+        /// The version offered.
+        offered: u64,
+    },
     /// No such account.
     #[error("unknown account")]
     UnknownAccount,
@@ -536,6 +545,14 @@ pub(crate) fn bundle_from(
         kem_prekey: KemPreKey::decode(&kem).map_err(|_| StorageError::Corrupt("ML-KEM prekey"))?,
     })
 }
+
+/// The most a device list's version may grow in one update (and the highest version a
+/// first registration may carry). Versions only grow, so a list at or near 2^64−1 would
+/// make every later list stale and lose the account for good; bounding the step leaves
+/// at least 2^64 / 1024 updates. crypto-core's device-list checks carry the same bound
+/// for clients; this one is the relay's own, kept here so that the relay enforces it
+/// whatever the client does.
+pub const MAX_VERSION_STEP: u64 = 1024;
 
 /// The select-list expression that says whether the `devices` row in the query is
 /// reachable: a bundle for it can be made now (a signed prekey, and a one-time or
