@@ -206,6 +206,7 @@ pub(crate) async fn challenge(
 /// The list must verify against the account id in the path; versions only grow.
 pub(crate) async fn put_device_list(
     State(state): State<Shared>,
+    conn: Option<axum::Extension<Arc<crate::net::ConnInfo>>>,
     Path(account): Path<String>,
     Wire(body): Wire<DeviceListBody>,
 ) -> Result<StatusCode, AppError> {
@@ -221,6 +222,11 @@ pub(crate) async fn put_device_list(
         return Err(AppError(ErrorCode::VERSION_JUMP));
     }
     let before = state.store.device_list(&account).await?;
+    if before.is_none() {
+        // A registration: free, so rate limited per address and in total.
+        let addr = conn.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.key);
+        state.charge_registration(addr)?;
+    }
     match state.store.put_device_list(&list).await? {
         PutDeviceList::Created => Ok(StatusCode::CREATED),
         PutDeviceList::Updated => {
@@ -283,14 +289,16 @@ pub(crate) async fn prekey_count(State(state): State<Shared>, auth: Authed<NoBod
     Ok(wire(StatusCode::OK, &counts))
 }
 
-/// `GET /v1/accounts/{account}/bundles` (authenticated): a bundle for every device.
+/// `GET /v1/accounts/{account}/bundles` (authenticated): a bundle for every device, in
+/// one write transaction, within the requester's and the target's rates.
 pub(crate) async fn bundles(
     State(state): State<Shared>,
     Path(account): Path<String>,
-    _auth: Authed<NoBody>,
+    auth: Authed<NoBody>,
 ) -> Result<Response, AppError> {
     let account = account_from_path(&account)?;
-    let bundles = state.store.take_bundles(&account).await?;
+    let one_time = state.charge_bundle(&auth.account, &account)?;
+    let bundles = state.store.take_bundles_with(&account, None, one_time).await?;
     Ok(wire(StatusCode::OK, &Bundles { bundles }))
 }
 
@@ -298,12 +306,16 @@ pub(crate) async fn bundles(
 pub(crate) async fn bundle(
     State(state): State<Shared>,
     Path((account, device)): Path<(String, String)>,
-    _auth: Authed<NoBody>,
+    auth: Authed<NoBody>,
 ) -> Result<Response, AppError> {
     let account = account_from_path(&account)?;
     let device = device.parse::<u32>().map_err(|_| AppError(ErrorCode::MALFORMED))?;
-    let bundle = state.store.take_bundle(&account, DeviceId(device)).await?;
-    Ok(wire(StatusCode::OK, &Bundles { bundles: vec![bundle] }))
+    let one_time = state.charge_bundle(&auth.account, &account)?;
+    let bundles = state
+        .store
+        .take_bundles_with(&account, Some(DeviceId(device)), one_time)
+        .await?;
+    Ok(wire(StatusCode::OK, &Bundles { bundles }))
 }
 
 /// `PUT /v1/push` (authenticated): store the device's push registration.

@@ -356,6 +356,72 @@ async fn device_list_version_jumps_are_refused(url: String) {
     relay.stop().await;
 }
 
+/// Finding 14: a drain of a victim's one-time prekeys is stopped (per requester: refused;
+/// per target: further bundles carry no one-time prekey) while a legitimate sender still
+/// gets a valid bundle; registrations are rate limited per address.
+async fn prekey_drain_is_bounded(url: String) {
+    let mut relay = Relay::start(&url, |c: &mut Config| {
+        c.limits.bundles_per_minute_per_requester = 1;
+        c.limits.bundles_burst_per_requester = 5;
+        c.limits.one_time_bundles_per_minute_per_target = 1;
+        c.limits.one_time_bundles_burst_per_target = 8;
+        c.limits.registrations_per_minute_per_addr = 1;
+        c.limits.registrations_burst_per_addr = 4;
+    })
+    .await;
+    let mut r = rng(141);
+    let victim = account(&mut r, 1);
+    let mallory = account(&mut r, 1);
+    let mallory2 = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    register_all(&relay, &[&victim, &mallory, &mallory2, &bob]).await;
+    // A fifth registration from the same address is refused; updates are not limited.
+    let extra = account(&mut r, 1);
+    let (status, body) = relay.put_list(&extra.id(), extra.list.signed().as_bytes()).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RATE_LIMITED)
+    );
+    let v = &victim.devices[0];
+    let up = v.prekeys(&mut r, 1, 20, 5);
+    let (status, _) = relay.authed(v, Method::PUT, "/v1/prekeys", up.encode()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let path = format!("/v1/accounts/{}/bundles/1", victim.id());
+    let mut one_time = 0;
+    // Mallory: 5 bundles, then refused.
+    for i in 0..6 {
+        let (status, body) = relay.authed(&mallory.devices[0], Method::GET, &path, vec![]).await;
+        if i < 5 {
+            assert_eq!(status, StatusCode::OK);
+            let b = Bundles::decode(&body).unwrap().bundles.remove(0);
+            one_time += usize::from(b.one_time_prekey.is_some());
+        } else {
+            assert_eq!(
+                (status, error_code(&body)),
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RATE_LIMITED)
+            );
+        }
+    }
+    // Mallory's second account: served, but the victim's one-time budget (8) runs out.
+    for _ in 0..5 {
+        let (status, body) = relay.authed(&mallory2.devices[0], Method::GET, &path, vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        let b = Bundles::decode(&body).unwrap().bundles.remove(0);
+        one_time += usize::from(b.one_time_prekey.is_some());
+    }
+    assert_eq!(one_time, 8, "one-time prekeys handed out during the drain");
+    // Bob, a legitimate sender, still gets a valid bundle (last-resort ML-KEM key).
+    let (status, body) = relay.authed(&bob.devices[0], Method::GET, &path, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let b = Bundles::decode(&body).unwrap().bundles.remove(0);
+    b.verify().unwrap();
+    assert_eq!(b.kem_prekey.kind, PreKeyKind::KemLastResort);
+    // The victim keeps the rest of its one-time prekeys.
+    let (_, body) = relay.authed(v, Method::GET, "/v1/prekeys/count", vec![]).await;
+    assert_eq!(PreKeyCounts::decode(&body).unwrap().one_time, 12);
+    relay.stop().await;
+}
+
 async fn prekeys(url: String) {
     let relay = Relay::start(&url, |_| {}).await;
     let mut r = rng(12);
@@ -1094,6 +1160,7 @@ macro_rules! backend {
             }
             t!(registration);
             t!(authentication);
+            t!(prekey_drain_is_bounded);
             t!(device_list_version_jumps_are_refused);
             t!(device_set_rule_lets_unreachable_devices_out);
             t!(http_auth_is_bound_to_the_request);

@@ -438,6 +438,40 @@ async fn push<S: Storage>(s: Arc<S>) {
     s.ping().await.unwrap();
 }
 
+/// Finding 14: a bundle request for all of an account's devices is one write transaction
+/// (it was one per device), and without one-time prekeys it takes none.
+async fn one_transaction_per_bundle_request(s: Arc<Store>) {
+    let mut r = rng(14);
+    let alice = account(&mut r, 6);
+    s.put_device_list(&alice.list).await.unwrap();
+    for d in &alice.devices {
+        let up = d.prekeys(&mut r, 1, 3, 1);
+        s.put_prekeys(&alice.id(), d.id(), &d.device.identity().signing_key, &up, 100)
+            .await
+            .unwrap();
+    }
+    let before = s.write_transactions();
+    let all = s.take_bundles(&alice.id()).await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(
+        s.write_transactions() - before,
+        1,
+        "one write transaction for 6 devices"
+    );
+    // Without one-time prekeys: last-resort ML-KEM, no one-time X25519, nothing consumed.
+    let counts = s.prekey_counts(&alice.id(), DeviceId(1)).await.unwrap();
+    let before = s.write_transactions();
+    let plain = s.take_bundles_with(&alice.id(), None, false).await.unwrap();
+    assert_eq!(s.write_transactions() - before, 1);
+    assert_eq!(plain.len(), 6);
+    for b in &plain {
+        b.verify().unwrap();
+        assert!(b.one_time_prekey.is_none());
+        assert_eq!(b.kem_prekey.kind, PreKeyKind::KemLastResort);
+    }
+    assert_eq!(s.prekey_counts(&alice.id(), DeviceId(1)).await.unwrap(), counts);
+}
+
 macro_rules! conformance {
     ($backend:ident, $url:expr) => {
         mod $backend {
@@ -495,6 +529,13 @@ macro_rules! conformance {
             async fn write_batches() {
                 if let Some((s, url)) = open().await {
                     super::write_batches(s.clone()).await;
+                    done(s, url).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn one_transaction_per_bundle_request() {
+                if let Some((s, url)) = open().await {
+                    super::one_transaction_per_bundle_request(s.clone()).await;
                     done(s, url).await;
                 }
             }

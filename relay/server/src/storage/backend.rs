@@ -15,6 +15,19 @@ macro_rules! storage_impl {
         for_share: $for_share:literal,
         for_update: $for_update:literal $(,)?
     ) => {
+        impl $store {
+            /// Begins a write transaction, and counts it.
+            async fn begin(&self) -> Result<sqlx::Transaction<'static, $db>, sqlx::Error> {
+                self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.pool.begin_with($begin).await
+            }
+
+            /// Write transactions begun so far.
+            pub fn write_transactions(&self) -> u64 {
+                self.writes.load(std::sync::atomic::Ordering::Relaxed)
+            }
+        }
+
         impl $crate::storage::Storage for $store {
             async fn ping(&self) -> Result<(), StorageError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -24,7 +37,7 @@ macro_rules! storage_impl {
             async fn put_device_list(&self, list: &DeviceList) -> Result<PutDeviceList, StorageError> {
                 let account = list.account_id();
                 let a = &account.0[..];
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin().await?;
                 let stored: Option<(i64,)> =
                     sqlx::query_as(concat!("SELECT version FROM accounts WHERE account_id = $1", $for_update))
                         .bind(a)
@@ -192,7 +205,7 @@ macro_rules! storage_impl {
             ) -> Result<(), StorageError> {
                 let a = &account.0[..];
                 let d = device_i64(device);
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin().await?;
                 let row: Option<(Vec<u8>,)> = sqlx::query_as(concat!(
                     "SELECT signing_key FROM devices WHERE account_id = $1 AND device_id = $2",
                     $for_share
@@ -274,89 +287,112 @@ macro_rules! storage_impl {
             }
 
             async fn take_bundle(&self, account: &AccountId, device: DeviceId) -> Result<PreKeyBundle, StorageError> {
+                self.take_bundles_with(account, Some(device), true)
+                    .await?
+                    .pop()
+                    .ok_or(StorageError::NoPreKeys)
+            }
+
+            async fn take_bundles(&self, account: &AccountId) -> Result<Vec<PreKeyBundle>, StorageError> {
+                self.take_bundles_with(account, None, true).await
+            }
+
+            async fn take_bundles_with(
+                &self,
+                account: &AccountId,
+                device: Option<DeviceId>,
+                one_time: bool,
+            ) -> Result<Vec<PreKeyBundle>, StorageError> {
                 let a = &account.0[..];
-                let d = device_i64(device);
-                let mut tx = self.pool.begin_with($begin).await?;
-                let keys: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-                    "SELECT signing_key, identity_key FROM devices WHERE account_id = $1 AND device_id = $2",
-                )
-                .bind(a)
-                .bind(d)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((dsk, ik)) = keys else {
-                    return Err(StorageError::UnknownDevice);
+                // One write transaction for the whole request, however many devices.
+                let mut tx = self.begin().await?;
+                let devices: Vec<(i64, Vec<u8>, Vec<u8>)> = match device {
+                    Some(d) => {
+                        sqlx::query_as(
+                            "SELECT device_id, signing_key, identity_key FROM devices \
+                             WHERE account_id = $1 AND device_id = $2",
+                        )
+                        .bind(a)
+                        .bind(device_i64(d))
+                        .fetch_all(&mut *tx)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query_as(
+                            "SELECT device_id, signing_key, identity_key FROM devices \
+                             WHERE account_id = $1 ORDER BY device_id",
+                        )
+                        .bind(a)
+                        .fetch_all(&mut *tx)
+                        .await?
+                    }
                 };
-                let keys = device_keys_from(&dsk, &ik, &[0; 16])?;
+                if devices.is_empty() {
+                    return Err(match device {
+                        Some(_) => StorageError::UnknownDevice,
+                        None => StorageError::UnknownAccount,
+                    });
+                }
                 let latest = "SELECT record FROM prekeys WHERE account_id = $1 AND device_id = $2 AND kind = $3 \
                               ORDER BY id DESC LIMIT 1";
-                let signed: Option<(Vec<u8>,)> = sqlx::query_as(latest)
-                    .bind(a)
-                    .bind(d)
-                    .bind(KIND_SIGNED)
-                    .fetch_optional(&mut *tx)
-                    .await?;
                 let take = concat!(
                     "DELETE FROM prekeys WHERE id = (SELECT id FROM prekeys \
                      WHERE account_id = $1 AND device_id = $2 AND kind = $3 ORDER BY id LIMIT 1",
                     $skip_locked,
                     ") RETURNING record"
                 );
-                let signed = signed.map(|r| r.0);
-                let mut one_time = None;
-                let mut kem = None;
-                if signed.is_some() {
-                    one_time = sqlx::query_as::<_, (Vec<u8>,)>(take)
+                let mut out = Vec::with_capacity(devices.len());
+                for (id, dsk, ik) in devices {
+                    let dev = device_from_i64(id)?;
+                    let keys = device_keys_from(&dsk, &ik, &[0; 16])?;
+                    let signed: Option<(Vec<u8>,)> = sqlx::query_as(latest)
                         .bind(a)
-                        .bind(d)
-                        .bind(KIND_ONE_TIME)
+                        .bind(id)
+                        .bind(KIND_SIGNED)
                         .fetch_optional(&mut *tx)
-                        .await?
-                        .map(|r| r.0);
-                    kem = sqlx::query_as::<_, (Vec<u8>,)>(take)
-                        .bind(a)
-                        .bind(d)
-                        .bind(KIND_KEM_ONE_TIME)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .map(|r| r.0);
-                    if kem.is_none() {
-                        kem = sqlx::query_as::<_, (Vec<u8>,)>(latest)
-                            .bind(a)
-                            .bind(d)
-                            .bind(KIND_KEM_LAST_RESORT)
-                            .fetch_optional(&mut *tx)
-                            .await?
-                            .map(|r| r.0);
-                    }
-                }
-                let bundle = bundle_from(account, device, keys, signed, one_time, kem)?;
-                tx.commit().await?;
-                Ok(bundle)
-            }
-
-            async fn take_bundles(&self, account: &AccountId) -> Result<Vec<PreKeyBundle>, StorageError> {
-                let ids: Vec<(i64,)> =
-                    sqlx::query_as("SELECT device_id FROM devices WHERE account_id = $1 ORDER BY device_id")
-                        .bind(&account.0[..])
-                        .fetch_all(&self.pool)
                         .await?;
-                if ids.is_empty() {
-                    return Err(StorageError::UnknownAccount);
-                }
-                let mut out = Vec::with_capacity(ids.len());
-                for (id,) in ids {
-                    match self.take_bundle(account, device_from_i64(id)?).await {
+                    let signed = signed.map(|r| r.0);
+                    let mut one_time_key = None;
+                    let mut kem = None;
+                    if signed.is_some() {
+                        if one_time {
+                            one_time_key = sqlx::query_as::<_, (Vec<u8>,)>(take)
+                                .bind(a)
+                                .bind(id)
+                                .bind(KIND_ONE_TIME)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .map(|r| r.0);
+                            kem = sqlx::query_as::<_, (Vec<u8>,)>(take)
+                                .bind(a)
+                                .bind(id)
+                                .bind(KIND_KEM_ONE_TIME)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .map(|r| r.0);
+                        }
+                        if kem.is_none() {
+                            kem = sqlx::query_as::<_, (Vec<u8>,)>(latest)
+                                .bind(a)
+                                .bind(id)
+                                .bind(KIND_KEM_LAST_RESORT)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .map(|r| r.0);
+                        }
+                    }
+                    match bundle_from(account, dev, keys, signed, one_time_key, kem) {
                         Ok(b) => out.push(b),
-                        Err(StorageError::NoPreKeys | StorageError::UnknownDevice) => {}
+                        Err(StorageError::NoPreKeys) if device.is_none() => {}
                         Err(e) => return Err(e),
                     }
                 }
+                tx.commit().await?;
                 Ok(out)
             }
 
             async fn write_batch(&self, ops: &[WriteOp<'_>]) -> Result<Vec<WriteOutcome>, StorageError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin().await?;
                 // 1. Every device row of every account touched, locked in key order.
                 let mut rows = Rows::new();
                 for chunk in batch_accounts(ops).chunks(BATCH_ACCOUNTS_PER_QUERY) {
@@ -463,7 +499,7 @@ macro_rules! storage_impl {
             }
 
             async fn expire(&self, now_s: u64) -> Result<u64, StorageError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin().await?;
                 // Lock the affected device rows first, in key order, as a write batch does.
                 let _: Vec<(i64,)> = sqlx::query_as(concat!(
                     "SELECT device_id FROM devices WHERE EXISTS (SELECT 1 FROM envelopes e \
@@ -502,7 +538,7 @@ macro_rules! storage_impl {
                 device: DeviceId,
                 registration: &PushRegistration,
             ) -> Result<(), StorageError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin().await?;
                 let exists: Option<(i64,)> = sqlx::query_as(concat!(
                     "SELECT device_id FROM devices WHERE account_id = $1 AND device_id = $2",
                     $for_share

@@ -219,6 +219,18 @@ pub trait Storage: Send + Sync + 'static {
     fn take_bundles(&self, account: &AccountId)
     -> impl Future<Output = Result<Vec<PreKeyBundle>, StorageError>> + Send;
 
+    /// Bundles for one device (`Some`: `UnknownDevice` or `NoPreKeys` when it has none)
+    /// or every device that has prekeys (`None`: `UnknownAccount` when the account has no
+    /// device), in one write transaction. Without `one_time`, no one-time prekey is
+    /// handed out: each bundle carries the last-resort ML-KEM prekey and no one-time
+    /// X25519 prekey (what the relay serves once the target's one-time budget is spent).
+    fn take_bundles_with(
+        &self,
+        account: &AccountId,
+        device: Option<DeviceId>,
+        one_time: bool,
+    ) -> impl Future<Output = Result<Vec<PreKeyBundle>, StorageError>> + Send;
+
     /// Applies sends and acks in one transaction (group commit): all of them or, on a
     /// database error, none. Acks are applied before the sends (an ack can only name seqs
     /// delivered before the batch, so this changes no outcome) and free mailbox room for
@@ -361,6 +373,16 @@ impl Store {
         }
     }
 
+    /// How many write transactions this store (and the handles made from it by
+    /// [`Store::with_own_pool`]) began: a bundle request is one, whatever the number of
+    /// devices.
+    pub fn write_transactions(&self) -> u64 {
+        match self {
+            Store::Sqlite(s) => s.write_transactions(),
+            Store::Postgres(s) => s.write_transactions(),
+        }
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         match self {
@@ -410,6 +432,14 @@ impl Storage for Store {
     }
     async fn take_bundles(&self, account: &AccountId) -> Result<Vec<PreKeyBundle>, StorageError> {
         delegate!(self, s => s.take_bundles(account))
+    }
+    async fn take_bundles_with(
+        &self,
+        account: &AccountId,
+        device: Option<DeviceId>,
+        one_time: bool,
+    ) -> Result<Vec<PreKeyBundle>, StorageError> {
+        delegate!(self, s => s.take_bundles_with(account, device, one_time))
     }
     async fn write_batch(&self, ops: &[WriteOp<'_>]) -> Result<Vec<WriteOutcome>, StorageError> {
         delegate!(self, s => s.write_batch(ops))

@@ -12,6 +12,8 @@ use super::*;
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: Pool<Postgres>,
+    /// Write transactions begun (see [`super::Store::write_transactions`]).
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PostgresStore {
@@ -22,7 +24,10 @@ impl PostgresStore {
             .connect(url)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writes: Default::default(),
+        })
     }
 
     /// Another pool on the same database (see [`super::Store::with_own_pool`]).
@@ -32,6 +37,7 @@ impl PostgresStore {
             pool: PgPoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .connect_lazy_with(options),
+            writes: self.writes.clone(),
         }
     }
 

@@ -15,6 +15,8 @@ use super::*;
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: Pool<Sqlite>,
+    /// Write transactions begun (see [`super::Store::write_transactions`]).
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -37,7 +39,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writes: Default::default(),
+        })
     }
 
     /// Another pool on the same database (see [`super::Store::with_own_pool`]).
@@ -47,6 +52,7 @@ impl SqliteStore {
             pool: SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .connect_lazy_with(options),
+            writes: self.writes.clone(),
         }
     }
 
