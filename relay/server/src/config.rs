@@ -138,6 +138,9 @@ pub struct Limits {
     pub max_recipients: usize,
     /// Most envelopes waiting in one mailbox (`MAILBOX_FULL`).
     pub max_mailbox_depth: u32,
+    /// Most envelope bytes waiting in one mailbox (`MAILBOX_FULL`); at least
+    /// `max_envelope_bytes`.
+    pub max_mailbox_bytes: u64,
     /// How long an undelivered envelope is kept, seconds.
     pub envelope_ttl_secs: u64,
     /// Largest HTTP request body (`BODY_TOO_LARGE`).
@@ -266,6 +269,7 @@ impl Default for Limits {
             max_envelope_bytes: 256 * 1024,
             max_recipients: 1024,
             max_mailbox_depth: 10_000,
+            max_mailbox_bytes: 64 << 20,
             envelope_ttl_secs: 30 * 24 * 3600,
             max_body_bytes: 512 * 1024,
             max_frame_bytes: 4 * 1024 * 1024,
@@ -491,7 +495,7 @@ impl Config {
     /// Checks the limits against the protocol's hard bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let checks: [(bool, &'static str, &'static str); 24] = [
+        let checks: [(bool, &'static str, &'static str); 25] = [
             (
                 l.max_envelope_bytes <= sotto_proto::limits::MAX_ENVELOPE_LEN,
                 "limits.max_envelope_bytes",
@@ -547,6 +551,11 @@ impl Config {
                 l.challenge_rate_total >= 1 && l.challenge_burst_total >= 1,
                 "limits.challenge_rate_total",
                 "rate and burst must be at least 1",
+            ),
+            (
+                l.max_mailbox_bytes >= l.max_envelope_bytes as u64,
+                "limits.max_mailbox_bytes",
+                "must be at least max_envelope_bytes",
             ),
             (
                 l.bundles_per_minute_per_requester >= 1 && l.bundles_burst_per_requester >= 1,

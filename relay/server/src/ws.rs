@@ -777,6 +777,7 @@ async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, se
         now_s: now - now % 60,
         expires_at_s: now.saturating_add(limits.envelope_ttl_secs),
         max_mailbox_depth: limits.max_mailbox_depth,
+        max_mailbox_bytes: limits.max_mailbox_bytes,
     };
     let started = std::time::Instant::now();
     let stored = state.writer.send(params, send.recipients).await;

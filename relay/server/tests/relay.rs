@@ -422,6 +422,52 @@ async fn prekey_drain_is_bounded(url: String) {
     relay.stop().await;
 }
 
+/// Finding 15 (partial): a mailbox is bounded in bytes as well as in count; the bound
+/// frees as envelopes are acked, and a smaller envelope that fits still goes in.
+async fn mailbox_bounded_in_bytes(url: String) {
+    let mut relay = Relay::start(&url, |c: &mut Config| c.limits.max_mailbox_bytes = 300_000).await;
+    let mut r = rng(15);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    register_all(&relay, &[&alice, &bob]).await;
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
+    let big = vec![7u8; 100_000];
+    for i in 0..3 {
+        let out = send_to(&mut wa, i, to_devices(&bob, None, &big)).await;
+        assert_eq!(out, SendOutcome::Stored { seqs: vec![i + 1] });
+    }
+    // 300 000 bytes stored, far below max_mailbox_depth: one more byte is too many.
+    assert_eq!(
+        send_to(&mut wa, 3, to_devices(&bob, None, b"x")).await,
+        SendOutcome::Rejected {
+            code: ErrorCode::MAILBOX_FULL
+        }
+    );
+    // Bob acks one: room for a big one again, and not for two.
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    assert_eq!(expect_deliver(&mut wb).await.0, 1);
+    send(&mut wb, &Frame::Ack { seq: 1 }).await;
+    drop(wb);
+    // A new connection commits the device's queued acks before it reads the mailbox.
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    assert_eq!(expect_deliver(&mut wb).await.0, 2);
+    assert_eq!(expect_deliver(&mut wb).await.0, 3);
+    assert_eq!(recv(&mut wb).await, Frame::QueueEmpty);
+    assert_eq!(
+        send_to(&mut wa, 10, to_devices(&bob, None, &big)).await,
+        SendOutcome::Stored { seqs: vec![4] }
+    );
+    assert_eq!(
+        send_to(&mut wa, 99, to_devices(&bob, None, &big)).await,
+        SendOutcome::Rejected {
+            code: ErrorCode::MAILBOX_FULL
+        }
+    );
+    drop(wa);
+    relay.stop().await;
+}
+
 async fn prekeys(url: String) {
     let relay = Relay::start(&url, |_| {}).await;
     let mut r = rng(12);
@@ -1160,6 +1206,7 @@ macro_rules! backend {
             }
             t!(registration);
             t!(authentication);
+            t!(mailbox_bounded_in_bytes);
             t!(prekey_drain_is_bounded);
             t!(device_list_version_jumps_are_refused);
             t!(device_set_rule_lets_unreachable_devices_out);

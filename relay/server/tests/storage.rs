@@ -20,6 +20,7 @@ fn params(sender: &TestDevice) -> SendParams {
         now_s: NOW,
         expires_at_s: NOW + 1000,
         max_mailbox_depth: 100,
+        max_mailbox_bytes: 1 << 20,
     }
 }
 

@@ -123,7 +123,7 @@ macro_rules! storage_impl {
                         Some(e) if e.signing_key.as_bytes()[..] != dsk[..] || e.identity_key.0[..] != ik[..] => {
                             sqlx::query(
                                 "UPDATE devices SET signing_key = $3, identity_key = $4, depth = 0, \
-                                 acked_seq = next_seq - 1, registration = $5 \
+                                 acked_seq = next_seq - 1, bytes = 0, registration = $5 \
                                  WHERE account_id = $1 AND device_id = $2",
                             )
                             .bind(a)
@@ -396,7 +396,7 @@ macro_rules! storage_impl {
                 // 1. Every device row of every account touched, locked in key order.
                 let mut rows = Rows::new();
                 for chunk in batch_accounts(ops).chunks(BATCH_ACCOUNTS_PER_QUERY) {
-                    for (a, d, next_seq, depth, acked_seq, reachable) in Self::lock_rows(&mut *tx, chunk).await? {
+                    for (a, d, next_seq, depth, acked_seq, reachable, bytes) in Self::lock_rows(&mut *tx, chunk).await? {
                         rows.insert(
                             (AccountId(key32(&a, "account id")?), device_from_i64(d)?),
                             MailboxRow {
@@ -404,6 +404,7 @@ macro_rules! storage_impl {
                                 depth: to_u64(depth),
                                 acked_seq: to_u64(acked_seq),
                                 reachable: reachable != 0,
+                                bytes: to_u64(bytes),
                                 dirty: false,
                             },
                         );
@@ -414,10 +415,12 @@ macro_rules! storage_impl {
                 let ranges = ack_ranges(ops, &rows);
                 let mut deleted = std::collections::BTreeMap::new();
                 for chunk in ranges.chunks(BATCH_ACKS_PER_QUERY) {
-                    for (a, d) in Self::delete_acked(&mut *tx, chunk).await? {
-                        *deleted
+                    for (a, d, len) in Self::delete_acked(&mut *tx, chunk).await? {
+                        let e: &mut (u64, u64) = deleted
                             .entry((AccountId(key32(&a, "account id")?), device_from_i64(d)?))
-                            .or_insert(0u64) += 1;
+                            .or_insert((0, 0));
+                        e.0 += 1;
+                        e.1 += to_u64(len);
                     }
                 }
                 apply_acks(ops, &ranges, &deleted, &mut rows, &mut outcomes);
@@ -510,23 +513,31 @@ macro_rules! storage_impl {
                 .bind(to_i64(now_s))
                 .fetch_all(&mut *tx)
                 .await?;
-                let gone: Vec<(Vec<u8>, i64)> =
-                    sqlx::query_as("DELETE FROM envelopes WHERE expires_at <= $1 RETURNING account_id, device_id")
-                        .bind(to_i64(now_s))
-                        .fetch_all(&mut *tx)
-                        .await?;
+                let gone: Vec<(Vec<u8>, i64, i64)> = sqlx::query_as(
+                    "DELETE FROM envelopes WHERE expires_at <= $1 \
+                     RETURNING account_id, device_id, CAST(length(ciphertext) AS BIGINT)",
+                )
+                .bind(to_i64(now_s))
+                .fetch_all(&mut *tx)
+                .await?;
                 let total = gone.len() as u64;
-                let mut per_device: std::collections::BTreeMap<(Vec<u8>, i64), i64> = Default::default();
-                for key in gone {
-                    *per_device.entry(key).or_insert(0) += 1;
+                let mut per_device: std::collections::BTreeMap<(Vec<u8>, i64), (i64, i64)> = Default::default();
+                for (a, d, len) in gone {
+                    let e = per_device.entry((a, d)).or_insert((0, 0));
+                    e.0 += 1;
+                    e.1 += len;
                 }
-                for ((a, d), n) in per_device {
-                    sqlx::query("UPDATE devices SET depth = depth - $3 WHERE account_id = $1 AND device_id = $2")
-                        .bind(a)
-                        .bind(d)
-                        .bind(n)
-                        .execute(&mut *tx)
-                        .await?;
+                for ((a, d), (n, len)) in per_device {
+                    sqlx::query(
+                        "UPDATE devices SET depth = depth - $3, bytes = bytes - $4 \
+                         WHERE account_id = $1 AND device_id = $2",
+                    )
+                    .bind(a)
+                    .bind(d)
+                    .bind(n)
+                    .bind(len)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 tx.commit().await?;
                 Ok(total)

@@ -132,6 +132,8 @@ pub struct SendParams {
     pub expires_at_s: u64,
     /// The most envelopes one mailbox holds.
     pub max_mailbox_depth: u32,
+    /// The most envelope bytes one mailbox holds.
+    pub max_mailbox_bytes: u64,
 }
 
 /// One write of a group commit ([`Storage::write_batch`]).
@@ -611,6 +613,8 @@ pub(crate) struct MailboxRow {
     /// Whether a bundle can be made for the device now ([`REACHABLE`]); the device-set
     /// rule lets a send leave out devices that are not.
     pub(crate) reachable: bool,
+    /// Envelope bytes stored in the mailbox.
+    pub(crate) bytes: u64,
     pub(crate) dirty: bool,
 }
 
@@ -658,16 +662,16 @@ pub(crate) fn ack_ranges(ops: &[WriteOp<'_>], rows: &Rows) -> Vec<(AccountId, De
 pub(crate) fn apply_acks(
     ops: &[WriteOp<'_>],
     ranges: &[(AccountId, DeviceId, u64, u64)],
-    deleted: &BTreeMap<(AccountId, DeviceId), u64>,
+    deleted: &BTreeMap<(AccountId, DeviceId), (u64, u64)>,
     rows: &mut Rows,
     outcomes: &mut [Option<WriteOutcome>],
 ) {
     for &(account, device, _, up_to) in ranges {
         if let Some(row) = rows.get_mut(&(account, device)) {
+            let (n, bytes) = deleted.get(&(account, device)).copied().unwrap_or((0, 0));
             row.acked_seq = up_to;
-            row.depth = row
-                .depth
-                .saturating_sub(deleted.get(&(account, device)).copied().unwrap_or(0));
+            row.depth = row.depth.saturating_sub(n);
+            row.bytes = row.bytes.saturating_sub(bytes);
             row.dirty = true;
         }
     }
@@ -675,7 +679,7 @@ pub(crate) fn apply_acks(
     for (op, out) in ops.iter().zip(outcomes.iter_mut()) {
         if let WriteOp::Ack { account, device, .. } = *op {
             let n = if reported.insert((account, device)) {
-                deleted.get(&(account, device)).copied().unwrap_or(0)
+                deleted.get(&(account, device)).map_or(0, |d| d.0)
             } else {
                 0
             };
@@ -724,9 +728,13 @@ pub(crate) fn plan_sends<'a>(
             lookups.push((i, mismatched));
             continue;
         }
+        // Full in count, or in bytes: the envelope would take the mailbox over
+        // `max_mailbox_bytes` (a send naming one device twice was refused before).
         let full = recipients.iter().any(|r| {
-            rows.get(&(r.account_id, r.device_id))
-                .is_none_or(|row| row.depth >= u64::from(params.max_mailbox_depth))
+            rows.get(&(r.account_id, r.device_id)).is_none_or(|row| {
+                row.depth >= u64::from(params.max_mailbox_depth)
+                    || row.bytes.saturating_add(r.envelope.len() as u64) > params.max_mailbox_bytes
+            })
         });
         if full {
             outcomes[i] = Some(WriteOutcome::Send(Err(StorageError::MailboxFull)));
@@ -746,6 +754,7 @@ pub(crate) fn plan_sends<'a>(
                 });
                 row.next_seq += 1;
                 row.depth += 1;
+                row.bytes = row.bytes.saturating_add(r.envelope.len() as u64);
                 row.dirty = true;
             }
         }

@@ -48,8 +48,8 @@ impl PostgresStore {
 }
 
 /// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq,
-/// reachable).
-type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64);
+/// reachable, bytes).
+type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64);
 
 /// The write batch's statements, each one fixed text over arrays (`UNNEST`), so the server
 /// parses and plans each once per connection whatever the batch size.
@@ -57,7 +57,7 @@ impl PostgresStore {
     async fn lock_rows(conn: &mut PgConnection, accounts: &[AccountId]) -> Result<Vec<CounterRow>, sqlx::Error> {
         let ids: Vec<&[u8]> = accounts.iter().map(|a| &a.0[..]).collect();
         let sql = format!(
-            "SELECT account_id, device_id, next_seq, depth, acked_seq, {} FROM devices \
+            "SELECT account_id, device_id, next_seq, depth, acked_seq, {}, bytes FROM devices \
              WHERE account_id = ANY($1) ORDER BY account_id, device_id FOR UPDATE OF devices",
             super::REACHABLE
         );
@@ -67,7 +67,7 @@ impl PostgresStore {
     async fn delete_acked(
         conn: &mut PgConnection,
         ranges: &[(AccountId, DeviceId, u64, u64)],
-    ) -> Result<Vec<(Vec<u8>, i64)>, sqlx::Error> {
+    ) -> Result<Vec<(Vec<u8>, i64, i64)>, sqlx::Error> {
         let a: Vec<&[u8]> = ranges.iter().map(|r| &r.0.0[..]).collect();
         let d: Vec<i64> = ranges.iter().map(|r| device_i64(r.1)).collect();
         let lo: Vec<i64> = ranges.iter().map(|r| to_i64(r.2)).collect();
@@ -75,7 +75,7 @@ impl PostgresStore {
         sqlx::query_as(
             "DELETE FROM envelopes e USING UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[]) AS c(a, d, lo, hi) \
              WHERE e.account_id = c.a AND e.device_id = c.d AND e.seq > c.lo AND e.seq <= c.hi \
-             RETURNING e.account_id, e.device_id",
+             RETURNING e.account_id, e.device_id, CAST(length(e.ciphertext) AS BIGINT)",
         )
         .bind(a)
         .bind(d)
@@ -116,9 +116,11 @@ impl PostgresStore {
         let next: Vec<i64> = rows.iter().map(|r| to_i64(r.1.next_seq)).collect();
         let depth: Vec<i64> = rows.iter().map(|r| to_i64(r.1.depth)).collect();
         let acked: Vec<i64> = rows.iter().map(|r| to_i64(r.1.acked_seq)).collect();
+        let bytes: Vec<i64> = rows.iter().map(|r| to_i64(r.1.bytes)).collect();
         sqlx::query(
-            "UPDATE devices SET next_seq = c.n, depth = c.dp, acked_seq = c.ak \
-             FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS c(a, d, n, dp, ak) \
+            "UPDATE devices SET next_seq = c.n, depth = c.dp, acked_seq = c.ak, bytes = c.b \
+             FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) \
+             AS c(a, d, n, dp, ak, b) \
              WHERE devices.account_id = c.a AND devices.device_id = c.d",
         )
         .bind(a)
@@ -126,6 +128,7 @@ impl PostgresStore {
         .bind(next)
         .bind(depth)
         .bind(acked)
+        .bind(bytes)
         .execute(conn)
         .await
         .map(|_| ())

@@ -63,8 +63,8 @@ impl SqliteStore {
 }
 
 /// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq,
-/// reachable).
-type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64);
+/// reachable, bytes).
+type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64);
 
 /// The write batch's statements, as multi-row statements with one bind per value
 /// (SQLite parses in-process, so a statement per batch size costs little).
@@ -72,7 +72,7 @@ impl SqliteStore {
     async fn lock_rows(conn: &mut SqliteConnection, accounts: &[AccountId]) -> Result<Vec<CounterRow>, sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new("SELECT account_id, device_id, next_seq, depth, acked_seq, ");
         q.push(super::REACHABLE);
-        q.push(" FROM devices WHERE account_id IN (");
+        q.push(", bytes FROM devices WHERE account_id IN (");
         let mut list = q.separated(", ");
         for a in accounts {
             list.push_bind(&a.0[..]);
@@ -84,7 +84,7 @@ impl SqliteStore {
     async fn delete_acked(
         conn: &mut SqliteConnection,
         ranges: &[(AccountId, DeviceId, u64, u64)],
-    ) -> Result<Vec<(Vec<u8>, i64)>, sqlx::Error> {
+    ) -> Result<Vec<(Vec<u8>, i64, i64)>, sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM envelopes WHERE ");
         for (i, (a, d, after, up_to)) in ranges.iter().enumerate() {
             if i > 0 {
@@ -100,7 +100,7 @@ impl SqliteStore {
                 .push_bind(to_i64(*up_to))
                 .push(")");
         }
-        q.push(" RETURNING account_id, device_id");
+        q.push(" RETURNING account_id, device_id, CAST(length(ciphertext) AS BIGINT)");
         q.build_query_as().fetch_all(conn).await
     }
 
@@ -124,14 +124,16 @@ impl SqliteStore {
         rows: &[(&(AccountId, DeviceId), &MailboxRow)],
     ) -> Result<(), sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "UPDATE devices SET next_seq = c.column3, depth = c.column4, acked_seq = c.column5 FROM (",
+            "UPDATE devices SET next_seq = c.column3, depth = c.column4, acked_seq = c.column5, \
+             bytes = c.column6 FROM (",
         );
         q.push_values(rows, |mut row, ((a, d), r)| {
             row.push_bind(&a.0[..])
                 .push_bind(device_i64(*d))
                 .push_bind(to_i64(r.next_seq))
                 .push_bind(to_i64(r.depth))
-                .push_bind(to_i64(r.acked_seq));
+                .push_bind(to_i64(r.acked_seq))
+                .push_bind(to_i64(r.bytes));
         });
         q.push(") AS c WHERE devices.account_id = c.column1 AND devices.device_id = c.column2");
         q.build().execute(conn).await.map(|_| ())
