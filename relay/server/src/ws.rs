@@ -775,7 +775,9 @@ async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, se
     let params = SendParams {
         sender,
         now_s: now - now % 60,
-        expires_at_s: now.saturating_add(limits.envelope_ttl_secs),
+        // Coarse like received_at_s: an exact second would tell which envelopes were
+        // stored together.
+        expires_at_s: (now - now % 60).saturating_add(limits.envelope_ttl_secs),
         max_mailbox_depth: limits.max_mailbox_depth,
         max_mailbox_bytes: limits.max_mailbox_bytes,
     };

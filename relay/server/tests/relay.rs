@@ -1185,6 +1185,49 @@ async fn health(url: String) {
     relay.stop().await;
 }
 
+/// Finding 20: with `secure_delete` and the relay's WAL checkpoint, an acknowledged
+/// envelope's ciphertext is in neither the SQLite database file nor its WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_ciphertext_leaves_the_sqlite_files() {
+    use rand_core::RngCore;
+    let url = sqlite_url();
+    let path = std::path::PathBuf::from(url.strip_prefix("sqlite://").unwrap());
+    let mut relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(20);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    register_all(&relay, &[&alice, &bob]).await;
+    let mut marker = vec![0u8; 512];
+    r.fill_bytes(&mut marker);
+    let on_disk = |marker: &[u8]| -> bool {
+        ["", "-wal"].iter().any(|suffix| {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            std::fs::read(&p).is_ok_and(|bytes| bytes.windows(marker.len()).any(|w| w == marker))
+        })
+    };
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
+    assert!(matches!(
+        send_to(&mut wa, 1, to_devices(&bob, None, &marker)).await,
+        SendOutcome::Stored { .. }
+    ));
+    assert!(on_disk(&marker), "the stored envelope is on disk (the search works)");
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    assert_eq!(expect_deliver(&mut wb).await, (1, marker.clone()));
+    send(&mut wb, &Frame::Ack { seq: 1 }).await;
+    drop(wb);
+    // A new connection commits the device's queued acks before it reads the mailbox.
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    assert_eq!(recv(&mut wb).await, Frame::QueueEmpty);
+    // What the relay's expiry run does after deleting.
+    relay.state.store.checkpoint().await.unwrap();
+    assert!(!on_disk(&marker), "an acked envelope's ciphertext is still on disk");
+    drop((wa, wb));
+    relay.stop().await;
+    remove_sqlite(&url);
+}
+
 macro_rules! backend {
     ($backend:ident, $url:expr) => {
         mod $backend {

@@ -385,6 +385,16 @@ impl Store {
         }
     }
 
+    /// SQLite: checkpoints and truncates the WAL, so that acknowledged and expired
+    /// envelopes (zeroed in the database by `secure_delete`) leave no copy in the WAL.
+    /// PostgreSQL: nothing (VACUUM is the server's business, docs/self-hosting.md).
+    pub async fn checkpoint(&self) -> Result<(), StorageError> {
+        match self {
+            Store::Sqlite(s) => s.checkpoint().await,
+            Store::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         match self {
