@@ -1214,11 +1214,29 @@ impl<S: Store> Inner<S> {
                 return;
             }
             let connected = tokio::select! {
-                r = self.relay.connect(&self.device) => r,
+                r = self.relay.connect_with_epoch(&self.device) => r,
                 _ = shutdown.changed() => return,
             };
             match connected {
-                Ok(socket) => {
+                Ok((socket, epoch)) => {
+                    // A new epoch means the relay numbers the mailbox anew (a restart
+                    // after a database restore, a re-registration): the seq counted so far
+                    // restarts before any delivery is read, so nothing new is dropped as
+                    // already seen.
+                    if self
+                        .transact(|m| Ok((m.receive_mailbox_epoch(epoch), ())))
+                        .await
+                        .is_err()
+                    {
+                        drop(socket);
+                        let delay = backoff;
+                        tokio::select! {
+                            () = rt::sleep(delay) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(self.options.backoff_max);
+                        continue;
+                    }
                     backoff = self.options.backoff_min;
                     self.emit(vec![Event::Connected]).await;
                     if self.serve(socket, &mut shutdown, &mut anon).await {

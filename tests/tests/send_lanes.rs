@@ -124,7 +124,6 @@ fn crate_failsafe() -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the relay rule that lets a send leave out a device without prekeys (docs/protocol.md §13.7)"]
 async fn the_receipt_and_later_messages_reach_a_contact_with_an_unreachable_device() {
     let relay = TestRelay::start().await;
     let (mut stranger, mut victim, mut carol) = stranger_with_an_unreachable_device(&relay).await;

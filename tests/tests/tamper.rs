@@ -169,6 +169,16 @@ async fn a_device_added_without_the_account_key_is_refused() {
         .execute(&pool)
         .await
         .unwrap();
+    // With prekeys, so the device-set rule requires it in every send (a device the relay
+    // cannot make a bundle for may be left out, docs/protocol.md §13.7).
+    sqlx::query(
+        "INSERT INTO prekeys (account_id, device_id, kind, key_id, record) VALUES (?, 2, 1, 1, x'00'), (?, 2, 4, 1, x'00')",
+    )
+    .bind(&bob.id().0[..])
+    .bind(&bob.id().0[..])
+    .execute(&pool)
+    .await
+    .unwrap();
 
     // Alice's send meets the relay's device-set answer with the forged list: refused,
     // the message is given up, nothing is encrypted to the added device.

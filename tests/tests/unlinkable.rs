@@ -79,7 +79,7 @@ async fn no_frame_id_or_fixed_delay_pairs_the_two_connections() {
     // 2. No anonymous connection opens right after an AuthOk.
     let auth_ok: Vec<_> = frames
         .iter()
-        .filter(|s| matches!(s.frame, Frame::AuthOk))
+        .filter(|s| matches!(s.frame, Frame::AuthOk { .. }))
         .map(|s| s.at)
         .collect();
     let opened: BTreeMap<u64, _> = tap.opened().into_iter().filter(|(_, t)| *t >= start).collect();

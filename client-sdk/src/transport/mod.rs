@@ -97,6 +97,16 @@ pub(crate) enum Method {
     Put,
 }
 
+impl Method {
+    /// The method's name on the wire, as the HTTP auth binding signs it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+        }
+    }
+}
+
 /// A relay: its base URL, the derived relay id and how to reach it (for `https://`, the
 /// TLS settings).
 #[derive(Clone, Debug)]
@@ -198,12 +208,26 @@ impl Relay {
         }
     }
 
-    /// An `Authorization` header answering a fresh HTTP challenge.
-    pub async fn authorization(&self, device: &Device) -> Result<String, TransportError> {
-        let body = self.expect(Method::Get, "/v1/auth/challenge", None, Vec::new()).await?;
-        let c = Challenge::decode(&body).map_err(|e| TransportError::Protocol(e.to_string()))?;
+    /// An `Authorization` header answering a fresh HTTP challenge for one request: the
+    /// signature covers the challenge bound to `method`, `path` and `body`
+    /// (`sotto_proto::http_auth_binding`), so the relay accepts it for that request only.
+    pub(crate) async fn authorization(
+        &self,
+        device: &Device,
+        method: Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<String, TransportError> {
+        let bytes = self.expect(Method::Get, "/v1/auth/challenge", None, Vec::new()).await?;
+        let c = Challenge::decode(&bytes).map_err(|e| TransportError::Protocol(e.to_string()))?;
         self.check_challenge(&c)?;
-        Ok(authorization_header(&Self::answer(device, &c)))
+        let bound = sotto_proto::http_auth_binding(&c.nonce, method.as_str(), path, body);
+        Ok(authorization_header(&AuthResponse {
+            account_id: device.account_id(),
+            device_id: device.device_id(),
+            nonce: c.nonce,
+            signature: device.sign_relay_auth(&c.relay_id, &bound, c.timestamp_ms),
+        }))
     }
 
     /// Registers or replaces an account's device list.
@@ -234,15 +258,18 @@ impl Relay {
 
     /// Uploads prekeys for `device`.
     pub async fn put_prekeys(&self, device: &Device, upload: &PreKeyUpload) -> Result<(), TransportError> {
-        let auth = self.authorization(device).await?;
-        self.expect(Method::Put, "/v1/prekeys", Some(auth), upload.encode())
+        let body = upload.encode();
+        let auth = self.authorization(device, Method::Put, "/v1/prekeys", &body).await?;
+        self.expect(Method::Put, "/v1/prekeys", Some(auth), body)
             .await
             .map(|_| ())
     }
 
     /// How many prekeys the relay holds for `device`.
     pub async fn prekey_counts(&self, device: &Device) -> Result<PreKeyCounts, TransportError> {
-        let auth = self.authorization(device).await?;
+        let auth = self
+            .authorization(device, Method::Get, "/v1/prekeys/count", &[])
+            .await?;
         let body = self
             .expect(Method::Get, "/v1/prekeys/count", Some(auth), Vec::new())
             .await?;
@@ -256,15 +283,9 @@ impl Relay {
         account: &AccountId,
         of: DeviceId,
     ) -> Result<Vec<PreKeyBundle>, TransportError> {
-        let auth = self.authorization(device).await?;
-        let body = self
-            .expect(
-                Method::Get,
-                &format!("/v1/accounts/{account}/bundles/{}", of.0),
-                Some(auth),
-                Vec::new(),
-            )
-            .await?;
+        let path = format!("/v1/accounts/{account}/bundles/{}", of.0);
+        let auth = self.authorization(device, Method::Get, &path, &[]).await?;
+        let body = self.expect(Method::Get, &path, Some(auth), Vec::new()).await?;
         Bundles::decode(&body)
             .map(|b| b.bundles)
             .map_err(|e| TransportError::Protocol(e.to_string()))
@@ -272,6 +293,12 @@ impl Relay {
 
     /// Opens the WebSocket and authenticates as `device`.
     pub async fn connect(&self, device: &Device) -> Result<Socket, TransportError> {
+        self.connect_with_epoch(device).await.map(|(s, _)| s)
+    }
+
+    /// Opens the WebSocket and authenticates as `device`; returns the socket with the
+    /// mailbox epoch the relay named in `AuthOk` (docs/protocol.md §13.6).
+    pub async fn connect_with_epoch(&self, device: &Device) -> Result<(Socket, [u8; 16]), TransportError> {
         let handshake = async {
             let mut socket = Socket {
                 ws: self.endpoint.open_ws().await?,
@@ -284,7 +311,7 @@ impl Relay {
             self.check_challenge(&c)?;
             socket.send(&Frame::AuthResponse(Self::answer(device, &c))).await?;
             match socket.recv().await? {
-                Some(Frame::AuthOk) => Ok(socket),
+                Some(Frame::AuthOk { mailbox_epoch }) => Ok((socket, mailbox_epoch)),
                 Some(Frame::Error { code }) => Err(TransportError::Relay { status: 0, code }),
                 other => Err(TransportError::Protocol(format!("expected AuthOk, got {other:?}"))),
             }

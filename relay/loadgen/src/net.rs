@@ -263,7 +263,7 @@ async fn connect_inner(target: &Target, id: &Identity) -> Result<Ws, Fail> {
     });
     send_frame(&mut ws, &answer).await?;
     match next_frame(&mut ws).await? {
-        Some(Frame::AuthOk) => Ok(ws),
+        Some(Frame::AuthOk { .. }) => Ok(ws),
         other => Err(Fail(format!("expected AuthOk, got {other:?}"))),
     }
 }

@@ -63,6 +63,10 @@ codes! {
     NO_PREKEYS = 26;
     /// The upload would store more one-time prekeys than the relay keeps per device.
     TOO_MANY_PREKEYS = 27;
+    /// The device list's version is more than the relay's maximum step (1024) above the
+    /// stored one (or above it at registration): a list that would leave no room for
+    /// later versions.
+    VERSION_JUMP = 28;
     /// An envelope above the relay's size limit.
     ENVELOPE_TOO_LARGE = 30;
     /// A send to more devices than the relay allows in one send.

@@ -5,7 +5,7 @@
 //!
 //! 0x01 Challenge         relay → client  nonce (32) ‖ relay_id (32) ‖ timestamp_ms (u64)
 //! 0x02 AuthResponse      client → relay  account_id (32) ‖ device_id (u32) ‖ nonce (32) ‖ signature (64)
-//! 0x03 AuthOk            relay → client  (empty)
+//! 0x03 AuthOk            relay → client  mailbox_epoch (16)
 //! 0x10 Send              client → relay  message_id (u64) ‖ count (u16)
 //!                                        ‖ count × (account_id (32) ‖ device_id (u32) ‖ len (u32) ‖ envelope)
 //! 0x11 SendResult        relay → client  message_id (u64) ‖ outcome
@@ -22,12 +22,14 @@
 //! auth signature = Ed25519_DSK("Sotto-v1 relay auth" ‖ relay_id ‖ nonce ‖ timestamp_ms (u64)
 //!                              ‖ account_id ‖ device_id (u32))
 //! relay_id       = SHA-256("Sotto-v1 relay id" ‖ the relay's public URL, as UTF-8)
+//! HTTP answers sign the same message with the nonce replaced by http_auth_binding
+//! (nonce, method, path, body), see [`http_auth_binding`].
 //! ```
 //!
 //! Ping and pong are the WebSocket's own control frames. No frame names a sender: a
 //! delivered envelope carries its sender sealed inside. A client may answer the
 //! `Challenge` with `Send` instead of `AuthResponse`: the connection is then anonymous
-//! (sends only; every recipient account's full device list expected), so the relay does
+//! (sends only; every recipient account's reachable devices expected), so the relay does
 //! not learn who sends. The full specification is docs/protocol.md §13.
 
 use sha2::{Digest, Sha256};
@@ -51,6 +53,33 @@ pub fn relay_id(public_url: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The label of the HTTP request binding.
+pub const HTTP_AUTH_LABEL: &[u8] = b"Sotto-v1 relay http auth";
+
+/// What an HTTP `Authorization` answer signs in place of the challenge nonce: the nonce
+/// bound to one request.
+///
+/// ```text
+/// SHA-256("Sotto-v1 relay http auth" ‖ nonce (32)
+///         ‖ len(method) (u16) ‖ method ‖ len(path) (u32) ‖ path ‖ SHA-256(body))
+/// ```
+///
+/// `method` is the request method in upper case (`GET`, `PUT`, `DELETE`), `path` the
+/// request target exactly as sent (origin form: the path and, if any, `?` and the query),
+/// `body` the request body's bytes (empty for none). A header answered for one request
+/// fails on any other method, path or body.
+pub fn http_auth_binding(nonce: &[u8; 32], method: &str, path: &str, body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(HTTP_AUTH_LABEL);
+    h.update(nonce);
+    h.update(u16::try_from(method.len()).unwrap_or(u16::MAX).to_be_bytes());
+    h.update(method.as_bytes());
+    h.update(u32::try_from(path.len()).unwrap_or(u32::MAX).to_be_bytes());
+    h.update(path.as_bytes());
+    h.update(Sha256::digest(body));
+    h.finalize().into()
+}
+
 /// A relay-issued authentication challenge. Also the body of `GET /v1/auth/challenge`.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Challenge {
@@ -66,6 +95,22 @@ impl Challenge {
     /// The bytes a device signs with its DSK to answer this challenge.
     pub fn signed_message(&self, account_id: &AccountId, device_id: DeviceId) -> Vec<u8> {
         sotto_crypto::relay_auth_message(&self.relay_id, &self.nonce, self.timestamp_ms, account_id, device_id)
+    }
+
+    /// The bytes a device signs with its DSK to answer this challenge in the
+    /// `Authorization` header of the HTTP request `method path` with `body`: the same
+    /// message as [`Challenge::signed_message`], with the nonce replaced by
+    /// [`http_auth_binding`].
+    pub fn signed_http_message(
+        &self,
+        account_id: &AccountId,
+        device_id: DeviceId,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let bound = http_auth_binding(&self.nonce, method, path, body);
+        sotto_crypto::relay_auth_message(&self.relay_id, &bound, self.timestamp_ms, account_id, device_id)
     }
 
     pub(crate) const LEN: usize = 32 + 32 + 8;
@@ -135,9 +180,11 @@ pub struct Recipient {
 pub struct Send {
     /// A client-chosen id the [`SendResult`] repeats.
     pub message_id: u64,
-    /// The recipients. For every account named, the set of devices must equal the account's
-    /// current device list (without the sending device, for the sender's own account on an
-    /// authenticated connection; all of them on an anonymous one).
+    /// The recipients. For every account named, the devices named must all be in the
+    /// account's current device list and must include every listed device the relay can
+    /// make a bundle for (without the sending device, for the sender's own account on an
+    /// authenticated connection); listed devices without prekeys may be left out
+    /// (docs/protocol.md §13.7).
     pub recipients: Vec<Recipient>,
 }
 
@@ -193,7 +240,14 @@ pub enum Frame {
     /// `0x02` client → relay: the answer to the challenge.
     AuthResponse(AuthResponse),
     /// `0x03` relay → client: authenticated; mailbox delivery starts.
-    AuthOk,
+    AuthOk {
+        /// The epoch of the device's mailbox numbering: it changes whenever the relay may
+        /// number the mailbox anew (every relay start, so every database restore, and
+        /// every re-registration of the device). A client that sees another epoch than
+        /// the one its last seen seq counts in starts counting from 0 again, instead of
+        /// dropping envelopes whose seq it believes it has seen.
+        mailbox_epoch: [u8; 16],
+    },
     /// `0x10` client → relay: store envelopes for a set of devices. Sent instead of the
     /// `AuthResponse`, it makes the connection anonymous for its lifetime.
     Send(Send),
@@ -257,7 +311,7 @@ impl Frame {
         match self {
             Frame::Challenge(_) => tag::CHALLENGE,
             Frame::AuthResponse(_) => tag::AUTH_RESPONSE,
-            Frame::AuthOk => tag::AUTH_OK,
+            Frame::AuthOk { .. } => tag::AUTH_OK,
             Frame::Send(_) => tag::SEND,
             Frame::SendResult(_) => tag::SEND_RESULT,
             Frame::Deliver(_) => tag::DELIVER,
@@ -278,7 +332,8 @@ impl Frame {
         match self {
             Frame::Challenge(c) => c.encode_into(&mut out),
             Frame::AuthResponse(a) => a.encode_into(&mut out),
-            Frame::AuthOk | Frame::QueueEmpty => {}
+            Frame::AuthOk { mailbox_epoch } => out.put(mailbox_epoch),
+            Frame::QueueEmpty => {}
             Frame::Send(s) => {
                 out.put_u64(s.message_id);
                 out.put_count(s.recipients.len());
@@ -351,7 +406,9 @@ impl Frame {
         let frame = match r.u8()? {
             tag::CHALLENGE => Frame::Challenge(Challenge::decode_from(&mut r)?),
             tag::AUTH_RESPONSE => Frame::AuthResponse(AuthResponse::decode_from(&mut r)?),
-            tag::AUTH_OK => Frame::AuthOk,
+            tag::AUTH_OK => Frame::AuthOk {
+                mailbox_epoch: r.array()?,
+            },
             tag::SEND => {
                 let message_id = r.u64()?;
                 let n = r.count("recipients", limits::MAX_RECIPIENTS, RECIPIENT_MIN)?;

@@ -34,7 +34,9 @@ pub use body::{
 };
 pub use codec::DecodeError;
 pub use error_code::ErrorCode;
-pub use frame::{AuthResponse, Challenge, Deliver, Frame, Recipient, Send, SendOutcome, SendResult, relay_id};
+pub use frame::{
+    AuthResponse, Challenge, Deliver, Frame, Recipient, Send, SendOutcome, SendResult, http_auth_binding, relay_id,
+};
 
 /// The protocol version byte that starts every frame and body.
 pub const VERSION: u8 = 1;

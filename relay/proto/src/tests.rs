@@ -113,7 +113,7 @@ fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         challenge().prop_map(Frame::Challenge),
         auth_response().prop_map(Frame::AuthResponse),
-        Just(Frame::AuthOk),
+        any::<[u8; 16]>().prop_map(|mailbox_epoch| Frame::AuthOk { mailbox_epoch }),
         (any::<u64>(), vec(recipient, 0..8))
             .prop_map(|(message_id, recipients)| Frame::Send(Send { message_id, recipients })),
         (any::<u64>(), outcome).prop_map(|(message_id, outcome)| Frame::SendResult(SendResult { message_id, outcome })),
@@ -290,7 +290,7 @@ fn versions_and_types_are_checked() {
         })
     );
     assert_eq!(
-        Frame::decode(&[1, 0x03, 0]),
+        Frame::decode(&[1, 0x13, 0]),
         Err(DecodeError::TrailingBytes { count: 1 })
     );
 }

@@ -81,7 +81,8 @@ fn frame_json(f: &Frame) -> Value {
     match f {
         Frame::Challenge(c) => challenge_json(c),
         Frame::AuthResponse(a) => auth_json(a),
-        Frame::AuthOk | Frame::QueueEmpty => json!({}),
+        Frame::AuthOk { mailbox_epoch } => json!({"mailbox_epoch": h(mailbox_epoch)}),
+        Frame::QueueEmpty => json!({}),
         Frame::Send(s) => json!({
             "message_id": s.message_id,
             "recipients": s.recipients.iter().map(|r| json!({
@@ -141,7 +142,9 @@ fn frame_from(name: &str, v: &Value) -> Frame {
     match name {
         "Challenge" => Frame::Challenge(challenge_from(v)),
         "AuthResponse" => Frame::AuthResponse(auth_from(v)),
-        "AuthOk" => Frame::AuthOk,
+        "AuthOk" => Frame::AuthOk {
+            mailbox_epoch: hx(&v["mailbox_epoch"]).try_into().unwrap(),
+        },
         "QueueEmpty" => Frame::QueueEmpty,
         "Send" => Frame::Send(sotto_proto::Send {
             message_id: u(&v["message_id"]),
@@ -257,21 +260,34 @@ fn generate() -> Value {
         relay_id: relay_id(RELAY_URL),
         timestamp_ms: TIMESTAMP_MS,
     };
-    let signed = challenge.signed_message(&p.account, DeviceId(1));
+    // The header answers the challenge for one HTTP request (§13.2 step 4).
+    let (method, path) = ("PUT", "/v1/push");
+    let request_body = PushRegistration {
+        provider: PushProvider::Fcm,
+        token: b"token".to_vec(),
+    }
+    .encode();
+    let binding = http_auth_binding(&challenge.nonce, method, path, &request_body);
+    let signed = challenge.signed_http_message(&p.account, DeviceId(1), method, path, &request_body);
     let auth = AuthResponse {
         account_id: p.account,
         device_id: DeviceId(1),
         nonce: challenge.nonce,
         signature: p
             .device
-            .sign_relay_auth(&challenge.relay_id, &challenge.nonce, challenge.timestamp_ms),
+            .sign_relay_auth(&challenge.relay_id, &binding, challenge.timestamp_ms),
     };
     let envelope_a = bytes(rng, 40);
     let envelope_b = bytes(rng, 3);
     let frames: Vec<(&str, Frame)> = vec![
         ("Challenge", Frame::Challenge(challenge.clone())),
         ("AuthResponse", Frame::AuthResponse(auth.clone())),
-        ("AuthOk", Frame::AuthOk),
+        (
+            "AuthOk",
+            Frame::AuthOk {
+                mailbox_epoch: core::array::from_fn(|i| 0xe0 + i as u8),
+            },
+        ),
         (
             "Send",
             Frame::Send(sotto_proto::Send {
@@ -426,6 +442,10 @@ fn generate() -> Value {
 
     let authorization = json!({
         "fields": auth_json(&auth),
+        "method": method,
+        "path": path,
+        "body": h(&request_body),
+        "binding": h(&binding),
         "signed_message": h(&signed),
         "header": authorization_header(&auth),
     });
@@ -440,7 +460,8 @@ fn generate() -> Value {
         frame_fail(vec![2, 0x03], "version byte 0x02"),
         frame_fail(vec![1, 0xee], "unknown frame type"),
         frame_fail(vec![1, 0x14, 0, 0, 0], "Ack cut short"),
-        frame_fail(vec![1, 0x03, 0], "AuthOk with a trailing byte"),
+        frame_fail([&[1u8, 0x03][..], &[0; 17]].concat(), "AuthOk with a trailing byte"),
+        frame_fail(vec![1, 0x03, 0], "AuthOk with a truncated epoch"),
         frame_fail(vec![1, 0x11, 0, 0, 0, 0, 0, 0, 0, 1, 3], "unknown send outcome"),
         frame_fail(too_many, "Send with 4097 recipients"),
         frame_fail(big_envelope, "Deliver with an envelope length of 2^20 + 1"),
@@ -491,7 +512,7 @@ fn generate() -> Value {
     }
 
     json!({
-        "description": "Relay protocol vectors (docs/protocol.md §13), encoded by sotto-proto. `frames`: WebSocket frames with their type byte and decoded fields; `bodies`: HTTP bodies with their decoded fields; `authorization`: an AuthResponse, the message its signature covers and the Authorization header value; `failures`: inputs that MUST fail to decode with the stable error given (docs/protocol.md §12.2). Byte strings are hex; envelopes, payloads and the device lists of DeviceMismatch and DeviceListBody are opaque here. Field meanings: docs/protocol.md §12.",
+        "description": "Relay protocol vectors (docs/protocol.md §13), encoded by sotto-proto. `frames`: WebSocket frames with their type byte and decoded fields; `bodies`: HTTP bodies with their decoded fields; `authorization`: an AuthResponse answering the challenge frame for the HTTP request `method path` with `body`, the request binding that replaces the nonce in the signed message (docs/protocol.md §13.2), the message its signature covers and the Authorization header value; `failures`: inputs that MUST fail to decode with the stable error given (docs/protocol.md §12.2). Byte strings are hex; envelopes, payloads and the device lists of DeviceMismatch and DeviceListBody are opaque here. Field meanings: docs/protocol.md §12.",
         "relay_url": RELAY_URL,
         "frames": frames,
         "bodies": bodies,
@@ -597,8 +618,18 @@ fn relay_vectors_replay() {
     assert_eq!(authorization_header(&auth), a["header"].as_str().unwrap());
     assert_eq!(parse_authorization(a["header"].as_str().unwrap()).unwrap(), auth);
     let challenge = v["frames"][0]["fields"].clone();
+    let (method, path, body) = (
+        a["method"].as_str().unwrap(),
+        a["path"].as_str().unwrap(),
+        hx(&a["body"]),
+    );
+    let c = challenge_from(&challenge);
     assert_eq!(
-        h(&challenge_from(&challenge).signed_message(&auth.account_id, auth.device_id)),
+        h(&http_auth_binding(&c.nonce, method, path, &body)),
+        a["binding"].as_str().unwrap()
+    );
+    assert_eq!(
+        h(&c.signed_http_message(&auth.account_id, auth.device_id, method, path, &body)),
         a["signed_message"].as_str().unwrap()
     );
     assert_eq!(a32(&challenge["relay_id"]), relay_id(v["relay_url"].as_str().unwrap()));

@@ -138,6 +138,9 @@ pub struct Limits {
     pub max_recipients: usize,
     /// Most envelopes waiting in one mailbox (`MAILBOX_FULL`).
     pub max_mailbox_depth: u32,
+    /// Most envelope bytes waiting in one mailbox (`MAILBOX_FULL`); at least
+    /// `max_envelope_bytes`.
+    pub max_mailbox_bytes: u64,
     /// How long an undelivered envelope is kept, seconds.
     pub envelope_ttl_secs: u64,
     /// Largest HTTP request body (`BODY_TOO_LARGE`).
@@ -237,6 +240,27 @@ pub struct Limits {
     /// Most addresses the per-address rate limiters track; idle ones are forgotten every
     /// few seconds, and while the table is full new work is `BUSY`.
     pub max_tracked_addrs: usize,
+    /// Prekey bundle requests per minute for one requesting account, sustained
+    /// (`RATE_LIMITED`).
+    pub bundles_per_minute_per_requester: u32,
+    /// Burst of bundle requests for one requesting account.
+    pub bundles_burst_per_requester: u32,
+    /// Bundle requests per minute, from anyone, that may take one-time prekeys of one
+    /// target account, sustained. Beyond it the relay still answers, with bundles that
+    /// carry the last-resort ML-KEM prekey and no one-time prekey, so a drain stops
+    /// consuming one-time prekeys while honest senders still get bundles.
+    pub one_time_bundles_per_minute_per_target: u32,
+    /// Burst of one-time bundle requests for one target account.
+    pub one_time_bundles_burst_per_target: u32,
+    /// Account registrations (first device-list upload) per minute for one address,
+    /// sustained (`RATE_LIMITED`).
+    pub registrations_per_minute_per_addr: u32,
+    /// Burst of registrations for one address.
+    pub registrations_burst_per_addr: u32,
+    /// Account registrations per minute in total, sustained (`RATE_LIMITED`).
+    pub registrations_per_minute_total: u32,
+    /// Burst of registrations in total.
+    pub registrations_burst_total: u32,
 }
 
 impl Default for Limits {
@@ -245,6 +269,7 @@ impl Default for Limits {
             max_envelope_bytes: 256 * 1024,
             max_recipients: 1024,
             max_mailbox_depth: 10_000,
+            max_mailbox_bytes: 64 << 20,
             envelope_ttl_secs: 30 * 24 * 3600,
             max_body_bytes: 512 * 1024,
             max_frame_bytes: 4 * 1024 * 1024,
@@ -284,6 +309,14 @@ impl Default for Limits {
             addr_rate_bytes_per_second: 4 << 20,
             addr_rate_bytes_burst: 16 << 20,
             max_tracked_addrs: 100_000,
+            bundles_per_minute_per_requester: 120,
+            bundles_burst_per_requester: 60,
+            one_time_bundles_per_minute_per_target: 60,
+            one_time_bundles_burst_per_target: 100,
+            registrations_per_minute_per_addr: 10,
+            registrations_burst_per_addr: 30,
+            registrations_per_minute_total: 600,
+            registrations_burst_total: 1_200,
         }
     }
 }
@@ -462,7 +495,7 @@ impl Config {
     /// Checks the limits against the protocol's hard bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let checks: [(bool, &'static str, &'static str); 20] = [
+        let checks: [(bool, &'static str, &'static str); 25] = [
             (
                 l.max_envelope_bytes <= sotto_proto::limits::MAX_ENVELOPE_LEN,
                 "limits.max_envelope_bytes",
@@ -517,6 +550,31 @@ impl Config {
             (
                 l.challenge_rate_total >= 1 && l.challenge_burst_total >= 1,
                 "limits.challenge_rate_total",
+                "rate and burst must be at least 1",
+            ),
+            (
+                l.max_mailbox_bytes >= l.max_envelope_bytes as u64,
+                "limits.max_mailbox_bytes",
+                "must be at least max_envelope_bytes",
+            ),
+            (
+                l.bundles_per_minute_per_requester >= 1 && l.bundles_burst_per_requester >= 1,
+                "limits.bundles_per_minute_per_requester",
+                "rate and burst must be at least 1",
+            ),
+            (
+                l.one_time_bundles_per_minute_per_target >= 1 && l.one_time_bundles_burst_per_target >= 1,
+                "limits.one_time_bundles_per_minute_per_target",
+                "rate and burst must be at least 1",
+            ),
+            (
+                l.registrations_per_minute_per_addr >= 1 && l.registrations_burst_per_addr >= 1,
+                "limits.registrations_per_minute_per_addr",
+                "rate and burst must be at least 1",
+            ),
+            (
+                l.registrations_per_minute_total >= 1 && l.registrations_burst_total >= 1,
+                "limits.registrations_per_minute_total",
                 "rate and burst must be at least 1",
             ),
             (

@@ -54,6 +54,7 @@ impl From<StorageError> for AppError {
 pub fn code_of(e: &StorageError) -> ErrorCode {
     match e {
         StorageError::StaleDeviceList { .. } => ErrorCode::STALE_DEVICE_LIST,
+        StorageError::VersionJump { .. } => ErrorCode::VERSION_JUMP,
         StorageError::UnknownAccount => ErrorCode::UNKNOWN_ACCOUNT,
         StorageError::UnknownDevice => ErrorCode::UNKNOWN_DEVICE,
         StorageError::NoPreKeys => ErrorCode::NO_PREKEYS,

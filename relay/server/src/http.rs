@@ -5,8 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sotto_crypto::{AccountId, DeviceId, SignedDeviceList};
@@ -58,31 +57,71 @@ fn wire<T: WireBody>(status: StatusCode, body: &T) -> Response {
         .into_response()
 }
 
-/// A device authenticated by the `Authorization: Sotto-v1 …` header: an answer to a
-/// challenge from `GET /v1/auth/challenge`, which it consumes.
-pub(crate) struct AuthedDevice {
+/// A request authenticated by the `Authorization: Sotto-v1 …` header, with its decoded
+/// body: an answer to a challenge from `GET /v1/auth/challenge`, which it consumes,
+/// signed over the request's method, path and body hash
+/// ([`sotto_proto::http_auth_binding`]), so a header answered for one request fails on
+/// any other.
+pub(crate) struct Authed<T> {
     pub(crate) account: AccountId,
     pub(crate) device: DeviceId,
+    pub(crate) body: T,
 }
 
-impl FromRequestParts<Shared> for AuthedDevice {
+/// What an authenticated request carries: [`NoBody`] or a decoded wire body.
+pub(crate) trait AuthedBody: Sized {
+    fn from_bytes(bytes: &[u8]) -> Result<Self, AppError>;
+}
+
+/// A request without a body (one sent anyway is still bound by the signature).
+pub(crate) struct NoBody;
+
+impl AuthedBody for NoBody {
+    fn from_bytes(_: &[u8]) -> Result<Self, AppError> {
+        Ok(NoBody)
+    }
+}
+
+impl<T: WireBody> AuthedBody for Wire<T> {
+    fn from_bytes(bytes: &[u8]) -> Result<Self, AppError> {
+        T::decode(bytes).map(Wire).map_err(|e| AppError(decode_code(&e)))
+    }
+}
+
+impl<T: AuthedBody> FromRequest<Shared> for Authed<T> {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or(AppError(ErrorCode::AUTH_REQUIRED))?
-            .to_str()
-            .map_err(|_| AppError(ErrorCode::AUTH_REQUIRED))?;
-        let resp = parse_authorization(value).map_err(|_| AppError(ErrorCode::AUTH_REQUIRED))?;
-        if let Err(code) = state.verify_http_auth(&resp).await {
+    async fn from_request(req: Request, state: &Shared) -> Result<Self, Self::Rejection> {
+        let resp = {
+            let value = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .ok_or(AppError(ErrorCode::AUTH_REQUIRED))?
+                .to_str()
+                .map_err(|_| AppError(ErrorCode::AUTH_REQUIRED))?;
+            parse_authorization(value).map_err(|_| AppError(ErrorCode::AUTH_REQUIRED))?
+        };
+        let method = req.method().as_str().to_owned();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                AppError(ErrorCode::BODY_TOO_LARGE)
+            } else {
+                AppError(ErrorCode::MALFORMED)
+            }
+        })?;
+        let binding = sotto_proto::http_auth_binding(&resp.nonce, &method, &path, &bytes);
+        if let Err(code) = state.verify_http_auth(&resp, &binding).await {
             inc(&state.metrics.auth_failures_total, 1);
             return Err(AppError(code));
         }
         Ok(Self {
             account: resp.account_id,
             device: resp.device_id,
+            body: T::from_bytes(&bytes)?,
         })
     }
 }
@@ -167,6 +206,7 @@ pub(crate) async fn challenge(
 /// The list must verify against the account id in the path; versions only grow.
 pub(crate) async fn put_device_list(
     State(state): State<Shared>,
+    conn: Option<axum::Extension<Arc<crate::net::ConnInfo>>>,
     Path(account): Path<String>,
     Wire(body): Wire<DeviceListBody>,
 ) -> Result<StatusCode, AppError> {
@@ -177,9 +217,16 @@ pub(crate) async fn put_device_list(
         _ => AppError(ErrorCode::BAD_DEVICE_LIST),
     })?;
     if list.version() > i64::MAX as u64 {
-        return Err(AppError(ErrorCode::BAD_DEVICE_LIST));
+        // Unstorable (versions are signed 64-bit in the database), and in any case far
+        // beyond MAX_VERSION_STEP of any version a registration can reach.
+        return Err(AppError(ErrorCode::VERSION_JUMP));
     }
     let before = state.store.device_list(&account).await?;
+    if before.is_none() {
+        // A registration: free, so rate limited per address and in total.
+        let addr = conn.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.key);
+        state.charge_registration(addr)?;
+    }
     match state.store.put_device_list(&list).await? {
         PutDeviceList::Created => Ok(StatusCode::CREATED),
         PutDeviceList::Updated => {
@@ -214,22 +261,22 @@ pub(crate) async fn get_device_list(
 /// `PUT /v1/prekeys` (authenticated): upload or replenish the device's prekeys.
 pub(crate) async fn put_prekeys(
     State(state): State<Shared>,
-    auth: AuthedDevice,
-    Wire(upload): Wire<PreKeyUpload>,
+    auth: Authed<Wire<PreKeyUpload>>,
 ) -> Result<StatusCode, AppError> {
+    let Wire(upload) = &auth.body;
     let keys = state
         .store
         .device_keys(&auth.account, auth.device)
         .await?
         .ok_or(AppError(ErrorCode::UNKNOWN_DEVICE))?;
-    verify_prekeys(auth.device, &keys.signing_key, &upload).map_err(|_| AppError(ErrorCode::BAD_PREKEY))?;
+    verify_prekeys(auth.device, &keys.signing_key, upload).map_err(|_| AppError(ErrorCode::BAD_PREKEY))?;
     state
         .store
         .put_prekeys(
             &auth.account,
             auth.device,
             &keys.signing_key,
-            &upload,
+            upload,
             state.config.limits.max_one_time_prekeys,
         )
         .await?;
@@ -237,46 +284,52 @@ pub(crate) async fn put_prekeys(
 }
 
 /// `GET /v1/prekeys/count` (authenticated).
-pub(crate) async fn prekey_count(State(state): State<Shared>, auth: AuthedDevice) -> Result<Response, AppError> {
+pub(crate) async fn prekey_count(State(state): State<Shared>, auth: Authed<NoBody>) -> Result<Response, AppError> {
     let counts = state.store.prekey_counts(&auth.account, auth.device).await?;
     Ok(wire(StatusCode::OK, &counts))
 }
 
-/// `GET /v1/accounts/{account}/bundles` (authenticated): a bundle for every device.
+/// `GET /v1/accounts/{account}/bundles` (authenticated): a bundle for every device, in
+/// one write transaction, within the requester's and the target's rates.
 pub(crate) async fn bundles(
     State(state): State<Shared>,
-    _auth: AuthedDevice,
     Path(account): Path<String>,
+    auth: Authed<NoBody>,
 ) -> Result<Response, AppError> {
     let account = account_from_path(&account)?;
-    let bundles = state.store.take_bundles(&account).await?;
+    let one_time = state.charge_bundle(&auth.account, &account)?;
+    let bundles = state.store.take_bundles_with(&account, None, one_time).await?;
     Ok(wire(StatusCode::OK, &Bundles { bundles }))
 }
 
 /// `GET /v1/accounts/{account}/bundles/{device}` (authenticated).
 pub(crate) async fn bundle(
     State(state): State<Shared>,
-    _auth: AuthedDevice,
     Path((account, device)): Path<(String, String)>,
+    auth: Authed<NoBody>,
 ) -> Result<Response, AppError> {
     let account = account_from_path(&account)?;
     let device = device.parse::<u32>().map_err(|_| AppError(ErrorCode::MALFORMED))?;
-    let bundle = state.store.take_bundle(&account, DeviceId(device)).await?;
-    Ok(wire(StatusCode::OK, &Bundles { bundles: vec![bundle] }))
+    let one_time = state.charge_bundle(&auth.account, &account)?;
+    let bundles = state
+        .store
+        .take_bundles_with(&account, Some(DeviceId(device)), one_time)
+        .await?;
+    Ok(wire(StatusCode::OK, &Bundles { bundles }))
 }
 
 /// `PUT /v1/push` (authenticated): store the device's push registration.
 pub(crate) async fn put_push(
     State(state): State<Shared>,
-    auth: AuthedDevice,
-    Wire(reg): Wire<PushRegistration>,
+    auth: Authed<Wire<PushRegistration>>,
 ) -> Result<StatusCode, AppError> {
-    state.store.put_push(&auth.account, auth.device, &reg).await?;
+    let Wire(reg) = &auth.body;
+    state.store.put_push(&auth.account, auth.device, reg).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `DELETE /v1/push` (authenticated).
-pub(crate) async fn delete_push(State(state): State<Shared>, auth: AuthedDevice) -> Result<StatusCode, AppError> {
+pub(crate) async fn delete_push(State(state): State<Shared>, auth: Authed<NoBody>) -> Result<StatusCode, AppError> {
     state.store.delete_push(&auth.account, auth.device).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -263,6 +263,10 @@ async fn expiry_loop(state: Arc<AppState>) {
                 let _ = error::code_of(&e);
             }
         }
+        // Old page images of acked and expired envelopes leave the WAL.
+        if let Err(e) = state.store.checkpoint().await {
+            let _ = error::code_of(&e);
+        }
         // The fullest mailbox (and the exact total) once per run, not per scrape.
         if let Ok((total, max)) = state.store.mailbox_totals().await {
             let m = &state.metrics;

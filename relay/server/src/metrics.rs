@@ -49,6 +49,12 @@ metrics! {
     counter anonymous_closed_total;
     /// HTTP challenges refused by the rate limits.
     counter challenges_refused_total;
+    /// Bundle requests refused by the per-requester rate limit.
+    counter bundles_refused_total;
+    /// Bundle requests answered without one-time prekeys: the target account's one-time rate was spent.
+    counter bundles_without_one_time_total;
+    /// Account registrations refused by the per-address or total rate limit.
+    counter registrations_refused_total;
     /// Sends refused because the relay-wide in-flight byte budget was spent.
     counter inflight_budget_refused_total;
     /// Envelopes that went to the database instead of a live queue (queue full or live-queue budget spent).

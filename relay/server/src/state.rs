@@ -51,6 +51,9 @@ pub struct AppState {
     pub(crate) conns: Arc<crate::net::Conns>,
     /// Envelope bytes of sends read and not yet answered.
     pub(crate) inflight: Arc<Budget>,
+    /// 32 bytes of OS randomness drawn at start: part of every mailbox epoch, so the
+    /// epochs change on every start (and so after every database restore).
+    boot: Zeroizing<[u8; 32]>,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -65,6 +68,10 @@ pub(crate) struct Guards {
     challenge_total: DefaultDirectRateLimiter,
     addr_envelopes: Keyed,
     addr_bytes: Keyed,
+    bundle_requester: DefaultKeyedRateLimiter<AccountId>,
+    bundle_target: DefaultKeyedRateLimiter<AccountId>,
+    register_addr: Keyed,
+    register_total: DefaultDirectRateLimiter,
 }
 
 impl std::fmt::Debug for Guards {
@@ -73,6 +80,12 @@ impl std::fmt::Debug for Guards {
             .field("used", &lock(&self.used).len())
             .finish_non_exhaustive()
     }
+}
+
+/// `rate` per minute, sustained, with `burst`.
+fn quota_per_minute(rate: u32, burst: u32) -> Quota {
+    let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+    Quota::per_minute(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
 }
 
 fn quota(rate: u32, burst: u32) -> Quota {
@@ -94,6 +107,22 @@ impl Guards {
             challenge_total: RateLimiter::direct(quota(l.challenge_rate_total, l.challenge_burst_total)),
             addr_envelopes: RateLimiter::keyed(quota(l.addr_rate_per_second, l.addr_rate_burst)),
             addr_bytes: RateLimiter::keyed(quota(l.addr_rate_bytes_per_second, l.addr_rate_bytes_burst)),
+            bundle_requester: RateLimiter::keyed(quota_per_minute(
+                l.bundles_per_minute_per_requester,
+                l.bundles_burst_per_requester,
+            )),
+            bundle_target: RateLimiter::keyed(quota_per_minute(
+                l.one_time_bundles_per_minute_per_target,
+                l.one_time_bundles_burst_per_target,
+            )),
+            register_addr: RateLimiter::keyed(quota_per_minute(
+                l.registrations_per_minute_per_addr,
+                l.registrations_burst_per_addr,
+            )),
+            register_total: RateLimiter::direct(quota_per_minute(
+                l.registrations_per_minute_total,
+                l.registrations_burst_total,
+            )),
         }
     }
 
@@ -109,7 +138,16 @@ impl Guards {
 
     /// Forgets idle per-address limiter state and expired used nonces.
     pub(crate) fn housekeeping(&self, ttl_ms: u64) {
-        for k in [&self.challenge_addr, &self.addr_envelopes, &self.addr_bytes] {
+        for k in [
+            &self.challenge_addr,
+            &self.addr_envelopes,
+            &self.addr_bytes,
+            &self.register_addr,
+        ] {
+            k.retain_recent();
+            k.shrink_to_fit();
+        }
+        for k in [&self.bundle_requester, &self.bundle_target] {
             k.retain_recent();
             k.shrink_to_fit();
         }
@@ -118,9 +156,14 @@ impl Guards {
     }
 }
 
-/// Charges `n` to `key`'s bucket; while the limiter tracks `cap` addresses (after
-/// forgetting idle ones) it refuses with `BUSY`.
-fn charge_keyed(lim: &Keyed, key: &IpAddr, n: usize, cap: usize) -> Result<(), ErrorCode> {
+/// Charges `n` to `key`'s bucket; while the limiter tracks `cap` keys (after forgetting
+/// idle ones) it refuses with `BUSY`.
+fn charge_keyed<K: Clone + Eq + std::hash::Hash>(
+    lim: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+    n: usize,
+    cap: usize,
+) -> Result<(), ErrorCode> {
     let Some(n) = NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)) else {
         return Ok(());
     };
@@ -216,7 +259,13 @@ impl AppState {
         let conns = crate::net::Conns::new(&config.limits);
         let inflight = Budget::new(config.limits.max_inflight_send_bytes);
         let writer = Writer::spawn(&store, hub.clone(), metrics.clone());
+        let mut boot = Zeroizing::new([0u8; 32]);
+        if getrandom::getrandom(&mut boot[..]).is_err() {
+            // The epoch would then not change on restart: say so loudly.
+            tracing::error!("no OS randomness for the mailbox epoch");
+        }
         Arc::new(Self {
+            boot,
             config,
             store,
             relay_id,
@@ -281,9 +330,11 @@ impl AppState {
     }
 
     /// Checks an answer to an HTTP challenge: a nonce this process made (its tag verifies,
-    /// in constant time), fresh, not used before, signed by the device's current DSK. A
-    /// verified nonce is remembered as used until it expires.
-    pub(crate) async fn verify_http_auth(&self, resp: &AuthResponse) -> Result<(), ErrorCode> {
+    /// in constant time), fresh, not used before, signed by the device's current DSK over
+    /// the auth message whose nonce is `binding` (the challenge nonce bound to the
+    /// request's method, path and body, [`sotto_proto::http_auth_binding`]). A verified
+    /// nonce is remembered as used until it expires.
+    pub(crate) async fn verify_http_auth(&self, resp: &AuthResponse, binding: &[u8; 32]) -> Result<(), ErrorCode> {
         let g = &self.guards;
         g.tag(&self.relay_id, &resp.nonce[..16])?
             .verify_truncated_left(&resp.nonce[16..])
@@ -298,7 +349,7 @@ impl AppState {
         if lock(&g.used).contains_key(&resp.nonce) {
             return Err(ErrorCode::CHALLENGE_UNKNOWN);
         }
-        self.verify_auth(&challenge, resp).await?;
+        let _ = self.verify_auth(&challenge, resp, Some(binding)).await?;
         let ttl_ms = self.config.limits.challenge_ttl_secs.saturating_mul(1000);
         let mut used = lock(&g.used);
         if used.len() >= self.config.limits.max_pending_challenges {
@@ -312,6 +363,54 @@ impl AppState {
             return Err(ErrorCode::CHALLENGE_UNKNOWN);
         }
         Ok(())
+    }
+
+    /// The epoch of a mailbox whose device row has `registration`:
+    /// `SHA-256("Sotto-v1 mailbox epoch" ‖ boot (32) ‖ registration (16))[..16]`.
+    pub(crate) fn mailbox_epoch(&self, registration: &[u8; 16]) -> [u8; 16] {
+        use sha2::Digest;
+        let mut h = Sha256::new();
+        h.update(b"Sotto-v1 mailbox epoch");
+        h.update(&self.boot[..]);
+        h.update(registration);
+        let d = h.finalize();
+        let mut e = [0u8; 16];
+        e.copy_from_slice(&d[..16]);
+        e
+    }
+
+    /// Charges a bundle request by `requester` for `target`'s devices: `RATE_LIMITED`
+    /// when the requester's rate is spent. Returns whether the request may take one-time
+    /// prekeys: false once `target`'s one-time rate is spent (the bundles then carry the
+    /// last-resort key and no one-time prekey), so a drain from any number of requesters
+    /// takes at most that many one-time prekeys per device.
+    pub(crate) fn charge_bundle(&self, requester: &AccountId, target: &AccountId) -> Result<bool, ErrorCode> {
+        let cap = self.config.limits.max_tracked_addrs;
+        let g = &self.guards;
+        if let Err(code) = charge_keyed(&g.bundle_requester, requester, 1, cap) {
+            crate::metrics::inc(&self.metrics.bundles_refused_total, 1);
+            return Err(code);
+        }
+        match charge_keyed(&g.bundle_target, target, 1, cap) {
+            Ok(()) => Ok(true),
+            Err(ErrorCode::BUSY) => Err(ErrorCode::BUSY),
+            Err(_) => {
+                crate::metrics::inc(&self.metrics.bundles_without_one_time_total, 1);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Charges an account registration from `addr`, per address and in total
+    /// (`RATE_LIMITED`).
+    pub(crate) fn charge_registration(&self, addr: IpAddr) -> Result<(), ErrorCode> {
+        let cap = self.config.limits.max_tracked_addrs;
+        let g = &self.guards;
+        let r = charge_keyed(&g.register_addr, &addr, 1, cap).and_then(|()| charge_direct(&g.register_total, 1));
+        if r.is_err() {
+            crate::metrics::inc(&self.metrics.registrations_refused_total, 1);
+        }
+        r
     }
 
     /// A connection's own rate limiter.
@@ -340,8 +439,14 @@ impl AppState {
         charge_keyed(&g.addr_bytes, &addr, bytes, cap)
     }
 
-    /// Checks an answer to `challenge`: fresh, and signed by the device's current DSK.
-    pub(crate) async fn verify_auth(&self, challenge: &Challenge, resp: &AuthResponse) -> Result<(), ErrorCode> {
+    /// Checks an answer to `challenge`: fresh, and signed by the device's current DSK (over
+    /// the challenge's nonce, or over `binding` in its place for an HTTP request).
+    pub(crate) async fn verify_auth(
+        &self,
+        challenge: &Challenge,
+        resp: &AuthResponse,
+        binding: Option<&[u8; 32]>,
+    ) -> Result<crate::storage::DeviceKeys, ErrorCode> {
         let age = now_ms().saturating_sub(challenge.timestamp_ms);
         if age > self.config.limits.challenge_ttl_secs.saturating_mul(1000) {
             return Err(ErrorCode::CHALLENGE_EXPIRED);
@@ -355,7 +460,17 @@ impl AppState {
             .await
             .map_err(|e| crate::error::code_of(&e))?
             .ok_or(ErrorCode::AUTH_FAILED)?;
-        verify_signature(&keys.signing_key, challenge, resp)
+        match binding {
+            None => verify_signature(&keys.signing_key, challenge, resp)?,
+            Some(bound) => {
+                let signed = Challenge {
+                    nonce: *bound,
+                    ..challenge.clone()
+                };
+                verify_signature(&keys.signing_key, &signed, resp)?;
+            }
+        }
+        Ok(keys)
     }
 }
 

@@ -4,7 +4,7 @@
 //! ```text
 //! relay  → Challenge
 //! client → AuthResponse            (within challenge_ttl; otherwise the socket closes)
-//! relay  → AuthOk | Error + close
+//! relay  → AuthOk (mailbox epoch) | Error + close
 //! relay  → Deliver*  QueueEmpty    (the stored backlog, at most deliver_window unacked)
 //! then, in any order: Send → SendResult, Ack, Ephemeral, Deliver (live), EphemeralDeliver
 //!
@@ -271,9 +271,10 @@ where
             Some(Err(e)) => return Err(read_failed(state, socket, e).await),
         }
     };
-    match state.verify_auth(&challenge, &resp).await {
-        Ok(()) => {
-            send_frame(socket, &Frame::AuthOk).await?;
+    match state.verify_auth(&challenge, &resp, None).await {
+        Ok(keys) => {
+            let mailbox_epoch = state.mailbox_epoch(&keys.registration);
+            send_frame(socket, &Frame::AuthOk { mailbox_epoch }).await?;
             Ok(Opened::Device(resp.account_id, resp.device_id))
         }
         Err(code) => {
@@ -774,8 +775,11 @@ async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, se
     let params = SendParams {
         sender,
         now_s: now - now % 60,
-        expires_at_s: now.saturating_add(limits.envelope_ttl_secs),
+        // Coarse like received_at_s: an exact second would tell which envelopes were
+        // stored together.
+        expires_at_s: (now - now % 60).saturating_add(limits.envelope_ttl_secs),
         max_mailbox_depth: limits.max_mailbox_depth,
+        max_mailbox_bytes: limits.max_mailbox_bytes,
     };
     let started = std::time::Instant::now();
     let stored = state.writer.send(params, send.recipients).await;

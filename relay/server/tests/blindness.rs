@@ -180,26 +180,22 @@ async fn blindness(url: String, dump: fn(String) -> futures_util::future::BoxFut
         assert_eq!(relay.register(a).await, StatusCode::CREATED);
         for d in &a.devices {
             let up = d.prekeys(&mut r, 1, 3, 2);
-            let (status, _) = relay
-                .http(Method::PUT, "/v1/prekeys", Some(relay.auth(d).await), up.encode())
-                .await;
+            let (status, _) = relay.authed(d, Method::PUT, "/v1/prekeys", up.encode()).await;
             assert_eq!(status, StatusCode::NO_CONTENT);
             let reg = PushRegistration {
                 provider: PushProvider::Webhook,
                 token: format!("https://push.example/{}", d.id().0).into_bytes(),
             };
-            let (status, _) = relay
-                .http(Method::PUT, "/v1/push", Some(relay.auth(d).await), reg.encode())
-                .await;
+            let (status, _) = relay.authed(d, Method::PUT, "/v1/push", reg.encode()).await;
             assert_eq!(status, StatusCode::NO_CONTENT);
         }
     }
     // Alice fetches Bob's bundles, as a sender would before a first message.
     let (status, _) = relay
-        .http(
+        .authed(
+            &alice.devices[0],
             Method::GET,
             &format!("/v1/accounts/{}/bundles", bob.id()),
-            Some(relay.auth(&alice.devices[0]).await),
             vec![],
         )
         .await;

@@ -114,7 +114,9 @@ async fn any_origin_by_default() {
     assert_eq!(a.allow_origin(), Some("*"));
 
     // Authenticated, as a browser would send it.
-    let auth = relay.auth(&alice.devices[0]).await;
+    let auth = relay
+        .auth(&alice.devices[0], &Method::GET, "/v1/prekeys/count", &[])
+        .await;
     let a = request(
         &relay,
         Method::GET,

@@ -121,7 +121,7 @@ async fn send_to(ws: &mut Ws, message_id: u64, recipients: Vec<Recipient>) -> Se
 /// The honest client still works: an authenticated HTTP request, a WebSocket session with a
 /// send from `a` to `b` and its delivery.
 async fn honest_works(relay: &Relay, a: &TestAccount, b: &TestAccount, id: u64) {
-    let auth = relay.auth(&a.devices[0]).await;
+    let auth = relay.auth(&a.devices[0], &Method::GET, "/v1/prekeys/count", &[]).await;
     let (status, _) = relay.http(Method::GET, "/v1/prekeys/count", Some(auth), vec![]).await;
     assert_eq!(status, StatusCode::OK, "authenticated request");
     let mut wa = relay.connect(&a.devices[0]).await;
@@ -171,7 +171,7 @@ async fn challenge_flood(url: String) {
     }
     assert!(limited > 100, "only {limited} of 200 challenges refused");
     for i in 0..10 {
-        let auth = relay.auth(&a.devices[0]).await;
+        let auth = relay.auth(&a.devices[0], &Method::GET, "/v1/prekeys/count", &[]).await;
         let (status, body) = relay.http(Method::GET, "/v1/prekeys/count", Some(auth), vec![]).await;
         assert_eq!(
             status,
@@ -187,7 +187,7 @@ async fn challenge_flood(url: String) {
 async fn challenge_replay(url: String) {
     let relay = Relay::start(&url, |_| {}).await;
     let (a, _) = two_accounts(&relay, 2).await;
-    let auth = relay.auth(&a.devices[0]).await;
+    let auth = relay.auth(&a.devices[0], &Method::GET, "/v1/prekeys/count", &[]).await;
     let (status, _) = relay
         .http(Method::GET, "/v1/prekeys/count", Some(auth.clone()), vec![])
         .await;

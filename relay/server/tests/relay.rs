@@ -58,6 +58,72 @@ async fn register_all(relay: &Relay, accounts: &[&TestAccount]) {
     }
 }
 
+/// Uploads a signed prekey and a last-resort ML-KEM prekey for `d`: it becomes reachable
+/// (a bundle can be made for it), so the device-set rule no longer lets a send leave it out.
+async fn make_reachable(relay: &Relay, d: &TestDevice, r: &mut rand_chacha::ChaCha20Rng) {
+    let up = d.prekeys(r, 1, 0, 0);
+    let (status, _) = relay.authed(d, Method::PUT, "/v1/prekeys", up.encode()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+/// Finding 2, relay side: a send must name every reachable device of an account (one a
+/// bundle can be made for: a bundle request would not answer `NO_PREKEYS`) and may leave
+/// out the others,
+/// on authenticated and anonymous connections alike; it may name only listed devices.
+async fn device_set_rule_lets_unreachable_devices_out(url: String) {
+    let mut relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(2);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 3);
+    register_all(&relay, &[&alice, &bob]).await;
+    let (b1, b2, b3) = (&bob.devices[0], &bob.devices[1], &bob.devices[2]);
+    make_reachable(&relay, b1, &mut r).await;
+    make_reachable(&relay, b2, &mut r).await;
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
+    let mismatch = SendOutcome::DeviceMismatch {
+        device_lists: vec![bob.list.signed().as_bytes().to_vec()],
+    };
+    // b3 never uploaded prekeys: it may be left out, or named.
+    let without_b3 = to_devices(&bob, Some(b3.id()), b"x");
+    assert!(matches!(
+        send_to(&mut wa, 1, without_b3.clone()).await,
+        SendOutcome::Stored { .. }
+    ));
+    assert!(matches!(
+        send_to(&mut wa, 2, to_devices(&bob, None, b"x")).await,
+        SendOutcome::Stored { .. }
+    ));
+    let mut anon = relay.open_anonymous().await;
+    assert!(matches!(
+        send_anon(&mut anon, 3, without_b3.clone()).await,
+        SendOutcome::Stored { .. }
+    ));
+    // A reachable device may not be left out.
+    assert_eq!(
+        send_to(&mut wa, 4, to_devices(&bob, Some(b2.id()), b"x")).await,
+        mismatch
+    );
+    assert_eq!(
+        send_anon(&mut anon, 5, to_devices(&bob, Some(b2.id()), b"x")).await,
+        mismatch
+    );
+    // A device that is not listed may not be named.
+    let mut extra = to_devices(&bob, None, b"x");
+    extra.push(Recipient {
+        account_id: bob.id(),
+        device_id: DeviceId(9),
+        envelope: b"x".to_vec(),
+    });
+    assert_eq!(send_to(&mut wa, 6, extra).await, mismatch);
+    // Once b3 holds prekeys it must be named.
+    make_reachable(&relay, b3, &mut r).await;
+    assert_eq!(send_to(&mut wa, 7, without_b3.clone()).await, mismatch);
+    assert_eq!(send_anon(&mut anon, 8, without_b3).await, mismatch);
+    drop((wa, anon));
+    relay.stop().await;
+}
+
 async fn registration(url: String) {
     let relay = Relay::start(&url, |_| {}).await;
     let mut r = rng(10);
@@ -178,7 +244,7 @@ async fn authentication(url: String) {
         (status, error_code(&body)),
         (StatusCode::UNAUTHORIZED, ErrorCode::AUTH_REQUIRED)
     );
-    let h = relay.auth(d1).await;
+    let h = relay.auth(d1, &Method::GET, "/v1/prekeys/count", &[]).await;
     let (status, _) = relay
         .http(Method::GET, "/v1/prekeys/count", Some(h.clone()), vec![])
         .await;
@@ -188,7 +254,7 @@ async fn authentication(url: String) {
         (status, error_code(&body)),
         (StatusCode::UNAUTHORIZED, ErrorCode::CHALLENGE_UNKNOWN)
     );
-    let h = relay.auth(&stranger).await;
+    let h = relay.auth(&stranger, &Method::GET, "/v1/prekeys/count", &[]).await;
     let (_, body) = relay.http(Method::GET, "/v1/prekeys/count", Some(h), vec![]).await;
     assert_eq!(error_code(&body), ErrorCode::AUTH_FAILED);
 
@@ -204,6 +270,204 @@ async fn authentication(url: String) {
     assert_eq!(recv(&mut again).await, Frame::QueueEmpty);
 }
 
+/// Finding 18: an HTTP `Authorization` answer is bound to the request's method, path and
+/// body. A header signed for `GET /v1/prekeys/count` is refused on `PUT /v1/push`, one
+/// signed for one body is refused with another, and one for one path on another path.
+async fn http_auth_is_bound_to_the_request(url: String) {
+    let mut relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(18);
+    let alice = account(&mut r, 1);
+    register_all(&relay, &[&alice]).await;
+    let a1 = &alice.devices[0];
+    let reg = PushRegistration {
+        provider: PushProvider::Fcm,
+        token: b"token".to_vec(),
+    };
+    let refused = |(status, body): (StatusCode, Vec<u8>)| {
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::UNAUTHORIZED, ErrorCode::AUTH_FAILED)
+        );
+    };
+    // Another method and path.
+    let h = relay.auth(a1, &Method::GET, "/v1/prekeys/count", &[]).await;
+    refused(relay.http(Method::PUT, "/v1/push", Some(h), reg.encode()).await);
+    // Same path, another method.
+    let h = relay.auth(a1, &Method::PUT, "/v1/push", &reg.encode()).await;
+    refused(relay.http(Method::DELETE, "/v1/push", Some(h), vec![]).await);
+    // Same method and path, another body.
+    let other = PushRegistration {
+        provider: PushProvider::Fcm,
+        token: b"attacker".to_vec(),
+    };
+    let h = relay.auth(a1, &Method::PUT, "/v1/push", &reg.encode()).await;
+    refused(relay.http(Method::PUT, "/v1/push", Some(h), other.encode()).await);
+    // Another account's bundles than the one signed for.
+    let h = relay
+        .auth(a1, &Method::GET, &format!("/v1/accounts/{}/bundles/1", alice.id()), &[])
+        .await;
+    refused(
+        relay
+            .http(
+                Method::GET,
+                &format!("/v1/accounts/{}/bundles/2", alice.id()),
+                Some(h),
+                vec![],
+            )
+            .await,
+    );
+    // The request signed for is accepted.
+    let h = relay.auth(a1, &Method::PUT, "/v1/push", &reg.encode()).await;
+    let (status, _) = relay.http(Method::PUT, "/v1/push", Some(h), reg.encode()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    relay.stop().await;
+}
+
+/// Finding 12, relay side: a device list's version may grow by at most 1024 per upload
+/// (at most 1024 at registration), so no upload can reach a version that leaves no room
+/// for later ones (the poison pill 2^64−1).
+async fn device_list_version_jumps_are_refused(url: String) {
+    let mut relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(12);
+    let mut alice = account(&mut r, 1);
+    let jump = |(status, body): (StatusCode, Vec<u8>)| {
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::BAD_REQUEST, ErrorCode::VERSION_JUMP)
+        );
+    };
+    let devices = |a: &mut TestAccount| std::mem::take(&mut a.devices);
+    for v in [1025, u64::MAX, i64::MAX as u64] {
+        let d = devices(&mut alice);
+        alice.relist(v, d);
+        jump(relay.put_list(&alice.id(), alice.list.signed().as_bytes()).await);
+    }
+    let d = devices(&mut alice);
+    alice.relist(1024, d);
+    assert_eq!(relay.register(&alice).await, StatusCode::CREATED);
+    for v in [1024 + 1025, u64::MAX] {
+        let d = devices(&mut alice);
+        alice.relist(v, d);
+        jump(relay.put_list(&alice.id(), alice.list.signed().as_bytes()).await);
+    }
+    let d = devices(&mut alice);
+    alice.relist(2048, d);
+    assert_eq!(relay.register(&alice).await, StatusCode::OK);
+    relay.stop().await;
+}
+
+/// Finding 14: a drain of a victim's one-time prekeys is stopped (per requester: refused;
+/// per target: further bundles carry no one-time prekey) while a legitimate sender still
+/// gets a valid bundle; registrations are rate limited per address.
+async fn prekey_drain_is_bounded(url: String) {
+    let mut relay = Relay::start(&url, |c: &mut Config| {
+        c.limits.bundles_per_minute_per_requester = 1;
+        c.limits.bundles_burst_per_requester = 5;
+        c.limits.one_time_bundles_per_minute_per_target = 1;
+        c.limits.one_time_bundles_burst_per_target = 8;
+        c.limits.registrations_per_minute_per_addr = 1;
+        c.limits.registrations_burst_per_addr = 4;
+    })
+    .await;
+    let mut r = rng(141);
+    let victim = account(&mut r, 1);
+    let mallory = account(&mut r, 1);
+    let mallory2 = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    register_all(&relay, &[&victim, &mallory, &mallory2, &bob]).await;
+    // A fifth registration from the same address is refused; updates are not limited.
+    let extra = account(&mut r, 1);
+    let (status, body) = relay.put_list(&extra.id(), extra.list.signed().as_bytes()).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RATE_LIMITED)
+    );
+    let v = &victim.devices[0];
+    let up = v.prekeys(&mut r, 1, 20, 5);
+    let (status, _) = relay.authed(v, Method::PUT, "/v1/prekeys", up.encode()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let path = format!("/v1/accounts/{}/bundles/1", victim.id());
+    let mut one_time = 0;
+    // Mallory: 5 bundles, then refused.
+    for i in 0..6 {
+        let (status, body) = relay.authed(&mallory.devices[0], Method::GET, &path, vec![]).await;
+        if i < 5 {
+            assert_eq!(status, StatusCode::OK);
+            let b = Bundles::decode(&body).unwrap().bundles.remove(0);
+            one_time += usize::from(b.one_time_prekey.is_some());
+        } else {
+            assert_eq!(
+                (status, error_code(&body)),
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RATE_LIMITED)
+            );
+        }
+    }
+    // Mallory's second account: served, but the victim's one-time budget (8) runs out.
+    for _ in 0..5 {
+        let (status, body) = relay.authed(&mallory2.devices[0], Method::GET, &path, vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        let b = Bundles::decode(&body).unwrap().bundles.remove(0);
+        one_time += usize::from(b.one_time_prekey.is_some());
+    }
+    assert_eq!(one_time, 8, "one-time prekeys handed out during the drain");
+    // Bob, a legitimate sender, still gets a valid bundle (last-resort ML-KEM key).
+    let (status, body) = relay.authed(&bob.devices[0], Method::GET, &path, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let b = Bundles::decode(&body).unwrap().bundles.remove(0);
+    b.verify().unwrap();
+    assert_eq!(b.kem_prekey.kind, PreKeyKind::KemLastResort);
+    // The victim keeps the rest of its one-time prekeys.
+    let (_, body) = relay.authed(v, Method::GET, "/v1/prekeys/count", vec![]).await;
+    assert_eq!(PreKeyCounts::decode(&body).unwrap().one_time, 12);
+    relay.stop().await;
+}
+
+/// Finding 15 (partial): a mailbox is bounded in bytes as well as in count; the bound
+/// frees as envelopes are acked, and a smaller envelope that fits still goes in.
+async fn mailbox_bounded_in_bytes(url: String) {
+    let mut relay = Relay::start(&url, |c: &mut Config| c.limits.max_mailbox_bytes = 300_000).await;
+    let mut r = rng(15);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    register_all(&relay, &[&alice, &bob]).await;
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
+    let big = vec![7u8; 100_000];
+    for i in 0..3 {
+        let out = send_to(&mut wa, i, to_devices(&bob, None, &big)).await;
+        assert_eq!(out, SendOutcome::Stored { seqs: vec![i + 1] });
+    }
+    // 300 000 bytes stored, far below max_mailbox_depth: one more byte is too many.
+    assert_eq!(
+        send_to(&mut wa, 3, to_devices(&bob, None, b"x")).await,
+        SendOutcome::Rejected {
+            code: ErrorCode::MAILBOX_FULL
+        }
+    );
+    // Bob acks one: room for a big one again, and not for two.
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    assert_eq!(expect_deliver(&mut wb).await.0, 1);
+    send(&mut wb, &Frame::Ack { seq: 1 }).await;
+    drop(wb);
+    // A new connection commits the device's queued acks before it reads the mailbox.
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    assert_eq!(expect_deliver(&mut wb).await.0, 2);
+    assert_eq!(expect_deliver(&mut wb).await.0, 3);
+    assert_eq!(recv(&mut wb).await, Frame::QueueEmpty);
+    assert_eq!(
+        send_to(&mut wa, 10, to_devices(&bob, None, &big)).await,
+        SendOutcome::Stored { seqs: vec![4] }
+    );
+    assert_eq!(
+        send_to(&mut wa, 99, to_devices(&bob, None, &big)).await,
+        SendOutcome::Rejected {
+            code: ErrorCode::MAILBOX_FULL
+        }
+    );
+    drop(wa);
+    relay.stop().await;
+}
+
 async fn prekeys(url: String) {
     let relay = Relay::start(&url, |_| {}).await;
     let mut r = rng(12);
@@ -214,9 +478,7 @@ async fn prekeys(url: String) {
 
     // Signed by the wrong device.
     let wrong = a2.prekeys(&mut r, 1, 1, 0);
-    let (status, body) = relay
-        .http(Method::PUT, "/v1/prekeys", Some(relay.auth(a1).await), wrong.encode())
-        .await;
+    let (status, body) = relay.authed(a1, Method::PUT, "/v1/prekeys", wrong.encode()).await;
     assert_eq!(
         (status, error_code(&body)),
         (StatusCode::BAD_REQUEST, ErrorCode::BAD_PREKEY)
@@ -224,14 +486,10 @@ async fn prekeys(url: String) {
 
     for (d, n) in [(a1, 3), (a2, 40)] {
         let up = d.prekeys(&mut r, 1, n, 1);
-        let (status, _) = relay
-            .http(Method::PUT, "/v1/prekeys", Some(relay.auth(d).await), up.encode())
-            .await;
+        let (status, _) = relay.authed(d, Method::PUT, "/v1/prekeys", up.encode()).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
     }
-    let (_, body) = relay
-        .http(Method::GET, "/v1/prekeys/count", Some(relay.auth(a1).await), vec![])
-        .await;
+    let (_, body) = relay.authed(a1, Method::GET, "/v1/prekeys/count", vec![]).await;
     assert_eq!(
         PreKeyCounts::decode(&body).unwrap(),
         PreKeyCounts {
@@ -246,12 +504,7 @@ async fn prekeys(url: String) {
     let fetch_one = |dev: u32| format!("/v1/accounts/{}/bundles/{dev}", alice.id());
     // All devices of the account.
     let (status, body) = relay
-        .http(
-            Method::GET,
-            &format!("/v1/accounts/{}/bundles", alice.id()),
-            Some(relay.auth(b).await),
-            vec![],
-        )
+        .authed(b, Method::GET, &format!("/v1/accounts/{}/bundles", alice.id()), vec![])
         .await;
     assert_eq!(status, StatusCode::OK);
     let all = Bundles::decode(&body).unwrap().bundles;
@@ -263,9 +516,7 @@ async fn prekeys(url: String) {
     // Exhaust device 1: 2 one-time prekeys left, then last resort and no OPK.
     let mut seen = BTreeSet::new();
     for i in 0..3 {
-        let (_, body) = relay
-            .http(Method::GET, &fetch_one(1), Some(relay.auth(b).await), vec![])
-            .await;
+        let (_, body) = relay.authed(b, Method::GET, &fetch_one(1), vec![]).await;
         let bundle = Bundles::decode(&body).unwrap().bundles.remove(0);
         bundle.verify().unwrap();
         assert_eq!(bundle.kem_prekey.kind, PreKeyKind::KemLastResort);
@@ -274,18 +525,11 @@ async fn prekeys(url: String) {
             None => assert_eq!(i, 2),
         }
     }
-    let (_, body) = relay
-        .http(Method::GET, "/v1/prekeys/count", Some(relay.auth(a1).await), vec![])
-        .await;
+    let (_, body) = relay.authed(a1, Method::GET, "/v1/prekeys/count", vec![]).await;
     assert_eq!(PreKeyCounts::decode(&body).unwrap().one_time, 0);
     // No prekeys at all for bob.
     let (status, body) = relay
-        .http(
-            Method::GET,
-            &format!("/v1/accounts/{}/bundles/1", bob.id()),
-            Some(relay.auth(b).await),
-            vec![],
-        )
+        .authed(b, Method::GET, &format!("/v1/accounts/{}/bundles/1", bob.id()), vec![])
         .await;
     assert_eq!(
         (status, error_code(&body)),
@@ -293,12 +537,12 @@ async fn prekeys(url: String) {
     );
 
     // Many concurrent fetchers of device 2 (39 one-time prekeys left) never share one.
+    let path = fetch_one(2);
     let mut headers = Vec::new();
     for _ in 0..30 {
-        headers.push(relay.auth(b).await);
+        headers.push(relay.auth(b, &Method::GET, &path, &[]).await);
     }
     let relay_ref = &relay;
-    let path = fetch_one(2);
     let results = futures_util::future::join_all(headers.into_iter().map(|h| {
         let path = path.clone();
         async move { relay_ref.http(Method::GET, &path, Some(h), vec![]).await }
@@ -322,13 +566,9 @@ async fn prekeys(url: String) {
         provider: PushProvider::Fcm,
         token: b"token".to_vec(),
     };
-    let (status, _) = relay
-        .http(Method::PUT, "/v1/push", Some(relay.auth(a1).await), reg.encode())
-        .await;
+    let (status, _) = relay.authed(a1, Method::PUT, "/v1/push", reg.encode()).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = relay
-        .http(Method::DELETE, "/v1/push", Some(relay.auth(a1).await), vec![])
-        .await;
+    let (status, _) = relay.authed(a1, Method::DELETE, "/v1/push", vec![]).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
 
@@ -356,7 +596,8 @@ async fn messaging(url: String) {
         );
         assert_eq!(expect_deliver(&mut wb1).await, (n, text.to_vec()));
     }
-    // Device-set mismatch: bob's device 2 missing.
+    // Device-set mismatch: bob's device 2 (reachable) missing.
+    make_reachable(&relay, b2, &mut r).await;
     let short = to_devices(&bob, Some(b2.id()), b"x");
     assert_eq!(
         send_to(&mut wa, 9, short).await,
@@ -512,6 +753,62 @@ async fn windowed_delivery(url: String) {
 
 /// A device that leaves its account's list loses its connection at once (and cannot
 /// authenticate again); the account's other devices keep theirs.
+/// Finding 6: a mailbox's seq never repeats, also when its device is removed and added
+/// again; the mailbox epoch of `AuthOk` changes on every re-registration and every relay
+/// start, and stays the same across reconnects in between.
+async fn seq_survives_removal_and_epoch_changes(url: String) {
+    let mut relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(6);
+    let mut alice = account(&mut r, 2);
+    let bob = account(&mut r, 1);
+    register_all(&relay, &[&alice, &bob]).await;
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    assert_eq!(recv(&mut wb).await, Frame::QueueEmpty);
+    for i in 0..3u64 {
+        let out = send_to(&mut wb, i, to_devices(&alice, None, b"x")).await;
+        assert!(matches!(out, SendOutcome::Stored { .. }), "{out:?}");
+    }
+    let (mut w2, e1) = relay.connect_epoch(&alice.devices[1]).await;
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        seqs.push(expect_deliver(&mut w2).await.0);
+    }
+    assert_eq!(seqs, [1, 2, 3]);
+    send(&mut w2, &Frame::Ack { seq: 3 }).await;
+    assert_eq!(recv(&mut w2).await, Frame::QueueEmpty);
+    drop(w2);
+    // Reconnecting to the same relay process keeps the epoch.
+    let (w2, again) = relay.connect_epoch(&alice.devices[1]).await;
+    assert_eq!(again, e1);
+    drop(w2);
+
+    // Device 2 leaves the list (v2) and comes back (v3).
+    let mut devices = std::mem::take(&mut alice.devices);
+    let two = devices.pop().unwrap();
+    alice.relist(2, devices);
+    assert_eq!(relay.register(&alice).await, StatusCode::OK);
+    let mut devices = std::mem::take(&mut alice.devices);
+    devices.push(two);
+    alice.relist(3, devices);
+    assert_eq!(relay.register(&alice).await, StatusCode::OK);
+    let out = send_to(&mut wb, 9, to_devices(&alice, None, b"after")).await;
+    let SendOutcome::Stored { seqs } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(seqs[1], 4, "the re-added mailbox numbers on from its last seq");
+    let (mut w2, e2) = relay.connect_epoch(&alice.devices[1]).await;
+    assert_ne!(e2, e1, "a re-registration starts a new epoch");
+    assert_eq!(expect_deliver(&mut w2).await, (4, b"after".to_vec()));
+    drop(w2);
+    drop(wb);
+
+    // A restart (as after a database restore) starts a new epoch too.
+    relay.stop().await;
+    let relay = Relay::start(&url, |_| {}).await;
+    let (_w2, e3) = relay.connect_epoch(&alice.devices[1]).await;
+    assert_ne!(e3, e2, "a relay start starts a new epoch");
+}
+
 async fn removed_device_is_disconnected(url: String) {
     let relay = Relay::start(&url, |_| {}).await;
     let mut r = rng(23);
@@ -662,8 +959,11 @@ async fn anonymous(url: String) {
     assert_eq!(store.last_seq(&bob.id(), b2.id()).await.unwrap(), 1);
     assert_eq!(store.fetch(&bob.id(), b1.id(), 0, 0, 10).await.unwrap().len(), 1);
 
-    // The mismatch rule: every account's full device list, the sender's own included
-    // (the relay does not know which device sends).
+    // The mismatch rule: every account's full device list (its reachable devices), the
+    // sender's own included (the relay does not know which device sends).
+    for d in [b2, a1] {
+        make_reachable(&relay, d, &mut r).await;
+    }
     assert_eq!(
         send_anon(&mut anon, 2, to_devices(&bob, Some(b2.id()), b"x")).await,
         SendOutcome::DeviceMismatch {
@@ -885,6 +1185,49 @@ async fn health(url: String) {
     relay.stop().await;
 }
 
+/// Finding 20: with `secure_delete` and the relay's WAL checkpoint, an acknowledged
+/// envelope's ciphertext is in neither the SQLite database file nor its WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_ciphertext_leaves_the_sqlite_files() {
+    use rand_core::RngCore;
+    let url = sqlite_url();
+    let path = std::path::PathBuf::from(url.strip_prefix("sqlite://").unwrap());
+    let mut relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(20);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    register_all(&relay, &[&alice, &bob]).await;
+    let mut marker = vec![0u8; 512];
+    r.fill_bytes(&mut marker);
+    let on_disk = |marker: &[u8]| -> bool {
+        ["", "-wal"].iter().any(|suffix| {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            std::fs::read(&p).is_ok_and(|bytes| bytes.windows(marker.len()).any(|w| w == marker))
+        })
+    };
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
+    assert!(matches!(
+        send_to(&mut wa, 1, to_devices(&bob, None, &marker)).await,
+        SendOutcome::Stored { .. }
+    ));
+    assert!(on_disk(&marker), "the stored envelope is on disk (the search works)");
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    assert_eq!(expect_deliver(&mut wb).await, (1, marker.clone()));
+    send(&mut wb, &Frame::Ack { seq: 1 }).await;
+    drop(wb);
+    // A new connection commits the device's queued acks before it reads the mailbox.
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    assert_eq!(recv(&mut wb).await, Frame::QueueEmpty);
+    // What the relay's expiry run does after deleting.
+    relay.state.store.checkpoint().await.unwrap();
+    assert!(!on_disk(&marker), "an acked envelope's ciphertext is still on disk");
+    drop((wa, wb));
+    relay.stop().await;
+    remove_sqlite(&url);
+}
+
 macro_rules! backend {
     ($backend:ident, $url:expr) => {
         mod $backend {
@@ -906,11 +1249,17 @@ macro_rules! backend {
             }
             t!(registration);
             t!(authentication);
+            t!(mailbox_bounded_in_bytes);
+            t!(prekey_drain_is_bounded);
+            t!(device_list_version_jumps_are_refused);
+            t!(device_set_rule_lets_unreachable_devices_out);
+            t!(http_auth_is_bound_to_the_request);
             t!(prekeys);
             t!(messaging);
             t!(windowed_delivery);
             t!(pipelined_sends);
             t!(removed_device_is_disconnected);
+            t!(seq_survives_removal_and_epoch_changes);
             t!(limits);
             t!(health);
             t!(anonymous);

@@ -20,6 +20,7 @@ fn params(sender: &TestDevice) -> SendParams {
         now_s: NOW,
         expires_at_s: NOW + 1000,
         max_mailbox_depth: 100,
+        max_mailbox_bytes: 1 << 20,
     }
 }
 
@@ -174,12 +175,24 @@ async fn concurrent_prekey_fetches<S: Storage>(s: Arc<S>) {
     assert_eq!((kems.len(), unique.len()), (3, 3));
 }
 
+/// Uploads a signed and a last-resort prekey for every device of `a`: each becomes
+/// reachable, so the device-set rule requires it in every send to `a`.
+async fn make_reachable<S: Storage>(s: &S, a: &TestAccount, r: &mut rand_chacha::ChaCha20Rng) {
+    for d in &a.devices {
+        let up = d.prekeys(r, 1, 0, 0);
+        s.put_prekeys(&a.id(), d.id(), &d.device.identity().signing_key, &up, 100)
+            .await
+            .unwrap();
+    }
+}
+
 async fn sends<S: Storage>(s: Arc<S>) {
     let mut r = rng(4);
     let alice = account(&mut r, 2);
     let bob = account(&mut r, 3);
     s.put_device_list(&alice.list).await.unwrap();
     s.put_device_list(&bob.list).await.unwrap();
+    make_reachable(&*s, &bob, &mut r).await;
     let sender = &alice.devices[0];
 
     // To bob's 3 devices and alice's other device.
@@ -260,7 +273,9 @@ async fn sends<S: Storage>(s: Arc<S>) {
         SendStored::Stored(vec![3, 3, 3, 3])
     );
 
-    // Anonymous: every account's full list is expected, the sender's own included.
+    // Anonymous: every account's full list is expected (its reachable devices), the
+    // sender's own included.
+    make_reachable(&*s, &alice, &mut r).await;
     let anon = |p: SendParams| SendParams { sender: None, ..p };
     assert!(matches!(
         s.store_send(anon(params(sender)), &rc).await.unwrap(),
@@ -338,6 +353,7 @@ async fn write_batches<S: Storage>(s: Arc<S>) {
     let carol = account(&mut r, 1);
     s.put_device_list(&alice.list).await.unwrap();
     s.put_device_list(&bob.list).await.unwrap();
+    make_reachable(&*s, &bob, &mut r).await;
     let p = SendParams {
         max_mailbox_depth: 1,
         ..params(&alice.devices[0])
@@ -423,6 +439,40 @@ async fn push<S: Storage>(s: Arc<S>) {
     s.ping().await.unwrap();
 }
 
+/// Finding 14: a bundle request for all of an account's devices is one write transaction
+/// (it was one per device), and without one-time prekeys it takes none.
+async fn one_transaction_per_bundle_request(s: Arc<Store>) {
+    let mut r = rng(14);
+    let alice = account(&mut r, 6);
+    s.put_device_list(&alice.list).await.unwrap();
+    for d in &alice.devices {
+        let up = d.prekeys(&mut r, 1, 3, 1);
+        s.put_prekeys(&alice.id(), d.id(), &d.device.identity().signing_key, &up, 100)
+            .await
+            .unwrap();
+    }
+    let before = s.write_transactions();
+    let all = s.take_bundles(&alice.id()).await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(
+        s.write_transactions() - before,
+        1,
+        "one write transaction for 6 devices"
+    );
+    // Without one-time prekeys: last-resort ML-KEM, no one-time X25519, nothing consumed.
+    let counts = s.prekey_counts(&alice.id(), DeviceId(1)).await.unwrap();
+    let before = s.write_transactions();
+    let plain = s.take_bundles_with(&alice.id(), None, false).await.unwrap();
+    assert_eq!(s.write_transactions() - before, 1);
+    assert_eq!(plain.len(), 6);
+    for b in &plain {
+        b.verify().unwrap();
+        assert!(b.one_time_prekey.is_none());
+        assert_eq!(b.kem_prekey.kind, PreKeyKind::KemLastResort);
+    }
+    assert_eq!(s.prekey_counts(&alice.id(), DeviceId(1)).await.unwrap(), counts);
+}
+
 macro_rules! conformance {
     ($backend:ident, $url:expr) => {
         mod $backend {
@@ -480,6 +530,13 @@ macro_rules! conformance {
             async fn write_batches() {
                 if let Some((s, url)) = open().await {
                     super::write_batches(s.clone()).await;
+                    done(s, url).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn one_transaction_per_bundle_request() {
+                if let Some((s, url)) = open().await {
+                    super::one_transaction_per_bundle_request(s.clone()).await;
                     done(s, url).await;
                 }
             }

@@ -211,7 +211,7 @@ pub fn seeds() -> Vec<Seed> {
     let frames = [
         ("ok-challenge", Frame::Challenge(challenge.clone())),
         ("ok-auth-response", Frame::AuthResponse(auth.clone())),
-        ("ok-auth-ok", Frame::AuthOk),
+        ("ok-auth-ok", Frame::AuthOk { mailbox_epoch: [7; 16] }),
         (
             "ok-send-result-stored",
             Frame::SendResult(SendResult {

@@ -15,6 +15,19 @@ macro_rules! storage_impl {
         for_share: $for_share:literal,
         for_update: $for_update:literal $(,)?
     ) => {
+        impl $store {
+            /// Begins a write transaction, and counts it.
+            async fn begin(&self) -> Result<sqlx::Transaction<'static, $db>, sqlx::Error> {
+                self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.pool.begin_with($begin).await
+            }
+
+            /// Write transactions begun so far.
+            pub fn write_transactions(&self) -> u64 {
+                self.writes.load(std::sync::atomic::Ordering::Relaxed)
+            }
+        }
+
         impl $crate::storage::Storage for $store {
             async fn ping(&self) -> Result<(), StorageError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -24,12 +37,19 @@ macro_rules! storage_impl {
             async fn put_device_list(&self, list: &DeviceList) -> Result<PutDeviceList, StorageError> {
                 let account = list.account_id();
                 let a = &account.0[..];
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin().await?;
                 let stored: Option<(i64,)> =
                     sqlx::query_as(concat!("SELECT version FROM accounts WHERE account_id = $1", $for_update))
                         .bind(a)
                         .fetch_optional(&mut *tx)
                         .await?;
+                let before = stored.map_or(0, |(v,)| to_u64(v));
+                if list.version() > before.saturating_add(MAX_VERSION_STEP) {
+                    return Err(StorageError::VersionJump {
+                        stored: before,
+                        offered: list.version(),
+                    });
+                }
                 let outcome = match stored {
                     Some((v,)) => {
                         if to_u64(v) >= list.version() {
@@ -82,6 +102,18 @@ macro_rules! storage_impl {
                     known.insert(device);
                     match list.device(device) {
                         None => {
+                            // The counter outlives the row: a device re-added under this id
+                            // numbers on from it, so a seq never repeats in its mailbox.
+                            sqlx::query(
+                                "INSERT INTO retired_mailboxes (account_id, device_id, next_seq) \
+                                 SELECT account_id, device_id, next_seq FROM devices \
+                                 WHERE account_id = $1 AND device_id = $2 \
+                                 ON CONFLICT (account_id, device_id) DO UPDATE SET next_seq = excluded.next_seq",
+                            )
+                            .bind(a)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
                             sqlx::query("DELETE FROM devices WHERE account_id = $1 AND device_id = $2")
                                 .bind(a)
                                 .bind(id)
@@ -91,12 +123,14 @@ macro_rules! storage_impl {
                         Some(e) if e.signing_key.as_bytes()[..] != dsk[..] || e.identity_key.0[..] != ik[..] => {
                             sqlx::query(
                                 "UPDATE devices SET signing_key = $3, identity_key = $4, depth = 0, \
-                                 acked_seq = next_seq - 1 WHERE account_id = $1 AND device_id = $2",
+                                 acked_seq = next_seq - 1, bytes = 0, registration = $5 \
+                                 WHERE account_id = $1 AND device_id = $2",
                             )
                             .bind(a)
                             .bind(id)
                             .bind(&e.signing_key.as_bytes()[..])
                             .bind(&e.identity_key.0[..])
+                            .bind(&registration_nonce()?[..])
                             .execute(&mut *tx)
                             .await?;
                             for q in [
@@ -111,14 +145,25 @@ macro_rules! storage_impl {
                     }
                 }
                 for e in list.devices().iter().filter(|e| !known.contains(&e.device_id)) {
+                    let retired: Option<(i64,)> = sqlx::query_as(
+                        "DELETE FROM retired_mailboxes WHERE account_id = $1 AND device_id = $2 RETURNING next_seq",
+                    )
+                    .bind(a)
+                    .bind(device_i64(e.device_id))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let next_seq = retired.map_or(1, |r| r.0.max(1));
                     sqlx::query(
-                        "INSERT INTO devices (account_id, device_id, signing_key, identity_key) \
-                         VALUES ($1, $2, $3, $4)",
+                        "INSERT INTO devices (account_id, device_id, signing_key, identity_key, next_seq, \
+                         acked_seq, registration) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     )
                     .bind(a)
                     .bind(device_i64(e.device_id))
                     .bind(&e.signing_key.as_bytes()[..])
                     .bind(&e.identity_key.0[..])
+                    .bind(next_seq)
+                    .bind(next_seq - 1)
+                    .bind(&registration_nonce()?[..])
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -139,14 +184,15 @@ macro_rules! storage_impl {
                 account: &AccountId,
                 device: DeviceId,
             ) -> Result<Option<DeviceKeys>, StorageError> {
-                let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-                    "SELECT signing_key, identity_key FROM devices WHERE account_id = $1 AND device_id = $2",
+                let row: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+                    "SELECT signing_key, identity_key, registration FROM devices \
+                     WHERE account_id = $1 AND device_id = $2",
                 )
                 .bind(&account.0[..])
                 .bind(device_i64(device))
                 .fetch_optional(&self.pool)
                 .await?;
-                row.map(|(dsk, ik)| device_keys_from(&dsk, &ik)).transpose()
+                row.map(|(dsk, ik, reg)| device_keys_from(&dsk, &ik, &reg)).transpose()
             }
 
             async fn put_prekeys(
@@ -159,7 +205,7 @@ macro_rules! storage_impl {
             ) -> Result<(), StorageError> {
                 let a = &account.0[..];
                 let d = device_i64(device);
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin().await?;
                 let row: Option<(Vec<u8>,)> = sqlx::query_as(concat!(
                     "SELECT signing_key FROM devices WHERE account_id = $1 AND device_id = $2",
                     $for_share
@@ -241,99 +287,124 @@ macro_rules! storage_impl {
             }
 
             async fn take_bundle(&self, account: &AccountId, device: DeviceId) -> Result<PreKeyBundle, StorageError> {
+                self.take_bundles_with(account, Some(device), true)
+                    .await?
+                    .pop()
+                    .ok_or(StorageError::NoPreKeys)
+            }
+
+            async fn take_bundles(&self, account: &AccountId) -> Result<Vec<PreKeyBundle>, StorageError> {
+                self.take_bundles_with(account, None, true).await
+            }
+
+            async fn take_bundles_with(
+                &self,
+                account: &AccountId,
+                device: Option<DeviceId>,
+                one_time: bool,
+            ) -> Result<Vec<PreKeyBundle>, StorageError> {
                 let a = &account.0[..];
-                let d = device_i64(device);
-                let mut tx = self.pool.begin_with($begin).await?;
-                let keys: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-                    "SELECT signing_key, identity_key FROM devices WHERE account_id = $1 AND device_id = $2",
-                )
-                .bind(a)
-                .bind(d)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((dsk, ik)) = keys else {
-                    return Err(StorageError::UnknownDevice);
+                // One write transaction for the whole request, however many devices.
+                let mut tx = self.begin().await?;
+                let devices: Vec<(i64, Vec<u8>, Vec<u8>)> = match device {
+                    Some(d) => {
+                        sqlx::query_as(
+                            "SELECT device_id, signing_key, identity_key FROM devices \
+                             WHERE account_id = $1 AND device_id = $2",
+                        )
+                        .bind(a)
+                        .bind(device_i64(d))
+                        .fetch_all(&mut *tx)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query_as(
+                            "SELECT device_id, signing_key, identity_key FROM devices \
+                             WHERE account_id = $1 ORDER BY device_id",
+                        )
+                        .bind(a)
+                        .fetch_all(&mut *tx)
+                        .await?
+                    }
                 };
-                let keys = device_keys_from(&dsk, &ik)?;
+                if devices.is_empty() {
+                    return Err(match device {
+                        Some(_) => StorageError::UnknownDevice,
+                        None => StorageError::UnknownAccount,
+                    });
+                }
                 let latest = "SELECT record FROM prekeys WHERE account_id = $1 AND device_id = $2 AND kind = $3 \
                               ORDER BY id DESC LIMIT 1";
-                let signed: Option<(Vec<u8>,)> = sqlx::query_as(latest)
-                    .bind(a)
-                    .bind(d)
-                    .bind(KIND_SIGNED)
-                    .fetch_optional(&mut *tx)
-                    .await?;
                 let take = concat!(
                     "DELETE FROM prekeys WHERE id = (SELECT id FROM prekeys \
                      WHERE account_id = $1 AND device_id = $2 AND kind = $3 ORDER BY id LIMIT 1",
                     $skip_locked,
                     ") RETURNING record"
                 );
-                let signed = signed.map(|r| r.0);
-                let mut one_time = None;
-                let mut kem = None;
-                if signed.is_some() {
-                    one_time = sqlx::query_as::<_, (Vec<u8>,)>(take)
+                let mut out = Vec::with_capacity(devices.len());
+                for (id, dsk, ik) in devices {
+                    let dev = device_from_i64(id)?;
+                    let keys = device_keys_from(&dsk, &ik, &[0; 16])?;
+                    let signed: Option<(Vec<u8>,)> = sqlx::query_as(latest)
                         .bind(a)
-                        .bind(d)
-                        .bind(KIND_ONE_TIME)
+                        .bind(id)
+                        .bind(KIND_SIGNED)
                         .fetch_optional(&mut *tx)
-                        .await?
-                        .map(|r| r.0);
-                    kem = sqlx::query_as::<_, (Vec<u8>,)>(take)
-                        .bind(a)
-                        .bind(d)
-                        .bind(KIND_KEM_ONE_TIME)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .map(|r| r.0);
-                    if kem.is_none() {
-                        kem = sqlx::query_as::<_, (Vec<u8>,)>(latest)
-                            .bind(a)
-                            .bind(d)
-                            .bind(KIND_KEM_LAST_RESORT)
-                            .fetch_optional(&mut *tx)
-                            .await?
-                            .map(|r| r.0);
-                    }
-                }
-                let bundle = bundle_from(account, device, keys, signed, one_time, kem)?;
-                tx.commit().await?;
-                Ok(bundle)
-            }
-
-            async fn take_bundles(&self, account: &AccountId) -> Result<Vec<PreKeyBundle>, StorageError> {
-                let ids: Vec<(i64,)> =
-                    sqlx::query_as("SELECT device_id FROM devices WHERE account_id = $1 ORDER BY device_id")
-                        .bind(&account.0[..])
-                        .fetch_all(&self.pool)
                         .await?;
-                if ids.is_empty() {
-                    return Err(StorageError::UnknownAccount);
-                }
-                let mut out = Vec::with_capacity(ids.len());
-                for (id,) in ids {
-                    match self.take_bundle(account, device_from_i64(id)?).await {
+                    let signed = signed.map(|r| r.0);
+                    let mut one_time_key = None;
+                    let mut kem = None;
+                    if signed.is_some() {
+                        if one_time {
+                            one_time_key = sqlx::query_as::<_, (Vec<u8>,)>(take)
+                                .bind(a)
+                                .bind(id)
+                                .bind(KIND_ONE_TIME)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .map(|r| r.0);
+                            kem = sqlx::query_as::<_, (Vec<u8>,)>(take)
+                                .bind(a)
+                                .bind(id)
+                                .bind(KIND_KEM_ONE_TIME)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .map(|r| r.0);
+                        }
+                        if kem.is_none() {
+                            kem = sqlx::query_as::<_, (Vec<u8>,)>(latest)
+                                .bind(a)
+                                .bind(id)
+                                .bind(KIND_KEM_LAST_RESORT)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .map(|r| r.0);
+                        }
+                    }
+                    match bundle_from(account, dev, keys, signed, one_time_key, kem) {
                         Ok(b) => out.push(b),
-                        Err(StorageError::NoPreKeys | StorageError::UnknownDevice) => {}
+                        Err(StorageError::NoPreKeys) if device.is_none() => {}
                         Err(e) => return Err(e),
                     }
                 }
+                tx.commit().await?;
                 Ok(out)
             }
 
             async fn write_batch(&self, ops: &[WriteOp<'_>]) -> Result<Vec<WriteOutcome>, StorageError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin().await?;
                 // 1. Every device row of every account touched, locked in key order.
                 let mut rows = Rows::new();
                 for chunk in batch_accounts(ops).chunks(BATCH_ACCOUNTS_PER_QUERY) {
-                    for (a, d, next_seq, depth, acked_seq) in Self::lock_rows(&mut *tx, chunk).await? {
+                    for (a, d, next_seq, depth, acked_seq, reachable, bytes) in Self::lock_rows(&mut *tx, chunk).await? {
                         rows.insert(
                             (AccountId(key32(&a, "account id")?), device_from_i64(d)?),
                             MailboxRow {
                                 next_seq: to_u64(next_seq),
                                 depth: to_u64(depth),
                                 acked_seq: to_u64(acked_seq),
+                                reachable: reachable != 0,
+                                bytes: to_u64(bytes),
                                 dirty: false,
                             },
                         );
@@ -344,10 +415,12 @@ macro_rules! storage_impl {
                 let ranges = ack_ranges(ops, &rows);
                 let mut deleted = std::collections::BTreeMap::new();
                 for chunk in ranges.chunks(BATCH_ACKS_PER_QUERY) {
-                    for (a, d) in Self::delete_acked(&mut *tx, chunk).await? {
-                        *deleted
+                    for (a, d, len) in Self::delete_acked(&mut *tx, chunk).await? {
+                        let e: &mut (u64, u64) = deleted
                             .entry((AccountId(key32(&a, "account id")?), device_from_i64(d)?))
-                            .or_insert(0u64) += 1;
+                            .or_insert((0, 0));
+                        e.0 += 1;
+                        e.1 += to_u64(len);
                     }
                 }
                 apply_acks(ops, &ranges, &deleted, &mut rows, &mut outcomes);
@@ -429,7 +502,7 @@ macro_rules! storage_impl {
             }
 
             async fn expire(&self, now_s: u64) -> Result<u64, StorageError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin().await?;
                 // Lock the affected device rows first, in key order, as a write batch does.
                 let _: Vec<(i64,)> = sqlx::query_as(concat!(
                     "SELECT device_id FROM devices WHERE EXISTS (SELECT 1 FROM envelopes e \
@@ -440,23 +513,31 @@ macro_rules! storage_impl {
                 .bind(to_i64(now_s))
                 .fetch_all(&mut *tx)
                 .await?;
-                let gone: Vec<(Vec<u8>, i64)> =
-                    sqlx::query_as("DELETE FROM envelopes WHERE expires_at <= $1 RETURNING account_id, device_id")
-                        .bind(to_i64(now_s))
-                        .fetch_all(&mut *tx)
-                        .await?;
+                let gone: Vec<(Vec<u8>, i64, i64)> = sqlx::query_as(
+                    "DELETE FROM envelopes WHERE expires_at <= $1 \
+                     RETURNING account_id, device_id, CAST(length(ciphertext) AS BIGINT)",
+                )
+                .bind(to_i64(now_s))
+                .fetch_all(&mut *tx)
+                .await?;
                 let total = gone.len() as u64;
-                let mut per_device: std::collections::BTreeMap<(Vec<u8>, i64), i64> = Default::default();
-                for key in gone {
-                    *per_device.entry(key).or_insert(0) += 1;
+                let mut per_device: std::collections::BTreeMap<(Vec<u8>, i64), (i64, i64)> = Default::default();
+                for (a, d, len) in gone {
+                    let e = per_device.entry((a, d)).or_insert((0, 0));
+                    e.0 += 1;
+                    e.1 += len;
                 }
-                for ((a, d), n) in per_device {
-                    sqlx::query("UPDATE devices SET depth = depth - $3 WHERE account_id = $1 AND device_id = $2")
-                        .bind(a)
-                        .bind(d)
-                        .bind(n)
-                        .execute(&mut *tx)
-                        .await?;
+                for ((a, d), (n, len)) in per_device {
+                    sqlx::query(
+                        "UPDATE devices SET depth = depth - $3, bytes = bytes - $4 \
+                         WHERE account_id = $1 AND device_id = $2",
+                    )
+                    .bind(a)
+                    .bind(d)
+                    .bind(n)
+                    .bind(len)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 tx.commit().await?;
                 Ok(total)
@@ -468,7 +549,7 @@ macro_rules! storage_impl {
                 device: DeviceId,
                 registration: &PushRegistration,
             ) -> Result<(), StorageError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin().await?;
                 let exists: Option<(i64,)> = sqlx::query_as(concat!(
                     "SELECT device_id FROM devices WHERE account_id = $1 AND device_id = $2",
                     $for_share

@@ -35,6 +35,15 @@ pub enum StorageError {
         /// The version offered.
         offered: u64,
     },
+    /// The offered device list's version is more than [`MAX_VERSION_STEP`] above the
+    /// stored one (or above it at registration).
+    #[error("device list version {offered} is more than {MAX_VERSION_STEP} above the stored version {stored}")]
+    VersionJump {
+        /// The stored version (0 at registration).
+        stored: u64,
+        /// The version offered.
+        offered: u64,
+    },
     /// No such account.
     #[error("unknown account")]
     UnknownAccount,
@@ -84,6 +93,9 @@ pub struct DeviceKeys {
     pub signing_key: Ed25519PublicKey,
     /// The device identity key.
     pub identity_key: X25519PublicKey,
+    /// Random bytes drawn when the device row was created or re-keyed; part of the
+    /// mailbox epoch (docs/protocol.md §13.6).
+    pub registration: [u8; 16],
 }
 
 /// How a send was handled.
@@ -120,6 +132,8 @@ pub struct SendParams {
     pub expires_at_s: u64,
     /// The most envelopes one mailbox holds.
     pub max_mailbox_depth: u32,
+    /// The most envelope bytes one mailbox holds.
+    pub max_mailbox_bytes: u64,
 }
 
 /// One write of a group commit ([`Storage::write_batch`]).
@@ -206,6 +220,18 @@ pub trait Storage: Send + Sync + 'static {
     /// A bundle for every device of the account that has prekeys, in device order.
     fn take_bundles(&self, account: &AccountId)
     -> impl Future<Output = Result<Vec<PreKeyBundle>, StorageError>> + Send;
+
+    /// Bundles for one device (`Some`: `UnknownDevice` or `NoPreKeys` when it has none)
+    /// or every device that has prekeys (`None`: `UnknownAccount` when the account has no
+    /// device), in one write transaction. Without `one_time`, no one-time prekey is
+    /// handed out: each bundle carries the last-resort ML-KEM prekey and no one-time
+    /// X25519 prekey (what the relay serves once the target's one-time budget is spent).
+    fn take_bundles_with(
+        &self,
+        account: &AccountId,
+        device: Option<DeviceId>,
+        one_time: bool,
+    ) -> impl Future<Output = Result<Vec<PreKeyBundle>, StorageError>> + Send;
 
     /// Applies sends and acks in one transaction (group commit): all of them or, on a
     /// database error, none. Acks are applied before the sends (an ack can only name seqs
@@ -349,6 +375,26 @@ impl Store {
         }
     }
 
+    /// How many write transactions this store (and the handles made from it by
+    /// [`Store::with_own_pool`]) began: a bundle request is one, whatever the number of
+    /// devices.
+    pub fn write_transactions(&self) -> u64 {
+        match self {
+            Store::Sqlite(s) => s.write_transactions(),
+            Store::Postgres(s) => s.write_transactions(),
+        }
+    }
+
+    /// SQLite: checkpoints and truncates the WAL, so that acknowledged and expired
+    /// envelopes (zeroed in the database by `secure_delete`) leave no copy in the WAL.
+    /// PostgreSQL: nothing (VACUUM is the server's business, docs/self-hosting.md).
+    pub async fn checkpoint(&self) -> Result<(), StorageError> {
+        match self {
+            Store::Sqlite(s) => s.checkpoint().await,
+            Store::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         match self {
@@ -398,6 +444,14 @@ impl Storage for Store {
     }
     async fn take_bundles(&self, account: &AccountId) -> Result<Vec<PreKeyBundle>, StorageError> {
         delegate!(self, s => s.take_bundles(account))
+    }
+    async fn take_bundles_with(
+        &self,
+        account: &AccountId,
+        device: Option<DeviceId>,
+        one_time: bool,
+    ) -> Result<Vec<PreKeyBundle>, StorageError> {
+        delegate!(self, s => s.take_bundles_with(account, device, one_time))
     }
     async fn write_batch(&self, ops: &[WriteOp<'_>]) -> Result<Vec<WriteOutcome>, StorageError> {
         delegate!(self, s => s.write_batch(ops))
@@ -466,12 +520,22 @@ pub(crate) fn key32(v: &[u8], what: &'static str) -> Result<[u8; 32], StorageErr
     v.try_into().map_err(|_| StorageError::Corrupt(what))
 }
 
-pub(crate) fn device_keys_from(dsk: &[u8], ik: &[u8]) -> Result<DeviceKeys, StorageError> {
+pub(crate) fn device_keys_from(dsk: &[u8], ik: &[u8], registration: &[u8]) -> Result<DeviceKeys, StorageError> {
     Ok(DeviceKeys {
         signing_key: Ed25519PublicKey::from_bytes(&key32(dsk, "signing key")?)
             .map_err(|_| StorageError::Corrupt("signing key"))?,
         identity_key: X25519PublicKey(key32(ik, "identity key")?),
+        registration: registration
+            .try_into()
+            .map_err(|_| StorageError::Corrupt("registration"))?,
     })
+}
+
+/// 16 bytes of OS randomness for a device row's `registration` (the mailbox epoch).
+pub(crate) fn registration_nonce() -> Result<[u8; 16], StorageError> {
+    let mut n = [0u8; 16];
+    getrandom::getrandom(&mut n).map_err(|_| StorageError::Corrupt("no OS randomness"))?;
+    Ok(n)
 }
 
 /// The prekey rows an upload writes: (kind, key id, record).
@@ -524,6 +588,25 @@ pub(crate) fn bundle_from(
     })
 }
 
+/// The most a device list's version may grow in one update (and the highest version a
+/// first registration may carry). Versions only grow, so a list at or near 2^64−1 would
+/// make every later list stale and lose the account for good; bounding the step leaves
+/// at least 2^64 / 1024 updates. crypto-core's device-list checks carry the same bound
+/// for clients; this one is the relay's own, kept here so that the relay enforces it
+/// whatever the client does.
+pub const MAX_VERSION_STEP: u64 = 1024;
+
+/// The select-list expression that says whether the `devices` row in the query is
+/// reachable: a bundle for it can be made now (a signed prekey, and a one-time or
+/// last-resort ML-KEM prekey), i.e. a bundle request would not answer `NO_PREKEYS`. Index
+/// probes on `prekeys_by_device`.
+pub(crate) const REACHABLE: &str = "CAST(CASE WHEN \
+     EXISTS (SELECT 1 FROM prekeys p WHERE p.account_id = devices.account_id \
+             AND p.device_id = devices.device_id AND p.kind = 1) \
+     AND EXISTS (SELECT 1 FROM prekeys p WHERE p.account_id = devices.account_id \
+             AND p.device_id = devices.device_id AND p.kind IN (3, 4)) \
+     THEN 1 ELSE 0 END AS BIGINT)";
+
 /// Bounds on one statement of a write batch, well under both databases' bind-parameter
 /// limits (SQLite 32,766, PostgreSQL 65,535).
 pub(crate) const BATCH_ACCOUNTS_PER_QUERY: usize = 500;
@@ -537,6 +620,11 @@ pub(crate) struct MailboxRow {
     pub(crate) next_seq: u64,
     pub(crate) depth: u64,
     pub(crate) acked_seq: u64,
+    /// Whether a bundle can be made for the device now ([`REACHABLE`]); the device-set
+    /// rule lets a send leave out devices that are not.
+    pub(crate) reachable: bool,
+    /// Envelope bytes stored in the mailbox.
+    pub(crate) bytes: u64,
     pub(crate) dirty: bool,
 }
 
@@ -584,16 +672,16 @@ pub(crate) fn ack_ranges(ops: &[WriteOp<'_>], rows: &Rows) -> Vec<(AccountId, De
 pub(crate) fn apply_acks(
     ops: &[WriteOp<'_>],
     ranges: &[(AccountId, DeviceId, u64, u64)],
-    deleted: &BTreeMap<(AccountId, DeviceId), u64>,
+    deleted: &BTreeMap<(AccountId, DeviceId), (u64, u64)>,
     rows: &mut Rows,
     outcomes: &mut [Option<WriteOutcome>],
 ) {
     for &(account, device, _, up_to) in ranges {
         if let Some(row) = rows.get_mut(&(account, device)) {
+            let (n, bytes) = deleted.get(&(account, device)).copied().unwrap_or((0, 0));
             row.acked_seq = up_to;
-            row.depth = row
-                .depth
-                .saturating_sub(deleted.get(&(account, device)).copied().unwrap_or(0));
+            row.depth = row.depth.saturating_sub(n);
+            row.bytes = row.bytes.saturating_sub(bytes);
             row.dirty = true;
         }
     }
@@ -601,7 +689,7 @@ pub(crate) fn apply_acks(
     for (op, out) in ops.iter().zip(outcomes.iter_mut()) {
         if let WriteOp::Ack { account, device, .. } = *op {
             let n = if reported.insert((account, device)) {
-                deleted.get(&(account, device)).copied().unwrap_or(0)
+                deleted.get(&(account, device)).map_or(0, |d| d.0)
             } else {
                 0
             };
@@ -639,9 +727,9 @@ pub(crate) fn plan_sends<'a>(
         let mismatched: Vec<AccountId> = accounts
             .into_iter()
             .filter(|a| {
-                let listed: Vec<DeviceId> = rows
+                let listed: Vec<(DeviceId, bool)> = rows
                     .range((*a, DeviceId(0))..=(*a, DeviceId(u32::MAX)))
-                    .map(|(k, _)| k.1)
+                    .map(|(k, row)| (k.1, row.reachable))
                     .collect();
                 listed.is_empty() || !device_set_matches(a, &listed, recipients, params.sender.as_ref())
             })
@@ -650,9 +738,13 @@ pub(crate) fn plan_sends<'a>(
             lookups.push((i, mismatched));
             continue;
         }
+        // Full in count, or in bytes: the envelope would take the mailbox over
+        // `max_mailbox_bytes` (a send naming one device twice was refused before).
         let full = recipients.iter().any(|r| {
-            rows.get(&(r.account_id, r.device_id))
-                .is_none_or(|row| row.depth >= u64::from(params.max_mailbox_depth))
+            rows.get(&(r.account_id, r.device_id)).is_none_or(|row| {
+                row.depth >= u64::from(params.max_mailbox_depth)
+                    || row.bytes.saturating_add(r.envelope.len() as u64) > params.max_mailbox_bytes
+            })
         });
         if full {
             outcomes[i] = Some(WriteOutcome::Send(Err(StorageError::MailboxFull)));
@@ -672,6 +764,7 @@ pub(crate) fn plan_sends<'a>(
                 });
                 row.next_seq += 1;
                 row.depth += 1;
+                row.bytes = row.bytes.saturating_add(r.envelope.len() as u64);
                 row.dirty = true;
             }
         }
@@ -689,23 +782,30 @@ pub(crate) fn mismatch_outcome(lists: Vec<Option<Vec<u8>>>) -> WriteOutcome {
     }
 }
 
-/// Whether the devices a send names for `account` equal the account's listed devices
-/// (without the sender's own device, when the send names its sender).
+/// The device-set rule (docs/protocol.md §13.7): the devices a send names for `account`
+/// must all be listed (`listed`: each listed device and whether it is reachable), and
+/// must include every reachable listed device — without the sender's own device, when
+/// the send names its sender. A listed device that is not reachable (the relay holds no
+/// signed prekey for it, or no ML-KEM prekey, one-time or last-resort: a bundle request
+/// for it answers `NO_PREKEYS`) may be named or left out.
 pub(crate) fn device_set_matches(
     account: &AccountId,
-    listed: &[DeviceId],
+    listed: &[(DeviceId, bool)],
     recipients: &[Recipient],
     sender: Option<&(AccountId, DeviceId)>,
 ) -> bool {
-    let expected: BTreeSet<DeviceId> = listed
+    let not_sender = |d: &DeviceId| sender.is_none_or(|s| !(s.0 == *account && s.1 == *d));
+    let allowed: BTreeSet<DeviceId> = listed.iter().map(|(d, _)| *d).filter(not_sender).collect();
+    let required: BTreeSet<DeviceId> = listed
         .iter()
-        .copied()
-        .filter(|d| sender.is_none_or(|s| !(s.0 == *account && s.1 == *d)))
+        .filter(|(_, reachable)| *reachable)
+        .map(|(d, _)| *d)
+        .filter(not_sender)
         .collect();
     let named: BTreeSet<DeviceId> = recipients
         .iter()
         .filter(|r| r.account_id == *account)
         .map(|r| r.device_id)
         .collect();
-    expected == named
+    required.is_subset(&named) && named.is_subset(&allowed)
 }

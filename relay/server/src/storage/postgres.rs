@@ -12,6 +12,8 @@ use super::*;
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: Pool<Postgres>,
+    /// Write transactions begun (see [`super::Store::write_transactions`]).
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PostgresStore {
@@ -22,7 +24,10 @@ impl PostgresStore {
             .connect(url)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writes: Default::default(),
+        })
     }
 
     /// Another pool on the same database (see [`super::Store::with_own_pool`]).
@@ -32,6 +37,7 @@ impl PostgresStore {
             pool: PgPoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .connect_lazy_with(options),
+            writes: self.writes.clone(),
         }
     }
 
@@ -41,27 +47,27 @@ impl PostgresStore {
     }
 }
 
-/// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq).
-type CounterRow = (Vec<u8>, i64, i64, i64, i64);
+/// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq,
+/// reachable, bytes).
+type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64);
 
 /// The write batch's statements, each one fixed text over arrays (`UNNEST`), so the server
 /// parses and plans each once per connection whatever the batch size.
 impl PostgresStore {
     async fn lock_rows(conn: &mut PgConnection, accounts: &[AccountId]) -> Result<Vec<CounterRow>, sqlx::Error> {
         let ids: Vec<&[u8]> = accounts.iter().map(|a| &a.0[..]).collect();
-        sqlx::query_as(
-            "SELECT account_id, device_id, next_seq, depth, acked_seq FROM devices \
-             WHERE account_id = ANY($1) ORDER BY account_id, device_id FOR UPDATE",
-        )
-        .bind(ids)
-        .fetch_all(conn)
-        .await
+        let sql = format!(
+            "SELECT account_id, device_id, next_seq, depth, acked_seq, {}, bytes FROM devices \
+             WHERE account_id = ANY($1) ORDER BY account_id, device_id FOR UPDATE OF devices",
+            super::REACHABLE
+        );
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(conn).await
     }
 
     async fn delete_acked(
         conn: &mut PgConnection,
         ranges: &[(AccountId, DeviceId, u64, u64)],
-    ) -> Result<Vec<(Vec<u8>, i64)>, sqlx::Error> {
+    ) -> Result<Vec<(Vec<u8>, i64, i64)>, sqlx::Error> {
         let a: Vec<&[u8]> = ranges.iter().map(|r| &r.0.0[..]).collect();
         let d: Vec<i64> = ranges.iter().map(|r| device_i64(r.1)).collect();
         let lo: Vec<i64> = ranges.iter().map(|r| to_i64(r.2)).collect();
@@ -69,7 +75,7 @@ impl PostgresStore {
         sqlx::query_as(
             "DELETE FROM envelopes e USING UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[]) AS c(a, d, lo, hi) \
              WHERE e.account_id = c.a AND e.device_id = c.d AND e.seq > c.lo AND e.seq <= c.hi \
-             RETURNING e.account_id, e.device_id",
+             RETURNING e.account_id, e.device_id, CAST(length(e.ciphertext) AS BIGINT)",
         )
         .bind(a)
         .bind(d)
@@ -110,9 +116,11 @@ impl PostgresStore {
         let next: Vec<i64> = rows.iter().map(|r| to_i64(r.1.next_seq)).collect();
         let depth: Vec<i64> = rows.iter().map(|r| to_i64(r.1.depth)).collect();
         let acked: Vec<i64> = rows.iter().map(|r| to_i64(r.1.acked_seq)).collect();
+        let bytes: Vec<i64> = rows.iter().map(|r| to_i64(r.1.bytes)).collect();
         sqlx::query(
-            "UPDATE devices SET next_seq = c.n, depth = c.dp, acked_seq = c.ak \
-             FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS c(a, d, n, dp, ak) \
+            "UPDATE devices SET next_seq = c.n, depth = c.dp, acked_seq = c.ak, bytes = c.b \
+             FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) \
+             AS c(a, d, n, dp, ak, b) \
              WHERE devices.account_id = c.a AND devices.device_id = c.d",
         )
         .bind(a)
@@ -120,6 +128,7 @@ impl PostgresStore {
         .bind(next)
         .bind(depth)
         .bind(acked)
+        .bind(bytes)
         .execute(conn)
         .await
         .map(|_| ())

@@ -11,10 +11,15 @@ use sqlx::{Pool, QueryBuilder, Sqlite, SqliteConnection};
 use super::backend::storage_impl;
 use super::*;
 
+/// Bytes the WAL is truncated to when a checkpoint resets it (`journal_size_limit`).
+const JOURNAL_SIZE_LIMIT: u64 = 4 << 20;
+
 /// The SQLite store.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: Pool<Sqlite>,
+    /// Write transactions begun (see [`super::Store::write_transactions`]).
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -31,13 +36,23 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // A deleted envelope's bytes are overwritten with zeros in its page (and in
+            // freed pages), not left in free space (docs/self-hosting.md, "What stays on
+            // disk").
+            .pragma("secure_delete", "ON")
+            // After a checkpoint resets the WAL, it is truncated to this size, so frames
+            // with old page images do not linger at its end.
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT.to_string())
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writes: Default::default(),
+        })
     }
 
     /// Another pool on the same database (see [`super::Store::with_own_pool`]).
@@ -47,7 +62,19 @@ impl SqliteStore {
             pool: SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .connect_lazy_with(options),
+            writes: self.writes.clone(),
         }
+    }
+
+    /// Copies the WAL into the database and truncates it to zero bytes
+    /// (`wal_checkpoint(TRUNCATE)`): with `secure_delete`, the bytes of deleted envelopes
+    /// are then in neither file. Waits for readers; on a busy database it does what it
+    /// can and the next run finishes.
+    pub async fn checkpoint(&self) -> Result<(), StorageError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Closes the pool.
@@ -56,16 +83,17 @@ impl SqliteStore {
     }
 }
 
-/// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq).
-type CounterRow = (Vec<u8>, i64, i64, i64, i64);
+/// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq,
+/// reachable, bytes).
+type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64);
 
 /// The write batch's statements, as multi-row statements with one bind per value
 /// (SQLite parses in-process, so a statement per batch size costs little).
 impl SqliteStore {
     async fn lock_rows(conn: &mut SqliteConnection, accounts: &[AccountId]) -> Result<Vec<CounterRow>, sqlx::Error> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT account_id, device_id, next_seq, depth, acked_seq FROM devices WHERE account_id IN (",
-        );
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT account_id, device_id, next_seq, depth, acked_seq, ");
+        q.push(super::REACHABLE);
+        q.push(", bytes FROM devices WHERE account_id IN (");
         let mut list = q.separated(", ");
         for a in accounts {
             list.push_bind(&a.0[..]);
@@ -77,7 +105,7 @@ impl SqliteStore {
     async fn delete_acked(
         conn: &mut SqliteConnection,
         ranges: &[(AccountId, DeviceId, u64, u64)],
-    ) -> Result<Vec<(Vec<u8>, i64)>, sqlx::Error> {
+    ) -> Result<Vec<(Vec<u8>, i64, i64)>, sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM envelopes WHERE ");
         for (i, (a, d, after, up_to)) in ranges.iter().enumerate() {
             if i > 0 {
@@ -93,7 +121,7 @@ impl SqliteStore {
                 .push_bind(to_i64(*up_to))
                 .push(")");
         }
-        q.push(" RETURNING account_id, device_id");
+        q.push(" RETURNING account_id, device_id, CAST(length(ciphertext) AS BIGINT)");
         q.build_query_as().fetch_all(conn).await
     }
 
@@ -117,14 +145,16 @@ impl SqliteStore {
         rows: &[(&(AccountId, DeviceId), &MailboxRow)],
     ) -> Result<(), sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "UPDATE devices SET next_seq = c.column3, depth = c.column4, acked_seq = c.column5 FROM (",
+            "UPDATE devices SET next_seq = c.column3, depth = c.column4, acked_seq = c.column5, \
+             bytes = c.column6 FROM (",
         );
         q.push_values(rows, |mut row, ((a, d), r)| {
             row.push_bind(&a.0[..])
                 .push_bind(device_i64(*d))
                 .push_bind(to_i64(r.next_seq))
                 .push_bind(to_i64(r.depth))
-                .push_bind(to_i64(r.acked_seq));
+                .push_bind(to_i64(r.acked_seq))
+                .push_bind(to_i64(r.bytes));
         });
         q.push(") AS c WHERE devices.account_id = c.column1 AND devices.device_id = c.column2");
         q.build().execute(conn).await.map(|_| ())

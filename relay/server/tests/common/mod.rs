@@ -31,6 +31,12 @@ impl TestDevice {
         self.device.sign_relay_auth(&c.relay_id, &c.nonce, c.timestamp_ms)
     }
 
+    /// Signs a relay challenge for the HTTP request `method path` with `body`.
+    pub fn sign_http(&self, c: &Challenge, method: &str, path: &str, body: &[u8]) -> Signature {
+        let bound = sotto_proto::http_auth_binding(&c.nonce, method, path, body);
+        self.device.sign_relay_auth(&c.relay_id, &bound, c.timestamp_ms)
+    }
+
     /// A signed prekey (id 1), `one_time` one-time prekeys (ids `first..`), `kem` one-time
     /// ML-KEM prekeys (ids `first..`) and a last-resort ML-KEM prekey (id 1_000_000).
     pub fn prekeys(&self, rng: &mut ChaCha20Rng, first: u32, one_time: u32, kem: u32) -> PreKeyUpload {

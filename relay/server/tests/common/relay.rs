@@ -125,18 +125,25 @@ impl Relay {
         self.http(Method::GET, path, None, vec![]).await
     }
 
-    /// An `Authorization` header answering a fresh HTTP challenge.
-    pub async fn auth(&self, d: &TestDevice) -> String {
-        let (status, body) = self.get("/v1/auth/challenge").await;
+    /// An `Authorization` header answering a fresh HTTP challenge for the request
+    /// `method path` with `body`.
+    pub async fn auth(&self, d: &TestDevice, method: &Method, path: &str, body: &[u8]) -> String {
+        let (status, bytes) = self.get("/v1/auth/challenge").await;
         assert_eq!(status, StatusCode::OK);
-        let c = Challenge::decode(&body).unwrap();
+        let c = Challenge::decode(&bytes).unwrap();
         assert_eq!(c.relay_id, self.state.relay_id);
         authorization_header(&AuthResponse {
             account_id: d.account_id(),
             device_id: d.id(),
             nonce: c.nonce,
-            signature: d.sign_challenge(&c),
+            signature: d.sign_http(&c, method.as_str(), path, body),
         })
+    }
+
+    /// The request `method path` with `body`, authenticated as `d`.
+    pub async fn authed(&self, d: &TestDevice, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        let auth = self.auth(d, &method, path, &body).await;
+        self.http(method, path, Some(auth), body).await
     }
 
     pub async fn register(&self, a: &TestAccount) -> StatusCode {
@@ -173,8 +180,23 @@ impl Relay {
     pub async fn connect(&self, d: &TestDevice) -> Ws {
         let (mut ws, c) = self.open().await;
         send(&mut ws, &answer(d, &c)).await;
-        assert_eq!(recv(&mut ws).await, Frame::AuthOk);
+        self.finish_connect(ws).await
+    }
+
+    /// Reads the `AuthOk` of a just-answered challenge.
+    pub async fn finish_connect(&self, mut ws: Ws) -> Ws {
+        assert!(matches!(recv(&mut ws).await, Frame::AuthOk { .. }));
         ws
+    }
+
+    /// Opens a WebSocket, authenticates as `d` and returns the mailbox epoch with it.
+    pub async fn connect_epoch(&self, d: &TestDevice) -> (Ws, [u8; 16]) {
+        let (mut ws, c) = self.open().await;
+        send(&mut ws, &answer(d, &c)).await;
+        match recv(&mut ws).await {
+            Frame::AuthOk { mailbox_epoch } => (ws, mailbox_epoch),
+            other => panic!("expected AuthOk, got {other:?}"),
+        }
     }
 }
 
