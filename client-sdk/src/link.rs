@@ -454,6 +454,11 @@ impl<S: Store> PendingJoin<S> {
 }
 
 impl<S: Store> Client<S> {
+    /// This device's public identity (account, device id, public keys).
+    pub fn identity(&self) -> DeviceIdentity {
+        self.inner.device.identity()
+    }
+
     /// True when this device holds the account key: it can link and remove devices and
     /// export the recovery key. Other devices work fully for messaging.
     pub async fn has_account_key(&self) -> bool {
