@@ -327,8 +327,13 @@ fn unhex(s: &str) -> Option<Zeroizing<Vec<u8>>> {
     Some(out)
 }
 
+/// The link code text: `sotto-link:` ‖ account id ‖ `.` ‖ hex(secret).
+pub fn link_code(account: &AccountId, secret: &[u8; 32]) -> String {
+    format!("sotto-link:{account}.{}", hex(secret))
+}
+
 /// Parses a link code into the account and the secret.
-fn parse_code(code: &str) -> Result<(AccountId, Zeroizing<[u8; 32]>), ClientError> {
+pub fn parse_code(code: &str) -> Result<(AccountId, Zeroizing<[u8; 32]>), ClientError> {
     let rest = code
         .trim()
         .strip_prefix("sotto-link:")
@@ -499,7 +504,7 @@ impl<S: Store> Client<S> {
             }
             m.rng().fill_bytes(secret.as_mut_slice());
         }
-        let code = format!("sotto-link:{}.{}", self.account_id(), hex(secret.as_slice()));
+        let code = link_code(&self.account_id(), &secret);
         *self.inner.link.lock().await = Some(PendingLink {
             secret,
             expires: rt::Instant::now() + LINK_TIMEOUT,
