@@ -141,15 +141,30 @@ fun main() = runBlocking {
     subscription.close()
     check(bob.messages(a, Page()).map { it.text } == listOf("hello bob", "hi alice", "after reopening")) { "bob's history" }
 
-    // Device linking: alice's second device joins with the code her first device shows,
-    // and bob's next message reaches both.
+    // Device linking: alice's second device asks to join with the code her first device
+    // shows; her first device shows its name and fingerprint and she confirms (without the
+    // account key); bob's next message reaches both.
     val code = alice.linkNewDevice()
-    val alice2 = SottoClient.joinAsNewDevice(File(DIR, "alice2.db").path, newKey(), RELAY, code, opts)
+    val pending = PendingJoin.startJoin(File(DIR, "alice2.db").path, newKey(), RELAY, code, "alice phone", opts)
+    check(pending.deviceId() == 2u) { "asked for ${pending.deviceId()}" }
+    val req = waitFor(alice) { it is Event.LinkRequested } as Event.LinkRequested
+    check(req.deviceName == "alice phone") { req.deviceName }
+    check(req.fingerprint == pending.fingerprint()) { "fingerprints differ" }
+    expectError<SottoException.UnknownLinkRequest> { alice.confirmLink(req.id xor 1uL, false) }
+    alice.confirmLink(req.id, false)
+    val alice2 = pending.waitJoined()
     check(alice2.accountId() == a && alice2.deviceId() == 2u) { "joined as ${alice2.deviceId()}" }
+    check(alice.hasAccountKey() && !alice2.hasAccountKey()) { "account key" }
+    expectError<SottoException.NoAccountKey> { alice2.linkNewDevice() }
     check(alice.devicesOf(a).sorted() == listOf(1u, 2u)) { "alice's devices" }
     bob.sendText(a, "to both devices")
     waitFor(alice, received("to both devices"))
     waitFor(alice2, received("to both devices"))
+    val rk = alice.exportRecoveryKey()
+    check(rk.startsWith("sotto-recovery:")) { "recovery key" }
+    alice2.recoverAccount(rk)
+    check(alice2.hasAccountKey()) { "recovered" }
+    pending.close()
 
     alice2.shutdown()
     alice.shutdown()
