@@ -140,3 +140,21 @@ fn link_vectors_replay() {
     assert!(fingerprints_match(fp, &fp.to_uppercase().replace(' ', "")));
     assert!(!fingerprints_match(fp, &fp[..fp.len() - 1]));
 }
+
+proptest::proptest! {
+    /// The link decoders take any bytes and text without panicking (they run on what a
+    /// stranger sends, or what a user pastes).
+    #[test]
+    fn link_decoders_take_any_input(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), text in ".{0,120}") {
+        let account = AccountId([7; 32]);
+        let _ = decode_link_request(&[1; 32], &account, &bytes);
+        let _ = decode_link_accept(&[1; 32], &account, DeviceId(2), &bytes);
+        let _ = decode_recovery_key(&text);
+        let _ = decode_recovery_key(&format!("sotto-recovery:{text}"));
+        let _ = parse_code(&text);
+        let _ = parse_code(&format!("sotto-link:{text}"));
+        let mut request = vec![1u8];
+        request.extend_from_slice(&bytes);
+        let _ = decode_link_request(&[1; 32], &account, &request);
+    }
+}

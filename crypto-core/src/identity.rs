@@ -594,6 +594,17 @@ mod tests {
     use rand_core::SeedableRng;
 
     #[test]
+    fn account_key_seed_round_trips() {
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let ak = AccountKey::generate(&mut rng);
+        let seed = ak.dangerous_export_seed();
+        let back = AccountKey::from_seed(&seed);
+        assert_eq!(back.account_id(), ak.account_id());
+        assert_eq!(back.public_key(), ak.public_key());
+        assert_ne!(AccountKey::from_seed(&[0; 32]).account_id(), ak.account_id());
+    }
+
+    #[test]
     fn account_id_string_round_trip() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let ak = AccountKey::generate(&mut rng);
