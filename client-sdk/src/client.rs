@@ -1857,15 +1857,15 @@ mod tests {
             (stream.0)(buf)
         });
         let client = Client::open(store, key, offline(counting)).await.unwrap();
-        // Open: the key generator and the id generator.
-        assert_eq!(*draws.lock().unwrap(), [32, 32]);
+        // Open: the key generator, the id generator and the network-timing generator.
+        assert_eq!(*draws.lock().unwrap(), [32, 32, 32]);
         let before = {
             let mut m = client.inner.machine.lock().await;
             let b = m.rng().next_u64();
             client.inner.reload(&mut m).await.unwrap();
             b
         };
-        assert_eq!(*draws.lock().unwrap(), [32, 32, 32, 32]);
+        assert_eq!(*draws.lock().unwrap(), [32, 32, 32, 32, 32]);
         // The reloaded generator is not a function of the old one's output.
         let mut m = client.inner.machine.lock().await;
         let after = m.rng().next_u64();
