@@ -60,11 +60,11 @@ async def main():
     assert await bob.add_contact(a_id) == a_id
 
     sent = await alice.send_text(b_id, "hello bob")
-    assert sent.status == MessageStatus.QUEUED and sent.conversation == b_id
+    assert sent.status == MessageStatus.QUEUED() and sent.conversation == b_id
     ev = await wait_for_event(bob, received("hello bob"))
     m = ev.message
     assert m.sender_account == a_id and m.sender_device == 1
-    assert m.conversation == a_id and m.status == MessageStatus.RECEIVED and m.id == sent.id
+    assert m.conversation == a_id and m.status == MessageStatus.RECEIVED() and m.id == sent.id
     await wait_for_event(alice, lambda e: e.is_message_sent() and e.id == sent.id)
 
     # The reply is awaited with reads cancelled every 20 ms.
@@ -95,8 +95,8 @@ async def main():
     assert await alice.conversations() == [b_id]
     history = await alice.messages(b_id, Page())
     assert [(h.text, h.sender_account) for h in history] == [("hello bob", a_id), ("hi alice", b_id)]
-    assert history[0].status in (MessageStatus.SENT, MessageStatus.DELIVERED)
-    assert history[1].status == MessageStatus.RECEIVED
+    assert history[0].status in (MessageStatus.SENT(), MessageStatus.DELIVERED())
+    assert history[1].status == MessageStatus.RECEIVED()
     older = await alice.messages(b_id, Page(before=history[1].order, limit=10))
     assert [h.text for h in older] == ["hello bob"]
     assert await alice.outbox_len() == 0
