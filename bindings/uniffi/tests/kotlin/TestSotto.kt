@@ -13,6 +13,7 @@ import uniffi.sotto_ffi.Event
 import uniffi.sotto_ffi.EventListener
 import uniffi.sotto_ffi.MessageStatus
 import uniffi.sotto_ffi.Page
+import uniffi.sotto_ffi.PendingJoin
 import uniffi.sotto_ffi.SottoClient
 import uniffi.sotto_ffi.SottoException
 
@@ -81,10 +82,10 @@ fun main() = runBlocking {
     check(bob.addContact(a) == a) { "addContact" }
 
     val sent = alice.sendText(b, "hello bob")
-    check(sent.status == MessageStatus.QUEUED && sent.conversation == b) { "$sent" }
+    check(sent.status == MessageStatus.Queued && sent.conversation == b) { "$sent" }
     val got = (waitFor(bob, received("hello bob")) as Event.MessageReceived).message
     check(got.senderAccount == a && got.senderDevice == 1u && got.id == sent.id) { "$got" }
-    check(got.status == MessageStatus.RECEIVED && got.conversation == a) { "$got" }
+    check(got.status == MessageStatus.Received && got.conversation == a) { "$got" }
     waitFor(alice) { it is Event.MessageSent && it.id == sent.id }
 
     val reply = bob.sendText(a, "hi alice")
@@ -114,8 +115,8 @@ fun main() = runBlocking {
     check(alice.conversations() == listOf(b)) { "conversations" }
     val history = alice.messages(b, Page())
     check(history.map { it.text to it.senderAccount } == listOf("hello bob" to a, "hi alice" to b)) { "$history" }
-    check(history[0].status == MessageStatus.SENT || history[0].status == MessageStatus.DELIVERED) { "$history" }
-    check(history[1].status == MessageStatus.RECEIVED) { "$history" }
+    check(history[0].status == MessageStatus.Sent || history[0].status == MessageStatus.Delivered) { "$history" }
+    check(history[1].status == MessageStatus.Received) { "$history" }
     val older = alice.messages(b, Page(before = history[1].order, limit = 10u))
     check(older.map { it.text } == listOf("hello bob")) { "$older" }
     check(alice.outboxLen() == 0uL) { "outbox" }
