@@ -74,7 +74,7 @@ pub enum ClientError {
     Store(#[from] StoreError),
     /// The machine refused the operation.
     #[error("{0}")]
-    Machine(#[from] MachineError),
+    Machine(MachineError),
     /// The relay could not be reached or refused.
     #[error("relay: {0}")]
     Transport(#[from] TransportError),
@@ -99,10 +99,34 @@ pub enum ClientError {
     /// Linking did not complete.
     #[error("linking failed: {0}")]
     Link(String),
+    /// This device does not hold the account key, so it cannot change the account's
+    /// device list (link or remove a device). Recover it with the recovery key
+    /// ([`Client::recover_account`]) or use a device that holds it.
+    #[error("this device does not hold the account key")]
+    NoAccountKey,
+    /// Not this account's recovery key (malformed, checksum wrong, or another account's).
+    #[error("not this account's recovery key")]
+    BadRecoveryKey,
+    /// No pending link request has this id (answered, replaced or expired).
+    #[error("no pending link request with this id")]
+    UnknownLinkRequest,
+    /// Linking did not complete in time (the request was rejected, never answered, or
+    /// the code expired).
+    #[error("linking timed out")]
+    LinkTimeout,
     /// The operating system's random generator failed: nothing secret can be made, so
     /// the operation was refused.
     #[error("the operating system's random generator failed")]
     Entropy,
+}
+
+impl From<MachineError> for ClientError {
+    fn from(e: MachineError) -> Self {
+        match e {
+            MachineError::NoAccountKey => Self::NoAccountKey,
+            e => Self::Machine(e),
+        }
+    }
 }
 
 impl ClientError {
@@ -121,6 +145,10 @@ impl ClientError {
             Self::UnknownContact => "unknown_contact",
             Self::BadLinkCode => "bad_link_code",
             Self::Link(_) => "link",
+            Self::NoAccountKey => "no_account_key",
+            Self::BadRecoveryKey => "bad_recovery_key",
+            Self::UnknownLinkRequest => "unknown_link_request",
+            Self::LinkTimeout => "link_timeout",
             Self::Entropy => "entropy",
         }
     }
@@ -339,6 +367,8 @@ pub(crate) struct Inner<S: Store> {
     options: ClientOptions,
     consumed: std::sync::atomic::AtomicU32,
     pub(crate) link: Mutex<Option<crate::link::PendingLink>>,
+    /// On a device that is joining: the link secret, until the answer arrived.
+    pub(crate) joining: Mutex<Option<crate::link::Joining>>,
     /// Received message ids per sender account, not yet acknowledged with a receipt.
     receipts: Mutex<std::collections::BTreeMap<AccountId, Vec<crate::ids::MessageId>>>,
     /// Seeds every generator (the machine's, on open and on every reload; the jitter's).
@@ -353,7 +383,7 @@ pub(crate) struct Inner<S: Store> {
 /// A Sotto client: one device of one account, its store and its relay connection.
 ///
 /// Create one with [`Client::create_account`], [`Client::open`] or
-/// [`Client::join_as_new_device`]. A background task keeps the relay connection up
+/// [`Client::start_join`]. A background task keeps the relay connection up
 /// (challenge authentication, heartbeat, reconnect with exponential backoff and jitter,
 /// resume from the mailbox) and sends the persisted outbox. Drop or
 /// [`shutdown`](Client::shutdown) stops it.
@@ -445,6 +475,7 @@ impl<S: Store> Client<S> {
                 options,
                 consumed: std::sync::atomic::AtomicU32::new(0),
                 link: Mutex::new(None),
+                joining: Mutex::new(None),
                 receipts: Mutex::new(Default::default()),
                 net_rng: std::sync::Mutex::new(entropy.rng()?),
                 entropy,
@@ -943,6 +974,7 @@ impl<S: Store> Inner<S> {
     async fn handle_deliver(&self, seq: u64, envelope: &[u8]) -> Result<(), ClientError> {
         let mut refreshed = false;
         let mut conflicts = 0;
+        let mut accept_handled = false;
         loop {
             let mut m = self.machine.lock().await;
             match m.receive_envelope(seq, envelope, refreshed) {
@@ -964,6 +996,29 @@ impl<S: Store> Inner<S> {
                         .await;
                 }
                 Inbound::Need(Need::Bundles(..)) => refreshed = true,
+                Inbound::LinkAccept {
+                    changes,
+                    sender,
+                    payload,
+                } => {
+                    if !accept_handled {
+                        // Opened (account key, contacts) before the seq is committed, so a
+                        // crash in between leaves the answer in the mailbox.
+                        drop(m);
+                        accept_handled = true;
+                        let _ = self.handle_link_accept(sender, &payload).await;
+                        continue;
+                    }
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(_) => {}
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    return Ok(());
+                }
                 Inbound::LinkRequest {
                     changes,
                     sender,
@@ -1110,6 +1165,7 @@ impl<S: Store> Inner<S> {
     async fn retry_one(&self, p: &crate::store::PendingInbound) -> Result<bool, ClientError> {
         let mut refreshed = false;
         let mut conflicts = 0;
+        let mut accept_handled = false;
         loop {
             let mut m = self.machine.lock().await;
             match m.receive_pending(p, refreshed) {
@@ -1133,6 +1189,29 @@ impl<S: Store> Inner<S> {
                     refreshed = true;
                 }
                 Inbound::Need(Need::Bundles(..)) | Inbound::Defer { .. } => refreshed = true,
+                Inbound::LinkAccept {
+                    changes,
+                    sender,
+                    payload,
+                } => {
+                    if !accept_handled {
+                        // Opened (account key, contacts) before the seq is committed, so a
+                        // crash in between leaves the answer in the mailbox.
+                        drop(m);
+                        accept_handled = true;
+                        let _ = self.handle_link_accept(sender, &payload).await;
+                        continue;
+                    }
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(_) => {}
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    return Ok(true);
+                }
                 Inbound::LinkRequest {
                     changes,
                     sender,

@@ -50,7 +50,7 @@ pub mod store;
 #[cfg(any(feature = "native", feature = "web"))]
 mod client;
 #[cfg(any(feature = "native", feature = "web"))]
-mod link;
+pub mod link;
 #[cfg(any(feature = "native", feature = "web"))]
 mod rt;
 #[cfg(any(feature = "native", feature = "web"))]
@@ -60,5 +60,7 @@ pub mod transport;
 pub use client::{Client, ClientError, ClientOptions, Entropy, EventStream, contact_link, parse_contact};
 pub use content::{Content, ContentError, ContentKind};
 pub use ids::MessageId;
+#[cfg(any(feature = "native", feature = "web"))]
+pub use link::PendingJoin;
 pub use machine::{Event, Machine, MachineError, UndecryptableCause};
 pub use store::{MessageStatus, Page, StoredMessage};

@@ -1,61 +1,89 @@
-//! Linking a new device to an account, and removing one (native).
+//! Linking a new device to an account, removing one, and the recovery key (native).
+//! docs/protocol.md §12A specifies every byte; client-sdk/tests/vectors/link.json has
+//! known answers.
 //!
 //! ```text
 //! code        = "sotto-link:" ‖ account id (52 chars) ‖ "." ‖ hex(secret (32))     shown by an existing device
-//! req_key     = HKDF-SHA256(ikm = secret, info = "Sotto-v1 link request", 32)
-//! acc_key     = HKDF-SHA256(ikm = secret, info = "Sotto-v1 link accept", 32)
-//! request     = 0x01 ‖ device_id (u32) ‖ DSK_pub (32) ‖ IK_pub (32) ‖ HMAC(req_key, account_id ‖ those 68 bytes)
+//! req_key     = HKDF-SHA256(salt = none, ikm = secret, info = "Sotto-v1 link request", 32)
+//! acc_key     = HKDF-SHA256(salt = none, ikm = secret, info = "Sotto-v1 link accept", 32)
+//! body        = device_id (u32) ‖ DSK_pub (32) ‖ IK_pub (32) ‖ name_len (u8, ≤ 64) ‖ name (UTF-8)
+//! request     = 0x01 ‖ body ‖ HMAC-SHA256(req_key, account_id ‖ body)
 //!               sealed by the new device (content type 0x10) to every listed device, anonymously
-//! accept      = 0x01 ‖ AK pickle under acc_key (var) ‖ n (u16) ‖ n × contact account id (32)
-//!               sealed by the existing device (content type 0x11) to the new device, after it
-//!               published the device list with the new device in it
+//! fingerprint = SHA-256("Sotto-v1 link fingerprint" ‖ account_id ‖ device_id ‖ DSK_pub ‖ IK_pub)[..10],
+//!               shown on both devices as five groups of four hex digits
+//! accept      = 0x01 ‖ flags (u8; bit 0: account key included) ‖
+//!               [ChaCha20-Poly1305(acc_key, nonce = 0^12, aad = account_id ‖ device_id, AK seed) (48)] ‖
+//!               n (u16) ‖ n × contact account id (32)
+//!               sealed by the existing device (content type 0x11) to the new device, after the
+//!               user confirmed and it published the device list with the new device in it;
+//!               the account's other devices get the one byte 0x00 (a notice to refetch the list)
+//! recovery    = "sotto-recovery:" ‖ hex(AK seed (32) ‖ SHA-256("Sotto-v1 recovery key" ‖ seed)[..4]),
+//!               in groups of four separated by "-"
 //! ```
-//! The new device checks that the account key it received hashes to the account id in
-//! the code and that the answer came from a device the account lists; the existing device
-//! checks the request's MAC and that the sealed sender is the device the request names.
 
 use std::time::Duration;
 
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
-use rand_chacha::ChaCha20Rng;
 use rand_core::RngCore;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use sotto_crypto::codec::{Put, Reader};
-use sotto_crypto::pickle::Pickle;
 use sotto_crypto::{
-    AccountId, AccountKey, Device, DeviceEntry, DeviceId, DeviceIdentity, Ed25519PublicKey, PickleKey,
-    SignedDeviceList, X25519PublicKey,
+    AccountId, AccountKey, Device, DeviceEntry, DeviceId, DeviceIdentity, Ed25519PublicKey, SignedDeviceList,
+    X25519PublicKey,
 };
-use sotto_proto::{Frame, Recipient, Send, SendOutcome};
+use sotto_proto::{Recipient, Send, SendOutcome};
 use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use crate::client::{Client, ClientError, ClientOptions, Inner, now_ms, pickle_key};
 use crate::machine::{CONTENT_LINK_ACCEPT, CONTENT_LINK_REQUEST, Event, Machine};
 use crate::rt;
 use crate::store::{Store, StoreKey};
-use crate::transport::{Relay, TransportError};
+use crate::transport::Relay;
 
-/// How long an existing device waits for the new device's request, and the new device
-/// for the answer.
-pub(crate) const LINK_TIMEOUT: Duration = Duration::from_secs(120);
-const MAX_CONTACTS: usize = 4096;
+/// How long a link code is valid on the existing device (the user must confirm within
+/// it), and how long the new device waits to be listed and answered.
+pub(crate) const LINK_TIMEOUT: Duration = Duration::from_secs(300);
+/// The most contacts an answer carries.
+pub const MAX_LINK_CONTACTS: usize = 4096;
+/// The longest device name a request carries (bytes of UTF-8).
+pub const MAX_DEVICE_NAME: usize = 64;
+const REQUEST_VERSION: u8 = 1;
+const ACCEPT_VERSION: u8 = 1;
+const FLAG_ACCOUNT_KEY: u8 = 1;
 
 /// A link in progress on the existing device.
 pub(crate) struct PendingLink {
     secret: Zeroizing<[u8; 32]>,
     expires: rt::Instant,
+    /// Set once a request with the code's MAC arrived: the code is spent.
+    request: Option<LinkRequest>,
 }
 
-fn derive(secret: &[u8; 32], label: &[u8]) -> Zeroizing<[u8; 32]> {
+struct LinkRequest {
+    id: u64,
+    entry: DeviceEntry,
+}
+
+/// The new device's side while it waits for the answer.
+pub(crate) struct Joining {
+    secret: Zeroizing<[u8; 32]>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// HKDF-SHA256 of the link secret (no salt) with `label` as info, 32 bytes.
+pub fn link_key(secret: &[u8; 32], label: &[u8]) -> Zeroizing<[u8; 32]> {
     let mut out = Zeroizing::new([0u8; 32]);
     let _ = Hkdf::<Sha256>::new(None, secret).expand(label, out.as_mut_slice());
     out
 }
 
 fn request_mac(secret: &[u8; 32], account: &AccountId, body: &[u8]) -> [u8; 32] {
-    let key = derive(secret, b"Sotto-v1 link request");
+    let key = link_key(secret, b"Sotto-v1 link request");
     let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(key.as_slice()) else {
         return [0; 32];
     };
@@ -64,31 +92,257 @@ fn request_mac(secret: &[u8; 32], account: &AccountId, body: &[u8]) -> [u8; 32] 
     mac.finalize().into_bytes().into()
 }
 
+/// The fingerprint both devices show for a new device: SHA-256 over a label, the
+/// account id, the device id and the device's two public keys, first 10 bytes as five
+/// groups of four hex digits.
+pub fn link_fingerprint(device: &DeviceIdentity) -> String {
+    let mut h = Sha256::new();
+    h.update(b"Sotto-v1 link fingerprint");
+    h.update(device.account_id.as_bytes());
+    h.update(device.device_id.0.to_be_bytes());
+    h.update(device.signing_key.as_bytes());
+    h.update(device.identity_key.as_bytes());
+    let d = h.finalize();
+    let hex = hex(&d[..10]);
+    hex.as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Compares two fingerprints as shown (spaces and case ignored), in constant time.
+pub fn fingerprints_match(a: &str, b: &str) -> bool {
+    let norm = |s: &str| -> Vec<u8> {
+        s.bytes()
+            .filter(|c| !c.is_ascii_whitespace())
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let (a, b) = (norm(a), norm(b));
+    a.len() == b.len() && bool::from(a.ct_eq(&b))
+}
+
+/// The request payload (content type 0x10).
+pub fn encode_link_request(secret: &[u8; 32], device: &DeviceIdentity, name: &str) -> Vec<u8> {
+    let name = truncate_name(name);
+    let mut body = Vec::with_capacity(70 + name.len());
+    body.put_u32(device.device_id.0);
+    body.put(device.signing_key.as_bytes());
+    body.put(device.identity_key.as_bytes());
+    body.put_u8(name.len() as u8);
+    body.put(name.as_bytes());
+    let mac = request_mac(secret, &device.account_id, &body);
+    let mut request = vec![REQUEST_VERSION];
+    request.extend_from_slice(&body);
+    request.extend_from_slice(&mac);
+    request
+}
+
+/// Parses and authenticates a request: the new device's entry and name.
+pub fn decode_link_request(secret: &[u8; 32], account: &AccountId, payload: &[u8]) -> Option<(DeviceEntry, String)> {
+    let mut r = Reader::new(payload);
+    r.version(REQUEST_VERSION).ok()?;
+    let rest = payload.get(1..)?;
+    let body_len = rest.len().checked_sub(32)?;
+    let (body, mac) = rest.split_at(body_len);
+    let expected = request_mac(secret, account, body);
+    if !bool::from(expected.ct_eq(mac)) {
+        return None;
+    }
+    let mut br = Reader::new(body);
+    let device_id = DeviceId(br.u32().ok()?);
+    let signing_key = Ed25519PublicKey::from_bytes(&br.array().ok()?).ok()?;
+    let identity_key = X25519PublicKey(br.array().ok()?);
+    let n = usize::from(br.u8().ok()?);
+    if n > MAX_DEVICE_NAME {
+        return None;
+    }
+    let name = String::from_utf8(br.bytes(n).ok()?.to_vec()).ok()?;
+    br.finish().ok()?;
+    Some((
+        DeviceEntry {
+            device_id,
+            signing_key,
+            identity_key,
+        },
+        name,
+    ))
+}
+
+fn truncate_name(name: &str) -> &str {
+    let mut end = name.len().min(MAX_DEVICE_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+fn seed_aad(account: &AccountId, device: DeviceId) -> Vec<u8> {
+    let mut aad = account.as_bytes().to_vec();
+    aad.put_u32(device.0);
+    aad
+}
+
+/// The answer payload (content type 0x11) for the new device `device`.
+pub fn encode_link_accept(
+    secret: &[u8; 32],
+    account: &AccountId,
+    device: DeviceId,
+    account_key: Option<&AccountKey>,
+    contacts: &[AccountId],
+) -> Vec<u8> {
+    let mut out = vec![ACCEPT_VERSION];
+    match account_key {
+        Some(ak) => {
+            out.put_u8(FLAG_ACCOUNT_KEY);
+            let key = link_key(secret, b"Sotto-v1 link accept");
+            let seed = ak.dangerous_export_seed();
+            let aead = ChaCha20Poly1305::new(Key::from_slice(key.as_slice()));
+            // The key is used once (one answer per code), so the zero nonce never repeats.
+            let ct = aead
+                .encrypt(
+                    Nonce::from_slice(&[0; 12]),
+                    Payload {
+                        msg: seed.as_slice(),
+                        aad: &seed_aad(account, device),
+                    },
+                )
+                .unwrap_or_default();
+            out.put(&ct);
+        }
+        None => out.put_u8(0),
+    }
+    let n = contacts.len().min(MAX_LINK_CONTACTS);
+    out.put_count(n);
+    for c in &contacts[..n] {
+        out.put(c.as_bytes());
+    }
+    out
+}
+
+/// Parses an answer: the account key when granted (checked against the account id),
+/// and the contacts.
+pub fn decode_link_accept(
+    secret: &[u8; 32],
+    account: &AccountId,
+    device: DeviceId,
+    payload: &[u8],
+) -> Option<(Option<AccountKey>, Vec<AccountId>)> {
+    let mut r = Reader::new(payload);
+    r.version(ACCEPT_VERSION).ok()?;
+    let ak = match r.u8().ok()? {
+        0 => None,
+        FLAG_ACCOUNT_KEY => {
+            let ct: [u8; 48] = r.array().ok()?;
+            let key = link_key(secret, b"Sotto-v1 link accept");
+            let aead = ChaCha20Poly1305::new(Key::from_slice(key.as_slice()));
+            let seed = Zeroizing::new(
+                aead.decrypt(
+                    Nonce::from_slice(&[0; 12]),
+                    Payload {
+                        msg: &ct,
+                        aad: &seed_aad(account, device),
+                    },
+                )
+                .ok()?,
+            );
+            let seed: Zeroizing<[u8; 32]> = Zeroizing::new(seed.as_slice().try_into().ok()?);
+            let ak = AccountKey::from_seed(&seed);
+            if !ak.account_id().ct_eq(account) {
+                return None;
+            }
+            Some(ak)
+        }
+        _ => return None,
+    };
+    let n = r.count("contacts", MAX_LINK_CONTACTS, 32).ok()?;
+    let mut contacts = Vec::with_capacity(n);
+    for _ in 0..n {
+        contacts.push(AccountId(r.array().ok()?));
+    }
+    r.finish().ok()?;
+    Some((ak, contacts))
+}
+
+/// The recovery key text of an account key.
+pub fn encode_recovery_key(ak: &AccountKey) -> Zeroizing<String> {
+    let seed = ak.dangerous_export_seed();
+    let mut bytes = Zeroizing::new(Vec::with_capacity(36));
+    bytes.extend_from_slice(seed.as_slice());
+    bytes.extend_from_slice(&recovery_checksum(&seed));
+    let hex = Zeroizing::new(hex(&bytes));
+    let mut out = Zeroizing::new(String::with_capacity(15 + 90));
+    out.push_str("sotto-recovery:");
+    for (i, c) in hex.as_bytes().chunks(4).enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        for b in c {
+            out.push(char::from(*b));
+        }
+    }
+    out
+}
+
+fn recovery_checksum(seed: &[u8; 32]) -> [u8; 4] {
+    let d = Sha256::new()
+        .chain_update(b"Sotto-v1 recovery key")
+        .chain_update(seed)
+        .finalize();
+    [d[0], d[1], d[2], d[3]]
+}
+
+/// Parses a recovery key (case, spaces and dashes ignored) and checks its checksum.
+pub fn decode_recovery_key(text: &str) -> Result<AccountKey, ClientError> {
+    let rest = text
+        .trim()
+        .strip_prefix("sotto-recovery:")
+        .ok_or(ClientError::BadRecoveryKey)?;
+    let digits: Zeroizing<String> = Zeroizing::new(rest.chars().filter(|c| *c != '-' && !c.is_whitespace()).collect());
+    let bytes = unhex(&digits).ok_or(ClientError::BadRecoveryKey)?;
+    if bytes.len() != 36 {
+        return Err(ClientError::BadRecoveryKey);
+    }
+    let mut seed = Zeroizing::new([0u8; 32]);
+    seed.copy_from_slice(&bytes[..32]);
+    if !bool::from(recovery_checksum(&seed).ct_eq(&bytes[32..])) {
+        return Err(ClientError::BadRecoveryKey);
+    }
+    Ok(AccountKey::from_seed(&seed))
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn unhex32(s: &str) -> Option<Zeroizing<[u8; 32]>> {
-    if s.len() != 64 || !s.is_ascii() {
+fn unhex(s: &str) -> Option<Zeroizing<Vec<u8>>> {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
-    let mut out = Zeroizing::new([0u8; 32]);
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    let mut out = Zeroizing::new(Vec::with_capacity(s.len() / 2));
+    for i in 0..s.len() / 2 {
+        out.push(u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?);
     }
     Some(out)
 }
 
+/// The link code text: `sotto-link:` ‖ account id ‖ `.` ‖ hex(secret).
+pub fn link_code(account: &AccountId, secret: &[u8; 32]) -> String {
+    format!("sotto-link:{account}.{}", hex(secret))
+}
+
 /// Parses a link code into the account and the secret.
-fn parse_code(code: &str) -> Result<(AccountId, Zeroizing<[u8; 32]>), ClientError> {
+pub fn parse_code(code: &str) -> Result<(AccountId, Zeroizing<[u8; 32]>), ClientError> {
     let rest = code
         .trim()
         .strip_prefix("sotto-link:")
         .ok_or(ClientError::BadLinkCode)?;
     let (account, secret) = rest.split_once('.').ok_or(ClientError::BadLinkCode)?;
     let account: AccountId = account.parse().map_err(|_| ClientError::BadLinkCode)?;
-    let secret = unhex32(secret).ok_or(ClientError::BadLinkCode)?;
-    Ok((account, secret))
+    let bytes = unhex(secret).ok_or(ClientError::BadLinkCode)?;
+    let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| ClientError::BadLinkCode)?;
+    Ok((account, Zeroizing::new(secret)))
 }
 
 fn anonymous_send(recipients: Vec<Recipient>) -> Send {
@@ -107,30 +361,215 @@ fn stored(outcome: SendOutcome) -> Result<(), ClientError> {
     }
 }
 
+/// A join in progress on the new device ([`Client::start_join`]): show
+/// [`PendingJoin::fingerprint`] to the user, who compares it with the one the existing
+/// device shows before confirming there, then await [`PendingJoin::wait`].
+pub struct PendingJoin<S: Store> {
+    store: S,
+    key: StoreKey,
+    relay: Relay,
+    device: Device,
+    secret: Zeroizing<[u8; 32]>,
+    rng: rand_chacha::ChaCha20Rng,
+    options: ClientOptions,
+    fingerprint: String,
+    deadline: rt::Instant,
+}
+
+impl<S: Store> std::fmt::Debug for PendingJoin<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingJoin")
+            .field("device", &self.device)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> PendingJoin<S> {
+    /// The new device's fingerprint; the existing device shows the same one.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The device id this device asked for.
+    pub fn device_id(&self) -> DeviceId {
+        self.device.device_id()
+    }
+
+    /// This device's public identity.
+    pub fn identity(&self) -> DeviceIdentity {
+        self.device.identity()
+    }
+
+    /// Waits until the existing device's user confirmed: the account lists this device
+    /// and its answer arrived. Then the store holds the account (with the account key
+    /// when it was granted) and the client is connected. Fails with
+    /// [`ClientError::LinkTimeout`] when the request was rejected or not answered in
+    /// time; if the device was listed by then, the store already holds the account and
+    /// [`Client::open`] opens it.
+    ///
+    /// Nothing is acknowledged to the relay before it was processed: messages that
+    /// reach this device while it waits for the answer are kept and shown.
+    pub async fn wait(mut self) -> Result<Client<S>, ClientError> {
+        let account = self.device.account_id();
+        let me = self.device.identity();
+        // 1. Wait until the account lists this device (the user confirmed).
+        let mut delay = Duration::from_millis(100);
+        let list = loop {
+            let listed = match self.relay.get_device_list(&account).await {
+                Ok(bytes) => SignedDeviceList::from_bytes(&bytes)
+                    .ok()
+                    .and_then(|s| s.verify(&account).ok())
+                    .filter(|l| l.contains(&me)),
+                Err(e) if e.is_retryable() => None,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(list) = listed {
+                break list;
+            }
+            if rt::Instant::now() + delay > self.deadline {
+                return Err(ClientError::LinkTimeout);
+            }
+            rt::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        };
+        // 2. Store this device's state (without the account key yet), publish prekeys,
+        //    and connect: the answer and anything else are processed by the client in
+        //    mailbox order, and acknowledged only then.
+        let pk = pickle_key(&self.key);
+        let new = Machine::new_linked_device(None, self.device, list, self.relay.url(), &mut self.rng, &pk)?;
+        self.store.commit(new.changes).await?;
+        let mut client = Client::start(self.store, self.key, self.rng, self.options).await?;
+        client
+            .inner
+            .relay
+            .put_prekeys(&client.inner.device, &new.prekeys)
+            .await?;
+        let (tx, rx) = oneshot::channel();
+        *client.inner.joining.lock().await = Some(Joining {
+            secret: self.secret,
+            done: Some(tx),
+        });
+        client.spawn();
+        match rt::timeout_at(self.deadline, rx).await {
+            Ok(Ok(())) => Ok(client),
+            _ => Err(ClientError::LinkTimeout),
+        }
+    }
+}
+
 impl<S: Store> Client<S> {
-    /// On a device of the account: starts linking a new device. Show the returned code to
-    /// the new device ([`Client::join_as_new_device`]); this client must keep running until
-    /// the new device has joined (or two minutes pass).
+    /// This device's public identity (account, device id, public keys).
+    pub fn identity(&self) -> DeviceIdentity {
+        self.inner.device.identity()
+    }
+
+    /// True when this device holds the account key: it can link and remove devices and
+    /// export the recovery key. Other devices work fully for messaging.
+    pub async fn has_account_key(&self) -> bool {
+        self.inner.machine.lock().await.has_account_key()
+    }
+
+    /// The recovery key: the account key as text, to keep offline. Whoever holds it
+    /// controls the account's device list. [`ClientError::NoAccountKey`] on a device
+    /// without the account key.
+    pub async fn export_recovery_key(&self) -> Result<Zeroizing<String>, ClientError> {
+        let m = self.inner.machine.lock().await;
+        let ak = m.account_key().ok_or(ClientError::NoAccountKey)?;
+        Ok(encode_recovery_key(ak))
+    }
+
+    /// Stores the account key from a recovery key on this device
+    /// ([`ClientError::BadRecoveryKey`] when it is malformed or another account's).
+    pub async fn recover_account(&self, recovery_key: &str) -> Result<(), ClientError> {
+        let ak = decode_recovery_key(recovery_key)?;
+        if !ak.account_id().ct_eq(&self.account_id()) {
+            return Err(ClientError::BadRecoveryKey);
+        }
+        self.inner.transact(|m| Ok((m.set_account_key(&ak)?, ()))).await?;
+        Ok(())
+    }
+
+    /// On a device holding the account key: starts linking a new device. Show the
+    /// returned code to the new device ([`Client::start_join`]). When the new device's
+    /// request arrives, [`Event::LinkRequested`] shows its name and fingerprint; answer
+    /// with [`Client::confirm_link`] or [`Client::reject_link`]. The code works once and
+    /// for five minutes; a new call replaces it.
     pub async fn link_new_device(&self) -> Result<String, ClientError> {
         let mut secret = Zeroizing::new([0u8; 32]);
         {
             let mut m = self.inner.machine.lock().await;
+            if !m.has_account_key() {
+                return Err(ClientError::NoAccountKey);
+            }
             m.rng().fill_bytes(secret.as_mut_slice());
         }
-        let code = format!("sotto-link:{}.{}", self.account_id(), hex(secret.as_slice()));
+        let code = link_code(&self.account_id(), &secret);
         *self.inner.link.lock().await = Some(PendingLink {
             secret,
             expires: rt::Instant::now() + LINK_TIMEOUT,
+            request: None,
         });
         Ok(code)
     }
 
-    /// Removes one of this account's other devices: publishes a device list without it.
-    /// It can no longer authenticate, and nothing new is encrypted to it.
+    /// Confirms the link request `id` ([`Event::LinkRequested`]) once the user checked
+    /// that the new device shows the same fingerprint: publishes the device list with it
+    /// and answers it with the contacts, and with the account key when
+    /// `grant_account_key` (then that device can link and remove devices too; without
+    /// it, removing that device later really revokes it).
+    pub async fn confirm_link(&self, id: u64, grant_account_key: bool) -> Result<(), ClientError> {
+        let (secret, entry) = {
+            let mut link = self.inner.link.lock().await;
+            match link.as_ref() {
+                Some(PendingLink { request: Some(r), .. }) if r.id == id => {}
+                _ => return Err(ClientError::UnknownLinkRequest),
+            }
+            let Some(p) = link.take() else {
+                return Err(ClientError::UnknownLinkRequest);
+            };
+            if p.expires <= rt::Instant::now() {
+                return Err(ClientError::LinkTimeout);
+            }
+            let Some(r) = p.request else {
+                return Err(ClientError::UnknownLinkRequest);
+            };
+            (p.secret, r.entry)
+        };
+        self.inner.answer_link(&secret, entry, grant_account_key).await
+    }
+
+    /// Rejects the link request `id`: the code is spent, nothing is published, and the
+    /// new device's wait ends in [`ClientError::LinkTimeout`].
+    pub async fn reject_link(&self, id: u64) -> Result<(), ClientError> {
+        let mut link = self.inner.link.lock().await;
+        match link.as_ref() {
+            Some(PendingLink { request: Some(r), .. }) if r.id == id => {
+                *link = None;
+                Ok(())
+            }
+            _ => Err(ClientError::UnknownLinkRequest),
+        }
+    }
+
+    /// Removes one of this account's other devices: publishes a device list without it
+    /// (this device must hold the account key). The relay then refuses the removed
+    /// device's authentication and its sends, and this account's devices and its
+    /// contacts, once they fetch the new list, stop encrypting to it and refuse what it
+    /// sends. It cannot add itself back unless it holds the account key: a device
+    /// linked without it ([`Client::confirm_link`] with `grant_account_key = false`) is
+    /// revoked for good; one that held it can still sign lists, so removing such a
+    /// device is only a revocation once the account key is replaced (not yet possible).
+    /// What it already received stays on it.
     pub async fn remove_device(&self, device: DeviceId) -> Result<(), ClientError> {
         if device == self.device_id() {
             return Err(ClientError::Link("a device cannot remove itself".into()));
         }
+        if !self.has_account_key().await {
+            return Err(ClientError::NoAccountKey);
+        }
+        let account = self.account_id();
+        self.inner.refresh_device_list(account).await?;
         let list = self
             .inner
             .machine
@@ -140,16 +579,18 @@ impl<S: Store> Client<S> {
         self.inner.publish_own_list(&list).await
     }
 
-    /// On the new device: joins the account whose device showed `code`. Creates this
-    /// device's keys, asks the account's devices through the relay, waits for the account
-    /// key, stores it and connects.
-    pub async fn join_as_new_device(
+    /// On the new device: starts joining the account whose device showed `code`.
+    /// Creates this device's keys and sends the request (with `device_name`) to the
+    /// account's devices. Show [`PendingJoin::fingerprint`], then await
+    /// [`PendingJoin::wait`].
+    pub async fn start_join(
         store: S,
         key: StoreKey,
         relay_url: &str,
         code: &str,
+        device_name: &str,
         options: ClientOptions,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<PendingJoin<S>, ClientError> {
         if store.load_account().await?.is_some() {
             return Err(ClientError::AccountExists);
         }
@@ -168,15 +609,7 @@ impl<S: Store> Client<S> {
             .wrapping_add(1);
         let device = Device::generate(account, DeviceId(next_id), &mut rng);
         let me = device.identity();
-
-        let mut body = Vec::with_capacity(100);
-        body.put_u32(me.device_id.0);
-        body.put(me.signing_key.as_bytes());
-        body.put(me.identity_key.as_bytes());
-        let mac = request_mac(&secret, &account, &body);
-        let mut request = vec![1u8];
-        request.extend_from_slice(&body);
-        request.extend_from_slice(&mac);
+        let request = encode_link_request(&secret, &me, device_name);
         let mut recipients = Vec::new();
         for d in list.devices() {
             let envelope = sotto_crypto::seal(&device, &d.identity_key, CONTENT_LINK_REQUEST, &request, &mut rng)
@@ -188,80 +621,18 @@ impl<S: Store> Client<S> {
             });
         }
         stored(relay.send_anonymous(anonymous_send(recipients)).await?)?;
-
-        // Wait until the account lists this device, then read the answer from the mailbox.
-        let deadline = rt::Instant::now() + LINK_TIMEOUT;
-        let mut delay = Duration::from_millis(100);
-        let mut socket = loop {
-            match relay.connect(&device).await {
-                Ok(s) => break s,
-                Err(TransportError::Relay { .. }) if rt::Instant::now() < deadline => {
-                    rt::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let list = SignedDeviceList::from_bytes(&relay.get_device_list(&account).await?)
-            .map_err(sotto_crypto::DeviceListError::from)?
-            .verify(&account)?;
-        let accept_key = PickleKey::new(*derive(&secret, b"Sotto-v1 link accept"));
-        let (account_key, contacts) = loop {
-            let frame = rt::timeout_at(deadline, socket.recv())
-                .await
-                .map_err(|_| ClientError::Link("no answer from the account's devices".into()))??;
-            let Some(Frame::Deliver(d)) = frame else {
-                if frame.is_none() {
-                    return Err(ClientError::Link("the relay closed the connection".into()));
-                }
-                continue;
-            };
-            socket.send(&Frame::Ack { seq: d.seq }).await?;
-            let Ok(opened) = sotto_crypto::open(&device, &d.envelope) else {
-                continue;
-            };
-            if opened.content_type != CONTENT_LINK_ACCEPT || !list.contains(&opened.sender) {
-                continue;
-            }
-            if let Some(got) = parse_accept(&opened.content, &accept_key, &account) {
-                break got;
-            }
-        };
-        socket.close().await;
-
-        let pk = pickle_key(&key);
-        let new = Machine::new_linked_device(account_key, device, list, relay.url(), &mut rng, &pk)?;
-        store.commit(new.changes).await?;
-        let mut client = Self::start(store, key, rng, options).await?;
-        client
-            .inner
-            .relay
-            .put_prekeys(&client.inner.device, &new.prekeys)
-            .await?;
-        for contact in contacts {
-            if client.inner.refresh_device_list(contact).await.is_ok() {
-                let _ = client.inner.transact(|m| Ok((m.add_contact(contact)?, ()))).await;
-            }
-        }
-        client.spawn();
-        Ok(client)
+        Ok(PendingJoin {
+            store,
+            key,
+            relay,
+            fingerprint: link_fingerprint(&me),
+            device,
+            secret,
+            rng,
+            options,
+            deadline: rt::Instant::now() + LINK_TIMEOUT,
+        })
     }
-}
-
-fn parse_accept(bytes: &[u8], key: &PickleKey, account: &AccountId) -> Option<(AccountKey, Vec<AccountId>)> {
-    let mut r = Reader::new(bytes);
-    r.version(1).ok()?;
-    let ak = AccountKey::unpickle(r.var_bytes("account key", 4096).ok()?, key).ok()?;
-    if ak.account_id() != *account {
-        return None;
-    }
-    let n = r.count("contacts", MAX_CONTACTS, 32).ok()?;
-    let mut contacts = Vec::with_capacity(n);
-    for _ in 0..n {
-        contacts.push(AccountId(r.array().ok()?));
-    }
-    r.finish().ok()?;
-    Some((ak, contacts))
 }
 
 impl<S: Store> Inner<S> {
@@ -281,90 +652,79 @@ impl<S: Store> Inner<S> {
         Ok(())
     }
 
-    /// A linking request arrived: if it carries the MAC of the pending link, publish the
-    /// new device list and answer with the account key.
+    /// A linking request arrived: if it carries the MAC of the pending code (and the code
+    /// was not used yet), the code is spent and the user is asked to confirm.
     pub(crate) async fn handle_link_request(&self, sender: DeviceIdentity, payload: &[u8]) -> Result<(), ClientError> {
-        let secret = {
-            let link = self.link.lock().await;
-            match link.as_ref() {
-                Some(p) if p.expires > rt::Instant::now() => p.secret.clone(),
-                _ => return Ok(()),
-            }
-        };
         let account = self.device.account_id();
-        let mut r = Reader::new(payload);
-        let parsed = (|| {
-            r.version(1).ok()?;
-            let body = r.bytes(68).ok()?;
-            let mac: [u8; 32] = r.array().ok()?;
-            Some((body.to_vec(), mac))
-        })();
-        let Some((body, mac)) = parsed else { return Ok(()) };
-        let expected = request_mac(&secret, &account, &body);
-        if !bool::from(expected.ct_eq(&mac)) {
+        let mut link = self.link.lock().await;
+        let Some(p) = link.as_mut() else { return Ok(()) };
+        if p.expires <= rt::Instant::now() || p.request.is_some() {
             return Ok(());
         }
-        let mut br = Reader::new(&body);
-        let device_id = DeviceId(br.u32().map_err(|_| ClientError::BadLinkCode)?);
-        let signing_key = Ed25519PublicKey::from_bytes(&br.array().map_err(|_| ClientError::BadLinkCode)?)
-            .map_err(|_| ClientError::BadLinkCode)?;
-        let identity_key = X25519PublicKey(br.array().map_err(|_| ClientError::BadLinkCode)?);
-        let entry = DeviceEntry {
-            device_id,
-            signing_key,
-            identity_key,
+        let Some((entry, name)) = decode_link_request(&p.secret, &account, payload) else {
+            return Ok(());
         };
         let claimed = DeviceIdentity {
             account_id: account,
-            device_id,
-            signing_key,
-            identity_key,
+            device_id: entry.device_id,
+            signing_key: entry.signing_key,
+            identity_key: entry.identity_key,
         };
         if !claimed.ct_eq(&sender) {
             return Ok(());
         }
         // A device id the account already uses would replace that device: refused.
-        if self
-            .machine
-            .lock()
-            .await
-            .own_device_list()
-            .is_some_and(|l| l.device(device_id).is_some())
-        {
+        let (id, taken) = {
+            let mut m = self.machine.lock().await;
+            let taken = m.own_device_list().is_some_and(|l| l.device(entry.device_id).is_some());
+            (m.id_rng().next_u64(), taken)
+        };
+        if taken {
             return Ok(());
         }
-        // One use per code.
-        *self.link.lock().await = None;
-        let (list, accept, contacts) = {
-            let mut m = self.machine.lock().await;
+        // One use per code: later requests with it are ignored.
+        p.request = Some(LinkRequest { id, entry });
+        drop(link);
+        let name: String = name.chars().filter(|c| !c.is_control()).collect();
+        self.emit(vec![Event::LinkRequested {
+            id,
+            device_name: name,
+            fingerprint: link_fingerprint(&claimed),
+        }])
+        .await;
+        Ok(())
+    }
+
+    async fn answer_link(&self, secret: &[u8; 32], entry: DeviceEntry, grant: bool) -> Result<(), ClientError> {
+        let account = self.device.account_id();
+        // The list another device may have changed meanwhile.
+        self.refresh_device_list(account).await?;
+        let (list, accept) = {
+            let m = self.machine.lock().await;
             let list = m.next_own_list(Some(entry), None, now_ms())?;
-            let accept_key = PickleKey::new(*derive(&secret, b"Sotto-v1 link accept"));
-            let ak = m.pickle_account_key(&accept_key);
             let contacts: Vec<AccountId> = m.conversations().copied().collect();
-            (list, ak, contacts)
+            let ak = if grant {
+                Some(m.account_key().ok_or(ClientError::NoAccountKey)?)
+            } else {
+                None
+            };
+            let accept = encode_link_accept(secret, &account, entry.device_id, ak, &contacts);
+            (list, accept)
         };
         self.publish_own_list(&list).await?;
-        let mut payload = vec![1u8];
-        payload.put_var(&accept);
-        payload.put_count(contacts.len().min(MAX_CONTACTS));
-        for c in contacts.iter().take(MAX_CONTACTS) {
-            payload.put(c.as_bytes());
-        }
         let mut recipients = Vec::new();
         {
             let mut m = self.machine.lock().await;
             for d in list.devices() {
-                // The new device gets the answer; the others get an envelope of the same
-                // kind they ignore (the relay wants the whole device set on an anonymous send).
-                let content: &[u8] = if d.device_id == device_id { &payload } else { &[0u8] };
-                let envelope = sotto_crypto::seal(
-                    &self.device,
-                    &d.identity_key,
-                    CONTENT_LINK_ACCEPT,
-                    content,
-                    m_rng(&mut m),
-                )
-                .map_err(crate::machine::MachineError::from)?;
+                // The new device gets the answer; the others a notice of the same kind
+                // (the relay wants the whole device set on an anonymous send).
+                let content: &[u8] = if d.device_id == entry.device_id {
+                    &accept
+                } else {
+                    &[0u8]
+                };
+                let envelope = sotto_crypto::seal(&self.device, &d.identity_key, CONTENT_LINK_ACCEPT, content, m.rng())
+                    .map_err(crate::machine::MachineError::from)?;
                 recipients.push(Recipient {
                     account_id: account,
                     device_id: d.device_id,
@@ -374,8 +734,31 @@ impl<S: Store> Inner<S> {
         }
         stored(self.relay.send_anonymous(anonymous_send(recipients)).await?)
     }
-}
 
-fn m_rng(m: &mut Machine) -> &mut ChaCha20Rng {
-    m.rng()
+    /// A linking answer was processed (its seq committed): on a joining device, store
+    /// the account key when granted and add the contacts, then end the wait.
+    pub(crate) async fn handle_link_accept(&self, sender: DeviceIdentity, payload: &[u8]) -> Result<(), ClientError> {
+        let account = self.device.account_id();
+        let mut joining = self.joining.lock().await;
+        let Some(j) = joining.as_mut() else { return Ok(()) };
+        if sender.account_id != account {
+            return Ok(());
+        }
+        let Some((ak, contacts)) = decode_link_accept(&j.secret, &account, self.device.device_id(), payload) else {
+            return Ok(());
+        };
+        if let Some(ak) = &ak {
+            self.transact(|m| Ok((m.set_account_key(ak)?, ()))).await?;
+        }
+        for contact in contacts {
+            if self.refresh_device_list(contact).await.is_ok() {
+                let _ = self.transact(|m| Ok((m.add_contact(contact)?, ()))).await;
+            }
+        }
+        if let Some(done) = j.done.take() {
+            let _ = done.send(());
+        }
+        *joining = None;
+        Ok(())
+    }
 }

@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use rand_core::CryptoRngCore;
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 use crate::codec::{DecodeError, Put, Reader};
 use crate::kdf::{info, sha256};
@@ -139,6 +140,18 @@ impl AccountKey {
     /// A fresh account key: draws 32 bytes (the Ed25519 seed) from `rng`.
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
         Self::from_secret(Ed25519Secret::generate(rng))
+    }
+
+    /// The account key whose Ed25519 seed is `seed` (a recovery key, a linking answer).
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self::from_secret(Ed25519Secret::from_seed(seed))
+    }
+
+    /// The 32-byte Ed25519 seed: whoever holds it controls the account (signs its device
+    /// lists). Only for a recovery key the user stores offline, or to hand the key to a
+    /// device being linked under encryption; never log or store it in clear.
+    pub fn dangerous_export_seed(&self) -> Zeroizing<[u8; 32]> {
+        self.secret.seed()
     }
 
     pub(crate) fn from_secret(secret: Ed25519Secret) -> Self {
@@ -579,6 +592,17 @@ mod tests {
     use super::*;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
+
+    #[test]
+    fn account_key_seed_round_trips() {
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let ak = AccountKey::generate(&mut rng);
+        let seed = ak.dangerous_export_seed();
+        let back = AccountKey::from_seed(&seed);
+        assert_eq!(back.account_id(), ak.account_id());
+        assert_eq!(back.public_key(), ak.public_key());
+        assert_ne!(AccountKey::from_seed(&[0; 32]).account_id(), ak.account_id());
+    }
 
     #[test]
     fn account_id_string_round_trip() {

@@ -207,7 +207,8 @@ pub struct Device {
     pub stash: std::collections::VecDeque<Event>,
 }
 
-fn key(seed: u64) -> StoreKey {
+/// The store key of the test device with this seed.
+pub fn key(seed: u64) -> StoreKey {
     let mut k = [0u8; 32];
     k[..8].copy_from_slice(&seed.to_le_bytes());
     k[31] = 0xa5;
@@ -347,16 +348,73 @@ impl Device {
 }
 
 impl Device {
-    /// A new device of `existing`'s account, linked with a code from `existing`.
-    pub async fn join(relay: &TestRelay, existing: &Device, seed: u64) -> Device {
+    /// A new device of `existing`'s account, linked with a code from `existing`, which
+    /// confirms it after checking that both show the same fingerprint; it gets the
+    /// account key.
+    pub async fn join(relay: &TestRelay, existing: &mut Device, seed: u64) -> Device {
+        Device::join_with(relay, existing, seed, true).await
+    }
+
+    /// [`Device::join`], granting the account key or not.
+    pub async fn join_with(relay: &TestRelay, existing: &mut Device, seed: u64, grant_account_key: bool) -> Device {
+        let (pending, dir) = Device::start_join(relay, existing, seed).await;
+        let id = existing.link_requested(&pending).await;
+        existing.client.confirm_link(id, grant_account_key).await.unwrap();
+        Device::finish_join(pending, dir, seed).await
+    }
+
+    /// Shows a code on `existing` and starts joining with it on a new store.
+    pub async fn start_join(
+        relay: &TestRelay,
+        existing: &Device,
+        seed: u64,
+    ) -> (sotto_sdk::PendingJoin<SqliteStore>, TempDir) {
         let code = existing.client.link_new_device().await.unwrap();
+        Device::start_join_code(relay, &code, seed).await
+    }
+
+    /// Starts joining with `code` on a new store (the device names itself "device {seed}").
+    pub async fn start_join_code(
+        relay: &TestRelay,
+        code: &str,
+        seed: u64,
+    ) -> (sotto_sdk::PendingJoin<SqliteStore>, TempDir) {
         let dir = TempDir::new("client");
         let store = SqliteStore::open(&dir.path().join("client.db"), &key(seed))
             .await
             .unwrap();
-        let client = Client::join_as_new_device(store, key(seed), &relay.url(), &code, options(seed))
-            .await
-            .unwrap();
+        let pending = Client::start_join(
+            store,
+            key(seed),
+            &relay.url(),
+            code,
+            &format!("device {seed}"),
+            options(seed),
+        )
+        .await
+        .unwrap();
+        (pending, dir)
+    }
+
+    /// Awaits the request of `pending` on this (existing) device; checks the name and
+    /// that both sides show the same fingerprint; returns the request id.
+    pub async fn link_requested(&mut self, pending: &sotto_sdk::PendingJoin<SqliteStore>) -> u64 {
+        let e = self.wait_for(|e| matches!(e, Event::LinkRequested { .. })).await;
+        let Event::LinkRequested { id, fingerprint, .. } = e else {
+            unreachable!()
+        };
+        assert!(sotto_sdk::link::fingerprints_match(&fingerprint, pending.fingerprint()));
+        id
+    }
+
+    /// Awaits the end of a join and wraps the client.
+    pub async fn finish_join(pending: sotto_sdk::PendingJoin<SqliteStore>, dir: TempDir, seed: u64) -> Device {
+        let client = pending.wait().await.unwrap();
+        Device::wrap(client, dir, seed).await
+    }
+
+    /// A device around a client that just joined; awaits `Connected`.
+    pub async fn wrap(client: Client<SqliteStore>, dir: TempDir, seed: u64) -> Device {
         let events = client.events().unwrap();
         let mut d = Device {
             client,

@@ -31,10 +31,10 @@ async fn two_and_three_devices_link_talk_and_remove() {
     let mut b1 = Device::create(&relay, 22).await;
     a1.client.add_contact(&b1.client.contact_link()).await.unwrap();
     b1.client.add_contact(&a1.client.contact_link()).await.unwrap();
-    let mut a2 = Device::join(&relay, &a1, 23).await;
-    let mut b2 = Device::join(&relay, &b1, 24).await;
+    let mut a2 = Device::join(&relay, &mut a1, 23).await;
+    let mut b2 = Device::join(&relay, &mut b1, 24).await;
     // The third device is linked by the second: it holds the account key too.
-    let mut b3 = Device::join(&relay, &b2, 25).await;
+    let mut b3 = Device::join(&relay, &mut b2, 25).await;
     assert_eq!(b3.id(), b1.id());
     assert_eq!(b3.client.device_id(), DeviceId(3));
     // b1 learns of b3 from the linking answer b2 sent to every device.
@@ -74,7 +74,7 @@ async fn two_and_three_devices_link_talk_and_remove() {
     }
 
     // Mid-conversation: Alice links a third device; Bob removes his third.
-    let mut a3 = Device::join(&relay, &a2, 26).await;
+    let mut a3 = Device::join(&relay, &mut a2, 26).await;
     b1.client.remove_device(DeviceId(3)).await.unwrap();
     let b3_before = b3.history(&a1.id()).await.len();
     check(&mut b1, "after changes 1", &mut [&mut a1, &mut a2, &mut a3, &mut b2]).await;

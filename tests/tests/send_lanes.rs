@@ -80,7 +80,7 @@ async fn a_full_mailbox_does_not_delay_a_message_to_another_contact() {
 /// who already has a session with that device; the victim and a contact of the victim.
 async fn stranger_with_an_unreachable_device(relay: &TestRelay) -> (Device, Device, Device) {
     let mut stranger = Device::create(relay, 61).await;
-    let second = Device::join(relay, &stranger, 62).await;
+    let second = Device::join(relay, &mut stranger, 62).await;
     let victim = Device::create_with(relay, 63, options(63)).await;
     let mut carol = Device::create(relay, 64).await;
     // A first message sets up the stranger's session with its second device.

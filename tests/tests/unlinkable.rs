@@ -13,8 +13,8 @@ use sotto_tests::{Device, TestRelay, options};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_frame_id_or_fixed_delay_pairs_the_two_connections() {
     let (relay, tap) = TestRelay::start_tapped().await;
-    let alice = Device::create_with(&relay, 51, options(51)).await;
-    let _alice2 = Device::join(&relay, &alice, 52).await;
+    let mut alice = Device::create_with(&relay, 51, options(51)).await;
+    let _alice2 = Device::join(&relay, &mut alice, 52).await;
     let mut bob = Device::create_with(&relay, 53, options(53)).await;
     alice.client.add_contact(&bob.id().to_string()).await.unwrap();
     // Linking sent its own one-off anonymous messages; what follows is the steady state.

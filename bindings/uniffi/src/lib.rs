@@ -161,6 +161,19 @@ pub enum SottoError {
         /// Why, for logs.
         reason: String,
     },
+    /// This device does not hold the account key: it cannot link or remove devices or
+    /// export the recovery key.
+    #[error("this device does not hold the account key")]
+    NoAccountKey,
+    /// Not this account's recovery key.
+    #[error("not this account's recovery key")]
+    BadRecoveryKey,
+    /// No pending link request has this id.
+    #[error("no pending link request with this id")]
+    UnknownLinkRequest,
+    /// Linking did not complete in time (rejected, unanswered or expired).
+    #[error("linking timed out")]
+    LinkTimeout,
     /// An argument is not valid (for example a store key that is not 32 bytes).
     #[error("invalid argument: {reason}")]
     InvalidArgument {
@@ -200,6 +213,10 @@ impl SottoError {
             Self::UnknownContact => "unknown_contact",
             Self::BadLinkCode => "bad_link_code",
             Self::Link { .. } => "link",
+            Self::NoAccountKey => "no_account_key",
+            Self::BadRecoveryKey => "bad_recovery_key",
+            Self::UnknownLinkRequest => "unknown_link_request",
+            Self::LinkTimeout => "link_timeout",
             Self::InvalidArgument { .. } => "invalid_argument",
             Self::Closed => "closed",
             Self::Internal { .. } => "internal",
@@ -266,11 +283,87 @@ impl From<ClientError> for SottoError {
             ClientError::UnknownContact => Self::UnknownContact,
             ClientError::BadLinkCode => Self::BadLinkCode,
             ClientError::Link(reason) => Self::Link { reason },
+            ClientError::NoAccountKey => Self::NoAccountKey,
+            ClientError::BadRecoveryKey => Self::BadRecoveryKey,
+            ClientError::UnknownLinkRequest => Self::UnknownLinkRequest,
+            ClientError::LinkTimeout => Self::LinkTimeout,
             ClientError::Entropy => Self::Entropy,
             other => Self::Refused {
                 reason: other.to_string(),
             },
         }
+    }
+}
+
+// ---------------------------------------------------------------- joining
+
+/// A join in progress on a new device: show [`PendingJoin::fingerprint`], which the
+/// existing device shows too, then await [`PendingJoin::wait_joined`].
+#[derive(uniffi::Object)]
+pub struct PendingJoin {
+    inner: std::sync::Mutex<Option<sotto_sdk::PendingJoin<SqliteStore>>>,
+    fingerprint: String,
+    device_id: u32,
+}
+
+impl std::fmt::Debug for PendingJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingJoin")
+            .field("device_id", &self.device_id)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+#[uniffi::export]
+impl PendingJoin {
+    /// On a new device: asks the account whose device showed `code` to add this device
+    /// (named `device_name`), with a new store at `store_path`.
+    #[uniffi::constructor]
+    pub async fn start_join(
+        store_path: String,
+        store_key: Vec<u8>,
+        relay_url: String,
+        code: String,
+        device_name: String,
+        options: ClientOptions,
+    ) -> Result<Arc<Self>, SottoError> {
+        let key = parse_store_key(store_key)?;
+        let code = Zeroizing::new(code);
+        on_runtime(async move {
+            let store = open_store(&store_path, &key).await?;
+            let pending = Client::start_join(store, key, &relay_url, &code, &device_name, options.into()).await?;
+            Ok(Arc::new(Self {
+                fingerprint: pending.fingerprint().to_owned(),
+                device_id: pending.device_id().0,
+                inner: std::sync::Mutex::new(Some(pending)),
+            }))
+        })
+        .await
+    }
+
+    /// The fingerprint to compare with the one the existing device shows.
+    pub fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    /// The device id this device asked for.
+    pub fn device_id(&self) -> u32 {
+        self.device_id
+    }
+
+    /// Waits until the existing device's user confirmed and its answer arrived; returns
+    /// the connected client. `LinkTimeout` when rejected or unanswered in five minutes.
+    /// Callable once (`Closed` after). (`wait_joined`, not `wait`: the JVM's
+    /// `Object.wait` takes that name in Kotlin.)
+    pub async fn wait_joined(&self) -> Result<Arc<SottoClient>, SottoError> {
+        let pending = self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or(SottoError::Closed)?;
+        on_runtime(async move { Ok(SottoClient::wrap(pending.wait().await?)) }).await
     }
 }
 
@@ -554,6 +647,16 @@ pub enum Event {
     },
     /// This device is no longer in its account's device list.
     DeviceRemoved,
+    /// A new device asks to join with the code this device showed: show its name and
+    /// fingerprint, and answer with `confirm_link` or `reject_link`.
+    LinkRequested {
+        /// Names the request in `confirm_link` / `reject_link`.
+        id: u64,
+        /// The name the new device gave itself.
+        device_name: String,
+        /// The fingerprint the new device shows too.
+        fingerprint: String,
+    },
     /// The relay connection is authenticated.
     Connected,
     /// Every envelope queued while this device was offline has been processed.
@@ -608,6 +711,15 @@ impl From<SdkEvent> for Event {
                 retryable,
             },
             SdkEvent::DeviceRemoved => Self::DeviceRemoved,
+            SdkEvent::LinkRequested {
+                id,
+                device_name,
+                fingerprint,
+            } => Self::LinkRequested {
+                id,
+                device_name,
+                fingerprint,
+            },
             SdkEvent::Connected => Self::Connected,
             SdkEvent::CaughtUp => Self::CaughtUp,
             _ => Self::Unknown,
@@ -654,7 +766,7 @@ pub fn version() -> String {
 
 /// A Sotto client: one device of one account, its encrypted store (a SQLite file) and
 /// its relay connection. Create one with [`SottoClient::create_account`],
-/// [`SottoClient::open`] or [`SottoClient::join_as_new_device`]; call
+/// [`SottoClient::open`] or [`PendingJoin::start_join`]; call
 /// [`SottoClient::shutdown`] when done.
 ///
 /// Events are buffered from the moment the client exists: read them with
@@ -723,25 +835,6 @@ impl SottoClient {
         on_runtime(async move {
             let store = open_store(&store_path, &key).await?;
             let client = SdkClient::open(store, key, options.into()).await?;
-            Ok(Self::wrap(client))
-        })
-        .await
-    }
-
-    /// On a new device: joins the account whose device showed `code`
-    /// ([`SottoClient::link_new_device`]), with a new store at `store_path`.
-    #[uniffi::constructor]
-    pub async fn join_as_new_device(
-        store_path: String,
-        store_key: Vec<u8>,
-        relay_url: String,
-        code: String,
-        options: ClientOptions,
-    ) -> Result<Arc<Self>, SottoError> {
-        let key = parse_store_key(store_key)?;
-        on_runtime(async move {
-            let store = open_store(&store_path, &key).await?;
-            let client = SdkClient::join_as_new_device(store, key, &relay_url, &code, options.into()).await?;
             Ok(Self::wrap(client))
         })
         .await
@@ -823,14 +916,48 @@ impl SottoClient {
         on_runtime(async move { Ok(device_ids(&client.devices_of(&of).await)) }).await
     }
 
-    /// On a device of the account: starts linking a new device and returns the code to
-    /// show it. This client must keep running until the new device joined (two minutes).
+    /// On a device holding the account key: starts linking a new device and returns the
+    /// code to show it (valid once, for five minutes). The new device's request arrives
+    /// as `Event::LinkRequested`; answer with `confirm_link` or `reject_link`.
     pub async fn link_new_device(&self) -> Result<String, SottoError> {
         let client = self.client()?;
         on_runtime(async move { Ok(client.link_new_device().await?) }).await
     }
 
-    /// Removes another device of this account from its device list.
+    /// Confirms link request `id` once the user checked that both devices show the same
+    /// fingerprint; `grant_account_key` also gives the new device the account key.
+    pub async fn confirm_link(&self, id: u64, grant_account_key: bool) -> Result<(), SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.confirm_link(id, grant_account_key).await?) }).await
+    }
+
+    /// Rejects link request `id`.
+    pub async fn reject_link(&self, id: u64) -> Result<(), SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.reject_link(id).await?) }).await
+    }
+
+    /// True when this device holds the account key.
+    pub async fn has_account_key(&self) -> Result<bool, SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.has_account_key().await) }).await
+    }
+
+    /// The recovery key (the account key as text; keep it offline).
+    pub async fn export_recovery_key(&self) -> Result<String, SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.export_recovery_key().await?.to_string()) }).await
+    }
+
+    /// Stores the account key on this device from a recovery key.
+    pub async fn recover_account(&self, recovery_key: String) -> Result<(), SottoError> {
+        let client = self.client()?;
+        let recovery_key = Zeroizing::new(recovery_key);
+        on_runtime(async move { Ok(client.recover_account(&recovery_key).await?) }).await
+    }
+
+    /// Removes another device of this account from its device list (this device must
+    /// hold the account key).
     pub async fn remove_device(&self, device_id: u32) -> Result<(), SottoError> {
         let client = self.client()?;
         on_runtime(async move { Ok(client.remove_device(DeviceId(device_id)).await?) }).await

@@ -33,8 +33,9 @@ const TS_ERROR: &'static str = r#"
  * What every call rejects with (or throws): an `Error` named "SottoError".
  * `code` is stable: "wrong_store_key", "store_conflict", "store", "machine", "transport",
  * "device_list", "account_exists", "no_account", "bad_contact", "unknown_contact",
- * "bad_link_code", "link", "invalid_argument", "closed". `retryable` says whether the
- * same call may succeed later.
+ * "bad_link_code", "link", "no_account_key", "bad_recovery_key", "unknown_link_request",
+ * "link_timeout", "invalid_argument", "closed". `retryable` says whether the same call may
+ * succeed later. (Device linking is not exposed to the web build yet.)
  */
 export interface SottoError extends Error {
   name: "SottoError";

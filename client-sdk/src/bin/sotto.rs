@@ -10,9 +10,11 @@
 //! sotto --profile alice chat <contact>     # interactive
 //! sotto --profile alice safety <contact>
 //! sotto --profile alice messages <contact>
-//! sotto --profile alice link               # on an existing device: show a code, wait
-//! sotto --profile phone join <code> --relay http://127.0.0.1:8080
+//! sotto --profile alice link [--grant-account-key] [--yes]   # show a code, confirm the new device
+//! sotto --profile phone join <code> --relay http://127.0.0.1:8080 [--name phone]
 //! sotto --profile alice devices | remove-device <id>
+//! sotto --profile alice recovery-key       # print the recovery key (keep it offline)
+//! sotto --profile phone recover            # read a recovery key from stdin
 //! ```
 
 use std::io::Write as _;
@@ -94,8 +96,17 @@ enum Command {
     },
     /// List this account's contacts.
     Contacts,
-    /// On an existing device: show a code that links a new device, and wait for it.
-    Link,
+    /// On a device holding the account key: show a code that links a new device, wait
+    /// for its request, show its name and fingerprint and ask for confirmation.
+    Link {
+        /// Give the new device the account key (it can then link and remove devices,
+        /// and removing it no longer revokes it).
+        #[arg(long)]
+        grant_account_key: bool,
+        /// Confirm without asking (scripts; the fingerprint is still printed).
+        #[arg(long)]
+        yes: bool,
+    },
     /// On a new device: join an account with the code its device showed.
     Join {
         /// The code `sotto link` printed.
@@ -103,7 +114,14 @@ enum Command {
         /// The relay's URL.
         #[arg(long, env = "SOTTO_RELAY")]
         relay: String,
+        /// The name the existing device shows for this one.
+        #[arg(long, default_value = "sotto-cli")]
+        name: String,
     },
+    /// Print this account's recovery key (only on a device holding the account key).
+    RecoveryKey,
+    /// Store the account key on this device from a recovery key read from stdin.
+    Recover,
     /// List this account's devices.
     Devices,
     /// Remove another device of this account.
@@ -440,37 +458,92 @@ async fn run(cli: Cli) -> Result<(), String> {
                 out!("{}", sotto_sdk::contact_link(&c));
             }
         }
-        Command::Link => {
+        Command::Link { grant_account_key, yes } => {
             let (client, mut events) = open_client(&dir).await?;
             let code = client.link_new_device().await.map_err(|e| e.to_string())?;
             out!("{code}");
-            out!("run `sotto join <code> --relay <url>` on the new device within two minutes");
+            out!("run `sotto join <code> --relay <url>` on the new device within five minutes");
             let _ = std::io::stdout().flush();
-            let me = client.account_id();
-            let added = wait_event(&mut events, Duration::from_secs(120), |e| {
-                matches!(e, Event::DeviceListChanged { account, change } if *account == me && !change.added.is_empty())
+            let requested = wait_event(&mut events, Duration::from_secs(300), |e| {
+                matches!(e, Event::LinkRequested { .. })
             })
             .await;
-            client.shutdown().await;
-            match added {
-                Some(Event::DeviceListChanged { change, .. }) => out!("linked device {:?}", change.added),
-                _ => return Err("no device joined".into()),
+            let Some(Event::LinkRequested {
+                id,
+                device_name,
+                fingerprint,
+            }) = requested
+            else {
+                client.shutdown().await;
+                return Err("no device asked to join".into());
+            };
+            out!("device {device_name:?} asks to join, fingerprint: {fingerprint}");
+            let confirmed = if yes {
+                true
+            } else {
+                out!("does the new device show the same fingerprint? [y/N]");
+                let _ = std::io::stdout().flush();
+                let mut line = String::new();
+                let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+                let _ = stdin.read_line(&mut line).await;
+                matches!(line.trim(), "y" | "Y" | "yes")
+            };
+            if !confirmed {
+                let _ = client.reject_link(id).await;
+                client.shutdown().await;
+                return Err("rejected".into());
             }
+            let done = client.confirm_link(id, grant_account_key).await;
+            client.shutdown().await;
+            done.map_err(|e| e.to_string())?;
+            out!("linked {device_name:?}");
         }
-        Command::Join { code, relay } => {
+        Command::Join { code, relay, name } => {
             if dir.join("store.key").exists() {
                 return Err(format!("{} already holds an account", dir.display()));
             }
             let (store, key) = open_store(&dir, true).await?;
-            let client = Client::join_as_new_device(store, key, &relay, &code, ClientOptions::default())
+            let pending = Client::start_join(store, key, &relay, &code, &name, ClientOptions::default())
                 .await
                 .map_err(|e| e.to_string())?;
+            out!("fingerprint: {}", pending.fingerprint());
+            out!("confirm on the existing device if it shows the same fingerprint");
+            let _ = std::io::stdout().flush();
+            let client = pending.wait().await.map_err(|e| e.to_string())?;
+            let ak = if client.has_account_key().await {
+                " (with the account key)"
+            } else {
+                ""
+            };
             out!(
-                "joined account {} as device {}",
+                "joined account {} as device {}{ak}",
                 client.account_id(),
                 client.device_id()
             );
             client.shutdown().await;
+        }
+        Command::RecoveryKey => {
+            let (store, key) = open_store(&dir, false).await?;
+            let options = ClientOptions {
+                connect: false,
+                ..ClientOptions::default()
+            };
+            let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
+            let rk = client.export_recovery_key().await.map_err(|e| e.to_string())?;
+            out!("{}", rk.as_str());
+        }
+        Command::Recover => {
+            let (store, key) = open_store(&dir, false).await?;
+            let options = ClientOptions {
+                connect: false,
+                ..ClientOptions::default()
+            };
+            let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
+            let mut line = zeroize::Zeroizing::new(String::new());
+            let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+            stdin.read_line(&mut line).await.map_err(|e| e.to_string())?;
+            client.recover_account(&line).await.map_err(|e| e.to_string())?;
+            out!("this device holds the account key");
         }
         Command::Devices => {
             let (client, _) = open_client(&dir).await?;

@@ -92,6 +92,9 @@ pub enum MachineError {
     /// The stored content of an outbox item does not decode.
     #[error("outbox content does not decode: {0}")]
     Content(#[from] ContentError),
+    /// This device does not hold the account key, so it cannot sign a device list.
+    #[error("this device does not hold the account key")]
+    NoAccountKey,
 }
 
 /// Why an inbound envelope was not accepted. Nothing in it reached the app.
@@ -205,6 +208,18 @@ pub enum Event {
     },
     /// This device is no longer in its account's device list.
     DeviceRemoved,
+    /// (From the client) a new device asks to join this account with the code this
+    /// device showed ([`crate::Client::link_new_device`]). Show the name and the
+    /// fingerprint; the new device shows the same fingerprint. Answer with
+    /// [`crate::Client::confirm_link`] or [`crate::Client::reject_link`].
+    LinkRequested {
+        /// Names the request in `confirm_link` / `reject_link`.
+        id: u64,
+        /// The name the new device gave itself (not authenticated beyond the code).
+        device_name: String,
+        /// The new device's fingerprint (docs/protocol.md §12A).
+        fingerprint: String,
+    },
     /// (From the client) the relay connection is authenticated.
     Connected,
     /// (From the client) every envelope queued while this device was offline has been
@@ -244,7 +259,6 @@ pub const CONTENT_LINK_REQUEST: u8 = 0x10;
 pub const CONTENT_LINK_ACCEPT: u8 = 0x11;
 
 /// What [`Machine::receive_envelope`] produced.
-#[derive(Debug)]
 #[allow(clippy::large_enum_variant, reason = "one value per envelope, consumed at once")]
 #[non_exhaustive]
 pub enum Inbound {
@@ -256,6 +270,16 @@ pub enum Inbound {
         /// The claimed new device.
         sender: DeviceIdentity,
         /// The request payload.
+        payload: Vec<u8>,
+    },
+    /// A linking answer from a listed device of this account (docs/protocol.md §12A):
+    /// the caller opens it when it is joining, and ignores it otherwise. Commit `changes`.
+    LinkAccept {
+        /// Records the seq as processed.
+        changes: Changes,
+        /// The answering device.
+        sender: DeviceIdentity,
+        /// The answer payload.
         payload: Vec<u8>,
     },
     /// Fetch this account's device list, feed it in, and call again with `refreshed`.
@@ -274,6 +298,31 @@ pub enum Inbound {
         /// What to tell the app (after the commit).
         events: Vec<Event>,
     },
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The payload carries the request's MAC under the link secret: never printed.
+            Self::LinkRequest { changes, sender, .. } => f
+                .debug_struct("LinkRequest")
+                .field("changes", changes)
+                .field("sender", sender)
+                .finish_non_exhaustive(),
+            Self::LinkAccept { changes, sender, .. } => f
+                .debug_struct("LinkAccept")
+                .field("changes", changes)
+                .field("sender", sender)
+                .finish_non_exhaustive(),
+            Self::Need(n) => f.debug_tuple("Need").field(n).finish(),
+            Self::Defer { sender } => f.debug_struct("Defer").field("sender", sender).finish(),
+            Self::Done { changes, events } => f
+                .debug_struct("Done")
+                .field("changes", changes)
+                .field("events", events)
+                .finish(),
+        }
+    }
 }
 
 /// Everything the machine loads from a store.
@@ -331,7 +380,8 @@ impl<T: Copy + Eq + std::hash::Hash> Seen<T> {
 pub struct Machine {
     rng: ChaCha20Rng,
     pickle_key: PickleKey,
-    account_key: AccountKey,
+    /// Only on devices that hold it (docs/protocol.md §12A).
+    account_key: Option<AccountKey>,
     device: Device,
     account: Versioned<AccountRecord>,
     lists: HashMap<AccountId, DeviceList>,
@@ -422,13 +472,13 @@ impl Machine {
         let account_key = AccountKey::generate(rng);
         let device = Device::generate(account_key.account_id(), DeviceId(1), rng);
         let device_list = account_key.sign_device_list(1, now_ms, vec![device.entry()])?;
-        Self::first_state(account_key, device, device_list, relay_url, rng, pickle_key)
+        Self::first_state(Some(account_key), device, device_list, relay_url, rng, pickle_key)
     }
 
     /// The state of a device that was just added to an existing account (linking): the
-    /// account key received from another device and this device's keys.
+    /// account key when the existing device granted it, and this device's keys.
     pub fn new_linked_device(
-        account_key: AccountKey,
+        account_key: Option<AccountKey>,
         device: Device,
         device_list: DeviceList,
         relay_url: &str,
@@ -439,7 +489,7 @@ impl Machine {
     }
 
     fn first_state(
-        account_key: AccountKey,
+        account_key: Option<AccountKey>,
         device: Device,
         device_list: DeviceList,
         relay_url: &str,
@@ -464,7 +514,7 @@ impl Machine {
         changes.account = Some(Write {
             expected: None,
             value: AccountRecord {
-                account_key: account_key.pickle(pickle_key, rng),
+                account_key: account_key.as_ref().map(|ak| ak.pickle(pickle_key, rng)),
                 device: device.pickle(pickle_key, rng),
                 relay_url: relay_url.to_owned(),
                 signed_prekey_id: 1,
@@ -476,7 +526,7 @@ impl Machine {
         });
         changes
             .device_lists
-            .push((account_key.account_id(), device_list.signed().as_bytes().to_vec()));
+            .push((device.account_id(), device_list.signed().as_bytes().to_vec()));
         Ok(NewAccount {
             changes,
             device_list,
@@ -493,7 +543,10 @@ impl Machine {
         ids: ChaCha20Rng,
     ) -> Result<Self, MachineError> {
         let account = snapshot.account.ok_or(MachineError::NoAccount)?;
-        let account_key = AccountKey::unpickle(&account.value.account_key, &pickle_key)?;
+        let account_key = match &account.value.account_key {
+            Some(p) => Some(AccountKey::unpickle(p, &pickle_key)?),
+            None => None,
+        };
         let device = Device::unpickle(&account.value.device, &pickle_key)?;
         let mut lists = HashMap::new();
         for (a, bytes) in snapshot.device_lists {
@@ -530,6 +583,12 @@ impl Machine {
     /// Updates the cached state after `changes` were committed.
     pub fn apply(&mut self, changes: &Changes, committed: &Committed) {
         if let (Some(w), Some(v)) = (&changes.account, committed.account_version) {
+            if self.account_key.is_none()
+                && let Some(p) = &w.value.account_key
+            {
+                // Recovery stored the account key.
+                self.account_key = AccountKey::unpickle(p, &self.pickle_key).ok();
+            }
             self.account = Versioned {
                 version: v,
                 value: w.value.clone(),
@@ -604,7 +663,9 @@ impl Machine {
     pub fn receive_pending(&mut self, p: &PendingInbound, refreshed: bool) -> Inbound {
         let mut out = self.receive(p.seq, &p.envelope, refreshed, true);
         match &mut out {
-            Inbound::Done { changes, .. } | Inbound::LinkRequest { changes, .. } => {
+            Inbound::Done { changes, .. }
+            | Inbound::LinkRequest { changes, .. }
+            | Inbound::LinkAccept { changes, .. } => {
                 changes.pending_remove.push(p.digest);
             }
             _ => {}
@@ -641,14 +702,30 @@ impl Machine {
         &self.device
     }
 
-    /// The account key (every device of the account holds it; it signs device lists).
-    pub fn account_key(&self) -> &AccountKey {
-        &self.account_key
+    /// The account key, on a device that holds it (it signs device lists).
+    pub fn account_key(&self) -> Option<&AccountKey> {
+        self.account_key.as_ref()
     }
 
-    /// The account key encrypted under `key` (to hand it to a device being linked).
-    pub fn pickle_account_key(&mut self, key: &PickleKey) -> Vec<u8> {
-        self.account_key.pickle(key, &mut self.rng)
+    /// True when this device holds the account key.
+    pub fn has_account_key(&self) -> bool {
+        self.account_key.is_some()
+    }
+
+    /// Stores `account_key` on this device (recovery). It must be this account's key.
+    pub fn set_account_key(&mut self, account_key: &AccountKey) -> Result<Changes, MachineError> {
+        if !account_key.account_id().ct_eq(&self.account_id()) {
+            return Err(MachineError::NoAccountKey);
+        }
+        let mut record = self.account.value.clone();
+        record.account_key = Some(account_key.pickle(&self.pickle_key, &mut self.rng));
+        Ok(Changes {
+            account: Some(Write {
+                expected: Some(self.account.version),
+                value: record,
+            }),
+            ..Changes::default()
+        })
     }
 
     /// The relay URL the account was created with.
@@ -679,7 +756,8 @@ impl Machine {
     /// The safety number with a contact whose device list is pinned.
     pub fn safety_number(&self, contact: &AccountId) -> Option<SafetyNumber> {
         let theirs = self.lists.get(contact)?;
-        Some(SafetyNumber::new(&self.account_key.public_key(), &theirs.account_key()))
+        let ours = self.own_device_list()?.account_key();
+        Some(SafetyNumber::new(&ours, &theirs.account_key()))
     }
 
     /// The machine's secret generator (keys, salts, ephemerals, link secrets). Never
@@ -894,7 +972,8 @@ impl Machine {
             .copied()
             .collect();
         devices.extend(add);
-        Ok(self.account_key.sign_device_list(own.version() + 1, now_ms, devices)?)
+        let ak = self.account_key.as_ref().ok_or(MachineError::NoAccountKey)?;
+        Ok(ak.sign_device_list(own.version() + 1, now_ms, devices)?)
     }
 
     /// True when this device is in its account's pinned list.
@@ -1247,14 +1326,15 @@ impl Machine {
         }
         let mut changes = self.seq_changes(seq, digest);
         if opened.content_type == CONTENT_LINK_ACCEPT && sender.account_id == self.account_id() {
-            // A linking answer for another device of this account (sent to all of them):
-            // the account's device list changed; fetch it, then the envelope is done.
+            // A linking answer (sent to every device of the account): the account's
+            // device list changed; fetch it, then the caller opens it if it is joining.
             if !refreshed {
                 return Inbound::Need(Need::DeviceList(self.account_id()));
             }
-            return Inbound::Done {
+            return Inbound::LinkAccept {
                 changes,
-                events: Vec::new(),
+                sender,
+                payload: opened.content,
             };
         }
         let decrypted = match MessageType::from_byte(opened.content_type) {

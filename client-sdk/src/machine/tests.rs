@@ -138,7 +138,7 @@ async fn deliver_one(to: &mut Peer, others: &[&Peer], seq: u64, env: &[u8]) {
             }
             Inbound::Need(other) => panic!("unexpected {other:?}"),
             Inbound::Defer { .. } => panic!("unexpected defer"),
-            Inbound::LinkRequest { .. } => panic!("unexpected link request"),
+            Inbound::LinkRequest { .. } | Inbound::LinkAccept { .. } => panic!("unexpected link message"),
             Inbound::Done { changes, events } => {
                 to.commit(changes).await;
                 to.events.extend(events);
@@ -771,4 +771,75 @@ fn failures_back_off_and_end_after_the_bound_without_counting_offline_time() {
     assert!(d.not_before_ms - 3_601_000 <= 4_000);
     // Past the bound: give up.
     assert!(record_failure(&d, 3_609_000, 3_599_000, &policy, 0).is_none());
+}
+
+/// Finding 8: the link request's payload (its MAC under the link secret) and the
+/// answer's payload (the account key sealed under the link secret) never show in Debug.
+#[test]
+fn link_payloads_are_not_in_debug() {
+    let mut rng = ChaCha20Rng::seed_from_u64(81);
+    let d = sotto_crypto::Device::generate(AccountId([3; 32]), DeviceId(2), &mut rng);
+    let secret = [0xab_u8; 64].to_vec();
+    for inbound in [
+        Inbound::LinkRequest {
+            changes: Changes::default(),
+            sender: d.identity(),
+            payload: secret.clone(),
+        },
+        Inbound::LinkAccept {
+            changes: Changes::default(),
+            sender: d.identity(),
+            payload: secret.clone(),
+        },
+    ] {
+        let shown = format!("{inbound:?}");
+        assert!(!shown.contains("171"), "{shown}");
+        assert!(!shown.to_lowercase().contains("ab, ab"), "{shown}");
+        assert!(!shown.contains("payload"), "{shown}");
+    }
+}
+
+/// Finding 12: a device without the account key loads, but cannot sign a device list;
+/// once the key is set (recovery) it can.
+#[tokio::test]
+async fn a_device_without_the_account_key_cannot_sign_lists() {
+    let mut rng = ChaCha20Rng::seed_from_u64(82);
+    let pk = PickleKey::new([9; 32]);
+    let ak = AccountKey::generate(&mut rng);
+    let first = sotto_crypto::Device::generate(ak.account_id(), DeviceId(1), &mut rng);
+    let second = sotto_crypto::Device::generate(ak.account_id(), DeviceId(2), &mut rng);
+    let list = ak.sign_device_list(2, 1, vec![first.entry(), second.entry()]).unwrap();
+    let new = Machine::new_linked_device(None, second, list, "http://relay", &mut rng, &pk).unwrap();
+    assert_eq!(new.changes.account.as_ref().unwrap().value.account_key, None);
+    let store = MemoryStore::new();
+    store.commit(new.changes).await.unwrap();
+    let mut m = Machine::load(
+        snapshot(&store).await,
+        PickleKey::new([9; 32]),
+        ChaCha20Rng::seed_from_u64(1),
+        ChaCha20Rng::seed_from_u64(2),
+    )
+    .unwrap();
+    assert!(!m.has_account_key());
+    assert!(matches!(
+        m.next_own_list(None, Some(DeviceId(1)), 5),
+        Err(MachineError::NoAccountKey)
+    ));
+    // Another account's key is refused.
+    assert!(m.set_account_key(&AccountKey::generate(&mut rng)).is_err());
+    let c = m.set_account_key(&ak).unwrap();
+    let committed = store.commit(c.clone()).await.unwrap();
+    m.apply(&c, &committed);
+    assert!(m.has_account_key());
+    let next = m.next_own_list(None, Some(DeviceId(1)), 5).unwrap();
+    assert_eq!(next.version(), 3);
+    // And it survives a reload.
+    let m = Machine::load(
+        snapshot(&store).await,
+        pk,
+        ChaCha20Rng::seed_from_u64(1),
+        ChaCha20Rng::seed_from_u64(2),
+    )
+    .unwrap();
+    assert!(m.has_account_key());
 }

@@ -48,7 +48,7 @@ macro_rules! store_conformance_tests {
 
 fn account(seq: u64) -> AccountRecord {
     AccountRecord {
-        account_key: vec![1; 40],
+        account_key: Some(vec![1; 40]),
         device: vec![2; 80],
         relay_url: "http://127.0.0.1:1".into(),
         signed_prekey_id: 1,

@@ -102,8 +102,10 @@ pub struct Write<T> {
 /// This device's account state. Secret parts are pickles (encrypted by crypto-core).
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccountRecord {
-    /// The account key pickle.
-    pub account_key: Vec<u8>,
+    /// The account key pickle, on a device that holds the account key (the first device,
+    /// a device granted it when linked, or one recovered with the recovery key). A device
+    /// without it works for messaging but cannot change the account's device list.
+    pub account_key: Option<Vec<u8>>,
     /// The device pickle.
     pub device: Vec<u8>,
     /// The relay's base URL.

@@ -41,13 +41,20 @@ const RECORD_VERSION: u8 = 1;
 const MAX_BLOB: usize = 1 << 20;
 
 /// Account records from version 2 on end with the mailbox epoch (a flag byte, then 16
-/// bytes when set); version 1 records have none.
-const ACCOUNT_VERSION: u8 = 2;
+/// bytes when set); version 1 records have none. From version 3 on the account key is
+/// optional: a flag byte, then its pickle when set (versions 1 and 2 always hold it).
+const ACCOUNT_VERSION: u8 = 3;
 
 pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
     let mut o = Vec::with_capacity(512);
     o.put_u8(ACCOUNT_VERSION);
-    o.put_var(&a.account_key);
+    match &a.account_key {
+        Some(ak) => {
+            o.put_u8(1);
+            o.put_var(ak);
+        }
+        None => o.put_u8(0),
+    }
     o.put_var(&a.device);
     o.put_var(a.relay_url.as_bytes());
     o.put_u32(a.signed_prekey_id);
@@ -67,11 +74,25 @@ pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
 pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
     let mut r = Reader::new(b);
     let version = r.u8()?;
-    if version != RECORD_VERSION && version != ACCOUNT_VERSION {
+    if !(RECORD_VERSION..=ACCOUNT_VERSION).contains(&version) {
         return Err(DecodeError::UnsupportedVersion { version });
     }
+    let account_key = if version >= 3 {
+        match r.u8()? {
+            0 => None,
+            1 => Some(r.var_bytes("account key", MAX_BLOB)?.to_vec()),
+            value => {
+                return Err(DecodeError::UnknownType {
+                    field: "account key",
+                    value,
+                });
+            }
+        }
+    } else {
+        Some(r.var_bytes("account key", MAX_BLOB)?.to_vec())
+    };
     let mut a = AccountRecord {
-        account_key: r.var_bytes("account key", MAX_BLOB)?.to_vec(),
+        account_key,
         device: r.var_bytes("device", MAX_BLOB)?.to_vec(),
         relay_url: String::from_utf8(r.var_bytes("relay url", 4096)?.to_vec())
             .map_err(|_| DecodeError::Invalid { field: "relay url" })?,
@@ -81,7 +102,7 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
         last_seq: r.u64()?,
         mailbox_epoch: None,
     };
-    if version >= ACCOUNT_VERSION {
+    if version >= 2 {
         a.mailbox_epoch = match r.u8()? {
             0 => None,
             1 => Some(r.array()?),
@@ -233,7 +254,7 @@ mod tests {
     #[test]
     fn account_records_of_version_1_still_load() {
         let a = AccountRecord {
-            account_key: vec![1; 3],
+            account_key: Some(vec![1; 3]),
             device: vec![2; 4],
             relay_url: "http://r".into(),
             signed_prekey_id: 1,
@@ -243,13 +264,37 @@ mod tests {
             mailbox_epoch: Some([7; 16]),
         };
         assert_eq!(decode_account(&encode_account(&a)).unwrap(), a);
-        // Version 1: the same fields without the epoch.
-        let mut v1 = encode_account(&a);
+        // Version 1: the account key always present, no epoch.
+        let mut v1 = vec![1u8];
+        v1.put_var(&[1; 3]);
+        v1.extend_from_slice(&encode_account(&a)[9..]);
         v1.truncate(v1.len() - 17);
-        v1[0] = 1;
         let old = decode_account(&v1).unwrap();
         assert_eq!(old.mailbox_epoch, None);
+        assert_eq!(old.account_key, Some(vec![1; 3]));
         assert_eq!(old.last_seq, 9);
+        // Version 2: the same with the epoch.
+        let mut v2 = vec![2u8];
+        v2.put_var(&[1; 3]);
+        v2.extend_from_slice(&encode_account(&a)[9..]);
+        assert_eq!(decode_account(&v2).unwrap(), a);
+    }
+
+    #[test]
+    fn account_record_without_the_account_key() {
+        let a = AccountRecord {
+            account_key: None,
+            device: vec![2; 4],
+            relay_url: "http://r".into(),
+            signed_prekey_id: 1,
+            next_one_time_id: 2,
+            next_kem_id: 3,
+            last_seq: 9,
+            mailbox_epoch: None,
+        };
+        let bytes = encode_account(&a);
+        assert_eq!(&bytes[..2], &[3, 0]);
+        assert_eq!(decode_account(&bytes).unwrap(), a);
     }
 
     #[test]

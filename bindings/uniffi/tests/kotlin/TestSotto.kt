@@ -13,6 +13,7 @@ import uniffi.sotto_ffi.Event
 import uniffi.sotto_ffi.EventListener
 import uniffi.sotto_ffi.MessageStatus
 import uniffi.sotto_ffi.Page
+import uniffi.sotto_ffi.PendingJoin
 import uniffi.sotto_ffi.SottoClient
 import uniffi.sotto_ffi.SottoException
 
@@ -81,10 +82,10 @@ fun main() = runBlocking {
     check(bob.addContact(a) == a) { "addContact" }
 
     val sent = alice.sendText(b, "hello bob")
-    check(sent.status == MessageStatus.QUEUED && sent.conversation == b) { "$sent" }
+    check(sent.status == MessageStatus.Queued && sent.conversation == b) { "$sent" }
     val got = (waitFor(bob, received("hello bob")) as Event.MessageReceived).message
     check(got.senderAccount == a && got.senderDevice == 1u && got.id == sent.id) { "$got" }
-    check(got.status == MessageStatus.RECEIVED && got.conversation == a) { "$got" }
+    check(got.status == MessageStatus.Received && got.conversation == a) { "$got" }
     waitFor(alice) { it is Event.MessageSent && it.id == sent.id }
 
     val reply = bob.sendText(a, "hi alice")
@@ -114,8 +115,8 @@ fun main() = runBlocking {
     check(alice.conversations() == listOf(b)) { "conversations" }
     val history = alice.messages(b, Page())
     check(history.map { it.text to it.senderAccount } == listOf("hello bob" to a, "hi alice" to b)) { "$history" }
-    check(history[0].status == MessageStatus.SENT || history[0].status == MessageStatus.DELIVERED) { "$history" }
-    check(history[1].status == MessageStatus.RECEIVED) { "$history" }
+    check(history[0].status == MessageStatus.Sent || history[0].status == MessageStatus.Delivered) { "$history" }
+    check(history[1].status == MessageStatus.Received) { "$history" }
     val older = alice.messages(b, Page(before = history[1].order, limit = 10u))
     check(older.map { it.text } == listOf("hello bob")) { "$older" }
     check(alice.outboxLen() == 0uL) { "outbox" }
@@ -141,15 +142,30 @@ fun main() = runBlocking {
     subscription.close()
     check(bob.messages(a, Page()).map { it.text } == listOf("hello bob", "hi alice", "after reopening")) { "bob's history" }
 
-    // Device linking: alice's second device joins with the code her first device shows,
-    // and bob's next message reaches both.
+    // Device linking: alice's second device asks to join with the code her first device
+    // shows; her first device shows its name and fingerprint and she confirms (without the
+    // account key); bob's next message reaches both.
     val code = alice.linkNewDevice()
-    val alice2 = SottoClient.joinAsNewDevice(File(DIR, "alice2.db").path, newKey(), RELAY, code, opts)
+    val pending = PendingJoin.startJoin(File(DIR, "alice2.db").path, newKey(), RELAY, code, "alice phone", opts)
+    check(pending.deviceId() == 2u) { "asked for ${pending.deviceId()}" }
+    val req = waitFor(alice) { it is Event.LinkRequested } as Event.LinkRequested
+    check(req.deviceName == "alice phone") { req.deviceName }
+    check(req.fingerprint == pending.fingerprint()) { "fingerprints differ" }
+    expectError<SottoException.UnknownLinkRequest> { alice.confirmLink(req.id xor 1uL, false) }
+    alice.confirmLink(req.id, false)
+    val alice2 = pending.waitJoined()
     check(alice2.accountId() == a && alice2.deviceId() == 2u) { "joined as ${alice2.deviceId()}" }
+    check(alice.hasAccountKey() && !alice2.hasAccountKey()) { "account key" }
+    expectError<SottoException.NoAccountKey> { alice2.linkNewDevice() }
     check(alice.devicesOf(a).sorted() == listOf(1u, 2u)) { "alice's devices" }
     bob.sendText(a, "to both devices")
     waitFor(alice, received("to both devices"))
     waitFor(alice2, received("to both devices"))
+    val rk = alice.exportRecoveryKey()
+    check(rk.startsWith("sotto-recovery:")) { "recovery key" }
+    alice2.recoverAccount(rk)
+    check(alice2.hasAccountKey()) { "recovered" }
+    pending.close()
 
     alice2.shutdown()
     alice.shutdown()

@@ -60,11 +60,11 @@ async def main():
     assert await bob.add_contact(a_id) == a_id
 
     sent = await alice.send_text(b_id, "hello bob")
-    assert sent.status == MessageStatus.QUEUED and sent.conversation == b_id
+    assert sent.status == MessageStatus.QUEUED() and sent.conversation == b_id
     ev = await wait_for_event(bob, received("hello bob"))
     m = ev.message
     assert m.sender_account == a_id and m.sender_device == 1
-    assert m.conversation == a_id and m.status == MessageStatus.RECEIVED and m.id == sent.id
+    assert m.conversation == a_id and m.status == MessageStatus.RECEIVED() and m.id == sent.id
     await wait_for_event(alice, lambda e: e.is_message_sent() and e.id == sent.id)
 
     # The reply is awaited with reads cancelled every 20 ms.
@@ -95,8 +95,8 @@ async def main():
     assert await alice.conversations() == [b_id]
     history = await alice.messages(b_id, Page())
     assert [(h.text, h.sender_account) for h in history] == [("hello bob", a_id), ("hi alice", b_id)]
-    assert history[0].status in (MessageStatus.SENT, MessageStatus.DELIVERED)
-    assert history[1].status == MessageStatus.RECEIVED
+    assert history[0].status in (MessageStatus.SENT(), MessageStatus.DELIVERED())
+    assert history[1].status == MessageStatus.RECEIVED()
     older = await alice.messages(b_id, Page(before=history[1].order, limit=10))
     assert [h.text for h in older] == ["hello bob"]
     assert await alice.outbox_len() == 0
@@ -123,19 +123,38 @@ async def main():
     history = await bob.messages(a_id, Page())
     assert [h.text for h in history] == ["hello bob", "hi alice", "after reopening"]
 
-    # Device linking: alice's second device joins with the code her first device shows,
-    # and bob's next message reaches both.
+    # Device linking: alice's second device asks to join with the code her first device
+    # shows; her first device shows its name and fingerprint and she confirms (without
+    # giving it the account key); bob's next message reaches both.
+    from sotto_ffi import PendingJoin
     code = await alice.link_new_device()
-    e = await expect_error(SottoError.BadLinkCode, SottoClient.join_as_new_device(
-        os.path.join(DIR, "x.db"), os.urandom(32), RELAY, "sotto-link:nonsense", opts))
+    await expect_error(SottoError.BadLinkCode, PendingJoin.start_join(
+        os.path.join(DIR, "x.db"), os.urandom(32), RELAY, "sotto-link:nonsense", "x", opts))
     key_a2 = os.urandom(32)
-    alice2 = await SottoClient.join_as_new_device(os.path.join(DIR, "alice2.db"), key_a2, RELAY, code, opts)
+    pending = await PendingJoin.start_join(os.path.join(DIR, "alice2.db"), key_a2, RELAY, code, "alice phone", opts)
+    assert pending.device_id() == 2
+    req = await wait_for_event(alice, lambda e: e.is_link_requested())
+    assert req.device_name == "alice phone"
+    assert req.fingerprint == pending.fingerprint()
+    e = await expect_error(SottoError.UnknownLinkRequest, alice.confirm_link(req.id ^ 1, False))
+    assert e.code() == "unknown_link_request"
+    await alice.confirm_link(req.id, False)
+    alice2 = await pending.wait_joined()
     assert alice2.account_id() == a_id and alice2.device_id() == 2
+    assert await alice.has_account_key() and not await alice2.has_account_key()
+    e = await expect_error(SottoError.NoAccountKey, alice2.link_new_device())
+    assert e.code() == "no_account_key"
     assert sorted(await alice.devices_of(a_id)) == [1, 2]
     await bob.send_text(a_id, "to both devices")
     await wait_for_event(alice, received("to both devices"))
     await wait_for_event(alice2, received("to both devices"))
     assert sorted(await bob.devices_of(a_id)) == [1, 2]
+    # The recovery key gives the second device the account key.
+    rk = await alice.export_recovery_key()
+    assert rk.startswith("sotto-recovery:")
+    await expect_error(SottoError.BadRecoveryKey, alice2.recover_account(rk[:-1] + ("1" if rk[-1] == "0" else "0")))
+    await alice2.recover_account(rk)
+    assert await alice2.has_account_key()
 
     await alice2.shutdown()
     await alice.shutdown()

@@ -146,16 +146,35 @@ do {
     let bh = try await bob.messages(conversation: a, page: Page())
     check(bh.map { $0.text } == ["hello bob", "hi alice", "after reopening"], "\(bh)")
 
-    // Device linking: alice's second device joins with the code her first device shows,
-    // and bob's next message reaches both.
+    // Device linking: alice's second device asks to join with the code her first device
+    // shows; her first device shows its name and fingerprint and she confirms (without the
+    // account key); bob's next message reaches both.
     let code = try await alice.linkNewDevice()
-    let alice2 = try await SottoClient.joinAsNewDevice(
-        storePath: dir + "/alice2.db", storeKey: newKey(), relayUrl: relay, code: code, options: opts)
+    let pending = try await PendingJoin.startJoin(
+        storePath: dir + "/alice2.db", storeKey: newKey(), relayUrl: relay, code: code,
+        deviceName: "alice phone", options: opts)
+    check(pending.deviceId() == 2, "asked for \(pending.deviceId())")
+    let req = await waitFor(alice) { if case .linkRequested = $0 { return true } else { return false } }
+    guard case let .linkRequested(id, deviceName, fingerprint) = req else { fatalError() }
+    check(deviceName == "alice phone", deviceName)
+    check(fingerprint == pending.fingerprint(), "fingerprints differ")
+    _ = await expectError("unknown_link_request") { try await alice.confirmLink(id: id ^ 1, grantAccountKey: false) }
+    try await alice.confirmLink(id: id, grantAccountKey: false)
+    let alice2 = try await pending.waitJoined()
     check(alice2.accountId() == a && alice2.deviceId() == 2, "joined as \(alice2.deviceId())")
+    let a1HasKey = try await alice.hasAccountKey()
+    let a2HasKey = try await alice2.hasAccountKey()
+    check(a1HasKey && !a2HasKey, "account key")
+    _ = await expectError("no_account_key") { _ = try await alice2.linkNewDevice() }
     check(try await alice.devicesOf(accountId: a).sorted() == [1, 2], "alice's devices")
     _ = try await bob.sendText(contact: a, text: "to both devices")
     _ = await waitFor(alice, received("to both devices"))
     _ = await waitFor(alice2, received("to both devices"))
+    let rk = try await alice.exportRecoveryKey()
+    check(rk.hasPrefix("sotto-recovery:"), "recovery key")
+    try await alice2.recoverAccount(recoveryKey: rk)
+    let recovered = try await alice2.hasAccountKey()
+    check(recovered, "recovered")
 
     await alice2.shutdown()
     await alice.shutdown()
