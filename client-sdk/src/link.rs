@@ -179,7 +179,7 @@ impl<S: Store> Client<S> {
         request.extend_from_slice(&mac);
         let mut recipients = Vec::new();
         for d in list.devices() {
-            let envelope = sotto_crypto::seal(&device, &d.identity_key, CONTENT_LINK_REQUEST, &request, &mut rng)
+            let envelope = sotto_crypto::seal(&device, &d.identity(account), CONTENT_LINK_REQUEST, &request, &mut rng)
                 .map_err(crate::machine::MachineError::from)?;
             recipients.push(Recipient {
                 account_id: account,
@@ -359,7 +359,7 @@ impl<S: Store> Inner<S> {
                 let content: &[u8] = if d.device_id == device_id { &payload } else { &[0u8] };
                 let envelope = sotto_crypto::seal(
                     &self.device,
-                    &d.identity_key,
+                    &d.identity(list.account_id()),
                     CONTENT_LINK_ACCEPT,
                     content,
                     m_rng(&mut m),

@@ -35,6 +35,18 @@ pub struct DeviceEntry {
     pub identity_key: X25519PublicKey,
 }
 
+impl DeviceEntry {
+    /// The entry's full identity within `account_id`'s list.
+    pub fn identity(&self, account_id: AccountId) -> DeviceIdentity {
+        DeviceIdentity {
+            account_id,
+            device_id: self.device_id,
+            signing_key: self.signing_key,
+            identity_key: self.identity_key,
+        }
+    }
+}
+
 /// Why a device list was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]

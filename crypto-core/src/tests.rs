@@ -167,7 +167,7 @@ fn the_last_message_number_is_refused_before_any_work() {
         b.decrypt(MessageType::Ratchet, &m),
         Err(DecryptError::Decode(_))
     ));
-    let mut env = vec![1u8, 9];
+    let mut env = vec![2u8, 9];
     env.extend_from_slice(&[0; 200]);
     assert_eq!(
         open(&Party::new(&mut rng).device, &env),
@@ -340,15 +340,8 @@ fn sealed_sender_single_and_multi() {
     let alice = Party::new(&mut rng);
     let bob = Party::new(&mut rng);
     let carol = Party::new(&mut rng);
-    let env = seal(
-        &alice.device,
-        &bob.device.identity().identity_key,
-        1,
-        b"inner",
-        &mut rng,
-    )
-    .unwrap();
-    assert_eq!(env.len(), 2 + 32 + padding::bucket(1 + 100 + 64 + 5 + 1) + 16);
+    let env = seal(&alice.device, &bob.device.identity(), 1, b"inner", &mut rng).unwrap();
+    assert_eq!(env.len(), 2 + 32 + 48 + padding::bucket(1 + 100 + 5 + 1) + 16);
     let o = open(&bob.device, &env).unwrap();
     assert_eq!(o.sender, alice.device.identity());
     assert_eq!((o.content_type, o.content.as_slice()), (1, &b"inner"[..]));
@@ -358,7 +351,7 @@ fn sealed_sender_single_and_multi() {
         t[i] ^= 0x10;
         assert!(open(&bob.device, &t).is_err(), "flip at {i} accepted");
     }
-    let recipients = [bob.device.identity().identity_key, carol.device.identity().identity_key];
+    let recipients = [bob.device.identity(), carol.device.identity()];
     let multi = seal_multi(&alice.device, &recipients, 7, b"group body", &mut rng).unwrap();
     for (i, dev) in [&bob.device, &carol.device].into_iter().enumerate() {
         let o = open(dev, &multi.envelope(i).unwrap()).unwrap();
@@ -447,14 +440,7 @@ fn debug_output_holds_no_secrets() {
     assert!(s.ends_with("receiving_chains: 0, skipped_keys: 0, .. }"), "{s}");
     assert_eq!(format!("{:?}", PickleKey::new([1; 32])), "PickleKey(..)");
     let mut rng = ChaCha20Rng::seed_from_u64(113);
-    let env = seal(
-        &alice.device,
-        &alice.device.identity().identity_key,
-        1,
-        b"secret words",
-        &mut rng,
-    )
-    .unwrap();
+    let env = seal(&alice.device, &alice.device.identity(), 1, b"secret words", &mut rng).unwrap();
     let o = format!("{:?}", open(&alice.device, &env).unwrap());
     assert!(
         o.ends_with("content_type: 1, content_len: 12, .. }") && !o.contains("secret"),
