@@ -169,10 +169,11 @@ impl<S: Store> Client<S> {
         let device = Device::generate(account, DeviceId(next_id), &mut rng);
         let me = device.identity();
 
-        let mut body = Vec::with_capacity(100);
+        let mut body = Vec::with_capacity(132);
         body.put_u32(me.device_id.0);
         body.put(me.signing_key.as_bytes());
         body.put(me.identity_key.as_bytes());
+        body.put(&device.entry().binding.0);
         let mac = request_mac(&secret, &account, &body);
         let mut request = vec![1u8];
         request.extend_from_slice(&body);
@@ -295,7 +296,7 @@ impl<S: Store> Inner<S> {
         let mut r = Reader::new(payload);
         let parsed = (|| {
             r.version(1).ok()?;
-            let body = r.bytes(68).ok()?;
+            let body = r.bytes(132).ok()?;
             let mac: [u8; 32] = r.array().ok()?;
             Some((body.to_vec(), mac))
         })();
@@ -309,11 +310,16 @@ impl<S: Store> Inner<S> {
         let signing_key = Ed25519PublicKey::from_bytes(&br.array().map_err(|_| ClientError::BadLinkCode)?)
             .map_err(|_| ClientError::BadLinkCode)?;
         let identity_key = X25519PublicKey(br.array().map_err(|_| ClientError::BadLinkCode)?);
+        let binding = sotto_crypto::Signature(br.array().map_err(|_| ClientError::BadLinkCode)?);
         let entry = DeviceEntry {
             device_id,
             signing_key,
             identity_key,
+            binding,
         };
+        if !entry.binding_verifies(&account) {
+            return Ok(());
+        }
         let claimed = DeviceIdentity {
             account_id: account,
             device_id,

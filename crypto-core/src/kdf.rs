@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 pub(crate) mod info {
     pub(crate) const ACCOUNT_ID: &[u8] = b"Sotto-v1 account id";
     pub(crate) const DEVICE_LIST: &[u8] = b"Sotto-v1 device list";
+    pub(crate) const DEVICE_BINDING: &[u8] = b"Sotto-v2 device binding";
     pub(crate) const PREKEY: &[u8] = b"Sotto-v1 prekey";
     pub(crate) const PQXDH: &[u8] = b"Sotto-v1 PQXDH";
     pub(crate) const ROOT: &[u8] = b"Sotto-v1 ratchet root";

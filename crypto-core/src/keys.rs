@@ -146,7 +146,7 @@ impl fmt::Debug for Ed25519PublicKey {
 }
 
 /// An Ed25519 signature: 64 raw bytes.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Signature(pub [u8; SIGNATURE_LEN]);
 
 impl fmt::Debug for Signature {

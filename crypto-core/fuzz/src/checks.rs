@@ -847,7 +847,11 @@ pub fn seeds() -> Vec<Seed> {
     add("device_list", "ok-three-devices", three.signed().as_bytes().to_vec());
     add("device_list", "bad-truncated", cut(alice_list, alice_list.len() - 1));
     add("device_list", "bad-signature", flip(alice_list, alice_list.len() - 1));
-    add("device_list", "bad-version", set(alice_list, 0, 2));
+    add("device_list", "bad-version", set(alice_list, 0, 1));
+    let foreign = extra_ak
+        .sign_device_list(8, CREATED_AT_MS, vec![f.alice.entry()])
+        .expect("an account key signs any entry");
+    add("device_list", "bad-foreign-entry", foreign.signed().as_bytes().to_vec());
     add("device_list", "bad-count", set(alice_list, 1 + 32 + 8 + 8 + 1, 2));
     add("device_list", "bad-empty", Vec::new());
 

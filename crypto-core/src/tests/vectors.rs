@@ -178,17 +178,40 @@ fn device_list_vectors() -> Value {
         .unwrap();
     let mut tampered = v2.signed().as_bytes().to_vec();
     tampered[60] ^= 1;
+    let account_seed = rng.take().remove(0);
+    // Another account listing device 1's entry as its own; and a jump past MAX_VERSION_STEP.
+    let mut other_rng = ChaCha20Rng::seed_from_u64(20);
+    let other = AccountKey::generate(&mut other_rng);
+    let foreign = other
+        .sign_device_list(1, 1_750_000_000_000, vec![devices[1].entry()])
+        .unwrap();
+    let jump = ak
+        .sign_device_list(
+            2 + MAX_VERSION_STEP,
+            1_750_000_200_000,
+            devices.iter().map(Device::entry).collect(),
+        )
+        .unwrap();
+    let foreign_err = foreign.signed().verify(&other.account_id()).unwrap_err();
+    let jump_err = v1.check_update(&jump).unwrap_err();
     json!({
-        "description": "Signed device lists. Devices are generated with ids 3, 1, 2 in that order; v1 lists devices 3 and 1 (encoded sorted), v2 lists all three. `tampered` is v2 with byte 60 flipped and must fail verification.",
-        "account_seed": h(&rng.take().remove(0)),
+        "description": "Signed device lists (body version 2, docs/protocol.md §4). Devices are generated with ids 3, 1, 2 in that order; v1 lists devices 3 and 1 (encoded sorted), v2 lists all three; each entry carries its device's binding. `tampered` is v2 with byte 60 flipped and must fail verification. `errors`: `foreign_entry` is a list of another account (`other_account_id`) naming device 1's entry, refused at verification; `version_jump` verifies alone but is refused as an update of the pinned v1.",
+        "account_seed": h(&account_seed),
+        "max_version_step": MAX_VERSION_STEP,
+        "v1_version": v1.version(), "v1_created_at_ms": v1.created_at_ms(),
+        "v2_version": v2.version(), "v2_created_at_ms": v2.created_at_ms(),
         "account_id": h(ak.account_id().as_bytes()),
         "devices": devices.iter().map(|d| {
             let id = d.identity();
-            json!({"device_id": id.device_id.0, "dsk_public": h(id.signing_key.as_bytes()), "ik_public": h(id.identity_key.as_bytes())})
+            json!({"device_id": id.device_id.0, "dsk_public": h(id.signing_key.as_bytes()), "ik_public": h(id.identity_key.as_bytes()), "binding": h(&d.entry().binding.0)})
         }).collect::<Vec<_>>(),
         "v1": h(v1.signed().as_bytes()),
         "v2": h(v2.signed().as_bytes()),
         "tampered": h(&tampered),
+        "errors": [
+            {"name": "foreign_entry", "other_account_id": h(other.account_id().as_bytes()), "list": h(foreign.signed().as_bytes()), "error": foreign_err.name()},
+            {"name": "version_jump", "pinned": "v1", "version": jump.version(), "list": h(jump.signed().as_bytes()), "error": jump_err.name()},
+        ],
     })
 }
 
