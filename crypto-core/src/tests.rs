@@ -526,3 +526,40 @@ fn interaction_harness_10000_schedules() {
     // Each kind of step happened many times.
     assert!(stats[..5].iter().all(|&n| n > 10_000), "{stats:?}");
 }
+
+/// Finding 11: pickling writes the plaintext state once into a buffer of its exact final
+/// size; a reallocation would leave an unwiped copy of the keys in freed memory.
+#[test]
+fn pickling_never_reallocates_a_buffer_holding_keys() {
+    let mut rng = ChaCha20Rng::seed_from_u64(120);
+    let (alice, bob, mut a, mut b) = establish(&mut rng);
+    // A large session: skipped keys and several receiving chains.
+    let mut last = None;
+    for i in 0..300u32 {
+        last = Some(a.encrypt(&i.to_be_bytes(), &mut rng).unwrap());
+    }
+    let m = last.unwrap();
+    b.decrypt(m.message_type, &m.bytes).unwrap();
+    let key = PickleKey::new([9; 32]);
+    // The buffer is allocated once at the exact length: a grown Vec would have more
+    // capacity than length (it at least doubles), and its old buffer freed unwiped.
+    let exact = |p: &[u8], cap: usize, fields: usize| {
+        assert_eq!(p.len(), 2 + 24 + 2 + fields + 16);
+        assert_eq!(cap, p.len(), "the pickle buffer grew");
+    };
+    for s in [&a, &b] {
+        let p = s.pickle(&key, &mut rng);
+        exact(&p, p.capacity(), s.state_len());
+        assert_eq!(state(&Session::unpickle(&p, &key).unwrap()), state(s));
+    }
+    assert!(b.state_len() > 256 * 40, "the session is large: {}", b.state_len());
+    let p = alice.device.pickle(&key, &mut rng);
+    exact(&p, p.capacity(), 100);
+    let p = bob.ak.pickle(&key, &mut rng);
+    exact(&p, p.capacity(), 32);
+    let p = bob.spk.pickle(&key, &mut rng);
+    exact(&p, p.capacity(), X25519PreKey::ENCODED_LEN + 32);
+    let p = bob.kem.pickle(&key, &mut rng);
+    exact(&p, p.capacity(), KemPreKey::ENCODED_LEN + 64);
+    let _ = &mut a;
+}

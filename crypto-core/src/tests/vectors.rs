@@ -260,7 +260,7 @@ pub(crate) fn pqxdh_vectors(variant: Pqxdh) -> (Value, Recorder, Keys, Keys, Ses
     let dh2 = ek_s.dh(&bob.device.identity().identity_key).unwrap();
     let dh3 = ek_s.dh(&bundle.signed_prekey.public).unwrap();
     let dh4 = with_opk.then(|| ek_s.dh(&bob.opk.public().public).unwrap());
-    let (ct, ss) = bundle.kem_prekey.public.encapsulate(m);
+    let (ct, ss) = bundle.kem_prekey.public.encapsulate(&zeroize::Zeroizing::new(m));
     let bob_kem = KemSecret::from_seed(&bob.kem_seed.clone().try_into().unwrap());
     assert_eq!(*bob_kem.decapsulate(&ct), *ss);
     let ad = ratchet::session_ad(&alice.device.identity(), &bob.device.identity());
