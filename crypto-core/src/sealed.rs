@@ -206,18 +206,14 @@ fn recipient_salt(e_pub: &X25519PublicKey, recipient: &[u8; DeviceIdentity::ENCO
 fn auth_tag(
     ss: &[u8; 32],
     salt: &[u8],
-    kind: u8,
-    e_pub: &X25519PublicKey,
+    header: &[u8],
     wrap: &[u8; 32],
     sender: &[u8; DeviceIdentity::ENCODED_LEN],
     recipient: &[u8; DeviceIdentity::ENCODED_LEN],
     body_hash: &[u8; 32],
 ) -> [u8; AUTH_TAG_LEN] {
     let mk = hkdf::<32>(salt, ss, &[info::SEALED_AUTH]);
-    let full = hmac(
-        &mk,
-        &[&[VERSION, kind], e_pub.as_bytes(), wrap, sender, recipient, body_hash],
-    );
+    let full = hmac(&mk, &[header, wrap, sender, recipient, body_hash]);
     let mut tag = [0u8; AUTH_TAG_LEN];
     tag.copy_from_slice(&full[..AUTH_TAG_LEN]);
     tag
@@ -271,7 +267,7 @@ fn seal_with_message_key(
             *o = a ^ b;
         }
         let ss = static_dh(&r.identity_key).ok_or(SealError::NonContributory)?;
-        let at = auth_tag(&ss, &salt, kind, &e_pub, &w, &id_s, &id_r, &body_hash);
+        let at = auth_tag(&ss, &salt, &header, &w, &id_s, &id_r, &body_hash);
         let mut block = [0u8; RECIPIENT_BLOCK_LEN];
         block[..32].copy_from_slice(&w);
         block[32..].copy_from_slice(&at);
@@ -460,7 +456,15 @@ pub fn open(recipient: &Device, envelope: &[u8]) -> Result<Opened, OpenError> {
             .ik
             .dh(&sender.identity_key)
             .map_err(|_| OpenError::BadSenderAuth)?;
-        let expected = auth_tag(&ss, &salt, kind, &e_pub, &wrap, &id_s, &id_r, &sha256(&[body]));
+        let expected = auth_tag(
+            &ss,
+            &salt,
+            &envelope[..HEADER_LEN],
+            &wrap,
+            &id_s,
+            &id_r,
+            &sha256(&[body]),
+        );
         if !ct_eq(&expected, &at) {
             return Err(OpenError::BadSenderAuth);
         }
