@@ -6,7 +6,7 @@
 //! code        = "sotto-link:" ‖ account id (52 chars) ‖ "." ‖ hex(secret (32))     shown by an existing device
 //! req_key     = HKDF-SHA256(salt = none, ikm = secret, info = "Sotto-v1 link request", 32)
 //! acc_key     = HKDF-SHA256(salt = none, ikm = secret, info = "Sotto-v1 link accept", 32)
-//! body        = device_id (u32) ‖ DSK_pub (32) ‖ IK_pub (32) ‖ name_len (u8, ≤ 64) ‖ name (UTF-8)
+//! body        = device_id (u32) ‖ DSK_pub (32) ‖ IK_pub (32) ‖ binding (64, §4.1) ‖ name_len (u8, ≤ 64) ‖ name (UTF-8)
 //! request     = 0x01 ‖ body ‖ HMAC-SHA256(req_key, account_id ‖ body)
 //!               sealed by the new device (content type 0x10) to every listed device, anonymously
 //! fingerprint = SHA-256("Sotto-v1 link fingerprint" ‖ account_id ‖ device_id ‖ DSK_pub ‖ IK_pub)[..10],
@@ -53,6 +53,8 @@ pub const MAX_LINK_CONTACTS: usize = 4096;
 /// The longest device name a request carries (bytes of UTF-8).
 pub const MAX_DEVICE_NAME: usize = 64;
 const REQUEST_VERSION: u8 = 1;
+/// The request body's bytes before the name: device id, DSK, IK, binding, name length.
+const REQUEST_FIXED: usize = 4 + 32 + 32 + 64 + 1;
 const ACCEPT_VERSION: u8 = 1;
 const FLAG_ACCOUNT_KEY: u8 = 1;
 
@@ -123,23 +125,26 @@ pub fn fingerprints_match(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(&b))
 }
 
-/// The request payload (content type 0x10).
-pub fn encode_link_request(secret: &[u8; 32], device: &DeviceIdentity, name: &str) -> Vec<u8> {
+/// The request payload (content type 0x10): the new device's entry (with its binding,
+/// docs/protocol.md §4.1) and name, authenticated by the code.
+pub fn encode_link_request(secret: &[u8; 32], account: &AccountId, entry: &DeviceEntry, name: &str) -> Vec<u8> {
     let name = truncate_name(name);
-    let mut body = Vec::with_capacity(70 + name.len());
-    body.put_u32(device.device_id.0);
-    body.put(device.signing_key.as_bytes());
-    body.put(device.identity_key.as_bytes());
+    let mut body = Vec::with_capacity(REQUEST_FIXED + name.len());
+    body.put_u32(entry.device_id.0);
+    body.put(entry.signing_key.as_bytes());
+    body.put(entry.identity_key.as_bytes());
+    body.put(&entry.binding.0);
     body.put_u8(name.len() as u8);
     body.put(name.as_bytes());
-    let mac = request_mac(secret, &device.account_id, &body);
+    let mac = request_mac(secret, account, &body);
     let mut request = vec![REQUEST_VERSION];
     request.extend_from_slice(&body);
     request.extend_from_slice(&mac);
     request
 }
 
-/// Parses and authenticates a request: the new device's entry and name.
+/// Parses and authenticates a request: the new device's entry and name. The entry's
+/// binding is not checked here (the caller checks it against the account).
 pub fn decode_link_request(secret: &[u8; 32], account: &AccountId, payload: &[u8]) -> Option<(DeviceEntry, String)> {
     let mut r = Reader::new(payload);
     r.version(REQUEST_VERSION).ok()?;
@@ -154,6 +159,7 @@ pub fn decode_link_request(secret: &[u8; 32], account: &AccountId, payload: &[u8
     let device_id = DeviceId(br.u32().ok()?);
     let signing_key = Ed25519PublicKey::from_bytes(&br.array().ok()?).ok()?;
     let identity_key = X25519PublicKey(br.array().ok()?);
+    let binding = sotto_crypto::Signature(br.array().ok()?);
     let n = usize::from(br.u8().ok()?);
     if n > MAX_DEVICE_NAME {
         return None;
@@ -165,6 +171,7 @@ pub fn decode_link_request(secret: &[u8; 32], account: &AccountId, payload: &[u8
             device_id,
             signing_key,
             identity_key,
+            binding,
         },
         name,
     ))
@@ -401,6 +408,11 @@ impl<S: Store> PendingJoin<S> {
         self.device.identity()
     }
 
+    /// This device's device-list entry, with its binding to the account (§4.1).
+    pub fn entry(&self) -> DeviceEntry {
+        self.device.entry()
+    }
+
     /// Waits until the existing device's user confirmed: the account lists this device
     /// and its answer arrived. Then the store holds the account (with the account key
     /// when it was granted) and the client is connected. Fails with
@@ -462,6 +474,11 @@ impl<S: Store> Client<S> {
     /// This device's public identity (account, device id, public keys).
     pub fn identity(&self) -> DeviceIdentity {
         self.inner.device.identity()
+    }
+
+    /// This device's device-list entry, with its binding to the account (§4.1).
+    pub fn entry(&self) -> DeviceEntry {
+        self.inner.device.entry()
     }
 
     /// True when this device holds the account key: it can link and remove devices and
@@ -609,10 +626,10 @@ impl<S: Store> Client<S> {
             .wrapping_add(1);
         let device = Device::generate(account, DeviceId(next_id), &mut rng);
         let me = device.identity();
-        let request = encode_link_request(&secret, &me, device_name);
+        let request = encode_link_request(&secret, &account, &device.entry(), device_name);
         let mut recipients = Vec::new();
         for d in list.devices() {
-            let envelope = sotto_crypto::seal(&device, &d.identity_key, CONTENT_LINK_REQUEST, &request, &mut rng)
+            let envelope = sotto_crypto::seal(&device, &d.identity(account), CONTENT_LINK_REQUEST, &request, &mut rng)
                 .map_err(crate::machine::MachineError::from)?;
             recipients.push(Recipient {
                 account_id: account,
@@ -664,6 +681,9 @@ impl<S: Store> Inner<S> {
         let Some((entry, name)) = decode_link_request(&p.secret, &account, payload) else {
             return Ok(());
         };
+        if !entry.binding_verifies(&account) {
+            return Ok(());
+        }
         let claimed = DeviceIdentity {
             account_id: account,
             device_id: entry.device_id,
@@ -723,8 +743,14 @@ impl<S: Store> Inner<S> {
                 } else {
                     &[0u8]
                 };
-                let envelope = sotto_crypto::seal(&self.device, &d.identity_key, CONTENT_LINK_ACCEPT, content, m.rng())
-                    .map_err(crate::machine::MachineError::from)?;
+                let envelope = sotto_crypto::seal(
+                    &self.device,
+                    &d.identity(account),
+                    CONTENT_LINK_ACCEPT,
+                    content,
+                    m.rng(),
+                )
+                .map_err(crate::machine::MachineError::from)?;
                 recipients.push(Recipient {
                     account_id: account,
                     device_id: d.device_id,

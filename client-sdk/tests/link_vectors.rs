@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde_json::{Value, json};
-use sotto_crypto::{AccountId, AccountKey, Device, DeviceId, DeviceIdentity, Ed25519PublicKey, X25519PublicKey};
+use sotto_crypto::{
+    AccountId, AccountKey, Device, DeviceEntry, DeviceId, DeviceIdentity, Ed25519PublicKey, Signature, X25519PublicKey,
+};
 use sotto_sdk::link::{
     decode_link_accept, decode_link_request, decode_recovery_key, encode_link_accept, encode_link_request,
     encode_recovery_key, fingerprints_match, link_code, link_fingerprint, link_key, parse_code,
@@ -30,13 +32,14 @@ fn inputs() -> Value {
     let mut rng = ChaCha20Rng::seed_from_u64(1201);
     let ak_seed = [0x11u8; 32];
     let ak = AccountKey::from_seed(&ak_seed);
-    let d = Device::generate(ak.account_id(), DeviceId(3), &mut rng).identity();
+    let e = Device::generate(ak.account_id(), DeviceId(3), &mut rng).entry();
     json!({
         "account_key_seed": hex::encode(ak_seed),
         "link_secret": hex::encode([0x22u8; 32]),
         "device_id": 3,
-        "device_signing_key": hex::encode(d.signing_key.as_bytes()),
-        "device_identity_key": hex::encode(d.identity_key.as_bytes()),
+        "device_signing_key": hex::encode(e.signing_key.as_bytes()),
+        "device_identity_key": hex::encode(e.identity_key.as_bytes()),
+        "device_binding": hex::encode(e.binding.0),
         "device_name": "Alice’s phone",
         "contacts": [hex::encode([0x33u8; 32]), hex::encode([0x44u8; 32])],
     })
@@ -52,6 +55,12 @@ fn outputs(i: &Value) -> Value {
         signing_key: Ed25519PublicKey::from_bytes(&arr(&i["device_signing_key"])).unwrap(),
         identity_key: X25519PublicKey(arr(&i["device_identity_key"])),
     };
+    let entry = DeviceEntry {
+        device_id: device.device_id,
+        signing_key: device.signing_key,
+        identity_key: device.identity_key,
+        binding: Signature(arr(&i["device_binding"])),
+    };
     let name = i["device_name"].as_str().unwrap();
     let contacts: Vec<AccountId> = i["contacts"]
         .as_array()
@@ -59,7 +68,7 @@ fn outputs(i: &Value) -> Value {
         .iter()
         .map(|c| AccountId(arr(c)))
         .collect();
-    let request = encode_link_request(&secret, &device, name);
+    let request = encode_link_request(&secret, &account, &entry, name);
     let with_ak = encode_link_accept(&secret, &account, device.device_id, Some(&ak), &contacts);
     let without_ak = encode_link_accept(&secret, &account, device.device_id, None, &contacts);
     let long_name = "x".repeat(80);
@@ -70,7 +79,7 @@ fn outputs(i: &Value) -> Value {
         "request_key": hex::encode(link_key(&secret, b"Sotto-v1 link request").as_slice()),
         "accept_key": hex::encode(link_key(&secret, b"Sotto-v1 link accept").as_slice()),
         "request": hex::encode(&request),
-        "request_long_name_truncated_to_64": hex::encode(encode_link_request(&secret, &device, &long_name)),
+        "request_long_name_truncated_to_64": hex::encode(encode_link_request(&secret, &account, &entry, &long_name)),
         "fingerprint": link_fingerprint(&device),
         "accept_with_account_key": hex::encode(&with_ak),
         "accept_without_account_key": hex::encode(&without_ak),
@@ -112,6 +121,10 @@ fn link_vectors_replay() {
     let (entry, name) = decode_link_request(&secret, &account, &request).unwrap();
     assert_eq!(name, i["device_name"].as_str().unwrap());
     assert_eq!(u64::from(entry.device_id.0), i["device_id"].as_u64().unwrap());
+    assert!(
+        entry.binding_verifies(&account),
+        "the request carries the device's binding (§4.1)"
+    );
     let long = hex::decode(o["request_long_name_truncated_to_64"].as_str().unwrap()).unwrap();
     assert_eq!(decode_link_request(&secret, &account, &long).unwrap().1.len(), 64);
     let mut bad = request.clone();

@@ -47,6 +47,9 @@ fn the_readme_quickstart_works_as_written() {
         .map(|l| l.replace("8080", &port.to_string()))
         .collect::<Vec<_>>()
         .join("\n");
+    // When a step fails, the background relay must not outlive the script: it holds the
+    // output pipes open, and the test would wait for them forever instead of failing.
+    let script = format!("trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{script}");
     let work = std::env::temp_dir().join(format!("sotto-quickstart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();

@@ -430,7 +430,7 @@ fn sealed(c: &mut Criterion) {
     let alice = Party::new(&mut r);
     let bob = Party::new(&mut r);
     let content = plaintext(SEALED_CONTENT);
-    let ik_b = bob.device.identity().identity_key;
+    let ik_b = bob.device.identity();
     g.bench_function("seal_1KiB", |b| {
         b.iter(|| seal(&alice.device, black_box(&ik_b), 1, black_box(&content), &mut r).expect("seal"))
     });
@@ -448,7 +448,7 @@ fn sealed(c: &mut Criterion) {
             Device::generate(ak.account_id(), DeviceId(i), &mut r)
         })
         .collect();
-    let keys: Vec<_> = recipients.iter().map(|d| d.identity().identity_key).collect();
+    let keys: Vec<_> = recipients.iter().map(|d| d.identity()).collect();
     for n in [100usize, 1000] {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("seal_1KiB", n), |b| {

@@ -1,13 +1,17 @@
 //! Signed device lists (docs/protocol.md §4).
 //!
 //! ```text
-//! body      = 0x01 ‖ AK_pub(32) ‖ version(u64) ‖ created_at_ms(u64) ‖ count(u16)
-//!             ‖ count × (device_id(u32) ‖ DSK_pub(32) ‖ IK_pub(32))     device ids strictly ascending
+//! body      = 0x02 ‖ AK_pub(32) ‖ version(u64) ‖ created_at_ms(u64) ‖ count(u16)
+//!             ‖ count × (device_id(u32) ‖ DSK_pub(32) ‖ IK_pub(32) ‖ binding(64))   ids strictly ascending
+//! binding   = Ed25519_DSK("Sotto-v2 device binding" ‖ account_id(32) ‖ device_id(u32) ‖ DSK_pub ‖ IK_pub)
 //! signature = Ed25519_AK("Sotto-v1 device list" ‖ body)
 //! wire      = body ‖ signature(64)
 //! ```
 //! A list verifies against an account id when `SHA-256("Sotto-v1 account id" ‖ AK_pub)`
-//! equals it (constant-time) and the signature verifies (strict). Versions only grow.
+//! equals it (constant-time), the signature verifies (strict) and every entry's binding
+//! verifies under that entry's DSK for that account id: a device's keys can be listed by
+//! no account but its own. Versions are in `1..=MAX_VERSION`, only grow, and grow by at
+//! most [`MAX_VERSION_STEP`] over a pinned list.
 
 use std::fmt;
 
@@ -21,8 +25,32 @@ use crate::keys::{Ed25519PublicKey, KeyError, Signature, X25519PublicKey};
 /// The most devices one account may list.
 pub const MAX_DEVICES: usize = 64;
 
-const VERSION: u8 = 1;
-const ENTRY_LEN: usize = 4 + 32 + 32;
+/// Largest list version: 2^63 − 1.
+pub const MAX_VERSION: u64 = (1 << 63) - 1;
+/// Most a new list's version may exceed the pinned one's, so that no list can push the
+/// version to a value its owner can never exceed.
+pub const MAX_VERSION_STEP: u64 = 1024;
+
+const VERSION: u8 = 2;
+const ENTRY_LEN: usize = 4 + 32 + 32 + 64;
+
+/// The parts of the device binding signature; `id` is scratch space for the device id.
+pub(crate) fn binding_parts<'a>(
+    account_id: &'a AccountId,
+    device_id: DeviceId,
+    signing_key: &'a Ed25519PublicKey,
+    identity_key: &'a X25519PublicKey,
+    id: &'a mut [u8; 4],
+) -> [&'a [u8]; 5] {
+    *id = device_id.0.to_be_bytes();
+    [
+        info::DEVICE_BINDING,
+        account_id.as_bytes(),
+        &id[..],
+        signing_key.as_bytes(),
+        identity_key.as_bytes(),
+    ]
+}
 
 /// One device in a device list.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -33,6 +61,55 @@ pub struct DeviceEntry {
     pub signing_key: Ed25519PublicKey,
     /// The device identity key `IK`.
     pub identity_key: X25519PublicKey,
+    /// The device's DSK signature binding its keys to its account ([`Device::entry`]
+    /// makes it; a list whose entry's binding does not verify is refused).
+    ///
+    /// [`Device::entry`]: crate::Device::entry
+    pub binding: Signature,
+}
+
+impl DeviceListError {
+    /// A stable name for the error, as the vectors record it (docs/protocol.md §12.2).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Decode(_) => "Decode",
+            Self::WrongAccount => "WrongAccount",
+            Self::BadSignature => "BadSignature",
+            Self::BadDeviceCount { .. } => "BadDeviceCount",
+            Self::BadDeviceBinding(_) => "BadDeviceBinding",
+            Self::BadVersion { .. } => "BadVersion",
+            Self::VersionJump { .. } => "VersionJump",
+            Self::DuplicateDevice(_) => "DuplicateDevice",
+            Self::Rollback { .. } => "Rollback",
+            Self::Equivocation { .. } => "Equivocation",
+        }
+    }
+}
+
+impl DeviceEntry {
+    /// The entry's full identity within `account_id`'s list.
+    /// Whether the entry's binding verifies for `account_id`.
+    pub fn binding_verifies(&self, account_id: &AccountId) -> bool {
+        let mut id = [0u8; 4];
+        let parts = binding_parts(
+            account_id,
+            self.device_id,
+            &self.signing_key,
+            &self.identity_key,
+            &mut id,
+        );
+        self.signing_key.verify_parts(&parts, &self.binding).is_ok()
+    }
+
+    /// The entry's full identity within `account_id`'s list.
+    pub fn identity(&self, account_id: AccountId) -> DeviceIdentity {
+        DeviceIdentity {
+            account_id,
+            device_id: self.device_id,
+            signing_key: self.signing_key,
+            identity_key: self.identity_key,
+        }
+    }
 }
 
 /// Why a device list was refused.
@@ -55,6 +132,26 @@ pub enum DeviceListError {
         count: usize,
         /// [`MAX_DEVICES`].
         max: usize,
+    },
+    /// An entry whose device did not bind its keys to this account: the list names
+    /// another account's device, or keys no device holds.
+    #[error("device {0} did not bind its keys to this account")]
+    BadDeviceBinding(DeviceId),
+    /// A version of 0 or above [`MAX_VERSION`].
+    #[error("device list version {version} is outside 1..=2^63-1")]
+    BadVersion {
+        /// The version.
+        version: u64,
+    },
+    /// A version more than [`MAX_VERSION_STEP`] above the pinned one.
+    #[error("device list version {got} jumps more than {max} above the pinned {pinned}")]
+    VersionJump {
+        /// The pinned version.
+        pinned: u64,
+        /// The version offered.
+        got: u64,
+        /// [`MAX_VERSION_STEP`].
+        max: u64,
     },
     /// Two entries with one device id.
     #[error("device id {0} listed twice")]
@@ -135,6 +232,7 @@ impl AccountKey {
     ) -> Result<DeviceList, DeviceListError> {
         devices.sort_by_key(|d| d.device_id);
         check_devices(&devices)?;
+        check_version(version)?;
         let mut body = Vec::with_capacity(1 + 32 + 8 + 8 + 2 + devices.len() * ENTRY_LEN + 64);
         body.put_u8(VERSION);
         body.put(self.public_key().as_bytes());
@@ -145,6 +243,7 @@ impl AccountKey {
             body.put_u32(d.device_id.0);
             body.put(d.signing_key.as_bytes());
             body.put(d.identity_key.as_bytes());
+            body.put(&d.binding.0);
         }
         let sig = self.secret().sign_parts(&[info::DEVICE_LIST, &body]);
         body.put(&sig.0);
@@ -157,6 +256,13 @@ impl AccountKey {
             signed: SignedDeviceList { bytes: body },
         })
     }
+}
+
+fn check_version(version: u64) -> Result<(), DeviceListError> {
+    if version == 0 || version > MAX_VERSION {
+        return Err(DeviceListError::BadVersion { version });
+    }
+    Ok(())
 }
 
 fn check_devices(devices: &[DeviceEntry]) -> Result<(), DeviceListError> {
@@ -225,6 +331,7 @@ impl SignedDeviceList {
             .verify_parts(&[info::DEVICE_LIST, body], &Signature(sig_bytes))
             .map_err(|_: KeyError| DeviceListError::BadSignature)?;
         let version = r.u64()?;
+        check_version(version)?;
         let created_at_ms = r.u64()?;
         let n = r.count("devices", MAX_DEVICES, ENTRY_LEN)?;
         let mut devices = Vec::with_capacity(n);
@@ -234,14 +341,20 @@ impl SignedDeviceList {
                 field: "device signing key",
             })?;
             let identity_key = X25519PublicKey(r.array()?);
+            let binding = Signature(r.array()?);
             if devices.last().is_some_and(|d: &DeviceEntry| d.device_id >= device_id) {
                 return Err(DecodeError::Invalid { field: "device order" }.into());
             }
-            devices.push(DeviceEntry {
+            let entry = DeviceEntry {
                 device_id,
                 signing_key,
                 identity_key,
-            });
+                binding,
+            };
+            if !entry.binding_verifies(account_id) {
+                return Err(DeviceListError::BadDeviceBinding(device_id));
+            }
+            devices.push(entry);
         }
         r.finish()?;
         check_devices(&devices)?;
@@ -311,7 +424,8 @@ impl DeviceList {
     }
 
     /// Checks that `newer` may replace this (pinned) list: same account, version not
-    /// lower, and a same-version list identical. Returns what changed.
+    /// lower and at most [`MAX_VERSION_STEP`] higher, and a same-version list identical.
+    /// Returns what changed.
     pub fn check_update(&self, newer: &DeviceList) -> Result<DeviceListChange, DeviceListError> {
         if !self.account_id.ct_eq(&newer.account_id) {
             return Err(DeviceListError::WrongAccount);
@@ -320,6 +434,13 @@ impl DeviceList {
             return Err(DeviceListError::Rollback {
                 pinned: self.version,
                 got: newer.version,
+            });
+        }
+        if newer.version - self.version > MAX_VERSION_STEP {
+            return Err(DeviceListError::VersionJump {
+                pinned: self.version,
+                got: newer.version,
+                max: MAX_VERSION_STEP,
             });
         }
         if newer.version == self.version {
@@ -441,5 +562,73 @@ mod tests {
             ak.sign_device_list(1, 0, vec![e, e]),
             Err(DeviceListError::DuplicateDevice(DeviceId(1)))
         );
+    }
+
+    /// Finding 13: an account cannot list another account's device as its own.
+    #[test]
+    fn an_entry_without_its_devices_binding_is_refused() {
+        let (ak, devs) = setup();
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let mallory = AccountKey::generate(&mut rng);
+        // Mallory lists Alice's device 1 keys under her own account.
+        let stolen = devs[0].entry();
+        let list = mallory.sign_device_list(1, 0, vec![stolen]).unwrap();
+        assert_eq!(
+            list.signed().verify(&mallory.account_id()),
+            Err(DeviceListError::BadDeviceBinding(DeviceId(1)))
+        );
+        // Nor with a binding of her own making over the stolen keys.
+        let mine = Device::generate(mallory.account_id(), DeviceId(1), &mut rng).entry();
+        let mixed = DeviceEntry {
+            binding: mine.binding,
+            ..stolen
+        };
+        let list = mallory.sign_device_list(1, 0, vec![mixed]).unwrap();
+        assert_eq!(
+            list.signed().verify(&mallory.account_id()),
+            Err(DeviceListError::BadDeviceBinding(DeviceId(1)))
+        );
+        // The binding does not depend on the version: the same entry serves every list.
+        let v7 = ak
+            .sign_device_list(7, 0, devs.iter().map(Device::entry).collect())
+            .unwrap();
+        assert!(v7.signed().verify(&ak.account_id()).is_ok());
+    }
+
+    /// Finding 12: no poison-pill version.
+    #[test]
+    fn versions_are_bounded_and_jumps_refused() {
+        let (ak, devs) = setup();
+        let entries = || devs.iter().map(Device::entry).collect::<Vec<_>>();
+        for bad in [0, MAX_VERSION + 1, u64::MAX] {
+            assert_eq!(
+                ak.sign_device_list(bad, 0, entries()),
+                Err(DeviceListError::BadVersion { version: bad })
+            );
+        }
+        // A list carrying u64::MAX, signed by hand, does not verify either.
+        let good = ak.sign_device_list(1, 0, entries()).unwrap();
+        let mut body = good.signed().as_bytes()[..good.signed().as_bytes().len() - 64].to_vec();
+        body[33..41].copy_from_slice(&u64::MAX.to_be_bytes());
+        let sig = ak.secret().sign_parts(&[info::DEVICE_LIST, &body]);
+        body.extend_from_slice(&sig.0);
+        assert_eq!(
+            SignedDeviceList::from_bytes(&body).unwrap().verify(&ak.account_id()),
+            Err(DeviceListError::BadVersion { version: u64::MAX })
+        );
+        let v1 = good;
+        let step = ak.sign_device_list(1 + MAX_VERSION_STEP, 0, entries()).unwrap();
+        assert!(v1.check_update(&step).is_ok());
+        let jump = ak.sign_device_list(2 + MAX_VERSION_STEP, 0, entries()).unwrap();
+        assert_eq!(
+            v1.check_update(&jump),
+            Err(DeviceListError::VersionJump {
+                pinned: 1,
+                got: 2 + MAX_VERSION_STEP,
+                max: MAX_VERSION_STEP
+            })
+        );
+        let top = ak.sign_device_list(MAX_VERSION, 0, entries()).unwrap();
+        assert!(top.signed().verify(&ak.account_id()).is_ok());
     }
 }

@@ -265,12 +265,22 @@ impl Device {
         }
     }
 
-    /// This device's entry for a device list.
+    /// This device's entry for a device list, with its binding: the device's DSK signs
+    /// its keys to its account (docs/protocol.md §4.1), once for every list version.
     pub fn entry(&self) -> crate::DeviceEntry {
+        let (signing_key, identity_key) = (self.dsk.public(), self.ik.public());
+        let binding = self.dsk.sign_parts(&crate::device_list::binding_parts(
+            &self.account_id,
+            self.device_id,
+            &signing_key,
+            &identity_key,
+            &mut [0u8; 4],
+        ));
         crate::DeviceEntry {
             device_id: self.device_id,
-            signing_key: self.dsk.public(),
-            identity_key: self.ik.public(),
+            signing_key,
+            identity_key,
+            binding,
         }
     }
 

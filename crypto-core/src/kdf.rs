@@ -11,14 +11,17 @@ use zeroize::Zeroizing;
 pub(crate) mod info {
     pub(crate) const ACCOUNT_ID: &[u8] = b"Sotto-v1 account id";
     pub(crate) const DEVICE_LIST: &[u8] = b"Sotto-v1 device list";
+    pub(crate) const DEVICE_BINDING: &[u8] = b"Sotto-v2 device binding";
     pub(crate) const PREKEY: &[u8] = b"Sotto-v1 prekey";
     pub(crate) const PQXDH: &[u8] = b"Sotto-v1 PQXDH";
     pub(crate) const ROOT: &[u8] = b"Sotto-v1 ratchet root";
     pub(crate) const MESSAGE_KEYS: &[u8] = b"Sotto-v1 message keys";
-    pub(crate) const SEALED: &[u8] = b"Sotto-v1 sealed sender";
-    pub(crate) const SEALED_SIGNATURE: &[u8] = b"Sotto-v1 sealed sender signature";
-    pub(crate) const MULTI_BODY: &[u8] = b"Sotto-v1 multi-recipient body";
-    pub(crate) const MULTI_WRAP: &[u8] = b"Sotto-v1 multi-recipient wrap";
+    pub(crate) const SEALED_HEDGE: &[u8] = b"Sotto-v2 sealed sender hedge";
+    pub(crate) const SEALED_MESSAGE_KEY: &[u8] = b"Sotto-v2 sealed sender message key";
+    pub(crate) const SEALED_EPHEMERAL: &[u8] = b"Sotto-v2 sealed sender ephemeral";
+    pub(crate) const SEALED_BODY: &[u8] = b"Sotto-v2 sealed sender body";
+    pub(crate) const SEALED_WRAP: &[u8] = b"Sotto-v2 sealed sender wrap";
+    pub(crate) const SEALED_AUTH: &[u8] = b"Sotto-v2 sealed sender auth";
     pub(crate) const SAFETY_NUMBER: &[u8] = b"Sotto-v1 safety number";
     pub(crate) const PICKLE: &[u8] = b"Sotto-v1 pickle";
     pub(crate) const RELAY_AUTH: &[u8] = b"Sotto-v1 relay auth";
@@ -50,6 +53,19 @@ fn unreachable_hmac() -> Hmac<Sha256> {
     // Returning a MAC under an all-zero key would be wrong, so abort instead of
     // carrying on: this line is unreachable by construction.
     std::process::abort()
+}
+
+/// HMAC-SHA256 over several parts under a 32-byte key.
+pub(crate) fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so this constructor cannot fail.
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable_hmac(),
+    };
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
 }
 
 /// SHA-256 over several parts.

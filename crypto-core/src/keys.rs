@@ -146,7 +146,7 @@ impl fmt::Debug for Ed25519PublicKey {
 }
 
 /// An Ed25519 signature: 64 raw bytes.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Signature(pub [u8; SIGNATURE_LEN]);
 
 impl fmt::Debug for Signature {
@@ -252,11 +252,17 @@ impl KemPublicKey {
     }
 
     /// Encapsulates with caller-supplied randomness `m` (FIPS 203 `ML-KEM.Encaps_internal`).
-    pub(crate) fn encapsulate(&self, randomness: [u8; 32]) -> (Box<[u8; KEM_CIPHERTEXT_LEN]>, Zeroizing<[u8; 32]>) {
-        let mut randomness = Zeroizing::new(randomness);
+    /// The randomness is taken by reference from a wiped-on-drop buffer, so the caller's
+    /// copy is never left on the stack; the by-value copy the ML-KEM crate needs is wiped
+    /// here as soon as it returns.
+    pub(crate) fn encapsulate(
+        &self,
+        randomness: &Zeroizing<[u8; 32]>,
+    ) -> (Box<[u8; KEM_CIPHERTEXT_LEN]>, Zeroizing<[u8; 32]>) {
         let pk = mlkem768::MlKem768PublicKey::from(&*self.0);
-        let (ct, ss) = mlkem768::encapsulate(&pk, *randomness);
-        randomness.zeroize();
+        let mut copy = Zeroizing::new(**randomness);
+        let (ct, ss) = mlkem768::encapsulate(&pk, *copy);
+        copy.zeroize();
         (Box::new(ct.into()), Zeroizing::new(ss))
     }
 }
@@ -359,7 +365,7 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         let k = KemSecret::generate(&mut rng);
         let pk = KemPublicKey::from_bytes(k.public().as_bytes()).unwrap();
-        let (ct, ss) = pk.encapsulate([7; 32]);
+        let (ct, ss) = pk.encapsulate(&Zeroizing::new([7; 32]));
         assert_eq!(*k.decapsulate(&ct), *ss);
         assert_eq!(
             KemPublicKey::from_bytes(&[0xff; KEM_PUBLIC_KEY_LEN]),

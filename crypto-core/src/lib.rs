@@ -23,7 +23,9 @@ mod vectors;
 mod vectors_more;
 
 pub use codec::DecodeError;
-pub use device_list::{DeviceEntry, DeviceList, DeviceListChange, DeviceListError, SignedDeviceList};
+pub use device_list::{
+    DeviceEntry, DeviceList, DeviceListChange, DeviceListError, MAX_VERSION, MAX_VERSION_STEP, SignedDeviceList,
+};
 pub use identity::{
     AccountId, AccountKey, Device, DeviceId, DeviceIdentity, KemPreKey, KemPreKeySecret, PreKeyKind, X25519PreKey,
     X25519PreKeySecret, relay_auth_message,

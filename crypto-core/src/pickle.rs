@@ -19,7 +19,7 @@ use crate::identity::{
     AccountId, AccountKey, Device, DeviceId, KemPreKey, KemPreKeySecret, X25519PreKey, X25519PreKeySecret,
 };
 use crate::kdf::info;
-use crate::keys::{Ed25519Secret, KemSecret, X25519Secret};
+use crate::keys::{Ed25519Secret, KEM_SEED_LEN, KemSecret, X25519Secret};
 use crate::ratchet::Session;
 
 const VERSION: u8 = 1;
@@ -74,6 +74,8 @@ mod private {
     /// The per-type field codec; sealed so only this crate's types pickle.
     pub trait Fields: Sized {
         const TYPE: u8;
+        /// The exact length `encode_fields` writes.
+        fn fields_len(&self) -> usize;
         fn encode_fields(&self, out: &mut Vec<u8>);
         /// Decodes the fields, which must fill `bytes` exactly.
         fn decode_fields(format: u16, bytes: &[u8]) -> Result<Self, DecodeError>;
@@ -88,25 +90,31 @@ impl<T: Fields> Pickle for T {}
 pub trait Pickle: Fields {
     /// Encrypts the state under `key`. Draws the 24-byte nonce.
     fn pickle(&self, key: &PickleKey, rng: &mut impl CryptoRngCore) -> Vec<u8> {
-        let mut inner = Zeroizing::new(Vec::with_capacity(256));
-        inner.put_u16(FORMAT);
-        self.encode_fields(&mut inner);
+        // The plaintext is written once, straight into the output at its exact final
+        // size, so no reallocation leaves an unwiped copy of a key behind; on failure the
+        // buffer is wiped.
+        let inner_len = 2 + self.fields_len();
         let mut nonce = [0u8; 24];
         rng.fill_bytes(&mut nonce);
-        let mut out = Vec::with_capacity(2 + 24 + inner.len() + 16);
+        let mut out = Zeroizing::new(Vec::with_capacity(2 + 24 + inner_len + 16));
         out.put_u8(VERSION);
         out.put_u8(Self::TYPE);
         out.put(&nonce);
         let start = out.len();
-        out.extend_from_slice(&inner);
+        out.put_u16(FORMAT);
+        self.encode_fields(&mut out);
+        debug_assert_eq!(out.len(), start + inner_len, "fields_len is exact");
         let ad = [info::PICKLE, &[VERSION, Self::TYPE]].concat();
         let cipher = XChaCha20Poly1305::new((&key.0).into());
         match cipher.encrypt_in_place_detached((&nonce).into(), &ad, &mut out[start..]) {
             Ok(tag) => out.extend_from_slice(&tag),
             // Only inputs near 256 GiB fail; pickles are bounded far below that.
-            Err(_) => out.truncate(start),
+            Err(_) => {
+                out.zeroize();
+                out.truncate(start);
+            }
         }
-        out
+        std::mem::take(&mut *out)
     }
 
     /// Decrypts and decodes a pickle.
@@ -155,6 +163,9 @@ pub trait Pickle: Fields {
 
 impl Fields for AccountKey {
     const TYPE: u8 = 1;
+    fn fields_len(&self) -> usize {
+        32
+    }
     fn encode_fields(&self, out: &mut Vec<u8>) {
         out.put(&*self.secret().seed());
     }
@@ -169,6 +180,9 @@ impl Fields for AccountKey {
 
 impl Fields for Device {
     const TYPE: u8 = 2;
+    fn fields_len(&self) -> usize {
+        32 + 4 + 32 + 32
+    }
     fn encode_fields(&self, out: &mut Vec<u8>) {
         out.put(self.account_id.as_bytes());
         out.put_u32(self.device_id.0);
@@ -194,6 +208,9 @@ impl Fields for Device {
 
 impl Fields for Session {
     const TYPE: u8 = 3;
+    fn fields_len(&self) -> usize {
+        self.state_len()
+    }
     fn encode_fields(&self, out: &mut Vec<u8>) {
         self.encode_state(out);
     }
@@ -208,6 +225,9 @@ impl Fields for Session {
 
 impl Fields for X25519PreKeySecret {
     const TYPE: u8 = 4;
+    fn fields_len(&self) -> usize {
+        X25519PreKey::ENCODED_LEN + 32
+    }
     fn encode_fields(&self, out: &mut Vec<u8>) {
         self.public.encode_into(out);
         out.put(&*self.secret.to_bytes());
@@ -227,6 +247,9 @@ impl Fields for X25519PreKeySecret {
 
 impl Fields for KemPreKeySecret {
     const TYPE: u8 = 5;
+    fn fields_len(&self) -> usize {
+        KemPreKey::ENCODED_LEN + KEM_SEED_LEN
+    }
     fn encode_fields(&self, out: &mut Vec<u8>) {
         self.public.encode_into(out);
         out.put(self.secret.seed());

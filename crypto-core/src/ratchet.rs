@@ -627,6 +627,28 @@ impl Session {
         self.skipped.extend(keys.into_iter().skip(skip));
     }
 
+    /// The exact length [`encode_state`](Self::encode_state) writes, so a pickle buffer
+    /// can be allocated once and never reallocated (which would leave copies of keys).
+    pub(crate) fn state_len(&self) -> usize {
+        2 * DeviceIdentity::ENCODED_LEN
+            + 1
+            + 32
+            + 32
+            + 4
+            + 1
+            + self.sending.as_ref().map_or(0, |_| 32 + 32 + 4)
+            + 1
+            + self.pending_ratchet.as_ref().map_or(0, |_| 32)
+            + 2
+            + self.receiving.len() * (32 + 32 + 4)
+            + 2
+            + self.skipped.len() * (32 + 4 + 32)
+            + 1
+            + self.pending_prekey.as_ref().map_or(0, |p| 4 + p.len())
+            + 1
+            + self.prekey_prefix_hash.as_ref().map_or(0, |_| 32)
+    }
+
     pub(crate) fn encode_state(&self, out: &mut Vec<u8>) {
         self.local.encode_into(out);
         self.remote.encode_into(out);

@@ -167,7 +167,7 @@ fn the_last_message_number_is_refused_before_any_work() {
         b.decrypt(MessageType::Ratchet, &m),
         Err(DecryptError::Decode(_))
     ));
-    let mut env = vec![1u8, 9];
+    let mut env = vec![2u8, 9];
     env.extend_from_slice(&[0; 200]);
     assert_eq!(
         open(&Party::new(&mut rng).device, &env),
@@ -340,15 +340,8 @@ fn sealed_sender_single_and_multi() {
     let alice = Party::new(&mut rng);
     let bob = Party::new(&mut rng);
     let carol = Party::new(&mut rng);
-    let env = seal(
-        &alice.device,
-        &bob.device.identity().identity_key,
-        1,
-        b"inner",
-        &mut rng,
-    )
-    .unwrap();
-    assert_eq!(env.len(), 2 + 32 + padding::bucket(1 + 100 + 64 + 5 + 1) + 16);
+    let env = seal(&alice.device, &bob.device.identity(), 1, b"inner", &mut rng).unwrap();
+    assert_eq!(env.len(), 2 + 32 + 48 + padding::bucket(1 + 100 + 5 + 1) + 16);
     let o = open(&bob.device, &env).unwrap();
     assert_eq!(o.sender, alice.device.identity());
     assert_eq!((o.content_type, o.content.as_slice()), (1, &b"inner"[..]));
@@ -358,7 +351,7 @@ fn sealed_sender_single_and_multi() {
         t[i] ^= 0x10;
         assert!(open(&bob.device, &t).is_err(), "flip at {i} accepted");
     }
-    let recipients = [bob.device.identity().identity_key, carol.device.identity().identity_key];
+    let recipients = [bob.device.identity(), carol.device.identity()];
     let multi = seal_multi(&alice.device, &recipients, 7, b"group body", &mut rng).unwrap();
     for (i, dev) in [&bob.device, &carol.device].into_iter().enumerate() {
         let o = open(dev, &multi.envelope(i).unwrap()).unwrap();
@@ -447,14 +440,7 @@ fn debug_output_holds_no_secrets() {
     assert!(s.ends_with("receiving_chains: 0, skipped_keys: 0, .. }"), "{s}");
     assert_eq!(format!("{:?}", PickleKey::new([1; 32])), "PickleKey(..)");
     let mut rng = ChaCha20Rng::seed_from_u64(113);
-    let env = seal(
-        &alice.device,
-        &alice.device.identity().identity_key,
-        1,
-        b"secret words",
-        &mut rng,
-    )
-    .unwrap();
+    let env = seal(&alice.device, &alice.device.identity(), 1, b"secret words", &mut rng).unwrap();
     let o = format!("{:?}", open(&alice.device, &env).unwrap());
     assert!(
         o.ends_with("content_type: 1, content_len: 12, .. }") && !o.contains("secret"),
@@ -539,4 +525,41 @@ fn interaction_harness_10000_schedules() {
     }
     // Each kind of step happened many times.
     assert!(stats[..5].iter().all(|&n| n > 10_000), "{stats:?}");
+}
+
+/// Finding 11: pickling writes the plaintext state once into a buffer of its exact final
+/// size; a reallocation would leave an unwiped copy of the keys in freed memory.
+#[test]
+fn pickling_never_reallocates_a_buffer_holding_keys() {
+    let mut rng = ChaCha20Rng::seed_from_u64(120);
+    let (alice, bob, mut a, mut b) = establish(&mut rng);
+    // A large session: skipped keys and several receiving chains.
+    let mut last = None;
+    for i in 0..300u32 {
+        last = Some(a.encrypt(&i.to_be_bytes(), &mut rng).unwrap());
+    }
+    let m = last.unwrap();
+    b.decrypt(m.message_type, &m.bytes).unwrap();
+    let key = PickleKey::new([9; 32]);
+    // The buffer is allocated once at the exact length: a grown Vec would have more
+    // capacity than length (it at least doubles), and its old buffer freed unwiped.
+    let exact = |p: &[u8], cap: usize, fields: usize| {
+        assert_eq!(p.len(), 2 + 24 + 2 + fields + 16);
+        assert_eq!(cap, p.len(), "the pickle buffer grew");
+    };
+    for s in [&a, &b] {
+        let p = s.pickle(&key, &mut rng);
+        exact(&p, p.capacity(), s.state_len());
+        assert_eq!(state(&Session::unpickle(&p, &key).unwrap()), state(s));
+    }
+    assert!(b.state_len() > 256 * 40, "the session is large: {}", b.state_len());
+    let p = alice.device.pickle(&key, &mut rng);
+    exact(&p, p.capacity(), 100);
+    let p = bob.ak.pickle(&key, &mut rng);
+    exact(&p, p.capacity(), 32);
+    let p = bob.spk.pickle(&key, &mut rng);
+    exact(&p, p.capacity(), X25519PreKey::ENCODED_LEN + 32);
+    let p = bob.kem.pickle(&key, &mut rng);
+    exact(&p, p.capacity(), KemPreKey::ENCODED_LEN + 64);
+    let _ = &mut a;
 }

@@ -306,9 +306,11 @@ pub fn initiate(
         Some(opk) => Some(ek.dh(&opk.public)?),
         None => None,
     };
-    let mut m = [0u8; 32];
-    rng.fill_bytes(&mut m);
-    let (ct, ss) = bundle.kem_prekey.public.encapsulate(m);
+    // The encapsulation randomness is as secret as the shared secret it determines.
+    let mut m = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(m.as_mut_slice());
+    let (ct, ss) = bundle.kem_prekey.public.encapsulate(&m);
+    drop(m);
 
     let me = local.identity();
     let mut prefix = Vec::with_capacity(PREKEY_PREFIX_LEN);

@@ -69,9 +69,12 @@ proptest! {
     }
 
     #[test]
-    fn device_list_round_trips(seed in any::<u64>(), ids in proptest::collection::btree_set(any::<u32>(), 1..6), version in any::<u64>(), at in any::<u64>()) {
+    fn device_list_round_trips(seed in any::<u64>(), ids in proptest::collection::btree_set(any::<u32>(), 1..6), version in 1..=MAX_VERSION, at in any::<u64>()) {
         let (ak, _) = device(seed, 0);
-        let entries: Vec<DeviceEntry> = ids.iter().map(|&i| device(seed ^ u64::from(i), i).1.entry()).collect();
+        let entries: Vec<DeviceEntry> = ids
+            .iter()
+            .map(|&i| Device::generate(ak.account_id(), DeviceId(i), &mut ChaCha20Rng::seed_from_u64(seed ^ u64::from(i))).entry())
+            .collect();
         let list = ak.sign_device_list(version, at, entries.clone()).unwrap();
         let back = SignedDeviceList::from_bytes(list.signed().as_bytes()).unwrap().verify(&ak.account_id()).unwrap();
         prop_assert_eq!(back.devices(), &entries[..]);

@@ -81,13 +81,8 @@ async fn a_removed_device_without_the_account_key_cannot_come_back() {
         .unwrap();
     let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(104);
     let forger = AccountKey::generate(&mut rng);
-    let me = a2.client.identity();
     let mut devices = current.devices().to_vec();
-    devices.push(sotto_crypto::DeviceEntry {
-        device_id: me.device_id,
-        signing_key: me.signing_key,
-        identity_key: me.identity_key,
-    });
+    devices.push(a2.client.entry());
     let forged = forger
         .sign_device_list(current.version() + 1, 0, devices.clone())
         .unwrap();
@@ -263,7 +258,6 @@ async fn a_message_that_arrives_while_joining_is_kept() {
     let (pending, dir) = Device::start_join(&relay, &a1, 133).await;
     let id = a1.link_requested(&pending).await;
     let new_id = pending.device_id();
-    let me = pending.identity();
 
     // The account lists the new device before the answer goes out (as after a1 published
     // its list and before its answer was stored): here the test publishes that list with
@@ -275,11 +269,7 @@ async fn a_message_that_arrives_while_joining_is_kept() {
         .verify(&a)
         .unwrap();
     let mut devices = current.devices().to_vec();
-    devices.push(sotto_crypto::DeviceEntry {
-        device_id: me.device_id,
-        signing_key: me.signing_key,
-        identity_key: me.identity_key,
-    });
+    devices.push(pending.entry());
     let list = ak.sign_device_list(current.version() + 1, 0, devices).unwrap();
     http(&relay)
         .put_device_list(&a, list.signed().as_bytes())

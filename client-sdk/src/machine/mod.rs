@@ -1132,7 +1132,7 @@ impl Machine {
             let out = active.encrypt(plaintext, &mut self.rng)?;
             let envelope = sotto_crypto::seal(
                 &self.device,
-                &identity.identity_key,
+                &identity,
                 out.message_type as u8,
                 &out.bytes,
                 &mut self.rng,

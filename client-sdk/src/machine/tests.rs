@@ -278,7 +278,7 @@ fn reseal(from: &Peer, to: &Peer, env: &[u8]) -> Vec<u8> {
     let mut rng = ChaCha20Rng::seed_from_u64(4242);
     sotto_crypto::seal(
         from.machine.device(),
-        &to.machine.device().identity().identity_key,
+        &to.machine.device().identity(),
         opened.content_type,
         &opened.content,
         &mut rng,
@@ -636,7 +636,7 @@ fn from_device(device: &sotto_crypto::Device, to: &mut Peer, text: &str) -> Vec<
     let out = session.encrypt(&content.encode(), &mut rng).unwrap();
     sotto_crypto::seal(
         device,
-        &to.machine.device().identity().identity_key,
+        &to.machine.device().identity(),
         out.message_type as u8,
         &out.bytes,
         &mut rng,

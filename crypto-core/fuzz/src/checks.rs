@@ -484,7 +484,7 @@ fn unpickle_as(ty: u8, bytes: &[u8], inner: Option<&[u8]>) -> bool {
         }),
         2 => load::<Device>(bytes, inner, |device| {
             let mut rng = run_rng();
-            let ik = device.identity().identity_key;
+            let ik = device.identity();
             let sealed = seal(&fixture().alice, &ik, 1, b"to a loaded device", &mut rng)
                 .expect("any device identity key can be sealed to");
             let opened = open(&device, &sealed).expect("and the device opens it");
@@ -847,7 +847,11 @@ pub fn seeds() -> Vec<Seed> {
     add("device_list", "ok-three-devices", three.signed().as_bytes().to_vec());
     add("device_list", "bad-truncated", cut(alice_list, alice_list.len() - 1));
     add("device_list", "bad-signature", flip(alice_list, alice_list.len() - 1));
-    add("device_list", "bad-version", set(alice_list, 0, 2));
+    add("device_list", "bad-version", set(alice_list, 0, 1));
+    let foreign = extra_ak
+        .sign_device_list(8, CREATED_AT_MS, vec![f.alice.entry()])
+        .expect("an account key signs any entry");
+    add("device_list", "bad-foreign-entry", foreign.signed().as_bytes().to_vec());
     add("device_list", "bad-count", set(alice_list, 1 + 32 + 8 + 8 + 1, 2));
     add("device_list", "bad-empty", Vec::new());
 
@@ -913,20 +917,15 @@ pub fn seeds() -> Vec<Seed> {
     add("ratchet_message", "bad-gap", far);
 
     // sealed_open
-    let bob_ik = f.bob.identity().identity_key;
+    let bob_ik = f.bob.identity();
     let single = seal(&f.alice, &bob_ik, 2, first, &mut rng).expect("seal");
+    let single_v2 = single.clone();
     let empty = seal(&f.alice, &bob_ik, 0, b"", &mut rng).expect("seal");
-    let multi = seal_multi(
-        &f.alice,
-        &[f.alice.identity().identity_key, bob_ik],
-        1,
-        b"to a group",
-        &mut rng,
-    )
-    .expect("seal_multi")
-    .envelope(1)
-    .expect("Bob's envelope");
-    let to_alice = seal(&f.bob, &f.alice.identity().identity_key, 1, b"x", &mut rng).expect("seal");
+    let multi = seal_multi(&f.alice, &[f.alice.identity(), bob_ik], 1, b"to a group", &mut rng)
+        .expect("seal_multi")
+        .envelope(1)
+        .expect("Bob's envelope");
+    let to_alice = seal(&f.bob, &f.alice.identity(), 1, b"x", &mut rng).expect("seal");
     let mut zero_ephemeral = empty.clone();
     zero_ephemeral[2..34].fill(0);
     add("sealed_open", "ok-single", single);
@@ -937,6 +936,8 @@ pub fn seeds() -> Vec<Seed> {
     add("sealed_open", "bad-kind", set(&empty, 1, 3));
     add("sealed_open", "bad-ephemeral", zero_ephemeral);
     add("sealed_open", "bad-tag", flip(&multi, multi.len() - 1));
+    add("sealed_open", "bad-legacy-version", set(&single_v2, 0, 1));
+    add("sealed_open", "bad-auth-tag", flip(&single_v2, 34 + 32));
 
     // pickle
     let inner = |ty: u8, pickle: &[u8]| {

@@ -178,17 +178,40 @@ fn device_list_vectors() -> Value {
         .unwrap();
     let mut tampered = v2.signed().as_bytes().to_vec();
     tampered[60] ^= 1;
+    let account_seed = rng.take().remove(0);
+    // Another account listing device 1's entry as its own; and a jump past MAX_VERSION_STEP.
+    let mut other_rng = ChaCha20Rng::seed_from_u64(20);
+    let other = AccountKey::generate(&mut other_rng);
+    let foreign = other
+        .sign_device_list(1, 1_750_000_000_000, vec![devices[1].entry()])
+        .unwrap();
+    let jump = ak
+        .sign_device_list(
+            2 + MAX_VERSION_STEP,
+            1_750_000_200_000,
+            devices.iter().map(Device::entry).collect(),
+        )
+        .unwrap();
+    let foreign_err = foreign.signed().verify(&other.account_id()).unwrap_err();
+    let jump_err = v1.check_update(&jump).unwrap_err();
     json!({
-        "description": "Signed device lists. Devices are generated with ids 3, 1, 2 in that order; v1 lists devices 3 and 1 (encoded sorted), v2 lists all three. `tampered` is v2 with byte 60 flipped and must fail verification.",
-        "account_seed": h(&rng.take().remove(0)),
+        "description": "Signed device lists (body version 2, docs/protocol.md §4). Devices are generated with ids 3, 1, 2 in that order; v1 lists devices 3 and 1 (encoded sorted), v2 lists all three; each entry carries its device's binding. `tampered` is v2 with byte 60 flipped and must fail verification. `errors`: `foreign_entry` is a list of another account (`other_account_id`) naming device 1's entry, refused at verification; `version_jump` verifies alone but is refused as an update of the pinned v1.",
+        "account_seed": h(&account_seed),
+        "max_version_step": MAX_VERSION_STEP,
+        "v1_version": v1.version(), "v1_created_at_ms": v1.created_at_ms(),
+        "v2_version": v2.version(), "v2_created_at_ms": v2.created_at_ms(),
         "account_id": h(ak.account_id().as_bytes()),
         "devices": devices.iter().map(|d| {
             let id = d.identity();
-            json!({"device_id": id.device_id.0, "dsk_public": h(id.signing_key.as_bytes()), "ik_public": h(id.identity_key.as_bytes())})
+            json!({"device_id": id.device_id.0, "dsk_public": h(id.signing_key.as_bytes()), "ik_public": h(id.identity_key.as_bytes()), "binding": h(&d.entry().binding.0)})
         }).collect::<Vec<_>>(),
         "v1": h(v1.signed().as_bytes()),
         "v2": h(v2.signed().as_bytes()),
         "tampered": h(&tampered),
+        "errors": [
+            {"name": "foreign_entry", "other_account_id": h(other.account_id().as_bytes()), "list": h(foreign.signed().as_bytes()), "error": foreign_err.name()},
+            {"name": "version_jump", "pinned": "v1", "version": jump.version(), "list": h(jump.signed().as_bytes()), "error": jump_err.name()},
+        ],
     })
 }
 
@@ -237,7 +260,7 @@ pub(crate) fn pqxdh_vectors(variant: Pqxdh) -> (Value, Recorder, Keys, Keys, Ses
     let dh2 = ek_s.dh(&bob.device.identity().identity_key).unwrap();
     let dh3 = ek_s.dh(&bundle.signed_prekey.public).unwrap();
     let dh4 = with_opk.then(|| ek_s.dh(&bob.opk.public().public).unwrap());
-    let (ct, ss) = bundle.kem_prekey.public.encapsulate(m);
+    let (ct, ss) = bundle.kem_prekey.public.encapsulate(&zeroize::Zeroizing::new(m));
     let bob_kem = KemSecret::from_seed(&bob.kem_seed.clone().try_into().unwrap());
     assert_eq!(*bob_kem.decapsulate(&ct), *ss);
     let ad = ratchet::session_ad(&alice.device.identity(), &bob.device.identity());
@@ -362,36 +385,149 @@ fn ratchet_vectors() -> Value {
     })
 }
 
+/// Recomputes a sealed-sender v2 envelope from the formula of docs/protocol.md §7 and raw
+/// inputs (the draw, the sender's IK scalar, the recipients' identities), independently of
+/// `seal`, returning every intermediate value and the envelope of each recipient.
+fn sealed_by_formula(
+    sender: &Keys,
+    kind: u8,
+    recipients: &[&Keys],
+    content_type: u8,
+    content: &[u8],
+    draw: &[u8],
+) -> (Value, Vec<Vec<u8>>) {
+    use chacha20poly1305::aead::AeadInPlace;
+    use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+    let enc = |k: &Keys| {
+        let mut v = Vec::new();
+        k.device.identity().encode_into(&mut v);
+        v
+    };
+    let id_s = enc(sender);
+    let mut rcpt = vec![kind];
+    for r in recipients {
+        rcpt.extend_from_slice(&enc(r));
+    }
+    let ikm = [
+        sha256(&[b"Sotto-v2 sealed sender hedge", &sender.ik_scalar]),
+        sha256(&[&[content_type], content]),
+        sha256(&[&rcpt]),
+    ]
+    .concat();
+    let m = hkdf::<32>(draw, &ikm, &[b"Sotto-v2 sealed sender message key"]);
+    let e_scalar = hkdf::<32>(&[], &*m, &[b"Sotto-v2 sealed sender ephemeral"]);
+    let e = X25519Secret::from_bytes(&e_scalar);
+    let e_pub = e.public();
+    let kn = hkdf::<44>(e_pub.as_bytes(), &*m, &[b"Sotto-v2 sealed sender body"]);
+    let mut p = vec![content_type];
+    p.extend_from_slice(&id_s);
+    p.extend_from_slice(content);
+    padding::pad(&mut p, 0);
+    let header = [&[2u8, kind][..], e_pub.as_bytes()].concat();
+    let tag = ChaCha20Poly1305::new((&kn[..32]).into())
+        .encrypt_in_place_detached((&kn[32..]).into(), &header, &mut p)
+        .unwrap();
+    p.extend_from_slice(&tag);
+    let body = p;
+    let body_hash = sha256(&[&body]);
+    let sender_ik = X25519Secret::from_bytes(&arr32(&sender.ik_scalar));
+    let mut per = Vec::new();
+    let mut envelopes = Vec::new();
+    for r in recipients {
+        let id_r = enc(r);
+        let salt = [e_pub.as_bytes().as_slice(), &id_r].concat();
+        let ik_r = r.device.identity().identity_key;
+        let pad = hkdf::<32>(&salt, &*e.dh(&ik_r).unwrap(), &[b"Sotto-v2 sealed sender wrap"]);
+        let w: Vec<u8> = m.iter().zip(pad.iter()).map(|(a, b)| a ^ b).collect();
+        let mk = hkdf::<32>(&salt, &*sender_ik.dh(&ik_r).unwrap(), &[b"Sotto-v2 sealed sender auth"]);
+        let at = crate::kdf::hmac(&mk, &[&header, &w, &id_s, &id_r, &body_hash]);
+        per.push(json!({
+            "recipient_identity": h(&id_r),
+            "wrap_pad": h(&*pad),
+            "wrap": h(&w),
+            "auth_key": h(&*mk),
+            "auth_tag": h(&at[..16]),
+        }));
+        envelopes.push([&header[..], &w, &at[..16], &body].concat());
+    }
+    let steps = json!({
+        "hedge_ikm": h(&ikm),
+        "message_key": h(&*m),
+        "ephemeral_scalar": h(&*e_scalar),
+        "ephemeral_public": h(e_pub.as_bytes()),
+        "body_key": h(&kn[..32]),
+        "body_nonce": h(&kn[32..]),
+        "body_hash": h(&body_hash),
+        "recipients": per,
+    });
+    (steps, envelopes)
+}
+
 fn sealed_vectors() -> Value {
     let mut rng = Recorder::new(5);
     let alice = make_keys(&mut rng);
     let bob = make_keys(&mut rng);
     let carol = make_keys(&mut rng);
     rng.take();
-    let env = seal(
-        &alice.device,
-        &bob.device.identity().identity_key,
-        1,
-        b"sealed hello",
-        &mut rng,
-    )
-    .unwrap();
-    let single_draws = rng.take_hex();
-    let recipients = [bob.device.identity().identity_key, carol.device.identity().identity_key];
-    let multi = seal_multi(&alice.device, &recipients, 3, b"one body, two devices", &mut rng).unwrap();
-    let multi_draws = rng.take_hex();
-    assert_eq!(open(&bob.device, &env).unwrap().content, b"sealed hello");
+    let single_content = b"sealed hello";
+    let env = seal(&alice.device, &bob.device.identity(), 1, single_content, &mut rng).unwrap();
+    let single_draws = rng.take();
+    let recipients = [bob.device.identity(), carol.device.identity()];
+    let multi_content = b"one body, two devices";
+    let multi = seal_multi(&alice.device, &recipients, 3, multi_content, &mut rng).unwrap();
+    let multi_draws = rng.take();
+    let (single_steps, single_envs) = sealed_by_formula(&alice, 1, &[&bob], 1, single_content, &single_draws[0]);
+    assert_eq!(single_envs, vec![env.clone()]);
+    let (multi_steps, multi_envs) = sealed_by_formula(&alice, 2, &[&bob, &carol], 3, multi_content, &multi_draws[0]);
+    assert_eq!(multi_envs, vec![multi.envelope(0).unwrap(), multi.envelope(1).unwrap()]);
+    assert_eq!(open(&bob.device, &env).unwrap().content, single_content);
+    // Errors, each with the stable name `open` reports.
+    let mut legacy = env.clone();
+    legacy[0] = 1;
+    let mut wrong_binding = bob.device.identity();
+    wrong_binding.account_id = carol.device.identity().account_id;
+    let misbound = seal(&alice.device, &wrong_binding, 1, single_content, &mut rng).unwrap();
+    rng.take();
+    let mut spliced = multi.envelope(0).unwrap();
+    spliced[34..34 + 48].copy_from_slice(multi.block(1).unwrap());
+    let errors: Vec<Value> = [
+        ("legacy_version_1", &legacy, &bob),
+        ("bob_envelope_opened_by_carol", &multi.envelope(0).unwrap(), &carol),
+        ("bound_to_another_account", &misbound, &bob),
+        ("carol_block_in_bob_envelope", &spliced, &bob),
+    ]
+    .into_iter()
+    .map(|(name, e, who)| {
+        json!({
+            "name": name,
+            "opened_by": who.device.identity().device_id.0,
+            "opened_by_ik_public": h(who.device.identity().identity_key.as_bytes()),
+            "envelope": h(e),
+            "error": open(&who.device, e).unwrap_err().name(),
+        })
+    })
+    .collect();
     json!({
-        "description": "Sealed sender. `single`: Alice seals content type 1 'sealed hello' to Bob's IK; draws: the ephemeral scalar. `multi`: Alice seals content type 3 'one body, two devices' to Bob then Carol; draws: body key M, ephemeral scalar. Each envelope opens with the recipient's ik_scalar.",
+        "description": "Sealed sender v2 (docs/protocol.md §7). `single`: Alice seals to Bob; `multi`: Alice seals one body to Bob then Carol. `draws` is the one 32-byte draw R of each seal; `steps` recomputes every intermediate value from R, Alice's ik_scalar and the recipients' identity encodings. Each envelope opens with the recipient's ik_scalar and names Alice's identity_encoding as sender. `errors`: envelopes that must be refused, with the error's stable name.",
         "alice": keys_json(&alice),
         "bob": keys_json(&bob),
         "carol": keys_json(&carol),
-        "single": { "draws": single_draws, "envelope": h(&env) },
+        "single": {
+            "content_type": 1,
+            "content": h(single_content),
+            "draws": single_draws.iter().map(|d| h(d)).collect::<Vec<_>>(),
+            "steps": single_steps,
+            "envelope": h(&env),
+        },
         "multi": {
-            "draws": multi_draws,
+            "content_type": 3,
+            "content": h(multi_content),
+            "draws": multi_draws.iter().map(|d| h(d)).collect::<Vec<_>>(),
+            "steps": multi_steps,
             "envelope_bob": h(&multi.envelope(0).unwrap()),
             "envelope_carol": h(&multi.envelope(1).unwrap()),
         },
+        "errors": errors,
     })
 }
 

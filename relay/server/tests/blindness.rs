@@ -214,7 +214,7 @@ async fn blindness(url: String, dump: fn(String) -> futures_util::future::BoxFut
             .map(|d| Recipient {
                 account_id: bob.id(),
                 device_id: d.id(),
-                envelope: seal(sender, &d.device.identity().identity_key, 1, p, &mut r).unwrap(),
+                envelope: seal(sender, &d.device.identity(), 1, p, &mut r).unwrap(),
             })
             .collect();
         let message_id = i as u64 + 1;
