@@ -106,7 +106,7 @@ async fn raw_contents(name: &str) -> Vec<u8> {
 
 fn account(seq: u64) -> AccountRecord {
     AccountRecord {
-        account_key: b"secret account key pickle".to_vec(),
+        account_key: Some(b"secret account key pickle".to_vec()),
         device: b"secret device pickle".to_vec(),
         relay_url: "https://relay.example.test".into(),
         signed_prekey_id: 1,
