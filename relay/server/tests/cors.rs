@@ -227,7 +227,7 @@ async fn restricted_origins() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.allow_origin(), None);
     let (mut ws, _) = relay.open().await;
-    drop(ws.close(None).await);
+    hang_up(ws).await;
 
     relay.stop().await;
     remove_sqlite(&url);

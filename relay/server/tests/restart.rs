@@ -52,7 +52,7 @@ async fn drain(relay: &Relay, d: &TestDevice) -> Vec<(u64, Vec<u8>)> {
             code: sotto_proto::ErrorCode::ACK_AHEAD
         }
     );
-    drop(ws.close(None).await);
+    hang_up(ws).await;
     got
 }
 

@@ -247,6 +247,14 @@ pub async fn closed(ws: &mut Ws) {
     }
 }
 
+/// Closes the socket and waits until the relay has closed its side. The relay reads a
+/// connection's frames in order, so every frame sent before (an ack, say) has been handled
+/// by then; a reconnect right after a plain drop may race a still-unread ack.
+pub async fn hang_up(mut ws: Ws) {
+    let _ = ws.close(None).await;
+    closed(&mut ws).await;
+}
+
 pub fn error_code(body: &[u8]) -> ErrorCode {
     ErrorBody::decode(body).unwrap().code
 }
