@@ -3,13 +3,15 @@
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use sotto_crypto::{AccountId, DeviceId, PickleKey, PreKeyBundle, PreKeyKind};
+use sotto_crypto::{AccountId, DeviceId, OpenError, PickleKey, PreKeyBundle, PreKeyKind};
 use sotto_proto::{PreKeyCounts, PreKeyUpload, Recipient};
 
 use super::*;
+use crate::content::{Content, ContentKind};
+use crate::ids::MessageId;
 use crate::store::{
-    AccountStore, DeviceListStore, InboundStore, MemoryStore, MessageStore, OutboxStore, Page, PreKeyStore,
-    SessionStore, Store,
+    AccountStore, DeviceListStore, InboundStore, MemoryStore, MessageStatus, MessageStore, OutboxItem, OutboxStore,
+    Page, PreKeyStore, SessionStore, Store, StoredMessage,
 };
 
 struct Peer {

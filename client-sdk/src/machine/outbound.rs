@@ -1,0 +1,270 @@
+//! Outgoing messages: contacts, the outbox, per-device encryption of an outbox item,
+//! receipts, and what a send's outcome does to the outbox.
+
+use sotto_crypto::AccountId;
+use sotto_proto::Recipient;
+
+use super::{Event, Machine, MachineError, Need, SendPlan};
+use crate::content::{Content, ContentKind, MAX_TEXT_LEN};
+use crate::ids::MessageId;
+use crate::store::{Changes, ConversationRecord, MessageKey, MessageStatus, OutboxItem, PeerDevice, StoredMessage};
+
+impl Machine {
+    /// Adds a contact: creates the conversation. Its device list must be pinned first
+    /// ([`Machine::receive_device_list`]).
+    pub fn add_contact(&mut self, contact: AccountId) -> Result<Changes, MachineError> {
+        if contact == self.account_id() {
+            return Err(MachineError::OwnAccount);
+        }
+        Ok(Changes {
+            conversations: vec![ConversationRecord { peer: contact }],
+            ..Changes::default()
+        })
+    }
+
+    /// Writes a text into the outbox and the conversation (status `Queued`).
+    pub fn queue_text(
+        &mut self,
+        to: AccountId,
+        text: &str,
+        now_ms: u64,
+    ) -> Result<(Changes, StoredMessage), MachineError> {
+        if to == self.account_id() {
+            return Err(MachineError::OwnAccount);
+        }
+        if text.len() > MAX_TEXT_LEN {
+            return Err(MachineError::TextTooLong {
+                len: text.len(),
+                max: MAX_TEXT_LEN,
+            });
+        }
+        let id = MessageId::new(now_ms, &mut self.ids);
+        let content = Content {
+            message_id: id,
+            timestamp_ms: now_ms,
+            kind: ContentKind::Text { text: text.to_owned() },
+        };
+        let message = StoredMessage {
+            id,
+            conversation: to,
+            sender: (self.account_id(), self.device_id()),
+            timestamp_ms: now_ms,
+            text: text.to_owned(),
+            status: MessageStatus::Queued,
+            order: 0,
+        };
+        let changes = Changes {
+            conversations: vec![ConversationRecord { peer: to }],
+            messages: vec![message.clone()],
+            outbox_add: vec![OutboxItem::new(id, to, content.encode())],
+            ..Changes::default()
+        };
+        Ok((changes, message))
+    }
+
+    /// Encrypts an outbox item for every device: the contact's devices get the content,
+    /// this account's other devices a sync transcript (for texts). Needs a session with
+    /// each; otherwise says what to fetch.
+    ///
+    /// Devices in `skip` (listed, but unreachable for this send: the relay holds no
+    /// prekeys for them) are left out.
+    pub fn prepare_send(&mut self, item: &OutboxItem, skip: &[PeerDevice]) -> Result<SendPlan, MachineError> {
+        let content = Content::decode(&item.content)?;
+        let targets = match self.fan_out(&item.to, skip) {
+            Ok(t) => t,
+            Err(needs) => return Ok(SendPlan::Need(needs)),
+        };
+        let transcript = match &content.kind {
+            ContentKind::Text { text } => Some(
+                Content {
+                    message_id: content.message_id,
+                    timestamp_ms: content.timestamp_ms,
+                    kind: ContentKind::SyncTranscript {
+                        conversation: item.to,
+                        text: text.clone(),
+                    },
+                }
+                .encode(),
+            ),
+            _ => None,
+        };
+        let own = self.account_id();
+        let mut changes = Changes::default();
+        let mut recipients = Vec::with_capacity(targets.len());
+        for identity in targets {
+            let plaintext = if identity.account_id == own {
+                match &transcript {
+                    Some(t) => t,
+                    None => continue,
+                }
+            } else {
+                &item.content
+            };
+            let peer = (identity.account_id, identity.device_id);
+            let mut sessions = self.load_sessions(&peer)?;
+            if sessions.is_empty() {
+                return Ok(SendPlan::Need(vec![Need::Bundles(
+                    identity.account_id,
+                    vec![identity.device_id],
+                )]));
+            }
+            let mut active = sessions.remove(0);
+            let out = active.encrypt(plaintext, &mut self.rng)?;
+            let envelope = sotto_crypto::seal(
+                &self.device,
+                &identity,
+                out.message_type as u8,
+                &out.bytes,
+                &mut self.rng,
+            )?;
+            let rest = self
+                .sessions
+                .get(&peer)
+                .map(|s| s.value.sessions.iter().skip(1).cloned().collect())
+                .unwrap_or_default();
+            changes.sessions.push(self.session_write(peer, &active, rest));
+            recipients.push(Recipient {
+                account_id: identity.account_id,
+                device_id: identity.device_id,
+                envelope,
+            });
+        }
+        Ok(SendPlan::Ready { changes, recipients })
+    }
+
+    /// Queues a delivery receipt for messages received from `to` (at most
+    /// [`crate::content::MAX_RECEIPTS`] ids; the rest are left out).
+    pub fn queue_receipt(&mut self, to: AccountId, ids: &[MessageId], now_ms: u64) -> Changes {
+        let ids: Vec<MessageId> = ids.iter().take(crate::content::MAX_RECEIPTS).copied().collect();
+        if ids.is_empty() || to == self.account_id() {
+            return Changes::default();
+        }
+        let content = Content {
+            message_id: MessageId::new(now_ms, &mut self.ids),
+            timestamp_ms: now_ms,
+            kind: ContentKind::Delivered { message_ids: ids },
+        };
+        Changes {
+            outbox_add: vec![OutboxItem::new(content.message_id, to, content.encode())],
+            ..Changes::default()
+        }
+    }
+
+    /// The relay stored an outbox item: drop it from the outbox and mark the message sent.
+    pub fn mark_sent(&self, item: &OutboxItem) -> (Changes, Option<Event>) {
+        let is_text = Content::decode(&item.content).is_ok_and(|c| matches!(c.kind, ContentKind::Text { .. }));
+        let changes = Changes {
+            outbox_remove: vec![item.id],
+            message_status: if is_text {
+                vec![(
+                    MessageKey {
+                        conversation: item.to,
+                        sender: self.account_id(),
+                        id: item.id,
+                    },
+                    MessageStatus::Sent,
+                )]
+            } else {
+                Vec::new()
+            },
+            ..Changes::default()
+        };
+        let event = is_text.then_some(Event::MessageSent {
+            id: item.id,
+            conversation: item.to,
+        });
+        (changes, event)
+    }
+
+    /// Gives up an outbox item: drops it from the outbox and marks the message
+    /// [`MessageStatus::Failed`]. The event is for texts (a receipt given up is not the
+    /// app's concern).
+    pub fn give_up(
+        &self,
+        item: &OutboxItem,
+        code: &'static str,
+        retryable: bool,
+        reason: String,
+    ) -> (Changes, Option<Event>) {
+        let is_text = Content::decode(&item.content).is_ok_and(|c| matches!(c.kind, ContentKind::Text { .. }));
+        let changes = Changes {
+            outbox_remove: vec![item.id],
+            message_status: if is_text {
+                vec![(
+                    MessageKey {
+                        conversation: item.to,
+                        sender: self.account_id(),
+                        id: item.id,
+                    },
+                    MessageStatus::Failed { retryable },
+                )]
+            } else {
+                Vec::new()
+            },
+            ..Changes::default()
+        };
+        let event = is_text.then_some(Event::SendFailed {
+            id: item.id,
+            reason,
+            conversation: item.to,
+            code,
+            retryable,
+        });
+        (changes, event)
+    }
+
+    /// Records that sending `item` failed again (it stays in the outbox): `updated`
+    /// carries its new attempts and backoff ([`record_failure`]).
+    pub fn retry_later(&self, updated: OutboxItem) -> Changes {
+        Changes {
+            outbox_update: vec![updated],
+            ..Changes::default()
+        }
+    }
+}
+
+/// How failed attempts of one outbox item are spaced and bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The item is given up once it spent this long failing while the relay was
+    /// reachable (ms).
+    pub give_up_after_ms: u64,
+    /// The backoff after the first failure (ms); it doubles with each one...
+    pub backoff_min_ms: u64,
+    /// ...up to this (ms).
+    pub backoff_max_ms: u64,
+}
+
+/// Records a failed attempt of `item` that the item is to blame for, at `now_ms`, the
+/// relay having been reachable since `online_since_ms` (time offline between two
+/// failures does not count). `jitter` is a random draw. Returns the item with its new
+/// attempts and backoff, or `None` when it has been failing for
+/// [`RetryPolicy::give_up_after_ms`]: give it up.
+pub fn record_failure(
+    item: &OutboxItem,
+    now_ms: u64,
+    online_since_ms: u64,
+    policy: &RetryPolicy,
+    jitter: u64,
+) -> Option<OutboxItem> {
+    let mut next = item.clone();
+    if item.last_failure_ms != 0 {
+        let from = item.last_failure_ms.max(online_since_ms);
+        next.failing_ms = next.failing_ms.saturating_add(now_ms.saturating_sub(from));
+    }
+    next.attempts = next.attempts.saturating_add(1);
+    next.last_failure_ms = now_ms;
+    if next.failing_ms >= policy.give_up_after_ms {
+        return None;
+    }
+    let exp = next.attempts.saturating_sub(1).min(30);
+    let base = policy
+        .backoff_min_ms
+        .saturating_mul(1u64 << exp)
+        .min(policy.backoff_max_ms)
+        .max(1);
+    // Uniform in [base/2, base]: items failing together do not retry together.
+    let delay = base / 2 + jitter % (base / 2 + 1);
+    next.not_before_ms = now_ms.saturating_add(delay);
+    Some(next)
+}

@@ -1,0 +1,283 @@
+//! What the machine hands back: its errors, events, network needs, send plans and the
+//! result of processing one inbound envelope.
+
+use sotto_crypto::{
+    AccountId, DecryptError, DeviceId, DeviceIdentity, DeviceListChange, DeviceListError, EncryptError, OpenError,
+    PickleError, SealError, X3dhError,
+};
+use sotto_proto::Recipient;
+use thiserror::Error;
+
+use crate::content::ContentError;
+use crate::ids::MessageId;
+use crate::store::{Changes, PeerDevice, StoredMessage};
+
+/// Why an operation failed. State is unchanged.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MachineError {
+    /// A stored pickle does not load (wrong key or altered store).
+    #[error("stored state does not load: {0}")]
+    Pickle(#[from] PickleError),
+    /// A stored or received device list is refused.
+    #[error("device list refused: {0}")]
+    DeviceList(#[from] DeviceListError),
+    /// Session set-up failed.
+    #[error("session set-up failed: {0}")]
+    X3dh(#[from] X3dhError),
+    /// Encryption failed.
+    #[error("encryption failed: {0}")]
+    Encrypt(#[from] EncryptError),
+    /// Sealing failed.
+    #[error("sealing failed: {0}")]
+    Seal(#[from] SealError),
+    /// The store has no account.
+    #[error("no account in the store")]
+    NoAccount,
+    /// The text is longer than [`MAX_TEXT_LEN`].
+    #[error("text of {len} bytes exceeds {max}")]
+    TextTooLong {
+        /// Its length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// Messages to one's own account go to one's devices only as transcripts.
+    #[error("cannot message one's own account")]
+    OwnAccount,
+    /// The stored content of an outbox item does not decode.
+    #[error("outbox content does not decode: {0}")]
+    Content(#[from] ContentError),
+    /// This device does not hold the account key, so it cannot sign a device list.
+    #[error("this device does not hold the account key")]
+    NoAccountKey,
+}
+
+/// Why an inbound envelope was not accepted. Nothing in it reached the app.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum UndecryptableCause {
+    /// Not sealed to this device, altered, or the sender signature does not verify.
+    #[error("envelope does not open: {0}")]
+    Envelope(OpenError),
+    /// The claimed sender's account has no device list that verifies.
+    #[error("the sender's account has no verified device list")]
+    UnknownSender,
+    /// The claimed sender device is not in its account's verified device list.
+    #[error("the sender device is not listed by its account")]
+    SenderNotListed,
+    /// The claimed sender is not the identity the session or pre-key message names.
+    #[error("the claimed sender does not match the session")]
+    SenderMismatch,
+    /// A ratchet message from a device this device has no session with.
+    #[error("no session with the sending device")]
+    NoSession,
+    /// A pre-key message naming a prekey this device no longer has (for example a
+    /// replay after the one-time prekey was used).
+    #[error("the pre-key message names an unknown prekey")]
+    UnknownPreKey,
+    /// The message was decrypted before: a replay or a second delivery.
+    #[error("message already decrypted (replay)")]
+    Duplicate,
+    /// Ratchet decryption failed.
+    #[error("decryption failed: {0}")]
+    Decrypt(DecryptError),
+    /// Session set-up from a pre-key message failed.
+    #[error("pre-key message refused: {0}")]
+    PreKey(X3dhError),
+    /// The plaintext is not valid content.
+    #[error("content refused: {0}")]
+    Content(ContentError),
+    /// A sealed content type this version does not handle.
+    #[error("unknown sealed content type {0}")]
+    UnknownContentType(u8),
+    /// A sync transcript from another account, or a text from this account.
+    #[error("content kind not valid from this sender")]
+    WrongSender,
+    /// The sender's device list could not be fetched for as long as an envelope may wait
+    /// (network or relay failures): no verdict on the sender could be reached.
+    #[error("the sender's device list stayed unavailable")]
+    DeviceListUnavailable,
+}
+
+/// What the app hears about.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A new message in a conversation: from a contact, or a transcript of one this
+    /// account sent from another device (`status` is then `SentElsewhere`). It is stored
+    /// when this is emitted, but until it is acked a power loss can undo that; the relay
+    /// then delivers it again and it is emitted again with the same id.
+    MessageReceived(StoredMessage),
+    /// The relay stored a message for every device.
+    MessageSent {
+        /// The message.
+        id: MessageId,
+        /// The conversation.
+        conversation: AccountId,
+    },
+    /// A device of the contact reported messages stored.
+    Delivered {
+        /// The messages.
+        ids: Vec<MessageId>,
+        /// The reporting device.
+        by: PeerDevice,
+    },
+    /// An account's device set changed (a newer verified list was pinned).
+    DeviceListChanged {
+        /// The account.
+        account: AccountId,
+        /// What changed.
+        change: DeviceListChange,
+    },
+    /// A device list offered for an account did not verify or rolled back.
+    DeviceListRejected {
+        /// The account.
+        account: AccountId,
+        /// Why.
+        error: DeviceListError,
+    },
+    /// An envelope that could not be accepted.
+    Undecryptable {
+        /// The claimed sending device, when the envelope opened far enough to name one.
+        sender: Option<PeerDevice>,
+        /// Why.
+        cause: UndecryptableCause,
+    },
+    /// A message that could not be sent and was given up; its status is now
+    /// [`MessageStatus::Failed`].
+    SendFailed {
+        /// The message.
+        id: MessageId,
+        /// Why, for display.
+        reason: String,
+        /// The conversation.
+        conversation: AccountId,
+        /// A stable code: the relay's error code name when the relay refused it
+        /// (`"MAILBOX_FULL"`, `"NO_PREKEYS"`, `"RATE_LIMITED"`, … docs/protocol.md
+        /// §13.11), `"DEVICE_SET_CHANGING"` when the recipient's device set kept
+        /// changing, `"DEVICE_LIST"` when a device list did not verify, `"ENCRYPT"` when
+        /// the message could not be encrypted.
+        code: &'static str,
+        /// True when sending it again later may work.
+        retryable: bool,
+    },
+    /// This device is no longer in its account's device list.
+    DeviceRemoved,
+    /// (From the client) a new device asks to join this account with the code this
+    /// device showed ([`crate::Client::link_new_device`]). Show the name and the
+    /// fingerprint; the new device shows the same fingerprint. Answer with
+    /// [`crate::Client::confirm_link`] or [`crate::Client::reject_link`].
+    LinkRequested {
+        /// Names the request in `confirm_link` / `reject_link`.
+        id: u64,
+        /// The name the new device gave itself (not authenticated beyond the code).
+        device_name: String,
+        /// The new device's fingerprint (docs/protocol.md §12A).
+        fingerprint: String,
+    },
+    /// (From the client) the relay connection is authenticated.
+    Connected,
+    /// (From the client) every envelope queued while this device was offline has been
+    /// processed.
+    CaughtUp,
+}
+
+/// Something the machine needs from the relay before it can go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Need {
+    /// The account's signed device list (`GET /v1/accounts/{a}/device-list`).
+    DeviceList(AccountId),
+    /// A prekey bundle per named device (`GET /v1/accounts/{a}/bundles/{d}`).
+    Bundles(AccountId, Vec<DeviceId>),
+}
+
+/// What [`Machine::prepare_send`] produced.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "one value per operation, consumed at once")]
+#[non_exhaustive]
+pub enum SendPlan {
+    /// Fetch these, feed them in and call again.
+    Need(Vec<Need>),
+    /// Commit `changes`, then send `recipients` in one `Send` frame.
+    Ready {
+        /// Ratchet state advanced by the encryption.
+        changes: Changes,
+        /// One envelope per device.
+        recipients: Vec<Recipient>,
+    },
+}
+
+/// Sealed content type of a linking request (new device → the account's devices).
+pub const CONTENT_LINK_REQUEST: u8 = 0x10;
+
+/// Sealed content type of a linking answer (a device holding the account key → the new device).
+pub const CONTENT_LINK_ACCEPT: u8 = 0x11;
+
+/// What [`Machine::receive_envelope`] produced.
+#[allow(clippy::large_enum_variant, reason = "one value per envelope, consumed at once")]
+#[non_exhaustive]
+pub enum Inbound {
+    /// A new device asks to join this account. Its sender is not listed yet; the caller
+    /// authenticates the request with the link secret it showed. Commit `changes`.
+    LinkRequest {
+        /// Records the seq as processed.
+        changes: Changes,
+        /// The claimed new device.
+        sender: DeviceIdentity,
+        /// The request payload.
+        payload: Vec<u8>,
+    },
+    /// A linking answer from a listed device of this account (docs/protocol.md §12A):
+    /// the caller opens it when it is joining, and ignores it otherwise. Commit `changes`.
+    LinkAccept {
+        /// Records the seq as processed.
+        changes: Changes,
+        /// The answering device.
+        sender: DeviceIdentity,
+        /// The answer payload.
+        payload: Vec<u8>,
+    },
+    /// Fetch this account's device list, feed it in, and call again with `refreshed`.
+    Need(Need),
+    /// Earlier envelopes from this sender wait in the pending-inbound table: this one
+    /// goes behind them ([`Machine::defer`]), so a sender's messages keep their order.
+    Defer {
+        /// The claimed sender account.
+        sender: AccountId,
+    },
+    /// Commit `changes` (which always record the seq as processed), then emit `events`
+    /// and acknowledge the seq.
+    Done {
+        /// What to store.
+        changes: Changes,
+        /// What to tell the app (after the commit).
+        events: Vec<Event>,
+    },
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The payload carries the request's MAC under the link secret: never printed.
+            Self::LinkRequest { changes, sender, .. } => f
+                .debug_struct("LinkRequest")
+                .field("changes", changes)
+                .field("sender", sender)
+                .finish_non_exhaustive(),
+            Self::LinkAccept { changes, sender, .. } => f
+                .debug_struct("LinkAccept")
+                .field("changes", changes)
+                .field("sender", sender)
+                .finish_non_exhaustive(),
+            Self::Need(n) => f.debug_tuple("Need").field(n).finish(),
+            Self::Defer { sender } => f.debug_struct("Defer").field("sender", sender).finish(),
+            Self::Done { changes, events } => f
+                .debug_struct("Done")
+                .field("changes", changes)
+                .field("events", events)
+                .finish(),
+        }
+    }
+}
