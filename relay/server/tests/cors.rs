@@ -226,7 +226,7 @@ async fn restricted_origins() {
     let a = request(&relay, Method::GET, "/v1/auth/challenge", &[], vec![]).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.allow_origin(), None);
-    let (mut ws, _) = relay.open().await;
+    let (ws, _) = relay.open().await;
     hang_up(ws).await;
 
     relay.stop().await;

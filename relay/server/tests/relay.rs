@@ -204,7 +204,7 @@ async fn authentication(url: String) {
     closed(&mut ws2).await;
 
     // Replayed: a valid answer to an earlier connection's challenge.
-    let (mut ws3, c3) = relay.open().await;
+    let (ws3, c3) = relay.open().await;
     let recorded = answer(d1, &c3);
     let (mut ws4, _) = relay.open().await;
     send(&mut ws4, &recorded).await;

@@ -1,0 +1,276 @@
+//! The connection task: connects with backoff, authenticates, and serves the socket
+//! (deliveries, acks, sends, receipts) until it closes or the client shuts down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::RngCore;
+use sotto_proto::{ErrorCode, Frame};
+use tokio::sync::watch;
+
+use super::Inner;
+use super::inbound::{ACK_BATCH, Unacked};
+use super::outbox::{Anon, SEND_WINDOW, Sending};
+use crate::machine::Event;
+use crate::rt::{self, Instant};
+use crate::store::Store;
+use crate::transport::{Socket, TransportError};
+
+impl<S: Store> Inner<S> {
+    pub(super) async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = self.options.backoff_min;
+        // The anonymous connection outlives reconnects of the authenticated one.
+        let mut anon: Option<Anon> = None;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let connected = tokio::select! {
+                r = self.relay.connect_with_epoch(&self.device) => r,
+                _ = shutdown.changed() => return,
+            };
+            match connected {
+                Ok((socket, epoch)) => {
+                    // A new epoch means the relay numbers the mailbox anew (a restart
+                    // after a database restore, a re-registration): the seq counted so far
+                    // restarts before any delivery is read, so nothing new is dropped as
+                    // already seen.
+                    if self
+                        .transact(|m| Ok((m.receive_mailbox_epoch(epoch), ())))
+                        .await
+                        .is_err()
+                    {
+                        drop(socket);
+                        let delay = backoff;
+                        tokio::select! {
+                            () = rt::sleep(delay) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(self.options.backoff_max);
+                        continue;
+                    }
+                    backoff = self.options.backoff_min;
+                    self.emit(vec![Event::Connected]).await;
+                    if self.serve(socket, &mut shutdown, &mut anon).await {
+                        return;
+                    }
+                }
+                Err(TransportError::Relay { code, .. })
+                    if code == ErrorCode::AUTH_FAILED || code == ErrorCode::UNKNOWN_DEVICE =>
+                {
+                    // Removed from the account's device list?
+                    if self.refresh_device_list(self.device.account_id()).await.is_ok() {
+                        let listed = self.machine.lock().await.is_listed();
+                        if !listed {
+                            return;
+                        }
+                    }
+                }
+                Err(_) => {}
+            }
+            let span = backoff.as_millis() as u64;
+            let draw = self.net_rng.lock().unwrap_or_else(|e| e.into_inner()).next_u64();
+            let delay = Duration::from_millis(span / 2 + draw % (span / 2 + 1));
+            tokio::select! {
+                () = rt::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(self.options.backoff_max);
+        }
+    }
+
+    /// Serves one authenticated connection, and sends over the anonymous one (opened
+    /// when there is something to send, not right after this one authenticated).
+    /// Returns true on shutdown.
+    pub(super) async fn serve(
+        &self,
+        mut socket: Socket,
+        shutdown: &mut watch::Receiver<bool>,
+        anon: &mut Option<Anon>,
+    ) -> bool {
+        // Another device of the account may have changed the device list meanwhile.
+        let _ = self.refresh_device_list(self.device.account_id()).await;
+        let _ = self.refill_prekeys().await;
+        if !self.retry_pending().await {
+            return false;
+        }
+        // Answers to sends made before this connection are not waited for: those items
+        // are still in the outbox and go again.
+        let mut tx = {
+            let mut rng = self.net_rng.lock().unwrap_or_else(|e| e.into_inner());
+            Sending::new(&mut rng, &self.options)
+        };
+        let mut ping_at = Instant::now() + self.options.heartbeat;
+        // Receipts go out in batches, a random delay after the first message they
+        // acknowledge (never a fixed delay a watcher could pair deliveries with).
+        let mut receipts_at: Option<Instant> = None;
+        // Deliveries processed (committed deferred) but not acked yet.
+        let mut unacked = Unacked::default();
+        loop {
+            if !self.fill_window(&mut tx, &mut socket, anon).await {
+                return false;
+            }
+            let retry_at = tx.retry_at;
+            let retry = async {
+                match retry_at {
+                    Some(t) => rt::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let receipts_due = async {
+                match receipts_at {
+                    Some(t) => rt::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let anon_expires = anon.as_ref().map(|a| a.expires);
+            let anon_frame = async {
+                match anon.as_mut() {
+                    Some(a) => a.socket.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let anon_expiry = async {
+                match anon_expires {
+                    Some(t) => rt::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let room = tx.in_flight.len() < SEND_WINDOW;
+            // Biased: frames first, so deliveries already waiting join the ack batch; the
+            // ack branch runs only when no frame is ready. The anonymous socket comes before
+            // the authenticated one: it carries at most SEND_WINDOW answers, and a long
+            // backlog must not starve them. The timers come last: sends and retries are
+            // pumped by `fill_window` at the top of every turn anyway.
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    let _ = self.ack(&mut socket, &mut unacked).await;
+                    socket.close().await;
+                    if let Some(a) = anon.as_mut() {
+                        a.socket.close().await;
+                    }
+                    return true;
+                }
+                frame = anon_frame => match frame {
+                    Ok(Some(Frame::SendResult(r))) => {
+                        if !self.handle_result(&mut tx, r, true).await {
+                            return false;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        // Sends without an answer stay in the outbox and go again.
+                        *anon = None;
+                        tx.in_flight.retain(|f| f.anon.is_none());
+                        tx.release();
+                        tx.dirty = true;
+                    }
+                },
+                frame = socket.recv() => {
+                    let frame = match frame {
+                        Ok(Some(f)) => f,
+                        Ok(None) | Err(_) => return false,
+                    };
+                    match frame {
+                        Frame::Deliver(d) => {
+                            if self.handle_deliver(d.seq, &d.envelope).await.is_err() {
+                                // Not acked: delivered again after the reconnect.
+                                return false;
+                            }
+                            unacked.seq = Some(d.seq);
+                            unacked.count += 1;
+                            if unacked.count >= ACK_BATCH && !self.ack(&mut socket, &mut unacked).await {
+                                return false;
+                            }
+                            let (any, full) = {
+                                let pending = self.receipts.lock().await;
+                                (
+                                    !pending.is_empty(),
+                                    pending.values().any(|v| v.len() >= crate::content::MAX_RECEIPTS),
+                                )
+                            };
+                            if full {
+                                receipts_at = None;
+                                self.flush_receipts().await;
+                                tx.dirty = true;
+                            } else if any && receipts_at.is_none() {
+                                receipts_at = Some(Instant::now() + self.receipt_delay());
+                            }
+                        }
+                        Frame::QueueEmpty => {
+                            if receipts_at.is_none() && !self.receipts.lock().await.is_empty() {
+                                receipts_at = Some(Instant::now() + self.receipt_delay());
+                            }
+                            self.emit(vec![Event::CaughtUp]).await;
+                        }
+                        Frame::SendResult(r) => {
+                            let stored_ok = self.handle_result(&mut tx, r, false).await;
+                            if !stored_ok {
+                                return false;
+                            }
+                        }
+                        Frame::Error { code }
+                            if code == ErrorCode::REPLACED
+                                || code == ErrorCode::SHUTTING_DOWN
+                                || code == ErrorCode::IDLE_TIMEOUT =>
+                        {
+                            return false;
+                        }
+                        _ => {}
+                    }
+                }
+                () = std::future::ready(()), if unacked.seq.is_some() => {
+                    if !self.ack(&mut socket, &mut unacked).await {
+                        return false;
+                    }
+                }
+                _ = self.wake.notified(), if room => {
+                    tx.dirty = true;
+                }
+                _ = retry => {}
+                _ = receipts_due => {
+                    receipts_at = None;
+                    self.flush_receipts().await;
+                    tx.dirty = true;
+                }
+                _ = anon_expiry => {
+                    // Past its lifetime: closed once its answers are in (and replaced by
+                    // the next send); checked again in a moment meanwhile.
+                    if let Some(a) = anon.as_mut() {
+                        if tx.in_flight.iter().any(|f| f.anon.is_some()) {
+                            a.expires = Instant::now() + Duration::from_secs(1);
+                        } else {
+                            a.socket.close().await;
+                            *anon = None;
+                        }
+                    }
+                }
+                () = rt::sleep_until(ping_at) => {
+                    ping_at = Instant::now() + self.options.heartbeat;
+                    if socket.idle_for().is_some_and(|d| d > self.options.idle_timeout) || socket.ping().await.is_err() {
+                        return false;
+                    }
+                    // The anonymous connection is not pinged with this one (that would pair
+                    // them); the relay's pings keep it alive, and a silent one is dropped.
+                    if anon.as_ref().is_some_and(|a| a.socket.idle_for().is_some_and(|d| d > self.options.idle_timeout)) {
+                        *anon = None;
+                        tx.in_flight.retain(|f| f.anon.is_none());
+                        tx.release();
+                        tx.dirty = true;
+                    }
+                    // The relay keeps a removed device's socket open but drops its mailbox:
+                    // check the account's list on every heartbeat.
+                    let _ = self.refresh_device_list(self.device.account_id()).await;
+                    if !self.machine.lock().await.is_listed() {
+                        socket.close().await;
+                        return false;
+                    }
+                    if !self.retry_pending().await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! What the relay serves about accounts: device lists (pinned before use), prekey
+//! bundles, and this device's own prekey refills.
+
+use sotto_crypto::{AccountId, DeviceId, DeviceListError, SignedDeviceList};
+use sotto_proto::ErrorCode;
+
+use super::Inner;
+use super::error::ClientError;
+use crate::machine::Event;
+use crate::store::{OutboxItem, Store};
+use crate::transport::TransportError;
+
+impl<S: Store> Inner<S> {
+    /// Fetches, verifies and pins an account's device list; emits the change.
+    pub(crate) async fn refresh_device_list(&self, account: AccountId) -> Result<(), ClientError> {
+        let bytes = self.relay.get_device_list(&account).await?;
+        self.pin_device_list(account, &bytes).await
+    }
+
+    pub(super) async fn pin_device_list(&self, account: AccountId, bytes: &[u8]) -> Result<(), ClientError> {
+        let result = self
+            .transact(|m| {
+                let (c, change) = m.receive_device_list(&account, bytes)?;
+                Ok((c, change))
+            })
+            .await;
+        match result {
+            Ok((Some(change), _)) => {
+                let mut events = Vec::new();
+                if account == self.device.account_id() {
+                    let m = self.machine.lock().await;
+                    if !m.is_listed() {
+                        events.push(Event::DeviceRemoved);
+                    }
+                }
+                if !change.is_empty() {
+                    events.insert(0, Event::DeviceListChanged { account, change });
+                }
+                self.emit(events).await;
+                Ok(())
+            }
+            Ok((None, _)) => Ok(()),
+            Err(ClientError::DeviceList(error)) => {
+                self.emit(vec![Event::DeviceListRejected {
+                    account,
+                    error: error.clone(),
+                }])
+                .await;
+                Err(ClientError::DeviceList(error))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches the bundles of `devices` and sets up sessions. Returns the devices the
+    /// relay holds no prekeys for (`NO_PREKEYS`): unreachable for now.
+    pub(super) async fn fetch_bundles(
+        &self,
+        account: AccountId,
+        devices: Vec<DeviceId>,
+    ) -> Result<Vec<DeviceId>, ClientError> {
+        let mut bundles = Vec::with_capacity(devices.len());
+        let mut unreachable = Vec::new();
+        for d in devices {
+            match self.relay.bundle(&self.device, &account, d).await {
+                Ok(b) => bundles.extend(b),
+                Err(TransportError::Relay { code, .. }) if code == ErrorCode::UNKNOWN_DEVICE => {
+                    self.refresh_device_list(account).await?;
+                }
+                Err(TransportError::Relay { code, .. }) if code == ErrorCode::NO_PREKEYS => unreachable.push(d),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.transact(|m| Ok((m.receive_bundles(&account, &bundles)?, ())))
+            .await?;
+        Ok(unreachable)
+    }
+
+    pub(crate) async fn refill_prekeys(&self) -> Result<(), ClientError> {
+        let counts = self.relay.prekey_counts(&self.device).await?;
+        let upload = {
+            let mut m = self.machine.lock().await;
+            let Some((changes, upload)) = m.refill_prekeys(&counts)? else {
+                return Ok(());
+            };
+            self.commit_locked(&mut m, changes).await?;
+            upload
+        };
+        self.relay.put_prekeys(&self.device, &upload).await?;
+        Ok(())
+    }
+
+    pub(super) async fn handle_mismatch(&self, item: &OutboxItem, lists: &[Vec<u8>]) -> Result<(), ClientError> {
+        let own = self.device.account_id();
+        for bytes in lists {
+            let account = SignedDeviceList::from_bytes(bytes)
+                .map_err(DeviceListError::from)
+                .and_then(|l| l.account_key_and_version())
+                .map(|(ak, _)| AccountId::from_account_key(&ak))?;
+            if account != item.to && account != own {
+                continue;
+            }
+            self.pin_device_list(account, bytes).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! The client's error type, and which errors end an outbox item or a connection.
+
+use sotto_crypto::DeviceListError;
+use sotto_proto::ErrorCode;
+use thiserror::Error;
+
+use crate::machine::MachineError;
+use crate::store::StoreError;
+use crate::transport::TransportError;
+
+/// True when a failed device-list fetch is a final answer: the relay knows no such
+/// account (or refuses for good), or the list does not verify. Anything else (network,
+/// timeout, a retryable relay error, the store) is transient.
+pub(super) fn is_final(e: &ClientError) -> bool {
+    match e {
+        ClientError::DeviceList(_) => true,
+        ClientError::Transport(TransportError::Relay { code, .. }) => !code.is_retryable(),
+        _ => false,
+    }
+}
+
+/// Rejections about the relay or this device (busy, rate-limited), not about the item's
+/// recipient: they pause sending and do not count towards an item's bound.
+pub(super) fn is_relay_wide(code: ErrorCode) -> bool {
+    code.is_retryable() && code != ErrorCode::MAILBOX_FULL
+}
+
+/// Why a client call failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The machine refused the operation.
+    #[error("{0}")]
+    Machine(MachineError),
+    /// The relay could not be reached or refused.
+    #[error("relay: {0}")]
+    Transport(#[from] TransportError),
+    /// A device list did not verify.
+    #[error("device list: {0}")]
+    DeviceList(#[from] DeviceListError),
+    /// The store already holds an account.
+    #[error("the store already holds an account")]
+    AccountExists,
+    /// The store holds no account.
+    #[error("the store holds no account")]
+    NoAccount,
+    /// Not an account id or contact link.
+    #[error("not an account id or contact link")]
+    BadContact,
+    /// Not a conversation of this account.
+    #[error("unknown contact; add it first")]
+    UnknownContact,
+    /// Not a valid link code.
+    #[error("not a valid link code")]
+    BadLinkCode,
+    /// Linking did not complete.
+    #[error("linking failed: {0}")]
+    Link(String),
+    /// This device does not hold the account key, so it cannot change the account's
+    /// device list (link or remove a device). Recover it with the recovery key
+    /// ([`Client::recover_account`]) or use a device that holds it.
+    #[error("this device does not hold the account key")]
+    NoAccountKey,
+    /// Not this account's recovery key (malformed, checksum wrong, or another account's).
+    #[error("not this account's recovery key")]
+    BadRecoveryKey,
+    /// No pending link request has this id (answered, replaced or expired).
+    #[error("no pending link request with this id")]
+    UnknownLinkRequest,
+    /// Linking did not complete in time (the request was rejected, never answered, or
+    /// the code expired).
+    #[error("linking timed out")]
+    LinkTimeout,
+    /// The operating system's random generator failed: nothing secret can be made, so
+    /// the operation was refused.
+    #[error("the operating system's random generator failed")]
+    Entropy,
+}
+
+impl From<MachineError> for ClientError {
+    fn from(e: MachineError) -> Self {
+        match e {
+            MachineError::NoAccountKey => Self::NoAccountKey,
+            e => Self::Machine(e),
+        }
+    }
+}
+
+impl ClientError {
+    /// A stable code for the error kind.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Store(StoreError::Decrypt) | Self::Machine(MachineError::Pickle(_)) => "wrong_store_key",
+            Self::Store(StoreError::Conflict) => "store_conflict",
+            Self::Store(_) => "store",
+            Self::Machine(_) => "machine",
+            Self::Transport(_) => "transport",
+            Self::DeviceList(_) => "device_list",
+            Self::AccountExists => "account_exists",
+            Self::NoAccount => "no_account",
+            Self::BadContact => "bad_contact",
+            Self::UnknownContact => "unknown_contact",
+            Self::BadLinkCode => "bad_link_code",
+            Self::Link(_) => "link",
+            Self::NoAccountKey => "no_account_key",
+            Self::BadRecoveryKey => "bad_recovery_key",
+            Self::UnknownLinkRequest => "unknown_link_request",
+            Self::LinkTimeout => "link_timeout",
+            Self::Entropy => "entropy",
+        }
+    }
+
+    /// True when the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Store(StoreError::Conflict) => true,
+            Self::Transport(t) => t.is_retryable(),
+            _ => false,
+        }
+    }
+}

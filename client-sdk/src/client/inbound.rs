@@ -1,0 +1,351 @@
+//! Inbound envelopes: decryption and commit before the ack, envelopes put aside until
+//! their sender is pinned, and delayed delivery receipts.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sotto_crypto::AccountId;
+use sotto_proto::Frame;
+
+use super::commit::MAX_CONFLICT_RETRIES;
+use super::error::{ClientError, is_final};
+use super::outbox::uniform;
+use super::{Inner, now_ms};
+use crate::machine::{Event, Inbound, Need};
+use crate::rt::Instant;
+use crate::store::{Committed, Store, StoreError};
+use crate::transport::Socket;
+
+/// At most this many deliveries are processed before the store is synced and they are
+/// acked (one cumulative ack); fewer when no frame is waiting. Below the relay's default
+/// delivery window (64), so a batch never waits for the window to open.
+pub(super) const ACK_BATCH: usize = 32;
+
+/// How many consumed one-time prekeys trigger a refill check.
+pub(super) const REFILL_AFTER: u32 = 20;
+
+/// First retry delay of a pending inbound envelope (doubling up to [`PENDING_RETRY_MAX`]).
+pub(super) const PENDING_RETRY_MIN: Duration = Duration::from_secs(1);
+
+/// Longest retry delay of a pending inbound envelope.
+pub(super) const PENDING_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// How long a pending inbound envelope waits for its sender's device list before it gets
+/// a final verdict ([`crate::machine::UndecryptableCause::DeviceListUnavailable`]).
+pub(super) const PENDING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+impl<S: Store> Inner<S> {
+    pub(super) async fn handle_deliver(&self, seq: u64, envelope: &[u8]) -> Result<(), ClientError> {
+        let mut refreshed = false;
+        let mut conflicts = 0;
+        let mut accept_handled = false;
+        loop {
+            let mut m = self.machine.lock().await;
+            match m.receive_envelope(seq, envelope, refreshed) {
+                Inbound::Need(Need::DeviceList(a)) => {
+                    drop(m);
+                    match self.refresh_device_list(a).await {
+                        Ok(()) => {}
+                        Err(e) if is_final(&e) => {}
+                        // Transient (network, timeout, a retryable relay error, the store):
+                        // no verdict. Kept in the pending-inbound table and retried.
+                        Err(e) => return self.put_aside(seq, envelope, a, e).await,
+                    }
+                    refreshed = true;
+                }
+                Inbound::Defer { sender } => {
+                    drop(m);
+                    return self
+                        .put_aside(seq, envelope, sender, ClientError::Store(StoreError::Conflict))
+                        .await;
+                }
+                Inbound::Need(Need::Bundles(..)) => refreshed = true,
+                Inbound::LinkAccept {
+                    changes,
+                    sender,
+                    payload,
+                } => {
+                    if !accept_handled {
+                        // Opened (account key, contacts) before the seq is committed, so a
+                        // crash in between leaves the answer in the mailbox.
+                        drop(m);
+                        accept_handled = true;
+                        let _ = self.handle_link_accept(sender, &payload).await;
+                        continue;
+                    }
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(_) => {}
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    return Ok(());
+                }
+                Inbound::LinkRequest {
+                    changes,
+                    sender,
+                    payload,
+                } => {
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(_) => {}
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    drop(m);
+                    // A request that does not verify, or a relay that refuses the new
+                    // list, leaves the account as it was.
+                    let _ = self.handle_link_request(sender, &payload).await;
+                    return Ok(());
+                }
+                Inbound::Done { changes, events } => {
+                    let consumed = changes.prekeys_removed.len() as u32;
+                    // Deferred: the envelope is acked only after the next `sync`, so if a
+                    // power loss undoes this commit the relay delivers it again.
+                    match self.commit_locked_as(&mut m, changes, true).await {
+                        Ok(c) => {
+                            drop(m);
+                            self.after_inbound(c, events, consumed).await;
+                            return Ok(());
+                        }
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps an envelope that got no verdict (`why`) in the pending-inbound table, so it
+    /// can be acked; when the table is full returns `why` (not acked: the relay keeps it).
+    pub(super) async fn put_aside(
+        &self,
+        seq: u64,
+        envelope: &[u8],
+        sender: AccountId,
+        why: ClientError,
+    ) -> Result<(), ClientError> {
+        for _ in 0..=MAX_CONFLICT_RETRIES {
+            let mut m = self.machine.lock().await;
+            let Some(changes) = m.defer(seq, envelope, sender, now_ms()) else {
+                return Err(why);
+            };
+            match self.commit_locked_as(&mut m, changes, true).await {
+                Ok(_) => return Ok(()),
+                Err(ClientError::Store(StoreError::Conflict)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(why)
+    }
+
+    /// After an inbound commit: orders and emits the events, queues receipts, refills
+    /// prekeys when enough were used.
+    pub(super) async fn after_inbound(&self, c: Committed, events: Vec<Event>, consumed: u32) {
+        let events: Vec<Event> = events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::MessageReceived(mut msg) => {
+                    let order = c.inserted.iter().find(|(id, _)| *id == msg.id)?.1;
+                    msg.order = order;
+                    Some(Event::MessageReceived(msg))
+                }
+                other => Some(other),
+            })
+            .collect();
+        {
+            let mut pending = self.receipts.lock().await;
+            for e in &events {
+                if let Event::MessageReceived(msg) = e
+                    && msg.status == crate::store::MessageStatus::Received
+                {
+                    let ids = pending.entry(msg.conversation).or_default();
+                    if ids.len() < crate::content::MAX_RECEIPTS {
+                        ids.push(msg.id);
+                    }
+                }
+            }
+        }
+        self.emit(events).await;
+        if consumed > 0 && self.consumed.fetch_add(consumed, Ordering::SeqCst) + consumed >= REFILL_AFTER {
+            self.consumed.store(0, Ordering::SeqCst);
+            let _ = self.refill_prekeys().await;
+        }
+    }
+
+    /// Retries the envelopes in the pending-inbound table whose time has come: the oldest
+    /// of each sender first, a sender's later ones only after it. One whose sender's list
+    /// still cannot be fetched waits longer (exponential backoff); one that waited
+    /// [`PENDING_MAX_AGE`] gets its verdict as an event. Returns false when the store failed.
+    pub(crate) async fn retry_pending(&self) -> bool {
+        if self.machine.lock().await.pending_len() == 0 {
+            return true;
+        }
+        let Ok(items) = self.store.pending_inbound().await else {
+            return false;
+        };
+        let mut blocked = std::collections::BTreeSet::new();
+        for p in items {
+            if blocked.contains(&p.sender) {
+                continue;
+            }
+            let due = {
+                let backoff = self.pending_backoff.lock().unwrap_or_else(|e| e.into_inner());
+                backoff.get(&p.digest).is_none_or(|(_, at)| *at <= Instant::now())
+            };
+            if !due {
+                blocked.insert(p.sender);
+                continue;
+            }
+            match self.retry_one(&p).await {
+                Ok(true) => {
+                    self.pending_backoff
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&p.digest);
+                }
+                Ok(false) => {
+                    blocked.insert(p.sender);
+                    let mut backoff = self.pending_backoff.lock().unwrap_or_else(|e| e.into_inner());
+                    let attempts = backoff.get(&p.digest).map_or(0, |(n, _)| *n).saturating_add(1);
+                    let delay = PENDING_RETRY_MIN
+                        .saturating_mul(1 << attempts.min(16))
+                        .min(PENDING_RETRY_MAX);
+                    backoff.insert(p.digest, (attempts, Instant::now() + delay));
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// One attempt at a pending envelope: true when it left the table.
+    pub(super) async fn retry_one(&self, p: &crate::store::PendingInbound) -> Result<bool, ClientError> {
+        let mut refreshed = false;
+        let mut conflicts = 0;
+        let mut accept_handled = false;
+        loop {
+            let mut m = self.machine.lock().await;
+            match m.receive_pending(p, refreshed) {
+                Inbound::Need(Need::DeviceList(a)) => {
+                    drop(m);
+                    match self.refresh_device_list(a).await {
+                        Ok(()) => {}
+                        Err(e) if is_final(&e) => {}
+                        Err(_) if now_ms().saturating_sub(p.first_seen_ms) < PENDING_MAX_AGE.as_millis() as u64 => {
+                            return Ok(false);
+                        }
+                        Err(_) => {
+                            let mut m = self.machine.lock().await;
+                            let (changes, event) = m.expire_pending(p);
+                            self.commit_locked(&mut m, changes).await?;
+                            drop(m);
+                            self.emit(vec![event]).await;
+                            return Ok(true);
+                        }
+                    }
+                    refreshed = true;
+                }
+                Inbound::Need(Need::Bundles(..)) | Inbound::Defer { .. } => refreshed = true,
+                Inbound::LinkAccept {
+                    changes,
+                    sender,
+                    payload,
+                } => {
+                    if !accept_handled {
+                        // Opened (account key, contacts) before the seq is committed, so a
+                        // crash in between leaves the answer in the mailbox.
+                        drop(m);
+                        accept_handled = true;
+                        let _ = self.handle_link_accept(sender, &payload).await;
+                        continue;
+                    }
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(_) => {}
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    return Ok(true);
+                }
+                Inbound::LinkRequest {
+                    changes,
+                    sender,
+                    payload,
+                } => {
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(_) => {}
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    drop(m);
+                    let _ = self.handle_link_request(sender, &payload).await;
+                    return Ok(true);
+                }
+                Inbound::Done { changes, events } => {
+                    let consumed = changes.prekeys_removed.len() as u32;
+                    match self.commit_locked(&mut m, changes).await {
+                        Ok(c) => {
+                            drop(m);
+                            self.after_inbound(c, events, consumed).await;
+                            return Ok(true);
+                        }
+                        Err(ClientError::Store(StoreError::Conflict)) if conflicts < MAX_CONFLICT_RETRIES => {
+                            conflicts += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues the pending delivery receipts (one batch per sender account).
+    pub(super) async fn flush_receipts(&self) {
+        let pending = std::mem::take(&mut *self.receipts.lock().await);
+        for (to, ids) in pending {
+            let _ = self.transact(|m| Ok((m.queue_receipt(to, &ids, now_ms()), ()))).await;
+        }
+    }
+
+    /// A random delay before a batch of receipts goes out.
+    pub(super) fn receipt_delay(&self) -> Duration {
+        let mut rng = self.net_rng.lock().unwrap_or_else(|e| e.into_inner());
+        uniform(&mut rng, &self.options.receipt_delay)
+    }
+
+    /// Syncs the store, so the deliveries committed deferred are durable, then acks them
+    /// with one cumulative ack. False when either fails: the connection is dropped and the
+    /// relay delivers them again.
+    pub(super) async fn ack(&self, socket: &mut Socket, unacked: &mut Unacked) -> bool {
+        let Some(seq) = unacked.seq.take() else {
+            return true;
+        };
+        unacked.count = 0;
+        // Under the machine lock, like every commit, so it never races one.
+        let synced = {
+            let _m = self.machine.lock().await;
+            self.store.sync().await.is_ok()
+        };
+        synced && socket.send(&Frame::Ack { seq }).await.is_ok()
+    }
+}
+
+/// The deliveries processed on a connection and not acked yet.
+#[derive(Default)]
+pub(super) struct Unacked {
+    /// The highest seq processed.
+    pub(super) seq: Option<u64>,
+    pub(super) count: usize,
+}

@@ -1,0 +1,522 @@
+//! The outbox: preparing items per recipient device, the send window and lanes (one
+//! recipient's trouble never holds up another's), send outcomes and retries.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::RngCore;
+use sotto_crypto::AccountId;
+use sotto_proto::{ErrorCode, Frame, Send, SendOutcome};
+
+use super::error::{ClientError, is_relay_wide};
+use super::{ClientOptions, Inner, now_ms};
+use crate::machine::{Need, RetryPolicy, SendPlan, record_failure};
+use crate::rt::Instant;
+use crate::store::{OutboxItem, Store, StoreError};
+use crate::transport::{Socket, TransportError};
+
+/// Attempts to send one outbox item before it is given up.
+pub(super) const MAX_SEND_ATTEMPTS: u32 = 8;
+
+/// Sends in flight on one connection (the relay pipelines up to 32).
+pub(super) const SEND_WINDOW: usize = 16;
+
+/// Outbox items read per look for sendable lanes.
+pub(super) const OUTBOX_SCAN: u32 = 1024;
+
+/// What preparing an outbox item for sending came to.
+pub(super) enum Prepared {
+    /// Encrypted (and committed): send these.
+    Ready(Vec<sotto_proto::Recipient>),
+    /// The relay could not be reached: not the item's fault; try again later.
+    Offline,
+    /// The item failed this time (for example every device of the contact is out of
+    /// prekeys): counts towards its bound, retried after a backoff.
+    Failed { code: &'static str, reason: String },
+    /// The item can never be sent.
+    GiveUp { code: &'static str, reason: String },
+}
+
+/// A send lane: the recipient account, and whether the items are receipts. Order is kept
+/// within a lane, never across lanes, so one recipient never holds up another; receipt
+/// lanes come after message lanes.
+pub(super) type Lane = (AccountId, bool);
+
+pub(super) fn lane_of(item: &OutboxItem) -> Lane {
+    let receipt = crate::content::Content::decode(&item.content)
+        .is_ok_and(|c| matches!(c.kind, crate::content::ContentKind::Delivered { .. }));
+    (item.to, receipt)
+}
+
+/// One outbox item being sent: the frame ids of its parts still waiting for an answer.
+pub(super) struct InFlight {
+    /// The part for other accounts, on the anonymous connection.
+    pub(super) anon: Option<u64>,
+    /// The sync transcripts, on the authenticated connection.
+    pub(super) auth: Option<u64>,
+    pub(super) item: OutboxItem,
+    pub(super) lane: Lane,
+}
+
+/// The anonymous connection (sealed sender): its own frame ids, starting at a random
+/// value, and a random lifetime after which it is replaced. It lives across
+/// reconnects of the authenticated connection.
+pub(super) struct Anon {
+    pub(super) socket: Socket,
+    pub(super) next_id: u64,
+    pub(super) expires: Instant,
+}
+
+/// A uniform draw from `range` (its start when empty).
+pub(super) fn uniform(rng: &mut ChaCha20Rng, range: &std::ops::Range<Duration>) -> Duration {
+    let lo = range.start.as_millis() as u64;
+    let hi = range.end.as_millis() as u64;
+    if hi <= lo {
+        return range.start;
+    }
+    Duration::from_millis(lo + rng.next_u64() % (hi - lo + 1))
+}
+
+/// A random first frame id: below 2^62, so counting up never wraps.
+pub(super) fn first_frame_id(rng: &mut ChaCha20Rng) -> u64 {
+    rng.next_u64() >> 2
+}
+
+/// The sending state of one authenticated connection: up to [`SEND_WINDOW`] items in
+/// flight over both connections. The relay stores and answers each connection's sends
+/// in order.
+pub(super) struct Sending {
+    pub(super) in_flight: VecDeque<InFlight>,
+    /// Lanes where an item failed while later ones were in flight: nothing new starts in
+    /// them until those answered, so the failed item goes again first.
+    pub(super) held: std::collections::HashSet<Lane>,
+    /// The next frame id on the authenticated connection.
+    pub(super) auth_next_id: u64,
+    /// When the outbox is read again without a wake-up (the earliest backoff end).
+    pub(super) retry_at: Option<Instant>,
+    /// Something changed (an answer, a new item): read the outbox again.
+    pub(super) dirty: bool,
+    /// The relay could not be reached: nothing is prepared before this.
+    pub(super) offline_until: Option<Instant>,
+    /// When the authenticated connection came up (Unix ms); an item's failing time
+    /// counts from here at the earliest.
+    pub(super) online_since_ms: u64,
+    /// No anonymous connection is opened before this (a random delay after AuthOk).
+    pub(super) anon_not_before: Instant,
+}
+
+impl Sending {
+    pub(super) fn new(rng: &mut ChaCha20Rng, options: &ClientOptions) -> Self {
+        Self {
+            in_flight: VecDeque::new(),
+            held: Default::default(),
+            auth_next_id: first_frame_id(rng),
+            retry_at: None,
+            dirty: true,
+            offline_until: None,
+            online_since_ms: now_ms(),
+            anon_not_before: Instant::now() + uniform(rng, &options.anonymous_open_delay),
+        }
+    }
+
+    /// Wakes the sender at `t` at the latest.
+    pub(super) fn retry_by(&mut self, t: Instant) {
+        self.retry_at = Some(self.retry_at.map_or(t, |r| r.min(t)));
+    }
+
+    /// Releases held lanes with nothing in flight any more.
+    pub(super) fn release(&mut self) {
+        let in_flight = &self.in_flight;
+        self.held.retain(|l| in_flight.iter().any(|f| f.lane == *l));
+    }
+}
+
+impl<S: Store> Inner<S> {
+    /// Sorts a failure while preparing a send: the relay out of reach is not the item's
+    /// fault; a relay answer about the recipient is.
+    pub(super) fn classify(e: ClientError) -> Prepared {
+        match e {
+            ClientError::Transport(TransportError::Relay { code, .. }) if !code.is_retryable() => Prepared::GiveUp {
+                code: code.name(),
+                reason: format!("the relay refused: {code:?}"),
+            },
+            ClientError::DeviceList(e) => Prepared::GiveUp {
+                code: "DEVICE_LIST",
+                reason: e.to_string(),
+            },
+            ClientError::Machine(e) => Prepared::GiveUp {
+                code: "ENCRYPT",
+                reason: e.to_string(),
+            },
+            // Unreachable relay, timeouts, busy or rate-limited relay, store conflicts.
+            _ => Prepared::Offline,
+        }
+    }
+
+    /// Encrypts an item for every reachable device. A listed device the relay holds no
+    /// prekeys for is left out of this send (docs/protocol.md §13.7); when that is every
+    /// device of the contact, the item failed this time.
+    pub(super) async fn prepare(&self, item: &OutboxItem) -> Prepared {
+        let mut skip: Vec<crate::store::PeerDevice> = Vec::new();
+        for _ in 0..MAX_SEND_ATTEMPTS {
+            let needs = {
+                let mut m = self.machine.lock().await;
+                if !skip.is_empty()
+                    && m.device_list(&item.to)
+                        .is_some_and(|l| l.devices().iter().all(|d| skip.contains(&(item.to, d.device_id))))
+                {
+                    return Prepared::Failed {
+                        code: ErrorCode::NO_PREKEYS.name(),
+                        reason: "no device of the contact can be reached (no prekeys)".into(),
+                    };
+                }
+                match m.prepare_send(item, &skip) {
+                    Ok(SendPlan::Ready { changes, recipients }) => match self.commit_locked(&mut m, changes).await {
+                        Ok(_) => return Prepared::Ready(recipients),
+                        Err(ClientError::Store(StoreError::Conflict)) => continue,
+                        Err(_) => return Prepared::Offline,
+                    },
+                    Ok(SendPlan::Need(needs)) => needs,
+                    Err(e) => return Self::classify(e.into()),
+                }
+            };
+            for need in needs {
+                let r = match need {
+                    Need::DeviceList(a) => self.refresh_device_list(a).await,
+                    Need::Bundles(a, d) => match self.fetch_bundles(a, d).await {
+                        Ok(unreachable) => {
+                            skip.extend(unreachable.into_iter().map(|d| (a, d)));
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                if let Err(e) = r {
+                    return Self::classify(e);
+                }
+            }
+        }
+        Prepared::Failed {
+            code: "BAD_BUNDLE",
+            reason: "no session could be set up with every device".into(),
+        }
+    }
+
+    /// Gives an item up: removed from the outbox, the message marked failed.
+    pub(super) async fn give_up(&self, item: &OutboxItem, code: &'static str, retryable: bool, reason: String) {
+        let ev = {
+            let mut m = self.machine.lock().await;
+            let (changes, ev) = m.give_up(item, code, retryable, reason);
+            let _ = self.commit_locked(&mut m, changes).await;
+            ev
+        };
+        self.emit(ev.into_iter().collect()).await;
+    }
+
+    /// Records a failed attempt the item is to blame for: it waits for its backoff, or
+    /// is given up (`Failed { retryable: true }`) once it failed for
+    /// [`ClientOptions::send_give_up_after`]. `at_once` retries without a backoff (the
+    /// first answers about a changed device set, now fixed).
+    pub(super) async fn failed_attempt(
+        &self,
+        tx: &mut Sending,
+        item: &OutboxItem,
+        code: &'static str,
+        reason: String,
+        at_once: bool,
+    ) {
+        let policy = RetryPolicy {
+            give_up_after_ms: self.options.send_give_up_after.as_millis() as u64,
+            backoff_min_ms: self.options.send_backoff_min.as_millis() as u64,
+            backoff_max_ms: self.options.send_backoff_max.as_millis() as u64,
+        };
+        let jitter = self.net_rng.lock().unwrap_or_else(|e| e.into_inner()).next_u64();
+        let now = now_ms();
+        match record_failure(item, now, tx.online_since_ms, &policy, jitter) {
+            None => self.give_up(item, code, true, reason).await,
+            Some(mut next) => {
+                if at_once {
+                    next.not_before_ms = now;
+                }
+                let wait = Duration::from_millis(next.not_before_ms.saturating_sub(now));
+                let _ = self.transact(|m| Ok((m.retry_later(next.clone()), ()))).await;
+                tx.retry_by(Instant::now() + wait);
+            }
+        }
+    }
+
+    /// Handles the answer to one part of a send. Returns false when the store failed
+    /// (the connection is then restarted).
+    pub(super) async fn handle_result(&self, tx: &mut Sending, r: sotto_proto::SendResult, anonymous: bool) -> bool {
+        let Some(i) = tx.in_flight.iter().position(|f| {
+            if anonymous {
+                f.anon == Some(r.message_id)
+            } else {
+                f.auth == Some(r.message_id)
+            }
+        }) else {
+            return true;
+        };
+        tx.dirty = true;
+        let ok = match r.outcome {
+            SendOutcome::Stored { .. } => {
+                let Some(f) = tx.in_flight.get_mut(i) else { return true };
+                if anonymous {
+                    f.anon = None;
+                } else {
+                    f.auth = None;
+                }
+                if f.anon.is_some() || f.auth.is_some() {
+                    return true;
+                }
+                let Some(f) = tx.in_flight.remove(i) else { return true };
+                let ev = {
+                    let mut m = self.machine.lock().await;
+                    let (changes, ev) = m.mark_sent(&f.item);
+                    if self.commit_locked(&mut m, changes).await.is_err() {
+                        return false;
+                    }
+                    ev
+                };
+                self.emit(ev.into_iter().collect()).await;
+                true
+            }
+            SendOutcome::DeviceMismatch { device_lists } => {
+                let Some(f) = tx.in_flight.remove(i) else { return true };
+                self.hold(tx, &f);
+                match self.handle_mismatch(&f.item, &device_lists).await {
+                    Err(ClientError::DeviceList(e)) => {
+                        self.give_up(&f.item, "DEVICE_LIST", false, e.to_string()).await;
+                    }
+                    _ => {
+                        // The fixed set usually goes through at once; a set that keeps
+                        // changing backs off like any failure.
+                        let at_once = f.item.attempts < 3;
+                        let reason = "the device set kept changing".to_owned();
+                        self.failed_attempt(tx, &f.item, "DEVICE_SET_CHANGING", reason, at_once)
+                            .await;
+                    }
+                }
+                true
+            }
+            SendOutcome::Rejected { code } if is_relay_wide(code) => {
+                // The relay is busy or limits this device: not the item's fault.
+                let Some(f) = tx.in_flight.remove(i) else { return true };
+                self.hold(tx, &f);
+                let t = Instant::now() + self.options.backoff_min.max(Duration::from_millis(200));
+                tx.offline_until = Some(t);
+                tx.retry_by(t);
+                true
+            }
+            SendOutcome::Rejected { code } if code.is_retryable() => {
+                // About the recipient (a full mailbox): counts towards the item's bound.
+                let Some(f) = tx.in_flight.remove(i) else { return true };
+                self.hold(tx, &f);
+                let reason = format!("the relay refused: {code:?}");
+                self.failed_attempt(tx, &f.item, code.name(), reason, false).await;
+                true
+            }
+            SendOutcome::Rejected { code } => {
+                let Some(f) = tx.in_flight.remove(i) else { return true };
+                self.hold(tx, &f);
+                self.give_up(&f.item, code.name(), false, format!("the relay refused: {code:?}"))
+                    .await;
+                true
+            }
+            _ => true,
+        };
+        tx.release();
+        ok
+    }
+
+    /// After a failure of `f`, holds its lane while later items of it are in flight.
+    pub(super) fn hold(&self, tx: &mut Sending, f: &InFlight) {
+        if tx.in_flight.iter().any(|g| g.lane == f.lane) {
+            tx.held.insert(f.lane);
+        }
+    }
+
+    /// Starts sending outbox items while the window has room, lane by lane (message
+    /// lanes before receipt lanes): an item waiting for its backoff holds up only the
+    /// items behind it to the same recipient. Envelopes for other accounts go over the
+    /// anonymous connection (sealed sender, docs/protocol.md §13.8); sync transcripts
+    /// for this account's other devices over the authenticated one. Returns false when
+    /// the authenticated socket failed.
+    pub(super) async fn fill_window(&self, tx: &mut Sending, socket: &mut Socket, anon: &mut Option<Anon>) -> bool {
+        let now = Instant::now();
+        if tx.retry_at.is_some_and(|t| t <= now) {
+            tx.retry_at = None;
+            tx.dirty = true;
+        }
+        if !tx.dirty || tx.in_flight.len() >= SEND_WINDOW {
+            return true;
+        }
+        if let Some(t) = tx.offline_until {
+            if t > now {
+                tx.retry_by(t);
+                return true;
+            }
+            tx.offline_until = None;
+        }
+        // An anonymous connection past its lifetime is replaced once its answers are in.
+        if anon.as_ref().is_some_and(|a| a.expires <= now) {
+            if tx.in_flight.iter().any(|f| f.anon.is_some()) {
+                return true;
+            }
+            if let Some(mut a) = anon.take() {
+                a.socket.close().await;
+            }
+        }
+        tx.dirty = false;
+        // The outbox is read from its start, further only while the lanes read so far
+        // are held up (the common case reads a window's worth).
+        let mut limit = (tx.in_flight.len() + SEND_WINDOW) as u32;
+        let mut closed = tx.held.clone();
+        loop {
+            let Ok(items) = self.store.outbox(limit).await else {
+                tx.retry_by(now + self.options.backoff_min);
+                return true;
+            };
+            let more = items.len() as u32 == limit && limit < OUTBOX_SCAN;
+            if !self.fill_from(tx, socket, anon, &items, &mut closed).await {
+                return false;
+            }
+            if !more || tx.in_flight.len() >= SEND_WINDOW || tx.offline_until.is_some() {
+                return true;
+            }
+            limit = limit.saturating_mul(4).min(OUTBOX_SCAN);
+        }
+    }
+
+    /// [`Self::fill_window`] over the items read: starts those whose lane is open.
+    pub(super) async fn fill_from(
+        &self,
+        tx: &mut Sending,
+        socket: &mut Socket,
+        anon: &mut Option<Anon>,
+        items: &[OutboxItem],
+        closed: &mut std::collections::HashSet<Lane>,
+    ) -> bool {
+        let now = Instant::now();
+        if items.iter().all(|i| tx.in_flight.iter().any(|f| f.item.id == i.id)) {
+            return true;
+        }
+        if anon.is_none() {
+            // Not right after authenticating (docs/protocol.md §13.8).
+            if tx.anon_not_before > now {
+                tx.retry_by(tx.anon_not_before);
+                return true;
+            }
+            match self.relay.connect_anonymous().await {
+                Ok(socket) => {
+                    let mut rng = self.net_rng.lock().unwrap_or_else(|e| e.into_inner());
+                    *anon = Some(Anon {
+                        socket,
+                        next_id: first_frame_id(&mut rng),
+                        expires: Instant::now() + uniform(&mut rng, &self.options.anonymous_lifetime),
+                    });
+                }
+                Err(_) => {
+                    let t = Instant::now() + self.options.backoff_min.max(Duration::from_secs(1));
+                    tx.offline_until = Some(t);
+                    tx.retry_by(t);
+                    return true;
+                }
+            }
+        }
+        let own = self.device.account_id();
+        let now_ms = now_ms();
+        let lanes: Vec<Lane> = items.iter().map(lane_of).collect();
+        // Messages first, then receipts.
+        for receipts in [false, true] {
+            for (item, lane) in items.iter().zip(&lanes) {
+                if lane.1 != receipts || closed.contains(lane) {
+                    continue;
+                }
+                if tx.in_flight.iter().any(|f| f.item.id == item.id) {
+                    continue;
+                }
+                if tx.in_flight.len() >= SEND_WINDOW {
+                    return true;
+                }
+                if item.not_before_ms > now_ms {
+                    closed.insert(*lane);
+                    tx.retry_by(now + Duration::from_millis(item.not_before_ms - now_ms));
+                    continue;
+                }
+                let recipients = match self.prepare(item).await {
+                    Prepared::Ready(r) => r,
+                    Prepared::Offline => {
+                        let t = Instant::now() + self.options.backoff_min.max(Duration::from_secs(1));
+                        tx.offline_until = Some(t);
+                        tx.retry_by(t);
+                        tx.dirty = true;
+                        return true;
+                    }
+                    Prepared::Failed { code, reason } => {
+                        closed.insert(*lane);
+                        self.failed_attempt(tx, item, code, reason, false).await;
+                        continue;
+                    }
+                    Prepared::GiveUp { code, reason } => {
+                        self.give_up(item, code, false, reason).await;
+                        continue;
+                    }
+                };
+                let (mine, theirs): (Vec<_>, Vec<_>) = recipients.into_iter().partition(|r| r.account_id == own);
+                let mut f = InFlight {
+                    auth: None,
+                    anon: None,
+                    item: item.clone(),
+                    lane: *lane,
+                };
+                if !theirs.is_empty() {
+                    let sent = match anon.as_mut() {
+                        Some(a) => {
+                            let id = a.next_id;
+                            a.next_id = a.next_id.wrapping_add(1);
+                            f.anon = Some(id);
+                            a.socket
+                                .send(&Frame::Send(Send {
+                                    message_id: id,
+                                    recipients: theirs,
+                                }))
+                                .await
+                                .is_ok()
+                        }
+                        None => false,
+                    };
+                    if !sent {
+                        // The item stays in the outbox and is encrypted again next time.
+                        *anon = None;
+                        tx.in_flight.retain(|f| f.anon.is_none());
+                        tx.release();
+                        let t = Instant::now() + self.options.backoff_min;
+                        tx.offline_until = Some(t);
+                        tx.retry_by(t);
+                        tx.dirty = true;
+                        return true;
+                    }
+                }
+                if !mine.is_empty() {
+                    let id = tx.auth_next_id;
+                    tx.auth_next_id = tx.auth_next_id.wrapping_add(1);
+                    let frame = Frame::Send(Send {
+                        message_id: id,
+                        recipients: mine,
+                    });
+                    if socket.send(&frame).await.is_err() {
+                        return false;
+                    }
+                    f.auth = Some(id);
+                }
+                if f.anon.is_none() && f.auth.is_none() {
+                    continue;
+                }
+                tx.in_flight.push_back(f);
+            }
+        }
+        true
+    }
+}
