@@ -449,7 +449,7 @@ impl<S: Store> PendingJoin<S> {
         //    and connect: the answer and anything else are processed by the client in
         //    mailbox order, and acknowledged only then.
         let pk = pickle_key(&self.key);
-        let new = Machine::new_linked_device(None, self.device, list, self.relay.url(), &mut self.rng, &pk)?;
+        let new = Machine::new_linked_device(None, self.device, list, self.relay.url(), now_ms(), &mut self.rng, &pk)?;
         self.store.commit(new.changes).await?;
         let mut client = Client::start(self.store, self.key, self.rng, self.options).await?;
         client

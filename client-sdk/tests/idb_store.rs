@@ -114,6 +114,7 @@ fn account(seq: u64) -> AccountRecord {
         next_kem_id: 21,
         last_seq: seq,
         mailbox_epoch: None,
+        prekeys_unsent: false,
     }
 }
 

@@ -16,6 +16,10 @@ use crate::rt::{self, Instant};
 use crate::store::Store;
 use crate::transport::{Socket, TransportError};
 
+/// How often a connected client checks its prekeys (refills and rotation) besides at
+/// every connect.
+const PREKEY_CHECK: Duration = Duration::from_secs(3600);
+
 impl<S: Store> Inner<S> {
     pub(super) async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = self.options.backoff_min;
@@ -101,6 +105,8 @@ impl<S: Store> Inner<S> {
             Sending::new(&mut rng, &self.options)
         };
         let mut ping_at = Instant::now() + self.options.heartbeat;
+        // A long-lived connection still rotates the signed and last-resort prekeys.
+        let mut prekeys_at = Instant::now() + PREKEY_CHECK;
         // Receipts go out in batches, a random delay after the first message they
         // acknowledge (never a fixed delay a watcher could pair deliveries with).
         let mut receipts_at: Option<Instant> = None;
@@ -268,6 +274,10 @@ impl<S: Store> Inner<S> {
                     }
                     if !self.retry_pending().await {
                         return false;
+                    }
+                    if Instant::now() >= prekeys_at {
+                        prekeys_at = Instant::now() + PREKEY_CHECK;
+                        let _ = self.refill_prekeys().await;
                     }
                 }
             }

@@ -2,11 +2,11 @@
 //! bundles, and this device's own prekey refills.
 
 use sotto_crypto::{AccountId, DeviceId, DeviceListError, SignedDeviceList};
-use sotto_proto::ErrorCode;
+use sotto_proto::{ErrorCode, PreKeyUpload};
 
-use super::Inner;
 use super::error::ClientError;
-use crate::machine::Event;
+use super::{Inner, now_ms};
+use crate::machine::{Event, bundle_is_fresh};
 use crate::store::{OutboxItem, Store};
 use crate::transport::TransportError;
 
@@ -63,7 +63,15 @@ impl<S: Store> Inner<S> {
         let mut unreachable = Vec::new();
         for d in devices {
             match self.relay.bundle(&self.device, &account, d).await {
-                Ok(b) => bundles.extend(b),
+                // A device whose keys are stale is skipped like one without prekeys.
+                Ok(b) => {
+                    let now = now_ms();
+                    if b.iter().all(|b| bundle_is_fresh(b, now)) {
+                        bundles.extend(b);
+                    } else {
+                        unreachable.push(d);
+                    }
+                }
                 Err(TransportError::Relay { code, .. }) if code == ErrorCode::UNKNOWN_DEVICE => {
                     self.refresh_device_list(account).await?;
                 }
@@ -71,7 +79,8 @@ impl<S: Store> Inner<S> {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.transact(|m| Ok((m.receive_bundles(&account, &bundles)?, ())))
+        let now = now_ms();
+        self.transact(|m| Ok((m.receive_bundles(&account, &bundles, now)?, ())))
             .await?;
         Ok(unreachable)
     }
@@ -80,13 +89,19 @@ impl<S: Store> Inner<S> {
         let counts = self.relay.prekey_counts(&self.device).await?;
         let upload = {
             let mut m = self.machine.lock().await;
-            let Some((changes, upload)) = m.refill_prekeys(&counts)? else {
+            let Some((changes, upload)) = m.refill_prekeys(&counts, now_ms())? else {
                 return Ok(());
             };
             self.commit_locked(&mut m, changes).await?;
             upload
         };
-        self.relay.put_prekeys(&self.device, &upload).await?;
+        if upload != PreKeyUpload::default() {
+            self.relay.put_prekeys(&self.device, &upload).await?;
+        }
+        if upload.signed_prekey.is_some() || upload.last_resort_kem_prekey.is_some() {
+            self.transact(|m| Ok((m.prekeys_sent().unwrap_or_default(), ())))
+                .await?;
+        }
         Ok(())
     }
 

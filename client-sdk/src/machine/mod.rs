@@ -54,8 +54,11 @@ pub use outbound::{RetryPolicy, record_failure};
 pub use outputs::{
     CONTENT_LINK_ACCEPT, CONTENT_LINK_REQUEST, Event, Inbound, MachineError, Need, SendPlan, UndecryptableCause,
 };
-pub use prekeys::{KEM_BATCH, KEM_LOW, LAST_RESORT_KEM_ID, ONE_TIME_BATCH, ONE_TIME_LOW};
-use prekeys::{kem_prekeys, one_time_prekeys};
+pub use prekeys::{
+    KEM_BATCH, KEM_LOW, LAST_RESORT_KEM_ID, MAX_PREKEY_AGE_MS, MAX_PREKEY_AHEAD_MS, ONE_TIME_BATCH, ONE_TIME_LOW,
+    PREKEY_GRACE_MS, PREKEY_ROTATION_MS, bundle_is_fresh, prekey_created_ms,
+};
+use prekeys::{kem_prekeys, next_last_resort_id, next_signed_id, one_time_prekeys};
 
 /// One active plus up to ten inactive sessions per remote device.
 pub const MAX_SESSIONS_PER_DEVICE: usize = 11;
@@ -175,7 +178,15 @@ impl Machine {
         let account_key = AccountKey::generate(rng);
         let device = Device::generate(account_key.account_id(), DeviceId(1), rng);
         let device_list = account_key.sign_device_list(1, now_ms, vec![device.entry()])?;
-        Self::first_state(Some(account_key), device, device_list, relay_url, rng, pickle_key)
+        Self::first_state(
+            Some(account_key),
+            device,
+            device_list,
+            relay_url,
+            now_ms,
+            rng,
+            pickle_key,
+        )
     }
 
     /// The state of a device that was just added to an existing account (linking): the
@@ -185,10 +196,11 @@ impl Machine {
         device: Device,
         device_list: DeviceList,
         relay_url: &str,
+        now_ms: u64,
         rng: &mut ChaCha20Rng,
         pickle_key: &PickleKey,
     ) -> Result<NewAccount, MachineError> {
-        Self::first_state(account_key, device, device_list, relay_url, rng, pickle_key)
+        Self::first_state(account_key, device, device_list, relay_url, now_ms, rng, pickle_key)
     }
 
     fn first_state(
@@ -196,21 +208,25 @@ impl Machine {
         device: Device,
         device_list: DeviceList,
         relay_url: &str,
+        now_ms: u64,
         rng: &mut ChaCha20Rng,
         pickle_key: &PickleKey,
     ) -> Result<NewAccount, MachineError> {
         let mut changes = Changes::default();
         let mut upload = PreKeyUpload::default();
-        let spk = device.generate_signed_prekey(1, rng);
-        changes
-            .prekeys_added
-            .push(((PreKeyKind::Signed as u8, 1), spk.pickle(pickle_key, rng)));
+        let signed_prekey_id = next_signed_id(now_ms, None);
+        let spk = device.generate_signed_prekey(signed_prekey_id, rng);
+        changes.prekeys_added.push((
+            (PreKeyKind::Signed as u8, signed_prekey_id),
+            spk.pickle(pickle_key, rng),
+        ));
         upload.signed_prekey = Some(spk.public().clone());
         one_time_prekeys(&device, 1, ONE_TIME_BATCH, rng, pickle_key, &mut changes, &mut upload);
         kem_prekeys(&device, 1, KEM_BATCH, rng, pickle_key, &mut changes, &mut upload);
-        let lr = device.generate_kem_prekey(LAST_RESORT_KEM_ID, true, rng);
+        let last_resort_id = next_last_resort_id(now_ms, None);
+        let lr = device.generate_kem_prekey(last_resort_id, true, rng);
         changes.prekeys_added.push((
-            (PreKeyKind::KemLastResort as u8, LAST_RESORT_KEM_ID),
+            (PreKeyKind::KemLastResort as u8, last_resort_id),
             lr.pickle(pickle_key, rng),
         ));
         upload.last_resort_kem_prekey = Some(lr.public().clone());
@@ -220,11 +236,12 @@ impl Machine {
                 account_key: account_key.as_ref().map(|ak| ak.pickle(pickle_key, rng)),
                 device: device.pickle(pickle_key, rng),
                 relay_url: relay_url.to_owned(),
-                signed_prekey_id: 1,
+                signed_prekey_id,
                 next_one_time_id: 1 + ONE_TIME_BATCH,
                 next_kem_id: 1 + KEM_BATCH,
                 last_seq: 0,
                 mailbox_epoch: None,
+                prekeys_unsent: false,
             },
         });
         changes

@@ -1,8 +1,14 @@
-//! This device's prekeys: the first batch, and refills when the relay runs low.
+//! This device's prekeys: the first batch, refills when the relay runs low, and the
+//! rotation of the signed and last-resort prekeys.
+//!
+//! A signed prekey's id, and a last-resort ML-KEM prekey's id without its top bit, is
+//! the hour it was made (Unix time / 3600 s). The id is covered by the prekey's
+//! signature, so a sender can tell how old the keys of a bundle are and refuse stale
+//! ones ([`bundle_is_fresh`]) without any other field on the wire.
 
 use rand_chacha::ChaCha20Rng;
 use sotto_crypto::pickle::Pickle;
-use sotto_crypto::{Device, KemPreKeySecret, PickleKey, PreKeyKind, X25519PreKeySecret};
+use sotto_crypto::{Device, KemPreKeySecret, PickleKey, PreKeyBundle, PreKeyKind, X25519PreKeySecret};
 use sotto_proto::{PreKeyCounts, PreKeyUpload};
 
 use super::{Machine, MachineError};
@@ -20,8 +26,68 @@ pub const ONE_TIME_LOW: u32 = 30;
 /// Refill when the relay holds fewer one-time ML-KEM prekeys than this.
 pub const KEM_LOW: u32 = 5;
 
-/// The id of the last-resort ML-KEM prekey (one-time ML-KEM ids count up from 1).
+/// The top bit that marks a last-resort ML-KEM prekey id (one-time ML-KEM ids count up
+/// from 1); the other bits are the hour it was made.
 pub const LAST_RESORT_KEM_ID: u32 = 0x8000_0000;
+
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// The signed prekey and the last-resort ML-KEM prekey are replaced once they are this old.
+pub const PREKEY_ROTATION_MS: u64 = 7 * DAY_MS;
+
+/// A replaced signed or last-resort prekey's secret is kept this long after its successor
+/// was made, so first messages encrypted to it still open: longer than a relay keeps an
+/// envelope (30 days by default).
+pub const PREKEY_GRACE_MS: u64 = 35 * DAY_MS;
+
+/// A sender refuses a bundle whose signed prekey, or whose last-resort ML-KEM prekey, was
+/// made longer ago than this (its device has not rotated for weeks: it is offline or
+/// its keys were replayed by the relay).
+pub const MAX_PREKEY_AGE_MS: u64 = 30 * DAY_MS;
+
+/// ... or made more than this far ahead of the sender's clock.
+pub const MAX_PREKEY_AHEAD_MS: u64 = DAY_MS;
+
+/// The hour `now_ms` falls in, as a prekey id (at most 2^31 − 1).
+fn hour_of(now_ms: u64) -> u32 {
+    u32::try_from(now_ms / HOUR_MS).map_or(!LAST_RESORT_KEM_ID, |h| h.min(!LAST_RESORT_KEM_ID))
+}
+
+/// When a signed or last-resort prekey with this id was made (the start of its hour);
+/// `None` for one-time kinds, whose ids count up instead.
+pub fn prekey_created_ms(kind: PreKeyKind, id: u32) -> Option<u64> {
+    match kind {
+        PreKeyKind::Signed => Some(u64::from(id) * HOUR_MS),
+        PreKeyKind::KemLastResort => Some(u64::from(id & !LAST_RESORT_KEM_ID) * HOUR_MS),
+        PreKeyKind::OneTime | PreKeyKind::KemOneTime => None,
+    }
+}
+
+/// Whether a sender may use `bundle` at `now_ms`: its signed prekey, and its ML-KEM
+/// prekey when that is the last-resort one, made at most [`MAX_PREKEY_AGE_MS`] ago and at
+/// most [`MAX_PREKEY_AHEAD_MS`] ahead.
+pub fn bundle_is_fresh(bundle: &PreKeyBundle, now_ms: u64) -> bool {
+    let fresh = |kind, id| {
+        prekey_created_ms(kind, id).is_none_or(|made| {
+            made.saturating_add(MAX_PREKEY_AGE_MS) >= now_ms && made <= now_ms.saturating_add(MAX_PREKEY_AHEAD_MS)
+        })
+    };
+    fresh(bundle.signed_prekey.kind, bundle.signed_prekey.id) && fresh(bundle.kem_prekey.kind, bundle.kem_prekey.id)
+}
+
+/// The id of a signed prekey made at `now_ms`, above the current one's.
+pub(super) fn next_signed_id(now_ms: u64, current: Option<u32>) -> u32 {
+    let hour = hour_of(now_ms);
+    current.map_or(hour, |c| hour.max(c.saturating_add(1)))
+}
+
+/// The id of a last-resort ML-KEM prekey made at `now_ms`, above the current one's.
+pub(super) fn next_last_resort_id(now_ms: u64, current: Option<u32>) -> u32 {
+    let hour = hour_of(now_ms);
+    let hour = current.map_or(hour, |c| hour.max((c & !LAST_RESORT_KEM_ID).saturating_add(1)));
+    LAST_RESORT_KEM_ID | hour.min(!LAST_RESORT_KEM_ID)
+}
 
 pub(super) fn one_time_prekeys(
     device: &Device,
@@ -59,7 +125,7 @@ pub(super) fn kem_prekeys(
 }
 
 impl Machine {
-    /// A signed prekey of this device, for re-uploading it.
+    /// The current signed and last-resort prekeys of this device, for re-uploading them.
     pub(super) fn prekey_public_upload(&self) -> Result<PreKeyUpload, MachineError> {
         let mut upload = PreKeyUpload::default();
         if let Some(p) = self
@@ -68,27 +134,127 @@ impl Machine {
         {
             upload.signed_prekey = Some(X25519PreKeySecret::unpickle(p, &self.pickle_key)?.public().clone());
         }
-        if let Some(p) = self.prekeys.get(&(PreKeyKind::KemLastResort as u8, LAST_RESORT_KEM_ID)) {
+        if let Some(id) = self.last_resort_id()
+            && let Some(p) = self.prekeys.get(&(PreKeyKind::KemLastResort as u8, id))
+        {
             upload.last_resort_kem_prekey = Some(KemPreKeySecret::unpickle(p, &self.pickle_key)?.public().clone());
         }
         Ok(upload)
     }
 
-    /// Given the relay's prekey counts, new prekeys to upload (and the changes that keep
-    /// their secrets), or `None` when the relay holds enough.
-    pub fn refill_prekeys(&mut self, counts: &PreKeyCounts) -> Result<Option<(Changes, PreKeyUpload)>, MachineError> {
-        let mut upload = if counts.has_signed_prekey && counts.has_last_resort {
+    /// The current (newest) last-resort ML-KEM prekey's id.
+    fn last_resort_id(&self) -> Option<u32> {
+        self.prekey_ids(PreKeyKind::KemLastResort).last().copied()
+    }
+
+    /// The ids of this device's prekey secrets of one kind, in order.
+    fn prekey_ids(&self, kind: PreKeyKind) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .prekeys
+            .keys()
+            .filter(|(k, _)| *k == kind as u8)
+            .map(|(_, id)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Replaced signed and last-resort prekeys whose successor is older than
+    /// [`PREKEY_GRACE_MS`]: their secrets go.
+    fn expired_prekeys(&self, now_ms: u64, changes: &mut Changes) {
+        for kind in [PreKeyKind::Signed, PreKeyKind::KemLastResort] {
+            for pair in self.prekey_ids(kind).windows(2) {
+                let successor_made = prekey_created_ms(kind, pair[1]).unwrap_or(0);
+                if successor_made.saturating_add(PREKEY_GRACE_MS) <= now_ms {
+                    changes.prekeys_removed.push((kind as u8, pair[0]));
+                }
+            }
+        }
+    }
+
+    /// A new signed prekey and a new last-resort ML-KEM prekey when the current ones are
+    /// [`PREKEY_ROTATION_MS`] old (the old secrets stay for [`PREKEY_GRACE_MS`]).
+    fn rotate_prekeys(
+        &mut self,
+        now_ms: u64,
+        record: &mut crate::store::AccountRecord,
+        changes: &mut Changes,
+        upload: &mut PreKeyUpload,
+    ) {
+        let due = |kind, id: Option<u32>| {
+            id.and_then(|id| prekey_created_ms(kind, id))
+                .is_none_or(|made| made.saturating_add(PREKEY_ROTATION_MS) <= now_ms)
+        };
+        let signed =
+            Some(record.signed_prekey_id).filter(|id| self.prekeys.contains_key(&(PreKeyKind::Signed as u8, *id)));
+        if due(PreKeyKind::Signed, signed) {
+            let id = next_signed_id(now_ms, signed);
+            let spk = self.device.generate_signed_prekey(id, &mut self.rng);
+            changes.prekeys_added.push((
+                (PreKeyKind::Signed as u8, id),
+                spk.pickle(&self.pickle_key, &mut self.rng),
+            ));
+            upload.signed_prekey = Some(spk.public().clone());
+            record.signed_prekey_id = id;
+            record.prekeys_unsent = true;
+        }
+        let last_resort = self.last_resort_id();
+        if due(PreKeyKind::KemLastResort, last_resort) {
+            let id = next_last_resort_id(now_ms, last_resort);
+            let lr = self.device.generate_kem_prekey(id, true, &mut self.rng);
+            changes.prekeys_added.push((
+                (PreKeyKind::KemLastResort as u8, id),
+                lr.pickle(&self.pickle_key, &mut self.rng),
+            ));
+            upload.last_resort_kem_prekey = Some(lr.public().clone());
+            record.prekeys_unsent = true;
+        }
+    }
+
+    /// The relay confirmed an upload that carried rotated prekeys: clears the flag that
+    /// makes every refill send them again. `None` when it is clear already.
+    pub fn prekeys_sent(&self) -> Option<Changes> {
+        if !self.account.value.prekeys_unsent {
+            return None;
+        }
+        let mut record = self.account.value.clone();
+        record.prekeys_unsent = false;
+        Some(Changes {
+            account: Some(Write {
+                expected: Some(self.account.version),
+                value: record,
+            }),
+            ..Changes::default()
+        })
+    }
+
+    /// Given the relay's prekey counts and the time, new prekeys to upload (and the
+    /// changes that keep their secrets and drop expired ones), or `None` when nothing is
+    /// due. Rotates the signed and last-resort prekeys every [`PREKEY_ROTATION_MS`]. The
+    /// upload may be empty when only expired secrets go.
+    pub fn refill_prekeys(
+        &mut self,
+        counts: &PreKeyCounts,
+        now_ms: u64,
+    ) -> Result<Option<(Changes, PreKeyUpload)>, MachineError> {
+        let mut upload = if counts.has_signed_prekey && counts.has_last_resort && !self.account.value.prekeys_unsent {
             PreKeyUpload::default()
         } else {
             let all = self.prekey_public_upload()?;
             PreKeyUpload {
-                signed_prekey: all.signed_prekey.filter(|_| !counts.has_signed_prekey),
-                last_resort_kem_prekey: all.last_resort_kem_prekey.filter(|_| !counts.has_last_resort),
+                signed_prekey: all
+                    .signed_prekey
+                    .filter(|_| !counts.has_signed_prekey || self.account.value.prekeys_unsent),
+                last_resort_kem_prekey: all
+                    .last_resort_kem_prekey
+                    .filter(|_| !counts.has_last_resort || self.account.value.prekeys_unsent),
                 ..PreKeyUpload::default()
             }
         };
         let mut changes = Changes::default();
         let mut record = self.account.value.clone();
+        self.rotate_prekeys(now_ms, &mut record, &mut changes, &mut upload);
+        self.expired_prekeys(now_ms, &mut changes);
         if counts.one_time < ONE_TIME_LOW {
             one_time_prekeys(
                 &self.device,
@@ -113,7 +279,7 @@ impl Machine {
             );
             record.next_kem_id = record.next_kem_id.wrapping_add(KEM_BATCH);
         }
-        if upload == PreKeyUpload::default() {
+        if upload == PreKeyUpload::default() && changes.prekeys_removed.is_empty() {
             return Ok(None);
         }
         if record != self.account.value {

@@ -52,15 +52,24 @@ impl Machine {
     }
 
     /// Creates sessions from fetched bundles, for devices listed in the pinned list that
-    /// have no usable session. A bundle that does not verify is skipped (the device stays
-    /// without a session and the next attempt fetches again).
-    pub fn receive_bundles(&mut self, account: &AccountId, bundles: &[PreKeyBundle]) -> Result<Changes, MachineError> {
+    /// have no usable session. A bundle that does not verify, or whose keys are stale at
+    /// `now_ms` ([`super::bundle_is_fresh`]), is skipped (the device stays without a
+    /// session and the next attempt fetches again).
+    pub fn receive_bundles(
+        &mut self,
+        account: &AccountId,
+        bundles: &[PreKeyBundle],
+        now_ms: u64,
+    ) -> Result<Changes, MachineError> {
         let mut changes = Changes::default();
         let Some(list) = self.lists.get(account).cloned() else {
             return Ok(changes);
         };
         for b in bundles {
-            if b.identity.account_id != *account || self.has_usable_session(&b.identity) {
+            if b.identity.account_id != *account
+                || self.has_usable_session(&b.identity)
+                || !super::bundle_is_fresh(b, now_ms)
+            {
                 continue;
             }
             let Ok(session) = sotto_crypto::initiate(&self.device, &list, b, &mut self.rng) else {

@@ -14,6 +14,10 @@ use crate::store::{
     Page, PreKeyStore, SessionStore, Store, StoredMessage,
 };
 
+/// The tests' clock: accounts are made at T0 (1 December 2026, 00:00 UTC).
+const T0: u64 = 1_796_083_200_000;
+const DAY: u64 = 24 * 3_600_000;
+
 struct Peer {
     store: MemoryStore,
     machine: Machine,
@@ -39,7 +43,7 @@ async fn snapshot(s: &MemoryStore) -> Snapshot {
 impl Peer {
     async fn new(seed: u64) -> Peer {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let new = Machine::new_account("http://relay", 1000, &mut rng, &PickleKey::new([seed as u8; 32])).unwrap();
+        let new = Machine::new_account("http://relay", T0, &mut rng, &PickleKey::new([seed as u8; 32])).unwrap();
         let store = MemoryStore::new();
         store.commit(new.changes).await.unwrap();
         let ids = ChaCha20Rng::seed_from_u64(!seed);
@@ -99,7 +103,7 @@ async fn send(from: &mut Peer, others: &mut [&mut Peer]) -> Vec<Recipient> {
                             assert_eq!(devices, vec![DeviceId(1)]);
                             let o = others.iter_mut().find(|p| p.id() == a).unwrap();
                             let b = o.bundle();
-                            let c = from.machine.receive_bundles(&a, &[b]).unwrap();
+                            let c = from.machine.receive_bundles(&a, &[b], T0).unwrap();
                             from.commit(c).await;
                         }
                     }
@@ -369,14 +373,14 @@ async fn prekeys_are_refilled_below_the_low_mark() {
         has_signed_prekey: true,
         has_last_resort: true,
     };
-    assert!(bob.machine.refill_prekeys(&full).unwrap().is_none());
+    assert!(bob.machine.refill_prekeys(&full, T0).unwrap().is_none());
     let low = PreKeyCounts {
         one_time: 3,
         kem_one_time: 1,
         has_signed_prekey: true,
         has_last_resort: false,
     };
-    let (changes, upload) = bob.machine.refill_prekeys(&low).unwrap().unwrap();
+    let (changes, upload) = bob.machine.refill_prekeys(&low, T0).unwrap().unwrap();
     assert_eq!(upload.one_time_prekeys.len(), ONE_TIME_BATCH as usize);
     assert_eq!(upload.one_time_prekeys[0].id, 1 + ONE_TIME_BATCH);
     assert_eq!(upload.kem_prekeys.len(), KEM_BATCH as usize);
@@ -389,8 +393,136 @@ async fn prekeys_are_refilled_below_the_low_mark() {
         before + (ONE_TIME_BATCH + KEM_BATCH) as usize
     );
     // The next refill continues the ids.
-    let (_, next) = bob.machine.refill_prekeys(&low).unwrap().unwrap();
+    let (_, next) = bob.machine.refill_prekeys(&low, T0).unwrap().unwrap();
     assert_eq!(next.one_time_prekeys[0].id, 1 + 2 * ONE_TIME_BATCH);
+}
+
+/// Finding 14, SDK side: the signed and last-resort prekeys are replaced every week,
+/// uploaded until the relay confirms them, and the replaced secrets stay for the grace
+/// period (a first message encrypted to them still opens), then go.
+#[tokio::test]
+async fn signed_and_last_resort_prekeys_rotate_with_a_grace_period() {
+    let mut alice = Peer::new(60).await;
+    let mut bob = Peer::new(61).await;
+    let full = PreKeyCounts {
+        one_time: 100,
+        kem_one_time: 20,
+        has_signed_prekey: true,
+        has_last_resort: true,
+    };
+    // Ids are creation hours, signed (covered by the prekey signature).
+    let old_spk = bob.upload.signed_prekey.clone().unwrap();
+    let old_lr = bob.upload.last_resort_kem_prekey.clone().unwrap();
+    assert_eq!(prekey_created_ms(PreKeyKind::Signed, old_spk.id), Some(T0));
+    assert_eq!(prekey_created_ms(PreKeyKind::KemLastResort, old_lr.id), Some(T0));
+    assert!(
+        bob.machine
+            .refill_prekeys(&full, T0 + PREKEY_ROTATION_MS - 1)
+            .unwrap()
+            .is_none()
+    );
+
+    // A week on: both are replaced.
+    let rotated = T0 + PREKEY_ROTATION_MS;
+    let (changes, upload) = bob.machine.refill_prekeys(&full, rotated).unwrap().unwrap();
+    let spk = upload.signed_prekey.clone().unwrap();
+    let lr = upload.last_resort_kem_prekey.clone().unwrap();
+    assert_eq!(prekey_created_ms(PreKeyKind::Signed, spk.id), Some(rotated));
+    assert_eq!(prekey_created_ms(PreKeyKind::KemLastResort, lr.id), Some(rotated));
+    assert!(upload.one_time_prekeys.is_empty() && changes.prekeys_removed.is_empty());
+    bob.commit(changes).await;
+    // Until the relay confirms the upload, every refill sends them again.
+    let (_, again) = bob.machine.refill_prekeys(&full, rotated + 1).unwrap().unwrap();
+    assert_eq!(
+        (again.signed_prekey, again.last_resort_kem_prekey),
+        (Some(spk.clone()), Some(lr))
+    );
+    let sent = bob.machine.prekeys_sent().unwrap();
+    bob.commit(sent).await;
+    assert!(bob.machine.prekeys_sent().is_none());
+    assert!(bob.machine.refill_prekeys(&full, rotated + 1).unwrap().is_none());
+
+    // A sender that fetched the old bundle just before the rotation: its first message
+    // still opens after the rotation, within the grace period.
+    bob.upload.signed_prekey = Some(old_spk.clone());
+    bob.upload.one_time_prekeys.clear();
+    bob.upload.kem_prekeys.clear();
+    bob.upload.last_resort_kem_prekey = Some(old_lr.clone());
+    let bundle = bob.bundle();
+    let c = alice.machine.add_contact(bob.id()).unwrap();
+    alice.commit(c).await;
+    let list = bob.machine.own_device_list().unwrap().signed().as_bytes().to_vec();
+    let (c, _) = alice.machine.receive_device_list(&bob.id(), &list).unwrap();
+    alice.commit(c).await;
+    let c = alice
+        .machine
+        .receive_bundles(&bob.id(), &[bundle], rotated - 1)
+        .unwrap();
+    assert_eq!(c.sessions.len(), 1);
+    alice.commit(c).await;
+    let c = alice.machine.queue_text(bob.id(), "sent to the old keys", T0).unwrap();
+    alice.commit(c.0).await;
+    send(&mut alice, &mut [&mut bob]).await;
+    bob.events.clear();
+    deliver(&mut bob, &[&alice]).await;
+    assert!(
+        bob.events
+            .iter()
+            .any(|e| matches!(e, Event::MessageReceived(m) if m.text == "sent to the old keys")),
+        "{:?}",
+        bob.events
+    );
+
+    // After the grace period the replaced secrets go, the current ones stay.
+    let end = rotated + PREKEY_GRACE_MS;
+    let (before_end, _) = bob.machine.refill_prekeys(&full, end - 1).unwrap().unwrap();
+    assert!(before_end.prekeys_removed.is_empty(), "removed within the grace period");
+    let (changes, upload) = bob.machine.refill_prekeys(&full, end).unwrap().unwrap();
+    let mut removed = changes.prekeys_removed.clone();
+    removed.sort_unstable();
+    assert_eq!(
+        removed,
+        [
+            (PreKeyKind::Signed as u8, old_spk.id),
+            (PreKeyKind::KemLastResort as u8, old_lr.id)
+        ]
+    );
+    // (Also due for rotation by then.)
+    assert!(upload.signed_prekey.is_some_and(|k| k.id > spk.id));
+}
+
+/// Finding 14, sender side: a bundle whose signed prekey or last-resort ML-KEM prekey is
+/// older than the bound (or made ahead of the sender's clock) starts no session.
+#[tokio::test]
+async fn bundles_with_stale_keys_are_refused() {
+    let mut alice = Peer::new(62).await;
+    let mut bob = Peer::new(63).await;
+    let list = bob.machine.own_device_list().unwrap().signed().as_bytes().to_vec();
+    let (c, _) = alice.machine.receive_device_list(&bob.id(), &list).unwrap();
+    alice.commit(c).await;
+    let with_one_time = bob.bundle();
+    bob.upload.kem_prekeys.clear();
+    let with_last_resort = bob.bundle();
+    assert_eq!(with_last_resort.kem_prekey.kind, PreKeyKind::KemLastResort);
+    let stale = T0 + MAX_PREKEY_AGE_MS + 1;
+    for b in [&with_one_time, &with_last_resort] {
+        assert!(bundle_is_fresh(b, T0 + MAX_PREKEY_AGE_MS));
+        assert!(bundle_is_fresh(b, T0 - MAX_PREKEY_AHEAD_MS));
+        assert!(!bundle_is_fresh(b, stale));
+        assert!(!bundle_is_fresh(b, T0 - MAX_PREKEY_AHEAD_MS - 1));
+        let c = alice.machine.receive_bundles(&bob.id(), std::slice::from_ref(b), stale).unwrap();
+        assert!(c.sessions.is_empty(), "a stale bundle started a session");
+    }
+    // A stale last-resort key alone is enough to refuse.
+    let mut lr_only = with_last_resort.clone();
+    lr_only.signed_prekey.id += u32::try_from(10 * DAY / 3_600_000).unwrap();
+    let at = T0 + MAX_PREKEY_AGE_MS + DAY;
+    assert!(!bundle_is_fresh(&lr_only, at));
+    let c = alice
+        .machine
+        .receive_bundles(&bob.id(), &[with_one_time], T0 + DAY)
+        .unwrap();
+    assert_eq!(c.sessions.len(), 1);
 }
 
 #[tokio::test]
@@ -811,7 +943,7 @@ async fn a_device_without_the_account_key_cannot_sign_lists() {
     let first = sotto_crypto::Device::generate(ak.account_id(), DeviceId(1), &mut rng);
     let second = sotto_crypto::Device::generate(ak.account_id(), DeviceId(2), &mut rng);
     let list = ak.sign_device_list(2, 1, vec![first.entry(), second.entry()]).unwrap();
-    let new = Machine::new_linked_device(None, second, list, "http://relay", &mut rng, &pk).unwrap();
+    let new = Machine::new_linked_device(None, second, list, "http://relay", T0, &mut rng, &pk).unwrap();
     assert_eq!(new.changes.account.as_ref().unwrap().value.account_key, None);
     let store = MemoryStore::new();
     store.commit(new.changes).await.unwrap();

@@ -122,6 +122,9 @@ pub struct AccountRecord {
     /// The relay's mailbox epoch `last_seq` counts in, once the relay names one: a new
     /// epoch means the relay's numbering started again, and `last_seq` is reset.
     pub mailbox_epoch: Option<[u8; 16]>,
+    /// The current signed and last-resort prekeys were made (rotated) but the relay has
+    /// not confirmed them yet: the next refill uploads them again.
+    pub prekeys_unsent: bool,
 }
 
 impl std::fmt::Debug for AccountRecord {

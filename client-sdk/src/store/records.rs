@@ -43,7 +43,8 @@ const MAX_BLOB: usize = 1 << 20;
 /// Account records from version 2 on end with the mailbox epoch (a flag byte, then 16
 /// bytes when set); version 1 records have none. From version 3 on the account key is
 /// optional: a flag byte, then its pickle when set (versions 1 and 2 always hold it).
-const ACCOUNT_VERSION: u8 = 3;
+/// Version 4 adds a last byte: 1 while rotated prekeys wait for their upload.
+const ACCOUNT_VERSION: u8 = 4;
 
 pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
     let mut o = Vec::with_capacity(512);
@@ -68,6 +69,7 @@ pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
         }
         None => o.put_u8(0),
     }
+    o.put_u8(u8::from(a.prekeys_unsent));
     o
 }
 
@@ -101,6 +103,7 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
         next_kem_id: r.u32()?,
         last_seq: r.u64()?,
         mailbox_epoch: None,
+        prekeys_unsent: false,
     };
     if version >= 2 {
         a.mailbox_epoch = match r.u8()? {
@@ -109,6 +112,18 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
             value => {
                 return Err(DecodeError::UnknownType {
                     field: "mailbox epoch",
+                    value,
+                });
+            }
+        };
+    }
+    if version >= 4 {
+        a.prekeys_unsent = match r.u8()? {
+            0 => false,
+            1 => true,
+            value => {
+                return Err(DecodeError::UnknownType {
+                    field: "prekeys unsent",
                     value,
                 });
             }
@@ -262,13 +277,14 @@ mod tests {
             next_kem_id: 3,
             last_seq: 9,
             mailbox_epoch: Some([7; 16]),
+            prekeys_unsent: false,
         };
         assert_eq!(decode_account(&encode_account(&a)).unwrap(), a);
         // Version 1: the account key always present, no epoch.
         let mut v1 = vec![1u8];
         v1.put_var(&[1; 3]);
         v1.extend_from_slice(&encode_account(&a)[9..]);
-        v1.truncate(v1.len() - 17);
+        v1.truncate(v1.len() - 18);
         let old = decode_account(&v1).unwrap();
         assert_eq!(old.mailbox_epoch, None);
         assert_eq!(old.account_key, Some(vec![1; 3]));
@@ -277,7 +293,19 @@ mod tests {
         let mut v2 = vec![2u8];
         v2.put_var(&[1; 3]);
         v2.extend_from_slice(&encode_account(&a)[9..]);
+        v2.pop();
         assert_eq!(decode_account(&v2).unwrap(), a);
+        // Version 4 keeps the unsent-prekeys flag; earlier versions load with it clear.
+        let unsent = AccountRecord {
+            prekeys_unsent: true,
+            ..a.clone()
+        };
+        assert_eq!(decode_account(&encode_account(&unsent)).unwrap(), unsent);
+        let mut v3 = encode_account(&unsent);
+        v3[0] = 3;
+        assert!(decode_account(&v3).is_err(), "a version 3 record has no flag byte");
+        v3.pop();
+        assert!(!decode_account(&v3).unwrap().prekeys_unsent);
     }
 
     #[test]
@@ -291,9 +319,10 @@ mod tests {
             next_kem_id: 3,
             last_seq: 9,
             mailbox_epoch: None,
+            prekeys_unsent: false,
         };
         let bytes = encode_account(&a);
-        assert_eq!(&bytes[..2], &[3, 0]);
+        assert_eq!(&bytes[..2], &[4, 0]);
         assert_eq!(decode_account(&bytes).unwrap(), a);
     }
 
