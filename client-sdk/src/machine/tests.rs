@@ -510,7 +510,10 @@ async fn bundles_with_stale_keys_are_refused() {
         assert!(bundle_is_fresh(b, T0 - MAX_PREKEY_AHEAD_MS));
         assert!(!bundle_is_fresh(b, stale));
         assert!(!bundle_is_fresh(b, T0 - MAX_PREKEY_AHEAD_MS - 1));
-        let c = alice.machine.receive_bundles(&bob.id(), std::slice::from_ref(b), stale).unwrap();
+        let c = alice
+            .machine
+            .receive_bundles(&bob.id(), std::slice::from_ref(b), stale)
+            .unwrap();
         assert!(c.sessions.is_empty(), "a stale bundle started a session");
     }
     // A stale last-resort key alone is enough to refuse.
