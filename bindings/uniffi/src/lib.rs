@@ -423,6 +423,9 @@ pub struct ClientOptions {
 }
 
 impl From<ClientOptions> for sotto_sdk::ClientOptions {
+    // The update fills the SDK's test-only fields when its `dangerous_seeded_rng` feature
+    // is on (as in workspace builds); without it every field is named here.
+    #[allow(clippy::needless_update)]
     fn from(o: ClientOptions) -> Self {
         Self {
             heartbeat: Duration::from_millis(o.heartbeat_ms),
@@ -899,6 +902,19 @@ impl SottoClient {
     pub async fn outbox_len(&self) -> Result<u64, SottoError> {
         let client = self.client()?;
         on_runtime(async move { Ok(client.outbox_len().await? as u64) }).await
+    }
+
+    /// Sends the delivery receipts that wait for their random delay now, for a process
+    /// about to be suspended (a notification extension, a background task). It gives up
+    /// the delay that keeps the relay from pairing a delivery with its receipt, so an app
+    /// that stays open should not call it.
+    pub async fn send_receipts_now(&self) -> Result<(), SottoError> {
+        let client = self.client()?;
+        on_runtime(async move {
+            client.send_receipts_now().await;
+            Ok(())
+        })
+        .await
     }
 
     /// The safety number with a contact: 12 groups of 5 digits separated by spaces.

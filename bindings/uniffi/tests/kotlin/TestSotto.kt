@@ -70,7 +70,9 @@ fun main() = runBlocking {
     val pathB = File(DIR, "bob.db").path
     val opts = ClientOptions()
 
-    var alice = SottoClient.createAccount(pathA, keyA, RELAY, opts)
+    // Alice's receipts wait ten minutes in this first session (shutdown keeps them queued).
+    val slowReceipts = ClientOptions(receiptDelayMinMs = 600_000uL, receiptDelayMaxMs = 600_001uL)
+    var alice = SottoClient.createAccount(pathA, keyA, RELAY, slowReceipts)
     var bob = SottoClient.createAccount(pathB, keyB, RELAY, opts)
     val a = alice.accountId()
     val b = bob.accountId()
@@ -119,7 +121,8 @@ fun main() = runBlocking {
     check(history[1].status == MessageStatus.Received) { "$history" }
     val older = alice.messages(b, Page(before = history[1].order, limit = 10u))
     check(older.map { it.text } == listOf("hello bob")) { "$older" }
-    check(alice.outboxLen() == 0uL) { "outbox" }
+    // Her receipt for bob's reply was still waiting: shutdown kept it in the outbox.
+    check(alice.outboxLen() == 1uL) { "outbox" }
     alice.shutdown()
     alice.close()
 

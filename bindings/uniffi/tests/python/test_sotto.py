@@ -49,8 +49,10 @@ async def main():
     key_a, key_b = os.urandom(32), os.urandom(32)
     path_a, path_b = os.path.join(DIR, "alice.db"), os.path.join(DIR, "bob.db")
     opts = ClientOptions()
-    alice = await SottoClient.create_account(path_a, key_a, RELAY, opts)
-    bob = await SottoClient.create_account(path_b, key_b, RELAY, opts)
+    # Receipts wait ten minutes in this first session unless sent now (or at shutdown).
+    slow_receipts = ClientOptions(receipt_delay_min_ms=600_000, receipt_delay_max_ms=600_001)
+    alice = await SottoClient.create_account(path_a, key_a, RELAY, slow_receipts)
+    bob = await SottoClient.create_account(path_b, key_b, RELAY, slow_receipts)
     a_id, b_id = alice.account_id(), bob.account_id()
     assert len(a_id) == 52 and a_id != b_id
     assert alice.contact_link() == "sotto:" + a_id
@@ -66,6 +68,9 @@ async def main():
     assert m.sender_account == a_id and m.sender_device == 1
     assert m.conversation == a_id and m.status == MessageStatus.RECEIVED() and m.id == sent.id
     await wait_for_event(alice, lambda e: e.is_message_sent() and e.id == sent.id)
+    # Bob's receipt goes out now instead of after its random delay.
+    await bob.send_receipts_now()
+    await wait_for_event(alice, lambda e: e.is_delivered() and sent.id in e.ids and e.by_account == b_id)
 
     # The reply is awaited with reads cancelled every 20 ms.
     reply = await bob.send_text(a_id, "hi alice")
@@ -99,7 +104,8 @@ async def main():
     assert history[1].status == MessageStatus.RECEIVED()
     older = await alice.messages(b_id, Page(before=history[1].order, limit=10))
     assert [h.text for h in older] == ["hello bob"]
-    assert await alice.outbox_len() == 0
+    # Alice's receipt for "hi alice" was still waiting: shutdown kept it in the outbox.
+    assert await alice.outbox_len() == 1
 
     # Back online, the conversation goes on; bob listens through a callback interface.
     bob = await SottoClient.open(path_b, key_b, opts)

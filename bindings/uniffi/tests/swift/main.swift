@@ -78,7 +78,10 @@ let pathB = dir + "/bob.db"
 let opts = ClientOptions()
 
 do {
-    var alice = try await SottoClient.createAccount(storePath: pathA, storeKey: keyA, relayUrl: relay, options: opts)
+    // Alice's receipts wait ten minutes in this first session (shutdown keeps them queued).
+    let slowReceipts = ClientOptions(receiptDelayMinMs: 600_000, receiptDelayMaxMs: 600_001)
+    var alice = try await SottoClient.createAccount(
+        storePath: pathA, storeKey: keyA, relayUrl: relay, options: slowReceipts)
     var bob = try await SottoClient.createAccount(storePath: pathB, storeKey: keyB, relayUrl: relay, options: opts)
     let a = alice.accountId()
     let b = bob.accountId()
@@ -130,7 +133,8 @@ do {
     check(history[1].status == .received, "\(history[1])")
     let older = try await alice.messages(conversation: b, page: Page(before: history[1].order, limit: 10))
     check(older.map { $0.text } == ["hello bob"], "\(older)")
-    check(try await alice.outboxLen() == 0, "outbox")
+    // Her receipt for bob's reply was still waiting: shutdown kept it in the outbox.
+    check(try await alice.outboxLen() == 1, "outbox")
     await alice.shutdown()
 
     // Back online, the conversation goes on; bob listens through a callback interface.
