@@ -99,7 +99,7 @@ impl<S: Store> Inner<S> {
             self.relay.put_prekeys(&self.device, &upload).await?;
         }
         if upload.signed_prekey.is_some() || upload.last_resort_kem_prekey.is_some() {
-            self.transact(|m| Ok((m.prekeys_sent().unwrap_or_default(), ())))
+            self.transact(|m| Ok((m.prekeys_sent(&upload).unwrap_or_default(), ())))
                 .await?;
         }
         Ok(())

@@ -37,9 +37,10 @@ const DAY_MS: u64 = 24 * HOUR_MS;
 pub const PREKEY_ROTATION_MS: u64 = 7 * DAY_MS;
 
 /// A replaced signed or last-resort prekey's secret is kept this long after its successor
-/// was made, so first messages encrypted to it still open: longer than a relay keeps an
-/// envelope (30 days by default).
-pub const PREKEY_GRACE_MS: u64 = 35 * DAY_MS;
+/// was made, so first messages encrypted to it still open. A sender accepts a key for 30
+/// days after it was made (the relay serves it for 29) and a relay keeps an envelope 30
+/// days by default: 65 days leaves five days of margin, whenever the successor came.
+pub const PREKEY_GRACE_MS: u64 = 65 * DAY_MS;
 
 /// A sender refuses a bundle whose signed prekey, or whose last-resort ML-KEM prekey, was
 /// made longer ago than this (its device has not rotated for weeks: it is offline or
@@ -160,10 +161,13 @@ impl Machine {
     }
 
     /// Replaced signed and last-resort prekeys whose successor is older than
-    /// [`PREKEY_GRACE_MS`]: their secrets go.
+    /// [`PREKEY_GRACE_MS`]: their secrets go. The current ones never do.
     fn expired_prekeys(&self, now_ms: u64, changes: &mut Changes) {
         for kind in [PreKeyKind::Signed, PreKeyKind::KemLastResort] {
             for pair in self.prekey_ids(kind).windows(2) {
+                if kind == PreKeyKind::Signed && pair[0] == self.account.value.signed_prekey_id {
+                    continue;
+                }
                 let successor_made = prekey_created_ms(kind, pair[1]).unwrap_or(0);
                 if successor_made.saturating_add(PREKEY_GRACE_MS) <= now_ms {
                     changes.prekeys_removed.push((kind as u8, pair[0]));
@@ -211,10 +215,19 @@ impl Machine {
         }
     }
 
-    /// The relay confirmed an upload that carried rotated prekeys: clears the flag that
-    /// makes every refill send them again. `None` when it is clear already.
-    pub fn prekeys_sent(&self) -> Option<Changes> {
+    /// The relay confirmed `uploaded`: when it carried the current signed and last-resort
+    /// prekeys, clears the flag that makes every refill send them again. `None` when the
+    /// flag is clear, or the upload carried other keys (a rotation came in between).
+    pub fn prekeys_sent(&self, uploaded: &PreKeyUpload) -> Option<Changes> {
         if !self.account.value.prekeys_unsent {
+            return None;
+        }
+        let current = self.prekey_public_upload().ok()?;
+        let id = |k: Option<&sotto_crypto::X25519PreKey>| k.map(|k| k.id);
+        let kem_id = |k: Option<&sotto_crypto::KemPreKey>| k.map(|k| k.id);
+        if id(current.signed_prekey.as_ref()) != id(uploaded.signed_prekey.as_ref())
+            || kem_id(current.last_resort_kem_prekey.as_ref()) != kem_id(uploaded.last_resort_kem_prekey.as_ref())
+        {
             return None;
         }
         let mut record = self.account.value.clone();

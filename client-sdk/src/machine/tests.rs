@@ -434,16 +434,19 @@ async fn signed_and_last_resort_prekeys_rotate_with_a_grace_period() {
     // Until the relay confirms the upload, every refill sends them again.
     let (_, again) = bob.machine.refill_prekeys(&full, rotated + 1).unwrap().unwrap();
     assert_eq!(
-        (again.signed_prekey, again.last_resort_kem_prekey),
+        (again.signed_prekey.clone(), again.last_resort_kem_prekey.clone()),
         (Some(spk.clone()), Some(lr))
     );
-    let sent = bob.machine.prekeys_sent().unwrap();
+    // An upload without the current keys (say one made before a later rotation) does not
+    // clear the flag; the one that carried them does.
+    assert!(bob.machine.prekeys_sent(&PreKeyUpload::default()).is_none());
+    let sent = bob.machine.prekeys_sent(&again).unwrap();
     bob.commit(sent).await;
-    assert!(bob.machine.prekeys_sent().is_none());
+    assert!(bob.machine.prekeys_sent(&again).is_none());
     assert!(bob.machine.refill_prekeys(&full, rotated + 1).unwrap().is_none());
 
-    // A sender that fetched the old bundle just before the rotation: its first message
-    // still opens after the rotation, within the grace period.
+    // A sender fetched the old bundle just before the rotation and sent its first
+    // message, which waits in bob's mailbox.
     bob.upload.signed_prekey = Some(old_spk.clone());
     bob.upload.one_time_prekeys.clear();
     bob.upload.kem_prekeys.clear();
@@ -463,6 +466,22 @@ async fn signed_and_last_resort_prekeys_rotate_with_a_grace_period() {
     let c = alice.machine.queue_text(bob.id(), "sent to the old keys", T0).unwrap();
     alice.commit(c.0).await;
     send(&mut alice, &mut [&mut bob]).await;
+
+    // Bob keeps rotating every week; until the grace period ends nothing is deleted...
+    let end = rotated + PREKEY_GRACE_MS;
+    let mut at = rotated + PREKEY_ROTATION_MS;
+    while at < end {
+        let (changes, upload) = bob.machine.refill_prekeys(&full, at).unwrap().unwrap();
+        assert!(changes.prekeys_removed.is_empty(), "removed within the grace period");
+        bob.commit(changes).await;
+        let sent = bob.machine.prekeys_sent(&upload).unwrap();
+        bob.commit(sent).await;
+        at += PREKEY_ROTATION_MS;
+    }
+    if let Some((changes, _)) = bob.machine.refill_prekeys(&full, end - 1).unwrap() {
+        assert!(changes.prekeys_removed.is_empty(), "removed within the grace period");
+    }
+    // ...so the first message still opens at its very end.
     bob.events.clear();
     deliver(&mut bob, &[&alice]).await;
     assert!(
@@ -473,10 +492,8 @@ async fn signed_and_last_resort_prekeys_rotate_with_a_grace_period() {
         bob.events
     );
 
-    // After the grace period the replaced secrets go, the current ones stay.
-    let end = rotated + PREKEY_GRACE_MS;
-    let (before_end, _) = bob.machine.refill_prekeys(&full, end - 1).unwrap().unwrap();
-    assert!(before_end.prekeys_removed.is_empty(), "removed within the grace period");
+    // Then the keys it replaced go, and only those; the current ones stay.
+    let current_spk = bob.machine.prekey_public_upload().unwrap().signed_prekey.unwrap();
     let (changes, upload) = bob.machine.refill_prekeys(&full, end).unwrap().unwrap();
     let mut removed = changes.prekeys_removed.clone();
     removed.sort_unstable();
@@ -487,8 +504,8 @@ async fn signed_and_last_resort_prekeys_rotate_with_a_grace_period() {
             (PreKeyKind::KemLastResort as u8, old_lr.id)
         ]
     );
-    // (Also due for rotation by then.)
-    assert!(upload.signed_prekey.is_some_and(|k| k.id > spk.id));
+    assert!(!removed.contains(&(PreKeyKind::Signed as u8, current_spk.id)));
+    assert!(upload.signed_prekey.is_none(), "no rotation was due");
 }
 
 /// Finding 14, sender side: a bundle whose signed prekey or last-resort ML-KEM prekey is

@@ -124,6 +124,74 @@ async fn device_set_rule_lets_unreachable_devices_out(url: String) {
     relay.stop().await;
 }
 
+/// Finding 14 with the device-set rule: a device whose signed prekey (or, once its
+/// one-time ML-KEM prekeys are gone, its last-resort one) is older than senders accept is
+/// not reachable. Its bundle answers `NO_PREKEYS` and a send may leave it out, so one
+/// forgotten device does not block every send to its account. Fresh keys make it
+/// reachable, and required, again.
+async fn stale_prekeys_make_a_device_unreachable(url: String) {
+    let mut relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(14);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 2);
+    register_all(&relay, &[&alice, &bob]).await;
+    let (b1, b2) = (&bob.devices[0], &bob.devices[1]);
+    make_reachable(&relay, b1, &mut r).await;
+    let put = async |d: &TestDevice, up: sotto_proto::PreKeyUpload| {
+        let (status, _) = relay.authed(d, Method::PUT, "/v1/prekeys", up.encode()).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    };
+    let bundle_of = async |d: DeviceId| {
+        let path = format!("/v1/accounts/{}/bundles/{}", bob.id(), d.0);
+        relay.authed(&alice.devices[0], Method::GET, &path, vec![]).await
+    };
+    let no_prekeys = |(status, body): (StatusCode, Vec<u8>)| {
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::NOT_FOUND, ErrorCode::NO_PREKEYS)
+        );
+    };
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
+    let without_b2 = to_devices(&bob, Some(b2.id()), b"x");
+    let mismatch = SendOutcome::DeviceMismatch {
+        device_lists: vec![bob.list.signed().as_bytes().to_vec()],
+    };
+
+    // b2's signed prekey was made 31 days ago (one-time ML-KEM keys left): stale.
+    let old = hour_now() - 31 * 24;
+    put(b2, b2.prekeys_made(&mut r, 1, 5, 5, old)).await;
+    no_prekeys(bundle_of(b2.id()).await);
+    assert!(matches!(
+        send_to(&mut wa, 1, without_b2.clone()).await,
+        SendOutcome::Stored { .. }
+    ));
+    // Fresh keys: reachable, and required again.
+    put(b2, b2.prekeys_made(&mut r, 10, 0, 0, hour_now())).await;
+    assert_eq!(bundle_of(b2.id()).await.0, StatusCode::OK);
+    assert_eq!(send_to(&mut wa, 2, without_b2.clone()).await, mismatch);
+
+    // A fresh signed prekey but a stale last-resort key, with the one-time ML-KEM keys
+    // used up: stale again. (The upload carries no one-time ML-KEM keys; the four left
+    // from before, one having gone with the bundle above, are taken first.)
+    let mut up = b2.prekeys_made(&mut r, 20, 0, 0, hour_now());
+    up.last_resort_kem_prekey = b2.prekeys_made(&mut r, 30, 0, 0, old).last_resort_kem_prekey;
+    put(b2, up).await;
+    for _ in 0..4 {
+        assert_eq!(bundle_of(b2.id()).await.0, StatusCode::OK);
+    }
+    no_prekeys(bundle_of(b2.id()).await);
+    assert!(matches!(
+        send_to(&mut wa, 3, without_b2).await,
+        SendOutcome::Stored { .. }
+    ));
+    // Keys made more than half a day ahead of the relay's clock are not served either.
+    put(b2, b2.prekeys_made(&mut r, 40, 0, 0, hour_now() + 13)).await;
+    no_prekeys(bundle_of(b2.id()).await);
+    drop(wa);
+    relay.stop().await;
+}
+
 async fn registration(url: String) {
     let relay = Relay::start(&url, |_| {}).await;
     let mut r = rng(10);
@@ -1255,6 +1323,7 @@ macro_rules! backend {
             t!(prekey_drain_is_bounded);
             t!(device_list_version_jumps_are_refused);
             t!(device_set_rule_lets_unreachable_devices_out);
+            t!(stale_prekeys_make_a_device_unreachable);
             t!(http_auth_is_bound_to_the_request);
             t!(prekeys);
             t!(messaging);

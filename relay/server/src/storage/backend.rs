@@ -342,6 +342,8 @@ macro_rules! storage_impl {
                     ") RETURNING record"
                 );
                 let mut out = Vec::with_capacity(devices.len());
+                // Signed and last-resort keys senders would refuse as stale are not served.
+                let fresh = FreshHours::now();
                 for (id, dsk, ik) in devices {
                     let dev = device_from_i64(id)?;
                     let keys = device_keys_from(&dsk, &ik, &[0; 16])?;
@@ -351,7 +353,7 @@ macro_rules! storage_impl {
                         .bind(KIND_SIGNED)
                         .fetch_optional(&mut *tx)
                         .await?;
-                    let signed = signed.map(|r| r.0);
+                    let signed = signed.map(|r| r.0).filter(|r| fresh.serves(r));
                     let mut one_time_key = None;
                     let mut kem = None;
                     if signed.is_some() {
@@ -378,7 +380,8 @@ macro_rules! storage_impl {
                                 .bind(KIND_KEM_LAST_RESORT)
                                 .fetch_optional(&mut *tx)
                                 .await?
-                                .map(|r| r.0);
+                                .map(|r| r.0)
+                                .filter(|r| fresh.serves(r));
                         }
                     }
                     match bundle_from(account, dev, keys, signed, one_time_key, kem) {
@@ -395,8 +398,9 @@ macro_rules! storage_impl {
                 let mut tx = self.begin().await?;
                 // 1. Every device row of every account touched, locked in key order.
                 let mut rows = Rows::new();
+                let fresh = FreshHours::now();
                 for chunk in batch_accounts(ops).chunks(BATCH_ACCOUNTS_PER_QUERY) {
-                    for (a, d, next_seq, depth, acked_seq, reachable, bytes) in Self::lock_rows(&mut *tx, chunk).await? {
+                    for (a, d, next_seq, depth, acked_seq, reachable, bytes) in Self::lock_rows(&mut *tx, chunk, fresh).await? {
                         rows.insert(
                             (AccountId(key32(&a, "account id")?), device_from_i64(d)?),
                             MailboxRow {

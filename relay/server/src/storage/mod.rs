@@ -596,16 +596,73 @@ pub(crate) fn bundle_from(
 /// whatever the client does.
 pub const MAX_VERSION_STEP: u64 = 1024;
 
-/// The select-list expression that says whether the `devices` row in the query is
-/// reachable: a bundle for it can be made now (a signed prekey, and a one-time or
-/// last-resort ML-KEM prekey), i.e. a bundle request would not answer `NO_PREKEYS`. Index
-/// probes on `prekeys_by_device`.
-pub(crate) const REACHABLE: &str = "CAST(CASE WHEN \
-     EXISTS (SELECT 1 FROM prekeys p WHERE p.account_id = devices.account_id \
-             AND p.device_id = devices.device_id AND p.kind = 1) \
-     AND EXISTS (SELECT 1 FROM prekeys p WHERE p.account_id = devices.account_id \
-             AND p.device_id = devices.device_id AND p.kind IN (3, 4)) \
-     THEN 1 ELSE 0 END AS BIGINT)";
+/// The top bit of a last-resort ML-KEM prekey id; the other bits are its creation hour.
+const LAST_RESORT_BIT: i64 = 0x8000_0000;
+
+/// The creation hours of signed and last-resort prekeys the relay still serves: senders
+/// refuse keys made more than 30 days before their clock or more than a day after it
+/// (docs/protocol.md §3.5). The relay's window is a day narrower on the old side and half
+/// a day on the new side, so that, with clocks less than half a day apart, a device the
+/// relay counts as reachable is one every sender can fetch a bundle for; otherwise the
+/// device-set rule would insist on a device senders must leave out.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FreshHours {
+    lo: i64,
+    hi: i64,
+}
+
+impl FreshHours {
+    /// The window at the relay's wall clock.
+    pub(crate) fn now() -> Self {
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self::at(now_s)
+    }
+
+    /// The window at `now_s`.
+    pub(crate) fn at(now_s: u64) -> Self {
+        let hour = i64::try_from(now_s / 3600).unwrap_or(i64::MAX / 2);
+        Self {
+            lo: hour - 29 * 24,
+            hi: hour + 12,
+        }
+    }
+
+    /// Whether a stored prekey record (`kind ‖ key_id (u32) ‖ …`) may still be served:
+    /// one-time kinds always, signed and last-resort ones within the window.
+    pub(crate) fn serves(&self, record: &[u8]) -> bool {
+        let (Some(&kind), Some(id)) = (record.first(), record.get(1..5)) else {
+            return false;
+        };
+        let id = i64::from(u32::from_be_bytes([id[0], id[1], id[2], id[3]]));
+        let hour = match i64::from(kind) {
+            KIND_SIGNED => id,
+            KIND_KEM_LAST_RESORT => id - LAST_RESORT_BIT,
+            _ => return true,
+        };
+        (self.lo..=self.hi).contains(&hour)
+    }
+
+    /// The select-list expression that says whether the `devices` row in the query is
+    /// reachable: a bundle for it can be made now (a signed prekey within the window, and
+    /// a one-time ML-KEM prekey or a last-resort one within the window), i.e. a bundle
+    /// request would not answer `NO_PREKEYS`. The bounds are integers the relay computed,
+    /// never input. Index probes on `prekeys_by_device`.
+    pub(crate) fn reachable_sql(&self) -> String {
+        let (lo, hi) = (self.lo, self.hi);
+        format!(
+            "CAST(CASE WHEN \
+             EXISTS (SELECT 1 FROM prekeys p WHERE p.account_id = devices.account_id \
+                     AND p.device_id = devices.device_id AND p.kind = {KIND_SIGNED} \
+                     AND p.key_id BETWEEN {lo} AND {hi}) \
+             AND EXISTS (SELECT 1 FROM prekeys p WHERE p.account_id = devices.account_id \
+                     AND p.device_id = devices.device_id AND (p.kind = {KIND_KEM_ONE_TIME} \
+                     OR (p.kind = {KIND_KEM_LAST_RESORT} AND p.key_id - {LAST_RESORT_BIT} BETWEEN {lo} AND {hi}))) \
+             THEN 1 ELSE 0 END AS BIGINT)"
+        )
+    }
+}
 
 /// Bounds on one statement of a write batch, well under both databases' bind-parameter
 /// limits (SQLite 32,766, PostgreSQL 65,535).
@@ -620,7 +677,7 @@ pub(crate) struct MailboxRow {
     pub(crate) next_seq: u64,
     pub(crate) depth: u64,
     pub(crate) acked_seq: u64,
-    /// Whether a bundle can be made for the device now ([`REACHABLE`]); the device-set
+    /// Whether a bundle can be made for the device now ([`FreshHours::reachable_sql`]); the device-set
     /// rule lets a send leave out devices that are not.
     pub(crate) reachable: bool,
     /// Envelope bytes stored in the mailbox.
@@ -786,8 +843,8 @@ pub(crate) fn mismatch_outcome(lists: Vec<Option<Vec<u8>>>) -> WriteOutcome {
 /// must all be listed (`listed`: each listed device and whether it is reachable), and
 /// must include every reachable listed device — without the sender's own device, when
 /// the send names its sender. A listed device that is not reachable (the relay holds no
-/// signed prekey for it, or no ML-KEM prekey, one-time or last-resort: a bundle request
-/// for it answers `NO_PREKEYS`) may be named or left out.
+/// fresh signed prekey for it, or no ML-KEM prekey, one-time or fresh last-resort: a
+/// bundle request for it answers `NO_PREKEYS`) may be named or left out.
 pub(crate) fn device_set_matches(
     account: &AccountId,
     listed: &[(DeviceId, bool)],

@@ -54,12 +54,16 @@ type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64);
 /// The write batch's statements, each one fixed text over arrays (`UNNEST`), so the server
 /// parses and plans each once per connection whatever the batch size.
 impl PostgresStore {
-    async fn lock_rows(conn: &mut PgConnection, accounts: &[AccountId]) -> Result<Vec<CounterRow>, sqlx::Error> {
+    async fn lock_rows(
+        conn: &mut PgConnection,
+        accounts: &[AccountId],
+        fresh: super::FreshHours,
+    ) -> Result<Vec<CounterRow>, sqlx::Error> {
         let ids: Vec<&[u8]> = accounts.iter().map(|a| &a.0[..]).collect();
         let sql = format!(
             "SELECT account_id, device_id, next_seq, depth, acked_seq, {}, bytes FROM devices \
              WHERE account_id = ANY($1) ORDER BY account_id, device_id FOR UPDATE OF devices",
-            super::REACHABLE
+            fresh.reachable_sql()
         );
         sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(conn).await
     }

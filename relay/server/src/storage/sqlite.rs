@@ -90,9 +90,13 @@ type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64);
 /// The write batch's statements, as multi-row statements with one bind per value
 /// (SQLite parses in-process, so a statement per batch size costs little).
 impl SqliteStore {
-    async fn lock_rows(conn: &mut SqliteConnection, accounts: &[AccountId]) -> Result<Vec<CounterRow>, sqlx::Error> {
+    async fn lock_rows(
+        conn: &mut SqliteConnection,
+        accounts: &[AccountId],
+        fresh: super::FreshHours,
+    ) -> Result<Vec<CounterRow>, sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new("SELECT account_id, device_id, next_seq, depth, acked_seq, ");
-        q.push(super::REACHABLE);
+        q.push(fresh.reachable_sql());
         q.push(", bytes FROM devices WHERE account_id IN (");
         let mut list = q.separated(", ");
         for a in accounts {

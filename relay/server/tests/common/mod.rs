@@ -37,11 +37,17 @@ impl TestDevice {
         self.device.sign_relay_auth(&c.relay_id, &bound, c.timestamp_ms)
     }
 
-    /// A signed prekey (id 1), `one_time` one-time prekeys (ids `first..`), `kem` one-time
-    /// ML-KEM prekeys (ids `first..`) and a last-resort ML-KEM prekey (id 1_000_000).
+    /// A signed prekey made now, `one_time` one-time prekeys (ids `first..`), `kem`
+    /// one-time ML-KEM prekeys (ids `first..`) and a last-resort ML-KEM prekey made now.
     pub fn prekeys(&self, rng: &mut ChaCha20Rng, first: u32, one_time: u32, kem: u32) -> PreKeyUpload {
+        self.prekeys_made(rng, first, one_time, kem, hour_now())
+    }
+
+    /// As [`TestDevice::prekeys`], with the signed and last-resort prekeys made in `hour`
+    /// (their key ids are creation hours, docs/protocol.md §3.4).
+    pub fn prekeys_made(&self, rng: &mut ChaCha20Rng, first: u32, one_time: u32, kem: u32, hour: u32) -> PreKeyUpload {
         PreKeyUpload {
-            signed_prekey: Some(self.device.generate_signed_prekey(1, rng).public().clone()),
+            signed_prekey: Some(self.device.generate_signed_prekey(hour, rng).public().clone()),
             one_time_prekeys: self
                 .device
                 .generate_one_time_prekeys(first, one_time, rng)
@@ -51,9 +57,23 @@ impl TestDevice {
             kem_prekeys: (0..kem)
                 .map(|i| self.device.generate_kem_prekey(first + i, false, rng).public().clone())
                 .collect(),
-            last_resort_kem_prekey: Some(self.device.generate_kem_prekey(1_000_000, true, rng).public().clone()),
+            last_resort_kem_prekey: Some(
+                self.device
+                    .generate_kem_prekey(0x8000_0000 | hour, true, rng)
+                    .public()
+                    .clone(),
+            ),
         }
     }
+}
+
+/// The current hour since the Unix epoch.
+pub fn hour_now() -> u32 {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    u32::try_from(s / 3600).unwrap()
 }
 
 pub fn device(account_id: AccountId, id: u32, rng: &mut ChaCha20Rng) -> TestDevice {
