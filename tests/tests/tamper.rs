@@ -169,13 +169,21 @@ async fn a_device_added_without_the_account_key_is_refused() {
         .execute(&pool)
         .await
         .unwrap();
-    // With prekeys, so the device-set rule requires it in every send (a device the relay
-    // cannot make a bundle for may be left out, docs/protocol.md §13.7).
+    // With fresh prekeys (key ids are creation hours), so the device-set rule requires it
+    // in every send (a device the relay cannot make a bundle for may be left out,
+    // docs/protocol.md §13.7).
+    let hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600;
     sqlx::query(
-        "INSERT INTO prekeys (account_id, device_id, kind, key_id, record) VALUES (?, 2, 1, 1, x'00'), (?, 2, 4, 1, x'00')",
+        "INSERT INTO prekeys (account_id, device_id, kind, key_id, record) VALUES (?, 2, 1, ?, x'00'), (?, 2, 4, ?, x'00')",
     )
     .bind(&bob.id().0[..])
+    .bind(i64::try_from(hour).unwrap())
     .bind(&bob.id().0[..])
+    .bind(i64::try_from(0x8000_0000 | hour).unwrap())
     .execute(&pool)
     .await
     .unwrap();
