@@ -533,14 +533,28 @@ async fn bundles_with_stale_keys_are_refused() {
             .unwrap();
         assert!(c.sessions.is_empty(), "a stale bundle started a session");
     }
-    // A stale last-resort key alone is enough to refuse.
+    // A stale last-resort key alone is enough to refuse: a properly signed bundle whose
+    // signed prekey was made ten days after T0 and whose last-resort key was made at T0.
+    let mut rng = ChaCha20Rng::seed_from_u64(64);
+    let hour = |ms: u64| u32::try_from(ms / 3_600_000).unwrap();
     let mut lr_only = with_last_resort.clone();
-    lr_only.signed_prekey.id += u32::try_from(10 * DAY / 3_600_000).unwrap();
+    lr_only.signed_prekey = bob
+        .machine
+        .device()
+        .generate_signed_prekey(hour(T0 + 10 * DAY), &mut rng)
+        .public()
+        .clone();
     let at = T0 + MAX_PREKEY_AGE_MS + DAY;
     assert!(!bundle_is_fresh(&lr_only, at));
     let c = alice
         .machine
-        .receive_bundles(&bob.id(), &[with_one_time], T0 + DAY)
+        .receive_bundles(&bob.id(), std::slice::from_ref(&lr_only), at)
+        .unwrap();
+    assert!(c.sessions.is_empty(), "a stale last-resort key started a session");
+    // The same bundle while both keys are fresh does start one.
+    let c = alice
+        .machine
+        .receive_bundles(&bob.id(), &[lr_only], T0 + 10 * DAY)
         .unwrap();
     assert_eq!(c.sessions.len(), 1);
 }
