@@ -407,6 +407,16 @@ impl SottoClient {
         Ok(list.into_iter().map(Into::into).collect())
     }
 
+    /// Sends the delivery receipts that wait for their random delay now, for a page about
+    /// to close. It gives up the delay that keeps the relay from pairing a delivery with
+    /// its receipt, so a page that stays open should not call it.
+    #[wasm_bindgen(js_name = sendReceiptsNow)]
+    pub async fn send_receipts_now(&self) -> Result<(), JsValue> {
+        let client = self.live()?;
+        client.send_receipts_now().await;
+        Ok(())
+    }
+
     /// The safety number to compare with the contact in person.
     #[wasm_bindgen(js_name = safetyNumber)]
     pub async fn safety_number(&self, contact: String) -> Result<String, JsValue> {

@@ -61,6 +61,14 @@ test('messages both ways', async () => {
   assert.equal(got.conversation, alice.id);
   assert.equal(got.status, 'received');
   assert.equal(got.id, sent.id);
+  // Bob's receipt goes out now instead of after its random delay.
+  await bob.client.sendReceiptsNow();
+  const receipt = await waitEvent(
+    alice.client,
+    'the delivery receipt',
+    (e) => e.kind === 'delivered' && e.messageIds.includes(sent.id),
+  );
+  assert.equal(receipt.account, bob.id);
 
   await bob.client.sendText(alice.id, 'hello alice');
   const back = await received(alice.client, 'hello alice');
