@@ -418,7 +418,7 @@ pub enum PreKeyKind {
 }
 
 impl PreKeyKind {
-    fn from_byte(b: u8) -> Result<Self, DecodeError> {
+    pub(crate) fn from_byte(b: u8) -> Result<Self, DecodeError> {
         Ok(match b {
             1 => Self::Signed,
             2 => Self::OneTime,

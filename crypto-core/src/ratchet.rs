@@ -393,6 +393,23 @@ impl Session {
         self.pending_prekey.is_some()
     }
 
+    /// While pending: the responder's prekeys this session's pre-key messages name, as
+    /// `(signed prekey id, (ML-KEM prekey kind, id))`. A responder keeps signed and
+    /// last-resort prekeys only for a while after replacing them, so an initiator whose
+    /// session was never answered starts a new one once these are old (the SDK's policy).
+    pub fn pending_prekey_ids(&self) -> Option<(u32, (crate::PreKeyKind, u32))> {
+        let prefix = self.pending_prekey.as_deref()?;
+        let mut r = Reader::new(prefix);
+        r.bytes(1 + DeviceIdentity::ENCODED_LEN).ok()?;
+        let signed = r.u32().ok()?;
+        if r.u8().ok()? == 1 {
+            r.u32().ok()?;
+        }
+        let kind = crate::PreKeyKind::from_byte(r.u8().ok()?).ok()?;
+        let kem = r.u32().ok()?;
+        Some((signed, (kind, kem)))
+    }
+
     /// How many skipped message keys are stored (at most [`MAX_SKIPPED_KEYS`]).
     pub fn skipped_key_count(&self) -> usize {
         self.skipped.len()

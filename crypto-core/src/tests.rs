@@ -109,6 +109,33 @@ fn conversation_with_out_of_order_and_duplicates() {
 }
 
 #[test]
+fn a_pending_session_names_the_prekeys_it_used_until_answered() {
+    let mut rng = ChaCha20Rng::seed_from_u64(108);
+    let alice = Party::new(&mut rng);
+    let bob = Party::new(&mut rng);
+    for (opk, last_resort) in [(true, false), (false, true)] {
+        let mut a = initiate(&alice.device, &bob.list, &bob.bundle(opk, last_resort), &mut rng).unwrap();
+        let kem = if last_resort { &bob.kem_last_resort } else { &bob.kem };
+        assert_eq!(
+            a.pending_prekey_ids(),
+            Some((bob.spk.public().id, (kem.public().kind, kem.public().id)))
+        );
+        let first = a.encrypt(b"first", &mut rng).unwrap();
+        let msg = PreKeyMessage::decode(&first.bytes).unwrap();
+        let opk = opk.then_some(&bob.opks[0]);
+        let mut r = respond(&bob.device, &alice.list, &msg, &bob.spk, opk, kem).unwrap();
+        assert_eq!(
+            r.session.pending_prekey_ids(),
+            None,
+            "the responder's session is not pending"
+        );
+        let reply = r.session.encrypt(b"reply", &mut rng).unwrap();
+        a.decrypt(reply.message_type, &reply.bytes).unwrap();
+        assert_eq!(a.pending_prekey_ids(), None, "answered");
+    }
+}
+
+#[test]
 fn late_message_from_an_evicted_chain_decrypts_through_pn() {
     let mut rng = ChaCha20Rng::seed_from_u64(101);
     let (_, _, mut a, mut b) = establish(&mut rng);

@@ -171,7 +171,7 @@ impl<S: Store> Inner<S> {
                         reason: "no device of the contact can be reached (no prekeys)".into(),
                     };
                 }
-                match m.prepare_send(item, &skip) {
+                match m.prepare_send(item, &skip, now_ms()) {
                     Ok(SendPlan::Ready { changes, recipients }) => match self.commit_locked(&mut m, changes).await {
                         Ok(_) => return Prepared::Ready(recipients),
                         Err(ClientError::Store(StoreError::Conflict)) => continue,

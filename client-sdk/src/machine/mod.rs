@@ -56,7 +56,7 @@ pub use outputs::{
 };
 pub use prekeys::{
     KEM_BATCH, KEM_LOW, LAST_RESORT_KEM_ID, MAX_PREKEY_AGE_MS, MAX_PREKEY_AHEAD_MS, ONE_TIME_BATCH, ONE_TIME_LOW,
-    PREKEY_GRACE_MS, PREKEY_ROTATION_MS, bundle_is_fresh, prekey_created_ms,
+    PENDING_SESSION_MAX_AGE_MS, PREKEY_GRACE_MS, PREKEY_ROTATION_MS, bundle_is_fresh, prekey_created_ms,
 };
 use prekeys::{kem_prekeys, next_last_resort_id, next_signed_id, one_time_prekeys};
 

@@ -67,10 +67,17 @@ impl Machine {
     /// each; otherwise says what to fetch.
     ///
     /// Devices in `skip` (listed, but unreachable for this send: the relay holds no
-    /// prekeys for them) are left out.
-    pub fn prepare_send(&mut self, item: &OutboxItem, skip: &[PeerDevice]) -> Result<SendPlan, MachineError> {
+    /// prekeys for them) are left out. A session whose first messages were never answered
+    /// and whose named prekeys are too old at `now_ms` counts as none (a new bundle is
+    /// needed).
+    pub fn prepare_send(
+        &mut self,
+        item: &OutboxItem,
+        skip: &[PeerDevice],
+        now_ms: u64,
+    ) -> Result<SendPlan, MachineError> {
         let content = Content::decode(&item.content)?;
-        let targets = match self.fan_out(&item.to, skip) {
+        let targets = match self.fan_out(&item.to, skip, now_ms) {
             Ok(t) => t,
             Err(needs) => return Ok(SendPlan::Need(needs)),
         };

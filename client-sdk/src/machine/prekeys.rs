@@ -50,6 +50,28 @@ pub const MAX_PREKEY_AGE_MS: u64 = 30 * DAY_MS;
 /// ... or made more than this far ahead of the sender's clock.
 pub const MAX_PREKEY_AHEAD_MS: u64 = DAY_MS;
 
+/// A session whose pre-key messages were never answered is used only while the
+/// responder's signed and last-resort prekeys it names were made at most this long ago:
+/// the responder keeps a replaced key at least 65 days after it was made
+/// ([`PREKEY_GRACE_MS`] after its successor), and an envelope may take up to 30 days to
+/// arrive. After that the sender fetches a new bundle and starts a new session.
+pub const PENDING_SESSION_MAX_AGE_MS: u64 = 35 * DAY_MS;
+
+/// Whether `session` may still carry messages at `now_ms`: answered, or pending on
+/// responder keys young enough ([`PENDING_SESSION_MAX_AGE_MS`]).
+pub(super) fn pending_keys_usable(session: &sotto_crypto::Session, now_ms: u64) -> bool {
+    let Some((signed, (kem_kind, kem))) = session.pending_prekey_ids() else {
+        return true;
+    };
+    [
+        prekey_created_ms(PreKeyKind::Signed, signed),
+        prekey_created_ms(kem_kind, kem),
+    ]
+    .into_iter()
+    .flatten()
+    .all(|made| made.saturating_add(PENDING_SESSION_MAX_AGE_MS) >= now_ms)
+}
+
 /// The hour `now_ms` falls in, as a prekey id (at most 2^31 − 1).
 fn hour_of(now_ms: u64) -> u32 {
     u32::try_from(now_ms / HOUR_MS).map_or(!LAST_RESORT_KEM_ID, |h| h.min(!LAST_RESORT_KEM_ID))

@@ -20,7 +20,10 @@ impl Machine {
         }
     }
 
-    pub(super) fn has_usable_session(&self, identity: &DeviceIdentity) -> bool {
+    /// Whether the active session with `identity` can carry a message at `now_ms`: it is
+    /// with that device's current keys, and answered or pending on responder prekeys
+    /// young enough ([`super::PENDING_SESSION_MAX_AGE_MS`]).
+    pub(super) fn has_usable_session(&self, identity: &DeviceIdentity, now_ms: u64) -> bool {
         let peer = (identity.account_id, identity.device_id);
         let Some(set) = self.sessions.get(&peer) else {
             return false;
@@ -28,7 +31,8 @@ impl Machine {
         let Some(first) = set.value.sessions.first() else {
             return false;
         };
-        Session::unpickle(first, &self.pickle_key).is_ok_and(|s| s.remote().ct_eq(identity))
+        Session::unpickle(first, &self.pickle_key)
+            .is_ok_and(|s| s.remote().ct_eq(identity) && super::prekeys::pending_keys_usable(&s, now_ms))
     }
 
     /// Session-set write: `front` becomes active, followed by `rest` (pickles), capped.
@@ -67,7 +71,7 @@ impl Machine {
         };
         for b in bundles {
             if b.identity.account_id != *account
-                || self.has_usable_session(&b.identity)
+                || self.has_usable_session(&b.identity, now_ms)
                 || !super::bundle_is_fresh(b, now_ms)
             {
                 continue;
@@ -88,7 +92,12 @@ impl Machine {
 
     /// Every device a message to `to` goes to: all of `to`'s devices and this account's
     /// other devices, but those in `skip`.
-    pub(super) fn fan_out(&self, to: &AccountId, skip: &[PeerDevice]) -> Result<Vec<DeviceIdentity>, Vec<Need>> {
+    pub(super) fn fan_out(
+        &self,
+        to: &AccountId,
+        skip: &[PeerDevice],
+        now_ms: u64,
+    ) -> Result<Vec<DeviceIdentity>, Vec<Need>> {
         let mut needs = Vec::new();
         let mut targets = Vec::new();
         let own = self.account_id();
@@ -105,7 +114,7 @@ impl Machine {
                 let Some(identity) = list.identity(d.device_id) else {
                     continue;
                 };
-                if !self.has_usable_session(&identity) {
+                if !self.has_usable_session(&identity, now_ms) {
                     missing.push(d.device_id);
                 }
                 targets.push(identity);

@@ -25,6 +25,8 @@ struct Peer {
     inbox: Vec<Vec<u8>>,
     seq: u64,
     events: Vec<Event>,
+    /// This peer's clock (T0 unless a test moves it).
+    now: u64,
 }
 
 async fn snapshot(s: &MemoryStore) -> Snapshot {
@@ -55,6 +57,7 @@ impl Peer {
             inbox: Vec::new(),
             seq: 0,
             events: Vec::new(),
+            now: T0,
         }
     }
 
@@ -89,7 +92,7 @@ impl Peer {
 async fn send(from: &mut Peer, others: &mut [&mut Peer]) -> Vec<Recipient> {
     let item = from.store.outbox(1).await.unwrap().remove(0);
     loop {
-        match from.machine.prepare_send(&item, &[]).unwrap() {
+        match from.machine.prepare_send(&item, &[], from.now).unwrap() {
             SendPlan::Need(needs) => {
                 for need in needs {
                     match need {
@@ -103,7 +106,7 @@ async fn send(from: &mut Peer, others: &mut [&mut Peer]) -> Vec<Recipient> {
                             assert_eq!(devices, vec![DeviceId(1)]);
                             let o = others.iter_mut().find(|p| p.id() == a).unwrap();
                             let b = o.bundle();
-                            let c = from.machine.receive_bundles(&a, &[b], T0).unwrap();
+                            let c = from.machine.receive_bundles(&a, &[b], from.now).unwrap();
                             from.commit(c).await;
                         }
                     }
@@ -506,6 +509,61 @@ async fn signed_and_last_resort_prekeys_rotate_with_a_grace_period() {
     );
     assert!(!removed.contains(&(PreKeyKind::Signed as u8, current_spk.id)));
     assert!(upload.signed_prekey.is_none(), "no rotation was due");
+}
+
+/// A session whose first messages were never answered names the responder's prekeys of
+/// its day in every message; once those may have been deleted (the responder keeps them
+/// 65 days after they were made) the sender starts a new session from a fresh bundle,
+/// and everything still opens.
+#[tokio::test]
+async fn an_unanswered_session_is_replaced_once_its_prekeys_are_old() {
+    let mut alice = Peer::new(65).await;
+    let mut bob = Peer::new(66).await;
+    let c = alice.machine.add_contact(bob.id()).unwrap();
+    alice.commit(c).await;
+    for text in ["one", "two"] {
+        let (c, _) = alice.machine.queue_text(bob.id(), text, alice.now).unwrap();
+        alice.commit(c).await;
+        send(&mut alice, &mut [&mut bob]).await;
+        alice.now = T0 + PENDING_SESSION_MAX_AGE_MS;
+    }
+    // One hour later the pending session is too old: a bundle is needed.
+    alice.now += 3_600_000;
+    let (c, _) = alice.machine.queue_text(bob.id(), "three", alice.now).unwrap();
+    alice.commit(c).await;
+    let item = alice.store.outbox(1).await.unwrap().remove(0);
+    match alice.machine.prepare_send(&item, &[], alice.now).unwrap() {
+        SendPlan::Need(needs) => assert!(
+            needs
+                .iter()
+                .any(|n| matches!(n, Need::Bundles(a, d) if *a == bob.id() && d == &[DeviceId(1)])),
+            "{needs:?}"
+        ),
+        SendPlan::Ready { .. } => panic!("sent over a session whose prekeys may be gone"),
+    }
+    // Bob, offline all along, comes back and rotates; Alice uses his new bundle.
+    bob.now = alice.now;
+    let full = PreKeyCounts {
+        one_time: 100,
+        kem_one_time: 20,
+        has_signed_prekey: true,
+        has_last_resort: true,
+    };
+    let (changes, upload) = bob.machine.refill_prekeys(&full, bob.now).unwrap().unwrap();
+    bob.commit(changes).await;
+    bob.upload = upload;
+    send(&mut alice, &mut [&mut bob]).await;
+    bob.events.clear();
+    deliver(&mut bob, &[&alice]).await;
+    let texts: Vec<&str> = bob
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::MessageReceived(m) => Some(m.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["one", "two", "three"], "{:?}", bob.events);
 }
 
 /// Finding 14, sender side: a bundle whose signed prekey or last-resort ML-KEM prekey is
