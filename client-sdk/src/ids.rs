@@ -48,7 +48,7 @@ mod tests {
 
     #[test]
     fn uuid_v7_layout() {
-        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let mut rng = ChaCha20Rng::seed_from_u64(1); // test only
         let id = MessageId::new(0x0102_0304_0506, &mut rng);
         assert_eq!(&id.0[..6], &[1, 2, 3, 4, 5, 6]);
         assert_eq!(id.0[6] >> 4, 7);

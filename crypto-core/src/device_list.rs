@@ -474,7 +474,7 @@ mod tests {
     use rand_core::SeedableRng;
 
     fn setup() -> (AccountKey, Vec<Device>) {
-        let mut rng = ChaCha20Rng::seed_from_u64(10);
+        let mut rng = ChaCha20Rng::seed_from_u64(10); // test only
         let ak = AccountKey::generate(&mut rng);
         let devices = (1..=3)
             .map(|i| Device::generate(ak.account_id(), DeviceId(i), &mut rng))
@@ -502,7 +502,7 @@ mod tests {
         let list = ak
             .sign_device_list(1, 0, devs.iter().map(Device::entry).collect())
             .unwrap();
-        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        let mut rng = ChaCha20Rng::seed_from_u64(11); // test only
         let other = AccountKey::generate(&mut rng);
         assert_eq!(
             list.signed().verify(&other.account_id()),
@@ -568,7 +568,7 @@ mod tests {
     #[test]
     fn an_entry_without_its_devices_binding_is_refused() {
         let (ak, devs) = setup();
-        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let mut rng = ChaCha20Rng::seed_from_u64(12); // test only
         let mallory = AccountKey::generate(&mut rng);
         // Mallory lists Alice's device 1 keys under her own account.
         let stolen = devs[0].entry();

@@ -605,7 +605,7 @@ mod tests {
 
     #[test]
     fn account_key_seed_round_trips() {
-        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let mut rng = ChaCha20Rng::seed_from_u64(12); // test only
         let ak = AccountKey::generate(&mut rng);
         let seed = ak.dangerous_export_seed();
         let back = AccountKey::from_seed(&seed);
