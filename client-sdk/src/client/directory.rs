@@ -61,11 +61,11 @@ impl<S: Store> Inner<S> {
     ) -> Result<Vec<DeviceId>, ClientError> {
         let mut bundles = Vec::with_capacity(devices.len());
         let mut unreachable = Vec::new();
+        let now = now_ms();
         for d in devices {
             match self.relay.bundle(&self.device, &account, d).await {
                 // A device whose keys are stale is skipped like one without prekeys.
                 Ok(b) => {
-                    let now = now_ms();
                     if b.iter().all(|b| bundle_is_fresh(b, now)) {
                         bundles.extend(b);
                     } else {
@@ -79,7 +79,6 @@ impl<S: Store> Inner<S> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let now = now_ms();
         self.transact(|m| Ok((m.receive_bundles(&account, &bundles, now)?, ())))
             .await?;
         Ok(unreachable)

@@ -33,8 +33,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use rand_chacha::ChaCha20Rng;
 use sotto_crypto::pickle::Pickle;
 use sotto_crypto::{
-    AccountId, AccountKey, Device, DeviceId, DeviceList, DeviceListError, PickleKey, PreKeyKind, SafetyNumber,
-    SignedDeviceList,
+    AccountId, AccountKey, Device, DeviceId, DeviceList, DeviceListError, PickleKey, SafetyNumber, SignedDeviceList,
 };
 use sotto_proto::PreKeyUpload;
 
@@ -58,7 +57,7 @@ pub use prekeys::{
     KEM_BATCH, KEM_LOW, LAST_RESORT_KEM_ID, MAX_PREKEY_AGE_MS, MAX_PREKEY_AHEAD_MS, ONE_TIME_BATCH, ONE_TIME_LOW,
     PENDING_SESSION_MAX_AGE_MS, PREKEY_GRACE_MS, PREKEY_ROTATION_MS, bundle_is_fresh, prekey_created_ms,
 };
-use prekeys::{kem_prekeys, next_last_resort_id, next_signed_id, one_time_prekeys};
+use prekeys::{kem_prekeys, last_resort_prekey, one_time_prekeys, signed_prekey};
 
 /// One active plus up to ten inactive sessions per remote device.
 pub const MAX_SESSIONS_PER_DEVICE: usize = 11;
@@ -214,22 +213,10 @@ impl Machine {
     ) -> Result<NewAccount, MachineError> {
         let mut changes = Changes::default();
         let mut upload = PreKeyUpload::default();
-        let signed_prekey_id = next_signed_id(now_ms, None);
-        let spk = device.generate_signed_prekey(signed_prekey_id, rng);
-        changes.prekeys_added.push((
-            (PreKeyKind::Signed as u8, signed_prekey_id),
-            spk.pickle(pickle_key, rng),
-        ));
-        upload.signed_prekey = Some(spk.public().clone());
+        let signed_prekey_id = signed_prekey(&device, now_ms, None, rng, pickle_key, &mut changes, &mut upload);
         one_time_prekeys(&device, 1, ONE_TIME_BATCH, rng, pickle_key, &mut changes, &mut upload);
         kem_prekeys(&device, 1, KEM_BATCH, rng, pickle_key, &mut changes, &mut upload);
-        let last_resort_id = next_last_resort_id(now_ms, None);
-        let lr = device.generate_kem_prekey(last_resort_id, true, rng);
-        changes.prekeys_added.push((
-            (PreKeyKind::KemLastResort as u8, last_resort_id),
-            lr.pickle(pickle_key, rng),
-        ));
-        upload.last_resort_kem_prekey = Some(lr.public().clone());
+        last_resort_prekey(&device, now_ms, None, rng, pickle_key, &mut changes, &mut upload);
         changes.account = Some(Write {
             expected: None,
             value: AccountRecord {

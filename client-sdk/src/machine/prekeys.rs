@@ -112,6 +112,45 @@ pub(super) fn next_last_resort_id(now_ms: u64, current: Option<u32>) -> u32 {
     LAST_RESORT_KEM_ID | hour.min(!LAST_RESORT_KEM_ID)
 }
 
+/// A new signed prekey made at `now_ms` (id above `current`): its secret into `changes`,
+/// its public key into `upload`. Returns its id.
+pub(super) fn signed_prekey(
+    device: &Device,
+    now_ms: u64,
+    current: Option<u32>,
+    rng: &mut ChaCha20Rng,
+    key: &PickleKey,
+    changes: &mut Changes,
+    upload: &mut PreKeyUpload,
+) -> u32 {
+    let id = next_signed_id(now_ms, current);
+    let spk = device.generate_signed_prekey(id, rng);
+    changes
+        .prekeys_added
+        .push(((PreKeyKind::Signed as u8, id), spk.pickle(key, rng)));
+    upload.signed_prekey = Some(spk.public().clone());
+    id
+}
+
+/// A new last-resort ML-KEM prekey made at `now_ms` (id above `current`), as
+/// [`signed_prekey`].
+pub(super) fn last_resort_prekey(
+    device: &Device,
+    now_ms: u64,
+    current: Option<u32>,
+    rng: &mut ChaCha20Rng,
+    key: &PickleKey,
+    changes: &mut Changes,
+    upload: &mut PreKeyUpload,
+) {
+    let id = next_last_resort_id(now_ms, current);
+    let lr = device.generate_kem_prekey(id, true, rng);
+    changes
+        .prekeys_added
+        .push(((PreKeyKind::KemLastResort as u8, id), lr.pickle(key, rng)));
+    upload.last_resort_kem_prekey = Some(lr.public().clone());
+}
+
 pub(super) fn one_time_prekeys(
     device: &Device,
     first: u32,
@@ -214,25 +253,28 @@ impl Machine {
         let signed =
             Some(record.signed_prekey_id).filter(|id| self.prekeys.contains_key(&(PreKeyKind::Signed as u8, *id)));
         if due(PreKeyKind::Signed, signed) {
-            let id = next_signed_id(now_ms, signed);
-            let spk = self.device.generate_signed_prekey(id, &mut self.rng);
-            changes.prekeys_added.push((
-                (PreKeyKind::Signed as u8, id),
-                spk.pickle(&self.pickle_key, &mut self.rng),
-            ));
-            upload.signed_prekey = Some(spk.public().clone());
-            record.signed_prekey_id = id;
+            record.signed_prekey_id = signed_prekey(
+                &self.device,
+                now_ms,
+                signed,
+                &mut self.rng,
+                &self.pickle_key,
+                changes,
+                upload,
+            );
             record.prekeys_unsent = true;
         }
         let last_resort = self.last_resort_id();
         if due(PreKeyKind::KemLastResort, last_resort) {
-            let id = next_last_resort_id(now_ms, last_resort);
-            let lr = self.device.generate_kem_prekey(id, true, &mut self.rng);
-            changes.prekeys_added.push((
-                (PreKeyKind::KemLastResort as u8, id),
-                lr.pickle(&self.pickle_key, &mut self.rng),
-            ));
-            upload.last_resort_kem_prekey = Some(lr.public().clone());
+            last_resort_prekey(
+                &self.device,
+                now_ms,
+                last_resort,
+                &mut self.rng,
+                &self.pickle_key,
+                changes,
+                upload,
+            );
             record.prekeys_unsent = true;
         }
     }
