@@ -1,7 +1,9 @@
 //! The plaintext inside every session message: a small, versioned, bounded encoding.
 //!
 //! ```text
-//! content  = 0x01 (version) ‖ message_id (16) ‖ timestamp_ms (u64) ‖ kind (u8) ‖ body
+//! content  = 0x02 (version) ‖ message_id (16) ‖ timestamp_ms (u64)
+//!            ‖ access (0x00 | 0x01 ‖ the sender account's access key (32)) ‖ kind (u8) ‖ body
+//!            (version 0x01, still read, has no access field)
 //! kind 0x01 Text            text (var, ≤ MAX_TEXT_LEN, UTF-8)
 //! kind 0x02 SyncTranscript  conversation (32) ‖ text (var, ≤ MAX_TEXT_LEN, UTF-8)
 //! kind 0x03 Delivered       count (u16, ≤ MAX_RECEIPTS) ‖ count × message_id (16)
@@ -11,6 +13,11 @@
 //! `SyncTranscript` naming the conversation (the contact's account id) instead, so a
 //! message sent from any device shows on all of the account's devices. Both carry the
 //! same message id, which receivers deduplicate on.
+//!
+//! `access` carries the sender account's access key (docs/protocol.md §13.8) to a contact
+//! the sender accepted, so the contact's sends to it are not message requests. Every
+//! such content carries it, so a contact that lost it, or missed a rotation, learns it
+//! again from the next message.
 
 use sotto_crypto::AccountId;
 use sotto_crypto::codec::{DecodeError, Put, Reader};
@@ -18,7 +25,7 @@ use thiserror::Error;
 
 use crate::ids::MessageId;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// The longest text, in bytes.
 pub const MAX_TEXT_LEN: usize = 64 * 1024;
 /// The most message ids in one receipt.
@@ -66,6 +73,8 @@ pub struct Content {
     pub message_id: MessageId,
     /// When the sender wrote it, Unix milliseconds (as claimed by the sender).
     pub timestamp_ms: u64,
+    /// The sender account's access key, shared with a contact it accepted.
+    pub access_key: Option<sotto_proto::AccessKey>,
     /// The payload.
     pub kind: ContentKind,
 }
@@ -89,6 +98,13 @@ impl Content {
         out.put_u8(VERSION);
         out.put(&self.message_id.0);
         out.put_u64(self.timestamp_ms);
+        match &self.access_key {
+            Some(k) => {
+                out.put_u8(1);
+                out.put(&k.0);
+            }
+            None => out.put_u8(0),
+        }
         match &self.kind {
             ContentKind::Text { text } => {
                 out.put_u8(tag::TEXT);
@@ -113,9 +129,27 @@ impl Content {
     /// Decodes content; any byte string yields a value or a typed error.
     pub fn decode(bytes: &[u8]) -> Result<Self, ContentError> {
         let mut r = Reader::new(bytes);
-        r.version(VERSION)?;
+        let version = r.u8()?;
+        if !(1..=VERSION).contains(&version) {
+            return Err(DecodeError::UnsupportedVersion { version }.into());
+        }
         let message_id = MessageId(r.array()?);
         let timestamp_ms = r.u64()?;
+        let access_key = if version >= 2 {
+            match r.u8()? {
+                0 => None,
+                1 => Some(sotto_proto::AccessKey(r.array()?)),
+                value => {
+                    return Err(DecodeError::UnknownType {
+                        field: "access key flag",
+                        value,
+                    }
+                    .into());
+                }
+            }
+        } else {
+            None
+        };
         let kind = match r.u8()? {
             tag::TEXT => ContentKind::Text { text: text(&mut r)? },
             tag::SYNC => {
@@ -145,6 +179,7 @@ impl Content {
         Ok(Self {
             message_id,
             timestamp_ms,
+            access_key,
             kind,
         })
     }
@@ -160,11 +195,21 @@ mod tests {
             Content {
                 message_id: id,
                 timestamp_ms: 5,
+                access_key: None,
                 kind: ContentKind::Text { text: "hi ✓".into() },
             },
             Content {
                 message_id: id,
+                timestamp_ms: 6,
+                access_key: Some(sotto_proto::AccessKey([0xa5; 32])),
+                kind: ContentKind::Text {
+                    text: "with key".into(),
+                },
+            },
+            Content {
+                message_id: id,
                 timestamp_ms: u64::MAX,
+                access_key: None,
                 kind: ContentKind::SyncTranscript {
                     conversation: AccountId([3; 32]),
                     text: String::new(),
@@ -173,11 +218,25 @@ mod tests {
             Content {
                 message_id: id,
                 timestamp_ms: 0,
+                access_key: Some(sotto_proto::AccessKey([1; 32])),
                 kind: ContentKind::Delivered {
                     message_ids: vec![MessageId([1; 16]), MessageId([2; 16])],
                 },
             },
         ]
+    }
+
+    #[test]
+    fn version_1_content_is_still_read_without_an_access_key() {
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&[7; 16]);
+        v1.extend_from_slice(&5u64.to_be_bytes());
+        v1.push(1);
+        v1.extend_from_slice(&2u32.to_be_bytes());
+        v1.extend_from_slice(b"hi");
+        let c = Content::decode(&v1).unwrap();
+        assert_eq!(c.access_key, None);
+        assert_eq!(c.kind, ContentKind::Text { text: "hi".into() });
     }
 
     #[test]
@@ -206,13 +265,19 @@ mod tests {
     #[test]
     fn bad_kind_version_and_utf8_are_refused() {
         let mut bytes = samples()[0].encode();
-        bytes[0] = 2;
+        bytes[0] = 3;
         assert!(matches!(
             Content::decode(&bytes),
-            Err(ContentError::Decode(DecodeError::UnsupportedVersion { version: 2 }))
+            Err(ContentError::Decode(DecodeError::UnsupportedVersion { version: 3 }))
         ));
         let mut bytes = samples()[0].encode();
-        bytes[25] = 0x99;
+        bytes[26] = 0x99;
+        assert!(matches!(
+            Content::decode(&bytes),
+            Err(ContentError::Decode(DecodeError::UnknownType { .. }))
+        ));
+        let mut bytes = samples()[0].encode();
+        bytes[25] = 2;
         assert!(matches!(
             Content::decode(&bytes),
             Err(ContentError::Decode(DecodeError::UnknownType { .. }))

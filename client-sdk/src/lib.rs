@@ -57,7 +57,10 @@ mod rt;
 pub mod transport;
 
 #[cfg(any(feature = "native", feature = "web"))]
-pub use client::{Client, ClientError, ClientOptions, Entropy, EventStream, contact_link, parse_contact};
+pub use client::{
+    Client, ClientError, ClientOptions, Entropy, EventStream, contact_link, contact_link_with_key, parse_contact,
+    parse_contact_link,
+};
 pub use content::{Content, ContentError, ContentKind};
 pub use ids::MessageId;
 #[cfg(any(feature = "native", feature = "web"))]

@@ -11,9 +11,11 @@
 //!               sealed by the new device (content type 0x10) to every listed device, anonymously
 //! fingerprint = SHA-256("Sotto-v1 link fingerprint" ‖ account_id ‖ device_id ‖ DSK_pub ‖ IK_pub)[..10],
 //!               shown on both devices as five groups of four hex digits
-//! accept      = 0x01 ‖ flags (u8; bit 0: account key included) ‖
+//! accept      = 0x02 ‖ flags (u8; bit 0: account key included) ‖
 //!               [ChaCha20-Poly1305(acc_key, nonce = 0^12, aad = account_id ‖ device_id, AK seed) (48)] ‖
-//!               n (u16) ‖ n × contact account id (32)
+//!               access (0x00 | 0x01 ‖ the account's access key (32)) ‖
+//!               n (u16) ‖ n × (contact account id (32) ‖ cflags (u8; bit 0 accepted, bit 1 key) ‖
+//!               [the contact's access key (32)])
 //!               sealed by the existing device (content type 0x11) to the new device, after the
 //!               user confirmed and it published the device list with the new device in it;
 //!               the account's other devices get the one byte 0x00 (a notice to refetch the list)
@@ -42,7 +44,7 @@ use zeroize::Zeroizing;
 use crate::client::{Client, ClientError, ClientOptions, Inner, now_ms, pickle_key};
 use crate::machine::{CONTENT_LINK_ACCEPT, CONTENT_LINK_REQUEST, Event, Machine};
 use crate::rt;
-use crate::store::{Store, StoreKey};
+use crate::store::{ConversationRecord, Store, StoreKey};
 use crate::transport::Relay;
 
 /// How long a link code is valid on the existing device (the user must confirm within
@@ -55,8 +57,20 @@ pub const MAX_DEVICE_NAME: usize = 64;
 const REQUEST_VERSION: u8 = 1;
 /// The request body's bytes before the name: device id, DSK, IK, binding, name length.
 const REQUEST_FIXED: usize = 4 + 32 + 32 + 64 + 1;
-const ACCEPT_VERSION: u8 = 1;
+const ACCEPT_VERSION: u8 = 2;
 const FLAG_ACCOUNT_KEY: u8 = 1;
+const CONTACT_ACCEPTED: u8 = 1;
+const CONTACT_KEY: u8 = 2;
+
+/// What a link answer gives the new device.
+pub struct LinkAccept {
+    /// The account key, when the existing device granted it.
+    pub account_key: Option<AccountKey>,
+    /// The account's access key (docs/protocol.md §13.8).
+    pub access_key: Option<[u8; 32]>,
+    /// The conversations: contacts and message requests, with their access keys.
+    pub contacts: Vec<ConversationRecord>,
+}
 
 /// A link in progress on the existing device.
 pub(crate) struct PendingLink {
@@ -197,7 +211,8 @@ pub fn encode_link_accept(
     account: &AccountId,
     device: DeviceId,
     account_key: Option<&AccountKey>,
-    contacts: &[AccountId],
+    access_key: Option<&[u8; 32]>,
+    contacts: &[ConversationRecord],
 ) -> Vec<u8> {
     let mut out = vec![ACCEPT_VERSION];
     match account_key {
@@ -220,22 +235,37 @@ pub fn encode_link_accept(
         }
         None => out.put_u8(0),
     }
+    match access_key {
+        Some(k) => {
+            out.put_u8(1);
+            out.put(k);
+        }
+        None => out.put_u8(0),
+    }
     let n = contacts.len().min(MAX_LINK_CONTACTS);
     out.put_count(n);
     for c in &contacts[..n] {
-        out.put(c.as_bytes());
+        out.put(c.peer.as_bytes());
+        let accepted = if c.accepted { CONTACT_ACCEPTED } else { 0 };
+        match &c.access_key {
+            Some(k) => {
+                out.put_u8(accepted | CONTACT_KEY);
+                out.put(k);
+            }
+            None => out.put_u8(accepted),
+        }
     }
     out
 }
 
 /// Parses an answer: the account key when granted (checked against the account id),
-/// and the contacts.
+/// the access key and the contacts.
 pub fn decode_link_accept(
     secret: &[u8; 32],
     account: &AccountId,
     device: DeviceId,
     payload: &[u8],
-) -> Option<(Option<AccountKey>, Vec<AccountId>)> {
+) -> Option<LinkAccept> {
     let mut r = Reader::new(payload);
     r.version(ACCEPT_VERSION).ok()?;
     let ak = match r.u8().ok()? {
@@ -263,13 +293,36 @@ pub fn decode_link_accept(
         }
         _ => return None,
     };
-    let n = r.count("contacts", MAX_LINK_CONTACTS, 32).ok()?;
+    let access_key = match r.u8().ok()? {
+        0 => None,
+        1 => Some(r.array().ok()?),
+        _ => return None,
+    };
+    let n = r.count("contacts", MAX_LINK_CONTACTS, 33).ok()?;
     let mut contacts = Vec::with_capacity(n);
     for _ in 0..n {
-        contacts.push(AccountId(r.array().ok()?));
+        let peer = AccountId(r.array().ok()?);
+        let flags = r.u8().ok()?;
+        if flags & !(CONTACT_ACCEPTED | CONTACT_KEY) != 0 {
+            return None;
+        }
+        let access_key = if flags & CONTACT_KEY != 0 {
+            Some(r.array().ok()?)
+        } else {
+            None
+        };
+        contacts.push(ConversationRecord {
+            peer,
+            accepted: flags & CONTACT_ACCEPTED != 0,
+            access_key,
+        });
     }
     r.finish().ok()?;
-    Some((ak, contacts))
+    Some(LinkAccept {
+        account_key: ak,
+        access_key,
+        contacts,
+    })
 }
 
 /// The recovery key text of an account key.
@@ -353,8 +406,11 @@ pub fn parse_code(code: &str) -> Result<(AccountId, Zeroizing<[u8; 32]>), Client
 }
 
 fn anonymous_send(recipients: Vec<Recipient>) -> Send {
+    // The new device has no access key yet: the request reaches the account's devices
+    // as a message request (docs/protocol.md §12A.3).
     Send {
         message_id: 1,
+        access: Vec::new(),
         recipients,
     }
 }
@@ -722,13 +778,22 @@ impl<S: Store> Inner<S> {
         let (list, accept) = {
             let m = self.machine.lock().await;
             let list = m.next_own_list(Some(entry), None, now_ms())?;
-            let contacts: Vec<AccountId> = m.conversations().copied().collect();
+            let contacts: Vec<ConversationRecord> =
+                m.conversations().filter_map(|c| m.conversation(c).cloned()).collect();
             let ak = if grant {
                 Some(m.account_key().ok_or(ClientError::NoAccountKey)?)
             } else {
                 None
             };
-            let accept = encode_link_accept(secret, &account, entry.device_id, ak, &contacts);
+            let access = m.own_access_key();
+            let accept = encode_link_accept(
+                secret,
+                &account,
+                entry.device_id,
+                ak,
+                access.as_ref().map(|k| &k.0),
+                &contacts,
+            );
             (list, accept)
         };
         self.publish_own_list(&list).await?;
@@ -758,7 +823,16 @@ impl<S: Store> Inner<S> {
                 });
             }
         }
-        stored(self.relay.send_anonymous(anonymous_send(recipients)).await?)
+        let access = self.machine.lock().await.own_access_key();
+        let mut send = anonymous_send(recipients);
+        send.access = access
+            .map(|key| sotto_proto::Access {
+                account_id: account,
+                key,
+            })
+            .into_iter()
+            .collect();
+        stored(self.relay.send_anonymous(send).await?)
     }
 
     /// A linking answer was processed (its seq committed): on a joining device, store
@@ -770,15 +844,21 @@ impl<S: Store> Inner<S> {
         if sender.account_id != account {
             return Ok(());
         }
-        let Some((ak, contacts)) = decode_link_accept(&j.secret, &account, self.device.device_id(), payload) else {
+        let Some(answer) = decode_link_accept(&j.secret, &account, self.device.device_id(), payload) else {
             return Ok(());
         };
-        if let Some(ak) = &ak {
+        if let Some(ak) = &answer.account_key {
             self.transact(|m| Ok((m.set_account_key(ak)?, ()))).await?;
         }
-        for contact in contacts {
-            if self.refresh_device_list(contact).await.is_ok() {
-                let _ = self.transact(|m| Ok((m.add_contact(contact)?, ()))).await;
+        if let Some(k) = answer.access_key {
+            self.transact(|m| Ok((m.set_access_key(k).unwrap_or_default(), ())))
+                .await?;
+        }
+        for contact in answer.contacts {
+            if contact.peer != account && self.refresh_device_list(contact.peer).await.is_ok() {
+                let _ = self
+                    .transact(|m| Ok((m.import_conversation(contact.clone()), ())))
+                    .await;
             }
         }
         if let Some(done) = j.done.take() {

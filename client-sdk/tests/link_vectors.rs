@@ -17,6 +17,7 @@ use sotto_sdk::link::{
     decode_link_accept, decode_link_request, decode_recovery_key, encode_link_accept, encode_link_request,
     encode_recovery_key, fingerprints_match, link_code, link_fingerprint, link_key, parse_code,
 };
+use sotto_sdk::store::ConversationRecord;
 
 fn path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/link.json")
@@ -41,7 +42,11 @@ fn inputs() -> Value {
         "device_identity_key": hex::encode(e.identity_key.as_bytes()),
         "device_binding": hex::encode(e.binding.0),
         "device_name": "Alice’s phone",
-        "contacts": [hex::encode([0x33u8; 32]), hex::encode([0x44u8; 32])],
+        "access_key": hex::encode([0x55u8; 32]),
+        "contacts": [
+            {"account_id": hex::encode([0x33u8; 32]), "accepted": true, "access_key": hex::encode([0x66u8; 32])},
+            {"account_id": hex::encode([0x44u8; 32]), "accepted": false, "access_key": null},
+        ],
     })
 }
 
@@ -62,15 +67,20 @@ fn outputs(i: &Value) -> Value {
         binding: Signature(arr(&i["device_binding"])),
     };
     let name = i["device_name"].as_str().unwrap();
-    let contacts: Vec<AccountId> = i["contacts"]
+    let contacts: Vec<ConversationRecord> = i["contacts"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| AccountId(arr(c)))
+        .map(|c| ConversationRecord {
+            peer: AccountId(arr(&c["account_id"])),
+            accepted: c["accepted"].as_bool().unwrap(),
+            access_key: c["access_key"].as_str().map(|_| arr(&c["access_key"])),
+        })
         .collect();
+    let access: [u8; 32] = arr(&i["access_key"]);
     let request = encode_link_request(&secret, &account, &entry, name);
-    let with_ak = encode_link_accept(&secret, &account, device.device_id, Some(&ak), &contacts);
-    let without_ak = encode_link_accept(&secret, &account, device.device_id, None, &contacts);
+    let with_ak = encode_link_accept(&secret, &account, device.device_id, Some(&ak), Some(&access), &contacts);
+    let without_ak = encode_link_accept(&secret, &account, device.device_id, None, Some(&access), &contacts);
     let long_name = "x".repeat(80);
     json!({
         "account_id": account.to_string(),
@@ -133,14 +143,17 @@ fn link_vectors_replay() {
     assert!(decode_link_request(&[0x23; 32], &account, &request).is_none());
 
     let accept = hex::decode(o["accept_with_account_key"].as_str().unwrap()).unwrap();
-    let (ak, contacts) = decode_link_accept(&secret, &account, entry.device_id, &accept).unwrap();
-    assert_eq!(ak.unwrap().account_id(), account);
-    assert_eq!(contacts.len(), 2);
+    let answer = decode_link_accept(&secret, &account, entry.device_id, &accept).unwrap();
+    assert_eq!(answer.account_key.unwrap().account_id(), account);
+    assert_eq!(answer.access_key, Some(arr(&i["access_key"])));
+    assert_eq!(answer.contacts.len(), 2);
+    assert!(answer.contacts[0].accepted && answer.contacts[0].access_key == Some([0x66; 32]));
+    assert!(!answer.contacts[1].accepted && answer.contacts[1].access_key.is_none());
     assert!(decode_link_accept(&secret, &account, DeviceId(entry.device_id.0 + 1), &accept).is_none());
     let plain = hex::decode(o["accept_without_account_key"].as_str().unwrap()).unwrap();
-    let (ak, contacts) = decode_link_accept(&secret, &account, entry.device_id, &plain).unwrap();
-    assert!(ak.is_none());
-    assert_eq!(contacts.len(), 2);
+    let answer = decode_link_accept(&secret, &account, entry.device_id, &plain).unwrap();
+    assert!(answer.account_key.is_none());
+    assert_eq!(answer.contacts.len(), 2);
 
     let rk = o["recovery_key"].as_str().unwrap();
     assert_eq!(decode_recovery_key(rk).unwrap().account_id(), account);

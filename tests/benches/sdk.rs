@@ -17,7 +17,7 @@ async fn catch_up(n: usize) {
     let relay = TestRelay::start().await;
     let mut alice = Device::create(&relay, 101).await;
     let bob = Device::create(&relay, 102).await;
-    alice.client.add_contact(&bob.id().to_string()).await.unwrap();
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
     let bob_id = bob.id();
     let bob = bob.restart_offline().await;
     let t = Instant::now();
@@ -49,7 +49,7 @@ async fn throughput(n: usize) {
     let relay = TestRelay::start().await;
     let mut alice = Device::create(&relay, 103).await;
     let mut bob = Device::create(&relay, 104).await;
-    alice.client.add_contact(&bob.id().to_string()).await.unwrap();
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
     // Warm up: the first message sets up the session.
     alice.client.send_text(&bob.id(), "warm-up").await.unwrap();
     bob.receive(1).await;

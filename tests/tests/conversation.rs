@@ -59,7 +59,7 @@ async fn bob_offline_catches_up_on_500_messages() {
     let relay = TestRelay::start().await;
     let mut alice = Device::create(&relay, 3).await;
     let bob = Device::create(&relay, 4).await;
-    alice.client.add_contact(&bob.id().to_string()).await.unwrap();
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
     let bob_id = bob.id();
     let Device { client, dir, seed, .. } = bob;
     client.shutdown().await;
@@ -91,8 +91,8 @@ async fn clients_restarted_from_sqlite_continue_their_sessions() {
     let relay = TestRelay::start().await;
     let mut alice = Device::create(&relay, 5).await;
     let mut bob = Device::create(&relay, 6).await;
-    alice.client.add_contact(&bob.id().to_string()).await.unwrap();
-    bob.client.add_contact(&alice.id().to_string()).await.unwrap();
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
+    bob.client.add_contact(&alice.client.contact_link()).await.unwrap();
     for round in 0..4 {
         for i in 0..10 {
             alice
@@ -124,7 +124,7 @@ async fn delivery_receipts_mark_messages_delivered() {
     let relay = TestRelay::start().await;
     let mut alice = Device::create(&relay, 7).await;
     let mut bob = Device::create(&relay, 8).await;
-    alice.client.add_contact(&bob.id().to_string()).await.unwrap();
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..3 {
         ids.push(alice.client.send_text(&bob.id(), &format!("r{i}")).await.unwrap().id);

@@ -9,7 +9,7 @@ async fn relay_restart_mid_send_delivers_each_message_exactly_once() {
     let mut relay = TestRelay::start().await;
     let mut alice = Device::create(&relay, 11).await;
     let mut bob = Device::create(&relay, 12).await;
-    alice.client.add_contact(&bob.id().to_string()).await.unwrap();
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
     const N: usize = 300;
     for i in 0..N {
         alice.client.send_text(&bob.id(), &format!("m{i}")).await.unwrap();
@@ -35,7 +35,7 @@ async fn messages_written_while_the_relay_is_down_are_sent_when_it_returns() {
     let mut relay = TestRelay::start().await;
     let mut alice = Device::create(&relay, 13).await;
     let mut bob = Device::create(&relay, 14).await;
-    alice.client.add_contact(&bob.id().to_string()).await.unwrap();
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
     relay.stop().await;
     for i in 0..20 {
         alice

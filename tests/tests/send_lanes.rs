@@ -28,8 +28,8 @@ async fn a_full_mailbox_does_not_delay_a_message_to_another_contact() {
     .await;
     let bob = Device::create(&relay, 42).await;
     let mut carol = Device::create(&relay, 43).await;
-    alice.client.add_contact(&bob.id().to_string()).await.unwrap();
-    alice.client.add_contact(&carol.id().to_string()).await.unwrap();
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
+    alice.client.add_contact(&carol.client.contact_link()).await.unwrap();
     // Bob is offline; three messages fill his mailbox.
     let bob = bob.restart_offline().await;
     for i in 0..3 {
@@ -84,7 +84,7 @@ async fn stranger_with_an_unreachable_device(relay: &TestRelay) -> (Device, Devi
     let victim = Device::create_with(relay, 63, options(63)).await;
     let mut carol = Device::create(relay, 64).await;
     // A first message sets up the stranger's session with its second device.
-    stranger.client.add_contact(&carol.id().to_string()).await.unwrap();
+    stranger.client.add_contact(&carol.client.contact_link()).await.unwrap();
     stranger.client.send_text(&carol.id(), "hi carol").await.unwrap();
     carol.receive(1).await;
     stranger.sent(1).await;
@@ -99,8 +99,12 @@ async fn stranger_with_an_unreachable_device(relay: &TestRelay) -> (Device, Devi
 async fn a_contact_device_without_prekeys_does_not_stall_the_victims_sends() {
     let relay = TestRelay::start().await;
     let (stranger, mut victim, mut carol) = stranger_with_an_unreachable_device(&relay).await;
-    victim.client.add_contact(&carol.id().to_string()).await.unwrap();
-    stranger.client.add_contact(&victim.id().to_string()).await.unwrap();
+    victim.client.add_contact(&carol.client.contact_link()).await.unwrap();
+    stranger
+        .client
+        .add_contact(&victim.client.contact_link())
+        .await
+        .unwrap();
     stranger.client.send_text(&victim.id(), "one message").await.unwrap();
     assert_eq!(victim.receive(1).await[0].text, "one message");
     // The victim's automatic receipt to the stranger is queued...
@@ -127,8 +131,12 @@ fn crate_failsafe() -> Duration {
 async fn the_receipt_and_later_messages_reach_a_contact_with_an_unreachable_device() {
     let relay = TestRelay::start().await;
     let (mut stranger, mut victim, mut carol) = stranger_with_an_unreachable_device(&relay).await;
-    victim.client.add_contact(&carol.id().to_string()).await.unwrap();
-    stranger.client.add_contact(&victim.id().to_string()).await.unwrap();
+    victim.client.add_contact(&carol.client.contact_link()).await.unwrap();
+    stranger
+        .client
+        .add_contact(&victim.client.contact_link())
+        .await
+        .unwrap();
     let first = stranger.client.send_text(&victim.id(), "one message").await.unwrap();
     assert_eq!(victim.receive(1).await[0].text, "one message");
     // The receipt reaches the stranger's reachable device.

@@ -69,7 +69,7 @@ async fn flipped_replayed_and_moved_envelopes_are_refused() {
     let mut alice = Device::create(&relay, 31).await;
     let bob = Device::create(&relay, 32).await;
     let carol = Device::create(&relay, 33).await;
-    alice.client.add_contact(&bob.id().to_string()).await.unwrap();
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
     let bob = bob.restart_offline().await;
     let carol = carol.restart_offline().await;
 
@@ -132,7 +132,7 @@ async fn a_device_added_without_the_account_key_is_refused() {
     let mut alice = Device::create(&relay, 34).await;
     let bob = Device::create(&relay, 35).await;
     let carol = Device::create(&relay, 36).await;
-    alice.client.add_contact(&bob.id().to_string()).await.unwrap();
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
 
     // The relay lists a device of its own under Bob's account: a version 2 list with
     // Bob's account key in it, signed by another key.

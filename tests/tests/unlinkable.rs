@@ -16,7 +16,7 @@ async fn no_frame_id_or_fixed_delay_pairs_the_two_connections() {
     let mut alice = Device::create_with(&relay, 51, options(51)).await;
     let _alice2 = Device::join(&relay, &mut alice, 52).await;
     let mut bob = Device::create_with(&relay, 53, options(53)).await;
-    alice.client.add_contact(&bob.id().to_string()).await.unwrap();
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
     // Linking sent its own one-off anonymous messages; what follows is the steady state.
     let start = tokio::time::Instant::now();
     // A message written offline goes out as soon as Alice is back online.

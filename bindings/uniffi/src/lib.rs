@@ -853,9 +853,35 @@ impl SottoClient {
         self.device_id
     }
 
-    /// The link others add this account with (`sotto:` and the account id).
+    /// The link others add this account with: `sotto:`, the account id and the account's
+    /// access key, so whoever adds it sends as a contact, not as a message request.
     pub fn contact_link(&self) -> String {
-        sotto_sdk::contact_link(&self.account)
+        match self.client() {
+            Ok(c) => c.contact_link(),
+            Err(_) => sotto_sdk::contact_link(&self.account),
+        }
+    }
+
+    /// Accounts that wrote to this one and were not accepted yet: message requests.
+    pub async fn message_requests(&self) -> Result<Vec<String>, SottoError> {
+        let client = self.client()?;
+        on_runtime(async move {
+            Ok(client
+                .message_requests()
+                .await?
+                .iter()
+                .map(ToString::to_string)
+                .collect())
+        })
+        .await
+    }
+
+    /// Accepts a message request: the account's access key goes to the contact with the
+    /// next message or receipt.
+    pub async fn accept_message_request(&self, contact: String) -> Result<(), SottoError> {
+        let client = self.client()?;
+        let who = account(&contact)?;
+        on_runtime(async move { Ok(client.accept_message_request(&who).await?) }).await
     }
 
     /// Adds a contact by account id or contact link: fetches and pins its device list.

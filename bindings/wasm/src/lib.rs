@@ -360,7 +360,8 @@ impl SottoClient {
         self.client.device_id().0
     }
 
-    /// The link others add this account with (`sotto:<account id>`).
+    /// The link others add this account with (`sotto:<account id>.<hex access key>`): whoever
+    /// adds it sends as a contact, not as a message request.
     #[wasm_bindgen(getter, js_name = contactLink)]
     pub fn contact_link(&self) -> String {
         self.client.contact_link()
@@ -382,6 +383,23 @@ impl SottoClient {
         let client = self.live()?;
         let to = account(&contact)?;
         client.send_text(&to, &text).await.map(Into::into).map_err(client_error)
+    }
+
+    /// Accounts that wrote to this one and were not accepted yet: message requests.
+    #[wasm_bindgen(js_name = messageRequests)]
+    pub async fn message_requests(&self) -> Result<Vec<String>, JsValue> {
+        let client = self.live()?;
+        let list = client.message_requests().await.map_err(client_error)?;
+        Ok(list.iter().map(ToString::to_string).collect())
+    }
+
+    /// Accepts a message request (an account id): the account's access key goes to the
+    /// contact with the next message or receipt.
+    #[wasm_bindgen(js_name = acceptMessageRequest)]
+    pub async fn accept_message_request(&self, contact: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let who = account(&contact)?;
+        client.accept_message_request(&who).await.map_err(client_error)
     }
 
     /// The conversations (contacts' account ids).

@@ -85,6 +85,9 @@ impl<S: Store> Inner<S> {
     }
 
     pub(crate) async fn refill_prekeys(&self) -> Result<(), ClientError> {
+        // The access verifier goes first, so that no prekeys (no reachable device) are
+        // ever out without it: until then every send would be a contact's.
+        self.upload_access().await?;
         let counts = self.relay.prekey_counts(&self.device).await?;
         let upload = {
             let mut m = self.machine.lock().await;
@@ -101,6 +104,26 @@ impl<S: Store> Inner<S> {
             self.transact(|m| Ok((m.prekeys_sent(&upload).unwrap_or_default(), ())))
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Sets the account's access verifier and request policy on the relay, when it has
+    /// not confirmed them yet (docs/protocol.md §13.8).
+    pub(crate) async fn upload_access(&self) -> Result<(), ClientError> {
+        let accept = self.options.accept_message_requests;
+        let policy = {
+            let mut m = self.machine.lock().await;
+            let Some((changes, policy)) = m.access_upload(accept) else {
+                return Ok(());
+            };
+            if !changes.is_empty() {
+                self.commit_locked(&mut m, changes).await?;
+            }
+            policy
+        };
+        self.relay.put_access(&self.device, &policy).await?;
+        self.transact(|m| Ok((m.access_sent(&policy).unwrap_or_default(), ())))
+            .await?;
         Ok(())
     }
 

@@ -82,6 +82,11 @@ pub struct ClientOptions {
     /// An anonymous connection is used for a random time in this range, then replaced.
     /// Default 5–15 minutes.
     pub anonymous_lifetime: std::ops::Range<Duration>,
+    /// Whether accounts this one has not accepted may send it message requests (kept
+    /// apart by the relay, within a small quota). When false the relay refuses them
+    /// (`ACCESS_DENIED`), and linking a new device is refused too (its request travels
+    /// as one). Default true.
+    pub accept_message_requests: bool,
 }
 
 impl Default for ClientOptions {
@@ -103,6 +108,7 @@ impl Default for ClientOptions {
             receipt_delay: Duration::from_secs(1)..Duration::from_secs(5),
             anonymous_open_delay: Duration::from_secs(1)..Duration::from_secs(5),
             anonymous_lifetime: Duration::from_secs(300)..Duration::from_secs(900),
+            accept_message_requests: true,
         }
     }
 }
@@ -129,11 +135,45 @@ pub fn contact_link(account: &AccountId) -> String {
     format!("sotto:{account}")
 }
 
+/// A contact link that carries the account's access key (docs/protocol.md §13.8):
+/// `sotto:<account id>.<hex(access key)>`. Whoever adds it sends as a contact, not as a
+/// message request.
+pub fn contact_link_with_key(account: &AccountId, access_key: &[u8; 32]) -> String {
+    let mut s = format!("sotto:{account}.");
+    for b in access_key {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
 /// Parses an account id or a contact link.
 pub fn parse_contact(s: &str) -> Result<AccountId, ClientError> {
+    parse_contact_link(s).map(|(a, _)| a)
+}
+
+/// Parses an account id or a contact link, with the access key a link carries.
+pub fn parse_contact_link(s: &str) -> Result<(AccountId, Option<[u8; 32]>), ClientError> {
     let s = s.trim();
-    let id = s.strip_prefix("sotto:").unwrap_or(s);
-    id.parse().map_err(|_| ClientError::BadContact)
+    let link = s.strip_prefix("sotto:").unwrap_or(s);
+    let (id, key) = match link.split_once('.') {
+        Some((id, key)) => (id, Some(key)),
+        None => (link, None),
+    };
+    let account = id.parse().map_err(|_| ClientError::BadContact)?;
+    let key = match key {
+        None => None,
+        Some(hex) => {
+            if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(ClientError::BadContact);
+            }
+            let mut k = [0u8; 32];
+            for (i, b) in k.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| ClientError::BadContact)?;
+            }
+            Some(k)
+        }
+    };
+    Ok((account, key))
 }
 
 pub(crate) fn pickle_key(key: &StoreKey) -> PickleKey {
@@ -187,6 +227,8 @@ pub(crate) struct Inner<S: Store> {
     pending_backoff: std::sync::Mutex<std::collections::HashMap<crate::store::EnvelopeDigest, (u32, Instant)>>,
     /// The generator for receipt delays, frame-id starts and connection timing.
     net_rng: std::sync::Mutex<ChaCha20Rng>,
+    /// The account's access key as the machine last held it (for the contact link).
+    pub(crate) access_key: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
 /// A Sotto client: one device of one account, its store and its relay connection.
@@ -237,6 +279,8 @@ impl<S: Store> Client<S> {
             .put_device_list(&account, new.device_list.signed().as_bytes())
             .await?;
         let mut client = Self::start(store, key, rng, options).await?;
+        // The access verifier before the first prekeys (docs/protocol.md §13.8).
+        client.inner.upload_access().await?;
         client
             .inner
             .relay
@@ -268,6 +312,7 @@ impl<S: Store> Client<S> {
         let relay = Relay::with_roots(&account.value.relay_url, &options.extra_root_certificates)?;
         let entropy = Entropy::for_options(&options);
         let machine = Machine::load(snapshot, pickle_key(&key), rng, entropy.rng()?)?;
+        let access_key = machine.own_access_key().map(|k| k.0);
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let (shutdown, _) = watch::channel(false);
         Ok(Self {
@@ -289,6 +334,7 @@ impl<S: Store> Client<S> {
                 net_rng: std::sync::Mutex::new(entropy.rng()?),
                 entropy,
                 pending_backoff: Default::default(),
+                access_key: std::sync::Mutex::new(access_key),
             }),
             shutdown,
             task: std::sync::Mutex::new(None),
@@ -324,7 +370,11 @@ impl<S: Store> Client<S> {
 
     /// The link others add this account with.
     pub fn contact_link(&self) -> String {
-        contact_link(&self.account_id())
+        let key = *self.inner.access_key.lock().unwrap_or_else(|e| e.into_inner());
+        match key {
+            Some(k) => contact_link_with_key(&self.account_id(), &k),
+            None => contact_link(&self.account_id()),
+        }
     }
 
     /// The store.
@@ -333,10 +383,12 @@ impl<S: Store> Client<S> {
     }
 
     /// Adds a contact by account id or contact link: fetches and pins its device list.
+    /// A link that carries the account's access key adds them as a contact who is
+    /// not a message request.
     pub async fn add_contact(&self, contact: &str) -> Result<AccountId, ClientError> {
-        let account = parse_contact(contact)?;
+        let (account, key) = parse_contact_link(contact)?;
         self.inner.refresh_device_list(account).await?;
-        self.inner.transact(|m| Ok((m.add_contact(account)?, ()))).await?;
+        self.inner.transact(|m| Ok((m.add_contact(account, key)?, ()))).await?;
         Ok(account)
     }
 
@@ -358,7 +410,24 @@ impl<S: Store> Client<S> {
         Ok(message)
     }
 
-    /// Every conversation (one per contact).
+    /// Conversations that other accounts started and this one has not accepted: message
+    /// requests. Their senders do not get this account's access key (their sends stay
+    /// within the relay's request quota) until the user accepts them, or writes to them.
+    pub async fn message_requests(&self) -> Result<Vec<AccountId>, ClientError> {
+        Ok(self.inner.machine.lock().await.message_requests().copied().collect())
+    }
+
+    /// Accepts a message request: this account's access key goes to `contact` with the
+    /// next message or receipt.
+    pub async fn accept_message_request(&self, contact: &AccountId) -> Result<(), ClientError> {
+        let contact = *contact;
+        self.inner
+            .transact(|m| Ok((m.accept_conversation(contact), ())))
+            .await?;
+        Ok(())
+    }
+
+    /// Every conversation (one per contact, message requests included).
     pub async fn conversations(&self) -> Result<Vec<AccountId>, ClientError> {
         Ok(self
             .inner

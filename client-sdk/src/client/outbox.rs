@@ -7,7 +7,7 @@ use std::time::Duration;
 use rand_chacha::ChaCha20Rng;
 use rand_core::RngCore;
 use sotto_crypto::AccountId;
-use sotto_proto::{ErrorCode, Frame, Send, SendOutcome};
+use sotto_proto::{Access, ErrorCode, Frame, Send, SendOutcome};
 
 use super::error::{ClientError, is_relay_wide};
 use super::{ClientOptions, Inner, now_ms};
@@ -472,6 +472,19 @@ impl<S: Store> Inner<S> {
                     lane: *lane,
                 };
                 if !theirs.is_empty() {
+                    // The contact's access key, when they shared it; without it the
+                    // send is a message request (docs/protocol.md §13.8).
+                    let access: Vec<Access> = self
+                        .machine
+                        .lock()
+                        .await
+                        .access_key_for(&item.to)
+                        .map(|key| Access {
+                            account_id: item.to,
+                            key,
+                        })
+                        .into_iter()
+                        .collect();
                     let sent = match anon.as_mut() {
                         Some(a) => {
                             let id = a.next_id;
@@ -480,6 +493,7 @@ impl<S: Store> Inner<S> {
                             a.socket
                                 .send(&Frame::Send(Send {
                                     message_id: id,
+                                    access,
                                     recipients: theirs,
                                 }))
                                 .await
@@ -504,6 +518,7 @@ impl<S: Store> Inner<S> {
                     tx.auth_next_id = tx.auth_next_id.wrapping_add(1);
                     let frame = Frame::Send(Send {
                         message_id: id,
+                        access: Vec::new(),
                         recipients: mine,
                     });
                     if socket.send(&frame).await.is_err() {

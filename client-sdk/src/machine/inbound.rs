@@ -13,8 +13,8 @@ use super::sessions::all_but;
 use super::{CONTENT_LINK_ACCEPT, CONTENT_LINK_REQUEST, Event, Inbound, Machine, Need, UndecryptableCause};
 use crate::content::{Content, ContentKind};
 use crate::store::{
-    Changes, ConversationRecord, EnvelopeDigest, MAX_PENDING_INBOUND, MessageKey, MessageStatus, PeerDevice,
-    PendingInbound, PreKeyId, StoredMessage, Write,
+    Changes, EnvelopeDigest, MAX_PENDING_INBOUND, MessageKey, MessageStatus, PeerDevice, PendingInbound, PreKeyId,
+    StoredMessage, Write,
 };
 
 impl Machine {
@@ -230,6 +230,12 @@ impl Machine {
         events: &mut Vec<Event>,
     ) -> bool {
         let own = self.account_id();
+        // A contact's content carries its access key: sends to it present the key.
+        if peer.0 != own
+            && let Some(k) = &content.access_key
+        {
+            self.update_conversation(changes, peer.0, |c| c.access_key = Some(k.0));
+        }
         let message = |conversation, text, status| StoredMessage {
             id: content.message_id,
             conversation,
@@ -275,10 +281,12 @@ impl Machine {
         if self.seen.contains(&key) || changes.messages.iter().any(|m| m.key() == key) {
             return false;
         }
-        if !self.conversations.contains(&stored.conversation) {
-            changes.conversations.push(ConversationRecord {
-                peer: stored.conversation,
-            });
+        if stored.status == MessageStatus::SentElsewhere {
+            // Another device of this account wrote to them: accepted.
+            self.update_conversation(changes, stored.conversation, |c| c.accepted = true);
+        } else if !self.conversations.contains_key(&stored.conversation) {
+            // A first message from an account this one never accepted: a request.
+            self.update_conversation(changes, stored.conversation, |_| {});
         }
         events.push(Event::MessageReceived(stored.clone()));
         changes.messages.push(stored);

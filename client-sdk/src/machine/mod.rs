@@ -28,9 +28,10 @@
 //! `outputs` holds the public result types. A new concern (groups) is a new submodule
 //! with its own `impl Machine` block and, if it keeps state, a field and its `apply` arm.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use rand_chacha::ChaCha20Rng;
+use rand_core::RngCore;
 use sotto_crypto::pickle::Pickle;
 use sotto_crypto::{
     AccountId, AccountKey, Device, DeviceId, DeviceList, DeviceListError, PickleKey, SafetyNumber, SignedDeviceList,
@@ -42,6 +43,7 @@ use crate::store::{
     PeerDevice, PendingInbound, PreKeyId, SessionSet, Versioned, Write,
 };
 
+mod access;
 mod devices;
 mod inbound;
 mod outbound;
@@ -127,7 +129,7 @@ pub struct Machine {
     lists: HashMap<AccountId, DeviceList>,
     sessions: HashMap<PeerDevice, Versioned<SessionSet>>,
     prekeys: HashMap<PreKeyId, Vec<u8>>,
-    conversations: BTreeSet<AccountId>,
+    conversations: BTreeMap<AccountId, ConversationRecord>,
     seen: Seen<MessageKey>,
     /// Non-secret generator: message ids.
     ids: ChaCha20Rng,
@@ -177,8 +179,11 @@ impl Machine {
         let account_key = AccountKey::generate(rng);
         let device = Device::generate(account_key.account_id(), DeviceId(1), rng);
         let device_list = account_key.sign_device_list(1, now_ms, vec![device.entry()])?;
+        let mut access_key = [0u8; 32];
+        rng.fill_bytes(&mut access_key);
         Self::first_state(
             Some(account_key),
+            Some(access_key),
             device,
             device_list,
             relay_url,
@@ -189,7 +194,8 @@ impl Machine {
     }
 
     /// The state of a device that was just added to an existing account (linking): the
-    /// account key when the existing device granted it, and this device's keys.
+    /// account key when the existing device granted it, and this device's keys. The
+    /// account's access key arrives with the link answer.
     pub fn new_linked_device(
         account_key: Option<AccountKey>,
         device: Device,
@@ -199,11 +205,22 @@ impl Machine {
         rng: &mut ChaCha20Rng,
         pickle_key: &PickleKey,
     ) -> Result<NewAccount, MachineError> {
-        Self::first_state(account_key, device, device_list, relay_url, now_ms, rng, pickle_key)
+        Self::first_state(
+            account_key,
+            None,
+            device,
+            device_list,
+            relay_url,
+            now_ms,
+            rng,
+            pickle_key,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn first_state(
         account_key: Option<AccountKey>,
+        access_key: Option<[u8; 32]>,
         device: Device,
         device_list: DeviceList,
         relay_url: &str,
@@ -229,6 +246,8 @@ impl Machine {
                 last_seq: 0,
                 mailbox_epoch: None,
                 prekeys_unsent: false,
+                access_key,
+                access_sent: None,
             },
         });
         changes
@@ -279,7 +298,7 @@ impl Machine {
             lists,
             sessions: snapshot.sessions.into_iter().collect(),
             prekeys: snapshot.prekeys.into_iter().collect(),
-            conversations: snapshot.conversations.into_iter().map(|c| c.peer).collect(),
+            conversations: snapshot.conversations.into_iter().map(|c| (c.peer, c)).collect(),
             seen,
             ids,
             processed,
@@ -325,7 +344,7 @@ impl Machine {
             }
         }
         for c in &changes.conversations {
-            self.conversations.insert(c.peer);
+            self.conversations.insert(c.peer, c.clone());
         }
         for m in &changes.messages {
             self.seen.insert(m.key());
@@ -386,9 +405,14 @@ impl Machine {
         self.lists.get(&self.account_id())
     }
 
-    /// The conversations (contacts).
+    /// The conversations (contacts and message requests).
     pub fn conversations(&self) -> impl Iterator<Item = &AccountId> {
-        self.conversations.iter()
+        self.conversations.keys()
+    }
+
+    /// One conversation's record.
+    pub fn conversation(&self, peer: &AccountId) -> Option<&ConversationRecord> {
+        self.conversations.get(peer)
     }
 
     /// The safety number with a contact whose device list is pinned.

@@ -7,19 +7,23 @@ use sotto_proto::Recipient;
 use super::{Event, Machine, MachineError, Need, SendPlan};
 use crate::content::{Content, ContentKind, MAX_TEXT_LEN};
 use crate::ids::MessageId;
-use crate::store::{Changes, ConversationRecord, MessageKey, MessageStatus, OutboxItem, PeerDevice, StoredMessage};
+use crate::store::{Changes, MessageKey, MessageStatus, OutboxItem, PeerDevice, StoredMessage};
 
 impl Machine {
     /// Adds a contact: creates the conversation. Its device list must be pinned first
     /// ([`Machine::receive_device_list`]).
-    pub fn add_contact(&mut self, contact: AccountId) -> Result<Changes, MachineError> {
+    pub fn add_contact(&mut self, contact: AccountId, access_key: Option<[u8; 32]>) -> Result<Changes, MachineError> {
         if contact == self.account_id() {
             return Err(MachineError::OwnAccount);
         }
-        Ok(Changes {
-            conversations: vec![ConversationRecord { peer: contact }],
-            ..Changes::default()
-        })
+        let mut changes = Changes::default();
+        self.update_conversation(&mut changes, contact, |c| {
+            c.accepted = true;
+            if access_key.is_some() {
+                c.access_key = access_key;
+            }
+        });
+        Ok(changes)
     }
 
     /// Writes a text into the outbox and the conversation (status `Queued`).
@@ -39,9 +43,12 @@ impl Machine {
             });
         }
         let id = MessageId::new(now_ms, &mut self.ids);
+        // Writing to someone accepts them: the text carries this account's access key.
+        let mut changes = self.accept_conversation(to);
         let content = Content {
             message_id: id,
             timestamp_ms: now_ms,
+            access_key: self.own_access_key(),
             kind: ContentKind::Text { text: text.to_owned() },
         };
         let message = StoredMessage {
@@ -53,12 +60,9 @@ impl Machine {
             status: MessageStatus::Queued,
             order: 0,
         };
-        let changes = Changes {
-            conversations: vec![ConversationRecord { peer: to }],
-            messages: vec![message.clone()],
-            outbox_add: vec![OutboxItem::new(id, to, content.encode())],
-            ..Changes::default()
-        };
+        changes.messages.push(message.clone());
+        changes.outbox_add.push(OutboxItem::new(id, to, content.encode()));
+        let changes = Changes { ..changes };
         Ok((changes, message))
     }
 
@@ -86,6 +90,7 @@ impl Machine {
                 Content {
                     message_id: content.message_id,
                     timestamp_ms: content.timestamp_ms,
+                    access_key: None,
                     kind: ContentKind::SyncTranscript {
                         conversation: item.to,
                         text: text.clone(),
@@ -149,6 +154,7 @@ impl Machine {
         let content = Content {
             message_id: MessageId::new(now_ms, &mut self.ids),
             timestamp_ms: now_ms,
+            access_key: self.access_key_to_share(&to),
             kind: ContentKind::Delivered { message_ids: ids },
         };
         Changes {

@@ -455,7 +455,7 @@ async fn signed_and_last_resort_prekeys_rotate_with_a_grace_period() {
     bob.upload.kem_prekeys.clear();
     bob.upload.last_resort_kem_prekey = Some(old_lr.clone());
     let bundle = bob.bundle();
-    let c = alice.machine.add_contact(bob.id()).unwrap();
+    let c = alice.machine.add_contact(bob.id(), None).unwrap();
     alice.commit(c).await;
     let list = bob.machine.own_device_list().unwrap().signed().as_bytes().to_vec();
     let (c, _) = alice.machine.receive_device_list(&bob.id(), &list).unwrap();
@@ -519,7 +519,7 @@ async fn signed_and_last_resort_prekeys_rotate_with_a_grace_period() {
 async fn an_unanswered_session_is_replaced_once_its_prekeys_are_old() {
     let mut alice = Peer::new(65).await;
     let mut bob = Peer::new(66).await;
-    let c = alice.machine.add_contact(bob.id()).unwrap();
+    let c = alice.machine.add_contact(bob.id(), None).unwrap();
     alice.commit(c).await;
     for text in ["one", "two"] {
         let (c, _) = alice.machine.queue_text(bob.id(), text, alice.now).unwrap();
@@ -760,6 +760,7 @@ async fn dedup_and_receipts_are_scoped_to_conversation_and_sender() {
     let fake = Content {
         message_id: from_bob.id,
         timestamp_ms: 5,
+        access_key: None,
         kind: ContentKind::Text { text: "fake".into() },
     };
     let c = Changes {
@@ -857,6 +858,7 @@ fn from_device(device: &sotto_crypto::Device, to: &mut Peer, text: &str) -> Vec<
     let content = Content {
         message_id: MessageId::new(7, &mut rng),
         timestamp_ms: 7,
+        access_key: None,
         kind: ContentKind::Text { text: text.into() },
     };
     let out = session.encrypt(&content.encode(), &mut rng).unwrap();

@@ -57,6 +57,8 @@ fn account(seq: u64) -> AccountRecord {
         last_seq: seq,
         mailbox_epoch: None,
         prekeys_unsent: false,
+        access_key: Some([3; 32]),
+        access_sent: Some(true),
     }
 }
 
@@ -461,28 +463,25 @@ pub async fn outbox_fifo(s: &impl Store) {
     assert_eq!(s.outbox(10).await.unwrap(), vec![tried, item(2)]);
 }
 
-/// Device lists are replaced; conversations are created once.
+/// Device lists are replaced; conversations are created, then replaced whole (accepted,
+/// the contact's access key).
 pub async fn device_lists_and_conversations(s: &impl Store) {
     let (a, lists, _) = signed_lists();
     s.commit(Changes {
         device_lists: vec![(a, lists[0].clone())],
-        conversations: vec![ConversationRecord {
-            peer: AccountId([2; 32]),
-        }],
+        conversations: vec![ConversationRecord::new(AccountId([2; 32]))],
         ..Changes::default()
     })
     .await
     .unwrap();
+    let accepted = ConversationRecord {
+        peer: AccountId([2; 32]),
+        accepted: true,
+        access_key: Some([9; 32]),
+    };
     s.commit(Changes {
         device_lists: vec![(a, lists[2].clone())],
-        conversations: vec![
-            ConversationRecord {
-                peer: AccountId([2; 32]),
-            },
-            ConversationRecord {
-                peer: AccountId([1; 32]),
-            },
-        ],
+        conversations: vec![accepted.clone(), ConversationRecord::new(AccountId([1; 32]))],
         ..Changes::default()
     })
     .await
@@ -490,17 +489,7 @@ pub async fn device_lists_and_conversations(s: &impl Store) {
     assert_eq!(s.load_device_lists().await.unwrap(), vec![(a, lists[2].clone())]);
     let mut convs = s.conversations().await.unwrap();
     convs.sort_by_key(|c| c.peer);
-    assert_eq!(
-        convs,
-        vec![
-            ConversationRecord {
-                peer: AccountId([1; 32])
-            },
-            ConversationRecord {
-                peer: AccountId([2; 32])
-            }
-        ]
-    );
+    assert_eq!(convs, vec![ConversationRecord::new(AccountId([1; 32])), accepted]);
 }
 
 /// One message id in another conversation, or from another sender account, is another

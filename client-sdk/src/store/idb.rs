@@ -12,7 +12,7 @@
 //! sessions       k         {k, version, v}    k = tag(peer), v = var(peer) ‖ session set
 //! prekeys        k         {k, v}             k = tag(kind ‖ id), v = kind ‖ id ‖ pickle
 //! device_lists   k         {k, v}             k = tag(account id), v = account id ‖ signed list
-//! conversations  k         {k, v}             k = tag(account id), v = account id
+//! conversations  k         {k, v}             k = tag(account id), v = conversation record (records.rs)
 //! messages       ord       {ord, k, conv, v}  k = tag(message id ‖ conversation ‖ sender account), conv = tag of the conversation,
 //!                                             v = message; unique index by_k (k), index by_conv ([conv, ord])
 //! outbox         ord       {ord, k, v}        k = tag(message id), v = item; unique index by_k (k)
@@ -629,8 +629,7 @@ impl MessageStore for IdbStore {
     async fn conversations(&self) -> Result<Vec<ConversationRecord>, StoreError> {
         let mut out = Vec::new();
         for v in self.all(CONVERSATIONS).await? {
-            let a: [u8; 32] = v.as_slice().try_into().map_err(|_| invalid("conversation"))?;
-            out.push(ConversationRecord { peer: AccountId(a) });
+            out.push(super::records::decode_conversation(&v)?);
         }
         out.sort_by_key(|c| c.peer);
         Ok(out)
@@ -935,10 +934,7 @@ impl Store for IdbStore {
             for conv in &changes.conversations {
                 let tag = c.tag(CONVERSATIONS, conv.peer.as_bytes());
                 let k = bytes(&tag);
-                if request(store.count_with_key(&k), "count")?.await?.as_f64() != Some(0.0) {
-                    continue;
-                }
-                let v = c.seal(CONVERSATIONS, &tag, conv.peer.as_bytes())?;
+                let v = c.seal(CONVERSATIONS, &tag, &super::records::encode_conversation(conv))?;
                 store
                     .put(&record(&[("k", &k), ("v", &bytes(&v))])?)
                     .map_err(js("put"))?;

@@ -189,7 +189,7 @@ impl Store for MemoryStore {
             inner.device_lists.insert(a, l);
         }
         for c in changes.conversations {
-            inner.conversations.entry(c.peer).or_insert(c);
+            inner.conversations.insert(c.peer, c);
         }
         let mut inserted = Vec::new();
         for mut m in changes.messages {

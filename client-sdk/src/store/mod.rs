@@ -125,6 +125,12 @@ pub struct AccountRecord {
     /// The current signed and last-resort prekeys were made (rotated) but the relay has
     /// not confirmed them yet: the next refill uploads them again.
     pub prekeys_unsent: bool,
+    /// The account's access key (docs/protocol.md §13.8): shared with accepted contacts,
+    /// its verifier set on the relay. `None` on a device that has not received it.
+    pub access_key: Option<[u8; 32]>,
+    /// The request policy the relay last confirmed for the access key (`Some(accept
+    /// requests)`); `None` until the verifier was uploaded.
+    pub access_sent: Option<bool>,
 }
 
 impl std::fmt::Debug for AccountRecord {
@@ -161,10 +167,39 @@ impl std::fmt::Debug for SessionSet {
 pub type PreKeyId = (u8, u32);
 
 /// A conversation: a 1:1 chat with a contact's account.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConversationRecord {
     /// The contact's account id.
     pub peer: AccountId,
+    /// This account accepted the contact: it wrote to them (on any of its devices) or
+    /// accepted their message request. Only then does it share its access key with
+    /// them. A conversation the contact started, not accepted yet, is a message request.
+    pub accepted: bool,
+    /// The contact's access key, as they last shared it: sends to them present it, so
+    /// they are not message requests (docs/protocol.md §13.8).
+    pub access_key: Option<[u8; 32]>,
+}
+
+impl ConversationRecord {
+    /// A conversation with `peer`, not accepted, without their access key.
+    pub fn new(peer: AccountId) -> Self {
+        Self {
+            peer,
+            accepted: false,
+            access_key: None,
+        }
+    }
+}
+
+/// Leaves the access key out.
+impl std::fmt::Debug for ConversationRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConversationRecord")
+            .field("peer", &self.peer)
+            .field("accepted", &self.accepted)
+            .field("access_key", &self.access_key.is_some())
+            .finish()
+    }
 }
 
 /// Where a message is in its life.
@@ -399,7 +434,8 @@ pub struct Changes {
     /// forward: a list with a lower version than the stored one, or another list at the
     /// same version, is [`StoreError::Conflict`].
     pub device_lists: Vec<(AccountId, Vec<u8>)>,
-    /// Conversations to create (kept if they exist).
+    /// Conversations to create, or to replace when stored (the machine writes the whole
+    /// current record).
     pub conversations: Vec<ConversationRecord>,
     /// Messages to insert; one whose [`MessageKey`] is stored already is skipped.
     pub messages: Vec<StoredMessage>,

@@ -3,7 +3,9 @@
 use sotto_crypto::codec::{DecodeError, Put, Reader};
 use sotto_crypto::{AccountId, DeviceId};
 
-use super::{AccountRecord, MessageStatus, OutboxItem, PeerDevice, PendingInbound, SessionSet, StoredMessage};
+use super::{
+    AccountRecord, ConversationRecord, MessageStatus, OutboxItem, PeerDevice, PendingInbound, SessionSet, StoredMessage,
+};
 use crate::ids::MessageId;
 
 impl MessageStatus {
@@ -43,8 +45,10 @@ const MAX_BLOB: usize = 1 << 20;
 /// Account records from version 2 on end with the mailbox epoch (a flag byte, then 16
 /// bytes when set); version 1 records have none. From version 3 on the account key is
 /// optional: a flag byte, then its pickle when set (versions 1 and 2 always hold it).
-/// Version 4 adds a last byte: 1 while rotated prekeys wait for their upload.
-const ACCOUNT_VERSION: u8 = 4;
+/// Version 4 adds a byte: 1 while rotated prekeys wait for their upload. Version 5 adds
+/// the access key (a flag byte, then 32 bytes when set) and the confirmed request policy
+/// (0 not uploaded, 1 refusing requests, 2 taking them).
+const ACCOUNT_VERSION: u8 = 5;
 
 pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
     let mut o = Vec::with_capacity(512);
@@ -70,6 +74,18 @@ pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
         None => o.put_u8(0),
     }
     o.put_u8(u8::from(a.prekeys_unsent));
+    match &a.access_key {
+        Some(k) => {
+            o.put_u8(1);
+            o.put(k);
+        }
+        None => o.put_u8(0),
+    }
+    o.put_u8(match a.access_sent {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    });
     o
 }
 
@@ -104,6 +120,8 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
         last_seq: r.u64()?,
         mailbox_epoch: None,
         prekeys_unsent: false,
+        access_key: None,
+        access_sent: None,
     };
     if version >= 2 {
         a.mailbox_epoch = match r.u8()? {
@@ -129,8 +147,81 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
             }
         };
     }
+    if version >= 5 {
+        a.access_key = match r.u8()? {
+            0 => None,
+            1 => Some(r.array()?),
+            value => {
+                return Err(DecodeError::UnknownType {
+                    field: "access key",
+                    value,
+                });
+            }
+        };
+        a.access_sent = match r.u8()? {
+            0 => None,
+            1 => Some(false),
+            2 => Some(true),
+            value => {
+                return Err(DecodeError::UnknownType {
+                    field: "access sent",
+                    value,
+                });
+            }
+        };
+    }
     r.finish()?;
     Ok(a)
+}
+
+/// A conversation: the peer's account id alone (records written before access keys;
+/// read as accepted, with no key), or `0x02 ‖ peer (32) ‖ accepted (u8) ‖ flag (u8) [‖
+/// access key (32)]`.
+const CONVERSATION_VERSION: u8 = 2;
+
+pub(crate) fn encode_conversation(c: &ConversationRecord) -> Vec<u8> {
+    let mut o = Vec::with_capacity(67);
+    o.put_u8(CONVERSATION_VERSION);
+    o.put(c.peer.as_bytes());
+    o.put_u8(u8::from(c.accepted));
+    match &c.access_key {
+        Some(k) => {
+            o.put_u8(1);
+            o.put(k);
+        }
+        None => o.put_u8(0),
+    }
+    o
+}
+
+pub(crate) fn decode_conversation(b: &[u8]) -> Result<ConversationRecord, DecodeError> {
+    if let Ok(peer) = <[u8; 32]>::try_from(b) {
+        return Ok(ConversationRecord {
+            peer: AccountId(peer),
+            accepted: true,
+            access_key: None,
+        });
+    }
+    let mut r = Reader::new(b);
+    r.version(CONVERSATION_VERSION)?;
+    let peer = AccountId(r.array()?);
+    let flag = |r: &mut Reader<'_>, field| match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        value => Err(DecodeError::UnknownType { field, value }),
+    };
+    let accepted = flag(&mut r, "accepted")?;
+    let access_key = if flag(&mut r, "access key")? {
+        Some(r.array()?)
+    } else {
+        None
+    };
+    r.finish()?;
+    Ok(ConversationRecord {
+        peer,
+        accepted,
+        access_key,
+    })
 }
 
 pub(crate) fn encode_sessions(s: &SessionSet) -> Vec<u8> {
@@ -278,12 +369,29 @@ mod tests {
             last_seq: 9,
             mailbox_epoch: Some([7; 16]),
             prekeys_unsent: false,
+            access_key: None,
+            access_sent: None,
         };
         assert_eq!(decode_account(&encode_account(&a)).unwrap(), a);
+        // Version 5 keeps the access key and the confirmed policy.
+        let with_access = AccountRecord {
+            access_key: Some([5; 32]),
+            access_sent: Some(false),
+            ..a.clone()
+        };
+        assert_eq!(decode_account(&encode_account(&with_access)).unwrap(), with_access);
+        // Without the two access bytes, the version 4 layout.
+        let v4 = |a: &AccountRecord| {
+            let mut b = encode_account(a);
+            b.truncate(b.len() - 2);
+            b[0] = 4;
+            b
+        };
+        assert_eq!(decode_account(&v4(&a)).unwrap(), a);
         // Version 1: the account key always present, no epoch.
         let mut v1 = vec![1u8];
         v1.put_var(&[1; 3]);
-        v1.extend_from_slice(&encode_account(&a)[9..]);
+        v1.extend_from_slice(&v4(&a)[9..]);
         v1.truncate(v1.len() - 18);
         let old = decode_account(&v1).unwrap();
         assert_eq!(old.mailbox_epoch, None);
@@ -292,7 +400,7 @@ mod tests {
         // Version 2: the same with the epoch.
         let mut v2 = vec![2u8];
         v2.put_var(&[1; 3]);
-        v2.extend_from_slice(&encode_account(&a)[9..]);
+        v2.extend_from_slice(&v4(&a)[9..]);
         v2.pop();
         assert_eq!(decode_account(&v2).unwrap(), a);
         // Version 4 keeps the unsent-prekeys flag; earlier versions load with it clear.
@@ -301,7 +409,8 @@ mod tests {
             ..a.clone()
         };
         assert_eq!(decode_account(&encode_account(&unsent)).unwrap(), unsent);
-        let mut v3 = encode_account(&unsent);
+        assert_eq!(decode_account(&v4(&unsent)).unwrap(), unsent);
+        let mut v3 = v4(&unsent);
         v3[0] = 3;
         assert!(decode_account(&v3).is_err(), "a version 3 record has no flag byte");
         v3.pop();
@@ -320,9 +429,11 @@ mod tests {
             last_seq: 9,
             mailbox_epoch: None,
             prekeys_unsent: false,
+            access_key: None,
+            access_sent: None,
         };
         let bytes = encode_account(&a);
-        assert_eq!(&bytes[..2], &[4, 0]);
+        assert_eq!(&bytes[..2], &[5, 0]);
         assert_eq!(decode_account(&bytes).unwrap(), a);
     }
 

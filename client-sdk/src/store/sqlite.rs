@@ -215,11 +215,7 @@ impl MessageStore for SqliteStore {
     async fn conversations(&self) -> Result<Vec<ConversationRecord>, StoreError> {
         let mut out = Vec::new();
         for (_, v) in self.all("conversations", "SELECT k, v FROM conversations").await? {
-            let a: [u8; 32] = v
-                .as_slice()
-                .try_into()
-                .map_err(|_| StoreError::Decode(sotto_crypto::DecodeError::Invalid { field: "conversation" }))?;
-            out.push(ConversationRecord { peer: AccountId(a) });
+            out.push(super::records::decode_conversation(&v)?);
         }
         out.sort_by_key(|c| c.peer);
         Ok(out)
@@ -464,10 +460,10 @@ impl SqliteStore {
         }
         for conv in &changes.conversations {
             let k = c.tag("conversations", conv.peer.as_bytes());
-            let v = c.seal("conversations", &k, conv.peer.as_bytes())?;
+            let v = c.seal("conversations", &k, &super::records::encode_conversation(conv))?;
             put_kv(
                 &mut tx,
-                "INSERT INTO conversations (k, v) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO conversations (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
                 k,
                 v,
             )

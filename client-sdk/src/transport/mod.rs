@@ -265,6 +265,15 @@ impl Relay {
             .map(|_| ())
     }
 
+    /// Sets the account's access verifier and request policy (`PUT /v1/access`).
+    pub async fn put_access(&self, device: &Device, policy: &sotto_proto::AccessPolicy) -> Result<(), TransportError> {
+        let body = policy.encode();
+        let auth = self.authorization(device, Method::Put, "/v1/access", &body).await?;
+        self.expect(Method::Put, "/v1/access", Some(auth), body)
+            .await
+            .map(|_| ())
+    }
+
     /// How many prekeys the relay holds for `device`.
     pub async fn prekey_counts(&self, device: &Device) -> Result<PreKeyCounts, TransportError> {
         let auth = self

@@ -56,6 +56,7 @@ pub(crate) fn envelope_send(to: AccountId, id: u64, scheduled: u64, filler: &[u8
     envelope[8..16].copy_from_slice(&scheduled.to_be_bytes());
     Frame::Send(Send {
         message_id: id,
+        access: vec![],
         recipients: vec![Recipient {
             account_id: to,
             device_id: DeviceId(1),

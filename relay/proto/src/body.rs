@@ -309,6 +309,45 @@ impl Body for PushRegistration {
     }
 }
 
+/// `PUT /v1/access`: the account's access verifier and whether it takes message requests
+/// (sends without its access key) at all. Any listed device of the account may set it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AccessPolicy {
+    /// `SHA-256("Sotto-v1 access key" ‖ access key)` ([`crate::AccessKey::verifier`]).
+    pub verifier: [u8; 32],
+    /// When false, a send without the access key is refused (`ACCESS_DENIED`) instead of
+    /// being stored as a message request.
+    pub accept_requests: bool,
+}
+
+impl Body for AccessPolicy {
+    fn encode(&self) -> Vec<u8> {
+        encode_with(|o| {
+            o.put(&self.verifier);
+            o.put_u8(u8::from(self.accept_requests));
+        })
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_with(bytes, |r| {
+            let verifier = r.array()?;
+            let accept_requests = match r.u8()? {
+                0 => false,
+                1 => true,
+                value => {
+                    return Err(DecodeError::UnknownType {
+                        field: "accept requests",
+                        value,
+                    });
+                }
+            };
+            Ok(Self {
+                verifier,
+                accept_requests,
+            })
+        })
+    }
+}
+
 /// The body of every HTTP error answer.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct ErrorBody {

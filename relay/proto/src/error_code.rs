@@ -79,6 +79,12 @@ codes! {
     EMPTY_SEND = 34;
     /// An acknowledgement of a sequence number the relay never delivered.
     ACK_AHEAD = 35;
+    /// A send without the recipient account's access key, to an account that takes no
+    /// message requests.
+    ACCESS_DENIED = 36;
+    /// A send without the recipient account's access key (a message request), to a
+    /// mailbox that holds as many requests as the relay allows.
+    REQUESTS_FULL = 37;
     /// Too many requests from one device; retry later.
     RATE_LIMITED = 40;
     /// A request body or frame above the relay's size limit.
@@ -113,6 +119,7 @@ impl ErrorCode {
                 | Self::SHUTTING_DOWN
                 | Self::INTERNAL
                 | Self::MAILBOX_FULL
+                | Self::REQUESTS_FULL
                 | Self::CHALLENGE_EXPIRED
         )
     }

@@ -6,7 +6,9 @@
 //! 0x01 Challenge         relay → client  nonce (32) ‖ relay_id (32) ‖ timestamp_ms (u64)
 //! 0x02 AuthResponse      client → relay  account_id (32) ‖ device_id (u32) ‖ nonce (32) ‖ signature (64)
 //! 0x03 AuthOk            relay → client  mailbox_epoch (16)
-//! 0x10 Send              client → relay  message_id (u64) ‖ count (u16)
+//! 0x10 Send              client → relay  message_id (u64)
+//!                                        ‖ access_count (u16) ‖ access_count × (account_id (32) ‖ access_key (32))
+//!                                        ‖ count (u16)
 //!                                        ‖ count × (account_id (32) ‖ device_id (u32) ‖ len (u32) ‖ envelope)
 //! 0x11 SendResult        relay → client  message_id (u64) ‖ outcome
 //!        outcome = 0x00 ‖ count (u16) ‖ count × seq (u64)              stored, seqs in recipient order
@@ -180,6 +182,11 @@ pub struct Recipient {
 pub struct Send {
     /// A client-chosen id the [`SendResult`] repeats.
     pub message_id: u64,
+    /// Access keys of recipient accounts, in ascending account-id order (so at most one
+    /// per account; the decoder refuses any other order). An envelope for an
+    /// account without its key here is a message request (docs/protocol.md §13.8),
+    /// except for the sender's own account on an authenticated connection.
+    pub access: Vec<crate::Access>,
     /// The recipients. For every account named, the devices named must all be in the
     /// account's current device list and must include every listed device the relay can
     /// make a bundle for (without the sending device, for the sender's own account on an
@@ -336,6 +343,11 @@ impl Frame {
             Frame::QueueEmpty => {}
             Frame::Send(s) => {
                 out.put_u64(s.message_id);
+                out.put_count(s.access.len());
+                for a in &s.access {
+                    out.put(a.account_id.as_bytes());
+                    out.put(&a.key.0);
+                }
                 out.put_count(s.recipients.len());
                 for r in &s.recipients {
                     out.put(r.account_id.as_bytes());
@@ -385,11 +397,11 @@ impl Frame {
     fn encoded_len_hint(&self) -> usize {
         2 + match self {
             Frame::Send(s) => {
-                12 + s
-                    .recipients
-                    .iter()
-                    .map(|r| RECIPIENT_MIN + r.envelope.len())
-                    .sum::<usize>()
+                12 + 64 * s.access.len()
+                    + s.recipients
+                        .iter()
+                        .map(|r| RECIPIENT_MIN + r.envelope.len())
+                        .sum::<usize>()
             }
             Frame::Deliver(d) => 20 + d.envelope.len(),
             Frame::Ephemeral { payload, .. } => 36 + payload.len(),
@@ -411,6 +423,20 @@ impl Frame {
             },
             tag::SEND => {
                 let message_id = r.u64()?;
+                let n = r.count("access keys", limits::MAX_ACCESS_KEYS, 64)?;
+                let mut access: Vec<crate::Access> = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let account_id = AccountId(r.array()?);
+                    if access.last().is_some_and(|a| a.account_id.0 >= account_id.0) {
+                        return Err(DecodeError::Invalid {
+                            field: "access keys (not in ascending account order)",
+                        });
+                    }
+                    access.push(crate::Access {
+                        account_id,
+                        key: crate::AccessKey(r.array()?),
+                    });
+                }
                 let n = r.count("recipients", limits::MAX_RECIPIENTS, RECIPIENT_MIN)?;
                 let mut recipients = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -420,7 +446,11 @@ impl Frame {
                         envelope: r.var_bytes("envelope", limits::MAX_ENVELOPE_LEN)?.to_vec(),
                     });
                 }
-                Frame::Send(Send { message_id, recipients })
+                Frame::Send(Send {
+                    message_id,
+                    access,
+                    recipients,
+                })
             }
             tag::SEND_RESULT => {
                 let message_id = r.u64()?;

@@ -20,6 +20,7 @@
 //! The layouts are documented on [`frame`] and [`body`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod access;
 pub mod body;
 mod codec;
 mod error_code;
@@ -28,8 +29,9 @@ pub mod frame;
 #[cfg(test)]
 mod tests;
 
+pub use access::{Access, AccessKey};
 pub use body::{
-    Body, Bundles, DeviceListBody, ErrorBody, PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration,
+    AccessPolicy, Body, Bundles, DeviceListBody, ErrorBody, PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration,
     authorization_header, parse_authorization,
 };
 pub use codec::DecodeError;
@@ -45,6 +47,8 @@ pub const VERSION: u8 = 1;
 pub mod limits {
     /// The largest envelope a frame may carry.
     pub const MAX_ENVELOPE_LEN: usize = 1 << 20;
+    /// The most access keys in one send (one per recipient account).
+    pub const MAX_ACCESS_KEYS: usize = 4096;
     /// The most recipients in one send.
     pub const MAX_RECIPIENTS: usize = 4096;
     /// The largest ephemeral payload.

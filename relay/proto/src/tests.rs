@@ -114,8 +114,27 @@ fn frame() -> impl Strategy<Value = Frame> {
         challenge().prop_map(Frame::Challenge),
         auth_response().prop_map(Frame::AuthResponse),
         any::<[u8; 16]>().prop_map(|mailbox_epoch| Frame::AuthOk { mailbox_epoch }),
-        (any::<u64>(), vec(recipient, 0..8))
-            .prop_map(|(message_id, recipients)| Frame::Send(Send { message_id, recipients })),
+        (
+            any::<u64>(),
+            vec((any::<[u8; 32]>(), any::<[u8; 32]>()), 0..4),
+            vec(recipient, 0..8)
+        )
+            .prop_map(|(message_id, keys, recipients)| {
+                let mut access: Vec<Access> = keys
+                    .into_iter()
+                    .map(|(a, k)| Access {
+                        account_id: AccountId(a),
+                        key: AccessKey(k),
+                    })
+                    .collect();
+                access.sort_by_key(|a| a.account_id.0);
+                access.dedup_by_key(|a| a.account_id.0);
+                Frame::Send(Send {
+                    message_id,
+                    access,
+                    recipients,
+                })
+            }),
         (any::<u64>(), outcome).prop_map(|(message_id, outcome)| Frame::SendResult(SendResult { message_id, outcome })),
         (any::<u64>(), any::<u64>(), bytes(256)).prop_map(|(seq, received_at_s, envelope)| Frame::Deliver(Deliver {
             seq,
@@ -196,6 +215,7 @@ proptest! {
             let _ = Bundles::decode(input);
             let _ = PushRegistration::decode(input);
             let _ = ErrorBody::decode(input);
+            let _ = AccessPolicy::decode(input);
             let _ = parse_authorization(&String::from_utf8_lossy(input));
         }
     }
@@ -221,6 +241,7 @@ proptest! {
         });
         round_trip(&PushRegistration { provider: PushProvider::from_byte(provider).unwrap(), token });
         round_trip(&ErrorBody { code });
+        round_trip(&AccessPolicy { verifier: [provider; 32], accept_requests: provider % 2 == 0 });
         prop_assert_eq!(parse_authorization(&authorization_header(&a)), Ok(a));
     }
 }
@@ -245,6 +266,7 @@ fn lengths_are_bounded_before_allocation() {
     // A send claiming u16::MAX recipients with no bytes behind it.
     let mut f = vec![VERSION, 0x10];
     f.extend_from_slice(&7u64.to_be_bytes());
+    f.extend_from_slice(&0u16.to_be_bytes());
     f.extend_from_slice(&u16::MAX.to_be_bytes());
     assert_eq!(
         Frame::decode(&f),

@@ -85,6 +85,10 @@ fn frame_json(f: &Frame) -> Value {
         Frame::QueueEmpty => json!({}),
         Frame::Send(s) => json!({
             "message_id": s.message_id,
+            "access": s.access.iter().map(|a| json!({
+                "account_id": h(a.account_id.as_bytes()), "access_key": h(&a.key.0),
+                "verifier": h(&a.key.verifier()),
+            })).collect::<Vec<_>>(),
             "recipients": s.recipients.iter().map(|r| json!({
                 "account_id": h(r.account_id.as_bytes()), "device_id": r.device_id.0, "envelope": h(&r.envelope),
             })).collect::<Vec<_>>(),
@@ -148,6 +152,19 @@ fn frame_from(name: &str, v: &Value) -> Frame {
         "QueueEmpty" => Frame::QueueEmpty,
         "Send" => Frame::Send(sotto_proto::Send {
             message_id: u(&v["message_id"]),
+            access: v["access"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| {
+                    let key = AccessKey(a32(&a["access_key"]));
+                    assert_eq!(key.verifier(), a32(&a["verifier"]), "access verifier");
+                    Access {
+                        account_id: AccountId(a32(&a["account_id"])),
+                        key,
+                    }
+                })
+                .collect(),
             recipients: v["recipients"]
                 .as_array()
                 .unwrap()
@@ -292,6 +309,10 @@ fn generate() -> Value {
             "Send",
             Frame::Send(sotto_proto::Send {
                 message_id: 0x0102_0304_0506_0708,
+                access: vec![Access {
+                    account_id: p.other_account,
+                    key: AccessKey(core::array::from_fn(|i| 0xa0 + i as u8)),
+                }],
                 recipients: vec![
                     Recipient {
                         account_id: p.other_account,
@@ -310,6 +331,7 @@ fn generate() -> Value {
             "Send",
             Frame::Send(sotto_proto::Send {
                 message_id: 0,
+                access: vec![],
                 recipients: vec![],
             }),
         ),
@@ -431,6 +453,17 @@ fn generate() -> Value {
             reg.encode(),
         ));
     }
+    for accept_requests in [true, false] {
+        let policy = AccessPolicy {
+            verifier: AccessKey([0x5a; 32]).verifier(),
+            accept_requests,
+        };
+        bodies.push(body(
+            "AccessPolicy",
+            json!({"verifier": h(&policy.verifier), "accept_requests": accept_requests}),
+            policy.encode(),
+        ));
+    }
     bodies.push(body(
         "ErrorBody",
         code_json(ErrorCode::STALE_DEVICE_LIST),
@@ -451,8 +484,14 @@ fn generate() -> Value {
     });
 
     let frame_fail = |b: Vec<u8>, what: &str| json!({"input": "frame", "what": what, "bytes": h(&b), "expect": decode_error(&Frame::decode(&b).unwrap_err())});
-    let mut too_many = vec![1, 0x10, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut too_many = vec![1, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
     too_many.extend_from_slice(&4097u16.to_be_bytes());
+    let mut unordered = vec![1, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2];
+    for account in [[2u8; 32], [1; 32]] {
+        unordered.extend_from_slice(&account);
+        unordered.extend_from_slice(&[0xaa; 32]);
+    }
+    unordered.extend_from_slice(&[0, 0]);
     let mut big_envelope = vec![1, 0x12];
     big_envelope.extend_from_slice(&[0; 16]);
     big_envelope.extend_from_slice(&((1u32 << 20) + 1).to_be_bytes());
@@ -464,6 +503,7 @@ fn generate() -> Value {
         frame_fail(vec![1, 0x03, 0], "AuthOk with a truncated epoch"),
         frame_fail(vec![1, 0x11, 0, 0, 0, 0, 0, 0, 0, 1, 3], "unknown send outcome"),
         frame_fail(too_many, "Send with 4097 recipients"),
+        frame_fail(unordered, "Send whose access keys are not in ascending account order"),
         frame_fail(big_envelope, "Deliver with an envelope length of 2^20 + 1"),
         frame_fail(vec![], "empty input"),
     ];
@@ -610,6 +650,13 @@ fn relay_vectors_replay() {
                 &bytes,
             ),
             "ErrorBody" => check_body(ErrorBody { code: code_from(f) }, &bytes),
+            "AccessPolicy" => check_body(
+                AccessPolicy {
+                    verifier: a32(&f["verifier"]),
+                    accept_requests: f["accept_requests"].as_bool().unwrap(),
+                },
+                &bytes,
+            ),
             other => panic!("unknown body {other}"),
         }
     }

@@ -141,6 +141,13 @@ pub struct Limits {
     /// Most envelope bytes waiting in one mailbox (`MAILBOX_FULL`); at least
     /// `max_envelope_bytes`.
     pub max_mailbox_bytes: u64,
+    /// Most message requests (envelopes sent without the recipient account's access key)
+    /// waiting in one mailbox (`REQUESTS_FULL`); they count against `max_mailbox_depth`
+    /// too. At least 1.
+    pub max_request_depth: u32,
+    /// Most message-request bytes waiting in one mailbox (`REQUESTS_FULL`); at least
+    /// `max_envelope_bytes`.
+    pub max_request_bytes: u64,
     /// How long an undelivered envelope is kept, seconds.
     pub envelope_ttl_secs: u64,
     /// Largest HTTP request body (`BODY_TOO_LARGE`).
@@ -270,6 +277,8 @@ impl Default for Limits {
             max_recipients: 1024,
             max_mailbox_depth: 10_000,
             max_mailbox_bytes: 64 << 20,
+            max_request_depth: 100,
+            max_request_bytes: 4 << 20,
             envelope_ttl_secs: 30 * 24 * 3600,
             max_body_bytes: 512 * 1024,
             max_frame_bytes: 4 * 1024 * 1024,
@@ -495,7 +504,7 @@ impl Config {
     /// Checks the limits against the protocol's hard bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let checks: [(bool, &'static str, &'static str); 25] = [
+        let checks: [(bool, &'static str, &'static str); 27] = [
             (
                 l.max_envelope_bytes <= sotto_proto::limits::MAX_ENVELOPE_LEN,
                 "limits.max_envelope_bytes",
@@ -555,6 +564,16 @@ impl Config {
             (
                 l.max_mailbox_bytes >= l.max_envelope_bytes as u64,
                 "limits.max_mailbox_bytes",
+                "must be at least max_envelope_bytes",
+            ),
+            (
+                l.max_request_depth >= 1,
+                "limits.max_request_depth",
+                "must be at least 1",
+            ),
+            (
+                l.max_request_bytes >= l.max_envelope_bytes as u64,
+                "limits.max_request_bytes",
                 "must be at least max_envelope_bytes",
             ),
             (

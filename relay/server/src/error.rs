@@ -60,6 +60,8 @@ pub fn code_of(e: &StorageError) -> ErrorCode {
         StorageError::NoPreKeys => ErrorCode::NO_PREKEYS,
         StorageError::TooManyPreKeys { .. } => ErrorCode::TOO_MANY_PREKEYS,
         StorageError::MailboxFull => ErrorCode::MAILBOX_FULL,
+        StorageError::AccessDenied => ErrorCode::ACCESS_DENIED,
+        StorageError::RequestsFull => ErrorCode::REQUESTS_FULL,
         other => {
             tracing::error!(error = %other, "storage failure");
             ErrorCode::INTERNAL

@@ -328,6 +328,21 @@ pub(crate) async fn put_push(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `PUT /v1/access` (authenticated): set the account's access verifier and whether it
+/// takes message requests (docs/protocol.md §13.8). Any listed device of the account may.
+pub(crate) async fn put_access(
+    State(state): State<Shared>,
+    auth: Authed<Wire<sotto_proto::AccessPolicy>>,
+) -> Result<StatusCode, AppError> {
+    let Wire(policy) = &auth.body;
+    let access = crate::storage::AccountAccess {
+        verifier: Some(policy.verifier),
+        accept_requests: policy.accept_requests,
+    };
+    state.store.put_access(&auth.account, access).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `DELETE /v1/push` (authenticated).
 pub(crate) async fn delete_push(State(state): State<Shared>, auth: Authed<NoBody>) -> Result<StatusCode, AppError> {
     state.store.delete_push(&auth.account, auth.device).await?;

@@ -14,6 +14,7 @@
 //! GET  /v1/prekeys/count                           → PreKeyCounts         (authenticated)
 //! GET  /v1/accounts/{account}/bundles[/{device}]   → Bundles              (authenticated)
 //! PUT  /v1/push, DELETE /v1/push                   PushRegistration       (authenticated)
+//! PUT  /v1/access                                  AccessPolicy           (authenticated)
 //! GET  /v1/ws                                      WebSocket (sotto-proto frames)
 //! ```
 //! `{account}` is the 52-character base32 account id. Authenticated requests carry
@@ -86,6 +87,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/prekeys", axum::routing::put(http::put_prekeys))
         .route("/v1/prekeys/count", get(http::prekey_count))
         .route("/v1/push", axum::routing::put(http::put_push).delete(http::delete_push))
+        .route("/v1/access", axum::routing::put(http::put_access))
         .route("/v1/ws", get(ws_upgrade))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)

@@ -40,6 +40,8 @@ enum Job {
     Send {
         params: SendParams,
         recipients: Vec<Recipient>,
+        /// Verifiers of the access keys the send presented.
+        access: Vec<(AccountId, [u8; 32])>,
         reply: oneshot::Sender<Result<SendStored, StorageError>>,
     },
     Ack {
@@ -100,11 +102,13 @@ impl Writer {
         &self,
         params: SendParams,
         recipients: Vec<Recipient>,
+        access: Vec<(AccountId, [u8; 32])>,
     ) -> Result<SendStored, StorageError> {
         let (reply, answer) = oneshot::channel();
         let job = Job::Send {
             params,
             recipients,
+            access,
             reply,
         };
         self.tx.send(job).await.map_err(|_| StorageError::BatchFailed)?;
@@ -206,9 +210,15 @@ async fn commit(store: &Store, hub: &Hub, metrics: &Metrics, jobs: &mut Vec<Job>
 fn ops_of(jobs: &[Job]) -> Vec<WriteOp<'_>> {
     jobs.iter()
         .filter_map(|job| match job {
-            Job::Send { params, recipients, .. } => Some(WriteOp::Send {
+            Job::Send {
+                params,
+                recipients,
+                access,
+                ..
+            } => Some(WriteOp::Send {
                 params: *params,
                 recipients,
+                access,
             }),
             Job::Ack { account, device, seq } => Some(WriteOp::Ack {
                 account: *account,
@@ -237,6 +247,7 @@ fn answer(hub: &Hub, metrics: &Metrics, jobs: Vec<Job>, outcomes: Vec<WriteOutco
                 params,
                 recipients,
                 reply,
+                ..
             } => {
                 let result = match outcomes.next() {
                     Some(WriteOutcome::Send(r)) => r,

@@ -780,9 +780,12 @@ async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, se
         expires_at_s: (now - now % 60).saturating_add(limits.envelope_ttl_secs),
         max_mailbox_depth: limits.max_mailbox_depth,
         max_mailbox_bytes: limits.max_mailbox_bytes,
+        max_request_depth: limits.max_request_depth,
+        max_request_bytes: limits.max_request_bytes,
     };
+    let access = send.access.iter().map(|a| (a.account_id, a.key.verifier())).collect();
     let started = std::time::Instant::now();
-    let stored = state.writer.send(params, send.recipients).await;
+    let stored = state.writer.send(params, send.recipients, access).await;
     drop(held);
     state.metrics.send_store_seconds.observe(started.elapsed());
     match stored {

@@ -218,7 +218,15 @@ async fn blindness(url: String, dump: fn(String) -> futures_util::future::BoxFut
             })
             .collect();
         let message_id = i as u64 + 1;
-        send(&mut anon, &Frame::Send(Send { message_id, recipients })).await;
+        send(
+            &mut anon,
+            &Frame::Send(Send {
+                message_id,
+                access: vec![],
+                recipients,
+            }),
+        )
+        .await;
         match recv(&mut anon).await {
             Frame::SendResult(SendResult {
                 message_id: id,

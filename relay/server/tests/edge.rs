@@ -105,7 +105,15 @@ fn to_account(acc: &TestAccount, body: &[u8]) -> Vec<Recipient> {
 }
 
 async fn send_to(ws: &mut Ws, message_id: u64, recipients: Vec<Recipient>) -> SendOutcome {
-    send(ws, &Frame::Send(Send { message_id, recipients })).await;
+    send(
+        ws,
+        &Frame::Send(Send {
+            message_id,
+            access: vec![],
+            recipients,
+        }),
+    )
+    .await;
     loop {
         match recv(ws).await {
             Frame::SendResult(SendResult {
@@ -415,6 +423,7 @@ async fn websocket_caps(url: String) {
         id += 1;
         let frame = Frame::Send(Send {
             message_id: id,
+            access: vec![],
             recipients: to_account(&b, b"x"),
         });
         if busy.send(Message::Binary(frame.encode().into())).await.is_err() {

@@ -9,8 +9,8 @@ use common::*;
 use hyper::{Method, StatusCode};
 use sotto_crypto::{DeviceId, MAX_VERSION, PreKeyKind};
 use sotto_proto::{
-    Body, Bundles, DeviceListBody, ErrorCode, Frame, PreKeyCounts, PushProvider, PushRegistration, Recipient, Send,
-    SendOutcome, SendResult,
+    Access, AccessKey, AccessPolicy, Body, Bundles, DeviceListBody, ErrorCode, Frame, PreKeyCounts, PushProvider,
+    PushRegistration, Recipient, Send, SendOutcome, SendResult,
 };
 use sotto_relay::Config;
 use sotto_relay::storage::Storage;
@@ -28,7 +28,15 @@ fn to_devices(acc: &TestAccount, skip: Option<DeviceId>, body: &[u8]) -> Vec<Rec
 }
 
 async fn send_to(ws: &mut Ws, message_id: u64, recipients: Vec<Recipient>) -> SendOutcome {
-    send(ws, &Frame::Send(Send { message_id, recipients })).await;
+    send(
+        ws,
+        &Frame::Send(Send {
+            message_id,
+            access: vec![],
+            recipients,
+        }),
+    )
+    .await;
     loop {
         match recv(ws).await {
             Frame::SendResult(SendResult {
@@ -538,6 +546,166 @@ async fn mailbox_bounded_in_bytes(url: String) {
     relay.stop().await;
 }
 
+/// A send presenting access keys (`keys`: account and key) on `ws`, anonymous or not.
+async fn send_with_keys(
+    ws: &mut Ws,
+    message_id: u64,
+    keys: &[(sotto_crypto::AccountId, [u8; 32])],
+    recipients: Vec<Recipient>,
+) -> SendOutcome {
+    let mut access: Vec<Access> = keys
+        .iter()
+        .map(|(a, k)| Access {
+            account_id: *a,
+            key: AccessKey(*k),
+        })
+        .collect();
+    access.sort_by_key(|a| a.account_id.0);
+    send(
+        ws,
+        &Frame::Send(Send {
+            message_id,
+            access,
+            recipients,
+        }),
+    )
+    .await;
+    loop {
+        match recv(ws).await {
+            Frame::SendResult(SendResult {
+                message_id: id,
+                outcome,
+            }) if id == message_id => return outcome,
+            Frame::Deliver(_) | Frame::QueueEmpty | Frame::EphemeralDeliver { .. } => {}
+            other => panic!("expected the send's result, got {other:?}"),
+        }
+    }
+}
+
+/// Finding 15: once an account sets an access verifier, a send without its key is a
+/// message request: stored within a small quota of its own, so strangers cannot fill the
+/// mailbox its contacts need (or refused, when the account takes no requests), while a
+/// send with the key is stored as before. Authenticating does not stand in for the key.
+async fn anonymous_sends_need_the_access_key(url: String) {
+    let mut relay = Relay::start(&url, |c: &mut Config| c.limits.max_request_depth = 3).await;
+    let mut r = rng(151);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    let mallory = account(&mut r, 1);
+    register_all(&relay, &[&alice, &bob, &mallory]).await;
+    let key = [0x42u8; 32];
+    let policy = |accept_requests| AccessPolicy {
+        verifier: AccessKey(key).verifier(),
+        accept_requests,
+    };
+    // Only the account's own devices may set it.
+    let (status, body) = relay.http(Method::PUT, "/v1/access", None, policy(true).encode()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&body), ErrorCode::AUTH_REQUIRED);
+    // Before Bob sets a verifier, every send is stored as before.
+    let mut stranger = relay.open_anonymous().await;
+    assert!(matches!(
+        send_anon(&mut stranger, 1, to_devices(&bob, None, b"hello")).await,
+        SendOutcome::Stored { .. }
+    ));
+    let (status, _) = relay
+        .authed(&bob.devices[0], Method::PUT, "/v1/access", policy(true).encode())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // Strangers: two more requests fit (the first one counts as a contact's, stored before
+    // the verifier), then the request quota is full; a wrong key is no key.
+    let wrong = [(bob.id(), [0x41u8; 32])];
+    for i in 2..4 {
+        assert!(matches!(
+            send_with_keys(&mut stranger, i, &wrong, to_devices(&bob, None, b"request")).await,
+            SendOutcome::Stored { .. }
+        ));
+    }
+    assert!(matches!(
+        send_anon(&mut stranger, 4, to_devices(&bob, None, b"request")).await,
+        SendOutcome::Stored { .. }
+    ));
+    let full = SendOutcome::Rejected {
+        code: ErrorCode::REQUESTS_FULL,
+    };
+    assert_eq!(send_anon(&mut stranger, 5, to_devices(&bob, None, b"more")).await, full);
+    // Mallory's authenticated connection is no better than an anonymous one.
+    let mut wm = relay.connect(&mallory.devices[0]).await;
+    assert_eq!(recv(&mut wm).await, Frame::QueueEmpty);
+    assert_eq!(
+        send_with_keys(&mut wm, 6, &[], to_devices(&bob, None, b"more")).await,
+        full
+    );
+    // Alice, a contact, has the key: her sends are stored while the request quota is full.
+    let mut contact = relay.open_anonymous().await;
+    for i in 10..20 {
+        assert!(matches!(
+            send_with_keys(
+                &mut contact,
+                i,
+                &[(bob.id(), key)],
+                to_devices(&bob, None, b"from alice")
+            )
+            .await,
+            SendOutcome::Stored { .. }
+        ));
+    }
+    // Bob reads and acks everything: the request quota frees.
+    let mut wb = relay.connect(&bob.devices[0]).await;
+    let mut last = 0;
+    for _ in 0..14 {
+        last = expect_deliver(&mut wb).await.0;
+    }
+    assert_eq!(recv(&mut wb).await, Frame::QueueEmpty);
+    send(&mut wb, &Frame::Ack { seq: last }).await;
+    hang_up(wb).await;
+    let _wb = relay.connect(&bob.devices[0]).await;
+    assert!(matches!(
+        send_anon(&mut stranger, 7, to_devices(&bob, None, b"request")).await,
+        SendOutcome::Stored { .. }
+    ));
+    // Bob takes no requests: strangers are refused, Alice is not.
+    let (status, _) = relay
+        .authed(&bob.devices[0], Method::PUT, "/v1/access", policy(false).encode())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        send_anon(&mut stranger, 8, to_devices(&bob, None, b"request")).await,
+        SendOutcome::Rejected {
+            code: ErrorCode::ACCESS_DENIED
+        }
+    );
+    // One account without its key refuses the whole send, also with a key for another.
+    let mut both = to_devices(&bob, None, b"x");
+    both.extend(to_devices(&alice, None, b"x"));
+    assert_eq!(
+        send_with_keys(&mut stranger, 9, &[(alice.id(), [1; 32])], both).await,
+        SendOutcome::Rejected {
+            code: ErrorCode::ACCESS_DENIED
+        }
+    );
+    assert!(matches!(
+        send_with_keys(
+            &mut contact,
+            30,
+            &[(bob.id(), key)],
+            to_devices(&bob, None, b"from alice")
+        )
+        .await,
+        SendOutcome::Stored { .. }
+    ));
+    assert_eq!(
+        relay.state.store.access(&bob.id()).await.unwrap(),
+        Some(sotto_relay::storage::AccountAccess {
+            verifier: Some(AccessKey(key).verifier()),
+            accept_requests: false,
+        })
+    );
+    drop((stranger, contact, wm));
+    relay.stop().await;
+}
+
 async fn prekeys(url: String) {
     let relay = Relay::start(&url, |_| {}).await;
     let mut r = rng(12);
@@ -948,6 +1116,7 @@ async fn pipelined_sends(url: String) {
                 &mut ws,
                 &Frame::Send(Send {
                     message_id: id,
+                    access: vec![],
                     recipients: to_devices(&bob, None, b"p"),
                 }),
             )
@@ -971,7 +1140,15 @@ async fn pipelined_sends(url: String) {
 /// A send on an anonymous connection: the very next frame must be its result (an
 /// anonymous connection never receives deliveries or ephemeral frames).
 async fn send_anon(ws: &mut Ws, message_id: u64, recipients: Vec<Recipient>) -> SendOutcome {
-    send(ws, &Frame::Send(Send { message_id, recipients })).await;
+    send(
+        ws,
+        &Frame::Send(Send {
+            message_id,
+            access: vec![],
+            recipients,
+        }),
+    )
+    .await;
     match recv(ws).await {
         Frame::SendResult(SendResult {
             message_id: id,
@@ -1320,6 +1497,7 @@ macro_rules! backend {
             t!(registration);
             t!(authentication);
             t!(mailbox_bounded_in_bytes);
+            t!(anonymous_sends_need_the_access_key);
             t!(prekey_drain_is_bounded);
             t!(device_list_version_jumps_are_refused);
             t!(device_set_rule_lets_unreachable_devices_out);

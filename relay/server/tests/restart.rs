@@ -87,6 +87,7 @@ async fn restart(url: String) {
                 .collect();
             let frame = Frame::Send(Send {
                 message_id: n,
+                access: vec![],
                 recipients,
             })
             .encode();

@@ -21,6 +21,8 @@ fn params(sender: &TestDevice) -> SendParams {
         expires_at_s: NOW + 1000,
         max_mailbox_depth: 100,
         max_mailbox_bytes: 1 << 20,
+        max_request_depth: 2,
+        max_request_bytes: 1 << 20,
     }
 }
 
@@ -334,7 +336,11 @@ async fn concurrent_sends<S: Storage>(s: Arc<S>) {
 }
 
 fn send(params: SendParams, recipients: &[Recipient]) -> WriteOp<'_> {
-    WriteOp::Send { params, recipients }
+    WriteOp::Send {
+        params,
+        recipients,
+        access: &[],
+    }
 }
 
 fn stored(o: &WriteOutcome) -> Option<Vec<u64>> {
@@ -473,6 +479,87 @@ async fn one_transaction_per_bundle_request(s: Arc<Store>) {
     assert_eq!(s.prekey_counts(&alice.id(), DeviceId(1)).await.unwrap(), counts);
 }
 
+/// Finding 15: message requests (sends without the recipient's access key, once it set a
+/// verifier) are counted per mailbox and bounded; acks and expiry free the quota, a send
+/// with the key is not counted, and an unknown account cannot set a verifier.
+async fn request_quota(s: Arc<Store>) {
+    use sotto_proto::AccessKey;
+    use sotto_relay::storage::AccountAccess;
+    let mut r = rng(152);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    assert!(matches!(
+        s.put_access(
+            &bob.id(),
+            AccountAccess {
+                verifier: Some([1; 32]),
+                accept_requests: true
+            }
+        )
+        .await,
+        Err(StorageError::UnknownAccount)
+    ));
+    s.put_device_list(&alice.list).await.unwrap();
+    s.put_device_list(&bob.list).await.unwrap();
+    let key = AccessKey([7; 32]);
+    s.put_access(
+        &bob.id(),
+        AccountAccess {
+            verifier: Some(key.verifier()),
+            accept_requests: true,
+        },
+    )
+    .await
+    .unwrap();
+    let p = params(&alice.devices[0]);
+    let rc = to_all(&bob, None, b"request");
+    let with_key = [(bob.id(), key.verifier())];
+    let wrong_key = [(bob.id(), AccessKey([8; 32]).verifier())];
+    // max_request_depth is 2.
+    assert_eq!(
+        s.store_send_with(p, &wrong_key, &rc).await.unwrap(),
+        SendStored::Stored(vec![1])
+    );
+    assert_eq!(s.store_send(p, &rc).await.unwrap(), SendStored::Stored(vec![2]));
+    assert!(matches!(s.store_send(p, &rc).await, Err(StorageError::RequestsFull)));
+    assert_eq!(
+        s.store_send_with(p, &with_key, &rc).await.unwrap(),
+        SendStored::Stored(vec![3])
+    );
+    // An ack of the first request frees one place.
+    let out = s
+        .write_batch(&[WriteOp::Ack {
+            account: bob.id(),
+            device: DeviceId(1),
+            seq: 1,
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], WriteOutcome::Ack(1)));
+    assert_eq!(s.store_send(p, &rc).await.unwrap(), SendStored::Stored(vec![4]));
+    assert!(matches!(s.store_send(p, &rc).await, Err(StorageError::RequestsFull)));
+    // Expiry frees the rest, requests included.
+    assert_eq!(s.expire(NOW + 1000).await.unwrap(), 3);
+    assert_eq!(s.store_send(p, &rc).await.unwrap(), SendStored::Stored(vec![5]));
+    assert_eq!(s.store_send(p, &rc).await.unwrap(), SendStored::Stored(vec![6]));
+    assert!(matches!(s.store_send(p, &rc).await, Err(StorageError::RequestsFull)));
+    // Refusing requests: refused whatever the quota, the key still works.
+    s.put_access(
+        &bob.id(),
+        AccountAccess {
+            verifier: Some(key.verifier()),
+            accept_requests: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(s.store_send(p, &rc).await, Err(StorageError::AccessDenied)));
+    assert_eq!(
+        s.store_send_with(p, &with_key, &rc).await.unwrap(),
+        SendStored::Stored(vec![7])
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident, $url:expr) => {
         mod $backend {
@@ -530,6 +617,13 @@ macro_rules! conformance {
             async fn write_batches() {
                 if let Some((s, url)) = open().await {
                     super::write_batches(s.clone()).await;
+                    done(s, url).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn request_quota() {
+                if let Some((s, url)) = open().await {
+                    super::request_quota(s.clone()).await;
                     done(s, url).await;
                 }
             }

@@ -77,7 +77,7 @@ fun main() = runBlocking {
     val a = alice.accountId()
     val b = bob.accountId()
     check(a.length == 52 && a != b) { "account ids $a $b" }
-    check(alice.contactLink() == "sotto:$a") { alice.contactLink() }
+    check(alice.contactLink().startsWith("sotto:$a.") && alice.contactLink().length == 6 + 52 + 1 + 64) { alice.contactLink() }
     check(alice.deviceId() == 1u) { "device id ${alice.deviceId()}" }
 
     check(alice.addContact(bob.contactLink()) == b) { "addContact" }

@@ -55,7 +55,7 @@ async def main():
     bob = await SottoClient.create_account(path_b, key_b, RELAY, slow_receipts)
     a_id, b_id = alice.account_id(), bob.account_id()
     assert len(a_id) == 52 and a_id != b_id
-    assert alice.contact_link() == "sotto:" + a_id
+    assert alice.contact_link().startswith("sotto:" + a_id + ".") and len(alice.contact_link()) == 6 + 52 + 1 + 64
     assert alice.device_id() == 1
 
     assert await alice.add_contact(bob.contact_link()) == b_id

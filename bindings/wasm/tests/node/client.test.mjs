@@ -33,7 +33,7 @@ test('two accounts', async () => {
   bob.client = await create(bob);
   for (const { client } of [alice, bob]) {
     assert.match(client.accountId, /^[a-z2-7]{52}$/);
-    assert.equal(client.contactLink, `sotto:${client.accountId}`);
+    assert.match(client.contactLink, new RegExp(`^sotto:${client.accountId}\\.[0-9a-f]{64}$`));
     assert.equal(typeof client.deviceId, 'number');
   }
   assert.notEqual(alice.client.accountId, bob.client.accountId);

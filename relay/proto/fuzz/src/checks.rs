@@ -23,9 +23,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use sotto_crypto::{AccountKey, Device, DeviceId, PreKeyBundle};
 use sotto_proto::{
-    AuthResponse, Body, Bundles, Challenge, DecodeError, Deliver, DeviceListBody, ErrorBody, ErrorCode, Frame,
-    PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration, Recipient, Send, SendOutcome, SendResult,
-    authorization_header, parse_authorization,
+    Access, AccessKey, AccessPolicy, AuthResponse, Body, Bundles, Challenge, DecodeError, Deliver, DeviceListBody,
+    ErrorBody, ErrorCode, Frame, PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration, Recipient, Send,
+    SendOutcome, SendResult, authorization_header, parse_authorization,
 };
 
 /// The fuzz targets; each has a directory of seeds under `relay/proto/fuzz/corpus/`.
@@ -97,6 +97,7 @@ pub fn body(data: &[u8]) -> Outcome {
         round_trip::<Bundles>(data),
         round_trip::<PushRegistration>(data),
         round_trip::<ErrorBody>(data),
+        round_trip::<AccessPolicy>(data),
         authorization(data),
     ];
     if results.contains(&true) {
@@ -198,6 +199,10 @@ pub fn seeds() -> Vec<Seed> {
     // Frames.
     let send = Frame::Send(Send {
         message_id: 42,
+        access: vec![Access {
+            account_id: account,
+            key: AccessKey([9; 32]),
+        }],
         recipients: devices
             .iter()
             .map(|x| Recipient {
@@ -274,14 +279,14 @@ pub fn seeds() -> Vec<Seed> {
     add("frame", "bad-send-truncated", truncated(&send));
     add("frame", "bad-send-trailing", trailing(&send));
     let mut count = send.clone();
-    count[10] = 0xff; // the recipient count's high byte
+    count[76] = 0xff; // the recipient count's high byte (after one access key)
     add("frame", "bad-send-count", count);
     add("frame", "bad-version", [&[2u8][..], &send[1..]].concat());
     add("frame", "bad-type", vec![1, 0xee]);
     add("frame", "bad-empty", vec![]);
 
     // Bodies.
-    let bodies: [(&str, Vec<u8>); 9] = [
+    let bodies: [(&str, Vec<u8>); 10] = [
         ("ok-challenge", challenge.encode()),
         ("ok-auth-response", auth.encode()),
         ("ok-device-list", DeviceListBody { signed_list: list }.encode()),
@@ -302,6 +307,14 @@ pub fn seeds() -> Vec<Seed> {
             PushRegistration {
                 provider: PushProvider::UnifiedPush,
                 token: b"https://push.example/abc".to_vec(),
+            }
+            .encode(),
+        ),
+        (
+            "ok-access-policy",
+            AccessPolicy {
+                verifier: [3; 32],
+                accept_requests: true,
             }
             .encode(),
         ),

@@ -123,7 +123,8 @@ macro_rules! storage_impl {
                         Some(e) if e.signing_key.as_bytes()[..] != dsk[..] || e.identity_key.0[..] != ik[..] => {
                             sqlx::query(
                                 "UPDATE devices SET signing_key = $3, identity_key = $4, depth = 0, \
-                                 acked_seq = next_seq - 1, bytes = 0, registration = $5 \
+                                 acked_seq = next_seq - 1, bytes = 0, requests = 0, request_bytes = 0, \
+                                 registration = $5 \
                                  WHERE account_id = $1 AND device_id = $2",
                             )
                             .bind(a)
@@ -169,6 +170,34 @@ macro_rules! storage_impl {
                 }
                 tx.commit().await?;
                 Ok(outcome)
+            }
+
+            async fn put_access(&self, account: &AccountId, access: AccountAccess) -> Result<(), StorageError> {
+                let done = sqlx::query("UPDATE accounts SET access_verifier = $2, accept_requests = $3 WHERE account_id = $1")
+                    .bind(&account.0[..])
+                    .bind(access.verifier.map(|v| v.to_vec()))
+                    .bind(i64::from(access.accept_requests))
+                    .execute(&self.pool)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StorageError::UnknownAccount);
+                }
+                Ok(())
+            }
+
+            async fn access(&self, account: &AccountId) -> Result<Option<AccountAccess>, StorageError> {
+                let row: Option<(Option<Vec<u8>>, i64)> =
+                    sqlx::query_as("SELECT access_verifier, CAST(accept_requests AS BIGINT) FROM accounts WHERE account_id = $1")
+                        .bind(&account.0[..])
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(|(v, accept)| {
+                    Ok(AccountAccess {
+                        verifier: v.map(|v| key32(&v, "access verifier")).transpose()?,
+                        accept_requests: accept != 0,
+                    })
+                })
+                .transpose()
             }
 
             async fn device_list(&self, account: &AccountId) -> Result<Option<Vec<u8>>, StorageError> {
@@ -400,7 +429,9 @@ macro_rules! storage_impl {
                 let mut rows = Rows::new();
                 let fresh = FreshHours::now();
                 for chunk in batch_accounts(ops).chunks(BATCH_ACCOUNTS_PER_QUERY) {
-                    for (a, d, next_seq, depth, acked_seq, reachable, bytes) in Self::lock_rows(&mut *tx, chunk, fresh).await? {
+                    for (a, d, next_seq, depth, acked_seq, reachable, bytes, requests, request_bytes) in
+                        Self::lock_rows(&mut *tx, chunk, fresh).await?
+                    {
                         rows.insert(
                             (AccountId(key32(&a, "account id")?), device_from_i64(d)?),
                             MailboxRow {
@@ -409,6 +440,8 @@ macro_rules! storage_impl {
                                 acked_seq: to_u64(acked_seq),
                                 reachable: reachable != 0,
                                 bytes: to_u64(bytes),
+                                requests: to_u64(requests),
+                                request_bytes: to_u64(request_bytes),
                                 dirty: false,
                             },
                         );
@@ -419,17 +452,29 @@ macro_rules! storage_impl {
                 let ranges = ack_ranges(ops, &rows);
                 let mut deleted = std::collections::BTreeMap::new();
                 for chunk in ranges.chunks(BATCH_ACKS_PER_QUERY) {
-                    for (a, d, len) in Self::delete_acked(&mut *tx, chunk).await? {
-                        let e: &mut (u64, u64) = deleted
+                    for (a, d, len, request) in Self::delete_acked(&mut *tx, chunk).await? {
+                        let e: &mut Freed = deleted
                             .entry((AccountId(key32(&a, "account id")?), device_from_i64(d)?))
-                            .or_insert((0, 0));
-                        e.0 += 1;
-                        e.1 += to_u64(len);
+                            .or_default();
+                        e.add(len, request);
                     }
                 }
                 apply_acks(ops, &ranges, &deleted, &mut rows, &mut outcomes);
-                // 3. Sends, in order.
-                let (inserts, lookups) = plan_sends(ops, &mut rows, &mut outcomes);
+                // 3. Sends, in order, with the access settings of the accounts they name.
+                let mut access = std::collections::BTreeMap::new();
+                let send_accounts = batch_send_accounts(ops);
+                for chunk in send_accounts.chunks(BATCH_ACCOUNTS_PER_QUERY) {
+                    for (a, verifier, accept) in Self::read_access(&mut *tx, chunk).await? {
+                        access.insert(
+                            AccountId(key32(&a, "account id")?),
+                            AccountAccess {
+                                verifier: verifier.map(|v| key32(&v, "access verifier")).transpose()?,
+                                accept_requests: accept != 0,
+                            },
+                        );
+                    }
+                }
+                let (inserts, lookups) = plan_sends(ops, &mut rows, &access, &mut outcomes);
                 for (i, accounts) in lookups {
                     let mut lists = Vec::with_capacity(accounts.len());
                     for a in accounts {
@@ -517,29 +562,30 @@ macro_rules! storage_impl {
                 .bind(to_i64(now_s))
                 .fetch_all(&mut *tx)
                 .await?;
-                let gone: Vec<(Vec<u8>, i64, i64)> = sqlx::query_as(
+                let gone: Vec<(Vec<u8>, i64, i64, i64)> = sqlx::query_as(
                     "DELETE FROM envelopes WHERE expires_at <= $1 \
-                     RETURNING account_id, device_id, CAST(length(ciphertext) AS BIGINT)",
+                     RETURNING account_id, device_id, CAST(length(ciphertext) AS BIGINT), CAST(request AS BIGINT)",
                 )
                 .bind(to_i64(now_s))
                 .fetch_all(&mut *tx)
                 .await?;
                 let total = gone.len() as u64;
-                let mut per_device: std::collections::BTreeMap<(Vec<u8>, i64), (i64, i64)> = Default::default();
-                for (a, d, len) in gone {
-                    let e = per_device.entry((a, d)).or_insert((0, 0));
-                    e.0 += 1;
-                    e.1 += len;
+                let mut per_device: std::collections::BTreeMap<(Vec<u8>, i64), Freed> = Default::default();
+                for (a, d, len, request) in gone {
+                    per_device.entry((a, d)).or_default().add(len, request);
                 }
-                for ((a, d), (n, len)) in per_device {
+                for ((a, d), f) in per_device {
                     sqlx::query(
-                        "UPDATE devices SET depth = depth - $3, bytes = bytes - $4 \
+                        "UPDATE devices SET depth = depth - $3, bytes = bytes - $4, \
+                         requests = requests - $5, request_bytes = request_bytes - $6 \
                          WHERE account_id = $1 AND device_id = $2",
                     )
                     .bind(a)
                     .bind(d)
-                    .bind(n)
-                    .bind(len)
+                    .bind(to_i64(f.envelopes))
+                    .bind(to_i64(f.bytes))
+                    .bind(to_i64(f.requests))
+                    .bind(to_i64(f.request_bytes))
                     .execute(&mut *tx)
                     .await?;
                 }

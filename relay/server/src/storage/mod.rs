@@ -62,6 +62,13 @@ pub enum StorageError {
     /// A recipient mailbox is full.
     #[error("mailbox full")]
     MailboxFull,
+    /// A send without a recipient account's access key, to an account that takes no
+    /// message requests.
+    #[error("access denied")]
+    AccessDenied,
+    /// A message request to a mailbox that holds as many requests as the relay allows.
+    #[error("requests full")]
+    RequestsFull,
     /// A stored value does not decode (the database was changed behind the relay's back).
     #[error("stored {0} does not decode")]
     Corrupt(&'static str),
@@ -134,6 +141,21 @@ pub struct SendParams {
     pub max_mailbox_depth: u32,
     /// The most envelope bytes one mailbox holds.
     pub max_mailbox_bytes: u64,
+    /// The most message requests (envelopes stored without the access key) one mailbox
+    /// holds; they count against the mailbox's own bounds too.
+    pub max_request_depth: u32,
+    /// The most message-request bytes one mailbox holds.
+    pub max_request_bytes: u64,
+}
+
+/// An account's access setting (docs/protocol.md §13.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccountAccess {
+    /// SHA-256 of the access key; `None` while the account has set none (it then takes
+    /// every send as a contact's).
+    pub verifier: Option<[u8; 32]>,
+    /// Whether sends without the key are stored as message requests (else refused).
+    pub accept_requests: bool,
 }
 
 /// One write of a group commit ([`Storage::write_batch`]).
@@ -145,6 +167,9 @@ pub enum WriteOp<'a> {
         params: SendParams,
         /// The envelopes, one per recipient device; distinct recipients.
         recipients: &'a [Recipient],
+        /// The verifiers of the access keys the send presented, per account
+        /// ([`sotto_proto::AccessKey::verifier`]).
+        access: &'a [(AccountId, [u8; 32])],
     },
     /// A cumulative acknowledgement, as [`Storage::ack`].
     Ack {
@@ -177,6 +202,17 @@ pub trait Storage: Send + Sync + 'static {
     /// listed lose their mailbox, prekeys and push registration; a device listed with new
     /// keys loses them too.
     fn put_device_list(&self, list: &DeviceList) -> impl Future<Output = Result<PutDeviceList, StorageError>> + Send;
+
+    /// Sets an account's access verifier and request policy. [`StorageError::UnknownAccount`]
+    /// when the account has no device list.
+    fn put_access(
+        &self,
+        account: &AccountId,
+        access: AccountAccess,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// An account's access setting; `None` for an unknown account.
+    fn access(&self, account: &AccountId) -> impl Future<Output = Result<Option<AccountAccess>, StorageError>> + Send;
 
     /// The account's current signed device list.
     fn device_list(&self, account: &AccountId) -> impl Future<Output = Result<Option<Vec<u8>>, StorageError>> + Send;
@@ -249,8 +285,26 @@ pub trait Storage: Send + Sync + 'static {
         params: SendParams,
         recipients: &[Recipient],
     ) -> impl Future<Output = Result<SendStored, StorageError>> + Send {
+        self.store_send_with(params, &[], recipients)
+    }
+
+    /// [`Storage::store_send`] presenting access-key verifiers (`access`, per account).
+    fn store_send_with(
+        &self,
+        params: SendParams,
+        access: &[(AccountId, [u8; 32])],
+        recipients: &[Recipient],
+    ) -> impl Future<Output = Result<SendStored, StorageError>> + Send {
         async move {
-            match self.write_batch(&[WriteOp::Send { params, recipients }]).await?.pop() {
+            match self
+                .write_batch(&[WriteOp::Send {
+                    params,
+                    recipients,
+                    access,
+                }])
+                .await?
+                .pop()
+            {
                 Some(WriteOutcome::Send(r)) => r,
                 _ => Err(StorageError::BatchFailed),
             }
@@ -422,6 +476,12 @@ impl Storage for Store {
     }
     async fn device_list(&self, account: &AccountId) -> Result<Option<Vec<u8>>, StorageError> {
         delegate!(self, s => s.device_list(account))
+    }
+    async fn put_access(&self, account: &AccountId, access: AccountAccess) -> Result<(), StorageError> {
+        delegate!(self, s => s.put_access(account, access))
+    }
+    async fn access(&self, account: &AccountId) -> Result<Option<AccountAccess>, StorageError> {
+        delegate!(self, s => s.access(account))
     }
     async fn device_keys(&self, account: &AccountId, device: DeviceId) -> Result<Option<DeviceKeys>, StorageError> {
         delegate!(self, s => s.device_keys(account, device))
@@ -682,6 +742,9 @@ pub(crate) struct MailboxRow {
     pub(crate) reachable: bool,
     /// Envelope bytes stored in the mailbox.
     pub(crate) bytes: u64,
+    /// Message requests stored in the mailbox, and their bytes.
+    pub(crate) requests: u64,
+    pub(crate) request_bytes: u64,
     pub(crate) dirty: bool,
 }
 
@@ -698,6 +761,17 @@ pub(crate) fn batch_accounts(ops: &[WriteOp<'_>]) -> Vec<AccountId> {
             WriteOp::Ack { account, .. } => {
                 set.insert(*account);
             }
+        }
+    }
+    set.into_iter().collect()
+}
+
+/// Every account a batch's sends name, sorted.
+pub(crate) fn batch_send_accounts(ops: &[WriteOp<'_>]) -> Vec<AccountId> {
+    let mut set = BTreeSet::new();
+    for op in ops {
+        if let WriteOp::Send { recipients, .. } = op {
+            set.extend(recipients.iter().map(|r| r.account_id));
         }
     }
     set.into_iter().collect()
@@ -724,21 +798,45 @@ pub(crate) fn ack_ranges(ops: &[WriteOp<'_>], rows: &Rows) -> Vec<(AccountId, De
         .collect()
 }
 
+/// What deleting envelopes freed in one mailbox.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Freed {
+    pub(crate) envelopes: u64,
+    pub(crate) bytes: u64,
+    pub(crate) requests: u64,
+    pub(crate) request_bytes: u64,
+}
+
+impl Freed {
+    /// Counts one deleted envelope of `len` bytes (`request`: stored as a request).
+    pub(crate) fn add(&mut self, len: i64, request: i64) {
+        let len = to_u64(len);
+        self.envelopes += 1;
+        self.bytes += len;
+        if request != 0 {
+            self.requests += 1;
+            self.request_bytes += len;
+        }
+    }
+}
+
 /// Applies deleted-envelope counts to the rows and fills in the acks' outcomes: each
 /// device's count goes to the batch's first ack of it, later ones report 0.
 pub(crate) fn apply_acks(
     ops: &[WriteOp<'_>],
     ranges: &[(AccountId, DeviceId, u64, u64)],
-    deleted: &BTreeMap<(AccountId, DeviceId), (u64, u64)>,
+    deleted: &BTreeMap<(AccountId, DeviceId), Freed>,
     rows: &mut Rows,
     outcomes: &mut [Option<WriteOutcome>],
 ) {
     for &(account, device, _, up_to) in ranges {
         if let Some(row) = rows.get_mut(&(account, device)) {
-            let (n, bytes) = deleted.get(&(account, device)).copied().unwrap_or((0, 0));
+            let f = deleted.get(&(account, device)).copied().unwrap_or_default();
             row.acked_seq = up_to;
-            row.depth = row.depth.saturating_sub(n);
-            row.bytes = row.bytes.saturating_sub(bytes);
+            row.depth = row.depth.saturating_sub(f.envelopes);
+            row.bytes = row.bytes.saturating_sub(f.bytes);
+            row.requests = row.requests.saturating_sub(f.requests);
+            row.request_bytes = row.request_bytes.saturating_sub(f.request_bytes);
             row.dirty = true;
         }
     }
@@ -746,7 +844,7 @@ pub(crate) fn apply_acks(
     for (op, out) in ops.iter().zip(outcomes.iter_mut()) {
         if let WriteOp::Ack { account, device, .. } = *op {
             let n = if reported.insert((account, device)) {
-                deleted.get(&(account, device)).map_or(0, |d| d.0)
+                deleted.get(&(account, device)).map_or(0, |d| d.envelopes)
             } else {
                 0
             };
@@ -763,6 +861,41 @@ pub(crate) struct Insert<'a> {
     pub(crate) received_at_s: u64,
     pub(crate) expires_at_s: u64,
     pub(crate) envelope: &'a [u8],
+    /// Stored without the recipient account's access key (a message request).
+    pub(crate) request: bool,
+}
+
+/// Which accounts of a send take its envelopes as message requests, or why it is
+/// refused: an account is a contact's when the send is on an authenticated connection of
+/// one of its devices (its own account), when the account set no verifier, or when the
+/// send presents a key whose verifier matches (compared in constant time).
+fn request_accounts(
+    accounts: &BTreeSet<AccountId>,
+    params: &SendParams,
+    presented: &[(AccountId, [u8; 32])],
+    access: &BTreeMap<AccountId, AccountAccess>,
+) -> Result<BTreeSet<AccountId>, StorageError> {
+    use subtle::ConstantTimeEq;
+    let mut requests = BTreeSet::new();
+    for a in accounts {
+        if params.sender.is_some_and(|s| s.0 == *a) {
+            continue;
+        }
+        let Some(acc) = access.get(a) else { continue };
+        let Some(verifier) = acc.verifier else { continue };
+        let matches = presented
+            .iter()
+            .find(|(p, _)| p == a)
+            .is_some_and(|(_, v)| bool::from(v.ct_eq(&verifier)));
+        if matches {
+            continue;
+        }
+        if !acc.accept_requests {
+            return Err(StorageError::AccessDenied);
+        }
+        requests.insert(*a);
+    }
+    Ok(requests)
 }
 
 /// Checks the batch's sends in order against the rows (device sets, mailbox depth) and
@@ -772,17 +905,24 @@ pub(crate) struct Insert<'a> {
 pub(crate) fn plan_sends<'a>(
     ops: &[WriteOp<'a>],
     rows: &mut Rows,
+    access: &BTreeMap<AccountId, AccountAccess>,
     outcomes: &mut [Option<WriteOutcome>],
 ) -> (Vec<Insert<'a>>, Vec<(usize, Vec<AccountId>)>) {
     let mut inserts = Vec::new();
     let mut lookups = Vec::new();
     for (i, op) in ops.iter().enumerate() {
-        let WriteOp::Send { params, recipients } = *op else {
+        let WriteOp::Send {
+            params,
+            recipients,
+            access: presented,
+        } = *op
+        else {
             continue;
         };
         let accounts: BTreeSet<AccountId> = recipients.iter().map(|r| r.account_id).collect();
         let mismatched: Vec<AccountId> = accounts
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|a| {
                 let listed: Vec<(DeviceId, bool)> = rows
                     .range((*a, DeviceId(0))..=(*a, DeviceId(u32::MAX)))
@@ -795,6 +935,13 @@ pub(crate) fn plan_sends<'a>(
             lookups.push((i, mismatched));
             continue;
         }
+        let requests = match request_accounts(&accounts, &params, presented, access) {
+            Ok(r) => r,
+            Err(e) => {
+                outcomes[i] = Some(WriteOutcome::Send(Err(e)));
+                continue;
+            }
+        };
         // Full in count, or in bytes: the envelope would take the mailbox over
         // `max_mailbox_bytes` (a send naming one device twice was refused before).
         let full = recipients.iter().any(|r| {
@@ -805,6 +952,18 @@ pub(crate) fn plan_sends<'a>(
         });
         if full {
             outcomes[i] = Some(WriteOutcome::Send(Err(StorageError::MailboxFull)));
+            continue;
+        }
+        // Requests have their own, smaller bounds, so strangers cannot fill a mailbox
+        // its contacts need.
+        let requests_full = recipients.iter().filter(|r| requests.contains(&r.account_id)).any(|r| {
+            rows.get(&(r.account_id, r.device_id)).is_none_or(|row| {
+                row.requests >= u64::from(params.max_request_depth)
+                    || row.request_bytes.saturating_add(r.envelope.len() as u64) > params.max_request_bytes
+            })
+        });
+        if requests_full {
+            outcomes[i] = Some(WriteOutcome::Send(Err(StorageError::RequestsFull)));
             continue;
         }
         let mut seqs = Vec::with_capacity(recipients.len());
@@ -818,10 +977,15 @@ pub(crate) fn plan_sends<'a>(
                     received_at_s: params.now_s,
                     expires_at_s: params.expires_at_s,
                     envelope: &r.envelope,
+                    request: requests.contains(&r.account_id),
                 });
                 row.next_seq += 1;
                 row.depth += 1;
                 row.bytes = row.bytes.saturating_add(r.envelope.len() as u64);
+                if requests.contains(&r.account_id) {
+                    row.requests += 1;
+                    row.request_bytes = row.request_bytes.saturating_add(r.envelope.len() as u64);
+                }
                 row.dirty = true;
             }
         }

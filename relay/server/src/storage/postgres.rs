@@ -48,8 +48,8 @@ impl PostgresStore {
 }
 
 /// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq,
-/// reachable, bytes).
-type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64);
+/// reachable, bytes, requests, request_bytes).
+type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64, i64, i64);
 
 /// The write batch's statements, each one fixed text over arrays (`UNNEST`), so the server
 /// parses and plans each once per connection whatever the batch size.
@@ -61,17 +61,28 @@ impl PostgresStore {
     ) -> Result<Vec<CounterRow>, sqlx::Error> {
         let ids: Vec<&[u8]> = accounts.iter().map(|a| &a.0[..]).collect();
         let sql = format!(
-            "SELECT account_id, device_id, next_seq, depth, acked_seq, {}, bytes FROM devices \
+            "SELECT account_id, device_id, next_seq, depth, acked_seq, {}, bytes, requests, request_bytes FROM devices \
              WHERE account_id = ANY($1) ORDER BY account_id, device_id FOR UPDATE OF devices",
             fresh.reachable_sql()
         );
         sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(conn).await
     }
 
+    async fn read_access(
+        conn: &mut PgConnection,
+        accounts: &[AccountId],
+    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>, i64)>, sqlx::Error> {
+        let ids: Vec<&[u8]> = accounts.iter().map(|a| &a.0[..]).collect();
+        sqlx::query_as("SELECT account_id, access_verifier, accept_requests FROM accounts WHERE account_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(conn)
+            .await
+    }
+
     async fn delete_acked(
         conn: &mut PgConnection,
         ranges: &[(AccountId, DeviceId, u64, u64)],
-    ) -> Result<Vec<(Vec<u8>, i64, i64)>, sqlx::Error> {
+    ) -> Result<Vec<(Vec<u8>, i64, i64, i64)>, sqlx::Error> {
         let a: Vec<&[u8]> = ranges.iter().map(|r| &r.0.0[..]).collect();
         let d: Vec<i64> = ranges.iter().map(|r| device_i64(r.1)).collect();
         let lo: Vec<i64> = ranges.iter().map(|r| to_i64(r.2)).collect();
@@ -79,7 +90,7 @@ impl PostgresStore {
         sqlx::query_as(
             "DELETE FROM envelopes e USING UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[]) AS c(a, d, lo, hi) \
              WHERE e.account_id = c.a AND e.device_id = c.d AND e.seq > c.lo AND e.seq <= c.hi \
-             RETURNING e.account_id, e.device_id, CAST(length(e.ciphertext) AS BIGINT)",
+             RETURNING e.account_id, e.device_id, CAST(length(e.ciphertext) AS BIGINT), e.request",
         )
         .bind(a)
         .bind(d)
@@ -96,9 +107,10 @@ impl PostgresStore {
         let at: Vec<i64> = inserts.iter().map(|e| to_i64(e.received_at_s)).collect();
         let exp: Vec<i64> = inserts.iter().map(|e| to_i64(e.expires_at_s)).collect();
         let body: Vec<&[u8]> = inserts.iter().map(|e| e.envelope).collect();
+        let request: Vec<i64> = inserts.iter().map(|e| i64::from(e.request)).collect();
         sqlx::query(
-            "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext) \
-             SELECT * FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[])",
+            "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext, request) \
+             SELECT * FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[], $7::int8[])",
         )
         .bind(a)
         .bind(d)
@@ -106,6 +118,7 @@ impl PostgresStore {
         .bind(at)
         .bind(exp)
         .bind(body)
+        .bind(request)
         .execute(conn)
         .await
         .map(|_| ())
@@ -121,10 +134,13 @@ impl PostgresStore {
         let depth: Vec<i64> = rows.iter().map(|r| to_i64(r.1.depth)).collect();
         let acked: Vec<i64> = rows.iter().map(|r| to_i64(r.1.acked_seq)).collect();
         let bytes: Vec<i64> = rows.iter().map(|r| to_i64(r.1.bytes)).collect();
+        let requests: Vec<i64> = rows.iter().map(|r| to_i64(r.1.requests)).collect();
+        let request_bytes: Vec<i64> = rows.iter().map(|r| to_i64(r.1.request_bytes)).collect();
         sqlx::query(
-            "UPDATE devices SET next_seq = c.n, depth = c.dp, acked_seq = c.ak, bytes = c.b \
-             FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) \
-             AS c(a, d, n, dp, ak, b) \
+            "UPDATE devices SET next_seq = c.n, depth = c.dp, acked_seq = c.ak, bytes = c.b, \
+             requests = c.rq, request_bytes = c.rb \
+             FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[]) \
+             AS c(a, d, n, dp, ak, b, rq, rb) \
              WHERE devices.account_id = c.a AND devices.device_id = c.d",
         )
         .bind(a)
@@ -133,6 +149,8 @@ impl PostgresStore {
         .bind(depth)
         .bind(acked)
         .bind(bytes)
+        .bind(requests)
+        .bind(request_bytes)
         .execute(conn)
         .await
         .map(|_| ())

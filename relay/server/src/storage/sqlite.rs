@@ -84,8 +84,8 @@ impl SqliteStore {
 }
 
 /// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq,
-/// reachable, bytes).
-type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64);
+/// reachable, bytes, requests, request_bytes).
+type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64, i64, i64);
 
 /// The write batch's statements, as multi-row statements with one bind per value
 /// (SQLite parses in-process, so a statement per batch size costs little).
@@ -97,7 +97,7 @@ impl SqliteStore {
     ) -> Result<Vec<CounterRow>, sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new("SELECT account_id, device_id, next_seq, depth, acked_seq, ");
         q.push(fresh.reachable_sql());
-        q.push(", bytes FROM devices WHERE account_id IN (");
+        q.push(", bytes, requests, request_bytes FROM devices WHERE account_id IN (");
         let mut list = q.separated(", ");
         for a in accounts {
             list.push_bind(&a.0[..]);
@@ -106,10 +106,25 @@ impl SqliteStore {
         q.build_query_as().fetch_all(conn).await
     }
 
+    async fn read_access(
+        conn: &mut SqliteConnection,
+        accounts: &[AccountId],
+    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>, i64)>, sqlx::Error> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT account_id, access_verifier, accept_requests FROM accounts WHERE account_id IN (",
+        );
+        let mut list = q.separated(", ");
+        for a in accounts {
+            list.push_bind(&a.0[..]);
+        }
+        q.push(")");
+        q.build_query_as().fetch_all(conn).await
+    }
+
     async fn delete_acked(
         conn: &mut SqliteConnection,
         ranges: &[(AccountId, DeviceId, u64, u64)],
-    ) -> Result<Vec<(Vec<u8>, i64, i64)>, sqlx::Error> {
+    ) -> Result<Vec<(Vec<u8>, i64, i64, i64)>, sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM envelopes WHERE ");
         for (i, (a, d, after, up_to)) in ranges.iter().enumerate() {
             if i > 0 {
@@ -125,13 +140,13 @@ impl SqliteStore {
                 .push_bind(to_i64(*up_to))
                 .push(")");
         }
-        q.push(" RETURNING account_id, device_id, CAST(length(ciphertext) AS BIGINT)");
+        q.push(" RETURNING account_id, device_id, CAST(length(ciphertext) AS BIGINT), request");
         q.build_query_as().fetch_all(conn).await
     }
 
     async fn insert_envelopes(conn: &mut SqliteConnection, inserts: &[Insert<'_>]) -> Result<(), sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext) ",
+            "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext, request) ",
         );
         q.push_values(inserts, |mut row, e| {
             row.push_bind(&e.account.0[..])
@@ -139,7 +154,8 @@ impl SqliteStore {
                 .push_bind(to_i64(e.seq))
                 .push_bind(to_i64(e.received_at_s))
                 .push_bind(to_i64(e.expires_at_s))
-                .push_bind(e.envelope);
+                .push_bind(e.envelope)
+                .push_bind(i64::from(e.request));
         });
         q.build().execute(conn).await.map(|_| ())
     }
@@ -150,7 +166,7 @@ impl SqliteStore {
     ) -> Result<(), sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new(
             "UPDATE devices SET next_seq = c.column3, depth = c.column4, acked_seq = c.column5, \
-             bytes = c.column6 FROM (",
+             bytes = c.column6, requests = c.column7, request_bytes = c.column8 FROM (",
         );
         q.push_values(rows, |mut row, ((a, d), r)| {
             row.push_bind(&a.0[..])
@@ -158,7 +174,9 @@ impl SqliteStore {
                 .push_bind(to_i64(r.next_seq))
                 .push_bind(to_i64(r.depth))
                 .push_bind(to_i64(r.acked_seq))
-                .push_bind(to_i64(r.bytes));
+                .push_bind(to_i64(r.bytes))
+                .push_bind(to_i64(r.requests))
+                .push_bind(to_i64(r.request_bytes));
         });
         q.push(") AS c WHERE devices.account_id = c.column1 AND devices.device_id = c.column2");
         q.build().execute(conn).await.map(|_| ())
