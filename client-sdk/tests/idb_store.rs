@@ -115,6 +115,8 @@ fn account(seq: u64) -> AccountRecord {
         last_seq: seq,
         mailbox_epoch: None,
         prekeys_unsent: false,
+        access_key: Some([0x5a; 32]),
+        access_sent: Some(true),
     }
 }
 
@@ -161,7 +163,7 @@ async fn values_are_encrypted_at_rest() {
     changes.sessions = vec![session(conv, None, 0x77)];
     changes.prekeys_added = vec![((2, 9), b"one-time prekey secret".to_vec())];
     changes.device_lists = vec![(conv, b"signed device list".to_vec())];
-    changes.conversations = vec![ConversationRecord { peer: conv }];
+    changes.conversations = vec![ConversationRecord::new(conv)];
     changes.messages = vec![message(0x6b, conv, "a very secret plaintext")];
     changes.outbox_add = vec![OutboxItem::new(
         MessageId([0x6c; 16]),
@@ -278,7 +280,7 @@ async fn a_conflicting_commit_writes_nothing() {
             prekeys_removed: vec![(2, 1), (2, 2)],
             prekeys_added: vec![((2, 3), vec![3; 40])],
             device_lists: vec![(conv, vec![9; 100])],
-            conversations: vec![ConversationRecord { peer: conv }],
+            conversations: vec![ConversationRecord::new(conv)],
             messages: vec![message(1, conv, "lost")],
             outbox_add: vec![OutboxItem::new(MessageId([1; 16]), conv, vec![1; 10])],
             ..Changes::default()

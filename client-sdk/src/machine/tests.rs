@@ -1071,3 +1071,70 @@ async fn a_device_without_the_account_key_cannot_sign_lists() {
     .unwrap();
     assert!(m.has_account_key());
 }
+
+/// Finding 15: the access key goes only to accounts this one accepted. A first message
+/// from a stranger is a message request; the receipt for it carries no key; accepting
+/// (or writing back) shares the key, and each side stores the key the other sent.
+#[tokio::test]
+async fn access_keys_go_only_to_accepted_accounts() {
+    use crate::content::{Content, ContentKind};
+    let mut alice = Peer::new(151).await;
+    let mut bob = Peer::new(152).await;
+    let alice_key = alice.machine.own_access_key().unwrap();
+    let bob_key = bob.machine.own_access_key().unwrap();
+    assert_ne!(alice_key, bob_key);
+    // Alice writes to Bob: her text carries her key.
+    let (c, _) = alice.machine.queue_text(bob.id(), "hi", T0).unwrap();
+    alice.commit(c).await;
+    let item = alice.store.outbox(1).await.unwrap().remove(0);
+    assert_eq!(
+        Content::decode(&item.content).unwrap().access_key,
+        Some(alice_key.clone())
+    );
+    send(&mut alice, &mut [&mut bob]).await;
+    deliver(&mut bob, &[&alice]).await;
+    // At Bob, Alice is a request whose key he holds; his receipt does not carry his key.
+    assert_eq!(
+        bob.machine.message_requests().copied().collect::<Vec<_>>(),
+        vec![alice.id()]
+    );
+    assert_eq!(bob.machine.access_key_for(&alice.id()), Some(alice_key));
+    let ids: Vec<_> = bob
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::MessageReceived(m) => Some(m.id),
+            _ => None,
+        })
+        .collect();
+    let receipt = bob.machine.queue_receipt(alice.id(), &ids, T0 + 1);
+    let content = Content::decode(&receipt.outbox_add[0].content).unwrap();
+    assert!(matches!(content.kind, ContentKind::Delivered { .. }));
+    assert_eq!(content.access_key, None);
+    // Bob accepts: now his receipts carry his key, and Alice stores it.
+    let c = bob.machine.accept_conversation(alice.id());
+    bob.commit(c).await;
+    assert_eq!(bob.machine.message_requests().count(), 0);
+    let receipt = bob.machine.queue_receipt(alice.id(), &ids, T0 + 2);
+    assert_eq!(
+        Content::decode(&receipt.outbox_add[0].content).unwrap().access_key,
+        Some(bob_key.clone())
+    );
+    bob.commit(receipt).await;
+    send(&mut bob, &mut [&mut alice]).await;
+    deliver(&mut alice, &[&bob]).await;
+    assert_eq!(alice.machine.access_key_for(&bob.id()), Some(bob_key));
+    // The records survive a reload from the store.
+    let reloaded = Machine::load(
+        snapshot(&alice.store).await,
+        PickleKey::new([151; 32]),
+        ChaCha20Rng::seed_from_u64(1),
+        ChaCha20Rng::seed_from_u64(2),
+    )
+    .unwrap();
+    assert_eq!(
+        reloaded.access_key_for(&bob.id()),
+        alice.machine.access_key_for(&bob.id())
+    );
+    assert!(reloaded.conversation(&bob.id()).unwrap().accepted);
+}
