@@ -65,7 +65,8 @@ enum Command {
     },
     /// Add a contact by contact link or account id.
     Add {
-        /// `sotto:<account id>` or the account id.
+        /// `sotto:<account id>.<access key>` (as `whoami --link` prints it) or the account
+        /// id (then the first messages are message requests).
         contact: String,
     },
     /// Send a text and wait until the relay stored it.

@@ -71,7 +71,8 @@ test('the web demo chats with the native CLI', { timeout: 10 * 60 * 1000 }, asyn
     step = 'the CLI creates its account';
     await sotto('init', '--relay', RELAY);
     const cliLink = (await sotto('whoami', '--link')).trim();
-    assert.match(cliLink, /^sotto:[a-z2-7]{52}$/);
+    // The link carries the account's access key, so the other side is no message request.
+    assert.match(cliLink, /^sotto:[a-z2-7]{52}\.[0-9a-f]{64}$/);
 
     step = 'the page loads';
     await page.goto(`${site.url}${DEMO_PATH}?relay=${encodeURIComponent(RELAY)}&db=e2e`);
@@ -81,11 +82,11 @@ test('the web demo chats with the native CLI', { timeout: 10 * 60 * 1000 }, asyn
     await byId('create-account').click();
     await page.locator('body[data-state="ready"]').waitFor();
     const pageLink = (await byId('contact-link').textContent()).trim();
-    assert.match(pageLink, /^sotto:[a-z2-7]{52}$/);
+    assert.match(pageLink, /^sotto:[a-z2-7]{52}\.[0-9a-f]{64}$/);
 
     step = 'the CLI adds the page';
     const added = await sotto('add', pageLink);
-    assert.match(added, new RegExp(`added ${pageLink.slice(6)}`));
+    assert.match(added, new RegExp(`added ${pageLink.slice(6, 58)}`));
 
     step = 'the page adds the CLI';
     await byId('contact-input').fill(cliLink);
