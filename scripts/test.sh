@@ -35,10 +35,11 @@ cargo clippy -p sotto-sdk --no-default-features --features web --target wasm32-u
 cargo clippy -p sotto-wasm --target wasm32-unknown-unknown --locked -- -D warnings
 
 step "fuzz targets compile"
-# The two fuzz workspaces share one target dir, so libFuzzer's C++ is compiled once.
+# The fuzz workspaces share one target dir, so libFuzzer's C++ is compiled once.
 FUZZ_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
 CARGO_TARGET_DIR="$FUZZ_TARGET_DIR" cargo check --manifest-path crypto-core/fuzz/Cargo.toml --bins --locked
 CARGO_TARGET_DIR="$FUZZ_TARGET_DIR" cargo check --manifest-path relay/proto/fuzz/Cargo.toml --bins --locked
+CARGO_TARGET_DIR="$FUZZ_TARGET_DIR" cargo check --manifest-path client-sdk/fuzz/Cargo.toml --bins --locked
 
 step "throwaway PostgreSQL for the relay tests"
 # The relay's storage and server tests run on SQLite and on PostgreSQL; with CI=true they

@@ -230,9 +230,11 @@ impl Machine {
         events: &mut Vec<Event>,
     ) -> bool {
         let own = self.account_id();
-        // A contact's content carries its access key: sends to it present the key.
+        // A contact's content carries its access key: sends to it present the key. A
+        // text may start a conversation (a message request); a receipt only updates one.
         if peer.0 != own
             && let Some(k) = &content.access_key
+            && (matches!(content.kind, ContentKind::Text { .. }) || self.conversations.contains_key(&peer.0))
         {
             self.update_conversation(changes, peer.0, |c| c.access_key = Some(k.0));
         }

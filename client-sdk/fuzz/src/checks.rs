@@ -1,0 +1,169 @@
+//! The checks behind the SDK's fuzz targets, one function per target.
+//!
+//! This file is compiled twice: as a module of the cargo-fuzz crate (`client-sdk/fuzz`)
+//! and, through `#[path]`, as a module of `client-sdk/tests/fuzz_corpus.rs`. So it may
+//! use only what both have: `std`, `sotto_sdk`, `sotto_crypto`, `sotto_proto` and
+//! `rand_chacha`.
+//!
+//! Each check feeds untrusted bytes (what a peer's decrypted message carries) to a public
+//! decoder of the SDK. Each call must return a value or a typed error; a panic is a
+//! finding. What decodes must re-encode to exactly the input (the encodings are canonical).
+
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
+use sotto_crypto::{AccountId, AccountKey, Device, DeviceId};
+use sotto_sdk::MessageId;
+use sotto_sdk::content::{Content, ContentKind};
+use sotto_sdk::link::{decode_link_accept, decode_link_request, encode_link_accept, encode_link_request};
+use sotto_sdk::store::ConversationRecord;
+
+/// The fuzz targets; each has a directory of seeds under `client-sdk/fuzz/corpus/`.
+pub const TARGETS: [&str; 2] = ["content", "link"];
+
+/// What a check made of its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A decoder accepted the input.
+    Accepted,
+    /// Every decoder returned an error.
+    Rejected,
+}
+
+/// Runs the check of `target` on `data`; `None` for an unknown target.
+pub fn run(target: &str, data: &[u8]) -> Option<Outcome> {
+    Some(match target {
+        "content" => content(data),
+        "link" => link(data),
+        _ => return None,
+    })
+}
+
+/// Target `content`: [`Content::decode`]. Version-2 content that decodes re-encodes to
+/// the input (version 1 is read and written as version 2).
+pub fn content(data: &[u8]) -> Outcome {
+    match Content::decode(data) {
+        Ok(c) => {
+            let encoded = c.encode();
+            if data.first() == Some(&2) {
+                assert_eq!(encoded, data, "content does not re-encode to its input");
+            }
+            assert_eq!(Content::decode(&encoded).ok(), Some(c));
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Rejected,
+    }
+}
+
+/// The link secret and account the `link` target decodes under (the seeds use them).
+const SECRET: [u8; 32] = [0x22; 32];
+const DEVICE: DeviceId = DeviceId(3);
+
+fn account() -> AccountId {
+    AccountKey::from_seed(&[0x11; 32]).account_id()
+}
+
+/// Target `link`: a link request and a link answer (the payloads of content types 0x10
+/// and 0x11, §12A), decoded under a fixed secret; an answer that decodes re-encodes to
+/// the input when it grants no account key (whose ciphertext only the sender can make).
+pub fn link(data: &[u8]) -> Outcome {
+    let account = account();
+    let request = decode_link_request(&SECRET, &account, data);
+    if let Some((entry, name)) = &request {
+        assert_eq!(encode_link_request(&SECRET, &account, entry, name), data);
+    }
+    let answer = decode_link_accept(&SECRET, &account, DEVICE, data);
+    if let Some(a) = &answer
+        && a.account_key.is_none()
+    {
+        let again = encode_link_accept(&SECRET, &account, DEVICE, None, a.access_key.as_ref(), &a.contacts);
+        assert_eq!(again, data, "a link answer does not re-encode to its input");
+    }
+    if request.is_some() || answer.is_some() {
+        Outcome::Accepted
+    } else {
+        Outcome::Rejected
+    }
+}
+
+/// One seed file.
+pub struct Seed {
+    /// Its target.
+    pub target: &'static str,
+    /// Its file name (`ok-*` must be accepted, `bad-*` need not be).
+    pub name: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// The seed corpus: deterministic.
+pub fn seeds() -> Vec<Seed> {
+    let mut out = Vec::new();
+    let mut add = |target, name: &str, bytes: Vec<u8>| {
+        out.push(Seed {
+            target,
+            name: name.to_owned(),
+            bytes,
+        })
+    };
+    let text = Content {
+        message_id: MessageId([1; 16]),
+        timestamp_ms: 1_796_083_200_000,
+        access_key: Some(sotto_proto::AccessKey([0xa5; 32])),
+        kind: ContentKind::Text { text: "hi ✓".into() },
+    }
+    .encode();
+    let sync = Content {
+        message_id: MessageId([1; 16]),
+        timestamp_ms: 5,
+        access_key: None,
+        kind: ContentKind::SyncTranscript {
+            conversation: AccountId([3; 32]),
+            text: "hi".into(),
+        },
+    }
+    .encode();
+    let receipt = Content {
+        message_id: MessageId([2; 16]),
+        timestamp_ms: 6,
+        access_key: None,
+        kind: ContentKind::Delivered {
+            message_ids: vec![MessageId([1; 16]), MessageId([4; 16])],
+        },
+    }
+    .encode();
+    add("content", "ok-text", text.clone());
+    add("content", "ok-sync", sync);
+    add("content", "ok-delivered", receipt);
+    add("content", "bad-truncated", text[..text.len() / 2].to_vec());
+    add("content", "bad-flag", {
+        let mut b = text.clone();
+        b[25] = 2;
+        b
+    });
+    add("content", "bad-empty", Vec::new());
+
+    let account = account();
+    let mut rng = ChaCha20Rng::seed_from_u64(1201);
+    let entry = Device::generate(account, DEVICE, &mut rng).entry();
+    let request = encode_link_request(&SECRET, &account, &entry, "phone");
+    let contacts = [
+        ConversationRecord {
+            peer: AccountId([0x33; 32]),
+            accepted: true,
+            access_key: Some([0x66; 32]),
+        },
+        ConversationRecord::new(AccountId([0x44; 32])),
+    ];
+    let answer = encode_link_accept(&SECRET, &account, DEVICE, None, Some(&[0x55; 32]), &contacts);
+    add("link", "ok-request", request.clone());
+    add("link", "ok-answer", answer.clone());
+    add("link", "bad-request-mac", {
+        let mut b = request;
+        if let Some(last) = b.last_mut() {
+            *last ^= 1;
+        }
+        b
+    });
+    add("link", "bad-answer-trailing", [&answer[..], &[0]].concat());
+    out
+}
