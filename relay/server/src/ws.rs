@@ -783,7 +783,14 @@ async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, se
         max_request_depth: limits.max_request_depth,
         max_request_bytes: limits.max_request_bytes,
     };
-    let access = send.access.iter().map(|a| (a.account_id, a.key.verifier())).collect();
+    // Only keys for accounts the send names are hashed and checked.
+    let named: BTreeSet<AccountId> = send.recipients.iter().map(|r| r.account_id).collect();
+    let access = send
+        .access
+        .iter()
+        .filter(|a| named.contains(&a.account_id))
+        .map(|a| (a.account_id, a.key.verifier()))
+        .collect();
     let started = std::time::Instant::now();
     let stored = state.writer.send(params, send.recipients, access).await;
     drop(held);

@@ -1446,12 +1446,18 @@ async fn acked_ciphertext_leaves_the_sqlite_files() {
     register_all(&relay, &[&alice, &bob]).await;
     let mut marker = vec![0u8; 512];
     r.fill_bytes(&mut marker);
-    let on_disk = |marker: &[u8]| -> bool {
-        ["", "-wal"].iter().any(|suffix| {
-            let mut p = path.clone().into_os_string();
-            p.push(suffix);
-            std::fs::read(&p).is_ok_and(|bytes| bytes.windows(marker.len()).any(|w| w == marker))
-        })
+    // The files (database, WAL) that hold the marker.
+    let on_disk = |marker: &[u8]| -> Vec<&'static str> {
+        ["db", "wal"]
+            .into_iter()
+            .filter(|which| {
+                let mut p = path.clone().into_os_string();
+                if *which == "wal" {
+                    p.push("-wal");
+                }
+                std::fs::read(&p).is_ok_and(|bytes| bytes.windows(marker.len()).any(|w| w == marker))
+            })
+            .collect()
     };
     let mut wa = relay.connect(&alice.devices[0]).await;
     assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
@@ -1459,7 +1465,10 @@ async fn acked_ciphertext_leaves_the_sqlite_files() {
         send_to(&mut wa, 1, to_devices(&bob, None, &marker)).await,
         SendOutcome::Stored { .. }
     ));
-    assert!(on_disk(&marker), "the stored envelope is on disk (the search works)");
+    assert!(
+        !on_disk(&marker).is_empty(),
+        "the stored envelope is on disk (the search works)"
+    );
     let mut wb = relay.connect(&bob.devices[0]).await;
     assert_eq!(expect_deliver(&mut wb).await, (1, marker.clone()));
     send(&mut wb, &Frame::Ack { seq: 1 }).await;
@@ -1469,7 +1478,11 @@ async fn acked_ciphertext_leaves_the_sqlite_files() {
     assert_eq!(recv(&mut wb).await, Frame::QueueEmpty);
     // What the relay's expiry run does after deleting.
     relay.state.store.checkpoint().await.unwrap();
-    assert!(!on_disk(&marker), "an acked envelope's ciphertext is still on disk");
+    let left = on_disk(&marker);
+    assert!(
+        left.is_empty(),
+        "an acked envelope's ciphertext is still on disk, in {left:?}"
+    );
     drop((wa, wb));
     relay.stop().await;
     remove_sqlite(&url);

@@ -11,6 +11,9 @@ use sqlx::{Pool, QueryBuilder, Sqlite, SqliteConnection};
 use super::backend::storage_impl;
 use super::*;
 
+/// How often [`SqliteStore::checkpoint`] tries when readers keep it from finishing.
+const CHECKPOINT_ATTEMPTS: usize = 5;
+
 /// Bytes the WAL is truncated to when a checkpoint resets it (`journal_size_limit`).
 const JOURNAL_SIZE_LIMIT: u64 = 4 << 20;
 
@@ -71,9 +74,17 @@ impl SqliteStore {
     /// are then in neither file. Waits for readers; on a busy database it does what it
     /// can and the next run finishes.
     pub async fn checkpoint(&self) -> Result<(), StorageError> {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await?;
+        // The answer's first column is 1 when a reader or writer kept the checkpoint from
+        // finishing (the WAL then keeps frames): try again a few times at once.
+        for _ in 0..CHECKPOINT_ATTEMPTS {
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.pool)
+                .await?;
+            if busy == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         Ok(())
     }
 
