@@ -136,16 +136,10 @@ impl Content {
         let message_id = MessageId(r.array()?);
         let timestamp_ms = r.u64()?;
         let access_key = if version >= 2 {
-            match r.u8()? {
-                0 => None,
-                1 => Some(sotto_proto::AccessKey(r.array()?)),
-                value => {
-                    return Err(DecodeError::UnknownType {
-                        field: "access key flag",
-                        value,
-                    }
-                    .into());
-                }
+            if r.flag("access key flag")? {
+                Some(sotto_proto::AccessKey(r.array()?))
+            } else {
+                None
             }
         } else {
             None
@@ -280,7 +274,9 @@ mod tests {
         bytes[25] = 2;
         assert!(matches!(
             Content::decode(&bytes),
-            Err(ContentError::Decode(DecodeError::UnknownType { .. }))
+            Err(ContentError::Decode(DecodeError::Invalid {
+                field: "access key flag"
+            }))
         ));
         let mut bytes = samples()[0].encode();
         let last = bytes.len() - 1;

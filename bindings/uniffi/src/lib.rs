@@ -420,6 +420,10 @@ pub struct ClientOptions {
     /// ...and at most this, milliseconds.
     #[uniffi(default = 900000)]
     pub anonymous_lifetime_max_ms: u64,
+    /// Whether accounts not accepted yet may send message requests (the relay refuses
+    /// them with `ACCESS_DENIED` when false).
+    #[uniffi(default = true)]
+    pub accept_message_requests: bool,
 }
 
 impl From<ClientOptions> for sotto_sdk::ClientOptions {
@@ -442,6 +446,7 @@ impl From<ClientOptions> for sotto_sdk::ClientOptions {
                 ..Duration::from_millis(o.anonymous_open_delay_max_ms),
             anonymous_lifetime: Duration::from_millis(o.anonymous_lifetime_min_ms)
                 ..Duration::from_millis(o.anonymous_lifetime_max_ms),
+            accept_message_requests: o.accept_message_requests,
             ..Self::default()
         }
     }

@@ -20,9 +20,26 @@ pub(super) fn is_final(e: &ClientError) -> bool {
 }
 
 /// Rejections about the relay or this device (busy, rate-limited), not about the item's
-/// recipient: they pause sending and do not count towards an item's bound.
+/// recipient: they pause sending and do not count towards an item's bound. A full
+/// mailbox or request quota is the recipient's: it holds up only that recipient's lane.
 pub(super) fn is_relay_wide(code: ErrorCode) -> bool {
-    code.is_retryable() && code != ErrorCode::MAILBOX_FULL
+    code.is_retryable() && !matches!(code, ErrorCode::MAILBOX_FULL | ErrorCode::REQUESTS_FULL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stranger who fills a victim's request quota must not pause every other send of
+    /// the victim's other correspondents (their other lanes).
+    #[test]
+    fn a_full_mailbox_or_request_quota_is_the_recipients() {
+        assert!(!is_relay_wide(ErrorCode::MAILBOX_FULL));
+        assert!(!is_relay_wide(ErrorCode::REQUESTS_FULL));
+        assert!(!is_relay_wide(ErrorCode::ACCESS_DENIED));
+        assert!(is_relay_wide(ErrorCode::RATE_LIMITED));
+        assert!(is_relay_wide(ErrorCode::BUSY));
+    }
 }
 
 /// Why a client call failed.

@@ -1,12 +1,22 @@
 //! Access keys and message requests (docs/protocol.md §13.8): this account's key, its
 //! verifier on the relay, the contacts it is shared with, and the contacts' keys.
 
-use rand_core::RngCore;
-use sotto_crypto::AccountId;
+use hkdf::Hkdf;
+use sha2::Sha256;
+use sotto_crypto::{AccountId, AccountKey};
 use sotto_proto::{AccessKey, AccessPolicy};
 
 use super::Machine;
 use crate::store::{Changes, ConversationRecord, Write};
+
+/// The access key of an account made before access keys, derived from its account key.
+fn legacy_access_key(ak: &AccountKey) -> [u8; 32] {
+    let seed = ak.dangerous_export_seed();
+    let mut k = [0u8; 32];
+    // 32 bytes is far below HKDF-SHA256's output bound, so this cannot fail.
+    let _ = Hkdf::<Sha256>::new(None, seed.as_slice()).expand(b"Sotto-v1 access key from account key", &mut k);
+    k
+}
 
 impl Machine {
     /// This account's access key, on a device that has it.
@@ -30,16 +40,17 @@ impl Machine {
 
     /// What to upload (`PUT /v1/access`) so the relay holds this account's verifier with
     /// the policy `accept_requests`, and the changes to commit first; `None` when the
-    /// relay confirmed exactly that already. A device that holds the account key makes
-    /// the access key if the account has none yet (an account made before access keys);
-    /// other devices wait for it (they get it when linked).
+    /// relay confirmed exactly that already. On an account made before access keys, a
+    /// device that holds the account key derives the access key from it (HKDF-SHA256 of
+    /// the account key's seed, info `"Sotto-v1 access key from account key"`), so every
+    /// such device arrives at the same key; devices without the account key get it only
+    /// with a later link answer.
     pub fn access_upload(&mut self, accept_requests: bool) -> Option<(Changes, AccessPolicy)> {
         let mut changes = Changes::default();
         let key = match self.account.value.access_key {
             Some(k) => k,
             None if self.account_key.is_some() => {
-                let mut k = [0u8; 32];
-                self.rng.fill_bytes(&mut k);
+                let k = self.account_key.as_ref().map(legacy_access_key)?;
                 let mut record = self.account.value.clone();
                 record.access_key = Some(k);
                 record.access_sent = None;

@@ -1138,3 +1138,39 @@ async fn access_keys_go_only_to_accepted_accounts() {
     );
     assert!(reloaded.conversation(&bob.id()).unwrap().accepted);
 }
+
+/// On an account made before access keys, every device that holds the account key
+/// arrives at the same access key (a random one per device would leave contacts with
+/// keys the relay no longer accepts).
+#[tokio::test]
+async fn devices_of_an_older_account_derive_the_same_access_key() {
+    let mut p = Peer::new(160).await;
+    let mut record = p.machine.account.value.clone();
+    record.access_key = None;
+    record.access_sent = None;
+    let c = Changes {
+        account: Some(crate::store::Write {
+            expected: Some(p.machine.account.version),
+            value: record,
+        }),
+        ..Changes::default()
+    };
+    p.commit(c).await;
+    let mut machines = Vec::new();
+    for seed in [1u64, 2] {
+        machines.push(
+            Machine::load(
+                snapshot(&p.store).await,
+                PickleKey::new([160; 32]),
+                ChaCha20Rng::seed_from_u64(seed),
+                ChaCha20Rng::seed_from_u64(!seed),
+            )
+            .unwrap(),
+        );
+    }
+    let (mut one, mut two) = (machines.remove(0), machines.remove(0));
+    let (c1, p1) = one.access_upload(true).unwrap();
+    let (_, p2) = two.access_upload(true).unwrap();
+    assert_eq!(p1.verifier, p2.verifier);
+    assert!(c1.account.unwrap().value.access_key.is_some());
+}

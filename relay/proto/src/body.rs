@@ -330,16 +330,7 @@ impl Body for AccessPolicy {
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         decode_with(bytes, |r| {
             let verifier = r.array()?;
-            let accept_requests = match r.u8()? {
-                0 => false,
-                1 => true,
-                value => {
-                    return Err(DecodeError::UnknownType {
-                        field: "accept requests",
-                        value,
-                    });
-                }
-            };
+            let accept_requests = r.flag("accept requests")?;
             Ok(Self {
                 verifier,
                 accept_requests,

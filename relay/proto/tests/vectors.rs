@@ -515,6 +515,18 @@ fn generate() -> Value {
         "flag byte 2",
         PreKeyCounts::decode(&bad_flag).unwrap_err(),
     ));
+    let mut bad_policy = AccessPolicy {
+        verifier: [0x5a; 32],
+        accept_requests: true,
+    }
+    .encode();
+    bad_policy[33] = 2;
+    failures.push(body_fail(
+        "AccessPolicy",
+        bad_policy.clone(),
+        "accept_requests byte 2",
+        AccessPolicy::decode(&bad_policy).unwrap_err(),
+    ));
     let bad_provider = vec![1, 9, 0, 0, 0, 0];
     failures.push(body_fail(
         "PushRegistration",
@@ -687,6 +699,7 @@ fn relay_vectors_replay() {
             "PushRegistration" => PushRegistration::decode(&hx(&f["bytes"])).unwrap_err(),
             "PreKeyUpload" => PreKeyUpload::decode(&hx(&f["bytes"])).unwrap_err(),
             "ErrorBody" => ErrorBody::decode(&hx(&f["bytes"])).unwrap_err(),
+            "AccessPolicy" => AccessPolicy::decode(&hx(&f["bytes"])).unwrap_err(),
             "authorization" => parse_authorization(f["header"].as_str().unwrap()).unwrap_err(),
             other => panic!("unknown input {other}"),
         };

@@ -30,7 +30,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::STALE_DEVICE_LIST | ErrorCode::TOO_MANY_PREKEYS => StatusCode::CONFLICT,
         ErrorCode::BODY_TOO_LARGE | ErrorCode::ENVELOPE_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::ORIGIN_NOT_ALLOWED => StatusCode::FORBIDDEN,
+        ErrorCode::ORIGIN_NOT_ALLOWED | ErrorCode::ACCESS_DENIED => StatusCode::FORBIDDEN,
         ErrorCode::BUSY | ErrorCode::TOO_MANY_CONNECTIONS | ErrorCode::SHUTTING_DOWN => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::INTERNAL => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
@@ -118,4 +118,16 @@ pub(crate) async fn error_bodies(
         header::HeaderValue::from_static("application/octet-stream"),
     );
     Response::from_parts(parts, axum::body::Body::from(ErrorBody { code }.encode()))
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn message_request_codes_have_their_statuses() {
+        assert_eq!(status_of(ErrorCode::ACCESS_DENIED), StatusCode::FORBIDDEN);
+        assert_eq!(status_of(ErrorCode::REQUESTS_FULL), StatusCode::BAD_REQUEST);
+        assert!(ErrorCode::REQUESTS_FULL.is_retryable() && !ErrorCode::ACCESS_DENIED.is_retryable());
+    }
 }

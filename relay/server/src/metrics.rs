@@ -67,6 +67,10 @@ metrics! {
     counter sends_mismatch_total;
     /// Sends rejected with an error code.
     counter sends_rejected_total;
+    /// Sends refused as message requests to an account that takes none (`ACCESS_DENIED`).
+    counter requests_denied_total;
+    /// Sends refused because a mailbox's message-request quota was full (`REQUESTS_FULL`).
+    counter requests_full_total;
     /// Sends received on anonymous connections (also counted as stored, mismatch or rejected).
     counter sends_anonymous_total;
     /// Connections that sent instead of authenticating (anonymous senders).

@@ -667,6 +667,14 @@ where
     match &outcome {
         SendOutcome::Stored { .. } => inc(&state.metrics.sends_stored_total, 1),
         SendOutcome::DeviceMismatch { .. } => inc(&state.metrics.sends_mismatch_total, 1),
+        SendOutcome::Rejected { code } => {
+            inc(&state.metrics.sends_rejected_total, 1);
+            if *code == ErrorCode::ACCESS_DENIED {
+                inc(&state.metrics.requests_denied_total, 1);
+            } else if *code == ErrorCode::REQUESTS_FULL {
+                inc(&state.metrics.requests_full_total, 1);
+            }
+        }
         _ => inc(&state.metrics.sends_rejected_total, 1),
     }
     send_frame(socket, &Frame::SendResult(SendResult { message_id, outcome })).await

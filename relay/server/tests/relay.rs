@@ -702,6 +702,10 @@ async fn anonymous_sends_need_the_access_key(url: String) {
             accept_requests: false,
         })
     );
+    // Counted, without identifiers.
+    let metrics = relay.metrics().await;
+    assert!(metrics.contains("sotto_relay_requests_full_total 2"), "{metrics}");
+    assert!(metrics.contains("sotto_relay_requests_denied_total 2"), "{metrics}");
     drop((stranger, contact, wm));
     relay.stop().await;
 }
