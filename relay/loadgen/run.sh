@@ -20,6 +20,8 @@
 #   SKIP_BUILD=1 uses the binaries already in target/release.
 #   PG_FSYNC [off]: fsync setting of the throwaway PostgreSQL cluster (on = durable commits).
 #   OUT [target/loadgen]: logs and results.txt are kept there.
+#   ACCESS_KEYS [0]: 1 makes throughput receivers set an access verifier and senders present
+#   the key (every send takes the relay's access check, docs/protocol.md §13.8).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -187,6 +189,7 @@ run_mode() {
       ;;
   esac
   [ -z "$ACK_BATCH" ] || args+=(--ack-batch "$ACK_BATCH")
+  if [ "$mode" = throughput ] && [ "${ACCESS_KEYS:-0}" = 1 ]; then args+=(--access-keys); fi
   local load
   load=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "== $backend $mode: load average $load"

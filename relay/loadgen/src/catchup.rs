@@ -63,7 +63,7 @@ async fn fill_by_relay(ctx: &Ctx, from: &Identity, to_id: AccountId) -> Result<(
                 .await
                 .map_err(|_| Fail("window closed".into()))?;
             permit.forget();
-            send_frame(&mut sink, &envelope_send(to_id, i, now_ns(), &filler)).await?;
+            send_frame(&mut sink, &envelope_send(to_id, None, i, now_ns(), &filler)).await?;
         }
         Ok::<_, Fail>(sink)
     });

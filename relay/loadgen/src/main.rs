@@ -103,6 +103,10 @@ pub(crate) struct Cli {
     /// Receivers ack a partial batch after this many milliseconds.
     #[arg(long, default_value_t = 5)]
     pub(crate) ack_delay_ms: u64,
+    /// Throughput: receivers set an access verifier and senders present the key, so
+    /// every send takes the relay's access check (docs/protocol.md §13.8).
+    #[arg(long)]
+    pub(crate) access_keys: bool,
     /// catchup: envelopes queued for the offline device.
     #[arg(long, default_value_t = 100_000)]
     pub(crate) queued: u64,
@@ -119,7 +123,7 @@ pub(crate) struct Cli {
     pub(crate) drain_timeout_secs: f64,
     /// Parallel HTTP connections for registration.
     #[arg(long, default_value_t = 16)]
-    register_workers: usize,
+    pub(crate) register_workers: usize,
     /// Hard bound on the whole run, seconds.
     #[arg(long, default_value_t = 1200)]
     max_runtime_secs: u64,

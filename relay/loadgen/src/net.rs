@@ -13,7 +13,9 @@ use hyper_util::rt::TokioIo;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use sotto_crypto::{AccountId, AccountKey, Device, DeviceId};
-use sotto_proto::{AuthResponse, Body, DeviceListBody, Frame};
+use sotto_proto::{
+    AccessKey, AccessPolicy, AuthResponse, Body, Challenge, DeviceListBody, Frame, authorization_header,
+};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -114,11 +116,26 @@ impl Http {
         path: &str,
         body: Vec<u8>,
     ) -> Result<(StatusCode, Vec<u8>), Fail> {
-        let req = Request::builder()
+        self.request_with(addr, method, path, None, body).await
+    }
+
+    async fn request_with(
+        &mut self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        authorization: Option<String>,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Vec<u8>), Fail> {
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", addr.to_string())
-            .header("content-type", "application/octet-stream")
+            .header("content-type", "application/octet-stream");
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| Fail(format!("request: {e}")))?;
         let fut = async {
@@ -158,6 +175,58 @@ pub(crate) async fn wait_healthy(target: &Target, wait: Duration) -> Result<(), 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Sets each account's access verifier (`PUT /v1/access`, authenticated by a fresh
+/// challenge), over `workers` keep-alive connections, so that sends presenting the key
+/// take the relay's access check. Fails on the first answer that is not 204.
+pub(crate) async fn set_access_all(
+    target: &Target,
+    ids: &[(Arc<Identity>, [u8; 32])],
+    workers: usize,
+) -> Result<(), Fail> {
+    let workers = workers.clamp(1, 64);
+    let chunk = ids.len().div_ceil(workers).max(1);
+    let mut tasks = Vec::new();
+    for part in ids.chunks(chunk) {
+        let part = part.to_vec();
+        let target = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut http = Http::connect(target.addr).await?;
+            for (id, key) in part {
+                let (status, body) = http
+                    .request(target.addr, Method::GET, "/v1/auth/challenge", vec![])
+                    .await?;
+                if status != StatusCode::OK {
+                    return Err(Fail(format!("challenge answered {status}")));
+                }
+                let c = Challenge::decode(&body).map_err(|e| Fail(format!("challenge: {e}")))?;
+                let policy = AccessPolicy {
+                    verifier: AccessKey(key).verifier(),
+                    accept_requests: true,
+                }
+                .encode();
+                let bound = sotto_proto::http_auth_binding(&c.nonce, "PUT", "/v1/access", &policy);
+                let auth = authorization_header(&AuthResponse {
+                    account_id: id.account_id(),
+                    device_id: id.device.device_id(),
+                    nonce: c.nonce,
+                    signature: id.device.sign_relay_auth(&target.relay_id, &bound, c.timestamp_ms),
+                });
+                let (status, _) = http
+                    .request_with(target.addr, Method::PUT, "/v1/access", Some(auth), policy)
+                    .await?;
+                if status != StatusCode::NO_CONTENT {
+                    return Err(Fail(format!("access answered {status}")));
+                }
+            }
+            Ok::<(), Fail>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| Fail(format!("access task: {e}")))??;
+    }
+    Ok(())
 }
 
 /// Registers every account (`PUT /v1/accounts/{id}/device-list`) over `workers` keep-alive

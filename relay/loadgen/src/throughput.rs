@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rand_core::RngCore;
 use sotto_crypto::{AccountId, DeviceId};
-use sotto_proto::{Frame, Recipient, Send, SendOutcome};
+use sotto_proto::{Access, AccessKey, Frame, Recipient, Send, SendOutcome};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -50,13 +50,19 @@ struct ReceiverOut {
 }
 
 /// Builds a send of one envelope for `to`.
-pub(crate) fn envelope_send(to: AccountId, id: u64, scheduled: u64, filler: &[u8]) -> Frame {
+pub(crate) fn envelope_send(to: AccountId, key: Option<&[u8; 32]>, id: u64, scheduled: u64, filler: &[u8]) -> Frame {
     let mut envelope = filler.to_vec();
     envelope[..8].copy_from_slice(&id.to_be_bytes());
     envelope[8..16].copy_from_slice(&scheduled.to_be_bytes());
     Frame::Send(Send {
         message_id: id,
-        access: vec![],
+        access: key
+            .map(|k| Access {
+                account_id: to,
+                key: AccessKey(*k),
+            })
+            .into_iter()
+            .collect(),
         recipients: vec![Recipient {
             account_id: to,
             device_id: DeviceId(1),
@@ -72,6 +78,7 @@ pub(crate) fn envelope_id(envelope: &[u8]) -> Option<u64> {
 
 struct Plan {
     to: AccountId,
+    key: Option<[u8; 32]>,
     start: Instant,
     end: Instant,
     period: Duration,
@@ -141,9 +148,12 @@ async fn sender(
         let id = now_ns().max(last_id + 1);
         last_id = id;
         lag.push(id.saturating_sub(scheduled));
-        if send_frame(&mut sink, &envelope_send(plan.to, id, scheduled, &plan.filler))
-            .await
-            .is_err()
+        if send_frame(
+            &mut sink,
+            &envelope_send(plan.to, plan.key.as_ref(), id, scheduled, &plan.filler),
+        )
+        .await
+        .is_err()
         {
             break;
         }
@@ -221,6 +231,28 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<String, Fail> {
     let (senders, receivers): (Vec<_>, Vec<_>) = ids.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
     let senders: Vec<_> = senders.into_iter().map(|(_, id)| id).collect();
     let receivers: Vec<_> = receivers.into_iter().map(|(_, id)| id).collect();
+    // With --access-keys, each receiver's key (from the seeded generator).
+    let keys: Vec<Option<[u8; 32]>> = receivers
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            cli.access_keys.then(|| {
+                let mut k = [0u8; 32];
+                crate::rng(cli.seed, 0xacce, i as u64).fill_bytes(&mut k);
+                k
+            })
+        })
+        .collect();
+    if cli.access_keys {
+        let t = std::time::Instant::now();
+        let pairs: Vec<_> = receivers.iter().cloned().zip(keys.iter().flatten().copied()).collect();
+        crate::net::set_access_all(&ctx.target, &pairs, cli.register_workers).await?;
+        println!(
+            "set {} access verifiers in {:.1} s",
+            pairs.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     let rx_sockets = ctx.open_all(&receivers, 0x2ec0).await?;
     let tx_sockets = ctx.open_all(&senders, 0x5e4d).await?;
 
@@ -256,6 +288,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<String, Fail> {
             rng.fill_bytes(&mut filler);
             let plan = Plan {
                 to: to.account_id(),
+                key: keys[i],
                 start,
                 end,
                 period,
