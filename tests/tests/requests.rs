@@ -24,6 +24,9 @@ async fn strangers_are_message_requests_until_accepted() {
     let got = bob.receive(1).await;
     assert_eq!(got[0].text, "hello, it's carol");
     assert_eq!(bob.client.message_requests().await.unwrap(), vec![carol.id()]);
+    // Only a conversation that exists can be accepted.
+    let err = bob.client.accept_message_request(&dave.id()).await.unwrap_err();
+    assert_eq!(err.code(), "unknown_contact");
     // Bob answers: that accepts Carol, and the answer carries his access key.
     bob.client.send_text(&carol.id(), "hi carol").await.unwrap();
     assert_eq!(carol.receive(1).await[0].text, "hi carol");

@@ -418,11 +418,17 @@ impl<S: Store> Client<S> {
     }
 
     /// Accepts a message request: this account's access key goes to `contact` with the
-    /// next message or receipt.
+    /// next message or receipt. [`ClientError::UnknownContact`] when no conversation with
+    /// `contact` exists (add contacts with [`Client::add_contact`]).
     pub async fn accept_message_request(&self, contact: &AccountId) -> Result<(), ClientError> {
         let contact = *contact;
         self.inner
-            .transact(|m| Ok((m.accept_conversation(contact), ())))
+            .transact(|m| {
+                if m.conversation(&contact).is_none() {
+                    return Err(ClientError::UnknownContact);
+                }
+                Ok((m.accept_conversation(contact), ()))
+            })
             .await?;
         Ok(())
     }
