@@ -41,7 +41,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
-use crate::client::{Client, ClientError, ClientOptions, Inner, now_ms, pickle_key};
+use crate::client::{Client, ClientError, ClientOptions, Inner, hex, now_ms, pickle_key, unhex};
 use crate::machine::{CONTENT_LINK_ACCEPT, CONTENT_LINK_REQUEST, Event, Machine};
 use crate::rt;
 use crate::store::{ConversationRecord, Store, StoreKey};
@@ -370,21 +370,6 @@ pub fn decode_recovery_key(text: &str) -> Result<AccountKey, ClientError> {
         return Err(ClientError::BadRecoveryKey);
     }
     Ok(AccountKey::from_seed(&seed))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Zeroizing<Vec<u8>>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
-        return None;
-    }
-    let mut out = Zeroizing::new(Vec::with_capacity(s.len() / 2));
-    for i in 0..s.len() / 2 {
-        out.push(u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?);
-    }
-    Some(out)
 }
 
 /// The link code text: `sotto-link:` ‖ account id ‖ `.` ‖ hex(secret).

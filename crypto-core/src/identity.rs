@@ -616,7 +616,7 @@ mod tests {
 
     #[test]
     fn account_id_string_round_trip() {
-        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let mut rng = ChaCha20Rng::seed_from_u64(3); // test only
         let ak = AccountKey::generate(&mut rng);
         let s = ak.account_id().to_string();
         assert_eq!(s.len(), 52);
@@ -633,7 +633,7 @@ mod tests {
 
     #[test]
     fn prekey_signatures_bind_kind_device_and_id() {
-        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let mut rng = ChaCha20Rng::seed_from_u64(4); // test only
         let ak = AccountKey::generate(&mut rng);
         let d = Device::generate(ak.account_id(), DeviceId(1), &mut rng);
         let dsk = d.identity().signing_key;
@@ -666,7 +666,7 @@ mod tests {
 
     #[test]
     fn secrets_are_not_printed() {
-        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let mut rng = ChaCha20Rng::seed_from_u64(5); // test only
         let ak = AccountKey::generate(&mut rng);
         let d = Device::generate(ak.account_id(), DeviceId(3), &mut rng);
         let s = format!("{d:?} {ak:?}");

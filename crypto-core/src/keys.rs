@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn small_order_x25519_is_rejected() {
-        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let mut rng = ChaCha20Rng::seed_from_u64(1); // test only
         let s = X25519Secret::generate(&mut rng);
         assert_eq!(s.dh(&X25519PublicKey([0; 32])).err(), Some(KeyError::NonContributory));
         let mut one = [0u8; 32];
@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn the_small_order_table_matches_x25519() {
-        let mut rng = ChaCha20Rng::seed_from_u64(6);
+        let mut rng = ChaCha20Rng::seed_from_u64(6); // test only
         let s = X25519Secret::generate(&mut rng);
         for bad in SMALL_ORDER {
             for top in [0u8, 0x80] {

@@ -139,11 +139,25 @@ pub fn contact_link(account: &AccountId) -> String {
 /// `sotto:<account id>.<hex(access key)>`. Whoever adds it sends as a contact, not as a
 /// message request.
 pub fn contact_link_with_key(account: &AccountId, access_key: &[u8; 32]) -> String {
-    let mut s = format!("sotto:{account}.");
-    for b in access_key {
-        s.push_str(&format!("{b:02x}"));
+    format!("sotto:{account}.{}", hex(access_key))
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Hex (either case) to bytes; `None` for an odd length or a character that is not a hex
+/// digit.
+pub(crate) fn unhex(s: &str) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
     }
-    s
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(s.len() / 2));
+    for i in 0..s.len() / 2 {
+        out.push(u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?);
+    }
+    Some(out)
 }
 
 /// Parses an account id or a contact link.
@@ -162,16 +176,11 @@ pub fn parse_contact_link(s: &str) -> Result<(AccountId, Option<[u8; 32]>), Clie
     let account = id.parse().map_err(|_| ClientError::BadContact)?;
     let key = match key {
         None => None,
-        Some(hex) => {
-            if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return Err(ClientError::BadContact);
-            }
-            let mut k = [0u8; 32];
-            for (i, b) in k.iter_mut().enumerate() {
-                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| ClientError::BadContact)?;
-            }
-            Some(k)
-        }
+        Some(digits) => Some(
+            unhex(digits)
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                .ok_or(ClientError::BadContact)?,
+        ),
     };
     Ok((account, key))
 }

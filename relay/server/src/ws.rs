@@ -667,15 +667,16 @@ where
     match &outcome {
         SendOutcome::Stored { .. } => inc(&state.metrics.sends_stored_total, 1),
         SendOutcome::DeviceMismatch { .. } => inc(&state.metrics.sends_mismatch_total, 1),
-        SendOutcome::Rejected { code } => {
-            inc(&state.metrics.sends_rejected_total, 1);
-            if *code == ErrorCode::ACCESS_DENIED {
-                inc(&state.metrics.requests_denied_total, 1);
-            } else if *code == ErrorCode::REQUESTS_FULL {
-                inc(&state.metrics.requests_full_total, 1);
-            }
-        }
         _ => inc(&state.metrics.sends_rejected_total, 1),
+    }
+    match outcome {
+        SendOutcome::Rejected {
+            code: ErrorCode::ACCESS_DENIED,
+        } => inc(&state.metrics.requests_denied_total, 1),
+        SendOutcome::Rejected {
+            code: ErrorCode::REQUESTS_FULL,
+        } => inc(&state.metrics.requests_full_total, 1),
+        _ => {}
     }
     send_frame(socket, &Frame::SendResult(SendResult { message_id, outcome })).await
 }
@@ -792,13 +793,16 @@ async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, se
         max_request_bytes: limits.max_request_bytes,
     };
     // Only keys for accounts the send names are hashed and checked.
-    let named: BTreeSet<AccountId> = send.recipients.iter().map(|r| r.account_id).collect();
-    let access = send
-        .access
-        .iter()
-        .filter(|a| named.contains(&a.account_id))
-        .map(|a| (a.account_id, a.key.verifier()))
-        .collect();
+    let access = if send.access.is_empty() {
+        Vec::new()
+    } else {
+        let named: BTreeSet<AccountId> = send.recipients.iter().map(|r| r.account_id).collect();
+        send.access
+            .iter()
+            .filter(|a| named.contains(&a.account_id))
+            .map(|a| (a.account_id, a.key.verifier()))
+            .collect()
+    };
     let started = std::time::Instant::now();
     let stored = state.writer.send(params, send.recipients, access).await;
     drop(held);

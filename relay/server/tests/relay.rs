@@ -28,29 +28,7 @@ fn to_devices(acc: &TestAccount, skip: Option<DeviceId>, body: &[u8]) -> Vec<Rec
 }
 
 async fn send_to(ws: &mut Ws, message_id: u64, recipients: Vec<Recipient>) -> SendOutcome {
-    send(
-        ws,
-        &Frame::Send(Send {
-            message_id,
-            access: vec![],
-            recipients,
-        }),
-    )
-    .await;
-    loop {
-        match recv(ws).await {
-            Frame::SendResult(SendResult {
-                message_id: id,
-                outcome,
-            }) => {
-                assert_eq!(id, message_id);
-                return outcome;
-            }
-            // Deliveries to the sender's own mailbox may interleave.
-            Frame::Deliver(_) | Frame::QueueEmpty | Frame::EphemeralDeliver { .. } => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    send_with_keys(ws, message_id, &[], recipients).await
 }
 
 async fn expect_deliver(ws: &mut Ws) -> (u64, Vec<u8>) {
@@ -1144,22 +1122,7 @@ async fn pipelined_sends(url: String) {
 /// A send on an anonymous connection: the very next frame must be its result (an
 /// anonymous connection never receives deliveries or ephemeral frames).
 async fn send_anon(ws: &mut Ws, message_id: u64, recipients: Vec<Recipient>) -> SendOutcome {
-    send(
-        ws,
-        &Frame::Send(Send {
-            message_id,
-            access: vec![],
-            recipients,
-        }),
-    )
-    .await;
-    match recv(ws).await {
-        Frame::SendResult(SendResult {
-            message_id: id,
-            outcome,
-        }) if id == message_id => outcome,
-        other => panic!("expected the send's result, got {other:?}"),
-    }
+    send_with_keys(ws, message_id, &[], recipients).await
 }
 
 async fn anonymous(url: String) {

@@ -425,15 +425,28 @@ macro_rules! storage_impl {
 
             async fn write_batch(&self, ops: &[WriteOp<'_>]) -> Result<Vec<WriteOutcome>, StorageError> {
                 let mut tx = self.begin().await?;
-                // 1. Every device row of every account touched, locked in key order.
+                // 1. Every device row of every account touched, locked in key order, with
+                //    the accounts' access settings (read in the same query).
                 let mut rows = Rows::new();
+                let mut access = std::collections::BTreeMap::new();
                 let fresh = FreshHours::now();
                 for chunk in batch_accounts(ops).chunks(BATCH_ACCOUNTS_PER_QUERY) {
-                    for (a, d, next_seq, depth, acked_seq, reachable, bytes, requests, request_bytes) in
+                    for (a, d, next_seq, depth, acked_seq, reachable, bytes, requests, request_bytes, verifier, accept) in
                         Self::lock_rows(&mut *tx, chunk, fresh).await?
                     {
+                        let account = AccountId(key32(&a, "account id")?);
+                        if !access.contains_key(&account) {
+                            let verifier = verifier.map(|v| key32(&v, "access verifier")).transpose()?;
+                            access.insert(
+                                account,
+                                AccountAccess {
+                                    verifier,
+                                    accept_requests: accept != 0,
+                                },
+                            );
+                        }
                         rows.insert(
-                            (AccountId(key32(&a, "account id")?), device_from_i64(d)?),
+                            (account, device_from_i64(d)?),
                             MailboxRow {
                                 next_seq: to_u64(next_seq),
                                 depth: to_u64(depth),
@@ -460,20 +473,7 @@ macro_rules! storage_impl {
                     }
                 }
                 apply_acks(ops, &ranges, &deleted, &mut rows, &mut outcomes);
-                // 3. Sends, in order, with the access settings of the accounts they name.
-                let mut access = std::collections::BTreeMap::new();
-                let send_accounts = batch_send_accounts(ops);
-                for chunk in send_accounts.chunks(BATCH_ACCOUNTS_PER_QUERY) {
-                    for (a, verifier, accept) in Self::read_access(&mut *tx, chunk).await? {
-                        access.insert(
-                            AccountId(key32(&a, "account id")?),
-                            AccountAccess {
-                                verifier: verifier.map(|v| key32(&v, "access verifier")).transpose()?,
-                                accept_requests: accept != 0,
-                            },
-                        );
-                    }
-                }
+                // 3. Sends, in order.
                 let (inserts, lookups) = plan_sends(ops, &mut rows, &access, &mut outcomes);
                 for (i, accounts) in lookups {
                     let mut lists = Vec::with_capacity(accounts.len());

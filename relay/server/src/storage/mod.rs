@@ -766,17 +766,6 @@ pub(crate) fn batch_accounts(ops: &[WriteOp<'_>]) -> Vec<AccountId> {
     set.into_iter().collect()
 }
 
-/// Every account a batch's sends name, sorted.
-pub(crate) fn batch_send_accounts(ops: &[WriteOp<'_>]) -> Vec<AccountId> {
-    let mut set = BTreeSet::new();
-    for op in ops {
-        if let WriteOp::Send { recipients, .. } = op {
-            set.extend(recipients.iter().map(|r| r.account_id));
-        }
-    }
-    set.into_iter().collect()
-}
-
 /// The envelope ranges a batch's acks delete, one per device: `(account, device, after,
 /// up_to)`, deleting seqs in `after+1..=up_to`. Acks of unknown devices and acks at or
 /// below the device's last ack delete nothing and are left out.

@@ -47,9 +47,10 @@ impl PostgresStore {
     }
 }
 
-/// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq,
-/// reachable, bytes, requests, request_bytes).
-type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64, i64, i64);
+/// A device row's key and mailbox counters, with its account's access setting: (account,
+/// device, next_seq, depth, acked_seq, reachable, bytes, requests, request_bytes,
+/// access_verifier, accept_requests).
+type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64, i64, i64, Option<Vec<u8>>, i64);
 
 /// The write batch's statements, each one fixed text over arrays (`UNNEST`), so the server
 /// parses and plans each once per connection whatever the batch size.
@@ -61,22 +62,13 @@ impl PostgresStore {
     ) -> Result<Vec<CounterRow>, sqlx::Error> {
         let ids: Vec<&[u8]> = accounts.iter().map(|a| &a.0[..]).collect();
         let sql = format!(
-            "SELECT account_id, device_id, next_seq, depth, acked_seq, {}, bytes, requests, request_bytes FROM devices \
-             WHERE account_id = ANY($1) ORDER BY account_id, device_id FOR UPDATE OF devices",
+            "SELECT devices.account_id, devices.device_id, next_seq, depth, acked_seq, {}, bytes, requests, \
+             request_bytes, accounts.access_verifier, accounts.accept_requests \
+             FROM devices JOIN accounts ON accounts.account_id = devices.account_id \
+             WHERE devices.account_id = ANY($1) ORDER BY devices.account_id, devices.device_id FOR UPDATE OF devices",
             fresh.reachable_sql()
         );
         sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(conn).await
-    }
-
-    async fn read_access(
-        conn: &mut PgConnection,
-        accounts: &[AccountId],
-    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>, i64)>, sqlx::Error> {
-        let ids: Vec<&[u8]> = accounts.iter().map(|a| &a.0[..]).collect();
-        sqlx::query_as("SELECT account_id, access_verifier, accept_requests FROM accounts WHERE account_id = ANY($1)")
-            .bind(ids)
-            .fetch_all(conn)
-            .await
     }
 
     async fn delete_acked(

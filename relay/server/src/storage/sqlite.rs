@@ -94,9 +94,10 @@ impl SqliteStore {
     }
 }
 
-/// A device row's key and mailbox counters: (account, device, next_seq, depth, acked_seq,
-/// reachable, bytes, requests, request_bytes).
-type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64, i64, i64);
+/// A device row's key and mailbox counters, with its account's access setting: (account,
+/// device, next_seq, depth, acked_seq, reachable, bytes, requests, request_bytes,
+/// access_verifier, accept_requests).
+type CounterRow = (Vec<u8>, i64, i64, i64, i64, i64, i64, i64, i64, Option<Vec<u8>>, i64);
 
 /// The write batch's statements, as multi-row statements with one bind per value
 /// (SQLite parses in-process, so a statement per batch size costs little).
@@ -106,29 +107,19 @@ impl SqliteStore {
         accounts: &[AccountId],
         fresh: super::FreshHours,
     ) -> Result<Vec<CounterRow>, sqlx::Error> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT account_id, device_id, next_seq, depth, acked_seq, ");
+        let mut q =
+            QueryBuilder::<Sqlite>::new("SELECT devices.account_id, devices.device_id, next_seq, depth, acked_seq, ");
         q.push(fresh.reachable_sql());
-        q.push(", bytes, requests, request_bytes FROM devices WHERE account_id IN (");
-        let mut list = q.separated(", ");
-        for a in accounts {
-            list.push_bind(&a.0[..]);
-        }
-        q.push(") ORDER BY account_id, device_id");
-        q.build_query_as().fetch_all(conn).await
-    }
-
-    async fn read_access(
-        conn: &mut SqliteConnection,
-        accounts: &[AccountId],
-    ) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>, i64)>, sqlx::Error> {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "SELECT account_id, access_verifier, accept_requests FROM accounts WHERE account_id IN (",
+        q.push(
+            ", bytes, requests, request_bytes, accounts.access_verifier, accounts.accept_requests \
+             FROM devices JOIN accounts ON accounts.account_id = devices.account_id \
+             WHERE devices.account_id IN (",
         );
         let mut list = q.separated(", ");
         for a in accounts {
             list.push_bind(&a.0[..]);
         }
-        q.push(")");
+        q.push(") ORDER BY devices.account_id, devices.device_id");
         q.build_query_as().fetch_all(conn).await
     }
 
