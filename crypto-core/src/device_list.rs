@@ -1,38 +1,49 @@
 //! Signed device lists (docs/protocol.md §4).
 //!
 //! ```text
-//! body      = 0x02 ‖ AK_pub(32) ‖ version(u64) ‖ created_at_ms(u64) ‖ count(u16)
-//!             ‖ count × (device_id(u32) ‖ DSK_pub(32) ‖ IK_pub(32) ‖ binding(64))   ids strictly ascending
+//! cert      = epoch(u64) ‖ LK_pub(32) ‖ Ed25519_AK("Sotto-v1 list key" ‖ account_id(32) ‖ epoch(u64) ‖ LK_pub)
+//! body      = 0x03 ‖ AK_pub(32) ‖ cert(104) ‖ version(u64) ‖ created_at_ms(u64) ‖ count(u16)
+//!             ‖ count × (device_id(u32) ‖ flags(u8) ‖ DSK_pub(32) ‖ IK_pub(32) ‖ binding(64))   ids strictly ascending
+//! flags     : bit 0 = the device holds the list key; the other bits are 0
 //! binding   = Ed25519_DSK("Sotto-v2 device binding" ‖ account_id(32) ‖ device_id(u32) ‖ DSK_pub ‖ IK_pub)
-//! signature = Ed25519_AK("Sotto-v1 device list" ‖ body)
+//! signature = Ed25519_LK("Sotto-v1 device list" ‖ body)
 //! wire      = body ‖ signature(64)
 //! ```
-//! A list verifies against an account id when `SHA-256("Sotto-v1 account id" ‖ AK_pub)`
-//! equals it (constant-time), the signature verifies (strict) and every entry's binding
-//! verifies under that entry's DSK for that account id: a device's keys can be listed by
-//! no account but its own. Versions are in `1..=MAX_VERSION`, only grow, and grow by at
-//! most [`MAX_VERSION_STEP`] over a pinned list.
+//! The account key `AK` signs only list-key certificates. The list key `LK` of an epoch
+//! is derived from `AK` ([`AccountKey::list_key`]) and signs the lists. A list verifies
+//! against an account id when `SHA-256("Sotto-v1 account id" ‖ AK_pub)` equals it
+//! (constant-time), the certificate verifies under `AK`, the list signature under the
+//! certified `LK`, and every entry's binding under that entry's DSK for that account id.
+//! Versions and epochs are in `1..=MAX_VERSION`; [`DeviceList::check_update`] lets them
+//! only grow, and within one epoch keeps every device that holds the list key: only a
+//! new epoch, which needs `AK`, removes one.
 
 use std::fmt;
 
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 use crate::codec::{DecodeError, Put, Reader};
 use crate::identity::{AccountId, AccountKey, DeviceId, DeviceIdentity};
-use crate::kdf::info;
-use crate::keys::{Ed25519PublicKey, KeyError, Signature, X25519PublicKey};
+use crate::kdf::{hkdf, info};
+use crate::keys::{Ed25519PublicKey, Ed25519Secret, KeyError, Signature, X25519PublicKey};
 
 /// The most devices one account may list.
 pub const MAX_DEVICES: usize = 64;
 
-/// Largest list version: 2^63 − 1.
+/// Largest list version and list-key epoch: 2^63 − 1.
 pub const MAX_VERSION: u64 = (1 << 63) - 1;
-/// Most a new list's version may exceed the pinned one's, so that no list can push the
-/// version to a value its owner can never exceed.
+/// Most a new list's version (within one epoch) or its epoch may exceed the pinned
+/// one's, so that no list can push either to a value its owner can never exceed.
 pub const MAX_VERSION_STEP: u64 = 1024;
 
-const VERSION: u8 = 2;
-const ENTRY_LEN: usize = 4 + 32 + 32 + 64;
+const VERSION: u8 = 3;
+const ENTRY_LEN: usize = 4 + 1 + 32 + 32 + 64;
+const CERT_LEN: usize = 8 + 32 + 64;
+const HEADER_LEN: usize = 1 + 32 + CERT_LEN + 8 + 8 + 2;
+/// Entry flag: the device holds the list key.
+const HOLDS_LIST_KEY: u8 = 0x01;
+
 
 /// The parts of the device binding signature; `id` is scratch space for the device id.
 pub(crate) fn binding_parts<'a>(
@@ -82,12 +93,18 @@ impl DeviceListError {
             Self::DuplicateDevice(_) => "DuplicateDevice",
             Self::Rollback { .. } => "Rollback",
             Self::Equivocation { .. } => "Equivocation",
+            Self::BadCertificate => "BadCertificate",
+            Self::BadEpoch { .. } => "BadEpoch",
+            Self::EpochJump { .. } => "EpochJump",
+            Self::StaleListKey { .. } => "StaleListKey",
+            Self::ListKeyMismatch { .. } => "ListKeyMismatch",
+            Self::HolderRemoved(_) => "HolderRemoved",
+            Self::HolderNotListed(_) => "HolderNotListed",
         }
     }
 }
 
 impl DeviceEntry {
-    /// The entry's full identity within `account_id`'s list.
     /// Whether the entry's binding verifies for `account_id`.
     pub fn binding_verifies(&self, account_id: &AccountId) -> bool {
         let mut id = [0u8; 4];
@@ -122,7 +139,10 @@ pub enum DeviceListError {
     /// The list's account key does not hash to the expected account id.
     #[error("device list belongs to another account")]
     WrongAccount,
-    /// The account key's signature does not verify.
+    /// The account key's certificate of the list key does not verify.
+    #[error("device list's list-key certificate does not verify")]
+    BadCertificate,
+    /// The list key's signature over the list does not verify.
     #[error("device list signature does not verify")]
     BadSignature,
     /// A list with no devices, or more than [`MAX_DEVICES`].
@@ -143,12 +163,28 @@ pub enum DeviceListError {
         /// The version.
         version: u64,
     },
-    /// A version more than [`MAX_VERSION_STEP`] above the pinned one.
+    /// A list-key epoch of 0 or above [`MAX_VERSION`].
+    #[error("list key epoch {epoch} is outside 1..=2^63-1")]
+    BadEpoch {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// A version more than [`MAX_VERSION_STEP`] above the pinned one, within one epoch.
     #[error("device list version {got} jumps more than {max} above the pinned {pinned}")]
     VersionJump {
         /// The pinned version.
         pinned: u64,
         /// The version offered.
+        got: u64,
+        /// [`MAX_VERSION_STEP`].
+        max: u64,
+    },
+    /// A list-key epoch more than [`MAX_VERSION_STEP`] above the pinned one.
+    #[error("list key epoch {got} jumps more than {max} above the pinned {pinned}")]
+    EpochJump {
+        /// The pinned epoch.
+        pinned: u64,
+        /// The epoch offered.
         got: u64,
         /// [`MAX_VERSION_STEP`].
         max: u64,
@@ -164,24 +200,237 @@ pub enum DeviceListError {
         /// The version offered.
         got: u64,
     },
-    /// Two different lists signed with one version: the account key signed both,
+    /// Two different lists signed with one version: the list key signed both,
     /// or something is replaying a fork.
     #[error("two different device lists carry version {version}")]
     Equivocation {
         /// The version.
         version: u64,
     },
+    /// A list signed with the list key of an epoch older than the pinned list's: a
+    /// replaced (revoked) list key.
+    #[error("device list signed by list key epoch {got}, older than the pinned epoch {pinned}")]
+    StaleListKey {
+        /// The pinned epoch.
+        pinned: u64,
+        /// The epoch offered.
+        got: u64,
+    },
+    /// Two different list keys certified for one epoch.
+    #[error("two different list keys carry epoch {epoch}")]
+    ListKeyMismatch {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// A list of the pinned epoch that removes, re-keys or demotes a device holding the
+    /// list key: only a list under a new list key (signed by way of `AK`) may.
+    #[error("device {0} holds the list key; only a new list key can remove it")]
+    HolderRemoved(DeviceId),
+    /// A list-key holder named at signing that the list does not contain.
+    #[error("device {0} is marked as holding the list key but is not listed")]
+    HolderNotListed(DeviceId),
 }
 
-/// A device list whose signature has been checked against its account id. Only
-/// [`SignedDeviceList::verify`] and [`AccountKey::sign_device_list`] make one.
+/// The list key `LK` of one epoch, with the account key's certificate for it. It signs
+/// the account's device lists. [`AccountKey::list_key`] derives it; a device given only
+/// the list key can sign lists until a list of a later epoch is pinned, and cannot make
+/// another list key.
+pub struct ListKey {
+    secret: Ed25519Secret,
+    epoch: u64,
+    account_key: Ed25519PublicKey,
+    account_id: AccountId,
+    certificate: Signature,
+}
+
+impl fmt::Debug for ListKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListKey")
+            .field("account_id", &self.account_id)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn certificate_parts<'a>(
+    account_id: &'a AccountId,
+    epoch: &'a [u8; 8],
+    list_key: &'a Ed25519PublicKey,
+) -> [&'a [u8]; 4] {
+    [info::LIST_KEY, account_id.as_bytes(), &epoch[..], list_key.as_bytes()]
+}
+
+impl AccountKey {
+    /// The list key of `epoch`: `Ed25519` seed
+    /// `HKDF-SHA256(salt = none, ikm = AK seed, info = "Sotto-v1 list key seed" ‖ account_id ‖ epoch)`,
+    /// with its certificate. The same epoch always gives the same key.
+    pub fn list_key(&self, epoch: u64) -> Result<ListKey, DeviceListError> {
+        check_epoch(epoch)?;
+        let e = epoch.to_be_bytes();
+        let seed: Zeroizing<[u8; 32]> = hkdf(
+            &[],
+            self.secret().seed().as_slice(),
+            &[info::LIST_KEY_SEED, self.account_id().as_bytes(), &e],
+        );
+        let secret = Ed25519Secret::from_seed(&seed);
+        let id = self.account_id();
+        let certificate = self.secret().sign_parts(&certificate_parts(&id, &e, &secret.public()));
+        Ok(ListKey {
+            secret,
+            epoch,
+            account_key: self.public_key(),
+            account_id: id,
+            certificate,
+        })
+    }
+
+    /// Signs a device list with the list key of epoch 1, marking no device as holding
+    /// it: for accounts whose devices never sign lists themselves (tools and tests).
+    pub fn sign_device_list(
+        &self,
+        version: u64,
+        created_at_ms: u64,
+        devices: Vec<DeviceEntry>,
+    ) -> Result<DeviceList, DeviceListError> {
+        self.list_key(1)?.sign_device_list(version, created_at_ms, devices, &[])
+    }
+}
+
+impl ListKey {
+    /// Rebuilds a list key from its seed and a verified list of its epoch (which
+    /// carries the certificate). `None` when the seed is not that list's key.
+    pub fn from_seed(seed: &[u8; 32], list: &DeviceList) -> Option<Self> {
+        let secret = Ed25519Secret::from_seed(seed);
+        if secret.public() != list.list_key {
+            return None;
+        }
+        Some(Self {
+            secret,
+            epoch: list.epoch,
+            account_key: list.account_key,
+            account_id: list.account_id,
+            certificate: list.certificate,
+        })
+    }
+
+    /// The 32-byte seed, to hand the key to a device being linked, under encryption.
+    /// Whoever holds it can sign this epoch's lists; never log or store it in clear.
+    pub fn dangerous_export_seed(&self) -> Zeroizing<[u8; 32]> {
+        self.secret.seed()
+    }
+
+    /// The epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The public list key.
+    pub fn public_key(&self) -> Ed25519PublicKey {
+        self.secret.public()
+    }
+
+    /// The account id.
+    pub fn account_id(&self) -> AccountId {
+        self.account_id
+    }
+
+    pub(crate) fn parts(&self) -> (&Ed25519Secret, &Ed25519PublicKey, &Signature) {
+        (&self.secret, &self.account_key, &self.certificate)
+    }
+
+    pub(crate) fn from_parts(
+        secret: Ed25519Secret,
+        epoch: u64,
+        account_key: Ed25519PublicKey,
+        certificate: Signature,
+    ) -> Result<Self, DeviceListError> {
+        check_epoch(epoch)?;
+        let account_id = AccountId::from_account_key(&account_key);
+        let e = epoch.to_be_bytes();
+        account_key
+            .verify_parts(&certificate_parts(&account_id, &e, &secret.public()), &certificate)
+            .map_err(|_: KeyError| DeviceListError::BadCertificate)?;
+        Ok(Self {
+            secret,
+            epoch,
+            account_key,
+            account_id,
+            certificate,
+        })
+    }
+
+    /// Signs a device list. `devices` may come in any order; they are sorted by id.
+    /// `holders` are the listed devices that hold this list key.
+    pub fn sign_device_list(
+        &self,
+        version: u64,
+        created_at_ms: u64,
+        mut devices: Vec<DeviceEntry>,
+        holders: &[DeviceId],
+    ) -> Result<DeviceList, DeviceListError> {
+        devices.sort_by_key(|d| d.device_id);
+        check_devices(&devices)?;
+        check_version(version)?;
+        let mut held: Vec<DeviceId> = Vec::with_capacity(holders.len());
+        for h in holders {
+            if !devices.iter().any(|d| d.device_id == *h) {
+                return Err(DeviceListError::HolderNotListed(*h));
+            }
+            held.push(*h);
+        }
+        held.sort();
+        held.dedup();
+        let list_key = self.secret.public();
+        let mut body = Vec::with_capacity(HEADER_LEN + devices.len() * ENTRY_LEN + 64);
+        body.put_u8(VERSION);
+        body.put(self.account_key.as_bytes());
+        body.put_u64(self.epoch);
+        body.put(list_key.as_bytes());
+        body.put(&self.certificate.0);
+        body.put_u64(version);
+        body.put_u64(created_at_ms);
+        body.put_u16(devices.len() as u16);
+        for d in &devices {
+            body.put_u32(d.device_id.0);
+            body.put_u8(if held.binary_search(&d.device_id).is_ok() {
+                HOLDS_LIST_KEY
+            } else {
+                0
+            });
+            body.put(d.signing_key.as_bytes());
+            body.put(d.identity_key.as_bytes());
+            body.put(&d.binding.0);
+        }
+        let sig = self.secret.sign_parts(&[info::DEVICE_LIST, &body]);
+        body.put(&sig.0);
+        Ok(DeviceList {
+            account_key: self.account_key,
+            account_id: self.account_id,
+            epoch: self.epoch,
+            list_key,
+            certificate: self.certificate,
+            version,
+            created_at_ms,
+            devices,
+            holders: held,
+            signed: SignedDeviceList { bytes: body },
+        })
+    }
+}
+
+/// A device list whose signatures have been checked against its account id. Only
+/// [`SignedDeviceList::verify`] and [`ListKey::sign_device_list`] make one.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DeviceList {
     account_key: Ed25519PublicKey,
     account_id: AccountId,
+    epoch: u64,
+    list_key: Ed25519PublicKey,
+    certificate: Signature,
     version: u64,
     created_at_ms: u64,
     devices: Vec<DeviceEntry>,
+    holders: Vec<DeviceId>,
     signed: SignedDeviceList,
 }
 
@@ -189,11 +438,13 @@ impl fmt::Debug for DeviceList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeviceList")
             .field("account_id", &self.account_id)
+            .field("epoch", &self.epoch)
             .field("version", &self.version)
             .field(
                 "devices",
                 &self.devices.iter().map(|d| d.device_id.0).collect::<Vec<_>>(),
             )
+            .field("holders", &self.holders.iter().map(|d| d.0).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -222,45 +473,16 @@ impl DeviceListChange {
     }
 }
 
-impl AccountKey {
-    /// Signs a device list. `devices` may come in any order; they are sorted by id.
-    pub fn sign_device_list(
-        &self,
-        version: u64,
-        created_at_ms: u64,
-        mut devices: Vec<DeviceEntry>,
-    ) -> Result<DeviceList, DeviceListError> {
-        devices.sort_by_key(|d| d.device_id);
-        check_devices(&devices)?;
-        check_version(version)?;
-        let mut body = Vec::with_capacity(1 + 32 + 8 + 8 + 2 + devices.len() * ENTRY_LEN + 64);
-        body.put_u8(VERSION);
-        body.put(self.public_key().as_bytes());
-        body.put_u64(version);
-        body.put_u64(created_at_ms);
-        body.put_u16(devices.len() as u16);
-        for d in &devices {
-            body.put_u32(d.device_id.0);
-            body.put(d.signing_key.as_bytes());
-            body.put(d.identity_key.as_bytes());
-            body.put(&d.binding.0);
-        }
-        let sig = self.secret().sign_parts(&[info::DEVICE_LIST, &body]);
-        body.put(&sig.0);
-        Ok(DeviceList {
-            account_key: self.public_key(),
-            account_id: self.account_id(),
-            version,
-            created_at_ms,
-            devices,
-            signed: SignedDeviceList { bytes: body },
-        })
-    }
-}
-
 fn check_version(version: u64) -> Result<(), DeviceListError> {
     if version == 0 || version > MAX_VERSION {
         return Err(DeviceListError::BadVersion { version });
+    }
+    Ok(())
+}
+
+fn check_epoch(epoch: u64) -> Result<(), DeviceListError> {
+    if epoch == 0 || epoch > MAX_VERSION {
+        return Err(DeviceListError::BadEpoch { epoch });
     }
     Ok(())
 }
@@ -280,9 +502,13 @@ fn check_devices(devices: &[DeviceEntry]) -> Result<(), DeviceListError> {
     Ok(())
 }
 
+fn parse_key(r: &mut Reader<'_>, field: &'static str) -> Result<Ed25519PublicKey, DecodeError> {
+    Ed25519PublicKey::from_bytes(&r.array()?).map_err(|_| DecodeError::Invalid { field })
+}
+
 impl SignedDeviceList {
     /// Largest encoding: a full list.
-    pub const MAX_LEN: usize = 1 + 32 + 8 + 8 + 2 + MAX_DEVICES * ENTRY_LEN + 64;
+    pub const MAX_LEN: usize = HEADER_LEN + MAX_DEVICES * ENTRY_LEN + 64;
 
     /// Takes the wire bytes; nothing is checked until [`verify`](Self::verify).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
@@ -301,13 +527,13 @@ impl SignedDeviceList {
         &self.bytes
     }
 
-    /// Decodes the body without checking the signature, for a relay that only needs
-    /// the account key and version before verifying.
+    /// Decodes the body without checking any signature, for a relay or store that only
+    /// needs the account key and version before verifying.
     pub fn account_key_and_version(&self) -> Result<(Ed25519PublicKey, u64), DeviceListError> {
         let mut r = Reader::new(&self.bytes);
         r.version(VERSION)?;
-        let ak =
-            Ed25519PublicKey::from_bytes(&r.array()?).map_err(|_| DecodeError::Invalid { field: "account key" })?;
+        let ak = parse_key(&mut r, "account key")?;
+        r.bytes(CERT_LEN)?;
         Ok((ak, r.u64()?))
     }
 
@@ -320,26 +546,36 @@ impl SignedDeviceList {
         let (body, sig) = self.bytes.split_at(split);
         let mut r = Reader::new(body);
         r.version(VERSION)?;
-        let account_key =
-            Ed25519PublicKey::from_bytes(&r.array()?).map_err(|_| DecodeError::Invalid { field: "account key" })?;
+        let account_key = parse_key(&mut r, "account key")?;
         if !AccountId::from_account_key(&account_key).ct_eq(account_id) {
             return Err(DeviceListError::WrongAccount);
         }
+        let epoch = r.u64()?;
+        let list_key = parse_key(&mut r, "list key")?;
+        let certificate = Signature(r.array()?);
+        let e = epoch.to_be_bytes();
+        account_key
+            .verify_parts(&certificate_parts(account_id, &e, &list_key), &certificate)
+            .map_err(|_: KeyError| DeviceListError::BadCertificate)?;
         let mut sig_bytes = [0u8; 64];
         sig_bytes.copy_from_slice(sig);
-        account_key
+        list_key
             .verify_parts(&[info::DEVICE_LIST, body], &Signature(sig_bytes))
             .map_err(|_: KeyError| DeviceListError::BadSignature)?;
+        check_epoch(epoch)?;
         let version = r.u64()?;
         check_version(version)?;
         let created_at_ms = r.u64()?;
         let n = r.count("devices", MAX_DEVICES, ENTRY_LEN)?;
         let mut devices = Vec::with_capacity(n);
+        let mut holders = Vec::new();
         for _ in 0..n {
             let device_id = DeviceId(r.u32()?);
-            let signing_key = Ed25519PublicKey::from_bytes(&r.array()?).map_err(|_| DecodeError::Invalid {
-                field: "device signing key",
-            })?;
+            let flags = r.u8()?;
+            if flags & !HOLDS_LIST_KEY != 0 {
+                return Err(DecodeError::Invalid { field: "device flags" }.into());
+            }
+            let signing_key = parse_key(&mut r, "device signing key")?;
             let identity_key = X25519PublicKey(r.array()?);
             let binding = Signature(r.array()?);
             if devices.last().is_some_and(|d: &DeviceEntry| d.device_id >= device_id) {
@@ -354,6 +590,9 @@ impl SignedDeviceList {
             if !entry.binding_verifies(account_id) {
                 return Err(DeviceListError::BadDeviceBinding(device_id));
             }
+            if flags & HOLDS_LIST_KEY != 0 {
+                holders.push(device_id);
+            }
             devices.push(entry);
         }
         r.finish()?;
@@ -361,9 +600,13 @@ impl SignedDeviceList {
         Ok(DeviceList {
             account_key,
             account_id: *account_id,
+            epoch,
+            list_key,
+            certificate,
             version,
             created_at_ms,
             devices,
+            holders,
             signed: self.clone(),
         })
     }
@@ -380,6 +623,16 @@ impl DeviceList {
         self.account_key
     }
 
+    /// The list key's epoch; it only grows.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The public list key that signed this list.
+    pub fn list_key(&self) -> Ed25519PublicKey {
+        self.list_key
+    }
+
     /// The version; it only grows.
     pub fn version(&self) -> u64 {
         self.version
@@ -393,6 +646,16 @@ impl DeviceList {
     /// The devices, ascending by id.
     pub fn devices(&self) -> &[DeviceEntry] {
         &self.devices
+    }
+
+    /// The devices marked as holding the list key, ascending.
+    pub fn holders(&self) -> &[DeviceId] {
+        &self.holders
+    }
+
+    /// True when `id` is listed and marked as holding the list key.
+    pub fn holds_list_key(&self, id: DeviceId) -> bool {
+        self.holders.binary_search(&id).is_ok()
     }
 
     /// The entry for one device.
@@ -423,20 +686,39 @@ impl DeviceList {
         &self.signed
     }
 
-    /// Checks that `newer` may replace this (pinned) list: same account, version not
-    /// lower and at most [`MAX_VERSION_STEP`] higher, and a same-version list identical.
-    /// Returns what changed.
+    /// Checks that `newer` may replace this (pinned) list (docs/protocol.md §4.3): same
+    /// account; epoch not lower and at most [`MAX_VERSION_STEP`] higher, with one list
+    /// key per epoch; version not lower, and at most [`MAX_VERSION_STEP`] higher within
+    /// one epoch; a same-version list identical; and within one epoch every device that
+    /// holds the list key kept, with the same keys and still holding it. Returns what
+    /// changed.
     pub fn check_update(&self, newer: &DeviceList) -> Result<DeviceListChange, DeviceListError> {
         if !self.account_id.ct_eq(&newer.account_id) {
             return Err(DeviceListError::WrongAccount);
         }
+        if newer.epoch < self.epoch {
+            return Err(DeviceListError::StaleListKey {
+                pinned: self.epoch,
+                got: newer.epoch,
+            });
+        }
+        if newer.epoch - self.epoch > MAX_VERSION_STEP {
+            return Err(DeviceListError::EpochJump {
+                pinned: self.epoch,
+                got: newer.epoch,
+                max: MAX_VERSION_STEP,
+            });
+        }
+        let same_epoch = newer.epoch == self.epoch;
         if newer.version < self.version {
             return Err(DeviceListError::Rollback {
                 pinned: self.version,
                 got: newer.version,
             });
         }
-        if newer.version - self.version > MAX_VERSION_STEP {
+        // A new epoch comes only from AK (the recovery key), which may need to step over
+        // versions a revoked list key pushed up; within an epoch steps are bounded.
+        if same_epoch && newer.version - self.version > MAX_VERSION_STEP {
             return Err(DeviceListError::VersionJump {
                 pinned: self.version,
                 got: newer.version,
@@ -448,6 +730,17 @@ impl DeviceList {
                 return Err(DeviceListError::Equivocation { version: self.version });
             }
             return Ok(DeviceListChange::default());
+        }
+        if same_epoch {
+            if newer.list_key != self.list_key {
+                return Err(DeviceListError::ListKeyMismatch { epoch: self.epoch });
+            }
+            for h in &self.holders {
+                let kept = newer.holds_list_key(*h) && newer.device(*h) == self.device(*h);
+                if !kept {
+                    return Err(DeviceListError::HolderRemoved(*h));
+                }
+            }
         }
         let mut change = DeviceListChange::default();
         for d in &newer.devices {
@@ -465,6 +758,7 @@ impl DeviceList {
         Ok(change)
     }
 }
+
 
 #[cfg(test)]
 mod tests {
@@ -609,8 +903,9 @@ mod tests {
         // A list carrying u64::MAX, signed by hand, does not verify either.
         let good = ak.sign_device_list(1, 0, entries()).unwrap();
         let mut body = good.signed().as_bytes()[..good.signed().as_bytes().len() - 64].to_vec();
-        body[33..41].copy_from_slice(&u64::MAX.to_be_bytes());
-        let sig = ak.secret().sign_parts(&[info::DEVICE_LIST, &body]);
+        body[137..145].copy_from_slice(&u64::MAX.to_be_bytes());
+        let lk = ak.list_key(1).unwrap();
+        let sig = lk.parts().0.sign_parts(&[info::DEVICE_LIST, &body]);
         body.extend_from_slice(&sig.0);
         assert_eq!(
             SignedDeviceList::from_bytes(&body).unwrap().verify(&ak.account_id()),
@@ -630,5 +925,89 @@ mod tests {
         );
         let top = ak.sign_device_list(MAX_VERSION, 0, entries()).unwrap();
         assert!(top.signed().verify(&ak.account_id()).is_ok());
+    }
+
+    /// Finding 12: a device that held the list key cannot come back once a new list key
+    /// replaces it, and within one epoch no list drops a holder.
+    #[test]
+    fn list_key_holders_leave_only_with_a_new_epoch() {
+        let (ak, devs) = setup();
+        let entries = |n: usize| devs[..n].iter().map(Device::entry).collect::<Vec<_>>();
+        let lk1 = ak.list_key(1).unwrap();
+        // Devices 1 and 2 hold the list key; device 3 does not.
+        let v1 = lk1
+            .sign_device_list(1, 0, entries(3), &[DeviceId(1), DeviceId(2)])
+            .unwrap();
+        let wire = v1.signed().verify(&ak.account_id()).unwrap();
+        assert_eq!(wire.holders(), &[DeviceId(1), DeviceId(2)]);
+        assert_eq!(wire.epoch(), 1);
+        // Removing device 3 (no list key) needs only the list key.
+        let v2 = lk1
+            .sign_device_list(2, 0, entries(2), &[DeviceId(1), DeviceId(2)])
+            .unwrap();
+        assert_eq!(v1.check_update(&v2).unwrap().removed, vec![DeviceId(3)]);
+        // Removing or demoting device 2 under the same list key is refused.
+        let drop2 = lk1.sign_device_list(3, 0, entries(1), &[DeviceId(1)]).unwrap();
+        assert_eq!(v2.check_update(&drop2), Err(DeviceListError::HolderRemoved(DeviceId(2))));
+        let demote2 = lk1.sign_device_list(3, 0, entries(2), &[DeviceId(1)]).unwrap();
+        assert_eq!(v2.check_update(&demote2), Err(DeviceListError::HolderRemoved(DeviceId(2))));
+        // With the account key, a new epoch removes it.
+        let lk2 = ak.list_key(2).unwrap();
+        assert_ne!(lk2.public_key(), lk1.public_key());
+        let v3 = lk2.sign_device_list(3, 0, entries(1), &[DeviceId(1)]).unwrap();
+        assert_eq!(v2.check_update(&v3).unwrap().removed, vec![DeviceId(2)]);
+        // Device 2 still holds lk1: whatever it signs is now refused, at any version.
+        let back = lk1.sign_device_list(4, 0, entries(2), &[DeviceId(2)]).unwrap();
+        assert!(back.signed().verify(&ak.account_id()).is_ok());
+        assert_eq!(
+            v3.check_update(&back),
+            Err(DeviceListError::StaleListKey { pinned: 2, got: 1 })
+        );
+        // The same epoch always derives the same key; a holder must be listed.
+        assert_eq!(ak.list_key(2).unwrap().public_key(), lk2.public_key());
+        assert_eq!(
+            lk2.sign_device_list(4, 0, entries(1), &[DeviceId(9)]),
+            Err(DeviceListError::HolderNotListed(DeviceId(9)))
+        );
+        // A list key rebuilt from its seed signs the same lists.
+        let seed = lk2.dangerous_export_seed();
+        let again = ListKey::from_seed(&seed, &v3).unwrap();
+        assert_eq!(again.epoch(), 2);
+        assert!(ListKey::from_seed(&seed, &v2).is_none());
+        // Epochs are bounded like versions; a new epoch may step over versions.
+        assert_eq!(ak.list_key(0).unwrap_err(), DeviceListError::BadEpoch { epoch: 0 });
+        let far = ak.list_key(3 + MAX_VERSION_STEP).unwrap();
+        let jump = far.sign_device_list(5, 0, entries(1), &[]).unwrap();
+        assert_eq!(
+            v3.check_update(&jump),
+            Err(DeviceListError::EpochJump {
+                pinned: 2,
+                got: 3 + MAX_VERSION_STEP,
+                max: MAX_VERSION_STEP
+            })
+        );
+        let lk3 = ak.list_key(3).unwrap();
+        let leap = lk3.sign_device_list(3 + 5 * MAX_VERSION_STEP, 0, entries(1), &[]).unwrap();
+        assert!(v3.check_update(&leap).is_ok());
+    }
+
+    /// A certificate by another account key, or over another list key, is refused.
+    #[test]
+    fn the_list_key_needs_the_account_keys_certificate() {
+        let (ak, devs) = setup();
+        let list = ak.sign_device_list(1, 0, vec![devs[0].entry()]).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(13); // test only
+        let other = AccountKey::generate(&mut rng).list_key(1).unwrap();
+        // Splice the other account's list key and certificate under this account key.
+        let mut body = list.signed().as_bytes()[..list.signed().as_bytes().len() - 64].to_vec();
+        let (secret, _, cert) = other.parts();
+        body[41..73].copy_from_slice(other.public_key().as_bytes());
+        body[73..137].copy_from_slice(&cert.0);
+        let sig = secret.sign_parts(&[info::DEVICE_LIST, &body]);
+        body.extend_from_slice(&sig.0);
+        assert_eq!(
+            SignedDeviceList::from_bytes(&body).unwrap().verify(&ak.account_id()),
+            Err(DeviceListError::BadCertificate)
+        );
     }
 }

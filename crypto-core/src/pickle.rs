@@ -3,7 +3,8 @@
 //! ```text
 //! pickle = 0x01 ‖ type (u8) ‖ nonce (24) ‖ XChaCha20-Poly1305(key, nonce, inner, ad = "Sotto-v1 pickle" ‖ 0x01 ‖ type)
 //! inner  = format (u16) ‖ fields
-//! types: 1 account key, 2 device, 3 session, 4 X25519 prekey secret, 5 ML-KEM prekey secret
+//! types: 1 account key, 2 device, 3 session, 4 X25519 prekey secret, 5 ML-KEM prekey secret,
+//!        6 list key
 //! ```
 //! Each type's fields are listed in docs/protocol.md; a format number only grows, and
 //! every earlier format stays readable (fixtures under `tests/fixtures/`).
@@ -18,8 +19,9 @@ use crate::codec::{DecodeError, Put, Reader};
 use crate::identity::{
     AccountId, AccountKey, Device, DeviceId, KemPreKey, KemPreKeySecret, X25519PreKey, X25519PreKeySecret,
 };
+use crate::device_list::ListKey;
 use crate::kdf::info;
-use crate::keys::{Ed25519Secret, KEM_SEED_LEN, KemSecret, X25519Secret};
+use crate::keys::{Ed25519PublicKey, Ed25519Secret, KEM_SEED_LEN, KemSecret, Signature, X25519Secret};
 use crate::ratchet::Session;
 
 const VERSION: u8 = 1;
@@ -85,7 +87,8 @@ use private::Fields;
 
 impl<T: Fields> Pickle for T {}
 
-/// Types that pickle: [`AccountKey`], [`Device`], [`Session`] and the prekey secrets.
+/// Types that pickle: [`AccountKey`], [`ListKey`], [`Device`], [`Session`] and the prekey
+/// secrets.
 #[allow(private_bounds, reason = "sealed trait: only this crate's types pickle")]
 pub trait Pickle: Fields {
     /// Encrypts the state under `key`. Draws the 24-byte nonce.
@@ -175,6 +178,32 @@ impl Fields for AccountKey {
         let seed = Zeroizing::new(r.array::<32>()?);
         reader.finish()?;
         Ok(AccountKey::from_secret(Ed25519Secret::from_seed(&seed)))
+    }
+}
+
+impl Fields for ListKey {
+    const TYPE: u8 = 6;
+    fn fields_len(&self) -> usize {
+        32 + 8 + 32 + 64
+    }
+    fn encode_fields(&self, out: &mut Vec<u8>) {
+        let (secret, account_key, certificate) = self.parts();
+        out.put(account_key.as_bytes());
+        out.put_u64(self.epoch());
+        out.put(&*secret.seed());
+        out.put(&certificate.0);
+    }
+    fn decode_fields(_: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let r = &mut reader;
+        let account_key = Ed25519PublicKey::from_bytes(&r.array()?)
+            .map_err(|_| DecodeError::Invalid { field: "account key" })?;
+        let epoch = r.u64()?;
+        let secret = Ed25519Secret::from_seed(&Zeroizing::new(r.array()?));
+        let certificate = Signature(r.array()?);
+        reader.finish()?;
+        ListKey::from_parts(secret, epoch, account_key, certificate)
+            .map_err(|_| DecodeError::Invalid { field: "list key certificate" })
     }
 }
 

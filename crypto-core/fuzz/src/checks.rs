@@ -29,7 +29,7 @@ use rand_chacha::rand_core::SeedableRng;
 use sotto_crypto::device_list::MAX_DEVICES;
 use sotto_crypto::ratchet::{Header, MAX_RECEIVING_CHAINS};
 use sotto_crypto::{
-    AccountId, AccountKey, DecryptError, Device, DeviceId, DeviceList, EncryptError, KemPreKey, KemPreKeySecret,
+    AccountId, AccountKey, DecryptError, Device, DeviceId, DeviceList, EncryptError, KemPreKey, KemPreKeySecret, ListKey,
     MessageType, OutboundMessage, Pickle, PickleKey, PreKeyBundle, PreKeyMessage, Responded, Session, SignedDeviceList,
     X25519PreKey, X25519PreKeySecret, initiate, open, respond, seal, seal_multi,
 };
@@ -462,11 +462,11 @@ pub fn sealed_open(data: &[u8]) -> Outcome {
 /// re-encodes to the same fields, and is exercised a little.
 pub fn pickle(data: &[u8]) -> Outcome {
     let mut accepted = false;
-    for ty in 1..=5 {
+    for ty in 1..=6 {
         accepted |= unpickle_as(ty, data, None);
     }
     if let Some((&ty, inner)) = data.split_first()
-        && (1..=5).contains(&ty)
+        && (1..=6).contains(&ty)
     {
         let sealed = pickle_wrap::seal(ty, inner, &[7; 24]);
         accepted |= unpickle_as(ty, &sealed, Some(inner));
@@ -506,6 +506,14 @@ fn unpickle_as(ty: u8, bytes: &[u8], inner: Option<&[u8]>) -> bool {
         }),
         5 => load::<KemPreKeySecret>(bytes, inner, |k| {
             let _ = k.public();
+        }),
+        6 => load::<ListKey>(bytes, inner, |k| {
+            let list = k
+                .sign_device_list(1, 0, vec![fixture().alice.entry()], &[])
+                .expect("any list key signs a device list");
+            // Only Alice's own list key makes a list her account id accepts.
+            let _ = list.signed().verify(&fixture().alice_ak.account_id());
+            assert_eq!(list.epoch(), k.epoch());
         }),
         _ => false,
     }
@@ -852,8 +860,14 @@ pub fn seeds() -> Vec<Seed> {
         .sign_device_list(8, CREATED_AT_MS, vec![f.alice.entry()])
         .expect("an account key signs any entry");
     add("device_list", "bad-foreign-entry", foreign.signed().as_bytes().to_vec());
-    add("device_list", "bad-count", set(alice_list, 1 + 32 + 8 + 8 + 1, 2));
-    add("device_list", "bad-empty", Vec::new());
+    add("device_list", "bad-count", set(alice_list, 1 + 32 + 104 + 8 + 8 + 1, 2));
+    add("device_list", "bad-flags", set(alice_list, 1 + 32 + 104 + 8 + 8 + 2 + 4, 2));
+    let holders = extra_ak
+        .list_key(3)
+        .expect("epoch 3")
+        .sign_device_list(9, CREATED_AT_MS, three.devices().to_vec(), &[DeviceId(10), DeviceId(30)])
+        .expect("a list with list-key holders");
+    add("device_list", "ok-holders", holders.signed().as_bytes().to_vec());
 
     // prekey_bundle
     let bundle = f.bundle.encode();
@@ -948,6 +962,11 @@ pub fn seeds() -> Vec<Seed> {
     add("pickle", "ok-session", session.clone());
     add("pickle", "ok-device", pickle_of(&f.bob));
     add("pickle", "ok-kem-prekey", pickle_of(&f.kem));
+    add(
+        "pickle",
+        "ok-list-key",
+        pickle_of(&f.alice_ak.list_key(2).expect("epoch 2")),
+    );
     add("pickle", "ok-inner-account-key", inner(1, &pickle_of(&f.alice_ak)));
     add("pickle", "ok-inner-session", inner(3, &f.responded.alice));
     add("pickle", "ok-inner-x25519-prekey", inner(4, &pickle_of(&f.opk)));

@@ -170,47 +170,75 @@ fn device_list_vectors() -> Value {
         .iter()
         .map(|&i| Device::generate(ak.account_id(), DeviceId(i), &mut rng))
         .collect();
-    let v1 = ak
-        .sign_device_list(1, 1_750_000_000_000, devices[..2].iter().map(Device::entry).collect())
+    let entries = |ids: &[u32]| -> Vec<DeviceEntry> {
+        devices
+            .iter()
+            .filter(|d| ids.contains(&d.identity().device_id.0))
+            .map(Device::entry)
+            .collect()
+    };
+    let lk1 = ak.list_key(1).unwrap();
+    let lk2 = ak.list_key(2).unwrap();
+    // v1: devices 3 and 1, device 1 holds the list key; v2 adds device 2 (no list key);
+    // v3, under the epoch-2 list key, removes device 1 and makes device 3 the holder.
+    let v1 = lk1
+        .sign_device_list(1, 1_750_000_000_000, entries(&[3, 1]), &[DeviceId(1)])
         .unwrap();
-    let v2 = ak
-        .sign_device_list(2, 1_750_000_100_000, devices.iter().map(Device::entry).collect())
+    let v2 = lk1
+        .sign_device_list(2, 1_750_000_100_000, entries(&[1, 2, 3]), &[DeviceId(1)])
+        .unwrap();
+    let v3 = lk2
+        .sign_device_list(3, 1_750_000_200_000, entries(&[2, 3]), &[DeviceId(3)])
         .unwrap();
     let mut tampered = v2.signed().as_bytes().to_vec();
-    tampered[60] ^= 1;
+    tampered[160] ^= 1;
     let account_seed = rng.take().remove(0);
-    // Another account listing device 1's entry as its own; and a jump past MAX_VERSION_STEP.
-    let mut other_rng = ChaCha20Rng::seed_from_u64(20);
+    // Another account listing device 1's entry as its own; a jump past MAX_VERSION_STEP;
+    // device 1 dropped under the epoch-1 key; device 1 signing again after v3.
+    let mut other_rng = ChaCha20Rng::seed_from_u64(20); // test only
     let other = AccountKey::generate(&mut other_rng);
     let foreign = other
         .sign_device_list(1, 1_750_000_000_000, vec![devices[1].entry()])
         .unwrap();
-    let jump = ak
-        .sign_device_list(
-            2 + MAX_VERSION_STEP,
-            1_750_000_200_000,
-            devices.iter().map(Device::entry).collect(),
-        )
+    let jump = lk1
+        .sign_device_list(2 + MAX_VERSION_STEP, 1_750_000_200_000, entries(&[1, 2, 3]), &[DeviceId(1)])
         .unwrap();
-    let foreign_err = foreign.signed().verify(&other.account_id()).unwrap_err();
-    let jump_err = v1.check_update(&jump).unwrap_err();
+    let holder_removed = lk1
+        .sign_device_list(3, 1_750_000_200_000, entries(&[2, 3]), &[])
+        .unwrap();
+    let revoked = lk1
+        .sign_device_list(4, 1_750_000_300_000, entries(&[1, 2, 3]), &[DeviceId(1)])
+        .unwrap();
+    let err = |e: DeviceListError| e.name();
+    let list_keys: Vec<Value> = [&lk1, &lk2]
+        .iter()
+        .map(|k| {
+            let (_, _, cert) = k.parts();
+            json!({"epoch": k.epoch(), "seed": h(k.dangerous_export_seed().as_slice()), "public": h(k.public_key().as_bytes()), "certificate": h(&cert.0)})
+        })
+        .collect();
     json!({
-        "description": "Signed device lists (body version 2, docs/protocol.md §4). Devices are generated with ids 3, 1, 2 in that order; v1 lists devices 3 and 1 (encoded sorted), v2 lists all three; each entry carries its device's binding. `tampered` is v2 with byte 60 flipped and must fail verification. `errors`: `foreign_entry` is a list of another account (`other_account_id`) naming device 1's entry, refused at verification; `version_jump` verifies alone but is refused as an update of the pinned v1.",
+        "description": "Signed device lists (body version 3, docs/protocol.md §4). Devices are generated with ids 3, 1, 2 in that order. v1 (epoch 1) lists devices 3 and 1 (encoded sorted), device 1 holding the list key; v2 (epoch 1) lists all three; v3 (epoch 2) lists devices 2 and 3, device 3 holding the list key. Each list key is derived from the account seed (list_keys: epoch, seed, public key, certificate). `tampered` is v2 with byte 160 flipped and must fail verification. `errors`: `foreign_entry` is a list of another account (`other_account_id`) naming device 1's entry, refused at verification; the others verify alone but are refused as an update of the pinned list named: `version_jump` past MAX_VERSION_STEP, `holder_removed` drops device 1 under the epoch-1 key, `stale_list_key` is signed by the epoch-1 key after v3.",
         "account_seed": h(&account_seed),
         "max_version_step": MAX_VERSION_STEP,
         "v1_version": v1.version(), "v1_created_at_ms": v1.created_at_ms(),
         "v2_version": v2.version(), "v2_created_at_ms": v2.created_at_ms(),
+        "v3_version": v3.version(), "v3_created_at_ms": v3.created_at_ms(),
         "account_id": h(ak.account_id().as_bytes()),
+        "list_keys": list_keys,
         "devices": devices.iter().map(|d| {
             let id = d.identity();
             json!({"device_id": id.device_id.0, "dsk_public": h(id.signing_key.as_bytes()), "ik_public": h(id.identity_key.as_bytes()), "binding": h(&d.entry().binding.0)})
         }).collect::<Vec<_>>(),
         "v1": h(v1.signed().as_bytes()),
         "v2": h(v2.signed().as_bytes()),
+        "v3": h(v3.signed().as_bytes()),
         "tampered": h(&tampered),
         "errors": [
-            {"name": "foreign_entry", "other_account_id": h(other.account_id().as_bytes()), "list": h(foreign.signed().as_bytes()), "error": foreign_err.name()},
-            {"name": "version_jump", "pinned": "v1", "version": jump.version(), "list": h(jump.signed().as_bytes()), "error": jump_err.name()},
+            {"name": "foreign_entry", "other_account_id": h(other.account_id().as_bytes()), "list": h(foreign.signed().as_bytes()), "error": err(foreign.signed().verify(&other.account_id()).unwrap_err())},
+            {"name": "version_jump", "pinned": "v1", "version": jump.version(), "list": h(jump.signed().as_bytes()), "error": err(v1.check_update(&jump).unwrap_err())},
+            {"name": "holder_removed", "pinned": "v2", "version": holder_removed.version(), "list": h(holder_removed.signed().as_bytes()), "error": err(v2.check_update(&holder_removed).unwrap_err())},
+            {"name": "stale_list_key", "pinned": "v3", "version": revoked.version(), "list": h(revoked.signed().as_bytes()), "error": err(v3.check_update(&revoked).unwrap_err())},
         ],
     })
 }
@@ -589,6 +617,20 @@ fn vectors_verify_from_their_own_contents() {
         .verify(&id)
         .unwrap();
     assert_eq!(v1.check_update(&v2).unwrap().added, vec![DeviceId(2)]);
+    let v3 = SignedDeviceList::from_bytes(&hx(&dl["v3"]))
+        .unwrap()
+        .verify(&id)
+        .unwrap();
+    assert_eq!(v2.check_update(&v3).unwrap().removed, vec![DeviceId(1)]);
+    assert_eq!(v3.holders(), &[DeviceId(3)]);
+    for e in dl["errors"].as_array().unwrap().iter().skip(2) {
+        let list = SignedDeviceList::from_bytes(&hx(&e["list"])).unwrap().verify(&id).unwrap();
+        let pinned = match e["pinned"].as_str().unwrap() {
+            "v2" => &v2,
+            _ => &v3,
+        };
+        assert_eq!(pinned.check_update(&list).unwrap_err().name(), e["error"].as_str().unwrap());
+    }
     assert!(
         SignedDeviceList::from_bytes(&hx(&dl["tampered"]))
             .unwrap()

@@ -613,6 +613,8 @@ fn pickle_vectors() -> Value {
         &mut rng,
     );
     entry(5, "ML-KEM prekey secret", k.kem.pickle(&key, &mut rng), &mut rng);
+    let list_key = k.ak.list_key(1).unwrap();
+    entry(6, "list key (epoch 1)", list_key.pickle(&key, &mut rng), &mut rng);
     let mut altered = p1.clone();
     *altered.last_mut().unwrap() ^= 1;
     let mut format2 = open_pickle(&PICKLE_KEY, &p1);
@@ -635,7 +637,7 @@ fn pickle_vectors() -> Value {
         ),
     ];
     json!({
-        "description": "One pickle of each type of docs/protocol.md §9 under `pickle_key`: the nonce drawn, the decrypted `inner` (format ‖ fields) and the exact bytes. Types 1, 2, 4 and 5 hold the keys of `keys` (account key, device, signed prekey, ML-KEM prekey); type 3 holds a responder session. `failures` MUST fail to load as the type given with the error given.",
+        "description": "One pickle of each type of docs/protocol.md §9 under `pickle_key`: the nonce drawn, the decrypted `inner` (format ‖ fields) and the exact bytes. Types 1, 2, 4 and 5 hold the keys of `keys` (account key, device, signed prekey, ML-KEM prekey); type 3 holds a responder session; type 6 holds the epoch-1 list key derived from that account key (§4.1). `failures` MUST fail to load as the type given with the error given.",
         "pickle_key": h(&PICKLE_KEY),
         "keys": party_json(&k),
         "pickles": entries,
@@ -1004,6 +1006,12 @@ fn pickle_vectors_replay() {
                 KemPreKeySecret::unpickle(&bytes, &key).unwrap().public(),
                 &KemPreKey::decode(&hx(&k["kem_prekey"]["record"])).unwrap()
             ),
+            6 => {
+                let ak = AccountKey::unpickle(&hx(&v["pickles"][0]["pickle"]), &key).unwrap();
+                let lk = ListKey::unpickle(&bytes, &key).unwrap();
+                assert_eq!(lk.epoch(), 1);
+                assert_eq!(lk.public_key(), ak.list_key(1).unwrap().public_key());
+            }
             _ => panic!("unknown pickle type {t}"),
         }
     }
@@ -1052,6 +1060,10 @@ fn vectors_are_self_describing() {
         "DuplicateDevice",
         "Rollback",
         "Equivocation",
+        "BadDeviceBinding",
+        "VersionJump",
+        "HolderRemoved",
+        "StaleListKey",
     ];
     fn walk(v: &Value, path: &str) {
         match v {

@@ -67,6 +67,11 @@ codes! {
     /// stored one (or above it at registration): a list that would leave no room for
     /// later versions.
     VERSION_JUMP = 28;
+    /// The device list is signed by a list key of an older epoch than the stored list's
+    /// (a replaced, revoked list key), by another list key of the same epoch, or, under
+    /// the stored list's list key, removes or changes a device that holds that key
+    /// (only a new list key may).
+    LIST_KEY_REVOKED = 29;
     /// An envelope above the relay's size limit.
     ENVELOPE_TOO_LARGE = 30;
     /// A send to more devices than the relay allows in one send.

@@ -27,7 +27,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::UNKNOWN_ACCOUNT | ErrorCode::UNKNOWN_DEVICE | ErrorCode::NOT_FOUND | ErrorCode::NO_PREKEYS => {
             StatusCode::NOT_FOUND
         }
-        ErrorCode::STALE_DEVICE_LIST | ErrorCode::TOO_MANY_PREKEYS => StatusCode::CONFLICT,
+        ErrorCode::STALE_DEVICE_LIST | ErrorCode::LIST_KEY_REVOKED | ErrorCode::TOO_MANY_PREKEYS => {
+            StatusCode::CONFLICT
+        }
         ErrorCode::BODY_TOO_LARGE | ErrorCode::ENVELOPE_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::ORIGIN_NOT_ALLOWED | ErrorCode::ACCESS_DENIED => StatusCode::FORBIDDEN,
@@ -55,6 +57,7 @@ pub fn code_of(e: &StorageError) -> ErrorCode {
     match e {
         StorageError::StaleDeviceList { .. } => ErrorCode::STALE_DEVICE_LIST,
         StorageError::VersionJump { .. } => ErrorCode::VERSION_JUMP,
+        StorageError::ListKeyRevoked(_) => ErrorCode::LIST_KEY_REVOKED,
         StorageError::UnknownAccount => ErrorCode::UNKNOWN_ACCOUNT,
         StorageError::UnknownDevice => ErrorCode::UNKNOWN_DEVICE,
         StorageError::NoPreKeys => ErrorCode::NO_PREKEYS,

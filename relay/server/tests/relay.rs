@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use common::relay::*;
 use common::*;
 use hyper::{Method, StatusCode};
-use sotto_crypto::{DeviceId, MAX_VERSION, PreKeyKind};
+use sotto_crypto::{DeviceId, MAX_VERSION, MAX_VERSION_STEP, PreKeyKind};
 use sotto_proto::{
     Access, AccessKey, AccessPolicy, Body, Bundles, DeviceListBody, ErrorCode, Frame, PreKeyCounts, PushProvider,
     PushRegistration, Recipient, Send, SendOutcome, SendResult,
@@ -409,6 +409,63 @@ async fn device_list_version_jumps_are_refused(url: String) {
     let d = devices(&mut alice);
     alice.relist(2048, d);
     assert_eq!(relay.register(&alice).await, StatusCode::OK);
+    relay.stop().await;
+}
+
+/// Finding 12, relay side: a device that held the list key, once a list under a new list
+/// key removed it, cannot put itself back, at any version; and under the old list key no
+/// upload could have removed a holder (`LIST_KEY_REVOKED`, 409).
+async fn a_revoked_list_key_cannot_publish(url: String) {
+    let mut relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(13);
+    let alice = account(&mut r, 3);
+    let entries = |ids: &[u32]| -> Vec<sotto_crypto::DeviceEntry> {
+        alice
+            .devices
+            .iter()
+            .filter(|d| ids.contains(&d.id().0))
+            .map(|d| d.device.entry())
+            .collect()
+    };
+    let lk1 = alice.ak.list_key(1).unwrap();
+    let put = |l: &sotto_crypto::DeviceList| l.signed().as_bytes().to_vec();
+    let revoked = |(status, body): (StatusCode, Vec<u8>)| {
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::CONFLICT, ErrorCode::LIST_KEY_REVOKED)
+        );
+    };
+    // Devices 1 and 2 hold the epoch-1 list key.
+    let v1 = lk1
+        .sign_device_list(1, 0, entries(&[1, 2, 3]), &[DeviceId(1), DeviceId(2)])
+        .unwrap();
+    assert_eq!(relay.put_list(&alice.id(), &put(&v1)).await.0, StatusCode::CREATED);
+    // Device 2 cannot drop device 1 (a holder) under that key, nor demote it.
+    let coup = lk1.sign_device_list(2, 0, entries(&[2, 3]), &[DeviceId(2)]).unwrap();
+    revoked(relay.put_list(&alice.id(), &put(&coup)).await);
+    let demote = lk1.sign_device_list(2, 0, entries(&[1, 2, 3]), &[DeviceId(2)]).unwrap();
+    revoked(relay.put_list(&alice.id(), &put(&demote)).await);
+    // Device 3 (no list key) is removed under the same key.
+    let v2 = lk1
+        .sign_device_list(2, 0, entries(&[1, 2]), &[DeviceId(1), DeviceId(2)])
+        .unwrap();
+    assert_eq!(relay.put_list(&alice.id(), &put(&v2)).await.0, StatusCode::OK);
+    // The recovery key makes the epoch-2 list key, which removes device 2.
+    let lk2 = alice.ak.list_key(2).unwrap();
+    let v3 = lk2.sign_device_list(3, 0, entries(&[1]), &[DeviceId(1)]).unwrap();
+    assert_eq!(relay.put_list(&alice.id(), &put(&v3)).await.0, StatusCode::OK);
+    // Device 2 still holds the epoch-1 key: whatever it signs is refused.
+    for v in [4, 100, 3 + MAX_VERSION_STEP] {
+        let back = lk1
+            .sign_device_list(v, 0, entries(&[1, 2]), &[DeviceId(1), DeviceId(2)])
+            .unwrap();
+        revoked(relay.put_list(&alice.id(), &put(&back)).await);
+    }
+    let (status, body) = relay
+        .http(Method::GET, &format!("/v1/accounts/{}/device-list", alice.id()), None, vec![])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(DeviceListBody::decode(&body).unwrap().signed_list, put(&v3));
     relay.stop().await;
 }
 
@@ -1480,6 +1537,7 @@ macro_rules! backend {
             t!(anonymous_sends_need_the_access_key);
             t!(prekey_drain_is_bounded);
             t!(device_list_version_jumps_are_refused);
+            t!(a_revoked_list_key_cannot_publish);
             t!(device_set_rule_lets_unreachable_devices_out);
             t!(stale_prekeys_make_a_device_unreachable);
             t!(http_auth_is_bound_to_the_request);

@@ -38,25 +38,44 @@ macro_rules! storage_impl {
                 let account = list.account_id();
                 let a = &account.0[..];
                 let mut tx = self.begin().await?;
-                let stored: Option<(i64,)> =
-                    sqlx::query_as(concat!("SELECT version FROM accounts WHERE account_id = $1", $for_update))
-                        .bind(a)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let before = stored.map_or(0, |(v,)| to_u64(v));
-                if list.version() > before.saturating_add(MAX_VERSION_STEP) {
-                    return Err(StorageError::VersionJump {
-                        stored: before,
-                        offered: list.version(),
-                    });
-                }
+                let stored: Option<(i64, Vec<u8>)> = sqlx::query_as(concat!(
+                    "SELECT version, device_list FROM accounts WHERE account_id = $1",
+                    $for_update
+                ))
+                .bind(a)
+                .fetch_optional(&mut *tx)
+                .await?;
                 let outcome = match stored {
-                    Some((v,)) => {
-                        if to_u64(v) >= list.version() {
-                            return Err(StorageError::StaleDeviceList {
-                                stored: to_u64(v),
-                                offered: list.version(),
-                            });
+                    None if list.version() > MAX_VERSION_STEP || list.epoch() > MAX_VERSION_STEP => {
+                        return Err(StorageError::VersionJump {
+                            stored: 0,
+                            offered: list.version().max(list.epoch()),
+                        });
+                    }
+                    Some((v, old)) => {
+                        // The stored list verified when it was stored; it is checked
+                        // again so that the update rule (§4.3) sees its epoch, list key
+                        // and holders.
+                        let old = sotto_crypto::SignedDeviceList::from_bytes(&old)
+                            .map_err(sotto_crypto::DeviceListError::from)
+                            .and_then(|s| s.verify(&account))
+                            .map_err(|_| StorageError::Corrupt("stored device list"))?;
+                        use sotto_crypto::DeviceListError as E;
+                        match old.check_update(list) {
+                            Ok(_) if to_u64(v) < list.version() => {}
+                            Ok(_) | Err(E::Rollback { .. } | E::Equivocation { .. }) => {
+                                return Err(StorageError::StaleDeviceList {
+                                    stored: to_u64(v),
+                                    offered: list.version(),
+                                });
+                            }
+                            Err(E::VersionJump { .. } | E::EpochJump { .. }) => {
+                                return Err(StorageError::VersionJump {
+                                    stored: to_u64(v),
+                                    offered: list.version(),
+                                });
+                            }
+                            Err(e) => return Err(StorageError::ListKeyRevoked(e)),
                         }
                         sqlx::query("UPDATE accounts SET version = $2, device_list = $3 WHERE account_id = $1")
                             .bind(a)

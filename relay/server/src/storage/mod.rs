@@ -44,6 +44,10 @@ pub enum StorageError {
         /// The version offered.
         offered: u64,
     },
+    /// The offered device list is signed by a revoked or rival list key, or removes a
+    /// device holding the list key under that same key (docs/protocol.md §4.3).
+    #[error("device list refused by the list-key rule: {0}")]
+    ListKeyRevoked(sotto_crypto::DeviceListError),
     /// No such account.
     #[error("unknown account")]
     UnknownAccount,
