@@ -11,8 +11,8 @@
 //!               sealed by the new device (content type 0x10) to every listed device, anonymously
 //! fingerprint = SHA-256("Sotto-v1 link fingerprint" ‖ account_id ‖ device_id ‖ DSK_pub ‖ IK_pub)[..10],
 //!               shown on both devices as five groups of four hex digits
-//! accept      = 0x02 ‖ flags (u8; bit 0: account key included) ‖
-//!               [ChaCha20-Poly1305(acc_key, nonce = 0^12, aad = account_id ‖ device_id, AK seed) (48)] ‖
+//! accept      = 0x03 ‖ flags (u8; bit 0: list key included) ‖
+//!               [ChaCha20-Poly1305(acc_key, nonce = 0^12, aad = account_id ‖ device_id, LK seed) (48)] ‖
 //!               access (0x00 | 0x01 ‖ the account's access key (32)) ‖
 //!               n (u16) ‖ n × (contact account id (32) ‖ cflags (u8; bit 0 accepted, bit 1 key) ‖
 //!               [the contact's access key (32)])
@@ -33,7 +33,7 @@ use rand_core::RngCore;
 use sha2::{Digest, Sha256};
 use sotto_crypto::codec::{Put, Reader};
 use sotto_crypto::{
-    AccountId, AccountKey, Device, DeviceEntry, DeviceId, DeviceIdentity, Ed25519PublicKey, SignedDeviceList,
+    AccountId, AccountKey, Device, DeviceEntry, DeviceId, DeviceIdentity, Ed25519PublicKey, ListKey, SignedDeviceList,
     X25519PublicKey,
 };
 use sotto_proto::{Recipient, Send, SendOutcome};
@@ -57,15 +57,16 @@ pub const MAX_DEVICE_NAME: usize = 64;
 const REQUEST_VERSION: u8 = 1;
 /// The request body's bytes before the name: device id, DSK, IK, binding, name length.
 const REQUEST_FIXED: usize = 4 + 32 + 32 + 64 + 1;
-const ACCEPT_VERSION: u8 = 2;
-const FLAG_ACCOUNT_KEY: u8 = 1;
+const ACCEPT_VERSION: u8 = 3;
+const FLAG_LIST_KEY: u8 = 1;
 const CONTACT_ACCEPTED: u8 = 1;
 const CONTACT_KEY: u8 = 2;
 
 /// What a link answer gives the new device.
 pub struct LinkAccept {
-    /// The account key, when the existing device granted it.
-    pub account_key: Option<AccountKey>,
+    /// The list key's seed, when the existing device granted it; it is kept only when it
+    /// is the key of the list that marks this device as holding it.
+    pub list_key_seed: Option<Zeroizing<[u8; 32]>>,
     /// The account's access key (docs/protocol.md §13.8).
     pub access_key: Option<[u8; 32]>,
     /// The conversations: contacts and message requests, with their access keys.
@@ -210,16 +211,16 @@ pub fn encode_link_accept(
     secret: &[u8; 32],
     account: &AccountId,
     device: DeviceId,
-    account_key: Option<&AccountKey>,
+    list_key: Option<&ListKey>,
     access_key: Option<&[u8; 32]>,
     contacts: &[ConversationRecord],
 ) -> Vec<u8> {
     let mut out = vec![ACCEPT_VERSION];
-    match account_key {
-        Some(ak) => {
-            out.put_u8(FLAG_ACCOUNT_KEY);
+    match list_key {
+        Some(lk) => {
+            out.put_u8(FLAG_LIST_KEY);
             let key = link_key(secret, b"Sotto-v1 link accept");
-            let seed = ak.dangerous_export_seed();
+            let seed = lk.dangerous_export_seed();
             let aead = ChaCha20Poly1305::new(Key::from_slice(key.as_slice()));
             // The key is used once (one answer per code), so the zero nonce never repeats.
             let ct = aead
@@ -258,8 +259,8 @@ pub fn encode_link_accept(
     out
 }
 
-/// Parses an answer: the account key when granted (checked against the account id),
-/// the access key and the contacts.
+/// Parses an answer: the list key's seed when granted, the access key and the
+/// contacts.
 pub fn decode_link_accept(
     secret: &[u8; 32],
     account: &AccountId,
@@ -268,9 +269,9 @@ pub fn decode_link_accept(
 ) -> Option<LinkAccept> {
     let mut r = Reader::new(payload);
     r.version(ACCEPT_VERSION).ok()?;
-    let ak = match r.u8().ok()? {
+    let list_key_seed = match r.u8().ok()? {
         0 => None,
-        FLAG_ACCOUNT_KEY => {
+        FLAG_LIST_KEY => {
             let ct: [u8; 48] = r.array().ok()?;
             let key = link_key(secret, b"Sotto-v1 link accept");
             let aead = ChaCha20Poly1305::new(Key::from_slice(key.as_slice()));
@@ -285,11 +286,7 @@ pub fn decode_link_accept(
                 .ok()?,
             );
             let seed: Zeroizing<[u8; 32]> = Zeroizing::new(seed.as_slice().try_into().ok()?);
-            let ak = AccountKey::from_seed(&seed);
-            if !ak.account_id().ct_eq(account) {
-                return None;
-            }
-            Some(ak)
+            Some(seed)
         }
         _ => return None,
     };
@@ -319,7 +316,7 @@ pub fn decode_link_accept(
     }
     r.finish().ok()?;
     Some(LinkAccept {
-        account_key: ak,
+        list_key_seed,
         access_key,
         contacts,
     })
@@ -490,7 +487,7 @@ impl<S: Store> PendingJoin<S> {
         //    and connect: the answer and anything else are processed by the client in
         //    mailbox order, and acknowledged only then.
         let pk = pickle_key(&self.key);
-        let new = Machine::new_linked_device(None, self.device, list, self.relay.url(), now_ms(), &mut self.rng, &pk)?;
+        let new = Machine::new_linked_device(self.device, list, self.relay.url(), now_ms(), &mut self.rng, &pk)?;
         self.store.commit(new.changes).await?;
         let mut client = Client::start(self.store, self.key, self.rng, self.options).await?;
         client
@@ -522,33 +519,73 @@ impl<S: Store> Client<S> {
         self.inner.device.entry()
     }
 
-    /// True when this device holds the account key: it can link and remove devices and
-    /// export the recovery key. Other devices work fully for messaging.
+    /// True when this device still holds the account key: only the account's first
+    /// device does, until [`Client::export_recovery_key`] hands it out.
     pub async fn has_account_key(&self) -> bool {
         self.inner.machine.lock().await.has_account_key()
     }
 
-    /// The recovery key: the account key as text, to keep offline. Whoever holds it
-    /// controls the account's device list. [`ClientError::NoAccountKey`] on a device
-    /// without the account key.
-    pub async fn export_recovery_key(&self) -> Result<Zeroizing<String>, ClientError> {
-        let m = self.inner.machine.lock().await;
-        let ak = m.account_key().ok_or(ClientError::NoAccountKey)?;
-        Ok(encode_recovery_key(ak))
+    /// True when this device holds the account's current list key: it can link devices
+    /// and remove devices that do not hold the list key. Other devices work fully for
+    /// messaging.
+    pub async fn can_manage_devices(&self) -> bool {
+        self.inner.machine.lock().await.can_manage_devices()
     }
 
-    /// Stores the account key from a recovery key on this device
-    /// ([`ClientError::BadRecoveryKey`] when it is malformed or another account's).
+    /// The recovery key: the account key as text, for the user to keep offline. Whoever
+    /// holds it controls the account's device list. It is handed out **once**: the
+    /// account key is then deleted from this device, so that no device, once removed or
+    /// stolen, holds it ([`ClientError::NoAccountKey`] on any later call, and on every
+    /// other device). Show it to the user right after [`Client::create_account`].
+    pub async fn export_recovery_key(&self) -> Result<Zeroizing<String>, ClientError> {
+        let (key, ()) = {
+            let mut m = self.inner.machine.lock().await;
+            let ak = m.account_key().ok_or(ClientError::NoAccountKey)?;
+            let key = encode_recovery_key(ak);
+            let changes = m.forget_account_key();
+            self.inner.commit_locked(&mut m, changes).await?;
+            (key, ())
+        };
+        Ok(key)
+    }
+
+    /// Uses the recovery key to take back control of the device list: publishes the
+    /// account's list under the list key of the next epoch, with this device as the only
+    /// one holding it. Every earlier list key, and so every device that held one, can no
+    /// longer sign a list that the relay or any contact accepts. The recovery key is not
+    /// stored. [`ClientError::BadRecoveryKey`] when it is malformed or another account's.
     pub async fn recover_account(&self, recovery_key: &str) -> Result<(), ClientError> {
+        self.rotate_list_key(recovery_key, None).await
+    }
+
+    /// Removes a device that holds the list key (see [`Client::remove_device`]), with
+    /// the recovery key: a list under a new list key leaves it out, so it can never sign
+    /// a list again; this device becomes the only one holding the new list key.
+    pub async fn remove_device_with_recovery_key(
+        &self,
+        device: DeviceId,
+        recovery_key: &str,
+    ) -> Result<(), ClientError> {
+        if device == self.device_id() {
+            return Err(ClientError::Link("a device cannot remove itself".into()));
+        }
+        self.rotate_list_key(recovery_key, Some(device)).await
+    }
+
+    async fn rotate_list_key(&self, recovery_key: &str, remove: Option<DeviceId>) -> Result<(), ClientError> {
         let ak = decode_recovery_key(recovery_key)?;
         if !ak.account_id().ct_eq(&self.account_id()) {
             return Err(ClientError::BadRecoveryKey);
         }
-        self.inner.transact(|m| Ok((m.set_account_key(&ak)?, ()))).await?;
-        Ok(())
+        let account = self.account_id();
+        self.inner.refresh_device_list(account).await?;
+        let (list, lk) = self.inner.machine.lock().await.rotated_list(&ak, remove, now_ms())?;
+        drop(ak);
+        self.inner.publish_own_list_with_key(&list, Some(&lk)).await
     }
 
-    /// On a device holding the account key: starts linking a new device. Show the
+    /// On a device that can manage devices ([`Client::can_manage_devices`]; otherwise
+    /// [`ClientError::NoListKey`]): starts linking a new device. Show the
     /// returned code to the new device ([`Client::start_join`]). When the new device's
     /// request arrives, [`Event::LinkRequested`] shows its name and fingerprint; answer
     /// with [`Client::confirm_link`] or [`Client::reject_link`]. The code works once and
@@ -557,8 +594,8 @@ impl<S: Store> Client<S> {
         let mut secret = Zeroizing::new([0u8; 32]);
         {
             let mut m = self.inner.machine.lock().await;
-            if !m.has_account_key() {
-                return Err(ClientError::NoAccountKey);
+            if !m.can_manage_devices() {
+                return Err(ClientError::NoListKey);
             }
             m.rng().fill_bytes(secret.as_mut_slice());
         }
@@ -573,10 +610,11 @@ impl<S: Store> Client<S> {
 
     /// Confirms the link request `id` ([`Event::LinkRequested`]) once the user checked
     /// that the new device shows the same fingerprint: publishes the device list with it
-    /// and answers it with the contacts, and with the account key when
-    /// `grant_account_key` (then that device can link and remove devices too; without
-    /// it, removing that device later really revokes it).
-    pub async fn confirm_link(&self, id: u64, grant_account_key: bool) -> Result<(), ClientError> {
+    /// and answers it with the contacts, and with the list key when `grant_list_key`
+    /// (then that device can link devices and remove devices without the list key too,
+    /// and removing it later needs the recovery key,
+    /// [`Client::remove_device_with_recovery_key`]).
+    pub async fn confirm_link(&self, id: u64, grant_list_key: bool) -> Result<(), ClientError> {
         let (secret, entry) = {
             let mut link = self.inner.link.lock().await;
             match link.as_ref() {
@@ -594,7 +632,7 @@ impl<S: Store> Client<S> {
             };
             (p.secret, r.entry)
         };
-        self.inner.answer_link(&secret, entry, grant_account_key).await
+        self.inner.answer_link(&secret, entry, grant_list_key).await
     }
 
     /// Rejects the link request `id`: the code is spent, nothing is published, and the
@@ -610,21 +648,19 @@ impl<S: Store> Client<S> {
         }
     }
 
-    /// Removes one of this account's other devices: publishes a device list without it
-    /// (this device must hold the account key). The relay then refuses the removed
-    /// device's authentication and its sends, and this account's devices and its
-    /// contacts, once they fetch the new list, stop encrypting to it and refuse what it
-    /// sends. It cannot add itself back unless it holds the account key: a device
-    /// linked without it ([`Client::confirm_link`] with `grant_account_key = false`) is
-    /// revoked for good; one that held it can still sign lists, so removing such a
-    /// device is only a revocation once the account key is replaced (not yet possible).
-    /// What it already received stays on it.
+    /// Removes one of this account's other devices: publishes a device list without it,
+    /// signed with the list key (this device must hold it, [`ClientError::NoListKey`]
+    /// otherwise). The relay then refuses the removed device's authentication and its
+    /// sends, and this account's devices and its contacts, once they fetch the new list,
+    /// stop encrypting to it and refuse what it sends. It cannot add itself back: a
+    /// device that does not hold the list key can sign no list. A device that holds the
+    /// list key can only be removed under a new list key, made from the recovery key
+    /// ([`ClientError::NeedsRecoveryKey`]; use
+    /// [`Client::remove_device_with_recovery_key`]); after that, the list key it holds
+    /// signs nothing anyone accepts. What it already received stays on it.
     pub async fn remove_device(&self, device: DeviceId) -> Result<(), ClientError> {
         if device == self.device_id() {
             return Err(ClientError::Link("a device cannot remove itself".into()));
-        }
-        if !self.has_account_key().await {
-            return Err(ClientError::NoAccountKey);
         }
         let account = self.account_id();
         self.inner.refresh_device_list(account).await?;
@@ -633,7 +669,7 @@ impl<S: Store> Client<S> {
             .machine
             .lock()
             .await
-            .next_own_list(None, Some(device), now_ms())?;
+            .next_own_list(None, false, Some(device), now_ms())?;
         self.inner.publish_own_list(&list).await
     }
 
@@ -695,12 +731,25 @@ impl<S: Store> Client<S> {
 
 impl<S: Store> Inner<S> {
     pub(crate) async fn publish_own_list(&self, list: &sotto_crypto::DeviceList) -> Result<(), ClientError> {
+        self.publish_own_list_with_key(list, None).await
+    }
+
+    /// Publishes this account's new list and pins it; with `list_key` (a new epoch's),
+    /// stores that key in the same commit.
+    pub(crate) async fn publish_own_list_with_key(
+        &self,
+        list: &sotto_crypto::DeviceList,
+        list_key: Option<&ListKey>,
+    ) -> Result<(), ClientError> {
         let account = self.device.account_id();
         self.relay.put_device_list(&account, list.signed().as_bytes()).await?;
         let bytes = list.signed().as_bytes().to_vec();
         let (change, _) = self
             .transact(|m| {
-                let (c, change) = m.receive_device_list(&account, &bytes)?;
+                let (mut c, change) = m.receive_device_list(&account, &bytes)?;
+                if let Some(lk) = list_key {
+                    c.account = m.store_list_key(lk)?.account;
+                }
                 Ok((c, change))
             })
             .await?;
@@ -762,11 +811,11 @@ impl<S: Store> Inner<S> {
         self.refresh_device_list(account).await?;
         let (list, accept) = {
             let m = self.machine.lock().await;
-            let list = m.next_own_list(Some(entry), None, now_ms())?;
+            let list = m.next_own_list(Some(entry), grant, None, now_ms())?;
             let contacts: Vec<ConversationRecord> =
                 m.conversations().filter_map(|c| m.conversation(c).cloned()).collect();
-            let ak = if grant {
-                Some(m.account_key().ok_or(ClientError::NoAccountKey)?)
+            let lk = if grant {
+                Some(m.list_key().ok_or(ClientError::NoListKey)?)
             } else {
                 None
             };
@@ -775,7 +824,7 @@ impl<S: Store> Inner<S> {
                 secret,
                 &account,
                 entry.device_id,
-                ak,
+                lk,
                 access.as_ref().map(|k| &k.0),
                 &contacts,
             );
@@ -832,8 +881,9 @@ impl<S: Store> Inner<S> {
         let Some(answer) = decode_link_accept(&j.secret, &account, self.device.device_id(), payload) else {
             return Ok(());
         };
-        if let Some(ak) = &answer.account_key {
-            self.transact(|m| Ok((m.set_account_key(ak)?, ()))).await?;
+        if let Some(seed) = &answer.list_key_seed {
+            // Kept only when it is the pinned list's key and the list marks this device.
+            let _ = self.transact(|m| Ok((m.set_list_key_seed(seed)?, ()))).await;
         }
         if let Some(k) = answer.access_key {
             self.transact(|m| Ok((m.set_access_key(k).unwrap_or_default(), ())))

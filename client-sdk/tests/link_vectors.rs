@@ -79,8 +79,9 @@ fn outputs(i: &Value) -> Value {
         .collect();
     let access: [u8; 32] = arr(&i["access_key"]);
     let request = encode_link_request(&secret, &account, &entry, name);
-    let with_ak = encode_link_accept(&secret, &account, device.device_id, Some(&ak), Some(&access), &contacts);
-    let without_ak = encode_link_accept(&secret, &account, device.device_id, None, Some(&access), &contacts);
+    let lk = ak.list_key(1).unwrap();
+    let with_lk = encode_link_accept(&secret, &account, device.device_id, Some(&lk), Some(&access), &contacts);
+    let without_lk = encode_link_accept(&secret, &account, device.device_id, None, Some(&access), &contacts);
     let long_name = "x".repeat(80);
     json!({
         "account_id": account.to_string(),
@@ -91,8 +92,9 @@ fn outputs(i: &Value) -> Value {
         "request": hex::encode(&request),
         "request_long_name_truncated_to_64": hex::encode(encode_link_request(&secret, &account, &entry, &long_name)),
         "fingerprint": link_fingerprint(&device),
-        "accept_with_account_key": hex::encode(&with_ak),
-        "accept_without_account_key": hex::encode(&without_ak),
+        "list_key_seed_epoch_1": hex::encode(lk.dangerous_export_seed().as_slice()),
+        "accept_with_list_key": hex::encode(&with_lk),
+        "accept_without_list_key": hex::encode(&without_lk),
         "recovery_key": encode_recovery_key(&ak).as_str(),
     })
 }
@@ -109,7 +111,7 @@ fn link_vectors_replay() {
         "outputs": outputs(&fresh["inputs"]),
         "must_fail": {
             "request_bad_mac": "the request with its last byte flipped",
-            "accept_other_device": "accept_with_account_key opened for device_id + 1",
+            "accept_other_device": "accept_with_list_key opened for device_id + 1",
             "recovery_key_bad_checksum": "recovery_key with its last hex digit changed",
         },
     });
@@ -142,17 +144,20 @@ fn link_vectors_replay() {
     assert!(decode_link_request(&secret, &account, &bad).is_none());
     assert!(decode_link_request(&[0x23; 32], &account, &request).is_none());
 
-    let accept = hex::decode(o["accept_with_account_key"].as_str().unwrap()).unwrap();
+    let accept = hex::decode(o["accept_with_list_key"].as_str().unwrap()).unwrap();
     let answer = decode_link_accept(&secret, &account, entry.device_id, &accept).unwrap();
-    assert_eq!(answer.account_key.unwrap().account_id(), account);
+    assert_eq!(
+        hex::encode(answer.list_key_seed.unwrap().as_slice()),
+        o["list_key_seed_epoch_1"].as_str().unwrap()
+    );
     assert_eq!(answer.access_key, Some(arr(&i["access_key"])));
     assert_eq!(answer.contacts.len(), 2);
     assert!(answer.contacts[0].accepted && answer.contacts[0].access_key == Some([0x66; 32]));
     assert!(!answer.contacts[1].accepted && answer.contacts[1].access_key.is_none());
     assert!(decode_link_accept(&secret, &account, DeviceId(entry.device_id.0 + 1), &accept).is_none());
-    let plain = hex::decode(o["accept_without_account_key"].as_str().unwrap()).unwrap();
+    let plain = hex::decode(o["accept_without_list_key"].as_str().unwrap()).unwrap();
     let answer = decode_link_accept(&secret, &account, entry.device_id, &plain).unwrap();
-    assert!(answer.account_key.is_none());
+    assert!(answer.list_key_seed.is_none());
     assert_eq!(answer.contacts.len(), 2);
 
     let rk = o["recovery_key"].as_str().unwrap();

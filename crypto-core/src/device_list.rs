@@ -44,7 +44,6 @@ const HEADER_LEN: usize = 1 + 32 + CERT_LEN + 8 + 8 + 2;
 /// Entry flag: the device holds the list key.
 const HOLDS_LIST_KEY: u8 = 0x01;
 
-
 /// The parts of the device binding signature; `id` is scratch space for the device id.
 pub(crate) fn binding_parts<'a>(
     account_id: &'a AccountId,
@@ -759,7 +758,6 @@ impl DeviceList {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -948,9 +946,15 @@ mod tests {
         assert_eq!(v1.check_update(&v2).unwrap().removed, vec![DeviceId(3)]);
         // Removing or demoting device 2 under the same list key is refused.
         let drop2 = lk1.sign_device_list(3, 0, entries(1), &[DeviceId(1)]).unwrap();
-        assert_eq!(v2.check_update(&drop2), Err(DeviceListError::HolderRemoved(DeviceId(2))));
+        assert_eq!(
+            v2.check_update(&drop2),
+            Err(DeviceListError::HolderRemoved(DeviceId(2)))
+        );
         let demote2 = lk1.sign_device_list(3, 0, entries(2), &[DeviceId(1)]).unwrap();
-        assert_eq!(v2.check_update(&demote2), Err(DeviceListError::HolderRemoved(DeviceId(2))));
+        assert_eq!(
+            v2.check_update(&demote2),
+            Err(DeviceListError::HolderRemoved(DeviceId(2)))
+        );
         // With the account key, a new epoch removes it.
         let lk2 = ak.list_key(2).unwrap();
         assert_ne!(lk2.public_key(), lk1.public_key());
@@ -987,7 +991,9 @@ mod tests {
             })
         );
         let lk3 = ak.list_key(3).unwrap();
-        let leap = lk3.sign_device_list(3 + 5 * MAX_VERSION_STEP, 0, entries(1), &[]).unwrap();
+        let leap = lk3
+            .sign_device_list(3 + 5 * MAX_VERSION_STEP, 0, entries(1), &[])
+            .unwrap();
         assert!(v3.check_update(&leap).is_ok());
     }
 

@@ -16,10 +16,10 @@ use thiserror::Error;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::codec::{DecodeError, Put, Reader};
+use crate::device_list::ListKey;
 use crate::identity::{
     AccountId, AccountKey, Device, DeviceId, KemPreKey, KemPreKeySecret, X25519PreKey, X25519PreKeySecret,
 };
-use crate::device_list::ListKey;
 use crate::kdf::info;
 use crate::keys::{Ed25519PublicKey, Ed25519Secret, KEM_SEED_LEN, KemSecret, Signature, X25519Secret};
 use crate::ratchet::Session;
@@ -196,14 +196,15 @@ impl Fields for ListKey {
     fn decode_fields(_: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut reader = Reader::new(bytes);
         let r = &mut reader;
-        let account_key = Ed25519PublicKey::from_bytes(&r.array()?)
-            .map_err(|_| DecodeError::Invalid { field: "account key" })?;
+        let account_key =
+            Ed25519PublicKey::from_bytes(&r.array()?).map_err(|_| DecodeError::Invalid { field: "account key" })?;
         let epoch = r.u64()?;
         let secret = Ed25519Secret::from_seed(&Zeroizing::new(r.array()?));
         let certificate = Signature(r.array()?);
         reader.finish()?;
-        ListKey::from_parts(secret, epoch, account_key, certificate)
-            .map_err(|_| DecodeError::Invalid { field: "list key certificate" })
+        ListKey::from_parts(secret, epoch, account_key, certificate).map_err(|_| DecodeError::Invalid {
+            field: "list key certificate",
+        })
     }
 }
 

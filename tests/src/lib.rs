@@ -350,16 +350,16 @@ impl Device {
 impl Device {
     /// A new device of `existing`'s account, linked with a code from `existing`, which
     /// confirms it after checking that both show the same fingerprint; it gets the
-    /// account key.
+    /// list key.
     pub async fn join(relay: &TestRelay, existing: &mut Device, seed: u64) -> Device {
         Device::join_with(relay, existing, seed, true).await
     }
 
-    /// [`Device::join`], granting the account key or not.
-    pub async fn join_with(relay: &TestRelay, existing: &mut Device, seed: u64, grant_account_key: bool) -> Device {
+    /// [`Device::join`], granting the list key or not.
+    pub async fn join_with(relay: &TestRelay, existing: &mut Device, seed: u64, grant_list_key: bool) -> Device {
         let (pending, dir) = Device::start_join(relay, existing, seed).await;
         let id = existing.link_requested(&pending).await;
-        existing.client.confirm_link(id, grant_account_key).await.unwrap();
+        existing.client.confirm_link(id, grant_list_key).await.unwrap();
         Device::finish_join(pending, dir, seed).await
     }
 

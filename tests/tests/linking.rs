@@ -28,20 +28,20 @@ async fn until<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) 
     .expect("condition not met in time");
 }
 
-/// Finding 12: a device linked without the account key works for messaging; it cannot
+/// Finding 12: a device linked without the list key works for messaging; it cannot
 /// change the device list; once removed it cannot publish a list that adds it back
 /// (locally it has no key; a list it forges is refused by the relay and by contacts),
 /// and the remaining devices stop encrypting to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removed_device_without_the_account_key_cannot_come_back() {
+async fn a_removed_device_without_the_list_key_cannot_come_back() {
     let relay = TestRelay::start().await;
     let mut a1 = Device::create(&relay, 101).await;
     let mut bob = Device::create(&relay, 102).await;
     a1.client.add_contact(&bob.client.contact_link()).await.unwrap();
     bob.client.add_contact(&a1.client.contact_link()).await.unwrap();
     let mut a2 = Device::join_with(&relay, &mut a1, 103, false).await;
-    assert!(a1.client.has_account_key().await);
-    assert!(!a2.client.has_account_key().await);
+    assert!(a1.client.has_account_key().await && a1.client.can_manage_devices().await);
+    assert!(!a2.client.has_account_key().await && !a2.client.can_manage_devices().await);
     // It works for messaging: it got the contacts and receives.
     assert_eq!(a2.client.conversations().await.unwrap(), vec![bob.id()]);
     bob.client.send_text(&a1.id(), "to both").await.unwrap();
@@ -50,12 +50,9 @@ async fn a_removed_device_without_the_account_key_cannot_come_back() {
     bob.sent(1).await;
     // It cannot change the account: a typed error, with a stable code.
     let e = a2.client.remove_device(DeviceId(1)).await.unwrap_err();
-    assert!(matches!(e, ClientError::NoAccountKey), "{e}");
-    assert_eq!(e.code(), "no_account_key");
-    assert!(matches!(
-        a2.client.link_new_device().await,
-        Err(ClientError::NoAccountKey)
-    ));
+    assert!(matches!(e, ClientError::NoListKey), "{e}");
+    assert_eq!(e.code(), "no_list_key");
+    assert!(matches!(a2.client.link_new_device().await, Err(ClientError::NoListKey)));
     assert!(matches!(
         a2.client.export_recovery_key().await,
         Err(ClientError::NoAccountKey)
@@ -69,11 +66,11 @@ async fn a_removed_device_without_the_account_key_cannot_come_back() {
     // Locally it has no key to sign with.
     assert!(matches!(
         a2.client.remove_device(DeviceId(1)).await,
-        Err(ClientError::NoAccountKey)
+        Err(ClientError::NoListKey)
     ));
     // What it can forge: the current devices plus itself, at the next version, signed by
     // a key of its own: either under that key (another account), or with the account's
-    // public key copied in (a bad signature). The relay refuses both.
+    // public key copied in (a certificate that does not verify). The relay refuses both.
     let a = a1.id();
     let current = SignedDeviceList::from_bytes(&http(&relay).get_device_list(&a).await.unwrap())
         .unwrap()
@@ -110,7 +107,7 @@ async fn a_removed_device_without_the_account_key_cannot_come_back() {
     ));
     assert!(matches!(
         SignedDeviceList::from_bytes(&bytes).unwrap().verify(&a),
-        Err(DeviceListError::BadSignature)
+        Err(DeviceListError::BadCertificate)
     ));
     // The relay still lists the account without it.
     let listed = SignedDeviceList::from_bytes(&http(&relay).get_device_list(&a).await.unwrap())
@@ -140,10 +137,94 @@ async fn a_removed_device_without_the_account_key_cannot_come_back() {
     assert_eq!(a2.history(&bob.id()).await.len(), before);
 }
 
-/// The recovery key restores the account key on a device that lacks it; a malformed
-/// key or another account's is refused with a typed error.
+/// Finding 12, the rest: a removed device that held the list key cannot come back. The
+/// first device hands out the recovery key once (then holds no account key); removing a
+/// device that holds the list key needs it, and publishes a list under the next
+/// epoch's list key; a list the removed device signs with the key it kept is refused by
+/// the relay (`LIST_KEY_REVOKED`) and by contacts (`StaleListKey`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_recovery_key_restores_the_account_key() {
+async fn a_removed_device_that_held_the_list_key_cannot_come_back() {
+    let relay = TestRelay::start().await;
+    let mut a1 = Device::create(&relay, 141).await;
+    let mut bob = Device::create(&relay, 142).await;
+    a1.client.add_contact(&bob.client.contact_link()).await.unwrap();
+    bob.client.add_contact(&a1.client.contact_link()).await.unwrap();
+    let mut a2 = Device::join_with(&relay, &mut a1, 143, true).await;
+    assert!(a2.client.can_manage_devices().await && !a2.client.has_account_key().await);
+    // The recovery key goes out once; then no device holds the account key.
+    let rk = a1.client.export_recovery_key().await.unwrap();
+    assert!(!a1.client.has_account_key().await);
+    assert!(matches!(
+        a1.client.export_recovery_key().await,
+        Err(ClientError::NoAccountKey)
+    ));
+    // Neither holder can drop the other with the list key alone.
+    let a2_id = a2.device_id();
+    let e = a1.client.remove_device(a2_id).await.unwrap_err();
+    assert!(matches!(e, ClientError::NeedsRecoveryKey), "{e}");
+    assert_eq!(e.code(), "needs_recovery_key");
+    assert!(matches!(
+        a2.client.remove_device(DeviceId(1)).await,
+        Err(ClientError::NeedsRecoveryKey)
+    ));
+    // Bob pins the list in which a2 holds the list key.
+    bob.client.send_text(&a1.id(), "before").await.unwrap();
+    assert_eq!(a1.receive(1).await[0].text, "before");
+    assert_eq!(a2.receive(1).await[0].text, "before");
+    bob.sent(1).await;
+    assert!(bob.client.devices_of(&a1.id()).await.contains(&a2_id));
+
+    // With the recovery key, a1 removes it.
+    a1.client.remove_device_with_recovery_key(a2_id, &rk).await.unwrap();
+    a2.wait_for(|e| matches!(e, Event::DeviceRemoved)).await;
+    assert!(a1.client.can_manage_devices().await && !a1.client.has_account_key().await);
+    assert!(!a2.client.can_manage_devices().await);
+    assert!(matches!(
+        a2.client.remove_device(DeviceId(1)).await,
+        Err(ClientError::NoListKey)
+    ));
+
+    // What a2 can still sign: lists under the epoch-1 list key it kept (derived here from
+    // the recovery key, as it was), adding itself back and marking itself, at any version.
+    let a = a1.id();
+    let current = SignedDeviceList::from_bytes(&http(&relay).get_device_list(&a).await.unwrap())
+        .unwrap()
+        .verify(&a)
+        .unwrap();
+    assert_eq!((current.epoch(), current.holders()), (2, &[DeviceId(1)][..]));
+    let old_key = decode_recovery_key(&rk).unwrap().list_key(1).unwrap();
+    let mut devices = current.devices().to_vec();
+    devices.push(a2.client.entry());
+    for version in [current.version() + 1, current.version() + 500] {
+        let forged = old_key
+            .sign_device_list(version, 0, devices.clone(), &[DeviceId(1), a2_id])
+            .unwrap();
+        let e = http(&relay)
+            .put_device_list(&a, forged.signed().as_bytes())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, TransportError::Relay { code, .. } if code == ErrorCode::LIST_KEY_REVOKED),
+            "{e}"
+        );
+        // A contact that pinned the epoch-2 list refuses it too.
+        assert!(matches!(
+            current.check_update(&forged),
+            Err(DeviceListError::StaleListKey { pinned: 2, got: 1 })
+        ));
+    }
+    // The others stop encrypting to it.
+    bob.client.send_text(&a, "after").await.unwrap();
+    assert_eq!(a1.receive(1).await[0].text, "after");
+    bob.sent(1).await;
+    assert!(!bob.client.devices_of(&a).await.contains(&a2_id));
+}
+
+/// The recovery key gives a device that lacks it the list key of a new epoch (and the
+/// device that held the old one loses it); a malformed key or another account's is
+/// refused with a typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recovery_key_takes_back_the_list_key() {
     let relay = TestRelay::start().await;
     let mut a1 = Device::create(&relay, 111).await;
     let other = Device::create(&relay, 112).await;
@@ -162,15 +243,17 @@ async fn the_recovery_key_restores_the_account_key() {
         a2.client.recover_account(&theirs).await,
         Err(ClientError::BadRecoveryKey)
     ));
-    assert!(!a2.client.has_account_key().await);
+    assert!(!a2.client.can_manage_devices().await);
     a2.client
         .recover_account(&rk.to_uppercase().replace("SOTTO-RECOVERY:", "sotto-recovery:"))
         .await
         .unwrap();
-    assert!(a2.client.has_account_key().await);
-    // It can now change the list: it removes a1.
+    assert!(a2.client.can_manage_devices().await);
+    assert!(!a2.client.has_account_key().await, "the recovery key is not stored");
+    // It can now change the list: it removes a1, which no longer holds the list key.
     a2.client.remove_device(DeviceId(1)).await.unwrap();
     a1.wait_for(|e| matches!(e, Event::DeviceRemoved)).await;
+    assert!(!a1.client.can_manage_devices().await);
 }
 
 /// Finding 8: the existing device asks its user, showing the new device's name and the
@@ -218,12 +301,12 @@ async fn linking_needs_confirmation_and_a_code_works_once() {
     );
     drop(intruder);
 
-    // An unknown id is refused; the right one goes through, without the account key.
+    // An unknown id is refused; the right one goes through, without the list key.
     let e = a1.client.confirm_link(id ^ 1, false).await.unwrap_err();
     assert_eq!(e.code(), "unknown_link_request");
     a1.client.confirm_link(id, false).await.unwrap();
     let a2 = Device::finish_join(pending, dir, 123).await;
-    assert!(!a2.client.has_account_key().await);
+    assert!(!a2.client.has_account_key().await && !a2.client.can_manage_devices().await);
     assert_eq!(a2.client.conversations().await.unwrap(), vec![bob.id()]);
     // Answered once: the id is gone.
     assert!(matches!(
@@ -270,7 +353,11 @@ async fn a_message_that_arrives_while_joining_is_kept() {
         .unwrap();
     let mut devices = current.devices().to_vec();
     devices.push(pending.entry());
-    let list = ak.sign_device_list(current.version() + 1, 0, devices).unwrap();
+    let list = ak
+        .list_key(current.epoch())
+        .unwrap()
+        .sign_device_list(current.version() + 1, 0, devices, current.holders())
+        .unwrap();
     http(&relay)
         .put_device_list(&a, list.signed().as_bytes())
         .await

@@ -126,7 +126,7 @@ async fn flipped_replayed_and_moved_envelopes_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_added_without_the_account_key_is_refused() {
+async fn a_device_added_without_the_list_key_is_refused() {
     let relay = TestRelay::start().await;
     let pool = db(&relay).await;
     let mut alice = Device::create(&relay, 34).await;
@@ -135,7 +135,7 @@ async fn a_device_added_without_the_account_key_is_refused() {
     alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
 
     // The relay lists a device of its own under Bob's account: a version 2 list with
-    // Bob's account key in it, signed by another key.
+    // Bob's account key in it, and a list key certified and signed by another key.
     let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(7);
     let attacker = AccountKey::generate(&mut rng);
     let fake = Keys::generate(bob.id(), DeviceId(2), &mut rng);
@@ -194,7 +194,7 @@ async fn a_device_added_without_the_account_key_is_refused() {
     let e = alice.wait_for(|e| matches!(e, Event::DeviceListRejected { .. })).await;
     assert!(matches!(
         e,
-        Event::DeviceListRejected { account, error: DeviceListError::BadSignature } if account == bob.id()
+        Event::DeviceListRejected { account, error: DeviceListError::BadCertificate } if account == bob.id()
     ));
     let failed = alice.wait_for(|e| matches!(e, Event::SendFailed { .. })).await;
     assert!(matches!(failed, Event::SendFailed { id, .. } if id == m.id));
@@ -209,7 +209,7 @@ async fn a_device_added_without_the_account_key_is_refused() {
     // A new contact of Bob fetching the list refuses it as well.
     let err = carol.client.add_contact(&bob.id().to_string()).await.unwrap_err();
     assert!(
-        matches!(err, sotto_sdk::ClientError::DeviceList(DeviceListError::BadSignature)),
+        matches!(err, sotto_sdk::ClientError::DeviceList(DeviceListError::BadCertificate)),
         "{err}"
     );
 }

@@ -161,10 +161,16 @@ pub enum SottoError {
         /// Why, for logs.
         reason: String,
     },
-    /// This device does not hold the account key: it cannot link or remove devices or
-    /// export the recovery key.
+    /// This device does not hold the account key (only the first device does, until the
+    /// recovery key is exported): it cannot export the recovery key.
     #[error("this device does not hold the account key")]
     NoAccountKey,
+    /// This device does not hold the list key: it cannot link or remove devices.
+    #[error("this device does not hold the list key")]
+    NoListKey,
+    /// The device to remove holds the list key: use `remove_device_with_recovery_key`.
+    #[error("removing a device that holds the list key needs the recovery key")]
+    NeedsRecoveryKey,
     /// Not this account's recovery key.
     #[error("not this account's recovery key")]
     BadRecoveryKey,
@@ -214,6 +220,8 @@ impl SottoError {
             Self::BadLinkCode => "bad_link_code",
             Self::Link { .. } => "link",
             Self::NoAccountKey => "no_account_key",
+            Self::NoListKey => "no_list_key",
+            Self::NeedsRecoveryKey => "needs_recovery_key",
             Self::BadRecoveryKey => "bad_recovery_key",
             Self::UnknownLinkRequest => "unknown_link_request",
             Self::LinkTimeout => "link_timeout",
@@ -284,6 +292,8 @@ impl From<ClientError> for SottoError {
             ClientError::BadLinkCode => Self::BadLinkCode,
             ClientError::Link(reason) => Self::Link { reason },
             ClientError::NoAccountKey => Self::NoAccountKey,
+            ClientError::NoListKey => Self::NoListKey,
+            ClientError::NeedsRecoveryKey => Self::NeedsRecoveryKey,
             ClientError::BadRecoveryKey => Self::BadRecoveryKey,
             ClientError::UnknownLinkRequest => Self::UnknownLinkRequest,
             ClientError::LinkTimeout => Self::LinkTimeout,
@@ -963,7 +973,7 @@ impl SottoClient {
         on_runtime(async move { Ok(device_ids(&client.devices_of(&of).await)) }).await
     }
 
-    /// On a device holding the account key: starts linking a new device and returns the
+    /// On a device holding the list key: starts linking a new device and returns the
     /// code to show it (valid once, for five minutes). The new device's request arrives
     /// as `Event::LinkRequested`; answer with `confirm_link` or `reject_link`.
     pub async fn link_new_device(&self) -> Result<String, SottoError> {
@@ -972,10 +982,11 @@ impl SottoClient {
     }
 
     /// Confirms link request `id` once the user checked that both devices show the same
-    /// fingerprint; `grant_account_key` also gives the new device the account key.
-    pub async fn confirm_link(&self, id: u64, grant_account_key: bool) -> Result<(), SottoError> {
+    /// fingerprint; `grant_list_key` also gives the new device the list key (removing it
+    /// later then needs the recovery key).
+    pub async fn confirm_link(&self, id: u64, grant_list_key: bool) -> Result<(), SottoError> {
         let client = self.client()?;
-        on_runtime(async move { Ok(client.confirm_link(id, grant_account_key).await?) }).await
+        on_runtime(async move { Ok(client.confirm_link(id, grant_list_key).await?) }).await
     }
 
     /// Rejects link request `id`.
@@ -984,19 +995,29 @@ impl SottoClient {
         on_runtime(async move { Ok(client.reject_link(id).await?) }).await
     }
 
-    /// True when this device holds the account key.
+    /// True when this device still holds the account key (the first device, until the
+    /// recovery key is exported).
     pub async fn has_account_key(&self) -> Result<bool, SottoError> {
         let client = self.client()?;
         on_runtime(async move { Ok(client.has_account_key().await) }).await
     }
 
-    /// The recovery key (the account key as text; keep it offline).
+    /// True when this device holds the current list key: it can link devices and remove
+    /// devices that do not hold it.
+    pub async fn can_manage_devices(&self) -> Result<bool, SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.can_manage_devices().await) }).await
+    }
+
+    /// The recovery key (the account key as text), handed out once: the device then
+    /// deletes the account key. Show it to the user to keep offline.
     pub async fn export_recovery_key(&self) -> Result<String, SottoError> {
         let client = self.client()?;
         on_runtime(async move { Ok(client.export_recovery_key().await?.to_string()) }).await
     }
 
-    /// Stores the account key on this device from a recovery key.
+    /// With the recovery key, gives this device the list key of a new epoch; every
+    /// earlier list key stops counting. The recovery key is not stored.
     pub async fn recover_account(&self, recovery_key: String) -> Result<(), SottoError> {
         let client = self.client()?;
         let recovery_key = Zeroizing::new(recovery_key);
@@ -1004,10 +1025,28 @@ impl SottoClient {
     }
 
     /// Removes another device of this account from its device list (this device must
-    /// hold the account key).
+    /// hold the list key; a device that holds it too needs
+    /// `remove_device_with_recovery_key`).
     pub async fn remove_device(&self, device_id: u32) -> Result<(), SottoError> {
         let client = self.client()?;
         on_runtime(async move { Ok(client.remove_device(DeviceId(device_id)).await?) }).await
+    }
+
+    /// Removes a device that holds the list key, with the recovery key: the list goes
+    /// out under a new list key that only this device holds.
+    pub async fn remove_device_with_recovery_key(
+        &self,
+        device_id: u32,
+        recovery_key: String,
+    ) -> Result<(), SottoError> {
+        let client = self.client()?;
+        let recovery_key = Zeroizing::new(recovery_key);
+        on_runtime(async move {
+            Ok(client
+                .remove_device_with_recovery_key(DeviceId(device_id), &recovery_key)
+                .await?)
+        })
+        .await
     }
 
     /// The next event; `None` once the client was shut down. Cancelling the call loses

@@ -33,9 +33,10 @@ const TS_ERROR: &'static str = r#"
  * What every call rejects with (or throws): an `Error` named "SottoError".
  * `code` is stable: "wrong_store_key", "store_conflict", "store", "machine", "transport",
  * "device_list", "account_exists", "no_account", "bad_contact", "unknown_contact",
- * "bad_link_code", "link", "no_account_key", "bad_recovery_key", "unknown_link_request",
- * "link_timeout", "invalid_argument", "closed". `retryable` says whether the same call may
- * succeed later. (Device linking is not exposed to the web build yet.)
+ * "bad_link_code", "link", "no_account_key", "no_list_key", "needs_recovery_key",
+ * "bad_recovery_key", "unknown_link_request", "link_timeout", "invalid_argument", "closed".
+ * `retryable` says whether the same call may succeed later. (Device linking is not exposed
+ * to the web build yet; `exportRecoveryKey` is.)
  */
 export interface SottoError extends Error {
   name: "SottoError";
@@ -441,6 +442,16 @@ impl SottoClient {
         let client = self.live()?;
         let contact = account(&contact)?;
         client.safety_number(&contact).await.map_err(client_error)
+    }
+
+    /// The recovery key (the account key as text), handed out once: this device then
+    /// deletes the account key. Show it to the user to keep offline; it is what takes
+    /// back the account's device list (docs/protocol.md §12A.6).
+    #[wasm_bindgen(js_name = exportRecoveryKey)]
+    pub async fn export_recovery_key(&self) -> Result<String, JsValue> {
+        let client = self.live()?;
+        let key = client.export_recovery_key().await.map_err(client_error)?;
+        Ok(key.as_str().to_owned())
     }
 
     /// The next event, or `undefined` once the client is shut down. Calls queue behind

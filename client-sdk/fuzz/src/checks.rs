@@ -64,7 +64,7 @@ fn account() -> AccountId {
 
 /// Target `link`: a link request and a link answer (the payloads of content types 0x10
 /// and 0x11, §12A), decoded under a fixed secret; an answer that decodes re-encodes to
-/// the input when it grants no account key (whose ciphertext only the sender can make).
+/// the input when it grants no list key (whose ciphertext only the sender can make).
 pub fn link(data: &[u8]) -> Outcome {
     let account = account();
     let request = decode_link_request(&SECRET, &account, data);
@@ -73,7 +73,7 @@ pub fn link(data: &[u8]) -> Outcome {
     }
     let answer = decode_link_accept(&SECRET, &account, DEVICE, data);
     if let Some(a) = &answer
-        && a.account_key.is_none()
+        && a.list_key_seed.is_none()
     {
         let again = encode_link_accept(&SECRET, &account, DEVICE, None, a.access_key.as_ref(), &a.contacts);
         assert_eq!(again, data, "a link answer does not re-encode to its input");
@@ -157,6 +157,10 @@ pub fn seeds() -> Vec<Seed> {
     let answer = encode_link_accept(&SECRET, &account, DEVICE, None, Some(&[0x55; 32]), &contacts);
     add("link", "ok-request", request.clone());
     add("link", "ok-answer", answer.clone());
+    if let Ok(lk) = AccountKey::from_seed(&[0x11; 32]).list_key(1) {
+        let granted = encode_link_accept(&SECRET, &account, DEVICE, Some(&lk), Some(&[0x55; 32]), &contacts);
+        add("link", "ok-answer-with-list-key", granted);
+    }
     add("link", "bad-request-mac", {
         let mut b = request;
         if let Some(last) = b.last_mut() {

@@ -10,10 +10,11 @@
 //! sotto --profile alice chat <contact>     # interactive
 //! sotto --profile alice safety <contact>
 //! sotto --profile alice messages <contact>
-//! sotto --profile alice link [--grant-account-key] [--yes]   # show a code, confirm the new device
+//! sotto --profile alice link [--grant-list-key] [--yes]   # show a code, confirm the new device
 //! sotto --profile phone join <code> --relay http://127.0.0.1:8080 [--name phone]
-//! sotto --profile alice devices | remove-device <id>
-//! sotto --profile alice recovery-key       # print the recovery key (keep it offline)
+//! sotto --profile alice devices
+//! sotto --profile alice remove-device <id> [--recovery-key]   # the key from stdin
+//! sotto --profile alice recovery-key       # print the recovery key once (keep it offline)
 //! sotto --profile phone recover            # read a recovery key from stdin
 //! ```
 
@@ -97,13 +98,13 @@ enum Command {
     },
     /// List this account's contacts.
     Contacts,
-    /// On a device holding the account key: show a code that links a new device, wait
-    /// for its request, show its name and fingerprint and ask for confirmation.
+    /// On a device holding the list key: show a code that links a new device, wait for
+    /// its request, show its name and fingerprint and ask for confirmation.
     Link {
-        /// Give the new device the account key (it can then link and remove devices,
-        /// and removing it no longer revokes it).
+        /// Give the new device the list key (it can then link devices and remove devices
+        /// without it; removing it then needs the recovery key).
         #[arg(long)]
-        grant_account_key: bool,
+        grant_list_key: bool,
         /// Confirm without asking (scripts; the fingerprint is still printed).
         #[arg(long)]
         yes: bool,
@@ -119,9 +120,11 @@ enum Command {
         #[arg(long, default_value = "sotto-cli")]
         name: String,
     },
-    /// Print this account's recovery key (only on a device holding the account key).
+    /// Print this account's recovery key, once: the first device then deletes the
+    /// account key (keep the printed key offline).
     RecoveryKey,
-    /// Store the account key on this device from a recovery key read from stdin.
+    /// With a recovery key read from stdin, give this device the list key of a new epoch
+    /// (every device that held an earlier one can no longer change the device list).
     Recover,
     /// List this account's devices.
     Devices,
@@ -129,6 +132,10 @@ enum Command {
     RemoveDevice {
         /// Its device id.
         id: u32,
+        /// Read the recovery key from stdin: needed to remove a device that holds the
+        /// list key.
+        #[arg(long)]
+        recovery_key: bool,
     },
 }
 
@@ -284,6 +291,14 @@ async fn create(dir: &Path, relay: &str) -> Result<Client<SqliteStore>, String> 
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// One line from stdin (a recovery key), wiped when dropped.
+async fn read_secret_line() -> Result<zeroize::Zeroizing<String>, String> {
+    let mut line = zeroize::Zeroizing::new(String::new());
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    stdin.read_line(&mut line).await.map_err(|e| e.to_string())?;
+    Ok(line)
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -459,7 +474,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 out!("{}", sotto_sdk::contact_link(&c));
             }
         }
-        Command::Link { grant_account_key, yes } => {
+        Command::Link { grant_list_key, yes } => {
             let (client, mut events) = open_client(&dir).await?;
             let code = client.link_new_device().await.map_err(|e| e.to_string())?;
             out!("{code}");
@@ -494,7 +509,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 client.shutdown().await;
                 return Err("rejected".into());
             }
-            let done = client.confirm_link(id, grant_account_key).await;
+            let done = client.confirm_link(id, grant_list_key).await;
             client.shutdown().await;
             done.map_err(|e| e.to_string())?;
             out!("linked {device_name:?}");
@@ -511,8 +526,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             out!("confirm on the existing device if it shows the same fingerprint");
             let _ = std::io::stdout().flush();
             let client = pending.wait().await.map_err(|e| e.to_string())?;
-            let ak = if client.has_account_key().await {
-                " (with the account key)"
+            let ak = if client.can_manage_devices().await {
+                " (with the list key)"
             } else {
                 ""
             };
@@ -540,11 +555,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 ..ClientOptions::default()
             };
             let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
-            let mut line = zeroize::Zeroizing::new(String::new());
-            let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
-            stdin.read_line(&mut line).await.map_err(|e| e.to_string())?;
+            let line = read_secret_line().await?;
             client.recover_account(&line).await.map_err(|e| e.to_string())?;
-            out!("this device holds the account key");
+            out!("this device now holds the account's list key");
         }
         Command::Devices => {
             let (client, _) = open_client(&dir).await?;
@@ -555,9 +568,18 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             client.shutdown().await;
         }
-        Command::RemoveDevice { id } => {
+        Command::RemoveDevice { id, recovery_key } => {
             let (client, _) = open_client(&dir).await?;
-            client.remove_device(DeviceId(id)).await.map_err(|e| e.to_string())?;
+            let done = if recovery_key {
+                let line = read_secret_line().await?;
+                client.remove_device_with_recovery_key(DeviceId(id), &line).await
+            } else {
+                client.remove_device(DeviceId(id)).await
+            };
+            done.map_err(|e| match e {
+                ClientError::NeedsRecoveryKey => format!("{e} (run with --recovery-key and type it on stdin)"),
+                e => e.to_string(),
+            })?;
             out!("removed device {id}");
             client.shutdown().await;
         }

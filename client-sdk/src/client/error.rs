@@ -76,11 +76,19 @@ pub enum ClientError {
     /// Linking did not complete.
     #[error("linking failed: {0}")]
     Link(String),
-    /// This device does not hold the account key, so it cannot change the account's
-    /// device list (link or remove a device). Recover it with the recovery key
-    /// ([`Client::recover_account`]) or use a device that holds it.
+    /// This device does not hold the account key: it is only on the first device, until
+    /// the recovery key is exported ([`Client::export_recovery_key`]).
     #[error("this device does not hold the account key")]
     NoAccountKey,
+    /// This device does not hold the account's current list key, so it cannot link or
+    /// remove devices ([`Client::can_manage_devices`]). Use a device that does, or take
+    /// the list key with the recovery key ([`Client::recover_account`]).
+    #[error("this device does not hold the list key")]
+    NoListKey,
+    /// The device to remove holds the list key: removing it needs the recovery key
+    /// ([`Client::remove_device_with_recovery_key`]).
+    #[error("removing a device that holds the list key needs the recovery key")]
+    NeedsRecoveryKey,
     /// Not this account's recovery key (malformed, checksum wrong, or another account's).
     #[error("not this account's recovery key")]
     BadRecoveryKey,
@@ -101,6 +109,8 @@ impl From<MachineError> for ClientError {
     fn from(e: MachineError) -> Self {
         match e {
             MachineError::NoAccountKey => Self::NoAccountKey,
+            MachineError::NoListKey => Self::NoListKey,
+            MachineError::NeedsRecoveryKey(_) => Self::NeedsRecoveryKey,
             e => Self::Machine(e),
         }
     }
@@ -123,6 +133,8 @@ impl ClientError {
             Self::BadLinkCode => "bad_link_code",
             Self::Link(_) => "link",
             Self::NoAccountKey => "no_account_key",
+            Self::NoListKey => "no_list_key",
+            Self::NeedsRecoveryKey => "needs_recovery_key",
             Self::BadRecoveryKey => "bad_recovery_key",
             Self::UnknownLinkRequest => "unknown_link_request",
             Self::LinkTimeout => "link_timeout",

@@ -269,6 +269,9 @@ impl<S: Store> Drop for Client<S> {
 
 impl<S: Store> Client<S> {
     /// Creates an account with its first device, registers it at the relay and connects.
+    /// The device holds the account key until [`Client::export_recovery_key`] hands it
+    /// out: call it during setup and have the user keep the key offline, so that no
+    /// device holds the account key (docs/protocol.md §12A.1).
     pub async fn create_account(
         store: S,
         key: StoreKey,

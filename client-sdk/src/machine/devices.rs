@@ -4,19 +4,34 @@
 use std::collections::BTreeSet;
 
 use sotto_crypto::pickle::Pickle;
-use sotto_crypto::{AccountId, AccountKey, DeviceId, DeviceList, DeviceListChange, DeviceListError, SignedDeviceList};
+use sotto_crypto::{
+    AccountId, AccountKey, DeviceId, DeviceList, DeviceListChange, DeviceListError, ListKey, SignedDeviceList,
+};
 
 use super::{Machine, MachineError};
 use crate::store::{Changes, Write};
 
 impl Machine {
-    /// Stores `account_key` on this device (recovery). It must be this account's key.
-    pub fn set_account_key(&mut self, account_key: &AccountKey) -> Result<Changes, MachineError> {
-        if !account_key.account_id().ct_eq(&self.account_id()) {
-            return Err(MachineError::NoAccountKey);
+    /// Drops the account key from this device (after the recovery key was exported).
+    pub fn forget_account_key(&self) -> Changes {
+        let mut record = self.account.value.clone();
+        record.account_key = None;
+        Changes {
+            account: Some(Write {
+                expected: Some(self.account.version),
+                value: record,
+            }),
+            ..Changes::default()
+        }
+    }
+
+    /// Stores `list_key` on this device (linking, recovery).
+    pub fn store_list_key(&mut self, list_key: &ListKey) -> Result<Changes, MachineError> {
+        if !list_key.account_id().ct_eq(&self.account_id()) {
+            return Err(MachineError::NoListKey);
         }
         let mut record = self.account.value.clone();
-        record.account_key = Some(account_key.pickle(&self.pickle_key, &mut self.rng));
+        record.list_key = Some(list_key.pickle(&self.pickle_key, &mut self.rng));
         Ok(Changes {
             account: Some(Write {
                 expected: Some(self.account.version),
@@ -24,6 +39,17 @@ impl Machine {
             }),
             ..Changes::default()
         })
+    }
+
+    /// Stores the list key whose seed a linking answer carried, when it is the pinned
+    /// list's key and the list marks this device as holding it.
+    pub fn set_list_key_seed(&mut self, seed: &[u8; 32]) -> Result<Changes, MachineError> {
+        let own = self.own_device_list().ok_or(MachineError::NoAccount)?;
+        if !own.holds_list_key(self.device_id()) {
+            return Err(MachineError::NoListKey);
+        }
+        let lk = ListKey::from_seed(seed, own).ok_or(MachineError::NoListKey)?;
+        self.store_list_key(&lk)
     }
 
     /// Adds to `changes` the pinned device-list version of every account they rely on
@@ -74,24 +100,52 @@ impl Machine {
         Ok((changes, Some(change)))
     }
 
-    /// A new version of this account's device list with `add` added and `remove`
-    /// removed, signed with the account key.
+    /// A new version of this account's device list with `add` added (holding the list
+    /// key when `grant`) and `remove` removed, signed with the list key. A device that
+    /// holds the list key can only be removed under a new one
+    /// ([`MachineError::NeedsRecoveryKey`]; see [`Machine::rotated_list`]).
     pub fn next_own_list(
         &self,
         add: Option<sotto_crypto::DeviceEntry>,
+        grant: bool,
         remove: Option<DeviceId>,
         now_ms: u64,
     ) -> Result<DeviceList, MachineError> {
         let own = self.own_device_list().ok_or(MachineError::NoAccount)?;
-        let mut devices: Vec<_> = own
-            .devices()
-            .iter()
-            .filter(|d| Some(d.device_id) != remove && add.is_none_or(|a| a.device_id != d.device_id))
-            .copied()
-            .collect();
-        devices.extend(add);
-        let ak = self.account_key.as_ref().ok_or(MachineError::NoAccountKey)?;
-        Ok(ak.sign_device_list(own.version() + 1, now_ms, devices)?)
+        if !self.can_manage_devices() {
+            return Err(MachineError::NoListKey);
+        }
+        let lk = self.list_key().ok_or(MachineError::NoListKey)?;
+        if let Some(r) = remove
+            && own.holds_list_key(r)
+        {
+            return Err(MachineError::NeedsRecoveryKey(r));
+        }
+        let (devices, mut holders) = next_devices(own, add, remove);
+        if grant && let Some(a) = add {
+            holders.push(a.device_id);
+        }
+        Ok(lk.sign_device_list(own.version() + 1, now_ms, devices, &holders)?)
+    }
+
+    /// The next list under the list key of the next epoch, made with the account key
+    /// (from the recovery key): `remove` removed, and this device the only one holding
+    /// the new list key, which is returned to be stored with
+    /// [`Machine::store_list_key`] once the list is published.
+    pub fn rotated_list(
+        &self,
+        account_key: &AccountKey,
+        remove: Option<DeviceId>,
+        now_ms: u64,
+    ) -> Result<(DeviceList, ListKey), MachineError> {
+        if !account_key.account_id().ct_eq(&self.account_id()) {
+            return Err(MachineError::NoAccountKey);
+        }
+        let own = self.own_device_list().ok_or(MachineError::NoAccount)?;
+        let lk = account_key.list_key(own.epoch() + 1)?;
+        let (devices, _) = next_devices(own, None, remove);
+        let list = lk.sign_device_list(own.version() + 1, now_ms, devices, &[self.device_id()])?;
+        Ok((list, lk))
     }
 
     /// True when this device is in its account's pinned list.
@@ -99,4 +153,27 @@ impl Machine {
         self.own_device_list()
             .is_some_and(|l| l.contains(&self.device.identity()))
     }
+}
+
+/// The devices of `own` with `add` added (replacing a device of its id) and `remove`
+/// removed, and the holders of the list key among them.
+fn next_devices(
+    own: &DeviceList,
+    add: Option<sotto_crypto::DeviceEntry>,
+    remove: Option<DeviceId>,
+) -> (Vec<sotto_crypto::DeviceEntry>, Vec<DeviceId>) {
+    let mut devices: Vec<_> = own
+        .devices()
+        .iter()
+        .filter(|d| Some(d.device_id) != remove && add.is_none_or(|a| a.device_id != d.device_id))
+        .copied()
+        .collect();
+    let holders = own
+        .holders()
+        .iter()
+        .copied()
+        .filter(|h| devices.iter().any(|d| d.device_id == *h))
+        .collect();
+    devices.extend(add);
+    (devices, holders)
 }

@@ -34,7 +34,8 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::RngCore;
 use sotto_crypto::pickle::Pickle;
 use sotto_crypto::{
-    AccountId, AccountKey, Device, DeviceId, DeviceList, DeviceListError, PickleKey, SafetyNumber, SignedDeviceList,
+    AccountId, AccountKey, Device, DeviceId, DeviceList, DeviceListError, ListKey, PickleKey, SafetyNumber,
+    SignedDeviceList,
 };
 use sotto_proto::PreKeyUpload;
 
@@ -122,8 +123,10 @@ impl<T: Copy + Eq + std::hash::Hash> Seen<T> {
 pub struct Machine {
     rng: ChaCha20Rng,
     pickle_key: PickleKey,
-    /// Only on devices that hold it (docs/protocol.md §12A).
+    /// Only on the first device, until the recovery key is exported (docs/protocol.md §12A).
     account_key: Option<AccountKey>,
+    /// On devices that hold it; it signs lists only while its epoch is the pinned one.
+    list_key: Option<ListKey>,
     device: Device,
     account: Versioned<AccountRecord>,
     lists: HashMap<AccountId, DeviceList>,
@@ -178,11 +181,13 @@ impl Machine {
     ) -> Result<NewAccount, MachineError> {
         let account_key = AccountKey::generate(rng);
         let device = Device::generate(account_key.account_id(), DeviceId(1), rng);
-        let device_list = account_key.sign_device_list(1, now_ms, vec![device.entry()])?;
+        let list_key = account_key.list_key(1)?;
+        let device_list = list_key.sign_device_list(1, now_ms, vec![device.entry()], &[DeviceId(1)])?;
         let mut access_key = [0u8; 32];
         rng.fill_bytes(&mut access_key);
         Self::first_state(
             Some(account_key),
+            Some(list_key),
             Some(access_key),
             device,
             device_list,
@@ -193,11 +198,10 @@ impl Machine {
         )
     }
 
-    /// The state of a device that was just added to an existing account (linking): the
-    /// account key when the existing device granted it, and this device's keys. The
-    /// account's access key arrives with the link answer.
+    /// The state of a device that was just added to an existing account (linking): this
+    /// device's keys. The list key (when granted) and the account's access key arrive
+    /// with the link answer.
     pub fn new_linked_device(
-        account_key: Option<AccountKey>,
         device: Device,
         device_list: DeviceList,
         relay_url: &str,
@@ -206,7 +210,8 @@ impl Machine {
         pickle_key: &PickleKey,
     ) -> Result<NewAccount, MachineError> {
         Self::first_state(
-            account_key,
+            None,
+            None,
             None,
             device,
             device_list,
@@ -220,6 +225,7 @@ impl Machine {
     #[allow(clippy::too_many_arguments)]
     fn first_state(
         account_key: Option<AccountKey>,
+        list_key: Option<ListKey>,
         access_key: Option<[u8; 32]>,
         device: Device,
         device_list: DeviceList,
@@ -248,6 +254,7 @@ impl Machine {
                 prekeys_unsent: false,
                 access_key,
                 access_sent: None,
+                list_key: list_key.as_ref().map(|lk| lk.pickle(pickle_key, rng)),
             },
         });
         changes
@@ -273,6 +280,10 @@ impl Machine {
             Some(p) => Some(AccountKey::unpickle(p, &pickle_key)?),
             None => None,
         };
+        let list_key = match &account.value.list_key {
+            Some(p) => Some(ListKey::unpickle(p, &pickle_key)?),
+            None => None,
+        };
         let device = Device::unpickle(&account.value.device, &pickle_key)?;
         let mut lists = HashMap::new();
         for (a, bytes) in snapshot.device_lists {
@@ -293,6 +304,7 @@ impl Machine {
             rng,
             pickle_key,
             account_key,
+            list_key,
             device,
             account,
             lists,
@@ -309,11 +321,21 @@ impl Machine {
     /// Updates the cached state after `changes` were committed.
     pub fn apply(&mut self, changes: &Changes, committed: &Committed) {
         if let (Some(w), Some(v)) = (&changes.account, committed.account_version) {
-            if self.account_key.is_none()
-                && let Some(p) = &w.value.account_key
-            {
-                // Recovery stored the account key.
-                self.account_key = AccountKey::unpickle(p, &self.pickle_key).ok();
+            // The keys follow the record: a list key stored or replaced (linking,
+            // recovery), the account key dropped once the recovery key was exported.
+            if w.value.account_key != self.account.value.account_key {
+                self.account_key = w
+                    .value
+                    .account_key
+                    .as_ref()
+                    .and_then(|p| AccountKey::unpickle(p, &self.pickle_key).ok());
+            }
+            if w.value.list_key != self.account.value.list_key {
+                self.list_key = w
+                    .value
+                    .list_key
+                    .as_ref()
+                    .and_then(|p| ListKey::unpickle(p, &self.pickle_key).ok());
             }
             self.account = Versioned {
                 version: v,
@@ -375,7 +397,7 @@ impl Machine {
         &self.device
     }
 
-    /// The account key, on a device that holds it (it signs device lists).
+    /// The account key, on the first device until the recovery key is exported.
     pub fn account_key(&self) -> Option<&AccountKey> {
         self.account_key.as_ref()
     }
@@ -383,6 +405,23 @@ impl Machine {
     /// True when this device holds the account key.
     pub fn has_account_key(&self) -> bool {
         self.account_key.is_some()
+    }
+
+    /// The list key, when this device holds the one of the pinned list's epoch.
+    pub fn list_key(&self) -> Option<&ListKey> {
+        let own = self.own_device_list()?;
+        self.list_key
+            .as_ref()
+            .filter(|lk| lk.epoch() == own.epoch() && lk.public_key() == own.list_key())
+    }
+
+    /// True when this device holds the current list key and the list marks it so: it
+    /// can link devices, and remove those that do not hold the list key.
+    pub fn can_manage_devices(&self) -> bool {
+        self.list_key().is_some()
+            && self
+                .own_device_list()
+                .is_some_and(|l| l.holds_list_key(self.device_id()))
     }
 
     /// The relay URL the account was created with.

@@ -48,9 +48,17 @@ pub enum MachineError {
     /// The stored content of an outbox item does not decode.
     #[error("outbox content does not decode: {0}")]
     Content(#[from] ContentError),
-    /// This device does not hold the account key, so it cannot sign a device list.
+    /// This device does not hold the account key (it is only on the first device until
+    /// the recovery key is exported, and in the recovery key).
     #[error("this device does not hold the account key")]
     NoAccountKey,
+    /// This device does not hold the current list key, so it cannot sign a device list.
+    #[error("this device does not hold the list key")]
+    NoListKey,
+    /// The device to remove holds the list key: only a new list key, made with the
+    /// recovery key, removes it.
+    #[error("device {0} holds the list key; removing it needs the recovery key")]
+    NeedsRecoveryKey(DeviceId),
 }
 
 /// Why an inbound envelope was not accepted. Nothing in it reached the app.

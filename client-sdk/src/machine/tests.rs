@@ -785,13 +785,16 @@ async fn two_processes_never_move_a_pin_backwards_nor_accept_a_removed_device() 
     // Alice's account gets a second device (v2), then removes it again (v3).
     let mut rng = ChaCha20Rng::seed_from_u64(77);
     let second = sotto_crypto::Device::generate(alice.id(), DeviceId(2), &mut rng);
-    let v2 = alice.machine.next_own_list(Some(second.entry()), None, 5).unwrap();
+    let v2 = alice
+        .machine
+        .next_own_list(Some(second.entry()), false, None, 5)
+        .unwrap();
     let (c, _) = alice
         .machine
         .receive_device_list(&alice.id(), v2.signed().as_bytes())
         .unwrap();
     alice.commit(c).await;
-    let v3 = alice.machine.next_own_list(None, Some(DeviceId(2)), 6).unwrap();
+    let v3 = alice.machine.next_own_list(None, false, Some(DeviceId(2)), 6).unwrap();
     // Bob's app and its extension share one store; both pinned v2.
     let (c, _) = bob
         .machine
@@ -1027,49 +1030,98 @@ fn link_payloads_are_not_in_debug() {
     }
 }
 
-/// Finding 12: a device without the account key loads, but cannot sign a device list;
-/// once the key is set (recovery) it can.
+async fn load_machine(store: &MemoryStore, seed: u64) -> Machine {
+    Machine::load(
+        snapshot(store).await,
+        PickleKey::new([9; 32]),
+        ChaCha20Rng::seed_from_u64(seed),     // test only
+        ChaCha20Rng::seed_from_u64(seed + 1), // test only
+    )
+    .unwrap()
+}
+
+/// Finding 12: a device without the list key loads, but cannot sign a device list; one
+/// given the list key (linking) can, except to remove another holder; a list under the
+/// next epoch's key (the recovery key) removes a holder, whose key then signs nothing.
 #[tokio::test]
-async fn a_device_without_the_account_key_cannot_sign_lists() {
-    let mut rng = ChaCha20Rng::seed_from_u64(82);
+async fn a_device_without_the_list_key_cannot_sign_lists() {
+    let mut rng = ChaCha20Rng::seed_from_u64(82); // test only
     let pk = PickleKey::new([9; 32]);
     let ak = AccountKey::generate(&mut rng);
+    let lk1 = ak.list_key(1).unwrap();
     let first = sotto_crypto::Device::generate(ak.account_id(), DeviceId(1), &mut rng);
     let second = sotto_crypto::Device::generate(ak.account_id(), DeviceId(2), &mut rng);
-    let list = ak.sign_device_list(2, 1, vec![first.entry(), second.entry()]).unwrap();
-    let new = Machine::new_linked_device(None, second, list, "http://relay", T0, &mut rng, &pk).unwrap();
-    assert_eq!(new.changes.account.as_ref().unwrap().value.account_key, None);
+    let third = sotto_crypto::Device::generate(ak.account_id(), DeviceId(3), &mut rng);
+    let entries = vec![first.entry(), second.entry(), third.entry()];
+    // Device 2 is listed without the list key.
+    let list = lk1.sign_device_list(2, 1, entries.clone(), &[DeviceId(1)]).unwrap();
+    let new = Machine::new_linked_device(second, list.clone(), "http://relay", T0, &mut rng, &pk).unwrap();
+    let record = &new.changes.account.as_ref().unwrap().value;
+    assert_eq!((&record.account_key, &record.list_key), (&None, &None));
     let store = MemoryStore::new();
     store.commit(new.changes).await.unwrap();
-    let mut m = Machine::load(
-        snapshot(&store).await,
-        PickleKey::new([9; 32]),
-        ChaCha20Rng::seed_from_u64(1),
-        ChaCha20Rng::seed_from_u64(2),
-    )
-    .unwrap();
-    assert!(!m.has_account_key());
+    let mut m = load_machine(&store, 1).await;
+    assert!(!m.has_account_key() && !m.can_manage_devices());
     assert!(matches!(
-        m.next_own_list(None, Some(DeviceId(1)), 5),
-        Err(MachineError::NoAccountKey)
+        m.next_own_list(None, false, Some(DeviceId(3)), 5),
+        Err(MachineError::NoListKey)
     ));
-    // Another account's key is refused.
-    assert!(m.set_account_key(&AccountKey::generate(&mut rng)).is_err());
-    let c = m.set_account_key(&ak).unwrap();
+    // A list-key seed is kept only when the pinned list marks this device.
+    assert!(matches!(
+        m.set_list_key_seed(&lk1.dangerous_export_seed()),
+        Err(MachineError::NoListKey)
+    ));
+    let marked = lk1
+        .sign_device_list(3, 1, entries.clone(), &[DeviceId(1), DeviceId(2)])
+        .unwrap();
+    let (c, _) = m
+        .receive_device_list(&ak.account_id(), marked.signed().as_bytes())
+        .unwrap();
     let committed = store.commit(c.clone()).await.unwrap();
     m.apply(&c, &committed);
-    assert!(m.has_account_key());
-    let next = m.next_own_list(None, Some(DeviceId(1)), 5).unwrap();
-    assert_eq!(next.version(), 3);
-    // And it survives a reload.
-    let m = Machine::load(
-        snapshot(&store).await,
-        pk,
-        ChaCha20Rng::seed_from_u64(1),
-        ChaCha20Rng::seed_from_u64(2),
-    )
-    .unwrap();
-    assert!(m.has_account_key());
+    let other = AccountKey::generate(&mut rng).list_key(1).unwrap();
+    assert!(m.set_list_key_seed(&other.dangerous_export_seed()).is_err());
+    let c = m.set_list_key_seed(&lk1.dangerous_export_seed()).unwrap();
+    let committed = store.commit(c.clone()).await.unwrap();
+    m.apply(&c, &committed);
+    // It survives a reload, removes device 3, and cannot remove device 1 (a holder).
+    let mut m = load_machine(&store, 3).await;
+    assert!(m.can_manage_devices() && !m.has_account_key());
+    let next = m.next_own_list(None, false, Some(DeviceId(3)), 5).unwrap();
+    assert_eq!((next.version(), next.holders()), (4, &[DeviceId(1), DeviceId(2)][..]));
+    assert!(matches!(
+        m.next_own_list(None, false, Some(DeviceId(1)), 5),
+        Err(MachineError::NeedsRecoveryKey(DeviceId(1)))
+    ));
+    // Device 1 uses the recovery key to remove device 2: the epoch-2 list.
+    let (c, _) = m
+        .receive_device_list(&ak.account_id(), next.signed().as_bytes())
+        .unwrap();
+    let committed = store.commit(c.clone()).await.unwrap();
+    m.apply(&c, &committed);
+    assert!(matches!(
+        m.rotated_list(&AccountKey::generate(&mut rng), Some(DeviceId(1)), 6),
+        Err(MachineError::NoAccountKey)
+    ));
+    let (rotated, lk2) = m.rotated_list(&ak, Some(DeviceId(1)), 6).unwrap();
+    assert_eq!((rotated.epoch(), rotated.holders()), (2, &[DeviceId(2)][..]));
+    assert_eq!(lk2.epoch(), 2);
+    // Device 2 pins it: its epoch-1 key no longer counts.
+    let (c, change) = m
+        .receive_device_list(&ak.account_id(), rotated.signed().as_bytes())
+        .unwrap();
+    assert_eq!(change.unwrap().removed, vec![DeviceId(1)]);
+    let committed = store.commit(c.clone()).await.unwrap();
+    m.apply(&c, &committed);
+    assert!(!m.can_manage_devices());
+    // A list device 1 signs with the epoch-1 key is refused.
+    let back = lk1
+        .sign_device_list(9, 1, entries, &[DeviceId(1), DeviceId(2)])
+        .unwrap();
+    assert!(matches!(
+        m.receive_device_list(&ak.account_id(), back.signed().as_bytes()),
+        Err(DeviceListError::StaleListKey { pinned: 2, got: 1 })
+    ));
 }
 
 /// Finding 15: the access key goes only to accounts this one accepted. A first message

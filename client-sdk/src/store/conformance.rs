@@ -59,6 +59,7 @@ fn account(seq: u64) -> AccountRecord {
         prekeys_unsent: false,
         access_key: Some([3; 32]),
         access_sent: Some(true),
+        list_key: Some(vec![4; 60]),
     }
 }
 

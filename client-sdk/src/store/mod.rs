@@ -102,10 +102,14 @@ pub struct Write<T> {
 /// This device's account state. Secret parts are pickles (encrypted by crypto-core).
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccountRecord {
-    /// The account key pickle, on a device that holds the account key (the first device,
-    /// a device granted it when linked, or one recovered with the recovery key). A device
-    /// without it works for messaging but cannot change the account's device list.
+    /// The account key pickle: only on the account's first device, from its creation
+    /// until the recovery key is exported (docs/protocol.md §12A.1). A device without it
+    /// works fully for messaging.
     pub account_key: Option<Vec<u8>>,
+    /// The list key pickle (docs/protocol.md §4.1), on a device that holds it: the first
+    /// device, a device granted it when linked, or the device that last used the
+    /// recovery key. It signs the account's device lists while its epoch is current.
+    pub list_key: Option<Vec<u8>>,
     /// The device pickle.
     pub device: Vec<u8>,
     /// The relay's base URL.

@@ -47,8 +47,9 @@ const MAX_BLOB: usize = 1 << 20;
 /// optional: a flag byte, then its pickle when set (versions 1 and 2 always hold it).
 /// Version 4 adds a byte: 1 while rotated prekeys wait for their upload. Version 5 adds
 /// the access key (a flag byte, then 32 bytes when set) and the confirmed request policy
-/// (0 not uploaded, 1 refusing requests, 2 taking them).
-const ACCOUNT_VERSION: u8 = 5;
+/// (0 not uploaded, 1 refusing requests, 2 taking them). Version 6 adds the list key (a
+/// flag byte, then its pickle when set).
+const ACCOUNT_VERSION: u8 = 6;
 
 pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
     let mut o = Vec::with_capacity(512);
@@ -86,6 +87,13 @@ pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
         Some(false) => 1,
         Some(true) => 2,
     });
+    match &a.list_key {
+        Some(lk) => {
+            o.put_u8(1);
+            o.put_var(lk);
+        }
+        None => o.put_u8(0),
+    }
     o
 }
 
@@ -122,6 +130,7 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
         prekeys_unsent: false,
         access_key: None,
         access_sent: None,
+        list_key: None,
     };
     if version >= 2 {
         a.mailbox_epoch = match r.u8()? {
@@ -165,6 +174,18 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
             value => {
                 return Err(DecodeError::UnknownType {
                     field: "access sent",
+                    value,
+                });
+            }
+        };
+    }
+    if version >= 6 {
+        a.list_key = match r.u8()? {
+            0 => None,
+            1 => Some(r.var_bytes("list key", MAX_BLOB)?.to_vec()),
+            value => {
+                return Err(DecodeError::UnknownType {
+                    field: "list key",
                     value,
                 });
             }
@@ -371,8 +392,15 @@ mod tests {
             prekeys_unsent: false,
             access_key: None,
             access_sent: None,
+            list_key: None,
         };
         assert_eq!(decode_account(&encode_account(&a)).unwrap(), a);
+        // Version 6 keeps the list key.
+        let with_list_key = AccountRecord {
+            list_key: Some(vec![6; 5]),
+            ..a.clone()
+        };
+        assert_eq!(decode_account(&encode_account(&with_list_key)).unwrap(), with_list_key);
         // Version 5 keeps the access key and the confirmed policy.
         let with_access = AccountRecord {
             access_key: Some([5; 32]),
@@ -380,10 +408,10 @@ mod tests {
             ..a.clone()
         };
         assert_eq!(decode_account(&encode_account(&with_access)).unwrap(), with_access);
-        // Without the two access bytes, the version 4 layout.
+        // Without the list-key flag and the two access bytes, the version 4 layout.
         let v4 = |a: &AccountRecord| {
             let mut b = encode_account(a);
-            b.truncate(b.len() - 2);
+            b.truncate(b.len() - 3);
             b[0] = 4;
             b
         };
@@ -431,9 +459,10 @@ mod tests {
             prekeys_unsent: false,
             access_key: None,
             access_sent: None,
+            list_key: None,
         };
         let bytes = encode_account(&a);
-        assert_eq!(&bytes[..2], &[5, 0]);
+        assert_eq!(&bytes[..2], &[6, 0]);
         assert_eq!(decode_account(&bytes).unwrap(), a);
     }
 

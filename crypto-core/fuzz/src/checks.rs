@@ -29,9 +29,9 @@ use rand_chacha::rand_core::SeedableRng;
 use sotto_crypto::device_list::MAX_DEVICES;
 use sotto_crypto::ratchet::{Header, MAX_RECEIVING_CHAINS};
 use sotto_crypto::{
-    AccountId, AccountKey, DecryptError, Device, DeviceId, DeviceList, EncryptError, KemPreKey, KemPreKeySecret, ListKey,
-    MessageType, OutboundMessage, Pickle, PickleKey, PreKeyBundle, PreKeyMessage, Responded, Session, SignedDeviceList,
-    X25519PreKey, X25519PreKeySecret, initiate, open, respond, seal, seal_multi,
+    AccountId, AccountKey, DecryptError, Device, DeviceId, DeviceList, EncryptError, KemPreKey, KemPreKeySecret,
+    ListKey, MessageType, OutboundMessage, Pickle, PickleKey, PreKeyBundle, PreKeyMessage, Responded, Session,
+    SignedDeviceList, X25519PreKey, X25519PreKeySecret, initiate, open, respond, seal, seal_multi,
 };
 
 /// The fuzz targets; each has a directory of seeds under `crypto-core/fuzz/corpus/`.
@@ -861,11 +861,20 @@ pub fn seeds() -> Vec<Seed> {
         .expect("an account key signs any entry");
     add("device_list", "bad-foreign-entry", foreign.signed().as_bytes().to_vec());
     add("device_list", "bad-count", set(alice_list, 1 + 32 + 104 + 8 + 8 + 1, 2));
-    add("device_list", "bad-flags", set(alice_list, 1 + 32 + 104 + 8 + 8 + 2 + 4, 2));
+    add(
+        "device_list",
+        "bad-flags",
+        set(alice_list, 1 + 32 + 104 + 8 + 8 + 2 + 4, 2),
+    );
     let holders = extra_ak
         .list_key(3)
         .expect("epoch 3")
-        .sign_device_list(9, CREATED_AT_MS, three.devices().to_vec(), &[DeviceId(10), DeviceId(30)])
+        .sign_device_list(
+            9,
+            CREATED_AT_MS,
+            three.devices().to_vec(),
+            &[DeviceId(10), DeviceId(30)],
+        )
         .expect("a list with list-key holders");
     add("device_list", "ok-holders", holders.signed().as_bytes().to_vec());
 

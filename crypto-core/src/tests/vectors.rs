@@ -201,7 +201,12 @@ fn device_list_vectors() -> Value {
         .sign_device_list(1, 1_750_000_000_000, vec![devices[1].entry()])
         .unwrap();
     let jump = lk1
-        .sign_device_list(2 + MAX_VERSION_STEP, 1_750_000_200_000, entries(&[1, 2, 3]), &[DeviceId(1)])
+        .sign_device_list(
+            2 + MAX_VERSION_STEP,
+            1_750_000_200_000,
+            entries(&[1, 2, 3]),
+            &[DeviceId(1)],
+        )
         .unwrap();
     let holder_removed = lk1
         .sign_device_list(3, 1_750_000_200_000, entries(&[2, 3]), &[])
@@ -624,12 +629,18 @@ fn vectors_verify_from_their_own_contents() {
     assert_eq!(v2.check_update(&v3).unwrap().removed, vec![DeviceId(1)]);
     assert_eq!(v3.holders(), &[DeviceId(3)]);
     for e in dl["errors"].as_array().unwrap().iter().skip(2) {
-        let list = SignedDeviceList::from_bytes(&hx(&e["list"])).unwrap().verify(&id).unwrap();
+        let list = SignedDeviceList::from_bytes(&hx(&e["list"]))
+            .unwrap()
+            .verify(&id)
+            .unwrap();
         let pinned = match e["pinned"].as_str().unwrap() {
             "v2" => &v2,
             _ => &v3,
         };
-        assert_eq!(pinned.check_update(&list).unwrap_err().name(), e["error"].as_str().unwrap());
+        assert_eq!(
+            pinned.check_update(&list).unwrap_err().name(),
+            e["error"].as_str().unwrap()
+        );
     }
     assert!(
         SignedDeviceList::from_bytes(&hx(&dl["tampered"]))

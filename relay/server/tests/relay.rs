@@ -462,7 +462,12 @@ async fn a_revoked_list_key_cannot_publish(url: String) {
         revoked(relay.put_list(&alice.id(), &put(&back)).await);
     }
     let (status, body) = relay
-        .http(Method::GET, &format!("/v1/accounts/{}/device-list", alice.id()), None, vec![])
+        .http(
+            Method::GET,
+            &format!("/v1/accounts/{}/device-list", alice.id()),
+            None,
+            vec![],
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(DeviceListBody::decode(&body).unwrap().signed_list, put(&v3));

@@ -158,16 +158,20 @@ fun main() = runBlocking {
     alice.confirmLink(req.id, false)
     val alice2 = pending.waitJoined()
     check(alice2.accountId() == a && alice2.deviceId() == 2u) { "joined as ${alice2.deviceId()}" }
-    check(alice.hasAccountKey() && !alice2.hasAccountKey()) { "account key" }
-    expectError<SottoException.NoAccountKey> { alice2.linkNewDevice() }
+    check(alice.canManageDevices() && !alice2.canManageDevices()) { "list key" }
+    expectError<SottoException.NoListKey> { alice2.linkNewDevice() }
     check(alice.devicesOf(a).sorted() == listOf(1u, 2u)) { "alice's devices" }
     bob.sendText(a, "to both devices")
     waitFor(alice, received("to both devices"))
     waitFor(alice2, received("to both devices"))
     val rk = alice.exportRecoveryKey()
     check(rk.startsWith("sotto-recovery:")) { "recovery key" }
+    check(!alice.hasAccountKey()) { "the recovery key goes out once" }
+    expectError<SottoException.NoAccountKey> { alice.exportRecoveryKey() }
     alice2.recoverAccount(rk)
-    check(alice2.hasAccountKey()) { "recovered" }
+    check(alice2.canManageDevices() && !alice2.hasAccountKey()) { "recovered" }
+    alice2.removeDevice(1u)
+    check(alice2.devicesOf(a) == listOf(2u)) { "alice's devices after removal" }
     pending.close()
 
     alice2.shutdown()

@@ -147,20 +147,26 @@ async def main():
     await alice.confirm_link(req.id, False)
     alice2 = await pending.wait_joined()
     assert alice2.account_id() == a_id and alice2.device_id() == 2
-    assert await alice.has_account_key() and not await alice2.has_account_key()
-    e = await expect_error(SottoError.NoAccountKey, alice2.link_new_device())
-    assert e.code() == "no_account_key"
+    assert await alice.can_manage_devices() and not await alice2.can_manage_devices()
+    e = await expect_error(SottoError.NoListKey, alice2.link_new_device())
+    assert e.code() == "no_list_key"
     assert sorted(await alice.devices_of(a_id)) == [1, 2]
     await bob.send_text(a_id, "to both devices")
     await wait_for_event(alice, received("to both devices"))
     await wait_for_event(alice2, received("to both devices"))
     assert sorted(await bob.devices_of(a_id)) == [1, 2]
-    # The recovery key gives the second device the account key.
+    # The recovery key goes out once; it gives the second device a new list key.
+    assert await alice.has_account_key()
     rk = await alice.export_recovery_key()
     assert rk.startswith("sotto-recovery:")
+    assert not await alice.has_account_key()
+    await expect_error(SottoError.NoAccountKey, alice.export_recovery_key())
     await expect_error(SottoError.BadRecoveryKey, alice2.recover_account(rk[:-1] + ("1" if rk[-1] == "0" else "0")))
     await alice2.recover_account(rk)
-    assert await alice2.has_account_key()
+    assert await alice2.can_manage_devices() and not await alice2.has_account_key()
+    # Now the first device is the one without it; removing it needs no recovery key.
+    await alice2.remove_device(1)
+    assert await alice2.devices_of(a_id) == [2]
 
     await alice2.shutdown()
     await alice.shutdown()

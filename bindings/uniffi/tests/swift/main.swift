@@ -162,23 +162,28 @@ do {
     guard case let .linkRequested(id, deviceName, fingerprint) = req else { fatalError() }
     check(deviceName == "alice phone", deviceName)
     check(fingerprint == pending.fingerprint(), "fingerprints differ")
-    _ = await expectError("unknown_link_request") { try await alice.confirmLink(id: id ^ 1, grantAccountKey: false) }
-    try await alice.confirmLink(id: id, grantAccountKey: false)
+    _ = await expectError("unknown_link_request") { try await alice.confirmLink(id: id ^ 1, grantListKey: false) }
+    try await alice.confirmLink(id: id, grantListKey: false)
     let alice2 = try await pending.waitJoined()
     check(alice2.accountId() == a && alice2.deviceId() == 2, "joined as \(alice2.deviceId())")
-    let a1HasKey = try await alice.hasAccountKey()
-    let a2HasKey = try await alice2.hasAccountKey()
-    check(a1HasKey && !a2HasKey, "account key")
-    _ = await expectError("no_account_key") { _ = try await alice2.linkNewDevice() }
+    let a1Manages = try await alice.canManageDevices()
+    let a2Manages = try await alice2.canManageDevices()
+    check(a1Manages && !a2Manages, "list key")
+    _ = await expectError("no_list_key") { _ = try await alice2.linkNewDevice() }
     check(try await alice.devicesOf(accountId: a).sorted() == [1, 2], "alice's devices")
     _ = try await bob.sendText(contact: a, text: "to both devices")
     _ = await waitFor(alice, received("to both devices"))
     _ = await waitFor(alice2, received("to both devices"))
     let rk = try await alice.exportRecoveryKey()
     check(rk.hasPrefix("sotto-recovery:"), "recovery key")
+    let stillHeld = try await alice.hasAccountKey()
+    check(!stillHeld, "the recovery key goes out once")
+    _ = await expectError("no_account_key") { _ = try await alice.exportRecoveryKey() }
     try await alice2.recoverAccount(recoveryKey: rk)
-    let recovered = try await alice2.hasAccountKey()
+    let recovered = try await alice2.canManageDevices()
     check(recovered, "recovered")
+    try await alice2.removeDevice(deviceId: 1)
+    check(try await alice2.devicesOf(accountId: a) == [2], "alice's devices after removal")
 
     await alice2.shutdown()
     await alice.shutdown()

@@ -83,6 +83,12 @@ test('safety numbers agree', async () => {
   assert.equal(a.replace(/\D/g, '').length, 60, a);
 });
 
+test('the recovery key is handed out once', async () => {
+  const rk = await bob.client.exportRecoveryKey();
+  assert.match(rk, /^sotto-recovery:[0-9a-f]{4}(-[0-9a-f]{4}){17}$/);
+  await rejectsWith(() => bob.client.exportRecoveryKey(), 'no_account_key');
+});
+
 test('shutdown ends the event stream, later calls fail with "closed"', async () => {
   const client = alice.client;
   await client.shutdown();

@@ -59,7 +59,7 @@ macro_rules! storage_impl {
                         let old = sotto_crypto::SignedDeviceList::from_bytes(&old)
                             .map_err(sotto_crypto::DeviceListError::from)
                             .and_then(|s| s.verify(&account))
-                            .map_err(|_| StorageError::Corrupt("stored device list"))?;
+                            .map_err(|_| StorageError::Corrupt("device list"))?;
                         use sotto_crypto::DeviceListError as E;
                         match old.check_update(list) {
                             Ok(_) if to_u64(v) < list.version() => {}
