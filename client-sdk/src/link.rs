@@ -578,8 +578,20 @@ impl<S: Store> Client<S> {
             return Err(ClientError::BadRecoveryKey);
         }
         let account = self.account_id();
-        self.inner.refresh_device_list(account).await?;
-        let (list, lk) = self.inner.machine.lock().await.rotated_list(&ak, remove, now_ms())?;
+        // The relay's list: pinned when it may be; when a list key being revoked pushed
+        // the version more than a step past this device's pin, the new epoch goes past it
+        // (a new epoch may step over versions, §4.3) without taking over its devices.
+        let bytes = self.inner.relay.get_device_list(&account).await?;
+        let current = SignedDeviceList::from_bytes(&bytes)
+            .map_err(sotto_crypto::DeviceListError::from)
+            .and_then(|s| s.verify(&account))?;
+        let _ = self.inner.pin_device_list(account, &bytes).await;
+        let (list, lk) = self
+            .inner
+            .machine
+            .lock()
+            .await
+            .rotated_list(&ak, remove, Some(&current), now_ms())?;
         drop(ak);
         self.inner.publish_own_list_with_key(&list, Some(&lk)).await
     }

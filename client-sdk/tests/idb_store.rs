@@ -117,6 +117,7 @@ fn account(seq: u64) -> AccountRecord {
         prekeys_unsent: false,
         access_key: Some([0x5a; 32]),
         access_sent: Some(true),
+        list_key: Some(b"secret list key pickle".to_vec()),
     }
 }
 
@@ -180,6 +181,7 @@ async fn values_are_encrypted_at_rest() {
         &b"a very secret plaintext"[..],
         b"secret account key pickle",
         b"secret device pickle",
+        b"secret list key pickle",
         b"relay.example.test",
         b"one-time prekey secret",
         b"signed device list",

@@ -17,7 +17,7 @@ impl<S: Store> Inner<S> {
         self.pin_device_list(account, &bytes).await
     }
 
-    pub(super) async fn pin_device_list(&self, account: AccountId, bytes: &[u8]) -> Result<(), ClientError> {
+    pub(crate) async fn pin_device_list(&self, account: AccountId, bytes: &[u8]) -> Result<(), ClientError> {
         let result = self
             .transact(|m| {
                 let (c, change) = m.receive_device_list(&account, bytes)?;

@@ -129,22 +129,29 @@ impl Machine {
     }
 
     /// The next list under the list key of the next epoch, made with the account key
-    /// (from the recovery key): `remove` removed, and this device the only one holding
-    /// the new list key, which is returned to be stored with
-    /// [`Machine::store_list_key`] once the list is published.
+    /// (from the recovery key): the pinned list's devices with `remove` removed, and this
+    /// device the only one holding the new list key, which is returned to be stored with
+    /// [`Machine::store_list_key`] once the list is published. `current` is the relay's
+    /// list when it verifies but could not be pinned (a list key being revoked may have
+    /// pushed the version more than a step ahead): the new epoch and version go past it,
+    /// while its devices are not taken over.
     pub fn rotated_list(
         &self,
         account_key: &AccountKey,
         remove: Option<DeviceId>,
+        current: Option<&DeviceList>,
         now_ms: u64,
     ) -> Result<(DeviceList, ListKey), MachineError> {
         if !account_key.account_id().ct_eq(&self.account_id()) {
             return Err(MachineError::NoAccountKey);
         }
         let own = self.own_device_list().ok_or(MachineError::NoAccount)?;
-        let lk = account_key.list_key(own.epoch() + 1)?;
+        let current = current.filter(|c| c.account_id().ct_eq(&self.account_id()));
+        let epoch = own.epoch().max(current.map_or(0, DeviceList::epoch));
+        let version = own.version().max(current.map_or(0, DeviceList::version));
+        let lk = account_key.list_key(epoch.saturating_add(1))?;
         let (devices, _) = next_devices(own, None, remove);
-        let list = lk.sign_device_list(own.version() + 1, now_ms, devices, &[self.device_id()])?;
+        let list = lk.sign_device_list(version.saturating_add(1), now_ms, devices, &[self.device_id()])?;
         Ok((list, lk))
     }
 

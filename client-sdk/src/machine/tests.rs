@@ -1052,7 +1052,8 @@ async fn a_device_without_the_list_key_cannot_sign_lists() {
     let first = sotto_crypto::Device::generate(ak.account_id(), DeviceId(1), &mut rng);
     let second = sotto_crypto::Device::generate(ak.account_id(), DeviceId(2), &mut rng);
     let third = sotto_crypto::Device::generate(ak.account_id(), DeviceId(3), &mut rng);
-    let entries = vec![first.entry(), second.entry(), third.entry()];
+    let second_entry = second.entry();
+    let entries = vec![first.entry(), second_entry, third.entry()];
     // Device 2 is listed without the list key.
     let list = lk1.sign_device_list(2, 1, entries.clone(), &[DeviceId(1)]).unwrap();
     let new = Machine::new_linked_device(second, list.clone(), "http://relay", T0, &mut rng, &pk).unwrap();
@@ -1100,10 +1101,10 @@ async fn a_device_without_the_list_key_cannot_sign_lists() {
     let committed = store.commit(c.clone()).await.unwrap();
     m.apply(&c, &committed);
     assert!(matches!(
-        m.rotated_list(&AccountKey::generate(&mut rng), Some(DeviceId(1)), 6),
+        m.rotated_list(&AccountKey::generate(&mut rng), Some(DeviceId(1)), None, 6),
         Err(MachineError::NoAccountKey)
     ));
-    let (rotated, lk2) = m.rotated_list(&ak, Some(DeviceId(1)), 6).unwrap();
+    let (rotated, lk2) = m.rotated_list(&ak, Some(DeviceId(1)), None, 6).unwrap();
     assert_eq!((rotated.epoch(), rotated.holders()), (2, &[DeviceId(2)][..]));
     assert_eq!(lk2.epoch(), 2);
     // Device 2 pins it: its epoch-1 key no longer counts.
@@ -1122,6 +1123,22 @@ async fn a_device_without_the_list_key_cannot_sign_lists() {
         m.receive_device_list(&ak.account_id(), back.signed().as_bytes()),
         Err(DeviceListError::StaleListKey { pinned: 2, got: 1 })
     ));
+
+    // A holder being revoked pushed the relay's list 3000 versions past this device's pin
+    // (3 steps of 1024 at an honest relay), with a device of its own. The next epoch
+    // goes past that version, keeps the pinned devices, and every pin accepts it.
+    let rogue = sotto_crypto::Device::generate(ak.account_id(), DeviceId(7), &mut rng);
+    let pushed = lk2
+        .sign_device_list(5 + 3000, 1, vec![second_entry, rogue.entry()], &[DeviceId(2)])
+        .unwrap();
+    assert!(matches!(
+        m.receive_device_list(&ak.account_id(), pushed.signed().as_bytes()),
+        Err(DeviceListError::VersionJump { .. })
+    ));
+    let (next, _) = m.rotated_list(&ak, None, Some(&pushed), 7).unwrap();
+    assert_eq!((next.epoch(), next.version()), (3, 5 + 3001));
+    assert!(next.device(DeviceId(7)).is_none());
+    assert!(rotated.check_update(&next).is_ok() && pushed.check_update(&next).is_ok());
 }
 
 /// Finding 15: the access key goes only to accounts this one accepted. A first message
