@@ -36,6 +36,10 @@ pub const MAX_VERSION: u64 = (1 << 63) - 1;
 /// Most a new list's version (within one epoch) or its epoch may exceed the pinned
 /// one's, so that no list can push either to a value its owner can never exceed.
 pub const MAX_VERSION_STEP: u64 = 1024;
+/// Most a list of a higher epoch may step the version over the pinned one: far more
+/// than a revoked list key can push it at a relay that enforces [`MAX_VERSION_STEP`] per
+/// upload, and far below what would leave its owner no room.
+pub const MAX_EPOCH_VERSION_STEP: u64 = 1 << 40;
 
 const VERSION: u8 = 3;
 const ENTRY_LEN: usize = 4 + 1 + 32 + 32 + 64;
@@ -716,12 +720,17 @@ impl DeviceList {
             });
         }
         // A new epoch comes only from AK (the recovery key), which may need to step over
-        // versions a revoked list key pushed up; within an epoch steps are bounded.
-        if same_epoch && newer.version - self.version > MAX_VERSION_STEP {
+        // versions a revoked list key pushed up: it gets a far larger, still bounded step.
+        let max = if same_epoch {
+            MAX_VERSION_STEP
+        } else {
+            MAX_EPOCH_VERSION_STEP
+        };
+        if newer.version - self.version > max {
             return Err(DeviceListError::VersionJump {
                 pinned: self.version,
                 got: newer.version,
-                max: MAX_VERSION_STEP,
+                max,
             });
         }
         if newer.version == self.version {
@@ -995,6 +1004,21 @@ mod tests {
             .sign_device_list(3 + 5 * MAX_VERSION_STEP, 0, entries(1), &[])
             .unwrap();
         assert!(v3.check_update(&leap).is_ok());
+        let top = lk3
+            .sign_device_list(3 + MAX_EPOCH_VERSION_STEP, 0, entries(1), &[])
+            .unwrap();
+        assert!(v3.check_update(&top).is_ok());
+        let pill = lk3
+            .sign_device_list(4 + MAX_EPOCH_VERSION_STEP, 0, entries(1), &[])
+            .unwrap();
+        assert_eq!(
+            v3.check_update(&pill),
+            Err(DeviceListError::VersionJump {
+                pinned: 3,
+                got: 4 + MAX_EPOCH_VERSION_STEP,
+                max: MAX_EPOCH_VERSION_STEP
+            })
+        );
     }
 
     /// A certificate by another account key, or over another list key, is refused.

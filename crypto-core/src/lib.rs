@@ -24,8 +24,8 @@ mod vectors_more;
 
 pub use codec::DecodeError;
 pub use device_list::{
-    DeviceEntry, DeviceList, DeviceListChange, DeviceListError, ListKey, MAX_VERSION, MAX_VERSION_STEP,
-    SignedDeviceList,
+    DeviceEntry, DeviceList, DeviceListChange, DeviceListError, ListKey, MAX_EPOCH_VERSION_STEP, MAX_VERSION,
+    MAX_VERSION_STEP, SignedDeviceList,
 };
 pub use identity::{
     AccountId, AccountKey, Device, DeviceId, DeviceIdentity, KemPreKey, KemPreKeySecret, PreKeyKind, X25519PreKey,

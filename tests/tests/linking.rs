@@ -229,7 +229,26 @@ async fn the_recovery_key_takes_back_the_list_key() {
     let mut a1 = Device::create(&relay, 111).await;
     let other = Device::create(&relay, 112).await;
     let a2 = Device::join_with(&relay, &mut a1, 113, false).await;
+    // The account record as stored (encrypted) while it holds the account key.
+    let db = a1.dir.path().join("client.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let with_ak: Vec<u8> = sqlx::query_scalar("SELECT v FROM account")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
     let rk = a1.client.export_recovery_key().await.unwrap();
+    // Neither the database nor its write-ahead log keeps that record.
+    for file in [db.clone(), db.with_extension("db-wal")] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes.windows(with_ak.len()).any(|w| w == with_ak.as_slice()),
+            "{} still holds the record with the account key",
+            file.display()
+        );
+    }
     assert!(rk.starts_with("sotto-recovery:"));
     assert_eq!(decode_recovery_key(&rk).unwrap().account_id(), a1.id());
     // One digit changed: the checksum fails.

@@ -33,8 +33,9 @@ async fn two_and_three_devices_link_talk_and_remove() {
     b1.client.add_contact(&a1.client.contact_link()).await.unwrap();
     let mut a2 = Device::join(&relay, &mut a1, 23).await;
     let mut b2 = Device::join(&relay, &mut b1, 24).await;
-    // The third device is linked by the second: it holds the account key too.
-    let mut b3 = Device::join(&relay, &mut b2, 25).await;
+    // The third device is linked by the second (which holds the list key), without the
+    // list key, so that any holder can remove it later.
+    let mut b3 = Device::join_with(&relay, &mut b2, 25, false).await;
     assert_eq!(b3.id(), b1.id());
     assert_eq!(b3.client.device_id(), DeviceId(3));
     // b1 learns of b3 from the linking answer b2 sent to every device.

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 
 use sotto_crypto::pickle::Pickle;
 use sotto_crypto::{
-    AccountId, AccountKey, DeviceId, DeviceList, DeviceListChange, DeviceListError, ListKey, SignedDeviceList,
+    AccountId, AccountKey, DeviceId, DeviceList, DeviceListChange, DeviceListError, ListKey, MAX_EPOCH_VERSION_STEP,
+    MAX_VERSION_STEP, SignedDeviceList,
 };
 
 use super::{Machine, MachineError};
@@ -146,7 +147,13 @@ impl Machine {
             return Err(MachineError::NoAccountKey);
         }
         let own = self.own_device_list().ok_or(MachineError::NoAccount)?;
-        let current = current.filter(|c| c.account_id().ct_eq(&self.account_id()));
+        // Only as far as a new epoch may step (§4.3): a list further ahead came from a
+        // relay that broke the per-upload bound, and following it could use up versions.
+        let current = current.filter(|c| {
+            c.account_id().ct_eq(&self.account_id())
+                && c.version().saturating_sub(own.version()) < MAX_EPOCH_VERSION_STEP
+                && c.epoch().saturating_sub(own.epoch()) < MAX_VERSION_STEP
+        });
         let epoch = own.epoch().max(current.map_or(0, DeviceList::epoch));
         let version = own.version().max(current.map_or(0, DeviceList::version));
         let lk = account_key.list_key(epoch.saturating_add(1))?;

@@ -638,4 +638,12 @@ pub trait Store:
     fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + MaybeSend {
         std::future::ready(Ok(()))
     }
+
+    /// Removes, as far as the backend can, the older copies of overwritten or deleted
+    /// records that it still keeps in its files (called after a secret left the store,
+    /// such as the account key once the recovery key was exported). No-op unless a
+    /// backend keeps such copies.
+    fn scrub(&self) -> impl Future<Output = Result<(), StoreError>> + MaybeSend {
+        std::future::ready(Ok(()))
+    }
 }

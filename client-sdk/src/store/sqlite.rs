@@ -87,6 +87,9 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            // Deleted and overwritten records are zeroed in the file, not left in free
+            // space (a replaced account record, deleted prekeys and skipped keys).
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -389,6 +392,22 @@ impl Store for SqliteStore {
             .map_err(db)?;
         Ok(())
     }
+
+    /// Old page images stay in the write-ahead log until a checkpoint copies it into the
+    /// database (where `secure_delete` zeroed the freed bytes) and truncates it.
+    async fn scrub(&self) -> Result<(), StoreError> {
+        self.sync().await?;
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        if busy != 0 {
+            // A reader (another process on the store) kept it from finishing; the next
+            // checkpoint, at the latest when the last connection closes, completes it.
+            return Err(StoreError::Database("the checkpoint was blocked by a reader".into()));
+        }
+        Ok(())
+    }
 }
 
 impl SqliteStore {
@@ -602,7 +621,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn opens_in_wal_mode_with_synchronous_full() {
+    async fn opens_in_wal_mode_with_synchronous_full_and_secure_delete() {
         let dir = TempDir::new("sqlite-pragmas");
         let store = SqliteStore::open(&dir.0.join("store.db"), &StoreKey::new([3; 32]))
             .await
@@ -616,9 +635,20 @@ mod tests {
             .fetch_one(&mut *conn)
             .await
             .unwrap();
+        let secure_delete: i64 = sqlx::query_scalar("PRAGMA secure_delete")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let mut conn = store.deferred.acquire().await.unwrap();
+        let deferred_secure: i64 = sqlx::query_scalar("PRAGMA secure_delete")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
         drop(conn);
         store.close().await;
         assert_eq!(journal, "wal");
         assert_eq!(synchronous, 2, "synchronous=FULL: a commit is on disk when it returns");
+        assert_eq!((secure_delete, deferred_secure), (1, 1), "freed bytes are zeroed");
     }
 }
