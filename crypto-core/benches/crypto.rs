@@ -3,7 +3,7 @@
 //! "floor" of one Double Ratchet message, and vodozemac's Olm (0.11, `SessionConfig::version_1`).
 //!
 //! Groups: `primitives`, `keygen`, `x3dh`, `ratchet`, `sealed`, `seal_multi`, `safety_number`,
-//! `vodozemac`. Every Sotto operation draws from a seeded `ChaCha20Rng`, so runs are
+//! `device_list`, `vodozemac`. Every Sotto operation draws from a seeded `ChaCha20Rng`, so runs are
 //! repeatable; vodozemac draws from the OS generator (it takes no RNG parameter).
 //!
 //! Run: `cargo bench -p sotto-crypto --bench crypto --features vodozemac/precomputed-tables
@@ -481,6 +481,44 @@ fn safety_number(c: &mut Criterion) {
     g.finish();
 }
 
+/// Device lists: verifying one (the certificate, the list signature and one binding per
+/// device), checking an update against the pinned list, and signing one with the list key.
+fn device_list(c: &mut Criterion) {
+    let mut g = c.benchmark_group("device_list");
+    g.sample_size(20);
+    let mut r = rng(7);
+    let ak = AccountKey::generate(&mut r);
+    let lk = ak.list_key(1).expect("epoch 1");
+    let entries: Vec<_> = (1..=64)
+        .map(|i| Device::generate(ak.account_id(), DeviceId(i), &mut r).entry())
+        .collect();
+    for n in [1usize, 64] {
+        let list = lk
+            .sign_device_list(1, 0, entries[..n].to_vec(), &[DeviceId(1)])
+            .expect("a valid list");
+        let next = lk
+            .sign_device_list(2, 0, entries[..n].to_vec(), &[DeviceId(1)])
+            .expect("a valid list");
+        let id = ak.account_id();
+        g.bench_function(BenchmarkId::new("verify", n), |bch| {
+            bch.iter(|| black_box(list.signed()).verify(&id).expect("verifies"))
+        });
+        g.bench_function(BenchmarkId::new("check_update", n), |bch| {
+            bch.iter(|| black_box(&list).check_update(black_box(&next)).expect("an update"))
+        });
+        g.bench_function(BenchmarkId::new("sign", n), |bch| {
+            bch.iter(|| {
+                lk.sign_device_list(2, 0, black_box(entries[..n].to_vec()), &[DeviceId(1)])
+                    .expect("a valid list")
+            })
+        });
+    }
+    g.bench_function("derive_list_key", |bch| {
+        bch.iter(|| black_box(&ak).list_key(black_box(2)).expect("epoch 2"))
+    });
+    g.finish();
+}
+
 // ---------------------------------------------------------------------------------------
 // vodozemac 0.11 Olm, for comparison.
 // ---------------------------------------------------------------------------------------
@@ -601,6 +639,7 @@ fn main() {
     ratchet(&mut c);
     sealed(&mut c);
     safety_number(&mut c);
+    device_list(&mut c);
     vodozemac_olm(&mut c);
     c.final_summary();
 }
