@@ -220,7 +220,7 @@ pub enum SendPlan {
 /// Sealed content type of a linking request (new device → the account's devices).
 pub const CONTENT_LINK_REQUEST: u8 = 0x10;
 
-/// Sealed content type of a linking answer (a device holding the account key → the new device).
+/// Sealed content type of a linking answer (a device holding the list key → the new device).
 pub const CONTENT_LINK_ACCEPT: u8 = 0x11;
 
 /// What [`Machine::receive_envelope`] produced.
