@@ -3,7 +3,7 @@
 //! "floor" of one Double Ratchet message, and vodozemac's Olm (0.11, `SessionConfig::version_1`).
 //!
 //! Groups: `primitives`, `keygen`, `x3dh`, `ratchet`, `sealed`, `seal_multi`, `safety_number`,
-//! `device_list`, `vodozemac`. Every Sotto operation draws from a seeded `ChaCha20Rng`, so runs are
+//! `device_list`, `sender_key`, `vodozemac`. Every Sotto operation draws from a seeded `ChaCha20Rng`, so runs are
 //! repeatable; vodozemac draws from the OS generator (it takes no RNG parameter).
 //!
 //! Run: `cargo bench -p sotto-crypto --bench crypto --features vodozemac/precomputed-tables
@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256, Sha512};
 use sotto_crypto::ratchet::{AD_LEN, HEADER_LEN};
 use sotto_crypto::{
     AccountKey, Device, DeviceId, DeviceList, KemPreKeySecret, MessageType, PreKeyBundle, PreKeyMessage, SafetyNumber,
-    Session, X25519PreKeySecret, initiate, open, respond, seal, seal_multi,
+    SenderKey, SenderKeyReceiver, Session, X25519PreKeySecret, initiate, open, respond, seal, seal_multi,
 };
 use vodozemac::olm::{Account, OlmMessage, SessionConfig};
 
@@ -519,6 +519,43 @@ fn device_list(c: &mut Criterion) {
     g.finish();
 }
 
+/// Sender keys: encrypt (one chain step, one AEAD, one signature), decrypt the next
+/// message, and decrypt after a jump of 1,000 (1,000 message keys derived and kept).
+fn sender_key(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sender_key");
+    g.sample_size(20);
+    let mut r = rng(8);
+    let body = plaintext(1024);
+    let mut sender = SenderKey::generate(&mut r);
+    g.bench_function("encrypt_1KiB", |bch| {
+        bch.iter(|| sender.encrypt(black_box(&body), &mut r).expect("encrypts"))
+    });
+    let mut sender = SenderKey::generate(&mut r);
+    let dist_next = sender.distribution();
+    let next = sender.encrypt(&body, &mut r).expect("encrypts");
+    g.bench_function("decrypt_1KiB", |bch| {
+        bch.iter_batched(
+            || SenderKeyReceiver::new(&dist_next),
+            |mut rx| rx.decrypt(black_box(&next)).expect("decrypts"),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let mut jumper = SenderKey::generate(&mut r);
+    let dist_jump = jumper.distribution();
+    for _ in 0..1000 {
+        jumper.encrypt(b"", &mut r).expect("encrypts");
+    }
+    let far = jumper.encrypt(&body, &mut r).expect("encrypts");
+    g.bench_function("decrypt_after_jump_1000", |bch| {
+        bch.iter_batched(
+            || SenderKeyReceiver::new(&dist_jump),
+            |mut rx| rx.decrypt(black_box(&far)).expect("decrypts"),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
 // ---------------------------------------------------------------------------------------
 // vodozemac 0.11 Olm, for comparison.
 // ---------------------------------------------------------------------------------------
@@ -640,6 +677,7 @@ fn main() {
     sealed(&mut c);
     safety_number(&mut c);
     device_list(&mut c);
+    sender_key(&mut c);
     vodozemac_olm(&mut c);
     c.final_summary();
 }

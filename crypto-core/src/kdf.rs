@@ -13,6 +13,8 @@ pub(crate) mod info {
     pub(crate) const DEVICE_LIST: &[u8] = b"Sotto-v1 device list";
     pub(crate) const LIST_KEY: &[u8] = b"Sotto-v1 list key";
     pub(crate) const LIST_KEY_SEED: &[u8] = b"Sotto-v1 list key seed";
+    pub(crate) const SENDER_KEY_MESSAGE: &[u8] = b"Sotto-v1 sender key message";
+    pub(crate) const SENDER_KEY_MESSAGE_KEYS: &[u8] = b"Sotto-v1 sender key message keys";
     pub(crate) const DEVICE_BINDING: &[u8] = b"Sotto-v2 device binding";
     pub(crate) const PREKEY: &[u8] = b"Sotto-v1 prekey";
     pub(crate) const PQXDH: &[u8] = b"Sotto-v1 PQXDH";

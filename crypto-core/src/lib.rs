@@ -11,6 +11,7 @@ pub mod pickle;
 pub mod ratchet;
 pub mod safety;
 pub mod sealed;
+pub mod sender_key;
 pub mod x3dh;
 
 #[cfg(test)]
@@ -36,4 +37,5 @@ pub use pickle::{Pickle, PickleError, PickleKey};
 pub use ratchet::{DecryptError, EncryptError, MessageType, OutboundMessage, Session};
 pub use safety::SafetyNumber;
 pub use sealed::{MultiSealed, OpenError, Opened, SealError, open, seal, seal_multi};
+pub use sender_key::{SenderKey, SenderKeyDistribution, SenderKeyError, SenderKeyReceiver};
 pub use x3dh::{PreKeyBundle, PreKeyMessage, Responded, UsedPreKeys, X3dhError, initiate, respond};

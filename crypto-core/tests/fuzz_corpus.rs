@@ -70,6 +70,7 @@ replay_tests!(
     sealed_open,
     pickle,
     interaction,
+    sender_key,
 );
 
 #[test]

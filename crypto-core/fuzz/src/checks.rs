@@ -30,12 +30,13 @@ use sotto_crypto::device_list::MAX_DEVICES;
 use sotto_crypto::ratchet::{Header, MAX_RECEIVING_CHAINS};
 use sotto_crypto::{
     AccountId, AccountKey, DecryptError, Device, DeviceId, DeviceList, EncryptError, KemPreKey, KemPreKeySecret,
-    ListKey, MessageType, OutboundMessage, Pickle, PickleKey, PreKeyBundle, PreKeyMessage, Responded, Session,
-    SignedDeviceList, X25519PreKey, X25519PreKeySecret, initiate, open, respond, seal, seal_multi,
+    ListKey, MessageType, OutboundMessage, Pickle, PickleKey, PreKeyBundle, PreKeyMessage, Responded, SenderKey,
+    SenderKeyDistribution, SenderKeyError, SenderKeyReceiver, Session, SignedDeviceList, X25519PreKey,
+    X25519PreKeySecret, initiate, open, respond, seal, seal_multi,
 };
 
 /// The fuzz targets; each has a directory of seeds under `crypto-core/fuzz/corpus/`.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "device_list",
     "prekey_bundle",
     "prekey_records",
@@ -44,6 +45,7 @@ pub const TARGETS: [&str; 8] = [
     "sealed_open",
     "pickle",
     "interaction",
+    "sender_key",
 ];
 
 /// What a check made of its input.
@@ -71,6 +73,7 @@ pub fn run(target: &str, data: &[u8]) -> Option<Outcome> {
         "sealed_open" => sealed_open(data),
         "pickle" => pickle(data),
         "interaction" => interaction(data),
+        "sender_key" => sender_key(data),
         _ => return None,
     })
 }
@@ -407,6 +410,59 @@ pub fn prekey_message(data: &[u8]) -> Outcome {
         Err(e) => panic!("the responder cannot reply: {e:?}"),
     }
     Outcome::Accepted
+}
+
+/// A sender-key chain and its first three messages (fixed draws).
+struct SenderFixture {
+    distribution: SenderKeyDistribution,
+    messages: Vec<Vec<u8>>,
+}
+
+fn sender_fixture() -> &'static SenderFixture {
+    static FIXTURE: OnceLock<SenderFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let mut rng = ChaCha20Rng::seed_from_u64(FIXTURE_SEED); // test only
+        let mut sender = SenderKey::generate(&mut rng);
+        let distribution = sender.distribution();
+        let messages = (0..3u8)
+            .map(|i| sender.encrypt(&[i; 8], &mut rng).expect("a small message encrypts"))
+            .collect();
+        SenderFixture { distribution, messages }
+    })
+}
+
+/// `sender_key`: the input as a distribution (decoded, it re-encodes to itself) and as a
+/// message to a receiver of the fixture's chain that already read message 1 (so it holds
+/// the key of message 0). A failure leaves the receiver as it was; a success replayed is
+/// a duplicate.
+pub fn sender_key(data: &[u8]) -> Outcome {
+    let f = sender_fixture();
+    let mut accepted = false;
+    if let Ok(d) = SenderKeyDistribution::decode(data) {
+        assert_eq!(d.encode().as_slice(), data, "a distribution re-encodes to itself");
+        accepted = true;
+    }
+    let mut receiver = SenderKeyReceiver::new(&f.distribution);
+    receiver
+        .decrypt(&f.messages[1])
+        .expect("the fixture's own message decrypts");
+    let before = (receiver.iteration(), receiver.skipped_keys());
+    match receiver.decrypt(data) {
+        Ok(_) => {
+            accepted = true;
+            let again = receiver.decrypt(data);
+            assert!(
+                matches!(again, Err(SenderKeyError::Duplicate { .. })),
+                "a replayed sender-key message: {again:?}"
+            );
+        }
+        Err(_) => assert_eq!(
+            (receiver.iteration(), receiver.skipped_keys()),
+            before,
+            "a failed sender-key decryption changed the receiver"
+        ),
+    }
+    outcome(accepted)
 }
 
 /// `ratchet_message`: Bob's and Alice's `established` sessions decrypt the input as a
@@ -961,6 +1017,19 @@ pub fn seeds() -> Vec<Seed> {
     add("sealed_open", "bad-tag", flip(&multi, multi.len() - 1));
     add("sealed_open", "bad-legacy-version", set(&single_v2, 0, 1));
     add("sealed_open", "bad-auth-tag", flip(&single_v2, 34 + 32));
+
+    // sender_key
+    let sf = sender_fixture();
+    add("sender_key", "ok-message-0", sf.messages[0].clone());
+    add("sender_key", "ok-message-2", sf.messages[2].clone());
+    add("sender_key", "ok-distribution", sf.distribution.encode().to_vec());
+    add("sender_key", "bad-replayed-1", sf.messages[1].clone());
+    add(
+        "sender_key",
+        "bad-signature",
+        flip(&sf.messages[2], sf.messages[2].len() - 1),
+    );
+    add("sender_key", "bad-truncated", cut(&sf.messages[2], 60));
 
     // pickle
     let inner = |ty: u8, pickle: &[u8]| {

@@ -7,15 +7,15 @@
 use std::collections::VecDeque;
 
 use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit, XChaCha20Poly1305};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{CryptoRng, RngCore, SeedableRng};
 use serde_json::{Value, json};
 
 use crate::codec::Reader;
-use crate::kdf::info;
+use crate::kdf::{hkdf, info};
 use crate::keys::{Ed25519Secret, KemSecret, X25519Secret};
-use crate::ratchet::{Header, test_hooks};
+use crate::ratchet::{Header, Key32, test_hooks};
 use crate::vectors::{Pqxdh, Recorder, check, h, keys_json, make_keys, pqxdh_vectors};
 use crate::*;
 
@@ -1107,6 +1107,128 @@ fn vectors_are_self_describing() {
         );
         if name == "ratchet" {
             assert!(v.get("steps").is_some(), "ratchet.json has no ordered steps");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sender keys (§6A).
+
+fn sender_key_vectors() -> Value {
+    use crate::sender_key::{SenderKey, SenderKeyReceiver};
+    let mut rng = Recorder::new(70);
+    let mut alice = SenderKey::generate(&mut rng);
+    let draws = rng.take_hex();
+    let distribution = alice.distribution();
+    let plaintexts: [&[u8]; 4] = [b"hello group", b"", b"third", b"fourth message"];
+    let mut messages = Vec::new();
+    let mut ck = Key32(distribution.encode()[21..53].try_into().unwrap());
+    for p in plaintexts {
+        let (mk, next) = crate::ratchet::kdf_ck(&ck);
+        let bytes = alice.encrypt(p, &mut rng).unwrap();
+        let salt = rng.take_hex();
+        let keys = hkdf::<44>(&hx(&salt[0]), &mk.0, &[info::SENDER_KEY_MESSAGE_KEYS]);
+        messages.push(json!({
+            "iteration": messages.len(), "plaintext": h(p), "chain_key": h(&ck.0), "message_key": h(&mk.0),
+            "salt": salt[0], "aead_key": h(&keys[..32]), "nonce": h(&keys[32..]), "bytes": h(&bytes),
+        }));
+        ck = next;
+    }
+    // Bob receives 2, 0, 3, 1, then 0 again; Carol joins at iteration 2.
+    let order = [2usize, 0, 3, 1, 0];
+    let mut bob = SenderKeyReceiver::new(&distribution);
+    let deliveries: Vec<Value> = order
+        .iter()
+        .map(|&i| {
+            let bytes = hx(&messages[i]["bytes"]);
+            match bob.decrypt(&bytes) {
+                Ok(p) => json!({"message": i, "plaintext": h(&p), "skipped_after": bob.skipped_keys()}),
+                Err(e) => json!({"message": i, "error": e.name(), "skipped_after": bob.skipped_keys()}),
+            }
+        })
+        .collect();
+    let mut forged = hx(&messages[0]["bytes"]);
+    let n = forged.len();
+    forged[n - 1] ^= 1;
+    let mut altered = hx(&messages[0]["bytes"]);
+    altered[40] ^= 1;
+    // A member re-signs altered bytes with its own key: the signature fails first.
+    let mut other = SenderKeyReceiver::new(&SenderKey::generate(&mut Recorder::new(71)).distribution());
+    let unknown_chain = other.decrypt(&hx(&messages[0]["bytes"])).unwrap_err();
+    let mut fresh = SenderKeyReceiver::new(&distribution);
+    json!({
+        "description": "Sender keys (docs/protocol.md §6A). Alice makes a chain (draws: chain id 16, chain key 32, SSK seed 32) and encrypts four messages (each draws a 16-byte salt). Each message lists its chain key, message key, salt, AEAD key and nonce, and the exact bytes. `deliveries` is Bob's script from the distribution: messages 2, 0, 3, 1, then 0 again, with the plaintext or the error and the keys Bob holds afterwards. `errors` MUST fail as named on a fresh receiver of the distribution (`unknown_chain`: on a receiver of another chain).",
+        "draws": draws,
+        "signing_public_key": h(distribution.signing_key().as_bytes()),
+        "distribution": h(&distribution.encode()),
+        "messages": messages,
+        "deliveries": deliveries,
+        "errors": [
+            {"name": "bad_signature", "bytes": h(&forged), "error": fresh.decrypt(&forged).unwrap_err().name()},
+            {"name": "altered_ciphertext", "bytes": h(&altered), "error": fresh.decrypt(&altered).unwrap_err().name()},
+            {"name": "unknown_chain", "error": unknown_chain.name()},
+        ],
+    })
+}
+
+#[test]
+fn sender_key_vectors_are_unchanged() {
+    check("sender_keys", sender_key_vectors());
+}
+
+#[test]
+fn sender_key_vectors_replay() {
+    use crate::sender_key::{SenderKeyDistribution, SenderKeyReceiver};
+    let v = read("sender_keys");
+    let dist = SenderKeyDistribution::decode(&hx(&v["distribution"])).unwrap();
+    let draws = v["draws"].as_array().unwrap();
+    assert_eq!(dist.chain_id().to_vec(), hx(&draws[0]));
+    assert_eq!(
+        h(dist.signing_key().as_bytes()),
+        v["signing_public_key"].as_str().unwrap()
+    );
+    // Every byte of each message from its inputs: the KDF chain, the keys, the AEAD and
+    // the layout; the signature verifies under the distributed key.
+    let mut ck: [u8; 32] = hx(&draws[1]).try_into().unwrap();
+    for (i, m) in v["messages"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(h(&ck), m["chain_key"].as_str().unwrap());
+        let mk = *crate::kdf::hmac_byte(&ck, 1);
+        ck = *crate::kdf::hmac_byte(&ck, 2);
+        assert_eq!(h(&mk), m["message_key"].as_str().unwrap());
+        let keys = hkdf::<44>(&hx(&m["salt"]), &mk, &[b"Sotto-v1 sender key message keys"]);
+        assert_eq!(h(&keys[..32]), m["aead_key"].as_str().unwrap());
+        assert_eq!(h(&keys[32..]), m["nonce"].as_str().unwrap());
+        let bytes = hx(&m["bytes"]);
+        let mut header = vec![1u8];
+        header.extend_from_slice(&dist.chain_id());
+        header.extend_from_slice(&(i as u32).to_be_bytes());
+        header.extend_from_slice(&hx(&m["salt"]));
+        assert_eq!(&bytes[..37], &header[..]);
+        let mut body = hx(&m["plaintext"]);
+        let tag = ChaCha20Poly1305::new((&keys[..32]).into())
+            .encrypt_in_place_detached((&keys[32..]).into(), &header, &mut body)
+            .unwrap();
+        body.extend_from_slice(&tag);
+        assert_eq!(&bytes[37..bytes.len() - 64], &body[..]);
+        let sig = crate::keys::Signature(bytes[bytes.len() - 64..].try_into().unwrap());
+        dist.signing_key()
+            .verify_parts(&[b"Sotto-v1 sender key message", &bytes[..bytes.len() - 64]], &sig)
+            .unwrap();
+    }
+    let mut bob = SenderKeyReceiver::new(&dist);
+    for d in v["deliveries"].as_array().unwrap() {
+        let i = d["message"].as_u64().unwrap() as usize;
+        let got = bob.decrypt(&hx(&v["messages"][i]["bytes"]));
+        match d.get("plaintext") {
+            Some(p) => assert_eq!(h(&got.unwrap()), p.as_str().unwrap()),
+            None => assert_eq!(got.unwrap_err().name(), d["error"].as_str().unwrap()),
+        }
+        assert_eq!(bob.skipped_keys() as u64, d["skipped_after"].as_u64().unwrap());
+    }
+    for e in v["errors"].as_array().unwrap() {
+        if let Some(b) = e.get("bytes") {
+            let mut fresh = SenderKeyReceiver::new(&dist);
+            assert_eq!(fresh.decrypt(&hx(b)).unwrap_err().name(), e["error"].as_str().unwrap());
         }
     }
 }
