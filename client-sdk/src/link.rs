@@ -452,8 +452,8 @@ impl<S: Store> PendingJoin<S> {
     }
 
     /// Waits until the existing device's user confirmed: the account lists this device
-    /// and its answer arrived. Then the store holds the account (with the account key
-    /// when it was granted) and the client is connected. Fails with
+    /// and its answer arrived. Then the store holds the account (with the list key when
+    /// it was granted) and the client is connected. Fails with
     /// [`ClientError::LinkTimeout`] when the request was rejected or not answered in
     /// time; if the device was listed by then, the store already holds the account and
     /// [`Client::open`] opens it.
@@ -483,7 +483,7 @@ impl<S: Store> PendingJoin<S> {
             rt::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         };
-        // 2. Store this device's state (without the account key yet), publish prekeys,
+        // 2. Store this device's state (without the list key yet), publish prekeys,
         //    and connect: the answer and anything else are processed by the client in
         //    mailbox order, and acknowledged only then.
         let pk = pickle_key(&self.key);
@@ -538,14 +538,13 @@ impl<S: Store> Client<S> {
     /// stolen, holds it ([`ClientError::NoAccountKey`] on any later call, and on every
     /// other device). Show it to the user right after [`Client::create_account`].
     pub async fn export_recovery_key(&self) -> Result<Zeroizing<String>, ClientError> {
-        let (key, ()) = {
-            let mut m = self.inner.machine.lock().await;
-            let ak = m.account_key().ok_or(ClientError::NoAccountKey)?;
-            let key = encode_recovery_key(ak);
-            let changes = m.forget_account_key();
-            self.inner.commit_locked(&mut m, changes).await?;
-            (key, ())
-        };
+        let (key, _) = self
+            .inner
+            .transact(|m| {
+                let ak = m.account_key().ok_or(ClientError::NoAccountKey)?;
+                Ok((m.forget_account_key(), encode_recovery_key(ak)))
+            })
+            .await?;
         // The replaced record (with the account key's pickle) may still sit in the
         // store's files. A failure (another process reading) leaves it to the backend's
         // next checkpoint; the key must reach the user either way.
@@ -589,7 +588,11 @@ impl<S: Store> Client<S> {
         let current = SignedDeviceList::from_bytes(&bytes)
             .map_err(sotto_crypto::DeviceListError::from)
             .and_then(|s| s.verify(&account))?;
-        let _ = self.inner.pin_device_list(account, &bytes).await;
+        match self.inner.pin_device_list(account, &bytes).await {
+            // A list this device cannot pin (too far ahead) is still taken into account.
+            Ok(()) | Err(ClientError::DeviceList(_)) => {}
+            Err(e) => return Err(e),
+        }
         let (list, lk) = self
             .inner
             .machine
@@ -886,7 +889,7 @@ impl<S: Store> Inner<S> {
     }
 
     /// A linking answer was processed (its seq committed): on a joining device, store
-    /// the account key when granted and add the contacts, then end the wait.
+    /// the list key when granted and add the contacts, then end the wait.
     pub(crate) async fn handle_link_accept(&self, sender: DeviceIdentity, payload: &[u8]) -> Result<(), ClientError> {
         let account = self.device.account_id();
         let mut joining = self.joining.lock().await;

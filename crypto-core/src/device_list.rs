@@ -172,7 +172,8 @@ pub enum DeviceListError {
         /// The epoch.
         epoch: u64,
     },
-    /// A version more than [`MAX_VERSION_STEP`] above the pinned one, within one epoch.
+    /// A version more than [`MAX_VERSION_STEP`] above the pinned one within one epoch, or
+    /// more than [`MAX_EPOCH_VERSION_STEP`] with a higher epoch.
     #[error("device list version {got} jumps more than {max} above the pinned {pinned}")]
     VersionJump {
         /// The pinned version.
@@ -692,9 +693,9 @@ impl DeviceList {
     /// Checks that `newer` may replace this (pinned) list (docs/protocol.md §4.3): same
     /// account; epoch not lower and at most [`MAX_VERSION_STEP`] higher, with one list
     /// key per epoch; version not lower, and at most [`MAX_VERSION_STEP`] higher within
-    /// one epoch; a same-version list identical; and within one epoch every device that
-    /// holds the list key kept, with the same keys and still holding it. Returns what
-    /// changed.
+    /// one epoch ([`MAX_EPOCH_VERSION_STEP`] with a higher epoch); a same-version list
+    /// identical; and within one epoch every device that holds the list key kept, with
+    /// the same keys and still holding it. Returns what changed.
     pub fn check_update(&self, newer: &DeviceList) -> Result<DeviceListChange, DeviceListError> {
         if !self.account_id.ct_eq(&newer.account_id) {
             return Err(DeviceListError::WrongAccount);

@@ -122,7 +122,8 @@ impl fmt::Display for DeviceId {
     }
 }
 
-/// The account key `AK` (Ed25519). It signs device lists and nothing else.
+/// The account key `AK` (Ed25519). It certifies the list key of each epoch
+/// ([`AccountKey::list_key`]), which signs the device lists, and signs nothing else.
 pub struct AccountKey {
     secret: Ed25519Secret,
     id: AccountId,
@@ -142,14 +143,14 @@ impl AccountKey {
         Self::from_secret(Ed25519Secret::generate(rng))
     }
 
-    /// The account key whose Ed25519 seed is `seed` (a recovery key, a linking answer).
+    /// The account key whose Ed25519 seed is `seed` (a recovery key).
     pub fn from_seed(seed: &[u8; 32]) -> Self {
         Self::from_secret(Ed25519Secret::from_seed(seed))
     }
 
-    /// The 32-byte Ed25519 seed: whoever holds it controls the account (signs its device
-    /// lists). Only for a recovery key the user stores offline, or to hand the key to a
-    /// device being linked under encryption; never log or store it in clear.
+    /// The 32-byte Ed25519 seed: whoever holds it controls the account (certifies the
+    /// list keys that sign its device lists). Only for a recovery key the user stores
+    /// offline; never log or store it in clear.
     pub fn dangerous_export_seed(&self) -> Zeroizing<[u8; 32]> {
         self.secret.seed()
     }

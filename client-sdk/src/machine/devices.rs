@@ -157,7 +157,14 @@ impl Machine {
         let epoch = own.epoch().max(current.map_or(0, DeviceList::epoch));
         let version = own.version().max(current.map_or(0, DeviceList::version));
         let lk = account_key.list_key(epoch.saturating_add(1))?;
-        let (devices, _) = next_devices(own, None, remove);
+        // This device always, even if a list key being revoked removed it; the others only
+        // when the relay's list has them too, so that a device removed since this
+        // device's pin, or one a revoked key added, is not listed.
+        let (mut devices, _) = next_devices(own, Some(self.device.entry()), remove);
+        if let Some(c) = current {
+            let me = self.device_id();
+            devices.retain(|d| d.device_id == me || c.device(d.device_id) == Some(d));
+        }
         let list = lk.sign_device_list(version.saturating_add(1), now_ms, devices, &[self.device_id()])?;
         Ok((list, lk))
     }

@@ -1053,7 +1053,8 @@ async fn a_device_without_the_list_key_cannot_sign_lists() {
     let second = sotto_crypto::Device::generate(ak.account_id(), DeviceId(2), &mut rng);
     let third = sotto_crypto::Device::generate(ak.account_id(), DeviceId(3), &mut rng);
     let second_entry = second.entry();
-    let entries = vec![first.entry(), second_entry, third.entry()];
+    let third_entry = third.entry();
+    let entries = vec![first.entry(), second_entry, third_entry];
     // Device 2 is listed without the list key.
     let list = lk1.sign_device_list(2, 1, entries.clone(), &[DeviceId(1)]).unwrap();
     let new = Machine::new_linked_device(second, list.clone(), "http://relay", T0, &mut rng, &pk).unwrap();
@@ -1139,6 +1140,23 @@ async fn a_device_without_the_list_key_cannot_sign_lists() {
     assert_eq!((next.epoch(), next.version()), (3, 5 + 3001));
     assert!(next.device(DeviceId(7)).is_none());
     assert!(rotated.check_update(&next).is_ok() && pushed.check_update(&next).is_ok());
+
+    // A list that removed this device (device 3 alone, epoch 3): with the recovery key
+    // it lists itself again, as the holder.
+    let without_me = ak
+        .list_key(3)
+        .unwrap()
+        .sign_device_list(5 + 3002, 1, vec![third_entry], &[DeviceId(3)])
+        .unwrap();
+    let (c, _) = m
+        .receive_device_list(&ak.account_id(), without_me.signed().as_bytes())
+        .unwrap();
+    let committed = store.commit(c.clone()).await.unwrap();
+    m.apply(&c, &committed);
+    assert!(!m.is_listed());
+    let (back, _) = m.rotated_list(&ak, None, Some(&without_me), 8).unwrap();
+    assert_eq!(back.holders(), &[DeviceId(2)]);
+    assert!(back.device(DeviceId(2)).is_some() && back.device(DeviceId(3)).is_some());
 }
 
 /// Finding 15: the access key goes only to accounts this one accepted. A first message

@@ -268,6 +268,12 @@ pub struct Limits {
     pub registrations_per_minute_total: u32,
     /// Burst of registrations in total.
     pub registrations_burst_total: u32,
+    /// Device-list updates per minute for one account, sustained (`RATE_LIMITED`). It
+    /// bounds how far a list key being revoked can push the version (docs/protocol.md
+    /// §4.3) and how much list verification one account can cause.
+    pub list_updates_per_minute_per_account: u32,
+    /// Burst of device-list updates for one account.
+    pub list_updates_burst_per_account: u32,
 }
 
 impl Default for Limits {
@@ -326,6 +332,8 @@ impl Default for Limits {
             registrations_burst_per_addr: 30,
             registrations_per_minute_total: 600,
             registrations_burst_total: 1_200,
+            list_updates_per_minute_per_account: 10,
+            list_updates_burst_per_account: 20,
         }
     }
 }
@@ -504,7 +512,7 @@ impl Config {
     /// Checks the limits against the protocol's hard bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let checks: [(bool, &'static str, &'static str); 27] = [
+        let checks: [(bool, &'static str, &'static str); 28] = [
             (
                 l.max_envelope_bytes <= sotto_proto::limits::MAX_ENVELOPE_LEN,
                 "limits.max_envelope_bytes",
@@ -594,6 +602,11 @@ impl Config {
             (
                 l.registrations_per_minute_total >= 1 && l.registrations_burst_total >= 1,
                 "limits.registrations_per_minute_total",
+                "rate and burst must be at least 1",
+            ),
+            (
+                l.list_updates_per_minute_per_account >= 1 && l.list_updates_burst_per_account >= 1,
+                "limits.list_updates_per_minute_per_account",
                 "rate and burst must be at least 1",
             ),
             (

@@ -226,6 +226,9 @@ pub(crate) async fn put_device_list(
         // A registration: free, so rate limited per address and in total.
         let addr = conn.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.key);
         state.charge_registration(addr)?;
+    } else {
+        // An update: signed, but limited per account (docs/protocol.md §4.3, §13.3).
+        state.charge_list_update(&account)?;
     }
     match state.store.put_device_list(&list).await? {
         PutDeviceList::Created => Ok(StatusCode::CREATED),

@@ -72,6 +72,7 @@ pub(crate) struct Guards {
     bundle_target: DefaultKeyedRateLimiter<AccountId>,
     register_addr: Keyed,
     register_total: DefaultDirectRateLimiter,
+    list_updates: DefaultKeyedRateLimiter<AccountId>,
 }
 
 impl std::fmt::Debug for Guards {
@@ -123,6 +124,10 @@ impl Guards {
                 l.registrations_per_minute_total,
                 l.registrations_burst_total,
             )),
+            list_updates: RateLimiter::keyed(quota_per_minute(
+                l.list_updates_per_minute_per_account,
+                l.list_updates_burst_per_account,
+            )),
         }
     }
 
@@ -147,7 +152,7 @@ impl Guards {
             k.retain_recent();
             k.shrink_to_fit();
         }
-        for k in [&self.bundle_requester, &self.bundle_target] {
+        for k in [&self.bundle_requester, &self.bundle_target, &self.list_updates] {
             k.retain_recent();
             k.shrink_to_fit();
         }
@@ -411,6 +416,15 @@ impl AppState {
             crate::metrics::inc(&self.metrics.registrations_refused_total, 1);
         }
         r
+    }
+
+    /// A device-list update of `account` (`RATE_LIMITED` beyond
+    /// `list_updates_per_minute_per_account`): with it, a list key being revoked can push
+    /// the version by at most 1024 × that rate, far below what a new epoch steps over,
+    /// and one account cannot keep the relay verifying lists.
+    pub(crate) fn charge_list_update(&self, account: &AccountId) -> Result<(), ErrorCode> {
+        let cap = self.config.limits.max_tracked_addrs;
+        charge_keyed(&self.guards.list_updates, account, 1, cap)
     }
 
     /// A connection's own rate limiter.

@@ -474,6 +474,39 @@ async fn a_revoked_list_key_cannot_publish(url: String) {
     relay.stop().await;
 }
 
+/// Device-list updates are limited per account: a list key being revoked cannot push
+/// the version far, nor keep the relay verifying lists (`RATE_LIMITED`, 429).
+async fn list_updates_are_limited_per_account(url: String) {
+    let mut relay = Relay::start(&url, |c: &mut Config| {
+        c.limits.list_updates_per_minute_per_account = 1;
+        c.limits.list_updates_burst_per_account = 3;
+    })
+    .await;
+    let mut r = rng(14);
+    let mut alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    assert_eq!(relay.register(&alice).await, StatusCode::CREATED);
+    assert_eq!(relay.register(&bob).await, StatusCode::CREATED);
+    for v in 2..=4 {
+        let d = std::mem::take(&mut alice.devices);
+        alice.relist(v, d);
+        assert_eq!(relay.register(&alice).await, StatusCode::OK, "update {v}");
+    }
+    let d = std::mem::take(&mut alice.devices);
+    alice.relist(5, d);
+    let (status, body) = relay.put_list(&alice.id(), alice.list.signed().as_bytes()).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RATE_LIMITED)
+    );
+    // Another account is not held up.
+    let mut bob = bob;
+    let d = std::mem::take(&mut bob.devices);
+    bob.relist(2, d);
+    assert_eq!(relay.register(&bob).await, StatusCode::OK);
+    relay.stop().await;
+}
+
 /// Finding 14: a drain of a victim's one-time prekeys is stopped (per requester: refused;
 /// per target: further bundles carry no one-time prekey) while a legitimate sender still
 /// gets a valid bundle; registrations are rate limited per address.
@@ -1543,6 +1576,7 @@ macro_rules! backend {
             t!(prekey_drain_is_bounded);
             t!(device_list_version_jumps_are_refused);
             t!(a_revoked_list_key_cannot_publish);
+            t!(list_updates_are_limited_per_account);
             t!(device_set_rule_lets_unreachable_devices_out);
             t!(stale_prekeys_make_a_device_unreachable);
             t!(http_auth_is_bound_to_the_request);
