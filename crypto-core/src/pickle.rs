@@ -4,7 +4,7 @@
 //! pickle = 0x01 ‖ type (u8) ‖ nonce (24) ‖ XChaCha20-Poly1305(key, nonce, inner, ad = "Sotto-v1 pickle" ‖ 0x01 ‖ type)
 //! inner  = format (u16) ‖ fields
 //! types: 1 account key, 2 device, 3 session, 4 X25519 prekey secret, 5 ML-KEM prekey secret,
-//!        6 list key
+//!        6 list key, 7 sender key, 8 sender-key receiver
 //! ```
 //! Each type's fields are listed in docs/protocol.md; a format number only grows, and
 //! every earlier format stays readable (fixtures under `tests/fixtures/`).
@@ -23,6 +23,7 @@ use crate::identity::{
 use crate::kdf::info;
 use crate::keys::{Ed25519PublicKey, Ed25519Secret, KEM_SEED_LEN, KemSecret, Signature, X25519Secret};
 use crate::ratchet::Session;
+use crate::sender_key::{SenderKey, SenderKeyReceiver};
 
 const VERSION: u8 = 1;
 const FORMAT: u16 = 1;
@@ -87,8 +88,8 @@ use private::Fields;
 
 impl<T: Fields> Pickle for T {}
 
-/// Types that pickle: [`AccountKey`], [`ListKey`], [`Device`], [`Session`] and the prekey
-/// secrets.
+/// Types that pickle: [`AccountKey`], [`ListKey`], [`Device`], [`Session`], the prekey
+/// secrets and the sender-key states.
 #[allow(private_bounds, reason = "sealed trait: only this crate's types pickle")]
 pub trait Pickle: Fields {
     /// Encrypts the state under `key`. Draws the 24-byte nonce.
@@ -205,6 +206,79 @@ impl Fields for ListKey {
         ListKey::from_parts(secret, epoch, account_key, certificate).map_err(|_| DecodeError::Invalid {
             field: "list key certificate",
         })
+    }
+}
+
+impl Fields for SenderKey {
+    const TYPE: u8 = 7;
+    fn fields_len(&self) -> usize {
+        16 + 4 + 32 + 32
+    }
+    fn encode_fields(&self, out: &mut Vec<u8>) {
+        let (chain_id, iteration, chain_key, signing) = self.parts();
+        out.put(chain_id);
+        out.put_u32(iteration);
+        out.put(chain_key);
+        out.put(&*signing.seed());
+    }
+    fn decode_fields(_: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let r = &mut reader;
+        let chain_id = r.array()?;
+        let iteration = r.u32()?;
+        let chain_key = Zeroizing::new(r.array()?);
+        let signing = Ed25519Secret::from_seed(&Zeroizing::new(r.array()?));
+        reader.finish()?;
+        Ok(SenderKey::from_parts(chain_id, iteration, &chain_key, signing))
+    }
+}
+
+impl Fields for SenderKeyReceiver {
+    const TYPE: u8 = 8;
+    fn fields_len(&self) -> usize {
+        16 + 32 + 4 + 32 + 2 + self.skipped_keys() * (4 + 32)
+    }
+    fn encode_fields(&self, out: &mut Vec<u8>) {
+        let (chain_id, signing_key, iteration, chain_key, skipped) = self.parts();
+        out.put(chain_id);
+        out.put(signing_key.as_bytes());
+        out.put_u32(iteration);
+        out.put(chain_key);
+        out.put_u16(skipped.len() as u16);
+        for (i, mk) in skipped {
+            out.put_u32(i);
+            out.put(mk);
+        }
+    }
+    fn decode_fields(_: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let r = &mut reader;
+        let chain_id = r.array()?;
+        let signing_key =
+            Ed25519PublicKey::from_bytes(&r.array()?).map_err(|_| DecodeError::Invalid { field: "signing key" })?;
+        let iteration = r.u32()?;
+        let chain_key = Zeroizing::new(r.array()?);
+        let n = r.count("skipped sender keys", crate::sender_key::MAX_SKIPPED_KEYS, 36)?;
+        let mut skipped = Vec::with_capacity(n);
+        for _ in 0..n {
+            let i = r.u32()?;
+            let mk = Zeroizing::new(r.array::<32>()?);
+            // Oldest first: strictly ascending, all below the next iteration.
+            if i >= iteration || skipped.last().is_some_and(|(last, _)| *last >= i) {
+                return Err(DecodeError::Invalid {
+                    field: "skipped sender keys",
+                });
+            }
+            skipped.push((i, mk));
+        }
+        reader.finish()?;
+        Ok(SenderKeyReceiver::from_parts(
+            chain_id,
+            signing_key,
+            iteration,
+            &chain_key,
+            skipped,
+        ))
     }
 }
 

@@ -286,6 +286,52 @@ impl SenderKey {
     }
 }
 
+impl SenderKey {
+    pub(crate) fn parts(&self) -> (&[u8; 16], u32, &[u8; 32], &Ed25519Secret) {
+        (&self.chain_id, self.iteration, &self.chain_key.0, &self.signing)
+    }
+
+    pub(crate) fn from_parts(chain_id: [u8; 16], iteration: u32, chain_key: &[u8; 32], signing: Ed25519Secret) -> Self {
+        Self {
+            chain_id,
+            iteration,
+            chain_key: Key32(*chain_key),
+            signing,
+        }
+    }
+}
+
+impl SenderKeyReceiver {
+    /// The state for a pickle: chain id, signing key, next iteration, chain key and the
+    /// kept keys, oldest first.
+    #[allow(clippy::type_complexity, reason = "a flat view for the pickle codec")]
+    pub(crate) fn parts(&self) -> (&[u8; 16], &Ed25519PublicKey, u32, &[u8; 32], Vec<(u32, &[u8; 32])>) {
+        (
+            &self.chain_id,
+            &self.signing_key,
+            self.iteration,
+            &self.chain_key.0,
+            self.skipped.iter().map(|(i, k)| (*i, &k.0)).collect(),
+        )
+    }
+
+    pub(crate) fn from_parts(
+        chain_id: [u8; 16],
+        signing_key: Ed25519PublicKey,
+        iteration: u32,
+        chain_key: &[u8; 32],
+        skipped: Vec<(u32, Zeroizing<[u8; 32]>)>,
+    ) -> Self {
+        Self {
+            chain_id,
+            signing_key,
+            iteration,
+            chain_key: Key32(*chain_key),
+            skipped: skipped.into_iter().map(|(i, k)| (i, Key32(*k))).collect(),
+        }
+    }
+}
+
 impl SenderKeyDistribution {
     /// The chain id.
     pub fn chain_id(&self) -> [u8; 16] {
@@ -552,6 +598,27 @@ mod tests {
             Err(SenderKeyError::Decode(DecodeError::Invalid { field: "iteration" }))
         ));
         assert_eq!(SenderKeyReceiver::message_chain_id(&last).unwrap(), alice.chain_id());
+    }
+
+    /// Both states survive a pickle round trip and go on where they were: the receiver
+    /// keeps its skipped keys, the sender its iteration and signing key.
+    #[test]
+    fn states_pickle_and_continue() {
+        use crate::pickle::{Pickle, PickleKey};
+        let mut r = rng(8);
+        let key = PickleKey::new([9; 32]);
+        let mut alice = SenderKey::generate(&mut r);
+        let mut bob = SenderKeyReceiver::new(&alice.distribution());
+        let m: Vec<Vec<u8>> = (0..3u8).map(|i| alice.encrypt(&[i], &mut r).unwrap()).collect();
+        assert_eq!(bob.decrypt(&m[2]).unwrap(), vec![2]);
+        let mut alice = SenderKey::unpickle(&alice.pickle(&key, &mut r), &key).unwrap();
+        let mut bob = SenderKeyReceiver::unpickle(&bob.pickle(&key, &mut r), &key).unwrap();
+        assert_eq!((bob.iteration(), bob.skipped_keys()), (3, 2));
+        assert_eq!(bob.decrypt(&m[0]).unwrap(), vec![0]);
+        let next = alice.encrypt(b"after", &mut r).unwrap();
+        assert_eq!(bob.decrypt(&next).unwrap(), b"after");
+        assert_eq!(bob.decrypt(&m[1]).unwrap(), vec![1]);
+        assert!(SenderKeyReceiver::unpickle(&alice.pickle(&key, &mut r), &key).is_err());
     }
 
     #[test]

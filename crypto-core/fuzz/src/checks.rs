@@ -518,11 +518,11 @@ pub fn sealed_open(data: &[u8]) -> Outcome {
 /// re-encodes to the same fields, and is exercised a little.
 pub fn pickle(data: &[u8]) -> Outcome {
     let mut accepted = false;
-    for ty in 1..=6 {
+    for ty in 1..=8 {
         accepted |= unpickle_as(ty, data, None);
     }
     if let Some((&ty, inner)) = data.split_first()
-        && (1..=6).contains(&ty)
+        && (1..=8).contains(&ty)
     {
         let sealed = pickle_wrap::seal(ty, inner, &[7; 24]);
         accepted |= unpickle_as(ty, &sealed, Some(inner));
@@ -570,6 +570,16 @@ fn unpickle_as(ty: u8, bytes: &[u8], inner: Option<&[u8]>) -> bool {
             // Only Alice's own list key makes a list her account id accepts.
             let _ = list.signed().verify(&fixture().alice_ak.account_id());
             assert_eq!(list.epoch(), k.epoch());
+        }),
+        7 => load::<SenderKey>(bytes, inner, |mut k| {
+            let mut rng = run_rng();
+            let _ = k.encrypt(b"from a loaded sender key", &mut rng);
+        }),
+        8 => load::<SenderKeyReceiver>(bytes, inner, |mut r| {
+            let before = (r.iteration(), r.skipped_keys());
+            if r.decrypt(&sender_fixture().messages[0]).is_err() {
+                assert_eq!((r.iteration(), r.skipped_keys()), before);
+            }
         }),
         _ => false,
     }

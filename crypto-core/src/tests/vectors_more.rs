@@ -615,6 +615,18 @@ fn pickle_vectors() -> Value {
     entry(5, "ML-KEM prekey secret", k.kem.pickle(&key, &mut rng), &mut rng);
     let list_key = k.ak.list_key(1).unwrap();
     entry(6, "list key (epoch 1)", list_key.pickle(&key, &mut rng), &mut rng);
+    let mut sk_rng = Recorder::new(72);
+    let mut sender = crate::sender_key::SenderKey::generate(&mut sk_rng);
+    let mut receiver = crate::sender_key::SenderKeyReceiver::new(&sender.distribution());
+    let sent: Vec<Vec<u8>> = (0..3u8).map(|i| sender.encrypt(&[i], &mut sk_rng).unwrap()).collect();
+    receiver.decrypt(&sent[2]).unwrap();
+    entry(7, "sender key (iteration 3)", sender.pickle(&key, &mut rng), &mut rng);
+    entry(
+        8,
+        "sender-key receiver (next iteration 3, keys of 0 and 1 kept)",
+        receiver.pickle(&key, &mut rng),
+        &mut rng,
+    );
     let mut altered = p1.clone();
     *altered.last_mut().unwrap() ^= 1;
     let mut format2 = open_pickle(&PICKLE_KEY, &p1);
@@ -637,7 +649,7 @@ fn pickle_vectors() -> Value {
         ),
     ];
     json!({
-        "description": "One pickle of each type of docs/protocol.md §9 under `pickle_key`: the nonce drawn, the decrypted `inner` (format ‖ fields) and the exact bytes. Types 1, 2, 4 and 5 hold the keys of `keys` (account key, device, signed prekey, ML-KEM prekey); type 3 holds a responder session; type 6 holds the epoch-1 list key derived from that account key (§4.1). `failures` MUST fail to load as the type given with the error given.",
+        "description": "One pickle of each type of docs/protocol.md §9 under `pickle_key`: the nonce drawn, the decrypted `inner` (format ‖ fields) and the exact bytes. Types 1, 2, 4 and 5 hold the keys of `keys` (account key, device, signed prekey, ML-KEM prekey); type 3 holds a responder session; type 6 holds the epoch-1 list key derived from that account key (§4.1); types 7 and 8 hold a sender key after three messages and a receiver of it that read the third (§6A). `failures` MUST fail to load as the type given with the error given.",
         "pickle_key": h(&PICKLE_KEY),
         "keys": party_json(&k),
         "pickles": entries,
@@ -1011,6 +1023,16 @@ fn pickle_vectors_replay() {
                 let lk = ListKey::unpickle(&bytes, &key).unwrap();
                 assert_eq!(lk.epoch(), 1);
                 assert_eq!(lk.public_key(), ak.list_key(1).unwrap().public_key());
+            }
+            7 => assert_eq!(
+                crate::sender_key::SenderKey::unpickle(&bytes, &key)
+                    .unwrap()
+                    .iteration(),
+                3
+            ),
+            8 => {
+                let r = crate::sender_key::SenderKeyReceiver::unpickle(&bytes, &key).unwrap();
+                assert_eq!((r.iteration(), r.skipped_keys()), (3, 2));
             }
             _ => panic!("unknown pickle type {t}"),
         }
