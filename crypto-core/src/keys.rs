@@ -362,7 +362,7 @@ mod tests {
 
     #[test]
     fn kem_round_trip_and_validation() {
-        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let mut rng = ChaCha20Rng::seed_from_u64(2); // test only
         let k = KemSecret::generate(&mut rng);
         let pk = KemPublicKey::from_bytes(k.public().as_bytes()).unwrap();
         let (ct, ss) = pk.encapsulate(&Zeroizing::new([7; 32]));
@@ -380,7 +380,7 @@ mod tests {
     fn non_canonical_ed25519_keys_are_rejected() {
         // y = p + 2 encodes the same point as y = 2 when y = 2 is on the curve; build
         // one from a real key instead: add p to a small y and keep the sign bit.
-        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let mut rng = ChaCha20Rng::seed_from_u64(3); // test only
         let real = Ed25519Secret::generate(&mut rng).public();
         assert!(Ed25519PublicKey::from_bytes(real.as_bytes()).is_ok());
         // y = 1 (the identity) written as p + 1: non-canonical and weak.

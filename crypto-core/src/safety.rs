@@ -104,7 +104,7 @@ mod tests {
 
     #[test]
     fn both_sides_agree_and_scan() {
-        let mut rng = ChaCha20Rng::seed_from_u64(20);
+        let mut rng = ChaCha20Rng::seed_from_u64(20); // test only
         let a = AccountKey::generate(&mut rng).public_key();
         let b = AccountKey::generate(&mut rng).public_key();
         let c = AccountKey::generate(&mut rng).public_key();

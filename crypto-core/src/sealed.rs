@@ -497,7 +497,7 @@ mod tests {
     use rand_core::{RngCore, SeedableRng};
 
     fn device(seed: u64) -> Device {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut rng = ChaCha20Rng::seed_from_u64(seed); // test only
         let mut account = [0u8; 32];
         rng.fill_bytes(&mut account);
         Device::generate(AccountId(account), DeviceId(1), &mut rng)
@@ -557,7 +557,7 @@ mod tests {
     #[test]
     fn the_multi_kind_binds_each_recipient() {
         let (alice, bob, carol) = (device(1), device(2), device(3));
-        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let mut rng = ChaCha20Rng::seed_from_u64(9); // test only
         let multi = seal_multi(&alice, &[bob.identity(), carol.identity()], 1, b"hi all", &mut rng).unwrap();
         assert_eq!(open(&bob, &multi.envelope(0).unwrap()).unwrap().content, b"hi all");
         assert_eq!(open(&carol, &multi.envelope(1).unwrap()).unwrap().content, b"hi all");
