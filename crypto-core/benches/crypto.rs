@@ -3,7 +3,7 @@
 //! "floor" of one Double Ratchet message, and vodozemac's Olm (0.11, `SessionConfig::version_1`).
 //!
 //! Groups: `primitives`, `keygen`, `x3dh`, `ratchet`, `sealed`, `seal_multi`, `safety_number`,
-//! `device_list`, `sender_key`, `vodozemac`. Every Sotto operation draws from a seeded `ChaCha20Rng`, so runs are
+//! `device_list`, `sender_key`, `group_send`, `vodozemac`. Every Sotto operation draws from a seeded `ChaCha20Rng`, so runs are
 //! repeatable; vodozemac draws from the OS generator (it takes no RNG parameter).
 //!
 //! Run: `cargo bench -p sotto-crypto --bench crypto --features vodozemac/precomputed-tables
@@ -26,8 +26,8 @@ use rand_core::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256, Sha512};
 use sotto_crypto::ratchet::{AD_LEN, HEADER_LEN};
 use sotto_crypto::{
-    AccountKey, Device, DeviceId, DeviceList, KemPreKeySecret, MessageType, PreKeyBundle, PreKeyMessage, SafetyNumber,
-    SenderKey, SenderKeyReceiver, Session, X25519PreKeySecret, initiate, open, respond, seal, seal_multi,
+    AccountKey, Device, DeviceId, DeviceList, GroupSealKey, KemPreKeySecret, MessageType, PreKeyBundle, PreKeyMessage,
+    SafetyNumber, SenderKey, SenderKeyReceiver, Session, X25519PreKeySecret, initiate, open, respond, seal, seal_multi,
 };
 use vodozemac::olm::{Account, OlmMessage, SessionConfig};
 
@@ -557,6 +557,73 @@ fn sender_key(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------------------------------
+// One group message to 100 and 1,000 members of 2 devices each (200 and 2,000 mailboxes):
+// the group send (one sender-key step and one group seal, whatever the size), next to a
+// pairwise fan-out (one ratchet step and one sealed-sender seal per device) and to the
+// multi-recipient seal (one body, two X25519 per device).
+// ---------------------------------------------------------------------------------------
+
+fn group_send(c: &mut Criterion) {
+    let mut g = c.benchmark_group("group_send");
+    g.sample_size(10);
+    let mut r = rng(9);
+    let body = plaintext(1024);
+    let gk = GroupSealKey::generate(&mut r);
+    let mut sender = SenderKey::generate(&mut r);
+    let alice = Party::new(&mut r);
+    let devices: Vec<Device> = (0..2000u32)
+        .map(|i| {
+            let ak = AccountKey::generate(&mut r);
+            Device::generate(ak.account_id(), DeviceId(i % 2 + 1), &mut r)
+        })
+        .collect();
+    let keys: Vec<_> = devices.iter().map(|d| d.identity()).collect();
+    // Sixteen warm sessions stand in for one per device: a chain step costs the same on
+    // any session, and each seal goes to its own device's identity key.
+    let mut sessions: Vec<Session> = (0..16).map(|_| establish(&mut r).2).collect();
+    g.bench_function("sender_key_and_group_seal_1KiB", |b| {
+        b.iter(|| {
+            let m = sender.encrypt(black_box(&body), &mut r).expect("encrypts");
+            gk.seal(0x10, &m, &mut r).expect("seals")
+        })
+    });
+    for n in [200usize, 2000] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("pairwise_1KiB", n), |b| {
+            b.iter(|| {
+                for (i, k) in keys[..n].iter().enumerate() {
+                    let s = &mut sessions[i % 16];
+                    let m = s.encrypt(black_box(&body), &mut r).expect("encrypts");
+                    black_box(seal(&alice.device, k, m.message_type as u8, &m.bytes, &mut r).expect("seal"));
+                }
+            })
+        });
+        g.bench_function(BenchmarkId::new("seal_multi_1KiB", n), |b| {
+            b.iter(|| seal_multi(&alice.device, black_box(&keys[..n]), 1, &body, &mut r).expect("seal"))
+        });
+    }
+    g.throughput(Throughput::Elements(1));
+    let m = sender.encrypt(&body, &mut r).expect("encrypts");
+    let env = gk.seal(0x10, &m, &mut r).expect("seals");
+    g.sample_size(50);
+    g.bench_function("group_open_1KiB", |b| {
+        b.iter(|| gk.open(black_box(&env)).expect("opens"))
+    });
+    // A device in 100 groups, holding the current and the previous key of each, finds the
+    // key of an envelope sealed under the last one it tries.
+    let mut held: Vec<GroupSealKey> = (0..199).map(|_| GroupSealKey::generate(&mut r)).collect();
+    held.push(gk.clone());
+    g.bench_function("find_key_among_200", |b| {
+        b.iter(|| {
+            held.iter()
+                .position(|k| k.matches(black_box(&env)))
+                .expect("one matches")
+        })
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
 // vodozemac 0.11 Olm, for comparison.
 // ---------------------------------------------------------------------------------------
 
@@ -678,6 +745,7 @@ fn main() {
     safety_number(&mut c);
     device_list(&mut c);
     sender_key(&mut c);
+    group_send(&mut c);
     vodozemac_olm(&mut c);
     c.final_summary();
 }

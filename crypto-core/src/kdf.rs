@@ -15,6 +15,10 @@ pub(crate) mod info {
     pub(crate) const LIST_KEY_SEED: &[u8] = b"Sotto-v1 list key seed";
     pub(crate) const SENDER_KEY_MESSAGE: &[u8] = b"Sotto-v1 sender key message";
     pub(crate) const SENDER_KEY_MESSAGE_KEYS: &[u8] = b"Sotto-v1 sender key message keys";
+    pub(crate) const GROUP_SEAL_HINT: &[u8] = b"Sotto-v1 group seal hint";
+    pub(crate) const GROUP_SEAL_HEDGE: &[u8] = b"Sotto-v1 group seal hedge";
+    pub(crate) const GROUP_SEAL_NONCE: &[u8] = b"Sotto-v1 group seal nonce";
+    pub(crate) const GROUP_SEAL_BODY: &[u8] = b"Sotto-v1 group seal body";
     pub(crate) const DEVICE_BINDING: &[u8] = b"Sotto-v2 device binding";
     pub(crate) const PREKEY: &[u8] = b"Sotto-v1 prekey";
     pub(crate) const PQXDH: &[u8] = b"Sotto-v1 PQXDH";

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod device_list;
+pub mod group_seal;
 pub mod identity;
 mod kdf;
 pub mod keys;
@@ -28,6 +29,7 @@ pub use device_list::{
     DeviceEntry, DeviceList, DeviceListChange, DeviceListError, ListKey, MAX_EPOCH_VERSION_STEP, MAX_VERSION,
     MAX_VERSION_STEP, SignedDeviceList,
 };
+pub use group_seal::{GroupOpened, GroupSealKey, is_group_envelope};
 pub use identity::{
     AccountId, AccountKey, Device, DeviceId, DeviceIdentity, KemPreKey, KemPreKeySecret, PreKeyKind, X25519PreKey,
     X25519PreKeySecret, relay_auth_message,

@@ -71,6 +71,7 @@ replay_tests!(
     pickle,
     interaction,
     sender_key,
+    group_seal,
 );
 
 #[test]

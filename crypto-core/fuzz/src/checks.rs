@@ -29,14 +29,14 @@ use rand_chacha::rand_core::SeedableRng;
 use sotto_crypto::device_list::MAX_DEVICES;
 use sotto_crypto::ratchet::{Header, MAX_RECEIVING_CHAINS};
 use sotto_crypto::{
-    AccountId, AccountKey, DecryptError, Device, DeviceId, DeviceList, EncryptError, KemPreKey, KemPreKeySecret,
-    ListKey, MessageType, OutboundMessage, Pickle, PickleKey, PreKeyBundle, PreKeyMessage, Responded, SenderKey,
-    SenderKeyDistribution, SenderKeyError, SenderKeyReceiver, Session, SignedDeviceList, X25519PreKey,
+    AccountId, AccountKey, DecryptError, Device, DeviceId, DeviceList, EncryptError, GroupSealKey, KemPreKey,
+    KemPreKeySecret, ListKey, MessageType, OutboundMessage, Pickle, PickleKey, PreKeyBundle, PreKeyMessage, Responded,
+    SenderKey, SenderKeyDistribution, SenderKeyError, SenderKeyReceiver, Session, SignedDeviceList, X25519PreKey,
     X25519PreKeySecret, initiate, open, respond, seal, seal_multi,
 };
 
 /// The fuzz targets; each has a directory of seeds under `crypto-core/fuzz/corpus/`.
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "device_list",
     "prekey_bundle",
     "prekey_records",
@@ -46,6 +46,7 @@ pub const TARGETS: [&str; 9] = [
     "pickle",
     "interaction",
     "sender_key",
+    "group_seal",
 ];
 
 /// What a check made of its input.
@@ -74,6 +75,7 @@ pub fn run(target: &str, data: &[u8]) -> Option<Outcome> {
         "pickle" => pickle(data),
         "interaction" => interaction(data),
         "sender_key" => sender_key(data),
+        "group_seal" => group_seal(data),
         _ => return None,
     })
 }
@@ -463,6 +465,32 @@ pub fn sender_key(data: &[u8]) -> Outcome {
         ),
     }
     outcome(accepted)
+}
+
+/// The group key of the `group_seal` fixture.
+fn group_key() -> GroupSealKey {
+    GroupSealKey::from_bytes(&[0x47; 32])
+}
+
+/// `group_seal`: the input opened under the fixture's group key. Whatever opens matched
+/// the key's hint, carries at most the largest content, and seals again to an envelope
+/// that opens to the same content; whatever does not match the hint does not open.
+pub fn group_seal(data: &[u8]) -> Outcome {
+    let gk = group_key();
+    let matched = gk.matches(data);
+    match gk.open(data) {
+        Ok(opened) => {
+            assert!(matched, "an envelope opened without matching the hint");
+            assert!(opened.content.len() <= sotto_crypto::group_seal::MAX_CONTENT_LEN);
+            let mut rng = ChaCha20Rng::seed_from_u64(RUN_SEED);
+            let again = gk
+                .seal(opened.content_type, &opened.content, &mut rng)
+                .expect("opened content seals again");
+            assert_eq!(gk.open(&again).expect("a fresh seal opens"), opened);
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Rejected,
+    }
 }
 
 /// `ratchet_message`: Bob's and Alice's `established` sessions decrypt the input as a
@@ -1040,6 +1068,21 @@ pub fn seeds() -> Vec<Seed> {
         flip(&sf.messages[2], sf.messages[2].len() - 1),
     );
     add("sender_key", "bad-truncated", cut(&sf.messages[2], 60));
+
+    // group_seal
+    let gk = group_key();
+    let group_msg = gk.seal(1, &sf.messages[0], &mut rng).expect("group seal");
+    let group_empty = gk.seal(0, b"", &mut rng).expect("group seal");
+    let other_key = GroupSealKey::from_bytes(&[0x48; 32])
+        .seal(1, b"another group", &mut rng)
+        .expect("group seal");
+    add("group_seal", "ok-sender-key-message", group_msg.clone());
+    add("group_seal", "ok-empty", group_empty.clone());
+    add("group_seal", "bad-other-key", other_key);
+    add("group_seal", "bad-tag", flip(&group_msg, group_msg.len() - 1));
+    add("group_seal", "bad-hint", flip(&group_empty, 40));
+    add("group_seal", "bad-version", set(&group_empty, 0, 2));
+    add("group_seal", "bad-truncated", cut(&group_msg, 100));
 
     // pickle
     let inner = |ty: u8, pickle: &[u8]| {

@@ -1254,3 +1254,113 @@ fn sender_key_vectors_replay() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The group seal (§7A).
+
+fn group_seal_vectors() -> Value {
+    use crate::group_seal::GroupSealKey;
+    let mut rng = Recorder::new(80);
+    let gk = GroupSealKey::generate(&mut rng);
+    let key_draw = rng.take_hex();
+    let hint_key = hkdf::<32>(&[], gk.to_bytes().as_slice(), &[info::GROUP_SEAL_HINT]);
+    let contents: [(u8, &[u8]); 3] = [(1, b"a sender-key message"), (1, b""), (2, &[0u8; 300])];
+    let envelopes: Vec<Value> = contents
+        .iter()
+        .map(|(t, c)| {
+            let env = gk.seal(*t, c, &mut rng).unwrap();
+            let draw = rng.take_hex();
+            let mut ikm = crate::kdf::sha256(&[info::GROUP_SEAL_HEDGE, gk.to_bytes().as_slice()]).to_vec();
+            ikm.extend_from_slice(&crate::kdf::sha256(&[&[*t], c]));
+            let n = hkdf::<32>(&hx(&draw[0]), &ikm, &[info::GROUP_SEAL_NONCE]);
+            let hint = crate::kdf::hmac(&hint_key, &[n.as_slice()]);
+            let keys = hkdf::<44>(n.as_slice(), gk.to_bytes().as_slice(), &[info::GROUP_SEAL_BODY]);
+            json!({
+                "content_type": t, "content": h(c), "draw": draw[0], "hedge_ikm": h(&ikm), "nonce_seed": h(n.as_slice()),
+                "hint": h(&hint[..16]), "aead_key": h(&keys[..32]), "aead_nonce": h(&keys[32..]), "envelope": h(&env),
+            })
+        })
+        .collect();
+    let first = hx(&envelopes[0]["envelope"]);
+    let other = GroupSealKey::generate(&mut Recorder::new(81));
+    let mut altered = first.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    let mut wrong_hint = first.clone();
+    wrong_hint[40] ^= 1;
+    let mut sealed_sender = first.clone();
+    sealed_sender[0] = 2;
+    let errors = [
+        ("altered_tag", altered),
+        ("wrong_hint", wrong_hint),
+        ("sealed_sender_version", sealed_sender),
+        ("truncated", first[..first.len() - 1].to_vec()),
+    ];
+    json!({
+        "description": "The group seal (docs/protocol.md §7A). The group key GK is one 32-byte draw; each envelope draws 32 bytes R. Each envelope lists the hedge input SHA-256(label ‖ GK) ‖ SHA-256(content_type ‖ content), the nonce seed N, the hint, the AEAD key and nonce, and the exact bytes. `other_key_opens` is what a device holding another key gets. `errors` MUST fail under GK as named.",
+        "group_key": key_draw[0],
+        "hint_key": h(hint_key.as_slice()),
+        "envelopes": envelopes,
+        "other_key_opens": other.open(&first).unwrap_err().name(),
+        "errors": errors.iter().map(|(name, bytes)| json!({
+            "name": name, "bytes": h(bytes), "error": gk.open(bytes).unwrap_err().name(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[test]
+fn group_seal_vectors_are_unchanged() {
+    check("group_seal", group_seal_vectors());
+}
+
+#[test]
+fn group_seal_vectors_replay() {
+    use crate::group_seal::GroupSealKey;
+    let v = read("group_seal");
+    let gk_bytes = a32(&v["group_key"]);
+    let gk = GroupSealKey::from_bytes(&gk_bytes);
+    // Every byte of each envelope from GK, R and the content, with the primitives alone.
+    let hint_key = hkdf::<32>(&[], &gk_bytes, &[b"Sotto-v1 group seal hint"]);
+    assert_eq!(h(hint_key.as_slice()), v["hint_key"].as_str().unwrap());
+    for e in v["envelopes"].as_array().unwrap() {
+        let t = e["content_type"].as_u64().unwrap() as u8;
+        let content = hx(&e["content"]);
+        let mut ikm = crate::kdf::sha256(&[b"Sotto-v1 group seal hedge", &gk_bytes]).to_vec();
+        ikm.extend_from_slice(&crate::kdf::sha256(&[&[t], &content]));
+        assert_eq!(h(&ikm), e["hedge_ikm"].as_str().unwrap());
+        let n = hkdf::<32>(&hx(&e["draw"]), &ikm, &[b"Sotto-v1 group seal nonce"]);
+        let hint = crate::kdf::hmac(&hint_key, &[n.as_slice()]);
+        let keys = hkdf::<44>(n.as_slice(), &gk_bytes, &[b"Sotto-v1 group seal body"]);
+        let mut header = vec![3u8];
+        header.extend_from_slice(n.as_slice());
+        header.extend_from_slice(&hint[..16]);
+        let mut body = vec![t];
+        body.extend_from_slice(&content);
+        body.push(0x80);
+        body.resize(crate::padding::bucket(content.len() + 2), 0);
+        let tag = ChaCha20Poly1305::new((&keys[..32]).into())
+            .encrypt_in_place_detached((&keys[32..]).into(), &header, &mut body)
+            .unwrap();
+        let mut expected = header;
+        expected.extend_from_slice(&body);
+        expected.extend_from_slice(&tag);
+        assert_eq!(h(&expected), e["envelope"].as_str().unwrap());
+        // And through the public API: the same bytes from the same draw, and they open.
+        let again = gk.seal(t, &content, &mut Replay::of(&[&e["draw"]])).unwrap();
+        assert_eq!(again, expected);
+        let opened = gk.open(&expected).unwrap();
+        assert_eq!((opened.content_type, opened.content), (t, content));
+    }
+    let first = hx(&v["envelopes"][0]["envelope"]);
+    let other = GroupSealKey::from_bytes(&[7; 32]);
+    assert_eq!(
+        other.open(&first).unwrap_err().name(),
+        v["other_key_opens"].as_str().unwrap()
+    );
+    for e in v["errors"].as_array().unwrap() {
+        assert_eq!(
+            gk.open(&hx(&e["bytes"])).unwrap_err().name(),
+            e["error"].as_str().unwrap()
+        );
+    }
+}
