@@ -393,6 +393,7 @@ fn anonymous_send(recipients: Vec<Recipient>) -> Send {
     Send {
         message_id: 1,
         access: Vec::new(),
+        body: Vec::new(),
         recipients,
     }
 }
@@ -730,7 +731,7 @@ impl<S: Store> Client<S> {
             recipients.push(Recipient {
                 account_id: account,
                 device_id: d.device_id,
-                envelope,
+                head: envelope,
             });
         }
         stored(relay.send_anonymous(anonymous_send(recipients)).await?)?;
@@ -872,7 +873,7 @@ impl<S: Store> Inner<S> {
                 recipients.push(Recipient {
                     account_id: account,
                     device_id: d.device_id,
-                    envelope,
+                    head: envelope,
                 });
             }
         }

@@ -494,6 +494,7 @@ impl<S: Store> Inner<S> {
                                 .send(&Frame::Send(Send {
                                     message_id: id,
                                     access,
+                                    body: Vec::new(),
                                     recipients: theirs,
                                 }))
                                 .await
@@ -519,6 +520,7 @@ impl<S: Store> Inner<S> {
                     let frame = Frame::Send(Send {
                         message_id: id,
                         access: Vec::new(),
+                        body: Vec::new(),
                         recipients: mine,
                     });
                     if socket.send(&frame).await.is_err() {

@@ -138,7 +138,7 @@ impl Machine {
             recipients.push(Recipient {
                 account_id: identity.account_id,
                 device_id: identity.device_id,
-                envelope,
+                head: envelope,
             });
         }
         Ok(SendPlan::Ready { changes, recipients })

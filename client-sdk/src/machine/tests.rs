@@ -118,7 +118,7 @@ async fn send(from: &mut Peer, others: &mut [&mut Peer]) -> Vec<Recipient> {
                 from.commit(c).await;
                 for r in &recipients {
                     let o = others.iter_mut().find(|p| p.id() == r.account_id).unwrap();
-                    o.inbox.push(r.envelope.clone());
+                    o.inbox.push(r.head.clone());
                 }
                 return recipients;
             }

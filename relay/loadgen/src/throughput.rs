@@ -63,10 +63,12 @@ pub(crate) fn envelope_send(to: AccountId, key: Option<&[u8; 32]>, id: u64, sche
             })
             .into_iter()
             .collect(),
+        // One device: the whole envelope is its head, nothing is shared.
+        body: Vec::new(),
         recipients: vec![Recipient {
             account_id: to,
             device_id: DeviceId(1),
-            envelope,
+            head: envelope,
         }],
     })
 }

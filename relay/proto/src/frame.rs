@@ -8,8 +8,10 @@
 //! 0x03 AuthOk            relay → client  mailbox_epoch (16)
 //! 0x10 Send              client → relay  message_id (u64)
 //!                                        ‖ access_count (u16) ‖ access_count × (account_id (32) ‖ access_key (32))
+//!                                        ‖ len (u32) ‖ body                     shared by every recipient
 //!                                        ‖ count (u16)
-//!                                        ‖ count × (account_id (32) ‖ device_id (u32) ‖ len (u32) ‖ envelope)
+//!                                        ‖ count × (account_id (32) ‖ device_id (u32) ‖ len (u32) ‖ head)
+//!        envelope of recipient i = head_i ‖ body                 (what its Deliver carries)
 //! 0x11 SendResult        relay → client  message_id (u64) ‖ outcome
 //!        outcome = 0x00 ‖ count (u16) ‖ count × seq (u64)              stored, seqs in recipient order
 //!                | 0x01 ‖ count (u16) ‖ count × (len (u32) ‖ signed device list)   device-set mismatch
@@ -27,6 +29,12 @@
 //! HTTP answers sign the same message with the nonce replaced by http_auth_binding
 //! (nonce, method, path, body), see [`http_auth_binding`].
 //! ```
+//!
+//! A `Send` uploads the bytes its recipients' envelopes share once (`body`, e.g. the
+//! ciphertext of a group message) and per recipient only what differs (`head`, e.g. a
+//! per-device key wrap); the relay stores the body once and delivers `head ‖ body`. A
+//! send whose envelopes share nothing (per-device ratchet messages) has an empty body
+//! and each whole envelope in its head.
 //!
 //! Ping and pong are the WebSocket's own control frames. No frame names a sender: a
 //! delivered envelope carries its sender sealed inside. A client may answer the
@@ -166,18 +174,28 @@ impl AuthResponse {
     }
 }
 
-/// One recipient device of a send and the envelope for it.
+/// One recipient device of a send and its part of the envelope.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Recipient {
     /// The recipient's account.
     pub account_id: AccountId,
     /// The recipient device.
     pub device_id: DeviceId,
-    /// The opaque envelope for that device's mailbox.
-    pub envelope: Vec<u8>,
+    /// The bytes of this device's envelope before the shared body ([`Send::body`]); the
+    /// whole envelope when the body is empty.
+    pub head: Vec<u8>,
 }
 
-/// A send: envelopes for a set of recipient devices, stored all or none.
+impl Recipient {
+    /// The length of this recipient's envelope, `head ‖ body`, for a send whose shared
+    /// body is `body_len` bytes.
+    pub fn envelope_len(&self, body_len: usize) -> usize {
+        self.head.len().saturating_add(body_len)
+    }
+}
+
+/// A send: envelopes for a set of recipient devices, stored all or none. The envelope of
+/// recipient `i` is `recipients[i].head ‖ body`.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Send {
     /// A client-chosen id the [`SendResult`] repeats.
@@ -187,6 +205,9 @@ pub struct Send {
     /// account without its key here is a message request (docs/protocol.md §13.8),
     /// except for the sender's own account on an authenticated connection.
     pub access: Vec<crate::Access>,
+    /// The bytes every recipient's envelope ends with, uploaded and stored once (empty
+    /// when the envelopes share nothing).
+    pub body: Vec<u8>,
     /// The recipients. For every account named, the devices named must all be in the
     /// account's current device list and must include every listed device the relay can
     /// make a bundle for (without the sending device, for the sender's own account on an
@@ -309,7 +330,7 @@ mod tag {
     pub(super) const OUTCOME_REJECTED: u8 = 2;
 }
 
-/// Minimum encoded size of one recipient: account, device, envelope length.
+/// Minimum encoded size of one recipient: account, device, head length.
 const RECIPIENT_MIN: usize = 32 + 4 + 4;
 
 impl Frame {
@@ -348,11 +369,12 @@ impl Frame {
                     out.put(a.account_id.as_bytes());
                     out.put(&a.key.0);
                 }
+                out.put_var(&s.body);
                 out.put_count(s.recipients.len());
                 for r in &s.recipients {
                     out.put(r.account_id.as_bytes());
                     out.put_u32(r.device_id.0);
-                    out.put_var(&r.envelope);
+                    out.put_var(&r.head);
                 }
             }
             Frame::SendResult(r) => {
@@ -394,14 +416,13 @@ impl Frame {
         out
     }
 
-    fn encoded_len_hint(&self) -> usize {
+    pub(crate) fn encoded_len_hint(&self) -> usize {
         2 + match self {
+            // The body once, however many recipients share it.
             Frame::Send(s) => {
-                12 + 64 * s.access.len()
-                    + s.recipients
-                        .iter()
-                        .map(|r| RECIPIENT_MIN + r.envelope.len())
-                        .sum::<usize>()
+                16 + 64 * s.access.len()
+                    + s.body.len()
+                    + s.recipients.iter().map(|r| RECIPIENT_MIN + r.head.len()).sum::<usize>()
             }
             Frame::Deliver(d) => 20 + d.envelope.len(),
             Frame::Ephemeral { payload, .. } => 36 + payload.len(),
@@ -437,18 +458,20 @@ impl Frame {
                         key: crate::AccessKey(r.array()?),
                     });
                 }
+                let body = r.var_bytes("body", limits::MAX_ENVELOPE_LEN)?.to_vec();
                 let n = r.count("recipients", limits::MAX_RECIPIENTS, RECIPIENT_MIN)?;
                 let mut recipients = Vec::with_capacity(n);
                 for _ in 0..n {
                     recipients.push(Recipient {
                         account_id: AccountId(r.array()?),
                         device_id: DeviceId(r.u32()?),
-                        envelope: r.var_bytes("envelope", limits::MAX_ENVELOPE_LEN)?.to_vec(),
+                        head: r.var_bytes("head", limits::MAX_ENVELOPE_LEN)?.to_vec(),
                     });
                 }
                 Frame::Send(Send {
                     message_id,
                     access,
+                    body,
                     recipients,
                 })
             }

@@ -45,7 +45,9 @@ pub const VERSION: u8 = 1;
 
 /// Hard bounds of the codec. A relay's configured limits are at most these.
 pub mod limits {
-    /// The largest envelope a frame may carry.
+    /// The largest envelope a frame may carry; also the bound on a `Send`'s shared body
+    /// and on each of its heads (a relay refuses a recipient whose `head ‖ body` is
+    /// above its own, smaller limit).
     pub const MAX_ENVELOPE_LEN: usize = 1 << 20;
     /// The most access keys in one send (one per recipient account).
     pub const MAX_ACCESS_KEYS: usize = 4096;

@@ -100,10 +100,10 @@ fn auth_response() -> impl Strategy<Value = AuthResponse> {
 }
 
 fn frame() -> impl Strategy<Value = Frame> {
-    let recipient = (account(), any::<u32>(), bytes(64)).prop_map(|(account_id, d, envelope)| Recipient {
+    let recipient = (account(), any::<u32>(), bytes(64)).prop_map(|(account_id, d, head)| Recipient {
         account_id,
         device_id: DeviceId(d),
-        envelope,
+        head,
     });
     let outcome = prop_oneof![
         vec(any::<u64>(), 0..16).prop_map(|seqs| SendOutcome::Stored { seqs }),
@@ -117,9 +117,10 @@ fn frame() -> impl Strategy<Value = Frame> {
         (
             any::<u64>(),
             vec((any::<[u8; 32]>(), any::<[u8; 32]>()), 0..4),
+            prop_oneof![Just(Vec::new()), bytes(300)],
             vec(recipient, 0..8)
         )
-            .prop_map(|(message_id, keys, recipients)| {
+            .prop_map(|(message_id, keys, body, recipients)| {
                 let mut access: Vec<Access> = keys
                     .into_iter()
                     .map(|(a, k)| Access {
@@ -132,6 +133,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 Frame::Send(Send {
                     message_id,
                     access,
+                    body,
                     recipients,
                 })
             }),
@@ -267,6 +269,7 @@ fn lengths_are_bounded_before_allocation() {
     let mut f = vec![VERSION, 0x10];
     f.extend_from_slice(&7u64.to_be_bytes());
     f.extend_from_slice(&0u16.to_be_bytes());
+    f.extend_from_slice(&0u32.to_be_bytes());
     f.extend_from_slice(&u16::MAX.to_be_bytes());
     assert_eq!(
         Frame::decode(&f),
@@ -283,6 +286,30 @@ fn lengths_are_bounded_before_allocation() {
     assert!(matches!(
         Frame::decode(&f),
         Err(DecodeError::TooLong { field: "envelope", .. })
+    ));
+    // A send claiming a shared body above the bound, and one whose first head is.
+    let mut f = vec![VERSION, 0x10];
+    f.extend_from_slice(&7u64.to_be_bytes());
+    f.extend_from_slice(&0u16.to_be_bytes());
+    f.extend_from_slice(&((limits::MAX_ENVELOPE_LEN + 1) as u32).to_be_bytes());
+    assert_eq!(
+        Frame::decode(&f),
+        Err(DecodeError::TooLong {
+            field: "body",
+            len: limits::MAX_ENVELOPE_LEN + 1,
+            max: limits::MAX_ENVELOPE_LEN
+        })
+    );
+    let mut f = vec![VERSION, 0x10];
+    f.extend_from_slice(&7u64.to_be_bytes());
+    f.extend_from_slice(&0u16.to_be_bytes());
+    f.extend_from_slice(&0u32.to_be_bytes());
+    f.extend_from_slice(&1u16.to_be_bytes());
+    f.extend_from_slice(&[0; 36]);
+    f.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        Frame::decode(&f),
+        Err(DecodeError::TooLong { field: "head", .. })
     ));
     // A count within bounds but beyond the input.
     let mut f = vec![VERSION, 0x10];
@@ -363,4 +390,77 @@ fn frame_sizes() {
         signature: Signature([0; 64]),
     });
     assert_eq!(a.encode().len(), frame::sizes::AUTH_RESPONSE_FRAME);
+}
+
+/// The shared-body layout, byte by byte: the body sits once between the access keys and
+/// the recipient count, and each recipient carries only its head.
+#[test]
+fn send_layout_carries_the_body_once() {
+    let send = Frame::Send(Send {
+        message_id: 0x0102_0304_0506_0708,
+        access: vec![],
+        body: b"BODY".to_vec(),
+        recipients: vec![
+            Recipient {
+                account_id: AccountId([0xaa; 32]),
+                device_id: DeviceId(1),
+                head: b"h1".to_vec(),
+            },
+            Recipient {
+                account_id: AccountId([0xbb; 32]),
+                device_id: DeviceId(2),
+                head: vec![],
+            },
+        ],
+    });
+    let mut want = vec![VERSION, 0x10, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0];
+    want.extend_from_slice(&[0, 0, 0, 4]);
+    want.extend_from_slice(b"BODY");
+    want.extend_from_slice(&[0, 2]);
+    want.extend_from_slice(&[0xaa; 32]);
+    want.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 2]);
+    want.extend_from_slice(b"h1");
+    want.extend_from_slice(&[0xbb; 32]);
+    want.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 0]);
+    assert_eq!(send.encode(), want);
+    assert_eq!(send.encoded_len_hint(), want.len());
+    assert_eq!(Frame::decode(&want), Ok(send));
+    let r = Recipient {
+        account_id: AccountId([0; 32]),
+        device_id: DeviceId(0),
+        head: vec![0; 3],
+    };
+    assert_eq!(r.envelope_len(4), 7);
+}
+
+proptest! {
+    /// A fan-out's frame grows by one head per recipient, never by the body: the encoding
+    /// (and the size estimate a relay budgets with) counts the body once.
+    #[test]
+    fn send_counts_the_body_once(
+        body in bytes(2000),
+        heads in vec(bytes(40), 0..40),
+        keys in 0usize..3,
+    ) {
+        let recipients: Vec<Recipient> = heads
+            .into_iter()
+            .enumerate()
+            .map(|(i, head)| Recipient { account_id: AccountId([i as u8; 32]), device_id: DeviceId(i as u32), head })
+            .collect();
+        let access = (0..keys)
+            .map(|i| Access { account_id: AccountId([i as u8; 32]), key: AccessKey([7; 32]) })
+            .collect();
+        let heads_len: usize = recipients.iter().map(|r| 40 + r.head.len()).sum();
+        let f = Frame::Send(Send { message_id: 1, access, body: body.clone(), recipients });
+        let enc = f.encode();
+        prop_assert_eq!(enc.len(), 2 + 8 + 2 + 64 * keys + 4 + body.len() + 2 + heads_len);
+        prop_assert_eq!(f.encoded_len_hint(), enc.len());
+        let Ok(Frame::Send(back)) = Frame::decode(&enc) else {
+            return Err(TestCaseError::fail("a Send decodes"));
+        };
+        for r in &back.recipients {
+            prop_assert_eq!(r.envelope_len(back.body.len()), r.head.len() + body.len());
+        }
+        prop_assert_eq!(back.body, body);
+    }
 }

@@ -89,8 +89,10 @@ fn frame_json(f: &Frame) -> Value {
                 "account_id": h(a.account_id.as_bytes()), "access_key": h(&a.key.0),
                 "verifier": h(&a.key.verifier()),
             })).collect::<Vec<_>>(),
+            "body": h(&s.body),
             "recipients": s.recipients.iter().map(|r| json!({
-                "account_id": h(r.account_id.as_bytes()), "device_id": r.device_id.0, "envelope": h(&r.envelope),
+                "account_id": h(r.account_id.as_bytes()), "device_id": r.device_id.0, "head": h(&r.head),
+                "envelope": h(&[&r.head[..], &s.body[..]].concat()),
             })).collect::<Vec<_>>(),
         }),
         Frame::SendResult(r) => {
@@ -165,14 +167,24 @@ fn frame_from(name: &str, v: &Value) -> Frame {
                     }
                 })
                 .collect(),
+            body: hx(&v["body"]),
             recipients: v["recipients"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|r| Recipient {
-                    account_id: AccountId(a32(&r["account_id"])),
-                    device_id: DeviceId(u(&r["device_id"]) as u32),
-                    envelope: hx(&r["envelope"]),
+                .map(|r| {
+                    let head = hx(&r["head"]);
+                    // The envelope the recipient is delivered: head ‖ body.
+                    assert_eq!(
+                        hx(&r["envelope"]),
+                        [&head[..], &hx(&v["body"])[..]].concat(),
+                        "envelope"
+                    );
+                    Recipient {
+                        account_id: AccountId(a32(&r["account_id"])),
+                        device_id: DeviceId(u(&r["device_id"]) as u32),
+                        head,
+                    }
                 })
                 .collect(),
         }),
@@ -296,6 +308,10 @@ fn generate() -> Value {
     };
     let envelope_a = bytes(rng, 40);
     let envelope_b = bytes(rng, 3);
+    // From a stream of their own, so the other vectors keep their bytes.
+    let mut shared_rng = ChaCha20Rng::seed_from_u64(1301);
+    let shared_body = bytes(&mut shared_rng, 48);
+    let head_a = bytes(&mut shared_rng, 12);
     let frames: Vec<(&str, Frame)> = vec![
         ("Challenge", Frame::Challenge(challenge.clone())),
         ("AuthResponse", Frame::AuthResponse(auth.clone())),
@@ -307,22 +323,47 @@ fn generate() -> Value {
         ),
         (
             "Send",
+            // Per-device envelopes that share nothing: an empty body, each whole
+            // envelope in its head.
             Frame::Send(sotto_proto::Send {
                 message_id: 0x0102_0304_0506_0708,
                 access: vec![Access {
                     account_id: p.other_account,
                     key: AccessKey(core::array::from_fn(|i| 0xa0 + i as u8)),
                 }],
+                body: vec![],
                 recipients: vec![
                     Recipient {
                         account_id: p.other_account,
                         device_id: DeviceId(1),
-                        envelope: envelope_a.clone(),
+                        head: envelope_a.clone(),
                     },
                     Recipient {
                         account_id: p.other_account,
                         device_id: DeviceId(2),
-                        envelope: envelope_b.clone(),
+                        head: envelope_b.clone(),
+                    },
+                ],
+            }),
+        ),
+        (
+            "Send",
+            // A shared body: recipient 1's envelope is head_a ‖ body, recipient 2's
+            // (on another account, with an empty head) the body alone.
+            Frame::Send(sotto_proto::Send {
+                message_id: 11,
+                access: vec![],
+                body: shared_body.clone(),
+                recipients: vec![
+                    Recipient {
+                        account_id: p.other_account,
+                        device_id: DeviceId(1),
+                        head: head_a.clone(),
+                    },
+                    Recipient {
+                        account_id: p.account,
+                        device_id: DeviceId(2),
+                        head: vec![],
                     },
                 ],
             }),
@@ -332,6 +373,7 @@ fn generate() -> Value {
             Frame::Send(sotto_proto::Send {
                 message_id: 0,
                 access: vec![],
+                body: vec![],
                 recipients: vec![],
             }),
         ),
@@ -484,14 +526,19 @@ fn generate() -> Value {
     });
 
     let frame_fail = |b: Vec<u8>, what: &str| json!({"input": "frame", "what": what, "bytes": h(&b), "expect": decode_error(&Frame::decode(&b).unwrap_err())});
-    let mut too_many = vec![1, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+    let mut too_many = vec![1, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
     too_many.extend_from_slice(&4097u16.to_be_bytes());
     let mut unordered = vec![1, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2];
     for account in [[2u8; 32], [1; 32]] {
         unordered.extend_from_slice(&account);
         unordered.extend_from_slice(&[0xaa; 32]);
     }
-    unordered.extend_from_slice(&[0, 0]);
+    unordered.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut big_body = vec![1, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+    big_body.extend_from_slice(&((1u32 << 20) + 1).to_be_bytes());
+    let mut big_head = vec![1, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+    big_head.extend_from_slice(&[0x11; 36]);
+    big_head.extend_from_slice(&((1u32 << 20) + 1).to_be_bytes());
     let mut big_envelope = vec![1, 0x12];
     big_envelope.extend_from_slice(&[0; 16]);
     big_envelope.extend_from_slice(&((1u32 << 20) + 1).to_be_bytes());
@@ -504,6 +551,8 @@ fn generate() -> Value {
         frame_fail(vec![1, 0x11, 0, 0, 0, 0, 0, 0, 0, 1, 3], "unknown send outcome"),
         frame_fail(too_many, "Send with 4097 recipients"),
         frame_fail(unordered, "Send whose access keys are not in ascending account order"),
+        frame_fail(big_body, "Send with a shared body length of 2^20 + 1"),
+        frame_fail(big_head, "Send with a head length of 2^20 + 1"),
         frame_fail(big_envelope, "Deliver with an envelope length of 2^20 + 1"),
         frame_fail(vec![], "empty input"),
     ];
@@ -564,7 +613,7 @@ fn generate() -> Value {
     }
 
     json!({
-        "description": "Relay protocol vectors (docs/protocol.md §13), encoded by sotto-proto. `frames`: WebSocket frames with their type byte and decoded fields; `bodies`: HTTP bodies with their decoded fields; `authorization`: an AuthResponse answering the challenge frame for the HTTP request `method path` with `body`, the request binding that replaces the nonce in the signed message (docs/protocol.md §13.2), the message its signature covers and the Authorization header value; `failures`: inputs that MUST fail to decode with the stable error given (docs/protocol.md §12.2). Byte strings are hex; envelopes, payloads and the device lists of DeviceMismatch and DeviceListBody are opaque here. Field meanings: docs/protocol.md §12.",
+        "description": "Relay protocol vectors (docs/protocol.md §13), encoded by sotto-proto. `frames`: WebSocket frames with their type byte and decoded fields; `bodies`: HTTP bodies with their decoded fields; `authorization`: an AuthResponse answering the challenge frame for the HTTP request `method path` with `body`, the request binding that replaces the nonce in the signed message (docs/protocol.md §13.2), the message its signature covers and the Authorization header value; `failures`: inputs that MUST fail to decode with the stable error given (docs/protocol.md §12.2). In a Send, `body` is the shared body, sent once, and each recipient's `head` its own bytes; the recipient's `envelope` (not on the wire) is `head ‖ body`, what its Deliver carries. Byte strings are hex; envelopes, payloads and the device lists of DeviceMismatch and DeviceListBody are opaque here. Field meanings: docs/protocol.md §12.",
         "relay_url": RELAY_URL,
         "frames": frames,
         "bodies": bodies,

@@ -56,7 +56,7 @@ enum Job {
 impl Job {
     fn bytes(&self) -> usize {
         match self {
-            Job::Send { recipients, .. } => recipients.iter().map(|r| r.envelope.len()).sum(),
+            Job::Send { recipients, .. } => recipients.iter().map(|r| r.head.len()).sum(),
             _ => 0,
         }
     }
@@ -263,7 +263,7 @@ fn answer(hub: &Hub, metrics: &Metrics, jobs: Vec<Job>, outcomes: Vec<WriteOutco
                         let deliver = Deliver {
                             seq,
                             received_at_s: params.now_s,
-                            envelope: r.envelope,
+                            envelope: r.head,
                         };
                         if !hub.push_live(&r.account_id, r.device_id, deliver) {
                             inc(&metrics.live_budget_overflow_total, 1);

@@ -635,11 +635,17 @@ fn start_send<'a>(
     if sender.is_none() {
         inc(&state.metrics.sends_anonymous_total, 1);
     }
-    let bytes: usize = send.recipients.iter().map(|r| r.envelope.len()).sum();
+    let bytes: usize = send.recipients.iter().map(|r| r.head.len()).sum();
     let queue = pending.queue.get_or_insert_with(FuturesOrdered::new);
     let refuse = |code| Box::pin(std::future::ready((message_id, SendOutcome::Rejected { code }, 0)));
     if let Err(code) = check_send(state, &send.recipients) {
         queue.push_back(refuse(code));
+        return;
+    }
+    // The relay does not store shared bodies yet: every envelope must be whole in its
+    // head.
+    if !send.body.is_empty() {
+        queue.push_back(refuse(ErrorCode::MALFORMED));
         return;
     }
     if let Err(code) = state.charge(&edge.rate, edge.addr, send.recipients.len(), bytes) {
@@ -822,7 +828,7 @@ fn check_send(state: &AppState, recipients: &[Recipient]) -> Result<(), ErrorCod
     if recipients.len() > limits.max_recipients {
         return Err(ErrorCode::TOO_MANY_RECIPIENTS);
     }
-    if recipients.iter().any(|r| r.envelope.len() > limits.max_envelope_bytes) {
+    if recipients.iter().any(|r| r.head.len() > limits.max_envelope_bytes) {
         return Err(ErrorCode::ENVELOPE_TOO_LARGE);
     }
     let distinct: BTreeSet<(AccountId, DeviceId)> = recipients.iter().map(|r| (r.account_id, r.device_id)).collect();

@@ -214,7 +214,7 @@ async fn blindness(url: String, dump: fn(String) -> futures_util::future::BoxFut
             .map(|d| Recipient {
                 account_id: bob.id(),
                 device_id: d.id(),
-                envelope: seal(sender, &d.device.identity(), 1, p, &mut r).unwrap(),
+                head: seal(sender, &d.device.identity(), 1, p, &mut r).unwrap(),
             })
             .collect();
         let message_id = i as u64 + 1;
@@ -223,6 +223,7 @@ async fn blindness(url: String, dump: fn(String) -> futures_util::future::BoxFut
             &Frame::Send(Send {
                 message_id,
                 access: vec![],
+                body: vec![],
                 recipients,
             }),
         )

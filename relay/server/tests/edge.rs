@@ -99,7 +99,7 @@ fn to_account(acc: &TestAccount, body: &[u8]) -> Vec<Recipient> {
         .map(|d| Recipient {
             account_id: acc.id(),
             device_id: d.id(),
-            envelope: body.to_vec(),
+            head: body.to_vec(),
         })
         .collect()
 }
@@ -110,6 +110,7 @@ async fn send_to(ws: &mut Ws, message_id: u64, recipients: Vec<Recipient>) -> Se
         &Frame::Send(Send {
             message_id,
             access: vec![],
+            body: vec![],
             recipients,
         }),
     )
@@ -424,6 +425,7 @@ async fn websocket_caps(url: String) {
         let frame = Frame::Send(Send {
             message_id: id,
             access: vec![],
+            body: vec![],
             recipients: to_account(&b, b"x"),
         });
         if busy.send(Message::Binary(frame.encode().into())).await.is_err() {

@@ -22,7 +22,7 @@ fn to_devices(acc: &TestAccount, skip: Option<DeviceId>, body: &[u8]) -> Vec<Rec
         .map(|d| Recipient {
             account_id: acc.id(),
             device_id: d.id(),
-            envelope: body.to_vec(),
+            head: body.to_vec(),
         })
         .collect()
 }
@@ -99,7 +99,7 @@ async fn device_set_rule_lets_unreachable_devices_out(url: String) {
     extra.push(Recipient {
         account_id: bob.id(),
         device_id: DeviceId(9),
-        envelope: b"x".to_vec(),
+        head: b"x".to_vec(),
     });
     assert_eq!(send_to(&mut wa, 6, extra).await, mismatch);
     // Once b3 holds prekeys it must be named.
@@ -639,6 +639,7 @@ async fn send_with_keys(
         &Frame::Send(Send {
             message_id,
             access,
+            body: vec![],
             recipients,
         }),
     )
@@ -1194,6 +1195,7 @@ async fn pipelined_sends(url: String) {
                 &Frame::Send(Send {
                     message_id: id,
                     access: vec![],
+                    body: vec![],
                     recipients: to_devices(&bob, None, b"p"),
                 }),
             )

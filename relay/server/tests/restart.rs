@@ -82,12 +82,13 @@ async fn restart(url: String) {
                 .map(|d| Recipient {
                     account_id: bob_id,
                     device_id: *d,
-                    envelope: n.to_be_bytes().to_vec(),
+                    head: n.to_be_bytes().to_vec(),
                 })
                 .collect();
             let frame = Frame::Send(Send {
                 message_id: n,
                 access: vec![],
+                body: vec![],
                 recipients,
             })
             .encode();

@@ -33,7 +33,7 @@ fn to_all(acc: &TestAccount, except: Option<DeviceId>, body: &[u8]) -> Vec<Recip
         .map(|d| Recipient {
             account_id: acc.id(),
             device_id: d.id(),
-            envelope: body.to_vec(),
+            head: body.to_vec(),
         })
         .collect()
 }
@@ -220,7 +220,7 @@ async fn sends<S: Storage>(s: Arc<S>) {
     extra.push(Recipient {
         account_id: bob.id(),
         device_id: DeviceId(9),
-        envelope: vec![],
+        head: vec![],
     });
     assert!(matches!(
         s.store_send(params(sender), &extra).await.unwrap(),

@@ -203,12 +203,33 @@ pub fn seeds() -> Vec<Seed> {
             account_id: account,
             key: AccessKey([9; 32]),
         }],
+        body: Vec::new(),
         recipients: devices
             .iter()
             .map(|x| Recipient {
                 account_id: account,
                 device_id: x.device_id(),
-                envelope: b"opaque envelope".to_vec(),
+                head: b"opaque envelope".to_vec(),
+            })
+            .collect(),
+    })
+    .encode();
+    // A fan-out: one shared body, a short head per device (the last one empty).
+    let shared = Frame::Send(Send {
+        message_id: 43,
+        access: vec![],
+        body: b"shared body of a group message".to_vec(),
+        recipients: devices
+            .iter()
+            .enumerate()
+            .map(|(i, x)| Recipient {
+                account_id: account,
+                device_id: x.device_id(),
+                head: if i + 1 == devices.len() {
+                    Vec::new()
+                } else {
+                    vec![i as u8; 8]
+                },
             })
             .collect(),
     })
@@ -273,14 +294,19 @@ pub fn seeds() -> Vec<Seed> {
         ),
     ];
     add("frame", "ok-send", send.clone());
+    add("frame", "ok-send-shared-body", shared.clone());
     for (name, f) in frames {
         add("frame", name, f.encode());
     }
     add("frame", "bad-send-truncated", truncated(&send));
     add("frame", "bad-send-trailing", trailing(&send));
     let mut count = send.clone();
-    count[76] = 0xff; // the recipient count's high byte (after one access key)
+    count[80] = 0xff; // the recipient count's high byte (after one access key and an empty body)
     add("frame", "bad-send-count", count);
+    let mut body_len = shared.clone();
+    body_len[12] = 0x7f; // the shared body's length, high byte: far beyond the bound
+    add("frame", "bad-send-body-length", body_len);
+    add("frame", "bad-send-shared-truncated", truncated(&shared));
     add("frame", "bad-version", [&[2u8][..], &send[1..]].concat());
     add("frame", "bad-type", vec![1, 0xee]);
     add("frame", "bad-empty", vec![]);

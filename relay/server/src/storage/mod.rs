@@ -940,7 +940,7 @@ pub(crate) fn plan_sends<'a>(
         let full = recipients.iter().any(|r| {
             rows.get(&(r.account_id, r.device_id)).is_none_or(|row| {
                 row.depth >= u64::from(params.max_mailbox_depth)
-                    || row.bytes.saturating_add(r.envelope.len() as u64) > params.max_mailbox_bytes
+                    || row.bytes.saturating_add(r.head.len() as u64) > params.max_mailbox_bytes
             })
         });
         if full {
@@ -952,7 +952,7 @@ pub(crate) fn plan_sends<'a>(
         let requests_full = recipients.iter().filter(|r| requests.contains(&r.account_id)).any(|r| {
             rows.get(&(r.account_id, r.device_id)).is_none_or(|row| {
                 row.requests >= u64::from(params.max_request_depth)
-                    || row.request_bytes.saturating_add(r.envelope.len() as u64) > params.max_request_bytes
+                    || row.request_bytes.saturating_add(r.head.len() as u64) > params.max_request_bytes
             })
         });
         if requests_full {
@@ -969,15 +969,15 @@ pub(crate) fn plan_sends<'a>(
                     seq: row.next_seq,
                     received_at_s: params.now_s,
                     expires_at_s: params.expires_at_s,
-                    envelope: &r.envelope,
+                    envelope: &r.head,
                     request: requests.contains(&r.account_id),
                 });
                 row.next_seq += 1;
                 row.depth += 1;
-                row.bytes = row.bytes.saturating_add(r.envelope.len() as u64);
+                row.bytes = row.bytes.saturating_add(r.head.len() as u64);
                 if requests.contains(&r.account_id) {
                     row.requests += 1;
-                    row.request_bytes = row.request_bytes.saturating_add(r.envelope.len() as u64);
+                    row.request_bytes = row.request_bytes.saturating_add(r.head.len() as u64);
                 }
                 row.dirty = true;
             }
