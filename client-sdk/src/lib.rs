@@ -43,6 +43,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod content;
+pub mod group;
 pub mod ids;
 pub mod machine;
 pub mod store;
