@@ -59,8 +59,13 @@ fn link() {
 }
 
 #[test]
+fn group() {
+    replay("group");
+}
+
+#[test]
 fn committed_corpus_has_every_generated_seed() {
-    assert_eq!(TARGETS, ["content", "link"]);
+    assert_eq!(TARGETS, ["content", "link", "group"]);
     for seed in checks::seeds() {
         let outcome = checks::run(seed.target, &seed.bytes).unwrap();
         if seed.name.starts_with("ok-") {

@@ -14,11 +14,12 @@ use rand_chacha::rand_core::SeedableRng;
 use sotto_crypto::{AccountId, AccountKey, Device, DeviceId};
 use sotto_sdk::MessageId;
 use sotto_sdk::content::{Content, ContentKind};
+use sotto_sdk::group::{Commit, GroupId, GroupLog, GroupState, Op, Role};
 use sotto_sdk::link::{decode_link_accept, decode_link_request, encode_link_accept, encode_link_request};
 use sotto_sdk::store::ConversationRecord;
 
 /// The fuzz targets; each has a directory of seeds under `client-sdk/fuzz/corpus/`.
-pub const TARGETS: [&str; 2] = ["content", "link"];
+pub const TARGETS: [&str; 3] = ["content", "link", "group"];
 
 /// What a check made of its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +35,7 @@ pub fn run(target: &str, data: &[u8]) -> Option<Outcome> {
     Some(match target {
         "content" => content(data),
         "link" => link(data),
+        "group" => group(data),
         _ => return None,
     })
 }
@@ -83,6 +85,36 @@ pub fn link(data: &[u8]) -> Outcome {
     } else {
         Outcome::Rejected
     }
+}
+
+/// The state the `group` target applies commits to (the seeds use it).
+fn group_state() -> GroupState {
+    let members = [(AccountId([2; 32]), Role::Member), (AccountId([3; 32]), Role::Admin)];
+    GroupState::genesis(GroupId([0x33; 32]), AccountId([1; 32]), "fuzz", &members).expect("a small group")
+}
+
+/// Target `group`: a group state and a group commit (§14). What decodes re-encodes to the
+/// input; a commit is applied to the fixture's state and taken in by a log over it, and
+/// a state it makes re-encodes canonically too.
+pub fn group(data: &[u8]) -> Outcome {
+    let mut accepted = false;
+    if let Ok(s) = GroupState::decode(data) {
+        assert_eq!(s.encode(), data, "a group state does not re-encode to its input");
+        accepted = true;
+    }
+    if let Ok(c) = Commit::decode(data) {
+        assert_eq!(c.encode(), data, "a commit does not re-encode to its input");
+        accepted = true;
+        let state = group_state();
+        if let Ok(next) = state.apply(&c) {
+            assert_eq!(next.version, state.version + 1);
+            assert_eq!(GroupState::decode(&next.encode()).ok(), Some(next.clone()));
+            let mut log = GroupLog::new(state);
+            log.receive(c).expect("a valid commit on the root is taken in");
+            assert_eq!(log.tip(), &next);
+        }
+    }
+    if accepted { Outcome::Accepted } else { Outcome::Rejected }
 }
 
 /// One seed file.
@@ -169,5 +201,30 @@ pub fn seeds() -> Vec<Seed> {
         b
     });
     add("link", "bad-answer-trailing", [&answer[..], &[0]].concat());
+    let state = group_state();
+    let key = [0x44; 32];
+    let add_commit = Commit::on(&state, AccountId([1; 32]), &key, vec![Op::Add(AccountId([9; 32]), Role::Member)]);
+    let all_ops = Commit::on(
+        &state,
+        AccountId([3; 32]),
+        &key,
+        vec![
+            Op::Remove(AccountId([2; 32])),
+            Op::SetRole(AccountId([1; 32]), Role::Member),
+            Op::SetTitle("renamed ✓".into()),
+            Op::Leave,
+        ],
+    );
+    let by_member = Commit::on(&state, AccountId([2; 32]), &key, vec![Op::SetTitle("no".into())]);
+    let add_bytes = add_commit.encode();
+    let mut unknown_op = add_bytes.clone();
+    let op_at = add_bytes.len() - 34;
+    unknown_op[op_at] = 9;
+    add("group", "ok-state", state.encode());
+    add("group", "ok-commit-add", add_bytes.clone());
+    add("group", "ok-commit-every-op", all_ops.encode());
+    add("group", "ok-commit-not-admin", by_member.encode());
+    add("group", "bad-unknown-op", unknown_op);
+    add("group", "bad-truncated", add_bytes[..add_bytes.len() - 1].to_vec());
     out
 }

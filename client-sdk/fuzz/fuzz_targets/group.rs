@@ -1,0 +1,8 @@
+//! Fuzz target `group`; the checks live in `src/checks.rs`, shared with the corpus replay test.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = sotto_sdk_fuzz::group(data);
+});
