@@ -10,7 +10,7 @@
 //!
 //! [limits]
 //! max_envelope_bytes = 262144
-//! max_recipients = 1024
+//! max_recipients = 2048
 //! # ... see `Limits`
 //!
 //! [heartbeat]
@@ -134,7 +134,9 @@ impl Default for Config {
 pub struct Limits {
     /// Largest envelope (`ENVELOPE_TOO_LARGE`). At most 1 MiB.
     pub max_envelope_bytes: usize,
-    /// Most recipient devices in one send (`TOO_MANY_RECIPIENTS`). At most 4096.
+    /// Most recipient devices in one send (`TOO_MANY_RECIPIENTS`). At most 4096. The
+    /// default, 2048, lets a group of 1,000 members with two devices each fan out in one
+    /// shared-body send.
     pub max_recipients: usize,
     /// Most envelopes waiting in one mailbox (`MAILBOX_FULL`).
     pub max_mailbox_depth: u32,
@@ -280,7 +282,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_envelope_bytes: 256 * 1024,
-            max_recipients: 1024,
+            max_recipients: 2048,
             max_mailbox_depth: 10_000,
             max_mailbox_bytes: 64 << 20,
             max_request_depth: 100,
@@ -683,6 +685,8 @@ fn is_origin(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use sotto_proto::Frame;
+
     use super::*;
 
     #[test]
@@ -803,6 +807,36 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("metrics_token: Some(MetricsToken(..))"), "{shown}");
+    }
+
+    /// The invariants the limits' docs ask operators to keep hold for the defaults.
+    #[test]
+    fn defaults_keep_their_invariants() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let l = &c.limits;
+        assert_eq!(l.max_recipients, 2048);
+        // A send with more recipients than a burst can never pass.
+        assert!(l.rate_burst as usize >= l.max_recipients);
+        assert!(l.addr_rate_burst as usize >= l.max_recipients);
+        assert!(l.rate_bytes_burst as usize >= l.max_frame_bytes);
+        assert!(l.max_mailbox_bytes >= l.max_envelope_bytes as u64);
+        assert!(l.max_request_bytes >= l.max_envelope_bytes as u64);
+        // A fan-out to max_recipients devices with empty heads and the largest body fits
+        // in one WebSocket message.
+        let fan_out = Frame::Send(sotto_proto::Send {
+            message_id: 1,
+            access: vec![],
+            body: vec![0; l.max_envelope_bytes],
+            recipients: (0..l.max_recipients)
+                .map(|i| sotto_proto::Recipient {
+                    account_id: sotto_crypto::AccountId([0; 32]),
+                    device_id: sotto_crypto::DeviceId(i as u32),
+                    head: vec![],
+                })
+                .collect(),
+        });
+        assert!(fan_out.encode().len() <= l.max_frame_bytes);
     }
 
     #[test]

@@ -604,8 +604,41 @@ impl<T> Drop for Queued<T> {
 /// the database instead.
 #[derive(Debug)]
 pub(crate) struct Live {
-    pub(crate) queue: Queued<Deliver>,
+    pub(crate) queue: Queued<LiveEnvelope>,
     pub(crate) overflow: bool,
+}
+
+/// A send's shared body, held once for every live delivery of that send on this node.
+/// Its bytes are charged to the live-queue budget once, from [`Hub::share_body`] until
+/// the last queued envelope that holds it is delivered or dropped.
+#[derive(Debug)]
+pub(crate) struct SharedBody {
+    bytes: Vec<u8>,
+    _held: Held,
+}
+
+/// A committed envelope queued for live delivery: `head ‖ body`, the body shared.
+#[derive(Debug)]
+pub(crate) struct LiveEnvelope {
+    pub(crate) seq: u64,
+    pub(crate) received_at_s: u64,
+    pub(crate) head: Vec<u8>,
+    pub(crate) body: Option<Arc<SharedBody>>,
+}
+
+impl LiveEnvelope {
+    /// The delivery: the envelope assembled as `head ‖ body`.
+    pub(crate) fn into_deliver(self) -> Deliver {
+        let mut envelope = self.head;
+        if let Some(body) = &self.body {
+            envelope.extend_from_slice(&body.bytes);
+        }
+        Deliver {
+            seq: self.seq,
+            received_at_s: self.received_at_s,
+            envelope,
+        }
+    }
 }
 
 impl ConnSignals {
@@ -695,16 +728,32 @@ impl Hub {
         }
     }
 
+    /// Holds a send's shared body for its live deliveries, charging its bytes to the
+    /// live-queue budget once: `Ok(None)` for an empty body, `Err(())` when the budget is
+    /// spent (then the recipients read their mailboxes instead, see [`Hub::push_live`]).
+    pub(crate) fn share_body(&self, bytes: Vec<u8>) -> Result<Option<Arc<SharedBody>>, ()> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let held = self.live_budget.hold(bytes.len()).ok_or(())?;
+        Ok(Some(Arc::new(SharedBody { bytes, _held: held })))
+    }
+
     /// Hands a committed envelope to the device's connection, if it has one here, and
-    /// wakes it. Returns false when the envelope did not fit (the queue is full, or the
-    /// relay's live-queue budget spent): the connection reads its mailbox instead.
-    pub(crate) fn push_live(&self, account: &AccountId, device: DeviceId, deliver: Deliver) -> bool {
+    /// wakes it; `None` when its shared body could not be held. Its head is charged to
+    /// the live-queue budget (the body was charged once by [`Hub::share_body`]). Returns
+    /// false when the envelope did not fit (the queue is full, or the relay's live-queue
+    /// budget spent): the connection reads its mailbox instead.
+    pub(crate) fn push_live(&self, account: &AccountId, device: DeviceId, envelope: Option<LiveEnvelope>) -> bool {
         let conns = lock(&self.conns);
         let mut fit = true;
         if let Some(e) = conns.get(&(*account, device)) {
             let mut live = lock(&e.signals.live);
-            let bytes = deliver.envelope.len();
-            if live.queue.len() >= e.signals.live_cap || live.queue.push(deliver, bytes).is_err() {
+            let queued = envelope.is_some_and(|env| {
+                let bytes = env.head.len();
+                live.queue.len() < e.signals.live_cap && live.queue.push(env, bytes).is_ok()
+            });
+            if !queued {
                 live.overflow = true;
                 fit = false;
             }

@@ -1,7 +1,7 @@
 //! Group commit: one task owns the write path of sends and acks.
 //!
 //! Connections queue their writes on a bounded channel. The task takes whatever is queued
-//! (at most [`MAX_BATCH_OPS`] writes and about [`MAX_BATCH_BYTES`] of envelopes), commits
+//! (at most [`MAX_BATCH_OPS`] writes and about [`MAX_BATCH_BYTES`] of bodies and heads), commits
 //! it with one [`Storage::write_batch`] transaction and then answers each send. There is
 //! no timer: while one batch commits the next one fills, so batches grow with the load and
 //! add no latency to a lone write. On SQLite this also means one writer instead of pooled
@@ -12,7 +12,8 @@
 //! connection task after each statement, which under load cost more than the statements.
 //!
 //! After a commit the task hands every stored envelope to its recipient's connection on
-//! this node ([`Hub::push_live`]), so live delivery needs no database read. A send is
+//! this node ([`Hub::push_live`]), so live delivery needs no database read; a send's
+//! shared body is held once for all of them ([`Hub::share_body`]). A send is
 //! answered only after its batch committed: `Stored` always means stored.
 //!
 //! Acks are not answered: a connection queues its ack and goes on. [`Writer::flush`]
@@ -22,16 +23,17 @@
 use std::sync::Arc;
 
 use sotto_crypto::{AccountId, DeviceId};
-use sotto_proto::{Deliver, Recipient};
+use sotto_proto::Recipient;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{Metrics, gauge_add, inc};
-use crate::state::Hub;
+use crate::state::{Hub, LiveEnvelope};
 use crate::storage::{SendParams, SendStored, Storage, StorageError, Store, WriteOp, WriteOutcome};
 
 /// The most writes committed in one transaction.
 pub const MAX_BATCH_OPS: usize = 512;
-/// A batch stops taking sends once their envelopes add up to this many bytes.
+/// A batch stops taking sends once their bytes (each shared body once, and the heads) add
+/// up to this many.
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
 /// The most writes queued for the task; further writers wait.
 pub const QUEUE: usize = 4096;
@@ -39,6 +41,8 @@ pub const QUEUE: usize = 4096;
 enum Job {
     Send {
         params: SendParams,
+        /// The shared body; recipient `i`'s envelope is `recipients[i].head ‖ body`.
+        body: Vec<u8>,
         recipients: Vec<Recipient>,
         /// Verifiers of the access keys the send presented.
         access: Vec<(AccountId, [u8; 32])>,
@@ -56,7 +60,10 @@ enum Job {
 impl Job {
     fn bytes(&self) -> usize {
         match self {
-            Job::Send { recipients, .. } => recipients.iter().map(|r| r.head.len()).sum(),
+            // The bytes held in memory: the body once, and the heads.
+            Job::Send { body, recipients, .. } => recipients
+                .iter()
+                .fold(body.len(), |n, r| n.saturating_add(r.head.len())),
             _ => 0,
         }
     }
@@ -101,12 +108,14 @@ impl Writer {
     pub(crate) async fn send(
         &self,
         params: SendParams,
+        body: Vec<u8>,
         recipients: Vec<Recipient>,
         access: Vec<(AccountId, [u8; 32])>,
     ) -> Result<SendStored, StorageError> {
         let (reply, answer) = oneshot::channel();
         let job = Job::Send {
             params,
+            body,
             recipients,
             access,
             reply,
@@ -212,11 +221,13 @@ fn ops_of(jobs: &[Job]) -> Vec<WriteOp<'_>> {
         .filter_map(|job| match job {
             Job::Send {
                 params,
+                body,
                 recipients,
                 access,
                 ..
             } => Some(WriteOp::Send {
                 params: *params,
+                body,
                 recipients,
                 access,
             }),
@@ -245,6 +256,7 @@ fn answer(hub: &Hub, metrics: &Metrics, jobs: Vec<Job>, outcomes: Vec<WriteOutco
             }
             Job::Send {
                 params,
+                body,
                 recipients,
                 reply,
                 ..
@@ -259,13 +271,16 @@ fn answer(hub: &Hub, metrics: &Metrics, jobs: Vec<Job>, outcomes: Vec<WriteOutco
                         &metrics.mailbox_envelopes,
                         i64::try_from(seqs.len()).unwrap_or(i64::MAX),
                     );
+                    // The body is held once for every recipient connected here.
+                    let body = hub.share_body(body);
                     for (r, &seq) in recipients.into_iter().zip(seqs) {
-                        let deliver = Deliver {
+                        let live = body.as_ref().ok().map(|body| LiveEnvelope {
                             seq,
                             received_at_s: params.now_s,
-                            envelope: r.head,
-                        };
-                        if !hub.push_live(&r.account_id, r.device_id, deliver) {
+                            head: r.head,
+                            body: body.clone(),
+                        });
+                        if !hub.push_live(&r.account_id, r.device_id, live) {
                             inc(&metrics.live_budget_overflow_total, 1);
                         }
                     }

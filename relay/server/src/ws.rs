@@ -33,7 +33,7 @@ use axum::extract::ws::{CloseFrame, Message, close_code};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use sotto_crypto::{AccountId, DeviceId};
-use sotto_proto::{Deliver, ErrorCode, Frame, Recipient, Send, SendOutcome, SendResult};
+use sotto_proto::{Deliver, ErrorCode, Frame, Send, SendOutcome, SendResult};
 
 use crate::error::code_of;
 use crate::http::decode_code;
@@ -458,7 +458,7 @@ where
         }
         if !ready.is_empty() {
             for d in ready {
-                deliver(state, socket, mb, d).await?;
+                deliver(state, socket, mb, d.into_deliver()).await?;
             }
             continue;
         }
@@ -620,10 +620,11 @@ impl Pipeline<'_> {
     }
 }
 
-/// Checks a send, rate-limits it (one token per recipient envelope and its bytes, on the
-/// connection's buckets and its address's), holds its bytes from the relay's in-flight
-/// budget until it is answered and starts storing it; `sender` is `None` on an anonymous
-/// connection. Its answer comes from `pending`, in the order the sends arrived.
+/// Checks a send, rate-limits it (one token per recipient envelope, and the bytes it
+/// uploaded: the shared body once and every head, on the connection's buckets and its
+/// address's), holds those bytes from the relay's in-flight budget until it is answered
+/// and starts storing it; `sender` is `None` on an anonymous connection. Its answer comes
+/// from `pending`, in the order the sends arrived.
 fn start_send<'a>(
     state: &'a AppState,
     edge: &Edge,
@@ -635,17 +636,16 @@ fn start_send<'a>(
     if sender.is_none() {
         inc(&state.metrics.sends_anonymous_total, 1);
     }
-    let bytes: usize = send.recipients.iter().map(|r| r.head.len()).sum();
+    // What was uploaded, not what the recipients' envelopes add up to: a fan-out's body
+    // is charged once.
+    let bytes = send
+        .recipients
+        .iter()
+        .fold(send.body.len(), |n, r| n.saturating_add(r.head.len()));
     let queue = pending.queue.get_or_insert_with(FuturesOrdered::new);
     let refuse = |code| Box::pin(std::future::ready((message_id, SendOutcome::Rejected { code }, 0)));
-    if let Err(code) = check_send(state, &send.recipients) {
+    if let Err(code) = check_send(state, &send) {
         queue.push_back(refuse(code));
-        return;
-    }
-    // The relay does not store shared bodies yet: every envelope must be whole in its
-    // head.
-    if !send.body.is_empty() {
-        queue.push_back(refuse(ErrorCode::MALFORMED));
         return;
     }
     if let Err(code) = state.charge(&edge.rate, edge.addr, send.recipients.len(), bytes) {
@@ -810,7 +810,7 @@ async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, se
             .collect()
     };
     let started = std::time::Instant::now();
-    let stored = state.writer.send(params, send.recipients, access).await;
+    let stored = state.writer.send(params, send.body, send.recipients, access).await;
     drop(held);
     state.metrics.send_store_seconds.observe(started.elapsed());
     match stored {
@@ -820,16 +820,27 @@ async fn handle_send(state: &AppState, sender: Option<(AccountId, DeviceId)>, se
     }
 }
 
-fn check_send(state: &AppState, recipients: &[Recipient]) -> Result<(), ErrorCode> {
+/// The checks of docs/protocol.md §13.7 that need no database, in its order. Each
+/// recipient's envelope is `head ‖ body`: one above `max_envelope_bytes` is
+/// `ENVELOPE_TOO_LARGE`, an empty one (empty head and empty body) `MALFORMED`.
+fn check_send(state: &AppState, send: &Send) -> Result<(), ErrorCode> {
     let limits = &state.config.limits;
+    let recipients = &send.recipients;
     if recipients.is_empty() {
         return Err(ErrorCode::EMPTY_SEND);
     }
     if recipients.len() > limits.max_recipients {
         return Err(ErrorCode::TOO_MANY_RECIPIENTS);
     }
-    if recipients.iter().any(|r| r.head.len() > limits.max_envelope_bytes) {
+    let body = send.body.len();
+    if recipients
+        .iter()
+        .any(|r| r.envelope_len(body) > limits.max_envelope_bytes)
+    {
         return Err(ErrorCode::ENVELOPE_TOO_LARGE);
+    }
+    if recipients.iter().any(|r| r.envelope_len(body) == 0) {
+        return Err(ErrorCode::MALFORMED);
     }
     let distinct: BTreeSet<(AccountId, DeviceId)> = recipients.iter().map(|r| (r.account_id, r.device_id)).collect();
     if distinct.len() != recipients.len() {

@@ -338,6 +338,7 @@ async fn concurrent_sends<S: Storage>(s: Arc<S>) {
 fn send(params: SendParams, recipients: &[Recipient]) -> WriteOp<'_> {
     WriteOp::Send {
         params,
+        body: &[],
         recipients,
         access: &[],
     }

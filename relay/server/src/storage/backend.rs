@@ -3,7 +3,10 @@
 //! transaction starts (SQLite takes the write lock up front with `BEGIN IMMEDIATE`) and in
 //! PostgreSQL's row locks (`FOR UPDATE SKIP LOCKED` when taking a one-time prekey, `FOR
 //! SHARE`/`FOR UPDATE` on account and device rows). Every writer locks device rows in
-//! (account, device) order before it touches envelopes, so writers cannot deadlock.
+//! (account, device) order before it touches envelopes, so writers cannot deadlock. Body
+//! rows are locked last, in id order, by whoever may delete them (each backend's
+//! `release_all`), so that of two transactions deleting the last envelopes of one body
+//! the second sees the first's deletes and removes it.
 
 /// Implements [`super::Storage`] for `$store` (a struct with a `pool: sqlx::Pool<$db>`).
 macro_rules! storage_impl {
@@ -116,11 +119,16 @@ macro_rules! storage_impl {
                 .fetch_all(&mut *tx)
                 .await?;
                 let mut known = std::collections::BTreeSet::new();
+                // Bodies referenced by the envelopes of removed or re-keyed devices.
+                let mut bodies = Vec::new();
                 for (id, dsk, ik) in existing {
                     let device = device_from_i64(id)?;
                     known.insert(device);
                     match list.device(device) {
                         None => {
+                            // Its envelopes go with the row (ON DELETE CASCADE); the bodies
+                            // only they referenced go at the end.
+                            bodies.extend(Self::bodies_of(&mut *tx, a, id).await?);
                             // The counter outlives the row: a device re-added under this id
                             // numbers on from it, so a seq never repeats in its mailbox.
                             sqlx::query(
@@ -153,6 +161,7 @@ macro_rules! storage_impl {
                             .bind(&registration_nonce()?[..])
                             .execute(&mut *tx)
                             .await?;
+                            bodies.extend(Self::bodies_of(&mut *tx, a, id).await?);
                             for q in [
                                 "DELETE FROM prekeys WHERE account_id = $1 AND device_id = $2",
                                 "DELETE FROM envelopes WHERE account_id = $1 AND device_id = $2",
@@ -164,6 +173,9 @@ macro_rules! storage_impl {
                         Some(_) => {}
                     }
                 }
+                // Those no envelope references any more go now, all at once (so their
+                // locks are taken in id order, as every other writer takes them).
+                Self::release_all(&mut *tx, bodies).await?;
                 for e in list.devices().iter().filter(|e| !known.contains(&e.device_id)) {
                     let retired: Option<(i64,)> = sqlx::query_as(
                         "DELETE FROM retired_mailboxes WHERE account_id = $1 AND device_id = $2 RETURNING next_seq",
@@ -483,17 +495,25 @@ macro_rules! storage_impl {
                 // 2. Acks: one range delete per device.
                 let ranges = ack_ranges(ops, &rows);
                 let mut deleted = std::collections::BTreeMap::new();
+                let mut bodies = std::collections::BTreeSet::new();
                 for chunk in ranges.chunks(BATCH_ACKS_PER_QUERY) {
-                    for (a, d, len, request) in Self::delete_acked(&mut *tx, chunk).await? {
+                    for (a, d, len, request, body) in Self::delete_acked(&mut *tx, chunk).await? {
                         let e: &mut Freed = deleted
                             .entry((AccountId(key32(&a, "account id")?), device_from_i64(d)?))
                             .or_default();
                         e.add(len, request);
+                        bodies.extend(body);
                     }
                 }
+                // The bodies whose last envelope an ack deleted (none for 1:1 sends).
+                Self::release_all(&mut *tx, bodies.into_iter().collect()).await?;
                 apply_acks(ops, &ranges, &deleted, &mut rows, &mut outcomes);
-                // 3. Sends, in order.
-                let (inserts, lookups) = plan_sends(ops, &mut rows, &access, &mut outcomes);
+                // 3. Sends, in order; each stored send's body once.
+                let Plan {
+                    inserts,
+                    bodies,
+                    lookups,
+                } = plan_sends(ops, &mut rows, &access, &mut outcomes);
                 for (i, accounts) in lookups {
                     let mut lists = Vec::with_capacity(accounts.len());
                     for a in accounts {
@@ -506,8 +526,18 @@ macro_rules! storage_impl {
                     }
                     outcomes[i] = Some(mismatch_outcome(lists));
                 }
+                let mut body_ids = Vec::with_capacity(bodies.len());
+                for b in &bodies {
+                    let (id,): (i64,) =
+                        sqlx::query_as("INSERT INTO bodies (expires_at, body) VALUES ($1, $2) RETURNING id")
+                            .bind(to_i64(b.expires_at_s))
+                            .bind(b.bytes)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    body_ids.push(id);
+                }
                 for chunk in inserts.chunks(BATCH_ROWS_PER_QUERY) {
-                    Self::insert_envelopes(&mut *tx, chunk).await?;
+                    Self::insert_envelopes(&mut *tx, chunk, &body_ids).await?;
                 }
                 // 4. The counters of every row that changed.
                 let dirty: Vec<_> = rows.iter().filter(|(_, r)| r.dirty).collect();
@@ -529,10 +559,12 @@ macro_rules! storage_impl {
                 now_s: u64,
                 limit: u32,
             ) -> Result<Vec<StoredEnvelope>, StorageError> {
-                let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT seq, received_at, ciphertext FROM envelopes \
-                     WHERE account_id = $1 AND device_id = $2 AND seq > $3 AND expires_at > $4 \
-                     ORDER BY seq LIMIT $5",
+                // head ‖ body: the body joined by id (none for rows without one).
+                let rows: Vec<(i64, i64, Vec<u8>, i64, Option<Vec<u8>>)> = sqlx::query_as(
+                    "SELECT e.seq, e.received_at, e.ciphertext, e.body_len, b.body FROM envelopes e \
+                     LEFT JOIN bodies b ON b.id = e.body_id \
+                     WHERE e.account_id = $1 AND e.device_id = $2 AND e.seq > $3 AND e.expires_at > $4 \
+                     ORDER BY e.seq LIMIT $5",
                 )
                 .bind(&account.0[..])
                 .bind(device_i64(device))
@@ -541,14 +573,15 @@ macro_rules! storage_impl {
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(seq, at, envelope)| StoredEnvelope {
-                        seq: to_u64(seq),
-                        received_at_s: to_u64(at),
-                        envelope,
+                rows.into_iter()
+                    .map(|(seq, at, head, body_len, body)| {
+                        Ok(StoredEnvelope {
+                            seq: to_u64(seq),
+                            received_at_s: to_u64(at),
+                            envelope: join_envelope(head, body_len, body)?,
+                        })
                     })
-                    .collect())
+                    .collect()
             }
 
             async fn last_seq(&self, account: &AccountId, device: DeviceId) -> Result<u64, StorageError> {
@@ -581,18 +614,30 @@ macro_rules! storage_impl {
                 .bind(to_i64(now_s))
                 .fetch_all(&mut *tx)
                 .await?;
-                let gone: Vec<(Vec<u8>, i64, i64, i64)> = sqlx::query_as(
+                let gone: Vec<DeletedRow> = sqlx::query_as(
                     "DELETE FROM envelopes WHERE expires_at <= $1 \
-                     RETURNING account_id, device_id, CAST(length(ciphertext) AS BIGINT), CAST(request AS BIGINT)",
+                     RETURNING account_id, device_id, CAST(length(ciphertext) + body_len AS BIGINT), \
+                     CAST(request AS BIGINT), body_id",
                 )
                 .bind(to_i64(now_s))
                 .fetch_all(&mut *tx)
                 .await?;
                 let total = gone.len() as u64;
                 let mut per_device: std::collections::BTreeMap<(Vec<u8>, i64), Freed> = Default::default();
-                for (a, d, len, request) in gone {
+                let mut bodies = std::collections::BTreeSet::new();
+                for (a, d, len, request, body) in gone {
                     per_device.entry((a, d)).or_default().add(len, request);
+                    bodies.extend(body);
                 }
+                // A body expires with the envelopes of its send (the same expires_at).
+                // Every expired body is looked at, not only those of the rows just
+                // deleted, so one that lost its rows some other way goes too.
+                let expired: Vec<(i64,)> = sqlx::query_as("SELECT id FROM bodies WHERE expires_at <= $1")
+                    .bind(to_i64(now_s))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                bodies.extend(expired.into_iter().map(|r| r.0));
+                Self::release_all(&mut *tx, bodies.into_iter().collect()).await?;
                 for ((a, d), f) in per_device {
                     sqlx::query(
                         "UPDATE devices SET depth = depth - $3, bytes = bytes - $4, \

@@ -5,6 +5,18 @@
 //! [`DeviceList`] can only be made by verifying one; prekeys are verified by
 //! [`verify_prekeys`] against the DSK the store is then asked to match). No row names a
 //! sender.
+//!
+//! A send's shared body (docs/protocol.md §13.7) is stored once, in `bodies`, and every
+//! envelope row of the send holds only its head (`ciphertext`), the body's id and length:
+//!
+//! ```text
+//! envelope(row) = row.ciphertext ‖ bodies[row.body_id].body     (no body when body_id is NULL)
+//! len(row)      = length(row.ciphertext) + row.body_len          (the mailbox byte counters)
+//! ```
+//!
+//! A send with an empty body stores no body row (every 1:1 send). A body row is deleted in
+//! the transaction that deletes its last envelope row: by an ack, by expiry, or by the
+//! device's removal or re-keying. Expiry also deletes any expired body no row references.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -165,11 +177,15 @@ pub struct AccountAccess {
 /// One write of a group commit ([`Storage::write_batch`]).
 #[derive(Clone, Copy, Debug)]
 pub enum WriteOp<'a> {
-    /// Store a send, as [`Storage::store_send`].
+    /// Store a send, as [`Storage::store_shared`].
     Send {
         /// Sender, clock and limits.
         params: SendParams,
-        /// The envelopes, one per recipient device; distinct recipients.
+        /// The shared body every recipient's envelope ends with; stored once (no body row
+        /// when empty).
+        body: &'a [u8],
+        /// The heads, one per recipient device; distinct recipients. Recipient `i`'s
+        /// envelope is `recipients[i].head ‖ body`.
         recipients: &'a [Recipient],
         /// The verifiers of the access keys the send presented, per account
         /// ([`sotto_proto::AccessKey::verifier`]).
@@ -283,7 +299,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Stores a send atomically after checking, for every account named, that the set of
     /// devices equals the account's current device list (without the sender device for
     /// the sender's own account when [`SendParams::sender`] names one). Recipients must be
-    /// distinct. A batch of one.
+    /// distinct; each head is its recipient's whole envelope (no shared body). A batch of
+    /// one.
     fn store_send(
         &self,
         params: SendParams,
@@ -299,10 +316,24 @@ pub trait Storage: Send + Sync + 'static {
         access: &[(AccountId, [u8; 32])],
         recipients: &[Recipient],
     ) -> impl Future<Output = Result<SendStored, StorageError>> + Send {
+        self.store_shared(params, access, &[], recipients)
+    }
+
+    /// [`Storage::store_send_with`] for a send whose envelopes share `body`: recipient
+    /// `i`'s envelope is `recipients[i].head ‖ body`. The body is stored once (nothing
+    /// when empty) and each recipient's mailbox is charged its whole envelope's length.
+    fn store_shared(
+        &self,
+        params: SendParams,
+        access: &[(AccountId, [u8; 32])],
+        body: &[u8],
+        recipients: &[Recipient],
+    ) -> impl Future<Output = Result<SendStored, StorageError>> + Send {
         async move {
             match self
                 .write_batch(&[WriteOp::Send {
                     params,
+                    body,
                     recipients,
                     access,
                 }])
@@ -315,7 +346,8 @@ pub trait Storage: Send + Sync + 'static {
         }
     }
 
-    /// Up to `limit` unexpired envelopes with a seq above `after`, in seq order.
+    /// Up to `limit` unexpired envelopes with a seq above `after`, in seq order, each
+    /// assembled as `head ‖ body`.
     fn fetch(
         &self,
         account: &AccountId,
@@ -325,7 +357,8 @@ pub trait Storage: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<StoredEnvelope>, StorageError>> + Send;
 
-    /// Deletes every envelope with a seq up to `seq`; returns how many. A batch of one.
+    /// Deletes every envelope with a seq up to `seq`, and each body no envelope references
+    /// any more; returns how many envelopes. A batch of one.
     fn ack(
         &self,
         account: &AccountId,
@@ -353,7 +386,8 @@ pub trait Storage: Send + Sync + 'static {
     /// counters: one pass over the device rows, none over envelopes.
     fn mailbox_totals(&self) -> impl Future<Output = Result<(u64, u64), StorageError>> + Send;
 
-    /// Deletes every envelope expired at `now_s`; returns how many.
+    /// Deletes every envelope expired at `now_s`, then every expired body no envelope
+    /// references; returns how many envelopes.
     fn expire(&self, now_s: u64) -> impl Future<Output = Result<u64, StorageError>> + Send;
 
     /// Stores (replaces) the device's push registration.
@@ -560,6 +594,22 @@ impl Storage for Store {
 }
 
 // ---- helpers shared by the backends ----
+
+/// An envelope from its row: the head, then the shared body when the row references one.
+/// A row whose body is missing, or not `body_len` bytes long, is [`StorageError::Corrupt`].
+pub(crate) fn join_envelope(mut head: Vec<u8>, body_len: i64, body: Option<Vec<u8>>) -> Result<Vec<u8>, StorageError> {
+    match body {
+        None if body_len == 0 => Ok(head),
+        Some(body) if body.len() as u64 == to_u64(body_len) && body_len > 0 => {
+            head.extend_from_slice(&body);
+            Ok(head)
+        }
+        _ => Err(StorageError::Corrupt("envelope body")),
+    }
+}
+
+/// Bodies per statement when deleting unreferenced ones.
+pub(crate) const BATCH_BODIES_PER_QUERY: usize = 500;
 
 /// Integers are stored as `i64`; these never fail for values the relay writes.
 pub(crate) fn to_i64(v: u64) -> i64 {
@@ -791,6 +841,10 @@ pub(crate) fn ack_ranges(ops: &[WriteOp<'_>], rows: &Rows) -> Vec<(AccountId, De
         .collect()
 }
 
+/// A deleted envelope row as the backends return it: (account, device, its envelope's
+/// length (head plus body), whether it was a request, its body's id).
+pub(crate) type DeletedRow = (Vec<u8>, i64, i64, i64, Option<i64>);
+
 /// What deleting envelopes freed in one mailbox.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Freed {
@@ -853,9 +907,34 @@ pub(crate) struct Insert<'a> {
     pub(crate) seq: u64,
     pub(crate) received_at_s: u64,
     pub(crate) expires_at_s: u64,
-    pub(crate) envelope: &'a [u8],
+    /// The recipient's head (its whole envelope when there is no body).
+    pub(crate) head: &'a [u8],
+    /// The shared body's index in the batch's [`NewBody`] list, and its length.
+    pub(crate) body: Option<usize>,
+    pub(crate) body_len: u64,
     /// Stored without the recipient account's access key (a message request).
     pub(crate) request: bool,
+}
+
+impl Insert<'_> {
+    /// The `body_id` column: the id the batch's body `i` was stored under.
+    pub(crate) fn body_id(&self, ids: &[i64]) -> Option<i64> {
+        self.body.and_then(|i| ids.get(i).copied())
+    }
+}
+
+/// One body row a batch inserts: a stored send's non-empty shared body.
+pub(crate) struct NewBody<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) expires_at_s: u64,
+}
+
+/// What [`plan_sends`] decided: the envelope rows and body rows to insert, and the sends
+/// that failed the device-set check as `(op index, accounts)`.
+pub(crate) struct Plan<'a> {
+    pub(crate) inserts: Vec<Insert<'a>>,
+    pub(crate) bodies: Vec<NewBody<'a>>,
+    pub(crate) lookups: Vec<(usize, Vec<AccountId>)>,
 }
 
 /// Which accounts of a send take its envelopes as message requests, or why it is
@@ -892,26 +971,32 @@ fn request_accounts(
 }
 
 /// Checks the batch's sends in order against the rows (device sets, mailbox depth) and
-/// assigns seqs to those that pass. Sends that fail the device-set check are returned as
-/// `(op index, accounts)`: the caller looks up those accounts' lists (an account with no
-/// stored list makes it [`StorageError::UnknownAccount`]).
+/// assigns seqs to those that pass; each stored send with a non-empty body gets one body
+/// row. Sends that fail the device-set check are returned as `(op index, accounts)`: the
+/// caller looks up those accounts' lists (an account with no stored list makes it
+/// [`StorageError::UnknownAccount`]). A mailbox is charged each envelope's whole length,
+/// `head ‖ body`, as if the body were stored in it.
 pub(crate) fn plan_sends<'a>(
     ops: &[WriteOp<'a>],
     rows: &mut Rows,
     access: &BTreeMap<AccountId, AccountAccess>,
     outcomes: &mut [Option<WriteOutcome>],
-) -> (Vec<Insert<'a>>, Vec<(usize, Vec<AccountId>)>) {
+) -> Plan<'a> {
     let mut inserts = Vec::new();
+    let mut bodies = Vec::new();
     let mut lookups = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let WriteOp::Send {
             params,
+            body,
             recipients,
             access: presented,
         } = *op
         else {
             continue;
         };
+        let body_len = body.len() as u64;
+        let len = |r: &Recipient| (r.head.len() as u64).saturating_add(body_len);
         let accounts: BTreeSet<AccountId> = recipients.iter().map(|r| r.account_id).collect();
         let mismatched: Vec<AccountId> = accounts
             .iter()
@@ -940,7 +1025,7 @@ pub(crate) fn plan_sends<'a>(
         let full = recipients.iter().any(|r| {
             rows.get(&(r.account_id, r.device_id)).is_none_or(|row| {
                 row.depth >= u64::from(params.max_mailbox_depth)
-                    || row.bytes.saturating_add(r.head.len() as u64) > params.max_mailbox_bytes
+                    || row.bytes.saturating_add(len(r)) > params.max_mailbox_bytes
             })
         });
         if full {
@@ -952,13 +1037,21 @@ pub(crate) fn plan_sends<'a>(
         let requests_full = recipients.iter().filter(|r| requests.contains(&r.account_id)).any(|r| {
             rows.get(&(r.account_id, r.device_id)).is_none_or(|row| {
                 row.requests >= u64::from(params.max_request_depth)
-                    || row.request_bytes.saturating_add(r.head.len() as u64) > params.max_request_bytes
+                    || row.request_bytes.saturating_add(len(r)) > params.max_request_bytes
             })
         });
         if requests_full {
             outcomes[i] = Some(WriteOutcome::Send(Err(StorageError::RequestsFull)));
             continue;
         }
+        // One body row for the whole send, however many mailboxes it reaches.
+        let body_index = (!body.is_empty()).then(|| {
+            bodies.push(NewBody {
+                bytes: body,
+                expires_at_s: params.expires_at_s,
+            });
+            bodies.len() - 1
+        });
         let mut seqs = Vec::with_capacity(recipients.len());
         for r in recipients {
             if let Some(row) = rows.get_mut(&(r.account_id, r.device_id)) {
@@ -969,22 +1062,28 @@ pub(crate) fn plan_sends<'a>(
                     seq: row.next_seq,
                     received_at_s: params.now_s,
                     expires_at_s: params.expires_at_s,
-                    envelope: &r.head,
+                    head: &r.head,
+                    body: body_index,
+                    body_len,
                     request: requests.contains(&r.account_id),
                 });
                 row.next_seq += 1;
                 row.depth += 1;
-                row.bytes = row.bytes.saturating_add(r.head.len() as u64);
+                row.bytes = row.bytes.saturating_add(len(r));
                 if requests.contains(&r.account_id) {
                     row.requests += 1;
-                    row.request_bytes = row.request_bytes.saturating_add(r.head.len() as u64);
+                    row.request_bytes = row.request_bytes.saturating_add(len(r));
                 }
                 row.dirty = true;
             }
         }
         outcomes[i] = Some(WriteOutcome::Send(Ok(SendStored::Stored(seqs))));
     }
-    (inserts, lookups)
+    Plan {
+        inserts,
+        bodies,
+        lookups,
+    }
 }
 
 /// The outcome of a send that failed the device-set check, from its mismatched accounts'

@@ -74,7 +74,7 @@ impl PostgresStore {
     async fn delete_acked(
         conn: &mut PgConnection,
         ranges: &[(AccountId, DeviceId, u64, u64)],
-    ) -> Result<Vec<(Vec<u8>, i64, i64, i64)>, sqlx::Error> {
+    ) -> Result<Vec<DeletedRow>, sqlx::Error> {
         let a: Vec<&[u8]> = ranges.iter().map(|r| &r.0.0[..]).collect();
         let d: Vec<i64> = ranges.iter().map(|r| device_i64(r.1)).collect();
         let lo: Vec<i64> = ranges.iter().map(|r| to_i64(r.2)).collect();
@@ -82,7 +82,8 @@ impl PostgresStore {
         sqlx::query_as(
             "DELETE FROM envelopes e USING UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[]) AS c(a, d, lo, hi) \
              WHERE e.account_id = c.a AND e.device_id = c.d AND e.seq > c.lo AND e.seq <= c.hi \
-             RETURNING e.account_id, e.device_id, CAST(length(e.ciphertext) AS BIGINT), e.request",
+             RETURNING e.account_id, e.device_id, CAST(length(e.ciphertext) + e.body_len AS BIGINT), e.request, \
+             e.body_id",
         )
         .bind(a)
         .bind(d)
@@ -92,28 +93,72 @@ impl PostgresStore {
         .await
     }
 
-    async fn insert_envelopes(conn: &mut PgConnection, inserts: &[Insert<'_>]) -> Result<(), sqlx::Error> {
+    /// `ids` are the batch's body ids, by [`Insert::body`].
+    async fn insert_envelopes(conn: &mut PgConnection, inserts: &[Insert<'_>], ids: &[i64]) -> Result<(), sqlx::Error> {
         let a: Vec<&[u8]> = inserts.iter().map(|e| &e.account.0[..]).collect();
         let d: Vec<i64> = inserts.iter().map(|e| device_i64(e.device)).collect();
         let seq: Vec<i64> = inserts.iter().map(|e| to_i64(e.seq)).collect();
         let at: Vec<i64> = inserts.iter().map(|e| to_i64(e.received_at_s)).collect();
         let exp: Vec<i64> = inserts.iter().map(|e| to_i64(e.expires_at_s)).collect();
-        let body: Vec<&[u8]> = inserts.iter().map(|e| e.envelope).collect();
+        let head: Vec<&[u8]> = inserts.iter().map(|e| e.head).collect();
         let request: Vec<i64> = inserts.iter().map(|e| i64::from(e.request)).collect();
+        let body_id: Vec<Option<i64>> = inserts.iter().map(|e| e.body_id(ids)).collect();
+        let body_len: Vec<i64> = inserts.iter().map(|e| to_i64(e.body_len)).collect();
         sqlx::query(
-            "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext, request) \
-             SELECT * FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[], $7::int8[])",
+            "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext, request, \
+             body_id, body_len) \
+             SELECT * FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[], $7::int8[], \
+             $8::int8[], $9::int8[])",
         )
         .bind(a)
         .bind(d)
         .bind(seq)
         .bind(at)
         .bind(exp)
-        .bind(body)
+        .bind(head)
         .bind(request)
+        .bind(body_id)
+        .bind(body_len)
         .execute(conn)
         .await
         .map(|_| ())
+    }
+
+    /// The bodies the device's envelopes reference (read before its envelopes are
+    /// deleted with it).
+    async fn bodies_of(conn: &mut PgConnection, account: &[u8], device: i64) -> Result<Vec<i64>, sqlx::Error> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT DISTINCT body_id FROM envelopes WHERE account_id = $1 AND device_id = $2 AND body_id IS NOT NULL",
+        )
+        .bind(account)
+        .bind(device)
+        .fetch_all(conn)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Deletes those of `ids` that no envelope references any more (an index probe on
+    /// `envelopes_by_body` each). The body rows are locked first, in id order: of two
+    /// transactions that each delete some of a body's last envelopes, the second waits
+    /// for the first to commit, and its check (a new statement, so a new snapshot under
+    /// READ COMMITTED) then sees both deletes and removes the body.
+    async fn release_all(conn: &mut PgConnection, mut ids: Vec<i64>) -> Result<(), sqlx::Error> {
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(BATCH_BODIES_PER_QUERY) {
+            let _: Vec<(i64,)> = sqlx::query_as("SELECT id FROM bodies WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                .bind(chunk)
+                .fetch_all(&mut *conn)
+                .await?;
+            sqlx::query(
+                "DELETE FROM bodies WHERE id = ANY($1) \
+                 AND NOT EXISTS (SELECT 1 FROM envelopes e WHERE e.body_id = bodies.id)",
+            )
+            .bind(chunk)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
     }
 
     async fn write_counters(

@@ -126,7 +126,7 @@ impl SqliteStore {
     async fn delete_acked(
         conn: &mut SqliteConnection,
         ranges: &[(AccountId, DeviceId, u64, u64)],
-    ) -> Result<Vec<(Vec<u8>, i64, i64, i64)>, sqlx::Error> {
+    ) -> Result<Vec<DeletedRow>, sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM envelopes WHERE ");
         for (i, (a, d, after, up_to)) in ranges.iter().enumerate() {
             if i > 0 {
@@ -142,13 +142,19 @@ impl SqliteStore {
                 .push_bind(to_i64(*up_to))
                 .push(")");
         }
-        q.push(" RETURNING account_id, device_id, CAST(length(ciphertext) AS BIGINT), request");
+        q.push(" RETURNING account_id, device_id, CAST(length(ciphertext) + body_len AS BIGINT), request, body_id");
         q.build_query_as().fetch_all(conn).await
     }
 
-    async fn insert_envelopes(conn: &mut SqliteConnection, inserts: &[Insert<'_>]) -> Result<(), sqlx::Error> {
+    /// `ids` are the batch's body ids, by [`Insert::body`].
+    async fn insert_envelopes(
+        conn: &mut SqliteConnection,
+        inserts: &[Insert<'_>],
+        ids: &[i64],
+    ) -> Result<(), sqlx::Error> {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext, request) ",
+            "INSERT INTO envelopes (account_id, device_id, seq, received_at, expires_at, ciphertext, request, \
+             body_id, body_len) ",
         );
         q.push_values(inserts, |mut row, e| {
             row.push_bind(&e.account.0[..])
@@ -156,10 +162,43 @@ impl SqliteStore {
                 .push_bind(to_i64(e.seq))
                 .push_bind(to_i64(e.received_at_s))
                 .push_bind(to_i64(e.expires_at_s))
-                .push_bind(e.envelope)
-                .push_bind(i64::from(e.request));
+                .push_bind(e.head)
+                .push_bind(i64::from(e.request))
+                .push_bind(e.body_id(ids))
+                .push_bind(to_i64(e.body_len));
         });
         q.build().execute(conn).await.map(|_| ())
+    }
+
+    /// The bodies the device's envelopes reference (read before its envelopes are
+    /// deleted with it).
+    async fn bodies_of(conn: &mut SqliteConnection, account: &[u8], device: i64) -> Result<Vec<i64>, sqlx::Error> {
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT DISTINCT body_id FROM envelopes WHERE account_id = $1 AND device_id = $2 AND body_id IS NOT NULL",
+        )
+        .bind(account)
+        .bind(device)
+        .fetch_all(conn)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Deletes those of `ids` that no envelope references any more (an index probe on
+    /// `envelopes_by_body` each). SQLite has one writer at a time, so no lock is needed
+    /// for the check to see every other transaction's deletes.
+    async fn release_all(conn: &mut SqliteConnection, mut ids: Vec<i64>) -> Result<(), sqlx::Error> {
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(BATCH_BODIES_PER_QUERY) {
+            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM bodies WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(") AND NOT EXISTS (SELECT 1 FROM envelopes e WHERE e.body_id = bodies.id)");
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
     }
 
     async fn write_counters(
