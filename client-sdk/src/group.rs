@@ -1,33 +1,36 @@
 //! Group membership that converges (docs/protocol.md §14): the group's state, the commits
-//! admins make to change it, and the chain every device keeps of them.
+//! admins make to change it, and the tree of commits every device keeps.
 //!
 //! ```text
 //! state     = 0x01 ‖ group_id (32) ‖ version (u64) ‖ title (var, ≤ 128, UTF-8)
 //!             ‖ count (u16, ≤ 1000) ‖ count × (account_id (32) ‖ role (u8: 0 member, 1 admin))   ascending ids
-//! state_hash = SHA-256("Sotto-v1 group state" ‖ state)
-//! commit    = 0x01 ‖ group_id (32) ‖ parent_version (u64) ‖ parent_hash (32) ‖ author (32)
+//! commit    = 0x01 ‖ group_id (32) ‖ parent_version (u64) ‖ parent (32) ‖ author (32)
 //!             ‖ key_commitment (32) ‖ count (u16, 1 ≤ count ≤ 1000) ‖ count × op
 //! op        = 0x01 Add ‖ account_id (32) ‖ role | 0x02 Remove ‖ account_id (32)
-//!           | 0x03 SetRole ‖ account_id (32) ‖ role | 0x04 SetTitle ‖ title (var, ≤ 128) | 0x05 Leave
+//!           | 0x03 SetRole ‖ account_id (32) ‖ role | 0x04 SetTitle ‖ title (var, ≤ 128)
+//!           | 0x05 Leave | 0x06 Rekey
 //! commit_id = SHA-256("Sotto-v1 group commit" ‖ commit)
-//! key_commitment = SHA-256("Sotto-v1 group seal key" ‖ GK of the new state)
+//! root id of a group's first state = SHA-256("Sotto-v1 group state" ‖ state)
+//! key_commitment = SHA-256("Sotto-v1 group seal key" ‖ GK of the new state), or 32 zero
+//!                  bytes when the author is not a member of the new state (it keeps the old key)
 //! ```
 //!
-//! Every state has a parent, except the group's first. An admin changes the group by a
-//! commit on the state it holds; a commit is valid on its parent when its author is an
-//! admin there (a member may commit a lone `Leave`). Two admins who commit on the same
-//! parent fork the chain. Every device resolves forks the same way: from the oldest state
-//! it keeps, it follows at each version the child whose `commit_id` is lowest. So devices
-//! that hold the same commits hold the same state, whatever order the commits arrived in.
-//! The author of a commit that lost makes it again on the winner (the SDK does this), so
-//! both admins' changes take effect.
+//! A commit names its parent by id: the commit that made the parent state, or the root's
+//! id. It is valid on its parent when its author, who must be the authenticated sender of
+//! the message that carried it, is an admin there (a member may commit a lone `Leave`).
+//! Two admins who commit on one parent fork the tree. Every device resolves forks with
+//! one rule that depends only on the commits it holds: from the root, at each state, go
+//! to the child whose subtree reaches the highest version; among equals, prefer a child
+//! that no sibling removes or demotes the author of; then the lowest commit id. The
+//! author of a commit that lost makes it again on the winner (the SDK does this).
 //!
-//! Bounds: a device keeps the states of the last [`WINDOW`] versions and their forks
-//! ([`MAX_NODES`] in all), and at most [`MAX_PENDING`] commits whose parent it has not
-//! seen yet. A commit on a parent more than [`WINDOW`] versions below the newest state is
-//! `Stale`: its author makes it again.
+//! Bounds: a device keeps [`WINDOW`] versions below its newest state, accepts commits on
+//! a parent at most [`MAX_FORK_DEPTH`] versions below it, keeps at most [`MAX_NODES`]
+//! states ([`MAX_CHILDREN`] per parent), at most [`MAX_PENDING`] commits waiting for their
+//! parent ([`MAX_PENDING_PER_AUTHOR`] per author) and the ids of the last [`MAX_SEEN`]
+//! commits it dropped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use sha2::{Digest, Sha256};
 use sotto_crypto::AccountId;
@@ -41,12 +44,23 @@ pub const MAX_MEMBERS: usize = 1000;
 pub const MAX_TITLE_LEN: usize = 128;
 /// The most operations in one commit.
 pub const MAX_OPS: usize = MAX_MEMBERS;
-/// How many versions below the newest state a device keeps, and accepts commits on.
-pub const WINDOW: u64 = 64;
+/// How many versions below the newest state a device keeps.
+pub const WINDOW: u64 = 32;
+/// A commit on a parent more versions than this below the newest state is `Stale`.
+pub const MAX_FORK_DEPTH: u64 = 16;
 /// The most states (the canonical chain and its forks) a device keeps per group.
-pub const MAX_NODES: usize = 256;
+pub const MAX_NODES: usize = 128;
+/// The most commits kept on one parent.
+pub const MAX_CHILDREN: usize = 8;
 /// The most commits waiting for their parent.
-pub const MAX_PENDING: usize = 256;
+pub const MAX_PENDING: usize = 128;
+/// The most commits of one author waiting for their parent: two windows, so that one
+/// admin's chain built on another's commit that is late fits.
+pub const MAX_PENDING_PER_AUTHOR: usize = 2 * WINDOW as usize;
+/// How many ids of dropped commits (pruned or evicted) a device remembers.
+pub const MAX_SEEN: usize = 4096;
+/// The key commitment of a commit whose author leaves the group: no new key.
+pub const NO_KEY: [u8; 32] = [0; 32];
 
 const STATE_LABEL: &[u8] = b"Sotto-v1 group state";
 const COMMIT_LABEL: &[u8] = b"Sotto-v1 group commit";
@@ -98,18 +112,25 @@ pub enum GroupError {
     /// The commit's parent is not the state it is applied to.
     #[error("commit does not follow this state")]
     WrongParent,
-    /// The author may not make this change.
+    /// The author may not make this change, or is not who sent the commit.
     #[error("the author is not an admin of the group")]
     NotAdmin,
+    /// A commit whose author is not a member of the new state commits to a key, or one
+    /// whose author stays commits to none.
+    #[error("the commit's key commitment does not fit its author")]
+    BadKeyCommitment,
     /// More than [`MAX_MEMBERS`] members.
     #[error("more than {max} members")]
     TooManyMembers {
         /// The bound.
         max: usize,
     },
-    /// A commit without operations.
-    #[error("commit without operations")]
-    Empty,
+    /// A commit without operations, or with more than [`MAX_OPS`].
+    #[error("commit without operations or with more than {max}")]
+    Empty {
+        /// The bound.
+        max: usize,
+    },
     /// The group's version cannot grow further.
     #[error("group version exhausted")]
     VersionExhausted,
@@ -119,7 +140,7 @@ pub enum GroupError {
         /// The window.
         window: u64,
     },
-    /// Too many commits wait for their parent, or too many forks are kept.
+    /// Too many commits wait for their parent (of this author), or too many forks are kept.
     #[error("too many pending commits or forks")]
     Full,
 }
@@ -137,6 +158,8 @@ pub enum Op {
     SetTitle(String),
     /// The author leaves.
     Leave,
+    /// Only a new seal key (after a member left with the old one).
+    Rekey,
 }
 
 /// The group's state at one version.
@@ -251,17 +274,28 @@ impl GroupState {
         self.members.get(a) == Some(&Role::Admin)
     }
 
-    /// The state after `commit`, or why the commit is not valid on this state.
+    /// Checks a state given by someone else (a root): title and member bounds.
+    pub fn validate(&self) -> Result<(), GroupError> {
+        check_title(&self.title)?;
+        if self.members.len() > MAX_MEMBERS {
+            return Err(GroupError::TooManyMembers { max: MAX_MEMBERS });
+        }
+        Ok(())
+    }
+
+    /// The state after `commit`, or why the commit is not valid on this state. The caller
+    /// checks that the commit names this state's id as its parent; this checks the
+    /// group, the version, the author's rights, the operations and the key commitment.
     pub fn apply(&self, commit: &Commit) -> Result<Self, GroupError> {
         if commit.group_id != self.id {
             return Err(GroupError::WrongGroup);
         }
-        if commit.parent_version != self.version || commit.parent_hash != self.hash() {
+        if commit.parent_version != self.version {
             return Err(GroupError::WrongParent);
         }
         let version = self.version.checked_add(1).ok_or(GroupError::VersionExhausted)?;
-        if commit.ops.is_empty() {
-            return Err(GroupError::Empty);
+        if commit.ops.is_empty() || commit.ops.len() > MAX_OPS {
+            return Err(GroupError::Empty { max: MAX_OPS });
         }
         let lone_leave = commit.ops == [Op::Leave] && self.is_member(&commit.author);
         if !self.is_admin(&commit.author) && !lone_leave {
@@ -289,10 +323,16 @@ impl GroupState {
                 Op::Leave => {
                     next.members.remove(&commit.author);
                 }
+                Op::Rekey => {}
             }
         }
         if next.members.len() > MAX_MEMBERS {
             return Err(GroupError::TooManyMembers { max: MAX_MEMBERS });
+        }
+        // An author who is not in the new state does not choose its key.
+        let stays = next.is_member(&commit.author);
+        if stays == (commit.key_commitment == NO_KEY) {
+            return Err(GroupError::BadKeyCommitment);
         }
         // A group with members always has an admin: the lowest account id becomes one.
         if !next.members.values().any(|r| *r == Role::Admin)
@@ -301,6 +341,15 @@ impl GroupState {
             *r = Role::Admin;
         }
         Ok(next)
+    }
+
+    /// True when `commit` removes or demotes `account`.
+    fn demotes(commit: &Commit, account: &AccountId) -> bool {
+        commit.ops.iter().any(|op| match op {
+            Op::Remove(a) => a == account,
+            Op::SetRole(a, Role::Member) => a == account,
+            _ => false,
+        })
     }
 }
 
@@ -311,12 +360,12 @@ pub struct Commit {
     pub group_id: GroupId,
     /// The version of the state it changes.
     pub parent_version: u64,
-    /// The hash of the state it changes.
-    pub parent_hash: [u8; 32],
+    /// The id of the state it changes: the id of the commit that made it, or the root's id.
+    pub parent: [u8; 32],
     /// Who made it.
     pub author: AccountId,
     /// `SHA-256("Sotto-v1 group seal key" ‖ GK)` of the new state's seal key, which travels
-    /// beside the commit to those who stay members.
+    /// beside the commit to those who stay members; [`NO_KEY`] when the author leaves.
     pub key_commitment: [u8; 32],
     /// The changes, applied in order.
     pub ops: Vec<Op>,
@@ -331,14 +380,21 @@ pub fn key_commitment(seal_key: &[u8; 32]) -> [u8; 32] {
 }
 
 impl Commit {
-    /// A commit of `ops` on `parent`.
-    pub fn on(parent: &GroupState, author: AccountId, seal_key: &[u8; 32], ops: Vec<Op>) -> Self {
+    /// A commit of `ops` on the state `parent` whose id is `parent_id`; `seal_key` is the
+    /// new state's key (`None` when the author leaves the group with this commit).
+    pub fn on(
+        parent_id: [u8; 32],
+        parent: &GroupState,
+        author: AccountId,
+        seal_key: Option<&[u8; 32]>,
+        ops: Vec<Op>,
+    ) -> Self {
         Self {
             group_id: parent.id,
             parent_version: parent.version,
-            parent_hash: parent.hash(),
+            parent: parent_id,
             author,
-            key_commitment: key_commitment(seal_key),
+            key_commitment: seal_key.map(key_commitment).unwrap_or(NO_KEY),
             ops,
         }
     }
@@ -349,7 +405,7 @@ impl Commit {
         out.put_u8(VERSION);
         out.put(&self.group_id.0);
         out.put_u64(self.parent_version);
-        out.put(&self.parent_hash);
+        out.put(&self.parent);
         out.put(&self.author.0);
         out.put(&self.key_commitment);
         out.put_count(self.ops.len());
@@ -374,6 +430,7 @@ impl Commit {
                     out.put_var(t.as_bytes());
                 }
                 Op::Leave => out.put_u8(5),
+                Op::Rekey => out.put_u8(6),
             }
         }
         out
@@ -385,12 +442,12 @@ impl Commit {
         r.version(VERSION)?;
         let group_id = GroupId(r.array()?);
         let parent_version = r.u64()?;
-        let parent_hash = r.array()?;
+        let parent = r.array()?;
         let author = AccountId(r.array()?);
         let key_commitment = r.array()?;
         let n = r.count("ops", MAX_OPS, 1)?;
         if n == 0 {
-            return Err(GroupError::Empty);
+            return Err(GroupError::Empty { max: MAX_OPS });
         }
         let mut ops = Vec::with_capacity(n);
         for _ in 0..n {
@@ -401,6 +458,7 @@ impl Commit {
                 3 => Op::SetRole(AccountId(r.array()?), Role::from_byte(r.u8()?)?),
                 4 => Op::SetTitle(read_title(&mut r)?),
                 5 => Op::Leave,
+                6 => Op::Rekey,
                 _ => {
                     return Err(DecodeError::UnknownType {
                         field: "group op",
@@ -414,7 +472,7 @@ impl Commit {
         Ok(Self {
             group_id,
             parent_version,
-            parent_hash,
+            parent,
             author,
             key_commitment,
             ops,
@@ -430,12 +488,14 @@ impl Commit {
     }
 }
 
-/// One kept state and the commit that made it.
+/// One kept state, the commit that made it and how high its subtree reaches.
 #[derive(Clone, Debug)]
 struct Node {
     state: GroupState,
-    /// The commit that made this state, and its parent's hash; `None` for the root.
-    via: Option<([u8; 32], Commit)>,
+    /// The commit that made this state; `None` for the root.
+    commit: Option<Commit>,
+    /// The highest version of this state and its kept descendants.
+    height: u64,
 }
 
 /// What [`GroupLog::receive`] did with a commit.
@@ -445,193 +505,383 @@ pub enum Received {
     Applied,
     /// Kept until its parent arrives.
     Pending,
-    /// Seen before.
+    /// Seen before (kept, pending, or dropped since).
     Duplicate,
 }
 
-/// The chain of one group's states that a device keeps, with the forks it has seen.
+/// What a device stores of a [`GroupLog`], and rebuilds it from.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LogParts {
+    /// The root's id.
+    pub root_id: [u8; 32],
+    /// The root state.
+    pub root: GroupState,
+    /// The kept commits, parents before children.
+    pub commits: Vec<Commit>,
+    /// The commits waiting for their parent.
+    pub pending: Vec<Commit>,
+    /// Ids of dropped commits, oldest first, with whether each was on the canonical chain.
+    pub seen: Vec<([u8; 32], bool)>,
+}
+
+/// The commits of one group that a device keeps: a tree from a root, with the forks it
+/// has seen, and the canonical chain through it.
 #[derive(Clone, Debug)]
 pub struct GroupLog {
     root: [u8; 32],
     nodes: HashMap<[u8; 32], Node>,
-    /// Children of each kept state: commit id → child state hash.
-    children: HashMap<[u8; 32], BTreeMap<[u8; 32], [u8; 32]>>,
+    /// Children of each kept state, by commit id.
+    children: HashMap<[u8; 32], BTreeSet<[u8; 32]>>,
     /// Commits whose parent is not kept yet, by commit id.
     pending: BTreeMap<[u8; 32], Commit>,
+    /// Ids of dropped commits (pruned below the root, or evicted), oldest first, and
+    /// whether each was canonical when dropped.
+    seen: VecDeque<([u8; 32], bool)>,
+    seen_set: HashSet<[u8; 32]>,
+    /// The end of the canonical chain.
     tip: [u8; 32],
 }
 
 impl GroupLog {
-    /// A log that starts at `root` (the group's first state, or the state a device was
-    /// given when it joined).
-    pub fn new(root: GroupState) -> Self {
-        let hash = root.hash();
+    /// A log for a group's first state; its id is `SHA-256("Sotto-v1 group state" ‖ state)`.
+    pub fn genesis(state: GroupState) -> Result<Self, GroupError> {
+        let id = state.hash();
+        Self::new(id, state)
+    }
+
+    /// A log that starts at `root`, whose id is `root_id` (a device that joins is given
+    /// both by an admin).
+    pub fn new(root_id: [u8; 32], root: GroupState) -> Result<Self, GroupError> {
+        root.validate()?;
         let mut nodes = HashMap::new();
-        nodes.insert(hash, Node { state: root, via: None });
-        Self {
-            root: hash,
+        let height = root.version;
+        nodes.insert(
+            root_id,
+            Node {
+                state: root,
+                commit: None,
+                height,
+            },
+        );
+        Ok(Self {
+            root: root_id,
             nodes,
             children: HashMap::new(),
             pending: BTreeMap::new(),
-            tip: hash,
+            seen: VecDeque::new(),
+            seen_set: HashSet::new(),
+            tip: root_id,
+        })
+    }
+
+    /// Rebuilds a log from what [`GroupLog::parts`] gave.
+    pub fn from_parts(parts: LogParts) -> Result<Self, GroupError> {
+        let mut log = Self::new(parts.root_id, parts.root)?;
+        for (id, canonical) in parts.seen {
+            log.remember(id, canonical);
+        }
+        for c in parts.commits {
+            let id = c.id();
+            log.insert(id, c)?;
+        }
+        for c in parts.pending {
+            log.pending.insert(c.id(), c);
+        }
+        log.settle();
+        Ok(log)
+    }
+
+    /// What to store to rebuild this log.
+    pub fn parts(&self) -> LogParts {
+        let mut commits: Vec<&Commit> = self.nodes.values().filter_map(|n| n.commit.as_ref()).collect();
+        commits.sort_by_key(|c| (c.parent_version, c.id()));
+        LogParts {
+            root_id: self.root,
+            root: self.root().clone(),
+            commits: commits.into_iter().cloned().collect(),
+            pending: self.pending.values().cloned().collect(),
+            seen: self.seen.iter().copied().collect(),
         }
     }
 
-    /// The newest state on the canonical chain.
-    pub fn tip(&self) -> &GroupState {
-        // The tip is always a kept node; fall back to the root for safety.
+    fn state(&self, id: &[u8; 32]) -> &GroupState {
+        // Every id the log hands out (root, tip, parents on the chain) is a kept node.
         self.nodes
-            .get(&self.tip)
-            .or_else(|| self.nodes.get(&self.root))
+            .get(id)
             .map(|n| &n.state)
             .unwrap_or_else(|| unreachable_state())
     }
 
-    /// True when the commit is on the canonical chain.
-    pub fn is_canonical(&self, commit_id: &[u8; 32]) -> bool {
-        self.canonical_commits().iter().any(|(id, _)| id == commit_id)
+    /// The newest state on the canonical chain.
+    pub fn tip(&self) -> &GroupState {
+        self.state(&self.tip)
+    }
+
+    /// The id of the newest state (the commit that made it, or the root's id).
+    pub fn tip_id(&self) -> [u8; 32] {
+        self.tip
+    }
+
+    /// The state the kept tree starts from.
+    pub fn root(&self) -> &GroupState {
+        self.state(&self.root)
+    }
+
+    /// The root's id.
+    pub fn root_id(&self) -> [u8; 32] {
+        self.root
     }
 
     /// The commits of the canonical chain from the root, oldest first.
-    pub fn canonical_commits(&self) -> Vec<([u8; 32], Commit)> {
+    pub fn canonical(&self) -> Vec<([u8; 32], &Commit)> {
         let mut out = Vec::new();
         let mut at = self.tip;
-        while let Some(Node { via: Some((id, c)), .. }) = self.nodes.get(&at) {
-            out.push((*id, c.clone()));
-            at = c.parent_hash;
+        while let Some(Node { commit: Some(c), .. }) = self.nodes.get(&at) {
+            out.push((at, c));
+            at = c.parent;
         }
         out.reverse();
         out
     }
 
-    /// The state the chain starts from.
-    pub fn root(&self) -> &GroupState {
-        self.nodes
-            .get(&self.root)
-            .map(|n| &n.state)
-            .unwrap_or_else(|| unreachable_state())
-    }
-
-    /// Every commit kept (on any fork, and pending), so that the log can be stored and
-    /// rebuilt with [`GroupLog::new`] on [`GroupLog::root`] and [`GroupLog::receive`].
-    pub fn commits(&self) -> Vec<Commit> {
-        let mut kept: Vec<&Commit> = self
-            .nodes
-            .values()
-            .filter_map(|n| n.via.as_ref().map(|(_, c)| c))
-            .collect();
-        kept.sort_by_key(|c| c.parent_version);
-        kept.into_iter().chain(self.pending.values()).cloned().collect()
-    }
-
-    /// Takes a commit in. A commit that is not valid on its parent is refused and not kept.
-    pub fn receive(&mut self, commit: Commit) -> Result<Received, GroupError> {
-        let id = commit.id();
-        if self.pending.contains_key(&id) || self.children.values().any(|c| c.contains_key(&id)) {
-            return Ok(Received::Duplicate);
+    /// True when the commit is on the canonical chain, or was when it was pruned below
+    /// the root.
+    pub fn is_canonical(&self, commit_id: &[u8; 32]) -> bool {
+        if self.seen_set.contains(commit_id) {
+            return self.seen.iter().any(|(id, c)| id == commit_id && *c);
         }
-        let root_version = self.root().version;
-        if commit.parent_version < root_version {
-            return Err(GroupError::Stale { window: WINDOW });
+        *commit_id == self.root || self.canonical().iter().any(|(id, _)| id == commit_id)
+    }
+
+    fn remember(&mut self, id: [u8; 32], canonical: bool) {
+        if self.seen_set.insert(id) {
+            self.seen.push_back((id, canonical));
+            if self.seen.len() > MAX_SEEN
+                && let Some((old, _)) = self.seen.pop_front()
+            {
+                self.seen_set.remove(&old);
+            }
+        }
+    }
+
+    /// Takes in a commit that `sender` (the authenticated sender of the message that
+    /// carried it) sent. A commit that is not valid on its parent is refused and not kept.
+    pub fn receive(&mut self, commit: Commit, sender: &AccountId) -> Result<Received, GroupError> {
+        if commit.author != *sender {
+            return Err(GroupError::NotAdmin);
         }
         if commit.group_id != self.root().id {
             return Err(GroupError::WrongGroup);
         }
-        if !self.nodes.contains_key(&commit.parent_hash) {
-            if commit.parent_version > self.tip().version.saturating_add(WINDOW) {
+        let id = commit.id();
+        if self.nodes.contains_key(&id) || self.pending.contains_key(&id) || self.seen_set.contains(&id) {
+            return Ok(Received::Duplicate);
+        }
+        let tip_version = self.tip().version;
+        if commit.parent_version.saturating_add(MAX_FORK_DEPTH) < tip_version
+            || commit.parent_version < self.root().version
+        {
+            return Err(GroupError::Stale { window: MAX_FORK_DEPTH });
+        }
+        if !self.nodes.contains_key(&commit.parent) {
+            if commit.parent_version > tip_version.saturating_add(WINDOW) {
                 return Err(GroupError::Stale { window: WINDOW });
             }
-            if self.pending.len() >= MAX_PENDING {
+            let by_author = self.pending.values().filter(|c| c.author == commit.author).count();
+            if self.pending.len() >= MAX_PENDING || by_author >= MAX_PENDING_PER_AUTHOR {
                 return Err(GroupError::Full);
             }
             self.pending.insert(id, commit);
             return Ok(Received::Pending);
         }
         self.insert(id, commit)?;
-        // Pending commits whose parent is now kept, until none is left to place.
+        self.settle();
+        Ok(Received::Applied)
+    }
+
+    /// Places pending commits whose parent is now kept, then chooses the tip and prunes.
+    fn settle(&mut self) {
         loop {
             let ready: Vec<[u8; 32]> = self
                 .pending
                 .iter()
-                .filter(|(_, c)| self.nodes.contains_key(&c.parent_hash))
+                .filter(|(_, c)| self.nodes.contains_key(&c.parent))
                 .map(|(id, _)| *id)
                 .collect();
             if ready.is_empty() {
                 break;
             }
-            for pid in ready {
-                if let Some(c) = self.pending.remove(&pid) {
-                    // An invalid pending commit is dropped; it never applied anywhere.
-                    let _ = self.insert(pid, c);
+            for id in ready {
+                if let Some(c) = self.pending.remove(&id) {
+                    // A pending commit that is not valid on its parent never applied
+                    // anywhere: it is dropped, and remembered so it is not taken again.
+                    if self.insert(id, c).is_err() {
+                        self.remember(id, false);
+                    }
                 }
             }
         }
         self.choose_tip();
         self.prune();
-        Ok(Received::Applied)
     }
 
     fn insert(&mut self, id: [u8; 32], commit: Commit) -> Result<(), GroupError> {
-        if self.nodes.len() >= MAX_NODES {
+        let parent = self.nodes.get(&commit.parent).ok_or(GroupError::WrongParent)?;
+        let state = parent.state.apply(&commit)?;
+        let siblings = self.children.get(&commit.parent).map_or(0, BTreeSet::len);
+        if siblings >= MAX_CHILDREN {
             return Err(GroupError::Full);
         }
-        let parent = self.nodes.get(&commit.parent_hash).ok_or(GroupError::WrongParent)?;
-        let state = parent.state.apply(&commit)?;
-        let hash = state.hash();
-        self.children.entry(commit.parent_hash).or_default().insert(id, hash);
+        if self.nodes.len() >= MAX_NODES && !(commit.parent == self.tip && self.evict_fork_leaf()) {
+            return Err(GroupError::Full);
+        }
+        let version = state.version;
+        let parent_id = commit.parent;
+        self.children.entry(parent_id).or_default().insert(id);
         self.nodes.insert(
-            hash,
+            id,
             Node {
                 state,
-                via: Some((id, commit)),
+                commit: Some(commit),
+                height: version,
             },
         );
+        // Raise the heights of its ancestors.
+        let mut at = parent_id;
+        while let Some(n) = self.nodes.get_mut(&at) {
+            if n.height >= version {
+                break;
+            }
+            n.height = version;
+            match &n.commit {
+                Some(c) => at = c.parent,
+                None => break,
+            }
+        }
         Ok(())
     }
 
-    /// From the root, the lowest commit id at every version.
+    /// Drops one leaf that is not on the canonical chain (the highest id), to make room
+    /// for a commit on the tip. False when there is none.
+    fn evict_fork_leaf(&mut self) -> bool {
+        let canonical: HashSet<[u8; 32]> = self.canonical().iter().map(|(id, _)| *id).collect();
+        let leaf = self
+            .nodes
+            .keys()
+            .filter(|id| **id != self.root && !canonical.contains(*id))
+            .filter(|id| self.children.get(*id).is_none_or(BTreeSet::is_empty))
+            .max()
+            .copied();
+        let Some(leaf) = leaf else { return false };
+        if let Some(n) = self.nodes.remove(&leaf)
+            && let Some(c) = n.commit
+        {
+            if let Some(set) = self.children.get_mut(&c.parent) {
+                set.remove(&leaf);
+            }
+            self.recompute_height(c.parent);
+        }
+        self.children.remove(&leaf);
+        self.remember(leaf, false);
+        true
+    }
+
+    /// Recomputes the heights from `id` up, after a descendant was dropped.
+    fn recompute_height(&mut self, mut id: [u8; 32]) {
+        loop {
+            let Some(n) = self.nodes.get(&id) else { return };
+            let own = n.state.version;
+            let parent = n.commit.as_ref().map(|c| c.parent);
+            let height = self
+                .children
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| self.nodes.get(c).map(|n| n.height))
+                .fold(own, u64::max);
+            if let Some(n) = self.nodes.get_mut(&id) {
+                n.height = height;
+            }
+            match parent {
+                Some(p) => id = p,
+                None => return,
+            }
+        }
+    }
+
+    /// The child the canonical chain goes on to: the highest subtree; then one whose
+    /// author no sibling removes or demotes; then the lowest commit id.
+    fn choose(&self, parent: &[u8; 32]) -> Option<[u8; 32]> {
+        let kids = self.children.get(parent)?;
+        let commits: Vec<([u8; 32], &Node)> = kids
+            .iter()
+            .filter_map(|id| self.nodes.get(id).map(|n| (*id, n)))
+            .collect();
+        commits
+            .iter()
+            .map(|(id, n)| {
+                let author = n.commit.as_ref().map(|c| c.author);
+                let demoted = commits.iter().any(|(other, o)| {
+                    other != id
+                        && match (&o.commit, &author) {
+                            (Some(oc), Some(a)) => GroupState::demotes(oc, a),
+                            _ => false,
+                        }
+                });
+                (std::cmp::Reverse(n.height), demoted, *id)
+            })
+            .min()
+            .map(|(_, _, id)| id)
+    }
+
     fn choose_tip(&mut self) {
         let mut at = self.root;
-        let mut seen = BTreeSet::new();
-        while let Some((_, child)) = self.children.get(&at).and_then(|c| c.iter().next()) {
-            if !seen.insert(*child) {
-                break;
-            }
-            at = *child;
+        while let Some(next) = self.choose(&at) {
+            at = next;
         }
         self.tip = at;
     }
 
     /// Moves the root up the canonical chain to `WINDOW` versions below the tip and drops
-    /// whatever does not descend from it.
+    /// whatever does not descend from it (remembering the ids of what it drops).
     fn prune(&mut self) {
-        let tip_version = self.tip().version;
-        let floor = tip_version.saturating_sub(WINDOW);
+        let floor = self.tip().version.saturating_sub(WINDOW);
         if self.root().version >= floor {
             return;
         }
-        let chain = self.canonical_commits();
+        let chain: Vec<[u8; 32]> = self.canonical().iter().map(|(id, _)| *id).collect();
         let Some(new_root) = chain
             .iter()
-            .filter_map(|(id, c)| self.children.get(&c.parent_hash).and_then(|m| m.get(id)))
-            .find(|h| self.nodes.get(*h).is_some_and(|n| n.state.version == floor))
+            .find(|id| self.nodes.get(*id).is_some_and(|n| n.state.version == floor))
             .copied()
         else {
             return;
         };
-        let mut keep = BTreeSet::new();
+        let mut keep = HashSet::new();
         let mut stack = vec![new_root];
         while let Some(h) = stack.pop() {
             if keep.insert(h)
                 && let Some(c) = self.children.get(&h)
             {
-                stack.extend(c.values().copied());
+                stack.extend(c.iter().copied());
             }
         }
-        self.nodes.retain(|h, _| keep.contains(h));
-        self.children.retain(|h, _| keep.contains(h));
+        let mut on_chain: HashSet<[u8; 32]> = chain.iter().copied().collect();
+        on_chain.insert(self.root);
+        let mut dropped: Vec<([u8; 32], u64)> = self
+            .nodes
+            .iter()
+            .filter(|(id, _)| !keep.contains(*id))
+            .map(|(id, n)| (*id, n.state.version))
+            .collect();
+        dropped.sort_by_key(|(id, v)| (*v, *id));
+        for (id, _) in dropped {
+            self.remember(id, on_chain.contains(&id));
+        }
+        self.nodes.retain(|id, _| keep.contains(id));
+        self.children.retain(|id, _| keep.contains(id));
         if let Some(n) = self.nodes.get_mut(&new_root) {
-            n.via = None;
+            n.commit = None;
         }
         self.root = new_root;
         self.pending.retain(|_, c| c.parent_version >= floor);
@@ -641,7 +891,8 @@ impl GroupLog {
 #[cold]
 fn unreachable_state() -> &'static GroupState {
     // The root and the tip are kept nodes by construction (prune keeps the new root and
-    // everything below it, and the tip descends from it); abort rather than invent a state.
+    // everything above it, and the tip descends from it; eviction never drops either);
+    // abort rather than invent a state.
     std::process::abort()
 }
 

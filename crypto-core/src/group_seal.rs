@@ -50,9 +50,10 @@ const TAG_LEN: usize = 16;
 /// Largest content (before padding) a group seal carries: a sender-key message of the
 /// largest plaintext fits.
 pub const MAX_CONTENT_LEN: usize = crate::sender_key::MAX_MESSAGE_LEN;
-/// Largest envelope [`GroupSealKey::open`] accepts: the header, the padded largest
-/// content with its type byte, and the tag.
-pub const MAX_ENVELOPE_LEN: usize = HEADER_LEN + MAX_CONTENT_LEN + 1 + MAX_CONTENT_LEN / 8 + TAG_LEN;
+/// Largest envelope: the header, the largest content with its type byte and marker padded
+/// to its bucket (`bucket(1 048 695) = 1 081 344`), and the tag. [`GroupSealKey::open`]
+/// refuses anything longer.
+pub const MAX_ENVELOPE_LEN: usize = 1_081_409;
 /// Smallest envelope: the header, the smallest padding bucket, the tag.
 pub const MIN_ENVELOPE_LEN: usize = HEADER_LEN + 256 + TAG_LEN;
 
@@ -321,6 +322,11 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_envelope_is_the_bound() {
+        assert_eq!(MAX_ENVELOPE_LEN, HEADER_LEN + padding::bucket(MAX_CONTENT_LEN + 2) + TAG_LEN);
+    }
+
+    #[test]
     fn content_is_bounded() {
         let mut r = rng(7);
         let gk = GroupSealKey::generate(&mut r);
@@ -328,7 +334,7 @@ mod tests {
         assert!(matches!(gk.seal(1, &big, &mut r), Err(SealError::TooLarge { .. })));
         let max = vec![0u8; MAX_CONTENT_LEN];
         let env = gk.seal(1, &max, &mut r).unwrap();
-        assert!(env.len() <= MAX_ENVELOPE_LEN);
+        assert_eq!(env.len(), MAX_ENVELOPE_LEN);
         assert_eq!(gk.open(&env).unwrap().content.len(), MAX_CONTENT_LEN);
     }
 
