@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures the relay with sotto-loadgen: idle RSS per connection, 1:1 throughput and
-# latency, offline catch-up. Builds release binaries, starts a fresh sotto-relay per mode
+# latency, offline catch-up, and (MODES=fanout) a shared-body fan-out. Builds release binaries, starts a fresh sotto-relay per mode
 # (SQLite in a temp dir, or a database on a throwaway PostgreSQL from scripts/pg.sh), all on
 # 127.0.0.1, and stops everything on exit.
 #
@@ -22,6 +22,11 @@
 #   OUT [target/loadgen]: logs and results.txt are kept there.
 #   ACCESS_KEYS [0]: 1 makes throughput receivers set an access verifier and senders present
 #   the key (every send takes the relay's access check, docs/protocol.md §13.8).
+#   fanout (not in the default MODES): FANOUT_ACCOUNTS [1000] x FANOUT_DEVICES [2] mailboxes,
+#   all connected; FANOUT_BODY [1024] body bytes, FANOUT_HEAD [0] head bytes, FANOUT_ROUNDS [5]
+#   messages; FANOUT_LAYOUTS ["shared copies"]: one run (fresh relay and database) each, the
+#   shared body against a whole envelope per device. The storage of the first message is
+#   read from the database (sqlite3 with dbstat, or psql).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -47,6 +52,12 @@ LOAD_WAIT=${LOAD_WAIT:-1200}
 RAMP=${RAMP:-10}
 RAMP_TP=${RAMP_TP:-5}
 OUT=${OUT:-$ROOT/target/loadgen}
+FANOUT_ACCOUNTS=${FANOUT_ACCOUNTS:-1000}
+FANOUT_DEVICES=${FANOUT_DEVICES:-2}
+FANOUT_BODY=${FANOUT_BODY:-1024}
+FANOUT_HEAD=${FANOUT_HEAD:-0}
+FANOUT_ROUNDS=${FANOUT_ROUNDS:-5}
+FANOUT_LAYOUTS=${FANOUT_LAYOUTS:-shared copies}
 
 # Both processes inherit this: 10,000 sockets each, plus the database.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -167,7 +178,7 @@ pg_database() {
   echo "postgres://postgres@127.0.0.1:$port/$name"
 }
 
-# run_mode BACKEND MODE [RATE]
+# run_mode BACKEND MODE [RATE | LAYOUT]
 run_mode() {
   local backend=$1 mode=$2 rate=${3:-} db= name="$1-$2${3:+-$3}" watch=()
   if [ "$backend" = postgres ]; then
@@ -180,6 +191,16 @@ run_mode() {
     idle) args+=(--connections "$IDLE_N" --ramp-secs "$RAMP") ;;
     throughput)
       args+=(--pairs "$PAIRS" --rate "$rate" --duration "$DURATION" --envelope-bytes "$ENVELOPE" --ramp-secs "$RAMP_TP")
+      ;;
+    fanout)
+      args+=(--fanout-accounts "$FANOUT_ACCOUNTS" --fanout-devices "$FANOUT_DEVICES" --body-bytes "$FANOUT_BODY"
+        --head-bytes "$FANOUT_HEAD" --fanout-rounds "$FANOUT_ROUNDS" --fanout-layout "$rate" --ramp-secs 2)
+      if [ "$backend" = postgres ]; then
+        args+=(--db-dialect postgres
+          --db-stats-cmd "$PSQL -h 127.0.0.1 -p $(cat "$PG_DIR/port") -U postgres -d lg_$mode$rate -q -At")
+      elif command -v sqlite3 >/dev/null; then
+        args+=(--db-dialect sqlite --db-stats-cmd "sqlite3 $WORK/$name/relay.db")
+      fi
       ;;
     catchup)
       args+=(--queued "$QUEUED" --envelope-bytes "$ENVELOPE")
@@ -218,6 +239,8 @@ for backend in $BACKENDS; do
   for mode in $MODES; do
     if [ "$mode" = throughput ]; then
       for rate in $RATES; do run_mode "$backend" "$mode" "$rate" || status=1; done
+    elif [ "$mode" = fanout ]; then
+      for layout in $FANOUT_LAYOUTS; do run_mode "$backend" "$mode" "$layout" || status=1; done
     else
       run_mode "$backend" "$mode" || status=1
     fi

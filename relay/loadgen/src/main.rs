@@ -4,15 +4,18 @@
 //! sotto-loadgen --url http://127.0.0.1:PORT --mode idle       --relay-pid PID --connections 10000
 //! sotto-loadgen --url http://127.0.0.1:PORT --mode throughput --pairs 1000 --rate 10000 --duration 20
 //! sotto-loadgen --url http://127.0.0.1:PORT --mode catchup    --queued 100000
+//! sotto-loadgen --url http://127.0.0.1:PORT --mode fanout     --fanout-accounts 1000 --fanout-devices 2 \
+//!               --body-bytes 1024 [--db-stats-cmd 'sqlite3 DATA_DIR/relay.db' --db-dialect sqlite]
 //! ```
 //!
-//! Every mode registers fresh accounts of one device each over HTTP, then opens
+//! Every mode registers fresh accounts (of one device each, but for `fanout`) over HTTP, then opens
 //! authenticated WebSockets. Client start times and send intervals are drawn at random per
 //! client so no timers line up. Each mode prints progress and ends with one line
 //! `RESULT mode=… key=value …` that `run.sh` collects. Only loopback relays are accepted;
 //! every loop is bounded in count and time, and the whole run by `--max-runtime-secs`.
 
 mod catchup;
+mod fanout;
 mod idle;
 mod net;
 mod stats;
@@ -45,6 +48,27 @@ enum Mode {
     Throughput,
     /// One offline device with a backlog; drain rate when it connects.
     Catchup,
+    /// One message with a shared body to every device of many accounts, all connected;
+    /// time to the last delivery and the relay's storage for it.
+    Fanout,
+}
+
+/// How a fan-out's envelopes travel (`--fanout-layout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Layout {
+    /// The body once, a head per device.
+    Shared,
+    /// Every device's whole envelope in its head, no shared body.
+    Copies,
+}
+
+/// The SQL dialect of `--db-stats-cmd`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Dialect {
+    /// `sqlite3 PATH` (with the `dbstat` table).
+    Sqlite,
+    /// `psql … -At`.
+    Postgres,
 }
 
 /// Command-line options. Counts and times are bounded (see `validate`).
@@ -118,6 +142,32 @@ pub(crate) struct Cli {
     /// catchup: sends in flight while queueing.
     #[arg(long, default_value_t = 256)]
     pub(crate) fill_window: usize,
+    /// fanout: recipient accounts.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) fanout_accounts: usize,
+    /// fanout: devices per recipient account (all of them receive).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) fanout_devices: u32,
+    /// fanout: messages sent one after another (each measured).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) fanout_rounds: u32,
+    /// fanout: shared body (`shared`) or a whole envelope per device (`copies`).
+    #[arg(long, value_enum, default_value_t = Layout::Shared)]
+    pub(crate) fanout_layout: Layout,
+    /// fanout: bytes of the shared body.
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) body_bytes: usize,
+    /// fanout: bytes of each device's head.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) head_bytes: usize,
+    /// fanout: a shell command that runs SQL read on stdin against the relay's database
+    /// and prints `|`-separated columns (`sqlite3 PATH`, `psql -h … -At`), for the storage
+    /// the first message takes.
+    #[arg(long)]
+    pub(crate) db_stats_cmd: Option<String>,
+    /// fanout: the dialect of `--db-stats-cmd`.
+    #[arg(long, value_enum, default_value_t = Dialect::Sqlite)]
+    pub(crate) db_dialect: Dialect,
     /// catchup: bound on the drain, seconds.
     #[arg(long, default_value_t = 600.0)]
     pub(crate) drain_timeout_secs: f64,
@@ -173,6 +223,25 @@ impl Cli {
                 "--ack-batch must be 1..=64",
             ),
             (self.ack_delay_ms <= 1000, "--ack-delay-ms must be at most 1000"),
+            (
+                (1..=4096).contains(&self.fanout_accounts),
+                "--fanout-accounts must be 1..=4096",
+            ),
+            (
+                (1..=64).contains(&self.fanout_devices),
+                "--fanout-devices must be 1..=64",
+            ),
+            (
+                self.fanout_accounts.saturating_mul(self.fanout_devices as usize)
+                    <= sotto_proto::limits::MAX_RECIPIENTS,
+                "--fanout-accounts x --fanout-devices must be at most 4096 (the protocol's recipient bound)",
+            ),
+            ((1..=50).contains(&self.fanout_rounds), "--fanout-rounds must be 1..=50"),
+            (
+                (1..=256 * 1024).contains(&self.body_bytes),
+                "--body-bytes must be 1..=262144",
+            ),
+            (self.head_bytes <= 4096, "--head-bytes must be at most 4096"),
             (
                 (1..=7200).contains(&self.max_runtime_secs),
                 "--max-runtime-secs must be 1..=7200",
@@ -299,6 +368,7 @@ async fn run(ctx: Ctx) -> Result<String, Fail> {
         Mode::Idle => idle::run(&ctx).await,
         Mode::Throughput => throughput::run(&ctx).await,
         Mode::Catchup => catchup::run(&ctx).await,
+        Mode::Fanout => fanout::run(&ctx).await,
     }
 }
 
