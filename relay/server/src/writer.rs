@@ -1,7 +1,8 @@
 //! Group commit: one task owns the write path of sends and acks.
 //!
 //! Connections queue their writes on a bounded channel. The task takes whatever is queued
-//! (at most [`MAX_BATCH_OPS`] writes and about [`MAX_BATCH_BYTES`] of bodies and heads), commits
+//! (at most [`MAX_BATCH_OPS`] writes, about [`MAX_BATCH_BYTES`] of bodies and heads and about
+//! [`MAX_BATCH_ROWS`] mailbox rows), commits
 //! it with one [`Storage::write_batch`] transaction and then answers each send. There is
 //! no timer: while one batch commits the next one fills, so batches grow with the load and
 //! add no latency to a lone write. On SQLite this also means one writer instead of pooled
@@ -35,6 +36,9 @@ pub const MAX_BATCH_OPS: usize = 512;
 /// A batch stops taking sends once their bytes (each shared body once, and the heads) add
 /// up to this many.
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// A batch stops taking sends once they name this many recipients: a fan-out with a shared
+/// body is few bytes but one row per recipient, and rows are what a commit writes.
+pub const MAX_BATCH_ROWS: usize = 16_384;
 /// The most writes queued for the task; further writers wait.
 pub const QUEUE: usize = 4096;
 
@@ -58,6 +62,14 @@ enum Job {
 }
 
 impl Job {
+    /// The mailbox rows a send writes.
+    fn rows(&self) -> usize {
+        match self {
+            Job::Send { recipients, .. } => recipients.len(),
+            _ => 0,
+        }
+    }
+
     fn bytes(&self) -> usize {
         match self {
             // The bytes held in memory: the body once, and the heads.
@@ -156,12 +168,13 @@ async fn run(store: &Store, hub: &Hub, metrics: &Metrics, mut rx: mpsc::Receiver
     let mut jobs = Vec::with_capacity(64);
     let mut closing = None;
     while let Some(first) = rx.recv().await {
-        let mut bytes = first.bytes();
+        let (mut bytes, mut rows) = (first.bytes(), first.rows());
         jobs.push(first);
-        while jobs.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+        while jobs.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES && rows < MAX_BATCH_ROWS {
             match rx.try_recv() {
                 Ok(job) => {
                     bytes = bytes.saturating_add(job.bytes());
+                    rows = rows.saturating_add(job.rows());
                     jobs.push(job);
                 }
                 Err(_) => break,
