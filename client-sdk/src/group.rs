@@ -524,6 +524,62 @@ pub struct LogParts {
     pub seen: Vec<([u8; 32], bool)>,
 }
 
+impl LogParts {
+    /// `0x01 ‖ root_id (32) ‖ root (var) ‖ count (u16) ‖ count × commit (var) ‖ count (u16)
+    /// ‖ count × pending commit (var) ‖ count (u16) ‖ count × (id (32) ‖ canonical (u8))`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.put_u8(VERSION);
+        out.put(&self.root_id);
+        out.put_var(&self.root.encode());
+        out.put_count(self.commits.len());
+        for c in &self.commits {
+            out.put_var(&c.encode());
+        }
+        out.put_count(self.pending.len());
+        for c in &self.pending {
+            out.put_var(&c.encode());
+        }
+        out.put_count(self.seen.len());
+        for (id, canonical) in &self.seen {
+            out.put(id);
+            out.put_u8(u8::from(*canonical));
+        }
+        out
+    }
+
+    /// Decodes what [`LogParts::encode`] wrote, within the log's bounds.
+    pub fn decode(bytes: &[u8]) -> Result<Self, GroupError> {
+        const MAX_COMMIT: usize = 200 + 34 * MAX_OPS + MAX_TITLE_LEN;
+        const MAX_STATE: usize = 60 + MAX_TITLE_LEN + 33 * MAX_MEMBERS;
+        let mut r = Reader::new(bytes);
+        r.version(VERSION)?;
+        let root_id = r.array()?;
+        let root = GroupState::decode(r.var_bytes("root", MAX_STATE)?)?;
+        let mut commits = Vec::new();
+        for _ in 0..r.count("commits", MAX_NODES, 4)? {
+            commits.push(Commit::decode(r.var_bytes("commit", MAX_COMMIT)?)?);
+        }
+        let mut pending = Vec::new();
+        for _ in 0..r.count("pending", MAX_PENDING, 4)? {
+            pending.push(Commit::decode(r.var_bytes("commit", MAX_COMMIT)?)?);
+        }
+        let mut seen = Vec::new();
+        for _ in 0..r.count("seen", MAX_SEEN, 33)? {
+            let id = r.array()?;
+            seen.push((id, r.flag("canonical")?));
+        }
+        r.finish()?;
+        Ok(Self {
+            root_id,
+            root,
+            commits,
+            pending,
+            seen,
+        })
+    }
+}
+
 /// The commits of one group that a device keeps: a tree from a root, with the forks it
 /// has seen, and the canonical chain through it.
 #[derive(Clone, Debug)]
@@ -896,5 +952,5 @@ fn unreachable_state() -> &'static GroupState {
     std::process::abort()
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;

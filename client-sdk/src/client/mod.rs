@@ -209,6 +209,8 @@ pub(crate) async fn load_snapshot<S: Store>(store: &S) -> Result<Snapshot, Store
             .processed_envelopes(crate::store::MAX_PROCESSED_ENVELOPES as u32)
             .await?,
         pending: store.pending_inbound().await?,
+        groups: store.load_groups().await?,
+        sender_keys: store.load_sender_keys().await?,
     })
 }
 

@@ -87,6 +87,10 @@ pub struct Snapshot {
     pub recent_envelopes: Vec<EnvelopeDigest>,
     /// The pending-inbound table, oldest first.
     pub pending: Vec<PendingInbound>,
+    /// Every group row.
+    pub groups: Vec<(crate::group::GroupId, Versioned<crate::store::GroupRecord>)>,
+    /// Every sender-key row.
+    pub sender_keys: Vec<(crate::store::SenderKeyId, Versioned<crate::store::SenderKeySet>)>,
 }
 
 /// Bounded set of recently seen values (message keys, envelope digests).

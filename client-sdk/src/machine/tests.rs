@@ -10,8 +10,8 @@ use super::*;
 use crate::content::{Content, ContentKind};
 use crate::ids::MessageId;
 use crate::store::{
-    AccountStore, DeviceListStore, InboundStore, MemoryStore, MessageStatus, MessageStore, OutboxItem, OutboxStore,
-    Page, PreKeyStore, SessionStore, Store, StoredMessage,
+    AccountStore, DeviceListStore, GroupStore, InboundStore, MemoryStore, MessageStatus, MessageStore, OutboxItem,
+    OutboxStore, Page, PreKeyStore, SessionStore, Store, StoredMessage,
 };
 
 /// The tests' clock: accounts are made at T0 (1 December 2026, 00:00 UTC).
@@ -39,6 +39,8 @@ async fn snapshot(s: &MemoryStore) -> Snapshot {
         recent_ids: s.recent_message_ids(100).await.unwrap(),
         recent_envelopes: s.processed_envelopes(100).await.unwrap(),
         pending: s.pending_inbound().await.unwrap(),
+        groups: s.load_groups().await.unwrap(),
+        sender_keys: s.load_sender_keys().await.unwrap(),
     }
 }
 
@@ -903,7 +905,7 @@ fn debug_output_leaves_plaintext_out() {
     assert_eq!(
         format!("{changes:?}"),
         "Changes { account: false, sessions: 0, prekeys_added: 0, prekeys_removed: 0, device_lists: 0, \
-         conversations: 0, messages: 1, message_status: 0, outbox_add: 1, outbox_remove: 0, pins: 0, envelopes: 0, pending_add: 0, pending_remove: 0, outbox_update: 0, .. }"
+         conversations: 0, messages: 1, message_status: 0, outbox_add: 1, outbox_remove: 0, pins: 0, envelopes: 0, pending_add: 0, pending_remove: 0, outbox_update: 0, groups: 0, sender_keys: 0, .. }"
     );
     let event = Event::MessageReceived(m);
     let inbound = Inbound::Done {

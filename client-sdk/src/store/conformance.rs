@@ -9,8 +9,8 @@ use rand_core::SeedableRng;
 use sotto_crypto::{AccountId, AccountKey, Device, DeviceId};
 
 use super::{
-    AccountRecord, Changes, ConversationRecord, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStatus, OutboxItem, Page,
-    PendingInbound, SessionSet, Store, StoreError, StoredMessage, Write,
+    AccountRecord, Changes, ConversationRecord, GroupRecord, GroupStore, MAX_PROCESSED_ENVELOPES, MessageKey,
+    MessageStatus, OutboxItem, Page, PendingInbound, SenderKeySet, SessionSet, Store, StoreError, StoredMessage, Write,
 };
 use crate::ids::MessageId;
 
@@ -30,7 +30,7 @@ macro_rules! store_conformance_tests {
             device_lists_and_conversations, deferred_commits_and_sync,
             message_keys_are_scoped_to_conversation_and_sender, device_list_pins_only_move_forward,
             commits_relying_on_a_moved_pin_conflict, processed_envelopes_are_kept_bounded,
-            pending_inbound_is_kept_in_order);
+            pending_inbound_is_kept_in_order, groups_and_sender_keys_cas);
     };
     (@each [$attr:meta] $make:expr; $($name:ident),*) => {
         $(
@@ -273,6 +273,134 @@ pub async fn sessions_cas_and_atomicity(s: &impl Store) {
     let p1 = all.iter().find(|(p, _)| *p == peer(1)).unwrap();
     assert_eq!(p1.1.version, 2);
     assert_eq!(p1.1.value, set(3));
+}
+
+/// Group and sender-key rows are versioned like sessions: a stale write of either makes
+/// the whole commit a conflict, and what is stored reads back as written.
+pub async fn groups_and_sender_keys_cas(s: &impl Store) {
+    use crate::group::GroupId;
+    let group = |n: u8| GroupRecord {
+        log: vec![n; 300],
+        seal_keys: vec![([n; 32], [n + 1; 32]), ([n + 2; 32], [n + 3; 32])],
+        chain: Some(vec![n; 120]),
+        chain_holders: vec![peer(1), peer(2)],
+        member_access: vec![(AccountId([n; 32]), [9; 32])],
+        active: n % 2 == 0,
+    };
+    let keys = |n: u8| SenderKeySet {
+        chains: vec![vec![n; 90], vec![n + 1; 80]],
+    };
+    let (g1, g2) = (GroupId([1; 32]), GroupId([2; 32]));
+    let c = s
+        .commit(Changes {
+            groups: vec![
+                (
+                    g1,
+                    Write {
+                        expected: None,
+                        value: group(1),
+                    },
+                ),
+                (
+                    g2,
+                    Write {
+                        expected: None,
+                        value: group(2),
+                    },
+                ),
+            ],
+            sender_keys: vec![(
+                (g1, peer(1)),
+                Write {
+                    expected: None,
+                    value: keys(1),
+                },
+            )],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((c.group_versions, c.sender_key_versions), (vec![1, 1], vec![1]));
+    // A good group write with a stale sender-key write: nothing lands.
+    let bad = s
+        .commit(Changes {
+            groups: vec![(
+                g1,
+                Write {
+                    expected: Some(1),
+                    value: group(7),
+                },
+            )],
+            sender_keys: vec![(
+                (g1, peer(1)),
+                Write {
+                    expected: None,
+                    value: keys(7),
+                },
+            )],
+            ..Changes::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::Conflict)));
+    let bad = s
+        .commit(Changes {
+            groups: vec![(
+                g2,
+                Write {
+                    expected: Some(3),
+                    value: group(7),
+                },
+            )],
+            ..Changes::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::Conflict)));
+    let c = s
+        .commit(Changes {
+            groups: vec![(
+                g1,
+                Write {
+                    expected: Some(1),
+                    value: group(4),
+                },
+            )],
+            sender_keys: vec![
+                (
+                    (g1, peer(1)),
+                    Write {
+                        expected: Some(1),
+                        value: keys(4),
+                    },
+                ),
+                (
+                    (g2, peer(1)),
+                    Write {
+                        expected: None,
+                        value: keys(5),
+                    },
+                ),
+            ],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((c.group_versions, c.sender_key_versions), (vec![2], vec![2, 1]));
+    let mut groups = s.load_groups().await.unwrap();
+    groups.sort_by_key(|(id, _)| *id);
+    assert_eq!(groups.len(), 2);
+    assert_eq!(
+        (groups[0].0, groups[0].1.version, &groups[0].1.value),
+        (g1, 2, &group(4))
+    );
+    assert_eq!(
+        (groups[1].0, groups[1].1.version, &groups[1].1.value),
+        (g2, 1, &group(2))
+    );
+    let mut sk = s.load_sender_keys().await.unwrap();
+    sk.sort_by_key(|(id, _)| *id);
+    assert_eq!(sk.len(), 2);
+    assert_eq!((sk[0].0, sk[0].1.version, &sk[0].1.value), ((g1, peer(1)), 2, &keys(4)));
+    assert_eq!((sk[1].0, sk[1].1.version, &sk[1].1.value), ((g2, peer(1)), 1, &keys(5)));
 }
 
 /// A one-time prekey deletes once; the second deletion is a conflict and rolls back the

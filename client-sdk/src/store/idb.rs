@@ -19,6 +19,8 @@
 //! processed      ord       {ord, k, v}        k = tag(envelope digest), v = digest; unique index by_k (k)
 //! pending        ord       {ord, k, v}        k = tag(envelope digest), v = pending envelope; unique index by_k (k)
 //!                                             (processed and pending: schema version 2)
+//! groups         k         {k, version, v}    k = tag(group id), v = var(group id) ‖ group record (schema version 3)
+//! sender_keys    k         {k, version, v}    k = tag(group id ‖ peer), v = var(group id ‖ peer) ‖ sender-key set (version 3)
 //!
 //! tag(x) = HMAC-SHA256(index key, store name ‖ 0x00 ‖ x), a binary key (Uint8Array)
 //! ```
@@ -63,18 +65,20 @@ use web_sys::{
 use super::StoreKey;
 use super::crypt::Crypt;
 use super::records::{
-    decode_account, decode_message, decode_outbox, decode_peer, decode_pending, decode_sessions, encode_account,
-    encode_message, encode_outbox, encode_peer, encode_pending, encode_sessions,
+    decode_account, decode_group, decode_message, decode_outbox, decode_peer, decode_pending, decode_sender_keys,
+    decode_sessions, encode_account, encode_group, encode_message, encode_outbox, encode_peer, encode_pending,
+    encode_sender_keys, encode_sessions,
 };
 use super::{
-    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, InboundStore,
-    MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore, Page, PeerDevice,
-    PendingInbound, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned,
-    check_pin, check_pin_write,
+    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, GroupRecord,
+    GroupStore, InboundStore, MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore,
+    Page, PeerDevice, PendingInbound, PreKeyId, PreKeyStore, SenderKeyId, SenderKeySet, SessionSet, SessionStore,
+    Store, StoreError, StoredMessage, Versioned, check_pin, check_pin_write,
 };
+use crate::group::GroupId;
 
 /// The schema version given to `indexedDB.open`; `upgrade` brings older databases to it.
-const SCHEMA_VERSION: u32 = 2;
+const SCHEMA_VERSION: u32 = 3;
 
 const META: &str = "meta";
 const ACCOUNT: &str = "account";
@@ -86,6 +90,8 @@ const MESSAGES: &str = "messages";
 const OUTBOX: &str = "outbox";
 const PROCESSED: &str = "processed";
 const PENDING: &str = "pending";
+const GROUPS: &str = "groups";
+const SENDER_KEYS: &str = "sender_keys";
 const BY_K: &str = "by_k";
 const BY_CONV: &str = "by_conv";
 
@@ -408,7 +414,21 @@ fn upgrade(db: &IdbDatabase, old: f64) -> Result<(), JsValue> {
             store.create_index_with_str_and_optional_parameters(BY_K, "k", &unique)?;
         }
     }
+    if old < 3.0 {
+        for name in [GROUPS, SENDER_KEYS] {
+            let params = IdbObjectStoreParameters::new();
+            params.set_key_path(&JsValue::from_str("k"));
+            db.create_object_store_with_optional_parameters(name, &params)?;
+        }
+    }
     Ok(())
+}
+
+/// The key bytes of a sender-key row: group id ‖ peer.
+fn sender_key_key(id: &SenderKeyId) -> Vec<u8> {
+    let mut k = id.0.0.to_vec();
+    k.extend_from_slice(&encode_peer(&id.1));
+    k
 }
 
 /// `globalThis.indexedDB`, or a typed error where there is none.
@@ -573,6 +593,62 @@ impl AccountStore for IdbStore {
             version: number_field(&row, "version")?,
             value: decode_account(&plain)?,
         }))
+    }
+}
+
+impl IdbStore {
+    /// Rows of a versioned object store: (the key bytes stored inside the value, version,
+    /// the rest of the value).
+    async fn load_versioned(&self, name: &'static str) -> Result<Vec<(Vec<u8>, u64, Vec<u8>)>, StoreError> {
+        let all = records(request(self.read(name)?.get_all(), "getAll")?.await?)?;
+        let mut out = Vec::with_capacity(all.length() as usize);
+        for rec in all.iter() {
+            let k = bytes_field(&rec, "k")?;
+            let plain = self.crypt.open(name, &k, &bytes_field(&rec, "v")?)?;
+            let mut r = Reader::new(&plain);
+            let key = r.var_bytes("key", 128)?.to_vec();
+            out.push((key, number_field(&rec, "version")?, r.rest().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+impl GroupStore for IdbStore {
+    async fn load_groups(&self) -> Result<Vec<(GroupId, Versioned<GroupRecord>)>, StoreError> {
+        let mut out = Vec::new();
+        for (key, version, value) in self.load_versioned(GROUPS).await? {
+            let id: [u8; 32] = key
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Decode(DecodeError::Invalid { field: "group id" }))?;
+            out.push((
+                GroupId(id),
+                Versioned {
+                    version,
+                    value: decode_group(&value)?,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn load_sender_keys(&self) -> Result<Vec<(SenderKeyId, Versioned<SenderKeySet>)>, StoreError> {
+        let mut out = Vec::new();
+        for (key, version, value) in self.load_versioned(SENDER_KEYS).await? {
+            if key.len() != 68 {
+                return Err(StoreError::Decode(DecodeError::Invalid { field: "sender key id" }));
+            }
+            let mut g = [0u8; 32];
+            g.copy_from_slice(&key[..32]);
+            out.push((
+                (GroupId(g), decode_peer(&key[32..])?),
+                Versioned {
+                    version,
+                    value: decode_sender_keys(&value)?,
+                },
+            ));
+        }
+        Ok(out)
     }
 }
 
@@ -756,6 +832,12 @@ fn scope(changes: &Changes) -> Vec<&'static str> {
     if !changes.sessions.is_empty() {
         s.insert(SESSIONS);
     }
+    if !changes.groups.is_empty() {
+        s.insert(GROUPS);
+    }
+    if !changes.sender_keys.is_empty() {
+        s.insert(SENDER_KEYS);
+    }
     if !changes.prekeys_added.is_empty() || !changes.prekeys_removed.is_empty() {
         s.insert(PREKEYS);
     }
@@ -878,6 +960,50 @@ impl Store for IdbStore {
                     ])?)
                     .map_err(js("put"))?;
                 committed.session_versions.push(version);
+            }
+        }
+        for (name, rows) in [
+            (
+                GROUPS,
+                changes
+                    .groups
+                    .iter()
+                    .map(|(id, w)| (id.0.to_vec(), w.expected, encode_group(&w.value)))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                SENDER_KEYS,
+                changes
+                    .sender_keys
+                    .iter()
+                    .map(|(id, w)| (sender_key_key(id), w.expected, encode_sender_keys(&w.value)))
+                    .collect(),
+            ),
+        ] {
+            if rows.is_empty() {
+                continue;
+            }
+            let store = tx.store(name)?;
+            for (key, expected, value) in rows {
+                let k = c.tag(name, &key);
+                let row = request(store.get(&bytes(&k)), "get")?.await?;
+                let version = check_cas(&row, expected)?;
+                let mut plain = Vec::with_capacity(key.len() + 4 + value.len());
+                sotto_crypto::codec::Put::put_var(&mut plain, &key);
+                plain.extend_from_slice(&value);
+                let v = c.seal(name, &k, &plain)?;
+                store
+                    .put(&record(&[
+                        ("k", &bytes(&k)),
+                        ("version", &number(version)),
+                        ("v", &bytes(&v)),
+                    ])?)
+                    .map_err(js("put"))?;
+                if name == GROUPS {
+                    committed.group_versions.push(version);
+                } else {
+                    committed.sender_key_versions.push(version);
+                }
             }
         }
         if !changes.prekeys_removed.is_empty() || !changes.prekeys_added.is_empty() {

@@ -5,17 +5,21 @@ use std::sync::{Mutex, MutexGuard};
 
 use sotto_crypto::AccountId;
 
+use crate::group::GroupId;
+
 use super::{
-    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, InboundStore,
-    MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore, Page, PeerDevice,
-    PendingInbound, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned,
-    check_pin, check_pin_write,
+    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, GroupRecord,
+    GroupStore, InboundStore, MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore,
+    Page, PeerDevice, PendingInbound, PreKeyId, PreKeyStore, SenderKeyId, SenderKeySet, SessionSet, SessionStore,
+    Store, StoreError, StoredMessage, Versioned, check_pin, check_pin_write,
 };
 
 #[derive(Default)]
 struct Inner {
     account: Option<Versioned<AccountRecord>>,
     sessions: BTreeMap<PeerDevice, Versioned<SessionSet>>,
+    groups: BTreeMap<GroupId, Versioned<GroupRecord>>,
+    sender_keys: BTreeMap<SenderKeyId, Versioned<SenderKeySet>>,
     prekeys: BTreeMap<PreKeyId, Vec<u8>>,
     device_lists: BTreeMap<AccountId, Vec<u8>>,
     conversations: BTreeMap<AccountId, ConversationRecord>,
@@ -141,6 +145,16 @@ impl OutboxStore for MemoryStore {
     }
 }
 
+impl GroupStore for MemoryStore {
+    async fn load_groups(&self) -> Result<Vec<(GroupId, Versioned<GroupRecord>)>, StoreError> {
+        Ok(self.lock().groups.iter().map(|(k, v)| (*k, v.clone())).collect())
+    }
+
+    async fn load_sender_keys(&self) -> Result<Vec<(SenderKeyId, Versioned<SenderKeySet>)>, StoreError> {
+        Ok(self.lock().sender_keys.iter().map(|(k, v)| (*k, v.clone())).collect())
+    }
+}
+
 impl Store for MemoryStore {
     async fn commit(&self, changes: Changes) -> Result<Committed, StoreError> {
         let mut inner = self.lock();
@@ -152,6 +166,14 @@ impl Store for MemoryStore {
         let mut session_versions = Vec::with_capacity(changes.sessions.len());
         for (peer, w) in &changes.sessions {
             session_versions.push(check_cas(inner.sessions.get(peer).map(|s| s.version), w.expected)?);
+        }
+        let mut group_versions = Vec::with_capacity(changes.groups.len());
+        for (id, w) in &changes.groups {
+            group_versions.push(check_cas(inner.groups.get(id).map(|g| g.version), w.expected)?);
+        }
+        let mut sender_key_versions = Vec::with_capacity(changes.sender_keys.len());
+        for (id, w) in &changes.sender_keys {
+            sender_key_versions.push(check_cas(inner.sender_keys.get(id).map(|g| g.version), w.expected)?);
         }
         for id in &changes.prekeys_removed {
             if !inner.prekeys.contains_key(id) {
@@ -173,6 +195,24 @@ impl Store for MemoryStore {
         for ((peer, w), v) in changes.sessions.into_iter().zip(&session_versions) {
             inner.sessions.insert(
                 peer,
+                Versioned {
+                    version: *v,
+                    value: w.value,
+                },
+            );
+        }
+        for ((id, w), v) in changes.groups.into_iter().zip(&group_versions) {
+            inner.groups.insert(
+                id,
+                Versioned {
+                    version: *v,
+                    value: w.value,
+                },
+            );
+        }
+        for ((id, w), v) in changes.sender_keys.into_iter().zip(&sender_key_versions) {
+            inner.sender_keys.insert(
+                id,
                 Versioned {
                     version: *v,
                     value: w.value,
@@ -252,6 +292,8 @@ impl Store for MemoryStore {
             inserted,
             account_version,
             session_versions,
+            group_versions,
+            sender_key_versions,
         })
     }
 }

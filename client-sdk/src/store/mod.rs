@@ -166,6 +166,66 @@ impl std::fmt::Debug for SessionSet {
     }
 }
 
+/// The most seal keys a group record keeps: the current state's and those of recent
+/// states, for envelopes sealed just before a commit that arrive after it.
+pub const MAX_SEAL_KEYS: usize = 8;
+
+/// The most sender-key chains kept per member device and group: the current one and
+/// the one before (messages sent just before a rotation).
+pub const MAX_SENDER_CHAINS: usize = 2;
+
+/// A group this device is in, or was in (the record stays for its history). Secret
+/// parts: the seal keys, this device's chain, the members' access keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// The group's commits as this device keeps them ([`crate::group::LogParts`], encoded).
+    pub log: Vec<u8>,
+    /// Seal keys (docs/protocol.md §7A) of recent states: (state id, key), newest first,
+    /// at most [`MAX_SEAL_KEYS`].
+    pub seal_keys: Vec<([u8; 32], [u8; 32])>,
+    /// This device's sender-key chain for the group (a pickle), once it made one.
+    pub chain: Option<Vec<u8>>,
+    /// The devices this device's chain was distributed to.
+    pub chain_holders: Vec<PeerDevice>,
+    /// The access keys members shared with the group (docs/protocol.md §13.8), presented
+    /// on sends to them.
+    pub member_access: Vec<(AccountId, [u8; 32])>,
+    /// False once this account left or was removed.
+    pub active: bool,
+}
+
+/// Counts only: the record holds keys.
+impl std::fmt::Debug for GroupRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupRecord")
+            .field("log_len", &self.log.len())
+            .field("seal_keys", &self.seal_keys.len())
+            .field("chain", &self.chain.is_some())
+            .field("chain_holders", &self.chain_holders.len())
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One member device's sender-key chains in one group: receiver pickles, newest
+/// first, at most [`MAX_SENDER_CHAINS`].
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SenderKeySet {
+    /// The pickles.
+    pub chains: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SenderKeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderKeySet")
+            .field("chains", &self.chains.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which sender-key set: the group and the member device.
+pub type SenderKeyId = (crate::group::GroupId, PeerDevice);
+
 /// Which prekey secret: kind byte (1 signed, 2 one-time, 3 ML-KEM one-time, 4 ML-KEM
 /// last resort) and id.
 pub type PreKeyId = (u8, u32);
@@ -463,6 +523,10 @@ pub struct Changes {
     /// Outbox items whose stored value is replaced (attempts, backoff), keeping their
     /// place in the outbox; unknown ids are skipped.
     pub outbox_update: Vec<OutboxItem>,
+    /// Group rows (compare-and-swap, as sessions).
+    pub groups: Vec<(crate::group::GroupId, Write<GroupRecord>)>,
+    /// Sender-key rows (compare-and-swap, as sessions).
+    pub sender_keys: Vec<(SenderKeyId, Write<SenderKeySet>)>,
 }
 
 /// Counts only: the values hold plaintext (texts, contents) and pickles.
@@ -484,6 +548,8 @@ impl std::fmt::Debug for Changes {
             .field("pending_add", &self.pending_add.len())
             .field("pending_remove", &self.pending_remove.len())
             .field("outbox_update", &self.outbox_update.len())
+            .field("groups", &self.groups.len())
+            .field("sender_keys", &self.sender_keys.len())
             .finish_non_exhaustive()
     }
 }
@@ -537,6 +603,8 @@ impl Changes {
             && self.pending_add.is_empty()
             && self.pending_remove.is_empty()
             && self.outbox_update.is_empty()
+            && self.groups.is_empty()
+            && self.sender_keys.is_empty()
     }
 }
 
@@ -549,6 +617,10 @@ pub struct Committed {
     pub account_version: Option<u64>,
     /// The new versions of the session rows written, in the order given.
     pub session_versions: Vec<u64>,
+    /// The new versions of the group rows written, in the order given.
+    pub group_versions: Vec<u64>,
+    /// The new versions of the sender-key rows written, in the order given.
+    pub sender_key_versions: Vec<u64>,
 }
 
 /// The account row.
@@ -602,6 +674,18 @@ pub trait InboundStore {
     fn pending_inbound(&self) -> impl Future<Output = Result<Vec<PendingInbound>, StoreError>> + MaybeSend;
 }
 
+/// Group rows and sender-key rows.
+pub trait GroupStore {
+    /// Every group row.
+    fn load_groups(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(crate::group::GroupId, Versioned<GroupRecord>)>, StoreError>> + MaybeSend;
+    /// Every sender-key row.
+    fn load_sender_keys(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(SenderKeyId, Versioned<SenderKeySet>)>, StoreError>> + MaybeSend;
+}
+
 /// Messages waiting to be sent, oldest first.
 pub trait OutboxStore {
     /// The first `limit` items.
@@ -617,6 +701,7 @@ pub trait Store:
     + MessageStore
     + OutboxStore
     + InboundStore
+    + GroupStore
     + MaybeSend
     + MaybeSync
     + 'static

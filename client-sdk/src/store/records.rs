@@ -4,7 +4,8 @@ use sotto_crypto::codec::{DecodeError, Put, Reader};
 use sotto_crypto::{AccountId, DeviceId};
 
 use super::{
-    AccountRecord, ConversationRecord, MessageStatus, OutboxItem, PeerDevice, PendingInbound, SessionSet, StoredMessage,
+    AccountRecord, ConversationRecord, GroupRecord, MAX_SEAL_KEYS, MAX_SENDER_CHAINS, MessageStatus, OutboxItem,
+    PeerDevice, PendingInbound, SenderKeySet, SessionSet, StoredMessage,
 };
 use crate::ids::MessageId;
 
@@ -372,6 +373,105 @@ pub(crate) fn decode_pending(b: &[u8]) -> Result<PendingInbound, DecodeError> {
     };
     r.finish()?;
     Ok(p)
+}
+
+/// The most devices a group record names as holders of this device's chain: every device
+/// of every member (up to 1000 members, up to 64 devices each, far more than real groups).
+const MAX_CHAIN_HOLDERS: usize = 1 << 16;
+
+/// `log (var) ‖ count (u16) ‖ count × (state id (32) ‖ key (32)) ‖ chain flag ‖ [chain (var)]
+/// ‖ count (u32) ‖ count × (account (32) ‖ device (u32)) ‖ count (u16) ‖ count × (account
+/// (32) ‖ access key (32)) ‖ active (u8)`.
+pub(crate) fn encode_group(g: &GroupRecord) -> Vec<u8> {
+    let mut o = Vec::with_capacity(g.log.len() + 128 + 36 * g.chain_holders.len());
+    o.put_u8(RECORD_VERSION);
+    o.put_var(&g.log);
+    o.put_count(g.seal_keys.len());
+    for (id, k) in &g.seal_keys {
+        o.put(id);
+        o.put(k);
+    }
+    match &g.chain {
+        Some(c) => {
+            o.put_u8(1);
+            o.put_var(c);
+        }
+        None => o.put_u8(0),
+    }
+    o.put_u32(g.chain_holders.len() as u32);
+    for (a, d) in &g.chain_holders {
+        o.put(&a.0);
+        o.put_u32(d.0);
+    }
+    o.put_count(g.member_access.len());
+    for (a, k) in &g.member_access {
+        o.put(&a.0);
+        o.put(k);
+    }
+    o.put_u8(u8::from(g.active));
+    o
+}
+
+pub(crate) fn decode_group(b: &[u8]) -> Result<GroupRecord, DecodeError> {
+    let mut r = Reader::new(b);
+    r.version(RECORD_VERSION)?;
+    let log = r.var_bytes("group log", 4 * MAX_BLOB)?.to_vec();
+    let mut seal_keys = Vec::new();
+    for _ in 0..r.count("seal keys", MAX_SEAL_KEYS, 64)? {
+        seal_keys.push((r.array()?, r.array()?));
+    }
+    let chain = if r.flag("chain")? {
+        Some(r.var_bytes("chain", MAX_BLOB)?.to_vec())
+    } else {
+        None
+    };
+    let n = r.u32()? as usize;
+    if n > MAX_CHAIN_HOLDERS || n * 36 > r.remaining() {
+        return Err(DecodeError::TooLong {
+            field: "chain holders",
+            len: n,
+            max: MAX_CHAIN_HOLDERS,
+        });
+    }
+    let mut chain_holders = Vec::with_capacity(n);
+    for _ in 0..n {
+        chain_holders.push((AccountId(r.array()?), DeviceId(r.u32()?)));
+    }
+    let mut member_access = Vec::new();
+    for _ in 0..r.count("member access", crate::group::MAX_MEMBERS, 64)? {
+        member_access.push((AccountId(r.array()?), r.array()?));
+    }
+    let active = r.flag("active")?;
+    r.finish()?;
+    Ok(GroupRecord {
+        log,
+        seal_keys,
+        chain,
+        chain_holders,
+        member_access,
+        active,
+    })
+}
+
+pub(crate) fn encode_sender_keys(s: &SenderKeySet) -> Vec<u8> {
+    let mut o = Vec::new();
+    o.put_u8(RECORD_VERSION);
+    o.put_count(s.chains.len());
+    for c in &s.chains {
+        o.put_var(c);
+    }
+    o
+}
+
+pub(crate) fn decode_sender_keys(b: &[u8]) -> Result<SenderKeySet, DecodeError> {
+    let mut r = Reader::new(b);
+    r.version(RECORD_VERSION)?;
+    let mut chains = Vec::new();
+    for _ in 0..r.count("sender chains", MAX_SENDER_CHAINS, 4)? {
+        chains.push(r.var_bytes("sender chain", MAX_BLOB)?.to_vec());
+    }
+    r.finish()?;
+    Ok(SenderKeySet { chains })
 }
 
 #[cfg(test)]

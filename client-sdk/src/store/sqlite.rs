@@ -13,15 +13,17 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use super::StoreKey;
 use super::crypt::Crypt;
 use super::records::{
-    decode_account, decode_message, decode_outbox, decode_peer, decode_pending, decode_sessions, encode_account,
-    encode_message, encode_outbox, encode_peer, encode_pending, encode_sessions,
+    decode_account, decode_group, decode_message, decode_outbox, decode_peer, decode_pending, decode_sender_keys,
+    decode_sessions, encode_account, encode_group, encode_message, encode_outbox, encode_peer, encode_pending,
+    encode_sender_keys, encode_sessions,
 };
 use super::{
-    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, InboundStore,
-    MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore, Page, PeerDevice,
-    PendingInbound, PreKeyId, PreKeyStore, SessionSet, SessionStore, Store, StoreError, StoredMessage, Versioned,
-    check_pin, check_pin_write,
+    AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, GroupRecord,
+    GroupStore, InboundStore, MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore,
+    Page, PeerDevice, PendingInbound, PreKeyId, PreKeyStore, SenderKeyId, SenderKeySet, SessionSet, SessionStore,
+    Store, StoreError, StoredMessage, Versioned, check_pin, check_pin_write,
 };
+use crate::group::GroupId;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS account (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, v BLOB NOT NULL) STRICT",
@@ -38,7 +40,28 @@ const SCHEMA: &[&str] = &[
     // Envelopes waiting for a verdict: k = tag(digest), v = sealed pending record.
     "CREATE TABLE IF NOT EXISTS pending (ord INTEGER PRIMARY KEY AUTOINCREMENT, k BLOB NOT NULL UNIQUE, v BLOB NOT NULL) STRICT",
     "CREATE TABLE IF NOT EXISTS sync_barrier (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL) STRICT",
+    // Groups (k = tag(group id)) and sender-key sets (k = tag(group id ‖ peer)), versioned
+    // like sessions: v = sealed (var(key) ‖ record).
+    "CREATE TABLE IF NOT EXISTS groups (k BLOB PRIMARY KEY, version INTEGER NOT NULL, v BLOB NOT NULL) STRICT",
+    "CREATE TABLE IF NOT EXISTS sender_keys (k BLOB PRIMARY KEY, version INTEGER NOT NULL, v BLOB NOT NULL) STRICT",
 ];
+
+fn sender_key_key(id: &SenderKeyId) -> Vec<u8> {
+    let mut k = id.0.0.to_vec();
+    k.extend_from_slice(&encode_peer(&id.1));
+    k
+}
+
+fn decode_sender_key_key(b: &[u8]) -> Result<SenderKeyId, StoreError> {
+    if b.len() != 68 {
+        return Err(StoreError::Decode(sotto_crypto::codec::DecodeError::Invalid {
+            field: "sender key id",
+        }));
+    }
+    let mut g = [0u8; 32];
+    g.copy_from_slice(&b[..32]);
+    Ok((GroupId(g), decode_peer(&b[32..])?))
+}
 
 const ACCOUNT_TAG: &[u8] = b"account";
 
@@ -145,6 +168,63 @@ impl AccountStore for SqliteStore {
             version: u64::try_from(version).unwrap_or(0),
             value: decode_account(&plain)?,
         }))
+    }
+}
+
+impl SqliteStore {
+    /// Rows of the `groups` or `sender_keys` table: (the key bytes stored inside the
+    /// value, version, value).
+    async fn load_versioned(&self, table: &'static str) -> Result<Vec<(Vec<u8>, u64, Vec<u8>)>, StoreError> {
+        let sql = match table {
+            "groups" => "SELECT k, version, v FROM groups",
+            _ => "SELECT k, version, v FROM sender_keys",
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await.map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let k: Vec<u8> = row.try_get("k").map_err(db)?;
+            let version: i64 = row.try_get("version").map_err(db)?;
+            let v: Vec<u8> = row.try_get("v").map_err(db)?;
+            let plain = self.crypt.open(table, &k, &v)?;
+            let mut r = sotto_crypto::codec::Reader::new(&plain);
+            let key = r.var_bytes("key", 128)?.to_vec();
+            out.push((key, u64::try_from(version).unwrap_or(0), r.rest().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+impl GroupStore for SqliteStore {
+    async fn load_groups(&self) -> Result<Vec<(GroupId, Versioned<GroupRecord>)>, StoreError> {
+        let mut out = Vec::new();
+        for (key, version, value) in self.load_versioned("groups").await? {
+            let id: [u8; 32] = key
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Decode(sotto_crypto::codec::DecodeError::Invalid { field: "group id" }))?;
+            out.push((
+                GroupId(id),
+                Versioned {
+                    version,
+                    value: decode_group(&value)?,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn load_sender_keys(&self) -> Result<Vec<(SenderKeyId, Versioned<SenderKeySet>)>, StoreError> {
+        let mut out = Vec::new();
+        for (key, version, value) in self.load_versioned("sender_keys").await? {
+            out.push((
+                decode_sender_key_key(&key)?,
+                Versioned {
+                    version,
+                    value: decode_sender_keys(&value)?,
+                },
+            ));
+        }
+        Ok(out)
     }
 }
 
@@ -437,6 +517,35 @@ impl SqliteStore {
             );
             committed
                 .session_versions
+                .push(cas_write(&mut tx, sql, Some(k), w.expected, v).await?);
+        }
+        for (id, w) in &changes.groups {
+            let k = c.tag("groups", &id.0);
+            let mut plain = Vec::with_capacity(64 + w.value.log.len());
+            sotto_crypto::codec::Put::put_var(&mut plain, &id.0);
+            plain.extend_from_slice(&encode_group(&w.value));
+            let v = c.seal("groups", &k, &plain)?;
+            let sql = (
+                "INSERT INTO groups (k, version, v) VALUES (?, 1, ?) ON CONFLICT DO NOTHING",
+                "UPDATE groups SET version = ?, v = ? WHERE k = ? AND version = ?",
+            );
+            committed
+                .group_versions
+                .push(cas_write(&mut tx, sql, Some(k), w.expected, v).await?);
+        }
+        for (id, w) in &changes.sender_keys {
+            let key = sender_key_key(id);
+            let k = c.tag("sender_keys", &key);
+            let mut plain = Vec::with_capacity(256);
+            sotto_crypto::codec::Put::put_var(&mut plain, &key);
+            plain.extend_from_slice(&encode_sender_keys(&w.value));
+            let v = c.seal("sender_keys", &k, &plain)?;
+            let sql = (
+                "INSERT INTO sender_keys (k, version, v) VALUES (?, 1, ?) ON CONFLICT DO NOTHING",
+                "UPDATE sender_keys SET version = ?, v = ? WHERE k = ? AND version = ?",
+            );
+            committed
+                .sender_key_versions
                 .push(cas_write(&mut tx, sql, Some(k), w.expected, v).await?);
         }
         for id in &changes.prekeys_removed {
