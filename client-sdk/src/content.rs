@@ -7,6 +7,12 @@
 //! kind 0x01 Text            text (var, ≤ MAX_TEXT_LEN, UTF-8)
 //! kind 0x02 SyncTranscript  conversation (32) ‖ text (var, ≤ MAX_TEXT_LEN, UTF-8)
 //! kind 0x03 Delivered       count (u16, ≤ MAX_RECEIPTS) ‖ count × message_id (16)
+//! kind 0x04 Group           group_id (32) ‖ sub (u8) ‖ fields            (docs/protocol.md §14.6)
+//!   sub 0x01 Text           text (var, ≤ MAX_TEXT_LEN, UTF-8)                       group channel
+//!   sub 0x02 Commit         commit (var) ‖ key flag (u8) ‖ [GK (32)]                 group channel or pairwise
+//!   sub 0x03 Welcome        root_id (32) ‖ root state (var) ‖ count (u16) ‖ count × commit (var)
+//!                           ‖ GK (32) ‖ count (u16) ‖ count × (account_id (32) ‖ access key (32))   pairwise
+//!   sub 0x04 SenderKey      state_id (32) ‖ sender-key distribution (85)            pairwise
 //! ```
 //!
 //! A `Text` goes to every device of the contact; the sender's own other devices get a
@@ -23,6 +29,7 @@ use sotto_crypto::AccountId;
 use sotto_crypto::codec::{DecodeError, Put, Reader};
 use thiserror::Error;
 
+use crate::group::{Commit, GroupError, GroupId, GroupState, MAX_MEMBERS, WINDOW};
 use crate::ids::MessageId;
 
 const VERSION: u8 = 2;
@@ -41,6 +48,69 @@ pub enum ContentError {
     /// A text that is not UTF-8.
     #[error("text is not UTF-8")]
     NotUtf8,
+    /// A group state or commit inside does not decode.
+    #[error("group content does not decode: {0}")]
+    Group(#[from] GroupError),
+}
+
+/// What a group content carries.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupBody {
+    /// A text to the group (group channel).
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// A change to the group, with the new state's seal key for those who stay.
+    Commit {
+        /// The commit.
+        commit: Commit,
+        /// The new state's seal key; `None` to a removed member, or when the author left.
+        seal_key: Option<[u8; 32]>,
+    },
+    /// What a new member (or a member's new device) needs: a state to start from and
+    /// its id, the canonical commits since, the current seal key and the access keys of
+    /// members the sender knows.
+    Welcome {
+        /// The root's id.
+        root_id: [u8; 32],
+        /// The root state.
+        root: GroupState,
+        /// The canonical commits from the root, oldest first (at most the window).
+        commits: Vec<Commit>,
+        /// The seal key of the last state.
+        seal_key: [u8; 32],
+        /// Members' access keys.
+        access: Vec<(AccountId, [u8; 32])>,
+    },
+    /// The sender device's sender-key chain for the group, made for the state `state_id`.
+    SenderKey {
+        /// The state the chain was made for.
+        state_id: [u8; 32],
+        /// The encoded distribution (docs/protocol.md §6A.2).
+        distribution: Vec<u8>,
+    },
+}
+
+/// Keys and texts left out.
+impl std::fmt::Debug for GroupBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Text { text } => f.debug_struct("Text").field("text_len", &text.len()).finish(),
+            Self::Commit { commit, seal_key } => f
+                .debug_struct("Commit")
+                .field("ops", &commit.ops.len())
+                .field("seal_key", &seal_key.is_some())
+                .finish(),
+            Self::Welcome { commits, root, .. } => f
+                .debug_struct("Welcome")
+                .field("version", &root.version)
+                .field("commits", &commits.len())
+                .finish_non_exhaustive(),
+            Self::SenderKey { .. } => f.debug_struct("SenderKey").finish_non_exhaustive(),
+        }
+    }
 }
 
 /// What a message carries.
@@ -64,6 +134,14 @@ pub enum ContentKind {
         /// Their ids.
         message_ids: Vec<MessageId>,
     },
+    /// Group content: in the group channel (texts, commits) or pairwise (welcomes,
+    /// commits with a new key, sender-key distributions).
+    Group {
+        /// The group.
+        group: GroupId,
+        /// What it carries.
+        body: GroupBody,
+    },
 }
 
 /// A message's content: id, the sender's timestamp and the kind.
@@ -83,6 +161,112 @@ mod tag {
     pub(super) const TEXT: u8 = 1;
     pub(super) const SYNC: u8 = 2;
     pub(super) const DELIVERED: u8 = 3;
+    pub(super) const GROUP: u8 = 4;
+    pub(super) const GROUP_TEXT: u8 = 1;
+    pub(super) const GROUP_COMMIT: u8 = 2;
+    pub(super) const GROUP_WELCOME: u8 = 3;
+    pub(super) const GROUP_SENDER_KEY: u8 = 4;
+}
+
+/// The longest encoded commit or state inside group content.
+const MAX_GROUP_ITEM: usize = 64 * 1024;
+
+fn encode_group(out: &mut Vec<u8>, group: &GroupId, body: &GroupBody) {
+    out.put_u8(tag::GROUP);
+    out.put(&group.0);
+    match body {
+        GroupBody::Text { text } => {
+            out.put_u8(tag::GROUP_TEXT);
+            out.put_var(text.as_bytes());
+        }
+        GroupBody::Commit { commit, seal_key } => {
+            out.put_u8(tag::GROUP_COMMIT);
+            out.put_var(&commit.encode());
+            match seal_key {
+                Some(k) => {
+                    out.put_u8(1);
+                    out.put(k);
+                }
+                None => out.put_u8(0),
+            }
+        }
+        GroupBody::Welcome {
+            root_id,
+            root,
+            commits,
+            seal_key,
+            access,
+        } => {
+            out.put_u8(tag::GROUP_WELCOME);
+            out.put(root_id);
+            out.put_var(&root.encode());
+            out.put_count(commits.len());
+            for c in commits {
+                out.put_var(&c.encode());
+            }
+            out.put(seal_key);
+            out.put_count(access.len());
+            for (a, k) in access {
+                out.put(&a.0);
+                out.put(k);
+            }
+        }
+        GroupBody::SenderKey { state_id, distribution } => {
+            out.put_u8(tag::GROUP_SENDER_KEY);
+            out.put(state_id);
+            out.put(distribution);
+        }
+    }
+}
+
+fn decode_group(r: &mut Reader<'_>) -> Result<ContentKind, ContentError> {
+    let group = GroupId(r.array()?);
+    let body = match r.u8()? {
+        tag::GROUP_TEXT => GroupBody::Text { text: text(r)? },
+        tag::GROUP_COMMIT => {
+            let commit = Commit::decode(r.var_bytes("commit", MAX_GROUP_ITEM)?)?;
+            let seal_key = if r.flag("seal key flag")? {
+                Some(r.array()?)
+            } else {
+                None
+            };
+            GroupBody::Commit { commit, seal_key }
+        }
+        tag::GROUP_WELCOME => {
+            let root_id = r.array()?;
+            let root = GroupState::decode(r.var_bytes("root", MAX_GROUP_ITEM)?)?;
+            let n = r.count("commits", WINDOW as usize, 4)?;
+            let mut commits = Vec::with_capacity(n);
+            for _ in 0..n {
+                commits.push(Commit::decode(r.var_bytes("commit", MAX_GROUP_ITEM)?)?);
+            }
+            let seal_key = r.array()?;
+            let n = r.count("access keys", MAX_MEMBERS, 64)?;
+            let mut access = Vec::with_capacity(n);
+            for _ in 0..n {
+                access.push((AccountId(r.array()?), r.array()?));
+            }
+            GroupBody::Welcome {
+                root_id,
+                root,
+                commits,
+                seal_key,
+                access,
+            }
+        }
+        tag::GROUP_SENDER_KEY => GroupBody::SenderKey {
+            state_id: r.array()?,
+            distribution: r.bytes(sotto_crypto::sender_key::DISTRIBUTION_LEN)?.to_vec(),
+        },
+        value => {
+            return Err(DecodeError::UnknownType {
+                field: "group content",
+                value,
+            }
+            .into());
+        }
+    };
+    Ok(ContentKind::Group { group, body })
 }
 
 fn text(r: &mut Reader<'_>) -> Result<String, ContentError> {
@@ -122,6 +306,7 @@ impl Content {
                     out.put(&id.0);
                 }
             }
+            ContentKind::Group { group, body } => encode_group(&mut out, group, body),
         }
         out
     }
@@ -161,6 +346,7 @@ impl Content {
                 }
                 ContentKind::Delivered { message_ids }
             }
+            tag::GROUP => decode_group(&mut r)?,
             value => {
                 return Err(DecodeError::UnknownType {
                     field: "content kind",
@@ -218,6 +404,53 @@ mod tests {
                 },
             },
         ]
+        .into_iter()
+        .chain(group_samples().into_iter().map(|kind| Content {
+            message_id: id,
+            timestamp_ms: 9,
+            access_key: None,
+            kind,
+        }))
+        .collect()
+    }
+
+    fn group_samples() -> Vec<ContentKind> {
+        use crate::group::{Op, Role};
+        let group = GroupId([4; 32]);
+        let root = GroupState::genesis(group, AccountId([1; 32]), "g", &[(AccountId([2; 32]), Role::Member)]).unwrap();
+        let commit = Commit::on(root.hash(), &root, AccountId([1; 32]), Some(&[5; 32]), vec![Op::Rekey]);
+        let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(3); // test only
+        let distribution = sotto_crypto::SenderKey::generate(&mut rng)
+            .distribution()
+            .encode()
+            .to_vec();
+        [
+            GroupBody::Text {
+                text: "to all ✓".into(),
+            },
+            GroupBody::Commit {
+                commit: commit.clone(),
+                seal_key: Some([6; 32]),
+            },
+            GroupBody::Commit {
+                commit: commit.clone(),
+                seal_key: None,
+            },
+            GroupBody::Welcome {
+                root_id: root.hash(),
+                root,
+                commits: vec![commit],
+                seal_key: [7; 32],
+                access: vec![(AccountId([2; 32]), [8; 32])],
+            },
+            GroupBody::SenderKey {
+                state_id: [9; 32],
+                distribution,
+            },
+        ]
+        .into_iter()
+        .map(|body| ContentKind::Group { group, body })
+        .collect()
     }
 
     #[test]

@@ -63,8 +63,9 @@ pub use client::{
     parse_contact_link,
 };
 pub use content::{Content, ContentError, ContentKind};
+pub use group::{GroupId, Role};
 pub use ids::MessageId;
 #[cfg(any(feature = "native", feature = "web"))]
 pub use link::PendingJoin;
-pub use machine::{Event, Machine, MachineError, UndecryptableCause};
+pub use machine::{Event, GroupInfo, Machine, MachineError, UndecryptableCause};
 pub use store::{MessageStatus, Page, StoredMessage};

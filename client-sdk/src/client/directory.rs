@@ -129,12 +129,20 @@ impl<S: Store> Inner<S> {
 
     pub(super) async fn handle_mismatch(&self, item: &OutboxItem, lists: &[Vec<u8>]) -> Result<(), ClientError> {
         let own = self.device.account_id();
+        // A group item's recipients are the group's members.
+        let members: Vec<AccountId> = {
+            let m = self.machine.lock().await;
+            m.group_of_conversation(&item.to)
+                .and_then(|g| m.group(&g))
+                .map(|g| g.members.iter().map(|(a, _)| *a).collect())
+                .unwrap_or_default()
+        };
         for bytes in lists {
             let account = SignedDeviceList::from_bytes(bytes)
                 .map_err(DeviceListError::from)
                 .and_then(|l| l.account_key_and_version())
                 .map(|(ak, _)| AccountId::from_account_key(&ak))?;
-            if account != item.to && account != own {
+            if account != item.to && account != own && !members.contains(&account) {
                 continue;
             }
             self.pin_device_list(account, bytes).await?;

@@ -18,7 +18,8 @@ use sotto_crypto::pickle::Pickle;
 use sotto_crypto::{AccountId, Device, DeviceId, PickleKey};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 
-use crate::machine::{Event, Machine, MachineError, Snapshot};
+use crate::group::{GroupId, Op, Role};
+use crate::machine::{Event, GroupInfo, Machine, MachineError, Snapshot};
 use crate::rt::{self, Instant};
 use crate::store::{Page, Store, StoreError, StoreKey, StoredMessage};
 use crate::transport::Relay;
@@ -457,6 +458,84 @@ impl<S: Store> Client<S> {
             .into_iter()
             .map(|c| c.peer)
             .collect())
+    }
+
+    /// Creates a group with this account as its admin and `members` in it (their device
+    /// lists are fetched when the welcomes go out). Returns its id.
+    pub async fn create_group(&self, title: &str, members: &[AccountId]) -> Result<GroupId, ClientError> {
+        let (id, _) = self
+            .inner
+            .transact(|m| {
+                let (c, id) = m.create_group(title, members, now_ms())?;
+                Ok((c, id))
+            })
+            .await?;
+        self.inner.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Changes a group (this account must be an admin of it, except to leave).
+    async fn change_group(&self, group: &GroupId, ops: Vec<Op>) -> Result<(), ClientError> {
+        self.inner
+            .transact(|m| Ok((m.change_group(*group, ops.clone(), now_ms())?, ())))
+            .await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Adds members to a group. They get the current state and key; they cannot read
+    /// anything sent before.
+    pub async fn add_group_members(&self, group: &GroupId, members: &[AccountId]) -> Result<(), ClientError> {
+        let ops = members.iter().map(|a| Op::Add(*a, Role::Member)).collect();
+        self.change_group(group, ops).await
+    }
+
+    /// Removes a member: the group's key changes and every remaining member starts a new
+    /// sender-key chain, so none of the removed member's devices reads what follows.
+    pub async fn remove_group_member(&self, group: &GroupId, member: &AccountId) -> Result<(), ClientError> {
+        self.change_group(group, vec![Op::Remove(*member)]).await
+    }
+
+    /// Leaves a group.
+    pub async fn leave_group(&self, group: &GroupId) -> Result<(), ClientError> {
+        self.change_group(group, vec![Op::Leave]).await
+    }
+
+    /// Renames a group.
+    pub async fn rename_group(&self, group: &GroupId, title: &str) -> Result<(), ClientError> {
+        self.change_group(group, vec![Op::SetTitle(title.to_owned())]).await
+    }
+
+    /// Makes a member an admin, or a plain member again.
+    pub async fn set_group_admin(&self, group: &GroupId, member: &AccountId, admin: bool) -> Result<(), ClientError> {
+        let role = if admin { Role::Admin } else { Role::Member };
+        self.change_group(group, vec![Op::SetRole(*member, role)]).await
+    }
+
+    /// Queues a text to a group (one sender-key step and one seal, whatever its size).
+    pub async fn send_group_text(&self, group: &GroupId, text: &str) -> Result<StoredMessage, ClientError> {
+        let (mut message, committed) = self
+            .inner
+            .transact(|m| {
+                let (c, msg) = m.queue_group_text(*group, text, now_ms())?;
+                Ok((c, msg))
+            })
+            .await?;
+        self.inner.wake.notify_one();
+        if let Some((_, order)) = committed.inserted.first() {
+            message.order = *order;
+        }
+        Ok(message)
+    }
+
+    /// The groups this account is or was in.
+    pub async fn groups(&self) -> Vec<GroupInfo> {
+        self.inner.machine.lock().await.groups()
+    }
+
+    /// A page of a group's messages, oldest first.
+    pub async fn group_messages(&self, group: &GroupId, page: Page) -> Result<Vec<StoredMessage>, ClientError> {
+        Ok(self.inner.store.messages(AccountId(group.0), page).await?)
     }
 
     /// A page of a conversation, oldest first.

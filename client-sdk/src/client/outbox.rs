@@ -11,7 +11,7 @@ use sotto_proto::{Access, ErrorCode, Frame, Send, SendOutcome};
 
 use super::error::{ClientError, is_relay_wide};
 use super::{ClientOptions, Inner, now_ms};
-use crate::machine::{Need, RetryPolicy, SendPlan, record_failure};
+use crate::machine::{GroupPlan, Need, RetryPolicy, SendPlan, record_failure};
 use crate::rt::Instant;
 use crate::store::{OutboxItem, Store, StoreError};
 use crate::transport::{Socket, TransportError};
@@ -29,6 +29,15 @@ pub(super) const OUTBOX_SCAN: u32 = 1024;
 pub(super) enum Prepared {
     /// Encrypted (and committed): send these.
     Ready(Vec<sotto_proto::Recipient>),
+    /// A group-channel item, sealed once (and committed): send `body` once to these
+    /// devices, presenting `access`, on the anonymous connection.
+    Group {
+        body: Vec<u8>,
+        recipients: Vec<sotto_proto::Recipient>,
+        access: Vec<Access>,
+    },
+    /// A group item waits for its sender-key distribution (queued): try again shortly.
+    Wait,
     /// The relay could not be reached: not the item's fault; try again later.
     Offline,
     /// The item failed this time (for example every device of the contact is out of
@@ -158,6 +167,9 @@ impl<S: Store> Inner<S> {
     /// prekeys for is left out of this send (docs/protocol.md §13.7); when that is every
     /// device of the contact, the item failed this time.
     pub(super) async fn prepare(&self, item: &OutboxItem) -> Prepared {
+        if self.machine.lock().await.group_of_conversation(&item.to).is_some() {
+            return self.prepare_group(item).await;
+        }
         let mut skip: Vec<crate::store::PeerDevice> = Vec::new();
         for _ in 0..MAX_SEND_ATTEMPTS {
             let needs = {
@@ -201,6 +213,58 @@ impl<S: Store> Inner<S> {
             code: "BAD_BUNDLE",
             reason: "no session could be set up with every device".into(),
         }
+    }
+
+    /// Seals a group-channel item once for the group ([`crate::machine::GroupPlan`]).
+    pub(super) async fn prepare_group(&self, item: &OutboxItem) -> Prepared {
+        for _ in 0..MAX_SEND_ATTEMPTS {
+            let needs = {
+                let mut m = self.machine.lock().await;
+                match m.prepare_group_send(item, now_ms()) {
+                    Ok(GroupPlan::Ready {
+                        changes,
+                        body,
+                        recipients,
+                        access,
+                    }) => match self.commit_locked(&mut m, changes).await {
+                        Ok(_) => {
+                            return Prepared::Group {
+                                body,
+                                recipients,
+                                access,
+                            };
+                        }
+                        Err(ClientError::Store(StoreError::Conflict)) => continue,
+                        Err(_) => return Prepared::Offline,
+                    },
+                    Ok(GroupPlan::Wait { changes }) => {
+                        return match self.commit_locked(&mut m, changes).await {
+                            Ok(_) => Prepared::Wait,
+                            Err(ClientError::Store(StoreError::Conflict)) => continue,
+                            Err(_) => Prepared::Offline,
+                        };
+                    }
+                    Ok(GroupPlan::Drop { reason }) => {
+                        return Prepared::GiveUp {
+                            code: "GROUP",
+                            reason: reason.into(),
+                        };
+                    }
+                    Ok(GroupPlan::Need(needs)) => needs,
+                    Err(e) => return Self::classify(e.into()),
+                }
+            };
+            for need in needs {
+                let r = match need {
+                    Need::DeviceList(a) => self.refresh_device_list(a).await,
+                    Need::Bundles(..) => Ok(()),
+                };
+                if let Err(e) = r {
+                    return Self::classify(e);
+                }
+            }
+        }
+        Prepared::Offline
     }
 
     /// Gives an item up: removed from the outbox, the message marked failed.
@@ -447,6 +511,45 @@ impl<S: Store> Inner<S> {
                 }
                 let recipients = match self.prepare(item).await {
                     Prepared::Ready(r) => r,
+                    Prepared::Wait => {
+                        // Its distributions were queued: they go first, then this again.
+                        closed.insert(*lane);
+                        tx.retry_by(Instant::now() + Duration::from_millis(100));
+                        tx.dirty = true;
+                        continue;
+                    }
+                    Prepared::Group {
+                        body,
+                        recipients,
+                        access,
+                    } => {
+                        let Some(a) = anon.as_mut() else { return true };
+                        let id = a.next_id;
+                        a.next_id = a.next_id.wrapping_add(1);
+                        let frame = Frame::Send(Send {
+                            message_id: id,
+                            access,
+                            body,
+                            recipients,
+                        });
+                        if a.socket.send(&frame).await.is_err() {
+                            *anon = None;
+                            tx.in_flight.retain(|f| f.anon.is_none());
+                            tx.release();
+                            let t = Instant::now() + self.options.backoff_min;
+                            tx.offline_until = Some(t);
+                            tx.retry_by(t);
+                            tx.dirty = true;
+                            return true;
+                        }
+                        tx.in_flight.push_back(InFlight {
+                            auth: None,
+                            anon: Some(id),
+                            item: item.clone(),
+                            lane: *lane,
+                        });
+                        continue;
+                    }
                     Prepared::Offline => {
                         let t = Instant::now() + self.options.backoff_min.max(Duration::from_secs(1));
                         tx.offline_until = Some(t);

@@ -24,9 +24,14 @@ impl Machine {
         self.account.value.access_key.map(AccessKey)
     }
 
-    /// The access key to present when sending to `peer`, if they shared one.
+    /// The access key to present when sending to `peer`, if they shared one (with this
+    /// account, or with a group both are in).
     pub fn access_key_for(&self, peer: &AccountId) -> Option<AccessKey> {
-        self.conversations.get(peer)?.access_key.map(AccessKey)
+        self.conversations
+            .get(peer)
+            .and_then(|c| c.access_key)
+            .or_else(|| self.group_access_key(peer))
+            .map(AccessKey)
     }
 
     /// The access key to put in content for `peer`: this account's, when it accepted

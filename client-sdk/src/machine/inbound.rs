@@ -147,6 +147,9 @@ impl Machine {
                 events: Vec::new(),
             };
         }
+        if sotto_crypto::is_group_envelope(envelope) {
+            return self.receive_group(seq, digest, envelope, refreshed);
+        }
         let opened = match sotto_crypto::open(&self.device, envelope) {
             Ok(o) => o,
             Err(e) => return self.undecryptable(seq, digest, None, UndecryptableCause::Envelope(e)),
@@ -237,6 +240,9 @@ impl Machine {
             && (matches!(content.kind, ContentKind::Text { .. }) || self.conversations.contains_key(&peer.0))
         {
             self.update_conversation(changes, peer.0, |c| c.access_key = Some(k.0));
+        }
+        if matches!(content.kind, ContentKind::Group { .. }) {
+            return self.accept_group(peer, content, changes, events);
         }
         let message = |conversation, text, status| StoredMessage {
             id: content.message_id,

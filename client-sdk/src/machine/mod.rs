@@ -46,12 +46,14 @@ use crate::store::{
 
 mod access;
 mod devices;
+mod groups;
 mod inbound;
 mod outbound;
 mod outputs;
 mod prekeys;
 mod sessions;
 
+pub use groups::{CONTENT_SENDER_KEY, GroupInfo, GroupPlan};
 pub use outbound::{RetryPolicy, record_failure};
 pub use outputs::{
     CONTENT_LINK_ACCEPT, CONTENT_LINK_REQUEST, Event, Inbound, MachineError, Need, SendPlan, UndecryptableCause,
@@ -145,6 +147,12 @@ pub struct Machine {
     processed: Seen<EnvelopeDigest>,
     /// The pending-inbound table (digest and claimed sender), oldest first.
     pending: Vec<(EnvelopeDigest, AccountId)>,
+    /// The groups, with their logs and seal keys.
+    groups: HashMap<crate::group::GroupId, groups::GroupEntry>,
+    /// Members' sender-key chains, per group and device.
+    sender_keys: HashMap<crate::store::SenderKeyId, Versioned<crate::store::SenderKeySet>>,
+    /// Which member device and group each known chain id belongs to.
+    chains: HashMap<[u8; 16], crate::store::SenderKeyId>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -304,6 +312,12 @@ impl Machine {
         for d in snapshot.recent_envelopes.into_iter().rev() {
             processed.insert(d);
         }
+        let mut groups = HashMap::new();
+        for (id, record) in snapshot.groups {
+            groups.insert(id, groups::GroupEntry::load(record)?);
+        }
+        let sender_keys: HashMap<_, _> = snapshot.sender_keys.into_iter().collect();
+        let chains = Self::index_chains(&pickle_key, &sender_keys);
         Ok(Self {
             rng,
             pickle_key,
@@ -319,6 +333,9 @@ impl Machine {
             ids,
             processed,
             pending: snapshot.pending.iter().map(|p| (p.digest, p.sender)).collect(),
+            groups,
+            sender_keys,
+            chains,
         })
     }
 
@@ -384,6 +401,7 @@ impl Machine {
             }
         }
         self.pending.retain(|(d, _)| !changes.pending_remove.contains(d));
+        self.apply_groups(changes, committed);
     }
 
     /// This account's id.

@@ -101,12 +101,16 @@ impl Machine {
             _ => None,
         };
         let own = self.account_id();
+        let is_group = matches!(content.kind, ContentKind::Group { .. });
         let mut changes = Changes::default();
         let mut recipients = Vec::with_capacity(targets.len());
         for identity in targets {
             let plaintext = if identity.account_id == own {
                 match &transcript {
                     Some(t) => t,
+                    // Group content goes to this account's other devices when it is
+                    // addressed to this account.
+                    None if is_group && item.to == own => &item.content,
                     None => continue,
                 }
             } else {
@@ -165,6 +169,18 @@ impl Machine {
 
     /// The relay stored an outbox item: drop it from the outbox and mark the message sent.
     pub fn mark_sent(&self, item: &OutboxItem) -> (Changes, Option<Event>) {
+        if self.group_of_conversation(&item.to).is_some() {
+            return self.group_item_sent(item);
+        }
+        let mut changes = Changes::default();
+        self.distribution_sent(item, &mut changes);
+        let (rest, event) = self.mark_sent_pairwise(item);
+        changes.outbox_remove = rest.outbox_remove;
+        changes.message_status = rest.message_status;
+        (changes, event)
+    }
+
+    fn mark_sent_pairwise(&self, item: &OutboxItem) -> (Changes, Option<Event>) {
         let is_text = Content::decode(&item.content).is_ok_and(|c| matches!(c.kind, ContentKind::Text { .. }));
         let changes = Changes {
             outbox_remove: vec![item.id],

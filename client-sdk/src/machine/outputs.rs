@@ -3,12 +3,13 @@
 
 use sotto_crypto::{
     AccountId, DecryptError, DeviceId, DeviceIdentity, DeviceListChange, DeviceListError, EncryptError, OpenError,
-    PickleError, SealError, X3dhError,
+    PickleError, SealError, SenderKeyError, X3dhError,
 };
 use sotto_proto::Recipient;
 use thiserror::Error;
 
 use crate::content::ContentError;
+use crate::group::{GroupError, GroupId};
 use crate::ids::MessageId;
 use crate::store::{Changes, PeerDevice, StoredMessage};
 
@@ -59,6 +60,15 @@ pub enum MachineError {
     /// recovery key, removes it.
     #[error("device {0} holds the list key; removing it needs the recovery key")]
     NeedsRecoveryKey(DeviceId),
+    /// A group change or state is refused.
+    #[error("group change refused: {0}")]
+    Group(#[from] GroupError),
+    /// No such group, or this account is no longer in it.
+    #[error("no such group, or not a member")]
+    UnknownGroup,
+    /// Sender-key encryption failed.
+    #[error("sender-key encryption failed: {0}")]
+    SenderKey(SenderKeyError),
 }
 
 /// Why an inbound envelope was not accepted. Nothing in it reached the app.
@@ -106,6 +116,14 @@ pub enum UndecryptableCause {
     /// (network or relay failures): no verdict on the sender could be reached.
     #[error("the sender's device list stayed unavailable")]
     DeviceListUnavailable,
+    /// A group envelope under no seal key this device holds (a group it is not in, or
+    /// was removed from).
+    #[error("no group key opens the envelope")]
+    NoGroupKey,
+    /// A group message that does not decrypt: an unknown chain, a signature that does
+    /// not verify (a member forging another's message), a jump too far.
+    #[error("group message refused: {0}")]
+    SenderKey(SenderKeyError),
 }
 
 /// What the app hears about.
@@ -172,6 +190,19 @@ pub enum Event {
     },
     /// This device is no longer in its account's device list.
     DeviceRemoved,
+    /// A group was created, joined or changed (members, roles, title), or this account
+    /// left it or was removed ([`crate::machine::GroupInfo::active`]).
+    GroupChanged {
+        /// The group.
+        group: GroupId,
+    },
+    /// A change to a group was refused (not by an admin, stale, or malformed).
+    GroupChangeRejected {
+        /// The group.
+        group: GroupId,
+        /// Why.
+        error: GroupError,
+    },
     /// (From the client) a new device asks to join this account with the code this
     /// device showed ([`crate::Client::link_new_device`]). Show the name and the
     /// fingerprint; the new device shows the same fingerprint. Answer with

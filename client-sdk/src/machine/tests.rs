@@ -1263,3 +1263,121 @@ async fn devices_of_an_older_account_derive_the_same_access_key() {
     assert_eq!(p1.verifier, p2.verifier);
     assert!(c1.account.unwrap().value.access_key.is_some());
 }
+
+// ---------------------------------------------------------------------------------------
+// Groups.
+
+/// Sends every outbox item of `from` (group-channel items as one sealed body for every
+/// device, pairwise items per device), resolving needs from `others`, until the outbox is
+/// empty. Returns the group bodies sent.
+async fn flush(from: &mut Peer, others: &mut [&mut Peer]) -> Vec<Vec<u8>> {
+    let mut bodies = Vec::new();
+    for _ in 0..100 {
+        let Some(item) = from.store.outbox(1).await.unwrap().pop() else {
+            return bodies;
+        };
+        if from.machine.group_of_conversation(&item.to).is_none() {
+            if item.to == from.id() && from.machine.own_device_list().unwrap().devices().len() == 1 {
+                // Nobody else to send to: drop it as sent.
+                let (c, _) = from.machine.mark_sent(&item);
+                from.commit(c).await;
+                continue;
+            }
+            send(from, others).await;
+            continue;
+        }
+        match from.machine.prepare_group_send(&item, from.now).unwrap() {
+            GroupPlan::Need(needs) => {
+                for need in needs {
+                    let Need::DeviceList(a) = need else { panic!("{need:?}") };
+                    let o = others.iter().find(|p| p.id() == a).unwrap();
+                    let bytes = o.machine.own_device_list().unwrap().signed().as_bytes().to_vec();
+                    let (c, _) = from.machine.receive_device_list(&a, &bytes).unwrap();
+                    from.commit(c).await;
+                }
+            }
+            GroupPlan::Wait { changes } => {
+                // The distributions are queued ahead: move this item behind them.
+                from.commit(changes).await;
+                from.commit(Changes {
+                    outbox_remove: vec![item.id],
+                    ..Changes::default()
+                })
+                .await;
+                from.commit(Changes {
+                    outbox_add: vec![item.clone()],
+                    ..Changes::default()
+                })
+                .await;
+            }
+            GroupPlan::Ready {
+                changes,
+                body,
+                recipients,
+                ..
+            } => {
+                from.commit(changes).await;
+                let (c, _) = from.machine.mark_sent(&item);
+                from.commit(c).await;
+                for r in &recipients {
+                    if r.account_id == from.id() {
+                        continue;
+                    }
+                    let o = others.iter_mut().find(|p| p.id() == r.account_id).unwrap();
+                    o.inbox.push([&r.head[..], &body[..]].concat());
+                }
+                bodies.push(body);
+            }
+            GroupPlan::Drop { reason } => panic!("dropped: {reason}"),
+        }
+    }
+    panic!("the outbox did not empty");
+}
+
+#[tokio::test]
+async fn a_forged_or_replayed_group_message_is_refused() {
+    let mut alice = Peer::new(91).await;
+    let mut bob = Peer::new(92).await;
+    let mut carol = Peer::new(93).await;
+    let (c, g) = alice.machine.create_group("g", &[bob.id(), carol.id()], T0).unwrap();
+    alice.commit(c).await;
+    flush(&mut alice, &mut [&mut bob, &mut carol]).await;
+    deliver(&mut bob, &[&alice, &carol]).await;
+    deliver(&mut carol, &[&alice, &bob]).await;
+    assert_eq!(bob.machine.groups().len(), 1);
+    let (c, _) = carol.machine.queue_group_text(g, "from carol", T0).unwrap();
+    carol.commit(c).await;
+    let bodies = flush(&mut carol, &mut [&mut alice, &mut bob]).await;
+    deliver(&mut alice, &[&bob, &carol]).await;
+    deliver(&mut bob, &[&alice, &carol]).await;
+    assert_eq!(texts(&alice.events), vec!["from carol"]);
+    assert_eq!(texts(&bob.events), vec!["from carol"]);
+    // Bob, a member, holds the group key and Carol's chain, but not her signing key.
+    let gk = bob.machine.groups.get(&g).unwrap().keys[0].1.clone();
+    let inner = gk.open(&bodies[0]).unwrap().content;
+    let mut forged = inner.clone();
+    let n = forged.len();
+    forged[n - 64..].copy_from_slice(&[7; 64]);
+    let mut rng = ChaCha20Rng::seed_from_u64(5); // test only
+    let forged_env = gk.seal(CONTENT_SENDER_KEY, &forged, &mut rng).unwrap();
+    // The same message sealed again: new envelope bytes, an old sender-key message.
+    let replay_env = gk.seal(CONTENT_SENDER_KEY, &inner, &mut rng).unwrap();
+    alice.events.clear();
+    deliver_one(&mut alice, &[&bob, &carol], 10, &forged_env).await;
+    deliver_one(&mut alice, &[&bob, &carol], 11, &replay_env).await;
+    deliver_one(&mut alice, &[&bob, &carol], 12, &bodies[0]).await;
+    assert_eq!(
+        causes(&alice.events),
+        vec![
+            UndecryptableCause::SenderKey(sotto_crypto::SenderKeyError::BadSignature),
+            UndecryptableCause::Duplicate,
+        ]
+    );
+    assert!(texts(&alice.events).is_empty());
+    // A group envelope under a key Alice does not hold.
+    let other = sotto_crypto::GroupSealKey::from_bytes(&[3; 32]);
+    let stranger = other.seal(CONTENT_SENDER_KEY, &inner, &mut rng).unwrap();
+    alice.events.clear();
+    deliver_one(&mut alice, &[&bob, &carol], 13, &stranger).await;
+    assert_eq!(causes(&alice.events), vec![UndecryptableCause::NoGroupKey]);
+}

