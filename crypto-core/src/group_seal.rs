@@ -323,7 +323,10 @@ mod tests {
 
     #[test]
     fn the_largest_envelope_is_the_bound() {
-        assert_eq!(MAX_ENVELOPE_LEN, HEADER_LEN + padding::bucket(MAX_CONTENT_LEN + 2) + TAG_LEN);
+        assert_eq!(
+            MAX_ENVELOPE_LEN,
+            HEADER_LEN + padding::bucket(MAX_CONTENT_LEN + 2) + TAG_LEN
+        );
     }
 
     #[test]
