@@ -67,8 +67,36 @@ const COMMIT_LABEL: &[u8] = b"Sotto-v1 group commit";
 const SEAL_KEY_LABEL: &[u8] = b"Sotto-v1 group seal key";
 
 /// A group's id: 32 random bytes drawn by its creator, carried only inside encrypted content.
+/// Shown as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct GroupId(pub [u8; 32]);
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for GroupId {
+    type Err = GroupError;
+
+    /// 64 hex digits, either case, surrounding white space ignored.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let bad = || GroupError::Decode(DecodeError::Invalid { field: "group id" });
+        if s.len() != 64 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self(out))
+    }
+}
 
 /// What a member may do.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]

@@ -533,6 +533,17 @@ impl<S: Store> Client<S> {
         self.inner.machine.lock().await.groups()
     }
 
+    /// The group whose conversation a message belongs to: a group message's
+    /// `conversation` carries the group id's 32 bytes.
+    pub async fn group_of(&self, conversation: &AccountId) -> Option<GroupId> {
+        self.inner.machine.lock().await.group_of_conversation(conversation)
+    }
+
+    /// One group.
+    pub async fn group(&self, id: &GroupId) -> Option<GroupInfo> {
+        self.inner.machine.lock().await.group(id)
+    }
+
     /// A page of a group's messages, oldest first.
     pub async fn group_messages(&self, group: &GroupId, page: Page) -> Result<Vec<StoredMessage>, ClientError> {
         Ok(self.inner.store.messages(AccountId(group.0), page).await?)

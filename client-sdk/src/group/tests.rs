@@ -41,6 +41,18 @@ fn hash_of(i: u32) -> [u8; 32] {
 }
 
 #[test]
+fn group_ids_print_and_parse_as_hex() {
+    let id = GroupId([0xab; 32]);
+    let s = id.to_string();
+    assert_eq!(s, "ab".repeat(32));
+    assert_eq!(s.parse::<GroupId>().unwrap(), id);
+    assert_eq!(format!(" {} ", s.to_uppercase()).parse::<GroupId>().unwrap(), id);
+    for bad in ["", "ab", &"zz".repeat(32), &"ab".repeat(33), &"é".repeat(32)] {
+        assert!(bad.parse::<GroupId>().is_err(), "{bad:?}");
+    }
+}
+
+#[test]
 fn only_admins_change_the_group_and_members_may_leave() {
     let g = genesis();
     let by_member = on_genesis(3, vec![Op::Add(acct(9), Role::Member)]);
