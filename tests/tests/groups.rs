@@ -94,3 +94,81 @@ async fn a_group_talks_removes_and_adds() {
     assert_eq!(carol_history.len(), 3, "{carol_history:?}");
     assert!(!carol_history.iter().any(|t| t == "after carol" || t == "welcome dave"));
 }
+
+/// Every value of every table of the relay's SQLite database, as bytes.
+async fn relay_values(db_url: &str) -> Vec<(String, String, Vec<u8>)> {
+    use sqlx::{Column, Connection, Row, TypeInfo, ValueRef};
+    let mut conn = sqlx::SqliteConnection::connect(db_url).await.unwrap();
+    let names: Vec<(String,)> = sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for (name,) in names {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT * FROM \"{name}\"")))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        for row in &rows {
+            for i in 0..row.len() {
+                let raw = row.try_get_raw(i).unwrap();
+                if raw.is_null() {
+                    continue;
+                }
+                let bytes = match raw.type_info().name() {
+                    "BLOB" => row.get::<Vec<u8>, _>(i),
+                    "TEXT" => row.get::<String, _>(i).into_bytes(),
+                    _ => continue,
+                };
+                out.push((name.clone(), row.columns()[i].name().to_owned(), bytes));
+            }
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_stores_one_body_per_group_message_and_learns_no_group() {
+    let relay = TestRelay::start().await;
+    let mut alice = Device::create(&relay, 311).await;
+    let mut bob = Device::create(&relay, 312).await;
+    let mut carol = Device::create(&relay, 313).await;
+    for d in [&bob, &carol] {
+        alice.client.add_contact(&d.client.contact_link()).await.unwrap();
+    }
+    let title = "a title the relay must not see";
+    let g = alice.client.create_group(title, &[bob.id(), carol.id()]).await.unwrap();
+    joined(&mut bob, g).await;
+    joined(&mut carol, g).await;
+    // Carol goes offline: what the group sends now stays in her mailbox.
+    carol.client.shutdown().await;
+    for (i, d) in [&alice, &bob, &alice].into_iter().enumerate() {
+        d.client.send_group_text(&g, &format!("message {i}")).await.unwrap();
+    }
+    assert_eq!(bob.receive(2).await.len(), 2);
+    assert_eq!(alice.receive(1).await.len(), 1);
+    alice.client.shutdown().await;
+    bob.client.shutdown().await;
+
+    let values = relay_values(&relay.db_url).await;
+    // One body per group message, each a group envelope; the mailbox rows that refer to
+    // a body hold no bytes of their own.
+    let bodies: Vec<&Vec<u8>> = values
+        .iter()
+        .filter(|(t, c, _)| t == "bodies" && c == "body")
+        .map(|(_, _, v)| v)
+        .collect();
+    assert_eq!(bodies.len(), 3, "one stored body per group message");
+    assert!(bodies.iter().all(|b| sotto_crypto::is_group_envelope(b)));
+    // Nothing names the group, its title or its member list.
+    let alice_record = [&alice.id().0[..], &[1u8][..]].concat();
+    for (table, column, v) in &values {
+        assert!(!contains(v, &g.0), "group id in {table}.{column}");
+        assert!(!contains(v, title.as_bytes()), "title in {table}.{column}");
+        assert!(!contains(v, &alice_record), "a member record in {table}.{column}");
+    }
+}

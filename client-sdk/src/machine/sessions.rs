@@ -91,7 +91,7 @@ impl Machine {
     }
 
     /// Every device a message to `to` goes to: all of `to`'s devices and this account's
-    /// other devices, but those in `skip`.
+    /// other devices (once, when `to` is this account), but those in `skip`.
     pub(super) fn fan_out(
         &self,
         to: &AccountId,
@@ -101,7 +101,8 @@ impl Machine {
         let mut needs = Vec::new();
         let mut targets = Vec::new();
         let own = self.account_id();
-        for account in [*to, own] {
+        let accounts = if *to == own { vec![own] } else { vec![*to, own] };
+        for account in accounts {
             let Some(list) = self.lists.get(&account) else {
                 needs.push(Need::DeviceList(account));
                 continue;

@@ -8,6 +8,7 @@ use sotto_proto::{PreKeyCounts, PreKeyUpload, Recipient};
 
 use super::*;
 use crate::content::{Content, ContentKind};
+use crate::group::Op;
 use crate::ids::MessageId;
 use crate::store::{
     AccountStore, DeviceListStore, GroupStore, InboundStore, MemoryStore, MessageStatus, MessageStore, OutboxItem,
@@ -1380,4 +1381,95 @@ async fn a_forged_or_replayed_group_message_is_refused() {
     alice.events.clear();
     deliver_one(&mut alice, &[&bob, &carol], 13, &stranger).await;
     assert_eq!(causes(&alice.events), vec![UndecryptableCause::NoGroupKey]);
+}
+
+/// Every group member's outbox sent and every inbox delivered, until nothing moves.
+/// Returns every envelope routed (what a relay would have stored).
+async fn settle(peers: &mut [Peer]) -> Vec<Vec<u8>> {
+    let mut routed = Vec::new();
+    for _ in 0..20 {
+        let mut moved = false;
+        for i in 0..peers.len() {
+            let (left, rest) = peers.split_at_mut(i);
+            let (me, right) = rest.split_first_mut().unwrap();
+            let mut others: Vec<&mut Peer> = left.iter_mut().chain(right.iter_mut()).collect();
+            if !me.store.outbox(1).await.unwrap().is_empty() {
+                flush(me, &mut others).await;
+                moved = true;
+            }
+        }
+        for i in 0..peers.len() {
+            routed.extend(peers[i].inbox.iter().cloned());
+            if peers[i].inbox.is_empty() {
+                continue;
+            }
+            moved = true;
+            let (left, rest) = peers.split_at_mut(i);
+            let (me, right) = rest.split_first_mut().unwrap();
+            let others: Vec<&Peer> = left.iter().chain(right.iter()).collect();
+            deliver(me, &others).await;
+        }
+        if !moved {
+            return routed;
+        }
+    }
+    panic!("the group did not settle");
+}
+
+#[tokio::test]
+async fn removed_and_late_members_read_nothing_outside_their_membership() {
+    let mut peers = vec![
+        Peer::new(94).await,
+        Peer::new(95).await,
+        Peer::new(96).await,
+        Peer::new(97).await,
+    ];
+    let ids: Vec<AccountId> = peers.iter().map(|p| p.id()).collect();
+    let (c, g) = peers[0].machine.create_group("g", &ids[1..3], T0).unwrap();
+    peers[0].commit(c).await;
+    let mut before = settle(&mut peers).await;
+    for (i, text) in [(1usize, "b1"), (2, "c1"), (0, "a1")] {
+        let (c, _) = peers[i].machine.queue_group_text(g, text, T0).unwrap();
+        peers[i].commit(c).await;
+        before.extend(settle(&mut peers).await);
+    }
+    // Carol (2) is removed, Dave (3) added.
+    let c = peers[0].machine.change_group(g, vec![Op::Remove(ids[2])], T0).unwrap();
+    peers[0].commit(c).await;
+    let mut after = settle(&mut peers).await;
+    let c = peers[0]
+        .machine
+        .change_group(g, vec![Op::Add(ids[3], crate::group::Role::Member)], T0)
+        .unwrap();
+    peers[0].commit(c).await;
+    after.extend(settle(&mut peers).await);
+    for (i, text) in [(1usize, "b2"), (3, "d2"), (0, "a2")] {
+        let (c, _) = peers[i].machine.queue_group_text(g, text, T0).unwrap();
+        peers[i].commit(c).await;
+        after.extend(settle(&mut peers).await);
+    }
+    assert!(!peers[2].machine.group(&g).unwrap().active);
+    assert_eq!(texts(&peers[1].events), vec!["c1", "a1", "d2", "a2"]);
+    assert_eq!(texts(&peers[3].events), vec!["b2", "a2"]);
+    assert_eq!(texts(&peers[2].events), vec!["b1", "a1"]);
+    // With every envelope ever routed in hand (a relay's whole database), the removed
+    // member opens nothing sent after its removal, and the late member nothing before.
+    let (mut carol, mut dave) = (peers.remove(2), peers.remove(2));
+    let others: Vec<&Peer> = peers.iter().collect();
+    for (who, envelopes) in [(&mut carol, &after), (&mut dave, &before)] {
+        who.events.clear();
+        for (n, env) in envelopes.iter().enumerate() {
+            deliver_one(who, &others, 1000 + n as u64, env).await;
+        }
+        assert!(texts(&who.events).is_empty());
+        assert!(
+            who.events
+                .iter()
+                .all(|e| matches!(e, Event::Undecryptable { .. } | Event::GroupChanged { .. })),
+            "{:?}",
+            who.events
+        );
+        let group_envelopes = envelopes.iter().filter(|e| sotto_crypto::is_group_envelope(e)).count();
+        assert!(group_envelopes >= 3);
+    }
 }
