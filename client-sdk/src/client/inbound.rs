@@ -162,8 +162,12 @@ impl<S: Store> Inner<S> {
         {
             let mut pending = self.receipts.lock().await;
             for e in &events {
+                // Receipts go to 1:1 conversations only (a group message's conversation
+                // is the group, which is no account to send to, and must not reach the
+                // relay).
                 if let Event::MessageReceived(msg) = e
                     && msg.status == crate::store::MessageStatus::Received
+                    && msg.conversation == msg.sender.0
                 {
                     let ids = pending.entry(msg.conversation).or_default();
                     if ids.len() < crate::content::MAX_RECEIPTS {
@@ -172,7 +176,24 @@ impl<S: Store> Inner<S> {
                 }
             }
         }
+        let changed: Vec<crate::group::GroupId> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::GroupChanged { group } => Some(*group),
+                _ => None,
+            })
+            .collect();
         self.emit(events).await;
+        for group in changed {
+            // Re-make a commit that lost a fork; re-key after a member left with the key.
+            if let Ok(((), c)) = self
+                .transact(|m| Ok((m.group_followups(group, crate::client::now_ms())?, ())))
+                .await
+                && !c.group_versions.is_empty()
+            {
+                self.wake.notify_one();
+            }
+        }
         if consumed > 0 && self.consumed.fetch_add(consumed, Ordering::SeqCst) + consumed >= REFILL_AFTER {
             self.consumed.store(0, Ordering::SeqCst);
             let _ = self.refill_prekeys().await;

@@ -29,8 +29,8 @@ use crate::content::{Content, ContentKind, GroupBody, MAX_TEXT_LEN};
 use crate::group::{Commit, GroupError, GroupId, GroupLog, GroupState, LogParts, NO_KEY, Op, Received, Role};
 use crate::ids::MessageId;
 use crate::store::{
-    Changes, EnvelopeDigest, GroupRecord, MAX_SEAL_KEYS, MAX_SENDER_CHAINS, MessageKey, MessageStatus, OutboxItem,
-    PeerDevice, SenderKeyId, SenderKeySet, StoredMessage, Versioned, Write,
+    Changes, EnvelopeDigest, GroupRecord, MAX_OWN_COMMITS, MAX_SEAL_KEYS, MAX_SENDER_CHAINS, MessageKey, MessageStatus,
+    OutboxItem, PeerDevice, SenderKeyId, SenderKeySet, StoredMessage, Versioned, Write,
 };
 
 /// Group-sealed content type of a sender-key message (docs/protocol.md §14.6).
@@ -268,6 +268,7 @@ impl Machine {
             chain_holders: Vec::new(),
             member_access: Vec::new(),
             active: true,
+            own_commits: Vec::new(),
         };
         let mut changes = Changes::default();
         let access = self.member_access(&record, genesis.members.keys().copied());
@@ -289,7 +290,19 @@ impl Machine {
     /// Changes a group (this account must be an admin, or leaving): a commit on the
     /// current state, and the messages that carry it (docs/protocol.md §14.6).
     pub fn change_group(&mut self, group: GroupId, ops: Vec<Op>, now_ms: u64) -> Result<Changes, MachineError> {
+        self.change_group_from(group, ops, now_ms, &Changes::default())
+    }
+
+    /// [`Machine::change_group`], on the group record as `base` has it (if it writes one).
+    fn change_group_from(
+        &mut self,
+        group: GroupId,
+        ops: Vec<Op>,
+        now_ms: u64,
+        base: &Changes,
+    ) -> Result<Changes, MachineError> {
         let own = self.account_id();
+        let base_record = self.record_in(&group, base);
         let entry = self.groups.get(&group).ok_or(MachineError::UnknownGroup)?;
         if !entry.record.value.active {
             return Err(MachineError::UnknownGroup);
@@ -303,8 +316,12 @@ impl Machine {
         let next = parent.apply(&commit)?;
         let mut log = entry.log.clone();
         log.receive(commit.clone(), &own)?;
-        let mut record = entry.record.value.clone();
+        let mut record = base_record.unwrap_or_else(|| entry.record.value.clone());
         record.log = log.parts().encode();
+        record.own_commits.push(commit.encode());
+        if record.own_commits.len() > MAX_OWN_COMMITS {
+            record.own_commits.remove(0);
+        }
         let commit_id = commit.id();
         match key {
             Some(k) => Self::push_seal_key(&mut record, commit_id, k),
@@ -318,7 +335,9 @@ impl Machine {
         let removed: Vec<AccountId> = parent.members.keys().filter(|a| !next.is_member(a)).copied().collect();
         let added: Vec<AccountId> = next.members.keys().filter(|a| !parent.is_member(a)).copied().collect();
         let mut changes = Changes::default();
-        if removed.is_empty() {
+        // A re-key follows a member who left with the parent's key: it goes pairwise.
+        let rekey = commit.ops.contains(&Op::Rekey);
+        if removed.is_empty() && !rekey {
             // Nobody loses the parent's key: the group channel carries it, sealed under
             // the parent's key, to the parent's members (this account's devices too).
             let content = Content {
@@ -385,6 +404,67 @@ impl Machine {
         }
         self.group_write(group, record, &mut changes);
         Ok(changes)
+    }
+
+    /// What this device does after its group changed (call it on [`Event::GroupChanged`]):
+    /// makes again each of its own recent commits that lost a fork, unless it would no
+    /// longer change the group or this account is no longer allowed to (docs/protocol.md
+    /// §14.3); and, when the current state was made by a member who left (it kept the
+    /// parent's key) and this account is its lowest admin, re-keys the group. Empty when
+    /// there is nothing to do.
+    pub fn group_followups(&mut self, group: GroupId, now_ms: u64) -> Result<Changes, MachineError> {
+        let own = self.account_id();
+        let Some(entry) = self.groups.get(&group) else {
+            return Ok(Changes::default());
+        };
+        if !entry.record.value.active {
+            return Ok(Changes::default());
+        }
+        let tip = entry.log.tip().clone();
+        let mut record = entry.record.value.clone();
+        let mut redo: Option<Vec<Op>> = None;
+        let mut kept = Vec::new();
+        for bytes in &record.own_commits {
+            let Ok(c) = Commit::decode(bytes) else { continue };
+            if c.parent_version.saturating_add(crate::group::MAX_FORK_DEPTH) < tip.version {
+                continue; // It can no longer lose.
+            }
+            if entry.log.is_canonical(&c.id()) || redo.is_some() {
+                kept.push(bytes.clone());
+                continue;
+            }
+            // Lost: make it again on the current state if it still changes the group.
+            let leaving = c.ops.iter().any(|op| matches!(op, Op::Leave) || *op == Op::Remove(own));
+            let probe_key = (!leaving).then_some(&[0u8; 32]);
+            let again = Commit::on(entry.log.tip_id(), &tip, own, probe_key, c.ops.clone());
+            if let Ok(next) = tip.apply(&again)
+                && (next.members != tip.members || next.title != tip.title)
+            {
+                redo = Some(c.ops.clone());
+            }
+        }
+        let needs_rekey = entry
+            .log
+            .canonical()
+            .last()
+            .is_some_and(|(_, c)| c.key_commitment == NO_KEY)
+            && tip.members.iter().find(|(_, r)| **r == Role::Admin).map(|(a, _)| *a) == Some(own);
+        if redo.is_none() && !needs_rekey {
+            if kept.len() != record.own_commits.len() {
+                record.own_commits = kept;
+                let mut changes = Changes::default();
+                self.group_write(group, record, &mut changes);
+                return Ok(changes);
+            }
+            return Ok(Changes::default());
+        }
+        // Drop the lost commits from the watch list first; change_group adds the new one.
+        record.own_commits = kept;
+        let mut changes = Changes::default();
+        self.group_write(group, record, &mut changes);
+        let ops = redo.unwrap_or_else(|| vec![Op::Rekey]);
+        let more = self.change_group_from(group, ops, now_ms, &changes)?;
+        Ok(more)
     }
 
     /// Writes a text to the group into the outbox and the group's conversation.
@@ -944,6 +1024,7 @@ impl Machine {
                     chain_holders: Vec::new(),
                     member_access: access,
                     active: true,
+                    own_commits: Vec::new(),
                 };
                 if let Some(k) = content.access_key {
                     record.member_access.retain(|(a, _)| *a != peer.0);

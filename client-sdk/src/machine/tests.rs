@@ -1409,6 +1409,15 @@ async fn settle(peers: &mut [Peer]) -> Vec<Vec<u8>> {
             let others: Vec<&Peer> = left.iter().chain(right.iter()).collect();
             deliver(me, &others).await;
         }
+        // What the client does on GroupChanged: re-make lost commits, re-key after a leave.
+        for p in peers.iter_mut() {
+            for g in p.machine.groups().into_iter().map(|g| g.id) {
+                let c = p.machine.group_followups(g, p.now).unwrap();
+                if !c.is_empty() {
+                    p.commit(c).await;
+                }
+            }
+        }
         if !moved {
             return routed;
         }
@@ -1472,4 +1481,70 @@ async fn removed_and_late_members_read_nothing_outside_their_membership() {
         let group_envelopes = envelopes.iter().filter(|e| sotto_crypto::is_group_envelope(e)).count();
         assert!(group_envelopes >= 3);
     }
+}
+
+#[tokio::test]
+async fn concurrent_admin_changes_both_apply_and_a_leave_is_rekeyed() {
+    let mut peers = vec![
+        Peer::new(101).await,
+        Peer::new(102).await,
+        Peer::new(103).await,
+        Peer::new(104).await,
+    ];
+    let ids: Vec<AccountId> = peers.iter().map(|p| p.id()).collect();
+    let (c, g) = peers[0].machine.create_group("g", &ids[1..3], T0).unwrap();
+    peers[0].commit(c).await;
+    settle(&mut peers).await;
+    let c = peers[0]
+        .machine
+        .change_group(g, vec![Op::SetRole(ids[1], crate::group::Role::Admin)], T0)
+        .unwrap();
+    peers[0].commit(c).await;
+    settle(&mut peers).await;
+    // Both admins change the group at once, on the same state.
+    let c = peers[0]
+        .machine
+        .change_group(g, vec![Op::SetTitle("from alice".into())], T0)
+        .unwrap();
+    peers[0].commit(c).await;
+    let c = peers[1]
+        .machine
+        .change_group(g, vec![Op::Add(ids[3], crate::group::Role::Member)], T0)
+        .unwrap();
+    peers[1].commit(c).await;
+    settle(&mut peers).await;
+    let states: Vec<_> = peers.iter().map(|p| p.machine.group(&g).unwrap()).collect();
+    for s in &states[..3] {
+        assert_eq!(s, &states[0]);
+    }
+    assert_eq!(states[0].title, "from alice");
+    assert!(states[0].members.iter().any(|(a, _)| *a == ids[3]));
+    assert_eq!(
+        states[3].members, states[0].members,
+        "the added member is on the same state"
+    );
+    // Carol leaves with the current key; the lowest admin re-keys, pairwise.
+    let key_before = peers[2].machine.groups.get(&g).unwrap().keys[0].1.clone();
+    let c = peers[2].machine.change_group(g, vec![Op::Leave], T0).unwrap();
+    peers[2].commit(c).await;
+    settle(&mut peers).await;
+    assert!(!peers[2].machine.group(&g).unwrap().active);
+    let key_after = peers[0].machine.groups.get(&g).unwrap().keys[0].1.clone();
+    assert_ne!(key_before, key_after, "re-keyed after the leave");
+    for p in [&peers[1], &peers[3]] {
+        assert_eq!(p.machine.groups.get(&g).unwrap().keys[0].1, key_after);
+    }
+    let (c, _) = peers[1].machine.queue_group_text(g, "after carol left", T0).unwrap();
+    peers[1].commit(c).await;
+    let routed = settle(&mut peers).await;
+    assert_eq!(
+        texts(&peers[3].events).last().map(String::as_str),
+        Some("after carol left")
+    );
+    assert!(
+        routed
+            .iter()
+            .filter(|e| sotto_crypto::is_group_envelope(e))
+            .all(|e| !key_before.matches(e))
+    );
 }

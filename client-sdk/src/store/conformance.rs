@@ -286,6 +286,7 @@ pub async fn groups_and_sender_keys_cas(s: &impl Store) {
         chain_holders: vec![peer(1), peer(2)],
         member_access: vec![(AccountId([n; 32]), [9; 32])],
         active: n.is_multiple_of(2),
+        own_commits: vec![vec![n; 40]],
     };
     let keys = |n: u8| SenderKeySet {
         chains: vec![vec![n; 90], vec![n + 1; 80]],

@@ -192,7 +192,13 @@ pub struct GroupRecord {
     pub member_access: Vec<(AccountId, [u8; 32])>,
     /// False once this account left or was removed.
     pub active: bool,
+    /// This device's recent commits (encoded), kept until they can no longer lose a fork,
+    /// so that one that lost is made again on the winner (docs/protocol.md §14.3).
+    pub own_commits: Vec<Vec<u8>>,
 }
+
+/// How many of its own commits a device keeps watching per group.
+pub const MAX_OWN_COMMITS: usize = 16;
 
 /// Counts only: the record holds keys.
 impl std::fmt::Debug for GroupRecord {

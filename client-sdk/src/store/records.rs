@@ -4,8 +4,8 @@ use sotto_crypto::codec::{DecodeError, Put, Reader};
 use sotto_crypto::{AccountId, DeviceId};
 
 use super::{
-    AccountRecord, ConversationRecord, GroupRecord, MAX_SEAL_KEYS, MAX_SENDER_CHAINS, MessageStatus, OutboxItem,
-    PeerDevice, PendingInbound, SenderKeySet, SessionSet, StoredMessage,
+    AccountRecord, ConversationRecord, GroupRecord, MAX_OWN_COMMITS, MAX_SEAL_KEYS, MAX_SENDER_CHAINS, MessageStatus,
+    OutboxItem, PeerDevice, PendingInbound, SenderKeySet, SessionSet, StoredMessage,
 };
 use crate::ids::MessageId;
 
@@ -409,6 +409,10 @@ pub(crate) fn encode_group(g: &GroupRecord) -> Vec<u8> {
         o.put(k);
     }
     o.put_u8(u8::from(g.active));
+    o.put_count(g.own_commits.len());
+    for c in &g.own_commits {
+        o.put_var(c);
+    }
     o
 }
 
@@ -442,6 +446,10 @@ pub(crate) fn decode_group(b: &[u8]) -> Result<GroupRecord, DecodeError> {
         member_access.push((AccountId(r.array()?), r.array()?));
     }
     let active = r.flag("active")?;
+    let mut own_commits = Vec::new();
+    for _ in 0..r.count("own commits", MAX_OWN_COMMITS, 4)? {
+        own_commits.push(r.var_bytes("own commit", 64 * 1024)?.to_vec());
+    }
     r.finish()?;
     Ok(GroupRecord {
         log,
@@ -450,6 +458,7 @@ pub(crate) fn decode_group(b: &[u8]) -> Result<GroupRecord, DecodeError> {
         chain_holders,
         member_access,
         active,
+        own_commits,
     })
 }
 
