@@ -560,7 +560,8 @@ impl Machine {
         }
         let mut record = entry.record.value.clone();
         let mut changes = Changes::default();
-        let fan_set: BTreeSet<PeerDevice> = fan_out.iter().copied().collect();
+        let fan_set: std::collections::HashSet<PeerDevice> = fan_out.iter().copied().collect();
+        let holders: std::collections::HashSet<PeerDevice> = record.chain_holders.iter().copied().collect();
         // A new chain when there is none, or when a device holding it left the fan-out.
         let stale = record.chain_holders.iter().any(|d| !fan_set.contains(d));
         let mut chain = match &record.chain {
@@ -573,7 +574,7 @@ impl Machine {
         let me = (own, self.device_id());
         let missing: BTreeSet<AccountId> = fan_out
             .iter()
-            .filter(|d| **d != me && !record.chain_holders.contains(d))
+            .filter(|d| **d != me && !holders.contains(d))
             .map(|d| d.0)
             .collect();
         if !missing.is_empty() {
@@ -701,9 +702,10 @@ impl Machine {
         }
         let me = (self.account_id(), self.device_id());
         if let Some(list) = self.lists.get(&item.to) {
+            let held: std::collections::HashSet<PeerDevice> = record.chain_holders.iter().copied().collect();
             for dev in list.devices() {
                 let peer = (item.to, dev.device_id);
-                if peer != me && !record.chain_holders.contains(&peer) {
+                if peer != me && !held.contains(&peer) {
                     record.chain_holders.push(peer);
                 }
             }
