@@ -220,7 +220,7 @@ async fn run() {
     }
     let info = admin.machine.group(&g).unwrap();
     assert_eq!(info.members.len(), 999);
-    println!("group of 999 members, 1,998 devices (+1 own), 1 KiB text:");
+    println!("group of 999 members (1,996 devices of the others, and the admin's own), 1 KiB text:");
     println!(
         "  send (sender-key step + group seal, one body): median {:.3} ms, {} bytes uploaded",
         ms(median(send)),
