@@ -92,6 +92,46 @@ impl TestRelay {
         relay
     }
 
+    /// As [`TestRelay::start`], on a fresh PostgreSQL database of the server that
+    /// `SOTTO_TEST_POSTGRES_URL` names; `None` (after a loud message) when it is unset,
+    /// which fails under `CI=true`.
+    pub async fn start_postgres() -> Option<TestRelay> {
+        use sqlx::Connection;
+        let Ok(base) = std::env::var("SOTTO_TEST_POSTGRES_URL") else {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("SOTTO_TEST_POSTGRES_URL is unset in CI: the PostgreSQL run must not be skipped");
+            }
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** SKIPPED: PostgreSQL (set SOTTO_TEST_POSTGRES_URL, or run scripts/test.sh, which \
+                     starts a throwaway cluster) ***\n"
+                );
+            });
+            return None;
+        };
+        static N: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "sotto_e2e_{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        );
+        let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let (prefix, _) = base.rsplit_once('/').unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Some(Self::serve(listener, format!("{prefix}/{name}"), false).await)
+    }
+
     /// As [`TestRelay::start`], serving HTTPS/WSS (TLS 1.3) with the test certificate.
     pub async fn start_tls() -> TestRelay {
         let dir = TempDir::new("relay");

@@ -93,7 +93,7 @@ async fn two_hundred_messages_in_a_group_of_two_hundred_devices() {
         devices[0].client.add_contact(&link).await.unwrap();
     }
     let g = devices[0].client.create_group("two hundred", &ids[1..]).await.unwrap();
-    for (i, d) in devices.iter_mut().enumerate().skip(1) {
+    for d in devices.iter_mut().skip(1) {
         d.wait_for(|e| matches!(e, Event::GroupChanged { group } if *group == g))
             .await;
     }

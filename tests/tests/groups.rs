@@ -25,8 +25,18 @@ async fn joined(d: &mut Device, g: GroupId) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_talks_removes_and_adds() {
-    let relay = TestRelay::start().await;
+async fn a_group_talks_removes_and_adds_on_sqlite() {
+    talk_remove_add(TestRelay::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_talks_removes_and_adds_on_postgres() {
+    if let Some(relay) = TestRelay::start_postgres().await {
+        talk_remove_add(relay).await;
+    }
+}
+
+async fn talk_remove_add(relay: TestRelay) {
     let mut alice = Device::create(&relay, 301).await;
     let mut bob = Device::create(&relay, 302).await;
     let mut carol = Device::create(&relay, 303).await;

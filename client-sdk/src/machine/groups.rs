@@ -561,7 +561,6 @@ impl Machine {
         let mut record = entry.record.value.clone();
         let mut changes = Changes::default();
         let fan_set: std::collections::HashSet<PeerDevice> = fan_out.iter().copied().collect();
-        let holders: std::collections::HashSet<PeerDevice> = record.chain_holders.iter().copied().collect();
         // A new chain when there is none, or when a device holding it left the fan-out.
         let stale = record.chain_holders.iter().any(|d| !fan_set.contains(d));
         let mut chain = match &record.chain {
@@ -571,6 +570,8 @@ impl Machine {
                 SenderKey::generate(&mut self.rng)
             }
         };
+        // After the choice: a new chain has no holders yet.
+        let holders: std::collections::HashSet<PeerDevice> = record.chain_holders.iter().copied().collect();
         let me = (own, self.device_id());
         let missing: BTreeSet<AccountId> = fan_out
             .iter()

@@ -1458,6 +1458,7 @@ async fn removed_and_late_members_read_nothing_outside_their_membership() {
         after.extend(settle(&mut peers).await);
     }
     assert!(!peers[2].machine.group(&g).unwrap().active);
+    assert_eq!(texts(&peers[0].events), vec!["b1", "c1", "b2", "d2"]);
     assert_eq!(texts(&peers[1].events), vec!["c1", "a1", "d2", "a2"]);
     assert_eq!(texts(&peers[3].events), vec!["b2", "a2"]);
     assert_eq!(texts(&peers[2].events), vec!["b1", "a1"]);
