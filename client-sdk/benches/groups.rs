@@ -204,6 +204,10 @@ async fn run() {
         admin.commit(c).await;
         d += admin.flush().await.0;
         adds.push(d);
+        // A message while the newcomer is in: its devices now hold the admin's chain.
+        let (c, _) = admin.machine.queue_group_text(g, "with the newcomer", T0).unwrap();
+        admin.commit(c).await;
+        admin.flush().await;
         let t = Instant::now();
         let c = admin
             .machine
