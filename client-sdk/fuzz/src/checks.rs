@@ -13,7 +13,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use sotto_crypto::{AccountId, AccountKey, Device, DeviceId};
 use sotto_sdk::MessageId;
-use sotto_sdk::content::{Content, ContentKind};
+use sotto_sdk::content::{Content, ContentKind, GroupBody};
 use sotto_sdk::group::{Commit, GroupId, GroupLog, GroupState, Op, Role};
 use sotto_sdk::link::{decode_link_accept, decode_link_request, encode_link_accept, encode_link_request};
 use sotto_sdk::store::ConversationRecord;
@@ -176,6 +176,50 @@ pub fn seeds() -> Vec<Seed> {
         b
     });
     add("content", "bad-empty", Vec::new());
+    // Group content (docs/protocol.md §14.6), each sub-kind.
+    let gstate = group_state();
+    let gcommit = Commit::on(
+        gstate.hash(),
+        &gstate,
+        AccountId([1; 32]),
+        Some(&[0x45; 32]),
+        vec![Op::SetTitle("g".into())],
+    );
+    let group_content = |body: GroupBody| {
+        Content {
+            message_id: MessageId([2; 16]),
+            timestamp_ms: 9,
+            access_key: None,
+            kind: ContentKind::Group { group: gstate.id, body },
+        }
+        .encode()
+    };
+    let welcome = group_content(GroupBody::Welcome {
+        root_id: gstate.hash(),
+        root: gstate.clone(),
+        commits: vec![gcommit.clone()],
+        seal_key: [0x46; 32],
+        access: vec![(AccountId([2; 32]), [0x47; 32])],
+    });
+    add(
+        "content",
+        "ok-group-text",
+        group_content(GroupBody::Text { text: "all".into() }),
+    );
+    add(
+        "content",
+        "ok-group-commit",
+        group_content(GroupBody::Commit {
+            commit: gcommit.clone(),
+            seal_key: Some([0x45; 32]),
+        }),
+    );
+    add("content", "ok-group-welcome", welcome.clone());
+    add(
+        "content",
+        "bad-group-welcome-truncated",
+        welcome[..welcome.len() - 40].to_vec(),
+    );
 
     let account = account();
     let mut rng = ChaCha20Rng::seed_from_u64(1201);
