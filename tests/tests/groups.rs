@@ -182,3 +182,44 @@ async fn the_relay_stores_one_body_per_group_message_and_learns_no_group() {
         assert!(!contains(v, &alice_record), "a member record in {table}.{column}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_new_device_joins_its_groups() {
+    let relay = TestRelay::start().await;
+    let mut alice = Device::create(&relay, 321).await;
+    let mut bob = Device::create(&relay, 322).await;
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
+    let g = alice.client.create_group("family", &[bob.id()]).await.unwrap();
+    joined(&mut bob, g).await;
+    bob.client.send_group_text(&g, "before").await.unwrap();
+    assert_eq!(alice.receive(1).await[0].text, "before");
+    // Alice links a second device: her first device welcomes it into the group.
+    // (The welcome waits until the new device's prekeys are on the relay: the first
+    // attempts find no reachable device and back off.)
+    let mut alice2 = Device::join(&relay, &mut alice, 323).await;
+    joined(&mut alice2, g).await;
+    assert_eq!(alice2.client.groups().await[0].title, "family");
+    // Bob's next message reaches it (his chain goes to it first), and so do Alice's.
+    bob.client
+        .send_group_text(&g, "to both of alice's devices")
+        .await
+        .unwrap();
+    assert_eq!(alice2.receive(1).await[0].text, "to both of alice's devices");
+    assert_eq!(alice.receive(1).await[0].text, "to both of alice's devices");
+    alice2.client.send_group_text(&g, "from the new device").await.unwrap();
+    assert_eq!(bob.receive(1).await[0].text, "from the new device");
+    assert_eq!(alice.receive(1).await[0].text, "from the new device");
+    // It reads nothing from before it joined.
+    let history = alice2
+        .client
+        .group_messages(
+            &g,
+            Page {
+                before: None,
+                limit: 100,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!history.iter().any(|m| m.text == "before"));
+}

@@ -16,7 +16,19 @@
 //! sotto --profile alice remove-device <id> [--recovery-key]   # the key from stdin
 //! sotto --profile alice recovery-key       # print the recovery key once (keep it offline)
 //! sotto --profile phone recover            # read a recovery key from stdin
+//! sotto --profile alice group create <title> <contact>...
+//! sotto --profile alice group add <group> <contact>...
+//! sotto --profile alice group remove <group> <member>
+//! sotto --profile alice group rename <group> <title>
+//! sotto --profile alice group admin <group> <member> [--revoke]
+//! sotto --profile alice group leave <group>
+//! sotto --profile alice group list
+//! sotto --profile alice group send <group> <text>
+//! sotto --profile alice group chat <group>   # interactive
+//! sotto --profile alice group messages <group>
 //! ```
+//!
+//! A `<group>` is its id (64 hex digits), the start of its id, or its title.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -26,7 +38,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use sotto_crypto::{AccountId, DeviceId};
 use sotto_sdk::store::{SqliteStore, StoreKey};
-use sotto_sdk::{Client, ClientError, ClientOptions, Event, EventStream, MessageStatus, Page, StoredMessage};
+use sotto_sdk::{
+    Client, ClientError, ClientOptions, Event, EventStream, GroupId, GroupInfo, MessageId, MessageStatus, Page, Role,
+    StoredMessage,
+};
 use tokio::io::AsyncBufReadExt;
 
 /// Prints a line; a closed stdout (`sotto ... | head -1`) is not an error.
@@ -137,6 +152,85 @@ enum Command {
         #[arg(long)]
         recovery_key: bool,
     },
+    /// Groups: create and change them, list them, talk in them.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+}
+
+/// `sotto group ...`. A group is named by its id (64 hex digits), the start of its id,
+/// or its title.
+#[derive(Subcommand, Debug)]
+enum GroupCommand {
+    /// Create a group with this account as its admin; prints its id.
+    Create {
+        /// The group's title (members see it; the relay does not).
+        title: String,
+        /// Its other members: contacts (link, id, or the start of an id). A link or id
+        /// that is no contact yet is added as one first.
+        #[arg(required = true)]
+        contacts: Vec<String>,
+    },
+    /// Add members (admins only); they read what is sent from now on.
+    Add {
+        /// The group.
+        group: String,
+        /// Contacts (link, id, or the start of an id).
+        #[arg(required = true)]
+        contacts: Vec<String>,
+    },
+    /// Remove a member (admins only): the group's keys change, so the member reads
+    /// nothing sent afterwards.
+    Remove {
+        /// The group.
+        group: String,
+        /// A member (link, id, or the start of an id).
+        member: String,
+    },
+    /// Rename a group (admins only).
+    Rename {
+        /// The group.
+        group: String,
+        /// The new title.
+        title: String,
+    },
+    /// Make a member an admin (admins only), or with `--revoke` a plain member again.
+    Admin {
+        /// The group.
+        group: String,
+        /// A member (link, id, or the start of an id).
+        member: String,
+        /// Make the member a plain member again.
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Leave a group.
+    Leave {
+        /// The group.
+        group: String,
+    },
+    /// List the groups this account is or was in, with their members.
+    List,
+    /// Send a text to a group and wait until the relay stored it.
+    Send {
+        /// The group.
+        group: String,
+        /// The text.
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
+    /// Chat in a group: incoming messages are printed as they arrive; each line typed is
+    /// sent to the group.
+    Chat {
+        /// The group.
+        group: String,
+    },
+    /// Print a group's messages.
+    Messages {
+        /// The group.
+        group: String,
+    },
 }
 
 fn data_dir(cli: &Cli) -> Result<PathBuf, String> {
@@ -233,7 +327,21 @@ fn short(a: &AccountId) -> String {
     a.to_string().chars().take(8).collect()
 }
 
-fn show(m: &StoredMessage) -> String {
+fn short_group(g: &GroupId) -> String {
+    g.to_string().chars().take(8).collect()
+}
+
+fn members(n: usize) -> String {
+    if n == 1 {
+        "1 member".into()
+    } else {
+        format!("{n} members")
+    }
+}
+
+/// A message as one line: `[<contact>] <sender>: <text>`, or `[#<title>] <sender>: <text>`
+/// for a message in the group titled `group`.
+fn show(m: &StoredMessage, group: Option<&str>) -> String {
     let who = if m.status.is_outgoing() {
         "me".to_owned()
     } else {
@@ -244,7 +352,232 @@ fn show(m: &StoredMessage) -> String {
         MessageStatus::SentElsewhere => " (from my other device)",
         _ => "",
     };
-    format!("[{}] {who}: {}{mark}", short(&m.conversation), m.text)
+    let place = match group {
+        Some(title) => format!("#{title}"),
+        None => short(&m.conversation),
+    };
+    format!("[{place}] {who}: {}{mark}", m.text)
+}
+
+/// [`show`], with the group's title when the message is a group message.
+async fn show_any(client: &Client<SqliteStore>, m: &StoredMessage) -> String {
+    let title = match client.group_of(&m.conversation).await {
+        Some(g) => client.group(&g).await.map(|info| info.title),
+        None => None,
+    };
+    show(m, title.as_deref())
+}
+
+/// A group by its id, the start of its id, or its title.
+async fn resolve_group(client: &Client<SqliteStore>, group: &str) -> Result<GroupInfo, String> {
+    if let Ok(id) = group.parse::<GroupId>() {
+        return client.group(&id).await.ok_or_else(|| format!("no group {id}"));
+    }
+    let wanted = group.trim();
+    let prefix = wanted.to_ascii_lowercase();
+    let groups = client.groups().await;
+    let mut matches: Vec<&GroupInfo> = groups.iter().filter(|g| g.title == wanted).collect();
+    if matches.is_empty() {
+        matches = groups
+            .iter()
+            .filter(|g| !prefix.is_empty() && g.id.to_string().starts_with(&prefix))
+            .collect();
+    }
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(format!("no group matches {group:?}")),
+        _ => Err(format!(
+            "{group:?} matches several groups (name one by its id, as `sotto group list` prints it)"
+        )),
+    }
+}
+
+/// A member of a group by link, account id or the start of its id.
+fn resolve_member(group: &GroupInfo, member: &str) -> Result<AccountId, String> {
+    let is_member = |a: &AccountId| group.members.iter().any(|(m, _)| m == a);
+    if let Ok(id) = sotto_sdk::parse_contact(member) {
+        return if is_member(&id) {
+            Ok(id)
+        } else {
+            Err(format!("{} is not a member of {:?}", short(&id), group.title))
+        };
+    }
+    let prefix = member.trim().to_ascii_lowercase();
+    let matches: Vec<AccountId> = group
+        .members
+        .iter()
+        .map(|(a, _)| *a)
+        .filter(|a| !prefix.is_empty() && a.to_string().starts_with(&prefix))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(format!("no member of {:?} matches {member:?}", group.title)),
+        _ => Err(format!("{member:?} matches several members of {:?}", group.title)),
+    }
+}
+
+/// A contact to put in a group. A link or account id that is no contact yet is added
+/// first (its device list fetched and pinned; a link's access key kept), as `send` does.
+async fn group_contact(client: &Client<SqliteStore>, contact: &str) -> Result<AccountId, String> {
+    let id = resolve(client, contact).await?;
+    if !client.conversations().await.map_err(|e| e.to_string())?.contains(&id) {
+        client.add_contact(contact).await.map_err(|e| e.to_string())?;
+    }
+    Ok(id)
+}
+
+/// A line about a group that changed (created, joined, changed, left or removed from).
+async fn group_note(client: &Client<SqliteStore>, group: &GroupId) -> String {
+    match client.group(group).await {
+        Some(g) if g.active => format!(
+            "(group {:?} {}: {}, version {})",
+            g.title,
+            short_group(group),
+            members(g.members.len()),
+            g.version
+        ),
+        Some(g) => format!(
+            "(group {:?} {}: this account is no longer a member)",
+            g.title,
+            short_group(group)
+        ),
+        None => format!("(group {}: unknown)", short_group(group)),
+    }
+}
+
+/// Prints what a one-shot run or a chat shows of an event; true for an event that ends
+/// a chat in `group` (this device removed, or this account out of the group).
+async fn print_event(client: &Client<SqliteStore>, e: &Event, group: Option<&GroupId>) -> bool {
+    match e {
+        Event::MessageReceived(m) => out!("{}", show_any(client, m).await),
+        Event::SendFailed { reason, .. } => out!("(not sent: {reason})"),
+        Event::Undecryptable { cause, .. } => out!("(undecryptable: {cause})"),
+        Event::DeviceListChanged { account, change } => {
+            out!(
+                "(devices of {} changed: +{:?} -{:?})",
+                short(account),
+                change.added,
+                change.removed
+            )
+        }
+        Event::DeviceRemoved => {
+            out!("(this device was removed from the account)");
+            return true;
+        }
+        Event::GroupChanged { group: g } => {
+            out!("{}", group_note(client, g).await);
+            if Some(g) == group && !client.group(g).await.is_some_and(|i| i.active) {
+                return true;
+            }
+        }
+        Event::GroupChangeRejected { group: g, error } => {
+            out!("(a change to group {} was refused: {error})", short_group(g))
+        }
+        _ => {}
+    }
+    false
+}
+
+/// Where a chat sends.
+enum ChatWith {
+    Contact(AccountId),
+    Group(GroupId),
+}
+
+/// The interactive mode of `chat` and `group chat`: prints the history and incoming
+/// messages; sends each line typed.
+async fn chat(
+    client: &Client<SqliteStore>,
+    events: &mut EventStream,
+    with: ChatWith,
+    history: Vec<StoredMessage>,
+    banner: String,
+) -> Result<(), String> {
+    for m in history {
+        out!("{}", show_any(client, &m).await);
+    }
+    out!("-- {banner}; type a line to send, Ctrl-D to quit --");
+    let group = match &with {
+        ChatWith::Group(g) => Some(*g),
+        ChatWith::Contact(_) => None,
+    };
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(l)) if !l.trim().is_empty() => {
+                    match &with {
+                        ChatWith::Contact(to) => client.send_text(to, l.trim()).await,
+                        ChatWith::Group(g) => client.send_group_text(g, l.trim()).await,
+                    }
+                    .map_err(|e| e.to_string())?;
+                }
+                Ok(Some(_)) => {}
+                _ => stdin_open = false,
+            },
+            e = events.next() => match e {
+                Some(e) => {
+                    if print_event(client, &e, group.as_ref()).await {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let _ = std::io::stdout().flush();
+        if !stdin_open
+            && client.outbox_len().await.unwrap_or(0) == 0
+            && std::env::var_os("SOTTO_CHAT_EXIT_ON_EOF").is_some()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the relay stored message `id` (or it failed), then drains the outbox and
+/// shuts the client down.
+async fn finish_send(client: &Client<SqliteStore>, events: &mut EventStream, id: MessageId) -> Result<(), String> {
+    let done = wait_event(events, Duration::from_secs(30), |e| match e {
+        Event::MessageSent { id: sent, .. } => *sent == id,
+        Event::SendFailed { id: failed, .. } => *failed == id,
+        _ => false,
+    })
+    .await;
+    if matches!(done, Some(Event::MessageSent { .. })) {
+        drain_outbox(client, Duration::from_secs(15)).await;
+    }
+    client.shutdown().await;
+    match done {
+        Some(Event::MessageSent { .. }) => out!("sent"),
+        Some(Event::SendFailed { reason, .. }) => return Err(format!("not sent: {reason}")),
+        _ => out!("queued; it is sent the next time sotto connects"),
+    }
+    Ok(())
+}
+
+/// After a group change: waits (a bounded time) until what it queued (the commit,
+/// welcomes, new keys) is with the relay, prints `done` and shuts the client down.
+async fn finish_group_change(client: &Client<SqliteStore>, done: String) {
+    drain_outbox(client, Duration::from_secs(30)).await;
+    let left = client.outbox_len().await.unwrap_or(0);
+    client.shutdown().await;
+    out!("{done}");
+    if left > 0 {
+        out!("({left} messages still queued; they are sent the next time sotto connects)");
+    }
+}
+
+/// A client on the store only, without a relay connection.
+async fn open_offline(dir: &Path) -> Result<Client<SqliteStore>, String> {
+    let (store, key) = open_store(dir, false).await?;
+    let options = ClientOptions {
+        connect: false,
+        ..ClientOptions::default()
+    };
+    Client::open(store, key, options).await.map_err(|e| e.to_string())
 }
 
 /// Before a one-shot command exits: sends the receipts it owes now (not after their
@@ -314,12 +647,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             client.shutdown().await;
         }
         Command::Whoami { link } => {
-            let (store, key) = open_store(&dir, false).await?;
-            let options = ClientOptions {
-                connect: false,
-                ..ClientOptions::default()
-            };
-            let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
+            let client = open_offline(&dir).await?;
             if link {
                 out!("{}", client.contact_link());
             } else {
@@ -348,30 +676,19 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .send_text(&to, &text.join(" "))
                 .await
                 .map_err(|e| e.to_string())?;
-            let id = m.id;
-            let done = wait_event(&mut events, Duration::from_secs(30), |e| match e {
-                Event::MessageSent { id: sent, .. } => *sent == id,
-                Event::SendFailed { id: failed, .. } => *failed == id,
-                _ => false,
-            })
-            .await;
-            if matches!(done, Some(Event::MessageSent { .. })) {
-                drain_outbox(&client, Duration::from_secs(15)).await;
-            }
-            client.shutdown().await;
-            match done {
-                Some(Event::MessageSent { .. }) => out!("sent"),
-                Some(Event::SendFailed { reason, .. }) => return Err(format!("not sent: {reason}")),
-                _ => out!("queued; it is sent the next time sotto connects"),
-            }
+            finish_send(&client, &mut events, m.id).await?;
         }
         Command::Receive => {
             let (client, mut events) = open_client(&dir).await?;
             let got = tokio::time::timeout(Duration::from_secs(30), async {
                 while let Some(e) = events.next().await {
                     match e {
-                        Event::MessageReceived(m) => out!("{}", show(&m)),
-                        Event::Undecryptable { cause, .. } => out!("(undecryptable: {cause})"),
+                        Event::MessageReceived(_)
+                        | Event::Undecryptable { .. }
+                        | Event::GroupChanged { .. }
+                        | Event::GroupChangeRejected { .. } => {
+                            print_event(&client, &e, None).await;
+                        }
                         Event::CaughtUp => return true,
                         _ => {}
                     }
@@ -393,83 +710,30 @@ async fn run(cli: Cli) -> Result<(), String> {
             if !client.conversations().await.map_err(|e| e.to_string())?.contains(&to) {
                 client.add_contact(&to.to_string()).await.map_err(|e| e.to_string())?;
             }
-            for m in client.messages(&to, Page::default()).await.map_err(|e| e.to_string())? {
-                out!("{}", show(&m));
-            }
-            out!(
-                "-- chatting with {}; type a line to send, Ctrl-D to quit --",
-                short(&to)
-            );
-            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            let mut stdin_open = true;
-            loop {
-                tokio::select! {
-                    line = lines.next_line(), if stdin_open => match line {
-                        Ok(Some(l)) if !l.trim().is_empty() => {
-                            client.send_text(&to, l.trim()).await.map_err(|e| e.to_string())?;
-                        }
-                        Ok(Some(_)) => {}
-                        _ => stdin_open = false,
-                    },
-                    e = events.next() => match e {
-                        Some(Event::MessageReceived(m)) => out!("{}", show(&m)),
-                        Some(Event::SendFailed { reason, .. }) => out!("(not sent: {reason})"),
-                        Some(Event::Undecryptable { cause, .. }) => out!("(undecryptable: {cause})"),
-                        Some(Event::DeviceListChanged { account, change }) => {
-                            out!("(devices of {} changed: +{:?} -{:?})", short(&account), change.added, change.removed)
-                        }
-                        Some(Event::DeviceRemoved) => {
-                            out!("(this device was removed from the account)");
-                            break;
-                        }
-                        Some(_) => {}
-                        None => break,
-                    },
-                    _ = tokio::signal::ctrl_c() => break,
-                }
-                let _ = std::io::stdout().flush();
-                if !stdin_open
-                    && client.outbox_len().await.unwrap_or(0) == 0
-                    && std::env::var_os("SOTTO_CHAT_EXIT_ON_EOF").is_some()
-                {
-                    break;
-                }
-            }
+            let history = client.messages(&to, Page::default()).await.map_err(|e| e.to_string())?;
+            let banner = format!("chatting with {}", short(&to));
+            let done = chat(&client, &mut events, ChatWith::Contact(to), history, banner).await;
             client.shutdown().await;
+            done?;
         }
         Command::Messages { contact } => {
-            let (store, key) = open_store(&dir, false).await?;
-            let options = ClientOptions {
-                connect: false,
-                ..ClientOptions::default()
-            };
-            let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
+            let client = open_offline(&dir).await?;
             let to = resolve(&client, &contact).await?;
             let page = Page {
                 before: None,
                 limit: 1000,
             };
             for m in client.messages(&to, page).await.map_err(|e| e.to_string())? {
-                out!("{}", show(&m));
+                out!("{}", show(&m, None));
             }
         }
         Command::Safety { contact } => {
-            let (store, key) = open_store(&dir, false).await?;
-            let options = ClientOptions {
-                connect: false,
-                ..ClientOptions::default()
-            };
-            let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
+            let client = open_offline(&dir).await?;
             let to = resolve(&client, &contact).await?;
             out!("{}", client.safety_number(&to).await.map_err(|e| e.to_string())?);
         }
         Command::Contacts => {
-            let (store, key) = open_store(&dir, false).await?;
-            let options = ClientOptions {
-                connect: false,
-                ..ClientOptions::default()
-            };
-            let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
+            let client = open_offline(&dir).await?;
             for c in client.conversations().await.map_err(|e| e.to_string())? {
                 out!("{}", sotto_sdk::contact_link(&c));
             }
@@ -539,22 +803,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             client.shutdown().await;
         }
         Command::RecoveryKey => {
-            let (store, key) = open_store(&dir, false).await?;
-            let options = ClientOptions {
-                connect: false,
-                ..ClientOptions::default()
-            };
-            let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
+            let client = open_offline(&dir).await?;
             let rk = client.export_recovery_key().await.map_err(|e| e.to_string())?;
             out!("{}", rk.as_str());
         }
         Command::Recover => {
-            let (store, key) = open_store(&dir, false).await?;
-            let options = ClientOptions {
-                connect: false,
-                ..ClientOptions::default()
-            };
-            let client = Client::open(store, key, options).await.map_err(|e| e.to_string())?;
+            let client = open_offline(&dir).await?;
             let line = read_secret_line().await?;
             client.recover_account(&line).await.map_err(|e| e.to_string())?;
             out!("this device now holds the account's list key");
@@ -582,6 +836,130 @@ async fn run(cli: Cli) -> Result<(), String> {
             })?;
             out!("removed device {id}");
             client.shutdown().await;
+        }
+        Command::Group { command } => group(&dir, command).await?,
+    }
+    Ok(())
+}
+
+async fn group(dir: &Path, command: GroupCommand) -> Result<(), String> {
+    match command {
+        GroupCommand::Create { title, contacts } => {
+            let (client, _) = open_client(dir).await?;
+            let mut members = Vec::with_capacity(contacts.len());
+            for c in &contacts {
+                members.push(group_contact(&client, c).await?);
+            }
+            let id = client.create_group(&title, &members).await.map_err(|e| e.to_string())?;
+            out!("group {id}");
+            finish_group_change(
+                &client,
+                format!("created {title:?} with {}", self::members(members.len() + 1)),
+            )
+            .await;
+        }
+        GroupCommand::Add { group, contacts } => {
+            let (client, _) = open_client(dir).await?;
+            let info = resolve_group(&client, &group).await?;
+            let mut members = Vec::with_capacity(contacts.len());
+            for c in &contacts {
+                members.push(group_contact(&client, c).await?);
+            }
+            client
+                .add_group_members(&info.id, &members)
+                .await
+                .map_err(|e| e.to_string())?;
+            let names: Vec<String> = members.iter().map(short).collect();
+            finish_group_change(&client, format!("added {} to {:?}", names.join(", "), info.title)).await;
+        }
+        GroupCommand::Remove { group, member } => {
+            let (client, _) = open_client(dir).await?;
+            let info = resolve_group(&client, &group).await?;
+            let who = resolve_member(&info, &member)?;
+            client
+                .remove_group_member(&info.id, &who)
+                .await
+                .map_err(|e| e.to_string())?;
+            finish_group_change(&client, format!("removed {} from {:?}", short(&who), info.title)).await;
+        }
+        GroupCommand::Rename { group, title } => {
+            let (client, _) = open_client(dir).await?;
+            let info = resolve_group(&client, &group).await?;
+            client.rename_group(&info.id, &title).await.map_err(|e| e.to_string())?;
+            finish_group_change(&client, format!("renamed {:?} to {title:?}", info.title)).await;
+        }
+        GroupCommand::Admin { group, member, revoke } => {
+            let (client, _) = open_client(dir).await?;
+            let info = resolve_group(&client, &group).await?;
+            let who = resolve_member(&info, &member)?;
+            client
+                .set_group_admin(&info.id, &who, !revoke)
+                .await
+                .map_err(|e| e.to_string())?;
+            let role = if revoke { "a member" } else { "an admin" };
+            finish_group_change(&client, format!("{} is now {role} of {:?}", short(&who), info.title)).await;
+        }
+        GroupCommand::Leave { group } => {
+            let (client, _) = open_client(dir).await?;
+            let info = resolve_group(&client, &group).await?;
+            client.leave_group(&info.id).await.map_err(|e| e.to_string())?;
+            finish_group_change(&client, format!("left {:?}", info.title)).await;
+        }
+        GroupCommand::List => {
+            let client = open_offline(dir).await?;
+            let me = client.account_id();
+            for g in client.groups().await {
+                let state = if g.active {
+                    "active"
+                } else {
+                    "inactive: left or removed"
+                };
+                out!("group {} {:?} ({state}, version {})", g.id, g.title, g.version);
+                for (a, role) in &g.members {
+                    let role = match role {
+                        Role::Admin => "admin ",
+                        Role::Member => "member",
+                    };
+                    let this = if *a == me { " (me)" } else { "" };
+                    out!("  {role} {a}{this}");
+                }
+            }
+        }
+        GroupCommand::Send { group, text } => {
+            let (client, mut events) = open_client(dir).await?;
+            let info = resolve_group(&client, &group).await?;
+            let m = client
+                .send_group_text(&info.id, &text.join(" "))
+                .await
+                .map_err(|e| e.to_string())?;
+            finish_send(&client, &mut events, m.id).await?;
+        }
+        GroupCommand::Chat { group } => {
+            let (client, mut events) = open_client(dir).await?;
+            let info = resolve_group(&client, &group).await?;
+            if !info.active {
+                client.shutdown().await;
+                return Err(format!("this account is no longer a member of {:?}", info.title));
+            }
+            let history = client
+                .group_messages(&info.id, Page::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let banner = format!("chatting in {:?} ({})", info.title, members(info.members.len()));
+            let done = chat(&client, &mut events, ChatWith::Group(info.id), history, banner).await;
+            client.shutdown().await;
+            done?;
+        }
+        GroupCommand::Messages { group } => {
+            let client = open_offline(dir).await?;
+            let info = resolve_group(&client, &group).await?;
+            let page = Page {
+                before: None,
+                limit: 1000,
+            };
+            for m in client.group_messages(&info.id, page).await.map_err(|e| e.to_string())? {
+                out!("{}", show(&m, Some(&info.title)));
+            }
         }
     }
     Ok(())

@@ -14,6 +14,20 @@ impl<S: Store> Inner<S> {
     /// Emits events to the app's stream: once it was taken, waiting while it is full;
     /// before that, buffered up to the queue's size.
     pub(crate) async fn emit(&self, events: Vec<Event>) {
+        // A device joined this account: it gets this account's groups from this device
+        // (callers hold no machine lock while emitting).
+        let own = self.device.account_id();
+        let linked = events.iter().any(
+            |e| matches!(e, Event::DeviceListChanged { account, change } if *account == own && !change.added.is_empty()),
+        );
+        if linked
+            && self
+                .transact(|m| Ok((m.welcome_own_devices(crate::client::now_ms()), ())))
+                .await
+                .is_ok()
+        {
+            self.wake.notify_one();
+        }
         let taken = self.events_taken.load(Ordering::SeqCst);
         for e in events {
             let sent = if taken {

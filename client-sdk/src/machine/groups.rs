@@ -467,6 +467,38 @@ impl Machine {
         Ok(more)
     }
 
+    /// This account's device list gained a device: every group this account is in goes
+    /// to its own devices as a welcome, so the new device knows the groups before the
+    /// members' sender keys reach it. Existing devices ignore a welcome that is not newer
+    /// than what they hold.
+    pub fn welcome_own_devices(&mut self, now_ms: u64) -> Changes {
+        let own = self.account_id();
+        let mut changes = Changes::default();
+        let active: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, e)| e.record.value.active)
+            .map(|(id, _)| *id)
+            .collect();
+        for group in active {
+            let Some(entry) = self.groups.get(&group) else { continue };
+            let Some(seal_key) = self.seal_key_of(&group, &entry.log.tip_id()) else {
+                continue;
+            };
+            let access = self.member_access(&entry.record.value, entry.log.tip().members.keys().copied());
+            let welcome = GroupBody::Welcome {
+                root_id: entry.log.root_id(),
+                root: entry.log.root().clone(),
+                commits: entry.log.canonical().into_iter().map(|(_, c)| c.clone()).collect(),
+                seal_key,
+                access,
+            };
+            let item = self.group_item(own, group, welcome, now_ms);
+            changes.outbox_add.push(item);
+        }
+        changes
+    }
+
     /// Writes a text to the group into the outbox and the group's conversation.
     pub fn queue_group_text(
         &mut self,
