@@ -19,9 +19,11 @@ use std::rc::Rc;
 
 use js_sys::Reflect;
 use sotto_crypto::AccountId;
+use sotto_sdk::group::GroupError;
 use sotto_sdk::store::{IdbStore, StoreKey};
 use sotto_sdk::{
-    Client, ClientError, ClientOptions, Event as SdkEvent, EventStream, MessageStatus, Page, StoredMessage,
+    Client, ClientError, ClientOptions, Event as SdkEvent, EventStream, GroupId, GroupInfo, MachineError,
+    MessageStatus, Page, Role, StoredMessage,
 };
 use tokio::sync::{Mutex, watch};
 use wasm_bindgen::prelude::*;
@@ -34,7 +36,10 @@ const TS_ERROR: &'static str = r#"
  * `code` is stable: "wrong_store_key", "store_conflict", "store", "machine", "transport",
  * "device_list", "account_exists", "no_account", "bad_contact", "unknown_contact",
  * "bad_link_code", "link", "no_account_key", "no_list_key", "needs_recovery_key",
- * "bad_recovery_key", "unknown_link_request", "link_timeout", "invalid_argument", "closed".
+ * "bad_recovery_key", "unknown_link_request", "link_timeout", "bad_group_id",
+ * "unknown_group" (no such group, or this account left it or was removed),
+ * "not_group_admin", "group" (a group change refused, e.g. too many members),
+ * "invalid_argument", "closed".
  * `retryable` says whether the same call may succeed later. (Device linking is not exposed
  * to the web build yet; `exportRecoveryKey` is.)
  */
@@ -55,7 +60,14 @@ fn error(code: &str, message: &str, retryable: bool) -> JsValue {
 }
 
 fn client_error(e: ClientError) -> JsValue {
-    error(e.code(), &e.to_string(), e.is_retryable())
+    // The SDK reports group refusals as `machine` errors; the binding names them.
+    let code = match &e {
+        ClientError::Machine(MachineError::UnknownGroup) => "unknown_group",
+        ClientError::Machine(MachineError::Group(GroupError::NotAdmin)) => "not_group_admin",
+        ClientError::Machine(MachineError::Group(_)) => "group",
+        _ => e.code(),
+    };
+    error(code, &e.to_string(), e.is_retryable())
 }
 
 fn invalid(message: &str) -> JsValue {
@@ -69,6 +81,17 @@ fn closed() -> JsValue {
 /// An account id or a `sotto:` link.
 fn account(s: &str) -> Result<AccountId, JsValue> {
     sotto_sdk::parse_contact(s).map_err(client_error)
+}
+
+/// Account ids or `sotto:` links.
+fn accounts(list: &[String]) -> Result<Vec<AccountId>, JsValue> {
+    list.iter().map(|s| account(s)).collect()
+}
+
+/// A group id: 64 hex digits.
+fn group_id(s: &str) -> Result<GroupId, JsValue> {
+    s.parse()
+        .map_err(|_| error("bad_group_id", "not a group id (64 hex digits)", false))
 }
 
 fn store_key(bytes: &[u8]) -> Result<StoreKey, JsValue> {
@@ -102,9 +125,12 @@ pub struct Message {
     /// The message id (hex).
     #[wasm_bindgen(readonly)]
     pub id: String,
-    /// The conversation: the contact's account id.
+    /// The conversation: the contact's account id, or for a group message the group id.
     #[wasm_bindgen(readonly)]
     pub conversation: String,
+    /// The group id (64 hex digits) for a group message; undefined otherwise.
+    #[wasm_bindgen(readonly)]
+    pub group: Option<String>,
     /// The account that wrote it.
     #[wasm_bindgen(readonly, js_name = senderAccount)]
     pub sender_account: String,
@@ -126,11 +152,23 @@ pub struct Message {
     pub order: f64,
 }
 
-impl From<StoredMessage> for Message {
-    fn from(m: StoredMessage) -> Self {
+/// The string a message or event names its conversation with: the group id when the
+/// SDK's conversation key is a group's (`group`, from `Client::group_of`), the account id
+/// otherwise.
+fn conversation_id(conversation: &AccountId, group: Option<GroupId>) -> String {
+    match group {
+        Some(g) => g.to_string(),
+        None => conversation.to_string(),
+    }
+}
+
+impl Message {
+    /// Mirrors `m`; `group` is the group its conversation belongs to, if any.
+    fn new(m: StoredMessage, group: Option<GroupId>) -> Self {
         Self {
             id: m.id.to_string(),
-            conversation: m.conversation.to_string(),
+            conversation: conversation_id(&m.conversation, group),
+            group: group.map(|g| g.to_string()),
             sender_account: m.sender.0.to_string(),
             sender_device: m.sender.1.0,
             timestamp_ms: m.timestamp_ms as f64,
@@ -151,6 +189,62 @@ impl From<StoredMessage> for Message {
     }
 }
 
+/// A member of a group.
+#[wasm_bindgen(getter_with_clone)]
+#[derive(Clone, Debug)]
+pub struct GroupMember {
+    /// The member's account id.
+    #[wasm_bindgen(readonly)]
+    pub account: String,
+    /// "admin" (also changes the group) or "member".
+    #[wasm_bindgen(readonly)]
+    pub role: String,
+}
+
+/// A group as this device holds it.
+#[wasm_bindgen(getter_with_clone)]
+#[derive(Clone, Debug)]
+pub struct Group {
+    /// The group id: 64 lowercase hex digits.
+    #[wasm_bindgen(readonly)]
+    pub id: String,
+    /// Its title (members see it; the relay does not).
+    #[wasm_bindgen(readonly)]
+    pub title: String,
+    /// Its members with their roles, this account included while it is in the group.
+    #[wasm_bindgen(readonly)]
+    pub members: Vec<GroupMember>,
+    /// The group state's version: 0 when created, one more for each change.
+    #[wasm_bindgen(readonly)]
+    pub version: f64,
+    /// False once this account left the group or was removed from it.
+    #[wasm_bindgen(readonly)]
+    pub active: bool,
+}
+
+impl From<GroupInfo> for Group {
+    fn from(g: GroupInfo) -> Self {
+        Self {
+            id: g.id.to_string(),
+            title: g.title,
+            members: g
+                .members
+                .into_iter()
+                .map(|(account, role)| GroupMember {
+                    account: account.to_string(),
+                    role: match role {
+                        Role::Admin => "admin",
+                        Role::Member => "member",
+                    }
+                    .into(),
+                })
+                .collect(),
+            version: g.version as f64,
+            active: g.active,
+        }
+    }
+}
+
 /// Something that happened. `kind` says what, and which other fields are set:
 ///
 /// - "messageReceived": `message` (from a contact, or written on another device of this
@@ -161,6 +255,9 @@ impl From<StoredMessage> for Message {
 /// - "deviceListRejected": `account`, `detail` (a list that did not verify);
 /// - "undecryptable": `detail` (the cause), `account`/`device` when known;
 /// - "sendFailed": `messageId`, `detail`;
+/// - "groupChanged": `group` (created, joined, changed, or this account left it or was
+///   removed: read it again with `group()`, whose `active` is then false);
+/// - "groupChangeRejected": `group`, `detail` (a change that lost or was refused);
 /// - "deviceRemoved", "connected", "caughtUp";
 /// - "unknown": an event this version does not know.
 #[wasm_bindgen(getter_with_clone)]
@@ -172,9 +269,14 @@ pub struct SottoEvent {
     /// The message ("messageReceived").
     #[wasm_bindgen(readonly)]
     pub message: Option<Message>,
-    /// The conversation ("messageSent").
+    /// The conversation ("messageSent", "sendFailed"): the contact's account id, or the
+    /// group id.
     #[wasm_bindgen(readonly)]
     pub conversation: Option<String>,
+    /// The group id ("groupChanged", "groupChangeRejected", and "messageSent" or
+    /// "sendFailed" in a group).
+    #[wasm_bindgen(readonly)]
+    pub group: Option<String>,
     /// The message ("messageSent", "sendFailed").
     #[wasm_bindgen(readonly, js_name = messageId)]
     pub message_id: Option<String>,
@@ -219,16 +321,28 @@ fn ids(ids: &[sotto_crypto::DeviceId]) -> Vec<u32> {
     ids.iter().map(|d| d.0).collect()
 }
 
-impl From<SdkEvent> for SottoEvent {
-    fn from(e: SdkEvent) -> Self {
+/// The conversation an event names, whose group (if any) the event carries.
+fn event_conversation(e: &SdkEvent) -> Option<&AccountId> {
+    match e {
+        SdkEvent::MessageReceived(m) => Some(&m.conversation),
+        SdkEvent::MessageSent { conversation, .. } | SdkEvent::SendFailed { conversation, .. } => Some(conversation),
+        _ => None,
+    }
+}
+
+impl SottoEvent {
+    /// Mirrors `e`; `group` is the group its conversation belongs to, if any.
+    fn new(e: SdkEvent, group: Option<GroupId>) -> Self {
+        let group_str = group.map(|g| g.to_string());
         match e {
             SdkEvent::MessageReceived(m) => SottoEvent {
-                message: Some(m.into()),
+                message: Some(Message::new(m, group)),
                 ..kind("messageReceived")
             },
             SdkEvent::MessageSent { id, conversation } => SottoEvent {
                 message_id: Some(id.to_string()),
-                conversation: Some(conversation.to_string()),
+                conversation: Some(conversation_id(&conversation, group)),
+                group: group_str,
                 ..kind("messageSent")
             },
             SdkEvent::Delivered { ids, by } => SottoEvent {
@@ -270,10 +384,20 @@ impl From<SdkEvent> for SottoEvent {
             } => SottoEvent {
                 message_id: Some(id.to_string()),
                 detail: Some(reason),
-                conversation: Some(conversation.to_string()),
+                conversation: Some(conversation_id(&conversation, group)),
+                group: group_str,
                 code: Some(code.to_owned()),
                 retryable: Some(retryable),
                 ..kind("sendFailed")
+            },
+            SdkEvent::GroupChanged { group } => SottoEvent {
+                group: Some(group.to_string()),
+                ..kind("groupChanged")
+            },
+            SdkEvent::GroupChangeRejected { group, error } => SottoEvent {
+                group: Some(group.to_string()),
+                detail: Some(error.to_string()),
+                ..kind("groupChangeRejected")
             },
             SdkEvent::DeviceRemoved => kind("deviceRemoved"),
             SdkEvent::Connected => kind("connected"),
@@ -383,7 +507,11 @@ impl SottoClient {
     pub async fn send_text(&self, contact: String, text: String) -> Result<Message, JsValue> {
         let client = self.live()?;
         let to = account(&contact)?;
-        client.send_text(&to, &text).await.map(Into::into).map_err(client_error)
+        client
+            .send_text(&to, &text)
+            .await
+            .map(|m| Message::new(m, None))
+            .map_err(client_error)
     }
 
     /// Accounts that wrote to this one and were not accepted yet: message requests.
@@ -423,7 +551,105 @@ impl SottoClient {
         let before = before.map(|b| whole(b, "before")).transpose()?;
         let page = Page { before, limit };
         let list = client.messages(&conversation, page).await.map_err(client_error)?;
-        Ok(list.into_iter().map(Into::into).collect())
+        Ok(list.into_iter().map(|m| Message::new(m, None)).collect())
+    }
+
+    /// Creates a group with this account as its admin and `members` (contacts' account ids
+    /// or links) in it; returns its id (64 hex digits). Members who are not contacts of
+    /// each other get each other's access keys through the group.
+    #[wasm_bindgen(js_name = createGroup)]
+    pub async fn create_group(&self, title: String, members: Vec<String>) -> Result<String, JsValue> {
+        let client = self.live()?;
+        let members = accounts(&members)?;
+        let id = client.create_group(&title, &members).await.map_err(client_error)?;
+        Ok(id.to_string())
+    }
+
+    /// Adds members (account ids or links) to a group (admins only); they read what is
+    /// sent from now on.
+    #[wasm_bindgen(js_name = addGroupMembers)]
+    pub async fn add_group_members(&self, group: String, members: Vec<String>) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let group = group_id(&group)?;
+        let members = accounts(&members)?;
+        client.add_group_members(&group, &members).await.map_err(client_error)
+    }
+
+    /// Removes a member (admins only): the group's keys change, so the member reads
+    /// nothing sent afterwards.
+    #[wasm_bindgen(js_name = removeGroupMember)]
+    pub async fn remove_group_member(&self, group: String, member: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let group = group_id(&group)?;
+        let member = account(&member)?;
+        client.remove_group_member(&group, &member).await.map_err(client_error)
+    }
+
+    /// Leaves a group.
+    #[wasm_bindgen(js_name = leaveGroup)]
+    pub async fn leave_group(&self, group: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let group = group_id(&group)?;
+        client.leave_group(&group).await.map_err(client_error)
+    }
+
+    /// Renames a group (admins only).
+    #[wasm_bindgen(js_name = renameGroup)]
+    pub async fn rename_group(&self, group: String, title: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let group = group_id(&group)?;
+        client.rename_group(&group, &title).await.map_err(client_error)
+    }
+
+    /// Makes a member an admin, or with `admin` false a plain member again (admins only).
+    #[wasm_bindgen(js_name = setGroupAdmin)]
+    pub async fn set_group_admin(&self, group: String, member: String, admin: bool) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let group = group_id(&group)?;
+        let member = account(&member)?;
+        client
+            .set_group_admin(&group, &member, admin)
+            .await
+            .map_err(client_error)
+    }
+
+    /// Queues a text to a group and returns the stored message (its `group` set).
+    #[wasm_bindgen(js_name = sendGroupText)]
+    pub async fn send_group_text(&self, group: String, text: String) -> Result<Message, JsValue> {
+        let client = self.live()?;
+        let group = group_id(&group)?;
+        let m = client.send_group_text(&group, &text).await.map_err(client_error)?;
+        Ok(Message::new(m, Some(group)))
+    }
+
+    /// The groups this account is or was in (`active` false once it left or was removed).
+    pub async fn groups(&self) -> Result<Vec<Group>, JsValue> {
+        let client = self.live()?;
+        Ok(client.groups().await.into_iter().map(Into::into).collect())
+    }
+
+    /// One group, or undefined when this device knows no such group.
+    pub async fn group(&self, group: String) -> Result<Option<Group>, JsValue> {
+        let client = self.live()?;
+        let group = group_id(&group)?;
+        Ok(client.group(&group).await.map(Into::into))
+    }
+
+    /// The last `limit` messages of a group stored before `before` (an `order`; omitted
+    /// or null for the newest), oldest first.
+    #[wasm_bindgen(js_name = groupMessages)]
+    pub async fn group_messages(
+        &self,
+        group: String,
+        limit: u32,
+        before: Option<f64>,
+    ) -> Result<Vec<Message>, JsValue> {
+        let client = self.live()?;
+        let group = group_id(&group)?;
+        let before = before.map(|b| whole(b, "before")).transpose()?;
+        let page = Page { before, limit };
+        let list = client.group_messages(&group, page).await.map_err(client_error)?;
+        Ok(list.into_iter().map(|m| Message::new(m, Some(group))).collect())
     }
 
     /// Sends the delivery receipts that wait for their random delay now, for a page about
@@ -467,10 +693,15 @@ impl SottoClient {
             s = events.lock() => s,
             _ = closed.wait_for(|c| *c) => return None,
         };
-        tokio::select! {
-            e = stream.next() => e.map(Into::into),
-            _ = closed.wait_for(|c| *c) => None,
-        }
+        let e = tokio::select! {
+            e = stream.next() => e?,
+            _ = closed.wait_for(|c| *c) => return None,
+        };
+        let group = match event_conversation(&e) {
+            Some(c) => self.client.group_of(c).await,
+            None => None,
+        };
+        Some(SottoEvent::new(e, group))
     }
 
     /// Stops the relay connection and waits for it. Pending and later `nextEvent()`
