@@ -1,5 +1,5 @@
-// The Sotto web demo: one account in this browser chatting with one contact through a
-// relay. No framework, no bundler: the page loads the `--target web` package that
+// The Sotto web demo: one account in this browser chatting with a contact, or in a
+// group, through a relay. No framework, no bundler: the page loads the `--target web` package that
 // scripts/wasm.sh generates into bindings/generated/wasm/web, so serve the repository
 // root (scripts/web-demo.sh does) and open /bindings/wasm/demo/?relay=http://127.0.0.1:PORT.
 import init, { SottoClient, version } from '../../generated/wasm/web/sotto_wasm.js';
@@ -9,11 +9,13 @@ const RELAY = params.get('relay') || 'http://127.0.0.1:8080';
 // One account per relay (a profile remembers its relay), or as named with ?db=.
 const DB = params.get('db') || `sotto-demo ${RELAY}`;
 const KEY_ITEM = `${DB} store key`;
+// The open conversation: a contact's account id, or `group:` and a group id.
 const CONTACT_ITEM = `${DB} contact`;
 
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`) ?? document.getElementById(id);
 let client = null;
-let contact = null;
+// The open conversation: { group: false, id: account id } or { group: true, id: group id }.
+let current = null;
 
 function status(text, error = false) {
   const el = $('status');
@@ -80,10 +82,14 @@ async function ready(c) {
   $('contact-link').textContent = c.contactLink;
   $('welcome').hidden = true;
   $('account').hidden = false;
+  $('groups').hidden = false;
   $('reset').hidden = false;
   pump(c);
+  await renderGroups();
   const saved = localStorage.getItem(CONTACT_ITEM);
-  if (saved) {
+  if (saved?.startsWith('group:')) {
+    await selectGroup(saved.slice(6));
+  } else if (saved) {
     await select(saved);
   }
   document.body.dataset.state = 'ready';
@@ -103,12 +109,23 @@ async function reset() {
 
 // ---------------------------------------------------------------- conversation
 
+/** Shows the conversation panel, empty, for a contact or for a group. */
+function openChat(group) {
+  $('chat').hidden = false;
+  $('chat-contact').hidden = group;
+  $('safety').hidden = group;
+  $('chat-group').hidden = !group;
+  $('group-info').hidden = !group;
+  $('message-input').disabled = false;
+  $('send').disabled = false;
+  $('conversation').replaceChildren();
+}
+
 async function select(id) {
-  contact = id;
+  current = { group: false, id };
   localStorage.setItem(CONTACT_ITEM, id);
   $('contact').textContent = id;
-  $('chat').hidden = false;
-  $('conversation').replaceChildren();
+  openChat(false);
   try {
     $('safety-number').textContent = await client.safetyNumber(id);
     for (const m of await client.messages(id, 100)) {
@@ -132,13 +149,121 @@ async function addContact(event) {
   }
 }
 
+// ---------------------------------------------------------------- groups
+
+const memberName = (m) => (m.account === client.accountId ? 'me' : short(m.account)) + (m.role === 'admin' ? ' (admin)' : '');
+
+/** Lists this account's groups, each a button that opens it. Titles go in as text. */
+async function renderGroups() {
+  try {
+    const groups = await client.groups();
+    $('group-list').replaceChildren(
+      ...groups.map((g) => {
+        const li = document.createElement('li');
+        const open = document.createElement('button');
+        open.type = 'button';
+        open.className = 'small';
+        open.dataset.testid = 'open-group';
+        open.dataset.group = g.id;
+        open.textContent = g.title;
+        const id = g.id;
+        open.addEventListener('click', () => selectGroup(id));
+        const about = g.active ? ` ${g.members.length} members` : ' (no longer a member)';
+        li.append(open, about);
+        g.free();
+        return li;
+      }),
+    );
+  } catch (e) {
+    failed('Could not list the groups', e);
+  }
+}
+
+/** Shows the open group's title and members. */
+async function renderGroupInfo() {
+  const g = await client.group(current.id);
+  if (!g) return;
+  $('group-name').textContent = g.title;
+  $('group-id').textContent = short(g.id);
+  $('group-members-list').textContent = g.active ? g.members.map(memberName).join(', ') : 'you are no longer a member';
+  $('leave-group').hidden = !g.active;
+  $('message-input').disabled = !g.active;
+  $('send').disabled = !g.active;
+  document.body.dataset.group = g.active ? 'active' : 'inactive';
+  g.free();
+}
+
+async function selectGroup(id) {
+  current = { group: true, id };
+  localStorage.setItem(CONTACT_ITEM, `group:${id}`);
+  openChat(true);
+  try {
+    await renderGroupInfo();
+    for (const m of await client.groupMessages(id, 100)) {
+      show(m);
+    }
+  } catch (e) {
+    failed('Could not load the group', e);
+  }
+}
+
+async function createGroup(event) {
+  event.preventDefault();
+  const title = $('group-title');
+  const members = $('group-members');
+  try {
+    // Links are added as contacts first, so that their access keys come along.
+    const ids = [];
+    for (const m of members.value.split(/\s+/).filter(Boolean)) {
+      ids.push(m.startsWith('sotto:') ? await client.addContact(m) : m);
+    }
+    const id = await client.createGroup(title.value, ids);
+    title.value = '';
+    members.value = '';
+    await renderGroups();
+    await selectGroup(id);
+    status(`Created the group ${short(id)}.`);
+  } catch (e) {
+    failed('Could not create the group', e);
+  }
+}
+
+async function leaveGroup() {
+  if (!current?.group) return;
+  try {
+    await client.leaveGroup(current.id);
+    await renderGroupInfo();
+    await renderGroups();
+  } catch (e) {
+    failed('Could not leave the group', e);
+  }
+}
+
+/** What the page does on a `groupChanged` event: joined, changed, left or removed. */
+async function groupChanged(id) {
+  await renderGroups();
+  if (current?.group && current.id === id) {
+    await renderGroupInfo();
+  } else if (!current) {
+    await selectGroup(id);
+  } else {
+    const g = await client.group(id);
+    if (g) {
+      status(`The group "${g.title}" changed.`);
+      g.free();
+    }
+  }
+}
+
+// ---------------------------------------------------------------- sending
+
 async function send(event) {
   event.preventDefault();
   const input = $('message-input');
   const text = input.value;
-  if (!contact || !text.trim()) return;
+  if (!current || !text.trim()) return;
   try {
-    const m = await client.sendText(contact, text);
+    const m = current.group ? await client.sendGroupText(current.id, text) : await client.sendText(current.id, text);
     input.value = '';
     show(m);
   } catch (e) {
@@ -192,10 +317,15 @@ async function pump(c) {
     switch (e.kind) {
       case 'messageReceived': {
         const m = e.message;
-        if (!contact) {
-          await select(m.conversation);
-        } else if (m.conversation === contact) {
+        const group = m.group !== undefined;
+        if (!current) {
+          await (group ? selectGroup(m.group) : select(m.conversation));
+        } else if (current.group === group && current.id === m.conversation) {
           show(m);
+        } else if (group) {
+          const g = await c.group(m.group);
+          status(`New message in the group "${g?.title ?? short(m.group)}" (another conversation).`);
+          g?.free();
         } else {
           status(`New message from ${short(m.conversation)} (another conversation).`);
         }
@@ -221,9 +351,15 @@ async function pump(c) {
         break;
       case 'deviceListChanged':
         status(`${short(e.account)} changed devices (${e.detail}); the safety number may have changed.`);
-        if (e.account === contact) {
-          $('safety-number').textContent = await c.safetyNumber(contact);
+        if (current && !current.group && e.account === current.id) {
+          $('safety-number').textContent = await c.safetyNumber(current.id);
         }
+        break;
+      case 'groupChanged':
+        await groupChanged(e.group);
+        break;
+      case 'groupChangeRejected':
+        status(`A group change was not made: ${e.detail}`, true);
         break;
       case 'deviceRemoved':
         status('This device was removed from its account.', true);
@@ -242,6 +378,8 @@ async function main() {
   $('create-account').addEventListener('click', createAccount);
   $('add-form').addEventListener('submit', addContact);
   $('send-form').addEventListener('submit', send);
+  $('group-form').addEventListener('submit', createGroup);
+  $('leave-group').addEventListener('click', leaveGroup);
   $('reset').addEventListener('click', reset);
   $('copy-link').addEventListener('click', () => navigator.clipboard?.writeText(client.contactLink));
   try {

@@ -5,8 +5,11 @@
 // The page creates its account; the CLI adds the page's contact link and the page adds
 // the CLI's; both show the same safety number; the page sends "hello from the browser",
 // the CLI receives it (polling `sotto receive`, which itself waits until the relay has
-// nothing more, a bounded number of times) and replies; the page shows the reply. A
-// screenshot is saved either way; on failure the browser console is printed.
+// nothing more, a bounded number of times) and replies; the page shows the reply. Then the
+// page creates a group with the CLI, the CLI joins it (`sotto receive`, then `sotto group
+// list` names it), writes to it with `sotto group send` and the page shows that in the
+// group; the page writes to the group and the CLI receives it. A screenshot is saved
+// either way; on failure the browser console is printed.
 //
 // Environment (scripts/wasm.sh sets it): SOTTO_RELAY_URL, SOTTO_CLI (the `sotto` binary),
 // SOTTO_SCREENSHOT (where the PNG goes), CHROMIUM (default /usr/bin/chromium).
@@ -123,6 +126,39 @@ test('the web demo chats with the native CLI', { timeout: 10 * 60 * 1000 }, asyn
     await page
       .locator('li[data-direction="out"][data-status="delivered"]', { hasText: 'hello from the browser' })
       .waitFor();
+
+    step = 'the page creates a group with the CLI';
+    const title = 'web and terminal';
+    await byId('group-title').fill(title);
+    await byId('group-members').fill(cliLink);
+    await byId('create-group').click();
+    await page.locator('body[data-group="active"]').waitFor();
+    assert.equal(await byId('group-name').textContent(), title);
+
+    step = 'the CLI joins the group';
+    let groups = '';
+    for (let i = 1; i <= RECEIVE_ATTEMPTS && !groups.includes(title); i++) {
+      await sotto('receive');
+      groups = await sotto('group', 'list');
+    }
+    assert.ok(groups.includes(title), `sotto group list printed:\n${groups}`);
+
+    step = 'the CLI writes to the group and the page shows it';
+    await sotto('group', 'send', title, 'hello group from the terminal');
+    await page.locator('li[data-direction="in"]', { hasText: 'hello group from the terminal' }).waitFor();
+
+    step = 'the page writes to the group and the CLI receives it';
+    await byId('message-input').fill('hello group from the browser');
+    await byId('send').click();
+    await page
+      .locator('li[data-direction="out"][data-status="sent"]', { hasText: 'hello group from the browser' })
+      .waitFor();
+    got = '';
+    for (let i = 1; i <= RECEIVE_ATTEMPTS && !got.includes('hello group from the browser'); i++) {
+      got += await sotto('receive');
+    }
+    assert.ok(got.includes('hello group from the browser'), `sotto receive printed, ${RECEIVE_ATTEMPTS} times:\n${got}`);
+    assert.ok(got.includes(title), `the CLI names the group by its title:\n${got}`);
 
     mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
