@@ -17,16 +17,21 @@
 //! share one thread.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use sotto_crypto::{AccountId, DeviceId};
+use sotto_sdk::group::GroupError;
 use sotto_sdk::machine::UndecryptableCause as SdkCause;
 use sotto_sdk::store::{SqliteStore, StoreError, StoreKey};
 use sotto_sdk::transport::TransportError;
-use sotto_sdk::{Client, ClientError, Event as SdkEvent, EventStream, MessageStatus as SdkStatus, StoredMessage};
+use sotto_sdk::{
+    Client, ClientError, Event as SdkEvent, EventStream, GroupId, GroupInfo as SdkGroupInfo, MachineError,
+    MessageStatus as SdkStatus, Role, StoredMessage,
+};
 use zeroize::Zeroizing;
 
 uniffi::setup_scaffolding!();
@@ -180,6 +185,27 @@ pub enum SottoError {
     /// Linking did not complete in time (rejected, unanswered or expired).
     #[error("linking timed out")]
     LinkTimeout,
+    /// Not a group id (64 hex digits).
+    #[error("not a group id")]
+    BadGroupId,
+    /// No such group, or this account is no longer in it (it left or was removed).
+    #[error("no such group, or not a member")]
+    UnknownGroup,
+    /// Only an admin of the group may make this change.
+    #[error("not an admin of the group")]
+    NotGroupAdmin,
+    /// The group change is refused (for example too many members).
+    #[error("group change refused: {reason}")]
+    Group {
+        /// Why, for logs.
+        reason: String,
+    },
+    /// Sender-key encryption of a group message failed.
+    #[error("sender key: {reason}")]
+    SenderKey {
+        /// Why, for logs.
+        reason: String,
+    },
     /// An argument is not valid (for example a store key that is not 32 bytes).
     #[error("invalid argument: {reason}")]
     InvalidArgument {
@@ -225,6 +251,11 @@ impl SottoError {
             Self::BadRecoveryKey => "bad_recovery_key",
             Self::UnknownLinkRequest => "unknown_link_request",
             Self::LinkTimeout => "link_timeout",
+            Self::BadGroupId => "bad_group_id",
+            Self::UnknownGroup => "unknown_group",
+            Self::NotGroupAdmin => "not_group_admin",
+            Self::Group { .. } => "group",
+            Self::SenderKey { .. } => "sender_key",
             Self::InvalidArgument { .. } => "invalid_argument",
             Self::Closed => "closed",
             Self::Internal { .. } => "internal",
@@ -279,7 +310,11 @@ impl From<ClientError> for SottoError {
             ClientError::Transport(t) => t.into(),
             ClientError::Machine(m) => match m {
                 // A pickle that does not open under the key is the same as a wrong key.
-                sotto_sdk::MachineError::Pickle(_) => Self::WrongStoreKey,
+                MachineError::Pickle(_) => Self::WrongStoreKey,
+                MachineError::UnknownGroup => Self::UnknownGroup,
+                MachineError::Group(GroupError::NotAdmin) => Self::NotGroupAdmin,
+                MachineError::Group(g) => Self::Group { reason: g.to_string() },
+                MachineError::SenderKey(k) => Self::SenderKey { reason: k.to_string() },
                 other => Self::Refused {
                     reason: other.to_string(),
                 },
@@ -510,12 +545,12 @@ impl From<SdkStatus> for MessageStatus {
     }
 }
 
-/// A message in a conversation.
+/// A message in a conversation with a contact or in a group.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct Message {
     /// The message id (UUID text form).
     pub id: String,
-    /// The conversation: the contact's account id.
+    /// The conversation: the contact's account id, or for a group message the group id.
     pub conversation: String,
     /// The account that wrote it.
     pub sender_account: String,
@@ -529,19 +564,97 @@ pub struct Message {
     pub status: MessageStatus,
     /// Its place in the store, increasing; pass it as [`Page::before`] for older pages.
     pub order: u64,
+    /// The group id (64 hex digits) for a group message; `None` in a conversation with a
+    /// contact.
+    #[uniffi(default = None)]
+    pub group: Option<String>,
 }
 
-impl From<StoredMessage> for Message {
-    fn from(m: StoredMessage) -> Self {
+/// The string an event or message names its conversation with: the group id when the
+/// SDK's conversation key is a group's (`group`, from [`Client::group_of`]), the account
+/// id otherwise.
+fn conversation_id(conversation: &AccountId, group: Option<GroupId>) -> String {
+    match group {
+        Some(g) => g.to_string(),
+        None => conversation.to_string(),
+    }
+}
+
+impl Message {
+    /// Mirrors `m`; `group` is the group its conversation belongs to
+    /// ([`Client::group_of`]).
+    fn new(m: StoredMessage, group: Option<GroupId>) -> Self {
         Self {
             id: m.id.to_string(),
-            conversation: m.conversation.to_string(),
+            conversation: conversation_id(&m.conversation, group),
             sender_account: m.sender.0.to_string(),
             sender_device: m.sender.1.0,
             timestamp_ms: m.timestamp_ms,
             text: m.text,
             status: m.status.into(),
             order: m.order,
+            group: group.map(|g| g.to_string()),
+        }
+    }
+}
+
+/// What a member may do in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum GroupRole {
+    /// Sends and reads.
+    Member,
+    /// Also changes the group: adds and removes members, renames it, sets admins.
+    Admin,
+}
+
+impl From<Role> for GroupRole {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Member => Self::Member,
+            Role::Admin => Self::Admin,
+        }
+    }
+}
+
+/// A member of a group.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct GroupMember {
+    /// The member's account id.
+    pub account: String,
+    /// The member's role.
+    pub role: GroupRole,
+}
+
+/// A group as this device holds it.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct GroupInfo {
+    /// The group id: 64 lowercase hex digits.
+    pub id: String,
+    /// The title.
+    pub title: String,
+    /// The members (this account among them while `active`) and their roles.
+    pub members: Vec<GroupMember>,
+    /// The group state's version: 0 when created, one more for each change.
+    pub version: u64,
+    /// False once this account left the group or was removed from it.
+    pub active: bool,
+}
+
+impl From<SdkGroupInfo> for GroupInfo {
+    fn from(g: SdkGroupInfo) -> Self {
+        Self {
+            id: g.id.to_string(),
+            title: g.title,
+            members: g
+                .members
+                .into_iter()
+                .map(|(account, role)| GroupMember {
+                    account: account.to_string(),
+                    role: role.into(),
+                })
+                .collect(),
+            version: g.version,
+            active: g.active,
         }
     }
 }
@@ -573,6 +686,14 @@ pub enum UndecryptableCause {
     UnknownContentType,
     /// A content kind not valid from this sender.
     WrongSender,
+    /// The sender's device list stayed unavailable for as long as an envelope may wait.
+    DeviceListUnavailable,
+    /// A group envelope under no group key this device holds (a group it is not in, or
+    /// was removed from).
+    NoGroupKey,
+    /// A group message that does not decrypt (an unknown sender-key chain, a signature
+    /// that does not verify, a jump too far).
+    SenderKey,
     /// A cause this version of the binding does not know.
     Unknown,
 }
@@ -592,6 +713,9 @@ impl From<&SdkCause> for UndecryptableCause {
             SdkCause::Content(_) => Self::Content,
             SdkCause::UnknownContentType(_) => Self::UnknownContentType,
             SdkCause::WrongSender => Self::WrongSender,
+            SdkCause::DeviceListUnavailable => Self::DeviceListUnavailable,
+            SdkCause::NoGroupKey => Self::NoGroupKey,
+            SdkCause::SenderKey(_) => Self::SenderKey,
             _ => Self::Unknown,
         }
     }
@@ -606,11 +730,11 @@ pub enum Event {
         /// The message.
         message: Message,
     },
-    /// The relay stored a message for every device of the contact.
+    /// The relay stored a message for every device of the contact (or of the group).
     MessageSent {
         /// The message id.
         id: String,
-        /// The conversation.
+        /// The conversation: the contact's account id, or the group id.
         conversation: String,
     },
     /// A device of the contact reported messages stored.
@@ -655,7 +779,7 @@ pub enum Event {
         id: String,
         /// Why, for display.
         reason: String,
-        /// The conversation: the contact's account id.
+        /// The conversation: the contact's account id, or the group id.
         conversation: String,
         /// A stable code (the relay's error code name, e.g. `MAILBOX_FULL`, or
         /// `DEVICE_SET_CHANGING`, `DEVICE_LIST`, `ENCRYPT`, `BAD_BUNDLE`).
@@ -665,6 +789,21 @@ pub enum Event {
     },
     /// This device is no longer in its account's device list.
     DeviceRemoved,
+    /// A group was created, joined or changed (members, roles, title), or this account
+    /// left it or was removed from it: read it again with `group`; `active` is false
+    /// after leaving or removal.
+    GroupChanged {
+        /// The group id.
+        group: String,
+    },
+    /// A change to a group that arrived from a member was refused (not by an admin,
+    /// stale, or malformed); the group stays as it was.
+    GroupChangeRejected {
+        /// The group id.
+        group: String,
+        /// Why, for logs.
+        reason: String,
+    },
     /// A new device asks to join with the code this device showed: show its name and
     /// fingerprint, and answer with `confirm_link` or `reject_link`.
     LinkRequested {
@@ -687,13 +826,26 @@ fn device_ids(ids: &[DeviceId]) -> Vec<u32> {
     ids.iter().map(|d| d.0).collect()
 }
 
-impl From<SdkEvent> for Event {
-    fn from(e: SdkEvent) -> Self {
+/// The SDK conversation key an event names, to look its group up with.
+fn event_conversation(e: &SdkEvent) -> Option<&AccountId> {
+    match e {
+        SdkEvent::MessageReceived(m) => Some(&m.conversation),
+        SdkEvent::MessageSent { conversation, .. } | SdkEvent::SendFailed { conversation, .. } => Some(conversation),
+        _ => None,
+    }
+}
+
+impl Event {
+    /// Mirrors `e`; `group` is the group its conversation belongs to, if any
+    /// ([`event_conversation`], [`Client::group_of`]).
+    fn new(e: SdkEvent, group: Option<GroupId>) -> Self {
         match e {
-            SdkEvent::MessageReceived(m) => Self::MessageReceived { message: m.into() },
+            SdkEvent::MessageReceived(m) => Self::MessageReceived {
+                message: Message::new(m, group),
+            },
             SdkEvent::MessageSent { id, conversation } => Self::MessageSent {
                 id: id.to_string(),
-                conversation: conversation.to_string(),
+                conversation: conversation_id(&conversation, group),
             },
             SdkEvent::Delivered { ids, by } => Self::Delivered {
                 ids: ids.iter().map(ToString::to_string).collect(),
@@ -724,11 +876,18 @@ impl From<SdkEvent> for Event {
             } => Self::SendFailed {
                 id: id.to_string(),
                 reason,
-                conversation: conversation.to_string(),
+                conversation: conversation_id(&conversation, group),
                 code: code.to_owned(),
                 retryable,
             },
             SdkEvent::DeviceRemoved => Self::DeviceRemoved,
+            SdkEvent::GroupChanged { group } => Self::GroupChanged {
+                group: group.to_string(),
+            },
+            SdkEvent::GroupChangeRejected { group, error } => Self::GroupChangeRejected {
+                group: group.to_string(),
+                reason: error.to_string(),
+            },
             SdkEvent::LinkRequested {
                 id,
                 device_name,
@@ -756,6 +915,14 @@ pub trait EventListener: Send + Sync {
 
 fn account(s: &str) -> Result<AccountId, SottoError> {
     Ok(sotto_sdk::parse_contact(s)?)
+}
+
+fn accounts(list: &[String]) -> Result<Vec<AccountId>, SottoError> {
+    list.iter().map(|s| account(s)).collect()
+}
+
+fn group_id(s: &str) -> Result<GroupId, SottoError> {
+    s.parse().map_err(|_| SottoError::BadGroupId)
 }
 
 fn parse_store_key(bytes: Vec<u8>) -> Result<StoreKey, SottoError> {
@@ -793,9 +960,59 @@ pub fn version() -> String {
 #[derive(uniffi::Object)]
 pub struct SottoClient {
     client: std::sync::Mutex<Option<Arc<SdkClient>>>,
-    events: Arc<tokio::sync::Mutex<Option<EventStream>>>,
+    events: Arc<tokio::sync::Mutex<Events>>,
+    groups: Arc<GroupLookup>,
     account: AccountId,
     device_id: u32,
+}
+
+/// The event stream, and the event a read took from it but has not returned yet.
+#[derive(Debug)]
+struct Events {
+    stream: Option<EventStream>,
+    taken: Option<SdkEvent>,
+}
+
+impl Events {
+    /// The next event; `None` once the stream ended. Cancellation-safe: an event taken
+    /// from the stream stays in `taken` until its conversion (which waits for the SDK to
+    /// name its group) is done, and the next call returns it.
+    async fn next(&mut self, groups: &GroupLookup) -> Option<Event> {
+        if self.taken.is_none() {
+            self.taken = Some(self.stream.as_mut()?.next().await?);
+        }
+        let event = groups.event(self.taken.clone()?).await;
+        self.taken = None;
+        Some(event)
+    }
+}
+
+/// Names the group an event's conversation belongs to ([`Client::group_of`]) for as long
+/// as events can be read: through the SDK client while it runs, and after
+/// [`SottoClient::shutdown`] from the groups it held then (the event stream only ends
+/// once the SDK client is gone, so the binding cannot keep it for the lookups).
+#[derive(Debug)]
+struct GroupLookup {
+    client: Weak<SdkClient>,
+    at_shutdown: OnceLock<BTreeSet<GroupId>>,
+}
+
+impl GroupLookup {
+    async fn group_of(&self, conversation: &AccountId) -> Option<GroupId> {
+        match self.client.upgrade() {
+            Some(client) => client.group_of(conversation).await,
+            // A group's conversation key holds the group id's bytes.
+            None => self.at_shutdown.get()?.get(&GroupId(conversation.0)).copied(),
+        }
+    }
+
+    async fn event(&self, e: SdkEvent) -> Event {
+        let group = match event_conversation(&e) {
+            Some(c) => self.group_of(c).await,
+            None => None,
+        };
+        Event::new(e, group)
+    }
 }
 
 impl std::fmt::Debug for SottoClient {
@@ -809,11 +1026,19 @@ impl std::fmt::Debug for SottoClient {
 impl SottoClient {
     fn wrap(client: SdkClient) -> Arc<Self> {
         let events = client.events();
+        let client = Arc::new(client);
         Arc::new(Self {
             account: client.account_id(),
             device_id: client.device_id().0,
-            events: Arc::new(tokio::sync::Mutex::new(events)),
-            client: std::sync::Mutex::new(Some(Arc::new(client))),
+            events: Arc::new(tokio::sync::Mutex::new(Events {
+                stream: events,
+                taken: None,
+            })),
+            groups: Arc::new(GroupLookup {
+                client: Arc::downgrade(&client),
+                at_shutdown: OnceLock::new(),
+            }),
+            client: std::sync::Mutex::new(Some(client)),
         })
     }
 
@@ -911,7 +1136,11 @@ impl SottoClient {
     pub async fn send_text(&self, contact: String, text: String) -> Result<Message, SottoError> {
         let client = self.client()?;
         let to = account(&contact)?;
-        on_runtime(async move { Ok(client.send_text(&to, &text).await?.into()) }).await
+        on_runtime(async move {
+            let message = client.send_text(&to, &text).await?;
+            Ok(Message::new(message, None))
+        })
+        .await
     }
 
     /// Every conversation (one per contact): the contacts' account ids.
@@ -929,11 +1158,107 @@ impl SottoClient {
             limit: page.limit,
         };
         on_runtime(async move {
+            let group = client.group_of(&conversation).await;
             Ok(client
                 .messages(&conversation, page)
                 .await?
                 .into_iter()
-                .map(Into::into)
+                .map(|m| Message::new(m, group))
+                .collect())
+        })
+        .await
+    }
+
+    /// Creates a group titled `title` with this account as its admin and `members`
+    /// (account ids or contact links; add them as contacts first, by link, so that the
+    /// group can share their access keys). Returns the group id; the members join when
+    /// their welcome arrives (`Event::GroupChanged` on their side).
+    pub async fn create_group(&self, title: String, members: Vec<String>) -> Result<String, SottoError> {
+        let client = self.client()?;
+        let members = accounts(&members)?;
+        on_runtime(async move { Ok(client.create_group(&title, &members).await?.to_string()) }).await
+    }
+
+    /// Adds members to a group (admins only). They read what is sent from now on, not
+    /// what was sent before.
+    pub async fn add_group_members(&self, group: String, members: Vec<String>) -> Result<(), SottoError> {
+        let client = self.client()?;
+        let group = group_id(&group)?;
+        let members = accounts(&members)?;
+        on_runtime(async move { Ok(client.add_group_members(&group, &members).await?) }).await
+    }
+
+    /// Removes a member from a group (admins only): the group's key changes, so none of
+    /// the removed member's devices reads what is sent afterwards.
+    pub async fn remove_group_member(&self, group: String, member: String) -> Result<(), SottoError> {
+        let client = self.client()?;
+        let group = group_id(&group)?;
+        let member = account(&member)?;
+        on_runtime(async move { Ok(client.remove_group_member(&group, &member).await?) }).await
+    }
+
+    /// Leaves a group.
+    pub async fn leave_group(&self, group: String) -> Result<(), SottoError> {
+        let client = self.client()?;
+        let group = group_id(&group)?;
+        on_runtime(async move { Ok(client.leave_group(&group).await?) }).await
+    }
+
+    /// Renames a group (admins only).
+    pub async fn rename_group(&self, group: String, title: String) -> Result<(), SottoError> {
+        let client = self.client()?;
+        let group = group_id(&group)?;
+        on_runtime(async move { Ok(client.rename_group(&group, &title).await?) }).await
+    }
+
+    /// Makes a member an admin (`admin` true) or a plain member again (admins only).
+    pub async fn set_group_admin(&self, group: String, member: String, admin: bool) -> Result<(), SottoError> {
+        let client = self.client()?;
+        let group = group_id(&group)?;
+        let member = account(&member)?;
+        on_runtime(async move { Ok(client.set_group_admin(&group, &member, admin).await?) }).await
+    }
+
+    /// Queues a text to a group; it is sent now or after a reconnect. Returns the local
+    /// message (status `Queued`, `group` set); `MessageSent` follows when the relay
+    /// stored it for every member device.
+    pub async fn send_group_text(&self, group: String, text: String) -> Result<Message, SottoError> {
+        let client = self.client()?;
+        let group = group_id(&group)?;
+        on_runtime(async move {
+            let message = client.send_group_text(&group, &text).await?;
+            Ok(Message::new(message, Some(group)))
+        })
+        .await
+    }
+
+    /// The groups this account is in or was in (`active` false), ordered by id.
+    pub async fn groups(&self) -> Result<Vec<GroupInfo>, SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.groups().await.into_iter().map(Into::into).collect()) }).await
+    }
+
+    /// One group; `None` when this device never was in it.
+    pub async fn group(&self, group: String) -> Result<Option<GroupInfo>, SottoError> {
+        let client = self.client()?;
+        let group = group_id(&group)?;
+        on_runtime(async move { Ok(client.group(&group).await.map(Into::into)) }).await
+    }
+
+    /// A page of a group's messages, oldest first.
+    pub async fn group_messages(&self, group: String, page: Page) -> Result<Vec<Message>, SottoError> {
+        let client = self.client()?;
+        let group = group_id(&group)?;
+        let page = sotto_sdk::Page {
+            before: page.before,
+            limit: page.limit,
+        };
+        on_runtime(async move {
+            Ok(client
+                .group_messages(&group, page)
+                .await?
+                .into_iter()
+                .map(|m| Message::new(m, Some(group)))
                 .collect())
         })
         .await
@@ -1053,9 +1378,9 @@ impl SottoClient {
     /// no event: the next call returns it.
     pub async fn next_event(&self) -> Option<Event> {
         // Not spawned: the receive runs in the caller's future, so dropping that future
-        // (a cancellation) drops the receive before it took anything.
-        let mut events = self.events.lock().await;
-        events.as_mut()?.next().await.map(Into::into)
+        // (a cancellation) drops the receive before it took anything, or leaves the event
+        // it took for the next call (`Events::next`).
+        self.events.lock().await.next(&self.groups).await
     }
 
     /// Delivers every event to `listener` on an SDK thread until the subscription is
@@ -1063,11 +1388,11 @@ impl SottoClient {
     /// [`SottoClient::next_event`] waits.
     pub fn subscribe(&self, listener: Arc<dyn EventListener>) -> Result<Arc<Subscription>, SottoError> {
         let events = self.events.clone();
+        let groups = self.groups.clone();
         let task = runtime()?.spawn(async move {
             let mut events = events.lock().await;
-            let Some(stream) = events.as_mut() else { return };
-            while let Some(e) = stream.next().await {
-                listener.on_event(e.into());
+            while let Some(e) = events.next(&groups).await {
+                listener.on_event(e);
             }
         });
         Ok(Arc::new(Subscription(task.abort_handle())))
@@ -1081,7 +1406,12 @@ impl SottoClient {
         let Ok(rt) = runtime() else { return };
         // Calls still running keep their handle and fail or finish against the store;
         // the connection stops now either way.
-        let done = rt.spawn(async move { client.shutdown().await });
+        let groups = self.groups.clone();
+        let done = rt.spawn(async move {
+            client.shutdown().await;
+            let known = client.groups().await.into_iter().map(|g| g.id).collect();
+            let _ = groups.at_shutdown.set(known);
+        });
         let _ = done.await;
     }
 }
@@ -1134,5 +1464,51 @@ mod tests {
     #[test]
     fn contact_ids_are_parsed_at_the_boundary() {
         assert!(matches!(account("not an id"), Err(SottoError::BadContact)));
+    }
+
+    #[test]
+    fn group_errors_have_their_own_codes() {
+        let e: SottoError = ClientError::Machine(MachineError::UnknownGroup).into();
+        assert!(matches!(e, SottoError::UnknownGroup));
+        assert_eq!(e.code(), "unknown_group");
+        let e: SottoError = ClientError::Machine(MachineError::Group(GroupError::NotAdmin)).into();
+        assert!(matches!(e, SottoError::NotGroupAdmin));
+        assert_eq!(e.code(), "not_group_admin");
+        let e: SottoError = ClientError::Machine(MachineError::Group(GroupError::TooManyMembers { max: 1000 })).into();
+        assert!(matches!(e, SottoError::Group { .. }));
+        assert_eq!(e.code(), "group");
+        assert_eq!(SottoError::BadGroupId.code(), "bad_group_id");
+        assert_eq!(SottoError::SenderKey { reason: String::new() }.code(), "sender_key");
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn group_ids_are_parsed_at_the_boundary_and_printed_in_lowercase_hex() {
+        assert!(matches!(group_id("not a group"), Err(SottoError::BadGroupId)));
+        assert!(matches!(group_id(&"0".repeat(63)), Err(SottoError::BadGroupId)));
+        let g = group_id(&"aB".repeat(32));
+        assert!(matches!(g, Ok(GroupId(b)) if b == [0xab; 32]));
+        assert_eq!(g.map(|g| g.to_string()).ok(), Some("ab".repeat(32)));
+    }
+
+    #[test]
+    fn a_group_message_names_its_group_as_its_conversation() {
+        let m = StoredMessage {
+            id: sotto_sdk::MessageId([1; 16]),
+            conversation: AccountId([7; 32]),
+            sender: (AccountId([9; 32]), DeviceId(2)),
+            timestamp_ms: 5,
+            text: "hi".into(),
+            status: SdkStatus::Received,
+            order: 3,
+        };
+        let group = GroupId([7; 32]);
+        let in_group = Message::new(m.clone(), Some(group));
+        assert_eq!(in_group.conversation, "07".repeat(32));
+        assert_eq!(in_group.group.as_deref(), Some(&*"07".repeat(32)));
+        assert_eq!(in_group.sender_account, AccountId([9; 32]).to_string());
+        let direct = Message::new(m, None);
+        assert_eq!(direct.conversation, AccountId([7; 32]).to_string());
+        assert_eq!(direct.group, None);
     }
 }
