@@ -39,6 +39,7 @@ const TS_ERROR: &'static str = r#"
  * "bad_recovery_key", "unknown_link_request", "link_timeout", "bad_group_id",
  * "unknown_group" (no such group, or this account left it or was removed),
  * "not_group_admin", "group" (a group change refused, e.g. too many members),
+ * "sender_key" (a group message could not be encrypted),
  * "invalid_argument", "closed".
  * `retryable` says whether the same call may succeed later. (Device linking is not exposed
  * to the web build yet; `exportRecoveryKey` is.)
@@ -65,6 +66,7 @@ fn client_error(e: ClientError) -> JsValue {
         ClientError::Machine(MachineError::UnknownGroup) => "unknown_group",
         ClientError::Machine(MachineError::Group(GroupError::NotAdmin)) => "not_group_admin",
         ClientError::Machine(MachineError::Group(_)) => "group",
+        ClientError::Machine(MachineError::SenderKey(_)) => "sender_key",
         _ => e.code(),
     };
     error(code, &e.to_string(), e.is_retryable())
