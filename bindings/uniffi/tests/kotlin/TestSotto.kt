@@ -1,6 +1,7 @@
 // Kotlin tests of the sotto_ffi binding against the relay at $SOTTO_RELAY_URL: two clients
 // register, exchange messages both ways, read their history after reopening their stores,
-// and see errors as typed exceptions. Run by scripts/bindings.sh on the JVM with JNA.
+// and see errors as typed exceptions; a group is created, talks, and loses a member, who
+// gets nothing sent afterwards. Run by scripts/bindings.sh on the JVM with JNA.
 
 import java.io.File
 import java.security.SecureRandom
@@ -11,6 +12,7 @@ import kotlinx.coroutines.withTimeoutOrNull
 import uniffi.sotto_ffi.ClientOptions
 import uniffi.sotto_ffi.Event
 import uniffi.sotto_ffi.EventListener
+import uniffi.sotto_ffi.GroupRole
 import uniffi.sotto_ffi.MessageStatus
 import uniffi.sotto_ffi.Page
 import uniffi.sotto_ffi.PendingJoin
@@ -52,6 +54,15 @@ suspend fun waitForSliced(client: SottoClient, predicate: (Event) -> Boolean): E
     }
 
 fun received(text: String): (Event) -> Boolean = { it is Event.MessageReceived && it.message.text == text }
+
+fun groupChanged(group: String): (Event) -> Boolean = { it is Event.GroupChanged && it.group == group }
+
+/** Waits until [client] holds [group] with exactly these member accounts. */
+suspend fun waitForMembers(client: SottoClient, group: String, members: List<String>) {
+    while (client.group(group)!!.members.map { it.account }.sorted() != members.sorted()) {
+        waitFor(client, groupChanged(group))
+    }
+}
 
 suspend inline fun <reified E : SottoException> expectError(block: () -> Unit): E {
     try {
@@ -174,6 +185,8 @@ fun main() = runBlocking {
     check(alice2.devicesOf(a) == listOf(2u)) { "alice's devices after removal" }
     pending.close()
 
+    groups(bob, opts)
+
     alice2.shutdown()
     alice.shutdown()
     bob.shutdown()
@@ -181,4 +194,97 @@ fun main() = runBlocking {
     alice.close()
     bob.close()
     println("kotlin: all binding tests passed")
+}
+
+/** Bob creates a group with carol and dave (his contacts, added by link), all three talk,
+ *  then bob removes dave: carol still gets what is sent, dave gets nothing more. */
+suspend fun groups(bob: SottoClient, opts: ClientOptions) {
+    val b = bob.accountId()
+    val carol = SottoClient.createAccount(File(DIR, "carol.db").path, newKey(), RELAY, opts)
+    val dave = SottoClient.createAccount(File(DIR, "dave.db").path, newKey(), RELAY, opts)
+    val c = carol.accountId()
+    val d = dave.accountId()
+    check(bob.addContact(carol.contactLink()) == c && bob.addContact(dave.contactLink()) == d) { "addContact" }
+
+    expectError<SottoException.BadContact> { bob.createGroup("team", listOf(c, "not an account")) }
+    val g = bob.createGroup("team", listOf(c, d))
+    check(g.length == 64 && g.all { it in "0123456789abcdef" }) { "group id $g" }
+    val info = bob.group(g)!!
+    check(info.id == g && info.title == "team" && info.active && info.version == 0uL) { "$info" }
+    val roles = info.members.associate { it.account to it.role }
+    check(roles == mapOf(b to GroupRole.ADMIN, c to GroupRole.MEMBER, d to GroupRole.MEMBER)) { "$roles" }
+    check(bob.groups().map { it.id } == listOf(g)) { "bob's groups" }
+    // The members join when bob's welcome arrives.
+    waitFor(carol, groupChanged(g))
+    waitFor(dave, groupChanged(g))
+    check(carol.groups().map { Triple(it.id, it.title, it.active) } == listOf(Triple(g, "team", true))) { "carol's groups" }
+
+    // A group message reaches every other member once, with the group id.
+    val sent = bob.sendGroupText(g, "hello team")
+    check(sent.group == g && sent.conversation == g && sent.status == MessageStatus.Queued) { "$sent" }
+    for (member in listOf(carol, dave)) {
+        val m = (waitFor(member, received("hello team")) as Event.MessageReceived).message
+        check(m.id == sent.id && m.group == g && m.conversation == g) { "$m" }
+        check(m.senderAccount == b && m.status == MessageStatus.Received) { "$m" }
+    }
+    waitFor(bob) { it is Event.MessageSent && it.id == sent.id && it.conversation == g }
+    // Carol writes too (awaited with reads cancelled every 20 ms on bob's side).
+    carol.sendGroupText(g, "hi from carol")
+    val got = (waitForSliced(bob, received("hi from carol")) as Event.MessageReceived).message
+    check(got.group == g && got.senderAccount == c) { "$got" }
+    waitFor(dave, received("hi from carol"))
+
+    // Errors: a malformed group id, a group this account is not in, a change by a non-admin.
+    val badId = expectError<SottoException.BadGroupId> { bob.sendGroupText("not a group", "x") }
+    check(badId.code() == "bad_group_id" && !badId.isRetryable()) { badId.code() }
+    val unknown = expectError<SottoException.UnknownGroup> { bob.sendGroupText("0".repeat(64), "x") }
+    check(unknown.code() == "unknown_group") { unknown.code() }
+    check(bob.group("0".repeat(64)) == null) { "no such group" }
+    val notAdmin = expectError<SottoException.NotGroupAdmin> { carol.removeGroupMember(g, d) }
+    check(notAdmin.code() == "not_group_admin") { notAdmin.code() }
+
+    // Bob renames the group and makes carol an admin; carol sees both.
+    bob.renameGroup(g, "team two")
+    bob.setGroupAdmin(g, c, true)
+    while (true) {
+        val now = carol.group(g)!!
+        if (now.title == "team two" && now.members.any { it.account == c && it.role == GroupRole.ADMIN }) break
+        waitFor(carol, groupChanged(g))
+    }
+
+    // Dave is removed: he learns it, and can no longer send to the group.
+    bob.removeGroupMember(g, d)
+    while (dave.group(g)!!.active) waitFor(dave, groupChanged(g))
+    waitForMembers(carol, g, listOf(b, c))
+    expectError<SottoException.UnknownGroup> { dave.sendGroupText(g, "still here?") }
+    val after = bob.sendGroupText(g, "after dave")
+    waitFor(carol, received("after dave"))
+    waitFor(bob) { it is Event.MessageSent && it.id == after.id }
+    val reply = carol.sendGroupText(g, "carol after dave")
+    waitFor(bob, received("carol after dave"))
+    waitFor(carol) { it is Event.MessageSent && it.id == reply.id }
+    // Both were stored by the relay before bob writes to dave directly: once dave has that
+    // message, anything of the group's sent to him would have come before it.
+    val seen = mutableListOf<String>()
+    bob.sendText(d, "just to dave")
+    waitFor(dave) {
+        if (it is Event.MessageReceived) seen += it.message.text
+        received("just to dave")(it)
+    }
+    check(seen == listOf("just to dave")) { "dave got $seen" }
+    val daveHistory = dave.groupMessages(g, Page())
+    check(daveHistory.map { it.text to it.group } == listOf("hello team" to g, "hi from carol" to g)) { "$daveHistory" }
+    val history = carol.groupMessages(g, Page())
+    check(history.map { it.text } == listOf("hello team", "hi from carol", "after dave", "carol after dave")) { "$history" }
+    val older = carol.groupMessages(g, Page(before = history[2].order, limit = 1u))
+    check(older.map { it.text } == listOf("hi from carol")) { "$older" }
+
+    // Carol leaves; bob sees her go.
+    carol.leaveGroup(g)
+    check(!carol.group(g)!!.active) { "carol left" }
+    waitForMembers(bob, g, listOf(b))
+    carol.shutdown()
+    dave.shutdown()
+    carol.close()
+    dave.close()
 }

@@ -1,7 +1,8 @@
 """Python tests of the sotto_ffi binding against the relay at $SOTTO_RELAY_URL.
 
 Two clients register, exchange messages both ways, read their history after reopening
-their stores, and see errors as typed exceptions. Run by scripts/bindings.sh.
+their stores, and see errors as typed exceptions; a group is created, talks, and loses a
+member, who gets nothing sent afterwards. Run by scripts/bindings.sh.
 """
 
 import asyncio
@@ -9,7 +10,7 @@ import os
 import sys
 import time
 
-from sotto_ffi import ClientOptions, EventListener, MessageStatus, Page, SottoClient, SottoError
+from sotto_ffi import ClientOptions, EventListener, GroupRole, MessageStatus, Page, SottoClient, SottoError
 
 RELAY = os.environ["SOTTO_RELAY_URL"]
 DIR = os.environ["SOTTO_TEST_DIR"]
@@ -35,6 +36,16 @@ async def wait_for_event(client, predicate, slice_s=None):
 
 def received(text):
     return lambda e: e.is_message_received() and e.message.text == text
+
+
+def group_changed(group):
+    return lambda e: e.is_group_changed() and e.group == group
+
+
+async def wait_for_members(client, group, members):
+    """Waits until `client` holds `group` with exactly these member accounts."""
+    while sorted(m.account for m in (await client.group(group)).members) != sorted(members):
+        await wait_for_event(client, group_changed(group))
 
 
 async def expect_error(cls, coro):
@@ -168,6 +179,8 @@ async def main():
     await alice2.remove_device(1)
     assert await alice2.devices_of(a_id) == [2]
 
+    await groups(bob, opts)
+
     await alice2.shutdown()
     await alice.shutdown()
     await bob.shutdown()
@@ -176,6 +189,100 @@ async def main():
         pass
     await expect_error(SottoError.Closed, bob.send_text(a_id, "too late"))
     print("python: all binding tests passed")
+
+
+async def groups(bob, opts):
+    """Bob creates a group with carol and dave (his contacts, added by link), all three
+    talk, then bob removes dave: carol still gets what is sent, dave gets nothing more."""
+    b_id = bob.account_id()
+    carol = await SottoClient.create_account(os.path.join(DIR, "carol.db"), os.urandom(32), RELAY, opts)
+    dave = await SottoClient.create_account(os.path.join(DIR, "dave.db"), os.urandom(32), RELAY, opts)
+    c_id, d_id = carol.account_id(), dave.account_id()
+    assert await bob.add_contact(carol.contact_link()) == c_id
+    assert await bob.add_contact(dave.contact_link()) == d_id
+
+    e = await expect_error(SottoError.BadContact, bob.create_group("team", [c_id, "not an account"]))
+    assert e.code() == "bad_contact"
+    g = await bob.create_group("team", [c_id, d_id])
+    assert len(g) == 64 and g == g.lower() and len(bytes.fromhex(g)) == 32, g
+    info = await bob.group(g)
+    assert info.id == g and info.title == "team" and info.active and info.version == 0
+    roles = {m.account: m.role for m in info.members}
+    assert roles == {b_id: GroupRole.ADMIN, c_id: GroupRole.MEMBER, d_id: GroupRole.MEMBER}, roles
+    assert [x.id for x in await bob.groups()] == [g]
+    # The members join when bob's welcome arrives.
+    await wait_for_event(carol, group_changed(g))
+    await wait_for_event(dave, group_changed(g))
+    assert [(x.id, x.title, x.active) for x in await carol.groups()] == [(g, "team", True)]
+
+    # A group message reaches every other member once, with the group id.
+    sent = await bob.send_group_text(g, "hello team")
+    assert sent.group == g and sent.conversation == g and sent.status == MessageStatus.QUEUED()
+    for member in (carol, dave):
+        m = (await wait_for_event(member, received("hello team"))).message
+        assert m.id == sent.id and m.group == g and m.conversation == g, m
+        assert m.sender_account == b_id and m.status == MessageStatus.RECEIVED()
+    await wait_for_event(bob, lambda e: e.is_message_sent() and e.id == sent.id and e.conversation == g)
+    # Carol writes too (awaited with reads cancelled every 20 ms on bob's side).
+    await carol.send_group_text(g, "hi from carol")
+    got = (await wait_for_event(bob, received("hi from carol"), slice_s=0.02)).message
+    assert got.group == g and got.sender_account == c_id
+    await wait_for_event(dave, received("hi from carol"))
+
+    # Errors: a malformed group id, a group this account is not in, a change by a non-admin.
+    e = await expect_error(SottoError.BadGroupId, bob.send_group_text("not a group", "x"))
+    assert e.code() == "bad_group_id" and not e.is_retryable()
+    e = await expect_error(SottoError.UnknownGroup, bob.send_group_text("0" * 64, "x"))
+    assert e.code() == "unknown_group"
+    assert await bob.group("0" * 64) is None
+    e = await expect_error(SottoError.NotGroupAdmin, carol.remove_group_member(g, d_id))
+    assert e.code() == "not_group_admin"
+
+    # Bob renames the group and makes carol an admin; carol sees both.
+    await bob.rename_group(g, "team two")
+    await bob.set_group_admin(g, c_id, True)
+    while (await carol.group(g)).title != "team two" or \
+            {m.account: m.role for m in (await carol.group(g)).members}[c_id] != GroupRole.ADMIN:
+        await wait_for_event(carol, group_changed(g))
+
+    # Dave is removed: he learns it, and can no longer send to the group.
+    await bob.remove_group_member(g, d_id)
+    while (await dave.group(g)).active:
+        await wait_for_event(dave, group_changed(g))
+    await wait_for_members(carol, g, [b_id, c_id])
+    e = await expect_error(SottoError.UnknownGroup, dave.send_group_text(g, "still here?"))
+    assert e.code() == "unknown_group"
+    after = await bob.send_group_text(g, "after dave")
+    await wait_for_event(carol, received("after dave"))
+    await wait_for_event(bob, lambda e: e.is_message_sent() and e.id == after.id)
+    reply = await carol.send_group_text(g, "carol after dave")
+    await wait_for_event(bob, received("carol after dave"))
+    await wait_for_event(carol, lambda e: e.is_message_sent() and e.id == reply.id)
+    # Both were stored by the relay before bob writes to dave directly: once dave has
+    # that message, anything of the group's sent to him would have come before it.
+    seen = []
+
+    def marker(e):
+        if e.is_message_received():
+            seen.append(e.message.text)
+        return received("just to dave")(e)
+
+    await bob.send_text(d_id, "just to dave")
+    await wait_for_event(dave, marker)
+    assert seen == ["just to dave"], seen
+    history = await dave.group_messages(g, Page())
+    assert [(h.text, h.group) for h in history] == [("hello team", g), ("hi from carol", g)], history
+    history = await carol.group_messages(g, Page())
+    assert [h.text for h in history] == ["hello team", "hi from carol", "after dave", "carol after dave"]
+    older = await carol.group_messages(g, Page(before=history[2].order, limit=1))
+    assert [h.text for h in older] == ["hi from carol"]
+
+    # Carol leaves; bob sees her go.
+    await carol.leave_group(g)
+    assert not (await carol.group(g)).active
+    await wait_for_members(bob, g, [b_id])
+    await carol.shutdown()
+    await dave.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 // Swift tests of the sotto_ffi binding against the relay at $SOTTO_RELAY_URL: two clients
 // register, exchange messages both ways, read their history after reopening their stores,
-// and see errors as typed errors. Built with swiftc and run by scripts/bindings.sh.
+// and see errors as typed errors; a group is created, talks, and loses a member, who gets
+// nothing sent afterwards. Built with swiftc and run by scripts/bindings.sh.
 
 import Foundation
 
@@ -50,6 +51,125 @@ func sentEvent(_ id: String) -> (Event) -> Bool {
         if case .messageSent(let sid, _) = e { return sid == id }
         return false
     }
+}
+
+func groupChanged(_ group: String) -> (Event) -> Bool {
+    return { e in
+        if case .groupChanged(let g) = e { return g == group }
+        return false
+    }
+}
+
+/// Waits until `client` holds `group` with exactly these member accounts.
+func waitForMembers(_ client: SottoClient, _ group: String, _ members: [String]) async throws {
+    while try await client.group(group: group)?.members.map({ $0.account }).sorted() != members.sorted() {
+        _ = await waitFor(client, groupChanged(group))
+    }
+}
+
+/// Bob creates a group with carol and dave (his contacts, added by link), all three talk,
+/// then bob removes dave: carol still gets what is sent, dave gets nothing more.
+func groups(_ bob: SottoClient, _ opts: ClientOptions) async throws {
+    let b = bob.accountId()
+    let carol = try await SottoClient.createAccount(
+        storePath: dir + "/carol.db", storeKey: newKey(), relayUrl: relay, options: opts)
+    let dave = try await SottoClient.createAccount(
+        storePath: dir + "/dave.db", storeKey: newKey(), relayUrl: relay, options: opts)
+    let c = carol.accountId()
+    let d = dave.accountId()
+    check(try await bob.addContact(contact: carol.contactLink()) == c, "addContact")
+    check(try await bob.addContact(contact: dave.contactLink()) == d, "addContact")
+
+    _ = await expectError("bad_contact") { _ = try await bob.createGroup(title: "team", members: [c, "not an account"]) }
+    let g = try await bob.createGroup(title: "team", members: [c, d])
+    check(g.count == 64 && g.allSatisfy { "0123456789abcdef".contains($0) }, "group id \(g)")
+    guard let info = try await bob.group(group: g) else { fatalError("bob's group") }
+    check(info.id == g && info.title == "team" && info.active && info.version == 0, "\(info)")
+    let roles = Dictionary(uniqueKeysWithValues: info.members.map { ($0.account, $0.role) })
+    check(roles == [b: .admin, c: .member, d: .member], "\(roles)")
+    check(try await bob.groups().map { $0.id } == [g], "bob's groups")
+    // The members join when bob's welcome arrives.
+    _ = await waitFor(carol, groupChanged(g))
+    _ = await waitFor(dave, groupChanged(g))
+    let carolGroups = try await carol.groups()
+    check(carolGroups.count == 1 && carolGroups[0].id == g && carolGroups[0].title == "team" && carolGroups[0].active,
+          "\(carolGroups)")
+
+    // A group message reaches every other member once, with the group id.
+    let sent = try await bob.sendGroupText(group: g, text: "hello team")
+    check(sent.group == g && sent.conversation == g && sent.status == .queued, "\(sent)")
+    for member in [carol, dave] {
+        guard case .messageReceived(let m) = await waitFor(member, received("hello team")) else { fatalError() }
+        check(m.id == sent.id && m.group == g && m.conversation == g, "\(m)")
+        check(m.senderAccount == b && m.status == .received, "\(m)")
+    }
+    _ = await waitFor(bob) { e in
+        if case .messageSent(let id, let conversation) = e { return id == sent.id && conversation == g }
+        return false
+    }
+    // Carol writes too.
+    _ = try await carol.sendGroupText(group: g, text: "hi from carol")
+    guard case .messageReceived(let got) = await waitFor(bob, received("hi from carol")) else { fatalError() }
+    check(got.group == g && got.senderAccount == c, "\(got)")
+    _ = await waitFor(dave, received("hi from carol"))
+
+    // Errors: a malformed group id, a group this account is not in, a change by a non-admin.
+    let badId = await expectError("bad_group_id") { _ = try await bob.sendGroupText(group: "not a group", text: "x") }
+    if case .BadGroupId = badId {} else { check(false, "not .BadGroupId: \(String(describing: badId))") }
+    check(badId?.isRetryable() == false, "retryable")
+    let unknown = await expectError("unknown_group") {
+        _ = try await bob.sendGroupText(group: String(repeating: "0", count: 64), text: "x")
+    }
+    if case .UnknownGroup = unknown {} else { check(false, "not .UnknownGroup") }
+    check(try await bob.group(group: String(repeating: "0", count: 64)) == nil, "no such group")
+    let notAdmin = await expectError("not_group_admin") { try await carol.removeGroupMember(group: g, member: d) }
+    if case .NotGroupAdmin = notAdmin {} else { check(false, "not .NotGroupAdmin") }
+
+    // Bob renames the group and makes carol an admin; carol sees both.
+    try await bob.renameGroup(group: g, title: "team two")
+    try await bob.setGroupAdmin(group: g, member: c, admin: true)
+    while true {
+        guard let now = try await carol.group(group: g) else { fatalError("carol's group") }
+        if now.title == "team two" && now.members.contains(where: { $0.account == c && $0.role == .admin }) { break }
+        _ = await waitFor(carol, groupChanged(g))
+    }
+
+    // Dave is removed: he learns it, and can no longer send to the group.
+    try await bob.removeGroupMember(group: g, member: d)
+    while try await dave.group(group: g)?.active != false {
+        _ = await waitFor(dave, groupChanged(g))
+    }
+    try await waitForMembers(carol, g, [b, c])
+    _ = await expectError("unknown_group") { _ = try await dave.sendGroupText(group: g, text: "still here?") }
+    let after = try await bob.sendGroupText(group: g, text: "after dave")
+    _ = await waitFor(carol, received("after dave"))
+    _ = await waitFor(bob, sentEvent(after.id))
+    let reply = try await carol.sendGroupText(group: g, text: "carol after dave")
+    _ = await waitFor(bob, received("carol after dave"))
+    _ = await waitFor(carol, sentEvent(reply.id))
+    // Both were stored by the relay before bob writes to dave directly: once dave has that
+    // message, anything of the group's sent to him would have come before it.
+    var seen: [String] = []
+    _ = try await bob.sendText(contact: d, text: "just to dave")
+    _ = await waitFor(dave) { e in
+        if case .messageReceived(let m) = e { seen.append(m.text) }
+        return received("just to dave")(e)
+    }
+    check(seen == ["just to dave"], "dave got \(seen)")
+    let daveHistory = try await dave.groupMessages(group: g, page: Page())
+    check(daveHistory.map { $0.text } == ["hello team", "hi from carol"], "\(daveHistory)")
+    check(daveHistory.allSatisfy { $0.group == g }, "\(daveHistory)")
+    let history = try await carol.groupMessages(group: g, page: Page())
+    check(history.map { $0.text } == ["hello team", "hi from carol", "after dave", "carol after dave"], "\(history)")
+    let older = try await carol.groupMessages(group: g, page: Page(before: history[2].order, limit: 1))
+    check(older.map { $0.text } == ["hi from carol"], "\(older)")
+
+    // Carol leaves; bob sees her go.
+    try await carol.leaveGroup(group: g)
+    check(try await carol.group(group: g)?.active == false, "carol left")
+    try await waitForMembers(bob, g, [b])
+    await carol.shutdown()
+    await dave.shutdown()
 }
 
 func expectError(_ expected: String, _ body: () async throws -> Void) async -> SottoError? {
@@ -184,6 +304,8 @@ do {
     check(recovered, "recovered")
     try await alice2.removeDevice(deviceId: 1)
     check(try await alice2.devicesOf(accountId: a) == [2], "alice's devices after removal")
+
+    try await groups(bob, opts)
 
     await alice2.shutdown()
     await alice.shutdown()
