@@ -9,7 +9,7 @@
 //! kind 0x03 Delivered       count (u16, ≤ MAX_RECEIPTS) ‖ count × message_id (16)
 //! kind 0x04 Group           group_id (32) ‖ sub (u8) ‖ fields            (docs/protocol.md §14.6)
 //!   sub 0x01 Text           text (var, ≤ MAX_TEXT_LEN, UTF-8)                       group channel
-//!   sub 0x02 Commit         commit (var) ‖ key flag (u8) ‖ [GK (32)]                 group channel or pairwise
+//!   sub 0x02 Commit         commit (var, ≤ 65536) ‖ key flag (u8) ‖ [GK (32)]        group channel or pairwise
 //!   sub 0x03 Welcome        root_id (32) ‖ root state (var) ‖ count (u16) ‖ count × commit (var)
 //!                           ‖ GK (32) ‖ count (u16) ‖ count × (account_id (32) ‖ access key (32))   pairwise
 //!   sub 0x04 SenderKey      state_id (32) ‖ sender-key distribution (85)            pairwise
@@ -29,7 +29,7 @@ use sotto_crypto::AccountId;
 use sotto_crypto::codec::{DecodeError, Put, Reader};
 use thiserror::Error;
 
-use crate::group::{Commit, GroupError, GroupId, GroupState, MAX_MEMBERS, WINDOW};
+use crate::group::{Commit, GroupError, GroupId, GroupState, MAX_COMMIT_LEN, MAX_MEMBERS, MAX_STATE_LEN, WINDOW};
 use crate::ids::MessageId;
 
 const VERSION: u8 = 2;
@@ -168,9 +168,6 @@ mod tag {
     pub(super) const GROUP_SENDER_KEY: u8 = 4;
 }
 
-/// The longest encoded commit or state inside group content.
-const MAX_GROUP_ITEM: usize = 64 * 1024;
-
 fn encode_group(out: &mut Vec<u8>, group: &GroupId, body: &GroupBody) {
     out.put_u8(tag::GROUP);
     out.put(&group.0);
@@ -224,7 +221,7 @@ fn decode_group(r: &mut Reader<'_>) -> Result<ContentKind, ContentError> {
     let body = match r.u8()? {
         tag::GROUP_TEXT => GroupBody::Text { text: text(r)? },
         tag::GROUP_COMMIT => {
-            let commit = Commit::decode(r.var_bytes("commit", MAX_GROUP_ITEM)?)?;
+            let commit = Commit::decode(r.var_bytes("commit", MAX_COMMIT_LEN)?)?;
             let seal_key = if r.flag("seal key flag")? {
                 Some(r.array()?)
             } else {
@@ -234,11 +231,11 @@ fn decode_group(r: &mut Reader<'_>) -> Result<ContentKind, ContentError> {
         }
         tag::GROUP_WELCOME => {
             let root_id = r.array()?;
-            let root = GroupState::decode(r.var_bytes("root", MAX_GROUP_ITEM)?)?;
+            let root = GroupState::decode(r.var_bytes("root", MAX_STATE_LEN)?)?;
             let n = r.count("commits", WINDOW as usize, 4)?;
             let mut commits = Vec::with_capacity(n);
             for _ in 0..n {
-                commits.push(Commit::decode(r.var_bytes("commit", MAX_GROUP_ITEM)?)?);
+                commits.push(Commit::decode(r.var_bytes("commit", MAX_COMMIT_LEN)?)?);
             }
             let seal_key = r.array()?;
             let n = r.count("access keys", MAX_MEMBERS, 64)?;

@@ -44,6 +44,11 @@ pub const MAX_MEMBERS: usize = 1000;
 pub const MAX_TITLE_LEN: usize = 128;
 /// The most operations in one commit.
 pub const MAX_OPS: usize = MAX_MEMBERS;
+/// The longest encoded commit (1,000 `Add` ops fit; a commit above it is refused when
+/// made and when decoded, so what a device stores always loads again).
+pub const MAX_COMMIT_LEN: usize = 64 * 1024;
+/// The longest encoded state (1,000 members and the longest title).
+pub const MAX_STATE_LEN: usize = 47 + MAX_TITLE_LEN + 33 * MAX_MEMBERS;
 /// How many versions below the newest state a device keeps.
 pub const WINDOW: u64 = 32;
 /// A commit on a parent more versions than this below the newest state is `Stale`.
@@ -70,6 +75,18 @@ const SEAL_KEY_LABEL: &[u8] = b"Sotto-v1 group seal key";
 /// Shown as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct GroupId(pub [u8; 32]);
+
+impl GroupId {
+    /// The key of the group's conversation in stored messages and the outbox:
+    /// `SHA-256("Sotto-v1 group conversation" ‖ id)`, so that no group id can stand for an
+    /// account's conversation.
+    pub fn conversation(&self) -> AccountId {
+        let mut h = Sha256::new();
+        h.update(b"Sotto-v1 group conversation");
+        h.update(self.0);
+        AccountId(h.finalize().into())
+    }
+}
 
 impl std::fmt::Display for GroupId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -325,6 +342,15 @@ impl GroupState {
         if commit.ops.is_empty() || commit.ops.len() > MAX_OPS {
             return Err(GroupError::Empty { max: MAX_OPS });
         }
+        let len = commit.encode().len();
+        if len > MAX_COMMIT_LEN {
+            return Err(DecodeError::TooLong {
+                field: "commit",
+                len,
+                max: MAX_COMMIT_LEN,
+            }
+            .into());
+        }
         let lone_leave = commit.ops == [Op::Leave] && self.is_member(&commit.author);
         if !self.is_admin(&commit.author) && !lone_leave {
             return Err(GroupError::NotAdmin);
@@ -464,8 +490,16 @@ impl Commit {
         out
     }
 
-    /// Decodes a commit (1 to [`MAX_OPS`] operations).
+    /// Decodes a commit (1 to [`MAX_OPS`] operations, at most [`MAX_COMMIT_LEN`] bytes).
     pub fn decode(bytes: &[u8]) -> Result<Self, GroupError> {
+        if bytes.len() > MAX_COMMIT_LEN {
+            return Err(DecodeError::TooLong {
+                field: "commit",
+                len: bytes.len(),
+                max: MAX_COMMIT_LEN,
+            }
+            .into());
+        }
         let mut r = Reader::new(bytes);
         r.version(VERSION)?;
         let group_id = GroupId(r.array()?);
@@ -578,19 +612,17 @@ impl LogParts {
 
     /// Decodes what [`LogParts::encode`] wrote, within the log's bounds.
     pub fn decode(bytes: &[u8]) -> Result<Self, GroupError> {
-        const MAX_COMMIT: usize = 200 + 34 * MAX_OPS + MAX_TITLE_LEN;
-        const MAX_STATE: usize = 60 + MAX_TITLE_LEN + 33 * MAX_MEMBERS;
         let mut r = Reader::new(bytes);
         r.version(VERSION)?;
         let root_id = r.array()?;
-        let root = GroupState::decode(r.var_bytes("root", MAX_STATE)?)?;
+        let root = GroupState::decode(r.var_bytes("root", MAX_STATE_LEN)?)?;
         let mut commits = Vec::new();
         for _ in 0..r.count("commits", MAX_NODES, 4)? {
-            commits.push(Commit::decode(r.var_bytes("commit", MAX_COMMIT)?)?);
+            commits.push(Commit::decode(r.var_bytes("commit", MAX_COMMIT_LEN)?)?);
         }
         let mut pending = Vec::new();
         for _ in 0..r.count("pending", MAX_PENDING, 4)? {
-            pending.push(Commit::decode(r.var_bytes("commit", MAX_COMMIT)?)?);
+            pending.push(Commit::decode(r.var_bytes("commit", MAX_COMMIT_LEN)?)?);
         }
         let mut seen = Vec::new();
         for _ in 0..r.count("seen", MAX_SEEN, 33)? {
@@ -768,6 +800,10 @@ impl GroupLog {
             return Err(GroupError::Stale { window: MAX_FORK_DEPTH });
         }
         if !self.nodes.contains_key(&commit.parent) {
+            // Only a member of a state this device keeps may have commits wait here.
+            if !self.nodes.values().any(|n| n.state.is_member(&commit.author)) {
+                return Err(GroupError::NotAdmin);
+            }
             if commit.parent_version > tip_version.saturating_add(WINDOW) {
                 return Err(GroupError::Stale { window: WINDOW });
             }
@@ -893,8 +929,9 @@ impl GroupLog {
         }
     }
 
-    /// The child the canonical chain goes on to: the highest subtree; then one whose
-    /// author no sibling removes or demotes; then the lowest commit id.
+    /// The child the canonical chain goes on to: one whose author no sibling removes or
+    /// demotes; then one that removes a member; then the highest subtree; then the lowest
+    /// commit id.
     fn choose(&self, parent: &[u8; 32]) -> Option<[u8; 32]> {
         let kids = self.children.get(parent)?;
         let commits: Vec<([u8; 32], &Node)> = kids
@@ -912,10 +949,14 @@ impl GroupLog {
                             _ => false,
                         }
                 });
-                (std::cmp::Reverse(n.height), demoted, *id)
+                let removes = n
+                    .commit
+                    .as_ref()
+                    .is_some_and(|c| c.ops.iter().any(|op| matches!(op, Op::Remove(_) | Op::Leave)));
+                (demoted, !removes, std::cmp::Reverse(n.height), *id)
             })
             .min()
-            .map(|(_, _, id)| id)
+            .map(|(_, _, _, id)| id)
     }
 
     fn choose_tip(&mut self) {

@@ -102,7 +102,7 @@ fn vectors() -> Value {
             .to_vec()
     };
     json!({
-        "description": "Groups (docs/protocol.md §14). `first_state` is a group's first state and `root_id` its id. `commits` apply in order, each to the state before (the first to first_state): its bytes, id, the seal key it carries (null for a member leaving), key_commitment and the state it makes. `fork`: two commits on first_state, and the one a device holding both follows (§14.3: equal heights; the second demotes the first's author). `content`: group content (§14.6) with message id 5e×16, timestamp 1796083200000 and no access key.",
+        "description": "Groups (docs/protocol.md §14). `first_state` is a group's first state and `root_id` its id. `commits` apply in order, each to the state before (the first to first_state): its bytes, id, the seal key it carries (null for a member leaving), key_commitment and the state it makes. `fork`: two commits on first_state, and the one a device holding both follows (§14.3: the second demotes the first's author). `content`: group content (§14.6) with message id 5e×16, timestamp 1796083200000 and no access key.",
         "group_id": h(&group.0),
         "first_state": h(&first.encode()),
         "root_id": h(&root_id),

@@ -116,7 +116,7 @@ async fn two_hundred_messages_in_a_group_of_two_hundred_devices() {
         let got = receive(d, expected).await;
         let mut next: HashMap<(AccountId, DeviceId), u32> = HashMap::new();
         for m in &got {
-            assert_eq!(m.conversation.0, g.0);
+            assert_eq!(m.conversation, g.conversation());
             let k = next.entry(m.sender).or_default();
             assert_eq!(
                 m.text,

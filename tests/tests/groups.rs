@@ -69,7 +69,7 @@ async fn talk_remove_add(relay: TestRelay) {
             let got = d.receive(1).await;
             assert_eq!(got[0].text, text);
             assert_eq!(got[0].sender, (sid, sdev));
-            assert_eq!(got[0].conversation.0, g.0);
+            assert_eq!(got[0].conversation, g.conversation());
             assert_eq!(got[0].status, MessageStatus::Received);
         }
     }

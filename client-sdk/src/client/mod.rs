@@ -533,8 +533,8 @@ impl<S: Store> Client<S> {
         self.inner.machine.lock().await.groups()
     }
 
-    /// The group whose conversation a message belongs to: a group message's
-    /// `conversation` carries the group id's 32 bytes.
+    /// The group whose conversation a message belongs to (a group message's
+    /// `conversation` is [`GroupId::conversation`]).
     pub async fn group_of(&self, conversation: &AccountId) -> Option<GroupId> {
         self.inner.machine.lock().await.group_of_conversation(conversation)
     }
@@ -546,7 +546,7 @@ impl<S: Store> Client<S> {
 
     /// A page of a group's messages, oldest first.
     pub async fn group_messages(&self, group: &GroupId, page: Page) -> Result<Vec<StoredMessage>, ClientError> {
-        Ok(self.inner.store.messages(AccountId(group.0), page).await?)
+        Ok(self.inner.store.messages(group.conversation(), page).await?)
     }
 
     /// A page of a conversation, oldest first.

@@ -513,7 +513,14 @@ impl<S: Store> Inner<S> {
                     Prepared::Ready(r) => r,
                     Prepared::Wait => {
                         // Its distributions were queued: they go first, then this again.
+                        // Waiting counts as an attempt (at once for the first few), so a
+                        // member that can never be reached does not hold the group's lane
+                        // for ever: the item backs off and is given up in the end.
                         closed.insert(*lane);
+                        let at_once = item.attempts < 50;
+                        let reason = "waiting for sender-key distributions".to_owned();
+                        self.failed_attempt(tx, item, "DISTRIBUTION_PENDING", reason, at_once)
+                            .await;
                         tx.retry_by(Instant::now() + Duration::from_millis(100));
                         tx.dirty = true;
                         continue;

@@ -648,3 +648,57 @@ proptest! {
         let _ = GroupState::decode(&bytes);
     }
 }
+
+#[test]
+fn a_removed_admin_cannot_win_back_with_a_longer_fork() {
+    let mut log = GroupLog::genesis(genesis()).unwrap();
+    let removal = on_genesis(1, vec![Op::Remove(acct(2))]);
+    log.receive(removal.clone(), &acct(1)).unwrap();
+    // Admin 2, still an admin of the first state, builds a longer branch on it.
+    let mut id = root_id();
+    let mut state = genesis();
+    for i in 0..5u32 {
+        let c = Commit::on(
+            id,
+            &state,
+            acct(2),
+            Some(&hash_of(i)),
+            vec![Op::SetTitle(format!("mine {i}"))],
+        );
+        state = state.apply(&c).unwrap();
+        id = c.id();
+        log.receive(c, &acct(2)).unwrap();
+    }
+    assert_eq!(log.tip_id(), removal.id());
+    assert!(!log.tip().is_member(&acct(2)));
+    // A concurrent unrelated commit does not undo a removal either.
+    let mut log = GroupLog::genesis(genesis()).unwrap();
+    let rename = (0..32u8)
+        .map(|k| {
+            Commit::on(
+                root_id(),
+                &genesis(),
+                acct(2),
+                Some(&[k; 32]),
+                vec![Op::SetTitle("x".into())],
+            )
+        })
+        .min_by_key(Commit::id)
+        .unwrap();
+    let removal = on_genesis(1, vec![Op::Remove(acct(5))]);
+    log.receive(rename, &acct(2)).unwrap();
+    log.receive(removal.clone(), &acct(1)).unwrap();
+    assert_eq!(log.tip_id(), removal.id());
+}
+
+#[test]
+fn commits_are_bounded_in_bytes_and_waiting_ones_come_from_members() {
+    let long = on_genesis(1, vec![Op::SetTitle("t".repeat(MAX_TITLE_LEN)); 600]);
+    assert!(long.encode().len() > MAX_COMMIT_LEN);
+    assert!(genesis().apply(&long).is_err());
+    assert!(Commit::decode(&long.encode()).is_err());
+    let mut log = GroupLog::genesis(genesis()).unwrap();
+    let mut stranger = Commit::on([7; 32], &genesis(), acct(99), Some(&KEY), vec![Op::Rekey]);
+    stranger.parent_version = 1;
+    assert_eq!(log.receive(stranger, &acct(99)), Err(GroupError::NotAdmin));
+}

@@ -120,7 +120,7 @@ fn distribution_item_id(label: &[u8], chain_id: &[u8; 16], account: &AccountId) 
 }
 
 fn group_conversation(group: &GroupId) -> AccountId {
-    AccountId(group.0)
+    group.conversation()
 }
 
 impl Machine {
@@ -149,20 +149,22 @@ impl Machine {
 
     /// The group whose conversation key (in stored messages and the outbox) is `key`.
     pub fn group_of_conversation(&self, key: &AccountId) -> Option<GroupId> {
-        let id = GroupId(key.0);
-        self.groups.contains_key(&id).then_some(id)
+        self.groups.keys().find(|g| g.conversation() == *key).copied()
     }
 
     /// The access key `peer` shared with a group this account is in.
     pub(super) fn group_access_key(&self, peer: &AccountId) -> Option<[u8; 32]> {
-        self.groups.values().find_map(|e| {
-            e.record
-                .value
-                .member_access
-                .iter()
-                .find(|(a, _)| a == peer)
-                .map(|(_, k)| *k)
-        })
+        self.groups
+            .values()
+            .filter(|e| e.record.value.active && e.log.tip().is_member(peer))
+            .find_map(|e| {
+                e.record
+                    .value
+                    .member_access
+                    .iter()
+                    .find(|(a, _)| a == peer)
+                    .map(|(_, k)| *k)
+            })
     }
 
     // ---------------------------------------------------------------------------------
@@ -201,9 +203,22 @@ impl Machine {
     }
 
     fn push_seal_key(record: &mut GroupRecord, state_id: [u8; 32], key: [u8; 32]) {
+        Self::push_seal_key_keeping(record, state_id, key, &state_id);
+    }
+
+    /// Adds a state's key in front; beyond [`MAX_SEAL_KEYS`] the oldest go, never the key of
+    /// `keep` (the current state).
+    fn push_seal_key_keeping(record: &mut GroupRecord, state_id: [u8; 32], key: [u8; 32], keep: &[u8; 32]) {
         record.seal_keys.retain(|(s, _)| *s != state_id);
         record.seal_keys.insert(0, (state_id, key));
-        record.seal_keys.truncate(MAX_SEAL_KEYS);
+        while record.seal_keys.len() > MAX_SEAL_KEYS {
+            match record.seal_keys.iter().rposition(|(s, _)| s != keep) {
+                Some(i) => {
+                    record.seal_keys.remove(i);
+                }
+                None => break,
+            }
+        }
     }
 
     /// A pairwise outbox item with group content to `to`.
@@ -391,9 +406,9 @@ impl Machine {
         if let (Some(k), false) = (key, added.is_empty()) {
             let access = self.member_access(&record, next.members.keys().copied());
             let welcome = GroupBody::Welcome {
-                root_id: log.root_id(),
-                root: log.root().clone(),
-                commits: log.canonical().into_iter().map(|(_, c)| c.clone()).collect(),
+                root_id: log.tip_id(),
+                root: log.tip().clone(),
+                commits: Vec::new(),
                 seal_key: k,
                 access,
             };
@@ -448,7 +463,12 @@ impl Machine {
             .canonical()
             .last()
             .is_some_and(|(_, c)| c.key_commitment == NO_KEY)
-            && tip.members.iter().find(|(_, r)| **r == Role::Admin).map(|(a, _)| *a) == Some(own);
+            && tip.members.iter().find(|(_, r)| **r == Role::Admin).map(|(a, _)| *a) == Some(own)
+            // One device of that account: the lowest listed.
+            && self
+                .own_device_list()
+                .and_then(|l| l.devices().iter().map(|d| d.device_id).min())
+                == Some(self.device_id());
         if redo.is_none() && !needs_rekey {
             if kept.len() != record.own_commits.len() {
                 record.own_commits = kept;
@@ -487,9 +507,9 @@ impl Machine {
             };
             let access = self.member_access(&entry.record.value, entry.log.tip().members.keys().copied());
             let welcome = GroupBody::Welcome {
-                root_id: entry.log.root_id(),
-                root: entry.log.root().clone(),
-                commits: entry.log.canonical().into_iter().map(|(_, c)| c.clone()).collect(),
+                root_id: entry.log.tip_id(),
+                root: entry.log.tip().clone(),
+                commits: Vec::new(),
                 seal_key,
                 access,
             };
@@ -634,9 +654,9 @@ impl Machine {
                 let access = self.member_access(&record, entry.log.tip().members.keys().copied());
                 let tip_key = self.seal_key_of(group, &entry.log.tip_id()).unwrap_or(key);
                 let welcome = GroupBody::Welcome {
-                    root_id: entry.log.root_id(),
-                    root: entry.log.root().clone(),
-                    commits: entry.log.canonical().into_iter().map(|(_, c)| c.clone()).collect(),
+                    root_id: entry.log.tip_id(),
+                    root: entry.log.tip().clone(),
+                    commits: Vec::new(),
                     seal_key: tip_key,
                     access,
                 };
@@ -669,6 +689,13 @@ impl Machine {
                 key: sotto_proto::AccessKey(k),
             })
             .collect();
+        // The send names this account too (its other devices): present its own key.
+        if let Some(k) = self.own_access_key() {
+            access.push(Access {
+                account_id: own,
+                key: k,
+            });
+        }
         access.sort_by_key(|a| a.account_id);
         self.group_write(*group, record, &mut changes);
         let recipients = fan_out
@@ -852,7 +879,11 @@ impl Machine {
             _ if !refreshed => return Inbound::Need(Need::DeviceList(peer.0)),
             _ => return self.undecryptable(seq, digest, Some(peer), UndecryptableCause::SenderNotListed),
         }
-        let is_member = self.groups.get(&group).is_some_and(|e| e.log.tip().is_member(&peer.0));
+        // Only a member of the current state may write to the group: checked before any
+        // key is derived, so a former member's chain changes nothing.
+        if !self.groups.get(&group).is_some_and(|e| e.log.tip().is_member(&peer.0)) {
+            return self.undecryptable(seq, digest, Some(peer), UndecryptableCause::WrongSender);
+        }
         let set = self
             .sender_keys
             .get(&sk_id)
@@ -894,21 +925,16 @@ impl Machine {
             },
         ));
         let mut events = Vec::new();
+        // Content that is refused leaves the chain as it was.
         let content = match Content::decode(&plain) {
             Ok(c) => c,
-            Err(e) => {
-                events.push(Event::Undecryptable {
-                    sender: Some(peer),
-                    cause: UndecryptableCause::Content(e),
-                });
-                return Inbound::Done { changes, events };
-            }
+            Err(e) => return self.undecryptable(seq, digest, Some(peer), UndecryptableCause::Content(e)),
         };
         match content.kind {
             ContentKind::Group {
                 group: g,
                 body: GroupBody::Text { text },
-            } if g == group && is_member => {
+            } if g == group => {
                 let stored = StoredMessage {
                     id: content.message_id,
                     conversation: group_conversation(&group),
@@ -918,15 +944,12 @@ impl Machine {
                     status: MessageStatus::Received,
                     order: 0,
                 };
-                let k = stored.key();
-                if self.seen.contains(&k) {
-                    return Inbound::Done {
-                        changes: self.seq_changes(seq, digest),
-                        events,
-                    };
+                // A message seen before (sent again under a later iteration) is not shown
+                // again; the chain still moves past it.
+                if !self.seen.contains(&stored.key()) {
+                    events.push(Event::MessageReceived(stored.clone()));
+                    changes.messages.push(stored);
                 }
-                events.push(Event::MessageReceived(stored.clone()));
-                changes.messages.push(stored);
             }
             ContentKind::Group {
                 group: g,
@@ -934,10 +957,7 @@ impl Machine {
             } if g == group => {
                 self.take_commit(group, commit, seal_key, peer.0, &mut changes, &mut events);
             }
-            _ => events.push(Event::Undecryptable {
-                sender: Some(peer),
-                cause: UndecryptableCause::WrongSender,
-            }),
+            _ => return self.undecryptable(seq, digest, Some(peer), UndecryptableCause::WrongSender),
         }
         let pinned = self.lists.get(&peer.0).map_or(0, |l| l.version());
         changes.pins.push((peer.0, pinned));
@@ -978,23 +998,31 @@ impl Machine {
         let id = commit.id();
         let parent = commit.parent;
         let no_key = commit.key_commitment == NO_KEY;
-        match log.receive(commit, &sender) {
+        let received = match log.receive(commit, &sender) {
             Ok(Received::Duplicate) => return,
-            Ok(_) => {}
+            Ok(r) => r,
             Err(error) => {
                 events.push(Event::GroupChangeRejected { group, error });
                 return;
             }
-        }
-        match seal_key {
-            Some(k) => Self::push_seal_key(&mut record, id, k),
-            None if no_key => {
-                // The author left: the state keeps its parent's key until an admin re-keys.
-                if let Some(k) = record.seal_keys.iter().find(|(s, _)| *s == parent).map(|(_, k)| *k) {
-                    Self::push_seal_key(&mut record, id, k);
+        };
+        let tip_id = log.tip_id();
+        let key = match seal_key {
+            Some(k) => Some(k),
+            // The author left: the state keeps its parent's key until an admin re-keys.
+            None if no_key => record.seal_keys.iter().find(|(s, _)| *s == parent).map(|(_, k)| *k),
+            None => None,
+        };
+        if let Some(k) = key {
+            if received == Received::Pending {
+                // A commit waiting for its parent gets a key only where there is room:
+                // it never pushes out the keys of states this device holds.
+                if record.seal_keys.len() < MAX_SEAL_KEYS && !record.seal_keys.iter().any(|(s, _)| *s == id) {
+                    record.seal_keys.push((id, k));
                 }
+            } else {
+                Self::push_seal_key_keeping(&mut record, id, k, &tip_id);
             }
-            None => {}
         }
         record.log = log.parts().encode();
         if !log.tip().is_member(&self.account_id()) {
@@ -1026,7 +1054,20 @@ impl Machine {
                 seal_key,
                 access,
             } => {
-                if root.id != group {
+                if root.id != group || (root.version == 0 && root.hash() != root_id) {
+                    return true;
+                }
+                let own = self.account_id();
+                // Who may welcome: for a group this device holds and is in, only its own
+                // account's devices (a newer state); for one it left or was removed
+                // from, an admin of the last state it holds; for a new group, an admin
+                // of the state the welcome describes (an invitation).
+                let allowed = match self.groups.get(&group) {
+                    Some(e) if e.record.value.active => peer.0 == own && e.log.tip().version < root.version,
+                    Some(e) => e.log.tip().is_admin(&peer.0),
+                    None => true,
+                };
+                if !allowed {
                     return true;
                 }
                 let Ok(mut log) = GroupLog::new(root_id, root) else {
@@ -1038,33 +1079,30 @@ impl Machine {
                         return true;
                     }
                 }
-                // Only an admin of the state it describes welcomes, to a group this
-                // account is a member of.
-                if !log.tip().is_admin(&peer.0) && peer.0 != self.account_id() {
+                if (!log.tip().is_admin(&peer.0) && peer.0 != own) || !log.tip().is_member(&own) {
                     return true;
                 }
-                if !log.tip().is_member(&self.account_id()) {
-                    return true;
-                }
-                if let Some(e) = self.groups.get(&group)
-                    && e.record.value.active
-                    && e.log.tip().version >= log.tip().version
+                let tip = log.tip();
+                let mut member_access: Vec<(AccountId, [u8; 32])> = access
+                    .into_iter()
+                    .filter(|(a, _)| tip.is_member(a) && *a != own)
+                    .collect();
+                if let Some(k) = content.access_key
+                    && peer.0 != own
                 {
-                    return true;
+                    member_access.retain(|(a, _)| *a != peer.0);
+                    member_access.push((peer.0, k.0));
                 }
-                let mut record = GroupRecord {
+                member_access.truncate(crate::group::MAX_MEMBERS);
+                let record = GroupRecord {
                     log: log.parts().encode(),
                     seal_keys: vec![(log.tip_id(), seal_key)],
                     chain: None,
                     chain_holders: Vec::new(),
-                    member_access: access,
+                    member_access,
                     active: true,
                     own_commits: Vec::new(),
                 };
-                if let Some(k) = content.access_key {
-                    record.member_access.retain(|(a, _)| *a != peer.0);
-                    record.member_access.push((peer.0, k.0));
-                }
                 self.group_write(group, record, changes);
                 events.push(Event::GroupChanged { group });
             }
@@ -1080,6 +1118,11 @@ impl Machine {
                     return true;
                 };
                 let sk_id: SenderKeyId = (group, peer);
+                // A chain id another member device already distributed is refused: a
+                // member must not be able to take over another's chain.
+                if self.chains.get(&d.chain_id()).is_some_and(|owner| *owner != sk_id) {
+                    return true;
+                }
                 let mut set = changes
                     .sender_keys
                     .iter()
@@ -1107,8 +1150,10 @@ impl Machine {
                     && let Some(mut record) = self.record_in(&group, changes)
                     && !record.member_access.iter().any(|(a, v)| *a == peer.0 && *v == k.0)
                 {
-                    record.member_access.retain(|(a, _)| *a != peer.0);
+                    let tip = e.log.tip();
+                    record.member_access.retain(|(a, _)| *a != peer.0 && tip.is_member(a));
                     record.member_access.push((peer.0, k.0));
+                    record.member_access.truncate(crate::group::MAX_MEMBERS);
                     self.group_write(group, record, changes);
                 }
             }
@@ -1134,7 +1179,7 @@ impl Machine {
         for ((id, w), v) in changes.sender_keys.iter().zip(&committed.sender_key_versions) {
             for p in &w.value.chains {
                 if let Ok(rx) = SenderKeyReceiver::unpickle(p, &self.pickle_key) {
-                    self.chains.insert(rx.chain_id(), *id);
+                    self.chains.entry(rx.chain_id()).or_insert(*id);
                 }
             }
             self.sender_keys.insert(

@@ -215,7 +215,16 @@ impl Machine {
         retryable: bool,
         reason: String,
     ) -> (Changes, Option<Event>) {
-        let is_text = Content::decode(&item.content).is_ok_and(|c| matches!(c.kind, ContentKind::Text { .. }));
+        let is_text = Content::decode(&item.content).is_ok_and(|c| {
+            matches!(
+                c.kind,
+                ContentKind::Text { .. }
+                    | ContentKind::Group {
+                        body: crate::content::GroupBody::Text { .. },
+                        ..
+                    }
+            )
+        });
         let changes = Changes {
             outbox_remove: vec![item.id],
             message_status: if is_text {

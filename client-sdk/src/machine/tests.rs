@@ -1549,3 +1549,50 @@ async fn concurrent_admin_changes_both_apply_and_a_leave_is_rekeyed() {
             .all(|e| !key_before.matches(e))
     );
 }
+
+#[tokio::test]
+async fn a_member_cannot_replace_a_group_with_a_forged_welcome() {
+    let mut peers = vec![Peer::new(111).await, Peer::new(112).await, Peer::new(113).await];
+    let ids: Vec<AccountId> = peers.iter().map(|p| p.id()).collect();
+    let (c, g) = peers[0].machine.create_group("real", &ids[1..], T0).unwrap();
+    peers[0].commit(c).await;
+    settle(&mut peers).await;
+    // Carol (a member) writes a newer state of the same group with herself as its only
+    // admin and a key of her choice, and sends it to Bob.
+    let forged_state = crate::group::GroupState {
+        id: g,
+        version: 7,
+        title: "forged".into(),
+        members: [
+            (ids[1], crate::group::Role::Member),
+            (ids[2], crate::group::Role::Admin),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let content = Content {
+        message_id: MessageId([9; 16]),
+        timestamp_ms: T0,
+        access_key: None,
+        kind: ContentKind::Group {
+            group: g,
+            body: crate::content::GroupBody::Welcome {
+                root_id: [5; 32],
+                root: forged_state,
+                commits: Vec::new(),
+                seal_key: [6; 32],
+                access: Vec::new(),
+            },
+        },
+    };
+    peers[2]
+        .commit(Changes {
+            outbox_add: vec![OutboxItem::new(content.message_id, ids[1], content.encode())],
+            ..Changes::default()
+        })
+        .await;
+    settle(&mut peers).await;
+    let bob = peers[1].machine.group(&g).unwrap();
+    assert_eq!(bob.title, "real");
+    assert_eq!(bob.version, 0);
+}

@@ -419,7 +419,7 @@ pub(crate) fn encode_group(g: &GroupRecord) -> Vec<u8> {
 pub(crate) fn decode_group(b: &[u8]) -> Result<GroupRecord, DecodeError> {
     let mut r = Reader::new(b);
     r.version(RECORD_VERSION)?;
-    let log = r.var_bytes("group log", 4 * MAX_BLOB)?.to_vec();
+    let log = r.var_bytes("group log", 32 * MAX_BLOB)?.to_vec();
     let mut seal_keys = Vec::new();
     for _ in 0..r.count("seal keys", MAX_SEAL_KEYS, 64)? {
         seal_keys.push((r.array()?, r.array()?));
