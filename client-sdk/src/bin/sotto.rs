@@ -331,7 +331,7 @@ fn short_group(g: &GroupId) -> String {
     g.to_string().chars().take(8).collect()
 }
 
-fn members(n: usize) -> String {
+fn n_members(n: usize) -> String {
     if n == 1 {
         "1 member".into()
     } else {
@@ -433,7 +433,7 @@ async fn group_note(client: &Client<SqliteStore>, group: &GroupId) -> String {
             "(group {:?} {}: {}, version {})",
             g.title,
             short_group(group),
-            members(g.members.len()),
+            n_members(g.members.len()),
             g.version
         ),
         Some(g) => format!(
@@ -854,7 +854,7 @@ async fn group(dir: &Path, command: GroupCommand) -> Result<(), String> {
             out!("group {id}");
             finish_group_change(
                 &client,
-                format!("created {title:?} with {}", self::members(members.len() + 1)),
+                format!("created {title:?} with {}", n_members(members.len() + 1)),
             )
             .await;
         }
@@ -945,7 +945,7 @@ async fn group(dir: &Path, command: GroupCommand) -> Result<(), String> {
                 .group_messages(&info.id, Page::default())
                 .await
                 .map_err(|e| e.to_string())?;
-            let banner = format!("chatting in {:?} ({})", info.title, members(info.members.len()));
+            let banner = format!("chatting in {:?} ({})", info.title, n_members(info.members.len()));
             let done = chat(&client, &mut events, ChatWith::Group(info.id), history, banner).await;
             client.shutdown().await;
             done?;
