@@ -3,8 +3,12 @@
 //! `sotto-relay` built next to it when missing). Two CLI profiles and a relay process.
 #![cfg(feature = "native")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::{free_port, relay_binary};
 
 fn quickstart_block() -> String {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
@@ -16,30 +20,12 @@ fn quickstart_block() -> String {
     block[body_start..body_end].to_owned()
 }
 
-fn relay_binary(bin_dir: &Path) -> PathBuf {
-    let relay = bin_dir.join("sotto-relay");
-    if !relay.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "sotto-relay", "--bin", "sotto-relay"])
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    assert!(relay.exists(), "sotto-relay not at {}", relay.display());
-    relay
-}
-
 #[test]
 fn the_readme_quickstart_works_as_written() {
     let sotto = PathBuf::from(env!("CARGO_BIN_EXE_sotto"));
     let bin_dir = sotto.parent().unwrap().to_owned();
     relay_binary(&bin_dir);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let script: String = quickstart_block()
         .lines()
         .filter(|l| !l.starts_with("cargo build"))

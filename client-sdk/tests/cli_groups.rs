@@ -1,0 +1,320 @@
+//! The `sotto` CLI's group commands, run as a user runs them: three profiles and a
+//! `sotto-relay` process on a free port. Alice creates a group with Bob and Carol (from
+//! their links, so they become her contacts); every member writes (`group send`, `group
+//! chat`) and reads (`receive`, which names the group by its title, and `group
+//! messages`); Bob and Carol, who are not each other's contacts, read each other through
+//! the group. `group list` shows the members, the admin and whether the group is active.
+//! Alice renames the group and removes Carol: Carol learns it and reads nothing sent
+//! afterwards. Bob leaves. Errors are messages on stderr and a failure status.
+#![cfg(feature = "native")]
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, relay_binary};
+
+/// How long one `sotto` run may take.
+const RUN_DEADLINE: Duration = Duration::from_secs(120);
+/// How many times `sotto receive` runs before a message counts as lost.
+const RECEIVE_ATTEMPTS: usize = 10;
+
+/// The relay process, stopped when dropped.
+struct Relay {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Relay {
+    fn start(bin: &Path, dir: &Path) -> Self {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let log = dir.join("relay.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--public-url",
+                &url,
+                "--data-dir",
+            ])
+            .arg(dir.join("relay"))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self { child, url, log }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `sotto` for profiles under one `SOTTO_HOME`.
+struct Sotto {
+    bin: PathBuf,
+    home: PathBuf,
+    relay_log: PathBuf,
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Sotto {
+    /// Runs `sotto --profile <profile> <args>` with `stdin` as its input (then closed) and
+    /// `env` added, killing it after [`RUN_DEADLINE`].
+    fn run_with(&self, profile: &str, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
+        let mut child = Command::new(&self.bin)
+            .arg("--profile")
+            .arg(profile)
+            .args(args)
+            .env("SOTTO_HOME", &self.home)
+            .env_remove("SOTTO_PROFILE")
+            .env_remove("SOTTO_RELAY")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).unwrap();
+        drop(input);
+        let until = Instant::now() + RUN_DEADLINE;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > until {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs and asserts success; returns stdout.
+    fn ok(&self, profile: &str, args: &[&str]) -> String {
+        let r = self.run_with(profile, args, "", &[]);
+        assert!(
+            r.ok,
+            "sotto --profile {profile} {args:?} failed\nstdout:\n{}\nstderr:\n{}\nrelay log:\n{}",
+            r.stdout,
+            r.stderr,
+            std::fs::read_to_string(&self.relay_log).unwrap_or_default()
+        );
+        r.stdout
+    }
+
+    /// Runs and asserts failure; returns stderr.
+    fn fails(&self, profile: &str, args: &[&str]) -> String {
+        let r = self.run_with(profile, args, "", &[]);
+        assert!(!r.ok, "sotto --profile {profile} {args:?} succeeded:\n{}", r.stdout);
+        assert!(r.stderr.starts_with("sotto: "), "{}", r.stderr);
+        r.stderr
+    }
+
+    /// Runs `receive` until its output (all runs together) contains `needle`.
+    fn receive_until(&self, profile: &str, needle: &str) -> String {
+        let mut got = String::new();
+        for _ in 0..RECEIVE_ATTEMPTS {
+            got += &self.ok(profile, &["receive"]);
+            if got.contains(needle) {
+                return got;
+            }
+        }
+        panic!("{profile} never received {needle:?}; `sotto receive` printed:\n{got}");
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..8]
+}
+
+#[test]
+fn groups_from_the_command_line() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sotto"));
+    let relay_bin = relay_binary(bin.parent().unwrap());
+    let work = std::env::temp_dir().join(format!("sotto-cli-groups-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let relay = Relay::start(&relay_bin, &work);
+    let sotto = Sotto {
+        bin,
+        home: work.join("profiles"),
+        relay_log: relay.log.clone(),
+    };
+
+    // Three accounts (`init` waits for the relay to come up).
+    let mut link = std::collections::HashMap::new();
+    let mut id = std::collections::HashMap::new();
+    for who in ["alice", "bob", "carol"] {
+        sotto.ok(who, &["init", "--relay", &relay.url]);
+        let l = sotto.ok(who, &["whoami", "--link"]).trim().to_owned();
+        id.insert(who, l["sotto:".len()..l.find('.').unwrap()].to_owned());
+        link.insert(who, l);
+    }
+
+    // Alice creates the group from Bob's and Carol's links.
+    let created = sotto.ok("alice", &["group", "create", "team", &link["bob"], &link["carol"]]);
+    let group = created
+        .lines()
+        .find_map(|l| l.strip_prefix("group "))
+        .unwrap_or_else(|| panic!("no group id in {created:?}"))
+        .to_owned();
+    assert_eq!(group.len(), 64, "{group}");
+    assert!(group.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(created.contains("created \"team\" with 3 members"), "{created}");
+    // Both are Alice's contacts now.
+    let contacts = sotto.ok("alice", &["contacts"]);
+    assert!(
+        contacts.contains(&id["bob"]) && contacts.contains(&id["carol"]),
+        "{contacts}"
+    );
+
+    // Bob and Carol learn of it from `receive`, and list it.
+    for who in ["bob", "carol"] {
+        sotto.receive_until(who, "(group \"team\"");
+        let list = sotto.ok(who, &["group", "list"]);
+        assert!(
+            list.contains(&format!("group {group} \"team\" (active, version ")),
+            "{list}"
+        );
+        assert!(list.contains(&format!("  admin  {}\n", id["alice"])), "{list}");
+        assert!(list.contains(&format!("  member {} (me)\n", id[who])), "{list}");
+    }
+
+    // Alice writes by title; Bob and Carol read it with the group's title.
+    assert!(
+        sotto
+            .ok("alice", &["group", "send", "team", "hello", "team"])
+            .contains("sent")
+    );
+    for who in ["bob", "carol"] {
+        let line = format!("[#team] {}: hello team", short(&id["alice"]));
+        sotto.receive_until(who, &line);
+    }
+
+    // Carol names the group by the start of its id and writes to Bob, who is no contact
+    // of hers (his access key came through the group).
+    assert!(!sotto.ok("carol", &["contacts"]).contains(&id["bob"]));
+    assert!(
+        sotto
+            .ok("carol", &["group", "send", &group[..10], "hi from carol"])
+            .contains("sent")
+    );
+    let line = format!("[#team] {}: hi from carol", short(&id["carol"]));
+    sotto.receive_until("bob", &line);
+    sotto.receive_until("alice", &line);
+
+    // Bob writes from `group chat`: it prints the history, sends each line, and (with
+    // SOTTO_CHAT_EXIT_ON_EOF) exits once its outbox is empty after the end of input.
+    let chat = sotto.run_with(
+        "bob",
+        &["group", "chat", "team"],
+        "from bob's chat\n",
+        &[("SOTTO_CHAT_EXIT_ON_EOF", "1")],
+    );
+    assert!(chat.ok, "group chat failed: {}\n{}", chat.stdout, chat.stderr);
+    assert!(
+        chat.stdout.contains("-- chatting in \"team\" (3 members)"),
+        "{}",
+        chat.stdout
+    );
+    assert!(
+        chat.stdout
+            .contains(&format!("[#team] {}: hello team", short(&id["alice"]))),
+        "{}",
+        chat.stdout
+    );
+    let line = format!("[#team] {}: from bob's chat", short(&id["bob"]));
+    sotto.receive_until("alice", &line);
+    sotto.receive_until("carol", &line);
+
+    // Everyone's history, oldest first.
+    let history = sotto.ok("alice", &["group", "messages", "team"]);
+    let texts: Vec<&str> = history.lines().map(|l| l.split_once(": ").unwrap().1).collect();
+    assert_eq!(texts, ["hello team", "hi from carol", "from bob's chat"], "{history}");
+    assert!(history.starts_with("[#team] me: hello team"), "{history}");
+
+    // Alice renames the group; the members see the new title.
+    assert!(
+        sotto
+            .ok("alice", &["group", "rename", "team", "crew"])
+            .contains("renamed \"team\" to \"crew\"")
+    );
+    sotto.receive_until("bob", "(group \"crew\"");
+
+    // Only an admin changes the group: Bob's attempt fails before anything is sent.
+    let refused = sotto.fails("bob", &["group", "remove", "crew", &id["carol"]]);
+    assert!(refused.contains("admin"), "{refused}");
+
+    // Alice removes Carol (by the start of her id); Carol learns it.
+    let removed = sotto.ok("alice", &["group", "remove", "crew", short(&id["carol"])]);
+    assert!(
+        removed.contains(&format!("removed {} from \"crew\"", short(&id["carol"]))),
+        "{removed}"
+    );
+    sotto.receive_until("carol", "this account is no longer a member");
+    let list = sotto.ok("carol", &["group", "list"]);
+    assert!(list.contains("\"crew\" (inactive: left or removed"), "{list}");
+    sotto.receive_until("bob", "(group \"crew\"");
+
+    // What follows reaches Bob, not Carol; Carol can no longer write.
+    assert!(
+        sotto
+            .ok("alice", &["group", "send", "crew", "after carol"])
+            .contains("sent")
+    );
+    sotto.receive_until("bob", &format!("[#crew] {}: after carol", short(&id["alice"])));
+    let carol_got = sotto.ok("carol", &["receive"]);
+    assert!(!carol_got.contains("after carol"), "{carol_got}");
+    let carol_history = sotto.ok("carol", &["group", "messages", &group]);
+    assert_eq!(carol_history.lines().count(), 3, "{carol_history}");
+    assert!(!carol_history.contains("after carol"), "{carol_history}");
+    sotto.fails("carol", &["group", "send", "crew", "let me in"]);
+
+    // Bob leaves; Alice is then alone in the group.
+    assert!(sotto.ok("bob", &["group", "leave", "crew"]).contains("left \"crew\""));
+    sotto.receive_until("alice", "(group \"crew\"");
+    let list = sotto.ok("alice", &["group", "list"]);
+    assert!(list.contains(&format!("  admin  {} (me)\n", id["alice"])), "{list}");
+    assert!(!list.contains(&id["bob"]) && !list.contains(&id["carol"]), "{list}");
+    assert!(
+        sotto
+            .ok("bob", &["group", "list"])
+            .contains("(inactive: left or removed")
+    );
+
+    // Errors name what is wrong.
+    assert!(
+        sotto
+            .fails("alice", &["group", "send", "nosuch", "hi"])
+            .contains("no group matches")
+    );
+    assert!(
+        sotto
+            .fails("alice", &["group", "messages", &"0".repeat(64)])
+            .contains("no group")
+    );
+    let not_member = sotto.fails("alice", &["group", "remove", "crew", &id["bob"]]);
+    assert!(not_member.contains("is not a member"), "{not_member}");
+
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&work);
+}
