@@ -416,9 +416,10 @@ fn resolve_member(group: &GroupInfo, member: &str) -> Result<AccountId, String> 
     }
 }
 
-/// A contact to put in a group. A link or account id that is no contact yet is added
-/// first (its device list fetched and pinned; a link's access key kept), as `send` does.
-async fn group_contact(client: &Client<SqliteStore>, contact: &str) -> Result<AccountId, String> {
+/// A contact to write to or to put in a group. A link or account id that is no contact
+/// yet is added first (its device list fetched and pinned; a link's access key kept, so
+/// that what is sent is no message request).
+async fn contact_or_add(client: &Client<SqliteStore>, contact: &str) -> Result<AccountId, String> {
     let id = resolve(client, contact).await?;
     if !client.conversations().await.map_err(|e| e.to_string())?.contains(&id) {
         client.add_contact(contact).await.map_err(|e| e.to_string())?;
@@ -668,10 +669,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Send { contact, text } => {
             let (client, mut events) = open_client(&dir).await?;
-            let to = resolve(&client, &contact).await?;
-            if !client.conversations().await.map_err(|e| e.to_string())?.contains(&to) {
-                client.add_contact(&to.to_string()).await.map_err(|e| e.to_string())?;
-            }
+            let to = contact_or_add(&client, &contact).await?;
             let m = client
                 .send_text(&to, &text.join(" "))
                 .await
@@ -706,10 +704,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Chat { contact } => {
             let (client, mut events) = open_client(&dir).await?;
-            let to = resolve(&client, &contact).await?;
-            if !client.conversations().await.map_err(|e| e.to_string())?.contains(&to) {
-                client.add_contact(&to.to_string()).await.map_err(|e| e.to_string())?;
-            }
+            let to = contact_or_add(&client, &contact).await?;
             let history = client.messages(&to, Page::default()).await.map_err(|e| e.to_string())?;
             let banner = format!("chatting with {}", short(&to));
             let done = chat(&client, &mut events, ChatWith::Contact(to), history, banner).await;
@@ -848,7 +843,7 @@ async fn group(dir: &Path, command: GroupCommand) -> Result<(), String> {
             let (client, _) = open_client(dir).await?;
             let mut members = Vec::with_capacity(contacts.len());
             for c in &contacts {
-                members.push(group_contact(&client, c).await?);
+                members.push(contact_or_add(&client, c).await?);
             }
             let id = client.create_group(&title, &members).await.map_err(|e| e.to_string())?;
             out!("group {id}");
@@ -863,7 +858,7 @@ async fn group(dir: &Path, command: GroupCommand) -> Result<(), String> {
             let info = resolve_group(&client, &group).await?;
             let mut members = Vec::with_capacity(contacts.len());
             for c in &contacts {
-                members.push(group_contact(&client, c).await?);
+                members.push(contact_or_add(&client, c).await?);
             }
             client
                 .add_group_members(&info.id, &members)
