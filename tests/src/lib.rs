@@ -96,6 +96,11 @@ impl TestRelay {
     /// `SOTTO_TEST_POSTGRES_URL` names; `None` (after a loud message) when it is unset,
     /// which fails under `CI=true`.
     pub async fn start_postgres() -> Option<TestRelay> {
+        Self::start_postgres_with(|_| {}).await
+    }
+
+    /// [`TestRelay::start_postgres`], with `configure` applied after the test limits.
+    pub async fn start_postgres_with(configure: impl FnOnce(&mut Config)) -> Option<TestRelay> {
         use sqlx::Connection;
         let Ok(base) = std::env::var("SOTTO_TEST_POSTGRES_URL") else {
             if std::env::var("CI").as_deref() == Ok("true") {
@@ -129,7 +134,7 @@ impl TestRelay {
         conn.close().await.unwrap();
         let (prefix, _) = base.rsplit_once('/').unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Some(Self::serve(listener, format!("{prefix}/{name}"), false).await)
+        Some(Self::serve_configured(listener, format!("{prefix}/{name}"), false, configure).await)
     }
 
     /// As [`TestRelay::start`], serving HTTPS/WSS (TLS 1.3) with the test certificate.
@@ -143,6 +148,15 @@ impl TestRelay {
     }
 
     async fn serve(listener: TcpListener, db_url: String, tls: bool) -> TestRelay {
+        Self::serve_configured(listener, db_url, tls, |_| {}).await
+    }
+
+    async fn serve_configured(
+        listener: TcpListener,
+        db_url: String,
+        tls: bool,
+        configure: impl FnOnce(&mut Config),
+    ) -> TestRelay {
         let addr = listener.local_addr().unwrap();
         let scheme = if tls { "https" } else { "http" };
         let mut config = Config {
@@ -169,6 +183,7 @@ impl TestRelay {
         config.limits.max_tcp_connections_per_addr = 10_000;
         config.limits.max_ws_per_addr = 10_000;
         config.limits.max_unauthenticated_per_addr = 10_000;
+        configure(&mut config);
         let store = RelayStore::open(&db_url, 8).await.unwrap();
         let state = AppState::new(config, store);
         let (tx, rx) = oneshot::channel();

@@ -46,12 +46,23 @@ async fn receive(d: &mut Device, n: usize) -> Vec<sotto_sdk::StoredMessage> {
     got
 }
 
+/// The load-test limits: hundreds of accounts from one address, each fetching everyone's
+/// bundles.
+fn raise(c: &mut sotto_relay::Config) {
+    c.limits.registrations_per_minute_per_addr = 100_000;
+    c.limits.registrations_burst_per_addr = 100_000;
+    c.limits.registrations_per_minute_total = 100_000;
+    c.limits.registrations_burst_total = 100_000;
+    c.limits.bundles_per_minute_per_requester = 100_000;
+    c.limits.bundles_burst_per_requester = 100_000;
+    c.limits.one_time_bundles_per_minute_per_target = 100_000;
+    c.limits.one_time_bundles_burst_per_target = 100_000;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_messages_in_a_group_of_two_hundred_devices() {
-    let n = members();
-    // Hundreds of accounts from one address, each fetching everyone's bundles.
+async fn two_hundred_messages_in_a_group_of_two_hundred_devices_on_sqlite() {
+    // Every test client connects from 127.0.0.1 (as in TestRelay::start).
     let relay = TestRelay::start_with(|c| {
-        // Every test client connects from 127.0.0.1 (as in TestRelay::start).
         c.limits.addr_rate_per_second = 1_000_000;
         c.limits.addr_rate_burst = 1_000_000;
         c.limits.addr_rate_bytes_per_second = u32::MAX;
@@ -61,16 +72,21 @@ async fn two_hundred_messages_in_a_group_of_two_hundred_devices() {
         c.limits.max_tcp_connections_per_addr = 10_000;
         c.limits.max_ws_per_addr = 10_000;
         c.limits.max_unauthenticated_per_addr = 10_000;
-        c.limits.registrations_per_minute_per_addr = 100_000;
-        c.limits.registrations_burst_per_addr = 100_000;
-        c.limits.registrations_per_minute_total = 100_000;
-        c.limits.registrations_burst_total = 100_000;
-        c.limits.bundles_per_minute_per_requester = 100_000;
-        c.limits.bundles_burst_per_requester = 100_000;
-        c.limits.one_time_bundles_per_minute_per_target = 100_000;
-        c.limits.one_time_bundles_burst_per_target = 100_000;
+        raise(c);
     })
     .await;
+    run(relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_messages_in_a_group_of_two_hundred_devices_on_postgres() {
+    if let Some(relay) = TestRelay::start_postgres_with(raise).await {
+        run(relay).await;
+    }
+}
+
+async fn run(relay: TestRelay) {
+    let n = members();
     let t0 = std::time::Instant::now();
     let mut devices: Vec<Device> = Vec::with_capacity(2 * n);
     for i in 0..n {

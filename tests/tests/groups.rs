@@ -2,6 +2,7 @@
 //! member device gets it once; a removed member reads nothing sent after; a member added
 //! later reads nothing sent before; a forged sender-key message is refused.
 
+use sotto_crypto::AccountId;
 use sotto_sdk::{Event, GroupId, MessageStatus, Page, StoredMessage};
 use sotto_tests::{Device, TestRelay};
 
@@ -141,20 +142,46 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_stores_one_body_per_group_message_and_learns_no_group() {
-    let relay = TestRelay::start().await;
-    let mut alice = Device::create(&relay, 311).await;
-    let mut bob = Device::create(&relay, 312).await;
-    let mut carol = Device::create(&relay, 313).await;
+/// Every row of every table of the relay's PostgreSQL database as JSON text (bytea as
+/// `\\x` and lowercase hex), with the `bodies` table's bodies as bytes.
+async fn relay_rows_postgres(db_url: &str) -> (Vec<String>, Vec<Vec<u8>>) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(db_url).await.unwrap();
+    let names: Vec<(String,)> = sqlx::query_as(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let mut rows = Vec::new();
+    for (name,) in names {
+        let r: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT row_to_json(t)::text FROM \"{name}\" t"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        rows.extend(r.into_iter().map(|(j,)| format!("{name}: {j}")));
+    }
+    let bodies: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT body FROM bodies")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    (rows, bodies.into_iter().map(|(b,)| b).collect())
+}
+
+/// A group conversation with one member offline, so that its mailbox keeps what was sent.
+async fn group_with_an_offline_member(relay: &TestRelay, seed: u64, title: &str) -> (GroupId, AccountId) {
+    let mut alice = Device::create(relay, seed).await;
+    let mut bob = Device::create(relay, seed + 1).await;
+    let mut carol = Device::create(relay, seed + 2).await;
     for d in [&bob, &carol] {
         alice.client.add_contact(&d.client.contact_link()).await.unwrap();
     }
-    let title = "a title the relay must not see";
     let g = alice.client.create_group(title, &[bob.id(), carol.id()]).await.unwrap();
     joined(&mut bob, g).await;
     joined(&mut carol, g).await;
-    // Carol goes offline: what the group sends now stays in her mailbox.
     carol.client.shutdown().await;
     for (i, d) in [&alice, &bob, &alice].into_iter().enumerate() {
         d.client.send_group_text(&g, &format!("message {i}")).await.unwrap();
@@ -163,7 +190,36 @@ async fn the_relay_stores_one_body_per_group_message_and_learns_no_group() {
     assert_eq!(alice.receive(1).await.len(), 1);
     alice.client.shutdown().await;
     bob.client.shutdown().await;
+    (g, alice.id())
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_the_relay_stores_one_body_per_group_message_and_learns_no_group() {
+    let Some(relay) = TestRelay::start_postgres().await else {
+        return;
+    };
+    let title = "a title the relay must not see";
+    let (g, alice) = group_with_an_offline_member(&relay, 331, title).await;
+    let (rows, bodies) = relay_rows_postgres(&relay.db_url).await;
+    assert_eq!(bodies.len(), 3, "one stored body per group message");
+    assert!(bodies.iter().all(|b| sotto_crypto::is_group_envelope(b)));
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let alice_record = hex(&[&alice.0[..], &[1u8][..]].concat());
+    for row in &rows {
+        assert!(!row.contains(&hex(&g.0)), "group id in {row}");
+        assert!(
+            !row.contains(title) && !row.contains(&hex(title.as_bytes())),
+            "title in {row}"
+        );
+        assert!(!row.contains(&alice_record), "a member record in {row}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_stores_one_body_per_group_message_and_learns_no_group() {
+    let relay = TestRelay::start().await;
+    let title = "a title the relay must not see";
+    let (g, alice) = group_with_an_offline_member(&relay, 311, title).await;
     let values = relay_values(&relay.db_url).await;
     // One body per group message, each a group envelope; the mailbox rows that refer to
     // a body hold no bytes of their own.
@@ -175,7 +231,7 @@ async fn the_relay_stores_one_body_per_group_message_and_learns_no_group() {
     assert_eq!(bodies.len(), 3, "one stored body per group message");
     assert!(bodies.iter().all(|b| sotto_crypto::is_group_envelope(b)));
     // Nothing names the group, its title or its member list.
-    let alice_record = [&alice.id().0[..], &[1u8][..]].concat();
+    let alice_record = [&alice.0[..], &[1u8][..]].concat();
     for (table, column, v) in &values {
         assert!(!contains(v, &g.0), "group id in {table}.{column}");
         assert!(!contains(v, title.as_bytes()), "title in {table}.{column}");
