@@ -639,6 +639,17 @@ impl<S: Store> Inner<S> {
                     f.auth = Some(id);
                 }
                 if f.anon.is_none() && f.auth.is_none() {
+                    // No device to send to (for example group content to this account,
+                    // which has no other device): done, as if the relay stored it.
+                    let ev = {
+                        let mut m = self.machine.lock().await;
+                        let (changes, ev) = m.mark_sent(&f.item);
+                        if self.commit_locked(&mut m, changes).await.is_err() {
+                            return false;
+                        }
+                        ev
+                    };
+                    self.emit(ev.into_iter().collect()).await;
                     continue;
                 }
                 tx.in_flight.push_back(f);
