@@ -253,7 +253,18 @@ async fn a_members_new_device_joins_its_groups() {
     // (The welcome waits until the new device's prekeys are on the relay: the first
     // attempts find no reachable device and back off.)
     let mut alice2 = Device::join(&relay, &mut alice, 323).await;
-    joined(&mut alice2, g).await;
+    // Up to the send backoff (1, 2, 4, … s) after the new device's prekeys arrive: longer
+    // than the usual failsafe on a loaded machine.
+    tokio::time::timeout(std::time::Duration::from_secs(300), async {
+        loop {
+            match alice2.events.next().await.expect("event stream ended") {
+                Event::GroupChanged { group } if group == g => return,
+                other => alice2.stash.push_back(other),
+            }
+        }
+    })
+    .await
+    .expect("the new device was not welcomed");
     assert_eq!(alice2.client.groups().await[0].title, "family");
     // Bob's next message reaches it (his chain goes to it first), and so do Alice's.
     bob.client

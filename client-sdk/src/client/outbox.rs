@@ -174,9 +174,19 @@ impl<S: Store> Inner<S> {
         for _ in 0..MAX_SEND_ATTEMPTS {
             let needs = {
                 let mut m = self.machine.lock().await;
+                // Every device the item is for (this device aside) unreachable: it failed
+                // this time, and is tried again after a backoff.
+                let me = (m.account_id(), m.device_id());
                 if !skip.is_empty()
-                    && m.device_list(&item.to)
-                        .is_some_and(|l| l.devices().iter().all(|d| skip.contains(&(item.to, d.device_id))))
+                    && m.device_list(&item.to).is_some_and(|l| {
+                        let targets: Vec<_> = l
+                            .devices()
+                            .iter()
+                            .map(|d| (item.to, d.device_id))
+                            .filter(|d| *d != me)
+                            .collect();
+                        !targets.is_empty() && targets.iter().all(|d| skip.contains(d))
+                    })
                 {
                     return Prepared::Failed {
                         code: ErrorCode::NO_PREKEYS.name(),
