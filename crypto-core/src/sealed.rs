@@ -597,7 +597,7 @@ mod tests {
         let (alice, bob) = (device(1), device(2));
         let mut claimed = bob.identity();
         claimed.account_id = AccountId([0x55; 32]);
-        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let mut rng = ChaCha20Rng::seed_from_u64(3); // test only
         let env = seal(&alice, &claimed, 1, b"for the impostor account", &mut rng).unwrap();
         assert_eq!(open(&bob, &env), Err(OpenError::InvalidMac));
         let multi = seal_multi(&alice, &[claimed], 1, b"x", &mut rng).unwrap();
@@ -610,7 +610,7 @@ mod tests {
     fn a_repeated_draw_does_not_repeat_key_or_nonce() {
         let (alice, bob, carol) = (device(1), device(2), device(3));
         let seal_with = |to: &DeviceIdentity, content: &[u8]| {
-            let mut rng = ChaCha20Rng::seed_from_u64(77);
+            let mut rng = ChaCha20Rng::seed_from_u64(77); // test only
             seal(&alice, to, 1, content, &mut rng).unwrap()
         };
         let a = seal_with(&bob.identity(), b"first message");
@@ -634,7 +634,7 @@ mod tests {
     #[test]
     fn the_signed_version_1_is_refused_by_name() {
         let (alice, bob) = (device(1), device(2));
-        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let mut rng = ChaCha20Rng::seed_from_u64(5); // test only
         let mut env = seal(&alice, &bob.identity(), 1, b"x", &mut rng).unwrap();
         env[0] = LEGACY_VERSION;
         assert_eq!(open(&bob, &env), Err(OpenError::UnsupportedVersion { version: 1 }));

@@ -29,8 +29,8 @@ use crate::content::{Content, ContentKind, GroupBody, MAX_TEXT_LEN};
 use crate::group::{Commit, GroupError, GroupId, GroupLog, GroupState, LogParts, NO_KEY, Op, Received, Role};
 use crate::ids::MessageId;
 use crate::store::{
-    Changes, EnvelopeDigest, GroupRecord, MAX_OWN_COMMITS, MAX_SEAL_KEYS, MAX_SENDER_CHAINS, MessageKey, MessageStatus,
-    OutboxItem, PeerDevice, SenderKeyId, SenderKeySet, StoredMessage, Versioned, Write,
+    Changes, EnvelopeDigest, GroupRecord, MAX_OWN_COMMITS, MAX_SEAL_KEYS, MAX_SENDER_CHAINS, MessageStatus, OutboxItem,
+    PeerDevice, SenderKeyId, SenderKeySet, StoredMessage, Versioned, Write,
 };
 
 /// Group-sealed content type of a sender-key message (docs/protocol.md §14.6).
@@ -771,40 +771,6 @@ impl Machine {
             }
         }
         self.group_write(group, record, changes);
-    }
-
-    /// The relay stored a group-channel item.
-    pub(super) fn group_item_sent(&self, item: &OutboxItem) -> (Changes, Option<Event>) {
-        let is_text = Content::decode(&item.content).is_ok_and(|c| {
-            matches!(
-                c.kind,
-                ContentKind::Group {
-                    body: GroupBody::Text { .. },
-                    ..
-                }
-            )
-        });
-        let changes = Changes {
-            outbox_remove: vec![item.id],
-            message_status: if is_text {
-                vec![(
-                    MessageKey {
-                        conversation: item.to,
-                        sender: self.account_id(),
-                        id: item.id,
-                    },
-                    MessageStatus::Sent,
-                )]
-            } else {
-                Vec::new()
-            },
-            ..Changes::default()
-        };
-        let event = is_text.then_some(Event::MessageSent {
-            id: item.id,
-            conversation: item.to,
-        });
-        (changes, event)
     }
 
     // ---------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ impl Machine {
     /// The relay stored an outbox item: drop it from the outbox and mark the message sent.
     pub fn mark_sent(&self, item: &OutboxItem) -> (Changes, Option<Event>) {
         if self.group_of_conversation(&item.to).is_some() {
-            return self.group_item_sent(item);
+            return self.mark_sent_pairwise(item);
         }
         let mut changes = Changes::default();
         self.distribution_sent(item, &mut changes);
@@ -180,8 +180,18 @@ impl Machine {
         (changes, event)
     }
 
-    fn mark_sent_pairwise(&self, item: &OutboxItem) -> (Changes, Option<Event>) {
-        let is_text = Content::decode(&item.content).is_ok_and(|c| matches!(c.kind, ContentKind::Text { .. }));
+    /// Drops a sent item from the outbox; a text (to a contact or a group) becomes `Sent`.
+    pub(super) fn mark_sent_pairwise(&self, item: &OutboxItem) -> (Changes, Option<Event>) {
+        let is_text = Content::decode(&item.content).is_ok_and(|c| {
+            matches!(
+                c.kind,
+                ContentKind::Text { .. }
+                    | ContentKind::Group {
+                        body: crate::content::GroupBody::Text { .. },
+                        ..
+                    }
+            )
+        });
         let changes = Changes {
             outbox_remove: vec![item.id],
             message_status: if is_text {
