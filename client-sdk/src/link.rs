@@ -312,6 +312,7 @@ pub fn decode_link_accept(
             peer,
             accepted: flags & CONTACT_ACCEPTED != 0,
             access_key,
+            ..ConversationRecord::new(peer)
         });
     }
     r.finish().ok()?;

@@ -132,15 +132,14 @@ fn create_account() -> Changes {
 }
 
 fn message(id: u8, conv: AccountId, text: &str) -> StoredMessage {
-    StoredMessage {
-        id: MessageId([id; 16]),
-        conversation: conv,
-        sender: (conv, DeviceId(1)),
-        timestamp_ms: 1,
-        text: text.into(),
-        status: MessageStatus::Received,
-        order: 0,
-    }
+    StoredMessage::text(
+        MessageId([id; 16]),
+        conv,
+        (conv, DeviceId(1)),
+        1,
+        text.into(),
+        MessageStatus::Received,
+    )
 }
 
 fn session(peer: AccountId, expected: Option<u64>, fill: u8) -> ((AccountId, DeviceId), Write<SessionSet>) {

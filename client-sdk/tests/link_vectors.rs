@@ -75,6 +75,7 @@ fn outputs(i: &Value) -> Value {
             peer: AccountId(arr(&c["account_id"])),
             accepted: c["accepted"].as_bool().unwrap(),
             access_key: c["access_key"].as_str().map(|_| arr(&c["access_key"])),
+            ..ConversationRecord::new(AccountId([0; 32]))
         })
         .collect();
     let access: [u8; 32] = arr(&i["access_key"]);

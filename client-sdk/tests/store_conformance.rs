@@ -40,15 +40,14 @@ async fn sqlite_values_are_encrypted_at_rest_and_need_the_key() {
     let conv = AccountId([0x5a; 32]);
     store
         .commit(Changes {
-            messages: vec![StoredMessage {
-                id: MessageId([0x6b; 16]),
-                conversation: conv,
-                sender: (conv, DeviceId(1)),
-                timestamp_ms: 1,
-                text: "a very secret plaintext".into(),
-                status: MessageStatus::Received,
-                order: 0,
-            }],
+            messages: vec![StoredMessage::text(
+                MessageId([0x6b; 16]),
+                conv,
+                (conv, DeviceId(1)),
+                1,
+                "a very secret plaintext".into(),
+                MessageStatus::Received,
+            )],
             ..Changes::default()
         })
         .await

@@ -1494,13 +1494,15 @@ mod tests {
     #[test]
     fn a_group_message_names_its_group_as_its_conversation() {
         let m = StoredMessage {
-            id: sotto_sdk::MessageId([1; 16]),
-            conversation: AccountId([7; 32]),
-            sender: (AccountId([9; 32]), DeviceId(2)),
-            timestamp_ms: 5,
-            text: "hi".into(),
-            status: SdkStatus::Received,
             order: 3,
+            ..StoredMessage::text(
+                sotto_sdk::MessageId([1; 16]),
+                AccountId([7; 32]),
+                (AccountId([9; 32]), DeviceId(2)),
+                5,
+                "hi".into(),
+                SdkStatus::Received,
+            )
         };
         let group = GroupId([7; 32]);
         let in_group = Message::new(m.clone(), Some(group));

@@ -230,6 +230,7 @@ pub fn seeds() -> Vec<Seed> {
             peer: AccountId([0x33; 32]),
             accepted: true,
             access_key: Some([0x66; 32]),
+            ..ConversationRecord::new(AccountId([0; 32]))
         },
         ConversationRecord::new(AccountId([0x44; 32])),
     ];

@@ -133,9 +133,12 @@ impl Machine {
     }
 
     /// Conversations that `peer`s started and this account has not accepted: message
-    /// requests.
+    /// requests (a blocked account's are not shown).
     pub fn message_requests(&self) -> impl Iterator<Item = &AccountId> {
-        self.conversations.values().filter(|c| !c.accepted).map(|c| &c.peer)
+        self.conversations
+            .values()
+            .filter(|c| !c.accepted && !c.blocked)
+            .map(|c| &c.peer)
     }
 
     /// Changes the record of the conversation with `peer` (created when missing, not

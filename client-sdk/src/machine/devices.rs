@@ -60,7 +60,7 @@ impl Machine {
     pub fn guard_pins(&self, changes: &mut Changes) {
         let mut accounts: BTreeSet<AccountId> = changes.sessions.iter().map(|(p, _)| p.0).collect();
         accounts.extend(changes.messages.iter().map(|m| m.sender.0));
-        accounts.extend(changes.message_status.iter().map(|(k, _)| k.conversation));
+        accounts.extend(changes.message_updates.iter().map(|(k, _)| k.conversation));
         for (a, _) in &changes.device_lists {
             accounts.remove(a);
         }
@@ -94,10 +94,19 @@ impl Machine {
                 ..DeviceListChange::default()
             },
         };
-        let changes = Changes {
+        let mut changes = Changes {
             device_lists: vec![(*account, signed.to_vec())],
             ..Changes::default()
         };
+        let first_pin = !self.lists.contains_key(account);
+        self.identity_changed(
+            *account,
+            list.version(),
+            &change,
+            first_pin,
+            &mut changes,
+            &mut Vec::new(),
+        );
         Ok((changes, Some(change)))
     }
 

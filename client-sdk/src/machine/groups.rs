@@ -25,7 +25,7 @@ use sotto_crypto::{AccountId, GroupSealKey, SenderKeyError};
 use sotto_proto::{Access, Recipient};
 
 use super::{Event, Inbound, Machine, MachineError, Need, UndecryptableCause};
-use crate::content::{Content, ContentKind, GroupBody, MAX_TEXT_LEN};
+use crate::content::{ChatItem, Content, ContentKind, GroupBody};
 use crate::group::{Commit, GroupError, GroupId, GroupLog, GroupState, LogParts, NO_KEY, Op, Received, Role};
 use crate::ids::MessageId;
 use crate::store::{
@@ -170,7 +170,7 @@ impl Machine {
     // ---------------------------------------------------------------------------------
     // Record helpers.
 
-    fn group_write(&self, id: GroupId, record: GroupRecord, changes: &mut Changes) {
+    pub(super) fn group_write(&self, id: GroupId, record: GroupRecord, changes: &mut Changes) {
         changes.groups.retain(|(g, _)| *g != id);
         changes.groups.push((
             id,
@@ -182,7 +182,7 @@ impl Machine {
     }
 
     /// The record as `changes` has it so far, else as stored.
-    fn record_in(&self, id: &GroupId, changes: &Changes) -> Option<GroupRecord> {
+    pub(super) fn record_in(&self, id: &GroupId, changes: &Changes) -> Option<GroupRecord> {
         changes
             .groups
             .iter()
@@ -284,6 +284,9 @@ impl Machine {
             member_access: Vec::new(),
             active: true,
             own_commits: Vec::new(),
+            expire_s: 0,
+            timer_at_ms: 0,
+            read_up_to: 0,
         };
         let mut changes = Changes::default();
         let access = self.member_access(&record, genesis.members.keys().copied());
@@ -526,40 +529,15 @@ impl Machine {
         text: &str,
         now_ms: u64,
     ) -> Result<(Changes, StoredMessage), MachineError> {
-        if text.len() > MAX_TEXT_LEN {
-            return Err(MachineError::TextTooLong {
-                len: text.len(),
-                max: MAX_TEXT_LEN,
-            });
-        }
-        if !self.groups.get(&group).is_some_and(|e| e.record.value.active) {
-            return Err(MachineError::UnknownGroup);
-        }
-        let id = MessageId::new(now_ms, &mut self.ids);
-        let content = Content {
-            message_id: id,
-            timestamp_ms: now_ms,
-            access_key: None,
-            kind: ContentKind::Group {
-                group,
-                body: GroupBody::Text { text: text.to_owned() },
-            },
-        };
-        let message = StoredMessage {
-            id,
-            conversation: group_conversation(&group),
-            sender: (self.account_id(), self.device_id()),
-            timestamp_ms: now_ms,
+        let item = ChatItem::Text {
             text: text.to_owned(),
-            status: MessageStatus::Queued,
-            order: 0,
+            quote: None,
+            expire_s: 0,
         };
-        let changes = Changes {
-            messages: vec![message.clone()],
-            outbox_add: vec![OutboxItem::new(id, group_conversation(&group), content.encode())],
-            ..Changes::default()
-        };
-        Ok((changes, message))
+        match self.queue_chat(super::Conversation::Group(group), item, now_ms)? {
+            (changes, Some(message)) => Ok((changes, message)),
+            (_, None) => Err(MachineError::Unsupported),
+        }
     }
 
     // ---------------------------------------------------------------------------------
@@ -582,7 +560,9 @@ impl Machine {
         // A text goes under the current state's key to its members; a commit under its
         // parent's key to the parent's members.
         let (state, state_id) = match body {
-            GroupBody::Text { .. } if entry.record.value.active => (entry.log.tip().clone(), entry.log.tip_id()),
+            GroupBody::Text { .. } | GroupBody::Chat { .. } if entry.record.value.active => {
+                (entry.log.tip().clone(), entry.log.tip_id())
+            }
             GroupBody::Commit { commit, .. } => match self.state_of(group, &commit.parent) {
                 Some(s) => (s, commit.parent),
                 None => {
@@ -897,25 +877,32 @@ impl Machine {
             Err(e) => return self.undecryptable(seq, digest, Some(peer), UndecryptableCause::Content(e)),
         };
         match content.kind {
-            ContentKind::Group {
-                group: g,
-                body: GroupBody::Text { text },
-            } if g == group => {
-                let stored = StoredMessage {
-                    id: content.message_id,
-                    conversation: group_conversation(&group),
-                    sender: peer,
-                    timestamp_ms: content.timestamp_ms,
-                    text,
-                    status: MessageStatus::Received,
-                    order: 0,
+            ContentKind::Group { group: g, body } if g == group && !matches!(body, GroupBody::Commit { .. }) => {
+                let item = match body {
+                    GroupBody::Text { text } => ChatItem::Text {
+                        text,
+                        quote: None,
+                        expire_s: 0,
+                    },
+                    GroupBody::Chat { item } => item,
+                    GroupBody::Unsupported { sub } => ChatItem::Unsupported { tag: sub },
+                    _ => return self.undecryptable(seq, digest, Some(peer), UndecryptableCause::WrongSender),
+                };
+                let status = if peer.0 == self.account_id() {
+                    MessageStatus::SentElsewhere
+                } else {
+                    MessageStatus::Received
                 };
                 // A message seen before (sent again under a later iteration) is not shown
                 // again; the chain still moves past it.
-                if !self.seen.contains(&stored.key()) {
-                    events.push(Event::MessageReceived(stored.clone()));
-                    changes.messages.push(stored);
-                }
+                let from = super::chat::Incoming {
+                    conversation: super::Conversation::Group(group),
+                    peer,
+                    id: content.message_id,
+                    timestamp_ms: content.timestamp_ms,
+                    status,
+                };
+                self.accept_chat(from, item, &mut changes, &mut events);
             }
             ContentKind::Group {
                 group: g,
@@ -1068,6 +1055,9 @@ impl Machine {
                     member_access,
                     active: true,
                     own_commits: Vec::new(),
+                    expire_s: 0,
+                    timer_at_ms: 0,
+                    read_up_to: 0,
                 };
                 self.group_write(group, record, changes);
                 events.push(Event::GroupChanged { group });
@@ -1123,10 +1113,12 @@ impl Machine {
                     self.group_write(group, record, changes);
                 }
             }
-            GroupBody::Text { .. } => events.push(Event::Undecryptable {
-                sender: Some(peer),
-                cause: UndecryptableCause::WrongSender,
-            }),
+            GroupBody::Text { .. } | GroupBody::Chat { .. } | GroupBody::Unsupported { .. } => {
+                events.push(Event::Undecryptable {
+                    sender: Some(peer),
+                    cause: UndecryptableCause::WrongSender,
+                })
+            }
         }
         true
     }

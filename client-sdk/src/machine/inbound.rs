@@ -9,12 +9,15 @@ use sotto_crypto::{
     X25519PreKeySecret,
 };
 
+use super::chat::Incoming;
 use super::sessions::all_but;
-use super::{CONTENT_LINK_ACCEPT, CONTENT_LINK_REQUEST, Event, Inbound, Machine, Need, UndecryptableCause};
-use crate::content::{Content, ContentKind};
+use super::{
+    CONTENT_LINK_ACCEPT, CONTENT_LINK_REQUEST, Conversation, Event, Inbound, Machine, Need, UndecryptableCause,
+};
+use crate::content::{ChatItem, Content, ContentKind};
 use crate::store::{
-    Changes, EnvelopeDigest, MAX_PENDING_INBOUND, MessageKey, MessageStatus, PeerDevice, PendingInbound, PreKeyId,
-    StoredMessage, Write,
+    Changes, EnvelopeDigest, MAX_PENDING_INBOUND, MessageKey, MessageStatus, MessageUpdate, PeerDevice, PendingInbound,
+    PreKeyId, Write,
 };
 
 impl Machine {
@@ -234,41 +237,54 @@ impl Machine {
     ) -> bool {
         let own = self.account_id();
         // A contact's content carries its access key: sends to it present the key. A
-        // text may start a conversation (a message request); a receipt only updates one.
+        // message may start a conversation (a message request); anything else only
+        // updates one.
         if peer.0 != own
             && let Some(k) = &content.access_key
-            && (matches!(content.kind, ContentKind::Text { .. }) || self.conversations.contains_key(&peer.0))
+            && (matches!(
+                content.kind,
+                ContentKind::Text { .. } | ContentKind::Chat { .. } | ContentKind::Unsupported { .. }
+            ) || self.conversations.contains_key(&peer.0))
         {
             self.update_conversation(changes, peer.0, |c| c.access_key = Some(k.0));
         }
         if matches!(content.kind, ContentKind::Group { .. }) {
             return self.accept_group(peer, content, changes, events);
         }
-        let message = |conversation, text, status| StoredMessage {
-            id: content.message_id,
-            conversation,
-            sender: peer,
-            timestamp_ms: content.timestamp_ms,
+        // A blocked contact's 1:1 content is dropped: no message, no receipt, no request
+        // (its group content still counts, or the group could not converge).
+        if peer.0 != own && self.is_blocked(&peer.0) {
+            return true;
+        }
+        let meta = (content.message_id, content.timestamp_ms);
+        let text = |text| ChatItem::Text {
             text,
-            status,
-            order: 0,
+            quote: None,
+            expire_s: 0,
         };
-        let stored = match content.kind {
-            ContentKind::Text { text } if peer.0 != own => message(peer.0, text, MessageStatus::Received),
-            ContentKind::SyncTranscript { conversation, text } if peer.0 == own && conversation != own => {
-                message(conversation, text, MessageStatus::SentElsewhere)
+        let (conversation, item, status) = match content.kind {
+            ContentKind::Text { text: t } if peer.0 != own => (peer.0, text(t), MessageStatus::Received),
+            ContentKind::Chat { item } if peer.0 != own => (peer.0, item, MessageStatus::Received),
+            ContentKind::Unsupported { kind } if peer.0 != own => {
+                (peer.0, ChatItem::Unsupported { tag: kind }, MessageStatus::Received)
+            }
+            ContentKind::SyncTranscript { conversation, text: t } if peer.0 == own && conversation != own => {
+                (conversation, text(t), MessageStatus::SentElsewhere)
+            }
+            ContentKind::ChatSync { conversation, item } if peer.0 == own && conversation != own => {
+                (conversation, item, MessageStatus::SentElsewhere)
             }
             ContentKind::Delivered { message_ids } if peer.0 != own => {
                 // Only messages this account sent in the conversation with the reporting
                 // account: a receipt from P never moves a message sent to anyone else.
-                changes.message_status.extend(message_ids.iter().map(|id| {
+                changes.message_updates.extend(message_ids.iter().map(|id| {
                     (
                         MessageKey {
                             conversation: peer.0,
                             sender: own,
                             id: *id,
                         },
-                        MessageStatus::Delivered,
+                        MessageUpdate::Status(MessageStatus::Delivered),
                     )
                 }));
                 events.push(Event::Delivered {
@@ -277,6 +293,14 @@ impl Machine {
                 });
                 return true;
             }
+            ContentKind::Read { group, message_ids } if peer.0 != own => {
+                self.accept_read(peer, group, message_ids, changes, events);
+                return true;
+            }
+            // Typing is ephemeral: it never comes in a stored envelope.
+            ContentKind::Typing { .. } => return true,
+            // This account's own content of a kind this version does not know.
+            ContentKind::Unsupported { .. } => return true,
             _ => {
                 events.push(Event::Undecryptable {
                     sender: Some(peer),
@@ -285,20 +309,21 @@ impl Machine {
                 return true;
             }
         };
-        let key = stored.key();
-        if self.seen.contains(&key) || changes.messages.iter().any(|m| m.key() == key) {
-            return false;
+        let conversation = self.conversation_of(&conversation);
+        // A sync naming a group this device is not in is dropped.
+        if let Conversation::Group(g) = conversation
+            && !self.groups.get(&g).is_some_and(|e| e.record.value.active)
+        {
+            return true;
         }
-        if stored.status == MessageStatus::SentElsewhere {
-            // Another device of this account wrote to them: accepted.
-            self.update_conversation(changes, stored.conversation, |c| c.accepted = true);
-        } else if !self.conversations.contains_key(&stored.conversation) {
-            // A first message from an account this one never accepted: a request.
-            self.update_conversation(changes, stored.conversation, |_| {});
-        }
-        events.push(Event::MessageReceived(stored.clone()));
-        changes.messages.push(stored);
-        true
+        let from = Incoming {
+            conversation,
+            peer,
+            id: meta.0,
+            timestamp_ms: meta.1,
+            status,
+        };
+        self.accept_chat(from, item, changes, events)
     }
 
     pub(super) fn decrypt_ratchet(

@@ -45,6 +45,7 @@ use crate::store::{
 };
 
 mod access;
+mod chat;
 mod devices;
 mod groups;
 mod inbound;
@@ -53,6 +54,7 @@ mod outputs;
 mod prekeys;
 mod sessions;
 
+pub use chat::{Conversation, ConversationSettings, expiry};
 pub use groups::{CONTENT_SENDER_KEY, GroupInfo, GroupPlan};
 pub use outbound::{RetryPolicy, record_failure};
 pub use outputs::{

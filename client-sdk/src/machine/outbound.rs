@@ -5,9 +5,9 @@ use sotto_crypto::AccountId;
 use sotto_proto::Recipient;
 
 use super::{Event, Machine, MachineError, Need, SendPlan};
-use crate::content::{Content, ContentKind, MAX_TEXT_LEN};
+use crate::content::{ChatItem, Content, ContentKind};
 use crate::ids::MessageId;
-use crate::store::{Changes, MessageKey, MessageStatus, OutboxItem, PeerDevice, StoredMessage};
+use crate::store::{Changes, MessageKey, MessageStatus, MessageUpdate, OutboxItem, PeerDevice, StoredMessage};
 
 impl Machine {
     /// Adds a contact: creates the conversation. Its device list must be pinned first
@@ -33,37 +33,15 @@ impl Machine {
         text: &str,
         now_ms: u64,
     ) -> Result<(Changes, StoredMessage), MachineError> {
-        if to == self.account_id() {
-            return Err(MachineError::OwnAccount);
-        }
-        if text.len() > MAX_TEXT_LEN {
-            return Err(MachineError::TextTooLong {
-                len: text.len(),
-                max: MAX_TEXT_LEN,
-            });
-        }
-        let id = MessageId::new(now_ms, &mut self.ids);
-        // Writing to someone accepts them: the text carries this account's access key.
-        let mut changes = self.accept_conversation(to);
-        let content = Content {
-            message_id: id,
-            timestamp_ms: now_ms,
-            access_key: self.own_access_key(),
-            kind: ContentKind::Text { text: text.to_owned() },
-        };
-        let message = StoredMessage {
-            id,
-            conversation: to,
-            sender: (self.account_id(), self.device_id()),
-            timestamp_ms: now_ms,
+        let item = ChatItem::Text {
             text: text.to_owned(),
-            status: MessageStatus::Queued,
-            order: 0,
+            quote: None,
+            expire_s: 0,
         };
-        changes.messages.push(message.clone());
-        changes.outbox_add.push(OutboxItem::new(id, to, content.encode()));
-        let changes = Changes { ..changes };
-        Ok((changes, message))
+        match self.queue_chat(super::Conversation::Direct(to), item, now_ms)? {
+            (changes, Some(message)) => Ok((changes, message)),
+            (_, None) => Err(MachineError::Unsupported),
+        }
     }
 
     /// Encrypts an outbox item for every device: the contact's devices get the content,
@@ -85,19 +63,24 @@ impl Machine {
             Ok(t) => t,
             Err(needs) => return Ok(SendPlan::Need(needs)),
         };
+        let sync = |kind| {
+            Content {
+                message_id: content.message_id,
+                timestamp_ms: content.timestamp_ms,
+                access_key: None,
+                kind,
+            }
+            .encode()
+        };
         let transcript = match &content.kind {
-            ContentKind::Text { text } => Some(
-                Content {
-                    message_id: content.message_id,
-                    timestamp_ms: content.timestamp_ms,
-                    access_key: None,
-                    kind: ContentKind::SyncTranscript {
-                        conversation: item.to,
-                        text: text.clone(),
-                    },
-                }
-                .encode(),
-            ),
+            ContentKind::Text { text } => Some(sync(ContentKind::SyncTranscript {
+                conversation: item.to,
+                text: text.clone(),
+            })),
+            ContentKind::Chat { item: chat } => Some(sync(ContentKind::ChatSync {
+                conversation: item.to,
+                item: chat.clone(),
+            })),
             _ => None,
         };
         let own = self.account_id();
@@ -176,32 +159,23 @@ impl Machine {
         self.distribution_sent(item, &mut changes);
         let (rest, event) = self.mark_sent_pairwise(item);
         changes.outbox_remove = rest.outbox_remove;
-        changes.message_status = rest.message_status;
+        changes.message_updates = rest.message_updates;
         (changes, event)
     }
 
     /// Drops a sent item from the outbox; a text (to a contact or a group) becomes `Sent`.
     pub(super) fn mark_sent_pairwise(&self, item: &OutboxItem) -> (Changes, Option<Event>) {
-        let is_text = Content::decode(&item.content).is_ok_and(|c| {
-            matches!(
-                c.kind,
-                ContentKind::Text { .. }
-                    | ContentKind::Group {
-                        body: crate::content::GroupBody::Text { .. },
-                        ..
-                    }
-            )
-        });
+        let is_text = Content::decode(&item.content).is_ok_and(|c| has_status(&c.kind));
         let changes = Changes {
             outbox_remove: vec![item.id],
-            message_status: if is_text {
+            message_updates: if is_text {
                 vec![(
                     MessageKey {
                         conversation: item.to,
                         sender: self.account_id(),
                         id: item.id,
                     },
-                    MessageStatus::Sent,
+                    MessageUpdate::Status(MessageStatus::Sent),
                 )]
             } else {
                 Vec::new()
@@ -225,26 +199,17 @@ impl Machine {
         retryable: bool,
         reason: String,
     ) -> (Changes, Option<Event>) {
-        let is_text = Content::decode(&item.content).is_ok_and(|c| {
-            matches!(
-                c.kind,
-                ContentKind::Text { .. }
-                    | ContentKind::Group {
-                        body: crate::content::GroupBody::Text { .. },
-                        ..
-                    }
-            )
-        });
+        let is_text = Content::decode(&item.content).is_ok_and(|c| has_status(&c.kind));
         let changes = Changes {
             outbox_remove: vec![item.id],
-            message_status: if is_text {
+            message_updates: if is_text {
                 vec![(
                     MessageKey {
                         conversation: item.to,
                         sender: self.account_id(),
                         id: item.id,
                     },
-                    MessageStatus::Failed { retryable },
+                    MessageUpdate::Status(MessageStatus::Failed { retryable }),
                 )]
             } else {
                 Vec::new()
@@ -268,6 +233,26 @@ impl Machine {
             outbox_update: vec![updated],
             ..Changes::default()
         }
+    }
+}
+
+/// True for content that is a message in its conversation, with a send status: a text,
+/// a timer (1:1 or group).
+pub(super) fn has_status(kind: &ContentKind) -> bool {
+    use crate::content::GroupBody;
+    let item_has = |i: &ChatItem| matches!(i, ChatItem::Text { .. } | ChatItem::Timer { .. });
+    match kind {
+        ContentKind::Text { .. }
+        | ContentKind::Group {
+            body: GroupBody::Text { .. },
+            ..
+        } => true,
+        ContentKind::Chat { item }
+        | ContentKind::Group {
+            body: GroupBody::Chat { item },
+            ..
+        } => item_has(item),
+        _ => false,
     }
 }
 

@@ -11,7 +11,7 @@ use thiserror::Error;
 use crate::content::ContentError;
 use crate::group::{GroupError, GroupId};
 use crate::ids::MessageId;
-use crate::store::{Changes, PeerDevice, StoredMessage};
+use crate::store::{Changes, MessageKey, PeerDevice, StoredMessage};
 
 /// Why an operation failed. State is unchanged.
 #[derive(Debug, Error)]
@@ -69,6 +69,21 @@ pub enum MachineError {
     /// Sender-key encryption failed.
     #[error("sender-key encryption failed: {0}")]
     SenderKey(SenderKeyError),
+    /// A timer above the bound.
+    #[error("timer above {max_s} s")]
+    TimerTooLong {
+        /// The bound.
+        max_s: u32,
+    },
+    /// Content this version cannot send.
+    #[error("unsupported content")]
+    Unsupported,
+    /// The contact is blocked.
+    #[error("contact is blocked")]
+    Blocked,
+    /// The contact's safety number changed and was not acknowledged yet.
+    #[error("the contact's safety number changed: acknowledge it before sending")]
+    IdentityUnacknowledged,
 }
 
 /// Why an inbound envelope was not accepted. Nothing in it reached the app.
@@ -214,6 +229,61 @@ pub enum Event {
         device_name: String,
         /// The new device's fingerprint (docs/protocol.md §12A).
         fingerprint: String,
+    },
+    /// The author of a message edited it (its stored text is the new one). Sent for
+    /// every edit received; one naming a message that is not stored, or not the
+    /// sender's, changes nothing.
+    MessageEdited {
+        /// The message.
+        key: MessageKey,
+    },
+    /// The author of a message deleted it for everyone.
+    MessageDeleted {
+        /// The message.
+        key: MessageKey,
+    },
+    /// An account reacted to a message, or removed its reaction (`emoji` empty).
+    ReactionChanged {
+        /// The message.
+        key: MessageKey,
+        /// Who reacted.
+        by: AccountId,
+        /// The emoji; empty when removed.
+        emoji: String,
+    },
+    /// A reader read messages this account sent (a read receipt).
+    Read {
+        /// The conversation.
+        conversation: AccountId,
+        /// The messages.
+        ids: Vec<MessageId>,
+        /// The reading device.
+        by: PeerDevice,
+    },
+    /// A conversation's disappearing-message timer changed.
+    TimerChanged {
+        /// The conversation.
+        conversation: AccountId,
+        /// Seconds; 0 when turned off.
+        expire_s: u32,
+        /// Who set it.
+        by: AccountId,
+    },
+    /// A contact's safety number changed (a device was added or re-keyed): sends to them
+    /// wait until [`crate::Client::acknowledge_identity`].
+    IdentityChanged {
+        /// The contact.
+        account: AccountId,
+    },
+    /// A contact started or stopped typing. It stops by itself after
+    /// [`crate::TYPING_TIMEOUT_MS`] without a new `typing` frame.
+    Typing {
+        /// The conversation.
+        conversation: AccountId,
+        /// Who.
+        by: AccountId,
+        /// True while typing.
+        typing: bool,
     },
     /// (From the client) the relay connection is authenticated.
     Connected,

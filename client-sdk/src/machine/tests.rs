@@ -881,13 +881,15 @@ fn from_device(device: &sotto_crypto::Device, to: &mut Peer, text: &str) -> Vec<
 #[test]
 fn debug_output_leaves_plaintext_out() {
     let m = StoredMessage {
-        id: MessageId([1; 16]),
-        conversation: AccountId([2; 32]),
-        sender: (AccountId([2; 32]), DeviceId(1)),
-        timestamp_ms: 3,
-        text: "secret words".into(),
-        status: MessageStatus::Received,
         order: 4,
+        ..StoredMessage::text(
+            MessageId([1; 16]),
+            AccountId([2; 32]),
+            (AccountId([2; 32]), DeviceId(1)),
+            3,
+            "secret words".into(),
+            MessageStatus::Received,
+        )
     };
     let item = OutboxItem::new(MessageId([1; 16]), AccountId([2; 32]), b"secret words".to_vec());
     let changes = Changes {
@@ -906,7 +908,7 @@ fn debug_output_leaves_plaintext_out() {
     assert_eq!(
         format!("{changes:?}"),
         "Changes { account: false, sessions: 0, prekeys_added: 0, prekeys_removed: 0, device_lists: 0, \
-         conversations: 0, messages: 1, message_status: 0, outbox_add: 1, outbox_remove: 0, pins: 0, envelopes: 0, pending_add: 0, pending_remove: 0, outbox_update: 0, groups: 0, sender_keys: 0, .. }"
+         conversations: 0, messages: 1, message_updates: 0, messages_removed: 0, outbox_add: 1, outbox_remove: 0, pins: 0, envelopes: 0, pending_add: 0, pending_remove: 0, outbox_update: 0, groups: 0, sender_keys: 0, .. }"
     );
     let event = Event::MessageReceived(m);
     let inbound = Inbound::Done {
@@ -1595,4 +1597,334 @@ async fn a_member_cannot_replace_a_group_with_a_forged_welcome() {
     let bob = peers[1].machine.group(&g).unwrap();
     assert_eq!(bob.title, "real");
     assert_eq!(bob.version, 0);
+}
+
+// -------------------------------------------------------------------------------------
+// Chat items (docs/protocol.md §15).
+
+use crate::content::{ChatItem, Quote};
+use crate::store::{MessageKind, MessageUpdate};
+
+async fn chat(from: &mut Peer, to: &mut Peer, item: ChatItem) -> Option<StoredMessage> {
+    let conv = Conversation::Direct(to.id());
+    let (c, m) = from.machine.queue_chat(conv, item, from.now).unwrap();
+    from.commit(c).await;
+    while !from.store.outbox(1).await.unwrap().is_empty() {
+        send(from, &mut [to]).await;
+    }
+    deliver(to, &[from]).await;
+    m
+}
+
+async fn one(p: &Peer, conv: AccountId, id: MessageId) -> StoredMessage {
+    p.store
+        .messages(conv, Page::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.id == id)
+        .unwrap()
+}
+
+fn text(t: &str) -> ChatItem {
+    ChatItem::Text {
+        text: t.into(),
+        quote: None,
+        expire_s: 0,
+    }
+}
+
+#[tokio::test]
+async fn replies_edits_deletes_and_reactions_fold_and_only_authors_edit_or_delete() {
+    let mut alice = Peer::new(201).await;
+    let mut bob = Peer::new(202).await;
+    let (a, b) = (alice.id(), bob.id());
+    let hello = chat(&mut alice, &mut bob, text("hello")).await.unwrap();
+    // Bob replies, quoting it, and reacts.
+    let reply = chat(
+        &mut bob,
+        &mut alice,
+        ChatItem::Text {
+            text: "hi!".into(),
+            quote: Some(Quote {
+                author: a,
+                id: hello.id,
+                snippet: "hello".into(),
+            }),
+            expire_s: 0,
+        },
+    )
+    .await
+    .unwrap();
+    bob.now += 1;
+    chat(
+        &mut bob,
+        &mut alice,
+        ChatItem::Reaction {
+            author: a,
+            target: hello.id,
+            emoji: "👍".into(),
+        },
+    )
+    .await;
+    let got = one(&alice, b, reply.id).await;
+    assert_eq!(got.quote.as_ref().map(|q| q.id), Some(hello.id));
+    let mine = one(&alice, b, hello.id).await;
+    assert_eq!(mine.reactions.len(), 1);
+    assert_eq!((mine.reactions[0].by, mine.reactions[0].emoji.as_str()), (b, "👍"));
+    // Bob's own copy shows his reaction too.
+    assert_eq!(one(&bob, a, hello.id).await.reactions.len(), 1);
+    // Alice edits her message: both sides show the new text.
+    alice.now += 10;
+    chat(
+        &mut alice,
+        &mut bob,
+        ChatItem::Edit {
+            target: hello.id,
+            text: "hello, Bob".into(),
+        },
+    )
+    .await;
+    assert_eq!(one(&bob, a, hello.id).await.text, "hello, Bob");
+    assert_eq!(one(&alice, b, hello.id).await.text, "hello, Bob");
+    assert!(
+        bob.events
+            .iter()
+            .any(|e| matches!(e, Event::MessageEdited { key } if key.id == hello.id))
+    );
+    // Bob, not the author, cannot edit or delete Alice's message.
+    bob.now += 10;
+    chat(
+        &mut bob,
+        &mut alice,
+        ChatItem::Edit {
+            target: hello.id,
+            text: "forged".into(),
+        },
+    )
+    .await;
+    chat(&mut bob, &mut alice, ChatItem::Delete { target: hello.id }).await;
+    let kept = one(&alice, b, hello.id).await;
+    assert_eq!(kept.text, "hello, Bob");
+    assert!(!kept.deleted);
+    // Alice deletes it for everyone: text and reactions go on both sides.
+    alice.now += 10;
+    chat(&mut alice, &mut bob, ChatItem::Delete { target: hello.id }).await;
+    for (p, conv) in [(&alice, b), (&bob, a)] {
+        let gone = one(p, conv, hello.id).await;
+        assert!(gone.deleted);
+        assert!(gone.text.is_empty() && gone.reactions.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn read_receipts_timers_and_unsupported_content() {
+    let mut alice = Peer::new(203).await;
+    let mut bob = Peer::new(204).await;
+    let (a, b) = (alice.id(), bob.id());
+    let first = chat(&mut alice, &mut bob, text("one")).await.unwrap();
+    // Bob reads: Alice's message becomes Read, and the marker moves on Bob's side.
+    let unread = bob.store.messages(a, Page::default()).await.unwrap();
+    let up_to = unread.last().unwrap().order;
+    let c = bob
+        .machine
+        .mark_read(Conversation::Direct(a), up_to, &unread, true, bob.now);
+    bob.commit(c).await;
+    assert_eq!(bob.machine.settings(&Conversation::Direct(a)).read_up_to, up_to);
+    send(&mut bob, &mut [&mut alice]).await;
+    deliver(&mut alice, &[&bob]).await;
+    assert_eq!(one(&alice, b, first.id).await.status, MessageStatus::Read);
+    assert!(
+        alice
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Read { ids, .. } if ids == &[first.id]))
+    );
+    // Marking read again sends nothing.
+    let c = bob
+        .machine
+        .mark_read(Conversation::Direct(a), up_to, &unread, true, bob.now);
+    assert!(c.outbox_add.is_empty());
+    // With receipts off, the marker moves and nothing is sent.
+    let second = chat(&mut alice, &mut bob, text("two")).await.unwrap();
+    let all = bob.store.messages(a, Page::default()).await.unwrap();
+    let c = bob.machine.mark_read(
+        Conversation::Direct(a),
+        all.last().unwrap().order,
+        &all[1..],
+        false,
+        bob.now,
+    );
+    assert!(c.outbox_add.is_empty());
+    bob.commit(c).await;
+    assert_eq!(one(&alice, b, second.id).await.status, MessageStatus::Sent);
+    // Alice sets a timer: both sides agree on it, and her next text carries it.
+    alice.now += 5;
+    let timer = chat(&mut alice, &mut bob, ChatItem::Timer { expire_s: 60 })
+        .await
+        .unwrap();
+    assert_eq!(timer.kind, MessageKind::Timer { expire_s: 60 });
+    assert_eq!(bob.machine.settings(&Conversation::Direct(a)).expire_s, 60);
+    assert_eq!(alice.machine.settings(&Conversation::Direct(b)).expire_s, 60);
+    assert_eq!(one(&bob, a, timer.id).await.kind, MessageKind::Timer { expire_s: 60 });
+    let secret = chat(&mut alice, &mut bob, text("gone soon")).await.unwrap();
+    assert_eq!(secret.expire_s, 60);
+    assert_eq!(secret.expires_at_ms, alice.now + 60_000);
+    // Bob's copy starts its timer when he reads it.
+    let got = one(&bob, a, secret.id).await;
+    assert_eq!((got.expire_s, got.expires_at_ms), (60, 0));
+    let c = bob.machine.mark_read(
+        Conversation::Direct(a),
+        got.order,
+        std::slice::from_ref(&got),
+        true,
+        T0 + 7,
+    );
+    assert!(
+        c.message_updates
+            .iter()
+            .any(|(k, u)| *k == got.key() && *u == MessageUpdate::ExpireAt(T0 + 7 + 60_000))
+    );
+    // An older timer change arriving late does not win.
+    let c = bob
+        .machine
+        .queue_chat(Conversation::Direct(a), ChatItem::Timer { expire_s: 5 }, T0 - 1);
+    let (c, _) = c.unwrap();
+    bob.commit(c).await;
+    assert_eq!(bob.machine.settings(&Conversation::Direct(a)).expire_s, 60);
+    // Content of a kind this version does not know shows as unsupported.
+    let mut rng = ChaCha20Rng::seed_from_u64(9); // test only
+    let content = Content {
+        message_id: MessageId::new(alice.now, &mut rng),
+        timestamp_ms: alice.now,
+        access_key: None,
+        kind: ContentKind::Unsupported { kind: 0x99 },
+    };
+    let mut raw = content.encode();
+    raw.extend_from_slice(b"a newer client's fields");
+    alice
+        .commit(Changes {
+            outbox_add: vec![OutboxItem::new(content.message_id, b, raw)],
+            ..Changes::default()
+        })
+        .await;
+    send(&mut alice, &mut [&mut bob]).await;
+    deliver(&mut bob, &[&alice]).await;
+    assert_eq!(
+        one(&bob, a, content.message_id).await.kind,
+        MessageKind::Unsupported { kind: 0x99 }
+    );
+}
+
+#[tokio::test]
+async fn a_blocked_contact_is_dropped_and_a_changed_identity_blocks_sends_until_acknowledged() {
+    let mut alice = Peer::new(205).await;
+    let mut bob = Peer::new(206).await;
+    let (a, b) = (alice.id(), bob.id());
+    chat(&mut alice, &mut bob, text("hi")).await;
+    assert_eq!(bob.machine.message_requests().copied().collect::<Vec<_>>(), vec![a]);
+    let c = bob.machine.set_blocked(a, true).unwrap();
+    bob.commit(c).await;
+    assert!(bob.machine.message_requests().next().is_none());
+    bob.events.clear();
+    chat(&mut alice, &mut bob, text("are you there?")).await;
+    assert!(texts(&bob.events).is_empty());
+    assert_eq!(bob.store.messages(a, Page::default()).await.unwrap().len(), 1);
+    assert!(matches!(
+        bob.machine.queue_chat(Conversation::Direct(a), text("x"), bob.now),
+        Err(MachineError::Blocked)
+    ));
+    let c = bob.machine.set_blocked(a, false).unwrap();
+    bob.commit(c).await;
+    chat(&mut bob, &mut alice, text("sorry, back")).await;
+    // Alice's account adds a device: Bob's safety number with her changes.
+    let mut rng = ChaCha20Rng::seed_from_u64(78); // test only
+    let second = sotto_crypto::Device::generate(a, DeviceId(2), &mut rng);
+    let v2 = alice
+        .machine
+        .next_own_list(Some(second.entry()), false, None, 5)
+        .unwrap();
+    let (c, change) = bob.machine.receive_device_list(&a, v2.signed().as_bytes()).unwrap();
+    assert_eq!(change.unwrap().added, vec![DeviceId(2)]);
+    bob.commit(c).await;
+    assert!(bob.machine.conversation(&a).unwrap().identity_unacked);
+    let items = bob.store.messages(a, Page::default()).await.unwrap();
+    assert_eq!(items.last().unwrap().kind, MessageKind::IdentityChanged);
+    assert!(matches!(
+        bob.machine.queue_chat(Conversation::Direct(a), text("x"), bob.now),
+        Err(MachineError::IdentityUnacknowledged)
+    ));
+    let c = bob.machine.acknowledge_identity(a);
+    bob.commit(c).await;
+    assert!(
+        bob.machine
+            .queue_chat(Conversation::Direct(a), text("x"), bob.now)
+            .is_ok()
+    );
+    // Bob's own second list, or a removal, asks for nothing.
+    assert!(!bob.machine.conversation(&a).unwrap().identity_unacked);
+    let _ = b;
+}
+
+#[tokio::test]
+async fn group_chat_items_fold_for_every_member() {
+    let mut peers = vec![Peer::new(207).await, Peer::new(208).await, Peer::new(209).await];
+    let ids: Vec<AccountId> = peers.iter().map(|p| p.id()).collect();
+    let (c, g) = peers[0].machine.create_group("g", &ids[1..], T0).unwrap();
+    peers[0].commit(c).await;
+    settle(&mut peers).await;
+    let conv = Conversation::Group(g);
+    let (c, hello) = peers[1].machine.queue_chat(conv, text("hello all"), T0 + 1).unwrap();
+    peers[1].commit(c).await;
+    let hello = hello.unwrap();
+    settle(&mut peers).await;
+    let react = ChatItem::Reaction {
+        author: ids[1],
+        target: hello.id,
+        emoji: "🎉".into(),
+    };
+    let (c, _) = peers[2].machine.queue_chat(conv, react, T0 + 2).unwrap();
+    peers[2].commit(c).await;
+    // A non-author's delete changes nothing; the author's edit does.
+    let (c, _) = peers[0]
+        .machine
+        .queue_chat(conv, ChatItem::Delete { target: hello.id }, T0 + 3)
+        .unwrap();
+    peers[0].commit(c).await;
+    let edit = ChatItem::Edit {
+        target: hello.id,
+        text: "hello everyone".into(),
+    };
+    let (c, _) = peers[1].machine.queue_chat(conv, edit, T0 + 4).unwrap();
+    peers[1].commit(c).await;
+    let (c, _) = peers[0]
+        .machine
+        .queue_chat(conv, ChatItem::Timer { expire_s: 3600 }, T0 + 5)
+        .unwrap();
+    peers[0].commit(c).await;
+    settle(&mut peers).await;
+    for p in &peers {
+        let m = one(p, g.conversation(), hello.id).await;
+        assert_eq!(m.text, "hello everyone");
+        assert!(!m.deleted);
+        assert_eq!(m.reactions.len(), 1);
+        assert_eq!(m.reactions[0].by, ids[2]);
+        assert_eq!(p.machine.settings(&conv).expire_s, 3600);
+    }
+    // A member reads: the author's copy becomes Read.
+    let all = peers[2]
+        .store
+        .messages(g.conversation(), Page::default())
+        .await
+        .unwrap();
+    let up_to = all.last().unwrap().order;
+    let c = peers[2].machine.mark_read(conv, up_to, &all, true, T0 + 6);
+    // One receipt, to the text's author (a timer gets none).
+    assert_eq!(c.outbox_add.len(), 1);
+    peers[2].commit(c).await;
+    settle(&mut peers).await;
+    assert_eq!(
+        one(&peers[1], g.conversation(), hello.id).await.status,
+        MessageStatus::Read
+    );
 }

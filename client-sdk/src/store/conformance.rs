@@ -10,7 +10,7 @@ use sotto_crypto::{AccountId, AccountKey, Device, DeviceId};
 
 use super::{
     AccountRecord, Changes, ConversationRecord, GroupRecord, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStatus,
-    OutboxItem, Page, PendingInbound, SenderKeySet, SessionSet, Store, StoreError, StoredMessage, Write,
+    MessageUpdate, OutboxItem, Page, PendingInbound, SenderKeySet, SessionSet, Store, StoreError, StoredMessage, Write,
 };
 use crate::ids::MessageId;
 
@@ -26,7 +26,7 @@ macro_rules! store_conformance_tests {
     (@all [$attr:meta] $make:expr) => {
         $crate::store_conformance_tests!(@each [$attr] $make;
             account_cas, sessions_cas_and_atomicity, prekey_delete_is_single_use,
-            messages_dedupe_order_and_pages, message_status, outbox_fifo,
+            messages_dedupe_order_and_pages, message_status, message_updates_fold_and_removal, outbox_fifo,
             device_lists_and_conversations, deferred_commits_and_sync,
             message_keys_are_scoped_to_conversation_and_sender, device_list_pins_only_move_forward,
             commits_relying_on_a_moved_pin_conflict, processed_envelopes_are_kept_bounded,
@@ -68,15 +68,14 @@ fn peer(n: u8) -> (AccountId, DeviceId) {
 }
 
 fn message(id: u8, conv: u8, text: &str) -> StoredMessage {
-    StoredMessage {
-        id: MessageId([id; 16]),
-        conversation: AccountId([conv; 32]),
-        sender: peer(conv),
-        timestamp_ms: u64::from(id),
-        text: text.into(),
-        status: MessageStatus::Received,
-        order: 0,
-    }
+    StoredMessage::text(
+        MessageId([id; 16]),
+        AccountId([conv; 32]),
+        peer(conv),
+        u64::from(id),
+        text.into(),
+        MessageStatus::Received,
+    )
 }
 
 /// The account row: create once, then compare-and-swap.
@@ -287,6 +286,9 @@ pub async fn groups_and_sender_keys_cas(s: &impl Store) {
         member_access: vec![(AccountId([n; 32]), [9; 32])],
         active: n.is_multiple_of(2),
         own_commits: vec![vec![n; 40]],
+        expire_s: u32::from(n) * 60,
+        timer_at_ms: u64::from(n),
+        read_up_to: u64::from(n) + 7,
     };
     let keys = |n: u8| SenderKeySet {
         chains: vec![vec![n; 90], vec![n + 1; 80]],
@@ -523,7 +525,10 @@ pub async fn message_status(s: &impl Store) {
     .await
     .unwrap();
     s.commit(Changes {
-        message_status: vec![(key(1, 1), MessageStatus::Sent), (key(99, 1), MessageStatus::Sent)],
+        message_updates: vec![
+            (key(1, 1), MessageUpdate::Status(MessageStatus::Sent)),
+            (key(99, 1), MessageUpdate::Status(MessageStatus::Sent)),
+        ],
         ..Changes::default()
     })
     .await
@@ -534,13 +539,16 @@ pub async fn message_status(s: &impl Store) {
     assert_eq!(all[1].status, MessageStatus::Received);
     // Forward only: Delivered stays Delivered; a received message is never "sent".
     s.commit(Changes {
-        message_status: vec![(key(1, 1), MessageStatus::Delivered)],
+        message_updates: vec![(key(1, 1), MessageUpdate::Status(MessageStatus::Delivered))],
         ..Changes::default()
     })
     .await
     .unwrap();
     s.commit(Changes {
-        message_status: vec![(key(1, 1), MessageStatus::Sent), (key(2, 1), MessageStatus::Sent)],
+        message_updates: vec![
+            (key(1, 1), MessageUpdate::Status(MessageStatus::Sent)),
+            (key(2, 1), MessageUpdate::Status(MessageStatus::Sent)),
+        ],
         ..Changes::default()
     })
     .await
@@ -605,9 +613,16 @@ pub async fn device_lists_and_conversations(s: &impl Store) {
     .await
     .unwrap();
     let accepted = ConversationRecord {
-        peer: AccountId([2; 32]),
         accepted: true,
         access_key: Some([9; 32]),
+        blocked: true,
+        expire_s: 3600,
+        timer_at_ms: 77,
+        nickname: Some("Mum ✓".into()),
+        profile_name: Some("Ada".into()),
+        read_up_to: 12,
+        identity_unacked: true,
+        ..ConversationRecord::new(AccountId([2; 32]))
     };
     s.commit(Changes {
         device_lists: vec![(a, lists[2].clone())],
@@ -640,20 +655,20 @@ pub async fn message_keys_are_scoped_to_conversation_and_sender(s: &impl Store) 
     assert_eq!(c.inserted.len(), 3);
     // A receipt for the id in another conversation, or naming another sender, moves nothing.
     s.commit(Changes {
-        message_status: vec![
+        message_updates: vec![
             (
                 MessageKey {
                     conversation: AccountId([2; 32]),
                     ..mine.key()
                 },
-                MessageStatus::Delivered,
+                MessageUpdate::Status(MessageStatus::Delivered),
             ),
             (
                 MessageKey {
                     sender: AccountId([9; 32]),
                     ..mine.key()
                 },
-                MessageStatus::Delivered,
+                MessageUpdate::Status(MessageStatus::Delivered),
             ),
         ],
         ..Changes::default()
@@ -664,7 +679,7 @@ pub async fn message_keys_are_scoped_to_conversation_and_sender(s: &impl Store) 
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].status, MessageStatus::Sent);
     s.commit(Changes {
-        message_status: vec![(mine.key(), MessageStatus::Delivered)],
+        message_updates: vec![(mine.key(), MessageUpdate::Status(MessageStatus::Delivered))],
         ..Changes::default()
     })
     .await
@@ -672,6 +687,96 @@ pub async fn message_keys_are_scoped_to_conversation_and_sender(s: &impl Store) 
     let all = s.messages(AccountId([1; 32]), Page::default()).await.unwrap();
     assert_eq!(all[0].status, MessageStatus::Delivered);
     assert_eq!(all[1].status, MessageStatus::Received);
+}
+
+/// Edits, deletes, reactions and timers fold into the stored message; stale ones change
+/// nothing; removed messages are gone; every field reads back as written.
+pub async fn message_updates_fold_and_removal(s: &impl Store) {
+    let conv = AccountId([1; 32]);
+    let mut m = message(1, 1, "first");
+    m.quote = Some(crate::content::Quote {
+        author: AccountId([5; 32]),
+        id: MessageId([6; 16]),
+        snippet: "quoted".into(),
+    });
+    m.expire_s = 60;
+    let mut timer = message(3, 1, "");
+    timer.kind = crate::store::MessageKind::Timer { expire_s: 60 };
+    let mut unsupported = message(4, 1, "");
+    unsupported.kind = crate::store::MessageKind::Unsupported { kind: 0x42 };
+    s.commit(Changes {
+        messages: vec![m.clone(), message(2, 1, "second"), timer.clone(), unsupported.clone()],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let react = |by: u8, emoji: &str, at_ms| {
+        MessageUpdate::React(crate::store::Reaction {
+            by: AccountId([by; 32]),
+            emoji: emoji.into(),
+            at_ms,
+        })
+    };
+    let edit = |text: &str, at_ms| MessageUpdate::Edit {
+        text: text.into(),
+        at_ms,
+    };
+    s.commit(Changes {
+        message_updates: vec![
+            (key(1, 1), edit("edited", 10)),
+            (key(1, 1), edit("older edit", 5)),
+            (key(1, 1), react(7, "👍", 3)),
+            (key(1, 1), react(8, "❤", 4)),
+            (key(1, 1), react(7, "", 6)),
+            (key(1, 1), react(7, "😮", 5)),
+            (key(1, 1), MessageUpdate::ExpireAt(1_000)),
+            (key(1, 1), MessageUpdate::ExpireAt(2_000)),
+            (key(2, 1), MessageUpdate::Delete),
+            (key(2, 1), edit("after delete", 20)),
+            (key(9, 1), MessageUpdate::Delete),
+        ],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let all = s.messages(conv, Page::default()).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].text, "edited");
+    assert_eq!(all[0].edited_at_ms, 10);
+    assert_eq!(all[0].quote, m.quote);
+    assert_eq!(all[0].expire_s, 60);
+    assert_eq!(all[0].expires_at_ms, 1_000);
+    let mut reactions: Vec<(u8, &str, u64)> = all[0]
+        .reactions
+        .iter()
+        .map(|r| (r.by.0[0], r.emoji.as_str(), r.at_ms))
+        .collect();
+    reactions.sort();
+    assert_eq!(reactions, vec![(7, "", 6), (8, "❤", 4)]);
+    assert!(all[1].deleted);
+    assert_eq!(all[1].text, "");
+    assert_eq!(all[2].kind, timer.kind);
+    assert_eq!(all[3].kind, unsupported.kind);
+    s.commit(Changes {
+        messages_removed: vec![key(1, 1), key(9, 1)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let all = s.messages(conv, Page::default()).await.unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![MessageId([2; 16]), MessageId([3; 16]), MessageId([4; 16])]
+    );
+    // A removed message's key may be stored again (it is gone, not remembered).
+    let again = s
+        .commit(Changes {
+            messages: vec![message(1, 1, "back")],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.inserted.len(), 1);
 }
 
 /// Signed lists of one account at versions 1, 2 and 3, and another list at version 2.

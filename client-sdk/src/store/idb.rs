@@ -855,7 +855,7 @@ fn scope(changes: &Changes) -> Vec<&'static str> {
     if !changes.conversations.is_empty() {
         s.insert(CONVERSATIONS);
     }
-    if !changes.messages.is_empty() || !changes.message_status.is_empty() {
+    if !changes.messages.is_empty() || !changes.message_updates.is_empty() || !changes.messages_removed.is_empty() {
         s.insert(MESSAGES);
     }
     if !changes.messages.is_empty() || !changes.outbox_add.is_empty() {
@@ -1066,7 +1066,7 @@ impl Store for IdbStore {
                     .map_err(js("put"))?;
             }
         }
-        if !changes.messages.is_empty() || !changes.message_status.is_empty() {
+        if !changes.messages.is_empty() || !changes.message_updates.is_empty() || !changes.messages_removed.is_empty() {
             let store = tx.store(MESSAGES)?;
             let by_k = store.index(BY_K).map_err(js("index"))?;
             if !changes.messages.is_empty() {
@@ -1092,20 +1092,28 @@ impl Store for IdbStore {
                 }
                 order.save(&meta)?;
             }
-            for (key, status) in &changes.message_status {
+            for (key, update) in &changes.message_updates {
                 let k = c.tag(MESSAGES, &key.to_bytes());
                 let row = request(by_k.get(&bytes(&k)), "get")?.await?;
                 if row.is_undefined() {
                     continue;
                 }
                 let mut m = decode_message(&c.open(MESSAGES, &k, &bytes_field(&row, "v")?)?, 0)?;
-                if !status.advances_from(m.status) {
+                if !m.apply(update) {
                     continue;
                 }
-                m.status = *status;
                 let v = c.seal(MESSAGES, &k, &encode_message(&m))?;
                 Reflect::set(&row, &JsValue::from_str("v"), &bytes(&v)).map_err(js("record"))?;
                 store.put(&row).map_err(js("put"))?;
+            }
+            for key in &changes.messages_removed {
+                let k = c.tag(MESSAGES, &key.to_bytes());
+                let row = request(by_k.get(&bytes(&k)), "get")?.await?;
+                if row.is_undefined() {
+                    continue;
+                }
+                let ord = Reflect::get(&row, &JsValue::from_str("ord")).map_err(js("record"))?;
+                store.delete(&ord).map_err(js("delete"))?;
             }
         }
         if !changes.outbox_add.is_empty() || !changes.outbox_remove.is_empty() || !changes.outbox_update.is_empty() {

@@ -243,12 +243,16 @@ impl Store for MemoryStore {
             inserted.push((m.id, order));
             inner.messages.insert(order, m);
         }
-        for (id, status) in changes.message_status {
+        for (id, update) in changes.message_updates {
             if let Some(order) = inner.message_index.get(&id).copied()
                 && let Some(m) = inner.messages.get_mut(&order)
-                && status.advances_from(m.status)
             {
-                m.status = status;
+                m.apply(&update);
+            }
+        }
+        for key in changes.messages_removed {
+            if let Some(order) = inner.message_index.remove(&key) {
+                inner.messages.remove(&order);
             }
         }
         for item in changes.outbox_add {

@@ -27,6 +27,7 @@ pub mod idb;
 pub mod memory;
 #[cfg(any(feature = "native", feature = "web"))]
 mod records;
+pub use records::MAX_NAME_LEN;
 #[cfg(feature = "native")]
 pub mod sqlite;
 
@@ -195,6 +196,12 @@ pub struct GroupRecord {
     /// This device's recent commits (encoded), kept until they can no longer lose a fork,
     /// so that one that lost is made again on the winner (docs/protocol.md §14.3).
     pub own_commits: Vec<Vec<u8>>,
+    /// The group's disappearing-message timer, seconds (0: off).
+    pub expire_s: u32,
+    /// The timestamp of the item that set the timer (the latest one wins).
+    pub timer_at_ms: u64,
+    /// Messages stored up to this `order` are read on this device.
+    pub read_up_to: u64,
 }
 
 /// How many of its own commits a device keeps watching per group.
@@ -248,6 +255,21 @@ pub struct ConversationRecord {
     /// The contact's access key, as they last shared it: sends to them present it, so
     /// they are not message requests (docs/protocol.md §13.8).
     pub access_key: Option<[u8; 32]>,
+    /// This account blocked the contact: its messages are dropped and get no receipts.
+    pub blocked: bool,
+    /// The disappearing-message timer, seconds (0: off).
+    pub expire_s: u32,
+    /// The timestamp of the item that set the timer (the latest one wins).
+    pub timer_at_ms: u64,
+    /// The local nickname, shown instead of the contact's profile name.
+    pub nickname: Option<String>,
+    /// The contact's profile name, as they last shared it.
+    pub profile_name: Option<String>,
+    /// Messages stored up to this `order` are read on this device.
+    pub read_up_to: u64,
+    /// The contact's safety number changed since this account last acknowledged it:
+    /// sends to them wait for [`crate::Client::acknowledge_identity`].
+    pub identity_unacked: bool,
 }
 
 impl ConversationRecord {
@@ -257,6 +279,13 @@ impl ConversationRecord {
             peer,
             accepted: false,
             access_key: None,
+            blocked: false,
+            expire_s: 0,
+            timer_at_ms: 0,
+            nickname: None,
+            profile_name: None,
+            read_up_to: 0,
+            identity_unacked: false,
         }
     }
 }
@@ -268,7 +297,9 @@ impl std::fmt::Debug for ConversationRecord {
             .field("peer", &self.peer)
             .field("accepted", &self.accepted)
             .field("access_key", &self.access_key.is_some())
-            .finish()
+            .field("blocked", &self.blocked)
+            .field("expire_s", &self.expire_s)
+            .finish_non_exhaustive()
     }
 }
 
@@ -284,6 +315,8 @@ pub enum MessageStatus {
     Sent,
     /// A device of the contact reported it stored.
     Delivered,
+    /// A reader reported it read (a read receipt).
+    Read,
     /// Sent from another device of this account (a sync transcript).
     SentElsewhere,
     /// Given up: the relay refused it or the retry bound passed. `retryable` when
@@ -296,16 +329,21 @@ pub enum MessageStatus {
 
 impl MessageStatus {
     /// True when a message in `old` may move to `self`: statuses only move forward
-    /// (`Queued → Failed → Sent → Delivered`), so a late answer never undoes a receipt
-    /// (and a receipt for a message given up still shows it delivered).
+    /// (`Queued → Failed → Sent → Delivered → Read`), so a late answer never undoes a
+    /// receipt (and a receipt for a message given up still shows it delivered). A copy
+    /// sent from another device of this account moves to `Delivered` and `Read` too.
     pub fn advances_from(self, old: MessageStatus) -> bool {
         let rank = |s: MessageStatus| match s {
             Self::Queued => Some(0),
             Self::Failed { .. } => Some(1),
-            Self::Sent => Some(2),
+            Self::Sent | Self::SentElsewhere => Some(2),
             Self::Delivered => Some(3),
-            Self::Received | Self::SentElsewhere => None,
+            Self::Read => Some(4),
+            Self::Received => None,
         };
+        if old == Self::SentElsewhere && !matches!(self, Self::Delivered | Self::Read) {
+            return false;
+        }
         matches!((rank(old), rank(self)), (Some(a), Some(b)) if b > a)
     }
 
@@ -339,6 +377,79 @@ impl MessageKey {
     }
 }
 
+/// What a timeline item is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[non_exhaustive]
+pub enum MessageKind {
+    /// A text (maybe a reply).
+    #[default]
+    Text,
+    /// Someone set the conversation's disappearing-message timer.
+    Timer {
+        /// Seconds; 0 turned it off.
+        expire_s: u32,
+    },
+    /// Content of a kind this version does not know, from a newer client: shown as
+    /// "unsupported", never dropped.
+    Unsupported {
+        /// Its kind (or item tag) byte.
+        kind: u8,
+    },
+    /// The contact's safety number changed (a device was added or re-keyed): a local
+    /// item, never sent.
+    IdentityChanged,
+}
+
+/// One account's reaction to a message.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Reaction {
+    /// Who reacted.
+    pub by: AccountId,
+    /// The emoji; empty once removed (kept, so that an older reaction arriving late does
+    /// not come back).
+    pub emoji: String,
+    /// The reaction's timestamp (the reactor's clock): the latest one counts.
+    pub at_ms: u64,
+}
+
+/// The most reactions one message keeps (one per account).
+pub const MAX_REACTIONS: usize = crate::group::MAX_MEMBERS;
+
+/// A change to a stored message.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MessageUpdate {
+    /// A new status (applied only when it advances, [`MessageStatus::advances_from`]).
+    Status(MessageStatus),
+    /// Its author edited it at `at_ms` (applied when newer than the last edit).
+    Edit {
+        /// The new text.
+        text: String,
+        /// The edit's timestamp.
+        at_ms: u64,
+    },
+    /// Its author deleted it for everyone: text, quote and reactions go.
+    Delete,
+    /// An account reacted (or removed its reaction, with an empty emoji) at `at_ms`.
+    React(Reaction),
+    /// Starts its disappearing timer: it expires at this time (Unix ms), unless it already
+    /// expires earlier.
+    ExpireAt(u64),
+}
+
+/// Leaves texts out.
+impl std::fmt::Debug for MessageUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Status(s) => f.debug_tuple("Status").field(s).finish(),
+            Self::Edit { at_ms, .. } => f.debug_struct("Edit").field("at_ms", at_ms).finish_non_exhaustive(),
+            Self::Delete => f.write_str("Delete"),
+            Self::React(r) => f.debug_struct("React").field("at_ms", &r.at_ms).finish_non_exhaustive(),
+            Self::ExpireAt(t) => f.debug_tuple("ExpireAt").field(t).finish(),
+        }
+    }
+}
+
 /// A message in a conversation.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -357,9 +468,97 @@ pub struct StoredMessage {
     /// Its place in the store: increasing in the order messages were stored (set by the
     /// store; ignored on insert).
     pub order: u64,
+    /// What it is.
+    pub kind: MessageKind,
+    /// The message it replies to.
+    pub quote: Option<crate::content::Quote>,
+    /// When its author last edited it (the edit's timestamp); 0 if never.
+    pub edited_at_ms: u64,
+    /// Its author deleted it for everyone (the text is gone).
+    pub deleted: bool,
+    /// Reactions, one per account (removed ones kept with an empty emoji).
+    pub reactions: Vec<Reaction>,
+    /// The disappearing-message timer it was sent with, seconds (0: none).
+    pub expire_s: u32,
+    /// When it leaves the store (Unix ms); 0 for never.
+    pub expires_at_ms: u64,
 }
 
 impl StoredMessage {
+    /// A text message with no reply, edit, reaction or timer.
+    pub fn text(
+        id: MessageId,
+        conversation: AccountId,
+        sender: PeerDevice,
+        timestamp_ms: u64,
+        text: String,
+        status: MessageStatus,
+    ) -> Self {
+        Self {
+            id,
+            conversation,
+            sender,
+            timestamp_ms,
+            text,
+            status,
+            order: 0,
+            kind: MessageKind::Text,
+            quote: None,
+            edited_at_ms: 0,
+            deleted: false,
+            reactions: Vec::new(),
+            expire_s: 0,
+            expires_at_ms: 0,
+        }
+    }
+
+    /// Applies `update`; false when it changes nothing (a status that does not advance,
+    /// an edit older than the last one, anything but a delete on a deleted message).
+    pub fn apply(&mut self, update: &MessageUpdate) -> bool {
+        match update {
+            MessageUpdate::Status(s) => {
+                if !s.advances_from(self.status) {
+                    return false;
+                }
+                self.status = *s;
+            }
+            MessageUpdate::Edit { text, at_ms } => {
+                if self.deleted || *at_ms <= self.edited_at_ms || self.kind != MessageKind::Text {
+                    return false;
+                }
+                self.text.clone_from(text);
+                self.edited_at_ms = *at_ms;
+            }
+            MessageUpdate::Delete => {
+                if self.deleted {
+                    return false;
+                }
+                self.deleted = true;
+                self.text.clear();
+                self.quote = None;
+                self.reactions.clear();
+            }
+            MessageUpdate::React(r) => {
+                if self.deleted {
+                    return false;
+                }
+                let full = self.reactions.len() >= MAX_REACTIONS;
+                match self.reactions.iter_mut().find(|x| x.by == r.by) {
+                    Some(x) if x.at_ms >= r.at_ms => return false,
+                    Some(x) => *x = r.clone(),
+                    None if full => return false,
+                    None => self.reactions.push(r.clone()),
+                }
+            }
+            MessageUpdate::ExpireAt(t) => {
+                if self.expires_at_ms != 0 && self.expires_at_ms <= *t {
+                    return false;
+                }
+                self.expires_at_ms = *t;
+            }
+        }
+        true
+    }
     /// Its key: conversation, sender account and id.
     pub fn key(&self) -> MessageKey {
         MessageKey {
@@ -509,8 +708,12 @@ pub struct Changes {
     pub conversations: Vec<ConversationRecord>,
     /// Messages to insert; one whose [`MessageKey`] is stored already is skipped.
     pub messages: Vec<StoredMessage>,
-    /// Status changes of stored messages (unknown keys are skipped).
-    pub message_status: Vec<(MessageKey, MessageStatus)>,
+    /// Changes to stored messages: statuses, edits, deletes, reactions, timers (unknown
+    /// keys are skipped; see [`StoredMessage::apply`]).
+    pub message_updates: Vec<(MessageKey, MessageUpdate)>,
+    /// Messages to remove (expired, or their conversation deleted); unknown keys are
+    /// skipped.
+    pub messages_removed: Vec<MessageKey>,
     /// Outbox items to append.
     pub outbox_add: Vec<OutboxItem>,
     /// Outbox items to remove (unknown ids are skipped).
@@ -546,7 +749,8 @@ impl std::fmt::Debug for Changes {
             .field("device_lists", &self.device_lists.len())
             .field("conversations", &self.conversations.len())
             .field("messages", &self.messages.len())
-            .field("message_status", &self.message_status.len())
+            .field("message_updates", &self.message_updates.len())
+            .field("messages_removed", &self.messages_removed.len())
             .field("outbox_add", &self.outbox_add.len())
             .field("outbox_remove", &self.outbox_remove.len())
             .field("pins", &self.pins.len())
@@ -602,7 +806,8 @@ impl Changes {
             && self.device_lists.is_empty()
             && self.conversations.is_empty()
             && self.messages.is_empty()
-            && self.message_status.is_empty()
+            && self.message_updates.is_empty()
+            && self.messages_removed.is_empty()
             && self.outbox_add.is_empty()
             && self.outbox_remove.is_empty()
             && self.envelopes.is_empty()

@@ -4,8 +4,9 @@ use sotto_crypto::codec::{DecodeError, Put, Reader};
 use sotto_crypto::{AccountId, DeviceId};
 
 use super::{
-    AccountRecord, ConversationRecord, GroupRecord, MAX_OWN_COMMITS, MAX_SEAL_KEYS, MAX_SENDER_CHAINS, MessageStatus,
-    OutboxItem, PeerDevice, PendingInbound, SenderKeySet, SessionSet, StoredMessage,
+    AccountRecord, ConversationRecord, GroupRecord, MAX_OWN_COMMITS, MAX_REACTIONS, MAX_SEAL_KEYS, MAX_SENDER_CHAINS,
+    MessageKind, MessageStatus, OutboxItem, PeerDevice, PendingInbound, Reaction, SenderKeySet, SessionSet,
+    StoredMessage,
 };
 use crate::ids::MessageId;
 
@@ -19,6 +20,7 @@ impl MessageStatus {
             Self::SentElsewhere => 5,
             Self::Failed { retryable: false } => 6,
             Self::Failed { retryable: true } => 7,
+            Self::Read => 8,
         }
     }
     pub(crate) fn from_byte(b: u8) -> Result<Self, DecodeError> {
@@ -30,6 +32,7 @@ impl MessageStatus {
             5 => Self::SentElsewhere,
             6 => Self::Failed { retryable: false },
             7 => Self::Failed { retryable: true },
+            8 => Self::Read,
             value => {
                 return Err(DecodeError::UnknownType {
                     field: "message status",
@@ -198,11 +201,15 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
 
 /// A conversation: the peer's account id alone (records written before access keys;
 /// read as accepted, with no key), or `0x02 ‖ peer (32) ‖ accepted (u8) ‖ flag (u8) [‖
-/// access key (32)]`.
-const CONVERSATION_VERSION: u8 = 2;
+/// access key (32)]`. Version 3 adds `blocked (u8) ‖ expire_s (u32) ‖ timer_at_ms (u64)
+/// ‖ flag [‖ nickname (var)] ‖ flag [‖ profile name (var)] ‖ read_up_to (u64) ‖
+/// identity_unacked (u8)`.
+const CONVERSATION_VERSION: u8 = 3;
+/// The longest name (nickname or profile name) kept, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
 
 pub(crate) fn encode_conversation(c: &ConversationRecord) -> Vec<u8> {
-    let mut o = Vec::with_capacity(67);
+    let mut o = Vec::with_capacity(96);
     o.put_u8(CONVERSATION_VERSION);
     o.put(c.peer.as_bytes());
     o.put_u8(u8::from(c.accepted));
@@ -213,19 +220,45 @@ pub(crate) fn encode_conversation(c: &ConversationRecord) -> Vec<u8> {
         }
         None => o.put_u8(0),
     }
+    o.put_u8(u8::from(c.blocked));
+    o.put_u32(c.expire_s);
+    o.put_u64(c.timer_at_ms);
+    for name in [&c.nickname, &c.profile_name] {
+        match name {
+            Some(n) => {
+                o.put_u8(1);
+                o.put_var(crate::content::truncate_utf8(n, MAX_NAME_LEN).as_bytes());
+            }
+            None => o.put_u8(0),
+        }
+    }
+    o.put_u64(c.read_up_to);
+    o.put_u8(u8::from(c.identity_unacked));
     o
+}
+
+fn name(r: &mut Reader<'_>) -> Result<Option<String>, DecodeError> {
+    if !r.flag("name flag")? {
+        return Ok(None);
+    }
+    let b = r.var_bytes("name", MAX_NAME_LEN)?;
+    String::from_utf8(b.to_vec())
+        .map(Some)
+        .map_err(|_| DecodeError::Invalid { field: "name" })
 }
 
 pub(crate) fn decode_conversation(b: &[u8]) -> Result<ConversationRecord, DecodeError> {
     if let Ok(peer) = <[u8; 32]>::try_from(b) {
         return Ok(ConversationRecord {
-            peer: AccountId(peer),
             accepted: true,
-            access_key: None,
+            ..ConversationRecord::new(AccountId(peer))
         });
     }
     let mut r = Reader::new(b);
-    r.version(CONVERSATION_VERSION)?;
+    let version = r.u8()?;
+    if !(2..=CONVERSATION_VERSION).contains(&version) {
+        return Err(DecodeError::UnsupportedVersion { version });
+    }
     let peer = AccountId(r.array()?);
     let flag = |r: &mut Reader<'_>, field| match r.u8()? {
         0 => Ok(false),
@@ -238,12 +271,22 @@ pub(crate) fn decode_conversation(b: &[u8]) -> Result<ConversationRecord, Decode
     } else {
         None
     };
-    r.finish()?;
-    Ok(ConversationRecord {
-        peer,
+    let mut c = ConversationRecord {
         accepted,
         access_key,
-    })
+        ..ConversationRecord::new(peer)
+    };
+    if version >= 3 {
+        c.blocked = flag(&mut r, "blocked")?;
+        c.expire_s = r.u32()?;
+        c.timer_at_ms = r.u64()?;
+        c.nickname = name(&mut r)?;
+        c.profile_name = name(&mut r)?;
+        c.read_up_to = r.u64()?;
+        c.identity_unacked = flag(&mut r, "identity unacked")?;
+    }
+    r.finish()?;
+    Ok(c)
 }
 
 pub(crate) fn encode_sessions(s: &SessionSet) -> Vec<u8> {
@@ -282,9 +325,15 @@ pub(crate) fn decode_peer(b: &[u8]) -> Result<PeerDevice, DecodeError> {
     Ok(p)
 }
 
+/// Message records of version 2 add, after the status: `kind (u8) [‖ u32 or u8] ‖ flag
+/// [‖ quote author (32) ‖ quote id (16) ‖ snippet (var)] ‖ edited_at_ms (u64) ‖ deleted
+/// (u8) ‖ count (u16) ‖ count × (by (32) ‖ emoji (var) ‖ at_ms (u64)) ‖ expire_s (u32) ‖
+/// expires_at_ms (u64)`; version 1 records are plain texts.
+const MESSAGE_VERSION: u8 = 2;
+
 pub(crate) fn encode_message(m: &StoredMessage) -> Vec<u8> {
-    let mut o = Vec::with_capacity(96 + m.text.len());
-    o.put_u8(RECORD_VERSION);
+    let mut o = Vec::with_capacity(160 + m.text.len());
+    o.put_u8(MESSAGE_VERSION);
     o.put(&m.id.0);
     o.put(m.conversation.as_bytes());
     o.put(m.sender.0.as_bytes());
@@ -292,22 +341,92 @@ pub(crate) fn encode_message(m: &StoredMessage) -> Vec<u8> {
     o.put_u64(m.timestamp_ms);
     o.put_var(m.text.as_bytes());
     o.put_u8(m.status.to_byte());
+    match m.kind {
+        MessageKind::Text => o.put_u8(1),
+        MessageKind::Timer { expire_s } => {
+            o.put_u8(2);
+            o.put_u32(expire_s);
+        }
+        MessageKind::Unsupported { kind } => {
+            o.put_u8(3);
+            o.put_u8(kind);
+        }
+        MessageKind::IdentityChanged => o.put_u8(4),
+    }
+    match &m.quote {
+        Some(q) => {
+            o.put_u8(1);
+            o.put(q.author.as_bytes());
+            o.put(&q.id.0);
+            o.put_var(q.snippet.as_bytes());
+        }
+        None => o.put_u8(0),
+    }
+    o.put_u64(m.edited_at_ms);
+    o.put_u8(u8::from(m.deleted));
+    o.put_count(m.reactions.len().min(MAX_REACTIONS));
+    for x in m.reactions.iter().take(MAX_REACTIONS) {
+        o.put(x.by.as_bytes());
+        o.put_var(x.emoji.as_bytes());
+        o.put_u64(x.at_ms);
+    }
+    o.put_u32(m.expire_s);
+    o.put_u64(m.expires_at_ms);
     o
+}
+
+fn utf8(b: &[u8], field: &'static str) -> Result<String, DecodeError> {
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Invalid { field })
 }
 
 pub(crate) fn decode_message(b: &[u8], order: u64) -> Result<StoredMessage, DecodeError> {
     let mut r = Reader::new(b);
-    r.version(RECORD_VERSION)?;
-    let m = StoredMessage {
-        id: MessageId(r.array()?),
-        conversation: AccountId(r.array()?),
-        sender: (AccountId(r.array()?), DeviceId(r.u32()?)),
-        timestamp_ms: r.u64()?,
-        text: String::from_utf8(r.var_bytes("text", MAX_BLOB)?.to_vec())
-            .map_err(|_| DecodeError::Invalid { field: "text" })?,
-        status: MessageStatus::from_byte(r.u8()?)?,
-        order,
-    };
+    let version = r.u8()?;
+    if !(RECORD_VERSION..=MESSAGE_VERSION).contains(&version) {
+        return Err(DecodeError::UnsupportedVersion { version });
+    }
+    let mut m = StoredMessage::text(
+        MessageId(r.array()?),
+        AccountId(r.array()?),
+        (AccountId(r.array()?), DeviceId(r.u32()?)),
+        r.u64()?,
+        utf8(r.var_bytes("text", MAX_BLOB)?, "text")?,
+        MessageStatus::from_byte(r.u8()?)?,
+    );
+    m.order = order;
+    if version >= 2 {
+        m.kind = match r.u8()? {
+            1 => MessageKind::Text,
+            2 => MessageKind::Timer { expire_s: r.u32()? },
+            3 => MessageKind::Unsupported { kind: r.u8()? },
+            4 => MessageKind::IdentityChanged,
+            value => {
+                return Err(DecodeError::UnknownType {
+                    field: "message kind",
+                    value,
+                });
+            }
+        };
+        if r.flag("quote flag")? {
+            m.quote = Some(crate::content::Quote {
+                author: AccountId(r.array()?),
+                id: MessageId(r.array()?),
+                snippet: utf8(r.var_bytes("quote", crate::content::MAX_QUOTE_LEN)?, "quote")?,
+            });
+        }
+        m.edited_at_ms = r.u64()?;
+        m.deleted = r.flag("deleted")?;
+        let n = r.count("reactions", MAX_REACTIONS, 44)?;
+        for _ in 0..n {
+            m.reactions.push(Reaction {
+                by: AccountId(r.array()?),
+                emoji: utf8(r.var_bytes("emoji", crate::content::MAX_EMOJI_LEN)?, "emoji")?,
+                at_ms: r.u64()?,
+            });
+        }
+        m.expire_s = r.u32()?;
+        m.expires_at_ms = r.u64()?;
+    }
     r.finish()?;
     Ok(m)
 }
@@ -381,7 +500,9 @@ const MAX_CHAIN_HOLDERS: usize = 1 << 16;
 
 /// `log (var) ‖ count (u16) ‖ count × (state id (32) ‖ key (32)) ‖ chain flag ‖ [chain (var)]
 /// ‖ count (u32) ‖ count × (account (32) ‖ device (u32)) ‖ count (u16) ‖ count × (account
-/// (32) ‖ access key (32)) ‖ active (u8)`.
+/// (32) ‖ access key (32)) ‖ active (u8) ‖ count (u16) ‖ count × own commit (var) ‖
+/// expire_s (u32) ‖ timer_at_ms (u64) ‖ read_up_to (u64)` (the last three absent from
+/// records written before them).
 pub(crate) fn encode_group(g: &GroupRecord) -> Vec<u8> {
     let mut o = Vec::with_capacity(g.log.len() + 128 + 36 * g.chain_holders.len());
     o.put_u8(RECORD_VERSION);
@@ -413,6 +534,9 @@ pub(crate) fn encode_group(g: &GroupRecord) -> Vec<u8> {
     for c in &g.own_commits {
         o.put_var(c);
     }
+    o.put_u32(g.expire_s);
+    o.put_u64(g.timer_at_ms);
+    o.put_u64(g.read_up_to);
     o
 }
 
@@ -450,6 +574,12 @@ pub(crate) fn decode_group(b: &[u8]) -> Result<GroupRecord, DecodeError> {
     for _ in 0..r.count("own commits", MAX_OWN_COMMITS, 4)? {
         own_commits.push(r.var_bytes("own commit", 64 * 1024)?.to_vec());
     }
+    // Records written before the timer and the read marker end here.
+    let (expire_s, timer_at_ms, read_up_to) = if r.remaining() == 0 {
+        (0, 0, 0)
+    } else {
+        (r.u32()?, r.u64()?, r.u64()?)
+    };
     r.finish()?;
     Ok(GroupRecord {
         log,
@@ -459,6 +589,9 @@ pub(crate) fn decode_group(b: &[u8]) -> Result<GroupRecord, DecodeError> {
         member_access,
         active,
         own_commits,
+        expire_s,
+        timer_at_ms,
+        read_up_to,
     })
 }
 

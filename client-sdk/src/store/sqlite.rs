@@ -614,7 +614,7 @@ impl SqliteStore {
                     .push((m.id, u64::try_from(done.last_insert_rowid()).unwrap_or(0)));
             }
         }
-        for (key, status) in &changes.message_status {
+        for (key, update) in &changes.message_updates {
             let k = c.tag("messages", &key.to_bytes());
             let Some(row) = sqlx::query("SELECT ord, v FROM messages WHERE k = ?")
                 .bind(&k)
@@ -626,14 +626,20 @@ impl SqliteStore {
             };
             let v: Vec<u8> = row.try_get("v").map_err(db)?;
             let mut m = decode_message(&c.open("messages", &k, &v)?, 0)?;
-            if !status.advances_from(m.status) {
+            if !m.apply(update) {
                 continue;
             }
-            m.status = *status;
             let v = c.seal("messages", &k, &encode_message(&m))?;
             sqlx::query("UPDATE messages SET v = ? WHERE k = ?")
                 .bind(v)
                 .bind(k)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for key in &changes.messages_removed {
+            sqlx::query("DELETE FROM messages WHERE k = ?")
+                .bind(c.tag("messages", &key.to_bytes()))
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
