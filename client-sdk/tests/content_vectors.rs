@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use sotto_crypto::AccountId;
 use sotto_proto::AccessKey;
 use sotto_sdk::MessageId;
-use sotto_sdk::content::{Content, ContentKind};
+use sotto_sdk::content::{ChatItem, Content, ContentKind, GroupBody, Quote};
+use sotto_sdk::group::GroupId;
 
 fn path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/content.json")
@@ -56,6 +57,176 @@ fn samples() -> Vec<Content> {
             kind: ContentKind::Text { text: String::new() },
         },
     ]
+    .into_iter()
+    .chain(chat_samples())
+    .collect()
+}
+
+/// §15: chat items, read receipts and typing.
+fn chat_samples() -> Vec<Content> {
+    let id = |b: u8| MessageId([b; 16]);
+    let alice = AccountId([0x33; 32]);
+    let group = GroupId([0x44; 32]);
+    let items = vec![
+        ChatItem::Text {
+            text: "hello, Bob ✓".into(),
+            quote: None,
+            expire_s: 0,
+        },
+        ChatItem::Text {
+            text: "yes!".into(),
+            quote: Some(Quote {
+                author: alice,
+                id: id(0x01),
+                snippet: "hello, Bob ✓".into(),
+            }),
+            expire_s: 3600,
+        },
+        ChatItem::Edit {
+            target: id(0x01),
+            text: "hello, Bob!".into(),
+        },
+        ChatItem::Delete { target: id(0x01) },
+        ChatItem::Reaction {
+            author: alice,
+            target: id(0x01),
+            emoji: "👍🏽".into(),
+        },
+        ChatItem::Reaction {
+            author: alice,
+            target: id(0x01),
+            emoji: String::new(),
+        },
+        ChatItem::Timer { expire_s: 604_800 },
+    ];
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let c = |kind| Content {
+            message_id: id(0x10 + i as u8),
+            timestamp_ms: 1_796_083_300_000 + i as u64,
+            access_key: None,
+            kind,
+        };
+        out.push(Content {
+            access_key: Some(AccessKey([0xa5; 32])),
+            ..c(ContentKind::Chat { item: item.clone() })
+        });
+        out.push(c(ContentKind::ChatSync {
+            conversation: alice,
+            item: item.clone(),
+        }));
+        out.push(c(ContentKind::Group {
+            group,
+            body: GroupBody::Chat { item },
+        }));
+    }
+    let c = |b: u8, kind| Content {
+        message_id: id(b),
+        timestamp_ms: 1_796_083_400_000,
+        access_key: None,
+        kind,
+    };
+    out.push(c(
+        0x20,
+        ContentKind::Read {
+            group: None,
+            message_ids: vec![id(0x01), id(0x03)],
+        },
+    ));
+    out.push(c(
+        0x21,
+        ContentKind::Read {
+            group: Some(group),
+            message_ids: vec![id(0x05)],
+        },
+    ));
+    out.push(c(
+        0x22,
+        ContentKind::Typing {
+            group: None,
+            typing: true,
+        },
+    ));
+    out.push(c(
+        0x23,
+        ContentKind::Typing {
+            group: Some(group),
+            typing: false,
+        },
+    ));
+    out
+}
+
+fn item_json(i: &ChatItem) -> Value {
+    match i {
+        ChatItem::Text { text, quote, expire_s } => json!({
+            "item": "Text",
+            "text": text,
+            "expire_s": expire_s,
+            "quote": quote.as_ref().map(|q| json!({
+                "author": hex::encode(q.author.as_bytes()),
+                "message_id": hex::encode(q.id.0),
+                "snippet": q.snippet,
+            })),
+        }),
+        ChatItem::Edit { target, text } => json!({"item": "Edit", "target": hex::encode(target.0), "text": text}),
+        ChatItem::Delete { target } => json!({"item": "Delete", "target": hex::encode(target.0)}),
+        ChatItem::Reaction { author, target, emoji } => json!({
+            "item": "Reaction",
+            "author": hex::encode(author.as_bytes()),
+            "target": hex::encode(target.0),
+            "emoji": emoji,
+        }),
+        ChatItem::Timer { expire_s } => json!({"item": "Timer", "expire_s": expire_s}),
+        other => panic!("no vector for {other:?}"),
+    }
+}
+
+fn item_from(v: &Value) -> ChatItem {
+    let s = |k: &str| v[k].as_str().unwrap().to_owned();
+    match v["item"].as_str().unwrap() {
+        "Text" => ChatItem::Text {
+            text: s("text"),
+            expire_s: v["expire_s"].as_u64().unwrap() as u32,
+            quote: v["quote"].as_object().map(|_| Quote {
+                author: AccountId(arr(&v["quote"]["author"])),
+                id: MessageId(arr(&v["quote"]["message_id"])),
+                snippet: v["quote"]["snippet"].as_str().unwrap().into(),
+            }),
+        },
+        "Edit" => ChatItem::Edit {
+            target: MessageId(arr(&v["target"])),
+            text: s("text"),
+        },
+        "Delete" => ChatItem::Delete {
+            target: MessageId(arr(&v["target"])),
+        },
+        "Reaction" => ChatItem::Reaction {
+            author: AccountId(arr(&v["author"])),
+            target: MessageId(arr(&v["target"])),
+            emoji: s("emoji"),
+        },
+        "Timer" => ChatItem::Timer {
+            expire_s: v["expire_s"].as_u64().unwrap() as u32,
+        },
+        other => panic!("unknown item {other}"),
+    }
+}
+
+fn group_json(g: &Option<GroupId>) -> Value {
+    json!(g.map(|g| hex::encode(g.0)))
+}
+
+fn group_from(v: &Value) -> Option<GroupId> {
+    v.as_str().map(|_| GroupId(arr(v)))
+}
+
+fn ids_json(ids: &[MessageId]) -> Value {
+    json!(ids.iter().map(|m| hex::encode(m.0)).collect::<Vec<_>>())
+}
+
+fn ids_from(v: &Value) -> Vec<MessageId> {
+    v.as_array().unwrap().iter().map(|m| MessageId(arr(m))).collect()
 }
 
 fn to_json(c: &Content) -> Value {
@@ -65,10 +236,24 @@ fn to_json(c: &Content) -> Value {
             "SyncTranscript",
             json!({"conversation": hex::encode(conversation.as_bytes()), "text": text}),
         ),
-        ContentKind::Delivered { message_ids } => (
-            "Delivered",
-            json!({"message_ids": message_ids.iter().map(|m| hex::encode(m.0)).collect::<Vec<_>>()}),
+        ContentKind::Delivered { message_ids } => ("Delivered", json!({"message_ids": ids_json(message_ids)})),
+        ContentKind::Chat { item } => ("Chat", item_json(item)),
+        ContentKind::ChatSync { conversation, item } => (
+            "ChatSync",
+            json!({"conversation": hex::encode(conversation.as_bytes()), "item": item_json(item)}),
         ),
+        ContentKind::Group {
+            group,
+            body: GroupBody::Chat { item },
+        } => (
+            "GroupChat",
+            json!({"group": hex::encode(group.0), "item": item_json(item)}),
+        ),
+        ContentKind::Read { group, message_ids } => (
+            "Read",
+            json!({"group": group_json(group), "message_ids": ids_json(message_ids)}),
+        ),
+        ContentKind::Typing { group, typing } => ("Typing", json!({"group": group_json(group), "typing": typing})),
         other => panic!("no vector for {other:?}"),
     };
     json!({
@@ -92,12 +277,26 @@ fn from_json(v: &Value) -> Content {
             text: b["text"].as_str().unwrap().into(),
         },
         "Delivered" => ContentKind::Delivered {
-            message_ids: b["message_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| MessageId(arr(m)))
-                .collect(),
+            message_ids: ids_from(&b["message_ids"]),
+        },
+        "Chat" => ContentKind::Chat { item: item_from(b) },
+        "ChatSync" => ContentKind::ChatSync {
+            conversation: AccountId(arr(&b["conversation"])),
+            item: item_from(&b["item"]),
+        },
+        "GroupChat" => ContentKind::Group {
+            group: GroupId(arr(&b["group"])),
+            body: GroupBody::Chat {
+                item: item_from(&b["item"]),
+            },
+        },
+        "Read" => ContentKind::Read {
+            group: group_from(&b["group"]),
+            message_ids: ids_from(&b["message_ids"]),
+        },
+        "Typing" => ContentKind::Typing {
+            group: group_from(&b["group"]),
+            typing: b["typing"].as_bool().unwrap(),
         },
         other => panic!("unknown kind {other}"),
     };
@@ -119,19 +318,36 @@ fn fresh() -> Value {
     bad_flag[25] = 2;
     let mut bad_version = text_v2.clone();
     bad_version[0] = 3;
-    let mut bad_kind = text_v2.clone();
-    bad_kind[26] = 0x7f;
+    let mut unknown_kind = text_v2.clone();
+    unknown_kind[26] = 0x7f;
+    // A chat item with an unknown tag, and group content with an unknown sub.
+    // Header (25), access flag and key (33), kind (1): the item's tag is at 59.
+    let chat = chat_samples()[0].encode();
+    let mut unknown_item = chat[..59].to_vec();
+    unknown_item.extend_from_slice(&[0x6e, 1, 2, 3]);
+    let group_chat = chat_samples()[2].encode();
+    // Header (25), no access key (1), kind (1), group id (32): the sub is at 59.
+    let mut unknown_sub = group_chat[..59].to_vec();
+    unknown_sub.extend_from_slice(&[0x6f, 9, 9]);
+    let mut long_timer = chat_samples()[20].encode();
+    let n = long_timer.len();
+    long_timer[n - 4..].copy_from_slice(&31_622_401u32.to_be_bytes());
     let mut not_utf8 = samples()[0].encode();
     *not_utf8.last_mut().unwrap() = 0xff;
     let trailing = [&text_v2[..], &[0]].concat();
     json!({
-        "description": "docs/protocol.md §7.6: message content, version 2 (and one version-1 text, still read). Bytes are hex.",
+        "description": "docs/protocol.md §7.6, §14.6, §15: message content, version 2 (and one version-1 text, still read), chat items, read receipts and typing; contents of unknown kinds read as unsupported. Bytes are hex.",
         "contents": samples().iter().map(to_json).collect::<Vec<_>>(),
         "version_1": {"bytes": hex::encode(&v1), "reads_as": to_json(&samples()[3])},
+        "unsupported": [
+            {"what": "content kind 0x7f (the rest ignored)", "bytes": hex::encode(&unknown_kind), "kind": 0x7f},
+            {"what": "chat item tag 0x6e in a Chat", "bytes": hex::encode(&unknown_item), "item_tag": 0x6e},
+            {"what": "group sub 0x6f", "bytes": hex::encode(&unknown_sub), "group_sub": 0x6f},
+        ],
         "must_fail": [
             {"what": "access flag 2", "bytes": hex::encode(&bad_flag)},
             {"what": "version 3", "bytes": hex::encode(&bad_version)},
-            {"what": "unknown kind 0x7f", "bytes": hex::encode(&bad_kind)},
+            {"what": "a timer above 366 days", "bytes": hex::encode(&long_timer)},
             {"what": "text that is not UTF-8", "bytes": hex::encode(&not_utf8)},
             {"what": "a trailing byte", "bytes": hex::encode(&trailing)},
         ],
@@ -159,6 +375,22 @@ fn content_vectors_replay() {
     let v1 = &stored["version_1"];
     let bytes = hex::decode(v1["bytes"].as_str().unwrap()).unwrap();
     assert_eq!(Content::decode(&bytes).unwrap(), from_json(&v1["reads_as"]));
+    for u in stored["unsupported"].as_array().unwrap() {
+        let bytes = hex::decode(u["bytes"].as_str().unwrap()).unwrap();
+        let kind = Content::decode(&bytes).unwrap().kind;
+        let byte = |k: &str| u[k].as_u64().map(|b| b as u8);
+        match kind {
+            ContentKind::Unsupported { kind } => assert_eq!(Some(kind), byte("kind")),
+            ContentKind::Chat {
+                item: ChatItem::Unsupported { tag },
+            } => assert_eq!(Some(tag), byte("item_tag")),
+            ContentKind::Group {
+                body: GroupBody::Unsupported { sub },
+                ..
+            } => assert_eq!(Some(sub), byte("group_sub")),
+            other => panic!("{}: {other:?}", u["what"]),
+        }
+    }
     for f in stored["must_fail"].as_array().unwrap() {
         let bytes = hex::decode(f["bytes"].as_str().unwrap()).unwrap();
         assert!(Content::decode(&bytes).is_err(), "{}", f["what"]);

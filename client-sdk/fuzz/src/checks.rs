@@ -13,7 +13,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use sotto_crypto::{AccountId, AccountKey, Device, DeviceId};
 use sotto_sdk::MessageId;
-use sotto_sdk::content::{Content, ContentKind, GroupBody};
+use sotto_sdk::content::{ChatItem, Content, ContentKind, GroupBody, Quote};
 use sotto_sdk::group::{Commit, GroupId, GroupLog, GroupState, Op, Role};
 use sotto_sdk::link::{decode_link_accept, decode_link_request, encode_link_accept, encode_link_request};
 use sotto_sdk::store::ConversationRecord;
@@ -131,6 +131,18 @@ pub struct Seed {
 }
 
 /// The seed corpus: deterministic.
+fn sdk_quote() -> Quote {
+    Quote {
+        author: AccountId([4; 32]),
+        id: MessageId([1; 16]),
+        snippet: "hi ✓".into(),
+    }
+}
+
+fn sdk_group() -> GroupId {
+    GroupId([6; 32])
+}
+
 pub fn seeds() -> Vec<Seed> {
     let mut out = Vec::new();
     let mut add = |target, name: &str, bytes: Vec<u8>| {
@@ -176,6 +188,80 @@ pub fn seeds() -> Vec<Seed> {
         b
     });
     add("content", "bad-empty", Vec::new());
+    // Chat items, read receipts and typing (docs/protocol.md §15).
+    let chat = |name: &str, kind: ContentKind| {
+        let bytes = Content {
+            message_id: MessageId([3; 16]),
+            timestamp_ms: 10,
+            access_key: None,
+            kind,
+        }
+        .encode();
+        (name.to_owned(), bytes)
+    };
+    let quote = sdk_quote();
+    for (name, bytes) in [
+        chat(
+            "ok-chat-reply",
+            ContentKind::Chat {
+                item: ChatItem::Text {
+                    text: "yes".into(),
+                    quote: Some(quote),
+                    expire_s: 60,
+                },
+            },
+        ),
+        chat(
+            "ok-chat-sync-edit",
+            ContentKind::ChatSync {
+                conversation: AccountId([3; 32]),
+                item: ChatItem::Edit {
+                    target: MessageId([1; 16]),
+                    text: "fixed".into(),
+                },
+            },
+        ),
+        chat(
+            "ok-chat-reaction",
+            ContentKind::Chat {
+                item: ChatItem::Reaction {
+                    author: AccountId([4; 32]),
+                    target: MessageId([1; 16]),
+                    emoji: "👍".into(),
+                },
+            },
+        ),
+        chat(
+            "ok-chat-delete",
+            ContentKind::Chat {
+                item: ChatItem::Delete {
+                    target: MessageId([1; 16]),
+                },
+            },
+        ),
+        chat(
+            "ok-chat-timer",
+            ContentKind::Chat {
+                item: ChatItem::Timer { expire_s: 86_400 },
+            },
+        ),
+        chat(
+            "ok-read",
+            ContentKind::Read {
+                group: Some(sdk_group()),
+                message_ids: vec![MessageId([1; 16])],
+            },
+        ),
+        chat(
+            "ok-typing",
+            ContentKind::Typing {
+                group: None,
+                typing: true,
+            },
+        ),
+    ] {
+        add("content", &name, bytes);
+    }
     // Group content (docs/protocol.md §14.6), each sub-kind.
     let gstate = group_state();
     let gcommit = Commit::on(
