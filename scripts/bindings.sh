@@ -177,6 +177,7 @@ if run python; then
   export SOTTO_TEST_DIR=$RUN_DIR/python
   mkdir -p "$SOTTO_TEST_DIR"
   timed python env PYTHONPATH="$GEN/python" python3 "$TESTS/python/test_sotto.py"
+  env PYTHONPATH="$GEN/python" python3 "$TESTS/python/check_docs.py" docs/bindings.md
   timed "python echo bot" env PYTHONPATH="$GEN/python" python3 "$EXAMPLES/check_echo_bot.py" python \
     python3 "$EXAMPLES/python/echo_bot.py" "$SOTTO_RELAY_URL" "$SOTTO_TEST_DIR/echo-bot.db" 2
   if [ -n "${SOTTO_BENCH:-}" ]; then
