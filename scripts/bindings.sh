@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds sotto-ffi, generates its Swift, Kotlin and Python bindings into
-# bindings/generated/ (git-ignored) and runs each language's tests against one local
-# sotto-relay.
+# bindings/generated/ (git-ignored) and runs each language's tests and its echo bot
+# (bindings/uniffi/examples/) against one local sotto-relay.
 #
 #   scripts/bindings.sh                      install what is missing, build, test all three
 #   scripts/bindings.sh python kotlin        only these languages
@@ -22,6 +22,7 @@ KOTLIN_VERSION=2.4.20
 CACHE=${SOTTO_CACHE:-$HOME/.cache/sotto}
 GEN=$ROOT/bindings/generated
 TESTS=$ROOT/bindings/uniffi/tests
+EXAMPLES=$ROOT/bindings/uniffi/examples
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 case "$TARGET" in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
 IN_CI=false
@@ -140,7 +141,10 @@ run() { want "$1" && [[ " ${SKIPPED[*]-} " != *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- build and generate
 step "build sotto-ffi, uniffi-bindgen and sotto-relay"
-# Benchmarks use release builds of the library and relay; uniffi-bindgen is always debug.
+# Benchmarks use release builds of the library and relay. uniffi-bindgen comes from the
+# workspace's debug build, in the same cargo run as the library, so it costs no build of
+# its own; its dependencies (uniffi_bindgen, askama, ...) are optimized in debug too
+# (`[profile.dev.package."*"]`), so it generates as fast as a release build would.
 PROFILE=debug
 build_workspace_debug
 if [ -n "${SOTTO_BENCH:-}" ]; then
@@ -173,6 +177,9 @@ if run python; then
   export SOTTO_TEST_DIR=$RUN_DIR/python
   mkdir -p "$SOTTO_TEST_DIR"
   timed python env PYTHONPATH="$GEN/python" python3 "$TESTS/python/test_sotto.py"
+  env PYTHONPATH="$GEN/python" python3 "$TESTS/python/check_docs.py" docs/bindings.md
+  timed "python echo bot" env PYTHONPATH="$GEN/python" python3 "$EXAMPLES/check_echo_bot.py" python \
+    python3 "$EXAMPLES/python/echo_bot.py" "$SOTTO_RELAY_URL" "$SOTTO_TEST_DIR/echo-bot.db" 2
   if [ -n "${SOTTO_BENCH:-}" ]; then
     env PYTHONPATH="$GEN/python" python3 "$TESTS/python/bench_sotto.py"
   fi
@@ -196,6 +203,11 @@ if run kotlin; then
     -cp "$KT_OUT/t.jar:$BINDINGS_JAR:$CP:$KOTLIN_HOME/lib/kotlin-stdlib.jar")
   export SOTTO_TEST_DIR=$KT_OUT/data
   timed kotlin "${KT_RUN[@]}" TestSottoKt
+  "$KOTLIN_HOME/bin/kotlinc-jvm" -nowarn -cp "$CP:$BINDINGS_JAR" "$EXAMPLES/kotlin/EchoBot.kt" -d "$KT_OUT/echo-bot.jar"
+  timed "kotlin echo bot" env PYTHONPATH="$GEN/python" python3 "$EXAMPLES/check_echo_bot.py" kotlin \
+    java -Djna.library.path="$(dirname "$LIB")" \
+    -cp "$KT_OUT/echo-bot.jar:$BINDINGS_JAR:$CP:$KOTLIN_HOME/lib/kotlin-stdlib.jar" \
+    EchoBotKt "$SOTTO_RELAY_URL" "$SOTTO_TEST_DIR/echo-bot.db" 2
   if [ -n "${SOTTO_BENCH:-}" ]; then
     "${KT_RUN[@]}" BenchSottoKt
   fi
@@ -207,12 +219,22 @@ if run swift; then
   B=/build-$$
   CHROOT_BUILD=$TRIXIE$B
   mkdir -p "$CHROOT_BUILD/data"
-  cp "$GEN/swift/"* "$LIB" "$TESTS/swift/main.swift" "$CHROOT_BUILD/"
+  cp "$GEN/swift/"* "$LIB" "$TESTS/swift/main.swift" "$TESTS/swift/errors.swift" "$CHROOT_BUILD/"
+  mkdir -p "$CHROOT_BUILD/echo"
+  cp "$EXAMPLES/swift/main.swift" "$CHROOT_BUILD/echo/"
   # The relay listens on the host's loopback, which the chroot shares.
   timed swift chroot "$TRIXIE" env B="$B" SOTTO_RELAY_URL="$SOTTO_RELAY_URL" SOTTO_TEST_DIR="$B/data" bash -c \
     'cd "$B" && swiftc -module-name SottoTests -module-cache-path "$B/mc" -I "$B" \
        -Xcc -fmodule-map-file="$B/sotto_ffiFFI.modulemap" -L "$B" -lsotto_ffi \
-       sotto_ffi.swift main.swift -o sotto-tests && LD_LIBRARY_PATH="$B" ./sotto-tests'
+       sotto_ffi.swift errors.swift main.swift -o sotto-tests && LD_LIBRARY_PATH="$B" ./sotto-tests'
+  chroot "$TRIXIE" env B="$B" bash -c \
+    'cd "$B" && swiftc -module-name EchoBot -module-cache-path "$B/mc" -I "$B" \
+       -Xcc -fmodule-map-file="$B/sotto_ffiFFI.modulemap" -L "$B" -lsotto_ffi \
+       sotto_ffi.swift echo/main.swift -o echo-bot'
+  mkdir -p "$RUN_DIR/swift-echo"
+  timed "swift echo bot" env PYTHONPATH="$GEN/python" SOTTO_TEST_DIR="$RUN_DIR/swift-echo" \
+    python3 "$EXAMPLES/check_echo_bot.py" swift \
+    chroot "$TRIXIE" env LD_LIBRARY_PATH="$B" "$B/echo-bot" "$SOTTO_RELAY_URL" "$B/data/echo-bot.db" 2
   if [ -n "${SOTTO_BENCH:-}" ]; then
     mkdir -p "$CHROOT_BUILD/bench"
     cp "$TESTS/swift-bench/main.swift" "$CHROOT_BUILD/bench/"

@@ -115,14 +115,17 @@ pub enum SottoError {
         reason: String,
     },
     /// The relay answered with an error code (docs/protocol.md §13).
-    #[error("the relay refused: {code_name} ({code})")]
+    ///
+    /// No field of any variant is named `code`: in Python a field becomes an attribute of
+    /// the exception object and would hide the [`SottoError::code`] method.
+    #[error("the relay refused: {relay_code_name} ({relay_code})")]
     Relay {
         /// The HTTP status (0 on the WebSocket).
         status: u16,
-        /// The relay's stable error code.
-        code: u16,
-        /// The code's name, such as `RATE_LIMITED`.
-        code_name: String,
+        /// The relay's numeric error code, such as 20.
+        relay_code: u16,
+        /// The relay's error code name, such as `UNKNOWN_ACCOUNT` or `RATE_LIMITED`.
+        relay_code_name: String,
         /// True when the same call may succeed later.
         retryable: bool,
     },
@@ -292,8 +295,8 @@ impl From<TransportError> for SottoError {
             TransportError::Io(_) | TransportError::Timeout => Self::Network { reason: e.to_string() },
             TransportError::Relay { status, code } => Self::Relay {
                 status,
-                code: code.0,
-                code_name: code.name().into(),
+                relay_code: code.0,
+                relay_code_name: code.name().into(),
                 retryable: code.is_retryable(),
             },
             other => Self::Transport {
@@ -1459,6 +1462,175 @@ mod tests {
         assert!(matches!(e, SottoError::BadContact));
         let e: SottoError = StoreError::Decrypt.into();
         assert!(matches!(e, SottoError::WrongStoreKey));
+    }
+
+    /// Every variant and its stable code. The binding tests (bindings/uniffi/tests) hold
+    /// the same table in Swift, Kotlin and Python.
+    fn every_variant() -> Vec<(SottoError, &'static str, bool)> {
+        let reason = || "r".to_owned();
+        vec![
+            (SottoError::WrongStoreKey, "wrong_store_key", false),
+            (SottoError::StoreConflict, "store_conflict", true),
+            (SottoError::Store { reason: reason() }, "store", false),
+            (SottoError::Network { reason: reason() }, "network", true),
+            (
+                SottoError::Relay {
+                    status: 429,
+                    relay_code: 40,
+                    relay_code_name: "RATE_LIMITED".into(),
+                    retryable: true,
+                },
+                "relay",
+                true,
+            ),
+            (
+                SottoError::Relay {
+                    status: 404,
+                    relay_code: 20,
+                    relay_code_name: "UNKNOWN_ACCOUNT".into(),
+                    retryable: false,
+                },
+                "relay",
+                false,
+            ),
+            (SottoError::Transport { reason: reason() }, "transport", false),
+            (SottoError::Refused { reason: reason() }, "refused", false),
+            (SottoError::DeviceList { reason: reason() }, "device_list", false),
+            (SottoError::AccountExists, "account_exists", false),
+            (SottoError::NoAccount, "no_account", false),
+            (SottoError::BadContact, "bad_contact", false),
+            (SottoError::UnknownContact, "unknown_contact", false),
+            (SottoError::BadLinkCode, "bad_link_code", false),
+            (SottoError::Link { reason: reason() }, "link", false),
+            (SottoError::NoAccountKey, "no_account_key", false),
+            (SottoError::NoListKey, "no_list_key", false),
+            (SottoError::NeedsRecoveryKey, "needs_recovery_key", false),
+            (SottoError::BadRecoveryKey, "bad_recovery_key", false),
+            (SottoError::UnknownLinkRequest, "unknown_link_request", false),
+            (SottoError::LinkTimeout, "link_timeout", false),
+            (SottoError::BadGroupId, "bad_group_id", false),
+            (SottoError::UnknownGroup, "unknown_group", false),
+            (SottoError::NotGroupAdmin, "not_group_admin", false),
+            (SottoError::Group { reason: reason() }, "group", false),
+            (SottoError::SenderKey { reason: reason() }, "sender_key", false),
+            (
+                SottoError::InvalidArgument { reason: reason() },
+                "invalid_argument",
+                false,
+            ),
+            (SottoError::Closed, "closed", false),
+            (SottoError::Internal { reason: reason() }, "internal", false),
+            (SottoError::Entropy, "entropy", false),
+        ]
+    }
+
+    #[test]
+    fn every_variant_has_its_stable_code_and_retryability() {
+        let all = every_variant();
+        for (e, code, retryable) in &all {
+            assert_eq!(e.code(), *code, "{e:?}");
+            assert_eq!(e.is_retryable(), *retryable, "{e:?}");
+            // Every variant prints something for logs.
+            assert!(!e.to_string().is_empty(), "{e:?}");
+        }
+        // One code per variant (the two relay rows share one).
+        let codes: BTreeSet<&str> = all.iter().map(|(_, c, _)| *c).collect();
+        assert_eq!(codes.len(), all.len() - 1);
+        // This table covers every variant: the match fails to compile when one is added.
+        for (e, _, _) in &all {
+            match e {
+                SottoError::WrongStoreKey
+                | SottoError::StoreConflict
+                | SottoError::Store { .. }
+                | SottoError::Network { .. }
+                | SottoError::Relay { .. }
+                | SottoError::Transport { .. }
+                | SottoError::Refused { .. }
+                | SottoError::DeviceList { .. }
+                | SottoError::AccountExists
+                | SottoError::NoAccount
+                | SottoError::BadContact
+                | SottoError::UnknownContact
+                | SottoError::BadLinkCode
+                | SottoError::Link { .. }
+                | SottoError::NoAccountKey
+                | SottoError::NoListKey
+                | SottoError::NeedsRecoveryKey
+                | SottoError::BadRecoveryKey
+                | SottoError::UnknownLinkRequest
+                | SottoError::LinkTimeout
+                | SottoError::BadGroupId
+                | SottoError::UnknownGroup
+                | SottoError::NotGroupAdmin
+                | SottoError::Group { .. }
+                | SottoError::SenderKey { .. }
+                | SottoError::InvalidArgument { .. }
+                | SottoError::Closed
+                | SottoError::Internal { .. }
+                | SottoError::Entropy => {}
+            }
+        }
+    }
+
+    /// The SDK errors the binding tests cannot provoke through a real call: a store
+    /// written by another process meanwhile, a contact's device list that does not verify
+    /// (it takes a relay that serves a forged one), a join that is never answered (five
+    /// minutes), a sender-key failure, a failing OS random generator, a relay timeout
+    /// and a retryable relay refusal.
+    #[test]
+    fn errors_the_bindings_cannot_provoke_map_to_their_variants() {
+        use sotto_proto::ErrorCode;
+
+        let e: SottoError = ClientError::Store(StoreError::Conflict).into();
+        assert!(matches!(e, SottoError::StoreConflict) && e.is_retryable());
+        let e: SottoError = ClientError::DeviceList(sotto_crypto::DeviceListError::BadSignature).into();
+        assert!(matches!(e, SottoError::DeviceList { .. }));
+        assert_eq!(e.code(), "device_list");
+        let e: SottoError = ClientError::LinkTimeout.into();
+        assert_eq!(e.code(), "link_timeout");
+        let e: SottoError =
+            ClientError::Machine(MachineError::SenderKey(sotto_crypto::SenderKeyError::BadSignature)).into();
+        assert!(matches!(e, SottoError::SenderKey { .. }));
+        let e: SottoError = ClientError::Entropy.into();
+        assert!(matches!(e, SottoError::Entropy) && !e.is_retryable());
+        let e: SottoError = ClientError::Transport(TransportError::Timeout).into();
+        assert!(matches!(e, SottoError::Network { .. }) && e.is_retryable());
+        let e: SottoError = TransportError::Relay {
+            status: 429,
+            code: ErrorCode::RATE_LIMITED,
+        }
+        .into();
+        match &e {
+            SottoError::Relay {
+                status,
+                relay_code,
+                relay_code_name,
+                retryable,
+            } => {
+                assert_eq!((*status, *relay_code), (429, ErrorCode::RATE_LIMITED.0));
+                assert_eq!(relay_code_name, "RATE_LIMITED");
+                assert!(*retryable);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.code(), "relay");
+        assert!(e.is_retryable());
+        assert_eq!(e.to_string(), "the relay refused: RATE_LIMITED (40)");
+    }
+
+    /// A call that panics inside the runtime fails with `Internal`: the panic does not
+    /// cross into the foreign language.
+    #[test]
+    fn a_panicking_call_is_an_internal_error() {
+        let Ok(rt) = runtime() else { panic!("no runtime") };
+        let r = rt.block_on(on_runtime::<(), _>(async { panic!("boom") }));
+        match r {
+            Err(e @ SottoError::Internal { .. }) => {
+                assert_eq!(e.code(), "internal");
+                assert!(!e.is_retryable());
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 
 Two clients register, exchange messages both ways, read their history after reopening
 their stores, and see errors as typed exceptions; a group is created, talks, and loses a
-member, who gets nothing sent afterwards. Run by scripts/bindings.sh.
+member, who gets nothing sent afterwards. Every error case is checked by errors.py. Run
+by scripts/bindings.sh.
 """
 
 import asyncio
@@ -10,6 +11,7 @@ import os
 import sys
 import time
 
+from errors import every_error
 from sotto_ffi import ClientOptions, EventListener, GroupRole, MessageStatus, Page, SottoClient, SottoError
 
 RELAY = os.environ["SOTTO_RELAY_URL"]
@@ -57,6 +59,10 @@ async def expect_error(cls, coro):
 
 
 async def main():
+    # Every error case, provoked or constructed, with its code (errors.py).
+    os.makedirs(os.path.join(DIR, "errors"), exist_ok=True)
+    await every_error(RELAY, os.path.join(DIR, "errors"))
+
     key_a, key_b = os.urandom(32), os.urandom(32)
     path_a, path_b = os.path.join(DIR, "alice.db"), os.path.join(DIR, "bob.db")
     opts = ClientOptions()

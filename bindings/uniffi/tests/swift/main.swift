@@ -1,7 +1,8 @@
 // Swift tests of the sotto_ffi binding against the relay at $SOTTO_RELAY_URL: two clients
 // register, exchange messages both ways, read their history after reopening their stores,
 // and see errors as typed errors; a group is created, talks, and loses a member, who gets
-// nothing sent afterwards. Built with swiftc and run by scripts/bindings.sh.
+// nothing sent afterwards; every error case is checked by errors.swift. Built with swiftc
+// and run by scripts/bindings.sh.
 
 import Foundation
 
@@ -198,6 +199,10 @@ let pathB = dir + "/bob.db"
 let opts = ClientOptions()
 
 do {
+    // Every error case, provoked or constructed, with its code (errors.swift).
+    try FileManager.default.createDirectory(atPath: dir + "/errors", withIntermediateDirectories: true)
+    try await everyError(relay: relay, folder: dir + "/errors")
+
     // Alice's receipts wait ten minutes in this first session (shutdown keeps them queued).
     let slowReceipts = ClientOptions(receiptDelayMinMs: 600_000, receiptDelayMaxMs: 600_001)
     var alice = try await SottoClient.createAccount(
