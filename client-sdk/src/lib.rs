@@ -59,13 +59,14 @@ pub mod transport;
 
 #[cfg(any(feature = "native", feature = "web"))]
 pub use client::{
-    Client, ClientError, ClientOptions, Entropy, EventStream, contact_link, contact_link_with_key, parse_contact,
-    parse_contact_link,
+    Client, ClientError, ClientOptions, ConversationList, ConversationSummary, Entropy, EventStream, ListDiff,
+    Listener, MAX_TIMELINE_WINDOW, MAX_UNREAD_COUNT, SendState, Subscription, TYPING_TIMEOUT_MS, Timeline,
+    TimelineItem, apply_diffs, contact_link, contact_link_with_key, parse_contact, parse_contact_link,
 };
 pub use content::{Content, ContentError, ContentKind};
 pub use group::{GroupId, Role};
 pub use ids::MessageId;
 #[cfg(any(feature = "native", feature = "web"))]
 pub use link::PendingJoin;
-pub use machine::{Event, GroupInfo, Machine, MachineError, UndecryptableCause};
-pub use store::{MessageStatus, Page, StoredMessage};
+pub use machine::{Conversation, Event, GroupInfo, Machine, MachineError, UndecryptableCause};
+pub use store::{MessageKey, MessageKind, MessageStatus, Page, Reaction, StoredMessage};

@@ -77,6 +77,7 @@ impl<S: Store> Inner<S> {
         match result {
             Ok(c) => {
                 m.apply(&changes, &c);
+                self.live.touch(&changes);
                 if changes.account.is_some() {
                     *self.access_key.lock().unwrap_or_else(|e| e.into_inner()) = m.own_access_key().map(|k| k.0);
                 }

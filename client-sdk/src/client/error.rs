@@ -103,6 +103,16 @@ pub enum ClientError {
     /// the operation was refused.
     #[error("the operating system's random generator failed")]
     Entropy,
+    /// No such message in this conversation.
+    #[error("no such message")]
+    UnknownMessage,
+    /// Only a message's author may edit or delete it.
+    #[error("only the author may change this message")]
+    NotAuthor,
+    /// The message is not queued (it was sent, or is being sent) or not failed, so it
+    /// cannot be cancelled or retried.
+    #[error("the message cannot be cancelled or retried in its state")]
+    NotQueued,
 }
 
 impl From<MachineError> for ClientError {
@@ -123,6 +133,11 @@ impl ClientError {
             Self::Store(StoreError::Decrypt) | Self::Machine(MachineError::Pickle(_)) => "wrong_store_key",
             Self::Store(StoreError::Conflict) => "store_conflict",
             Self::Store(_) => "store",
+            Self::Machine(MachineError::Blocked) => "blocked",
+            Self::Machine(MachineError::IdentityUnacknowledged) => "identity_unacknowledged",
+            Self::Machine(MachineError::TextTooLong { .. }) => "too_long",
+            Self::Machine(MachineError::TimerTooLong { .. }) => "timer_too_long",
+            Self::Machine(MachineError::UnknownGroup) => "unknown_group",
             Self::Machine(_) => "machine",
             Self::Transport(_) => "transport",
             Self::DeviceList(_) => "device_list",
@@ -139,6 +154,9 @@ impl ClientError {
             Self::UnknownLinkRequest => "unknown_link_request",
             Self::LinkTimeout => "link_timeout",
             Self::Entropy => "entropy",
+            Self::UnknownMessage => "unknown_message",
+            Self::NotAuthor => "not_author",
+            Self::NotQueued => "not_queued",
         }
     }
 

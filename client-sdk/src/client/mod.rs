@@ -24,16 +24,22 @@ use crate::rt::{self, Instant};
 use crate::store::{Page, Store, StoreError, StoreKey, StoredMessage};
 use crate::transport::Relay;
 
+mod chat;
 mod commit;
 mod connection;
 mod directory;
 mod entropy;
 mod error;
 mod inbound;
+mod live;
 mod outbox;
 
 pub use entropy::Entropy;
 pub use error::ClientError;
+pub use live::{
+    ConversationList, ConversationSummary, ListDiff, Listener, MAX_TIMELINE_WINDOW, MAX_UNREAD_COUNT, SendState,
+    Subscription, TYPING_TIMEOUT_MS, Timeline, TimelineItem, apply_diffs,
+};
 
 /// Events queued for the app before the connection task waits for it to read.
 pub(crate) const EVENT_QUEUE: usize = 4096;
@@ -88,6 +94,9 @@ pub struct ClientOptions {
     /// (`ACCESS_DENIED`), and linking a new device is refused too (its request travels
     /// as one). Default true.
     pub accept_message_requests: bool,
+    /// Whether [`Client::mark_read`] sends read receipts to the authors of what was read.
+    /// Default true.
+    pub read_receipts: bool,
 }
 
 impl Default for ClientOptions {
@@ -110,6 +119,7 @@ impl Default for ClientOptions {
             anonymous_open_delay: Duration::from_secs(1)..Duration::from_secs(5),
             anonymous_lifetime: Duration::from_secs(300)..Duration::from_secs(900),
             accept_message_requests: true,
+            read_receipts: true,
         }
     }
 }
@@ -241,6 +251,8 @@ pub(crate) struct Inner<S: Store> {
     net_rng: std::sync::Mutex<ChaCha20Rng>,
     /// The account's access key as the machine last held it (for the contact link).
     pub(crate) access_key: std::sync::Mutex<Option<[u8; 32]>>,
+    /// The live lists' wake-ups and typing state.
+    pub(crate) live: live::LiveHub,
 }
 
 /// A Sotto client: one device of one account, its store and its relay connection.
@@ -350,6 +362,7 @@ impl<S: Store> Client<S> {
                 entropy,
                 pending_backoff: Default::default(),
                 access_key: std::sync::Mutex::new(access_key),
+                live: live::LiveHub::default(),
             }),
             shutdown,
             task: std::sync::Mutex::new(None),

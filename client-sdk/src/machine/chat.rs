@@ -252,6 +252,48 @@ impl Machine {
         Ok((changes, message))
     }
 
+    /// The content of a message sent again ([`crate::Client::retry`]): the same id and
+    /// timestamp, so receivers that got it before drop the copy.
+    pub fn resend_content(
+        &self,
+        conversation: Conversation,
+        id: MessageId,
+        timestamp_ms: u64,
+        item: ChatItem,
+    ) -> Result<Vec<u8>, MachineError> {
+        let kind = match conversation {
+            Conversation::Direct(to) => {
+                if self.conversations.get(&to).is_some_and(|c| c.blocked) {
+                    return Err(MachineError::Blocked);
+                }
+                if self.conversations.get(&to).is_some_and(|c| c.identity_unacked) {
+                    return Err(MachineError::IdentityUnacknowledged);
+                }
+                ContentKind::Chat { item }
+            }
+            Conversation::Group(group) => {
+                if !self.groups.get(&group).is_some_and(|e| e.record.value.active) {
+                    return Err(MachineError::UnknownGroup);
+                }
+                ContentKind::Group {
+                    group,
+                    body: GroupBody::Chat { item },
+                }
+            }
+        };
+        let access_key = match conversation {
+            Conversation::Direct(_) => self.own_access_key(),
+            Conversation::Group(_) => None,
+        };
+        Ok(Content {
+            message_id: id,
+            timestamp_ms,
+            access_key,
+            kind,
+        }
+        .encode())
+    }
+
     /// Marks a conversation read up to `up_to` (an `order`): `read` are the messages from
     /// others it newly covers. Starts their disappearing timers, and when `receipts` is
     /// true queues read receipts to their authors (one per author, at most
@@ -334,6 +376,17 @@ impl Machine {
             }
         });
         Ok(changes)
+    }
+
+    /// Deletes a 1:1 conversation's record (a declined message request, or a chat the
+    /// user removed); `messages` are its stored messages, removed with it. The contact's
+    /// next message starts a new request.
+    pub fn delete_conversation(&self, contact: AccountId, messages: &[MessageKey]) -> Changes {
+        Changes {
+            conversations_removed: vec![contact],
+            messages_removed: messages.to_vec(),
+            ..Changes::default()
+        }
     }
 
     /// Sets or clears a contact's local nickname.

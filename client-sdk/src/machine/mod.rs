@@ -388,6 +388,9 @@ impl Machine {
                 self.lists.insert(*a, list);
             }
         }
+        for peer in &changes.conversations_removed {
+            self.conversations.remove(peer);
+        }
         for c in &changes.conversations {
             self.conversations.insert(c.peer, c.clone());
         }
@@ -476,6 +479,11 @@ impl Machine {
     /// One conversation's record.
     pub fn conversation(&self, peer: &AccountId) -> Option<&ConversationRecord> {
         self.conversations.get(peer)
+    }
+
+    /// Every 1:1 conversation's record.
+    pub fn conversation_records(&self) -> impl Iterator<Item = &ConversationRecord> {
+        self.conversations.values()
     }
 
     /// The safety number with a contact whose device list is pinned.

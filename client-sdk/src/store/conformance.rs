@@ -739,6 +739,11 @@ pub async fn message_updates_fold_and_removal(s: &impl Store) {
     })
     .await
     .unwrap();
+    // The timer: due at 1000, not before.
+    assert!(s.expired_messages(999, 10).await.unwrap().is_empty());
+    assert_eq!(s.expired_messages(1_000, 10).await.unwrap(), vec![key(1, 1)]);
+    assert_eq!(s.message(key(2, 1)).await.unwrap().map(|m| m.deleted), Some(true));
+    assert_eq!(s.message(key(9, 1)).await.unwrap(), None);
     let all = s.messages(conv, Page::default()).await.unwrap();
     assert_eq!(all.len(), 4);
     assert_eq!(all[0].text, "edited");

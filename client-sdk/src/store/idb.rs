@@ -759,6 +759,38 @@ impl MessageStore for IdbStore {
         }
         Ok(out)
     }
+
+    async fn message(&self, key: MessageKey) -> Result<Option<StoredMessage>, StoreError> {
+        let k = self.crypt.tag(MESSAGES, &key.to_bytes());
+        let index: IdbIndex = self.read(MESSAGES)?.index(BY_K).map_err(js("index"))?;
+        let row = request(index.get(&bytes(&k)), "get")?.await?;
+        if row.is_undefined() {
+            return Ok(None);
+        }
+        let plain = self.crypt.open(MESSAGES, &k, &bytes_field(&row, "v")?)?;
+        Ok(Some(decode_message(&plain, number_field(&row, "ord")?)?))
+    }
+
+    /// Scans every message (the browser store keeps no index of expiry times: nothing
+    /// about a message is stored in the clear but its order and conversation tag).
+    async fn expired_messages(&self, now_ms: u64, limit: u32) -> Result<Vec<MessageKey>, StoreError> {
+        let rows = walk(
+            self.read(MESSAGES)?
+                .open_cursor_with_range_and_direction(&JsValue::NULL, IdbCursorDirection::Next),
+            usize::MAX,
+        )
+        .await?;
+        let mut due = Vec::new();
+        for rec in &rows {
+            let k = bytes_field(rec, "k")?;
+            let m = decode_message(&self.crypt.open(MESSAGES, &k, &bytes_field(rec, "v")?)?, 0)?;
+            if m.expires_at_ms != 0 && m.expires_at_ms <= now_ms {
+                due.push((m.expires_at_ms, m.key()));
+            }
+        }
+        due.sort();
+        Ok(due.into_iter().take(limit as usize).map(|(_, k)| k).collect())
+    }
 }
 
 impl InboundStore for IdbStore {
@@ -852,7 +884,7 @@ fn scope(changes: &Changes) -> Vec<&'static str> {
         s.insert(PENDING);
         s.insert(META);
     }
-    if !changes.conversations.is_empty() {
+    if !changes.conversations.is_empty() || !changes.conversations_removed.is_empty() {
         s.insert(CONVERSATIONS);
     }
     if !changes.messages.is_empty() || !changes.message_updates.is_empty() || !changes.messages_removed.is_empty() {
@@ -1055,8 +1087,12 @@ impl Store for IdbStore {
                     .map_err(js("put"))?;
             }
         }
-        if !changes.conversations.is_empty() {
+        if !changes.conversations.is_empty() || !changes.conversations_removed.is_empty() {
             let store = tx.store(CONVERSATIONS)?;
+            for peer in &changes.conversations_removed {
+                let tag = c.tag(CONVERSATIONS, peer.as_bytes());
+                store.delete(&bytes(&tag)).map_err(js("delete"))?;
+            }
             for conv in &changes.conversations {
                 let tag = c.tag(CONVERSATIONS, conv.peer.as_bytes());
                 let k = bytes(&tag);

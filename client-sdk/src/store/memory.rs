@@ -120,6 +120,27 @@ impl MessageStore for MemoryStore {
             .map(|m| m.key())
             .collect())
     }
+
+    async fn message(&self, key: MessageKey) -> Result<Option<StoredMessage>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .message_index
+            .get(&key)
+            .and_then(|o| inner.messages.get(o))
+            .cloned())
+    }
+
+    async fn expired_messages(&self, now_ms: u64, limit: u32) -> Result<Vec<MessageKey>, StoreError> {
+        let inner = self.lock();
+        let mut due: Vec<(u64, MessageKey)> = inner
+            .messages
+            .values()
+            .filter(|m| m.expires_at_ms != 0 && m.expires_at_ms <= now_ms)
+            .map(|m| (m.expires_at_ms, m.key()))
+            .collect();
+        due.sort();
+        Ok(due.into_iter().take(limit as usize).map(|(_, k)| k).collect())
+    }
 }
 
 impl InboundStore for MemoryStore {
@@ -227,6 +248,9 @@ impl Store for MemoryStore {
         }
         for (a, l) in changes.device_lists {
             inner.device_lists.insert(a, l);
+        }
+        for peer in changes.conversations_removed {
+            inner.conversations.remove(&peer);
         }
         for c in changes.conversations {
             inner.conversations.insert(c.peer, c);

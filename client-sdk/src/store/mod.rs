@@ -435,6 +435,8 @@ pub enum MessageUpdate {
     /// Starts its disappearing timer: it expires at this time (Unix ms), unless it already
     /// expires earlier.
     ExpireAt(u64),
+    /// A failed message goes back in the send queue (`Failed` → `Queued`).
+    Requeue,
 }
 
 /// Leaves texts out.
@@ -446,6 +448,7 @@ impl std::fmt::Debug for MessageUpdate {
             Self::Delete => f.write_str("Delete"),
             Self::React(r) => f.debug_struct("React").field("at_ms", &r.at_ms).finish_non_exhaustive(),
             Self::ExpireAt(t) => f.debug_tuple("ExpireAt").field(t).finish(),
+            Self::Requeue => f.write_str("Requeue"),
         }
     }
 }
@@ -555,6 +558,12 @@ impl StoredMessage {
                     return false;
                 }
                 self.expires_at_ms = *t;
+            }
+            MessageUpdate::Requeue => {
+                if !matches!(self.status, MessageStatus::Failed { .. }) {
+                    return false;
+                }
+                self.status = MessageStatus::Queued;
             }
         }
         true
@@ -706,6 +715,9 @@ pub struct Changes {
     /// Conversations to create, or to replace when stored (the machine writes the whole
     /// current record).
     pub conversations: Vec<ConversationRecord>,
+    /// Conversations to delete (before `conversations` are written); unknown ones are
+    /// skipped.
+    pub conversations_removed: Vec<AccountId>,
     /// Messages to insert; one whose [`MessageKey`] is stored already is skipped.
     pub messages: Vec<StoredMessage>,
     /// Changes to stored messages: statuses, edits, deletes, reactions, timers (unknown
@@ -748,6 +760,7 @@ impl std::fmt::Debug for Changes {
             .field("prekeys_removed", &self.prekeys_removed.len())
             .field("device_lists", &self.device_lists.len())
             .field("conversations", &self.conversations.len())
+            .field("conversations_removed", &self.conversations_removed.len())
             .field("messages", &self.messages.len())
             .field("message_updates", &self.message_updates.len())
             .field("messages_removed", &self.messages_removed.len())
@@ -805,6 +818,7 @@ impl Changes {
             && self.prekeys_removed.is_empty()
             && self.device_lists.is_empty()
             && self.conversations.is_empty()
+            && self.conversations_removed.is_empty()
             && self.messages.is_empty()
             && self.message_updates.is_empty()
             && self.messages_removed.is_empty()
@@ -872,6 +886,15 @@ pub trait MessageStore {
     ) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + MaybeSend;
     /// The keys of the last `limit` messages stored (for deduplication after a restart).
     fn recent_message_ids(&self, limit: u32) -> impl Future<Output = Result<Vec<MessageKey>, StoreError>> + MaybeSend;
+    /// One message, by its key.
+    fn message(&self, key: MessageKey) -> impl Future<Output = Result<Option<StoredMessage>, StoreError>> + MaybeSend;
+    /// The keys of messages whose disappearing timer ran out at `now_ms` (at most
+    /// `limit`, the earliest first).
+    fn expired_messages(
+        &self,
+        now_ms: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<MessageKey>, StoreError>> + MaybeSend;
 }
 
 /// What the inbound path remembers across restarts.

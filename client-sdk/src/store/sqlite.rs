@@ -19,9 +19,9 @@ use super::records::{
 };
 use super::{
     AccountRecord, AccountStore, Changes, Committed, ConversationRecord, DeviceListStore, EnvelopeDigest, GroupRecord,
-    GroupStore, InboundStore, MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, OutboxItem, OutboxStore,
-    Page, PeerDevice, PendingInbound, PreKeyId, PreKeyStore, SenderKeyId, SenderKeySet, SessionSet, SessionStore,
-    Store, StoreError, StoredMessage, Versioned, check_pin, check_pin_write,
+    GroupStore, InboundStore, MAX_PAGE, MAX_PROCESSED_ENVELOPES, MessageKey, MessageStore, MessageUpdate, OutboxItem,
+    OutboxStore, Page, PeerDevice, PendingInbound, PreKeyId, PreKeyStore, SenderKeyId, SenderKeySet, SessionSet,
+    SessionStore, Store, StoreError, StoredMessage, Versioned, check_pin, check_pin_write,
 };
 use crate::group::GroupId;
 
@@ -44,6 +44,9 @@ const SCHEMA: &[&str] = &[
     // like sessions: v = sealed (var(key) ‖ record).
     "CREATE TABLE IF NOT EXISTS groups (k BLOB PRIMARY KEY, version INTEGER NOT NULL, v BLOB NOT NULL) STRICT",
     "CREATE TABLE IF NOT EXISTS sender_keys (k BLOB PRIMARY KEY, version INTEGER NOT NULL, v BLOB NOT NULL) STRICT",
+    // When messages with a disappearing timer expire: k = the message row's k.
+    "CREATE TABLE IF NOT EXISTS expiring (k BLOB PRIMARY KEY, expires INTEGER NOT NULL) STRICT",
+    "CREATE INDEX IF NOT EXISTS expiring_by_time ON expiring (expires)",
 ];
 
 fn sender_key_key(id: &SenderKeyId) -> Vec<u8> {
@@ -90,6 +93,19 @@ fn db(e: sqlx::Error) -> StoreError {
         }
     }
     StoreError::Database(e.to_string())
+}
+
+/// Records when the message row `k` expires.
+async fn set_expiry(tx: &mut sqlx::SqliteConnection, k: &[u8], expires_at_ms: u64) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO expiring (k, expires) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET expires = excluded.expires",
+    )
+    .bind(k)
+    .bind(to_i64(expires_at_ms))
+    .execute(tx)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -336,6 +352,40 @@ impl MessageStore for SqliteStore {
             let v: Vec<u8> = row.try_get("v").map_err(db)?;
             let plain = self.crypt.open("messages", &k, &v)?;
             out.push(decode_message(&plain, 0)?.key());
+        }
+        Ok(out)
+    }
+
+    async fn message(&self, key: MessageKey) -> Result<Option<StoredMessage>, StoreError> {
+        let k = self.crypt.tag("messages", &key.to_bytes());
+        let Some(row) = sqlx::query("SELECT ord, v FROM messages WHERE k = ?")
+            .bind(&k)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let ord: i64 = row.try_get("ord").map_err(db)?;
+        let v: Vec<u8> = row.try_get("v").map_err(db)?;
+        let plain = self.crypt.open("messages", &k, &v)?;
+        Ok(Some(decode_message(&plain, u64::try_from(ord).unwrap_or(0))?))
+    }
+
+    async fn expired_messages(&self, now_ms: u64, limit: u32) -> Result<Vec<MessageKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT m.k, m.v FROM expiring e JOIN messages m ON m.k = e.k WHERE e.expires <= ? ORDER BY e.expires LIMIT ?",
+        )
+        .bind(to_i64(now_ms))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let k: Vec<u8> = row.try_get("k").map_err(db)?;
+            let v: Vec<u8> = row.try_get("v").map_err(db)?;
+            out.push(decode_message(&self.crypt.open("messages", &k, &v)?, 0)?.key());
         }
         Ok(out)
     }
@@ -597,17 +647,27 @@ impl SqliteStore {
             )
             .await?;
         }
+        for peer in &changes.conversations_removed {
+            sqlx::query("DELETE FROM conversations WHERE k = ?")
+                .bind(c.tag("conversations", peer.as_bytes()))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
         for m in &changes.messages {
             let k = c.tag("messages", &m.key().to_bytes());
             let conv = c.tag("conversations", m.conversation.as_bytes());
             let v = c.seal("messages", &k, &encode_message(m))?;
             let done = sqlx::query("INSERT INTO messages (k, conv, v) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
-                .bind(k)
+                .bind(&k)
                 .bind(conv)
                 .bind(v)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
+            if done.rows_affected() == 1 && m.expires_at_ms != 0 {
+                set_expiry(&mut tx, &k, m.expires_at_ms).await?;
+            }
             if done.rows_affected() == 1 {
                 committed
                     .inserted
@@ -632,17 +692,19 @@ impl SqliteStore {
             let v = c.seal("messages", &k, &encode_message(&m))?;
             sqlx::query("UPDATE messages SET v = ? WHERE k = ?")
                 .bind(v)
-                .bind(k)
+                .bind(&k)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
+            if matches!(update, MessageUpdate::ExpireAt(_)) {
+                set_expiry(&mut tx, &k, m.expires_at_ms).await?;
+            }
         }
         for key in &changes.messages_removed {
-            sqlx::query("DELETE FROM messages WHERE k = ?")
-                .bind(c.tag("messages", &key.to_bytes()))
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+            let k = c.tag("messages", &key.to_bytes());
+            for stmt in ["DELETE FROM messages WHERE k = ?", "DELETE FROM expiring WHERE k = ?"] {
+                sqlx::query(stmt).bind(&k).execute(&mut *tx).await.map_err(db)?;
+            }
         }
         for item in &changes.outbox_add {
             let k = c.tag("outbox", &item.id.0);

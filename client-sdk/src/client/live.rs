@@ -1,0 +1,628 @@
+//! Live lists: the conversation list and each conversation's timeline as subscriptions.
+//!
+//! A subscription's first callback is a [`ListDiff::Reset`] with the current list; every
+//! later one is a batch of diffs that, applied in order to the list the app holds, gives
+//! the list a fresh query would return. After every store commit the client marks the
+//! subscriptions whose conversations it touched; each subscription's own task then
+//! queries the store, compares with what it last reported and calls its listener. Bursts
+//! coalesce into one batch, nothing queues without bound, and no SDK lock is held while a
+//! listener runs (a listener may call back into the client).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex as StdMutex};
+
+use sotto_crypto::AccountId;
+use tokio::sync::{Notify, watch};
+
+use super::{Client, Inner, now_ms};
+use crate::machine::Conversation;
+use crate::rt;
+use crate::store::{Changes, MessageKind, MessageStatus, Page, Store, StoredMessage};
+
+/// How long a contact shows as typing after their last `typing` frame.
+pub const TYPING_TIMEOUT_MS: u64 = 5_000;
+/// The most items a timeline subscription holds (its window grows by paginating back).
+pub const MAX_TIMELINE_WINDOW: u32 = 10_000;
+/// The most received messages counted as unread per conversation (the list shows
+/// "999+" beyond).
+pub const MAX_UNREAD_COUNT: u32 = 999;
+
+/// One change to a live list.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ListDiff<T> {
+    /// The whole list (always the first callback).
+    Reset {
+        /// The items.
+        items: Vec<T>,
+    },
+    /// A new item at `index` (later items move down by one).
+    Insert {
+        /// Where.
+        index: usize,
+        /// The item.
+        item: T,
+    },
+    /// The item at `index` changed.
+    Update {
+        /// Where.
+        index: usize,
+        /// Its new value.
+        item: T,
+    },
+    /// The item at `index` left the list (later items move up by one).
+    Remove {
+        /// Where.
+        index: usize,
+    },
+}
+
+/// Applies `diffs` to `list`, in order (what an app does with each callback). Indices
+/// out of range are ignored.
+pub fn apply_diffs<T: Clone>(list: &mut Vec<T>, diffs: &[ListDiff<T>]) {
+    for d in diffs {
+        match d {
+            ListDiff::Reset { items } => list.clone_from(items),
+            ListDiff::Insert { index, item } if *index <= list.len() => list.insert(*index, item.clone()),
+            ListDiff::Update { index, item } if *index < list.len() => list[*index] = item.clone(),
+            ListDiff::Remove { index } if *index < list.len() => {
+                list.remove(*index);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The diffs that turn `old` into `new`, items matched by `key`: removals of what left,
+/// then, position by position, an update, an insert, or a move (a remove and an insert).
+pub(crate) fn diff<T: Clone + PartialEq, K: Eq + std::hash::Hash>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> K,
+) -> Vec<ListDiff<T>> {
+    let mut out = Vec::new();
+    let wanted: std::collections::HashSet<K> = new.iter().map(&key).collect();
+    let mut cur: Vec<T> = Vec::with_capacity(old.len());
+    for (i, item) in old.iter().enumerate().rev() {
+        if !wanted.contains(&key(item)) {
+            out.push(ListDiff::Remove { index: i });
+        }
+    }
+    cur.extend(old.iter().filter(|item| wanted.contains(&key(item))).cloned());
+    for (i, item) in new.iter().enumerate() {
+        let k = key(item);
+        if cur.get(i).is_some_and(|c| key(c) == k) {
+            if cur[i] != *item {
+                cur[i] = item.clone();
+                out.push(ListDiff::Update {
+                    index: i,
+                    item: item.clone(),
+                });
+            }
+            continue;
+        }
+        if let Some(j) = cur.iter().skip(i + 1).position(|c| key(c) == k).map(|p| p + i + 1) {
+            cur.remove(j);
+            out.push(ListDiff::Remove { index: j });
+        }
+        cur.insert(i, item.clone());
+        out.push(ListDiff::Insert {
+            index: i,
+            item: item.clone(),
+        });
+    }
+    while cur.len() > new.len() {
+        cur.pop();
+        out.push(ListDiff::Remove { index: cur.len() });
+    }
+    out
+}
+
+/// Where a message this account wrote is in its life, as the app shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendState {
+    /// In the send queue.
+    Queued,
+    /// The relay stored it for every device.
+    Sent,
+    /// A device of the recipient stored it.
+    Delivered,
+    /// A reader read it.
+    Read,
+    /// Sent from another device of this account.
+    SentElsewhere,
+    /// Given up: `retryable` when [`Client::retry`] may work.
+    Failed {
+        /// A stable code for why.
+        error: String,
+        /// True when sending it again later may work.
+        retryable: bool,
+    },
+}
+
+impl SendState {
+    /// The state of a stored message; `None` for one this account received.
+    pub fn of(status: MessageStatus) -> Option<Self> {
+        Some(match status {
+            MessageStatus::Received => return None,
+            MessageStatus::Queued => Self::Queued,
+            MessageStatus::Sent => Self::Sent,
+            MessageStatus::Delivered => Self::Delivered,
+            MessageStatus::Read => Self::Read,
+            MessageStatus::SentElsewhere => Self::SentElsewhere,
+            MessageStatus::Failed { retryable } => Self::Failed {
+                error: if retryable {
+                    "send_failed_retryable"
+                } else {
+                    "send_failed"
+                }
+                .into(),
+                retryable,
+            },
+        })
+    }
+}
+
+/// One item of a timeline: a stored message with its edits, deletion, reactions and
+/// receipts folded in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimelineItem {
+    /// The message.
+    pub message: StoredMessage,
+    /// For a message this account wrote, where its send is.
+    pub send_state: Option<SendState>,
+}
+
+/// One conversation as the conversation list shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConversationSummary {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// What to call it: the nickname, else the contact's profile name, else the group's
+    /// title; empty when none is known (show the contact link or a short id).
+    pub name: String,
+    /// The newest message.
+    pub last_message: Option<StoredMessage>,
+    /// Messages from others stored after the read marker (at most
+    /// [`MAX_UNREAD_COUNT`]).
+    pub unread: u32,
+    /// Who is typing.
+    pub typing: Vec<AccountId>,
+    /// A message request: an account this one has not accepted wrote first.
+    pub is_request: bool,
+    /// The contact is blocked.
+    pub blocked: bool,
+    /// The disappearing-message timer, seconds (0: off).
+    pub expire_s: u32,
+    /// The contact's safety number changed and was not acknowledged.
+    pub identity_unacked: bool,
+}
+
+/// A live list's callback: a batch of diffs, in order.
+#[cfg(feature = "native")]
+pub type Listener<T> = Box<dyn Fn(Vec<ListDiff<T>>) + Send + Sync + 'static>;
+/// A live list's callback: a batch of diffs, in order.
+#[cfg(not(feature = "native"))]
+pub type Listener<T> = Box<dyn Fn(Vec<ListDiff<T>>) + 'static>;
+
+/// A running subscription: dropping it, or [`Subscription::cancel`], stops its callbacks.
+#[derive(Debug)]
+pub struct Subscription {
+    stop: watch::Sender<bool>,
+}
+
+impl Subscription {
+    /// Stops the callbacks (no call starts after this returns; one running finishes).
+    pub fn cancel(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// What a subscription watches.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Watch {
+    List,
+    Timeline(AccountId),
+}
+
+/// One subscription's interest, wake-up and liveness.
+type Watcher = (Watch, Arc<Notify>, std::sync::Weak<()>);
+
+/// The subscriptions' wake-ups, and who is typing where.
+#[derive(Default)]
+pub(crate) struct LiveHub {
+    watchers: StdMutex<Vec<Watcher>>,
+    /// Conversation key → (typing account, until Unix ms).
+    typing: StdMutex<HashMap<AccountId, Vec<(AccountId, u64)>>>,
+}
+
+impl LiveHub {
+    fn watch(&self, what: Watch) -> (Arc<Notify>, Arc<()>) {
+        let notify = Arc::new(Notify::new());
+        let alive = Arc::new(());
+        let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        w.retain(|(_, _, a)| a.strong_count() > 0);
+        w.push((what, notify.clone(), Arc::downgrade(&alive)));
+        (notify, alive)
+    }
+
+    /// Wakes the subscriptions a commit of `changes` may have changed.
+    pub(crate) fn touch(&self, changes: &Changes) {
+        let mut convs: BTreeSet<AccountId> = changes.messages.iter().map(|m| m.conversation).collect();
+        convs.extend(changes.message_updates.iter().map(|(k, _)| k.conversation));
+        convs.extend(changes.messages_removed.iter().map(|k| k.conversation));
+        let list = !convs.is_empty()
+            || !changes.conversations.is_empty()
+            || !changes.conversations_removed.is_empty()
+            || !changes.groups.is_empty();
+        self.wake(list, &convs);
+    }
+
+    fn wake(&self, list: bool, convs: &BTreeSet<AccountId>) {
+        let w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        for (what, notify, alive) in w.iter() {
+            if alive.strong_count() == 0 {
+                continue;
+            }
+            let hit = match what {
+                Watch::List => list,
+                Watch::Timeline(c) => convs.contains(c),
+            };
+            if hit {
+                notify.notify_one();
+            }
+        }
+    }
+
+    /// `by` started (`until` in the future) or stopped typing in `conversation`.
+    #[allow(dead_code)]
+    pub(crate) fn set_typing(&self, conversation: AccountId, by: AccountId, until_ms: Option<u64>) {
+        {
+            let mut t = self.typing.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = t.entry(conversation).or_default();
+            entry.retain(|(a, _)| *a != by);
+            if let Some(u) = until_ms
+                && entry.len() < crate::group::MAX_MEMBERS
+            {
+                entry.push((by, u));
+            }
+            if entry.is_empty() {
+                t.remove(&conversation);
+            }
+        }
+        self.wake(true, &BTreeSet::from([conversation]));
+    }
+
+    /// Who types in `conversation` at `now_ms`, and the earliest time that changes.
+    fn typing_in(&self, conversation: &AccountId, now_ms: u64) -> (Vec<AccountId>, Option<u64>) {
+        let t = self.typing.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = t.get(conversation) else {
+            return (Vec::new(), None);
+        };
+        let live: Vec<&(AccountId, u64)> = entry.iter().filter(|(_, u)| *u > now_ms).collect();
+        (
+            live.iter().map(|(a, _)| *a).collect(),
+            live.iter().map(|(_, u)| *u).min(),
+        )
+    }
+}
+
+impl<S: Store> Inner<S> {
+    /// The conversation list now, newest activity first.
+    pub(crate) async fn conversation_list(
+        &self,
+    ) -> Result<(Vec<ConversationSummary>, Option<u64>), super::ClientError> {
+        let own = self.device.account_id();
+        let (rows, groups) = {
+            let m = self.machine.lock().await;
+            let rows: Vec<(Conversation, crate::store::ConversationRecord)> = m
+                .conversation_records()
+                .map(|c| (Conversation::Direct(c.peer), c.clone()))
+                .collect();
+            let groups: Vec<(Conversation, String, u32, u64)> = m
+                .groups()
+                .into_iter()
+                .filter(|g| g.active)
+                .map(|g| {
+                    let conv = Conversation::Group(g.id);
+                    let s = m.settings(&conv);
+                    (conv, g.title.clone(), s.expire_s, s.read_up_to)
+                })
+                .collect();
+            (rows, groups)
+        };
+        let now = now_ms();
+        let mut next_change: Option<u64> = None;
+        let mut out = Vec::with_capacity(rows.len() + groups.len());
+        for (conversation, c) in rows {
+            let (last_message, unread) = self.last_and_unread(c.peer, c.read_up_to, own).await?;
+            let (typing, until) = self.live.typing_in(&c.peer, now);
+            next_change = min_opt(next_change, until);
+            out.push(ConversationSummary {
+                conversation,
+                name: c.nickname.clone().or(c.profile_name.clone()).unwrap_or_default(),
+                last_message,
+                unread,
+                typing,
+                is_request: !c.accepted && !c.blocked,
+                blocked: c.blocked,
+                expire_s: c.expire_s,
+                identity_unacked: c.identity_unacked,
+            });
+        }
+        for (conversation, title, expire_s, read_up_to) in groups {
+            let key = conversation.key();
+            let (last_message, unread) = self.last_and_unread(key, read_up_to, own).await?;
+            let (typing, until) = self.live.typing_in(&key, now);
+            next_change = min_opt(next_change, until);
+            out.push(ConversationSummary {
+                conversation,
+                name: title,
+                last_message,
+                unread,
+                typing,
+                is_request: false,
+                blocked: false,
+                expire_s,
+                identity_unacked: false,
+            });
+        }
+        // Newest activity first; conversations without messages last, in id order.
+        out.sort_by(|a, b| {
+            let order = |s: &ConversationSummary| s.last_message.as_ref().map_or(0, |m| m.order);
+            order(b).cmp(&order(a)).then(a.conversation.cmp(&b.conversation))
+        });
+        Ok((out, next_change))
+    }
+
+    async fn last_and_unread(
+        &self,
+        conversation: AccountId,
+        read_up_to: u64,
+        own: AccountId,
+    ) -> Result<(Option<StoredMessage>, u32), super::ClientError> {
+        let page = self
+            .store
+            .messages(
+                conversation,
+                Page {
+                    before: None,
+                    limit: MAX_UNREAD_COUNT,
+                },
+            )
+            .await?;
+        let unread = page
+            .iter()
+            .filter(|m| m.order > read_up_to && m.sender.0 != own && m.kind == MessageKind::Text && !m.deleted)
+            .count();
+        Ok((page.last().cloned(), u32::try_from(unread).unwrap_or(MAX_UNREAD_COUNT)))
+    }
+
+    /// The last `limit` items of a timeline, oldest first.
+    pub(crate) async fn timeline_items(
+        &self,
+        conversation: AccountId,
+        limit: u32,
+    ) -> Result<Vec<TimelineItem>, super::ClientError> {
+        let page = self
+            .store
+            .messages(
+                conversation,
+                Page {
+                    before: None,
+                    limit: limit.min(MAX_TIMELINE_WINDOW),
+                },
+            )
+            .await?;
+        Ok(page
+            .into_iter()
+            .map(|m| TimelineItem {
+                send_state: SendState::of(m.status),
+                message: m,
+            })
+            .collect())
+    }
+}
+
+fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// The conversation list, live ([`Client::conversation_list`]).
+pub struct ConversationList<S: Store> {
+    inner: Arc<Inner<S>>,
+}
+
+/// One conversation's timeline, live ([`Client::timeline`]).
+pub struct Timeline<S: Store> {
+    inner: Arc<Inner<S>>,
+    conversation: Conversation,
+    window: Arc<std::sync::atomic::AtomicU32>,
+    notify: StdMutex<Vec<std::sync::Weak<Notify>>>,
+}
+
+impl<S: Store> ConversationList<S> {
+    /// The list now, newest activity first.
+    pub async fn snapshot(&self) -> Result<Vec<ConversationSummary>, super::ClientError> {
+        Ok(self.inner.conversation_list().await?.0)
+    }
+
+    /// Calls `listener` with a [`ListDiff::Reset`], then with batches of diffs as the list
+    /// changes, until the returned [`Subscription`] is dropped or cancelled.
+    pub fn subscribe(&self, listener: Listener<ConversationSummary>) -> Subscription {
+        let (notify, alive) = self.inner.live.watch(Watch::List);
+        let inner = self.inner.clone();
+        spawn_watch(
+            notify,
+            alive,
+            listener,
+            move || {
+                let inner = inner.clone();
+                async move { inner.conversation_list().await }
+            },
+            |s: &ConversationSummary| s.conversation,
+        )
+    }
+}
+
+impl<S: Store> Timeline<S> {
+    /// The items now, oldest first.
+    pub async fn snapshot(&self) -> Result<Vec<TimelineItem>, super::ClientError> {
+        let limit = self.window.load(std::sync::atomic::Ordering::SeqCst);
+        self.inner.timeline_items(self.conversation.key(), limit).await
+    }
+
+    /// Shows `n` more older items (the subscriptions get them as inserts at the top).
+    pub fn paginate_backwards(&self, n: u32) {
+        let w = self.window.load(std::sync::atomic::Ordering::SeqCst);
+        self.window.store(
+            w.saturating_add(n).min(MAX_TIMELINE_WINDOW),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let notify = self.notify.lock().unwrap_or_else(|e| e.into_inner());
+        for n in notify.iter().filter_map(std::sync::Weak::upgrade) {
+            n.notify_one();
+        }
+    }
+
+    /// Calls `listener` with a [`ListDiff::Reset`], then with batches of diffs as the
+    /// timeline changes (new messages, edits, deletes, reactions, receipts, expiries),
+    /// until the returned [`Subscription`] is dropped or cancelled.
+    pub fn subscribe(&self, listener: Listener<TimelineItem>) -> Subscription {
+        let key = self.conversation.key();
+        let (notify, alive) = self.inner.live.watch(Watch::Timeline(key));
+        self.notify
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&notify));
+        let inner = self.inner.clone();
+        let window = self.window.clone();
+        spawn_watch(
+            notify,
+            alive,
+            listener,
+            move || {
+                let inner = inner.clone();
+                let limit = window.load(std::sync::atomic::Ordering::SeqCst);
+                async move { Ok((inner.timeline_items(key, limit).await?, None)) }
+            },
+            |i: &TimelineItem| (i.message.sender.0, i.message.id),
+        )
+    }
+}
+
+/// Runs a subscription: query, diff, call, wait for a wake-up (or for `until`, when the
+/// list changes with time: typing ends), until stopped.
+fn spawn_watch<T, K, F, Fut>(
+    notify: Arc<Notify>,
+    alive: Arc<()>,
+    listener: Listener<T>,
+    query: F,
+    key: fn(&T) -> K,
+) -> Subscription
+where
+    T: Clone + PartialEq + crate::store::MaybeSend + 'static,
+    K: Eq + std::hash::Hash + 'static,
+    F: Fn() -> Fut + crate::store::MaybeSend + 'static,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<u64>), super::ClientError>> + crate::store::MaybeSend,
+{
+    let (stop, mut stopped) = watch::channel(false);
+    let task = async move {
+        let _alive = alive;
+        let mut last: Option<Vec<T>> = None;
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            // A failed query (a store error) is retried at the next wake-up.
+            let mut until = None;
+            if let Ok((items, next)) = query().await {
+                until = next;
+                let diffs = match &last {
+                    None => vec![ListDiff::Reset { items: items.clone() }],
+                    Some(old) => diff(old, &items, key),
+                };
+                if !diffs.is_empty() {
+                    if *stopped.borrow() {
+                        return;
+                    }
+                    listener(diffs);
+                }
+                last = Some(items);
+            }
+            let wait = async {
+                match until {
+                    Some(t) => {
+                        let d = std::time::Duration::from_millis(t.saturating_sub(now_ms()).max(1));
+                        let _ = rt::timeout(d, notify.notified()).await;
+                    }
+                    None => notify.notified().await,
+                }
+            };
+            tokio::select! {
+                () = wait => {}
+                _ = stopped.changed() => return,
+            }
+        }
+    };
+    let _task = rt::spawn(task);
+    Subscription { stop }
+}
+
+impl<S: Store> Client<S> {
+    /// The conversation list (1:1 conversations, message requests and groups), live.
+    pub fn conversation_list(&self) -> ConversationList<S> {
+        ConversationList {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// A conversation's timeline, live: the newest `window` items at first (more with
+    /// [`Timeline::paginate_backwards`]).
+    pub fn timeline(&self, conversation: Conversation, window: u32) -> Timeline<S> {
+        Timeline {
+            inner: self.inner.clone(),
+            conversation,
+            window: Arc::new(std::sync::atomic::AtomicU32::new(window.min(MAX_TIMELINE_WINDOW))),
+            notify: StdMutex::new(Vec::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Applying the diffs to the old list gives the new one, whatever the two are.
+        #[test]
+        fn diffs_turn_the_old_list_into_the_new_one(
+            old in proptest::collection::vec((0u8..24, 0u8..3), 0..20),
+            new in proptest::collection::vec((0u8..24, 0u8..3), 0..20),
+        ) {
+            let dedup = |v: Vec<(u8, u8)>| {
+                let mut seen = std::collections::HashSet::new();
+                v.into_iter().filter(|(k, _)| seen.insert(*k)).collect::<Vec<_>>()
+            };
+            let (old, new) = (dedup(old), dedup(new));
+            let diffs = diff(&old, &new, |x| x.0);
+            let mut list = old.clone();
+            apply_diffs(&mut list, &diffs);
+            prop_assert_eq!(list, new.clone());
+            // Nothing to say when nothing changed.
+            prop_assert!(diff(&new, &new, |x| x.0).is_empty());
+        }
+    }
+}
