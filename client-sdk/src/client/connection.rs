@@ -107,24 +107,21 @@ impl<S: Store> Inner<S> {
         let mut ping_at = Instant::now() + self.options.heartbeat;
         // A long-lived connection still rotates the signed and last-resort prekeys.
         let mut prekeys_at = Instant::now() + PREKEY_CHECK;
-        // Receipts go out in batches, a random delay after the first message they
-        // acknowledge (never a fixed delay a watcher could pair deliveries with).
-        let mut receipts_at: Option<Instant> = None;
         // Deliveries processed (committed deferred) but not acked yet.
         let mut unacked = Unacked::default();
         loop {
+            // Receipts go out in batches, a random delay after the first message they
+            // acknowledge (never a fixed delay a watcher could pair deliveries with): the
+            // outbox item of a new one is read to schedule it.
+            if self.new_receipts.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                tx.dirty = true;
+            }
             if !self.fill_window(&mut tx, &mut socket, anon).await {
                 return false;
             }
             let retry_at = tx.retry_at;
             let retry = async {
                 match retry_at {
-                    Some(t) => rt::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let receipts_due = async {
-                match receipts_at {
                     Some(t) => rt::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
@@ -189,25 +186,8 @@ impl<S: Store> Inner<S> {
                             if unacked.count >= ACK_BATCH && !self.ack(&mut socket, &mut unacked).await {
                                 return false;
                             }
-                            let (any, full) = {
-                                let pending = self.receipts.lock().await;
-                                (
-                                    !pending.is_empty(),
-                                    pending.values().any(|v| v.len() >= crate::content::MAX_RECEIPTS),
-                                )
-                            };
-                            if full {
-                                receipts_at = None;
-                                self.flush_receipts().await;
-                                tx.dirty = true;
-                            } else if any && receipts_at.is_none() {
-                                receipts_at = Some(Instant::now() + self.receipt_delay());
-                            }
                         }
                         Frame::QueueEmpty => {
-                            if receipts_at.is_none() && !self.receipts.lock().await.is_empty() {
-                                receipts_at = Some(Instant::now() + self.receipt_delay());
-                            }
                             self.emit(vec![Event::CaughtUp]).await;
                         }
                         Frame::SendResult(r) => {
@@ -235,11 +215,6 @@ impl<S: Store> Inner<S> {
                     tx.dirty = true;
                 }
                 _ = retry => {}
-                _ = receipts_due => {
-                    receipts_at = None;
-                    self.flush_receipts().await;
-                    tx.dirty = true;
-                }
                 _ = anon_expiry => {
                     // Past its lifetime: closed once its answers are in (and replaced by
                     // the next send); checked again in a moment meanwhile.

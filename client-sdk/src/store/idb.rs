@@ -1106,6 +1106,7 @@ impl Store for IdbStore {
                 let v = c.seal(MESSAGES, &k, &encode_message(&m))?;
                 Reflect::set(&row, &JsValue::from_str("v"), &bytes(&v)).map_err(js("record"))?;
                 store.put(&row).map_err(js("put"))?;
+                committed.advanced.push(*key);
             }
         }
         if !changes.outbox_add.is_empty() || !changes.outbox_remove.is_empty() || !changes.outbox_update.is_empty() {

@@ -243,12 +243,14 @@ impl Store for MemoryStore {
             inserted.push((m.id, order));
             inner.messages.insert(order, m);
         }
+        let mut advanced = Vec::new();
         for (id, status) in changes.message_status {
             if let Some(order) = inner.message_index.get(&id).copied()
                 && let Some(m) = inner.messages.get_mut(&order)
                 && status.advances_from(m.status)
             {
                 m.status = status;
+                advanced.push(id);
             }
         }
         for item in changes.outbox_add {
@@ -290,6 +292,7 @@ impl Store for MemoryStore {
         }
         Ok(Committed {
             inserted,
+            advanced,
             account_version,
             session_versions,
             group_versions,

@@ -637,6 +637,7 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
+            committed.advanced.push(*key);
         }
         for item in &changes.outbox_add {
             let k = c.tag("outbox", &item.id.0);
