@@ -1,7 +1,7 @@
 //! Inbound envelopes: decryption and commit before the ack, envelopes put aside until
 //! their sender is pinned, and delayed delivery receipts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -230,29 +230,51 @@ impl<S: Store> Inner<S> {
     /// refills prekeys when enough were used.
     pub(super) async fn after_inbound(&self, c: Committed, events: Vec<Event>, consumed: u32) {
         let own = self.device.account_id();
-        let mut advanced: BTreeSet<MessageKey> = c.advanced.iter().copied().collect();
+        let mut advanced: BTreeMap<MessageKey, MessageStatus> = c.advanced.iter().copied().collect();
         let events: Vec<Event> = events
             .into_iter()
-            .filter_map(|e| match e {
+            .flat_map(|e| match e {
                 Event::MessageReceived(mut msg) => {
-                    let order = c.inserted.iter().find(|(id, _)| *id == msg.id)?.1;
-                    msg.order = order;
-                    Some(Event::MessageReceived(msg))
+                    let Some((_, order)) = c.inserted.iter().find(|(id, _)| *id == msg.id) else {
+                        return Vec::new();
+                    };
+                    msg.order = *order;
+                    vec![Event::MessageReceived(msg)]
                 }
                 // A second receipt for a message (from another device of the contact, or
                 // sent again after a lost answer), or one for a message already further on,
                 // moved nothing: the app hears about each message once.
                 Event::Delivered { mut ids, by } => {
+                    let mut out = Vec::new();
                     ids.retain(|id| {
-                        advanced.remove(&MessageKey {
+                        let key = MessageKey {
                             conversation: by.0,
                             sender: own,
                             id: *id,
-                        })
+                        };
+                        match advanced.remove(&key) {
+                            None => false,
+                            Some(old) => {
+                                // Reported before the relay's answer to its send was
+                                // recorded (lost to a restart: the item goes again, and
+                                // that answer will move nothing): the relay evidently
+                                // stored it, so the app hears "sent" first, in order.
+                                if matches!(old, MessageStatus::Queued | MessageStatus::Failed { .. }) {
+                                    out.push(Event::MessageSent {
+                                        id: *id,
+                                        conversation: by.0,
+                                    });
+                                }
+                                true
+                            }
+                        }
                     });
-                    (!ids.is_empty()).then_some(Event::Delivered { ids, by })
+                    if !ids.is_empty() {
+                        out.push(Event::Delivered { ids, by });
+                    }
+                    out
                 }
-                other => Some(other),
+                other => vec![other],
             })
             .collect();
         let changed: Vec<crate::group::GroupId> = events

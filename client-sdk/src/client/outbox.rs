@@ -322,7 +322,7 @@ impl<S: Store> Inner<S> {
         };
         ev.filter(|e| match e {
             Event::MessageSent { id, conversation } | Event::SendFailed { id, conversation, .. } => {
-                c.advanced.contains(&key(*conversation, *id))
+                c.advanced.iter().any(|(k, _)| *k == key(*conversation, *id))
             }
             _ => true,
         })
@@ -752,7 +752,38 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(c.advanced, vec![key]);
+        assert_eq!(c.advanced, vec![(key, MessageStatus::Queued)]);
+        let by = (contact, sotto_crypto::DeviceId(1));
+        let receipt = || {
+            vec![Event::Delivered {
+                ids: vec![message.id],
+                by,
+            }]
+        };
+        client.inner.after_inbound(c, receipt(), 0).await;
+        // The relay evidently stored it: "sent", then "delivered", once each.
+        let sent = Event::MessageSent {
+            id: message.id,
+            conversation: contact,
+        };
+        assert_eq!(events.next().await.unwrap(), sent);
+        assert_eq!(events.next().await.unwrap(), receipt().remove(0));
+        // The same receipt again (another device of the contact, or sent twice): nothing.
+        let ((), c) = client
+            .inner
+            .transact(|_| {
+                Ok((
+                    Changes {
+                        message_status: vec![(key, MessageStatus::Delivered)],
+                        ..Changes::default()
+                    },
+                    (),
+                ))
+            })
+            .await
+            .unwrap();
+        assert!(c.advanced.is_empty());
+        client.inner.after_inbound(c, receipt(), 0).await;
         // The answer to the second send.
         let item = client.store().outbox(1).await.unwrap().remove(0);
         assert!(client.inner.sent(&item).await);
@@ -762,7 +793,11 @@ mod tests {
         // A marker event: everything emitted before it is in the stream.
         client.inner.emit(vec![Event::CaughtUp]).await;
         let e = events.next().await.unwrap();
-        assert_eq!(e, Event::CaughtUp, "a late MessageSent after Delivered: {e:?}");
+        assert_eq!(
+            e,
+            Event::CaughtUp,
+            "a second Delivered, or MessageSent after Delivered: {e:?}"
+        );
         // A give-up after the receipt (its other part kept failing) says nothing either.
         client.inner.give_up(&item, "MAILBOX_FULL", true, String::new()).await;
         client.inner.emit(vec![Event::CaughtUp]).await;

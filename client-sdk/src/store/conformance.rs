@@ -530,7 +530,7 @@ pub async fn message_status(s: &impl Store) {
         .await
         .unwrap();
     // Only the change that took effect is reported (the unknown key is not).
-    assert_eq!(c.advanced, vec![key(1, 1)]);
+    assert_eq!(c.advanced, vec![(key(1, 1), MessageStatus::Queued)]);
     let all = s.messages(AccountId([1; 32]), Page::default()).await.unwrap();
     assert_eq!(all[0].status, MessageStatus::Sent);
     assert_eq!(all[0].text, "hello");
@@ -543,7 +543,7 @@ pub async fn message_status(s: &impl Store) {
         })
         .await
         .unwrap();
-    assert_eq!(c.advanced, vec![key(1, 1)]);
+    assert_eq!(c.advanced, vec![(key(1, 1), MessageStatus::Sent)]);
     // A second receipt, a late "sent", a status for a received message: nothing moves,
     // and nothing is reported.
     let c = s

@@ -1102,11 +1102,12 @@ impl Store for IdbStore {
                 if !status.advances_from(m.status) {
                     continue;
                 }
+                let old = m.status;
                 m.status = *status;
                 let v = c.seal(MESSAGES, &k, &encode_message(&m))?;
                 Reflect::set(&row, &JsValue::from_str("v"), &bytes(&v)).map_err(js("record"))?;
                 store.put(&row).map_err(js("put"))?;
-                committed.advanced.push(*key);
+                committed.advanced.push((*key, old));
             }
         }
         if !changes.outbox_add.is_empty() || !changes.outbox_remove.is_empty() || !changes.outbox_update.is_empty() {

@@ -249,8 +249,8 @@ impl Store for MemoryStore {
                 && let Some(m) = inner.messages.get_mut(&order)
                 && status.advances_from(m.status)
             {
+                advanced.push((id, m.status));
                 m.status = status;
-                advanced.push(id);
             }
         }
         for item in changes.outbox_add {

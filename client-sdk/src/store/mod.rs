@@ -620,8 +620,9 @@ pub struct Committed {
     /// The messages actually inserted (not already stored), with their `order`.
     pub inserted: Vec<(MessageId, u64)>,
     /// The status changes that took effect ([`Changes::message_status`] entries whose
-    /// message is stored and whose status moved forward), in the order given.
-    pub advanced: Vec<MessageKey>,
+    /// message is stored and whose status moved forward), in the order given, each with
+    /// the status it moved from.
+    pub advanced: Vec<(MessageKey, MessageStatus)>,
     /// The new version of the account row, if written.
     pub account_version: Option<u64>,
     /// The new versions of the session rows written, in the order given.

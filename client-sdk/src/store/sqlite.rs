@@ -629,6 +629,7 @@ impl SqliteStore {
             if !status.advances_from(m.status) {
                 continue;
             }
+            let old = m.status;
             m.status = *status;
             let v = c.seal("messages", &k, &encode_message(&m))?;
             sqlx::query("UPDATE messages SET v = ? WHERE k = ?")
@@ -637,7 +638,7 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-            committed.advanced.push(*key);
+            committed.advanced.push((*key, old));
         }
         for item in &changes.outbox_add {
             let k = c.tag("outbox", &item.id.0);
