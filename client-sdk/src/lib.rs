@@ -67,5 +67,7 @@ pub use group::{GroupId, Role};
 pub use ids::MessageId;
 #[cfg(any(feature = "native", feature = "web"))]
 pub use link::PendingJoin;
-pub use machine::{Event, GroupInfo, Machine, MachineError, UndecryptableCause};
+pub use machine::{
+    ConnectionState, DisconnectCause, Event, GroupInfo, Machine, MachineError, StopCause, UndecryptableCause,
+};
 pub use store::{MessageStatus, Page, StoredMessage};
