@@ -1,9 +1,10 @@
 //! The connection's life as the app sees it: state events while the relay goes away and
 //! comes back, and one device run twice (two processes) stopping instead of fighting.
 
-use sotto_sdk::{ConnectionState, DisconnectCause, Event, StopCause};
+use sotto_sdk::store::SqliteStore;
+use sotto_sdk::{Client, ClientError, ConnectionState, DisconnectCause, Event, StopCause};
 use sotto_tests::faults::back_up;
-use sotto_tests::{Device, TempDir, TestRelay};
+use sotto_tests::{Device, TempDir, TestRelay, key, options};
 
 fn is_state(e: &Event, f: impl Fn(&ConnectionState) -> bool) -> bool {
     matches!(e, Event::ConnectionState { state } if f(state))
@@ -98,4 +99,21 @@ async fn a_device_run_twice_stops_the_replaced_one_instead_of_fighting() {
         "{:?}",
         second.stash
     );
+}
+
+/// A second client on the same SQLite store is refused at once with a typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_client_on_one_store_is_refused() {
+    let relay = TestRelay::start().await;
+    let alice = Device::create(&relay, 94).await;
+    let path = alice.dir.path().join("client.db");
+    let store = SqliteStore::open(&path, &key(94)).await.unwrap();
+    let err = Client::open(store, key(94), options(94)).await.unwrap_err();
+    assert!(matches!(err, ClientError::DeviceInUse { .. }), "{err:?}");
+    assert_eq!(err.code(), "device_in_use");
+    assert!(err.is_retryable());
+    // Once the first shut down, the store opens.
+    let offline = alice.restart_offline().await;
+    let mut again = offline.online().await;
+    again.wait_for(|e| matches!(e, Event::Connected)).await;
 }

@@ -257,6 +257,8 @@ pub struct Client<S: Store> {
     pub(crate) inner: Arc<Inner<S>>,
     shutdown: watch::Sender<bool>,
     task: std::sync::Mutex<Option<rt::Task>>,
+    /// The store's app lock ([`crate::store::ProcessRole::App`]), until shutdown or drop.
+    process_lock: std::sync::Mutex<Option<crate::store::ProcessLock>>,
 }
 
 impl<S: Store> std::fmt::Debug for Client<S> {
@@ -308,7 +310,9 @@ impl<S: Store> Client<S> {
         Ok(client)
     }
 
-    /// Opens the account in `store` and connects.
+    /// Opens the account in `store` and connects. [`ClientError::DeviceInUse`] when
+    /// another process (or client) runs this device on the same store: two would take
+    /// the relay connection from each other.
     pub async fn open(store: S, key: StoreKey, options: ClientOptions) -> Result<Self, ClientError> {
         let rng = Entropy::for_options(&options).rng()?;
         let mut client = Self::start(store, key, rng, options).await?;
@@ -322,6 +326,9 @@ impl<S: Store> Client<S> {
         rng: ChaCha20Rng,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
+        // One app process per store: a second one would fight this one for the relay
+        // connection ([`ClientError::DeviceInUse`]).
+        let process_lock = store.lock_process(crate::store::ProcessRole::App)?;
         let snapshot = load_snapshot(&store).await?;
         let Some(account) = &snapshot.account else {
             return Err(ClientError::NoAccount);
@@ -357,6 +364,7 @@ impl<S: Store> Client<S> {
             }),
             shutdown,
             task: std::sync::Mutex::new(None),
+            process_lock: std::sync::Mutex::new(process_lock),
         })
     }
 
@@ -598,6 +606,8 @@ impl<S: Store> Client<S> {
         if let Some(t) = task {
             t.join().await;
         }
+        // Nothing runs the device any more: another process may.
+        self.process_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 

@@ -24,6 +24,7 @@ pub mod conformance;
 mod crypt;
 #[cfg(all(feature = "web", target_arch = "wasm32"))]
 pub mod idb;
+mod lock;
 pub mod memory;
 #[cfg(any(feature = "native", feature = "web"))]
 mod records;
@@ -34,6 +35,7 @@ pub mod sqlite;
 pub use crypt::StoreKey;
 #[cfg(all(feature = "web", target_arch = "wasm32"))]
 pub use idb::IdbStore;
+pub use lock::{ProcessLock, ProcessRole};
 pub use memory::MemoryStore;
 #[cfg(feature = "native")]
 pub use sqlite::SqliteStore;
@@ -79,6 +81,12 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(String),
+    /// Another process holds this store's lock for the same role ([`Store::lock_process`]).
+    #[error("another process has this store open as {}", role.code())]
+    InUse {
+        /// The role.
+        role: ProcessRole,
+    },
 }
 
 /// A row and the version it was read at.
@@ -740,5 +748,13 @@ pub trait Store:
     /// backend keeps such copies.
     fn scrub(&self) -> impl Future<Output = Result<(), StoreError>> + MaybeSend {
         std::future::ready(Ok(()))
+    }
+
+    /// Takes this store's process lock for `role` (see [`ProcessLock`]), held until the
+    /// guard drops: [`StoreError::InUse`] while another process (or another client in
+    /// this one) holds it. `Ok(None)` for a backend no other process can open.
+    fn lock_process(&self, role: ProcessRole) -> Result<Option<ProcessLock>, StoreError> {
+        let _ = role;
+        Ok(None)
     }
 }

@@ -73,6 +73,8 @@ pub struct SqliteStore {
     /// disk with the next fsync of the WAL (a durable commit's, a checkpoint's or `sync`'s).
     deferred: SqlitePool,
     crypt: Crypt,
+    /// The database file (its process locks lie beside it).
+    path: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -131,6 +133,7 @@ impl SqliteStore {
             pool,
             deferred,
             crypt: Crypt::new(&key.0),
+            path: path.to_path_buf(),
         })
     }
 
@@ -459,6 +462,24 @@ async fn put_kv(tx: &mut SqliteConnection, sql: &'static str, k: Vec<u8>, v: Vec
 impl Store for SqliteStore {
     async fn commit(&self, changes: Changes) -> Result<Committed, StoreError> {
         self.commit_on(&self.pool, changes).await
+    }
+
+    /// An advisory lock on `<database>.<role>.lock` beside the database file (`flock` /
+    /// `LockFileEx`: per open file, so a second client in this process is refused too).
+    fn lock_process(&self, role: super::ProcessRole) -> Result<Option<super::ProcessLock>, StoreError> {
+        let mut name = self.path.clone().into_os_string();
+        name.push(format!(".{}.lock", role.code()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::path::PathBuf::from(name))
+            .map_err(|e| StoreError::Database(format!("process lock: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(super::ProcessLock::new(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse { role }),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Database(format!("process lock: {e}"))),
+        }
     }
 
     async fn commit_deferred(&self, changes: Changes) -> Result<Committed, StoreError> {
