@@ -65,7 +65,7 @@ async fn the_app_sees_the_connection_go_offline_and_come_back() {
 async fn a_device_run_twice_stops_the_replaced_one_instead_of_fighting() {
     let relay = TestRelay::start().await;
     let alice = Device::create(&relay, 92).await;
-    let mut bob = Device::create(&relay, 93).await;
+    let bob = Device::create(&relay, 93).await;
     bob.client.add_contact(&alice.client.contact_link()).await.unwrap();
     let offline = alice.restart_offline().await;
     let mut first = offline.online().await;
