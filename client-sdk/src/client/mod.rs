@@ -597,15 +597,17 @@ impl<S: Store> Client<S> {
 
     /// Stops the connection task and waits for it to end (its sockets closed). Receipts
     /// still waiting for their delay are in the persisted outbox already (written with
-    /// the messages they acknowledge), so they go out the next time the client connects.
-    /// Calls made afterwards still read the store; nothing is sent until the client is
-    /// opened again. Safe to call more than once and while other calls run.
+    /// the messages they acknowledge); they are made due, so they go out as soon as the
+    /// client connects again. Calls made afterwards still read the store; nothing is sent
+    /// until the client is opened again. Safe to call more than once and while other
+    /// calls run.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = task {
             t.join().await;
         }
+        self.inner.receipts_due_now().await;
         // Nothing runs the device any more: another process may.
         self.process_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
