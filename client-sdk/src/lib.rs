@@ -68,5 +68,8 @@ pub use group::{GroupId, Role};
 pub use ids::MessageId;
 #[cfg(any(feature = "native", feature = "web"))]
 pub use link::PendingJoin;
-pub use machine::{Conversation, Event, GroupInfo, Machine, MachineError, UndecryptableCause};
+pub use machine::{
+    ConnectionState, Conversation, DisconnectCause, Event, GroupInfo, Machine, MachineError, StopCause,
+    UndecryptableCause,
+};
 pub use store::{MessageKey, MessageKind, MessageStatus, Page, Reaction, StoredMessage};

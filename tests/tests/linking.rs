@@ -119,6 +119,8 @@ async fn a_removed_device_without_the_list_key_cannot_come_back() {
     // The remaining devices stop encrypting to it: Bob's next message and a1's
     // transcript of its answer reach a1 and Bob only.
     let before = a2.history(&bob.id()).await.len();
+    // Bob saw Alice's account add a device earlier: he acknowledges it before writing.
+    bob.client.acknowledge_identity(&a1.id()).await.unwrap();
     bob.client.send_text(&a1.id(), "after removal").await.unwrap();
     assert_eq!(a1.receive(1).await[0].text, "after removal");
     bob.sent(1).await;
@@ -213,7 +215,8 @@ async fn a_removed_device_that_held_the_list_key_cannot_come_back() {
             Err(DeviceListError::StaleListKey { pinned: 2, got: 1 })
         ));
     }
-    // The others stop encrypting to it.
+    // The others stop encrypting to it (Bob acknowledged the device added earlier).
+    bob.client.acknowledge_identity(&a).await.unwrap();
     bob.client.send_text(&a, "after").await.unwrap();
     assert_eq!(a1.receive(1).await[0].text, "after");
     bob.sent(1).await;

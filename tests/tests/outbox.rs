@@ -54,3 +54,24 @@ async fn messages_written_while_the_relay_is_down_are_sent_when_it_returns() {
     alice.sent(20).await;
     assert_eq!(alice.client.outbox_len().await.unwrap(), 0);
 }
+
+/// A text to an account the relay does not know is queued (the send API returns before
+/// anything is asked of the relay), then fails for good with a typed, stable cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_to_an_unknown_account_fails_with_a_stable_code() {
+    let relay = TestRelay::start().await;
+    let mut alice = Device::create(&relay, 15).await;
+    let nobody = sotto_crypto::AccountId([0x5a; 32]);
+    let queued = alice.client.send_text(&nobody, "hello?").await.unwrap();
+    assert_eq!(queued.status, sotto_sdk::MessageStatus::Queued);
+    let e = alice
+        .wait_for(|e| matches!(e, Event::SendFailed { id, .. } if *id == queued.id))
+        .await;
+    let Event::SendFailed { code, retryable, .. } = e else {
+        unreachable!()
+    };
+    assert_eq!((code, retryable), ("UNKNOWN_ACCOUNT", false));
+    let h = alice.history(&nobody).await;
+    assert_eq!(h[0].status, sotto_sdk::MessageStatus::Failed { retryable: false });
+    assert_eq!(alice.client.outbox_len().await.unwrap(), 0);
+}

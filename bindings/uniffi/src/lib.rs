@@ -29,8 +29,8 @@ use sotto_sdk::machine::UndecryptableCause as SdkCause;
 use sotto_sdk::store::{SqliteStore, StoreError, StoreKey};
 use sotto_sdk::transport::TransportError;
 use sotto_sdk::{
-    Client, ClientError, Event as SdkEvent, EventStream, GroupId, GroupInfo as SdkGroupInfo, MachineError,
-    MessageStatus as SdkStatus, Role, StoredMessage,
+    Client, ClientError, ConnectionState, Event as SdkEvent, EventStream, GroupId, GroupInfo as SdkGroupInfo,
+    MachineError, MessageStatus as SdkStatus, Role, StoredMessage,
 };
 use zeroize::Zeroizing;
 
@@ -819,6 +819,19 @@ pub enum Event {
     },
     /// The relay connection is authenticated.
     Connected,
+    /// The relay connection changed state. `state`: `connecting`, `connected`,
+    /// `disconnected` (the next attempt in `retry_in_ms`), `stopped` (no further
+    /// attempt); `cause` for the last two: `unreachable`, `closed`, `idle_timeout`,
+    /// `relay_shutting_down`, `auth_failed`, `store`, or `superseded` (another process
+    /// runs this device), `device_removed`.
+    ConnectionState {
+        /// The state.
+        state: String,
+        /// Why (`disconnected`, `stopped`).
+        cause: Option<String>,
+        /// Milliseconds until the next attempt (`disconnected`).
+        retry_in_ms: Option<u64>,
+    },
     /// Every envelope queued while this device was offline has been processed.
     CaughtUp,
     /// An event this version of the binding does not know.
@@ -901,6 +914,18 @@ impl Event {
                 fingerprint,
             },
             SdkEvent::Connected => Self::Connected,
+            SdkEvent::ConnectionState { state } => {
+                let (cause, retry_in_ms) = match &state {
+                    ConnectionState::Disconnected { retry_in_ms, cause } => (Some(cause.code()), Some(*retry_in_ms)),
+                    ConnectionState::Stopped { cause } => (Some(cause.code()), None),
+                    _ => (None, None),
+                };
+                Self::ConnectionState {
+                    state: state.code().into(),
+                    cause: cause.map(Into::into),
+                    retry_in_ms,
+                }
+            }
             SdkEvent::CaughtUp => Self::CaughtUp,
             _ => Self::Unknown,
         }

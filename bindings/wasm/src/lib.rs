@@ -22,8 +22,8 @@ use sotto_crypto::AccountId;
 use sotto_sdk::group::GroupError;
 use sotto_sdk::store::{IdbStore, StoreKey};
 use sotto_sdk::{
-    Client, ClientError, ClientOptions, Event as SdkEvent, EventStream, GroupId, GroupInfo, MachineError,
-    MessageStatus, Page, Role, StoredMessage,
+    Client, ClientError, ClientOptions, ConnectionState, Event as SdkEvent, EventStream, GroupId, GroupInfo,
+    MachineError, MessageStatus, Page, Role, StoredMessage,
 };
 use tokio::sync::{Mutex, watch};
 use wasm_bindgen::prelude::*;
@@ -310,6 +310,14 @@ pub struct SottoEvent {
     /// True when sending again later may work ("sendFailed").
     #[wasm_bindgen(readonly)]
     pub retryable: Option<bool>,
+    /// The connection's state ("connectionState"): `connecting`, `connected`,
+    /// `disconnected`, `stopped`; `code` then names the cause (`unreachable`, `closed`,
+    /// `idle_timeout`, ..., or for `stopped`: `superseded`, `device_removed`).
+    #[wasm_bindgen(readonly)]
+    pub state: Option<String>,
+    /// Milliseconds until the next attempt ("connectionState", `disconnected`).
+    #[wasm_bindgen(readonly, js_name = retryInMs)]
+    pub retry_in_ms: Option<f64>,
 }
 
 fn kind(kind: &str) -> SottoEvent {
@@ -403,6 +411,21 @@ impl SottoEvent {
             },
             SdkEvent::DeviceRemoved => kind("deviceRemoved"),
             SdkEvent::Connected => kind("connected"),
+            SdkEvent::ConnectionState { state } => {
+                let (cause, retry_in_ms) = match &state {
+                    ConnectionState::Disconnected { retry_in_ms, cause } => {
+                        (Some(cause.code()), Some(*retry_in_ms as f64))
+                    }
+                    ConnectionState::Stopped { cause } => (Some(cause.code()), None),
+                    _ => (None, None),
+                };
+                SottoEvent {
+                    state: Some(state.code().into()),
+                    code: cause.map(Into::into),
+                    retry_in_ms,
+                    ..kind("connectionState")
+                }
+            }
             SdkEvent::CaughtUp => kind("caughtUp"),
             _ => kind("unknown"),
         }

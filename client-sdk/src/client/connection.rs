@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::Inner;
 use super::inbound::{ACK_BATCH, Unacked};
 use super::outbox::{Anon, SEND_WINDOW, Sending};
-use crate::machine::Event;
+use crate::machine::{ConnectionState, DisconnectCause, Event, StopCause};
 use crate::rt::{self, Instant};
 use crate::store::Store;
 use crate::transport::{Socket, TransportError};
@@ -19,6 +19,16 @@ use crate::transport::{Socket, TransportError};
 /// How often a connected client checks its prekeys (refills and rotation) besides at
 /// every connect.
 const PREKEY_CHECK: Duration = Duration::from_secs(3600);
+
+/// How serving one authenticated connection ended.
+pub(super) enum Served {
+    /// The client shut down.
+    Shutdown,
+    /// The connection ended: reconnect after a backoff.
+    Lost(DisconnectCause),
+    /// Reconnecting would be wrong: stop.
+    Stop(StopCause),
+}
 
 impl<S: Store> Inner<S> {
     pub(super) async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
@@ -29,36 +39,34 @@ impl<S: Store> Inner<S> {
             if *shutdown.borrow() {
                 return;
             }
+            self.emit_state(ConnectionState::Connecting).await;
             let connected = tokio::select! {
                 r = self.relay.connect_with_epoch(&self.device) => r,
                 _ = shutdown.changed() => return,
             };
-            match connected {
-                Ok((socket, epoch)) => {
-                    // A new epoch means the relay numbers the mailbox anew (a restart
-                    // after a database restore, a re-registration): the seq counted so far
-                    // restarts before any delivery is read, so nothing new is dropped as
-                    // already seen.
-                    if self
-                        .transact(|m| Ok((m.receive_mailbox_epoch(epoch), ())))
-                        .await
-                        .is_err()
-                    {
+            let cause = match connected {
+                // A new epoch means the relay numbers the mailbox anew (a restart after a
+                // database restore, a re-registration): the seq counted so far restarts
+                // before any delivery is read, so nothing new is dropped as already seen.
+                Ok((socket, epoch)) => match self.transact(|m| Ok((m.receive_mailbox_epoch(epoch), ()))).await {
+                    Err(_) => {
                         drop(socket);
-                        let delay = backoff;
-                        tokio::select! {
-                            () = rt::sleep(delay) => {}
-                            _ = shutdown.changed() => return,
+                        DisconnectCause::Store
+                    }
+                    Ok(_) => {
+                        backoff = self.options.backoff_min;
+                        self.emit_state(ConnectionState::Connected).await;
+                        self.emit(vec![Event::Connected]).await;
+                        match self.serve(socket, &mut shutdown, &mut anon).await {
+                            Served::Shutdown => return,
+                            Served::Stop(cause) => {
+                                self.emit_state(ConnectionState::Stopped { cause }).await;
+                                return;
+                            }
+                            Served::Lost(cause) => cause,
                         }
-                        backoff = (backoff * 2).min(self.options.backoff_max);
-                        continue;
                     }
-                    backoff = self.options.backoff_min;
-                    self.emit(vec![Event::Connected]).await;
-                    if self.serve(socket, &mut shutdown, &mut anon).await {
-                        return;
-                    }
-                }
+                },
                 Err(TransportError::Relay { code, .. })
                     if code == ErrorCode::AUTH_FAILED || code == ErrorCode::UNKNOWN_DEVICE =>
                 {
@@ -66,15 +74,21 @@ impl<S: Store> Inner<S> {
                     if self.refresh_device_list(self.device.account_id()).await.is_ok() {
                         let listed = self.machine.lock().await.is_listed();
                         if !listed {
+                            let cause = StopCause::DeviceRemoved;
+                            self.emit_state(ConnectionState::Stopped { cause }).await;
                             return;
                         }
                     }
+                    DisconnectCause::AuthFailed
                 }
-                Err(_) => {}
-            }
+                Err(_) => DisconnectCause::Unreachable,
+            };
             let span = backoff.as_millis() as u64;
             let draw = self.net_rng.lock().unwrap_or_else(|e| e.into_inner()).next_u64();
             let delay = Duration::from_millis(span / 2 + draw % (span / 2 + 1));
+            let retry_in_ms = delay.as_millis() as u64;
+            self.emit_state(ConnectionState::Disconnected { retry_in_ms, cause })
+                .await;
             tokio::select! {
                 () = rt::sleep(delay) => {}
                 _ = shutdown.changed() => return,
@@ -83,20 +97,23 @@ impl<S: Store> Inner<S> {
         }
     }
 
+    async fn emit_state(&self, state: ConnectionState) {
+        self.emit(vec![Event::ConnectionState { state }]).await;
+    }
+
     /// Serves one authenticated connection, and sends over the anonymous one (opened
     /// when there is something to send, not right after this one authenticated).
-    /// Returns true on shutdown.
     pub(super) async fn serve(
         &self,
         mut socket: Socket,
         shutdown: &mut watch::Receiver<bool>,
         anon: &mut Option<Anon>,
-    ) -> bool {
+    ) -> Served {
         // Another device of the account may have changed the device list meanwhile.
         let _ = self.refresh_device_list(self.device.account_id()).await;
         let _ = self.refill_prekeys().await;
         if !self.retry_pending().await {
-            return false;
+            return Served::Lost(DisconnectCause::Store);
         }
         // Answers to sends made before this connection are not waited for: those items
         // are still in the outbox and go again.
@@ -107,24 +124,21 @@ impl<S: Store> Inner<S> {
         let mut ping_at = Instant::now() + self.options.heartbeat;
         // A long-lived connection still rotates the signed and last-resort prekeys.
         let mut prekeys_at = Instant::now() + PREKEY_CHECK;
-        // Receipts go out in batches, a random delay after the first message they
-        // acknowledge (never a fixed delay a watcher could pair deliveries with).
-        let mut receipts_at: Option<Instant> = None;
         // Deliveries processed (committed deferred) but not acked yet.
         let mut unacked = Unacked::default();
         loop {
+            // Receipts go out in batches, a random delay after the first message they
+            // acknowledge (never a fixed delay a watcher could pair deliveries with): the
+            // outbox item of a new one is read to schedule it.
+            if self.new_receipts.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                tx.dirty = true;
+            }
             if !self.fill_window(&mut tx, &mut socket, anon).await {
-                return false;
+                return Served::Lost(DisconnectCause::Closed);
             }
             let retry_at = tx.retry_at;
             let retry = async {
                 match retry_at {
-                    Some(t) => rt::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let receipts_due = async {
-                match receipts_at {
                     Some(t) => rt::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
@@ -156,12 +170,12 @@ impl<S: Store> Inner<S> {
                     if let Some(a) = anon.as_mut() {
                         a.socket.close().await;
                     }
-                    return true;
+                    return Served::Shutdown;
                 }
                 frame = anon_frame => match frame {
                     Ok(Some(Frame::SendResult(r))) => {
                         if !self.handle_result(&mut tx, r, true).await {
-                            return false;
+                            return Served::Lost(DisconnectCause::Store);
                         }
                     }
                     Ok(Some(_)) => {}
@@ -176,70 +190,53 @@ impl<S: Store> Inner<S> {
                 frame = socket.recv() => {
                     let frame = match frame {
                         Ok(Some(f)) => f,
-                        Ok(None) | Err(_) => return false,
+                        Ok(None) | Err(_) => return Served::Lost(DisconnectCause::Closed),
                     };
                     match frame {
                         Frame::Deliver(d) => {
                             if self.handle_deliver(d.seq, &d.envelope).await.is_err() {
                                 // Not acked: delivered again after the reconnect.
-                                return false;
+                                return Served::Lost(DisconnectCause::Store);
                             }
                             unacked.seq = Some(d.seq);
                             unacked.count += 1;
                             if unacked.count >= ACK_BATCH && !self.ack(&mut socket, &mut unacked).await {
-                                return false;
-                            }
-                            let (any, full) = {
-                                let pending = self.receipts.lock().await;
-                                (
-                                    !pending.is_empty(),
-                                    pending.values().any(|v| v.len() >= crate::content::MAX_RECEIPTS),
-                                )
-                            };
-                            if full {
-                                receipts_at = None;
-                                self.flush_receipts().await;
-                                tx.dirty = true;
-                            } else if any && receipts_at.is_none() {
-                                receipts_at = Some(Instant::now() + self.receipt_delay());
+                                return Served::Lost(DisconnectCause::Closed);
                             }
                         }
                         Frame::QueueEmpty => {
-                            if receipts_at.is_none() && !self.receipts.lock().await.is_empty() {
-                                receipts_at = Some(Instant::now() + self.receipt_delay());
-                            }
                             self.emit(vec![Event::CaughtUp]).await;
                         }
                         Frame::SendResult(r) => {
                             let stored_ok = self.handle_result(&mut tx, r, false).await;
                             if !stored_ok {
-                                return false;
+                                return Served::Lost(DisconnectCause::Store);
                             }
                         }
-                        Frame::Error { code }
-                            if code == ErrorCode::REPLACED
-                                || code == ErrorCode::SHUTTING_DOWN
-                                || code == ErrorCode::IDLE_TIMEOUT =>
-                        {
-                            return false;
+                        // Another connection authenticated as this device: a second
+                        // process on this device's store, or a copy of it. Taking the
+                        // socket back would replace that one in turn, for ever.
+                        Frame::Error { code } if code == ErrorCode::REPLACED => {
+                            return Served::Stop(StopCause::Superseded);
+                        }
+                        Frame::Error { code } if code == ErrorCode::SHUTTING_DOWN => {
+                            return Served::Lost(DisconnectCause::RelayShuttingDown);
+                        }
+                        Frame::Error { code } if code == ErrorCode::IDLE_TIMEOUT => {
+                            return Served::Lost(DisconnectCause::IdleTimeout);
                         }
                         _ => {}
                     }
                 }
                 () = std::future::ready(()), if unacked.seq.is_some() => {
                     if !self.ack(&mut socket, &mut unacked).await {
-                        return false;
+                        return Served::Lost(DisconnectCause::Closed);
                     }
                 }
                 _ = self.wake.notified(), if room => {
                     tx.dirty = true;
                 }
                 _ = retry => {}
-                _ = receipts_due => {
-                    receipts_at = None;
-                    self.flush_receipts().await;
-                    tx.dirty = true;
-                }
                 _ = anon_expiry => {
                     // Past its lifetime: closed once its answers are in (and replaced by
                     // the next send); checked again in a moment meanwhile.
@@ -254,8 +251,11 @@ impl<S: Store> Inner<S> {
                 }
                 () = rt::sleep_until(ping_at) => {
                     ping_at = Instant::now() + self.options.heartbeat;
-                    if socket.idle_for().is_some_and(|d| d > self.options.idle_timeout) || socket.ping().await.is_err() {
-                        return false;
+                    if socket.idle_for().is_some_and(|d| d > self.options.idle_timeout) {
+                        return Served::Lost(DisconnectCause::IdleTimeout);
+                    }
+                    if socket.ping().await.is_err() {
+                        return Served::Lost(DisconnectCause::Closed);
                     }
                     // The anonymous connection is not pinged with this one (that would pair
                     // them); the relay's pings keep it alive, and a silent one is dropped.
@@ -270,10 +270,10 @@ impl<S: Store> Inner<S> {
                     let _ = self.refresh_device_list(self.device.account_id()).await;
                     if !self.machine.lock().await.is_listed() {
                         socket.close().await;
-                        return false;
+                        return Served::Lost(DisconnectCause::Closed);
                     }
                     if !self.retry_pending().await {
-                        return false;
+                        return Served::Lost(DisconnectCause::Store);
                     }
                     if Instant::now() >= prekeys_at {
                         prekeys_at = Instant::now() + PREKEY_CHECK;

@@ -48,7 +48,7 @@ mod tests {
 pub enum ClientError {
     /// The store failed.
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// The machine refused the operation.
     #[error("{0}")]
     Machine(MachineError),
@@ -113,6 +113,23 @@ pub enum ClientError {
     /// cannot be cancelled or retried.
     #[error("the message cannot be cancelled or retried in its state")]
     NotQueued,
+    /// Another process (or another client in this one) runs this device on this store in
+    /// the same role: two would take the relay connection from each other for ever
+    /// (docs/protocol.md §13.6). Retryable once that one has stopped.
+    #[error("another process runs this device on this store (as {})", role.code())]
+    DeviceInUse {
+        /// The role both asked for.
+        role: crate::store::ProcessRole,
+    },
+}
+
+impl From<StoreError> for ClientError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InUse { role } => Self::DeviceInUse { role },
+            e => Self::Store(e),
+        }
+    }
 }
 
 impl From<MachineError> for ClientError {
@@ -157,13 +174,14 @@ impl ClientError {
             Self::UnknownMessage => "unknown_message",
             Self::NotAuthor => "not_author",
             Self::NotQueued => "not_queued",
+            Self::DeviceInUse { .. } => "device_in_use",
         }
     }
 
     /// True when the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Store(StoreError::Conflict) => true,
+            Self::Store(StoreError::Conflict) | Self::DeviceInUse { .. } => true,
             Self::Transport(t) => t.is_retryable(),
             _ => false,
         }

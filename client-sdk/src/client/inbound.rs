@@ -1,6 +1,7 @@
 //! Inbound envelopes: decryption and commit before the ack, envelopes put aside until
 //! their sender is pinned, and delayed delivery receipts.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -11,9 +12,9 @@ use super::commit::MAX_CONFLICT_RETRIES;
 use super::error::{ClientError, is_final};
 use super::outbox::uniform;
 use super::{Inner, now_ms};
-use crate::machine::{Event, Inbound, Need};
+use crate::machine::{Event, Inbound, Machine, Need};
 use crate::rt::Instant;
-use crate::store::{Committed, Store, StoreError};
+use crate::store::{Changes, Committed, MessageKey, MessageStatus, Store, StoreError};
 use crate::transport::Socket;
 
 /// At most this many deliveries are processed before the store is synced and they are
@@ -102,12 +103,14 @@ impl<S: Store> Inner<S> {
                     let _ = self.handle_link_request(sender, &payload).await;
                     return Ok(());
                 }
-                Inbound::Done { changes, events } => {
+                Inbound::Done { mut changes, events } => {
                     let consumed = changes.prekeys_removed.len() as u32;
+                    let receipts = self.add_receipts(&mut m, &mut changes, &events);
                     // Deferred: the envelope is acked only after the next `sync`, so if a
                     // power loss undoes this commit the relay delivers it again.
                     match self.commit_locked_as(&mut m, changes, true).await {
                         Ok(c) => {
+                            self.open_receipts(receipts);
                             drop(m);
                             self.after_inbound(c, events, consumed).await;
                             return Ok(());
@@ -145,37 +148,135 @@ impl<S: Store> Inner<S> {
         Err(why)
     }
 
-    /// After an inbound commit: orders and emits the events, queues receipts, refills
-    /// prekeys when enough were used.
-    pub(super) async fn after_inbound(&self, c: Committed, events: Vec<Event>, consumed: u32) {
-        let events: Vec<Event> = events
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::MessageReceived(mut msg) => {
-                    let order = c.inserted.iter().find(|(id, _)| *id == msg.id)?.1;
-                    msg.order = order;
-                    Some(Event::MessageReceived(msg))
-                }
-                other => Some(other),
-            })
-            .collect();
-        {
-            let mut pending = self.receipts.lock().await;
-            for e in &events {
-                // Receipts go to 1:1 conversations only (a group message's conversation
-                // is the group, which is no account to send to, and must not reach the
-                // relay).
-                if let Event::MessageReceived(msg) = e
-                    && msg.status == crate::store::MessageStatus::Received
-                    && msg.conversation == msg.sender.0
-                {
-                    let ids = pending.entry(msg.conversation).or_default();
-                    if ids.len() < crate::content::MAX_RECEIPTS {
-                        ids.push(msg.id);
-                    }
-                }
+    /// Adds to `changes` (an inbound commit) the delivery receipts for the texts it
+    /// stores: each joins the receipt to its sender that waits for its random delay, or
+    /// starts one. Stored message and receipt are one transaction, so a crash after the
+    /// commit cannot lose the receipt (the message is never delivered again once acked).
+    /// Returns the receipts to record as open once the commit succeeded.
+    pub(super) fn add_receipts(
+        &self,
+        m: &mut Machine,
+        changes: &mut Changes,
+        events: &[Event],
+    ) -> BTreeMap<AccountId, (OpenReceipt, bool)> {
+        let mut touched: BTreeMap<AccountId, (OpenReceipt, bool)> = BTreeMap::new();
+        let mut closed = Vec::new();
+        for e in events {
+            // Receipts go to 1:1 conversations only (a group message's conversation is
+            // the group, which is no account to send to, and must not reach the relay).
+            let Event::MessageReceived(msg) = e else { continue };
+            if msg.status != MessageStatus::Received || msg.conversation != msg.sender.0 {
+                continue;
+            }
+            let to = msg.conversation;
+            if !touched.contains_key(&to)
+                && let Some(open) = self.receipts.lock().unwrap_or_else(|e| e.into_inner()).get(&to)
+            {
+                touched.insert(to, (open.clone(), false));
+            }
+            if let Some((open, _)) = touched.get_mut(&to)
+                && let Some(item) = Machine::extend_receipt(&open.item, msg.id)
+            {
+                open.item = item;
+                continue;
+            }
+            // None open, or the open one is full: a new one, with its own delay.
+            let delay = self.receipt_delay();
+            let now = now_ms();
+            let not_before = now.saturating_add(delay.as_millis() as u64);
+            if let Some(item) = m.receipt_item(to, &[msg.id], now, not_before)
+                && let Some(full) = touched.insert(to, (OpenReceipt { item }, true))
+            {
+                // The full one is no longer open; it is written as it stands.
+                closed.push(full);
             }
         }
+        for (open, new) in closed.iter().chain(touched.values()) {
+            if *new {
+                changes.outbox_add.push(open.item.clone());
+            } else {
+                changes.outbox_update.push(open.item.clone());
+            }
+        }
+        touched
+    }
+
+    /// Records the receipts [`Self::add_receipts`] wrote as open (later texts join them
+    /// until they are started), once their commit succeeded.
+    pub(super) fn open_receipts(&self, receipts: BTreeMap<AccountId, (OpenReceipt, bool)>) {
+        if receipts.is_empty() {
+            return;
+        }
+        if receipts.values().any(|(_, new)| *new) {
+            self.new_receipts.store(true, Ordering::SeqCst);
+        }
+        let mut open = self.receipts.lock().unwrap_or_else(|e| e.into_inner());
+        for (to, (receipt, _)) in receipts {
+            open.insert(to, receipt);
+        }
+    }
+
+    /// An outbox item is being started: a receipt among them is no longer open (nothing
+    /// joins it any more, so what goes out is what was stored).
+    pub(super) fn close_receipt(&self, item: &crate::store::OutboxItem) {
+        let mut open = self.receipts.lock().unwrap_or_else(|e| e.into_inner());
+        if open.get(&item.to).is_some_and(|o| o.item.id == item.id) {
+            open.remove(&item.to);
+        }
+    }
+
+    /// After an inbound commit: orders the events and keeps only what took effect (a
+    /// receipt reports the messages it moved to `Delivered`, once each), emits them,
+    /// refills prekeys when enough were used.
+    pub(super) async fn after_inbound(&self, c: Committed, events: Vec<Event>, consumed: u32) {
+        let own = self.device.account_id();
+        let mut advanced: BTreeMap<MessageKey, MessageStatus> = c.advanced.iter().copied().collect();
+        let events: Vec<Event> = events
+            .into_iter()
+            .flat_map(|e| match e {
+                Event::MessageReceived(mut msg) => {
+                    let Some((_, order)) = c.inserted.iter().find(|(id, _)| *id == msg.id) else {
+                        return Vec::new();
+                    };
+                    msg.order = *order;
+                    vec![Event::MessageReceived(msg)]
+                }
+                // A second receipt for a message (from another device of the contact, or
+                // sent again after a lost answer), or one for a message already further on,
+                // moved nothing: the app hears about each message once.
+                Event::Delivered { mut ids, by } => {
+                    let mut out = Vec::new();
+                    ids.retain(|id| {
+                        let key = MessageKey {
+                            conversation: by.0,
+                            sender: own,
+                            id: *id,
+                        };
+                        match advanced.remove(&key) {
+                            None => false,
+                            Some(old) => {
+                                // Reported before the relay's answer to its send was
+                                // recorded (lost to a restart: the item goes again, and
+                                // that answer will move nothing): the relay evidently
+                                // stored it, so the app hears "sent" first, in order.
+                                if matches!(old, MessageStatus::Queued | MessageStatus::Failed { .. }) {
+                                    out.push(Event::MessageSent {
+                                        id: *id,
+                                        conversation: by.0,
+                                    });
+                                }
+                                true
+                            }
+                        }
+                    });
+                    if !ids.is_empty() {
+                        out.push(Event::Delivered { ids, by });
+                    }
+                    out
+                }
+                other => vec![other],
+            })
+            .collect();
         let changed: Vec<crate::group::GroupId> = events
             .iter()
             .filter_map(|e| match e {
@@ -314,10 +415,12 @@ impl<S: Store> Inner<S> {
                     let _ = self.handle_link_request(sender, &payload).await;
                     return Ok(true);
                 }
-                Inbound::Done { changes, events } => {
+                Inbound::Done { mut changes, events } => {
                     let consumed = changes.prekeys_removed.len() as u32;
+                    let receipts = self.add_receipts(&mut m, &mut changes, &events);
                     match self.commit_locked(&mut m, changes).await {
                         Ok(c) => {
+                            self.open_receipts(receipts);
                             drop(m);
                             self.after_inbound(c, events, consumed).await;
                             return Ok(true);
@@ -332,12 +435,21 @@ impl<S: Store> Inner<S> {
         }
     }
 
-    /// Queues the pending delivery receipts (one batch per sender account).
-    pub(super) async fn flush_receipts(&self) {
-        let pending = std::mem::take(&mut *self.receipts.lock().await);
-        for (to, ids) in pending {
-            let _ = self.transact(|m| Ok((m.queue_receipt(to, &ids, now_ms()), ()))).await;
-        }
+    /// Makes the open delivery receipts (still waiting for their random delay) due now.
+    pub(super) async fn receipts_due_now(&self) {
+        let mut m = self.machine.lock().await;
+        let open = std::mem::take(&mut *self.receipts.lock().unwrap_or_else(|e| e.into_inner()));
+        let changes = Changes {
+            outbox_update: open
+                .into_values()
+                .map(|o| crate::store::OutboxItem {
+                    not_before_ms: 0,
+                    ..o.item
+                })
+                .collect(),
+            ..Changes::default()
+        };
+        let _ = self.commit_locked(&mut m, changes).await;
     }
 
     /// A random delay before a batch of receipts goes out.
@@ -361,6 +473,14 @@ impl<S: Store> Inner<S> {
         };
         synced && socket.send(&Frame::Ack { seq }).await.is_ok()
     }
+}
+
+/// A delivery receipt in the outbox, waiting for its random delay and not started yet:
+/// texts from its recipient that arrive meanwhile join it.
+#[derive(Clone)]
+pub(crate) struct OpenReceipt {
+    /// The item as stored.
+    pub(crate) item: crate::store::OutboxItem,
 }
 
 /// The deliveries processed on a connection and not acked yet.

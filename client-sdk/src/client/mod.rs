@@ -240,8 +240,11 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) link: Mutex<Option<crate::link::PendingLink>>,
     /// On a device that is joining: the link secret, until the answer arrived.
     pub(crate) joining: Mutex<Option<crate::link::Joining>>,
-    /// Received message ids per sender account, not yet acknowledged with a receipt.
-    receipts: Mutex<std::collections::BTreeMap<AccountId, Vec<crate::ids::MessageId>>>,
+    /// Per sender account, the delivery receipt in the outbox that later texts join
+    /// (written, waiting for its delay, not started).
+    receipts: std::sync::Mutex<std::collections::BTreeMap<AccountId, inbound::OpenReceipt>>,
+    /// A new receipt was written: the sender reads the outbox to schedule it.
+    new_receipts: AtomicBool,
     /// Seeds every generator (the machine's, on open and on every reload; the jitter's).
     pub(crate) entropy: Entropy,
     /// Retry attempts and next retry time of pending inbound envelopes (in memory: after
@@ -266,6 +269,8 @@ pub struct Client<S: Store> {
     pub(crate) inner: Arc<Inner<S>>,
     shutdown: watch::Sender<bool>,
     task: std::sync::Mutex<Option<rt::Task>>,
+    /// The store's app lock ([`crate::store::ProcessRole::App`]), until shutdown or drop.
+    process_lock: std::sync::Mutex<Option<crate::store::ProcessLock>>,
 }
 
 impl<S: Store> std::fmt::Debug for Client<S> {
@@ -317,7 +322,9 @@ impl<S: Store> Client<S> {
         Ok(client)
     }
 
-    /// Opens the account in `store` and connects.
+    /// Opens the account in `store` and connects. [`ClientError::DeviceInUse`] when
+    /// another process (or client) runs this device on the same store: two would take
+    /// the relay connection from each other.
     pub async fn open(store: S, key: StoreKey, options: ClientOptions) -> Result<Self, ClientError> {
         let rng = Entropy::for_options(&options).rng()?;
         let mut client = Self::start(store, key, rng, options).await?;
@@ -331,6 +338,9 @@ impl<S: Store> Client<S> {
         rng: ChaCha20Rng,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
+        // One app process per store: a second one would fight this one for the relay
+        // connection ([`ClientError::DeviceInUse`]).
+        let process_lock = store.lock_process(crate::store::ProcessRole::App)?;
         let snapshot = load_snapshot(&store).await?;
         let Some(account) = &snapshot.account else {
             return Err(ClientError::NoAccount);
@@ -357,7 +367,8 @@ impl<S: Store> Client<S> {
                 consumed: std::sync::atomic::AtomicU32::new(0),
                 link: Mutex::new(None),
                 joining: Mutex::new(None),
-                receipts: Mutex::new(Default::default()),
+                receipts: Default::default(),
+                new_receipts: AtomicBool::new(false),
                 net_rng: std::sync::Mutex::new(entropy.rng()?),
                 entropy,
                 pending_backoff: Default::default(),
@@ -366,6 +377,7 @@ impl<S: Store> Client<S> {
             }),
             shutdown,
             task: std::sync::Mutex::new(None),
+            process_lock: std::sync::Mutex::new(process_lock),
         })
     }
 
@@ -587,27 +599,30 @@ impl<S: Store> Client<S> {
             .unwrap_or_default()
     }
 
-    /// Queues the delivery receipts that wait for their random delay into the outbox now,
-    /// and wakes the sender. For a client about to exit (a command-line run, a
+    /// Makes the delivery receipts that wait for their random delay in the outbox due
+    /// now, and wakes the sender. For a client about to exit (a command-line run, a
     /// notification extension): it gives up the delay that keeps the relay from pairing a
     /// delivery with its receipt, so an app that stays open should not call it.
     pub async fn send_receipts_now(&self) {
-        self.inner.flush_receipts().await;
+        self.inner.receipts_due_now().await;
         self.inner.wake.notify_one();
     }
 
     /// Stops the connection task and waits for it to end (its sockets closed). Receipts
-    /// still waiting for their delay are queued into the persisted outbox first, so they
-    /// go out the next time the client connects. Calls made afterwards still read the
-    /// store; nothing is sent until the client is opened again. Safe to call more than
-    /// once and while other calls run.
+    /// still waiting for their delay are in the persisted outbox already (written with
+    /// the messages they acknowledge); they are made due, so they go out as soon as the
+    /// client connects again. Calls made afterwards still read the store; nothing is sent
+    /// until the client is opened again. Safe to call more than once and while other
+    /// calls run.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = task {
             t.join().await;
         }
-        self.inner.flush_receipts().await;
+        self.inner.receipts_due_now().await;
+        // Nothing runs the device any more: another process may.
+        self.process_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 

@@ -13,7 +13,7 @@ use super::error::{ClientError, is_relay_wide};
 use super::{ClientOptions, Inner, now_ms};
 use crate::machine::{GroupPlan, Need, RetryPolicy, SendPlan, record_failure};
 use crate::rt::Instant;
-use crate::store::{OutboxItem, Store, StoreError};
+use crate::store::{Committed, MessageKey, OutboxItem, Store, StoreError};
 use crate::transport::{Socket, TransportError};
 
 /// Attempts to send one outbox item before it is given up.
@@ -282,10 +282,50 @@ impl<S: Store> Inner<S> {
         let ev = {
             let mut m = self.machine.lock().await;
             let (changes, ev) = m.give_up(item, code, retryable, reason);
-            let _ = self.commit_locked(&mut m, changes).await;
-            ev
+            match self.commit_locked(&mut m, changes).await {
+                Ok(c) => self.if_advanced(ev, &c),
+                Err(_) => None,
+            }
         };
         self.emit(ev.into_iter().collect()).await;
+    }
+
+    /// Marks an item sent (the relay stored every part): removed from the outbox, the
+    /// message `Sent`. False when the store failed.
+    pub(super) async fn sent(&self, item: &OutboxItem) -> bool {
+        let ev = {
+            let mut m = self.machine.lock().await;
+            let (changes, ev) = m.mark_sent(item);
+            match self.commit_locked(&mut m, changes).await {
+                Ok(c) => self.if_advanced(ev, &c),
+                Err(_) => return false,
+            }
+        };
+        self.emit(ev.into_iter().collect()).await;
+        true
+    }
+
+    /// A message's `MessageSent` or `SendFailed` when its status change took effect. A
+    /// receipt that arrived first (the relay's answer was lost to a restart, and the item
+    /// went again) already made it `Delivered`: a later "sent" or "failed" would show it
+    /// going back.
+    pub(super) fn if_advanced(
+        &self,
+        ev: Option<crate::machine::Event>,
+        c: &Committed,
+    ) -> Option<crate::machine::Event> {
+        use crate::machine::Event;
+        let key = |conversation, id| MessageKey {
+            conversation,
+            sender: self.device.account_id(),
+            id,
+        };
+        ev.filter(|e| match e {
+            Event::MessageSent { id, conversation } | Event::SendFailed { id, conversation, .. } => {
+                c.advanced.iter().any(|(k, _)| *k == key(*conversation, *id))
+            }
+            _ => true,
+        })
     }
 
     /// Records a failed attempt the item is to blame for: it waits for its backoff, or
@@ -345,16 +385,7 @@ impl<S: Store> Inner<S> {
                     return true;
                 }
                 let Some(f) = tx.in_flight.remove(i) else { return true };
-                let ev = {
-                    let mut m = self.machine.lock().await;
-                    let (changes, ev) = m.mark_sent(&f.item);
-                    if self.commit_locked(&mut m, changes).await.is_err() {
-                        return false;
-                    }
-                    ev
-                };
-                self.emit(ev.into_iter().collect()).await;
-                true
+                self.sent(&f.item).await
             }
             SendOutcome::DeviceMismatch { device_lists } => {
                 let Some(f) = tx.in_flight.remove(i) else { return true };
@@ -473,8 +504,17 @@ impl<S: Store> Inner<S> {
         closed: &mut std::collections::HashSet<Lane>,
     ) -> bool {
         let now = Instant::now();
-        if items.iter().all(|i| tx.in_flight.iter().any(|f| f.item.id == i.id)) {
-            return true;
+        let now_ms = now_ms();
+        // Nothing to start yet (only receipts waiting for their delay, or items backing
+        // off): no anonymous connection is opened for them before they are due.
+        let waiting = items.iter().filter(|i| !tx.in_flight.iter().any(|f| f.item.id == i.id));
+        match waiting.map(|i| i.not_before_ms).min() {
+            None => return true,
+            Some(t) if t > now_ms => {
+                tx.retry_by(now + Duration::from_millis(t - now_ms));
+                return true;
+            }
+            Some(_) => {}
         }
         if anon.is_none() {
             // Not right after authenticating (docs/protocol.md §13.8).
@@ -500,7 +540,6 @@ impl<S: Store> Inner<S> {
             }
         }
         let own = self.device.account_id();
-        let now_ms = now_ms();
         let lanes: Vec<Lane> = items.iter().map(lane_of).collect();
         // Messages first, then receipts.
         for receipts in [false, true] {
@@ -518,6 +557,9 @@ impl<S: Store> Inner<S> {
                     closed.insert(*lane);
                     tx.retry_by(now + Duration::from_millis(item.not_before_ms - now_ms));
                     continue;
+                }
+                if lane.1 {
+                    self.close_receipt(item);
                 }
                 let recipients = match self.prepare(item).await {
                     Prepared::Ready(r) => r,
@@ -651,20 +693,123 @@ impl<S: Store> Inner<S> {
                 if f.anon.is_none() && f.auth.is_none() {
                     // No device to send to (for example group content to this account,
                     // which has no other device): done, as if the relay stored it.
-                    let ev = {
-                        let mut m = self.machine.lock().await;
-                        let (changes, ev) = m.mark_sent(&f.item);
-                        if self.commit_locked(&mut m, changes).await.is_err() {
-                            return false;
-                        }
-                        ev
-                    };
-                    self.emit(ev.into_iter().collect()).await;
+                    if !self.sent(&f.item).await {
+                        return false;
+                    }
                     continue;
                 }
                 tx.in_flight.push_back(f);
             }
         }
         true
+    }
+}
+
+#[cfg(all(test, feature = "native"))]
+mod tests {
+    use super::*;
+    use crate::client::{Client, ClientOptions, Entropy, pickle_key};
+    use crate::machine::{Event, Machine};
+    use crate::store::{Changes, MemoryStore, MessageStatus, OutboxStore, Page, StoreKey};
+
+    /// A client on a fresh account in a memory store, never connecting.
+    async fn offline_client() -> Client<MemoryStore> {
+        let key = StoreKey::new([4; 32]);
+        let store = MemoryStore::new();
+        let mut rng = Entropy::dangerous_seeded(1).rng().unwrap();
+        let new = Machine::new_account("http://127.0.0.1:1", 1, &mut rng, &pickle_key(&key)).unwrap();
+        store.commit(new.changes).await.unwrap();
+        let options = ClientOptions {
+            connect: false,
+            dangerous_entropy: Some(Entropy::dangerous_seeded(2)),
+            ..ClientOptions::default()
+        };
+        Client::open(store, key, options).await.unwrap()
+    }
+
+    /// The sender was killed after the relay stored a text but before it recorded the
+    /// answer; after the restart the contact's receipt arrives first (the text goes
+    /// again a few seconds later). The late "stored" answer must not show the text
+    /// going back from `Delivered` to `Sent`.
+    #[tokio::test]
+    async fn a_send_answered_after_its_receipt_stays_delivered_and_says_nothing() {
+        let client = offline_client().await;
+        let mut events = client.events().unwrap();
+        let contact = AccountId([7; 32]);
+        let message = client.send_text(&contact, "echo").await.unwrap();
+        let key = message.key();
+        // The receipt.
+        let ((), c) = client
+            .inner
+            .transact(|_| {
+                Ok((
+                    Changes {
+                        message_updates: vec![(key, crate::store::MessageUpdate::Status(MessageStatus::Delivered))],
+                        ..Changes::default()
+                    },
+                    (),
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(c.advanced, vec![(key, MessageStatus::Queued)]);
+        let by = (contact, sotto_crypto::DeviceId(1));
+        let receipt = || {
+            vec![Event::Delivered {
+                ids: vec![message.id],
+                by,
+            }]
+        };
+        client.inner.after_inbound(c, receipt(), 0).await;
+        // The relay evidently stored it: "sent", then "delivered", once each.
+        let sent = Event::MessageSent {
+            id: message.id,
+            conversation: contact,
+        };
+        assert_eq!(events.next().await.unwrap(), sent);
+        assert_eq!(events.next().await.unwrap(), receipt().remove(0));
+        // The same receipt again (another device of the contact, or sent twice): nothing.
+        let ((), c) = client
+            .inner
+            .transact(|_| {
+                Ok((
+                    Changes {
+                        message_updates: vec![(key, crate::store::MessageUpdate::Status(MessageStatus::Delivered))],
+                        ..Changes::default()
+                    },
+                    (),
+                ))
+            })
+            .await
+            .unwrap();
+        assert!(c.advanced.is_empty());
+        client.inner.after_inbound(c, receipt(), 0).await;
+        // The answer to the second send.
+        let item = client.store().outbox(1).await.unwrap().remove(0);
+        assert!(client.inner.sent(&item).await);
+        assert_eq!(client.outbox_len().await.unwrap(), 0);
+        let stored = client.messages(&contact, Page::default()).await.unwrap();
+        assert_eq!(stored[0].status, MessageStatus::Delivered);
+        // A marker event: everything emitted before it is in the stream.
+        client.inner.emit(vec![Event::CaughtUp]).await;
+        let e = events.next().await.unwrap();
+        assert_eq!(
+            e,
+            Event::CaughtUp,
+            "a second Delivered, or MessageSent after Delivered: {e:?}"
+        );
+        // A give-up after the receipt (its other part kept failing) says nothing either.
+        client.inner.give_up(&item, "MAILBOX_FULL", true, String::new()).await;
+        client.inner.emit(vec![Event::CaughtUp]).await;
+        assert_eq!(events.next().await.unwrap(), Event::CaughtUp);
+        // Without a receipt, the answer is reported once.
+        let second = client.send_text(&contact, "two").await.unwrap();
+        let item = client.store().outbox(1).await.unwrap().remove(0);
+        assert_eq!(item.id, second.id);
+        assert!(client.inner.sent(&item).await);
+        assert!(client.inner.sent(&item).await);
+        client.inner.emit(vec![Event::CaughtUp]).await;
+        assert!(matches!(events.next().await.unwrap(), Event::MessageSent { id, .. } if id == second.id));
+        assert_eq!(events.next().await.unwrap(), Event::CaughtUp);
     }
 }

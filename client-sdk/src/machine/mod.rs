@@ -58,7 +58,8 @@ pub use chat::{Conversation, ConversationSettings, expiry};
 pub use groups::{CONTENT_SENDER_KEY, GroupInfo, GroupPlan};
 pub use outbound::{RetryPolicy, record_failure};
 pub use outputs::{
-    CONTENT_LINK_ACCEPT, CONTENT_LINK_REQUEST, Event, Inbound, MachineError, Need, SendPlan, UndecryptableCause,
+    CONTENT_LINK_ACCEPT, CONTENT_LINK_REQUEST, ConnectionState, DisconnectCause, Event, Inbound, MachineError, Need,
+    SendPlan, StopCause, UndecryptableCause,
 };
 pub use prekeys::{
     KEM_BATCH, KEM_LOW, LAST_RESORT_KEM_ID, MAX_PREKEY_AGE_MS, MAX_PREKEY_AHEAD_MS, ONE_TIME_BATCH, ONE_TIME_LOW,

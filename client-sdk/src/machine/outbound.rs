@@ -150,6 +150,43 @@ impl Machine {
         }
     }
 
+    /// A delivery receipt to `to` for `ids` (at most [`crate::content::MAX_RECEIPTS`]),
+    /// not sent before `not_before_ms` (its random delay). `None` when there is nothing
+    /// to acknowledge. The receiving client writes it in the transaction that stores the
+    /// messages it acknowledges, so a crash can never keep a stored message without its
+    /// receipt.
+    pub fn receipt_item(
+        &mut self,
+        to: AccountId,
+        ids: &[MessageId],
+        now_ms: u64,
+        not_before_ms: u64,
+    ) -> Option<OutboxItem> {
+        let mut changes = self.queue_receipt(to, ids, now_ms);
+        let mut item = changes.outbox_add.pop()?;
+        item.not_before_ms = not_before_ms;
+        Some(item)
+    }
+
+    /// `item`, a delivery receipt not sent yet, acknowledging `id` too (kept once).
+    /// `None` when it is full ([`crate::content::MAX_RECEIPTS`]) or not a receipt.
+    pub fn extend_receipt(item: &OutboxItem, id: MessageId) -> Option<OutboxItem> {
+        let mut content = Content::decode(&item.content).ok()?;
+        let ContentKind::Delivered { message_ids } = &mut content.kind else {
+            return None;
+        };
+        if !message_ids.contains(&id) {
+            if message_ids.len() >= crate::content::MAX_RECEIPTS {
+                return None;
+            }
+            message_ids.push(id);
+        }
+        Some(OutboxItem {
+            content: content.encode(),
+            ..item.clone()
+        })
+    }
+
     /// The relay stored an outbox item: drop it from the outbox and mark the message sent.
     pub fn mark_sent(&self, item: &OutboxItem) -> (Changes, Option<Event>) {
         if self.group_of_conversation(&item.to).is_some() {

@@ -285,11 +285,113 @@ pub enum Event {
         /// True while typing.
         typing: bool,
     },
-    /// (From the client) the relay connection is authenticated.
+    /// (From the client) the relay connection is authenticated. Kept for existing
+    /// callers: it follows every [`ConnectionState::Connected`].
     Connected,
+    /// (From the client) the relay connection changed state: show the app online or
+    /// offline from it. The first is `Connecting`, once the client starts.
+    ConnectionState {
+        /// The new state.
+        state: ConnectionState,
+    },
     /// (From the client) every envelope queued while this device was offline has been
     /// processed.
     CaughtUp,
+}
+
+/// The state of a client's relay connection ([`Event::ConnectionState`]). Apps match
+/// it with a fallback arm: later versions may add states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Connecting and authenticating (at start, and after each wait).
+    Connecting,
+    /// Authenticated: messages go out and come in.
+    Connected,
+    /// Not connected; the next attempt starts in `retry_in_ms` (exponential backoff with
+    /// jitter). Messages written meanwhile wait in the outbox.
+    Disconnected {
+        /// Milliseconds until the next attempt.
+        retry_in_ms: u64,
+        /// Why the connection ended or could not be made.
+        cause: DisconnectCause,
+    },
+    /// The client stopped connecting and will not try again by itself (reads and sends
+    /// into the outbox still work; nothing goes out until the client is opened again).
+    Stopped {
+        /// Why.
+        cause: StopCause,
+    },
+}
+
+impl ConnectionState {
+    /// A stable name: `connecting`, `connected`, `disconnected`, `stopped`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Connected => "connected",
+            Self::Disconnected { .. } => "disconnected",
+            Self::Stopped { .. } => "stopped",
+        }
+    }
+}
+
+/// Why a relay connection ended or could not be made; the client tries again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectCause {
+    /// The relay could not be reached (network, DNS, TLS, HTTP error) or refused the
+    /// connection for a while (busy, too many connections).
+    Unreachable,
+    /// The connection closed or failed while in use.
+    Closed,
+    /// Nothing arrived for the idle timeout (on either side).
+    IdleTimeout,
+    /// The relay is shutting down (docs/protocol.md §13.6).
+    RelayShuttingDown,
+    /// The relay refused this device's authentication.
+    AuthFailed,
+    /// The local store failed.
+    Store,
+}
+
+impl DisconnectCause {
+    /// A stable name: `unreachable`, `closed`, `idle_timeout`, `relay_shutting_down`,
+    /// `auth_failed`, `store`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::Closed => "closed",
+            Self::IdleTimeout => "idle_timeout",
+            Self::RelayShuttingDown => "relay_shutting_down",
+            Self::AuthFailed => "auth_failed",
+            Self::Store => "store",
+        }
+    }
+}
+
+/// Why a client stopped connecting for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopCause {
+    /// Another connection authenticated as this device (the relay answered `REPLACED`,
+    /// docs/protocol.md §13.6): a second process, or a copy of this device's store,
+    /// runs the same device. Reconnecting would take the socket back and start a fight
+    /// (each replacing the other twice a second), so this one stops. Make sure one
+    /// process runs the device, then open the client again.
+    Superseded,
+    /// This device is no longer in its account's device list ([`Event::DeviceRemoved`]).
+    DeviceRemoved,
+}
+
+impl StopCause {
+    /// A stable name: `superseded`, `device_removed`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Superseded => "superseded",
+            Self::DeviceRemoved => "device_removed",
+        }
+    }
 }
 
 /// Something the machine needs from the relay before it can go on.

@@ -524,35 +524,45 @@ pub async fn message_status(s: &impl Store) {
     })
     .await
     .unwrap();
-    s.commit(Changes {
-        message_updates: vec![
-            (key(1, 1), MessageUpdate::Status(MessageStatus::Sent)),
-            (key(99, 1), MessageUpdate::Status(MessageStatus::Sent)),
-        ],
-        ..Changes::default()
-    })
-    .await
-    .unwrap();
+    let c = s
+        .commit(Changes {
+            message_updates: vec![
+                (key(1, 1), MessageUpdate::Status(MessageStatus::Sent)),
+                (key(99, 1), MessageUpdate::Status(MessageStatus::Sent)),
+            ],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    // Only the change that took effect is reported (the unknown key is not).
+    assert_eq!(c.advanced, vec![(key(1, 1), MessageStatus::Queued)]);
     let all = s.messages(AccountId([1; 32]), Page::default()).await.unwrap();
     assert_eq!(all[0].status, MessageStatus::Sent);
     assert_eq!(all[0].text, "hello");
     assert_eq!(all[1].status, MessageStatus::Received);
     // Forward only: Delivered stays Delivered; a received message is never "sent".
-    s.commit(Changes {
-        message_updates: vec![(key(1, 1), MessageUpdate::Status(MessageStatus::Delivered))],
-        ..Changes::default()
-    })
-    .await
-    .unwrap();
-    s.commit(Changes {
-        message_updates: vec![
-            (key(1, 1), MessageUpdate::Status(MessageStatus::Sent)),
-            (key(2, 1), MessageUpdate::Status(MessageStatus::Sent)),
-        ],
-        ..Changes::default()
-    })
-    .await
-    .unwrap();
+    let c = s
+        .commit(Changes {
+            message_updates: vec![(key(1, 1), MessageUpdate::Status(MessageStatus::Delivered))],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.advanced, vec![(key(1, 1), MessageStatus::Sent)]);
+    // A second receipt, a late "sent", a status for a received message: nothing moves,
+    // and nothing is reported.
+    let c = s
+        .commit(Changes {
+            message_updates: vec![
+                (key(1, 1), MessageUpdate::Status(MessageStatus::Delivered)),
+                (key(1, 1), MessageUpdate::Status(MessageStatus::Sent)),
+                (key(2, 1), MessageUpdate::Status(MessageStatus::Sent)),
+            ],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+    assert!(c.advanced.is_empty(), "{:?}", c.advanced);
     let all = s.messages(AccountId([1; 32]), Page::default()).await.unwrap();
     assert_eq!(all[0].status, MessageStatus::Delivered);
     assert_eq!(all[1].status, MessageStatus::Received);

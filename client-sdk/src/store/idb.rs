@@ -1135,12 +1135,16 @@ impl Store for IdbStore {
                     continue;
                 }
                 let mut m = decode_message(&c.open(MESSAGES, &k, &bytes_field(&row, "v")?)?, 0)?;
+                let old = m.status;
                 if !m.apply(update) {
                     continue;
                 }
                 let v = c.seal(MESSAGES, &k, &encode_message(&m))?;
                 Reflect::set(&row, &JsValue::from_str("v"), &bytes(&v)).map_err(js("record"))?;
                 store.put(&row).map_err(js("put"))?;
+                if matches!(update, super::MessageUpdate::Status(_)) {
+                    committed.advanced.push((*key, old));
+                }
             }
             for key in &changes.messages_removed {
                 let k = c.tag(MESSAGES, &key.to_bytes());

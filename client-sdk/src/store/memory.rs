@@ -267,11 +267,15 @@ impl Store for MemoryStore {
             inserted.push((m.id, order));
             inner.messages.insert(order, m);
         }
+        let mut advanced = Vec::new();
         for (id, update) in changes.message_updates {
             if let Some(order) = inner.message_index.get(&id).copied()
                 && let Some(m) = inner.messages.get_mut(&order)
             {
-                m.apply(&update);
+                let old = m.status;
+                if m.apply(&update) && matches!(update, super::MessageUpdate::Status(_)) {
+                    advanced.push((id, old));
+                }
             }
         }
         for key in changes.messages_removed {
@@ -318,6 +322,7 @@ impl Store for MemoryStore {
         }
         Ok(Committed {
             inserted,
+            advanced,
             account_version,
             session_versions,
             group_versions,

@@ -24,6 +24,7 @@ pub mod conformance;
 mod crypt;
 #[cfg(all(feature = "web", target_arch = "wasm32"))]
 pub mod idb;
+mod lock;
 pub mod memory;
 #[cfg(any(feature = "native", feature = "web"))]
 mod records;
@@ -35,6 +36,7 @@ pub mod sqlite;
 pub use crypt::StoreKey;
 #[cfg(all(feature = "web", target_arch = "wasm32"))]
 pub use idb::IdbStore;
+pub use lock::{ProcessLock, ProcessRole};
 pub use memory::MemoryStore;
 #[cfg(feature = "native")]
 pub use sqlite::SqliteStore;
@@ -80,6 +82,12 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(String),
+    /// Another process holds this store's lock for the same role ([`Store::lock_process`]).
+    #[error("another process has this store open as {}", role.code())]
+    InUse {
+        /// The role.
+        role: ProcessRole,
+    },
 }
 
 /// A row and the version it was read at.
@@ -838,6 +846,10 @@ impl Changes {
 pub struct Committed {
     /// The messages actually inserted (not already stored), with their `order`.
     pub inserted: Vec<(MessageId, u64)>,
+    /// The status changes that took effect (status entries of [`Changes::message_updates`] whose
+    /// message is stored and whose status moved forward), in the order given, each with
+    /// the status it moved from.
+    pub advanced: Vec<(MessageKey, MessageStatus)>,
     /// The new version of the account row, if written.
     pub account_version: Option<u64>,
     /// The new versions of the session rows written, in the order given.
@@ -964,5 +976,13 @@ pub trait Store:
     /// backend keeps such copies.
     fn scrub(&self) -> impl Future<Output = Result<(), StoreError>> + MaybeSend {
         std::future::ready(Ok(()))
+    }
+
+    /// Takes this store's process lock for `role` (see [`ProcessLock`]), held until the
+    /// guard drops: [`StoreError::InUse`] while another process (or another client in
+    /// this one) holds it. `Ok(None)` for a backend no other process can open.
+    fn lock_process(&self, role: ProcessRole) -> Result<Option<ProcessLock>, StoreError> {
+        let _ = role;
+        Ok(None)
     }
 }

@@ -76,6 +76,8 @@ pub struct SqliteStore {
     /// disk with the next fsync of the WAL (a durable commit's, a checkpoint's or `sync`'s).
     deferred: SqlitePool,
     crypt: Crypt,
+    /// The database file (its process locks lie beside it).
+    path: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -147,6 +149,7 @@ impl SqliteStore {
             pool,
             deferred,
             crypt: Crypt::new(&key.0),
+            path: path.to_path_buf(),
         })
     }
 
@@ -511,6 +514,24 @@ impl Store for SqliteStore {
         self.commit_on(&self.pool, changes).await
     }
 
+    /// An advisory lock on `<database>.<role>.lock` beside the database file (`flock` /
+    /// `LockFileEx`: per open file, so a second client in this process is refused too).
+    fn lock_process(&self, role: super::ProcessRole) -> Result<Option<super::ProcessLock>, StoreError> {
+        let mut name = self.path.clone().into_os_string();
+        name.push(format!(".{}.lock", role.code()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::path::PathBuf::from(name))
+            .map_err(|e| StoreError::Database(format!("process lock: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(super::ProcessLock::new(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse { role }),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Database(format!("process lock: {e}"))),
+        }
+    }
+
     async fn commit_deferred(&self, changes: Changes) -> Result<Committed, StoreError> {
         self.commit_on(&self.deferred, changes).await
     }
@@ -686,6 +707,7 @@ impl SqliteStore {
             };
             let v: Vec<u8> = row.try_get("v").map_err(db)?;
             let mut m = decode_message(&c.open("messages", &k, &v)?, 0)?;
+            let old = m.status;
             if !m.apply(update) {
                 continue;
             }
@@ -696,6 +718,9 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
+            if matches!(update, MessageUpdate::Status(_)) {
+                committed.advanced.push((*key, old));
+            }
             if matches!(update, MessageUpdate::ExpireAt(_)) {
                 set_expiry(&mut tx, &k, m.expires_at_ms).await?;
             }
