@@ -501,3 +501,91 @@ async fn requests_can_be_blocked_unblocked_and_deleted() {
     let requests = bob.client.message_requests().await.unwrap();
     assert!(requests.contains(&eve.id()) && requests.contains(&carol.id()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_only_the_contacts_devices_and_is_never_stored() {
+    use sotto_relay::storage::Storage;
+    let relay = TestRelay::start().await;
+    let mut a1 = Device::create(&relay, 471).await;
+    let mut b1 = Device::create(&relay, 472).await;
+    let mut b2 = Device::join(&relay, &mut b1, 473).await;
+    let carol = Device::create(&relay, 474).await;
+    let (a, b) = (a1.id(), b1.id());
+    a1.client.add_contact(&b1.client.contact_link()).await.unwrap();
+    b1.client.add_contact(&a1.client.contact_link()).await.unwrap();
+    carol.client.add_contact(&b1.client.contact_link()).await.unwrap();
+    // Sessions both ways, with both of Bob's devices.
+    a1.client.send_message(Conversation::Direct(b), "hi").await.unwrap();
+    b1.receive(1).await;
+    b2.receive(1).await;
+    b1.client.send_message(Conversation::Direct(a), "hey").await.unwrap();
+    a1.receive(1).await;
+    b2.receive(1).await;
+    carol
+        .client
+        .send_message(Conversation::Direct(b), "I'm carol")
+        .await
+        .unwrap();
+    b1.receive(1).await;
+    b2.receive(1).await;
+    let seqs = |d: &Device| (d.id(), d.device_id());
+    let before = [
+        relay.state.store.last_seq(&seqs(&b1).0, seqs(&b1).1).await.unwrap(),
+        relay.state.store.last_seq(&seqs(&b2).0, seqs(&b2).1).await.unwrap(),
+    ];
+
+    // Alice types: both of Bob's devices see it, in the event stream and the list.
+    a1.client.set_typing(Conversation::Direct(b), true).await.unwrap();
+    for d in [&mut b1, &mut b2] {
+        saw(d, |e| matches!(e, Event::Typing { by, typing: true, .. } if *by == a)).await;
+        let list = d.client.conversation_list().snapshot().await.unwrap();
+        let row = list.iter().find(|s| s.conversation == Conversation::Direct(a)).unwrap();
+        assert_eq!(row.typing, vec![a]);
+    }
+    // Repeated within 3 s: nothing more goes out. Then she stops.
+    a1.client.set_typing(Conversation::Direct(b), true).await.unwrap();
+    a1.client.set_typing(Conversation::Direct(b), false).await.unwrap();
+    for d in [&mut b1, &mut b2] {
+        saw(d, |e| matches!(e, Event::Typing { by, typing: false, .. } if *by == a)).await;
+        assert!(d.stash.iter().all(|e| !matches!(e, Event::Typing { typing: true, .. })));
+        let list = d.client.conversation_list().snapshot().await.unwrap();
+        let row = list.iter().find(|s| s.conversation == Conversation::Direct(a)).unwrap();
+        assert!(row.typing.is_empty());
+    }
+    // Carol is a message request Bob never accepted: his typing does not reach her.
+    b1.client
+        .set_typing(Conversation::Direct(carol.id()), true)
+        .await
+        .unwrap();
+    // Bob types to Alice: she sees it; Carol and Bob's own other device do not.
+    b1.client.set_typing(Conversation::Direct(a), true).await.unwrap();
+    saw(
+        &mut a1,
+        |e| matches!(e, Event::Typing { by, typing: true, .. } if *by == b),
+    )
+    .await;
+    // A message after it, on the same connections, proves the frames were handled.
+    b1.client.send_message(Conversation::Direct(a), "marker").await.unwrap();
+    a1.receive(1).await;
+    b2.receive(1).await;
+    carol
+        .client
+        .send_message(Conversation::Direct(b), "still me")
+        .await
+        .unwrap();
+    b1.receive(1).await;
+    assert!(!b2.stash.iter().any(|e| matches!(e, Event::Typing { .. })));
+    assert!(!carol.stash.iter().any(|e| matches!(e, Event::Typing { .. })));
+    assert!(!b2.saw_undecryptable() && !a1.saw_undecryptable());
+    // Nothing of it reached a mailbox: the relay's sequence numbers moved only for the
+    // stored messages (one each: the marker's transcript to b2 and Carol's to b1, b2).
+    let after = [
+        relay.state.store.last_seq(&seqs(&b1).0, seqs(&b1).1).await.unwrap(),
+        relay.state.store.last_seq(&seqs(&b2).0, seqs(&b2).1).await.unwrap(),
+    ];
+    assert_eq!(after[0] - before[0], 1, "b1: Carol's message only");
+    assert!(
+        after[1] - before[1] <= 3,
+        "b2: the marker's transcript and Carol's message (and receipts)"
+    );
+}

@@ -207,6 +207,9 @@ impl<S: Store> Inner<S> {
                         Frame::QueueEmpty => {
                             self.emit(vec![Event::CaughtUp]).await;
                         }
+                        Frame::EphemeralDeliver { payload } => {
+                            self.handle_ephemeral(&payload).await;
+                        }
                         Frame::SendResult(r) => {
                             let stored_ok = self.handle_result(&mut tx, r, false).await;
                             if !stored_ok {
@@ -235,6 +238,11 @@ impl<S: Store> Inner<S> {
                 }
                 _ = self.wake.notified(), if room => {
                     tx.dirty = true;
+                }
+                _ = self.ephemeral.wake.notified() => {
+                    if !self.flush_ephemeral(&mut socket).await {
+                        return Served::Lost(DisconnectCause::Closed);
+                    }
                 }
                 _ = retry => {}
                 _ = anon_expiry => {

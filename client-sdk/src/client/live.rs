@@ -281,7 +281,6 @@ impl LiveHub {
     }
 
     /// `by` started (`until` in the future) or stopped typing in `conversation`.
-    #[allow(dead_code)]
     pub(crate) fn set_typing(&self, conversation: AccountId, by: AccountId, until_ms: Option<u64>) {
         {
             let mut t = self.typing.lock().unwrap_or_else(|e| e.into_inner());

@@ -33,6 +33,7 @@ mod error;
 mod inbound;
 mod live;
 mod outbox;
+mod typing;
 
 pub use entropy::Entropy;
 pub use error::ClientError;
@@ -40,6 +41,7 @@ pub use live::{
     ConversationList, ConversationSummary, ListDiff, Listener, MAX_TIMELINE_WINDOW, MAX_UNREAD_COUNT, SendState,
     Subscription, TYPING_TIMEOUT_MS, Timeline, TimelineItem, apply_diffs,
 };
+pub use typing::TYPING_REPEAT_MS;
 
 /// Events queued for the app before the connection task waits for it to read.
 pub(crate) const EVENT_QUEUE: usize = 4096;
@@ -256,6 +258,8 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) access_key: std::sync::Mutex<Option<[u8; 32]>>,
     /// The live lists' wake-ups and typing state.
     pub(crate) live: live::LiveHub,
+    /// Typing frames waiting for the connection.
+    pub(crate) ephemeral: typing::Ephemeral,
 }
 
 /// A Sotto client: one device of one account, its store and its relay connection.
@@ -374,6 +378,7 @@ impl<S: Store> Client<S> {
                 pending_backoff: Default::default(),
                 access_key: std::sync::Mutex::new(access_key),
                 live: live::LiveHub::default(),
+                ephemeral: typing::Ephemeral::default(),
             }),
             shutdown,
             task: std::sync::Mutex::new(None),

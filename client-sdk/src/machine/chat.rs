@@ -628,6 +628,140 @@ impl Machine {
     }
 }
 
+/// An ephemeral payload and the account whose connected devices it goes to.
+pub type EphemeralFrame = (AccountId, Vec<u8>);
+
+/// Groups larger than this get no typing notifications (each one is a pairwise copy per
+/// member device).
+pub const MAX_TYPING_GROUP: usize = 32;
+
+impl Machine {
+    /// Typing notifications for a conversation (docs/protocol.md §15.4): one sealed copy
+    /// per device of each recipient account that this device has a session with, each to
+    /// go in an `Ephemeral` frame to that account. Devices without a session are skipped
+    /// (typing never fetches bundles); so are blocked contacts, unacknowledged identity
+    /// changes and groups above [`MAX_TYPING_GROUP`] members.
+    pub fn typing_frames(
+        &mut self,
+        conversation: Conversation,
+        typing: bool,
+        now_ms: u64,
+    ) -> Result<(Changes, Vec<EphemeralFrame>), MachineError> {
+        let own = self.account_id();
+        let accounts: Vec<AccountId> = match conversation {
+            Conversation::Direct(peer) => match self.conversations.get(&peer) {
+                Some(c) if !c.blocked && !c.identity_unacked && c.accepted => vec![peer],
+                _ => Vec::new(),
+            },
+            Conversation::Group(g) => match self.groups.get(&g) {
+                Some(e) if e.record.value.active && e.log.tip().members.len() <= MAX_TYPING_GROUP => {
+                    e.log.tip().members.keys().filter(|a| **a != own).copied().collect()
+                }
+                _ => Vec::new(),
+            },
+        };
+        let content = Content {
+            message_id: MessageId::new(now_ms, &mut self.ids),
+            timestamp_ms: now_ms,
+            access_key: None,
+            kind: ContentKind::Typing {
+                group: conversation.group(),
+                typing,
+            },
+        }
+        .encode();
+        let mut changes = Changes::default();
+        let mut frames = Vec::new();
+        for account in accounts {
+            let Some(list) = self.lists.get(&account) else { continue };
+            let devices: Vec<sotto_crypto::DeviceIdentity> =
+                list.devices().iter().map(|d| d.identity(account)).collect();
+            for identity in devices {
+                let peer = (identity.account_id, identity.device_id);
+                let mut sessions = self.load_sessions(&peer)?;
+                if sessions.is_empty() {
+                    continue;
+                }
+                let mut active = sessions.remove(0);
+                let out = active.encrypt(&content, &mut self.rng)?;
+                let envelope = sotto_crypto::seal(
+                    &self.device,
+                    &identity,
+                    out.message_type as u8,
+                    &out.bytes,
+                    &mut self.rng,
+                )?;
+                let rest = self
+                    .sessions
+                    .get(&peer)
+                    .map(|s| s.value.sessions.iter().skip(1).cloned().collect())
+                    .unwrap_or_default();
+                changes.sessions.push(self.session_write(peer, &active, rest));
+                frames.push((account, envelope));
+            }
+        }
+        Ok((changes, frames))
+    }
+
+    /// An `EphemeralDeliver` payload: a typing notification from a listed device of a
+    /// contact or a group member. `None` (and nothing changes) for anything else: a copy
+    /// sealed for another device of this account, a stranger, a blocked contact, a stale
+    /// or undecryptable message. Returns the session changes, the conversation, who, and
+    /// whether they type.
+    pub fn receive_ephemeral(&mut self, envelope: &[u8]) -> Option<(Changes, AccountId, AccountId, bool)> {
+        if sotto_crypto::is_group_envelope(envelope) {
+            return None;
+        }
+        let opened = sotto_crypto::open(&self.device, envelope).ok()?;
+        let sender = opened.sender;
+        if sender.account_id == self.account_id()
+            || !self.lists.get(&sender.account_id).is_some_and(|l| l.contains(&sender))
+            || self.is_blocked(&sender.account_id)
+        {
+            return None;
+        }
+        let mut changes = Changes::default();
+        // Only on an existing session: a pre-key message (the sender's session was not
+        // answered yet) must name the base key of a session this device holds, so an
+        // ephemeral frame never starts a session nor uses up a one-time prekey.
+        let plain = match sotto_crypto::MessageType::from_byte(opened.content_type)? {
+            sotto_crypto::MessageType::Ratchet => self.decrypt_ratchet(&sender, &opened.content, &mut changes).ok()?,
+            sotto_crypto::MessageType::PreKey => {
+                let message = sotto_crypto::PreKeyMessage::decode(&opened.content).ok()?;
+                let peer = (sender.account_id, sender.device_id);
+                let known = self
+                    .load_sessions(&peer)
+                    .ok()?
+                    .iter()
+                    .any(|s| s.base_key() == &message.base_key);
+                if !known {
+                    return None;
+                }
+                self.decrypt_prekey(&sender, &opened.content, &mut changes).ok()?
+            }
+        };
+        let ContentKind::Typing { group, typing } = Content::decode(&plain).ok()?.kind else {
+            return None;
+        };
+        let conversation = match group {
+            Some(g) => {
+                let e = self.groups.get(&g)?;
+                if !e.record.value.active || !e.log.tip().is_member(&sender.account_id) {
+                    return None;
+                }
+                g.conversation()
+            }
+            None => {
+                self.conversations.get(&sender.account_id)?;
+                sender.account_id
+            }
+        };
+        let pinned = self.lists.get(&sender.account_id).map_or(0, |l| l.version());
+        changes.pins.push((sender.account_id, pinned));
+        Some((changes, conversation, sender.account_id, typing))
+    }
+}
+
 /// When a message with a `expire_s` timer started at `start_ms` expires; 0 for never.
 pub fn expiry(start_ms: u64, expire_s: u32) -> u64 {
     if expire_s == 0 {

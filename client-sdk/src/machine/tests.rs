@@ -1928,3 +1928,27 @@ async fn group_chat_items_fold_for_every_member() {
         MessageStatus::Read
     );
 }
+
+#[tokio::test]
+async fn typing_frames_open_on_the_contacts_devices_only() {
+    let mut alice = Peer::new(211).await;
+    let mut bob = Peer::new(212).await;
+    let (a, b) = (alice.id(), bob.id());
+    chat(&mut alice, &mut bob, text("hi")).await;
+    chat(&mut bob, &mut alice, text("hey")).await;
+    let (c, frames) = alice
+        .machine
+        .typing_frames(Conversation::Direct(b), true, alice.now)
+        .unwrap();
+    alice.commit(c).await;
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].0, b);
+    let (c, conv, by, typing) = bob.machine.receive_ephemeral(&frames[0].1).unwrap();
+    bob.commit(c).await;
+    assert_eq!((conv, by, typing), (a, a, true));
+    // A replay opens nothing (the ratchet refuses a duplicate).
+    assert!(bob.machine.receive_ephemeral(&frames[0].1).is_none());
+    // Stored messages still decrypt after the ephemeral step.
+    chat(&mut alice, &mut bob, text("after")).await;
+    assert_eq!(texts(&bob.events).last().map(String::as_str), Some("after"));
+}
