@@ -21,6 +21,7 @@
 //!                           ‖ count × message_id (16)                 to the author's devices
 //! kind 0x08 Typing          group flag (u8) ‖ [group_id (32)] ‖ typing (u8: 0 stopped, 1 started)
 //!                                                                     ephemeral (docs/protocol.md §13.9)
+//! kind 0x09 Presence        (empty)                                   ephemeral: "online now"
 //! other kind                (rest ignored)   shown as unsupported
 //!
 //! item (docs/protocol.md §15.2):
@@ -301,6 +302,9 @@ pub enum ContentKind {
         /// True when it started.
         typing: bool,
     },
+    /// The sender is online (ephemeral; sent every few seconds while connected, to
+    /// contacts it shares its presence with).
+    Presence,
     /// Content of a kind this version does not know (from a newer client).
     Unsupported {
         /// Its kind byte.
@@ -335,6 +339,7 @@ mod tag {
     pub(super) const CHAT_SYNC: u8 = 6;
     pub(super) const READ: u8 = 7;
     pub(super) const TYPING: u8 = 8;
+    pub(super) const PRESENCE: u8 = 9;
     pub(super) const ITEM_TEXT: u8 = 1;
     pub(super) const ITEM_EDIT: u8 = 2;
     pub(super) const ITEM_DELETE: u8 = 3;
@@ -622,6 +627,7 @@ impl Content {
                 put_group_flag(&mut out, group);
                 out.put_u8(u8::from(*typing));
             }
+            ContentKind::Presence => out.put_u8(tag::PRESENCE),
             ContentKind::Unsupported { kind } => out.put_u8(*kind),
         }
         out
@@ -683,6 +689,7 @@ impl Content {
                 group: group_flag(&mut r)?,
                 typing: r.flag("typing")?,
             },
+            tag::PRESENCE => ContentKind::Presence,
             kind => {
                 r.rest();
                 ContentKind::Unsupported { kind }
@@ -814,6 +821,7 @@ mod tests {
             group: Some(group),
             typing: false,
         });
+        out.push(ContentKind::Presence);
         out
     }
 

@@ -154,6 +154,7 @@ fn chat_samples() -> Vec<Content> {
             typing: false,
         },
     ));
+    out.push(c(0x24, ContentKind::Presence));
     out
 }
 
@@ -254,6 +255,7 @@ fn to_json(c: &Content) -> Value {
             json!({"group": group_json(group), "message_ids": ids_json(message_ids)}),
         ),
         ContentKind::Typing { group, typing } => ("Typing", json!({"group": group_json(group), "typing": typing})),
+        ContentKind::Presence => ("Presence", json!({})),
         other => panic!("no vector for {other:?}"),
     };
     json!({
@@ -298,6 +300,7 @@ fn from_json(v: &Value) -> Content {
             group: group_from(&b["group"]),
             typing: b["typing"].as_bool().unwrap(),
         },
+        "Presence" => ContentKind::Presence,
         other => panic!("unknown kind {other}"),
     };
     Content {
@@ -336,7 +339,7 @@ fn fresh() -> Value {
     *not_utf8.last_mut().unwrap() = 0xff;
     let trailing = [&text_v2[..], &[0]].concat();
     json!({
-        "description": "docs/protocol.md §7.6, §14.6, §15: message content, version 2 (and one version-1 text, still read), chat items, read receipts and typing; contents of unknown kinds read as unsupported. Bytes are hex.",
+        "description": "docs/protocol.md §7.6, §14.6, §15: message content, version 2 (and one version-1 text, still read), chat items, read receipts, typing and presence; contents of unknown kinds read as unsupported. Bytes are hex.",
         "contents": samples().iter().map(to_json).collect::<Vec<_>>(),
         "version_1": {"bytes": hex::encode(&v1), "reads_as": to_json(&samples()[3])},
         "unsupported": [

@@ -589,3 +589,71 @@ async fn typing_reaches_only_the_contacts_devices_and_is_never_stored() {
         "b2: the marker's transcript and Carol's message (and receipts)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_opt_in_reaches_accepted_contacts_and_turns_to_last_seen_after_the_grace() {
+    use sotto_sdk::Presence;
+    let relay = TestRelay::start().await;
+    let sharing = sotto_sdk::ClientOptions {
+        share_presence: true,
+        presence_interval: std::time::Duration::from_millis(200),
+        ..sotto_tests::options(481)
+    };
+    let mut alice = Device::create_with(&relay, 481, sharing).await;
+    let short_grace = sotto_sdk::ClientOptions {
+        presence_grace: std::time::Duration::from_secs(1),
+        ..sotto_tests::options(482)
+    };
+    let mut bob = Device::create_with(&relay, 482, short_grace).await;
+    let mut carol = Device::create(&relay, 483).await;
+    let (a, b) = (alice.id(), bob.id());
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
+    bob.client.add_contact(&alice.client.contact_link()).await.unwrap();
+    carol.client.add_contact(&alice.client.contact_link()).await.unwrap();
+    alice.client.send_message(Conversation::Direct(b), "hi").await.unwrap();
+    bob.receive(1).await;
+    // Carol writes to Alice, who does not accept her: Carol never learns her presence.
+    carol
+        .client
+        .send_message(Conversation::Direct(a), "hello?")
+        .await
+        .unwrap();
+    alice.receive(1).await;
+    saw(
+        &mut bob,
+        |e| matches!(e, Event::Presence { account, online: true, .. } if *account == a),
+    )
+    .await;
+    let (mut list, l) = Mirror::<ConversationSummary>::new();
+    let _s = bob.client.conversation_list().subscribe(l);
+    let presence = |list: &[ConversationSummary]| {
+        list.iter()
+            .find(|s| s.conversation == Conversation::Direct(a))
+            .and_then(|s| s.presence)
+    };
+    let done = tokio::time::timeout(FAILSAFE, async {
+        while presence(&list.list) != Some(Presence::Online) {
+            let d = list.rx.recv().await.unwrap();
+            apply_diffs(&mut list.list, &d);
+        }
+    })
+    .await;
+    assert!(done.is_ok());
+    // Alice goes away: after the grace Bob's list shows when she was last seen.
+    alice.client.shutdown().await;
+    let done = tokio::time::timeout(FAILSAFE, async {
+        while !matches!(presence(&list.list), Some(Presence::LastSeen { .. })) {
+            let d = list.rx.recv().await.unwrap();
+            apply_diffs(&mut list.list, &d);
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "{:?}", presence(&list.list));
+    // A stored message proves Carol's connection delivered everything before it.
+    bob.client
+        .send_message(Conversation::Direct(carol.id()), "marker")
+        .await
+        .unwrap();
+    carol.receive(1).await;
+    assert!(!carol.stash.iter().any(|e| matches!(e, Event::Presence { .. })));
+}

@@ -126,6 +126,8 @@ impl<S: Store> Inner<S> {
         let mut prekeys_at = Instant::now() + PREKEY_CHECK;
         // Deliveries processed (committed deferred) but not acked yet.
         let mut unacked = Unacked::default();
+        // Presence goes out at once, then every interval (when shared).
+        let mut presence_at = Instant::now();
         loop {
             // Receipts go out in batches, a random delay after the first message they
             // acknowledge (never a fixed delay a watcher could pair deliveries with): the
@@ -238,6 +240,12 @@ impl<S: Store> Inner<S> {
                 }
                 _ = self.wake.notified(), if room => {
                     tx.dirty = true;
+                }
+                () = rt::sleep_until(presence_at), if self.options.share_presence => {
+                    presence_at = Instant::now() + self.options.presence_interval;
+                    if !self.send_presence(&mut socket).await {
+                        return Served::Lost(DisconnectCause::Closed);
+                    }
                 }
                 _ = self.ephemeral.wake.notified() => {
                     if !self.flush_ephemeral(&mut socket).await {

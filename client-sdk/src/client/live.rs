@@ -196,6 +196,8 @@ pub struct ConversationSummary {
     pub expire_s: u32,
     /// The contact's safety number changed and was not acknowledged.
     pub identity_unacked: bool,
+    /// The contact's presence, when they share it with this account (1:1 only).
+    pub presence: Option<Presence>,
 }
 
 /// A live list's callback: a batch of diffs, in order.
@@ -234,12 +236,27 @@ enum Watch {
 /// One subscription's interest, wake-up and liveness.
 type Watcher = (Watch, Arc<Notify>, std::sync::Weak<()>);
 
-/// The subscriptions' wake-ups, and who is typing where.
+/// The subscriptions' wake-ups, who is typing where, and who was seen online when.
 #[derive(Default)]
 pub(crate) struct LiveHub {
     watchers: StdMutex<Vec<Watcher>>,
     /// Conversation key → (typing account, until Unix ms).
     typing: StdMutex<HashMap<AccountId, Vec<(AccountId, u64)>>>,
+    /// Contact → (last presence frame, Unix ms; online until, Unix ms).
+    presence: StdMutex<HashMap<AccountId, (u64, u64)>>,
+}
+
+/// A contact's presence, as the conversation list shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Presence {
+    /// Online now.
+    Online,
+    /// Not seen for the grace period; last seen then (Unix ms).
+    LastSeen {
+        /// When.
+        at_ms: u64,
+    },
 }
 
 impl LiveHub {
@@ -298,6 +315,37 @@ impl LiveHub {
         self.wake(true, &BTreeSet::from([conversation]));
     }
 
+    /// `by` sent presence at `now_ms`: online for `grace_ms` more. True when it was not
+    /// online before (a transition worth an event).
+    pub(crate) fn seen_online(&self, by: AccountId, now_ms: u64, grace_ms: u64) -> bool {
+        let was_online = {
+            let mut p = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+            let was = p.get(&by).is_some_and(|(_, until)| *until > now_ms);
+            if p.len() >= crate::machine::MAX_PRESENCE_CONTACTS * 4 && !p.contains_key(&by) {
+                // Bounded: forget the longest-silent contact.
+                if let Some(oldest) = p.iter().min_by_key(|(_, (at, _))| *at).map(|(a, _)| *a) {
+                    p.remove(&oldest);
+                }
+            }
+            p.insert(by, (now_ms, now_ms.saturating_add(grace_ms)));
+            was
+        };
+        if !was_online {
+            self.wake(true, &BTreeSet::new());
+        }
+        !was_online
+    }
+
+    /// A contact's presence at `now_ms`, and when it changes next.
+    fn presence_of(&self, account: &AccountId, now_ms: u64) -> (Option<Presence>, Option<u64>) {
+        let p = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        match p.get(account) {
+            Some((_, until)) if *until > now_ms => (Some(Presence::Online), Some(*until)),
+            Some((at, _)) => (Some(Presence::LastSeen { at_ms: *at }), None),
+            None => (None, None),
+        }
+    }
+
     /// Who types in `conversation` at `now_ms`, and the earliest time that changes.
     fn typing_in(&self, conversation: &AccountId, now_ms: u64) -> (Vec<AccountId>, Option<u64>) {
         let t = self.typing.lock().unwrap_or_else(|e| e.into_inner());
@@ -343,7 +391,10 @@ impl<S: Store> Inner<S> {
             let (last_message, unread) = self.last_and_unread(c.peer, c.read_up_to, own).await?;
             let (typing, until) = self.live.typing_in(&c.peer, now);
             next_change = min_opt(next_change, until);
+            let (presence, until) = self.live.presence_of(&c.peer, now);
+            next_change = min_opt(next_change, until);
             out.push(ConversationSummary {
+                presence,
                 conversation,
                 name: c.nickname.clone().or(c.profile_name.clone()).unwrap_or_default(),
                 last_message,
@@ -370,6 +421,7 @@ impl<S: Store> Inner<S> {
                 blocked: false,
                 expire_s,
                 identity_unacked: false,
+                presence: None,
             });
         }
         // Newest activity first; conversations without messages last, in id order.

@@ -38,8 +38,8 @@ mod typing;
 pub use entropy::Entropy;
 pub use error::ClientError;
 pub use live::{
-    ConversationList, ConversationSummary, ListDiff, Listener, MAX_TIMELINE_WINDOW, MAX_UNREAD_COUNT, SendState,
-    Subscription, TYPING_TIMEOUT_MS, Timeline, TimelineItem, apply_diffs,
+    ConversationList, ConversationSummary, ListDiff, Listener, MAX_TIMELINE_WINDOW, MAX_UNREAD_COUNT, Presence,
+    SendState, Subscription, TYPING_TIMEOUT_MS, Timeline, TimelineItem, apply_diffs,
 };
 pub use typing::TYPING_REPEAT_MS;
 
@@ -99,6 +99,14 @@ pub struct ClientOptions {
     /// Whether [`Client::mark_read`] sends read receipts to the authors of what was read.
     /// Default true.
     pub read_receipts: bool,
+    /// Whether this device tells the contacts this account accepted that it is online
+    /// (docs/protocol.md §15.8). Opt-in: default false.
+    pub share_presence: bool,
+    /// While connected and sharing presence, it goes out this often. Default 10 s.
+    pub presence_interval: Duration,
+    /// A contact shows online until this long after their last presence, then "last
+    /// seen" (so a flapping connection does not flicker). Default 25 s.
+    pub presence_grace: Duration,
 }
 
 impl Default for ClientOptions {
@@ -122,6 +130,9 @@ impl Default for ClientOptions {
             anonymous_lifetime: Duration::from_secs(300)..Duration::from_secs(900),
             accept_message_requests: true,
             read_receipts: true,
+            share_presence: false,
+            presence_interval: Duration::from_secs(10),
+            presence_grace: Duration::from_secs(25),
         }
     }
 }

@@ -8,7 +8,7 @@ use sotto_proto::Frame;
 use super::error::ClientError;
 use super::live::TYPING_TIMEOUT_MS;
 use super::{Client, Inner, now_ms};
-use crate::machine::{Conversation, Event};
+use crate::machine::{Conversation, EphemeralIn, Event};
 use crate::rt::Instant;
 use crate::store::Store;
 use crate::transport::Socket;
@@ -48,20 +48,53 @@ impl<S: Store> Inner<S> {
         true
     }
 
-    /// An `EphemeralDeliver` payload: a contact's typing notification, or nothing.
+    /// Sends this device's presence to the contacts it shares it with (docs/protocol.md
+    /// §15.8); false when the socket failed.
+    pub(super) async fn send_presence(&self, socket: &mut Socket) -> bool {
+        let Ok((frames, _)) = self.transact(|m| Ok(m.presence_frames(now_ms())?)).await else {
+            return true;
+        };
+        for (to, payload) in frames {
+            if socket.send(&Frame::Ephemeral { to, payload }).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// An `EphemeralDeliver` payload: a contact's typing notification or presence, or
+    /// nothing.
     pub(super) async fn handle_ephemeral(&self, payload: &[u8]) {
-        let typing = {
+        let what = {
             let mut m = self.machine.lock().await;
-            let Some((changes, conversation, by, typing)) = m.receive_ephemeral(payload) else {
+            let Some((changes, what)) = m.receive_ephemeral(payload) else {
                 return;
             };
             // The session moved: keep it (a lost write only costs a skipped key later).
             if self.commit_locked(&mut m, changes).await.is_err() {
                 return;
             }
-            (conversation, by, typing)
+            what
         };
-        let (conversation, by, typing) = typing;
+        let (conversation, by, typing) = match what {
+            EphemeralIn::Typing {
+                conversation,
+                by,
+                typing,
+            } => (conversation, by, typing),
+            EphemeralIn::Presence { by } => {
+                let grace = u64::try_from(self.options.presence_grace.as_millis()).unwrap_or(u64::MAX);
+                if self.live.seen_online(by, now_ms(), grace) {
+                    self.emit(vec![Event::Presence {
+                        account: by,
+                        online: true,
+                        last_seen_ms: now_ms(),
+                    }])
+                    .await;
+                }
+                return;
+            }
+        };
         let until = typing.then(|| now_ms().saturating_add(TYPING_TIMEOUT_MS));
         self.live.set_typing(conversation, by, until);
         self.emit(vec![Event::Typing {

@@ -628,6 +628,28 @@ impl Machine {
     }
 }
 
+/// The most contacts presence goes to.
+pub const MAX_PRESENCE_CONTACTS: usize = 256;
+
+/// What an ephemeral frame said.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum EphemeralIn {
+    /// `by` started or stopped typing in `conversation`.
+    Typing {
+        /// The conversation key.
+        conversation: AccountId,
+        /// Who.
+        by: AccountId,
+        /// True when started.
+        typing: bool,
+    },
+    /// `by` is online.
+    Presence {
+        /// Who.
+        by: AccountId,
+    },
+}
+
 /// An ephemeral payload and the account whose connected devices it goes to.
 pub type EphemeralFrame = (AccountId, Vec<u8>);
 
@@ -660,14 +682,39 @@ impl Machine {
                 _ => Vec::new(),
             },
         };
+        let kind = ContentKind::Typing {
+            group: conversation.group(),
+            typing,
+        };
+        self.ephemeral_frames(accounts, kind, now_ms)
+    }
+
+    /// Presence frames (docs/protocol.md §15.8): "online now" to the contacts this account
+    /// accepted (not blocked, identity acknowledged), at most [`MAX_PRESENCE_CONTACTS`].
+    pub fn presence_frames(&mut self, now_ms: u64) -> Result<(Changes, Vec<EphemeralFrame>), MachineError> {
+        let accounts: Vec<AccountId> = self
+            .conversations
+            .values()
+            .filter(|c| c.accepted && !c.blocked && !c.identity_unacked)
+            .map(|c| c.peer)
+            .take(MAX_PRESENCE_CONTACTS)
+            .collect();
+        self.ephemeral_frames(accounts, ContentKind::Presence, now_ms)
+    }
+
+    /// One sealed copy of `kind` per device of each account in `accounts` that this
+    /// device has a session with.
+    fn ephemeral_frames(
+        &mut self,
+        accounts: Vec<AccountId>,
+        kind: ContentKind,
+        now_ms: u64,
+    ) -> Result<(Changes, Vec<EphemeralFrame>), MachineError> {
         let content = Content {
             message_id: MessageId::new(now_ms, &mut self.ids),
             timestamp_ms: now_ms,
             access_key: None,
-            kind: ContentKind::Typing {
-                group: conversation.group(),
-                typing,
-            },
+            kind,
         }
         .encode();
         let mut changes = Changes::default();
@@ -704,11 +751,10 @@ impl Machine {
     }
 
     /// An `EphemeralDeliver` payload: a typing notification from a listed device of a
-    /// contact or a group member. `None` (and nothing changes) for anything else: a copy
+    /// contact or a group member, or a contact's presence. `None` (and nothing changes) for anything else: a copy
     /// sealed for another device of this account, a stranger, a blocked contact, a stale
-    /// or undecryptable message. Returns the session changes, the conversation, who, and
-    /// whether they type.
-    pub fn receive_ephemeral(&mut self, envelope: &[u8]) -> Option<(Changes, AccountId, AccountId, bool)> {
+    /// or undecryptable message. Returns the session changes and what it said.
+    pub fn receive_ephemeral(&mut self, envelope: &[u8]) -> Option<(Changes, EphemeralIn)> {
         if sotto_crypto::is_group_envelope(envelope) {
             return None;
         }
@@ -740,8 +786,15 @@ impl Machine {
                 self.decrypt_prekey(&sender, &opened.content, &mut changes).ok()?
             }
         };
-        let ContentKind::Typing { group, typing } = Content::decode(&plain).ok()?.kind else {
-            return None;
+        let (group, typing) = match Content::decode(&plain).ok()?.kind {
+            ContentKind::Typing { group, typing } => (group, typing),
+            ContentKind::Presence => {
+                self.conversations.get(&sender.account_id)?;
+                let pinned = self.lists.get(&sender.account_id).map_or(0, |l| l.version());
+                changes.pins.push((sender.account_id, pinned));
+                return Some((changes, EphemeralIn::Presence { by: sender.account_id }));
+            }
+            _ => return None,
         };
         let conversation = match group {
             Some(g) => {
@@ -758,7 +811,14 @@ impl Machine {
         };
         let pinned = self.lists.get(&sender.account_id).map_or(0, |l| l.version());
         changes.pins.push((sender.account_id, pinned));
-        Some((changes, conversation, sender.account_id, typing))
+        Some((
+            changes,
+            EphemeralIn::Typing {
+                conversation,
+                by: sender.account_id,
+                typing,
+            },
+        ))
     }
 }
 

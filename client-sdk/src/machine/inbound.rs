@@ -297,8 +297,8 @@ impl Machine {
                 self.accept_read(peer, group, message_ids, changes, events);
                 return true;
             }
-            // Typing is ephemeral: it never comes in a stored envelope.
-            ContentKind::Typing { .. } => return true,
+            // Typing and presence are ephemeral: never in a stored envelope.
+            ContentKind::Typing { .. } | ContentKind::Presence => return true,
             // This account's own content of a kind this version does not know.
             ContentKind::Unsupported { .. } => return true,
             _ => {

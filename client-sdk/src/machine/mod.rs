@@ -54,7 +54,9 @@ mod outputs;
 mod prekeys;
 mod sessions;
 
-pub use chat::{Conversation, ConversationSettings, EphemeralFrame, MAX_TYPING_GROUP, expiry};
+pub use chat::{
+    Conversation, ConversationSettings, EphemeralFrame, EphemeralIn, MAX_PRESENCE_CONTACTS, MAX_TYPING_GROUP, expiry,
+};
 pub use groups::{CONTENT_SENDER_KEY, GroupInfo, GroupPlan};
 pub use outbound::{RetryPolicy, record_failure};
 pub use outputs::{

@@ -275,6 +275,16 @@ pub enum Event {
         /// The contact.
         account: AccountId,
     },
+    /// A contact who shares their presence came online (they show "last seen" in the
+    /// conversation list once they were silent for [`crate::ClientOptions::presence_grace`]).
+    Presence {
+        /// The contact.
+        account: AccountId,
+        /// True: online.
+        online: bool,
+        /// When they were last seen (Unix ms).
+        last_seen_ms: u64,
+    },
     /// A contact started or stopped typing. It stops by itself after
     /// [`crate::TYPING_TIMEOUT_MS`] without a new `typing` frame.
     Typing {

@@ -1943,9 +1943,23 @@ async fn typing_frames_open_on_the_contacts_devices_only() {
     alice.commit(c).await;
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0].0, b);
-    let (c, conv, by, typing) = bob.machine.receive_ephemeral(&frames[0].1).unwrap();
+    let (c, what) = bob.machine.receive_ephemeral(&frames[0].1).unwrap();
     bob.commit(c).await;
-    assert_eq!((conv, by, typing), (a, a, true));
+    assert_eq!(
+        what,
+        EphemeralIn::Typing {
+            conversation: a,
+            by: a,
+            typing: true
+        }
+    );
+    // Presence goes to the contacts Alice accepted.
+    let (c, frames) = alice.machine.presence_frames(alice.now).unwrap();
+    alice.commit(c).await;
+    assert_eq!(frames.len(), 1);
+    let (c, what) = bob.machine.receive_ephemeral(&frames[0].1).unwrap();
+    bob.commit(c).await;
+    assert_eq!(what, EphemeralIn::Presence { by: a });
     // A replay opens nothing (the ratchet refuses a duplicate).
     assert!(bob.machine.receive_ephemeral(&frames[0].1).is_none());
     // Stored messages still decrypt after the ephemeral step.
