@@ -22,6 +22,8 @@
 //! kind 0x08 Typing          group flag (u8) ‖ [group_id (32)] ‖ typing (u8: 0 stopped, 1 started)
 //!                                                                     ephemeral (docs/protocol.md §13.9)
 //! kind 0x09 Presence        (empty)                                   ephemeral: "online now"
+//! kind 0x0a Profile         updated_ms (u64) ‖ name (var, ≤ 256, UTF-8) ‖ avatar flag (u8)
+//!                           ‖ [avatar (var, ≤ MAX_AVATAR_LEN)]        to contacts and own devices
 //! other kind                (rest ignored)   shown as unsupported
 //!
 //! item (docs/protocol.md §15.2):
@@ -60,6 +62,12 @@ pub const MAX_RECEIPTS: usize = 256;
 pub const MAX_QUOTE_LEN: usize = 512;
 /// The longest reaction, in bytes (one emoji, with its modifiers).
 pub const MAX_EMOJI_LEN: usize = 64;
+/// The largest avatar a profile carries, in bytes (a small image; larger pictures go
+/// as attachments).
+pub const MAX_AVATAR_LEN: usize = 16 * 1024;
+/// The longest profile name, in bytes.
+pub const MAX_PROFILE_NAME_LEN: usize = 256;
+
 /// The longest disappearing-message timer: one year, in seconds.
 pub const MAX_TIMER_S: u32 = 366 * 24 * 3600;
 
@@ -305,6 +313,15 @@ pub enum ContentKind {
     /// The sender is online (ephemeral; sent every few seconds while connected, to
     /// contacts it shares its presence with).
     Presence,
+    /// The sender account's profile (to its accepted contacts and its own devices).
+    Profile {
+        /// When it was set (the owner's clock): the newest one wins.
+        updated_ms: u64,
+        /// The display name.
+        name: String,
+        /// A small avatar image.
+        avatar: Option<Vec<u8>>,
+    },
     /// Content of a kind this version does not know (from a newer client).
     Unsupported {
         /// Its kind byte.
@@ -340,6 +357,7 @@ mod tag {
     pub(super) const READ: u8 = 7;
     pub(super) const TYPING: u8 = 8;
     pub(super) const PRESENCE: u8 = 9;
+    pub(super) const PROFILE: u8 = 0x0a;
     pub(super) const ITEM_TEXT: u8 = 1;
     pub(super) const ITEM_EDIT: u8 = 2;
     pub(super) const ITEM_DELETE: u8 = 3;
@@ -628,6 +646,22 @@ impl Content {
                 out.put_u8(u8::from(*typing));
             }
             ContentKind::Presence => out.put_u8(tag::PRESENCE),
+            ContentKind::Profile {
+                updated_ms,
+                name,
+                avatar,
+            } => {
+                out.put_u8(tag::PROFILE);
+                out.put_u64(*updated_ms);
+                out.put_var(truncate_utf8(name, MAX_PROFILE_NAME_LEN).as_bytes());
+                match avatar {
+                    Some(a) if a.len() <= MAX_AVATAR_LEN => {
+                        out.put_u8(1);
+                        out.put_var(a);
+                    }
+                    _ => out.put_u8(0),
+                }
+            }
             ContentKind::Unsupported { kind } => out.put_u8(*kind),
         }
         out
@@ -690,6 +724,15 @@ impl Content {
                 typing: r.flag("typing")?,
             },
             tag::PRESENCE => ContentKind::Presence,
+            tag::PROFILE => ContentKind::Profile {
+                updated_ms: r.u64()?,
+                name: utf8(r.var_bytes("profile name", MAX_PROFILE_NAME_LEN)?)?,
+                avatar: if r.flag("avatar flag")? {
+                    Some(r.var_bytes("avatar", MAX_AVATAR_LEN)?.to_vec())
+                } else {
+                    None
+                },
+            },
             kind => {
                 r.rest();
                 ContentKind::Unsupported { kind }
@@ -822,6 +865,16 @@ mod tests {
             typing: false,
         });
         out.push(ContentKind::Presence);
+        out.push(ContentKind::Profile {
+            updated_ms: 5,
+            name: "Ada ✓".into(),
+            avatar: Some(vec![1, 2, 3]),
+        });
+        out.push(ContentKind::Profile {
+            updated_ms: 6,
+            name: String::new(),
+            avatar: None,
+        });
         out
     }
 

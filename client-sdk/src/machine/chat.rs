@@ -170,8 +170,13 @@ impl Machine {
                         return Err(MachineError::IdentityUnacknowledged);
                     }
                 }
-                // Writing to someone accepts them: the item carries this account's access key.
-                let changes = self.accept_conversation(to);
+                // Writing to someone accepts them: the item carries this account's access
+                // key, and the first time their conversation is accepted, the profile.
+                let newly = !self.conversations.get(&to).is_some_and(|c| c.accepted);
+                let mut changes = self.accept_conversation(to);
+                if newly {
+                    self.queue_profile_to(to, now_ms, &mut changes);
+                }
                 let content = Content {
                     message_id: id,
                     timestamp_ms: now_ms,
@@ -398,6 +403,125 @@ impl Machine {
         let mut changes = Changes::default();
         self.update_conversation(&mut changes, contact, |c| c.nickname = nickname);
         Ok(changes)
+    }
+
+    /// Sets this account's profile and queues it to every contact this account accepted
+    /// (not blocked) and to its own other devices.
+    pub fn set_profile(&mut self, name: &str, avatar: Option<Vec<u8>>, now_ms: u64) -> Result<Changes, MachineError> {
+        if name.len() > crate::content::MAX_PROFILE_NAME_LEN {
+            return Err(MachineError::TextTooLong {
+                len: name.len(),
+                max: crate::content::MAX_PROFILE_NAME_LEN,
+            });
+        }
+        if let Some(a) = &avatar
+            && a.len() > crate::content::MAX_AVATAR_LEN
+        {
+            return Err(MachineError::TextTooLong {
+                len: a.len(),
+                max: crate::content::MAX_AVATAR_LEN,
+            });
+        }
+        let updated_ms = now_ms.max(self.account.value.profile.as_ref().map_or(0, |p| p.updated_ms + 1));
+        let profile = crate::store::Profile {
+            name: name.to_owned(),
+            avatar,
+            updated_ms,
+        };
+        let mut record = self.account.value.clone();
+        record.profile = Some(profile);
+        let mut changes = Changes {
+            account: Some(crate::store::Write {
+                expected: Some(self.account.version),
+                value: record,
+            }),
+            ..Changes::default()
+        };
+        let mut to: Vec<AccountId> = self
+            .conversations
+            .values()
+            .filter(|c| c.accepted && !c.blocked)
+            .map(|c| c.peer)
+            .collect();
+        to.push(self.account_id());
+        for account in to {
+            self.queue_profile_to(account, now_ms, &mut changes);
+        }
+        Ok(changes)
+    }
+
+    /// Queues this account's profile (if it has one) to `account`.
+    pub fn share_profile(&mut self, account: AccountId, now_ms: u64) -> Changes {
+        let mut changes = Changes::default();
+        self.queue_profile_to(account, now_ms, &mut changes);
+        changes
+    }
+
+    fn queue_profile_to(&mut self, account: AccountId, now_ms: u64, changes: &mut Changes) {
+        let profile = match &changes.account {
+            Some(w) => w.value.profile.clone(),
+            None => self.account.value.profile.clone(),
+        };
+        let Some(p) = profile else { return };
+        let content = Content {
+            message_id: MessageId::new(now_ms, &mut self.ids),
+            timestamp_ms: now_ms,
+            access_key: if account == self.account_id() {
+                None
+            } else {
+                self.own_access_key()
+            },
+            kind: ContentKind::Profile {
+                updated_ms: p.updated_ms,
+                name: p.name,
+                avatar: p.avatar,
+            },
+        };
+        changes
+            .outbox_add
+            .push(OutboxItem::new(content.message_id, account, content.encode()));
+    }
+
+    /// A profile from `from`: a contact's (kept on their conversation, when one exists)
+    /// or this account's own from another of its devices. Older ones change nothing.
+    pub(super) fn accept_profile(
+        &self,
+        from: AccountId,
+        profile: crate::store::Profile,
+        changes: &mut Changes,
+        events: &mut Vec<Event>,
+    ) {
+        if from == self.account_id() {
+            let current = match &changes.account {
+                Some(w) => w.value.clone(),
+                None => self.account.value.clone(),
+            };
+            if current
+                .profile
+                .as_ref()
+                .is_some_and(|p| p.updated_ms >= profile.updated_ms)
+            {
+                return;
+            }
+            let mut record = current;
+            record.profile = Some(profile);
+            changes.account = Some(crate::store::Write {
+                expected: Some(self.account.version),
+                value: record,
+            });
+            events.push(Event::ProfileChanged { account: from });
+            return;
+        }
+        let Some(c) = self.conversations.get(&from) else { return };
+        if c.profile_at_ms >= profile.updated_ms || c.blocked {
+            return;
+        }
+        self.update_conversation(changes, from, |c| {
+            c.profile_name = (!profile.name.is_empty()).then(|| profile.name.clone());
+            c.profile_avatar = profile.avatar.clone();
+            c.profile_at_ms = profile.updated_ms;
+        });
+        events.push(Event::ProfileChanged { account: from });
     }
 
     /// Acknowledges a contact's changed safety number: sends to them go again.

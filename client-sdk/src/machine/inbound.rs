@@ -297,6 +297,19 @@ impl Machine {
                 self.accept_read(peer, group, message_ids, changes, events);
                 return true;
             }
+            ContentKind::Profile {
+                updated_ms,
+                name,
+                avatar,
+            } => {
+                let profile = crate::store::Profile {
+                    name,
+                    avatar,
+                    updated_ms,
+                };
+                self.accept_profile(peer.0, profile, changes, events);
+                return true;
+            }
             // Typing and presence are ephemeral: never in a stored envelope.
             ContentKind::Typing { .. } | ContentKind::Presence => return true,
             // This account's own content of a kind this version does not know.

@@ -272,6 +272,7 @@ impl Machine {
                 access_key,
                 access_sent: None,
                 list_key: list_key.as_ref().map(|lk| lk.pickle(pickle_key, rng)),
+                profile: None,
             },
         });
         changes

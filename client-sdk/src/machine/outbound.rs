@@ -85,15 +85,16 @@ impl Machine {
         };
         let own = self.account_id();
         let is_group = matches!(content.kind, ContentKind::Group { .. });
+        let is_profile = matches!(content.kind, ContentKind::Profile { .. });
         let mut changes = Changes::default();
         let mut recipients = Vec::with_capacity(targets.len());
         for identity in targets {
             let plaintext = if identity.account_id == own {
                 match &transcript {
                     Some(t) => t,
-                    // Group content goes to this account's other devices when it is
-                    // addressed to this account.
-                    None if is_group && item.to == own => &item.content,
+                    // Group content and a profile go to this account's other devices when
+                    // they are addressed to this account.
+                    None if (is_group || is_profile) && item.to == own => &item.content,
                     None => continue,
                 }
             } else {

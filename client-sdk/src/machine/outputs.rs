@@ -285,6 +285,12 @@ pub enum Event {
         /// When they were last seen (Unix ms).
         last_seen_ms: u64,
     },
+    /// A contact's profile (name, avatar) changed, or this account's own (from another
+    /// of its devices).
+    ProfileChanged {
+        /// Whose.
+        account: AccountId,
+    },
     /// A contact started or stopped typing. It stops by itself after
     /// [`crate::TYPING_TIMEOUT_MS`] without a new `typing` frame.
     Typing {

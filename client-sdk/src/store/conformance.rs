@@ -60,6 +60,7 @@ fn account(seq: u64) -> AccountRecord {
         access_key: Some([3; 32]),
         access_sent: Some(true),
         list_key: Some(vec![4; 60]),
+        profile: None,
     }
 }
 

@@ -144,6 +144,30 @@ pub struct AccountRecord {
     /// The request policy the relay last confirmed for the access key (`Some(accept
     /// requests)`); `None` until the verifier was uploaded.
     pub access_sent: Option<bool>,
+    /// This account's profile, as shared with its contacts.
+    pub profile: Option<Profile>,
+}
+
+/// A profile: the name an account shows its contacts, and an optional small avatar.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Profile {
+    /// The display name (at most [`MAX_NAME_LEN`] bytes).
+    pub name: String,
+    /// A small avatar image (at most [`crate::content::MAX_AVATAR_LEN`] bytes).
+    pub avatar: Option<Vec<u8>>,
+    /// When it was set (the owner's clock, Unix ms): the newest one wins.
+    pub updated_ms: u64,
+}
+
+/// The name's length and whether there is an avatar, not their contents.
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile")
+            .field("name_len", &self.name.len())
+            .field("avatar", &self.avatar.as_ref().map(Vec::len))
+            .field("updated_ms", &self.updated_ms)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for AccountRecord {
@@ -273,6 +297,10 @@ pub struct ConversationRecord {
     pub nickname: Option<String>,
     /// The contact's profile name, as they last shared it.
     pub profile_name: Option<String>,
+    /// The contact's avatar, as they last shared it.
+    pub profile_avatar: Option<Vec<u8>>,
+    /// When the contact set the profile they last shared (their clock, Unix ms).
+    pub profile_at_ms: u64,
     /// Messages stored up to this `order` are read on this device.
     pub read_up_to: u64,
     /// The contact's safety number changed since this account last acknowledged it:
@@ -292,6 +320,8 @@ impl ConversationRecord {
             timer_at_ms: 0,
             nickname: None,
             profile_name: None,
+            profile_avatar: None,
+            profile_at_ms: 0,
             read_up_to: 0,
             identity_unacked: false,
         }

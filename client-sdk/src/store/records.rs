@@ -52,8 +52,9 @@ const MAX_BLOB: usize = 1 << 20;
 /// Version 4 adds a byte: 1 while rotated prekeys wait for their upload. Version 5 adds
 /// the access key (a flag byte, then 32 bytes when set) and the confirmed request policy
 /// (0 not uploaded, 1 refusing requests, 2 taking them). Version 6 adds the list key (a
-/// flag byte, then its pickle when set).
-const ACCOUNT_VERSION: u8 = 6;
+/// flag byte, then its pickle when set). Version 7 adds the profile (a flag byte, then
+/// `updated_ms (u64) ‖ name (var) ‖ flag [‖ avatar (var)]`).
+const ACCOUNT_VERSION: u8 = 7;
 
 pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
     let mut o = Vec::with_capacity(512);
@@ -98,6 +99,16 @@ pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
         }
         None => o.put_u8(0),
     }
+    match &a.profile {
+        Some(p) => {
+            o.put_u8(1);
+            o.put_u64(p.updated_ms);
+            o.put_u8(1);
+            o.put_var(crate::content::truncate_utf8(&p.name, MAX_NAME_LEN).as_bytes());
+            put_avatar(&mut o, &p.avatar);
+        }
+        None => o.put_u8(0),
+    }
     o
 }
 
@@ -135,6 +146,7 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
         access_key: None,
         access_sent: None,
         list_key: None,
+        profile: None,
     };
     if version >= 2 {
         a.mailbox_epoch = match r.u8()? {
@@ -195,16 +207,40 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
             }
         };
     }
+    if version >= 7 && r.flag("profile")? {
+        let updated_ms = r.u64()?;
+        let name = name(&mut r)?.unwrap_or_default();
+        let avatar = if r.flag("avatar")? {
+            Some(r.var_bytes("avatar", crate::content::MAX_AVATAR_LEN)?.to_vec())
+        } else {
+            None
+        };
+        a.profile = Some(super::Profile {
+            name,
+            avatar,
+            updated_ms,
+        });
+    }
     r.finish()?;
     Ok(a)
+}
+
+fn put_avatar(o: &mut Vec<u8>, avatar: &Option<Vec<u8>>) {
+    match avatar {
+        Some(b) if b.len() <= crate::content::MAX_AVATAR_LEN => {
+            o.put_u8(1);
+            o.put_var(b);
+        }
+        _ => o.put_u8(0),
+    }
 }
 
 /// A conversation: the peer's account id alone (records written before access keys;
 /// read as accepted, with no key), or `0x02 ‖ peer (32) ‖ accepted (u8) ‖ flag (u8) [‖
 /// access key (32)]`. Version 3 adds `blocked (u8) ‖ expire_s (u32) ‖ timer_at_ms (u64)
 /// ‖ flag [‖ nickname (var)] ‖ flag [‖ profile name (var)] ‖ read_up_to (u64) ‖
-/// identity_unacked (u8)`.
-const CONVERSATION_VERSION: u8 = 3;
+/// identity_unacked (u8)`. Version 4 adds `profile_at_ms (u64) ‖ flag [‖ avatar (var)]`.
+const CONVERSATION_VERSION: u8 = 4;
 /// The longest name (nickname or profile name) kept, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
 
@@ -234,6 +270,8 @@ pub(crate) fn encode_conversation(c: &ConversationRecord) -> Vec<u8> {
     }
     o.put_u64(c.read_up_to);
     o.put_u8(u8::from(c.identity_unacked));
+    o.put_u64(c.profile_at_ms);
+    put_avatar(&mut o, &c.profile_avatar);
     o
 }
 
@@ -284,6 +322,12 @@ pub(crate) fn decode_conversation(b: &[u8]) -> Result<ConversationRecord, Decode
         c.profile_name = name(&mut r)?;
         c.read_up_to = r.u64()?;
         c.identity_unacked = flag(&mut r, "identity unacked")?;
+    }
+    if version >= 4 {
+        c.profile_at_ms = r.u64()?;
+        if flag(&mut r, "avatar")? {
+            c.profile_avatar = Some(r.var_bytes("avatar", crate::content::MAX_AVATAR_LEN)?.to_vec());
+        }
     }
     r.finish()?;
     Ok(c)
@@ -635,6 +679,7 @@ mod tests {
             access_key: None,
             access_sent: None,
             list_key: None,
+            profile: None,
         };
         assert_eq!(decode_account(&encode_account(&a)).unwrap(), a);
         // Version 6 keeps the list key.
@@ -702,6 +747,7 @@ mod tests {
             access_key: None,
             access_sent: None,
             list_key: None,
+            profile: None,
         };
         let bytes = encode_account(&a);
         assert_eq!(&bytes[..2], &[6, 0]);
