@@ -218,6 +218,23 @@ impl<S: Store> Client<S> {
         Ok(())
     }
 
+    /// Sets this account's profile (a display name and an optional small avatar, at most
+    /// [`crate::content::MAX_AVATAR_LEN`] bytes) and sends it, end to end, to every
+    /// contact this account accepted and to its other devices. Contacts accepted later
+    /// get it with the first message.
+    pub async fn set_profile(&self, name: &str, avatar: Option<Vec<u8>>) -> Result<(), ClientError> {
+        self.inner
+            .transact(|m| Ok((m.set_profile(name, avatar.clone(), now_ms())?, ())))
+            .await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// This account's profile.
+    pub async fn profile(&self) -> Option<crate::store::Profile> {
+        self.inner.machine.lock().await.own_profile()
+    }
+
     /// Acknowledges a contact's changed safety number (after the user compared it, or
     /// chose to go on): sends to them are allowed again.
     pub async fn acknowledge_identity(&self, contact: &AccountId) -> Result<(), ClientError> {

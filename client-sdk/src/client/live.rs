@@ -198,6 +198,8 @@ pub struct ConversationSummary {
     pub identity_unacked: bool,
     /// The contact's presence, when they share it with this account (1:1 only).
     pub presence: Option<Presence>,
+    /// The contact's avatar, as their profile has it (1:1 only).
+    pub avatar: Option<Vec<u8>>,
 }
 
 /// A live list's callback: a batch of diffs, in order.
@@ -395,6 +397,7 @@ impl<S: Store> Inner<S> {
             next_change = min_opt(next_change, until);
             out.push(ConversationSummary {
                 presence,
+                avatar: c.profile_avatar.clone(),
                 conversation,
                 name: c.nickname.clone().or(c.profile_name.clone()).unwrap_or_default(),
                 last_message,
@@ -422,6 +425,7 @@ impl<S: Store> Inner<S> {
                 expire_s,
                 identity_unacked: false,
                 presence: None,
+                avatar: None,
             });
         }
         // Newest activity first; conversations without messages last, in id order.

@@ -444,7 +444,15 @@ impl<S: Store> Client<S> {
     pub async fn add_contact(&self, contact: &str) -> Result<AccountId, ClientError> {
         let (account, key) = parse_contact_link(contact)?;
         self.inner.refresh_device_list(account).await?;
-        self.inner.transact(|m| Ok((m.add_contact(account, key)?, ()))).await?;
+        self.inner
+            .transact(|m| {
+                let mut c = m.add_contact(account, key)?;
+                let shared = m.share_profile(account, now_ms());
+                c.outbox_add.extend(shared.outbox_add);
+                Ok((c, ()))
+            })
+            .await?;
+        self.inner.wake.notify_one();
         Ok(account)
     }
 
@@ -483,7 +491,9 @@ impl<S: Store> Client<S> {
                 if m.conversation(&contact).is_none() {
                     return Err(ClientError::UnknownContact);
                 }
-                Ok((m.accept_conversation(contact), ()))
+                let mut c = m.accept_conversation(contact);
+                c.outbox_add.extend(m.share_profile(contact, now_ms()).outbox_add);
+                Ok((c, ()))
             })
             .await?;
         Ok(())

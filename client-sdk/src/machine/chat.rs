@@ -450,6 +450,11 @@ impl Machine {
         Ok(changes)
     }
 
+    /// This account's profile.
+    pub fn own_profile(&self) -> Option<crate::store::Profile> {
+        self.account.value.profile.clone()
+    }
+
     /// Queues this account's profile (if it has one) to `account`.
     pub fn share_profile(&mut self, account: AccountId, now_ms: u64) -> Changes {
         let mut changes = Changes::default();

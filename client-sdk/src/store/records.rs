@@ -695,10 +695,11 @@ mod tests {
             ..a.clone()
         };
         assert_eq!(decode_account(&encode_account(&with_access)).unwrap(), with_access);
-        // Without the list-key flag and the two access bytes, the version 4 layout.
+        // Without the profile flag, the list-key flag and the two access bytes, the
+        // version 4 layout.
         let v4 = |a: &AccountRecord| {
             let mut b = encode_account(a);
-            b.truncate(b.len() - 3);
+            b.truncate(b.len() - 4);
             b[0] = 4;
             b
         };
@@ -750,8 +751,23 @@ mod tests {
             profile: None,
         };
         let bytes = encode_account(&a);
-        assert_eq!(&bytes[..2], &[6, 0]);
+        assert_eq!(&bytes[..2], &[7, 0]);
         assert_eq!(decode_account(&bytes).unwrap(), a);
+        // Version 7 keeps the profile.
+        let with_profile = AccountRecord {
+            profile: Some(super::super::Profile {
+                name: "Ada ✓".into(),
+                avatar: Some(vec![9; 40]),
+                updated_ms: 77,
+            }),
+            ..a.clone()
+        };
+        assert_eq!(decode_account(&encode_account(&with_profile)).unwrap(), with_profile);
+        // Version 6 (no profile byte) still loads.
+        let mut v6 = encode_account(&a);
+        v6[0] = 6;
+        v6.pop();
+        assert_eq!(decode_account(&v6).unwrap(), a);
     }
 
     #[test]
