@@ -5,15 +5,26 @@
 //! Two threads own the two connections: a writer, which runs every commit, `sync` and
 //! `scrub`, and a reader, which runs the loads and queries (in WAL mode readers never
 //! wait for the writer). An operation goes to its thread whole, as one job: a commit is
-//! one job that runs one transaction over cached prepared statements, and the caller
-//! waits for one answer, not for a hand-off per statement.
+//! one job over cached prepared statements, and the caller waits for one answer, not for
+//! a hand-off per statement.
+//!
+//! Every transaction commits with `synchronous=FULL` (the log is fsynced). Deferred
+//! commits ([`Store::commit_deferred`]) share one open transaction, each in a savepoint
+//! of its own (so each is still all or nothing, and a conflict undoes only its own
+//! writes); the next durable commit or `sync` commits the batch with one fsync. The
+//! writer also commits it after [`BATCH_IDLE`] without work, after [`BATCH_AGE`] or
+//! after [`BATCH_COMMITS`] deferred commits, so another process on the store waits for
+//! the write lock at most that long. While a batch is open, reads go to the writer,
+//! which sees it. A batch the database refused (an I/O error) is reported by the next
+//! `sync`, so the envelopes in it are not acked.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use sotto_crypto::AccountId;
 use tokio::sync::oneshot;
 
@@ -60,6 +71,13 @@ const STATEMENT_CACHE: usize = 64;
 /// with [`StoreError::Conflict`].
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// An open batch of deferred commits is committed when the writer got no job for this long.
+pub const BATCH_IDLE: Duration = Duration::from_millis(10);
+/// ... or when it is this old,
+pub const BATCH_AGE: Duration = Duration::from_millis(100);
+/// ... or when it holds this many deferred commits.
+pub const BATCH_COMMITS: u32 = 256;
+
 fn sender_key_key(id: &SenderKeyId) -> Vec<u8> {
     let mut k = id.0.0.to_vec();
     k.extend_from_slice(&encode_peer(&id.1));
@@ -81,10 +99,12 @@ const ACCOUNT_TAG: &[u8] = b"account";
 
 /// An encrypted SQLite store.
 pub struct SqliteStore {
-    /// Commits, `sync` and `scrub`.
+    /// Commits, `sync` and `scrub`, and the reads while a batch is open.
     writer: Worker,
     /// Loads and queries.
     reader: Worker,
+    /// The writer has a batch of deferred commits open: reads go to it.
+    batch_open: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -129,39 +149,82 @@ fn int(row: &Row<'_>, i: usize) -> Result<i64, StoreError> {
 }
 
 /// What a worker thread owns: its connection (none once closed) and, on the writer,
-/// the durability state of the commits made through it.
+/// the open batch of deferred commits.
 struct Db {
     conn: Option<Connection>,
     crypt: Arc<Crypt>,
-    /// The connection's `synchronous` is `FULL` (else `NORMAL`).
-    full: bool,
-    /// A deferred commit was made since the last fsync of the log (the last durable
-    /// commit or `sync`).
-    unsynced: bool,
+    /// The open batch: when it began, and how many deferred commits it holds.
+    batch: Option<(Instant, u32)>,
+    /// Set while `batch` is some (read by the store to route reads).
+    batch_open: Arc<AtomicBool>,
+    /// A batch holding deferred commits was rolled back by the database: the next
+    /// `sync` fails.
+    lost: bool,
 }
 
 impl Db {
+    fn new(crypt: Arc<Crypt>, batch_open: Arc<AtomicBool>) -> Self {
+        Self {
+            conn: None,
+            crypt,
+            batch: None,
+            batch_open,
+            lost: false,
+        }
+    }
+
     fn conn(&mut self) -> Result<&mut Connection, StoreError> {
         self.conn.as_mut().ok_or_else(closed)
     }
 
-    /// Sets `synchronous` for the next transaction: `FULL` (the log is fsynced when it
-    /// commits) or `NORMAL` (with the next fsync of the log).
-    fn set_full(&mut self, full: bool) -> Result<(), StoreError> {
-        if self.full != full {
-            let sql = if full {
-                "PRAGMA synchronous = FULL"
-            } else {
-                "PRAGMA synchronous = NORMAL"
-            };
-            self.conn()?
-                .prepare_cached(sql)
-                .and_then(|mut s| s.execute([]))
-                .map_err(db)?;
-            self.full = full;
+    /// Opens a batch (a write transaction) unless one is open.
+    fn begin_batch(&mut self) -> Result<(), StoreError> {
+        if self.batch.is_none() {
+            run_sql(self.conn()?, "BEGIN IMMEDIATE")?;
+            self.batch = Some((Instant::now(), 0));
+            self.batch_open.store(true, Ordering::Release);
         }
         Ok(())
     }
+
+    /// The database ended the transaction by itself (it does after some errors): the
+    /// deferred commits in it are gone.
+    fn check_batch(&mut self) {
+        let open = self.conn.as_ref().is_some_and(|c| !c.is_autocommit());
+        if !open && let Some((_, n)) = self.batch.take() {
+            self.batch_open.store(false, Ordering::Release);
+            self.lost |= n > 0;
+        }
+    }
+
+    /// Commits the open batch, if any (durable when this returns).
+    fn end_batch(&mut self) -> Result<(), StoreError> {
+        let Some((_, n)) = self.batch else { return Ok(()) };
+        let conn = self.conn()?;
+        let done = run_sql(conn, "COMMIT");
+        if done.is_err() && !conn.is_autocommit() {
+            let _ = run_sql(conn, "ROLLBACK");
+        }
+        self.batch = None;
+        self.batch_open.store(false, Ordering::Release);
+        if done.is_err() {
+            self.lost |= n > 0;
+        }
+        done
+    }
+
+    /// Whether the open batch is due: the writer was idle for [`BATCH_IDLE`] (`idle`),
+    /// or the batch is too old or too large.
+    fn batch_due(&self, idle: bool) -> bool {
+        self.batch
+            .is_some_and(|(t, n)| idle || n >= BATCH_COMMITS || t.elapsed() >= BATCH_AGE)
+    }
+}
+
+/// Runs one statement that returns no rows, prepared once per connection.
+fn run_sql(conn: &Connection, sql: &'static str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(db)?;
+    Ok(())
 }
 
 type Job = Box<dyn FnOnce(&mut Db) + Send>;
@@ -179,9 +242,29 @@ impl Worker {
             .spawn(move || {
                 let mut db = db;
                 // Ends when the store (every sender) is dropped; the connection closes then.
-                while let Ok(job) = rx.recv() {
-                    job(&mut db);
+                loop {
+                    let job = if db.batch.is_some() {
+                        match rx.recv_timeout(BATCH_IDLE) {
+                            Ok(job) => Some(job),
+                            Err(mpsc::RecvTimeoutError::Timeout) => None,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        }
+                    } else {
+                        match rx.recv() {
+                            Ok(job) => Some(job),
+                            Err(_) => break,
+                        }
+                    };
+                    let idle = job.is_none();
+                    if let Some(job) = job {
+                        job(&mut db);
+                    }
+                    if db.batch_due(idle) {
+                        // A failure is recorded in `lost`, for the next `sync`.
+                        let _ = db.end_batch();
+                    }
                 }
+                let _ = db.end_batch();
             })
             .map_err(|e| StoreError::Database(format!("cannot start the store's thread: {e}")))?;
         Ok(Self { jobs })
@@ -228,24 +311,9 @@ impl SqliteStore {
     /// In WAL mode one fsync of the log covers every commit before it.
     pub async fn open(path: &Path, key: &StoreKey) -> Result<Self, StoreError> {
         let crypt = Arc::new(Crypt::new(&key.0));
-        let writer = Worker::start(
-            "sotto-store-writer",
-            Db {
-                conn: None,
-                crypt: crypt.clone(),
-                full: true,
-                unsynced: false,
-            },
-        )?;
-        let reader = Worker::start(
-            "sotto-store-reader",
-            Db {
-                conn: None,
-                crypt,
-                full: true,
-                unsynced: false,
-            },
-        )?;
+        let batch_open = Arc::new(AtomicBool::new(false));
+        let writer = Worker::start("sotto-store-writer", Db::new(crypt.clone(), batch_open.clone()))?;
+        let reader = Worker::start("sotto-store-reader", Db::new(crypt, Arc::new(AtomicBool::new(false))))?;
         let p = path.to_path_buf();
         writer
             .run(move |d| {
@@ -264,7 +332,11 @@ impl SqliteStore {
                 Ok(())
             })
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            batch_open,
+        })
     }
 
     /// Closes the connections (the last one to close checkpoints the log into the
@@ -273,31 +345,45 @@ impl SqliteStore {
         for w in [&self.reader, &self.writer] {
             let _ = w
                 .run(|d| {
+                    let batch = d.end_batch();
                     if let Some(conn) = d.conn.take() {
                         conn.close().map_err(|(_, e)| db(e))?;
                     }
+                    batch?;
                     Ok(())
                 })
                 .await;
         }
     }
 
+    /// Runs a read on the reader, or on the writer while it has a batch open (the reader
+    /// does not see it).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Db) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if self.batch_open.load(Ordering::Acquire) {
+            self.writer.run(f).await
+        } else {
+            self.reader.run(f).await
+        }
+    }
+
     /// Every `(k, plaintext)` row of a `(k, v)` table, read with `sql`.
     async fn all(&self, table: &'static str, sql: &'static str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        self.reader
-            .run(move |d| {
-                let c = d.crypt.clone();
-                let conn = d.conn()?;
-                let mut stmt = conn.prepare_cached(sql).map_err(db)?;
-                let mut rows = stmt.query([]).map_err(db)?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().map_err(db)? {
-                    let k = blob(row, 0)?;
-                    out.push((k.to_vec(), c.open(table, k, blob(row, 1)?)?.to_vec()));
-                }
-                Ok(out)
-            })
-            .await
+        self.read(move |d| {
+            let c = d.crypt.clone();
+            let conn = d.conn()?;
+            let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+            let mut rows = stmt.query([]).map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                let k = blob(row, 0)?;
+                out.push((k.to_vec(), c.open(table, k, blob(row, 1)?)?.to_vec()));
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Rows of the `sessions`, `groups` or `sender_keys` table: (the key bytes stored
@@ -308,45 +394,43 @@ impl SqliteStore {
             "groups" => ("SELECT k, version, v FROM groups", 128),
             _ => ("SELECT k, version, v FROM sender_keys", 128),
         };
-        self.reader
-            .run(move |d| {
-                let c = d.crypt.clone();
-                let conn = d.conn()?;
-                let mut stmt = conn.prepare_cached(sql).map_err(db)?;
-                let mut rows = stmt.query([]).map_err(db)?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().map_err(db)? {
-                    let plain = c.open(table, blob(row, 0)?, blob(row, 2)?)?;
-                    let mut r = sotto_crypto::codec::Reader::new(&plain);
-                    let key = r.var_bytes("key", max_key)?.to_vec();
-                    out.push((key, to_u64(int(row, 1)?), r.rest().to_vec()));
-                }
-                Ok(out)
-            })
-            .await
+        self.read(move |d| {
+            let c = d.crypt.clone();
+            let conn = d.conn()?;
+            let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+            let mut rows = stmt.query([]).map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                let plain = c.open(table, blob(row, 0)?, blob(row, 2)?)?;
+                let mut r = sotto_crypto::codec::Reader::new(&plain);
+                let key = r.var_bytes("key", max_key)?.to_vec();
+                out.push((key, to_u64(int(row, 1)?), r.rest().to_vec()));
+            }
+            Ok(out)
+        })
+        .await
     }
 }
 
 impl AccountStore for SqliteStore {
     async fn load_account(&self) -> Result<Option<Versioned<AccountRecord>>, StoreError> {
-        self.reader
-            .run(|d| {
-                let c = d.crypt.clone();
-                let conn = d.conn()?;
-                let mut stmt = conn
-                    .prepare_cached("SELECT version, v FROM account WHERE id = 1")
-                    .map_err(db)?;
-                let mut rows = stmt.query([]).map_err(db)?;
-                let Some(row) = rows.next().map_err(db)? else {
-                    return Ok(None);
-                };
-                let plain = c.open("account", ACCOUNT_TAG, blob(row, 1)?)?;
-                Ok(Some(Versioned {
-                    version: to_u64(int(row, 0)?),
-                    value: decode_account(&plain)?,
-                }))
-            })
-            .await
+        self.read(|d| {
+            let c = d.crypt.clone();
+            let conn = d.conn()?;
+            let mut stmt = conn
+                .prepare_cached("SELECT version, v FROM account WHERE id = 1")
+                .map_err(db)?;
+            let mut rows = stmt.query([]).map_err(db)?;
+            let Some(row) = rows.next().map_err(db)? else {
+                return Ok(None);
+            };
+            let plain = c.open("account", ACCOUNT_TAG, blob(row, 1)?)?;
+            Ok(Some(Versioned {
+                version: to_u64(int(row, 0)?),
+                value: decode_account(&plain)?,
+            }))
+        })
+        .await
     }
 }
 
@@ -450,74 +534,69 @@ impl MessageStore for SqliteStore {
     }
 
     async fn messages(&self, conversation: AccountId, page: Page) -> Result<Vec<StoredMessage>, StoreError> {
-        self.reader
-            .run(move |d| {
-                let c = d.crypt.clone();
-                let conv = c.tag("conversations", conversation.as_bytes());
-                let conn = d.conn()?;
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT ord, k, v FROM messages WHERE conv = ? AND ord < ? ORDER BY ord DESC LIMIT ?",
-                    )
-                    .map_err(db)?;
-                let before = to_i64(page.before.unwrap_or(u64::MAX));
-                let limit = i64::from(page.limit.min(MAX_PAGE));
-                let mut rows = stmt.query(params![conv, before, limit]).map_err(db)?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().map_err(db)? {
-                    let plain = c.open("messages", blob(row, 1)?, blob(row, 2)?)?;
-                    out.push(decode_message(&plain, to_u64(int(row, 0)?))?);
-                }
-                out.reverse();
-                Ok(out)
-            })
-            .await
+        self.read(move |d| {
+            let c = d.crypt.clone();
+            let conv = c.tag("conversations", conversation.as_bytes());
+            let conn = d.conn()?;
+            let mut stmt = conn
+                .prepare_cached("SELECT ord, k, v FROM messages WHERE conv = ? AND ord < ? ORDER BY ord DESC LIMIT ?")
+                .map_err(db)?;
+            let before = to_i64(page.before.unwrap_or(u64::MAX));
+            let limit = i64::from(page.limit.min(MAX_PAGE));
+            let mut rows = stmt.query(params![conv, before, limit]).map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                let plain = c.open("messages", blob(row, 1)?, blob(row, 2)?)?;
+                out.push(decode_message(&plain, to_u64(int(row, 0)?))?);
+            }
+            out.reverse();
+            Ok(out)
+        })
+        .await
     }
 
     async fn recent_message_ids(&self, limit: u32) -> Result<Vec<MessageKey>, StoreError> {
-        self.reader
-            .run(move |d| {
-                let c = d.crypt.clone();
-                let conn = d.conn()?;
-                let mut stmt = conn
-                    .prepare_cached("SELECT k, v FROM messages ORDER BY ord DESC LIMIT ?")
-                    .map_err(db)?;
-                let mut rows = stmt.query(params![i64::from(limit)]).map_err(db)?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().map_err(db)? {
-                    let plain = c.open("messages", blob(row, 0)?, blob(row, 1)?)?;
-                    out.push(decode_message(&plain, 0)?.key());
-                }
-                Ok(out)
-            })
-            .await
+        self.read(move |d| {
+            let c = d.crypt.clone();
+            let conn = d.conn()?;
+            let mut stmt = conn
+                .prepare_cached("SELECT k, v FROM messages ORDER BY ord DESC LIMIT ?")
+                .map_err(db)?;
+            let mut rows = stmt.query(params![i64::from(limit)]).map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                let plain = c.open("messages", blob(row, 0)?, blob(row, 1)?)?;
+                out.push(decode_message(&plain, 0)?.key());
+            }
+            Ok(out)
+        })
+        .await
     }
 }
 
 impl InboundStore for SqliteStore {
     async fn processed_envelopes(&self, limit: u32) -> Result<Vec<EnvelopeDigest>, StoreError> {
-        self.reader
-            .run(move |d| {
-                let c = d.crypt.clone();
-                let conn = d.conn()?;
-                let mut stmt = conn
-                    .prepare_cached("SELECT k, v FROM processed ORDER BY ord DESC LIMIT ?")
-                    .map_err(db)?;
-                let mut rows = stmt.query(params![i64::from(limit)]).map_err(db)?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().map_err(db)? {
-                    let d: EnvelopeDigest = c.open("processed", blob(row, 0)?, blob(row, 1)?)?[..]
-                        .try_into()
-                        .map_err(|_| {
-                            StoreError::Decode(sotto_crypto::DecodeError::Invalid {
-                                field: "envelope digest",
-                            })
-                        })?;
-                    out.push(d);
-                }
-                Ok(out)
-            })
-            .await
+        self.read(move |d| {
+            let c = d.crypt.clone();
+            let conn = d.conn()?;
+            let mut stmt = conn
+                .prepare_cached("SELECT k, v FROM processed ORDER BY ord DESC LIMIT ?")
+                .map_err(db)?;
+            let mut rows = stmt.query(params![i64::from(limit)]).map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                let d: EnvelopeDigest = c.open("processed", blob(row, 0)?, blob(row, 1)?)?[..]
+                    .try_into()
+                    .map_err(|_| {
+                        StoreError::Decode(sotto_crypto::DecodeError::Invalid {
+                            field: "envelope digest",
+                        })
+                    })?;
+                out.push(d);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn pending_inbound(&self) -> Result<Vec<PendingInbound>, StoreError> {
@@ -531,21 +610,20 @@ impl InboundStore for SqliteStore {
 
 impl OutboxStore for SqliteStore {
     async fn outbox(&self, limit: u32) -> Result<Vec<OutboxItem>, StoreError> {
-        self.reader
-            .run(move |d| {
-                let c = d.crypt.clone();
-                let conn = d.conn()?;
-                let mut stmt = conn
-                    .prepare_cached("SELECT k, v FROM outbox ORDER BY ord LIMIT ?")
-                    .map_err(db)?;
-                let mut rows = stmt.query(params![i64::from(limit)]).map_err(db)?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().map_err(db)? {
-                    out.push(decode_outbox(&c.open("outbox", blob(row, 0)?, blob(row, 1)?)?)?);
-                }
-                Ok(out)
-            })
-            .await
+        self.read(move |d| {
+            let c = d.crypt.clone();
+            let conn = d.conn()?;
+            let mut stmt = conn
+                .prepare_cached("SELECT k, v FROM outbox ORDER BY ord LIMIT ?")
+                .map_err(db)?;
+            let mut rows = stmt.query(params![i64::from(limit)]).map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                out.push(decode_outbox(&c.open("outbox", blob(row, 0)?, blob(row, 1)?)?)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 }
 
@@ -584,44 +662,53 @@ impl Store for SqliteStore {
     }
 }
 
-/// Makes every commit made through this connection durable: a durable commit of the
-/// barrier row fsyncs the log, which holds the deferred commits before it. Nothing to
-/// do when no deferred commit came since the last fsync.
+/// Makes every commit made through this connection durable: commits the open batch.
 fn sync(d: &mut Db) -> Result<(), StoreError> {
-    if !d.unsynced {
-        return Ok(());
+    d.end_batch()?;
+    if std::mem::take(&mut d.lost) {
+        return Err(StoreError::Database("the database rolled back deferred commits".into()));
     }
-    d.set_full(true)?;
-    d.conn()?
-        .prepare_cached("INSERT INTO sync_barrier (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1")
-        .and_then(|mut s| s.execute([]))
-        .map_err(db)?;
-    d.unsynced = false;
     Ok(())
 }
 
-/// One commit in one transaction: durable (`synchronous=FULL`) or deferred (`NORMAL`).
+/// One commit, in a savepoint of the open batch (opened if needed); a durable one then
+/// commits the batch.
 fn commit(d: &mut Db, changes: &Changes, durable: bool) -> Result<Committed, StoreError> {
-    d.set_full(durable)?;
-    if !durable {
-        d.unsynced = true;
-    }
+    d.begin_batch()?;
     let c = d.crypt.clone();
-    let tx = d
-        .conn()?
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db)?;
-    let committed = write_changes(&tx, &c, changes)?;
-    tx.commit().map_err(db)?;
+    let conn = d.conn()?;
+    run_sql(conn, "SAVEPOINT c")?;
+    let written = write_changes(conn, &c, changes);
+    let kept = match &written {
+        Ok(_) => run_sql(conn, "RELEASE c"),
+        Err(_) => run_sql(conn, "ROLLBACK TO c").and_then(|()| run_sql(conn, "RELEASE c")),
+    };
+    if kept.is_err() && !conn.is_autocommit() {
+        // The savepoint could not be undone or kept on its own: the whole batch goes.
+        let _ = run_sql(conn, "ROLLBACK");
+    }
+    d.check_batch();
+    let committed = match (written, kept) {
+        (Ok(committed), Ok(())) => committed,
+        (Err(e), _) | (_, Err(e)) => {
+            if matches!(d.batch, Some((_, 0))) {
+                // Nothing else in the batch: release the write lock now.
+                let _ = d.end_batch();
+            }
+            return Err(e);
+        }
+    };
+    if let Some((_, n)) = &mut d.batch {
+        *n += 1;
+    }
     if durable {
-        // The log's fsync covered every deferred commit before this one.
-        d.unsynced = false;
+        d.end_batch()?;
     }
     Ok(committed)
 }
 
 /// Executes one cached statement, returning the number of rows it changed.
-fn exec(tx: &Transaction<'_>, sql: &'static str, p: impl rusqlite::Params) -> Result<usize, StoreError> {
+fn exec(tx: &Connection, sql: &'static str, p: impl rusqlite::Params) -> Result<usize, StoreError> {
     tx.prepare_cached(sql).and_then(|mut s| s.execute(p)).map_err(db)
 }
 
@@ -630,7 +717,7 @@ fn exec(tx: &Transaction<'_>, sql: &'static str, p: impl rusqlite::Params) -> Re
 /// `expected + 1` (binds `new, v, k, expected`). Returns the new version; a row that is
 /// already there, or at another version, is [`StoreError::Conflict`].
 fn cas_write(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     sql: (&'static str, &'static str),
     k: &[u8],
     expected: Option<u64>,
@@ -649,8 +736,8 @@ fn cas_write(
     Ok(new)
 }
 
-/// The stored pin of `account` (signed list bytes), read inside `tx`.
-fn stored_pin(c: &Crypt, tx: &Transaction<'_>, account: &AccountId) -> Result<Option<Vec<u8>>, StoreError> {
+/// The stored pin of `account` (signed list bytes), read inside the open transaction.
+fn stored_pin(c: &Crypt, tx: &Connection, account: &AccountId) -> Result<Option<Vec<u8>>, StoreError> {
     let k = c.tag("device_lists", account.as_bytes());
     let v: Option<Vec<u8>> = tx
         .prepare_cached("SELECT v FROM device_lists WHERE k = ?")
@@ -666,8 +753,8 @@ fn stored_pin(c: &Crypt, tx: &Transaction<'_>, account: &AccountId) -> Result<Op
     Ok(Some(plain[32..].to_vec()))
 }
 
-/// Writes `changes` inside `tx`; any error leaves the transaction to be rolled back.
-fn write_changes(tx: &Transaction<'_>, c: &Crypt, changes: &Changes) -> Result<Committed, StoreError> {
+/// Writes `changes` inside the open transaction; on an error the caller rolls back.
+fn write_changes(tx: &Connection, c: &Crypt, changes: &Changes) -> Result<Committed, StoreError> {
     let mut committed = Committed::default();
     if let Some(w) = &changes.account {
         let v = c.seal("account", ACCOUNT_TAG, &encode_account(&w.value))?;
@@ -902,13 +989,83 @@ mod tests {
         assert_eq!(journal, "wal");
         assert_eq!(synchronous, 2, "synchronous=FULL: a commit is on disk when it returns");
         assert_eq!((secure_delete, reader_secure), (1, 1), "freed bytes are zeroed");
-        // A deferred commit runs at NORMAL; `sync` and a durable commit at FULL again.
-        store.commit_deferred(Changes::default()).await.unwrap();
-        assert_eq!(pragmas(&store.writer).await.1, 1);
-        store.sync().await.unwrap();
+        // Deferred commits do not lower it (they are batched instead).
+        for _ in 0..3 {
+            store.commit_deferred(Changes::default()).await.unwrap();
+            store.sync().await.unwrap();
+        }
         assert_eq!(pragmas(&store.writer).await.1, 2);
         store.close().await;
         assert!(matches!(store.load_account().await, Err(StoreError::Database(_))));
+    }
+
+    fn text(n: u8) -> StoredMessage {
+        StoredMessage {
+            id: crate::ids::MessageId([n; 16]),
+            conversation: AccountId([1; 32]),
+            sender: (AccountId([1; 32]), sotto_crypto::DeviceId(1)),
+            timestamp_ms: u64::from(n),
+            text: format!("text {n}"),
+            status: super::super::MessageStatus::Received,
+            order: 0,
+        }
+    }
+
+    async fn count(s: &SqliteStore) -> usize {
+        s.messages(AccountId([1; 32]), Page::default()).await.unwrap().len()
+    }
+
+    /// Deferred commits are visible to this store at once, and to another connection (a
+    /// second process) once synced, or once the writer was idle for a moment.
+    #[tokio::test]
+    async fn deferred_commits_are_batched_and_committed_by_sync_or_when_idle() {
+        let dir = TempDir::new("sqlite-batch");
+        let path = dir.0.join("store.db");
+        let key = StoreKey::new([5; 32]);
+        let a = SqliteStore::open(&path, &key).await.unwrap();
+        let b = SqliteStore::open(&path, &key).await.unwrap();
+        for n in 1..=3 {
+            a.commit_deferred(Changes {
+                messages: vec![text(n)],
+                ..Changes::default()
+            })
+            .await
+            .unwrap();
+        }
+        assert!(a.batch_open.load(Ordering::Acquire));
+        assert_eq!(count(&a).await, 3, "this store reads its open batch");
+        assert_eq!(count(&b).await, 0, "another connection does not see it yet");
+        a.sync().await.unwrap();
+        assert!(!a.batch_open.load(Ordering::Acquire));
+        assert_eq!(count(&b).await, 3);
+        // A failed deferred commit undoes only its own writes.
+        let failed = a
+            .commit_deferred(Changes {
+                messages: vec![text(4)],
+                prekeys_removed: vec![(2, 99)],
+                ..Changes::default()
+            })
+            .await;
+        assert!(matches!(failed, Err(StoreError::Conflict)));
+        a.commit_deferred(Changes {
+            messages: vec![text(5)],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+        // Left alone, the batch is committed after `BATCH_IDLE`: the other process can write.
+        tokio::time::sleep(BATCH_IDLE * 5).await;
+        assert!(!a.batch_open.load(Ordering::Acquire));
+        assert_eq!(count(&b).await, 4);
+        b.commit(Changes {
+            messages: vec![text(6)],
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(count(&a).await, 5);
+        a.close().await;
+        b.close().await;
     }
 
     /// A database written by the sqlx-based store before (same schema, same sealing)
