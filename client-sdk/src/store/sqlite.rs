@@ -297,6 +297,9 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     // Deleted and overwritten records are zeroed in the file, not left in free space (a
     // replaced account record, deleted prekeys and skipped keys).
     conn.pragma_update(None, "secure_delete", "ON").map_err(db)?;
+    // Savepoint journals (a deferred commit's undo) and temporary tables stay in memory:
+    // never spilled to a file in the system's temporary directory.
+    conn.pragma_update(None, "temp_store", "MEMORY").map_err(db)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
