@@ -13,9 +13,10 @@
 //! of its own (so each is still all or nothing, and a conflict undoes only its own
 //! writes); the next durable commit or `sync` commits the batch with one fsync. The
 //! writer also commits it after [`BATCH_IDLE`] without work, after [`BATCH_AGE`] or
-//! after [`BATCH_COMMITS`] deferred commits, so another process on the store waits for
-//! the write lock at most that long. While a batch is open, reads go to the writer,
-//! which sees it. A batch the database refused (an I/O error) is reported by the next
+//! after [`BATCH_COMMITS`] deferred commits. An open batch holds the write lock: while
+//! this process catches up (batches back to back) another process's write waits, and
+//! after the busy timeout (5 s) fails with [`StoreError::Conflict`] for its caller to
+//! retry. While a batch is open, reads go to the writer, which sees it. A batch the database refused (an I/O error) is reported by the next
 //! `sync`, so the envelopes in it are not acked.
 
 use std::path::Path;
