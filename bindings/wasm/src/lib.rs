@@ -936,6 +936,22 @@ extern "C" {
 
     #[wasm_bindgen(method, js_name = addEventListener)]
     fn add_event_listener(this: &AbortSignal, kind: &str, listener: &Function, options: &JsValue);
+
+    #[wasm_bindgen(method, js_name = removeEventListener)]
+    fn remove_event_listener(this: &AbortSignal, kind: &str, listener: &Function);
+}
+
+/// An "abort" listener, removed when dropped (a long-lived signal passed to many calls
+/// keeps no listener of a call that ended).
+struct Listening {
+    signal: AbortSignal,
+    listener: Function,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.signal.remove_event_listener("abort", &self.listener);
+    }
 }
 
 /// Resolves once `signal` aborts (never, without one).
@@ -948,7 +964,15 @@ async fn aborted(signal: Option<&AbortSignal>) {
     }
     let once = Object::new();
     set(&once, "once", &true.into());
-    let p = js_sys::Promise::new(&mut |resolve, _| signal.add_event_listener("abort", &resolve, &once));
+    let mut listener = None;
+    let p = js_sys::Promise::new(&mut |resolve, _| {
+        signal.add_event_listener("abort", &resolve, &once);
+        listener = Some(resolve);
+    });
+    let _listening = listener.map(|listener| Listening {
+        signal: signal.unchecked_ref::<JsValue>().clone().unchecked_into(),
+        listener,
+    });
     let _ = wasm_bindgen_futures::JsFuture::from(p).await;
 }
 
