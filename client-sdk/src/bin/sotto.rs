@@ -101,7 +101,7 @@ enum Command {
     },
     /// Send a text and wait until the relay stored it.
     Send {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
         /// The text.
         #[arg(required = true)]
@@ -112,12 +112,12 @@ enum Command {
     /// Chat with a contact: incoming messages are printed as they arrive; each line
     /// typed is sent.
     Chat {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
     },
     /// Print a conversation.
     Messages {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
         /// Start each line with the message's id (the first 8 digits), for `reply`,
         /// `edit`, `delete` and `react`.
@@ -126,7 +126,7 @@ enum Command {
     },
     /// Reply to a message, quoting its start.
     Reply {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
         /// The message: 1 for the newest, 2 for the one before..., or the start of its id.
         message: String,
@@ -136,7 +136,7 @@ enum Command {
     },
     /// Edit a message this account wrote.
     Edit {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
         /// The message: 1 for the newest, 2 for the one before..., or the start of its id.
         message: String,
@@ -146,14 +146,14 @@ enum Command {
     },
     /// Delete a message this account wrote, for everyone.
     Delete {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
         /// The message: 1 for the newest, 2 for the one before..., or the start of its id.
         message: String,
     },
     /// React to a message (no emoji: remove this account's reaction).
     React {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
         /// The message: 1 for the newest, 2 for the one before..., or the start of its id.
         message: String,
@@ -162,24 +162,24 @@ enum Command {
     },
     /// Set the disappearing-message timer of a conversation (0 turns it off).
     Timer {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
         /// Seconds.
         seconds: u32,
     },
     /// Block a contact: their messages are dropped and nothing is sent to them.
     Block {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
     },
     /// Unblock a contact.
     Unblock {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
     },
     /// Set the name shown for a contact instead of its id (no name: clear it).
     Nickname {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
         /// The name.
         name: Option<String>,
@@ -198,12 +198,12 @@ enum Command {
     },
     /// Accept a contact's changed safety number (after comparing it): sending resumes.
     Acknowledge {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
     },
     /// Show the safety number with a contact; compare it in person.
     Safety {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
     },
     /// List this account's contacts.
@@ -402,6 +402,16 @@ async fn open_client(dir: &Path) -> Result<(Client<SqliteStore>, EventStream), S
 async fn resolve(client: &Client<SqliteStore>, contact: &str) -> Result<AccountId, String> {
     if let Ok(id) = sotto_sdk::parse_contact(contact) {
         return Ok(id);
+    }
+    // A nickname (or profile name), exactly as shown.
+    let named: Vec<AccountId> = names(client)
+        .await
+        .into_iter()
+        .filter(|(_, n)| n == contact.trim())
+        .map(|(a, _)| a)
+        .collect();
+    if let [one] = named.as_slice() {
+        return Ok(*one);
     }
     let prefix = contact.trim().to_ascii_lowercase();
     let matches: Vec<AccountId> = client
