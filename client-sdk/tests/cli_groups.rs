@@ -6,6 +6,10 @@
 //! the group. `group list` shows the members, the admin and whether the group is active.
 //! Alice renames the group and removes Carol: Carol learns it and reads nothing sent
 //! afterwards. Bob leaves. Errors are messages on stderr and a failure status.
+//!
+//! The chat commands, the same way: nicknames shown instead of ids, a reaction, an edit, a
+//! reply with its quote, a timer, a delete for everyone, ticks (✓ sent, ✓✓ delivered,
+//! ✓✓ read), chat-mode `/` commands, block and unblock, and a message request declined.
 #![cfg(feature = "native")]
 
 mod common;
@@ -248,7 +252,16 @@ fn groups_from_the_command_line() {
 
     // Everyone's history, oldest first.
     let history = sotto.ok("alice", &["group", "messages", "team"]);
-    let texts: Vec<&str> = history.lines().map(|l| l.split_once(": ").unwrap().1).collect();
+    let texts: Vec<&str> = history
+        .lines()
+        .map(|l| {
+            let text = l.split_once(": ").unwrap().1;
+            [" ✓✓ read", " ✓✓", " ✓"]
+                .iter()
+                .find_map(|t| text.strip_suffix(t))
+                .unwrap_or(text)
+        })
+        .collect();
     assert_eq!(texts, ["hello team", "hi from carol", "from bob's chat"], "{history}");
     assert!(history.starts_with("[#team] me: hello team"), "{history}");
 
@@ -314,6 +327,146 @@ fn groups_from_the_command_line() {
     );
     let not_member = sotto.fails("alice", &["group", "remove", "crew", &id["bob"]]);
     assert!(not_member.contains("is not a member"), "{not_member}");
+
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn chat_commands_from_the_command_line() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sotto"));
+    let relay_bin = relay_binary(bin.parent().unwrap());
+    let work = std::env::temp_dir().join(format!("sotto-cli-chat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let relay = Relay::start(&relay_bin, &work);
+    let sotto = Sotto {
+        bin,
+        home: work.join("profiles"),
+        relay_log: relay.log.clone(),
+    };
+    let mut link = std::collections::HashMap::new();
+    let mut id = std::collections::HashMap::new();
+    for who in ["alice", "bob", "carol"] {
+        sotto.ok(who, &["init", "--relay", &relay.url]);
+        let l = sotto.ok(who, &["whoami", "--link"]).trim().to_owned();
+        id.insert(who, l["sotto:".len()..l.find('.').unwrap()].to_owned());
+        link.insert(who, l);
+    }
+    sotto.ok("alice", &["add", &link["bob"]]);
+    sotto.ok("bob", &["add", &link["alice"]]);
+
+    // Names instead of ids.
+    assert!(
+        sotto
+            .ok("bob", &["nickname", &id["alice"], "Alice"])
+            .contains("shown as \"Alice\"")
+    );
+    assert!(
+        sotto
+            .ok("alice", &["nickname", &id["bob"], "Bob"])
+            .contains("shown as \"Bob\"")
+    );
+    assert!(sotto.ok("alice", &["send", "Bob", "hello"]).contains("sent"));
+    sotto.receive_until("bob", "[Alice] Alice: hello");
+
+    // A reaction (1: the newest message), and the ticks on Alice's side.
+    assert!(sotto.ok("bob", &["react", "Alice", "1", "👍"]).contains("reacted 👍"));
+    sotto.receive_until("alice", "(Bob reacted 👍 to \"hello\")");
+    let mine = sotto.ok("alice", &["messages", "Bob"]);
+    assert!(mine.contains("[Bob] me: hello [👍 Bob] ✓"), "{mine}");
+
+    // An edit, then a reply quoting it.
+    assert!(
+        sotto
+            .ok("alice", &["edit", "Bob", "1", "hello again"])
+            .contains("edited")
+    );
+    sotto.receive_until("bob", "[Alice] Alice: hello again (edited)");
+    assert!(
+        sotto
+            .ok("bob", &["reply", "Alice", "1", "welcome", "back"])
+            .contains("sent")
+    );
+    sotto.receive_until("alice", "[Bob] Bob: (re me: \"hello again\") welcome back");
+
+    // A timer, then a delete for everyone by id.
+    assert!(
+        sotto
+            .ok("alice", &["timer", "Bob", "3600"])
+            .contains("disappearing messages: 1h")
+    );
+    sotto.receive_until("bob", "Alice: (set disappearing messages to 1h)");
+    let with_ids = sotto.ok("alice", &["messages", "Bob", "--ids"]);
+    let hello = with_ids
+        .lines()
+        .find(|l| l.contains("me: hello again"))
+        .unwrap_or_else(|| panic!("{with_ids}"));
+    let hello_id = hello.split(' ').next().unwrap().to_owned();
+    assert!(
+        sotto
+            .ok("alice", &["delete", "Bob", &hello_id])
+            .contains("deleted for everyone")
+    );
+    sotto.receive_until("bob", "(Alice deleted a message)");
+    assert!(sotto.ok("bob", &["messages", "Alice"]).contains("Alice: (deleted)"));
+    assert!(
+        sotto
+            .ok("alice", &["timer", "Bob", "0"])
+            .contains("disappearing messages: off")
+    );
+
+    // Chat mode: history with names, `/` commands, and read ticks going back.
+    let chat = sotto.run_with(
+        "bob",
+        &["chat", "Alice"],
+        "/react 1 ❤\n/nick Alice L.\nfrom the chat\n/help\n",
+        &[("SOTTO_CHAT_EXIT_ON_EOF", "1")],
+    );
+    assert!(chat.ok, "chat failed: {}\n{}", chat.stdout, chat.stderr);
+    assert!(chat.stdout.contains("-- chatting with Alice;"), "{}", chat.stdout);
+    assert!(chat.stdout.contains("(reacted ❤)"), "{}", chat.stdout);
+    assert!(chat.stdout.contains("(nickname Alice L.)"), "{}", chat.stdout);
+    assert!(chat.stdout.contains("commands: /reply"), "{}", chat.stdout);
+    sotto.receive_until("alice", "[Bob] Bob: from the chat");
+    // Bob's chat marked Alice's messages read: the receipt reaches her.
+    let mut read = String::new();
+    for _ in 0..RECEIVE_ATTEMPTS {
+        sotto.ok("alice", &["receive"]);
+        read = sotto.ok("alice", &["messages", "Bob"]);
+        if read.contains("✓✓ read") {
+            break;
+        }
+    }
+    assert!(read.contains("✓✓ read"), "{read}");
+
+    // Block: sending is refused until unblocked.
+    assert!(sotto.ok("alice", &["block", "Bob"]).contains("blocked Bob"));
+    assert!(sotto.fails("alice", &["send", "Bob", "blocked?"]).contains("blocked"));
+    assert!(sotto.ok("alice", &["unblock", "Bob"]).contains("unblocked Bob"));
+
+    // A message request (Carol added Alice by id, without her access key), declined.
+    sotto.ok("carol", &["send", &id["alice"], "may I?"]);
+    let mut requests = String::new();
+    for _ in 0..RECEIVE_ATTEMPTS {
+        sotto.ok("alice", &["receive"]);
+        requests = sotto.ok("alice", &["requests"]);
+        if requests.contains(&id["carol"]) {
+            break;
+        }
+    }
+    assert!(
+        requests.contains(&format!("request {} \"may I?\"", id["carol"])),
+        "{requests}"
+    );
+    assert!(sotto.ok("alice", &["decline", &id["carol"]]).contains("declined"));
+    assert!(!sotto.ok("alice", &["requests"]).contains(&id["carol"]));
+    // An unknown message reference is an error.
+    assert!(
+        sotto
+            .fails("alice", &["edit", "Bob", "zzzz", "x"])
+            .contains("names no message")
+    );
 
     drop(relay);
     let _ = std::fs::remove_dir_all(&work);

@@ -2,13 +2,16 @@
 // group, through a relay. No framework, no bundler: the page loads the `--target web` package that
 // scripts/wasm.sh generates into bindings/generated/wasm/web, so serve the repository
 // root (scripts/web-demo.sh does) and open /bindings/wasm/demo/?relay=http://127.0.0.1:PORT.
-import init, { SottoClient, version } from '../../generated/wasm/web/sotto_wasm.js';
+import init, { SottoClient, applyDiffs, version } from '../../generated/wasm/web/sotto_wasm.js';
 
 const params = new URLSearchParams(location.search);
 const RELAY = params.get('relay') || 'http://127.0.0.1:8080';
 // One account per relay (a profile remembers its relay), or as named with ?db=.
 const DB = params.get('db') || `sotto-demo ${RELAY}`;
-const KEY_ITEM = `${DB} store key`;
+// The store key is kept in IndexedDB encrypted (AES-GCM) under a WebCrypto key generated
+// non-extractable: script can use that key but never read it, and the store key is never
+// in plain page storage.
+const KEYS_DB = 'sotto-demo-keys';
 // The open conversation: a contact's account id, or `group:` and a group id.
 const CONTACT_ITEM = `${DB} contact`;
 
@@ -29,9 +32,59 @@ function failed(what, e) {
   console.error(what, e);
 }
 
-const toHex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
-const fromHex = (hex) => new Uint8Array(hex.match(/../g).map((h) => parseInt(h, 16)));
 const short = (id) => id.slice(0, 8);
+// Names (nicknames, profile names, group titles) by conversation, from the live
+// conversation list; a short id where none is known.
+const names = new Map();
+const nameOf = (id) => names.get(id) || short(id);
+let listSub = null;
+let timelineSub = null;
+let items = [];
+// The message a reply goes to, and the message being edited (keys).
+let replyTo = null;
+let editing = null;
+
+function idbRequest(req) {
+  return new Promise((resolve, reject) => {
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+async function keysDb() {
+  const open = indexedDB.open(KEYS_DB, 1);
+  open.onupgradeneeded = () => open.result.createObjectStore('keys');
+  return idbRequest(open);
+}
+
+async function keyRecord(op, value) {
+  const db = await keysDb();
+  try {
+    const tx = db.transaction('keys', op === 'get' ? 'readonly' : 'readwrite');
+    const store = tx.objectStore('keys');
+    const req = op === 'get' ? store.get(DB) : op === 'put' ? store.put(value, DB) : store.delete(DB);
+    const result = await idbRequest(req);
+    await new Promise((resolve) => { tx.oncomplete = resolve; tx.onabort = resolve; });
+    return result;
+  } finally {
+    db.close();
+  }
+}
+
+/** Wraps the store key under a fresh non-extractable AES-GCM key; both go to IndexedDB. */
+async function saveStoreKey(key) {
+  const wrapKey = await crypto.subtle.generateKey({ name: 'AES-GCM', length: 256 }, false, ['encrypt', 'decrypt']);
+  const iv = crypto.getRandomValues(new Uint8Array(12));
+  const wrapped = new Uint8Array(await crypto.subtle.encrypt({ name: 'AES-GCM', iv }, wrapKey, key));
+  await keyRecord('put', { wrapKey, iv, wrapped });
+}
+
+/** The store key, unwrapped; null when this browser holds none. */
+async function loadStoreKey() {
+  const rec = await keyRecord('get');
+  if (!rec) return null;
+  return new Uint8Array(await crypto.subtle.decrypt({ name: 'AES-GCM', iv: rec.iv }, rec.wrapKey, rec.wrapped));
+}
 
 function deleteDatabase(name) {
   return new Promise((resolve) => {
@@ -49,7 +102,7 @@ async function createAccount() {
   try {
     await deleteDatabase(DB);
     const c = await SottoClient.createAccount(DB, key, RELAY);
-    localStorage.setItem(KEY_ITEM, toHex(key));
+    await saveStoreKey(key);
     key.fill(0);
     await ready(c);
     status('Account created. Share your contact link, or paste one.');
@@ -61,9 +114,8 @@ async function createAccount() {
   }
 }
 
-async function openAccount(hex) {
+async function openAccount(key) {
   status('Opening the account…');
-  const key = fromHex(hex);
   try {
     await ready(await SottoClient.open(DB, key));
     status('');
@@ -85,6 +137,7 @@ async function ready(c) {
   $('groups').hidden = false;
   $('reset').hidden = false;
   pump(c);
+  watchList(c);
   await renderGroups();
   const saved = localStorage.getItem(CONTACT_ITEM);
   if (saved?.startsWith('group:')) {
@@ -102,7 +155,7 @@ async function reset() {
     client = null;
   }
   await deleteDatabase(DB);
-  localStorage.removeItem(KEY_ITEM);
+  await keyRecord('delete');
   localStorage.removeItem(CONTACT_ITEM);
   location.reload();
 }
@@ -124,13 +177,12 @@ function openChat(group) {
 async function select(id) {
   current = { group: false, id };
   localStorage.setItem(CONTACT_ITEM, id);
-  $('contact').textContent = id;
+  $('contact').textContent = nameOf(id);
+  $('contact').title = id;
   openChat(false);
   try {
     $('safety-number').textContent = await client.safetyNumber(id);
-    for (const m of await client.messages(id, 100)) {
-      show(m);
-    }
+    watchTimeline(id);
   } catch (e) {
     failed('Could not load the conversation', e);
   }
@@ -199,9 +251,7 @@ async function selectGroup(id) {
   openChat(true);
   try {
     await renderGroupInfo();
-    for (const m of await client.groupMessages(id, 100)) {
-      show(m);
-    }
+    watchTimeline(id);
   } catch (e) {
     failed('Could not load the group', e);
   }
@@ -263,45 +313,177 @@ async function send(event) {
   const text = input.value;
   if (!current || !text.trim()) return;
   try {
-    const m = current.group ? await client.sendGroupText(current.id, text) : await client.sendText(current.id, text);
+    if (editing) await client.edit(editing, text);
+    else if (replyTo) await client.reply(replyTo, text);
+    else await client.sendMessage(current.id, text);
     input.value = '';
-    show(m);
+    replyTo = editing = null;
+    $('composing').textContent = '';
   } catch (e) {
     failed('Could not send', e);
   }
 }
 
-/** Appends a message (or updates the one with its id). Text goes in as text, never HTML. */
-function show(m) {
-  const mine = m.senderAccount === client.accountId;
-  let li = document.querySelector(`li[data-id="${m.id}"]`);
-  if (!li) {
-    li = document.createElement('li');
-    li.dataset.id = m.id;
-    li.dataset.testid = 'message';
-    li.dataset.direction = mine ? 'out' : 'in';
-    const text = document.createElement('span');
-    text.className = 'text';
-    text.textContent = m.text;
-    const meta = document.createElement('span');
-    meta.className = 'meta';
-    li.append(text, meta);
-    $('conversation').append(li);
-  }
-  li.dataset.status = m.status;
-  const when = new Date(m.timestampMs).toLocaleTimeString();
-  li.querySelector('.meta').textContent = `${mine ? 'me' : short(m.senderAccount)} · ${when} · ${m.status}`;
-  li.scrollIntoView({ block: 'nearest' });
+/** Subscribes to the open conversation's timeline: a reset, then diffs, rendered. */
+function watchTimeline(id) {
+  timelineSub?.cancel();
+  timelineSub?.free();
+  items = [];
+  timelineSub = client.timeline(id, 200).subscribe((batch) => {
+    applyDiffs(items, batch);
+    render();
+    // What is on screen is read: read receipts go back, disappearing timers start.
+    if (document.visibilityState !== 'hidden' && items.some((i) => !i.sendState && i.message.kind === 'text')) {
+      client.markRead(id).catch(() => {});
+    }
+  });
 }
 
-function setStatusOf(id, value) {
-  const li = document.querySelector(`li[data-id="${id}"]`);
-  if (li) {
-    li.dataset.status = value;
-    const meta = li.querySelector('.meta');
-    meta.textContent = meta.textContent.replace(/[^·]*$/, ` ${value}`);
+const TICKS = { queued: '🕓', sent: '✓', delivered: '✓✓', read: '✓✓ read', failed: '⚠ not sent', sentElsewhere: '' };
+
+function button(label, testid, onclick) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.className = 'small';
+  b.textContent = label;
+  b.dataset.testid = testid;
+  b.addEventListener('click', onclick);
+  return b;
+}
+
+/** Renders the timeline. Text goes in as text, never HTML. */
+function render() {
+  const ol = $('conversation');
+  ol.replaceChildren(
+    ...items.map((item) => {
+      const m = item.message;
+      const mine = item.sendState !== undefined;
+      const li = document.createElement('li');
+      li.dataset.id = m.id;
+      li.dataset.key = item.key;
+      li.dataset.testid = 'message';
+      li.dataset.direction = mine ? 'out' : 'in';
+      li.dataset.status = item.sendState ?? 'received';
+      if (m.kind !== 'text') {
+        li.className = 'notice';
+        li.textContent =
+          m.kind === 'timer'
+            ? `${mine ? 'You' : nameOf(m.senderAccount)} ${m.timerS ? `set disappearing messages to ${m.timerS} s` : 'turned disappearing messages off'}`
+            : m.kind === 'identityChanged'
+              ? 'The safety number changed: compare it, then acknowledge.'
+              : 'A message this version cannot show.';
+        li.dataset.kind = m.kind;
+        return li;
+      }
+      if (m.quote) {
+        const q = document.createElement('blockquote');
+        q.dataset.testid = 'quote';
+        q.textContent = `${m.quote.author === client.accountId ? 'me' : nameOf(m.quote.author)}: ${m.quote.snippet}`;
+        li.append(q);
+      }
+      const text = document.createElement('span');
+      text.className = 'text';
+      text.textContent = m.deleted ? 'This message was deleted.' : m.text;
+      if (m.deleted) li.dataset.deleted = 'true';
+      li.append(text);
+      if (m.editedAtMs > 0) {
+        li.dataset.edited = 'true';
+        const ed = document.createElement('span');
+        ed.className = 'edited';
+        ed.textContent = ' (edited)';
+        li.append(ed);
+      }
+      const meta = document.createElement('span');
+      meta.className = 'meta';
+      const when = new Date(m.timestampMs).toLocaleTimeString();
+      const who = mine ? 'me' : nameOf(m.senderAccount);
+      meta.textContent = `${who} · ${when}${m.expireS ? ` · ⏱ ${m.expireS} s` : ''}`;
+      const ticks = document.createElement('span');
+      ticks.className = `ticks ${item.sendState ?? ''}`;
+      ticks.dataset.testid = 'ticks';
+      ticks.textContent = mine ? ` ${TICKS[item.sendState] ?? item.sendState}` : '';
+      meta.append(ticks);
+      li.append(meta);
+      if (m.reactions.length) {
+        const r = document.createElement('span');
+        r.className = 'reactions';
+        r.dataset.testid = 'reactions';
+        r.textContent = m.reactions.map((x) => `${x.emoji} ${x.by === client.accountId ? 'me' : nameOf(x.by)}`).join('  ');
+        li.append(r);
+      }
+      if (!m.deleted) {
+        const actions = document.createElement('span');
+        actions.className = 'actions';
+        const myReaction = m.reactions.find((x) => x.by === client.accountId)?.emoji;
+        actions.append(
+          button(myReaction === '👍' ? 'un-👍' : '👍', 'react', () => client.react(item.key, myReaction === '👍' ? '' : '👍').catch((e) => failed('Could not react', e))),
+          button('Reply', 'reply', () => {
+            replyTo = item.key;
+            editing = null;
+            $('composing').textContent = `Replying to: ${m.text.slice(0, 40)}`;
+            $('message-input').focus();
+          }),
+        );
+        if (mine) {
+          actions.append(
+            button('Edit', 'edit', () => {
+              editing = item.key;
+              replyTo = null;
+              $('message-input').value = m.text;
+              $('composing').textContent = 'Editing';
+            }),
+            button('Delete', 'delete', () => client.deleteForEveryone(item.key).catch((e) => failed('Could not delete', e))),
+          );
+        }
+        li.append(actions);
+      }
+      return li;
+    }),
+  );
+  ol.lastElementChild?.scrollIntoView({ block: 'nearest' });
+}
+
+/** Keeps the names, the typing line and the timer control from the live conversation list. */
+function watchList(c) {
+  let list = [];
+  listSub = c.conversationList().subscribe((batch) => {
+    applyDiffs(list, batch);
+    names.clear();
+    for (const s of list) if (s.name) names.set(s.conversation, s.name);
+    const here = current && list.find((s) => s.conversation === current.id);
+    if (here) {
+      if (!current.group) $('contact').textContent = nameOf(current.id);
+      $('timer').value = String(here.expireS);
+      // Typing shows as soon as the SDK reports it (ConversationSummary.typing).
+      $('typing').textContent = here.typing.length ? `${here.typing.map(nameOf).join(', ')} typing…` : '';
+      document.body.dataset.timer = String(here.expireS);
+    }
+    if (items.length) render();
+  });
+}
+
+async function setTimer() {
+  if (!current) return;
+  try {
+    await client.setTimer(current.id, Number($('timer').value));
+  } catch (e) {
+    failed('Could not set the timer', e);
   }
 }
+
+async function setNickname(event) {
+  event.preventDefault();
+  if (!current || current.group) return;
+  try {
+    await client.setNickname(current.id, $('nickname-input').value || null);
+    $('nickname-input').value = '';
+  } catch (e) {
+    failed('Could not set the nickname', e);
+  }
+}
+
+// Typing: once the SDK has `Client::set_typing` (a `setTyping(conversation, typing)`
+// method here), call it from the message input's `input` event, and with false on send.
 
 /** Reads the client's events until it shuts down. */
 async function pump(c) {
@@ -321,7 +503,7 @@ async function pump(c) {
         if (!current) {
           await (group ? selectGroup(m.group) : select(m.conversation));
         } else if (current.group === group && current.id === m.conversation) {
-          show(m);
+          // The timeline subscription shows it.
         } else if (group) {
           const g = await c.group(m.group);
           status(`New message in the group "${g?.title ?? short(m.group)}" (another conversation).`);
@@ -332,18 +514,14 @@ async function pump(c) {
         m.free();
         break;
       }
-      case 'messageSent':
-        setStatusOf(e.messageId, 'sent');
-        break;
-      case 'delivered':
-        for (const id of e.messageIds ?? []) setStatusOf(id, 'delivered');
+      case 'identityChanged':
+        status(`The safety number with ${nameOf(e.account)} changed: compare it before you go on.`, true);
         break;
       case 'connected':
         $('connection').textContent = 'connected';
         $('connection').classList.add('online');
         break;
       case 'sendFailed':
-        setStatusOf(e.messageId, 'failed');
         status(`A message was not sent: ${e.detail}`, true);
         break;
       case 'undecryptable':
@@ -381,6 +559,8 @@ async function main() {
   $('group-form').addEventListener('submit', createGroup);
   $('leave-group').addEventListener('click', leaveGroup);
   $('reset').addEventListener('click', reset);
+  $('timer').addEventListener('change', setTimer);
+  $('nickname-form').addEventListener('submit', setNickname);
   $('copy-link').addEventListener('click', () => navigator.clipboard?.writeText(client.contactLink));
   try {
     await init();
@@ -389,9 +569,9 @@ async function main() {
     return;
   }
   $('version').textContent = `sotto-wasm ${version()}`;
-  const hex = localStorage.getItem(KEY_ITEM);
-  if (hex) {
-    await openAccount(hex);
+  const key = await loadStoreKey().catch(() => null);
+  if (key) {
+    await openAccount(key);
   } else {
     $('welcome').hidden = false;
     document.body.dataset.state = 'welcome';

@@ -15,40 +15,170 @@
 #![cfg(target_arch = "wasm32")]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 
-use js_sys::Reflect;
+use js_sys::{Array, Function, Object, Reflect};
 use sotto_crypto::AccountId;
 use sotto_sdk::group::GroupError;
 use sotto_sdk::store::{IdbStore, StoreKey};
 use sotto_sdk::{
-    Client, ClientError, ClientOptions, ConnectionState, Event as SdkEvent, EventStream, GroupId, GroupInfo,
-    MachineError, MessageStatus, Page, Role, StoredMessage,
+    Client, ClientError, ClientOptions, ConnectionState, Conversation, ConversationSummary, Event as SdkEvent,
+    EventStream, GroupId, GroupInfo, ListDiff, MachineError, MessageId, MessageKey, MessageKind, MessageStatus, Page,
+    Role, SendState, StoredMessage, TimelineItem,
 };
 use tokio::sync::{Mutex, watch};
+use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use zeroize::Zeroizing;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_ERROR: &'static str = r#"
 /**
- * What every call rejects with (or throws): an `Error` named "SottoError".
- * `code` is stable: "wrong_store_key", "store_conflict", "store", "machine", "transport",
- * "device_list", "account_exists", "no_account", "bad_contact", "unknown_contact",
- * "bad_link_code", "link", "no_account_key", "no_list_key", "needs_recovery_key",
- * "bad_recovery_key", "unknown_link_request", "link_timeout", "bad_group_id",
- * "unknown_group" (no such group, or this account left it or was removed),
- * "not_group_admin", "group" (a group change refused, e.g. too many members),
- * "sender_key" (a group message could not be encrypted),
- * "invalid_argument", "closed".
- * `retryable` says whether the same call may succeed later. (Device linking is not exposed
- * to the web build yet; `exportRecoveryKey` is.)
+ * Every code a `SottoError` carries. Stable: new codes may be added, none is renamed.
+ *
+ * - "wrong_store_key": the store does not open with this key; "store": the store failed;
+ *   "store_conflict": another writer got there first (retryable);
+ *   "device_in_use": another client runs this device on this store (retryable once it stopped);
+ * - "transport": the relay could not be reached or refused (see `retryable`);
+ *   "device_list": a device list did not verify; "machine": the protocol refused;
+ * - "account_exists", "no_account", "no_account_key" (the recovery key was exported already),
+ *   "no_list_key", "needs_recovery_key", "bad_recovery_key", "bad_link_code", "link",
+ *   "unknown_link_request", "link_timeout", "entropy";
+ * - "bad_contact": not an account id or contact link; "unknown_contact": not a conversation;
+ * - "bad_group_id": not a group id (64 hex digits); "unknown_group": no such group, or this
+ *   account left it or was removed; "not_group_admin"; "group": a group change refused
+ *   (e.g. too many members); "sender_key": a group message could not be encrypted;
+ * - "blocked": the contact is blocked; "identity_unacknowledged": the contact's safety
+ *   number changed: `acknowledgeIdentity` before sending; "too_long": a text or emoji above
+ *   its bound; "timer_too_long": a timer above one year (366 days);
+ * - "unknown_message": no such message (or not one that can be edited);
+ *   "not_author": only its author edits or deletes a message;
+ *   "not_queued": the message cannot be cancelled (already sent) or retried (not failed);
+ * - "invalid_argument": an argument the binding refused (a malformed key, a negative number);
+ *   "aborted": the `AbortSignal` passed in was aborted; "closed": the client is shut down.
+ */
+export type SottoErrorCode =
+  | "wrong_store_key" | "store_conflict" | "store" | "device_in_use" | "machine" | "transport"
+  | "device_list" | "account_exists" | "no_account" | "bad_contact" | "unknown_contact"
+  | "bad_link_code" | "link" | "no_account_key" | "no_list_key" | "needs_recovery_key"
+  | "bad_recovery_key" | "unknown_link_request" | "link_timeout" | "entropy"
+  | "bad_group_id" | "unknown_group" | "not_group_admin" | "group" | "sender_key"
+  | "blocked" | "identity_unacknowledged" | "too_long" | "timer_too_long"
+  | "unknown_message" | "not_author" | "not_queued"
+  | "invalid_argument" | "aborted" | "closed";
+
+/**
+ * What every call rejects with (or throws): an `Error` named "SottoError" with a stable
+ * `code` (see `SottoErrorCode`) and `retryable`, true when the same call may succeed later.
  */
 export interface SottoError extends Error {
   name: "SottoError";
-  code: string;
+  code: SottoErrorCode;
   retryable: boolean;
 }
+
+/**
+ * A conversation: a contact's account id (52 base32 characters) or a group id (64 hex
+ * digits). A `MessageKey` names one message: `<conversation>/<author account>/<id>`,
+ * as `Message.key` gives it (treat it as opaque).
+ */
+export type ConversationId = string;
+export type MessageKey = string;
+
+/** One account's reaction. */
+export interface ReactionInfo {
+  /** The account that reacted. */
+  by: string;
+  /** The emoji. */
+  emoji: string;
+  /** When (the reactor's clock), Unix ms. */
+  atMs: number;
+}
+
+/** The message a reply quotes. */
+export interface QuoteInfo {
+  /** Its key (it may be gone: deleted, expired or never received). */
+  key: MessageKey;
+  /** Its author's account id. */
+  author: string;
+  /** The start of its text. */
+  snippet: string;
+}
+
+/**
+ * A message as the live lists give it: a plain object (nothing to free), the same fields
+ * as the `Message` class.
+ */
+export interface ChatMessage {
+  key: MessageKey;
+  id: string;
+  conversation: ConversationId;
+  group?: string;
+  senderAccount: string;
+  senderDevice: number;
+  timestampMs: number;
+  text: string;
+  status: MessageStatusName;
+  order: number;
+  kind: "text" | "timer" | "identityChanged" | "unsupported" | "unknown";
+  timerS?: number;
+  quote?: QuoteInfo;
+  editedAtMs: number;
+  deleted: boolean;
+  reactions: ReactionInfo[];
+  expireS: number;
+  expiresAtMs: number;
+}
+
+export type MessageStatusName =
+  | "received" | "queued" | "sent" | "delivered" | "read" | "sentElsewhere"
+  | "failed" | "failedRetryable" | "unknown";
+
+/** Where a message this account wrote is: queued → sent → delivered → read, or failed. */
+export type SendStateName = "queued" | "sent" | "delivered" | "read" | "sentElsewhere" | "failed" | "unknown";
+
+/** One item of a timeline. */
+export interface TimelineItem {
+  /** The message's key (the item's identity across diffs). */
+  key: MessageKey;
+  message: ChatMessage;
+  /** For a message this account wrote; undefined for a received one. */
+  sendState?: SendStateName;
+  /** For a failed send: a stable code, and whether `retry(key)` may work. */
+  failure?: { error: string; retryable: boolean };
+}
+
+/** One conversation as the conversation list shows it. */
+export interface ConversationSummary {
+  conversation: ConversationId;
+  /** The group id, for a group. */
+  group?: string;
+  /** The nickname, the contact's profile name, or the group's title; "" when none is known. */
+  name: string;
+  lastMessage?: ChatMessage;
+  /** Messages from others not read yet (at most 999). */
+  unread: number;
+  /** Accounts typing now. */
+  typing: string[];
+  /** A message request: someone this account has not accepted wrote first. */
+  isRequest: boolean;
+  blocked: boolean;
+  /** The disappearing-message timer, seconds (0: off). */
+  expireS: number;
+  /** The contact's safety number changed and was not acknowledged: sends wait. */
+  identityUnacked: boolean;
+}
+
+/**
+ * One change to a live list. The first callback is always one "reset"; apply every later
+ * batch in order to the list you hold (`applyDiffs` does).
+ */
+export type ListDiff<T> =
+  | { kind: "reset"; items: T[] }
+  | { kind: "insert"; index: number; item: T }
+  | { kind: "update"; index: number; item: T }
+  | { kind: "remove"; index: number };
 "#;
 
 /// A `SottoError` (see the TypeScript declaration above).
@@ -120,10 +250,111 @@ pub fn version() -> String {
     env!("CARGO_PKG_VERSION").into()
 }
 
+/// A conversation from its string: a group id (64 hex digits) or a contact (an account
+/// id or a `sotto:` link).
+fn conversation(s: &str) -> Result<Conversation, JsValue> {
+    let t = s.trim();
+    if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(Conversation::Group(group_id(t)?));
+    }
+    Ok(Conversation::Direct(account(t)?))
+}
+
+fn conversation_str(c: &Conversation) -> String {
+    match c {
+        Conversation::Direct(a) => a.to_string(),
+        Conversation::Group(g) => g.to_string(),
+    }
+}
+
+/// A message id from its text form (32 hex digits, dashes anywhere).
+fn message_id(s: &str) -> Option<MessageId> {
+    let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let digits = std::str::from_utf8(pair).ok()?;
+        id[i] = u8::from_str_radix(digits, 16).ok()?;
+    }
+    Some(MessageId(id))
+}
+
+/// The text form of a message key: `<conversation>/<author account>/<id>`.
+fn key_str(conversation: &str, author: &AccountId, id: &MessageId) -> String {
+    format!("{conversation}/{author}/{id}")
+}
+
+/// A message key from its text form (`Message.key`).
+fn message_key(s: &str) -> Result<MessageKey, JsValue> {
+    let bad = || invalid("not a message key (<conversation>/<author>/<id>, as Message.key gives it)");
+    let mut parts = s.split('/');
+    let (Some(c), Some(a), Some(i), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let conversation = conversation(c).map_err(|_| bad())?;
+    let sender = sotto_sdk::parse_contact(a).map_err(|_| bad())?;
+    let id = message_id(i).ok_or_else(bad)?;
+    Ok(MessageKey {
+        conversation: conversation.key(),
+        sender,
+        id,
+    })
+}
+
+fn status_name(s: MessageStatus) -> &'static str {
+    match s {
+        MessageStatus::Received => "received",
+        MessageStatus::Queued => "queued",
+        MessageStatus::Sent => "sent",
+        MessageStatus::Delivered => "delivered",
+        MessageStatus::Read => "read",
+        MessageStatus::SentElsewhere => "sentElsewhere",
+        MessageStatus::Failed { retryable: false } => "failed",
+        MessageStatus::Failed { retryable: true } => "failedRetryable",
+        _ => "unknown",
+    }
+}
+
+/// One account's reaction to a message.
+#[wasm_bindgen(getter_with_clone)]
+#[derive(Clone, Debug)]
+pub struct Reaction {
+    /// The account that reacted.
+    #[wasm_bindgen(readonly)]
+    pub by: String,
+    /// The emoji.
+    #[wasm_bindgen(readonly)]
+    pub emoji: String,
+    /// When (the reactor's clock), Unix milliseconds.
+    #[wasm_bindgen(readonly, js_name = atMs)]
+    pub at_ms: f64,
+}
+
+/// The message a reply quotes.
+#[wasm_bindgen(getter_with_clone)]
+#[derive(Clone, Debug)]
+pub struct Quote {
+    /// Its key (the message may be gone: deleted, expired, or never received here).
+    #[wasm_bindgen(readonly)]
+    pub key: String,
+    /// Its author's account id.
+    #[wasm_bindgen(readonly)]
+    pub author: String,
+    /// The start of its text.
+    #[wasm_bindgen(readonly)]
+    pub snippet: String,
+}
+
 /// One message of a conversation.
 #[wasm_bindgen(getter_with_clone)]
 #[derive(Clone, Debug)]
 pub struct Message {
+    /// Names this message in `reply`, `edit`, `deleteForEveryone`, `react`, `cancel`,
+    /// `retry` and `message`: `<conversation>/<author account>/<id>` (treat it as opaque).
+    #[wasm_bindgen(readonly)]
+    pub key: String,
     /// The message id (hex).
     #[wasm_bindgen(readonly)]
     pub id: String,
@@ -142,16 +373,43 @@ pub struct Message {
     /// The sender's clock, Unix milliseconds.
     #[wasm_bindgen(readonly, js_name = timestampMs)]
     pub timestamp_ms: f64,
-    /// The text.
+    /// The text (empty once deleted).
     #[wasm_bindgen(readonly)]
     pub text: String,
-    /// "received", "queued", "sent", "delivered" or "sentElsewhere" (written on another
-    /// device of this account); "unknown" for a state this version does not know.
+    /// "received", "queued", "sent", "delivered", "read", "sentElsewhere" (written on
+    /// another device of this account), "failed" or "failedRetryable"; "unknown" for a
+    /// state this version does not know.
     #[wasm_bindgen(readonly)]
     pub status: String,
     /// Its place in the store, increasing; pass it as `before` to page back.
     #[wasm_bindgen(readonly)]
     pub order: f64,
+    /// "text", "timer" (someone set the disappearing-message timer: `timerS`),
+    /// "identityChanged" (the contact's safety number changed: a local item),
+    /// "unsupported" (content from a newer version), or "unknown".
+    #[wasm_bindgen(readonly)]
+    pub kind: String,
+    /// The timer a "timer" item set, seconds (0: turned off).
+    #[wasm_bindgen(readonly, js_name = timerS)]
+    pub timer_s: Option<u32>,
+    /// The message this one replies to.
+    #[wasm_bindgen(readonly)]
+    pub quote: Option<Quote>,
+    /// When its author last edited it, Unix milliseconds; 0 if never.
+    #[wasm_bindgen(readonly, js_name = editedAtMs)]
+    pub edited_at_ms: f64,
+    /// Its author deleted it for everyone.
+    #[wasm_bindgen(readonly)]
+    pub deleted: bool,
+    /// The reactions, one per account.
+    #[wasm_bindgen(readonly)]
+    pub reactions: Vec<Reaction>,
+    /// The disappearing-message timer it was sent with, seconds (0: none).
+    #[wasm_bindgen(readonly, js_name = expireS)]
+    pub expire_s: u32,
+    /// When it disappears, Unix milliseconds; 0 for never (its timer starts once read).
+    #[wasm_bindgen(readonly, js_name = expiresAtMs)]
+    pub expires_at_ms: f64,
 }
 
 /// The string a message or event names its conversation with: the group id when the
@@ -167,28 +425,175 @@ fn conversation_id(conversation: &AccountId, group: Option<GroupId>) -> String {
 impl Message {
     /// Mirrors `m`; `group` is the group its conversation belongs to, if any.
     fn new(m: StoredMessage, group: Option<GroupId>) -> Self {
+        let conversation = conversation_id(&m.conversation, group);
+        let (kind, timer_s) = match m.kind {
+            MessageKind::Text => ("text", None),
+            MessageKind::Timer { expire_s } => ("timer", Some(expire_s)),
+            MessageKind::IdentityChanged => ("identityChanged", None),
+            MessageKind::Unsupported { .. } => ("unsupported", None),
+            _ => ("unknown", None),
+        };
         Self {
+            key: key_str(&conversation, &m.sender.0, &m.id),
             id: m.id.to_string(),
-            conversation: conversation_id(&m.conversation, group),
             group: group.map(|g| g.to_string()),
             sender_account: m.sender.0.to_string(),
             sender_device: m.sender.1.0,
             timestamp_ms: m.timestamp_ms as f64,
             text: m.text,
-            status: match m.status {
-                MessageStatus::Received => "received",
-                MessageStatus::Queued => "queued",
-                MessageStatus::Sent => "sent",
-                MessageStatus::Delivered => "delivered",
-                MessageStatus::SentElsewhere => "sentElsewhere",
-                MessageStatus::Failed { retryable: false } => "failed",
-                MessageStatus::Failed { retryable: true } => "failedRetryable",
-                _ => "unknown",
-            }
-            .into(),
+            status: status_name(m.status).into(),
             order: m.order as f64,
+            kind: kind.into(),
+            timer_s,
+            quote: m.quote.map(|q| Quote {
+                key: key_str(&conversation, &q.author, &q.id),
+                author: q.author.to_string(),
+                snippet: q.snippet,
+            }),
+            edited_at_ms: m.edited_at_ms as f64,
+            deleted: m.deleted,
+            reactions: m
+                .reactions
+                .into_iter()
+                .filter(|r| !r.emoji.is_empty())
+                .map(|r| Reaction {
+                    by: r.by.to_string(),
+                    emoji: r.emoji,
+                    at_ms: r.at_ms as f64,
+                })
+                .collect(),
+            expire_s: m.expire_s,
+            expires_at_ms: m.expires_at_ms as f64,
+            conversation,
         }
     }
+
+    /// The same fields as a plain JavaScript object (a `ChatMessage`).
+    fn to_object(&self) -> Object {
+        let o = Object::new();
+        set(&o, "key", &self.key.as_str().into());
+        set(&o, "id", &self.id.as_str().into());
+        set(&o, "conversation", &self.conversation.as_str().into());
+        if let Some(g) = &self.group {
+            set(&o, "group", &g.as_str().into());
+        }
+        set(&o, "senderAccount", &self.sender_account.as_str().into());
+        set(&o, "senderDevice", &self.sender_device.into());
+        set(&o, "timestampMs", &self.timestamp_ms.into());
+        set(&o, "text", &self.text.as_str().into());
+        set(&o, "status", &self.status.as_str().into());
+        set(&o, "order", &self.order.into());
+        set(&o, "kind", &self.kind.as_str().into());
+        if let Some(t) = self.timer_s {
+            set(&o, "timerS", &t.into());
+        }
+        if let Some(q) = &self.quote {
+            let qo = Object::new();
+            set(&qo, "key", &q.key.as_str().into());
+            set(&qo, "author", &q.author.as_str().into());
+            set(&qo, "snippet", &q.snippet.as_str().into());
+            set(&o, "quote", &qo);
+        }
+        set(&o, "editedAtMs", &self.edited_at_ms.into());
+        set(&o, "deleted", &self.deleted.into());
+        let reactions = Array::new();
+        for r in &self.reactions {
+            let ro = Object::new();
+            set(&ro, "by", &r.by.as_str().into());
+            set(&ro, "emoji", &r.emoji.as_str().into());
+            set(&ro, "atMs", &r.at_ms.into());
+            reactions.push(&ro);
+        }
+        set(&o, "reactions", &reactions);
+        set(&o, "expireS", &self.expire_s.into());
+        set(&o, "expiresAtMs", &self.expires_at_ms.into());
+        o
+    }
+}
+
+/// Sets a property of a plain object the binding built (it cannot fail on one).
+fn set(o: &Object, key: &str, value: &JsValue) {
+    let _ = Reflect::set(o, &key.into(), value);
+}
+
+/// A timeline item as a plain object (`TimelineItem`).
+fn timeline_item(item: TimelineItem, group: Option<GroupId>) -> JsValue {
+    let m = Message::new(item.message, group);
+    let o = Object::new();
+    set(&o, "key", &m.key.as_str().into());
+    set(&o, "message", &m.to_object());
+    if let Some(state) = item.send_state {
+        let name = match &state {
+            SendState::Queued => "queued",
+            SendState::Sent => "sent",
+            SendState::Delivered => "delivered",
+            SendState::Read => "read",
+            SendState::SentElsewhere => "sentElsewhere",
+            SendState::Failed { .. } => "failed",
+            _ => "unknown",
+        };
+        set(&o, "sendState", &name.into());
+        if let SendState::Failed { error, retryable } = state {
+            let f = Object::new();
+            set(&f, "error", &error.into());
+            set(&f, "retryable", &retryable.into());
+            set(&o, "failure", &f);
+        }
+    }
+    o.into()
+}
+
+/// A conversation summary as a plain object (`ConversationSummary`).
+fn summary(s: ConversationSummary) -> JsValue {
+    let group = s.conversation.group();
+    let o = Object::new();
+    set(&o, "conversation", &conversation_str(&s.conversation).into());
+    if let Some(g) = group {
+        set(&o, "group", &g.to_string().into());
+    }
+    set(&o, "name", &s.name.into());
+    if let Some(m) = s.last_message {
+        set(&o, "lastMessage", &Message::new(m, group).to_object());
+    }
+    set(&o, "unread", &s.unread.into());
+    let typing: Array = s.typing.iter().map(|a| JsValue::from(a.to_string())).collect();
+    set(&o, "typing", &typing);
+    set(&o, "isRequest", &s.is_request.into());
+    set(&o, "blocked", &s.blocked.into());
+    set(&o, "expireS", &s.expire_s.into());
+    set(&o, "identityUnacked", &s.identity_unacked.into());
+    o.into()
+}
+
+/// A batch of diffs as an array of plain `ListDiff` objects.
+fn diffs<T>(batch: Vec<ListDiff<T>>, item: impl Fn(T) -> JsValue) -> Array {
+    let out = Array::new();
+    for d in batch {
+        let o = Object::new();
+        match d {
+            ListDiff::Reset { items } => {
+                set(&o, "kind", &"reset".into());
+                let list: Array = items.into_iter().map(&item).collect();
+                set(&o, "items", &list);
+            }
+            ListDiff::Insert { index, item: i } => {
+                set(&o, "kind", &"insert".into());
+                set(&o, "index", &(index as f64).into());
+                set(&o, "item", &item(i));
+            }
+            ListDiff::Update { index, item: i } => {
+                set(&o, "kind", &"update".into());
+                set(&o, "index", &(index as f64).into());
+                set(&o, "item", &item(i));
+            }
+            ListDiff::Remove { index } => {
+                set(&o, "kind", &"remove".into());
+                set(&o, "index", &(index as f64).into());
+            }
+        }
+        out.push(&o);
+    }
+    out
 }
 
 /// A member of a group.
@@ -260,6 +665,15 @@ impl From<GroupInfo> for Group {
 /// - "groupChanged": `group` (created, joined, changed, or this account left it or was
 ///   removed: read it again with `group()`, whose `active` is then false);
 /// - "groupChangeRejected": `group`, `detail` (a change that lost or was refused);
+/// - "messageEdited", "messageDeleted": `key`, `conversation` (and `group`): its author
+///   edited it or deleted it for everyone (read it again with `message(key)`);
+/// - "reactionChanged": `key`, `conversation`, `account` (who), `emoji` ("" when removed);
+/// - "read": `conversation`, `messageIds`, `account`, `device` (a reader read them);
+/// - "timerChanged": `conversation`, `expireS` (0: off), `account` (who set it);
+/// - "identityChanged": `account` (the contact's safety number changed: sends to them
+///   fail with "identity_unacknowledged" until `acknowledgeIdentity`);
+/// - "typing": `conversation`, `account`, `typing` (true while typing; it ends by itself);
+/// - "connectionState": `state`, and `code`, `retryInMs` (see those fields);
 /// - "deviceRemoved", "connected", "caughtUp";
 /// - "unknown": an event this version does not know.
 #[wasm_bindgen(getter_with_clone)]
@@ -318,6 +732,19 @@ pub struct SottoEvent {
     /// Milliseconds until the next attempt ("connectionState", `disconnected`).
     #[wasm_bindgen(readonly, js_name = retryInMs)]
     pub retry_in_ms: Option<f64>,
+    /// The message ("messageEdited", "messageDeleted", "reactionChanged"), as
+    /// `Message.key`.
+    #[wasm_bindgen(readonly)]
+    pub key: Option<String>,
+    /// The emoji ("reactionChanged"); empty when the reaction was removed.
+    #[wasm_bindgen(readonly)]
+    pub emoji: Option<String>,
+    /// The timer, seconds ("timerChanged"); 0 when turned off.
+    #[wasm_bindgen(readonly, js_name = expireS)]
+    pub expire_s: Option<u32>,
+    /// True while the account types ("typing").
+    #[wasm_bindgen(readonly)]
+    pub typing: Option<bool>,
 }
 
 fn kind(kind: &str) -> SottoEvent {
@@ -331,11 +758,23 @@ fn ids(ids: &[sotto_crypto::DeviceId]) -> Vec<u32> {
     ids.iter().map(|d| d.0).collect()
 }
 
+/// The text form of a message key an event names.
+fn event_key(key: &MessageKey, group: Option<GroupId>) -> String {
+    key_str(&conversation_id(&key.conversation, group), &key.sender, &key.id)
+}
+
 /// The conversation an event names, whose group (if any) the event carries.
 fn event_conversation(e: &SdkEvent) -> Option<&AccountId> {
     match e {
         SdkEvent::MessageReceived(m) => Some(&m.conversation),
-        SdkEvent::MessageSent { conversation, .. } | SdkEvent::SendFailed { conversation, .. } => Some(conversation),
+        SdkEvent::MessageSent { conversation, .. }
+        | SdkEvent::SendFailed { conversation, .. }
+        | SdkEvent::Read { conversation, .. }
+        | SdkEvent::TimerChanged { conversation, .. }
+        | SdkEvent::Typing { conversation, .. } => Some(conversation),
+        SdkEvent::MessageEdited { key } | SdkEvent::MessageDeleted { key } | SdkEvent::ReactionChanged { key, .. } => {
+            Some(&key.conversation)
+        }
         _ => None,
     }
 }
@@ -427,19 +866,136 @@ impl SottoEvent {
                 }
             }
             SdkEvent::CaughtUp => kind("caughtUp"),
+            SdkEvent::MessageEdited { key } => SottoEvent {
+                key: Some(event_key(&key, group)),
+                conversation: Some(conversation_id(&key.conversation, group)),
+                group: group_str,
+                ..kind("messageEdited")
+            },
+            SdkEvent::MessageDeleted { key } => SottoEvent {
+                key: Some(event_key(&key, group)),
+                conversation: Some(conversation_id(&key.conversation, group)),
+                group: group_str,
+                ..kind("messageDeleted")
+            },
+            SdkEvent::ReactionChanged { key, by, emoji } => SottoEvent {
+                key: Some(event_key(&key, group)),
+                conversation: Some(conversation_id(&key.conversation, group)),
+                group: group_str,
+                account: Some(by.to_string()),
+                emoji: Some(emoji),
+                ..kind("reactionChanged")
+            },
+            SdkEvent::Read { conversation, ids, by } => SottoEvent {
+                conversation: Some(conversation_id(&conversation, group)),
+                group: group_str,
+                message_ids: Some(ids.iter().map(ToString::to_string).collect()),
+                account: Some(by.0.to_string()),
+                device: Some(by.1.0),
+                ..kind("read")
+            },
+            SdkEvent::TimerChanged {
+                conversation,
+                expire_s,
+                by,
+            } => SottoEvent {
+                conversation: Some(conversation_id(&conversation, group)),
+                group: group_str,
+                expire_s: Some(expire_s),
+                account: Some(by.to_string()),
+                ..kind("timerChanged")
+            },
+            SdkEvent::IdentityChanged { account } => SottoEvent {
+                account: Some(account.to_string()),
+                ..kind("identityChanged")
+            },
+            SdkEvent::Typing {
+                conversation,
+                by,
+                typing,
+            } => SottoEvent {
+                conversation: Some(conversation_id(&conversation, group)),
+                group: group_str,
+                account: Some(by.to_string()),
+                typing: Some(typing),
+                ..kind("typing")
+            },
             _ => kind("unknown"),
         }
     }
 }
 
+#[wasm_bindgen]
+extern "C" {
+    /// The platform's `AbortSignal` (browsers, node).
+    #[wasm_bindgen(typescript_type = "AbortSignal")]
+    pub type AbortSignal;
+
+    #[wasm_bindgen(method, getter)]
+    fn aborted(this: &AbortSignal) -> bool;
+
+    #[wasm_bindgen(method, js_name = addEventListener)]
+    fn add_event_listener(this: &AbortSignal, kind: &str, listener: &Function, options: &JsValue);
+
+    #[wasm_bindgen(method, js_name = removeEventListener)]
+    fn remove_event_listener(this: &AbortSignal, kind: &str, listener: &Function);
+}
+
+/// An "abort" listener, removed when dropped (a long-lived signal passed to many calls
+/// keeps no listener of a call that ended).
+struct Listening {
+    signal: AbortSignal,
+    listener: Function,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.signal.remove_event_listener("abort", &self.listener);
+    }
+}
+
+/// Resolves once `signal` aborts (never, without one).
+async fn aborted(signal: Option<&AbortSignal>) {
+    let Some(signal) = signal else {
+        return std::future::pending().await;
+    };
+    if signal.aborted() {
+        return;
+    }
+    let once = Object::new();
+    set(&once, "once", &true.into());
+    let mut listener = None;
+    let p = js_sys::Promise::new(&mut |resolve, _| {
+        signal.add_event_listener("abort", &resolve, &once);
+        listener = Some(resolve);
+    });
+    let _listening = listener.map(|listener| Listening {
+        signal: signal.unchecked_ref::<JsValue>().clone().unchecked_into(),
+        listener,
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(p).await;
+}
+
+fn abort_error() -> JsValue {
+    error("aborted", "the call was aborted by its AbortSignal", false)
+}
+
+/// The event stream, and the events taken from it for a call that was aborted before it
+/// could hand them over: the next call gets them first, so an abort never loses one.
+struct Events {
+    stash: VecDeque<SdkEvent>,
+    stream: EventStream,
+}
+
 /// One device of one account: its encrypted IndexedDB store and its relay connection.
 ///
 /// Create one with `SottoClient.createAccount` or `SottoClient.open`; read events with
-/// `nextEvent()`; call `shutdown()` when done (then `free()`).
+/// `nextEvent()`; watch the conversation list and timelines with `conversationList()` and
+/// `timeline()`; call `shutdown()` when done (then `free()`).
 #[wasm_bindgen]
 pub struct SottoClient {
     client: Rc<Client<IdbStore>>,
-    events: Rc<Mutex<EventStream>>,
+    events: Rc<Mutex<Events>>,
     closed: watch::Sender<bool>,
 }
 
@@ -450,7 +1006,10 @@ impl SottoClient {
             .ok_or_else(|| error("internal", "the event stream was taken", false))?;
         Ok(Self {
             client: Rc::new(client),
-            events: Rc::new(Mutex::new(events)),
+            events: Rc::new(Mutex::new(Events {
+                stash: VecDeque::new(),
+                stream: events,
+            })),
             closed: watch::channel(false).0,
         })
     }
@@ -707,26 +1266,228 @@ impl SottoClient {
 
     /// The next event, or `undefined` once the client is shut down. Calls queue behind
     /// each other; an event is handed to exactly one of them.
+    ///
+    /// With `signal`, the call rejects with code "aborted" when the signal aborts first,
+    /// and then has taken no event: the next call gets it. So a deadline never loses an
+    /// event: `await client.nextEvent(AbortSignal.timeout(5000))`, or with
+    /// `Promise.race`, abort the signal when the other side wins.
     #[wasm_bindgen(js_name = nextEvent)]
-    pub async fn next_event(&self) -> Option<SottoEvent> {
+    pub async fn next_event(&self, signal: Option<AbortSignal>) -> Result<Option<SottoEvent>, JsValue> {
         let events = self.events.clone();
         let mut closed = self.closed.subscribe();
         if *closed.borrow() {
-            return None;
+            return Ok(None);
         }
-        let mut stream = tokio::select! {
+        let signal = signal.as_ref();
+        if signal.is_some_and(AbortSignal::aborted) {
+            return Err(abort_error());
+        }
+        let mut events = tokio::select! {
             s = events.lock() => s,
-            _ = closed.wait_for(|c| *c) => return None,
+            _ = closed.wait_for(|c| *c) => return Ok(None),
+            () = aborted(signal) => return Err(abort_error()),
         };
-        let e = tokio::select! {
-            e = stream.next() => e?,
-            _ = closed.wait_for(|c| *c) => return None,
+        let e = match events.stash.pop_front() {
+            Some(e) => e,
+            // `recv` is cancel-safe: an abort or a shutdown here takes nothing.
+            None => tokio::select! {
+                e = events.stream.next() => match e {
+                    Some(e) => e,
+                    None => return Ok(None),
+                },
+                _ = closed.wait_for(|c| *c) => return Ok(None),
+                () = aborted(signal) => return Err(abort_error()),
+            },
         };
         let group = match event_conversation(&e) {
             Some(c) => self.client.group_of(c).await,
             None => None,
         };
-        Some(SottoEvent::new(e, group))
+        // Aborted while the event's group was looked up: it goes back for the next call.
+        if signal.is_some_and(AbortSignal::aborted) {
+            events.stash.push_front(e);
+            return Err(abort_error());
+        }
+        Ok(Some(SottoEvent::new(e, group)))
+    }
+
+    // ------------------------------------------------------------ the chat API
+
+    /// Queues a text for a conversation (a contact's account id or link, or a group id)
+    /// and returns the local item at once (status "queued"); watch it move with
+    /// `timeline()` or the events.
+    #[wasm_bindgen(js_name = sendMessage)]
+    pub async fn send_message(&self, conversation: String, text: String) -> Result<Message, JsValue> {
+        let client = self.live()?;
+        let c = self::conversation(&conversation)?;
+        let m = client.send_message(c, &text).await.map_err(client_error)?;
+        Ok(Message::new(m, c.group()))
+    }
+
+    /// Replies to a message (its `key`) in its conversation, quoting its start.
+    pub async fn reply(&self, key: String, text: String) -> Result<Message, JsValue> {
+        let client = self.live()?;
+        let k = message_key(&key)?;
+        let m = client.reply(&k, &text).await.map_err(client_error)?;
+        let group = client.group_of(&m.conversation).await;
+        Ok(Message::new(m, group))
+    }
+
+    /// Edits a text this account wrote: every member sees the new text.
+    pub async fn edit(&self, key: String, text: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let k = message_key(&key)?;
+        client.edit(&k, &text).await.map_err(client_error)
+    }
+
+    /// Deletes a message this account wrote, for everyone.
+    #[wasm_bindgen(js_name = deleteForEveryone)]
+    pub async fn delete_for_everyone(&self, key: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let k = message_key(&key)?;
+        client.delete_for_everyone(&k).await.map_err(client_error)
+    }
+
+    /// Reacts to a message with an emoji, replacing this account's earlier reaction; ""
+    /// removes it.
+    pub async fn react(&self, key: String, emoji: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let k = message_key(&key)?;
+        client.react(&k, &emoji).await.map_err(client_error)
+    }
+
+    /// Sets a conversation's disappearing-message timer for every member, in seconds (0
+    /// turns it off); returns the "timer" item it adds to the conversation.
+    #[wasm_bindgen(js_name = setTimer)]
+    pub async fn set_timer(&self, conversation: String, seconds: f64) -> Result<Message, JsValue> {
+        let client = self.live()?;
+        let c = self::conversation(&conversation)?;
+        let s = whole(seconds, "seconds")?;
+        let s = u32::try_from(s).map_err(|_| error("timer_too_long", "the timer is above its bound", false))?;
+        let m = client.set_timer(c, s).await.map_err(client_error)?;
+        Ok(Message::new(m, c.group()))
+    }
+
+    /// Marks everything in a conversation read: its unread count drops to zero,
+    /// disappearing messages start their timers, and the authors get read receipts.
+    #[wasm_bindgen(js_name = markRead)]
+    pub async fn mark_read(&self, conversation: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let c = self::conversation(&conversation)?;
+        client.mark_read(c).await.map_err(client_error)
+    }
+
+    // Typing: `setTyping(conversation, typing)` goes here once the SDK has
+    // `Client::set_typing(conversation, bool)`. Incoming typing already shows: the
+    // "typing" event and `ConversationSummary.typing`.
+
+    /// Blocks a contact: their messages are dropped and sends to them refused (code
+    /// "blocked"); a pending message request is declined.
+    pub async fn block(&self, contact: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let who = account(&contact)?;
+        client.block(&who).await.map_err(client_error)
+    }
+
+    /// Unblocks a contact.
+    pub async fn unblock(&self, contact: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let who = account(&contact)?;
+        client.unblock(&who).await.map_err(client_error)
+    }
+
+    /// Deletes a 1:1 conversation and its messages on this device (for a message request:
+    /// declines it without blocking).
+    #[wasm_bindgen(js_name = deleteConversation)]
+    pub async fn delete_conversation(&self, contact: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let who = account(&contact)?;
+        client.delete_conversation(&who).await.map_err(client_error)
+    }
+
+    /// Sets the name this device shows for a contact (the conversation list's `name`);
+    /// `null`, `undefined` or "" clears it.
+    #[wasm_bindgen(js_name = setNickname)]
+    pub async fn set_nickname(&self, contact: String, nickname: Option<String>) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let who = account(&contact)?;
+        let nickname = nickname.filter(|n| !n.trim().is_empty());
+        client
+            .set_nickname(&who, nickname.as_deref())
+            .await
+            .map_err(client_error)
+    }
+
+    /// Acknowledges a contact's changed safety number (after comparing it): sends to them
+    /// work again.
+    #[wasm_bindgen(js_name = acknowledgeIdentity)]
+    pub async fn acknowledge_identity(&self, contact: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let who = account(&contact)?;
+        client.acknowledge_identity(&who).await.map_err(client_error)
+    }
+
+    /// One message by its key, or undefined when it is not stored (never received,
+    /// expired, or its conversation deleted).
+    pub async fn message(&self, key: String) -> Result<Option<Message>, JsValue> {
+        let client = self.live()?;
+        let k = message_key(&key)?;
+        let Some(m) = client.message(&k).await.map_err(client_error)? else {
+            return Ok(None);
+        };
+        let group = client.group_of(&m.conversation).await;
+        Ok(Some(Message::new(m, group)))
+    }
+
+    /// Cancels a message still in the send queue: it leaves the queue and the
+    /// conversation ("not_queued" once the relay has it).
+    pub async fn cancel(&self, key: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let k = message_key(&key)?;
+        client.cancel(&k).await.map_err(client_error)
+    }
+
+    /// Sends a failed message again, under the same id ("not_queued" unless it failed).
+    pub async fn retry(&self, key: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let k = message_key(&key)?;
+        client.retry(&k).await.map_err(client_error)
+    }
+
+    /// Deletes the messages whose disappearing timer ran out at `nowMs` (Unix ms; the
+    /// client does this itself as timers run out); returns how many went.
+    #[wasm_bindgen(js_name = expireMessages)]
+    pub async fn expire_messages(&self, now_ms: f64) -> Result<u32, JsValue> {
+        let client = self.live()?;
+        let now = whole(now_ms, "nowMs")?;
+        let n = client.expire_messages(now).await.map_err(client_error)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    // ------------------------------------------------------------ live lists
+
+    /// The conversation list (contacts, message requests and groups, newest activity
+    /// first), live: `subscribe(listener)` or `snapshot()`.
+    #[wasm_bindgen(js_name = conversationList)]
+    pub fn conversation_list(&self) -> Result<ConversationList, JsValue> {
+        let client = self.live()?;
+        Ok(ConversationList {
+            list: client.conversation_list(),
+            closed: self.closed.subscribe(),
+        })
+    }
+
+    /// A conversation's timeline (a contact's account id or link, or a group id), live:
+    /// the newest `window` items (at most 10,000), oldest first; more with
+    /// `paginateBackwards(n)`.
+    pub fn timeline(&self, conversation: String, window: u32) -> Result<Timeline, JsValue> {
+        let client = self.live()?;
+        let c = self::conversation(&conversation)?;
+        Ok(Timeline {
+            timeline: client.timeline(c, window),
+            group: c.group(),
+            closed: self.closed.subscribe(),
+        })
     }
 
     /// Stops the relay connection and waits for it. Pending and later `nextEvent()`
@@ -742,4 +1503,145 @@ impl SottoClient {
 fn store_key_zeroized(bytes: Vec<u8>) -> Result<StoreKey, JsValue> {
     let bytes = Zeroizing::new(bytes);
     store_key(&bytes)
+}
+
+/// A running subscription to a live list: `cancel()` (or `free()`) stops its callbacks.
+#[wasm_bindgen]
+pub struct Subscription {
+    inner: Option<sotto_sdk::Subscription>,
+}
+
+#[wasm_bindgen]
+impl Subscription {
+    /// Stops the callbacks: none starts after this returns. Calling it again does nothing.
+    pub fn cancel(&mut self) {
+        if let Some(s) = self.inner.take() {
+            s.cancel();
+        }
+    }
+}
+
+/// Calls `f` with a batch (a listener that throws is the app's concern: the list goes on).
+fn call(f: &Function, batch: &Array) {
+    let _ = f.call1(&JsValue::NULL, batch);
+}
+
+/// The conversation list, live (`SottoClient.conversationList()`).
+#[wasm_bindgen]
+pub struct ConversationList {
+    list: sotto_sdk::ConversationList<IdbStore>,
+    closed: watch::Receiver<bool>,
+}
+
+#[wasm_bindgen]
+impl ConversationList {
+    /// The list now, newest activity first.
+    #[wasm_bindgen(unchecked_return_type = "ConversationSummary[]")]
+    pub async fn snapshot(&self) -> Result<JsValue, JsValue> {
+        if *self.closed.borrow() {
+            return Err(closed());
+        }
+        let list = self.list.snapshot().await.map_err(client_error)?;
+        Ok(list.into_iter().map(summary).collect::<Array>().into())
+    }
+
+    /// Calls `listener` with `[{ kind: "reset", items }]` at once, then with a batch of
+    /// diffs whenever the list changes, until the subscription is cancelled or freed.
+    pub fn subscribe(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(diffs: ListDiff<ConversationSummary>[]) => void")] listener: Function,
+    ) -> Result<Subscription, JsValue> {
+        if *self.closed.borrow() {
+            return Err(closed());
+        }
+        let sub = self.list.subscribe(Box::new(move |batch| {
+            call(&listener, &diffs(batch, summary));
+        }));
+        Ok(Subscription { inner: Some(sub) })
+    }
+}
+
+/// One conversation's timeline, live (`SottoClient.timeline()`).
+#[wasm_bindgen]
+pub struct Timeline {
+    timeline: sotto_sdk::Timeline<IdbStore>,
+    group: Option<GroupId>,
+    closed: watch::Receiver<bool>,
+}
+
+#[wasm_bindgen]
+impl Timeline {
+    /// The items now, oldest first.
+    #[wasm_bindgen(unchecked_return_type = "TimelineItem[]")]
+    pub async fn snapshot(&self) -> Result<JsValue, JsValue> {
+        if *self.closed.borrow() {
+            return Err(closed());
+        }
+        let group = self.group;
+        let items = self.timeline.snapshot().await.map_err(client_error)?;
+        Ok(items
+            .into_iter()
+            .map(|i| timeline_item(i, group))
+            .collect::<Array>()
+            .into())
+    }
+
+    /// Shows `n` more older items: the subscriptions get them as inserts at the top.
+    #[wasm_bindgen(js_name = paginateBackwards)]
+    pub fn paginate_backwards(&self, n: u32) {
+        self.timeline.paginate_backwards(n);
+    }
+
+    /// Calls `listener` with `[{ kind: "reset", items }]` at once, then with a batch of
+    /// diffs whenever the timeline changes (new messages, send states, edits, deletes,
+    /// reactions, expiries), until the subscription is cancelled or freed.
+    pub fn subscribe(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(diffs: ListDiff<TimelineItem>[]) => void")] listener: Function,
+    ) -> Result<Subscription, JsValue> {
+        if *self.closed.borrow() {
+            return Err(closed());
+        }
+        let group = self.group;
+        let sub = self.timeline.subscribe(Box::new(move |batch| {
+            call(&listener, &diffs(batch, |i| timeline_item(i, group)));
+        }));
+        Ok(Subscription { inner: Some(sub) })
+    }
+}
+
+/// Applies a batch of diffs to a list in place (what a listener does with each call);
+/// returns the list. Indices out of range are ignored.
+#[wasm_bindgen(js_name = applyDiffs, unchecked_return_type = "any[]")]
+pub fn apply_diffs(
+    #[wasm_bindgen(unchecked_param_type = "any[]")] list: Array,
+    #[wasm_bindgen(unchecked_param_type = "ListDiff<any>[]")] batch: Array,
+) -> Array {
+    let get = |o: &JsValue, k: &str| Reflect::get(o, &k.into()).unwrap_or(JsValue::UNDEFINED);
+    for d in batch.iter() {
+        let kind = get(&d, "kind").as_string().unwrap_or_default();
+        let index = get(&d, "index").as_f64().unwrap_or(-1.0);
+        let len = f64::from(list.length());
+        match kind.as_str() {
+            "reset" => {
+                list.set_length(0);
+                if let Ok(items) = get(&d, "items").dyn_into::<Array>() {
+                    for i in items.iter() {
+                        list.push(&i);
+                    }
+                }
+            }
+            "insert" if index >= 0.0 && index <= len => {
+                list.splice(index as u32, 0, &get(&d, "item"));
+            }
+            "update" if index >= 0.0 && index < len => list.set(index as u32, get(&d, "item")),
+            "remove" if index >= 0.0 && index < len => {
+                if let Ok(splice) = Reflect::get(&list, &"splice".into()).and_then(|f| f.dyn_into::<Function>()) {
+                    let _ = splice.call2(&list, &index.into(), &1.into());
+                }
+            }
+            _ => {}
+        }
+    }
+    list
 }

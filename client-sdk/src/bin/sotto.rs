@@ -9,7 +9,17 @@
 //! sotto --profile alice receive            # fetch what is queued, print it, exit
 //! sotto --profile alice chat <contact>     # interactive
 //! sotto --profile alice safety <contact>
-//! sotto --profile alice messages <contact>
+//! sotto --profile alice messages <contact> [--ids]
+//! sotto --profile alice reply <contact> <message> <text>   # <message>: 1 = the newest, 2 = the one before, or an id prefix
+//! sotto --profile alice edit <contact> <message> <text>
+//! sotto --profile alice delete <contact> <message>      # for everyone
+//! sotto --profile alice react <contact> <message> [emoji]   # no emoji: remove the reaction
+//! sotto --profile alice timer <contact> <seconds>       # disappearing messages; 0 turns it off
+//! sotto --profile alice block|unblock <contact>
+//! sotto --profile alice nickname <contact> [name]       # no name: clear it
+//! sotto --profile alice requests                        # message requests
+//! sotto --profile alice accept|decline <contact>        # a message request
+//! sotto --profile alice acknowledge <contact>           # a changed safety number
 //! sotto --profile alice link [--grant-list-key] [--yes]   # show a code, confirm the new device
 //! sotto --profile phone join <code> --relay http://127.0.0.1:8080 [--name phone]
 //! sotto --profile alice devices
@@ -28,7 +38,11 @@
 //! sotto --profile alice group messages <group>
 //! ```
 //!
-//! A `<group>` is its id (64 hex digits), the start of its id, or its title.
+//! A `<group>` is its id (64 hex digits), the start of its id, or its title. In `chat` and
+//! `group chat`, a line starting with `/` is a command (`/help` lists them: `/reply`,
+//! `/edit`, `/delete`, `/react`, `/timer`, `/block`, `/unblock`, `/nick`, `/accept`,
+//! `/ack`). Lines show replies (`> quoted`), `(edited)`, deletions, reactions, ticks (✓
+//! sent, ✓✓ delivered, ✓✓ read) and nicknames instead of account ids.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -39,8 +53,8 @@ use clap::{Parser, Subcommand};
 use sotto_crypto::{AccountId, DeviceId};
 use sotto_sdk::store::{SqliteStore, StoreKey};
 use sotto_sdk::{
-    Client, ClientError, ClientOptions, Event, EventStream, GroupId, GroupInfo, MessageId, MessageStatus, Page, Role,
-    StoredMessage,
+    Client, ClientError, ClientOptions, Conversation, Event, EventStream, GroupId, GroupInfo, MessageId, MessageKey,
+    MessageKind, MessageStatus, Page, Role, StoredMessage,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -87,7 +101,7 @@ enum Command {
     },
     /// Send a text and wait until the relay stored it.
     Send {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
         /// The text.
         #[arg(required = true)]
@@ -98,17 +112,98 @@ enum Command {
     /// Chat with a contact: incoming messages are printed as they arrive; each line
     /// typed is sent.
     Chat {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
     },
     /// Print a conversation.
     Messages {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
+        contact: String,
+        /// Start each line with the message's id (the first 8 digits), for `reply`,
+        /// `edit`, `delete` and `react`.
+        #[arg(long)]
+        ids: bool,
+    },
+    /// Reply to a message, quoting its start.
+    Reply {
+        /// A contact (link, id, the start of an id, or its nickname).
+        contact: String,
+        /// The message: 1 for the newest, 2 for the one before..., or the start of its id.
+        message: String,
+        /// The text.
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
+    /// Edit a message this account wrote.
+    Edit {
+        /// A contact (link, id, the start of an id, or its nickname).
+        contact: String,
+        /// The message: 1 for the newest, 2 for the one before..., or the start of its id.
+        message: String,
+        /// The new text.
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
+    /// Delete a message this account wrote, for everyone.
+    Delete {
+        /// A contact (link, id, the start of an id, or its nickname).
+        contact: String,
+        /// The message: 1 for the newest, 2 for the one before..., or the start of its id.
+        message: String,
+    },
+    /// React to a message (no emoji: remove this account's reaction).
+    React {
+        /// A contact (link, id, the start of an id, or its nickname).
+        contact: String,
+        /// The message: 1 for the newest, 2 for the one before..., or the start of its id.
+        message: String,
+        /// The emoji.
+        emoji: Option<String>,
+    },
+    /// Set the disappearing-message timer of a conversation (0 turns it off).
+    Timer {
+        /// A contact (link, id, the start of an id, or its nickname).
+        contact: String,
+        /// Seconds.
+        seconds: u32,
+    },
+    /// Block a contact: their messages are dropped and nothing is sent to them.
+    Block {
+        /// A contact (link, id, the start of an id, or its nickname).
+        contact: String,
+    },
+    /// Unblock a contact.
+    Unblock {
+        /// A contact (link, id, the start of an id, or its nickname).
+        contact: String,
+    },
+    /// Set the name shown for a contact instead of its id (no name: clear it).
+    Nickname {
+        /// A contact (link, id, the start of an id, or its nickname).
+        contact: String,
+        /// The name.
+        name: Option<String>,
+    },
+    /// List message requests: accounts that wrote first and were not accepted yet.
+    Requests,
+    /// Accept a message request.
+    Accept {
+        /// The account (id or the start of it).
+        contact: String,
+    },
+    /// Decline a message request: delete the conversation (the sender is not blocked).
+    Decline {
+        /// The account (id or the start of it).
+        contact: String,
+    },
+    /// Accept a contact's changed safety number (after comparing it): sending resumes.
+    Acknowledge {
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
     },
     /// Show the safety number with a contact; compare it in person.
     Safety {
-        /// A contact (link, id, or the start of an id).
+        /// A contact (link, id, the start of an id, or its nickname).
         contact: String,
     },
     /// List this account's contacts.
@@ -308,6 +403,16 @@ async fn resolve(client: &Client<SqliteStore>, contact: &str) -> Result<AccountI
     if let Ok(id) = sotto_sdk::parse_contact(contact) {
         return Ok(id);
     }
+    // A nickname (or profile name), exactly as shown.
+    let named: Vec<AccountId> = names(client)
+        .await
+        .into_iter()
+        .filter(|(_, n)| n == contact.trim())
+        .map(|(a, _)| a)
+        .collect();
+    if let [one] = named.as_slice() {
+        return Ok(*one);
+    }
     let prefix = contact.trim().to_ascii_lowercase();
     let matches: Vec<AccountId> = client
         .conversations()
@@ -339,33 +444,162 @@ fn n_members(n: usize) -> String {
     }
 }
 
+/// Names shown instead of account ids: nicknames and profile names.
+type Names = std::collections::HashMap<AccountId, String>;
+
+/// The names this device knows (the conversation list's).
+async fn names(client: &Client<SqliteStore>) -> Names {
+    let list = client.conversation_list().snapshot().await.unwrap_or_default();
+    list.into_iter()
+        .filter_map(|s| match s.conversation {
+            Conversation::Direct(a) if !s.name.is_empty() => Some((a, s.name)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An account's name, else the start of its id.
+fn name(names: &Names, a: &AccountId) -> String {
+    names.get(a).cloned().unwrap_or_else(|| short(a))
+}
+
+/// At most `n` characters of `text`, with `…` when cut.
+fn snippet(text: &str, n: usize) -> String {
+    let mut out: String = text.chars().take(n).collect();
+    if text.chars().count() > n {
+        out.push('…');
+    }
+    out
+}
+
+/// A timer as people say it: `30s`, `5m`, `1h`, `7d`.
+fn duration(s: u32) -> String {
+    match s {
+        0 => "off".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// The last 8 hex digits of a message id (what `messages --ids` prints and message
+/// references match).
+fn short_id(id: &MessageId) -> String {
+    let s = id.to_string();
+    s[s.len().saturating_sub(8)..].to_owned()
+}
+
 /// A message as one line: `[<contact>] <sender>: <text>`, or `[#<title>] <sender>: <text>`
-/// for a message in the group titled `group`.
-fn show(m: &StoredMessage, group: Option<&str>) -> String {
-    let who = if m.status.is_outgoing() {
-        "me".to_owned()
+/// for a message in the group titled `group`; then `(edited)`, the reactions, and the
+/// ticks of a message this account sent: ✓ sent, ✓✓ delivered, ✓✓ read.
+fn show(m: &StoredMessage, group: Option<&str>, names: &Names) -> String {
+    let me = m.status.is_outgoing();
+    let who = if me { "me".to_owned() } else { name(names, &m.sender.0) };
+    let place = match group {
+        Some(title) => format!("#{title}"),
+        None => name(names, &m.conversation),
+    };
+    let body = match m.kind {
+        MessageKind::Timer { expire_s: 0 } => "(turned disappearing messages off)".to_owned(),
+        MessageKind::Timer { expire_s } => format!("(set disappearing messages to {})", duration(expire_s)),
+        MessageKind::IdentityChanged => {
+            "(the safety number changed: compare it, then `acknowledge` or /ack)".to_owned()
+        }
+        MessageKind::Text if m.deleted => "(deleted)".to_owned(),
+        MessageKind::Text => {
+            let quote = match &m.quote {
+                Some(q) => format!(
+                    "(re {}: \"{}\") ",
+                    if q.author == m.sender.0 && me {
+                        "me".to_owned()
+                    } else {
+                        name(names, &q.author)
+                    },
+                    snippet(&q.snippet, 40)
+                ),
+                None => String::new(),
+            };
+            let edited = if m.edited_at_ms > 0 { " (edited)" } else { "" };
+            format!("{quote}{}{edited}", m.text)
+        }
+        _ => "(a message this version cannot show)".to_owned(),
+    };
+    let reactions: Vec<String> = m
+        .reactions
+        .iter()
+        .filter(|r| !r.emoji.is_empty())
+        .map(|r| format!("{} {}", r.emoji, name(names, &r.by)))
+        .collect();
+    let reactions = if reactions.is_empty() {
+        String::new()
     } else {
-        short(&m.sender.0)
+        format!(" [{}]", reactions.join(", "))
     };
     let mark = match m.status {
         MessageStatus::Queued => " (queued)",
+        MessageStatus::Sent => " ✓",
+        MessageStatus::Delivered => " ✓✓",
+        MessageStatus::Read => " ✓✓ read",
         MessageStatus::SentElsewhere => " (from my other device)",
+        MessageStatus::Failed { .. } => " (not sent)",
         _ => "",
     };
-    let place = match group {
-        Some(title) => format!("#{title}"),
-        None => short(&m.conversation),
+    let expires = if m.expires_at_ms > 0 || m.expire_s > 0 {
+        format!(" ⏱{}", duration(m.expire_s))
+    } else {
+        String::new()
     };
-    format!("[{place}] {who}: {}{mark}", m.text)
+    format!("[{place}] {who}: {body}{reactions}{mark}{expires}")
 }
 
 /// [`show`], with the group's title when the message is a group message.
-async fn show_any(client: &Client<SqliteStore>, m: &StoredMessage) -> String {
+async fn show_any(client: &Client<SqliteStore>, m: &StoredMessage, names: &Names) -> String {
     let title = match client.group_of(&m.conversation).await {
         Some(g) => client.group(&g).await.map(|info| info.title),
         None => None,
     };
-    show(m, title.as_deref())
+    show(m, title.as_deref(), names)
+}
+
+/// A message of a conversation (its store key `conversation`) by reference: `1` for the
+/// newest, `2` for the one before, ..., or (at least 4 hex digits of) its id.
+async fn find_message(
+    client: &Client<SqliteStore>,
+    conversation: &AccountId,
+    reference: &str,
+) -> Result<StoredMessage, String> {
+    let page = Page {
+        before: None,
+        limit: 1000,
+    };
+    let list = client.messages(conversation, page).await.map_err(|e| e.to_string())?;
+    if let Ok(n) = reference.parse::<usize>()
+        && n >= 1
+        && reference.len() < 4
+    {
+        return list
+            .iter()
+            .rev()
+            .nth(n - 1)
+            .cloned()
+            .ok_or_else(|| format!("no message {n} back"));
+    }
+    let wanted: String = reference.to_ascii_lowercase().chars().filter(|c| *c != '-').collect();
+    if wanted.len() < 4 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{reference:?} names no message: 1 is the newest, 2 the one before, or give its id (`messages --ids`)"
+        ));
+    }
+    let matches: Vec<&StoredMessage> = list
+        .iter()
+        .filter(|m| m.id.to_string().replace('-', "").contains(&wanted))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(format!("no message matches {reference:?}")),
+        _ => Err(format!("{reference:?} matches several messages")),
+    }
 }
 
 /// A group by its id, the start of its id, or its title.
@@ -446,17 +680,51 @@ async fn group_note(client: &Client<SqliteStore>, group: &GroupId) -> String {
     }
 }
 
+/// A line naming one of this account's messages by its start, or a count.
+async fn own_messages(client: &Client<SqliteStore>, conversation: &AccountId, ids: &[MessageId]) -> String {
+    if let [id] = ids {
+        let key = MessageKey {
+            conversation: *conversation,
+            sender: client.account_id(),
+            id: *id,
+        };
+        if let Ok(Some(m)) = client.message(&key).await {
+            return format!("\"{}\"", snippet(&m.text, 40));
+        }
+    }
+    if ids.len() == 1 {
+        "1 message".into()
+    } else {
+        format!("{} messages", ids.len())
+    }
+}
+
+/// The text of a message an event names, shortened.
+async fn about(client: &Client<SqliteStore>, key: &MessageKey) -> String {
+    match client.message(key).await {
+        Ok(Some(m)) if !m.deleted => format!("\"{}\"", snippet(&m.text, 40)),
+        _ => "a message".into(),
+    }
+}
+
 /// Prints what a one-shot run or a chat shows of an event; true for an event that ends
-/// a chat in `group` (this device removed, or this account out of the group).
-async fn print_event(client: &Client<SqliteStore>, e: &Event, group: Option<&GroupId>) -> bool {
+/// a chat in `group` (this device removed, or this account out of the group). `ticks`:
+/// also the sends' progress (a chat shows it; a one-shot run does not).
+async fn print_event(
+    client: &Client<SqliteStore>,
+    e: &Event,
+    group: Option<&GroupId>,
+    names: &Names,
+    ticks: bool,
+) -> bool {
     match e {
-        Event::MessageReceived(m) => out!("{}", show_any(client, m).await),
+        Event::MessageReceived(m) => out!("{}", show_any(client, m, names).await),
         Event::SendFailed { reason, .. } => out!("(not sent: {reason})"),
         Event::Undecryptable { cause, .. } => out!("(undecryptable: {cause})"),
         Event::DeviceListChanged { account, change } => {
             out!(
                 "(devices of {} changed: +{:?} -{:?})",
-                short(account),
+                name(names, account),
                 change.added,
                 change.removed
             )
@@ -474,6 +742,41 @@ async fn print_event(client: &Client<SqliteStore>, e: &Event, group: Option<&Gro
         Event::GroupChangeRejected { group: g, error } => {
             out!("(a change to group {} was refused: {error})", short_group(g))
         }
+        Event::MessageEdited { key } => {
+            if let Ok(Some(m)) = client.message(key).await {
+                out!("{}", show_any(client, &m, names).await);
+            }
+        }
+        Event::MessageDeleted { key } => out!("({} deleted a message)", name(names, &key.sender)),
+        Event::ReactionChanged { key, by, emoji } if emoji.is_empty() => {
+            out!(
+                "({} removed a reaction to {})",
+                name(names, by),
+                about(client, key).await
+            )
+        }
+        Event::ReactionChanged { key, by, emoji } => {
+            out!("({} reacted {emoji} to {})", name(names, by), about(client, key).await)
+        }
+        Event::TimerChanged { expire_s, by, .. } => out!(
+            "({} set disappearing messages to {})",
+            name(names, by),
+            duration(*expire_s)
+        ),
+        Event::IdentityChanged { account } => out!(
+            "(the safety number with {} changed: compare it (`safety`), then `acknowledge` or /ack)",
+            name(names, account)
+        ),
+        Event::Typing { by, typing: true, .. } => out!("({} is typing…)", name(names, by)),
+        Event::MessageSent { id, conversation } if ticks => {
+            out!("✓ sent {}", own_messages(client, conversation, &[*id]).await)
+        }
+        Event::Delivered { ids, by } if ticks => {
+            out!("✓✓ delivered {}", own_messages(client, &by.0, ids).await)
+        }
+        Event::Read { conversation, ids, .. } if ticks => {
+            out!("✓✓ read {}", own_messages(client, conversation, ids).await)
+        }
         _ => {}
     }
     false
@@ -485,8 +788,86 @@ enum ChatWith {
     Group(GroupId),
 }
 
+const CHAT_HELP: &str = "commands: /reply N text, /edit N text, /delete N, /react N [emoji], /timer SECONDS, \
+/block, /unblock, /nick [name], /accept, /ack, /help (N: 1 is the newest message, 2 the one before, or an id)";
+
+/// Runs one `/command` typed in a chat; returns what to print.
+async fn chat_command(client: &Client<SqliteStore>, with: &ChatWith, line: &str) -> Result<String, String> {
+    let conversation = match with {
+        ChatWith::Contact(a) => Conversation::Direct(*a),
+        ChatWith::Group(g) => Conversation::Group(*g),
+    };
+    let contact = match with {
+        ChatWith::Contact(a) => Ok(*a),
+        ChatWith::Group(_) => Err("only in a chat with a contact".to_owned()),
+    };
+    let key = conversation.key();
+    let mut words = line.trim_start_matches('/').splitn(3, ' ');
+    let cmd = words.next().unwrap_or_default();
+    let arg = words.next().unwrap_or_default().trim();
+    let rest = words.next().unwrap_or_default().trim();
+    let err = |e: ClientError| e.to_string();
+    match cmd {
+        "reply" | "edit" if rest.is_empty() => Err(format!("/{cmd} N text")),
+        "reply" => {
+            let m = find_message(client, &key, arg).await?;
+            client.reply(&m.key(), rest).await.map_err(err)?;
+            Ok(String::new())
+        }
+        "edit" => {
+            let m = find_message(client, &key, arg).await?;
+            client.edit(&m.key(), rest).await.map_err(err)?;
+            Ok("(edited)".into())
+        }
+        "delete" => {
+            let m = find_message(client, &key, arg).await?;
+            client.delete_for_everyone(&m.key()).await.map_err(err)?;
+            Ok("(deleted for everyone)".into())
+        }
+        "react" => {
+            let m = find_message(client, &key, arg).await?;
+            client.react(&m.key(), rest).await.map_err(err)?;
+            Ok(if rest.is_empty() {
+                "(reaction removed)".into()
+            } else {
+                format!("(reacted {rest})")
+            })
+        }
+        "timer" => {
+            let seconds: u32 = arg.parse().map_err(|_| "/timer SECONDS (0 turns it off)".to_owned())?;
+            client.set_timer(conversation, seconds).await.map_err(err)?;
+            Ok(format!("(disappearing messages: {})", duration(seconds)))
+        }
+        "block" => {
+            client.block(&contact?).await.map_err(err)?;
+            Ok("(blocked)".into())
+        }
+        "unblock" => {
+            client.unblock(&contact?).await.map_err(err)?;
+            Ok("(unblocked)".into())
+        }
+        "nick" => {
+            let nick = [arg, rest].join(" ");
+            let nick = nick.trim();
+            let nick = (!nick.is_empty()).then_some(nick);
+            client.set_nickname(&contact?, nick).await.map_err(err)?;
+            Ok(format!("(nickname {})", nick.unwrap_or("cleared")))
+        }
+        "accept" => {
+            client.accept_message_request(&contact?).await.map_err(err)?;
+            Ok("(accepted)".into())
+        }
+        "ack" => {
+            client.acknowledge_identity(&contact?).await.map_err(err)?;
+            Ok("(safety number acknowledged)".into())
+        }
+        _ => Ok(CHAT_HELP.into()),
+    }
+}
+
 /// The interactive mode of `chat` and `group chat`: prints the history and incoming
-/// messages; sends each line typed.
+/// messages (marking them read); sends each line typed, or runs it when it starts with
+/// `/`.
 async fn chat(
     client: &Client<SqliteStore>,
     events: &mut EventStream,
@@ -494,32 +875,45 @@ async fn chat(
     history: Vec<StoredMessage>,
     banner: String,
 ) -> Result<(), String> {
+    let mut names = names(client).await;
     for m in history {
-        out!("{}", show_any(client, &m).await);
+        out!("{}", show_any(client, &m, &names).await);
     }
-    out!("-- {banner}; type a line to send, Ctrl-D to quit --");
-    let group = match &with {
-        ChatWith::Group(g) => Some(*g),
-        ChatWith::Contact(_) => None,
+    out!("-- {banner}; type a line to send, /help for commands, Ctrl-D to quit --");
+    let (group, conversation) = match &with {
+        ChatWith::Group(g) => (Some(*g), Conversation::Group(*g)),
+        ChatWith::Contact(a) => (None, Conversation::Direct(*a)),
     };
+    let _ = client.mark_read(conversation).await;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     loop {
         tokio::select! {
             line = lines.next_line(), if stdin_open => match line {
-                Ok(Some(l)) if !l.trim().is_empty() => {
-                    match &with {
-                        ChatWith::Contact(to) => client.send_text(to, l.trim()).await,
-                        ChatWith::Group(g) => client.send_group_text(g, l.trim()).await,
+                Ok(Some(l)) if l.trim().starts_with('/') => {
+                    match chat_command(client, &with, l.trim()).await {
+                        Ok(done) if done.is_empty() => {}
+                        Ok(done) => out!("{done}"),
+                        Err(e) => out!("(error: {e})"),
                     }
-                    .map_err(|e| e.to_string())?;
+                    names = self::names(client).await;
                 }
+                Ok(Some(l)) if !l.trim().is_empty() => {
+                    client.send_message(conversation, l.trim()).await.map_err(|e| e.to_string())?;
+                }
+                // Typing: once the SDK has `Client::set_typing(conversation, bool)`, call
+                // it here as lines are typed (a line-based terminal cannot tell earlier).
                 Ok(Some(_)) => {}
                 _ => stdin_open = false,
             },
             e = events.next() => match e {
                 Some(e) => {
-                    if print_event(client, &e, group.as_ref()).await {
+                    if let Event::MessageReceived(m) = &e
+                        && m.conversation == conversation.key()
+                    {
+                        let _ = client.mark_read(conversation).await;
+                    }
+                    if print_event(client, &e, group.as_ref(), &names, true).await {
                         break;
                     }
                 }
@@ -568,6 +962,18 @@ async fn finish_group_change(client: &Client<SqliteStore>, done: String) {
     out!("{done}");
     if left > 0 {
         out!("({left} messages still queued; they are sent the next time sotto connects)");
+    }
+}
+
+/// After an edit, a delete or a reaction: waits (a bounded time) until it is with the
+/// relay, prints `done` and shuts the client down.
+async fn finish_change(client: &Client<SqliteStore>, done: String) {
+    drain_outbox(client, Duration::from_secs(30)).await;
+    let left = client.outbox_len().await.unwrap_or(0);
+    client.shutdown().await;
+    out!("{done}");
+    if left > 0 {
+        out!("(still queued; it is sent the next time sotto connects)");
     }
 }
 
@@ -678,14 +1084,20 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Receive => {
             let (client, mut events) = open_client(&dir).await?;
+            let names = names(&client).await;
             let got = tokio::time::timeout(Duration::from_secs(30), async {
                 while let Some(e) = events.next().await {
                     match e {
                         Event::MessageReceived(_)
                         | Event::Undecryptable { .. }
                         | Event::GroupChanged { .. }
-                        | Event::GroupChangeRejected { .. } => {
-                            print_event(&client, &e, None).await;
+                        | Event::GroupChangeRejected { .. }
+                        | Event::MessageEdited { .. }
+                        | Event::MessageDeleted { .. }
+                        | Event::ReactionChanged { .. }
+                        | Event::TimerChanged { .. }
+                        | Event::IdentityChanged { .. } => {
+                            print_event(&client, &e, None, &names, false).await;
                         }
                         Event::CaughtUp => return true,
                         _ => {}
@@ -706,21 +1118,137 @@ async fn run(cli: Cli) -> Result<(), String> {
             let (client, mut events) = open_client(&dir).await?;
             let to = contact_or_add(&client, &contact).await?;
             let history = client.messages(&to, Page::default()).await.map_err(|e| e.to_string())?;
-            let banner = format!("chatting with {}", short(&to));
+            let banner = format!("chatting with {}", name(&names(&client).await, &to));
             let done = chat(&client, &mut events, ChatWith::Contact(to), history, banner).await;
             client.shutdown().await;
             done?;
         }
-        Command::Messages { contact } => {
+        Command::Messages { contact, ids } => {
             let client = open_offline(&dir).await?;
             let to = resolve(&client, &contact).await?;
+            let names = names(&client).await;
             let page = Page {
                 before: None,
                 limit: 1000,
             };
             for m in client.messages(&to, page).await.map_err(|e| e.to_string())? {
-                out!("{}", show(&m, None));
+                if ids {
+                    out!("{} {}", short_id(&m.id), show(&m, None, &names));
+                } else {
+                    out!("{}", show(&m, None, &names));
+                }
             }
+        }
+        Command::Reply { contact, message, text } => {
+            let (client, mut events) = open_client(&dir).await?;
+            let to = resolve(&client, &contact).await?;
+            let m = find_message(&client, &to, &message).await?;
+            let sent = client
+                .reply(&m.key(), &text.join(" "))
+                .await
+                .map_err(|e| e.to_string())?;
+            finish_send(&client, &mut events, sent.id).await?;
+        }
+        Command::Edit { contact, message, text } => {
+            let (client, _) = open_client(&dir).await?;
+            let to = resolve(&client, &contact).await?;
+            let m = find_message(&client, &to, &message).await?;
+            client
+                .edit(&m.key(), &text.join(" "))
+                .await
+                .map_err(|e| e.to_string())?;
+            finish_change(&client, "edited".into()).await;
+        }
+        Command::Delete { contact, message } => {
+            let (client, _) = open_client(&dir).await?;
+            let to = resolve(&client, &contact).await?;
+            let m = find_message(&client, &to, &message).await?;
+            client.delete_for_everyone(&m.key()).await.map_err(|e| e.to_string())?;
+            finish_change(&client, "deleted for everyone".into()).await;
+        }
+        Command::React {
+            contact,
+            message,
+            emoji,
+        } => {
+            let (client, _) = open_client(&dir).await?;
+            let to = resolve(&client, &contact).await?;
+            let m = find_message(&client, &to, &message).await?;
+            let emoji = emoji.unwrap_or_default();
+            client.react(&m.key(), &emoji).await.map_err(|e| e.to_string())?;
+            let done = if emoji.is_empty() {
+                "reaction removed".into()
+            } else {
+                format!("reacted {emoji}")
+            };
+            finish_change(&client, done).await;
+        }
+        Command::Timer { contact, seconds } => {
+            let (client, mut events) = open_client(&dir).await?;
+            let to = resolve(&client, &contact).await?;
+            let m = client
+                .set_timer(Conversation::Direct(to), seconds)
+                .await
+                .map_err(|e| e.to_string())?;
+            out!("disappearing messages: {}", duration(seconds));
+            finish_send(&client, &mut events, m.id).await?;
+        }
+        Command::Block { contact } => {
+            let client = open_offline(&dir).await?;
+            let who = resolve(&client, &contact).await?;
+            client.block(&who).await.map_err(|e| e.to_string())?;
+            out!("blocked {}", name(&names(&client).await, &who));
+        }
+        Command::Unblock { contact } => {
+            let client = open_offline(&dir).await?;
+            let who = resolve(&client, &contact).await?;
+            client.unblock(&who).await.map_err(|e| e.to_string())?;
+            out!("unblocked {}", name(&names(&client).await, &who));
+        }
+        Command::Nickname { contact, name: nick } => {
+            let client = open_offline(&dir).await?;
+            let who = resolve(&client, &contact).await?;
+            let nick = nick.filter(|n| !n.trim().is_empty());
+            client
+                .set_nickname(&who, nick.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            match nick {
+                Some(n) => out!("{} is now shown as {n:?}", short(&who)),
+                None => out!("nickname of {} cleared", short(&who)),
+            }
+        }
+        Command::Requests => {
+            let client = open_offline(&dir).await?;
+            for a in client.message_requests().await.map_err(|e| e.to_string())? {
+                let first = client
+                    .messages(&a, Page { before: None, limit: 1 })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let last = first.last().map(|m| snippet(&m.text, 40)).unwrap_or_default();
+                out!("request {a} \"{last}\"");
+            }
+        }
+        Command::Accept { contact } => {
+            let client = open_offline(&dir).await?;
+            let who = resolve(&client, &contact).await?;
+            client.accept_message_request(&who).await.map_err(|e| e.to_string())?;
+            out!("accepted {}", short(&who));
+        }
+        Command::Decline { contact } => {
+            let client = open_offline(&dir).await?;
+            let who = resolve(&client, &contact).await?;
+            client.delete_conversation(&who).await.map_err(|e| e.to_string())?;
+            out!("declined {} (conversation deleted)", short(&who));
+        }
+        Command::Acknowledge { contact } => {
+            let client = open_offline(&dir).await?;
+            let who = resolve(&client, &contact).await?;
+            client.acknowledge_identity(&who).await.map_err(|e| e.to_string())?;
+            out!(
+                "acknowledged the safety number of {}",
+                name(&names(&client).await, &who)
+            );
         }
         Command::Safety { contact } => {
             let client = open_offline(&dir).await?;
@@ -952,8 +1480,9 @@ async fn group(dir: &Path, command: GroupCommand) -> Result<(), String> {
                 before: None,
                 limit: 1000,
             };
+            let names = names(&client).await;
             for m in client.group_messages(&info.id, page).await.map_err(|e| e.to_string())? {
-                out!("{}", show(&m, Some(&info.title)));
+                out!("{}", show(&m, Some(&info.title), &names));
             }
         }
     }

@@ -5,7 +5,12 @@
 // The page creates its account; the CLI adds the page's contact link and the page adds
 // the CLI's; both show the same safety number; the page sends "hello from the browser",
 // the CLI receives it (polling `sotto receive`, which itself waits until the relay has
-// nothing more, a bounded number of times) and replies; the page shows the reply. Then the
+// nothing more, a bounded number of times) and replies; the page shows the reply. The CLI
+// reacts to the page's message and the page shows the reaction; the page reacts back,
+// edits its message ("(edited)" at the CLI), and sets a disappearing-message timer (the CLI
+// prints it); the CLI opens the chat, which marks the page's messages read, and the page
+// shows the read tick. The screenshot is taken there (the reply, the reactions, the edit,
+// the ticks and the timer are on screen). Then the
 // page creates a group with the CLI, the CLI joins it (`sotto receive`, then `sotto group
 // list` names it), writes to it with `sotto group send` and the page shows that in the
 // group; the page writes to the group and the CLI receives it. A screenshot is saved
@@ -127,6 +132,52 @@ test('the web demo chats with the native CLI', { timeout: 10 * 60 * 1000 }, asyn
       .locator('li[data-direction="out"][data-status="delivered"]', { hasText: 'hello from the browser' })
       .waitFor();
 
+    const cliReceives = async (needle) => {
+      let out = '';
+      for (let i = 1; i <= RECEIVE_ATTEMPTS && !out.includes(needle); i++) {
+        out += await sotto('receive');
+      }
+      assert.ok(out.includes(needle), `sotto receive never printed ${JSON.stringify(needle)}:\n${out}`);
+      return out;
+    };
+    const outgoing = (text) => page.locator('li[data-direction="out"]', { hasText: text });
+
+    step = 'the CLI reacts and the page shows the reaction';
+    // 2: the message before the CLI's own reply.
+    assert.match(await sotto('react', pageLink, '2', '👍'), /reacted 👍/);
+    await outgoing('hello from the browser').locator('[data-testid="reactions"]', { hasText: '👍' }).waitFor();
+
+    step = 'the page reacts to the CLI\'s message';
+    await page.locator('li[data-direction="in"]', { hasText: 'hello from the terminal' }).locator('[data-testid="react"]').click();
+    await cliReceives('reacted 👍 to "hello from the terminal"');
+
+    step = 'the page edits its message and the CLI shows the edit';
+    await outgoing('hello from the browser').locator('[data-testid="edit"]').click();
+    await byId('message-input').fill('hello from the browser, edited');
+    await byId('send').click();
+    await page.locator('li[data-edited="true"]', { hasText: 'hello from the browser, edited' }).waitFor();
+    await cliReceives('hello from the browser, edited (edited)');
+
+    step = 'the page sets a disappearing-message timer';
+    await byId('timer').selectOption('3600');
+    await page.locator('li[data-kind="timer"]').waitFor();
+    await cliReceives('set disappearing messages to 1h');
+    await page.locator('body[data-timer="3600"]').waitFor();
+
+    step = 'the CLI reads the chat and the page shows the read tick';
+    const chat = run(CLI, ['--data-dir', path.join(home, 'cli'), 'chat', pageLink], {
+      timeout: 90000,
+      env: { ...process.env, SOTTO_CHAT_EXIT_ON_EOF: '1' },
+    });
+    chat.child.stdin.end();
+    await chat;
+    await sotto('receive');
+    await page.locator('li[data-direction="out"][data-status="read"]', { hasText: 'hello from the browser, edited' }).waitFor();
+
+    mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
+    await page.screenshot({ path: SCREENSHOT, fullPage: true });
+    console.log(`screenshot: ${SCREENSHOT}`);
+
     step = 'the page creates a group with the CLI';
     const title = 'web and terminal';
     await byId('group-title').fill(title);
@@ -159,10 +210,6 @@ test('the web demo chats with the native CLI', { timeout: 10 * 60 * 1000 }, asyn
     }
     assert.ok(got.includes('hello group from the browser'), `sotto receive printed, ${RECEIVE_ATTEMPTS} times:\n${got}`);
     assert.ok(got.includes(title), `the CLI names the group by its title:\n${got}`);
-
-    mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
-    await page.screenshot({ path: SCREENSHOT, fullPage: true });
-    console.log(`screenshot: ${SCREENSHOT}`);
   } catch (e) {
     try {
       mkdirSync(path.dirname(SCREENSHOT), { recursive: true });

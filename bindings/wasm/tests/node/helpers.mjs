@@ -43,32 +43,67 @@ function describe(e) {
 
 /**
  * Reads events from `client` until `pred(event)` holds and returns that event. Fails
- * after `ms` milliseconds, or when the stream ends, naming what it saw.
+ * after `ms` milliseconds, or when the stream ends, naming what it saw. The deadline is an
+ * AbortSignal passed to `nextEvent`, never a `Promise.race`: an event that arrives as the
+ * deadline passes stays with the client for the next call instead of being lost.
  */
 export async function waitEvent(client, what, pred, ms = TIMEOUT_MS) {
   const seen = [];
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`timed out after ${ms} ms waiting for ${what}; events seen: ${seen.join(', ') || 'none'}`)),
-      ms,
-    );
-  });
-  try {
-    for (;;) {
-      const e = await Promise.race([client.nextEvent(), timeout]);
-      if (e === undefined) {
-        throw new Error(`the event stream ended while waiting for ${what}; events seen: ${seen.join(', ') || 'none'}`);
+  const signal = AbortSignal.timeout(ms);
+  for (;;) {
+    let e;
+    try {
+      e = await client.nextEvent(signal);
+    } catch (err) {
+      if (err?.code === 'aborted') {
+        throw new Error(`timed out after ${ms} ms waiting for ${what}; events seen: ${seen.join(', ') || 'none'}`);
       }
-      seen.push(describe(e));
-      if (pred(e)) {
-        return e;
-      }
-      e.free();
+      throw err;
     }
-  } finally {
-    clearTimeout(timer);
+    if (e === undefined) {
+      throw new Error(`the event stream ended while waiting for ${what}; events seen: ${seen.join(', ') || 'none'}`);
+    }
+    seen.push(describe(e));
+    if (pred(e)) {
+      return e;
+    }
+    e.free();
   }
+}
+
+/**
+ * Subscribes to a live list and keeps the list it describes: `list.items` (diffs applied
+ * in order), `list.batches` (every batch received), `list.until(pred, what)` (waits until
+ * `pred(items)` holds, with a deadline), and `list.cancel()`.
+ */
+export function track(live) {
+  const list = { items: [], batches: [], waiters: [] };
+  const check = () => {
+    for (const w of list.waiters.slice()) {
+      if (w.pred(list.items)) {
+        list.waiters.splice(list.waiters.indexOf(w), 1);
+        clearTimeout(w.timer);
+        w.resolve(list.items);
+      }
+    }
+  };
+  list.subscription = live.subscribe((batch) => {
+    list.batches.push(batch);
+    sotto.applyDiffs(list.items, batch);
+    check();
+  });
+  list.until = (pred, what, ms = TIMEOUT_MS) =>
+    new Promise((resolve, reject) => {
+      if (pred(list.items)) return resolve(list.items);
+      const w = { pred, resolve };
+      w.timer = setTimeout(() => {
+        list.waiters.splice(list.waiters.indexOf(w), 1);
+        reject(new Error(`timed out after ${ms} ms waiting for ${what}; the list: ${JSON.stringify(list.items, null, 1).slice(0, 4000)}`));
+      }, ms);
+      list.waiters.push(w);
+    });
+  list.cancel = () => list.subscription.cancel();
+  return list;
 }
 
 /** Waits for a `messageReceived` event whose text is `text`; returns the message. */
