@@ -118,6 +118,7 @@ fn account(seq: u64) -> AccountRecord {
         access_key: Some([0x5a; 32]),
         access_sent: Some(true),
         list_key: Some(b"secret list key pickle".to_vec()),
+        profile: None,
     }
 }
 

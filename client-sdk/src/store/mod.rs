@@ -28,7 +28,9 @@ mod lock;
 pub mod memory;
 #[cfg(any(feature = "native", feature = "web"))]
 mod records;
-pub use records::MAX_NAME_LEN;
+
+/// The longest name (nickname or profile name) kept, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
 #[cfg(feature = "native")]
 pub mod sqlite;
 

@@ -4,9 +4,9 @@ use sotto_crypto::codec::{DecodeError, Put, Reader};
 use sotto_crypto::{AccountId, DeviceId};
 
 use super::{
-    AccountRecord, ConversationRecord, GroupRecord, MAX_OWN_COMMITS, MAX_REACTIONS, MAX_SEAL_KEYS, MAX_SENDER_CHAINS,
-    MessageKind, MessageStatus, OutboxItem, PeerDevice, PendingInbound, Reaction, SenderKeySet, SessionSet,
-    StoredMessage,
+    AccountRecord, ConversationRecord, GroupRecord, MAX_NAME_LEN, MAX_OWN_COMMITS, MAX_REACTIONS, MAX_SEAL_KEYS,
+    MAX_SENDER_CHAINS, MessageKind, MessageStatus, OutboxItem, PeerDevice, PendingInbound, Reaction, SenderKeySet,
+    SessionSet, StoredMessage,
 };
 use crate::ids::MessageId;
 
@@ -241,8 +241,6 @@ fn put_avatar(o: &mut Vec<u8>, avatar: &Option<Vec<u8>>) {
 /// ‖ flag [‖ nickname (var)] ‖ flag [‖ profile name (var)] ‖ read_up_to (u64) ‖
 /// identity_unacked (u8)`. Version 4 adds `profile_at_ms (u64) ‖ flag [‖ avatar (var)]`.
 const CONVERSATION_VERSION: u8 = 4;
-/// The longest name (nickname or profile name) kept, in bytes.
-pub const MAX_NAME_LEN: usize = 256;
 
 pub(crate) fn encode_conversation(c: &ConversationRecord) -> Vec<u8> {
     let mut o = Vec::with_capacity(96);
