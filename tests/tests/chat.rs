@@ -657,3 +657,59 @@ async fn presence_is_opt_in_reaches_accepted_contacts_and_turns_to_last_seen_aft
     carol.receive(1).await;
     assert!(!carol.stash.iter().any(|e| matches!(e, Event::Presence { .. })));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_what_it_should_live_and_the_store_files_hold_no_plaintext() {
+    let relay = TestRelay::start().await;
+    let alice = Device::create(&relay, 491).await;
+    let mut bob = Device::create(&relay, 492).await;
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
+    let b = bob.id();
+    let (mut results, l) = Mirror::<TimelineItem>::new();
+    let search = bob.client.search("zanzibar holi", 50);
+    let _s = search.subscribe(l);
+    for t in [
+        "Our trip to Zanzibar: the holiday plan",
+        "nothing to see here",
+        "zanzibar again, no other word",
+    ] {
+        alice.client.send_message(Conversation::Direct(b), t).await.unwrap();
+    }
+    bob.receive(3).await;
+    results
+        .settles_to(|| async { search.snapshot().await.unwrap() })
+        .await;
+    assert_eq!(results.list.len(), 1);
+    assert_eq!(results.list[0].message.text, "Our trip to Zanzibar: the holiday plan");
+    // An edit that drops a word takes the message out of the results.
+    let mine = MessageKey {
+        conversation: b,
+        sender: alice.id(),
+        id: results.list[0].message.id,
+    };
+    alice.client.edit(&mine, "Our trip: the plan").await.unwrap();
+    saw(&mut bob, |e| matches!(e, Event::MessageEdited { .. })).await;
+    results
+        .settles_to(|| async { search.snapshot().await.unwrap() })
+        .await;
+    assert!(results.list.is_empty());
+    // The durable cursor: everything after an order, in every conversation.
+    let all = bob.client.messages_after(0, 100).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let rest = bob.client.messages_after(all[0].order, 100).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    // No word of any text is in Bob's store files in the clear.
+    bob.client.shutdown().await;
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(bob.dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        scanned += bytes.len();
+        for word in ["zanzibar", "Zanzibar", "holiday", "nothing to see"] {
+            assert!(
+                !bytes.windows(word.len()).any(|w| w == word.as_bytes()),
+                "{word} in the store's files"
+            );
+        }
+    }
+    assert!(scanned > 0);
+}

@@ -634,7 +634,82 @@ where
     Subscription { stop }
 }
 
+/// The results of a local search, live ([`Client::search`]).
+pub struct SearchResults<S: Store> {
+    inner: Arc<Inner<S>>,
+    query: Arc<str>,
+    limit: u32,
+}
+
+impl<S: Store> SearchResults<S> {
+    /// The matching messages now, newest first.
+    pub async fn snapshot(&self) -> Result<Vec<TimelineItem>, super::ClientError> {
+        Ok(self.inner.search_items(&self.query, self.limit).await?.0)
+    }
+
+    /// Calls `listener` with a [`ListDiff::Reset`], then with batches of diffs as
+    /// messages that match are stored, edited, deleted or expire, until the returned
+    /// [`Subscription`] is dropped or cancelled.
+    pub fn subscribe(&self, listener: Listener<TimelineItem>) -> Subscription {
+        let (notify, alive) = self.inner.live.watch(Watch::List);
+        let inner = self.inner.clone();
+        let (query, limit) = (self.query.clone(), self.limit);
+        spawn_watch(
+            notify,
+            alive,
+            listener,
+            move || {
+                let inner = inner.clone();
+                let query = query.clone();
+                async move { inner.search_items(&query, limit).await }
+            },
+            |i: &TimelineItem| i.message.key(),
+        )
+    }
+}
+
+impl<S: Store> Inner<S> {
+    async fn search_items(
+        &self,
+        query: &str,
+        limit: u32,
+    ) -> Result<(Vec<TimelineItem>, Option<u64>), super::ClientError> {
+        let found = self.store.search(query, limit).await?;
+        Ok((
+            found
+                .into_iter()
+                .map(|m| TimelineItem {
+                    send_state: SendState::of(m.status),
+                    message: m,
+                })
+                .collect(),
+            None,
+        ))
+    }
+}
+
 impl<S: Store> Client<S> {
+    /// Searches the texts stored on this device (every word of `query` must start a word
+    /// of the text; case does not matter), newest first, at most `limit`, live. The
+    /// text never reaches the disk in the clear: the SQLite store indexes keyed tags of
+    /// the words (docs/ARCHITECTURE.md, "Local search").
+    pub fn search(&self, query: &str, limit: u32) -> SearchResults<S> {
+        SearchResults {
+            inner: self.inner.clone(),
+            query: Arc::from(query),
+            limit: limit.min(crate::store::MAX_PAGE),
+        }
+    }
+
+    /// The messages stored after `order` (a message's `order`; 0 for the first), in
+    /// every conversation, oldest first: a durable cursor. Code that must handle every
+    /// message once (a bot, notification code) keeps the `order` of the last one it
+    /// handled and starts there after a restart; messages stored while it was down, or
+    /// just before a crash, are not missed.
+    pub async fn messages_after(&self, order: u64, limit: u32) -> Result<Vec<StoredMessage>, super::ClientError> {
+        Ok(self.inner.store.messages_after(order, limit).await?)
+    }
+
     /// The conversation list (1:1 conversations, message requests and groups), live.
     pub fn conversation_list(&self) -> ConversationList<S> {
         ConversationList {

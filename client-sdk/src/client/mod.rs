@@ -39,7 +39,7 @@ pub use entropy::Entropy;
 pub use error::ClientError;
 pub use live::{
     ConversationList, ConversationSummary, ListDiff, Listener, MAX_TIMELINE_WINDOW, MAX_UNREAD_COUNT, Presence,
-    SendState, Subscription, TYPING_TIMEOUT_MS, Timeline, TimelineItem, apply_diffs,
+    SearchResults, SendState, Subscription, TYPING_TIMEOUT_MS, Timeline, TimelineItem, apply_diffs,
 };
 pub use typing::TYPING_REPEAT_MS;
 

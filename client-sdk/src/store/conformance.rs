@@ -26,7 +26,8 @@ macro_rules! store_conformance_tests {
     (@all [$attr:meta] $make:expr) => {
         $crate::store_conformance_tests!(@each [$attr] $make;
             account_cas, sessions_cas_and_atomicity, prekey_delete_is_single_use,
-            messages_dedupe_order_and_pages, message_status, message_updates_fold_and_removal, outbox_fifo,
+            messages_dedupe_order_and_pages, message_status, message_updates_fold_and_removal, search_and_cursor,
+            outbox_fifo,
             device_lists_and_conversations, deferred_commits_and_sync,
             message_keys_are_scoped_to_conversation_and_sender, device_list_pins_only_move_forward,
             commits_relying_on_a_moved_pin_conflict, processed_envelopes_are_kept_bounded,
@@ -793,6 +794,56 @@ pub async fn message_updates_fold_and_removal(s: &impl Store) {
         .await
         .unwrap();
     assert_eq!(again.inserted.len(), 1);
+}
+
+/// Search finds texts whose words start with every query word, newest first, across
+/// conversations; an edit re-indexes, a delete or a removal drops the message; the
+/// cursor lists what was stored after an `order`.
+pub async fn search_and_cursor(s: &impl Store) {
+    let texts = [
+        (1, 1, "Lunch at the Café tomorrow?"),
+        (2, 2, "café opens at noon"),
+        (3, 1, "Tomorrow it rains"),
+        (4, 2, "see you at lunch, then"),
+    ];
+    s.commit(Changes {
+        messages: texts.iter().map(|(id, conv, t)| message(*id, *conv, t)).collect(),
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    let ids = |v: Vec<StoredMessage>| v.into_iter().map(|m| m.id.0[0]).collect::<Vec<u8>>();
+    assert_eq!(ids(s.search("café", 10).await.unwrap()), vec![2, 1]);
+    assert_eq!(ids(s.search("CAF", 10).await.unwrap()), vec![2, 1]);
+    assert_eq!(ids(s.search("lunch tomor", 10).await.unwrap()), vec![1]);
+    assert_eq!(ids(s.search("at", 1).await.unwrap()), vec![4]);
+    assert_eq!(ids(s.search("a", 10).await.unwrap()), vec![4, 2, 1]);
+    assert!(s.search("dinner", 10).await.unwrap().is_empty());
+    assert!(s.search("", 10).await.unwrap().is_empty());
+    s.commit(Changes {
+        message_updates: vec![
+            (
+                key(1, 1),
+                MessageUpdate::Edit {
+                    text: "Dinner at the Café tomorrow?".into(),
+                    at_ms: 5,
+                },
+            ),
+            (key(2, 2), MessageUpdate::Delete),
+        ],
+        messages_removed: vec![key(3, 1)],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(ids(s.search("dinner caf", 10).await.unwrap()), vec![1]);
+    assert_eq!(ids(s.search("lunch", 10).await.unwrap()), vec![4]);
+    assert!(s.search("noon", 10).await.unwrap().is_empty());
+    assert!(s.search("rains", 10).await.unwrap().is_empty());
+    let all = s.messages_after(0, 10).await.unwrap();
+    assert_eq!(ids(all.clone()), vec![1, 2, 4]);
+    assert_eq!(ids(s.messages_after(all[1].order, 10).await.unwrap()), vec![4]);
+    assert_eq!(ids(s.messages_after(0, 1).await.unwrap()), vec![1]);
 }
 
 /// Signed lists of one account at versions 1, 2 and 3, and another list at version 2.

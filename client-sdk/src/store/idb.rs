@@ -771,6 +771,56 @@ impl MessageStore for IdbStore {
         Ok(Some(decode_message(&plain, number_field(&row, "ord")?)?))
     }
 
+    /// Scans the messages newest first (the browser store keeps no search index: nothing
+    /// about a message is stored in the clear but its order and conversation tag).
+    async fn search(&self, query: &str, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = walk(
+            self.read(MESSAGES)?
+                .open_cursor_with_range_and_direction(&JsValue::NULL, IdbCursorDirection::Prev),
+            usize::MAX,
+        )
+        .await?;
+        let mut out = Vec::new();
+        for rec in &rows {
+            if out.len() >= limit.min(MAX_PAGE) as usize {
+                break;
+            }
+            let k = bytes_field(rec, "k")?;
+            let m = decode_message(
+                &self.crypt.open(MESSAGES, &k, &bytes_field(rec, "v")?)?,
+                number_field(rec, "ord")?,
+            )?;
+            if super::search::searchable(&m) && super::search::matches(&m.text, query) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn messages_after(&self, order: u64, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
+        let limit = limit.min(MAX_PAGE) as usize;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let range =
+            IdbKeyRange::lower_bound_with_open(&JsValue::from_f64(order as f64), true).map_err(js("key range"))?;
+        let rows = walk(
+            self.read(MESSAGES)?
+                .open_cursor_with_range_and_direction(&range, IdbCursorDirection::Next),
+            limit,
+        )
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for rec in &rows {
+            let k = bytes_field(rec, "k")?;
+            out.push(decode_message(
+                &self.crypt.open(MESSAGES, &k, &bytes_field(rec, "v")?)?,
+                number_field(rec, "ord")?,
+            )?);
+        }
+        Ok(out)
+    }
+
     /// Scans every message (the browser store keeps no index of expiry times: nothing
     /// about a message is stored in the clear but its order and conversation tag).
     async fn expired_messages(&self, now_ms: u64, limit: u32) -> Result<Vec<MessageKey>, StoreError> {

@@ -130,6 +130,28 @@ impl MessageStore for MemoryStore {
             .cloned())
     }
 
+    async fn search(&self, query: &str, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .messages
+            .values()
+            .rev()
+            .filter(|m| super::search::searchable(m) && super::search::matches(&m.text, query))
+            .take(limit.min(MAX_PAGE) as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn messages_after(&self, order: u64, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .messages
+            .range(order.saturating_add(1)..)
+            .take(limit.min(MAX_PAGE) as usize)
+            .map(|(_, m)| m.clone())
+            .collect())
+    }
+
     async fn expired_messages(&self, now_ms: u64, limit: u32) -> Result<Vec<MessageKey>, StoreError> {
         let inner = self.lock();
         let mut due: Vec<(u64, MessageKey)> = inner

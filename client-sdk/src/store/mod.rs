@@ -28,6 +28,7 @@ mod lock;
 pub mod memory;
 #[cfg(any(feature = "native", feature = "web"))]
 mod records;
+pub mod search;
 
 /// The longest name (nickname or profile name) kept, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
@@ -932,6 +933,21 @@ pub trait MessageStore {
     fn recent_message_ids(&self, limit: u32) -> impl Future<Output = Result<Vec<MessageKey>, StoreError>> + MaybeSend;
     /// One message, by its key.
     fn message(&self, key: MessageKey) -> impl Future<Output = Result<Option<StoredMessage>, StoreError>> + MaybeSend;
+    /// Texts that match `query` ([`search::matches`]: every word of the query starts a
+    /// word of the text), deleted ones left out, newest first, at most `limit`.
+    fn search(
+        &self,
+        query: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + MaybeSend;
+    /// The messages stored after `order`, in every conversation, oldest first, at most
+    /// `limit`: a durable cursor for code that handles every message once (a bot keeps the
+    /// last `order` it handled).
+    fn messages_after(
+        &self,
+        order: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + MaybeSend;
     /// The keys of messages whose disappearing timer ran out at `now_ms` (at most
     /// `limit`, the earliest first).
     fn expired_messages(

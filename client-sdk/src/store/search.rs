@@ -52,6 +52,11 @@ pub fn query_terms(query: &str) -> Vec<String> {
     out
 }
 
+/// True for a message search looks at: a text that is not deleted.
+pub fn searchable(m: &super::StoredMessage) -> bool {
+    m.kind == super::MessageKind::Text && !m.deleted && !m.text.is_empty()
+}
+
 /// True when every word of `query` is a prefix of a word of `text`.
 pub fn matches(text: &str, query: &str) -> bool {
     let have: Vec<String> = words(text).collect();

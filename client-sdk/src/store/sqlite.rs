@@ -63,6 +63,13 @@ const SCHEMA: &[&str] = &[
     // like sessions: v = sealed (var(key) ‖ record).
     "CREATE TABLE IF NOT EXISTS groups (k BLOB PRIMARY KEY, version INTEGER NOT NULL, v BLOB NOT NULL) STRICT",
     "CREATE TABLE IF NOT EXISTS sender_keys (k BLOB PRIMARY KEY, version INTEGER NOT NULL, v BLOB NOT NULL) STRICT",
+    // The search index (docs/ARCHITECTURE.md, "Local search"): one row per search term
+    // of a text, t = a keyed tag of the term (never the term), ord = the message's row.
+    "CREATE TABLE IF NOT EXISTS search (t BLOB NOT NULL, ord INTEGER NOT NULL) STRICT",
+    "CREATE INDEX IF NOT EXISTS search_by_term ON search (t, ord)",
+    "CREATE INDEX IF NOT EXISTS search_by_ord ON search (ord)",
+    // One row once the index covers every stored message.
+    "CREATE TABLE IF NOT EXISTS search_built (id INTEGER PRIMARY KEY CHECK (id = 1)) STRICT",
     // When messages with a disappearing timer expire: k = the message row's k.
     "CREATE TABLE IF NOT EXISTS expiring (k BLOB PRIMARY KEY, expires INTEGER NOT NULL) STRICT",
     "CREATE INDEX IF NOT EXISTS expiring_by_time ON expiring (expires)",
@@ -330,6 +337,7 @@ impl SqliteStore {
                 for stmt in SCHEMA {
                     conn.execute_batch(stmt).map_err(db)?;
                 }
+                build_search_index(&conn, &d.crypt)?;
                 d.conn = Some(conn);
                 Ok(())
             })
@@ -598,6 +606,76 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    async fn search(&self, query: &str, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
+        let query = query.to_owned();
+        self.read(move |d| {
+            let c = d.crypt.clone();
+            let conn = d.conn()?;
+            let limit = limit.min(MAX_PAGE) as usize;
+            let terms = super::search::query_terms(&query);
+            let mut out = Vec::new();
+            let check = |ord: i64, k: &[u8], v: &[u8], out: &mut Vec<StoredMessage>| -> Result<(), StoreError> {
+                let m = decode_message(&c.open("messages", k, v)?, to_u64(ord))?;
+                if super::search::searchable(&m) && super::search::matches(&m.text, &query) {
+                    out.push(m);
+                }
+                Ok(())
+            };
+            if terms.is_empty() {
+                // Words of one character only: the newest texts are checked one by one.
+                let mut stmt = conn
+                    .prepare_cached("SELECT ord, k, v FROM messages ORDER BY ord DESC LIMIT ?")
+                    .map_err(db)?;
+                let mut rows = stmt.query(params![i64::from(MAX_PAGE)]).map_err(db)?;
+                while let Some(row) = rows.next().map_err(db)? {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    check(int(row, 0)?, blob(row, 1)?, blob(row, 2)?, &mut out)?;
+                }
+                return Ok(out);
+            }
+            // The rows holding every term's tag, newest first; each one checked against
+            // its decrypted text (a tag can collide, a one-letter word is not indexed).
+            let one = "SELECT ord FROM search WHERE t = ?";
+            let sql = format!(
+                "SELECT m.ord, m.k, m.v FROM messages m WHERE m.ord IN ({}) ORDER BY m.ord DESC",
+                vec![one; terms.len()].join(" INTERSECT ")
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
+            let tags: Vec<Vec<u8>> = terms.iter().map(|t| term_tag(&c, t)).collect();
+            let mut rows = stmt.query(rusqlite::params_from_iter(tags.iter())).map_err(db)?;
+            while let Some(row) = rows.next().map_err(db)? {
+                if out.len() >= limit {
+                    break;
+                }
+                check(int(row, 0)?, blob(row, 1)?, blob(row, 2)?, &mut out)?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn messages_after(&self, order: u64, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
+        self.read(move |d| {
+            let c = d.crypt.clone();
+            let conn = d.conn()?;
+            let mut stmt = conn
+                .prepare_cached("SELECT ord, k, v FROM messages WHERE ord > ? ORDER BY ord LIMIT ?")
+                .map_err(db)?;
+            let mut rows = stmt
+                .query(params![to_i64(order), i64::from(limit.min(MAX_PAGE))])
+                .map_err(db)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                let plain = c.open("messages", blob(row, 1)?, blob(row, 2)?)?;
+                out.push(decode_message(&plain, to_u64(int(row, 0)?))?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn expired_messages(&self, now_ms: u64, limit: u32) -> Result<Vec<MessageKey>, StoreError> {
         self.read(move |d| {
             let c = d.crypt.clone();
@@ -817,6 +895,51 @@ fn stored_pin(c: &Crypt, tx: &Connection, account: &AccountId) -> Result<Option<
 }
 
 /// Writes `changes` inside the open transaction; on an error the caller rolls back.
+/// The search index's tag of a term: 16 bytes of a keyed hash.
+fn term_tag(c: &Crypt, term: &str) -> Vec<u8> {
+    let mut t = c.tag("search", term.as_bytes());
+    t.truncate(16);
+    t
+}
+
+/// Adds the search terms of message row `ord` to the index.
+fn index_message(tx: &Connection, c: &Crypt, ord: i64, m: &StoredMessage) -> Result<(), StoreError> {
+    if !super::search::searchable(m) {
+        return Ok(());
+    }
+    let mut stmt = tx
+        .prepare_cached("INSERT INTO search (t, ord) VALUES (?, ?)")
+        .map_err(db)?;
+    for term in super::search::terms(&m.text) {
+        stmt.execute(params![term_tag(c, &term), ord]).map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Indexes every stored message, once (a store written before the index existed).
+fn build_search_index(conn: &Connection, c: &Crypt) -> Result<(), StoreError> {
+    let built: Option<i64> = conn
+        .query_row("SELECT id FROM search_built", [], |r| r.get(0))
+        .optional()
+        .map_err(db)?;
+    if built.is_some() {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction().map_err(db)?;
+    exec(&tx, "DELETE FROM search", params![])?;
+    {
+        let mut stmt = tx.prepare("SELECT ord, k, v FROM messages").map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        while let Some(row) = rows.next().map_err(db)? {
+            let ord = int(row, 0)?;
+            let m = decode_message(&c.open("messages", blob(row, 1)?, blob(row, 2)?)?, to_u64(ord))?;
+            index_message(&tx, c, ord, &m)?;
+        }
+    }
+    exec(&tx, "INSERT INTO search_built (id) VALUES (1)", params![])?;
+    tx.commit().map_err(db)
+}
+
 /// Records when the message row `k` expires.
 fn set_expiry(tx: &Connection, k: &[u8], expires_at_ms: u64) -> Result<(), StoreError> {
     exec(
@@ -950,23 +1073,29 @@ fn write_changes(tx: &Connection, c: &Crypt, changes: &Changes) -> Result<Commit
             params![k, conv, v],
         )?;
         if done == 1 {
-            committed.inserted.push((m.id, to_u64(tx.last_insert_rowid())));
+            let ord = tx.last_insert_rowid();
+            committed.inserted.push((m.id, to_u64(ord)));
             if m.expires_at_ms != 0 {
                 set_expiry(tx, &k, m.expires_at_ms)?;
             }
+            index_message(tx, c, ord, m)?;
         }
     }
     for (key, update) in &changes.message_updates {
         let k = c.tag("messages", &key.to_bytes());
-        let v: Option<Vec<u8>> = tx
-            .prepare_cached("SELECT v FROM messages WHERE k = ?")
-            .and_then(|mut s| s.query_row(params![k], |r| r.get(0)).optional())
+        let row: Option<(i64, Vec<u8>)> = tx
+            .prepare_cached("SELECT ord, v FROM messages WHERE k = ?")
+            .and_then(|mut s| s.query_row(params![k], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(db)?;
-        let Some(v) = v else { continue };
+        let Some((ord, v)) = row else { continue };
         let mut m = decode_message(&c.open("messages", &k, &v)?, 0)?;
         let old = m.status;
         if !m.apply(update) {
             continue;
+        }
+        if matches!(update, MessageUpdate::Edit { .. } | MessageUpdate::Delete) {
+            exec(tx, "DELETE FROM search WHERE ord = ?", params![ord])?;
+            index_message(tx, c, ord, &m)?;
         }
         let v = c.seal("messages", &k, &encode_message(&m))?;
         exec(tx, "UPDATE messages SET v = ? WHERE k = ?", params![v, k])?;
@@ -979,6 +1108,11 @@ fn write_changes(tx: &Connection, c: &Crypt, changes: &Changes) -> Result<Commit
     }
     for key in &changes.messages_removed {
         let k = c.tag("messages", &key.to_bytes());
+        exec(
+            tx,
+            "DELETE FROM search WHERE ord = (SELECT ord FROM messages WHERE k = ?)",
+            params![k],
+        )?;
         exec(tx, "DELETE FROM messages WHERE k = ?", params![k])?;
         exec(tx, "DELETE FROM expiring WHERE k = ?", params![k])?;
     }
