@@ -65,6 +65,12 @@ fn account(seq: u64) -> AccountRecord {
 
 const PEER: AccountId = AccountId([0x42; 32]);
 
+/// Three words of a 5,000-word vocabulary, different for each message.
+fn words(n: u64) -> String {
+    let w = |k: u64| format!("w{}", (n.wrapping_mul(k) >> 7) % 5000);
+    format!("{} {} {}", w(2_654_435_761), w(40_503), w(2_246_822_519))
+}
+
 fn message(n: u64, conversation: AccountId) -> StoredMessage {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&n.to_be_bytes());
@@ -73,7 +79,7 @@ fn message(n: u64, conversation: AccountId) -> StoredMessage {
         conversation,
         (conversation, DeviceId(1)),
         1_796_083_200_000 + n,
-        format!("message number {n}"),
+        format!("message number {n} {}", words(n)),
         MessageStatus::Received,
     )
 }
@@ -290,13 +296,48 @@ fn timeline(c: &mut Criterion, rt: &Runtime) {
                     let page = store.messages(PEER, Page::default()).await.unwrap();
                     spent += t.elapsed();
                     assert_eq!(page.len(), 100);
-                    assert_eq!(page[99].text, "message number 100999");
+                    assert!(page[99].text.starts_with("message number 100999 "));
                     store.close().await;
                 }
                 spent
             })
         })
     });
+    g.finish();
+}
+
+/// A search over the same 100,000 messages: a query of two rare words, and one that
+/// pairs a word every message has with a rare one.
+fn search(c: &mut Criterion, rt: &Runtime) {
+    let dir = TempDir::new("search");
+    let path = dir.0.join("store.db");
+    let mut store = None;
+    let mut g = c.benchmark_group("store");
+    for (name, query) in [
+        ("search_100k_two_rare_words", words(77_777)),
+        ("search_100k_common_and_rare_word", format!("message {}", words(77_777))),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    if store.is_none() {
+                        fill(&path).await;
+                        store = Some(SqliteStore::open(&path, &StoreKey::new([7; 32])).await.unwrap());
+                    }
+                    let Some(s) = store.as_ref() else { unreachable!() };
+                    let query: String = query.split(' ').take(2).collect::<Vec<_>>().join(" ");
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        let found = s.search(&query, 50).await.unwrap();
+                        spent += t.elapsed();
+                        assert!(!found.is_empty());
+                    }
+                    spent
+                })
+            })
+        });
+    }
     g.finish();
 }
 
@@ -309,5 +350,6 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     commits(&mut c, &rt);
     timeline(&mut c, &rt);
+    search(&mut c, &rt);
     c.final_summary();
 }

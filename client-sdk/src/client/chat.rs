@@ -16,6 +16,56 @@ use crate::store::{
 /// store page.
 const PAGE: u32 = 500;
 
+/// How often the client looks for expired messages.
+#[cfg(feature = "native")]
+const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the client looks for expired messages (the browser store scans).
+#[cfg(not(feature = "native"))]
+const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl<S: Store> super::Inner<S> {
+    /// Deletes the messages whose timer ran out at `now_ms`; how many went.
+    pub(crate) async fn expire_due(&self, now_ms: u64) -> Result<usize, ClientError> {
+        let mut total = 0;
+        loop {
+            let due = self.store.expired_messages(now_ms, PAGE).await?;
+            if due.is_empty() {
+                return Ok(total);
+            }
+            total += due.len();
+            let n = due.len();
+            self.transact(|_| {
+                Ok((
+                    Changes {
+                        messages_removed: due.clone(),
+                        ..Changes::default()
+                    },
+                    (),
+                ))
+            })
+            .await?;
+            if n < PAGE as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Removes expired messages every [`EXPIRY_SWEEP`] until the client shuts down (a
+    /// store error is retried at the next sweep).
+    pub(crate) async fn sweep_expired(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = crate::rt::sleep(EXPIRY_SWEEP) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            let _ = self.expire_due(now_ms()).await;
+        }
+    }
+}
+
 impl<S: Store> Client<S> {
     /// Queues a chat item and wakes the sender. Returns the new message for a text or a
     /// timer (its `order` set).
@@ -313,32 +363,10 @@ impl<S: Store> Client<S> {
     }
 
     /// Deletes the messages whose disappearing timer ran out at `now_ms` (the client
-    /// calls this itself as timers run out; an app or a test may call it with its own
+    /// does this itself every few seconds; an app or a test may call it with its own
     /// clock). Returns how many went.
     pub async fn expire_messages(&self, now_ms: u64) -> Result<usize, ClientError> {
-        let mut total = 0;
-        loop {
-            let due = self.inner.store.expired_messages(now_ms, PAGE).await?;
-            if due.is_empty() {
-                return Ok(total);
-            }
-            total += due.len();
-            let n = due.len();
-            self.inner
-                .transact(|_| {
-                    Ok((
-                        Changes {
-                            messages_removed: due.clone(),
-                            ..Changes::default()
-                        },
-                        (),
-                    ))
-                })
-                .await?;
-            if n < PAGE as usize {
-                return Ok(total);
-            }
-        }
+        self.inner.expire_due(now_ms).await
     }
 
     /// The conversation stored under `key`.

@@ -399,7 +399,14 @@ impl<S: Store> Client<S> {
 
     pub(crate) fn spawn(&mut self) {
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.inner.options.connect || task.is_some() {
+        if task.is_some() {
+            return;
+        }
+        // Disappearing messages expire whether or not the client connects.
+        let inner = self.inner.clone();
+        let shutdown = self.shutdown.subscribe();
+        drop(rt::spawn(async move { inner.sweep_expired(shutdown).await }));
+        if !self.inner.options.connect {
             return;
         }
         let inner = self.inner.clone();
