@@ -385,9 +385,10 @@ async fn the_send_queue_moves_through_its_states_retries_and_cancels() {
     let mut states = Vec::new();
     let rank = |s: &Option<SendState>| match s {
         Some(SendState::Queued) => 0,
-        Some(SendState::Sent) => 1,
-        Some(SendState::Delivered) => 2,
-        Some(SendState::Read) => 3,
+        Some(SendState::Sending) => 1,
+        Some(SendState::Sent) => 2,
+        Some(SendState::Delivered) => 3,
+        Some(SendState::Read) => 4,
         _ => 9,
     };
     let done = tokio::time::timeout(FAILSAFE, async {
@@ -434,9 +435,19 @@ async fn the_send_queue_moves_through_its_states_retries_and_cancels() {
     let ghost = AccountId([0x42; 32]);
     let failed = alice.client.send_message(Conversation::Direct(ghost), "anyone?").await;
     if let Ok(f) = failed {
-        saw(&mut alice, |e| matches!(e, Event::SendFailed { id, .. } if *id == f.id)).await;
+        let Event::SendFailed { code, .. } = alice
+            .wait_for(|e| matches!(e, Event::SendFailed { id, .. } if *id == f.id))
+            .await
+        else {
+            unreachable!()
+        };
         let stored = alice.client.message(&key_of(&f)).await.unwrap().unwrap();
         assert!(matches!(stored.status, MessageStatus::Failed { .. }));
+        // The handle's state says why, with the same stable code.
+        assert!(matches!(
+            SendState::of_message(&stored),
+            Some(SendState::Failed { error, .. }) if error == code
+        ));
         alice.client.retry(&key_of(&f)).await.unwrap();
         saw(&mut alice, |e| matches!(e, Event::SendFailed { id, .. } if *id == f.id)).await;
     }
@@ -676,9 +687,7 @@ async fn search_finds_what_it_should_live_and_the_store_files_hold_no_plaintext(
         alice.client.send_message(Conversation::Direct(b), t).await.unwrap();
     }
     bob.receive(3).await;
-    results
-        .settles_to(|| async { search.snapshot().await.unwrap() })
-        .await;
+    results.settles_to(|| async { search.snapshot().await.unwrap() }).await;
     assert_eq!(results.list.len(), 1);
     assert_eq!(results.list[0].message.text, "Our trip to Zanzibar: the holiday plan");
     // An edit that drops a word takes the message out of the results.
@@ -689,9 +698,7 @@ async fn search_finds_what_it_should_live_and_the_store_files_hold_no_plaintext(
     };
     alice.client.edit(&mine, "Our trip: the plan").await.unwrap();
     saw(&mut bob, |e| matches!(e, Event::MessageEdited { .. })).await;
-    results
-        .settles_to(|| async { search.snapshot().await.unwrap() })
-        .await;
+    results.settles_to(|| async { search.snapshot().await.unwrap() }).await;
     assert!(results.list.is_empty());
     // The durable cursor: everything after an order, in every conversation.
     let all = bob.client.messages_after(0, 100).await.unwrap();

@@ -57,7 +57,10 @@ impl<S: Store> Inner<S> {
                         backoff = self.options.backoff_min;
                         self.emit_state(ConnectionState::Connected).await;
                         self.emit(vec![Event::Connected]).await;
-                        match self.serve(socket, &mut shutdown, &mut anon).await {
+                        let served = self.serve(socket, &mut shutdown, &mut anon).await;
+                        // Nothing is in flight once the connection is gone.
+                        self.note_sending(std::iter::empty());
+                        match served {
                             Served::Shutdown => return,
                             Served::Stop(cause) => {
                                 self.emit_state(ConnectionState::Stopped { cause }).await;
@@ -135,7 +138,9 @@ impl<S: Store> Inner<S> {
             if self.new_receipts.swap(false, std::sync::atomic::Ordering::SeqCst) {
                 tx.dirty = true;
             }
-            if !self.fill_window(&mut tx, &mut socket, anon).await {
+            let filled = self.fill_window(&mut tx, &mut socket, anon).await;
+            self.note_sending(tx.in_flight.iter().map(|f| (f.item.id, f.item.to)));
+            if !filled {
                 return Served::Lost(DisconnectCause::Closed);
             }
             let retry_at = tx.retry_at;

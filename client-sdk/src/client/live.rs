@@ -123,6 +123,8 @@ pub(crate) fn diff<T: Clone + PartialEq, K: Eq + std::hash::Hash>(
 pub enum SendState {
     /// In the send queue.
     Queued,
+    /// Handed to the relay, its answer not in yet.
+    Sending,
     /// The relay stored it for every device.
     Sent,
     /// A device of the recipient stored it.
@@ -142,6 +144,17 @@ pub enum SendState {
 
 impl SendState {
     /// The state of a stored message; `None` for one this account received.
+    pub fn of_message(m: &StoredMessage) -> Option<Self> {
+        match (Self::of(m.status), &m.failure) {
+            (Some(Self::Failed { retryable, .. }), Some(code)) => Some(Self::Failed {
+                error: code.clone(),
+                retryable,
+            }),
+            (state, _) => state,
+        }
+    }
+
+    /// The state a status stands for; `None` for a message this account received.
     pub fn of(status: MessageStatus) -> Option<Self> {
         Some(match status {
             MessageStatus::Received => return None,
@@ -283,7 +296,7 @@ impl LiveHub {
         self.wake(list, &convs);
     }
 
-    fn wake(&self, list: bool, convs: &BTreeSet<AccountId>) {
+    pub(crate) fn wake(&self, list: bool, convs: &BTreeSet<AccountId>) {
         let w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
         for (what, notify, alive) in w.iter() {
             if alive.strong_count() == 0 {
@@ -459,6 +472,44 @@ impl<S: Store> Inner<S> {
         Ok((page.last().cloned(), u32::try_from(unread).unwrap_or(MAX_UNREAD_COUNT)))
     }
 
+    /// The outbox items now in flight: their messages show as `Sending`. Wakes the
+    /// timelines whose items changed state.
+    pub(crate) fn note_sending(&self, now: impl Iterator<Item = (crate::ids::MessageId, AccountId)>) {
+        let now: HashMap<crate::ids::MessageId, AccountId> = now.collect();
+        let changed: BTreeSet<AccountId> = {
+            let mut s = self.sending.lock().unwrap_or_else(|e| e.into_inner());
+            if *s == now {
+                return;
+            }
+            let changed = s
+                .iter()
+                .filter(|(id, _)| !now.contains_key(id))
+                .chain(now.iter().filter(|(id, _)| !s.contains_key(id)))
+                .map(|(_, c)| *c)
+                .collect();
+            *s = now;
+            changed
+        };
+        self.live.wake(false, &changed);
+    }
+
+    /// The send state a timeline shows for `m`.
+    fn send_state(&self, m: &StoredMessage) -> Option<SendState> {
+        let state = SendState::of_message(m)?;
+        if state == SendState::Queued
+            && m.sender.0 == self.device.account_id()
+            && self
+                .sending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&m.id)
+                .is_some_and(|c| *c == m.conversation)
+        {
+            return Some(SendState::Sending);
+        }
+        Some(state)
+    }
+
     /// The last `limit` items of a timeline, oldest first.
     pub(crate) async fn timeline_items(
         &self,
@@ -478,7 +529,7 @@ impl<S: Store> Inner<S> {
         Ok(page
             .into_iter()
             .map(|m| TimelineItem {
-                send_state: SendState::of(m.status),
+                send_state: self.send_state(&m),
                 message: m,
             })
             .collect())
@@ -679,7 +730,7 @@ impl<S: Store> Inner<S> {
             found
                 .into_iter()
                 .map(|m| TimelineItem {
-                    send_state: SendState::of(m.status),
+                    send_state: self.send_state(&m),
                     message: m,
                 })
                 .collect(),

@@ -271,6 +271,9 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) live: live::LiveHub,
     /// Typing frames waiting for the connection.
     pub(crate) ephemeral: typing::Ephemeral,
+    /// The outbox items handed to the relay and not answered yet (id → conversation):
+    /// their messages show as `Sending`.
+    pub(crate) sending: std::sync::Mutex<std::collections::HashMap<crate::ids::MessageId, AccountId>>,
 }
 
 /// A Sotto client: one device of one account, its store and its relay connection.
@@ -390,6 +393,7 @@ impl<S: Store> Client<S> {
                 access_key: std::sync::Mutex::new(access_key),
                 live: live::LiveHub::default(),
                 ephemeral: typing::Ephemeral::default(),
+                sending: Default::default(),
             }),
             shutdown,
             task: std::sync::Mutex::new(None),

@@ -247,7 +247,10 @@ impl Machine {
                         sender: self.account_id(),
                         id: item.id,
                     },
-                    MessageUpdate::Status(MessageStatus::Failed { retryable }),
+                    MessageUpdate::Fail {
+                        retryable,
+                        code: code.to_owned(),
+                    },
                 )]
             } else {
                 Vec::new()

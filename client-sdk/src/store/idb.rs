@@ -1192,7 +1192,7 @@ impl Store for IdbStore {
                 let v = c.seal(MESSAGES, &k, &encode_message(&m))?;
                 Reflect::set(&row, &JsValue::from_str("v"), &bytes(&v)).map_err(js("record"))?;
                 store.put(&row).map_err(js("put"))?;
-                if matches!(update, super::MessageUpdate::Status(_)) {
+                if update.is_status() {
                     committed.advanced.push((*key, old));
                 }
             }

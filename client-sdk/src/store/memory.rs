@@ -295,7 +295,7 @@ impl Store for MemoryStore {
                 && let Some(m) = inner.messages.get_mut(&order)
             {
                 let old = m.status;
-                if m.apply(&update) && matches!(update, super::MessageUpdate::Status(_)) {
+                if m.apply(&update) && update.is_status() {
                     advanced.push((id, old));
                 }
             }

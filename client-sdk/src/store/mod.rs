@@ -478,6 +478,15 @@ pub enum MessageUpdate {
     ExpireAt(u64),
     /// A failed message goes back in the send queue (`Failed` → `Queued`).
     Requeue,
+    /// Sending it was given up (applied when `Failed` advances, as a status), with a
+    /// stable code for why.
+    Fail {
+        /// True when a later attempt may work.
+        retryable: bool,
+        /// Why: the relay's error code name (`UNKNOWN_ACCOUNT`, `MAILBOX_FULL`, …) or
+        /// the client's (`DEVICE_LIST`, `ENCRYPT`, …).
+        code: String,
+    },
 }
 
 /// Leaves texts out.
@@ -490,6 +499,11 @@ impl std::fmt::Debug for MessageUpdate {
             Self::React(r) => f.debug_struct("React").field("at_ms", &r.at_ms).finish_non_exhaustive(),
             Self::ExpireAt(t) => f.debug_tuple("ExpireAt").field(t).finish(),
             Self::Requeue => f.write_str("Requeue"),
+            Self::Fail { retryable, code } => f
+                .debug_struct("Fail")
+                .field("retryable", retryable)
+                .field("code", code)
+                .finish(),
         }
     }
 }
@@ -526,6 +540,18 @@ pub struct StoredMessage {
     pub expire_s: u32,
     /// When it leaves the store (Unix ms); 0 for never.
     pub expires_at_ms: u64,
+    /// Why sending it failed (a stable code), while its status is `Failed`.
+    pub failure: Option<String>,
+}
+
+/// The longest failure code kept, in bytes.
+pub const MAX_FAILURE_CODE_LEN: usize = 64;
+
+impl MessageUpdate {
+    /// True for the updates that move a status (reported in [`Committed::advanced`]).
+    pub fn is_status(&self) -> bool {
+        matches!(self, Self::Status(_) | Self::Fail { .. })
+    }
 }
 
 impl StoredMessage {
@@ -553,6 +579,7 @@ impl StoredMessage {
             reactions: Vec::new(),
             expire_s: 0,
             expires_at_ms: 0,
+            failure: None,
         }
     }
 
@@ -605,6 +632,15 @@ impl StoredMessage {
                     return false;
                 }
                 self.status = MessageStatus::Queued;
+                self.failure = None;
+            }
+            MessageUpdate::Fail { retryable, code } => {
+                let s = MessageStatus::Failed { retryable: *retryable };
+                if !s.advances_from(self.status) {
+                    return false;
+                }
+                self.status = s;
+                self.failure = Some(crate::content::truncate_utf8(code, MAX_FAILURE_CODE_LEN).to_owned());
             }
         }
         true

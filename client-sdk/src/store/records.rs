@@ -370,8 +370,9 @@ pub(crate) fn decode_peer(b: &[u8]) -> Result<PeerDevice, DecodeError> {
 /// Message records of version 2 add, after the status: `kind (u8) [‖ u32 or u8] ‖ flag
 /// [‖ quote author (32) ‖ quote id (16) ‖ snippet (var)] ‖ edited_at_ms (u64) ‖ deleted
 /// (u8) ‖ count (u16) ‖ count × (by (32) ‖ emoji (var) ‖ at_ms (u64)) ‖ expire_s (u32) ‖
-/// expires_at_ms (u64)`; version 1 records are plain texts.
-const MESSAGE_VERSION: u8 = 2;
+/// expires_at_ms (u64)`; version 1 records are plain texts. Version 3 adds `flag [‖
+/// failure code (var)]`.
+const MESSAGE_VERSION: u8 = 3;
 
 pub(crate) fn encode_message(m: &StoredMessage) -> Vec<u8> {
     let mut o = Vec::with_capacity(160 + m.text.len());
@@ -414,6 +415,13 @@ pub(crate) fn encode_message(m: &StoredMessage) -> Vec<u8> {
     }
     o.put_u32(m.expire_s);
     o.put_u64(m.expires_at_ms);
+    match &m.failure {
+        Some(code) => {
+            o.put_u8(1);
+            o.put_var(crate::content::truncate_utf8(code, super::MAX_FAILURE_CODE_LEN).as_bytes());
+        }
+        None => o.put_u8(0),
+    }
     o
 }
 
@@ -468,6 +476,9 @@ pub(crate) fn decode_message(b: &[u8], order: u64) -> Result<StoredMessage, Deco
         }
         m.expire_s = r.u32()?;
         m.expires_at_ms = r.u64()?;
+    }
+    if version >= 3 && r.flag("failure")? {
+        m.failure = Some(utf8(r.var_bytes("failure", super::MAX_FAILURE_CODE_LEN)?, "failure")?);
     }
     r.finish()?;
     Ok(m)

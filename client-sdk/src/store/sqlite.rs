@@ -1099,7 +1099,7 @@ fn write_changes(tx: &Connection, c: &Crypt, changes: &Changes) -> Result<Commit
         }
         let v = c.seal("messages", &k, &encode_message(&m))?;
         exec(tx, "UPDATE messages SET v = ? WHERE k = ?", params![v, k])?;
-        if matches!(update, MessageUpdate::Status(_)) {
+        if update.is_status() {
             committed.advanced.push((*key, old));
         }
         if matches!(update, MessageUpdate::ExpireAt(_)) {
