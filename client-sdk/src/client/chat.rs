@@ -15,6 +15,9 @@ use crate::store::{
 /// How many messages [`Client::mark_read`] and [`Client::delete_conversation`] handle per
 /// store page.
 const PAGE: u32 = 500;
+/// The most messages one [`Client::mark_read`] reads (newest first) to send receipts and
+/// start timers for.
+const MAX_MARK_READ: u32 = 5_000;
 
 /// How often the client looks for expired messages.
 #[cfg(feature = "native")]
@@ -202,7 +205,9 @@ impl<S: Store> Client<S> {
             before = Some(first.order);
             let done = first.order <= from;
             unread.extend(page.into_iter().filter(|m| m.order > from));
-            if done {
+            // Bounded: the marker still covers older ones (their receipts and timers are
+            // left out).
+            if done || unread.len() >= MAX_MARK_READ as usize {
                 break;
             }
         }

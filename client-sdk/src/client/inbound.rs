@@ -274,6 +274,27 @@ impl<S: Store> Inner<S> {
                     }
                     out
                 }
+                // A read receipt reports the messages it moved to `Read`, once each.
+                Event::Read {
+                    conversation,
+                    mut ids,
+                    by,
+                } => {
+                    ids.retain(|id| {
+                        advanced
+                            .remove(&MessageKey {
+                                conversation,
+                                sender: own,
+                                id: *id,
+                            })
+                            .is_some()
+                    });
+                    if ids.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![Event::Read { conversation, ids, by }]
+                    }
+                }
                 other => vec![other],
             })
             .collect();

@@ -259,7 +259,16 @@ pub(crate) struct LiveHub {
     typing: StdMutex<HashMap<AccountId, Vec<(AccountId, u64)>>>,
     /// Contact → (last presence frame, Unix ms; online until, Unix ms).
     presence: StdMutex<HashMap<AccountId, (u64, u64)>>,
+    /// Conversation key → (the read marker it was computed for, last message, unread):
+    /// the conversation list recomputes only what a commit touched.
+    summaries: StdMutex<HashMap<AccountId, CachedSummary>>,
+    /// Bumped by every commit that touches messages: a summary computed across a bump is
+    /// not cached.
+    generation: std::sync::atomic::AtomicU64,
 }
+
+/// A conversation's last message and unread count, for the read marker it was computed for.
+type CachedSummary = (u64, Option<StoredMessage>, u32);
 
 /// A contact's presence, as the conversation list shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,6 +302,13 @@ impl LiveHub {
             || !changes.conversations.is_empty()
             || !changes.conversations_removed.is_empty()
             || !changes.groups.is_empty();
+        if !convs.is_empty() || !changes.conversations_removed.is_empty() {
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut cache = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
+            for c in convs.iter().chain(&changes.conversations_removed) {
+                cache.remove(c);
+            }
+        }
         self.wake(list, &convs);
     }
 
@@ -455,6 +471,15 @@ impl<S: Store> Inner<S> {
         read_up_to: u64,
         own: AccountId,
     ) -> Result<(Option<StoredMessage>, u32), super::ClientError> {
+        {
+            let cache = self.live.summaries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((marker, last, unread)) = cache.get(&conversation)
+                && *marker == read_up_to
+            {
+                return Ok((last.clone(), *unread));
+            }
+        }
+        let generation = self.live.generation.load(std::sync::atomic::Ordering::SeqCst);
         let page = self
             .store
             .messages(
@@ -469,7 +494,15 @@ impl<S: Store> Inner<S> {
             .iter()
             .filter(|m| m.order > read_up_to && m.sender.0 != own && m.kind == MessageKind::Text && !m.deleted)
             .count();
-        Ok((page.last().cloned(), u32::try_from(unread).unwrap_or(MAX_UNREAD_COUNT)))
+        let out = (page.last().cloned(), u32::try_from(unread).unwrap_or(MAX_UNREAD_COUNT));
+        if self.live.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            self.live
+                .summaries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(conversation, (read_up_to, out.0.clone(), out.1));
+        }
+        Ok(out)
     }
 
     /// The outbox items now in flight: their messages show as `Sending`. Wakes the

@@ -296,7 +296,11 @@ impl<S: Store> Inner<S> {
         let ev = {
             let mut m = self.machine.lock().await;
             let (changes, ev) = m.mark_sent(item);
-            match self.commit_locked(&mut m, changes).await {
+            // Deferred: made durable by the next durable commit or sync. A power loss
+            // before that puts the item back in the outbox, and it goes again under a new
+            // ratchet step (the one that encrypted it was durable before it left); its
+            // receivers drop the copy by its id. One fsync fewer per message sent.
+            match self.commit_locked_as(&mut m, changes, true).await {
                 Ok(c) => self.if_advanced(ev, &c),
                 Err(_) => return false,
             }
