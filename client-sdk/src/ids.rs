@@ -34,6 +34,34 @@ impl fmt::Display for MessageId {
     }
 }
 
+/// A string that is not a message id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a message id (32 hex digits, dashes allowed where a UUID has them)")]
+pub struct BadMessageId;
+
+/// Reads the UUID form [`MessageId`]'s `Display` writes (dashes optional).
+impl std::str::FromStr for MessageId {
+    type Err = BadMessageId;
+
+    fn from_str(s: &str) -> Result<Self, BadMessageId> {
+        let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+        if hex.len() != 32 || s.len() > 36 {
+            return Err(BadMessageId);
+        }
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 16];
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            out[i] = (digit(pair[0]).ok_or(BadMessageId)? << 4) | digit(pair[1]).ok_or(BadMessageId)?;
+        }
+        Ok(Self(out))
+    }
+}
+
 impl fmt::Debug for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "MessageId({self})")
@@ -54,6 +82,11 @@ mod tests {
         assert_eq!(id.0[6] >> 4, 7);
         assert_eq!(id.0[8] >> 6, 2);
         assert_eq!(id.to_string().len(), 36);
+        assert_eq!(id.to_string().parse::<MessageId>(), Ok(id));
+        assert_eq!(id.to_string().replace('-', "").parse::<MessageId>(), Ok(id));
+        for bad in ["", "xyz", &"0".repeat(31), &"g".repeat(32), &format!("{id}-")] {
+            assert_eq!(bad.parse::<MessageId>(), Err(BadMessageId), "{bad}");
+        }
         assert_ne!(id, MessageId::new(0x0102_0304_0506, &mut rng));
     }
 }

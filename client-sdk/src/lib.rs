@@ -66,7 +66,7 @@ pub use client::{
 };
 pub use content::{Content, ContentError, ContentKind};
 pub use group::{GroupId, Role};
-pub use ids::MessageId;
+pub use ids::{BadMessageId, MessageId};
 #[cfg(any(feature = "native", feature = "web"))]
 pub use link::PendingJoin;
 pub use machine::{

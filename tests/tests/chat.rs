@@ -720,3 +720,44 @@ async fn search_finds_what_it_should_live_and_the_store_files_hold_no_plaintext(
     }
     assert!(scanned > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contacts_new_device_must_be_acknowledged_before_the_next_send() {
+    let relay = TestRelay::start().await;
+    let mut alice = Device::create(&relay, 501).await;
+    let mut bob = Device::create(&relay, 502).await;
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
+    let b = bob.id();
+    alice.client.send_message(Conversation::Direct(b), "one").await.unwrap();
+    bob.receive(1).await;
+    let safety = alice.client.safety_number(&b).await.unwrap();
+    // Bob links a second device; Alice's next send finds it and pins Bob's new list.
+    let mut b2 = Device::join(&relay, &mut bob, 503).await;
+    alice.client.send_message(Conversation::Direct(b), "two").await.unwrap();
+    saw(
+        &mut alice,
+        |e| matches!(e, Event::IdentityChanged { account } if *account == b),
+    )
+    .await;
+    assert_eq!(b2.receive(1).await[0].text, "two");
+    // The safety number covers the account keys: unchanged. The device set did change, and
+    // the conversation shows it and waits for Alice.
+    assert_eq!(alice.client.safety_number(&b).await.unwrap(), safety);
+    let items = alice.history(&b).await;
+    assert!(items.iter().any(|m| m.kind == MessageKind::IdentityChanged));
+    let list = alice.client.conversation_list().snapshot().await.unwrap();
+    assert!(list[0].identity_unacked);
+    let err = alice
+        .client
+        .send_message(Conversation::Direct(b), "three")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "identity_unacknowledged");
+    alice.client.acknowledge_identity(&b).await.unwrap();
+    alice
+        .client
+        .send_message(Conversation::Direct(b), "three")
+        .await
+        .unwrap();
+    assert_eq!(b2.receive(1).await[0].text, "three");
+}

@@ -33,8 +33,21 @@ impl<S: Store> Inner<S> {
                         events.push(Event::DeviceRemoved);
                     }
                 }
+                // A contact's device added or re-keyed: the conversation now waits for the
+                // user's acknowledgement (the machine set it, with a timeline item).
+                let unacked = account != self.device.account_id()
+                    && (!change.added.is_empty() || !change.rekeyed.is_empty())
+                    && self
+                        .machine
+                        .lock()
+                        .await
+                        .conversation(&account)
+                        .is_some_and(|c| c.identity_unacked);
                 if !change.is_empty() {
                     events.insert(0, Event::DeviceListChanged { account, change });
+                }
+                if unacked {
+                    events.push(Event::IdentityChanged { account });
                 }
                 self.emit(events).await;
                 Ok(())

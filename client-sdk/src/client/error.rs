@@ -149,6 +149,7 @@ impl ClientError {
         match self {
             Self::Store(StoreError::Decrypt) | Self::Machine(MachineError::Pickle(_)) => "wrong_store_key",
             Self::Store(StoreError::Conflict) => "store_conflict",
+            Self::Store(StoreError::InUse { .. }) => "device_in_use",
             Self::Store(_) => "store",
             Self::Machine(MachineError::Blocked) => "blocked",
             Self::Machine(MachineError::IdentityUnacknowledged) => "identity_unacknowledged",
