@@ -17,7 +17,7 @@
 //! share one thread.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
@@ -35,6 +35,13 @@ use sotto_sdk::{
 use zeroize::Zeroizing;
 
 uniffi::setup_scaffolding!();
+
+mod chat;
+
+pub use chat::{
+    Conversation, ConversationDiff, ConversationList, ConversationListListener, ConversationSummary, ListSubscription,
+    MessageKey, MessageKind, Quote, Reaction, SendState, Timeline, TimelineDiff, TimelineItem, TimelineListener,
+};
 
 type SdkClient = Client<SqliteStore>;
 
@@ -227,6 +234,45 @@ pub enum SottoError {
     /// The operating system's random generator failed; nothing was done.
     #[error("the operating system's random generator failed")]
     Entropy,
+    /// No such message in this conversation (or, for an edit, not a text that is still
+    /// there).
+    #[error("no such message")]
+    UnknownMessage,
+    /// Only a message's author may edit or delete it.
+    #[error("only the author may change this message")]
+    NotAuthor,
+    /// The message cannot be cancelled (the relay has it) or retried (it has not failed)
+    /// in its state.
+    #[error("the message cannot be cancelled or retried in its state")]
+    NotQueued,
+    /// The contact is blocked: unblock them to send.
+    #[error("the contact is blocked")]
+    Blocked,
+    /// The contact's safety number changed: acknowledge it (`acknowledge_identity`)
+    /// before sending to them.
+    #[error("the contact's safety number changed: acknowledge it before sending")]
+    IdentityUnacknowledged,
+    /// A text (or an emoji) longer than the SDK allows.
+    #[error("{len} bytes exceed the limit of {max}")]
+    TooLong {
+        /// Its length, bytes.
+        len: u64,
+        /// The limit, bytes.
+        max: u64,
+    },
+    /// A disappearing-message timer above the limit.
+    #[error("timer above {max_s} s")]
+    TimerTooLong {
+        /// The limit, seconds.
+        max_s: u32,
+    },
+    /// Another process (or another client in this one) runs this device on this store
+    /// in the same role; retryable once that one has stopped.
+    #[error("another process runs this device on this store (as {role})")]
+    DeviceInUse {
+        /// The role both asked for: `app` or `notification_extension`.
+        role: String,
+    },
 }
 
 #[uniffi::export]
@@ -263,6 +309,14 @@ impl SottoError {
             Self::Closed => "closed",
             Self::Internal { .. } => "internal",
             Self::Entropy => "entropy",
+            Self::UnknownMessage => "unknown_message",
+            Self::NotAuthor => "not_author",
+            Self::NotQueued => "not_queued",
+            Self::Blocked => "blocked",
+            Self::IdentityUnacknowledged => "identity_unacknowledged",
+            Self::TooLong { .. } => "too_long",
+            Self::TimerTooLong { .. } => "timer_too_long",
+            Self::DeviceInUse { .. } => "device_in_use",
         }
         .into()
     }
@@ -270,7 +324,7 @@ impl SottoError {
     /// True when the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::StoreConflict | Self::Network { .. } => true,
+            Self::StoreConflict | Self::Network { .. } | Self::DeviceInUse { .. } => true,
             Self::Relay { retryable, .. } => *retryable,
             _ => false,
         }
@@ -282,6 +336,9 @@ impl From<StoreError> for SottoError {
         match e {
             StoreError::Conflict => Self::StoreConflict,
             StoreError::Decrypt => Self::WrongStoreKey,
+            StoreError::InUse { role } => Self::DeviceInUse {
+                role: role.code().into(),
+            },
             other => Self::Store {
                 reason: other.to_string(),
             },
@@ -318,6 +375,13 @@ impl From<ClientError> for SottoError {
                 MachineError::Group(GroupError::NotAdmin) => Self::NotGroupAdmin,
                 MachineError::Group(g) => Self::Group { reason: g.to_string() },
                 MachineError::SenderKey(k) => Self::SenderKey { reason: k.to_string() },
+                MachineError::Blocked => Self::Blocked,
+                MachineError::IdentityUnacknowledged => Self::IdentityUnacknowledged,
+                MachineError::TextTooLong { len, max } => Self::TooLong {
+                    len: len as u64,
+                    max: max as u64,
+                },
+                MachineError::TimerTooLong { max_s } => Self::TimerTooLong { max_s },
                 other => Self::Refused {
                     reason: other.to_string(),
                 },
@@ -336,6 +400,12 @@ impl From<ClientError> for SottoError {
             ClientError::UnknownLinkRequest => Self::UnknownLinkRequest,
             ClientError::LinkTimeout => Self::LinkTimeout,
             ClientError::Entropy => Self::Entropy,
+            ClientError::UnknownMessage => Self::UnknownMessage,
+            ClientError::NotAuthor => Self::NotAuthor,
+            ClientError::NotQueued => Self::NotQueued,
+            ClientError::DeviceInUse { role } => Self::DeviceInUse {
+                role: role.code().into(),
+            },
             other => Self::Refused {
                 reason: other.to_string(),
             },
@@ -472,6 +542,9 @@ pub struct ClientOptions {
     /// them with `ACCESS_DENIED` when false).
     #[uniffi(default = true)]
     pub accept_message_requests: bool,
+    /// Whether `mark_read` sends read receipts to the authors of what was read.
+    #[uniffi(default = true)]
+    pub read_receipts: bool,
 }
 
 impl From<ClientOptions> for sotto_sdk::ClientOptions {
@@ -495,6 +568,7 @@ impl From<ClientOptions> for sotto_sdk::ClientOptions {
             anonymous_lifetime: Duration::from_millis(o.anonymous_lifetime_min_ms)
                 ..Duration::from_millis(o.anonymous_lifetime_max_ms),
             accept_message_requests: o.accept_message_requests,
+            read_receipts: o.read_receipts,
             ..Self::default()
         }
     }
@@ -525,6 +599,8 @@ pub enum MessageStatus {
     Delivered,
     /// Sent from another device of this account.
     SentElsewhere,
+    /// A reader reported it read (a read receipt).
+    Read,
     /// A status this version of the binding does not know.
     Unknown,
     /// Given up; `retryable` when sending it again later may work.
@@ -542,6 +618,7 @@ impl From<SdkStatus> for MessageStatus {
             SdkStatus::Sent => Self::Sent,
             SdkStatus::Delivered => Self::Delivered,
             SdkStatus::SentElsewhere => Self::SentElsewhere,
+            SdkStatus::Read => Self::Read,
             SdkStatus::Failed { retryable } => Self::Failed { retryable },
             _ => Self::Unknown,
         }
@@ -834,6 +911,60 @@ pub enum Event {
     },
     /// Every envelope queued while this device was offline has been processed.
     CaughtUp,
+    /// The author of a message edited it (the timeline shows the new text).
+    MessageEdited {
+        /// The message.
+        key: MessageKey,
+    },
+    /// The author of a message deleted it for everyone.
+    MessageDeleted {
+        /// The message.
+        key: MessageKey,
+    },
+    /// An account reacted to a message, or removed its reaction (`emoji` empty).
+    ReactionChanged {
+        /// The message.
+        key: MessageKey,
+        /// Who reacted.
+        by_account: String,
+        /// The emoji; empty when removed.
+        emoji: String,
+    },
+    /// A reader read messages this account sent (a read receipt).
+    Read {
+        /// The conversation.
+        conversation: Conversation,
+        /// The message ids.
+        ids: Vec<String>,
+        /// The reading account.
+        by_account: String,
+        /// The reading device.
+        by_device: u32,
+    },
+    /// A conversation's disappearing-message timer changed.
+    TimerChanged {
+        /// The conversation.
+        conversation: Conversation,
+        /// Seconds; 0 when turned off.
+        expire_s: u32,
+        /// Who set it.
+        by_account: String,
+    },
+    /// A contact's safety number changed (a device was added or re-keyed): sends to them
+    /// fail with `IdentityUnacknowledged` until `acknowledge_identity`.
+    IdentityChanged {
+        /// The contact.
+        account: String,
+    },
+    /// A contact started or stopped typing (it stops by itself after 5 s without news).
+    Typing {
+        /// The conversation.
+        conversation: Conversation,
+        /// Who.
+        by_account: String,
+        /// True while typing.
+        typing: bool,
+    },
     /// An event this version of the binding does not know.
     Unknown,
 }
@@ -846,7 +977,14 @@ fn device_ids(ids: &[DeviceId]) -> Vec<u32> {
 fn event_conversation(e: &SdkEvent) -> Option<&AccountId> {
     match e {
         SdkEvent::MessageReceived(m) => Some(&m.conversation),
-        SdkEvent::MessageSent { conversation, .. } | SdkEvent::SendFailed { conversation, .. } => Some(conversation),
+        SdkEvent::MessageSent { conversation, .. }
+        | SdkEvent::SendFailed { conversation, .. }
+        | SdkEvent::Read { conversation, .. }
+        | SdkEvent::TimerChanged { conversation, .. }
+        | SdkEvent::Typing { conversation, .. } => Some(conversation),
+        SdkEvent::MessageEdited { key } | SdkEvent::MessageDeleted { key } | SdkEvent::ReactionChanged { key, .. } => {
+            Some(&key.conversation)
+        }
         _ => None,
     }
 }
@@ -927,6 +1065,44 @@ impl Event {
                 }
             }
             SdkEvent::CaughtUp => Self::CaughtUp,
+            SdkEvent::MessageEdited { key } => Self::MessageEdited {
+                key: MessageKey::new(&key, Conversation::of_key(&key.conversation, group)),
+            },
+            SdkEvent::MessageDeleted { key } => Self::MessageDeleted {
+                key: MessageKey::new(&key, Conversation::of_key(&key.conversation, group)),
+            },
+            SdkEvent::ReactionChanged { key, by, emoji } => Self::ReactionChanged {
+                key: MessageKey::new(&key, Conversation::of_key(&key.conversation, group)),
+                by_account: by.to_string(),
+                emoji,
+            },
+            SdkEvent::Read { conversation, ids, by } => Self::Read {
+                conversation: Conversation::of_key(&conversation, group),
+                ids: ids.iter().map(ToString::to_string).collect(),
+                by_account: by.0.to_string(),
+                by_device: by.1.0,
+            },
+            SdkEvent::TimerChanged {
+                conversation,
+                expire_s,
+                by,
+            } => Self::TimerChanged {
+                conversation: Conversation::of_key(&conversation, group),
+                expire_s,
+                by_account: by.to_string(),
+            },
+            SdkEvent::IdentityChanged { account } => Self::IdentityChanged {
+                account: account.to_string(),
+            },
+            SdkEvent::Typing {
+                conversation,
+                by,
+                typing,
+            } => Self::Typing {
+                conversation: Conversation::of_key(&conversation, group),
+                by_account: by.to_string(),
+                typing,
+            },
             _ => Self::Unknown,
         }
     }
@@ -1022,15 +1198,15 @@ impl Events {
 #[derive(Debug)]
 struct GroupLookup {
     client: Weak<SdkClient>,
-    at_shutdown: OnceLock<BTreeSet<GroupId>>,
+    /// Group conversation key → group, as the client held them at shutdown.
+    at_shutdown: OnceLock<BTreeMap<AccountId, GroupId>>,
 }
 
 impl GroupLookup {
     async fn group_of(&self, conversation: &AccountId) -> Option<GroupId> {
         match self.client.upgrade() {
             Some(client) => client.group_of(conversation).await,
-            // A group's conversation key holds the group id's bytes.
-            None => self.at_shutdown.get()?.get(&GroupId(conversation.0)).copied(),
+            None => self.at_shutdown.get()?.get(conversation).copied(),
         }
     }
 
@@ -1437,7 +1613,12 @@ impl SottoClient {
         let groups = self.groups.clone();
         let done = rt.spawn(async move {
             client.shutdown().await;
-            let known = client.groups().await.into_iter().map(|g| g.id).collect();
+            let known = client
+                .groups()
+                .await
+                .into_iter()
+                .map(|g| (g.id.conversation(), g.id))
+                .collect();
             let _ = groups.at_shutdown.set(known);
         });
         let _ = done.await;
@@ -1466,6 +1647,8 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -1546,6 +1729,14 @@ mod tests {
             (SottoError::Closed, "closed", false),
             (SottoError::Internal { reason: reason() }, "internal", false),
             (SottoError::Entropy, "entropy", false),
+            (SottoError::UnknownMessage, "unknown_message", false),
+            (SottoError::NotAuthor, "not_author", false),
+            (SottoError::NotQueued, "not_queued", false),
+            (SottoError::Blocked, "blocked", false),
+            (SottoError::IdentityUnacknowledged, "identity_unacknowledged", false),
+            (SottoError::TooLong { len: 9, max: 8 }, "too_long", false),
+            (SottoError::TimerTooLong { max_s: 1 }, "timer_too_long", false),
+            (SottoError::DeviceInUse { role: "app".into() }, "device_in_use", true),
         ]
     }
 
@@ -1592,7 +1783,15 @@ mod tests {
                 | SottoError::InvalidArgument { .. }
                 | SottoError::Closed
                 | SottoError::Internal { .. }
-                | SottoError::Entropy => {}
+                | SottoError::Entropy
+                | SottoError::UnknownMessage
+                | SottoError::NotAuthor
+                | SottoError::NotQueued
+                | SottoError::Blocked
+                | SottoError::IdentityUnacknowledged
+                | SottoError::TooLong { .. }
+                | SottoError::TimerTooLong { .. }
+                | SottoError::DeviceInUse { .. } => {}
             }
         }
     }
@@ -1641,6 +1840,78 @@ mod tests {
         assert_eq!(e.code(), "relay");
         assert!(e.is_retryable());
         assert_eq!(e.to_string(), "the relay refused: RATE_LIMITED (40)");
+    }
+
+    /// Every SDK error code of the chat API has its own case, with the SDK's code and
+    /// retryability.
+    #[test]
+    fn chat_errors_map_to_their_own_cases_with_the_sdks_codes() {
+        use sotto_sdk::store::ProcessRole;
+
+        let cases: Vec<ClientError> = vec![
+            ClientError::UnknownMessage,
+            ClientError::NotAuthor,
+            ClientError::NotQueued,
+            ClientError::Machine(MachineError::Blocked),
+            ClientError::Machine(MachineError::IdentityUnacknowledged),
+            ClientError::Machine(MachineError::TextTooLong {
+                len: 70_000,
+                max: 65_536,
+            }),
+            ClientError::Machine(MachineError::TimerTooLong { max_s: 60 }),
+            ClientError::Machine(MachineError::UnknownGroup),
+            ClientError::DeviceInUse { role: ProcessRole::App },
+        ];
+        for c in cases {
+            let (code, retryable) = (c.code(), c.is_retryable());
+            let e: SottoError = c.into();
+            assert_eq!(e.code(), code, "{e:?}");
+            assert_eq!(e.is_retryable(), retryable, "{e:?}");
+        }
+        let e: SottoError = StoreError::InUse {
+            role: ProcessRole::NotificationExtension,
+        }
+        .into();
+        assert!(matches!(&e, SottoError::DeviceInUse { role } if role == "notification_extension"));
+        let e: SottoError = ClientError::Machine(MachineError::TextTooLong { len: 9, max: 8 }).into();
+        assert!(matches!(e, SottoError::TooLong { len: 9, max: 8 }));
+    }
+
+    #[test]
+    fn new_events_name_their_conversation_and_message() {
+        let a = AccountId([7; 32]);
+        let key = sotto_sdk::MessageKey {
+            conversation: a,
+            sender: a,
+            id: sotto_sdk::MessageId([1; 16]),
+        };
+        let e = Event::new(SdkEvent::MessageEdited { key }, None);
+        let Event::MessageEdited { key: k } = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(k.conversation, Conversation::Direct { account: a.to_string() });
+        assert_eq!(k.sender, a.to_string());
+        let g = GroupId([9; 32]);
+        let e = Event::new(
+            SdkEvent::Read {
+                conversation: g.conversation(),
+                ids: vec![sotto_sdk::MessageId([2; 16])],
+                by: (a, DeviceId(3)),
+            },
+            Some(g),
+        );
+        assert_eq!(
+            e,
+            Event::Read {
+                conversation: Conversation::Group {
+                    group_id: g.to_string()
+                },
+                ids: vec![sotto_sdk::MessageId([2; 16]).to_string()],
+                by_account: a.to_string(),
+                by_device: 3,
+            }
+        );
+        assert_eq!(MessageStatus::from(SdkStatus::Read), MessageStatus::Read);
     }
 
     /// A call that panics inside the runtime fails with `Internal`: the panic does not

@@ -7,12 +7,18 @@
 // (device_list: it takes a relay that serves a forged list), a join that nobody answers
 // (link_timeout: five minutes), a failing sender-key encryption (sender_key), a panic in
 // the binding (internal) and a failing OS random generator (entropy); the unit tests in
-// bindings/uniffi/src/lib.rs map the SDK errors behind them to these cases. Called from
+// bindings/uniffi/src/lib.rs map the SDK errors behind them to these cases. The chat
+// errors come from real calls too: a text over 64 KiB, a timer over a year, retrying a
+// message that has not failed, editing a message that does not exist and one the contact
+// wrote, sending to a blocked contact, sending to a contact whose account linked a second
+// device since, and opening a store a client of this process runs. Called from
 // TestSotto.kt's main.
 
 import java.io.File
 import uniffi.sotto_ffi.ClientOptions
+import uniffi.sotto_ffi.Conversation
 import uniffi.sotto_ffi.Event
+import uniffi.sotto_ffi.MessageKey
 import uniffi.sotto_ffi.PendingJoin
 import uniffi.sotto_ffi.SottoClient
 import uniffi.sotto_ffi.SottoException
@@ -49,6 +55,14 @@ val ERROR_CODES: Map<String, Pair<String, Boolean?>> = mapOf(
     "Closed" to ("closed" to false),
     "Internal" to ("internal" to false),
     "Entropy" to ("entropy" to false),
+    "UnknownMessage" to ("unknown_message" to false),
+    "NotAuthor" to ("not_author" to false),
+    "NotQueued" to ("not_queued" to false),
+    "Blocked" to ("blocked" to false),
+    "IdentityUnacknowledged" to ("identity_unacknowledged" to false),
+    "TooLong" to ("too_long" to false),
+    "TimerTooLong" to ("timer_too_long" to false),
+    "DeviceInUse" to ("device_in_use" to true),
 )
 
 class SeenErrors {
@@ -102,7 +116,6 @@ suspend fun everyError(relay: String, folder: File) {
     val erin = SottoClient.createAccount(path, key, relay, opts)
     val me = erin.accountId()
     seen.expect<SottoException.AccountExists> { SottoClient.createAccount(path, key, relay, opts) }
-    seen.expect<SottoException.WrongStoreKey> { SottoClient.open(path, newKey(), opts) }
 
     // Contacts: an id nobody registered (the same id with another first character).
     val stranger = (if (me[0] == 'a') "b" else "a") + me.substring(1)
@@ -112,6 +125,28 @@ suspend fun everyError(relay: String, folder: File) {
     check(relayError.status == 404.toUShort() && relayError.relayCode == 20.toUShort()) { "$relayError" }
     check(relayError.relayCodeName == "UNKNOWN_ACCOUNT" && !relayError.retryable) { "$relayError" }
     seen.expect<SottoException.Refused> { erin.sendText(me, "to myself") }
+    val inUse = seen.expect<SottoException.DeviceInUse> { SottoClient.open(path, key, opts) }
+    check(inUse.role == "app") { "$inUse" }
+
+    // Chat, with Frank: a contact both ways.
+    val frank = SottoClient.createAccount(newPath("frank.db"), newKey(), relay, opts)
+    val f = erin.addContact(frank.contactLink())
+    frank.addContact(erin.contactLink())
+    val toFrank = Conversation.Direct(f)
+    val tooLong = seen.expect<SottoException.TooLong> { erin.sendMessage(toFrank, "x".repeat(64 * 1024 + 1)) }
+    check(tooLong.len == (64uL * 1024uL + 1uL) && tooLong.max == 64uL * 1024uL) { "$tooLong" }
+    val timer = seen.expect<SottoException.TimerTooLong> { erin.setTimer(toFrank, 400u * 24u * 3600u) }
+    check(timer.maxS == 366u * 24u * 3600u) { "$timer" }
+    val mine = erin.sendMessage(toFrank, "hi frank")
+    seen.expect<SottoException.NotQueued> { erin.retry(mine.key) } // it has not failed
+    val nothing = MessageKey(toFrank, me, "00000000-0000-7000-8000-000000000000")
+    seen.expect<SottoException.UnknownMessage> { erin.edit(nothing, "x") }
+    frank.sendMessage(Conversation.Direct(me), "hi erin")
+    val theirs = (waitFor(erin, received("hi erin")) as Event.MessageReceived).message
+    seen.expect<SottoException.NotAuthor> { erin.edit(MessageKey(toFrank, theirs.senderAccount, theirs.id), "x") }
+    erin.block(f)
+    seen.expect<SottoException.Blocked> { erin.sendMessage(toFrank, "blocked") }
+    erin.unblock(f)
 
     // Devices: a second device that is given the list key.
     seen.expect<SottoException.BadLinkCode> {
@@ -125,6 +160,14 @@ suspend fun everyError(relay: String, folder: File) {
     val erin2 = pending.waitJoined()
     seen.expect<SottoException.Closed> { pending.waitJoined() } // callable once
     pending.close()
+    // Frank's next send learns Erin's new device (the relay answers with her device list):
+    // her safety number changed, and his sends wait for him to acknowledge it. (The SDK does
+    // not emit IdentityChanged for it yet: DeviceListChanged is awaited.)
+    frank.sendMessage(Conversation.Direct(me), "after the second device")
+    waitFor(frank) { it is Event.DeviceListChanged && it.account == me && erin2.deviceId() in it.added }
+    seen.expect<SottoException.IdentityUnacknowledged> { frank.sendMessage(Conversation.Direct(me), "x") }
+    frank.acknowledgeIdentity(me)
+    frank.sendMessage(Conversation.Direct(me), "acknowledged")
     seen.expect<SottoException.NeedsRecoveryKey> { erin.removeDevice(erin2.deviceId()) }
     seen.expect<SottoException.Link> { erin.removeDevice(erin.deviceId()) } // itself
     val rk = erin.exportRecoveryKey()
@@ -137,8 +180,7 @@ suspend fun everyError(relay: String, folder: File) {
     // Groups.
     seen.expect<SottoException.BadGroupId> { erin.sendGroupText("not a group", "x") }
     seen.expect<SottoException.UnknownGroup> { erin.sendGroupText("0".repeat(64), "x") }
-    val frank = SottoClient.createAccount(newPath("frank.db"), newKey(), relay, opts)
-    val g = erin.createGroup("team", listOf(erin.addContact(frank.contactLink())))
+    val g = erin.createGroup("team", listOf(f))
     seen.expect<SottoException.Group> { erin.addGroupMembers(g, listOf()) } // a change without changes
     waitFor(frank) { it is Event.GroupChanged && it.group == g } // the welcome
     seen.expect<SottoException.NotGroupAdmin> { frank.renameGroup(g, "renamed") }
@@ -148,6 +190,8 @@ suspend fun everyError(relay: String, folder: File) {
     erin2.shutdown()
     erin.shutdown()
     seen.expect<SottoException.Closed> { erin.conversations() }
+    // Once no client runs the store (while one does, opening it is DeviceInUse).
+    seen.expect<SottoException.WrongStoreKey> { SottoClient.open(path, newKey(), opts) }
     erin2.close()
     erin.close()
 

@@ -1,8 +1,8 @@
 // Kotlin tests of the sotto_ffi binding against the relay at $SOTTO_RELAY_URL: two clients
 // register, exchange messages both ways, read their history after reopening their stores,
 // and see errors as typed exceptions; a group is created, talks, and loses a member, who
-// gets nothing sent afterwards; every error case is checked by Errors.kt. Run by
-// scripts/bindings.sh on the JVM with JNA.
+// gets nothing sent afterwards; every error case is checked by Errors.kt, the live lists
+// and send states by Live.kt. Run by scripts/bindings.sh on the JVM with JNA.
 
 import java.io.File
 import java.security.SecureRandom
@@ -78,6 +78,8 @@ suspend inline fun <reified E : SottoException> expectError(block: () -> Unit): 
 fun main() = runBlocking {
     // Every error case, provoked or constructed, with its code (Errors.kt).
     everyError(RELAY, File(DIR, "errors").also { it.mkdirs() })
+    // Live lists, send states and a restart (Live.kt).
+    liveLists(RELAY, File(DIR, "live"))
 
     val keyA = newKey()
     val keyB = newKey()

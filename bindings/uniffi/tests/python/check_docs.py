@@ -12,7 +12,10 @@ import sys
 
 import sotto_ffi
 
-OWNERS = ("SottoClient", "PendingJoin", "Subscription", "EventListener")
+OWNERS = (
+    "SottoClient", "PendingJoin", "Subscription", "EventListener", "ConversationList", "Timeline", "ListSubscription",
+    "TimelineListener", "ConversationListListener",
+)
 RECORDS = ("Page", "ClientOptions")
 
 

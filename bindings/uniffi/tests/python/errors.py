@@ -8,13 +8,20 @@ the same moment (store_conflict), a contact's device list that does not verify
 (link_timeout: five minutes), a failing sender-key encryption (sender_key), a panic in
 the binding (internal) and a failing OS random generator (entropy); the unit tests in
 bindings/uniffi/src/lib.rs map the SDK errors behind them to these cases.
+
+The chat errors come from real calls too: a text over 64 KiB (too_long), a timer over a
+year (timer_too_long), retrying a message that has not failed (not_queued), editing a
+message that does not exist (unknown_message) and one the contact wrote (not_author),
+sending to a blocked contact (blocked), sending to a contact whose account linked a
+second device since (identity_unacknowledged), and opening a store a client of this
+process runs (device_in_use).
 """
 
 import asyncio
 import os
 import time
 
-from sotto_ffi import ClientOptions, PendingJoin, SottoClient, SottoError
+from sotto_ffi import ClientOptions, Conversation, MessageKey, PendingJoin, SottoClient, SottoError
 
 # Every case's stable code and whether it is retryable; the same table is in lib.rs's
 # unit tests and the Swift and Kotlin tests.
@@ -48,6 +55,14 @@ CODES = {
     "Closed": ("closed", False),
     "Internal": ("internal", False),
     "Entropy": ("entropy", False),
+    "UnknownMessage": ("unknown_message", False),
+    "NotAuthor": ("not_author", False),
+    "NotQueued": ("not_queued", False),
+    "Blocked": ("blocked", False),
+    "IdentityUnacknowledged": ("identity_unacknowledged", False),
+    "TooLong": ("too_long", False),
+    "TimerTooLong": ("timer_too_long", False),
+    "DeviceInUse": ("device_in_use", True),
 }
 
 
@@ -114,7 +129,6 @@ async def every_error(relay, folder):
     erin = await SottoClient.create_account(path, key, relay, opts)
     me = erin.account_id()
     await seen.expect(SottoError.AccountExists, SottoClient.create_account(path, key, relay, opts))
-    await seen.expect(SottoError.WrongStoreKey, SottoClient.open(path, os.urandom(32), opts))
 
     # Contacts: an id nobody registered (the same id with another first character).
     stranger = ("b" if me[0] == "a" else "a") + me[1:]
@@ -123,6 +137,28 @@ async def every_error(relay, folder):
     e = await seen.expect(SottoError.Relay, erin.add_contact(stranger), retryable=False)
     assert (e.status, e.relay_code, e.relay_code_name, e.retryable) == (404, 20, "UNKNOWN_ACCOUNT", False), e
     await seen.expect(SottoError.Refused, erin.send_text(me, "to myself"))
+    e = await seen.expect(SottoError.DeviceInUse, SottoClient.open(path, key, opts))
+    assert e.role == "app", e
+
+    # Chat, with Frank: a contact both ways.
+    frank = await SottoClient.create_account(new_path("frank.db"), os.urandom(32), relay, opts)
+    f = await erin.add_contact(frank.contact_link())
+    await frank.add_contact(erin.contact_link())
+    to_frank = Conversation.DIRECT(f)
+    e = await seen.expect(SottoError.TooLong, erin.send_message(to_frank, "x" * (64 * 1024 + 1)))
+    assert (e.len, e.max) == (64 * 1024 + 1, 64 * 1024), e
+    e = await seen.expect(SottoError.TimerTooLong, erin.set_timer(to_frank, 400 * 24 * 3600))
+    assert e.max_s == 366 * 24 * 3600, e
+    mine = await erin.send_message(to_frank, "hi frank")
+    await seen.expect(SottoError.NotQueued, erin.retry(mine.key))  # it has not failed
+    nothing = MessageKey(conversation=to_frank, sender=me, id="00000000-0000-7000-8000-000000000000")
+    await seen.expect(SottoError.UnknownMessage, erin.edit(nothing, "x"))
+    await frank.send_message(Conversation.DIRECT(me), "hi erin")
+    theirs = (await next_event(erin, lambda e: e.is_message_received() and e.message.text == "hi erin")).message
+    await seen.expect(SottoError.NotAuthor, erin.edit(MessageKey(conversation=to_frank, sender=theirs.sender_account, id=theirs.id), "x"))
+    await erin.block(f)
+    await seen.expect(SottoError.Blocked, erin.send_message(to_frank, "blocked"))
+    await erin.unblock(f)
 
     # Devices: a second device that is given the list key.
     await seen.expect(SottoError.BadLinkCode, PendingJoin.start_join(
@@ -134,6 +170,14 @@ async def every_error(relay, folder):
     await erin.confirm_link(req.id, True)
     erin2 = await pending.wait_joined()
     await seen.expect(SottoError.Closed, pending.wait_joined())  # callable once
+    # Frank's next send learns Erin's new device (the relay answers with her device
+    # list): her safety number changed, and his sends wait for him to acknowledge it.
+    # (The SDK does not emit IdentityChanged for it yet: DeviceListChanged is awaited.)
+    await frank.send_message(Conversation.DIRECT(me), "after the second device")
+    await next_event(frank, lambda e: e.is_device_list_changed() and e.account == me and erin2.device_id() in e.added)
+    await seen.expect(SottoError.IdentityUnacknowledged, frank.send_message(Conversation.DIRECT(me), "x"))
+    await frank.acknowledge_identity(me)
+    await frank.send_message(Conversation.DIRECT(me), "acknowledged")
     await seen.expect(SottoError.NeedsRecoveryKey, erin.remove_device(erin2.device_id()))
     await seen.expect(SottoError.Link, erin.remove_device(erin.device_id()))  # itself
     rk = await erin.export_recovery_key()
@@ -147,8 +191,7 @@ async def every_error(relay, folder):
     # Groups.
     await seen.expect(SottoError.BadGroupId, erin.send_group_text("not a group", "x"))
     await seen.expect(SottoError.UnknownGroup, erin.send_group_text("0" * 64, "x"))
-    frank = await SottoClient.create_account(new_path("frank.db"), os.urandom(32), relay, opts)
-    g = await erin.create_group("team", [await erin.add_contact(frank.contact_link())])
+    g = await erin.create_group("team", [f])
     await seen.expect(SottoError.Group, erin.add_group_members(g, []))  # a change without changes
     await next_event(frank, lambda e: e.is_group_changed() and e.group == g)  # the welcome
     await seen.expect(SottoError.NotGroupAdmin, frank.rename_group(g, "renamed"))
@@ -157,6 +200,8 @@ async def every_error(relay, folder):
     await erin2.shutdown()
     await erin.shutdown()
     await seen.expect(SottoError.Closed, erin.conversations())
+    # Once no client runs the store (while one does, opening it is DeviceInUse).
+    await seen.expect(SottoError.WrongStoreKey, SottoClient.open(path, os.urandom(32), opts))
 
     # The cases no call here can provoke (see the module's docstring).
     for e in (SottoError.StoreConflict(), SottoError.DeviceList("forged"), SottoError.LinkTimeout(),

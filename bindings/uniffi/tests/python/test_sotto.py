@@ -2,8 +2,9 @@
 
 Two clients register, exchange messages both ways, read their history after reopening
 their stores, and see errors as typed exceptions; a group is created, talks, and loses a
-member, who gets nothing sent afterwards. Every error case is checked by errors.py. Run
-by scripts/bindings.sh.
+member, who gets nothing sent afterwards. Every error case is checked by errors.py; the
+live lists, send states and a restart after kill -9 by live.py. Run by
+scripts/bindings.sh.
 """
 
 import asyncio
@@ -12,6 +13,7 @@ import sys
 import time
 
 from errors import every_error
+from live import live_lists
 from sotto_ffi import ClientOptions, EventListener, GroupRole, MessageStatus, Page, SottoClient, SottoError
 
 RELAY = os.environ["SOTTO_RELAY_URL"]
@@ -62,6 +64,8 @@ async def main():
     # Every error case, provoked or constructed, with its code (errors.py).
     os.makedirs(os.path.join(DIR, "errors"), exist_ok=True)
     await every_error(RELAY, os.path.join(DIR, "errors"))
+    # Live lists, send states and a restart after kill -9 (live.py).
+    await live_lists(RELAY, os.path.join(DIR, "live"))
 
     key_a, key_b = os.urandom(32), os.urandom(32)
     path_a, path_b = os.path.join(DIR, "alice.db"), os.path.join(DIR, "bob.db")

@@ -7,7 +7,11 @@
 // (device_list: it takes a relay that serves a forged list), a join that nobody answers
 // (link_timeout: five minutes), a failing sender-key encryption (sender_key), a panic in
 // the binding (internal) and a failing OS random generator (entropy); the unit tests in
-// bindings/uniffi/src/lib.rs map the SDK errors behind them to these cases. Called from
+// bindings/uniffi/src/lib.rs map the SDK errors behind them to these cases. The chat
+// errors come from real calls too: a text over 64 KiB, a timer over a year, retrying a
+// message that has not failed, editing a message that does not exist and one the contact
+// wrote, sending to a blocked contact, sending to a contact whose account linked a second
+// device since, and opening a store a client of this process runs. Called from
 // main.swift.
 
 import Foundation
@@ -72,11 +76,19 @@ func expectedCode(_ e: SottoError) -> (String, Bool?) {
     case .Closed: return ("closed", false)
     case .Internal: return ("internal", false)
     case .Entropy: return ("entropy", false)
+    case .UnknownMessage: return ("unknown_message", false)
+    case .NotAuthor: return ("not_author", false)
+    case .NotQueued: return ("not_queued", false)
+    case .Blocked: return ("blocked", false)
+    case .IdentityUnacknowledged: return ("identity_unacknowledged", false)
+    case .TooLong: return ("too_long", false)
+    case .TimerTooLong: return ("timer_too_long", false)
+    case .DeviceInUse: return ("device_in_use", true)
     }
 }
 
 /// The number of cases in `expectedCode`.
-let errorCaseCount = 29
+let errorCaseCount = 37
 
 final class SeenErrors {
     var provoked = Set<String>()
@@ -138,9 +150,6 @@ func everyError(relay: String, folder: String) async throws {
     await seen.expect("account_exists") {
         _ = try await SottoClient.createAccount(storePath: path, storeKey: key, relayUrl: relay, options: opts)
     }
-    await seen.expect("wrong_store_key") {
-        _ = try await SottoClient.open(storePath: path, storeKey: randomKey(), options: opts)
-    }
 
     // Contacts: an id nobody registered (the same id with another first character).
     let stranger = (me.hasPrefix("a") ? "b" : "a") + String(me.dropFirst())
@@ -150,6 +159,40 @@ func everyError(relay: String, folder: String) async throws {
     require(refusal == .Relay(status: 404, relayCode: 20, relayCodeName: "UNKNOWN_ACCOUNT", retryable: false),
           "\(refusal)")
     await seen.expect("refused") { _ = try await erin.sendText(contact: me, text: "to myself") }
+    let inUse = await seen.expect("device_in_use") {
+        _ = try await SottoClient.open(storePath: path, storeKey: key, options: opts)
+    }
+    require(inUse == .DeviceInUse(role: "app"), "\(inUse)")
+
+    // Chat, with Frank: a contact both ways.
+    let frank = try await SottoClient.createAccount(
+        storePath: folder + "/frank.db", storeKey: randomKey(), relayUrl: relay, options: opts)
+    let f = try await erin.addContact(contact: frank.contactLink())
+    _ = try await frank.addContact(contact: erin.contactLink())
+    let toFrank = Conversation.direct(account: f)
+    let tooLong = await seen.expect("too_long") {
+        _ = try await erin.sendMessage(conversation: toFrank, text: String(repeating: "x", count: 64 * 1024 + 1))
+    }
+    require(tooLong == .TooLong(len: 64 * 1024 + 1, max: 64 * 1024), "\(tooLong)")
+    let timer = await seen.expect("timer_too_long") {
+        _ = try await erin.setTimer(conversation: toFrank, expireS: 400 * 24 * 3600)
+    }
+    require(timer == .TimerTooLong(maxS: 366 * 24 * 3600), "\(timer)")
+    let mine = try await erin.sendMessage(conversation: toFrank, text: "hi frank")
+    await seen.expect("not_queued") { try await erin.retry(key: mine.key) }  // it has not failed
+    let nothing = MessageKey(conversation: toFrank, sender: me, id: "00000000-0000-7000-8000-000000000000")
+    await seen.expect("unknown_message") { try await erin.edit(key: nothing, text: "x") }
+    _ = try await frank.sendMessage(conversation: .direct(account: me), text: "hi erin")
+    let hiErin = await nextEvent(erin) {
+        if case .messageReceived(let m) = $0 { return m.text == "hi erin" } else { return false }
+    }
+    guard case .messageReceived(let theirs) = hiErin else { fatalError() }
+    await seen.expect("not_author") {
+        try await erin.edit(key: MessageKey(conversation: toFrank, sender: theirs.senderAccount, id: theirs.id), text: "x")
+    }
+    try await erin.block(contact: f)
+    await seen.expect("blocked") { _ = try await erin.sendMessage(conversation: toFrank, text: "blocked") }
+    try await erin.unblock(contact: f)
 
     // Devices: a second device that is given the list key.
     await seen.expect("bad_link_code") {
@@ -167,6 +210,20 @@ func everyError(relay: String, folder: String) async throws {
     try await erin.confirmLink(id: id, grantListKey: true)
     let erin2 = try await pending.waitJoined()
     await seen.expect("closed") { _ = try await pending.waitJoined() }  // callable once
+    // Frank's next send learns Erin's new device (the relay answers with her device list):
+    // her safety number changed, and his sends wait for him to acknowledge it. (The SDK does
+    // not emit IdentityChanged for it yet: DeviceListChanged is awaited.)
+    _ = try await frank.sendMessage(conversation: .direct(account: me), text: "after the second device")
+    let second = erin2.deviceId()
+    _ = await nextEvent(frank) {
+        if case .deviceListChanged(let account, let added, _, _) = $0 { return account == me && added.contains(second) }
+        return false
+    }
+    await seen.expect("identity_unacknowledged") {
+        _ = try await frank.sendMessage(conversation: .direct(account: me), text: "x")
+    }
+    try await frank.acknowledgeIdentity(contact: me)
+    _ = try await frank.sendMessage(conversation: .direct(account: me), text: "acknowledged")
     await seen.expect("needs_recovery_key") { try await erin.removeDevice(deviceId: erin2.deviceId()) }
     await seen.expect("link") { try await erin.removeDevice(deviceId: erin.deviceId()) }  // itself
     let rk = try await erin.exportRecoveryKey()
@@ -182,9 +239,6 @@ func everyError(relay: String, folder: String) async throws {
     await seen.expect("unknown_group") {
         _ = try await erin.sendGroupText(group: String(repeating: "0", count: 64), text: "x")
     }
-    let frank = try await SottoClient.createAccount(
-        storePath: folder + "/frank.db", storeKey: randomKey(), relayUrl: relay, options: opts)
-    let f = try await erin.addContact(contact: frank.contactLink())
     let g = try await erin.createGroup(title: "team", members: [f])
     await seen.expect("group") { try await erin.addGroupMembers(group: g, members: []) }  // a change without changes
     _ = await nextEvent(frank) {  // the welcome
@@ -196,6 +250,10 @@ func everyError(relay: String, folder: String) async throws {
     await erin2.shutdown()
     await erin.shutdown()
     await seen.expect("closed") { _ = try await erin.conversations() }
+    // Once no client runs the store (while one does, opening it is DeviceInUse).
+    await seen.expect("wrong_store_key") {
+        _ = try await SottoClient.open(storePath: path, storeKey: randomKey(), options: opts)
+    }
 
     // The cases no call here can provoke (see the top of this file).
     for e: SottoError in [

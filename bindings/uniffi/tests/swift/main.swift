@@ -1,8 +1,8 @@
 // Swift tests of the sotto_ffi binding against the relay at $SOTTO_RELAY_URL: two clients
 // register, exchange messages both ways, read their history after reopening their stores,
 // and see errors as typed errors; a group is created, talks, and loses a member, who gets
-// nothing sent afterwards; every error case is checked by errors.swift. Built with swiftc
-// and run by scripts/bindings.sh.
+// nothing sent afterwards; every error case is checked by errors.swift, the live lists and
+// send states by live.swift. Built with swiftc and run by scripts/bindings.sh.
 
 import Foundation
 
@@ -13,7 +13,7 @@ guard let relay = env["SOTTO_RELAY_URL"], let dir = env["SOTTO_TEST_DIR"] else {
 
 // Failsafe only: every wait returns as soon as the event arrives.
 Task.detached {
-    try? await Task.sleep(nanoseconds: 120 * 1_000_000_000)
+    try? await Task.sleep(nanoseconds: 300 * 1_000_000_000)
     print("swift: timed out")
     exit(1)
 }
@@ -202,6 +202,8 @@ do {
     // Every error case, provoked or constructed, with its code (errors.swift).
     try FileManager.default.createDirectory(atPath: dir + "/errors", withIntermediateDirectories: true)
     try await everyError(relay: relay, folder: dir + "/errors")
+    // Live lists, send states and a restart (live.swift).
+    try await liveLists(relay: relay, folder: dir + "/live")
 
     // Alice's receipts wait ten minutes in this first session (shutdown keeps them queued).
     let slowReceipts = ClientOptions(receiptDelayMinMs: 600_000, receiptDelayMaxMs: 600_001)
