@@ -220,12 +220,14 @@ impl From<SdkKind> for MessageKind {
     }
 }
 
-/// Where a message this account wrote is in its life: `Queued → Sent → Delivered →
-/// Read`, or `Failed`.
+/// Where a message this account wrote is in its life: `Queued → Sending → Sent →
+/// Delivered → Read`, or `Failed`.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
 pub enum SendState {
     /// In the send queue (`cancel` still works).
     Queued,
+    /// Handed to the relay, its answer not in yet.
+    Sending,
     /// The relay stored it for every device.
     Sent,
     /// A device of the recipient stored it.
@@ -249,6 +251,7 @@ impl From<SdkSendState> for SendState {
     fn from(s: SdkSendState) -> Self {
         match s {
             SdkSendState::Queued => Self::Queued,
+            SdkSendState::Sending => Self::Sending,
             SdkSendState::Sent => Self::Sent,
             SdkSendState::Delivered => Self::Delivered,
             SdkSendState::Read => Self::Read,
@@ -314,7 +317,7 @@ impl TimelineItem {
 
     /// A stored message of `conversation`, its send state taken from its status.
     pub(crate) fn stored(m: StoredMessage, conversation: Conversation) -> Self {
-        let state = SdkSendState::of(m.status);
+        let state = SdkSendState::of_message(&m);
         Self::new(m, state, conversation)
     }
 
@@ -345,6 +348,13 @@ pub struct ConversationSummary {
     pub expire_s: u32,
     /// The contact's safety number changed and was not acknowledged.
     pub identity_unacked: bool,
+    /// The contact is online now (when they share their presence).
+    pub online: bool,
+    /// When the contact was last seen online (Unix ms), when they share their presence
+    /// and are not online now.
+    pub last_seen_ms: Option<u64>,
+    /// The contact's avatar, from their profile.
+    pub avatar: Option<Vec<u8>>,
 }
 
 impl From<SdkSummary> for ConversationSummary {
@@ -356,6 +366,12 @@ impl From<SdkSummary> for ConversationSummary {
             name: s.name,
             unread: s.unread,
             typing: s.typing.iter().map(ToString::to_string).collect(),
+            online: matches!(s.presence, Some(sotto_sdk::Presence::Online)),
+            last_seen_ms: match s.presence {
+                Some(sotto_sdk::Presence::LastSeen { at_ms }) => Some(at_ms),
+                _ => None,
+            },
+            avatar: s.avatar.clone(),
             is_request: s.is_request,
             blocked: s.blocked,
             expire_s: s.expire_s,
@@ -738,6 +754,53 @@ impl SottoClient {
         let client = self.client()?;
         let key = key.parse()?;
         on_runtime(async move { Ok(client.retry(&key).await?) }).await
+    }
+
+    /// Tells the conversation's members that this user types (`true`, call it as they
+    /// type; it goes out at most every 3 s) or stopped (`false`). Never stored.
+    pub async fn set_typing(&self, conversation: Conversation, typing: bool) -> Result<(), SottoError> {
+        let client = self.client()?;
+        let conv = conversation.parse()?;
+        on_runtime(async move { Ok(client.set_typing(conv, typing).await?) }).await
+    }
+
+    /// Sets this account's profile (a display name, and a small avatar of at most 16 KiB)
+    /// and sends it end to end to the contacts it accepted and to its other devices.
+    pub async fn set_profile(&self, name: String, avatar: Option<Vec<u8>>) -> Result<(), SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.set_profile(&name, avatar).await?) }).await
+    }
+
+    /// This account's profile name (empty when none was set).
+    pub async fn profile_name(&self) -> Result<String, SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.profile().await.map(|p| p.name).unwrap_or_default()) }).await
+    }
+
+    /// The stored texts matching `query` (each word of it starts a word of the text),
+    /// newest first, at most `limit`.
+    pub async fn search(&self, query: String, limit: u32) -> Result<Vec<TimelineItem>, SottoError> {
+        let client = self.client()?;
+        let found = on_runtime(async move { Ok(client.search(&query, limit).snapshot().await?) }).await?;
+        let mut out = Vec::with_capacity(found.len());
+        for i in found {
+            let conversation = self.conversation_of(i.message.conversation.to_string()).await?;
+            out.push(TimelineItem::from_sdk(i, conversation));
+        }
+        Ok(out)
+    }
+
+    /// The messages stored after `order` (0 for the first), in every conversation, oldest
+    /// first: a durable cursor (keep the `order` of the last one handled).
+    pub async fn messages_after(&self, order: u64, limit: u32) -> Result<Vec<TimelineItem>, SottoError> {
+        let client = self.client()?;
+        let found = on_runtime(async move { Ok(client.messages_after(order, limit).await?) }).await?;
+        let mut out = Vec::with_capacity(found.len());
+        for m in found {
+            let conversation = self.conversation_of(m.conversation.to_string()).await?;
+            out.push(TimelineItem::stored(m, conversation));
+        }
+        Ok(out)
     }
 
     /// Deletes the messages whose disappearing timer ran out at `now_ms` (Unix ms). The

@@ -545,6 +545,10 @@ pub struct ClientOptions {
     /// Whether `mark_read` sends read receipts to the authors of what was read.
     #[uniffi(default = true)]
     pub read_receipts: bool,
+    /// Whether this device tells the contacts this account accepted that it is online
+    /// (opt-in).
+    #[uniffi(default = false)]
+    pub share_presence: bool,
 }
 
 impl From<ClientOptions> for sotto_sdk::ClientOptions {
@@ -569,6 +573,7 @@ impl From<ClientOptions> for sotto_sdk::ClientOptions {
                 ..Duration::from_millis(o.anonymous_lifetime_max_ms),
             accept_message_requests: o.accept_message_requests,
             read_receipts: o.read_receipts,
+            share_presence: o.share_presence,
             ..Self::default()
         }
     }
@@ -965,6 +970,20 @@ pub enum Event {
         /// True while typing.
         typing: bool,
     },
+    /// A contact who shares their presence came online.
+    Presence {
+        /// The contact.
+        account: String,
+        /// True: online.
+        online: bool,
+        /// When they were last seen (Unix ms).
+        last_seen_ms: u64,
+    },
+    /// A contact's profile (name, avatar) changed, or this account's own.
+    ProfileChanged {
+        /// Whose.
+        account: String,
+    },
     /// An event this version of the binding does not know.
     Unknown,
 }
@@ -1102,6 +1121,18 @@ impl Event {
                 conversation: Conversation::of_key(&conversation, group),
                 by_account: by.to_string(),
                 typing,
+            },
+            SdkEvent::Presence {
+                account,
+                online,
+                last_seen_ms,
+            } => Self::Presence {
+                account: account.to_string(),
+                online,
+                last_seen_ms,
+            },
+            SdkEvent::ProfileChanged { account } => Self::ProfileChanged {
+                account: account.to_string(),
             },
             _ => Self::Unknown,
         }
