@@ -155,6 +155,22 @@ fn chat_samples() -> Vec<Content> {
         },
     ));
     out.push(c(0x24, ContentKind::Presence));
+    out.push(c(
+        0x25,
+        ContentKind::Profile {
+            updated_ms: 1_796_083_400_000,
+            name: "Alice ✓".into(),
+            avatar: Some(vec![0x89, b'P', b'N', b'G']),
+        },
+    ));
+    out.push(c(
+        0x26,
+        ContentKind::Profile {
+            updated_ms: 1,
+            name: String::new(),
+            avatar: None,
+        },
+    ));
     out
 }
 
@@ -256,6 +272,14 @@ fn to_json(c: &Content) -> Value {
         ),
         ContentKind::Typing { group, typing } => ("Typing", json!({"group": group_json(group), "typing": typing})),
         ContentKind::Presence => ("Presence", json!({})),
+        ContentKind::Profile {
+            updated_ms,
+            name,
+            avatar,
+        } => (
+            "Profile",
+            json!({"updated_ms": updated_ms, "name": name, "avatar": avatar.as_ref().map(hex::encode)}),
+        ),
         other => panic!("no vector for {other:?}"),
     };
     json!({
@@ -301,6 +325,11 @@ fn from_json(v: &Value) -> Content {
             typing: b["typing"].as_bool().unwrap(),
         },
         "Presence" => ContentKind::Presence,
+        "Profile" => ContentKind::Profile {
+            updated_ms: b["updated_ms"].as_u64().unwrap(),
+            name: b["name"].as_str().unwrap().into(),
+            avatar: b["avatar"].as_str().map(|a| hex::decode(a).unwrap()),
+        },
         other => panic!("unknown kind {other}"),
     };
     Content {
@@ -339,7 +368,7 @@ fn fresh() -> Value {
     *not_utf8.last_mut().unwrap() = 0xff;
     let trailing = [&text_v2[..], &[0]].concat();
     json!({
-        "description": "docs/protocol.md §7.6, §14.6, §15: message content, version 2 (and one version-1 text, still read), chat items, read receipts, typing and presence; contents of unknown kinds read as unsupported. Bytes are hex.",
+        "description": "docs/protocol.md §7.6, §14.6, §15: message content, version 2 (and one version-1 text, still read), chat items, read receipts, typing, presence and profiles; contents of unknown kinds read as unsupported. Bytes are hex.",
         "contents": samples().iter().map(to_json).collect::<Vec<_>>(),
         "version_1": {"bytes": hex::encode(&v1), "reads_as": to_json(&samples()[3])},
         "unsupported": [
