@@ -259,6 +259,15 @@ pub fn seeds() -> Vec<Seed> {
                 typing: true,
             },
         ),
+        chat("ok-presence", ContentKind::Presence),
+        chat(
+            "ok-profile",
+            ContentKind::Profile {
+                updated_ms: 7,
+                name: "Ada".into(),
+                avatar: Some(vec![1, 2, 3]),
+            },
+        ),
     ] {
         add("content", &name, bytes);
     }
