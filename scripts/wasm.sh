@@ -160,6 +160,9 @@ if $RUN_NODE || $RUN_E2E; then
   else build_workspace_debug; fi
 
   RUN_DIR=$(mktemp -d)
+  # The e2e test runs a copy of the CLI taken now: a target directory shared with other
+  # checkouts may get another build of `sotto` meanwhile.
+  cp "$TARGET/$PROFILE/sotto" "$RUN_DIR/sotto"
   start_relay "$TARGET/$PROFILE/sotto-relay" "$RUN_DIR"
   step "sotto-relay at $SOTTO_RELAY_URL"
 fi
@@ -181,7 +184,7 @@ if $RUN_E2E; then
   SHOT=$ARTIFACTS/web-demo.png
   rm -f "$SHOT"
   e2e_status=0
-  timed e2e env SOTTO_CLI="$TARGET/$PROFILE/sotto" SOTTO_SCREENSHOT="$SHOT" CHROMIUM="$CHROMIUM" \
+  timed e2e env SOTTO_CLI="$RUN_DIR/sotto" SOTTO_SCREENSHOT="$SHOT" CHROMIUM="$CHROMIUM" \
     "$SOTTO_NODE" --test bindings/wasm/tests/e2e/demo.mjs || e2e_status=$?
   [ -f "$SHOT" ] && echo "wasm: screenshot of the demo: $SHOT"
   if [ "$e2e_status" != 0 ]; then
