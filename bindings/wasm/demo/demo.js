@@ -546,7 +546,7 @@ async function pump(c) {
           status(`New message in the group "${g?.title ?? short(m.group)}" (another conversation).`);
           g?.free();
         } else {
-          status(`New message from ${short(m.conversation)} (another conversation).`);
+          status(`New message from ${nameOf(m.conversation)} (another conversation).`);
         }
         m.free();
         break;
