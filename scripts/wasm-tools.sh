@@ -9,7 +9,8 @@
 # - wasm-bindgen-cli at exactly the version of `wasm-bindgen` in Cargo.lock, with
 #   wasm-bindgen-test-runner, built once into $SOTTO_CACHE/wasm-bindgen-<version>
 #   (default ~/.cache/sotto; about 5 minutes, skipped when present);
-# - Debian `chromium` and `chromium-driver` (headless browser tests);
+# - Debian `chromium` and `chromium-driver` (headless browser tests), and
+#   `fonts-noto-color-emoji` (emoji in the demo's screenshot);
 # - node 20.10 or newer (WebSocket behind --experimental-websocket, global fetch);
 # - the npm packages pinned in bindings/wasm/package-lock.json (playwright-core,
 #   binaryen for wasm-opt, fake-indexeddb), installed with `npm ci` into
@@ -71,6 +72,9 @@ CHROMEDRIVER=/usr/bin/chromedriver
 if ! apt_install chromium chromium-driver || [ ! -x "$CHROMIUM" ] || [ ! -x "$CHROMEDRIVER" ]; then
   unavailable chromium "could not install the Debian packages chromium and chromium-driver"
 fi
+# Colour emoji for the demo's reactions in the e2e screenshot (without it they show as
+# empty boxes; nothing else depends on it).
+apt_install fonts-noto-color-emoji || echo "wasm-tools: no fonts-noto-color-emoji: emoji show as boxes in screenshots" >&2
 
 # ---------------------------------------------------------------- node and npm packages
 NODE=$(command -v node || true)

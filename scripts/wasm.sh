@@ -17,6 +17,7 @@
 #   scripts/wasm.sh build node        only these parts (build, idb, node, e2e)
 #   scripts/wasm.sh --install-only    only install the tools (scripts/wasm-tools.sh)
 #   SOTTO_BENCH=1 scripts/wasm.sh     also the 1,000-message benchmark (release relay)
+#   SOTTO_TEST_CLI=PATH scripts/wasm.sh   the e2e runs this `sotto` instead of the one built
 #
 # Tools come from scripts/wasm-tools.sh (cached under ${SOTTO_CACHE:-~/.cache/sotto} and
 # bindings/wasm/node_modules). With CI=true a missing tool fails the run; elsewhere the
@@ -160,6 +161,9 @@ if $RUN_NODE || $RUN_E2E; then
   else build_workspace_debug; fi
 
   RUN_DIR=$(mktemp -d)
+  # The e2e test runs a copy of the CLI taken now (a target directory shared with other
+  # checkouts may get another build of `sotto` meanwhile), or $SOTTO_TEST_CLI when set.
+  cp "${SOTTO_TEST_CLI:-$TARGET/$PROFILE/sotto}" "$RUN_DIR/sotto"
   start_relay "$TARGET/$PROFILE/sotto-relay" "$RUN_DIR"
   step "sotto-relay at $SOTTO_RELAY_URL"
 fi
@@ -181,7 +185,7 @@ if $RUN_E2E; then
   SHOT=$ARTIFACTS/web-demo.png
   rm -f "$SHOT"
   e2e_status=0
-  timed e2e env SOTTO_CLI="$TARGET/$PROFILE/sotto" SOTTO_SCREENSHOT="$SHOT" CHROMIUM="$CHROMIUM" \
+  timed e2e env SOTTO_CLI="$RUN_DIR/sotto" SOTTO_SCREENSHOT="$SHOT" CHROMIUM="$CHROMIUM" \
     "$SOTTO_NODE" --test bindings/wasm/tests/e2e/demo.mjs || e2e_status=$?
   [ -f "$SHOT" ] && echo "wasm: screenshot of the demo: $SHOT"
   if [ "$e2e_status" != 0 ]; then

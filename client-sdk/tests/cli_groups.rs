@@ -26,6 +26,12 @@ const RUN_DEADLINE: Duration = Duration::from_secs(120);
 /// How many times `sotto receive` runs before a message counts as lost.
 const RECEIVE_ATTEMPTS: usize = 10;
 
+/// The `sotto` binary: `$SOTTO_TEST_CLI` when set (a copy taken right after the build, when
+/// other builds share the target directory), else the one Cargo built for this test.
+fn sotto_binary() -> PathBuf {
+    std::env::var_os("SOTTO_TEST_CLI").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sotto")), PathBuf::from)
+}
+
 /// The relay process, stopped when dropped.
 struct Relay {
     child: Child,
@@ -152,7 +158,7 @@ fn short(id: &str) -> &str {
 
 #[test]
 fn groups_from_the_command_line() {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sotto"));
+    let bin = sotto_binary();
     let relay_bin = relay_binary(bin.parent().unwrap());
     let work = std::env::temp_dir().join(format!("sotto-cli-groups-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
@@ -334,7 +340,7 @@ fn groups_from_the_command_line() {
 
 #[test]
 fn chat_commands_from_the_command_line() {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sotto"));
+    let bin = sotto_binary();
     let relay_bin = relay_binary(bin.parent().unwrap());
     let work = std::env::temp_dir().join(format!("sotto-cli-chat-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
@@ -416,7 +422,10 @@ fn chat_commands_from_the_command_line() {
             .contains("disappearing messages: off")
     );
 
-    // Chat mode: history with names, `/` commands, and read ticks going back.
+    // Chat mode: history with names, `/` commands, and read ticks going back (texts get
+    // read receipts; timer changes and deleted messages do not).
+    assert!(sotto.ok("alice", &["send", "Bob", "still", "there?"]).contains("sent"));
+    sotto.receive_until("bob", "[Alice] Alice: still there?");
     let chat = sotto.run_with(
         "bob",
         &["chat", "Alice"],
@@ -439,6 +448,22 @@ fn chat_commands_from_the_command_line() {
         }
     }
     assert!(read.contains("✓✓ read"), "{read}");
+
+    // A profile name: contacts see it where they set no nickname.
+    assert!(sotto.ok("alice", &["profile"]).contains("no profile name set"));
+    assert!(
+        sotto
+            .ok("alice", &["profile", "Alice", "A."])
+            .contains("profile name set to \"Alice A.\"")
+    );
+    assert!(sotto.ok("alice", &["profile"]).contains("profile name \"Alice A.\""));
+    assert!(sotto.ok("bob", &["nickname", "Alice L."]).contains("nickname of"));
+    sotto.receive_until("bob", &format!("({} is now called Alice A.)", short(&id["alice"])));
+    assert!(
+        sotto
+            .ok("bob", &["messages", "Alice A."])
+            .contains("[Alice A.] Alice A.: ")
+    );
 
     // Block: sending is refused until unblocked.
     assert!(sotto.ok("alice", &["block", "Bob"]).contains("blocked Bob"));

@@ -127,8 +127,27 @@ async function openAccount(key) {
   }
 }
 
+/** Shows this account's profile name (what contacts see instead of its id). */
+async function renderProfile() {
+  const name = await client.profileName();
+  $('profile-name').textContent = name || '(none: your contacts see your id)';
+}
+
+async function setProfile(event) {
+  event.preventDefault();
+  const input = $('profile-input');
+  try {
+    await client.setProfile(input.value);
+    input.value = '';
+    await renderProfile();
+  } catch (e) {
+    failed('Could not set the name', e);
+  }
+}
+
 async function ready(c) {
   client = c;
+  await renderProfile();
   $('account-id').textContent = c.accountId;
   $('device-id').textContent = String(c.deviceId);
   $('contact-link').textContent = c.contactLink;
@@ -318,6 +337,7 @@ async function send(event) {
     else await client.sendMessage(current.id, text);
     input.value = '';
     replyTo = editing = null;
+    client.setTyping(current.id, false).catch(() => {});
     $('composing').textContent = '';
   } catch (e) {
     failed('Could not send', e);
@@ -337,6 +357,14 @@ function watchTimeline(id) {
       client.markRead(id).catch(() => {});
     }
   });
+}
+
+/** A timer as people say it: 30 s, 5 min, 1 h, 1 day. */
+function duration(s) {
+  if (s % 86400 === 0) return `${s / 86400} day${s === 86400 ? '' : 's'}`;
+  if (s % 3600 === 0) return `${s / 3600} h`;
+  if (s % 60 === 0) return `${s / 60} min`;
+  return `${s} s`;
 }
 
 const TICKS = { queued: '🕓', sent: '✓', delivered: '✓✓', read: '✓✓ read', failed: '⚠ not sent', sentElsewhere: '' };
@@ -368,7 +396,7 @@ function render() {
         li.className = 'notice';
         li.textContent =
           m.kind === 'timer'
-            ? `${mine ? 'You' : nameOf(m.senderAccount)} ${m.timerS ? `set disappearing messages to ${m.timerS} s` : 'turned disappearing messages off'}`
+            ? `${mine ? 'You' : nameOf(m.senderAccount)} ${m.timerS ? `set disappearing messages to ${duration(m.timerS)}` : 'turned disappearing messages off'}`
             : m.kind === 'identityChanged'
               ? 'The safety number changed: compare it, then acknowledge.'
               : 'A message this version cannot show.';
@@ -397,7 +425,7 @@ function render() {
       meta.className = 'meta';
       const when = new Date(m.timestampMs).toLocaleTimeString();
       const who = mine ? 'me' : nameOf(m.senderAccount);
-      meta.textContent = `${who} · ${when}${m.expireS ? ` · ⏱ ${m.expireS} s` : ''}`;
+      meta.textContent = `${who} · ${when}${m.expireS ? ` · ⏱ ${duration(m.expireS)}` : ''}`;
       const ticks = document.createElement('span');
       ticks.className = `ticks ${item.sendState ?? ''}`;
       ticks.dataset.testid = 'ticks';
@@ -455,7 +483,8 @@ function watchList(c) {
       if (!current.group) $('contact').textContent = nameOf(current.id);
       $('timer').value = String(here.expireS);
       // Typing shows as soon as the SDK reports it (ConversationSummary.typing).
-      $('typing').textContent = here.typing.length ? `${here.typing.map(nameOf).join(', ')} typing…` : '';
+      const typing = here.typing.map(nameOf);
+      $('typing').textContent = typing.length ? `${typing.join(', ')} ${typing.length > 1 ? 'are' : 'is'} typing…` : '';
       document.body.dataset.timer = String(here.expireS);
     }
     if (items.length) render();
@@ -482,8 +511,16 @@ async function setNickname(event) {
   }
 }
 
-// Typing: once the SDK has `Client::set_typing` (a `setTyping(conversation, typing)`
-// method here), call it from the message input's `input` event, and with false on send.
+/**
+ * The message input changed: the others see "typing" while it holds text (the SDK sends
+ * it at most every 3 s, so calling on every keystroke is fine) and "stopped" once it is
+ * cleared; `send` says "stopped" too.
+ */
+function typed() {
+  if (!current || editing) return;
+  const typing = $('message-input').value.trim() !== '';
+  client.setTyping(current.id, typing).catch(() => {});
+}
 
 /** Reads the client's events until it shuts down. */
 async function pump(c) {
@@ -509,11 +546,16 @@ async function pump(c) {
           status(`New message in the group "${g?.title ?? short(m.group)}" (another conversation).`);
           g?.free();
         } else {
-          status(`New message from ${short(m.conversation)} (another conversation).`);
+          status(`New message from ${nameOf(m.conversation)} (another conversation).`);
         }
         m.free();
         break;
       }
+      case 'profileChanged':
+        // The conversation list's `name` follows; this account's own name may have been
+        // set on another device.
+        if (e.account === c.accountId) await renderProfile();
+        break;
       case 'identityChanged':
         status(`The safety number with ${nameOf(e.account)} changed: compare it before you go on.`, true);
         break;
@@ -561,6 +603,8 @@ async function main() {
   $('reset').addEventListener('click', reset);
   $('timer').addEventListener('change', setTimer);
   $('nickname-form').addEventListener('submit', setNickname);
+  $('profile-form').addEventListener('submit', setProfile);
+  $('message-input').addEventListener('input', typed);
   $('copy-link').addEventListener('click', () => navigator.clipboard?.writeText(client.contactLink));
   try {
     await init();

@@ -673,6 +673,8 @@ impl From<GroupInfo> for Group {
 /// - "identityChanged": `account` (the contact's safety number changed: sends to them
 ///   fail with "identity_unacknowledged" until `acknowledgeIdentity`);
 /// - "typing": `conversation`, `account`, `typing` (true while typing; it ends by itself);
+/// - "profileChanged": `account` (a contact's profile name changed: the conversation
+///   list's `name` follows, unless a nickname is set);
 /// - "connectionState": `state`, and `code`, `retryInMs` (see those fields);
 /// - "deviceRemoved", "connected", "caughtUp";
 /// - "unknown": an event this version does not know.
@@ -908,6 +910,10 @@ impl SottoEvent {
             SdkEvent::IdentityChanged { account } => SottoEvent {
                 account: Some(account.to_string()),
                 ..kind("identityChanged")
+            },
+            SdkEvent::ProfileChanged { account } => SottoEvent {
+                account: Some(account.to_string()),
+                ..kind("profileChanged")
             },
             SdkEvent::Typing {
                 conversation,
@@ -1377,9 +1383,32 @@ impl SottoClient {
         client.mark_read(c).await.map_err(client_error)
     }
 
-    // Typing: `setTyping(conversation, typing)` goes here once the SDK has
-    // `Client::set_typing(conversation, bool)`. Incoming typing already shows: the
-    // "typing" event and `ConversationSummary.typing`.
+    /// Tells the conversation's other members that this user is typing (`true`: call it
+    /// on every input event, it goes out at most every 3 s) or stopped (`false`: after
+    /// sending, or when the input is cleared). Ephemeral: never stored, dropped while
+    /// offline. They see it as the "typing" event and in `ConversationSummary.typing`.
+    #[wasm_bindgen(js_name = setTyping)]
+    pub async fn set_typing(&self, conversation: String, typing: bool) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let c = self::conversation(&conversation)?;
+        client.set_typing(c, typing).await.map_err(client_error)
+    }
+
+    /// Sets this account's profile name and sends it, end to end, to its contacts and
+    /// its other devices; contacts show it as `ConversationSummary.name` unless they set
+    /// a nickname.
+    #[wasm_bindgen(js_name = setProfile)]
+    pub async fn set_profile(&self, name: String) -> Result<(), JsValue> {
+        let client = self.live()?;
+        client.set_profile(name.trim(), None).await.map_err(client_error)
+    }
+
+    /// This account's profile name ("" when none is set).
+    #[wasm_bindgen(js_name = profileName)]
+    pub async fn profile_name(&self) -> Result<String, JsValue> {
+        let client = self.live()?;
+        Ok(client.profile().await.map(|p| p.name).unwrap_or_default())
+    }
 
     /// Blocks a contact: their messages are dropped and sends to them refused (code
     /// "blocked"); a pending message request is declined.

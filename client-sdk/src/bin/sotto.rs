@@ -17,6 +17,7 @@
 //! sotto --profile alice timer <contact> <seconds>       # disappearing messages; 0 turns it off
 //! sotto --profile alice block|unblock <contact>
 //! sotto --profile alice nickname <contact> [name]       # no name: clear it
+//! sotto --profile alice profile [name]                  # the name contacts see; no name: show it
 //! sotto --profile alice requests                        # message requests
 //! sotto --profile alice accept|decline <contact>        # a message request
 //! sotto --profile alice acknowledge <contact>           # a changed safety number
@@ -183,6 +184,13 @@ enum Command {
         contact: String,
         /// The name.
         name: Option<String>,
+    },
+    /// Set this account's profile name, which contacts see instead of its id, and send
+    /// it to them (no name: print the current one).
+    Profile {
+        /// The name.
+        #[arg(num_args = 0..)]
+        name: Vec<String>,
     },
     /// List message requests: accounts that wrote first and were not accepted yet.
     Requests,
@@ -407,7 +415,7 @@ async fn resolve(client: &Client<SqliteStore>, contact: &str) -> Result<AccountI
     let named: Vec<AccountId> = names(client)
         .await
         .into_iter()
-        .filter(|(_, n)| n == contact.trim())
+        .filter(|(a, n)| n == contact.trim() && *a != client.account_id())
         .map(|(a, _)| a)
         .collect();
     if let [one] = named.as_slice() {
@@ -444,18 +452,22 @@ fn n_members(n: usize) -> String {
     }
 }
 
-/// Names shown instead of account ids: nicknames and profile names.
+/// Names shown instead of account ids: nicknames and profile names, and `me` for this
+/// account.
 type Names = std::collections::HashMap<AccountId, String>;
 
-/// The names this device knows (the conversation list's).
+/// The names this device knows (the conversation list's), and `me`.
 async fn names(client: &Client<SqliteStore>) -> Names {
     let list = client.conversation_list().snapshot().await.unwrap_or_default();
-    list.into_iter()
+    let mut names: Names = list
+        .into_iter()
         .filter_map(|s| match s.conversation {
             Conversation::Direct(a) if !s.name.is_empty() => Some((a, s.name)),
             _ => None,
         })
-        .collect()
+        .collect();
+    names.insert(client.account_id(), "me".to_owned());
+    names
 }
 
 /// An account's name, else the start of its id.
@@ -509,15 +521,7 @@ fn show(m: &StoredMessage, group: Option<&str>, names: &Names) -> String {
         MessageKind::Text if m.deleted => "(deleted)".to_owned(),
         MessageKind::Text => {
             let quote = match &m.quote {
-                Some(q) => format!(
-                    "(re {}: \"{}\") ",
-                    if q.author == m.sender.0 && me {
-                        "me".to_owned()
-                    } else {
-                        name(names, &q.author)
-                    },
-                    snippet(&q.snippet, 40)
-                ),
+                Some(q) => format!("(re {}: \"{}\") ", name(names, &q.author), snippet(&q.snippet, 40)),
                 None => String::new(),
             };
             let edited = if m.edited_at_ms > 0 { " (edited)" } else { "" };
@@ -768,6 +772,13 @@ async fn print_event(
             name(names, account)
         ),
         Event::Typing { by, typing: true, .. } => out!("({} is typing…)", name(names, by)),
+        Event::ProfileChanged { account } if *account == client.account_id() => {
+            out!("(this account's profile changed on another device)")
+        }
+        Event::ProfileChanged { account } => {
+            let shown = self::names(client).await;
+            out!("({} is now called {})", short(account), name(&shown, account))
+        }
         Event::MessageSent { id, conversation } if ticks => {
             out!("✓ sent {}", own_messages(client, conversation, &[*id]).await)
         }
@@ -865,9 +876,76 @@ async fn chat_command(client: &Client<SqliteStore>, with: &ChatWith, line: &str)
     }
 }
 
+/// The longest line a chat reads; a longer one is cut there.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Input as it arrives: whole lines, and whether a line is being composed.
+#[derive(Default)]
+struct LineBuffer {
+    pending: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Adds what was read; returns the lines it completed.
+    fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        for &b in bytes {
+            if b == b'\n' || self.pending.len() >= MAX_LINE {
+                lines.push(String::from_utf8_lossy(&self.pending).trim_end_matches('\r').to_owned());
+                self.pending.clear();
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            self.pending.push(b);
+        }
+        lines
+    }
+
+    /// What is left when the input ends.
+    fn finish(&mut self) -> Option<String> {
+        let rest = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        (!rest.trim().is_empty()).then_some(rest)
+    }
+
+    /// A line has started and is not finished: the user is typing.
+    fn composing(&self) -> bool {
+        self.pending.iter().any(|b| !b.is_ascii_whitespace()) && self.pending.first() != Some(&b'/')
+    }
+}
+
+/// One line typed in a chat: a `/command`, or a text to send.
+async fn chat_line(
+    client: &Client<SqliteStore>,
+    with: &ChatWith,
+    conversation: Conversation,
+    line: &str,
+) -> Result<(), String> {
+    let line = line.trim();
+    if line.starts_with('/') {
+        match chat_command(client, with, line).await {
+            Ok(done) if done.is_empty() => {}
+            Ok(done) => out!("{done}"),
+            Err(e) => out!("(error: {e})"),
+        }
+    } else if !line.is_empty() {
+        // A line read whole (a terminal sends it on Enter) still starts as "typing".
+        let _ = client.set_typing(conversation, true).await;
+        client
+            .send_message(conversation, line)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = client.set_typing(conversation, false).await;
+    }
+    Ok(())
+}
+
 /// The interactive mode of `chat` and `group chat`: prints the history and incoming
-/// messages (marking them read); sends each line typed, or runs it when it starts with
-/// `/`.
+/// messages (marking them read) and who is typing; sends each line typed, or runs it
+/// when it starts with `/`. While a line is being composed (input that arrives before
+/// its newline, as from a pipe or a terminal in raw mode), the others see "typing"; it
+/// stops when the line is sent.
 async fn chat(
     client: &Client<SqliteStore>,
     events: &mut EventStream,
@@ -875,6 +953,7 @@ async fn chat(
     history: Vec<StoredMessage>,
     banner: String,
 ) -> Result<(), String> {
+    use tokio::io::AsyncReadExt as _;
     let mut names = names(client).await;
     for m in history {
         out!("{}", show_any(client, &m, &names).await);
@@ -885,26 +964,35 @@ async fn chat(
         ChatWith::Contact(a) => (None, Conversation::Direct(*a)),
     };
     let _ = client.mark_read(conversation).await;
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin = tokio::io::stdin();
+    let mut chunk = vec![0u8; 4096];
+    let mut input = LineBuffer::default();
     let mut stdin_open = true;
+    let mut typing = false;
+    // While a line is being composed, "typing" is repeated before it times out.
+    let mut repeat = tokio::time::interval(Duration::from_millis(sotto_sdk::TYPING_REPEAT_MS));
     loop {
         tokio::select! {
-            line = lines.next_line(), if stdin_open => match line {
-                Ok(Some(l)) if l.trim().starts_with('/') => {
-                    match chat_command(client, &with, l.trim()).await {
-                        Ok(done) if done.is_empty() => {}
-                        Ok(done) => out!("{done}"),
-                        Err(e) => out!("(error: {e})"),
-                    }
+            read = stdin.read(&mut chunk), if stdin_open => {
+                let (lines, ended) = match read {
+                    Ok(0) | Err(_) => (input.finish().into_iter().collect(), true),
+                    Ok(n) => (input.push(chunk.get(..n).unwrap_or_default()), false),
+                };
+                for line in lines {
+                    chat_line(client, &with, conversation, &line).await?;
                     names = self::names(client).await;
+                    // A text line sent says "stopped typing".
+                    typing = false;
                 }
-                Ok(Some(l)) if !l.trim().is_empty() => {
-                    client.send_message(conversation, l.trim()).await.map_err(|e| e.to_string())?;
+                stdin_open = !ended;
+                let now_typing = stdin_open && input.composing();
+                if now_typing != typing {
+                    let _ = client.set_typing(conversation, now_typing).await;
+                    typing = now_typing;
                 }
-                // Typing: once the SDK has `Client::set_typing(conversation, bool)`, call
-                // it here as lines are typed (a line-based terminal cannot tell earlier).
-                Ok(Some(_)) => {}
-                _ => stdin_open = false,
+            },
+            _ = repeat.tick(), if typing => {
+                let _ = client.set_typing(conversation, true).await;
             },
             e = events.next() => match e {
                 Some(e) => {
@@ -1096,6 +1184,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                         | Event::MessageDeleted { .. }
                         | Event::ReactionChanged { .. }
                         | Event::TimerChanged { .. }
+                        | Event::ProfileChanged { .. }
                         | Event::IdentityChanged { .. } => {
                             print_event(&client, &e, None, &names, false).await;
                         }
@@ -1216,6 +1305,21 @@ async fn run(cli: Cli) -> Result<(), String> {
             match nick {
                 Some(n) => out!("{} is now shown as {n:?}", short(&who)),
                 None => out!("nickname of {} cleared", short(&who)),
+            }
+        }
+        Command::Profile { name } => {
+            let name = name.join(" ");
+            let name = name.trim();
+            if name.is_empty() {
+                let client = open_offline(&dir).await?;
+                match client.profile().await {
+                    Some(p) if !p.name.is_empty() => out!("profile name {:?}", p.name),
+                    _ => out!("no profile name set"),
+                }
+            } else {
+                let (client, _) = open_client(&dir).await?;
+                client.set_profile(name, None).await.map_err(|e| e.to_string())?;
+                finish_change(&client, format!("profile name set to {name:?}")).await;
             }
         }
         Command::Requests => {

@@ -9,8 +9,11 @@
 // reacts to the page's message and the page shows the reaction; the page reacts back,
 // edits its message ("(edited)" at the CLI), and sets a disappearing-message timer (the CLI
 // prints it); the CLI opens the chat, which marks the page's messages read, and the page
-// shows the read tick. The screenshot is taken there (the reply, the reactions, the edit,
-// the ticks and the timer are on screen). Then the
+// shows the read tick; the page types and the chat prints "(Browser is typing…)"; the chat
+// gets half a line and the page shows "Terminal is typing…". Both set profile names
+// first, so each side shows the other's name. The screenshot is taken there (names, the
+// reply, the reactions, the edit, the ticks, the timer and the typing line are on
+// screen); the chat's line is then finished and the page shows it. Then the
 // page creates a group with the CLI, the CLI joins it (`sotto receive`, then `sotto group
 // list` names it), writes to it with `sotto group send` and the page shows that in the
 // group; the page writes to the group and the CLI receives it. A screenshot is saved
@@ -105,6 +108,14 @@ test('the web demo chats with the native CLI', { timeout: 10 * 60 * 1000 }, asyn
     assert.equal(pageSafety.length, 60);
     assert.equal(pageSafety, cliSafety, 'the page and the CLI show the same safety number');
 
+    step = 'both set a profile name and the other side shows it';
+    assert.match(await sotto('profile', 'Terminal'), /profile name set to "Terminal"/);
+    await byId('contact').filter({ hasText: 'Terminal' }).waitFor();
+    await byId('profile-input').fill('Browser');
+    await byId('set-profile').click();
+    await byId('profile-name').filter({ hasText: 'Browser' }).waitFor();
+    // The page's profile is queued before its first message: the CLI gets both below.
+
     step = 'the page sends';
     await byId('message-input').fill('hello from the browser');
     await byId('send').click();
@@ -120,10 +131,11 @@ test('the web demo chats with the native CLI', { timeout: 10 * 60 * 1000 }, asyn
 
     step = 'the CLI receives';
     let got = '';
-    for (let i = 1; i <= RECEIVE_ATTEMPTS && !got.includes('hello from the browser'); i++) {
+    const both = () => got.includes('hello from the browser') && got.includes('is now called Browser');
+    for (let i = 1; i <= RECEIVE_ATTEMPTS && !both(); i++) {
       got += await sotto('receive');
     }
-    assert.ok(got.includes('hello from the browser'), `sotto receive printed, ${RECEIVE_ATTEMPTS} times:\n${got}`);
+    assert.ok(both(), `sotto receive printed, ${RECEIVE_ATTEMPTS} times:\n${got}`);
 
     step = 'the CLI replies and the page shows it';
     assert.match(await sotto('send', pageLink, 'hello from the terminal'), /sent/);
@@ -164,19 +176,55 @@ test('the web demo chats with the native CLI', { timeout: 10 * 60 * 1000 }, asyn
     await cliReceives('set disappearing messages to 1h');
     await page.locator('body[data-timer="3600"]').waitFor();
 
-    step = 'the CLI reads the chat and the page shows the read tick';
+    step = 'the CLI opens the chat and the page shows the read tick';
+    // The chat reads its input as it arrives: a line without its newline yet is a line
+    // being composed, and the page sees "typing".
     const chat = run(CLI, ['--data-dir', path.join(home, 'cli'), 'chat', pageLink], {
       timeout: 90000,
       env: { ...process.env, SOTTO_CHAT_EXIT_ON_EOF: '1' },
     });
-    chat.child.stdin.end();
-    await chat;
-    await sotto('receive');
+    let chatOut = '';
+    // Registered first: the waits below see each chunk after it was added.
+    chat.child.stdout.on('data', (d) => {
+      chatOut += d;
+    });
+    chat.catch(() => {});
+    const chatSees = (needle) =>
+      new Promise((resolve, reject) => {
+        const check = () => {
+          if (!chatOut.includes(needle)) return false;
+          clearTimeout(timer);
+          chat.child.stdout.off('data', check);
+          resolve();
+          return true;
+        };
+        const timer = setTimeout(() => {
+          chat.child.stdout.off('data', check);
+          reject(new Error(`the chat never printed ${JSON.stringify(needle)}:\n${chatOut}`));
+        }, STEP_MS);
+        chat.child.stdout.on('data', check);
+        check();
+      });
+    await chatSees('-- chatting with Browser');
     await page.locator('li[data-direction="out"][data-status="read"]', { hasText: 'hello from the browser, edited' }).waitFor();
+
+    step = 'the page types and the CLI shows it';
+    await byId('message-input').fill('a reply I am still writing');
+    await chatSees('(Browser is typing…)');
+    await byId('message-input').fill('');
+
+    step = 'the CLI types and the page shows it';
+    chat.child.stdin.write('typed in the termi');
+    await byId('typing').filter({ hasText: 'Terminal is typing…' }).waitFor();
 
     mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
     console.log(`screenshot: ${SCREENSHOT}`);
+
+    step = 'the CLI finishes its line and the page shows the message';
+    chat.child.stdin.end('nal\n');
+    await chat;
+    await page.locator('li[data-direction="in"]', { hasText: 'typed in the terminal' }).waitFor();
 
     step = 'the page creates a group with the CLI';
     const title = 'web and terminal';

@@ -1,9 +1,10 @@
 // The chat API and the live lists through the nodejs-target package, two clients and a
 // real relay: a subscription's first call is one reset and later calls are diffs; a send
 // moves queued → sent → delivered → read; replies, edits, reactions, deletes, timers and
-// nicknames reach the other side's timeline and conversation list; `nextEvent` with an
-// AbortSignal never loses an event; and every error code the web binding can produce is
-// produced (the others are listed with why they cannot be reached from here).
+// nicknames reach the other side's timeline and conversation list, as do typing and
+// profile names; `nextEvent` with an AbortSignal never loses an event; and every error code
+// the web binding can produce is produced (the others are listed with why they cannot be
+// reached from here).
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -143,6 +144,32 @@ test('replies, edits, reactions, deletes, timers and nicknames', async () => {
   await aliceList.until((items) => items[0]?.name === 'Bobby', 'the nickname');
   await alice.client.setNickname(bob.id, null);
   await aliceList.until((items) => items[0]?.name === '', 'the nickname cleared');
+});
+
+test('typing and profile names reach the other side', async () => {
+  const bobList = watch(bob.client.conversationList());
+  await bobList.until((items) => items.some((i) => i.conversation === alice.id), 'the conversation with Alice');
+  const withAlice = (items) => items.find((i) => i.conversation === alice.id);
+
+  // Typing: the event, and the conversation list's `typing`; "stopped" clears it.
+  await alice.client.setTyping(bob.id, true);
+  const started = await waitEvent(bob.client, 'typing', (e) => e.kind === 'typing' && e.typing === true);
+  assert.equal(started.account, alice.id);
+  assert.equal(started.conversation, alice.id);
+  started.free();
+  await bobList.until((items) => withAlice(items)?.typing.includes(alice.id), 'Alice typing in the list');
+  await alice.client.setTyping(bob.id, false);
+  await bobList.until((items) => withAlice(items)?.typing.length === 0, 'Alice no longer typing');
+
+  // A profile name: this account reads it back; the contact's list names the account by it.
+  assert.equal(await alice.client.profileName(), '');
+  await alice.client.setProfile('Alice A.');
+  assert.equal(await alice.client.profileName(), 'Alice A.');
+  const changed = await waitEvent(bob.client, 'profileChanged', (e) => e.kind === 'profileChanged');
+  assert.equal(changed.account, alice.id);
+  changed.free();
+  await bobList.until((items) => withAlice(items)?.name === 'Alice A.', "Alice's profile name");
+  await expectCode(() => alice.client.setTyping('not a conversation', true), 'bad_contact');
 });
 
 test('an aborted nextEvent loses no event', async () => {
