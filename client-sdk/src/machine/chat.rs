@@ -368,18 +368,15 @@ impl Machine {
     }
 
     /// Blocks or unblocks a contact. A blocked contact's messages are dropped, and it gets
-    /// no receipts; blocking declines its message request.
+    /// no receipts; a blocked account's message request is no longer listed. Unblocking
+    /// leaves the conversation as it was: a contact accepted before is accepted again, a
+    /// request is a request again.
     pub fn set_blocked(&self, contact: AccountId, blocked: bool) -> Result<Changes, MachineError> {
         if contact == self.account_id() {
             return Err(MachineError::OwnAccount);
         }
         let mut changes = Changes::default();
-        self.update_conversation(&mut changes, contact, |c| {
-            c.blocked = blocked;
-            if blocked {
-                c.accepted = false;
-            }
-        });
+        self.update_conversation(&mut changes, contact, |c| c.blocked = blocked);
         Ok(changes)
     }
 
