@@ -263,12 +263,19 @@ impl<S: Store> Client<S> {
     }
 
     /// Sets (or with `None` clears) the name this device shows for a contact, instead of
-    /// the name in their profile.
+    /// the name in their profile. [`ClientError::UnknownContact`] without a conversation
+    /// with them (add them first).
     pub async fn set_nickname(&self, contact: &AccountId, nickname: Option<&str>) -> Result<(), ClientError> {
         let contact = *contact;
         let nickname = nickname.map(str::to_owned);
         self.inner
-            .transact(|m| Ok((m.set_nickname(contact, nickname.clone())?, ())))
+            .transact(|m| {
+                // A nickname names a conversation that exists: it never starts one.
+                if m.conversation(&contact).is_none() {
+                    return Err(ClientError::UnknownContact);
+                }
+                Ok((m.set_nickname(contact, nickname.clone())?, ()))
+            })
             .await?;
         Ok(())
     }
