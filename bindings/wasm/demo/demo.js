@@ -367,7 +367,7 @@ function duration(s) {
   return `${s} s`;
 }
 
-const TICKS = { queued: '🕓', sent: '✓', delivered: '✓✓', read: '✓✓ read', failed: '⚠ not sent', sentElsewhere: '' };
+const TICKS = { queued: '🕓', sending: '🕓', sent: '✓', delivered: '✓✓', read: '✓✓ read', failed: '⚠ not sent', sentElsewhere: '' };
 
 function button(label, testid, onclick) {
   const b = document.createElement('button');

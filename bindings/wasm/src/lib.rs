@@ -136,7 +136,8 @@ export type MessageStatusName =
   | "failed" | "failedRetryable" | "unknown";
 
 /** Where a message this account wrote is: queued → sent → delivered → read, or failed. */
-export type SendStateName = "queued" | "sent" | "delivered" | "read" | "sentElsewhere" | "failed" | "unknown";
+export type SendStateName =
+  | "queued" | "sending" | "sent" | "delivered" | "read" | "sentElsewhere" | "failed" | "unknown";
 
 /** One item of a timeline. */
 export interface TimelineItem {
@@ -525,6 +526,7 @@ fn timeline_item(item: TimelineItem, group: Option<GroupId>) -> JsValue {
     if let Some(state) = item.send_state {
         let name = match &state {
             SendState::Queued => "queued",
+            SendState::Sending => "sending",
             SendState::Sent => "sent",
             SendState::Delivered => "delivered",
             SendState::Read => "read",

@@ -526,6 +526,17 @@ impl<S: Store> Inner<S> {
         self.live.wake(false, &changed);
     }
 
+    /// Stored messages as timeline items, with their send states.
+    fn items(&self, messages: Vec<StoredMessage>) -> Vec<TimelineItem> {
+        messages
+            .into_iter()
+            .map(|m| TimelineItem {
+                send_state: self.send_state(&m),
+                message: m,
+            })
+            .collect()
+    }
+
     /// The send state a timeline shows for `m`.
     fn send_state(&self, m: &StoredMessage) -> Option<SendState> {
         let state = SendState::of_message(m)?;
@@ -559,13 +570,7 @@ impl<S: Store> Inner<S> {
                 },
             )
             .await?;
-        Ok(page
-            .into_iter()
-            .map(|m| TimelineItem {
-                send_state: self.send_state(&m),
-                message: m,
-            })
-            .collect())
+        Ok(self.items(page))
     }
 }
 
@@ -758,17 +763,7 @@ impl<S: Store> Inner<S> {
         query: &str,
         limit: u32,
     ) -> Result<(Vec<TimelineItem>, Option<u64>), super::ClientError> {
-        let found = self.store.search(query, limit).await?;
-        Ok((
-            found
-                .into_iter()
-                .map(|m| TimelineItem {
-                    send_state: self.send_state(&m),
-                    message: m,
-                })
-                .collect(),
-            None,
-        ))
+        Ok((self.items(self.store.search(query, limit).await?), None))
     }
 }
 

@@ -850,27 +850,9 @@ impl Machine {
             let devices: Vec<sotto_crypto::DeviceIdentity> =
                 list.devices().iter().map(|d| d.identity(account)).collect();
             for identity in devices {
-                let peer = (identity.account_id, identity.device_id);
-                let mut sessions = self.load_sessions(&peer)?;
-                if sessions.is_empty() {
-                    continue;
+                if let Some(envelope) = self.seal_to(&identity, &content, &mut changes)? {
+                    frames.push((account, envelope));
                 }
-                let mut active = sessions.remove(0);
-                let out = active.encrypt(&content, &mut self.rng)?;
-                let envelope = sotto_crypto::seal(
-                    &self.device,
-                    &identity,
-                    out.message_type as u8,
-                    &out.bytes,
-                    &mut self.rng,
-                )?;
-                let rest = self
-                    .sessions
-                    .get(&peer)
-                    .map(|s| s.value.sessions.iter().skip(1).cloned().collect())
-                    .unwrap_or_default();
-                changes.sessions.push(self.session_write(peer, &active, rest));
-                frames.push((account, envelope));
             }
         }
         Ok((changes, frames))

@@ -100,29 +100,12 @@ impl Machine {
             } else {
                 &item.content
             };
-            let peer = (identity.account_id, identity.device_id);
-            let mut sessions = self.load_sessions(&peer)?;
-            if sessions.is_empty() {
+            let Some(envelope) = self.seal_to(&identity, plaintext, &mut changes)? else {
                 return Ok(SendPlan::Need(vec![Need::Bundles(
                     identity.account_id,
                     vec![identity.device_id],
                 )]));
-            }
-            let mut active = sessions.remove(0);
-            let out = active.encrypt(plaintext, &mut self.rng)?;
-            let envelope = sotto_crypto::seal(
-                &self.device,
-                &identity,
-                out.message_type as u8,
-                &out.bytes,
-                &mut self.rng,
-            )?;
-            let rest = self
-                .sessions
-                .get(&peer)
-                .map(|s| s.value.sessions.iter().skip(1).cloned().collect())
-                .unwrap_or_default();
-            changes.sessions.push(self.session_write(peer, &active, rest));
+            };
             recipients.push(Recipient {
                 account_id: identity.account_id,
                 device_id: identity.device_id,
@@ -130,6 +113,37 @@ impl Machine {
             });
         }
         Ok(SendPlan::Ready { changes, recipients })
+    }
+
+    /// Encrypts `plaintext` with the active session with `identity` and seals it to that
+    /// device; the session's new state goes into `changes`. `None` without a session.
+    pub(super) fn seal_to(
+        &mut self,
+        identity: &sotto_crypto::DeviceIdentity,
+        plaintext: &[u8],
+        changes: &mut Changes,
+    ) -> Result<Option<Vec<u8>>, MachineError> {
+        let peer = (identity.account_id, identity.device_id);
+        let mut sessions = self.load_sessions(&peer)?;
+        if sessions.is_empty() {
+            return Ok(None);
+        }
+        let mut active = sessions.remove(0);
+        let out = active.encrypt(plaintext, &mut self.rng)?;
+        let envelope = sotto_crypto::seal(
+            &self.device,
+            identity,
+            out.message_type as u8,
+            &out.bytes,
+            &mut self.rng,
+        )?;
+        let rest = self
+            .sessions
+            .get(&peer)
+            .map(|s| s.value.sessions.iter().skip(1).cloned().collect())
+            .unwrap_or_default();
+        changes.sessions.push(self.session_write(peer, &active, rest));
+        Ok(Some(envelope))
     }
 
     /// Queues a delivery receipt for messages received from `to` (at most

@@ -77,7 +77,7 @@ test('a subscription starts with one reset, then diffs', async () => {
   assert.equal(extra.batches.length, n);
 });
 
-test('a send moves queued → sent → delivered → read', async () => {
+test('a send moves queued → (sending →) sent → delivered → read', async () => {
   const states = [];
   const t = watch(alice.client.timeline(bob.id, 50));
   const sent = await alice.client.sendMessage(bob.id, 'watch my ticks');
@@ -98,7 +98,8 @@ test('a send moves queued → sent → delivered → read', async () => {
   await bobList.until((items) => items[0]?.unread === 0, 'read at Bob');
   await bob.client.sendReceiptsNow();
   await t.until(seen('read'), 'read');
-  assert.deepEqual(states.filter((s) => s !== 'queued'), ['sent', 'delivered', 'read']);
+  // "sending" (handed to the relay, no answer yet) may be too short to reach a batch.
+  assert.deepEqual(states.filter((s) => s !== 'queued' && s !== 'sending'), ['sent', 'delivered', 'read']);
   assert.equal((await alice.client.message(sent.key)).status, 'read');
 });
 
