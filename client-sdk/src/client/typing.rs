@@ -70,8 +70,9 @@ impl<S: Store> Inner<S> {
             let Some((changes, what)) = m.receive_ephemeral(payload) else {
                 return;
             };
-            // The session moved: keep it (a lost write only costs a skipped key later).
-            if self.commit_locked(&mut m, changes).await.is_err() {
+            // The session moved: keep it, deferred (no fsync for each frame a contact sends;
+            // a receiving step lost to a power loss only costs a skipped key later).
+            if self.commit_locked_as(&mut m, changes, true).await.is_err() {
                 return;
             }
             what

@@ -161,6 +161,12 @@ fn int(row: &Row<'_>, i: usize) -> Result<i64, StoreError> {
     row.get::<_, i64>(i).map_err(db)
 }
 
+/// A message from an `ord, k, v` row of `messages`.
+fn message_row(c: &Crypt, row: &Row<'_>) -> Result<StoredMessage, StoreError> {
+    let plain = c.open("messages", blob(row, 1)?, blob(row, 2)?)?;
+    Ok(decode_message(&plain, to_u64(int(row, 0)?))?)
+}
+
 /// What a worker thread owns: its connection (none once closed) and, on the writer,
 /// the open batch of deferred commits.
 struct Db {
@@ -564,8 +570,7 @@ impl MessageStore for SqliteStore {
             let mut rows = stmt.query(params![conv, before, limit]).map_err(db)?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().map_err(db)? {
-                let plain = c.open("messages", blob(row, 1)?, blob(row, 2)?)?;
-                out.push(decode_message(&plain, to_u64(int(row, 0)?))?);
+                out.push(message_row(&c, row)?);
             }
             out.reverse();
             Ok(out)
@@ -614,8 +619,8 @@ impl MessageStore for SqliteStore {
             let limit = limit.min(MAX_PAGE) as usize;
             let terms = super::search::query_terms(&query);
             let mut out = Vec::new();
-            let check = |ord: i64, k: &[u8], v: &[u8], out: &mut Vec<StoredMessage>| -> Result<(), StoreError> {
-                let m = decode_message(&c.open("messages", k, v)?, to_u64(ord))?;
+            let check = |row: &Row<'_>, out: &mut Vec<StoredMessage>| -> Result<(), StoreError> {
+                let m = message_row(&c, row)?;
                 if super::search::searchable(&m) && super::search::matches(&m.text, &query) {
                     out.push(m);
                 }
@@ -631,7 +636,7 @@ impl MessageStore for SqliteStore {
                     if out.len() >= limit {
                         break;
                     }
-                    check(int(row, 0)?, blob(row, 1)?, blob(row, 2)?, &mut out)?;
+                    check(row, &mut out)?;
                 }
                 return Ok(out);
             }
@@ -649,7 +654,7 @@ impl MessageStore for SqliteStore {
                 if out.len() >= limit {
                     break;
                 }
-                check(int(row, 0)?, blob(row, 1)?, blob(row, 2)?, &mut out)?;
+                check(row, &mut out)?;
             }
             Ok(out)
         })
@@ -668,8 +673,7 @@ impl MessageStore for SqliteStore {
                 .map_err(db)?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().map_err(db)? {
-                let plain = c.open("messages", blob(row, 1)?, blob(row, 2)?)?;
-                out.push(decode_message(&plain, to_u64(int(row, 0)?))?);
+                out.push(message_row(&c, row)?);
             }
             Ok(out)
         })
