@@ -72,7 +72,17 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- toolchains
-python_ready() { command -v python3 >/dev/null; }
+MATURIN_VERSION=1.16.0
+MATURIN_VENV=$CACHE/maturin-$MATURIN_VERSION
+# The wheel is built with maturin from PyPI, in a virtual environment of its own (cached).
+python_ready() {
+  command -v python3 >/dev/null || { echo "python3 not found" >&2; return 1; }
+  if [ ! -x "$MATURIN_VENV/bin/maturin" ]; then
+    rm -rf "$MATURIN_VENV"
+    python3 -m venv "$MATURIN_VENV" || return 1
+    "$MATURIN_VENV/bin/pip" install --quiet --disable-pip-version-check "maturin==$MATURIN_VERSION" || return 1
+  fi
+}
 
 KOTLIN_HOME=$CACHE/kotlin-$KOTLIN_VERSION/node_modules/kotlin-compiler
 JNA_JAR=/usr/share/java/jna.jar
@@ -127,7 +137,7 @@ mount_chroot() {
 }
 
 step "toolchains"
-want python && { python_ready || unavailable python "python3 not found"; }
+want python && { python_ready || unavailable python "python3 or maturin $MATURIN_VERSION (pip) unavailable"; }
 if want kotlin; then
   if kotlin_install; then echo "kotlinc $KOTLIN_VERSION, $(basename "$JNA_JAR")"
   else unavailable kotlin "could not install kotlinc (npm kotlin-compiler) or JNA (libjna-java)"; fi
@@ -173,13 +183,28 @@ step "sotto-relay at $SOTTO_RELAY_URL"
 timed() { timed_run bindings "$@"; } # label, command...
 
 if run python; then
+  step "Python wheel (maturin) installed into a fresh virtual environment"
+  # What a Python developer gets: `pip install` of the wheel, `import sotto_ffi` with no
+  # PYTHONPATH. Built with the dev profile here (the debug build above is reused); a
+  # release wheel is `maturin build --release` (docs/bindings.md, "Python").
+  rm -rf "$TARGET/wheels"
+  (cd bindings/uniffi && "$MATURIN_VENV/bin/maturin" build --profile dev --locked --quiet --out "$TARGET/wheels")
+  WHEEL=$(ls "$TARGET"/wheels/sotto-*.whl)
+  PY_VENV=$RUN_DIR/venv
+  python3 -m venv "$PY_VENV"
+  "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check --no-index "$WHEEL"
+  PY=$PY_VENV/bin/python
+  "$PY" -c 'import sotto_ffi, sys; assert "site-packages" in sotto_ffi.__file__, sotto_ffi.__file__' ||
+    { echo "bindings.sh: sotto_ffi was not imported from the installed wheel" >&2; exit 1; }
+  echo "installed $(basename "$WHEEL")"
+
   step "Python tests"
   export SOTTO_TEST_DIR=$RUN_DIR/python
   mkdir -p "$SOTTO_TEST_DIR"
-  timed python env PYTHONPATH="$GEN/python" python3 "$TESTS/python/test_sotto.py"
-  env PYTHONPATH="$GEN/python" python3 "$TESTS/python/check_docs.py" docs/bindings.md
-  timed "python echo bot" env PYTHONPATH="$GEN/python" python3 "$EXAMPLES/check_echo_bot.py" python \
-    python3 "$EXAMPLES/python/echo_bot.py" "$SOTTO_RELAY_URL" "$SOTTO_TEST_DIR/echo-bot.db" 2
+  timed python "$PY" "$TESTS/python/test_sotto.py"
+  "$PY" "$TESTS/python/check_docs.py" docs/bindings.md
+  timed "python echo bot" "$PY" "$EXAMPLES/check_echo_bot.py" python \
+    "$PY" "$EXAMPLES/python/echo_bot.py" "$SOTTO_RELAY_URL" "$SOTTO_TEST_DIR/echo-bot.db" 2
   if [ -n "${SOTTO_BENCH:-}" ]; then
     env PYTHONPATH="$GEN/python" python3 "$TESTS/python/bench_sotto.py"
   fi

@@ -18,14 +18,22 @@ fun main(args: Array<String>) = runBlocking {
     var replies = args.getOrNull(2)?.toInt()
     SottoClient.createAccount(args[1], key, args[0], ClientOptions()).use { bot ->
         println(bot.contactLink())
-        while (replies != 0) {
-            val event = bot.nextEvent() ?: break
-            val m = (event as? Event.MessageReceived)?.message ?: continue
-            if (m.status == MessageStatus.Received && m.group == null) {
-                bot.sendText(m.conversation, m.text)
-                replies = replies?.minus(1)
+        // Replies the relay has not stored yet: the bot stops once they are out.
+        val unsent = mutableSetOf<String>()
+        while (replies != 0 || unsent.isNotEmpty()) {
+            when (val event = bot.nextEvent() ?: break) {
+                is Event.MessageReceived -> {
+                    val m = event.message
+                    if (replies != 0 && m.status == MessageStatus.Received && m.group == null) {
+                        unsent.add(bot.sendText(m.conversation, m.text).id)
+                        replies = replies?.minus(1)
+                    }
+                }
+                is Event.MessageSent -> unsent.remove(event.id)
+                is Event.SendFailed -> unsent.remove(event.id)
+                else -> {}
             }
         }
-        bot.shutdown() // sends what is still queued first
+        bot.shutdown() // stops the connection; anything still queued goes on the next start
     }
 }

@@ -18,12 +18,20 @@ do {
         storePath: args[2], storeKey: key, relayUrl: args[1], options: ClientOptions())
     print(bot.contactLink())
     fflush(stdout)
-    while replies != 0, let event = await bot.nextEvent() {
-        guard case .messageReceived(let m) = event, m.status == .received, m.group == nil else { continue }
-        _ = try await bot.sendText(contact: m.conversation, text: m.text)
-        replies = replies.map { $0 - 1 }
+    // Replies the relay has not stored yet: the bot stops once they are out.
+    var unsent = Set<String>()
+    while replies != 0 || !unsent.isEmpty, let event = await bot.nextEvent() {
+        switch event {
+        case .messageReceived(let m) where replies != 0 && m.status == .received && m.group == nil:
+            unsent.insert(try await bot.sendText(contact: m.conversation, text: m.text).id)
+            replies = replies.map { $0 - 1 }
+        case .messageSent(let id, _), .sendFailed(let id, _, _, _, _):
+            unsent.remove(id)
+        default:
+            break
+        }
     }
-    await bot.shutdown()  // sends what is still queued first
+    await bot.shutdown()  // stops the connection; anything still queued goes on the next start
 } catch {
     print("echo-bot: \(error)")
     exit(1)
