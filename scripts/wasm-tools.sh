@@ -13,7 +13,8 @@
 #   `fonts-noto-color-emoji` (emoji in the demo's screenshot);
 # - node 20.10 or newer (WebSocket behind --experimental-websocket, global fetch);
 # - the npm packages pinned in bindings/wasm/package-lock.json (playwright-core,
-#   binaryen for wasm-opt, fake-indexeddb), installed with `npm ci` into
+#   binaryen for wasm-opt, fake-indexeddb, typescript and @types/node for the TypeScript
+#   echo bot), installed with `npm ci` into
 #   bindings/wasm/node_modules (git-ignored) whenever the lock file changed.
 #
 # With CI=true a tool that cannot be installed fails the run; elsewhere it is reported,
@@ -92,7 +93,7 @@ else
     if ! command -v npm >/dev/null; then
       unavailable npm-packages "no npm"
     else
-      log "npm ci in bindings/wasm (playwright-core, binaryen, fake-indexeddb)"
+      log "npm ci in bindings/wasm (playwright-core, binaryen, fake-indexeddb, typescript)"
       if (cd "$NODE_DIR" && npm ci --silent --no-audit --no-fund >&2); then
         echo "$WANT" >"$STAMP"
       else

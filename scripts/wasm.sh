@@ -119,6 +119,26 @@ if want build; then
     mv "$SIZES.tmp" "$SIZES"
     cat "$SIZES"
     echo "(written to $SIZES)"
+
+    step "the npm package sotto-wasm (web and node entries) with npm pack"
+    PKG=$GEN/package
+    mkdir -p "$PKG/web" "$PKG/node"
+    cp bindings/wasm/npm/package.json bindings/wasm/npm/README.md "$PKG/"
+    cp bindings/wasm/npm/node/* "$PKG/node/"
+    for f in sotto_wasm.js sotto_wasm_bg.wasm sotto_wasm.d.ts sotto_wasm_bg.wasm.d.ts; do
+      cp "$GEN/web/$f" "$PKG/web/"
+      cp "$GEN/node/$f" "$PKG/node/"
+    done
+    PKG_VERSION=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' "$PKG/package.json")
+    CRATE_VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+    [ "$PKG_VERSION" = "$CRATE_VERSION" ] ||
+      { echo "wasm.sh: bindings/wasm/npm/package.json is $PKG_VERSION, the workspace $CRATE_VERSION" >&2; exit 1; }
+    if missing node; then
+      skip npm-pack "no node/npm"
+    else
+      (cd "$PKG" && npm pack --silent --pack-destination "$GEN" >/dev/null)
+      echo "$GEN/sotto-wasm-$PKG_VERSION.tgz: $(stat -c %s "$GEN/sotto-wasm-$PKG_VERSION.tgz") bytes"
+    fi
   fi
 fi
 
@@ -172,6 +192,19 @@ fi
 if $RUN_NODE; then
   step "node tests (nodejs package, fake-indexeddb, the relay)"
   timed node "$SOTTO_NODE" "${NODE_WS[@]}" --test bindings/wasm/tests/node/*.test.mjs
+
+  step "the npm package in a new node app: the TypeScript echo bot, compiled against its types"
+  TGZ=$(ls "$GEN"/sotto-wasm-*.tgz)
+  APP=$RUN_DIR/npm-app
+  mkdir -p "$APP"
+  cp bindings/wasm/examples/echo-bot.ts "$APP/"
+  echo '{ "name": "echo-bot", "private": true, "type": "module" }' >"$APP/package.json"
+  (cd "$APP" && npm install --silent --no-audit --no-fund --prefer-offline "$TGZ")
+  NM=$ROOT/bindings/wasm/node_modules
+  (cd "$APP" && "$SOTTO_NODE" "$NM/typescript/bin/tsc" --module nodenext --moduleResolution nodenext --target es2022 \
+    --strict --noEmitOnError --typeRoots "$NM/@types" --types node echo-bot.ts)
+  timed "typescript echo bot" "$SOTTO_NODE" "${NODE_WS[@]}" bindings/wasm/tests/node/check-echo-bot.mjs \
+    "$RUN_DIR/echo-bot-store" "$SOTTO_NODE" "${NODE_WS[@]}" "$APP/echo-bot.js"
   if [ -n "${SOTTO_BENCH:-}" ]; then
     step "benchmark: 1,000 messages between two node clients"
     SOTTO_BENCH_OUT=$TARGET/wasm-bench.txt "$SOTTO_NODE" "${NODE_WS[@]}" --test bindings/wasm/tests/node/bench.mjs

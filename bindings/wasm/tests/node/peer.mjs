@@ -1,4 +1,4 @@
-// A client in its own node process with a durable store (durable-idb.mjs), for
+// A client in its own node process with a durable store (npm/node/durable-idb.mjs), for
 // restart.test.mjs. It prints one JSON object per line on stdout.
 //
 //   node peer.mjs create <dir> <contact link> <n>   create an account, add the contact,
@@ -7,7 +7,7 @@
 //   node peer.mjs resume <dir> <contact id> <n>     open the account again, wait until
 //        "b-1".."b-<n>" are in the timeline and nothing of its own is queued, print
 //        {timeline: [{key, text, mine, state}]} and exit
-import { installDurableIndexedDB } from './durable-idb.mjs';
+import { installDurableIndexedDB } from '../../npm/node/durable-idb.mjs';
 
 const [mode, dir, contact, n] = process.argv.slice(2);
 await installDurableIndexedDB(dir);

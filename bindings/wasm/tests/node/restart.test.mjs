@@ -1,5 +1,6 @@
 // Kill and restart: Alice runs in a child node process with a durable store
-// (durable-idb.mjs: fake-indexeddb written to files on every commit). While she sends
+// (the npm package's npm/node/durable-idb.mjs: fake-indexeddb with a journal of committed
+// transactions, fsynced per commit). While she sends
 // "a-1".."a-N" and Bob (this process) sends "b-1".."b-N", her process is killed with
 // SIGKILL; a new process opens her store again. Nothing is lost (every b-i reaches her,
 // every a-i her store kept reaches Bob, each sent) and nothing is shown twice (every text
