@@ -194,7 +194,8 @@ if $RUN_NODE; then
   timed node "$SOTTO_NODE" "${NODE_WS[@]}" --test bindings/wasm/tests/node/*.test.mjs
 
   step "the npm package in a new node app: the TypeScript echo bot, compiled against its types"
-  TGZ=$(ls "$GEN"/sotto-wasm-*.tgz)
+  TGZ=$(ls "$GEN"/sotto-wasm-*.tgz 2>/dev/null | head -n1 || true)
+  [ -n "$TGZ" ] || { echo "wasm.sh: no packed npm package in $GEN: run \`scripts/wasm.sh build node\`" >&2; exit 1; }
   APP=$RUN_DIR/npm-app
   mkdir -p "$APP"
   cp bindings/wasm/examples/echo-bot.ts "$APP/"
