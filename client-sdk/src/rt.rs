@@ -66,6 +66,26 @@ mod imp {
     pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(f: F) -> Task {
         Task(tokio::spawn(f))
     }
+
+    /// CPU work started on a thread of the blocking pool ([`off_thread`]).
+    #[derive(Debug)]
+    pub(crate) struct OffThread<T>(tokio::task::JoinHandle<T>);
+
+    impl<T> OffThread<T> {
+        /// Its result; `None` if the work did not finish (it panicked or the runtime is
+        /// shutting down): the caller then does it itself.
+        pub(crate) async fn join(self) -> Option<T> {
+            self.0.await.ok()
+        }
+    }
+
+    /// Whether [`off_thread`] runs work on another thread.
+    pub(crate) const THREADS: bool = true;
+
+    /// Starts `f` on another thread, so the caller's task goes on meanwhile.
+    pub(crate) fn off_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> OffThread<T> {
+        OffThread(tokio::task::spawn_blocking(f))
+    }
 }
 
 #[cfg(all(feature = "web", not(feature = "native")))]
@@ -196,6 +216,25 @@ mod imp {
         });
         Task(rx)
     }
+
+    /// Whether [`off_thread`] runs work on another thread.
+    pub(crate) const THREADS: bool = false;
+
+    /// No other thread on the web: nothing is started, and [`OffThread::join`] says so
+    /// (the caller does the work itself, in order).
+    #[derive(Debug)]
+    pub(crate) struct OffThread<T>(std::marker::PhantomData<T>);
+
+    impl<T> OffThread<T> {
+        pub(crate) async fn join(self) -> Option<T> {
+            None
+        }
+    }
+
+    pub(crate) fn off_thread<T: 'static>(f: impl FnOnce() -> T + 'static) -> OffThread<T> {
+        drop(f);
+        OffThread(std::marker::PhantomData)
+    }
 }
 
-pub(crate) use imp::{Instant, Task, now_ms, sleep, sleep_until, spawn};
+pub(crate) use imp::{Instant, THREADS, Task, now_ms, off_thread, sleep, sleep_until, spawn};

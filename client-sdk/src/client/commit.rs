@@ -87,7 +87,34 @@ impl<S: Store> Inner<S> {
                 self.reload(m).await?;
                 Err(StoreError::Conflict.into())
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                // The batch of deferred commits may have gone with it.
+                self.lost(m).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// After a store failure that may have undone deferred commits: the machine is loaded
+    /// again from what the store holds, and [`Inner::losses`] bumped, so work prepared
+    /// from the lost state is not sent.
+    async fn lost(&self, m: &mut Machine) {
+        self.losses.fetch_add(1, Ordering::SeqCst);
+        // A failed reload keeps the machine as it was; the next commit fails or conflicts
+        // and comes back here.
+        let _ = self.reload(m).await;
+    }
+
+    /// Makes every deferred commit durable ([`Store::sync`]), under the machine lock like
+    /// every commit. On failure the deferred commits since the last sync are gone: the
+    /// machine is reloaded.
+    pub(crate) async fn sync_locked(&self, m: &mut Machine) -> Result<(), ClientError> {
+        match self.store.sync().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.lost(m).await;
+                Err(e.into())
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::Inner;
 use super::inbound::{ACK_BATCH, Unacked};
 use super::outbox::{Anon, SEND_WINDOW, Sending};
-use crate::machine::{ConnectionState, DisconnectCause, Event, StopCause};
+use crate::machine::{ConnectionState, DisconnectCause, Event, StopCause, open_ahead};
 use crate::rt::{self, Instant};
 use crate::store::Store;
 use crate::transport::{Socket, TransportError};
@@ -199,43 +199,56 @@ impl<S: Store> Inner<S> {
                         Ok(Some(f)) => f,
                         Ok(None) | Err(_) => return Served::Lost(DisconnectCause::Closed),
                     };
-                    match frame {
-                        Frame::Deliver(d) => {
-                            if self.handle_deliver(d.seq, &d.envelope).await.is_err() {
-                                // Not acked: delivered again after the reconnect.
-                                return Served::Lost(DisconnectCause::Store);
-                            }
-                            unacked.seq = Some(d.seq);
-                            unacked.count += 1;
-                            if unacked.count >= ACK_BATCH && !self.ack(&mut socket, &mut unacked).await {
-                                return Served::Lost(DisconnectCause::Closed);
-                            }
-                        }
-                        Frame::QueueEmpty => {
-                            self.emit(vec![Event::CaughtUp]).await;
-                        }
-                        Frame::EphemeralDeliver { payload } => {
-                            self.handle_ephemeral(&payload).await;
-                        }
-                        Frame::SendResult(r) => {
-                            let stored_ok = self.handle_result(&mut tx, r, false).await;
-                            if !stored_ok {
-                                return Served::Lost(DisconnectCause::Store);
+                    // The frames already here come with it (up to an ack batch): the
+                    // sealed envelopes among them are opened on other threads while the
+                    // ones before them are processed (the open needs no machine state).
+                    let mut frames = vec![frame];
+                    let mut closed = false;
+                    if rt::THREADS && matches!(frames.first(), Some(Frame::Deliver(_))) {
+                        while frames.len() < ACK_BATCH {
+                            let next = tokio::select! {
+                                biased;
+                                f = socket.recv() => Some(f),
+                                () = std::future::ready(()) => None,
+                            };
+                            match next {
+                                Some(Ok(Some(f))) => frames.push(f),
+                                Some(Ok(None) | Err(_)) => {
+                                    closed = true;
+                                    break;
+                                }
+                                None => break,
                             }
                         }
-                        // Another connection authenticated as this device: a second
-                        // process on this device's store, or a copy of it. Taking the
-                        // socket back would replace that one in turn, for ever.
-                        Frame::Error { code } if code == ErrorCode::REPLACED => {
-                            return Served::Stop(StopCause::Superseded);
+                    }
+                    let keys = if frames.len() > 1 {
+                        Some(self.machine.lock().await.device_keys())
+                    } else {
+                        None
+                    };
+                    let opening: Vec<_> = frames
+                        .iter()
+                        .enumerate()
+                        .map(|(i, f)| match (f, &keys) {
+                            // The first is opened here, at once.
+                            (Frame::Deliver(d), Some(keys)) if i > 0 => {
+                                let (keys, envelope) = (keys.clone(), d.envelope.clone());
+                                Some(rt::off_thread(move || open_ahead(&keys, &envelope)))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    for (frame, opening) in frames.into_iter().zip(opening) {
+                        let opened = match opening {
+                            Some(o) => o.join().await.flatten(),
+                            None => None,
+                        };
+                        if let Some(served) = self.on_frame(frame, opened, &mut socket, &mut tx, &mut unacked).await {
+                            return served;
                         }
-                        Frame::Error { code } if code == ErrorCode::SHUTTING_DOWN => {
-                            return Served::Lost(DisconnectCause::RelayShuttingDown);
-                        }
-                        Frame::Error { code } if code == ErrorCode::IDLE_TIMEOUT => {
-                            return Served::Lost(DisconnectCause::IdleTimeout);
-                        }
-                        _ => {}
+                    }
+                    if closed {
+                        return Served::Lost(DisconnectCause::Closed);
                     }
                 }
                 () = std::future::ready(()), if unacked.seq.is_some() => {
@@ -303,5 +316,56 @@ impl<S: Store> Inner<S> {
                 }
             }
         }
+    }
+
+    /// Handles one frame from the authenticated connection; `opened` is a delivery's
+    /// sealed envelope opened ahead. `Some` ends the connection.
+    async fn on_frame(
+        &self,
+        frame: Frame,
+        opened: Option<Result<sotto_crypto::Opened, sotto_crypto::OpenError>>,
+        socket: &mut Socket,
+        tx: &mut Sending,
+        unacked: &mut Unacked,
+    ) -> Option<Served> {
+        match frame {
+            Frame::Deliver(d) => {
+                if self.handle_deliver(d.seq, &d.envelope, opened).await.is_err() {
+                    // Not acked: delivered again after the reconnect.
+                    return Some(Served::Lost(DisconnectCause::Store));
+                }
+                unacked.seq = Some(d.seq);
+                unacked.count += 1;
+                if unacked.count >= ACK_BATCH && !self.ack(socket, unacked).await {
+                    return Some(Served::Lost(DisconnectCause::Closed));
+                }
+            }
+            Frame::QueueEmpty => {
+                self.emit(vec![Event::CaughtUp]).await;
+            }
+            Frame::EphemeralDeliver { payload } => {
+                self.handle_ephemeral(&payload).await;
+            }
+            Frame::SendResult(r) => {
+                let stored_ok = self.handle_result(tx, r, false).await;
+                if !stored_ok {
+                    return Some(Served::Lost(DisconnectCause::Store));
+                }
+            }
+            // Another connection authenticated as this device: a second process on this
+            // device's store, or a copy of it. Taking the socket back would replace that
+            // one in turn, for ever.
+            Frame::Error { code } if code == ErrorCode::REPLACED => {
+                return Some(Served::Stop(StopCause::Superseded));
+            }
+            Frame::Error { code } if code == ErrorCode::SHUTTING_DOWN => {
+                return Some(Served::Lost(DisconnectCause::RelayShuttingDown));
+            }
+            Frame::Error { code } if code == ErrorCode::IDLE_TIMEOUT => {
+                return Some(Served::Lost(DisconnectCause::IdleTimeout));
+            }
+            _ => {}
+        }
+        None
     }
 }

@@ -36,13 +36,23 @@ pub(super) const PENDING_RETRY_MAX: Duration = Duration::from_secs(300);
 pub(super) const PENDING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 impl<S: Store> Inner<S> {
-    pub(super) async fn handle_deliver(&self, seq: u64, envelope: &[u8]) -> Result<(), ClientError> {
+    pub(super) async fn handle_deliver(
+        &self,
+        seq: u64,
+        envelope: &[u8],
+        opened: Option<Result<sotto_crypto::Opened, sotto_crypto::OpenError>>,
+    ) -> Result<(), ClientError> {
         let mut refreshed = false;
         let mut conflicts = 0;
         let mut accept_handled = false;
+        let mut opened = opened;
         loop {
             let mut m = self.machine.lock().await;
-            match m.receive_envelope(seq, envelope, refreshed) {
+            let inbound = match opened.take() {
+                Some(o) => m.receive_envelope_opened(seq, envelope, refreshed, o),
+                None => m.receive_envelope(seq, envelope, refreshed),
+            };
+            match inbound {
                 Inbound::Need(Need::DeviceList(a)) => {
                     drop(m);
                     match self.refresh_device_list(a).await {
@@ -489,8 +499,8 @@ impl<S: Store> Inner<S> {
         unacked.count = 0;
         // Under the machine lock, like every commit, so it never races one.
         let synced = {
-            let _m = self.machine.lock().await;
-            self.store.sync().await.is_ok()
+            let mut m = self.machine.lock().await;
+            self.sync_locked(&mut m).await.is_ok()
         };
         synced && socket.send(&Frame::Ack { seq }).await.is_ok()
     }

@@ -274,6 +274,10 @@ pub(crate) struct Inner<S: Store> {
     /// The outbox items handed to the relay and not answered yet (id → conversation):
     /// their messages show as `Sending`.
     pub(crate) sending: std::sync::Mutex<std::collections::HashMap<crate::ids::MessageId, AccountId>>,
+    /// Bumped (under the machine lock) whenever a store failure may have undone deferred
+    /// commits, and the machine was reloaded: work prepared from the machine before the
+    /// bump is never sent (see [`Inner::sync_locked`]).
+    pub(crate) losses: std::sync::atomic::AtomicU64,
 }
 
 /// A Sotto client: one device of one account, its store and its relay connection.
@@ -394,6 +398,7 @@ impl<S: Store> Client<S> {
                 live: live::LiveHub::default(),
                 ephemeral: typing::Ephemeral::default(),
                 sending: Default::default(),
+                losses: Default::default(),
             }),
             shutdown,
             task: std::sync::Mutex::new(None),

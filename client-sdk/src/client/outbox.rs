@@ -165,7 +165,9 @@ impl<S: Store> Inner<S> {
 
     /// Encrypts an item for every reachable device. A listed device the relay holds no
     /// prekeys for is left out of this send (docs/protocol.md §13.7); when that is every
-    /// device of the contact, the item failed this time.
+    /// device of the contact, the item failed this time. The ratchet step is committed
+    /// deferred: [`Self::fill_from`] makes it durable, for all the items it prepared at
+    /// once, before any of them leaves.
     pub(super) async fn prepare(&self, item: &OutboxItem) -> Prepared {
         if self.machine.lock().await.group_of_conversation(&item.to).is_some() {
             return self.prepare_group(item).await;
@@ -194,11 +196,13 @@ impl<S: Store> Inner<S> {
                     };
                 }
                 match m.prepare_send(item, &skip, now_ms()) {
-                    Ok(SendPlan::Ready { changes, recipients }) => match self.commit_locked(&mut m, changes).await {
-                        Ok(_) => return Prepared::Ready(recipients),
-                        Err(ClientError::Store(StoreError::Conflict)) => continue,
-                        Err(_) => return Prepared::Offline,
-                    },
+                    Ok(SendPlan::Ready { changes, recipients }) => {
+                        match self.commit_locked_as(&mut m, changes, true).await {
+                            Ok(_) => return Prepared::Ready(recipients),
+                            Err(ClientError::Store(StoreError::Conflict)) => continue,
+                            Err(_) => return Prepared::Offline,
+                        }
+                    }
                     Ok(SendPlan::Need(needs)) => needs,
                     Err(e) => return Self::classify(e.into()),
                 }
@@ -225,7 +229,8 @@ impl<S: Store> Inner<S> {
         }
     }
 
-    /// Seals a group-channel item once for the group ([`crate::machine::GroupPlan`]).
+    /// Seals a group-channel item once for the group ([`crate::machine::GroupPlan`]),
+    /// committed deferred like [`Self::prepare`].
     pub(super) async fn prepare_group(&self, item: &OutboxItem) -> Prepared {
         for _ in 0..MAX_SEND_ATTEMPTS {
             let needs = {
@@ -236,7 +241,7 @@ impl<S: Store> Inner<S> {
                         body,
                         recipients,
                         access,
-                    }) => match self.commit_locked(&mut m, changes).await {
+                    }) => match self.commit_locked_as(&mut m, changes, true).await {
                         Ok(_) => {
                             return Prepared::Group {
                                 body,
@@ -545,8 +550,15 @@ impl<S: Store> Inner<S> {
         }
         let own = self.device.account_id();
         let lanes: Vec<Lane> = items.iter().map(lane_of).collect();
+        // First every startable item is prepared (its ratchet step committed deferred),
+        // then one sync makes them all durable, then they go: one fsync for the batch
+        // instead of one per item. Nothing leaves before the state that encrypted it is
+        // durable, so a crash never reuses a message key.
+        let losses = self.losses.load(std::sync::atomic::Ordering::SeqCst);
+        let mut ready: Vec<(&OutboxItem, Lane, Prepared)> = Vec::new();
+        let mut offline = false;
         // Messages first, then receipts.
-        for receipts in [false, true] {
+        'prepare: for receipts in [false, true] {
             for (item, lane) in items.iter().zip(&lanes) {
                 if lane.1 != receipts || closed.contains(lane) {
                     continue;
@@ -554,8 +566,8 @@ impl<S: Store> Inner<S> {
                 if tx.in_flight.iter().any(|f| f.item.id == item.id) {
                     continue;
                 }
-                if tx.in_flight.len() >= SEND_WINDOW {
-                    return true;
+                if tx.in_flight.len() + ready.len() >= SEND_WINDOW {
+                    break 'prepare;
                 }
                 if item.not_before_ms > now_ms {
                     closed.insert(*lane);
@@ -565,8 +577,8 @@ impl<S: Store> Inner<S> {
                 if lane.1 {
                     self.close_receipt(item);
                 }
-                let recipients = match self.prepare(item).await {
-                    Prepared::Ready(r) => r,
+                match self.prepare(item).await {
+                    p @ (Prepared::Ready(_) | Prepared::Group { .. }) => ready.push((item, *lane, p)),
                     Prepared::Wait => {
                         // Its distributions were queued: they go first, then this again.
                         // Waiting counts as an attempt (at once for the first few), so a
@@ -579,133 +591,153 @@ impl<S: Store> Inner<S> {
                             .await;
                         tx.retry_by(Instant::now() + Duration::from_millis(100));
                         tx.dirty = true;
-                        continue;
-                    }
-                    Prepared::Group {
-                        body,
-                        recipients,
-                        access,
-                    } => {
-                        let Some(a) = anon.as_mut() else { return true };
-                        let id = a.next_id;
-                        a.next_id = a.next_id.wrapping_add(1);
-                        let frame = Frame::Send(Send {
-                            message_id: id,
-                            access,
-                            body,
-                            recipients,
-                        });
-                        if a.socket.send(&frame).await.is_err() {
-                            *anon = None;
-                            tx.in_flight.retain(|f| f.anon.is_none());
-                            tx.release();
-                            let t = Instant::now() + self.options.backoff_min;
-                            tx.offline_until = Some(t);
-                            tx.retry_by(t);
-                            tx.dirty = true;
-                            return true;
-                        }
-                        tx.in_flight.push_back(InFlight {
-                            auth: None,
-                            anon: Some(id),
-                            item: item.clone(),
-                            lane: *lane,
-                        });
-                        continue;
                     }
                     Prepared::Offline => {
-                        let t = Instant::now() + self.options.backoff_min.max(Duration::from_secs(1));
-                        tx.offline_until = Some(t);
-                        tx.retry_by(t);
-                        tx.dirty = true;
-                        return true;
+                        offline = true;
+                        break 'prepare;
                     }
                     Prepared::Failed { code, reason } => {
                         closed.insert(*lane);
                         self.failed_attempt(tx, item, code, reason, false).await;
-                        continue;
                     }
                     Prepared::GiveUp { code, reason } => {
                         self.give_up(item, code, false, reason).await;
-                        continue;
-                    }
-                };
-                let (mine, theirs): (Vec<_>, Vec<_>) = recipients.into_iter().partition(|r| r.account_id == own);
-                let mut f = InFlight {
-                    auth: None,
-                    anon: None,
-                    item: item.clone(),
-                    lane: *lane,
-                };
-                if !theirs.is_empty() {
-                    // The contact's access key, when they shared it; without it the
-                    // send is a message request (docs/protocol.md §13.8).
-                    let access: Vec<Access> = self
-                        .machine
-                        .lock()
-                        .await
-                        .access_key_for(&item.to)
-                        .map(|key| Access {
-                            account_id: item.to,
-                            key,
-                        })
-                        .into_iter()
-                        .collect();
-                    let sent = match anon.as_mut() {
-                        Some(a) => {
-                            let id = a.next_id;
-                            a.next_id = a.next_id.wrapping_add(1);
-                            f.anon = Some(id);
-                            a.socket
-                                .send(&Frame::Send(Send {
-                                    message_id: id,
-                                    access,
-                                    body: Vec::new(),
-                                    recipients: theirs,
-                                }))
-                                .await
-                                .is_ok()
-                        }
-                        None => false,
-                    };
-                    if !sent {
-                        // The item stays in the outbox and is encrypted again next time.
-                        *anon = None;
-                        tx.in_flight.retain(|f| f.anon.is_none());
-                        tx.release();
-                        let t = Instant::now() + self.options.backoff_min;
-                        tx.offline_until = Some(t);
-                        tx.retry_by(t);
-                        tx.dirty = true;
-                        return true;
                     }
                 }
-                if !mine.is_empty() {
-                    let id = tx.auth_next_id;
-                    tx.auth_next_id = tx.auth_next_id.wrapping_add(1);
-                    let frame = Frame::Send(Send {
-                        message_id: id,
-                        access: Vec::new(),
-                        body: Vec::new(),
-                        recipients: mine,
-                    });
-                    if socket.send(&frame).await.is_err() {
-                        return false;
-                    }
-                    f.auth = Some(id);
-                }
-                if f.anon.is_none() && f.auth.is_none() {
-                    // No device to send to (for example group content to this account,
-                    // which has no other device): done, as if the relay stored it.
-                    if !self.sent(&f.item).await {
-                        return false;
-                    }
-                    continue;
-                }
-                tx.in_flight.push_back(f);
             }
         }
+        if !ready.is_empty() && !self.durable_since(losses).await {
+            // The prepared steps may be lost: the items stay in the outbox and are
+            // encrypted again from the reloaded state.
+            offline = true;
+            ready.clear();
+        }
+        if offline {
+            let t = Instant::now() + self.options.backoff_min.max(Duration::from_secs(1));
+            tx.offline_until = Some(t);
+            tx.retry_by(t);
+            tx.dirty = true;
+        }
+        for (item, lane, prepared) in ready {
+            let recipients = match prepared {
+                Prepared::Ready(r) => r,
+                Prepared::Group {
+                    body,
+                    recipients,
+                    access,
+                } => {
+                    let Some(a) = anon.as_mut() else { return true };
+                    let id = a.next_id;
+                    a.next_id = a.next_id.wrapping_add(1);
+                    let frame = Frame::Send(Send {
+                        message_id: id,
+                        access,
+                        body,
+                        recipients,
+                    });
+                    if a.socket.send(&frame).await.is_err() {
+                        self.anon_failed(tx, anon);
+                        return true;
+                    }
+                    tx.in_flight.push_back(InFlight {
+                        auth: None,
+                        anon: Some(id),
+                        item: item.clone(),
+                        lane,
+                    });
+                    continue;
+                }
+                _ => continue,
+            };
+            let (mine, theirs): (Vec<_>, Vec<_>) = recipients.into_iter().partition(|r| r.account_id == own);
+            let mut f = InFlight {
+                auth: None,
+                anon: None,
+                item: item.clone(),
+                lane,
+            };
+            if !theirs.is_empty() {
+                // The contact's access key, when they shared it; without it the
+                // send is a message request (docs/protocol.md §13.8).
+                let access: Vec<Access> = self
+                    .machine
+                    .lock()
+                    .await
+                    .access_key_for(&item.to)
+                    .map(|key| Access {
+                        account_id: item.to,
+                        key,
+                    })
+                    .into_iter()
+                    .collect();
+                let sent = match anon.as_mut() {
+                    Some(a) => {
+                        let id = a.next_id;
+                        a.next_id = a.next_id.wrapping_add(1);
+                        f.anon = Some(id);
+                        a.socket
+                            .send(&Frame::Send(Send {
+                                message_id: id,
+                                access,
+                                body: Vec::new(),
+                                recipients: theirs,
+                            }))
+                            .await
+                            .is_ok()
+                    }
+                    None => false,
+                };
+                if !sent {
+                    // The item stays in the outbox and is encrypted again next time.
+                    self.anon_failed(tx, anon);
+                    return true;
+                }
+            }
+            if !mine.is_empty() {
+                let id = tx.auth_next_id;
+                tx.auth_next_id = tx.auth_next_id.wrapping_add(1);
+                let frame = Frame::Send(Send {
+                    message_id: id,
+                    access: Vec::new(),
+                    body: Vec::new(),
+                    recipients: mine,
+                });
+                if socket.send(&frame).await.is_err() {
+                    return false;
+                }
+                f.auth = Some(id);
+            }
+            if f.anon.is_none() && f.auth.is_none() {
+                // No device to send to (for example group content to this account,
+                // which has no other device): done, as if the relay stored it.
+                if !self.sent(&f.item).await {
+                    return false;
+                }
+                continue;
+            }
+            tx.in_flight.push_back(f);
+        }
         true
+    }
+
+    /// Makes the deferred commits durable. False when the sync failed, or when a store
+    /// failure since [`Inner::losses`] read `losses` may have undone them (the machine
+    /// was reloaded then): what was prepared from them must not be sent.
+    async fn durable_since(&self, losses: u64) -> bool {
+        let mut m = self.machine.lock().await;
+        self.sync_locked(&mut m).await.is_ok() && self.losses.load(std::sync::atomic::Ordering::SeqCst) == losses
+    }
+
+    /// The anonymous connection failed while sending: it is dropped with what was in
+    /// flight on it (those items go again), and sending backs off.
+    fn anon_failed(&self, tx: &mut Sending, anon: &mut Option<Anon>) {
+        *anon = None;
+        tx.in_flight.retain(|f| f.anon.is_none());
+        tx.release();
+        let t = Instant::now() + self.options.backoff_min;
+        tx.offline_until = Some(t);
+        tx.retry_by(t);
+        tx.dirty = true;
     }
 }
 

@@ -48,7 +48,7 @@ impl Machine {
     /// Processes a pending envelope again (the oldest of its sender). A final outcome
     /// drops it from the table; [`Inbound::Need`] means it stays.
     pub fn receive_pending(&mut self, p: &PendingInbound, refreshed: bool) -> Inbound {
-        let mut out = self.receive(p.seq, &p.envelope, refreshed, true);
+        let mut out = self.receive(p.seq, &p.envelope, refreshed, true, None);
         match &mut out {
             Inbound::Done { changes, .. }
             | Inbound::LinkRequest { changes, .. }
@@ -139,10 +139,35 @@ impl Machine {
     /// account ([`Changes::pins`]), and a session is written only when new content
     /// decrypted: a duplicate leaves every session as it was.
     pub fn receive_envelope(&mut self, seq: u64, envelope: &[u8], refreshed: bool) -> Inbound {
-        self.receive(seq, envelope, refreshed, false)
+        self.receive(seq, envelope, refreshed, false, None)
     }
 
-    pub(super) fn receive(&mut self, seq: u64, envelope: &[u8], refreshed: bool, from_pending: bool) -> Inbound {
+    /// [`Machine::receive_envelope`] with the sealed envelope already opened by
+    /// [`open_ahead`] (under [`Machine::device_keys`]): the open needs no machine state,
+    /// so a client runs it on another thread, ahead of the envelopes before it.
+    pub fn receive_envelope_opened(
+        &mut self,
+        seq: u64,
+        envelope: &[u8],
+        refreshed: bool,
+        opened: Result<sotto_crypto::Opened, sotto_crypto::OpenError>,
+    ) -> Inbound {
+        self.receive(seq, envelope, refreshed, false, Some(opened))
+    }
+
+    /// This device's keys, for [`open_ahead`] off the machine.
+    pub fn device_keys(&self) -> std::sync::Arc<sotto_crypto::Device> {
+        self.device.clone()
+    }
+
+    pub(super) fn receive(
+        &mut self,
+        seq: u64,
+        envelope: &[u8],
+        refreshed: bool,
+        from_pending: bool,
+        opened: Option<Result<sotto_crypto::Opened, sotto_crypto::OpenError>>,
+    ) -> Inbound {
         let digest = Self::envelope_digest(envelope);
         if !from_pending && self.processed.contains(&digest) {
             return Inbound::Done {
@@ -153,7 +178,7 @@ impl Machine {
         if sotto_crypto::is_group_envelope(envelope) {
             return self.receive_group(seq, digest, envelope, refreshed);
         }
-        let opened = match sotto_crypto::open(&self.device, envelope) {
+        let opened = match opened.unwrap_or_else(|| sotto_crypto::open(&self.device, envelope)) {
             Ok(o) => o,
             Err(e) => return self.undecryptable(seq, digest, None, UndecryptableCause::Envelope(e)),
         };
@@ -447,4 +472,13 @@ impl Machine {
             .push(self.session_write(peer, &responded.session, pickles));
         Ok(responded.plaintext)
     }
+}
+
+/// Opens a sealed 1:1 envelope for [`Machine::receive_envelope_opened`]; `None` for a
+/// group envelope, which the machine opens with the group's keys.
+pub fn open_ahead(
+    device: &sotto_crypto::Device,
+    envelope: &[u8],
+) -> Option<Result<sotto_crypto::Opened, sotto_crypto::OpenError>> {
+    (!sotto_crypto::is_group_envelope(envelope)).then(|| sotto_crypto::open(device, envelope))
 }

@@ -58,6 +58,7 @@ pub use chat::{
     Conversation, ConversationSettings, EphemeralFrame, EphemeralIn, MAX_PRESENCE_CONTACTS, MAX_TYPING_GROUP, expiry,
 };
 pub use groups::{CONTENT_SENDER_KEY, GroupInfo, GroupPlan};
+pub use inbound::open_ahead;
 pub use outbound::{RetryPolicy, record_failure};
 pub use outputs::{
     CONTENT_LINK_ACCEPT, CONTENT_LINK_REQUEST, ConnectionState, DisconnectCause, Event, Inbound, MachineError, Need,
@@ -138,7 +139,8 @@ pub struct Machine {
     account_key: Option<AccountKey>,
     /// On devices that hold it; it signs lists only while its epoch is the pinned one.
     list_key: Option<ListKey>,
-    device: Device,
+    /// Shared with the threads that open sealed envelopes ahead ([`Machine::device_keys`]).
+    device: std::sync::Arc<Device>,
     account: Versioned<AccountRecord>,
     lists: HashMap<AccountId, DeviceList>,
     sessions: HashMap<PeerDevice, Versioned<SessionSet>>,
@@ -329,7 +331,7 @@ impl Machine {
             pickle_key,
             account_key,
             list_key,
-            device,
+            device: std::sync::Arc::new(device),
             account,
             lists,
             sessions: snapshot.sessions.into_iter().collect(),

@@ -179,6 +179,11 @@ struct Db {
     /// A batch holding deferred commits was rolled back by the database: the next
     /// `sync` fails.
     lost: bool,
+    /// The outbox rows the last [`OutboxStore::outbox`] read on this connection returned,
+    /// decoded: `k` → (sealed `v`, item). The sender reads the start of the outbox on
+    /// every turn; a row whose sealed value is unchanged is not decrypted again. Holds
+    /// only the rows of the last read (the sender reads at most 1,024).
+    outbox_cache: std::collections::HashMap<Vec<u8>, (Vec<u8>, OutboxItem)>,
 }
 
 impl Db {
@@ -189,6 +194,7 @@ impl Db {
             batch: None,
             batch_open,
             lost: false,
+            outbox_cache: Default::default(),
         }
     }
 
@@ -739,15 +745,27 @@ impl OutboxStore for SqliteStore {
     async fn outbox(&self, limit: u32) -> Result<Vec<OutboxItem>, StoreError> {
         self.read(move |d| {
             let c = d.crypt.clone();
+            let mut cache = std::mem::take(&mut d.outbox_cache);
             let conn = d.conn()?;
             let mut stmt = conn
                 .prepare_cached("SELECT k, v FROM outbox ORDER BY ord LIMIT ?")
                 .map_err(db)?;
             let mut rows = stmt.query(params![i64::from(limit)]).map_err(db)?;
             let mut out = Vec::new();
+            let mut fresh = std::collections::HashMap::new();
             while let Some(row) = rows.next().map_err(db)? {
-                out.push(decode_outbox(&c.open("outbox", blob(row, 0)?, blob(row, 1)?)?)?);
+                let (k, v) = (blob(row, 0)?, blob(row, 1)?);
+                let item = match cache.remove(k) {
+                    // The same sealed bytes under the same row key: the same item.
+                    Some((sealed, item)) if sealed == v => item,
+                    _ => decode_outbox(&c.open("outbox", k, v)?)?,
+                };
+                out.push(item.clone());
+                fresh.insert(k.to_vec(), (v.to_vec(), item));
             }
+            drop(rows);
+            drop(stmt);
+            d.outbox_cache = fresh;
             Ok(out)
         })
         .await
