@@ -6,7 +6,8 @@
 //!            (version 0x01, still read, has no access field)
 //! kind 0x01 Text            text (var, ≤ MAX_TEXT_LEN, UTF-8)
 //! kind 0x02 SyncTranscript  conversation (32) ‖ text (var, ≤ MAX_TEXT_LEN, UTF-8)
-//! kind 0x03 Delivered       count (u16, ≤ MAX_RECEIPTS) ‖ count × message_id (16)
+//! kind 0x03 Delivered       count (u16, ≤ MAX_RECEIPTS) ‖ count × message_id (16) ‖ [group_id (32)]
+//!                           (the group id only for messages sent to a group)
 //! kind 0x04 Group           group_id (32) ‖ sub (u8) ‖ fields            (docs/protocol.md §14.6)
 //!   sub 0x01 Text           text (var, ≤ MAX_TEXT_LEN, UTF-8)                       group channel
 //!   sub 0x02 Commit         commit (var, ≤ 65536) ‖ key flag (u8) ‖ [GK (32)]        group channel or pairwise
@@ -273,6 +274,8 @@ pub enum ContentKind {
     },
     /// The recipient device stored these messages.
     Delivered {
+        /// The group the messages were sent to; `None` in a 1:1 conversation.
+        group: Option<GroupId>,
         /// Their ids.
         message_ids: Vec<MessageId>,
     },
@@ -615,11 +618,15 @@ impl Content {
                 out.put(conversation.as_bytes());
                 out.put_var(text.as_bytes());
             }
-            ContentKind::Delivered { message_ids } => {
+            ContentKind::Delivered { group, message_ids } => {
                 out.put_u8(tag::DELIVERED);
                 out.put_count(message_ids.len().min(MAX_RECEIPTS));
                 for id in message_ids.iter().take(MAX_RECEIPTS) {
                     out.put(&id.0);
+                }
+                // A trailing group id, so a 1:1 receipt keeps the layout it always had.
+                if let Some(g) = group {
+                    out.put(&g.0);
                 }
             }
             ContentKind::Group { group, body } => encode_group(&mut out, group, body),
@@ -700,7 +707,12 @@ impl Content {
                 for _ in 0..n {
                     message_ids.push(MessageId(r.array()?));
                 }
-                ContentKind::Delivered { message_ids }
+                let group = if r.remaining() == 0 {
+                    None
+                } else {
+                    Some(GroupId(r.array()?))
+                };
+                ContentKind::Delivered { group, message_ids }
             }
             tag::GROUP => decode_group(&mut r)?,
             tag::CHAT => ContentKind::Chat {
@@ -783,7 +795,17 @@ mod tests {
                 timestamp_ms: 0,
                 access_key: Some(sotto_proto::AccessKey([1; 32])),
                 kind: ContentKind::Delivered {
+                    group: None,
                     message_ids: vec![MessageId([1; 16]), MessageId([2; 16])],
+                },
+            },
+            Content {
+                message_id: id,
+                timestamp_ms: 1,
+                access_key: None,
+                kind: ContentKind::Delivered {
+                    group: Some(GroupId([7; 32])),
+                    message_ids: vec![MessageId([3; 16])],
                 },
             },
         ]
@@ -1029,15 +1051,31 @@ mod tests {
     fn every_truncation_and_extension_is_a_typed_error() {
         for c in samples() {
             let bytes = c.encode();
+            // A delivery receipt's group id is optional and last: without it, the
+            // receipt is a 1:1 one, and one byte more starts a group id.
+            let receipt = matches!(c.kind, ContentKind::Delivered { .. });
             for n in 0..bytes.len() {
-                assert!(Content::decode(&bytes[..n]).is_err());
+                match Content::decode(&bytes[..n]) {
+                    Err(_) => {}
+                    Ok(d) => assert!(
+                        receipt
+                            && n + 32 == bytes.len()
+                            && matches!(d.kind, ContentKind::Delivered { group: None, .. }),
+                        "{n} bytes of {c:?} decoded"
+                    ),
+                }
             }
             let mut longer = bytes.clone();
             longer.push(0);
-            assert!(matches!(
-                Content::decode(&longer),
-                Err(ContentError::Decode(DecodeError::TrailingBytes { count: 1 }))
-            ));
+            let e = Content::decode(&longer);
+            if receipt {
+                assert!(e.is_err());
+            } else {
+                assert!(matches!(
+                    e,
+                    Err(ContentError::Decode(DecodeError::TrailingBytes { count: 1 }))
+                ));
+            }
         }
     }
 

@@ -47,6 +47,7 @@ fn samples() -> Vec<Content> {
             timestamp_ms: 1_796_083_201_000,
             access_key: Some(AccessKey([0x5a; 32])),
             kind: ContentKind::Delivered {
+                group: None,
                 message_ids: vec![id(0x01), id(0x03)],
             },
         },
@@ -171,6 +172,13 @@ fn chat_samples() -> Vec<Content> {
             avatar: None,
         },
     ));
+    out.push(c(
+        0x27,
+        ContentKind::Delivered {
+            group: Some(group),
+            message_ids: vec![id(0x05), id(0x06)],
+        },
+    ));
     out
 }
 
@@ -253,7 +261,10 @@ fn to_json(c: &Content) -> Value {
             "SyncTranscript",
             json!({"conversation": hex::encode(conversation.as_bytes()), "text": text}),
         ),
-        ContentKind::Delivered { message_ids } => ("Delivered", json!({"message_ids": ids_json(message_ids)})),
+        ContentKind::Delivered { group, message_ids } => (
+            "Delivered",
+            json!({"group": group_json(group), "message_ids": ids_json(message_ids)}),
+        ),
         ContentKind::Chat { item } => ("Chat", item_json(item)),
         ContentKind::ChatSync { conversation, item } => (
             "ChatSync",
@@ -303,6 +314,7 @@ fn from_json(v: &Value) -> Content {
             text: b["text"].as_str().unwrap().into(),
         },
         "Delivered" => ContentKind::Delivered {
+            group: group_from(&b["group"]),
             message_ids: ids_from(&b["message_ids"]),
         },
         "Chat" => ContentKind::Chat { item: item_from(b) },
@@ -367,8 +379,11 @@ fn fresh() -> Value {
     let mut not_utf8 = samples()[0].encode();
     *not_utf8.last_mut().unwrap() = 0xff;
     let trailing = [&text_v2[..], &[0]].concat();
+    // A group delivery receipt cut one byte short of its group id.
+    let mut short_group = chat_samples().last().unwrap().encode();
+    short_group.pop();
     json!({
-        "description": "docs/protocol.md §7.6, §14.6, §15: message content, version 2 (and one version-1 text, still read), chat items, read receipts, typing, presence and profiles; contents of unknown kinds read as unsupported. Bytes are hex.",
+        "description": "docs/protocol.md §7.6, §14.6, §15: message content, version 2 (and one version-1 text, still read), chat items, delivery and read receipts (1:1 and group), typing, presence and profiles; contents of unknown kinds read as unsupported. Bytes are hex.",
         "contents": samples().iter().map(to_json).collect::<Vec<_>>(),
         "version_1": {"bytes": hex::encode(&v1), "reads_as": to_json(&samples()[3])},
         "unsupported": [
@@ -382,6 +397,7 @@ fn fresh() -> Value {
             {"what": "a timer above 366 days", "bytes": hex::encode(&long_timer)},
             {"what": "text that is not UTF-8", "bytes": hex::encode(&not_utf8)},
             {"what": "a trailing byte", "bytes": hex::encode(&trailing)},
+            {"what": "a delivery receipt with 31 bytes of group id", "bytes": hex::encode(&short_group)},
         ],
     })
 }

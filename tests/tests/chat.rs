@@ -166,6 +166,12 @@ async fn every_chat_item_in_a_20_member_group() {
             assert_eq!(m.receive(1).await[0].text, "hello all");
         }
     }
+    // The members' delivery receipts name the group: the author sees it delivered there.
+    saw(&mut members[1], |e| {
+        matches!(e, Event::Delivered { conversation, ids, .. }
+            if *conversation == g.conversation() && ids.contains(&hello.id))
+    })
+    .await;
     let key = MessageKey {
         conversation: g.conversation(),
         sender: ids[1],

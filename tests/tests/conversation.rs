@@ -132,7 +132,7 @@ async fn delivery_receipts_mark_messages_delivered() {
     assert_eq!(bob.receive(3).await.len(), 3);
     let mut delivered = Vec::new();
     while delivered.len() < 3 {
-        if let sotto_sdk::Event::Delivered { ids, by } = alice
+        if let sotto_sdk::Event::Delivered { ids, by, .. } = alice
             .wait_for(|e| matches!(e, sotto_sdk::Event::Delivered { .. }))
             .await
         {

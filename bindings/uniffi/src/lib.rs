@@ -822,8 +822,10 @@ pub enum Event {
         /// The conversation: the contact's account id, or the group id.
         conversation: String,
     },
-    /// A device of the contact reported messages stored.
+    /// A device of the contact (or of a group member) reported messages stored.
     Delivered {
+        /// The conversation: the contact's account id, or the group id.
+        conversation: String,
         /// The message ids.
         ids: Vec<String>,
         /// The reporting account.
@@ -999,6 +1001,7 @@ fn event_conversation(e: &SdkEvent) -> Option<&AccountId> {
         SdkEvent::MessageSent { conversation, .. }
         | SdkEvent::SendFailed { conversation, .. }
         | SdkEvent::Read { conversation, .. }
+        | SdkEvent::Delivered { conversation, .. }
         | SdkEvent::TimerChanged { conversation, .. }
         | SdkEvent::Typing { conversation, .. } => Some(conversation),
         SdkEvent::MessageEdited { key } | SdkEvent::MessageDeleted { key } | SdkEvent::ReactionChanged { key, .. } => {
@@ -1020,7 +1023,8 @@ impl Event {
                 id: id.to_string(),
                 conversation: conversation_id(&conversation, group),
             },
-            SdkEvent::Delivered { ids, by } => Self::Delivered {
+            SdkEvent::Delivered { conversation, ids, by } => Self::Delivered {
+                conversation: conversation_id(&conversation, group),
                 ids: ids.iter().map(ToString::to_string).collect(),
                 by_account: by.0.to_string(),
                 by_device: by.1.0,

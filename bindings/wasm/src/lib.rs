@@ -659,7 +659,8 @@ impl From<GroupInfo> for Group {
 /// - "messageReceived": `message` (from a contact, or written on another device of this
 ///   account);
 /// - "messageSent": `messageId`, `conversation` (the relay stored it for every device);
-/// - "delivered": `messageIds`, `account`, `device` (a device of the contact has them);
+/// - "delivered": `conversation` (and `group`), `messageIds`, `account`, `device` (a device
+///   of the contact, or of a group member, has them);
 /// - "deviceListChanged": `account`, `added`, `removed`, `rekeyed`, `detail`;
 /// - "deviceListRejected": `account`, `detail` (a list that did not verify);
 /// - "undecryptable": `detail` (the cause), `account`/`device` when known;
@@ -689,12 +690,12 @@ pub struct SottoEvent {
     /// The message ("messageReceived").
     #[wasm_bindgen(readonly)]
     pub message: Option<Message>,
-    /// The conversation ("messageSent", "sendFailed"): the contact's account id, or the
-    /// group id.
+    /// The conversation ("messageSent", "sendFailed", "delivered", ...): the contact's
+    /// account id, or the group id.
     #[wasm_bindgen(readonly)]
     pub conversation: Option<String>,
-    /// The group id ("groupChanged", "groupChangeRejected", and "messageSent" or
-    /// "sendFailed" in a group).
+    /// The group id ("groupChanged", "groupChangeRejected", and "messageSent",
+    /// "sendFailed" or "delivered" in a group).
     #[wasm_bindgen(readonly)]
     pub group: Option<String>,
     /// The message ("messageSent", "sendFailed").
@@ -774,6 +775,7 @@ fn event_conversation(e: &SdkEvent) -> Option<&AccountId> {
         SdkEvent::MessageSent { conversation, .. }
         | SdkEvent::SendFailed { conversation, .. }
         | SdkEvent::Read { conversation, .. }
+        | SdkEvent::Delivered { conversation, .. }
         | SdkEvent::TimerChanged { conversation, .. }
         | SdkEvent::Typing { conversation, .. } => Some(conversation),
         SdkEvent::MessageEdited { key } | SdkEvent::MessageDeleted { key } | SdkEvent::ReactionChanged { key, .. } => {
@@ -798,7 +800,9 @@ impl SottoEvent {
                 group: group_str,
                 ..kind("messageSent")
             },
-            SdkEvent::Delivered { ids, by } => SottoEvent {
+            SdkEvent::Delivered { conversation, ids, by } => SottoEvent {
+                conversation: Some(conversation_id(&conversation, group)),
+                group: group_str,
                 message_ids: Some(ids.iter().map(ToString::to_string).collect()),
                 account: Some(by.0.to_string()),
                 device: Some(by.1.0),

@@ -191,13 +191,25 @@ pub fn seeds() -> Vec<Seed> {
         timestamp_ms: 6,
         access_key: None,
         kind: ContentKind::Delivered {
+            group: None,
             message_ids: vec![MessageId([1; 16]), MessageId([4; 16])],
+        },
+    }
+    .encode();
+    let group_receipt = Content {
+        message_id: MessageId([3; 16]),
+        timestamp_ms: 7,
+        access_key: None,
+        kind: ContentKind::Delivered {
+            group: Some(GroupId([9; 32])),
+            message_ids: vec![MessageId([1; 16])],
         },
     }
     .encode();
     add("content", "ok-text", text.clone());
     add("content", "ok-sync", sync);
     add("content", "ok-delivered", receipt);
+    add("content", "ok-delivered-group", group_receipt);
     add("content", "bad-truncated", text[..text.len() / 2].to_vec());
     add("content", "bad-flag", {
         let mut b = text.clone();

@@ -782,7 +782,7 @@ async fn print_event(
         Event::MessageSent { id, conversation } if ticks => {
             out!("✓ sent {}", own_messages(client, conversation, &[*id]).await)
         }
-        Event::Delivered { ids, by } if ticks => {
+        Event::Delivered { ids, by, .. } if ticks => {
             out!("✓✓ delivered {}", own_messages(client, &by.0, ids).await)
         }
         Event::Read { conversation, ids, .. } if ticks => {

@@ -12,6 +12,7 @@ use super::commit::MAX_CONFLICT_RETRIES;
 use super::error::{ClientError, is_final};
 use super::outbox::uniform;
 use super::{Inner, now_ms};
+use crate::group::GroupId;
 use crate::machine::{Event, Inbound, Machine, Need};
 use crate::rt::Instant;
 use crate::store::{Changes, Committed, MessageKey, MessageStatus, Store, StoreError};
@@ -168,17 +169,26 @@ impl<S: Store> Inner<S> {
         m: &mut Machine,
         changes: &mut Changes,
         events: &[Event],
-    ) -> BTreeMap<AccountId, (OpenReceipt, bool)> {
-        let mut touched: BTreeMap<AccountId, (OpenReceipt, bool)> = BTreeMap::new();
+    ) -> BTreeMap<ReceiptTo, (OpenReceipt, bool)> {
+        let mut touched: BTreeMap<ReceiptTo, (OpenReceipt, bool)> = BTreeMap::new();
         let mut closed = Vec::new();
         for e in events {
-            // Receipts go to 1:1 conversations only (a group message's conversation is
-            // the group, which is no account to send to, and must not reach the relay).
             let Event::MessageReceived(msg) = e else { continue };
-            if msg.status != MessageStatus::Received || msg.conversation != msg.sender.0 {
+            if msg.status != MessageStatus::Received {
                 continue;
             }
-            let to = msg.conversation;
+            // A 1:1 message's receipt goes to its sender; a group message's to its
+            // author's account, naming the group, in groups of at most
+            // [`crate::machine::MAX_DELIVERY_RECEIPT_GROUP`] members.
+            let group = if msg.conversation == msg.sender.0 {
+                None
+            } else {
+                match m.delivery_receipt_group(&msg.conversation) {
+                    Some(g) => Some(g),
+                    None => continue,
+                }
+            };
+            let to = (msg.sender.0, group);
             if !touched.contains_key(&to)
                 && let Some(open) = self.receipts.lock().unwrap_or_else(|e| e.into_inner()).get(&to)
             {
@@ -194,7 +204,7 @@ impl<S: Store> Inner<S> {
             let delay = self.receipt_delay();
             let now = now_ms();
             let not_before = now.saturating_add(delay.as_millis() as u64);
-            if let Some(item) = m.receipt_item(to, &[msg.id], now, not_before)
+            if let Some(item) = m.receipt_item(to.0, to.1, &[msg.id], now, not_before)
                 && let Some(full) = touched.insert(to, (OpenReceipt { item }, true))
             {
                 // The full one is no longer open; it is written as it stands.
@@ -213,7 +223,7 @@ impl<S: Store> Inner<S> {
 
     /// Records the receipts [`Self::add_receipts`] wrote as open (later texts join them
     /// until they are started), once their commit succeeded.
-    pub(super) fn open_receipts(&self, receipts: BTreeMap<AccountId, (OpenReceipt, bool)>) {
+    pub(super) fn open_receipts(&self, receipts: BTreeMap<ReceiptTo, (OpenReceipt, bool)>) {
         if receipts.is_empty() {
             return;
         }
@@ -230,9 +240,7 @@ impl<S: Store> Inner<S> {
     /// joins it any more, so what goes out is what was stored).
     pub(super) fn close_receipt(&self, item: &crate::store::OutboxItem) {
         let mut open = self.receipts.lock().unwrap_or_else(|e| e.into_inner());
-        if open.get(&item.to).is_some_and(|o| o.item.id == item.id) {
-            open.remove(&item.to);
-        }
+        open.retain(|_, o| o.item.id != item.id);
     }
 
     /// After an inbound commit: orders the events and keeps only what took effect (a
@@ -254,11 +262,15 @@ impl<S: Store> Inner<S> {
                 // A second receipt for a message (from another device of the contact, or
                 // sent again after a lost answer), or one for a message already further on,
                 // moved nothing: the app hears about each message once.
-                Event::Delivered { mut ids, by } => {
+                Event::Delivered {
+                    conversation,
+                    mut ids,
+                    by,
+                } => {
                     let mut out = Vec::new();
                     ids.retain(|id| {
                         let key = MessageKey {
-                            conversation: by.0,
+                            conversation,
                             sender: own,
                             id: *id,
                         };
@@ -270,17 +282,14 @@ impl<S: Store> Inner<S> {
                                 // that answer will move nothing): the relay evidently
                                 // stored it, so the app hears "sent" first, in order.
                                 if matches!(old, MessageStatus::Queued | MessageStatus::Failed { .. }) {
-                                    out.push(Event::MessageSent {
-                                        id: *id,
-                                        conversation: by.0,
-                                    });
+                                    out.push(Event::MessageSent { id: *id, conversation });
                                 }
                                 true
                             }
                         }
                     });
                     if !ids.is_empty() {
-                        out.push(Event::Delivered { ids, by });
+                        out.push(Event::Delivered { conversation, ids, by });
                     }
                     out
                 }
@@ -505,6 +514,10 @@ impl<S: Store> Inner<S> {
         synced && socket.send(&Frame::Ack { seq }).await.is_ok()
     }
 }
+
+/// Whom a delivery receipt goes to: the sender's account, and the group for group
+/// messages.
+pub(crate) type ReceiptTo = (AccountId, Option<GroupId>);
 
 /// A delivery receipt in the outbox, waiting for its random delay and not started yet:
 /// texts from its recipient that arrive meanwhile join it.

@@ -253,9 +253,9 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) link: Mutex<Option<crate::link::PendingLink>>,
     /// On a device that is joining: the link secret, until the answer arrived.
     pub(crate) joining: Mutex<Option<crate::link::Joining>>,
-    /// Per sender account, the delivery receipt in the outbox that later texts join
-    /// (written, waiting for its delay, not started).
-    receipts: std::sync::Mutex<std::collections::BTreeMap<AccountId, inbound::OpenReceipt>>,
+    /// Per sender account (and group, for group messages), the delivery receipt in the
+    /// outbox that later texts join (written, waiting for its delay, not started).
+    receipts: std::sync::Mutex<std::collections::BTreeMap<inbound::ReceiptTo, inbound::OpenReceipt>>,
     /// A new receipt was written: the sender reads the outbox to schedule it.
     new_receipts: AtomicBool,
     /// Seeds every generator (the machine's, on open and on every reload; the jitter's).

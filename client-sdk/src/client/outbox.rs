@@ -792,6 +792,7 @@ mod tests {
         let by = (contact, sotto_crypto::DeviceId(1));
         let receipt = || {
             vec![Event::Delivered {
+                conversation: contact,
                 ids: vec![message.id],
                 by,
             }]

@@ -722,13 +722,8 @@ impl Machine {
         changes: &mut Changes,
         events: &mut Vec<Event>,
     ) {
-        let conversation = match group {
-            // Only a member's receipt counts in a group.
-            Some(g) => match self.groups.get(&g) {
-                Some(e) if e.log.tip().is_member(&peer.0) => g.conversation(),
-                _ => return,
-            },
-            None => peer.0,
+        let Some(conversation) = self.receipt_conversation(peer, group) else {
+            return;
         };
         let own = self.account_id();
         changes.message_updates.extend(message_ids.iter().map(|id| {
@@ -746,6 +741,18 @@ impl Machine {
             ids: message_ids,
             by: peer,
         });
+    }
+
+    /// The conversation a receipt from `peer` about messages in `group` (or in the 1:1
+    /// conversation with `peer`) is about. Only a member's receipt counts in a group.
+    pub(super) fn receipt_conversation(&self, peer: PeerDevice, group: Option<GroupId>) -> Option<AccountId> {
+        match group {
+            Some(g) => match self.groups.get(&g) {
+                Some(e) if e.log.tip().is_member(&peer.0) => Some(g.conversation()),
+                _ => None,
+            },
+            None => Some(peer.0),
+        }
     }
 
     /// True when content from `account` is dropped: a blocked contact.
@@ -783,7 +790,21 @@ pub type EphemeralFrame = (AccountId, Vec<u8>);
 /// member device).
 pub const MAX_TYPING_GROUP: usize = 32;
 
+/// Groups larger than this get no delivery receipts: each message would cost its author a
+/// pairwise envelope from every other member. Read receipts, sent when the reader reads
+/// (one per author for everything read at once), go in every group.
+pub const MAX_DELIVERY_RECEIPT_GROUP: usize = 32;
+
 impl Machine {
+    /// The group whose message in `conversation` gets a delivery receipt: an active group
+    /// of at most [`MAX_DELIVERY_RECEIPT_GROUP`] members. `None` for any other
+    /// conversation.
+    pub fn delivery_receipt_group(&self, conversation: &AccountId) -> Option<GroupId> {
+        let g = self.group_of_conversation(conversation)?;
+        let e = self.groups.get(&g)?;
+        (e.record.value.active && e.log.tip().members.len() <= MAX_DELIVERY_RECEIPT_GROUP).then_some(g)
+    }
+
     /// Typing notifications for a conversation (docs/protocol.md §15.4): one sealed copy
     /// per device of each recipient account that this device has a session with, each to
     /// go in an `Ephemeral` frame to that account. Devices without a session are skipped

@@ -299,13 +299,17 @@ impl Machine {
             ContentKind::ChatSync { conversation, item } if peer.0 == own && conversation != own => {
                 (conversation, item, MessageStatus::SentElsewhere)
             }
-            ContentKind::Delivered { message_ids } if peer.0 != own => {
+            ContentKind::Delivered { group, message_ids } if peer.0 != own => {
                 // Only messages this account sent in the conversation with the reporting
-                // account: a receipt from P never moves a message sent to anyone else.
+                // account, or in a group it is a member of: a receipt from P never moves a
+                // message sent to anyone else.
+                let Some(conversation) = self.receipt_conversation(peer, group) else {
+                    return true;
+                };
                 changes.message_updates.extend(message_ids.iter().map(|id| {
                     (
                         MessageKey {
-                            conversation: peer.0,
+                            conversation,
                             sender: own,
                             id: *id,
                         },
@@ -313,6 +317,7 @@ impl Machine {
                     )
                 }));
                 events.push(Event::Delivered {
+                    conversation,
                     ids: message_ids,
                     by: peer,
                 });

@@ -55,7 +55,8 @@ mod prekeys;
 mod sessions;
 
 pub use chat::{
-    Conversation, ConversationSettings, EphemeralFrame, EphemeralIn, MAX_PRESENCE_CONTACTS, MAX_TYPING_GROUP, expiry,
+    Conversation, ConversationSettings, EphemeralFrame, EphemeralIn, MAX_DELIVERY_RECEIPT_GROUP, MAX_PRESENCE_CONTACTS,
+    MAX_TYPING_GROUP, expiry,
 };
 pub use groups::{CONTENT_SENDER_KEY, GroupInfo, GroupPlan};
 pub use inbound::open_ahead;

@@ -1,6 +1,7 @@
 //! Outgoing messages: contacts, the outbox, per-device encryption of an outbox item,
 //! receipts, and what a send's outcome does to the outbox.
 
+use crate::group::GroupId;
 use sotto_crypto::AccountId;
 use sotto_proto::Recipient;
 
@@ -147,8 +148,9 @@ impl Machine {
     }
 
     /// Queues a delivery receipt for messages received from `to` (at most
-    /// [`crate::content::MAX_RECEIPTS`] ids; the rest are left out).
-    pub fn queue_receipt(&mut self, to: AccountId, ids: &[MessageId], now_ms: u64) -> Changes {
+    /// [`crate::content::MAX_RECEIPTS`] ids; the rest are left out), in `group` when they
+    /// were sent to one.
+    pub fn queue_receipt(&mut self, to: AccountId, group: Option<GroupId>, ids: &[MessageId], now_ms: u64) -> Changes {
         let ids: Vec<MessageId> = ids.iter().take(crate::content::MAX_RECEIPTS).copied().collect();
         if ids.is_empty() || to == self.account_id() {
             return Changes::default();
@@ -157,7 +159,10 @@ impl Machine {
             message_id: MessageId::new(now_ms, &mut self.ids),
             timestamp_ms: now_ms,
             access_key: self.access_key_to_share(&to),
-            kind: ContentKind::Delivered { message_ids: ids },
+            kind: ContentKind::Delivered {
+                group,
+                message_ids: ids,
+            },
         };
         Changes {
             outbox_add: vec![OutboxItem::new(content.message_id, to, content.encode())],
@@ -173,11 +178,12 @@ impl Machine {
     pub fn receipt_item(
         &mut self,
         to: AccountId,
+        group: Option<GroupId>,
         ids: &[MessageId],
         now_ms: u64,
         not_before_ms: u64,
     ) -> Option<OutboxItem> {
-        let mut changes = self.queue_receipt(to, ids, now_ms);
+        let mut changes = self.queue_receipt(to, group, ids, now_ms);
         let mut item = changes.outbox_add.pop()?;
         item.not_before_ms = not_before_ms;
         Some(item)
@@ -187,7 +193,7 @@ impl Machine {
     /// `None` when it is full ([`crate::content::MAX_RECEIPTS`]) or not a receipt.
     pub fn extend_receipt(item: &OutboxItem, id: MessageId) -> Option<OutboxItem> {
         let mut content = Content::decode(&item.content).ok()?;
-        let ContentKind::Delivered { message_ids } = &mut content.kind else {
+        let ContentKind::Delivered { message_ids, .. } = &mut content.kind else {
             return None;
         };
         if !message_ids.contains(&id) {

@@ -157,8 +157,10 @@ pub enum Event {
         /// The conversation.
         conversation: AccountId,
     },
-    /// A device of the contact reported messages stored.
+    /// A device of the contact (or of a group member) reported messages stored.
     Delivered {
+        /// The conversation: the contact's account id, or a group's conversation id.
+        conversation: AccountId,
         /// The messages.
         ids: Vec<MessageId>,
         /// The reporting device.

@@ -737,7 +737,7 @@ async fn dedup_and_receipts_are_scoped_to_conversation_and_sender() {
     // reusing it.
     let (c, _) = mallory.machine.queue_text(alice.id(), "hello", 2).unwrap();
     mallory.commit(c).await;
-    let c = mallory.machine.queue_receipt(alice.id(), &[to_bob.id], 3);
+    let c = mallory.machine.queue_receipt(alice.id(), None, &[to_bob.id], 3);
     mallory.commit(c).await;
     send(&mut mallory, &mut [&mut alice]).await;
     send(&mut mallory, &mut [&mut alice]).await;
@@ -750,7 +750,7 @@ async fn dedup_and_receipts_are_scoped_to_conversation_and_sender() {
     );
     // Bob's own receipt moves it.
     deliver(&mut bob, &[&alice]).await;
-    let c = bob.machine.queue_receipt(alice.id(), &[to_bob.id], 4);
+    let c = bob.machine.queue_receipt(alice.id(), None, &[to_bob.id], 4);
     bob.commit(c).await;
     send(&mut bob, &mut [&mut alice]).await;
     deliver(&mut alice, &[&bob]).await;
@@ -1199,7 +1199,7 @@ async fn access_keys_go_only_to_accepted_accounts() {
             _ => None,
         })
         .collect();
-    let receipt = bob.machine.queue_receipt(alice.id(), &ids, T0 + 1);
+    let receipt = bob.machine.queue_receipt(alice.id(), None, &ids, T0 + 1);
     let content = Content::decode(&receipt.outbox_add[0].content).unwrap();
     assert!(matches!(content.kind, ContentKind::Delivered { .. }));
     assert_eq!(content.access_key, None);
@@ -1207,7 +1207,7 @@ async fn access_keys_go_only_to_accepted_accounts() {
     let c = bob.machine.accept_conversation(alice.id());
     bob.commit(c).await;
     assert_eq!(bob.machine.message_requests().count(), 0);
-    let receipt = bob.machine.queue_receipt(alice.id(), &ids, T0 + 2);
+    let receipt = bob.machine.queue_receipt(alice.id(), None, &ids, T0 + 2);
     assert_eq!(
         Content::decode(&receipt.outbox_add[0].content).unwrap().access_key,
         Some(bob_key.clone())
@@ -1926,6 +1926,39 @@ async fn group_chat_items_fold_for_every_member() {
     assert_eq!(
         one(&peers[1], g.conversation(), hello.id).await.status,
         MessageStatus::Read
+    );
+}
+
+#[tokio::test]
+async fn group_delivery_receipts_count_from_members_only() {
+    let mut peers = vec![Peer::new(213).await, Peer::new(214).await, Peer::new(215).await];
+    let ids: Vec<AccountId> = peers.iter().map(|p| p.id()).collect();
+    let (c, g) = peers[0].machine.create_group("g", &ids[1..], T0).unwrap();
+    peers[0].commit(c).await;
+    settle(&mut peers).await;
+    assert_eq!(peers[2].machine.delivery_receipt_group(&g.conversation()), Some(g));
+    assert_eq!(peers[2].machine.delivery_receipt_group(&ids[1]), None);
+    let conv = Conversation::Group(g);
+    let (c, hello) = peers[1].machine.queue_chat(conv, text("hello all"), T0 + 1).unwrap();
+    peers[1].commit(c).await;
+    let hello = hello.unwrap();
+    settle(&mut peers).await;
+    let before = one(&peers[1], g.conversation(), hello.id).await.status;
+    assert_eq!(before, MessageStatus::Sent);
+    // Mallory, no member, names the group in a receipt: nothing moves.
+    let mut mallory = Peer::new(216).await;
+    let c = mallory.machine.queue_receipt(ids[1], Some(g), &[hello.id], T0 + 2);
+    mallory.commit(c).await;
+    send(&mut mallory, &mut [&mut peers[1]]).await;
+    deliver(&mut peers[1], &[&mallory]).await;
+    assert_eq!(one(&peers[1], g.conversation(), hello.id).await.status, before);
+    // A member's receipt, naming the group, moves the author's copy.
+    let c = peers[2].machine.queue_receipt(ids[1], Some(g), &[hello.id], T0 + 3);
+    peers[2].commit(c).await;
+    settle(&mut peers).await;
+    assert_eq!(
+        one(&peers[1], g.conversation(), hello.id).await.status,
+        MessageStatus::Delivered
     );
 }
 

@@ -91,7 +91,7 @@ async def main():
     await wait_for_event(alice, lambda e: e.is_message_sent() and e.id == sent.id)
     # Bob's receipt goes out now instead of after its random delay.
     await bob.send_receipts_now()
-    await wait_for_event(alice, lambda e: e.is_delivered() and sent.id in e.ids and e.by_account == b_id)
+    await wait_for_event(alice, lambda e: e.is_delivered() and sent.id in e.ids and e.by_account == b_id and e.conversation == b_id)
 
     # The reply is awaited with reads cancelled every 20 ms.
     reply = await bob.send_text(a_id, "hi alice")
