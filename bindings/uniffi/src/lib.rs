@@ -1205,24 +1205,38 @@ pub struct SottoClient {
     device_id: u32,
 }
 
-/// The event stream, and the event a read took from it but has not returned yet.
+/// The event stream, and the conversion of the event a read took from it but has not
+/// returned yet.
 #[derive(Debug)]
 struct Events {
     stream: Option<EventStream>,
-    taken: Option<SdkEvent>,
+    taken: Option<tokio::task::JoinHandle<Event>>,
 }
 
 impl Events {
-    /// The next event; `None` once the stream ended. Cancellation-safe: an event taken
-    /// from the stream stays in `taken` until its conversion (which waits for the SDK to
-    /// name its group) is done, and the next call returns it.
-    async fn next(&mut self, groups: &GroupLookup) -> Option<Event> {
-        if self.taken.is_none() {
-            self.taken = Some(self.stream.as_mut()?.next().await?);
+    /// The next event; `None` once the stream ended. Cancellation-safe: the conversion of
+    /// an event taken from the stream (which waits for the SDK to name its group) runs as
+    /// a task of its own, so a cancelled read loses neither the event nor its place in
+    /// that wait, and the next call returns it. Reads cancelled every few milliseconds
+    /// still make progress.
+    async fn next(&mut self, groups: &Arc<GroupLookup>) -> Option<Event> {
+        loop {
+            if self.taken.is_none() {
+                let e = self.stream.as_mut()?.next().await?;
+                let groups = groups.clone();
+                match runtime() {
+                    Ok(rt) => self.taken = Some(rt.spawn(async move { groups.event(e).await })),
+                    Err(_) => return Some(groups.event(e).await),
+                }
+            }
+            let joined = self.taken.as_mut()?.await;
+            self.taken = None;
+            match joined {
+                Ok(event) => return Some(event),
+                // The conversion panicked: that event is gone; the next one is read.
+                Err(_) => continue,
+            }
         }
-        let event = groups.event(self.taken.clone()?).await;
-        self.taken = None;
-        Some(event)
     }
 }
 
