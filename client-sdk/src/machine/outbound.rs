@@ -152,7 +152,8 @@ impl Machine {
     /// were sent to one.
     pub fn queue_receipt(&mut self, to: AccountId, group: Option<GroupId>, ids: &[MessageId], now_ms: u64) -> Changes {
         let ids: Vec<MessageId> = ids.iter().take(crate::content::MAX_RECEIPTS).copied().collect();
-        if ids.is_empty() || to == self.account_id() {
+        // A blocked account gets no receipts, for a group member's messages either.
+        if ids.is_empty() || to == self.account_id() || self.is_blocked(&to) {
             return Changes::default();
         }
         let content = Content {

@@ -1960,6 +1960,11 @@ async fn group_delivery_receipts_count_from_members_only() {
         one(&peers[1], g.conversation(), hello.id).await.status,
         MessageStatus::Delivered
     );
+    // An author this account blocked gets none.
+    let c = peers[2].machine.set_blocked(ids[1], true).unwrap();
+    peers[2].commit(c).await;
+    let c = peers[2].machine.queue_receipt(ids[1], Some(g), &[hello.id], T0 + 4);
+    assert!(c.outbox_add.is_empty());
 }
 
 #[tokio::test]
