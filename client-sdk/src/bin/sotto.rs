@@ -782,8 +782,8 @@ async fn print_event(
         Event::MessageSent { id, conversation } if ticks => {
             out!("✓ sent {}", own_messages(client, conversation, &[*id]).await)
         }
-        Event::Delivered { ids, by, .. } if ticks => {
-            out!("✓✓ delivered {}", own_messages(client, &by.0, ids).await)
+        Event::Delivered { conversation, ids, .. } if ticks => {
+            out!("✓✓ delivered {}", own_messages(client, conversation, ids).await)
         }
         Event::Read { conversation, ids, .. } if ticks => {
             out!("✓✓ read {}", own_messages(client, conversation, ids).await)

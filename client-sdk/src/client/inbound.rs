@@ -41,12 +41,11 @@ impl<S: Store> Inner<S> {
         &self,
         seq: u64,
         envelope: &[u8],
-        opened: Option<Result<sotto_crypto::Opened, sotto_crypto::OpenError>>,
+        mut opened: Option<Result<sotto_crypto::Opened, sotto_crypto::OpenError>>,
     ) -> Result<(), ClientError> {
         let mut refreshed = false;
         let mut conflicts = 0;
         let mut accept_handled = false;
-        let mut opened = opened;
         loop {
             let mut m = self.machine.lock().await;
             let inbound = match opened.take() {
@@ -183,10 +182,10 @@ impl<S: Store> Inner<S> {
             let group = if msg.conversation == msg.sender.0 {
                 None
             } else {
-                match m.delivery_receipt_group(&msg.conversation) {
-                    Some(g) => Some(g),
-                    None => continue,
-                }
+                let Some(g) = m.delivery_receipt_group(&msg.conversation) else {
+                    continue;
+                };
+                Some(g)
             };
             let to = (msg.sender.0, group);
             if !touched.contains_key(&to)

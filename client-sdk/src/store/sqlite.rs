@@ -1337,8 +1337,8 @@ mod tests {
         b.close().await;
     }
 
-    /// A database written by the sqlx-based store before (same schema, same sealing)
-    /// opens, and its rows read and update.
+    /// A store whose search index is the older rowid table drops it on open and builds
+    /// the index again in `search_terms`.
     #[tokio::test]
     async fn an_index_made_before_search_terms_is_built_again() {
         let dir = TempDir::new("sqlite-search-migrate");
@@ -1394,6 +1394,8 @@ mod tests {
         store.close().await;
     }
 
+    /// A database written by the sqlx-based store before (same schema, same sealing)
+    /// opens, and its rows read and update.
     #[tokio::test]
     async fn opens_a_database_made_by_the_previous_store() {
         let dir = TempDir::new("sqlite-compat");
