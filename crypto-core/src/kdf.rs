@@ -33,6 +33,8 @@ pub(crate) mod info {
     pub(crate) const SAFETY_NUMBER: &[u8] = b"Sotto-v1 safety number";
     pub(crate) const PICKLE: &[u8] = b"Sotto-v1 pickle";
     pub(crate) const RELAY_AUTH: &[u8] = b"Sotto-v1 relay auth";
+    pub(crate) const PROFILE_VERSION: &[u8] = b"Sotto-v1 profile version";
+    pub(crate) const PROFILE_CIPHER: &[u8] = b"Sotto-v1 profile cipher";
 }
 
 /// HKDF-SHA256 (RFC 5869) extract-and-expand into `N` bytes. `N` is at most

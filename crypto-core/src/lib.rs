@@ -9,6 +9,7 @@ mod kdf;
 pub mod keys;
 pub mod padding;
 pub mod pickle;
+pub mod profile;
 pub mod ratchet;
 pub mod safety;
 pub mod sealed;
@@ -36,6 +37,7 @@ pub use identity::{
 };
 pub use keys::{Ed25519PublicKey, KemPublicKey, KeyError, Signature, X25519PublicKey};
 pub use pickle::{Pickle, PickleError, PickleKey};
+pub use profile::{ProfileError, ProfileKey};
 pub use ratchet::{DecryptError, EncryptError, MessageType, OutboundMessage, Session};
 pub use safety::SafetyNumber;
 pub use sealed::{MultiSealed, OpenError, Opened, SealError, open, seal, seal_multi};

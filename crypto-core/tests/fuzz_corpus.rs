@@ -72,6 +72,7 @@ replay_tests!(
     interaction,
     sender_key,
     group_seal,
+    profile,
 );
 
 #[test]

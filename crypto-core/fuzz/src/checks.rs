@@ -30,13 +30,13 @@ use sotto_crypto::device_list::MAX_DEVICES;
 use sotto_crypto::ratchet::{Header, MAX_RECEIVING_CHAINS};
 use sotto_crypto::{
     AccountId, AccountKey, DecryptError, Device, DeviceId, DeviceList, EncryptError, GroupSealKey, KemPreKey,
-    KemPreKeySecret, ListKey, MessageType, OutboundMessage, Pickle, PickleKey, PreKeyBundle, PreKeyMessage, Responded,
-    SenderKey, SenderKeyDistribution, SenderKeyError, SenderKeyReceiver, Session, SignedDeviceList, X25519PreKey,
-    X25519PreKeySecret, initiate, open, respond, seal, seal_multi,
+    KemPreKeySecret, ListKey, MessageType, OutboundMessage, Pickle, PickleKey, PreKeyBundle, PreKeyMessage, ProfileKey,
+    Responded, SenderKey, SenderKeyDistribution, SenderKeyError, SenderKeyReceiver, Session, SignedDeviceList,
+    X25519PreKey, X25519PreKeySecret, initiate, open, respond, seal, seal_multi,
 };
 
 /// The fuzz targets; each has a directory of seeds under `crypto-core/fuzz/corpus/`.
-pub const TARGETS: [&str; 10] = [
+pub const TARGETS: [&str; 11] = [
     "device_list",
     "prekey_bundle",
     "prekey_records",
@@ -47,6 +47,7 @@ pub const TARGETS: [&str; 10] = [
     "interaction",
     "sender_key",
     "group_seal",
+    "profile",
 ];
 
 /// What a check made of its input.
@@ -76,6 +77,7 @@ pub fn run(target: &str, data: &[u8]) -> Option<Outcome> {
         "interaction" => interaction(data),
         "sender_key" => sender_key(data),
         "group_seal" => group_seal(data),
+        "profile" => profile(data),
         _ => return None,
     })
 }
@@ -487,6 +489,31 @@ pub fn group_seal(data: &[u8]) -> Outcome {
                 .seal(opened.content_type, &opened.content, &mut rng)
                 .expect("opened content seals again");
             assert_eq!(gk.open(&again).expect("a fresh seal opens"), opened);
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Rejected,
+    }
+}
+
+/// The profile key and account of the `profile` fixture.
+fn profile_key() -> (ProfileKey, AccountId) {
+    (ProfileKey::from_bytes(&[0x50; 32]), AccountId([0x51; 32]))
+}
+
+/// `profile`: the input decrypted as the fixture account's profile under the fixture's
+/// key. Whatever decrypts is at most the largest plaintext, and encrypts again to a
+/// ciphertext that decrypts to the same bytes.
+pub fn profile(data: &[u8]) -> Outcome {
+    let (key, account) = profile_key();
+    match key.decrypt(&account, data) {
+        Ok(plain) => {
+            assert!(plain.len() <= sotto_crypto::profile::MAX_PLAINTEXT_LEN);
+            assert!(data.len() <= sotto_crypto::profile::MAX_CIPHERTEXT_LEN);
+            let mut rng = ChaCha20Rng::seed_from_u64(RUN_SEED);
+            let again = key
+                .encrypt(&account, &plain, &mut rng)
+                .expect("a decrypted profile encrypts again");
+            assert_eq!(key.decrypt(&account, &again).expect("a fresh profile decrypts"), plain);
             Outcome::Accepted
         }
         Err(_) => Outcome::Rejected,
@@ -1141,6 +1168,24 @@ pub fn seeds() -> Vec<Seed> {
     add("interaction", "ok-reorder-replay", reorder);
     add("interaction", "ok-restore-drop", restore_drop);
     add("interaction", "ok-eviction", eviction);
+
+    // profile (its own generator, so the seeds of the other targets stay as they were)
+    let mut rng = ChaCha20Rng::seed_from_u64(CORPUS_SEED ^ 0x50);
+    let (pk, pa) = profile_key();
+    let named = pk.encrypt(&pa, b"Alice", &mut rng).expect("profile");
+    let empty = pk.encrypt(&pa, b"", &mut rng).expect("profile");
+    add("profile", "ok-named", named.clone());
+    add("profile", "ok-empty", empty.clone());
+    add(
+        "profile",
+        "bad-other-account",
+        pk.encrypt(&AccountId([0x52; 32]), b"x", &mut rng).expect("profile"),
+    );
+    add("profile", "bad-tag", flip(&named, named.len() - 1));
+    add("profile", "bad-nonce", flip(&named, 5));
+    add("profile", "bad-version", set(&empty, 0, 2));
+    add("profile", "bad-truncated", cut(&named, 200));
+
     out
 }
 

@@ -1364,3 +1364,114 @@ fn group_seal_vectors_replay() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Profiles.
+
+/// A profile error as its stable name and fields.
+fn profile_error(e: &crate::profile::ProfileError) -> Value {
+    use crate::profile::ProfileError;
+    match e {
+        ProfileError::Decode(d) => decode_error(d),
+        ProfileError::InvalidMac => json!({"error": "InvalidMac"}),
+        ProfileError::TooLarge { len, max } => json!({"error": "TooLarge", "len": len, "max": max}),
+    }
+}
+
+const PROFILE_ACCOUNT: [u8; 32] = [0x61; 32];
+
+fn profile_vectors() -> Value {
+    use crate::profile::ProfileKey;
+    let mut rng = Recorder::new(90);
+    let key = ProfileKey::generate(&mut rng);
+    let key_draw = rng.take_hex();
+    let account = AccountId(PROFILE_ACCOUNT);
+    let plaintexts: [&[u8]; 3] = [b"", b"a profile", &[0x5a; 300]];
+    let ciphertexts: Vec<Value> = plaintexts
+        .iter()
+        .map(|p| {
+            let ct = key.encrypt(&account, p, &mut rng).unwrap();
+            let draw = rng.take_hex();
+            let keys = hkdf::<44>(
+                &hx(&draw[0]),
+                key.to_bytes().as_slice(),
+                &[info::PROFILE_CIPHER, account.as_bytes()],
+            );
+            json!({
+                "plaintext": h(p), "draw": draw[0], "aead_key": h(&keys[..32]), "aead_nonce": h(&keys[32..]),
+                "ciphertext": h(&ct),
+            })
+        })
+        .collect();
+    let first = hx(&ciphertexts[1]["ciphertext"]);
+    let mut altered = first.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    let mut version = first.clone();
+    version[0] = 2;
+    let errors = [
+        ("altered_tag", altered, account),
+        ("other_account", first.clone(), AccountId([0x62; 32])),
+        ("unknown_version", version, account),
+        ("truncated", first[..first.len() - 1].to_vec(), account),
+    ];
+    json!({
+        "description": "Profile encryption (docs/protocol.md §15.9). The profile key PK is one 32-byte draw; each ciphertext draws 32 bytes N. `version` is what the relay stores the profile under. Each ciphertext lists the AEAD key and nonce and the exact bytes. `errors` MUST fail under PK for the account given, as named.",
+        "profile_key": key_draw[0],
+        "account_id": h(account.as_bytes()),
+        "version": h(&key.version(&account)),
+        "ciphertexts": ciphertexts,
+        "errors": errors.iter().map(|(name, bytes, acct)| json!({
+            "name": name, "account_id": h(acct.as_bytes()), "bytes": h(bytes),
+            "expect": profile_error(&key.decrypt(acct, bytes).unwrap_err()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[test]
+fn profile_vectors_are_unchanged() {
+    check("profile", profile_vectors());
+}
+
+#[test]
+fn profile_vectors_replay() {
+    use crate::profile::ProfileKey;
+    let v = read("profile");
+    let pk = a32(&v["profile_key"]);
+    let key = ProfileKey::from_bytes(&pk);
+    let account = AccountId(a32(&v["account_id"]));
+    // The version and every byte of each ciphertext, with the primitives alone.
+    let version = hkdf::<32>(account.as_bytes(), &pk, &[b"Sotto-v1 profile version"]);
+    assert_eq!(h(version.as_slice()), v["version"].as_str().unwrap());
+    assert_eq!(key.version(&account), *version);
+    for c in v["ciphertexts"].as_array().unwrap() {
+        let n = hx(&c["draw"]);
+        let plain = hx(&c["plaintext"]);
+        let keys = hkdf::<44>(&n, &pk, &[b"Sotto-v1 profile cipher", account.as_bytes()]);
+        let mut header = vec![1u8];
+        header.extend_from_slice(&n);
+        let mut body = plain.clone();
+        body.push(0x80);
+        body.resize(crate::padding::bucket(plain.len() + 1), 0);
+        let ad = [&header[..], account.as_bytes()].concat();
+        let tag = ChaCha20Poly1305::new((&keys[..32]).into())
+            .encrypt_in_place_detached((&keys[32..]).into(), &ad, &mut body)
+            .unwrap();
+        let mut expected = header;
+        expected.extend_from_slice(&body);
+        expected.extend_from_slice(&tag);
+        assert_eq!(h(&expected), c["ciphertext"].as_str().unwrap());
+        let again = key.encrypt(&account, &plain, &mut Replay::of(&[&c["draw"]])).unwrap();
+        assert_eq!(again, expected);
+        assert_eq!(key.decrypt(&account, &expected).unwrap().as_slice(), &plain[..]);
+    }
+    for e in v["errors"].as_array().unwrap() {
+        let acct = AccountId(a32(&e["account_id"]));
+        assert_eq!(
+            profile_error(&key.decrypt(&acct, &hx(&e["bytes"])).unwrap_err()),
+            e["expect"],
+            "{}",
+            e["name"]
+        );
+    }
+}
