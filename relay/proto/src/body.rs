@@ -13,9 +13,13 @@
 //!                                                             GET /v1/prekeys/count
 //! Bundles          n (u16) ‖ n × (len (u32) ‖ PreKeyBundle)   GET /v1/accounts/{id}/bundles[/{device}]
 //! PushRegistration provider (u8) ‖ len (u32) ‖ token          PUT /v1/push
+//! AccessPolicy     verifier (32) ‖ accept_requests (u8)       PUT /v1/access
+//! ProfileUpload    version (32) ‖ len (u32) ‖ ciphertext      PUT /v1/profile
+//! ProfileBody      len (u32) ‖ ciphertext                     GET /v1/accounts/{id}/profile/{version}
 //! ErrorBody        code (u16)                                 any 4xx/5xx answer
 //!
 //! records are crypto-core's: kind ‖ id (u32) ‖ public key ‖ signature (64)
+//! a profile ciphertext is 1..=MAX_PROFILE_BYTES opaque bytes
 //! Authorization: Sotto-v1 <lowercase hex of version ‖ AuthResponse>
 //! ```
 
@@ -334,6 +338,81 @@ impl Body for AccessPolicy {
             Ok(Self {
                 verifier,
                 accept_requests,
+            })
+        })
+    }
+}
+
+/// Reads a profile ciphertext: a `u32` length of 1..=[`limits::MAX_PROFILE_BYTES`] and
+/// that many bytes.
+fn profile_ciphertext(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
+    let field = "profile ciphertext";
+    let bytes = r.var_bytes(field, limits::MAX_PROFILE_BYTES)?;
+    if bytes.is_empty() {
+        return Err(DecodeError::Invalid { field });
+    }
+    Ok(bytes.to_vec())
+}
+
+/// `PUT /v1/profile`: the account's encrypted profile, stored by the relay in place of the
+/// one before, and the version it is fetched by (derived by clients from the profile key,
+/// which the relay never sees). Its `Debug` shows only the ciphertext's length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProfileUpload {
+    /// The version: whoever presents it may fetch the ciphertext.
+    pub version: [u8; 32],
+    /// The encrypted profile, 1..=[`limits::MAX_PROFILE_BYTES`] opaque bytes.
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for ProfileUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileUpload")
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body for ProfileUpload {
+    fn encode(&self) -> Vec<u8> {
+        encode_with(|o| {
+            o.put(&self.version);
+            o.put_var(&self.ciphertext);
+        })
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_with(bytes, |r| {
+            let version = r.array()?;
+            let ciphertext = profile_ciphertext(r)?;
+            Ok(Self { version, ciphertext })
+        })
+    }
+}
+
+/// The answer of `GET /v1/accounts/{account}/profile/{version}`: the stored encrypted
+/// profile. Its `Debug` shows only the ciphertext's length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProfileBody {
+    /// The encrypted profile, 1..=[`limits::MAX_PROFILE_BYTES`] opaque bytes.
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for ProfileBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileBody")
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+impl Body for ProfileBody {
+    fn encode(&self) -> Vec<u8> {
+        encode_with(|o| o.put_var(&self.ciphertext))
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_with(bytes, |r| {
+            Ok(Self {
+                ciphertext: profile_ciphertext(r)?,
             })
         })
     }

@@ -31,8 +31,8 @@ mod tests;
 
 pub use access::{Access, AccessKey};
 pub use body::{
-    AccessPolicy, Body, Bundles, DeviceListBody, ErrorBody, PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration,
-    authorization_header, parse_authorization,
+    AccessPolicy, Body, Bundles, DeviceListBody, ErrorBody, PreKeyCounts, PreKeyUpload, ProfileBody, ProfileUpload,
+    PushProvider, PushRegistration, authorization_header, parse_authorization,
 };
 pub use codec::DecodeError;
 pub use error_code::ErrorCode;
@@ -65,4 +65,7 @@ pub mod limits {
     pub const MAX_BUNDLES: usize = sotto_crypto::device_list::MAX_DEVICES;
     /// The largest push token or endpoint.
     pub const MAX_PUSH_TOKEN_LEN: usize = 4096;
+    /// The largest encrypted profile (`ProfileUpload`, `ProfileBody`): a display name and
+    /// a small avatar, with room for the encryption's overhead.
+    pub const MAX_PROFILE_BYTES: usize = 32 * 1024;
 }

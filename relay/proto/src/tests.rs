@@ -218,6 +218,8 @@ proptest! {
             let _ = PushRegistration::decode(input);
             let _ = ErrorBody::decode(input);
             let _ = AccessPolicy::decode(input);
+            let _ = ProfileUpload::decode(input);
+            let _ = ProfileBody::decode(input);
             let _ = parse_authorization(&String::from_utf8_lossy(input));
         }
     }
@@ -231,6 +233,8 @@ proptest! {
         token in bytes(100),
         provider in 1u8..=5,
         code in code(),
+        profile_version in any::<[u8; 32]>(),
+        ciphertext in vec(any::<u8>(), 1..300),
     ) {
         round_trip(&c);
         round_trip(&a);
@@ -244,6 +248,8 @@ proptest! {
         round_trip(&PushRegistration { provider: PushProvider::from_byte(provider).unwrap(), token });
         round_trip(&ErrorBody { code });
         round_trip(&AccessPolicy { verifier: [provider; 32], accept_requests: provider % 2 == 0 });
+        round_trip(&ProfileUpload { version: profile_version, ciphertext: ciphertext.clone() });
+        round_trip(&ProfileBody { ciphertext });
         prop_assert_eq!(parse_authorization(&authorization_header(&a)), Ok(a));
     }
 }
@@ -342,6 +348,83 @@ fn versions_and_types_are_checked() {
         Frame::decode(&[1, 0x13, 0]),
         Err(DecodeError::TrailingBytes { count: 1 })
     );
+}
+
+/// A profile ciphertext is 1..=MAX_PROFILE_BYTES bytes, in the upload and in the answer;
+/// the version is exactly 32 bytes.
+#[test]
+fn profile_bodies_are_bounded() {
+    let max = limits::MAX_PROFILE_BYTES;
+    let upload = |len: usize| ProfileUpload {
+        version: [7; 32],
+        ciphertext: vec![0xab; len],
+    };
+    let answer = |len: usize| ProfileBody {
+        ciphertext: vec![0xab; len],
+    };
+    for len in [1, max] {
+        round_trip(&upload(len));
+        round_trip(&answer(len));
+    }
+    let empty = DecodeError::Invalid {
+        field: "profile ciphertext",
+    };
+    assert_eq!(ProfileUpload::decode(&upload(0).encode()), Err(empty.clone()));
+    assert_eq!(ProfileBody::decode(&answer(0).encode()), Err(empty));
+    let too_long = DecodeError::TooLong {
+        field: "profile ciphertext",
+        len: max + 1,
+        max,
+    };
+    assert_eq!(ProfileUpload::decode(&upload(max + 1).encode()), Err(too_long.clone()));
+    assert_eq!(ProfileBody::decode(&answer(max + 1).encode()), Err(too_long));
+    // A length far beyond the input is refused before anything is allocated.
+    let mut huge = vec![VERSION];
+    huge.extend_from_slice(&[7; 32]);
+    huge.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        ProfileUpload::decode(&huge),
+        Err(DecodeError::TooLong {
+            field: "profile ciphertext",
+            ..
+        })
+    ));
+    // The layout, byte by byte.
+    let b = ProfileUpload {
+        version: [0x11; 32],
+        ciphertext: b"ct".to_vec(),
+    }
+    .encode();
+    let mut want = vec![VERSION];
+    want.extend_from_slice(&[0x11; 32]);
+    want.extend_from_slice(&[0, 0, 0, 2]);
+    want.extend_from_slice(b"ct");
+    assert_eq!(b, want);
+    assert_eq!(
+        ProfileBody {
+            ciphertext: b"ct".to_vec()
+        }
+        .encode(),
+        [VERSION, 0, 0, 0, 2, b'c', b't']
+    );
+}
+
+/// The profile bodies' `Debug` shows lengths, never the version or the ciphertext.
+#[test]
+fn profile_debug_shows_lengths_only() {
+    let u = ProfileUpload {
+        version: [0x5a; 32],
+        ciphertext: vec![0xc3; 40],
+    };
+    let shown = format!("{u:?}");
+    assert_eq!(shown, "ProfileUpload { ciphertext_len: 40, .. }");
+    let shown = format!(
+        "{:?}",
+        ProfileBody {
+            ciphertext: vec![0xc3; 9]
+        }
+    );
+    assert_eq!(shown, "ProfileBody { ciphertext_len: 9 }");
 }
 
 #[test]

@@ -506,6 +506,25 @@ fn generate() -> Value {
             policy.encode(),
         ));
     }
+    // From a stream of their own, so the other vectors keep their bytes.
+    let mut profile_rng = ChaCha20Rng::seed_from_u64(1302);
+    let profile = ProfileUpload {
+        version: bytes(&mut profile_rng, 32).try_into().unwrap(),
+        ciphertext: bytes(&mut profile_rng, 57),
+    };
+    bodies.push(body(
+        "ProfileUpload",
+        json!({"version": h(&profile.version), "ciphertext": h(&profile.ciphertext)}),
+        profile.encode(),
+    ));
+    bodies.push(body(
+        "ProfileBody",
+        json!({"ciphertext": h(&profile.ciphertext)}),
+        ProfileBody {
+            ciphertext: profile.ciphertext.clone(),
+        }
+        .encode(),
+    ));
     bodies.push(body(
         "ErrorBody",
         code_json(ErrorCode::STALE_DEVICE_LIST),
@@ -594,6 +613,25 @@ fn generate() -> Value {
         wrong_kind.clone(),
         "signed-prekey slot holding a kind-0x02 record",
         PreKeyUpload::decode(&wrong_kind).unwrap_err(),
+    ));
+    let empty_profile = ProfileUpload {
+        version: profile.version,
+        ciphertext: vec![],
+    }
+    .encode();
+    failures.push(body_fail(
+        "ProfileUpload",
+        empty_profile.clone(),
+        "empty ciphertext",
+        ProfileUpload::decode(&empty_profile).unwrap_err(),
+    ));
+    let mut big_profile = vec![1];
+    big_profile.extend_from_slice(&((limits::MAX_PROFILE_BYTES + 1) as u32).to_be_bytes());
+    failures.push(body_fail(
+        "ProfileBody",
+        big_profile.clone(),
+        "ciphertext length of 32 KiB + 1",
+        ProfileBody::decode(&big_profile).unwrap_err(),
     ));
     let short = ErrorBody { code: ErrorCode::BUSY }.encode()[..2].to_vec();
     failures.push(body_fail(
@@ -718,6 +756,19 @@ fn relay_vectors_replay() {
                 },
                 &bytes,
             ),
+            "ProfileUpload" => check_body(
+                ProfileUpload {
+                    version: a32(&f["version"]),
+                    ciphertext: hx(&f["ciphertext"]),
+                },
+                &bytes,
+            ),
+            "ProfileBody" => check_body(
+                ProfileBody {
+                    ciphertext: hx(&f["ciphertext"]),
+                },
+                &bytes,
+            ),
             other => panic!("unknown body {other}"),
         }
     }
@@ -749,6 +800,8 @@ fn relay_vectors_replay() {
             "PreKeyUpload" => PreKeyUpload::decode(&hx(&f["bytes"])).unwrap_err(),
             "ErrorBody" => ErrorBody::decode(&hx(&f["bytes"])).unwrap_err(),
             "AccessPolicy" => AccessPolicy::decode(&hx(&f["bytes"])).unwrap_err(),
+            "ProfileUpload" => ProfileUpload::decode(&hx(&f["bytes"])).unwrap_err(),
+            "ProfileBody" => ProfileBody::decode(&hx(&f["bytes"])).unwrap_err(),
             "authorization" => parse_authorization(f["header"].as_str().unwrap()).unwrap_err(),
             other => panic!("unknown input {other}"),
         };

@@ -276,6 +276,21 @@ pub struct Limits {
     pub list_updates_per_minute_per_account: u32,
     /// Burst of device-list updates for one account.
     pub list_updates_burst_per_account: u32,
+    /// Profile uploads (`PUT /v1/profile`) per minute for one account, sustained
+    /// (`RATE_LIMITED`). Deleting a profile is not limited.
+    pub profile_updates_per_minute_per_account: u32,
+    /// Burst of profile uploads for one account.
+    pub profile_updates_burst_per_account: u32,
+    /// Profile fetches (`GET /v1/accounts/{account}/profile/{version}`, unauthenticated)
+    /// per minute for one address, sustained (`RATE_LIMITED`), charged before the database
+    /// is read: one address can neither keep the database busy nor try many versions.
+    pub profile_fetches_per_minute_per_addr: u32,
+    /// Burst of profile fetches for one address.
+    pub profile_fetches_burst_per_addr: u32,
+    /// Profile fetches per second in total, sustained (`RATE_LIMITED`).
+    pub profile_fetches_per_second_total: u32,
+    /// Burst of profile fetches in total.
+    pub profile_fetches_burst_total: u32,
 }
 
 impl Default for Limits {
@@ -336,6 +351,12 @@ impl Default for Limits {
             registrations_burst_total: 1_200,
             list_updates_per_minute_per_account: 10,
             list_updates_burst_per_account: 20,
+            profile_updates_per_minute_per_account: 1,
+            profile_updates_burst_per_account: 10,
+            profile_fetches_per_minute_per_addr: 60,
+            profile_fetches_burst_per_addr: 60,
+            profile_fetches_per_second_total: 2_000,
+            profile_fetches_burst_total: 4_000,
         }
     }
 }
@@ -514,7 +535,7 @@ impl Config {
     /// Checks the limits against the protocol's hard bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let checks: [(bool, &'static str, &'static str); 28] = [
+        let checks: [(bool, &'static str, &'static str); 31] = [
             (
                 l.max_envelope_bytes <= sotto_proto::limits::MAX_ENVELOPE_LEN,
                 "limits.max_envelope_bytes",
@@ -609,6 +630,21 @@ impl Config {
             (
                 l.list_updates_per_minute_per_account >= 1 && l.list_updates_burst_per_account >= 1,
                 "limits.list_updates_per_minute_per_account",
+                "rate and burst must be at least 1",
+            ),
+            (
+                l.profile_updates_per_minute_per_account >= 1 && l.profile_updates_burst_per_account >= 1,
+                "limits.profile_updates_per_minute_per_account",
+                "rate and burst must be at least 1",
+            ),
+            (
+                l.profile_fetches_per_minute_per_addr >= 1 && l.profile_fetches_burst_per_addr >= 1,
+                "limits.profile_fetches_per_minute_per_addr",
+                "rate and burst must be at least 1",
+            ),
+            (
+                l.profile_fetches_per_second_total >= 1 && l.profile_fetches_burst_total >= 1,
+                "limits.profile_fetches_per_second_total",
                 "rate and burst must be at least 1",
             ),
             (
@@ -837,6 +873,70 @@ mod tests {
                 .collect(),
         });
         assert!(fan_out.encode().len() <= l.max_frame_bytes);
+    }
+
+    /// The profile limits need a rate and a burst of at least 1, each; a file may set them.
+    #[test]
+    fn profile_limits_are_validated() {
+        let l = Limits::default();
+        assert_eq!(
+            (
+                l.profile_updates_per_minute_per_account,
+                l.profile_updates_burst_per_account
+            ),
+            (1, 10)
+        );
+        assert_eq!(
+            (l.profile_fetches_per_minute_per_addr, l.profile_fetches_burst_per_addr),
+            (60, 60)
+        );
+        assert_eq!(
+            (l.profile_fetches_per_second_total, l.profile_fetches_burst_total),
+            (2_000, 4_000)
+        );
+        /// Sets one of the profile limits to 0.
+        type Zero = fn(&mut Limits);
+        let zeroed: [(Zero, &str); 6] = [
+            (
+                |l| l.profile_updates_per_minute_per_account = 0,
+                "limits.profile_updates_per_minute_per_account",
+            ),
+            (
+                |l| l.profile_updates_burst_per_account = 0,
+                "limits.profile_updates_per_minute_per_account",
+            ),
+            (
+                |l| l.profile_fetches_per_minute_per_addr = 0,
+                "limits.profile_fetches_per_minute_per_addr",
+            ),
+            (
+                |l| l.profile_fetches_burst_per_addr = 0,
+                "limits.profile_fetches_per_minute_per_addr",
+            ),
+            (
+                |l| l.profile_fetches_per_second_total = 0,
+                "limits.profile_fetches_per_second_total",
+            ),
+            (
+                |l| l.profile_fetches_burst_total = 0,
+                "limits.profile_fetches_per_second_total",
+            ),
+        ];
+        for (zero, want) in zeroed {
+            let mut c = Config::default();
+            zero(&mut c.limits);
+            assert!(
+                matches!(c.validate(), Err(ConfigError::Invalid { field, .. }) if field == want),
+                "{want}"
+            );
+        }
+        let c: Config = toml::from_str(
+            "[limits]\nprofile_fetches_per_minute_per_addr = 5\nprofile_updates_burst_per_account = 3\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.limits.profile_fetches_per_minute_per_addr, 5);
+        assert_eq!(c.limits.profile_updates_burst_per_account, 3);
     }
 
     #[test]

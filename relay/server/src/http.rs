@@ -10,14 +10,14 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sotto_crypto::{AccountId, DeviceId, SignedDeviceList};
 use sotto_proto::{
-    Body as WireBody, Bundles, DecodeError, DeviceListBody, ErrorCode, PreKeyUpload, PushRegistration,
-    parse_authorization,
+    Body as WireBody, Bundles, DecodeError, DeviceListBody, ErrorCode, PreKeyUpload, ProfileBody, ProfileUpload,
+    PushRegistration, parse_authorization,
 };
 
 use crate::error::AppError;
 use crate::metrics::inc;
 use crate::state::AppState;
-use crate::storage::{PutDeviceList, Storage, verify_prekeys};
+use crate::storage::{PutDeviceList, Storage, StoredProfile, verify_prekeys};
 
 type Shared = Arc<AppState>;
 
@@ -130,6 +130,33 @@ fn account_from_path(s: &str) -> Result<AccountId, AppError> {
     AccountId::from_str(s).map_err(|_| AppError(ErrorCode::MALFORMED))
 }
 
+/// A profile version in a path: exactly 64 lowercase hex digits, else `MALFORMED`.
+fn profile_version_from_path(s: &str) -> Result<[u8; 32], AppError> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let malformed = AppError(ErrorCode::MALFORMED);
+    if s.len() != 64 {
+        return Err(malformed);
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        let (hi, lo) = (nibble(pair[0]).ok_or(malformed)?, nibble(pair[1]).ok_or(malformed)?);
+        *o = (hi << 4) | lo;
+    }
+    Ok(out)
+}
+
+/// The address key of the client that sent a request (unspecified when the connection
+/// carries none, as in tests that drive the router directly).
+fn client_addr(conn: Option<axum::Extension<Arc<crate::net::ConnInfo>>>) -> std::net::IpAddr {
+    conn.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.key)
+}
+
 /// `GET /healthz`: the process is up.
 pub(crate) async fn healthz() -> &'static str {
     "ok\n"
@@ -197,8 +224,7 @@ pub(crate) async fn challenge(
     State(state): State<Shared>,
     conn: Option<axum::Extension<Arc<crate::net::ConnInfo>>>,
 ) -> Result<Response, AppError> {
-    let addr = conn.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.key);
-    let c = state.issue_http_challenge(addr)?;
+    let c = state.issue_http_challenge(client_addr(conn))?;
     Ok(wire(StatusCode::OK, &c))
 }
 
@@ -224,8 +250,7 @@ pub(crate) async fn put_device_list(
     let before = state.store.device_list(&account).await?;
     if before.is_none() {
         // A registration: free, so rate limited per address and in total.
-        let addr = conn.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.key);
-        state.charge_registration(addr)?;
+        state.charge_registration(client_addr(conn))?;
     } else {
         // An update: signed, but limited per account (docs/protocol.md §4.3, §13.3).
         state.charge_list_update(&account)?;
@@ -350,6 +375,58 @@ pub(crate) async fn put_access(
 pub(crate) async fn delete_push(State(state): State<Shared>, auth: Authed<NoBody>) -> Result<StatusCode, AppError> {
     state.store.delete_push(&auth.account, auth.device).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /v1/profile` (authenticated): store the account's encrypted profile and its
+/// version, replacing the ones before, so the old version finds nothing any more. Any
+/// listed device of the account may; uploads are rate limited per account
+/// (`RATE_LIMITED`).
+pub(crate) async fn put_profile(
+    State(state): State<Shared>,
+    auth: Authed<Wire<ProfileUpload>>,
+) -> Result<StatusCode, AppError> {
+    state.charge_profile_update(&auth.account)?;
+    let Wire(upload) = auth.body;
+    let now = crate::state::now_s();
+    let profile = StoredProfile {
+        version: upload.version,
+        ciphertext: upload.ciphertext,
+        updated_at_s: now - now % 60,
+    };
+    state.store.put_profile(&auth.account, &profile).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/profile` (authenticated): `204` whether or not there was one.
+pub(crate) async fn delete_profile(State(state): State<Shared>, auth: Authed<NoBody>) -> Result<StatusCode, AppError> {
+    state.store.delete_profile(&auth.account).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/accounts/{account}/profile/{version}` (unauthenticated): the account's
+/// encrypted profile when `{version}` is the stored version (compared in constant time).
+/// No profile, an unknown account and another version are all the same `NOT_FOUND`, so a
+/// client without the version learns nothing. Rate limited per address and in total
+/// (`RATE_LIMITED`) before the database is read.
+pub(crate) async fn get_profile(
+    State(state): State<Shared>,
+    conn: Option<axum::Extension<Arc<crate::net::ConnInfo>>>,
+    Path((account, version)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    use subtle::ConstantTimeEq;
+    let account = account_from_path(&account)?;
+    let version = profile_version_from_path(&version)?;
+    state.charge_profile_fetch(client_addr(conn))?;
+    inc(&state.metrics.profile_fetches_total, 1);
+    match state.store.profile(&account).await? {
+        Some(p) if bool::from(p.version.ct_eq(&version)) => Ok(wire(
+            StatusCode::OK,
+            &ProfileBody {
+                ciphertext: p.ciphertext,
+            },
+        )),
+        _ => Err(AppError(ErrorCode::NOT_FOUND)),
+    }
 }
 
 /// Any other path.

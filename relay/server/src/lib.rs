@@ -15,9 +15,13 @@
 //! GET  /v1/accounts/{account}/bundles[/{device}]   → Bundles              (authenticated)
 //! PUT  /v1/push, DELETE /v1/push                   PushRegistration       (authenticated)
 //! PUT  /v1/access                                  AccessPolicy           (authenticated)
+//! PUT  /v1/profile, DELETE /v1/profile             ProfileUpload          (authenticated)
+//! GET  /v1/accounts/{account}/profile/{version}    → ProfileBody          (unauthenticated;
+//!                                                    NOT_FOUND unless {version} is the stored one)
 //! GET  /v1/ws                                      WebSocket (sotto-proto frames)
 //! ```
-//! `{account}` is the 52-character base32 account id. Authenticated requests carry
+//! `{account}` is the 52-character base32 account id, `{version}` 64 lowercase hex
+//! digits. Authenticated requests carry
 //! `Authorization: Sotto-v1 <hex>`, an answer to a fresh challenge that it consumes.
 //! Browsers on the origins in `cors_allowed_origins` may call all of it (CORS; `cors.rs`).
 
@@ -88,6 +92,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/prekeys/count", get(http::prekey_count))
         .route("/v1/push", axum::routing::put(http::put_push).delete(http::delete_push))
         .route("/v1/access", axum::routing::put(http::put_access))
+        .route(
+            "/v1/profile",
+            axum::routing::put(http::put_profile).delete(http::delete_profile),
+        )
+        .route("/v1/accounts/{account}/profile/{version}", get(http::get_profile))
         .route("/v1/ws", get(ws_upgrade))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)

@@ -55,6 +55,10 @@ metrics! {
     counter bundles_without_one_time_total;
     /// Account registrations refused by the per-address or total rate limit.
     counter registrations_refused_total;
+    /// Profile fetches that passed the rate limits and were looked up (found or not).
+    counter profile_fetches_total;
+    /// Profile fetches refused by the per-address or total rate limit.
+    counter profile_fetches_refused_total;
     /// Sends refused because the relay-wide in-flight byte budget was spent.
     counter inflight_budget_refused_total;
     /// Envelopes that went to the database instead of a live queue (queue full or live-queue budget spent).

@@ -73,6 +73,9 @@ pub(crate) struct Guards {
     register_addr: Keyed,
     register_total: DefaultDirectRateLimiter,
     list_updates: DefaultKeyedRateLimiter<AccountId>,
+    profile_updates: DefaultKeyedRateLimiter<AccountId>,
+    profile_fetch_addr: Keyed,
+    profile_fetch_total: DefaultDirectRateLimiter,
 }
 
 impl std::fmt::Debug for Guards {
@@ -128,6 +131,18 @@ impl Guards {
                 l.list_updates_per_minute_per_account,
                 l.list_updates_burst_per_account,
             )),
+            profile_updates: RateLimiter::keyed(quota_per_minute(
+                l.profile_updates_per_minute_per_account,
+                l.profile_updates_burst_per_account,
+            )),
+            profile_fetch_addr: RateLimiter::keyed(quota_per_minute(
+                l.profile_fetches_per_minute_per_addr,
+                l.profile_fetches_burst_per_addr,
+            )),
+            profile_fetch_total: RateLimiter::direct(quota(
+                l.profile_fetches_per_second_total,
+                l.profile_fetches_burst_total,
+            )),
         }
     }
 
@@ -148,11 +163,17 @@ impl Guards {
             &self.addr_envelopes,
             &self.addr_bytes,
             &self.register_addr,
+            &self.profile_fetch_addr,
         ] {
             k.retain_recent();
             k.shrink_to_fit();
         }
-        for k in [&self.bundle_requester, &self.bundle_target, &self.list_updates] {
+        for k in [
+            &self.bundle_requester,
+            &self.bundle_target,
+            &self.list_updates,
+            &self.profile_updates,
+        ] {
             k.retain_recent();
             k.shrink_to_fit();
         }
@@ -425,6 +446,26 @@ impl AppState {
     pub(crate) fn charge_list_update(&self, account: &AccountId) -> Result<(), ErrorCode> {
         let cap = self.config.limits.max_tracked_addrs;
         charge_keyed(&self.guards.list_updates, account, 1, cap)
+    }
+
+    /// A profile upload of `account` (`RATE_LIMITED` beyond
+    /// `profile_updates_per_minute_per_account`): each one rewrites the account's row.
+    pub(crate) fn charge_profile_update(&self, account: &AccountId) -> Result<(), ErrorCode> {
+        let cap = self.config.limits.max_tracked_addrs;
+        charge_keyed(&self.guards.profile_updates, account, 1, cap)
+    }
+
+    /// Charges an unauthenticated profile fetch from `addr` (an address key), per address
+    /// and in total (`RATE_LIMITED`), before anything reads the database.
+    pub(crate) fn charge_profile_fetch(&self, addr: IpAddr) -> Result<(), ErrorCode> {
+        let cap = self.config.limits.max_tracked_addrs;
+        let g = &self.guards;
+        let r =
+            charge_keyed(&g.profile_fetch_addr, &addr, 1, cap).and_then(|()| charge_direct(&g.profile_fetch_total, 1));
+        if r.is_err() {
+            crate::metrics::inc(&self.metrics.profile_fetches_refused_total, 1);
+        }
+        r
     }
 
     /// A connection's own rate limiter.

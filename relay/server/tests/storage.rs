@@ -9,7 +9,8 @@ use common::*;
 use sotto_crypto::{DeviceId, PreKeyKind};
 use sotto_proto::{PushProvider, PushRegistration, Recipient};
 use sotto_relay::storage::{
-    PutDeviceList, SendParams, SendStored, Storage, StorageError, Store, WriteOp, WriteOutcome, verify_prekeys,
+    PutDeviceList, SendParams, SendStored, Storage, StorageError, Store, StoredProfile, WriteOp, WriteOutcome,
+    verify_prekeys,
 };
 
 const NOW: u64 = 1_700_000_000;
@@ -446,6 +447,51 @@ async fn push<S: Storage>(s: Arc<S>) {
     s.ping().await.unwrap();
 }
 
+/// Profiles: one per account, replaced by each put (version and bytes), deleted once;
+/// an unknown account can store none; accounts do not see each other's.
+async fn profiles<S: Storage>(s: Arc<S>) {
+    let mut r = rng(7);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    let v1 = StoredProfile {
+        version: [1; 32],
+        ciphertext: vec![0xa1; 100],
+        updated_at_s: NOW,
+    };
+    assert!(matches!(
+        s.put_profile(&alice.id(), &v1).await,
+        Err(StorageError::UnknownAccount)
+    ));
+    assert_eq!(s.profile(&alice.id()).await.unwrap(), None);
+    s.put_device_list(&alice.list).await.unwrap();
+    s.put_device_list(&bob.list).await.unwrap();
+    assert_eq!(s.profile(&alice.id()).await.unwrap(), None);
+    s.put_profile(&alice.id(), &v1).await.unwrap();
+    assert_eq!(s.profile(&alice.id()).await.unwrap(), Some(v1.clone()));
+    assert_eq!(s.profile(&bob.id()).await.unwrap(), None);
+    // A new key: the new version and bytes replace the old ones.
+    let v2 = StoredProfile {
+        version: [2; 32],
+        ciphertext: vec![0xb2; sotto_proto::limits::MAX_PROFILE_BYTES],
+        updated_at_s: NOW + 60,
+    };
+    s.put_profile(&alice.id(), &v2).await.unwrap();
+    assert_eq!(s.profile(&alice.id()).await.unwrap(), Some(v2.clone()));
+    let bobs = StoredProfile {
+        version: [3; 32],
+        ciphertext: b"bob".to_vec(),
+        updated_at_s: NOW,
+    };
+    s.put_profile(&bob.id(), &bobs).await.unwrap();
+    assert!(s.delete_profile(&alice.id()).await.unwrap());
+    assert!(!s.delete_profile(&alice.id()).await.unwrap());
+    assert_eq!(s.profile(&alice.id()).await.unwrap(), None);
+    assert_eq!(s.profile(&bob.id()).await.unwrap(), Some(bobs));
+    // Stored again after a delete.
+    s.put_profile(&alice.id(), &v1).await.unwrap();
+    assert_eq!(s.profile(&alice.id()).await.unwrap(), Some(v1));
+}
+
 /// Finding 14: a bundle request for all of an account's devices is one write transaction
 /// (it was one per device), and without one-time prekeys it takes none.
 async fn one_transaction_per_bundle_request(s: Arc<Store>) {
@@ -639,6 +685,13 @@ macro_rules! conformance {
             async fn push() {
                 if let Some((s, url)) = open().await {
                     super::push(s.clone()).await;
+                    done(s, url).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn profiles() {
+                if let Some((s, url)) = open().await {
+                    super::profiles(s.clone()).await;
                     done(s, url).await;
                 }
             }

@@ -24,8 +24,8 @@ use rand_chacha::rand_core::SeedableRng;
 use sotto_crypto::{AccountKey, Device, DeviceId, PreKeyBundle};
 use sotto_proto::{
     Access, AccessKey, AccessPolicy, AuthResponse, Body, Bundles, Challenge, DecodeError, Deliver, DeviceListBody,
-    ErrorBody, ErrorCode, Frame, PreKeyCounts, PreKeyUpload, PushProvider, PushRegistration, Recipient, Send,
-    SendOutcome, SendResult, authorization_header, parse_authorization,
+    ErrorBody, ErrorCode, Frame, PreKeyCounts, PreKeyUpload, ProfileBody, ProfileUpload, PushProvider,
+    PushRegistration, Recipient, Send, SendOutcome, SendResult, authorization_header, limits, parse_authorization,
 };
 
 /// The fuzz targets; each has a directory of seeds under `relay/proto/fuzz/corpus/`.
@@ -98,6 +98,8 @@ pub fn body(data: &[u8]) -> Outcome {
         round_trip::<PushRegistration>(data),
         round_trip::<ErrorBody>(data),
         round_trip::<AccessPolicy>(data),
+        round_trip::<ProfileUpload>(data),
+        round_trip::<ProfileBody>(data),
         authorization(data),
     ];
     if results.contains(&true) {
@@ -312,7 +314,11 @@ pub fn seeds() -> Vec<Seed> {
     add("frame", "bad-empty", vec![]);
 
     // Bodies.
-    let bodies: [(&str, Vec<u8>); 10] = [
+    let profile = ProfileUpload {
+        version: [0x42; 32],
+        ciphertext: b"opaque encrypted profile".to_vec(),
+    };
+    let bodies: [(&str, Vec<u8>); 12] = [
         ("ok-challenge", challenge.encode()),
         ("ok-auth-response", auth.encode()),
         ("ok-device-list", DeviceListBody { signed_list: list }.encode()),
@@ -352,6 +358,14 @@ pub fn seeds() -> Vec<Seed> {
             .encode(),
         ),
         ("ok-authorization", authorization_header(&auth).into_bytes()),
+        ("ok-profile-upload", profile.encode()),
+        (
+            "ok-profile-body",
+            ProfileBody {
+                ciphertext: profile.ciphertext.clone(),
+            }
+            .encode(),
+        ),
     ];
     let upload_bytes = bodies[3].1.clone();
     for (name, b) in bodies {
@@ -365,6 +379,17 @@ pub fn seeds() -> Vec<Seed> {
     kind[2] ^= 0x03; // the signed prekey record's kind
     add("body", "bad-prekey-upload-kind", kind);
     add("body", "bad-push-provider", vec![1, 9, 0, 0, 0, 0]);
+    // A profile with an empty ciphertext, and one whose length is one above the bound.
+    let empty = ProfileUpload {
+        ciphertext: Vec::new(),
+        ..profile.clone()
+    };
+    add("body", "bad-profile-empty", empty.encode());
+    let mut too_long = profile.encode();
+    let len = u32::try_from(limits::MAX_PROFILE_BYTES + 1).unwrap_or(u32::MAX);
+    too_long[33..37].copy_from_slice(&len.to_be_bytes()); // the ciphertext's length
+    add("body", "bad-profile-too-long", too_long);
+    add("body", "bad-profile-truncated", truncated(&profile.encode()));
     add("body", "bad-authorization", b"Sotto-v1 0g".to_vec());
     out
 }

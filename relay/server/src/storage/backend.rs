@@ -719,6 +719,57 @@ macro_rules! storage_impl {
                     .await?;
                 Ok(done.rows_affected() > 0)
             }
+
+            async fn put_profile(&self, account: &AccountId, profile: &StoredProfile) -> Result<(), StorageError> {
+                let mut tx = self.begin().await?;
+                let exists: Option<(Vec<u8>,)> = sqlx::query_as(concat!(
+                    "SELECT account_id FROM accounts WHERE account_id = $1",
+                    $for_share
+                ))
+                .bind(&account.0[..])
+                .fetch_optional(&mut *tx)
+                .await?;
+                if exists.is_none() {
+                    return Err(StorageError::UnknownAccount);
+                }
+                sqlx::query(
+                    "INSERT INTO profiles (account_id, version, ciphertext, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (account_id) DO UPDATE SET version = excluded.version, \
+                     ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+                )
+                .bind(&account.0[..])
+                .bind(&profile.version[..])
+                .bind(&profile.ciphertext[..])
+                .bind(to_i64(profile.updated_at_s))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn profile(&self, account: &AccountId) -> Result<Option<StoredProfile>, StorageError> {
+                let row: Option<(Vec<u8>, Vec<u8>, i64)> =
+                    sqlx::query_as("SELECT version, ciphertext, updated_at FROM profiles WHERE account_id = $1")
+                        .bind(&account.0[..])
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(|(version, ciphertext, updated_at)| {
+                    Ok(StoredProfile {
+                        version: key32(&version, "profile version")?,
+                        ciphertext,
+                        updated_at_s: to_u64(updated_at),
+                    })
+                })
+                .transpose()
+            }
+
+            async fn delete_profile(&self, account: &AccountId) -> Result<bool, StorageError> {
+                let done = sqlx::query("DELETE FROM profiles WHERE account_id = $1")
+                    .bind(&account.0[..])
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
         }
     };
 }

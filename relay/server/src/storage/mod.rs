@@ -174,6 +174,28 @@ pub struct AccountAccess {
     pub accept_requests: bool,
 }
 
+/// An account's encrypted profile (docs/protocol.md §13.3), opaque to the relay: one per
+/// account, replaced by each upload. Its `Debug` shows neither the version nor the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredProfile {
+    /// The version a fetch must present (clients derive it from the profile key, which
+    /// the relay never sees).
+    pub version: [u8; 32],
+    /// The encrypted profile.
+    pub ciphertext: Vec<u8>,
+    /// When it was uploaded, seconds since the Unix epoch, coarse.
+    pub updated_at_s: u64,
+}
+
+impl std::fmt::Debug for StoredProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredProfile")
+            .field("ciphertext_len", &self.ciphertext.len())
+            .field("updated_at_s", &self.updated_at_s)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One write of a group commit ([`Storage::write_batch`]).
 #[derive(Clone, Copy, Debug)]
 pub enum WriteOp<'a> {
@@ -411,6 +433,20 @@ pub trait Storage: Send + Sync + 'static {
         account: &AccountId,
         device: DeviceId,
     ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+
+    /// Stores the account's profile, replacing the one before (and so its version).
+    /// [`StorageError::UnknownAccount`] for an unknown account.
+    fn put_profile(
+        &self,
+        account: &AccountId,
+        profile: &StoredProfile,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// The account's profile; `None` when it has none (or the account is unknown).
+    fn profile(&self, account: &AccountId) -> impl Future<Output = Result<Option<StoredProfile>, StorageError>> + Send;
+
+    /// Deletes the account's profile; returns whether there was one.
+    fn delete_profile(&self, account: &AccountId) -> impl Future<Output = Result<bool, StorageError>> + Send;
 }
 
 /// Why a prekey upload was refused before reaching the store.
@@ -590,6 +626,15 @@ impl Storage for Store {
     }
     async fn delete_push(&self, account: &AccountId, device: DeviceId) -> Result<bool, StorageError> {
         delegate!(self, s => s.delete_push(account, device))
+    }
+    async fn put_profile(&self, account: &AccountId, profile: &StoredProfile) -> Result<(), StorageError> {
+        delegate!(self, s => s.put_profile(account, profile))
+    }
+    async fn profile(&self, account: &AccountId) -> Result<Option<StoredProfile>, StorageError> {
+        delegate!(self, s => s.profile(account))
+    }
+    async fn delete_profile(&self, account: &AccountId) -> Result<bool, StorageError> {
+        delegate!(self, s => s.delete_profile(account))
     }
 }
 
