@@ -60,6 +60,8 @@ fn account(seq: u64) -> AccountRecord {
         access_key: Some([3; 32]),
         access_sent: Some(true),
         profile: None,
+        profile_key: None,
+        profile_uploaded_ms: 0,
     }
 }
 

@@ -23,8 +23,8 @@
 //! kind 0x08 Typing          group flag (u8) ‖ [group_id (32)] ‖ typing (u8: 0 stopped, 1 started)
 //!                                                                     ephemeral (docs/protocol.md §13.9)
 //! kind 0x09 Presence        (empty)                                   ephemeral: "online now"
-//! kind 0x0a Profile         updated_ms (u64) ‖ name (var, ≤ 256, UTF-8) ‖ avatar flag (u8)
-//!                           ‖ [avatar (var, ≤ MAX_AVATAR_LEN)]        to contacts and own devices
+//! kind 0x0a (retired: an inline profile of earlier versions; dropped unseen)
+//! kind 0x0b ProfileKey      updated_ms (u64) ‖ profile key (32)       to contacts and own devices
 //! other kind                (rest ignored)   shown as unsupported
 //!
 //! item (docs/protocol.md §15.2):
@@ -68,6 +68,10 @@ pub const MAX_EMOJI_LEN: usize = 64;
 pub const MAX_AVATAR_LEN: usize = 16 * 1024;
 /// The longest profile name, in bytes.
 pub const MAX_PROFILE_NAME_LEN: usize = 256;
+
+/// The kind of the inline profile of earlier versions: it decodes as
+/// [`ContentKind::Unsupported`], and receivers drop it unseen.
+pub const RETIRED_PROFILE_KIND: u8 = 0x0a;
 
 /// The longest disappearing-message timer: one year, in seconds.
 pub const MAX_TIMER_S: u32 = 366 * 24 * 3600;
@@ -316,14 +320,14 @@ pub enum ContentKind {
     /// The sender is online (ephemeral; sent every few seconds while connected, to
     /// contacts it shares its presence with).
     Presence,
-    /// The sender account's profile (to its accepted contacts and its own devices).
-    Profile {
-        /// When it was set (the owner's clock): the newest one wins.
+    /// The sender account's profile key, and when its profile last changed (to its
+    /// accepted contacts and its own devices): the receiver fetches the profile from the
+    /// relay and decrypts it with the key.
+    ProfileKey {
+        /// When the profile was set (the owner's clock): the newest one wins.
         updated_ms: u64,
-        /// The display name.
-        name: String,
-        /// A small avatar image.
-        avatar: Option<Vec<u8>>,
+        /// The profile key.
+        key: [u8; 32],
     },
     /// Content of a kind this version does not know (from a newer client).
     Unsupported {
@@ -360,7 +364,7 @@ mod tag {
     pub(super) const READ: u8 = 7;
     pub(super) const TYPING: u8 = 8;
     pub(super) const PRESENCE: u8 = 9;
-    pub(super) const PROFILE: u8 = 0x0a;
+    pub(super) const PROFILE_KEY: u8 = 0x0b;
     pub(super) const ITEM_TEXT: u8 = 1;
     pub(super) const ITEM_EDIT: u8 = 2;
     pub(super) const ITEM_DELETE: u8 = 3;
@@ -653,21 +657,10 @@ impl Content {
                 out.put_u8(u8::from(*typing));
             }
             ContentKind::Presence => out.put_u8(tag::PRESENCE),
-            ContentKind::Profile {
-                updated_ms,
-                name,
-                avatar,
-            } => {
-                out.put_u8(tag::PROFILE);
+            ContentKind::ProfileKey { updated_ms, key } => {
+                out.put_u8(tag::PROFILE_KEY);
                 out.put_u64(*updated_ms);
-                out.put_var(truncate_utf8(name, MAX_PROFILE_NAME_LEN).as_bytes());
-                match avatar {
-                    Some(a) if a.len() <= MAX_AVATAR_LEN => {
-                        out.put_u8(1);
-                        out.put_var(a);
-                    }
-                    _ => out.put_u8(0),
-                }
+                out.put(key);
             }
             ContentKind::Unsupported { kind } => out.put_u8(*kind),
         }
@@ -736,14 +729,9 @@ impl Content {
                 typing: r.flag("typing")?,
             },
             tag::PRESENCE => ContentKind::Presence,
-            tag::PROFILE => ContentKind::Profile {
+            tag::PROFILE_KEY => ContentKind::ProfileKey {
                 updated_ms: r.u64()?,
-                name: utf8(r.var_bytes("profile name", MAX_PROFILE_NAME_LEN)?)?,
-                avatar: if r.flag("avatar flag")? {
-                    Some(r.var_bytes("avatar", MAX_AVATAR_LEN)?.to_vec())
-                } else {
-                    None
-                },
+                key: r.array()?,
             },
             kind => {
                 r.rest();
@@ -758,6 +746,46 @@ impl Content {
             kind,
         })
     }
+}
+
+/// The version byte of a profile plaintext.
+const PROFILE_VERSION: u8 = 1;
+
+/// Encodes a profile as the plaintext encrypted under the profile key (docs/protocol.md
+/// §15.9). The name is cut to [`MAX_PROFILE_NAME_LEN`] bytes; an avatar above
+/// [`MAX_AVATAR_LEN`] is left out (the SDK refuses one when it is set).
+pub fn encode_profile(p: &crate::store::Profile) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + p.name.len() + p.avatar.as_ref().map_or(0, Vec::len));
+    out.put_u8(PROFILE_VERSION);
+    out.put_u64(p.updated_ms);
+    out.put_var(truncate_utf8(&p.name, MAX_PROFILE_NAME_LEN).as_bytes());
+    match &p.avatar {
+        Some(a) if a.len() <= MAX_AVATAR_LEN => {
+            out.put_u8(1);
+            out.put_var(a);
+        }
+        _ => out.put_u8(0),
+    }
+    out
+}
+
+/// Decodes a decrypted profile plaintext.
+pub fn decode_profile(bytes: &[u8]) -> Result<crate::store::Profile, ContentError> {
+    let mut r = Reader::new(bytes);
+    r.version(PROFILE_VERSION)?;
+    let updated_ms = r.u64()?;
+    let name = utf8(r.var_bytes("profile name", MAX_PROFILE_NAME_LEN)?)?;
+    let avatar = if r.flag("avatar flag")? {
+        Some(r.var_bytes("avatar", MAX_AVATAR_LEN)?.to_vec())
+    } else {
+        None
+    };
+    r.finish()?;
+    Ok(crate::store::Profile {
+        name,
+        avatar,
+        updated_ms,
+    })
 }
 
 #[cfg(test)]
@@ -887,15 +915,9 @@ mod tests {
             typing: false,
         });
         out.push(ContentKind::Presence);
-        out.push(ContentKind::Profile {
+        out.push(ContentKind::ProfileKey {
             updated_ms: 5,
-            name: "Ada ✓".into(),
-            avatar: Some(vec![1, 2, 3]),
-        });
-        out.push(ContentKind::Profile {
-            updated_ms: 6,
-            name: String::new(),
-            avatar: None,
+            key: [0x4b; 32],
         });
         out
     }

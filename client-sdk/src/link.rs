@@ -887,7 +887,11 @@ impl<S: Store> Inner<S> {
             })
             .into_iter()
             .collect();
-        stored(self.relay.send_anonymous(send).await?)
+        stored(self.relay.send_anonymous(send).await?)?;
+        // The new device learns the profile key, and fetches the profile, as contacts do.
+        self.transact(|m| Ok((m.share_profile(account, now_ms()), ()))).await?;
+        self.wake.notify_one();
+        Ok(())
     }
 
     /// A linking answer was processed (its seq committed): on a joining device, store

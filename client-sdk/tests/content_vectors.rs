@@ -13,6 +13,7 @@ use sotto_proto::AccessKey;
 use sotto_sdk::MessageId;
 use sotto_sdk::content::{ChatItem, Content, ContentKind, GroupBody, Quote};
 use sotto_sdk::group::GroupId;
+use sotto_sdk::store::Profile;
 
 fn path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/content.json")
@@ -158,18 +159,16 @@ fn chat_samples() -> Vec<Content> {
     out.push(c(0x24, ContentKind::Presence));
     out.push(c(
         0x25,
-        ContentKind::Profile {
+        ContentKind::ProfileKey {
             updated_ms: 1_796_083_400_000,
-            name: "Alice ✓".into(),
-            avatar: Some(vec![0x89, b'P', b'N', b'G']),
+            key: [0x9c; 32],
         },
     ));
     out.push(c(
         0x26,
-        ContentKind::Profile {
+        ContentKind::ProfileKey {
             updated_ms: 1,
-            name: String::new(),
-            avatar: None,
+            key: [0x01; 32],
         },
     ));
     out.push(c(
@@ -283,14 +282,9 @@ fn to_json(c: &Content) -> Value {
         ),
         ContentKind::Typing { group, typing } => ("Typing", json!({"group": group_json(group), "typing": typing})),
         ContentKind::Presence => ("Presence", json!({})),
-        ContentKind::Profile {
-            updated_ms,
-            name,
-            avatar,
-        } => (
-            "Profile",
-            json!({"updated_ms": updated_ms, "name": name, "avatar": avatar.as_ref().map(hex::encode)}),
-        ),
+        ContentKind::ProfileKey { updated_ms, key } => {
+            ("ProfileKey", json!({"updated_ms": updated_ms, "key": hex::encode(key)}))
+        }
         other => panic!("no vector for {other:?}"),
     };
     json!({
@@ -337,10 +331,9 @@ fn from_json(v: &Value) -> Content {
             typing: b["typing"].as_bool().unwrap(),
         },
         "Presence" => ContentKind::Presence,
-        "Profile" => ContentKind::Profile {
+        "ProfileKey" => ContentKind::ProfileKey {
             updated_ms: b["updated_ms"].as_u64().unwrap(),
-            name: b["name"].as_str().unwrap().into(),
-            avatar: b["avatar"].as_str().map(|a| hex::decode(a).unwrap()),
+            key: arr(&b["key"]),
         },
         other => panic!("unknown kind {other}"),
     };
@@ -382,14 +375,33 @@ fn fresh() -> Value {
     // A group delivery receipt cut one byte short of its group id.
     let mut short_group = chat_samples().last().unwrap().encode();
     short_group.pop();
+    // The retired inline profile (kind 0x0a): read as unsupported, and dropped unseen.
+    let mut retired = text_v2[..26].to_vec();
+    retired.push(0x0a);
+    retired.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 3, b'A', b'd', b'a', 0]);
+    let profiles = profile_samples();
+    let mut long_name = sotto_sdk::content::encode_profile(&profiles[0]);
+    long_name[9..13].copy_from_slice(&257u32.to_be_bytes());
+    long_name.splice(13..13, [b'x'; 257 - 9]);
     json!({
-        "description": "docs/protocol.md §7.6, §14.6, §15: message content, version 2 (and one version-1 text, still read), chat items, delivery and read receipts (1:1 and group), typing, presence and profiles; contents of unknown kinds read as unsupported. Bytes are hex.",
+        "description": "docs/protocol.md §7.6, §14.6, §15: message content, version 2 (and one version-1 text, still read), chat items, delivery and read receipts (1:1 and group), typing, presence and profile keys; contents of unknown kinds read as unsupported. `profiles` are profile plaintexts (§15.9), encrypted under the profile key before they go to the relay. Bytes are hex.",
         "contents": samples().iter().map(to_json).collect::<Vec<_>>(),
         "version_1": {"bytes": hex::encode(&v1), "reads_as": to_json(&samples()[3])},
         "unsupported": [
             {"what": "content kind 0x7f (the rest ignored)", "bytes": hex::encode(&unknown_kind), "kind": 0x7f},
             {"what": "chat item tag 0x6e in a Chat", "bytes": hex::encode(&unknown_item), "item_tag": 0x6e},
             {"what": "group sub 0x6f", "bytes": hex::encode(&unknown_sub), "group_sub": 0x6f},
+            {"what": "the retired inline profile, kind 0x0a (receivers drop it unseen)", "bytes": hex::encode(&retired), "kind": 0x0a},
+        ],
+        "profiles": profiles.iter().map(|p| json!({
+            "updated_ms": p.updated_ms,
+            "name": p.name,
+            "avatar": p.avatar.as_ref().map(hex::encode),
+            "bytes": hex::encode(sotto_sdk::content::encode_profile(p)),
+        })).collect::<Vec<_>>(),
+        "profile_must_fail": [
+            {"what": "a name of 257 bytes", "bytes": hex::encode(&long_name)},
+            {"what": "version 2", "bytes": hex::encode([&[2u8][..], &sotto_sdk::content::encode_profile(&profiles[0])[1..]].concat())},
         ],
         "must_fail": [
             {"what": "access flag 2", "bytes": hex::encode(&bad_flag)},
@@ -443,4 +455,33 @@ fn content_vectors_replay() {
         let bytes = hex::decode(f["bytes"].as_str().unwrap()).unwrap();
         assert!(Content::decode(&bytes).is_err(), "{}", f["what"]);
     }
+    for p in stored["profiles"].as_array().unwrap() {
+        let profile = Profile {
+            name: p["name"].as_str().unwrap().into(),
+            avatar: p["avatar"].as_str().map(|a| hex::decode(a).unwrap()),
+            updated_ms: p["updated_ms"].as_u64().unwrap(),
+        };
+        let bytes = hex::decode(p["bytes"].as_str().unwrap()).unwrap();
+        assert_eq!(sotto_sdk::content::encode_profile(&profile), bytes);
+        assert_eq!(sotto_sdk::content::decode_profile(&bytes).unwrap(), profile);
+    }
+    for f in stored["profile_must_fail"].as_array().unwrap() {
+        let bytes = hex::decode(f["bytes"].as_str().unwrap()).unwrap();
+        assert!(sotto_sdk::content::decode_profile(&bytes).is_err(), "{}", f["what"]);
+    }
+}
+
+fn profile_samples() -> Vec<Profile> {
+    vec![
+        Profile {
+            name: "Alice ✓".into(),
+            avatar: Some(vec![0x89, b'P', b'N', b'G']),
+            updated_ms: 1_796_083_400_000,
+        },
+        Profile {
+            name: String::new(),
+            avatar: None,
+            updated_ms: 1,
+        },
+    ]
 }

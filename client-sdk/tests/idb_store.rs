@@ -119,6 +119,8 @@ fn account(seq: u64) -> AccountRecord {
         access_sent: Some(true),
         list_key: Some(b"secret list key pickle".to_vec()),
         profile: None,
+        profile_key: None,
+        profile_uploaded_ms: 0,
     }
 }
 

@@ -764,11 +764,20 @@ impl SottoClient {
         on_runtime(async move { Ok(client.set_typing(conv, typing).await?) }).await
     }
 
-    /// Sets this account's profile (a display name, and a small avatar of at most 16 KiB)
-    /// and sends it end to end to the contacts it accepted and to its other devices.
+    /// Sets this account's profile (a display name, and a small avatar of at most 16 KiB).
+    /// It is stored on the relay encrypted under the account's profile key, and the key
+    /// goes end to end to the contacts it accepted and to its other devices.
     pub async fn set_profile(&self, name: String, avatar: Option<Vec<u8>>) -> Result<(), SottoError> {
         let client = self.client()?;
         on_runtime(async move { Ok(client.set_profile(&name, avatar).await?) }).await
+    }
+
+    /// Uploads this account's profile if the relay lacks it and fetches the profiles
+    /// contacts announced, now (the client does both in the background; a short-lived
+    /// process calls this before it exits).
+    pub async fn sync_profiles(&self) -> Result<(), SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.sync_profiles().await?) }).await
     }
 
     /// This account's profile name (empty when none was set).

@@ -1400,9 +1400,10 @@ impl SottoClient {
         client.set_typing(c, typing).await.map_err(client_error)
     }
 
-    /// Sets this account's profile name and sends it, end to end, to its contacts and
-    /// its other devices; contacts show it as `ConversationSummary.name` unless they set
-    /// a nickname.
+    /// Sets this account's profile name. It is stored on the relay encrypted under the
+    /// account's profile key, and the key goes end to end to its contacts and its other
+    /// devices; contacts show the name as `ConversationSummary.name` unless they set a
+    /// nickname.
     #[wasm_bindgen(js_name = setProfile)]
     pub async fn set_profile(&self, name: String) -> Result<(), JsValue> {
         let client = self.live()?;

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use sotto_crypto::{AccountId, AccountKey, Device, DeviceId};
 use sotto_sdk::MessageId;
-use sotto_sdk::content::{ChatItem, Content, ContentKind, GroupBody, Quote};
+use sotto_sdk::content::{ChatItem, Content, ContentKind, GroupBody, Quote, decode_profile, encode_profile};
 use sotto_sdk::group::{Commit, GroupId, GroupLog, GroupState, Op, Role};
 use sotto_sdk::link::{decode_link_accept, decode_link_request, encode_link_accept, encode_link_request};
 use sotto_sdk::store::ConversationRecord;
@@ -60,6 +60,11 @@ fn unsupported(c: &Content) -> bool {
 /// the input (version 1 is read and written as version 2; content of an unknown kind,
 /// item or group sub keeps only that byte), and what it re-encodes to decodes the same.
 pub fn content(data: &[u8]) -> Outcome {
+    // The same bytes as a profile plaintext (§15.9): canonical too.
+    let profile = decode_profile(data).ok();
+    if let Some(p) = &profile {
+        assert_eq!(encode_profile(p), data, "a profile does not re-encode to its input");
+    }
     match Content::decode(data) {
         Ok(c) => {
             let encoded = c.encode();
@@ -69,6 +74,7 @@ pub fn content(data: &[u8]) -> Outcome {
             assert_eq!(Content::decode(&encoded).ok(), Some(c));
             Outcome::Accepted
         }
+        Err(_) if profile.is_some() => Outcome::Accepted,
         Err(_) => Outcome::Rejected,
     }
 }
@@ -217,6 +223,15 @@ pub fn seeds() -> Vec<Seed> {
         b
     });
     add("content", "bad-empty", Vec::new());
+    add(
+        "content",
+        "ok-profile-plaintext",
+        encode_profile(&sotto_sdk::store::Profile {
+            name: "Ada".into(),
+            avatar: Some(vec![1, 2, 3]),
+            updated_ms: 7,
+        }),
+    );
     // A kind from a newer client, with fields this version does not know: accepted as
     // unsupported.
     add("content", "ok-unknown-kind", {
@@ -303,11 +318,10 @@ pub fn seeds() -> Vec<Seed> {
         ),
         chat("ok-presence", ContentKind::Presence),
         chat(
-            "ok-profile",
-            ContentKind::Profile {
+            "ok-profile-key",
+            ContentKind::ProfileKey {
                 updated_ms: 7,
-                name: "Ada".into(),
-                avatar: Some(vec![1, 2, 3]),
+                key: [0x4b; 32],
             },
         ),
     ] {

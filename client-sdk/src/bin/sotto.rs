@@ -1196,6 +1196,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             })
             .await;
             if got == Ok(true) {
+                // Profiles announced in what arrived: fetched before exiting, and shown.
+                if client.sync_profiles().await.is_ok() {
+                    while let Some(e) = events.try_next() {
+                        if matches!(e, Event::ProfileChanged { .. }) {
+                            print_event(&client, &e, None, &names, false).await;
+                        }
+                    }
+                }
                 drain_outbox(&client, Duration::from_secs(15)).await;
             }
             client.shutdown().await;
@@ -1319,7 +1327,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             } else {
                 let (client, _) = open_client(&dir).await?;
                 client.set_profile(name, None).await.map_err(|e| e.to_string())?;
+                // Stored on the relay (encrypted) before the key goes to contacts.
+                let synced = client.sync_profiles().await.is_ok();
                 finish_change(&client, format!("profile name set to {name:?}")).await;
+                if !synced {
+                    out!("(not on the relay yet; it is uploaded the next time sotto connects)");
+                }
             }
         }
         Command::Requests => {

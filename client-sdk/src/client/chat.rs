@@ -226,7 +226,17 @@ impl<S: Store> Client<S> {
     /// to them are refused. A pending message request is declined.
     pub async fn block(&self, contact: &AccountId) -> Result<(), ClientError> {
         let contact = *contact;
-        self.inner.transact(|m| Ok((m.set_blocked(contact, true)?, ()))).await?;
+        self.inner
+            .transact(|m| {
+                let mut changes = m.set_blocked(contact, true)?;
+                // A new profile key, so the blocked account's key no longer fetches the
+                // profile (docs/protocol.md §15.9).
+                let rotated = m.rotate_profile_key(now_ms());
+                changes.account = rotated.account;
+                Ok((changes, ()))
+            })
+            .await?;
+        self.inner.profiles_wake.notify_one();
         Ok(())
     }
 
@@ -234,8 +244,17 @@ impl<S: Store> Client<S> {
     pub async fn unblock(&self, contact: &AccountId) -> Result<(), ClientError> {
         let contact = *contact;
         self.inner
-            .transact(|m| Ok((m.set_blocked(contact, false)?, ())))
+            .transact(|m| {
+                let mut changes = m.set_blocked(contact, false)?;
+                // The profile key changed when they were blocked: an accepted contact
+                // gets the current one again.
+                if m.conversation(&contact).is_some_and(|c| c.accepted) {
+                    changes.outbox_add.extend(m.share_profile(contact, now_ms()).outbox_add);
+                }
+                Ok((changes, ()))
+            })
             .await?;
+        self.inner.wake.notify_one();
         Ok(())
     }
 
@@ -281,15 +300,25 @@ impl<S: Store> Client<S> {
     }
 
     /// Sets this account's profile (a display name and an optional small avatar, at most
-    /// [`crate::content::MAX_AVATAR_LEN`] bytes) and sends it, end to end, to every
-    /// contact this account accepted and to its other devices. Contacts accepted later
-    /// get it with the first message.
+    /// [`crate::content::MAX_AVATAR_LEN`] bytes). It is stored on the relay encrypted
+    /// under the account's profile key, and the key goes, end to end, to every contact
+    /// this account accepted and to its other devices (docs/protocol.md §15.9); contacts
+    /// accepted later get the key when they are accepted. The upload happens in the
+    /// background, and again until the relay confirms it.
     pub async fn set_profile(&self, name: &str, avatar: Option<Vec<u8>>) -> Result<(), ClientError> {
         self.inner
             .transact(|m| Ok((m.set_profile(name, avatar.clone(), now_ms())?, ())))
             .await?;
-        self.inner.wake.notify_one();
+        self.inner.profiles_wake.notify_one();
         Ok(())
+    }
+
+    /// Uploads this account's profile if the relay does not hold it yet, and fetches the
+    /// profiles contacts announced, now. The client does both in the background while it
+    /// runs; a short-lived process (a command-line tool, a notification extension) calls
+    /// this to have them done before it exits. Fetches emit [`crate::Event::ProfileChanged`].
+    pub async fn sync_profiles(&self) -> Result<(), ClientError> {
+        self.inner.sync_profiles().await
     }
 
     /// This account's profile.

@@ -78,6 +78,9 @@ impl<S: Store> Inner<S> {
             Ok(c) => {
                 m.apply(&changes, &c);
                 self.live.touch(&changes);
+                if Machine::wants_profiles(&changes) {
+                    self.profiles_wake.notify_one();
+                }
                 if changes.account.is_some() {
                     *self.access_key.lock().unwrap_or_else(|e| e.into_inner()) = m.own_access_key().map(|k| k.0);
                 }

@@ -33,6 +33,7 @@ mod error;
 mod inbound;
 mod live;
 mod outbox;
+mod profile;
 mod typing;
 
 pub use entropy::Entropy;
@@ -152,6 +153,11 @@ impl EventStream {
     pub async fn next(&mut self) -> Option<Event> {
         self.rx.recv().await
     }
+
+    /// The next event if one is queued now, without waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// A contact link: `sotto:` and the account id's text form.
@@ -247,7 +253,7 @@ pub(crate) struct Inner<S: Store> {
     events: mpsc::Sender<Event>,
     events_rx: std::sync::Mutex<Option<mpsc::Receiver<Event>>>,
     events_taken: AtomicBool,
-    wake: Notify,
+    pub(crate) wake: Notify,
     options: ClientOptions,
     consumed: std::sync::atomic::AtomicU32,
     pub(crate) link: Mutex<Option<crate::link::PendingLink>>,
@@ -269,6 +275,8 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) access_key: std::sync::Mutex<Option<[u8; 32]>>,
     /// The live lists' wake-ups and typing state.
     pub(crate) live: live::LiveHub,
+    /// A profile was set or announced: the profile task uploads or fetches it.
+    pub(crate) profiles_wake: Notify,
     /// Typing frames waiting for the connection.
     pub(crate) ephemeral: typing::Ephemeral,
     /// The outbox items handed to the relay and not answered yet (id → conversation):
@@ -399,6 +407,7 @@ impl<S: Store> Client<S> {
                 ephemeral: typing::Ephemeral::default(),
                 sending: Default::default(),
                 losses: Default::default(),
+                profiles_wake: Notify::new(),
             }),
             shutdown,
             task: std::sync::Mutex::new(None),
@@ -418,6 +427,9 @@ impl<S: Store> Client<S> {
         if !self.inner.options.connect {
             return;
         }
+        let inner = self.inner.clone();
+        let shutdown = self.shutdown.subscribe();
+        drop(rt::spawn(async move { inner.profile_loop(shutdown).await }));
         let inner = self.inner.clone();
         let shutdown = self.shutdown.subscribe();
         *task = Some(rt::spawn(async move { inner.run(shutdown).await }));

@@ -290,7 +290,7 @@ impl Machine {
         let (conversation, item, status) = match content.kind {
             ContentKind::Text { text: t } if peer.0 != own => (peer.0, text(t), MessageStatus::Received),
             ContentKind::Chat { item } if peer.0 != own => (peer.0, item, MessageStatus::Received),
-            ContentKind::Unsupported { kind } if peer.0 != own => {
+            ContentKind::Unsupported { kind } if peer.0 != own && kind != crate::content::RETIRED_PROFILE_KIND => {
                 (peer.0, ChatItem::Unsupported { tag: kind }, MessageStatus::Received)
             }
             ContentKind::SyncTranscript { conversation, text: t } if peer.0 == own && conversation != own => {
@@ -327,17 +327,8 @@ impl Machine {
                 self.accept_read(peer, group, message_ids, changes, events);
                 return true;
             }
-            ContentKind::Profile {
-                updated_ms,
-                name,
-                avatar,
-            } => {
-                let profile = crate::store::Profile {
-                    name,
-                    avatar,
-                    updated_ms,
-                };
-                self.accept_profile(peer.0, profile, changes, events);
+            ContentKind::ProfileKey { updated_ms, key } => {
+                self.accept_profile_key(peer.0, key, updated_ms, changes);
                 return true;
             }
             // Typing and presence are ephemeral: never in a stored envelope.

@@ -52,6 +52,7 @@ mod inbound;
 mod outbound;
 mod outputs;
 mod prekeys;
+mod profile;
 mod sessions;
 
 pub use chat::{
@@ -70,6 +71,7 @@ pub use prekeys::{
     PENDING_SESSION_MAX_AGE_MS, PREKEY_GRACE_MS, PREKEY_ROTATION_MS, bundle_is_fresh, prekey_created_ms,
 };
 use prekeys::{kem_prekeys, last_resort_prekey, one_time_prekeys, signed_prekey};
+pub use profile::{PROFILE_FETCH_BATCH, ProfileFetch};
 
 /// One active plus up to ten inactive sessions per remote device.
 pub const MAX_SESSIONS_PER_DEVICE: usize = 11;
@@ -276,6 +278,8 @@ impl Machine {
                 access_sent: None,
                 list_key: list_key.as_ref().map(|lk| lk.pickle(pickle_key, rng)),
                 profile: None,
+                profile_key: None,
+                profile_uploaded_ms: 0,
             },
         });
         changes

@@ -86,14 +86,14 @@ impl Machine {
         };
         let own = self.account_id();
         let is_group = matches!(content.kind, ContentKind::Group { .. });
-        let is_profile = matches!(content.kind, ContentKind::Profile { .. });
+        let is_profile = matches!(content.kind, ContentKind::ProfileKey { .. });
         let mut changes = Changes::default();
         let mut recipients = Vec::with_capacity(targets.len());
         for identity in targets {
             let plaintext = if identity.account_id == own {
                 match &transcript {
                     Some(t) => t,
-                    // Group content and a profile go to this account's other devices when
+                    // Group content and a profile key go to this account's other devices when
                     // they are addressed to this account.
                     None if (is_group || is_profile) && item.to == own => &item.content,
                     None => continue,

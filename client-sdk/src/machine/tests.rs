@@ -2004,3 +2004,109 @@ async fn typing_frames_open_on_the_contacts_devices_only() {
     chat(&mut alice, &mut bob, text("after")).await;
     assert_eq!(texts(&bob.events).last().map(String::as_str), Some("after"));
 }
+
+/// Profiles (docs/protocol.md §15.9) on the machine: uploaded before announced, announced
+/// only to accepted contacts and own devices, the newest announcement wins, a miss
+/// settles the announcement, and a fetched profile only moves forward.
+#[tokio::test]
+async fn profile_keys_are_announced_after_the_upload_and_the_newest_wins() {
+    let mut alice = Peer::new(61).await;
+    let mut bob = Peer::new(62).await;
+    let (a, b) = (alice.id(), bob.id());
+    let c = alice.machine.accept_conversation(b);
+    alice.commit(c).await;
+    let c = bob.machine.accept_conversation(a);
+    bob.commit(c).await;
+
+    // Setting a profile announces nothing until the relay confirmed the upload.
+    let c = alice.machine.set_profile("Alice", Some(vec![1, 2, 3]), T0 + 5).unwrap();
+    alice.commit(c).await;
+    assert!(alice.store.outbox(10).await.unwrap().is_empty());
+    assert!(alice.machine.profile_upload_due());
+    let (upload, updated_ms) = alice.machine.profile_upload().unwrap();
+    assert_eq!(updated_ms, T0 + 5);
+    // A confirmation for another version (the key changed meanwhile) is not the upload.
+    assert!(alice.machine.profile_uploaded(&[0; 32], updated_ms, T0 + 6).is_none());
+    let c = alice
+        .machine
+        .profile_uploaded(&upload.version, updated_ms, T0 + 6)
+        .unwrap();
+    alice.commit(c).await;
+    assert!(!alice.machine.profile_upload_due());
+    // The key goes to Bob and to Alice's own devices, in content.
+    let queued = alice.store.outbox(10).await.unwrap();
+    let mut to: Vec<AccountId> = queued.iter().map(|i| i.to).collect();
+    to.sort();
+    let mut want = vec![a, b];
+    want.sort();
+    assert_eq!(to, want);
+    let announced = queued.iter().find(|i| i.to == b).unwrap();
+    let ContentKind::ProfileKey { updated_ms: at, key } = Content::decode(&announced.content).unwrap().kind else {
+        panic!("not a profile key");
+    };
+    assert_eq!(at, T0 + 5);
+    let pk = sotto_crypto::ProfileKey::from_bytes(&key);
+    assert_eq!(pk.version(&a), upload.version);
+
+    // Bob takes the announcement; an older one after it changes nothing.
+    let mut c = Changes::default();
+    bob.machine.accept_profile_key(a, key, at, &mut c);
+    bob.commit(c).await;
+    let mut c = Changes::default();
+    bob.machine.accept_profile_key(a, [9; 32], at - 1, &mut c);
+    assert!(c.is_empty());
+    let fetches = bob.machine.profiles_to_fetch();
+    assert_eq!(fetches.len(), 1);
+    assert_eq!((fetches[0].account, fetches[0].key, fetches[0].wanted_ms), (a, key, at));
+    // What the relay holds decrypts to the profile; a tampered copy, or one under
+    // another account's id, changes nothing but settles the announcement.
+    let mut bad = upload.ciphertext.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    let (c, changed) = bob.machine.profile_fetched(&fetches[0], Some(&bad));
+    assert_eq!(changed, None);
+    assert_eq!(c.conversations[0].profile_name, None);
+    assert_eq!(c.conversations[0].profile_wanted_ms, 0);
+    let (c, changed) = bob.machine.profile_fetched(&fetches[0], Some(&upload.ciphertext));
+    assert_eq!(changed, Some(a));
+    bob.commit(c).await;
+    let rec = bob.machine.conversation(&a).unwrap();
+    assert_eq!(rec.profile_name.as_deref(), Some("Alice"));
+    assert_eq!(rec.profile_avatar, Some(vec![1, 2, 3]));
+    assert!(bob.machine.profiles_to_fetch().is_empty());
+    // The same profile again is no change.
+    let (_, changed) = bob.machine.profile_fetched(&fetches[0], Some(&upload.ciphertext));
+    assert_eq!(changed, None);
+
+    // A blocked contact's announcements are ignored.
+    let c = bob.machine.set_blocked(a, true).unwrap();
+    bob.commit(c).await;
+    let mut c = Changes::default();
+    bob.machine.accept_profile_key(a, [8; 32], at + 100, &mut c);
+    assert!(c.is_empty());
+
+    // Blocking rotates Alice's key: the profile is uploaded again, under a new version,
+    // with a later updated_ms, so every device and contact takes it as the newest.
+    let c = alice.machine.rotate_profile_key(T0 + 7);
+    alice.commit(c).await;
+    let (again, again_ms) = alice.machine.profile_upload().unwrap();
+    assert_ne!(again.version, upload.version);
+    assert!(again_ms > updated_ms);
+
+    // Alice's other device: an announcement newer than its own profile replaces its key
+    // and is fetched as its own profile; an older one does not.
+    let mut own = Changes::default();
+    alice.machine.accept_profile_key(a, [7; 32], again_ms - 1, &mut own);
+    assert!(own.is_empty(), "older than this device's profile");
+    alice.machine.accept_profile_key(a, [7; 32], again_ms + 10, &mut own);
+    assert_eq!(own.account.as_ref().unwrap().value.profile_key, Some([7; 32]));
+    alice.commit(own).await;
+    let fetch = alice.machine.profiles_to_fetch();
+    assert_eq!((fetch[0].account, fetch[0].wanted_ms), (a, again_ms + 10));
+    // Nothing under that key on the relay: the account knows of no upload any more, and
+    // uploads its own profile under the key it now holds.
+    let (c, changed) = alice.machine.profile_fetched(&fetch[0], None);
+    assert_eq!(changed, None);
+    alice.commit(c).await;
+    assert!(alice.machine.profiles_to_fetch().is_empty());
+    assert!(alice.machine.profile_upload_due());
+}

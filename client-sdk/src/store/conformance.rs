@@ -62,6 +62,8 @@ fn account(seq: u64) -> AccountRecord {
         access_sent: Some(true),
         list_key: Some(vec![4; 60]),
         profile: None,
+        profile_key: None,
+        profile_uploaded_ms: 0,
     }
 }
 

@@ -149,6 +149,14 @@ pub struct AccountRecord {
     pub access_sent: Option<bool>,
     /// This account's profile, as shared with its contacts.
     pub profile: Option<Profile>,
+    /// The account's profile key (docs/protocol.md §15.9): shared with accepted contacts
+    /// and its own devices. `None` until a profile is set or a device of the account
+    /// shares it.
+    pub profile_key: Option<[u8; 32]>,
+    /// The `updated_ms` of the profile the relay holds under the current profile key
+    /// (confirmed by the upload, or announced by another device of the account); 0 when
+    /// none is known to be there.
+    pub profile_uploaded_ms: u64,
 }
 
 /// A profile: the name an account shows its contacts, and an optional small avatar.
@@ -304,6 +312,11 @@ pub struct ConversationRecord {
     pub profile_avatar: Option<Vec<u8>>,
     /// When the contact set the profile they last shared (their clock, Unix ms).
     pub profile_at_ms: u64,
+    /// The contact's profile key, as they last shared it.
+    pub profile_key: Option<[u8; 32]>,
+    /// The `updated_ms` the contact last announced with their profile key: while it is
+    /// newer than `profile_at_ms`, the profile is fetched from the relay.
+    pub profile_wanted_ms: u64,
     /// Messages stored up to this `order` are read on this device.
     pub read_up_to: u64,
     /// The contact's safety number changed since this account last acknowledged it:
@@ -325,13 +338,15 @@ impl ConversationRecord {
             profile_name: None,
             profile_avatar: None,
             profile_at_ms: 0,
+            profile_key: None,
+            profile_wanted_ms: 0,
             read_up_to: 0,
             identity_unacked: false,
         }
     }
 }
 
-/// Leaves the access key out.
+/// Leaves the access and profile keys out.
 impl std::fmt::Debug for ConversationRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConversationRecord")

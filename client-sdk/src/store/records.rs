@@ -53,8 +53,9 @@ const MAX_BLOB: usize = 1 << 20;
 /// the access key (a flag byte, then 32 bytes when set) and the confirmed request policy
 /// (0 not uploaded, 1 refusing requests, 2 taking them). Version 6 adds the list key (a
 /// flag byte, then its pickle when set). Version 7 adds the profile (a flag byte, then
-/// `updated_ms (u64) ‖ name (var) ‖ flag [‖ avatar (var)]`).
-const ACCOUNT_VERSION: u8 = 7;
+/// `updated_ms (u64) ‖ name (var) ‖ flag [‖ avatar (var)]`). Version 8 adds the profile
+/// key (a flag byte, then 32 bytes when set) and `profile_uploaded_ms (u64)`.
+const ACCOUNT_VERSION: u8 = 8;
 
 pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
     let mut o = Vec::with_capacity(512);
@@ -109,7 +110,23 @@ pub(crate) fn encode_account(a: &AccountRecord) -> Vec<u8> {
         }
         None => o.put_u8(0),
     }
+    put_key(&mut o, &a.profile_key);
+    o.put_u64(a.profile_uploaded_ms);
     o
+}
+
+fn put_key(o: &mut Vec<u8>, key: &Option<[u8; 32]>) {
+    match key {
+        Some(k) => {
+            o.put_u8(1);
+            o.put(k);
+        }
+        None => o.put_u8(0),
+    }
+}
+
+fn key(r: &mut Reader<'_>, field: &'static str) -> Result<Option<[u8; 32]>, DecodeError> {
+    if r.flag(field)? { Ok(Some(r.array()?)) } else { Ok(None) }
 }
 
 pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
@@ -147,6 +164,8 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
         access_sent: None,
         list_key: None,
         profile: None,
+        profile_key: None,
+        profile_uploaded_ms: 0,
     };
     if version >= 2 {
         a.mailbox_epoch = match r.u8()? {
@@ -221,6 +240,10 @@ pub(crate) fn decode_account(b: &[u8]) -> Result<AccountRecord, DecodeError> {
             updated_ms,
         });
     }
+    if version >= 8 {
+        a.profile_key = key(&mut r, "profile key")?;
+        a.profile_uploaded_ms = r.u64()?;
+    }
     r.finish()?;
     Ok(a)
 }
@@ -240,7 +263,8 @@ fn put_avatar(o: &mut Vec<u8>, avatar: &Option<Vec<u8>>) {
 /// access key (32)]`. Version 3 adds `blocked (u8) ‖ expire_s (u32) ‖ timer_at_ms (u64)
 /// ‖ flag [‖ nickname (var)] ‖ flag [‖ profile name (var)] ‖ read_up_to (u64) ‖
 /// identity_unacked (u8)`. Version 4 adds `profile_at_ms (u64) ‖ flag [‖ avatar (var)]`.
-const CONVERSATION_VERSION: u8 = 4;
+/// Version 5 adds `flag [‖ profile key (32)] ‖ profile_wanted_ms (u64)`.
+const CONVERSATION_VERSION: u8 = 5;
 
 pub(crate) fn encode_conversation(c: &ConversationRecord) -> Vec<u8> {
     let mut o = Vec::with_capacity(96);
@@ -270,6 +294,8 @@ pub(crate) fn encode_conversation(c: &ConversationRecord) -> Vec<u8> {
     o.put_u8(u8::from(c.identity_unacked));
     o.put_u64(c.profile_at_ms);
     put_avatar(&mut o, &c.profile_avatar);
+    put_key(&mut o, &c.profile_key);
+    o.put_u64(c.profile_wanted_ms);
     o
 }
 
@@ -326,6 +352,10 @@ pub(crate) fn decode_conversation(b: &[u8]) -> Result<ConversationRecord, Decode
         if flag(&mut r, "avatar")? {
             c.profile_avatar = Some(r.var_bytes("avatar", crate::content::MAX_AVATAR_LEN)?.to_vec());
         }
+    }
+    if version >= 5 {
+        c.profile_key = key(&mut r, "profile key")?;
+        c.profile_wanted_ms = r.u64()?;
     }
     r.finish()?;
     Ok(c)
@@ -689,6 +719,8 @@ mod tests {
             access_sent: None,
             list_key: None,
             profile: None,
+            profile_key: None,
+            profile_uploaded_ms: 0,
         };
         assert_eq!(decode_account(&encode_account(&a)).unwrap(), a);
         // Version 6 keeps the list key.
@@ -704,11 +736,11 @@ mod tests {
             ..a.clone()
         };
         assert_eq!(decode_account(&encode_account(&with_access)).unwrap(), with_access);
-        // Without the profile flag, the list-key flag and the two access bytes, the
-        // version 4 layout.
+        // Without the profile key flag and upload time, the profile flag, the list-key
+        // flag and the two access bytes, the version 4 layout.
         let v4 = |a: &AccountRecord| {
             let mut b = encode_account(a);
-            b.truncate(b.len() - 4);
+            b.truncate(b.len() - 13);
             b[0] = 4;
             b
         };
@@ -758,9 +790,11 @@ mod tests {
             access_sent: None,
             list_key: None,
             profile: None,
+            profile_key: None,
+            profile_uploaded_ms: 0,
         };
         let bytes = encode_account(&a);
-        assert_eq!(&bytes[..2], &[7, 0]);
+        assert_eq!(&bytes[..2], &[8, 0]);
         assert_eq!(decode_account(&bytes).unwrap(), a);
         // Version 7 keeps the profile.
         let with_profile = AccountRecord {
@@ -772,11 +806,51 @@ mod tests {
             ..a.clone()
         };
         assert_eq!(decode_account(&encode_account(&with_profile)).unwrap(), with_profile);
-        // Version 6 (no profile byte) still loads.
+        // Version 8 keeps the profile key and the upload time.
+        let with_key = AccountRecord {
+            profile_key: Some([8; 32]),
+            profile_uploaded_ms: 78,
+            ..with_profile.clone()
+        };
+        assert_eq!(decode_account(&encode_account(&with_key)).unwrap(), with_key);
+        // Version 7 (no profile key) and version 6 (no profile byte either) still load.
+        let mut v7 = encode_account(&with_profile);
+        v7[0] = 7;
+        v7.truncate(v7.len() - 9);
+        assert_eq!(decode_account(&v7).unwrap(), with_profile);
         let mut v6 = encode_account(&a);
         v6[0] = 6;
-        v6.pop();
+        v6.truncate(v6.len() - 10);
         assert_eq!(decode_account(&v6).unwrap(), a);
+    }
+
+    #[test]
+    fn conversation_record_keeps_the_profile_key_and_reads_version_4() {
+        let c = ConversationRecord {
+            accepted: true,
+            access_key: Some([3; 32]),
+            profile_name: Some("Ada".into()),
+            profile_avatar: Some(vec![1, 2]),
+            profile_at_ms: 5,
+            profile_key: Some([4; 32]),
+            profile_wanted_ms: 9,
+            ..ConversationRecord::new(AccountId([2; 32]))
+        };
+        let bytes = encode_conversation(&c);
+        assert_eq!(bytes[0], 5);
+        assert_eq!(decode_conversation(&bytes).unwrap(), c);
+        // Version 4: no profile key and no announced time.
+        let mut v4 = bytes.clone();
+        v4[0] = 4;
+        v4.truncate(v4.len() - 41);
+        let old = decode_conversation(&v4).unwrap();
+        assert_eq!((old.profile_key, old.profile_wanted_ms), (None, 0));
+        assert_eq!(old.profile_name.as_deref(), Some("Ada"));
+        // A flag byte other than 0 or 1 is refused.
+        let mut bad = bytes;
+        let at = bad.len() - 41;
+        bad[at] = 2;
+        assert!(decode_conversation(&bad).is_err());
     }
 
     #[test]

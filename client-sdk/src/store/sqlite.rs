@@ -1423,6 +1423,8 @@ mod tests {
                 access_key: None,
                 access_sent: None,
                 profile: None,
+                profile_key: None,
+                profile_uploaded_ms: 0,
             };
             let v = c.seal("account", ACCOUNT_TAG, &encode_account(&account)).unwrap();
             conn.execute("INSERT INTO account (id, version, v) VALUES (1, 3, ?)", params![v])

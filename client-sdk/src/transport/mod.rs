@@ -274,6 +274,38 @@ impl Relay {
             .map(|_| ())
     }
 
+    /// Stores the account's encrypted profile (`PUT /v1/profile`, docs/protocol.md §15.9).
+    pub async fn put_profile(
+        &self,
+        device: &Device,
+        upload: &sotto_proto::ProfileUpload,
+    ) -> Result<(), TransportError> {
+        let body = upload.encode();
+        let auth = self.authorization(device, Method::Put, "/v1/profile", &body).await?;
+        self.expect(Method::Put, "/v1/profile", Some(auth), body)
+            .await
+            .map(|_| ())
+    }
+
+    /// An account's encrypted profile stored under `version`
+    /// (`GET /v1/accounts/{account}/profile/{version}`): unauthenticated, on a connection
+    /// of its own, so it names no device. `None` when the relay holds none under that
+    /// version (`NOT_FOUND`).
+    pub async fn get_profile(
+        &self,
+        account: &AccountId,
+        version: &[u8; 32],
+    ) -> Result<Option<Vec<u8>>, TransportError> {
+        let path = format!("/v1/accounts/{account}/profile/{}", crate::client::hex(version));
+        match self.expect(Method::Get, &path, None, Vec::new()).await {
+            Ok(body) => sotto_proto::ProfileBody::decode(&body)
+                .map(|b| Some(b.ciphertext))
+                .map_err(|e| TransportError::Protocol(e.to_string())),
+            Err(TransportError::Relay { code, .. }) if code == ErrorCode::NOT_FOUND => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// How many prekeys the relay holds for `device`.
     pub async fn prekey_counts(&self, device: &Device) -> Result<PreKeyCounts, TransportError> {
         let auth = self

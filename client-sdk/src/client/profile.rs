@@ -1,0 +1,77 @@
+//! Profiles on the relay (docs/protocol.md §15.9): this account's upload and the fetches
+//! of announced profiles, in a task of their own, so a slow relay answer holds up neither
+//! receiving nor sending.
+
+use std::time::Duration;
+
+use sotto_crypto::ProfileKey;
+use tokio::sync::watch;
+
+use super::{ClientError, Inner};
+use crate::machine::Event;
+use crate::rt::{self, now_ms};
+use crate::store::Store;
+
+/// How often announced profiles that could not be fetched, and an upload that failed,
+/// are tried again (a new announcement or profile starts a round at once).
+const PROFILE_RETRY: Duration = Duration::from_secs(60);
+
+impl<S: Store> Inner<S> {
+    /// Uploads and fetches profiles whenever [`Inner::profiles_wake`] is notified (a
+    /// profile set here, a key announced), and every [`PROFILE_RETRY`] while something is
+    /// left to do.
+    pub(super) async fn profile_loop(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut retry = true;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            if retry || self.profile_work_left().await {
+                retry = self.sync_profiles().await.is_err();
+            }
+            let left = retry || self.profile_work_left().await;
+            tokio::select! {
+                () = self.profiles_wake.notified() => {}
+                () = rt::sleep(PROFILE_RETRY), if left => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn profile_work_left(&self) -> bool {
+        let m = self.machine.lock().await;
+        m.profile_upload_due() || !m.profiles_to_fetch().is_empty()
+    }
+
+    /// One round: uploads this account's profile if the relay does not hold it yet (and
+    /// then announces its key), and fetches up to one batch of announced profiles, each
+    /// on a connection of its own and without authentication. An error leaves the rest
+    /// for the next round.
+    pub(crate) async fn sync_profiles(&self) -> Result<(), ClientError> {
+        let upload = self.machine.lock().await.profile_upload();
+        if let Some((upload, updated_ms)) = upload {
+            self.relay.put_profile(&self.device, &upload).await?;
+            self.transact(|m| {
+                Ok((
+                    m.profile_uploaded(&upload.version, updated_ms, now_ms())
+                        .unwrap_or_default(),
+                    (),
+                ))
+            })
+            .await?;
+            self.wake.notify_one();
+        }
+        let fetches = self.machine.lock().await.profiles_to_fetch();
+        for fetch in fetches {
+            let version = ProfileKey::from_bytes(&fetch.key).version(&fetch.account);
+            let ciphertext = self.relay.get_profile(&fetch.account, &version).await?;
+            let (changed, _) = self
+                .transact(|m| Ok(m.profile_fetched(&fetch, ciphertext.as_deref())))
+                .await?;
+            if let Some(account) = changed {
+                self.emit(vec![Event::ProfileChanged { account }]).await;
+            }
+        }
+        Ok(())
+    }
+}
