@@ -45,8 +45,8 @@ impl<S: Store> Inner<S> {
 
     /// One round: uploads this account's profile if the relay does not hold it yet (and
     /// then announces its key), and fetches up to one batch of announced profiles, each
-    /// on a connection of its own and without authentication. An error leaves the rest
-    /// for the next round.
+    /// on a connection of its own and without authentication. A retryable error leaves the
+    /// rest for the next round.
     pub(crate) async fn sync_profiles(&self) -> Result<(), ClientError> {
         let upload = self.machine.lock().await.profile_upload();
         if let Some((upload, updated_ms)) = upload {
@@ -64,7 +64,14 @@ impl<S: Store> Inner<S> {
         let fetches = self.machine.lock().await.profiles_to_fetch();
         for fetch in fetches {
             let version = ProfileKey::from_bytes(&fetch.key).version(&fetch.account);
-            let ciphertext = self.relay.get_profile(&fetch.account, &version).await?;
+            let ciphertext = match self.relay.get_profile(&fetch.account, &version).await {
+                Ok(ct) => ct,
+                // The relay or the network: the rest waits for the next round.
+                Err(e) if e.is_retryable() => return Err(e.into()),
+                // A final answer about this one (an answer that does not decode): settled
+                // like a miss, so it holds up none of the others.
+                Err(_) => None,
+            };
             let (changed, _) = self
                 .transact(|m| Ok(m.profile_fetched(&fetch, ciphertext.as_deref())))
                 .await?;
