@@ -71,10 +71,6 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS search_terms_by_ord ON search_terms (ord)",
     // One row once the index covers every stored message.
     "CREATE TABLE IF NOT EXISTS search_built (id INTEGER PRIMARY KEY CHECK (id = 1)) STRICT",
-    // Message rows whose terms are not in `search_terms` yet: a commit adds the row's
-    // number here (one insert instead of two per term) and the writer indexes it when it
-    // has nothing else to do, or before a search ([`index_pending`]).
-    "CREATE TABLE IF NOT EXISTS search_pending (ord INTEGER PRIMARY KEY) STRICT",
     // When messages with a disappearing timer expire: k = the message row's k.
     "CREATE TABLE IF NOT EXISTS expiring (k BLOB PRIMARY KEY, expires INTEGER NOT NULL) STRICT",
     "CREATE INDEX IF NOT EXISTS expiring_by_time ON expiring (expires)",
@@ -86,9 +82,6 @@ const STATEMENT_CACHE: usize = 64;
 /// How long a connection waits for another process's lock before the operation fails
 /// with [`StoreError::Conflict`].
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How many messages the writer indexes between two looks at its queue.
-const INDEX_CHUNK: usize = 16;
 
 /// An open batch of deferred commits is committed when the writer got no job for this long.
 pub const BATCH_IDLE: Duration = Duration::from_millis(10);
@@ -192,8 +185,6 @@ struct Db {
     /// every turn; a row whose sealed value is unchanged is not decrypted again. Holds
     /// only the rows of the last read (the sender reads at most 1,024).
     outbox_cache: std::collections::HashMap<Vec<u8>, (Vec<u8>, OutboxItem)>,
-    /// `search_pending` may hold rows: the writer indexes them when idle.
-    index_pending: bool,
 }
 
 impl Db {
@@ -205,7 +196,6 @@ impl Db {
             batch_open,
             lost: false,
             outbox_cache: Default::default(),
-            index_pending: false,
         }
     }
 
@@ -279,10 +269,8 @@ impl Worker {
                 let mut db = db;
                 // Ends when the store (every sender) is dropped; the connection closes then.
                 loop {
-                    let job = if db.batch.is_some() || db.index_pending {
-                        // With messages to index, a free moment goes to them at once.
-                        let wait = if db.index_pending { Duration::ZERO } else { BATCH_IDLE };
-                        match rx.recv_timeout(wait) {
+                    let job = if db.batch.is_some() {
+                        match rx.recv_timeout(BATCH_IDLE) {
                             Ok(job) => Some(job),
                             Err(mpsc::RecvTimeoutError::Timeout) => None,
                             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -293,18 +281,9 @@ impl Worker {
                             Err(_) => break,
                         }
                     };
-                    let mut idle = job.is_none();
-                    match job {
-                        Some(job) => job(&mut db),
-                        None if db.index_pending => {
-                            // A failure stops the idle indexing until the next commit
-                            // or search; the rows stay pending.
-                            if index_pending(&mut db, INDEX_CHUNK).is_err() {
-                                db.index_pending = false;
-                            }
-                            idle = false;
-                        }
-                        None => {}
+                    let idle = job.is_none();
+                    if let Some(job) = job {
+                        job(&mut db);
                     }
                     if db.batch_due(idle) {
                         // A failure is recorded in `lost`, for the next `sync`.
@@ -373,11 +352,6 @@ impl SqliteStore {
                 }
                 migrate_search_index(&conn)?;
                 build_search_index(&conn, &d.crypt)?;
-                d.index_pending = conn
-                    .query_row("SELECT EXISTS (SELECT 1 FROM search_pending)", [], |r| {
-                        r.get::<_, bool>(0)
-                    })
-                    .map_err(db)?;
                 d.conn = Some(conn);
                 Ok(())
             })
@@ -647,58 +621,52 @@ impl MessageStore for SqliteStore {
 
     async fn search(&self, query: &str, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
         let query = query.to_owned();
-        // On the writer, after the pending messages were indexed (in its open batch, which
-        // only the writer's connection sees).
-        self.writer
-            .run(move |d| {
-                while d.index_pending {
-                    index_pending(d, 256)?;
+        self.read(move |d| {
+            let c = d.crypt.clone();
+            let conn = d.conn()?;
+            let limit = limit.min(MAX_PAGE) as usize;
+            let terms = super::search::query_terms(&query);
+            let mut out = Vec::new();
+            let check = |row: &Row<'_>, out: &mut Vec<StoredMessage>| -> Result<(), StoreError> {
+                let m = message_row(&c, row)?;
+                if super::search::searchable(&m) && super::search::matches(&m.text, &query) {
+                    out.push(m);
                 }
-                let c = d.crypt.clone();
-                let conn = d.conn()?;
-                let limit = limit.min(MAX_PAGE) as usize;
-                let terms = super::search::query_terms(&query);
-                let mut out = Vec::new();
-                let check = |row: &Row<'_>, out: &mut Vec<StoredMessage>| -> Result<(), StoreError> {
-                    let m = message_row(&c, row)?;
-                    if super::search::searchable(&m) && super::search::matches(&m.text, &query) {
-                        out.push(m);
-                    }
-                    Ok(())
-                };
-                if terms.is_empty() {
-                    // Words of one character only: the newest texts are checked one by one.
-                    let mut stmt = conn
-                        .prepare_cached("SELECT ord, k, v FROM messages ORDER BY ord DESC LIMIT ?")
-                        .map_err(db)?;
-                    let mut rows = stmt.query(params![i64::from(MAX_PAGE)]).map_err(db)?;
-                    while let Some(row) = rows.next().map_err(db)? {
-                        if out.len() >= limit {
-                            break;
-                        }
-                        check(row, &mut out)?;
-                    }
-                    return Ok(out);
-                }
-                // The rows holding every term's tag, newest first; each one checked against
-                // its decrypted text (a tag can collide, a one-letter word is not indexed).
-                let one = "SELECT ord FROM search_terms WHERE t = ?";
-                let sql = format!(
-                    "SELECT m.ord, m.k, m.v FROM messages m WHERE m.ord IN ({}) ORDER BY m.ord DESC",
-                    vec![one; terms.len()].join(" INTERSECT ")
-                );
-                let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
-                let tags: Vec<Vec<u8>> = terms.iter().map(|t| term_tag(&c, t)).collect();
-                let mut rows = stmt.query(rusqlite::params_from_iter(tags.iter())).map_err(db)?;
+                Ok(())
+            };
+            if terms.is_empty() {
+                // Words of one character only: the newest texts are checked one by one.
+                let mut stmt = conn
+                    .prepare_cached("SELECT ord, k, v FROM messages ORDER BY ord DESC LIMIT ?")
+                    .map_err(db)?;
+                let mut rows = stmt.query(params![i64::from(MAX_PAGE)]).map_err(db)?;
                 while let Some(row) = rows.next().map_err(db)? {
                     if out.len() >= limit {
                         break;
                     }
                     check(row, &mut out)?;
                 }
-                Ok(out)
-            })
-            .await
+                return Ok(out);
+            }
+            // The rows holding every term's tag, newest first; each one checked against
+            // its decrypted text (a tag can collide, a one-letter word is not indexed).
+            let one = "SELECT ord FROM search_terms WHERE t = ?";
+            let sql = format!(
+                "SELECT m.ord, m.k, m.v FROM messages m WHERE m.ord IN ({}) ORDER BY m.ord DESC",
+                vec![one; terms.len()].join(" INTERSECT ")
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
+            let tags: Vec<Vec<u8>> = terms.iter().map(|t| term_tag(&c, t)).collect();
+            let mut rows = stmt.query(rusqlite::params_from_iter(tags.iter())).map_err(db)?;
+            while let Some(row) = rows.next().map_err(db)? {
+                if out.len() >= limit {
+                    break;
+                }
+                check(row, &mut out)?;
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn messages_after(&self, order: u64, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
@@ -898,7 +866,6 @@ fn commit(d: &mut Db, changes: &Changes, durable: bool) -> Result<Committed, Sto
     if let Some((_, n)) = &mut d.batch {
         *n += 1;
     }
-    d.index_pending |= !changes.messages.is_empty() || !changes.message_updates.is_empty();
     if durable {
         d.end_batch()?;
     }
@@ -971,54 +938,6 @@ fn index_message(tx: &Connection, c: &Crypt, ord: i64, m: &StoredMessage) -> Res
         stmt.execute(params![term_tag(c, &term), ord]).map_err(db)?;
     }
     Ok(())
-}
-
-/// Indexes up to `max` of the pending message rows (oldest first) in the open batch
-/// (opened if needed; it is committed like a batch of deferred commits), in a savepoint:
-/// on an error nothing of it stays and the rows stay pending. A row that no longer
-/// decrypts is dropped from the pending rows, so it cannot stall the others.
-fn index_pending(d: &mut Db, max: usize) -> Result<(), StoreError> {
-    d.begin_batch()?;
-    let c = d.crypt.clone();
-    let conn = d.conn()?;
-    run_sql(conn, "SAVEPOINT ix")?;
-    let done = index_pending_in(conn, &c, max);
-    let kept = match &done {
-        Ok(_) => run_sql(conn, "RELEASE ix"),
-        Err(_) => run_sql(conn, "ROLLBACK TO ix").and_then(|()| run_sql(conn, "RELEASE ix")),
-    };
-    d.check_batch();
-    let left = done?;
-    kept?;
-    d.index_pending = left;
-    Ok(())
-}
-
-/// [`index_pending`]'s work; true when pending rows are left.
-fn index_pending_in(conn: &Connection, c: &Crypt, max: usize) -> Result<bool, StoreError> {
-    let limit = i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1);
-    let ords: Vec<i64> = {
-        let mut stmt = conn
-            .prepare_cached("SELECT ord FROM search_pending ORDER BY ord LIMIT ?")
-            .map_err(db)?;
-        let rows = stmt.query_map(params![limit], |r| r.get(0)).map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)?
-    };
-    for &ord in ords.iter().take(max) {
-        let row: Option<(Vec<u8>, Vec<u8>)> = conn
-            .prepare_cached("SELECT k, v FROM messages WHERE ord = ?")
-            .and_then(|mut s| s.query_row(params![ord], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-            .map_err(db)?;
-        if let Some((k, v)) = row
-            && let Ok(m) = c
-                .open("messages", &k, &v)
-                .and_then(|plain| Ok(decode_message(&plain, to_u64(ord))?))
-        {
-            index_message(conn, c, ord, &m)?;
-        }
-        exec(conn, "DELETE FROM search_pending WHERE ord = ?", params![ord])?;
-    }
-    Ok(ords.len() > max)
 }
 
 /// A store made before the index was clustered on its terms has a rowid table `search`:
@@ -1201,13 +1120,7 @@ fn write_changes(tx: &Connection, c: &Crypt, changes: &Changes) -> Result<Commit
             if m.expires_at_ms != 0 {
                 set_expiry(tx, &k, m.expires_at_ms)?;
             }
-            if super::search::searchable(m) {
-                exec(
-                    tx,
-                    "INSERT OR IGNORE INTO search_pending (ord) VALUES (?)",
-                    params![ord],
-                )?;
-            }
+            index_message(tx, c, ord, m)?;
         }
     }
     for (key, update) in &changes.message_updates {
@@ -1223,13 +1136,8 @@ fn write_changes(tx: &Connection, c: &Crypt, changes: &Changes) -> Result<Commit
             continue;
         }
         if matches!(update, MessageUpdate::Edit { .. } | MessageUpdate::Delete) {
-            // Indexed again from the new text (none for a deletion) with the pending rows.
             exec(tx, "DELETE FROM search_terms WHERE ord = ?", params![ord])?;
-            exec(
-                tx,
-                "INSERT OR IGNORE INTO search_pending (ord) VALUES (?)",
-                params![ord],
-            )?;
+            index_message(tx, c, ord, &m)?;
         }
         let v = c.seal("messages", &k, &encode_message(&m))?;
         exec(tx, "UPDATE messages SET v = ? WHERE k = ?", params![v, k])?;
@@ -1245,11 +1153,6 @@ fn write_changes(tx: &Connection, c: &Crypt, changes: &Changes) -> Result<Commit
         exec(
             tx,
             "DELETE FROM search_terms WHERE ord = (SELECT ord FROM messages WHERE k = ?)",
-            params![k],
-        )?;
-        exec(
-            tx,
-            "DELETE FROM search_pending WHERE ord = (SELECT ord FROM messages WHERE k = ?)",
             params![k],
         )?;
         exec(tx, "DELETE FROM messages WHERE k = ?", params![k])?;
@@ -1488,122 +1391,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(old, 0, "the old table or its indexes survived");
-        store.close().await;
-    }
-
-    /// Rows in `search_pending` and in `search_terms`, read on the writer.
-    async fn index_counts(store: &SqliteStore) -> (i64, i64) {
-        store
-            .writer
-            .run(|d| {
-                let conn = d.conn()?;
-                let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(db);
-                Ok((
-                    n("SELECT count(*) FROM search_pending")?,
-                    n("SELECT count(*) FROM search_terms")?,
-                ))
-            })
-            .await
-            .unwrap()
-    }
-
-    /// A commit only marks its texts for the index; the writer indexes them when it has
-    /// nothing else to do, a search indexes what is left first, and rows still pending
-    /// when the store closes are indexed after it opens again.
-    #[tokio::test]
-    async fn texts_are_indexed_after_the_commit_and_before_any_search() {
-        let dir = TempDir::new("sqlite-search-pending");
-        let path = dir.0.join("store.db");
-        let key = StoreKey::new([6; 32]);
-        let text = |i: u8, t: &str| {
-            StoredMessage::text(
-                crate::ids::MessageId([i; 16]),
-                AccountId([1; 32]),
-                (AccountId([1; 32]), sotto_crypto::DeviceId(1)),
-                u64::from(i),
-                t.into(),
-                super::super::MessageStatus::Received,
-            )
-        };
-        let store = SqliteStore::open(&path, &key).await.unwrap();
-        let texts: Vec<StoredMessage> = (1..=40).map(|i| text(i, &format!("pending word{i}"))).collect();
-        // The commit and the marks in one job: nothing indexed yet when it returns.
-        let (pending, terms) = store
-            .writer
-            .run(move |d| {
-                commit(
-                    d,
-                    &Changes {
-                        messages: texts,
-                        ..Changes::default()
-                    },
-                    true,
-                )?;
-                let conn = d.conn()?;
-                let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(db);
-                Ok((
-                    n("SELECT count(*) FROM search_pending")?,
-                    n("SELECT count(*) FROM search_terms")?,
-                ))
-            })
-            .await
-            .unwrap();
-        assert_eq!((pending, terms), (40, 0));
-        // Left alone, the writer indexes them (each look here lets it do a chunk).
-        let mut left = pending;
-        for _ in 0..10_000 {
-            left = index_counts(&store).await.0;
-            if left == 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(left, 0, "the idle writer did not index the pending texts");
-        assert_eq!(store.search("word17", 10).await.unwrap().len(), 1);
-        // An edit is indexed again from its new text; a search sees it at once.
-        let edit_key = text(3, "").key();
-        store
-            .writer
-            .run(move |d| {
-                let update = Changes {
-                    message_updates: vec![(
-                        edit_key,
-                        MessageUpdate::Edit {
-                            text: "edited elsewhere".into(),
-                            at_ms: 9,
-                        },
-                    )],
-                    ..Changes::default()
-                };
-                commit(d, &update, true)
-            })
-            .await
-            .unwrap();
-        assert_eq!(store.search("elsew", 10).await.unwrap().len(), 1);
-        // Its old words are gone ("word3" still finds word30 to word39).
-        let old = store.search("word3", 20).await.unwrap();
-        assert_eq!(old.len(), 10);
-        assert!(old.iter().all(|m| m.id != crate::ids::MessageId([3; 16])));
-        // Pending when the store closed: indexed after it opens again.
-        let more: Vec<StoredMessage> = (41..=45).map(|i| text(i, &format!("later word{i}"))).collect();
-        store
-            .writer
-            .run(move |d| {
-                commit(
-                    d,
-                    &Changes {
-                        messages: more,
-                        ..Changes::default()
-                    },
-                    true,
-                )
-            })
-            .await
-            .unwrap();
-        store.close().await;
-        let store = SqliteStore::open(&path, &key).await.unwrap();
-        assert_eq!(store.search("later", 10).await.unwrap().len(), 5);
-        assert_eq!(index_counts(&store).await.0, 0);
         store.close().await;
     }
 
