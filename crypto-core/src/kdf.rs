@@ -35,6 +35,7 @@ pub(crate) mod info {
     pub(crate) const RELAY_AUTH: &[u8] = b"Sotto-v1 relay auth";
     pub(crate) const PROFILE_VERSION: &[u8] = b"Sotto-v1 profile version";
     pub(crate) const PROFILE_CIPHER: &[u8] = b"Sotto-v1 profile cipher";
+    pub(crate) const ATTACHMENT: &[u8] = b"Sotto-v1 attachment";
 }
 
 /// HKDF-SHA256 (RFC 5869) extract-and-expand into `N` bytes. `N` is at most

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod attachment;
 pub mod codec;
 pub mod device_list;
 pub mod group_seal;
@@ -25,6 +26,9 @@ mod vectors;
 #[path = "tests/vectors_more.rs"]
 mod vectors_more;
 
+pub use attachment::{
+    AttachmentError, AttachmentKey, Decryptor as AttachmentDecryptor, Encryptor as AttachmentEncryptor,
+};
 pub use codec::DecodeError;
 pub use device_list::{
     DeviceEntry, DeviceList, DeviceListChange, DeviceListError, ListKey, MAX_EPOCH_VERSION_STEP, MAX_VERSION,

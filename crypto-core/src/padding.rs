@@ -11,14 +11,20 @@ use crate::codec::DecodeError;
 
 /// The padded length for `n` bytes (data plus the 0x80 marker).
 pub fn bucket(n: usize) -> usize {
+    usize::try_from(bucket_u64(n as u64)).unwrap_or(usize::MAX)
+}
+
+/// [`bucket`] for lengths that may exceed the address space (attachments on a 32-bit
+/// target). `n` is at most 2^62, so the result does not overflow.
+pub fn bucket_u64(n: u64) -> u64 {
     if n <= 256 {
         256
     } else if n <= 16384 {
         n.next_power_of_two()
     } else {
-        let e = usize::BITS - 1 - n.leading_zeros();
+        let e = u64::BITS - 1 - n.leading_zeros();
         let s = (u32::BITS - 1 - e.leading_zeros()) + 1;
-        let mask = (1usize << (e - s)) - 1;
+        let mask = (1u64 << (e - s)) - 1;
         (n + mask) & !mask
     }
 }

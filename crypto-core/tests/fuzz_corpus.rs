@@ -73,6 +73,7 @@ replay_tests!(
     sender_key,
     group_seal,
     profile,
+    attachment,
 );
 
 #[test]

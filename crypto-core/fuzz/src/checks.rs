@@ -36,7 +36,7 @@ use sotto_crypto::{
 };
 
 /// The fuzz targets; each has a directory of seeds under `crypto-core/fuzz/corpus/`.
-pub const TARGETS: [&str; 11] = [
+pub const TARGETS: [&str; 12] = [
     "device_list",
     "prekey_bundle",
     "prekey_records",
@@ -48,6 +48,7 @@ pub const TARGETS: [&str; 11] = [
     "sender_key",
     "group_seal",
     "profile",
+    "attachment",
 ];
 
 /// What a check made of its input.
@@ -78,6 +79,7 @@ pub fn run(target: &str, data: &[u8]) -> Option<Outcome> {
         "sender_key" => sender_key(data),
         "group_seal" => group_seal(data),
         "profile" => profile(data),
+        "attachment" => attachment(data),
         _ => return None,
     })
 }
@@ -518,6 +520,56 @@ pub fn profile(data: &[u8]) -> Outcome {
         }
         Err(_) => Outcome::Rejected,
     }
+}
+
+/// The key of the `attachment` fixture.
+fn attachment_key() -> sotto_crypto::AttachmentKey {
+    sotto_crypto::AttachmentKey::from_bytes(&[0x41; 32])
+}
+
+/// An `attachment` input: plaintext length (u16) ‖ piece size / 64 (u8) ‖ digest (32) ‖
+/// ciphertext.
+fn attachment_input(len: u16, step: u8, digest: &[u8; 32], ct: &[u8]) -> Vec<u8> {
+    [&len.to_be_bytes()[..], &[step], digest, ct].concat()
+}
+
+/// `attachment`: the input decrypted as a stream (in pieces of the size it names) under
+/// the fixture's key, for the plaintext length and digest it names. Whatever decrypts
+/// is exactly that long, and encrypts again to a ciphertext that decrypts to the same.
+pub fn attachment(data: &[u8]) -> Outcome {
+    use sotto_crypto::attachment::{Decryptor, Encryptor};
+    if data.len() < 35 {
+        return Outcome::Rejected;
+    }
+    let len = u64::from(u16::from_be_bytes([data[0], data[1]]));
+    let step = usize::from(data[2]).max(1) * 64;
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(&data[3..35]);
+    let key = attachment_key();
+    let run = |digest: [u8; 32], ct: &[u8]| -> Option<Vec<u8>> {
+        let mut d = Decryptor::new(&key, len, digest).ok()?;
+        let mut out = Vec::new();
+        for piece in ct.chunks(step) {
+            d.update(piece, &mut out).ok()?;
+        }
+        d.finish().ok()?;
+        Some(out)
+    };
+    let Some(plain) = run(digest, &data[35..]) else {
+        return Outcome::Rejected;
+    };
+    assert_eq!(plain.len() as u64, len, "a decrypted attachment has another length");
+    let mut rng = ChaCha20Rng::seed_from_u64(RUN_SEED);
+    let mut e = Encryptor::new(&key, len, &mut rng).expect("an attachment that decrypted encrypts again");
+    let mut again = e.header().to_vec();
+    e.update(&plain, &mut again).expect("its plaintext");
+    let digest = e.finish(&mut again).expect("its padding");
+    assert_eq!(
+        run(digest, &again).as_deref(),
+        Some(&plain[..]),
+        "a fresh attachment decrypts"
+    );
+    Outcome::Accepted
 }
 
 /// `ratchet_message`: Bob's and Alice's `established` sessions decrypt the input as a
@@ -1185,6 +1237,46 @@ pub fn seeds() -> Vec<Seed> {
     add("profile", "bad-nonce", flip(&named, 5));
     add("profile", "bad-version", set(&empty, 0, 2));
     add("profile", "bad-truncated", cut(&named, 200));
+
+    // attachment (its own generator too)
+    let mut rng = ChaCha20Rng::seed_from_u64(CORPUS_SEED ^ 0x41);
+    let ak = attachment_key();
+    let seal = |len: u16, rng: &mut ChaCha20Rng| {
+        let plain: Vec<u8> = (0..usize::from(len)).map(|i| (i % 251) as u8).collect();
+        let mut e = sotto_crypto::attachment::Encryptor::new(&ak, u64::from(len), rng).expect("attachment");
+        let mut ct = e.header().to_vec();
+        e.update(&plain, &mut ct).expect("plaintext");
+        let digest = e.finish(&mut ct).expect("padding");
+        (ct, digest)
+    };
+    let (small, small_digest) = seal(5, &mut rng);
+    let (two, two_digest) = seal(65_535, &mut rng);
+    add("attachment", "ok-small", attachment_input(5, 1, &small_digest, &small));
+    add("attachment", "ok-empty", {
+        let (ct, d) = seal(0, &mut rng);
+        attachment_input(0, 3, &d, &ct)
+    });
+    add(
+        "attachment",
+        "ok-one-full-chunk",
+        attachment_input(65_535, 200, &two_digest, &two),
+    );
+    add(
+        "attachment",
+        "bad-tag",
+        attachment_input(5, 1, &small_digest, &flip(&small, small.len() - 1)),
+    );
+    add("attachment", "bad-digest", attachment_input(5, 1, &[0; 32], &small));
+    add(
+        "attachment",
+        "bad-length",
+        attachment_input(6, 1, &small_digest, &small),
+    );
+    add(
+        "attachment",
+        "bad-truncated",
+        attachment_input(5, 1, &small_digest, &cut(&small, 100)),
+    );
 
     out
 }

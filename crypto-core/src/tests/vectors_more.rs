@@ -1475,3 +1475,152 @@ fn profile_vectors_replay() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Attachments.
+
+fn attachment_error(e: &crate::attachment::AttachmentError) -> Value {
+    use crate::attachment::AttachmentError as E;
+    match e {
+        E::TooLarge { len, max } => json!({"error": "TooLarge", "len": len, "max": max}),
+        E::LengthMismatch { expected } => json!({"error": "LengthMismatch", "expected": expected}),
+        E::WrongLength { expected } => json!({"error": "WrongLength", "expected": expected}),
+        E::UnsupportedVersion { version } => json!({"error": "UnsupportedVersion", "version": version}),
+        E::InvalidMac { index } => json!({"error": "InvalidMac", "index": index}),
+        E::BadPadding => json!({"error": "BadPadding"}),
+        E::DigestMismatch => json!({"error": "DigestMismatch"}),
+    }
+}
+
+/// The plaintext of an attachment vector: byte i is i mod 251.
+fn attachment_data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Decrypts `ct` in one piece.
+fn attachment_open(
+    key: &crate::attachment::AttachmentKey,
+    len: u64,
+    digest: [u8; 32],
+    ct: &[u8],
+) -> Result<Vec<u8>, crate::attachment::AttachmentError> {
+    let mut d = crate::attachment::Decryptor::new(key, len, digest)?;
+    let mut out = Vec::new();
+    d.update(ct, &mut out)?;
+    d.finish()?;
+    Ok(out)
+}
+
+fn attachment_vectors() -> Value {
+    use crate::attachment::{AttachmentKey, Encryptor};
+    let mut rng = Recorder::new(95);
+    let key = AttachmentKey::generate(&mut rng);
+    let key_draw = rng.take_hex();
+    let lengths = [0usize, 5, 65_535, 65_536, 70_000];
+    let mut first = None;
+    let entries: Vec<Value> = lengths
+        .iter()
+        .map(|&len| {
+            let plain = attachment_data(len);
+            let mut e = Encryptor::new(&key, len as u64, &mut rng).unwrap();
+            let salt = rng.take_hex();
+            let mut ct = e.header().to_vec();
+            e.update(&plain, &mut ct).unwrap();
+            let layout = e.layout();
+            let digest = e.finish(&mut ct).unwrap();
+            let k = hkdf::<32>(&hx(&salt[0]), key.to_bytes().as_slice(), &[info::ATTACHMENT]);
+            if len == 5 {
+                first = Some((ct.clone(), digest));
+            }
+            json!({
+                "plaintext_len": len, "salt": salt[0], "chunk_key": h(k.as_slice()),
+                "padded_len": layout.padded_len, "chunks": layout.chunks, "ciphertext_len": ct.len(),
+                "ciphertext": (ct.len() <= 1024).then(|| h(&ct)), "ciphertext_sha256": h(&digest),
+            })
+        })
+        .collect();
+    let (small, digest) = first.unwrap();
+    let mut tag = small.clone();
+    let last = tag.len() - 1;
+    tag[last] ^= 1;
+    let mut version = small.clone();
+    version[0] = 2;
+    let errors = [
+        ("altered_tag", tag, 5u64, digest),
+        ("unknown_version", version, 5, digest),
+        ("one_byte_short", small[..small.len() - 1].to_vec(), 5, digest),
+        ("one_byte_more", [&small[..], &[0]].concat(), 5, digest),
+        ("other_digest", small.clone(), 5, [0u8; 32]),
+        ("other_length", small.clone(), 6, digest),
+    ];
+    json!({
+        "description": "Attachment encryption (docs/protocol.md §16). The attachment key K is one 32-byte draw; each ciphertext draws a 16-byte salt. Byte i of each plaintext is i mod 251. `ciphertext` is given up to 1024 bytes, its SHA-256 (the digest) always. `errors` MUST fail for the plaintext length and digest given, as named.",
+        "attachment_key": key_draw[0],
+        "entries": entries,
+        "errors": errors.iter().map(|(name, bytes, len, digest)| json!({
+            "name": name, "bytes": h(bytes), "plaintext_len": len, "digest": h(digest),
+            "expect": attachment_error(&attachment_open(&key, *len, *digest, bytes).unwrap_err()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[test]
+fn attachment_vectors_are_unchanged() {
+    check("attachment", attachment_vectors());
+}
+
+#[test]
+fn attachment_vectors_replay() {
+    use crate::attachment::{AttachmentKey, Encryptor};
+    let v = read("attachment");
+    let raw = a32(&v["attachment_key"]);
+    let key = AttachmentKey::from_bytes(&raw);
+    for e in v["entries"].as_array().unwrap() {
+        let len = e["plaintext_len"].as_u64().unwrap() as usize;
+        let salt = hx(&e["salt"]);
+        let plain = attachment_data(len);
+        // Every byte from K, the salt and the plaintext, with the primitives alone.
+        let k = hkdf::<32>(&salt, &raw, &[b"Sotto-v1 attachment"]);
+        assert_eq!(h(k.as_slice()), e["chunk_key"].as_str().unwrap());
+        let mut padded = plain.clone();
+        padded.push(0x80);
+        padded.resize(crate::padding::bucket(len + 1), 0);
+        let chunks: Vec<&[u8]> = padded.chunks(65_536).collect();
+        let mut header = vec![1u8];
+        header.extend_from_slice(&salt);
+        let mut expected = header.clone();
+        for (i, c) in chunks.iter().enumerate() {
+            let mut nonce = [0u8; 12];
+            nonce[3..11].copy_from_slice(&(i as u64).to_be_bytes());
+            nonce[11] = u8::from(i + 1 == chunks.len());
+            let mut body = c.to_vec();
+            let tag = ChaCha20Poly1305::new(k.as_slice().into())
+                .encrypt_in_place_detached((&nonce).into(), &header, &mut body)
+                .unwrap();
+            expected.extend_from_slice(&body);
+            expected.extend_from_slice(&tag);
+        }
+        assert_eq!(expected.len() as u64, e["ciphertext_len"].as_u64().unwrap());
+        let digest = crate::kdf::sha256(&[&expected]);
+        assert_eq!(h(&digest), e["ciphertext_sha256"].as_str().unwrap());
+        if let Some(x) = e["ciphertext"].as_str() {
+            assert_eq!(h(&expected), x);
+        }
+        // Through the public API: the same bytes from the same draw, and they open.
+        let mut enc = Encryptor::new(&key, len as u64, &mut Replay::of(&[&e["salt"]])).unwrap();
+        let mut again = enc.header().to_vec();
+        enc.update(&plain, &mut again).unwrap();
+        assert_eq!(enc.finish(&mut again).unwrap(), digest);
+        assert_eq!(again, expected);
+        assert_eq!(attachment_open(&key, len as u64, digest, &expected).unwrap(), plain);
+    }
+    for e in v["errors"].as_array().unwrap() {
+        let got = attachment_open(
+            &key,
+            e["plaintext_len"].as_u64().unwrap(),
+            a32(&e["digest"]),
+            &hx(&e["bytes"]),
+        );
+        assert_eq!(attachment_error(&got.unwrap_err()), e["expect"], "{}", e["name"]);
+    }
+}

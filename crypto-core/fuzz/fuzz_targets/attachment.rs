@@ -1,0 +1,9 @@
+//! Fuzz target `attachment`: the attachment stream decryptor under a fixed key.
+//! The checks live in `src/checks.rs`, shared with the corpus replay test.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = sotto_crypto_fuzz::attachment(data);
+});
