@@ -772,6 +772,34 @@ fn attachment(c: &mut Criterion) {
     g.finish();
 }
 
+/// Unlinkable tokens (docs/protocol.md §16.3): a batch of 32 requested, issued with its
+/// proof and finished (verified and unblinded), and one redemption check.
+fn tokens(c: &mut Criterion) {
+    use sotto_crypto::{IssuerKey, TokenRequest};
+    let mut g = c.benchmark_group("token");
+    let mut r = rng(43);
+    let issuer = IssuerKey::generate(&mut r);
+    g.bench_function("request_32", |b| {
+        b.iter(|| TokenRequest::new(32, &mut r).expect("count"))
+    });
+    let req = TokenRequest::new(32, &mut r).expect("count");
+    g.bench_function("issue_32", |b| {
+        b.iter(|| issuer.issue(black_box(req.blinded()), &mut r).expect("points"))
+    });
+    let (evaluated, proof) = issuer.issue(req.blinded(), &mut r).expect("points");
+    g.bench_function("finish_32", |b| {
+        b.iter(|| {
+            req.finish(&issuer.public(), black_box(&evaluated), &proof)
+                .expect("proof")
+        })
+    });
+    let tokens = req.finish(&issuer.public(), &evaluated, &proof).expect("proof");
+    g.bench_function("verify_1", |b| {
+        b.iter(|| issuer.verify(black_box(&tokens[0])).expect("token"))
+    });
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     primitives(&mut c);
@@ -785,5 +813,6 @@ fn main() {
     group_send(&mut c);
     vodozemac_olm(&mut c);
     attachment(&mut c);
+    tokens(&mut c);
     c.final_summary();
 }

@@ -15,6 +15,7 @@ pub mod ratchet;
 pub mod safety;
 pub mod sealed;
 pub mod sender_key;
+pub mod token;
 pub mod x3dh;
 
 #[cfg(test)]
@@ -46,4 +47,5 @@ pub use ratchet::{DecryptError, EncryptError, MessageType, OutboundMessage, Sess
 pub use safety::SafetyNumber;
 pub use sealed::{MultiSealed, OpenError, Opened, SealError, open, seal, seal_multi};
 pub use sender_key::{SenderKey, SenderKeyDistribution, SenderKeyError, SenderKeyReceiver};
+pub use token::{IssuerKey, TokenError, TokenRequest};
 pub use x3dh::{PreKeyBundle, PreKeyMessage, Responded, UsedPreKeys, X3dhError, initiate, respond};

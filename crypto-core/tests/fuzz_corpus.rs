@@ -74,6 +74,7 @@ replay_tests!(
     group_seal,
     profile,
     attachment,
+    token,
 );
 
 #[test]

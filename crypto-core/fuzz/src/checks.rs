@@ -36,7 +36,7 @@ use sotto_crypto::{
 };
 
 /// The fuzz targets; each has a directory of seeds under `crypto-core/fuzz/corpus/`.
-pub const TARGETS: [&str; 12] = [
+pub const TARGETS: [&str; 13] = [
     "device_list",
     "prekey_bundle",
     "prekey_records",
@@ -49,6 +49,7 @@ pub const TARGETS: [&str; 12] = [
     "group_seal",
     "profile",
     "attachment",
+    "token",
 ];
 
 /// What a check made of its input.
@@ -80,6 +81,7 @@ pub fn run(target: &str, data: &[u8]) -> Option<Outcome> {
         "group_seal" => group_seal(data),
         "profile" => profile(data),
         "attachment" => attachment(data),
+        "token" => token(data),
         _ => return None,
     })
 }
@@ -570,6 +572,37 @@ pub fn attachment(data: &[u8]) -> Outcome {
         "a fresh attachment decrypts"
     );
     Outcome::Accepted
+}
+
+/// The issuer of the `token` fixture.
+fn token_issuer() -> sotto_crypto::IssuerKey {
+    sotto_crypto::IssuerKey::generate(&mut ChaCha20Rng::seed_from_u64(FIXTURE_SEED))
+}
+
+/// `token`: 64 bytes are a token redeemed at the fixture's issuer; any other input is a
+/// batch of 32-byte blinded points it is asked to answer. A token that verifies was
+/// issued (the seeds hold real ones); for a batch it answers, an honest request of the
+/// same count made by this check finishes against its answer and every token verifies.
+pub fn token(data: &[u8]) -> Outcome {
+    let issuer = token_issuer();
+    if let Ok(t) = <[u8; 64]>::try_from(data) {
+        return outcome(issuer.verify(&t).is_ok());
+    }
+    let blinded: Vec<[u8; 32]> = data.chunks_exact(32).map(|c| c.try_into().expect("32 bytes")).collect();
+    let mut rng = ChaCha20Rng::seed_from_u64(RUN_SEED);
+    match issuer.issue(&blinded, &mut rng) {
+        Ok((evaluated, _)) => {
+            assert_eq!(evaluated.len(), blinded.len());
+            let req = sotto_crypto::TokenRequest::new(blinded.len(), &mut rng).expect("a count that was issued");
+            let (evaluated, proof) = issuer.issue(req.blinded(), &mut rng).expect("fresh blinded points");
+            let tokens = req
+                .finish(&issuer.public(), &evaluated, &proof)
+                .expect("an honest issuance verifies");
+            assert!(tokens.iter().all(|t| issuer.verify(t).is_ok()));
+            Outcome::Accepted
+        }
+        Err(_) => Outcome::Rejected,
+    }
 }
 
 /// `ratchet_message`: Bob's and Alice's `established` sessions decrypt the input as a
@@ -1277,6 +1310,18 @@ pub fn seeds() -> Vec<Seed> {
         "bad-truncated",
         attachment_input(5, 1, &small_digest, &cut(&small, 100)),
     );
+
+    // token (its own generator too)
+    let mut rng = ChaCha20Rng::seed_from_u64(CORPUS_SEED ^ 0x70);
+    let issuer = token_issuer();
+    let req = sotto_crypto::TokenRequest::new(3, &mut rng).expect("three");
+    let (evaluated, proof) = issuer.issue(req.blinded(), &mut rng).expect("issued");
+    let tokens = req.finish(&issuer.public(), &evaluated, &proof).expect("verified");
+    add("token", "ok-token", tokens[0].to_vec());
+    add("token", "ok-batch", req.blinded().concat());
+    add("token", "bad-token", flip(&tokens[1], 40));
+    add("token", "bad-point", vec![0xff; 32]);
+    add("token", "bad-identity", vec![0; 64]);
 
     out
 }

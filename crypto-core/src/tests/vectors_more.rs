@@ -1624,3 +1624,68 @@ fn attachment_vectors_replay() {
         assert_eq!(attachment_error(&got.unwrap_err()), e["expect"], "{}", e["name"]);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Unlinkable tokens.
+
+fn token_vectors() -> Value {
+    use crate::token::{IssuerKey, TokenRequest};
+    let mut rng = Recorder::new(97);
+    let issuer = IssuerKey::generate(&mut rng);
+    let issuer_draw = rng.take_hex();
+    let req = TokenRequest::new(3, &mut rng).unwrap();
+    let request_draws = rng.take_hex();
+    let (evaluated, proof) = issuer.issue(req.blinded(), &mut rng).unwrap();
+    let proof_draw = rng.take_hex();
+    let tokens = req.finish(&issuer.public(), &evaluated, &proof).unwrap();
+    let mut bent = tokens[0];
+    bent[40] ^= 1;
+    json!({
+        "description": "Unlinkable tokens (docs/protocol.md §16.3). The issuer's scalar is reduced from one 64-byte draw; each requested token draws t (32 bytes) then r (64 bytes, reduced); the proof draws v (64 bytes, reduced). Scalars are little-endian, points compressed ristretto255. `invalid_tokens` MUST fail to verify.",
+        "issuer_draw": issuer_draw[0],
+        "issuer_scalar": h(issuer.to_bytes().as_slice()),
+        "issuer_public": h(&issuer.public()),
+        "request_draws": request_draws,
+        "blinded": req.blinded().iter().map(|b| h(b)).collect::<Vec<_>>(),
+        "proof_draw": proof_draw[0],
+        "evaluated": evaluated.iter().map(|z| h(z)).collect::<Vec<_>>(),
+        "proof": h(&proof.0),
+        "tokens": tokens.iter().map(|t| h(t)).collect::<Vec<_>>(),
+        "invalid_tokens": [h(&bent), h(&[7u8; 64])],
+    })
+}
+
+#[test]
+fn token_vectors_are_unchanged() {
+    check("token", token_vectors());
+}
+
+#[test]
+fn token_vectors_replay() {
+    use crate::token::{IssuerKey, Proof, TokenRequest};
+    let v = read("token");
+    let issuer = IssuerKey::from_bytes(&a32(&v["issuer_scalar"])).unwrap();
+    assert_eq!(h(&issuer.public()), v["issuer_public"].as_str().unwrap());
+    let draws: Vec<&Value> = v["request_draws"].as_array().unwrap().iter().collect();
+    let req = TokenRequest::new(3, &mut Replay::of(&draws)).unwrap();
+    let blinded: Vec<String> = req.blinded().iter().map(|b| h(b)).collect();
+    assert_eq!(json!(blinded), v["blinded"]);
+    let (evaluated, proof) = issuer
+        .issue(req.blinded(), &mut Replay::of(&[&v["proof_draw"]]))
+        .unwrap();
+    assert_eq!(
+        json!(evaluated.iter().map(|z| h(z)).collect::<Vec<_>>()),
+        v["evaluated"]
+    );
+    assert_eq!(h(&proof.0), v["proof"].as_str().unwrap());
+    let proof = Proof(hx(&v["proof"]).try_into().unwrap());
+    let tokens = req.finish(&issuer.public(), &evaluated, &proof).unwrap();
+    assert_eq!(json!(tokens.iter().map(|t| h(t)).collect::<Vec<_>>()), v["tokens"]);
+    for t in &tokens {
+        issuer.verify(t).unwrap();
+    }
+    for bad in v["invalid_tokens"].as_array().unwrap() {
+        let b: [u8; 64] = hx(bad).try_into().unwrap();
+        assert!(issuer.verify(&b).is_err());
+    }
+}
