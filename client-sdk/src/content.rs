@@ -69,6 +69,17 @@ pub const MAX_AVATAR_LEN: usize = 16 * 1024;
 /// The longest profile name, in bytes.
 pub const MAX_PROFILE_NAME_LEN: usize = 256;
 
+/// A 32-byte secret key carried in content (a profile key): its `Debug` shows nothing of
+/// it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SharedKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SharedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedKey(..)")
+    }
+}
+
 /// The kind of the inline profile of earlier versions: it decodes as
 /// [`ContentKind::Unsupported`], and receivers drop it unseen.
 pub const RETIRED_PROFILE_KIND: u8 = 0x0a;
@@ -327,7 +338,7 @@ pub enum ContentKind {
         /// When the profile was set (the owner's clock): the newest one wins.
         updated_ms: u64,
         /// The profile key.
-        key: [u8; 32],
+        key: SharedKey,
     },
     /// Content of a kind this version does not know (from a newer client).
     Unsupported {
@@ -660,7 +671,7 @@ impl Content {
             ContentKind::ProfileKey { updated_ms, key } => {
                 out.put_u8(tag::PROFILE_KEY);
                 out.put_u64(*updated_ms);
-                out.put(key);
+                out.put(&key.0);
             }
             ContentKind::Unsupported { kind } => out.put_u8(*kind),
         }
@@ -731,7 +742,7 @@ impl Content {
             tag::PRESENCE => ContentKind::Presence,
             tag::PROFILE_KEY => ContentKind::ProfileKey {
                 updated_ms: r.u64()?,
-                key: r.array()?,
+                key: SharedKey(r.array()?),
             },
             kind => {
                 r.rest();
@@ -917,7 +928,7 @@ mod tests {
         out.push(ContentKind::Presence);
         out.push(ContentKind::ProfileKey {
             updated_ms: 5,
-            key: [0x4b; 32],
+            key: SharedKey([0x4b; 32]),
         });
         out
     }

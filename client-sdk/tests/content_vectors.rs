@@ -161,14 +161,14 @@ fn chat_samples() -> Vec<Content> {
         0x25,
         ContentKind::ProfileKey {
             updated_ms: 1_796_083_400_000,
-            key: [0x9c; 32],
+            key: sotto_sdk::content::SharedKey([0x9c; 32]),
         },
     ));
     out.push(c(
         0x26,
         ContentKind::ProfileKey {
             updated_ms: 1,
-            key: [0x01; 32],
+            key: sotto_sdk::content::SharedKey([0x01; 32]),
         },
     ));
     out.push(c(
@@ -282,9 +282,10 @@ fn to_json(c: &Content) -> Value {
         ),
         ContentKind::Typing { group, typing } => ("Typing", json!({"group": group_json(group), "typing": typing})),
         ContentKind::Presence => ("Presence", json!({})),
-        ContentKind::ProfileKey { updated_ms, key } => {
-            ("ProfileKey", json!({"updated_ms": updated_ms, "key": hex::encode(key)}))
-        }
+        ContentKind::ProfileKey { updated_ms, key } => (
+            "ProfileKey",
+            json!({"updated_ms": updated_ms, "key": hex::encode(key.0)}),
+        ),
         other => panic!("no vector for {other:?}"),
     };
     json!({
@@ -333,7 +334,7 @@ fn from_json(v: &Value) -> Content {
         "Presence" => ContentKind::Presence,
         "ProfileKey" => ContentKind::ProfileKey {
             updated_ms: b["updated_ms"].as_u64().unwrap(),
-            key: arr(&b["key"]),
+            key: sotto_sdk::content::SharedKey(arr(&b["key"])),
         },
         other => panic!("unknown kind {other}"),
     };

@@ -321,7 +321,7 @@ pub fn seeds() -> Vec<Seed> {
             "ok-profile-key",
             ContentKind::ProfileKey {
                 updated_ms: 7,
-                key: [0x4b; 32],
+                key: sotto_sdk::content::SharedKey([0x4b; 32]),
             },
         ),
     ] {

@@ -277,6 +277,8 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) live: live::LiveHub,
     /// A profile was set or announced: the profile task uploads or fetches it.
     pub(crate) profiles_wake: Notify,
+    /// Held for one round of profile uploads and fetches.
+    pub(crate) profile_round: Mutex<()>,
     /// Typing frames waiting for the connection.
     pub(crate) ephemeral: typing::Ephemeral,
     /// The outbox items handed to the relay and not answered yet (id → conversation):
@@ -408,6 +410,7 @@ impl<S: Store> Client<S> {
                 sending: Default::default(),
                 losses: Default::default(),
                 profiles_wake: Notify::new(),
+                profile_round: Mutex::new(()),
             }),
             shutdown,
             task: std::sync::Mutex::new(None),

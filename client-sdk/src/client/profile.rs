@@ -15,6 +15,8 @@ use crate::store::Store;
 /// How often announced profiles that could not be fetched, and an upload that failed,
 /// are tried again (a new announcement or profile starts a round at once).
 const PROFILE_RETRY: Duration = Duration::from_secs(60);
+/// The most rounds run one after the other without waiting.
+const MAX_BACK_TO_BACK: u32 = 8;
 
 impl<S: Store> Inner<S> {
     /// Uploads and fetches profiles whenever [`Inner::profiles_wake`] is notified (a
@@ -22,6 +24,9 @@ impl<S: Store> Inner<S> {
     /// left to do.
     pub(super) async fn profile_loop(&self, mut shutdown: watch::Receiver<bool>) {
         let mut retry = true;
+        // Rounds run back to back while each succeeds and work is left (more than one
+        // batch of fetches), at most this many before a pause.
+        let mut back_to_back = 0;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -30,6 +35,11 @@ impl<S: Store> Inner<S> {
                 retry = self.sync_profiles().await.is_err();
             }
             let left = retry || self.profile_work_left().await;
+            if left && !retry && back_to_back < MAX_BACK_TO_BACK {
+                back_to_back += 1;
+                continue;
+            }
+            back_to_back = 0;
             tokio::select! {
                 () = self.profiles_wake.notified() => {}
                 () = rt::sleep(PROFILE_RETRY), if left => {}
@@ -48,6 +58,17 @@ impl<S: Store> Inner<S> {
     /// on a connection of its own and without authentication. A retryable error leaves the
     /// rest for the next round.
     pub(crate) async fn sync_profiles(&self) -> Result<(), ClientError> {
+        // One round at a time (the background task, and an app's `sync_profiles`): two
+        // uploads reordered around a key change would leave the relay on the old key.
+        let _round = self.profile_round.lock().await;
+        // A failed upload does not keep the fetches from running.
+        let uploaded = self.upload_profile().await;
+        let fetched = self.fetch_profiles().await;
+        uploaded.and(fetched)
+    }
+
+    /// Uploads this account's profile if the relay lacks it, then announces its key.
+    async fn upload_profile(&self) -> Result<(), ClientError> {
         let upload = self.machine.lock().await.profile_upload();
         if let Some((upload, updated_ms)) = upload {
             self.relay.put_profile(&self.device, &upload).await?;
@@ -61,6 +82,11 @@ impl<S: Store> Inner<S> {
             .await?;
             self.wake.notify_one();
         }
+        Ok(())
+    }
+
+    /// Fetches up to one batch of announced profiles.
+    async fn fetch_profiles(&self) -> Result<(), ClientError> {
         let fetches = self.machine.lock().await.profiles_to_fetch();
         for fetch in fetches {
             let version = ProfileKey::from_bytes(&fetch.key).version(&fetch.account);

@@ -328,7 +328,7 @@ impl Machine {
                 return true;
             }
             ContentKind::ProfileKey { updated_ms, key } => {
-                self.accept_profile_key(peer.0, key, updated_ms, changes);
+                self.accept_profile_key(peer.0, key.0, updated_ms, changes);
                 return true;
             }
             // Typing and presence are ephemeral: never in a stored envelope.

@@ -202,7 +202,10 @@ impl Machine {
             } else {
                 self.own_access_key()
             },
-            kind: ContentKind::ProfileKey { updated_ms, key },
+            kind: ContentKind::ProfileKey {
+                updated_ms,
+                key: crate::content::SharedKey(key),
+            },
         };
         changes
             .outbox_add
@@ -273,7 +276,8 @@ impl Machine {
     /// What the relay answered for `fetch`: the ciphertext, or `None` when it holds no
     /// profile under that key (`NOT_FOUND`: the owner changed the key since). A profile
     /// that decrypts and is newer than the one this device has replaces it. Either way
-    /// the announcement is settled: nothing is fetched again until a newer one arrives.
+    /// the announcement fetched for is settled: nothing is fetched again until a newer one
+    /// arrives (one that arrived while the fetch was under way is kept, and fetched next).
     pub fn profile_fetched(&self, fetch: &ProfileFetch, ciphertext: Option<&[u8]>) -> (Changes, Option<AccountId>) {
         let key = ProfileKey::from_bytes(&fetch.key);
         let profile = ciphertext
@@ -288,16 +292,22 @@ impl Machine {
             }
             let mut record = a.clone();
             let current = a.profile.as_ref().map_or(0, |p| p.updated_ms);
+            let settles = a.profile_uploaded_ms == fetch.wanted_ms;
             match profile {
                 Some(p) => {
-                    record.profile_uploaded_ms = p.updated_ms;
+                    if settles {
+                        record.profile_uploaded_ms = p.updated_ms;
+                    }
                     if p.updated_ms > current {
                         record.profile = Some(p);
                         changed = Some(fetch.account);
                     }
                 }
-                // Gone: nothing is known to be on the relay under this key.
-                None => record.profile_uploaded_ms = 0,
+                // Nothing under this key: another device changed it since, and its
+                // announcement is on its way. Wait for it rather than upload this
+                // device's older profile over the newer one.
+                None if settles => record.profile_uploaded_ms = current,
+                None => {}
             }
             if record != *a {
                 self.write_account(&mut changes, record);
@@ -323,7 +333,9 @@ impl Machine {
                 c.profile_avatar = p.avatar;
                 c.profile_at_ms = p.updated_ms;
             }
-            c.profile_wanted_ms = c.profile_at_ms;
+            if c.profile_wanted_ms <= fetch.wanted_ms.max(c.profile_at_ms) {
+                c.profile_wanted_ms = c.profile_at_ms;
+            }
         });
         (changes, changed)
     }

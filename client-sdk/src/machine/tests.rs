@@ -2041,9 +2041,13 @@ async fn profile_keys_are_announced_after_the_upload_and_the_newest_wins() {
     want.sort();
     assert_eq!(to, want);
     let announced = queued.iter().find(|i| i.to == b).unwrap();
-    let ContentKind::ProfileKey { updated_ms: at, key } = Content::decode(&announced.content).unwrap().kind else {
+    let decoded = Content::decode(&announced.content).unwrap();
+    // The key never shows in Debug output.
+    assert!(format!("{decoded:?}").contains("key: SharedKey(..)"));
+    let ContentKind::ProfileKey { updated_ms: at, key } = decoded.kind else {
         panic!("not a profile key");
     };
+    let key = key.0;
     assert_eq!(at, T0 + 5);
     let pk = sotto_crypto::ProfileKey::from_bytes(&key);
     assert_eq!(pk.version(&a), upload.version);
@@ -2102,11 +2106,25 @@ async fn profile_keys_are_announced_after_the_upload_and_the_newest_wins() {
     alice.commit(own).await;
     let fetch = alice.machine.profiles_to_fetch();
     assert_eq!((fetch[0].account, fetch[0].wanted_ms), (a, again_ms + 10));
-    // Nothing under that key on the relay: the account knows of no upload any more, and
-    // uploads its own profile under the key it now holds.
+    // Nothing under that key on the relay (a newer key is on its way): the announcement
+    // is settled, and this device does not upload its older profile over the newer one.
     let (c, changed) = alice.machine.profile_fetched(&fetch[0], None);
     assert_eq!(changed, None);
     alice.commit(c).await;
     assert!(alice.machine.profiles_to_fetch().is_empty());
-    assert!(alice.machine.profile_upload_due());
+    assert!(!alice.machine.profile_upload_due());
+
+    // An announcement committed while a fetch was under way is not lost with it.
+    let mut c = Changes::default();
+    let c2 = bob.machine.set_blocked(a, false).unwrap();
+    bob.commit(c2).await;
+    bob.machine.accept_profile_key(a, key, at + 200, &mut c);
+    bob.commit(c).await;
+    let during = bob.machine.profiles_to_fetch();
+    let mut c = Changes::default();
+    bob.machine.accept_profile_key(a, key, at + 300, &mut c);
+    bob.commit(c).await;
+    let (c, _) = bob.machine.profile_fetched(&during[0], Some(&upload.ciphertext));
+    bob.commit(c).await;
+    assert_eq!(bob.machine.profiles_to_fetch()[0].wanted_ms, at + 300);
 }

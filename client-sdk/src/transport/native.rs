@@ -68,6 +68,11 @@ fn tls_connector(extra_roots_pem: &[Vec<u8>]) -> Result<TlsConnector, TransportE
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // No session resumption: a resumed session (a ticket or session id from an earlier
+    // connection) would let the relay link an anonymous connection (a sealed send, a
+    // profile fetch) to the authenticated one the ticket came from. Every connection
+    // makes a full handshake.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
