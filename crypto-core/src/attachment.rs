@@ -455,7 +455,7 @@ mod tests {
 
     /// Encrypts `plain` fed in pieces of `step` bytes.
     fn encrypt(key: &AttachmentKey, plain: &[u8], step: usize, seed: u64) -> (Vec<u8>, [u8; 32]) {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut rng = ChaCha20Rng::seed_from_u64(seed); // test only
         let mut e = Encryptor::new(key, plain.len() as u64, &mut rng).unwrap();
         let mut out = e.header().to_vec();
         for piece in plain.chunks(step.max(1)) {
@@ -486,7 +486,7 @@ mod tests {
 
     #[test]
     fn round_trips_at_every_boundary_in_any_pieces() {
-        let key = AttachmentKey::generate(&mut ChaCha20Rng::seed_from_u64(1));
+        let key = AttachmentKey::generate(&mut ChaCha20Rng::seed_from_u64(1)); // test only
         for len in [0, 1, 255, 256, 16_383, 65_535, 65_536, 65_537, 200_000, 3 * 65_536] {
             let plain = data(len);
             for step in [1_000, 65_536, 100_003] {
@@ -507,7 +507,7 @@ mod tests {
 
     #[test]
     fn truncation_reordering_and_tampering_fail() {
-        let key = AttachmentKey::generate(&mut ChaCha20Rng::seed_from_u64(2));
+        let key = AttachmentKey::generate(&mut ChaCha20Rng::seed_from_u64(2)); // test only
         let plain = data(3 * CHUNK_LEN);
         let (ct, digest) = encrypt(&key, &plain, CHUNK_LEN, 9);
         let len = plain.len() as u64;
@@ -544,7 +544,7 @@ mod tests {
             bad[at] ^= 1;
             assert!(decrypt(&key, len, digest, &bad, 4096).is_err(), "bit at {at}");
         }
-        let other = AttachmentKey::generate(&mut ChaCha20Rng::seed_from_u64(3));
+        let other = AttachmentKey::generate(&mut ChaCha20Rng::seed_from_u64(3)); // test only
         assert_eq!(
             decrypt(&other, len, digest, &ct, 4096),
             Err(AttachmentError::InvalidMac { index: 0 })
@@ -558,8 +558,8 @@ mod tests {
 
     #[test]
     fn lengths_are_checked() {
-        let key = AttachmentKey::generate(&mut ChaCha20Rng::seed_from_u64(4));
-        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let key = AttachmentKey::generate(&mut ChaCha20Rng::seed_from_u64(4)); // test only
+        let mut rng = ChaCha20Rng::seed_from_u64(5); // test only
         let mut e = Encryptor::new(&key, 10, &mut rng).unwrap();
         let mut out = Vec::new();
         assert!(matches!(

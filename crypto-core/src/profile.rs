@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_binding() {
-        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let mut rng = ChaCha20Rng::seed_from_u64(7); // test only
         let key = ProfileKey::generate(&mut rng);
         let (a, b) = (account(1), account(2));
         for len in [0, 1, 255, 256, 5000, MAX_PLAINTEXT_LEN] {
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn versions_differ_by_key_and_account() {
-        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let mut rng = ChaCha20Rng::seed_from_u64(8); // test only
         let (k1, k2) = (ProfileKey::generate(&mut rng), ProfileKey::generate(&mut rng));
         assert_ne!(k1.version(&account(1)), k2.version(&account(1)));
         assert_ne!(k1.version(&account(1)), k1.version(&account(2)));

@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn issued_tokens_verify_and_nothing_else_does() {
-        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let mut rng = ChaCha20Rng::seed_from_u64(1); // test only
         let issuer = IssuerKey::generate(&mut rng);
         let req = TokenRequest::new(8, &mut rng).unwrap();
         let (evaluated, proof) = issuer.issue(req.blinded(), &mut rng).unwrap();
@@ -365,7 +365,7 @@ mod tests {
 
     #[test]
     fn a_proof_under_another_key_or_for_other_answers_is_refused() {
-        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let mut rng = ChaCha20Rng::seed_from_u64(2); // test only
         let issuer = IssuerKey::generate(&mut rng);
         let tagger = IssuerKey::generate(&mut rng);
         let req = TokenRequest::new(4, &mut rng).unwrap();
