@@ -17,9 +17,20 @@
 //! ProfileUpload    version (32) ‖ len (u32) ‖ ciphertext      PUT /v1/profile
 //! ProfileBody      len (u32) ‖ ciphertext                     GET /v1/accounts/{id}/profile/{version}
 //! ErrorBody        code (u16)                                 any 4xx/5xx answer
+//! BlobIssuer       epoch (u32) ‖ public (32) ‖ max_blob_len (u64) ‖ tokens_per_day (u32)
+//!                                                             GET /v1/blobs/issuer
+//! TokenIssue       epoch (u32) ‖ n (u16) ‖ n × blinded (32)   PUT /v1/blobs/tokens
+//! TokenIssued      epoch (u32) ‖ n (u16) ‖ n × evaluated (32) ‖ proof (64)
+//!                                                             answer of PUT /v1/blobs/tokens
+//! BlobCreate       epoch (u32) ‖ token (64) ‖ length (u64)    PUT /v1/blobs
+//! BlobCreated      id (32)                                    answer of PUT /v1/blobs
+//! BlobStatus       length (u64) ‖ received (u64)              PUT /v1/blobs/{id}/{offset},
+//!                                                             GET /v1/blobs/{id}/status
 //!
 //! records are crypto-core's: kind ‖ id (u32) ‖ public key ‖ signature (64)
 //! a profile ciphertext is 1..=MAX_PROFILE_BYTES opaque bytes
+//! a token batch has 1..=MAX_TOKEN_BATCH (32) points; a blob's length is at least 1 and
+//! a status's received at most its length
 //! Authorization: Sotto-v1 <lowercase hex of version ‖ AuthResponse>
 //! ```
 
@@ -414,6 +425,202 @@ impl Body for ProfileBody {
             Ok(Self {
                 ciphertext: profile_ciphertext(r)?,
             })
+        })
+    }
+}
+
+/// `GET /v1/blobs/issuer`: the blob store's current token issuer (docs/protocol.md §16.4).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BlobIssuer {
+    /// The issuer epoch of `public`.
+    pub epoch: u32,
+    /// The epoch's issuer public key `K` (ristretto255, compressed), which issuances are
+    /// proved against.
+    pub public: [u8; 32],
+    /// The largest blob the relay stores, in bytes.
+    pub max_blob_len: u64,
+    /// How many tokens one device may be issued per day.
+    pub tokens_per_day: u32,
+}
+
+impl Body for BlobIssuer {
+    fn encode(&self) -> Vec<u8> {
+        encode_with(|o| {
+            o.put_u32(self.epoch);
+            o.put(&self.public);
+            o.put_u64(self.max_blob_len);
+            o.put_u32(self.tokens_per_day);
+        })
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_with(bytes, |r| {
+            Ok(Self {
+                epoch: r.u32()?,
+                public: r.array()?,
+                max_blob_len: r.u64()?,
+                tokens_per_day: r.u32()?,
+            })
+        })
+    }
+}
+
+/// Reads a batch of 1..=[`limits::MAX_TOKEN_BATCH`] points.
+fn token_points(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<[u8; 32]>, DecodeError> {
+    let n = r.count(field, limits::MAX_TOKEN_BATCH, 32)?;
+    if n == 0 {
+        return Err(DecodeError::Invalid { field });
+    }
+    (0..n).map(|_| r.array()).collect()
+}
+
+fn put_points(o: &mut Vec<u8>, points: &[[u8; 32]]) {
+    o.put_count(points.len());
+    for p in points {
+        o.put(p);
+    }
+}
+
+/// `PUT /v1/blobs/tokens` (authenticated): blinded token requests for the current issuer
+/// epoch (crypto-core `TokenRequest::blinded`).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TokenIssue {
+    /// The issuer epoch the tokens are for: the current one.
+    pub epoch: u32,
+    /// The blinded points, 1..=[`limits::MAX_TOKEN_BATCH`].
+    pub blinded: Vec<[u8; 32]>,
+}
+
+impl Body for TokenIssue {
+    fn encode(&self) -> Vec<u8> {
+        encode_with(|o| {
+            o.put_u32(self.epoch);
+            put_points(o, &self.blinded);
+        })
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_with(bytes, |r| {
+            Ok(Self {
+                epoch: r.u32()?,
+                blinded: token_points(r, "blinded points")?,
+            })
+        })
+    }
+}
+
+/// The answer of `PUT /v1/blobs/tokens`: the evaluated points, in the request's order,
+/// and the batch's proof (crypto-core `TokenRequest::finish` takes both).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TokenIssued {
+    /// The issuer epoch whose key evaluated them.
+    pub epoch: u32,
+    /// `Z_i = k·B_i`, 1..=[`limits::MAX_TOKEN_BATCH`].
+    pub evaluated: Vec<[u8; 32]>,
+    /// The batched DLEQ proof `c ‖ s`.
+    pub proof: [u8; 64],
+}
+
+impl Body for TokenIssued {
+    fn encode(&self) -> Vec<u8> {
+        encode_with(|o| {
+            o.put_u32(self.epoch);
+            put_points(o, &self.evaluated);
+            o.put(&self.proof);
+        })
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_with(bytes, |r| {
+            Ok(Self {
+                epoch: r.u32()?,
+                evaluated: token_points(r, "evaluated points")?,
+                proof: r.array()?,
+            })
+        })
+    }
+}
+
+/// `PUT /v1/blobs` (unauthenticated): create a blob of `length` bytes, paid for with one
+/// upload token. Its `Debug` leaves the token out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BlobCreate {
+    /// The issuer epoch the token was issued under (the current or the previous one).
+    pub epoch: u32,
+    /// The token, `t ‖ N`.
+    pub token: [u8; 64],
+    /// The blob's length in bytes, at least 1.
+    pub length: u64,
+}
+
+impl std::fmt::Debug for BlobCreate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobCreate")
+            .field("epoch", &self.epoch)
+            .field("length", &self.length)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body for BlobCreate {
+    fn encode(&self) -> Vec<u8> {
+        encode_with(|o| {
+            o.put_u32(self.epoch);
+            o.put(&self.token);
+            o.put_u64(self.length);
+        })
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_with(bytes, |r| {
+            let epoch = r.u32()?;
+            let token = r.array()?;
+            let length = r.u64()?;
+            if length == 0 {
+                return Err(DecodeError::Invalid { field: "blob length" });
+            }
+            Ok(Self { epoch, token, length })
+        })
+    }
+}
+
+/// The answer of `PUT /v1/blobs`: the new blob's id.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BlobCreated {
+    /// 32 random bytes; in paths, 64 lowercase hex digits.
+    pub id: [u8; 32],
+}
+
+impl Body for BlobCreated {
+    fn encode(&self) -> Vec<u8> {
+        encode_with(|o| o.put(&self.id))
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_with(bytes, |r| Ok(Self { id: r.array()? }))
+    }
+}
+
+/// A blob's progress: its length and how many of its bytes the relay holds (durably).
+/// `received == length` once it is complete.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BlobStatus {
+    /// The blob's length in bytes.
+    pub length: u64,
+    /// The bytes received so far, at most `length`: the offset of the next piece.
+    pub received: u64,
+}
+
+impl Body for BlobStatus {
+    fn encode(&self) -> Vec<u8> {
+        encode_with(|o| {
+            o.put_u64(self.length);
+            o.put_u64(self.received);
+        })
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_with(bytes, |r| {
+            let length = r.u64()?;
+            let received = r.u64()?;
+            if received > length {
+                return Err(DecodeError::Invalid { field: "blob received" });
+            }
+            Ok(Self { length, received })
         })
     }
 }

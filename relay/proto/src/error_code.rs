@@ -47,6 +47,11 @@ codes! {
     CHALLENGE_UNKNOWN = 12;
     /// The challenge is older than the relay accepts.
     CHALLENGE_EXPIRED = 13;
+    /// An upload token that does not verify under the named issuer epoch's key, or names
+    /// an epoch the relay does not know or no longer accepts.
+    TOKEN_INVALID = 14;
+    /// An upload token that was already redeemed.
+    TOKEN_SPENT = 15;
     /// No such account.
     UNKNOWN_ACCOUNT = 20;
     /// No such device in the account's current device list.
@@ -90,6 +95,10 @@ codes! {
     /// A send without the recipient account's access key (a message request), to a
     /// mailbox that holds as many requests as the relay allows.
     REQUESTS_FULL = 37;
+    /// A blob longer than the relay's maximum blob size.
+    BLOB_TOO_LARGE = 38;
+    /// The device has used its upload tokens for the day.
+    QUOTA_EXCEEDED = 39;
     /// Too many requests from one device; retry later.
     RATE_LIMITED = 40;
     /// A request body or frame above the relay's size limit.
@@ -107,8 +116,12 @@ codes! {
     /// The request's `Origin` (a web page on another site) is not among the origins the
     /// relay allows.
     ORIGIN_NOT_ALLOWED = 47;
+    /// The relay's blob storage holds as many bytes as it is configured to; retry later.
+    STORAGE_FULL = 48;
     /// No such resource.
     NOT_FOUND = 50;
+    /// A blob piece whose offset is not the number of bytes the relay has received.
+    OFFSET_MISMATCH = 52;
     /// Something failed inside the relay. Retrying may work.
     INTERNAL = 60;
 }
@@ -126,6 +139,7 @@ impl ErrorCode {
                 | Self::MAILBOX_FULL
                 | Self::REQUESTS_FULL
                 | Self::CHALLENGE_EXPIRED
+                | Self::STORAGE_FULL
         )
     }
 }
@@ -154,5 +168,22 @@ mod tests {
         assert_eq!(ErrorCode::ENVELOPE_TOO_LARGE.name(), "ENVELOPE_TOO_LARGE");
         assert_eq!(ErrorCode(9999).name(), "UNKNOWN");
         assert_eq!(format!("{:?}", ErrorCode::MAILBOX_FULL), "ErrorCode(33 MAILBOX_FULL)");
+    }
+
+    #[test]
+    fn blob_codes_have_their_numbers() {
+        let codes = [
+            (ErrorCode::TOKEN_INVALID, 14),
+            (ErrorCode::TOKEN_SPENT, 15),
+            (ErrorCode::BLOB_TOO_LARGE, 38),
+            (ErrorCode::QUOTA_EXCEEDED, 39),
+            (ErrorCode::STORAGE_FULL, 48),
+            (ErrorCode::OFFSET_MISMATCH, 52),
+        ];
+        for (c, n) in codes {
+            assert_eq!(c.0, n);
+        }
+        assert!(ErrorCode::STORAGE_FULL.is_retryable());
+        assert!(!ErrorCode::QUOTA_EXCEEDED.is_retryable() && !ErrorCode::TOKEN_SPENT.is_retryable());
     }
 }

@@ -31,8 +31,9 @@ mod tests;
 
 pub use access::{Access, AccessKey};
 pub use body::{
-    AccessPolicy, Body, Bundles, DeviceListBody, ErrorBody, PreKeyCounts, PreKeyUpload, ProfileBody, ProfileUpload,
-    PushProvider, PushRegistration, authorization_header, parse_authorization,
+    AccessPolicy, BlobCreate, BlobCreated, BlobIssuer, BlobStatus, Body, Bundles, DeviceListBody, ErrorBody,
+    PreKeyCounts, PreKeyUpload, ProfileBody, ProfileUpload, PushProvider, PushRegistration, TokenIssue, TokenIssued,
+    authorization_header, parse_authorization,
 };
 pub use codec::DecodeError;
 pub use error_code::ErrorCode;
@@ -68,4 +69,8 @@ pub mod limits {
     /// The largest encrypted profile (`ProfileUpload`, `ProfileBody`): a display name and
     /// a small avatar, with room for the encryption's overhead.
     pub const MAX_PROFILE_BYTES: usize = 32 * 1024;
+    /// The most blinded points in one token request (`TokenIssue`, `TokenIssued`).
+    pub const MAX_TOKEN_BATCH: usize = 32;
+    /// The largest piece of a blob upload (`PUT /v1/blobs/{id}/{offset}`).
+    pub const MAX_BLOB_PIECE: usize = 4 << 20;
 }

@@ -220,6 +220,12 @@ proptest! {
             let _ = AccessPolicy::decode(input);
             let _ = ProfileUpload::decode(input);
             let _ = ProfileBody::decode(input);
+            let _ = BlobIssuer::decode(input);
+            let _ = TokenIssue::decode(input);
+            let _ = TokenIssued::decode(input);
+            let _ = BlobCreate::decode(input);
+            let _ = BlobCreated::decode(input);
+            let _ = BlobStatus::decode(input);
             let _ = parse_authorization(&String::from_utf8_lossy(input));
         }
     }
@@ -407,6 +413,95 @@ fn profile_bodies_are_bounded() {
         .encode(),
         [VERSION, 0, 0, 0, 2, b'c', b't']
     );
+}
+
+proptest! {
+    #[test]
+    fn blob_bodies_round_trip(
+        epoch in any::<u32>(),
+        public in any::<[u8; 32]>(),
+        lens in (any::<u64>(), any::<u32>()),
+        points in vec(any::<[u8; 32]>(), 1..=limits::MAX_TOKEN_BATCH),
+        proof in vec(any::<u8>(), 64),
+        length in 1..=u64::MAX,
+        received in any::<u64>(),
+    ) {
+        round_trip(&BlobIssuer { epoch, public, max_blob_len: lens.0, tokens_per_day: lens.1 });
+        round_trip(&TokenIssue { epoch, blinded: points.clone() });
+        let proof: [u8; 64] = proof.try_into().unwrap();
+        round_trip(&TokenIssued { epoch, evaluated: points, proof });
+        let mut token = [0u8; 64];
+        token[..32].copy_from_slice(&public);
+        round_trip(&BlobCreate { epoch, token, length });
+        round_trip(&BlobCreated { id: public });
+        round_trip(&BlobStatus { length, received: received % length });
+    }
+}
+
+/// Blob bodies: their layouts, and batches, lengths and progress out of range refused.
+#[test]
+fn blob_bodies_are_checked() {
+    let issuer = BlobIssuer {
+        epoch: 7,
+        public: [1; 32],
+        max_blob_len: 9,
+        tokens_per_day: 100,
+    };
+    let b = issuer.encode();
+    assert_eq!(b.len(), 1 + 4 + 32 + 8 + 4);
+    assert_eq!(&b[..5], &[1, 0, 0, 0, 7]);
+    let empty = TokenIssue {
+        epoch: 1,
+        blinded: vec![],
+    }
+    .encode();
+    assert_eq!(
+        TokenIssue::decode(&empty),
+        Err(DecodeError::Invalid {
+            field: "blinded points"
+        })
+    );
+    let too_many = TokenIssue {
+        epoch: 1,
+        blinded: vec![[2; 32]; limits::MAX_TOKEN_BATCH + 1],
+    }
+    .encode();
+    assert!(matches!(
+        TokenIssue::decode(&too_many),
+        Err(DecodeError::TooLong { .. })
+    ));
+    let issued = TokenIssued {
+        epoch: 1,
+        evaluated: vec![[3; 32]; 2],
+        proof: [4; 64],
+    }
+    .encode();
+    assert_eq!(issued.len(), 1 + 4 + 2 + 64 + 64);
+    let create = BlobCreate {
+        epoch: 2,
+        token: [5; 64],
+        length: 0,
+    }
+    .encode();
+    assert_eq!(create.len(), 1 + 4 + 64 + 8);
+    assert_eq!(
+        BlobCreate::decode(&create),
+        Err(DecodeError::Invalid { field: "blob length" })
+    );
+    let status = BlobStatus { length: 3, received: 4 }.encode();
+    assert_eq!(
+        BlobStatus::decode(&status),
+        Err(DecodeError::Invalid { field: "blob received" })
+    );
+    let shown = format!(
+        "{:?}",
+        BlobCreate {
+            epoch: 2,
+            token: [0xa7; 64],
+            length: 10
+        }
+    );
+    assert_eq!(shown, "BlobCreate { epoch: 2, length: 10, .. }");
 }
 
 /// The profile bodies' `Debug` shows lengths, never the version or the ciphertext.

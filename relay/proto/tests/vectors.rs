@@ -525,6 +525,62 @@ fn generate() -> Value {
         }
         .encode(),
     ));
+    // Blob store bodies (docs/protocol.md §16.4), from a stream of their own.
+    let mut blob_rng = ChaCha20Rng::seed_from_u64(1604);
+    let issuer = BlobIssuer {
+        epoch: 2894,
+        public: bytes(&mut blob_rng, 32).try_into().unwrap(),
+        max_blob_len: 512 << 20,
+        tokens_per_day: 100,
+    };
+    bodies.push(body(
+        "BlobIssuer",
+        json!({"epoch": issuer.epoch, "public": h(&issuer.public), "max_blob_len": issuer.max_blob_len, "tokens_per_day": issuer.tokens_per_day}),
+        issuer.encode(),
+    ));
+    let points: Vec<[u8; 32]> = (0..2).map(|_| bytes(&mut blob_rng, 32).try_into().unwrap()).collect();
+    let issue = TokenIssue {
+        epoch: issuer.epoch,
+        blinded: points.clone(),
+    };
+    bodies.push(body(
+        "TokenIssue",
+        json!({"epoch": issue.epoch, "blinded": points.iter().map(|p| h(p)).collect::<Vec<_>>()}),
+        issue.encode(),
+    ));
+    let issued = TokenIssued {
+        epoch: issuer.epoch,
+        evaluated: points.iter().rev().copied().collect(),
+        proof: bytes(&mut blob_rng, 64).try_into().unwrap(),
+    };
+    bodies.push(body(
+        "TokenIssued",
+        json!({"epoch": issued.epoch, "evaluated": issued.evaluated.iter().map(|p| h(p)).collect::<Vec<_>>(), "proof": h(&issued.proof)}),
+        issued.encode(),
+    ));
+    let create = BlobCreate {
+        epoch: issuer.epoch,
+        token: bytes(&mut blob_rng, 64).try_into().unwrap(),
+        length: 1_048_577,
+    };
+    bodies.push(body(
+        "BlobCreate",
+        json!({"epoch": create.epoch, "token": h(&create.token), "length": create.length}),
+        create.encode(),
+    ));
+    let created = BlobCreated {
+        id: bytes(&mut blob_rng, 32).try_into().unwrap(),
+    };
+    bodies.push(body("BlobCreated", json!({"id": h(&created.id)}), created.encode()));
+    let status = BlobStatus {
+        length: create.length,
+        received: 4 << 20 >> 2,
+    };
+    bodies.push(body(
+        "BlobStatus",
+        json!({"length": status.length, "received": status.received}),
+        status.encode(),
+    ));
     bodies.push(body(
         "ErrorBody",
         code_json(ErrorCode::STALE_DEVICE_LIST),
@@ -632,6 +688,44 @@ fn generate() -> Value {
         big_profile.clone(),
         "ciphertext length of 32 KiB + 1",
         ProfileBody::decode(&big_profile).unwrap_err(),
+    ));
+    let no_points = TokenIssue {
+        epoch: 1,
+        blinded: vec![],
+    }
+    .encode();
+    failures.push(body_fail(
+        "TokenIssue",
+        no_points.clone(),
+        "no blinded points",
+        TokenIssue::decode(&no_points).unwrap_err(),
+    ));
+    let mut many_points = vec![1, 0, 0, 0, 1];
+    many_points.extend_from_slice(&((limits::MAX_TOKEN_BATCH + 1) as u16).to_be_bytes());
+    many_points.extend_from_slice(&[0x11; 33 * 32]);
+    failures.push(body_fail(
+        "TokenIssue",
+        many_points.clone(),
+        "33 blinded points",
+        TokenIssue::decode(&many_points).unwrap_err(),
+    ));
+    let empty_blob = BlobCreate {
+        length: 0,
+        ..create.clone()
+    }
+    .encode();
+    failures.push(body_fail(
+        "BlobCreate",
+        empty_blob.clone(),
+        "length 0",
+        BlobCreate::decode(&empty_blob).unwrap_err(),
+    ));
+    let ahead = BlobStatus { length: 5, received: 6 }.encode();
+    failures.push(body_fail(
+        "BlobStatus",
+        ahead.clone(),
+        "received above length",
+        BlobStatus::decode(&ahead).unwrap_err(),
     ));
     let short = ErrorBody { code: ErrorCode::BUSY }.encode()[..2].to_vec();
     failures.push(body_fail(
@@ -769,6 +863,46 @@ fn relay_vectors_replay() {
                 },
                 &bytes,
             ),
+            "BlobIssuer" => check_body(
+                BlobIssuer {
+                    epoch: u(&f["epoch"]) as u32,
+                    public: a32(&f["public"]),
+                    max_blob_len: u(&f["max_blob_len"]),
+                    tokens_per_day: u(&f["tokens_per_day"]) as u32,
+                },
+                &bytes,
+            ),
+            "TokenIssue" => check_body(
+                TokenIssue {
+                    epoch: u(&f["epoch"]) as u32,
+                    blinded: f["blinded"].as_array().unwrap().iter().map(a32).collect(),
+                },
+                &bytes,
+            ),
+            "TokenIssued" => check_body(
+                TokenIssued {
+                    epoch: u(&f["epoch"]) as u32,
+                    evaluated: f["evaluated"].as_array().unwrap().iter().map(a32).collect(),
+                    proof: hx(&f["proof"]).try_into().unwrap(),
+                },
+                &bytes,
+            ),
+            "BlobCreate" => check_body(
+                BlobCreate {
+                    epoch: u(&f["epoch"]) as u32,
+                    token: hx(&f["token"]).try_into().unwrap(),
+                    length: u(&f["length"]),
+                },
+                &bytes,
+            ),
+            "BlobCreated" => check_body(BlobCreated { id: a32(&f["id"]) }, &bytes),
+            "BlobStatus" => check_body(
+                BlobStatus {
+                    length: u(&f["length"]),
+                    received: u(&f["received"]),
+                },
+                &bytes,
+            ),
             other => panic!("unknown body {other}"),
         }
     }
@@ -802,6 +936,9 @@ fn relay_vectors_replay() {
             "AccessPolicy" => AccessPolicy::decode(&hx(&f["bytes"])).unwrap_err(),
             "ProfileUpload" => ProfileUpload::decode(&hx(&f["bytes"])).unwrap_err(),
             "ProfileBody" => ProfileBody::decode(&hx(&f["bytes"])).unwrap_err(),
+            "TokenIssue" => TokenIssue::decode(&hx(&f["bytes"])).unwrap_err(),
+            "BlobCreate" => BlobCreate::decode(&hx(&f["bytes"])).unwrap_err(),
+            "BlobStatus" => BlobStatus::decode(&hx(&f["bytes"])).unwrap_err(),
             "authorization" => parse_authorization(f["header"].as_str().unwrap()).unwrap_err(),
             other => panic!("unknown input {other}"),
         };

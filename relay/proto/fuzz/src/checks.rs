@@ -23,9 +23,10 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use sotto_crypto::{AccountKey, Device, DeviceId, PreKeyBundle};
 use sotto_proto::{
-    Access, AccessKey, AccessPolicy, AuthResponse, Body, Bundles, Challenge, DecodeError, Deliver, DeviceListBody,
-    ErrorBody, ErrorCode, Frame, PreKeyCounts, PreKeyUpload, ProfileBody, ProfileUpload, PushProvider,
-    PushRegistration, Recipient, Send, SendOutcome, SendResult, authorization_header, limits, parse_authorization,
+    Access, AccessKey, AccessPolicy, AuthResponse, BlobCreate, BlobCreated, BlobIssuer, BlobStatus, Body, Bundles,
+    Challenge, DecodeError, Deliver, DeviceListBody, ErrorBody, ErrorCode, Frame, PreKeyCounts, PreKeyUpload,
+    ProfileBody, ProfileUpload, PushProvider, PushRegistration, Recipient, Send, SendOutcome, SendResult, TokenIssue,
+    TokenIssued, authorization_header, limits, parse_authorization,
 };
 
 /// The fuzz targets; each has a directory of seeds under `relay/proto/fuzz/corpus/`.
@@ -100,6 +101,12 @@ pub fn body(data: &[u8]) -> Outcome {
         round_trip::<AccessPolicy>(data),
         round_trip::<ProfileUpload>(data),
         round_trip::<ProfileBody>(data),
+        round_trip::<BlobIssuer>(data),
+        round_trip::<TokenIssue>(data),
+        round_trip::<TokenIssued>(data),
+        round_trip::<BlobCreate>(data),
+        round_trip::<BlobCreated>(data),
+        round_trip::<BlobStatus>(data),
         authorization(data),
     ];
     if results.contains(&true) {
@@ -391,5 +398,68 @@ pub fn seeds() -> Vec<Seed> {
     add("body", "bad-profile-too-long", too_long);
     add("body", "bad-profile-truncated", truncated(&profile.encode()));
     add("body", "bad-authorization", b"Sotto-v1 0g".to_vec());
+    // The blob store's bodies.
+    let issue = TokenIssue {
+        epoch: 2894,
+        blinded: vec![[0x21; 32], [0x22; 32]],
+    };
+    let create = BlobCreate {
+        epoch: 2894,
+        token: [0x33; 64],
+        length: 1 << 20,
+    };
+    let blobs: [(&str, Vec<u8>); 6] = [
+        (
+            "ok-blob-issuer",
+            BlobIssuer {
+                epoch: 2894,
+                public: [0x44; 32],
+                max_blob_len: 512 << 20,
+                tokens_per_day: 100,
+            }
+            .encode(),
+        ),
+        ("ok-token-issue", issue.encode()),
+        (
+            "ok-token-issued",
+            TokenIssued {
+                epoch: 2894,
+                evaluated: issue.blinded.clone(),
+                proof: [0x55; 64],
+            }
+            .encode(),
+        ),
+        ("ok-blob-create", create.encode()),
+        ("ok-blob-created", BlobCreated { id: [0x66; 32] }.encode()),
+        (
+            "ok-blob-status",
+            BlobStatus {
+                length: 1 << 20,
+                received: 4096,
+            }
+            .encode(),
+        ),
+    ];
+    for (name, b) in blobs {
+        add("body", name, b);
+    }
+    let mut no_points = issue.encode();
+    no_points[5..7].copy_from_slice(&[0, 0]); // the count
+    no_points.truncate(7);
+    add("body", "bad-token-issue-empty", no_points);
+    let mut many = issue.encode();
+    let n = u16::try_from(limits::MAX_TOKEN_BATCH + 1).unwrap_or(u16::MAX);
+    many[5..7].copy_from_slice(&n.to_be_bytes());
+    add("body", "bad-token-issue-too-many", many);
+    add(
+        "body",
+        "bad-blob-create-empty",
+        BlobCreate { length: 0, ..create }.encode(),
+    );
+    add(
+        "body",
+        "bad-blob-status-ahead",
+        vec![1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2],
+    );
     out
 }
