@@ -34,6 +34,12 @@
 //!   0x03 Delete    target (16)
 //!   0x04 Reaction  author (32) ‖ target (16) ‖ emoji (var, ≤ MAX_EMOJI_LEN, UTF-8; empty removes)
 //!   0x05 Timer     expire_s (u32, ≤ MAX_TIMER_S; 0 turns it off)
+//!   0x06 Attachment expire_s (u32) ‖ quote flag (u8) ‖ [quote] ‖ caption (var, ≤ MAX_TEXT_LEN, UTF-8)
+//!                  ‖ pointer (docs/protocol.md §16.5)
+//!                  pointer = blob_id (32) ‖ key (32) ‖ digest (32) ‖ size (u64, ≤ 2^34)
+//!                            ‖ media_type (var, ≤ MAX_MEDIA_TYPE_LEN, UTF-8)
+//!                            ‖ file_name (var, ≤ MAX_FILE_NAME_LEN, UTF-8)
+//!                            ‖ thumbnail flag (u8) ‖ [thumbnail (var, ≤ MAX_THUMBNAIL_LEN)]
 //!   other          (rest ignored)   shown as unsupported
 //! ```
 //!
@@ -68,6 +74,50 @@ pub const MAX_EMOJI_LEN: usize = 64;
 pub const MAX_AVATAR_LEN: usize = 16 * 1024;
 /// The longest profile name, in bytes.
 pub const MAX_PROFILE_NAME_LEN: usize = 256;
+
+/// The longest media type an attachment names, in bytes.
+pub const MAX_MEDIA_TYPE_LEN: usize = 127;
+/// The longest file name an attachment carries, in bytes.
+pub const MAX_FILE_NAME_LEN: usize = 255;
+/// The largest thumbnail an attachment pointer carries inline, in bytes.
+pub const MAX_THUMBNAIL_LEN: usize = 32 * 1024;
+
+/// Where an attachment is and how to open it (docs/protocol.md §16.5): the relay blob
+/// that holds its ciphertext (§16.4), the key and digest that open and check it (§16.2),
+/// and what to show before it is downloaded. It travels inside end-to-end encrypted
+/// content only; the thumbnail is encrypted with the message that carries it.
+///
+/// `file_name` and `media_type` come from the sender: untrusted display strings, never a
+/// path to write to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The relay's blob id.
+    pub blob_id: [u8; 32],
+    /// The attachment key.
+    pub key: SharedKey,
+    /// SHA-256 of the whole ciphertext.
+    pub digest: [u8; 32],
+    /// The plaintext length, bytes.
+    pub size: u64,
+    /// The media type, e.g. `image/jpeg` (at most [`MAX_MEDIA_TYPE_LEN`] bytes).
+    pub media_type: String,
+    /// The file name as the sender had it (at most [`MAX_FILE_NAME_LEN`] bytes).
+    pub file_name: String,
+    /// A small preview image (at most [`MAX_THUMBNAIL_LEN`] bytes).
+    pub thumbnail: Option<Vec<u8>>,
+}
+
+/// Leaves the key out, and the file name and thumbnail (their lengths only).
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("size", &self.size)
+            .field("media_type", &self.media_type)
+            .field("file_name_len", &self.file_name.len())
+            .field("thumbnail_len", &self.thumbnail.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
+}
 
 /// A 32-byte secret key carried in content (a profile key): its `Debug` shows nothing of
 /// it.
@@ -237,6 +287,18 @@ pub enum ChatItem {
         /// Seconds; 0 turns it off.
         expire_s: u32,
     },
+    /// A file, photo or voice note, with a caption (maybe empty), maybe a reply, with the
+    /// sender's disappearing-message timer.
+    Attachment {
+        /// Where the file is and how to open it.
+        attachment: Box<Attachment>,
+        /// The caption.
+        caption: String,
+        /// The quoted message, for a reply.
+        quote: Option<Quote>,
+        /// The conversation's timer as the sender knows it, seconds (0: none).
+        expire_s: u32,
+    },
     /// An item of a kind this version does not know (from a newer client).
     Unsupported {
         /// Its tag byte.
@@ -266,6 +328,18 @@ impl std::fmt::Debug for ChatItem {
                 .field("remove", &emoji.is_empty())
                 .finish_non_exhaustive(),
             Self::Timer { expire_s } => f.debug_struct("Timer").field("expire_s", expire_s).finish(),
+            Self::Attachment {
+                attachment,
+                caption,
+                quote,
+                expire_s,
+            } => f
+                .debug_struct("Attachment")
+                .field("attachment", attachment)
+                .field("caption_len", &caption.len())
+                .field("quote", quote)
+                .field("expire_s", expire_s)
+                .finish(),
             Self::Unsupported { tag } => f.debug_struct("Unsupported").field("tag", tag).finish(),
         }
     }
@@ -381,6 +455,80 @@ mod tag {
     pub(super) const ITEM_DELETE: u8 = 3;
     pub(super) const ITEM_REACTION: u8 = 4;
     pub(super) const ITEM_TIMER: u8 = 5;
+    pub(super) const ITEM_ATTACHMENT: u8 = 6;
+}
+
+fn put_quote(out: &mut Vec<u8>, quote: &Option<Quote>) {
+    match quote {
+        Some(q) => {
+            out.put_u8(1);
+            out.put(q.author.as_bytes());
+            out.put(&q.id.0);
+            out.put_var(truncate_utf8(&q.snippet, MAX_QUOTE_LEN).as_bytes());
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn read_quote(r: &mut Reader<'_>) -> Result<Option<Quote>, ContentError> {
+    Ok(if r.flag("quote flag")? {
+        Some(Quote {
+            author: AccountId(r.array()?),
+            id: MessageId(r.array()?),
+            snippet: utf8(r.var_bytes("quote", MAX_QUOTE_LEN)?)?,
+        })
+    } else {
+        None
+    })
+}
+
+/// Encodes an attachment pointer (docs/protocol.md §16.5). Strings above their bounds are
+/// cut on a character boundary; a thumbnail above [`MAX_THUMBNAIL_LEN`] is left out.
+pub fn encode_attachment(out: &mut Vec<u8>, a: &Attachment) {
+    out.put(&a.blob_id);
+    out.put(&a.key.0);
+    out.put(&a.digest);
+    out.put_u64(a.size);
+    out.put_var(truncate_utf8(&a.media_type, MAX_MEDIA_TYPE_LEN).as_bytes());
+    out.put_var(truncate_utf8(&a.file_name, MAX_FILE_NAME_LEN).as_bytes());
+    match &a.thumbnail {
+        Some(t) if t.len() <= MAX_THUMBNAIL_LEN => {
+            out.put_u8(1);
+            out.put_var(t);
+        }
+        _ => out.put_u8(0),
+    }
+}
+
+/// Decodes an attachment pointer; a size above the largest attachment
+/// ([`sotto_crypto::attachment::MAX_PLAINTEXT_LEN`]) is invalid.
+pub fn decode_attachment(r: &mut Reader<'_>) -> Result<Attachment, ContentError> {
+    let blob_id = r.array()?;
+    let key = SharedKey(r.array()?);
+    let digest = r.array()?;
+    let size = r.u64()?;
+    if size > sotto_crypto::attachment::MAX_PLAINTEXT_LEN {
+        return Err(DecodeError::Invalid {
+            field: "attachment size",
+        }
+        .into());
+    }
+    let media_type = utf8(r.var_bytes("media type", MAX_MEDIA_TYPE_LEN)?)?;
+    let file_name = utf8(r.var_bytes("file name", MAX_FILE_NAME_LEN)?)?;
+    let thumbnail = if r.flag("thumbnail flag")? {
+        Some(r.var_bytes("thumbnail", MAX_THUMBNAIL_LEN)?.to_vec())
+    } else {
+        None
+    };
+    Ok(Attachment {
+        blob_id,
+        key,
+        digest,
+        size,
+        media_type,
+        file_name,
+        thumbnail,
+    })
 }
 
 fn encode_item(out: &mut Vec<u8>, item: &ChatItem) {
@@ -388,16 +536,20 @@ fn encode_item(out: &mut Vec<u8>, item: &ChatItem) {
         ChatItem::Text { text, quote, expire_s } => {
             out.put_u8(tag::ITEM_TEXT);
             out.put_u32(*expire_s);
-            match quote {
-                Some(q) => {
-                    out.put_u8(1);
-                    out.put(q.author.as_bytes());
-                    out.put(&q.id.0);
-                    out.put_var(truncate_utf8(&q.snippet, MAX_QUOTE_LEN).as_bytes());
-                }
-                None => out.put_u8(0),
-            }
+            put_quote(out, quote);
             out.put_var(text.as_bytes());
+        }
+        ChatItem::Attachment {
+            attachment,
+            caption,
+            quote,
+            expire_s,
+        } => {
+            out.put_u8(tag::ITEM_ATTACHMENT);
+            out.put_u32(*expire_s);
+            put_quote(out, quote);
+            out.put_var(caption.as_bytes());
+            encode_attachment(out, attachment);
         }
         ChatItem::Edit { target, text } => {
             out.put_u8(tag::ITEM_EDIT);
@@ -426,19 +578,22 @@ fn decode_item(r: &mut Reader<'_>) -> Result<ChatItem, ContentError> {
     Ok(match r.u8()? {
         tag::ITEM_TEXT => {
             let expire_s = timer(r)?;
-            let quote = if r.flag("quote flag")? {
-                Some(Quote {
-                    author: AccountId(r.array()?),
-                    id: MessageId(r.array()?),
-                    snippet: utf8(r.var_bytes("quote", MAX_QUOTE_LEN)?)?,
-                })
-            } else {
-                None
-            };
+            let quote = read_quote(r)?;
             ChatItem::Text {
                 quote,
                 expire_s,
                 text: text(r)?,
+            }
+        }
+        tag::ITEM_ATTACHMENT => {
+            let expire_s = timer(r)?;
+            let quote = read_quote(r)?;
+            let caption = text(r)?;
+            ChatItem::Attachment {
+                attachment: Box::new(decode_attachment(r)?),
+                caption,
+                quote,
+                expire_s,
             }
         }
         tag::ITEM_EDIT => ChatItem::Edit {
@@ -892,7 +1047,35 @@ mod tests {
                 emoji: String::new(),
             },
             ChatItem::Timer { expire_s: MAX_TIMER_S },
+            ChatItem::Attachment {
+                attachment: Box::new(sample_attachment(Some(vec![0xff, 0xd8, 0xff, 0xe0]))),
+                caption: "the view ✓".into(),
+                quote: Some(Quote {
+                    author: AccountId([2; 32]),
+                    id: MessageId([3; 16]),
+                    snippet: "where?".into(),
+                }),
+                expire_s: 60,
+            },
+            ChatItem::Attachment {
+                attachment: Box::new(sample_attachment(None)),
+                caption: String::new(),
+                quote: None,
+                expire_s: 0,
+            },
         ]
+    }
+
+    fn sample_attachment(thumbnail: Option<Vec<u8>>) -> Attachment {
+        Attachment {
+            blob_id: [0x11; 32],
+            key: SharedKey([0x22; 32]),
+            digest: [0x33; 32],
+            size: 200 * 1000 * 1000,
+            media_type: "image/jpeg".into(),
+            file_name: "IMG_0001.jpg".into(),
+            thumbnail,
+        }
     }
 
     fn chat_samples() -> Vec<ContentKind> {

@@ -59,12 +59,12 @@ pub mod transport;
 
 #[cfg(any(feature = "native", feature = "web"))]
 pub use client::{
-    Client, ClientError, ClientOptions, ConversationList, ConversationSummary, Entropy, EventStream, ListDiff,
-    Listener, MAX_TIMELINE_WINDOW, MAX_UNREAD_COUNT, Presence, SearchResults, SendState, Subscription,
-    TYPING_REPEAT_MS, TYPING_TIMEOUT_MS, Timeline, TimelineItem, apply_diffs, contact_link, contact_link_with_key,
-    parse_contact, parse_contact_link,
+    AttachmentInfo, Cancel, Client, ClientError, ClientOptions, ConversationList, ConversationSummary, Entropy,
+    EventStream, ListDiff, Listener, MAX_TIMELINE_WINDOW, MAX_UNREAD_COUNT, Presence, Progress, SearchResults,
+    SendState, Subscription, TYPING_REPEAT_MS, TYPING_TIMEOUT_MS, Timeline, TimelineItem, apply_diffs, contact_link,
+    contact_link_with_key, parse_contact, parse_contact_link,
 };
-pub use content::{Content, ContentError, ContentKind};
+pub use content::{Attachment, Content, ContentError, ContentKind};
 pub use group::{GroupId, Role};
 pub use ids::{BadMessageId, MessageId};
 #[cfg(any(feature = "native", feature = "web"))]

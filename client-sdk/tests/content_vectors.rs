@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sotto_crypto::AccountId;
 use sotto_proto::AccessKey;
 use sotto_sdk::MessageId;
-use sotto_sdk::content::{ChatItem, Content, ContentKind, GroupBody, Quote};
+use sotto_sdk::content::{Attachment, ChatItem, Content, ContentKind, GroupBody, Quote};
 use sotto_sdk::group::GroupId;
 use sotto_sdk::store::Profile;
 
@@ -100,6 +100,38 @@ fn chat_samples() -> Vec<Content> {
             emoji: String::new(),
         },
         ChatItem::Timer { expire_s: 604_800 },
+        ChatItem::Attachment {
+            attachment: Box::new(Attachment {
+                blob_id: [0x5a; 32],
+                key: sotto_sdk::content::SharedKey([0x6b; 32]),
+                digest: [0x7c; 32],
+                size: 1_234_567,
+                media_type: "image/jpeg".into(),
+                file_name: "harbour at dusk.jpg".into(),
+                thumbnail: Some(vec![0xff, 0xd8, 0xff, 0xdb, 0x00, 0x43]),
+            }),
+            caption: "the view ✓".into(),
+            quote: Some(Quote {
+                author: alice,
+                id: id(0x01),
+                snippet: "hello, Bob ✓".into(),
+            }),
+            expire_s: 86_400,
+        },
+        ChatItem::Attachment {
+            attachment: Box::new(Attachment {
+                blob_id: [0x01; 32],
+                key: sotto_sdk::content::SharedKey([0x02; 32]),
+                digest: [0x03; 32],
+                size: 0,
+                media_type: String::new(),
+                file_name: String::new(),
+                thumbnail: None,
+            }),
+            caption: String::new(),
+            quote: None,
+            expire_s: 0,
+        },
     ];
     let mut out = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
@@ -202,6 +234,28 @@ fn item_json(i: &ChatItem) -> Value {
             "emoji": emoji,
         }),
         ChatItem::Timer { expire_s } => json!({"item": "Timer", "expire_s": expire_s}),
+        ChatItem::Attachment {
+            attachment: a,
+            caption,
+            quote,
+            expire_s,
+        } => json!({
+            "item": "Attachment",
+            "caption": caption,
+            "expire_s": expire_s,
+            "quote": quote.as_ref().map(|q| json!({
+                "author": hex::encode(q.author.as_bytes()),
+                "message_id": hex::encode(q.id.0),
+                "snippet": q.snippet,
+            })),
+            "blob_id": hex::encode(a.blob_id),
+            "key": hex::encode(a.key.0),
+            "digest": hex::encode(a.digest),
+            "size": a.size,
+            "media_type": a.media_type,
+            "file_name": a.file_name,
+            "thumbnail": a.thumbnail.as_ref().map(hex::encode),
+        }),
         other => panic!("no vector for {other:?}"),
     }
 }
@@ -232,6 +286,24 @@ fn item_from(v: &Value) -> ChatItem {
         },
         "Timer" => ChatItem::Timer {
             expire_s: v["expire_s"].as_u64().unwrap() as u32,
+        },
+        "Attachment" => ChatItem::Attachment {
+            attachment: Box::new(Attachment {
+                blob_id: arr(&v["blob_id"]),
+                key: sotto_sdk::content::SharedKey(arr(&v["key"])),
+                digest: arr(&v["digest"]),
+                size: v["size"].as_u64().unwrap(),
+                media_type: s("media_type"),
+                file_name: s("file_name"),
+                thumbnail: v["thumbnail"].as_str().map(|t| hex::decode(t).unwrap()),
+            }),
+            caption: s("caption"),
+            expire_s: v["expire_s"].as_u64().unwrap() as u32,
+            quote: v["quote"].as_object().map(|_| Quote {
+                author: AccountId(arr(&v["quote"]["author"])),
+                id: MessageId(arr(&v["quote"]["message_id"])),
+                snippet: v["quote"]["snippet"].as_str().unwrap().into(),
+            }),
         },
         other => panic!("unknown item {other}"),
     }
@@ -380,12 +452,23 @@ fn fresh() -> Value {
     let mut retired = text_v2[..26].to_vec();
     retired.push(0x0a);
     retired.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 3, b'A', b'd', b'a', 0]);
+    // An attachment pointer (the last item of the Chat content at 21) naming a size of
+    // 2^34 + 1 bytes, and one whose file name is 256 bytes long.
+    let attachment = chat_samples()[21].encode();
+    let size_at = attachment.len() - (4 + 6) - 1 - (4 + 19) - (4 + 10) - 8;
+    let mut huge = attachment.clone();
+    huge[size_at..size_at + 8].copy_from_slice(&((1u64 << 34) + 1).to_be_bytes());
+    let name_at = size_at + 8 + 4 + 10;
+    let mut long_file_name = attachment[..name_at].to_vec();
+    long_file_name.extend_from_slice(&256u32.to_be_bytes());
+    long_file_name.extend_from_slice(&[b'a'; 256]);
+    long_file_name.push(0);
     let profiles = profile_samples();
     let mut long_name = sotto_sdk::content::encode_profile(&profiles[0]);
     long_name[9..13].copy_from_slice(&257u32.to_be_bytes());
     long_name.splice(13..13, [b'x'; 257 - 9]);
     json!({
-        "description": "docs/protocol.md §7.6, §14.6, §15: message content, version 2 (and one version-1 text, still read), chat items, delivery and read receipts (1:1 and group), typing, presence and profile keys; contents of unknown kinds read as unsupported. `profiles` are profile plaintexts (§15.9), encrypted under the profile key before they go to the relay. Bytes are hex.",
+        "description": "docs/protocol.md §7.6, §14.6, §15: message content, version 2 (and one version-1 text, still read), chat items, delivery and read receipts (1:1 and group), typing, presence and profile keys, attachment pointers (§16.5); contents of unknown kinds read as unsupported. `profiles` are profile plaintexts (§15.9), encrypted under the profile key before they go to the relay. Bytes are hex.",
         "contents": samples().iter().map(to_json).collect::<Vec<_>>(),
         "version_1": {"bytes": hex::encode(&v1), "reads_as": to_json(&samples()[3])},
         "unsupported": [
@@ -411,6 +494,8 @@ fn fresh() -> Value {
             {"what": "text that is not UTF-8", "bytes": hex::encode(&not_utf8)},
             {"what": "a trailing byte", "bytes": hex::encode(&trailing)},
             {"what": "a delivery receipt with 31 bytes of group id", "bytes": hex::encode(&short_group)},
+            {"what": "an attachment of 2^34 + 1 bytes", "bytes": hex::encode(&huge)},
+            {"what": "an attachment file name of 256 bytes", "bytes": hex::encode(&long_file_name)},
         ],
     })
 }

@@ -324,6 +324,25 @@ pub fn seeds() -> Vec<Seed> {
                 key: sotto_sdk::content::SharedKey([0x4b; 32]),
             },
         ),
+        chat(
+            "ok-chat-attachment",
+            ContentKind::Chat {
+                item: sotto_sdk::content::ChatItem::Attachment {
+                    attachment: Box::new(sotto_sdk::content::Attachment {
+                        blob_id: [0x5a; 32],
+                        key: sotto_sdk::content::SharedKey([0x6b; 32]),
+                        digest: [0x7c; 32],
+                        size: 70_000,
+                        media_type: "image/png".into(),
+                        file_name: "a.png".into(),
+                        thumbnail: Some(vec![0x89, b'P', b'N', b'G']),
+                    }),
+                    caption: "look".into(),
+                    quote: None,
+                    expire_s: 0,
+                },
+            },
+        ),
     ] {
         add("content", &name, bytes);
     }

@@ -108,6 +108,29 @@ enum Command {
         #[arg(required = true)]
         text: Vec<String>,
     },
+    /// Send a file (encrypted, uploaded to the relay's blob store) and wait until the
+    /// relay stored the message.
+    SendFile {
+        /// A contact (link, id, the start of an id, or its nickname).
+        contact: String,
+        /// The file.
+        path: PathBuf,
+        /// A caption.
+        #[arg(long, default_value = "")]
+        caption: String,
+        /// The media type shown to the receiver (default: guessed from the extension).
+        #[arg(long)]
+        media_type: Option<String>,
+    },
+    /// Download a received file, check it, and write it to a path.
+    Save {
+        /// A contact (link, id, the start of an id, or its nickname).
+        contact: String,
+        /// The message: 1 for the newest, 2 for the one before..., or the start of its id.
+        message: String,
+        /// Where to write it (a directory: the sender's file name, sanitized, inside it).
+        path: PathBuf,
+    },
     /// Fetch and print what arrived while offline, then exit.
     Receive,
     /// Chat with a contact: incoming messages are printed as they arrive; each line
@@ -497,6 +520,44 @@ fn duration(s: u32) -> String {
 
 /// The last 8 hex digits of a message id (what `messages --ids` prints and message
 /// references match).
+/// A file name from a sender, safe to create in a directory: its last path component,
+/// without control characters, never empty, `.` or `..`.
+fn safe_file_name(name: &str) -> String {
+    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = last.chars().filter(|c| !c.is_control()).collect();
+    let clean = clean.trim().trim_start_matches('.').to_owned();
+    if clean.is_empty() {
+        "attachment".to_owned()
+    } else {
+        clean
+    }
+}
+
+/// A media type from a file's extension (the common ones; else octet-stream).
+fn guess_media_type(path: &std::path::Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "mp4" => "video/mp4",
+        "mov" => "video/quicktime",
+        "m4a" => "audio/mp4",
+        "ogg" | "opus" => "audio/ogg",
+        "mp3" => "audio/mpeg",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "zip" => "application/zip",
+        _ => "application/octet-stream",
+    }
+}
+
 fn short_id(id: &MessageId) -> String {
     let s = id.to_string();
     s[s.len().saturating_sub(8)..].to_owned()
@@ -519,6 +580,18 @@ fn show(m: &StoredMessage, group: Option<&str>, names: &Names) -> String {
             "(the safety number changed: compare it, then `acknowledge` or /ack)".to_owned()
         }
         MessageKind::Text if m.deleted => "(deleted)".to_owned(),
+        MessageKind::Text if m.attachment.is_some() => {
+            let a = m.attachment.as_deref();
+            let (file, size, kind) = a.map_or((String::new(), 0, String::new()), |a| {
+                (safe_file_name(&a.file_name), a.size, a.media_type.clone())
+            });
+            let caption = if m.text.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", m.text)
+            };
+            format!("[file {file}, {kind}, {size} bytes: `sotto save`]{caption}")
+        }
         MessageKind::Text => {
             let quote = match &m.quote {
                 Some(q) => format!("(re {}: \"{}\") ", name(names, &q.author), snippet(&q.snippet, 40)),
@@ -1169,6 +1242,48 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             finish_send(&client, &mut events, m.id).await?;
+        }
+        Command::SendFile {
+            contact,
+            path,
+            caption,
+            media_type,
+        } => {
+            let (client, mut events) = open_client(&dir).await?;
+            let to = contact_or_add(&client, &contact).await?;
+            let info = sotto_sdk::AttachmentInfo {
+                media_type: media_type.unwrap_or_else(|| guess_media_type(&path).to_owned()),
+                caption,
+                ..Default::default()
+            };
+            let progress = |done: u64, total: u64| {
+                let _ = write!(std::io::stderr(), "\ruploaded {}%", done * 100 / total.max(1));
+            };
+            let m = client
+                .send_attachment_file(Conversation::Direct(to), &path, info, Some(&progress), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = writeln!(std::io::stderr());
+            finish_send(&client, &mut events, m.id).await?;
+        }
+        Command::Save { contact, message, path } => {
+            let client = open_offline(&dir).await?;
+            let to = resolve(&client, &contact).await?;
+            let m = find_message(&client, &to, &message).await?;
+            let Some(a) = m.attachment.as_deref() else {
+                return Err("that message carries no file".into());
+            };
+            let path = if path.is_dir() {
+                path.join(safe_file_name(&a.file_name))
+            } else {
+                path
+            };
+            client
+                .download_attachment(a, &path, None, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            out!("saved {} ({} bytes)", path.display(), a.size);
+            client.shutdown().await;
         }
         Command::Receive => {
             let (client, mut events) = open_client(&dir).await?;

@@ -72,7 +72,7 @@ impl<S: Store> super::Inner<S> {
 impl<S: Store> Client<S> {
     /// Queues a chat item and wakes the sender. Returns the new message for a text or a
     /// timer (its `order` set).
-    async fn queue_item(
+    pub(super) async fn queue_item(
         &self,
         conversation: Conversation,
         item: ChatItem,
@@ -377,9 +377,15 @@ impl<S: Store> Client<S> {
             return Err(ClientError::NotQueued);
         }
         let conversation = self.conversation_of(&key.conversation).await;
-        let item = match m.kind {
-            MessageKind::Timer { expire_s } => ChatItem::Timer { expire_s },
-            _ => ChatItem::Text {
+        let item = match (m.kind, m.attachment.clone()) {
+            (MessageKind::Timer { expire_s }, _) => ChatItem::Timer { expire_s },
+            (_, Some(attachment)) => ChatItem::Attachment {
+                attachment,
+                caption: m.text.clone(),
+                quote: m.quote.clone(),
+                expire_s: m.expire_s,
+            },
+            (_, None) => ChatItem::Text {
                 text: m.text.clone(),
                 quote: m.quote.clone(),
                 expire_s: m.expire_s,

@@ -121,6 +121,16 @@ pub enum ClientError {
         /// The role both asked for.
         role: crate::store::ProcessRole,
     },
+    /// An attachment that does not open: tampered with, truncated, reordered, of another
+    /// length or digest than its pointer says (a download); too large (an upload).
+    #[error("attachment: {0}")]
+    Attachment(sotto_crypto::attachment::AttachmentError),
+    /// The upload or download was cancelled ([`crate::Cancel`]).
+    #[error("cancelled")]
+    Cancelled,
+    /// Reading or writing a local file failed (the I/O error's kind).
+    #[error("file: {0}")]
+    File(String),
 }
 
 impl From<StoreError> for ClientError {
@@ -176,6 +186,10 @@ impl ClientError {
             Self::NotAuthor => "not_author",
             Self::NotQueued => "not_queued",
             Self::DeviceInUse { .. } => "device_in_use",
+            Self::Attachment(sotto_crypto::attachment::AttachmentError::TooLarge { .. }) => "too_large",
+            Self::Attachment(_) => "attachment_corrupt",
+            Self::Cancelled => "cancelled",
+            Self::File(_) => "file",
         }
     }
 

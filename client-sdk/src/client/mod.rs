@@ -24,6 +24,7 @@ use crate::rt::{self, Instant};
 use crate::store::{Page, Store, StoreError, StoreKey, StoredMessage};
 use crate::transport::Relay;
 
+mod attachment;
 mod chat;
 mod commit;
 mod connection;
@@ -36,6 +37,7 @@ mod outbox;
 mod profile;
 mod typing;
 
+pub use attachment::{AttachmentInfo, Cancel, Progress};
 pub use entropy::Entropy;
 pub use error::ClientError;
 pub use live::{
@@ -288,6 +290,8 @@ pub(crate) struct Inner<S: Store> {
     /// commits, and the machine was reloaded: work prepared from the machine before the
     /// bump is never sent (see [`Inner::sync_locked`]).
     pub(crate) losses: std::sync::atomic::AtomicU64,
+    /// Upload tokens for attachments, not spent yet (in memory).
+    pub(crate) blob_tokens: attachment::Tokens,
 }
 
 /// A Sotto client: one device of one account, its store and its relay connection.
@@ -409,6 +413,7 @@ impl<S: Store> Client<S> {
                 ephemeral: typing::Ephemeral::default(),
                 sending: Default::default(),
                 losses: Default::default(),
+                blob_tokens: Default::default(),
                 profiles_wake: Notify::new(),
                 profile_round: Mutex::new(()),
             }),

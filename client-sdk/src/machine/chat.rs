@@ -122,7 +122,9 @@ impl Machine {
         now_ms: u64,
     ) -> Result<(Changes, Option<StoredMessage>), MachineError> {
         match &item {
-            ChatItem::Text { text, .. } | ChatItem::Edit { text, .. } if text.len() > MAX_TEXT_LEN => {
+            ChatItem::Text { text, .. } | ChatItem::Edit { text, .. } | ChatItem::Attachment { caption: text, .. }
+                if text.len() > MAX_TEXT_LEN =>
+            {
                 return Err(MachineError::TextTooLong {
                     len: text.len(),
                     max: MAX_TEXT_LEN,
@@ -152,6 +154,17 @@ impl Machine {
         let item = match item {
             ChatItem::Text { text, quote, .. } => ChatItem::Text {
                 text,
+                quote,
+                expire_s: settings.expire_s,
+            },
+            ChatItem::Attachment {
+                attachment,
+                caption,
+                quote,
+                ..
+            } => ChatItem::Attachment {
+                attachment,
+                caption,
                 quote,
                 expire_s: settings.expire_s,
             },
@@ -211,6 +224,19 @@ impl Machine {
                 m.quote = quote;
                 m.expire_s = expire_s;
                 m.expires_at_ms = expiry(now_ms, expire_s);
+                message = Some(m);
+            }
+            ChatItem::Attachment {
+                attachment,
+                caption,
+                quote,
+                expire_s,
+            } => {
+                let mut m = StoredMessage::text(id, conversation.key(), sender, now_ms, caption, MessageStatus::Queued);
+                m.quote = quote;
+                m.expire_s = expire_s;
+                m.expires_at_ms = expiry(now_ms, expire_s);
+                m.attachment = Some(attachment);
                 message = Some(m);
             }
             ChatItem::Timer { expire_s } => {
@@ -518,6 +544,21 @@ impl Machine {
                 m.expire_s = expire_s;
                 // A copy of this account's own message starts its timer when it was sent;
                 // a contact's when it is read here.
+                if status == MessageStatus::SentElsewhere {
+                    m.expires_at_ms = expiry(timestamp_ms, expire_s);
+                }
+                m
+            }
+            ChatItem::Attachment {
+                attachment,
+                caption,
+                quote,
+                expire_s,
+            } => {
+                let mut m = message(MessageKind::Text, caption);
+                m.quote = quote;
+                m.expire_s = expire_s;
+                m.attachment = Some(attachment);
                 if status == MessageStatus::SentElsewhere {
                     m.expires_at_ms = expiry(timestamp_ms, expire_s);
                 }

@@ -299,10 +299,15 @@ impl Machine {
 }
 
 /// True for content that is a message in its conversation, with a send status: a text,
-/// a timer (1:1 or group).
+/// a timer, an attachment (1:1 or group).
 pub(super) fn has_status(kind: &ContentKind) -> bool {
     use crate::content::GroupBody;
-    let item_has = |i: &ChatItem| matches!(i, ChatItem::Text { .. } | ChatItem::Timer { .. });
+    let item_has = |i: &ChatItem| {
+        matches!(
+            i,
+            ChatItem::Text { .. } | ChatItem::Timer { .. } | ChatItem::Attachment { .. }
+        )
+    };
     match kind {
         ContentKind::Text { .. }
         | ContentKind::Group {

@@ -557,6 +557,9 @@ pub struct StoredMessage {
     pub expires_at_ms: u64,
     /// Why sending it failed (a stable code), while its status is `Failed`.
     pub failure: Option<String>,
+    /// The file it carries (its `text` is the caption), to download with
+    /// [`crate::Client::download_attachment`].
+    pub attachment: Option<Box<crate::content::Attachment>>,
 }
 
 /// The longest failure code kept, in bytes.
@@ -595,6 +598,7 @@ impl StoredMessage {
             expire_s: 0,
             expires_at_ms: 0,
             failure: None,
+            attachment: None,
         }
     }
 
@@ -622,6 +626,7 @@ impl StoredMessage {
                 self.deleted = true;
                 self.text.clear();
                 self.quote = None;
+                self.attachment = None;
                 self.reactions.clear();
             }
             MessageUpdate::React(r) => {

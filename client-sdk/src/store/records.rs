@@ -402,7 +402,7 @@ pub(crate) fn decode_peer(b: &[u8]) -> Result<PeerDevice, DecodeError> {
 /// (u8) ‖ count (u16) ‖ count × (by (32) ‖ emoji (var) ‖ at_ms (u64)) ‖ expire_s (u32) ‖
 /// expires_at_ms (u64)`; version 1 records are plain texts. Version 3 adds `flag [‖
 /// failure code (var)]`.
-const MESSAGE_VERSION: u8 = 3;
+const MESSAGE_VERSION: u8 = 4;
 
 pub(crate) fn encode_message(m: &StoredMessage) -> Vec<u8> {
     let mut o = Vec::with_capacity(160 + m.text.len());
@@ -449,6 +449,13 @@ pub(crate) fn encode_message(m: &StoredMessage) -> Vec<u8> {
         Some(code) => {
             o.put_u8(1);
             o.put_var(crate::content::truncate_utf8(code, super::MAX_FAILURE_CODE_LEN).as_bytes());
+        }
+        None => o.put_u8(0),
+    }
+    match &m.attachment {
+        Some(a) => {
+            o.put_u8(1);
+            crate::content::encode_attachment(&mut o, a);
         }
         None => o.put_u8(0),
     }
@@ -509,6 +516,13 @@ pub(crate) fn decode_message(b: &[u8], order: u64) -> Result<StoredMessage, Deco
     }
     if version >= 3 && r.flag("failure")? {
         m.failure = Some(utf8(r.var_bytes("failure", super::MAX_FAILURE_CODE_LEN)?, "failure")?);
+    }
+    if version >= 4 && r.flag("attachment")? {
+        let a = crate::content::decode_attachment(&mut r).map_err(|e| match e {
+            crate::content::ContentError::Decode(d) => d,
+            _ => DecodeError::Invalid { field: "attachment" },
+        })?;
+        m.attachment = Some(Box::new(a));
     }
     r.finish()?;
     Ok(m)
@@ -702,6 +716,41 @@ pub(crate) fn decode_sender_keys(b: &[u8]) -> Result<SenderKeySet, DecodeError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_records_keep_attachments_and_older_versions_load() {
+        let mut m = StoredMessage::text(
+            MessageId([1; 16]),
+            AccountId([2; 32]),
+            (AccountId([3; 32]), DeviceId(4)),
+            5,
+            "a caption".into(),
+            MessageStatus::Delivered,
+        );
+        m.failure = Some("X".into());
+        let plain = m.clone();
+        m.attachment = Some(Box::new(crate::content::Attachment {
+            blob_id: [6; 32],
+            key: crate::content::SharedKey([7; 32]),
+            digest: [8; 32],
+            size: 9,
+            media_type: "image/png".into(),
+            file_name: "a.png".into(),
+            thumbnail: Some(vec![10; 3]),
+        }));
+        assert_eq!(decode_message(&encode_message(&m), 0).unwrap(), m);
+        assert_eq!(decode_message(&encode_message(&plain), 0).unwrap(), plain);
+        // Version 3 (no attachment field) loads without one.
+        let mut v3 = encode_message(&plain);
+        v3[0] = 3;
+        assert_eq!(v3.pop(), Some(0));
+        assert_eq!(decode_message(&v3, 0).unwrap(), plain);
+        // A cut pointer is an error, never a panic.
+        let full = encode_message(&m);
+        for n in 0..full.len() {
+            assert!(decode_message(&full[..n], 0).is_err());
+        }
+    }
 
     #[test]
     fn account_records_of_version_1_still_load() {

@@ -26,6 +26,24 @@ use web::{Endpoint, Ws};
 
 /// The largest HTTP answer read (a full bundle list is about 100 KiB).
 const MAX_RESPONSE: usize = 1 << 20;
+/// The most blob bytes one request moves: an upload piece, or one range of a download
+/// (the relay's `MAX_BLOB_PIECE`, docs/protocol.md §16.4).
+pub const BLOB_PIECE: usize = sotto_proto::limits::MAX_BLOB_PIECE;
+
+/// What a request adds to method, path, authorization and body.
+pub(crate) struct Extra {
+    /// A `Range: bytes=first-last` header (both inclusive).
+    range: Option<(u64, u64)>,
+    /// The largest answer body read.
+    max_response: usize,
+}
+
+impl Extra {
+    const NONE: Extra = Extra {
+        range: None,
+        max_response: MAX_RESPONSE,
+    };
+}
 /// The largest WebSocket message accepted (the relay's default `max_frame_bytes`).
 pub const MAX_FRAME: usize = 4 << 20;
 /// How long one HTTP exchange or the WebSocket handshake may take.
@@ -172,9 +190,103 @@ impl Relay {
         auth: Option<String>,
         body: Vec<u8>,
     ) -> Result<(u16, Vec<u8>), TransportError> {
-        rt::timeout(REQUEST_TIMEOUT, self.endpoint.request(method, path, auth, body))
+        self.http_with(method, path, auth, body, &Extra::NONE).await
+    }
+
+    async fn http_with(
+        &self,
+        method: Method,
+        path: &str,
+        auth: Option<String>,
+        body: Vec<u8>,
+        extra: &Extra,
+    ) -> Result<(u16, Vec<u8>), TransportError> {
+        rt::timeout(REQUEST_TIMEOUT, self.endpoint.request(method, path, auth, body, extra))
             .await
             .map_err(|_| TransportError::Timeout)?
+    }
+
+    fn check(status: u16, bytes: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+        if (200..300).contains(&status) {
+            return Ok(bytes);
+        }
+        let code = ErrorBody::decode(&bytes).map(|b| b.code).unwrap_or(ErrorCode::INTERNAL);
+        Err(TransportError::Relay { status, code })
+    }
+
+    fn decode<B: Body>(bytes: &[u8]) -> Result<B, TransportError> {
+        B::decode(bytes).map_err(|e| TransportError::Protocol(e.to_string()))
+    }
+
+    /// The blob store's current token issuer (`GET /v1/blobs/issuer`, docs/protocol.md
+    /// §16.4): unauthenticated.
+    pub async fn blob_issuer(&self) -> Result<sotto_proto::BlobIssuer, TransportError> {
+        let bytes = self.expect(Method::Get, "/v1/blobs/issuer", None, Vec::new()).await?;
+        Self::decode(&bytes)
+    }
+
+    /// Upload tokens for `device` (`PUT /v1/blobs/tokens`): the relay signs the blinded
+    /// elements and charges them to the device's daily quota.
+    pub async fn issue_blob_tokens(
+        &self,
+        device: &Device,
+        request: &sotto_proto::TokenIssue,
+    ) -> Result<sotto_proto::TokenIssued, TransportError> {
+        let body = request.encode();
+        let auth = self
+            .authorization(device, Method::Put, "/v1/blobs/tokens", &body)
+            .await?;
+        let bytes = self.expect(Method::Put, "/v1/blobs/tokens", Some(auth), body).await?;
+        Self::decode(&bytes)
+    }
+
+    /// Creates a blob of `length` bytes, paid with an unlinkable token (`PUT /v1/blobs`):
+    /// unauthenticated, on a connection of its own, so it names no device.
+    pub async fn create_blob(&self, create: &sotto_proto::BlobCreate) -> Result<[u8; 32], TransportError> {
+        let bytes = self.expect(Method::Put, "/v1/blobs", None, create.encode()).await?;
+        Self::decode::<sotto_proto::BlobCreated>(&bytes).map(|c| c.id)
+    }
+
+    /// Uploads the piece of blob `id` that starts at `offset`
+    /// (`PUT /v1/blobs/{id}/{offset}`); the answer says how much the relay holds.
+    pub async fn put_blob_piece(
+        &self,
+        id: &[u8; 32],
+        offset: u64,
+        piece: Vec<u8>,
+    ) -> Result<sotto_proto::BlobStatus, TransportError> {
+        let path = format!("/v1/blobs/{}/{offset}", crate::client::hex(id));
+        let bytes = self.expect(Method::Put, &path, None, piece).await?;
+        Self::decode(&bytes)
+    }
+
+    /// How much of blob `id` the relay holds (`GET /v1/blobs/{id}/status`), to resume an
+    /// upload.
+    pub async fn blob_status(&self, id: &[u8; 32]) -> Result<sotto_proto::BlobStatus, TransportError> {
+        let path = format!("/v1/blobs/{}/status", crate::client::hex(id));
+        let bytes = self.expect(Method::Get, &path, None, Vec::new()).await?;
+        Self::decode(&bytes)
+    }
+
+    /// Bytes `start .. start + len` of the complete blob `id` (`GET /v1/blobs/{id}` with a
+    /// `Range`), at most [`BLOB_PIECE`] of them. Anything but exactly those bytes is an
+    /// error.
+    pub async fn get_blob_range(&self, id: &[u8; 32], start: u64, len: usize) -> Result<Vec<u8>, TransportError> {
+        if len == 0 || len > BLOB_PIECE {
+            return Err(TransportError::Protocol("a blob range of 1 to BLOB_PIECE bytes".into()));
+        }
+        let path = format!("/v1/blobs/{}", crate::client::hex(id));
+        let extra = Extra {
+            range: Some((start, start + len as u64 - 1)),
+            max_response: BLOB_PIECE.max(MAX_RESPONSE),
+        };
+        let (status, bytes) = self.http_with(Method::Get, &path, None, Vec::new(), &extra).await?;
+        let bytes = Self::check(status, bytes)?;
+        // 206 with the range; a 200 (the whole blob) is accepted only when that is the range.
+        if !(status == 206 || (status == 200 && start == 0)) || bytes.len() != len {
+            return Err(TransportError::Protocol("the relay answered another range".into()));
+        }
+        Ok(bytes)
     }
 
     async fn expect(
@@ -185,11 +297,7 @@ impl Relay {
         body: Vec<u8>,
     ) -> Result<Vec<u8>, TransportError> {
         let (status, bytes) = self.http(method, path, auth, body).await?;
-        if (200..300).contains(&status) {
-            return Ok(bytes);
-        }
-        let code = ErrorBody::decode(&bytes).map(|b| b.code).unwrap_or(ErrorCode::INTERNAL);
-        Err(TransportError::Relay { status, code })
+        Self::check(status, bytes)
     }
 
     fn check_challenge(&self, c: &Challenge) -> Result<(), TransportError> {

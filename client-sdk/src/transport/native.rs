@@ -20,7 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::{MAX_FRAME, MAX_RESPONSE, Method, TransportError};
+use super::{MAX_FRAME, Method, TransportError};
 
 fn io(e: impl std::fmt::Display) -> TransportError {
     TransportError::Io(e.to_string())
@@ -148,13 +148,14 @@ impl Endpoint {
     }
 
     /// One HTTP exchange on a fresh connection: the status and at most
-    /// [`MAX_RESPONSE`] bytes of body.
+    /// `extra.max_response` bytes of body.
     pub(super) async fn request(
         &self,
         method: Method,
         path: &str,
         auth: Option<String>,
         body: Vec<u8>,
+        extra: &super::Extra,
     ) -> Result<(u16, Vec<u8>), TransportError> {
         let stream = self.open_stream().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -173,10 +174,13 @@ impl Endpoint {
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
+        if let Some((first, last)) = extra.range {
+            req = req.header("range", format!("bytes={first}-{last}"));
+        }
         let req = req.body(Full::new(Bytes::from(body))).map_err(io)?;
         let resp = sender.send_request(req).await.map_err(io)?;
         let status = resp.status().as_u16();
-        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
+        let bytes = Limited::new(resp.into_body(), extra.max_response)
             .collect()
             .await
             .map_err(io)?

@@ -18,7 +18,7 @@ use web_sys::{
     BinaryType, CloseEvent, Event, Headers, MessageEvent, ReadableStreamDefaultReader, RequestInit, WebSocket,
 };
 
-use super::{MAX_FRAME, MAX_RESPONSE, Method, TransportError};
+use super::{MAX_FRAME, Method, TransportError};
 
 /// Frames received and not yet read. The relay sends at most its delivery window of
 /// unacknowledged envelopes (at most 1024, docs/protocol.md §13), the answers to at most
@@ -62,18 +62,22 @@ impl Endpoint {
         })
     }
 
-    /// One `fetch`: the status and at most [`MAX_RESPONSE`] bytes of body.
+    /// One `fetch`: the status and at most `extra.max_response` bytes of body.
     pub(super) async fn request(
         &self,
         method: Method,
         path: &str,
         auth: Option<String>,
         body: Vec<u8>,
+        extra: &super::Extra,
     ) -> Result<(u16, Vec<u8>), TransportError> {
         let headers = Headers::new().map_err(js)?;
         headers.set("content-type", "application/octet-stream").map_err(js)?;
         if let Some(a) = auth {
             headers.set("authorization", &a).map_err(js)?;
+        }
+        if let Some((first, last)) = extra.range {
+            headers.set("range", &format!("bytes={first}-{last}")).map_err(js)?;
         }
         let init = RequestInit::new();
         init.set_headers(&headers);
@@ -106,7 +110,7 @@ impl Endpoint {
                 .map_err(js)?
                 .dyn_into()
                 .map_err(js)?;
-            if out.len() + value.length() as usize > MAX_RESPONSE {
+            if out.len() + value.length() as usize > extra.max_response {
                 let _ = reader.cancel();
                 return Err(TransportError::Protocol("the answer is too large".into()));
             }

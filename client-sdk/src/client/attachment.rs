@@ -1,0 +1,424 @@
+//! Attachments (docs/protocol.md §16): a file is encrypted in a stream of chunks (§16.2)
+//! and uploaded piece by piece as a relay blob (§16.4), paid with an unlinkable token
+//! (§16.3); its pointer (§16.5) then goes in a chat item like a text. A group message
+//! uploads the blob once: the pointer travels in the group's one encrypted item.
+//!
+//! Memory stays flat whatever the file's size: one piece of ciphertext
+//! ([`BLOB_PIECE`]) and one chunk of plaintext are held at a time. A download is checked
+//! (every chunk's tag, the length, the padding and the ciphertext digest) before the
+//! file appears at its path; [`Client::download_attachment_bytes`] returns bytes only
+//! once all of them were checked.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sotto_crypto::attachment::{AttachmentError, AttachmentKey, Decryptor, Encryptor, Layout};
+use sotto_crypto::token::TokenRequest;
+use sotto_proto::{BlobCreate, ErrorCode, TokenIssue};
+
+use super::{Client, ClientError};
+use crate::content::{Attachment, ChatItem, MAX_FILE_NAME_LEN, MAX_MEDIA_TYPE_LEN, MAX_THUMBNAIL_LEN, SharedKey};
+use crate::machine::Conversation;
+use crate::store::{Store, StoredMessage};
+use crate::transport::{BLOB_PIECE, TransportError};
+
+/// How many upload tokens one request asks for (the rest wait in memory for the next
+/// attachments, so a token is rarely fetched right before the upload it pays for).
+const TOKEN_BATCH: usize = 8;
+/// How many times one piece is tried before the upload fails (the relay may restart).
+const PIECE_ATTEMPTS: u32 = 6;
+
+/// Cancels an upload or a download in progress: the call returns
+/// [`ClientError::Cancelled`] at its next piece. Clones share the flag.
+#[derive(Clone, Default, Debug)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A flag not raised yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raises it.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// True once raised.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Progress of an upload or download: bytes done of the total (ciphertext bytes on the
+/// wire, padding included).
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// What the receiver is shown about an attachment besides the file.
+#[derive(Clone, Default)]
+pub struct AttachmentInfo {
+    /// The media type, e.g. `image/jpeg` (cut to 127 bytes).
+    pub media_type: String,
+    /// The file name (cut to 255 bytes).
+    pub file_name: String,
+    /// A caption (the message text), maybe empty.
+    pub caption: String,
+    /// A small preview image (at most [`MAX_THUMBNAIL_LEN`] bytes; larger is refused).
+    pub thumbnail: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for AttachmentInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachmentInfo")
+            .field("media_type", &self.media_type)
+            .field("file_name_len", &self.file_name.len())
+            .field("caption_len", &self.caption.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Upload tokens not spent yet: `(issuer epoch, token)`.
+#[derive(Default)]
+pub(crate) struct Tokens(std::sync::Mutex<Vec<(u32, [u8; sotto_crypto::token::TOKEN_LEN])>>);
+
+fn check_cancel(cancel: Option<&Cancel>) -> Result<(), ClientError> {
+    if cancel.is_some_and(Cancel::is_cancelled) {
+        return Err(ClientError::Cancelled);
+    }
+    Ok(())
+}
+
+fn io(e: std::io::Error) -> ClientError {
+    ClientError::File(e.kind().to_string())
+}
+
+impl<S: Store> Client<S> {
+    /// One unspent upload token, fetching a batch when none is left.
+    async fn blob_token(&self) -> Result<(u32, [u8; sotto_crypto::token::TOKEN_LEN]), ClientError> {
+        if let Some(t) = self.inner.blob_tokens.0.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(t);
+        }
+        let relay = &self.inner.relay;
+        let issuer = relay.blob_issuer().await?;
+        let request = TokenRequest::new(TOKEN_BATCH, &mut self.inner.entropy.rng()?)
+            .map_err(|e| ClientError::Transport(TransportError::Protocol(e.to_string())))?;
+        let issued = relay
+            .issue_blob_tokens(
+                &self.inner.device,
+                &TokenIssue {
+                    epoch: issuer.epoch,
+                    blinded: request.blinded().to_vec(),
+                },
+            )
+            .await?;
+        if issued.epoch != issuer.epoch {
+            return Err(TransportError::Protocol("tokens of another epoch".into()).into());
+        }
+        // The proof ties every answer to the published key: a relay cannot mark this
+        // device's tokens with a key of their own.
+        let tokens = request
+            .finish(
+                &issuer.public,
+                &issued.evaluated,
+                &sotto_crypto::token::Proof(issued.proof),
+            )
+            .map_err(|e| ClientError::Transport(TransportError::Protocol(e.to_string())))?;
+        let mut pool = self.inner.blob_tokens.0.lock().unwrap_or_else(|p| p.into_inner());
+        pool.extend(tokens.into_iter().map(|t| (issued.epoch, t)));
+        pool.pop()
+            .ok_or_else(|| TransportError::Protocol("no tokens issued".into()).into())
+    }
+
+    /// Uploads one piece, retrying a transient failure; the relay's status decides
+    /// whether a piece whose answer was lost landed.
+    async fn upload_piece(&self, id: &[u8; 32], offset: u64, piece: &[u8]) -> Result<u64, ClientError> {
+        let relay = &self.inner.relay;
+        let end = offset + piece.len() as u64;
+        let mut attempt = 0;
+        loop {
+            let result = relay.put_blob_piece(id, offset, piece.to_vec()).await;
+            match result {
+                Ok(status) if status.received == end => return Ok(end),
+                Ok(_) => return Err(TransportError::Protocol("the relay holds another length".into()).into()),
+                Err(TransportError::Relay { code, .. }) if code == ErrorCode::OFFSET_MISMATCH => {
+                    // An earlier attempt landed and its answer was lost?
+                    let status = relay.blob_status(id).await?;
+                    if status.received == end {
+                        return Ok(end);
+                    }
+                    return Err(TransportError::Relay {
+                        status: 409,
+                        code: ErrorCode::OFFSET_MISMATCH,
+                    }
+                    .into());
+                }
+                Err(e) if e.is_retryable() && attempt + 1 < PIECE_ATTEMPTS => {
+                    attempt += 1;
+                    crate::rt::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                    match relay.blob_status(id).await {
+                        Ok(s) if s.received == end => return Ok(end),
+                        Ok(s) if s.received == offset => {}
+                        Ok(_) => {
+                            return Err(TransportError::Protocol("the relay holds another length".into()).into());
+                        }
+                        // Still unreachable: the next attempt tells.
+                        Err(_) => {}
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Encrypts `len` bytes read from `reader` and uploads them as a new blob; returns
+    /// the pointer (without the display fields).
+    async fn upload_attachment(
+        &self,
+        reader: &mut (dyn std::io::Read + Send),
+        len: u64,
+        progress: Option<Progress<'_>>,
+        cancel: Option<&Cancel>,
+    ) -> Result<Attachment, ClientError> {
+        let layout = Layout::of(len).map_err(ClientError::Attachment)?;
+        let total = layout.ciphertext_len();
+        let key = AttachmentKey::generate(&mut self.inner.entropy.rng()?);
+        let mut enc = Encryptor::new(&key, len, &mut self.inner.entropy.rng()?).map_err(ClientError::Attachment)?;
+        check_cancel(cancel)?;
+        let (epoch, token) = self.blob_token().await?;
+        let id = self
+            .inner
+            .relay
+            .create_blob(&BlobCreate {
+                epoch,
+                token,
+                length: total,
+            })
+            .await?;
+        let mut out: Vec<u8> = Vec::with_capacity(BLOB_PIECE + sotto_crypto::attachment::CHUNK_LEN * 2);
+        out.extend_from_slice(&enc.header());
+        let mut buf = vec![0u8; sotto_crypto::attachment::CHUNK_LEN];
+        let mut read = 0u64;
+        let mut sent = 0u64;
+        let mut digest = None;
+        while digest.is_none() {
+            check_cancel(cancel)?;
+            if read < len {
+                let want = buf.len().min(usize::try_from(len - read).unwrap_or(usize::MAX));
+                let n = reader.read(&mut buf[..want]).map_err(io)?;
+                if n == 0 {
+                    return Err(ClientError::Attachment(AttachmentError::LengthMismatch {
+                        expected: len,
+                    }));
+                }
+                read += n as u64;
+                enc.update(&buf[..n], &mut out).map_err(ClientError::Attachment)?;
+            } else {
+                digest = enc.finish_step(&mut out).map_err(ClientError::Attachment)?;
+            }
+            while out.len() >= BLOB_PIECE || (digest.is_some() && !out.is_empty()) {
+                let n = out.len().min(BLOB_PIECE);
+                sent = self.upload_piece(&id, sent, &out[..n]).await?;
+                out.drain(..n);
+                if let Some(p) = progress {
+                    p(sent, total);
+                }
+                check_cancel(cancel)?;
+            }
+        }
+        let digest = digest.ok_or(ClientError::Attachment(AttachmentError::LengthMismatch {
+            expected: len,
+        }))?;
+        if sent != total {
+            return Err(ClientError::Attachment(AttachmentError::LengthMismatch {
+                expected: len,
+            }));
+        }
+        Ok(Attachment {
+            blob_id: id,
+            key: SharedKey(*key.to_bytes()),
+            digest,
+            size: len,
+            media_type: String::new(),
+            file_name: String::new(),
+            thumbnail: None,
+        })
+    }
+
+    /// Encrypts and uploads `len` bytes read from `reader`, then sends them to
+    /// `conversation` (a contact or a group) as an attachment message, returned as stored
+    /// (status `Queued`, like a text). A group's members all download the one blob.
+    ///
+    /// Typed failures: a file above 16 GiB or a thumbnail above [`MAX_THUMBNAIL_LEN`]
+    /// ([`ClientError::Attachment`]), the relay's size and quota refusals
+    /// (`BLOB_TOO_LARGE`, `QUOTA_EXCEEDED`, `STORAGE_FULL` in
+    /// [`ClientError::Transport`]), [`ClientError::Cancelled`], and a reader that fails or
+    /// ends early ([`ClientError::File`]). Nothing is sent unless the whole upload
+    /// succeeded.
+    pub async fn send_attachment_from(
+        &self,
+        conversation: Conversation,
+        reader: &mut (dyn std::io::Read + Send),
+        len: u64,
+        info: AttachmentInfo,
+        progress: Option<Progress<'_>>,
+        cancel: Option<&Cancel>,
+    ) -> Result<StoredMessage, ClientError> {
+        if info.thumbnail.as_ref().is_some_and(|t| t.len() > MAX_THUMBNAIL_LEN) {
+            return Err(ClientError::Attachment(AttachmentError::TooLarge {
+                len: info.thumbnail.as_ref().map_or(0, |t| t.len() as u64),
+                max: MAX_THUMBNAIL_LEN as u64,
+            }));
+        }
+        let mut attachment = self.upload_attachment(reader, len, progress, cancel).await?;
+        attachment.media_type = crate::content::truncate_utf8(&info.media_type, MAX_MEDIA_TYPE_LEN).to_owned();
+        attachment.file_name = crate::content::truncate_utf8(&info.file_name, MAX_FILE_NAME_LEN).to_owned();
+        attachment.thumbnail = info.thumbnail;
+        let item = ChatItem::Attachment {
+            attachment: Box::new(attachment),
+            caption: info.caption,
+            quote: None,
+            expire_s: 0,
+        };
+        self.queue_item(conversation, item)
+            .await?
+            .ok_or(ClientError::UnknownMessage)
+    }
+
+    /// [`Client::send_attachment_from`] with the bytes in memory.
+    pub async fn send_attachment_bytes(
+        &self,
+        conversation: Conversation,
+        bytes: &[u8],
+        info: AttachmentInfo,
+        progress: Option<Progress<'_>>,
+        cancel: Option<&Cancel>,
+    ) -> Result<StoredMessage, ClientError> {
+        let mut reader = bytes;
+        self.send_attachment_from(conversation, &mut reader, bytes.len() as u64, info, progress, cancel)
+            .await
+    }
+
+    /// Downloads and decrypts an attachment, handing each checked chunk of plaintext to
+    /// `sink`. The caller must not release what `sink` received until this returns `Ok`:
+    /// the length, the padding and the digest are checked at the end.
+    async fn download_into(
+        &self,
+        attachment: &Attachment,
+        sink: &mut (dyn FnMut(&[u8]) -> Result<(), ClientError> + Send),
+        progress: Option<Progress<'_>>,
+        cancel: Option<&Cancel>,
+    ) -> Result<(), ClientError> {
+        let key = AttachmentKey::from_bytes(&attachment.key.0);
+        let mut dec = Decryptor::new(&key, attachment.size, attachment.digest).map_err(ClientError::Attachment)?;
+        let total = dec.layout().ciphertext_len();
+        let mut plain = Vec::with_capacity(BLOB_PIECE + sotto_crypto::attachment::CHUNK_LEN);
+        let mut at = 0u64;
+        while at < total {
+            check_cancel(cancel)?;
+            let n = usize::try_from(total - at).unwrap_or(usize::MAX).min(BLOB_PIECE);
+            let piece = self.download_piece(&attachment.blob_id, at, n).await?;
+            at += n as u64;
+            dec.update(&piece, &mut plain).map_err(ClientError::Attachment)?;
+            sink(&plain)?;
+            plain.clear();
+            if let Some(p) = progress {
+                p(at, total);
+            }
+        }
+        dec.finish().map_err(ClientError::Attachment)
+    }
+
+    async fn download_piece(&self, id: &[u8; 32], at: u64, n: usize) -> Result<Vec<u8>, ClientError> {
+        let mut attempt = 0;
+        loop {
+            match self.inner.relay.get_blob_range(id, at, n).await {
+                Ok(b) => return Ok(b),
+                Err(e) if e.is_retryable() && attempt + 1 < PIECE_ATTEMPTS => {
+                    attempt += 1;
+                    crate::rt::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Downloads an attachment into memory and returns it once every check passed
+    /// (chunk tags, length, padding, digest): [`ClientError::Attachment`] for anything
+    /// tampered with, truncated or reordered. For files of a few MiB; larger ones go to a
+    /// path ([`Client::download_attachment`]).
+    pub async fn download_attachment_bytes(
+        &self,
+        attachment: &Attachment,
+        progress: Option<Progress<'_>>,
+        cancel: Option<&Cancel>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::new();
+        let mut sink = |b: &[u8]| -> Result<(), ClientError> {
+            out.extend_from_slice(b);
+            Ok(())
+        };
+        self.download_into(attachment, &mut sink, progress, cancel).await?;
+        Ok(out)
+    }
+
+    /// Downloads an attachment to the file `path`. The plaintext is written to a
+    /// temporary file beside it, which becomes `path` (renamed after an fsync) only once
+    /// every check passed; on any failure it is deleted and `path` is untouched.
+    ///
+    /// `path` is the app's choice: never build it from the sender's `file_name` without
+    /// sanitizing it.
+    #[cfg(feature = "native")]
+    pub async fn download_attachment(
+        &self,
+        attachment: &Attachment,
+        path: &std::path::Path,
+        progress: Option<Progress<'_>>,
+        cancel: Option<&Cancel>,
+    ) -> Result<(), ClientError> {
+        use std::io::Write;
+        let mut name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .ok_or_else(|| ClientError::File("not a file path".into()))?;
+        name.push(format!(".part-{}", super::hex(&attachment.blob_id[..8])));
+        let part = path.with_file_name(name);
+        let file = std::fs::File::create(&part).map_err(io)?;
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+        let result = {
+            let mut sink = |b: &[u8]| writer.write_all(b).map_err(io);
+            self.download_into(attachment, &mut sink, progress, cancel).await
+        };
+        let result = result.and_then(|()| {
+            let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
+            file.sync_all().map_err(io)?;
+            std::fs::rename(&part, path).map_err(io)
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&part);
+        }
+        result
+    }
+
+    /// [`Client::send_attachment_from`] reading the file at `path`; the file name shown is
+    /// the path's last component unless `info` names one.
+    #[cfg(feature = "native")]
+    pub async fn send_attachment_file(
+        &self,
+        conversation: Conversation,
+        path: &std::path::Path,
+        mut info: AttachmentInfo,
+        progress: Option<Progress<'_>>,
+        cancel: Option<&Cancel>,
+    ) -> Result<StoredMessage, ClientError> {
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if info.file_name.is_empty() {
+            info.file_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+        }
+        self.send_attachment_from(conversation, &mut file, len, info, progress, cancel)
+            .await
+    }
+}
