@@ -133,6 +133,17 @@ enum Command {
     },
     /// Fetch and print what arrived while offline, then exit.
     Receive,
+    /// Run as this device's notification extension, beside a running `sotto` on the same
+    /// profile: fetch what waits (unless the app is connected), decrypt it, print one
+    /// `notification` line per message, then exit.
+    Notify {
+        /// How long to wait for the mailbox, seconds.
+        #[arg(long, default_value_t = 20)]
+        max_wait: u64,
+        /// Print the process's peak resident memory (`peak_rss_kib N`) on stderr.
+        #[arg(long)]
+        memory: bool,
+    },
     /// Chat with a contact: incoming messages are printed as they arrive; each line
     /// typed is sent.
     Chat {
@@ -1284,6 +1295,44 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             out!("saved {} ({} bytes)", path.display(), a.size);
             client.shutdown().await;
+        }
+        Command::Notify { max_wait, memory } => {
+            let (store, key) = open_store(&dir, false).await?;
+            let client = Client::open_notification_extension(store, key, ClientOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let fetched = client
+                .fetch_notifications(Duration::from_secs(max_wait))
+                .await
+                .map_err(|e| e.to_string())?;
+            for n in &fetched.notifications {
+                let who = if n.sender_name.is_empty() {
+                    short(&n.key.sender)
+                } else {
+                    n.sender_name.clone()
+                };
+                match &n.group_title {
+                    Some(g) => out!("notification #{g} {who}: {}", n.body),
+                    None => out!("notification {who}: {}", n.body),
+                }
+            }
+            if fetched.app_active {
+                out!("app active");
+            } else if fetched.complete {
+                out!("caught up");
+            } else {
+                out!("incomplete");
+            }
+            client.shutdown().await;
+            if memory {
+                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+                let kib = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                let _ = writeln!(std::io::stderr(), "peak_rss_kib {kib}");
+            }
         }
         Command::Receive => {
             let (client, mut events) = open_client(&dir).await?;

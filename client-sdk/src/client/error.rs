@@ -128,6 +128,10 @@ pub enum ClientError {
     /// The upload or download was cancelled ([`crate::Cancel`]).
     #[error("cancelled")]
     Cancelled,
+    /// The app took the event stream ([`Client::events`]) of a notification-extension
+    /// client, whose fetch reads it.
+    #[error("the event stream was taken")]
+    EventsTaken,
     /// Reading or writing a local file failed (the I/O error's kind).
     #[error("file: {0}")]
     File(String),
@@ -189,6 +193,7 @@ impl ClientError {
             Self::Attachment(sotto_crypto::attachment::AttachmentError::TooLarge { .. }) => "too_large",
             Self::Attachment(_) => "attachment_corrupt",
             Self::Cancelled => "cancelled",
+            Self::EventsTaken => "events_taken",
             Self::File(_) => "file",
         }
     }

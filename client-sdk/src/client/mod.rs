@@ -31,6 +31,7 @@ mod connection;
 mod directory;
 mod entropy;
 mod error;
+mod extension;
 mod inbound;
 mod live;
 mod outbox;
@@ -40,6 +41,7 @@ mod typing;
 pub use attachment::{AttachmentInfo, Cancel, Progress};
 pub use entropy::Entropy;
 pub use error::ClientError;
+pub use extension::{Fetched, Notification};
 pub use live::{
     ConversationList, ConversationSummary, ListDiff, Listener, MAX_TIMELINE_WINDOW, MAX_UNREAD_COUNT, Presence,
     SearchResults, SendState, Subscription, TYPING_TIMEOUT_MS, Timeline, TimelineItem, apply_diffs,
@@ -374,9 +376,19 @@ impl<S: Store> Client<S> {
         rng: ChaCha20Rng,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
+        Self::start_as(store, key, rng, options, crate::store::ProcessRole::App).await
+    }
+
+    pub(crate) async fn start_as(
+        store: S,
+        key: StoreKey,
+        rng: ChaCha20Rng,
+        options: ClientOptions,
+        role: crate::store::ProcessRole,
+    ) -> Result<Self, ClientError> {
         // One app process per store: a second one would fight this one for the relay
-        // connection ([`ClientError::DeviceInUse`]).
-        let process_lock = store.lock_process(crate::store::ProcessRole::App)?;
+        // connection ([`ClientError::DeviceInUse`]); one extension process beside it.
+        let process_lock = store.lock_process(role)?;
         let snapshot = load_snapshot(&store).await?;
         let Some(account) = &snapshot.account else {
             return Err(ClientError::NoAccount);

@@ -448,6 +448,17 @@ impl Relay {
     /// Opens the WebSocket and authenticates as `device`; returns the socket with the
     /// mailbox epoch the relay named in `AuthOk` (docs/protocol.md §13.6).
     pub async fn connect_with_epoch(&self, device: &Device) -> Result<(Socket, [u8; 16]), TransportError> {
+        self.connect_as(device, false).await
+    }
+
+    /// [`Relay::connect_with_epoch`] for the device's notification-extension process
+    /// (`AuthExtension`): it never replaces the app's connection. While the app's
+    /// connection is open the relay answers `DEVICE_ACTIVE`, here or as the first frame.
+    pub async fn connect_extension(&self, device: &Device) -> Result<(Socket, [u8; 16]), TransportError> {
+        self.connect_as(device, true).await
+    }
+
+    async fn connect_as(&self, device: &Device, extension: bool) -> Result<(Socket, [u8; 16]), TransportError> {
         let handshake = async {
             let mut socket = Socket {
                 ws: self.endpoint.open_ws().await?,
@@ -458,7 +469,13 @@ impl Relay {
                 other => return Err(TransportError::Protocol(format!("expected a challenge, got {other:?}"))),
             };
             self.check_challenge(&c)?;
-            socket.send(&Frame::AuthResponse(Self::answer(device, &c))).await?;
+            let answer = Self::answer(device, &c);
+            let frame = if extension {
+                Frame::AuthExtension(answer)
+            } else {
+                Frame::AuthResponse(answer)
+            };
+            socket.send(&frame).await?;
             match socket.recv().await? {
                 Some(Frame::AuthOk { mailbox_epoch }) => Ok((socket, mailbox_epoch)),
                 Some(Frame::Error { code }) => Err(TransportError::Relay { status: 0, code }),

@@ -47,6 +47,10 @@ codes! {
     CHALLENGE_UNKNOWN = 12;
     /// The challenge is older than the relay accepts.
     CHALLENGE_EXPIRED = 13;
+    /// A notification-extension connection (`AuthExtension`) for a device whose app
+    /// connection is open on this relay: the app receives, the extension has nothing to
+    /// do.
+    DEVICE_ACTIVE = 16;
     /// An upload token that does not verify under the named issuer epoch's key, or names
     /// an epoch the relay does not know or no longer accepts.
     TOKEN_INVALID = 14;

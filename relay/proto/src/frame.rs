@@ -6,6 +6,7 @@
 //! 0x01 Challenge         relay → client  nonce (32) ‖ relay_id (32) ‖ timestamp_ms (u64)
 //! 0x02 AuthResponse      client → relay  account_id (32) ‖ device_id (u32) ‖ nonce (32) ‖ signature (64)
 //! 0x03 AuthOk            relay → client  mailbox_epoch (16)
+//! 0x04 AuthExtension     client → relay  as AuthResponse, from the device's notification-extension process
 //! 0x10 Send              client → relay  message_id (u64)
 //!                                        ‖ access_count (u16) ‖ access_count × (account_id (32) ‖ access_key (32))
 //!                                        ‖ len (u32) ‖ body                     shared by every recipient
@@ -267,6 +268,11 @@ pub enum Frame {
     Challenge(Challenge),
     /// `0x02` client → relay: the answer to the challenge.
     AuthResponse(AuthResponse),
+    /// `0x04` client → relay: the answer to the challenge from the device's
+    /// notification-extension process: it authenticates like [`Frame::AuthResponse`],
+    /// but never replaces the device's app connection (the relay answers
+    /// `Error(DEVICE_ACTIVE)` while that one is open), and an app connection replaces it.
+    AuthExtension(AuthResponse),
     /// `0x03` relay → client: authenticated; mailbox delivery starts.
     AuthOk {
         /// The epoch of the device's mailbox numbering: it changes whenever the relay may
@@ -316,6 +322,7 @@ mod tag {
     pub(super) const CHALLENGE: u8 = 0x01;
     pub(super) const AUTH_RESPONSE: u8 = 0x02;
     pub(super) const AUTH_OK: u8 = 0x03;
+    pub(super) const AUTH_EXTENSION: u8 = 0x04;
     pub(super) const SEND: u8 = 0x10;
     pub(super) const SEND_RESULT: u8 = 0x11;
     pub(super) const DELIVER: u8 = 0x12;
@@ -340,6 +347,7 @@ impl Frame {
             Frame::Challenge(_) => tag::CHALLENGE,
             Frame::AuthResponse(_) => tag::AUTH_RESPONSE,
             Frame::AuthOk { .. } => tag::AUTH_OK,
+            Frame::AuthExtension(_) => tag::AUTH_EXTENSION,
             Frame::Send(_) => tag::SEND,
             Frame::SendResult(_) => tag::SEND_RESULT,
             Frame::Deliver(_) => tag::DELIVER,
@@ -359,7 +367,7 @@ impl Frame {
         out.put_u8(self.type_byte());
         match self {
             Frame::Challenge(c) => c.encode_into(&mut out),
-            Frame::AuthResponse(a) => a.encode_into(&mut out),
+            Frame::AuthResponse(a) | Frame::AuthExtension(a) => a.encode_into(&mut out),
             Frame::AuthOk { mailbox_epoch } => out.put(mailbox_epoch),
             Frame::QueueEmpty => {}
             Frame::Send(s) => {
@@ -439,6 +447,7 @@ impl Frame {
         let frame = match r.u8()? {
             tag::CHALLENGE => Frame::Challenge(Challenge::decode_from(&mut r)?),
             tag::AUTH_RESPONSE => Frame::AuthResponse(AuthResponse::decode_from(&mut r)?),
+            tag::AUTH_EXTENSION => Frame::AuthExtension(AuthResponse::decode_from(&mut r)?),
             tag::AUTH_OK => Frame::AuthOk {
                 mailbox_epoch: r.array()?,
             },

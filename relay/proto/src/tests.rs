@@ -113,6 +113,7 @@ fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         challenge().prop_map(Frame::Challenge),
         auth_response().prop_map(Frame::AuthResponse),
+        auth_response().prop_map(Frame::AuthExtension),
         any::<[u8; 16]>().prop_map(|mailbox_epoch| Frame::AuthOk { mailbox_epoch }),
         (
             any::<u64>(),

@@ -693,6 +693,8 @@ impl ConnSignals {
 struct ConnEntry {
     id: u64,
     signals: Arc<ConnSignals>,
+    /// The device's notification-extension process, not its app.
+    extension: bool,
 }
 
 /// The devices connected to this relay node.
@@ -725,9 +727,22 @@ impl Hub {
         }
     }
 
-    /// Registers a connection for a device, replacing (and signalling) an older one.
-    /// `queue` bounds its ephemeral queue and `live` its queue of committed envelopes.
-    pub(crate) fn register(&self, account: AccountId, device: DeviceId, queue: usize, live: usize) -> Registration<'_> {
+    /// Registers a connection for a device, replacing (and signalling) an older one; for
+    /// a notification extension (`extension`), `None` while the device's app connection
+    /// is open (that one is never replaced by an extension). `queue` bounds its
+    /// ephemeral queue and `live` its queue of committed envelopes.
+    pub(crate) fn register(
+        &self,
+        account: AccountId,
+        device: DeviceId,
+        extension: bool,
+        queue: usize,
+        live: usize,
+    ) -> Option<Registration<'_>> {
+        let mut conns = lock(&self.conns);
+        if extension && conns.get(&(account, device)).is_some_and(|e| !e.extension) {
+            return None;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let signals = Arc::new(ConnSignals {
             mailbox: Notify::new(),
@@ -742,22 +757,24 @@ impl Hub {
             }),
             live_cap: live.max(1),
         });
-        let old = lock(&self.conns).insert(
+        let old = conns.insert(
             (account, device),
             ConnEntry {
                 id,
                 signals: signals.clone(),
+                extension,
             },
         );
+        drop(conns);
         if let Some(old) = old {
             old.signals.replaced.notify_one();
         }
-        Registration {
+        Some(Registration {
             hub: self,
             key: (account, device),
             id,
             signals,
-        }
+        })
     }
 
     /// Closes the device's connection, if it has one here: the device left its account's

@@ -48,6 +48,8 @@ enum End {
     Closed,
     Shutdown,
     Replaced,
+    /// A notification-extension connection refused: the app's connection is open.
+    DeviceActive,
     Idle,
     AuthFailed,
     Io,
@@ -173,11 +175,11 @@ where
     // state machine: tokio keeps a task's whole future resident, so an inline store future
     // would cost every idle connection its size.
     let end = match Box::pin(authenticate(&state, &mut socket, &edge)).await {
-        Ok(Opened::Device(account, device)) => {
+        Ok(Opened::Device(account, device, extension)) => {
             if let Some(slot) = &mut edge.slot {
                 slot.authenticated();
             }
-            session(&state, &mut socket, &edge, account, device).await
+            session(&state, &mut socket, &edge, account, device, extension).await
         }
         Ok(Opened::Anonymous(first)) => anonymous_session(&state, &mut socket, &edge, first).await,
         Err(end) => end,
@@ -191,8 +193,9 @@ where
 
 /// How a connection continues after the challenge.
 enum Opened {
-    /// Authenticated as this device.
-    Device(AccountId, DeviceId),
+    /// Authenticated as this device: its app (false) or its notification extension
+    /// (true).
+    Device(AccountId, DeviceId, bool),
     /// Anonymous: the client answered the challenge with this send.
     Anonymous(Send),
 }
@@ -216,7 +219,7 @@ where
     let mut shutdown = state.shutdown_signal();
     let every = state.config.heartbeat.ping_interval();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let resp = loop {
+    let (resp, extension) = loop {
         let msg = tokio::select! {
             _ = tick.tick() => {
                 if edge.message_late(state.config.limits.message_timeout()) {
@@ -241,7 +244,8 @@ where
         }
         match msg {
             Some(Ok(Message::Binary(b))) => match Frame::decode(&b) {
-                Ok(Frame::AuthResponse(r)) => break r,
+                Ok(Frame::AuthResponse(r)) => break (r, false),
+                Ok(Frame::AuthExtension(r)) => break (r, true),
                 Ok(Frame::Send(first)) => return Ok(Opened::Anonymous(first)),
                 Ok(_) => {
                     send_frame(
@@ -275,7 +279,7 @@ where
         Ok(keys) => {
             let mailbox_epoch = state.mailbox_epoch(&keys.registration);
             send_frame(socket, &Frame::AuthOk { mailbox_epoch }).await?;
-            Ok(Opened::Device(resp.account_id, resp.device_id))
+            Ok(Opened::Device(resp.account_id, resp.device_id, extension))
         }
         Err(code) => {
             inc(&state.metrics.auth_failures_total, 1);
@@ -302,13 +306,34 @@ struct Mailbox {
     backlog: bool,
 }
 
-async fn session<S>(state: &AppState, socket: &mut S, edge: &Edge, account: AccountId, device: DeviceId) -> End
+async fn session<S>(
+    state: &AppState,
+    socket: &mut S,
+    edge: &Edge,
+    account: AccountId,
+    device: DeviceId,
+    extension: bool,
+) -> End
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     let limits = &state.config.limits;
     let live_cap = usize::try_from(limits.deliver_window).unwrap_or(usize::MAX);
-    let reg = state.hub.register(account, device, limits.ephemeral_queue, live_cap);
+    // A notification extension never takes the socket from the device's app.
+    let Some(reg) = state
+        .hub
+        .register(account, device, extension, limits.ephemeral_queue, live_cap)
+    else {
+        let _ = send_frame(
+            socket,
+            &Frame::Error {
+                code: ErrorCode::DEVICE_ACTIVE,
+            },
+        )
+        .await;
+        close(socket, close_code::POLICY, "").await;
+        return End::DeviceActive;
+    };
     let signals = reg.signals.clone();
     let mut shutdown = state.shutdown_signal();
     let mut mb = Mailbox {
