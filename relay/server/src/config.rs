@@ -1182,4 +1182,59 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn blob_settings_are_checked() {
+        let field = |c: &Config| match c.validate() {
+            Err(ConfigError::Invalid { field, .. }) => Some(field),
+            _ => None,
+        };
+        let c: Config = toml::from_str("[blobs]\nbackend = \"s3\"\n").unwrap();
+        assert_eq!(field(&c), Some("blobs.bucket"));
+        let c: Config = toml::from_str(
+            "[blobs]\nbackend = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+             allow_http = true\naccess_key_id = \"id\"\nsecret_access_key = \"very-secret\"\n",
+        )
+        .unwrap();
+        assert_eq!(field(&c), None);
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("very-secret") && shown.contains("S3Secret(..)"),
+            "{shown}"
+        );
+        let c: Config = toml::from_str("[blobs]\nbackend = \"s3\"\nbucket = \"b\"\naccess_key_id = \"id\"\n").unwrap();
+        assert_eq!(field(&c), Some("blobs.access_key_id"));
+        let c: Config = toml::from_str("[blobs]\nbucket = \"b\"\n").unwrap();
+        assert_eq!(field(&c), Some("blobs.bucket"));
+        for (tweak, want) in [
+            (
+                (|b: &mut Blobs| b.max_blob_len = 0) as fn(&mut Blobs),
+                "blobs.max_blob_len",
+            ),
+            (|b| b.max_total_bytes = 10, "blobs.max_total_bytes"),
+            (|b| b.token_epoch_secs = 59, "blobs.token_epoch_secs"),
+            (|b| b.tokens_per_device_per_day = 0, "blobs.tokens_per_device_per_day"),
+            (|b| b.max_concurrent_downloads = 0, "blobs.max_concurrent_downloads"),
+            (|b| b.requests_burst_total = 0, "blobs.requests_per_second_total"),
+        ] {
+            let mut c = Config::default();
+            tweak(&mut c.blobs);
+            assert_eq!(field(&c), Some(want));
+        }
+    }
+
+    #[test]
+    fn blob_dir_defaults_beside_the_database() {
+        let mut c = Config {
+            data_dir: PathBuf::from("/data"),
+            ..Config::default()
+        };
+        assert_eq!(c.blob_dir(), PathBuf::from("/data/blobs"));
+        c.database_url = Some("sqlite:///srv/sotto/relay.db?mode=rwc".to_owned());
+        assert_eq!(c.blob_dir(), PathBuf::from("/srv/sotto/blobs"));
+        c.database_url = Some("postgres://db/sotto".to_owned());
+        assert_eq!(c.blob_dir(), PathBuf::from("/data/blobs"));
+        c.blobs.dir = Some(PathBuf::from("/mnt/blobs"));
+        assert_eq!(c.blob_dir(), PathBuf::from("/mnt/blobs"));
+    }
 }
