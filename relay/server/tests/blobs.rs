@@ -527,6 +527,181 @@ async fn requests_are_rate_limited(url: String) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+// ---------------------------------------------------------------------------------------
+// The S3 backend against moto's S3 server.
+
+/// A moto S3 server on a free loopback port, killed when dropped.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// moto_server: `$SOTTO_MOTO_SERVER`, else the virtualenv scripts/setup.sh makes. Missing:
+/// a failure with `CI=true`, else a loud skip.
+fn moto_server() -> Option<PathBuf> {
+    let path = std::env::var_os("SOTTO_MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("SOTTO_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sotto"));
+            cache.join("moto-5.2.5/bin/moto_server")
+        });
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{} is missing in CI: run scripts/setup.sh", path.display());
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: the S3 blob backend ({} is missing; scripts/setup.sh installs it) ***\n",
+            path.display()
+        );
+    });
+    None
+}
+
+/// Starts moto and waits until it says it listens (its own log line, not a timer).
+async fn start_moto() -> Option<Moto> {
+    use std::io::BufRead;
+    let bin = moto_server()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let moto = Moto { child, port };
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        for line in lines.by_ref() {
+            if line.is_ok_and(|l| l.contains("Running on")) {
+                // Keep draining, so moto never blocks on a full pipe.
+                std::thread::spawn(move || lines.for_each(drop));
+                return true;
+            }
+        }
+        false
+    });
+    let ready = tokio::time::timeout(FAILSAFE, ready)
+        .await
+        .expect("moto starts")
+        .unwrap();
+    assert!(ready, "moto_server exited before listening");
+    Some(moto)
+}
+
+/// A plain HTTP request to moto: the status.
+async fn moto_request(moto: &Moto, method: Method, path: &str) -> StatusCode {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", moto.port)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", format!("127.0.0.1:{}", moto.port))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(FAILSAFE, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    resp.status()
+}
+
+const BUCKET: &str = "sotto-blobs";
+
+async fn start_s3(url: &str, dir: &Path, moto: &Moto) -> Relay {
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    start(url, dir, move |c| {
+        c.blobs.backend = sotto_relay::config::BlobBackend::S3;
+        c.blobs.bucket = Some(BUCKET.to_owned());
+        c.blobs.endpoint = Some(endpoint);
+        c.blobs.allow_http = true;
+        c.blobs.access_key_id = Some("testing".to_owned());
+        c.blobs.secret_access_key = Some(sotto_relay::config::S3Secret("testing".to_owned()));
+        c.blobs.upload_ttl_secs = 3600;
+        c.blobs.blob_ttl_secs = 86_400;
+    })
+    .await
+}
+
+/// With the S3 backend: an upload staged on disk, resumed after a restart, lands in the
+/// bucket on completion (the staging file is deleted), downloads whole and by range from
+/// the bucket, and the collector deletes the object once the blob expired.
+async fn s3_upload_resume_download_collect(url: String) {
+    let Some(moto) = start_moto().await else {
+        return;
+    };
+    assert_eq!(
+        moto_request(&moto, Method::PUT, &format!("/{BUCKET}")).await,
+        StatusCode::OK
+    );
+    let dir = temp_dir();
+    let mut r = rng(6);
+    let alice = account(&mut r, 1);
+    let d = &alice.devices[0];
+    // Above one multipart part (8 MiB), so the upload is multipart.
+    let bytes = content(60, 9 << 20);
+    let id = {
+        let mut relay = start_s3(&url, &dir, &moto).await;
+        assert_eq!(relay.register(&alice).await, StatusCode::CREATED);
+        let (epoch, t) = tokens(&relay, d, 1).await.unwrap();
+        let id = create(&relay, epoch, t[0], bytes.len() as u64).await.unwrap();
+        piece(&relay, &id, 0, &bytes[..4 << 20]).await.unwrap();
+        relay.stop().await;
+        id
+    };
+    let mut relay = start_s3(&url, &dir, &moto).await;
+    let st = status(&relay, &id).await.unwrap();
+    assert_eq!(st.received, 4 << 20);
+    piece(&relay, &id, st.received, &bytes[4 << 20..8 << 20]).await.unwrap();
+    let done = piece(&relay, &id, 8 << 20, &bytes[8 << 20..]).await.unwrap();
+    assert_eq!(done.received, bytes.len() as u64);
+    assert!(!dir.join(hex_id(&id)).exists(), "the staging file is deleted");
+    let object = format!("/{BUCKET}/blobs/{}", hex_id(&id));
+    assert_eq!(moto_request(&moto, Method::HEAD, &object).await, StatusCode::OK);
+    let (s, h, body) = download(&relay, &id, None).await;
+    assert_eq!((s, h["accept-ranges"].to_str().unwrap()), (StatusCode::OK, "bytes"));
+    assert!(body == bytes, "the download matches");
+    let (s, h, body) = download(&relay, &id, Some("bytes=100-199")).await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(h["content-range"], format!("bytes 100-199/{}", bytes.len()));
+    assert_eq!(body, &bytes[100..200]);
+    let (s, _, body) = download(&relay, &id, Some("bytes=-10")).await;
+    assert_eq!(
+        (s, &body[..]),
+        (StatusCode::PARTIAL_CONTENT, &bytes[bytes.len() - 10..])
+    );
+
+    let expired = T0 + 2 * DAY_MS;
+    relay.state.blobs.clock.set_ms(expired);
+    assert_eq!(gc(&relay, expired).await.blobs, 1);
+    assert_eq!(moto_request(&moto, Method::HEAD, &object).await, StatusCode::NOT_FOUND);
+    assert_eq!(status(&relay, &id).await, Err(NOT_FOUND));
+    relay.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 macro_rules! backend {
     ($backend:ident, $url:expr) => {
         mod $backend {
@@ -552,6 +727,7 @@ macro_rules! backend {
             t!(upload_resumes_after_restart);
             t!(collection_and_epochs);
             t!(requests_are_rate_limited);
+            t!(s3_upload_resume_download_collect);
         }
     };
 }
