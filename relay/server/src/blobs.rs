@@ -515,6 +515,15 @@ impl BlobStore {
             return Err(AppError(ErrorCode::OFFSET_MISMATCH));
         }
         let room = row.length - row.received;
+        // A declared length (Content-Length) is checked before anything is written.
+        if let Some(declared) = axum::body::HttpBody::size_hint(&body).exact() {
+            if declared > limits::MAX_BLOB_PIECE as u64 {
+                return Err(AppError(ErrorCode::BODY_TOO_LARGE));
+            }
+            if declared == 0 || declared > room {
+                return Err(AppError(ErrorCode::MALFORMED));
+            }
+        }
         let path = self.path_of(&id);
         if offset == 0 {
             tokio::fs::create_dir_all(&self.dir).await.map_err(|e| io_error(&e))?;

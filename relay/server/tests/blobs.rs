@@ -327,6 +327,10 @@ async fn upload_in_pieces_and_download_ranges(url: String) {
     let malformed = Err((StatusCode::BAD_REQUEST, ErrorCode::MALFORMED));
     assert_eq!(piece(&relay, &id, 70_000, &vec![0; 130_001]).await, malformed);
     assert_eq!(piece(&relay, &id, 70_000, &[]).await, malformed);
+    assert_eq!(
+        piece(&relay, &id, 70_000, &vec![0; sotto_proto::limits::MAX_BLOB_PIECE + 1]).await,
+        Err((StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BODY_TOO_LARGE))
+    );
     assert_eq!(status(&relay, &id).await.unwrap().received, 70_000);
     // Not downloadable while incomplete.
     let (s, _, body) = download(&relay, &id, None).await;
