@@ -14,3 +14,13 @@ for c in rustfmt clippy; do
     rustup component add "$c"
   fi
 done
+
+# moto's S3 server, for the relay's S3 blob-store test (relay/server/tests/blobs_s3.rs),
+# in a virtualenv under the cache: $SOTTO_CACHE/moto-5.2.5/bin/moto_server.
+MOTO_VERSION=5.2.5
+MOTO_DIR=${SOTTO_CACHE:-$HOME/.cache/sotto}/moto-$MOTO_VERSION
+if [ ! -x "$MOTO_DIR/bin/moto_server" ]; then
+  echo "setup: installing moto $MOTO_VERSION (S3 test server) in $MOTO_DIR"
+  python3 -m venv "$MOTO_DIR"
+  "$MOTO_DIR/bin/pip" install --quiet "moto[server]==$MOTO_VERSION"
+fi

@@ -21,6 +21,13 @@
 //! cert_path = "/etc/sotto-relay/fullchain.pem"
 //! key_path = "/etc/sotto-relay/privkey.pem"
 //! hsts_max_age_secs = 63072000
+//!
+//! [blobs]                                          # the attachment blob store (§16.4)
+//! backend = "disk"                                 # or "s3"
+//! # dir = "/var/lib/sotto-relay/blobs"             # default: `blobs` beside the SQLite file
+//! max_blob_len = 536870912
+//! max_total_bytes = 53687091200
+//! # ... see `Blobs`
 //! ```
 //! Without `[tls]` the relay speaks plain HTTP, which it accepts only on a loopback
 //! address or with `behind_tls_proxy = true` (a proxy in front terminates TLS).
@@ -77,6 +84,8 @@ pub struct Config {
     /// `Authorization: Bearer <token>` (compared in constant time). Without this or
     /// `metrics_listen`, `/metrics` is not served at all (`NOT_FOUND`).
     pub metrics_token: Option<MetricsToken>,
+    /// The blob store for encrypted attachments.
+    pub blobs: Blobs,
 }
 
 /// The bearer token that opens `/metrics` on the public listener. Kept out of `Debug` and
@@ -88,6 +97,193 @@ pub struct MetricsToken(pub String);
 impl std::fmt::Debug for MetricsToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MetricsToken(..)")
+    }
+}
+
+/// Where blob bytes live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobBackend {
+    /// Files in `dir`.
+    #[default]
+    Disk,
+    /// An S3 bucket (or an S3-compatible server); uploads stage in `dir` until complete.
+    S3,
+}
+
+/// The secret access key of the S3 backend. Kept out of `Debug` and zeroized on drop.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+#[serde(transparent)]
+pub struct S3Secret(pub String);
+
+impl std::fmt::Debug for S3Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("S3Secret(..)")
+    }
+}
+
+/// The blob store (docs/protocol.md §16.4, docs/self-hosting.md "Blob store").
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Blobs {
+    /// `disk` (default) or `s3`.
+    pub backend: BlobBackend,
+    /// The blob files (disk), or the staging files of uploads in progress (S3). Default:
+    /// a `blobs` directory beside the SQLite database, or in `data_dir` with PostgreSQL.
+    pub dir: Option<PathBuf>,
+    /// The largest blob (`BLOB_TOO_LARGE`). Default 512 MiB.
+    pub max_blob_len: u64,
+    /// The most bytes all blobs together may take, complete or not (`STORAGE_FULL`).
+    /// Default 50 GiB.
+    pub max_total_bytes: u64,
+    /// How long a complete blob is kept after its last byte. Default 30 days.
+    pub blob_ttl_secs: u64,
+    /// How long an upload may take from its creation; an incomplete blob older than
+    /// this is deleted. Default 24 hours.
+    pub upload_ttl_secs: u64,
+    /// Upload tokens one device may be issued per UTC day (`QUOTA_EXCEEDED`). Default 100.
+    pub tokens_per_device_per_day: u32,
+    /// The length of an issuer epoch: epoch = floor(unix seconds / this). Tokens of the
+    /// current and the previous epoch are accepted. Default 7 days; at least 60.
+    pub token_epoch_secs: u64,
+    /// How often the collector runs. Default 300.
+    pub gc_interval_secs: u64,
+    /// Unauthenticated blob requests (issuer, create, pieces, status, downloads) per
+    /// minute from one address (`RATE_LIMITED`). Default 600.
+    pub requests_per_minute_per_addr: u32,
+    /// Burst of `requests_per_minute_per_addr`. Default 120.
+    pub requests_burst_per_addr: u32,
+    /// Unauthenticated blob requests per second from all addresses. Default 500.
+    pub requests_per_second_total: u32,
+    /// Burst of `requests_per_second_total`. Default 1000.
+    pub requests_burst_total: u32,
+    /// Most downloads streaming at once, in total (`BUSY`). Default 64.
+    pub max_concurrent_downloads: usize,
+    /// Most blobs being written at once, in total (`BUSY`). Default 64.
+    pub max_concurrent_uploads: usize,
+    /// S3: the bucket.
+    pub bucket: Option<String>,
+    /// S3: the endpoint URL of an S3-compatible server (default: AWS).
+    pub endpoint: Option<String>,
+    /// S3: the region. Default `us-east-1`.
+    pub region: String,
+    /// S3: the access key id (default: from the environment).
+    pub access_key_id: Option<String>,
+    /// S3: the secret access key (default: from the environment). Never logged.
+    pub secret_access_key: Option<S3Secret>,
+    /// S3: allow a plain-HTTP endpoint (a local test server).
+    pub allow_http: bool,
+}
+
+impl Default for Blobs {
+    fn default() -> Self {
+        Self {
+            backend: BlobBackend::Disk,
+            dir: None,
+            max_blob_len: 512 << 20,
+            max_total_bytes: 50 << 30,
+            blob_ttl_secs: 30 * 86_400,
+            upload_ttl_secs: 86_400,
+            tokens_per_device_per_day: 100,
+            token_epoch_secs: 7 * 86_400,
+            gc_interval_secs: 300,
+            requests_per_minute_per_addr: 600,
+            requests_burst_per_addr: 120,
+            requests_per_second_total: 500,
+            requests_burst_total: 1_000,
+            max_concurrent_downloads: 64,
+            max_concurrent_uploads: 64,
+            bucket: None,
+            endpoint: None,
+            region: "us-east-1".to_owned(),
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+        }
+    }
+}
+
+impl Blobs {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(bool, &'static str, &'static str); 12] = [
+            (self.max_blob_len >= 1, "blobs.max_blob_len", "must be at least 1"),
+            (
+                self.max_blob_len <= i64::MAX as u64 && self.max_total_bytes <= i64::MAX as u64,
+                "blobs.max_total_bytes",
+                "must fit a signed 64-bit integer",
+            ),
+            (
+                self.max_total_bytes >= self.max_blob_len,
+                "blobs.max_total_bytes",
+                "must be at least max_blob_len",
+            ),
+            (
+                (1..=u64::from(u32::MAX)).contains(&self.blob_ttl_secs),
+                "blobs.blob_ttl_secs",
+                "must be 1..=4294967295",
+            ),
+            (
+                (1..=u64::from(u32::MAX)).contains(&self.upload_ttl_secs),
+                "blobs.upload_ttl_secs",
+                "must be 1..=4294967295",
+            ),
+            (
+                self.tokens_per_device_per_day >= 1,
+                "blobs.tokens_per_device_per_day",
+                "must be at least 1",
+            ),
+            (
+                (60..=u64::from(u32::MAX)).contains(&self.token_epoch_secs),
+                "blobs.token_epoch_secs",
+                "must be 60..=4294967295",
+            ),
+            (
+                self.gc_interval_secs >= 1,
+                "blobs.gc_interval_secs",
+                "must be at least 1",
+            ),
+            (
+                self.requests_per_minute_per_addr >= 1 && self.requests_burst_per_addr >= 1,
+                "blobs.requests_per_minute_per_addr",
+                "rate and burst must be at least 1",
+            ),
+            (
+                self.requests_per_second_total >= 1 && self.requests_burst_total >= 1,
+                "blobs.requests_per_second_total",
+                "rate and burst must be at least 1",
+            ),
+            (
+                self.max_concurrent_downloads >= 1 && self.max_concurrent_uploads >= 1,
+                "blobs.max_concurrent_downloads",
+                "max_concurrent_downloads and max_concurrent_uploads must be at least 1",
+            ),
+            (
+                self.backend == BlobBackend::S3 || self.bucket.is_none(),
+                "blobs.bucket",
+                "set only with backend = \"s3\"",
+            ),
+        ];
+        for (ok, field, reason) in checks {
+            if !ok {
+                return Err(ConfigError::Invalid { field, reason });
+            }
+        }
+        if self.backend == BlobBackend::S3 {
+            if self.bucket.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::Invalid {
+                    field: "blobs.bucket",
+                    reason: "backend = \"s3\" needs a bucket",
+                });
+            }
+            if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+                return Err(ConfigError::Invalid {
+                    field: "blobs.access_key_id",
+                    reason: "access_key_id and secret_access_key go together",
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -124,6 +320,7 @@ impl Default for Config {
             cors_allowed_origins: vec!["*".to_owned()],
             metrics_listen: None,
             metrics_token: None,
+            blobs: Blobs::default(),
         }
     }
 }
@@ -673,6 +870,7 @@ impl Config {
                 return Err(ConfigError::Invalid { field, reason });
             }
         }
+        self.blobs.validate()?;
         if !self.cors_allowed_origins.iter().all(|o| o == "*" || is_origin(o)) {
             return Err(ConfigError::Invalid {
                 field: "cors_allowed_origins",
@@ -688,6 +886,28 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The blob directory: `blobs.dir`, else `blobs` beside the SQLite database file, else
+    /// (PostgreSQL, an in-memory SQLite) `blobs` in `data_dir`.
+    pub fn blob_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.blobs.dir {
+            return dir.clone();
+        }
+        let url = self.database_url();
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        let file = (!postgres)
+            .then(|| {
+                url.strip_prefix("sqlite://")
+                    .or_else(|| url.strip_prefix("sqlite:"))
+                    .unwrap_or(&url)
+            })
+            .map(|p| p.split('?').next().unwrap_or(p))
+            .filter(|p| !p.is_empty() && !p.starts_with(':'));
+        match file.and_then(|f| Path::new(f).parent()) {
+            Some(parent) => parent.join("blobs"),
+            None => self.data_dir.join("blobs"),
+        }
     }
 
     /// The database URL: the configured one, or the SQLite file in the data dir.
@@ -961,5 +1181,60 @@ mod tests {
                 ));
             }
         }
+    }
+
+    #[test]
+    fn blob_settings_are_checked() {
+        let field = |c: &Config| match c.validate() {
+            Err(ConfigError::Invalid { field, .. }) => Some(field),
+            _ => None,
+        };
+        let c: Config = toml::from_str("[blobs]\nbackend = \"s3\"\n").unwrap();
+        assert_eq!(field(&c), Some("blobs.bucket"));
+        let c: Config = toml::from_str(
+            "[blobs]\nbackend = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+             allow_http = true\naccess_key_id = \"id\"\nsecret_access_key = \"very-secret\"\n",
+        )
+        .unwrap();
+        assert_eq!(field(&c), None);
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("very-secret") && shown.contains("S3Secret(..)"),
+            "{shown}"
+        );
+        let c: Config = toml::from_str("[blobs]\nbackend = \"s3\"\nbucket = \"b\"\naccess_key_id = \"id\"\n").unwrap();
+        assert_eq!(field(&c), Some("blobs.access_key_id"));
+        let c: Config = toml::from_str("[blobs]\nbucket = \"b\"\n").unwrap();
+        assert_eq!(field(&c), Some("blobs.bucket"));
+        for (tweak, want) in [
+            (
+                (|b: &mut Blobs| b.max_blob_len = 0) as fn(&mut Blobs),
+                "blobs.max_blob_len",
+            ),
+            (|b| b.max_total_bytes = 10, "blobs.max_total_bytes"),
+            (|b| b.token_epoch_secs = 59, "blobs.token_epoch_secs"),
+            (|b| b.tokens_per_device_per_day = 0, "blobs.tokens_per_device_per_day"),
+            (|b| b.max_concurrent_downloads = 0, "blobs.max_concurrent_downloads"),
+            (|b| b.requests_burst_total = 0, "blobs.requests_per_second_total"),
+        ] {
+            let mut c = Config::default();
+            tweak(&mut c.blobs);
+            assert_eq!(field(&c), Some(want));
+        }
+    }
+
+    #[test]
+    fn blob_dir_defaults_beside_the_database() {
+        let mut c = Config {
+            data_dir: PathBuf::from("/data"),
+            ..Config::default()
+        };
+        assert_eq!(c.blob_dir(), PathBuf::from("/data/blobs"));
+        c.database_url = Some("sqlite:///srv/sotto/relay.db?mode=rwc".to_owned());
+        assert_eq!(c.blob_dir(), PathBuf::from("/srv/sotto/blobs"));
+        c.database_url = Some("postgres://db/sotto".to_owned());
+        assert_eq!(c.blob_dir(), PathBuf::from("/data/blobs"));
+        c.blobs.dir = Some(PathBuf::from("/mnt/blobs"));
+        assert_eq!(c.blob_dir(), PathBuf::from("/mnt/blobs"));
     }
 }

@@ -27,12 +27,17 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::UNKNOWN_ACCOUNT | ErrorCode::UNKNOWN_DEVICE | ErrorCode::NOT_FOUND | ErrorCode::NO_PREKEYS => {
             StatusCode::NOT_FOUND
         }
-        ErrorCode::STALE_DEVICE_LIST | ErrorCode::LIST_KEY_REVOKED | ErrorCode::TOO_MANY_PREKEYS => {
-            StatusCode::CONFLICT
+        ErrorCode::STALE_DEVICE_LIST
+        | ErrorCode::LIST_KEY_REVOKED
+        | ErrorCode::TOO_MANY_PREKEYS
+        | ErrorCode::TOKEN_SPENT
+        | ErrorCode::OFFSET_MISMATCH => StatusCode::CONFLICT,
+        ErrorCode::BODY_TOO_LARGE | ErrorCode::ENVELOPE_TOO_LARGE | ErrorCode::BLOB_TOO_LARGE => {
+            StatusCode::PAYLOAD_TOO_LARGE
         }
-        ErrorCode::BODY_TOO_LARGE | ErrorCode::ENVELOPE_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::ORIGIN_NOT_ALLOWED | ErrorCode::ACCESS_DENIED => StatusCode::FORBIDDEN,
+        ErrorCode::RATE_LIMITED | ErrorCode::QUOTA_EXCEEDED => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::ORIGIN_NOT_ALLOWED | ErrorCode::ACCESS_DENIED | ErrorCode::TOKEN_INVALID => StatusCode::FORBIDDEN,
+        ErrorCode::STORAGE_FULL => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::BUSY | ErrorCode::TOO_MANY_CONNECTIONS | ErrorCode::SHUTTING_DOWN => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::INTERNAL => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
@@ -65,6 +70,9 @@ pub fn code_of(e: &StorageError) -> ErrorCode {
         StorageError::MailboxFull => ErrorCode::MAILBOX_FULL,
         StorageError::AccessDenied => ErrorCode::ACCESS_DENIED,
         StorageError::RequestsFull => ErrorCode::REQUESTS_FULL,
+        StorageError::QuotaExceeded => ErrorCode::QUOTA_EXCEEDED,
+        StorageError::TokenSpent => ErrorCode::TOKEN_SPENT,
+        StorageError::StorageFull => ErrorCode::STORAGE_FULL,
         other => {
             tracing::error!(error = %other, "storage failure");
             ErrorCode::INTERNAL
@@ -132,5 +140,19 @@ mod status_tests {
         assert_eq!(status_of(ErrorCode::ACCESS_DENIED), StatusCode::FORBIDDEN);
         assert_eq!(status_of(ErrorCode::REQUESTS_FULL), StatusCode::BAD_REQUEST);
         assert!(ErrorCode::REQUESTS_FULL.is_retryable() && !ErrorCode::ACCESS_DENIED.is_retryable());
+    }
+
+    #[test]
+    fn blob_codes_have_their_statuses() {
+        for (code, status) in [
+            (ErrorCode::TOKEN_INVALID, StatusCode::FORBIDDEN),
+            (ErrorCode::TOKEN_SPENT, StatusCode::CONFLICT),
+            (ErrorCode::BLOB_TOO_LARGE, StatusCode::PAYLOAD_TOO_LARGE),
+            (ErrorCode::QUOTA_EXCEEDED, StatusCode::TOO_MANY_REQUESTS),
+            (ErrorCode::STORAGE_FULL, StatusCode::INSUFFICIENT_STORAGE),
+            (ErrorCode::OFFSET_MISMATCH, StatusCode::CONFLICT),
+        ] {
+            assert_eq!(status_of(code), status, "{code:?}");
+        }
     }
 }

@@ -429,6 +429,82 @@ pub(crate) async fn get_profile(
     }
 }
 
+/// `GET /v1/blobs/issuer` (unauthenticated): the current token issuer and the limits.
+pub(crate) async fn blob_issuer(
+    State(state): State<Shared>,
+    conn: Option<axum::Extension<Arc<crate::net::ConnInfo>>>,
+) -> Result<Response, AppError> {
+    state.blobs.charge(client_addr(conn), &state.metrics)?;
+    let issuer = state.blobs.issuer(&state.store).await?;
+    Ok(wire(StatusCode::OK, &issuer))
+}
+
+/// `PUT /v1/blobs/tokens` (authenticated): upload tokens against the device's daily
+/// quota (`QUOTA_EXCEEDED`); the epoch must be the current one (`TOKEN_INVALID`).
+pub(crate) async fn blob_tokens(
+    State(state): State<Shared>,
+    auth: Authed<Wire<sotto_proto::TokenIssue>>,
+) -> Result<Response, AppError> {
+    let Wire(req) = &auth.body;
+    let issued = state
+        .blobs
+        .issue_tokens(&state.store, &state.metrics, &auth.account, auth.device, req)
+        .await?;
+    Ok(wire(StatusCode::OK, &issued))
+}
+
+/// `PUT /v1/blobs` (unauthenticated, paid with a token): creates a blob; `201` with its id.
+pub(crate) async fn blob_create(
+    State(state): State<Shared>,
+    conn: Option<axum::Extension<Arc<crate::net::ConnInfo>>>,
+    Wire(req): Wire<sotto_proto::BlobCreate>,
+) -> Result<Response, AppError> {
+    state.blobs.charge(client_addr(conn), &state.metrics)?;
+    let created = state.blobs.create(&state.store, &state.metrics, &req).await?;
+    Ok(wire(StatusCode::CREATED, &created))
+}
+
+/// `PUT /v1/blobs/{id}/{offset}` (unauthenticated): one piece, the raw bytes, streamed
+/// to storage (at most `MAX_BLOB_PIECE`, whatever `max_body_bytes` says).
+pub(crate) async fn blob_piece(
+    State(state): State<Shared>,
+    conn: Option<axum::Extension<Arc<crate::net::ConnInfo>>>,
+    Path((id, offset)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> Result<Response, AppError> {
+    state.blobs.charge(client_addr(conn), &state.metrics)?;
+    let status = state
+        .blobs
+        .put_piece(&state.store, &state.metrics, &id, &offset, body)
+        .await?;
+    Ok(wire(StatusCode::OK, &status))
+}
+
+/// `GET /v1/blobs/{id}/status` (unauthenticated): the blob's length and bytes received.
+pub(crate) async fn blob_status(
+    State(state): State<Shared>,
+    conn: Option<axum::Extension<Arc<crate::net::ConnInfo>>>,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    state.blobs.charge(client_addr(conn), &state.metrics)?;
+    let status = state.blobs.status(&state.store, &id).await?;
+    Ok(wire(StatusCode::OK, &status))
+}
+
+/// `GET /v1/blobs/{id}` (unauthenticated): the complete blob, streamed; one `Range`.
+pub(crate) async fn blob_download(
+    State(state): State<Shared>,
+    conn: Option<axum::Extension<Arc<crate::net::ConnInfo>>>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, AppError> {
+    state.blobs.charge(client_addr(conn), &state.metrics)?;
+    state
+        .blobs
+        .download(&state.store, &state.metrics, &id, headers.get(header::RANGE))
+        .await
+}
+
 /// Any other path.
 pub(crate) async fn not_found() -> AppError {
     AppError(ErrorCode::NOT_FOUND)

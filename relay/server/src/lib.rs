@@ -18,13 +18,24 @@
 //! PUT  /v1/profile, DELETE /v1/profile             ProfileUpload          (authenticated)
 //! GET  /v1/accounts/{account}/profile/{version}    → ProfileBody          (unauthenticated;
 //!                                                    NOT_FOUND unless {version} is the stored one)
+//! GET  /v1/blobs/issuer                            → BlobIssuer           (unauthenticated)
+//! PUT  /v1/blobs/tokens                            TokenIssue → TokenIssued (authenticated)
+//! PUT  /v1/blobs                                   BlobCreate → BlobCreated (unauthenticated;
+//!                                                    paid with a token)
+//! PUT  /v1/blobs/{id}/{offset}                     raw piece → BlobStatus  (unauthenticated)
+//! GET  /v1/blobs/{id}/status                       → BlobStatus           (unauthenticated)
+//! GET  /v1/blobs/{id}                              → the blob's bytes, Range (unauthenticated)
 //! GET  /v1/ws                                      WebSocket (sotto-proto frames)
 //! ```
+//! `{id}` is a blob id, 64 lowercase hex digits, `{offset}` a decimal byte offset
+//! (docs/protocol.md §16.4). The blob routes without authentication are rate limited per
+//! address and in total.
 //! `{account}` is the 52-character base32 account id, `{version}` 64 lowercase hex
 //! digits. Authenticated requests carry
 //! `Authorization: Sotto-v1 <hex>`, an answer to a fresh challenge that it consumes.
 //! Browsers on the origins in `cors_allowed_origins` may call all of it (CORS; `cors.rs`).
 
+pub mod blobs;
 pub mod config;
 mod cors;
 pub mod error;
@@ -97,6 +108,12 @@ pub fn app(state: Arc<AppState>) -> Router {
             axum::routing::put(http::put_profile).delete(http::delete_profile),
         )
         .route("/v1/accounts/{account}/profile/{version}", get(http::get_profile))
+        .route("/v1/blobs/issuer", get(http::blob_issuer))
+        .route("/v1/blobs/tokens", axum::routing::put(http::blob_tokens))
+        .route("/v1/blobs", axum::routing::put(http::blob_create))
+        .route("/v1/blobs/{id}", get(http::blob_download))
+        .route("/v1/blobs/{id}/status", get(http::blob_status))
+        .route("/v1/blobs/{id}/{offset}", axum::routing::put(http::blob_piece))
         .route("/v1/ws", get(ws_upgrade))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
@@ -224,10 +241,12 @@ where
             .store(i64::try_from(max).unwrap_or(i64::MAX), Relaxed);
     }
     let expiry = tokio::spawn(expiry_loop(state.clone()));
+    let blob_gc = tokio::spawn(blobs::gc_loop(state.clone()));
     let house_state = state.clone();
     let housekeeping = tokio::spawn(net::every(HOUSEKEEPING, state.shutdown_signal(), move || {
         let ttl_ms = house_state.config.limits.challenge_ttl_secs.saturating_mul(1000);
         house_state.guards.housekeeping(ttl_ms);
+        house_state.blobs.housekeeping();
         std::future::ready(())
     }));
     net::accept_loop(
@@ -246,6 +265,7 @@ where
     // Every answered send is already committed; this commits the last queued acks.
     state.writer.close().await;
     expiry.abort();
+    blob_gc.abort();
     housekeeping.abort();
     state.store.close().await;
     tracing::info!("relay stopped");

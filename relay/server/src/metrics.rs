@@ -59,6 +59,30 @@ metrics! {
     counter profile_fetches_total;
     /// Profile fetches refused by the per-address or total rate limit.
     counter profile_fetches_refused_total;
+    /// Blobs created (a token redeemed).
+    counter blobs_created_total;
+    /// Blob bytes received and made durable.
+    counter blob_bytes_received_total;
+    /// Blob downloads begun.
+    counter blob_downloads_total;
+    /// Blob bytes sent to downloaders.
+    counter blob_bytes_served_total;
+    /// Blobs and orphan files deleted by the collector.
+    counter blob_gc_deleted_total;
+    /// Upload tokens issued.
+    counter blob_tokens_issued_total;
+    /// Token requests refused (a wrong epoch, the daily quota).
+    counter blob_tokens_refused_total;
+    /// Blob creations refused: a token that does not verify or of an unknown epoch.
+    counter blob_redemptions_invalid_total;
+    /// Blob creations refused: a token already spent.
+    counter blob_redemptions_spent_total;
+    /// Blob creations refused: a length above the maximum (or zero).
+    counter blob_redemptions_too_large_total;
+    /// Blob creations refused: the store's total is reached.
+    counter blob_redemptions_full_total;
+    /// Unauthenticated blob requests refused by the per-address or total rate limit.
+    counter blob_requests_refused_total;
     /// Sends refused because the relay-wide in-flight byte budget was spent.
     counter inflight_budget_refused_total;
     /// Envelopes that went to the database instead of a live queue (queue full or live-queue budget spent).

@@ -44,6 +44,8 @@ pub struct AppState {
     pub relay_id: [u8; 32],
     /// Counters and gauges for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The blob store for attachments (docs/protocol.md §16.4).
+    pub blobs: crate::blobs::BlobStore,
     pub(crate) guards: Guards,
     pub(crate) hub: Arc<Hub>,
     pub(crate) writer: Writer,
@@ -87,12 +89,12 @@ impl std::fmt::Debug for Guards {
 }
 
 /// `rate` per minute, sustained, with `burst`.
-fn quota_per_minute(rate: u32, burst: u32) -> Quota {
+pub(crate) fn quota_per_minute(rate: u32, burst: u32) -> Quota {
     let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
     Quota::per_minute(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
 }
 
-fn quota(rate: u32, burst: u32) -> Quota {
+pub(crate) fn quota(rate: u32, burst: u32) -> Quota {
     let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
     Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
 }
@@ -184,7 +186,7 @@ impl Guards {
 
 /// Charges `n` to `key`'s bucket; while the limiter tracks `cap` keys (after forgetting
 /// idle ones) it refuses with `BUSY`.
-fn charge_keyed<K: Clone + Eq + std::hash::Hash>(
+pub(crate) fn charge_keyed<K: Clone + Eq + std::hash::Hash>(
     lim: &DefaultKeyedRateLimiter<K>,
     key: &K,
     n: usize,
@@ -205,7 +207,7 @@ fn charge_keyed<K: Clone + Eq + std::hash::Hash>(
     }
 }
 
-fn charge_direct(lim: &DefaultDirectRateLimiter, n: usize) -> Result<(), ErrorCode> {
+pub(crate) fn charge_direct(lim: &DefaultDirectRateLimiter, n: usize) -> Result<(), ErrorCode> {
     let Some(n) = NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)) else {
         return Ok(());
     };
@@ -282,6 +284,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(&config.limits));
         let guards = Guards::new(&config.limits);
+        let blobs = crate::blobs::BlobStore::new(&config);
         let conns = crate::net::Conns::new(&config.limits);
         let inflight = Budget::new(config.limits.max_inflight_send_bytes);
         let writer = Writer::spawn(&store, hub.clone(), metrics.clone());
@@ -296,6 +299,7 @@ impl AppState {
             store,
             relay_id,
             metrics,
+            blobs,
             guards,
             conns,
             inflight,

@@ -29,9 +29,11 @@ use sotto_proto::{PreKeyCounts, PreKeyUpload, PushRegistration, Recipient};
 use thiserror::Error;
 
 mod backend;
+pub mod blobs;
 mod postgres;
 mod sqlite;
 
+pub use blobs::{BlobRow, BlobStorage, Collected, NewBlob};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -85,6 +87,15 @@ pub enum StorageError {
     /// A message request to a mailbox that holds as many requests as the relay allows.
     #[error("requests full")]
     RequestsFull,
+    /// The device has been issued as many upload tokens today as the relay allows.
+    #[error("token quota exceeded")]
+    QuotaExceeded,
+    /// The upload token was redeemed before.
+    #[error("token already spent")]
+    TokenSpent,
+    /// The blob store holds as many bytes as it is configured to.
+    #[error("blob storage full")]
+    StorageFull,
     /// A stored value does not decode (the database was changed behind the relay's back).
     #[error("stored {0} does not decode")]
     Corrupt(&'static str),
@@ -1166,4 +1177,51 @@ pub(crate) fn device_set_matches(
         .map(|r| r.device_id)
         .collect();
     required.is_subset(&named) && named.is_subset(&allowed)
+}
+
+impl BlobStorage for Store {
+    async fn issuer_secret(
+        &self,
+        epoch: u32,
+        create: Option<&[u8; 32]>,
+    ) -> Result<Option<zeroize::Zeroizing<[u8; 32]>>, StorageError> {
+        delegate!(self, s => s.issuer_secret(epoch, create))
+    }
+    async fn charge_tokens(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+        day: u64,
+        n: u32,
+        max: u32,
+    ) -> Result<(), StorageError> {
+        delegate!(self, s => s.charge_tokens(account, device, day, n, max))
+    }
+    async fn create_blob(&self, blob: &NewBlob) -> Result<(), StorageError> {
+        delegate!(self, s => s.create_blob(blob))
+    }
+    async fn blob(&self, id: &[u8; 32]) -> Result<Option<BlobRow>, StorageError> {
+        delegate!(self, s => s.blob(id))
+    }
+    async fn blob_received(
+        &self,
+        id: &[u8; 32],
+        offset: u64,
+        received: u64,
+        completed: Option<(u64, u64)>,
+    ) -> Result<bool, StorageError> {
+        delegate!(self, s => s.blob_received(id, offset, received, completed))
+    }
+    async fn expired_blobs(&self, now_ms: u64, limit: u32) -> Result<Vec<BlobRow>, StorageError> {
+        delegate!(self, s => s.expired_blobs(now_ms, limit))
+    }
+    async fn delete_blobs(&self, ids: &[[u8; 32]], now_ms: u64) -> Result<u64, StorageError> {
+        delegate!(self, s => s.delete_blobs(ids, now_ms))
+    }
+    async fn collect_blob_rows(&self, day: u64, epoch: u32) -> Result<Collected, StorageError> {
+        delegate!(self, s => s.collect_blob_rows(day, epoch))
+    }
+    async fn blob_total_bytes(&self) -> Result<u64, StorageError> {
+        delegate!(self, s => s.blob_total_bytes())
+    }
 }

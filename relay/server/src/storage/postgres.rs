@@ -6,6 +6,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, Pool, Postgres};
 
 use super::backend::storage_impl;
+use super::blobs::blob_storage_impl;
 use super::*;
 
 /// The PostgreSQL store.
@@ -201,4 +202,8 @@ storage_impl! {
     skip_locked: " FOR UPDATE SKIP LOCKED",
     for_share: " FOR SHARE",
     for_update: " FOR UPDATE",
+}
+
+blob_storage_impl! {
+    store: PostgresStore,
 }

@@ -9,6 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Pool, QueryBuilder, Sqlite, SqliteConnection};
 
 use super::backend::storage_impl;
+use super::blobs::blob_storage_impl;
 use super::*;
 
 /// How often [`SqliteStore::checkpoint`] tries when readers keep it from finishing.
@@ -231,4 +232,8 @@ storage_impl! {
     skip_locked: "",
     for_share: "",
     for_update: "",
+}
+
+blob_storage_impl! {
+    store: SqliteStore,
 }
