@@ -66,6 +66,7 @@ pub struct TestRelay {
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
     _dir: Option<TempDir>,
+    _blob_dir: Option<TempDir>,
     tls: bool,
 }
 
@@ -183,6 +184,16 @@ impl TestRelay {
         config.limits.max_tcp_connections_per_addr = 10_000;
         config.limits.max_ws_per_addr = 10_000;
         config.limits.max_unauthenticated_per_addr = 10_000;
+        // The blob store keeps its files beside the SQLite database; for PostgreSQL, in a
+        // directory of the test's own (never the working directory).
+        config.database_url = Some(db_url.clone());
+        let blob_dir = if db_url.starts_with("postgres") {
+            let dir = TempDir::new("blobs");
+            config.blobs.dir = Some(dir.path().to_owned());
+            Some(dir)
+        } else {
+            None
+        };
         configure(&mut config);
         let store = RelayStore::open(&db_url, 8).await.unwrap();
         let state = AppState::new(config, store);
@@ -197,6 +208,7 @@ impl TestRelay {
             shutdown: Some(tx),
             handle: Some(handle),
             _dir: None,
+            _blob_dir: blob_dir,
             tls,
         }
     }
@@ -675,6 +687,7 @@ pub mod proxy {
             };
             config.limits.rate_per_second = 100_000;
             config.limits.rate_burst = 100_000;
+            config.database_url = Some(db_url.clone());
             let store = RelayStore::open(&db_url, 8).await.unwrap();
             let state = AppState::new(config, store);
             let (tx, rx) = oneshot::channel();
@@ -695,6 +708,7 @@ pub mod proxy {
                 shutdown: Some(tx),
                 handle: Some(handle),
                 _dir: Some(dir),
+                _blob_dir: None,
                 tls: false,
             };
             (relay, FlakyProxy { rule, task })

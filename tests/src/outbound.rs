@@ -77,6 +77,8 @@ impl TestRelay {
         config.limits.rate_per_second = 100_000;
         config.limits.rate_burst = 100_000;
         config.limits.max_mailbox_depth = 100_000;
+        // Blob files beside the database.
+        config.database_url = Some(db_url.clone());
         configure(&mut config);
         let store = RelayStore::open(&db_url, 8).await.unwrap();
         let state: Arc<AppState> = AppState::new(config, store);
@@ -91,6 +93,7 @@ impl TestRelay {
             shutdown: Some(tx),
             handle: Some(handle),
             _dir: Some(dir),
+            _blob_dir: None,
             tls: false,
         }
     }

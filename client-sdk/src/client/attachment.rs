@@ -100,7 +100,11 @@ impl<S: Store> Client<S> {
         }
         let relay = &self.inner.relay;
         let issuer = relay.blob_issuer().await?;
-        let request = TokenRequest::new(TOKEN_BATCH, &mut self.inner.entropy.rng()?)
+        // Never more than a day's quota in one request (the relay refuses the whole batch).
+        let batch = TOKEN_BATCH
+            .min(usize::try_from(issuer.tokens_per_day).unwrap_or(TOKEN_BATCH))
+            .max(1);
+        let request = TokenRequest::new(batch, &mut self.inner.entropy.rng()?)
             .map_err(|e| ClientError::Transport(TransportError::Protocol(e.to_string())))?;
         let issued = relay
             .issue_blob_tokens(
@@ -185,7 +189,7 @@ impl<S: Store> Client<S> {
         let mut enc = Encryptor::new(&key, len, &mut self.inner.entropy.rng()?).map_err(ClientError::Attachment)?;
         check_cancel(cancel)?;
         let (epoch, token) = self.blob_token().await?;
-        let id = self
+        let created = self
             .inner
             .relay
             .create_blob(&BlobCreate {
@@ -193,7 +197,25 @@ impl<S: Store> Client<S> {
                 token,
                 length: total,
             })
-            .await?;
+            .await;
+        let id = match created {
+            Ok(id) => id,
+            Err(e) => {
+                // Refused before it was redeemed (too large, storage full, unreachable):
+                // the token is still good for the next attachment.
+                let spent = matches!(&e, TransportError::Relay { code, .. }
+                    if *code == ErrorCode::TOKEN_SPENT || *code == ErrorCode::TOKEN_INVALID);
+                if !spent {
+                    self.inner
+                        .blob_tokens
+                        .0
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((epoch, token));
+                }
+                return Err(e.into());
+            }
+        };
         let mut out: Vec<u8> = Vec::with_capacity(BLOB_PIECE + sotto_crypto::attachment::CHUNK_LEN * 2);
         out.extend_from_slice(&enc.header());
         let mut buf = vec![0u8; sotto_crypto::attachment::CHUNK_LEN];

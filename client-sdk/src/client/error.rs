@@ -171,6 +171,11 @@ impl ClientError {
             Self::Machine(MachineError::TimerTooLong { .. }) => "timer_too_long",
             Self::Machine(MachineError::UnknownGroup) => "unknown_group",
             Self::Machine(_) => "machine",
+            Self::Transport(TransportError::Relay { code, .. }) if *code == ErrorCode::BLOB_TOO_LARGE => "too_large",
+            Self::Transport(TransportError::Relay { code, .. }) if *code == ErrorCode::QUOTA_EXCEEDED => {
+                "quota_exceeded"
+            }
+            Self::Transport(TransportError::Relay { code, .. }) if *code == ErrorCode::STORAGE_FULL => "storage_full",
             Self::Transport(_) => "transport",
             Self::DeviceList(_) => "device_list",
             Self::AccountExists => "account_exists",
