@@ -73,4 +73,6 @@ pub use machine::{
     ConnectionState, Conversation, DisconnectCause, Event, GroupInfo, Machine, MachineError, StopCause,
     UndecryptableCause,
 };
+/// A push service a device registers with ([`Client::register_push`]).
+pub use sotto_proto::PushProvider;
 pub use store::{MessageKey, MessageKind, MessageStatus, Page, Reaction, StoredMessage};

@@ -62,7 +62,7 @@ impl Conversation {
     }
 
     /// Parses the ids: `BadContact` or `BadGroupId`.
-    fn parse(&self) -> Result<sotto_sdk::Conversation, SottoError> {
+    pub(crate) fn parse(&self) -> Result<sotto_sdk::Conversation, SottoError> {
         Ok(match self {
             Self::Direct { account: a } => sotto_sdk::Conversation::Direct(account(a)?),
             Self::Group { group_id: g } => sotto_sdk::Conversation::Group(group_id(g)?),
@@ -93,7 +93,7 @@ impl MessageKey {
 
     /// Parses the ids: `BadContact`, `BadGroupId`, or `InvalidArgument` for an id that is
     /// not a UUID.
-    fn parse(&self) -> Result<SdkKey, SottoError> {
+    pub(crate) fn parse(&self) -> Result<SdkKey, SottoError> {
         Ok(SdkKey {
             conversation: self.conversation.parse()?.key(),
             sender: account(&self.sender)?,
@@ -293,6 +293,9 @@ pub struct TimelineItem {
     pub expire_s: u32,
     /// When it disappears, Unix milliseconds; `None` while its timer has not started.
     pub expires_at_ms: Option<u64>,
+    /// The file it carries (`text` is its caption); download it with
+    /// `downloadAttachment(key, path)`.
+    pub attachment: Option<crate::media::AttachmentMeta>,
 }
 
 impl TimelineItem {
@@ -311,6 +314,7 @@ impl TimelineItem {
             send_state: send_state.map(Into::into),
             expire_s: m.expire_s,
             expires_at_ms: (m.expires_at_ms != 0).then_some(m.expires_at_ms),
+            attachment: m.attachment.as_deref().map(Into::into),
             text: m.text,
         }
     }

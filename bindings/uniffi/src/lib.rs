@@ -37,10 +37,15 @@ use zeroize::Zeroizing;
 uniffi::setup_scaffolding!();
 
 mod chat;
+mod media;
 
 pub use chat::{
     Conversation, ConversationDiff, ConversationList, ConversationListListener, ConversationSummary, ListSubscription,
     MessageKey, MessageKind, Quote, Reaction, SendState, Timeline, TimelineDiff, TimelineItem, TimelineListener,
+};
+pub use media::{
+    AttachmentInfo, AttachmentMeta, CancelToken, NotificationExtension, NotificationFetch, NotificationItem,
+    ProgressListener, PushService,
 };
 
 type SdkClient = Client<SqliteStore>;
@@ -273,6 +278,22 @@ pub enum SottoError {
         /// The role both asked for: `app` or `notification_extension`.
         role: String,
     },
+    /// A downloaded file did not check out (tampered with, truncated, reordered, or not
+    /// the file its message names); nothing of it was released.
+    #[error("the file does not check out: {reason}")]
+    AttachmentCorrupt {
+        /// What did not check out.
+        reason: String,
+    },
+    /// An upload or a download was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// Reading or writing a local file failed.
+    #[error("file: {reason}")]
+    File {
+        /// The I/O error's kind.
+        reason: String,
+    },
 }
 
 #[uniffi::export]
@@ -317,6 +338,9 @@ impl SottoError {
             Self::TooLong { .. } => "too_long",
             Self::TimerTooLong { .. } => "timer_too_long",
             Self::DeviceInUse { .. } => "device_in_use",
+            Self::AttachmentCorrupt { .. } => "attachment_corrupt",
+            Self::Cancelled => "cancelled",
+            Self::File { .. } => "file",
         }
         .into()
     }
@@ -406,6 +430,9 @@ impl From<ClientError> for SottoError {
             ClientError::DeviceInUse { role } => Self::DeviceInUse {
                 role: role.code().into(),
             },
+            ClientError::Attachment(e) => Self::AttachmentCorrupt { reason: e.to_string() },
+            ClientError::Cancelled => Self::Cancelled,
+            ClientError::File(reason) => Self::File { reason },
             other => Self::Refused {
                 reason: other.to_string(),
             },
@@ -1786,6 +1813,13 @@ mod tests {
             (SottoError::TooLong { len: 9, max: 8 }, "too_long", false),
             (SottoError::TimerTooLong { max_s: 1 }, "timer_too_long", false),
             (SottoError::DeviceInUse { role: "app".into() }, "device_in_use", true),
+            (
+                SottoError::AttachmentCorrupt { reason: reason() },
+                "attachment_corrupt",
+                false,
+            ),
+            (SottoError::Cancelled, "cancelled", false),
+            (SottoError::File { reason: reason() }, "file", false),
         ]
     }
 
@@ -1840,7 +1874,10 @@ mod tests {
                 | SottoError::IdentityUnacknowledged
                 | SottoError::TooLong { .. }
                 | SottoError::TimerTooLong { .. }
-                | SottoError::DeviceInUse { .. } => {}
+                | SottoError::DeviceInUse { .. }
+                | SottoError::AttachmentCorrupt { .. }
+                | SottoError::Cancelled
+                | SottoError::File { .. } => {}
             }
         }
     }

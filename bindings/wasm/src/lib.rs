@@ -411,6 +411,28 @@ pub struct Message {
     /// When it disappears, Unix milliseconds; 0 for never (its timer starts once read).
     #[wasm_bindgen(readonly, js_name = expiresAtMs)]
     pub expires_at_ms: f64,
+    /// The file it carries (`text` is its caption); download it with
+    /// `downloadAttachment(key)`.
+    #[wasm_bindgen(readonly)]
+    pub attachment: Option<AttachmentMeta>,
+}
+
+/// A file a message carries, as shown before it is downloaded (its key stays in the SDK).
+#[wasm_bindgen(getter_with_clone)]
+#[derive(Clone, Debug)]
+pub struct AttachmentMeta {
+    /// Its size, bytes.
+    #[wasm_bindgen(readonly)]
+    pub size: f64,
+    /// The media type the sender gave.
+    #[wasm_bindgen(readonly, js_name = mediaType)]
+    pub media_type: String,
+    /// The file name the sender gave: show it, never use it as a path.
+    #[wasm_bindgen(readonly, js_name = fileName)]
+    pub file_name: String,
+    /// A small preview image.
+    #[wasm_bindgen(readonly)]
+    pub thumbnail: Option<Vec<u8>>,
 }
 
 /// The string a message or event names its conversation with: the group id when the
@@ -465,6 +487,12 @@ impl Message {
                 .collect(),
             expire_s: m.expire_s,
             expires_at_ms: m.expires_at_ms as f64,
+            attachment: m.attachment.as_deref().map(|a| AttachmentMeta {
+                size: a.size as f64,
+                media_type: a.media_type.clone(),
+                file_name: a.file_name.clone(),
+                thumbnail: a.thumbnail.clone(),
+            }),
             conversation,
         }
     }
@@ -1334,6 +1362,87 @@ impl SottoClient {
         let c = self::conversation(&conversation)?;
         let m = client.send_message(c, &text).await.map_err(client_error)?;
         Ok(Message::new(m, c.group()))
+    }
+
+    /// Encrypts a file and uploads it to the relay, then sends it to a conversation (a
+    /// contact or a group): `data` is a `Uint8Array` or a `Blob` (a `File`), read whole
+    /// into memory here. Returns the local item (status "queued", `attachment` set).
+    #[wasm_bindgen(js_name = sendAttachment)]
+    pub async fn send_attachment(
+        &self,
+        conversation: String,
+        data: JsValue,
+        #[wasm_bindgen(js_name = mediaType)] media_type: String,
+        #[wasm_bindgen(js_name = fileName)] file_name: String,
+        caption: String,
+    ) -> Result<Message, JsValue> {
+        let client = self.live()?;
+        let c = self::conversation(&conversation)?;
+        let bytes = if let Some(array) = data.dyn_ref::<js_sys::Uint8Array>() {
+            array.to_vec()
+        } else {
+            // A Blob: its arrayBuffer().
+            let read = Reflect::get(&data, &"arrayBuffer".into())?
+                .dyn_into::<Function>()
+                .map_err(|_| invalid("data must be a Uint8Array or a Blob"))?;
+            let promise: js_sys::Promise = read.call0(&data)?.dyn_into()?;
+            let buffer = wasm_bindgen_futures::JsFuture::from(promise).await?;
+            js_sys::Uint8Array::new(&buffer).to_vec()
+        };
+        let info = sotto_sdk::AttachmentInfo {
+            media_type,
+            file_name,
+            caption,
+            thumbnail: None,
+        };
+        let m = client
+            .send_attachment_bytes(c, &bytes, info, None, None)
+            .await
+            .map_err(client_error)?;
+        Ok(Message::new(m, c.group()))
+    }
+
+    /// Downloads the file of message `key` and returns it once all of it checked out
+    /// (every chunk, the length, the digest): "attachment_corrupt" otherwise.
+    #[wasm_bindgen(js_name = downloadAttachment)]
+    pub async fn download_attachment(&self, key: String) -> Result<js_sys::Uint8Array, JsValue> {
+        let client = self.live()?;
+        let k = message_key(&key)?;
+        let m = client
+            .message(&k)
+            .await
+            .map_err(client_error)?
+            .ok_or_else(|| error("unknown_message", "no such message", false))?;
+        let a = m.attachment.ok_or_else(|| invalid("the message carries no file"))?;
+        let bytes = client
+            .download_attachment_bytes(&a, None, None)
+            .await
+            .map_err(client_error)?;
+        Ok(js_sys::Uint8Array::from(bytes.as_slice()))
+    }
+
+    /// Registers this browser's push subscription with the relay: `service` is "webPush"
+    /// (or "unifiedPush"), `subscription` the UTF-8 of `JSON.stringify(subscription)`.
+    /// The relay then sends a content-free push when something waits and this client is
+    /// not connected.
+    #[wasm_bindgen(js_name = registerPush)]
+    pub async fn register_push(&self, service: String, subscription: Vec<u8>) -> Result<(), JsValue> {
+        let client = self.live()?;
+        let provider = match service.as_str() {
+            "webPush" => sotto_sdk::PushProvider::WebPush,
+            "unifiedPush" => sotto_sdk::PushProvider::UnifiedPush,
+            "apns" => sotto_sdk::PushProvider::Apns,
+            "fcm" => sotto_sdk::PushProvider::Fcm,
+            _ => return Err(invalid("service must be webPush, unifiedPush, apns or fcm")),
+        };
+        client.register_push(provider, subscription).await.map_err(client_error)
+    }
+
+    /// Removes this device's push registration.
+    #[wasm_bindgen(js_name = unregisterPush)]
+    pub async fn unregister_push(&self) -> Result<(), JsValue> {
+        let client = self.live()?;
+        client.unregister_push().await.map_err(client_error)
     }
 
     /// Replies to a message (its `key`) in its conversation, quoting its start.

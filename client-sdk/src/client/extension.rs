@@ -84,6 +84,23 @@ fn body_of(m: &StoredMessage) -> String {
 }
 
 impl<S: Store> Client<S> {
+    /// Registers this device's push token with the relay (replacing an earlier one): when
+    /// an envelope waits for the device and it is not connected, the relay sends a
+    /// content-free push through `provider`, which wakes the notification extension
+    /// ([`Client::open_notification_extension`]). The token is what the platform gives
+    /// the app: APNs' device token bytes, FCM's registration token (UTF-8), a Web Push
+    /// subscription as `PushSubscription.toJSON()` serialises it (UTF-8), a UnifiedPush
+    /// endpoint's subscription the same way (docs/protocol.md §13.3).
+    pub async fn register_push(&self, provider: sotto_proto::PushProvider, token: Vec<u8>) -> Result<(), ClientError> {
+        let registration = sotto_proto::PushRegistration { provider, token };
+        Ok(self.inner.relay.put_push(&self.inner.device, &registration).await?)
+    }
+
+    /// Removes this device's push registration: no more pushes.
+    pub async fn unregister_push(&self) -> Result<(), ClientError> {
+        Ok(self.inner.relay.delete_push(&self.inner.device).await?)
+    }
+
     /// Opens the account in `store` as the device's notification extension: a second
     /// process beside the app, sharing its store. It keeps no connection: call
     /// [`Client::fetch_notifications`], show what it returns, and drop the client.

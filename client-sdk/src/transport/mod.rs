@@ -113,6 +113,7 @@ fn is_loopback(host: &str) -> bool {
 pub(crate) enum Method {
     Get,
     Put,
+    Delete,
 }
 
 impl Method {
@@ -121,6 +122,7 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Put => "PUT",
+            Method::Delete => "DELETE",
         }
     }
 }
@@ -369,6 +371,27 @@ impl Relay {
         let body = upload.encode();
         let auth = self.authorization(device, Method::Put, "/v1/prekeys", &body).await?;
         self.expect(Method::Put, "/v1/prekeys", Some(auth), body)
+            .await
+            .map(|_| ())
+    }
+
+    /// Registers (or replaces) `device`'s push token (`PUT /v1/push`, docs/protocol.md
+    /// §13.3): the relay sends a content-free push when an envelope waits for the device
+    /// and it is not connected.
+    pub async fn put_push(
+        &self,
+        device: &Device,
+        registration: &sotto_proto::PushRegistration,
+    ) -> Result<(), TransportError> {
+        let body = registration.encode();
+        let auth = self.authorization(device, Method::Put, "/v1/push", &body).await?;
+        self.expect(Method::Put, "/v1/push", Some(auth), body).await.map(|_| ())
+    }
+
+    /// Deletes `device`'s push registration (`DELETE /v1/push`).
+    pub async fn delete_push(&self, device: &Device) -> Result<(), TransportError> {
+        let auth = self.authorization(device, Method::Delete, "/v1/push", &[]).await?;
+        self.expect(Method::Delete, "/v1/push", Some(auth), Vec::new())
             .await
             .map(|_| ())
     }

@@ -165,6 +165,7 @@ impl Endpoint {
         let method = match method {
             Method::Get => hyper::Method::GET,
             Method::Put => hyper::Method::PUT,
+            Method::Delete => hyper::Method::DELETE,
         };
         let mut req = Request::builder()
             .method(method)

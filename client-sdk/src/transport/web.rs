@@ -83,6 +83,7 @@ impl Endpoint {
         init.set_headers(&headers);
         match method {
             Method::Get => init.set_method("GET"),
+            Method::Delete => init.set_method("DELETE"),
             Method::Put => {
                 init.set_method("PUT");
                 init.set_body(&Uint8Array::from(body.as_slice()));

@@ -63,6 +63,9 @@ val ERROR_CODES: Map<String, Pair<String, Boolean?>> = mapOf(
     "TooLong" to ("too_long" to false),
     "TimerTooLong" to ("timer_too_long" to false),
     "DeviceInUse" to ("device_in_use" to true),
+    "AttachmentCorrupt" to ("attachment_corrupt" to false),
+    "Cancelled" to ("cancelled" to false),
+    "File" to ("file" to false),
 )
 
 class SeenErrors {
@@ -203,6 +206,9 @@ suspend fun everyError(relay: String, folder: File) {
         SottoException.SenderKey("r"),
         SottoException.Internal("r"),
         SottoException.Entropy(),
+        SottoException.AttachmentCorrupt("r"),
+        SottoException.Cancelled(),
+        SottoException.File("r"),
     ).forEach { seen.record(it, provokedByCall = false) }
     // A retryable relay refusal, built by hand.
     val limited = SottoException.Relay(429u, 40u, "RATE_LIMITED", true)

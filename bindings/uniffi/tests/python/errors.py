@@ -63,6 +63,9 @@ CODES = {
     "TooLong": ("too_long", False),
     "TimerTooLong": ("timer_too_long", False),
     "DeviceInUse": ("device_in_use", True),
+    "AttachmentCorrupt": ("attachment_corrupt", False),
+    "Cancelled": ("cancelled", False),
+    "File": ("file", False),
 }
 
 
@@ -205,7 +208,8 @@ async def every_error(relay, folder):
 
     # The cases no call here can provoke (see the module's docstring).
     for e in (SottoError.StoreConflict(), SottoError.DeviceList("forged"), SottoError.LinkTimeout(),
-              SottoError.SenderKey("r"), SottoError.Internal("r"), SottoError.Entropy()):
+              SottoError.SenderKey("r"), SottoError.Internal("r"), SottoError.Entropy(),
+              SottoError.AttachmentCorrupt("r"), SottoError.Cancelled(), SottoError.File("r")):
         seen.check(e, provoked=False)
     # A retryable relay refusal, built by hand: the field is relay_code, so code() is
     # still the method.

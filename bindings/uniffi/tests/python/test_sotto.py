@@ -14,6 +14,7 @@ import time
 
 from errors import every_error
 from live import live_lists
+from media import media
 from sotto_ffi import ClientOptions, EventListener, GroupRole, MessageStatus, Page, SottoClient, SottoError
 
 RELAY = os.environ["SOTTO_RELAY_URL"]
@@ -66,6 +67,8 @@ async def main():
     await every_error(RELAY, os.path.join(DIR, "errors"))
     # Live lists, send states and a restart after kill -9 (live.py).
     await live_lists(RELAY, os.path.join(DIR, "live"))
+    # Attachments, push registration and the notification extension (media.py).
+    await media(RELAY, os.path.join(DIR, "media"))
 
     key_a, key_b = os.urandom(32), os.urandom(32)
     path_a, path_b = os.path.join(DIR, "alice.db"), os.path.join(DIR, "bob.db")

@@ -84,11 +84,14 @@ func expectedCode(_ e: SottoError) -> (String, Bool?) {
     case .TooLong: return ("too_long", false)
     case .TimerTooLong: return ("timer_too_long", false)
     case .DeviceInUse: return ("device_in_use", true)
+    case .AttachmentCorrupt: return ("attachment_corrupt", false)
+    case .Cancelled: return ("cancelled", false)
+    case .File: return ("file", false)
     }
 }
 
 /// The number of cases in `expectedCode`.
-let errorCaseCount = 37
+let errorCaseCount = 40
 
 final class SeenErrors {
     var provoked = Set<String>()
@@ -258,7 +261,7 @@ func everyError(relay: String, folder: String) async throws {
     // The cases no call here can provoke (see the top of this file).
     for e: SottoError in [
         .StoreConflict, .DeviceList(reason: "forged"), .LinkTimeout, .SenderKey(reason: "r"), .Internal(reason: "r"),
-        .Entropy,
+        .Entropy, .AttachmentCorrupt(reason: "r"), .Cancelled, .File(reason: "r"),
     ] {
         seen.record(e, provokedByCall: false)
     }

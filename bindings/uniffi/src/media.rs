@@ -1,0 +1,322 @@
+//! Attachments, push registration and the notification-extension client, as the SDK
+//! has them (docs/protocol.md §16, §13.3, §13.6). Thin: every rule lives in sotto-sdk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sotto_sdk::store::SqliteStore;
+
+use crate::chat::{Conversation, MessageKey, TimelineItem};
+use crate::{ClientOptions, SottoClient, SottoError, on_runtime, open_store, parse_store_key};
+
+/// What the receiver is shown about a file besides the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
+pub struct AttachmentInfo {
+    /// The media type, such as `image/jpeg`.
+    #[uniffi(default = "")]
+    pub media_type: String,
+    /// The file name shown (for a path: its last component when empty).
+    #[uniffi(default = "")]
+    pub file_name: String,
+    /// A caption (the message's text).
+    #[uniffi(default = "")]
+    pub caption: String,
+    /// A small preview image, at most 32 KiB.
+    #[uniffi(default = None)]
+    pub thumbnail: Option<Vec<u8>>,
+}
+
+impl From<AttachmentInfo> for sotto_sdk::AttachmentInfo {
+    fn from(i: AttachmentInfo) -> Self {
+        Self {
+            media_type: i.media_type,
+            file_name: i.file_name,
+            caption: i.caption,
+            thumbnail: i.thumbnail,
+        }
+    }
+}
+
+/// The file a message carries, as shown before it is downloaded. (Its key stays in the
+/// SDK: download it by the message's key.)
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct AttachmentMeta {
+    /// The size in bytes.
+    pub size: u64,
+    /// The media type, as the sender gave it.
+    pub media_type: String,
+    /// The file name, as the sender gave it: show it, never use it as a path.
+    pub file_name: String,
+    /// A small preview image.
+    pub thumbnail: Option<Vec<u8>>,
+}
+
+impl From<&sotto_sdk::Attachment> for AttachmentMeta {
+    fn from(a: &sotto_sdk::Attachment) -> Self {
+        Self {
+            size: a.size,
+            media_type: a.media_type.clone(),
+            file_name: a.file_name.clone(),
+            thumbnail: a.thumbnail.clone(),
+        }
+    }
+}
+
+/// Receives an upload's or a download's progress.
+#[uniffi::export(with_foreign)]
+pub trait ProgressListener: Send + Sync {
+    /// `done` of `total` bytes (ciphertext on the wire). Runs on an SDK thread.
+    fn on_progress(&self, done: u64, total: u64);
+}
+
+/// Cancels an upload or a download: the call fails with `Cancelled` at its next piece.
+#[derive(Debug, Default, uniffi::Object)]
+pub struct CancelToken(sotto_sdk::Cancel);
+
+#[uniffi::export]
+impl CancelToken {
+    /// A token not cancelled yet.
+    #[uniffi::constructor]
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Cancels the call it was passed to.
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+}
+
+/// A push service a device registers with (docs/protocol.md §13.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum PushService {
+    /// Apple Push Notification service: the token is the device token's bytes.
+    Apns,
+    /// Firebase Cloud Messaging: the registration token, UTF-8.
+    Fcm,
+    /// Web Push: the subscription as `PushSubscription.toJSON()` serialises it, UTF-8.
+    WebPush,
+    /// UnifiedPush: the distributor's subscription, as for Web Push.
+    UnifiedPush,
+}
+
+impl From<PushService> for sotto_sdk::PushProvider {
+    fn from(p: PushService) -> Self {
+        match p {
+            PushService::Apns => Self::Apns,
+            PushService::Fcm => Self::Fcm,
+            PushService::WebPush => Self::WebPush,
+            PushService::UnifiedPush => Self::UnifiedPush,
+        }
+    }
+}
+
+/// Calls `listener` from the SDK's progress callback.
+fn progress_fn(listener: Option<Arc<dyn ProgressListener>>) -> Option<impl Fn(u64, u64) + Send + Sync> {
+    listener.map(|l| move |done: u64, total: u64| l.on_progress(done, total))
+}
+
+#[uniffi::export]
+impl SottoClient {
+    /// Encrypts the file at `path` as it reads it, uploads it to the relay, and sends it
+    /// to `conversation`; returns the local item (its `attachment` set). Memory stays flat
+    /// whatever the size.
+    pub async fn send_attachment_file(
+        &self,
+        conversation: Conversation,
+        path: String,
+        info: AttachmentInfo,
+        progress: Option<Arc<dyn ProgressListener>>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<TimelineItem, SottoError> {
+        let client = self.client()?;
+        let to = conversation.parse()?;
+        on_runtime(async move {
+            let report = progress_fn(progress);
+            let m = client
+                .send_attachment_file(
+                    to,
+                    std::path::Path::new(&path),
+                    info.into(),
+                    report.as_ref().map(|f| f as _),
+                    cancel.as_deref().map(|c| &c.0),
+                )
+                .await?;
+            Ok(TimelineItem::stored(m, conversation))
+        })
+        .await
+    }
+
+    /// [`SottoClient::send_attachment_file`] with the bytes in memory.
+    pub async fn send_attachment_bytes(
+        &self,
+        conversation: Conversation,
+        bytes: Vec<u8>,
+        info: AttachmentInfo,
+        progress: Option<Arc<dyn ProgressListener>>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<TimelineItem, SottoError> {
+        let client = self.client()?;
+        let to = conversation.parse()?;
+        on_runtime(async move {
+            let report = progress_fn(progress);
+            let m = client
+                .send_attachment_bytes(
+                    to,
+                    &bytes,
+                    info.into(),
+                    report.as_ref().map(|f| f as _),
+                    cancel.as_deref().map(|c| &c.0),
+                )
+                .await?;
+            Ok(TimelineItem::stored(m, conversation))
+        })
+        .await
+    }
+
+    /// Downloads the file of message `key` to `path`: written to a temporary file beside
+    /// it, checked (every chunk, the length, the digest), then renamed. Nothing appears
+    /// at `path` unless all of it checked out (`AttachmentCorrupt` otherwise).
+    pub async fn download_attachment(
+        &self,
+        key: MessageKey,
+        path: String,
+        progress: Option<Arc<dyn ProgressListener>>,
+        cancel: Option<Arc<CancelToken>>,
+    ) -> Result<(), SottoError> {
+        let client = self.client()?;
+        let key = key.parse()?;
+        on_runtime(async move {
+            let m = client.message(&key).await?.ok_or(SottoError::UnknownMessage)?;
+            let a = m.attachment.ok_or(SottoError::InvalidArgument {
+                reason: "the message carries no file".into(),
+            })?;
+            let report = progress_fn(progress);
+            client
+                .download_attachment(
+                    &a,
+                    std::path::Path::new(&path),
+                    report.as_ref().map(|f| f as _),
+                    cancel.as_deref().map(|c| &c.0),
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Downloads the file of message `key` into memory, returned once all of it checked
+    /// out. For small files; larger ones go to a path.
+    pub async fn download_attachment_bytes(&self, key: MessageKey) -> Result<Vec<u8>, SottoError> {
+        let client = self.client()?;
+        let key = key.parse()?;
+        on_runtime(async move {
+            let m = client.message(&key).await?.ok_or(SottoError::UnknownMessage)?;
+            let a = m.attachment.ok_or(SottoError::InvalidArgument {
+                reason: "the message carries no file".into(),
+            })?;
+            Ok(client.download_attachment_bytes(&a, None, None).await?)
+        })
+        .await
+    }
+
+    /// Registers this device's push token: the relay then wakes the app's notification
+    /// extension with a content-free push when something waits and the app is not
+    /// connected.
+    pub async fn register_push(&self, service: PushService, token: Vec<u8>) -> Result<(), SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.register_push(service.into(), token).await?) }).await
+    }
+
+    /// Removes this device's push registration.
+    pub async fn unregister_push(&self) -> Result<(), SottoError> {
+        let client = self.client()?;
+        on_runtime(async move { Ok(client.unregister_push().await?) }).await
+    }
+}
+
+/// What a notification shows for one message.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct NotificationItem {
+    /// The message (open its conversation at it).
+    pub key: MessageKey,
+    /// The sender's name (nickname, else profile name; empty when neither is known).
+    pub sender_name: String,
+    /// The group's title for a group message.
+    pub group_title: Option<String>,
+    /// The text, or for a file its caption or its kind ("Photo", "Video", "Voice
+    /// message", "File").
+    pub body: String,
+    /// The sender's timestamp, Unix milliseconds.
+    pub timestamp_ms: u64,
+}
+
+/// What one fetch of the notification extension found.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct NotificationFetch {
+    /// The messages to show, oldest first.
+    pub notifications: Vec<NotificationItem>,
+    /// The app is connected: it receives, and the extension fetched nothing.
+    pub app_active: bool,
+    /// The whole mailbox was read.
+    pub complete: bool,
+}
+
+/// The client of a notification extension (an iOS Notification Service Extension, an
+/// Android background worker): a second process on the app's store that fetches what
+/// waits, decrypts and commits it beside the app, and returns what to show.
+#[derive(uniffi::Object)]
+pub struct NotificationExtension {
+    client: sotto_sdk::Client<SqliteStore>,
+}
+
+impl std::fmt::Debug for NotificationExtension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotificationExtension").finish_non_exhaustive()
+    }
+}
+
+#[uniffi::export]
+impl NotificationExtension {
+    /// Opens the app's store (the same path and key the app uses; on iOS in the app
+    /// group's shared container) as the notification extension. `DeviceInUse` when
+    /// another extension process runs on it.
+    #[uniffi::constructor]
+    pub async fn open(store_path: String, store_key: Vec<u8>, options: ClientOptions) -> Result<Arc<Self>, SottoError> {
+        let key = parse_store_key(store_key)?;
+        on_runtime(async move {
+            let store = open_store(&store_path, &key).await?;
+            let client = sotto_sdk::Client::open_notification_extension(store, key, options.into()).await?;
+            Ok(Arc::new(Self { client }))
+        })
+        .await
+    }
+
+    /// Fetches what waits (for at most `max_wait_ms`), commits it, and returns what to
+    /// show. Sends nothing.
+    pub async fn fetch(self: Arc<Self>, max_wait_ms: u64) -> Result<NotificationFetch, SottoError> {
+        on_runtime(async move {
+            let f = self
+                .client
+                .fetch_notifications(Duration::from_millis(max_wait_ms))
+                .await?;
+            let mut notifications = Vec::with_capacity(f.notifications.len());
+            for n in f.notifications {
+                let conversation = Conversation::new(n.conversation);
+                notifications.push(NotificationItem {
+                    key: MessageKey::new(&n.key, conversation),
+                    sender_name: n.sender_name,
+                    group_title: n.group_title,
+                    body: n.body,
+                    timestamp_ms: n.timestamp_ms,
+                });
+            }
+            Ok(NotificationFetch {
+                notifications,
+                app_active: f.app_active,
+                complete: f.complete,
+            })
+        })
+        .await
+    }
+}
