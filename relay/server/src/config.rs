@@ -21,6 +21,14 @@
 //! cert_path = "/etc/sotto-relay/fullchain.pem"
 //! key_path = "/etc/sotto-relay/privkey.pem"
 //! hsts_max_age_secs = 63072000
+//!
+//! [push]                                           # optional: see `crate::push`
+//! min_interval_secs = 10
+//! [push.apns]
+//! key_file = "/etc/sotto-relay/AuthKey_ABC123DEFG.p8"
+//! key_id = "ABC123DEFG"
+//! team_id = "DEF123GHIJ"
+//! topic = "org.example.chat"
 //! ```
 //! Without `[tls]` the relay speaks plain HTTP, which it accepts only on a loopback
 //! address or with `behind_tls_proxy = true` (a proxy in front terminates TLS).
@@ -77,6 +85,8 @@ pub struct Config {
     /// `Authorization: Bearer <token>` (compared in constant time). Without this or
     /// `metrics_listen`, `/metrics` is not served at all (`NOT_FOUND`).
     pub metrics_token: Option<MetricsToken>,
+    /// Push triggers (APNs, FCM, Web Push): see [`crate::push`].
+    pub push: crate::push::PushConfig,
 }
 
 /// The bearer token that opens `/metrics` on the public listener. Kept out of `Debug` and
@@ -124,6 +134,7 @@ impl Default for Config {
             cors_allowed_origins: vec!["*".to_owned()],
             metrics_listen: None,
             metrics_token: None,
+            push: crate::push::PushConfig::default(),
         }
     }
 }
@@ -673,6 +684,7 @@ impl Config {
                 return Err(ConfigError::Invalid { field, reason });
             }
         }
+        self.push.validate()?;
         if !self.cors_allowed_origins.iter().all(|o| o == "*" || is_origin(o)) {
             return Err(ConfigError::Invalid {
                 field: "cors_allowed_origins",

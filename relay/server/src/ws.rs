@@ -309,6 +309,8 @@ where
     let limits = &state.config.limits;
     let live_cap = usize::try_from(limits.deliver_window).unwrap_or(usize::MAX);
     let reg = state.hub.register(account, device, limits.ephemeral_queue, live_cap);
+    // Connected: a push still pending for this device is no longer needed.
+    state.pusher.connected(&account, device);
     let signals = reg.signals.clone();
     let mut shutdown = state.shutdown_signal();
     let mut mb = Mailbox {
