@@ -99,6 +99,8 @@ metrics! {
     counter rate_limited_total;
     /// HTTP requests answered with an error code, by status class (`4xx`, `5xx`).
     classes http_errors_total;
+    /// Stored envelopes for devices not connected to this node, handed to the push trigger.
+    counter push_triggers_total;
     /// Push triggers sent and accepted by the provider, by provider.
     providers push_sent_total;
     /// Push triggers not sent at once because one was in flight or sent within `push.min_interval_secs`, by provider.

@@ -309,6 +309,12 @@ impl AppState {
         })
     }
 
+    /// The number of push jobs finished so far (sent, failed, dropped or skipped, each
+    /// after its retries): something to wait on rather than poll.
+    pub fn push_completions(&self) -> watch::Receiver<u64> {
+        self.pusher.completions()
+    }
+
     /// Tells every connection to close and new ones to go away.
     pub fn begin_shutdown(&self) {
         self.shutdown_tx.send_replace(true);

@@ -49,7 +49,7 @@ use tokio::time::Instant;
 pub use webpush::{Subscription, SubscriptionError};
 
 use crate::config::ConfigError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, inc};
 use crate::state::Hub;
 use crate::storage::{Storage, Store};
 
@@ -425,6 +425,8 @@ pub(crate) struct Pusher {
     tx: mpsc::Sender<Job>,
     rx: Mutex<Option<mpsc::Receiver<Job>>>,
     metrics: Arc<Metrics>,
+    /// Push jobs finished so far.
+    completed: watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -441,7 +443,13 @@ impl Pusher {
             tx,
             rx: Mutex::new(Some(rx)),
             metrics,
+            completed: watch::Sender::new(0),
         }
+    }
+
+    /// The number of push jobs finished so far (sent, failed, dropped or skipped).
+    pub(crate) fn completions(&self) -> watch::Receiver<u64> {
+        self.completed.subscribe()
     }
 
     fn coalesce(&self, slot: &mut Slot) {
@@ -459,6 +467,7 @@ impl Pusher {
     pub(crate) fn trigger(&self, account: &AccountId, device: DeviceId) {
         let key = (*account, device);
         let now = Instant::now();
+        inc(&self.metrics.push_triggers_total, 1);
         let mut slots = lock(&self.slots);
         if let Some(slot) = slots.get_mut(&key) {
             if slot.in_flight {
@@ -564,6 +573,8 @@ impl Pusher {
                 self.drop_one(s.provider);
             }
         }
+        drop(slots);
+        self.completed.send_modify(|n| *n += 1);
     }
 }
 
