@@ -86,6 +86,11 @@ impl Apns {
         Ok(t)
     }
 
+    #[cfg(test)]
+    pub(crate) fn bearer_for_test(&self) -> Result<String, PushError> {
+        self.bearer()
+    }
+
     pub(crate) async fn send(&self, device_token: &[u8]) -> Outcome {
         let Ok(bearer) = self.bearer() else {
             return Outcome::Failed;

@@ -132,4 +132,14 @@ mod tests {
             .unwrap();
         assert!(EsKey::from_pem(b"not a key", "test key").is_err());
     }
+
+    /// A key made as docs/self-hosting.md says (`openssl genpkey -algorithm EC -pkeyopt
+    /// ec_paramgen_curve:P-256`), the form of Apple's `.p8` files too. Test only.
+    const OPENSSL_P256: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgCfQu6Mblqm0H5fY+\nX0eONlx3k9R/3pl72CRBUKYQGS2hRANCAARVOVeGIyEC33F1mREcYeka/c6roKqS\ny0frlwab5vCozfRCedjN7eMUblXikQgVK4Tm26PzhEqvCIQy26aglA7b\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn loads_openssl_keys() {
+        let key = EsKey::from_pem(OPENSSL_P256.as_bytes(), "test key").unwrap();
+        assert_eq!(key.public_key().len(), 65);
+    }
 }

@@ -752,6 +752,77 @@ mod tests {
         );
     }
 
+    /// Loaded providers print no key material and no token.
+    #[test]
+    fn providers_stay_out_of_debug() {
+        use base64::Engine;
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &ring::rand::SystemRandom::new()).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(doc.as_ref());
+        let path = std::env::temp_dir().join(format!("sotto-push-debug-{}.p8", std::process::id()));
+        std::fs::write(
+            &path,
+            format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n"),
+        )
+        .unwrap();
+        let cfg = PushConfig {
+            apns: Some(ApnsConfig {
+                key_file: path.clone(),
+                key_id: "KEY".into(),
+                team_id: "TEAM".into(),
+                topic: "org.example".into(),
+                sandbox: true,
+                endpoint: None,
+                expiration_secs: 60,
+            }),
+            webpush: Some(WebPushConfig {
+                vapid_private_key_file: path.clone(),
+                subject: "mailto:a@example.org".into(),
+                ttl_secs: 60,
+                allow_insecure_endpoints: false,
+            }),
+            ..PushConfig::default()
+        };
+        let p = Providers::load(&cfg).unwrap();
+        let apns = p.apns.as_ref().unwrap();
+        let _ = apns.bearer_for_test();
+        let shown = format!("{p:?}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            !shown.contains(&b64[..16]) && !shown.contains("bearer") && !shown.contains("eyJ"),
+            "{shown}"
+        );
+        assert!(shown.contains("api.sandbox.push.apple.com"), "{shown}");
+    }
+
+    #[test]
+    fn config_from_toml() {
+        let c: crate::Config = toml::from_str(
+            "[push]\nmin_interval_secs = 5\n[push.apns]\nkey_file = \"k.p8\"\nkey_id = \"K\"\nteam_id = \"T\"\n\
+             topic = \"org.example\"\nsandbox = true\n[push.webpush]\nvapid_private_key_file = \"v.pem\"\n\
+             subject = \"mailto:a@example.org\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.push.min_interval_secs, 5);
+        let apns = c.push.apns.as_ref().unwrap();
+        assert!(apns.sandbox && apns.endpoint.is_none() && apns.expiration_secs == 86_400);
+        assert_eq!(c.push.webpush.as_ref().unwrap().ttl_secs, 86_400);
+        assert!(c.push.fcm.is_none());
+        let bad: crate::Config =
+            toml::from_str("[push.webpush]\nvapid_private_key_file = \"v.pem\"\nsubject = \"ops@example.org\"\n")
+                .unwrap();
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::Invalid {
+                field: "push.webpush.subject",
+                ..
+            })
+        ));
+        assert!(toml::from_str::<crate::Config>("[push]\nbogus = 1\n").is_err());
+    }
+
     #[test]
     fn backoff_is_bounded() {
         let cfg = PushConfig {
