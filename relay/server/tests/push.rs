@@ -504,6 +504,47 @@ async fn burst_is_coalesced(url: String) {
     relay.stop().await;
 }
 
+/// An envelope that arrives within the interval after a push is coalesced; when the
+/// interval ends and the device still has not connected, one more push follows.
+async fn follow_up_after_the_interval(url: String) {
+    let keys = Keys::new();
+    let mut stand_in = StandIn::start(reply(200, ""), |_| None).await;
+    let mut relay = Relay::start(&url, |c| {
+        apns(c, &keys, &stand_in);
+        c.push.min_interval_secs = 1;
+    })
+    .await;
+    let mut r = rng(8);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    assert_eq!(relay.register(&alice).await, StatusCode::CREATED);
+    assert_eq!(relay.register(&bob).await, StatusCode::CREATED);
+    let b1 = &bob.devices[0];
+    assert_eq!(
+        put_push(&relay, b1, PushProvider::Apns, &[5; 32]).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    store(&mut wa, 1, &[b1]).await;
+    check_apns(&stand_in.next().await, &[5; 32], &keys.apns_public);
+    completions(&relay, 1).await;
+    let first = std::time::Instant::now();
+    for id in 2..=4 {
+        store(&mut wa, id, &[b1]).await;
+    }
+    assert_eq!(metric(&relay.metrics().await, "push_coalesced_total", "apns"), 3);
+    check_apns(&stand_in.next().await, &[5; 32], &keys.apns_public);
+    assert!(
+        first.elapsed() >= std::time::Duration::from_millis(900),
+        "{:?}",
+        first.elapsed()
+    );
+    completions(&relay, 2).await;
+    assert_eq!(metric(&relay.metrics().await, "push_sent_total", "apns"), 2);
+    stand_in.quiet();
+    relay.stop().await;
+}
+
 /// 429 (with `Retry-After`) and 503 are retried, then the push goes through; a
 /// registration APNs reports gone (410) is deleted.
 async fn apns_retries_and_gone(url: String) {
@@ -885,6 +926,7 @@ macro_rules! backend {
             t!(apns_offline_device_only);
             t!(ephemeral_frames_never_push);
             t!(burst_is_coalesced);
+            t!(follow_up_after_the_interval);
             t!(apns_retries_and_gone);
             t!(fcm_sends_and_forgets_unregistered);
             t!(webpush_encrypts_and_identifies);
