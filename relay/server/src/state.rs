@@ -802,9 +802,10 @@ impl Hub {
 
     /// Hands a committed envelope to the device's connection, if it has one here, and
     /// wakes it; `None` when its shared body could not be held. Its head is charged to
-    /// the live-queue budget (the body was charged once by [`Hub::share_body`]). Returns
-    /// false when the envelope did not fit (the queue is full, or the relay's live-queue
-    /// budget spent): the connection reads its mailbox instead.
+    /// the live-queue budget (the body was charged once by [`Hub::share_body`]).
+    /// [`LiveOutcome::Overflow`] when the envelope did not fit (the queue is full, or the
+    /// relay's live-queue budget spent): the connection reads its mailbox instead;
+    /// [`LiveOutcome::NotConnected`] when the device has no connection here.
     pub(crate) fn push_live(
         &self,
         account: &AccountId,
