@@ -19,10 +19,10 @@
 //! envelopes keep arriving for a device that does not connect.
 //!
 //! **Bounds.** The per-device slots are at most `max_tracked_devices`; slots with nothing
-//! in flight, nothing pending and an ended interval are forgotten when the table fills,
-//! and while it is still full new triggers are dropped (`push_dropped_total`, provider
-//! `unknown`). The queue to the worker holds `queue` jobs; a trigger that does not fit is
-//! dropped likewise. At most `max_concurrent` pushes are sent at once.
+//! in flight, nothing pending and an ended interval are forgotten when the table fills
+//! (one sweep a second at most), and while it is still full new triggers are dropped
+//! (`push_dropped_total`, provider `unknown`). The queue to the worker holds `queue` jobs;
+//! a trigger that does not fit is dropped likewise. At most `max_concurrent` pushes are sent at once.
 //!
 //! **What a push carries.** Nothing about the sender, the conversation or the content:
 //! APNs gets `{"aps":{"alert":{"loc-key":"SOTTO_NEW_MESSAGE"},"mutable-content":1}}`, FCM a
@@ -422,6 +422,9 @@ pub(crate) struct Pusher {
     interval: Duration,
     cap: usize,
     slots: Mutex<HashMap<Key, Slot>>,
+    /// When a full table may next be swept for idle slots (at most once a second, so a
+    /// full table of busy devices costs each trigger no scan).
+    next_sweep: Mutex<Instant>,
     tx: mpsc::Sender<Job>,
     rx: Mutex<Option<mpsc::Receiver<Job>>>,
     metrics: Arc<Metrics>,
@@ -440,6 +443,7 @@ impl Pusher {
             interval: Duration::from_secs(cfg.min_interval_secs),
             cap: cfg.max_tracked_devices.max(1),
             slots: Mutex::new(HashMap::new()),
+            next_sweep: Mutex::new(Instant::now()),
             tx,
             rx: Mutex::new(Some(rx)),
             metrics,
@@ -497,7 +501,12 @@ impl Pusher {
             }
         }
         if !slots.contains_key(&key) && slots.len() >= self.cap {
-            slots.retain(|_, s| !s.idle(now));
+            let mut next = lock(&self.next_sweep);
+            if now >= *next {
+                slots.retain(|_, s| !s.idle(now));
+                *next = now + Duration::from_secs(1);
+            }
+            drop(next);
             if slots.len() >= self.cap {
                 self.drop_one(None);
                 return;
