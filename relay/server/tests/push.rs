@@ -757,6 +757,24 @@ impl Browser {
     }
 }
 
+/// The receiver above decrypts the example of RFC 8291 Appendix A, so it checks the
+/// relay's encryption against the specification, not against itself.
+#[test]
+fn receiver_decrypts_the_rfc_8291_example() {
+    let b64 = |s: &str| URL_SAFE_NO_PAD.decode(s).unwrap();
+    let secret = p256::SecretKey::from_slice(&b64("q1dXpw3UpT5VOmu_cf_v6ih07Aems3njxI-JWgLcM94")).unwrap();
+    let browser = Browser {
+        public: b64("BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4"),
+        secret,
+        auth: b64("BTBZMqHH6r4Tts7J_aSIgg").try_into().unwrap(),
+    };
+    let body = b64(
+        "DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A_\
+         yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN",
+    );
+    assert_eq!(browser.decrypt(&body), b"When I grow up, I want to be a watermelon");
+}
+
 /// Web Push: the receiver decrypts the RFC 8291 body to the constant and checks the VAPID
 /// token; a 410 deletes the subscription; a malformed subscription is refused at PUT.
 async fn webpush_encrypts_and_identifies(url: String) {
