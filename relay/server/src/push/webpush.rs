@@ -72,7 +72,8 @@ pub enum SubscriptionError {
     /// 2048 bytes.
     #[error("the endpoint is not an https URL")]
     Endpoint,
-    /// A key is not base64url of the right length, or not a P-256 point.
+    /// A key is not base64url of the right length, or `p256dh` not an uncompressed point
+    /// on P-256.
     #[error("the subscription key {field} is not valid")]
     Key {
         /// `p256dh` or `auth`.
@@ -108,13 +109,20 @@ impl Subscription {
         }
         let p256dh: [u8; 65] = unb64(&j.keys.p256dh)
             .and_then(|k| k.try_into().ok())
-            .filter(|k: &[u8; 65]| k[0] == 0x04)
+            .filter(|k: &[u8; 65]| k[0] == 0x04 && on_curve(k))
             .ok_or(SubscriptionError::Key { field: "p256dh" })?;
         let auth: [u8; 16] = unb64(&j.keys.auth)
             .and_then(|k| k.try_into().ok())
             .ok_or(SubscriptionError::Key { field: "auth" })?;
         Ok(Self { endpoint, p256dh, auth })
     }
+}
+
+/// Whether `point` is a P-256 public key an agreement accepts (ring checks it is on the
+/// curve when it is used).
+fn on_curve(point: &[u8; 65]) -> bool {
+    EphemeralPrivateKey::generate(&ECDH_P256, &SystemRandom::new())
+        .is_ok_and(|k| agree_ephemeral(k, &UnparsedPublicKey::new(&ECDH_P256, point), |_| ()).is_ok())
 }
 
 /// Encrypts `plaintext` for the subscription keys as one `aes128gcm` record (RFC 8291
@@ -308,7 +316,8 @@ mod tests {
     use super::*;
 
     fn token(endpoint: &str) -> Vec<u8> {
-        let p = b64(&[4u8; 65]);
+        let key = EphemeralPrivateKey::generate(&ECDH_P256, &SystemRandom::new()).unwrap();
+        let p = b64(key.compute_public_key().unwrap().as_ref());
         let a = b64(&[1u8; 16]);
         format!(r#"{{"endpoint":"{endpoint}","expirationTime":null,"keys":{{"p256dh":"{p}","auth":"{a}"}}}}"#)
             .into_bytes()
@@ -332,6 +341,16 @@ mod tests {
             );
         }
         assert_eq!(Subscription::parse(b"[1]"), Err(SubscriptionError::Token));
+        // 65 bytes with the right prefix, but not a point on the curve.
+        let off = format!(
+            r#"{{"endpoint":"https://a.example/","keys":{{"p256dh":"{}","auth":"{}"}}}}"#,
+            b64(&[4u8; 65]),
+            b64(&[1u8; 16])
+        );
+        assert_eq!(
+            Subscription::parse(off.as_bytes()),
+            Err(SubscriptionError::Key { field: "p256dh" })
+        );
         let short = br#"{"endpoint":"https://a.example/","keys":{"p256dh":"AAAA","auth":"AAAA"}}"#;
         assert_eq!(
             Subscription::parse(short),
