@@ -546,14 +546,15 @@ async fn follow_up_after_the_interval(url: String) {
 }
 
 /// 429 (with `Retry-After`) and 503 are retried, then the push goes through; a
-/// registration APNs reports gone (410) is deleted.
+/// registration APNs reports gone (410, or 400 `BadDeviceToken`) is deleted; another 4xx
+/// fails the push and keeps the registration.
 async fn apns_retries_and_gone(url: String) {
     let keys = Keys::new();
     let mut stand_in = StandIn::start(reply(200, ""), |_| None).await;
     let mut relay = Relay::start(&url, |c| apns(c, &keys, &stand_in)).await;
     let mut r = rng(4);
     let alice = account(&mut r, 1);
-    let bob = account(&mut r, 2);
+    let bob = account(&mut r, 4);
     assert_eq!(relay.register(&alice).await, StatusCode::CREATED);
     assert_eq!(relay.register(&bob).await, StatusCode::CREATED);
     let (b1, b2) = (&bob.devices[0], &bob.devices[1]);
@@ -588,11 +589,36 @@ async fn apns_retries_and_gone(url: String) {
     store(&mut wa, 2, &[b2]).await;
     check_apns(&stand_in.next().await, &[2; 32], &keys.apns_public);
     completions(&relay, 2).await;
-    let store = &relay.state.store;
-    assert_eq!(store.push_registration(&bob.id(), b2.id()).await.unwrap(), None);
-    assert!(store.push_registration(&bob.id(), b1.id()).await.unwrap().is_some());
+    let db = &relay.state.store;
+    assert_eq!(db.push_registration(&bob.id(), b2.id()).await.unwrap(), None);
+    assert!(db.push_registration(&bob.id(), b1.id()).await.unwrap().is_some());
     let m = relay.metrics().await;
     assert_eq!(metric(&m, "push_registrations_deleted_total", "apns"), 1);
+
+    let (b3, b4) = (&bob.devices[2], &bob.devices[3]);
+    assert_eq!(
+        put_push(&relay, b3, PushProvider::Apns, &[3; 32]).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        put_push(&relay, b4, PushProvider::Apns, &[4; 32]).await.0,
+        StatusCode::NO_CONTENT
+    );
+    stand_in.script(&[reply(400, r#"{"reason":"BadDeviceToken"}"#)]);
+    store(&mut wa, 3, &[b3]).await;
+    check_apns(&stand_in.next().await, &[3; 32], &keys.apns_public);
+    completions(&relay, 3).await;
+    stand_in.script(&[reply(400, r#"{"reason":"BadExpirationDate"}"#)]);
+    store(&mut wa, 4, &[b4]).await;
+    check_apns(&stand_in.next().await, &[4; 32], &keys.apns_public);
+    completions(&relay, 4).await;
+    assert_eq!(db.push_registration(&bob.id(), b3.id()).await.unwrap(), None);
+    assert!(db.push_registration(&bob.id(), b4.id()).await.unwrap().is_some());
+    let m = relay.metrics().await;
+    assert_eq!(metric(&m, "push_registrations_deleted_total", "apns"), 2);
+    // The two gone registrations and the refused push; the retried one was sent.
+    assert_eq!(metric(&m, "push_failed_total", "apns"), 3);
+    assert_eq!(metric(&m, "push_sent_total", "apns"), 1);
     stand_in.quiet();
     relay.stop().await;
 }
