@@ -649,7 +649,7 @@ fn fcm_public() -> Vec<u8> {
 }
 
 /// FCM HTTP v1: an OAuth token, then a data-only, high-priority message; a token FCM
-/// reports UNREGISTERED (404) is deleted.
+/// reports UNREGISTERED (404) is deleted; a refused access token (401) is renewed.
 async fn fcm_sends_and_forgets_unregistered(url: String) {
     let keys = Keys::new();
     let mut stand_in = StandIn::start(reply(200, r#"{"name":"projects/sotto-test/messages/1"}"#), fcm_token).await;
@@ -664,7 +664,7 @@ async fn fcm_sends_and_forgets_unregistered(url: String) {
     .await;
     let mut r = rng(5);
     let alice = account(&mut r, 1);
-    let bob = account(&mut r, 2);
+    let bob = account(&mut r, 3);
     assert_eq!(relay.register(&alice).await, StatusCode::CREATED);
     assert_eq!(relay.register(&bob).await, StatusCode::CREATED);
     let (b1, b2) = (&bob.devices[0], &bob.devices[1]);
@@ -708,8 +708,28 @@ async fn fcm_sends_and_forgets_unregistered(url: String) {
         relay.state.store.push_registration(&bob.id(), b2.id()).await.unwrap(),
         None
     );
+
+    // An access token FCM no longer takes (401) is replaced, and the push retried.
+    stand_in.script(&[reply(
+        401,
+        r#"{"error":{"code":401,"message":"Request had invalid authentication credentials.","status":"UNAUTHENTICATED"}}"#,
+    )]);
+    let b3 = &bob.devices[2];
+    assert_eq!(
+        put_push(&relay, b3, PushProvider::Fcm, b"fcm-token-3:APA91b").await.0,
+        StatusCode::NO_CONTENT
+    );
+    store(&mut wa, 3, &[b3]).await;
+    assert_eq!(
+        stand_in.next().await.path,
+        format!("/v1/projects/{FCM_PROJECT}/messages:send")
+    );
+    assert_eq!(stand_in.next().await.path, "/token");
+    let msg = stand_in.next().await;
+    assert_eq!(msg.header("authorization"), format!("Bearer {FCM_ACCESS_TOKEN}"));
+    completions(&relay, 3).await;
     let m = relay.metrics().await;
-    assert_eq!(metric(&m, "push_sent_total", "fcm"), 1);
+    assert_eq!(metric(&m, "push_sent_total", "fcm"), 2);
     assert_eq!(metric(&m, "push_registrations_deleted_total", "fcm"), 1);
     stand_in.quiet();
     relay.stop().await;
