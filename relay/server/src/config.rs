@@ -28,6 +28,13 @@
 //! max_blob_len = 536870912
 //! max_total_bytes = 53687091200
 //! # ... see `Blobs`
+//! [push]                                           # optional: see `crate::push`
+//! min_interval_secs = 10
+//! [push.apns]
+//! key_file = "/etc/sotto-relay/AuthKey_ABC123DEFG.p8"
+//! key_id = "ABC123DEFG"
+//! team_id = "DEF123GHIJ"
+//! topic = "org.example.chat"
 //! ```
 //! Without `[tls]` the relay speaks plain HTTP, which it accepts only on a loopback
 //! address or with `behind_tls_proxy = true` (a proxy in front terminates TLS).
@@ -86,6 +93,8 @@ pub struct Config {
     pub metrics_token: Option<MetricsToken>,
     /// The blob store for encrypted attachments.
     pub blobs: Blobs,
+    /// Push triggers (APNs, FCM, Web Push): see [`crate::push`].
+    pub push: crate::push::PushConfig,
 }
 
 /// The bearer token that opens `/metrics` on the public listener. Kept out of `Debug` and
@@ -321,6 +330,7 @@ impl Default for Config {
             metrics_listen: None,
             metrics_token: None,
             blobs: Blobs::default(),
+            push: crate::push::PushConfig::default(),
         }
     }
 }
@@ -871,6 +881,7 @@ impl Config {
             }
         }
         self.blobs.validate()?;
+        self.push.validate()?;
         if !self.cors_allowed_origins.iter().all(|o| o == "*" || is_origin(o)) {
             return Err(ConfigError::Invalid {
                 field: "cors_allowed_origins",

@@ -346,12 +346,14 @@ pub(crate) async fn bundle(
     Ok(wire(StatusCode::OK, &Bundles { bundles }))
 }
 
-/// `PUT /v1/push` (authenticated): store the device's push registration.
+/// `PUT /v1/push` (authenticated): store the device's push registration, after checking
+/// its token's form (`MALFORMED`; [`crate::push::check_registration`]).
 pub(crate) async fn put_push(
     State(state): State<Shared>,
     auth: Authed<Wire<PushRegistration>>,
 ) -> Result<StatusCode, AppError> {
     let Wire(reg) = &auth.body;
+    crate::push::check_registration(reg).map_err(|_| AppError(ErrorCode::MALFORMED))?;
     state.store.put_push(&auth.account, auth.device, reg).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -42,6 +42,7 @@ pub mod error;
 mod http;
 pub mod metrics;
 mod net;
+pub mod push;
 mod state;
 pub mod storage;
 pub mod tls;
@@ -175,7 +176,8 @@ async fn ws_upgrade(
 /// send that was answered is stored and nothing is lost) and returns once all have.
 /// With `[tls]` configured it serves HTTPS and WSS (TLS 1.3 only); a certificate or key
 /// that does not load is an `InvalidInput` error before anything is served. With
-/// `metrics_listen` set, `/metrics` is also served (plain HTTP) on that address.
+/// `metrics_listen` set, `/metrics` is also served (plain HTTP) on that address. Push
+/// credentials that do not load are an `InvalidInput` error too.
 pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -191,6 +193,8 @@ pub async fn run(
         }
         None => None,
     };
+    let providers = push::Providers::load(&state.config.push)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let signal_state = state.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -213,12 +217,12 @@ pub async fn run(
         ))
     });
     let result = match tls {
-        Some(acceptor) => serve(tls::TlsListener::new(listener, acceptor)?, state).await,
+        Some(acceptor) => serve(tls::TlsListener::new(listener, acceptor)?, state, providers).await,
         None => {
             let listener = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            serve(listener, state).await
+            serve(listener, state, providers).await
         }
     };
     if let Some(t) = metrics_task {
@@ -227,7 +231,7 @@ pub async fn run(
     result
 }
 
-async fn serve<L>(listener: L, state: Arc<AppState>) -> std::io::Result<()>
+async fn serve<L>(listener: L, state: Arc<AppState>, providers: push::Providers) -> std::io::Result<()>
 where
     L: axum::serve::Listener<Addr = std::net::SocketAddr>,
 {
@@ -242,6 +246,17 @@ where
     }
     let expiry = tokio::spawn(expiry_loop(state.clone()));
     let blob_gc = tokio::spawn(blobs::gc_loop(state.clone()));
+    let pushes = tokio::spawn(push::run_worker(
+        push::Worker {
+            pusher: state.pusher.clone(),
+            providers: Arc::new(providers),
+            hub: state.hub.clone(),
+            store: state.store.clone(),
+            metrics: state.metrics.clone(),
+            cfg: state.config.push.clone(),
+        },
+        state.shutdown_signal(),
+    ));
     let house_state = state.clone();
     let housekeeping = tokio::spawn(net::every(HOUSEKEEPING, state.shutdown_signal(), move || {
         let ttl_ms = house_state.config.limits.challenge_ttl_secs.saturating_mul(1000);
@@ -266,6 +281,7 @@ where
     state.writer.close().await;
     expiry.abort();
     blob_gc.abort();
+    pushes.abort();
     housekeeping.abort();
     state.store.close().await;
     tracing::info!("relay stopped");

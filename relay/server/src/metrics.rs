@@ -25,11 +25,13 @@ macro_rules! metrics {
         }
     };
     (@type classes) => { "counter" };
+    (@type providers) => { "counter" };
     (@type $kind:ident) => { stringify!($kind) };
     (@ty counter) => { AtomicU64 };
     (@ty gauge) => { AtomicI64 };
     (@ty histogram) => { Histogram };
     (@ty classes) => { ByClass };
+    (@ty providers) => { ByProvider };
 }
 
 metrics! {
@@ -121,6 +123,18 @@ metrics! {
     counter rate_limited_total;
     /// HTTP requests answered with an error code, by status class (`4xx`, `5xx`).
     classes http_errors_total;
+    /// Stored envelopes for devices not connected to this node, handed to the push trigger.
+    counter push_triggers_total;
+    /// Push triggers sent and accepted by the provider, by provider.
+    providers push_sent_total;
+    /// Push triggers not sent at once because one was in flight or sent within `push.min_interval_secs`, by provider.
+    providers push_coalesced_total;
+    /// Pushes that failed: refused by the provider, or still failing after the retries, by provider.
+    providers push_failed_total;
+    /// Push triggers dropped: the queue or device table was full, or the provider is not configured, by provider.
+    providers push_dropped_total;
+    /// Push registrations deleted because the provider said they are gone, by provider.
+    providers push_registrations_deleted_total;
     /// Seconds from reading a send to its commit (or refusal): the group-commit latency.
     histogram send_store_seconds;
     /// Seconds one write batch (group commit) took in the database.
@@ -174,6 +188,68 @@ impl Render for ByClass {
     fn render_value(&self, out: &mut String, name: &str) {
         let _ = writeln!(out, "{name}{{class=\"4xx\"}} {}", self.client.load(Ordering::Relaxed));
         let _ = writeln!(out, "{name}{{class=\"5xx\"}} {}", self.server.load(Ordering::Relaxed));
+    }
+}
+
+/// A metrics label naming a push provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProviderLabel {
+    /// APNs.
+    Apns,
+    /// FCM.
+    Fcm,
+    /// Web Push.
+    WebPush,
+    /// UnifiedPush.
+    UnifiedPush,
+    /// A webhook.
+    Webhook,
+    /// Not known yet (the registration was not read).
+    Unknown,
+}
+
+const PROVIDERS: [(ProviderLabel, &str); 6] = [
+    (ProviderLabel::Apns, "apns"),
+    (ProviderLabel::Fcm, "fcm"),
+    (ProviderLabel::WebPush, "webpush"),
+    (ProviderLabel::UnifiedPush, "unifiedpush"),
+    (ProviderLabel::Webhook, "webhook"),
+    (ProviderLabel::Unknown, "unknown"),
+];
+
+/// A counter by push provider, rendered as `name{provider="apns"}`.
+#[derive(Debug, Default)]
+pub struct ByProvider {
+    counts: [AtomicU64; 6],
+}
+
+impl ByProvider {
+    /// Adds `n` for `provider`.
+    pub fn inc(&self, provider: ProviderLabel, n: u64) {
+        if let Some(i) = PROVIDERS.iter().position(|(p, _)| *p == provider) {
+            inc(&self.counts[i], n);
+        }
+    }
+
+    /// The count for `provider`.
+    pub fn get(&self, provider: ProviderLabel) -> u64 {
+        PROVIDERS
+            .iter()
+            .position(|(p, _)| *p == provider)
+            .map_or(0, |i| self.counts[i].load(Ordering::Relaxed))
+    }
+}
+
+impl Render for ByProvider {
+    fn render_value(&self, out: &mut String, name: &str) {
+        for (i, (_, label)) in PROVIDERS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{provider=\"{label}\"}} {}",
+                self.counts[i].load(Ordering::Relaxed)
+            );
+        }
     }
 }
 

@@ -49,6 +49,7 @@ pub struct AppState {
     pub(crate) guards: Guards,
     pub(crate) hub: Arc<Hub>,
     pub(crate) writer: Writer,
+    pub(crate) pusher: Arc<crate::push::Pusher>,
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) conns: Arc<crate::net::Conns>,
     /// Envelope bytes of sends read and not yet answered.
@@ -287,7 +288,8 @@ impl AppState {
         let blobs = crate::blobs::BlobStore::new(&config);
         let conns = crate::net::Conns::new(&config.limits);
         let inflight = Budget::new(config.limits.max_inflight_send_bytes);
-        let writer = Writer::spawn(&store, hub.clone(), metrics.clone());
+        let pusher = Arc::new(crate::push::Pusher::new(&config.push, metrics.clone()));
+        let writer = Writer::spawn(&store, hub.clone(), metrics.clone(), pusher.clone());
         let mut boot = Zeroizing::new([0u8; 32]);
         if getrandom::getrandom(&mut boot[..]).is_err() {
             // The epoch would then not change on restart: say so loudly.
@@ -305,9 +307,16 @@ impl AppState {
             inflight,
             hub,
             writer,
+            pusher,
             connections,
             shutdown_tx,
         })
+    }
+
+    /// The number of push jobs finished so far (sent, failed, dropped or skipped, each
+    /// after its retries): something to wait on rather than poll.
+    pub fn push_completions(&self) -> watch::Receiver<u64> {
+        self.pusher.completions()
     }
 
     /// Tells every connection to close and new ones to go away.
@@ -701,6 +710,17 @@ struct ConnEntry {
     extension: bool,
 }
 
+/// What [`Hub::push_live`] did with a committed envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LiveOutcome {
+    /// Queued for the device's connection.
+    Queued,
+    /// The device is connected but the envelope did not fit: it reads its mailbox.
+    Overflow,
+    /// The device has no connection on this node: the envelope waits (and may push).
+    NotConnected,
+}
+
 /// The devices connected to this relay node.
 #[derive(Debug)]
 pub(crate) struct Hub {
@@ -803,13 +823,22 @@ impl Hub {
 
     /// Hands a committed envelope to the device's connection, if it has one here, and
     /// wakes it; `None` when its shared body could not be held. Its head is charged to
-    /// the live-queue budget (the body was charged once by [`Hub::share_body`]). Returns
-    /// false when the envelope did not fit (the queue is full, or the relay's live-queue
-    /// budget spent): the connection reads its mailbox instead.
-    pub(crate) fn push_live(&self, account: &AccountId, device: DeviceId, envelope: Option<LiveEnvelope>) -> bool {
+    /// the live-queue budget (the body was charged once by [`Hub::share_body`]).
+    /// [`LiveOutcome::Overflow`] when the envelope did not fit (the queue is full, or the
+    /// relay's live-queue budget spent): the connection reads its mailbox instead;
+    /// [`LiveOutcome::NotConnected`] when the device has no connection here.
+    pub(crate) fn push_live(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+        envelope: Option<LiveEnvelope>,
+    ) -> LiveOutcome {
         let conns = lock(&self.conns);
+        let Some(e) = conns.get(&(*account, device)) else {
+            return LiveOutcome::NotConnected;
+        };
         let mut fit = true;
-        if let Some(e) = conns.get(&(*account, device)) {
+        {
             let mut live = lock(&e.signals.live);
             let queued = envelope.is_some_and(|env| {
                 let bytes = env.head.len();
@@ -822,7 +851,16 @@ impl Hub {
             drop(live);
             e.signals.mailbox.notify_one();
         }
-        fit
+        if fit {
+            LiveOutcome::Queued
+        } else {
+            LiveOutcome::Overflow
+        }
+    }
+
+    /// Whether the device has a connection on this node.
+    pub(crate) fn is_connected(&self, account: &AccountId, device: DeviceId) -> bool {
+        lock(&self.conns).contains_key(&(*account, device))
     }
 
     /// Queues an ephemeral payload for every connected device of `account` except

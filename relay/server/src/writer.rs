@@ -14,7 +14,9 @@
 //!
 //! After a commit the task hands every stored envelope to its recipient's connection on
 //! this node ([`Hub::push_live`]), so live delivery needs no database read; a send's
-//! shared body is held once for all of them ([`Hub::share_body`]). A send is
+//! shared body is held once for all of them ([`Hub::share_body`]). A recipient not
+//! connected here is handed to the push trigger ([`Pusher::trigger`]: a lock and a
+//! `try_send`, never I/O). A send is
 //! answered only after its batch committed: `Stored` always means stored.
 //!
 //! Acks are not answered: a connection queues its ack and goes on. [`Writer::flush`]
@@ -28,7 +30,8 @@ use sotto_proto::Recipient;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{Metrics, gauge_add, inc};
-use crate::state::{Hub, LiveEnvelope};
+use crate::push::Pusher;
+use crate::state::{Hub, LiveEnvelope, LiveOutcome};
 use crate::storage::{SendParams, SendStored, Storage, StorageError, Store, WriteOp, WriteOutcome};
 
 /// The most writes committed in one transaction.
@@ -90,7 +93,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// Starts the task on its own thread, with its own connection to `store`'s database.
     /// It ends on [`Writer::close`] or when every handle is dropped.
-    pub(crate) fn spawn(store: &Store, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn spawn(store: &Store, hub: Arc<Hub>, metrics: Arc<Metrics>, pusher: Arc<Pusher>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let store = store.clone();
         let thread = std::thread::Builder::new()
@@ -105,7 +108,7 @@ impl Writer {
                 };
                 runtime.block_on(async move {
                     let own = store.with_own_pool(1);
-                    run(&own, &hub, &metrics, rx).await;
+                    run(&own, &hub, &metrics, &pusher, rx).await;
                     own.close().await;
                 });
             });
@@ -164,7 +167,7 @@ impl Writer {
     }
 }
 
-async fn run(store: &Store, hub: &Hub, metrics: &Metrics, mut rx: mpsc::Receiver<Job>) {
+async fn run(store: &Store, hub: &Hub, metrics: &Metrics, pusher: &Pusher, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(64);
     let mut closing = None;
     while let Some(first) = rx.recv().await {
@@ -188,7 +191,7 @@ async fn run(store: &Store, hub: &Hub, metrics: &Metrics, mut rx: mpsc::Receiver
                 closing = Some(done);
             }
         }
-        commit(store, hub, metrics, &mut jobs).await;
+        commit(store, hub, metrics, pusher, &mut jobs).await;
         if closing.is_some() {
             break;
         }
@@ -201,7 +204,7 @@ async fn run(store: &Store, hub: &Hub, metrics: &Metrics, mut rx: mpsc::Receiver
 
 /// Commits `jobs` (emptying it) and answers them. When the whole batch fails, each write
 /// is retried alone, so one write the database refuses cannot fail the others.
-async fn commit(store: &Store, hub: &Hub, metrics: &Metrics, jobs: &mut Vec<Job>) {
+async fn commit(store: &Store, hub: &Hub, metrics: &Metrics, pusher: &Pusher, jobs: &mut Vec<Job>) {
     let started = std::time::Instant::now();
     let result = {
         let ops = ops_of(jobs);
@@ -213,14 +216,14 @@ async fn commit(store: &Store, hub: &Hub, metrics: &Metrics, jobs: &mut Vec<Job>
     };
     metrics.write_batch_seconds.observe(started.elapsed());
     match result {
-        Ok(outcomes) => answer(hub, metrics, std::mem::take(jobs), outcomes),
+        Ok(outcomes) => answer(hub, metrics, pusher, std::mem::take(jobs), outcomes),
         Err(e) if jobs.len() > 1 => {
             let _ = crate::error::code_of(&e);
             for job in std::mem::take(jobs) {
                 let mut one = vec![job];
                 let ops = ops_of(&one);
                 match store.write_batch(&ops).await {
-                    Ok(outcomes) => answer(hub, metrics, std::mem::take(&mut one), outcomes),
+                    Ok(outcomes) => answer(hub, metrics, pusher, std::mem::take(&mut one), outcomes),
                     Err(e) => fail(one, &e),
                 }
             }
@@ -254,7 +257,7 @@ fn ops_of(jobs: &[Job]) -> Vec<WriteOp<'_>> {
         .collect()
 }
 
-fn answer(hub: &Hub, metrics: &Metrics, jobs: Vec<Job>, outcomes: Vec<WriteOutcome>) {
+fn answer(hub: &Hub, metrics: &Metrics, pusher: &Pusher, jobs: Vec<Job>, outcomes: Vec<WriteOutcome>) {
     let mut outcomes = outcomes.into_iter();
     for job in jobs {
         match job {
@@ -293,8 +296,11 @@ fn answer(hub: &Hub, metrics: &Metrics, jobs: Vec<Job>, outcomes: Vec<WriteOutco
                             head: r.head,
                             body: body.clone(),
                         });
-                        if !hub.push_live(&r.account_id, r.device_id, live) {
-                            inc(&metrics.live_budget_overflow_total, 1);
+                        match hub.push_live(&r.account_id, r.device_id, live) {
+                            LiveOutcome::Queued => {}
+                            LiveOutcome::Overflow => inc(&metrics.live_budget_overflow_total, 1),
+                            // Waits in the mailbox: wake the device (a non-blocking hand-off).
+                            LiveOutcome::NotConnected => pusher.trigger(&r.account_id, r.device_id),
                         }
                     }
                 }

@@ -334,6 +334,8 @@ where
         close(socket, close_code::POLICY, "").await;
         return End::DeviceActive;
     };
+    // Connected: a push still pending for this device is no longer needed.
+    state.pusher.connected(&account, device);
     let signals = reg.signals.clone();
     let mut shutdown = state.shutdown_signal();
     let mut mb = Mailbox {
