@@ -80,7 +80,7 @@ fn auth_json(a: &AuthResponse) -> Value {
 fn frame_json(f: &Frame) -> Value {
     match f {
         Frame::Challenge(c) => challenge_json(c),
-        Frame::AuthResponse(a) => auth_json(a),
+        Frame::AuthResponse(a) | Frame::AuthExtension(a) => auth_json(a),
         Frame::AuthOk { mailbox_epoch } => json!({"mailbox_epoch": h(mailbox_epoch)}),
         Frame::QueueEmpty => json!({}),
         Frame::Send(s) => json!({
@@ -148,6 +148,7 @@ fn frame_from(name: &str, v: &Value) -> Frame {
     match name {
         "Challenge" => Frame::Challenge(challenge_from(v)),
         "AuthResponse" => Frame::AuthResponse(auth_from(v)),
+        "AuthExtension" => Frame::AuthExtension(auth_from(v)),
         "AuthOk" => Frame::AuthOk {
             mailbox_epoch: hx(&v["mailbox_epoch"]).try_into().unwrap(),
         },
@@ -315,6 +316,7 @@ fn generate() -> Value {
     let frames: Vec<(&str, Frame)> = vec![
         ("Challenge", Frame::Challenge(challenge.clone())),
         ("AuthResponse", Frame::AuthResponse(auth.clone())),
+        ("AuthExtension", Frame::AuthExtension(auth.clone())),
         (
             "AuthOk",
             Frame::AuthOk {
@@ -804,7 +806,7 @@ fn relay_vectors_replay() {
         assert_eq!(Frame::decode(&b).unwrap(), frame, "{name}");
         names.insert(name);
     }
-    assert_eq!(names.len(), 11, "every frame type has a vector");
+    assert_eq!(names.len(), 12, "every frame type has a vector");
     for b in v["bodies"].as_array().unwrap() {
         let (f, bytes) = (&b["fields"], hx(&b["bytes"]));
         match b["name"].as_str().unwrap() {

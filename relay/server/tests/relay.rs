@@ -9,8 +9,8 @@ use common::*;
 use hyper::{Method, StatusCode};
 use sotto_crypto::{DeviceId, MAX_VERSION, MAX_VERSION_STEP, PreKeyKind};
 use sotto_proto::{
-    Access, AccessKey, AccessPolicy, Body, Bundles, DeviceListBody, ErrorCode, Frame, PreKeyCounts, PushProvider,
-    PushRegistration, Recipient, Send, SendOutcome, SendResult,
+    Access, AccessKey, AccessPolicy, Body, Bundles, Challenge, DeviceListBody, ErrorCode, Frame, PreKeyCounts,
+    PushProvider, PushRegistration, Recipient, Send, SendOutcome, SendResult,
 };
 use sotto_relay::Config;
 use sotto_relay::storage::Storage;
@@ -322,6 +322,83 @@ async fn authentication(url: String) {
     );
     closed(&mut ws).await;
     assert_eq!(recv(&mut again).await, Frame::QueueEmpty);
+}
+
+/// A device's notification extension (`AuthExtension`, docs/protocol.md §13.6) never takes
+/// the socket from its app: while the app is connected the extension gets `AuthOk`, then
+/// `DEVICE_ACTIVE`, and is closed, and the app keeps receiving. Without the app, the
+/// extension reads the mailbox like the app does and acks it; an app that connects then
+/// replaces it; a second extension replaces the first.
+async fn an_extension_never_replaces_the_app(url: String) {
+    let relay = Relay::start(&url, |_| {}).await;
+    let mut r = rng(31);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    register_all(&relay, &[&alice, &bob]).await;
+    let (a1, b1) = (&alice.devices[0], &bob.devices[0]);
+    let extension = |c: &Challenge| match answer(b1, c) {
+        Frame::AuthResponse(a) => Frame::AuthExtension(a),
+        other => other,
+    };
+
+    let mut app = relay.connect(b1).await;
+    assert_eq!(recv(&mut app).await, Frame::QueueEmpty);
+    let (mut ext, c) = relay.open().await;
+    send(&mut ext, &extension(&c)).await;
+    assert!(matches!(recv(&mut ext).await, Frame::AuthOk { .. }));
+    assert_eq!(
+        recv(&mut ext).await,
+        Frame::Error {
+            code: ErrorCode::DEVICE_ACTIVE
+        }
+    );
+    closed(&mut ext).await;
+    // The app still has its socket and its deliveries.
+    let mut sender = relay.connect(a1).await;
+    assert_eq!(recv(&mut sender).await, Frame::QueueEmpty);
+    assert!(matches!(
+        send_to(&mut sender, 1, to_devices(&bob, None, b"one")).await,
+        SendOutcome::Stored { .. }
+    ));
+    let (one, envelope) = expect_deliver(&mut app).await;
+    assert_eq!(envelope, b"one");
+    send(&mut app, &Frame::Ack { seq: one }).await;
+    hang_up(app).await;
+
+    // Without the app: the extension reads the mailbox.
+    assert!(matches!(
+        send_to(&mut sender, 2, to_devices(&bob, None, b"two")).await,
+        SendOutcome::Stored { .. }
+    ));
+    let (mut ext, c) = relay.open().await;
+    send(&mut ext, &extension(&c)).await;
+    assert!(matches!(recv(&mut ext).await, Frame::AuthOk { .. }));
+    let (seq, envelope) = expect_deliver(&mut ext).await;
+    assert_eq!(envelope, b"two");
+    assert_eq!(recv(&mut ext).await, Frame::QueueEmpty);
+    // A second extension replaces the first; the app replaces the second.
+    let (mut ext2, c) = relay.open().await;
+    send(&mut ext2, &extension(&c)).await;
+    assert!(matches!(recv(&mut ext2).await, Frame::AuthOk { .. }));
+    assert_eq!(
+        recv(&mut ext).await,
+        Frame::Error {
+            code: ErrorCode::REPLACED
+        }
+    );
+    // Not acked: the second extension gets "two" again.
+    assert_eq!(expect_deliver(&mut ext2).await.0, seq);
+    assert_eq!(recv(&mut ext2).await, Frame::QueueEmpty);
+    send(&mut ext2, &Frame::Ack { seq }).await;
+    let mut app = relay.connect(b1).await;
+    assert_eq!(
+        recv(&mut ext2).await,
+        Frame::Error {
+            code: ErrorCode::REPLACED
+        }
+    );
+    // Acked by the extension: the app finds the mailbox empty.
+    assert_eq!(recv(&mut app).await, Frame::QueueEmpty);
 }
 
 /// Finding 18: an HTTP `Authorization` answer is bound to the request's method, path and
@@ -1573,6 +1650,7 @@ macro_rules! backend {
             }
             t!(registration);
             t!(authentication);
+            t!(an_extension_never_replaces_the_app);
             t!(mailbox_bounded_in_bytes);
             t!(anonymous_sends_need_the_access_key);
             t!(prekey_drain_is_bounded);

@@ -246,6 +246,7 @@ pub fn seeds() -> Vec<Seed> {
     let frames = [
         ("ok-challenge", Frame::Challenge(challenge.clone())),
         ("ok-auth-response", Frame::AuthResponse(auth.clone())),
+        ("ok-auth-extension", Frame::AuthExtension(auth.clone())),
         ("ok-auth-ok", Frame::AuthOk { mailbox_epoch: [7; 16] }),
         (
             "ok-send-result-stored",
