@@ -27,6 +27,8 @@ use crate::transport::{BLOB_PIECE, TransportError};
 const TOKEN_BATCH: usize = 8;
 /// How many times one piece is tried before the upload fails (the relay may restart).
 const PIECE_ATTEMPTS: u32 = 6;
+/// How many tokens refused as spent or unknown an upload tries past before it fails.
+const MAX_REFUSED_TOKENS: usize = TOKEN_BATCH + 1;
 
 /// Cancels an upload or a download in progress: the call returns
 /// [`ClientError::Cancelled`] at its next piece. Clones share the flag.
@@ -145,10 +147,16 @@ impl<S: Store> Client<S> {
                 Ok(status) if status.received == end => return Ok(end),
                 Ok(_) => return Err(TransportError::Protocol("the relay holds another length".into()).into()),
                 Err(TransportError::Relay { code, .. }) if code == ErrorCode::OFFSET_MISMATCH => {
-                    // An earlier attempt landed and its answer was lost?
+                    // An earlier attempt landed and its answer was lost, or the relay is
+                    // still writing it?
                     let status = relay.blob_status(id).await?;
                     if status.received == end {
                         return Ok(end);
+                    }
+                    if status.received == offset && attempt + 1 < PIECE_ATTEMPTS {
+                        attempt += 1;
+                        crate::rt::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                        continue;
                     }
                     return Err(TransportError::Relay {
                         status: 409,
@@ -188,32 +196,44 @@ impl<S: Store> Client<S> {
         let key = AttachmentKey::generate(&mut self.inner.entropy.rng()?);
         let mut enc = Encryptor::new(&key, len, &mut self.inner.entropy.rng()?).map_err(ClientError::Attachment)?;
         check_cancel(cancel)?;
-        let (epoch, token) = self.blob_token().await?;
-        let created = self
-            .inner
-            .relay
-            .create_blob(&BlobCreate {
-                epoch,
-                token,
-                length: total,
-            })
-            .await;
-        let id = match created {
-            Ok(id) => id,
-            Err(e) => {
-                // Refused before it was redeemed (too large, storage full, unreachable):
-                // the token is still good for the next attachment.
-                let spent = matches!(&e, TransportError::Relay { code, .. }
-                    if *code == ErrorCode::TOKEN_SPENT || *code == ErrorCode::TOKEN_INVALID);
-                if !spent {
-                    self.inner
-                        .blob_tokens
-                        .0
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((epoch, token));
+        // A token the relay refuses as spent or unknown (another epoch's) is dropped and the
+        // next one tried; one refused for another reason (too large, storage full, rate
+        // limited) was not redeemed and goes back; after a network failure the create may
+        // have committed, so the token is dropped.
+        let mut refused = 0;
+        let id = loop {
+            let (epoch, token) = self.blob_token().await?;
+            let created = self
+                .inner
+                .relay
+                .create_blob(&BlobCreate {
+                    epoch,
+                    token,
+                    length: total,
+                })
+                .await;
+            match created {
+                Ok(id) => break id,
+                Err(TransportError::Relay { code, .. })
+                    if (code == ErrorCode::TOKEN_SPENT || code == ErrorCode::TOKEN_INVALID)
+                        && refused < MAX_REFUSED_TOKENS =>
+                {
+                    refused += 1;
                 }
-                return Err(e.into());
+                Err(e @ TransportError::Relay { .. }) => {
+                    let spent = matches!(&e, TransportError::Relay { code, .. }
+                        if *code == ErrorCode::TOKEN_SPENT || *code == ErrorCode::TOKEN_INVALID);
+                    if !spent {
+                        self.inner
+                            .blob_tokens
+                            .0
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((epoch, token));
+                    }
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
             }
         };
         let mut out: Vec<u8> = Vec::with_capacity(BLOB_PIECE + sotto_crypto::attachment::CHUNK_LEN * 2);

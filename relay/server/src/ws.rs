@@ -351,60 +351,77 @@ where
     let mut last_heard = Instant::now();
     let mut pending = Pipeline::default();
 
-    // Acks are queued, not awaited: commit those of this device's previous connection
-    // before reading its mailbox, so a reconnect does not redeliver what was acked.
-    Box::pin(state.writer.flush()).await;
-    if let Err(end) = Box::pin(pump(state, socket, &mut mb, &signals)).await {
-        return end;
-    }
-    loop {
-        let step: Result<(), End> = tokio::select! {
-            biased;
-            _ = crate::state::wait_shutdown(&mut shutdown) => {
-                Box::pin(drain_answers(state, socket, &mut pending)).await;
-                let _ = send_frame(socket, &Frame::Error { code: ErrorCode::SHUTTING_DOWN }).await;
-                close(socket, close_code::AWAY, "").await;
-                return End::Shutdown;
-            }
-            _ = signals.replaced.notified() => {
-                let removed = signals.removed.load(std::sync::atomic::Ordering::Relaxed);
-                let code = if removed { ErrorCode::UNKNOWN_DEVICE } else { ErrorCode::REPLACED };
-                let _ = send_frame(socket, &Frame::Error { code }).await;
-                close(socket, close_code::POLICY, "").await;
-                return End::Replaced;
-            }
-            Some(answer) = pending.next_answer(), if pending.has_any() => {
-                Box::pin(answer_send(state, socket, answer)).await
-            }
-            msg = socket.next(), if !pending.is_full(state) => {
-                last_heard = Instant::now();
-                if let Some(Ok(m)) = &msg {
-                    edge.read(m);
-                }
-                match msg {
-                    Some(Ok(Message::Binary(b))) => {
-                        Box::pin(handle_frame(state, socket, &mut mb, &signals, edge, &mut pending, &b)).await
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-                    Some(Ok(Message::Text(_))) => send_frame(socket, &Frame::Error { code: ErrorCode::MALFORMED }).await,
-                    Some(Ok(Message::Close(_))) | None => Err(End::Closed),
-                    Some(Err(e)) => Err(read_failed(state, socket, e).await),
-                }
-            }
-            _ = signals.mailbox.notified() => Box::pin(pump(state, socket, &mut mb, &signals)).await,
-            _ = signals.ephemeral.notified() => Box::pin(forward_ephemeral(socket, &signals)).await,
-            _ = ping.tick() => {
-                if edge.message_late(limits.message_timeout()) {
-                    Err(message_timeout(state, socket).await)
-                } else {
-                    heartbeat(socket, last_heard, hb).await
-                }
-            }
-        };
-        if let Err(end) = step {
+    let end: End = async {
+        // Acks are queued, not awaited: commit those of this device's previous connection
+        // before reading its mailbox, so a reconnect does not redeliver what was acked.
+        Box::pin(state.writer.flush()).await;
+        if let Err(end) = Box::pin(pump(state, socket, &mut mb, &signals)).await {
             return end;
         }
+        loop {
+            let step: Result<(), End> = tokio::select! {
+                biased;
+                _ = crate::state::wait_shutdown(&mut shutdown) => {
+                    Box::pin(drain_answers(state, socket, &mut pending)).await;
+                    let _ = send_frame(socket, &Frame::Error { code: ErrorCode::SHUTTING_DOWN }).await;
+                    close(socket, close_code::AWAY, "").await;
+                    return End::Shutdown;
+                }
+                _ = signals.replaced.notified() => {
+                    let removed = signals.removed.load(std::sync::atomic::Ordering::Relaxed);
+                    let code = if removed { ErrorCode::UNKNOWN_DEVICE } else { ErrorCode::REPLACED };
+                    let _ = send_frame(socket, &Frame::Error { code }).await;
+                    close(socket, close_code::POLICY, "").await;
+                    return End::Replaced;
+                }
+                Some(answer) = pending.next_answer(), if pending.has_any() => {
+                    Box::pin(answer_send(state, socket, answer)).await
+                }
+                msg = socket.next(), if !pending.is_full(state) => {
+                    last_heard = Instant::now();
+                    if let Some(Ok(m)) = &msg {
+                        edge.read(m);
+                    }
+                    match msg {
+                        Some(Ok(Message::Binary(b))) => {
+                            Box::pin(handle_frame(state, socket, &mut mb, &signals, edge, &mut pending, &b)).await
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                        Some(Ok(Message::Text(_))) => send_frame(socket, &Frame::Error { code: ErrorCode::MALFORMED }).await,
+                        Some(Ok(Message::Close(_))) | None => Err(End::Closed),
+                        Some(Err(e)) => Err(read_failed(state, socket, e).await),
+                    }
+                }
+                _ = signals.mailbox.notified() => Box::pin(pump(state, socket, &mut mb, &signals)).await,
+                _ = signals.ephemeral.notified() => Box::pin(forward_ephemeral(socket, &signals)).await,
+                _ = ping.tick() => {
+                    if edge.message_late(limits.message_timeout()) {
+                        Err(message_timeout(state, socket).await)
+                    } else {
+                        heartbeat(socket, last_heard, hb).await
+                    }
+                }
+            };
+        if let Err(end) = step {
+                return end;
+            }
+        }
     }
+    .await;
+    // Envelopes handed to this connection and not acknowledged, or queued for it: the
+    // device has something waiting and is about to be unconnected, so it gets a push (an
+    // extension that closed after `QueueEmpty`, an app whose socket died). Not when another
+    // connection of the device took over, or the relay is going down.
+    if !matches!(end, End::Replaced | End::Shutdown) {
+        let waiting = !mb.in_flight.is_empty() || {
+            let live = lock(&signals.live);
+            live.queue.len() > 0 || live.overflow
+        };
+        if waiting {
+            state.pusher.trigger(&account, device);
+        }
+    }
+    end
 }
 
 /// One heartbeat tick: closes a connection that has been silent for the idle timeout

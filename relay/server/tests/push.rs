@@ -407,6 +407,49 @@ async fn apns_offline_device_only(url: String) {
     relay.stop().await;
 }
 
+/// A connection that ends with an envelope delivered and not acknowledged (an extension
+/// closing just as another message came) gets its device a push then; one that
+/// acknowledged everything, none.
+async fn a_connection_ending_with_unacked_deliveries_pushes(url: String) {
+    let keys = Keys::new();
+    let mut stand_in = StandIn::start(reply(200, ""), |_| None).await;
+    let mut relay = Relay::start(&url, |c| apns(c, &keys, &stand_in)).await;
+    let mut r = rng(2);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    assert_eq!(relay.register(&alice).await, StatusCode::CREATED);
+    assert_eq!(relay.register(&bob).await, StatusCode::CREATED);
+    let b1 = &bob.devices[0];
+    let t1 = [0xb1; 32];
+    assert_eq!(
+        put_push(&relay, b1, PushProvider::Apns, &t1).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    // Acknowledged, then closed: no push.
+    let mut wb1 = relay.connect(b1).await;
+    assert_eq!(recv(&mut wb1).await, Frame::QueueEmpty);
+    store(&mut wa, 1, &[b1]).await;
+    let seq = match recv(&mut wb1).await {
+        Frame::Deliver(d) => d.seq,
+        other => panic!("expected a delivery, got {other:?}"),
+    };
+    send(&mut wb1, &Frame::Ack { seq }).await;
+    hang_up(wb1).await;
+    assert_eq!(metric(&relay.metrics().await, "push_triggers_total", ""), 0);
+    // Delivered, not acknowledged, closed: one push for what it did not take.
+    let mut wb1 = relay.connect(b1).await;
+    assert_eq!(recv(&mut wb1).await, Frame::QueueEmpty);
+    store(&mut wa, 2, &[b1]).await;
+    assert!(matches!(recv(&mut wb1).await, Frame::Deliver(_)));
+    hang_up(wb1).await;
+    check_apns(&stand_in.next().await, &t1, &keys.apns_public);
+    completions(&relay, 1).await;
+    stand_in.quiet();
+    assert_eq!(metric(&relay.metrics().await, "push_sent_total", "apns"), 1);
+    relay.stop().await;
+}
+
 /// Typing and presence (ephemeral frames) never push; a stored envelope after them does,
 /// once.
 async fn ephemeral_frames_never_push(url: String) {
@@ -988,6 +1031,7 @@ macro_rules! backend {
                 };
             }
             t!(apns_offline_device_only);
+            t!(a_connection_ending_with_unacked_deliveries_pushes);
             t!(ephemeral_frames_never_push);
             t!(burst_is_coalesced);
             t!(follow_up_after_the_interval);

@@ -140,7 +140,9 @@ impl Fcm {
         let Ok(a) = serde_json::from_slice::<Answer>(&body_capped(resp, 64 * 1024).await) else {
             return Token::Retry(None);
         };
-        let until = Instant::now() + Duration::from_secs(a.expires_in).saturating_sub(EARLY);
+        // At most a day (Google's tokens last an hour): a huge `expires_in` cannot overflow
+        // the clock.
+        let until = Instant::now() + Duration::from_secs(a.expires_in.min(86_400)).saturating_sub(EARLY);
         *cached = Some((a.access_token.clone(), until));
         Token::Ok(a.access_token)
     }

@@ -317,7 +317,10 @@ pub(crate) fn client(cfg: &PushConfig, prior_h2: bool, public_only: bool) -> Res
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout)
-        .user_agent(concat!("sotto-relay/", env!("CARGO_PKG_VERSION")));
+        .user_agent(concat!("sotto-relay/", env!("CARGO_PKG_VERSION")))
+        // Never through an environment proxy: it would resolve the (client-chosen) Web
+        // Push host itself, past the public-address check.
+        .no_proxy();
     if prior_h2 {
         b = b.http2_prior_knowledge();
     }

@@ -91,8 +91,9 @@ pub trait BlobStorage {
     fn blob(&self, id: &[u8; 32]) -> impl Future<Output = Result<Option<BlobRow>, StorageError>> + Send;
 
     /// Records that the incomplete blob holds `received` bytes, if it held `offset`
-    /// before; with `completed`, `(completed_ms, expires_ms)`, it is complete. False when
-    /// the row changed meanwhile (or is gone).
+    /// before; with `completed`, `(completed_ms, expires_ms)`, it is complete, unless its
+    /// upload deadline passed by `completed_ms` (the collector may have deleted its bytes
+    /// already). False when the row changed meanwhile, is gone, or expired.
     fn blob_received(
         &self,
         id: &[u8; 32],
@@ -245,7 +246,7 @@ macro_rules! blob_storage_impl {
                     .await?,
                     Some((completed_ms, expires_ms)) => sqlx::query(
                         "UPDATE blobs SET received = $1, completed_ms = $4, expires_ms = $5 \
-                         WHERE id = $2 AND received = $3 AND completed_ms IS NULL",
+                         WHERE id = $2 AND received = $3 AND completed_ms IS NULL AND expires_ms > $4",
                     )
                     .bind(to_i64(received))
                     .bind(&id[..])
