@@ -652,10 +652,13 @@ fn backoff(cfg: &PushConfig, attempt: u32, after: Option<Duration>) -> Duration 
         .retry_base_ms
         .saturating_mul(1u64 << attempt.saturating_sub(1).min(32))
         .min(cfg.retry_max_ms);
-    let mut r = [0u8; 8];
-    let _ = getrandom::getrandom(&mut r);
     let half = exp / 2;
-    let jitter = u64::from_le_bytes(r) % (exp - half + 1);
+    // Jitter only (nothing secret): without the OS generator, the top of the window.
+    let mut r = [0u8; 8];
+    let jitter = match getrandom::getrandom(&mut r) {
+        Ok(()) => u64::from_le_bytes(r) % (exp - half + 1),
+        Err(_) => exp - half,
+    };
     Duration::from_millis(half + jitter)
 }
 
