@@ -11,7 +11,10 @@
 #   3. node: the node tests (bindings/wasm/tests/node) against one local sotto-relay;
 #   4. e2e: the demo page (bindings/wasm/demo) in headless Chromium, driven by
 #      playwright-core, chatting with the native `sotto` CLI through that relay; the
-#      screenshot goes to ${SOTTO_ARTIFACTS:-$TARGET/artifacts}/web-demo.png.
+#      screenshot goes to ${SOTTO_ARTIFACTS:-$TARGET/artifacts}/web-demo.png. Then Web
+#      Push (bindings/wasm/tests/e2e/push.mjs, with its own relay and a local push
+#      service): the demo's service worker shows a message that arrived while the page
+#      was closed.
 #
 #   scripts/wasm.sh                   install what is missing, build, run everything
 #   scripts/wasm.sh build node        only these parts (build, idb, node, e2e)
@@ -227,6 +230,10 @@ if $RUN_E2E; then
     tail -n 30 "$RUN_DIR/relay.log" >&2 || true
     exit "$e2e_status"
   fi
+
+  step "Web Push in headless Chromium: a local push service, the relay's push, the demo's service worker"
+  timed "web push" env SOTTO_CLI="$RUN_DIR/sotto" SOTTO_RELAY_BIN="$TARGET/$PROFILE/sotto-relay" CHROMIUM="$CHROMIUM" \
+    "$SOTTO_NODE" --test bindings/wasm/tests/e2e/push.mjs
 fi
 
 if [ ${#SKIPPED[@]} -gt 0 ]; then

@@ -14,6 +14,10 @@ const DB = params.get('db') || `sotto-demo ${RELAY}`;
 const KEYS_DB = 'sotto-demo-keys';
 // The open conversation: a contact's account id, or `group:` and a group id.
 const CONTACT_ITEM = `${DB} contact`;
+// The relay's VAPID public key (base64url, as its operator publishes it): with it, the
+// page can subscribe to Web Push, and the service worker (sw.js) shows a notification for
+// what arrives while no page is open.
+const VAPID = params.get('vapid');
 
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`) ?? document.getElementById(id);
 let client = null;
@@ -157,6 +161,7 @@ async function ready(c) {
   $('reset').hidden = false;
   pump(c);
   watchList(c);
+  await registerWorker();
   await renderGroups();
   const saved = localStorage.getItem(CONTACT_ITEM);
   if (saved?.startsWith('group:')) {
@@ -169,6 +174,7 @@ async function ready(c) {
 
 async function reset() {
   if (client) {
+    await client.unregisterPush().catch(() => {});
     await client.shutdown();
     client.free();
     client = null;
@@ -177,6 +183,36 @@ async function reset() {
   await keyRecord('delete');
   localStorage.removeItem(CONTACT_ITEM);
   location.reload();
+}
+
+// ---------------------------------------------------------------- notifications
+
+/** Registers sw.js (a module worker that knows this page's database). */
+async function registerWorker() {
+  if (!('serviceWorker' in navigator)) return;
+  try {
+    await navigator.serviceWorker.register(`sw.js?db=${encodeURIComponent(DB)}`, { type: 'module' });
+    $('notifications').hidden = !VAPID || !('PushManager' in self);
+  } catch (e) {
+    console.warn('no service worker: no notifications while the page is closed', e);
+  }
+}
+
+/** Subscribes to Web Push with the relay's VAPID key and registers the subscription. */
+async function enableNotifications() {
+  try {
+    if ((await Notification.requestPermission()) !== 'granted') {
+      status('Notifications are blocked for this site.', true);
+      return;
+    }
+    const registration = await navigator.serviceWorker.ready;
+    const subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: VAPID });
+    await client.registerPush('webPush', new TextEncoder().encode(JSON.stringify(subscription)));
+    $('notifications').disabled = true;
+    status('Notifications are on: messages that arrive while this page is closed are shown.');
+  } catch (e) {
+    failed('Could not turn notifications on', e);
+  }
 }
 
 // ---------------------------------------------------------------- conversation
@@ -606,6 +642,7 @@ async function main() {
   $('profile-form').addEventListener('submit', setProfile);
   $('message-input').addEventListener('input', typed);
   $('copy-link').addEventListener('click', () => navigator.clipboard?.writeText(client.contactLink));
+  $('notifications').addEventListener('click', enableNotifications);
   try {
     await init();
   } catch (e) {

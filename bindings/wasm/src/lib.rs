@@ -1790,3 +1790,94 @@ pub fn apply_diffs(
     }
     list
 }
+
+/// What a notification shows for one message (`SottoNotificationExtension.fetch`).
+#[wasm_bindgen(getter_with_clone)]
+#[derive(Clone, Debug)]
+pub struct NotificationInfo {
+    /// The message's key, to open its conversation at it.
+    pub key: String,
+    /// The conversation: the contact's account id, or the group id.
+    pub conversation: String,
+    /// The sender's name (nickname, else profile name; empty when it has neither).
+    #[wasm_bindgen(js_name = senderName)]
+    pub sender_name: String,
+    /// The group's title, for a group message.
+    #[wasm_bindgen(js_name = groupTitle)]
+    pub group_title: Option<String>,
+    /// The text, or for an attachment its caption or its kind ("Photo", "File", ...).
+    pub body: String,
+    /// The sender's timestamp, Unix ms.
+    #[wasm_bindgen(js_name = timestampMs)]
+    pub timestamp_ms: f64,
+}
+
+/// What one fetch found.
+#[wasm_bindgen(getter_with_clone)]
+#[derive(Clone, Debug)]
+pub struct FetchedNotifications {
+    /// The messages to show, oldest first.
+    pub notifications: Vec<NotificationInfo>,
+    /// A page of the app holds the device's connection: it receives, and nothing was
+    /// fetched.
+    #[wasm_bindgen(js_name = appActive)]
+    pub app_active: bool,
+    /// The whole mailbox was read; false when the time ran out first.
+    pub complete: bool,
+}
+
+/// The notification-extension role on the web: what a service worker runs on a `push`
+/// event. It opens the page's IndexedDB store beside any open page (every commit is a
+/// compare-and-swap), fetches what waits with the relay's `AuthExtension` role (never
+/// taking the connection from a page that holds it), decrypts and commits it, and says
+/// what to show. It keeps no connection; `free()` it after the fetch.
+#[wasm_bindgen]
+pub struct SottoNotificationExtension {
+    client: Client<IdbStore>,
+}
+
+#[wasm_bindgen]
+impl SottoNotificationExtension {
+    /// Opens the account in the IndexedDB database `dbName` (the page's store, under the
+    /// same `storeKey`) as the notification extension.
+    pub async fn open(db_name: String, store_key: Vec<u8>) -> Result<SottoNotificationExtension, JsValue> {
+        let key = store_key_zeroized(store_key)?;
+        let store = IdbStore::open(&db_name, &key)
+            .await
+            .map_err(|e| client_error(e.into()))?;
+        let client = Client::open_notification_extension(store, key, ClientOptions::default())
+            .await
+            .map_err(client_error)?;
+        Ok(Self { client })
+    }
+
+    /// Fetches what waits (for at most `maxWaitMs`), commits and acknowledges it, and
+    /// returns what to show. Nothing is sent: receipts wait for the page.
+    pub async fn fetch(&self, max_wait_ms: u32) -> Result<FetchedNotifications, JsValue> {
+        let fetched = self
+            .client
+            .fetch_notifications(std::time::Duration::from_millis(u64::from(max_wait_ms)))
+            .await
+            .map_err(client_error)?;
+        let notifications = fetched
+            .notifications
+            .into_iter()
+            .map(|n| {
+                let conversation = conversation_str(&n.conversation);
+                NotificationInfo {
+                    key: key_str(&conversation, &n.key.sender, &n.key.id),
+                    conversation,
+                    sender_name: n.sender_name,
+                    group_title: n.group_title,
+                    body: n.body,
+                    timestamp_ms: n.timestamp_ms as f64,
+                }
+            })
+            .collect();
+        Ok(FetchedNotifications {
+            notifications,
+            app_active: fetched.app_active,
+            complete: fetched.complete,
+        })
+    }
+}
