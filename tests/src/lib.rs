@@ -186,6 +186,7 @@ impl TestRelay {
         config.limits.max_unauthenticated_per_addr = 10_000;
         config.blobs.requests_per_minute_per_addr = 1_000_000;
         config.blobs.requests_burst_per_addr = 100_000;
+        config.blobs.max_transfers_per_addr = 64;
         // The blob store keeps its files beside the SQLite database; for PostgreSQL, in a
         // directory of the test's own (never the working directory).
         config.database_url = Some(db_url.clone());

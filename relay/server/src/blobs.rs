@@ -24,12 +24,13 @@
 //! Time comes from a [`Clock`], the system clock unless a test sets it; [`BlobStore::gc`]
 //! takes `now_ms` explicitly.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::SeekFrom;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -121,6 +122,11 @@ pub struct BlobStore {
     /// `max_concurrent_uploads`.
     writing: Mutex<HashSet<[u8; 32]>>,
     downloads: Arc<Semaphore>,
+    /// Uploads and downloads in progress by address: an entry exists only while its
+    /// address holds one of the slots above, so there are at most as many as slots.
+    transfers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// `limits.request_timeout_ms`: the base of a download's deadline.
+    request_timeout: Duration,
     requests_addr: DefaultKeyedRateLimiter<IpAddr>,
     requests_total: DefaultDirectRateLimiter,
     max_tracked_addrs: usize,
@@ -218,6 +224,55 @@ impl Drop for Writing<'_> {
     }
 }
 
+/// One transfer of an address, counted until dropped.
+struct AddrTransfer {
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    addr: IpAddr,
+}
+
+impl Drop for AddrTransfer {
+    fn drop(&mut self) {
+        let mut map = lock(&self.map);
+        if let Some(n) = map.get_mut(&self.addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// What a download holds while its body streams: its download slot and its address's
+/// transfer, given back when the body ends or is dropped, or at its deadline by a
+/// watchdog, whichever comes first. A client that stops reading cannot keep them: past
+/// the deadline the body fails at its next read, which closes the connection.
+pub(crate) struct DownloadSlot {
+    held: Arc<Mutex<Option<(OwnedSemaphorePermit, AddrTransfer)>>>,
+    deadline: tokio::time::Instant,
+    watchdog: tokio::task::AbortHandle,
+}
+
+impl DownloadSlot {
+    /// An error once the deadline passed (the slot is then already given back).
+    pub(crate) fn check(&self) -> std::io::Result<()> {
+        if tokio::time::Instant::now() >= self.deadline {
+            lock(&self.held).take();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the download was read too slowly",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DownloadSlot {
+    fn drop(&mut self) {
+        self.watchdog.abort();
+        lock(&self.held).take();
+    }
+}
+
 /// A `Range` header's meaning for a blob of `len` bytes (RFC 9110 §14).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RangeAnswer {
@@ -293,6 +348,8 @@ impl BlobStore {
             keys: Mutex::new(BTreeMap::new()),
             writing: Mutex::new(HashSet::new()),
             downloads: Arc::new(Semaphore::new(b.max_concurrent_downloads)),
+            transfers: Arc::new(Mutex::new(HashMap::new())),
+            request_timeout: Duration::from_millis(config.limits.request_timeout_ms.max(1)),
             requests_addr: RateLimiter::keyed(quota_per_minute(
                 b.requests_per_minute_per_addr,
                 b.requests_burst_per_addr,
@@ -499,6 +556,7 @@ impl BlobStore {
         &self,
         store: &Store,
         metrics: &Metrics,
+        addr: IpAddr,
         id: &str,
         offset: &str,
         body: Body,
@@ -507,6 +565,7 @@ impl BlobStore {
         let id = parse_hex_id(id).ok_or(AppError(ErrorCode::MALFORMED))?;
         let offset = parse_offset(offset).ok_or(AppError(ErrorCode::MALFORMED))?;
         let _slot = self.writer_slot(id)?;
+        let _transfer = self.addr_transfer(addr)?;
         let row = self.live(store, &id).await?;
         if row.completed_ms.is_some() {
             return Err(AppError(ErrorCode::NOT_FOUND));
@@ -609,11 +668,58 @@ impl BlobStore {
         Ok(Writing { set: &self.writing, id })
     }
 
+    /// Counts a transfer of `addr`: `BUSY` when it has `max_transfers_per_addr` already.
+    /// Taken after a slot, so the table never holds more addresses than slots.
+    fn addr_transfer(&self, addr: IpAddr) -> Result<AddrTransfer, AppError> {
+        let mut map = lock(&self.transfers);
+        let n = map.entry(addr).or_insert(0);
+        if *n >= self.config.max_transfers_per_addr {
+            if *n == 0 {
+                map.remove(&addr);
+            }
+            return Err(AppError(ErrorCode::BUSY));
+        }
+        *n += 1;
+        Ok(AddrTransfer {
+            map: self.transfers.clone(),
+            addr,
+        })
+    }
+
+    /// The download slot for `count` bytes to `addr` (`BUSY` when none is free, in total
+    /// or for the address), with its deadline and the watchdog that enforces it.
+    fn download_slot(&self, addr: IpAddr, count: u64, metrics: &Arc<Metrics>) -> Result<DownloadSlot, AppError> {
+        let permit = self
+            .downloads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| AppError(ErrorCode::BUSY))?;
+        let transfer = self.addr_transfer(addr)?;
+        let allowance = Duration::from_secs(count / self.config.min_download_bytes_per_second.max(1) + 1);
+        let deadline = tokio::time::Instant::now() + self.request_timeout.saturating_add(allowance);
+        let held = Arc::new(Mutex::new(Some((permit, transfer))));
+        let watched = held.clone();
+        let metrics = metrics.clone();
+        let watchdog = tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            if lock(&watched).take().is_some() {
+                inc(&metrics.blob_downloads_cut_total, 1);
+            }
+        })
+        .abort_handle();
+        Ok(DownloadSlot {
+            held,
+            deadline,
+            watchdog,
+        })
+    }
+
     /// `GET /v1/blobs/{id}`: the complete blob, streamed, whole or one range.
     pub async fn download(
         &self,
         store: &Store,
         metrics: &Arc<Metrics>,
+        addr: IpAddr,
         id: &str,
         range: Option<&HeaderValue>,
     ) -> Result<Response, AppError> {
@@ -636,18 +742,11 @@ impl BlobStore {
                 return Ok(res);
             }
         };
-        let permit = self
-            .downloads
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| AppError(ErrorCode::BUSY))?;
         let count = last - first + 1;
+        let slot = self.download_slot(addr, count, metrics)?;
         let body = match &self.backend {
-            Backend::S3(objects) => objects.stream(&id, first, last, permit, metrics.clone()).await?,
-            _ => {
-                self.stream_file(&id, len, first, count, permit, metrics.clone())
-                    .await?
-            }
+            Backend::S3(objects) => objects.stream(&id, first, last, slot, metrics.clone()).await?,
+            _ => self.stream_file(&id, len, first, count, slot, metrics.clone()).await?,
         };
         inc(&metrics.blob_downloads_total, 1);
         let mut res = Response::new(body);
@@ -675,7 +774,7 @@ impl BlobStore {
         len: u64,
         first: u64,
         count: u64,
-        permit: OwnedSemaphorePermit,
+        slot: DownloadSlot,
         metrics: Arc<Metrics>,
     ) -> Result<Body, AppError> {
         let mut file = tokio::fs::File::open(self.path_of(id))
@@ -688,19 +787,22 @@ impl BlobStore {
         }
         file.seek(SeekFrom::Start(first)).await.map_err(|e| io_error(&e))?;
         let stream = futures_util::stream::unfold(
-            (file, count, permit, metrics),
-            |(mut file, left, permit, metrics)| async move {
+            (file, count, slot, metrics),
+            |(mut file, left, slot, metrics)| async move {
                 if left == 0 {
                     return None;
+                }
+                if let Err(e) = slot.check() {
+                    return Some((Err(e), (file, 0, slot, metrics)));
                 }
                 let n = usize::try_from(left).unwrap_or(usize::MAX).min(READ_CHUNK);
                 let mut buf = vec![0u8; n];
                 match file.read_exact(&mut buf).await {
                     Ok(_) => {
                         inc(&metrics.blob_bytes_served_total, n as u64);
-                        Some((Ok(Bytes::from(buf)), (file, left - n as u64, permit, metrics)))
+                        Some((Ok(Bytes::from(buf)), (file, left - n as u64, slot, metrics)))
                     }
-                    Err(e) => Some((Err(e), (file, 0, permit, metrics))),
+                    Err(e) => Some((Err(e), (file, 0, slot, metrics))),
                 }
             },
         );

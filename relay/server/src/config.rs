@@ -170,6 +170,13 @@ pub struct Blobs {
     pub max_concurrent_downloads: usize,
     /// Most blobs being written at once, in total (`BUSY`). Default 64.
     pub max_concurrent_uploads: usize,
+    /// Most uploads and downloads in progress at once from one address (IPv4, or an
+    /// IPv6 /64), so one address cannot take every slot (`BUSY`). Default 8.
+    pub max_transfers_per_addr: usize,
+    /// The slowest a download may be read: one that has not ended within
+    /// `limits.request_timeout_ms` plus its length at this rate gives its slot back and is
+    /// cut. Bytes per second; default 65536.
+    pub min_download_bytes_per_second: u64,
     /// S3: the bucket.
     pub bucket: Option<String>,
     /// S3: the endpoint URL of an S3-compatible server (default: AWS).
@@ -202,6 +209,8 @@ impl Default for Blobs {
             requests_burst_total: 1_000,
             max_concurrent_downloads: 64,
             max_concurrent_uploads: 64,
+            max_transfers_per_addr: 8,
+            min_download_bytes_per_second: 65_536,
             bucket: None,
             endpoint: None,
             region: "us-east-1".to_owned(),
@@ -215,7 +224,7 @@ impl Default for Blobs {
 impl Blobs {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 12] = [
+        let checks: [(bool, &'static str, &'static str); 14] = [
             (self.max_blob_len >= 1, "blobs.max_blob_len", "must be at least 1"),
             (
                 self.max_blob_len <= i64::MAX as u64 && self.max_total_bytes <= i64::MAX as u64,
@@ -266,6 +275,16 @@ impl Blobs {
                 self.max_concurrent_downloads >= 1 && self.max_concurrent_uploads >= 1,
                 "blobs.max_concurrent_downloads",
                 "max_concurrent_downloads and max_concurrent_uploads must be at least 1",
+            ),
+            (
+                self.max_transfers_per_addr >= 1,
+                "blobs.max_transfers_per_addr",
+                "must be at least 1",
+            ),
+            (
+                self.min_download_bytes_per_second >= 1,
+                "blobs.min_download_bytes_per_second",
+                "must be at least 1",
             ),
             (
                 self.backend == BlobBackend::S3 || self.bucket.is_none(),
@@ -1226,6 +1245,11 @@ mod tests {
             (|b| b.token_epoch_secs = 59, "blobs.token_epoch_secs"),
             (|b| b.tokens_per_device_per_day = 0, "blobs.tokens_per_device_per_day"),
             (|b| b.max_concurrent_downloads = 0, "blobs.max_concurrent_downloads"),
+            (|b| b.max_transfers_per_addr = 0, "blobs.max_transfers_per_addr"),
+            (
+                |b| b.min_download_bytes_per_second = 0,
+                "blobs.min_download_bytes_per_second",
+            ),
             (|b| b.requests_burst_total = 0, "blobs.requests_per_second_total"),
         ] {
             let mut c = Config::default();

@@ -474,10 +474,11 @@ pub(crate) async fn blob_piece(
     Path((id, offset)): Path<(String, String)>,
     body: axum::body::Body,
 ) -> Result<Response, AppError> {
-    state.blobs.charge(client_addr(conn), &state.metrics)?;
+    let addr = client_addr(conn);
+    state.blobs.charge(addr, &state.metrics)?;
     let status = state
         .blobs
-        .put_piece(&state.store, &state.metrics, &id, &offset, body)
+        .put_piece(&state.store, &state.metrics, addr, &id, &offset, body)
         .await?;
     Ok(wire(StatusCode::OK, &status))
 }
@@ -500,10 +501,11 @@ pub(crate) async fn blob_download(
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, AppError> {
-    state.blobs.charge(client_addr(conn), &state.metrics)?;
+    let addr = client_addr(conn);
+    state.blobs.charge(addr, &state.metrics)?;
     state
         .blobs
-        .download(&state.store, &state.metrics, &id, headers.get(header::RANGE))
+        .download(&state.store, &state.metrics, addr, &id, headers.get(header::RANGE))
         .await
 }
 

@@ -67,6 +67,8 @@ metrics! {
     counter blob_bytes_received_total;
     /// Blob downloads begun.
     counter blob_downloads_total;
+    /// Blob downloads still streaming at their deadline: read too slowly, their slot given back.
+    counter blob_downloads_cut_total;
     /// Blob bytes sent to downloaders.
     counter blob_bytes_served_total;
     /// Blobs and orphan files deleted by the collector.

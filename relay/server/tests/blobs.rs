@@ -535,6 +535,89 @@ async fn requests_are_rate_limited(url: String) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A client that stops reading a download cannot keep its slot: one address holds at most
+/// `max_transfers_per_addr` transfers while other addresses still get theirs, and a
+/// download not finished by its deadline gives its slot back and is cut.
+async fn stalled_downloads_give_their_slots_back(url: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = temp_dir();
+    let mut relay = start(&url, &dir, |c| {
+        c.blobs.max_transfers_per_addr = 1;
+        c.blobs.max_concurrent_downloads = 2;
+        c.blobs.min_download_bytes_per_second = 16 << 20;
+        c.limits.request_timeout_ms = 2_000;
+    })
+    .await;
+    let mut r = rng(4);
+    let alice = account(&mut r, 1);
+    assert_eq!(relay.register(&alice).await, StatusCode::CREATED);
+    // More than the loopback socket buffers take in, so a reader that stops holds the body.
+    let bytes = content(40, 24 << 20);
+    let (epoch, t) = tokens(&relay, &alice.devices[0], 1).await.unwrap();
+    let id = create(&relay, epoch, t[0], bytes.len() as u64).await.unwrap();
+    for (i, chunk) in bytes.chunks(4 << 20).enumerate() {
+        piece(&relay, &id, (i * (4 << 20)) as u64, chunk).await.unwrap();
+    }
+    let path = format!("/v1/blobs/{}", hex_id(&id));
+
+    // From 127.0.0.1: the answer's head, then nothing more is read.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let mut stalled = socket.connect(relay.addr).await.unwrap();
+    stalled
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: {}\r\n\r\n", relay.addr).as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut b = [0u8; 256];
+        let n = tokio::time::timeout(FAILSAFE, stalled.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the connection closed before the head");
+        head.extend_from_slice(&b[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+
+    // The same address gets BUSY; another address downloads.
+    let (s, body) = get_from(&relay, 1, &path).await;
+    assert_eq!(refused(s, &body).1, ErrorCode::BUSY);
+    let (s, body) = get_from(&relay, 2, &path).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body == bytes, "the other address's download is whole");
+
+    // Past its deadline (2 s + 24 MiB at 16 MiB/s, rounded up) the stalled download gives
+    // its slot back while its reader still reads nothing.
+    let since = std::time::Instant::now();
+    let ok = loop {
+        let (s, body) = get_from(&relay, 1, &path).await;
+        if s == StatusCode::OK {
+            break body;
+        }
+        assert_eq!(refused(s, &body).1, ErrorCode::BUSY);
+        assert!(since.elapsed() < FAILSAFE, "the slot never came back");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(ok == bytes);
+    assert!(counter(&relay, "blob_downloads_cut_total").await >= 1);
+
+    // The stalled reader, reading again, finds its download cut short.
+    let mut got = 0usize;
+    let mut b = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(FAILSAFE, stalled.read(&mut b)).await.unwrap() {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < bytes.len(), "the stalled download was cut ({got} bytes)");
+    relay.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---------------------------------------------------------------------------------------
 // The S3 backend against moto's S3 server.
 
@@ -735,6 +818,7 @@ macro_rules! backend {
             t!(upload_resumes_after_restart);
             t!(collection_and_epochs);
             t!(requests_are_rate_limited);
+            t!(stalled_downloads_give_their_slots_back);
             t!(s3_upload_resume_download_collect);
         }
     };

@@ -14,7 +14,6 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use sotto_proto::ErrorCode;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::hex_id;
 use crate::config::Blobs as BlobConfig;
@@ -93,7 +92,7 @@ impl Objects {
         id: &[u8; 32],
         first: u64,
         last: u64,
-        permit: OwnedSemaphorePermit,
+        slot: super::DownloadSlot,
         metrics: Arc<Metrics>,
     ) -> Result<Body, AppError> {
         let options = GetOptions {
@@ -106,7 +105,7 @@ impl Objects {
             .await
             .map_err(|e| failed("get", &e))?;
         let stream = got.into_stream().map(move |chunk| {
-            let _held = &permit;
+            slot.check()?;
             match chunk {
                 Ok(bytes) => {
                     inc(&metrics.blob_bytes_served_total, bytes.len() as u64);
