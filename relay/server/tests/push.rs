@@ -588,6 +588,45 @@ async fn follow_up_after_the_interval(url: String) {
     relay.stop().await;
 }
 
+/// A push waiting to retry holds no slot: with one slot, a provider's 429 asking for a
+/// minute does not hold up another device's push, which goes out before the retry.
+async fn a_retry_wait_holds_no_push_slot(url: String) {
+    let keys = Keys::new();
+    let mut stand_in = StandIn::start(reply(200, ""), |_| None).await;
+    let mut relay = Relay::start(&url, |c| {
+        apns(c, &keys, &stand_in);
+        c.push.max_concurrent = 1;
+        c.push.retry_max_ms = 120_000;
+    })
+    .await;
+    let mut r = rng(14);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 2);
+    assert_eq!(relay.register(&alice).await, StatusCode::CREATED);
+    assert_eq!(relay.register(&bob).await, StatusCode::CREATED);
+    let (b1, b2) = (&bob.devices[0], &bob.devices[1]);
+    for (d, token) in [(b1, [1; 32]), (b2, [2; 32])] {
+        assert_eq!(
+            put_push(&relay, d, PushProvider::Apns, &token).await.0,
+            StatusCode::NO_CONTENT
+        );
+    }
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    stand_in.script(&[Reply {
+        status: 429,
+        retry_after: Some("60"),
+        body: r#"{"reason":"TooManyRequests"}"#.into(),
+    }]);
+    store(&mut wa, 1, &[b1]).await;
+    check_apns(&stand_in.next().await, &[1; 32], &keys.apns_public);
+    // b1's push now waits a minute to retry; b2's goes out meanwhile.
+    store(&mut wa, 2, &[b2]).await;
+    check_apns(&stand_in.next().await, &[2; 32], &keys.apns_public);
+    completions(&relay, 1).await;
+    assert_eq!(metric(&relay.metrics().await, "push_sent_total", "apns"), 1);
+    relay.stop().await;
+}
+
 /// 429 (with `Retry-After`) and 503 are retried, then the push goes through; a
 /// registration APNs reports gone (410, or 400 `BadDeviceToken`) is deleted; another 4xx
 /// fails the push and keeps the registration.
@@ -1036,6 +1075,7 @@ macro_rules! backend {
             t!(burst_is_coalesced);
             t!(follow_up_after_the_interval);
             t!(apns_retries_and_gone);
+            t!(a_retry_wait_holds_no_push_slot);
             t!(fcm_sends_and_forgets_unregistered);
             t!(webpush_encrypts_and_identifies);
             t!(refused_endpoints_and_unconfigured_providers);

@@ -64,7 +64,7 @@ pub struct PushConfig {
     pub queue: usize,
     /// Devices whose push state (in flight, pending, interval) is tracked at once.
     pub max_tracked_devices: usize,
-    /// Pushes sent at once.
+    /// Requests to providers at once (the waits between retries take none).
     pub max_concurrent: usize,
     /// Attempts per push, the first included, on provider 5xx, 429 or network errors.
     pub max_attempts: u32,
@@ -602,7 +602,7 @@ pub(crate) struct Worker {
 }
 
 /// Reads jobs until shutdown; each push runs on its own task, at most `max_concurrent`
-/// at once.
+/// requests to providers at once.
 pub(crate) async fn run_worker(w: Worker, mut shutdown: watch::Receiver<bool>) {
     let Some(mut rx) = lock(&w.pusher.rx).take() else {
         return;
@@ -629,10 +629,7 @@ pub(crate) async fn run_worker(w: Worker, mut shutdown: watch::Receiver<bool>) {
                             return;
                         }
                     }
-                    let Ok(_permit) = permits.acquire().await else {
-                        return;
-                    };
-                    push_one(&w, &job.key).await;
+                    push_one(&w, &job.key, &permits).await;
                     w.pusher.finish(&job.key);
                 } => {}
                 _ = crate::state::wait_shutdown(&mut stop) => {}
@@ -662,7 +659,10 @@ fn backoff(cfg: &PushConfig, attempt: u32, after: Option<Duration>) -> Duration 
     Duration::from_millis(half + jitter)
 }
 
-async fn push_one(w: &Worker, key: &Key) {
+/// Sends one push, with its retries. A request to the provider holds one of the
+/// `max_concurrent` permits; the waits between attempts do not, so a provider (or a Web
+/// Push endpoint) that keeps asking to retry delays only its own pushes.
+async fn push_one(w: &Worker, key: &Key, permits: &Semaphore) {
     let (account, device) = key;
     if w.hub.is_connected(account, *device) {
         return;
@@ -680,7 +680,12 @@ async fn push_one(w: &Worker, key: &Key) {
     w.pusher.learn(key, reg.provider);
     let l = label(Some(reg.provider));
     for attempt in 1..=w.cfg.max_attempts {
-        let Some(outcome) = w.providers.send(&reg).await else {
+        let Ok(permit) = permits.acquire().await else {
+            return;
+        };
+        let sent = w.providers.send(&reg).await;
+        drop(permit);
+        let Some(outcome) = sent else {
             // Registered, but this relay has no credentials for the provider.
             w.metrics.push_dropped_total.inc(l, 1);
             return;
