@@ -40,7 +40,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, RateLimiter};
 use sha2::Digest;
 use sotto_crypto::{AccountId, DeviceId, IssuerKey};
 use sotto_proto::{BlobCreate, BlobCreated, BlobIssuer, BlobStatus, ErrorCode, TokenIssue, TokenIssued, limits};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{BlobBackend, Blobs as BlobConfig, Config};
@@ -272,6 +272,9 @@ impl Drop for DownloadSlot {
         lock(&self.held).take();
     }
 }
+
+/// How much of an upload piece is gathered before one write to the file.
+const WRITE_BATCH: usize = 1 << 20;
 
 /// A `Range` header's meaning for a blob of `len` bytes (RFC 9110 §14).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -608,23 +611,47 @@ impl BlobStore {
         // Bytes past `received` are from a piece that was never counted.
         file.set_len(offset).await.map_err(|e| io_error(&e))?;
         file.seek(SeekFrom::Start(offset)).await.map_err(|e| io_error(&e))?;
+        // The body is gathered into batches of WRITE_BATCH, each written by one blocking
+        // call (a write per network chunk would cost a thread handoff each); the last
+        // call also makes the file durable.
+        let mut file = file.into_std().await;
         let mut stream = body.into_data_stream();
         let mut n: u64 = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk: Bytes = chunk.map_err(|_| AppError(ErrorCode::MALFORMED))?;
-            n = n.saturating_add(chunk.len() as u64);
-            if n > limits::MAX_BLOB_PIECE as u64 {
-                return Err(AppError(ErrorCode::BODY_TOO_LARGE));
+        let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+        loop {
+            let chunk = stream.next().await;
+            let done = chunk.is_none();
+            if let Some(chunk) = chunk {
+                let chunk: Bytes = chunk.map_err(|_| AppError(ErrorCode::MALFORMED))?;
+                n = n.saturating_add(chunk.len() as u64);
+                if n > limits::MAX_BLOB_PIECE as u64 {
+                    return Err(AppError(ErrorCode::BODY_TOO_LARGE));
+                }
+                if n > room {
+                    return Err(AppError(ErrorCode::MALFORMED));
+                }
+                batch.extend_from_slice(&chunk);
             }
-            if n > room {
+            if done && n == 0 {
                 return Err(AppError(ErrorCode::MALFORMED));
             }
-            file.write_all(&chunk).await.map_err(|e| io_error(&e))?;
+            if batch.len() >= WRITE_BATCH || done {
+                let written = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+                    std::io::Write::write_all(&mut file, &batch)?;
+                    if done {
+                        file.sync_all()?;
+                    }
+                    batch.clear();
+                    Ok((file, batch))
+                })
+                .await
+                .map_err(|_| AppError(ErrorCode::INTERNAL))?;
+                (file, batch) = written.map_err(|e| io_error(&e))?;
+            }
+            if done {
+                break;
+            }
         }
-        if n == 0 {
-            return Err(AppError(ErrorCode::MALFORMED));
-        }
-        file.sync_all().await.map_err(|e| io_error(&e))?;
         drop(file);
         if offset == 0 {
             // The new file's directory entry is durable before any byte is counted.
