@@ -521,6 +521,16 @@ impl Offline {
     pub async fn online(self) -> Device {
         Device::reopen(self.dir, self.seed).await
     }
+
+    /// Opens the device's store as its notification extension (the app stays closed).
+    pub async fn extension(&self) -> Client<SqliteStore> {
+        let store = SqliteStore::open(&self.dir.path().join("client.db"), &key(self.seed))
+            .await
+            .unwrap();
+        Client::open_notification_extension(store, key(self.seed), options(self.seed))
+            .await
+            .unwrap()
+    }
 }
 
 impl Device {

@@ -62,7 +62,8 @@ pub struct Fetched {
     /// nothing (or stopped when the app connected).
     pub app_active: bool,
     /// The whole mailbox was read (the relay said `QueueEmpty`); false when the time
-    /// ran out or the connection ended first: the rest waits for the app or the next push.
+    /// ran out, the connection ended first, or an envelope could not be handled for now
+    /// (a network failure): the rest waits for the app or the next push.
     pub complete: bool,
 }
 
@@ -117,7 +118,11 @@ impl<S: Store> Client<S> {
 
     /// Fetches what waits in the mailbox (at most for `max_wait`), decrypts and commits
     /// it, acknowledges what was committed, and returns what to show. Nothing is sent:
-    /// receipts and prekey refills wait in the store for the app.
+    /// receipts and prekey refills wait in the store for the app. Envelopes put aside by
+    /// an earlier fetch or by the app (their sender's device list could not be fetched)
+    /// are tried again first. When an envelope cannot be handled or put aside now, the
+    /// fetch stops there: what was committed before it is returned (`complete` false), or
+    /// the error when nothing was.
     pub async fn fetch_notifications(&self, max_wait: Duration) -> Result<Fetched, ClientError> {
         let inner = &self.inner;
         // The events of this fetch are read here; the stream goes back after it, so the
@@ -146,6 +151,10 @@ impl<S: Store> Client<S> {
             Err(e) => return Err(e.into()),
         };
         inner.transact(|m| Ok((m.receive_mailbox_epoch(epoch), ()))).await?;
+        // Envelopes put aside earlier (their sender's device list could not be fetched
+        // then, here or in the app) are tried again first: a later push shows them.
+        // (A store that cannot list them fails the commits below as well.)
+        let _ = inner.retry_pending().await;
         let deadline = Instant::now() + max_wait;
         let mut unacked = Unacked::default();
         let mut received = Vec::new();
@@ -186,7 +195,9 @@ impl<S: Store> Client<S> {
         // Only what was committed is acknowledged (the store is synced first).
         let _ = inner.ack(&mut socket, &mut unacked).await;
         socket.close().await;
-        result?;
+        // An envelope that failed stays in the mailbox for the app or the next fetch; what
+        // was committed before it is still shown (the app would not notify it again).
+        let failed = result.err();
         while let Some(e) = events.try_next() {
             received.push(e);
         }
@@ -218,6 +229,9 @@ impl<S: Store> Client<S> {
                 timestamp_ms: m.timestamp_ms,
             });
         }
-        Ok(fetched)
+        match failed {
+            Some(e) if fetched.notifications.is_empty() => Err(e),
+            _ => Ok(fetched),
+        }
     }
 }
