@@ -59,10 +59,10 @@ pub mod transport;
 
 #[cfg(any(feature = "native", feature = "web"))]
 pub use client::{
-    AttachmentInfo, Cancel, Client, ClientError, ClientOptions, ConversationList, ConversationSummary, Entropy,
-    EventStream, Fetched, ListDiff, Listener, MAX_TIMELINE_WINDOW, MAX_UNREAD_COUNT, Notification, Presence, Progress,
-    SearchResults, SendState, Subscription, TYPING_REPEAT_MS, TYPING_TIMEOUT_MS, Timeline, TimelineItem, apply_diffs,
-    contact_link, contact_link_with_key, parse_contact, parse_contact_link,
+    AttachmentInfo, AttachmentWriter, Cancel, Client, ClientError, ClientOptions, ConversationList,
+    ConversationSummary, Entropy, EventStream, Fetched, ListDiff, Listener, MAX_TIMELINE_WINDOW, MAX_UNREAD_COUNT,
+    Notification, Presence, Progress, SearchResults, SendState, Subscription, TYPING_REPEAT_MS, TYPING_TIMEOUT_MS,
+    Timeline, TimelineItem, apply_diffs, contact_link, contact_link_with_key, parse_contact, parse_contact_link,
 };
 pub use content::{Attachment, Content, ContentError, ContentKind};
 pub use group::{GroupId, Role};

@@ -1365,8 +1365,9 @@ impl SottoClient {
     }
 
     /// Encrypts a file and uploads it to the relay, then sends it to a conversation (a
-    /// contact or a group): `data` is a `Uint8Array` or a `Blob` (a `File`), read whole
-    /// into memory here. Returns the local item (status "queued", `attachment` set).
+    /// contact or a group): `data` is a `Uint8Array`, or a `Blob` (a `File`), which is read
+    /// in slices as the upload goes, so memory stays flat whatever its size. Returns the
+    /// local item (status "queued", `attachment` set).
     #[wasm_bindgen(js_name = sendAttachment)]
     pub async fn send_attachment(
         &self,
@@ -1378,27 +1379,20 @@ impl SottoClient {
     ) -> Result<Message, JsValue> {
         let client = self.live()?;
         let c = self::conversation(&conversation)?;
-        let bytes = if let Some(array) = data.dyn_ref::<js_sys::Uint8Array>() {
-            array.to_vec()
-        } else {
-            // A Blob: its arrayBuffer().
-            let read = Reflect::get(&data, &"arrayBuffer".into())?
-                .dyn_into::<Function>()
-                .map_err(|_| invalid("data must be a Uint8Array or a Blob"))?;
-            let promise: js_sys::Promise = read.call0(&data)?.dyn_into()?;
-            let buffer = wasm_bindgen_futures::JsFuture::from(promise).await?;
-            js_sys::Uint8Array::new(&buffer).to_vec()
-        };
         let info = sotto_sdk::AttachmentInfo {
             media_type,
             file_name,
             caption,
             thumbnail: None,
         };
-        let m = client
-            .send_attachment_bytes(c, &bytes, info, None, None)
-            .await
-            .map_err(client_error)?;
+        let m = if let Some(array) = data.dyn_ref::<js_sys::Uint8Array>() {
+            client
+                .send_attachment_bytes(c, &array.to_vec(), info, None, None)
+                .await
+                .map_err(client_error)?
+        } else {
+            send_blob(&client, c, &data, info).await?
+        };
         Ok(Message::new(m, c.group()))
     }
 
@@ -1648,6 +1642,50 @@ impl SottoClient {
 fn store_key_zeroized(bytes: Vec<u8>) -> Result<StoreKey, JsValue> {
     let bytes = Zeroizing::new(bytes);
     store_key(&bytes)
+}
+
+/// How much of a `Blob` is read at a time.
+const BLOB_SLICE: u64 = 1 << 20;
+
+/// Uploads a `Blob` slice by slice (`blob.slice(a, b).arrayBuffer()`) and sends it.
+async fn send_blob(
+    client: &Client<IdbStore>,
+    to: Conversation,
+    blob: &JsValue,
+    info: sotto_sdk::AttachmentInfo,
+) -> Result<StoredMessage, JsValue> {
+    let not_blob = || invalid("data must be a Uint8Array or a Blob");
+    if !blob.is_object() {
+        return Err(not_blob());
+    }
+    let size = Reflect::get(blob, &"size".into())
+        .ok()
+        .and_then(|v| v.as_f64())
+        .filter(|s| *s >= 0.0 && s.fract() == 0.0 && *s <= 9_007_199_254_740_991.0)
+        .ok_or_else(not_blob)? as u64;
+    let slice = Reflect::get(blob, &"slice".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<Function>().ok())
+        .ok_or_else(not_blob)?;
+    let mut writer = client.begin_attachment(size, None, None).await.map_err(client_error)?;
+    let mut at = 0u64;
+    while at < size {
+        let end = (at + BLOB_SLICE).min(size);
+        let part = slice.call2(blob, &(at as f64).into(), &(end as f64).into())?;
+        let read = Reflect::get(&part, &"arrayBuffer".into())?
+            .dyn_into::<Function>()
+            .map_err(|_| not_blob())?;
+        let promise: js_sys::Promise = read.call0(&part)?.dyn_into()?;
+        let bytes = js_sys::Uint8Array::new(&wasm_bindgen_futures::JsFuture::from(promise).await?).to_vec();
+        if bytes.len() as u64 != end - at {
+            return Err(client_error(ClientError::File(
+                "the Blob changed while it was read".into(),
+            )));
+        }
+        writer.write(&bytes).await.map_err(client_error)?;
+        at = end;
+    }
+    writer.send(to, info).await.map_err(client_error)
 }
 
 /// A running subscription to a live list: `cancel()` (or `free()`) stops its callbacks.

@@ -3,8 +3,9 @@
 //! (§16.3); its pointer (§16.5) then goes in a chat item like a text. A group message
 //! uploads the blob once: the pointer travels in the group's one encrypted item.
 //!
-//! Memory stays flat whatever the file's size: one piece of ciphertext
-//! ([`BLOB_PIECE`]) and one chunk of plaintext are held at a time. A download is checked
+//! Memory stays flat whatever the file's size: two pieces of ciphertext
+//! ([`BLOB_PIECE`]: one moving, one being encrypted or decrypted) and one chunk of
+//! plaintext are held at a time. A download is checked
 //! (every chunk's tag, the length, the padding and the ciphertext digest) before the
 //! file appears at its path; [`Client::download_attachment_bytes`] returns bytes only
 //! once all of them were checked.
@@ -20,11 +21,13 @@ use super::{Client, ClientError};
 use crate::content::{Attachment, ChatItem, MAX_FILE_NAME_LEN, MAX_MEDIA_TYPE_LEN, MAX_THUMBNAIL_LEN, SharedKey};
 use crate::machine::Conversation;
 use crate::store::{Store, StoredMessage};
-use crate::transport::{BLOB_PIECE, TransportError};
+use crate::transport::{BLOB_PIECE, Relay, TransportError};
 
 /// How many upload tokens one request asks for (the rest wait in memory for the next
 /// attachments, so a token is rarely fetched right before the upload it pays for).
 const TOKEN_BATCH: usize = 8;
+/// A piece of ciphertext and the two chunks that may follow it before it is cut off.
+const PIECE_BUFFER: usize = BLOB_PIECE + sotto_crypto::attachment::CHUNK_LEN * 2;
 /// How many times one piece is tried before the upload fails (the relay may restart).
 const PIECE_ATTEMPTS: u32 = 6;
 /// How many tokens refused as spent or unknown an upload tries past before it fails.
@@ -94,6 +97,259 @@ fn io(e: std::io::Error) -> ClientError {
     ClientError::File(e.kind().to_string())
 }
 
+/// A piece upload or a range download running as a task of its own, so the next piece
+/// is encrypted (or the last range decrypted) while it moves: one transfer in flight
+/// beside the CPU work, and never more than one piece held beyond the one being worked on.
+struct InFlight<T>(tokio::sync::oneshot::Receiver<Result<T, ClientError>>);
+
+impl<T: Send + 'static> InFlight<T> {
+    #[cfg(not(target_arch = "wasm32"))]
+    fn start(f: impl std::future::Future<Output = Result<T, ClientError>> + Send + 'static) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Detached: a caller that gives up leaves at most this one request to finish.
+        let _task = crate::rt::spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        Self(rx)
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn start(f: impl std::future::Future<Output = Result<T, ClientError>> + 'static) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _task = crate::rt::spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        Self(rx)
+    }
+
+    async fn finish(self) -> Result<T, ClientError> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(TransportError::Io("the transfer task ended".into()).into()))
+    }
+}
+
+/// Uploads one piece, retrying a transient failure; the relay's status decides
+/// whether a piece whose answer was lost landed.
+async fn upload_piece(relay: &Relay, id: &[u8; 32], offset: u64, piece: Vec<u8>) -> Result<u64, ClientError> {
+    let end = offset + piece.len() as u64;
+    let mut attempt = 0;
+    loop {
+        let result = relay.put_blob_piece(id, offset, piece.clone()).await;
+        match result {
+            Ok(status) if status.received == end => return Ok(end),
+            Ok(_) => return Err(TransportError::Protocol("the relay holds another length".into()).into()),
+            Err(TransportError::Relay { code, .. }) if code == ErrorCode::OFFSET_MISMATCH => {
+                // An earlier attempt landed and its answer was lost, or the relay is
+                // still writing it?
+                let status = relay.blob_status(id).await?;
+                if status.received == end {
+                    return Ok(end);
+                }
+                if status.received == offset && attempt + 1 < PIECE_ATTEMPTS {
+                    attempt += 1;
+                    crate::rt::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                    continue;
+                }
+                return Err(TransportError::Relay {
+                    status: 409,
+                    code: ErrorCode::OFFSET_MISMATCH,
+                }
+                .into());
+            }
+            Err(e) if e.is_retryable() && attempt + 1 < PIECE_ATTEMPTS => {
+                attempt += 1;
+                crate::rt::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                match relay.blob_status(id).await {
+                    Ok(s) if s.received == end => return Ok(end),
+                    Ok(s) if s.received == offset => {}
+                    Ok(_) => {
+                        return Err(TransportError::Protocol("the relay holds another length".into()).into());
+                    }
+                    // Still unreachable: the next attempt tells.
+                    Err(_) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn download_piece(relay: &Relay, id: &[u8; 32], at: u64, n: usize) -> Result<Vec<u8>, ClientError> {
+    let mut attempt = 0;
+    loop {
+        match relay.get_blob_range(id, at, n).await {
+            Ok(b) => return Ok(b),
+            Err(e) if e.is_retryable() && attempt + 1 < PIECE_ATTEMPTS => {
+                attempt += 1;
+                crate::rt::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A thumbnail above [`MAX_THUMBNAIL_LEN`] is refused before anything is uploaded.
+fn check_thumbnail(info: &AttachmentInfo) -> Result<(), ClientError> {
+    match &info.thumbnail {
+        Some(t) if t.len() > MAX_THUMBNAIL_LEN => Err(ClientError::Attachment(AttachmentError::TooLarge {
+            len: t.len() as u64,
+            max: MAX_THUMBNAIL_LEN as u64,
+        })),
+        _ => Ok(()),
+    }
+}
+
+/// An attachment being uploaded from bytes the caller hands over as it gets them
+/// ([`Client::begin_attachment`]). [`AttachmentWriter::write`] encrypts them and uploads
+/// every full piece, one piece in flight while the next is encrypted;
+/// [`AttachmentWriter::send`] checks that exactly the announced length came, uploads the
+/// rest and sends the message. Dropped before `send`, the upload is abandoned: nothing is
+/// sent, and the relay collects the incomplete blob.
+pub struct AttachmentWriter<'a, S: Store> {
+    client: &'a Client<S>,
+    key: AttachmentKey,
+    enc: Encryptor,
+    id: [u8; 32],
+    len: u64,
+    written: u64,
+    sent: u64,
+    total: u64,
+    out: Vec<u8>,
+    /// The piece being uploaded: where it ends, and its transfer.
+    inflight: Option<(u64, InFlight<u64>)>,
+    progress: Option<Progress<'a>>,
+    cancel: Option<&'a Cancel>,
+}
+
+impl<S: Store> std::fmt::Debug for AttachmentWriter<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachmentWriter")
+            .field("len", &self.len)
+            .field("written", &self.written)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> AttachmentWriter<'_, S> {
+    /// Encrypts `bytes` (the next part of the file) and uploads what makes full pieces.
+    /// More bytes in total than announced is [`AttachmentError::LengthMismatch`].
+    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), ClientError> {
+        if bytes.len() as u64 > self.len - self.written {
+            return Err(ClientError::Attachment(AttachmentError::LengthMismatch {
+                expected: self.len,
+            }));
+        }
+        while !bytes.is_empty() {
+            check_cancel(self.cancel)?;
+            let n = bytes.len().min(sotto_crypto::attachment::CHUNK_LEN);
+            self.enc
+                .update(&bytes[..n], &mut self.out)
+                .map_err(ClientError::Attachment)?;
+            self.written += n as u64;
+            bytes = &bytes[n..];
+            self.flush(false).await?;
+        }
+        Ok(())
+    }
+
+    /// How many bytes of the file were written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Uploads every full piece (and with `last`, what is left), in order: each waits
+    /// for the answer to the one before.
+    async fn flush(&mut self, last: bool) -> Result<(), ClientError> {
+        while self.out.len() >= BLOB_PIECE || (last && !self.out.is_empty()) {
+            let n = self.out.len().min(BLOB_PIECE);
+            // The piece leaves with its buffer; the rest starts a buffer of the same size.
+            let mut rest = Vec::with_capacity(PIECE_BUFFER);
+            rest.extend_from_slice(&self.out[n..]);
+            self.out.truncate(n);
+            let piece = std::mem::replace(&mut self.out, rest);
+            self.settle().await?;
+            let relay = self.client.inner.relay.clone();
+            let (id, offset) = (self.id, self.sent);
+            self.inflight = Some((
+                offset + n as u64,
+                InFlight::start(async move { upload_piece(&relay, &id, offset, piece).await }),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits for the piece in flight, if any.
+    async fn settle(&mut self) -> Result<(), ClientError> {
+        if let Some((end, previous)) = self.inflight.take() {
+            self.sent = previous.finish().await?;
+            if self.sent != end {
+                return Err(TransportError::Protocol("the relay holds another length".into()).into());
+            }
+            if let Some(p) = self.progress {
+                p(self.sent, self.total);
+            }
+            check_cancel(self.cancel)?;
+        }
+        Ok(())
+    }
+
+    /// Encrypts and uploads the end; returns the pointer (without the display fields).
+    async fn finish(mut self) -> Result<Attachment, ClientError> {
+        if self.written != self.len {
+            return Err(ClientError::Attachment(AttachmentError::LengthMismatch {
+                expected: self.len,
+            }));
+        }
+        let digest = loop {
+            check_cancel(self.cancel)?;
+            let digest = self.enc.finish_step(&mut self.out).map_err(ClientError::Attachment)?;
+            self.flush(digest.is_some()).await?;
+            if let Some(d) = digest {
+                break d;
+            }
+        };
+        self.settle().await?;
+        if self.sent != self.total {
+            return Err(ClientError::Attachment(AttachmentError::LengthMismatch {
+                expected: self.len,
+            }));
+        }
+        Ok(Attachment {
+            blob_id: self.id,
+            key: SharedKey(*self.key.to_bytes()),
+            digest,
+            size: self.len,
+            media_type: String::new(),
+            file_name: String::new(),
+            thumbnail: None,
+        })
+    }
+
+    /// Finishes the upload (every byte announced must have been written) and sends the
+    /// file to `conversation` as an attachment message, returned as stored (status
+    /// `Queued`). Failures as for [`Client::send_attachment_from`].
+    pub async fn send(self, conversation: Conversation, info: AttachmentInfo) -> Result<StoredMessage, ClientError> {
+        check_thumbnail(&info)?;
+        let client = self.client;
+        let mut attachment = self.finish().await?;
+        attachment.media_type = crate::content::truncate_utf8(&info.media_type, MAX_MEDIA_TYPE_LEN).to_owned();
+        attachment.file_name = crate::content::truncate_utf8(&info.file_name, MAX_FILE_NAME_LEN).to_owned();
+        attachment.thumbnail = info.thumbnail;
+        let item = ChatItem::Attachment {
+            attachment: Box::new(attachment),
+            caption: info.caption,
+            quote: None,
+            expire_s: 0,
+        };
+        client
+            .queue_item(conversation, item)
+            .await?
+            .ok_or(ClientError::UnknownMessage)
+    }
+}
+
 impl<S: Store> Client<S> {
     /// One unspent upload token, fetching a batch when none is left.
     async fn blob_token(&self) -> Result<(u32, [u8; sotto_crypto::token::TOKEN_LEN]), ClientError> {
@@ -135,66 +391,20 @@ impl<S: Store> Client<S> {
             .ok_or_else(|| TransportError::Protocol("no tokens issued".into()).into())
     }
 
-    /// Uploads one piece, retrying a transient failure; the relay's status decides
-    /// whether a piece whose answer was lost landed.
-    async fn upload_piece(&self, id: &[u8; 32], offset: u64, piece: &[u8]) -> Result<u64, ClientError> {
-        let relay = &self.inner.relay;
-        let end = offset + piece.len() as u64;
-        let mut attempt = 0;
-        loop {
-            let result = relay.put_blob_piece(id, offset, piece.to_vec()).await;
-            match result {
-                Ok(status) if status.received == end => return Ok(end),
-                Ok(_) => return Err(TransportError::Protocol("the relay holds another length".into()).into()),
-                Err(TransportError::Relay { code, .. }) if code == ErrorCode::OFFSET_MISMATCH => {
-                    // An earlier attempt landed and its answer was lost, or the relay is
-                    // still writing it?
-                    let status = relay.blob_status(id).await?;
-                    if status.received == end {
-                        return Ok(end);
-                    }
-                    if status.received == offset && attempt + 1 < PIECE_ATTEMPTS {
-                        attempt += 1;
-                        crate::rt::sleep(std::time::Duration::from_millis(100 << attempt)).await;
-                        continue;
-                    }
-                    return Err(TransportError::Relay {
-                        status: 409,
-                        code: ErrorCode::OFFSET_MISMATCH,
-                    }
-                    .into());
-                }
-                Err(e) if e.is_retryable() && attempt + 1 < PIECE_ATTEMPTS => {
-                    attempt += 1;
-                    crate::rt::sleep(std::time::Duration::from_millis(100 << attempt)).await;
-                    match relay.blob_status(id).await {
-                        Ok(s) if s.received == end => return Ok(end),
-                        Ok(s) if s.received == offset => {}
-                        Ok(_) => {
-                            return Err(TransportError::Protocol("the relay holds another length".into()).into());
-                        }
-                        // Still unreachable: the next attempt tells.
-                        Err(_) => {}
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Encrypts `len` bytes read from `reader` and uploads them as a new blob; returns
-    /// the pointer (without the display fields).
-    async fn upload_attachment(
-        &self,
-        reader: &mut (dyn std::io::Read + Send),
+    /// Starts an attachment of exactly `len` bytes that the caller feeds as it gets them
+    /// (from a stream, a camera, a web `Blob` read in slices): it creates the blob, paid
+    /// with an upload token, and returns the [`AttachmentWriter`] that encrypts and
+    /// uploads what it is given. Memory stays flat whatever `len` is.
+    pub async fn begin_attachment<'a>(
+        &'a self,
         len: u64,
-        progress: Option<Progress<'_>>,
-        cancel: Option<&Cancel>,
-    ) -> Result<Attachment, ClientError> {
+        progress: Option<Progress<'a>>,
+        cancel: Option<&'a Cancel>,
+    ) -> Result<AttachmentWriter<'a, S>, ClientError> {
         let layout = Layout::of(len).map_err(ClientError::Attachment)?;
         let total = layout.ciphertext_len();
         let key = AttachmentKey::generate(&mut self.inner.entropy.rng()?);
-        let mut enc = Encryptor::new(&key, len, &mut self.inner.entropy.rng()?).map_err(ClientError::Attachment)?;
+        let enc = Encryptor::new(&key, len, &mut self.inner.entropy.rng()?).map_err(ClientError::Attachment)?;
         check_cancel(cancel)?;
         // A token the relay refuses as spent or unknown (another epoch's) is dropped and the
         // next one tried; one refused for another reason (too large, storage full, rate
@@ -236,53 +446,21 @@ impl<S: Store> Client<S> {
                 Err(e) => return Err(e.into()),
             }
         };
-        let mut out: Vec<u8> = Vec::with_capacity(BLOB_PIECE + sotto_crypto::attachment::CHUNK_LEN * 2);
+        let mut out: Vec<u8> = Vec::with_capacity(PIECE_BUFFER);
         out.extend_from_slice(&enc.header());
-        let mut buf = vec![0u8; sotto_crypto::attachment::CHUNK_LEN];
-        let mut read = 0u64;
-        let mut sent = 0u64;
-        let mut digest = None;
-        while digest.is_none() {
-            check_cancel(cancel)?;
-            if read < len {
-                let want = buf.len().min(usize::try_from(len - read).unwrap_or(usize::MAX));
-                let n = reader.read(&mut buf[..want]).map_err(io)?;
-                if n == 0 {
-                    return Err(ClientError::Attachment(AttachmentError::LengthMismatch {
-                        expected: len,
-                    }));
-                }
-                read += n as u64;
-                enc.update(&buf[..n], &mut out).map_err(ClientError::Attachment)?;
-            } else {
-                digest = enc.finish_step(&mut out).map_err(ClientError::Attachment)?;
-            }
-            while out.len() >= BLOB_PIECE || (digest.is_some() && !out.is_empty()) {
-                let n = out.len().min(BLOB_PIECE);
-                sent = self.upload_piece(&id, sent, &out[..n]).await?;
-                out.drain(..n);
-                if let Some(p) = progress {
-                    p(sent, total);
-                }
-                check_cancel(cancel)?;
-            }
-        }
-        let digest = digest.ok_or(ClientError::Attachment(AttachmentError::LengthMismatch {
-            expected: len,
-        }))?;
-        if sent != total {
-            return Err(ClientError::Attachment(AttachmentError::LengthMismatch {
-                expected: len,
-            }));
-        }
-        Ok(Attachment {
-            blob_id: id,
-            key: SharedKey(*key.to_bytes()),
-            digest,
-            size: len,
-            media_type: String::new(),
-            file_name: String::new(),
-            thumbnail: None,
+        Ok(AttachmentWriter {
+            client: self,
+            key,
+            enc,
+            id,
+            len,
+            written: 0,
+            sent: 0,
+            total,
+            out,
+            inflight: None,
+            progress,
+            cancel,
         })
     }
 
@@ -305,25 +483,22 @@ impl<S: Store> Client<S> {
         progress: Option<Progress<'_>>,
         cancel: Option<&Cancel>,
     ) -> Result<StoredMessage, ClientError> {
-        if info.thumbnail.as_ref().is_some_and(|t| t.len() > MAX_THUMBNAIL_LEN) {
-            return Err(ClientError::Attachment(AttachmentError::TooLarge {
-                len: info.thumbnail.as_ref().map_or(0, |t| t.len() as u64),
-                max: MAX_THUMBNAIL_LEN as u64,
-            }));
+        check_thumbnail(&info)?;
+        let mut writer = self.begin_attachment(len, progress, cancel).await?;
+        let mut buf = vec![0u8; sotto_crypto::attachment::CHUNK_LEN];
+        let mut left = len;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = reader.read(&mut buf[..want]).map_err(io)?;
+            if n == 0 {
+                return Err(ClientError::Attachment(AttachmentError::LengthMismatch {
+                    expected: len,
+                }));
+            }
+            writer.write(&buf[..n]).await?;
+            left -= n as u64;
         }
-        let mut attachment = self.upload_attachment(reader, len, progress, cancel).await?;
-        attachment.media_type = crate::content::truncate_utf8(&info.media_type, MAX_MEDIA_TYPE_LEN).to_owned();
-        attachment.file_name = crate::content::truncate_utf8(&info.file_name, MAX_FILE_NAME_LEN).to_owned();
-        attachment.thumbnail = info.thumbnail;
-        let item = ChatItem::Attachment {
-            attachment: Box::new(attachment),
-            caption: info.caption,
-            quote: None,
-            expire_s: 0,
-        };
-        self.queue_item(conversation, item)
-            .await?
-            .ok_or(ClientError::UnknownMessage)
+        writer.send(conversation, info).await
     }
 
     /// [`Client::send_attachment_from`] with the bytes in memory.
@@ -354,12 +529,25 @@ impl<S: Store> Client<S> {
         let mut dec = Decryptor::new(&key, attachment.size, attachment.digest).map_err(ClientError::Attachment)?;
         let total = dec.layout().ciphertext_len();
         let mut plain = Vec::with_capacity(BLOB_PIECE + sotto_crypto::attachment::CHUNK_LEN);
-        let mut at = 0u64;
-        while at < total {
-            check_cancel(cancel)?;
+        let id = attachment.blob_id;
+        // The next range downloads while the last one is decrypted.
+        let fetch = |at: u64| {
             let n = usize::try_from(total - at).unwrap_or(usize::MAX).min(BLOB_PIECE);
-            let piece = self.download_piece(&attachment.blob_id, at, n).await?;
+            let relay = self.inner.relay.clone();
+            (
+                n,
+                InFlight::start(async move { download_piece(&relay, &id, at, n).await }),
+            )
+        };
+        let mut at = 0u64;
+        let mut next = (total > 0).then(|| fetch(0));
+        while let Some((n, range)) = next.take() {
+            check_cancel(cancel)?;
+            let piece = range.finish().await?;
             at += n as u64;
+            if at < total {
+                next = Some(fetch(at));
+            }
             dec.update(&piece, &mut plain).map_err(ClientError::Attachment)?;
             sink(&plain)?;
             plain.clear();
@@ -368,20 +556,6 @@ impl<S: Store> Client<S> {
             }
         }
         dec.finish().map_err(ClientError::Attachment)
-    }
-
-    async fn download_piece(&self, id: &[u8; 32], at: u64, n: usize) -> Result<Vec<u8>, ClientError> {
-        let mut attempt = 0;
-        loop {
-            match self.inner.relay.get_blob_range(id, at, n).await {
-                Ok(b) => return Ok(b),
-                Err(e) if e.is_retryable() && attempt + 1 < PIECE_ATTEMPTS => {
-                    attempt += 1;
-                    crate::rt::sleep(std::time::Duration::from_millis(100 << attempt)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
     }
 
     /// Downloads an attachment into memory and returns it once every check passed
