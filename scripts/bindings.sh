@@ -247,14 +247,15 @@ if run swift; then
   # The library is linked rather than copied where it can be (the chroot is usually on the same file system): a
   # debug build is over 100 MB.
   ln "$LIB" "$CHROOT_BUILD/" 2>/dev/null || cp "$LIB" "$CHROOT_BUILD/"
-  cp "$GEN/swift/"* "$TESTS/swift/main.swift" "$TESTS/swift/errors.swift" "$TESTS/swift/live.swift" "$CHROOT_BUILD/"
+  cp "$GEN/swift/"* "$TESTS/swift/main.swift" "$TESTS/swift/errors.swift" "$TESTS/swift/live.swift" \
+    "$TESTS/swift/media.swift" "$CHROOT_BUILD/"
   mkdir -p "$CHROOT_BUILD/echo"
   cp "$EXAMPLES/swift/main.swift" "$CHROOT_BUILD/echo/"
   # The relay listens on the host's loopback, which the chroot shares.
   timed swift chroot "$TRIXIE" env B="$B" SOTTO_RELAY_URL="$SOTTO_RELAY_URL" SOTTO_TEST_DIR="$B/data" bash -c \
     'cd "$B" && swiftc -module-name SottoTests -module-cache-path "$B/mc" -I "$B" \
        -Xcc -fmodule-map-file="$B/sotto_ffiFFI.modulemap" -L "$B" -lsotto_ffi \
-       sotto_ffi.swift errors.swift live.swift main.swift -o sotto-tests && LD_LIBRARY_PATH="$B" ./sotto-tests'
+       sotto_ffi.swift errors.swift live.swift media.swift main.swift -o sotto-tests && LD_LIBRARY_PATH="$B" ./sotto-tests'
   chroot "$TRIXIE" env B="$B" bash -c \
     'cd "$B" && swiftc -module-name EchoBot -module-cache-path "$B/mc" -I "$B" \
        -Xcc -fmodule-map-file="$B/sotto_ffiFFI.modulemap" -L "$B" -lsotto_ffi \

@@ -2,7 +2,8 @@
 // register, exchange messages both ways, read their history after reopening their stores,
 // and see errors as typed exceptions; a group is created, talks, and loses a member, who
 // gets nothing sent afterwards; every error case is checked by Errors.kt, the live lists
-// and send states by Live.kt. Run by scripts/bindings.sh on the JVM with JNA.
+// and send states by Live.kt, attachments, push and the notification extension by
+// Media.kt. Run by scripts/bindings.sh on the JVM with JNA.
 
 import java.io.File
 import java.security.SecureRandom
@@ -80,6 +81,8 @@ fun main() = runBlocking {
     everyError(RELAY, File(DIR, "errors").also { it.mkdirs() })
     // Live lists, send states and a restart (Live.kt).
     liveLists(RELAY, File(DIR, "live"))
+    // Attachments, push registration and the notification extension (Media.kt).
+    media(RELAY, File(DIR, "media"))
 
     val keyA = newKey()
     val keyB = newKey()

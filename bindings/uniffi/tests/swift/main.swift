@@ -2,7 +2,8 @@
 // register, exchange messages both ways, read their history after reopening their stores,
 // and see errors as typed errors; a group is created, talks, and loses a member, who gets
 // nothing sent afterwards; every error case is checked by errors.swift, the live lists and
-// send states by live.swift. Built with swiftc and run by scripts/bindings.sh.
+// send states by live.swift, attachments, push and the notification extension by
+// media.swift. Built with swiftc and run by scripts/bindings.sh.
 
 import Foundation
 
@@ -204,6 +205,8 @@ do {
     try await everyError(relay: relay, folder: dir + "/errors")
     // Live lists, send states and a restart (live.swift).
     try await liveLists(relay: relay, folder: dir + "/live")
+    // Attachments, push registration and the notification extension (media.swift).
+    try await media(relay: relay, folder: dir + "/media")
 
     // Alice's receipts wait ten minutes in this first session (shutdown keeps them queued).
     let slowReceipts = ClientOptions(receiptDelayMinMs: 600_000, receiptDelayMaxMs: 600_001)
