@@ -322,3 +322,69 @@ async fn size_and_quota_refusals_are_typed() {
     assert!(!e.is_retryable());
     assert_eq!(code(e), "quota_exceeded");
 }
+
+/// How many upload tokens the relay has issued.
+fn tokens_issued(relay: &TestRelay) -> u64 {
+    let text = relay.state.metrics.render();
+    text.lines()
+        .find_map(|l| l.strip_prefix("sotto_relay_blob_tokens_issued_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Upload tokens are fetched in the background, at a time of their own (not right before
+/// an upload: that fetch is authenticated, the upload is not), and kept in the store: the
+/// uploads that follow, across a restart, fetch none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_tokens_come_in_the_background_and_are_kept() {
+    use sotto_sdk::store::SqliteStore;
+    use std::time::Duration;
+
+    let relay = TestRelay::start().await;
+    let seed = 431;
+    let dir = TempDir::new("client");
+    let store = SqliteStore::open(&dir.path().join("client.db"), &sotto_tests::key(seed))
+        .await
+        .unwrap();
+    let options = sotto_sdk::ClientOptions {
+        token_refill_delay: Duration::from_millis(10)..Duration::from_millis(20),
+        ..sotto_tests::options(seed)
+    };
+    let client = sotto_sdk::Client::create_account(store, sotto_tests::key(seed), &relay.url(), options)
+        .await
+        .unwrap();
+    let alice = Device::wrap(client, dir, seed).await;
+    // A heartbeat plans the fetch, a later one makes it.
+    let since = std::time::Instant::now();
+    while tokens_issued(&relay) == 0 {
+        assert!(
+            since.elapsed() < sotto_tests::FAILSAFE,
+            "no tokens fetched in the background"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let batch = tokens_issued(&relay);
+    assert_eq!(batch, 8);
+
+    let mut bob = Device::create(&relay, 432).await;
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
+    let to = Conversation::Direct(bob.id());
+    alice
+        .client
+        .send_attachment_bytes(to, &data(3000, 1), info("before the restart"), None, None)
+        .await
+        .unwrap();
+    // Reopened (with the default, long refill delay): the kept tokens pay for the rest.
+    let alice = alice.restart().await;
+    for caption in ["after the restart", "and again"] {
+        alice
+            .client
+            .send_attachment_bytes(to, &data(3000, 2), info(caption), None, None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(tokens_issued(&relay), batch, "an upload fetched tokens");
+    for caption in ["before the restart", "after the restart", "and again"] {
+        receive_attachment(&mut bob, caption).await;
+    }
+}

@@ -84,7 +84,58 @@ impl std::fmt::Debug for AttachmentInfo {
 
 /// Upload tokens not spent yet: `(issuer epoch, token)`.
 #[derive(Default)]
-pub(crate) struct Tokens(std::sync::Mutex<Vec<(u32, [u8; sotto_crypto::token::TOKEN_LEN])>>);
+pub(crate) struct Tokens(std::sync::Mutex<Vec<Token>>);
+
+/// An upload token and the issuer epoch it belongs to.
+type Token = (u32, [u8; sotto_crypto::token::TOKEN_LEN]);
+
+impl Tokens {
+    pub(crate) fn new(kept: Vec<Token>) -> Self {
+        Self(std::sync::Mutex::new(kept))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Token>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Below this many kept tokens, a batch is fetched in the background.
+const TOKENS_LOW: usize = 4;
+/// At most this many tokens are kept.
+const MAX_KEPT_TOKENS: usize = 64;
+/// The format of the kept tokens: `0x01 ‖ count (u16) ‖ (epoch (u32) ‖ token (64))*`, big-endian.
+const TOKENS_FORMAT: u8 = 1;
+
+fn encode_tokens(pool: &[Token]) -> Vec<u8> {
+    let kept = &pool[pool.len().saturating_sub(MAX_KEPT_TOKENS)..];
+    let mut out = Vec::with_capacity(3 + kept.len() * (4 + sotto_crypto::token::TOKEN_LEN));
+    out.push(TOKENS_FORMAT);
+    out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
+    for (epoch, token) in kept {
+        out.extend_from_slice(&epoch.to_be_bytes());
+        out.extend_from_slice(token);
+    }
+    out
+}
+
+/// The kept tokens; nothing for bytes of another format or a wrong length (the client
+/// then fetches new ones).
+pub(crate) fn decode_tokens(bytes: &[u8]) -> Vec<Token> {
+    const ONE: usize = 4 + sotto_crypto::token::TOKEN_LEN;
+    let [TOKENS_FORMAT, hi, lo, rest @ ..] = bytes else {
+        return Vec::new();
+    };
+    let n = usize::from(u16::from_be_bytes([*hi, *lo]));
+    if n > MAX_KEPT_TOKENS || rest.len() != n * ONE {
+        return Vec::new();
+    }
+    rest.chunks_exact(ONE)
+        .filter_map(|c| {
+            let epoch = u32::from_be_bytes(c[..4].try_into().ok()?);
+            Some((epoch, c[4..].try_into().ok()?))
+        })
+        .collect()
+}
 
 fn check_cancel(cancel: Option<&Cancel>) -> Result<(), ClientError> {
     if cancel.is_some_and(Cancel::is_cancelled) {
@@ -350,23 +401,21 @@ impl<S: Store> AttachmentWriter<'_, S> {
     }
 }
 
-impl<S: Store> Client<S> {
-    /// One unspent upload token, fetching a batch when none is left.
-    async fn blob_token(&self) -> Result<(u32, [u8; sotto_crypto::token::TOKEN_LEN]), ClientError> {
-        if let Some(t) = self.inner.blob_tokens.0.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(t);
-        }
-        let relay = &self.inner.relay;
+impl<S: Store> super::Inner<S> {
+    /// Fetches a batch of upload tokens for this device (against its daily quota), drops
+    /// kept ones of epochs the relay no longer accepts, and keeps the rest in the store.
+    pub(super) async fn fetch_tokens(&self) -> Result<(), ClientError> {
+        let relay = &self.relay;
         let issuer = relay.blob_issuer().await?;
         // Never more than a day's quota in one request (the relay refuses the whole batch).
         let batch = TOKEN_BATCH
             .min(usize::try_from(issuer.tokens_per_day).unwrap_or(TOKEN_BATCH))
             .max(1);
-        let request = TokenRequest::new(batch, &mut self.inner.entropy.rng()?)
+        let request = TokenRequest::new(batch, &mut self.entropy.rng()?)
             .map_err(|e| ClientError::Transport(TransportError::Protocol(e.to_string())))?;
         let issued = relay
             .issue_blob_tokens(
-                &self.inner.device,
+                &self.device,
                 &TokenIssue {
                     epoch: issuer.epoch,
                     blinded: request.blinded().to_vec(),
@@ -385,10 +434,78 @@ impl<S: Store> Client<S> {
                 &sotto_crypto::token::Proof(issued.proof),
             )
             .map_err(|e| ClientError::Transport(TransportError::Protocol(e.to_string())))?;
-        let mut pool = self.inner.blob_tokens.0.lock().unwrap_or_else(|p| p.into_inner());
-        pool.extend(tokens.into_iter().map(|t| (issued.epoch, t)));
-        pool.pop()
-            .ok_or_else(|| TransportError::Protocol("no tokens issued".into()).into())
+        {
+            let mut pool = self.blob_tokens.lock();
+            // The relay accepts the current and the previous epoch.
+            pool.retain(|(epoch, _)| epoch.saturating_add(1) >= issuer.epoch);
+            // Used newest last: the fresh batch goes under the older tokens.
+            let old = std::mem::take(&mut *pool);
+            pool.extend(tokens.into_iter().map(|t| (issued.epoch, t)));
+            pool.extend(old);
+        }
+        self.keep_tokens().await;
+        Ok(())
+    }
+
+    /// Writes the token pool to the store (best effort: a failure costs only tokens).
+    pub(super) async fn keep_tokens(&self) {
+        let encoded = encode_tokens(&self.blob_tokens.lock());
+        let changes = crate::store::Changes {
+            blob_tokens: Some(encoded),
+            ..Default::default()
+        };
+        let _ = self.store.commit(changes).await;
+    }
+
+    /// Called on every heartbeat of the app's connection: with fewer than
+    /// [`TOKENS_LOW`] tokens kept, plans a fetch a random delay ahead
+    /// ([`super::ClientOptions::token_refill_delay`]), and makes it once due.
+    pub(super) async fn maybe_refill_tokens(&self) {
+        if self.blob_tokens.lock().len() >= TOKENS_LOW {
+            *self.token_refill_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return;
+        }
+        let now = crate::rt::Instant::now();
+        let due = {
+            let mut at = self.token_refill_at.lock().unwrap_or_else(|p| p.into_inner());
+            match *at {
+                None => {
+                    let mut rng = self.net_rng.lock().unwrap_or_else(|e| e.into_inner());
+                    *at = Some(now + super::outbox::uniform(&mut rng, &self.options.token_refill_delay));
+                    false
+                }
+                Some(t) if now >= t => {
+                    // The next one, if this fails, gets a new random time.
+                    *at = None;
+                    true
+                }
+                Some(_) => false,
+            }
+        };
+        if due {
+            let _ = self.fetch_tokens().await;
+        }
+    }
+}
+
+impl<S: Store> Client<S> {
+    /// One unspent upload token, fetching a batch when none is kept (the fallback: the
+    /// background refill keeps a few).
+    async fn blob_token(&self) -> Result<Token, ClientError> {
+        let popped = self.inner.blob_tokens.lock().pop();
+        let token = match popped {
+            Some(t) => t,
+            None => {
+                self.inner.fetch_tokens().await?;
+                self.inner
+                    .blob_tokens
+                    .lock()
+                    .pop()
+                    .ok_or_else(|| ClientError::from(TransportError::Protocol("no tokens issued".into())))?
+            }
+        };
+        self.inner.keep_tokens().await;
+        Ok(token)
     }
 
     /// Starts an attachment of exactly `len` bytes that the caller feeds as it gets them
@@ -434,12 +551,8 @@ impl<S: Store> Client<S> {
                     let spent = matches!(&e, TransportError::Relay { code, .. }
                         if *code == ErrorCode::TOKEN_SPENT || *code == ErrorCode::TOKEN_INVALID);
                     if !spent {
-                        self.inner
-                            .blob_tokens
-                            .0
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((epoch, token));
+                        self.inner.blob_tokens.lock().push((epoch, token));
+                        self.inner.keep_tokens().await;
                     }
                     return Err(e.into());
                 }
@@ -636,5 +749,27 @@ impl<S: Store> Client<S> {
         }
         self.send_attachment_from(conversation, &mut file, len, info, progress, cancel)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_tokens_round_trip_and_bad_bytes_give_none() {
+        let pool: Vec<Token> = (0..70u32).map(|i| (i, [i as u8; 64])).collect();
+        let encoded = encode_tokens(&pool);
+        // At most MAX_KEPT_TOKENS, the newest (last) ones.
+        assert_eq!(decode_tokens(&encoded), pool[70 - MAX_KEPT_TOKENS..].to_vec());
+        assert_eq!(decode_tokens(&encode_tokens(&[])), Vec::<Token>::new());
+        for bad in [
+            &b""[..],
+            &[2, 0, 0][..],
+            &encoded[..encoded.len() - 1],
+            &[1, 0, 1, 0][..],
+        ] {
+            assert!(decode_tokens(bad).is_empty());
+        }
     }
 }

@@ -313,6 +313,7 @@ impl<S: Store> Inner<S> {
                         prekeys_at = Instant::now() + PREKEY_CHECK;
                         let _ = self.refill_prekeys().await;
                     }
+                    self.maybe_refill_tokens().await;
                 }
             }
         }

@@ -112,6 +112,11 @@ pub struct ClientOptions {
     /// A contact shows online until this long after their last presence, then "last
     /// seen" (so a flapping connection does not flicker). Default 25 s.
     pub presence_grace: Duration,
+    /// While connected with fewer than a few attachment upload tokens kept, the client
+    /// fetches a batch a random delay in this range later, at a time that has nothing to
+    /// do with an upload (the fetch is authenticated, the upload it pays for is not).
+    /// Default 1–20 minutes.
+    pub token_refill_delay: std::ops::Range<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -138,6 +143,7 @@ impl Default for ClientOptions {
             share_presence: false,
             presence_interval: Duration::from_secs(10),
             presence_grace: Duration::from_secs(25),
+            token_refill_delay: Duration::from_secs(60)..Duration::from_secs(1200),
         }
     }
 }
@@ -294,6 +300,8 @@ pub(crate) struct Inner<S: Store> {
     pub(crate) losses: std::sync::atomic::AtomicU64,
     /// Upload tokens for attachments, not spent yet (in memory).
     pub(crate) blob_tokens: attachment::Tokens,
+    /// When the next background fetch of upload tokens is due (`None`: none planned).
+    pub(crate) token_refill_at: std::sync::Mutex<Option<Instant>>,
 }
 
 /// A Sotto client: one device of one account, its store and its relay connection.
@@ -390,6 +398,8 @@ impl<S: Store> Client<S> {
         // connection ([`ClientError::DeviceInUse`]); one extension process beside it.
         let process_lock = store.lock_process(role)?;
         let snapshot = load_snapshot(&store).await?;
+        // A store that cannot read its kept tokens starts without them (they are fetched again).
+        let kept_tokens = attachment::decode_tokens(&store.blob_tokens().await.unwrap_or_default());
         let Some(account) = &snapshot.account else {
             return Err(ClientError::NoAccount);
         };
@@ -425,7 +435,8 @@ impl<S: Store> Client<S> {
                 ephemeral: typing::Ephemeral::default(),
                 sending: Default::default(),
                 losses: Default::default(),
-                blob_tokens: Default::default(),
+                blob_tokens: attachment::Tokens::new(kept_tokens),
+                token_refill_at: std::sync::Mutex::new(None),
                 profiles_wake: Notify::new(),
                 profile_round: Mutex::new(()),
             }),

@@ -31,7 +31,7 @@ macro_rules! store_conformance_tests {
             device_lists_and_conversations, deferred_commits_and_sync,
             message_keys_are_scoped_to_conversation_and_sender, device_list_pins_only_move_forward,
             commits_relying_on_a_moved_pin_conflict, processed_envelopes_are_kept_bounded,
-            pending_inbound_is_kept_in_order, groups_and_sender_keys_cas);
+            pending_inbound_is_kept_in_order, groups_and_sender_keys_cas, blob_tokens_are_replaced);
     };
     (@each [$attr:meta] $make:expr; $($name:ident),*) => {
         $(
@@ -987,4 +987,32 @@ pub async fn pending_inbound_is_kept_in_order(s: &impl Store) {
     .await
     .unwrap();
     assert_eq!(s.pending_inbound().await.unwrap(), vec![p(3), p(2)]);
+}
+
+/// The kept upload tokens: none at first, then the last written, unchanged by commits
+/// that do not name them.
+pub async fn blob_tokens_are_replaced(s: &impl Store) {
+    assert!(s.blob_tokens().await.unwrap().is_empty());
+    for tokens in [vec![1u8; 200], vec![2u8; 70]] {
+        s.commit(Changes {
+            blob_tokens: Some(tokens.clone()),
+            ..Changes::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.blob_tokens().await.unwrap(), tokens);
+    }
+    s.commit(Changes {
+        pending_add: vec![PendingInbound {
+            digest: [5; 32],
+            sender: AccountId([5; 32]),
+            seq: 5,
+            first_seen_ms: 5,
+            envelope: vec![5; 10],
+        }],
+        ..Changes::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.blob_tokens().await.unwrap(), vec![2u8; 70]);
 }

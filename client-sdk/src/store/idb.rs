@@ -99,6 +99,8 @@ const BY_CONV: &str = "by_conv";
 const ACCOUNT_TAG: &[u8] = b"account";
 /// The key-check row: its key (and AD tag) and the constant sealed in it.
 const KEY_CHECK_TAG: &[u8] = b"key check";
+/// The meta row of the kept upload tokens.
+const BLOB_TOKENS_TAG: &[u8] = b"blob tokens";
 const KEY_CHECK_PLAIN: &[u8] = b"Sotto-v1 IndexedDB store key check";
 /// The counters of the `ord` keys of `messages` and `outbox` (plain numbers in `meta`).
 const MESSAGE_ORDER: &[u8] = b"message order";
@@ -863,6 +865,17 @@ impl InboundStore for IdbStore {
         Ok(out)
     }
 
+    async fn blob_tokens(&self) -> Result<Vec<u8>, StoreError> {
+        let row = request(self.read(META)?.get(&bytes(BLOB_TOKENS_TAG)), "get")?.await?;
+        if row.is_undefined() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .crypt
+            .open(META, BLOB_TOKENS_TAG, &bytes_field(&row, "v")?)?
+            .to_vec())
+    }
+
     async fn pending_inbound(&self) -> Result<Vec<PendingInbound>, StoreError> {
         let all = records(request(self.read(PENDING)?.get_all(), "getAll")?.await?)?;
         let mut out = Vec::with_capacity(all.length() as usize);
@@ -945,6 +958,9 @@ fn scope(changes: &Changes) -> Vec<&'static str> {
     }
     if !changes.outbox_add.is_empty() || !changes.outbox_remove.is_empty() || !changes.outbox_update.is_empty() {
         s.insert(OUTBOX);
+    }
+    if changes.blob_tokens.is_some() {
+        s.insert(META);
     }
     s.into_iter().collect()
 }
@@ -1295,6 +1311,12 @@ impl Store for IdbStore {
                     store.delete(&ord).map_err(js("delete"))?;
                 }
             }
+        }
+        if let Some(tokens) = &changes.blob_tokens {
+            let v = c.seal(META, BLOB_TOKENS_TAG, tokens)?;
+            tx.store(META)?
+                .put(&record(&[("k", &bytes(BLOB_TOKENS_TAG)), ("v", &bytes(&v))])?)
+                .map_err(js("put"))?;
         }
         tx.finish().await?;
         Ok(committed)

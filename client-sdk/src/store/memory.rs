@@ -32,6 +32,7 @@ struct Inner {
     processed_set: HashSet<EnvelopeDigest>,
     pending: BTreeMap<u64, PendingInbound>,
     next_pending: u64,
+    blob_tokens: Vec<u8>,
 }
 
 /// An in-memory store. Cloning is not offered: share it behind an `Arc`.
@@ -175,6 +176,10 @@ impl InboundStore for MemoryStore {
             .take(limit as usize)
             .copied()
             .collect())
+    }
+
+    async fn blob_tokens(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(self.lock().blob_tokens.clone())
     }
 
     async fn pending_inbound(&self) -> Result<Vec<PendingInbound>, StoreError> {
@@ -326,6 +331,9 @@ impl Store for MemoryStore {
         }
         for d in changes.pending_remove {
             inner.pending.retain(|_, q| q.digest != d);
+        }
+        if let Some(t) = changes.blob_tokens {
+            inner.blob_tokens = t;
         }
         for d in changes.envelopes {
             if inner.processed_set.insert(d) {

@@ -845,6 +845,10 @@ pub struct Changes {
     pub groups: Vec<(crate::group::GroupId, Write<GroupRecord>)>,
     /// Sender-key rows (compare-and-swap, as sessions).
     pub sender_keys: Vec<(SenderKeyId, Write<SenderKeySet>)>,
+    /// The unspent attachment upload tokens to keep, replacing those kept (encoded by the
+    /// client; docs/protocol.md §16.3). Kept across restarts so that a token is rarely
+    /// fetched right before the upload it pays for.
+    pub blob_tokens: Option<Vec<u8>>,
 }
 
 /// Counts only: the values hold plaintext (texts, contents) and pickles.
@@ -870,6 +874,7 @@ impl std::fmt::Debug for Changes {
             .field("outbox_update", &self.outbox_update.len())
             .field("groups", &self.groups.len())
             .field("sender_keys", &self.sender_keys.len())
+            .field("blob_tokens", &self.blob_tokens.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -927,6 +932,7 @@ impl Changes {
             && self.outbox_update.is_empty()
             && self.groups.is_empty()
             && self.sender_keys.is_empty()
+            && self.blob_tokens.is_none()
     }
 }
 
@@ -1022,6 +1028,8 @@ pub trait InboundStore {
     ) -> impl Future<Output = Result<Vec<EnvelopeDigest>, StoreError>> + MaybeSend;
     /// The pending-inbound table, oldest first.
     fn pending_inbound(&self) -> impl Future<Output = Result<Vec<PendingInbound>, StoreError>> + MaybeSend;
+    /// The kept upload tokens as last written ([`Changes::blob_tokens`]); empty when none.
+    fn blob_tokens(&self) -> impl Future<Output = Result<Vec<u8>, StoreError>> + MaybeSend;
 }
 
 /// Group rows and sender-key rows.

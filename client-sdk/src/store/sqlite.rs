@@ -73,6 +73,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS search_built (id INTEGER PRIMARY KEY CHECK (id = 1)) STRICT",
     // When messages with a disappearing timer expire: k = the message row's k.
     "CREATE TABLE IF NOT EXISTS expiring (k BLOB PRIMARY KEY, expires INTEGER NOT NULL) STRICT",
+    "CREATE TABLE IF NOT EXISTS blob_tokens (k BLOB PRIMARY KEY, v BLOB NOT NULL) STRICT",
     "CREATE INDEX IF NOT EXISTS expiring_by_time ON expiring (expires)",
 ];
 
@@ -734,6 +735,11 @@ impl InboundStore for SqliteStore {
         .await
     }
 
+    async fn blob_tokens(&self) -> Result<Vec<u8>, StoreError> {
+        let rows = self.all("blob_tokens", "SELECT k, v FROM blob_tokens").await?;
+        Ok(rows.into_iter().next().map(|(_, v)| v).unwrap_or_default())
+    }
+
     async fn pending_inbound(&self) -> Result<Vec<PendingInbound>, StoreError> {
         let mut out = Vec::new();
         for (_, v) in self.all("pending", "SELECT k, v FROM pending ORDER BY ord").await? {
@@ -1190,6 +1196,15 @@ fn write_changes(tx: &Connection, c: &Crypt, changes: &Changes) -> Result<Commit
     }
     for digest in &changes.pending_remove {
         exec(tx, "DELETE FROM pending WHERE k = ?", params![c.tag("pending", digest)])?;
+    }
+    if let Some(tokens) = &changes.blob_tokens {
+        let k = c.tag("blob_tokens", b"tokens");
+        let v = c.seal("blob_tokens", &k, tokens)?;
+        exec(
+            tx,
+            "INSERT INTO blob_tokens (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+            params![k, v],
+        )?;
     }
     if !changes.envelopes.is_empty() {
         exec(
