@@ -42,7 +42,11 @@ async function loadStoreKey() {
 
 /** Fetches what waits and shows it; resolves once every notification is shown. */
 async function showWaiting() {
-  wasm ??= init();
+  // A failed load is not kept: the next push tries again.
+  wasm ??= init().catch((e) => {
+    wasm = null;
+    throw e;
+  });
   await wasm;
   const key = DB && (await loadStoreKey());
   if (!key) return;

@@ -84,18 +84,25 @@ impl std::fmt::Debug for AttachmentInfo {
 
 /// Upload tokens not spent yet: `(issuer epoch, token)`.
 #[derive(Default)]
-pub(crate) struct Tokens(std::sync::Mutex<Vec<Token>>);
+pub(crate) struct Tokens {
+    pool: std::sync::Mutex<Vec<Token>>,
+    /// Held from the snapshot of the pool to its commit, so saves land in order.
+    saving: tokio::sync::Mutex<()>,
+}
 
 /// An upload token and the issuer epoch it belongs to.
 type Token = (u32, [u8; sotto_crypto::token::TOKEN_LEN]);
 
 impl Tokens {
     pub(crate) fn new(kept: Vec<Token>) -> Self {
-        Self(std::sync::Mutex::new(kept))
+        Self {
+            pool: std::sync::Mutex::new(kept),
+            saving: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Token>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -107,7 +114,8 @@ const MAX_KEPT_TOKENS: usize = 64;
 const TOKENS_FORMAT: u8 = 1;
 
 fn encode_tokens(pool: &[Token]) -> Vec<u8> {
-    let kept = &pool[pool.len().saturating_sub(MAX_KEPT_TOKENS)..];
+    // The pool is used from its end: the newest tokens are its first ones.
+    let kept = &pool[..pool.len().min(MAX_KEPT_TOKENS)];
     let mut out = Vec::with_capacity(3 + kept.len() * (4 + sotto_crypto::token::TOKEN_LEN));
     out.push(TOKENS_FORMAT);
     out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
@@ -271,6 +279,8 @@ pub struct AttachmentWriter<'a, S: Store> {
     inflight: Option<(u64, InFlight<u64>)>,
     progress: Option<Progress<'a>>,
     cancel: Option<&'a Cancel>,
+    /// An earlier call failed: the upload cannot go on.
+    failed: bool,
 }
 
 impl<S: Store> std::fmt::Debug for AttachmentWriter<'_, S> {
@@ -286,7 +296,16 @@ impl<S: Store> std::fmt::Debug for AttachmentWriter<'_, S> {
 impl<S: Store> AttachmentWriter<'_, S> {
     /// Encrypts `bytes` (the next part of the file) and uploads what makes full pieces.
     /// More bytes in total than announced is [`AttachmentError::LengthMismatch`].
-    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), ClientError> {
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        if self.failed {
+            return Err(TransportError::Protocol("the upload failed earlier".into()).into());
+        }
+        let result = self.write_inner(bytes).await;
+        self.failed = result.is_err();
+        result
+    }
+
+    async fn write_inner(&mut self, mut bytes: &[u8]) -> Result<(), ClientError> {
         if bytes.len() as u64 > self.len - self.written {
             return Err(ClientError::Attachment(AttachmentError::LengthMismatch {
                 expected: self.len,
@@ -348,6 +367,9 @@ impl<S: Store> AttachmentWriter<'_, S> {
 
     /// Encrypts and uploads the end; returns the pointer (without the display fields).
     async fn finish(mut self) -> Result<Attachment, ClientError> {
+        if self.failed {
+            return Err(TransportError::Protocol("the upload failed earlier".into()).into());
+        }
         if self.written != self.len {
             return Err(ClientError::Attachment(AttachmentError::LengthMismatch {
                 expected: self.len,
@@ -449,6 +471,7 @@ impl<S: Store> super::Inner<S> {
 
     /// Writes the token pool to the store (best effort: a failure costs only tokens).
     pub(super) async fn keep_tokens(&self) {
+        let _saving = self.blob_tokens.saving.lock().await;
         let encoded = encode_tokens(&self.blob_tokens.lock());
         let changes = crate::store::Changes {
             blob_tokens: Some(encoded),
@@ -546,6 +569,12 @@ impl<S: Store> Client<S> {
                         && refused < MAX_REFUSED_TOKENS =>
                 {
                     refused += 1;
+                    if code == ErrorCode::TOKEN_INVALID {
+                        // Its epoch is no longer accepted (kept across a long pause), nor
+                        // any before it: those go too, and a fresh batch is fetched.
+                        self.inner.blob_tokens.lock().retain(|(e, _)| *e > epoch);
+                        self.inner.keep_tokens().await;
+                    }
                 }
                 Err(e @ TransportError::Relay { .. }) => {
                     let spent = matches!(&e, TransportError::Relay { code, .. }
@@ -574,6 +603,7 @@ impl<S: Store> Client<S> {
             inflight: None,
             progress,
             cancel,
+            failed: false,
         })
     }
 
@@ -760,8 +790,8 @@ mod tests {
     fn kept_tokens_round_trip_and_bad_bytes_give_none() {
         let pool: Vec<Token> = (0..70u32).map(|i| (i, [i as u8; 64])).collect();
         let encoded = encode_tokens(&pool);
-        // At most MAX_KEPT_TOKENS, the newest (last) ones.
-        assert_eq!(decode_tokens(&encoded), pool[70 - MAX_KEPT_TOKENS..].to_vec());
+        // At most MAX_KEPT_TOKENS, the newest (first) ones.
+        assert_eq!(decode_tokens(&encoded), pool[..MAX_KEPT_TOKENS].to_vec());
         assert_eq!(decode_tokens(&encode_tokens(&[])), Vec::<Token>::new());
         for bad in [
             &b""[..],

@@ -151,11 +151,14 @@ impl<S: Store> Client<S> {
             Err(e) => return Err(e.into()),
         };
         inner.transact(|m| Ok((m.receive_mailbox_epoch(epoch), ()))).await?;
-        // Envelopes put aside earlier (their sender's device list could not be fetched
-        // then, here or in the app) are tried again first: a later push shows them.
-        // (A store that cannot list them fails the commits below as well.)
-        let _ = inner.retry_pending().await;
         let deadline = Instant::now() + max_wait;
+        // Envelopes put aside earlier (their sender's device list could not be fetched
+        // then, here or in the app) are tried again first, within the same time: a later
+        // push shows them. (A store that cannot list them fails the commits below too.)
+        tokio::select! {
+            _ = inner.retry_pending() => {}
+            () = rt::sleep_until(deadline) => {}
+        }
         let mut unacked = Unacked::default();
         let mut received = Vec::new();
         let result = loop {

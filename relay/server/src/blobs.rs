@@ -245,18 +245,23 @@ impl Drop for AddrTransfer {
 /// What a download holds while its body streams: its download slot and its address's
 /// transfer, given back when the body ends or is dropped, or at its deadline by a
 /// watchdog, whichever comes first. A client that stops reading cannot keep them: past
-/// the deadline the body fails at its next read, which closes the connection.
+/// the deadline the body fails at its next read, which closes the connection (until then
+/// the idle connection counts against the per-address connection limits only).
 pub(crate) struct DownloadSlot {
     held: Arc<Mutex<Option<(OwnedSemaphorePermit, AddrTransfer)>>>,
     deadline: tokio::time::Instant,
     watchdog: tokio::task::AbortHandle,
+    metrics: Arc<Metrics>,
 }
 
 impl DownloadSlot {
-    /// An error once the deadline passed (the slot is then already given back).
+    /// An error once the deadline passed (the slot is then given back, if the watchdog
+    /// has not yet).
     pub(crate) fn check(&self) -> std::io::Result<()> {
         if tokio::time::Instant::now() >= self.deadline {
-            lock(&self.held).take();
+            if lock(&self.held).take().is_some() {
+                inc(&self.metrics.blob_downloads_cut_total, 1);
+            }
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the download was read too slowly",
@@ -723,14 +728,17 @@ impl BlobStore {
             .map_err(|_| AppError(ErrorCode::BUSY))?;
         let transfer = self.addr_transfer(addr)?;
         let allowance = Duration::from_secs(count / self.config.min_download_bytes_per_second.max(1) + 1);
-        let deadline = tokio::time::Instant::now() + self.request_timeout.saturating_add(allowance);
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(self.request_timeout.saturating_add(allowance))
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
         let held = Arc::new(Mutex::new(Some((permit, transfer))));
         let watched = held.clone();
-        let metrics = metrics.clone();
+        let counted = metrics.clone();
         let watchdog = tokio::spawn(async move {
             tokio::time::sleep_until(deadline).await;
             if lock(&watched).take().is_some() {
-                inc(&metrics.blob_downloads_cut_total, 1);
+                inc(&counted.blob_downloads_cut_total, 1);
             }
         })
         .abort_handle();
@@ -738,6 +746,7 @@ impl BlobStore {
             held,
             deadline,
             watchdog,
+            metrics: metrics.clone(),
         })
     }
 

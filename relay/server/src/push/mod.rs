@@ -659,11 +659,17 @@ fn backoff(cfg: &PushConfig, attempt: u32, after: Option<Duration>) -> Duration 
     Duration::from_millis(half + jitter)
 }
 
-/// Sends one push, with its retries. A request to the provider holds one of the
-/// `max_concurrent` permits; the waits between attempts do not, so a provider (or a Web
-/// Push endpoint) that keeps asking to retry delays only its own pushes.
+/// Sends one push, with its retries. The database lookups and each request to the
+/// provider hold one of the `max_concurrent` permits; the waits between attempts do not,
+/// so a provider (or a Web Push endpoint) that keeps asking to retry delays only its own
+/// pushes.
 async fn push_one(w: &Worker, key: &Key, permits: &Semaphore) {
     let (account, device) = key;
+    // The permit also covers the database work around each request.
+    let Ok(permit) = permits.acquire().await else {
+        return;
+    };
+    let mut permit = Some(permit);
     if w.hub.is_connected(account, *device) {
         return;
     }
@@ -680,12 +686,13 @@ async fn push_one(w: &Worker, key: &Key, permits: &Semaphore) {
     w.pusher.learn(key, reg.provider);
     let l = label(Some(reg.provider));
     for attempt in 1..=w.cfg.max_attempts {
-        let Ok(permit) = permits.acquire().await else {
-            return;
-        };
-        let sent = w.providers.send(&reg).await;
-        drop(permit);
-        let Some(outcome) = sent else {
+        if permit.is_none() {
+            let Ok(p) = permits.acquire().await else {
+                return;
+            };
+            permit = Some(p);
+        }
+        let Some(outcome) = w.providers.send(&reg).await else {
             // Registered, but this relay has no credentials for the provider.
             w.metrics.push_dropped_total.inc(l, 1);
             return;
@@ -713,6 +720,8 @@ async fn push_one(w: &Worker, key: &Key, permits: &Semaphore) {
                     break;
                 }
                 tracing::debug!(attempt, "push: provider asked to retry");
+                // The wait holds no permit.
+                drop(permit.take());
                 tokio::time::sleep(backoff(&w.cfg, attempt, after)).await;
             }
         }
