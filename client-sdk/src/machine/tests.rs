@@ -908,7 +908,7 @@ fn debug_output_leaves_plaintext_out() {
     assert_eq!(
         format!("{changes:?}"),
         "Changes { account: false, sessions: 0, prekeys_added: 0, prekeys_removed: 0, device_lists: 0, \
-         conversations: 0, conversations_removed: 0, messages: 1, message_updates: 0, messages_removed: 0, outbox_add: 1, outbox_remove: 0, pins: 0, envelopes: 0, pending_add: 0, pending_remove: 0, outbox_update: 0, groups: 0, sender_keys: 0, .. }"
+         conversations: 0, conversations_removed: 0, messages: 1, message_updates: 0, messages_removed: 0, outbox_add: 1, outbox_remove: 0, pins: 0, envelopes: 0, pending_add: 0, pending_remove: 0, outbox_update: 0, groups: 0, sender_keys: 0, blob_tokens: false, .. }"
     );
     let event = Event::MessageReceived(m);
     let inbound = Inbound::Done {
