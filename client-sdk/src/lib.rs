@@ -59,7 +59,7 @@ pub mod transport;
 
 #[cfg(any(feature = "native", feature = "web"))]
 pub use client::{
-    AttachmentInfo, AttachmentWriter, Cancel, Client, ClientError, ClientOptions, ConversationList,
+    AttachmentInfo, AttachmentReader, AttachmentWriter, Cancel, Client, ClientError, ClientOptions, ConversationList,
     ConversationSummary, Entropy, EventStream, Fetched, ListDiff, Listener, MAX_TIMELINE_WINDOW, MAX_UNREAD_COUNT,
     Notification, Presence, Progress, SearchResults, SendState, Subscription, TYPING_REPEAT_MS, TYPING_TIMEOUT_MS,
     Timeline, TimelineItem, apply_diffs, contact_link, contact_link_with_key, parse_contact, parse_contact_link,

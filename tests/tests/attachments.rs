@@ -4,7 +4,7 @@
 //! ciphertext only; a changed byte, chunks swapped, another key, digest or length are
 //! refused before anything reaches the app; a group message uploads the blob once; an
 //! upload goes on across a relay restart; size and quota refusals are typed; expired
-//! blobs are collected.
+//! blobs are collected; a file read as a stream ends only once all of it checked out.
 
 use std::sync::{Arc, Mutex};
 
@@ -245,6 +245,57 @@ async fn attachments_reach_a_contact_and_a_group_and_open_only_intact() {
         matches!(&e, ClientError::Transport(sotto_sdk::transport::TransportError::Relay { code, .. }) if *code == sotto_proto::ErrorCode::NOT_FOUND),
         "{e:?}"
     );
+}
+
+/// Read as a stream, an attachment comes piece by piece, and its end means checked: the
+/// last piece is handed out only once the whole file checked out, so with a wrong
+/// digest the app gets the earlier pieces (each passed its chunks' tags) and an error,
+/// never the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attachment_read_as_a_stream_ends_only_once_checked() {
+    let relay = TestRelay::start().await;
+    let alice = Device::create(&relay, 421).await;
+    let mut bob = Device::create(&relay, 422).await;
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
+    let piece = sotto_sdk::transport::BLOB_PIECE;
+    let file = data(2 * piece + piece / 2, 11);
+    alice
+        .client
+        .send_attachment_bytes(Conversation::Direct(bob.id()), &file, info("streamed"), None, None)
+        .await
+        .unwrap();
+    let pointer = receive_attachment(&mut bob, "streamed")
+        .await
+        .attachment
+        .expect("a pointer");
+
+    let mut reader = bob.client.open_attachment(&pointer).unwrap();
+    let (mut got, mut pieces) = (Vec::new(), 0);
+    while let Some(p) = reader.next_chunk().await.unwrap() {
+        assert!(!p.is_empty() && p.len() <= piece);
+        got.extend_from_slice(&p);
+        pieces += 1;
+    }
+    assert_eq!(got, file);
+    assert_eq!(pieces, 3);
+    assert_eq!(reader.received(), reader.ciphertext_len());
+    assert!(reader.next_chunk().await.unwrap().is_none(), "the end stays the end");
+
+    let mut other = (*pointer).clone();
+    other.digest[0] ^= 1;
+    let mut reader = bob.client.open_attachment(&other).unwrap();
+    let mut handed = Vec::new();
+    let e = loop {
+        match reader.next_chunk().await {
+            Ok(Some(p)) => handed.extend_from_slice(&p),
+            Ok(None) => panic!("a wrong digest read to its end"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(code(e), "attachment_corrupt");
+    assert!(handed.len() > piece && handed.len() < 2 * piece, "{}", handed.len());
+    assert_eq!(handed, file[..handed.len()], "what came out is the file's start");
+    assert!(reader.next_chunk().await.is_err(), "a failed read stays failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

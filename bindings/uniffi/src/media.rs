@@ -220,6 +220,25 @@ impl SottoClient {
         .await
     }
 
+    /// Opens the file of message `key` for reading piece by piece (for playing media as
+    /// it arrives, or writing it where a path cannot go). See [`AttachmentReader`].
+    pub async fn open_attachment(&self, key: MessageKey) -> Result<Arc<AttachmentReader>, SottoError> {
+        let client = self.client()?;
+        let key = key.parse()?;
+        on_runtime(async move {
+            let m = client.message(&key).await?.ok_or(SottoError::UnknownMessage)?;
+            let a = m.attachment.ok_or(SottoError::InvalidArgument {
+                reason: "the message carries no file".into(),
+            })?;
+            let reader = client.open_attachment(&a)?;
+            Ok(Arc::new(AttachmentReader {
+                ciphertext_len: reader.ciphertext_len(),
+                inner: Arc::new(tokio::sync::Mutex::new(reader)),
+            }))
+        })
+        .await
+    }
+
     /// Registers this device's push token: the relay then wakes the app's notification
     /// extension with a content-free push when something waits and the app is not
     /// connected.
@@ -260,6 +279,39 @@ pub struct NotificationFetch {
     pub app_active: bool,
     /// The whole mailbox was read.
     pub complete: bool,
+}
+
+/// A file read piece by piece ([`SottoClient::open_attachment`]). Each `next_chunk`
+/// returns the next piece of plaintext (up to 4 MiB), each byte of it checked by its
+/// chunk's tag; the last piece comes only after the whole file checked out (length,
+/// padding, digest), so `None` means all of it is intact. An app that must not act on a
+/// file before then keeps the pieces until `None`, or downloads to a path. After an
+/// error every later call fails; dropping the reader cancels it.
+#[derive(uniffi::Object)]
+pub struct AttachmentReader {
+    inner: Arc<tokio::sync::Mutex<sotto_sdk::AttachmentReader>>,
+    ciphertext_len: u64,
+}
+
+impl std::fmt::Debug for AttachmentReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachmentReader").finish_non_exhaustive()
+    }
+}
+
+#[uniffi::export]
+impl AttachmentReader {
+    /// The next piece of checked plaintext, or `None` once all of it was read and
+    /// checked (`AttachmentCorrupt` for anything tampered with, cut or reordered).
+    pub async fn next_chunk(&self) -> Result<Option<Vec<u8>>, SottoError> {
+        let inner = self.inner.clone();
+        on_runtime(async move { Ok(inner.lock().await.next_chunk().await?) }).await
+    }
+
+    /// The blob's length on the relay (ciphertext, padding included), for progress.
+    pub fn ciphertext_len(&self) -> u64 {
+        self.ciphertext_len
+    }
 }
 
 /// The client of a notification extension (an iOS Notification Service Extension, an

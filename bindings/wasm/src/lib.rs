@@ -1415,6 +1415,26 @@ impl SottoClient {
         Ok(js_sys::Uint8Array::from(bytes.as_slice()))
     }
 
+    /// Opens the file of message `key` for reading piece by piece: see
+    /// `AttachmentReader`. For a large file, or media played as it arrives; wrap its
+    /// `next()` in a `ReadableStream` to pipe it.
+    #[wasm_bindgen(js_name = openAttachment)]
+    pub async fn open_attachment(&self, key: String) -> Result<AttachmentReader, JsValue> {
+        let client = self.live()?;
+        let k = message_key(&key)?;
+        let m = client
+            .message(&k)
+            .await
+            .map_err(client_error)?
+            .ok_or_else(|| error("unknown_message", "no such message", false))?;
+        let a = m.attachment.ok_or_else(|| invalid("the message carries no file"))?;
+        let reader = client.open_attachment(&a).map_err(client_error)?;
+        Ok(AttachmentReader {
+            ciphertext_len: reader.ciphertext_len(),
+            inner: std::rc::Rc::new(tokio::sync::Mutex::new(reader)),
+        })
+    }
+
     /// Registers this browser's push subscription with the relay: `service` is "webPush"
     /// (or "unifiedPush"), `subscription` the UTF-8 of `JSON.stringify(subscription)`.
     /// The relay then sends a content-free push when something waits and this client is
@@ -1686,6 +1706,36 @@ async fn send_blob(
         at = end;
     }
     writer.send(to, info).await.map_err(client_error)
+}
+
+/// A file read piece by piece (`SottoClient.openAttachment`). Each `next()` resolves to
+/// the next piece of plaintext (up to 4 MiB), every byte of it checked by its chunk's
+/// tag, or to `undefined` at the end; the last piece comes only after the whole file
+/// checked out (length, padding, digest), so `undefined` means all of it is intact. A
+/// page that must not act on a file before then keeps the pieces until the end. After
+/// an error ("attachment_corrupt" for anything tampered with) every later call fails.
+#[wasm_bindgen]
+pub struct AttachmentReader {
+    inner: std::rc::Rc<tokio::sync::Mutex<sotto_sdk::AttachmentReader>>,
+    ciphertext_len: u64,
+}
+
+#[wasm_bindgen]
+impl AttachmentReader {
+    /// The next piece of checked plaintext, or `undefined` once all of it was read and
+    /// checked.
+    pub async fn next(&self) -> Result<Option<js_sys::Uint8Array>, JsValue> {
+        let inner = self.inner.clone();
+        let mut reader = inner.lock().await;
+        let piece = reader.next_chunk().await.map_err(client_error)?;
+        Ok(piece.map(|p| js_sys::Uint8Array::from(p.as_slice())))
+    }
+
+    /// The blob's length on the relay (ciphertext, padding included), for progress.
+    #[wasm_bindgen(getter, js_name = ciphertextLength)]
+    pub fn ciphertext_len(&self) -> f64 {
+        self.ciphertext_len as f64
+    }
 }
 
 /// A running subscription to a live list: `cancel()` (or `free()`) stops its callbacks.

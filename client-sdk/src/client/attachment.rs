@@ -8,7 +8,8 @@
 //! plaintext are held at a time. A download is checked
 //! (every chunk's tag, the length, the padding and the ciphertext digest) before the
 //! file appears at its path; [`Client::download_attachment_bytes`] returns bytes only
-//! once all of them were checked.
+//! once all of them were checked; an [`AttachmentReader`] hands out pieces that passed
+//! their chunks' tags, and the last one only after the whole-file checks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -185,6 +186,124 @@ impl<T: Send + 'static> InFlight<T> {
         self.0
             .await
             .unwrap_or_else(|_| Err(TransportError::Io("the transfer task ended".into()).into()))
+    }
+}
+
+/// An attachment read as a stream ([`Client::open_attachment`]): each
+/// [`AttachmentReader::next_chunk`] returns the plaintext of the next piece (up to
+/// [`BLOB_PIECE`] bytes), and the next range downloads while the app handles it.
+///
+/// Every byte handed out has passed its chunk's tag: the relay, or anyone without the
+/// key, cannot change, drop, reorder or cut a byte without `next_chunk` failing with
+/// [`ClientError::Attachment`]. The whole-file checks (length, padding, the ciphertext
+/// digest in the pointer) can only run at the end, so the last piece is handed out
+/// only after they passed, and `Ok(None)` means all of it checked out. An app that
+/// plays media as it arrives may show pieces at once; one that must not act on a file
+/// before its digest is checked keeps them until `Ok(None)`, or downloads to a path.
+///
+/// After an error every later call fails again. Dropping the reader cancels it (at most
+/// the one request in flight still completes, and its bytes are dropped).
+pub struct AttachmentReader {
+    relay: Relay,
+    id: [u8; 32],
+    total: u64,
+    received: u64,
+    dec: Option<Decryptor>,
+    next: Option<(usize, InFlight<Vec<u8>>)>,
+    state: ReadState,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ReadState {
+    Reading,
+    Done,
+    Failed,
+}
+
+impl std::fmt::Debug for AttachmentReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachmentReader")
+            .field("received", &self.received)
+            .field("total", &self.total)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AttachmentReader {
+    /// Ciphertext bytes received so far (for progress, against
+    /// [`AttachmentReader::ciphertext_len`]).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The length of the blob on the relay: the ciphertext, padding included.
+    pub fn ciphertext_len(&self) -> u64 {
+        self.total
+    }
+
+    fn fetch(&self, at: u64) -> (usize, InFlight<Vec<u8>>) {
+        let n = usize::try_from(self.total - at).unwrap_or(usize::MAX).min(BLOB_PIECE);
+        let relay = self.relay.clone();
+        let id = self.id;
+        (
+            n,
+            InFlight::start(async move { download_piece(&relay, &id, at, n).await }),
+        )
+    }
+
+    /// The next piece of checked plaintext, or `Ok(None)` once the whole attachment was
+    /// read and checked. [`ClientError::Attachment`] for anything tampered with,
+    /// truncated or reordered; a network failure after the retries is returned as it is.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.state {
+            ReadState::Reading => {}
+            ReadState::Done => return Ok(None),
+            ReadState::Failed => {
+                return Err(TransportError::Protocol("the download failed earlier".into()).into());
+            }
+        }
+        let result = self.step().await;
+        match &result {
+            Err(_) => {
+                self.state = ReadState::Failed;
+                self.next = None;
+                self.dec = None;
+            }
+            Ok(None) => self.state = ReadState::Done,
+            Ok(Some(_)) => {}
+        }
+        result
+    }
+
+    async fn step(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        loop {
+            if self.next.is_none() && self.received == 0 {
+                self.next = Some(self.fetch(0));
+            }
+            let Some((n, range)) = self.next.take() else {
+                return Ok(None);
+            };
+            let piece = range.finish().await?;
+            self.received += n as u64;
+            if self.received < self.total {
+                self.next = Some(self.fetch(self.received));
+            }
+            let mut plain = Vec::with_capacity(n);
+            let Some(dec) = self.dec.as_mut() else {
+                return Ok(None);
+            };
+            dec.update(&piece, &mut plain).map_err(ClientError::Attachment)?;
+            if self.next.is_none() {
+                // The last piece: it is handed out only once the whole file checked out.
+                if let Some(dec) = self.dec.take() {
+                    dec.finish().map_err(ClientError::Attachment)?;
+                }
+            }
+            if !plain.is_empty() {
+                return Ok(Some(plain));
+            }
+        }
     }
 }
 
@@ -658,7 +777,24 @@ impl<S: Store> Client<S> {
             .await
     }
 
-    /// Downloads and decrypts an attachment, handing each checked chunk of plaintext to
+    /// Opens an attachment for reading piece by piece: see [`AttachmentReader`]. Nothing
+    /// is fetched until the first [`AttachmentReader::next_chunk`].
+    pub fn open_attachment(&self, attachment: &Attachment) -> Result<AttachmentReader, ClientError> {
+        let key = AttachmentKey::from_bytes(&attachment.key.0);
+        let dec = Decryptor::new(&key, attachment.size, attachment.digest).map_err(ClientError::Attachment)?;
+        let total = dec.layout().ciphertext_len();
+        Ok(AttachmentReader {
+            relay: self.inner.relay.clone(),
+            id: attachment.blob_id,
+            total,
+            received: 0,
+            dec: Some(dec),
+            next: None,
+            state: ReadState::Reading,
+        })
+    }
+
+    /// Downloads and decrypts an attachment, handing each checked piece of plaintext to
     /// `sink`. The caller must not release what `sink` received until this returns `Ok`:
     /// the length, the padding and the digest are checked at the end.
     async fn download_into(
@@ -668,37 +804,17 @@ impl<S: Store> Client<S> {
         progress: Option<Progress<'_>>,
         cancel: Option<&Cancel>,
     ) -> Result<(), ClientError> {
-        let key = AttachmentKey::from_bytes(&attachment.key.0);
-        let mut dec = Decryptor::new(&key, attachment.size, attachment.digest).map_err(ClientError::Attachment)?;
-        let total = dec.layout().ciphertext_len();
-        let mut plain = Vec::with_capacity(BLOB_PIECE + sotto_crypto::attachment::CHUNK_LEN);
-        let id = attachment.blob_id;
-        // The next range downloads while the last one is decrypted.
-        let fetch = |at: u64| {
-            let n = usize::try_from(total - at).unwrap_or(usize::MAX).min(BLOB_PIECE);
-            let relay = self.inner.relay.clone();
-            (
-                n,
-                InFlight::start(async move { download_piece(&relay, &id, at, n).await }),
-            )
-        };
-        let mut at = 0u64;
-        let mut next = (total > 0).then(|| fetch(0));
-        while let Some((n, range)) = next.take() {
+        let mut reader = self.open_attachment(attachment)?;
+        loop {
             check_cancel(cancel)?;
-            let piece = range.finish().await?;
-            at += n as u64;
-            if at < total {
-                next = Some(fetch(at));
-            }
-            dec.update(&piece, &mut plain).map_err(ClientError::Attachment)?;
+            let Some(plain) = reader.next_chunk().await? else {
+                return Ok(());
+            };
             sink(&plain)?;
-            plain.clear();
             if let Some(p) = progress {
-                p(at, total);
+                p(reader.received(), reader.ciphertext_len());
             }
         }
-        dec.finish().map_err(ClientError::Attachment)
     }
 
     /// Downloads an attachment into memory and returns it once every check passed

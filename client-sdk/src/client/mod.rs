@@ -38,7 +38,7 @@ mod outbox;
 mod profile;
 mod typing;
 
-pub use attachment::{AttachmentInfo, AttachmentWriter, Cancel, Progress};
+pub use attachment::{AttachmentInfo, AttachmentReader, AttachmentWriter, Cancel, Progress};
 pub use entropy::Entropy;
 pub use error::ClientError;
 pub use extension::{Fetched, Notification};

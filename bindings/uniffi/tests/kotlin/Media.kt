@@ -60,6 +60,11 @@ suspend fun media(relay: String, dir: File) {
     val photoMessage = (waitFor(bob, received("our cat")) as Event.MessageReceived).message
     val photoKey = MessageKey(Conversation.Direct(a), a, photoMessage.id)
     check(bob.downloadAttachmentBytes(photoKey).contentEquals(photo)) { "the photo came back changed" }
+    val reader = bob.openAttachment(photoKey)
+    check(reader.ciphertextLen() > photo.size.toULong()) { "${reader.ciphertextLen()}" }
+    val streamed = java.io.ByteArrayOutputStream()
+    while (true) streamed.write(reader.nextChunk() ?: break)
+    check(streamed.toByteArray().contentEquals(photo)) { "the photo read piece by piece came back changed" }
 
     val source = File(dir, "notes.txt").also { it.writeText("minutes of the meeting\n".repeat(5000)) }
     alice.sendAttachmentFile(toBob, source.path, AttachmentInfo(mediaType = "text/plain", caption = "notes"), null, null)

@@ -14,7 +14,7 @@ import sotto_ffi
 
 OWNERS = (
     "SottoClient", "PendingJoin", "Subscription", "EventListener", "ConversationList", "Timeline", "ListSubscription",
-    "TimelineListener", "ConversationListListener", "NotificationExtension", "CancelToken",
+    "TimelineListener", "ConversationListListener", "NotificationExtension", "CancelToken", "AttachmentReader",
 )
 RECORDS = ("Page", "ClientOptions")
 

@@ -56,6 +56,12 @@ async def media(relay, folder):
     m = await received(bob, "our cat")
     key = MessageKey(conversation=Conversation.DIRECT(a_id), sender=a_id, id=m.id)
     assert await bob.download_attachment_bytes(key) == photo
+    reader = await bob.open_attachment(key)
+    assert reader.ciphertext_len() > len(photo)
+    pieces = []
+    while (piece := await reader.next_chunk()) is not None:
+        pieces.append(piece)
+    assert b"".join(pieces) == photo, "the photo read piece by piece came back changed"
 
     source = os.path.join(folder, "notes.txt")
     with open(source, "wb") as f:

@@ -92,6 +92,13 @@ func media(relay: String, folder: String) async throws {
     let photoKey = MessageKey(conversation: .direct(account: a), sender: a, id: photoMessage.id)
     let photoBack = try await bob.downloadAttachmentBytes(key: photoKey)
     require(photoBack == photo, "the photo came back changed")
+    let reader = try await bob.openAttachment(key: photoKey)
+    require(reader.ciphertextLen() > UInt64(photo.count), "\(reader.ciphertextLen())")
+    var streamed = Data()
+    while let piece = try await reader.nextChunk() {
+        streamed.append(piece)
+    }
+    require(streamed == photo, "the photo read piece by piece came back changed")
 
     let source = folder + "/notes.txt"
     let notesText = String(repeating: "minutes of the meeting\n", count: 5000)

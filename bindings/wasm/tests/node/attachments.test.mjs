@@ -1,7 +1,8 @@
 // Attachments through the nodejs-target package, two clients and a real relay: a file
 // from a Uint8Array and one from a Blob larger than two upload pieces (read in slices as
 // the upload goes) reach the other side, whose message names the file, and download back
-// byte for byte; a message without a file is refused as `invalid_argument`.
+// byte for byte, whole or piece by piece through a ReadableStream; a message without a
+// file is refused as `invalid_argument`.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
@@ -32,7 +33,7 @@ function random(n) {
   return out;
 }
 
-test('a Uint8Array and a multi-piece Blob arrive and download intact', { timeout: 120000 }, async () => {
+test('a Uint8Array and a multi-piece Blob arrive and download intact, whole and piece by piece', { timeout: 120000 }, async () => {
   const small = random(50_000);
   const sent = await alice.client.sendAttachment(bob.id, small, 'application/pdf', 'minutes.pdf', 'the minutes');
   assert.equal(sent.attachment.size, small.length);
@@ -50,6 +51,24 @@ test('a Uint8Array and a multi-piece Blob arrive and download intact', { timeout
   const gotClip = await received(bob.client, 'a clip');
   assert.equal(gotClip.attachment.fileName, 'clip.mp4');
   assert.ok(Buffer.from(await bob.client.downloadAttachment(gotClip.key)).equals(Buffer.from(big)));
+
+  // The same file read piece by piece, piped through a ReadableStream; the end comes
+  // only once all of it checked out.
+  const reader = await bob.client.openAttachment(gotClip.key);
+  assert.ok(reader.ciphertextLength > big.length);
+  const stream = new ReadableStream({
+    async pull(controller) {
+      const piece = await reader.next();
+      if (piece === undefined) controller.close();
+      else controller.enqueue(piece);
+    },
+  });
+  const parts = [];
+  for await (const piece of stream) parts.push(Buffer.from(piece));
+  assert.equal(parts.length, 3);
+  assert.ok(Buffer.concat(parts).equals(Buffer.from(big)));
+  assert.equal(await reader.next(), undefined);
+  reader.free();
 
   const plain = await alice.client.sendText(bob.id, 'no file here');
   const gotPlain = await received(bob.client, 'no file here');
