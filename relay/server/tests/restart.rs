@@ -27,35 +27,6 @@ fn unlimited(c: &mut sotto_relay::Config) {
     c.limits.rate_burst = 100_000;
 }
 
-/// Connects `d`, takes every stored envelope (acking each, so the delivery window never
-/// stalls) until `QueueEmpty`, and returns (seq, envelope) in delivery order once the
-/// acks are applied.
-async fn drain(relay: &Relay, d: &TestDevice) -> Vec<(u64, Vec<u8>)> {
-    let mut ws = relay.connect(d).await;
-    let mut got = Vec::new();
-    loop {
-        match recv(&mut ws).await {
-            Frame::Deliver(e) => {
-                send(&mut ws, &Frame::Ack { seq: e.seq }).await;
-                got.push((e.seq, e.envelope));
-            }
-            Frame::QueueEmpty => break,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    // Acks have no answer; an ack ahead of the deliveries does, so once it comes back
-    // every earlier ack has been applied.
-    send(&mut ws, &Frame::Ack { seq: u64::MAX }).await;
-    assert_eq!(
-        recv(&mut ws).await,
-        Frame::Error {
-            code: sotto_proto::ErrorCode::ACK_AHEAD
-        }
-    );
-    hang_up(ws).await;
-    got
-}
-
 async fn restart(url: String) {
     let relay = Relay::start(&url, unlimited).await;
     let mut r = rng(50);

@@ -31,8 +31,14 @@ pub const METRICS_TOKEN: &str = "test-metrics-token";
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-pub struct Relay {
+/// A relay reached by its address only: one in this process ([`Relay`] derefs to it) or
+/// a `sotto-relay` process.
+pub struct Endpoint {
     pub addr: SocketAddr,
+}
+
+pub struct Relay {
+    endpoint: Endpoint,
     pub state: Arc<AppState>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
@@ -52,7 +58,7 @@ impl Relay {
             let _ = rx.await;
         }));
         Relay {
-            addr,
+            endpoint: Endpoint { addr },
             state,
             shutdown: Some(tx),
             handle: Some(handle),
@@ -69,6 +75,37 @@ impl Relay {
         }
     }
 
+    /// An `Authorization` header answering a fresh HTTP challenge for the request
+    /// `method path` with `body`.
+    pub async fn auth(&self, d: &TestDevice, method: &Method, path: &str, body: &[u8]) -> String {
+        let (status, bytes) = self.get("/v1/auth/challenge").await;
+        assert_eq!(status, StatusCode::OK);
+        let c = Challenge::decode(&bytes).unwrap();
+        assert_eq!(c.relay_id, self.state.relay_id);
+        authorization_header(&AuthResponse {
+            account_id: d.account_id(),
+            device_id: d.id(),
+            nonce: c.nonce,
+            signature: d.sign_http(&c, method.as_str(), path, body),
+        })
+    }
+
+    /// The request `method path` with `body`, authenticated as `d`.
+    pub async fn authed(&self, d: &TestDevice, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        let auth = self.auth(d, &method, path, &body).await;
+        self.http(method, path, Some(auth), body).await
+    }
+}
+
+impl std::ops::Deref for Relay {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+impl Endpoint {
     /// One HTTP/1.1 request with exactly `headers` (plus `host`) over a fresh connection:
     /// the status, the response headers and the body.
     pub async fn request(
@@ -123,27 +160,6 @@ impl Relay {
 
     pub async fn get(&self, path: &str) -> (StatusCode, Vec<u8>) {
         self.http(Method::GET, path, None, vec![]).await
-    }
-
-    /// An `Authorization` header answering a fresh HTTP challenge for the request
-    /// `method path` with `body`.
-    pub async fn auth(&self, d: &TestDevice, method: &Method, path: &str, body: &[u8]) -> String {
-        let (status, bytes) = self.get("/v1/auth/challenge").await;
-        assert_eq!(status, StatusCode::OK);
-        let c = Challenge::decode(&bytes).unwrap();
-        assert_eq!(c.relay_id, self.state.relay_id);
-        authorization_header(&AuthResponse {
-            account_id: d.account_id(),
-            device_id: d.id(),
-            nonce: c.nonce,
-            signature: d.sign_http(&c, method.as_str(), path, body),
-        })
-    }
-
-    /// The request `method path` with `body`, authenticated as `d`.
-    pub async fn authed(&self, d: &TestDevice, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-        let auth = self.auth(d, &method, path, &body).await;
-        self.http(method, path, Some(auth), body).await
     }
 
     pub async fn register(&self, a: &TestAccount) -> StatusCode {
@@ -257,4 +273,33 @@ pub async fn hang_up(mut ws: Ws) {
 
 pub fn error_code(body: &[u8]) -> ErrorCode {
     ErrorBody::decode(body).unwrap().code
+}
+
+/// Connects `d`, takes every stored envelope (acking each, so the delivery window never
+/// stalls) until `QueueEmpty`, and returns (seq, envelope) in delivery order once the
+/// acks are applied.
+pub async fn drain(relay: &Endpoint, d: &TestDevice) -> Vec<(u64, Vec<u8>)> {
+    let mut ws = relay.connect(d).await;
+    let mut got = Vec::new();
+    loop {
+        match recv(&mut ws).await {
+            Frame::Deliver(e) => {
+                send(&mut ws, &Frame::Ack { seq: e.seq }).await;
+                got.push((e.seq, e.envelope));
+            }
+            Frame::QueueEmpty => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Acks have no answer; an ack ahead of the deliveries does, so once it comes back
+    // every earlier ack has been applied.
+    send(&mut ws, &Frame::Ack { seq: u64::MAX }).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        Frame::Error {
+            code: sotto_proto::ErrorCode::ACK_AHEAD
+        }
+    );
+    hang_up(ws).await;
+    got
 }
