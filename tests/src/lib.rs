@@ -600,10 +600,15 @@ pub mod faults {
 
 /// A TCP proxy in front of a relay that answers `503 Service Unavailable` to the next few
 /// HTTP requests whose request line contains a given text (every client request opens
-/// its own connection, so each one is seen).
+/// its own connection, so each one is seen), and on demand injects network faults into
+/// every connection: refused connections, delays and cuts ([`FlakyProxy::chaos`]).
 pub mod proxy {
     use std::net::SocketAddr;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::{RngCore, SeedableRng};
 
     use sotto_relay::storage::Store as RelayStore;
     use sotto_relay::{AppState, Config};
@@ -614,17 +619,43 @@ pub mod proxy {
 
     use super::{TempDir, TestRelay};
 
-    /// What to refuse: requests whose first line contains `pattern`, `remaining` more times.
+    /// What to refuse: requests whose first line contains `pattern`, `remaining` more times;
+    /// and the faults of [`FlakyProxy::chaos`].
     #[derive(Default)]
     struct Rule {
         pattern: String,
         remaining: u32,
         refused: u32,
+        chaos: Option<(Chaos, ChaCha20Rng)>,
+        cuts: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    /// Faults injected into every new connection, drawn from a seeded generator.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Chaos {
+        /// One connection in this many is closed at once, before a byte passes.
+        pub refuse_one_in: u32,
+        /// Each connection is cut (both sides closed) once this many bytes, drawn
+        /// uniformly from the range, have passed in either direction.
+        pub cut_after_bytes: (u64, u64),
+        /// Each chunk passed on waits up to this long first.
+        pub max_delay: Duration,
+    }
+
+    /// What one connection gets.
+    struct Fate {
+        refuse: bool,
+        budget: u64,
+        delay_seed: u64,
+        max_delay: Duration,
+        cuts: Arc<std::sync::atomic::AtomicU32>,
     }
 
     /// The proxy; stops when dropped.
     pub struct FlakyProxy {
         rule: Arc<Mutex<Rule>>,
+        /// Bumped to close every open connection.
+        generation: tokio::sync::watch::Sender<u64>,
         task: JoinHandle<()>,
     }
 
@@ -646,9 +677,114 @@ pub mod proxy {
         pub fn refused(&self) -> u32 {
             self.rule.lock().unwrap().refused
         }
+
+        /// Closes every open connection, then every new one meets `chaos` (with faults
+        /// drawn from `seed`); `None` lets new connections through untouched again.
+        pub fn chaos(&self, chaos: Option<Chaos>, seed: u64) {
+            self.rule.lock().unwrap().chaos = chaos.map(|c| (c, ChaCha20Rng::seed_from_u64(seed)));
+            self.generation.send_modify(|g| *g += 1);
+        }
+
+        /// How many connections chaos refused or cut so far.
+        pub fn cuts(&self) -> u32 {
+            self.rule
+                .lock()
+                .unwrap()
+                .cuts
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }
     }
 
-    async fn serve_one(mut client: TcpStream, upstream: SocketAddr, rule: Arc<Mutex<Rule>>) {
+    fn fate(rule: &Mutex<Rule>) -> Option<Fate> {
+        let mut r = rule.lock().unwrap();
+        let (chaos, rng) = r.chaos.as_mut()?;
+        let refuse = chaos.refuse_one_in > 0 && rng.next_u32() % chaos.refuse_one_in == 0;
+        let (lo, hi) = chaos.cut_after_bytes;
+        let budget = lo + rng.next_u64() % (hi.saturating_sub(lo) + 1);
+        let f = Fate {
+            refuse,
+            budget,
+            delay_seed: rng.next_u64() | 1,
+            max_delay: chaos.max_delay,
+            cuts: r.cuts.clone(),
+        };
+        Some(f)
+    }
+
+    /// Passes bytes from `from` to `to`, each chunk after a random delay, until either
+    /// side closes or the shared budget is spent.
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        budget: Arc<std::sync::atomic::AtomicU64>,
+        mut x: u64,
+        max_delay: Duration,
+        cuts: Arc<std::sync::atomic::AtomicU32>,
+    ) {
+        use std::sync::atomic::Ordering;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ms = max_delay.as_millis() as u64;
+            if ms > 0 {
+                tokio::time::sleep(Duration::from_millis(x % (ms + 1))).await;
+            }
+            let left = budget.load(Ordering::Relaxed);
+            let take = (n as u64).min(left) as usize;
+            budget.fetch_sub(take as u64, Ordering::Relaxed);
+            if to.write_all(&buf[..take]).await.is_err() {
+                return;
+            }
+            if take < n {
+                cuts.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
+    /// Relays `client` and `server` under `fate`: both are closed when the budget is
+    /// spent, wherever the bytes were.
+    async fn chaotic(client: TcpStream, server: TcpStream, head: Vec<u8>, fate: Fate) {
+        use std::sync::atomic::AtomicU64;
+        let (cr, cw) = client.into_split();
+        let (sr, mut sw) = server.into_split();
+        let budget = Arc::new(AtomicU64::new(fate.budget));
+        let take = (head.len() as u64).min(fate.budget) as usize;
+        budget.fetch_sub(take as u64, std::sync::atomic::Ordering::Relaxed);
+        if take < head.len() {
+            fate.cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if sw.write_all(&head[..take]).await.is_err() || take < head.len() {
+            return;
+        }
+        let (seed, delay) = (fate.delay_seed, fate.max_delay);
+        tokio::select! {
+            () = pump(cr, sw, budget.clone(), seed, delay, fate.cuts.clone()) => {}
+            () = pump(sr, cw, budget, seed.rotate_left(17) | 1, delay, fate.cuts) => {}
+        }
+    }
+
+    /// Serves one connection until it ends or the proxy's generation changes.
+    async fn serve_one(
+        client: TcpStream,
+        upstream: SocketAddr,
+        rule: Arc<Mutex<Rule>>,
+        mut generation: tokio::sync::watch::Receiver<u64>,
+    ) {
+        generation.mark_unchanged();
+        tokio::select! {
+            () = serve(client, upstream, rule) => {}
+            _ = generation.changed() => {}
+        }
+    }
+
+    async fn serve(mut client: TcpStream, upstream: SocketAddr, rule: Arc<Mutex<Rule>>) {
         let mut head = Vec::new();
         let mut buf = [0u8; 4096];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
@@ -675,9 +811,18 @@ pub mod proxy {
             let _ = client.shutdown().await;
             return;
         }
+        let fate = fate(&rule);
+        if let Some(f) = fate.as_ref().filter(|f| f.refuse) {
+            f.cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
         let Ok(mut server) = TcpStream::connect(upstream).await else {
             return;
         };
+        if let Some(fate) = fate {
+            chaotic(client, server, head, fate).await;
+            return;
+        }
         if server.write_all(&head).await.is_err() {
             return;
         }
@@ -709,9 +854,11 @@ pub mod proxy {
             }));
             let rule: Arc<Mutex<Rule>> = Arc::default();
             let r = rule.clone();
+            let (g, _) = tokio::sync::watch::channel(0u64);
+            let generation = g.clone();
             let task = tokio::spawn(async move {
                 while let Ok((c, _)) = front.accept().await {
-                    tokio::spawn(serve_one(c, back_addr, r.clone()));
+                    tokio::spawn(serve_one(c, back_addr, r.clone(), generation.subscribe()));
                 }
             });
             let relay = TestRelay {
@@ -724,7 +871,14 @@ pub mod proxy {
                 _blob_dir: None,
                 tls: false,
             };
-            (relay, FlakyProxy { rule, task })
+            (
+                relay,
+                FlakyProxy {
+                    rule,
+                    generation: g,
+                    task,
+                },
+            )
         }
     }
 }
