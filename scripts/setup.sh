@@ -24,3 +24,12 @@ if [ ! -x "$MOTO_DIR/bin/moto_server" ]; then
   python3 -m venv "$MOTO_DIR"
   "$MOTO_DIR/bin/pip" install --quiet "moto[server]==$MOTO_VERSION"
 fi
+
+# systemd-analyze, for the check of deploy/systemd/sotto-relay.service
+# (relay/server/tests/ops_files.rs, which fails without it when CI=true).
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+if ! command -v systemd-analyze >/dev/null; then
+  echo "setup: installing systemd (systemd-analyze)"
+  apt_install systemd || echo "setup: could not install systemd: the unit check will be skipped" >&2
+fi
