@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use sotto_sdk::content::SharedKey;
 use sotto_sdk::machine::Conversation;
 use sotto_sdk::{AttachmentInfo, Cancel, ClientError, Event, StoredMessage};
+use sotto_tests::proxy::Chaos;
 use sotto_tests::{Device, TempDir, TestRelay};
 
 /// `len` bytes that never repeat a 64-byte window (a counter mixed by a xorshift).
@@ -276,7 +277,7 @@ async fn an_attachment_read_as_a_stream_ends_only_once_checked() {
         got.extend_from_slice(&p);
         pieces += 1;
     }
-    assert_eq!(got, file);
+    assert!(got == file, "the file read as a stream differs");
     assert_eq!(pieces, 3);
     assert_eq!(reader.received(), reader.ciphertext_len());
     assert!(reader.next_chunk().await.unwrap().is_none(), "the end stays the end");
@@ -294,8 +295,65 @@ async fn an_attachment_read_as_a_stream_ends_only_once_checked() {
     };
     assert_eq!(code(e), "attachment_corrupt");
     assert!(handed.len() > piece && handed.len() < 2 * piece, "{}", handed.len());
-    assert_eq!(handed, file[..handed.len()], "what came out is the file's start");
+    assert!(handed == file[..handed.len()], "what came out is not the file's start");
     assert!(reader.next_chunk().await.is_err(), "a failed read stays failed");
+}
+
+/// A read cancelled while it waits (dropped, as a timeout or a cancelled Swift task or
+/// Kotlin coroutine does) leaves the reader as it was: the next call goes on with the
+/// same range, and the file still comes out whole with its end meaning checked. The
+/// relay is behind a proxy that delays every chunk a little, so each range is still on
+/// its way when the call is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_cancelled_while_it_waits_goes_on() {
+    let (relay, proxy) = TestRelay::start_behind_proxy().await;
+    let alice = Device::create(&relay, 431).await;
+    let mut bob = Device::create(&relay, 432).await;
+    alice.client.add_contact(&bob.client.contact_link()).await.unwrap();
+    let piece = sotto_sdk::transport::BLOB_PIECE;
+    let file = data(2 * piece + piece / 3, 12);
+    alice
+        .client
+        .send_attachment_bytes(Conversation::Direct(bob.id()), &file, info("slowly"), None, None)
+        .await
+        .unwrap();
+    let pointer = receive_attachment(&mut bob, "slowly")
+        .await
+        .attachment
+        .expect("a pointer");
+    proxy.chaos(
+        Some(Chaos {
+            refuse_one_in: 0,
+            cut_after_bytes: (u64::MAX / 2, u64::MAX / 2),
+            max_delay: std::time::Duration::from_millis(2),
+        }),
+        433,
+    );
+    let mut reader = bob.client.open_attachment(&pointer).unwrap();
+    let (mut got, mut dropped, mut calls) = (Vec::new(), 0, 0);
+    loop {
+        calls += 1;
+        // Polled once, then dropped unless its piece was there at once.
+        let once = tokio::select! {
+            biased;
+            r = reader.next_chunk() => Some(r.unwrap()),
+            () = std::future::ready(()) => None,
+        };
+        let next = match once {
+            Some(p) => p,
+            None => {
+                dropped += 1;
+                reader.next_chunk().await.unwrap()
+            }
+        };
+        match next {
+            Some(p) => got.extend_from_slice(&p),
+            None => break,
+        }
+    }
+    assert!(got == file, "the file differs after {dropped} dropped calls");
+    assert_eq!(calls, 4, "three pieces, then the end");
+    assert!(dropped >= 3, "only {dropped} calls were still waiting when dropped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -286,7 +286,8 @@ pub struct NotificationFetch {
 /// chunk's tag; the last piece comes only after the whole file checked out (length,
 /// padding, digest), so `None` means all of it is intact. An app that must not act on a
 /// file before then keeps the pieces until `None`, or downloads to a path. After an
-/// error every later call fails; dropping the reader cancels it.
+/// error every later call fails (open the file again to start over); a call cancelled
+/// while it waits leaves the reader as it was; dropping the reader cancels it.
 #[derive(uniffi::Object)]
 pub struct AttachmentReader {
     inner: Arc<tokio::sync::Mutex<sotto_sdk::AttachmentReader>>,
@@ -308,7 +309,8 @@ impl AttachmentReader {
         on_runtime(async move { Ok(inner.lock().await.next_chunk().await?) }).await
     }
 
-    /// The blob's length on the relay (ciphertext, padding included), for progress.
+    /// The blob's length on the relay (ciphertext, padding included). The pieces'
+    /// plaintext adds up to the attachment's `size` instead.
     pub fn ciphertext_len(&self) -> u64 {
         self.ciphertext_len
     }

@@ -1731,7 +1731,8 @@ impl AttachmentReader {
         Ok(piece.map(|p| js_sys::Uint8Array::from(p.as_slice())))
     }
 
-    /// The blob's length on the relay (ciphertext, padding included), for progress.
+    /// The blob's length on the relay (ciphertext, padding included). The pieces'
+    /// plaintext adds up to the attachment's `size` instead.
     #[wasm_bindgen(getter, js_name = ciphertextLength)]
     pub fn ciphertext_len(&self) -> f64 {
         self.ciphertext_len as f64

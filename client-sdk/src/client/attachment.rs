@@ -182,8 +182,14 @@ impl<T: Send + 'static> InFlight<T> {
         Self(rx)
     }
 
-    async fn finish(self) -> Result<T, ClientError> {
-        self.0
+    async fn finish(mut self) -> Result<T, ClientError> {
+        self.wait().await
+    }
+
+    /// Waits for the result without giving up the handle, so a caller cancelled while it
+    /// waits can wait again. Not to be called again once it returned.
+    async fn wait(&mut self) -> Result<T, ClientError> {
+        (&mut self.0)
             .await
             .unwrap_or_else(|_| Err(TransportError::Io("the transfer task ended".into()).into()))
     }
@@ -201,8 +207,11 @@ impl<T: Send + 'static> InFlight<T> {
 /// plays media as it arrives may show pieces at once; one that must not act on a file
 /// before its digest is checked keeps them until `Ok(None)`, or downloads to a path.
 ///
-/// After an error every later call fails again. Dropping the reader cancels it (at most
-/// the one request in flight still completes, and its bytes are dropped).
+/// After an error every later call fails again, a network error included (each range is
+/// already retried): open the attachment again to start over. A call that is cancelled
+/// (dropped) while it waits leaves the reader as it was, and the next call goes on.
+/// Dropping the reader cancels the download (at most the one request in flight still
+/// completes, and its bytes are dropped).
 pub struct AttachmentReader {
     relay: Relay,
     id: [u8; 32],
@@ -276,15 +285,24 @@ impl AttachmentReader {
         result
     }
 
+    /// Cancel-safe: the only await is on the range in flight, which stays in `self.next`
+    /// until it completed, so a call dropped while it waits leaves the reader as it was.
     async fn step(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
         loop {
-            if self.next.is_none() && self.received == 0 {
-                self.next = Some(self.fetch(0));
-            }
-            let Some((n, range)) = self.next.take() else {
+            // Only the last piece's passed checks take the decryptor away.
+            if self.dec.is_none() {
                 return Ok(None);
+            }
+            let (n, piece) = match self.next.as_mut() {
+                Some((n, range)) => (*n, range.wait().await),
+                None if self.received == 0 => {
+                    self.next = Some(self.fetch(0));
+                    continue;
+                }
+                None => return Err(TransportError::Protocol("the download lost its place".into()).into()),
             };
-            let piece = range.finish().await?;
+            self.next = None;
+            let piece = piece?;
             self.received += n as u64;
             if self.received < self.total {
                 self.next = Some(self.fetch(self.received));
@@ -807,12 +825,16 @@ impl<S: Store> Client<S> {
         let mut reader = self.open_attachment(attachment)?;
         loop {
             check_cancel(cancel)?;
-            let Some(plain) = reader.next_chunk().await? else {
-                return Ok(());
-            };
-            sink(&plain)?;
+            let plain = reader.next_chunk().await?;
+            if let Some(plain) = &plain {
+                sink(plain)?;
+            }
+            // After every piece, the last (which may be padding only) included.
             if let Some(p) = progress {
                 p(reader.received(), reader.ciphertext_len());
+            }
+            if plain.is_none() {
+                return Ok(());
             }
         }
     }
