@@ -735,9 +735,12 @@ pub mod proxy {
             if ms > 0 {
                 tokio::time::sleep(Duration::from_millis(x % (ms + 1))).await;
             }
-            let left = budget.load(Ordering::Relaxed);
+            let left = budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(n as u64))
+                })
+                .unwrap_or(0);
             let take = (n as u64).min(left) as usize;
-            budget.fetch_sub(take as u64, Ordering::Relaxed);
             if to.write_all(&buf[..take]).await.is_err() {
                 return;
             }
@@ -756,7 +759,7 @@ pub mod proxy {
         let (sr, mut sw) = server.into_split();
         let budget = Arc::new(AtomicU64::new(fate.budget));
         let take = (head.len() as u64).min(fate.budget) as usize;
-        budget.fetch_sub(take as u64, std::sync::atomic::Ordering::Relaxed);
+        budget.store(fate.budget - take as u64, std::sync::atomic::Ordering::Relaxed);
         if take < head.len() {
             fate.cuts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }

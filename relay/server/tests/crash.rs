@@ -65,9 +65,12 @@ struct Node {
 
 impl Node {
     async fn start(config: &std::path::Path, url: &str, addr: SocketAddr) -> Node {
+        // Nothing of the caller's environment (a SOTTO_LOG_LEVEL, say) reaches it.
         let mut child = Command::new(env!("CARGO_BIN_EXE_sotto-relay"))
+            .env_clear()
             .arg("--config")
             .arg(config)
+            .args(["--log-level", "info"])
             .env("SOTTO_LISTEN", addr.to_string())
             .env("SOTTO_DATABASE_URL", url)
             .env("SOTTO_PUBLIC_URL", format!("http://{addr}"))
@@ -109,6 +112,21 @@ impl Node {
     }
 }
 
+/// A port of our own, let go for the relay, which binds it again after every kill. It is
+/// taken below Linux's ephemeral range (32768 and up by default), so that no outgoing
+/// connection of another test is given it while the relay is down.
+/// Each call searches its own 6,000 ports, so the two tests of this binary never pick the
+/// same one.
+fn free_port() -> SocketAddr {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = 20_000 + 6_000 * (CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2);
+    let offset = std::process::id() % 6_000;
+    (0..6_000u32)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], (base + (offset + i) % 6_000) as u16)))
+        .find(|a| std::net::TcpListener::bind(a).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
 /// What one device was handed over all rounds: (seq, send number) in order.
 type Deliveries = Vec<(u64, u64)>;
 
@@ -121,11 +139,7 @@ async fn crash(url: String) {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join(format!("relay-{}.toml", url.starts_with("postgres")));
     std::fs::write(&config, CONFIG).unwrap();
-    // A port of our own, let go for the relay, which binds it again after every kill.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = free_port();
 
     let mut r = rng(77);
     let alice = account(&mut r, 1);
