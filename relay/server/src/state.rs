@@ -58,6 +58,8 @@ pub struct AppState {
     /// epochs change on every start (and so after every database restore).
     boot: Zeroizing<[u8; 32]>,
     shutdown_tx: watch::Sender<bool>,
+    /// The TLS certificate and key in use, once `run` loaded them (`[tls]` configured).
+    pub(crate) tls: std::sync::OnceLock<Arc<crate::tls::Certificates>>,
 }
 
 type Keyed = DefaultKeyedRateLimiter<IpAddr>;
@@ -310,7 +312,19 @@ impl AppState {
             pusher,
             connections,
             shutdown_tx,
+            tls: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Reads the TLS certificate and key again (what SIGHUP does): `None` when the relay
+    /// serves no TLS, an error (and the old pair kept) when the files do not load.
+    pub fn reload_tls(&self) -> Option<Result<(), crate::tls::TlsError>> {
+        self.tls.get().map(|c| c.reload())
+    }
+
+    /// The TLS certificate (DER) new connections are shown, when the relay serves TLS.
+    pub fn tls_certificate(&self) -> Option<Vec<u8>> {
+        self.tls.get().map(|c| c.presented().to_vec())
     }
 
     /// The number of push jobs finished so far (sent, failed, dropped or skipped, each

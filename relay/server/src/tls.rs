@@ -1,6 +1,10 @@
 //! Optional built-in TLS: TLS 1.3 only (rustls with the *ring* provider), a certificate
 //! chain and private key from PEM files, and HSTS on every HTTPS response.
 //!
+//! The pair is read again on SIGHUP ([`Certificates::reload`], `systemctl reload`): new
+//! handshakes get the new pair, connections already open keep theirs, and a pair that
+//! does not load leaves the old one in place.
+//!
 //! Handshakes run on their own tasks, at most [`MAX_HANDSHAKES`] at once and each within
 //! [`HANDSHAKE_TIMEOUT`], so a slow or silent client cannot hold up accepting others;
 //! finished connections are handed to the HTTP server through a bounded channel.
@@ -11,8 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -57,9 +64,8 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// A TLS 1.3-only acceptor for the configured certificate chain and key, offering
-/// `http/1.1` by ALPN.
-pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, TlsError> {
+/// Reads the configured chain and key and checks that they belong together.
+fn load_pair(tls: &Tls, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&tls.cert_path)?)
         .filter_map(Result::ok)
         .collect();
@@ -68,11 +74,80 @@ pub fn acceptor(tls: &Tls) -> Result<TlsAcceptor, TlsError> {
     }
     let key =
         PrivateKeyDer::from_pem_slice(&read(&tls.key_path)?).map_err(|_| TlsError::NoKey(tls.key_path.clone()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let pair = CertifiedKey::from_der(certs, key, provider)?;
+    // `from_der` lets a pair whose match it cannot tell through; refuse it instead.
+    pair.keys_match()?;
+    Ok(pair)
+}
+
+/// The certificate chain and key the relay presents, read from the configured files at
+/// start and again by [`Certificates::reload`].
+pub struct Certificates {
+    tls: Tls,
+    provider: Arc<CryptoProvider>,
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificates")
+            .field("cert_path", &self.tls.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Certificates {
+    /// Reads the configured pair.
+    pub fn load(tls: &Tls) -> Result<Arc<Self>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let pair = load_pair(tls, &provider)?;
+        Ok(Arc::new(Self {
+            tls: tls.clone(),
+            provider,
+            current: std::sync::RwLock::new(Arc::new(pair)),
+        }))
+    }
+
+    /// Reads the files again. On success new handshakes present the new pair; on an
+    /// error the pair in use stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let pair = Arc::new(load_pair(&self.tls, &self.provider)?);
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = pair;
+        Ok(())
+    }
+
+    /// The end-entity certificate presented now (DER).
+    pub fn presented(&self) -> CertificateDer<'static> {
+        let pair = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        pair.cert
+            .first()
+            .cloned()
+            .unwrap_or_else(|| CertificateDer::from(Vec::new()))
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+/// A TLS 1.3-only acceptor presenting `certs` (as they are at each handshake), offering
+/// `http/1.1` by ALPN.
+pub fn acceptor(certs: Arc<Certificates>) -> Result<TlsAcceptor, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(certs.provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -1,5 +1,6 @@
-//! Built-in TLS: HTTPS and WSS with TLS 1.3 only, HSTS on every response, and a clear
-//! error for a certificate that does not load. The certificate is a test-only fixture
+//! Built-in TLS: HTTPS and WSS with TLS 1.3 only, HSTS on every response, a clear
+//! error for a certificate that does not load, and a certificate rotated without a
+//! restart (on reload and on SIGHUP). The certificates are test-only fixtures
 //! (tests/fixtures/tls).
 
 mod common;
@@ -41,8 +42,10 @@ fn tls_config(hsts: u64) -> Tls {
 
 fn client(versions: &[&'static SupportedProtocolVersion]) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
+    for ca in ["ca.pem", "ca2.pem"] {
+        for cert in CertificateDer::pem_file_iter(fixture(ca)).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -198,5 +201,139 @@ async fn no_hsts_when_disabled_and_bad_certificates_refused() {
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     }
+    remove_sqlite(&url);
+}
+
+/// The DER of the first certificate in a fixture.
+fn der(name: &str) -> Vec<u8> {
+    CertificateDer::pem_file_iter(fixture(name))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// The certificate a new connection to `addr` is shown.
+async fn presented(addr: SocketAddr) -> Vec<u8> {
+    let tls = connect(addr, client(&[&rustls::version::TLS13])).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// Copies fixture pair `n` ("" or "2") over the files the relay reads.
+fn install(dir: &std::path::Path, n: &str) {
+    std::fs::copy(fixture(&format!("cert{n}.pem")), dir.join("cert.pem")).unwrap();
+    std::fs::copy(fixture(&format!("key{n}.pem")), dir.join("key.pem")).unwrap();
+}
+
+/// An HTTP/1.1 `GET /healthz` on an open TLS stream answers 200.
+async fn healthy(tls: &mut TlsStream<TcpStream>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(FAILSAFE, tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_is_rotated_without_a_restart() {
+    let url = sqlite_url();
+    let dir = std::path::Path::new(&url.strip_prefix("sqlite://").unwrap())
+        .parent()
+        .unwrap()
+        .to_owned();
+    install(&dir, "");
+    let tls = Tls {
+        cert_path: dir.join("cert.pem"),
+        key_path: dir.join("key.pem"),
+        hsts_max_age_secs: 1,
+    };
+    let mut relay = Relay::start(&url, |c| c.tls = Some(tls)).await;
+    assert_eq!(presented(relay.addr).await, der("cert.pem"));
+    let mut open = connect(relay.addr, client(&[&rustls::version::TLS13])).await.unwrap();
+
+    // A file that does not load: an error, and the pair in use stays.
+    std::fs::write(dir.join("cert.pem"), b"-----BEGIN CERTIFICATE-----\nnot one\n").unwrap();
+    assert!(matches!(relay.state.reload_tls(), Some(Err(_))));
+    assert_eq!(presented(relay.addr).await, der("cert.pem"));
+    // A certificate with another certificate's key: refused likewise.
+    std::fs::copy(fixture("cert2.pem"), dir.join("cert.pem")).unwrap();
+    assert!(matches!(relay.state.reload_tls(), Some(Err(_))));
+    assert_eq!(presented(relay.addr).await, der("cert.pem"));
+
+    // The new pair: new connections get it, the open one goes on.
+    install(&dir, "2");
+    assert!(matches!(relay.state.reload_tls(), Some(Ok(()))));
+    assert_eq!(relay.state.tls_certificate(), Some(der("cert2.pem")));
+    assert_eq!(presented(relay.addr).await, der("cert2.pem"));
+    healthy(&mut open).await;
+    relay.stop().await;
+    remove_sqlite(&url);
+}
+
+/// `sotto-relay` itself reads the pair again on SIGHUP (`systemctl reload`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_of_a_running_relay() {
+    use tokio::io::AsyncBufReadExt;
+    let url = sqlite_url();
+    let dir = std::path::Path::new(&url.strip_prefix("sqlite://").unwrap())
+        .parent()
+        .unwrap()
+        .to_owned();
+    install(&dir, "");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sotto-relay"))
+        .env_clear()
+        .args(["--log-level", "info", "--listen", &addr.to_string()])
+        .args(["--public-url", &format!("https://{addr}"), "--database-url", &url])
+        .arg("--tls-cert")
+        .arg(dir.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("key.pem"))
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut wait_for = async |what: &str| {
+        tokio::time::timeout(FAILSAFE, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains(what) {
+                    return;
+                }
+            }
+            panic!("the relay exited before logging {what:?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {what:?} within the failsafe"));
+    };
+    wait_for("relay listening").await;
+    assert_eq!(presented(addr).await, der("cert.pem"));
+    install(&dir, "2");
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("TLS certificate reloaded").await;
+    assert_eq!(presented(addr).await, der("cert2.pem"));
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
     remove_sqlite(&url);
 }
