@@ -655,13 +655,25 @@ pub enum ConfigError {
     },
 }
 
+/// The subcommands of `sotto-relay`.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Subcommand)]
+#[non_exhaustive]
+pub enum Command {
+    /// Operator commands: check-config, stats, mailbox, purge-device.
+    #[command(subcommand)]
+    Admin(crate::admin::Admin),
+}
+
 /// Command-line flags. Each also reads an environment variable; flags win over the
 /// environment, which wins over the file.
 #[derive(Debug, Default, Parser)]
 #[command(name = "sotto-relay", version, about = "The Sotto blind relay")]
 pub struct Cli {
+    /// An operator command; without one, the relay runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// A TOML config file.
-    #[arg(long, short, env = "SOTTO_CONFIG")]
+    #[arg(long, short, env = "SOTTO_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "SOTTO_LISTEN")]
@@ -670,10 +682,10 @@ pub struct Cli {
     #[arg(long, env = "SOTTO_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Directory for the SQLite database.
-    #[arg(long, env = "SOTTO_DATA_DIR")]
+    #[arg(long, env = "SOTTO_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Database URL (`postgres://…` or `sqlite://…`).
-    #[arg(long, env = "SOTTO_DATABASE_URL")]
+    #[arg(long, env = "SOTTO_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
     /// Log level.
     #[arg(long, env = "SOTTO_LOG_LEVEL")]

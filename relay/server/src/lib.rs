@@ -35,6 +35,7 @@
 //! `Authorization: Sotto-v1 <hex>`, an answer to a fresh challenge that it consumes.
 //! Browsers on the origins in `cors_allowed_origins` may call all of it (CORS; `cors.rs`).
 
+pub mod admin;
 pub mod blobs;
 pub mod config;
 mod cors;

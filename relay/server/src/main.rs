@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sotto_relay::config::{Cli, Config};
+use sotto_relay::config::{Cli, Command, Config};
 use sotto_relay::storage::Store;
 use sotto_relay::{AppState, run};
 use tracing::Level;
@@ -19,6 +19,18 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Admin(cmd)) = &cli.command {
+        return match sotto_relay::admin::run(cmd, &config).await {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sotto-relay admin: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let level = config.log_level.parse::<Level>().unwrap_or(Level::INFO);
     tracing_subscriber::fmt()
         .with_max_level(level)

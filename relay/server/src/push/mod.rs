@@ -361,6 +361,23 @@ pub(crate) struct Providers {
     webpush: Option<webpush::WebPush>,
 }
 
+/// Loads every configured provider's credentials, as the relay does at start, and
+/// names the providers configured (`sotto-relay admin check-config`).
+pub fn check(cfg: &PushConfig) -> Result<Vec<&'static str>, PushError> {
+    let p = Providers::load(cfg)?;
+    let mut names = Vec::new();
+    if p.apns.is_some() {
+        names.push("apns");
+    }
+    if p.fcm.is_some() {
+        names.push("fcm");
+    }
+    if p.webpush.is_some() {
+        names.push("webpush (and unifiedpush)");
+    }
+    Ok(names)
+}
+
 impl Providers {
     /// Loads every configured provider's keys and builds its client.
     pub(crate) fn load(cfg: &PushConfig) -> Result<Self, PushError> {

@@ -602,6 +602,49 @@ macro_rules! storage_impl {
                 Ok((to_u64(total.unwrap_or(0)), to_u64(max.unwrap_or(0))))
             }
 
+            async fn relay_stats(&self) -> Result<$crate::storage::RelayStats, StorageError> {
+                let row: (i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM devices), \
+                     (SELECT CAST(coalesce(sum(depth), 0) AS BIGINT) FROM devices), \
+                     (SELECT CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM devices), \
+                     (SELECT CAST(coalesce(max(depth), 0) AS BIGINT) FROM devices), \
+                     (SELECT count(*) FROM push_registrations), (SELECT count(*) FROM blobs), \
+                     (SELECT CAST(coalesce(sum(received), 0) AS BIGINT) FROM blobs)",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                Ok($crate::storage::RelayStats {
+                    accounts: to_u64(row.0),
+                    devices: to_u64(row.1),
+                    envelopes: to_u64(row.2),
+                    envelope_bytes: to_u64(row.3),
+                    deepest_mailbox: to_u64(row.4),
+                    push_registrations: to_u64(row.5),
+                    blobs: to_u64(row.6),
+                    blob_bytes: to_u64(row.7),
+                })
+            }
+
+            async fn mailbox_stats(
+                &self,
+                account: &AccountId,
+                device: DeviceId,
+            ) -> Result<$crate::storage::MailboxStats, StorageError> {
+                let row: Option<(i64, i64, i64)> = sqlx::query_as(
+                    "SELECT depth, bytes, next_seq - 1 FROM devices WHERE account_id = $1 AND device_id = $2",
+                )
+                .bind(&account.0[..])
+                .bind(device_i64(device))
+                .fetch_optional(&self.pool)
+                .await?;
+                let (depth, bytes, last_seq) = row.ok_or(StorageError::UnknownDevice)?;
+                Ok($crate::storage::MailboxStats {
+                    depth: to_u64(depth),
+                    bytes: to_u64(bytes),
+                    last_seq: to_u64(last_seq),
+                })
+            }
+
             async fn expire(&self, now_s: u64) -> Result<u64, StorageError> {
                 let mut tx = self.begin().await?;
                 // Lock the affected device rows first, in key order, as a write batch does.

@@ -120,6 +120,38 @@ pub enum PutDeviceList {
     Updated,
 }
 
+/// What the database holds, in counts (`sotto-relay admin stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Registered accounts.
+    pub accounts: u64,
+    /// Devices with a mailbox (listed now, or once).
+    pub devices: u64,
+    /// Envelopes waiting in all mailboxes.
+    pub envelopes: u64,
+    /// Their bytes.
+    pub envelope_bytes: u64,
+    /// Envelopes in the fullest mailbox.
+    pub deepest_mailbox: u64,
+    /// Push registrations.
+    pub push_registrations: u64,
+    /// Blobs (attachments), complete or being uploaded.
+    pub blobs: u64,
+    /// Blob bytes stored durably.
+    pub blob_bytes: u64,
+}
+
+/// One device's mailbox (`sotto-relay admin mailbox`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MailboxStats {
+    /// Envelopes waiting.
+    pub depth: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The last seq the mailbox handed out (0: none yet).
+    pub last_seq: u64,
+}
+
 /// A device's public keys as listed in its account's current device list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceKeys {
@@ -419,6 +451,17 @@ pub trait Storage: Send + Sync + 'static {
     /// counters: one pass over the device rows, none over envelopes.
     fn mailbox_totals(&self) -> impl Future<Output = Result<(u64, u64), StorageError>> + Send;
 
+    /// Counts for an operator (`sotto-relay admin stats`), none naming anyone.
+    fn relay_stats(&self) -> impl Future<Output = Result<RelayStats, StorageError>> + Send;
+
+    /// One device's mailbox (`sotto-relay admin mailbox`); `UnknownDevice` when the
+    /// relay has no such device.
+    fn mailbox_stats(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+    ) -> impl Future<Output = Result<MailboxStats, StorageError>> + Send;
+
     /// Deletes every envelope expired at `now_s`, then every expired body no envelope
     /// references; returns how many envelopes.
     fn expire(&self, now_s: u64) -> impl Future<Output = Result<u64, StorageError>> + Send;
@@ -619,6 +662,12 @@ impl Storage for Store {
     }
     async fn mailbox_totals(&self) -> Result<(u64, u64), StorageError> {
         delegate!(self, s => s.mailbox_totals())
+    }
+    async fn relay_stats(&self) -> Result<RelayStats, StorageError> {
+        delegate!(self, s => s.relay_stats())
+    }
+    async fn mailbox_stats(&self, account: &AccountId, device: DeviceId) -> Result<MailboxStats, StorageError> {
+        delegate!(self, s => s.mailbox_stats(account, device))
     }
     async fn put_push(
         &self,
