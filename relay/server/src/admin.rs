@@ -130,8 +130,11 @@ fn target(account: &str, device: u32) -> Result<(AccountId, DeviceId), AdminErro
 }
 
 async fn purge(store: &Store, account: &AccountId, device: DeviceId) -> Result<(u64, bool), AdminError> {
-    let last = store.last_seq(account, device).await?;
-    let deleted = store.ack(account, device, last).await?;
+    // Known device first (an ack of an unknown one deletes nothing and says nothing).
+    store.last_seq(account, device).await?;
+    // Up to whatever seq the device's row holds when the ack takes its lock, so sends
+    // stored meanwhile go too.
+    let deleted = store.ack(account, device, u64::MAX).await?;
     let push = store.delete_push(account, device).await?;
     Ok((deleted, push))
 }

@@ -676,10 +676,10 @@ pub struct Cli {
     #[arg(long, short, env = "SOTTO_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Address to listen on.
-    #[arg(long, env = "SOTTO_LISTEN")]
+    #[arg(long, env = "SOTTO_LISTEN", global = true)]
     pub listen: Option<SocketAddr>,
     /// The URL clients use to reach this relay.
-    #[arg(long, env = "SOTTO_PUBLIC_URL")]
+    #[arg(long, env = "SOTTO_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
     /// Directory for the SQLite database.
     #[arg(long, env = "SOTTO_DATA_DIR", global = true)]
@@ -688,27 +688,27 @@ pub struct Cli {
     #[arg(long, env = "SOTTO_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
     /// Log level.
-    #[arg(long, env = "SOTTO_LOG_LEVEL")]
+    #[arg(long, env = "SOTTO_LOG_LEVEL", global = true)]
     pub log_level: Option<String>,
     /// Most open WebSocket connections.
-    #[arg(long, env = "SOTTO_MAX_CONNECTIONS")]
+    #[arg(long, env = "SOTTO_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<usize>,
     /// Largest envelope in bytes.
-    #[arg(long, env = "SOTTO_MAX_ENVELOPE_BYTES")]
+    #[arg(long, env = "SOTTO_MAX_ENVELOPE_BYTES", global = true)]
     pub max_envelope_bytes: Option<usize>,
     /// PEM certificate chain: serve HTTPS/WSS (TLS 1.3) instead of plain HTTP. Needs
     /// `--tls-key`.
-    #[arg(long, env = "SOTTO_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "SOTTO_TLS_CERT", requires = "tls_key", global = true)]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `--tls-cert`.
-    #[arg(long, env = "SOTTO_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "SOTTO_TLS_KEY", requires = "tls_cert", global = true)]
     pub tls_key: Option<PathBuf>,
     /// Allow plain HTTP on a non-loopback address: a proxy in front terminates TLS.
-    #[arg(long, env = "SOTTO_BEHIND_TLS_PROXY")]
+    #[arg(long, env = "SOTTO_BEHIND_TLS_PROXY", global = true)]
     pub behind_tls_proxy: bool,
     /// Web origins allowed to call the relay from a browser, comma-separated
     /// (`https://a.example,https://b.example`), or `*` for any.
-    #[arg(long, env = "SOTTO_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(long, env = "SOTTO_CORS_ALLOWED_ORIGINS", value_delimiter = ',', global = true)]
     pub cors_allowed_origins: Option<Vec<String>>,
 }
 

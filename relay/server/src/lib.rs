@@ -193,7 +193,6 @@ pub async fn run(
         Some(tls) => {
             let certs = tls::Certificates::load(tls).map_err(invalid)?;
             let _ = state.tls.set(certs.clone());
-            reload_on_hangup(state.clone());
             Some(tls::acceptor(certs).map_err(invalid)?)
         }
         None => None,
@@ -234,42 +233,6 @@ pub async fn run(
         t.abort();
     }
     result
-}
-
-/// On SIGHUP, reads the TLS certificate and key again (`systemctl reload`). Registered
-/// before anything is served, so a SIGHUP never finds the default action (exit).
-fn reload_on_hangup(state: Arc<AppState>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP: the TLS certificate is read at start only");
-                return;
-            }
-        };
-        let mut stop = state.shutdown_signal();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    got = hangups.recv() => {
-                        if got.is_none() {
-                            return;
-                        }
-                    }
-                    _ = stop.changed() => return,
-                }
-                match state.reload_tls() {
-                    Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
-                    Some(Err(e)) => tracing::warn!(error = %e, "TLS certificate not reloaded: the old one stays"),
-                    None => {}
-                }
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    let _ = state;
 }
 
 async fn serve<L>(listener: L, state: Arc<AppState>, providers: push::Providers) -> std::io::Result<()>

@@ -11,6 +11,10 @@ use tracing::Level;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // SIGHUP (`systemctl reload`) is caught from the first moment: its default action
+    // would end the relay, and systemd would not restart it.
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let cli = Cli::parse();
     let config = match Config::load(&cli) {
         Ok(c) => c,
@@ -65,6 +69,22 @@ async fn main() -> ExitCode {
     };
     tracing::info!(addr = %config.listen, backend = store.backend(), "relay listening");
     let state = AppState::new(config, store);
+    #[cfg(unix)]
+    match hangups {
+        Ok(mut hangups) => {
+            let state = state.clone();
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    match state.reload_tls() {
+                        Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
+                        Some(Err(e)) => tracing::warn!(error = %e, "TLS certificate not reloaded: the old one stays"),
+                        None => tracing::info!("SIGHUP: nothing to reload (no TLS served)"),
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot catch SIGHUP: a reload would end the relay"),
+    }
     match run(listener, state, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

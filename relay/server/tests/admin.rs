@@ -162,7 +162,8 @@ async fn sqlite() {
     operator_commands(url.clone()).await;
     // A database that is not there is an error, not a new empty one.
     let missing = format!("{url}.missing");
-    let (code, _, err) = admin(&["--database-url", &missing, "admin", "stats"]);
+    // (Flags may also follow the command.)
+    let (code, _, err) = admin(&["admin", "stats", "--database-url", &missing]);
     assert_eq!(code, 2);
     assert!(err.contains("no relay database"), "{err}");
     assert!(!std::path::Path::new(missing.strip_prefix("sqlite://").unwrap()).exists());

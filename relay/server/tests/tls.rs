@@ -280,35 +280,31 @@ async fn a_certificate_is_rotated_without_a_restart() {
     remove_sqlite(&url);
 }
 
-/// `sotto-relay` itself reads the pair again on SIGHUP (`systemctl reload`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_the_certificate_of_a_running_relay() {
-    use tokio::io::AsyncBufReadExt;
-    let url = sqlite_url();
-    let dir = std::path::Path::new(&url.strip_prefix("sqlite://").unwrap())
-        .parent()
-        .unwrap()
-        .to_owned();
-    install(&dir, "");
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sotto-relay"))
-        .env_clear()
-        .args(["--log-level", "info", "--listen", &addr.to_string()])
-        .args(["--public-url", &format!("https://{addr}"), "--database-url", &url])
-        .arg("--tls-cert")
-        .arg(dir.join("cert.pem"))
-        .arg("--tls-key")
-        .arg(dir.join("key.pem"))
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut wait_for = async |what: &str| {
+/// A `sotto-relay` process with `args` (and nothing of the caller's environment), its
+/// log lines, and a way to wait for one.
+struct Process {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Process {
+    fn start(args: &[&std::ffi::OsStr]) -> Process {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sotto-relay"))
+            .env_clear()
+            .args(["--log-level", "info"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Process { child, lines }
+    }
+
+    async fn wait_for(&mut self, what: &str) {
+        let lines = &mut self.lines;
         tokio::time::timeout(FAILSAFE, async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if line.contains(what) {
@@ -319,21 +315,95 @@ async fn sighup_reloads_the_certificate_of_a_running_relay() {
         })
         .await
         .unwrap_or_else(|_| panic!("no {what:?} within the failsafe"));
-    };
-    wait_for("relay listening").await;
+    }
+
+    fn hang_up(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+/// `sotto-relay` itself reads the pair again on SIGHUP (`systemctl reload`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_of_a_running_relay() {
+    let url = sqlite_url();
+    let dir = std::path::Path::new(&url.strip_prefix("sqlite://").unwrap())
+        .parent()
+        .unwrap()
+        .to_owned();
+    install(&dir, "");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (listen, public) = (addr.to_string(), format!("https://{addr}"));
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let mut relay = Process::start(&[
+        "--listen".as_ref(),
+        listen.as_ref(),
+        "--public-url".as_ref(),
+        public.as_ref(),
+        "--database-url".as_ref(),
+        url.as_ref(),
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ]);
+    relay.wait_for("relay listening").await;
     assert_eq!(presented(addr).await, der("cert.pem"));
     install(&dir, "2");
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    wait_for("TLS certificate reloaded").await;
+    relay.hang_up();
+    relay.wait_for("TLS certificate reloaded").await;
     assert_eq!(presented(addr).await, der("cert2.pem"));
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
+    relay.child.start_kill().unwrap();
+    let _ = relay.child.wait().await;
+    remove_sqlite(&url);
+}
+
+/// A relay that serves no TLS takes a SIGHUP (a `systemctl reload`) without ending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_tls_leaves_the_relay_serving() {
+    let url = sqlite_url();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let listen = addr.to_string();
+    let mut relay = Process::start(&[
+        "--listen".as_ref(),
+        listen.as_ref(),
+        "--database-url".as_ref(),
+        url.as_ref(),
+    ]);
+    relay.wait_for("relay listening").await;
+    relay.hang_up();
+    relay.wait_for("nothing to reload").await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(FAILSAFE, tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    assert!(relay.child.try_wait().unwrap().is_none(), "the relay ended");
+    relay.child.start_kill().unwrap();
+    let _ = relay.child.wait().await;
     remove_sqlite(&url);
 }

@@ -125,7 +125,7 @@ pub enum PutDeviceList {
 pub struct RelayStats {
     /// Registered accounts.
     pub accounts: u64,
-    /// Devices with a mailbox (listed now, or once).
+    /// Devices listed now (each has a mailbox).
     pub devices: u64,
     /// Envelopes waiting in all mailboxes.
     pub envelopes: u64,
