@@ -681,7 +681,8 @@ pub mod proxy {
         /// Closes every open connection, then every new one meets `chaos` (with faults
         /// drawn from `seed`); `None` lets new connections through untouched again.
         pub fn chaos(&self, chaos: Option<Chaos>, seed: u64) {
-            self.rule.lock().unwrap().chaos = chaos.map(|c| (c, ChaCha20Rng::seed_from_u64(seed)));
+            // Fault injection, not a secret: seeded so a run's faults can be drawn again.
+            self.rule.lock().unwrap().chaos = chaos.map(|c| (c, ChaCha20Rng::seed_from_u64(seed))); // test only
             self.generation.send_modify(|g| *g += 1);
         }
 

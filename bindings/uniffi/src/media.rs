@@ -116,6 +116,18 @@ fn progress_fn(listener: Option<Arc<dyn ProgressListener>>) -> Option<impl Fn(u6
     listener.map(|l| move |done: u64, total: u64| l.on_progress(done, total))
 }
 
+/// The file message `key` carries: `UnknownMessage`, or `InvalidArgument` for a message
+/// without one.
+async fn attachment_of(
+    client: &sotto_sdk::Client<SqliteStore>,
+    key: &sotto_sdk::MessageKey,
+) -> Result<Box<sotto_sdk::Attachment>, SottoError> {
+    let m = client.message(key).await?.ok_or(SottoError::UnknownMessage)?;
+    m.attachment.ok_or(SottoError::InvalidArgument {
+        reason: "the message carries no file".into(),
+    })
+}
+
 #[uniffi::export]
 impl SottoClient {
     /// Encrypts the file at `path` as it reads it, uploads it to the relay, and sends it
@@ -187,10 +199,7 @@ impl SottoClient {
         let client = self.client()?;
         let key = key.parse()?;
         on_runtime(async move {
-            let m = client.message(&key).await?.ok_or(SottoError::UnknownMessage)?;
-            let a = m.attachment.ok_or(SottoError::InvalidArgument {
-                reason: "the message carries no file".into(),
-            })?;
+            let a = attachment_of(&client, &key).await?;
             let report = progress_fn(progress);
             client
                 .download_attachment(
@@ -211,10 +220,7 @@ impl SottoClient {
         let client = self.client()?;
         let key = key.parse()?;
         on_runtime(async move {
-            let m = client.message(&key).await?.ok_or(SottoError::UnknownMessage)?;
-            let a = m.attachment.ok_or(SottoError::InvalidArgument {
-                reason: "the message carries no file".into(),
-            })?;
+            let a = attachment_of(&client, &key).await?;
             Ok(client.download_attachment_bytes(&a, None, None).await?)
         })
         .await
@@ -226,10 +232,7 @@ impl SottoClient {
         let client = self.client()?;
         let key = key.parse()?;
         on_runtime(async move {
-            let m = client.message(&key).await?.ok_or(SottoError::UnknownMessage)?;
-            let a = m.attachment.ok_or(SottoError::InvalidArgument {
-                reason: "the message carries no file".into(),
-            })?;
+            let a = attachment_of(&client, &key).await?;
             let reader = client.open_attachment(&a)?;
             Ok(Arc::new(AttachmentReader {
                 ciphertext_len: reader.ciphertext_len(),

@@ -1401,13 +1401,7 @@ impl SottoClient {
     #[wasm_bindgen(js_name = downloadAttachment)]
     pub async fn download_attachment(&self, key: String) -> Result<js_sys::Uint8Array, JsValue> {
         let client = self.live()?;
-        let k = message_key(&key)?;
-        let m = client
-            .message(&k)
-            .await
-            .map_err(client_error)?
-            .ok_or_else(|| error("unknown_message", "no such message", false))?;
-        let a = m.attachment.ok_or_else(|| invalid("the message carries no file"))?;
+        let a = attachment_of(&client, &key).await?;
         let bytes = client
             .download_attachment_bytes(&a, None, None)
             .await
@@ -1421,13 +1415,7 @@ impl SottoClient {
     #[wasm_bindgen(js_name = openAttachment)]
     pub async fn open_attachment(&self, key: String) -> Result<AttachmentReader, JsValue> {
         let client = self.live()?;
-        let k = message_key(&key)?;
-        let m = client
-            .message(&k)
-            .await
-            .map_err(client_error)?
-            .ok_or_else(|| error("unknown_message", "no such message", false))?;
-        let a = m.attachment.ok_or_else(|| invalid("the message carries no file"))?;
+        let a = attachment_of(&client, &key).await?;
         let reader = client.open_attachment(&a).map_err(client_error)?;
         Ok(AttachmentReader {
             ciphertext_len: reader.ciphertext_len(),
@@ -1668,6 +1656,17 @@ fn store_key_zeroized(bytes: Vec<u8>) -> Result<StoreKey, JsValue> {
 const BLOB_SLICE: u64 = 1 << 20;
 
 /// Uploads a `Blob` slice by slice (`blob.slice(a, b).arrayBuffer()`) and sends it.
+/// The file the message of `key` carries: "unknown_message", or "invalid_argument" for
+/// a message without one.
+async fn attachment_of(client: &Client<IdbStore>, key: &str) -> Result<Box<sotto_sdk::Attachment>, JsValue> {
+    let m = client
+        .message(&message_key(key)?)
+        .await
+        .map_err(client_error)?
+        .ok_or_else(|| error("unknown_message", "no such message", false))?;
+    m.attachment.ok_or_else(|| invalid("the message carries no file"))
+}
+
 async fn send_blob(
     client: &Client<IdbStore>,
     to: Conversation,
