@@ -8,6 +8,7 @@
 import java.io.File
 import java.security.SecureRandom
 import kotlinx.coroutines.channels.Channel
+import kotlinx.coroutines.TimeoutCancellationException
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
 import kotlinx.coroutines.withTimeoutOrNull
@@ -33,11 +34,22 @@ fun check(ok: Boolean, what: () -> String) {
     if (!ok) throw AssertionError(what())
 }
 
+/** Runs [block] under the failsafe timeout. A timeout names the wait that ran out: the
+ *  trace taken here, before the first suspension, still holds the caller's line. */
+suspend fun <T> failsafe(block: suspend () -> T): T {
+    val site = Throwable("the wait that timed out")
+    return try {
+        withTimeout(TIMEOUT_MS) { block() }
+    } catch (e: TimeoutCancellationException) {
+        throw AssertionError("no matching event within $TIMEOUT_MS ms", site)
+    }
+}
+
 suspend fun waitFor(client: SottoClient, predicate: (Event) -> Boolean): Event =
-    withTimeout(TIMEOUT_MS) {
+    failsafe {
         while (true) {
             val e = client.nextEvent() ?: throw AssertionError("the event stream ended")
-            if (predicate(e)) return@withTimeout e
+            if (predicate(e)) return@failsafe e
         }
         @Suppress("UNREACHABLE_CODE")
         throw AssertionError("unreachable")
@@ -46,10 +58,10 @@ suspend fun waitFor(client: SottoClient, predicate: (Event) -> Boolean): Event =
 /** Like [waitFor], but every read is cancelled after 20 ms and started again: a cancelled
  *  read must not lose the event. */
 suspend fun waitForSliced(client: SottoClient, predicate: (Event) -> Boolean): Event =
-    withTimeout(TIMEOUT_MS) {
+    failsafe {
         while (true) {
             val e = withTimeoutOrNull(20) { client.nextEvent() ?: throw AssertionError("the event stream ended") }
-            if (e != null && predicate(e)) return@withTimeout e
+            if (e != null && predicate(e)) return@failsafe e
         }
         @Suppress("UNREACHABLE_CODE")
         throw AssertionError("unreachable")
@@ -158,7 +170,7 @@ fun main() = runBlocking {
         },
     )
     alice.sendText(b, "after reopening")
-    withTimeout(TIMEOUT_MS) {
+    failsafe {
         while (!received("after reopening")(events.receive())) {}
     }
     subscription.cancel()
@@ -181,6 +193,10 @@ fun main() = runBlocking {
     check(alice.canManageDevices() && !alice2.canManageDevices()) { "list key" }
     expectError<SottoException.NoListKey> { alice2.linkNewDevice() }
     check(alice.devicesOf(a).sorted() == listOf(1u, 2u)) { "alice's devices" }
+    // Alice's list gained a device: once Bob's client has seen the new list (before this
+    // send or during it, as timing goes), his sends to her wait until he acknowledges her
+    // new safety number, as an app would have him do.
+    bob.acknowledgeIdentity(a)
     bob.sendText(a, "to both devices")
     waitFor(alice, received("to both devices"))
     waitFor(alice2, received("to both devices"))

@@ -175,6 +175,10 @@ async def main():
     e = await expect_error(SottoError.NoListKey, alice2.link_new_device())
     assert e.code() == "no_list_key"
     assert sorted(await alice.devices_of(a_id)) == [1, 2]
+    # Alice's list gained a device: once Bob's client has seen the new list (before this
+    # send or during it, as timing goes), his sends to her wait until he acknowledges her
+    # new safety number, as an app would have him do.
+    await bob.acknowledge_identity(a_id)
     await bob.send_text(a_id, "to both devices")
     await wait_for_event(alice, received("to both devices"))
     await wait_for_event(alice2, received("to both devices"))

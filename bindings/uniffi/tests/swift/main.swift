@@ -301,6 +301,10 @@ do {
     check(a1Manages && !a2Manages, "list key")
     _ = await expectError("no_list_key") { _ = try await alice2.linkNewDevice() }
     check(try await alice.devicesOf(accountId: a).sorted() == [1, 2], "alice's devices")
+    // Alice's list gained a device: once Bob's client has seen the new list (before this
+    // send or during it, as timing goes), his sends to her wait until he acknowledges her
+    // new safety number, as an app would have him do.
+    try await bob.acknowledgeIdentity(contact: a)
     _ = try await bob.sendText(contact: a, text: "to both devices")
     _ = await waitFor(alice, received("to both devices"))
     _ = await waitFor(alice2, received("to both devices"))
