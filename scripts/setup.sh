@@ -33,3 +33,10 @@ if ! command -v systemd-analyze >/dev/null; then
   echo "setup: installing systemd (systemd-analyze)"
   apt_install systemd || echo "setup: could not install systemd: the unit check will be skipped" >&2
 fi
+
+# nats-server, the bus of the three-node cluster test (relay/server/tests/cluster.rs, which
+# fails without it when CI=true).
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+  echo "setup: installing nats-server"
+  apt_install nats-server || echo "setup: could not install nats-server: the cluster test will be skipped" >&2
+fi

@@ -22,6 +22,7 @@
 
 pub mod access;
 pub mod body;
+pub mod bus;
 mod codec;
 mod error_code;
 pub mod frame;
@@ -35,6 +36,7 @@ pub use body::{
     PreKeyCounts, PreKeyUpload, ProfileBody, ProfileUpload, PushProvider, PushRegistration, TokenIssue, TokenIssued,
     authorization_header, parse_authorization,
 };
+pub use bus::{BusMessage, BusNotice, NodeId, Presence};
 pub use codec::DecodeError;
 pub use error_code::ErrorCode;
 pub use frame::{

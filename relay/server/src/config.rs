@@ -95,6 +95,9 @@ pub struct Config {
     pub blobs: Blobs,
     /// Push triggers (APNs, FCM, Web Push): see [`crate::push`].
     pub push: crate::push::PushConfig,
+    /// Cluster mode: several nodes on one PostgreSQL database and a NATS bus (see
+    /// [`crate::cluster`]). Without it the relay is a single node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// The bearer token that opens `/metrics` on the public listener. Kept out of `Debug` and
@@ -350,6 +353,7 @@ impl Default for Config {
             metrics_token: None,
             blobs: Blobs::default(),
             push: crate::push::PushConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -913,6 +917,9 @@ impl Config {
         }
         self.blobs.validate()?;
         self.push.validate()?;
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         if !self.cors_allowed_origins.iter().all(|o| o == "*" || is_origin(o)) {
             return Err(ConfigError::Invalid {
                 field: "cors_allowed_origins",

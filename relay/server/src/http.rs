@@ -162,13 +162,19 @@ pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: the database answers and the relay is not shutting down.
-pub(crate) async fn readyz(State(state): State<Shared>) -> Result<&'static str, AppError> {
+/// `GET /readyz`: the database answers, the relay is not shutting down and, in cluster
+/// mode, the bus is connected (otherwise 503 `bus unavailable`).
+pub(crate) async fn readyz(State(state): State<Shared>) -> Result<Response, AppError> {
     if state.is_shutting_down() {
         return Err(AppError(ErrorCode::SHUTTING_DOWN));
     }
     state.store.ping().await?;
-    Ok("ready\n")
+    if state.cluster.as_ref().is_some_and(|c| !c.ready()) {
+        // Degraded: this node's clients still get everything (it reads their mailboxes
+        // every poll interval), but new clients are better served by a node on the bus.
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, "bus unavailable\n").into_response());
+    }
+    Ok("ready\n".into_response())
 }
 
 /// `GET /metrics` on the public listener: only with `metrics_token` configured and

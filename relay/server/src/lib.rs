@@ -37,6 +37,7 @@
 
 pub mod admin;
 pub mod blobs;
+pub mod cluster;
 pub mod config;
 mod cors;
 pub mod error;
@@ -199,6 +200,15 @@ pub async fn run(
     };
     let providers = push::Providers::load(&state.config.push)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    if let Some(e) = &state.cluster_error {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e.clone()));
+    }
+    if state.cluster.is_some() && state.store.backend() != "postgres" {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "cluster mode needs a PostgreSQL database_url: the nodes share it",
+        ));
+    }
     let signal_state = state.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -261,6 +271,17 @@ where
         },
         state.shutdown_signal(),
     ));
+    let bus = state.cluster.clone().map(|cluster| {
+        tokio::spawn(cluster::run(
+            cluster::BusTasks {
+                cluster,
+                hub: state.hub.clone(),
+                pusher: state.pusher.clone(),
+                metrics: state.metrics.clone(),
+            },
+            state.shutdown_signal(),
+        ))
+    });
     let house_state = state.clone();
     let housekeeping = tokio::spawn(net::every(HOUSEKEEPING, state.shutdown_signal(), move || {
         let ttl_ms = house_state.config.limits.challenge_ttl_secs.saturating_mul(1000);
@@ -283,6 +304,10 @@ where
     let _ = state.connections.acquire_many(all).await;
     // Every answered send is already committed; this commits the last queued acks.
     state.writer.close().await;
+    if let Some(bus) = bus {
+        // It tells the other nodes this node's devices are gone, then ends.
+        let _ = tokio::time::timeout(Duration::from_secs(5), bus).await;
+    }
     expiry.abort();
     blob_gc.abort();
     pushes.abort();
@@ -311,6 +336,17 @@ async fn expiry_loop(state: Arc<AppState>) {
                 metrics::gauge_add(&state.metrics.mailbox_envelopes, -i64::try_from(n).unwrap_or(i64::MAX));
             }
             Err(e) => {
+                let _ = error::code_of(&e);
+            }
+        }
+        // Answered challenge nonces older than a challenge lives (cluster mode).
+        if state.cluster.is_some() {
+            let ttl_ms = state.config.limits.challenge_ttl_secs.saturating_mul(1000);
+            if let Err(e) = state
+                .store
+                .forget_challenges(state::now_ms().saturating_sub(ttl_ms))
+                .await
+            {
                 let _ = error::code_of(&e);
             }
         }

@@ -149,6 +149,22 @@ metrics! {
     gauge mailbox_envelopes;
     /// Envelopes in the fullest mailbox, as of the last expiry run.
     gauge mailbox_depth_max;
+    /// Cluster mode: 1 while this node is connected to the bus (NATS), 0 while not.
+    gauge bus_connected;
+    /// Cluster mode: the other relay nodes heard from within `cluster.node_timeout_ms`.
+    gauge bus_nodes;
+    /// Cluster mode: devices connected to other nodes, as far as this node knows.
+    gauge bus_remote_devices;
+    /// Cluster mode: notices published to the bus.
+    counter bus_published_total;
+    /// Cluster mode: notices received from other nodes.
+    counter bus_received_total;
+    /// Cluster mode: notices not published (queue to the bus full); their mailboxes are read on the next poll.
+    counter bus_dropped_total;
+    /// Cluster mode: messages from the bus that did not decode.
+    counter bus_malformed_total;
+    /// Cluster mode: polls of every local connection's mailbox while the bus was down or just back.
+    counter bus_polls_total;
 }
 
 /// A metric's sample lines.

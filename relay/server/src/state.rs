@@ -48,6 +48,10 @@ pub struct AppState {
     pub blobs: crate::blobs::BlobStore,
     pub(crate) guards: Guards,
     pub(crate) hub: Arc<Hub>,
+    /// Cluster mode: this node's view of the others and its queue to the bus.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Why cluster mode cannot start (the shared secret did not load): `run` refuses.
+    pub(crate) cluster_error: Option<String>,
     pub(crate) writer: Writer,
     pub(crate) pusher: Arc<crate::push::Pusher>,
     pub(crate) connections: Arc<Semaphore>,
@@ -103,12 +107,16 @@ pub(crate) fn quota(rate: u32, burst: u32) -> Quota {
 }
 
 impl Guards {
-    fn new(l: &crate::config::Limits) -> Self {
-        let mut secret = Zeroizing::new([0u8; 32]);
-        if getrandom::getrandom(&mut secret[..]).is_err() {
-            // Without OS randomness no challenge can be trusted: every answer fails.
-            tracing::error!("no OS randomness for the challenge secret");
-        }
+    /// `shared`: the cluster's secret (cluster mode); otherwise one is drawn.
+    fn new(l: &crate::config::Limits, shared: Option<Zeroizing<[u8; 32]>>) -> Self {
+        let secret = shared.unwrap_or_else(|| {
+            let mut secret = Zeroizing::new([0u8; 32]);
+            if getrandom::getrandom(&mut secret[..]).is_err() {
+                // Without OS randomness no challenge can be trusted: every answer fails.
+                tracing::error!("no OS randomness for the challenge secret");
+            }
+            secret
+        });
         Self {
             secret,
             used: Mutex::new(HashMap::new()),
@@ -285,8 +293,17 @@ impl AppState {
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let (shutdown_tx, _) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(Hub::new(&config.limits));
-        let guards = Guards::new(&config.limits);
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(|c| crate::cluster::Cluster::new(c, metrics.clone()));
+        let (secret, cluster_error) = match config.cluster.as_ref().map(crate::cluster::ClusterConfig::load_secret) {
+            Some(Ok(secret)) => (Some(secret), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
+        let hub = Arc::new(Hub::new(&config.limits, cluster.clone()));
+        let guards = Guards::new(&config.limits, secret);
         let blobs = crate::blobs::BlobStore::new(&config);
         let conns = crate::net::Conns::new(&config.limits);
         let inflight = Budget::new(config.limits.max_inflight_send_bytes);
@@ -308,6 +325,8 @@ impl AppState {
             conns,
             inflight,
             hub,
+            cluster,
+            cluster_error,
             writer,
             pusher,
             connections,
@@ -403,6 +422,14 @@ impl AppState {
             return Err(ErrorCode::CHALLENGE_UNKNOWN);
         }
         let _ = self.verify_auth(&challenge, resp, Some(binding)).await?;
+        if self.cluster.is_some() {
+            // Answered once across the cluster: the nodes share the used nonces.
+            return match self.store.use_challenge(&resp.nonce, challenge.timestamp_ms).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(ErrorCode::CHALLENGE_UNKNOWN),
+                Err(e) => Err(crate::error::code_of(&e)),
+            };
+        }
         let ttl_ms = self.config.limits.challenge_ttl_secs.saturating_mul(1000);
         let mut used = lock(&g.used);
         if used.len() >= self.config.limits.max_pending_challenges {
@@ -722,6 +749,9 @@ struct ConnEntry {
     signals: Arc<ConnSignals>,
     /// The device's notification-extension process, not its app.
     extension: bool,
+    /// When it registered (ms since the Unix epoch): of two connections of a device on
+    /// two nodes, the later one stays.
+    since_ms: u64,
 }
 
 /// What [`Hub::push_live`] did with a committed envelope.
@@ -744,6 +774,8 @@ pub(crate) struct Hub {
     pub(crate) live_budget: Arc<Budget>,
     /// Bytes in all ephemeral queues.
     pub(crate) ephemeral_budget: Arc<Budget>,
+    /// The cluster this node is part of (cluster mode).
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// A connection's place in the hub; leaves it on drop.
@@ -756,12 +788,13 @@ pub(crate) struct Registration<'a> {
 }
 
 impl Hub {
-    pub(crate) fn new(l: &crate::config::Limits) -> Self {
+    pub(crate) fn new(l: &crate::config::Limits, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
         Self {
             next_id: AtomicU64::new(0),
             conns: Mutex::new(BTreeMap::new()),
             live_budget: Budget::new(l.max_live_queue_bytes),
             ephemeral_budget: Budget::new(l.max_ephemeral_queue_bytes),
+            cluster,
         }
     }
 
@@ -782,6 +815,11 @@ impl Hub {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Strictly later than the connection it replaces, also within one millisecond.
+        let since_ms = conns
+            .get(&(account, device))
+            .map_or(0, |e| e.since_ms.saturating_add(1))
+            .max(now_ms());
         let signals = Arc::new(ConnSignals {
             mailbox: Notify::new(),
             replaced: Notify::new(),
@@ -801,11 +839,20 @@ impl Hub {
                 id,
                 signals: signals.clone(),
                 extension,
+                since_ms,
             },
         );
         drop(conns);
         if let Some(old) = old {
             old.signals.replaced.notify_one();
+        }
+        if let Some(c) = &self.cluster {
+            c.publish(sotto_proto::BusNotice::Present(vec![sotto_proto::Presence {
+                account,
+                device,
+                since_ms,
+                extension,
+            }]));
         }
         Some(Registration {
             hub: self,
@@ -815,13 +862,77 @@ impl Hub {
         })
     }
 
-    /// Closes the device's connection, if it has one here: the device left its account's
+    /// Closes the device's connection, wherever it is: the device left its account's
     /// device list or was re-keyed, so what it authenticated as no longer exists.
     pub(crate) fn evict(&self, account: &AccountId, device: DeviceId) {
+        self.evict_local(account, device);
+        if let Some(c) = &self.cluster {
+            c.publish(sotto_proto::BusNotice::Evict {
+                account: *account,
+                device,
+            });
+        }
+    }
+
+    /// Closes the device's connection if it has one on this node.
+    pub(crate) fn evict_local(&self, account: &AccountId, device: DeviceId) {
         if let Some(e) = lock(&self.conns).get(&(*account, device)) {
             e.signals.removed.store(true, Ordering::Relaxed);
             e.signals.replaced.notify_one();
         }
+    }
+
+    /// Another node has a connection of the device that registered later than this
+    /// node's: this one closes as replaced (an extension never replaces an app).
+    pub(crate) fn replaced_elsewhere(&self, p: &sotto_proto::Presence) {
+        if let Some(e) = lock(&self.conns).get(&(p.account, p.device))
+            && e.since_ms < p.since_ms
+            && (!p.extension || e.extension)
+        {
+            e.signals.replaced.notify_one();
+        }
+    }
+
+    /// Tells the device's connection on this node, if any, to read its mailbox (another
+    /// node stored envelopes for it). Whether it is connected here.
+    pub(crate) fn wake(&self, account: &AccountId, device: DeviceId) -> bool {
+        let conns = lock(&self.conns);
+        let Some(e) = conns.get(&(*account, device)) else {
+            return false;
+        };
+        lock(&e.signals.live).overflow = true;
+        e.signals.mailbox.notify_one();
+        true
+    }
+
+    /// Tells every connection on this node to read its mailbox.
+    pub(crate) fn wake_all(&self) {
+        for e in lock(&self.conns).values() {
+            lock(&e.signals.live).overflow = true;
+            e.signals.mailbox.notify_one();
+        }
+    }
+
+    /// The connections on this node, as presence notices name them.
+    pub(crate) fn snapshot(&self) -> Vec<sotto_proto::Presence> {
+        lock(&self.conns)
+            .iter()
+            .map(|((account, device), e)| sotto_proto::Presence {
+                account: *account,
+                device: *device,
+                since_ms: e.since_ms,
+                extension: e.extension,
+            })
+            .collect()
+    }
+
+    /// Whether the device is connected to this node or, as far as it knows, another.
+    pub(crate) fn connected_anywhere(&self, account: &AccountId, device: DeviceId) -> bool {
+        self.is_connected(account, device)
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.is_up() && c.present_elsewhere(account, device))
     }
 
     /// Holds a send's shared body for its live deliveries, charging its bytes to the
@@ -878,8 +989,21 @@ impl Hub {
     }
 
     /// Queues an ephemeral payload for every connected device of `account` except
-    /// `except`. Returns (queued, dropped).
+    /// `except`, on this node and (through the bus) the others. Returns what this node
+    /// queued and dropped.
     pub(crate) fn ephemeral(&self, account: &AccountId, except: Option<DeviceId>, payload: &[u8]) -> (u64, u64) {
+        if let Some(c) = &self.cluster {
+            c.publish(sotto_proto::BusNotice::Ephemeral {
+                account: *account,
+                except,
+                payload: payload.to_vec(),
+            });
+        }
+        self.ephemeral_local(account, except, payload)
+    }
+
+    /// [`Hub::ephemeral`] on this node only.
+    pub(crate) fn ephemeral_local(&self, account: &AccountId, except: Option<DeviceId>, payload: &[u8]) -> (u64, u64) {
         let conns = lock(&self.conns);
         let (mut sent, mut dropped) = (0, 0);
         for ((_, d), e) in conns.range((*account, DeviceId(0))..=(*account, DeviceId(u32::MAX))) {
@@ -902,8 +1026,13 @@ impl Hub {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         let mut conns = lock(&self.hub.conns);
-        if conns.get(&self.key).is_some_and(|e| e.id == self.id) {
-            conns.remove(&self.key);
+        if conns.get(&self.key).is_some_and(|e| e.id == self.id)
+            && let Some(e) = conns.remove(&self.key)
+            && let Some(c) = &self.hub.cluster
+        {
+            c.publish(sotto_proto::BusNotice::Absent(vec![(
+                self.key.0, self.key.1, e.since_ms,
+            )]));
         }
     }
 }

@@ -259,6 +259,8 @@ fn ops_of(jobs: &[Job]) -> Vec<WriteOp<'_>> {
 
 fn answer(hub: &Hub, metrics: &Metrics, pusher: &Pusher, jobs: Vec<Job>, outcomes: Vec<WriteOutcome>) {
     let mut outcomes = outcomes.into_iter();
+    // Cluster mode: recipients not connected here, told to the other nodes at the end.
+    let mut elsewhere = Vec::new();
     for job in jobs {
         match job {
             Job::Flush(done) | Job::Close(done) => {
@@ -300,6 +302,9 @@ fn answer(hub: &Hub, metrics: &Metrics, pusher: &Pusher, jobs: Vec<Job>, outcome
                             LiveOutcome::Queued => {}
                             LiveOutcome::Overflow => inc(&metrics.live_budget_overflow_total, 1),
                             // Waits in the mailbox: wake the device (a non-blocking hand-off).
+                            LiveOutcome::NotConnected if hub.cluster.is_some() => {
+                                elsewhere.push((r.account_id, r.device_id));
+                            }
                             LiveOutcome::NotConnected => pusher.trigger(&r.account_id, r.device_id),
                         }
                     }
@@ -307,6 +312,11 @@ fn answer(hub: &Hub, metrics: &Metrics, pusher: &Pusher, jobs: Vec<Job>, outcome
                 let _ = reply.send(result);
             }
         }
+    }
+    if let Some(cluster) = &hub.cluster
+        && !elsewhere.is_empty()
+    {
+        cluster.stored_elsewhere(pusher, &elsewhere);
     }
 }
 

@@ -418,7 +418,10 @@ where
             live.queue.len() > 0 || live.overflow
         };
         if waiting {
-            state.pusher.trigger(&account, device);
+            match &state.cluster {
+                Some(c) => c.trigger(&state.pusher, &account, device),
+                None => state.pusher.trigger(&account, device),
+            }
         }
     }
     end

@@ -16,17 +16,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::process::Stdio;
 
+use common::node::*;
 use common::relay::*;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use hyper::StatusCode;
 use rand_core::RngCore;
 use sotto_proto::{Frame, Recipient, Send, SendOutcome, SendResult};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Sends one round may write; the kill always comes long before.
@@ -34,97 +31,11 @@ const MAX_SENDS_PER_ROUND: u64 = 1_000_000;
 /// The kill comes after 1 to this many answers.
 const MAX_ANSWERS_BEFORE_KILL: u32 = 400;
 
-/// No send is refused for its rate or a full mailbox: the test is about crashes.
-const CONFIG: &str = "\
-log_level = \"info\"
-
-[limits]
-max_mailbox_depth = 1000000
-rate_per_second = 1000000
-rate_burst = 1000000
-rate_bytes_per_second = 1000000000
-rate_bytes_burst = 1000000000
-addr_rate_per_second = 1000000
-addr_rate_burst = 1000000
-addr_rate_bytes_per_second = 1000000000
-addr_rate_bytes_burst = 1000000000
-";
-
 fn kills() -> usize {
     std::env::var("SOTTO_CRASH_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10)
-}
-
-/// A `sotto-relay` process, started on `addr` and ready once it logged that it listens.
-struct Node {
-    child: Child,
-    endpoint: Endpoint,
-}
-
-impl Node {
-    async fn start(config: &std::path::Path, url: &str, addr: SocketAddr) -> Node {
-        // Nothing of the caller's environment (a SOTTO_LOG_LEVEL, say) reaches it.
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sotto-relay"))
-            .env_clear()
-            .arg("--config")
-            .arg(config)
-            .args(["--log-level", "info"])
-            .env("SOTTO_LISTEN", addr.to_string())
-            .env("SOTTO_DATABASE_URL", url)
-            .env("SOTTO_PUBLIC_URL", format!("http://{addr}"))
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("sotto-relay starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let ready = async {
-            while let Some(line) = lines.next_line().await.expect("relay output") {
-                if line.contains("relay listening") {
-                    return true;
-                }
-            }
-            false
-        };
-        let ready = tokio::time::timeout(FAILSAFE, ready)
-            .await
-            .expect("the relay starts in time");
-        assert!(ready, "the relay exited before it listened");
-        // Keep reading, so a full pipe never blocks the relay's logging.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Node {
-            child,
-            endpoint: Endpoint { addr },
-        }
-    }
-
-    /// SIGKILL, then waits for the process to be gone.
-    async fn kill(mut self) {
-        self.child.start_kill().expect("SIGKILL");
-        let status = tokio::time::timeout(FAILSAFE, self.child.wait())
-            .await
-            .expect("the relay dies")
-            .expect("its status");
-        assert!(!status.success(), "{status}");
-    }
-}
-
-/// A port of our own, let go for the relay, which binds it again after every kill. It is
-/// taken below Linux's ephemeral range (32768 and up by default), so that no outgoing
-/// connection of another test is given it while the relay is down.
-/// Each call searches its own 6,000 ports, so the two tests of this binary never pick the
-/// same one.
-fn free_port() -> SocketAddr {
-    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let base = 20_000 + 6_000 * (CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2);
-    let offset = std::process::id() % 6_000;
-    (0..6_000u32)
-        .map(|i| SocketAddr::from(([127, 0, 0, 1], (base + (offset + i) % 6_000) as u16)))
-        .find(|a| std::net::TcpListener::bind(a).is_ok())
-        .expect("a free port below the ephemeral range")
 }
 
 /// What one device was handed over all rounds: (seq, send number) in order.
@@ -138,13 +49,13 @@ async fn crash(url: String) {
     let dir = std::env::temp_dir().join(format!("sotto-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join(format!("relay-{}.toml", url.starts_with("postgres")));
-    std::fs::write(&config, CONFIG).unwrap();
+    std::fs::write(&config, format!("log_level = \"info\"\n\n{UNLIMITED}")).unwrap();
     let addr = free_port();
 
     let mut r = rng(77);
     let alice = account(&mut r, 1);
     let bob = account(&mut r, 2);
-    let node = Node::start(&config, &url, addr).await;
+    let node = Node::start(&config, &url, addr, &format!("http://{addr}")).await;
     for a in [&alice, &bob] {
         assert_eq!(node.endpoint.register(a).await, StatusCode::CREATED);
     }
@@ -160,7 +71,7 @@ async fn crash(url: String) {
     for round in 0..rounds {
         let n = match node.take() {
             Some(n) => n,
-            None => Node::start(&config, &url, addr).await,
+            None => Node::start(&config, &url, addr, &format!("http://{addr}")).await,
         };
         let kill_at = 1 + r.next_u32() % MAX_ANSWERS_BEFORE_KILL;
 
@@ -253,7 +164,7 @@ async fn crash(url: String) {
     assert!(stored.len() >= rounds, "{} sends stored", stored.len());
 
     // A last start: both devices take what is left, and it is all there.
-    let n = Node::start(&config, &url, addr).await;
+    let n = Node::start(&config, &url, addr, &format!("http://{addr}")).await;
     live_got.extend(drain(&n.endpoint, live).await.into_iter().map(|(s, e)| (s, number(&e))));
     let offline_got: Deliveries = drain(&n.endpoint, offline)
         .await

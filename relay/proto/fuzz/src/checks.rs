@@ -24,13 +24,13 @@ use rand_chacha::rand_core::SeedableRng;
 use sotto_crypto::{AccountKey, Device, DeviceId, PreKeyBundle};
 use sotto_proto::{
     Access, AccessKey, AccessPolicy, AuthResponse, BlobCreate, BlobCreated, BlobIssuer, BlobStatus, Body, Bundles,
-    Challenge, DecodeError, Deliver, DeviceListBody, ErrorBody, ErrorCode, Frame, PreKeyCounts, PreKeyUpload,
-    ProfileBody, ProfileUpload, PushProvider, PushRegistration, Recipient, Send, SendOutcome, SendResult, TokenIssue,
-    TokenIssued, authorization_header, limits, parse_authorization,
+    BusMessage, BusNotice, Challenge, DecodeError, Deliver, DeviceListBody, ErrorBody, ErrorCode, Frame, PreKeyCounts,
+    PreKeyUpload, Presence, ProfileBody, ProfileUpload, PushProvider, PushRegistration, Recipient, Send, SendOutcome,
+    SendResult, TokenIssue, TokenIssued, authorization_header, limits, parse_authorization,
 };
 
 /// The fuzz targets; each has a directory of seeds under `relay/proto/fuzz/corpus/`.
-pub const TARGETS: [&str; 2] = ["frame", "body"];
+pub const TARGETS: [&str; 3] = ["frame", "body", "bus"];
 
 /// What a check made of its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +46,7 @@ pub fn run(target: &str, data: &[u8]) -> Option<Outcome> {
     Some(match target {
         "frame" => frame(data),
         "body" => body(data),
+        "bus" => bus(data),
         _ => return None,
     })
 }
@@ -82,6 +83,23 @@ fn round_trip<T: Body + PartialEq + Debug>(data: &[u8]) -> bool {
         Err(e) => {
             let _ = e.to_string();
             false
+        }
+    }
+}
+
+/// Target `bus`: [`BusMessage::decode`], the notices relay nodes exchange; what decodes
+/// re-encodes to the input.
+pub fn bus(data: &[u8]) -> Outcome {
+    match BusMessage::decode(data) {
+        Ok(m) => {
+            let encoded = m.encode();
+            assert_eq!(encoded, data, "{m:?} does not re-encode to its input");
+            assert_eq!(BusMessage::decode(&encoded).as_ref(), Ok(&m));
+            Outcome::Accepted
+        }
+        Err(e) => {
+            let _ = e.to_string();
+            Outcome::Rejected
         }
     }
 }
@@ -320,6 +338,69 @@ pub fn seeds() -> Vec<Seed> {
     add("frame", "bad-version", [&[2u8][..], &send[1..]].concat());
     add("frame", "bad-type", vec![1, 0xee]);
     add("frame", "bad-empty", vec![]);
+
+    // Bus notices between relay nodes.
+    let origin = [0x5a; 8];
+    let notices = [
+        (
+            "ok-mailbox",
+            BusNotice::Mailbox(vec![(account, DeviceId(1)), (account, DeviceId(2))]),
+        ),
+        (
+            "ok-ephemeral",
+            BusNotice::Ephemeral {
+                account,
+                except: Some(DeviceId(1)),
+                payload: b"typing".to_vec(),
+            },
+        ),
+        (
+            "ok-ephemeral-all",
+            BusNotice::Ephemeral {
+                account,
+                except: None,
+                payload: b"presence".to_vec(),
+            },
+        ),
+        (
+            "ok-evict",
+            BusNotice::Evict {
+                account,
+                device: DeviceId(2),
+            },
+        ),
+        (
+            "ok-present",
+            BusNotice::Present(vec![Presence {
+                account,
+                device: DeviceId(1),
+                since_ms: 1_700_000_000_000,
+                extension: false,
+            }]),
+        ),
+        (
+            "ok-absent",
+            BusNotice::Absent(vec![(account, DeviceId(1), 1_700_000_000_000)]),
+        ),
+        ("ok-heartbeat", BusNotice::Heartbeat),
+        ("ok-hello", BusNotice::Hello),
+    ];
+    let mailbox = BusMessage {
+        origin,
+        notice: notices[0].1.clone(),
+    }
+    .encode();
+    for (name, notice) in notices {
+        add("bus", name, BusMessage { origin, notice }.encode());
+    }
+    add("bus", "bad-mailbox-truncated", truncated(&mailbox));
+    add("bus", "bad-mailbox-trailing", trailing(&mailbox));
+    let mut count = mailbox.clone();
+    count[10] = 0xff; // the count's high byte: above the bound
+    add("bus", "bad-mailbox-count", count);
+    add("bus", "bad-version", [&[2u8][..], &mailbox[1..]].concat());
+    add("bus", "bad-kind", [&mailbox[..9], &[0xee][..]].concat());
+    add("bus", "bad-empty", vec![]);
 
     // Bodies.
     let profile = ProfileUpload {

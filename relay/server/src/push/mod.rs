@@ -687,7 +687,7 @@ async fn push_one(w: &Worker, key: &Key, permits: &Semaphore) {
         return;
     };
     let mut permit = Some(permit);
-    if w.hub.is_connected(account, *device) {
+    if w.hub.connected_anywhere(account, *device) {
         return;
     }
     let reg = match w.store.push_registration(account, *device).await {

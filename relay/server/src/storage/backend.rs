@@ -37,6 +37,25 @@ macro_rules! storage_impl {
                 Ok(())
             }
 
+            async fn use_challenge(&self, nonce: &[u8; 32], issued_ms: u64) -> Result<bool, StorageError> {
+                let done = sqlx::query(
+                    "INSERT INTO used_challenges (nonce, issued_ms) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING",
+                )
+                .bind(&nonce[..])
+                .bind(to_i64(issued_ms))
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn forget_challenges(&self, before_ms: u64) -> Result<u64, StorageError> {
+                let done = sqlx::query("DELETE FROM used_challenges WHERE issued_ms < $1")
+                    .bind(to_i64(before_ms))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
             async fn put_device_list(&self, list: &DeviceList) -> Result<PutDeviceList, StorageError> {
                 let account = list.account_id();
                 let a = &account.0[..];

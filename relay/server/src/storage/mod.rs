@@ -282,6 +282,17 @@ pub trait Storage: Send + Sync + 'static {
     /// Checks that the database answers.
     fn ping(&self) -> impl Future<Output = Result<(), StorageError>> + Send;
 
+    /// Records an HTTP challenge nonce as answered (cluster mode): false when it was
+    /// already recorded, by any node.
+    fn use_challenge(
+        &self,
+        nonce: &[u8; 32],
+        issued_ms: u64,
+    ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+
+    /// Forgets answered nonces issued before `before_ms`; returns how many.
+    fn forget_challenges(&self, before_ms: u64) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
     /// Stores a verified device list: registers the account, or replaces its list when
     /// the version grows ([`StorageError::StaleDeviceList`] otherwise). Devices no longer
     /// listed lose their mailbox, prekeys and push registration; a device listed with new
@@ -598,6 +609,12 @@ macro_rules! delegate {
 impl Storage for Store {
     async fn ping(&self) -> Result<(), StorageError> {
         delegate!(self, s => s.ping())
+    }
+    async fn use_challenge(&self, nonce: &[u8; 32], issued_ms: u64) -> Result<bool, StorageError> {
+        delegate!(self, s => s.use_challenge(nonce, issued_ms))
+    }
+    async fn forget_challenges(&self, before_ms: u64) -> Result<u64, StorageError> {
+        delegate!(self, s => s.forget_challenges(before_ms))
     }
     async fn put_device_list(&self, list: &DeviceList) -> Result<PutDeviceList, StorageError> {
         delegate!(self, s => s.put_device_list(list))

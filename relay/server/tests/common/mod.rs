@@ -10,6 +10,7 @@ use sotto_crypto::{AccountId, AccountKey, Device, DeviceId, DeviceList, Signatur
 use sotto_proto::{Challenge, PreKeyUpload};
 use sqlx::Connection;
 
+pub mod node;
 pub mod relay;
 
 /// A device for relay tests.
