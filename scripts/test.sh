@@ -54,6 +54,11 @@ fi
 step "tests"
 cargo test --workspace --locked
 
+step "container image: deploy/container/Dockerfile, built and run with podman"
+# The relay binary the tests above built goes into the image; the Dockerfile's compile
+# stage is what `scripts/container.sh` alone runs (docs/operations.md, "Containers").
+scripts/container.sh --prebuilt "${CARGO_TARGET_DIR:-$PWD/target}/debug/sotto-relay"
+
 step "bindings: Python, Kotlin and Swift against a local relay"
 scripts/bindings.sh
 

@@ -4,7 +4,11 @@
 # (SQLite in a temp dir, or a database on a throwaway PostgreSQL from scripts/pg.sh), all on
 # 127.0.0.1, and stops everything on exit.
 #
-#   relay/loadgen/run.sh [sqlite|postgres|both]          (default: both)
+#   relay/loadgen/run.sh [sqlite|postgres|both|cluster]   (default: both)
+#
+# `cluster`: NODES [3] relay nodes on one PostgreSQL database and a nats-server (cluster
+# mode, docs/self-hosting.md "Several nodes"), all on this machine; the load generator's
+# connections take the nodes in turn.
 #
 # Environment (defaults in brackets):
 #   MODES="idle throughput catchup"   IDLE_N [10000]   PAIRS [1000]
@@ -35,8 +39,8 @@ cd "$ROOT"
 BACKENDS=${1:-both}
 case "$BACKENDS" in
   both) BACKENDS="sqlite postgres" ;;
-  sqlite | postgres) ;;
-  *) echo "usage: $0 [sqlite|postgres|both]" >&2; exit 2 ;;
+  sqlite | postgres | cluster) ;;
+  *) echo "usage: $0 [sqlite|postgres|both|cluster]" >&2; exit 2 ;;
 esac
 MODES=${MODES:-idle throughput catchup}
 IDLE_N=${IDLE_N:-10000}
@@ -76,8 +80,20 @@ WORK=$(mktemp -d /tmp/sotto-loadgen.XXXXXX)
 RELAY_PID=
 PG_DIR=
 PG_URL=
+NODES=${NODES:-3}
+NODE_PIDS=()
+NATS_PID=
+PUBLIC=
 
 stop_relay() {
+  local pid
+  for pid in "${NODE_PIDS[@]}"; do
+    [ "$pid" = "$RELAY_PID" ] || kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${NODE_PIDS[@]}"; do
+    [ "$pid" = "$RELAY_PID" ] || wait "$pid" 2>/dev/null || true
+  done
+  NODE_PIDS=()
   [ -n "$RELAY_PID" ] || return 0
   kill -TERM "$RELAY_PID" 2>/dev/null || true
   local i
@@ -92,6 +108,7 @@ stop_relay() {
 
 cleanup() {
   stop_relay
+  if [ -n "$NATS_PID" ]; then kill -TERM "$NATS_PID" 2>/dev/null || true; wait "$NATS_PID" 2>/dev/null || true; fi
   if [ -n "$PG_DIR" ]; then scripts/pg.sh stop "$PG_DIR" || true; fi
   rm -rf "$WORK"
 }
@@ -169,6 +186,31 @@ start_relay() {
   RELAY_PID=$!
 }
 
+# start_cluster NAME DATABASE_URL: NODES nodes sharing the database and the nats-server;
+# URL lists them all, RELAY_PID is the first (RSS and CPU readings are of that node).
+start_cluster() {
+  local name=$1 db=$2 i port urls=()
+  PUBLIC="http://relay.cluster.test"
+  for i in $(seq 1 "$NODES"); do
+    port=$(free_port $((18080 + 10 * i)))
+    urls+=("http://127.0.0.1:$port")
+    mkdir -p "$WORK/$name-$i"
+    "$RELAY" --config "$WORK/cluster.toml" --listen "127.0.0.1:$port" --public-url "$PUBLIC" \
+      --data-dir "$WORK/$name-$i" --database-url "$db" >"$OUT/relay-$name-$i.log" 2>&1 &
+    NODE_PIDS+=($!)
+  done
+  RELAY_PID=${NODE_PIDS[0]}
+  URL=$(IFS=,; echo "${urls[*]}")
+  # Ready means on the bus (the load generator only waits for /healthz).
+  local u n
+  for u in "${urls[@]}"; do
+    for n in $(seq 1 300); do
+      [ "$(curl -s -o /dev/null -w '%{http_code}' "$u/readyz" || true)" = 200 ] && break
+      sleep 0.1
+    done
+  done
+}
+
 PSQL=$(command -v psql || echo /usr/local/bin/psql)
 
 pg_database() {
@@ -181,12 +223,18 @@ pg_database() {
 # run_mode BACKEND MODE [RATE | LAYOUT]
 run_mode() {
   local backend=$1 mode=$2 rate=${3:-} db= name="$1-$2${3:+-$3}" watch=()
-  if [ "$backend" = postgres ]; then
+  if [ "$backend" = postgres ] || [ "$backend" = cluster ]; then
     db=$(pg_database "lg_$mode$rate")
     watch=(--watch-comm postgres)
   fi
-  start_relay "$name" "$db"
-  local args=(--url "$URL" --mode "$mode" --relay-pid "$RELAY_PID" "${watch[@]}")
+  local public=()
+  if [ "$backend" = cluster ]; then
+    start_cluster "$name" "$db"
+    public=(--public-url "$PUBLIC")
+  else
+    start_relay "$name" "$db"
+  fi
+  local args=(--url "$URL" "${public[@]}" --mode "$mode" --relay-pid "$RELAY_PID" "${watch[@]}")
   case "$mode" in
     idle) args+=(--connections "$IDLE_N" --ramp-secs "$RAMP") ;;
     throughput)
@@ -195,7 +243,7 @@ run_mode() {
     fanout)
       args+=(--fanout-accounts "$FANOUT_ACCOUNTS" --fanout-devices "$FANOUT_DEVICES" --body-bytes "$FANOUT_BODY"
         --head-bytes "$FANOUT_HEAD" --fanout-rounds "$FANOUT_ROUNDS" --fanout-layout "$rate" --ramp-secs 2)
-      if [ "$backend" = postgres ]; then
+      if [ "$backend" = postgres ] || [ "$backend" = cluster ]; then
         args+=(--db-dialect postgres
           --db-stats-cmd "$PSQL -h 127.0.0.1 -p $(cat "$PG_DIR/port") -U postgres -d lg_$mode$rate -q -At")
       elif command -v sqlite3 >/dev/null; then
@@ -204,7 +252,7 @@ run_mode() {
       ;;
     catchup)
       args+=(--queued "$QUEUED" --envelope-bytes "$ENVELOPE")
-      if [ "$backend" = postgres ] && [ "$PG_FILL" = sql ]; then
+      if [ "$backend" != sqlite ] && [ "$PG_FILL" = sql ]; then
         args+=(--fill-sql-cmd "$PSQL -h 127.0.0.1 -p $(cat "$PG_DIR/port") -U postgres -d lg_$mode -q -v ON_ERROR_STOP=1")
       fi
       ;;
@@ -231,10 +279,21 @@ run_mode() {
 status=0
 for backend in $BACKENDS; do
   wait_load
-  if [ "$backend" = postgres ]; then
+  if [ "$backend" = postgres ] || [ "$backend" = cluster ]; then
     PG_DIR=$(mktemp -d /tmp/sotto-loadgen-pg.XXXXXX)
     PG_URL=$(scripts/pg.sh start "$PG_DIR")
     echo "PostgreSQL: $PG_URL (fsync=${PG_FSYNC:-off}; set PG_FSYNC=on for power-loss durability)"
+  fi
+  if [ "$backend" = cluster ] && [ -z "$NATS_PID" ]; then
+    NATS_BIN=$(command -v nats-server || echo /usr/sbin/nats-server)
+    NATS_PORT=$(free_port 14222)
+    "$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" >"$OUT/nats.log" 2>&1 &
+    NATS_PID=$!
+    openssl rand -hex 32 >"$WORK/cluster.key" 2>/dev/null || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/cluster.key"
+    { cat "$WORK/relay.toml"
+      printf '[cluster]\nnats_url = "nats://127.0.0.1:%s"\nsecret_file = "%s"\n' "$NATS_PORT" "$WORK/cluster.key"
+    } >"$WORK/cluster.toml"
+    echo "nats-server on 127.0.0.1:$NATS_PORT, $NODES relay nodes per run"
   fi
   for mode in $MODES; do
     if [ "$mode" = throughput ]; then

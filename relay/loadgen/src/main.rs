@@ -75,7 +75,8 @@ pub(crate) enum Dialect {
 #[derive(Debug, Parser)]
 #[command(name = "sotto-loadgen", about = "Load generator for the Sotto relay")]
 pub(crate) struct Cli {
-    /// The relay, `http://127.0.0.1:PORT` (loopback only).
+    /// The relay, `http://127.0.0.1:PORT` (loopback only); for a cluster, its nodes'
+    /// URLs separated by commas, which new connections take in turn.
     #[arg(long)]
     url: String,
     /// The relay's `--public-url` (its relay id is checked). Default: `--url`.
@@ -361,7 +362,7 @@ async fn run(ctx: Ctx) -> Result<String, Fail> {
     println!(
         "mode={:?} relay={} load_average={}",
         ctx.cli.mode,
-        ctx.target.addr,
+        ctx.cli.url,
         stats::loadavg()
     );
     match ctx.cli.mode {

@@ -33,31 +33,45 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
 
-/// Where the relay is: its loopback socket address and the public URL its relay id is
-/// computed from.
+/// Where the relay is: its loopback socket addresses (several for a cluster, taken in
+/// turn by each new connection) and the public URL its relay id is computed from.
 #[derive(Clone, Debug)]
 pub(crate) struct Target {
-    pub(crate) addr: SocketAddr,
+    addrs: Arc<[SocketAddr]>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) relay_id: [u8; 32],
 }
 
 impl Target {
-    /// Parses `http://127.0.0.1:PORT`; refuses anything that is not a loopback address.
-    pub(crate) fn new(url: &str, public_url: &str) -> Result<Self, Fail> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| Fail(format!("--url must start with http:// (got {url})")))?;
-        let host = rest.split('/').next().unwrap_or_default();
-        let addr: SocketAddr = host
-            .parse()
-            .map_err(|_| Fail(format!("--url must name IP:PORT (got {url})")))?;
-        if !addr.ip().is_loopback() {
-            return Err(Fail(format!("refusing a non-loopback relay address {addr}")));
+    /// Parses `http://127.0.0.1:PORT`, or several such URLs separated by commas (the
+    /// nodes of a cluster, which share `public_url`); refuses anything that is not a
+    /// loopback address.
+    pub(crate) fn new(urls: &str, public_url: &str) -> Result<Self, Fail> {
+        let mut addrs = Vec::new();
+        for url in urls.split(',') {
+            let rest = url
+                .strip_prefix("http://")
+                .ok_or_else(|| Fail(format!("--url must start with http:// (got {url})")))?;
+            let host = rest.split('/').next().unwrap_or_default();
+            let addr: SocketAddr = host
+                .parse()
+                .map_err(|_| Fail(format!("--url must name IP:PORT (got {url})")))?;
+            if !addr.ip().is_loopback() {
+                return Err(Fail(format!("refusing a non-loopback relay address {addr}")));
+            }
+            addrs.push(addr);
         }
         Ok(Self {
-            addr,
+            addrs: addrs.into(),
+            next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             relay_id: sotto_proto::relay_id(public_url),
         })
+    }
+
+    /// The address for the next connection: the nodes in turn.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.addrs[i % self.addrs.len()]
     }
 }
 
@@ -164,17 +178,20 @@ impl Http {
 /// Waits (at most `wait`) until `GET /healthz` answers.
 pub(crate) async fn wait_healthy(target: &Target, wait: Duration) -> Result<(), Fail> {
     let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        if let Ok(mut http) = Http::connect(target.addr).await
-            && let Ok((StatusCode::OK, _)) = http.request(target.addr, Method::GET, "/healthz", vec![]).await
-        {
-            return Ok(());
+    for &addr in target.addrs.iter() {
+        loop {
+            if let Ok(mut http) = Http::connect(addr).await
+                && let Ok((StatusCode::OK, _)) = http.request(addr, Method::GET, "/healthz", vec![]).await
+            {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Fail(format!("relay at {addr} not healthy within {wait:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Fail(format!("relay at {} not healthy within {wait:?}", target.addr)));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
 }
 
 /// Sets each account's access verifier (`PUT /v1/access`, authenticated by a fresh
@@ -192,11 +209,10 @@ pub(crate) async fn set_access_all(
         let part = part.to_vec();
         let target = target.clone();
         tasks.push(tokio::spawn(async move {
-            let mut http = Http::connect(target.addr).await?;
+            let addr = target.addr();
+            let mut http = Http::connect(addr).await?;
             for (id, key) in part {
-                let (status, body) = http
-                    .request(target.addr, Method::GET, "/v1/auth/challenge", vec![])
-                    .await?;
+                let (status, body) = http.request(addr, Method::GET, "/v1/auth/challenge", vec![]).await?;
                 if status != StatusCode::OK {
                     return Err(Fail(format!("challenge answered {status}")));
                 }
@@ -214,7 +230,7 @@ pub(crate) async fn set_access_all(
                     signature: id.device.sign_relay_auth(&target.relay_id, &bound, c.timestamp_ms),
                 });
                 let (status, _) = http
-                    .request_with(target.addr, Method::PUT, "/v1/access", Some(auth), policy)
+                    .request_with(addr, Method::PUT, "/v1/access", Some(auth), policy)
                     .await?;
                 if status != StatusCode::NO_CONTENT {
                     return Err(Fail(format!("access answered {status}")));
@@ -237,7 +253,7 @@ pub(crate) async fn register_all(target: &Target, ids: &[Arc<Identity>], workers
     let mut tasks = Vec::new();
     for part in ids.chunks(chunk) {
         let part: Vec<Arc<Identity>> = part.to_vec();
-        let addr = target.addr;
+        let addr = target.addr();
         tasks.push(tokio::spawn(async move {
             let mut http = Http::connect(addr).await?;
             for id in part {
@@ -303,14 +319,15 @@ pub(crate) async fn connect(target: &Target, id: &Identity) -> Result<Ws, Fail> 
 }
 
 async fn connect_inner(target: &Target, id: &Identity) -> Result<Ws, Fail> {
-    let stream = TcpStream::connect(target.addr)
+    let addr = target.addr();
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| Fail(format!("tcp connect: {e}")))?;
     let _ = stream.set_nodelay(true);
     let config = WebSocketConfig::default()
         .read_buffer_size(CLIENT_READ_BUFFER)
         .write_buffer_size(0);
-    let (mut ws, _) = client_async_with_config(format!("ws://{}/v1/ws", target.addr), stream, Some(config))
+    let (mut ws, _) = client_async_with_config(format!("ws://{addr}/v1/ws"), stream, Some(config))
         .await
         .map_err(|e| Fail(format!("ws handshake: {e}")))?;
     let challenge = match next_frame(&mut ws).await? {

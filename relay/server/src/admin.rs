@@ -175,6 +175,24 @@ fn check_config(config: &Config, out: &mut String) -> Result<(), AdminError> {
         BlobBackend::S3 => "S3",
     };
     let _ = writeln!(out, "blob store          {blobs}");
+    match &config.cluster {
+        Some(c) => {
+            c.load_secret().map_err(AdminError::Usage)?;
+            if !config
+                .database_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("postgres"))
+            {
+                return Err(AdminError::Usage(
+                    "cluster mode needs a PostgreSQL database_url: the nodes share it".into(),
+                ));
+            }
+            let _ = writeln!(out, "cluster             NATS {} (the secret loads)", c.nats_url);
+        }
+        None => {
+            let _ = writeln!(out, "cluster             no (a single node)");
+        }
+    }
     let metrics = match (&config.metrics_listen, &config.metrics_token) {
         (Some(addr), _) => format!("on {addr}"),
         (None, Some(_)) => "on the public listener, with the token".to_owned(),

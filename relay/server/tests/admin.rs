@@ -211,5 +211,27 @@ fn check_config_loads_what_the_relay_would() {
     let (code, _, err) = admin(&["admin", "check-config", "--config", path]);
     assert_eq!(code, 2);
     assert!(err.contains("rate_burst"), "{err}");
+    // Cluster mode: the shared secret must load (and is never printed), and the database
+    // must be PostgreSQL.
+    let secret = dir.join("cluster.key");
+    let cluster = |db: &str| {
+        format!(
+            "database_url = \"{db}\"\n[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nsecret_file = \"{}\"\n",
+            secret.display()
+        )
+    };
+    std::fs::write(&config, cluster("postgres://relay@db.internal/sotto")).unwrap();
+    let (code, _, err) = admin(&["admin", "check-config", "--config", path]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read cluster.secret_file"), "{err}");
+    std::fs::write(&secret, "0123456789abcdef".repeat(4)).unwrap();
+    let (code, out, err) = admin(&["admin", "check-config", "--config", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("NATS nats://127.0.0.1:4222 (the secret loads)"), "{out}");
+    assert!(!out.contains("0123456789abcdef") && !err.contains("0123456789abcdef"));
+    std::fs::write(&config, cluster("sqlite:///tmp/relay.db")).unwrap();
+    let (code, _, err) = admin(&["admin", "check-config", "--config", path]);
+    assert_eq!(code, 2);
+    assert!(err.contains("needs a PostgreSQL database_url"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

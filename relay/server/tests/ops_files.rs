@@ -1,7 +1,9 @@
 //! The operator's files in deploy/ hold what docs/operations.md says: the Prometheus alert
 //! rules and the Grafana dashboard name only metrics the relay exports, the dashboard is
 //! valid JSON, and the systemd unit verifies with `systemd-analyze` (pointed at this build
-//! of `sotto-relay`) with an exposure score of at most 2.0 ("OK").
+//! of `sotto-relay`) with an exposure score of at most 2.0 ("OK"). The container
+//! deployment's relay.toml is a valid configuration, and compose.yaml and nginx.conf name
+//! the files and services they rely on. (scripts/container.sh builds and runs the image.)
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -145,4 +147,40 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         String::from_utf8_lossy(&security.stdout)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_container_deployment_is_consistent() {
+    // The relays' file loads and validates as the relay would load it.
+    let config = sotto_relay::Config::from_file(&deploy("container/relay.toml")).unwrap();
+    config.validate().unwrap();
+    let cluster = config.cluster.as_ref().expect("a [cluster] section");
+    assert_eq!(cluster.secret_file, Path::new("/run/secrets/cluster_key"));
+    assert_eq!(cluster.nats_url, "nats://nats:4222");
+    let compose = read("container/compose.yaml");
+    for needed in [
+        "dockerfile: deploy/container/Dockerfile",
+        "./relay.toml:/etc/sotto-relay/relay.toml:ro",
+        "./nginx.conf:/etc/nginx/conf.d/default.conf:ro",
+        "SOTTO_CONFIG: /etc/sotto-relay/relay.toml",
+        "SOTTO_BEHIND_TLS_PROXY: \"true\"",
+        "cluster_key:",
+        "  relay2:",
+    ] {
+        assert!(compose.contains(needed), "compose.yaml lacks {needed:?}");
+    }
+    let nginx = read("container/nginx.conf");
+    for node in ["server relay1:8080", "server relay2:8080"] {
+        assert!(nginx.contains(node), "nginx.conf lacks {node:?}");
+    }
+    assert!(
+        nginx.contains("proxy_set_header Upgrade $http_upgrade;"),
+        "WebSockets through nginx"
+    );
+    let dockerfile = read("container/Dockerfile");
+    assert!(dockerfile.contains("USER 10001:10001"), "the image runs unprivileged");
+    assert!(
+        dockerfile.contains("cargo build --release --locked"),
+        "the image builds the relay"
+    );
 }
