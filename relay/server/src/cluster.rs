@@ -13,7 +13,7 @@
 //! connection authenticated / closed ─ Present / Absent: the newer connection stays,
 //!                                     and push owners know who is connected where
 //! every second ─ Heartbeat: the set of live nodes (push ownership follows it)
-//! (re)joined the bus ─ Hello: every node answers with its Present list
+//! (re)joined the bus ─ Hello, and its own Present list: every node answers with its own
 //! ```
 //!
 //! **Core NATS, not JetStream.** Every notice is a hint about state that is already
@@ -193,6 +193,9 @@ pub(crate) struct Cluster {
     grace: std::sync::atomic::AtomicU32,
     /// Wakes the poller at once (bus lost, back, or a slow-consumer report).
     poll_now: Notify,
+    /// The bus (re)connected: the poller announces this node's connections, since the
+    /// others forgot them if they stopped hearing from it.
+    announce: AtomicBool,
     /// The other nodes, and when each was last heard from.
     members: Mutex<HashMap<NodeId, Instant>>,
     /// Devices connected to other nodes: the node and the connection's `since_ms`.
@@ -218,6 +221,7 @@ impl Cluster {
             up: AtomicBool::new(false),
             grace: std::sync::atomic::AtomicU32::new(0),
             poll_now: Notify::new(),
+            announce: AtomicBool::new(false),
             members: Mutex::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
             metrics,
@@ -397,8 +401,9 @@ pub(crate) async fn run(t: BusTasks, mut shutdown: watch::Receiver<bool>) {
                 match event {
                     async_nats::Event::Connected => {
                         tracing::info!("cluster bus connected");
-                        c.set_up(true);
                         c.publish(BusNotice::Hello);
+                        c.announce.store(true, Ordering::Release);
+                        c.set_up(true);
                     }
                     async_nats::Event::Disconnected | async_nats::Event::Closed => {
                         tracing::warn!("cluster bus lost: reading mailboxes every poll interval");
@@ -448,7 +453,18 @@ pub(crate) async fn run(t: BusTasks, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             m = subscriber.next() => match m {
                 Some(m) => receive(&t, &m.payload),
-                None => break,
+                None => {
+                    // The client gave up (it retries forever, so this should not happen):
+                    // go on without the bus, reading mailboxes, until shutdown.
+                    tracing::error!("cluster bus subscription ended: running without the bus");
+                    cluster.set_up(false);
+                    heartbeat.abort();
+                    if let Some(p) = &publisher {
+                        p.abort();
+                    }
+                    let _ = poller.await;
+                    return;
+                }
             },
             _ = crate::state::wait_shutdown(&mut shutdown) => break,
         }
@@ -526,6 +542,11 @@ async fn poll_loop(t: &BusTasks, shutdown: &mut watch::Receiver<bool>) {
         if !t.cluster.is_up() || owed {
             inc(&t.metrics.bus_polls_total, 1);
             t.hub.wake_all();
+        }
+        if t.cluster.is_up() && t.cluster.announce.swap(false, Ordering::AcqRel) {
+            for chunk in t.hub.snapshot().chunks(MAX_BUS_ENTRIES) {
+                t.cluster.publish(BusNotice::Present(chunk.to_vec()));
+            }
         }
     }
 }

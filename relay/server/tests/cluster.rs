@@ -14,7 +14,8 @@
 //!   delivered to every device, each under one seq, and the device that was connected to
 //!   the dead node goes on through a surviving one;
 //! - nats-server killed in the middle of a load: `/readyz` says so, the nodes go on
-//!   delivering (through mailbox polls), and once NATS is back nothing was lost.
+//!   delivering (through mailbox polls), and once NATS is back they know again which
+//!   devices are connected where, and nothing was lost.
 //!
 //! Needs `SOTTO_TEST_POSTGRES_URL` and nats-server (on `PATH`, in /usr/sbin, or
 //! `SOTTO_NATS_SERVER`); both are required when `CI=true`, and scripts/test.sh provides
@@ -58,8 +59,8 @@ min_interval_secs = 3600
 nats_url = \"nats://{nats}\"
 secret_file = \"{}\"
 poll_interval_ms = {}
-heartbeat_ms = 200
-node_timeout_ms = 1000
+heartbeat_ms = 500
+node_timeout_ms = 5000
 ",
         secret.display(),
         POLL_MS,
@@ -518,6 +519,12 @@ async fn three_nodes_on_postgres_and_nats() {
         })
         .await;
     }
+    // The nodes forgot each other's devices while they heard nothing; back on the bus
+    // they announce them again: Alice's device on node 0 is known to the other two.
+    wait_until("presence rebuilt after the outage", || async {
+        counter(&[&ep(0), &ep(1), &ep(2)], "bus_remote_devices").await == [0, 1, 1]
+    })
+    .await;
     let stored3 = load(&ep(2), &to, 20_000..20_500, || async {}).await;
     until_delivered(&mut rx, &mut got, &stored3, FAILSAFE).await;
     live.abort();
