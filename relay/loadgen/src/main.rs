@@ -118,6 +118,14 @@ pub(crate) struct Cli {
     /// throughput/catchup: envelope size in bytes (at least 16).
     #[arg(long, default_value_t = 256)]
     pub(crate) envelope_bytes: usize,
+    /// throughput: every this many seconds, print a `SOAK` line for the interval (sends,
+    /// deliveries, latency p50/p99, the relay's RSS and open files, and its queue depths
+    /// from `--metrics-addr`); `--duration` may then be up to 7200 s.
+    #[arg(long)]
+    pub(crate) report_secs: Option<f64>,
+    /// The relay's `metrics_listen` address (`127.0.0.1:PORT`), scraped by `--report-secs`.
+    #[arg(long)]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// throughput: how long to wait for stragglers after the last send.
     #[arg(long, default_value_t = 10.0)]
     pub(crate) grace_secs: f64,
@@ -190,8 +198,12 @@ impl Cli {
             ((1..=20_000).contains(&self.pairs), "--pairs must be 1..=20000"),
             (self.rate > 0.0 && self.rate <= 1e6, "--rate must be in (0, 1e6]"),
             (
-                self.duration > 0.0 && self.duration <= 600.0,
-                "--duration must be in (0, 600]",
+                self.duration > 0.0 && self.duration <= if self.report_secs.is_some() { 7200.0 } else { 600.0 },
+                "--duration must be in (0, 600], or (0, 7200] with --report-secs",
+            ),
+            (
+                self.report_secs.is_none_or(|r| (1.0..=600.0).contains(&r)),
+                "--report-secs must be in [1, 600]",
             ),
             (
                 (0.0..=300.0).contains(&self.ramp_secs),

@@ -194,6 +194,15 @@ pub(crate) async fn wait_healthy(target: &Target, wait: Duration) -> Result<(), 
     Ok(())
 }
 
+/// The relay's `/metrics` text from its `metrics_listen` address, or `None`.
+pub(crate) async fn metrics_text(addr: SocketAddr) -> Option<String> {
+    let mut http = Http::connect(addr).await.ok()?;
+    match http.request(addr, Method::GET, "/metrics", vec![]).await {
+        Ok((StatusCode::OK, body)) => String::from_utf8(body).ok(),
+        _ => None,
+    }
+}
+
 /// Sets each account's access verifier (`PUT /v1/access`, authenticated by a fresh
 /// challenge), over `workers` keep-alive connections, so that sends presenting the key
 /// take the relay's access check. Fails on the first answer that is not 204.

@@ -29,6 +29,8 @@ struct Counters {
     stored: AtomicU64,
     results: AtomicU64,
     delivered: AtomicU64,
+    /// With `--report-secs`: latencies (ns) of the deliveries since the last report.
+    window: Option<std::sync::Mutex<Vec<u64>>>,
 }
 
 #[derive(Default)]
@@ -201,6 +203,9 @@ async fn receiver(
                 if let Frame::Deliver(d) = frame {
                     if let Some(id) = envelope_id(&d.envelope) {
                         out.deliveries.push((id, now));
+                        if let Some(w) = &counters.window {
+                            w.lock().unwrap_or_else(|p| p.into_inner()).push(now.saturating_sub(id));
+                        }
                     }
                     counters.delivered.fetch_add(1, Ordering::Relaxed);
                     if pending.is_none() {
@@ -224,6 +229,59 @@ async fn receiver(
         let _ = send_frame(&mut ws, &Frame::Ack { seq }).await;
     }
     out
+}
+
+/// Prints one `SOAK` line per interval until `end`: seconds since the start, envelopes
+/// sent, stored and delivered in the interval, the interval's delivery latency p50 and p99
+/// (ms), the relay's RSS (KiB) and open files, and from its metrics the writer's queue,
+/// the envelopes waiting in mailboxes and the open connections.
+async fn soak_reports(ctx: &Ctx, counters: &Counters, every: Duration, start_ns: u64, end: Instant) {
+    println!(
+        "SOAK t_s,sent,stored,delivered,p50_ms,p99_ms,rss_kib,open_files,write_queue,mailbox_envelopes,connections"
+    );
+    let (mut sent0, mut stored0, mut delivered0) = (0, 0, 0);
+    let mut next = Instant::now() + every;
+    while next <= end {
+        tokio::time::sleep_until(next).await;
+        next += every;
+        let mut window = counters
+            .window
+            .as_ref()
+            .map(|w| std::mem::take(&mut *w.lock().unwrap_or_else(|p| p.into_inner())))
+            .unwrap_or_default();
+        let (p50, p99, _, _) = latency_summary(&mut window);
+        let (sent, stored, delivered) = (
+            counters.sent.load(Ordering::Relaxed),
+            counters.stored.load(Ordering::Relaxed),
+            counters.delivered.load(Ordering::Relaxed),
+        );
+        let pid = ctx.relay_pid();
+        let rss = pid.and_then(crate::stats::rss_kib).unwrap_or(0);
+        let files = pid
+            .and_then(|p| std::fs::read_dir(format!("/proc/{p}/fd")).ok())
+            .map_or(0, |d| d.count());
+        let text = match ctx.cli.metrics_addr {
+            Some(a) => crate::net::metrics_text(a).await.unwrap_or_default(),
+            None => String::new(),
+        };
+        let metric = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(-1.0)
+        };
+        println!(
+            "SOAK {:.0},{},{},{},{p50:.2},{p99:.2},{rss},{files},{:.0},{:.0},{:.0}",
+            (now_ns() - start_ns) as f64 / 1e9,
+            sent - sent0,
+            stored - stored0,
+            delivered - delivered0,
+            metric("sotto_relay_write_queue_length"),
+            metric("sotto_relay_mailbox_envelopes"),
+            metric("sotto_relay_connections_open"),
+        );
+        (sent0, stored0, delivered0) = (sent, stored, delivered);
+    }
 }
 
 pub(crate) async fn run(ctx: &Ctx) -> Result<String, Fail> {
@@ -258,7 +316,10 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<String, Fail> {
     let rx_sockets = ctx.open_all(&receivers, 0x2ec0).await?;
     let tx_sockets = ctx.open_all(&senders, 0x5e4d).await?;
 
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters {
+        window: cli.report_secs.map(|_| std::sync::Mutex::new(Vec::new())),
+        ..Counters::default()
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let ack_batch = cli.ack_batch.unwrap_or(1);
     let ack_delay = Duration::from_millis(cli.ack_delay_ms);
@@ -303,6 +364,9 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<String, Fail> {
     tokio::time::sleep_until(start).await;
     let start_ns = now_ns();
     let cpu = ctx.cpu_watch();
+    if let Some(every) = cli.report_secs {
+        soak_reports(ctx, &counters, Duration::from_secs_f64(every), start_ns, end).await;
+    }
     // Progress once per second, bounded by the send window.
     let mut last = 0;
     while Instant::now() < end {
