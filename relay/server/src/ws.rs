@@ -411,7 +411,10 @@ where
     // Envelopes handed to this connection and not acknowledged, or queued for it: the
     // device has something waiting and is about to be unconnected, so it gets a push (an
     // extension that closed after `QueueEmpty`, an app whose socket died). Not when another
-    // connection of the device took over, or the relay is going down.
+    // connection of the device took over, or the relay is going down. The connection leaves
+    // the hub first, so that in a cluster the push owner hears it is gone (its `Absent`
+    // notice) before it hears of the waiting envelopes.
+    drop(reg);
     if !matches!(end, End::Replaced | End::Shutdown) {
         let waiting = !mb.in_flight.is_empty() || {
             let live = lock(&signals.live);
