@@ -1238,31 +1238,52 @@ pub struct SottoClient {
 struct Events {
     stream: Option<EventStream>,
     taken: Option<tokio::task::JoinHandle<Event>>,
+    /// An event converted and waiting to be handed over ([`SottoClient::take_event`]).
+    ready: Option<Event>,
 }
 
 impl Events {
-    /// The next event; `None` once the stream ended. Cancellation-safe: the conversion of
-    /// an event taken from the stream (which waits for the SDK to name its group) runs as
-    /// a task of its own, so a cancelled read loses neither the event nor its place in
-    /// that wait, and the next call returns it. Reads cancelled every few milliseconds
-    /// still make progress.
-    async fn next(&mut self, groups: &Arc<GroupLookup>) -> Option<Event> {
+    /// Waits until an event is ready to hand over (`true`), or the stream ended
+    /// (`false`). Cancellation-safe: the conversion of an event taken from the stream
+    /// (which waits for the SDK to name its group) runs as a task of its own, so a
+    /// cancelled wait loses neither the event nor its place in that wait, and what a
+    /// wait finished stays in `ready` until it is taken. Waits cancelled every few
+    /// milliseconds still make progress.
+    async fn fill(&mut self, groups: &Arc<GroupLookup>) -> bool {
         loop {
+            if self.ready.is_some() {
+                return true;
+            }
             if self.taken.is_none() {
-                let e = self.stream.as_mut()?.next().await?;
+                let Some(stream) = self.stream.as_mut() else {
+                    return false;
+                };
+                let Some(e) = stream.next().await else {
+                    return false;
+                };
                 let groups = groups.clone();
                 match runtime() {
                     Ok(rt) => self.taken = Some(rt.spawn(async move { groups.event(e).await })),
-                    Err(_) => return Some(groups.event(e).await),
+                    Err(_) => self.ready = Some(groups.event(e).await),
                 }
             }
-            let joined = self.taken.as_mut()?.await;
-            self.taken = None;
-            match joined {
-                Ok(event) => return Some(event),
-                // The conversion panicked: that event is gone; the next one is read.
-                Err(_) => continue,
+            if let Some(taken) = self.taken.as_mut() {
+                let joined = taken.await;
+                self.taken = None;
+                // A conversion that panicked loses that event; the next one is read.
+                if let Ok(event) = joined {
+                    self.ready = Some(event);
+                }
             }
+        }
+    }
+
+    /// The next event; `None` once the stream ended.
+    async fn next(&mut self, groups: &Arc<GroupLookup>) -> Option<Event> {
+        if self.fill(groups).await {
+            self.ready.take()
+        } else {
+            None
         }
     }
 }
@@ -1313,6 +1334,7 @@ impl SottoClient {
             events: Arc::new(tokio::sync::Mutex::new(Events {
                 stream: events,
                 taken: None,
+                ready: None,
             })),
             groups: Arc::new(GroupLookup {
                 client: Arc::downgrade(&client),
@@ -1654,13 +1676,31 @@ impl SottoClient {
         .await
     }
 
-    /// The next event; `None` once the client was shut down. Cancelling the call loses
-    /// no event: the next call returns it.
+    /// The next event; `None` once the client was shut down. For a loop that reads
+    /// every event. A call cancelled while it waits loses nothing, but the foreign
+    /// side's async glue discards a result that was already on its way when the
+    /// cancellation lands, so a read that may be cancelled (a timeout) uses
+    /// [`SottoClient::wait_event`] and then [`SottoClient::take_event`].
     pub async fn next_event(&self) -> Option<Event> {
         // Not spawned: the receive runs in the caller's future, so dropping that future
         // (a cancellation) drops the receive before it took anything, or leaves the event
-        // it took for the next call (`Events::next`).
+        // it took for the next call (`Events::fill`).
         self.events.lock().await.next(&self.groups).await
+    }
+
+    /// Waits until an event is ready (`true`) or the client was shut down and every
+    /// event was read (`false`). It takes nothing, so cancelling it at any moment loses
+    /// nothing; [`SottoClient::take_event`] then hands the event over.
+    pub async fn wait_event(&self) -> bool {
+        self.events.lock().await.fill(&self.groups).await
+    }
+
+    /// The event [`SottoClient::wait_event`] found ready, without waiting: `None` when
+    /// none is ready, or while another read or a subscription holds the events. A plain
+    /// (not async) call, so nothing can cancel it between taking the event and
+    /// returning it.
+    pub fn take_event(&self) -> Option<Event> {
+        self.events.try_lock().ok()?.ready.take()
     }
 
     /// Delivers every event to `listener` on an SDK thread until the subscription is

@@ -236,7 +236,7 @@ impl SottoClient {
             let reader = client.open_attachment(&a)?;
             Ok(Arc::new(AttachmentReader {
                 ciphertext_len: reader.ciphertext_len(),
-                inner: Arc::new(tokio::sync::Mutex::new(reader)),
+                inner: Arc::new(tokio::sync::Mutex::new(ReaderState { reader, ready: None })),
             }))
         })
         .await
@@ -289,12 +289,19 @@ pub struct NotificationFetch {
 /// chunk's tag; the last piece comes only after the whole file checked out (length,
 /// padding, digest), so `None` means all of it is intact. An app that must not act on a
 /// file before then keeps the pieces until `None`, or downloads to a path. After an
-/// error every later call fails (open the file again to start over); a call cancelled
-/// while it waits leaves the reader as it was; dropping the reader cancels it.
+/// error every later call fails (open the file again to start over). A read that may be
+/// cancelled (a timeout) uses `wait_chunk` and `take_chunk`, which lose nothing
+/// whenever the cancellation lands; dropping the reader cancels it.
 #[derive(uniffi::Object)]
 pub struct AttachmentReader {
-    inner: Arc<tokio::sync::Mutex<sotto_sdk::AttachmentReader>>,
+    inner: Arc<tokio::sync::Mutex<ReaderState>>,
     ciphertext_len: u64,
+}
+
+struct ReaderState {
+    reader: sotto_sdk::AttachmentReader,
+    /// A piece `wait_chunk` read and checked, not yet taken.
+    ready: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for AttachmentReader {
@@ -306,10 +313,50 @@ impl std::fmt::Debug for AttachmentReader {
 #[uniffi::export]
 impl AttachmentReader {
     /// The next piece of checked plaintext, or `None` once all of it was read and
-    /// checked (`AttachmentCorrupt` for anything tampered with, cut or reordered).
+    /// checked (`AttachmentCorrupt` for anything tampered with, cut or reordered). A
+    /// call cancelled while it waits leaves the reader as it was, but the foreign side's
+    /// async glue discards a piece already on its way when the cancellation lands: a
+    /// read that may be cancelled uses `wait_chunk` and `take_chunk`.
     pub async fn next_chunk(&self) -> Result<Option<Vec<u8>>, SottoError> {
         let inner = self.inner.clone();
-        on_runtime(async move { Ok(inner.lock().await.next_chunk().await?) }).await
+        on_runtime(async move {
+            let mut state = inner.lock().await;
+            if let Some(piece) = state.ready.take() {
+                return Ok(Some(piece));
+            }
+            Ok(state.reader.next_chunk().await?)
+        })
+        .await
+    }
+
+    /// Reads and checks the next piece and keeps it for `take_chunk`: `true` when a
+    /// piece is ready, `false` once all of the file was read and checked. It hands
+    /// nothing over, so cancelling it at any moment loses nothing.
+    pub async fn wait_chunk(&self) -> Result<bool, SottoError> {
+        let inner = self.inner.clone();
+        on_runtime(async move {
+            let mut state = inner.lock().await;
+            if state.ready.is_some() {
+                return Ok(true);
+            }
+            // The SDK reader's read is itself cancellation-safe, and the piece moves
+            // into `ready` with no await in between.
+            match state.reader.next_chunk().await? {
+                Some(piece) => {
+                    state.ready = Some(piece);
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        })
+        .await
+    }
+
+    /// The piece `wait_chunk` made ready, without waiting; `None` when none is (or while
+    /// another call reads). A plain (not async) call, so nothing can cancel it between
+    /// taking the piece and returning it.
+    pub fn take_chunk(&self) -> Option<Vec<u8>> {
+        self.inner.try_lock().ok()?.ready.take()
     }
 
     /// The blob's length on the relay (ciphertext, padding included). The pieces'

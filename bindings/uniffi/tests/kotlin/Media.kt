@@ -11,6 +11,7 @@
 
 import java.io.File
 import java.security.SecureRandom
+import kotlinx.coroutines.withTimeoutOrNull
 import uniffi.sotto_ffi.AttachmentInfo
 import uniffi.sotto_ffi.CancelToken
 import uniffi.sotto_ffi.ClientOptions
@@ -65,6 +66,15 @@ suspend fun media(relay: String, dir: File) {
     val streamed = java.io.ByteArrayOutputStream()
     while (true) streamed.write(reader.nextChunk() ?: break)
     check(streamed.toByteArray().contentEquals(photo)) { "the photo read piece by piece came back changed" }
+    // Again with every wait cancelled after 1 ms: a cancelled wait loses no piece.
+    val again = bob.openAttachment(photoKey)
+    val sliced = java.io.ByteArrayOutputStream()
+    while (true) {
+        val ready = withTimeoutOrNull(1) { again.waitChunk() } ?: continue
+        if (!ready) break
+        sliced.write(again.takeChunk() ?: throw AssertionError("a ready piece was not there to take"))
+    }
+    check(sliced.toByteArray().contentEquals(photo)) { "the photo read with cancelled waits came back changed" }
 
     val source = File(dir, "notes.txt").also { it.writeText("minutes of the meeting\n".repeat(5000)) }
     alice.sendAttachmentFile(toBob, source.path, AttachmentInfo(mediaType = "text/plain", caption = "notes"), null, null)

@@ -55,13 +55,15 @@ suspend fun waitFor(client: SottoClient, predicate: (Event) -> Boolean): Event =
         throw AssertionError("unreachable")
     }
 
-/** Like [waitFor], but every read is cancelled after 20 ms and started again: a cancelled
- *  read must not lose the event. */
+/** Like [waitFor], but every wait is cancelled after 20 ms and started again, and the event
+ *  is taken once a wait saw it ready: a cancelled wait must not lose the event. */
 suspend fun waitForSliced(client: SottoClient, predicate: (Event) -> Boolean): Event =
     failsafe {
         while (true) {
-            val e = withTimeoutOrNull(20) { client.nextEvent() ?: throw AssertionError("the event stream ended") }
-            if (e != null && predicate(e)) return@failsafe e
+            val ready = withTimeoutOrNull(20) { client.waitEvent() } ?: continue
+            if (!ready) throw AssertionError("the event stream ended")
+            val e = client.takeEvent() ?: throw AssertionError("a ready event was not there to take")
+            if (predicate(e)) return@failsafe e
         }
         @Suppress("UNREACHABLE_CODE")
         throw AssertionError("unreachable")

@@ -62,6 +62,20 @@ async def media(relay, folder):
     while (piece := await reader.next_chunk()) is not None:
         pieces.append(piece)
     assert b"".join(pieces) == photo, "the photo read piece by piece came back changed"
+    # Read again with every wait cancelled after 1 ms: a cancelled wait loses no piece.
+    reader = await bob.open_attachment(key)
+    pieces, cancelled = [], 0
+    while True:
+        try:
+            ready = await asyncio.wait_for(reader.wait_chunk(), 0.001)
+        except asyncio.TimeoutError:
+            cancelled += 1
+            continue
+        if not ready:
+            break
+        pieces.append(reader.take_chunk())
+        assert reader.take_chunk() is None
+    assert b"".join(pieces) == photo, "the photo read with cancelled waits came back changed"
 
     source = os.path.join(folder, "notes.txt")
     with open(source, "wb") as f:

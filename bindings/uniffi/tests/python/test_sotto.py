@@ -23,17 +23,24 @@ TIMEOUT = 30.0  # failsafe only: every wait returns as soon as the event arrives
 
 
 async def wait_for_event(client, predicate, slice_s=None):
-    """Reads events until one matches. With `slice_s`, each read is cancelled after that
-    long and started again: a cancelled read must not lose the event."""
+    """Reads events until one matches. With `slice_s`, each wait is cancelled after that
+    long and started again, and the event is taken once a wait saw it ready: a cancelled
+    wait must not lose the event."""
     deadline = time.monotonic() + TIMEOUT
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise AssertionError("timed out waiting for an event")
-        try:
-            event = await asyncio.wait_for(client.next_event(), min(left, slice_s or left))
-        except asyncio.TimeoutError:
-            continue
+        if slice_s is None:
+            event = await asyncio.wait_for(client.next_event(), left)
+        else:
+            try:
+                ready = await asyncio.wait_for(client.wait_event(), min(left, slice_s))
+            except asyncio.TimeoutError:
+                continue
+            assert ready, "the event stream ended"
+            event = client.take_event()
+            assert event is not None, "a ready event was not there to take"
         assert event is not None, "the event stream ended"
         if predicate(event):
             return event
