@@ -92,6 +92,23 @@ pub(super) fn first_frame_id(rng: &mut ChaCha20Rng) -> u64 {
     rng.next_u64() >> 2
 }
 
+/// The shortest pause after a relay-wide refusal.
+const REFUSAL_PAUSE_MIN: Duration = Duration::from_millis(200);
+/// The longest pause after relay-wide refusals in a row.
+const REFUSAL_PAUSE_MAX: Duration = Duration::from_secs(30);
+
+/// The pause after a relay-wide refusal that follows `before` others in a row: from
+/// `backoff_min` (at least [`REFUSAL_PAUSE_MIN`]) doubling up to [`REFUSAL_PAUSE_MAX`],
+/// and of that a random 75 to 125 % drawn from `jitter`.
+fn refusal_pause(backoff_min: Duration, before: u32, jitter: u64) -> Duration {
+    let base = backoff_min
+        .max(REFUSAL_PAUSE_MIN)
+        .saturating_mul(1u32 << before.min(16))
+        .min(REFUSAL_PAUSE_MAX);
+    let ms = base.as_millis() as u64;
+    Duration::from_millis(ms - ms / 4 + jitter % (ms / 2 + 1))
+}
+
 /// The sending state of one authenticated connection: up to [`SEND_WINDOW`] items in
 /// flight over both connections. The relay stores and answers each connection's sends
 /// in order.
@@ -108,6 +125,9 @@ pub(super) struct Sending {
     pub(super) dirty: bool,
     /// The relay could not be reached: nothing is prepared before this.
     pub(super) offline_until: Option<Instant>,
+    /// Relay-wide refusals (`BUSY`, `RATE_LIMITED`, ...) since the last send stored: the
+    /// pause after the next one doubles with each.
+    pub(super) refusals: u32,
     /// When the authenticated connection came up (Unix ms); an item's failing time
     /// counts from here at the earliest.
     pub(super) online_since_ms: u64,
@@ -124,6 +144,7 @@ impl Sending {
             retry_at: None,
             dirty: true,
             offline_until: None,
+            refusals: 0,
             online_since_ms: now_ms(),
             anon_not_before: Instant::now() + uniform(rng, &options.anonymous_open_delay),
         }
@@ -384,6 +405,7 @@ impl<S: Store> Inner<S> {
         tx.dirty = true;
         let ok = match r.outcome {
             SendOutcome::Stored { .. } => {
+                tx.refusals = 0;
                 let Some(f) = tx.in_flight.get_mut(i) else { return true };
                 if anonymous {
                     f.anon = None;
@@ -415,10 +437,15 @@ impl<S: Store> Inner<S> {
                 true
             }
             SendOutcome::Rejected { code } if is_relay_wide(code) => {
-                // The relay is busy or limits this device: not the item's fault.
+                // The relay is busy or limits this device: not the item's fault. Every
+                // send pauses, longer after each refusal in a row, by a random part so
+                // that clients refused together do not all come back together.
                 let Some(f) = tx.in_flight.remove(i) else { return true };
                 self.hold(tx, &f);
-                let t = Instant::now() + self.options.backoff_min.max(Duration::from_millis(200));
+                let jitter = self.net_rng.lock().unwrap_or_else(|e| e.into_inner()).next_u64();
+                let pause = refusal_pause(self.options.backoff_min, tx.refusals, jitter);
+                tx.refusals = tx.refusals.saturating_add(1);
+                let t = Instant::now() + pause;
                 tx.offline_until = Some(t);
                 tx.retry_by(t);
                 true
@@ -848,5 +875,31 @@ mod tests {
         client.inner.emit(vec![Event::CaughtUp]).await;
         assert!(matches!(events.next().await.unwrap(), Event::MessageSent { id, .. } if id == second.id));
         assert_eq!(events.next().await.unwrap(), Event::CaughtUp);
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+
+    #[test]
+    fn refusal_pauses_double_with_jitter_within_bounds() {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let min = Duration::from_millis(500);
+        // The midpoint of the jitter gives the base itself.
+        assert_eq!(ms(refusal_pause(min, 0, 125)), 500);
+        assert_eq!(ms(refusal_pause(min, 1, 250)), 1000);
+        assert_eq!(ms(refusal_pause(min, 2, 500)), 2000);
+        // Never under 200 ms, never over 30 s (± a quarter), whatever the streak.
+        assert_eq!(ms(refusal_pause(Duration::ZERO, 0, 50)), 200);
+        for before in [6, 7, 16, 40, u32::MAX] {
+            assert_eq!(ms(refusal_pause(min, before, 7_500)), 30_000);
+        }
+        for jitter in [0, 1, 7, 12_345, u64::MAX] {
+            let p = ms(refusal_pause(min, 3, jitter));
+            assert!((3000..=5000).contains(&p), "{p}");
+        }
+        assert_eq!(ms(refusal_pause(min, 3, 0)), 3000);
+        assert_eq!(ms(refusal_pause(min, 3, 2000)), 5000);
     }
 }

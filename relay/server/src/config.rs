@@ -449,6 +449,13 @@ pub struct Limits {
     /// Envelope bytes of sends in flight (read and not yet answered, the writer's queue
     /// included) in total; a send over it is `BUSY`.
     pub max_inflight_send_bytes: usize,
+    /// Admission control of sends: while the oldest write waiting for the database has
+    /// waited longer than this for a whole `send_queue_interval_ms` (or one commit has run
+    /// that long with writes waiting), new sends are refused at once with `BUSY` until the
+    /// queue drains. Milliseconds; 0 turns it off (sends then wait for room).
+    pub send_queue_target_ms: u64,
+    /// The interval of `send_queue_target_ms`. Milliseconds, at least the target.
+    pub send_queue_interval_ms: u64,
     /// Envelope bytes in live delivery queues in total; over it, connections read their
     /// mailbox from the database instead.
     pub max_live_queue_bytes: usize,
@@ -558,6 +565,8 @@ impl Default for Limits {
             max_partial_bytes_per_addr: 16 << 20,
             max_partial_bytes_total: 256 << 20,
             max_inflight_send_bytes: 256 << 20,
+            send_queue_target_ms: 50,
+            send_queue_interval_ms: 200,
             max_live_queue_bytes: 256 << 20,
             max_ephemeral_queue_bytes: 32 << 20,
             challenge_rate_per_addr: 20,
@@ -777,7 +786,12 @@ impl Config {
     /// Checks the limits against the protocol's hard bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let checks: [(bool, &'static str, &'static str); 31] = [
+        let checks: [(bool, &'static str, &'static str); 32] = [
+            (
+                l.send_queue_interval_ms >= l.send_queue_target_ms && l.send_queue_interval_ms <= 60_000,
+                "limits.send_queue_interval_ms",
+                "must be at least send_queue_target_ms and at most 60000",
+            ),
             (
                 l.max_envelope_bytes <= sotto_proto::limits::MAX_ENVELOPE_LEN,
                 "limits.max_envelope_bytes",

@@ -89,6 +89,8 @@ metrics! {
     counter blob_requests_refused_total;
     /// Sends refused because the relay-wide in-flight byte budget was spent.
     counter inflight_budget_refused_total;
+    /// Sends refused with BUSY because the writer was saturated (its queue stood above target).
+    counter sends_busy_total;
     /// Envelopes that went to the database instead of a live queue (queue full or live-queue budget spent).
     counter live_budget_overflow_total;
     /// Failed device authentications (WebSocket and HTTP).
@@ -145,6 +147,8 @@ metrics! {
     gauge write_batch_ops;
     /// Writes queued for the writer, not yet in a batch.
     gauge write_queue_length;
+    /// 1 while the writer is saturated and new sends are refused with BUSY, else 0.
+    gauge writer_saturated;
     /// Envelopes stored in all mailboxes (kept by the writer and expiry).
     gauge mailbox_envelopes;
     /// Envelopes in the fullest mailbox, as of the last expiry run.

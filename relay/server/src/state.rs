@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hmac::{Hmac, Mac};
@@ -308,7 +308,11 @@ impl AppState {
         let conns = crate::net::Conns::new(&config.limits);
         let inflight = Budget::new(config.limits.max_inflight_send_bytes);
         let pusher = Arc::new(crate::push::Pusher::new(&config.push, metrics.clone()));
-        let writer = Writer::spawn(&store, hub.clone(), metrics.clone(), pusher.clone());
+        let admission = crate::writer::Admission::new(
+            Duration::from_millis(config.limits.send_queue_target_ms),
+            Duration::from_millis(config.limits.send_queue_interval_ms),
+        );
+        let writer = Writer::spawn(&store, hub.clone(), metrics.clone(), pusher.clone(), admission);
         let mut boot = Zeroizing::new([0u8; 32]);
         if getrandom::getrandom(&mut boot[..]).is_err() {
             // The epoch would then not change on restart: say so loudly.

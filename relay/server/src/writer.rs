@@ -22,8 +22,21 @@
 //! Acks are not answered: a connection queues its ack and goes on. [`Writer::flush`]
 //! waits until everything queued before it is committed; graceful shutdown calls it after
 //! the last connection closed.
+//!
+//! Admission: past its capacity the writer would queue sends without end, and every
+//! send, and the live deliveries behind it, would wait longer and longer. So the task
+//! watches how long the oldest write of each batch waited (its sojourn), as CoDel does
+//! for packets (Nichols and Jacobson, "Controlling Queue Delay", ACM Queue 2012): while
+//! that stays above `target` for a whole `interval`, or one commit has been running for
+//! an `interval` with writes waiting behind it, new sends are refused at once with
+//! `BUSY` ([`Writer::admits`]) instead of joining the queue. The queue then drains at
+//! full speed; once a batch's oldest write waited less than `target`, or the queue is
+//! empty, sends are taken again. Acks are always taken: they are small and they free
+//! what the mailboxes hold.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use sotto_crypto::{AccountId, DeviceId};
 use sotto_proto::Recipient;
@@ -44,6 +57,12 @@ pub const MAX_BATCH_BYTES: usize = 8 << 20;
 pub const MAX_BATCH_ROWS: usize = 16_384;
 /// The most writes queued for the task; further writers wait.
 pub const QUEUE: usize = 4096;
+
+/// A write and when it was queued.
+struct Queued {
+    at: Instant,
+    job: Job,
+}
 
 enum Job {
     Send {
@@ -84,17 +103,112 @@ impl Job {
     }
 }
 
+/// The admission control of sends (see the module's documentation).
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// Zero: every send is taken.
+    target: Duration,
+    interval: Duration,
+    /// Set by the task while the queue stands above `target`.
+    refusing: AtomicBool,
+    /// When the commit running now started, in ns since `epoch` plus one; 0 while the
+    /// task is not committing.
+    commit_since: AtomicU64,
+    epoch: Instant,
+}
+
+impl Admission {
+    pub(crate) fn new(target: Duration, interval: Duration) -> Self {
+        Self {
+            target,
+            interval,
+            refusing: AtomicBool::new(false),
+            commit_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn ns(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    /// Whether a new send may join the queue, `queued` writes waiting.
+    fn admits(&self, queued: usize, now: Instant) -> bool {
+        if self.target.is_zero() {
+            return true;
+        }
+        if self.refusing.load(Ordering::Relaxed) {
+            return false;
+        }
+        // A commit that hangs (a disk stall, a lock held elsewhere) shows no sojourn
+        // until it ends: refuse once it ran for an interval with writes behind it.
+        let since = self.commit_since.load(Ordering::Relaxed);
+        let stalled = since != 0 && Duration::from_nanos(self.ns(now).saturating_sub(since)) >= self.interval;
+        !(stalled && queued > 0)
+    }
+}
+
+/// The task's side of the admission control: CoDel's state.
+struct Controller<'a> {
+    admission: &'a Admission,
+    /// When the sojourn, above target since, will have been so for an interval.
+    above_until: Option<Instant>,
+}
+
+impl Controller<'_> {
+    /// Takes the sojourn of a batch's oldest write, at `now`.
+    fn observe(&mut self, sojourn: Duration, now: Instant) {
+        let a = self.admission;
+        if a.target.is_zero() {
+            return;
+        }
+        if sojourn < a.target {
+            self.clear();
+            return;
+        }
+        match self.above_until {
+            None => self.above_until = Some(now + a.interval),
+            Some(until) if now >= until => {
+                if !a.refusing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        sojourn_ms = sojourn.as_millis() as u64,
+                        "the writer is saturated: new sends are refused with BUSY until its queue drains"
+                    );
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// The queue is empty, or its oldest write waited less than target.
+    fn clear(&mut self) {
+        self.above_until = None;
+        self.admission.refusing.store(false, Ordering::Relaxed);
+    }
+}
+
 /// The handle connections write through.
 #[derive(Clone, Debug)]
 pub(crate) struct Writer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Queued>,
+    admission: Arc<Admission>,
 }
 
 impl Writer {
     /// Starts the task on its own thread, with its own connection to `store`'s database.
     /// It ends on [`Writer::close`] or when every handle is dropped.
-    pub(crate) fn spawn(store: &Store, hub: Arc<Hub>, metrics: Arc<Metrics>, pusher: Arc<Pusher>) -> Self {
+    pub(crate) fn spawn(
+        store: &Store,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        pusher: Arc<Pusher>,
+        admission: Admission,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let admission = Arc::new(admission);
+        let task_admission = admission.clone();
         let store = store.clone();
         let thread = std::thread::Builder::new()
             .name("sotto-writer".to_owned())
@@ -108,7 +222,7 @@ impl Writer {
                 };
                 runtime.block_on(async move {
                     let own = store.with_own_pool(1);
-                    run(&own, &hub, &metrics, &pusher, rx).await;
+                    run(&own, &hub, &metrics, &pusher, &task_admission, rx).await;
                     own.close().await;
                 });
             });
@@ -116,7 +230,22 @@ impl Writer {
             // Every write then fails with `BatchFailed`; nothing is stored half.
             tracing::error!(error = %e, "cannot start the writer thread");
         }
-        Self { tx }
+        Self { tx, admission }
+    }
+
+    /// Whether a new send may be queued now; `false` while the writer is saturated (the
+    /// send is then refused with `BUSY`, which the client retries after a pause).
+    pub(crate) fn admits(&self) -> bool {
+        self.admission.admits(self.queued(), Instant::now())
+    }
+
+    async fn queue(&self, job: Job) -> Result<(), mpsc::error::SendError<Queued>> {
+        self.tx
+            .send(Queued {
+                at: Instant::now(),
+                job,
+            })
+            .await
     }
 
     /// Stores a send in the next batch and waits for its commit.
@@ -135,13 +264,13 @@ impl Writer {
             access,
             reply,
         };
-        self.tx.send(job).await.map_err(|_| StorageError::BatchFailed)?;
+        self.queue(job).await.map_err(|_| StorageError::BatchFailed)?;
         answer.await.map_err(|_| StorageError::BatchFailed)?
     }
 
     /// Queues a cumulative ack; waits only for room in the queue.
     pub(crate) async fn ack(&self, account: AccountId, device: DeviceId, seq: u64) {
-        let _ = self.tx.send(Job::Ack { account, device, seq }).await;
+        let _ = self.queue(Job::Ack { account, device, seq }).await;
     }
 
     /// Writes queued and not yet taken into a batch.
@@ -152,7 +281,7 @@ impl Writer {
     /// Waits until every write queued before this call is committed (or failed).
     pub(crate) async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Job::Flush(tx)).await.is_ok() {
+        if self.queue(Job::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -161,21 +290,40 @@ impl Writer {
     /// writes fail with [`StorageError::BatchFailed`].
     pub(crate) async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Job::Close(tx)).await.is_ok() {
+        if self.queue(Job::Close(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
 }
 
-async fn run(store: &Store, hub: &Hub, metrics: &Metrics, pusher: &Pusher, mut rx: mpsc::Receiver<Job>) {
+async fn run(
+    store: &Store,
+    hub: &Hub,
+    metrics: &Metrics,
+    pusher: &Pusher,
+    admission: &Admission,
+    mut rx: mpsc::Receiver<Queued>,
+) {
     let mut jobs = Vec::with_capacity(64);
     let mut closing = None;
-    while let Some(first) = rx.recv().await {
+    let mut control = Controller {
+        admission,
+        above_until: None,
+    };
+    loop {
+        if rx.is_empty() {
+            // Nothing stands in the queue: take sends again.
+            control.clear();
+        }
+        let Some(first) = rx.recv().await else { break };
+        let now = Instant::now();
+        control.observe(now.saturating_duration_since(first.at), now);
+        let first = first.job;
         let (mut bytes, mut rows) = (first.bytes(), first.rows());
         jobs.push(first);
         while jobs.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES && rows < MAX_BATCH_ROWS {
             match rx.try_recv() {
-                Ok(job) => {
+                Ok(Queued { job, .. }) => {
                     bytes = bytes.saturating_add(job.bytes());
                     rows = rows.saturating_add(job.rows());
                     jobs.push(job);
@@ -191,7 +339,11 @@ async fn run(store: &Store, hub: &Hub, metrics: &Metrics, pusher: &Pusher, mut r
                 closing = Some(done);
             }
         }
+        admission
+            .commit_since
+            .store(admission.ns(Instant::now()), Ordering::Relaxed);
         commit(store, hub, metrics, pusher, &mut jobs).await;
+        admission.commit_since.store(0, Ordering::Relaxed);
         if closing.is_some() {
             break;
         }
@@ -332,5 +484,105 @@ fn fail(jobs: Vec<Job>, e: &StorageError) {
             }
             Job::Ack { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn admission() -> Admission {
+        Admission::new(50 * MS, 200 * MS)
+    }
+
+    #[test]
+    fn a_queue_below_target_takes_every_send() {
+        let a = admission();
+        let mut c = Controller {
+            admission: &a,
+            above_until: None,
+        };
+        let t0 = a.epoch;
+        for i in 0..100 {
+            c.observe(49 * MS, t0 + i * 10 * MS);
+            assert!(a.admits(4000, t0 + i * 10 * MS));
+        }
+    }
+
+    #[test]
+    fn sends_are_refused_once_the_queue_stood_above_target_for_an_interval() {
+        let a = admission();
+        let mut c = Controller {
+            admission: &a,
+            above_until: None,
+        };
+        let t0 = a.epoch;
+        c.observe(60 * MS, t0);
+        c.observe(80 * MS, t0 + 199 * MS);
+        assert!(a.admits(1, t0 + 199 * MS), "above target for less than an interval");
+        c.observe(80 * MS, t0 + 200 * MS);
+        assert!(!a.admits(0, t0 + 200 * MS), "above target for a whole interval");
+        // Still above: still refused, whatever the queue's length.
+        c.observe(70 * MS, t0 + 300 * MS);
+        assert!(!a.admits(0, t0 + 300 * MS));
+        // One batch whose oldest write waited less than target: taken again.
+        c.observe(10 * MS, t0 + 310 * MS);
+        assert!(a.admits(100, t0 + 310 * MS));
+        // And the interval starts over.
+        c.observe(60 * MS, t0 + 320 * MS);
+        c.observe(60 * MS, t0 + 500 * MS);
+        assert!(a.admits(1, t0 + 500 * MS));
+        c.observe(60 * MS, t0 + 520 * MS);
+        assert!(!a.admits(1, t0 + 520 * MS));
+        // An empty queue clears it too.
+        c.clear();
+        assert!(a.admits(1, t0 + 520 * MS));
+    }
+
+    #[test]
+    fn a_spike_shorter_than_the_interval_refuses_nothing() {
+        let a = admission();
+        let mut c = Controller {
+            admission: &a,
+            above_until: None,
+        };
+        let t0 = a.epoch;
+        for i in 0..50u32 {
+            // 150 ms above, then one batch below, again and again.
+            let at = t0 + i * 160 * MS;
+            c.observe(500 * MS, at);
+            c.observe(500 * MS, at + 150 * MS);
+            assert!(a.admits(10, at + 150 * MS));
+            c.observe(5 * MS, at + 155 * MS);
+        }
+    }
+
+    #[test]
+    fn a_commit_that_hangs_with_writes_behind_it_refuses_sends() {
+        let a = admission();
+        let t0 = a.epoch + 1000 * MS;
+        a.commit_since.store(a.ns(t0), Ordering::Relaxed);
+        assert!(a.admits(10, t0 + 199 * MS), "not yet an interval");
+        assert!(a.admits(0, t0 + 5000 * MS), "nothing waits behind it");
+        assert!(!a.admits(1, t0 + 200 * MS));
+        a.commit_since.store(0, Ordering::Relaxed);
+        assert!(a.admits(10, t0 + 5000 * MS), "the commit ended");
+    }
+
+    #[test]
+    fn a_zero_target_turns_it_off() {
+        let a = Admission::new(Duration::ZERO, 200 * MS);
+        let mut c = Controller {
+            admission: &a,
+            above_until: None,
+        };
+        let t0 = a.epoch + 1000 * MS;
+        a.commit_since.store(a.ns(t0), Ordering::Relaxed);
+        for i in 0..10 {
+            c.observe(10_000 * MS, t0 + i * 1000 * MS);
+        }
+        assert!(a.admits(4000, t0 + 20_000 * MS));
     }
 }

@@ -703,6 +703,11 @@ fn start_send<'a>(
         queue.push_back(refuse(code));
         return;
     }
+    if !state.writer.admits() {
+        inc(&state.metrics.sends_busy_total, 1);
+        queue.push_back(refuse(ErrorCode::BUSY));
+        return;
+    }
     let Some(held) = state.inflight.hold(bytes) else {
         inc(&state.metrics.inflight_budget_refused_total, 1);
         queue.push_back(refuse(ErrorCode::BUSY));

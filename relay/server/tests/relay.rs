@@ -1629,6 +1629,118 @@ async fn acked_ciphertext_leaves_the_sqlite_files() {
     remove_sqlite(&url);
 }
 
+/// Overload: while the writer cannot commit (another connection holds SQLite's write
+/// lock, as a disk stall or a saturated database would), sends queue behind it for one
+/// interval; then new sends are refused at once with `BUSY` instead of waiting, the
+/// metric says so, and an accepted send's answer does not wait behind a queue that grows
+/// without end. Once the lock is released, every queued send is stored and delivered
+/// once, and sends are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_writer_refuses_sends_with_busy() {
+    use sqlx::Connection;
+    let url = sqlite_url();
+    let mut relay = Relay::start(&url, |c| {
+        c.limits.send_queue_target_ms = 20;
+        c.limits.send_queue_interval_ms = 50;
+    })
+    .await;
+    let mut r = rng(22);
+    let alice = account(&mut r, 1);
+    let bob = account(&mut r, 1);
+    let carol = account(&mut r, 1);
+    register_all(&relay, &[&alice, &bob, &carol]).await;
+    let mut wa = relay.connect(&alice.devices[0]).await;
+    assert_eq!(recv(&mut wa).await, Frame::QueueEmpty);
+    let mut wc = relay.connect(&carol.devices[0]).await;
+    assert_eq!(recv(&mut wc).await, Frame::QueueEmpty);
+    let saturated = |m: &str| m.lines().any(|l| l == "sotto_relay_writer_saturated 1");
+    assert!(!saturated(&relay.metrics().await));
+
+    let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut lock).await.unwrap();
+    // Alice pipelines sends until the relay reports the writer saturated: the first
+    // batch waits for the lock, the later sends queue behind it.
+    let to_bob = |id: u64| {
+        Frame::Send(Send {
+            message_id: id,
+            access: vec![],
+            body: vec![],
+            recipients: to_devices(&bob, None, &id.to_be_bytes()),
+        })
+    };
+    let deadline = tokio::time::Instant::now() + FAILSAFE / 4;
+    let mut sent = 0u64;
+    loop {
+        sent += 1;
+        send(&mut wa, &to_bob(sent)).await;
+        if saturated(&relay.metrics().await) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writer, stalled with {sent} sends queued, was never reported saturated"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // A new send is refused at once, while the lock is still held.
+    assert_eq!(
+        send_to(&mut wc, 1, to_devices(&bob, None, b"c")).await,
+        SendOutcome::Rejected { code: ErrorCode::BUSY }
+    );
+    let busy: u64 = relay
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("sotto_relay_sends_busy_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(busy >= 1);
+
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+    // Every send of Alice's is answered: stored (those queued before the refusals began)
+    // or BUSY, in order.
+    let mut stored = BTreeSet::new();
+    let mut id = 1;
+    while id <= sent {
+        match recv(&mut wa).await {
+            Frame::SendResult(SendResult { message_id, outcome }) => {
+                assert_eq!(message_id, id);
+                match outcome {
+                    SendOutcome::Stored { .. } => assert!(stored.insert(id)),
+                    SendOutcome::Rejected { code: ErrorCode::BUSY } => {}
+                    other => panic!("send {id}: {other:?}"),
+                }
+                id += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(stored.contains(&1), "the send the writer was committing was stored");
+    // Sends are taken again once the queue drained: Carol's next send is stored.
+    let deadline = tokio::time::Instant::now() + FAILSAFE / 4;
+    while saturated(&relay.metrics().await) {
+        assert!(tokio::time::Instant::now() < deadline, "the writer stayed saturated");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(matches!(
+        send_to(&mut wc, 2, to_devices(&bob, None, b"c")).await,
+        SendOutcome::Stored { .. }
+    ));
+    // Bob gets each stored send once, and Carol's.
+    let got: Vec<Vec<u8>> = drain(&relay, &bob.devices[0])
+        .await
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    let mut want: Vec<Vec<u8>> = stored.iter().map(|id| id.to_be_bytes().to_vec()).collect();
+    want.push(b"c".to_vec());
+    assert_eq!(got, want);
+    drop((wa, wc));
+    relay.stop().await;
+    remove_sqlite(&url);
+}
+
 macro_rules! backend {
     ($backend:ident, $url:expr) => {
         mod $backend {
