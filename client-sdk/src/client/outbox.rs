@@ -92,6 +92,19 @@ pub(super) fn first_frame_id(rng: &mut ChaCha20Rng) -> u64 {
     rng.next_u64() >> 2
 }
 
+/// Sends `Resume` on `socket` when a relay-wide refusal came on it since the last send
+/// (`pending`), so the relay takes the sends after it. False when the socket failed.
+async fn resume(socket: &mut Socket, pending: &mut bool) -> bool {
+    if !*pending {
+        return true;
+    }
+    if socket.send(&Frame::Resume).await.is_err() {
+        return false;
+    }
+    *pending = false;
+    true
+}
+
 /// The shortest pause after a relay-wide refusal.
 const REFUSAL_PAUSE_MIN: Duration = Duration::from_millis(200);
 /// The longest pause after relay-wide refusals in a row.
@@ -128,6 +141,11 @@ pub(super) struct Sending {
     /// Relay-wide refusals (`BUSY`, `RATE_LIMITED`, ...) since the last send stored: the
     /// pause after the next one doubles with each.
     pub(super) refusals: u32,
+    /// A relay-wide refusal came on the authenticated / the anonymous connection: the
+    /// relay refuses every later send there until a `Resume`, which goes before the next
+    /// send (docs/protocol.md §13.10, "Overload").
+    pub(super) resume_auth: bool,
+    pub(super) resume_anon: bool,
     /// When the authenticated connection came up (Unix ms); an item's failing time
     /// counts from here at the earliest.
     pub(super) online_since_ms: u64,
@@ -145,6 +163,8 @@ impl Sending {
             dirty: true,
             offline_until: None,
             refusals: 0,
+            resume_auth: false,
+            resume_anon: false,
             online_since_ms: now_ms(),
             anon_not_before: Instant::now() + uniform(rng, &options.anonymous_open_delay),
         }
@@ -439,15 +459,24 @@ impl<S: Store> Inner<S> {
             SendOutcome::Rejected { code } if is_relay_wide(code) => {
                 // The relay is busy or limits this device: not the item's fault. Every
                 // send pauses, longer after each refusal in a row, by a random part so
-                // that clients refused together do not all come back together.
+                // that clients refused together do not all come back together. The
+                // sends that were on their way are refused too (the relay's barrier):
+                // they belong to the same pause.
                 let Some(f) = tx.in_flight.remove(i) else { return true };
                 self.hold(tx, &f);
-                let jitter = self.net_rng.lock().unwrap_or_else(|e| e.into_inner()).next_u64();
-                let pause = refusal_pause(self.options.backoff_min, tx.refusals, jitter);
-                tx.refusals = tx.refusals.saturating_add(1);
-                let t = Instant::now() + pause;
-                tx.offline_until = Some(t);
-                tx.retry_by(t);
+                if anonymous {
+                    tx.resume_anon = true;
+                } else {
+                    tx.resume_auth = true;
+                }
+                let now = Instant::now();
+                if tx.offline_until.is_none_or(|t| t <= now) {
+                    let jitter = self.net_rng.lock().unwrap_or_else(|e| e.into_inner()).next_u64();
+                    let pause = refusal_pause(self.options.backoff_min, tx.refusals, jitter);
+                    tx.refusals = tx.refusals.saturating_add(1);
+                    tx.offline_until = Some(now + pause);
+                    tx.retry_by(now + pause);
+                }
                 true
             }
             SendOutcome::Rejected { code } if code.is_retryable() => {
@@ -561,6 +590,7 @@ impl<S: Store> Inner<S> {
             match self.relay.connect_anonymous().await {
                 Ok(socket) => {
                     let mut rng = self.net_rng.lock().unwrap_or_else(|e| e.into_inner());
+                    tx.resume_anon = false;
                     *anon = Some(Anon {
                         socket,
                         next_id: first_frame_id(&mut rng),
@@ -662,7 +692,7 @@ impl<S: Store> Inner<S> {
                         body,
                         recipients,
                     });
-                    if a.socket.send(&frame).await.is_err() {
+                    if !resume(&mut a.socket, &mut tx.resume_anon).await || a.socket.send(&frame).await.is_err() {
                         self.anon_failed(tx, anon);
                         return true;
                     }
@@ -702,15 +732,16 @@ impl<S: Store> Inner<S> {
                         let id = a.next_id;
                         a.next_id = a.next_id.wrapping_add(1);
                         f.anon = Some(id);
-                        a.socket
-                            .send(&Frame::Send(Send {
-                                message_id: id,
-                                access,
-                                body: Vec::new(),
-                                recipients: theirs,
-                            }))
-                            .await
-                            .is_ok()
+                        resume(&mut a.socket, &mut tx.resume_anon).await
+                            && a.socket
+                                .send(&Frame::Send(Send {
+                                    message_id: id,
+                                    access,
+                                    body: Vec::new(),
+                                    recipients: theirs,
+                                }))
+                                .await
+                                .is_ok()
                     }
                     None => false,
                 };
@@ -729,7 +760,7 @@ impl<S: Store> Inner<S> {
                     body: Vec::new(),
                     recipients: mine,
                 });
-                if socket.send(&frame).await.is_err() {
+                if !resume(socket, &mut tx.resume_auth).await || socket.send(&frame).await.is_err() {
                     return false;
                 }
                 f.auth = Some(id);

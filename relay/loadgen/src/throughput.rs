@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rand_core::RngCore;
 use sotto_crypto::{AccountId, DeviceId};
-use sotto_proto::{Access, AccessKey, Frame, Recipient, Send, SendOutcome};
+use sotto_proto::{Access, AccessKey, ErrorCode, Frame, Recipient, Send, SendOutcome};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -99,6 +99,11 @@ async fn sender(
     let (mut sink, mut stream) = ws.split();
     let (final_tx, mut final_rx) = watch::channel(u64::MAX);
     let reader_counters = counters.clone();
+    // A refusal for the whole relay (BUSY, RATE_LIMITED) holds the connection's later
+    // sends until a Resume, as a client sends it once it read the refusal. The load
+    // stays open loop: the next send follows its schedule, after the Resume.
+    let resume = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader_resume = resume.clone();
     let reader = tokio::spawn(async move {
         let mut out = SenderOut::default();
         let mut results = 0u64;
@@ -130,6 +135,9 @@ async fn sender(
                             out.store_latency.push(now.saturating_sub(r.message_id));
                         }
                         SendOutcome::Rejected { code } => {
+                            if matches!(code, ErrorCode::BUSY | ErrorCode::RATE_LIMITED) {
+                                reader_resume.store(true, Ordering::Relaxed);
+                            }
                             *out.rejected.entry(format!("{code:?}")).or_default() += 1;
                         }
                         _ => *out.rejected.entry("DeviceMismatch".into()).or_default() += 1,
@@ -152,6 +160,9 @@ async fn sender(
         let id = now_ns().max(last_id + 1);
         last_id = id;
         lag.push(id.saturating_sub(scheduled));
+        if resume.swap(false, Ordering::Relaxed) && send_frame(&mut sink, &Frame::Resume).await.is_err() {
+            break;
+        }
         if send_frame(
             &mut sink,
             &envelope_send(plan.to, plan.key.as_ref(), id, scheduled, &plan.filler),

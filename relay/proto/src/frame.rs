@@ -298,6 +298,12 @@ pub enum Frame {
         /// The highest handled sequence number.
         seq: u64,
     },
+    /// `0x15` client → relay: the client read a send refused for a reason of the whole
+    /// relay (`BUSY`, `RATE_LIMITED`) and sends again. After such a refusal the relay
+    /// refuses every later send on the connection with the same code until this frame,
+    /// so sends the client wrote before it learned of the refusal cannot be stored ahead
+    /// of the refused one; the sends after it are taken as usual. No answer.
+    Resume,
     /// `0x20` client → relay: a payload for the connected devices of an account (typing,
     /// presence). Never stored; dropped for devices that are not connected.
     Ephemeral {
@@ -328,6 +334,7 @@ mod tag {
     pub(super) const DELIVER: u8 = 0x12;
     pub(super) const QUEUE_EMPTY: u8 = 0x13;
     pub(super) const ACK: u8 = 0x14;
+    pub(super) const RESUME: u8 = 0x15;
     pub(super) const EPHEMERAL: u8 = 0x20;
     pub(super) const EPHEMERAL_DELIVER: u8 = 0x21;
     pub(super) const ERROR: u8 = 0x7f;
@@ -353,6 +360,7 @@ impl Frame {
             Frame::Deliver(_) => tag::DELIVER,
             Frame::QueueEmpty => tag::QUEUE_EMPTY,
             Frame::Ack { .. } => tag::ACK,
+            Frame::Resume => tag::RESUME,
             Frame::Ephemeral { .. } => tag::EPHEMERAL,
             Frame::EphemeralDeliver { .. } => tag::EPHEMERAL_DELIVER,
             Frame::Error { .. } => tag::ERROR,
@@ -369,7 +377,7 @@ impl Frame {
             Frame::Challenge(c) => c.encode_into(&mut out),
             Frame::AuthResponse(a) | Frame::AuthExtension(a) => a.encode_into(&mut out),
             Frame::AuthOk { mailbox_epoch } => out.put(mailbox_epoch),
-            Frame::QueueEmpty => {}
+            Frame::QueueEmpty | Frame::Resume => {}
             Frame::Send(s) => {
                 out.put_u64(s.message_id);
                 out.put_count(s.access.len());
@@ -522,6 +530,7 @@ impl Frame {
             }),
             tag::QUEUE_EMPTY => Frame::QueueEmpty,
             tag::ACK => Frame::Ack { seq: r.u64()? },
+            tag::RESUME => Frame::Resume,
             tag::EPHEMERAL => Frame::Ephemeral {
                 to: AccountId(r.array()?),
                 payload: r.var_bytes("ephemeral payload", limits::MAX_EPHEMERAL_LEN)?.to_vec(),

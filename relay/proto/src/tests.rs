@@ -145,6 +145,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             envelope
         })),
         Just(Frame::QueueEmpty),
+        Just(Frame::Resume),
         any::<u64>().prop_map(|seq| Frame::Ack { seq }),
         (account(), bytes(64)).prop_map(|(to, payload)| Frame::Ephemeral { to, payload }),
         bytes(64).prop_map(|payload| Frame::EphemeralDeliver { payload }),

@@ -82,7 +82,7 @@ fn frame_json(f: &Frame) -> Value {
         Frame::Challenge(c) => challenge_json(c),
         Frame::AuthResponse(a) | Frame::AuthExtension(a) => auth_json(a),
         Frame::AuthOk { mailbox_epoch } => json!({"mailbox_epoch": h(mailbox_epoch)}),
-        Frame::QueueEmpty => json!({}),
+        Frame::QueueEmpty | Frame::Resume => json!({}),
         Frame::Send(s) => json!({
             "message_id": s.message_id,
             "access": s.access.iter().map(|a| json!({
@@ -153,6 +153,7 @@ fn frame_from(name: &str, v: &Value) -> Frame {
             mailbox_epoch: hx(&v["mailbox_epoch"]).try_into().unwrap(),
         },
         "QueueEmpty" => Frame::QueueEmpty,
+        "Resume" => Frame::Resume,
         "Send" => Frame::Send(sotto_proto::Send {
             message_id: u(&v["message_id"]),
             access: v["access"]
@@ -414,6 +415,7 @@ fn generate() -> Value {
         ),
         ("QueueEmpty", Frame::QueueEmpty),
         ("Ack", Frame::Ack { seq: 42 }),
+        ("Resume", Frame::Resume),
         (
             "Ephemeral",
             Frame::Ephemeral {

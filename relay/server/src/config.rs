@@ -451,7 +451,7 @@ pub struct Limits {
     pub max_inflight_send_bytes: usize,
     /// Admission control of sends: while the oldest write waiting for the database has
     /// waited longer than this for a whole `send_queue_interval_ms` (or one commit has run
-    /// that long with writes waiting), new sends are refused at once with `BUSY` until the
+    /// that long), new sends are refused at once with `BUSY` until the
     /// queue drains. Milliseconds; 0 turns it off (sends then wait for room).
     pub send_queue_target_ms: u64,
     /// The interval of `send_queue_target_ms`. Milliseconds, at least the target.

@@ -204,7 +204,7 @@ fn render_metrics(state: &AppState) -> Response {
     let m = &state.metrics;
     m.write_queue_length
         .store(i64::try_from(state.writer.queued()).unwrap_or(i64::MAX), Relaxed);
-    m.writer_saturated.store(i64::from(!state.writer.admits()), Relaxed);
+    m.writer_saturated.store(i64::from(state.writer_saturated()), Relaxed);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

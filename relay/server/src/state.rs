@@ -361,6 +361,12 @@ impl AppState {
         self.shutdown_tx.send_replace(true);
     }
 
+    /// Whether the writer is saturated now: new sends are refused with `BUSY` until its
+    /// queue drains (the `writer_saturated` metric).
+    pub fn writer_saturated(&self) -> bool {
+        !self.writer.admits()
+    }
+
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown_tx.borrow()

@@ -28,7 +28,7 @@
 //! watches how long the oldest write of each batch waited (its sojourn), as CoDel does
 //! for packets (Nichols and Jacobson, "Controlling Queue Delay", ACM Queue 2012): while
 //! that stays above `target` for a whole `interval`, or one commit has been running for
-//! an `interval` with writes waiting behind it, new sends are refused at once with
+//! an `interval`, new sends are refused at once with
 //! `BUSY` ([`Writer::admits`]) instead of joining the queue. The queue then drains at
 //! full speed; once a batch's oldest write waited less than `target`, or the queue is
 //! empty, sends are taken again. Acks are always taken: they are small and they free
@@ -134,8 +134,8 @@ impl Admission {
             .saturating_add(1)
     }
 
-    /// Whether a new send may join the queue, `queued` writes waiting.
-    fn admits(&self, queued: usize, now: Instant) -> bool {
+    /// Whether a new send may join the queue.
+    fn admits(&self, now: Instant) -> bool {
         if self.target.is_zero() {
             return true;
         }
@@ -143,10 +143,10 @@ impl Admission {
             return false;
         }
         // A commit that hangs (a disk stall, a lock held elsewhere) shows no sojourn
-        // until it ends: refuse once it ran for an interval with writes behind it.
+        // until it ends: refuse once it ran for an interval, since a new send would
+        // wait behind it at least that long.
         let since = self.commit_since.load(Ordering::Relaxed);
-        let stalled = since != 0 && Duration::from_nanos(self.ns(now).saturating_sub(since)) >= self.interval;
-        !(stalled && queued > 0)
+        since == 0 || Duration::from_nanos(self.ns(now).saturating_sub(since)) < self.interval
     }
 }
 
@@ -236,7 +236,7 @@ impl Writer {
     /// Whether a new send may be queued now; `false` while the writer is saturated (the
     /// send is then refused with `BUSY`, which the client retries after a pause).
     pub(crate) fn admits(&self) -> bool {
-        self.admission.admits(self.queued(), Instant::now())
+        self.admission.admits(Instant::now())
     }
 
     async fn queue(&self, job: Job) -> Result<(), mpsc::error::SendError<Queued>> {
@@ -507,7 +507,7 @@ mod tests {
         let t0 = a.epoch;
         for i in 0..100 {
             c.observe(49 * MS, t0 + i * 10 * MS);
-            assert!(a.admits(4000, t0 + i * 10 * MS));
+            assert!(a.admits(t0 + i * 10 * MS));
         }
     }
 
@@ -521,24 +521,24 @@ mod tests {
         let t0 = a.epoch;
         c.observe(60 * MS, t0);
         c.observe(80 * MS, t0 + 199 * MS);
-        assert!(a.admits(1, t0 + 199 * MS), "above target for less than an interval");
+        assert!(a.admits(t0 + 199 * MS), "above target for less than an interval");
         c.observe(80 * MS, t0 + 200 * MS);
-        assert!(!a.admits(0, t0 + 200 * MS), "above target for a whole interval");
+        assert!(!a.admits(t0 + 200 * MS), "above target for a whole interval");
         // Still above: still refused, whatever the queue's length.
         c.observe(70 * MS, t0 + 300 * MS);
-        assert!(!a.admits(0, t0 + 300 * MS));
+        assert!(!a.admits(t0 + 300 * MS));
         // One batch whose oldest write waited less than target: taken again.
         c.observe(10 * MS, t0 + 310 * MS);
-        assert!(a.admits(100, t0 + 310 * MS));
+        assert!(a.admits(t0 + 310 * MS));
         // And the interval starts over.
         c.observe(60 * MS, t0 + 320 * MS);
         c.observe(60 * MS, t0 + 500 * MS);
-        assert!(a.admits(1, t0 + 500 * MS));
+        assert!(a.admits(t0 + 500 * MS));
         c.observe(60 * MS, t0 + 520 * MS);
-        assert!(!a.admits(1, t0 + 520 * MS));
+        assert!(!a.admits(t0 + 520 * MS));
         // An empty queue clears it too.
         c.clear();
-        assert!(a.admits(1, t0 + 520 * MS));
+        assert!(a.admits(t0 + 520 * MS));
     }
 
     #[test]
@@ -554,21 +554,21 @@ mod tests {
             let at = t0 + i * 160 * MS;
             c.observe(500 * MS, at);
             c.observe(500 * MS, at + 150 * MS);
-            assert!(a.admits(10, at + 150 * MS));
+            assert!(a.admits(at + 150 * MS));
             c.observe(5 * MS, at + 155 * MS);
         }
     }
 
     #[test]
-    fn a_commit_that_hangs_with_writes_behind_it_refuses_sends() {
+    fn a_commit_that_hangs_refuses_sends() {
         let a = admission();
         let t0 = a.epoch + 1000 * MS;
         a.commit_since.store(a.ns(t0), Ordering::Relaxed);
-        assert!(a.admits(10, t0 + 199 * MS), "not yet an interval");
-        assert!(a.admits(0, t0 + 5000 * MS), "nothing waits behind it");
-        assert!(!a.admits(1, t0 + 200 * MS));
+        assert!(a.admits(t0 + 199 * MS), "not yet an interval");
+        assert!(!a.admits(t0 + 200 * MS));
+        assert!(!a.admits(t0 + 5000 * MS));
         a.commit_since.store(0, Ordering::Relaxed);
-        assert!(a.admits(10, t0 + 5000 * MS), "the commit ended");
+        assert!(a.admits(t0 + 5000 * MS), "the commit ended");
     }
 
     #[test]
@@ -583,6 +583,6 @@ mod tests {
         for i in 0..10 {
             c.observe(10_000 * MS, t0 + i * 1000 * MS);
         }
-        assert!(a.admits(4000, t0 + 20_000 * MS));
+        assert!(a.admits(t0 + 20_000 * MS));
     }
 }

@@ -579,6 +579,10 @@ where
             start_send(state, edge, Some((mb.account, mb.device)), send, pending);
             Ok(())
         }
+        Frame::Resume => {
+            pending.barrier = None;
+            Ok(())
+        }
         Frame::Ack { seq } => {
             if seq > mb.delivered {
                 return send_frame(
@@ -642,6 +646,11 @@ where
 struct Pipeline<'a> {
     queue: Option<FuturesOrdered<Pin<Box<dyn Future<Output = Answer> + std::marker::Send + 'a>>>>,
     bytes: usize,
+    /// Set when a send was refused for a reason of the whole relay (`BUSY`,
+    /// `RATE_LIMITED`): every later send is refused with that code until the client's
+    /// `Resume`, so none it wrote before it read the refusal is stored ahead of the
+    /// refused one (docs/protocol.md §13.10, "Overload").
+    barrier: Option<ErrorCode>,
 }
 
 /// A send's answer: (message id, outcome, envelope bytes it held).
@@ -694,22 +703,30 @@ fn start_send<'a>(
         .fold(send.body.len(), |n, r| n.saturating_add(r.head.len()));
     let queue = pending.queue.get_or_insert_with(FuturesOrdered::new);
     let refuse = |code| Box::pin(std::future::ready((message_id, SendOutcome::Rejected { code }, 0)));
+    if let Some(code) = pending.barrier {
+        queue.push_back(refuse(code));
+        return;
+    }
     if let Err(code) = check_send(state, &send) {
         queue.push_back(refuse(code));
         return;
     }
+    // Refusals for the whole relay raise the barrier.
     if let Err(code) = state.charge(&edge.rate, edge.addr, send.recipients.len(), bytes) {
         inc(&state.metrics.rate_limited_total, 1);
+        pending.barrier = Some(code);
         queue.push_back(refuse(code));
         return;
     }
     if !state.writer.admits() {
         inc(&state.metrics.sends_busy_total, 1);
+        pending.barrier = Some(ErrorCode::BUSY);
         queue.push_back(refuse(ErrorCode::BUSY));
         return;
     }
     let Some(held) = state.inflight.hold(bytes) else {
         inc(&state.metrics.inflight_budget_refused_total, 1);
+        pending.barrier = Some(ErrorCode::BUSY);
         queue.push_back(refuse(ErrorCode::BUSY));
         return;
     };
@@ -809,6 +826,10 @@ where
                             let next = (tokio::time::Instant::now() + idle).min(end_of_life);
                             deadline.as_mut().reset(next);
                             start_send(state, edge, None, send, &mut pending);
+                            Ok(())
+                        }
+                        Ok(Frame::Resume) => {
+                            pending.barrier = None;
                             Ok(())
                         }
                         Ok(_) => send_frame(socket, &Frame::Error { code: ErrorCode::UNEXPECTED_FRAME }).await,

@@ -552,6 +552,13 @@ async fn byte_budgets(url: String) {
         send_to(&mut wa, 1, to_account(&b, &[0; 1_500])).await,
         SendOutcome::Rejected { code: ErrorCode::BUSY }
     );
+    // The refusal holds every later send of the connection, even one that fits, until
+    // the client says with `Resume` that it read it.
+    assert_eq!(
+        send_to(&mut wa, 2, to_account(&b, &[0; 100])).await,
+        SendOutcome::Rejected { code: ErrorCode::BUSY }
+    );
+    send(&mut wa, &Frame::Resume).await;
     // Ten envelopes of 500 bytes: none fits the live budget; all arrive, in order.
     for i in 0..10u8 {
         assert!(matches!(

@@ -1698,17 +1698,21 @@ async fn a_saturated_writer_refuses_sends_with_busy() {
 
     sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
     drop(lock);
-    // Every send of Alice's is answered: stored (those queued before the refusals began)
-    // or BUSY, in order.
+    // Every send of Alice's is answered, in order: stored (those queued before the
+    // refusals began), then BUSY from the first refusal on.
     let mut stored = BTreeSet::new();
+    let mut refused = false;
     let mut id = 1;
     while id <= sent {
         match recv(&mut wa).await {
             Frame::SendResult(SendResult { message_id, outcome }) => {
                 assert_eq!(message_id, id);
                 match outcome {
-                    SendOutcome::Stored { .. } => assert!(stored.insert(id)),
-                    SendOutcome::Rejected { code: ErrorCode::BUSY } => {}
+                    SendOutcome::Stored { .. } => {
+                        assert!(!refused, "send {id} stored after an earlier one was refused");
+                        assert!(stored.insert(id));
+                    }
+                    SendOutcome::Rejected { code: ErrorCode::BUSY } => refused = true,
                     other => panic!("send {id}: {other:?}"),
                 }
                 id += 1;
@@ -1717,14 +1721,20 @@ async fn a_saturated_writer_refuses_sends_with_busy() {
         }
     }
     assert!(stored.contains(&1), "the send the writer was committing was stored");
-    // Sends are taken again once the queue drained: Carol's next send is stored.
     let deadline = tokio::time::Instant::now() + FAILSAFE / 4;
     while saturated(&relay.metrics().await) {
         assert!(tokio::time::Instant::now() < deadline, "the writer stayed saturated");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    // The writer takes sends again, but Carol's connection refuses hers until she says
+    // she read the refusal: a send written before she knew cannot overtake the refused one.
+    assert_eq!(
+        send_to(&mut wc, 2, to_devices(&bob, None, b"early")).await,
+        SendOutcome::Rejected { code: ErrorCode::BUSY }
+    );
+    send(&mut wc, &Frame::Resume).await;
     assert!(matches!(
-        send_to(&mut wc, 2, to_devices(&bob, None, b"c")).await,
+        send_to(&mut wc, 3, to_devices(&bob, None, b"c")).await,
         SendOutcome::Stored { .. }
     ));
     // Bob gets each stored send once, and Carol's.

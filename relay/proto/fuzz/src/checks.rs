@@ -300,6 +300,7 @@ pub fn seeds() -> Vec<Seed> {
             }),
         ),
         ("ok-queue-empty", Frame::QueueEmpty),
+        ("ok-resume", Frame::Resume),
         ("ok-ack", Frame::Ack { seq: 3 }),
         (
             "ok-ephemeral",
