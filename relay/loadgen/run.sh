@@ -22,6 +22,11 @@
 #   through the relay, whose enqueue slows with mailbox depth (100,000 would take >10 min);
 #   PG_FILL=relay queues it through the relay as on SQLite.
 #   SKIP_BUILD=1 uses the binaries already in target/release.
+#   BACKOFF [0]: 1 makes throughput senders pause after a BUSY or RATE_LIMITED as the SDK
+#   does (--backoff), the first pause BACKOFF_MS [200] ms; by default every scheduled send
+#   goes out (open loop).
+#   RELAY_LIMITS [""]: more lines for the relay's [limits], e.g. "send_queue_target_ms = 0"
+#   (the overload control off).
 #   PG_FSYNC [off]: fsync setting of the throwaway PostgreSQL cluster (on = durable commits).
 #   OUT [target/loadgen]: logs and results.txt are kept there.
 #   ACCESS_KEYS [0]: 1 makes throughput receivers set an access verifier and senders present
@@ -148,7 +153,8 @@ wait_load() {
 # The catch-up mode queues 100,000 envelopes from one device for one device: the per-device
 # send rate limit and the mailbox depth are raised for it. Throughput senders send
 # RATE/PAIRS (10/s by default), under the default limit of 20/s anyway.
-{ echo 'log_level = "warn"'; cat relay/loadgen/limits.toml; } >"$WORK/relay.toml"
+# RELAY_LIMITS adds lines to that [limits] table (the file's last).
+{ echo 'log_level = "warn"'; cat relay/loadgen/limits.toml; printf '%s\n' "${RELAY_LIMITS:-}"; } >"$WORK/relay.toml"
 
 # start_relay NAME [DATABASE_URL]
 start_relay() {
@@ -215,6 +221,7 @@ run_mode() {
     idle) args+=(--connections "$IDLE_N" --ramp-secs "$RAMP") ;;
     throughput)
       args+=(--pairs "$PAIRS" --rate "$rate" --duration "$DURATION" --envelope-bytes "$ENVELOPE" --ramp-secs "$RAMP_TP")
+      if [ "${BACKOFF:-0}" = 1 ]; then args+=(--backoff --backoff-ms "${BACKOFF_MS:-200}"); fi
       ;;
     fanout)
       args+=(--fanout-accounts "$FANOUT_ACCOUNTS" --fanout-devices "$FANOUT_DEVICES" --body-bytes "$FANOUT_BODY"

@@ -110,16 +110,17 @@ const REFUSAL_PAUSE_MIN: Duration = Duration::from_millis(200);
 /// The longest pause after relay-wide refusals in a row.
 const REFUSAL_PAUSE_MAX: Duration = Duration::from_secs(30);
 
-/// The pause after a relay-wide refusal that follows `before` others in a row: from
-/// `backoff_min` (at least [`REFUSAL_PAUSE_MIN`]) doubling up to [`REFUSAL_PAUSE_MAX`],
-/// and of that a random 75 to 125 % drawn from `jitter`.
-fn refusal_pause(backoff_min: Duration, before: u32, jitter: u64) -> Duration {
-    let base = backoff_min
-        .max(REFUSAL_PAUSE_MIN)
+/// The pause after a relay-wide refusal that follows `before` pauses in a row: from
+/// [`REFUSAL_PAUSE_MIN`] doubling up to [`REFUSAL_PAUSE_MAX`], and of that a random 100 to
+/// 150 % drawn from `jitter`. Shorter at first than the reconnect backoff: a saturated
+/// relay refuses for tens of milliseconds at a time, and clients that all stayed away
+/// for half a second would leave it idle (docs/benchmarks.md, "Overload").
+fn refusal_pause(before: u32, jitter: u64) -> Duration {
+    let base = REFUSAL_PAUSE_MIN
         .saturating_mul(1u32 << before.min(16))
         .min(REFUSAL_PAUSE_MAX);
     let ms = base.as_millis() as u64;
-    Duration::from_millis(ms - ms / 4 + jitter % (ms / 2 + 1))
+    Duration::from_millis(ms + jitter % (ms / 2 + 1))
 }
 
 /// The sending state of one authenticated connection: up to [`SEND_WINDOW`] items in
@@ -472,7 +473,7 @@ impl<S: Store> Inner<S> {
                 let now = Instant::now();
                 if tx.offline_until.is_none_or(|t| t <= now) {
                     let jitter = self.net_rng.lock().unwrap_or_else(|e| e.into_inner()).next_u64();
-                    let pause = refusal_pause(self.options.backoff_min, tx.refusals, jitter);
+                    let pause = refusal_pause(tx.refusals, jitter);
                     tx.refusals = tx.refusals.saturating_add(1);
                     tx.offline_until = Some(now + pause);
                     tx.retry_by(now + pause);
@@ -916,21 +917,19 @@ mod refusal_tests {
     #[test]
     fn refusal_pauses_double_with_jitter_within_bounds() {
         let ms = |d: Duration| d.as_millis() as u64;
-        let min = Duration::from_millis(500);
-        // The midpoint of the jitter gives the base itself.
-        assert_eq!(ms(refusal_pause(min, 0, 125)), 500);
-        assert_eq!(ms(refusal_pause(min, 1, 250)), 1000);
-        assert_eq!(ms(refusal_pause(min, 2, 500)), 2000);
-        // Never under 200 ms, never over 30 s (± a quarter), whatever the streak.
-        assert_eq!(ms(refusal_pause(Duration::ZERO, 0, 50)), 200);
-        for before in [6, 7, 16, 40, u32::MAX] {
-            assert_eq!(ms(refusal_pause(min, before, 7_500)), 30_000);
+        // 200 ms doubling, plus up to half of it at random.
+        assert_eq!(ms(refusal_pause(0, 0)), 200);
+        assert_eq!(ms(refusal_pause(1, 0)), 400);
+        assert_eq!(ms(refusal_pause(2, 0)), 800);
+        assert_eq!(ms(refusal_pause(0, 100)), 300);
+        // Never over 30 s (plus half), whatever the streak.
+        for before in [8, 9, 16, 40, u32::MAX] {
+            assert_eq!(ms(refusal_pause(before, 0)), 30_000);
         }
         for jitter in [0, 1, 7, 12_345, u64::MAX] {
-            let p = ms(refusal_pause(min, 3, jitter));
-            assert!((3000..=5000).contains(&p), "{p}");
+            let p = ms(refusal_pause(3, jitter));
+            assert!((1600..=2400).contains(&p), "{p}");
         }
-        assert_eq!(ms(refusal_pause(min, 3, 0)), 3000);
-        assert_eq!(ms(refusal_pause(min, 3, 2000)), 5000);
+        assert_eq!(ms(refusal_pause(3, 800)), 2400);
     }
 }

@@ -136,6 +136,16 @@ pub(crate) struct Cli {
     /// Receivers ack a partial batch after this many milliseconds.
     #[arg(long, default_value_t = 5)]
     pub(crate) ack_delay_ms: u64,
+    /// throughput: senders honour refusals of the whole relay (`BUSY`, `RATE_LIMITED`) as
+    /// the SDK does: after one, a sender skips its scheduled sends (counted as deferred)
+    /// for a pause of `--backoff-ms` that doubles with each pause in a row up to 30 s,
+    /// 100–150 % of it at random; a stored send starts the count over. Without it the load stays open
+    /// loop: every scheduled send goes out, refused or not.
+    #[arg(long)]
+    pub(crate) backoff: bool,
+    /// throughput, with `--backoff`: the first pause, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) backoff_ms: u64,
     /// Throughput: receivers set an access verifier and senders present the key, so
     /// every send takes the relay's access check (docs/protocol.md §13.8).
     #[arg(long)]

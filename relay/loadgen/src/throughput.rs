@@ -36,6 +36,8 @@ struct Counters {
 #[derive(Default)]
 struct SenderOut {
     sent: u64,
+    /// With `--backoff`: scheduled sends skipped during a pause.
+    deferred: u64,
     stored_ids: Vec<u64>,
     /// Send → SendResult, ns.
     store_latency: Vec<u64>,
@@ -81,6 +83,8 @@ pub(crate) fn envelope_id(envelope: &[u8]) -> Option<u64> {
 }
 
 struct Plan {
+    backoff: bool,
+    backoff_ms: u64,
     to: AccountId,
     key: Option<[u8; 32]>,
     start: Instant,
@@ -104,6 +108,11 @@ async fn sender(
     // stays open loop: the next send follows its schedule, after the Resume.
     let resume = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader_resume = resume.clone();
+    // With --backoff: (no send before this, pauses in a row).
+    let pause = Arc::new(std::sync::Mutex::new((None::<Instant>, 0u32)));
+    let reader_pause = pause.clone();
+    let mut pause_rng = crate::rng(rng.next_u64(), 0xbac0, 0);
+    let first_pause = plan.backoff_ms.max(1);
     let reader = tokio::spawn(async move {
         let mut out = SenderOut::default();
         let mut results = 0u64;
@@ -130,6 +139,7 @@ async fn sender(
                     reader_counters.results.fetch_add(1, Ordering::Relaxed);
                     match r.outcome {
                         SendOutcome::Stored { .. } => {
+                            reader_pause.lock().unwrap_or_else(|p| p.into_inner()).1 = 0;
                             reader_counters.stored.fetch_add(1, Ordering::Relaxed);
                             out.stored_ids.push(r.message_id);
                             out.store_latency.push(now.saturating_sub(r.message_id));
@@ -137,6 +147,15 @@ async fn sender(
                         SendOutcome::Rejected { code } => {
                             if matches!(code, ErrorCode::BUSY | ErrorCode::RATE_LIMITED) {
                                 reader_resume.store(true, Ordering::Relaxed);
+                                let mut p = reader_pause.lock().unwrap_or_else(|p| p.into_inner());
+                                let now = Instant::now();
+                                if p.0.is_none_or(|t| t <= now) {
+                                    let base = first_pause.saturating_mul(1 << p.1.min(8)).min(30_000);
+                                    let jitter = pause_rng.next_u64();
+                                    let ms = base + jitter % (base / 2 + 1);
+                                    p.0 = Some(now + Duration::from_millis(ms));
+                                    p.1 = p.1.saturating_add(1);
+                                }
                             }
                             *out.rejected.entry(format!("{code:?}")).or_default() += 1;
                         }
@@ -152,11 +171,23 @@ async fn sender(
 
     let mut lag = Vec::new();
     let mut sent = 0u64;
+    let mut deferred = 0u64;
     let mut last_id = 0u64;
     let mut next = plan.start + plan.period.mul_f64(unit(&mut rng));
     while next < plan.end {
         tokio::time::sleep_until(next).await;
         let scheduled = ns_at(next.into_std());
+        if plan.backoff
+            && pause
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+                .is_some_and(|t| t > Instant::now())
+        {
+            deferred += 1;
+            next += plan.period.mul_f64(0.5 + unit(&mut rng));
+            continue;
+        }
         let id = now_ns().max(last_id + 1);
         last_id = id;
         lag.push(id.saturating_sub(scheduled));
@@ -188,6 +219,7 @@ async fn sender(
         Err(_) => SenderOut::default(),
     };
     out.sent = sent;
+    out.deferred = deferred;
     out.lag = lag;
     out
 }
@@ -361,6 +393,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<String, Fail> {
             let mut filler = vec![0u8; cli.envelope_bytes];
             rng.fill_bytes(&mut filler);
             let plan = Plan {
+                backoff: cli.backoff,
+                backoff_ms: cli.backoff_ms,
                 to: to.account_id(),
                 key: keys[i],
                 start,
@@ -419,12 +453,13 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<String, Fail> {
     let mut in_window = 0u64;
     let mut last_delivery = start_ns;
     let end_ns = start_ns + u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-    let (mut sent, mut stored, mut acks) = (0u64, 0u64, 0u64);
+    let (mut sent, mut stored, mut acks, mut deferred) = (0u64, 0u64, 0u64, 0u64);
     let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
     let mut store_latency = Vec::new();
     let mut lag = Vec::new();
     for (o, i) in outs.iter_mut().zip(&ins) {
         sent += o.sent;
+        deferred += o.deferred;
         stored += o.stored_ids.len() as u64;
         acks += i.acks;
         for (code, n) in &o.rejected {
@@ -465,7 +500,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<String, Fail> {
     println!(
         "sent {sent}, stored {stored}, durable deliveries {durable} ({in_window} within the send window), \
          {} stored but not delivered and {unanswered} sends unanswered within the {:.0} s grace period; \
-         rejected: {rejected}",
+         rejected: {rejected}; deferred by back-off: {deferred}",
         stored.saturating_sub(durable),
         cli.grace_secs
     );
@@ -478,7 +513,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<String, Fail> {
          stored={stored} unanswered={unanswered} durable={durable} durable_per_s={rate:.0} \
          window_per_s={window_rate:.0} p50_ms={p50:.2} p99_ms={p99:.2} \
          p999_ms={p999:.2} max_ms={max:.2} store_p50_ms={s50:.2} store_p99_ms={s99:.2} \
-         sender_lag_p99_ms={lag99:.2} ack_batch={ack_batch} acks={acks} rejected={rejected} {cpu_report}",
+         sender_lag_p99_ms={lag99:.2} ack_batch={ack_batch} acks={acks} rejected={rejected} deferred={deferred} \
+         {cpu_report}",
         cli.rate, cli.envelope_bytes, cli.duration
     ))
 }

@@ -707,21 +707,22 @@ fn start_send<'a>(
         queue.push_back(refuse(code));
         return;
     }
-    if let Err(code) = check_send(state, &send) {
-        queue.push_back(refuse(code));
-        return;
-    }
-    // Refusals for the whole relay raise the barrier.
-    if let Err(code) = state.charge(&edge.rate, edge.addr, send.recipients.len(), bytes) {
-        inc(&state.metrics.rate_limited_total, 1);
-        pending.barrier = Some(code);
-        queue.push_back(refuse(code));
-        return;
-    }
+    // Refusals for the whole relay raise the barrier. A saturated writer is checked
+    // first: a send refused for it costs the client none of its rate.
     if !state.writer.admits() {
         inc(&state.metrics.sends_busy_total, 1);
         pending.barrier = Some(ErrorCode::BUSY);
         queue.push_back(refuse(ErrorCode::BUSY));
+        return;
+    }
+    if let Err(code) = check_send(state, &send) {
+        queue.push_back(refuse(code));
+        return;
+    }
+    if let Err(code) = state.charge(&edge.rate, edge.addr, send.recipients.len(), bytes) {
+        inc(&state.metrics.rate_limited_total, 1);
+        pending.barrier = Some(code);
+        queue.push_back(refuse(code));
         return;
     }
     let Some(held) = state.inflight.hold(bytes) else {
