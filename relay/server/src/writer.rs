@@ -155,7 +155,13 @@ struct Controller<'a> {
     admission: &'a Admission,
     /// When the sojourn, above target since, will have been so for an interval.
     above_until: Option<Instant>,
+    /// When the last warning was logged: at most one a minute, however often the writer
+    /// goes in and out of saturation (the metrics count every refusal).
+    warned_at: Option<Instant>,
 }
+
+/// The least time between two warnings that the writer is saturated.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl Controller<'_> {
     /// Takes the sojourn of a batch's oldest write, at `now`.
@@ -171,10 +177,16 @@ impl Controller<'_> {
         match self.above_until {
             None => self.above_until = Some(now + a.interval),
             Some(until) if now >= until => {
-                if !a.refusing.swap(true, Ordering::Relaxed) {
+                if !a.refusing.swap(true, Ordering::Relaxed)
+                    && self
+                        .warned_at
+                        .is_none_or(|t| now.saturating_duration_since(t) >= WARN_EVERY)
+                {
+                    self.warned_at = Some(now);
                     tracing::warn!(
                         sojourn_ms = sojourn.as_millis() as u64,
-                        "the writer is saturated: new sends are refused with BUSY until its queue drains"
+                        "the writer is saturated: new sends are refused with BUSY until its queue drains \
+                         (sotto_relay_sends_busy_total counts them; this is logged at most once a minute)"
                     );
                 }
             }
@@ -309,6 +321,7 @@ async fn run(
     let mut control = Controller {
         admission,
         above_until: None,
+        warned_at: None,
     };
     loop {
         if rx.is_empty() {
@@ -503,6 +516,7 @@ mod tests {
         let mut c = Controller {
             admission: &a,
             above_until: None,
+            warned_at: None,
         };
         let t0 = a.epoch;
         for i in 0..100 {
@@ -517,6 +531,7 @@ mod tests {
         let mut c = Controller {
             admission: &a,
             above_until: None,
+            warned_at: None,
         };
         let t0 = a.epoch;
         c.observe(60 * MS, t0);
@@ -547,6 +562,7 @@ mod tests {
         let mut c = Controller {
             admission: &a,
             above_until: None,
+            warned_at: None,
         };
         let t0 = a.epoch;
         for i in 0..50u32 {
@@ -577,6 +593,7 @@ mod tests {
         let mut c = Controller {
             admission: &a,
             above_until: None,
+            warned_at: None,
         };
         let t0 = a.epoch + 1000 * MS;
         a.commit_since.store(a.ns(t0), Ordering::Relaxed);
