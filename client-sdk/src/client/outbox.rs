@@ -139,8 +139,8 @@ pub(super) struct Sending {
     pub(super) dirty: bool,
     /// The relay could not be reached: nothing is prepared before this.
     pub(super) offline_until: Option<Instant>,
-    /// Relay-wide refusals (`BUSY`, `RATE_LIMITED`, ...) since the last send stored: the
-    /// pause after the next one doubles with each.
+    /// Pauses for relay-wide refusals (`BUSY`, `RATE_LIMITED`, ...) since the last send
+    /// stored: the next pause doubles with each.
     pub(super) refusals: u32,
     /// A relay-wide refusal came on the authenticated / the anonymous connection: the
     /// relay refuses every later send there until a `Resume`, which goes before the next

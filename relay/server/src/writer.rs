@@ -163,7 +163,15 @@ struct Controller<'a> {
 /// The least time between two warnings that the writer is saturated.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
-impl Controller<'_> {
+impl<'a> Controller<'a> {
+    fn new(admission: &'a Admission) -> Self {
+        Self {
+            admission,
+            above_until: None,
+            warned_at: None,
+        }
+    }
+
     /// Takes the sojourn of a batch's oldest write, at `now`.
     fn observe(&mut self, sojourn: Duration, now: Instant) {
         let a = self.admission;
@@ -318,11 +326,7 @@ async fn run(
 ) {
     let mut jobs = Vec::with_capacity(64);
     let mut closing = None;
-    let mut control = Controller {
-        admission,
-        above_until: None,
-        warned_at: None,
-    };
+    let mut control = Controller::new(admission);
     loop {
         if rx.is_empty() {
             // Nothing stands in the queue: take sends again.
@@ -513,11 +517,7 @@ mod tests {
     #[test]
     fn a_queue_below_target_takes_every_send() {
         let a = admission();
-        let mut c = Controller {
-            admission: &a,
-            above_until: None,
-            warned_at: None,
-        };
+        let mut c = Controller::new(&a);
         let t0 = a.epoch;
         for i in 0..100 {
             c.observe(49 * MS, t0 + i * 10 * MS);
@@ -528,11 +528,7 @@ mod tests {
     #[test]
     fn sends_are_refused_once_the_queue_stood_above_target_for_an_interval() {
         let a = admission();
-        let mut c = Controller {
-            admission: &a,
-            above_until: None,
-            warned_at: None,
-        };
+        let mut c = Controller::new(&a);
         let t0 = a.epoch;
         c.observe(60 * MS, t0);
         c.observe(80 * MS, t0 + 199 * MS);
@@ -559,11 +555,7 @@ mod tests {
     #[test]
     fn a_spike_shorter_than_the_interval_refuses_nothing() {
         let a = admission();
-        let mut c = Controller {
-            admission: &a,
-            above_until: None,
-            warned_at: None,
-        };
+        let mut c = Controller::new(&a);
         let t0 = a.epoch;
         for i in 0..50u32 {
             // 150 ms above, then one batch below, again and again.
@@ -590,11 +582,7 @@ mod tests {
     #[test]
     fn a_zero_target_turns_it_off() {
         let a = Admission::new(Duration::ZERO, 200 * MS);
-        let mut c = Controller {
-            admission: &a,
-            above_until: None,
-            warned_at: None,
-        };
+        let mut c = Controller::new(&a);
         let t0 = a.epoch + 1000 * MS;
         a.commit_since.store(a.ns(t0), Ordering::Relaxed);
         for i in 0..10 {
