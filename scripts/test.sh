@@ -16,6 +16,18 @@ step() { step_header '' "$@"; }
 step "setup"
 scripts/setup.sh
 
+# A cold run writes about NEED_GB to the target directory. When the disk fills, the linker
+# dies mid-write (often as "ld terminated with signal 7 [Bus error]"), which reads like a
+# toolchain bug: say so up front.
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+mkdir -p "$TARGET_DIR"
+NEED_GB=8
+AVAIL_GB=$(( $(df -Pk "$TARGET_DIR" | awk 'NR==2 {print $4}') / 1048576 ))
+if [ "$AVAIL_GB" -lt "$NEED_GB" ]; then
+  echo "!! only ${AVAIL_GB} GiB free under $TARGET_DIR; a cold run needs about ${NEED_GB} GiB." >&2
+  echo "!! If a link fails with a Bus error, free disk space (or cargo clean) and run again." >&2
+fi
+
 step "format"
 cargo fmt --all -- --check
 
@@ -36,7 +48,7 @@ cargo clippy -p sotto-wasm --target wasm32-unknown-unknown --locked -- -D warnin
 
 step "fuzz targets compile"
 # The fuzz workspaces share one target dir, so libFuzzer's C++ is compiled once.
-FUZZ_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
+FUZZ_TARGET_DIR="$TARGET_DIR/fuzz"
 CARGO_TARGET_DIR="$FUZZ_TARGET_DIR" cargo check --manifest-path crypto-core/fuzz/Cargo.toml --bins --locked
 CARGO_TARGET_DIR="$FUZZ_TARGET_DIR" cargo check --manifest-path relay/proto/fuzz/Cargo.toml --bins --locked
 CARGO_TARGET_DIR="$FUZZ_TARGET_DIR" cargo check --manifest-path client-sdk/fuzz/Cargo.toml --bins --locked
@@ -57,7 +69,7 @@ cargo test --workspace --locked
 step "container image: deploy/container/Dockerfile, built and run with podman"
 # The relay binary the tests above built goes into the image; the Dockerfile's compile
 # stage is what `scripts/container.sh` alone runs (docs/operations.md, "Containers").
-scripts/container.sh --prebuilt "${CARGO_TARGET_DIR:-$PWD/target}/debug/sotto-relay"
+scripts/container.sh --prebuilt "$TARGET_DIR/debug/sotto-relay"
 
 step "bindings: Python, Kotlin and Swift against a local relay"
 scripts/bindings.sh
