@@ -26,6 +26,7 @@ pub mod bus;
 mod codec;
 mod error_code;
 pub mod frame;
+pub mod websocket;
 
 #[cfg(test)]
 mod tests;

@@ -60,8 +60,13 @@ fn bus() {
 }
 
 #[test]
+fn websocket() {
+    replay("websocket");
+}
+
+#[test]
 fn every_target_has_a_replay_test_and_a_directory() {
-    assert_eq!(TARGETS, ["frame", "body", "bus"]);
+    assert_eq!(TARGETS, ["frame", "body", "bus", "websocket"]);
     for entry in fs::read_dir(corpus_root()).expect("relay/proto/fuzz/corpus") {
         let path = entry.expect("corpus entry").path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();

@@ -45,6 +45,7 @@ mod http;
 pub mod metrics;
 mod net;
 pub mod push;
+mod socket;
 mod state;
 pub mod storage;
 pub mod tls;
@@ -57,8 +58,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::Router;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -73,12 +73,6 @@ pub use error::AppError;
 pub use state::AppState;
 
 use crate::storage::Storage;
-
-/// The tungstenite read and write buffer per connection. tungstenite keeps its read
-/// buffer resident on idle sockets (PERF-ANCHORS: 128 KiB → 134 KiB RSS per idle
-/// connection, 4 KiB → 5.75 KiB), so it is small on purpose; messages larger than the
-/// buffer are still read, in several reads.
-pub const WS_BUFFER_BYTES: usize = 4 * 1024;
 
 /// The router. With TLS configured, every response carries HSTS. CORS wraps every route,
 /// the fallback and the errors.
@@ -139,10 +133,11 @@ pub fn app(state: Arc<AppState>) -> Router {
 async fn ws_upgrade(
     State(state): State<Arc<AppState>>,
     conn: Option<Extension<Arc<net::ConnInfo>>>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut req: Request,
 ) -> Response {
-    let Ok(ws) = ws else {
-        return AppError(ErrorCode::MALFORMED).into_response();
+    let ws = match socket::Upgrade::from_request(&mut req) {
+        Ok(ws) => ws,
+        Err(refused) => return refused.into_response(),
     };
     if state.is_shutting_down() {
         return AppError(ErrorCode::SHUTTING_DOWN).into_response();
@@ -162,15 +157,7 @@ async fn ws_upgrade(
         return AppError(ErrorCode::TOO_MANY_CONNECTIONS).into_response();
     };
     let max = state.config.limits.max_frame_bytes;
-    ws.read_buffer_size(WS_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max.saturating_mul(2).max(WS_BUFFER_BYTES))
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            ws::serve_socket(state, socket, slot).await;
-            drop(permit);
-        })
+    ws.accept(max, move |socket| ws::serve_socket(state, socket, slot, permit))
 }
 
 /// Serves `app(state)` on `listener` until `shutdown` resolves; then refuses new

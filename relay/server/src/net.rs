@@ -13,7 +13,7 @@
 //! - it counts the bytes read and not yet done with, per connection, per address and in
 //!   total: on HTTP, those read since the last answer (the request being read); once
 //!   upgraded to a WebSocket, those since the last complete message (the unfinished
-//!   message tungstenite buffers). A read over the per-address or total budget fails,
+//!   message the WebSocket buffers). A read over the per-address or total budget fails,
 //!   which closes the connection;
 //! - before that, it replaces hyper's own bodiless answers to malformed or oversized
 //!   request heads (400, 414, 431) with an `ErrorBody` (§13.3).
@@ -283,6 +283,18 @@ impl Drop for WsSlot {
     }
 }
 
+/// The error a read over the unfinished-message budget fails with.
+#[derive(Debug)]
+pub(crate) struct BudgetExceeded;
+
+impl std::fmt::Display for BudgetExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("unfinished-message budget exceeded")
+    }
+}
+
+impl std::error::Error for BudgetExceeded {}
+
 /// A connection's stream: meters WebSocket reads and rewrites hyper's bodiless error
 /// answers (see the module docs).
 pub(crate) struct MeteredIo<T> {
@@ -313,7 +325,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
             let n = buf.filled().len() - before;
             if !this.conn.hold(n) {
                 inc(&this.metrics.partial_bytes_refused_total, 1);
-                return Poll::Ready(Err(io::Error::other("unfinished-message budget exceeded")));
+                return Poll::Ready(Err(io::Error::other(BudgetExceeded)));
             }
         }
         r

@@ -29,16 +29,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, close_code};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use sotto_crypto::{AccountId, DeviceId};
+use sotto_proto::websocket::{CloseFrame, Message, close_code};
 use sotto_proto::{Deliver, ErrorCode, Frame, Send, SendOutcome, SendResult};
 
 use crate::error::code_of;
 use crate::http::decode_code;
 use crate::metrics::inc;
 use crate::net::WsSlot;
+use crate::socket::SocketError;
 use crate::state::{AppState, ConnRate, ConnSignals, Held, lock, now_s};
 use crate::storage::{SendParams, SendStored, Storage};
 
@@ -83,24 +84,15 @@ impl Edge {
     }
 }
 
-/// The close code for a failed read, if the relay caused it: 1009 for a message above
-/// `max_frame_bytes`, 1008 for an unfinished-message budget exceeded.
-fn read_error_close(e: axum::Error) -> Option<u16> {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    let inner = e.into_inner();
-    match inner.downcast_ref::<WsError>()? {
-        WsError::Capacity(_) => Some(close_code::SIZE),
-        WsError::Io(io) if io.to_string().contains("budget") => Some(close_code::POLICY),
-        _ => None,
-    }
-}
-
 /// Ends the connection after a failed read, with a close frame when the relay caused it.
-async fn read_failed<S>(state: &AppState, socket: &mut S, e: axum::Error) -> End
+/// The close code is the relay's when it caused the failure: 1009 for a message above
+/// `max_frame_bytes`, 1008 for an unfinished-message budget exceeded, 1002 and 1007 for
+/// framing the client broke.
+async fn read_failed<S>(state: &AppState, socket: &mut S, e: SocketError) -> End
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = SocketError> + Unpin,
 {
-    match read_error_close(e) {
+    match e.close_code() {
         Some(code) => {
             if code == close_code::SIZE {
                 let _ = send_frame(
@@ -122,7 +114,7 @@ where
 /// Closes a connection whose message did not complete within `message_timeout_ms`.
 async fn message_timeout<S>(state: &AppState, socket: &mut S) -> End
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = SocketError> + Unpin,
 {
     inc(&state.metrics.message_timeouts_total, 1);
     close(socket, close_code::POLICY, "").await;
@@ -131,17 +123,14 @@ where
 
 async fn send_frame<S>(socket: &mut S, frame: &Frame) -> Result<(), End>
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = SocketError> + Unpin,
 {
-    socket
-        .send(Message::Binary(frame.encode().into()))
-        .await
-        .map_err(|_| End::Io)
+    socket.send(Message::Binary(frame.encode())).await.map_err(|_| End::Io)
 }
 
 async fn close<S>(socket: &mut S, code: u16, reason: &'static str)
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = SocketError> + Unpin,
 {
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
@@ -153,10 +142,15 @@ where
 }
 
 /// Serves one socket until it closes, the device is replaced, it idles out or the relay
-/// shuts down. `slot` is its place at the edge (none when driven by a test harness).
-pub(crate) async fn serve_socket<S>(state: Arc<AppState>, mut socket: S, slot: Option<WsSlot>)
-where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + std::marker::Send,
+/// shuts down. `slot` is its place at the edge (none when driven by a test harness);
+/// `permit`, its place among `max_connections`, is given back when it ends.
+pub(crate) async fn serve_socket<S>(
+    state: Arc<AppState>,
+    mut socket: S,
+    slot: Option<WsSlot>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: Stream<Item = Result<Message, SocketError>> + Sink<Message, Error = SocketError> + Unpin + std::marker::Send,
 {
     if let Some(slot) = &slot {
         slot.conn.start_metering();
@@ -189,6 +183,7 @@ where
         .metrics
         .connections_open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    drop(permit);
 }
 
 /// How a connection continues after the challenge.
@@ -202,7 +197,7 @@ enum Opened {
 
 async fn authenticate<S>(state: &AppState, socket: &mut S, edge: &Edge) -> Result<Opened, End>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, SocketError>> + Sink<Message, Error = SocketError> + Unpin,
 {
     let challenge = match state.new_challenge() {
         Ok(c) => c,
@@ -315,7 +310,7 @@ async fn session<S>(
     extension: bool,
 ) -> End
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, SocketError>> + Sink<Message, Error = SocketError> + Unpin,
 {
     let limits = &state.config.limits;
     let live_cap = usize::try_from(limits.deliver_window).unwrap_or(usize::MAX);
@@ -434,7 +429,7 @@ where
 /// (`Err(End::Idle)`), otherwise pings it.
 async fn heartbeat<S>(socket: &mut S, last_heard: Instant, hb: &crate::config::Heartbeat) -> Result<(), End>
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = SocketError> + Unpin,
 {
     if last_heard.elapsed() >= hb.idle_timeout() {
         let _ = send_frame(
@@ -456,7 +451,7 @@ where
 /// Sends every queued ephemeral payload.
 async fn forward_ephemeral<S>(socket: &mut S, signals: &crate::state::ConnSignals) -> Result<(), End>
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = SocketError> + Unpin,
 {
     while let Some(payload) = signals.next_ephemeral() {
         send_frame(socket, &Frame::EphemeralDeliver { payload }).await?;
@@ -469,7 +464,7 @@ where
 /// Sends `QueueEmpty` the first time the database has nothing more.
 async fn pump<S>(state: &AppState, socket: &mut S, mb: &mut Mailbox, signals: &ConnSignals) -> Result<(), End>
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = SocketError> + Unpin,
 {
     let window = state.config.limits.deliver_window;
     loop {
@@ -546,7 +541,7 @@ where
 
 async fn deliver<S>(state: &AppState, socket: &mut S, mb: &mut Mailbox, d: Deliver) -> Result<(), End>
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = SocketError> + Unpin,
 {
     mb.delivered = d.seq;
     mb.in_flight.push_back(d.seq);
@@ -565,7 +560,7 @@ async fn handle_frame<'a, S>(
     bytes: &[u8],
 ) -> Result<(), End>
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = SocketError> + Unpin,
 {
     let frame = match Frame::decode(bytes) {
         Ok(f) => f,
@@ -741,7 +736,7 @@ fn start_send<'a>(
 /// Answers one send.
 async fn answer_send<S>(state: &AppState, socket: &mut S, (message_id, outcome): (u64, SendOutcome)) -> Result<(), End>
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = SocketError> + Unpin,
 {
     match &outcome {
         SendOutcome::Stored { .. } => inc(&state.metrics.sends_stored_total, 1),
@@ -764,7 +759,7 @@ where
 /// committed, so its sender learns the outcome).
 async fn drain_answers<S>(state: &AppState, socket: &mut S, pending: &mut Pipeline<'_>)
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = SocketError> + Unpin,
 {
     while pending.has_any() {
         let Some(answer) = pending.next_answer().await else {
@@ -780,7 +775,7 @@ where
 /// answered the challenge.
 async fn anonymous_session<S>(state: &AppState, socket: &mut S, edge: &Edge, first: Send) -> End
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, SocketError>> + Sink<Message, Error = SocketError> + Unpin,
 {
     inc(&state.metrics.connections_anonymous_total, 1);
     let limits = &state.config.limits;

@@ -26,11 +26,11 @@ use sotto_proto::{
     Access, AccessKey, AccessPolicy, AuthResponse, BlobCreate, BlobCreated, BlobIssuer, BlobStatus, Body, Bundles,
     BusMessage, BusNotice, Challenge, DecodeError, Deliver, DeviceListBody, ErrorBody, ErrorCode, Frame, PreKeyCounts,
     PreKeyUpload, Presence, ProfileBody, ProfileUpload, PushProvider, PushRegistration, Recipient, Send, SendOutcome,
-    SendResult, TokenIssue, TokenIssued, authorization_header, limits, parse_authorization,
+    SendResult, TokenIssue, TokenIssued, authorization_header, limits, parse_authorization, websocket,
 };
 
 /// The fuzz targets; each has a directory of seeds under `relay/proto/fuzz/corpus/`.
-pub const TARGETS: [&str; 3] = ["frame", "body", "bus"];
+pub const TARGETS: [&str; 4] = ["frame", "body", "bus", "websocket"];
 
 /// What a check made of its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +47,7 @@ pub fn run(target: &str, data: &[u8]) -> Option<Outcome> {
         "frame" => frame(data),
         "body" => body(data),
         "bus" => bus(data),
+        "websocket" => websocket(data),
         _ => return None,
     })
 }
@@ -101,6 +102,111 @@ pub fn bus(data: &[u8]) -> Outcome {
             let _ = e.to_string();
             Outcome::Rejected
         }
+    }
+}
+
+/// The message limit the `websocket` target decodes under: small, so that inputs reach it.
+const WS_MAX_MESSAGE: usize = 4096;
+
+/// Decodes a client's byte stream with [`websocket::Decoder`], given `pieces` at a time
+/// (all at once when `None`), the way a connection reads: every message, then the error
+/// that ended the stream, if any.
+fn ws_messages(stream: &[u8], pieces: Option<usize>) -> (Vec<websocket::Message>, Option<websocket::WsError>) {
+    let mut d = websocket::Decoder::new(WS_MAX_MESSAGE);
+    let mut out = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut at = 0;
+    loop {
+        let n = pieces.unwrap_or(stream.len()).min(stream.len() - at);
+        buf.extend_from_slice(&stream[at..at + n]);
+        at += n;
+        loop {
+            match d.decode(&buf) {
+                Err(e) => return (out, Some(e)),
+                Ok(websocket::Decoded::NeedMore(k)) => {
+                    assert!(k >= 1, "NeedMore(0)");
+                    break;
+                }
+                Ok(websocket::Decoded::Message { consumed, message }) => {
+                    assert!(
+                        (2..=buf.len()).contains(&consumed),
+                        "consumed {consumed} of {}",
+                        buf.len()
+                    );
+                    buf.drain(..consumed);
+                    out.push(message);
+                }
+                Ok(websocket::Decoded::Fragment { consumed }) => {
+                    assert!(
+                        (2..=buf.len()).contains(&consumed),
+                        "consumed {consumed} of {}",
+                        buf.len()
+                    );
+                    buf.drain(..consumed);
+                }
+            }
+        }
+        if at == stream.len() {
+            return (out, None);
+        }
+    }
+}
+
+/// Target `websocket`: the relay's RFC 6455 decoder. The first byte sets the size of the
+/// pieces the rest is read in (1 to 64 bytes); read in pieces or at once, the same messages
+/// and the same error come out. Data messages stay within the limit, control payloads within
+/// 125 bytes, and each message, masked again as a client sends it, decodes to itself.
+pub fn websocket(data: &[u8]) -> Outcome {
+    let Some((first, stream)) = data.split_first() else {
+        return Outcome::Rejected;
+    };
+    let whole = ws_messages(stream, None);
+    let pieces = ws_messages(stream, Some(usize::from(first % 64) + 1));
+    assert_eq!(whole, pieces, "reading in pieces changed what decodes");
+    if let Some(e) = &whole.1 {
+        let _ = (e.to_string(), e.close_code());
+    }
+    for m in &whole.0 {
+        let (op, payload): (u8, Vec<u8>) = match m {
+            websocket::Message::Binary(b) => (websocket::opcode::BINARY, b.clone()),
+            websocket::Message::Text(t) => (websocket::opcode::TEXT, t.clone().into_bytes()),
+            websocket::Message::Ping(p) => (websocket::opcode::PING, p.clone()),
+            websocket::Message::Pong(p) => (websocket::opcode::PONG, p.clone()),
+            websocket::Message::Close(c) => {
+                let mut p = Vec::new();
+                if let Some(c) = c {
+                    p.extend_from_slice(&c.code.to_be_bytes());
+                    p.extend_from_slice(c.reason.as_bytes());
+                }
+                (websocket::opcode::CLOSE, p)
+            }
+        };
+        let limit = if op & 0x8 != 0 {
+            websocket::MAX_CONTROL_PAYLOAD
+        } else {
+            WS_MAX_MESSAGE
+        };
+        assert!(payload.len() <= limit, "{op:#x} of {} bytes", payload.len());
+        let mut wire = Vec::new();
+        websocket::mask_frame(op, true, &payload, [0xa5, 0x01, 0x5a, 0xff], &mut wire);
+        let again = websocket::Decoder::new(WS_MAX_MESSAGE).decode(&wire);
+        assert_eq!(
+            again,
+            Ok(websocket::Decoded::Message {
+                consumed: wire.len(),
+                message: m.clone()
+            })
+        );
+        // What the relay would send back decodes too, once masked: the encoder writes
+        // the same header.
+        let mut plain = Vec::new();
+        websocket::encode(m, &mut plain).expect("a decoded message encodes");
+        assert_eq!(plain.len() + 4, wire.len());
+    }
+    if whole.0.is_empty() {
+        Outcome::Rejected
+    } else {
+        Outcome::Accepted
     }
 }
 
@@ -402,6 +508,57 @@ pub fn seeds() -> Vec<Seed> {
     add("bus", "bad-version", [&[2u8][..], &mailbox[1..]].concat());
     add("bus", "bad-kind", [&mailbox[..9], &[0xee][..]].concat());
     add("bus", "bad-empty", vec![]);
+
+    // WebSocket streams: the first byte sets the read size, the rest is what a client sends.
+    let ws = |piece: u8, frames: &[(u8, bool, &[u8])]| {
+        let mut v = vec![piece];
+        for (op, fin, payload) in frames {
+            websocket::mask_frame(*op, *fin, payload, [0x37, 0xfa, 0x21, 0x3d], &mut v);
+        }
+        v
+    };
+    use websocket::opcode::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
+    let send_frame = Frame::Challenge(challenge.clone()).encode();
+    add("websocket", "ok-binary", ws(63, &[(BINARY, true, &send_frame)]));
+    add("websocket", "ok-binary-bytewise", ws(0, &[(BINARY, true, &send_frame)]));
+    add("websocket", "ok-text", ws(7, &[(TEXT, true, "Hello, é".as_bytes())]));
+    add(
+        "websocket",
+        "ok-fragments-with-ping",
+        ws(
+            3,
+            &[
+                (BINARY, false, b"Hel"),
+                (PING, true, b"p"),
+                (CONTINUATION, false, b"l"),
+                (CONTINUATION, true, b"o"),
+            ],
+        ),
+    );
+    add("websocket", "ok-long-16", ws(40, &[(BINARY, true, &[0x5a; 300])]));
+    add(
+        "websocket",
+        "ok-pong-close",
+        ws(9, &[(PONG, true, b""), (CLOSE, true, &[0x03, 0xe8, b'o', b'k'])]),
+    );
+    add("websocket", "bad-unmasked", vec![5, 0x82, 0x02, b'h', b'i']);
+    add("websocket", "bad-reserved-opcode", ws(5, &[(0x3, true, b"x")]));
+    add(
+        "websocket",
+        "bad-continuation-first",
+        ws(5, &[(CONTINUATION, true, b"x")]),
+    );
+    add("websocket", "bad-control-fragmented", ws(5, &[(PING, false, b"x")]));
+    add("websocket", "bad-control-long", ws(5, &[(PING, true, &[0; 126])]));
+    add("websocket", "bad-text-utf8", ws(5, &[(TEXT, true, &[0xff, 0xfe])]));
+    add("websocket", "bad-close-code", ws(5, &[(CLOSE, true, &[0x03, 0xed])]));
+    add("websocket", "bad-too-large", ws(5, &[(BINARY, true, &[0; 5000])]));
+    add(
+        "websocket",
+        "bad-truncated",
+        truncated(&ws(5, &[(BINARY, true, &[1; 200])])),
+    );
+    add("websocket", "bad-empty", vec![]);
 
     // Bodies.
     let profile = ProfileUpload {
