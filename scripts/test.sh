@@ -16,12 +16,13 @@ step() { step_header '' "$@"; }
 step "setup"
 scripts/setup.sh
 
-# A cold run writes about NEED_GB to the target directory. When the disk fills, the linker
+# A cold run writes about 8.5 GiB to the target directory, and the container and binding
+# steps need some more (NEED_GB in all). When the disk fills, the linker
 # dies mid-write (often as "ld terminated with signal 7 [Bus error]"), which reads like a
 # toolchain bug: say so up front.
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 mkdir -p "$TARGET_DIR"
-NEED_GB=8
+NEED_GB=10
 AVAIL_GB=$(( $(df -Pk "$TARGET_DIR" | awk 'NR==2 {print $4}') / 1048576 ))
 if [ "$AVAIL_GB" -lt "$NEED_GB" ]; then
   echo "!! only ${AVAIL_GB} GiB free under $TARGET_DIR; a cold run needs about ${NEED_GB} GiB." >&2
