@@ -396,6 +396,9 @@ async fn run(ctx: Ctx) -> Result<String, Fail> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(idle::ANCHOR_SERVER) {
+        return idle::anchor_server();
+    }
     let cli = Cli::parse();
     if let Err(e) = cli.validate() {
         eprintln!("sotto-loadgen: {e}");
