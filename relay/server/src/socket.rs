@@ -204,6 +204,14 @@ impl<T> WebSocket<T> {
         websocket::encode(message, &mut self.wbuf)
     }
 
+    /// Nothing more is read (a close frame came, or the stream ended or failed): the read
+    /// buffer is given back.
+    fn stop_reading(&mut self) {
+        self.read_done = true;
+        self.rbuf = Vec::new();
+        self.rpos = 0;
+    }
+
     /// Queues the answer to a ping or a close frame.
     fn answer(&mut self, message: &Message) {
         match message {
@@ -277,14 +285,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<T> {
         if this.wpos < this.wbuf.len()
             && let Poll::Ready(Err(e)) = this.poll_write_out(cx)
         {
-            this.read_done = true;
+            this.stop_reading();
             return Poll::Ready(Some(Err(e.into())));
         }
         loop {
             match this.decoder.decode(&this.rbuf[this.rpos..]) {
                 Err(e) => {
-                    this.read_done = true;
-                    this.rbuf = Vec::new();
+                    this.stop_reading();
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 Ok(Decoded::Fragment { consumed }) => this.rpos += consumed,
@@ -296,8 +303,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<T> {
                     }
                     this.answer(&message);
                     if matches!(message, Message::Close(_)) {
-                        this.read_done = true;
-                        this.rbuf = Vec::new();
+                        this.stop_reading();
                     }
                     if this.wpos < this.wbuf.len() {
                         // Best effort; what does not fit the socket now goes with the
@@ -308,17 +314,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<T> {
                 }
                 Ok(Decoded::NeedMore(need)) => match ready!(this.poll_fill(cx, need)) {
                     Ok(0) => {
-                        this.read_done = true;
                         let unfinished = this.rpos < this.rbuf.len() || this.decoder.in_message();
-                        this.rbuf = Vec::new();
+                        this.stop_reading();
                         return Poll::Ready(
                             unfinished.then(|| Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())),
                         );
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        this.read_done = true;
-                        this.rbuf = Vec::new();
+                        this.stop_reading();
                         return Poll::Ready(Some(Err(e.into())));
                     }
                 },
